@@ -1,0 +1,43 @@
+# poolside: the two commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+# Every system package the build, the tests, `make run` and `make bench` need.
+APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates \
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
+  libabsl-dev libpqxx-dev libpq-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  prometheus-cpp-dev postgresql postgresql-contrib postgresql-client pgbouncer \
+  python3
+
+BAZEL ?= bazel
+RUN_DIR ?= $(CURDIR)/.run
+
+.PHONY: deps build run test bench clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(BAZEL) build //...
+
+# Embedded throwaway PostgreSQL (port 55432) + the query service (port 50051).
+run: build
+	bazel-bin/tools/devstack --run_dir=$(RUN_DIR)
+
+test: deps
+	tools/test.sh
+
+bench: build
+	bench/run.sh
+
+clean:
+	$(BAZEL) clean
+	rm -rf $(RUN_DIR)

@@ -1,0 +1,43 @@
+"""C++ (and gRPC) code generation from .proto files with Debian's protoc."""
+
+_PROTOC = "/usr/bin/protoc"
+_GRPC_PLUGIN = "/usr/bin/grpc_cpp_plugin"
+
+def cc_grpc_proto_library(name, srcs, deps = [], grpc = True, **kwargs):
+    """Generates C++ message (and gRPC service) code for `srcs` and wraps it.
+
+    Paths are relative to the workspace root, so `proto/poolside/v1/query.proto` is
+    included as "proto/poolside/v1/query.pb.h".
+
+    Args:
+      name: the cc_library to create.
+      srcs: .proto files in this package.
+      deps: other cc_grpc_proto_library targets whose .proto files these import.
+      grpc: also generate gRPC service stubs.
+      **kwargs: passed to the cc_library (visibility, ...).
+    """
+    pkg = native.package_name()
+    outs = []
+    for src in srcs:
+        base = src[:-len(".proto")]
+        outs += [base + ".pb.h", base + ".pb.cc"]
+        if grpc:
+            outs += [base + ".grpc.pb.h", base + ".grpc.pb.cc"]
+    dep_protos = [d + "_protos" for d in deps]
+    native.filegroup(name = name + "_protos", srcs = srcs + dep_protos)
+    grpc_flags = ("--grpc_out=$(GENDIR) --plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) if grpc else ""
+    native.genrule(
+        name = name + "_gen",
+        srcs = srcs + dep_protos,
+        outs = outs,
+        cmd = ("%s -I. -I/usr/include --cpp_out=$(GENDIR) " % _PROTOC) + grpc_flags +
+              " ".join(["%s/%s" % (pkg, s) for s in srcs]),
+        message = "protoc " + name,
+    )
+    native.cc_library(
+        name = name,
+        srcs = [o for o in outs if o.endswith(".cc")],
+        hdrs = [o for o in outs if o.endswith(".h")],
+        deps = deps + ["@system//:grpc", "@system//:protobuf"],
+        **kwargs
+    )

@@ -1,0 +1,81 @@
+"""Repository rule exposing Debian's -dev packages as cc_library targets.
+
+Runs pkg-config once per library group and writes `@system//:<name>` targets whose
+linkopts come from pkg-config, so Abseil's many shared libraries are never listed by
+hand. Headers live in /usr/include (the compiler's default search path); the one
+exception, libpq's /usr/include/postgresql, is symlinked into the repository.
+"""
+
+# name -> (pkg-config modules, extra linkopts, deps)
+_LIBS = {
+    "absl": (["@absl"], [], []),
+    "protobuf": (["protobuf"], [], [":absl"]),
+    "grpc": (["grpc++"], ["-lgrpc++_reflection"], [":protobuf", ":absl"]),
+    "pq": (["libpq"], [], [":pq_headers"]),
+    "pqxx": (["libpqxx"], [], [":pq"]),
+    "gtest": (["gtest"], [], []),
+    "gmock": (["gmock", "gtest"], [], []),
+    "gtest_main": (["gmock", "gtest_main"], [], []),
+    "benchmark": (["benchmark"], [], []),
+    "prometheus": (["prometheus-cpp-pull", "prometheus-cpp-core"], [], []),
+}
+
+def _pkg_config(ctx, args):
+    result = ctx.execute(["pkg-config"] + args)
+    if result.return_code != 0:
+        fail("pkg-config %s failed (is the Debian -dev package installed? `make deps`): %s" %
+             (" ".join(args), result.stderr))
+    return result.stdout.strip()
+
+def _absl_modules(ctx):
+    result = ctx.execute(["sh", "-c", "pkg-config --list-all | awk '{print $1}' | grep '^absl_' | sort"])
+    mods = [m for m in result.stdout.strip().split("\n") if m]
+    if not mods:
+        fail("no absl_* pkg-config modules found: install libabsl-dev (`make deps`)")
+    return mods
+
+def _dedup(flags):
+    seen = {}
+    out = []
+    for f in flags:
+        if f and f not in seen:
+            seen[f] = True
+            out.append(f)
+    return out
+
+def _system_libs_impl(ctx):
+    ctx.symlink("/usr/include/postgresql", "pg_include")
+    lines = [
+        "package(default_visibility = [\"//visibility:public\"])",
+        "",
+        "cc_library(",
+        "    name = \"pq_headers\",",
+        "    hdrs = glob([\"pg_include/*.h\", \"pg_include/internal/*.h\"]),",
+        "    includes = [\"pg_include\"],",
+        ")",
+        "",
+    ]
+    for name, (modules, extra, deps) in _LIBS.items():
+        mods = []
+        for m in modules:
+            if m == "@absl":
+                mods += _absl_modules(ctx)
+            else:
+                mods.append(m)
+        flags = _dedup(_pkg_config(ctx, ["--libs"] + mods).split(" ") + extra)
+        lines += [
+            "cc_library(",
+            "    name = \"%s\"," % name,
+            "    linkopts = %s," % repr(flags),
+            "    deps = %s," % repr(deps),
+            ")",
+            "",
+        ]
+    ctx.file("WORKSPACE", "workspace(name = \"%s\")\n" % ctx.name)
+    ctx.file("BUILD.bazel", "\n".join(lines))
+
+system_libs = repository_rule(
+    implementation = _system_libs_impl,
+    local = True,
+    environ = ["PKG_CONFIG_PATH"],
+)

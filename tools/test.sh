@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make test`: builds and runs every test (the whole suite, then the pool's tests
+# again under ThreadSanitizer) and ends with one line "N passed, M failed" counted
+# from the test cases in Bazel's test.xml files.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BAZEL=${BAZEL:-bazel}
+
+# Counts test cases in the test.xml files of the given targets under a testlogs dir.
+count_cases() {
+  local testlogs=$1; shift
+  local total=0 failed=0
+  for target in "$@"; do
+    local rel=${target#//}; rel=${rel/://}
+    local xml="$testlogs/$rel/test.xml"
+    if [[ ! -f $xml ]]; then
+      failed=$((failed + 1)); total=$((total + 1))
+      echo "no test.xml for $target (did not run or crashed)" >&2
+      continue
+    fi
+    # The first <testsuites ...> (or <testsuite ...>) element holds the totals.
+    local head
+    head=$(grep -m1 -oE '<testsuites?[^>]*>' "$xml")
+    local t f e
+    t=$(grep -oE ' tests="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
+    f=$(grep -oE ' failures="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
+    e=$(grep -oE ' errors="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
+    if [[ ${t:-0} -eq 0 ]]; then t=1; fi  # a test target with no cases counts once
+    total=$((total + t)); failed=$((failed + f + e))
+  done
+  echo "$total $failed"
+}
+
+status=0
+$BAZEL build //... || { echo "0 passed, 1 failed"; exit 1; }
+mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
+$BAZEL test //... || status=1
+read -r total1 failed1 < <(count_cases "$($BAZEL info bazel-testlogs 2>/dev/null)" "${targets[@]}")
+
+mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
+total2=0; failed2=0
+if [[ ${#tsan_targets[@]} -gt 0 ]]; then
+  echo "== ThreadSanitizer: ${tsan_targets[*]}"
+  $BAZEL test --config=tsan "${tsan_targets[@]}" || status=1
+  read -r total2 failed2 < <(count_cases "$($BAZEL info --config=tsan bazel-testlogs 2>/dev/null)" "${tsan_targets[@]}")
+fi
+
+total=$((total1 + total2)); failed=$((failed1 + failed2))
+if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
+echo "$((total - failed)) passed, $failed failed"
+exit $status
