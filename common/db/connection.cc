@@ -1,0 +1,734 @@
+#include "common/db/connection.h"
+
+#include <libpq-fe.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <pqxx/connection>
+#include <pqxx/connection_base>
+#include <pqxx/connectionpolicy>
+#include <pqxx/except>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/db/error.h"
+#include "common/db/value_codec.h"
+#include "common/telemetry/log.h"
+
+namespace poolside::db {
+namespace {
+
+// Session settings sent in the startup packet (no extra round trip); the value
+// codec depends on them.
+constexpr absl::string_view kSessionOptions =
+    "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres "
+    "-c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8";
+
+constexpr int kCancelDeadline = 1;
+constexpr int kCancelCaller = 2;
+
+// Quotes a libpq keyword/value connection string value.
+std::string QuoteConninfo(absl::string_view value) {
+  std::string out = "'";
+  for (char c : value) {
+    if (c == '\'' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('\'');
+  return out;
+}
+
+// Parses the user's DSN (keyword/value or URI) and rebuilds it with poolside's
+// additions, so both forms work and the user's own settings win where they set
+// them (their `options` are kept, ours appended).
+absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(o.dsn.c_str(), &err);
+  if (parsed == nullptr) {
+    std::string msg = err != nullptr ? err : "out of memory";
+    if (err != nullptr) PQfreemem(err);
+    // libpq's message quotes no secret values, only the syntax problem.
+    return absl::InvalidArgumentError(absl::StrCat("invalid database DSN: ", msg));
+  }
+  std::string out;
+  bool has_app = false, has_timeout = false;
+  std::string options;
+  for (PQconninfoOption* opt = parsed; opt->keyword != nullptr; ++opt) {
+    if (opt->val == nullptr) continue;
+    const absl::string_view key = opt->keyword;
+    if (key == "options") {
+      options = opt->val;
+      continue;
+    }
+    if (key == "application_name") has_app = true;
+    if (key == "connect_timeout") has_timeout = true;
+    absl::StrAppend(&out, key, "=", QuoteConninfo(opt->val), " ");
+  }
+  PQconninfoFree(parsed);
+  if (!has_app) absl::StrAppend(&out, "application_name=", QuoteConninfo(o.application_name), " ");
+  if (!has_timeout) {
+    absl::StrAppend(&out, "connect_timeout=",
+                    std::max<int64_t>(1, absl::ToInt64Seconds(o.connect_timeout)), " ");
+  }
+  absl::StrAppend(&out, "options=",
+                  QuoteConninfo(absl::StrCat(kSessionOptions, options.empty() ? "" : " ", options)));
+  return out;
+}
+
+void NoticeToLog(void*, const char* message) {
+  if (telemetry::LogEnabled(telemetry::LogLevel::kDebug)) {
+    telemetry::LogDebug("postgres notice", {{"notice", std::string(message)}});
+  }
+}
+
+// A libpqxx connection policy that remembers the libpq handle it opens: the
+// documented way to combine libpqxx's connection handling with libpq calls.
+class CapturingPolicy : public pqxx::connect_direct {
+ public:
+  explicit CapturingPolicy(const std::string& opts) : pqxx::connect_direct(opts) {}
+  handle do_startconnect(handle orig) override {
+    handle_ = pqxx::connect_direct::do_startconnect(orig);
+    return handle_;
+  }
+  handle do_completeconnect(handle orig) override {
+    handle_ = pqxx::connect_direct::do_completeconnect(orig);
+    return handle_;
+  }
+  handle do_dropconnect(handle orig) noexcept override {
+    handle_ = nullptr;
+    return pqxx::connect_direct::do_dropconnect(orig);
+  }
+  handle do_disconnect(handle orig) noexcept override {
+    handle_ = nullptr;
+    return pqxx::connect_direct::do_disconnect(orig);
+  }
+  PGconn* raw() const { return handle_; }
+
+ private:
+  handle handle_ = nullptr;
+};
+
+int64_t CeilSeconds(absl::Duration d) {
+  return absl::ToInt64Seconds(absl::Ceil(d, absl::Seconds(1)));
+}
+
+}  // namespace
+
+class Connection::PqxxConnection : public pqxx::connection_base {
+ public:
+  explicit PqxxConnection(const std::string& conninfo)
+      : pqxx::connection_base(policy_), policy_(conninfo) {
+    init();
+  }
+  ~PqxxConnection() noexcept { close(); }
+  PGconn* raw() const { return policy_.raw(); }
+
+ private:
+  CapturingPolicy policy_;
+};
+
+struct Connection::Step {
+  enum Kind { kSimple, kPrepare, kExec, kSync };
+  Kind kind;
+  std::string sql;                  // kSimple: the SQL text
+  Statement* statement = nullptr;   // kExec/kPrepare
+  Prepared* prepared = nullptr;     // kExec/kPrepare
+  std::string prepared_key;         // kPrepare: to forget it if it fails
+  std::string prepared_name;
+  std::unique_ptr<EncodedParams> params;  // kExec
+  absl::Time deadline = absl::InfiniteFuture();
+  const std::atomic<bool>* cancelled = nullptr;
+  absl::Status status;
+  bool began = false;               // sink->Begin called
+  bool sink_failed = false;         // sink refused a row; discard the rest
+  int cancel_reason = 0;
+  int64_t timeout_ms = -1;          // kSimple SET statement_timeout: the value
+};
+
+Connection::Connection(const ConnectionOptions& options) : options_(options) {}
+
+Connection::~Connection() {
+  if (cancel_ != nullptr) PQfreeCancel(cancel_);
+  // pqxx_ closes the libpq connection.
+}
+
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
+    const ConnectionOptions& options) {
+  absl::StatusOr<std::string> conninfo = BuildConninfo(options);
+  if (!conninfo.ok()) return conninfo.status();
+  std::unique_ptr<Connection> c(new Connection(options));
+  try {
+    c->pqxx_ = std::make_unique<PqxxConnection>(*conninfo);
+    c->pqxx_->inhibit_reactivation(true);
+  } catch (const std::exception& e) {
+    return StatusFromException(e);
+  }
+  c->conn_ = c->pqxx_->raw();
+  if (c->conn_ == nullptr || PQstatus(c->conn_) != CONNECTION_OK) {
+    return absl::UnavailableError("database connection failed");
+  }
+  PQsetNoticeProcessor(c->conn_, &NoticeToLog, nullptr);
+  if (PQsetnonblocking(c->conn_, 1) != 0) {
+    return absl::InternalError("cannot switch the connection to non-blocking mode");
+  }
+  c->cancel_ = PQgetCancel(c->conn_);
+  return c;
+}
+
+int Connection::server_version() const { return conn_ ? PQserverVersion(conn_) : 0; }
+
+absl::Status Connection::MarkBroken(absl::string_view what) {
+  broken_ = true;
+  std::string msg = conn_ ? PQerrorMessage(conn_) : "";
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  if (msg.size() > kMaxErrorMessage) msg.resize(kMaxErrorMessage);
+  return absl::UnavailableError(absl::StrCat("connection to the database lost while ",
+                                             what, msg.empty() ? "" : ": ", msg));
+}
+
+bool Connection::LooksAlive() {
+  if (broken_ || conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) return false;
+  if (PQtransactionStatus(conn_) != PQTRANS_IDLE) return false;
+  pollfd pfd{PQsocket(conn_), POLLIN, 0};
+  int rc = ::poll(&pfd, 1, 0);
+  if (rc > 0) {
+    // Nothing is expected while idle: either an asynchronous message (notice,
+    // parameter status) or the server closing the connection.
+    if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) {
+      broken_ = true;
+      return false;
+    }
+    while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
+    if (!PQisBusy(conn_)) {
+      // A server-initiated error (e.g. terminating connection) surfaces as a result.
+      while (PGresult* r = PQgetResult(conn_)) {
+        PQclear(r);
+        broken_ = true;
+      }
+    }
+  }
+  return !broken_;
+}
+
+absl::Status Connection::AwaitResult(absl::Time deadline,
+                                     const std::atomic<bool>* cancelled,
+                                     int* cancel_reason) {
+  absl::Time give_up = absl::InfiniteFuture();
+  while (true) {
+    const int flush = PQflush(conn_);
+    if (flush < 0) return MarkBroken("sending");
+    if (flush == 0 && !PQisBusy(conn_)) return absl::OkStatus();
+
+    const absl::Time now = absl::Now();
+    if (*cancel_reason == 0) {
+      int reason = 0;
+      if (now >= deadline) reason = kCancelDeadline;
+      else if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed))
+        reason = kCancelCaller;
+      if (reason != 0) {
+        *cancel_reason = reason;
+        give_up = now + options_.cancel_grace;
+        char err[256];
+        if (cancel_ == nullptr || PQcancel(cancel_, err, sizeof(err)) == 0) {
+          telemetry::LogWarning("cancel request failed", {{"error", err}});
+        }
+      }
+    } else if (now >= give_up) {
+      return MarkBroken("waiting for a cancelled statement to stop");
+    }
+
+    // Wake up at the deadline, and poll the caller's cancel flag now and then.
+    absl::Time wake = *cancel_reason != 0 ? give_up : deadline;
+    if (cancelled != nullptr && *cancel_reason == 0) {
+      wake = std::min(wake, now + absl::Milliseconds(50));
+    }
+    int timeout_ms = -1;
+    if (wake != absl::InfiniteFuture()) {
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(
+          absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))), 0,
+          60000));
+    }
+    pollfd pfd{PQsocket(conn_), static_cast<short>(POLLIN | (flush == 1 ? POLLOUT : 0)), 0};
+    const int rc = ::poll(&pfd, 1, timeout_ms);
+    if (rc < 0 && errno != EINTR) return MarkBroken("waiting for the server");
+    if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
+      if (PQconsumeInput(conn_) == 0) return MarkBroken("reading");
+    }
+  }
+}
+
+Connection::Prepared* Connection::LookupOrAddPrepared(const std::string& key,
+                                                      absl::string_view sql,
+                                                      std::vector<std::string>* evicted,
+                                                      bool* is_new) {
+  (void)sql;
+  auto it = prepared_.find(key);
+  if (it != prepared_.end()) {
+    lru_.splice(lru_.begin(), lru_, it->second);
+    *is_new = false;
+    return &*it->second;
+  }
+  while (!lru_.empty() && lru_.size() >= std::max<size_t>(1, options_.statement_cache_size)) {
+    evicted->push_back(lru_.back().name);
+    prepared_.erase(lru_.back().key);
+    lru_.pop_back();
+  }
+  lru_.push_front(Prepared{key, absl::StrCat("poolside_", next_statement_id_++), {}, false});
+  prepared_[key] = lru_.begin();
+  *is_new = true;
+  return &lru_.front();
+}
+
+void Connection::ErasePrepared(const std::string& key, const std::string& name) {
+  auto it = prepared_.find(key);
+  if (it == prepared_.end() || it->second->name != name) return;
+  lru_.erase(it->second);
+  prepared_.erase(it);
+}
+
+void Connection::SetStatementTimeoutSteps(absl::Time deadline, std::vector<Step>& steps) {
+  // Server-side safety net behind the client-side cancel: whole seconds, rounded
+  // up, so it changes rarely and never cuts a statement short of its deadline.
+  int64_t want = 0;
+  if (deadline != absl::InfiniteFuture()) {
+    want = std::max<int64_t>(1, CeilSeconds(deadline - absl::Now())) * 1000;
+  }
+  if (want == statement_timeout_ms_) return;
+  Step set{Step::kSimple};
+  set.sql = absl::StrCat("SET statement_timeout = ", want);
+  set.timeout_ms = want;
+  set.deadline = deadline;
+  steps.push_back(std::move(set));
+  steps.push_back(Step{Step::kSync});
+  statement_timeout_ms_ = want;  // corrected if the SET fails
+}
+
+absl::Status Connection::SendStep(Step& step) {
+  int ok = 1;
+  switch (step.kind) {
+    case Step::kSimple:
+      ok = PQsendQueryParams(conn_, step.sql.c_str(), 0, nullptr, nullptr, nullptr,
+                             nullptr, 0);
+      break;
+    case Step::kPrepare: {
+      const EncodedParams& p = *step.params;
+      ok = PQsendPrepare(conn_, step.prepared_name.c_str(),
+                         std::string(step.statement->sql).c_str(), p.size(),
+                         reinterpret_cast<const Oid*>(p.types()));
+      break;
+    }
+    case Step::kExec: {
+      const EncodedParams& p = *step.params;
+      ok = PQsendQueryPrepared(conn_, step.prepared->name.c_str(), p.size(), p.values(),
+                               p.lengths(), p.formats(), 0);
+      break;
+    }
+    case Step::kSync:
+      ok = PQpipelineSync(conn_);
+      break;
+  }
+  if (ok == 1) return absl::OkStatus();
+  return MarkBroken("sending a statement");
+}
+
+absl::Status Connection::HandleRows(PGresult* res, Step& step) {
+  ResultSink* sink = step.statement != nullptr ? step.statement->sink : nullptr;
+  if (sink == nullptr || step.sink_failed) return absl::OkStatus();
+  const int ncols = PQnfields(res);
+  if (!step.began) {
+    step.began = true;
+    Prepared* prep = step.prepared;
+    absl::Status st;
+    if (prep != nullptr && prep->columns_known) {
+      st = sink->Begin(prep->columns);
+    } else {
+      google::protobuf::RepeatedPtrField<v1::Column> columns;
+      for (int c = 0; c < ncols; ++c) {
+        v1::Column* col = columns.Add();
+        col->set_name(PQfname(res, c));
+        col->set_type_oid(PQftype(res, c));
+        col->set_type_name(std::string(TypeName(PQftype(res, c))));
+      }
+      st = sink->Begin(columns);
+      if (prep != nullptr) {
+        prep->columns = std::move(columns);
+        prep->columns_known = true;
+      }
+    }
+    if (!st.ok()) {
+      step.sink_failed = true;
+      return st;
+    }
+  }
+  const int nrows = PQntuples(res);
+  for (int r = 0; r < nrows; ++r) {
+    v1::Row* row = sink->NewRow();
+    size_t bytes = 0;
+    for (int c = 0; c < ncols; ++c) {
+      v1::Value* v = row->add_values();
+      DecodeCell(PQgetvalue(res, r, c), PQgetlength(res, r, c), PQgetisnull(res, r, c),
+                 PQftype(res, c), v);
+      bytes += ValueBytes(*v);
+    }
+    absl::Status st = sink->RowDone(bytes);
+    if (!st.ok()) {
+      step.sink_failed = true;
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Connection::ConsumeResultsOf(Step& step) {
+  // Called with a result ready; reads this step's results up to its terminator
+  // (NULL for a command, PGRES_PIPELINE_SYNC for a sync).
+  while (true) {
+    absl::Status wait = AwaitResult(step.deadline, step.cancelled, &step.cancel_reason);
+    if (!wait.ok()) {
+      if (step.status.ok()) step.status = wait;
+      return;
+    }
+    PGresult* res = PQgetResult(conn_);
+    if (res == nullptr) {
+      if (step.kind == Step::kSync) continue;  // stray terminator; keep reading
+      return;
+    }
+    const ExecStatusType rs = PQresultStatus(res);
+    switch (rs) {
+      case PGRES_PIPELINE_SYNC:
+        PQclear(res);
+        if (step.kind == Step::kSync) return;
+        continue;
+      case PGRES_SINGLE_TUPLE:
+      case PGRES_TUPLES_OK: {
+        absl::Status st = HandleRows(res, step);
+        if (!st.ok() && step.status.ok()) {
+          step.status = st;
+          // Stop the server producing rows nobody will read when this is the
+          // statement on the wire; otherwise the rest is drained and dropped.
+          if (step.cancel_reason == 0 && cancel_ != nullptr) {
+            step.cancel_reason = kCancelCaller;
+            char err[256];
+            PQcancel(cancel_, err, sizeof(err));
+          }
+        }
+        if (rs == PGRES_TUPLES_OK && step.status.ok() && step.statement &&
+            step.statement->sink) {
+          step.statement->sink->Finish(std::strtoll(PQcmdTuples(res), nullptr, 10),
+                                       PQcmdStatus(res));
+        }
+        break;
+      }
+      case PGRES_COMMAND_OK:
+      case PGRES_EMPTY_QUERY:
+        if (step.kind == Step::kExec && step.statement && step.statement->sink &&
+            step.status.ok()) {
+          ResultSink* sink = step.statement->sink;
+          if (!step.began) {
+            step.began = true;
+            absl::Status st = sink->Begin({});
+            if (!st.ok()) step.status = st;
+          }
+          if (step.status.ok()) {
+            sink->Finish(std::strtoll(PQcmdTuples(res), nullptr, 10), PQcmdStatus(res));
+          }
+        }
+        break;
+      case PGRES_PIPELINE_ABORTED:
+        if (step.status.ok()) {
+          step.status = absl::AbortedError(
+              "not executed: an earlier statement in the same transaction failed");
+        }
+        break;
+      default: {
+        const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char* primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        const char* detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+        absl::Status st = StatusFromSqlState(
+            state ? state : "", primary ? primary : PQresultErrorMessage(res),
+            detail ? detail : "");
+        if (state != nullptr && absl::string_view(state) == "57014") {
+          if (step.cancel_reason == kCancelDeadline) {
+            st = absl::DeadlineExceededError(
+                "statement ran past the call's deadline and was cancelled on the "
+                "server (SQLSTATE 57014)");
+          } else if (step.cancel_reason == kCancelCaller && step.status.ok()) {
+            st = absl::CancelledError("statement cancelled by the caller (SQLSTATE 57014)");
+          }
+        }
+        if (step.status.ok()) step.status = st;
+        break;
+      }
+    }
+    PQclear(res);
+  }
+}
+
+absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
+  if (broken_) return absl::UnavailableError("connection is broken");
+  if (PQenterPipelineMode(conn_) != 1) return MarkBroken("entering pipeline mode");
+  absl::Status link;
+  size_t sent = 0;
+  for (; sent < steps.size(); ++sent) {
+    link = SendStep(steps[sent]);
+    if (!link.ok()) break;
+  }
+  if (link.ok()) {
+    for (size_t i = 0; i < steps.size(); ++i) {
+      Step& step = steps[i];
+      if (step.kind == Step::kExec && step.statement && step.statement->sink) {
+        // Rows arrive one PGresult each, so limits apply as they stream in.
+        PQsetSingleRowMode(conn_);
+      }
+      ConsumeResultsOf(step);
+      if (broken_) {
+        link = step.status.ok() ? absl::UnavailableError("connection lost") : step.status;
+        break;
+      }
+    }
+  }
+  if (!broken_) PQexitPipelineMode(conn_);
+  for (Step& step : steps) {
+    if (!link.ok() && step.status.ok()) step.status = link;
+    if (step.kind == Step::kPrepare && !step.status.ok()) {
+      ErasePrepared(step.prepared_key, step.prepared_name);
+    }
+    if (step.kind == Step::kSimple && step.timeout_ms >= 0 && !step.status.ok()) {
+      statement_timeout_ms_ = -1;  // unknown: set again next time
+    }
+  }
+  return link;
+}
+
+absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements) {
+  std::vector<Step> steps;
+  steps.reserve(statements.size() * 3 + 2);
+  std::vector<std::string> evicted;
+  std::vector<Step*> exec_of(statements.size(), nullptr);
+  std::vector<size_t> exec_index(statements.size(), SIZE_MAX);
+  for (size_t i = 0; i < statements.size(); ++i) {
+    Statement* s = statements[i];
+    auto params = std::make_unique<EncodedParams>();
+    if (s->params != nullptr) {
+      s->status = params->Encode(*s->params);
+      if (!s->status.ok()) continue;
+    } else {
+      s->status = absl::OkStatus();
+    }
+    if (absl::Now() >= s->deadline) {
+      s->status = absl::DeadlineExceededError("deadline passed before the statement was sent");
+      continue;
+    }
+    SetStatementTimeoutSteps(s->deadline, steps);
+    bool is_new = false;
+    std::string key = absl::StrCat(s->sql, "\x1f", params->TypeSignature());
+    Prepared* prep = LookupOrAddPrepared(key, s->sql, &evicted, &is_new);
+    if (is_new) {
+      Step p{Step::kPrepare};
+      p.statement = s;
+      p.prepared = prep;
+      p.prepared_key = key;
+      p.prepared_name = prep->name;
+      p.params = std::make_unique<EncodedParams>();
+      if (s->params != nullptr) (void)p.params->Encode(*s->params);
+      p.deadline = s->deadline;
+      p.cancelled = s->cancelled;
+      steps.push_back(std::move(p));
+    }
+    Step e{Step::kExec};
+    e.statement = s;
+    e.prepared = prep;
+    e.params = std::move(params);
+    e.deadline = s->deadline;
+    e.cancelled = s->cancelled;
+    exec_index[i] = steps.size();
+    steps.push_back(std::move(e));
+    steps.push_back(Step{Step::kSync});
+  }
+  for (const std::string& name : evicted) {
+    Step d{Step::kSimple};
+    d.sql = absl::StrCat("DEALLOCATE ", name);
+    steps.push_back(std::move(d));
+    steps.push_back(Step{Step::kSync});
+  }
+  if (steps.empty()) return absl::OkStatus();
+  absl::Status link = RunPipeline(steps);
+  for (size_t i = 0; i < statements.size(); ++i) {
+    if (exec_index[i] == SIZE_MAX) continue;
+    Step& e = steps[exec_index[i]];
+    // A failed Parse is the statement's real error; its Execute only says "aborted".
+    absl::Status st = e.status;
+    if (exec_index[i] > 0) {
+      Step& before = steps[exec_index[i] - 1];
+      if (before.kind == Step::kPrepare && !before.status.ok()) st = before.status;
+    }
+    statements[i]->status = st;
+  }
+  return link;
+}
+
+absl::Status Connection::RunTransaction(absl::string_view begin_sql,
+                                        absl::Span<Statement* const> statements,
+                                        absl::Time deadline,
+                                        const std::atomic<bool>* cancelled) {
+  std::vector<Step> steps;
+  steps.reserve(statements.size() * 2 + 5);
+  std::vector<std::string> evicted;
+  std::vector<std::unique_ptr<EncodedParams>> encoded;
+  for (size_t i = 0; i < statements.size(); ++i) {
+    Statement* s = statements[i];
+    auto params = std::make_unique<EncodedParams>();
+    if (s->params != nullptr) {
+      absl::Status st = params->Encode(*s->params);
+      if (!st.ok()) {
+        s->status = st;
+        return absl::Status(st.code(), absl::StrCat("statement ", i + 1, ": ", st.message()));
+      }
+    }
+    encoded.push_back(std::move(params));
+  }
+  if (absl::Now() >= deadline) {
+    return absl::DeadlineExceededError("deadline passed before the transaction started");
+  }
+  SetStatementTimeoutSteps(deadline, steps);
+  const size_t first = steps.size();
+  Step begin{Step::kSimple};
+  begin.sql = std::string(begin_sql);
+  steps.push_back(std::move(begin));
+  std::vector<size_t> exec_index(statements.size());
+  for (size_t i = 0; i < statements.size(); ++i) {
+    Statement* s = statements[i];
+    bool is_new = false;
+    std::string key = absl::StrCat(s->sql, "\x1f", encoded[i]->TypeSignature());
+    Prepared* prep = LookupOrAddPrepared(key, s->sql, &evicted, &is_new);
+    if (is_new) {
+      Step p{Step::kPrepare};
+      p.statement = s;
+      p.prepared = prep;
+      p.prepared_key = key;
+      p.prepared_name = prep->name;
+      p.params = std::make_unique<EncodedParams>();
+      if (s->params != nullptr) (void)p.params->Encode(*s->params);
+      steps.push_back(std::move(p));
+    }
+    Step e{Step::kExec};
+    e.statement = s;
+    e.prepared = prep;
+    e.params = std::move(encoded[i]);
+    exec_index[i] = steps.size();
+    steps.push_back(std::move(e));
+  }
+  Step commit{Step::kSimple};
+  commit.sql = "COMMIT";
+  steps.push_back(std::move(commit));
+  steps.push_back(Step{Step::kSync});
+  for (const std::string& name : evicted) {
+    Step d{Step::kSimple};
+    d.sql = absl::StrCat("DEALLOCATE ", name);
+    steps.push_back(std::move(d));
+    steps.push_back(Step{Step::kSync});
+  }
+  for (size_t i = first; i < steps.size(); ++i) {
+    steps[i].deadline = deadline;
+    steps[i].cancelled = cancelled;
+  }
+  absl::Status link = RunPipeline(steps);
+  // The first failure in the transaction is its outcome.
+  absl::Status outcome = link;
+  for (size_t i = first; i < steps.size() && outcome.ok(); ++i) {
+    Step& st = steps[i];
+    if (st.status.ok() || (st.status.code() == absl::StatusCode::kAborted &&
+                               absl::StartsWith(st.status.message(), "not executed"))) {
+      continue;
+    }
+    if (st.statement != nullptr) {
+      const size_t n = std::find(statements.begin(), statements.end(), st.statement) -
+                       statements.begin();
+      outcome = absl::Status(st.status.code(),
+                             absl::StrCat("statement ", n + 1, ": ", st.status.message()));
+      std::string sqlstate = SqlStateOf(st.status);
+      if (!sqlstate.empty()) outcome.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+    } else {
+      outcome = st.status;
+    }
+  }
+  for (size_t i = 0; i < statements.size(); ++i) {
+    statements[i]->status = steps[exec_index[i]].status;
+  }
+  if (!broken_ && PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+    // The failed transaction block is still open on the server: close it.
+    absl::Status rb = RunSimple("ROLLBACK", absl::Now() + absl::Seconds(5));
+    if (!rb.ok() && outcome.ok()) outcome = rb;
+  }
+  return outcome;
+}
+
+absl::Status Connection::RunSimple(const char* sql, absl::Time deadline) {
+  std::vector<Step> steps;
+  Step s{Step::kSimple};
+  s.sql = sql;
+  s.deadline = deadline;
+  steps.push_back(std::move(s));
+  Step sync{Step::kSync};
+  sync.deadline = deadline;
+  steps.push_back(std::move(sync));
+  absl::Status link = RunPipeline(steps);
+  return link.ok() ? steps[0].status : link;
+}
+
+absl::Status Connection::RunStreaming(Statement& statement) {
+  if (broken_) return absl::UnavailableError("connection is broken");
+  EncodedParams params;
+  if (statement.params != nullptr) {
+    statement.status = params.Encode(*statement.params);
+    if (!statement.status.ok()) return absl::OkStatus();
+  }
+  {
+    std::vector<Step> steps;
+    SetStatementTimeoutSteps(statement.deadline, steps);
+    if (!steps.empty()) {
+      absl::Status link = RunPipeline(steps);
+      if (!link.ok()) return link;
+      if (!steps[0].status.ok()) {
+        statement.status = steps[0].status;
+        return absl::OkStatus();
+      }
+    }
+  }
+  // Unnamed statement: a streamed query is rarely repeated fast enough for a
+  // prepared statement to pay.
+  const std::string sql(statement.sql);
+  if (PQsendQueryParams(conn_, sql.c_str(), params.size(),
+                        reinterpret_cast<const Oid*>(params.types()), params.values(),
+                        params.lengths(), params.formats(), 0) != 1) {
+    return MarkBroken("sending a statement");
+  }
+  PQsetSingleRowMode(conn_);
+  Step step{Step::kExec};
+  step.statement = &statement;
+  step.deadline = statement.deadline;
+  step.cancelled = statement.cancelled;
+  ConsumeResultsOf(step);
+  statement.status = step.status;
+  if (broken_) return step.status.ok() ? absl::UnavailableError("connection lost") : step.status;
+  return absl::OkStatus();
+}
+
+bool Connection::Ping(absl::Time deadline) {
+  if (!LooksAlive()) return false;
+  Step s{Step::kSimple};
+  std::vector<Step> steps;
+  s.sql = "";
+  s.deadline = deadline;
+  steps.push_back(std::move(s));
+  Step sync{Step::kSync};
+  sync.deadline = deadline;
+  steps.push_back(std::move(sync));
+  absl::Status link = RunPipeline(steps);
+  return link.ok() && steps[0].status.ok() && !broken_;
+}
+
+}  // namespace poolside::db

@@ -1,0 +1,164 @@
+#ifndef POOLSIDE_COMMON_DB_CONNECTION_H_
+#define POOLSIDE_COMMON_DB_CONNECTION_H_
+
+// One PostgreSQL connection: opened and owned through libpqxx, driven with libpq's
+// pipeline mode for statements (libpqxx 6.4 cannot pipeline prepared statements,
+// and pipelining is what lets poolside batch many callers' statements into one
+// round trip; see DESIGN.md).
+//
+//   auto conn = Connection::Open({.dsn = "host=... dbname=..."});
+//   Statement a{.sql = "SELECT $1::int8", .params = &params, .sink = &sink,
+//               .deadline = absl::Now() + absl::Seconds(1)};
+//   absl::Status link = (*conn)->RunIndependent({&a});  // a.status: a's outcome
+//
+// Every statement is prepared once per connection and kept in a bounded LRU
+// (DEALLOCATEd on eviction). Deadlines are enforced twice: statement_timeout is
+// set on the server (rounded up to whole seconds, only when it changes), and the
+// client cancels the backend query (PQcancel) the moment a statement's deadline
+// passes or its `cancelled` flag is raised.
+//
+// Thread safety: a Connection is used by one thread at a time (the pool's lease
+// holder). Nothing else.
+
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "google/protobuf/repeated_ptr_field.h"
+#include "proto/poolside/v1/common.pb.h"
+
+// libpq's handle types (libpq-fe.h), kept out of this header.
+struct pg_conn;
+struct pg_result;
+struct pg_cancel;
+
+namespace poolside::db {
+
+struct ConnectionOptions {
+  // libpq keyword/value string or URI; sslmode, sslrootcert etc. pass through.
+  std::string dsn;
+  std::string application_name = "poolside";
+  absl::Duration connect_timeout = absl::Seconds(5);
+  size_t statement_cache_size = 100;
+  // After a cancel request, how long to wait for the server to give up the
+  // statement before the connection is declared broken.
+  absl::Duration cancel_grace = absl::Seconds(3);
+};
+
+// Receives one statement's result, row by row, so results never need to be held
+// twice and a limit can stop a result early.
+class ResultSink {
+ public:
+  virtual ~ResultSink() = default;
+  // Once, before any row (with no columns for commands that return none).
+  virtual absl::Status Begin(
+      const google::protobuf::RepeatedPtrField<v1::Column>& columns) = 0;
+  // A row to fill with the next result row's values.
+  virtual v1::Row* NewRow() = 0;
+  // After NewRow()'s row is filled; `bytes` approximates its size. A non-OK
+  // status ends the statement with that status (the rest of the rows are
+  // discarded).
+  virtual absl::Status RowDone(size_t bytes) = 0;
+  // After the last row, when the statement succeeded.
+  virtual void Finish(int64_t rows_affected, absl::string_view command_tag) = 0;
+};
+
+// One statement to run and, after the run, its outcome.
+struct Statement {
+  absl::string_view sql;
+  const google::protobuf::RepeatedPtrField<v1::Value>* params = nullptr;
+  ResultSink* sink = nullptr;  // null: rows are discarded
+  absl::Time deadline = absl::InfiniteFuture();
+  // Raised by another thread to abandon the statement (its backend query is
+  // cancelled).
+  const std::atomic<bool>* cancelled = nullptr;
+  absl::Status status;
+};
+
+class Connection {
+ public:
+  static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectionOptions& options);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Runs statements that are independent of each other, each in its own implicit
+  // transaction, in one pipeline (one network round trip). Each statement's
+  // status says how it went; one failing does not affect the others. Returns
+  // non-OK when the connection itself failed (then discard it).
+  absl::Status RunIndependent(absl::Span<Statement* const> statements);
+
+  // BEGIN `begin_sql`; the statements; COMMIT — pipelined in one round trip. On
+  // the first failure everything is rolled back and that failure is returned.
+  // `deadline`/`cancelled` bound the whole transaction. begin_sql is a trusted
+  // constant such as "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY".
+  absl::Status RunTransaction(absl::string_view begin_sql,
+                              absl::Span<Statement* const> statements,
+                              absl::Time deadline,
+                              const std::atomic<bool>* cancelled);
+
+  // Runs one statement outside pipeline mode with libpq's single-row mode, so
+  // the rows reach `statement.sink` as they arrive (bounded memory for results
+  // of any size). Same return contract as RunIndependent.
+  absl::Status RunStreaming(Statement& statement);
+
+  // A round trip to the server (empty query); false if the connection is unusable.
+  bool Ping(absl::Time deadline);
+  // Cheap local check (no round trip): the socket has not been closed by the
+  // server and no transaction was left open.
+  bool LooksAlive();
+  bool broken() const { return broken_; }
+  int server_version() const;
+  size_t prepared_statements() const { return lru_.size(); }
+
+ private:
+  struct Prepared {
+    std::string key;
+    std::string name;
+    google::protobuf::RepeatedPtrField<v1::Column> columns;
+    bool columns_known = false;
+  };
+  struct Step;
+  class PqxxConnection;
+
+  explicit Connection(const ConnectionOptions& options);
+
+  absl::Status RunPipeline(std::vector<Step>& steps);
+  absl::Status SendStep(Step& step);
+  // Waits until a result is ready or the connection fails; enforces `deadline`
+  // and `cancelled` by cancelling the backend query.
+  absl::Status AwaitResult(absl::Time deadline, const std::atomic<bool>* cancelled,
+                           int* cancel_reason);
+  void ConsumeResultsOf(Step& step);
+  absl::Status HandleRows(::pg_result* res, Step& step);
+  void SetStatementTimeoutSteps(absl::Time deadline, std::vector<Step>& steps);
+  Prepared* LookupOrAddPrepared(const std::string& key, absl::string_view sql,
+                                std::vector<std::string>* evicted, bool* is_new);
+  void ErasePrepared(const std::string& key, const std::string& name);
+  absl::Status MarkBroken(absl::string_view what);
+  absl::Status RunSimple(const char* sql, absl::Time deadline);
+
+  ConnectionOptions options_;
+  std::unique_ptr<PqxxConnection> pqxx_;
+  ::pg_conn* conn_ = nullptr;
+  ::pg_cancel* cancel_ = nullptr;
+  bool broken_ = false;
+  int64_t statement_timeout_ms_ = 0;  // what the session has now
+  uint64_t next_statement_id_ = 0;
+  // LRU of prepared statements, most recent first.
+  std::list<Prepared> lru_;
+  absl::flat_hash_map<std::string, std::list<Prepared>::iterator> prepared_;
+};
+
+}  // namespace poolside::db
+
+#endif  // POOLSIDE_COMMON_DB_CONNECTION_H_

@@ -1,0 +1,84 @@
+#include "common/server/server.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/telemetry/log.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace poolside::server {
+
+void BlockTerminationSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::unique_ptr<Server> s(new Server());
+  s->options_ = std::move(options);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(s->options_.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetMaxReceiveMessageSize(s->options_.max_receive_message_bytes);
+  builder.SetMaxSendMessageSize(s->options_.max_send_message_bytes);
+  for (grpc::Service* service : s->options_.services) builder.RegisterService(service);
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", s->options_.listen,
+                     " (address in use, or not an address of this host?)"));
+  }
+  if (!s->options_.port_file.empty()) {
+    // Written atomically so a reader never sees a partial number.
+    const std::string tmp = s->options_.port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << s->port_ << "\n";
+      if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+    }
+    if (std::rename(tmp.c_str(), s->options_.port_file.c_str()) != 0) {
+      return absl::InternalError(absl::StrCat("cannot write ", s->options_.port_file));
+    }
+  }
+  telemetry::LogInfo("serving", {{"listen", s->options_.listen},
+                                 {"port", absl::StrCat(s->port_)}});
+  return s;
+}
+
+Server::~Server() { Shutdown(); }
+
+int Server::WaitForTermination() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int sig = 0;
+  sigwait(&set, &sig);
+  telemetry::LogInfo("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+                                       {"drain_timeout", absl::FormatDuration(options_.drain_timeout)}});
+  Shutdown();
+  return sig;
+}
+
+void Server::Shutdown() {
+  if (shut_down_ || server_ == nullptr) return;
+  shut_down_ = true;
+  if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));
+  server_->Shutdown(deadline);
+  server_->Wait();
+  telemetry::LogInfo("stopped");
+}
+
+}  // namespace poolside::server

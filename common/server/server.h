@@ -1,0 +1,67 @@
+#ifndef POOLSIDE_COMMON_SERVER_SERVER_H_
+#define POOLSIDE_COMMON_SERVER_SERVER_H_
+
+// gRPC server bootstrap shared by the three services: listen address (port 0
+// picks a free port, optionally written to a file), the standard health service
+// and server reflection, message size limits, and graceful shutdown on
+// SIGTERM/SIGINT (stop accepting, let in-flight calls finish for a bounded time,
+// cancel the rest).
+//
+//   int main() {
+//     poolside::server::BlockTerminationSignals();   // first, before any thread
+//     MyService service(...);
+//     auto server = poolside::server::Server::Start({.listen = "0.0.0.0:50051",
+//                                                    .services = {&service}});
+//     (*server)->WaitForTermination();                // returns after draining
+//   }
+//
+// Thread-safe.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+
+namespace poolside::server {
+
+struct ServerOptions {
+  std::string listen = "0.0.0.0:0";
+  std::string port_file;
+  absl::Duration drain_timeout = absl::Seconds(10);
+  std::vector<grpc::Service*> services;
+  int max_receive_message_bytes = 64 << 20;
+  int max_send_message_bytes = 64 << 20;
+};
+
+// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts
+// later, so WaitForTermination() can receive them synchronously.
+void BlockTerminationSignals();
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+  ~Server();
+
+  int port() const { return port_; }
+  grpc::Server* grpc_server() { return server_.get(); }
+
+  // Waits for SIGTERM or SIGINT, then Shutdown(). Returns the signal number.
+  int WaitForTermination();
+  // Marks the server NOT_SERVING, stops accepting, waits up to drain_timeout for
+  // in-flight calls, then cancels what is left. Idempotent.
+  void Shutdown();
+
+ private:
+  Server() = default;
+  ServerOptions options_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace poolside::server
+
+#endif  // POOLSIDE_COMMON_SERVER_SERVER_H_

@@ -1,0 +1,199 @@
+#include "services/query/database.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/telemetry/log.h"
+#include "services/query/query_config.h"
+
+namespace poolside::query {
+namespace {
+
+pool::PoolOptions PoolOptionsFor(const v1::DatabaseConfig& c) {
+  const v1::PoolConfig& p = c.pool();
+  pool::PoolOptions o;
+  o.name = c.name();
+  o.min_idle = p.min_idle();
+  o.max_size = p.max_size();
+  o.acquire_timeout = absl::Milliseconds(p.acquire_timeout_ms());
+  o.validate_after_idle = absl::Milliseconds(p.validate_after_idle_ms());
+  o.max_lifetime = absl::Milliseconds(p.max_lifetime_ms());
+  o.idle_timeout = absl::Milliseconds(p.idle_timeout_ms());
+  o.leak_threshold = absl::Milliseconds(p.leak_threshold_ms());
+  return o;
+}
+
+}  // namespace
+
+Database::Database(const v1::DatabaseConfig& config) : config_(config) {
+  db::ConnectionOptions options;
+  options.dsn = config_.dsn();
+  options.application_name = absl::StrCat("poolside-query/", config_.name());
+  options.connect_timeout = absl::Milliseconds(config_.pool().connect_timeout_ms());
+  options.statement_cache_size = config_.statement_cache_size();
+  const std::string where = DescribeDsn(config_.dsn());
+  pool_ = std::make_unique<ConnectionPool>(
+      PoolOptionsFor(config_),
+      [options, where]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+        auto c = db::Connection::Open(options);
+        if (!c.ok()) {
+          return absl::Status(c.status().code(),
+                              absl::StrCat(where, ": ", c.status().message()));
+        }
+        return c;
+      },
+      [](db::Connection& c) { return c.Ping(absl::Now() + absl::Seconds(2)); });
+}
+
+Database::~Database() {
+  std::deque<std::shared_ptr<Work>> left;
+  std::vector<std::thread> workers;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    left.swap(queue_);
+    workers.swap(workers_);
+    work_ready_.SignalAll();
+  }
+  for (auto& w : left) {
+    int expected = Work::kQueued;
+    if (w->state.compare_exchange_strong(expected, Work::kRunning)) {
+      w->done(absl::UnavailableError("the query service is shutting down"));
+    }
+  }
+  for (auto& t : workers) t.join();
+}
+
+size_t Database::queued() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+absl::Status Database::Submit(std::shared_ptr<Work> work) {
+  work->statement.deadline = work->deadline;
+  work->statement.cancelled = &work->cancelled;
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("the query service is shutting down");
+  if (queue_.size() >= config_.pool().max_queue()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "database ", config_.name(), " has ", queue_.size(),
+        " calls waiting already (max_queue); retry with backoff"));
+  }
+  queue_.push_back(std::move(work));
+  MaybeStartWorker();
+  work_ready_.Signal();
+  return absl::OkStatus();
+}
+
+void Database::MaybeStartWorker() {
+  // Workers start on demand, up to the pool's size: one per connection.
+  if (idle_workers_ > 0 || workers_.size() >= config_.pool().max_size()) return;
+  workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+absl::StatusOr<ConnectionPool::Lease> Database::AcquireLive(absl::Time deadline,
+                                                            std::string holder) {
+  for (size_t attempt = 0;; ++attempt) {
+    absl::StatusOr<ConnectionPool::Lease> lease = pool_->Acquire(deadline, holder);
+    if (!lease.ok()) {
+      if (lease.status().code() == absl::StatusCode::kDeadlineExceeded) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "no connection to database ", config_.name(),
+            " became free before the deadline (pool maxSize ", config_.pool().max_size(), ")"));
+      }
+      return lease.status();
+    }
+    if ((*lease)->LooksAlive()) return lease;
+    // Closed by the server (restart, idle kill, failover): replace it.
+    lease->MarkBroken();
+    if (attempt > config_.pool().max_size()) {
+      return absl::UnavailableError(absl::StrCat("database ", config_.name(),
+                                                 ": connections keep failing"));
+    }
+  }
+}
+
+absl::Status Database::WarmUp() {
+  absl::Status s = pool_->WarmUp(absl::Milliseconds(config_.pool().startup_retry_ms()));
+  if (s.ok()) {
+    telemetry::LogInfo("pool warm", {{"database", config_.name()},
+                                     {"min_idle", absl::StrCat(config_.pool().min_idle())}});
+  } else {
+    telemetry::LogWarning("database not reachable yet; connecting on demand",
+                          {{"database", config_.name()}, {"error", std::string(s.message())}});
+  }
+  return s;
+}
+
+void Database::WorkerLoop() {
+  const size_t depth = std::max<uint32_t>(1, config_.pool().max_pipeline_depth());
+  std::vector<std::shared_ptr<Work>> batch;
+  while (true) {
+    batch.clear();
+    {
+      absl::MutexLock lock(&mu_);
+      ++idle_workers_;
+      while (!stopping_ && queue_.empty()) work_ready_.Wait(&mu_);
+      --idle_workers_;
+      if (stopping_) return;
+      // The next call; if it is a single statement, the single statements
+      // queued right behind it join its pipeline.
+      while (!queue_.empty() && batch.size() < depth) {
+        std::shared_ptr<Work>& next = queue_.front();
+        if (!batch.empty() && (!next->batchable || !batch.front()->batchable)) break;
+        int expected = Work::kQueued;
+        if (next->state.compare_exchange_strong(expected, Work::kRunning)) {
+          batch.push_back(std::move(next));
+        }
+        queue_.pop_front();
+        if (!batch.empty() && !batch.front()->batchable) break;
+      }
+      if (!queue_.empty()) {
+        MaybeStartWorker();
+        work_ready_.Signal();
+      }
+    }
+    if (batch.empty()) continue;
+    if (batch.front()->batchable) {
+      RunBatch(batch);
+    } else {
+      RunExclusive(*batch.front());
+    }
+  }
+}
+
+void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
+  absl::Time acquire_deadline = absl::InfinitePast();
+  for (auto& w : batch) acquire_deadline = std::max(acquire_deadline, w->deadline);
+  absl::StatusOr<ConnectionPool::Lease> lease =
+      AcquireLive(acquire_deadline, batch.front()->holder);
+  if (!lease.ok()) {
+    for (auto& w : batch) w->done(lease.status());
+    return;
+  }
+  std::vector<db::Statement*> statements;
+  statements.reserve(batch.size());
+  for (auto& w : batch) statements.push_back(&w->statement);
+  absl::Status link = (*lease)->RunIndependent(statements);
+  if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
+  lease->Release();
+  for (auto& w : batch) w->done(w->statement.status);
+}
+
+void Database::RunExclusive(Work& work) {
+  if (absl::Now() >= work.deadline) {
+    work.done(absl::DeadlineExceededError("deadline passed while waiting for a worker"));
+    return;
+  }
+  absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
+  if (!lease.ok()) {
+    work.done(lease.status());
+    return;
+  }
+  absl::Status outcome = work.exclusive(**lease);
+  if ((*lease)->broken()) lease->MarkBroken();
+  lease->Release();
+  work.done(outcome);
+}
+
+}  // namespace poolside::query

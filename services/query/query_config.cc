@@ -1,0 +1,137 @@
+#include "services/query/query_config.h"
+
+#include <libpq-fe.h>
+
+#include <algorithm>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/config/json_config.h"
+
+namespace poolside::query {
+namespace {
+
+// Sets a scalar field that was left at 0 to its documented default.
+#define POOLSIDE_DEFAULT(msg, field, value) \
+  if ((msg)->field() == 0) (msg)->set_##field(value)
+
+bool ValidName(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(c) && c != '_' && c != '-' && c != '.') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string DescribeDsn(const std::string& dsn) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
+  if (opts == nullptr) {
+    if (err != nullptr) PQfreemem(err);
+    return "(unparsable DSN)";
+  }
+  std::string host, port, dbname;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    const std::string k = o->keyword;
+    if (k == "host" || (k == "hostaddr" && host.empty())) host = o->val;
+    if (k == "port") port = o->val;
+    if (k == "dbname") dbname = o->val;
+  }
+  PQconninfoFree(opts);
+  return absl::StrCat(host.empty() ? "localhost" : host, ":", port.empty() ? "5432" : port, "/",
+                      dbname);
+}
+
+absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfig c) {
+  auto* server = c.mutable_server();
+  if (server->listen().empty()) server->set_listen("0.0.0.0:50051");
+  POOLSIDE_DEFAULT(server, drain_timeout_ms, 10000u);
+
+  auto* limits = c.mutable_limits();
+  POOLSIDE_DEFAULT(limits, max_rows, 100000);
+  POOLSIDE_DEFAULT(limits, max_bytes, uint64_t{64} << 20);
+  POOLSIDE_DEFAULT(limits, max_sql_bytes, 1u << 20);
+  POOLSIDE_DEFAULT(limits, max_params, 10000u);
+  POOLSIDE_DEFAULT(limits, max_statements, 1000u);
+  POOLSIDE_DEFAULT(limits, default_timeout_ms, 30000u);
+  POOLSIDE_DEFAULT(limits, stream_chunk_rows, 1000u);
+  POOLSIDE_DEFAULT(limits, check_concurrency, 32u);
+
+  if (c.databases().empty()) {
+    return absl::InvalidArgumentError("config: at least one database must be configured");
+  }
+  absl::flat_hash_set<std::string> names;
+  for (int i = 0; i < c.databases_size(); ++i) {
+    v1::DatabaseConfig* db = c.mutable_databases(i);
+    const std::string where = absl::StrCat("databases[", i, "] (", db->name(), ")");
+    if (!ValidName(db->name())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
+    }
+    if (!names.insert(db->name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate database name"));
+    }
+    absl::StatusOr<std::string> dsn =
+        config::ResolveSecret(absl::StrCat(where, " dsn"), db->dsn(), db->dsn_file(), db->dsn_env());
+    if (!dsn.ok()) return dsn.status();
+    char* err = nullptr;
+    PQconninfoOption* parsed = PQconninfoParse(dsn->c_str(), &err);
+    if (parsed == nullptr) {
+      std::string msg = err ? err : "";
+      if (err) PQfreemem(err);
+      return absl::InvalidArgumentError(absl::StrCat(where, ": invalid dsn: ", msg));
+    }
+    PQconninfoFree(parsed);
+    db->set_dsn(*dsn);
+    db->clear_dsn_file();
+    db->clear_dsn_env();
+    POOLSIDE_DEFAULT(db, statement_cache_size, 100u);
+
+    auto* pool = db->mutable_pool();
+    POOLSIDE_DEFAULT(pool, max_size, 10u);
+    if (!pool->has_min_idle()) pool->set_min_idle(std::min(1u, pool->max_size()));
+    POOLSIDE_DEFAULT(pool, acquire_timeout_ms, 5000u);
+    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 30000u);
+    POOLSIDE_DEFAULT(pool, max_lifetime_ms, 1800000u);
+    POOLSIDE_DEFAULT(pool, idle_timeout_ms, 600000u);
+    POOLSIDE_DEFAULT(pool, leak_threshold_ms, 60000u);
+    POOLSIDE_DEFAULT(pool, connect_timeout_ms, 5000u);
+    POOLSIDE_DEFAULT(pool, startup_retry_ms, 30000u);
+    POOLSIDE_DEFAULT(pool, max_pipeline_depth, 64u);
+    POOLSIDE_DEFAULT(pool, max_queue, 10000u);
+    if (pool->min_idle() > pool->max_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": pool.minIdle (", pool->min_idle(), ") exceeds pool.maxSize (",
+          pool->max_size(), ")"));
+    }
+    if (pool->max_size() > 1000) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxSize above 1000"));
+    }
+  }
+  if (c.default_database().empty()) {
+    if (c.databases_size() == 1) c.set_default_database(c.databases(0).name());
+  } else if (!names.contains(c.default_database())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "defaultDatabase \"", c.default_database(), "\" is not a configured database"));
+  }
+  return c;
+}
+
+absl::StatusOr<v1::QueryServiceConfig> LoadQueryConfig(const std::string& path) {
+  v1::QueryServiceConfig c;
+  absl::Status s = config::LoadJsonConfig(path, &c);
+  if (!s.ok()) return s;
+  absl::StatusOr<v1::QueryServiceConfig> done = FinalizeQueryConfig(std::move(c));
+  if (!done.ok()) {
+    return absl::Status(done.status().code(), absl::StrCat(path, ": ", done.status().message()));
+  }
+  return done;
+}
+
+#undef POOLSIDE_DEFAULT
+
+}  // namespace poolside::query

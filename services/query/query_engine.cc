@@ -1,0 +1,351 @@
+#include "services/query/query_engine.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/telemetry/log.h"
+
+namespace poolside::query {
+namespace {
+
+// Checks at most this many CheckDatabases calls at once; more are refused.
+constexpr int kMaxConcurrentChecks = 4;
+
+// Runs fn(i) for i in [0, n) on up to `parallelism` threads.
+void ParallelFor(size_t n, size_t parallelism, const std::function<void(size_t)>& fn) {
+  std::atomic<size_t> next{0};
+  auto run = [&] {
+    for (size_t i = next++; i < n; i = next++) fn(i);
+  };
+  std::vector<std::thread> threads;
+  const size_t extra = std::min(n, std::max<size_t>(1, parallelism)) - (n > 0 ? 1 : 0);
+  for (size_t t = 0; t < extra; ++t) threads.emplace_back(run);
+  run();
+  for (auto& t : threads) t.join();
+}
+
+uint64_t Cap(uint64_t requested, uint64_t server_limit) {
+  return requested == 0 ? server_limit : std::min(requested, server_limit);
+}
+
+class ExecuteWork : public Work {
+ public:
+  ResultBudget budget;
+  std::unique_ptr<db::ResultSink> sink;
+};
+
+class TransactionWork : public Work {
+ public:
+  ResultBudget budget;
+  std::vector<db::Statement> statements;
+  std::vector<std::unique_ptr<ResultSetSink>> sinks;
+};
+
+}  // namespace
+
+QueryEngine::QueryEngine(v1::QueryServiceConfig config) : config_(std::move(config)) {
+  for (const v1::DatabaseConfig& db : config_.databases()) {
+    databases_.emplace(db.name(), std::make_unique<Database>(db));
+  }
+}
+
+QueryEngine::~QueryEngine() {
+  stopping_.Notify();
+  if (maintenance_.joinable()) maintenance_.join();
+  if (warmup_.joinable()) warmup_.join();
+  // Detached CheckDatabases threads reference the databases: wait for them.
+  while (background_threads_.load() > 0) absl::SleepFor(absl::Milliseconds(5));
+  databases_.clear();
+}
+
+void QueryEngine::Start() {
+  warmup_ = std::thread([this] {
+    std::vector<Database*> dbs;
+    for (auto& [name, db] : databases_) dbs.push_back(db.get());
+    ParallelFor(dbs.size(), 8, [&](size_t i) {
+      if (!stopping_.HasBeenNotified()) dbs[i]->WarmUp().IgnoreError();
+    });
+  });
+  maintenance_ = std::thread([this] { MaintenanceLoop(); });
+}
+
+void QueryEngine::MaintenanceLoop() {
+  while (!stopping_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
+    for (auto& [name, db] : databases_) db->pool().Maintain();
+  }
+}
+
+absl::Time QueryEngine::EffectiveDeadline(absl::Time requested) const {
+  const absl::Time fallback =
+      absl::Now() + absl::Milliseconds(config_.limits().default_timeout_ms());
+  return requested == absl::InfiniteFuture() ? fallback : requested;
+}
+
+absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name) {
+  if (name.empty()) {
+    if (config_.default_database().empty()) {
+      return absl::InvalidArgumentError(
+          "name a database: several are configured and none is the default");
+    }
+    name = config_.default_database();
+  }
+  auto it = databases_.find(name);
+  if (it == databases_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "unknown database \"", name.substr(0, 64), "\"; configured databases are listed by GetPoolStats"));
+  }
+  return it->second.get();
+}
+
+absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params) const {
+  const auto& limits = config_.limits();
+  if (sql.empty()) return absl::InvalidArgumentError("sql is empty");
+  if (sql.size() > limits.max_sql_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("sql is ", sql.size(),
+                                                   " bytes; the limit is ", limits.max_sql_bytes()));
+  }
+  if (sql.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError("sql contains a NUL byte");
+  }
+  if (params > static_cast<int>(limits.max_params())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(params, " parameters; the limit is ", limits.max_params()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequest& request,
+                                                           absl::Time deadline,
+                                                           std::string holder,
+                                                           v1::ExecuteResponse* response,
+                                                           Done done) {
+  absl::StatusOr<Database*> db = Find(request.database());
+  if (!db.ok()) return db.status();
+  if (absl::Status s = CheckStatement(request.sql(), request.params_size()); !s.ok()) return s;
+
+  auto work = std::make_shared<ExecuteWork>();
+  work->deadline = deadline;
+  work->holder = std::move(holder);
+  work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
+  work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
+  work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
+  work->batchable = true;
+  work->statement.sql = request.sql();
+  work->statement.params = &request.params();
+  work->statement.sink = work->sink.get();
+  const absl::Time start = absl::Now();
+  Database* database = *db;
+  work->done = [this, database, &request, response, start, done = std::move(done)](absl::Status s) {
+    stats_.Record(database->name(), request.sql(), absl::Now() - start,
+                  s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
+    done(std::move(s));
+  };
+  if (absl::Status s = database->Submit(work); !s.ok()) return s;
+  return std::static_pointer_cast<Work>(work);
+}
+
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::ExecuteRequest& request,
+                                                                 absl::Time deadline,
+                                                                 std::string holder,
+                                                                 ChunkWriter* writer, Done done) {
+  absl::StatusOr<Database*> db = Find(request.database());
+  if (!db.ok()) return db.status();
+  if (absl::Status s = CheckStatement(request.sql(), request.params_size()); !s.ok()) return s;
+
+  auto work = std::make_shared<ExecuteWork>();
+  work->deadline = deadline;
+  work->holder = std::move(holder);
+  work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
+  work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
+  const size_t chunk_rows = std::clamp<size_t>(
+      request.chunk_rows() == 0 ? config_.limits().stream_chunk_rows() : request.chunk_rows(), 1,
+      100000);
+  work->sink = std::make_unique<StreamSink>(writer, &work->budget, chunk_rows);
+  work->statement.sql = request.sql();
+  work->statement.params = &request.params();
+  work->statement.sink = work->sink.get();
+  ExecuteWork* raw = work.get();
+  work->exclusive = [raw](db::Connection& conn) -> absl::Status {
+    absl::Status link = conn.RunStreaming(raw->statement);
+    return link.ok() ? raw->statement.status : link;
+  };
+  const absl::Time start = absl::Now();
+  Database* database = *db;
+  work->done = [this, database, raw, &request, start, done = std::move(done)](absl::Status s) {
+    stats_.Record(database->name(), request.sql(), absl::Now() - start,
+                  s.ok() ? raw->budget.rows : 0, s.ok());
+    done(std::move(s));
+  };
+  if (absl::Status s = database->Submit(work); !s.ok()) return s;
+  return std::static_pointer_cast<Work>(work);
+}
+
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
+    const v1::ExecuteTransactionRequest& request, absl::Time deadline, std::string holder,
+    v1::ExecuteTransactionResponse* response, Done done) {
+  absl::StatusOr<Database*> db = Find(request.database());
+  if (!db.ok()) return db.status();
+  if (request.statements().empty()) {
+    return absl::InvalidArgumentError("a transaction needs at least one statement");
+  }
+  if (request.statements_size() > static_cast<int>(config_.limits().max_statements())) {
+    return absl::InvalidArgumentError(absl::StrCat(request.statements_size(),
+                                                   " statements; the limit is ",
+                                                   config_.limits().max_statements()));
+  }
+  for (int i = 0; i < request.statements_size(); ++i) {
+    const v1::Statement& st = request.statements(i);
+    if (absl::Status s = CheckStatement(st.sql(), st.params_size()); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("statement ", i + 1, ": ", s.message()));
+    }
+  }
+  std::string begin = "BEGIN";
+  switch (request.isolation()) {
+    case v1::READ_COMMITTED: begin += " ISOLATION LEVEL READ COMMITTED"; break;
+    case v1::REPEATABLE_READ: begin += " ISOLATION LEVEL REPEATABLE READ"; break;
+    case v1::SERIALIZABLE: begin += " ISOLATION LEVEL SERIALIZABLE"; break;
+    default: break;
+  }
+  if (request.read_only()) begin += " READ ONLY";
+
+  auto work = std::make_shared<TransactionWork>();
+  work->deadline = deadline;
+  work->holder = std::move(holder);
+  work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
+  work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
+  work->statements.resize(request.statements_size());
+  for (int i = 0; i < request.statements_size(); ++i) {
+    work->sinks.push_back(std::make_unique<ResultSetSink>(response->add_results(), &work->budget));
+    db::Statement& st = work->statements[i];
+    st.sql = request.statements(i).sql();
+    st.params = &request.statements(i).params();
+    st.sink = work->sinks.back().get();
+  }
+  TransactionWork* raw = work.get();
+  work->exclusive = [raw, begin](db::Connection& conn) -> absl::Status {
+    std::vector<db::Statement*> ptrs;
+    for (auto& st : raw->statements) ptrs.push_back(&st);
+    return conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
+  };
+  const absl::Time start = absl::Now();
+  Database* database = *db;
+  work->done = [this, database, &request, response, start, done = std::move(done)](absl::Status s) {
+    const absl::Duration took = absl::Now() - start;
+    for (int i = 0; i < request.statements_size(); ++i) {
+      const int64_t rows = s.ok() && i < response->results_size()
+                               ? std::max<int64_t>(0, response->results(i).rows_affected())
+                               : 0;
+      stats_.Record(database->name(), request.statements(i).sql(), took, rows, s.ok());
+    }
+    if (!s.ok()) response->clear_results();
+    done(std::move(s));
+  };
+  if (absl::Status s = database->Submit(work); !s.ok()) return s;
+  return std::static_pointer_cast<Work>(work);
+}
+
+absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
+                                       v1::GetPoolStatsResponse* response) {
+  std::vector<Database*> dbs;
+  if (!request.database().empty()) {
+    absl::StatusOr<Database*> db = Find(request.database());
+    if (!db.ok()) return db.status();
+    dbs.push_back(*db);
+  } else {
+    for (auto& [name, db] : databases_) dbs.push_back(db.get());
+    std::sort(dbs.begin(), dbs.end(),
+              [](Database* a, Database* b) { return a->name() < b->name(); });
+  }
+  for (Database* db : dbs) {
+    const pool::PoolStats s = db->pool().Stats();
+    v1::PoolStats* out = response->add_pools();
+    out->set_database(db->name());
+    out->set_size(s.size);
+    out->set_idle(s.idle);
+    out->set_in_use(s.in_use);
+    out->set_waiters(s.waiters + db->queued());
+    out->set_min_idle(s.min_idle);
+    out->set_max_size(s.max_size);
+    out->set_acquired_total(s.acquired);
+    out->set_timeouts_total(s.timeouts);
+    out->set_created_total(s.created);
+    out->set_closed_total(s.closed);
+    out->set_recycled_total(s.recycled);
+    out->set_broken_total(s.broken);
+    out->set_leaks_total(s.leaks);
+    out->set_create_failures_total(s.create_failures);
+    v1::Histogram* h = out->mutable_acquire_wait();
+    for (double b : s.acquire_wait.bounds) h->add_bounds_seconds(b);
+    for (uint64_t c : s.acquire_wait.cumulative_counts) h->add_counts(c);
+    h->set_count(s.acquire_wait.count);
+    h->set_sum_seconds(s.acquire_wait.sum);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryEngine::GetStatementStats(const v1::GetStatementStatsRequest& request,
+                                            v1::GetStatementStatsResponse* response) {
+  if (!request.database().empty()) {
+    if (absl::StatusOr<Database*> db = Find(request.database()); !db.ok()) return db.status();
+  }
+  for (auto& s : stats_.Snapshot(request.database(), request.limit())) {
+    *response->add_statements() = std::move(s);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& request,
+                                         absl::Time deadline,
+                                         v1::CheckDatabasesResponse* response, Done done) {
+  std::vector<Database*> dbs;
+  if (request.databases().empty()) {
+    for (auto& [name, db] : databases_) dbs.push_back(db.get());
+  } else {
+    for (const std::string& name : request.databases()) {
+      absl::StatusOr<Database*> db = Find(name);
+      if (!db.ok()) return db.status();
+      dbs.push_back(*db);
+    }
+  }
+  std::sort(dbs.begin(), dbs.end(), [](Database* a, Database* b) { return a->name() < b->name(); });
+  if (checks_running_.fetch_add(1) >= kMaxConcurrentChecks) {
+    checks_running_.fetch_sub(1);
+    return absl::ResourceExhaustedError("too many CheckDatabases calls at once; retry shortly");
+  }
+  for (Database* db : dbs) response->add_databases()->set_database(db->name());
+  ++background_threads_;
+  std::thread([this, dbs, deadline, response, done = std::move(done)] {
+    // Each check is bounded by its own short timeout as well as the call's deadline.
+    ParallelFor(dbs.size(), config_.limits().check_concurrency(), [&](size_t i) {
+      v1::DatabaseHealth* h = response->mutable_databases(static_cast<int>(i));
+      const absl::Time start = absl::Now();
+      const absl::Time check_deadline = std::min(deadline, start + absl::Seconds(5));
+      absl::StatusOr<ConnectionPool::Lease> lease = dbs[i]->AcquireLive(check_deadline, "CheckDatabases");
+      if (!lease.ok()) {
+        h->set_healthy(false);
+        h->set_error(std::string(lease.status().message()));
+      } else if (!(*lease)->Ping(check_deadline)) {
+        lease->MarkBroken();
+        h->set_healthy(false);
+        h->set_error("connection did not answer a ping");
+      } else {
+        h->set_healthy(true);
+        const int v = (*lease)->server_version();
+        h->set_server_version(absl::StrCat(v / 10000, ".", v % 10000));
+      }
+      h->set_latency_ms(absl::ToDoubleMilliseconds(absl::Now() - start));
+    });
+    for (const auto& h : response->databases()) {
+      if (h.healthy()) response->set_healthy(response->healthy() + 1);
+      else response->set_unhealthy(response->unhealthy() + 1);
+    }
+    checks_running_.fetch_sub(1);
+    done(absl::OkStatus());
+    --background_threads_;
+  }).detach();
+  return absl::OkStatus();
+}
+
+}  // namespace poolside::query

@@ -1,0 +1,89 @@
+#ifndef POOLSIDE_SERVICES_QUERY_QUERY_ENGINE_H_
+#define POOLSIDE_SERVICES_QUERY_QUERY_ENGINE_H_
+
+// The query service's core: named databases, request validation and limits,
+// execution through each database's pool and workers, statement statistics and
+// health checks. Knows no gRPC: the adapter (query_service.h) converts calls.
+//
+// Asynchronous calls return the queued Work (so the transport can cancel it) or
+// an error for a request that cannot run; their outcome arrives through `done`
+// on a worker thread. Output messages must stay valid until `done` runs, or
+// until Work::Abandon() returned true.
+//
+// Thread-safe.
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "proto/poolside/v1/config.pb.h"
+#include "proto/poolside/v1/query.pb.h"
+#include "services/query/database.h"
+#include "services/query/result_sinks.h"
+#include "services/query/statement_stats.h"
+
+namespace poolside::query {
+
+class QueryEngine {
+ public:
+  using Done = std::function<void(absl::Status)>;
+
+  // `config` must have been through FinalizeQueryConfig.
+  explicit QueryEngine(v1::QueryServiceConfig config);
+  ~QueryEngine();
+
+  // Warms the pools (in the background; the service serves meanwhile) and starts
+  // pool maintenance.
+  void Start();
+
+  // The deadline a call runs under: the caller's, or the configured default if
+  // the caller set none.
+  absl::Time EffectiveDeadline(absl::Time requested) const;
+
+  absl::StatusOr<std::shared_ptr<Work>> Execute(const v1::ExecuteRequest& request,
+                                                absl::Time deadline, std::string holder,
+                                                v1::ExecuteResponse* response, Done done);
+  absl::StatusOr<std::shared_ptr<Work>> ExecuteStream(const v1::ExecuteRequest& request,
+                                                      absl::Time deadline, std::string holder,
+                                                      ChunkWriter* writer, Done done);
+  absl::StatusOr<std::shared_ptr<Work>> ExecuteTransaction(
+      const v1::ExecuteTransactionRequest& request, absl::Time deadline, std::string holder,
+      v1::ExecuteTransactionResponse* response, Done done);
+
+  absl::Status GetPoolStats(const v1::GetPoolStatsRequest& request,
+                            v1::GetPoolStatsResponse* response);
+  absl::Status GetStatementStats(const v1::GetStatementStatsRequest& request,
+                                 v1::GetStatementStatsResponse* response);
+  // Checks the databases concurrently (config limits.check_concurrency) on a
+  // thread of its own; `done` runs when all are checked or the deadline passed.
+  absl::Status CheckDatabases(const v1::CheckDatabasesRequest& request, absl::Time deadline,
+                              v1::CheckDatabasesResponse* response, Done done);
+
+  const v1::QueryServiceConfig& config() const { return config_; }
+
+ private:
+  absl::StatusOr<Database*> Find(absl::string_view name);
+  absl::Status CheckStatement(absl::string_view sql, int params) const;
+  void MaintenanceLoop();
+
+  const v1::QueryServiceConfig config_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Database>> databases_;
+  StatementStatsRegistry stats_;
+  std::atomic<int> checks_running_{0};
+  std::atomic<int> background_threads_{0};
+  absl::Notification stopping_;
+  std::thread maintenance_;
+  std::thread warmup_;
+};
+
+}  // namespace poolside::query
+
+#endif  // POOLSIDE_SERVICES_QUERY_QUERY_ENGINE_H_

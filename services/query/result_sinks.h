@@ -1,0 +1,76 @@
+#ifndef POOLSIDE_SERVICES_QUERY_RESULT_SINKS_H_
+#define POOLSIDE_SERVICES_QUERY_RESULT_SINKS_H_
+
+// Where statement results go: into a ResultSet (unary calls) or out in chunks
+// (streaming), both within a per-call row and byte budget.
+//
+// Thread-compatible: a sink is driven by the one worker thread running its
+// statement.
+
+#include <cstdint>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "common/db/connection.h"
+#include "proto/poolside/v1/query.pb.h"
+
+namespace poolside::query {
+
+// Limits for one call, shared by all of its statements.
+struct ResultBudget {
+  uint64_t max_rows = 0;
+  uint64_t max_bytes = 0;
+  uint64_t rows = 0;
+  uint64_t bytes = 0;
+  // RESOURCE_EXHAUSTED naming the limit, after adding a row of `row_bytes`.
+  absl::Status Charge(size_t row_bytes, bool streaming);
+};
+
+class ResultSetSink : public db::ResultSink {
+ public:
+  ResultSetSink(v1::ResultSet* out, ResultBudget* budget) : out_(out), budget_(budget) {}
+  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>& columns) override;
+  v1::Row* NewRow() override { return out_->add_rows(); }
+  absl::Status RowDone(size_t bytes) override;
+  void Finish(int64_t rows_affected, absl::string_view command_tag) override;
+
+ private:
+  v1::ResultSet* out_;
+  ResultBudget* budget_;
+};
+
+// Consumer of streamed chunks; implemented by the transport.
+class ChunkWriter {
+ public:
+  virtual ~ChunkWriter() = default;
+  // Hands a chunk to the consumer; blocks while the consumer is too far behind
+  // (bounded memory). False if the consumer went away (call cancelled).
+  virtual bool Write(std::unique_ptr<v1::ExecuteStreamResponse> chunk) = 0;
+};
+
+class StreamSink : public db::ResultSink {
+ public:
+  StreamSink(ChunkWriter* writer, ResultBudget* budget, size_t chunk_rows,
+             size_t chunk_bytes = 1 << 20)
+      : writer_(writer), budget_(budget), chunk_rows_(chunk_rows), chunk_bytes_(chunk_bytes) {}
+  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>& columns) override;
+  v1::Row* NewRow() override { return chunk_->add_rows(); }
+  absl::Status RowDone(size_t bytes) override;
+  void Finish(int64_t rows_affected, absl::string_view command_tag) override;
+  // False if the last chunk could not be delivered.
+  bool delivered() const { return delivered_; }
+
+ private:
+  absl::Status Flush();
+  ChunkWriter* writer_;
+  ResultBudget* budget_;
+  const size_t chunk_rows_;
+  const size_t chunk_bytes_;
+  size_t chunk_bytes_used_ = 0;
+  bool delivered_ = true;
+  std::unique_ptr<v1::ExecuteStreamResponse> chunk_;
+};
+
+}  // namespace poolside::query
+
+#endif  // POOLSIDE_SERVICES_QUERY_RESULT_SINKS_H_

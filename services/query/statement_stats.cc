@@ -1,0 +1,137 @@
+#include "services/query/statement_stats.h"
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+
+namespace poolside::query {
+namespace {
+
+constexpr size_t kMaxNormalizedLength = 2000;
+constexpr absl::string_view kOther = "<other>";
+
+bool IdentChar(char c) { return absl::ascii_isalnum(c) || c == '_' || c == '$'; }
+
+}  // namespace
+
+std::string NormalizeSql(absl::string_view sql) {
+  std::string out;
+  out.reserve(std::min(sql.size(), kMaxNormalizedLength));
+  bool pending_space = false;
+  for (size_t i = 0; i < sql.size() && out.size() < kMaxNormalizedLength;) {
+    const char c = sql[i];
+    if (absl::ascii_isspace(c)) {
+      pending_space = !out.empty();
+      ++i;
+      continue;
+    }
+    if (pending_space) {
+      out.push_back(' ');
+      pending_space = false;
+    }
+    if (c == '\'') {  // string literal, '' escapes a quote
+      ++i;
+      while (i < sql.size()) {
+        if (sql[i] == '\'' && i + 1 < sql.size() && sql[i + 1] == '\'') {
+          i += 2;
+        } else if (sql[i] == '\'') {
+          ++i;
+          break;
+        } else {
+          ++i;
+        }
+      }
+      out.push_back('?');
+      continue;
+    }
+    if (c == '"') {  // quoted identifier: keep
+      size_t j = sql.find('"', i + 1);
+      j = j == absl::string_view::npos ? sql.size() : j + 1;
+      absl::StrAppend(&out, sql.substr(i, j - i));
+      i = j;
+      continue;
+    }
+    const bool starts_number =
+        absl::ascii_isdigit(c) && (out.empty() || !IdentChar(out.back()));
+    if (starts_number) {
+      while (i < sql.size() && (absl::ascii_isalnum(sql[i]) || sql[i] == '.')) ++i;
+      out.push_back('?');
+      continue;
+    }
+    out.push_back(c);
+    ++i;
+  }
+  return out;
+}
+
+StatementStatsRegistry::StatementStatsRegistry(size_t max_entries)
+    : max_entries_(std::max<size_t>(1, max_entries)) {}
+
+void StatementStatsRegistry::Record(absl::string_view database, absl::string_view sql,
+                                    absl::Duration latency, uint64_t rows, bool ok) {
+  Entry* e;
+  {
+    absl::MutexLock lock(&mu_);
+    std::string raw_key = absl::StrCat(database, "\x1f", sql);
+    auto raw = by_raw_.find(raw_key);
+    if (raw != by_raw_.end()) {
+      e = raw->second;
+    } else {
+      std::string normalized = NormalizeSql(sql);
+      std::string key = absl::StrCat(database, "\x1f", normalized);
+      auto it = entries_.find(key);
+      if (it == entries_.end()) {
+        if (entries_.size() >= max_entries_) {
+          key = absl::StrCat(database, "\x1f", kOther);
+          normalized = std::string(kOther);
+          it = entries_.find(key);
+        }
+        if (it == entries_.end()) {
+          auto entry = std::make_unique<Entry>();
+          entry->database = std::string(database);
+          entry->statement = normalized;
+          it = entries_.emplace(key, std::move(entry)).first;
+        }
+      }
+      e = it->second.get();
+      if (by_raw_.size() < 4 * max_entries_) by_raw_.emplace(std::move(raw_key), e);
+    }
+    ++e->calls;
+    if (!ok) ++e->errors;
+    e->rows += rows;
+    e->total_seconds += absl::ToDoubleSeconds(latency);
+  }
+  e->latency.Observe(latency);  // entries are never removed, so e stays valid
+}
+
+std::vector<v1::StatementStats> StatementStatsRegistry::Snapshot(absl::string_view database,
+                                                                 size_t limit) const {
+  std::vector<v1::StatementStats> out;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [key, e] : entries_) {
+      if (!database.empty() && e->database != database) continue;
+      v1::StatementStats s;
+      s.set_database(e->database);
+      s.set_statement(e->statement);
+      s.set_calls(e->calls);
+      s.set_errors(e->errors);
+      s.set_rows(e->rows);
+      s.set_total_ms(e->total_seconds * 1000);
+      s.set_mean_ms(e->calls ? e->total_seconds * 1000 / e->calls : 0);
+      const telemetry::Histogram::Snapshot h = e->latency.Take();
+      s.set_p50_ms(h.Percentile(0.5) * 1000);
+      s.set_p99_ms(h.Percentile(0.99) * 1000);
+      s.set_max_ms(h.max * 1000);
+      out.push_back(std::move(s));
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.total_ms() > b.total_ms();
+  });
+  if (limit > 0 && out.size() > limit) out.resize(limit);
+  return out;
+}
+
+}  // namespace poolside::query

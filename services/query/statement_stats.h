@@ -1,0 +1,59 @@
+#ifndef POOLSIDE_SERVICES_QUERY_STATEMENT_STATS_H_
+#define POOLSIDE_SERVICES_QUERY_STATEMENT_STATS_H_
+
+// Per-statement statistics seen from the client side, like pg_stat_statements:
+// calls, errors, rows and a latency histogram per (database, normalized SQL).
+// Literals are replaced by '?' so statements differing only in constants share
+// an entry. At most `max_entries` statements are tracked; the rest are counted
+// under "<other>".
+//
+// Thread-safe.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/telemetry/histogram.h"
+#include "proto/poolside/v1/query.pb.h"
+
+namespace poolside::query {
+
+// Replaces string and numeric literals with '?', folds whitespace, bounds the
+// length. "SELECT * FROM t WHERE a = 'x' AND b=42" -> "SELECT * FROM t WHERE a = ? AND b=?".
+std::string NormalizeSql(absl::string_view sql);
+
+class StatementStatsRegistry {
+ public:
+  explicit StatementStatsRegistry(size_t max_entries = 5000);
+
+  void Record(absl::string_view database, absl::string_view sql, absl::Duration latency,
+              uint64_t rows, bool ok);
+
+  // Sorted by total time, descending; `database` empty means all; limit 0: all.
+  std::vector<v1::StatementStats> Snapshot(absl::string_view database, size_t limit) const;
+
+ private:
+  struct Entry {
+    std::string database;
+    std::string statement;
+    uint64_t calls = 0;
+    uint64_t errors = 0;
+    uint64_t rows = 0;
+    double total_seconds = 0;
+    telemetry::Histogram latency;
+  };
+  const size_t max_entries_;
+  mutable absl::Mutex mu_;
+  // Keyed by the raw SQL too, so the hot path normalizes each distinct text once.
+  absl::flat_hash_map<std::string, Entry*> by_raw_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace poolside::query
+
+#endif  // POOLSIDE_SERVICES_QUERY_STATEMENT_STATS_H_
