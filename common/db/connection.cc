@@ -130,6 +130,14 @@ class Connection::PqxxConnection : public pqxx::connection_base {
   CapturingPolicy policy_;
 };
 
+// Whether and why a statement's backend query was cancelled. Shared by all the
+// steps of one statement (Parse, Execute): libpq may still be waiting on an
+// earlier step while the server already runs the statement.
+struct Connection::CancelState {
+  int reason = 0;
+  absl::Time give_up = absl::InfiniteFuture();
+};
+
 struct Connection::Step {
   enum Kind { kSimple, kPrepare, kExec, kSync };
   Kind kind;
@@ -144,7 +152,8 @@ struct Connection::Step {
   absl::Status status;
   bool began = false;               // sink->Begin called
   bool sink_failed = false;         // sink refused a row; discard the rest
-  int cancel_reason = 0;
+  CancelState* cancel = nullptr;    // null: the step's own local_cancel
+  CancelState local_cancel;
   int64_t timeout_ms = -1;          // kSimple SET statement_timeout: the value
 };
 
@@ -215,8 +224,9 @@ bool Connection::LooksAlive() {
 
 absl::Status Connection::AwaitResult(absl::Time deadline,
                                      const std::atomic<bool>* cancelled,
-                                     int* cancel_reason) {
-  absl::Time give_up = absl::InfiniteFuture();
+                                     CancelState* cancel) {
+  int* cancel_reason = &cancel->reason;
+  absl::Time& give_up = cancel->give_up;
   while (true) {
     const int flush = PQflush(conn_);
     if (flush < 0) return MarkBroken("sending");
@@ -386,7 +396,8 @@ void Connection::ConsumeResultsOf(Step& step) {
   // Called with a result ready; reads this step's results up to its terminator
   // (NULL for a command, PGRES_PIPELINE_SYNC for a sync).
   while (true) {
-    absl::Status wait = AwaitResult(step.deadline, step.cancelled, &step.cancel_reason);
+    CancelState* cancel = step.cancel != nullptr ? step.cancel : &step.local_cancel;
+    absl::Status wait = AwaitResult(step.deadline, step.cancelled, cancel);
     if (!wait.ok()) {
       if (step.status.ok()) step.status = wait;
       return;
@@ -409,8 +420,9 @@ void Connection::ConsumeResultsOf(Step& step) {
           step.status = st;
           // Stop the server producing rows nobody will read when this is the
           // statement on the wire; otherwise the rest is drained and dropped.
-          if (step.cancel_reason == 0 && cancel_ != nullptr) {
-            step.cancel_reason = kCancelCaller;
+          if (cancel->reason == 0 && cancel_ != nullptr) {
+            cancel->reason = kCancelCaller;
+            cancel->give_up = absl::Now() + options_.cancel_grace;
             char err[256];
             PQcancel(cancel_, err, sizeof(err));
           }
@@ -451,11 +463,11 @@ void Connection::ConsumeResultsOf(Step& step) {
             state ? state : "", primary ? primary : PQresultErrorMessage(res),
             detail ? detail : "");
         if (state != nullptr && absl::string_view(state) == "57014") {
-          if (step.cancel_reason == kCancelDeadline) {
+          if (cancel->reason == kCancelDeadline) {
             st = absl::DeadlineExceededError(
                 "statement ran past the call's deadline and was cancelled on the "
                 "server (SQLSTATE 57014)");
-          } else if (step.cancel_reason == kCancelCaller && step.status.ok()) {
+          } else if (cancel->reason == kCancelCaller && step.status.ok()) {
             st = absl::CancelledError("statement cancelled by the caller (SQLSTATE 57014)");
           }
         }
@@ -507,8 +519,8 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
   std::vector<Step> steps;
   steps.reserve(statements.size() * 3 + 2);
   std::vector<std::string> evicted;
-  std::vector<Step*> exec_of(statements.size(), nullptr);
   std::vector<size_t> exec_index(statements.size(), SIZE_MAX);
+  std::vector<CancelState> cancels(statements.size());
   for (size_t i = 0; i < statements.size(); ++i) {
     Statement* s = statements[i];
     auto params = std::make_unique<EncodedParams>();
@@ -536,6 +548,7 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
       if (s->params != nullptr) (void)p.params->Encode(*s->params);
       p.deadline = s->deadline;
       p.cancelled = s->cancelled;
+      p.cancel = &cancels[i];
       steps.push_back(std::move(p));
     }
     Step e{Step::kExec};
@@ -544,6 +557,7 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
     e.params = std::move(params);
     e.deadline = s->deadline;
     e.cancelled = s->cancelled;
+    e.cancel = &cancels[i];
     exec_index[i] = steps.size();
     steps.push_back(std::move(e));
     steps.push_back(Step{Step::kSync});
@@ -631,9 +645,11 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
     steps.push_back(std::move(d));
     steps.push_back(Step{Step::kSync});
   }
+  CancelState cancel;
   for (size_t i = first; i < steps.size(); ++i) {
     steps[i].deadline = deadline;
     steps[i].cancelled = cancelled;
+    steps[i].cancel = &cancel;
   }
   absl::Status link = RunPipeline(steps);
   // The first failure in the transaction is its outcome.

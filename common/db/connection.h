@@ -127,6 +127,7 @@ class Connection {
     google::protobuf::RepeatedPtrField<v1::Column> columns;
     bool columns_known = false;
   };
+  struct CancelState;
   struct Step;
   class PqxxConnection;
 
@@ -137,7 +138,7 @@ class Connection {
   // Waits until a result is ready or the connection fails; enforces `deadline`
   // and `cancelled` by cancelling the backend query.
   absl::Status AwaitResult(absl::Time deadline, const std::atomic<bool>* cancelled,
-                           int* cancel_reason);
+                           CancelState* cancel);
   void ConsumeResultsOf(Step& step);
   absl::Status HandleRows(::pg_result* res, Step& step);
   void SetStatementTimeoutSteps(absl::Time deadline, std::vector<Step>& steps);

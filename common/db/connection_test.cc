@@ -1,0 +1,221 @@
+#include "common/db/connection.h"
+
+#include <atomic>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside::db {
+namespace {
+
+// Collects a statement's result.
+class CollectSink : public ResultSink {
+ public:
+  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>& cols) override {
+    columns = cols;
+    ++begins;
+    return absl::OkStatus();
+  }
+  v1::Row* NewRow() override { return rows.Add(); }
+  absl::Status RowDone(size_t) override {
+    if (max_rows >= 0 && rows.size() > max_rows) return absl::ResourceExhaustedError("too many");
+    return absl::OkStatus();
+  }
+  void Finish(int64_t affected, absl::string_view tag) override {
+    rows_affected = affected;
+    command_tag = std::string(tag);
+  }
+  google::protobuf::RepeatedPtrField<v1::Column> columns;
+  google::protobuf::RepeatedPtrField<v1::Row> rows;
+  int64_t rows_affected = -1;
+  std::string command_tag;
+  int begins = 0;
+  int max_rows = -1;
+};
+
+google::protobuf::RepeatedPtrField<v1::Value> Ints(std::initializer_list<int64_t> xs) {
+  google::protobuf::RepeatedPtrField<v1::Value> out;
+  for (int64_t x : xs) out.Add()->set_int64_value(x);
+  return out;
+}
+
+class ConnectionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pg_ = &testing::SharedPostgres();
+    ConnectionOptions o;
+    o.dsn = pg_->Dsn();
+    o.statement_cache_size = 3;
+    auto c = Connection::Open(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    conn_ = *std::move(c);
+  }
+  absl::Time Soon() { return absl::Now() + absl::Seconds(10); }
+
+  testing::PostgresCluster* pg_;
+  std::unique_ptr<Connection> conn_;
+};
+
+TEST_F(ConnectionTest, RunsAStatementWithTypedParams) {
+  auto params = Ints({41});
+  CollectSink sink;
+  Statement s{"SELECT $1::int8 + 1 AS answer", &params, &sink, Soon()};
+  ASSERT_TRUE(conn_->RunIndependent({&s}).ok());
+  ASSERT_TRUE(s.status.ok()) << s.status;
+  ASSERT_EQ(sink.columns.size(), 1);
+  EXPECT_EQ(sink.columns[0].name(), "answer");
+  EXPECT_EQ(sink.columns[0].type_name(), "int8");
+  ASSERT_EQ(sink.rows.size(), 1);
+  EXPECT_EQ(sink.rows[0].values(0).int64_value(), 42);
+  EXPECT_EQ(sink.command_tag, "SELECT 1");
+  EXPECT_EQ(sink.rows_affected, 1);
+}
+
+TEST_F(ConnectionTest, PipelinedStatementsFailIndependently) {
+  constexpr int kN = 12;
+  std::vector<google::protobuf::RepeatedPtrField<v1::Value>> params(kN);
+  std::vector<CollectSink> sinks(kN);
+  std::vector<Statement> statements(kN);
+  std::vector<Statement*> ptrs;
+  for (int i = 0; i < kN; ++i) {
+    params[i] = Ints({i});
+    statements[i] = Statement{"SELECT $1::int8 * 10 AS v", &params[i], &sinks[i], Soon()};
+  }
+  statements[3].sql = "SELEC oops";                          // fails to parse
+  statements[7].sql = "SELECT 1 / ($1::int8 - 7) AS v";      // division by zero at run time
+  for (auto& s : statements) ptrs.push_back(&s);
+  ASSERT_TRUE(conn_->RunIndependent(ptrs).ok());
+  for (int i = 0; i < kN; ++i) {
+    if (i == 3) {
+      EXPECT_EQ(statements[i].status.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(statements[i].status.message().find("42601"), absl::string_view::npos);
+    } else if (i == 7) {
+      EXPECT_EQ(statements[i].status.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(statements[i].status.message().find("22012"), absl::string_view::npos);
+    } else {
+      ASSERT_TRUE(statements[i].status.ok()) << i << ": " << statements[i].status;
+      ASSERT_EQ(sinks[i].rows.size(), 1);
+      EXPECT_EQ(sinks[i].rows[0].values(0).int64_value(), i * 10);
+    }
+  }
+  EXPECT_TRUE(conn_->LooksAlive());
+}
+
+TEST_F(ConnectionTest, PreparedStatementCacheIsBoundedOnTheServerToo) {
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 6; ++i) {
+      Statement s{absl::StrCat("SELECT ", i, " AS n"), nullptr, nullptr, Soon()};
+      ASSERT_TRUE(conn_->RunIndependent({&s}).ok());
+      ASSERT_TRUE(s.status.ok()) << s.status;
+    }
+  }
+  EXPECT_LE(conn_->prepared_statements(), 3u);
+  // Run twice: the first run prepares it and only then deallocates the evicted one.
+  for (int i = 0; i < 2; ++i) {
+    CollectSink sink;
+    Statement count{"SELECT count(*) FROM pg_prepared_statements", nullptr, &sink, Soon()};
+    ASSERT_TRUE(conn_->RunIndependent({&count}).ok());
+    ASSERT_TRUE(count.status.ok()) << count.status;
+    if (i == 1) {
+      EXPECT_EQ(sink.rows[0].values(0).int64_value(), 3);
+    }
+  }
+}
+
+TEST_F(ConnectionTest, DeadlineCancelsTheBackendQueryAndKeepsTheConnection) {
+  Statement s{"SELECT pg_sleep(20)", nullptr, nullptr, absl::Now() + absl::Milliseconds(200)};
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(conn_->RunIndependent({&s}).ok());
+  EXPECT_EQ(s.status.code(), absl::StatusCode::kDeadlineExceeded) << s.status;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+  EXPECT_TRUE(conn_->Ping(Soon()));
+  Statement after{"SELECT 1", nullptr, nullptr, Soon()};
+  ASSERT_TRUE(conn_->RunIndependent({&after}).ok());
+  EXPECT_TRUE(after.status.ok()) << after.status;
+}
+
+TEST_F(ConnectionTest, CallerCancelStopsTheStatement) {
+  std::atomic<bool> cancelled{false};
+  Statement s{"SELECT pg_sleep(20)", nullptr, nullptr, Soon(), &cancelled};
+  std::thread canceller([&] {
+    absl::SleepFor(absl::Milliseconds(150));
+    cancelled = true;
+  });
+  ASSERT_TRUE(conn_->RunIndependent({&s}).ok());
+  canceller.join();
+  EXPECT_EQ(s.status.code(), absl::StatusCode::kCancelled) << s.status.message();
+  EXPECT_TRUE(conn_->Ping(Soon()));
+}
+
+TEST_F(ConnectionTest, TransactionIsAllOrNothing) {
+  ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS tx_t (id int8 primary key)").ok());
+  ASSERT_TRUE(pg_->Exec("postgres", "TRUNCATE tx_t").ok());
+  auto one = Ints({1}), two = Ints({2});
+  Statement a{"INSERT INTO tx_t VALUES ($1)", &one};
+  Statement b{"INSERT INTO tx_t VALUES ($1)", &two};
+  Statement dup{"INSERT INTO tx_t VALUES ($1)", &one};
+  absl::Status failed = conn_->RunTransaction("BEGIN", {&a, &b, &dup}, Soon(), nullptr);
+  EXPECT_EQ(failed.code(), absl::StatusCode::kAlreadyExists) << failed;
+  EXPECT_NE(failed.message().find("statement 3"), absl::string_view::npos) << failed;
+  EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM tx_t"), "0");
+  EXPECT_TRUE(conn_->LooksAlive());  // the failed block was closed
+
+  CollectSink sink;
+  Statement c{"INSERT INTO tx_t VALUES ($1)", &one, &sink};
+  Statement d{"INSERT INTO tx_t VALUES ($1)", &two};
+  ASSERT_TRUE(conn_->RunTransaction("BEGIN ISOLATION LEVEL SERIALIZABLE", {&c, &d}, Soon(), nullptr).ok());
+  EXPECT_EQ(sink.command_tag, "INSERT 0 1");
+  EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM tx_t"), "2");
+}
+
+TEST_F(ConnectionTest, ReadOnlyTransactionRefusesWrites) {
+  ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS ro_t (id int8)").ok());
+  Statement w{"INSERT INTO ro_t VALUES (1)"};
+  absl::Status s = conn_->RunTransaction("BEGIN READ ONLY", {&w}, Soon(), nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_NE(s.message().find("25006"), absl::string_view::npos);
+}
+
+TEST_F(ConnectionTest, StreamingDeliversEveryRowAndStopsAtALimit) {
+  CollectSink sink;
+  Statement s{"SELECT g FROM generate_series(1, 20000) g", nullptr, &sink, Soon()};
+  ASSERT_TRUE(conn_->RunStreaming(s).ok());
+  ASSERT_TRUE(s.status.ok()) << s.status;
+  EXPECT_EQ(sink.rows.size(), 20000);
+  EXPECT_EQ(sink.rows_affected, 20000);
+
+  CollectSink limited;
+  limited.max_rows = 100;
+  Statement big{"SELECT generate_series(1, 100000000) AS g", nullptr, &limited, Soon()};
+  ASSERT_TRUE(conn_->RunStreaming(big).ok());
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(conn_->Ping(Soon()));
+}
+
+TEST_F(ConnectionTest, TerminatedBackendIsNoticedWithoutARoundTrip) {
+  CollectSink pid;
+  Statement s{"SELECT pg_backend_pid()", nullptr, &pid, Soon()};
+  ASSERT_TRUE(conn_->RunIndependent({&s}).ok());
+  const int64_t backend = pid.rows[0].values(0).int64_value();
+  ASSERT_TRUE(pg_->Exec("postgres", absl::StrCat("SELECT pg_terminate_backend(", backend, ")")).ok());
+  bool alive = true;
+  for (int i = 0; i < 200 && alive; ++i) {  // the server's goodbye arrives asynchronously
+    alive = conn_->LooksAlive();
+    if (alive) absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_FALSE(alive);
+}
+
+TEST(ConnectionOpenTest, ReportsBadDsnAndUnreachableServer) {
+  EXPECT_EQ(Connection::Open({.dsn = "host='unterminated"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  absl::StatusOr<int> port = testing::PickFreePort();
+  ASSERT_TRUE(port.ok());
+  auto c = Connection::Open({.dsn = absl::StrCat("host=127.0.0.1 port=", *port, " user=postgres")});
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable) << c.status();
+}
+
+}  // namespace
+}  // namespace poolside::db
