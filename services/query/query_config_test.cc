@@ -1,0 +1,89 @@
+#include "services/query/query_config.h"
+
+#include <cstdlib>
+#include <fstream>
+
+#include "common/config/json_config.h"
+#include "gtest/gtest.h"
+
+namespace poolside::query {
+namespace {
+
+absl::StatusOr<v1::QueryServiceConfig> Finalize(absl::string_view json) {
+  v1::QueryServiceConfig c;
+  absl::Status s = config::ParseJsonConfig(json, &c);
+  if (!s.ok()) return s;
+  return FinalizeQueryConfig(c);
+}
+
+TEST(QueryConfigTest, FillsDocumentedDefaults) {
+  auto c = Finalize(R"({"databases": [{"name": "main", "dsn": "dbname=main"}]})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->server().listen(), "0.0.0.0:50051");
+  EXPECT_EQ(c->server().drain_timeout_ms(), 10000u);
+  EXPECT_EQ(c->limits().max_rows(), 100000u);
+  EXPECT_EQ(c->limits().max_bytes(), 64u << 20);
+  EXPECT_EQ(c->default_database(), "main");
+  const auto& pool = c->databases(0).pool();
+  EXPECT_EQ(pool.min_idle(), 1u);
+  EXPECT_EQ(pool.max_size(), 10u);
+  EXPECT_EQ(pool.max_pipeline_depth(), 64u);
+  EXPECT_EQ(c->databases(0).statement_cache_size(), 100u);
+}
+
+TEST(QueryConfigTest, ExplicitZeroMinIdleIsKept) {
+  auto c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a", "pool": {"minIdle": 0}}]})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->databases(0).pool().min_idle(), 0u);
+}
+
+TEST(QueryConfigTest, RejectsWhatCannotWork) {
+  EXPECT_EQ(Finalize(R"({})").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"},
+                                       {"name": "a", "dsn": "dbname=b"}]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Finalize(R"({"databases": [{"name": "bad name", "dsn": "dbname=a"}]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Finalize(R"({"databases": [{"name": "a"}]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Finalize(R"({"databases": [{"name": "a", "dsn": "host='x"}]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a",
+                                        "pool": {"minIdle": 5, "maxSize": 2}}]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Finalize(R"({"defaultDatabase": "zzz",
+                         "databases": [{"name": "a", "dsn": "dbname=a"}]})").status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(QueryConfigTest, SeveralDatabasesNeedNoDefault) {
+  auto c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"},
+                                      {"name": "b", "dsn": "dbname=b"}]})");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->default_database(), "");
+}
+
+TEST(QueryConfigTest, DsnFromEnvironmentIsResolvedAndErrorsHideIt) {
+  setenv("POOLSIDE_QUERY_TEST_DSN", "host=db.internal port=6432 dbname=app password=hunter2", 1);
+  auto c = Finalize(R"({"databases": [{"name": "a", "dsnEnv": "POOLSIDE_QUERY_TEST_DSN"}]})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->databases(0).dsn(), "host=db.internal port=6432 dbname=app password=hunter2");
+  EXPECT_EQ(DescribeDsn(c->databases(0).dsn()), "db.internal:6432/app");
+
+  auto bad = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a password=hunter2",
+                                          "pool": {"minIdle": 9, "maxSize": 1}}]})");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().message().find("hunter2"), std::string::npos);
+}
+
+TEST(QueryConfigTest, LoadNamesTheFile) {
+  const std::string path = std::string(getenv("TEST_TMPDIR")) + "/q.json";
+  std::ofstream(path) << R"({"databases": [{"name": "a", "dsn": "dbname=a", "pool": {"maxSzie": 3}}]})";
+  auto c = LoadQueryConfig(path);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find(path), std::string::npos);
+  EXPECT_NE(c.status().message().find("maxSzie"), std::string::npos) << c.status();
+}
+
+}  // namespace
+}  // namespace poolside::query

@@ -1,0 +1,118 @@
+#include "services/query/result_sinks.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace poolside::query {
+namespace {
+
+google::protobuf::RepeatedPtrField<v1::Column> OneColumn() {
+  google::protobuf::RepeatedPtrField<v1::Column> cols;
+  cols.Add()->set_name("n");
+  return cols;
+}
+
+void AddRow(db::ResultSink& sink, int64_t v, absl::Status* status, size_t bytes = 10) {
+  sink.NewRow()->add_values()->set_int64_value(v);
+  *status = sink.RowDone(bytes);
+}
+
+TEST(ResultSetSinkTest, CollectsRowsAndTag) {
+  v1::ResultSet out;
+  ResultBudget budget{.max_rows = 10, .max_bytes = 1000};
+  ResultSetSink sink(&out, &budget);
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  absl::Status s;
+  for (int i = 0; i < 3; ++i) AddRow(sink, i, &s);
+  ASSERT_TRUE(s.ok());
+  sink.Finish(3, "SELECT 3");
+  EXPECT_EQ(out.columns(0).name(), "n");
+  EXPECT_EQ(out.rows_size(), 3);
+  EXPECT_EQ(out.rows(2).values(0).int64_value(), 2);
+  EXPECT_EQ(out.command_tag(), "SELECT 3");
+}
+
+TEST(ResultSetSinkTest, RowLimitNamesTheLimitAndFreesTheRows) {
+  v1::ResultSet out;
+  ResultBudget budget{.max_rows = 2, .max_bytes = 1000};
+  ResultSetSink sink(&out, &budget);
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  absl::Status s;
+  AddRow(sink, 1, &s);
+  AddRow(sink, 2, &s);
+  ASSERT_TRUE(s.ok());
+  AddRow(sink, 3, &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("max_rows (2 rows)"), absl::string_view::npos) << s;
+  EXPECT_EQ(out.rows_size(), 0);
+}
+
+TEST(ResultSetSinkTest, ByteLimitAppliesAcrossStatementsOfACall) {
+  ResultBudget budget{.max_rows = 100, .max_bytes = 25};
+  v1::ResultSet a, b;
+  ResultSetSink first(&a, &budget), second(&b, &budget);
+  absl::Status s;
+  ASSERT_TRUE(first.Begin(OneColumn()).ok());
+  AddRow(first, 1, &s);
+  AddRow(first, 2, &s);
+  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(second.Begin(OneColumn()).ok());
+  AddRow(second, 3, &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(s.message().find("max_bytes"), absl::string_view::npos);
+}
+
+class FakeWriter : public ChunkWriter {
+ public:
+  bool Write(std::unique_ptr<v1::ExecuteStreamResponse> chunk) override {
+    if (refuse) return false;
+    chunks.push_back(std::move(chunk));
+    return true;
+  }
+  std::vector<std::unique_ptr<v1::ExecuteStreamResponse>> chunks;
+  bool refuse = false;
+};
+
+TEST(StreamSinkTest, ChunksCarryColumnsFirstAndTagLast) {
+  FakeWriter writer;
+  ResultBudget budget{.max_rows = 100, .max_bytes = 100000};
+  StreamSink sink(&writer, &budget, /*chunk_rows=*/4);
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  absl::Status s;
+  for (int i = 0; i < 10; ++i) AddRow(sink, i, &s);
+  ASSERT_TRUE(s.ok());
+  sink.Finish(10, "SELECT 10");
+  ASSERT_EQ(writer.chunks.size(), 3u);
+  EXPECT_EQ(writer.chunks[0]->columns_size(), 1);
+  EXPECT_EQ(writer.chunks[1]->columns_size(), 0);
+  EXPECT_EQ(writer.chunks[0]->rows_size(), 4);
+  EXPECT_EQ(writer.chunks[2]->rows_size(), 2);
+  EXPECT_EQ(writer.chunks[2]->command_tag(), "SELECT 10");
+  EXPECT_EQ(writer.chunks[2]->rows_affected(), 10);
+}
+
+TEST(StreamSinkTest, GoneConsumerStopsTheStatement) {
+  FakeWriter writer;
+  writer.refuse = true;
+  ResultBudget budget{.max_rows = 100, .max_bytes = 100000};
+  StreamSink sink(&writer, &budget, /*chunk_rows=*/1);
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  absl::Status s;
+  AddRow(sink, 1, &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(sink.delivered());
+}
+
+TEST(StreamSinkTest, RowLimitAppliesToStreamsToo) {
+  FakeWriter writer;
+  ResultBudget budget{.max_rows = 3, .max_bytes = 100000};
+  StreamSink sink(&writer, &budget, /*chunk_rows=*/100);
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  absl::Status s;
+  for (int i = 0; i < 4 && s.ok(); ++i) AddRow(sink, i, &s);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+}
+
+}  // namespace
+}  // namespace poolside::query
