@@ -174,6 +174,8 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   std::vector<db::Statement*> statements;
   statements.reserve(batch.size());
   for (auto& w : batch) statements.push_back(&w->statement);
+  pipelines_.fetch_add(1, std::memory_order_relaxed);
+  pipelined_statements_.fetch_add(statements.size(), std::memory_order_relaxed);
   absl::Status link = (*lease)->RunIndependent(statements);
   if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
   lease->Release();

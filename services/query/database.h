@@ -85,6 +85,10 @@ class Database {
   absl::Status WarmUp();
 
   size_t queued() const;
+  uint64_t pipelines() const { return pipelines_.load(std::memory_order_relaxed); }
+  uint64_t pipelined_statements() const {
+    return pipelined_statements_.load(std::memory_order_relaxed);
+  }
 
  private:
   void WorkerLoop();
@@ -101,6 +105,8 @@ class Database {
   std::vector<std::thread> workers_ ABSL_GUARDED_BY(mu_);
   size_t idle_workers_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<uint64_t> pipelines_{0};
+  std::atomic<uint64_t> pipelined_statements_{0};
 };
 
 }  // namespace poolside::query

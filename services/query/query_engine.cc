@@ -265,7 +265,10 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     out->set_size(s.size);
     out->set_idle(s.idle);
     out->set_in_use(s.in_use);
-    out->set_waiters(s.waiters + db->queued());
+    out->set_waiters(s.waiters);
+    out->set_queued(db->queued());
+    out->set_pipelines_total(db->pipelines());
+    out->set_pipelined_statements_total(db->pipelined_statements());
     out->set_min_idle(s.min_idle);
     out->set_max_size(s.max_size);
     out->set_acquired_total(s.acquired);
