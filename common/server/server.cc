@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/telemetry/log.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -29,6 +30,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   s->options_ = std::move(options);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(s->options_.listen, grpc::InsecureServerCredentials(), &s->port_);
+  std::vector<int> extra_ports(s->options_.extra_listen.size(), 0);
+  for (size_t i = 0; i < extra_ports.size(); ++i) {
+    builder.AddListeningPort(s->options_.extra_listen[i], grpc::InsecureServerCredentials(),
+                             &extra_ports[i]);
+  }
   builder.SetMaxReceiveMessageSize(s->options_.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(s->options_.max_send_message_bytes);
   for (grpc::Service* service : s->options_.services) builder.RegisterService(service);
@@ -37,6 +43,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", s->options_.listen,
                      " (address in use, or not an address of this host?)"));
+  }
+  for (size_t i = 0; i < extra_ports.size(); ++i) {
+    if (extra_ports[i] == 0) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", s->options_.extra_listen[i]));
+    }
   }
   if (!s->options_.port_file.empty()) {
     // Written atomically so a reader never sees a partial number.
@@ -51,7 +62,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     }
   }
   telemetry::LogInfo("serving", {{"listen", s->options_.listen},
-                                 {"port", absl::StrCat(s->port_)}});
+                                 {"port", absl::StrCat(s->port_)},
+                                 {"also", absl::StrJoin(s->options_.extra_listen, ",")}});
   return s;
 }
 

@@ -29,6 +29,8 @@ namespace poolside::server {
 
 struct ServerOptions {
   std::string listen = "0.0.0.0:0";
+  // More addresses to serve on, e.g. "unix:/run/poolside/cache.sock".
+  std::vector<std::string> extra_listen;
   std::string port_file;
   absl::Duration drain_timeout = absl::Seconds(10);
   std::vector<grpc::Service*> services;
