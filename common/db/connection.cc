@@ -635,16 +635,11 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
     exec_index[i] = steps.size();
     steps.push_back(std::move(e));
   }
-  Step commit{Step::kSimple};
-  commit.sql = "COMMIT";
-  steps.push_back(std::move(commit));
+  // The statements end at a Sync, not at COMMIT: a statement can fail on this
+  // side (a row or byte limit in its sink, say) after the server ran it fine,
+  // and then the transaction must roll back. COMMIT goes in a second round
+  // trip, only when every statement succeeded here as well as on the server.
   steps.push_back(Step{Step::kSync});
-  for (const std::string& name : evicted) {
-    Step d{Step::kSimple};
-    d.sql = absl::StrCat("DEALLOCATE ", name);
-    steps.push_back(std::move(d));
-    steps.push_back(Step{Step::kSync});
-  }
   CancelState cancel;
   for (size_t i = first; i < steps.size(); ++i) {
     steps[i].deadline = deadline;
@@ -674,10 +669,43 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   for (size_t i = 0; i < statements.size(); ++i) {
     statements[i]->status = steps[exec_index[i]].status;
   }
-  if (!broken_ && PQtransactionStatus(conn_) != PQTRANS_IDLE) {
-    // The failed transaction block is still open on the server: close it.
-    absl::Status rb = RunSimple("ROLLBACK", absl::Now() + absl::Seconds(5));
-    if (!rb.ok() && outcome.ok()) outcome = rb;
+  if (!broken_) {
+    std::vector<Step> finish;
+    const bool open = PQtransactionStatus(conn_) != PQTRANS_IDLE;
+    if (outcome.ok() || open) {
+      Step end{Step::kSimple};
+      end.sql = outcome.ok() ? "COMMIT" : "ROLLBACK";
+      finish.push_back(std::move(end));
+      finish.push_back(Step{Step::kSync});
+    }
+    for (const std::string& name : evicted) {
+      Step d{Step::kSimple};
+      d.sql = absl::StrCat("DEALLOCATE ", name);
+      finish.push_back(std::move(d));
+      finish.push_back(Step{Step::kSync});
+    }
+    // COMMIT is bounded by the caller's deadline; ROLLBACK and DEALLOCATE get a
+    // few seconds of their own, since they only tidy up after a failure.
+    const absl::Time finish_deadline =
+        outcome.ok() ? deadline : absl::Now() + absl::Seconds(5);
+    CancelState finish_cancel;
+    for (Step& st : finish) {
+      st.deadline = finish_deadline;
+      if (outcome.ok()) st.cancelled = cancelled;
+      st.cancel = &finish_cancel;
+    }
+    if (!finish.empty()) {
+      absl::Status finish_link = RunPipeline(finish);
+      absl::Status end_status =
+          finish_link.ok() ? (outcome.ok() || open ? finish[0].status : absl::OkStatus())
+                           : finish_link;
+      if (outcome.ok() && !end_status.ok()) {
+        outcome = absl::Status(end_status.code(),
+                               absl::StrCat("COMMIT: ", end_status.message()));
+        std::string sqlstate = SqlStateOf(end_status);
+        if (!sqlstate.empty()) outcome.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+      }
+    }
   }
   return outcome;
 }

@@ -170,6 +170,25 @@ TEST_F(ConnectionTest, TransactionIsAllOrNothing) {
   EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM tx_t"), "2");
 }
 
+TEST_F(ConnectionTest, TransactionRollsBackWhenASinkRefusesRowsTheServerSent) {
+  ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS sink_t (id int8)").ok());
+  ASSERT_TRUE(pg_->Exec("postgres", "TRUNCATE sink_t").ok());
+  auto one = Ints({1});
+  Statement insert{"INSERT INTO sink_t VALUES ($1)", &one};
+  CollectSink limited;
+  limited.max_rows = 3;
+  Statement select{"SELECT g FROM generate_series(1, 10) g", nullptr, &limited};
+  absl::Status s = conn_->RunTransaction("BEGIN", {&insert, &select}, Soon(), nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("statement 2"), absl::string_view::npos) << s;
+  EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM sink_t"), "0");
+  EXPECT_TRUE(conn_->LooksAlive());
+  // The connection is clean for the next transaction, which commits.
+  Statement again{"INSERT INTO sink_t VALUES ($1)", &one};
+  ASSERT_TRUE(conn_->RunTransaction("BEGIN", {&again}, Soon(), nullptr).ok());
+  EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM sink_t"), "1");
+}
+
 TEST_F(ConnectionTest, ReadOnlyTransactionRefusesWrites) {
   ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS ro_t (id int8)").ok());
   Statement w{"INSERT INTO ro_t VALUES (1)"};

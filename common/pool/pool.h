@@ -198,6 +198,11 @@ class Pool {
   // error (CANCELLED if the pool is being destroyed).
   absl::Status WarmUp(absl::Duration retry_for = absl::ZeroDuration());
 
+  // Starts shutting down: waiters and later Acquire() calls get CANCELLED and
+  // a WarmUp() in progress stops retrying. Leases out are still returned
+  // normally (their objects are destroyed). Idempotent; the destructor calls it.
+  void Close();
+
   // Housekeeping: closes idle objects past max_lifetime (recycled) and, above
   // min_idle, past idle_timeout; logs and counts leases past leak_threshold
   // once each; tops idle back up to min_idle (best effort: stops at the first
@@ -354,20 +359,23 @@ Pool<T>::Pool(PoolOptions options, Factory factory, Validator validator,
       clock_(clock != nullptr ? clock : Clock::Real()) {}
 
 template <typename T>
+void Pool<T>::Close() {
+  std::unique_lock<std::mutex> lock(mu_);
+  shutting_down_ = true;
+  for (Waiter* w : waiters_) {
+    w->done = true;
+    w->cancelled = true;
+    w->cv.notify_one();
+  }
+  waiters_.clear();
+  ops_done_cv_.notify_all();  // wakes the maintenance thread and WarmUp()
+}
+
+template <typename T>
 Pool<T>::~Pool() {
   std::vector<Entry> idle;
   size_t outstanding = 0;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    shutting_down_ = true;
-    for (Waiter* w : waiters_) {
-      w->done = true;
-      w->cancelled = true;
-      w->cv.notify_one();
-    }
-    waiters_.clear();
-    ops_done_cv_.notify_all();  // wakes the maintenance thread
-  }
+  Close();
   if (maintenance_thread_.joinable()) maintenance_thread_.join();
   {
     std::unique_lock<std::mutex> lock(mu_);

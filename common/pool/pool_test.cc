@@ -389,6 +389,22 @@ TEST_F(PoolTest, WarmUpGivesUpWithLastError) {
   EXPECT_EQ(s.size, 0u);
 }
 
+TEST_F(PoolTest, CloseStopsWarmUpRetriesAndRefusesAcquire) {
+  PoolOptions o;
+  o.min_idle = 1;
+  auto pool = MakePool(o);
+  fail_always_ = true;
+  absl::Status warm_status;
+  // An hour of retries: only Close() can end this within the test's timeout.
+  std::thread warm([&] { warm_status = pool->WarmUp(absl::Hours(1)); });
+  ASSERT_TRUE(WaitUntil([&] { return factory_calls_ >= 2; }));
+  pool->Close();
+  warm.join();
+  EXPECT_EQ(warm_status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(pool->Acquire(Soon()).status().code(), absl::StatusCode::kCancelled);
+  pool->Close();  // idempotent
+}
+
 TEST_F(PoolTest, PrePingsOnlyObjectsIdleTooLong) {
   PoolOptions o;
   o.min_idle = 0;

@@ -72,6 +72,7 @@ size_t Database::queued() const {
 absl::Status Database::Submit(std::shared_ptr<Work> work) {
   work->statement.deadline = work->deadline;
   work->statement.cancelled = &work->cancelled;
+  work->queue_timeouts_ = queue_timeouts_;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the query service is shutting down");
   if (queue_.size() >= config_.pool().max_queue()) {
@@ -184,6 +185,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
 
 void Database::RunExclusive(Work& work) {
   if (absl::Now() >= work.deadline) {
+    queue_timeouts_->fetch_add(1, std::memory_order_relaxed);
     work.done(absl::DeadlineExceededError("deadline passed while waiting for a worker"));
     return;
   }

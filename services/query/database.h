@@ -55,12 +55,19 @@ class Work {
   // will come soon (the cancelled flag makes the statement stop).
   bool Abandon() {
     int expected = kQueued;
-    return state.compare_exchange_strong(expected, kAbandoned);
+    if (!state.compare_exchange_strong(expected, kAbandoned)) return false;
+    // Out of time before any connection served it: a pool timeout as far as
+    // an operator is concerned.
+    if (queue_timeouts_ != nullptr && absl::Now() >= deadline) {
+      queue_timeouts_->fetch_add(1, std::memory_order_relaxed);
+    }
+    return true;
   }
 
  private:
   friend class Database;
   std::atomic<int> state{kQueued};
+  std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 
 class Database {
@@ -89,6 +96,9 @@ class Database {
   uint64_t pipelined_statements() const {
     return pipelined_statements_.load(std::memory_order_relaxed);
   }
+  // Calls whose deadline passed while they waited in the queue for a worker
+  // (the pool's own timeouts count waits inside Acquire()).
+  uint64_t queue_timeouts() const { return queue_timeouts_->load(std::memory_order_relaxed); }
 
  private:
   void WorkerLoop();
@@ -107,6 +117,9 @@ class Database {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<uint64_t> pipelines_{0};
   std::atomic<uint64_t> pipelined_statements_{0};
+  // Shared with queued Work, which may be abandoned after this is gone.
+  const std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_ =
+      std::make_shared<std::atomic<uint64_t>>(0);
 };
 
 }  // namespace poolside::query

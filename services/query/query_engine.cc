@@ -53,6 +53,9 @@ QueryEngine::QueryEngine(v1::QueryServiceConfig config) : config_(std::move(conf
 
 QueryEngine::~QueryEngine() {
   stopping_.Notify();
+  // Stops warm-up retries against databases that are down (they would
+  // otherwise hold the exit for up to startup_retry_ms).
+  for (auto& [name, db] : databases_) db->pool().Close();
   if (maintenance_.joinable()) maintenance_.join();
   if (warmup_.joinable()) warmup_.join();
   // Detached CheckDatabases threads reference the databases: wait for them.
@@ -272,7 +275,7 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     out->set_min_idle(s.min_idle);
     out->set_max_size(s.max_size);
     out->set_acquired_total(s.acquired);
-    out->set_timeouts_total(s.timeouts);
+    out->set_timeouts_total(s.timeouts + db->queue_timeouts());
     out->set_created_total(s.created);
     out->set_closed_total(s.closed);
     out->set_recycled_total(s.recycled);
