@@ -1,0 +1,317 @@
+// devstack: the local development stack behind `make run`.
+//
+// Starts (or reuses) a PostgreSQL cluster in <run_dir>/pgdata on a fixed port,
+// creates the `demo` database with an `accounts` table, starts the query
+// service on it, prints how to call it, and runs until SIGINT/SIGTERM; then
+// stops the service (drain) and PostgreSQL, leaving no process behind.
+//
+//   bazel-bin/tools/devstack --run_dir=$PWD/.run
+//   bazel-bin/tools/devstack --run_dir=/tmp/bench --no_query --ready_file=/tmp/bench/ready
+//
+// The ready file (written once everything is up, removed at exit) is a shell
+// fragment for scripts: PG_HOST, PG_PORT, PG_DSN, PG_SOCKET_DIR, QUERY_ADDR,
+// DEVSTACK_PID.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "google/protobuf/util/json_util.h"
+#include "proto/poolside/v1/config.pb.h"
+#include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/service_process.h"
+
+ABSL_FLAG(std::string, run_dir, ".run",
+          "Directory for PostgreSQL's data (pgdata/), the service configuration "
+          "and logs. Reused across runs.");
+ABSL_FLAG(int, pg_port, 55432, "PostgreSQL port on 127.0.0.1.");
+ABSL_FLAG(int, query_port, 50051, "Query service gRPC port on 127.0.0.1.");
+ABSL_FLAG(std::string, ready_file, "",
+          "Written (shell variable assignments) once everything is up; removed "
+          "at exit.");
+ABSL_FLAG(std::string, extra_sql, "",
+          "A SQL file run in database `demo` after the demo setup.");
+ABSL_FLAG(bool, no_query, false, "Run only PostgreSQL, not the query service.");
+
+namespace poolside::devstack {
+namespace {
+
+using ::poolside::testing::PostgresCluster;
+using ::poolside::testing::PostgresOptions;
+using ::poolside::testing::RunfilePath;
+using ::poolside::testing::ServiceProcess;
+
+constexpr char kDemoDatabase[] = "demo";
+
+constexpr char kDemoSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS accounts (
+  id         bigint PRIMARY KEY,
+  owner      text NOT NULL,
+  balance    numeric(14,2) NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  tags       jsonb
+);
+INSERT INTO accounts (id, owner, balance, created_at, tags)
+SELECT g,
+       'owner-' || g,
+       ((g * 7919) % 1000000) / 100.0,
+       timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour',
+       jsonb_build_object('tier', (ARRAY['free', 'pro', 'team'])[1 + g % 3],
+                          'active', g % 10 <> 0)
+FROM generate_series(1, 1000) AS g
+ON CONFLICT (id) DO NOTHING;
+)sql";
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// Writes via a temporary file and rename, so readers never see half a file.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << content;
+    if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
+std::string ShellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out + "'";
+}
+
+absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
+                                            const std::string& run_dir,
+                                            int query_port) {
+  v1::QueryServiceConfig config;
+  config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", query_port));
+  config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/query.port"));
+  config.mutable_server()->set_drain_timeout_ms(5000);
+  v1::DatabaseConfig* db = config.add_databases();
+  db->set_name(kDemoDatabase);
+  db->set_dsn(pg.Dsn(kDemoDatabase));
+  db->mutable_pool()->set_min_idle(2);
+  db->mutable_pool()->set_max_size(8);
+  config.set_default_database(kDemoDatabase);
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(config, &json, options).ok()) {
+    return absl::InternalError("cannot render the query service configuration");
+  }
+  return json;
+}
+
+void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
+                const std::string& run_dir) {
+  std::vector<std::string> lines = {
+      "",
+      "poolside devstack is up.",
+      "",
+      absl::StrCat("  PostgreSQL   127.0.0.1:", pg.port(), "  (data: ", pg.data_dir(),
+                   ", log: ", pg.log_path(), ")"),
+      absl::StrCat("               psql \"", pg.Dsn(kDemoDatabase), "\""),
+  };
+  if (query != nullptr) {
+    lines.insert(
+        lines.end(),
+        {absl::StrCat("  query        ", query->address(), "  (config: ", run_dir,
+                      "/query.json, log: ", query->log_path(), ")"),
+         "",
+         "Try:",
+         absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(),
+                      " query \"SELECT id, owner, balance, tags FROM accounts "
+                      "ORDER BY id LIMIT 5\""),
+         absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(),
+                      " query 'SELECT owner FROM accounts WHERE id = $1' 42"),
+         absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(),
+                      " check"),
+         absl::StrCat("  grpcurl -plaintext -d '{\"database\": \"demo\", \"sql\": "
+                      "\"SELECT count(*) FROM accounts\"}' ",
+                      query->address(), " poolside.v1.QueryService/Execute"),
+         absl::StrCat("  grpcurl -plaintext ", query->address(),
+                      " grpc.health.v1.Health/Check")});
+  }
+  lines.insert(lines.end(), {"", "Ctrl-C (SIGINT) or SIGTERM stops everything.", ""});
+  printf("%s\n", absl::StrJoin(lines, "\n").c_str());
+  fflush(stdout);
+}
+
+int Run() {
+  std::error_code ec;
+  const std::string run_dir =
+      std::filesystem::absolute(absl::GetFlag(FLAGS_run_dir), ec).lexically_normal().string();
+  std::filesystem::create_directories(run_dir, ec);
+  if (ec) {
+    fprintf(stderr, "devstack: cannot create %s: %s\n", run_dir.c_str(),
+            ec.message().c_str());
+    return 1;
+  }
+  const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
+  if (!ready_file.empty()) unlink(ready_file.c_str());
+
+  PostgresOptions pg_options;
+  pg_options.data_dir = absl::StrCat(run_dir, "/pgdata");
+  pg_options.port = absl::GetFlag(FLAGS_pg_port);
+  printf("devstack: starting PostgreSQL in %s on port %d...\n",
+         pg_options.data_dir.c_str(), pg_options.port);
+  fflush(stdout);
+  absl::StatusOr<std::unique_ptr<PostgresCluster>> pg =
+      PostgresCluster::Start(pg_options);
+  if (!pg.ok()) {
+    fprintf(stderr, "devstack: cannot start PostgreSQL: %s\n",
+            std::string(pg.status().message()).c_str());
+    return 1;
+  }
+
+  absl::Status setup = (*pg)->CreateDatabase(kDemoDatabase);
+  if (setup.ok()) setup = (*pg)->Exec(kDemoDatabase, kDemoSchema);
+  if (setup.ok() && !absl::GetFlag(FLAGS_extra_sql).empty()) {
+    absl::StatusOr<std::string> sql = ReadFile(absl::GetFlag(FLAGS_extra_sql));
+    setup = sql.ok() ? (*pg)->Exec(kDemoDatabase, *sql) : sql.status();
+  }
+  if (!setup.ok()) {
+    fprintf(stderr, "devstack: database setup failed: %s\n",
+            std::string(setup.message()).c_str());
+    return 1;
+  }
+
+  std::unique_ptr<ServiceProcess> query;
+  if (!absl::GetFlag(FLAGS_no_query)) {
+    const std::string config_path = absl::StrCat(run_dir, "/query.json");
+    absl::StatusOr<std::string> config =
+        QueryConfigJson(**pg, run_dir, absl::GetFlag(FLAGS_query_port));
+    absl::Status written = config.ok() ? WriteFileAtomically(config_path, *config)
+                                       : config.status();
+    if (!written.ok()) {
+      fprintf(stderr, "devstack: %s\n", std::string(written.message()).c_str());
+      return 1;
+    }
+    const std::string binary = RunfilePath("services/query/query_server");
+    printf("devstack: starting %s on port %d...\n", binary.c_str(),
+           absl::GetFlag(FLAGS_query_port));
+    fflush(stdout);
+    absl::StatusOr<std::unique_ptr<ServiceProcess>> started = ServiceProcess::Start(
+        binary, {absl::StrCat("--config=", config_path)},
+        absl::StrCat(run_dir, "/query.port"), absl::Seconds(60),
+        absl::StrCat(run_dir, "/query.log"));
+    if (!started.ok()) {
+      fprintf(stderr, "devstack: cannot start the query service: %s\n",
+              std::string(started.status().message()).c_str());
+      return 1;
+    }
+    query = *std::move(started);
+  }
+
+  PrintUsage(**pg, query.get(), run_dir);
+  if (!ready_file.empty()) {
+    std::vector<std::string> vars = {
+        "PG_HOST=127.0.0.1",
+        absl::StrCat("PG_PORT=", (*pg)->port()),
+        absl::StrCat("PG_DSN=", ShellQuote((*pg)->Dsn(kDemoDatabase))),
+        absl::StrCat("PG_SOCKET_DIR=", ShellQuote((*pg)->socket_dir())),
+        absl::StrCat("QUERY_ADDR=", query != nullptr ? query->address() : ""),
+        absl::StrCat("DEVSTACK_PID=", getpid()),
+    };
+    if (absl::Status s = WriteFileAtomically(ready_file, absl::StrJoin(vars, "\n") + "\n");
+        !s.ok()) {
+      fprintf(stderr, "devstack: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
+
+  // Signals were blocked in main() before any thread existed; wait for one,
+  // watching the service meanwhile.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);
+  int exit_code = 0;
+  for (;;) {
+    timespec tick{0, 200 * 1000 * 1000};
+    const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
+    if (sig > 0) {
+      printf("\ndevstack: %s received, stopping...\n", strsignal(sig));
+      break;
+    }
+    if (query != nullptr && !query->Running()) {
+      fprintf(stderr, "devstack: the query service exited unexpectedly; log %s:\n%s\n",
+              query->log_path().c_str(), query->LogTail().c_str());
+      exit_code = 1;
+      break;
+    }
+  }
+
+  if (query != nullptr && query->Running()) {
+    (void)query->Signal(SIGTERM);
+    absl::StatusOr<int> code = query->Wait(absl::Seconds(15));
+    if (!code.ok()) {
+      fprintf(stderr, "devstack: the query service did not stop in time; killing it\n");
+      exit_code = 1;
+    } else if (*code != 0) {
+      fprintf(stderr, "devstack: the query service exited with %d\n", *code);
+      exit_code = 1;
+    }
+  }
+  query.reset();  // SIGKILL if it is still running
+  if (absl::Status s = (*pg)->Stop(); !s.ok()) {
+    fprintf(stderr, "devstack: stopping PostgreSQL: %s\n",
+            std::string(s.message()).c_str());
+    exit_code = 1;
+  }
+  if (!ready_file.empty()) unlink(ready_file.c_str());
+  printf("devstack: stopped.\n");
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace poolside::devstack
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Runs PostgreSQL and the query service locally until interrupted.");
+  absl::ParseCommandLine(argc, argv);
+  // Blocked before any thread starts, so only sigtimedwait() sees them; the
+  // children start with an empty mask (see tests/fixtures/subprocess.h).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  return poolside::devstack::Run();
+}
