@@ -1,0 +1,308 @@
+// `poolside`: command-line client for the query service. See UsageText() in
+// cli/command_line.cc for commands and options.
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "cli/command_line.h"
+#include "cli/table.h"
+#include "cli/value_format.h"
+#include "proto/poolside/v1/query.grpc.pb.h"
+
+namespace poolside::cli {
+namespace {
+
+namespace v1 = ::poolside::v1;
+
+constexpr int kExitOk = 0;
+constexpr int kExitUnhealthy = 1;
+constexpr int kExitError = 2;
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+int PrintError(const grpc::Status& status) {
+  std::fprintf(stderr, "error: %s: %s\n", CodeName(status.error_code()),
+               status.error_message().c_str());
+  return kExitError;
+}
+
+int PrintError(const absl::Status& status) {
+  std::fprintf(stderr, "error: %s: %s\n",
+               absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  return kExitError;
+}
+
+void Print(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+}
+
+std::unique_ptr<grpc::ClientContext> NewContext(const Invocation& inv) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + inv.timeout));
+  return ctx;
+}
+
+std::vector<std::string> ColumnNames(
+    const google::protobuf::RepeatedPtrField<v1::Column>& columns) {
+  std::vector<std::string> names;
+  for (const v1::Column& c : columns) names.push_back(EscapeForCell(c.name()));
+  return names;
+}
+
+void AddResultRow(const v1::Row& row, TextTable* table) {
+  std::vector<std::string> cells;
+  std::vector<bool> right;
+  for (const v1::Value& v : row.values()) {
+    cells.push_back(EscapeForCell(FormatValue(v)));
+    right.push_back(IsNumeric(v));
+  }
+  table->AddRow(std::move(cells), std::move(right));
+}
+
+std::string RowCount(int64_t n) {
+  return absl::StrCat("(", n, n == 1 ? " row)\n" : " rows)\n");
+}
+
+// psql's convention: a result with columns ends in "(N rows)", a command
+// without one prints its tag; a DML ... RETURNING prints both.
+void PrintFooter(bool has_columns, int64_t rows, const std::string& tag) {
+  if (has_columns) Print(RowCount(rows));
+  bool select_like = absl::StartsWith(tag, "SELECT") ||
+                     absl::StartsWith(tag, "FETCH") || absl::StartsWith(tag, "SHOW");
+  if (!tag.empty() && !(has_columns && select_like)) {
+    Print(tag + "\n");
+  } else if (tag.empty() && !has_columns) {
+    Print("OK\n");
+  }
+}
+
+int RunQuery(v1::QueryService::Stub* stub, const Invocation& inv) {
+  v1::ExecuteRequest req;
+  req.set_database(inv.database);
+  req.set_sql(inv.sql);
+  req.set_max_rows(inv.max_rows);
+  for (const std::string& p : inv.params) {
+    absl::StatusOr<v1::Value> v = ParseParam(p);
+    if (!v.ok()) return PrintError(v.status());
+    *req.add_params() = *std::move(v);
+  }
+
+  if (!inv.stream) {
+    v1::ExecuteResponse resp;
+    auto ctx = NewContext(inv);
+    grpc::Status status = stub->Execute(ctx.get(), req, &resp);
+    if (!status.ok()) return PrintError(status);
+    const v1::ResultSet& rs = resp.result();
+    bool has_columns = rs.columns_size() > 0;
+    if (has_columns) {
+      TextTable table(ColumnNames(rs.columns()));
+      for (const v1::Row& row : rs.rows()) AddResultRow(row, &table);
+      Print(table.Render());
+    }
+    PrintFooter(has_columns, rs.rows_size(), rs.command_tag());
+    return kExitOk;
+  }
+
+  auto ctx = NewContext(inv);
+  std::unique_ptr<grpc::ClientReader<v1::ExecuteStreamResponse>> reader =
+      stub->ExecuteStream(ctx.get(), req);
+  v1::ExecuteStreamResponse msg;
+  std::unique_ptr<TextTable> table;
+  bool header_printed = false;
+  int64_t rows = 0;
+  std::string tag;
+  while (reader->Read(&msg)) {
+    if (!table && msg.columns_size() > 0) {
+      table = std::make_unique<TextTable>(ColumnNames(msg.columns()));
+    }
+    if (table) {
+      for (const v1::Row& row : msg.rows()) AddResultRow(row, table.get());
+      if (!header_printed) {
+        Print(table->RenderHeader());
+        header_printed = true;
+      }
+      Print(table->RenderRows());
+      std::fflush(stdout);
+    }
+    rows += msg.rows_size();
+    if (!msg.command_tag().empty()) tag = msg.command_tag();
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return PrintError(status);
+  PrintFooter(table != nullptr, rows, tag);
+  return kExitOk;
+}
+
+std::string Ms(double ms) { return absl::StrFormat("%.3f", ms); }
+
+// Upper bound (in ms) of the bucket holding quantile q of a cumulative histogram.
+std::string HistogramQuantileMs(const v1::Histogram& h, double q) {
+  if (h.count() == 0) return "-";
+  double target = q * static_cast<double>(h.count());
+  for (int i = 0; i < h.counts_size(); ++i) {
+    if (static_cast<double>(h.counts(i)) >= target) {
+      if (i < h.bounds_seconds_size()) {
+        return absl::StrCat("<=", FormatDouble(h.bounds_seconds(i) * 1000));
+      }
+      break;
+    }
+  }
+  if (h.bounds_seconds_size() == 0) return "-";
+  return absl::StrCat(">", FormatDouble(h.bounds_seconds(
+                               h.bounds_seconds_size() - 1) * 1000));
+}
+
+int RunPools(v1::QueryService::Stub* stub, const Invocation& inv) {
+  v1::GetPoolStatsRequest req;
+  req.set_database(inv.database);
+  v1::GetPoolStatsResponse resp;
+  auto ctx = NewContext(inv);
+  grpc::Status status = stub->GetPoolStats(ctx.get(), req, &resp);
+  if (!status.ok()) return PrintError(status);
+  TextTable table({"database", "size", "idle", "in_use", "waiters", "queued",
+                   "min_idle", "max_size", "acquired", "timeouts", "created",
+                   "closed", "recycled", "broken", "leaks", "create_failures",
+                   "wait_avg_ms", "wait_p99_ms", "pipelines", "avg_depth"});
+  for (const v1::PoolStats& p : resp.pools()) {
+    const v1::Histogram& h = p.acquire_wait();
+    std::string avg =
+        h.count() == 0 ? "-" : Ms(h.sum_seconds() * 1000 / h.count());
+    std::vector<std::string> cells = {
+        EscapeForCell(p.database()),      absl::StrCat(p.size()),
+        absl::StrCat(p.idle()),           absl::StrCat(p.in_use()),
+        absl::StrCat(p.waiters()),        absl::StrCat(p.queued()),
+        absl::StrCat(p.min_idle()),
+        absl::StrCat(p.max_size()),       absl::StrCat(p.acquired_total()),
+        absl::StrCat(p.timeouts_total()), absl::StrCat(p.created_total()),
+        absl::StrCat(p.closed_total()),   absl::StrCat(p.recycled_total()),
+        absl::StrCat(p.broken_total()),   absl::StrCat(p.leaks_total()),
+        absl::StrCat(p.create_failures_total()), avg,
+        HistogramQuantileMs(h, 0.99),     absl::StrCat(p.pipelines_total()),
+        p.pipelines_total() == 0
+            ? "-"
+            : absl::StrFormat("%.2f", static_cast<double>(
+                                          p.pipelined_statements_total()) /
+                                          p.pipelines_total())};
+    std::vector<bool> right(cells.size(), true);
+    right[0] = false;
+    table.AddRow(std::move(cells), std::move(right));
+  }
+  Print(table.Render());
+  Print(absl::StrCat("(", resp.pools_size(),
+                     resp.pools_size() == 1 ? " pool)\n" : " pools)\n"));
+  return kExitOk;
+}
+
+int RunCheck(v1::QueryService::Stub* stub, const Invocation& inv) {
+  v1::CheckDatabasesRequest req;
+  for (const std::string& db : inv.databases) req.add_databases(db);
+  v1::CheckDatabasesResponse resp;
+  auto ctx = NewContext(inv);
+  grpc::Status status = stub->CheckDatabases(ctx.get(), req, &resp);
+  if (!status.ok()) return PrintError(status);
+  TextTable table({"database", "healthy", "latency_ms", "server_version", "error"});
+  int unhealthy = 0;
+  for (const v1::DatabaseHealth& d : resp.databases()) {
+    if (!d.healthy()) ++unhealthy;
+    table.AddRow({EscapeForCell(d.database()), d.healthy() ? "yes" : "NO",
+                  Ms(d.latency_ms()), EscapeForCell(d.server_version()),
+                  EscapeForCell(d.error())},
+                 {false, false, true, false, false});
+  }
+  Print(table.Render());
+  unhealthy = std::max<int>(unhealthy, resp.unhealthy());
+  Print(absl::StrCat(resp.databases_size() - unhealthy, " healthy, ", unhealthy,
+                     " unhealthy\n"));
+  return unhealthy > 0 ? kExitUnhealthy : kExitOk;
+}
+
+int RunStats(v1::QueryService::Stub* stub, const Invocation& inv) {
+  v1::GetStatementStatsRequest req;
+  req.set_database(inv.database);
+  req.set_limit(inv.limit);
+  v1::GetStatementStatsResponse resp;
+  auto ctx = NewContext(inv);
+  grpc::Status status = stub->GetStatementStats(ctx.get(), req, &resp);
+  if (!status.ok()) return PrintError(status);
+  TextTable table({"database", "calls", "errors", "rows", "total_ms", "mean_ms",
+                   "p50_ms", "p99_ms", "max_ms", "statement"});
+  for (const v1::StatementStats& s : resp.statements()) {
+    table.AddRow({EscapeForCell(s.database()), absl::StrCat(s.calls()),
+                  absl::StrCat(s.errors()), absl::StrCat(s.rows()),
+                  Ms(s.total_ms()), Ms(s.mean_ms()), Ms(s.p50_ms()),
+                  Ms(s.p99_ms()), Ms(s.max_ms()), EscapeForCell(s.statement())},
+                 {false, true, true, true, true, true, true, true, true, false});
+  }
+  Print(table.Render());
+  Print(absl::StrCat("(", resp.statements_size(),
+                     resp.statements_size() == 1 ? " statement)\n"
+                                                 : " statements)\n"));
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  Invocation defaults;
+  if (const char* addr = std::getenv("POOLSIDE_ADDR"); addr && *addr) {
+    defaults.addr = addr;
+  }
+  absl::StatusOr<Invocation> inv =
+      ParseCommandLine(std::vector<std::string>(argv + 1, argv + argc), defaults);
+  if (!inv.ok()) {
+    return PrintError(inv.status());
+  }
+  if (inv->command == Command::kHelp) {
+    Print(UsageText());
+    return kExitOk;
+  }
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(inv->addr, grpc::InsecureChannelCredentials());
+  std::unique_ptr<v1::QueryService::Stub> stub =
+      v1::QueryService::NewStub(channel);
+  switch (inv->command) {
+    case Command::kQuery: return RunQuery(stub.get(), *inv);
+    case Command::kPools: return RunPools(stub.get(), *inv);
+    case Command::kCheck: return RunCheck(stub.get(), *inv);
+    case Command::kStats: return RunStats(stub.get(), *inv);
+    case Command::kHelp: break;
+  }
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace poolside::cli
+
+int main(int argc, char** argv) { return poolside::cli::Main(argc, argv); }
