@@ -97,8 +97,11 @@ class Connection {
   // non-OK when the connection itself failed (then discard it).
   absl::Status RunIndependent(absl::Span<Statement* const> statements);
 
-  // BEGIN `begin_sql`; the statements; COMMIT — pipelined in one round trip. On
-  // the first failure everything is rolled back and that failure is returned.
+  // BEGIN `begin_sql` and the statements pipelined in one round trip, then
+  // COMMIT in a second one, sent only if every statement succeeded on the
+  // server and in its sink (a sink's row/byte limit rolls the transaction
+  // back). On the first failure everything is rolled back and that failure is
+  // returned; a failed COMMIT (serialization, deferred constraint) likewise.
   // `deadline`/`cancelled` bound the whole transaction. begin_sql is a trusted
   // constant such as "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY".
   absl::Status RunTransaction(absl::string_view begin_sql,
