@@ -1,0 +1,142 @@
+#include "common/config/cgroup.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace poolside::config {
+namespace {
+
+// A fake cgroup tree in a fresh temporary directory.
+class FakeCgroup {
+ public:
+  FakeCgroup() {
+    const char* tmp = std::getenv("TEST_TMPDIR");
+    std::string templ = absl::StrCat(tmp ? tmp : "/tmp", "/cgroupXXXXXX");
+    root_ = mkdtemp(templ.data());
+  }
+  const std::string& root() const { return root_; }
+  std::string self() const { return root_ + "/self_cgroup"; }
+
+  void Write(const std::string& rel, const std::string& content) {
+    const std::string path = root_ + "/" + rel;
+    for (size_t i = root_.size() + 1; i < path.size(); ++i) {
+      if (path[i] == '/') mkdir(path.substr(0, i).c_str(), 0755);
+    }
+    std::ofstream(path) << content;
+  }
+
+ private:
+  std::string root_;
+};
+
+TEST(CgroupTest, V2LimitsOfOwnCgroup) {
+  FakeCgroup fs;
+  fs.Write("fs/cgroup.controllers", "cpu memory\n");
+  fs.Write("fs/kubepods/pod1/c1/memory.max", "536870912\n");
+  fs.Write("fs/kubepods/pod1/c1/cpu.max", "150000 100000\n");
+  fs.Write("self_cgroup", "0::/kubepods/pod1/c1\n");
+  ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
+  ASSERT_TRUE(l.memory_bytes.has_value());
+  EXPECT_EQ(*l.memory_bytes, 536870912u);
+  ASSERT_TRUE(l.cpus.has_value());
+  EXPECT_DOUBLE_EQ(*l.cpus, 1.5);
+  EXPECT_EQ(l.source, absl::StrCat("cgroup v2 ", fs.root(), "/fs/kubepods/pod1/c1"));
+  EXPECT_EQ(EffectiveCpuCount(l), std::min(2, EffectiveCpuCount(ContainerLimits())));
+}
+
+TEST(CgroupTest, V2MaxMeansNoLimit) {
+  FakeCgroup fs;
+  fs.Write("fs/cgroup.controllers", "cpu memory\n");
+  fs.Write("fs/memory.max", "max\n");
+  fs.Write("fs/cpu.max", "max 100000\n");
+  fs.Write("self_cgroup", "0::/\n");
+  ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
+  EXPECT_FALSE(l.memory_bytes.has_value());
+  EXPECT_FALSE(l.cpus.has_value());
+}
+
+TEST(CgroupTest, V2NamespacedRootIsTheContainer) {
+  FakeCgroup fs;
+  fs.Write("fs/cgroup.controllers", "cpu memory\n");
+  fs.Write("fs/memory.max", "1073741824\n");
+  fs.Write("fs/cpu.max", "50000 100000\n");
+  fs.Write("self_cgroup", "0::/\n");
+  ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
+  EXPECT_EQ(l.memory_bytes.value_or(0), 1073741824u);
+  EXPECT_DOUBLE_EQ(l.cpus.value_or(0), 0.5);
+  EXPECT_EQ(EffectiveCpuCount(l), 1);
+}
+
+TEST(CgroupTest, V2TightestAncestorWins) {
+  FakeCgroup fs;
+  fs.Write("fs/cgroup.controllers", "cpu memory\n");
+  fs.Write("fs/pod/memory.max", "1000000\n");
+  fs.Write("fs/pod/c1/memory.max", "max\n");
+  fs.Write("fs/pod/c1/cpu.max", "max 100000\n");
+  fs.Write("fs/pod/cpu.max", "200000 100000\n");
+  fs.Write("self_cgroup", "0::/pod/c1\n");
+  ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
+  EXPECT_EQ(l.memory_bytes.value_or(0), 1000000u);
+  EXPECT_DOUBLE_EQ(l.cpus.value_or(0), 2.0);
+}
+
+TEST(CgroupTest, V2PathMissingUnderRootFallsBackToRoot) {
+  FakeCgroup fs;
+  fs.Write("fs/cgroup.controllers", "memory\n");
+  fs.Write("fs/memory.max", "4096\n");
+  fs.Write("self_cgroup", "0::/host/view/of/me\n");
+  EXPECT_EQ(ReadContainerLimits(fs.root() + "/fs", fs.self()).memory_bytes.value_or(0), 4096u);
+}
+
+TEST(CgroupTest, V1Limits) {
+  FakeCgroup fs;
+  fs.Write("fs/memory/docker/abc/memory.limit_in_bytes", "268435456\n");
+  fs.Write("fs/memory/memory.limit_in_bytes", "9223372036854771712\n");
+  fs.Write("fs/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "250000\n");
+  fs.Write("fs/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n");
+  fs.Write("self_cgroup",
+           "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n0::/\n");
+  ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
+  EXPECT_EQ(l.source, "cgroup v1");
+  EXPECT_EQ(l.memory_bytes.value_or(0), 268435456u);
+  EXPECT_DOUBLE_EQ(l.cpus.value_or(0), 2.5);
+}
+
+TEST(CgroupTest, V1UnlimitedValues) {
+  FakeCgroup fs;
+  fs.Write("fs/memory/memory.limit_in_bytes", "9223372036854771712\n");
+  fs.Write("fs/cpu/cpu.cfs_quota_us", "-1\n");
+  fs.Write("fs/cpu/cpu.cfs_period_us", "100000\n");
+  fs.Write("self_cgroup", "4:memory:/\n2:cpu:/\n");
+  ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
+  EXPECT_FALSE(l.memory_bytes.has_value());
+  EXPECT_FALSE(l.cpus.has_value());
+  EXPECT_EQ(l.source, "cgroup v1");
+}
+
+TEST(CgroupTest, NoCgroupFilesMeansNoLimits) {
+  FakeCgroup fs;
+  ContainerLimits l = ReadContainerLimits(fs.root() + "/absent", fs.self());
+  EXPECT_FALSE(l.memory_bytes.has_value());
+  EXPECT_FALSE(l.cpus.has_value());
+  EXPECT_EQ(l.source, "none");
+  EXPECT_GE(EffectiveCpuCount(l), 1);
+}
+
+TEST(CgroupTest, ThisMachineDoesNotCrash) {
+  ContainerLimits l = ReadContainerLimits();
+  if (l.memory_bytes) {
+    EXPECT_GT(*l.memory_bytes, 0u);
+  }
+  EXPECT_GE(EffectiveCpuCount(l), 1);
+}
+
+}  // namespace
+}  // namespace poolside::config
