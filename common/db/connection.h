@@ -84,6 +84,13 @@ struct Statement {
   absl::Status status;
 };
 
+// A NOTIFY received on a LISTENing connection.
+struct Notification {
+  std::string channel;
+  std::string payload;
+  int backend_pid = 0;
+};
+
 class Connection {
  public:
   static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectionOptions& options);
@@ -115,13 +122,25 @@ class Connection {
   absl::Status RunStreaming(Statement& statement);
 
   // A round trip to the server (empty query); false if the connection is unusable.
+  // Notifications that arrive meanwhile are kept for AwaitNotifications().
   bool Ping(absl::Time deadline);
+
+  // LISTEN on `channel` (any string; quoted here). Meant for a connection of its
+  // own, outside any pool: LooksAlive() discards notifications.
+  absl::Status Listen(absl::string_view channel, absl::Time deadline);
+  // Appends the notifications received so far, waiting until at least one has
+  // arrived or `deadline` passed (OK either way). UNAVAILABLE once the
+  // connection is lost: notifications may then have been missed.
+  absl::Status AwaitNotifications(absl::Time deadline, std::vector<Notification>* out);
   // Cheap local check (no round trip): the socket has not been closed by the
   // server and no transaction was left open.
   bool LooksAlive();
   bool broken() const { return broken_; }
   int server_version() const;
   size_t prepared_statements() const { return lru_.size(); }
+  // The libpq handle, for common/db code that speaks what this class does not
+  // (COPY; see copy.h). Only between calls of this class; it is non-blocking.
+  ::pg_conn* libpq_conn() { return conn_; }
 
  private:
   struct Prepared {

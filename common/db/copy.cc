@@ -1,0 +1,571 @@
+#include "common/db/copy.h"
+
+#include <libpq-fe.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/db/error.h"
+#include "common/db/value_codec.h"
+
+namespace poolside::db {
+namespace {
+
+constexpr absl::string_view kCopyLinePayload = "poolside.dev/copy-line";
+// After a cancel request, how long the server gets to stop before the
+// connection is declared broken.
+constexpr absl::Duration kCancelGrace = absl::Seconds(5);
+// COPY data is handed to libpq in pieces of this size.
+constexpr size_t kCopyChunk = 256 << 10;
+
+constexpr uint32_t kDate = 1082;
+constexpr uint32_t kUuid = 2950;
+
+// PostgreSQL accepts wider ranges; these are protobuf Timestamp's (years 1-9999).
+constexpr int64_t kMinTimestampSeconds = -62135596800;
+constexpr int64_t kMaxTimestampSeconds = 253402300799;
+
+absl::Status RowError(absl::StatusCode code, absl::string_view sqlstate,
+                      std::string message) {
+  absl::Status s(code, message);
+  s.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+  return s;
+}
+
+absl::Status TypeError(const ColumnInfo& c, absl::string_view what) {
+  return RowError(absl::StatusCode::kInvalidArgument, "22P02",
+                  absl::StrCat("column \"", c.name, "\" (", c.type, ") cannot take ", what));
+}
+
+bool IsTextType(uint32_t oid) {
+  return oid == oid::kText || oid == oid::kVarchar || oid == oid::kBpchar ||
+         oid == oid::kName;
+}
+bool IsIntType(uint32_t oid) {
+  return oid == oid::kInt2 || oid == oid::kInt4 || oid == oid::kInt8 || oid == oid::kOid;
+}
+bool IsFloatType(uint32_t oid) { return oid == oid::kFloat4 || oid == oid::kFloat8; }
+// Built-in types whose accepted kinds are checked here; any other type takes
+// whatever kind it is given and PostgreSQL decides.
+bool IsKnownType(uint32_t oid) {
+  return IsTextType(oid) || IsIntType(oid) || IsFloatType(oid) || oid == oid::kBool ||
+         oid == oid::kBytea || oid == oid::kNumeric || oid == oid::kTimestamp ||
+         oid == oid::kTimestamptz || oid == kDate || oid == oid::kJson ||
+         oid == oid::kJsonb || oid == kUuid;
+}
+
+absl::Status CheckIntRange(const ColumnInfo& c, int64_t v) {
+  int64_t lo = std::numeric_limits<int64_t>::min(), hi = std::numeric_limits<int64_t>::max();
+  if (c.type_oid == oid::kInt2) lo = -32768, hi = 32767;
+  if (c.type_oid == oid::kInt4) lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+  if (c.type_oid == oid::kOid) lo = 0, hi = std::numeric_limits<uint32_t>::max();
+  if (v < lo || v > hi) {
+    return RowError(absl::StatusCode::kInvalidArgument, "22003",
+                    absl::StrCat("value ", v, " is out of range for column \"", c.name,
+                                 "\" (", c.type, ")"));
+  }
+  return absl::OkStatus();
+}
+
+bool IsNumericText(absl::string_view s) {
+  s = absl::StripAsciiWhitespace(s);
+  if (s == "NaN" || s == "Infinity" || s == "-Infinity") return true;
+  size_t i = 0;
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+  bool digits = false, dot = false;
+  for (; i < s.size(); ++i) {
+    const char c = s[i];
+    if (absl::ascii_isdigit(c)) {
+      digits = true;
+    } else if (c == '.' && !dot) {
+      dot = true;
+    } else if ((c == 'e' || c == 'E') && digits) {
+      ++i;
+      if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+      if (i >= s.size()) return false;
+      for (; i < s.size(); ++i)
+        if (!absl::ascii_isdigit(s[i])) return false;
+      return true;
+    } else {
+      return false;
+    }
+  }
+  return digits;
+}
+
+// Text that PostgreSQL's text input cannot hold.
+absl::Status CheckText(const ColumnInfo& c, absl::string_view text) {
+  if (text.find('\0') != absl::string_view::npos) {
+    return RowError(absl::StatusCode::kInvalidArgument, "22021",
+                    absl::StrCat("column \"", c.name,
+                                 "\": text contains a NUL byte (send bytes for binary data)"));
+  }
+  if (!IsValidUtf8(text)) {
+    return RowError(absl::StatusCode::kInvalidArgument, "22021",
+                    absl::StrCat("column \"", c.name, "\": text is not valid UTF-8"));
+  }
+  return absl::OkStatus();
+}
+
+void AppendHex(absl::string_view bytes, std::string* out) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out->append("\\\\x");
+  const size_t at = out->size();
+  out->resize(at + 2 * bytes.size());
+  char* p = out->data() + at;
+  for (unsigned char b : bytes) {
+    *p++ = kHex[b >> 4];
+    *p++ = kHex[b & 15];
+  }
+}
+
+std::string ErrorField(const PGresult* res, int field) {
+  const char* v = PQresultErrorField(res, field);
+  return v != nullptr ? v : "";
+}
+
+// ", line 17" in a COPY error context ("COPY events, line 17, column id: ...").
+int64_t ParseCopyLine(absl::string_view context) {
+  if (!absl::StartsWith(context, "COPY ")) return 0;
+  const size_t at = context.find(", line ");
+  if (at == absl::string_view::npos) return 0;
+  absl::string_view rest = context.substr(at + 7);
+  size_t n = 0;
+  while (n < rest.size() && absl::ascii_isdigit(rest[n])) ++n;
+  int64_t line = 0;
+  if (!absl::SimpleAtoi(rest.substr(0, n), &line)) return 0;
+  return line;
+}
+
+}  // namespace
+
+const ColumnInfo* TableInfo::Find(absl::string_view name) const {
+  for (const ColumnInfo& c : columns) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+std::string QuoteIdentifier(absl::string_view name) {
+  std::string out = "\"";
+  for (char c : name) {
+    if (c == '"') out.push_back('"');
+    out.push_back(c);
+  }
+  out.push_back('"');
+  return out;
+}
+
+std::string CopyTarget(const TableInfo& table, absl::Span<const ColumnInfo* const> columns) {
+  std::string out = absl::StrCat(table.name, " (");
+  for (size_t i = 0; i < columns.size(); ++i) {
+    if (i > 0) out.append(", ");
+    out.append(QuoteIdentifier(columns[i]->name));
+  }
+  out.push_back(')');
+  return out;
+}
+
+bool IsValidUtf8(absl::string_view text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    size_t len;
+    uint32_t cp;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      if ((s[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    // Overlong forms, surrogates and code points past U+10FFFF.
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+void AppendCopyText(absl::string_view text, std::string* out) {
+  size_t start = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    const char* esc = nullptr;
+    switch (c) {
+      case '\\': esc = "\\\\"; break;
+      case '\t': esc = "\\t"; break;
+      case '\n': esc = "\\n"; break;
+      case '\r': esc = "\\r"; break;
+      default: continue;
+    }
+    out->append(text.data() + start, i - start);
+    out->append(esc);
+    start = i + 1;
+  }
+  out->append(text.data() + start, text.size() - start);
+}
+
+absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::string* out) {
+  const uint32_t t = c.type_oid;
+  const bool known = IsKnownType(t);
+  switch (value.kind_case()) {
+    case v1::Value::KIND_NOT_SET:
+    case v1::Value::kNullValue:
+      if (c.not_null) {
+        return RowError(absl::StatusCode::kFailedPrecondition, "23502",
+                        absl::StrCat("null value in column \"", c.name,
+                                     "\" violates not-null constraint"));
+      }
+      out->append("\\N");
+      return absl::OkStatus();
+    case v1::Value::kBoolValue:
+      if (known && t != oid::kBool && !IsTextType(t)) return TypeError(c, "a bool");
+      out->append(value.bool_value() ? "t" : "f");
+      return absl::OkStatus();
+    case v1::Value::kInt64Value: {
+      if (known && !IsIntType(t) && !IsFloatType(t) && t != oid::kNumeric && !IsTextType(t)) {
+        return TypeError(c, "an integer");
+      }
+      if (IsIntType(t)) {
+        if (absl::Status s = CheckIntRange(c, value.int64_value()); !s.ok()) return s;
+      }
+      absl::StrAppend(out, value.int64_value());
+      return absl::OkStatus();
+    }
+    case v1::Value::kDoubleValue: {
+      if (known && !IsFloatType(t) && t != oid::kNumeric && !IsTextType(t)) {
+        return TypeError(c, "a double");
+      }
+      const double d = value.double_value();
+      if (std::isnan(d)) {
+        out->append("NaN");
+      } else if (std::isinf(d)) {
+        out->append(d > 0 ? "Infinity" : "-Infinity");
+      } else {
+        absl::StrAppendFormat(out, "%.17g", d);
+      }
+      return absl::OkStatus();
+    }
+    case v1::Value::kTextValue: {
+      const std::string& text = value.text_value();
+      if (absl::Status s = CheckText(c, text); !s.ok()) return s;
+      if (t == oid::kBytea) return TypeError(c, "text (send bytes)");
+      if (IsIntType(t)) {
+        int64_t v;
+        if (!absl::SimpleAtoi(text, &v)) {
+          return RowError(absl::StatusCode::kInvalidArgument, "22P02",
+                          absl::StrCat("invalid input syntax for type ", c.type,
+                                       " in column \"", c.name, "\": \"",
+                                       text.substr(0, 64), "\""));
+        }
+        if (absl::Status s = CheckIntRange(c, v); !s.ok()) return s;
+      }
+      AppendCopyText(text, out);
+      return absl::OkStatus();
+    }
+    case v1::Value::kBytesValue:
+      if (known && t != oid::kBytea) return TypeError(c, "bytes");
+      AppendHex(value.bytes_value(), out);
+      return absl::OkStatus();
+    case v1::Value::kTimestampValue: {
+      if (known && t != oid::kTimestamp && t != oid::kTimestamptz && t != kDate &&
+          !IsTextType(t)) {
+        return TypeError(c, "a timestamp");
+      }
+      const auto& ts = value.timestamp_value();
+      if (ts.seconds() < kMinTimestampSeconds || ts.seconds() > kMaxTimestampSeconds ||
+          ts.nanos() < 0 || ts.nanos() > 999999999) {
+        return RowError(absl::StatusCode::kInvalidArgument, "22008",
+                        absl::StrCat("column \"", c.name,
+                                     "\": timestamp out of range (years 1 to 9999)"));
+      }
+      const absl::Time time = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+      // A timestamp without time zone ignores the "+00"; UTC is the convention.
+      out->append(absl::FormatTime("%Y-%m-%d %H:%M:%E6S+00", time, absl::UTCTimeZone()));
+      return absl::OkStatus();
+    }
+    case v1::Value::kNumericValue: {
+      if (known && t != oid::kNumeric && !IsIntType(t) && !IsFloatType(t) && !IsTextType(t)) {
+        return TypeError(c, "a numeric");
+      }
+      if (!IsNumericText(value.numeric_value())) {
+        return RowError(absl::StatusCode::kInvalidArgument, "22P02",
+                        absl::StrCat("column \"", c.name, "\": numeric_value \"",
+                                     value.numeric_value().substr(0, 64),
+                                     "\" is not a decimal number"));
+      }
+      out->append(value.numeric_value());
+      return absl::OkStatus();
+    }
+    case v1::Value::kJsonValue: {
+      if (known && t != oid::kJson && t != oid::kJsonb && !IsTextType(t)) {
+        return TypeError(c, "json");
+      }
+      if (absl::Status s = CheckText(c, value.json_value()); !s.ok()) return s;
+      AppendCopyText(value.json_value(), out);
+      return absl::OkStatus();
+    }
+  }
+  return TypeError(c, "an unknown value kind");
+}
+
+absl::Status AppendCopyRow(const v1::Row& row, absl::Span<const ColumnInfo* const> columns,
+                           std::string* out) {
+  if (static_cast<size_t>(row.values_size()) != columns.size()) {
+    return RowError(absl::StatusCode::kInvalidArgument, "22P04",
+                    absl::StrCat("row has ", row.values_size(), " values for ",
+                                 columns.size(), " columns"));
+  }
+  const size_t start = out->size();
+  for (size_t i = 0; i < columns.size(); ++i) {
+    if (i > 0) out->push_back('\t');
+    absl::Status s = AppendCopyField(row.values(static_cast<int>(i)), *columns[i], out);
+    if (!s.ok()) {
+      out->resize(start);
+      return s;
+    }
+  }
+  out->push_back('\n');
+  return absl::OkStatus();
+}
+
+int64_t CopyLineOf(const absl::Status& status) {
+  auto line = status.GetPayload(kCopyLinePayload);
+  int64_t n = 0;
+  if (!line.has_value() || !absl::SimpleAtoi(std::string(*line), &n)) return 0;
+  return n;
+}
+
+absl::StatusOr<TableInfo> DescribeTable(Connection& conn, absl::string_view table,
+                                        absl::Time deadline) {
+  CopySession session(conn, deadline);
+  absl::StatusOr<std::vector<CopySession::TextRow>> rows = session.Query(
+      "SELECT c.oid::regclass::text, a.attname, format_type(a.atttypid, a.atttypmod), "
+      "CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END, "
+      "a.attnotnull OR (t.typtype = 'd' AND t.typnotnull) "
+      "FROM pg_class c "
+      "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+      "AND a.attgenerated = '' "
+      "JOIN pg_type t ON t.oid = a.atttypid "
+      "WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p') "
+      "ORDER BY a.attnum",
+      {std::string(table)});
+  if (!rows.ok()) return rows.status();
+  if (rows->empty()) {
+    return absl::NotFoundError(absl::StrCat("table \"", table, "\" does not exist"));
+  }
+  TableInfo info;
+  for (const CopySession::TextRow& r : *rows) {
+    if (r.size() != 5 || !r[0] || !r[1] || !r[2] || !r[3] || !r[4]) {
+      return absl::InternalError("unexpected catalog row");
+    }
+    info.name = *r[0];
+    ColumnInfo c;
+    c.name = *r[1];
+    c.type = *r[2];
+    if (!absl::SimpleAtoi(*r[3], &c.type_oid)) return absl::InternalError("bad type oid");
+    c.not_null = *r[4] == "t";
+    info.columns.push_back(std::move(c));
+  }
+  return info;
+}
+
+CopySession::CopySession(Connection& conn, absl::Time deadline)
+    : conn_(conn), pg_(conn.libpq_conn()), deadline_(deadline) {}
+
+absl::Status CopySession::Broken(absl::string_view what) {
+  broken_ = true;
+  std::string msg = pg_ != nullptr ? PQerrorMessage(pg_) : "";
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  if (msg.size() > kMaxErrorMessage) msg.resize(kMaxErrorMessage);
+  return absl::UnavailableError(absl::StrCat("connection to the database lost while ", what,
+                                             msg.empty() ? "" : ": ", msg));
+}
+
+absl::Status CopySession::WaitSocket(bool for_write) {
+  const absl::Time now = absl::Now();
+  if (!cancel_sent_ && now >= deadline_) {
+    cancel_sent_ = true;
+    give_up_ = now + kCancelGrace;
+    if (PGcancel* cancel = PQgetCancel(pg_)) {
+      char err[256];
+      PQcancel(cancel, err, sizeof(err));
+      PQfreeCancel(cancel);
+    }
+  } else if (cancel_sent_ && now >= give_up_) {
+    return Broken("waiting for a cancelled statement to stop");
+  }
+  const absl::Time wake = cancel_sent_ ? give_up_ : deadline_;
+  int timeout_ms = -1;
+  if (wake != absl::InfiniteFuture()) {
+    timeout_ms = static_cast<int>(std::clamp<int64_t>(
+        absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))), 0, 60000));
+  }
+  pollfd pfd{PQsocket(pg_), static_cast<short>(POLLIN | (for_write ? POLLOUT : 0)), 0};
+  const int rc = ::poll(&pfd, 1, timeout_ms);
+  if (rc < 0 && errno != EINTR) return Broken("waiting for the server");
+  if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
+    if (PQconsumeInput(pg_) == 0) return Broken("reading");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CopySession::AwaitReadable() {
+  while (true) {
+    const int flush = PQflush(pg_);
+    if (flush < 0) return Broken("sending");
+    if (flush == 0 && !PQisBusy(pg_)) return absl::OkStatus();
+    if (absl::Status s = WaitSocket(flush == 1); !s.ok()) return s;
+  }
+}
+
+absl::Status CopySession::CollectResults(std::vector<TextRow>* rows, int64_t* affected) {
+  absl::Status first;
+  while (true) {
+    if (absl::Status s = AwaitReadable(); !s.ok()) return s;
+    PGresult* res = PQgetResult(pg_);
+    if (res == nullptr) return first;
+    switch (PQresultStatus(res)) {
+      case PGRES_TUPLES_OK:
+        if (rows != nullptr) {
+          const int nf = PQnfields(res);
+          for (int r = 0; r < PQntuples(res); ++r) {
+            TextRow row(nf);
+            for (int f = 0; f < nf; ++f) {
+              if (!PQgetisnull(res, r, f)) {
+                row[f] = std::string(PQgetvalue(res, r, f), PQgetlength(res, r, f));
+              }
+            }
+            rows->push_back(std::move(row));
+          }
+        }
+        break;
+      case PGRES_COMMAND_OK:
+      case PGRES_EMPTY_QUERY:
+        if (affected != nullptr) *affected = std::strtoll(PQcmdTuples(res), nullptr, 10);
+        break;
+      case PGRES_COPY_IN:
+        // Only CopyIn() starts a COPY; anything else asking for data is refused.
+        PQputCopyEnd(pg_, "unexpected COPY");
+        break;
+      default: {
+        if (first.ok()) {
+          const std::string state = ErrorField(res, PG_DIAG_SQLSTATE);
+          std::string primary = ErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+          if (primary.empty()) primary = PQresultErrorMessage(res);
+          first = StatusFromSqlState(state, primary, ErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+          if (state == "57014" && cancel_sent_) {
+            first = absl::DeadlineExceededError(
+                "statement ran past its deadline and was cancelled (SQLSTATE 57014)");
+            first.SetPayload(kSqlStatePayload, absl::Cord("57014"));
+          }
+          if (int64_t line = ParseCopyLine(ErrorField(res, PG_DIAG_CONTEXT)); line > 0) {
+            first.SetPayload(kCopyLinePayload, absl::Cord(absl::StrCat(line)));
+          }
+        }
+        break;
+      }
+    }
+    PQclear(res);
+    if (PQstatus(pg_) != CONNECTION_OK) return Broken("running a statement");
+  }
+}
+
+absl::Status CopySession::Exec(absl::string_view sql) {
+  if (broken_) return absl::UnavailableError("connection is broken");
+  const std::string text(sql);
+  if (PQsendQueryParams(pg_, text.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
+    return Broken("sending a statement");
+  }
+  return CollectResults(nullptr, nullptr);
+}
+
+absl::StatusOr<std::vector<CopySession::TextRow>> CopySession::Query(
+    absl::string_view sql, const std::vector<std::string>& params) {
+  if (broken_) return absl::UnavailableError("connection is broken");
+  const std::string text(sql);
+  std::vector<const char*> values;
+  for (const std::string& p : params) values.push_back(p.c_str());
+  if (PQsendQueryParams(pg_, text.c_str(), static_cast<int>(values.size()), nullptr,
+                        values.data(), nullptr, nullptr, 0) != 1) {
+    return Broken("sending a statement");
+  }
+  std::vector<TextRow> rows;
+  absl::Status s = CollectResults(&rows, nullptr);
+  if (!s.ok()) return s;
+  return rows;
+}
+
+absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target, absl::string_view data) {
+  if (broken_) return absl::UnavailableError("connection is broken");
+  const std::string sql = absl::StrCat("COPY ", target, " FROM STDIN");
+  if (PQsendQuery(pg_, sql.c_str()) != 1) return Broken("sending COPY");
+  // Wait for CopyInResponse (or an error: no such table, permissions, ...).
+  if (absl::Status s = AwaitReadable(); !s.ok()) return s;
+  PGresult* res = PQgetResult(pg_);
+  if (res == nullptr) return absl::InternalError("COPY: no response");
+  if (PQresultStatus(res) != PGRES_COPY_IN) {
+    const std::string state = ErrorField(res, PG_DIAG_SQLSTATE);
+    std::string primary = ErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    if (primary.empty()) primary = PQresultErrorMessage(res);
+    absl::Status st = StatusFromSqlState(state, primary, ErrorField(res, PG_DIAG_MESSAGE_DETAIL));
+    PQclear(res);
+    absl::Status rest = CollectResults(nullptr, nullptr);
+    if (!rest.ok() && broken_) return rest;
+    return st;
+  }
+  PQclear(res);
+  // Non-blocking connection: PQputCopyData returns 0 while libpq's buffer is
+  // full; wait for the socket and try again.
+  size_t at = 0;
+  while (at < data.size()) {
+    const size_t n = std::min(kCopyChunk, data.size() - at);
+    const int rc = PQputCopyData(pg_, data.data() + at, static_cast<int>(n));
+    if (rc < 0) return Broken("sending COPY data");
+    if (rc == 1) {
+      at += n;
+      continue;
+    }
+    if (PQflush(pg_) < 0) return Broken("sending COPY data");
+    if (absl::Status s = WaitSocket(true); !s.ok()) return s;
+  }
+  while (true) {
+    const int rc = PQputCopyEnd(pg_, nullptr);
+    if (rc < 0) return Broken("ending COPY");
+    if (rc == 1) break;
+    if (absl::Status s = WaitSocket(true); !s.ok()) return s;
+  }
+  int64_t copied = 0;
+  absl::Status s = CollectResults(nullptr, &copied);
+  if (!s.ok()) return s;
+  return copied;
+}
+
+}  // namespace poolside::db

@@ -1,0 +1,239 @@
+#include "common/db/copy.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/db/error.h"
+#include "common/db/value_codec.h"
+#include "gtest/gtest.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside::db {
+namespace {
+
+v1::Value Text(std::string s) {
+  v1::Value v;
+  v.set_text_value(std::move(s));
+  return v;
+}
+v1::Value Int(int64_t i) {
+  v1::Value v;
+  v.set_int64_value(i);
+  return v;
+}
+v1::Value Null() {
+  v1::Value v;
+  v.set_null_value(v1::NULL_VALUE);
+  return v;
+}
+v1::Value Bytes(std::string s) {
+  v1::Value v;
+  v.set_bytes_value(std::move(s));
+  return v;
+}
+
+ColumnInfo Col(std::string name, uint32_t oid, bool not_null = false) {
+  return ColumnInfo{std::move(name), std::string(TypeName(oid)), oid, not_null};
+}
+
+std::string Field(const v1::Value& v, const ColumnInfo& c) {
+  std::string out;
+  absl::Status s = AppendCopyField(v, c, &out);
+  EXPECT_TRUE(s.ok()) << s;
+  return out;
+}
+
+TEST(CopyEncodingTest, EscapesText) {
+  const ColumnInfo text = Col("t", oid::kText);
+  EXPECT_EQ(Field(Text("a\tb\nc\rd\\e"), text), "a\\tb\\nc\\rd\\\\e");
+  EXPECT_EQ(Field(Text("plain"), text), "plain");
+  EXPECT_EQ(Field(Text("\\N"), text), "\\\\N");  // the text, not NULL
+  EXPECT_EQ(Field(Null(), text), "\\N");
+}
+
+TEST(CopyEncodingTest, EncodesKinds) {
+  EXPECT_EQ(Field(Bytes(std::string("\x00\xff\x10", 3)), Col("b", oid::kBytea)), "\\\\x00ff10");
+  EXPECT_EQ(Field(Int(-5), Col("i", oid::kInt4)), "-5");
+  v1::Value ts;
+  ts.mutable_timestamp_value()->set_seconds(1700000000);
+  ts.mutable_timestamp_value()->set_nanos(123456000);
+  EXPECT_EQ(Field(ts, Col("ts", oid::kTimestamptz)), "2023-11-14 22:13:20.123456+00");
+  v1::Value d;
+  d.set_double_value(0.1);
+  EXPECT_EQ(Field(d, Col("d", oid::kFloat8)), "0.10000000000000001");
+  v1::Value b;
+  b.set_bool_value(true);
+  EXPECT_EQ(Field(b, Col("b", oid::kBool)), "t");
+  v1::Value n;
+  n.set_numeric_value("-12.50");
+  EXPECT_EQ(Field(n, Col("n", oid::kNumeric)), "-12.50");
+}
+
+TEST(CopyEncodingTest, RefusesBadValues) {
+  std::string out;
+  absl::Status s = AppendCopyField(Null(), Col("id", oid::kInt8, true), &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(SqlStateOf(s), "23502");
+  s = AppendCopyField(Text(std::string("a\0b", 3)), Col("t", oid::kText), &out);
+  EXPECT_EQ(SqlStateOf(s), "22021");
+  s = AppendCopyField(Text("bad \xc3\x28"), Col("t", oid::kText), &out);
+  EXPECT_EQ(SqlStateOf(s), "22021");
+  s = AppendCopyField(Text("abc"), Col("i", oid::kInt4), &out);
+  EXPECT_EQ(SqlStateOf(s), "22P02");
+  s = AppendCopyField(Int(70000), Col("i", oid::kInt2), &out);
+  EXPECT_EQ(SqlStateOf(s), "22003");
+  s = AppendCopyField(Bytes("x"), Col("i", oid::kInt4), &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  s = AppendCopyField(Int(1), Col("ts", oid::kTimestamptz), &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  // Types poolside does not know take any kind.
+  EXPECT_TRUE(AppendCopyField(Int(1), Col("e", 99999), &out).ok());
+}
+
+TEST(CopyEncodingTest, RowLeavesOutputUnchangedOnError) {
+  const ColumnInfo a = Col("a", oid::kInt8), b = Col("b", oid::kText, true);
+  const std::vector<const ColumnInfo*> cols = {&a, &b};
+  std::string out = "x\n";
+  v1::Row good, bad, short_row;
+  *good.add_values() = Int(1);
+  *good.add_values() = Text("one");
+  *bad.add_values() = Int(2);
+  *bad.add_values() = Null();
+  *short_row.add_values() = Int(3);
+  ASSERT_TRUE(AppendCopyRow(good, cols, &out).ok());
+  EXPECT_FALSE(AppendCopyRow(bad, cols, &out).ok());
+  EXPECT_FALSE(AppendCopyRow(short_row, cols, &out).ok());
+  EXPECT_EQ(out, "x\n1\tone\n");
+}
+
+TEST(CopyEncodingTest, Utf8) {
+  EXPECT_TRUE(IsValidUtf8("h\xc3\xa9llo \xf0\x9f\x98\x80"));
+  EXPECT_FALSE(IsValidUtf8("\xc0\xaf"));          // overlong
+  EXPECT_FALSE(IsValidUtf8("\xed\xa0\x80"));      // surrogate
+  EXPECT_FALSE(IsValidUtf8("\xf4\x90\x80\x80"));  // > U+10FFFF
+  EXPECT_FALSE(IsValidUtf8("\xe2\x82"));          // truncated
+}
+
+class CopyTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pg_ = &testing::SharedPostgres();
+    ASSERT_TRUE(pg_->CreateDatabase("copytest").ok());
+    ASSERT_TRUE(pg_->Exec("copytest",
+                          "DROP TABLE IF EXISTS t; CREATE TABLE t (id int8 PRIMARY KEY, "
+                          "name text NOT NULL, data bytea, at timestamptz, "
+                          "amount numeric(12,2), ok bool, gen int8 GENERATED ALWAYS AS "
+                          "(id * 2) STORED, \"Odd \"\"col\" text)")
+                    .ok());
+    ConnectionOptions o;
+    o.dsn = pg_->Dsn("copytest");
+    auto c = Connection::Open(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    conn_ = *std::move(c);
+  }
+  absl::Time Soon() { return absl::Now() + absl::Seconds(20); }
+
+  testing::PostgresCluster* pg_;
+  std::unique_ptr<Connection> conn_;
+};
+
+TEST_F(CopyTest, DescribesTable) {
+  absl::StatusOr<TableInfo> t = DescribeTable(*conn_, "t", Soon());
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->name, "t");
+  ASSERT_EQ(t->columns.size(), 7u);  // the generated column is left out
+  EXPECT_EQ(t->columns[0].name, "id");
+  EXPECT_EQ(t->columns[0].type_oid, oid::kInt8);
+  EXPECT_TRUE(t->columns[0].not_null);
+  EXPECT_FALSE(t->columns[2].not_null);
+  EXPECT_EQ(t->columns[4].type, "numeric(12,2)");
+  EXPECT_NE(t->Find("Odd \"col"), nullptr);
+  EXPECT_EQ(DescribeTable(*conn_, "nope", Soon()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(DescribeTable(*conn_, "nope.t", Soon()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CopyTest, CopiesTrickyValuesExactly) {
+  absl::StatusOr<TableInfo> t = DescribeTable(*conn_, "t", Soon());
+  ASSERT_TRUE(t.ok()) << t.status();
+  std::vector<const ColumnInfo*> cols;
+  for (const ColumnInfo& c : t->columns) cols.push_back(&c);
+  std::string data;
+  for (int i = 0; i < 1000; ++i) {
+    v1::Row row;
+    *row.add_values() = Int(i);
+    *row.add_values() = Text(absl::StrCat("tab\there\nnew\\line\r", i, " h\xc3\xa9"));
+    *row.add_values() = Bytes(std::string("\0\\\n", 3));
+    row.add_values()->mutable_timestamp_value()->set_seconds(1700000000 + i);
+    row.add_values()->set_numeric_value("12.34");
+    row.add_values()->set_bool_value(i % 2 == 0);
+    *row.add_values() = i % 3 == 0 ? Null() : Text("\\N");
+    ASSERT_TRUE(AppendCopyRow(row, cols, &data).ok());
+  }
+  CopySession session(*conn_, Soon());
+  ASSERT_TRUE(session.Exec("BEGIN").ok());
+  absl::StatusOr<int64_t> n = session.CopyIn(CopyTarget(*t, cols), data);
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 1000);
+  ASSERT_TRUE(session.Exec("COMMIT").ok());
+  EXPECT_EQ(*pg_->QueryValue("copytest",
+                             "SELECT count(*) FROM t WHERE name = E'tab\\there\\nnew\\\\line\\r' "
+                             "|| id || ' h\xc3\xa9' AND data = '\\x005c0a'::bytea AND "
+                             "at = to_timestamp(1700000000 + id) AND amount = 12.34 AND "
+                             "ok = (id % 2 = 0) AND gen = id * 2"),
+            "1000");
+  EXPECT_EQ(*pg_->QueryValue("copytest", "SELECT count(*) FROM t WHERE \"Odd \"\"col\" IS NULL"),
+            "334");
+  EXPECT_TRUE(conn_->LooksAlive());
+}
+
+TEST_F(CopyTest, ReportsTheFailingLine) {
+  absl::StatusOr<TableInfo> t = DescribeTable(*conn_, "t", Soon());
+  ASSERT_TRUE(t.ok());
+  const std::vector<const ColumnInfo*> cols = {t->Find("id"), t->Find("name")};
+  CopySession session(*conn_, Soon());
+  ASSERT_TRUE(session.Exec("BEGIN").ok());
+  absl::StatusOr<int64_t> n = session.CopyIn(CopyTarget(*t, cols), "1\ta\n2\tb\n1\tc\n3\td\n");
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kAlreadyExists) << n.status();
+  EXPECT_EQ(SqlStateOf(n.status()), "23505");
+  EXPECT_EQ(CopyLineOf(n.status()), 3);
+  EXPECT_TRUE(session.Exec("ROLLBACK").ok());
+  // The session (and connection) is still usable.
+  ASSERT_TRUE(session.Exec("BEGIN").ok());
+  n = session.CopyIn(CopyTarget(*t, cols), "7\tx\n8\tnot-an-int-line\textra\n");
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kInvalidArgument) << n.status();
+  EXPECT_EQ(CopyLineOf(n.status()), 2);
+  EXPECT_TRUE(session.Exec("ROLLBACK").ok());
+  auto rows = session.Query("SELECT $1::int + 1, NULL", {"41"});
+  ASSERT_TRUE(rows.ok()) << rows.status();
+  ASSERT_EQ(rows->size(), 1u);
+  EXPECT_EQ((*rows)[0][0], "42");
+  EXPECT_FALSE((*rows)[0][1].has_value());
+  EXPECT_FALSE(session.broken());
+}
+
+TEST_F(CopyTest, DeadlineCancelsABlockedCopy) {
+  absl::StatusOr<TableInfo> t = DescribeTable(*conn_, "t", Soon());
+  ASSERT_TRUE(t.ok());
+  // Another session holds a lock the COPY waits for.
+  ConnectionOptions o;
+  o.dsn = pg_->Dsn("copytest");
+  auto locker = Connection::Open(o);
+  ASSERT_TRUE(locker.ok());
+  CopySession lock_session(**locker, Soon());
+  ASSERT_TRUE(lock_session.Exec("BEGIN").ok());
+  ASSERT_TRUE(lock_session.Exec("LOCK TABLE t IN ACCESS EXCLUSIVE MODE").ok());
+
+  const std::vector<const ColumnInfo*> cols = {t->Find("id"), t->Find("name")};
+  CopySession session(*conn_, absl::Now() + absl::Milliseconds(300));
+  absl::StatusOr<int64_t> n = session.CopyIn(CopyTarget(*t, cols), "1\ta\n");
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kDeadlineExceeded) << n.status();
+  EXPECT_FALSE(session.broken());
+  ASSERT_TRUE(lock_session.Exec("ROLLBACK").ok());
+  CopySession again(*conn_, Soon());
+  EXPECT_TRUE(again.CopyIn(CopyTarget(*t, cols), "1\ta\n").ok());
+}
+
+}  // namespace
+}  // namespace poolside::db
