@@ -210,7 +210,11 @@ bool Connection::LooksAlive() {
       broken_ = true;
       return false;
     }
-    while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
+    // Pooled connections never want notifications (a caller's stray LISTEN
+    // must not make them pile up); a listening one keeps them.
+    if (!listening_) {
+      while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
+    }
     if (!PQisBusy(conn_)) {
       // A server-initiated error (e.g. terminating connection) surfaces as a result.
       while (PGresult* r = PQgetResult(conn_)) {
@@ -773,6 +777,52 @@ bool Connection::Ping(absl::Time deadline) {
   steps.push_back(std::move(sync));
   absl::Status link = RunPipeline(steps);
   return link.ok() && steps[0].status.ok() && !broken_;
+}
+
+absl::Status Connection::Listen(absl::string_view channel, absl::Time deadline) {
+  if (broken_) return absl::UnavailableError("connection is broken");
+  const std::string name(channel);
+  char* quoted = PQescapeIdentifier(conn_, name.c_str(), name.size());
+  if (quoted == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot quote channel name \"", name, "\""));
+  }
+  const std::string sql = absl::StrCat("LISTEN ", quoted);
+  PQfreemem(quoted);
+  listening_ = true;
+  return RunSimple(sql.c_str(), deadline);
+}
+
+absl::Status Connection::AwaitNotifications(absl::Time deadline,
+                                            std::vector<Notification>* out) {
+  if (broken_ || conn_ == nullptr) return absl::UnavailableError("connection is broken");
+  while (true) {
+    if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) {
+      return MarkBroken("waiting for notifications");
+    }
+    const size_t before = out->size();
+    while (PGnotify* n = PQnotifies(conn_)) {
+      out->push_back(Notification{n->relname, n->extra != nullptr ? n->extra : "", n->be_pid});
+      PQfreemem(n);
+    }
+    // An error the server sends on its own (e.g. the backend was terminated)
+    // arrives as a result while idle; the connection is over.
+    if (!PQisBusy(conn_)) {
+      bool failed = false;
+      while (PGresult* r = PQgetResult(conn_)) {
+        failed = failed || PQresultStatus(r) == PGRES_FATAL_ERROR;
+        PQclear(r);
+      }
+      if (failed) return MarkBroken("waiting for notifications");
+    }
+    if (out->size() > before) return absl::OkStatus();
+    const absl::Time now = absl::Now();
+    if (now >= deadline) return absl::OkStatus();
+    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
+        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 0, 60000));
+    pollfd pfd{PQsocket(conn_), POLLIN, 0};
+    const int rc = ::poll(&pfd, 1, timeout_ms);
+    if (rc < 0 && errno != EINTR) return MarkBroken("waiting for notifications");
+  }
 }
 
 }  // namespace poolside::db

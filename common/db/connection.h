@@ -126,7 +126,7 @@ class Connection {
   bool Ping(absl::Time deadline);
 
   // LISTEN on `channel` (any string; quoted here). Meant for a connection of its
-  // own, outside any pool: LooksAlive() discards notifications.
+  // own, outside any pool.
   absl::Status Listen(absl::string_view channel, absl::Time deadline);
   // Appends the notifications received so far, waiting until at least one has
   // arrived or `deadline` passed (OK either way). UNAVAILABLE once the
@@ -175,6 +175,7 @@ class Connection {
   ::pg_conn* conn_ = nullptr;
   ::pg_cancel* cancel_ = nullptr;
   bool broken_ = false;
+  bool listening_ = false;  // Listen() was called: keep notifications
   int64_t statement_timeout_ms_ = 0;  // what the session has now
   uint64_t next_statement_id_ = 0;
   // LRU of prepared statements, most recent first.

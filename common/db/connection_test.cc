@@ -189,6 +189,50 @@ TEST_F(ConnectionTest, TransactionRollsBackWhenASinkRefusesRowsTheServerSent) {
   EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM sink_t"), "1");
 }
 
+TEST_F(ConnectionTest, ListenReceivesCommittedNotificationsOnly) {
+  ASSERT_TRUE(conn_->Listen("poolside test channel", Soon()).ok());
+  // Rolled back: never delivered. Committed: delivered, in commit order.
+  ASSERT_TRUE(pg_->Exec("postgres",
+                        "BEGIN; SELECT pg_notify('poolside test channel', 'rolled back'); "
+                        "ROLLBACK")
+                  .ok());
+  ASSERT_TRUE(
+      pg_->Exec("postgres", "SELECT pg_notify('poolside test channel', 'public.t1')").ok());
+  ASSERT_TRUE(pg_->Exec("postgres", "NOTIFY \"poolside test channel\", 'public.t2'").ok());
+  std::vector<Notification> got;
+  while (got.size() < 2) {
+    ASSERT_TRUE(conn_->AwaitNotifications(Soon(), &got).ok());
+  }
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].channel, "poolside test channel");
+  EXPECT_EQ(got[0].payload, "public.t1");
+  EXPECT_EQ(got[1].payload, "public.t2");
+  // Statements on the listening connection keep notifications for later.
+  ASSERT_TRUE(pg_->Exec("postgres", "NOTIFY \"poolside test channel\", 'during ping'").ok());
+  got.clear();
+  while (got.empty()) {
+    ASSERT_TRUE(conn_->Ping(Soon()));
+    ASSERT_TRUE(conn_->AwaitNotifications(absl::Now() + absl::Milliseconds(100), &got).ok());
+  }
+  EXPECT_EQ(got[0].payload, "during ping");
+}
+
+TEST_F(ConnectionTest, AwaitNotificationsReportsALostConnection) {
+  ASSERT_TRUE(conn_->Listen("poolside_lost", Soon()).ok());
+  ASSERT_TRUE(pg_->Exec("postgres",
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE query LIKE 'LISTEN %poolside_lost%' AND pid <> pg_backend_pid()")
+                  .ok());
+  std::vector<Notification> got;
+  absl::Status s;
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (s.ok() && absl::Now() < give_up) {
+    s = conn_->AwaitNotifications(absl::Now() + absl::Milliseconds(200), &got);
+  }
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_TRUE(got.empty());
+}
+
 TEST_F(ConnectionTest, ReadOnlyTransactionRefusesWrites) {
   ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS ro_t (id int8)").ok());
   Statement w{"INSERT INTO ro_t VALUES (1)"};
