@@ -524,6 +524,11 @@ absl::StatusOr<std::vector<CopySession::TextRow>> CopySession::Query(
 }
 
 absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target, absl::string_view data) {
+  return CopyIn(target, absl::MakeConstSpan(&data, 1));
+}
+
+absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
+                                            absl::Span<const absl::string_view> pieces) {
   if (broken_) return absl::UnavailableError("connection is broken");
   const std::string sql = absl::StrCat("COPY ", target, " FROM STDIN");
   if (PQsendQuery(pg_, sql.c_str()) != 1) return Broken("sending COPY");
@@ -544,17 +549,19 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target, absl::stri
   PQclear(res);
   // Non-blocking connection: PQputCopyData returns 0 while libpq's buffer is
   // full; wait for the socket and try again.
-  size_t at = 0;
-  while (at < data.size()) {
-    const size_t n = std::min(kCopyChunk, data.size() - at);
-    const int rc = PQputCopyData(pg_, data.data() + at, static_cast<int>(n));
-    if (rc < 0) return Broken("sending COPY data");
-    if (rc == 1) {
-      at += n;
-      continue;
+  for (absl::string_view data : pieces) {
+    size_t at = 0;
+    while (at < data.size()) {
+      const size_t n = std::min(kCopyChunk, data.size() - at);
+      const int rc = PQputCopyData(pg_, data.data() + at, static_cast<int>(n));
+      if (rc < 0) return Broken("sending COPY data");
+      if (rc == 1) {
+        at += n;
+        continue;
+      }
+      if (PQflush(pg_) < 0) return Broken("sending COPY data");
+      if (absl::Status s = WaitSocket(true); !s.ok()) return s;
     }
-    if (PQflush(pg_) < 0) return Broken("sending COPY data");
-    if (absl::Status s = WaitSocket(true); !s.ok()) return s;
   }
   while (true) {
     const int rc = PQputCopyEnd(pg_, nullptr);

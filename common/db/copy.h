@@ -119,6 +119,9 @@ class CopySession {
   // COPY <target> FROM STDIN with `data` (text format lines). Returns the rows
   // copied.
   absl::StatusOr<int64_t> CopyIn(absl::string_view target, absl::string_view data);
+  // The same with the data in pieces (sent in order, without copying them).
+  absl::StatusOr<int64_t> CopyIn(absl::string_view target,
+                                 absl::Span<const absl::string_view> pieces);
 
   bool broken() const { return broken_; }
 

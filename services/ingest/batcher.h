@@ -1,0 +1,107 @@
+#ifndef POOLSIDE_SERVICES_INGEST_BATCHER_H_
+#define POOLSIDE_SERVICES_INGEST_BATCHER_H_
+
+// Groups accepted write requests into batches, one open batch per group
+// (database, table, column list), and seals a batch when it reaches a row
+// count, a byte size or its linger time. A request is never split: a batch may
+// pass max_rows/max_bytes by at most one request, so that each request's rows
+// (and its idempotency key) commit in exactly one transaction.
+//
+//   Batcher batcher({.max_rows = 10000, .max_bytes = 4 << 20,
+//                    .linger = absl::Milliseconds(10)});
+//   std::vector<Batch> sealed;
+//   batcher.Add(write, absl::Now(), &sealed);          // may seal one
+//   absl::Time next = batcher.SealExpired(absl::Now(), &sealed);
+//
+// Thread-compatible (the engine calls it under its lock).
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "proto/poolside/v1/ingest.pb.h"
+
+namespace poolside::ingest {
+
+// Why a batch was flushed (GetStats' flushes_by_reason).
+enum class FlushReason { kRows, kBytes, kLinger, kDrain };
+const char* FlushReasonName(FlushReason reason);
+
+// One accepted request, its rows already validated and encoded as COPY lines.
+struct PendingWrite {
+  using Done = std::function<void(absl::StatusOr<v1::WriteResponse>)>;
+
+  uint64_t id = 0;
+  std::string database;
+  // The table as configured (and requested).
+  std::string table;
+  // Requests with equal groups share batches: database, table, columns.
+  std::string group;
+  // "<table> (<columns>)" for COPY.
+  std::string copy_target;
+  // Empty: no idempotency key.
+  std::string key;
+  // The COPY lines of the rows that passed validation ...
+  std::string data;
+  // ... where each one ends (offset past its newline) ...
+  std::vector<uint32_t> line_ends;
+  // ... and which row of the request it is.
+  std::vector<uint32_t> row_index;
+  // Rows refused before COPY.
+  std::vector<v1::RowError> rejected;
+  Done done;
+
+  size_t lines() const { return line_ends.size(); }
+  // What the request holds against the buffer bound.
+  size_t bytes() const { return data.size() + 8 * line_ends.size() + 64; }
+};
+
+struct Batch {
+  std::string database;
+  std::string copy_target;
+  std::vector<std::shared_ptr<PendingWrite>> writes;
+  size_t lines = 0;
+  size_t bytes = 0;
+  FlushReason reason = FlushReason::kLinger;
+};
+
+struct BatcherOptions {
+  size_t max_rows = 10000;
+  size_t max_bytes = 4 << 20;
+  absl::Duration linger = absl::Milliseconds(10);
+};
+
+class Batcher {
+ public:
+  explicit Batcher(BatcherOptions options) : options_(options) {}
+
+  // Adds `write` to its group's open batch (opening one at `now`); appends the
+  // batch to `sealed` if it is now full.
+  void Add(std::shared_ptr<PendingWrite> write, absl::Time now, std::vector<Batch>* sealed);
+
+  // Seals every batch opened at least `linger` before `now`. Returns when the
+  // next open batch will be due (InfiniteFuture if none is open).
+  absl::Time SealExpired(absl::Time now, std::vector<Batch>* sealed);
+
+  // Seals every open batch (shutdown).
+  void SealAll(std::vector<Batch>* sealed);
+
+  size_t open_batches() const { return open_.size(); }
+
+ private:
+  struct Open {
+    Batch batch;
+    absl::Time opened;
+  };
+  const BatcherOptions options_;
+  absl::flat_hash_map<std::string, Open> open_;
+};
+
+}  // namespace poolside::ingest
+
+#endif  // POOLSIDE_SERVICES_INGEST_BATCHER_H_

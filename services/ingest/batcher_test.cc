@@ -1,0 +1,66 @@
+#include "services/ingest/batcher.h"
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace poolside::ingest {
+namespace {
+
+std::shared_ptr<PendingWrite> Write(std::string group, int rows, size_t bytes_per_row = 10) {
+  auto w = std::make_shared<PendingWrite>();
+  w->group = std::move(group);
+  w->database = "db";
+  w->copy_target = "t (a)";
+  for (int i = 0; i < rows; ++i) {
+    w->data.append(bytes_per_row - 1, 'x');
+    w->data.push_back('\n');
+    w->line_ends.push_back(static_cast<uint32_t>(w->data.size()));
+    w->row_index.push_back(i);
+  }
+  return w;
+}
+
+TEST(BatcherTest, SealsOnRowsAndKeepsRequestsWhole) {
+  Batcher b({.max_rows = 10, .max_bytes = 1 << 20, .linger = absl::Seconds(1)});
+  std::vector<Batch> sealed;
+  const absl::Time t0 = absl::UnixEpoch();
+  b.Add(Write("g", 6), t0, &sealed);
+  EXPECT_TRUE(sealed.empty());
+  b.Add(Write("g", 6), t0, &sealed);  // 12 rows: the whole request goes in
+  ASSERT_EQ(sealed.size(), 1u);
+  EXPECT_EQ(sealed[0].lines, 12u);
+  EXPECT_EQ(sealed[0].writes.size(), 2u);
+  EXPECT_EQ(sealed[0].reason, FlushReason::kRows);
+  EXPECT_EQ(b.open_batches(), 0u);
+}
+
+TEST(BatcherTest, SealsOnBytes) {
+  Batcher b({.max_rows = 1000, .max_bytes = 100, .linger = absl::Seconds(1)});
+  std::vector<Batch> sealed;
+  b.Add(Write("g", 5, 30), absl::UnixEpoch(), &sealed);
+  ASSERT_EQ(sealed.size(), 1u);
+  EXPECT_EQ(sealed[0].reason, FlushReason::kBytes);
+}
+
+TEST(BatcherTest, GroupsSeparatelyAndLingers) {
+  Batcher b({.max_rows = 100, .max_bytes = 1 << 20, .linger = absl::Milliseconds(10)});
+  std::vector<Batch> sealed;
+  const absl::Time t0 = absl::UnixEpoch();
+  b.Add(Write("a", 1), t0, &sealed);
+  b.Add(Write("b", 1), t0 + absl::Milliseconds(5), &sealed);
+  b.Add(Write("a", 1), t0 + absl::Milliseconds(6), &sealed);
+  EXPECT_EQ(b.open_batches(), 2u);
+  EXPECT_EQ(b.SealExpired(t0 + absl::Milliseconds(9), &sealed), t0 + absl::Milliseconds(10));
+  EXPECT_TRUE(sealed.empty());
+  EXPECT_EQ(b.SealExpired(t0 + absl::Milliseconds(10), &sealed), t0 + absl::Milliseconds(15));
+  ASSERT_EQ(sealed.size(), 1u);
+  EXPECT_EQ(sealed[0].writes.size(), 2u);
+  EXPECT_EQ(sealed[0].reason, FlushReason::kLinger);
+  b.SealAll(&sealed);
+  ASSERT_EQ(sealed.size(), 2u);
+  EXPECT_EQ(sealed[1].reason, FlushReason::kDrain);
+  EXPECT_EQ(b.SealExpired(t0, &sealed), absl::InfiniteFuture());
+}
+
+}  // namespace
+}  // namespace poolside::ingest

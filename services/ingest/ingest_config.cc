@@ -1,0 +1,125 @@
+#include "services/ingest/ingest_config.h"
+
+#include <libpq-fe.h>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/config/json_config.h"
+
+namespace poolside::ingest {
+namespace {
+
+#define POOLSIDE_DEFAULT(msg, field, value) \
+  if ((msg)->field() == 0) (msg)->set_##field(value)
+
+bool ValidName(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(c) && c != '_' && c != '-' && c != '.') return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(v1::IngestServiceConfig c) {
+  auto* server = c.mutable_server();
+  if (server->listen().empty()) server->set_listen("0.0.0.0:50053");
+  POOLSIDE_DEFAULT(server, drain_timeout_ms, 10000u);
+
+  auto* batch = c.mutable_batch();
+  POOLSIDE_DEFAULT(batch, max_rows, 10000u);
+  POOLSIDE_DEFAULT(batch, max_bytes, uint64_t{4} << 20);
+  POOLSIDE_DEFAULT(batch, linger_ms, 10u);
+  POOLSIDE_DEFAULT(batch, buffer_bytes, uint64_t{64} << 20);
+  POOLSIDE_DEFAULT(batch, copy_connections, 4u);
+  POOLSIDE_DEFAULT(batch, flush_timeout_ms, 60000u);
+  POOLSIDE_DEFAULT(batch, key_retention_ms, uint64_t{86400000});
+  POOLSIDE_DEFAULT(batch, retry_after_ms, 100u);
+  if (batch->copy_connections() > 64) {
+    return absl::InvalidArgumentError("batch.copyConnections above 64");
+  }
+  if (batch->max_bytes() > batch->buffer_bytes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch.maxBytes (", batch->max_bytes(), ") exceeds batch.bufferBytes (",
+        batch->buffer_bytes(), ")"));
+  }
+
+  if (c.databases().empty()) {
+    return absl::InvalidArgumentError("config: at least one database must be configured");
+  }
+  absl::flat_hash_set<std::string> names;
+  for (int i = 0; i < c.databases_size(); ++i) {
+    v1::DatabaseConfig* db = c.mutable_databases(i);
+    const std::string where = absl::StrCat("databases[", i, "] (", db->name(), ")");
+    if (!ValidName(db->name())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
+    }
+    if (!names.insert(db->name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate database name"));
+    }
+    absl::StatusOr<std::string> dsn = config::ResolveSecret(absl::StrCat(where, " dsn"), db->dsn(),
+                                                            db->dsn_file(), db->dsn_env());
+    if (!dsn.ok()) return dsn.status();
+    char* err = nullptr;
+    PQconninfoOption* parsed = PQconninfoParse(dsn->c_str(), &err);
+    if (parsed == nullptr) {
+      std::string msg = err ? err : "";
+      if (err) PQfreemem(err);
+      return absl::InvalidArgumentError(absl::StrCat(where, ": invalid dsn: ", msg));
+    }
+    PQconninfoFree(parsed);
+    db->set_dsn(*dsn);
+    db->clear_dsn_file();
+    db->clear_dsn_env();
+    auto* pool = db->mutable_pool();
+    // One connection per parallel flush, plus one for catalog reads and key
+    // cleanup.
+    pool->set_max_size(batch->copy_connections() + 1);
+    if (!pool->has_min_idle()) pool->set_min_idle(1);
+    if (pool->min_idle() > pool->max_size()) pool->set_min_idle(pool->max_size());
+    POOLSIDE_DEFAULT(pool, acquire_timeout_ms, 5000u);
+    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 30000u);
+    POOLSIDE_DEFAULT(pool, max_lifetime_ms, 1800000u);
+    POOLSIDE_DEFAULT(pool, idle_timeout_ms, 600000u);
+    POOLSIDE_DEFAULT(pool, leak_threshold_ms, 120000u);
+    POOLSIDE_DEFAULT(pool, connect_timeout_ms, 5000u);
+    POOLSIDE_DEFAULT(pool, startup_retry_ms, 30000u);
+  }
+  if (c.default_database().empty()) {
+    if (c.databases_size() == 1) c.set_default_database(c.databases(0).name());
+  } else if (!names.contains(c.default_database())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "defaultDatabase \"", c.default_database(), "\" is not a configured database"));
+  }
+  for (int i = 0; i < c.tables_size(); ++i) {
+    const v1::IngestTables& t = c.tables(i);
+    if (!names.contains(t.database())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tables[", i, "]: database \"", t.database(), "\" is not a configured database"));
+    }
+    for (const std::string& name : t.tables()) {
+      if (name.empty() || name.size() > 200 || name.find('\0') != std::string::npos) {
+        return absl::InvalidArgumentError(absl::StrCat("tables[", i, "]: invalid table name"));
+      }
+    }
+  }
+  return c;
+}
+
+absl::StatusOr<v1::IngestServiceConfig> LoadIngestConfig(const std::string& path) {
+  v1::IngestServiceConfig c;
+  absl::Status s = config::LoadJsonConfig(path, &c);
+  if (!s.ok()) return s;
+  absl::StatusOr<v1::IngestServiceConfig> done = FinalizeIngestConfig(std::move(c));
+  if (!done.ok()) {
+    return absl::Status(done.status().code(), absl::StrCat(path, ": ", done.status().message()));
+  }
+  return done;
+}
+
+#undef POOLSIDE_DEFAULT
+
+}  // namespace poolside::ingest

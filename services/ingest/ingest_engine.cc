@@ -1,0 +1,661 @@
+#include "services/ingest/ingest_engine.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/db/error.h"
+#include "common/telemetry/log.h"
+#include "services/ingest/flusher.h"
+
+namespace poolside::ingest {
+namespace {
+
+constexpr absl::string_view kRetryAfterPayload = "poolside.dev/retry-after-ms";
+constexpr size_t kMaxKeyBytes = 256;
+constexpr absl::Duration kCatalogTimeout = absl::Seconds(10);
+
+pool::PoolOptions PoolOptionsFor(const v1::DatabaseConfig& c) {
+  const v1::PoolConfig& p = c.pool();
+  pool::PoolOptions o;
+  o.name = c.name();
+  o.min_idle = p.min_idle();
+  o.max_size = p.max_size();
+  o.acquire_timeout = absl::Milliseconds(p.acquire_timeout_ms());
+  o.validate_after_idle = absl::Milliseconds(p.validate_after_idle_ms());
+  o.max_lifetime = absl::Milliseconds(p.max_lifetime_ms());
+  o.idle_timeout = absl::Milliseconds(p.idle_timeout_ms());
+  o.leak_threshold = absl::Milliseconds(p.leak_threshold_ms());
+  return o;
+}
+
+std::string KeyOf(const PendingWrite& w) { return absl::StrCat(w.database, "\x1f", w.key); }
+
+absl::Status ShuttingDown() {
+  return absl::UnavailableError("the ingest service is shutting down; nothing was written");
+}
+
+}  // namespace
+
+absl::Duration RetryAfterOf(const absl::Status& status) {
+  auto p = status.GetPayload(kRetryAfterPayload);
+  int64_t ms = 0;
+  if (!p.has_value() || !absl::SimpleAtoi(std::string(*p), &ms)) return absl::ZeroDuration();
+  return absl::Milliseconds(ms);
+}
+
+IngestEngine::IngestEngine(v1::IngestServiceConfig config)
+    : config_(std::move(config)),
+      linger_(absl::Milliseconds(config_.batch().linger_ms())),
+      flush_timeout_(absl::Milliseconds(config_.batch().flush_timeout_ms())),
+      key_retention_(absl::Milliseconds(config_.batch().key_retention_ms())),
+      retry_after_(absl::Milliseconds(config_.batch().retry_after_ms())),
+      buffer_limit_(config_.batch().buffer_bytes()),
+      batcher_(BatcherOptions{config_.batch().max_rows(), config_.batch().max_bytes(), linger_}) {
+  for (const v1::DatabaseConfig& c : config_.databases()) {
+    auto db = std::make_unique<Database>();
+    db->config = c;
+    db::ConnectionOptions options;
+    options.dsn = c.dsn();
+    options.application_name = absl::StrCat("poolside-ingest/", c.name());
+    options.connect_timeout = absl::Milliseconds(c.pool().connect_timeout_ms());
+    db->pool = std::make_unique<pool::Pool<db::Connection>>(
+        PoolOptionsFor(c),
+        [options]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+          return db::Connection::Open(options);
+        },
+        [](db::Connection& conn) { return conn.Ping(absl::Now() + absl::Seconds(2)); });
+    databases_[c.name()] = std::move(db);
+  }
+  for (const v1::IngestTables& t : config_.tables()) {
+    for (const std::string& name : t.tables()) databases_[t.database()]->writable.insert(name);
+  }
+}
+
+IngestEngine::~IngestEngine() { Stop(); }
+
+void IngestEngine::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_) return;
+  started_ = true;
+  for (auto& [name, db] : databases_) {
+    db->pool->StartMaintenance(absl::Seconds(5));
+    // Read the catalog (and create the key table) before the first request.
+    for (const std::string& table : db->writable) {
+      db->tables[table].loading = true;
+      Job job;
+      job.kind = Job::kLoadTable;
+      job.table = table;
+      db->jobs.push_back(std::move(job));
+    }
+    for (uint32_t i = 0; i < config_.batch().copy_connections(); ++i) {
+      threads_.emplace_back([this, d = db.get()] { WorkerLoop(d); });
+    }
+  }
+  threads_.emplace_back([this] { ControlLoop(); });
+}
+
+absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
+    const v1::WriteRequest& request, const std::string& database, const db::TableInfo& table,
+    Done done) const {
+  std::vector<const db::ColumnInfo*> columns;
+  if (request.columns().empty()) {
+    for (const db::ColumnInfo& c : table.columns) columns.push_back(&c);
+  } else {
+    for (const std::string& name : request.columns()) {
+      const db::ColumnInfo* c = table.Find(name);
+      if (c == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("column \"", name.substr(0, 128),
+                                                       "\" of table ", table.name,
+                                                       " does not exist"));
+      }
+      if (std::find(columns.begin(), columns.end(), c) != columns.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("column \"", name, "\" given twice"));
+      }
+      columns.push_back(c);
+    }
+  }
+  auto w = std::make_shared<PendingWrite>();
+  w->database = database;
+  w->table = request.table();
+  w->key = request.idempotency_key();
+  w->copy_target = db::CopyTarget(table, columns);
+  w->group = absl::StrCat(database, "\x1f", w->copy_target);
+  w->done = std::move(done);
+  w->line_ends.reserve(request.rows_size());
+  w->row_index.reserve(request.rows_size());
+  for (int i = 0; i < request.rows_size(); ++i) {
+    absl::Status s = db::AppendCopyRow(request.rows(i), columns, &w->data);
+    if (s.ok()) {
+      w->line_ends.push_back(static_cast<uint32_t>(w->data.size()));
+      w->row_index.push_back(static_cast<uint32_t>(i));
+    } else {
+      v1::RowError e;
+      e.set_row_index(static_cast<uint32_t>(i));
+      e.set_reason(std::string(s.message()));
+      e.set_sqlstate(db::SqlStateOf(s));
+      w->rejected.push_back(std::move(e));
+    }
+    if (w->data.size() > buffer_limit_ || w->data.size() > uint32_t{0xffffffff} / 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "request too large: its rows exceed the server's buffer (", buffer_limit_,
+          " bytes); send fewer rows per request"));
+    }
+  }
+  if (w->bytes() > buffer_limit_) {
+    return absl::InvalidArgumentError("request too large for the server's buffer");
+  }
+  return w;
+}
+
+absl::Status IngestEngine::Submit(const v1::WriteRequest& request, Admission admission,
+                                  std::function<void()> admitted, Done done) {
+  const std::string& name =
+      request.database().empty() ? config_.default_database() : request.database();
+  if (name.empty()) {
+    return absl::InvalidArgumentError("no database named and no default database configured");
+  }
+  auto it = databases_.find(name);
+  if (it == databases_.end()) {
+    return absl::NotFoundError(absl::StrCat("database \"", name.substr(0, 64),
+                                            "\" is not configured"));
+  }
+  Database& db = *it->second;
+  if (!db.writable.contains(request.table())) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "table \"", request.table().substr(0, 128), "\" is not writable through ingest in database ",
+        name, " (not in the configuration)"));
+  }
+  const std::string& key = request.idempotency_key();
+  if (key.size() > kMaxKeyBytes || key.find('\0') != std::string::npos || !db::IsValidUtf8(key)) {
+    return absl::InvalidArgumentError("idempotency_key must be at most 256 bytes of UTF-8 without NUL");
+  }
+  std::shared_ptr<const db::TableInfo> info;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_ || stopping_) return ShuttingDown();
+    Table& t = db.tables[request.table()];
+    if (t.info == nullptr) {
+      t.parked.push_back(Table::Parked{request, admission, std::move(admitted), std::move(done)});
+      ++unanswered_;
+      if (!t.loading) {
+        t.loading = true;
+        Job job;
+        job.kind = Job::kLoadTable;
+        job.table = request.table();
+        db.jobs.push_back(std::move(job));
+        jobs_ready_.SignalAll();
+      }
+      return absl::OkStatus();
+    }
+    info = t.info;
+  }
+  absl::StatusOr<std::shared_ptr<PendingWrite>> w = Prepare(request, name, *info, std::move(done));
+  if (!w.ok()) return w.status();
+  Callbacks later;
+  {
+    absl::MutexLock lock(&mu_);
+    if (draining_ || stopping_) return ShuttingDown();
+    ++unanswered_;
+    absl::Status s = AdmitLocked(*std::move(w), admission, std::move(admitted), &later);
+    if (!s.ok()) {
+      --unanswered_;
+      return s;
+    }
+  }
+  for (auto& f : later) f();
+  return absl::OkStatus();
+}
+
+absl::Status IngestEngine::AdmitLocked(std::shared_ptr<PendingWrite> write, Admission admission,
+                                       std::function<void()> admitted, Callbacks* later) {
+  const size_t bytes = write->bytes();
+  const bool fits = buffered_ + bytes <= buffer_limit_ &&
+                    (admission == Admission::kRefuseWhenFull || waiting_.empty());
+  // A key already known takes no room.
+  const bool known_key = !write->key.empty() && keys_.contains(KeyOf(*write));
+  if (!fits && !known_key) {
+    if (admission == Admission::kRefuseWhenFull) {
+      refused_full_.fetch_add(1, std::memory_order_relaxed);
+      absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
+          "ingest buffer full (", buffered_, " of ", buffer_limit_,
+          " bytes held); retry after ", absl::ToInt64Milliseconds(retry_after_), " ms"));
+      s.SetPayload(kRetryAfterPayload,
+                   absl::Cord(absl::StrCat(absl::ToInt64Milliseconds(retry_after_))));
+      return s;
+    }
+    stream_waits_.fetch_add(1, std::memory_order_relaxed);
+    waiting_.push_back(Waiting{std::move(write), std::move(admitted)});
+    return absl::OkStatus();
+  }
+  later->push_back(std::move(admitted));
+  AcceptLocked(std::move(write), later);
+  return absl::OkStatus();
+}
+
+void IngestEngine::AcceptLocked(std::shared_ptr<PendingWrite> write, Callbacks* later) {
+  requests_.fetch_add(1, std::memory_order_relaxed);
+  if (!write->key.empty()) {
+    auto [it, inserted] = keys_.try_emplace(KeyOf(*write));
+    if (!inserted) {
+      KeyState& k = it->second;
+      if (k.committed) {
+        v1::WriteResponse r = k.response;
+        r.set_duplicate(true);
+        duplicates_.fetch_add(1, std::memory_order_relaxed);
+        later->push_back([this, done = std::move(write->done), r = std::move(r)] {
+          done(r);
+          Answered();
+        });
+      } else {
+        k.waiters.push_back(std::move(write->done));
+      }
+      return;
+    }
+  }
+  buffered_ += write->bytes();
+  buffered_max_ = std::max(buffered_max_, buffered_);
+  const size_t open_before = batcher_.open_batches();
+  std::vector<Batch> sealed;
+  batcher_.Add(std::move(write), absl::Now(), &sealed);
+  if (draining_) batcher_.SealAll(&sealed);
+  QueueBatchesLocked(sealed);
+  if (batcher_.open_batches() > open_before) control_wake_.Signal();
+}
+
+void IngestEngine::AdmitWaitingLocked(Callbacks* later) {
+  while (!waiting_.empty()) {
+    Waiting& w = waiting_.front();
+    if (buffered_ + w.write->bytes() > buffer_limit_) return;
+    later->push_back(std::move(w.admitted));
+    std::shared_ptr<PendingWrite> write = std::move(w.write);
+    waiting_.pop_front();
+    AcceptLocked(std::move(write), later);
+  }
+}
+
+void IngestEngine::QueueBatchesLocked(std::vector<Batch>& sealed) {
+  for (Batch& b : sealed) {
+    ++flushes_[FlushReasonName(b.reason)];
+    Job job;
+    job.kind = Job::kFlush;
+    job.batch = std::move(b);
+    databases_[job.batch.database]->jobs.push_back(std::move(job));
+    ++queued_batches_;
+  }
+  if (!sealed.empty()) jobs_ready_.SignalAll();
+  sealed.clear();
+}
+
+void IngestEngine::AnswerLocked(PendingWrite& write, absl::StatusOr<v1::WriteResponse> result,
+                                Callbacks* later) {
+  buffered_ -= write.bytes();
+  auto finish = [&](Done done, absl::StatusOr<v1::WriteResponse> r) {
+    later->push_back([this, done = std::move(done), r = std::move(r)] {
+      done(r);
+      Answered();
+    });
+  };
+  if (!write.key.empty()) {
+    auto it = keys_.find(KeyOf(write));
+    if (it != keys_.end()) {
+      std::vector<Done> waiters = std::move(it->second.waiters);
+      it->second.waiters.clear();
+      if (result.ok()) {
+        it->second.committed = true;
+        it->second.response = *result;
+        it->second.response.set_duplicate(false);
+        key_expiry_.emplace_back(absl::Now(), it->first);
+        v1::WriteResponse dup = it->second.response;
+        dup.set_duplicate(true);
+        for (Done& d : waiters) {
+          duplicates_.fetch_add(1, std::memory_order_relaxed);
+          finish(std::move(d), dup);
+        }
+      } else {
+        keys_.erase(it);
+        for (Done& d : waiters) {
+          requests_failed_.fetch_add(1, std::memory_order_relaxed);
+          finish(std::move(d), result.status());
+        }
+      }
+    }
+  }
+  if (!result.ok()) {
+    requests_failed_.fetch_add(1, std::memory_order_relaxed);
+  } else if (result->duplicate()) {
+    duplicates_.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    rows_rejected_.fetch_add(write.rejected.size(), std::memory_order_relaxed);
+  }
+  finish(std::move(write.done), std::move(result));
+}
+
+void IngestEngine::Answered() {
+  absl::MutexLock lock(&mu_);
+  if (--unanswered_ == 0) answered_.SignalAll();
+}
+
+void IngestEngine::ProcessParked(Database& db, const std::string& table,
+                                 std::vector<Table::Parked> parked,
+                                 std::shared_ptr<const db::TableInfo> info,
+                                 const absl::Status& error) {
+  for (Table::Parked& p : parked) {
+    absl::Status s = error;
+    std::shared_ptr<PendingWrite> w;
+    if (s.ok()) {
+      auto prepared = Prepare(p.request, db.config.name(), *info, p.done);
+      if (prepared.ok()) {
+        w = *std::move(prepared);
+      } else {
+        s = prepared.status();
+      }
+    }
+    Callbacks later;
+    {
+      absl::MutexLock lock(&mu_);
+      if (w != nullptr) s = AdmitLocked(std::move(w), p.admission, p.admitted, &later);
+      if (!s.ok()) {
+        requests_failed_.fetch_add(1, std::memory_order_relaxed);
+        later.push_back(std::move(p.admitted));
+        later.push_back([this, done = std::move(p.done), s] {
+          done(s);
+          Answered();
+        });
+      }
+    }
+    for (auto& f : later) f();
+  }
+}
+
+void IngestEngine::WorkerLoop(Database* db) {
+  while (true) {
+    Job job;
+    bool fail = false;
+    {
+      absl::MutexLock lock(&mu_);
+      while (db->jobs.empty() && !stopping_) jobs_ready_.Wait(&mu_);
+      if (db->jobs.empty()) return;
+      job = std::move(db->jobs.front());
+      db->jobs.pop_front();
+      if (job.kind == Job::kFlush) --queued_batches_;
+      fail = stopping_;
+    }
+    if (fail) {
+      FailJob(*db, job, ShuttingDown());
+      continue;
+    }
+    switch (job.kind) {
+      case Job::kFlush: RunFlush(*db, job); break;
+      case Job::kLoadTable: RunLoadTable(*db, job); break;
+      case Job::kCleanupKeys: RunCleanup(*db); break;
+    }
+  }
+}
+
+void IngestEngine::FailJob(Database& db, Job& job, const absl::Status& status) {
+  if (job.kind == Job::kLoadTable) {
+    std::vector<Table::Parked> parked;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = db.tables.find(job.table);
+      if (it != db.tables.end()) {
+        parked = std::move(it->second.parked);
+        db.tables.erase(it);
+      }
+    }
+    ProcessParked(db, job.table, std::move(parked), nullptr, status);
+    return;
+  }
+  if (job.kind != Job::kFlush) return;
+  batches_failed_.fetch_add(1, std::memory_order_relaxed);
+  Callbacks later;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& w : job.batch.writes) AnswerLocked(*w, status, &later);
+    AdmitWaitingLocked(&later);
+  }
+  for (auto& f : later) f();
+}
+
+void IngestEngine::RunFlush(Database& db, Job& job) {
+  const absl::Time acquire_deadline =
+      absl::Now() + absl::Milliseconds(db.config.pool().acquire_timeout_ms());
+  absl::StatusOr<pool::Pool<db::Connection>::Lease> lease;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    lease = db.pool->Acquire(acquire_deadline, "ingest flush");
+    if (!lease.ok() || (*lease)->LooksAlive()) break;
+    lease->MarkBroken();  // closed by the server while idle: take another
+  }
+  if (!lease.ok()) {
+    FailJob(db, job, absl::UnavailableError(absl::StrCat(
+                         "no connection to database ", db.config.name(), ": ",
+                         lease.status().message())));
+    return;
+  }
+  FlushResult r = FlushBatch(**lease, job.batch, absl::Now() + flush_timeout_);
+  if (r.broken) lease->MarkBroken();
+  lease->Release();
+  copy_statements_.fetch_add(r.copy_statements, std::memory_order_relaxed);
+  if (!r.status.ok()) {
+    telemetry::LogWarning("flush failed", {{"database", db.config.name()},
+                                           {"target", job.batch.copy_target},
+                                           {"requests", absl::StrCat(job.batch.writes.size())},
+                                           {"error", std::string(r.status.message())}});
+    const std::string state = db::SqlStateOf(r.status);
+    if (state == "42P01" || state == "42703" || state == "42804") {
+      // The table changed under us: read the catalog again next time.
+      absl::MutexLock lock(&mu_);
+      for (auto& w : job.batch.writes) {
+        auto it = db.tables.find(w->table);
+        if (it != db.tables.end() && !it->second.loading) db.tables.erase(it);
+      }
+    }
+    FailJob(db, job, r.status);
+    return;
+  }
+  rows_written_.fetch_add(r.rows_written, std::memory_order_relaxed);
+  bytes_written_.fetch_add(r.bytes_written, std::memory_order_relaxed);
+  rows_rejected_.fetch_add(r.rows_rejected, std::memory_order_relaxed);
+  batches_written_.fetch_add(1, std::memory_order_relaxed);
+  Callbacks later;
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < job.batch.writes.size(); ++i) {
+      AnswerLocked(*job.batch.writes[i], std::move(r.responses[i]), &later);
+    }
+    AdmitWaitingLocked(&later);
+  }
+  for (auto& f : later) f();
+}
+
+absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& conn) {
+  std::lock_guard<std::mutex> lock(db.keys_table_mu);
+  if (db.keys_table_ready) return absl::OkStatus();
+  absl::Status s = EnsureKeysTable(conn, absl::Now() + kCatalogTimeout);
+  if (s.ok()) db.keys_table_ready = true;
+  return s;
+}
+
+void IngestEngine::RunLoadTable(Database& db, Job& job) {
+  absl::StatusOr<std::shared_ptr<const db::TableInfo>> info;
+  {
+    auto lease = db.pool->Acquire(absl::Now() + kCatalogTimeout, "ingest catalog");
+    if (!lease.ok()) {
+      info = absl::UnavailableError(absl::StrCat("no connection to database ",
+                                                 db.config.name(), ": ",
+                                                 lease.status().message()));
+    } else {
+      absl::Status keys = EnsureKeysTableOnce(db, **lease);
+      if (!keys.ok()) {
+        info = keys;
+      } else {
+        auto t = db::DescribeTable(**lease, job.table, absl::Now() + kCatalogTimeout);
+        if (t.ok()) {
+          info = std::make_shared<const db::TableInfo>(*std::move(t));
+        } else {
+          info = t.status();
+        }
+      }
+      if (!info.ok() && !(*lease)->LooksAlive()) lease->MarkBroken();
+    }
+  }
+  if (!info.ok()) {
+    telemetry::LogWarning("cannot read table from the catalog",
+                          {{"database", db.config.name()}, {"table", job.table},
+                           {"error", std::string(info.status().message())}});
+  }
+  std::vector<Table::Parked> parked;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = db.tables.find(job.table);
+    if (it != db.tables.end()) {
+      parked = std::move(it->second.parked);
+      it->second.parked.clear();
+      it->second.loading = false;
+      if (info.ok()) {
+        it->second.info = *info;
+      } else {
+        db.tables.erase(it);
+      }
+    }
+  }
+  ProcessParked(db, job.table, std::move(parked), info.ok() ? *info : nullptr,
+                info.ok() ? absl::OkStatus() : info.status());
+}
+
+void IngestEngine::RunCleanup(Database& db) {
+  auto lease = db.pool->Acquire(absl::Now() + kCatalogTimeout, "ingest key cleanup");
+  if (!lease.ok()) return;
+  if (absl::Status s = EnsureKeysTableOnce(db, **lease); !s.ok()) return;
+  auto n = DeleteExpiredKeys(**lease, key_retention_, absl::Now() + flush_timeout_);
+  if (!n.ok()) {
+    if (!(*lease)->LooksAlive()) lease->MarkBroken();
+    telemetry::LogWarning("idempotency key cleanup failed",
+                          {{"database", db.config.name()},
+                           {"error", std::string(n.status().message())}});
+  } else if (*n > 0) {
+    telemetry::LogInfo("idempotency keys expired",
+                       {{"database", db.config.name()}, {"deleted", absl::StrCat(*n)}});
+  }
+}
+
+void IngestEngine::ControlLoop() {
+  const absl::Duration cleanup_every =
+      std::clamp(key_retention_ / 10, absl::Seconds(1), absl::Minutes(1));
+  absl::Time next_cleanup = absl::Now() + cleanup_every;
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    const absl::Time now = absl::Now();
+    std::vector<Batch> sealed;
+    const absl::Time next_linger = batcher_.SealExpired(now, &sealed);
+    QueueBatchesLocked(sealed);
+    while (!key_expiry_.empty() && key_expiry_.front().first + key_retention_ <= now) {
+      auto it = keys_.find(key_expiry_.front().second);
+      if (it != keys_.end() && it->second.committed &&
+          it->second.waiters.empty()) {
+        keys_.erase(it);
+      }
+      key_expiry_.pop_front();
+    }
+    if (now >= next_cleanup) {
+      next_cleanup = now + cleanup_every;
+      for (auto& [name, db] : databases_) {
+        Job job;
+        job.kind = Job::kCleanupKeys;
+        db->jobs.push_back(std::move(job));
+      }
+      jobs_ready_.SignalAll();
+    }
+    control_wake_.WaitWithDeadline(&mu_, std::min(next_linger, next_cleanup));
+  }
+}
+
+bool IngestEngine::Drain(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+  std::vector<Batch> sealed;
+  batcher_.SealAll(&sealed);
+  QueueBatchesLocked(sealed);
+  while (unanswered_ > 0) {
+    if (answered_.WaitWithDeadline(&mu_, deadline)) break;
+  }
+  return unanswered_ == 0;
+}
+
+void IngestEngine::Stop() {
+  std::vector<std::thread> threads;
+  Callbacks later;
+  std::vector<std::pair<Database*, std::vector<Table::Parked>>> parked;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    draining_ = true;
+    stopping_ = true;
+    std::vector<Batch> sealed;
+    batcher_.SealAll(&sealed);
+    QueueBatchesLocked(sealed);  // the workers answer them UNAVAILABLE
+    for (Waiting& w : waiting_) {
+      later.push_back(std::move(w.admitted));
+      requests_failed_.fetch_add(1, std::memory_order_relaxed);
+      later.push_back([this, done = std::move(w.write->done)] {
+        done(ShuttingDown());
+        Answered();
+      });
+    }
+    waiting_.clear();
+    for (auto& [name, db] : databases_) {
+      for (auto& [table, t] : db->tables) {
+        if (!t.parked.empty()) parked.emplace_back(db.get(), std::move(t.parked));
+        t.parked.clear();
+      }
+    }
+    threads.swap(threads_);
+    jobs_ready_.SignalAll();
+    control_wake_.SignalAll();
+  }
+  for (auto& f : later) f();
+  for (auto& [db, p] : parked) ProcessParked(*db, "", std::move(p), nullptr, ShuttingDown());
+  for (auto& t : threads) t.join();
+  // Workers that never started (Start() not called) leave jobs behind.
+  for (auto& [name, db] : databases_) {
+    while (true) {
+      Job job;
+      {
+        absl::MutexLock lock(&mu_);
+        if (db->jobs.empty()) break;
+        job = std::move(db->jobs.front());
+        db->jobs.pop_front();
+      }
+      FailJob(*db, job, ShuttingDown());
+    }
+  }
+}
+
+void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {
+  out->set_rows_written(rows_written_.load());
+  out->set_bytes_written(bytes_written_.load());
+  out->set_batches_written(batches_written_.load());
+  out->set_rows_rejected(rows_rejected_.load());
+  out->set_requests(requests_.load());
+  out->set_requests_failed(requests_failed_.load());
+  out->set_duplicates(duplicates_.load());
+  out->set_batches_failed(batches_failed_.load());
+  out->set_copy_statements(copy_statements_.load());
+  out->set_refused_full(refused_full_.load());
+  out->set_stream_waits(stream_waits_.load());
+  const uint64_t rows = rows_written_.load(), batches = batches_written_.load();
+  out->set_operations_saved(rows > batches ? rows - batches : 0);
+  absl::MutexLock lock(&mu_);
+  for (const auto& [reason, n] : flushes_) (*out->mutable_flushes_by_reason())[reason] = n;
+  out->set_queue_requests(unanswered_);
+  out->set_queue_batches(queued_batches_);
+  out->set_buffered_bytes(buffered_);
+  out->set_buffered_bytes_max(buffered_max_);
+  out->set_buffer_bytes_limit(buffer_limit_);
+}
+
+}  // namespace poolside::ingest

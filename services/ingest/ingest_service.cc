@@ -1,0 +1,313 @@
+#include "services/ingest/ingest_service.h"
+
+#include <deque>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "common/server/status.h"
+
+namespace poolside::ingest {
+namespace {
+
+constexpr size_t kMaxStreamRejected = 1000;
+
+grpc::Status ShutdownStatus() {
+  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                      "the ingest service is shutting down; every request acknowledged "
+                      "before this was committed, resend the rest");
+}
+
+// Shared mechanics of the two streaming calls: requests are submitted one at
+// a time; the next is read once the engine took the previous one in.
+// Callbacks outstanding from the engine keep the call alive (Finish waits for
+// them), so no callback ever touches a deleted reactor.
+template <typename Base>
+class StreamBase : public Base, public StreamCall {
+ public:
+  StreamBase(IngestServiceImpl* service, IngestEngine* engine)
+      : service_(service), engine_(engine) {}
+
+  void EndForShutdown() override {
+    absl::MutexLock lock(&mu_);
+    shutdown_ = true;
+    MaybeFinishLocked();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    MaybeFinishLocked();
+  }
+
+  void OnDone() override {
+    service_->Unregister(this);
+    delete this;
+  }
+
+ protected:
+  // Begins reading, unless the service is already finishing streams.
+  void Begin() {
+    if (!service_->Register(this)) {
+      absl::MutexLock lock(&mu_);
+      shutdown_ = true;
+      MaybeFinishLocked();
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    ReadNextLocked();
+  }
+
+  // Submits the request just read. `on_result` runs with the outcome.
+  void Submit(const v1::WriteRequest& request,
+              std::function<void(const absl::StatusOr<v1::WriteResponse>&)> on_result) {
+    {
+      absl::MutexLock lock(&mu_);
+      outstanding_ += 2;
+    }
+    absl::Status s = engine_->Submit(
+        request, IngestEngine::Admission::kWaitForRoom,
+        [this] {
+          absl::MutexLock lock(&mu_);
+          --outstanding_;
+          ReadNextLocked();
+          MaybeFinishLocked();
+        },
+        [this, on_result](absl::StatusOr<v1::WriteResponse> r) {
+          absl::MutexLock lock(&mu_);
+          --outstanding_;
+          on_result(r);
+          MaybeFinishLocked();
+        });
+    if (!s.ok()) {
+      absl::MutexLock lock(&mu_);
+      outstanding_ -= 2;
+      on_result(s);
+      ReadNextLocked();
+      MaybeFinishLocked();
+    }
+  }
+
+  void ReadNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || read_done_ || cancelled_ || shutdown_ || stop_reading_) return;
+    StartReading();
+  }
+
+  // Marks the end of reading after OnReadDone(false).
+  void ReadsEnded() {
+    absl::MutexLock lock(&mu_);
+    read_done_ = true;
+    MaybeFinishLocked();
+  }
+
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || outstanding_ > 0 || !WritesIdleLocked()) return;
+    if (!read_done_ && !cancelled_ && !shutdown_ && !stop_reading_) return;
+    finished_ = true;
+    if (cancelled_) {
+      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+    } else if (shutdown_ && !read_done_ && !stop_reading_) {
+      this->Finish(ShutdownStatus());
+    } else {
+      this->Finish(FinalStatusLocked());
+    }
+  }
+
+  virtual void StartReading() = 0;
+  virtual bool WritesIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return true; }
+  virtual grpc::Status FinalStatusLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
+
+  IngestServiceImpl* const service_;
+  IngestEngine* const engine_;
+  absl::Mutex mu_;
+  int outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  bool read_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class ChannelCall final
+    : public StreamBase<grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>> {
+ public:
+  ChannelCall(IngestServiceImpl* service, IngestEngine* engine) : StreamBase(service, engine) {
+    Begin();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      ReadsEnded();
+      return;
+    }
+    const uint64_t sequence = request_.sequence();
+    Submit(request_.write(), [this, sequence](const absl::StatusOr<v1::WriteResponse>& r)
+                                 ABSL_NO_THREAD_SAFETY_ANALYSIS { Ack(sequence, r); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    acks_.pop_front();
+    writing_ = false;
+    if (!ok) {
+      cancelled_ = true;
+      acks_.clear();
+    } else if (!acks_.empty()) {
+      writing_ = true;
+      StartWrite(&acks_.front());
+      return;
+    }
+    MaybeFinishLocked();
+  }
+
+ private:
+  void StartReading() override { StartRead(&request_); }
+  bool WritesIdleLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return !writing_ && acks_.empty();
+  }
+  grpc::Status FinalStatusLocked() override { return grpc::Status::OK; }
+
+  void Ack(uint64_t sequence, const absl::StatusOr<v1::WriteResponse>& r)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (cancelled_ || finished_) return;
+    v1::ChannelResponse& ack = acks_.emplace_back();
+    ack.set_sequence(sequence);
+    if (r.ok()) {
+      *ack.mutable_result() = *r;
+    } else {
+      const grpc::Status g = server::ToGrpcStatus(r.status());
+      ack.set_code(g.error_code());
+      ack.set_message(g.error_message());
+    }
+    if (!writing_) {
+      writing_ = true;
+      StartWrite(&acks_.front());
+    }
+  }
+
+  v1::ChannelRequest request_;
+  std::deque<v1::ChannelResponse> acks_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<v1::WriteRequest>> {
+ public:
+  WriteStreamCall(IngestServiceImpl* service, IngestEngine* engine,
+                  v1::WriteStreamResponse* response)
+      : StreamBase(service, engine), response_(response) {
+    Begin();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      ReadsEnded();
+      return;
+    }
+    const uint64_t index = next_index_++;
+    Submit(request_, [this, index](const absl::StatusOr<v1::WriteResponse>& r)
+                         ABSL_NO_THREAD_SAFETY_ANALYSIS { Record(index, r); });
+  }
+
+ private:
+  void StartReading() override { StartRead(&request_); }
+  grpc::Status FinalStatusLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!error_.ok()) return server::ToGrpcStatus(error_);
+    return grpc::Status::OK;
+  }
+
+  void Record(uint64_t index, const absl::StatusOr<v1::WriteResponse>& r)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    response_->set_requests(response_->requests() + 1);
+    if (!r.ok()) {
+      // The first failure ends the call; stop reading more.
+      if (error_.ok()) {
+        error_ = absl::Status(r.status().code(),
+                              absl::StrCat("request ", index, ": ", r.status().message()));
+      }
+      stop_reading_ = true;
+      return;
+    }
+    response_->set_rows_written(response_->rows_written() + r->rows_written());
+    response_->set_rows_rejected(response_->rows_rejected() + r->rejected_size());
+    if (r->duplicate()) response_->set_duplicates(response_->duplicates() + 1);
+    for (const v1::RowError& e : r->rejected()) {
+      if (static_cast<size_t>(response_->rejected_size()) >= kMaxStreamRejected) break;
+      auto* out = response_->add_rejected();
+      out->set_request_index(index);
+      *out->mutable_error() = e;
+    }
+  }
+
+  v1::WriteStreamResponse* const response_;
+  v1::WriteRequest request_;
+  uint64_t next_index_ = 0;  // only touched in OnReadDone (one at a time)
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* context,
+                                                   const v1::WriteRequest* request,
+                                                   v1::WriteResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status s = engine_->Submit(
+      *request, IngestEngine::Admission::kRefuseWhenFull, [] {},
+      [reactor, response](absl::StatusOr<v1::WriteResponse> r) {
+        if (!r.ok()) {
+          reactor->Finish(server::ToGrpcStatus(r.status()));
+          return;
+        }
+        *response = *std::move(r);
+        reactor->Finish(grpc::Status::OK);
+      });
+  if (!s.ok()) {
+    const absl::Duration retry = RetryAfterOf(s);
+    if (retry > absl::ZeroDuration()) {
+      context->AddTrailingMetadata("retry-after-ms",
+                                   absl::StrCat(absl::ToInt64Milliseconds(retry)));
+    }
+    reactor->Finish(server::ToGrpcStatus(s));
+  }
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::WriteRequest>* IngestServiceImpl::WriteStream(
+    grpc::CallbackServerContext* context, v1::WriteStreamResponse* response) {
+  (void)context;
+  return new WriteStreamCall(this, engine_, response);
+}
+
+grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>* IngestServiceImpl::Channel(
+    grpc::CallbackServerContext* context) {
+  (void)context;
+  return new ChannelCall(this, engine_);
+}
+
+grpc::ServerUnaryReactor* IngestServiceImpl::GetStats(grpc::CallbackServerContext* context,
+                                                      const v1::GetIngestStatsRequest* request,
+                                                      v1::GetIngestStatsResponse* response) {
+  (void)request;
+  engine_->GetStats(response);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+bool IngestServiceImpl::Register(StreamCall* call) {
+  absl::MutexLock lock(&mu_);
+  if (finishing_) return false;
+  streams_.insert(call);
+  return true;
+}
+
+void IngestServiceImpl::Unregister(StreamCall* call) {
+  absl::MutexLock lock(&mu_);
+  streams_.erase(call);
+}
+
+void IngestServiceImpl::FinishStreams() {
+  absl::MutexLock lock(&mu_);
+  finishing_ = true;
+  for (StreamCall* call : streams_) call->EndForShutdown();
+}
+
+}  // namespace poolside::ingest

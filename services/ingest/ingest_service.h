@@ -1,0 +1,68 @@
+#ifndef POOLSIDE_SERVICES_INGEST_INGEST_SERVICE_H_
+#define POOLSIDE_SERVICES_INGEST_INGEST_SERVICE_H_
+
+// gRPC adapter of the ingest service (callback API): converts requests to
+// IngestEngine::Submit calls and outcomes back to responses and statuses
+// (common/server/status.h). Nothing here blocks a gRPC thread: encoding runs on
+// the calling thread, flushing on the engine's workers, and answers are written
+// from the workers' callbacks.
+//
+// Streams read their next message only once the engine has taken the previous
+// one into its buffer, so a full buffer stops reading (and gRPC flow control
+// holds the client back). Unary Write is refused with RESOURCE_EXHAUSTED and a
+// "retry-after-ms" trailing metadata entry instead.
+//
+// Shutdown: after IngestEngine::Drain(), FinishStreams() ends every open stream
+// once its acknowledgements are written (UNAVAILABLE: the server is going
+// away), so the server can stop without waiting for idle clients.
+//
+// Thread-safe.
+
+#include <set>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/poolside/v1/ingest.grpc.pb.h"
+#include "services/ingest/ingest_engine.h"
+
+namespace poolside::ingest {
+
+// A stream call the service can end at shutdown.
+class StreamCall {
+ public:
+  virtual ~StreamCall() = default;
+  virtual void EndForShutdown() = 0;
+};
+
+class IngestServiceImpl final : public v1::IngestService::CallbackService {
+ public:
+  explicit IngestServiceImpl(IngestEngine* engine) : engine_(engine) {}
+
+  grpc::ServerUnaryReactor* Write(grpc::CallbackServerContext* context,
+                                  const v1::WriteRequest* request,
+                                  v1::WriteResponse* response) override;
+  grpc::ServerReadReactor<v1::WriteRequest>* WriteStream(
+      grpc::CallbackServerContext* context, v1::WriteStreamResponse* response) override;
+  grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>* Channel(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
+                                     const v1::GetIngestStatsRequest* request,
+                                     v1::GetIngestStatsResponse* response) override;
+
+  // Ends the open streams (see above); new streams are ended at once.
+  void FinishStreams();
+
+  // Called by stream calls.
+  bool Register(StreamCall* call);
+  void Unregister(StreamCall* call);
+
+ private:
+  IngestEngine* engine_;
+  absl::Mutex mu_;
+  std::set<StreamCall*> streams_ ABSL_GUARDED_BY(mu_);
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace poolside::ingest
+
+#endif  // POOLSIDE_SERVICES_INGEST_INGEST_SERVICE_H_

@@ -1,0 +1,86 @@
+// The ingest service: `ingest_server --config=FILE [--check_config] [--listen=ADDR]
+// [--log_level=LEVEL]`.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/server/server.h"
+#include "common/telemetry/log.h"
+#include "services/ingest/ingest_config.h"
+#include "services/ingest/ingest_engine.h"
+#include "services/ingest/ingest_service.h"
+
+ABSL_FLAG(std::string, config, "", "Path to the JSON configuration (poolside.v1.IngestServiceConfig).");
+ABSL_FLAG(bool, check_config, false, "Validate the configuration and exit.");
+ABSL_FLAG(std::string, listen, "", "Overrides server.listen.");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+
+int main(int argc, char** argv) {
+  namespace telemetry = poolside::telemetry;
+  absl::SetProgramUsageMessage("poolside ingest service: ingest_server --config=FILE");
+  absl::ParseCommandLine(argc, argv);
+  telemetry::SetLogService("ingest");
+  telemetry::LogLevel level;
+  if (!telemetry::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::fprintf(stderr, "--log_level must be debug, info, warning or error\n");
+    return 2;
+  }
+  telemetry::SetMinLogLevel(level);
+  if (absl::GetFlag(FLAGS_config).empty()) {
+    std::fprintf(stderr, "--config=FILE is required (see README.md, Ingest)\n");
+    return 2;
+  }
+  auto config = poolside::ingest::LoadIngestConfig(absl::GetFlag(FLAGS_config));
+  if (!config.ok()) {
+    telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
+    return 2;
+  }
+  if (!absl::GetFlag(FLAGS_listen).empty()) config->mutable_server()->set_listen(absl::GetFlag(FLAGS_listen));
+  if (absl::GetFlag(FLAGS_check_config)) {
+    int tables = 0;
+    for (const auto& t : config->tables()) tables += t.tables_size();
+    std::printf("configuration OK: %d database(s), %d writable table(s)\n",
+                config->databases_size(), tables);
+    return 0;
+  }
+
+  poolside::server::BlockTerminationSignals();
+  poolside::ingest::IngestEngine engine(*config);
+  poolside::ingest::IngestServiceImpl service(&engine);
+  poolside::server::ServerOptions options;
+  options.listen = config->server().listen();
+  options.port_file = config->server().port_file();
+  const absl::Duration drain = absl::Milliseconds(config->server().drain_timeout_ms());
+  options.drain_timeout = drain;
+  options.services = {&service};
+  engine.Start();
+  auto server = poolside::server::Server::Start(options);
+  if (!server.ok()) {
+    telemetry::LogError("cannot start", {{"error", std::string(server.status().message())}});
+    return 1;
+  }
+
+  // SIGTERM/SIGINT: refuse new requests, flush and acknowledge what is
+  // buffered, end the streams, then stop the server.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int sig = 0;
+  sigwait(&set, &sig);
+  telemetry::LogInfo("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+                                  {"drain_timeout", absl::FormatDuration(drain)}});
+  const bool drained = engine.Drain(drain);
+  if (!drained) telemetry::LogWarning("drain timed out; unflushed requests are failed, not acknowledged");
+  service.FinishStreams();
+  engine.Stop();
+  (*server)->Shutdown();
+  telemetry::LogInfo("exiting", {{"drained", drained ? "true" : "false"}});
+  return 0;
+}
