@@ -1,0 +1,177 @@
+#include "services/cache/cache_service.h"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/server/status.h"
+#include "common/telemetry/log.h"
+
+namespace poolside::cache {
+namespace {
+
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(server::ToGrpcStatus(status));
+  return reactor;
+}
+
+uint32_t ClampMs(absl::Duration d) {
+  const int64_t ms = absl::ToInt64Milliseconds(d);
+  return static_cast<uint32_t>(std::clamp<int64_t>(ms, 0, UINT32_MAX));
+}
+
+v1::CacheSetResponse::Reason ReasonOf(CacheStore::SetResult r) {
+  switch (r) {
+    case CacheStore::SetResult::kStored:
+      return v1::CacheSetResponse::STORED;
+    case CacheStore::SetResult::kInvalidated:
+      return v1::CacheSetResponse::INVALIDATED;
+    case CacheStore::SetResult::kTooLarge:
+      return v1::CacheSetResponse::TOO_LARGE;
+    case CacheStore::SetResult::kNotAdmitted:
+      return v1::CacheSetResponse::NOT_ADMITTED;
+  }
+  return v1::CacheSetResponse::REASON_UNSPECIFIED;
+}
+
+}  // namespace
+
+absl::Status CacheServiceImpl::CheckKey(const std::string& key) const {
+  if (key.empty()) return absl::InvalidArgumentError("key must not be empty");
+  if (key.size() > limits_.max_key_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("key is ", key.size(),
+                                                   " bytes; the limit is maxKeyBytes = ",
+                                                   limits_.max_key_bytes));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Get(grpc::CallbackServerContext* context,
+                                                const v1::CacheGetRequest* request,
+                                                v1::CacheGetResponse* response) {
+  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
+  CacheStore::GetResult r = store_->Get(request->key());
+  response->set_generation(r.generation);
+  switch (r.outcome) {
+    case CacheStore::Outcome::kHit:
+      response->set_outcome(v1::CacheGetResponse::HIT);
+      break;
+    case CacheStore::Outcome::kStale:
+      response->set_outcome(v1::CacheGetResponse::STALE);
+      break;
+    case CacheStore::Outcome::kMiss:
+      response->set_outcome(v1::CacheGetResponse::MISS);
+      break;
+  }
+  if (r.value != nullptr) {
+    response->set_value(*r.value);
+    response->set_remaining_ms(ClampMs(r.remaining));
+  }
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Set(grpc::CallbackServerContext* context,
+                                                const v1::CacheSetRequest* request,
+                                                v1::CacheSetResponse* response) {
+  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
+  if (request->ttl_ms() == 0 || request->ttl_ms() > limits_.max_ttl_ms) {
+    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
+                               "ttl_ms must be between 1 and maxTtlMs = ", limits_.max_ttl_ms,
+                               ", got ", request->ttl_ms())));
+  }
+  if (request->stale_ms() > limits_.max_ttl_ms) {
+    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
+                               "stale_ms must be at most maxTtlMs = ", limits_.max_ttl_ms,
+                               ", got ", request->stale_ms())));
+  }
+  if (request->tags_size() > static_cast<int>(limits_.max_tags)) {
+    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
+                               request->tags_size(), " tags; the limit is maxTags = ",
+                               limits_.max_tags)));
+  }
+  for (const std::string& tag : request->tags()) {
+    if (tag.empty() || tag.size() > limits_.max_key_bytes) {
+      return Answer(context, absl::InvalidArgumentError(absl::StrCat(
+                                 "tags must be 1 to maxKeyBytes = ", limits_.max_key_bytes,
+                                 " bytes; got one of ", tag.size())));
+    }
+  }
+  CacheStore::SetResult r = store_->Set(
+      request->key(), request->value(), absl::Milliseconds(request->ttl_ms()),
+      absl::Milliseconds(request->stale_ms()),
+      std::vector<std::string>(request->tags().begin(), request->tags().end()),
+      request->read_generation());
+  response->set_stored(r == CacheStore::SetResult::kStored);
+  response->set_reason(ReasonOf(r));
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Delete(grpc::CallbackServerContext* context,
+                                                   const v1::CacheDeleteRequest* request,
+                                                   v1::CacheDeleteResponse* response) {
+  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
+  response->set_deleted(store_->Delete(request->key()));
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Invalidate(grpc::CallbackServerContext* context,
+                                                       const v1::CacheInvalidateRequest* request,
+                                                       v1::CacheInvalidateResponse* response) {
+  if (request->tags().empty() && request->prefixes().empty() && !request->flush_all()) {
+    return Answer(context, absl::InvalidArgumentError(
+                               "Invalidate needs tags, prefixes, or flush_all = true"));
+  }
+  for (const std::string& tag : request->tags()) {
+    if (tag.empty()) return Answer(context, absl::InvalidArgumentError("empty tag"));
+  }
+  for (const std::string& prefix : request->prefixes()) {
+    if (prefix.empty()) {
+      return Answer(context, absl::InvalidArgumentError(
+                                 "empty prefix (it would match every key: use flush_all)"));
+    }
+  }
+  std::vector<std::string> tags(request->tags().begin(), request->tags().end());
+  std::vector<std::string> prefixes(request->prefixes().begin(), request->prefixes().end());
+  CacheStore::InvalidateResult r = store_->Invalidate(tags, prefixes, request->flush_all());
+  response->set_removed(r.removed);
+  response->set_generation(r.generation);
+  const telemetry::LogLevel level =
+      request->flush_all() ? telemetry::LogLevel::kInfo : telemetry::LogLevel::kDebug;
+  if (telemetry::LogEnabled(level)) {
+    telemetry::Log(level, "invalidate",
+                   {{"source", request->source()},
+                    {"tags", absl::StrJoin(tags, ",")},
+                    {"prefixes", absl::StrJoin(prefixes, ",")},
+                    {"flush_all", request->flush_all() ? "true" : "false"},
+                    {"removed", absl::StrCat(r.removed)},
+                    {"generation", absl::StrCat(r.generation)}});
+  }
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::GetStats(grpc::CallbackServerContext* context,
+                                                     const v1::CacheGetStatsRequest* /*request*/,
+                                                     v1::CacheStats* response) {
+  const CacheStoreStats s = store_->Stats();
+  response->set_entries(s.entries);
+  response->set_bytes(s.bytes);
+  response->set_capacity_bytes(s.capacity_bytes);
+  response->set_hits(s.hits);
+  response->set_stale_hits(s.stale_hits);
+  response->set_misses(s.misses);
+  response->set_sets(s.sets);
+  response->set_sets_rejected(s.sets_rejected);
+  response->set_evictions(s.evictions);
+  response->set_expirations(s.expirations);
+  response->set_invalidations(s.invalidations);
+  response->set_invalidated_entries(s.invalidated_entries);
+  response->set_hit_ratio(s.hit_ratio());
+  response->set_generation(s.generation);
+  response->set_shards(s.shards);
+  return Answer(context, absl::OkStatus());
+}
+
+}  // namespace poolside::cache

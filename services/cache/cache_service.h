@@ -1,0 +1,66 @@
+#ifndef POOLSIDE_SERVICES_CACHE_CACHE_SERVICE_H_
+#define POOLSIDE_SERVICES_CACHE_CACHE_SERVICE_H_
+
+// gRPC adapter of the cache sidecar (proto/poolside/v1/cache.proto) over a
+// CacheStore. Callback API; every call is answered inline from the gRPC
+// thread: the store's work is a short critical section, never I/O.
+//
+// Request validation (INVALID_ARGUMENT, with the limit in the message):
+//   - key: non-empty, at most max_key_bytes;
+//   - Set: ttl_ms in [1, max_ttl_ms], stale_ms at most max_ttl_ms, at most
+//     max_tags tags, each non-empty and at most max_key_bytes;
+//   - Invalidate: at least one tag or prefix, or flush_all; no empty tag or
+//     prefix (an empty prefix would be a flush: say flush_all).
+// A well-formed entry that does not fit (key + value above max_entry_bytes, or
+// its charge above a shard's budget) is not an error: the response says
+// stored=false, reason=TOO_LARGE, and the caller simply does not cache it.
+//
+// Thread-safe.
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+
+#include "proto/poolside/v1/cache.grpc.pb.h"
+#include "services/cache/cache_store.h"
+
+namespace poolside::cache {
+
+struct CacheServiceLimits {
+  uint32_t max_key_bytes = 4096;
+  uint32_t max_ttl_ms = 86400000;
+  uint32_t max_tags = 64;
+};
+
+class CacheServiceImpl final : public v1::CacheService::CallbackService {
+ public:
+  CacheServiceImpl(CacheStore* store, CacheServiceLimits limits)
+      : store_(store), limits_(limits) {}
+
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
+                                const v1::CacheGetRequest* request,
+                                v1::CacheGetResponse* response) override;
+  grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
+                                const v1::CacheSetRequest* request,
+                                v1::CacheSetResponse* response) override;
+  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
+                                   const v1::CacheDeleteRequest* request,
+                                   v1::CacheDeleteResponse* response) override;
+  grpc::ServerUnaryReactor* Invalidate(grpc::CallbackServerContext* context,
+                                       const v1::CacheInvalidateRequest* request,
+                                       v1::CacheInvalidateResponse* response) override;
+  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
+                                     const v1::CacheGetStatsRequest* request,
+                                     v1::CacheStats* response) override;
+
+ private:
+  absl::Status CheckKey(const std::string& key) const;
+
+  CacheStore* const store_;
+  const CacheServiceLimits limits_;
+};
+
+}  // namespace poolside::cache
+
+#endif  // POOLSIDE_SERVICES_CACHE_CACHE_SERVICE_H_
