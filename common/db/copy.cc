@@ -291,6 +291,13 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
       return absl::OkStatus();
     }
     case v1::Value::kBytesValue:
+      // Bytes for a text column are text whose encoding the sender could not
+      // vouch for (protobuf strings must be UTF-8): checked like text.
+      if (IsTextType(t) || t == oid::kJson || t == oid::kJsonb) {
+        if (absl::Status s = CheckText(c, value.bytes_value()); !s.ok()) return s;
+        AppendCopyText(value.bytes_value(), out);
+        return absl::OkStatus();
+      }
       if (known && t != oid::kBytea) return TypeError(c, "bytes");
       AppendHex(value.bytes_value(), out);
       return absl::OkStatus();

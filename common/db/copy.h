@@ -22,7 +22,9 @@
 // before COPY, as are values whose kind cannot fit the column's type (an
 // int64 into a timestamp column, bytes into an int column, NULL into a NOT NULL
 // column, integers out of range). Types poolside does not know (enums, arrays,
-// extension types) take any kind; PostgreSQL judges them.
+// extension types) take any kind; PostgreSQL judges them. Bytes for a text,
+// json or jsonb column are taken as text (protobuf strings must be valid UTF-8,
+// so senders with text of unknown encoding send bytes) and checked like text.
 //
 // Errors follow common/db/error.h. A COPY that PostgreSQL rejects because of a
 // row carries the row's 1-based line in the data (CopyLineOf()).

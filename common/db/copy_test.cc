@@ -83,6 +83,9 @@ TEST(CopyEncodingTest, RefusesBadValues) {
   EXPECT_EQ(SqlStateOf(s), "22P02");
   s = AppendCopyField(Int(70000), Col("i", oid::kInt2), &out);
   EXPECT_EQ(SqlStateOf(s), "22003");
+  s = AppendCopyField(Bytes("bad \xff"), Col("t", oid::kText), &out);
+  EXPECT_EQ(SqlStateOf(s), "22021");
+  EXPECT_EQ(Field(Bytes("a\tb"), Col("t", oid::kText)), "a\\tb");
   s = AppendCopyField(Bytes("x"), Col("i", oid::kInt4), &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   s = AppendCopyField(Int(1), Col("ts", oid::kTimestamptz), &out);
