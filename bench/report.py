@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh: turns raw measurements into result points and the
+points into bench/results/latest.{json,md}.
+
+  report.py pgbench-point --scenario S --concurrency C --output FILE --log-prefix P
+      Parses pgbench's stdout (FILE) and its sampled per-transaction logs
+      (P.*) into one JSON point on stdout.
+  report.py loadgen-point --scenario S --concurrency C --output FILE
+      Wraps loadgen's one-line JSON (FILE) into a JSON point on stdout.
+  report.py report --points FILE --meta FILE --json OUT --md OUT
+      Pairs every point with its baseline at the same concurrency and writes
+      the result files.
+"""
+
+import argparse
+import glob
+import json
+import re
+import sys
+
+# scenario -> (baseline scenario, what the ratio means)
+BASELINES = {
+    "pgbouncer_simple": "direct_simple",
+    "poolside_execute": "pgbouncer_simple",
+}
+
+# Above this share of CPU in use by others around a point, the point is flagged.
+BUSY_LIMIT = 15
+
+TITLES = {
+    "direct_prepared": "pgbench -S -M prepared, direct",
+    "direct_simple": "pgbench -S -M simple, direct",
+    "pgbouncer_simple": "pgbench -S -M simple, via PgBouncer",
+    "poolside_execute": "poolside Execute (loadgen)",
+}
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    i = int(round(q * (len(sorted_values) - 1)))
+    return sorted_values[min(i, len(sorted_values) - 1)]
+
+
+def pgbench_point(args):
+    with open(args.output) as f:
+        text = f.read()
+    m = re.search(r"^tps = ([0-9.]+) \(without initial connection time\)", text, re.M)
+    if not m:
+        sys.exit("pgbench output has no tps line:\n" + text[-2000:])
+    failed = 0
+    m2 = re.search(r"^number of failed transactions: (\d+)", text, re.M)
+    if m2:
+        failed = int(m2.group(1))
+    lat = []
+    # Log lines: client_id transaction_no time_us script_no epoch epoch_us [...]
+    for path in glob.glob(args.log_prefix + ".*"):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    lat.append(int(parts[2]))
+    lat.sort()
+    point = {
+        "scenario": args.scenario,
+        "concurrency": args.concurrency,
+        "ops_per_sec": round(float(m.group(1)), 1),
+        "p50_us": percentile(lat, 0.50),
+        "p99_us": percentile(lat, 0.99),
+        "latency_samples": len(lat),
+        "errors": failed,
+        "loadavg_after": args.loadavg,
+        "other_cpu_busy_pct_before": args.busy,
+        "other_cpu_busy_pct_after": args.busy_after,
+    }
+    print(json.dumps(point))
+
+
+def loadgen_point(args):
+    with open(args.output) as f:
+        lines = [l for l in f.read().splitlines() if l.startswith("{")]
+    if not lines:
+        sys.exit("loadgen printed no result")
+    r = json.loads(lines[-1])
+    point = {
+        "scenario": args.scenario,
+        "concurrency": args.concurrency,
+        "ops_per_sec": r["ops_per_sec"],
+        "p50_us": r["p50_us"],
+        "p99_us": r["p99_us"],
+        "latency_samples": r["ops"],
+        "errors": r["errors"],
+        "loadavg_after": args.loadavg,
+        "other_cpu_busy_pct_before": args.busy,
+        "other_cpu_busy_pct_after": args.busy_after,
+        "channels": r["channels"],
+        "client_threads": r["threads"],
+        "client_cpu_cores": r["client_cpu_cores"],
+    }
+    print(json.dumps(point))
+
+
+def fmt_int(v):
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def report(args):
+    with open(args.meta) as f:
+        meta = json.load(f)
+    points = []
+    with open(args.points) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                points.append(json.loads(line))
+    by_key = {(p["scenario"], p["concurrency"]): p for p in points}
+    for p in points:
+        base = BASELINES.get(p["scenario"])
+        b = by_key.get((base, p["concurrency"])) if base else None
+        p["title"] = TITLES.get(p["scenario"], p["scenario"])
+        p["baseline"] = base
+        p["baseline_ops_per_sec"] = b["ops_per_sec"] if b else None
+        p["ratio"] = (round(p["ops_per_sec"] / b["ops_per_sec"], 3)
+                      if b and b["ops_per_sec"] else None)
+    result = dict(meta)
+    result["results"] = points
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+
+    m = meta
+    out = []
+    out.append("# poolside benchmark — latest run")
+    out.append("")
+    out.append(f"- Date: {m['date']}")
+    out.append(f"- Command: `{m['command']}`")
+    mach = m["machine"]
+    out.append(f"- Machine: nproc={mach['nproc']}, {mach['cpu']}, {mach['kernel']}; "
+               f"load average before {mach['loadavg_start']}, after {mach['loadavg_end']}"
+               " (1/5/15 min; the run's own processes raise it). Everything — PostgreSQL, "
+               "the pooler or query service, and the client — shares these cores over "
+               "loopback TCP.")
+    s = m["settings"]
+    out.append(f"- {s['seconds']} s per point (loadgen: +{s['warmup']} s warm-up), "
+               f"pgbench scale {s['scale']} ({s['scale'] * 100000:,} accounts), "
+               f"random `aid`, `-j {s['pgbench_threads']}`.")
+    out.append(f"- PostgreSQL {s['postgres_version']} ({s['postgres_source']}). PgBouncer {s['pgbouncer_version']}: "
+               f"pool_mode=transaction, default_pool_size={s['pgbouncer_pool_size']}, "
+               "TCP to PostgreSQL.")
+    out.append(f"- poolside query service: {s['query_service']}; loadgen: "
+               f"{s['loadgen']}.")
+    out.append("")
+    busy_points = 0
+    out.append("| scenario | concurrency | ops/s | p50 µs | p99 µs | baseline | baseline ops/s | ratio |")
+    out.append("|---|---:|---:|---:|---:|---|---:|---:|")
+    for p in points:
+        base_title = TITLES.get(p["baseline"], "") if p["baseline"] else ""
+        ratio = "—" if p["ratio"] is None else f"{p['ratio']:.2f}"
+        errs = f" ({p['errors']} errors)" if p.get("errors") else ""
+        if max(p.get("other_cpu_busy_pct_before") or 0,
+               p.get("other_cpu_busy_pct_after") or 0) > BUSY_LIMIT:
+            errs += " ⚠"
+            busy_points += 1
+        out.append(
+            f"| {p['title']}{errs} | {p['concurrency']} | {fmt_int(p['ops_per_sec'])} | "
+            f"{fmt_int(p['p50_us'])} | {fmt_int(p['p99_us'])} | {base_title or '—'} | "
+            f"{fmt_int(p['baseline_ops_per_sec'])} | {ratio} |")
+    out.append("")
+    out.append("Ratio = ops/s ÷ baseline ops/s at the same concurrency, measured in the same "
+               "run. The DESIGN target is poolside ÷ PgBouncer ≥ 1.0 at 32 and 64 callers.")
+    out.append("pgbench latencies come from its per-transaction log sampled at "
+               f"{s['pgbench_sampling_rate']}; loadgen's from every measured call.")
+    if busy_points:
+        out.append(f"⚠ {busy_points} point(s) had other work using more than {BUSY_LIMIT}% "
+                   "of the CPU just before or after them: treat them as noise and re-run "
+                   "on an idle machine.")
+    else:
+        out.append(f"No point had other work using more than {BUSY_LIMIT}% of the CPU in the "
+                   "second before or after it.")
+    for n in m.get("notes", []):
+        out.append(f"- {n}")
+    with open(args.md, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("pgbench-point", "loadgen-point"):
+        sp = sub.add_parser(name)
+        sp.add_argument("--scenario", required=True)
+        sp.add_argument("--concurrency", type=int, required=True)
+        sp.add_argument("--output", required=True)
+        sp.add_argument("--loadavg", default="")
+        sp.add_argument("--busy", type=int, default=None,
+                        help="%% CPU in use (by others) in the second before the point")
+        sp.add_argument("--busy-after", type=int, default=None,
+                        help="%% CPU in use (by others) in the second after it")
+        if name == "pgbench-point":
+            sp.add_argument("--log-prefix", required=True)
+    sp = sub.add_parser("report")
+    sp.add_argument("--points", required=True)
+    sp.add_argument("--meta", required=True)
+    sp.add_argument("--json", required=True)
+    sp.add_argument("--md", required=True)
+    args = ap.parse_args()
+    {"pgbench-point": pgbench_point, "loadgen-point": loadgen_point,
+     "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

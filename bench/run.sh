@@ -1,0 +1,356 @@
+#!/usr/bin/env bash
+# bench/run.sh — the comparison harness behind `make bench` (see bench/README.md).
+#
+# Starts PostgreSQL and the query service (tools/devstack) and PgBouncer on
+# loopback, loads a pgbench table, and measures point selects at each
+# concurrency with: pgbench -M prepared and -M simple directly, pgbench -M simple
+# through PgBouncer, and poolside's Execute through bench/loadgen. Writes
+# bench/results/latest.json and latest.md. Everything started here is stopped on
+# exit, also on failure or Ctrl-C.
+#
+# Environment (all optional):
+#   BENCH_SECONDS=8            measured seconds per point
+#   BENCH_CONCURRENCY="8 32 64"
+#   BENCH_SCALE=10             pgbench -i scale (100k accounts per unit)
+#   BENCH_WARMUP=2             loadgen warm-up seconds (not measured)
+#   BENCH_POOL_SIZE=4          PgBouncer default_pool_size
+#   BENCH_PGBENCH_THREADS=2    pgbench -j
+#   BENCH_SAMPLING_RATE=0.1    share of pgbench transactions logged for latency
+#   BENCH_IDLE_WAIT=60         seconds to wait for other CPU load to settle per point
+#   BENCH_OUT=bench/results    where latest.{json,md} go
+#   BENCH_SKIP_BUILD=1         use what is in bazel-bin
+#   BENCH_KEEP=1               keep the temporary directory (logs) for inspection
+#   BENCH_NO_POOLSIDE=1        baselines only (devstack --no_query, no loadgen)
+#   BENCH_PG_PORT=P            use a running PostgreSQL on 127.0.0.1:P (database
+#                              demo, user postgres, trust) instead of devstack;
+#                              its pgbench tables are re-created
+#   BENCH_QUERY_ADDR=H:P       with BENCH_PG_PORT: a running query service to
+#                              measure (otherwise the poolside rows are skipped)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BAZEL=${BAZEL:-bazel}
+SECS=${BENCH_SECONDS:-8}
+CONCURRENCY=${BENCH_CONCURRENCY:-"8 32 64"}
+SCALE=${BENCH_SCALE:-10}
+WARMUP=${BENCH_WARMUP:-2}
+POOL_SIZE=${BENCH_POOL_SIZE:-4}
+PGBENCH_THREADS=${BENCH_PGBENCH_THREADS:-2}
+SAMPLING=${BENCH_SAMPLING_RATE:-0.1}
+IDLE_WAIT=${BENCH_IDLE_WAIT:-60}
+OUT=${BENCH_OUT:-bench/results}
+NPROC=$(nproc)
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+
+log() { echo "== $*" >&2; }
+die() { echo "bench: $*" >&2; exit 1; }
+
+command -v pgbench >/dev/null || die "pgbench not found (make deps)"
+[[ -x $PGBOUNCER ]] || die "pgbouncer not found (make deps)"
+command -v python3 >/dev/null || die "python3 not found (make deps)"
+
+TMP=$(mktemp -d /tmp/poolside-bench.XXXXXX)
+chmod 755 "$TMP"
+DEVSTACK_PID=""
+BOUNCER_PID=""
+CHILD_PID=""
+
+is_alive() {
+  [[ -n $1 && -e /proc/$1 ]] && ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$1/stat" 2>/dev/null
+}
+
+# stop_pid PID SECONDS: SIGTERM, then SIGKILL if still running after SECONDS.
+stop_pid() {
+  local pid=$1 secs=$2 i
+  is_alive "$pid" || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < secs * 10; i++)); do
+    is_alive "$pid" || return 0
+    sleep 0.1
+  done
+  echo "bench: process $pid did not stop in ${secs}s; killing it" >&2
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  stop_pid "$CHILD_PID" 5
+  stop_pid "$BOUNCER_PID" 10
+  if [[ -f $TMP/bouncer/pgbouncer.pid ]]; then
+    stop_pid "$(cat "$TMP/bouncer/pgbouncer.pid")" 5
+  fi
+  stop_pid "$DEVSTACK_PID" 30
+  # If devstack had to be killed, PostgreSQL may have outlived it.
+  while IFS= read -r pidfile; do
+    local datadir
+    datadir=$(dirname "$pidfile")
+    echo "bench: stopping leftover PostgreSQL in $datadir" >&2
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$datadir" stop -m immediate >/dev/null 2>&1 \
+      || kill -KILL "$(head -1 "$pidfile")" 2>/dev/null
+  done < <(find "$TMP" -name postmaster.pid 2>/dev/null)
+  if [[ -n ${BENCH_KEEP:-} || $rc -ne 0 ]]; then
+    echo "bench: logs kept in $TMP" >&2
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Runs a command in the background and waits for it, so that a signal to this
+# script is handled at once (and the command stopped by cleanup).
+run() {
+  "$@" &
+  CHILD_PID=$!
+  local rc=0
+  wait "$CHILD_PID" || rc=$?
+  CHILD_PID=""
+  return "$rc"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Percentage of CPU time in use over the last second (all processes).
+cpu_busy_pct() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 1; b=($(head -1 /proc/stat))
+  local idle=$(( (b[4] + b[5]) - (a[4] + a[5]) )) total=0 i
+  for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
+  echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
+}
+
+# Waits (up to IDLE_WAIT s) until other work on the machine is below 15% of the
+# CPU, so that a point is not measured while something else is compiling.
+# Prints the last busy percentage seen.
+wait_idle() {
+  local busy waited=0
+  busy=$(cpu_busy_pct)
+  while ((busy > 15 && waited < IDLE_WAIT)); do
+    ((waited == 0)) && echo "bench: machine busy (${busy}% CPU), waiting up to ${IDLE_WAIT}s" >&2
+    sleep 4; waited=$((waited + 5))
+    busy=$(cpu_busy_pct)
+  done
+  ((busy > 15)) && echo "bench: WARNING: measuring on a busy machine (${busy}% CPU in use by others)" >&2
+  echo "$busy"
+}
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# --- build --------------------------------------------------------------------
+if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
+  log "building"
+  targets=(//bench:loadgen)
+  if [[ -z ${BENCH_PG_PORT:-} ]]; then
+    targets+=(//tools:devstack)
+    [[ -z ${BENCH_NO_POOLSIDE:-} ]] && targets+=(//services/query:query_server)
+  fi
+  "$BAZEL" build "${targets[@]}" >&2
+fi
+# Not the bazel-bin symlink: another build (--config=asan, ...) may have moved it.
+BIN=$("$BAZEL" info bazel-bin 2>/dev/null) || die "bazel info failed"
+LOADGEN=$BIN/bench/loadgen
+[[ -x $LOADGEN ]] || die "$LOADGEN missing (bazel build //bench:loadgen)"
+
+# --- PostgreSQL and the query service ------------------------------------------
+QUERY_ADDR=""
+QUERY_CONFIG=""
+if [[ -n ${BENCH_PG_PORT:-} ]]; then
+  PG_PORT=$BENCH_PG_PORT
+  QUERY_ADDR=${BENCH_QUERY_ADDR:-}
+  log "using the running PostgreSQL on 127.0.0.1:$PG_PORT"
+else
+  DEVSTACK=$BIN/tools/devstack
+  [[ -x $DEVSTACK ]] || die "$DEVSTACK missing (bazel build //tools:devstack)"
+  PG_PORT=$(free_port)
+  QUERY_PORT=$(free_port)
+  log "starting devstack (PostgreSQL on $PG_PORT, query service on $QUERY_PORT)"
+  no_query=()
+  [[ -n ${BENCH_NO_POOLSIDE:-} ]] && no_query=(--no_query)
+  "$DEVSTACK" --run_dir="$TMP/stack" --pg_port="$PG_PORT" --query_port="$QUERY_PORT" \
+    --ready_file="$TMP/ready" "${no_query[@]}" >"$TMP/devstack.log" 2>&1 &
+  DEVSTACK_PID=$!
+  for ((i = 0; i < 1800; i++)); do
+    [[ -e $TMP/ready ]] && break
+    if ! is_alive "$DEVSTACK_PID"; then
+      tail -30 "$TMP/devstack.log" >&2
+      die "devstack exited before it was ready"
+    fi
+    sleep 0.1
+  done
+  [[ -e $TMP/ready ]] || { tail -30 "$TMP/devstack.log" >&2; die "devstack not ready after 180s"; }
+  # A shell fragment: PG_PORT, QUERY_ADDR, ...
+  # shellcheck disable=SC1091
+  source "$TMP/ready"
+  [[ -z ${BENCH_NO_POOLSIDE:-} ]] && QUERY_CONFIG=$TMP/stack/query.json
+fi
+
+export PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=demo
+PG_VERSION=$(psql -p "$PG_PORT" -Atc 'SHOW server_version' | cut -d' ' -f1)
+MAX_CONN=$(psql -p "$PG_PORT" -Atc 'SHOW max_connections')
+max_c=0
+for c in $CONCURRENCY; do ((c > max_c)) && max_c=$c; done
+if ((MAX_CONN < max_c + POOL_SIZE + 20)); then
+  echo "bench: WARNING: max_connections=$MAX_CONN may be too low for $max_c pgbench clients" >&2
+fi
+
+log "pgbench -i -s $SCALE"
+run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
+  || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+
+# --- PgBouncer ------------------------------------------------------------------
+BOUNCER_PORT=$(free_port)
+mkdir -p "$TMP/bouncer"
+cat >"$TMP/bouncer/pgbouncer.ini" <<EOF
+[databases]
+demo = host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $TMP/bouncer/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL_SIZE
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 1000
+log_connections = 0
+log_disconnections = 0
+logfile = $TMP/bouncer/pgbouncer.log
+pidfile = $TMP/bouncer/pgbouncer.pid
+EOF
+echo '"postgres" ""' >"$TMP/bouncer/userlist.txt"
+chown -R postgres: "$TMP/bouncer"
+# PgBouncer refuses to run as root.
+if command -v setpriv >/dev/null; then
+  setpriv --reuid=postgres --regid=postgres --init-groups \
+    "$PGBOUNCER" "$TMP/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+else
+  runuser -u postgres -- "$PGBOUNCER" "$TMP/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+fi
+BOUNCER_PID=$!
+for ((i = 0; i < 100; i++)); do
+  psql -p "$BOUNCER_PORT" -Atc 'SELECT 1' >/dev/null 2>&1 && break
+  is_alive "$BOUNCER_PID" || { cat "$TMP/bouncer/pgbouncer.log" >&2; die "pgbouncer exited"; }
+  sleep 0.1
+done
+psql -p "$BOUNCER_PORT" -Atc 'SELECT 1' >/dev/null || die "pgbouncer not answering"
+BOUNCER_VERSION=$("$PGBOUNCER" --version | head -1 | awk '{print $2}')
+
+# --- measurements ---------------------------------------------------------------
+POINTS=$TMP/points.jsonl
+: >"$POINTS"
+LOAD_START=$(loadavg)
+
+pgbench_point() {  # scenario port mode clients
+  local scenario=$1 port=$2 mode=$3 c=$4 busy
+  busy=$(wait_idle)
+  log "$scenario c=$c (other CPU load ${busy}%)"
+  rm -f "$TMP/pgb_log".*
+  run pgbench -p "$port" -n -S -M "$mode" -c "$c" -j "$PGBENCH_THREADS" -T "$SECS" \
+    -l --sampling-rate="$SAMPLING" --log-prefix="$TMP/pgb_log" >"$TMP/out.txt" 2>&1 \
+    || { tail -20 "$TMP/out.txt" >&2; die "pgbench failed ($scenario c=$c)"; }
+  python3 bench/report.py pgbench-point --scenario "$scenario" --concurrency "$c" \
+    --output "$TMP/out.txt" --log-prefix "$TMP/pgb_log" --loadavg "$(loadavg)" \
+    --busy "$busy" --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+}
+
+loadgen_point() {  # clients
+  local c=$1 busy
+  busy=$(wait_idle)
+  log "poolside_execute c=$c (other CPU load ${busy}%)"
+  run "$LOADGEN" --addr="$QUERY_ADDR" --callers="$c" --duration="$SECS" --warmup="$WARMUP" \
+    --keys=$((SCALE * 100000)) --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    || { cat "$TMP/loadgen.err" >&2; die "loadgen failed (c=$c)"; }
+  [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
+  python3 bench/report.py loadgen-point --scenario poolside_execute --concurrency "$c" \
+    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
+    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+}
+
+for c in $CONCURRENCY; do
+  pgbench_point direct_prepared "$PG_PORT" prepared "$c"
+  pgbench_point direct_simple "$PG_PORT" simple "$c"
+  pgbench_point pgbouncer_simple "$BOUNCER_PORT" simple "$c"
+  if [[ -n $QUERY_ADDR ]]; then
+    loadgen_point "$c"
+  fi
+done
+LOAD_END=$(loadavg)
+
+# --- report ---------------------------------------------------------------------
+query_summary="not measured (no query service)"
+if [[ -n $QUERY_CONFIG && -f $QUERY_CONFIG ]]; then
+  query_summary=$(python3 - "$QUERY_CONFIG" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+def g(d, *names, default=0):
+    for n in names:
+        if n in d:
+            return d[n]
+    return default
+parts = []
+for d in c.get("databases", []):
+    p = d.get("pool", {})
+    parts.append("database %s: pool min_idle=%s max_size=%s (one worker per connection), "
+                 "max_pipeline_depth=%s" % (
+        d.get("name", "?"), g(p, "min_idle", "minIdle", default="default"),
+        g(p, "max_size", "maxSize") or "default",
+        g(p, "max_pipeline_depth", "maxPipelineDepth") or "default"))
+print("; ".join(parts) + " (devstack's configuration)")
+EOF
+)
+elif [[ -n $QUERY_ADDR ]]; then
+  query_summary="external, $QUERY_ADDR"
+fi
+
+cmd="bench/run.sh"
+for v in BENCH_SECONDS BENCH_CONCURRENCY BENCH_SCALE BENCH_WARMUP BENCH_POOL_SIZE \
+         BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE; do
+  [[ -n ${!v:-} ]] && cmd="$v=$(printf %q "${!v}") $cmd"
+done
+[[ ${MAKELEVEL:-0} -gt 0 ]] && cmd="make bench ($cmd)"
+
+python3 - "$TMP/meta.json" <<EOF
+import json, sys
+meta = {
+  "date": "$(date -u +%Y-%m-%dT%H:%M:%SZ)",
+  "command": """$cmd""",
+  "machine": {
+    "nproc": $NPROC,
+    "cpu": """$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')""",
+    "kernel": "$(uname -sr)",
+    "loadavg_start": "$LOAD_START",
+    "loadavg_end": "$LOAD_END",
+  },
+  "settings": {
+    "seconds": $SECS,
+    "warmup": $WARMUP,
+    "scale": $SCALE,
+    "concurrency": [int(x) for x in "$CONCURRENCY".split()],
+    "pgbench_threads": $PGBENCH_THREADS,
+    "pgbench_sampling_rate": $SAMPLING,
+    "postgres_version": "$PG_VERSION",
+    "postgres_source": "$([[ -n ${BENCH_PG_PORT:-} ]] && echo "an existing server" || echo devstack)",
+    "pgbouncer_version": "$BOUNCER_VERSION",
+    "pgbouncer_pool_size": $POOL_SIZE,
+    "query_service": """$query_summary""",
+    "loadgen": "async gRPC, one completion queue per thread, threads=min(nproc, callers), one TCP connection per 8 callers, random aid",
+  },
+}
+json.dump(meta, open(sys.argv[1], "w"))
+EOF
+
+mkdir -p "$OUT"
+python3 bench/report.py report --points "$POINTS" --meta "$TMP/meta.json" \
+  --json "$OUT/latest.json" --md "$OUT/latest.md"
+log "wrote $OUT/latest.md and $OUT/latest.json"
+cat "$OUT/latest.md"
