@@ -50,6 +50,13 @@ class Work {
   // Shown in the pool's leak reports.
   std::string holder;
 
+  // Claims work that no worker has started, to complete it without a database
+  // (e.g. from the cache). False if it was abandoned or already claimed.
+  bool Claim() {
+    int expected = kQueued;
+    return state.compare_exchange_strong(expected, kRunning);
+  }
+
   // Claims work that no worker has started, so the caller can fail it itself
   // (e.g. its RPC was cancelled). False if a worker already runs it; then done()
   // will come soon (the cancelled flag makes the statement stop).

@@ -10,6 +10,7 @@
 #include "common/telemetry/log.h"
 #include "services/query/query_config.h"
 #include "services/query/query_engine.h"
+#include "services/query/sidecar_client.h"
 #include "services/query/query_service.h"
 
 ABSL_FLAG(std::string, config, "", "Path to the JSON configuration (poolside.v1.QueryServiceConfig).");
@@ -49,7 +50,14 @@ int main(int argc, char** argv) {
   }
 
   poolside::server::BlockTerminationSignals();
-  poolside::query::QueryEngine engine(*config);
+  std::unique_ptr<poolside::query::CacheClient> sidecar;
+  if (config->has_cache()) {
+    sidecar = std::make_unique<poolside::query::SidecarClient>(
+        config->cache().target(), absl::Milliseconds(config->cache().call_timeout_ms()));
+    telemetry::LogInfo("cache sidecar", {{"target", config->cache().target()},
+                                         {"cached_table_sets", absl::StrCat(config->cache().tables_size())}});
+  }
+  poolside::query::QueryEngine engine(*config, std::move(sidecar));
   poolside::query::QueryServiceImpl service(&engine);
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();

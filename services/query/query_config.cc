@@ -112,6 +112,46 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
       return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxSize above 1000"));
     }
   }
+  if (c.has_cache()) {
+    v1::QueryCacheConfig* cache = c.mutable_cache();
+    if (cache->target().empty()) {
+      return absl::InvalidArgumentError(
+          "cache.target is required when cache is configured, e.g. \"unix:/run/poolside/cache.sock\" "
+          "or \"127.0.0.1:50052\"");
+    }
+    POOLSIDE_DEFAULT(cache, call_timeout_ms, 50u);
+    POOLSIDE_DEFAULT(cache, max_value_bytes, 1u << 20);
+    POOLSIDE_DEFAULT(cache, failure_threshold, 3u);
+    POOLSIDE_DEFAULT(cache, retry_after_ms, 1000u);
+    if (cache->channel().empty()) cache->set_channel("poolside_invalidate");
+    if (cache->channel().size() > 63) {
+      return absl::InvalidArgumentError("cache.channel: at most 63 bytes (a PostgreSQL identifier)");
+    }
+    absl::flat_hash_set<std::string> seen;
+    for (int i = 0; i < cache->tables_size(); ++i) {
+      const v1::CachedTables& t = cache->tables(i);
+      const std::string where = absl::StrCat("cache.tables[", i, "]");
+      if (!names.contains(t.database())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": database \"", t.database(), "\" is not a configured database"));
+      }
+      if (!seen.insert(t.database()).second) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": database \"", t.database(), "\" is listed twice"));
+      }
+      if (t.tables().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": tables is empty"));
+      }
+      for (const std::string& table : t.tables()) {
+        if (table.empty() || table.size() > 127 ||
+            table.find_first_of("\"';\\ \t\n") != std::string::npos) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              where, ": \"", table.substr(0, 64),
+              "\" is not a table name (use name or schema.name, unquoted)"));
+        }
+      }
+    }
+  }
   if (c.default_database().empty()) {
     if (c.databases_size() == 1) c.set_default_database(c.databases(0).name());
   } else if (!names.contains(c.default_database())) {

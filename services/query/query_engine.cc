@@ -26,6 +26,16 @@ void ParallelFor(size_t n, size_t parallelism, const std::function<void(size_t)>
   for (auto& t : threads) t.join();
 }
 
+// Whether a statement with this outcome may have changed data: it succeeded,
+// or it ended without a verdict from the server (the connection was lost or
+// the call was cut short around the commit).
+bool MayHaveWritten(const absl::Status& s) {
+  return s.ok() || s.code() == absl::StatusCode::kUnavailable ||
+         s.code() == absl::StatusCode::kDeadlineExceeded ||
+         s.code() == absl::StatusCode::kCancelled || s.code() == absl::StatusCode::kUnknown ||
+         s.code() == absl::StatusCode::kInternal;
+}
+
 uint64_t Cap(uint64_t requested, uint64_t server_limit) {
   return requested == 0 ? server_limit : std::min(requested, server_limit);
 }
@@ -45,9 +55,14 @@ class TransactionWork : public Work {
 
 }  // namespace
 
-QueryEngine::QueryEngine(v1::QueryServiceConfig config) : config_(std::move(config)) {
+QueryEngine::QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheClient> cache)
+    : config_(std::move(config)) {
   for (const v1::DatabaseConfig& db : config_.databases()) {
     databases_.emplace(db.name(), std::make_unique<Database>(db));
+  }
+  if (config_.has_cache() && cache != nullptr) {
+    cache_ = std::make_unique<ReadCache>(config_.cache(), std::move(cache), databases_,
+                                         config_.limits());
   }
 }
 
@@ -56,6 +71,7 @@ QueryEngine::~QueryEngine() {
   // Stops warm-up retries against databases that are down (they would
   // otherwise hold the exit for up to startup_retry_ms).
   for (auto& [name, db] : databases_) db->pool().Close();
+  cache_.reset();  // stops its listeners; its flights end as the pools close
   if (maintenance_.joinable()) maintenance_.join();
   if (warmup_.joinable()) warmup_.join();
   // Detached CheckDatabases threads reference the databases: wait for them.
@@ -72,6 +88,7 @@ void QueryEngine::Start() {
     });
   });
   maintenance_ = std::thread([this] { MaintenanceLoop(); });
+  if (cache_ != nullptr) cache_->Start();
 }
 
 void QueryEngine::MaintenanceLoop() {
@@ -143,8 +160,27 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->done = [this, database, &request, response, start, done = std::move(done)](absl::Status s) {
     stats_.Record(database->name(), request.sql(), absl::Now() - start,
                   s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
+    if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
+    if (cache_ != nullptr && MayHaveWritten(s) && ReadCache::NeedsInvalidation(request.sql())) {
+      std::vector<ReadCache::Written> written(1);
+      written[0].sql = request.sql();
+      written[0].params = request.params();
+      cache_->AfterWrite(database, std::move(written),
+                         [s, done = std::move(done)]() mutable { done(std::move(s)); });
+      return;
+    }
     done(std::move(s));
   };
+  if (cache_ != nullptr && cache_->Applies(*database, request)) {
+    std::shared_ptr<Work> generic = work;
+    cache_->Execute(database, request, generic, response, work->budget.max_rows,
+                    work->budget.max_bytes, [database, generic] {
+                      if (absl::Status s = database->Submit(generic); !s.ok()) {
+                        if (generic->Claim()) generic->done(s);
+                      }
+                    });
+    return generic;
+  }
   if (absl::Status s = database->Submit(work); !s.ok()) return s;
   return std::static_pointer_cast<Work>(work);
 }
@@ -243,6 +279,20 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
       stats_.Record(database->name(), request.statements(i).sql(), took, rows, s.ok());
     }
     if (!s.ok()) response->clear_results();
+    if (cache_ != nullptr && MayHaveWritten(s) && !request.read_only()) {
+      std::vector<ReadCache::Written> written;
+      for (const v1::Statement& st : request.statements()) {
+        if (!ReadCache::NeedsInvalidation(st.sql())) continue;
+        written.emplace_back();
+        written.back().sql = st.sql();
+        written.back().params = st.params();
+      }
+      if (!written.empty()) {
+        cache_->AfterWrite(database, std::move(written),
+                           [s, done = std::move(done)]() mutable { done(std::move(s)); });
+        return;
+      }
+    }
     done(std::move(s));
   };
   if (absl::Status s = database->Submit(work); !s.ok()) return s;

@@ -26,7 +26,9 @@
 #include "absl/time/time.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.pb.h"
+#include "services/query/cache_client.h"
 #include "services/query/database.h"
+#include "services/query/read_cache.h"
 #include "services/query/result_sinks.h"
 #include "services/query/statement_stats.h"
 
@@ -36,8 +38,10 @@ class QueryEngine {
  public:
   using Done = std::function<void(absl::Status)>;
 
-  // `config` must have been through FinalizeQueryConfig.
-  explicit QueryEngine(v1::QueryServiceConfig config);
+  // `config` must have been through FinalizeQueryConfig. `cache` (the sidecar
+  // client) is required when config.cache is set, ignored otherwise.
+  explicit QueryEngine(v1::QueryServiceConfig config,
+                       std::unique_ptr<CacheClient> cache = nullptr);
   ~QueryEngine();
 
   // Warms the pools (in the background; the service serves meanwhile) and starts
@@ -68,6 +72,8 @@ class QueryEngine {
                               v1::CheckDatabasesResponse* response, Done done);
 
   const v1::QueryServiceConfig& config() const { return config_; }
+  // Null when no cache is configured.
+  ReadCache* read_cache() { return cache_.get(); }
 
  private:
   absl::StatusOr<Database*> Find(absl::string_view name);
@@ -82,6 +88,8 @@ class QueryEngine {
   absl::Notification stopping_;
   std::thread maintenance_;
   std::thread warmup_;
+  // Declared last: destroyed first, while the databases it uses still exist.
+  std::unique_ptr<ReadCache> cache_;
 };
 
 }  // namespace poolside::query

@@ -1,0 +1,103 @@
+#include "services/query/sidecar_client.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace poolside::query {
+namespace {
+
+template <typename Request, typename Response>
+struct Call {
+  grpc::ClientContext context;
+  Request request;
+  Response response;
+};
+
+void SetTimeout(grpc::ClientContext& context, absl::Duration timeout) {
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::microseconds(absl::ToInt64Microseconds(timeout)));
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                      absl::StrCat("cache sidecar: ", s.error_message()));
+}
+
+}  // namespace
+
+SidecarClient::SidecarClient(const std::string& target, absl::Duration call_timeout)
+    : call_timeout_(call_timeout) {
+  grpc::ChannelArguments args;
+  // Reconnect quickly after the sidecar restarts.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::CacheService::NewStub(channel_);
+}
+
+void SidecarClient::Get(const std::string& key,
+                        std::function<void(absl::StatusOr<CacheLookup>)> done) {
+  auto* call = new Call<v1::CacheGetRequest, v1::CacheGetResponse>();
+  SetTimeout(call->context, call_timeout_);
+  call->request.set_key(key);
+  stub_->async()->Get(&call->context, &call->request, &call->response,
+                      [call, done = std::move(done)](grpc::Status s) {
+                        std::unique_ptr<Call<v1::CacheGetRequest, v1::CacheGetResponse>> owned(call);
+                        if (!s.ok()) {
+                          done(FromGrpc(s));
+                          return;
+                        }
+                        CacheLookup out;
+                        switch (call->response.outcome()) {
+                          case v1::CacheGetResponse::HIT: out.outcome = CacheLookup::kHit; break;
+                          case v1::CacheGetResponse::STALE: out.outcome = CacheLookup::kStale; break;
+                          default: out.outcome = CacheLookup::kMiss; break;
+                        }
+                        out.value = std::move(*call->response.mutable_value());
+                        out.generation = call->response.generation();
+                        done(std::move(out));
+                      });
+}
+
+void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)> done) {
+  auto* call = new Call<v1::CacheSetRequest, v1::CacheSetResponse>();
+  SetTimeout(call->context, call_timeout_);
+  call->request.set_key(std::move(fill.key));
+  call->request.set_value(std::move(fill.value));
+  call->request.set_ttl_ms(static_cast<uint32_t>(
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(fill.ttl))));
+  call->request.set_stale_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(fill.stale)));
+  for (std::string& tag : fill.tags) call->request.add_tags(std::move(tag));
+  call->request.set_read_generation(fill.read_generation);
+  stub_->async()->Set(&call->context, &call->request, &call->response,
+                      [call, done = std::move(done)](grpc::Status s) {
+                        std::unique_ptr<Call<v1::CacheSetRequest, v1::CacheSetResponse>> owned(call);
+                        if (!s.ok()) {
+                          done(FromGrpc(s));
+                          return;
+                        }
+                        done(call->response.stored());
+                      });
+}
+
+void SidecarClient::Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
+                               absl::Duration timeout, std::function<void(absl::Status)> done) {
+  auto* call = new Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>();
+  SetTimeout(call->context, timeout);
+  for (std::string& tag : tags) call->request.add_tags(std::move(tag));
+  call->request.set_flush_all(flush_all);
+  call->request.set_source(std::move(source));
+  stub_->async()->Invalidate(
+      &call->context, &call->request, &call->response,
+      [call, done = std::move(done)](grpc::Status s) {
+        std::unique_ptr<Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>> owned(call);
+        done(FromGrpc(s));
+      });
+}
+
+}  // namespace poolside::query
