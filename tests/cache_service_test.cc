@@ -1,0 +1,438 @@
+// Integration tests of the cache sidecar: the real `cache_server` binary,
+// called over loopback TCP and over its unix domain socket.
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+#include "grpcpp/channel.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "gtest/gtest.h"
+#include "proto/poolside/v1/cache.grpc.pb.h"
+#include "proto/poolside/v1/config.pb.h"
+#include "tests/fixtures/service_process.h"
+#include "tests/fixtures/subprocess.h"
+
+namespace poolside {
+namespace {
+
+using ::poolside::testing::RunfilePath;
+using ::poolside::testing::ServiceProcess;
+
+// Unix socket paths are limited to 107 bytes; the test output directory can be
+// longer, so sockets live in a short directory of their own.
+std::string ShortTempDir() {
+  std::string templ = "/tmp/poolside-cache-XXXXXX";
+  if (mkdtemp(templ.data()) == nullptr) return "/tmp";
+  return templ;
+}
+
+struct CacheServer {
+  std::unique_ptr<ServiceProcess> process;
+  std::string socket_path;
+  std::string config_path;
+  std::shared_ptr<grpc::Channel> tcp;
+  std::shared_ptr<grpc::Channel> unix_channel;
+  std::unique_ptr<v1::CacheService::Stub> over_tcp;
+  std::unique_ptr<v1::CacheService::Stub> over_unix;
+};
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& target, int channel_id = 0) {
+  grpc::ChannelArguments args;
+  // A distinct argument gives a channel of its own (no shared subchannel), as a
+  // second process would have.
+  args.SetInt("poolside.test_channel_id", channel_id);
+  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+}
+
+bool WaitConnected(const std::shared_ptr<grpc::Channel>& channel) {
+  return channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+}
+
+std::string WriteConfig(const v1::CacheServiceConfig& config, const std::string& path) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions print;
+  print.add_whitespace = true;
+  (void)google::protobuf::util::MessageToJsonString(config, &json, print);
+  std::ofstream(path) << json;
+  return path;
+}
+
+absl::StatusOr<CacheServer> StartCacheServer(v1::CacheServiceConfig config,
+                                             std::string socket_path = "") {
+  static std::atomic<int> counter{0};
+  const std::string stem = absl::StrCat(testing::TestOutputDir(), "/cache_server.", getpid(),
+                                        ".", counter.fetch_add(1));
+  if (socket_path.empty()) socket_path = ShortTempDir() + "/cache.sock";
+  config.mutable_server()->set_listen("127.0.0.1:0");
+  config.mutable_server()->set_port_file(stem + ".port");
+  config.mutable_server()->set_drain_timeout_ms(5000);
+  config.set_unix_socket(socket_path);
+  CacheServer server;
+  server.socket_path = socket_path;
+  server.config_path = WriteConfig(config, stem + ".json");
+  absl::StatusOr<std::unique_ptr<ServiceProcess>> process = ServiceProcess::Start(
+      RunfilePath("services/cache/cache_server"),
+      {absl::StrCat("--config=", server.config_path), "--log_level=debug"}, stem + ".port");
+  if (!process.ok()) return process.status();
+  server.process = *std::move(process);
+  server.tcp = Connect(server.process->address());
+  server.unix_channel = Connect("unix:" + socket_path);
+  if (!WaitConnected(server.tcp) || !WaitConnected(server.unix_channel)) {
+    return absl::UnavailableError("cannot connect to cache_server");
+  }
+  server.over_tcp = v1::CacheService::NewStub(server.tcp);
+  server.over_unix = v1::CacheService::NewStub(server.unix_channel);
+  return server;
+}
+
+std::string Describe(const grpc::Status& s) {
+  return absl::StrCat("code ", s.error_code(), ": ", s.error_message());
+}
+
+// Small typed wrappers; each call has a deadline.
+struct Client {
+  v1::CacheService::Stub* stub;
+
+  grpc::Status Get(const std::string& key, v1::CacheGetResponse* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::CacheGetRequest req;
+    req.set_key(key);
+    return stub->Get(&ctx, req, out);
+  }
+  v1::CacheGetResponse Get(const std::string& key) {
+    v1::CacheGetResponse out;
+    grpc::Status s = Get(key, &out);
+    EXPECT_TRUE(s.ok()) << Describe(s);
+    return out;
+  }
+  grpc::Status Set(const v1::CacheSetRequest& req, v1::CacheSetResponse* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return stub->Set(&ctx, req, out);
+  }
+  v1::CacheSetResponse Set(const std::string& key, const std::string& value,
+                           std::vector<std::string> tags = {}, uint64_t read_generation = 0,
+                           uint32_t ttl_ms = 60000, uint32_t stale_ms = 0) {
+    v1::CacheSetRequest req;
+    req.set_key(key);
+    req.set_value(value);
+    req.set_ttl_ms(ttl_ms);
+    req.set_stale_ms(stale_ms);
+    for (auto& t : tags) req.add_tags(t);
+    req.set_read_generation(read_generation);
+    v1::CacheSetResponse out;
+    grpc::Status s = Set(req, &out);
+    EXPECT_TRUE(s.ok()) << Describe(s);
+    return out;
+  }
+  bool Delete(const std::string& key) {
+    grpc::ClientContext ctx;
+    v1::CacheDeleteRequest req;
+    req.set_key(key);
+    v1::CacheDeleteResponse out;
+    grpc::Status s = stub->Delete(&ctx, req, &out);
+    EXPECT_TRUE(s.ok()) << Describe(s);
+    return out.deleted();
+  }
+  grpc::Status Invalidate(const v1::CacheInvalidateRequest& req, v1::CacheInvalidateResponse* out) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return stub->Invalidate(&ctx, req, out);
+  }
+  v1::CacheInvalidateResponse Invalidate(std::vector<std::string> tags,
+                                         std::vector<std::string> prefixes = {},
+                                         bool flush = false) {
+    v1::CacheInvalidateRequest req;
+    for (auto& t : tags) req.add_tags(t);
+    for (auto& p : prefixes) req.add_prefixes(p);
+    req.set_flush_all(flush);
+    req.set_source("test");
+    v1::CacheInvalidateResponse out;
+    grpc::Status s = Invalidate(req, &out);
+    EXPECT_TRUE(s.ok()) << Describe(s);
+    return out;
+  }
+  v1::CacheStats Stats() {
+    grpc::ClientContext ctx;
+    v1::CacheStats out;
+    grpc::Status s = stub->GetStats(&ctx, v1::CacheGetStatsRequest(), &out);
+    EXPECT_TRUE(s.ok()) << Describe(s);
+    return out;
+  }
+};
+
+v1::CacheServiceConfig SmallConfig() {
+  v1::CacheServiceConfig c;
+  c.set_capacity_bytes(8 << 20);
+  c.set_shards(4);
+  c.set_max_entry_bytes(1 << 20);
+  c.set_max_key_bytes(256);
+  c.set_max_ttl_ms(3600000);
+  c.set_max_tags(4);
+  c.set_admission(false);
+  return c;
+}
+
+class CacheServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
+    ASSERT_TRUE(s.ok()) << s.status();
+    server_ = new CacheServer(*std::move(s));
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    server_ = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(server_, nullptr); }
+
+  Client tcp() { return Client{server_->over_tcp.get()}; }
+  Client uds() { return Client{server_->over_unix.get()}; }
+
+  static CacheServer* server_;
+};
+
+CacheServer* CacheServiceTest::server_ = nullptr;
+
+TEST_F(CacheServiceTest, SetOverTcpGetOverUnixSocket) {
+  v1::CacheSetResponse set = tcp().Set("both/1", "value one", {"t1"}, 0, 60000);
+  EXPECT_TRUE(set.stored());
+  EXPECT_EQ(set.reason(), v1::CacheSetResponse::STORED);
+  v1::CacheGetResponse got = uds().Get("both/1");
+  EXPECT_EQ(got.outcome(), v1::CacheGetResponse::HIT);
+  EXPECT_EQ(got.value(), "value one");
+  EXPECT_GT(got.remaining_ms(), 0u);
+  EXPECT_LE(got.remaining_ms(), 60000u);
+  EXPECT_GT(got.generation(), 0u);
+
+  EXPECT_TRUE(uds().Set("both/2", std::string(100000, 'b')).stored());
+  EXPECT_EQ(tcp().Get("both/2").value(), std::string(100000, 'b'));
+  EXPECT_EQ(tcp().Get("both/absent").outcome(), v1::CacheGetResponse::MISS);
+}
+
+TEST_F(CacheServiceTest, DeleteAndInvalidate) {
+  Client c = tcp();
+  c.Set("inv/a", "1", {"orders"});
+  c.Set("inv/b", "2", {"orders", "users"});
+  c.Set("inv/c", "3", {"users"});
+  c.Set("other/d", "4");
+  EXPECT_TRUE(c.Delete("other/d"));
+  EXPECT_FALSE(c.Delete("other/d"));
+
+  const uint64_t before = c.Stats().generation();
+  v1::CacheInvalidateResponse r = c.Invalidate({"orders"});
+  EXPECT_EQ(r.removed(), 2u);
+  EXPECT_EQ(r.generation(), before + 1);
+  EXPECT_EQ(c.Get("inv/a").outcome(), v1::CacheGetResponse::MISS);
+  EXPECT_EQ(c.Get("inv/c").outcome(), v1::CacheGetResponse::HIT);
+  r = uds().Invalidate({}, {"inv/"});
+  EXPECT_EQ(r.removed(), 1u);
+  EXPECT_EQ(r.generation(), before + 2);
+  EXPECT_EQ(c.Get("inv/c").outcome(), v1::CacheGetResponse::MISS);
+}
+
+TEST_F(CacheServiceTest, StaleWindowIsReported) {
+  Client c = tcp();
+  // A stale window with a fresh period: HIT now, remaining within the ttl.
+  ASSERT_TRUE(c.Set("stale/1", "v", {}, 0, 3600000, 1000).stored());
+  v1::CacheGetResponse got = c.Get("stale/1");
+  EXPECT_EQ(got.outcome(), v1::CacheGetResponse::HIT);
+  EXPECT_LE(got.remaining_ms(), 3600000u);
+}
+
+// The race the generations exist for, over gRPC: a reader misses, a write's
+// invalidation arrives, then the reader's (stale) fill must be refused.
+TEST_F(CacheServiceTest, FillRacingAnInvalidationIsRefused) {
+  Client reader = uds();
+  Client writer = tcp();
+  v1::CacheGetResponse miss = reader.Get("race/q");
+  ASSERT_EQ(miss.outcome(), v1::CacheGetResponse::MISS);
+  writer.Invalidate({"race_table"});
+  v1::CacheSetResponse fill = reader.Set("race/q", "old rows", {"race_table"}, miss.generation());
+  EXPECT_FALSE(fill.stored());
+  EXPECT_EQ(fill.reason(), v1::CacheSetResponse::INVALIDATED);
+  EXPECT_EQ(reader.Get("race/q").outcome(), v1::CacheGetResponse::MISS);
+
+  // Invalidating an unrelated tag does not refuse a fill.
+  miss = reader.Get("race/q");
+  writer.Invalidate({"some_other_table"});
+  EXPECT_TRUE(reader.Set("race/q", "new rows", {"race_table"}, miss.generation()).stored());
+  // A fill made before the invalidation is removed by it.
+  EXPECT_EQ(writer.Invalidate({"race_table"}).removed(), 1u);
+  EXPECT_EQ(reader.Get("race/q").outcome(), v1::CacheGetResponse::MISS);
+  // A generation this server never issued is refused.
+  EXPECT_EQ(reader.Set("race/q", "x", {}, 1).reason(), v1::CacheSetResponse::INVALIDATED);
+}
+
+TEST_F(CacheServiceTest, BadRequestsAreInvalidArgument) {
+  Client c = tcp();
+  auto expect_invalid = [](const grpc::Status& s, const std::string& needle) {
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(s);
+    EXPECT_TRUE(absl::StrContains(s.error_message(), needle)) << Describe(s);
+  };
+  v1::CacheGetResponse get;
+  expect_invalid(c.Get("", &get), "empty");
+  expect_invalid(c.Get(std::string(257, 'k'), &get), "maxKeyBytes = 256");
+
+  v1::CacheSetResponse set;
+  v1::CacheSetRequest req;
+  req.set_key("k");
+  req.set_value("v");
+  expect_invalid(c.Set(req, &set), "ttl_ms");  // ttl 0
+  req.set_ttl_ms(3600001);
+  expect_invalid(c.Set(req, &set), "maxTtlMs = 3600000");
+  req.set_ttl_ms(1000);
+  req.set_stale_ms(3600001);
+  expect_invalid(c.Set(req, &set), "stale_ms");
+  req.set_stale_ms(0);
+  for (int i = 0; i < 5; ++i) req.add_tags(absl::StrCat("t", i));
+  expect_invalid(c.Set(req, &set), "maxTags = 4");
+  req.clear_tags();
+  req.add_tags("");
+  expect_invalid(c.Set(req, &set), "tags");
+  req.clear_tags();
+  req.set_key("");
+  expect_invalid(c.Set(req, &set), "empty");
+
+  v1::CacheInvalidateResponse inv;
+  expect_invalid(c.Invalidate(v1::CacheInvalidateRequest(), &inv), "flush_all");
+  v1::CacheInvalidateRequest empty_prefix;
+  empty_prefix.add_prefixes("");
+  expect_invalid(c.Invalidate(empty_prefix, &inv), "prefix");
+
+  // Well-formed but larger than the store takes: not an error, not stored.
+  v1::CacheSetResponse big = c.Set("big", std::string((1 << 20) + 1, 'x'));
+  EXPECT_FALSE(big.stored());
+  EXPECT_EQ(big.reason(), v1::CacheSetResponse::TOO_LARGE);
+  EXPECT_EQ(c.Get("big").outcome(), v1::CacheGetResponse::MISS);
+}
+
+TEST_F(CacheServiceTest, SocketIsGroupAccessibleAndServesASecondClient) {
+  struct stat st;
+  ASSERT_EQ(stat(server_->socket_path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  // A second, independent connection through the socket file sees the same data.
+  auto second = Connect("unix:" + server_->socket_path, /*channel_id=*/2);
+  ASSERT_TRUE(WaitConnected(second));
+  auto stub = v1::CacheService::NewStub(second);
+  Client c{stub.get()};
+  tcp().Set("second/1", "shared");
+  EXPECT_EQ(c.Get("second/1").value(), "shared");
+}
+
+// Exact counters need a server of their own.
+TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
+  ASSERT_TRUE(s.ok()) << s.status();
+  Client c{s->over_unix.get()};
+  v1::CacheStats zero = c.Stats();
+  EXPECT_EQ(zero.entries(), 0u);
+  EXPECT_EQ(zero.capacity_bytes(), 8u << 20);
+  EXPECT_EQ(zero.shards(), 4u);
+
+  const uint64_t g0 = c.Get("a").generation();       // miss
+  EXPECT_TRUE(c.Set("a", "1", {"t"}, g0).stored());  // set
+  EXPECT_TRUE(c.Set("b", "22", {"u"}).stored());     // set
+  c.Get("a");                                        // hit
+  c.Get("b");                                        // hit
+  c.Get("c");                                        // miss
+  c.Invalidate({"t"});                               // invalidation, 1 entry
+  EXPECT_FALSE(c.Set("a", "1", {"t"}, g0).stored());  // rejected
+  EXPECT_FALSE(c.Set("big", std::string((1 << 20) + 1, 'x')).stored());  // rejected
+
+  v1::CacheStats st = c.Stats();
+  EXPECT_EQ(st.entries(), 1u);
+  EXPECT_EQ(st.bytes(), 1 + 2 + 1 + 160 + 48);  // key + value + tag + overheads
+  EXPECT_EQ(st.hits(), 2u);
+  EXPECT_EQ(st.stale_hits(), 0u);
+  EXPECT_EQ(st.misses(), 2u);
+  EXPECT_EQ(st.sets(), 2u);
+  EXPECT_EQ(st.sets_rejected(), 2u);
+  EXPECT_EQ(st.evictions(), 0u);
+  EXPECT_EQ(st.invalidations(), 1u);
+  EXPECT_EQ(st.invalidated_entries(), 1u);
+  EXPECT_DOUBLE_EQ(st.hit_ratio(), 0.5);
+  EXPECT_EQ(st.generation(), g0 + 1);
+
+  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
+  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  struct stat gone;
+  EXPECT_NE(stat(s->socket_path.c_str(), &gone), 0) << "socket file left behind";
+}
+
+TEST(CacheServiceSocketTest, StaleSocketFileIsReplaced) {
+  const std::string path = ShortTempDir() + "/stale.sock";
+  // A socket file whose server is gone: bound, then closed without unlink.
+  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  close(fd);
+  struct stat st;
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), path);
+  ASSERT_TRUE(s.ok()) << s.status();
+  Client c{s->over_unix.get()};
+  EXPECT_TRUE(c.Set("k", "v").stored());
+  EXPECT_EQ(c.Get("k").value(), "v");
+
+  // A second server on the same, live socket refuses to start.
+  v1::CacheServiceConfig config = SmallConfig();
+  config.mutable_server()->set_listen("127.0.0.1:0");
+  config.set_unix_socket(path);
+  const std::string config_path =
+      WriteConfig(config, absl::StrCat(testing::TestOutputDir(), "/live_socket.json"));
+  absl::StatusOr<testing::CommandResult> second = testing::RunCommand(
+      {RunfilePath("services/cache/cache_server"), "--config=" + config_path});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->exit_code, 1) << second->output;
+  EXPECT_TRUE(absl::StrContains(second->output, "in use")) << second->output;
+  EXPECT_EQ(c.Get("k").value(), "v");  // the first server is unaffected
+}
+
+TEST(CacheServiceConfigTest, CheckConfigAndBadConfig) {
+  const std::string dir = testing::TestOutputDir();
+  v1::CacheServiceConfig good = SmallConfig();
+  const std::string good_path = WriteConfig(good, dir + "/check_good.json");
+  absl::StatusOr<testing::CommandResult> ok = testing::RunCommand(
+      {RunfilePath("services/cache/cache_server"), "--config=" + good_path, "--check_config"});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->exit_code, 0) << ok->output;
+  EXPECT_TRUE(absl::StrContains(ok->output, "configuration OK")) << ok->output;
+
+  std::ofstream(dir + "/check_bad.json") << R"({"capacityBytes": "1024", "shards": 16})";
+  absl::StatusOr<testing::CommandResult> bad = testing::RunCommand(
+      {RunfilePath("services/cache/cache_server"), "--config=" + dir + "/check_bad.json",
+       "--check_config"});
+  ASSERT_TRUE(bad.ok()) << bad.status();
+  EXPECT_EQ(bad->exit_code, 2) << bad->output;
+  EXPECT_TRUE(absl::StrContains(bad->output, "per shard")) << bad->output;
+}
+
+}  // namespace
+}  // namespace poolside
