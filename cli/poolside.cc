@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/cache_command.h"
 #include "cli/command_line.h"
 #include "cli/table.h"
 #include "cli/value_format.h"
@@ -275,6 +276,10 @@ int RunStats(v1::QueryService::Stub* stub, const Invocation& inv) {
 }
 
 int Main(int argc, char** argv) {
+  // `poolside cache ...` talks to the cache sidecar (cli/cache_command.h).
+  if (argc >= 2 && std::string(argv[1]) == "cache") {
+    return RunCacheCommand(std::vector<std::string>(argv + 2, argv + argc));
+  }
   Invocation defaults;
   if (const char* addr = std::getenv("POOLSIDE_ADDR"); addr && *addr) {
     defaults.addr = addr;
