@@ -422,8 +422,8 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
     }
     counters_.misses.fetch_add(1, std::memory_order_relaxed);
     auto participant = std::make_unique<Participant>(std::move(*p));
-    Fly(db, *owned, key, r->generation, std::move(tags), participant->deadline,
-        std::move(participant));
+    const absl::Time deadline = participant->deadline;  // before the move below
+    Fly(db, *owned, key, r->generation, std::move(tags), deadline, std::move(participant));
     in_flight_.fetch_sub(1);
   });
 }

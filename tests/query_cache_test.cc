@@ -1,0 +1,453 @@
+// Cached reads through the real query_server and cache_server binaries, on a
+// real PostgreSQL: outcomes, expiry, stale-while-revalidate, invalidation by
+// writes through poolside and by other clients (committed only), two replicas,
+// the fill that races a write, single flight, and a sidecar killed under load.
+
+#include <libpq-fe.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/client_context.h"
+#include "gtest/gtest.h"
+#include "proto/poolside/v1/cache.grpc.pb.h"
+#include "proto/poolside/v1/config.pb.h"
+#include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/poolside_servers.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside {
+namespace {
+
+using ::poolside::testing::Connect;
+using ::poolside::testing::NewStem;
+using ::poolside::testing::PostgresCluster;
+using ::poolside::testing::ServiceProcess;
+using ::poolside::testing::SharedPostgres;
+using ::poolside::testing::StartConfigured;
+using ::poolside::testing::WaitFor;
+
+constexpr char kDb[] = "qc";
+
+// A cache sidecar on a unix socket (and TCP, for the test's own calls).
+struct Sidecar {
+  std::string socket;
+  std::string stem;
+  std::unique_ptr<ServiceProcess> process;
+  std::unique_ptr<v1::CacheService::Stub> stub;
+
+  absl::Status Start() {
+    if (stem.empty()) {
+      stem = NewStem("cache_server");
+      // Unix socket paths are limited to 107 bytes: not under the test outputs.
+      static std::atomic<int> n{0};
+      socket = absl::StrCat("/tmp/poolside-qc-", getpid(), "-", n.fetch_add(1), ".sock");
+    }
+    v1::CacheServiceConfig config;
+    config.mutable_server()->set_listen("127.0.0.1:0");
+    config.mutable_server()->set_port_file(stem + ".port");
+    config.set_unix_socket(socket);
+    config.set_capacity_bytes(64 << 20);
+    auto p = StartConfigured("services/cache/cache_server", config, stem + ".port",
+                             absl::StrCat(stem, ".", absl::ToUnixMicros(absl::Now())));
+    if (!p.ok()) return p.status();
+    process = *std::move(p);
+    auto channel = Connect(process->address());
+    if (!channel.ok()) return channel.status();
+    stub = v1::CacheService::NewStub(*channel);
+    return absl::OkStatus();
+  }
+
+  v1::CacheStats Stats() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::CacheStats stats;
+    grpc::Status s = stub->GetStats(&ctx, v1::CacheGetStatsRequest(), &stats);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return stats;
+  }
+};
+
+struct Replica {
+  Sidecar sidecar;
+  std::unique_ptr<ServiceProcess> process;
+  std::unique_ptr<v1::QueryService::Stub> stub;
+};
+
+v1::QueryServiceConfig ReplicaConfig(PostgresCluster& pg, const std::string& socket) {
+  v1::QueryServiceConfig config;
+  v1::DatabaseConfig* db = config.add_databases();
+  db->set_name(kDb);
+  db->set_dsn(pg.Dsn(kDb));
+  db->mutable_pool()->set_max_size(4);
+  db->mutable_pool()->set_min_idle(1);
+  config.mutable_server()->set_drain_timeout_ms(2000);
+  v1::QueryCacheConfig* cache = config.mutable_cache();
+  cache->set_target(absl::StrCat("unix:", socket));
+  cache->set_call_timeout_ms(500);
+  v1::CachedTables* tables = cache->add_tables();
+  tables->set_database(kDb);
+  tables->add_tables("items");
+  tables->add_tables("other");
+  tables->add_tables("counters");
+  return config;
+}
+
+absl::Status StartReplica(PostgresCluster& pg, Replica* r) {
+  if (absl::Status s = r->sidecar.Start(); !s.ok()) return s;
+  v1::QueryServiceConfig config = ReplicaConfig(pg, r->sidecar.socket);
+  const std::string stem = NewStem("query_server");
+  config.mutable_server()->set_listen("127.0.0.1:0");
+  config.mutable_server()->set_port_file(stem + ".port");
+  auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
+  if (!p.ok()) return p.status();
+  r->process = *std::move(p);
+  auto channel = Connect(r->process->address());
+  if (!channel.ok()) return channel.status();
+  r->stub = v1::QueryService::NewStub(*channel);
+  return absl::OkStatus();
+}
+
+v1::ExecuteRequest Read(const std::string& sql, uint32_t ttl_ms = 60000, uint32_t swr_ms = 0) {
+  v1::ExecuteRequest r;
+  r.set_database(kDb);
+  r.set_sql(sql);
+  r.mutable_cache()->set_ttl_ms(ttl_ms);
+  r.mutable_cache()->set_stale_while_revalidate_ms(swr_ms);
+  return r;
+}
+
+struct Outcome {
+  grpc::Status status;
+  v1::CacheOutcome cache = v1::CACHE_OUTCOME_UNSPECIFIED;
+  std::string first;  // first column of the first row, as text
+};
+
+Outcome Call(v1::QueryService::Stub& stub, const v1::ExecuteRequest& request,
+             absl::Duration timeout = absl::Seconds(20)) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::ExecuteResponse response;
+  Outcome out;
+  out.status = stub.Execute(&ctx, request, &response);
+  out.cache = response.cache();
+  if (response.result().rows_size() > 0 && response.result().rows(0).values_size() > 0) {
+    const v1::Value& v = response.result().rows(0).values(0);
+    out.first = v.has_text_value() ? v.text_value() : absl::StrCat(v.int64_value());
+  }
+  return out;
+}
+
+Outcome Write(v1::QueryService::Stub& stub, const std::string& sql) {
+  v1::ExecuteRequest r;
+  r.set_database(kDb);
+  r.set_sql(sql);
+  return Call(stub, r);
+}
+
+// Waits until reads of `database` use the cache (the listener subscribed and
+// flushed): a read that is not BYPASS.
+bool CacheReady(v1::QueryService::Stub& stub) {
+  return WaitFor([&] { return Call(stub, Read("SELECT 1 AS ready", 1000)).cache != v1::BYPASS; },
+                 absl::Seconds(20));
+}
+
+// A session of the test's own, outside poolside (libpq).
+class Session {
+ public:
+  explicit Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
+  ~Session() { PQfinish(conn_); }
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  std::string Exec(const std::string& sql) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    std::string error;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+      error = PQresultErrorMessage(r);
+    }
+    PQclear(r);
+    return error;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+class QueryCacheTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    PostgresCluster& pg = SharedPostgres();
+    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
+    ASSERT_TRUE(pg.Exec(kDb,
+                        "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text);"
+                        "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int);"
+                        "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int);"
+                        "CREATE OR REPLACE VIEW item_names AS SELECT name FROM items;"
+                        "CREATE SEQUENCE IF NOT EXISTS flight_seq")
+                    .ok());
+    a_ = new Replica();
+    absl::Status s = StartReplica(pg, a_);
+    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_TRUE(CacheReady(*a_->stub)) << "replica A never used its cache";
+  }
+  static void TearDownTestSuite() {
+    delete a_;
+    a_ = nullptr;
+  }
+  void SetUp() override {
+    ASSERT_NE(a_, nullptr);
+    ASSERT_TRUE(SharedPostgres()
+                    .Exec(kDb,
+                          "TRUNCATE items, other, counters;"
+                          "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
+                          "INSERT INTO other VALUES (1, 10);"
+                          "INSERT INTO counters VALUES (1, 0)")
+                    .ok());
+    // The TRUNCATE/INSERT notifications must be processed before the test
+    // relies on its own: wait for their effect.
+    Outcome o;
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          o = Call(stub(), Read("SELECT v FROM other WHERE id = 1"));
+          return o.status.ok() && o.first == "10";
+        },
+        absl::Seconds(10)))
+        << o.status.error_message() << " outcome " << o.cache << " value " << o.first;
+  }
+  v1::QueryService::Stub& stub() { return *a_->stub; }
+  static Replica* a_;
+};
+
+Replica* QueryCacheTest::a_ = nullptr;
+
+TEST_F(QueryCacheTest, MissThenHitAndOnlyReadsAreCached) {
+  const auto read = Read("SELECT name FROM items WHERE id = 1 /* hit */");
+  Outcome first = Call(stub(), read);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_EQ(first.cache, v1::MISS);
+  EXPECT_EQ(first.first, "one");
+  Outcome second = Call(stub(), read);
+  EXPECT_EQ(second.cache, v1::HIT);
+  EXPECT_EQ(second.first, "one");
+  // Different parameters are a different entry.
+  v1::ExecuteRequest with_param = Read("SELECT name FROM items WHERE id = $1");
+  with_param.add_params()->set_int64_value(2);
+  EXPECT_EQ(Call(stub(), with_param).cache, v1::MISS);
+  EXPECT_EQ(Call(stub(), with_param).first, "two");
+  // No policy, bypass, a write and FOR UPDATE are never cached.
+  v1::ExecuteRequest plain = read;
+  plain.clear_cache();
+  EXPECT_EQ(Call(stub(), plain).cache, v1::BYPASS);
+  v1::ExecuteRequest bypass = read;
+  bypass.mutable_cache()->set_bypass(true);
+  EXPECT_EQ(Call(stub(), bypass).cache, v1::BYPASS);
+  EXPECT_EQ(Call(stub(), Read("SELECT name FROM items WHERE id = 1 FOR UPDATE")).cache,
+            v1::BYPASS);
+  Outcome write = Call(stub(), Read("UPDATE items SET name = 'uno' WHERE id = 1"));
+  EXPECT_TRUE(write.status.ok()) << write.status.error_message();
+  EXPECT_EQ(write.cache, v1::BYPASS);
+  // An error is an error, not a cache outcome.
+  Outcome bad = Call(stub(), Read("SELECT nope FROM items"));
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(QueryCacheTest, EntriesExpireAndStaleOnesAreServedWhileRefreshing) {
+  const auto read = Read("SELECT name FROM items WHERE id = 2 /* ttl */", 300);
+  EXPECT_EQ(Call(stub(), read).cache, v1::MISS);
+  // Once the ttl passed it misses again (no stale window).
+  EXPECT_TRUE(WaitFor([&] { return Call(stub(), read).cache == v1::MISS; }, absl::Seconds(10)));
+
+  // A read whose value changes every time it runs, with a stale window.
+  const auto clock = Read("SELECT 'v' || nextval('flight_seq') /* swr clock */", 300, 60000);
+  Outcome first = Call(stub(), clock);
+  ASSERT_EQ(first.cache, v1::MISS);
+  Outcome stale;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        stale = Call(stub(), clock);
+        return stale.cache == v1::STALE;
+      },
+      absl::Seconds(10)));
+  EXPECT_EQ(stale.first, first.first) << "a stale read serves the old value";
+  // The background refresh replaces it with a fresh one.
+  Outcome fresh;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        fresh = Call(stub(), clock);
+        return fresh.cache == v1::HIT && fresh.first != first.first;
+      },
+      absl::Seconds(10)));
+}
+
+TEST_F(QueryCacheTest, WriteThroughQueryInvalidatesBeforeItsReply) {
+  const auto read = Read("SELECT name FROM item_names ORDER BY name LIMIT 1 /* view */");
+  EXPECT_EQ(Call(stub(), read).first, "one");
+  EXPECT_EQ(Call(stub(), read).cache, v1::HIT);
+  ASSERT_TRUE(Write(stub(), "UPDATE items SET name = 'aaa' WHERE id = 2").status.ok());
+  // No waiting: the write's reply came after its invalidation.
+  Outcome after = Call(stub(), read);
+  EXPECT_EQ(after.cache, v1::MISS);
+  EXPECT_EQ(after.first, "aaa") << "the view's base table was invalidated";
+}
+
+TEST_F(QueryCacheTest, CommittedWritesOutsidePoolsideInvalidateRolledBackOnesDoNot) {
+  const auto items = Read("SELECT name FROM items WHERE id = 1 /* external */");
+  const auto other = Read("SELECT v FROM other WHERE id = 1 /* external */");
+  EXPECT_EQ(Call(stub(), items).first, "one");
+  EXPECT_EQ(Call(stub(), other).first, "10");
+  ASSERT_EQ(Call(stub(), items).cache, v1::HIT);
+  ASSERT_EQ(Call(stub(), other).cache, v1::HIT);
+
+  PostgresCluster& pg = SharedPostgres();
+  // Rolled back: no notification, the entry stays.
+  ASSERT_TRUE(pg.Exec(kDb, "BEGIN; UPDATE items SET name = 'rolled back' WHERE id = 1; ROLLBACK")
+                  .ok());
+  // Committed afterwards on another table: once its invalidation is seen,
+  // everything notified before it has been processed too.
+  ASSERT_TRUE(pg.Exec(kDb, "UPDATE other SET v = 11 WHERE id = 1").ok());
+  EXPECT_TRUE(WaitFor([&] { return Call(stub(), other).first == "11"; }, absl::Seconds(10)));
+  Outcome kept = Call(stub(), items);
+  EXPECT_EQ(kept.cache, v1::HIT);
+  EXPECT_EQ(kept.first, "one");
+
+  // Committed by a plain client: the cached read changes.
+  ASSERT_TRUE(pg.Exec(kDb, "UPDATE items SET name = 'psql' WHERE id = 1").ok());
+  EXPECT_TRUE(WaitFor([&] { return Call(stub(), items).first == "psql"; }, absl::Seconds(10)));
+}
+
+TEST_F(QueryCacheTest, WriteThroughOneReplicaIsSeenByAnother) {
+  Replica b;
+  absl::Status s = StartReplica(SharedPostgres(), &b);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_TRUE(CacheReady(*b.stub));
+  const auto read = Read("SELECT name FROM items WHERE id = 1 /* replicas */");
+  EXPECT_EQ(Call(*b.stub, read).first, "one");
+  ASSERT_EQ(Call(*b.stub, read).cache, v1::HIT);
+  ASSERT_TRUE(Write(stub(), "UPDATE items SET name = 'from A' WHERE id = 1").status.ok());
+  EXPECT_TRUE(WaitFor([&] { return Call(*b.stub, read).first == "from A"; }, absl::Seconds(10)));
+  EXPECT_EQ(Call(*b.stub, read).cache, v1::HIT);
+}
+
+TEST_F(QueryCacheTest, AFillThatRacedACommittedWriteIsNotStored) {
+  PostgresCluster& pg = SharedPostgres();
+  Session holder(pg.Dsn(kDb));
+  ASSERT_TRUE(holder.ok());
+  ASSERT_EQ(holder.Exec("SELECT pg_advisory_lock(4242)"), "");
+  // The read takes its snapshot, then waits for the lock the test holds.
+  const auto slow = Read(
+      "SELECT i.name FROM items i, (SELECT pg_advisory_lock_shared(4242)) l "
+      "WHERE i.id = 1 /* race */");
+  Outcome slow_result;
+  std::thread reader([&] { slow_result = Call(stub(), slow, absl::Seconds(30)); });
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return pg.QueryValue(kDb,
+                             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                             "'Lock' AND query LIKE '%race%' AND query NOT LIKE '%EXPLAIN%'")
+                   .value_or("0") == "1";
+      },
+      absl::Seconds(10)))
+      << "the slow read never started";
+  const uint64_t rejected_before = a_->sidecar.Stats().sets_rejected();
+  // A write commits while the read is running, and its invalidation lands.
+  const uint64_t invalidations_before = a_->sidecar.Stats().invalidations();
+  ASSERT_TRUE(pg.Exec(kDb, "UPDATE items SET name = 'new' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return a_->sidecar.Stats().invalidations() > invalidations_before; },
+                      absl::Seconds(10)));
+  ASSERT_EQ(holder.Exec("SELECT pg_advisory_unlock(4242)"), "");
+  reader.join();
+  ASSERT_TRUE(slow_result.status.ok()) << slow_result.status.error_message();
+  EXPECT_EQ(slow_result.first, "one") << "the read's snapshot predates the write";
+  EXPECT_EQ(slow_result.cache, v1::MISS);
+  // Its fill was refused; the next read sees the write.
+  EXPECT_TRUE(WaitFor([&] { return a_->sidecar.Stats().sets_rejected() > rejected_before; },
+                      absl::Seconds(10)));
+  Outcome next = Call(stub(), slow);
+  EXPECT_EQ(next.cache, v1::MISS);
+  EXPECT_EQ(next.first, "new");
+}
+
+TEST_F(QueryCacheTest, ConcurrentIdenticalMissesRunTheStatementOnce) {
+  PostgresCluster& pg = SharedPostgres();
+  Session holder(pg.Dsn(kDb));
+  ASSERT_TRUE(holder.ok());
+  ASSERT_EQ(holder.Exec("SELECT pg_advisory_lock(4343)"), "");
+  // Each execution bumps the counter row's sequence; the lock keeps the first
+  // one running until all callers have missed.
+  const auto read = Read(
+      "SELECT nextval('flight_seq') AS n FROM counters c, "
+      "(SELECT pg_advisory_lock_shared(4343)) l WHERE c.id = 1 /* flight */");
+  const std::string before = *pg.QueryValue(kDb, "SELECT last_value FROM flight_seq");
+  const uint64_t misses_before = a_->sidecar.Stats().misses();
+  constexpr int kCallers = 50;
+  std::vector<Outcome> results(kCallers);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kCallers; ++i) {
+    callers.emplace_back([&, i] { results[i] = Call(stub(), read, absl::Seconds(60)); });
+  }
+  ASSERT_TRUE(WaitFor([&] { return a_->sidecar.Stats().misses() >= misses_before + kCallers; },
+                      absl::Seconds(30)))
+      << "not every caller reached the cache";
+  ASSERT_EQ(holder.Exec("SELECT pg_advisory_unlock(4343)"), "");
+  for (std::thread& t : callers) t.join();
+  const std::string after = *pg.QueryValue(kDb, "SELECT last_value FROM flight_seq");
+  EXPECT_EQ(std::stoll(after) - std::stoll(before), 1) << "the statement ran more than once";
+  for (const Outcome& o : results) {
+    EXPECT_TRUE(o.status.ok()) << o.status.error_message();
+    EXPECT_EQ(o.cache, v1::MISS);
+    EXPECT_EQ(o.first, results[0].first);
+  }
+}
+
+TEST_F(QueryCacheTest, KilledSidecarFailsNoCallAndCachingResumes) {
+  Replica r;
+  absl::Status s = StartReplica(SharedPostgres(), &r);
+  ASSERT_TRUE(s.ok()) << s;
+  ASSERT_TRUE(CacheReady(*r.stub));
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0}, calls{0};
+  absl::Mutex mu;
+  std::string first_failure;
+  std::vector<std::thread> load;
+  for (int t = 0; t < 4; ++t) {
+    load.emplace_back([&, t] {
+      const auto read = Read(absl::StrCat("SELECT name FROM items WHERE id = ", 1 + t % 2,
+                                          " /* load */"));
+      while (!stop.load()) {
+        Outcome o = Call(*r.stub, read, absl::Seconds(10));
+        calls.fetch_add(1);
+        if (!o.status.ok() || o.first.empty()) {
+          failures.fetch_add(1);
+          absl::MutexLock lock(&mu);
+          if (first_failure.empty()) first_failure = o.status.error_message();
+        }
+      }
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return calls.load() > 200; }, absl::Seconds(30)));
+  ASSERT_TRUE(r.sidecar.process->Signal(SIGKILL).ok());
+  ASSERT_TRUE(r.sidecar.process->Wait(absl::Seconds(10)).ok());
+  const int at_kill = calls.load();
+  ASSERT_TRUE(WaitFor([&] { return calls.load() > at_kill + 200; }, absl::Seconds(30)))
+      << "calls stopped while the sidecar was down";
+  s = r.sidecar.Start();  // same socket path
+  ASSERT_TRUE(s.ok()) << s;
+  const auto probe = Read("SELECT name FROM items WHERE id = 1 /* load */");
+  EXPECT_TRUE(WaitFor([&] { return Call(*r.stub, probe).cache == v1::HIT; }, absl::Seconds(30)))
+      << "caching did not resume after the sidecar restarted";
+  stop.store(true);
+  for (std::thread& t : load) t.join();
+  EXPECT_EQ(failures.load(), 0) << "first failure: " << first_failure;
+  EXPECT_GT(r.sidecar.Stats().hits(), 0u);
+}
+
+}  // namespace
+}  // namespace poolside
