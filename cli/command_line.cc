@@ -129,6 +129,12 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       if (!absl::SimpleAtoi(*v, &inv.max_rows)) {
         return Usage(absl::StrCat("--max_rows: \"", *v, "\" is not a number"));
       }
+    } else if (opt.name == "cache_ttl_ms" && command_is({Command::kQuery})) {
+      absl::StatusOr<std::string> v = take_value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &inv.cache_ttl_ms)) {
+        return Usage(absl::StrCat("--cache_ttl_ms: \"", *v, "\" is not a number"));
+      }
     } else if (opt.name == "limit" && command_is({Command::kStats})) {
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
@@ -173,7 +179,7 @@ Usage:
   poolside [--addr=HOST:PORT] [--timeout=DURATION] COMMAND ...
 
 Commands:
-  query [--db NAME] [--stream] [--max_rows N] SQL [PARAM ...]
+  query [--db NAME] [--stream] [--max_rows N] [--cache_ttl_ms N] SQL [PARAM ...]
         Runs one statement and prints the result as a table, then "(N rows)"
         or the command tag. --stream uses ExecuteStream and prints rows as they
         arrive (column widths are fixed by the first chunk).

@@ -30,6 +30,8 @@ struct Invocation {
   // query
   bool stream = false;
   uint64_t max_rows = 0;
+  // Execute through the cache sidecar with this ttl (0: not cached).
+  uint32_t cache_ttl_ms = 0;
   std::string sql;
   std::vector<std::string> params;
   // check: databases to check (empty: all).

@@ -116,6 +116,7 @@ int RunQuery(v1::QueryService::Stub* stub, const Invocation& inv) {
   req.set_database(inv.database);
   req.set_sql(inv.sql);
   req.set_max_rows(inv.max_rows);
+  if (inv.cache_ttl_ms > 0) req.mutable_cache()->set_ttl_ms(inv.cache_ttl_ms);
   for (const std::string& p : inv.params) {
     absl::StatusOr<v1::Value> v = ParseParam(p);
     if (!v.ok()) return PrintError(v.status());
@@ -135,6 +136,7 @@ int RunQuery(v1::QueryService::Stub* stub, const Invocation& inv) {
       Print(table.Render());
     }
     PrintFooter(has_columns, rs.rows_size(), rs.command_tag());
+    if (inv.cache_ttl_ms > 0) Print(absl::StrCat("cache: ", v1::CacheOutcome_Name(resp.cache()), "\n"));
     return kExitOk;
   }
 
