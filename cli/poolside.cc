@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "cli/cache_command.h"
 #include "cli/command_line.h"
+#include "cli/ingest_command.h"
 #include "cli/table.h"
 #include "cli/value_format.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
@@ -285,6 +286,10 @@ int Main(int argc, char** argv) {
   Invocation defaults;
   if (const char* addr = std::getenv("POOLSIDE_ADDR"); addr && *addr) {
     defaults.addr = addr;
+  }
+  // `ingest` has its own options (cli/ingest_command.h).
+  if (argc > 1 && std::string(argv[1]) == "ingest") {
+    return RunIngestCommand(std::vector<std::string>(argv + 2, argv + argc));
   }
   absl::StatusOr<Invocation> inv =
       ParseCommandLine(std::vector<std::string>(argv + 1, argv + argc), defaults);
