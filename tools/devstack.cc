@@ -1,16 +1,19 @@
 // devstack: the local development stack behind `make run`.
 //
 // Starts (or reuses) a PostgreSQL cluster in <run_dir>/pgdata on a fixed port,
-// creates the `demo` database with an `accounts` table, starts the query
-// service on it, prints how to call it, and runs until SIGINT/SIGTERM; then
-// stops the service (drain) and PostgreSQL, leaving no process behind.
+// creates the `demo` database with `accounts` and `events` tables, starts the
+// cache sidecar (TCP and <run_dir>/cache.sock), the query service (caching
+// through the sidecar, invalidated by writes to `accounts`) and the ingest
+// service (writing `events`), prints how to call them, and runs until
+// SIGINT/SIGTERM; then stops the services (drain) and PostgreSQL, leaving no
+// process behind.
 //
 //   bazel-bin/tools/devstack --run_dir=$PWD/.run
 //   bazel-bin/tools/devstack --run_dir=/tmp/bench --no_query --ready_file=/tmp/bench/ready
 //
 // The ready file (written once everything is up, removed at exit) is a shell
 // fragment for scripts: PG_HOST, PG_PORT, PG_DSN, PG_SOCKET_DIR, QUERY_ADDR,
-// DEVSTACK_PID.
+// CACHE_ADDR, CACHE_SOCKET, INGEST_ADDR, DEVSTACK_PID.
 
 #include <signal.h>
 #include <unistd.h>
@@ -48,7 +51,9 @@ ABSL_FLAG(std::string, ready_file, "",
           "at exit.");
 ABSL_FLAG(std::string, extra_sql, "",
           "A SQL file run in database `demo` after the demo setup.");
-ABSL_FLAG(bool, no_query, false, "Run only PostgreSQL, not the query service.");
+ABSL_FLAG(bool, no_query, false, "Run only PostgreSQL, not the services.");
+ABSL_FLAG(int, cache_port, 50052, "Cache sidecar gRPC port on 127.0.0.1.");
+ABSL_FLAG(int, ingest_port, 50053, "Ingest service gRPC port on 127.0.0.1.");
 
 namespace poolside::devstack {
 namespace {
@@ -77,6 +82,13 @@ SELECT g,
                           'active', g % 10 <> 0)
 FROM generate_series(1, 1000) AS g
 ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS events (
+  id         bigint PRIMARY KEY,
+  account_id bigint NOT NULL,
+  kind       text NOT NULL,
+  amount     numeric(14,2),
+  at         timestamptz NOT NULL
+);
 )sql";
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -113,6 +125,41 @@ std::string ShellQuote(const std::string& s) {
   return out + "'";
 }
 
+absl::StatusOr<std::string> ToJson(const google::protobuf::Message& config) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(config, &json, options).ok()) {
+    return absl::InternalError("cannot render a service configuration");
+  }
+  return json;
+}
+
+absl::StatusOr<std::string> CacheConfigJson(const std::string& run_dir, int port) {
+  v1::CacheServiceConfig config;
+  config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
+  config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/cache.port"));
+  config.set_unix_socket(absl::StrCat(run_dir, "/cache.sock"));
+  config.set_capacity_bytes(256u << 20);
+  return ToJson(config);
+}
+
+absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
+                                             const std::string& run_dir, int port) {
+  v1::IngestServiceConfig config;
+  config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
+  config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/ingest.port"));
+  config.mutable_server()->set_drain_timeout_ms(5000);
+  v1::DatabaseConfig* db = config.add_databases();
+  db->set_name(kDemoDatabase);
+  db->set_dsn(pg.Dsn(kDemoDatabase));
+  db->mutable_pool()->set_max_size(4);
+  v1::IngestTables* tables = config.add_tables();
+  tables->set_database(kDemoDatabase);
+  tables->add_tables("events");
+  return ToJson(config);
+}
+
 absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
                                             const std::string& run_dir,
                                             int query_port) {
@@ -126,16 +173,16 @@ absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
   db->mutable_pool()->set_min_idle(2);
   db->mutable_pool()->set_max_size(8);
   config.set_default_database(kDemoDatabase);
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  std::string json;
-  if (!google::protobuf::util::MessageToJsonString(config, &json, options).ok()) {
-    return absl::InternalError("cannot render the query service configuration");
-  }
-  return json;
+  v1::QueryCacheConfig* cache = config.mutable_cache();
+  cache->set_target(absl::StrCat("unix:", run_dir, "/cache.sock"));
+  v1::CachedTables* cached = cache->add_tables();
+  cached->set_database(kDemoDatabase);
+  cached->add_tables("accounts");
+  return ToJson(config);
 }
 
 void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
+                const ServiceProcess* cache, const ServiceProcess* ingest,
                 const std::string& run_dir) {
   std::vector<std::string> lines = {
       "",
@@ -164,6 +211,26 @@ void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
                       query->address(), " poolside.v1.QueryService/Execute"),
          absl::StrCat("  grpcurl -plaintext ", query->address(),
                       " grpc.health.v1.Health/Check")});
+  }
+  if (query != nullptr && cache != nullptr) {
+    lines.insert(
+        lines.end(),
+        {"",
+         absl::StrCat("  cache        ", cache->address(), " and unix:", run_dir,
+                      "/cache.sock  (log: ", cache->log_path(), ")"),
+         absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(),
+                      " query --cache_ttl_ms 60000 'SELECT owner FROM accounts WHERE id = $1' 7"
+                      "   # MISS, then HIT; an UPDATE of accounts invalidates it"),
+         absl::StrCat("  bazel-bin/cli/poolside cache stats --cache=", cache->address())});
+  }
+  if (ingest != nullptr) {
+    lines.insert(
+        lines.end(),
+        {"",
+         absl::StrCat("  ingest       ", ingest->address(), "  (writes demo.events; log: ",
+                      ingest->log_path(), ")"),
+         absl::StrCat("  bazel-bin/cli/poolside --addr=", ingest->address(),
+                      " ingest --table events FILE.csv   # header: id,account_id,kind,amount,at")});
   }
   lines.insert(lines.end(), {"", "Ctrl-C (SIGINT) or SIGTERM stops everything.", ""});
   printf("%s\n", absl::StrJoin(lines, "\n").c_str());
@@ -209,41 +276,68 @@ int Run() {
     return 1;
   }
 
-  std::unique_ptr<ServiceProcess> query;
-  if (!absl::GetFlag(FLAGS_no_query)) {
-    const std::string config_path = absl::StrCat(run_dir, "/query.json");
-    absl::StatusOr<std::string> config =
-        QueryConfigJson(**pg, run_dir, absl::GetFlag(FLAGS_query_port));
-    absl::Status written = config.ok() ? WriteFileAtomically(config_path, *config)
-                                       : config.status();
+  // Started in this order, stopped in the reverse one.
+  struct Service {
+    std::string name;
+    std::unique_ptr<ServiceProcess> process;
+  };
+  std::vector<Service> services;
+  auto start = [&](const std::string& name, const std::string& binary_path,
+                   absl::StatusOr<std::string> config) -> bool {
+    const std::string config_path = absl::StrCat(run_dir, "/", name, ".json");
+    absl::Status written =
+        config.ok() ? WriteFileAtomically(config_path, *config) : config.status();
     if (!written.ok()) {
       fprintf(stderr, "devstack: %s\n", std::string(written.message()).c_str());
-      return 1;
+      return false;
     }
-    const std::string binary = RunfilePath("services/query/query_server");
-    printf("devstack: starting %s on port %d...\n", binary.c_str(),
-           absl::GetFlag(FLAGS_query_port));
+    const std::string binary = RunfilePath(binary_path);
+    printf("devstack: starting %s...\n", name.c_str());
     fflush(stdout);
     absl::StatusOr<std::unique_ptr<ServiceProcess>> started = ServiceProcess::Start(
         binary, {absl::StrCat("--config=", config_path)},
-        absl::StrCat(run_dir, "/query.port"), absl::Seconds(60),
-        absl::StrCat(run_dir, "/query.log"));
+        absl::StrCat(run_dir, "/", name, ".port"), absl::Seconds(60),
+        absl::StrCat(run_dir, "/", name, ".log"));
     if (!started.ok()) {
-      fprintf(stderr, "devstack: cannot start the query service: %s\n",
+      fprintf(stderr, "devstack: cannot start the %s service: %s\n", name.c_str(),
               std::string(started.status().message()).c_str());
-      return 1;
+      return false;
     }
-    query = *std::move(started);
+    services.push_back(Service{name, *std::move(started)});
+    return true;
+  };
+  bool started_all = true;
+  if (!absl::GetFlag(FLAGS_no_query)) {
+    started_all =
+        start("cache", "services/cache/cache_server",
+              CacheConfigJson(run_dir, absl::GetFlag(FLAGS_cache_port))) &&
+        start("query", "services/query/query_server",
+              QueryConfigJson(**pg, run_dir, absl::GetFlag(FLAGS_query_port))) &&
+        start("ingest", "services/ingest/ingest_server",
+              IngestConfigJson(**pg, run_dir, absl::GetFlag(FLAGS_ingest_port)));
   }
+  auto find = [&](const std::string& name) -> ServiceProcess* {
+    for (Service& s : services) {
+      if (s.name == name) return s.process.get();
+    }
+    return nullptr;
+  };
+  ServiceProcess* query = find("query");
+  ServiceProcess* cache = find("cache");
+  ServiceProcess* ingest = find("ingest");
+  int exit_code = started_all ? 0 : 1;
 
-  PrintUsage(**pg, query.get(), run_dir);
-  if (!ready_file.empty()) {
+  if (started_all) PrintUsage(**pg, query, cache, ingest, run_dir);
+  if (started_all && !ready_file.empty()) {
     std::vector<std::string> vars = {
         "PG_HOST=127.0.0.1",
         absl::StrCat("PG_PORT=", (*pg)->port()),
         absl::StrCat("PG_DSN=", ShellQuote((*pg)->Dsn(kDemoDatabase))),
         absl::StrCat("PG_SOCKET_DIR=", ShellQuote((*pg)->socket_dir())),
         absl::StrCat("QUERY_ADDR=", query != nullptr ? query->address() : ""),
+        absl::StrCat("CACHE_ADDR=", cache != nullptr ? cache->address() : ""),
+        absl::StrCat("CACHE_SOCKET=", cache != nullptr ? ShellQuote(run_dir + "/cache.sock") : ""),
+        absl::StrCat("INGEST_ADDR=", ingest != nullptr ? ingest->address() : ""),
         absl::StrCat("DEVSTACK_PID=", getpid()),
     };
     if (absl::Status s = WriteFileAtomically(ready_file, absl::StrJoin(vars, "\n") + "\n");
@@ -260,34 +354,42 @@ int Run() {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGHUP);
-  int exit_code = 0;
-  for (;;) {
+  while (started_all) {
     timespec tick{0, 200 * 1000 * 1000};
     const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
     if (sig > 0) {
       printf("\ndevstack: %s received, stopping...\n", strsignal(sig));
       break;
     }
-    if (query != nullptr && !query->Running()) {
-      fprintf(stderr, "devstack: the query service exited unexpectedly; log %s:\n%s\n",
-              query->log_path().c_str(), query->LogTail().c_str());
+    bool all_running = true;
+    for (Service& s : services) {
+      if (!s.process->Running()) {
+        fprintf(stderr, "devstack: the %s service exited unexpectedly; log %s:\n%s\n",
+                s.name.c_str(), s.process->log_path().c_str(), s.process->LogTail().c_str());
+        all_running = false;
+      }
+    }
+    if (!all_running) {
       exit_code = 1;
       break;
     }
   }
 
-  if (query != nullptr && query->Running()) {
-    (void)query->Signal(SIGTERM);
-    absl::StatusOr<int> code = query->Wait(absl::Seconds(15));
+  for (auto it = services.rbegin(); it != services.rend(); ++it) {
+    ServiceProcess& p = *it->process;
+    if (!p.Running()) continue;
+    (void)p.Signal(SIGTERM);
+    absl::StatusOr<int> code = p.Wait(absl::Seconds(15));
     if (!code.ok()) {
-      fprintf(stderr, "devstack: the query service did not stop in time; killing it\n");
+      fprintf(stderr, "devstack: the %s service did not stop in time; killing it\n",
+              it->name.c_str());
       exit_code = 1;
     } else if (*code != 0) {
-      fprintf(stderr, "devstack: the query service exited with %d\n", *code);
+      fprintf(stderr, "devstack: the %s service exited with %d\n", it->name.c_str(), *code);
       exit_code = 1;
     }
   }
-  query.reset();  // SIGKILL if it is still running
+  services.clear();  // SIGKILL whatever is still running
   if (absl::Status s = (*pg)->Stop(); !s.ok()) {
     fprintf(stderr, "devstack: stopping PostgreSQL: %s\n",
             std::string(s.message()).c_str());
