@@ -22,6 +22,9 @@ import sys
 BASELINES = {
     "pgbouncer_simple": "direct_simple",
     "poolside_execute": "pgbouncer_simple",
+    # ingest section: rows/s against psql \copy of the same rows
+    "ingest_poolside": "ingest_psql_copy",
+    "ingest_pgbench_insert": "ingest_psql_copy",
 }
 
 # Above this share of CPU in use by others around a point, the point is flagged.
@@ -32,6 +35,9 @@ TITLES = {
     "direct_simple": "pgbench -S -M simple, direct",
     "pgbouncer_simple": "pgbench -S -M simple, via PgBouncer",
     "poolside_execute": "poolside Execute (loadgen)",
+    "ingest_psql_copy": "ingest: psql \\copy, rows/s",
+    "ingest_pgbench_insert": "ingest: single-row INSERT per transaction (pgbench), rows/s",
+    "ingest_poolside": "ingest: poolside Channel (ingest_loadgen), rows/s",
 }
 
 
@@ -100,6 +106,43 @@ def loadgen_point(args):
     print(json.dumps(point))
 
 
+# --- ingest section -------------------------------------------------------------
+def ingest_point(args):
+    point = {
+        "scenario": args.scenario,
+        "concurrency": args.concurrency,
+        "ops_per_sec": round(args.rows / args.seconds, 1) if args.seconds > 0 else None,
+        "rows": args.rows,
+        "seconds": args.seconds,
+        "p50_us": None,
+        "p99_us": None,
+        "errors": 0,
+        "loadavg_after": args.loadavg,
+        "other_cpu_busy_pct_before": args.busy,
+        "other_cpu_busy_pct_after": args.busy_after,
+    }
+    if args.scenario != "ingest_psql_copy":
+        point["baseline_concurrency"] = 1  # psql \copy is one client
+    print(json.dumps(point))
+
+
+def ingest_notes(points, settings):
+    by = {p["scenario"]: p for p in points if p["scenario"].startswith("ingest_")}
+    if not by:
+        return []
+    out = ["", "Ingest: " + settings.get("ingest", "") + "."]
+    pool, copy, ins = (by.get("ingest_poolside"), by.get("ingest_psql_copy"),
+                       by.get("ingest_pgbench_insert"))
+    if pool and copy and copy["ops_per_sec"]:
+        out.append(f"Ingest through poolside reaches {pool['ops_per_sec'] / copy['ops_per_sec']:.2f}x "
+                   "psql \\copy rows/s with acknowledgement after COMMIT (DESIGN target: >= 0.7).")
+    if pool and ins and ins["ops_per_sec"]:
+        out.append(f"Batching gain: poolside ingest writes {pool['ops_per_sec'] / ins['ops_per_sec']:.1f}x "
+                   "the rows/s of single-row INSERT transactions at the same client concurrency.")
+    return out
+# --- end of ingest section ------------------------------------------------------
+
+
 def fmt_int(v):
     return "—" if v is None else f"{v:,.0f}"
 
@@ -116,7 +159,8 @@ def report(args):
     by_key = {(p["scenario"], p["concurrency"]): p for p in points}
     for p in points:
         base = BASELINES.get(p["scenario"])
-        b = by_key.get((base, p["concurrency"])) if base else None
+        b = (by_key.get((base, p.get("baseline_concurrency", p["concurrency"])))
+             if base else None)
         p["title"] = TITLES.get(p["scenario"], p["scenario"])
         p["baseline"] = base
         p["baseline_ops_per_sec"] = b["ops_per_sec"] if b else None
@@ -177,6 +221,7 @@ def report(args):
     else:
         out.append(f"No point had other work using more than {BUSY_LIMIT}% of the CPU in the "
                    "second before or after it.")
+    out.extend(ingest_notes(points, s))
     for n in m.get("notes", []):
         out.append(f"- {n}")
     with open(args.md, "w") as f:
@@ -198,6 +243,14 @@ def main():
                         help="%% CPU in use (by others) in the second after it")
         if name == "pgbench-point":
             sp.add_argument("--log-prefix", required=True)
+    sp = sub.add_parser("ingest-point")  # ingest section
+    sp.add_argument("--scenario", required=True)
+    sp.add_argument("--concurrency", type=int, required=True)
+    sp.add_argument("--rows", type=float, required=True)
+    sp.add_argument("--seconds", type=float, required=True)
+    sp.add_argument("--loadavg", default="")
+    sp.add_argument("--busy", type=int, default=None)
+    sp.add_argument("--busy-after", type=int, default=None)
     sp = sub.add_parser("report")
     sp.add_argument("--points", required=True)
     sp.add_argument("--meta", required=True)
@@ -205,6 +258,7 @@ def main():
     sp.add_argument("--md", required=True)
     args = ap.parse_args()
     {"pgbench-point": pgbench_point, "loadgen-point": loadgen_point,
+     "ingest-point": ingest_point,
      "report": report}[args.cmd](args)
 
 

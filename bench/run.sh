@@ -78,6 +78,7 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$CHILD_PID" 5
+  stop_pid "${INGEST_PID:-}" 20
   stop_pid "$BOUNCER_PID" 10
   if [[ -f $TMP/bouncer/pgbouncer.pid ]]; then
     stop_pid "$(cat "$TMP/bouncer/pgbouncer.pid")" 5
@@ -147,6 +148,7 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building"
   targets=(//bench:loadgen)
+  targets+=(//bench:ingest_loadgen //services/ingest:ingest_server)  # ingest section
   if [[ -z ${BENCH_PG_PORT:-} ]]; then
     targets+=(//tools:devstack)
     [[ -z ${BENCH_NO_POOLSIDE:-} ]] && targets+=(//services/query:query_server)
@@ -284,6 +286,94 @@ for c in $CONCURRENCY; do
     loadgen_point "$c"
   fi
 done
+
+# --- ingest: poolside ingest vs psql \copy vs single-row INSERTs ----------------
+# The same realistic 5-column rows (bench/ingest_loadgen.cc) three ways, each
+# into its own fresh table: `psql \copy` of a CSV file (the COPY ceiling), a
+# pgbench custom script doing one single-row INSERT per transaction, and
+# bench/ingest_loadgen pushing them through the ingest service (acknowledged
+# after COMMIT). BENCH_INGEST_ROWS (1000000), BENCH_INGEST_PRODUCERS (8),
+# BENCH_INGEST_COPY_CONNECTIONS (ingest batch.copyConnections, default 4).
+INGEST_ROWS=${BENCH_INGEST_ROWS:-1000000}
+INGEST_PRODUCERS=${BENCH_INGEST_PRODUCERS:-8}
+INGEST_COPY_CONNECTIONS=${BENCH_INGEST_COPY_CONNECTIONS:-4}
+INGEST_PID=""
+INGEST_SUMMARY="not measured"
+
+ingest_point() {  # scenario concurrency rows seconds busy
+  python3 bench/report.py ingest-point --scenario "$1" --concurrency "$2" --rows "$3" \
+    --seconds "$4" --loadavg "$(loadavg)" --busy "$5" --busy-after "$(cpu_busy_pct)" \
+    | tee -a "$POINTS" >&2
+}
+
+ingest_json_field() {  # file field: from ingest_loadgen's JSON line
+  python3 -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])[sys.argv[2]])' "$1" "$2"
+}
+
+ingest_bench() {
+  local busy t0 t1 tps port n secs i csv=$TMP/ingest_rows.csv
+  local loadgen=$BIN/bench/ingest_loadgen server=$BIN/services/ingest/ingest_server
+  if [[ ! -x $loadgen || ! -x $server ]]; then
+    log "ingest: $loadgen or $server missing, skipped"
+    return 0
+  fi
+  run "$loadgen" --rows="$INGEST_ROWS" --write_csv="$csv" || die "ingest_loadgen --write_csv failed"
+  for t in ingest_copy ingest_insert ingest_poolside; do
+    psql -p "$PG_PORT" -q -c "DROP TABLE IF EXISTS $t; CREATE TABLE $t (id int8 PRIMARY KEY,
+      device text NOT NULL, at timestamptz NOT NULL, value float8, payload text)" >/dev/null \
+      || die "cannot create $t"
+  done
+
+  busy=$(wait_idle)
+  log "ingest_psql_copy ($INGEST_ROWS rows, other CPU load ${busy}%)"
+  t0=$(date +%s.%N)
+  run psql -p "$PG_PORT" -q -v ON_ERROR_STOP=1 \
+    -c "\\copy ingest_copy (id, device, at, value, payload) FROM '$csv' WITH (FORMAT csv)" \
+    >"$TMP/out.txt" 2>&1 || { cat "$TMP/out.txt" >&2; die "psql \\copy failed"; }
+  t1=$(date +%s.%N)
+  ingest_point ingest_psql_copy 1 "$INGEST_ROWS" "$(awk "BEGIN {print $t1 - $t0}")" "$busy"
+
+  printf '%s\n' '\set id random(1, 1000000000000)' \
+    "INSERT INTO ingest_insert (id, device, at, value, payload) VALUES (:id, 'device-' || (:id % 997), to_timestamp(1700000000 + :id % 100000000), :id * 0.25, rpad('event payload ' || :id || ' ', 48, 'x')) ON CONFLICT DO NOTHING;" \
+    >"$TMP/insert.sql"
+  busy=$(wait_idle)
+  log "ingest_pgbench_insert c=$INGEST_PRODUCERS (other CPU load ${busy}%)"
+  run pgbench -p "$PG_PORT" -n -f "$TMP/insert.sql" -c "$INGEST_PRODUCERS" -j "$PGBENCH_THREADS" \
+    -T "$SECS" >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert failed"; }
+  tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/out.txt")
+  [[ -n $tps ]] || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert printed no tps"; }
+  ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "$busy"
+
+  printf '%s\n' \
+    "{\"server\": {\"listen\": \"127.0.0.1:0\", \"portFile\": \"$TMP/ingest.port\"}," \
+    " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"}]," \
+    " \"tables\": [{\"database\": \"demo\", \"tables\": [\"ingest_poolside\"]}]," \
+    " \"batch\": {\"copyConnections\": $INGEST_COPY_CONNECTIONS}}" >"$TMP/ingest.json"
+  rm -f "$TMP/ingest.port"
+  "$server" --config="$TMP/ingest.json" --log_level=warning >"$TMP/ingest.log" 2>&1 &
+  INGEST_PID=$!
+  for ((i = 0; i < 300; i++)); do
+    [[ -s $TMP/ingest.port ]] && break
+    is_alive "$INGEST_PID" || { cat "$TMP/ingest.log" >&2; die "ingest_server exited"; }
+    sleep 0.1
+  done
+  port=$(cat "$TMP/ingest.port" 2>/dev/null) || die "ingest_server did not start"
+  busy=$(wait_idle)
+  log "ingest_poolside p=$INGEST_PRODUCERS ($INGEST_ROWS rows, other CPU load ${busy}%)"
+  run "$loadgen" --addr="127.0.0.1:$port" --table=ingest_poolside --rows="$INGEST_ROWS" \
+    --producers="$INGEST_PRODUCERS" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    || { cat "$TMP/loadgen.err" "$TMP/ingest.log" >&2; die "ingest_loadgen failed"; }
+  n=$(ingest_json_field "$TMP/out.txt" rows)
+  secs=$(ingest_json_field "$TMP/out.txt" seconds)
+  ingest_point ingest_poolside "$INGEST_PRODUCERS" "$n" "$secs" "$busy"
+  [[ $(psql -p "$PG_PORT" -Atc 'SELECT count(*) FROM ingest_poolside') == "$INGEST_ROWS" ]] \
+    || die "ingest_poolside does not hold exactly $INGEST_ROWS rows"
+  stop_pid "$INGEST_PID" 20
+  INGEST_PID=""
+  INGEST_SUMMARY="$INGEST_ROWS rows (id int8, device text, at timestamptz, value float8, 48-byte payload text); ingest_server defaults (batch maxRows 10000, maxBytes 4 MiB, linger 10 ms), copyConnections=$INGEST_COPY_CONNECTIONS; ingest_loadgen: $INGEST_PRODUCERS Channel calls, 1000 rows per request, 8 unacknowledged per call, rows built on the client during the run; psql \\copy of the same rows from CSV; pgbench -f with one single-row INSERT ... ON CONFLICT DO NOTHING per transaction, -c $INGEST_PRODUCERS -T $SECS"
+}
+ingest_bench
+# --- end of ingest section --------------------------------------------------------
 LOAD_END=$(loadavg)
 
 # --- report ---------------------------------------------------------------------
@@ -343,6 +433,7 @@ meta = {
     "pgbouncer_version": "$BOUNCER_VERSION",
     "pgbouncer_pool_size": $POOL_SIZE,
     "query_service": """$query_summary""",
+    "ingest": """${INGEST_SUMMARY:-not measured}""",
     "loadgen": "async gRPC, one completion queue per thread, threads=min(nproc, callers), one TCP connection per 8 callers, random aid",
   },
 }
