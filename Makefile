@@ -7,7 +7,7 @@ APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
   libabsl-dev libpqxx-dev libpq-dev libgtest-dev libgmock-dev libbenchmark-dev \
   prometheus-cpp-dev postgresql postgresql-contrib postgresql-client pgbouncer \
-  python3
+  redis-server redis-tools python3
 
 BAZEL ?= bazel
 RUN_DIR ?= $(CURDIR)/.run

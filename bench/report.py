@@ -22,6 +22,9 @@ import sys
 BASELINES = {
     "pgbouncer_simple": "direct_simple",
     "poolside_execute": "pgbouncer_simple",
+    # cache section: the sidecar's Get against redis-benchmark GET
+    "cache_get_tcp": "redis_get",
+    "cache_get_unix": "redis_get",
     # ingest section: rows/s against psql \copy of the same rows
     "ingest_poolside": "ingest_psql_copy",
     "ingest_pgbench_insert": "ingest_psql_copy",
@@ -35,6 +38,9 @@ TITLES = {
     "direct_simple": "pgbench -S -M simple, direct",
     "pgbouncer_simple": "pgbench -S -M simple, via PgBouncer",
     "poolside_execute": "poolside Execute (loadgen)",
+    "redis_get": "cache: redis-benchmark -t get",
+    "cache_get_tcp": "cache: sidecar Get over TCP (cache_loadgen)",
+    "cache_get_unix": "cache: sidecar Get over unix socket (cache_loadgen)",
     "ingest_psql_copy": "ingest: psql \\copy, rows/s",
     "ingest_pgbench_insert": "ingest: single-row INSERT per transaction (pgbench), rows/s",
     "ingest_poolside": "ingest: poolside Channel (ingest_loadgen), rows/s",
@@ -143,6 +149,44 @@ def ingest_notes(points, settings):
 # --- end of ingest section ------------------------------------------------------
 
 
+# --- cache section --------------------------------------------------------------
+def redis_point(args):
+    """redis-benchmark --csv: "test","rps","avg_latency_ms","min_latency_ms",
+    "p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"."""
+    import csv
+    with open(args.output) as f:
+        rows = [r for r in csv.reader(f) if r]
+    header = next((r for r in rows if r[0] == "test"), None)
+    row = next((r for r in rows if r[0].startswith("GET")), None)
+    if header is None or row is None:
+        sys.exit("redis-benchmark printed no GET row:\n" + "\n".join(",".join(r) for r in rows)[-2000:])
+    rec = dict(zip(header, row))
+
+    def us(name):
+        return round(float(rec[name]) * 1000) if name in rec else None
+
+    point = {
+        "scenario": args.scenario,
+        "concurrency": args.concurrency,
+        "ops_per_sec": round(float(rec["rps"]), 1),
+        "p50_us": us("p50_latency_ms"),
+        "p99_us": us("p99_latency_ms"),
+        "errors": 0,
+        "loadavg_after": args.loadavg,
+        "other_cpu_busy_pct_before": args.busy,
+        "other_cpu_busy_pct_after": args.busy_after,
+    }
+    print(json.dumps(point))
+
+
+def cache_notes(settings):
+    if not settings.get("cache") or settings["cache"].startswith("not measured"):
+        return []
+    return ["", "Cache: " + settings["cache"] + ". DESIGN target: sidecar Get ≥ 0.6x Redis GET "
+            "with p99 under 1 ms at 32 callers (the unix socket is the sidecar's transport)."]
+# --- end of cache section -------------------------------------------------------
+
+
 def fmt_int(v):
     return "—" if v is None else f"{v:,.0f}"
 
@@ -222,6 +266,7 @@ def report(args):
         out.append(f"No point had other work using more than {BUSY_LIMIT}% of the CPU in the "
                    "second before or after it.")
     out.extend(ingest_notes(points, s))
+    out.extend(cache_notes(s))  # cache section
     for n in m.get("notes", []):
         out.append(f"- {n}")
     with open(args.md, "w") as f:
@@ -231,6 +276,13 @@ def report(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("redis-point")  # cache section
+    sp.add_argument("--scenario", required=True)
+    sp.add_argument("--concurrency", type=int, required=True)
+    sp.add_argument("--output", required=True)
+    sp.add_argument("--loadavg", default="")
+    sp.add_argument("--busy", type=int, default=None)
+    sp.add_argument("--busy-after", type=int, default=None)
     for name in ("pgbench-point", "loadgen-point"):
         sp = sub.add_parser(name)
         sp.add_argument("--scenario", required=True)
@@ -258,6 +310,7 @@ def main():
     sp.add_argument("--md", required=True)
     args = ap.parse_args()
     {"pgbench-point": pgbench_point, "loadgen-point": loadgen_point,
+     "redis-point": redis_point,
      "ingest-point": ingest_point,
      "report": report}[args.cmd](args)
 

@@ -26,6 +26,8 @@
 #                              its pgbench tables are re-created
 #   BENCH_QUERY_ADDR=H:P       with BENCH_PG_PORT: a running query service to
 #                              measure (otherwise the poolside rows are skipped)
+#   BENCH_NO_CACHE=1           skip the cache sidecar vs redis-benchmark GET rows
+#   BENCH_CACHE_CONCURRENCY="8 32 64"  cache_loadgen callers = redis-benchmark clients
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -78,6 +80,8 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$CHILD_PID" 5
+  stop_pid "${CACHE_SERVER_PID:-}" 10  # cache section
+  stop_pid "${REDIS_PID:-}" 10         # cache section
   stop_pid "${INGEST_PID:-}" 20
   stop_pid "$BOUNCER_PID" 10
   if [[ -f $TMP/bouncer/pgbouncer.pid ]]; then
@@ -148,6 +152,7 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building"
   targets=(//bench:loadgen)
+  [[ -z ${BENCH_NO_CACHE:-} ]] && targets+=(//bench:cache_loadgen //services/cache:cache_server)  # cache section
   targets+=(//bench:ingest_loadgen //services/ingest:ingest_server)  # ingest section
   if [[ -z ${BENCH_PG_PORT:-} ]]; then
     targets+=(//tools:devstack)
@@ -374,6 +379,96 @@ ingest_bench() {
 }
 ingest_bench
 # --- end of ingest section --------------------------------------------------------
+
+# --- cache: the sidecar's Get (TCP and unix socket) vs redis-benchmark GET -------
+# Own processes: a cache_server and a redis-server (no persistence), both on free
+# ports in $TMP/cache, stopped here and by cleanup. Same value size, key range
+# and client count on both sides; both are preloaded so GETs hit.
+CACHE_SERVER_PID=""
+REDIS_PID=""
+CACHE_CONCURRENCY=${BENCH_CACHE_CONCURRENCY:-"8 32 64"}
+CACHE_KEYS=10000
+CACHE_VALUE_BYTES=100
+CACHE_SUMMARY="not measured"
+
+cache_bench_start() {
+  local cache_port i
+  mkdir -p "$TMP/cache"
+  cache_port=$(free_port)
+  CACHE_SOCKET=$TMP/cache/cache.sock
+  printf '%s\n' "{\"server\": {\"listen\": \"127.0.0.1:$cache_port\", \"portFile\": \"$TMP/cache/port\"}," \
+    " \"unixSocket\": \"$CACHE_SOCKET\", \"capacityBytes\": \"268435456\"}" >"$TMP/cache/cache.json"
+  "$BIN/services/cache/cache_server" --config="$TMP/cache/cache.json" --log_level=warning \
+    >"$TMP/cache/cache_server.log" 2>&1 &
+  CACHE_SERVER_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    [[ -s $TMP/cache/port && -S $CACHE_SOCKET ]] && break
+    is_alive "$CACHE_SERVER_PID" || { cat "$TMP/cache/cache_server.log" >&2; die "cache_server exited"; }
+    sleep 0.1
+  done
+  [[ -S $CACHE_SOCKET ]] || die "cache_server is not serving on $CACHE_SOCKET"
+  CACHE_TCP=127.0.0.1:$cache_port
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --daemonize no --dir "$TMP/cache" >"$TMP/cache/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for ((i = 0; i < 100; i++)); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+    is_alive "$REDIS_PID" || { cat "$TMP/cache/redis.log" >&2; die "redis-server exited"; }
+    sleep 0.1
+  done
+  redis-cli -p "$REDIS_PORT" ping >/dev/null || die "redis-server not answering"
+  REDIS_VERSION=$(redis-server --version | grep -oE 'v=[0-9.]+' | cut -d= -f2)
+  # Preload random keys of the range the GETs use (5 writes per key: ~all set).
+  run redis-benchmark -p "$REDIS_PORT" -c 8 -n $((CACHE_KEYS * 5)) -r "$CACHE_KEYS" -t set \
+    -d "$CACHE_VALUE_BYTES" -q >"$TMP/out.txt" 2>&1 || { cat "$TMP/out.txt" >&2; die "redis preload failed"; }
+}
+
+cache_point() {  # scenario addr clients
+  local scenario=$1 addr=$2 c=$3 busy
+  busy=$(wait_idle)
+  log "$scenario c=$c (other CPU load ${busy}%)"
+  run "$BIN/bench/cache_loadgen" --addr="$addr" --callers="$c" --duration="$SECS" \
+    --warmup="$WARMUP" --keys="$CACHE_KEYS" --value_bytes="$CACHE_VALUE_BYTES" \
+    --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    || { cat "$TMP/loadgen.err" >&2; die "cache_loadgen failed ($scenario c=$c)"; }
+  [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
+  python3 bench/report.py loadgen-point --scenario "$scenario" --concurrency "$c" \
+    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
+    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+}
+
+redis_point() {  # clients
+  local c=$1 busy
+  busy=$(wait_idle)
+  log "redis_get c=$c (other CPU load ${busy}%)"
+  # redis-benchmark runs a number of requests, not a time: aim at about SECS s.
+  run redis-benchmark -p "$REDIS_PORT" -c "$c" -n $((SECS * 90000)) -r "$CACHE_KEYS" -t get \
+    -d "$CACHE_VALUE_BYTES" --csv >"$TMP/out.txt" 2>&1 \
+    || { tail -20 "$TMP/out.txt" >&2; die "redis-benchmark failed (c=$c)"; }
+  python3 bench/report.py redis-point --scenario redis_get --concurrency "$c" \
+    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
+    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+}
+
+cache_bench() {
+  local c
+  command -v redis-benchmark >/dev/null || die "redis-benchmark not found (make deps)"
+  cache_bench_start
+  for c in $CACHE_CONCURRENCY; do
+    redis_point "$c"
+    cache_point cache_get_tcp "$CACHE_TCP" "$c"
+    cache_point cache_get_unix "unix:$CACHE_SOCKET" "$c"
+  done
+  stop_pid "$CACHE_SERVER_PID" 10
+  stop_pid "$REDIS_PID" 10
+  CACHE_SERVER_PID=""
+  REDIS_PID=""
+  CACHE_SUMMARY="cache_server (256 MiB, 16 shards, admission on) vs redis-server $REDIS_VERSION (no persistence); $CACHE_KEYS keys of $CACHE_VALUE_BYTES bytes preloaded, a random key per GET; bench/cache_loadgen (async gRPC like loadgen) over TCP and over the unix socket; redis-benchmark -t get -r $CACHE_KEYS -d $CACHE_VALUE_BYTES with the same number of clients"
+}
+[[ -z ${BENCH_NO_CACHE:-} ]] && cache_bench
+# --- end of cache section ---------------------------------------------------------
+
 LOAD_END=$(loadavg)
 
 # --- report ---------------------------------------------------------------------
@@ -433,6 +528,7 @@ meta = {
     "pgbouncer_version": "$BOUNCER_VERSION",
     "pgbouncer_pool_size": $POOL_SIZE,
     "query_service": """$query_summary""",
+    "cache": """${CACHE_SUMMARY:-not measured}""",
     "ingest": """${INGEST_SUMMARY:-not measured}""",
     "loadgen": "async gRPC, one completion queue per thread, threads=min(nproc, callers), one TCP connection per 8 callers, random aid",
   },
