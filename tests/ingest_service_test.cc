@@ -311,6 +311,87 @@ TEST(IngestServiceTest, BadRowsAreIsolatedAndGoodRowsCommit) {
   EXPECT_EQ(Query("SELECT count(*) FROM mixed"), "21");
 }
 
+TEST(IngestServiceTest, WriteStreamSummarisesItsRequests) {
+  CreateTable("streamed");
+  auto server = StartIngestServer(Config({"streamed"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  grpc::ClientContext ctx;
+  v1::WriteStreamResponse summary;
+  auto writer = server->stub->WriteStream(&ctx, &summary);
+  for (int m = 0; m < 10; ++m) {
+    v1::ChannelRequest msg = Message("streamed", "ws", m, 0, 50);
+    if (m == 3) msg.mutable_write()->mutable_rows(7)->mutable_values(1)->set_null_value(v1::NULL_VALUE);
+    ASSERT_TRUE(writer->Write(msg.write()));
+  }
+  // The first request again: answered from its key.
+  ASSERT_TRUE(writer->Write(Message("streamed", "ws", 0, 0, 50).write()));
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(summary.requests(), 11u);
+  EXPECT_EQ(summary.rows_written(), 549u);  // 499 new + the duplicate's original 50
+  EXPECT_EQ(summary.rows_rejected(), 1u);
+  EXPECT_EQ(summary.duplicates(), 1u);
+  ASSERT_EQ(summary.rejected_size(), 1);
+  EXPECT_EQ(summary.rejected(0).request_index(), 3u);
+  EXPECT_EQ(summary.rejected(0).error().row_index(), 7u);
+  EXPECT_EQ(Query("SELECT count(*) FROM streamed"), "499");
+}
+
+TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
+  CreateTable("full_buffer");
+  v1::IngestServiceConfig config = Config({"full_buffer"});
+  config.mutable_batch()->set_buffer_bytes(256 << 10);
+  config.mutable_batch()->set_max_bytes(64 << 10);
+  auto server = StartIngestServer(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_TRUE(RunChannel(server->stub.get(), {Message("full_buffer", "warm", 0, 1000000, 1)}).ok.size() == 1);
+  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
+  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
+  PQclear(PQexec(locker, "BEGIN"));
+  PQclear(PQexec(locker, "LOCK TABLE full_buffer IN ACCESS EXCLUSIVE MODE"));
+  // Unary writes (each waits for its commit) from threads until one is refused.
+  std::atomic<bool> refused{false};
+  std::string retry_after;
+  absl::Mutex mu;
+  std::vector<std::thread> writers;
+  std::vector<grpc::Status> statuses(40);
+  for (int i = 0; i < 40; ++i) {
+    writers.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      v1::WriteResponse resp;
+      statuses[i] = server->stub->Write(&ctx, Message("full_buffer", "u", i, 0, 100, 100).write(), &resp);
+      if (statuses[i].error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+        absl::MutexLock lock(&mu);
+        auto it = ctx.GetServerTrailingMetadata().find("retry-after-ms");
+        if (it != ctx.GetServerTrailingMetadata().end()) {
+          retry_after = std::string(it->second.data(), it->second.size());
+        }
+        refused = true;
+      }
+    });
+  }
+  // Refusals answer at once; wait for the first, then release the table.
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (!refused.load() && absl::Now() < give_up) {
+    v1::GetIngestStatsResponse stats = Stats(*server);
+    if (stats.refused_full() > 0) break;
+  }
+  PQclear(PQexec(locker, "ROLLBACK"));
+  PQfinish(locker);
+  for (auto& t : writers) t.join();
+  int ok = 0, full = 0;
+  for (const grpc::Status& st : statuses) {
+    if (st.ok()) ++ok;
+    if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++full;
+  }
+  EXPECT_GT(full, 0);
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(ok + full, 40);
+  EXPECT_EQ(retry_after, "100");
+  EXPECT_EQ(Query("SELECT count(*) FROM full_buffer"), absl::StrCat(1 + ok * 100));
+}
+
 TEST(IngestServiceTest, RefusesTablesAndColumnsItMayNotWrite) {
   CreateTable("allowed");
   CreateTable("unlisted");

@@ -22,16 +22,10 @@ grpc::Status ShutdownStatus() {
 // Callbacks outstanding from the engine keep the call alive (Finish waits for
 // them), so no callback ever touches a deleted reactor.
 template <typename Base>
-class StreamBase : public Base, public StreamCall {
+class StreamBase : public Base {
  public:
   StreamBase(IngestServiceImpl* service, IngestEngine* engine)
       : service_(service), engine_(engine) {}
-
-  void EndForShutdown() override {
-    absl::MutexLock lock(&mu_);
-    shutdown_ = true;
-    MaybeFinishLocked();
-  }
 
   void OnCancel() override {
     absl::MutexLock lock(&mu_);
@@ -39,17 +33,19 @@ class StreamBase : public Base, public StreamCall {
     MaybeFinishLocked();
   }
 
-  void OnDone() override {
-    service_->Unregister(this);
-    delete this;
-  }
+  void OnDone() override { delete this; }
 
  protected:
-  // Begins reading, unless the service is already finishing streams.
+  // Begins reading, unless the service is already finishing streams. (At
+  // shutdown, streams already open keep reading until their clients
+  // half-close, their requests refused by the engine: ending them while the
+  // client still sends would make the kernel reset the connection and could
+  // lose acknowledgements already written. The server's shutdown deadline
+  // cancels clients that never half-close.)
   void Begin() {
-    if (!service_->Register(this)) {
+    if (service_->finishing()) {
       absl::MutexLock lock(&mu_);
-      shutdown_ = true;
+      refused_ = true;
       MaybeFinishLocked();
       return;
     }
@@ -88,7 +84,7 @@ class StreamBase : public Base, public StreamCall {
   }
 
   void ReadNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || read_done_ || cancelled_ || shutdown_ || stop_reading_) return;
+    if (finished_ || read_done_ || cancelled_ || refused_ || stop_reading_) return;
     StartReading();
   }
 
@@ -101,11 +97,11 @@ class StreamBase : public Base, public StreamCall {
 
   void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || outstanding_ > 0 || !WritesIdleLocked()) return;
-    if (!read_done_ && !cancelled_ && !shutdown_ && !stop_reading_) return;
+    if (!read_done_ && !cancelled_ && !refused_ && !stop_reading_) return;
     finished_ = true;
     if (cancelled_) {
       this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
-    } else if (shutdown_ && !read_done_ && !stop_reading_) {
+    } else if (refused_) {
       this->Finish(ShutdownStatus());
     } else {
       this->Finish(FinalStatusLocked());
@@ -123,7 +119,7 @@ class StreamBase : public Base, public StreamCall {
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_reading_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool refused_ ABSL_GUARDED_BY(mu_) = false;  // began after FinishStreams()
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -290,24 +286,6 @@ grpc::ServerUnaryReactor* IngestServiceImpl::GetStats(grpc::CallbackServerContex
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
-}
-
-bool IngestServiceImpl::Register(StreamCall* call) {
-  absl::MutexLock lock(&mu_);
-  if (finishing_) return false;
-  streams_.insert(call);
-  return true;
-}
-
-void IngestServiceImpl::Unregister(StreamCall* call) {
-  absl::MutexLock lock(&mu_);
-  streams_.erase(call);
-}
-
-void IngestServiceImpl::FinishStreams() {
-  absl::MutexLock lock(&mu_);
-  finishing_ = true;
-  for (StreamCall* call : streams_) call->EndForShutdown();
 }
 
 }  // namespace poolside::ingest

@@ -12,27 +12,20 @@
 // holds the client back). Unary Write is refused with RESOURCE_EXHAUSTED and a
 // "retry-after-ms" trailing metadata entry instead.
 //
-// Shutdown: after IngestEngine::Drain(), FinishStreams() ends every open stream
-// once its acknowledgements are written (UNAVAILABLE: the server is going
-// away), so the server can stop without waiting for idle clients.
+// Shutdown: after IngestEngine::Drain(), every request still arriving is
+// refused (UNAVAILABLE acknowledgement) while open streams are read until
+// their clients half-close, so no connection is reset with acknowledgements in
+// flight; FinishStreams() makes streams that begin from then on end at once
+// with UNAVAILABLE. The server's shutdown deadline cancels idle streams.
 //
 // Thread-safe.
 
-#include <set>
+#include <atomic>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "services/ingest/ingest_engine.h"
 
 namespace poolside::ingest {
-
-// A stream call the service can end at shutdown.
-class StreamCall {
- public:
-  virtual ~StreamCall() = default;
-  virtual void EndForShutdown() = 0;
-};
 
 class IngestServiceImpl final : public v1::IngestService::CallbackService {
  public:
@@ -49,18 +42,13 @@ class IngestServiceImpl final : public v1::IngestService::CallbackService {
                                      const v1::GetIngestStatsRequest* request,
                                      v1::GetIngestStatsResponse* response) override;
 
-  // Ends the open streams (see above); new streams are ended at once.
-  void FinishStreams();
-
-  // Called by stream calls.
-  bool Register(StreamCall* call);
-  void Unregister(StreamCall* call);
+  // New streams are ended at once (see above).
+  void FinishStreams() { finishing_.store(true); }
+  bool finishing() const { return finishing_.load(); }
 
  private:
   IngestEngine* engine_;
-  absl::Mutex mu_;
-  std::set<StreamCall*> streams_ ABSL_GUARDED_BY(mu_);
-  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<bool> finishing_{false};
 };
 
 }  // namespace poolside::ingest

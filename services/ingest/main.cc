@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -57,7 +58,9 @@ int main(int argc, char** argv) {
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
   const absl::Duration drain = absl::Milliseconds(config->server().drain_timeout_ms());
-  options.drain_timeout = drain;
+  // The server's own drain comes after the engine's (below): by then every
+  // accepted request is answered, and streams get this long to half-close.
+  options.drain_timeout = std::min(drain, absl::Seconds(5));
   options.services = {&service};
   engine.Start();
   auto server = poolside::server::Server::Start(options);
