@@ -298,10 +298,11 @@ done
 # pgbench custom script doing one single-row INSERT per transaction, and
 # bench/ingest_loadgen pushing them through the ingest service (acknowledged
 # after COMMIT). BENCH_INGEST_ROWS (1000000), BENCH_INGEST_PRODUCERS (8),
-# BENCH_INGEST_COPY_CONNECTIONS (ingest batch.copyConnections, default 4).
+# BENCH_INGEST_COPY_CONNECTIONS (ingest batch.copyConnections, default 2:
+# on a 2-core machine more parallel COPYs only contend with client and server).
 INGEST_ROWS=${BENCH_INGEST_ROWS:-1000000}
 INGEST_PRODUCERS=${BENCH_INGEST_PRODUCERS:-8}
-INGEST_COPY_CONNECTIONS=${BENCH_INGEST_COPY_CONNECTIONS:-4}
+INGEST_COPY_CONNECTIONS=${BENCH_INGEST_COPY_CONNECTIONS:-2}
 INGEST_PID=""
 INGEST_SUMMARY="not measured"
 

@@ -61,7 +61,20 @@ TEST(CopyEncodingTest, EncodesKinds) {
   EXPECT_EQ(Field(ts, Col("ts", oid::kTimestamptz)), "2023-11-14 22:13:20.123456+00");
   v1::Value d;
   d.set_double_value(0.1);
-  EXPECT_EQ(Field(d, Col("d", oid::kFloat8)), "0.10000000000000001");
+  EXPECT_EQ(Field(d, Col("d", oid::kFloat8)), "0.1");
+  d.set_double_value(-1.5e300);
+  EXPECT_EQ(Field(d, Col("d", oid::kFloat8)), "-1.5e+300");
+  // Dates across eras, leap days, the range ends; against absl::FormatTime.
+  for (int64_t secs : {int64_t{-62135596800}, int64_t{-1}, int64_t{0}, int64_t{951782400},
+                       int64_t{1709164800}, int64_t{4107542399}, int64_t{253402300799}}) {
+    v1::Value t;
+    t.mutable_timestamp_value()->set_seconds(secs);
+    t.mutable_timestamp_value()->set_nanos(999999999);
+    EXPECT_EQ(Field(t, Col("ts", oid::kTimestamptz)),
+              absl::FormatTime("%4Y-%m-%d %H:%M:%E6S+00",
+                               absl::FromUnixSeconds(secs) + absl::Nanoseconds(999999999),
+                               absl::UTCTimeZone()));
+  }
   v1::Value b;
   b.set_bool_value(true);
   EXPECT_EQ(Field(b, Col("b", oid::kBool)), "t");

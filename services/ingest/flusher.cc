@@ -86,6 +86,13 @@ class Flush {
       if (s.ok()) break;
       result.broken = session_.broken();
       if (!result.broken) (void)session_.Exec("ROLLBACK");
+      if (!result.broken && needs_isolation_ && !isolating_) {
+        // The plain COPY hit a bad row: again, isolating bad rows under
+        // savepoints (not counted as an attempt).
+        isolating_ = true;
+        --attempt;
+        continue;
+      }
       // A key committed meanwhile by another writer: start over, the lookup
       // will find it.
       if (!result.broken && attempt < 2 && s.code() == absl::StatusCode::kAlreadyExists) {
@@ -145,7 +152,17 @@ class Flush {
         lines.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(j)});
       }
     }
-    if (!lines.empty()) {
+    if (!lines.empty() && !isolating_) {
+      // Most batches have no bad row: one plain COPY, no savepoint.
+      ++result.copy_statements;
+      absl::StatusOr<int64_t> copied = session_.CopyIn(batch_.copy_target, Pieces(lines, nullptr));
+      if (!copied.ok()) {
+        needs_isolation_ = IsDataError(copied.status()) && !session_.broken();
+        return copied.status();
+      }
+      for (const LineRef& l : lines) good_[l.write][l.line] = true;
+      result.bytes_written += bytes_;
+    } else if (!lines.empty()) {
       if (absl::Status s = Isolate(absl::MakeConstSpan(lines), result); !s.ok()) return s;
     }
 
@@ -184,10 +201,8 @@ class Flush {
     return session_.Exec("COMMIT");
   }
 
-  // Copies `lines` under a savepoint; on a data error, splits them until the
-  // bad lines are alone. Non-OK only for errors that end the batch.
-  absl::Status Isolate(absl::Span<const LineRef> lines, FlushResult& result) {
-    if (lines.empty()) return absl::OkStatus();
+  // The COPY data of `lines`, as pieces of the requests' buffers.
+  std::vector<absl::string_view> Pieces(absl::Span<const LineRef> lines, size_t* total) {
     std::vector<absl::string_view> pieces;
     size_t bytes = 0;
     for (size_t k = 0; k < lines.size(); ++k) {
@@ -204,6 +219,17 @@ class Flush {
       }
       bytes += end - begin;
     }
+    bytes_ = bytes;
+    if (total != nullptr) *total = bytes;
+    return pieces;
+  }
+
+  // Copies `lines` under a savepoint; on a data error, splits them until the
+  // bad lines are alone. Non-OK only for errors that end the batch.
+  absl::Status Isolate(absl::Span<const LineRef> lines, FlushResult& result) {
+    if (lines.empty()) return absl::OkStatus();
+    size_t bytes = 0;
+    std::vector<absl::string_view> pieces = Pieces(lines, &bytes);
     if (absl::Status s = session_.Exec("SAVEPOINT poolside_rows"); !s.ok()) return s;
     ++result.copy_statements;
     absl::StatusOr<int64_t> copied = session_.CopyIn(batch_.copy_target, pieces);
@@ -241,6 +267,9 @@ class Flush {
 
   const Batch& batch_;
   db::CopySession session_;
+  bool isolating_ = false;
+  bool needs_isolation_ = false;
+  size_t bytes_ = 0;  // of the last Pieces()
   std::vector<bool> duplicate_;
   std::vector<std::vector<bool>> good_;
   std::vector<std::vector<v1::RowError>> copy_rejected_;

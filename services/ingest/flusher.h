@@ -6,12 +6,13 @@
 //   BEGIN
 //   SELECT the batch's idempotency keys already in poolside_ingest_keys
 //     -> those requests are answered with their stored result, not written
-//   SAVEPOINT; COPY every other row; RELEASE
-//     -> on a data error (SQLSTATE class 22 or 23): ROLLBACK TO SAVEPOINT and
-//        split the rows: at the line PostgreSQL names (rows before it, the row
-//        itself, rows after it) or else in halves, each part under its own
-//        savepoint, until the bad rows stand alone; they are rejected with
-//        PostgreSQL's reason and every other row is copied
+//   COPY every other row
+//     -> on a data error (SQLSTATE class 22 or 23): ROLLBACK and start again,
+//        now copying under savepoints and splitting the rows on failure: at
+//        the line PostgreSQL names (rows before it, the row itself, rows after
+//        it) or else in halves, each part under its own savepoint, until the
+//        bad rows stand alone; they are rejected with PostgreSQL's reason and
+//        every other row is copied
 //   COPY the new keys with each request's result into poolside_ingest_keys
 //   COMMIT
 //

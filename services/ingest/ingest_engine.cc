@@ -128,6 +128,12 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
   w->row_index.reserve(request.rows_size());
   for (int i = 0; i < request.rows_size(); ++i) {
     absl::Status s = db::AppendCopyRow(request.rows(i), columns, &w->data);
+    if (i == 0 && request.rows_size() > 1) {
+      // Size the buffer from the first row, so it is not regrown (and copied)
+      // a dozen times for a large request.
+      w->data.reserve(std::min<size_t>(buffer_limit_,
+                                       (w->data.size() + 16) * request.rows_size() * 5 / 4));
+    }
     if (s.ok()) {
       w->line_ends.push_back(static_cast<uint32_t>(w->data.size()));
       w->row_index.push_back(static_cast<uint32_t>(i));

@@ -2,14 +2,38 @@
 
 #include <deque>
 #include <memory>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/server/status.h"
+#include "google/protobuf/arena.h"
 
 namespace poolside::ingest {
 namespace {
 
 constexpr size_t kMaxStreamRejected = 1000;
+
+// A message read from a stream, in an arena of its own: parsing a request of
+// thousands of values allocates from the arena instead of malloc, and the
+// whole message is freed at once after the engine has encoded it.
+template <typename T>
+class ArenaMessage {
+ public:
+  ArenaMessage()
+      : arena_(std::make_unique<google::protobuf::Arena>(Options())),
+        message_(google::protobuf::Arena::CreateMessage<T>(arena_.get())) {}
+  T* get() { return message_; }
+
+ private:
+  static google::protobuf::ArenaOptions Options() {
+    google::protobuf::ArenaOptions o;
+    o.start_block_size = 64 << 10;
+    o.max_block_size = 1 << 20;
+    return o;
+  }
+  std::unique_ptr<google::protobuf::Arena> arena_;
+  T* message_;
+};
 
 grpc::Status ShutdownStatus() {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -108,7 +132,7 @@ class StreamBase : public Base {
     }
   }
 
-  virtual void StartReading() = 0;
+  virtual void StartReading() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
   virtual bool WritesIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return true; }
   virtual grpc::Status FinalStatusLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
 
@@ -135,8 +159,15 @@ class ChannelCall final
       ReadsEnded();
       return;
     }
-    const uint64_t sequence = request_.sequence();
-    Submit(request_.write(), [this, sequence](const absl::StatusOr<v1::WriteResponse>& r)
+    // The next read goes into a fresh message; this one lives until the
+    // engine has taken its rows.
+    std::unique_ptr<ArenaMessage<v1::ChannelRequest>> current;
+    {
+      absl::MutexLock lock(&mu_);
+      current = std::exchange(request_, std::make_unique<ArenaMessage<v1::ChannelRequest>>());
+    }
+    const uint64_t sequence = current->get()->sequence();
+    Submit(current->get()->write(), [this, sequence](const absl::StatusOr<v1::WriteResponse>& r)
                                  ABSL_NO_THREAD_SAFETY_ANALYSIS { Ack(sequence, r); });
   }
 
@@ -156,7 +187,9 @@ class ChannelCall final
   }
 
  private:
-  void StartReading() override { StartRead(&request_); }
+  void StartReading() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    StartRead(request_->get());
+  }
   bool WritesIdleLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return !writing_ && acks_.empty();
   }
@@ -180,7 +213,8 @@ class ChannelCall final
     }
   }
 
-  v1::ChannelRequest request_;
+  std::unique_ptr<ArenaMessage<v1::ChannelRequest>> request_ ABSL_GUARDED_BY(mu_) =
+      std::make_unique<ArenaMessage<v1::ChannelRequest>>();
   std::deque<v1::ChannelResponse> acks_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -198,13 +232,20 @@ class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<v1::Writ
       ReadsEnded();
       return;
     }
+    std::unique_ptr<ArenaMessage<v1::WriteRequest>> current;
+    {
+      absl::MutexLock lock(&mu_);
+      current = std::exchange(request_, std::make_unique<ArenaMessage<v1::WriteRequest>>());
+    }
     const uint64_t index = next_index_++;
-    Submit(request_, [this, index](const absl::StatusOr<v1::WriteResponse>& r)
+    Submit(*current->get(), [this, index](const absl::StatusOr<v1::WriteResponse>& r)
                          ABSL_NO_THREAD_SAFETY_ANALYSIS { Record(index, r); });
   }
 
  private:
-  void StartReading() override { StartRead(&request_); }
+  void StartReading() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    StartRead(request_->get());
+  }
   grpc::Status FinalStatusLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!error_.ok()) return server::ToGrpcStatus(error_);
     return grpc::Status::OK;
@@ -234,7 +275,8 @@ class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<v1::Writ
   }
 
   v1::WriteStreamResponse* const response_;
-  v1::WriteRequest request_;
+  std::unique_ptr<ArenaMessage<v1::WriteRequest>> request_ ABSL_GUARDED_BY(mu_) =
+      std::make_unique<ArenaMessage<v1::WriteRequest>>();
   uint64_t next_index_ = 0;  // only touched in OnReadDone (one at a time)
   absl::Status error_ ABSL_GUARDED_BY(mu_);
 };
