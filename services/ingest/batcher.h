@@ -57,8 +57,9 @@ struct PendingWrite {
   Done done;
 
   size_t lines() const { return line_ends.size(); }
-  // What the request holds against the buffer bound.
-  size_t bytes() const { return data.size() + 8 * line_ends.size() + 64; }
+  // What the request holds against the buffer bound (allocated, not just
+  // used; constant once the request is prepared).
+  size_t bytes() const { return data.capacity() + 8 * line_ends.capacity() + 64; }
 };
 
 struct Batch {
