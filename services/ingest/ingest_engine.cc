@@ -453,11 +453,18 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
     const std::string state = db::SqlStateOf(r.status);
     if (state == "42P01" || state == "42703" || state == "42804") {
       // The table changed under us: read the catalog again next time.
-      absl::MutexLock lock(&mu_);
-      for (auto& w : job.batch.writes) {
-        auto it = db.tables.find(w->table);
-        if (it != db.tables.end() && !it->second.loading) db.tables.erase(it);
+      {
+        absl::MutexLock lock(&mu_);
+        for (auto& w : job.batch.writes) {
+          auto it = db.tables.find(w->table);
+          if (it != db.tables.end() && !it->second.loading) db.tables.erase(it);
+        }
       }
+      // A retry reads the catalog again and may well succeed.
+      FailJob(db, job, absl::AbortedError(absl::StrCat(
+                           "the table changed while its rows were buffered; retry: ",
+                           r.status.message())));
+      return;
     }
     FailJob(db, job, r.status);
     return;
