@@ -1,10 +1,8 @@
 #include "services/ingest/ingest_config.h"
 
-#include <libpq-fe.h>
-
 #include "absl/container/flat_hash_set.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/config/database_config.h"
 #include "common/config/json_config.h"
 
 namespace poolside::ingest {
@@ -12,14 +10,6 @@ namespace {
 
 #define POOLSIDE_DEFAULT(msg, field, value) \
   if ((msg)->field() == 0) (msg)->set_##field(value)
-
-bool ValidName(const std::string& name) {
-  if (name.empty() || name.size() > 63) return false;
-  for (char c : name) {
-    if (!absl::ascii_isalnum(c) && c != '_' && c != '-' && c != '.') return false;
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -53,27 +43,7 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(v1::IngestServiceCo
   for (int i = 0; i < c.databases_size(); ++i) {
     v1::DatabaseConfig* db = c.mutable_databases(i);
     const std::string where = absl::StrCat("databases[", i, "] (", db->name(), ")");
-    if (!ValidName(db->name())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
-    }
-    if (!names.insert(db->name()).second) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate database name"));
-    }
-    absl::StatusOr<std::string> dsn = config::ResolveSecret(absl::StrCat(where, " dsn"), db->dsn(),
-                                                            db->dsn_file(), db->dsn_env());
-    if (!dsn.ok()) return dsn.status();
-    char* err = nullptr;
-    PQconninfoOption* parsed = PQconninfoParse(dsn->c_str(), &err);
-    if (parsed == nullptr) {
-      std::string msg = err ? err : "";
-      if (err) PQfreemem(err);
-      return absl::InvalidArgumentError(absl::StrCat(where, ": invalid dsn: ", msg));
-    }
-    PQconninfoFree(parsed);
-    db->set_dsn(*dsn);
-    db->clear_dsn_file();
-    db->clear_dsn_env();
+    if (absl::Status st = config::FinalizeDatabase(where, db, &names); !st.ok()) return st;
     auto* pool = db->mutable_pool();
     // One connection per parallel flush, plus one for catalog reads and key
     // cleanup.

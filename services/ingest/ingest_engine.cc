@@ -6,6 +6,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/config/database_config.h"
 #include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "services/ingest/flusher.h"
@@ -16,20 +17,6 @@ namespace {
 constexpr absl::string_view kRetryAfterPayload = "poolside.dev/retry-after-ms";
 constexpr size_t kMaxKeyBytes = 256;
 constexpr absl::Duration kCatalogTimeout = absl::Seconds(10);
-
-pool::PoolOptions PoolOptionsFor(const v1::DatabaseConfig& c) {
-  const v1::PoolConfig& p = c.pool();
-  pool::PoolOptions o;
-  o.name = c.name();
-  o.min_idle = p.min_idle();
-  o.max_size = p.max_size();
-  o.acquire_timeout = absl::Milliseconds(p.acquire_timeout_ms());
-  o.validate_after_idle = absl::Milliseconds(p.validate_after_idle_ms());
-  o.max_lifetime = absl::Milliseconds(p.max_lifetime_ms());
-  o.idle_timeout = absl::Milliseconds(p.idle_timeout_ms());
-  o.leak_threshold = absl::Milliseconds(p.leak_threshold_ms());
-  return o;
-}
 
 std::string KeyOf(const PendingWrite& w) { return absl::StrCat(w.database, "\x1f", w.key); }
 
@@ -62,7 +49,7 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
     options.application_name = absl::StrCat("poolside-ingest/", c.name());
     options.connect_timeout = absl::Milliseconds(c.pool().connect_timeout_ms());
     db->pool = std::make_unique<pool::Pool<db::Connection>>(
-        PoolOptionsFor(c),
+        config::PoolOptionsFor(c),
         [options]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
           return db::Connection::Open(options);
         },

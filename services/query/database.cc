@@ -4,26 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/telemetry/log.h"
+#include "common/config/database_config.h"
 #include "services/query/query_config.h"
 
 namespace poolside::query {
-namespace {
-
-pool::PoolOptions PoolOptionsFor(const v1::DatabaseConfig& c) {
-  const v1::PoolConfig& p = c.pool();
-  pool::PoolOptions o;
-  o.name = c.name();
-  o.min_idle = p.min_idle();
-  o.max_size = p.max_size();
-  o.acquire_timeout = absl::Milliseconds(p.acquire_timeout_ms());
-  o.validate_after_idle = absl::Milliseconds(p.validate_after_idle_ms());
-  o.max_lifetime = absl::Milliseconds(p.max_lifetime_ms());
-  o.idle_timeout = absl::Milliseconds(p.idle_timeout_ms());
-  o.leak_threshold = absl::Milliseconds(p.leak_threshold_ms());
-  return o;
-}
-
-}  // namespace
 
 Database::Database(const v1::DatabaseConfig& config) : config_(config) {
   db::ConnectionOptions options;
@@ -33,7 +17,7 @@ Database::Database(const v1::DatabaseConfig& config) : config_(config) {
   options.statement_cache_size = config_.statement_cache_size();
   const std::string where = DescribeDsn(config_.dsn());
   pool_ = std::make_unique<ConnectionPool>(
-      PoolOptionsFor(config_),
+      config::PoolOptionsFor(config_),
       [options, where]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
         auto c = db::Connection::Open(options);
         if (!c.ok()) {

@@ -1,12 +1,10 @@
 #include "services/query/query_config.h"
 
-#include <libpq-fe.h>
-
 #include <algorithm>
 
 #include "absl/container/flat_hash_set.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/config/database_config.h"
 #include "common/config/json_config.h"
 
 namespace poolside::query {
@@ -16,35 +14,7 @@ namespace {
 #define POOLSIDE_DEFAULT(msg, field, value) \
   if ((msg)->field() == 0) (msg)->set_##field(value)
 
-bool ValidName(const std::string& name) {
-  if (name.empty() || name.size() > 63) return false;
-  for (char c : name) {
-    if (!absl::ascii_isalnum(c) && c != '_' && c != '-' && c != '.') return false;
-  }
-  return true;
-}
-
 }  // namespace
-
-std::string DescribeDsn(const std::string& dsn) {
-  char* err = nullptr;
-  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
-  if (opts == nullptr) {
-    if (err != nullptr) PQfreemem(err);
-    return "(unparsable DSN)";
-  }
-  std::string host, port, dbname;
-  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
-    if (o->val == nullptr) continue;
-    const std::string k = o->keyword;
-    if (k == "host" || (k == "hostaddr" && host.empty())) host = o->val;
-    if (k == "port") port = o->val;
-    if (k == "dbname") dbname = o->val;
-  }
-  PQconninfoFree(opts);
-  return absl::StrCat(host.empty() ? "localhost" : host, ":", port.empty() ? "5432" : port, "/",
-                      dbname);
-}
 
 absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfig c) {
   auto* server = c.mutable_server();
@@ -68,27 +38,7 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
   for (int i = 0; i < c.databases_size(); ++i) {
     v1::DatabaseConfig* db = c.mutable_databases(i);
     const std::string where = absl::StrCat("databases[", i, "] (", db->name(), ")");
-    if (!ValidName(db->name())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
-    }
-    if (!names.insert(db->name()).second) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate database name"));
-    }
-    absl::StatusOr<std::string> dsn =
-        config::ResolveSecret(absl::StrCat(where, " dsn"), db->dsn(), db->dsn_file(), db->dsn_env());
-    if (!dsn.ok()) return dsn.status();
-    char* err = nullptr;
-    PQconninfoOption* parsed = PQconninfoParse(dsn->c_str(), &err);
-    if (parsed == nullptr) {
-      std::string msg = err ? err : "";
-      if (err) PQfreemem(err);
-      return absl::InvalidArgumentError(absl::StrCat(where, ": invalid dsn: ", msg));
-    }
-    PQconninfoFree(parsed);
-    db->set_dsn(*dsn);
-    db->clear_dsn_file();
-    db->clear_dsn_env();
+    if (absl::Status st = config::FinalizeDatabase(where, db, &names); !st.ok()) return st;
     POOLSIDE_DEFAULT(db, statement_cache_size, 100u);
 
     auto* pool = db->mutable_pool();

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/config/database_config.h"
 #include "proto/poolside/v1/config.pb.h"
 
 namespace poolside::query {
@@ -20,8 +21,8 @@ absl::StatusOr<v1::QueryServiceConfig> LoadQueryConfig(const std::string& path);
 // database's dsn_file/dsn_env into dsn.
 absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfig config);
 
-// host/port/dbname of a DSN, for logs and messages (never the password).
-std::string DescribeDsn(const std::string& dsn);
+// host/port/dbname of a DSN, for logs (never the password).
+using config::DescribeDsn;
 
 }  // namespace poolside::query
 
