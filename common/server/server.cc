@@ -37,6 +37,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   }
   builder.SetMaxReceiveMessageSize(s->options_.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(s->options_.max_send_message_bytes);
+  if (s->options_.fixed_stream_window_bytes > 0) {
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                               s->options_.fixed_stream_window_bytes);
+  }
   for (grpc::Service* service : s->options_.services) builder.RegisterService(service);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {

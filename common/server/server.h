@@ -36,6 +36,10 @@ struct ServerOptions {
   std::vector<grpc::Service*> services;
   int max_receive_message_bytes = 64 << 20;
   int max_send_message_bytes = 64 << 20;
+  // Keep each stream's HTTP/2 receive window at a fixed size (no BDP-driven
+  // growth), so a service that stops reading a stream for backpressure holds
+  // at most about that much of the client's data per stream in gRPC's buffers.
+  int fixed_stream_window_bytes = 0;  // 0: gRPC's adaptive default
 };
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it starts

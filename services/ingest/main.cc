@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
   // accepted request is answered, and streams get this long to half-close.
   options.drain_timeout = std::min(drain, absl::Seconds(5));
   options.services = {&service};
+  // A stream waiting for buffer room must not keep receiving into gRPC's own
+  // buffers: the byte bound has to hold for the whole process.
+  options.fixed_stream_window_bytes = 256 << 10;
   engine.Start();
   auto server = poolside::server::Server::Start(options);
   if (!server.ok()) {
