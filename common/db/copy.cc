@@ -79,32 +79,6 @@ absl::Status CheckIntRange(const ColumnInfo& c, int64_t v) {
   return absl::OkStatus();
 }
 
-bool IsNumericText(absl::string_view s) {
-  s = absl::StripAsciiWhitespace(s);
-  if (s == "NaN" || s == "Infinity" || s == "-Infinity") return true;
-  size_t i = 0;
-  if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
-  bool digits = false, dot = false;
-  for (; i < s.size(); ++i) {
-    const char c = s[i];
-    if (absl::ascii_isdigit(c)) {
-      digits = true;
-    } else if (c == '.' && !dot) {
-      dot = true;
-    } else if ((c == 'e' || c == 'E') && digits) {
-      ++i;
-      if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
-      if (i >= s.size()) return false;
-      for (; i < s.size(); ++i)
-        if (!absl::ascii_isdigit(s[i])) return false;
-      return true;
-    } else {
-      return false;
-    }
-  }
-  return digits;
-}
-
 // Text that PostgreSQL's text input cannot hold.
 absl::Status CheckText(const ColumnInfo& c, absl::string_view text) {
   if (text.find('\0') != absl::string_view::npos) {
@@ -363,7 +337,7 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
       if (known && t != oid::kNumeric && !IsIntType(t) && !IsFloatType(t) && !IsTextType(t)) {
         return TypeError(c, "a numeric");
       }
-      if (!IsNumericText(value.numeric_value())) {
+      if (!IsNumericText(absl::StripAsciiWhitespace(value.numeric_value()))) {
         return RowError(absl::StatusCode::kInvalidArgument, "22P02",
                         absl::StrCat("column \"", c.name, "\": numeric_value \"",
                                      value.numeric_value().substr(0, 64),

@@ -19,31 +19,6 @@ namespace {
 constexpr int64_t kMinTimestampSeconds = -62135596800;  // 0001-01-01T00:00:00Z
 constexpr int64_t kMaxTimestampSeconds = 253402300799;  // 9999-12-31T23:59:59Z
 
-bool IsNumericText(absl::string_view s) {
-  if (s == "NaN" || s == "Infinity" || s == "-Infinity") return true;
-  size_t i = 0;
-  if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
-  bool digits = false, dot = false;
-  for (; i < s.size(); ++i) {
-    const char c = s[i];
-    if (absl::ascii_isdigit(c)) {
-      digits = true;
-    } else if (c == '.' && !dot) {
-      dot = true;
-    } else if ((c == 'e' || c == 'E') && digits) {
-      ++i;
-      if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
-      if (i >= s.size()) return false;
-      for (; i < s.size(); ++i)
-        if (!absl::ascii_isdigit(s[i])) return false;
-      return true;
-    } else {
-      return false;
-    }
-  }
-  return digits;
-}
-
 int HexDigit(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -91,6 +66,31 @@ std::string FormatDouble(double d) {
 }
 
 }  // namespace
+
+bool IsNumericText(absl::string_view s) {
+  if (s == "NaN" || s == "Infinity" || s == "-Infinity") return true;
+  size_t i = 0;
+  if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+  bool digits = false, dot = false;
+  for (; i < s.size(); ++i) {
+    const char c = s[i];
+    if (absl::ascii_isdigit(c)) {
+      digits = true;
+    } else if (c == '.' && !dot) {
+      dot = true;
+    } else if ((c == 'e' || c == 'E') && digits) {
+      ++i;
+      if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+      if (i >= s.size()) return false;
+      for (; i < s.size(); ++i)
+        if (!absl::ascii_isdigit(s[i])) return false;
+      return true;
+    } else {
+      return false;
+    }
+  }
+  return digits;
+}
 
 absl::Status EncodedParams::Encode(
     const google::protobuf::RepeatedPtrField<v1::Value>& params) {

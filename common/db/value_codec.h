@@ -82,6 +82,11 @@ void DecodeCell(const char* data, int length, bool is_null, uint32_t type_oid,
 // serialized size.
 size_t ValueBytes(const v1::Value& value);
 
+// Whether `s` is a numeric literal PostgreSQL's numeric input accepts
+// (digits with an optional sign, point and exponent; NaN, Infinity, -Infinity).
+// Leading and trailing whitespace is not allowed.
+bool IsNumericText(absl::string_view s);
+
 // "int4", "text", ... for built-in types; "" for others.
 absl::string_view TypeName(uint32_t type_oid);
 
