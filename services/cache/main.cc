@@ -14,25 +14,21 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/cgroup.h"
 #include "common/server/server.h"
+#include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
 #include "services/cache/cache_config.h"
 #include "services/cache/cache_service.h"
 #include "services/cache/cache_store.h"
 
-ABSL_FLAG(std::string, config, "", "Path to the JSON configuration (poolside.v1.CacheServiceConfig).");
-ABSL_FLAG(bool, check_config, false, "Validate the configuration and exit.");
-ABSL_FLAG(std::string, listen, "", "Overrides server.listen (host:port).");
 ABSL_FLAG(std::string, unix_socket, "", "Overrides unixSocket (a path).");
-ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 
 namespace {
 
@@ -70,27 +66,17 @@ absl::Status RemoveStaleSocket(const std::string& path) {
 
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
-  absl::SetProgramUsageMessage("poolside cache sidecar: cache_server --config=FILE");
-  absl::ParseCommandLine(argc, argv);
-  telemetry::SetLogService("cache");
-  telemetry::LogLevel level;
-  if (!telemetry::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
-    std::fprintf(stderr, "--log_level must be debug, info, warning or error\n");
-    return 2;
-  }
-  telemetry::SetMinLogLevel(level);
-  if (absl::GetFlag(FLAGS_config).empty()) {
-    std::fprintf(stderr, "--config=FILE is required (see README.md, Cache sidecar)\n");
-    return 2;
-  }
+  const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
+      argc, argv, "cache", "poolside cache sidecar: cache_server --config=FILE", "README.md, Cache sidecar");
+  if (!flags.has_value()) return 2;
   const poolside::config::ContainerLimits limits = poolside::config::ReadContainerLimits();
   std::string capacity_note;
-  auto config = poolside::cache::LoadCacheConfig(absl::GetFlag(FLAGS_config), limits, &capacity_note);
+  auto config = poolside::cache::LoadCacheConfig(flags->config, limits, &capacity_note);
   if (!config.ok()) {
     telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
     return 2;
   }
-  if (!absl::GetFlag(FLAGS_listen).empty()) config->mutable_server()->set_listen(absl::GetFlag(FLAGS_listen));
+  if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
   if (!absl::GetFlag(FLAGS_unix_socket).empty()) {
     config->set_unix_socket(absl::GetFlag(FLAGS_unix_socket));
     auto again = poolside::cache::FinalizeCacheConfig(*config, limits, &capacity_note);
@@ -100,7 +86,7 @@ int main(int argc, char** argv) {
     }
     config = std::move(again);
   }
-  if (absl::GetFlag(FLAGS_check_config)) {
+  if (flags->check_config) {
     std::printf("configuration OK: capacity %s, %u shards, admission %s\n", capacity_note.c_str(),
                 config->shards(), config->admission() ? "on" : "off");
     return 0;

@@ -5,45 +5,30 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 #include <string>
 
-#include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/server/server.h"
+#include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
 #include "services/ingest/ingest_config.h"
 #include "services/ingest/ingest_engine.h"
 #include "services/ingest/ingest_service.h"
 
-ABSL_FLAG(std::string, config, "", "Path to the JSON configuration (poolside.v1.IngestServiceConfig).");
-ABSL_FLAG(bool, check_config, false, "Validate the configuration and exit.");
-ABSL_FLAG(std::string, listen, "", "Overrides server.listen.");
-ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
-  absl::SetProgramUsageMessage("poolside ingest service: ingest_server --config=FILE");
-  absl::ParseCommandLine(argc, argv);
-  telemetry::SetLogService("ingest");
-  telemetry::LogLevel level;
-  if (!telemetry::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
-    std::fprintf(stderr, "--log_level must be debug, info, warning or error\n");
-    return 2;
-  }
-  telemetry::SetMinLogLevel(level);
-  if (absl::GetFlag(FLAGS_config).empty()) {
-    std::fprintf(stderr, "--config=FILE is required (see README.md, Ingest)\n");
-    return 2;
-  }
-  auto config = poolside::ingest::LoadIngestConfig(absl::GetFlag(FLAGS_config));
+  const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
+      argc, argv, "ingest", "poolside ingest service: ingest_server --config=FILE", "README.md, Ingest");
+  if (!flags.has_value()) return 2;
+  auto config = poolside::ingest::LoadIngestConfig(flags->config);
   if (!config.ok()) {
     telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
     return 2;
   }
-  if (!absl::GetFlag(FLAGS_listen).empty()) config->mutable_server()->set_listen(absl::GetFlag(FLAGS_listen));
-  if (absl::GetFlag(FLAGS_check_config)) {
+  if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
+  if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();
     std::printf("configuration OK: %d database(s), %d writable table(s)\n",

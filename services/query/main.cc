@@ -1,45 +1,30 @@
 // The query service: `query_server --config=FILE [--check_config]`.
 #include <cstdio>
+#include <optional>
 #include <string>
 
-#include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/server/server.h"
+#include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
 #include "services/query/query_config.h"
 #include "services/query/query_engine.h"
 #include "services/query/sidecar_client.h"
 #include "services/query/query_service.h"
 
-ABSL_FLAG(std::string, config, "", "Path to the JSON configuration (poolside.v1.QueryServiceConfig).");
-ABSL_FLAG(bool, check_config, false, "Validate the configuration and exit.");
-ABSL_FLAG(std::string, listen, "", "Overrides server.listen.");
-ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
 
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
-  absl::SetProgramUsageMessage("poolside query service: query_server --config=FILE");
-  absl::ParseCommandLine(argc, argv);
-  telemetry::SetLogService("query");
-  telemetry::LogLevel level;
-  if (!telemetry::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
-    std::fprintf(stderr, "--log_level must be debug, info, warning or error\n");
-    return 2;
-  }
-  telemetry::SetMinLogLevel(level);
-  if (absl::GetFlag(FLAGS_config).empty()) {
-    std::fprintf(stderr, "--config=FILE is required (see README.md, Configuration)\n");
-    return 2;
-  }
-  auto config = poolside::query::LoadQueryConfig(absl::GetFlag(FLAGS_config));
+  const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
+      argc, argv, "query", "poolside query service: query_server --config=FILE", "README.md, Configuration");
+  if (!flags.has_value()) return 2;
+  auto config = poolside::query::LoadQueryConfig(flags->config);
   if (!config.ok()) {
     telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
     return 2;
   }
-  if (!absl::GetFlag(FLAGS_listen).empty()) config->mutable_server()->set_listen(absl::GetFlag(FLAGS_listen));
-  if (absl::GetFlag(FLAGS_check_config)) {
+  if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
+  if (flags->check_config) {
     std::printf("configuration OK: %d database(s)\n", config->databases_size());
     return 0;
   }

@@ -1,0 +1,28 @@
+#ifndef POOLSIDE_COMMON_SERVER_SERVICE_FLAGS_H_
+#define POOLSIDE_COMMON_SERVER_SERVICE_FLAGS_H_
+
+// The command line every poolside service binary shares:
+//   <binary> --config=FILE [--check_config] [--listen=HOST:PORT] [--log_level=LEVEL]
+// A binary may define more flags of its own.
+
+#include <optional>
+#include <string>
+
+namespace poolside::server {
+
+struct ServiceFlags {
+  std::string config;      // --config, required
+  bool check_config = false;
+  std::string listen;      // overrides server.listen when set
+};
+
+// Parses argv, names the service in the logs and sets the log level. Prints
+// a usage error to stderr and returns nullopt (exit with 2) when --log_level
+// is invalid or --config is missing; `config_help` says where the
+// configuration is documented, e.g. "README.md, Configuration".
+std::optional<ServiceFlags> ParseServiceFlags(int argc, char** argv, const char* service,
+                                              const char* usage, const char* config_help);
+
+}  // namespace poolside::server
+
+#endif  // POOLSIDE_COMMON_SERVER_SERVICE_FLAGS_H_
