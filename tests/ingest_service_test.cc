@@ -449,8 +449,10 @@ TEST(IngestServiceTest, SigkillThenResendWithSameKeysWritesEachRowOnce) {
   for (const auto& m : messages) {
     if (!first.ok.count(m.sequence())) rest.push_back(m);
   }
-  // Plus a few acknowledged ones, as a client unsure of them would.
-  for (uint64_t seq : {uint64_t{0}, uint64_t{1}}) rest.push_back(messages[seq]);
+  // Plus a few acknowledged ones, as a client unsure of them would (flushes
+  // run in parallel, so these are not necessarily sequences 0 and 1).
+  auto acknowledged = first.ok.begin();
+  for (int i = 0; i < 2; ++i, ++acknowledged) rest.push_back(messages[*acknowledged]);
   ChannelRun second = RunChannel(restarted->stub.get(), rest);
   ASSERT_TRUE(second.status.ok()) << second.status.error_message();
   EXPECT_EQ(second.ok.size(), rest.size());
