@@ -1,0 +1,129 @@
+#include "bench/closed_loop.h"
+
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/telemetry/log.h"
+
+namespace poolside::bench {
+namespace {
+
+uint32_t Percentile(const std::vector<uint32_t>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  size_t i = static_cast<size_t>(q * (sorted.size() - 1) + 0.5);
+  return sorted[std::min(i, sorted.size() - 1)];
+}
+
+}  // namespace
+
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double CpuSeconds() {
+  rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+         (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+std::shared_ptr<grpc::Channel> NewChannel(const std::string& addr, int index) {
+  grpc::ChannelArguments args;
+  // Distinct arguments and a private subchannel pool give every channel its own
+  // TCP connection (and HTTP/2 stream limits) instead of one shared one.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetInt("poolside.bench.channel_index", index);
+  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+}
+
+void LoadOptions::Resolve() {
+  if (channels <= 0) channels = (callers + 7) / 8;
+  channels = std::min(channels, callers);
+  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = std::min(threads, callers);
+}
+
+JsonLine::JsonLine(absl::string_view tool) {
+  json_ = "{\"tool\":";
+  telemetry::AppendJsonString(tool, &json_);
+}
+
+void JsonLine::Add(absl::string_view key, const std::string& raw) {
+  absl::StrAppend(&json_, ",\"", key, "\":", raw);
+}
+
+void JsonLine::AddString(absl::string_view key, absl::string_view value) {
+  absl::StrAppend(&json_, ",\"", key, "\":");
+  telemetry::AppendJsonString(value, &json_);
+}
+
+void AddLoadFields(const LoadOptions& options, const LoadResult& r, JsonLine* json) {
+  const std::vector<uint32_t>& l = r.latencies_us;
+  double sum = 0;
+  for (uint32_t v : l) sum += v;
+  json->Add("callers", absl::StrCat(options.callers));
+  json->Add("channels", absl::StrCat(options.channels));
+  json->Add("threads", absl::StrCat(options.threads));
+  json->Add("duration_s", absl::StrFormat("%.3f", options.duration));
+  json->Add("warmup_s", absl::StrFormat("%.3f", options.warmup));
+  json->Add("ops", absl::StrCat(l.size()));
+  json->Add("ops_per_sec", absl::StrFormat("%.1f", l.size() / options.duration));
+  json->Add("mean_us", absl::StrFormat("%.1f", l.empty() ? 0 : sum / l.size()));
+  json->Add("p50_us", absl::StrCat(Percentile(l, 0.50)));
+  json->Add("p90_us", absl::StrCat(Percentile(l, 0.90)));
+  json->Add("p99_us", absl::StrCat(Percentile(l, 0.99)));
+  json->Add("p999_us", absl::StrCat(Percentile(l, 0.999)));
+  json->Add("max_us", absl::StrCat(l.empty() ? 0 : l.back()));
+  json->Add("errors", absl::StrCat(r.errors));
+  json->Add("warmup_errors", absl::StrCat(r.warmup_errors));
+  std::string codes = "{";
+  for (const auto& [code, n] : r.error_codes) {
+    absl::StrAppend(&codes, codes.size() > 1 ? "," : "", "\"", code, "\":", n);
+  }
+  json->Add("error_codes", codes + "}");
+  json->Add("client_cpu_cores",
+            absl::StrFormat("%.2f", r.wall_seconds > 0 ? r.cpu_seconds / r.wall_seconds : 0));
+}
+
+int Emit(absl::string_view tool, const LoadResult& result, const std::string& json,
+         const std::string& json_out) {
+  for (const auto& [code, msg] : result.first_error) {
+    std::fprintf(stderr, "%s: calls failed with code %d, e.g.: %s\n", std::string(tool).c_str(),
+                 code, msg.c_str());
+  }
+  std::printf("%s\n", json.c_str());
+  if (!json_out.empty()) {
+    std::ofstream out(json_out);
+    out << json << "\n";
+    if (!out) {
+      std::fprintf(stderr, "error: cannot write %s\n", json_out.c_str());
+      return 2;
+    }
+  }
+  return 0;
+}
+
+namespace internal {
+
+void Merge(LoadResult& from, LoadResult* into) {
+  into->latencies_us.insert(into->latencies_us.end(), from.latencies_us.begin(),
+                            from.latencies_us.end());
+  into->errors += from.errors;
+  into->warmup_errors += from.warmup_errors;
+  into->marked += from.marked;
+  for (const auto& [code, n] : from.error_codes) into->error_codes[code] += n;
+  for (const auto& [code, msg] : from.first_error) into->first_error.emplace(code, msg);
+}
+
+void Finish(LoadResult* result) {
+  std::sort(result->latencies_us.begin(), result->latencies_us.end());
+}
+
+}  // namespace internal
+}  // namespace poolside::bench
