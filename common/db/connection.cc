@@ -483,6 +483,39 @@ void Connection::ConsumeResultsOf(Step& step) {
   }
 }
 
+size_t Connection::AddStatementSteps(Statement* s, std::unique_ptr<EncodedParams> params,
+                                     std::vector<Step>& steps, std::vector<std::string>* evicted) {
+  bool is_new = false;
+  std::string key = absl::StrCat(s->sql, "\x1f", params->TypeSignature());
+  Prepared* prep = LookupOrAddPrepared(key, s->sql, evicted, &is_new);
+  if (is_new) {
+    Step p{Step::kPrepare};
+    p.statement = s;
+    p.prepared = prep;
+    p.prepared_key = key;
+    p.prepared_name = prep->name;
+    p.params = std::make_unique<EncodedParams>();
+    if (s->params != nullptr) (void)p.params->Encode(*s->params);
+    steps.push_back(std::move(p));
+  }
+  Step e{Step::kExec};
+  e.statement = s;
+  e.prepared = prep;
+  e.params = std::move(params);
+  steps.push_back(std::move(e));
+  return steps.size() - 1;
+}
+
+void Connection::AddDeallocateSteps(const std::vector<std::string>& names,
+                                    std::vector<Step>& steps) {
+  for (const std::string& name : names) {
+    Step d{Step::kSimple};
+    d.sql = absl::StrCat("DEALLOCATE ", name);
+    steps.push_back(std::move(d));
+    steps.push_back(Step{Step::kSync});
+  }
+}
+
 absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
   if (broken_) return absl::UnavailableError("connection is broken");
   if (PQenterPipelineMode(conn_) != 1) return MarkBroken("entering pipeline mode");
@@ -539,39 +572,16 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
       continue;
     }
     SetStatementTimeoutSteps(s->deadline, steps);
-    bool is_new = false;
-    std::string key = absl::StrCat(s->sql, "\x1f", params->TypeSignature());
-    Prepared* prep = LookupOrAddPrepared(key, s->sql, &evicted, &is_new);
-    if (is_new) {
-      Step p{Step::kPrepare};
-      p.statement = s;
-      p.prepared = prep;
-      p.prepared_key = key;
-      p.prepared_name = prep->name;
-      p.params = std::make_unique<EncodedParams>();
-      if (s->params != nullptr) (void)p.params->Encode(*s->params);
-      p.deadline = s->deadline;
-      p.cancelled = s->cancelled;
-      p.cancel = &cancels[i];
-      steps.push_back(std::move(p));
+    const size_t from = steps.size();
+    exec_index[i] = AddStatementSteps(s, std::move(params), steps, &evicted);
+    for (size_t j = from; j < steps.size(); ++j) {
+      steps[j].deadline = s->deadline;
+      steps[j].cancelled = s->cancelled;
+      steps[j].cancel = &cancels[i];
     }
-    Step e{Step::kExec};
-    e.statement = s;
-    e.prepared = prep;
-    e.params = std::move(params);
-    e.deadline = s->deadline;
-    e.cancelled = s->cancelled;
-    e.cancel = &cancels[i];
-    exec_index[i] = steps.size();
-    steps.push_back(std::move(e));
     steps.push_back(Step{Step::kSync});
   }
-  for (const std::string& name : evicted) {
-    Step d{Step::kSimple};
-    d.sql = absl::StrCat("DEALLOCATE ", name);
-    steps.push_back(std::move(d));
-    steps.push_back(Step{Step::kSync});
-  }
+  AddDeallocateSteps(evicted, steps);
   if (steps.empty()) return absl::OkStatus();
   absl::Status link = RunPipeline(steps);
   for (size_t i = 0; i < statements.size(); ++i) {
@@ -618,26 +628,7 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   steps.push_back(std::move(begin));
   std::vector<size_t> exec_index(statements.size());
   for (size_t i = 0; i < statements.size(); ++i) {
-    Statement* s = statements[i];
-    bool is_new = false;
-    std::string key = absl::StrCat(s->sql, "\x1f", encoded[i]->TypeSignature());
-    Prepared* prep = LookupOrAddPrepared(key, s->sql, &evicted, &is_new);
-    if (is_new) {
-      Step p{Step::kPrepare};
-      p.statement = s;
-      p.prepared = prep;
-      p.prepared_key = key;
-      p.prepared_name = prep->name;
-      p.params = std::make_unique<EncodedParams>();
-      if (s->params != nullptr) (void)p.params->Encode(*s->params);
-      steps.push_back(std::move(p));
-    }
-    Step e{Step::kExec};
-    e.statement = s;
-    e.prepared = prep;
-    e.params = std::move(encoded[i]);
-    exec_index[i] = steps.size();
-    steps.push_back(std::move(e));
+    exec_index[i] = AddStatementSteps(statements[i], std::move(encoded[i]), steps, &evicted);
   }
   // The statements end at a Sync, not at COMMIT: a statement can fail on this
   // side (a row or byte limit in its sink, say) after the server ran it fine,
@@ -682,12 +673,7 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
       finish.push_back(std::move(end));
       finish.push_back(Step{Step::kSync});
     }
-    for (const std::string& name : evicted) {
-      Step d{Step::kSimple};
-      d.sql = absl::StrCat("DEALLOCATE ", name);
-      finish.push_back(std::move(d));
-      finish.push_back(Step{Step::kSync});
-    }
+    AddDeallocateSteps(evicted, finish);
     // COMMIT is bounded by the caller's deadline; ROLLBACK and DEALLOCATE get a
     // few seconds of their own, since they only tidy up after a failure.
     const absl::Time finish_deadline =

@@ -43,6 +43,8 @@ struct pg_cancel;
 
 namespace poolside::db {
 
+class EncodedParams;  // value_codec.h
+
 struct ConnectionOptions {
   // libpq keyword/value string or URI; sslmode, sslrootcert etc. pass through.
   std::string dsn;
@@ -156,6 +158,12 @@ class Connection {
   explicit Connection(const ConnectionOptions& options);
 
   absl::Status RunPipeline(std::vector<Step>& steps);
+  // Appends a Prepare step (first use of this SQL and parameter types on this
+  // connection) and the Exec step for `s`; returns the Exec step's index.
+  size_t AddStatementSteps(Statement* s, std::unique_ptr<EncodedParams> params,
+                           std::vector<Step>& steps, std::vector<std::string>* evicted);
+  // DEALLOCATE (each in its own Sync) for statements evicted from the LRU.
+  static void AddDeallocateSteps(const std::vector<std::string>& names, std::vector<Step>& steps);
   absl::Status SendStep(Step& step);
   // Waits until a result is ready or the connection fails; enforces `deadline`
   // and `cancelled` by cancelling the backend query.
