@@ -45,6 +45,7 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "proto/poolside/v1/query.pb.h"
+#include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 
@@ -76,40 +77,25 @@ v1::DatabaseConfig Database(const std::string& name, const std::string& dsn,
   return db;
 }
 
-// Writes `config` (listening on a free port) next to the test's outputs and
-// starts query_server with it.
+// Starts query_server with `config`, listening on a free port
+// (tests/fixtures/poolside_servers.h).
 absl::StatusOr<QueryServer> StartQueryServer(
     v1::QueryServiceConfig config, absl::Duration start_timeout = absl::Seconds(30)) {
-  static std::atomic<int> counter{0};
-  const std::string stem = absl::StrCat(testing::TestOutputDir(), "/query_server.",
-                                        getpid(), ".", counter.fetch_add(1));
+  const std::string stem = testing::NewStem("query_server");
   config.mutable_server()->set_listen("127.0.0.1:0");
   config.mutable_server()->set_port_file(stem + ".port");
   if (config.server().drain_timeout_ms() == 0) {
     config.mutable_server()->set_drain_timeout_ms(5000);
   }
-  std::string json;
-  google::protobuf::util::JsonPrintOptions print;
-  print.add_whitespace = true;
-  if (!google::protobuf::util::MessageToJsonString(config, &json, print).ok()) {
-    return absl::InternalError("cannot render config as JSON");
-  }
-  const std::string config_path = stem + ".json";
-  std::ofstream(config_path) << json;
-
-  absl::StatusOr<std::unique_ptr<ServiceProcess>> process = ServiceProcess::Start(
-      RunfilePath("services/query/query_server"),
-      {absl::StrCat("--config=", config_path)}, stem + ".port", start_timeout);
+  absl::StatusOr<std::unique_ptr<ServiceProcess>> process = testing::StartConfigured(
+      "services/query/query_server", config, stem + ".port", stem, {}, start_timeout);
   if (!process.ok()) return process.status();
   QueryServer server;
   server.process = *std::move(process);
-  server.channel = grpc::CreateChannel(server.process->address(),
-                                       grpc::InsecureChannelCredentials());
-  if (!server.channel->WaitForConnected(std::chrono::system_clock::now() +
-                                        std::chrono::seconds(10))) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot connect to ", server.process->address()));
-  }
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      testing::Connect(server.process->address());
+  if (!channel.ok()) return channel.status();
+  server.channel = *std::move(channel);
   server.stub = v1::QueryService::NewStub(server.channel);
   return server;
 }
@@ -117,8 +103,7 @@ absl::StatusOr<QueryServer> StartQueryServer(
 // SIGTERM and the exit code.
 absl::StatusOr<int> StopQueryServer(QueryServer& server) {
   const absl::Time start = absl::Now();
-  if (absl::Status s = server.process->Signal(SIGTERM); !s.ok()) return s;
-  absl::StatusOr<int> code = server.process->Wait(absl::Seconds(20));
+  absl::StatusOr<int> code = testing::Terminate(*server.process);
   printf("query_server exited %s after SIGTERM\n",
          absl::FormatDuration(absl::Now() - start).c_str());
   return code;
@@ -297,15 +282,7 @@ grpc::Status ExecuteScalar(v1::QueryService::Stub& stub, const std::string& data
   return status;
 }
 
-// Polls `condition` every 20 ms until it holds or `timeout` passes.
-bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-}
+using ::poolside::testing::WaitFor;
 
 // Backends of `cluster` currently running a statement containing `marker`.
 int ActiveBackends(PostgresCluster& cluster, const std::string& marker) {
