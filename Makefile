@@ -9,6 +9,10 @@ APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates
   prometheus-cpp-dev postgresql postgresql-contrib postgresql-client pgbouncer \
   redis-server redis-tools python3
 
+# Directories with a package.json whose node_modules the tests use (npm ci, offline
+# lock files committed). Each test finds its node_modules next to its package.json.
+NPM_DIRS :=
+
 BAZEL ?= bazel
 RUN_DIR ?= $(CURDIR)/.run
 
@@ -24,6 +28,11 @@ deps:
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+	@for d in $(NPM_DIRS); do \
+	  if [ ! -d $$d/node_modules ] || [ $$d/package-lock.json -nt $$d/node_modules ]; then \
+	    echo "npm ci in $$d"; (cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+	  fi; \
+	done
 
 build: deps
 	$(BAZEL) build //...
