@@ -43,6 +43,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                s->options_.fixed_stream_window_bytes);
   }
   for (grpc::Service* service : s->options_.services) builder.RegisterService(service);
+  if (!s->options_.interceptors.empty()) {
+    builder.experimental().SetInterceptorCreators(std::move(s->options_.interceptors));
+    s->options_.interceptors.clear();
+  }
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(

@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/support/server_interceptor.h"
 
 namespace poolside::server {
 
@@ -40,6 +41,9 @@ struct ServerOptions {
   // growth), so a service that stops reading a stream for backpressure holds
   // at most about that much of the client's data per stream in gRPC's buffers.
   int fixed_stream_window_bytes = 0;  // 0: gRPC's adaptive default
+  // Interceptors run on every call, in this order (tracing, metrics, auth...).
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
 };
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it starts

@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   // buffers: the byte bound has to hold for the whole process.
   options.fixed_stream_window_bytes = 256 << 10;
   engine.Start();
-  auto server = poolside::server::Server::Start(options);
+  auto server = poolside::server::Server::Start(std::move(options));
   if (!server.ok()) {
     telemetry::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;

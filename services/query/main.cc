@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   options.port_file = config->server().port_file();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
-  auto server = poolside::server::Server::Start(options);
+  auto server = poolside::server::Server::Start(std::move(options));
   if (!server.ok()) {
     telemetry::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;
