@@ -190,6 +190,7 @@ class QueryCacheTest : public ::testing::Test {
                         "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text);"
                         "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int);"
                         "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int);"
+                        "CREATE TABLE IF NOT EXISTS unwatched (id int PRIMARY KEY, v int);"
                         "CREATE OR REPLACE VIEW item_names AS SELECT name FROM items;"
                         "CREATE SEQUENCE IF NOT EXISTS flight_seq")
                     .ok());
@@ -257,6 +258,20 @@ TEST_F(QueryCacheTest, MissThenHitAndOnlyReadsAreCached) {
   // An error is an error, not a cache outcome.
   Outcome bad = Call(stub(), Read("SELECT nope FROM items"));
   EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(QueryCacheTest, ReadsOfTablesNotConfiguredAsCachedAreNeverCached) {
+  // A write to `unwatched` by any client outside poolside would not be
+  // notified, so neither it nor a join with it is ever served from the cache.
+  for (const char* sql : {"SELECT v FROM unwatched WHERE id = 1 /* unwatched */",
+                          "SELECT i.name, u.v FROM items i LEFT JOIN unwatched u USING (id) "
+                          "WHERE i.id = 1 /* join */"}) {
+    const auto read = Read(sql);
+    Outcome first = Call(stub(), read);
+    ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+    EXPECT_EQ(first.cache, v1::BYPASS) << sql;
+    EXPECT_EQ(Call(stub(), read).cache, v1::BYPASS) << sql;
+  }
 }
 
 TEST_F(QueryCacheTest, EntriesExpireAndStaleOnesAreServedWhileRefreshing) {

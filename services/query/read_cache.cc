@@ -4,6 +4,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -166,6 +167,18 @@ struct ReadCache::DbState {
   Database* db = nullptr;
   std::vector<std::string> tables;  // configured for NOTIFY triggers
   bool listens = false;
+  // "schema.table" of the configured tables whose trigger is installed: only
+  // reads of these tables alone are cached, since a write to any other table
+  // (by a client outside poolside) would never invalidate them.
+  absl::Mutex watched_mu;
+  absl::flat_hash_set<std::string> watched ABSL_GUARDED_BY(watched_mu);
+  bool Watches(const std::vector<std::string>& tables) {
+    absl::MutexLock lock(&watched_mu);
+    for (const std::string& t : tables) {
+      if (!watched.contains(t)) return false;
+    }
+    return true;
+  }
   std::atomic<bool> subscribed{false};
   // Reads use the cache while flushed_epoch == suspect_epoch: every event
   // that may have left stale entries (start, a lost invalidation) raises
@@ -372,6 +385,12 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request,
           run_plain = std::move(run_plain)](absl::StatusOr<StatementTables> t) mutable {
            if (!t.ok() || !t->explained || t->modifies || t->locks_rows) {
              // Not a plain read (or its plan is unknown): the database decides.
+             counters_.bypass.fetch_add(1, std::memory_order_relaxed);
+             run_plain();
+             return;
+           }
+           if (DbState* state = StateOf(*db); state == nullptr || !state->Watches(t->tables)) {
+             // Reads a table whose writes are not notified: never cached.
              counters_.bypass.fetch_add(1, std::memory_order_relaxed);
              run_plain();
              return;
@@ -628,18 +647,22 @@ void ReadCache::Listen(DbState* state) {
     // Triggers first (idempotent), then LISTEN, then the flush: whatever was
     // written before the flush is gone from the cache, and whatever is
     // written after it is notified.
-    std::vector<std::string> resolved;
+    std::vector<std::string> resolved;   // as DDL names them
+    std::vector<std::string> qualified;  // "schema.table", as plans and NOTIFY name them
     for (const std::string& table : state->tables) {
       google::protobuf::RepeatedPtrField<v1::Value> params;
       params.Add()->set_text_value(table);
       v1::ResultSet rs;
       ResultBudget budget{1, 1 << 20};
       ResultSetSink sink(&rs, &budget);
-      db::Statement s{"SELECT $1::text::regclass::text", &params, &sink,
-                      absl::Now() + absl::Seconds(10)};
+      db::Statement s{"SELECT c.oid::regclass::text, n.nspname || '.' || c.relname "
+                      "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                      "WHERE c.oid = $1::text::regclass",
+                      &params, &sink, absl::Now() + absl::Seconds(10)};
       absl::Status link = (*conn)->RunIndependent({&s});
       if (link.ok() && s.status.ok() && rs.rows_size() == 1) {
         resolved.push_back(rs.rows(0).values(0).text_value());
+        qualified.push_back(rs.rows(0).values(1).text_value());
       } else {
         telemetry::LogError("cached table not found; its writes are not seen by the cache",
                             {{"database", db->name()}, {"table", table},
@@ -678,6 +701,11 @@ void ReadCache::Listen(DbState* state) {
         !s.ok()) {
       pause();
       continue;
+    }
+    {
+      absl::MutexLock lock(&state->watched_mu);
+      state->watched.clear();
+      state->watched.insert(qualified.begin(), qualified.end());
     }
     while (!stopping_.HasBeenNotified() && !FlushDatabase(state, "reconnect")) pause();
     if (stopping_.HasBeenNotified()) break;

@@ -17,6 +17,9 @@
 //   trigger sends NOTIFY (delivered on commit only); one LISTEN connection per
 //   such database invalidates the tables' tags. After a (re)subscription the
 //   database's entries are flushed, and until then its reads bypass the cache.
+//   Only statements reading nothing but such watched tables are cached; a read
+//   of any other table (or of a partition, whose direct writes the parent's
+//   trigger does not see) runs on the database (BYPASS).
 //   A write through this replica also invalidates its tables before the
 //   caller gets its reply (read-your-writes through any replica sharing the
 //   sidecar); a statement whose tables cannot be learned (DDL, CALL, ...)
