@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/telemetry/trace_context.h"
 
 namespace poolside::telemetry {
 namespace {
@@ -93,6 +94,10 @@ void Log(LogLevel level, absl::string_view message,
   }
   line.append(",\"message\":");
   AppendJsonString(message, &line);
+  if (const SpanContext& trace = CurrentSpanContext(); trace.valid()) {
+    line.append(",\"trace_id\":\"").append(trace.TraceIdHex());
+    line.append("\",\"span_id\":\"").append(trace.SpanIdHex()).append("\"");
+  }
   for (const auto& [key, value] : fields) {
     line.push_back(',');
     AppendJsonString(key, &line);

@@ -4,6 +4,8 @@
 // Structured logging: one JSON object per line on stderr, e.g.
 //   {"time":"2026-11-23T09:00:00.123456Z","level":"info","service":"query",
 //    "message":"serving","listen":"127.0.0.1:50051"}
+// A line logged inside a ScopedSpanContext (trace_context.h) also carries
+// "trace_id" and "span_id".
 //
 // Usage:
 //   poolside::telemetry::SetLogService("query");

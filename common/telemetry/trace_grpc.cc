@@ -1,0 +1,218 @@
+#include "common/telemetry/trace_grpc.h"
+
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "common/telemetry/trace.h"
+#include "grpcpp/server_context.h"
+
+namespace poolside::telemetry {
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+
+// Server spans of the calls in progress, by their ServerContext, so handlers
+// find theirs (interceptors and handlers share no other state).
+class ServerCallRegistry {
+ public:
+  static ServerCallRegistry& Get() {
+    static auto* registry = new ServerCallRegistry();
+    return *registry;
+  }
+  void Add(const grpc::ServerContextBase* call, const SpanContext& context) {
+    absl::MutexLock lock(&mu_);
+    calls_[call] = context;
+  }
+  void Remove(const grpc::ServerContextBase* call) {
+    absl::MutexLock lock(&mu_);
+    calls_.erase(call);
+  }
+  bool Find(const grpc::ServerContextBase* call, SpanContext* out) {
+    absl::MutexLock lock(&mu_);
+    auto it = calls_.find(call);
+    if (it == calls_.end()) return false;
+    *out = it->second;
+    return true;
+  }
+
+ private:
+  absl::Mutex mu_;
+  absl::flat_hash_map<const grpc::ServerContextBase*, SpanContext> calls_ ABSL_GUARDED_BY(mu_);
+};
+
+// "/pkg.Service/Method" -> ("pkg.Service", "Method").
+std::pair<absl::string_view, absl::string_view> SplitMethod(absl::string_view full) {
+  if (absl::StartsWith(full, "/")) full.remove_prefix(1);
+  const size_t slash = full.find('/');
+  if (slash == absl::string_view::npos) return {full, ""};
+  return {full.substr(0, slash), full.substr(slash + 1)};
+}
+
+void SetRpcAttributes(Span& span, absl::string_view full_method) {
+  const auto [service, method] = SplitMethod(full_method);
+  span.SetAttribute("rpc.system", "grpc");
+  span.SetAttribute("rpc.service", service);
+  span.SetAttribute("rpc.method", method);
+}
+
+void SetRpcStatus(Span& span, const grpc::Status& status) {
+  span.SetAttribute("rpc.grpc.status_code", static_cast<int64_t>(status.error_code()));
+  if (!status.ok()) {
+    span.SetStatus(absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                                status.error_message()));
+  }
+}
+
+absl::string_view SpanName(absl::string_view full_method) {
+  if (absl::StartsWith(full_method, "/")) full_method.remove_prefix(1);
+  return full_method;
+}
+
+class ServerInterceptor : public grpc::experimental::Interceptor {
+ public:
+  explicit ServerInterceptor(grpc::experimental::ServerRpcInfo* info) : info_(info) {}
+
+  ~ServerInterceptor() override {
+    if (registered_) ServerCallRegistry::Get().Remove(info_->server_context());
+    if (span_.recording()) span_.SetAttribute("rpc.grpc.status_code", int64_t{1});  // ended unanswered
+  }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      Begin(methods->GetRecvInitialMetadata());
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      SetRpcStatus(span_, methods->GetSendStatus());
+      span_.End();
+      if (registered_) {
+        ServerCallRegistry::Get().Remove(info_->server_context());
+        registered_ = false;
+      }
+    }
+    methods->Proceed();
+  }
+
+ private:
+  void Begin(std::multimap<grpc::string_ref, grpc::string_ref>* metadata) {
+    std::optional<SpanContext> parent;
+    if (metadata != nullptr) {
+      auto tp = metadata->find(kTraceparentHeader);
+      if (tp != metadata->end()) {
+        absl::string_view state;
+        auto ts = metadata->find(kTracestateHeader);
+        if (ts != metadata->end()) state = absl::string_view(ts->second.data(), ts->second.size());
+        parent = ParseTraceparent(absl::string_view(tp->second.data(), tp->second.size()), state);
+      }
+    }
+    const absl::string_view method = info_->method();
+    span_ = StartSpan(SpanName(method), SpanKind::kServer, parent.value_or(SpanContext()));
+    SetRpcAttributes(span_, method);
+    if (span_.recording()) span_.SetAttribute("net.peer.name", info_->server_context()->peer());
+    if (span_.context().valid()) {
+      ServerCallRegistry::Get().Add(info_->server_context(), span_.context());
+      registered_ = true;
+    }
+  }
+
+  grpc::experimental::ServerRpcInfo* const info_;
+  Span span_;
+  bool registered_ = false;
+};
+
+class ServerFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    const absl::string_view method = info->method();
+    // Health probes and reflection are not worth a trace each.
+    if (absl::StartsWith(method, "/grpc.health.") || absl::StartsWith(method, "/grpc.reflection.")) {
+      return nullptr;
+    }
+    return new ServerInterceptor(info);
+  }
+};
+
+class ClientInterceptor : public grpc::experimental::Interceptor {
+ public:
+  ClientInterceptor(grpc::experimental::ClientRpcInfo* info, SpanContext parent)
+      : info_(info), parent_(std::move(parent)) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(
+            InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      std::multimap<std::string, std::string>* metadata = methods->GetSendInitialMetadata();
+      auto tp = metadata->find(kTraceparentHeader);
+      if (tp != metadata->end()) {
+        // The caller chose the parent explicitly.
+        auto ts = metadata->find(kTracestateHeader);
+        std::optional<SpanContext> given =
+            ParseTraceparent(tp->second, ts == metadata->end() ? "" : ts->second);
+        if (given.has_value()) parent_ = *given;
+        metadata->erase(kTraceparentHeader);
+        metadata->erase(kTracestateHeader);
+      }
+      const absl::string_view method = info_->method();
+      span_ = StartSpan(SpanName(method), SpanKind::kClient, parent_);
+      SetRpcAttributes(span_, method);
+      const SpanContext& ctx = span_.context();
+      if (ctx.valid()) {
+        metadata->emplace(kTraceparentHeader, FormatTraceparent(ctx));
+        if (!ctx.trace_state.empty()) metadata->emplace(kTracestateHeader, ctx.trace_state);
+      }
+    }
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_STATUS)) {
+      if (const grpc::Status* status = methods->GetRecvStatus(); status != nullptr) {
+        SetRpcStatus(span_, *status);
+      }
+      span_.End();
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ClientRpcInfo* const info_;
+  SpanContext parent_;
+  Span span_;
+};
+
+class ClientFactory : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo* info) override {
+    // Runs on the thread starting the call: its current context is the parent.
+    return new ClientInterceptor(info, CurrentSpanContext());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+NewServerTracingInterceptorFactory() {
+  return std::make_unique<ServerFactory>();
+}
+
+std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>
+NewClientTracingInterceptorFactory() {
+  return std::make_unique<ClientFactory>();
+}
+
+SpanContext ServerCallContext(const grpc::ServerContextBase* context) {
+  SpanContext out;
+  if (ServerCallRegistry::Get().Find(context, &out)) return out;
+  const auto& metadata = context->client_metadata();
+  auto tp = metadata.find(kTraceparentHeader);
+  if (tp == metadata.end()) return SpanContext();
+  auto ts = metadata.find(kTracestateHeader);
+  std::optional<SpanContext> parsed = ParseTraceparent(
+      absl::string_view(tp->second.data(), tp->second.size()),
+      ts == metadata.end() ? absl::string_view()
+                           : absl::string_view(ts->second.data(), ts->second.size()));
+  return parsed.value_or(SpanContext());
+}
+
+}  // namespace poolside::telemetry
