@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/server/channel.h"
 #include "common/telemetry/log.h"
 
 namespace poolside::bench {
@@ -39,7 +40,11 @@ std::shared_ptr<grpc::Channel> NewChannel(const std::string& addr, int index) {
   // TCP connection (and HTTP/2 stream limits) instead of one shared one.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt("poolside.bench.channel_index", index);
-  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+  server::ChannelOptions options;
+  options.target = addr;
+  options.tls = server::PlaintextTls();  // the benchmark runs on loopback
+  options.args = args;
+  return *server::CreateChannel(std::move(options));
 }
 
 void LoadOptions::Resolve() {

@@ -35,6 +35,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/server/channel.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50053", "ingest service address");
@@ -175,10 +176,11 @@ int main(int argc, char** argv) {
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   std::vector<std::unique_ptr<v1::IngestService::Stub>> stubs;
   for (int i = 0; i < producers; ++i) {
-    grpc::ChannelArguments args;
-    args.SetInt("grpc.channel_id", i);  // distinct channels: one connection each
-    channels.push_back(grpc::CreateCustomChannel(absl::GetFlag(FLAGS_addr),
-                                                 grpc::InsecureChannelCredentials(), args));
+    poolside::server::ChannelOptions options;
+    options.target = absl::GetFlag(FLAGS_addr);
+    options.tls = poolside::server::PlaintextTls();  // the benchmark runs on loopback
+    options.args.SetInt("grpc.channel_id", i);  // distinct channels: one connection each
+    channels.push_back(*poolside::server::CreateChannel(std::move(options)));
     stubs.push_back(v1::IngestService::NewStub(channels.back()));
   }
   std::vector<Producer> state(producers);

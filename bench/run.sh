@@ -351,7 +351,7 @@ ingest_bench() {
   ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "$busy"
 
   printf '%s\n' \
-    "{\"server\": {\"listen\": \"127.0.0.1:0\", \"portFile\": \"$TMP/ingest.port\"}," \
+    "{\"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/ingest.port\"}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"}]," \
     " \"tables\": [{\"database\": \"demo\", \"tables\": [\"ingest_poolside\"]}]," \
     " \"batch\": {\"copyConnections\": $INGEST_COPY_CONNECTIONS}}" >"$TMP/ingest.json"
@@ -397,7 +397,7 @@ cache_bench_start() {
   mkdir -p "$TMP/cache"
   cache_port=$(free_port)
   CACHE_SOCKET=$TMP/cache/cache.sock
-  printf '%s\n' "{\"server\": {\"listen\": \"127.0.0.1:$cache_port\", \"portFile\": \"$TMP/cache/port\"}," \
+  printf '%s\n' "{\"server\": {\"listen\": \"127.0.0.1:$cache_port\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/port\"}," \
     " \"unixSocket\": \"$CACHE_SOCKET\", \"capacityBytes\": \"268435456\"}" >"$TMP/cache/cache.json"
   "$BIN/services/cache/cache_server" --config="$TMP/cache/cache.json" --log_level=warning \
     >"$TMP/cache/cache_server.log" 2>&1 &
@@ -455,6 +455,65 @@ redis_point() {  # clients
 cache_bench() {
   local c
   command -v redis-benchmark >/dev/null || die "redis-benchmark not found (make deps)"
+# Cached against uncached point selects through query: a query_server of its
+# own (same pool as devstack's) whose cache is this section's sidecar over the
+# unix socket, with pgbench_accounts configured as cached; the same hot keys
+# both ways, so the uncached run reads from PostgreSQL's buffer cache too.
+QUERY_CACHE_KEYS=${BENCH_QUERY_CACHE_KEYS:-1000}
+QUERY_CACHE_PID=""
+QUERY_CACHE_SUMMARY="not measured"
+
+query_cache_point() {  # scenario addr clients ttl
+  local scenario=$1 addr=$2 c=$3 ttl=$4 busy
+  busy=$(wait_idle)
+  log "$scenario c=$c (other CPU load ${busy}%)"
+  run "$LOADGEN" --addr="$addr" --callers="$c" --duration="$SECS" --warmup="$WARMUP" \
+    --keys="$QUERY_CACHE_KEYS" --cache_ttl_ms="$ttl" --label="c=$c" \
+    >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    || { cat "$TMP/loadgen.err" >&2; die "loadgen failed ($scenario c=$c)"; }
+  [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
+  python3 bench/report.py loadgen-point --scenario "$scenario" --concurrency "$c" \
+    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
+    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+}
+
+query_cache_bench() {
+  local server=$BIN/services/query/query_server port i c
+  if [[ ! -x $server || -n ${BENCH_PG_PORT:-} ]]; then
+    log "cached reads through query: skipped (no query_server, or an external PostgreSQL)"
+    return 0
+  fi
+  printf '%s\n' \
+    "{\"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"}," \
+    " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"," \
+    "   \"pool\": {\"minIdle\": 2, \"maxSize\": 8}}]," \
+    " \"defaultDatabase\": \"demo\"," \
+    " \"cache\": {\"target\": \"unix:$CACHE_SOCKET\"," \
+    "   \"tables\": [{\"database\": \"demo\", \"tables\": [\"pgbench_accounts\"]}]}}" \
+    >"$TMP/cache/query.json"
+  "$server" --config="$TMP/cache/query.json" --log_level=warning >"$TMP/cache/query.log" 2>&1 &
+  QUERY_CACHE_PID=$!
+  for ((i = 0; i < 300; i++)); do
+    [[ -s $TMP/cache/query.port ]] && break
+    is_alive "$QUERY_CACHE_PID" || { cat "$TMP/cache/query.log" >&2; die "query_server (cached) exited"; }
+    sleep 0.1
+  done
+  port=$(cat "$TMP/cache/query.port" 2>/dev/null) || die "query_server (cached) did not start"
+  # Wait until reads are answered from the cache (the listener has subscribed).
+  for ((i = 0; i < 100; i++)); do
+    "$LOADGEN" --addr="127.0.0.1:$port" --callers=1 --duration=0.2 --warmup=0 --keys=1 \
+      --cache_ttl_ms=60000 2>/dev/null | grep -q '"not_hits":0' && break
+    sleep 0.2
+  done
+  for c in $CACHE_CONCURRENCY; do
+    query_cache_point query_uncached "127.0.0.1:$port" "$c" 0
+    query_cache_point query_cached "127.0.0.1:$port" "$c" 60000
+  done
+  stop_pid "$QUERY_CACHE_PID" 20
+  QUERY_CACHE_PID=""
+  QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=8) whose sidecar is the cache_server above over its unix socket; loadgen without a cache policy, then with ttl 60 s"
+}
+
   cache_bench_start
   for c in $CACHE_CONCURRENCY; do
     redis_point "$c"

@@ -170,7 +170,7 @@ absl::StatusOr<CacheInvocation> ParseCacheCommand(const std::vector<std::string>
   return inv;
 }
 
-int RunCacheCommand(const std::vector<std::string>& args) {
+int RunCacheCommand(const std::vector<std::string>& args, const ConnectionOptions& connection) {
   CacheInvocation defaults;
   if (const char* addr = std::getenv("POOLSIDE_CACHE_ADDR"); addr && *addr) defaults.addr = addr;
   absl::StatusOr<CacheInvocation> inv = ParseCacheCommand(args, defaults);
@@ -183,8 +183,12 @@ int RunCacheCommand(const std::vector<std::string>& args) {
     std::fputs(CacheUsageText(), stdout);
     return kExitOk;
   }
-  auto channel = grpc::CreateChannel(inv->addr, grpc::InsecureChannelCredentials());
-  auto stub = v1::CacheService::NewStub(channel);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = OpenChannel(inv->addr, connection);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(channel.status().message()).c_str());
+    return kExitError;
+  }
+  auto stub = v1::CacheService::NewStub(*channel);
   return inv->action == CacheInvocation::Action::kStats ? Stats(stub.get(), *inv)
                                                         : Invalidate(stub.get(), *inv);
 }

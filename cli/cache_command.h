@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/connection.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -40,7 +41,7 @@ absl::StatusOr<CacheInvocation> ParseCacheCommand(const std::vector<std::string>
 const char* CacheUsageText();
 
 // Runs `poolside cache ARGS...`; returns the process exit code (0 ok, 2 error).
-int RunCacheCommand(const std::vector<std::string>& args);
+int RunCacheCommand(const std::vector<std::string>& args, const ConnectionOptions& connection);
 
 }  // namespace poolside::cli
 

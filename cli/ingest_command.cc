@@ -196,7 +196,7 @@ std::string ChunkKey(const std::string& identity, uint64_t chunk) {
   return absl::StrFormat("csv-%016x-%d", Fnv1a(identity), chunk);
 }
 
-int RunIngestCommand(const std::vector<std::string>& args) {
+int RunIngestCommand(const std::vector<std::string>& args, const ConnectionOptions& connection) {
   IngestOptions defaults;
   if (const char* a = std::getenv("POOLSIDE_INGEST_ADDR"); a != nullptr && *a) defaults.addr = a;
   for (const std::string& a : args) {
@@ -237,8 +237,12 @@ int RunIngestCommand(const std::vector<std::string>& args) {
       absl::StrCat(path, "\n", st.st_size, "\n", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec, "\n",
                    o.database, "\n", o.table, "\n", absl::StrJoin(o.columns, ","));
 
-  auto channel = grpc::CreateChannel(o.addr, grpc::InsecureChannelCredentials());
-  auto stub = v1::IngestService::NewStub(channel);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = OpenChannel(o.addr, connection);
+  if (!channel.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(channel.status().message()).c_str());
+    return kExitError;
+  }
+  auto stub = v1::IngestService::NewStub(*channel);
   grpc::ClientContext ctx;
   auto stream = stub->Channel(&ctx);
 

@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/connection.h"
 #include "absl/status/statusor.h"
 
 namespace poolside::cli {
@@ -49,7 +50,7 @@ absl::StatusOr<IngestOptions> ParseIngestArgs(const std::vector<std::string>& ar
 std::string ChunkKey(const std::string& identity, uint64_t chunk);
 
 // Runs the command; returns the exit code.
-int RunIngestCommand(const std::vector<std::string>& args);
+int RunIngestCommand(const std::vector<std::string>& args, const ConnectionOptions& connection);
 
 const char* IngestUsageText();
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/connection.h"
 #include "cli/cache_command.h"
 #include "cli/command_line.h"
 #include "cli/ingest_command.h"
@@ -280,30 +281,32 @@ int RunStats(v1::QueryService::Stub* stub, const Invocation& inv) {
 
 int Main(int argc, char** argv) {
   // `poolside cache ...` talks to the cache sidecar (cli/cache_command.h).
-  if (argc >= 2 && std::string(argv[1]) == "cache") {
-    return RunCacheCommand(std::vector<std::string>(argv + 2, argv + argc));
+  std::vector<std::string> args(argv + 1, argv + argc);
+  absl::StatusOr<ConnectionOptions> connection = TakeConnectionOptions(args);
+  if (!connection.ok()) return PrintError(connection.status());
+  if (!args.empty() && args[0] == "cache") {
+    return RunCacheCommand(std::vector<std::string>(args.begin() + 1, args.end()), *connection);
   }
   Invocation defaults;
   if (const char* addr = std::getenv("POOLSIDE_ADDR"); addr && *addr) {
     defaults.addr = addr;
   }
   // `ingest` has its own options (cli/ingest_command.h).
-  if (argc > 1 && std::string(argv[1]) == "ingest") {
-    return RunIngestCommand(std::vector<std::string>(argv + 2, argv + argc));
+  if (!args.empty() && args[0] == "ingest") {
+    return RunIngestCommand(std::vector<std::string>(args.begin() + 1, args.end()), *connection);
   }
-  absl::StatusOr<Invocation> inv =
-      ParseCommandLine(std::vector<std::string>(argv + 1, argv + argc), defaults);
+  absl::StatusOr<Invocation> inv = ParseCommandLine(args, defaults);
   if (!inv.ok()) {
     return PrintError(inv.status());
   }
   if (inv->command == Command::kHelp) {
     Print(UsageText());
+    Print(ConnectionUsageText());
     return kExitOk;
   }
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(inv->addr, grpc::InsecureChannelCredentials());
-  std::unique_ptr<v1::QueryService::Stub> stub =
-      v1::QueryService::NewStub(channel);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = OpenChannel(inv->addr, *connection);
+  if (!channel.ok()) return PrintError(channel.status());
+  std::unique_ptr<v1::QueryService::Stub> stub = v1::QueryService::NewStub(*channel);
   switch (inv->command) {
     case Command::kQuery: return RunQuery(stub.get(), *inv);
     case Command::kPools: return RunPools(stub.get(), *inv);

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/server/channel.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -59,7 +60,11 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& target, int channel_id
   // A distinct argument gives a channel of its own (no shared subchannel), as a
   // second process would have.
   args.SetInt("poolside.test_channel_id", channel_id);
-  return grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+  server::ChannelOptions options;
+  options.target = target;
+  options.tls = server::PlaintextTls();
+  options.args = args;
+  return *server::CreateChannel(std::move(options));
 }
 
 bool WaitConnected(const std::shared_ptr<grpc::Channel>& channel) {
@@ -82,6 +87,7 @@ absl::StatusOr<CacheServer> StartCacheServer(v1::CacheServiceConfig config,
                                         ".", counter.fetch_add(1));
   if (socket_path.empty()) socket_path = ShortTempDir() + "/cache.sock";
   config.mutable_server()->set_listen("127.0.0.1:0");
+  if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
   config.mutable_server()->set_port_file(stem + ".port");
   config.mutable_server()->set_drain_timeout_ms(5000);
   config.set_unix_socket(socket_path);
@@ -182,6 +188,7 @@ struct Client {
 
 v1::CacheServiceConfig SmallConfig() {
   v1::CacheServiceConfig c;
+  c.mutable_server()->mutable_tls()->set_plaintext(true);
   c.set_capacity_bytes(8 << 20);
   c.set_shards(4);
   c.set_max_entry_bytes(1 << 20);
@@ -404,6 +411,7 @@ TEST(CacheServiceSocketTest, StaleSocketFileIsReplaced) {
   // A second server on the same, live socket refuses to start.
   v1::CacheServiceConfig config = SmallConfig();
   config.mutable_server()->set_listen("127.0.0.1:0");
+  if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
   config.set_unix_socket(path);
   const std::string config_path =
       WriteConfig(config, absl::StrCat(testing::TestOutputDir(), "/live_socket.json"));
@@ -425,7 +433,7 @@ TEST(CacheServiceConfigTest, CheckConfigAndBadConfig) {
   EXPECT_EQ(ok->exit_code, 0) << ok->output;
   EXPECT_TRUE(absl::StrContains(ok->output, "configuration OK")) << ok->output;
 
-  std::ofstream(dir + "/check_bad.json") << R"({"capacityBytes": "1024", "shards": 16})";
+  std::ofstream(dir + "/check_bad.json") << R"({"server": {"tls": {"plaintext": true}}, "capacityBytes": "1024", "shards": 16})";
   absl::StatusOr<testing::CommandResult> bad = testing::RunCommand(
       {RunfilePath("services/cache/cache_server"), "--config=" + dir + "/check_bad.json",
        "--check_config"});

@@ -29,6 +29,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/server/channel.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -79,6 +80,7 @@ absl::StatusOr<IngestServer> StartIngestServer(v1::IngestServiceConfig config) {
   const std::string stem = absl::StrCat(testing::TestOutputDir(), "/ingest_server.", getpid(),
                                         ".", counter.fetch_add(1));
   config.mutable_server()->set_listen("127.0.0.1:0");
+  if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
   config.mutable_server()->set_port_file(stem + ".port");
   if (config.server().drain_timeout_ms() == 0) config.mutable_server()->set_drain_timeout_ms(20000);
   std::string json;
@@ -92,8 +94,10 @@ absl::StatusOr<IngestServer> StartIngestServer(v1::IngestServiceConfig config) {
   if (!process.ok()) return process.status();
   IngestServer server;
   server.process = *std::move(process);
-  server.channel =
-      grpc::CreateChannel(server.process->address(), grpc::InsecureChannelCredentials());
+  server::ChannelOptions options;
+  options.target = server.process->address();
+  options.tls = server::PlaintextTls();
+  server.channel = *server::CreateChannel(std::move(options));
   if (!server.channel->WaitForConnected(std::chrono::system_clock::now() +
                                         std::chrono::seconds(10))) {
     return absl::UnavailableError("cannot connect to ingest_server");

@@ -54,6 +54,7 @@ struct Sidecar {
     }
     v1::CacheServiceConfig config;
     config.mutable_server()->set_listen("127.0.0.1:0");
+    if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
     config.mutable_server()->set_port_file(stem + ".port");
     config.set_unix_socket(socket);
     config.set_capacity_bytes(64 << 20);
@@ -107,6 +108,7 @@ absl::Status StartReplica(PostgresCluster& pg, Replica* r) {
   v1::QueryServiceConfig config = ReplicaConfig(pg, r->sidecar.socket);
   const std::string stem = NewStem("query_server");
   config.mutable_server()->set_listen("127.0.0.1:0");
+  if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
   config.mutable_server()->set_port_file(stem + ".port");
   auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
   if (!p.ok()) return p.status();

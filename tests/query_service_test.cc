@@ -83,6 +83,7 @@ absl::StatusOr<QueryServer> StartQueryServer(
     v1::QueryServiceConfig config, absl::Duration start_timeout = absl::Seconds(30)) {
   const std::string stem = testing::NewStem("query_server");
   config.mutable_server()->set_listen("127.0.0.1:0");
+  if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
   config.mutable_server()->set_port_file(stem + ".port");
   if (config.server().drain_timeout_ms() == 0) {
     config.mutable_server()->set_drain_timeout_ms(5000);

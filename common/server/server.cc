@@ -7,8 +7,10 @@
 #include <cstdio>
 #include <fstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/server/tls.h"
 #include "common/telemetry/log.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -28,12 +30,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::unique_ptr<Server> s(new Server());
   s->options_ = std::move(options);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tcp_credentials =
+      ServerCredentialsFor(s->options_.tls);
+  if (!tcp_credentials.ok()) return tcp_credentials.status();
+  auto credentials_for = [&](const std::string& address) {
+    return absl::StartsWith(address, "unix") ? grpc::InsecureServerCredentials()
+                                             : *tcp_credentials;
+  };
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(s->options_.listen, grpc::InsecureServerCredentials(), &s->port_);
+  builder.AddListeningPort(s->options_.listen, credentials_for(s->options_.listen), &s->port_);
   std::vector<int> extra_ports(s->options_.extra_listen.size(), 0);
   for (size_t i = 0; i < extra_ports.size(); ++i) {
-    builder.AddListeningPort(s->options_.extra_listen[i], grpc::InsecureServerCredentials(),
-                             &extra_ports[i]);
+    builder.AddListeningPort(s->options_.extra_listen[i],
+                             credentials_for(s->options_.extra_listen[i]), &extra_ports[i]);
   }
   builder.SetMaxReceiveMessageSize(s->options_.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(s->options_.max_send_message_bytes);
@@ -77,6 +86,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 }
 
 Server::~Server() { Shutdown(); }
+                                 {"tls", s->options_.tls.plaintext()            ? "off (plaintext)"
+                                         : s->options_.tls.require_client_cert() ? "mutual"
+                                                                                 : "on"},
 
 int Server::WaitForTermination() {
   sigset_t set;

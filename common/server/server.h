@@ -28,6 +28,7 @@
 
 namespace poolside::server {
 
+#include "proto/poolside/v1/config.pb.h"
 struct ServerOptions {
   std::string listen = "0.0.0.0:0";
   // More addresses to serve on, e.g. "unix:/run/poolside/cache.sock".
@@ -36,6 +37,10 @@ struct ServerOptions {
   absl::Duration drain_timeout = absl::Seconds(10);
   std::vector<grpc::Service*> services;
   int max_receive_message_bytes = 64 << 20;
+  // Transport security of the TCP addresses (`listen` and TCP `extra_listen`);
+  // "unix:" addresses are plaintext. Start() fails unless this names a
+  // certificate or says plaintext explicitly (see common/server/tls.h).
+  v1::TlsConfig tls;
   int max_send_message_bytes = 64 << 20;
   // Keep each stream's HTTP/2 receive window at a fixed size (no BDP-driven
   // growth), so a service that stops reading a stream for backpressure holds

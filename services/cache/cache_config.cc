@@ -6,6 +6,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/config/json_config.h"
+#include "common/config/sizing.h"
+#include "common/config/tls_config.h"
 
 namespace poolside::cache {
 namespace {
@@ -27,11 +29,13 @@ std::string MiB(uint64_t bytes) {
 }  // namespace
 
 absl::StatusOr<v1::CacheServiceConfig> FinalizeCacheConfig(v1::CacheServiceConfig c,
-                                                           const config::ContainerLimits& limits,
+                                                           const config::ContainerLimits& detected,
                                                            std::string* capacity_note) {
+  const config::ContainerLimits limits = config::EffectiveLimits(c.server(), detected);
   auto* server = c.mutable_server();
   if (server->listen().empty()) server->set_listen("0.0.0.0:50052");
   POOLSIDE_DEFAULT(server, drain_timeout_ms, 10000u);
+  if (absl::Status s = config::ValidateServerTlsConfig(server->tls()); !s.ok()) return s;
   if (absl::StartsWith(c.unix_socket(), "unix:")) {
     c.set_unix_socket(std::string(absl::StripPrefix(c.unix_socket(), "unix:")));
   }
@@ -68,13 +72,15 @@ absl::StatusOr<v1::CacheServiceConfig> FinalizeCacheConfig(v1::CacheServiceConfi
 
   std::string note;
   if (c.capacity_bytes() == 0) {
+    config::MemoryRule rule;
+    rule.fraction = c.memory_fraction();
+    rule.without_limit = kDefaultCapacityBytes;
+    c.set_capacity_bytes(config::BytesFromMemory(limits, rule));
     if (limits.memory_bytes) {
-      c.set_capacity_bytes(static_cast<uint64_t>(*limits.memory_bytes * c.memory_fraction()));
       note = absl::StrCat(MiB(c.capacity_bytes()), " = memoryFraction ", c.memory_fraction(),
                           " of the container memory limit ", MiB(*limits.memory_bytes), " (",
                           limits.source, ")");
     } else {
-      c.set_capacity_bytes(kDefaultCapacityBytes);
       note = absl::StrCat(MiB(c.capacity_bytes()),
                           " (default: no capacityBytes and no container memory limit)");
     }

@@ -16,6 +16,8 @@ absl::StatusOr<v1::CacheServiceConfig> Finalize(const std::string& json,
   v1::CacheServiceConfig c;
   absl::Status s = config::ParseJsonConfig(json, &c);
   if (!s.ok()) return s;
+  // These tests are about other sections: say plaintext unless the JSON sets server.tls.
+  if (!c.server().has_tls()) c.mutable_server()->mutable_tls()->set_plaintext(true);
   return FinalizeCacheConfig(c, limits, note);
 }
 

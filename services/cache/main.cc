@@ -117,6 +117,7 @@ int main(int argc, char** argv) {
   // The socket is created by bind() with 0777 & ~umask: set the umask so it is
   // born with kSocketMode (no window with other permissions).
   const mode_t old_umask = umask(0777 & ~kSocketMode);
+  options.tls = config->server().tls();
   auto server = poolside::server::Server::Start(std::move(options));
   umask(old_umask);
   if (!server.ok()) {

@@ -1,9 +1,13 @@
 #include "services/ingest/ingest_config.h"
 
+#include <algorithm>
+
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/database_config.h"
 #include "common/config/json_config.h"
+#include "common/config/sizing.h"
+#include "common/config/tls_config.h"
 
 namespace poolside::ingest {
 namespace {
@@ -13,17 +17,48 @@ namespace {
 
 }  // namespace
 
-absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(v1::IngestServiceConfig c) {
+absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
+    v1::IngestServiceConfig c, const config::ContainerLimits& detected, std::string* sizing_note) {
   auto* server = c.mutable_server();
   if (server->listen().empty()) server->set_listen("0.0.0.0:50053");
   POOLSIDE_DEFAULT(server, drain_timeout_ms, 10000u);
+  if (absl::Status s = config::ValidateServerTlsConfig(server->tls()); !s.ok()) return s;
 
   auto* batch = c.mutable_batch();
   POOLSIDE_DEFAULT(batch, max_rows, 10000u);
   POOLSIDE_DEFAULT(batch, max_bytes, uint64_t{4} << 20);
   POOLSIDE_DEFAULT(batch, linger_ms, 10u);
-  POOLSIDE_DEFAULT(batch, buffer_bytes, uint64_t{64} << 20);
-  POOLSIDE_DEFAULT(batch, copy_connections, 4u);
+  const config::ContainerLimits limits = config::EffectiveLimits(c.server(), detected);
+  const bool sized_buffer = batch->buffer_bytes() == 0;
+  const bool sized_copies = batch->copy_connections() == 0;
+  if (sized_buffer) {
+    config::MemoryRule rule;
+    rule.fraction = 0.25;
+    rule.min = std::max(uint64_t{16} << 20, 2 * batch->max_bytes());
+    rule.max = uint64_t{1} << 30;
+    rule.without_limit = uint64_t{64} << 20;
+    batch->set_buffer_bytes(config::BytesFromMemory(limits, rule));
+  }
+  if (sized_copies) {
+    config::ThreadRule rule;
+    rule.per_core = 2;
+    rule.min = 2;
+    rule.max = 8;
+    rule.without_limit = 4;
+    batch->set_copy_connections(config::ThreadsFromCpu(limits, rule));
+  }
+  if (sizing_note != nullptr) {
+    *sizing_note = absl::StrCat(
+        "bufferBytes ", batch->buffer_bytes() >> 20, " MiB",
+        !sized_buffer          ? " (configured)"
+        : limits.memory_bytes ? " (a quarter of the memory limit)"
+                              : " (default: no memory limit)",
+        ", copyConnections ", batch->copy_connections(),
+        !sized_copies  ? " (configured)"
+        : limits.cpus ? " (2 per core of the CPU limit)"
+                      : " (default: no CPU limit)",
+        "; limits: ", config::DescribeLimits(limits));
+  }
   POOLSIDE_DEFAULT(batch, flush_timeout_ms, 60000u);
   POOLSIDE_DEFAULT(batch, key_retention_ms, uint64_t{86400000});
   POOLSIDE_DEFAULT(batch, retry_after_ms, 100u);
@@ -79,11 +114,14 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(v1::IngestServiceCo
   return c;
 }
 
-absl::StatusOr<v1::IngestServiceConfig> LoadIngestConfig(const std::string& path) {
+absl::StatusOr<v1::IngestServiceConfig> LoadIngestConfig(const std::string& path,
+                                                         const config::ContainerLimits& limits,
+                                                         std::string* sizing_note) {
   v1::IngestServiceConfig c;
   absl::Status s = config::LoadJsonConfig(path, &c);
   if (!s.ok()) return s;
-  absl::StatusOr<v1::IngestServiceConfig> done = FinalizeIngestConfig(std::move(c));
+  absl::StatusOr<v1::IngestServiceConfig> done =
+      FinalizeIngestConfig(std::move(c), limits, sizing_note);
   if (!done.ok()) {
     return absl::Status(done.status().code(), absl::StrCat(path, ": ", done.status().message()));
   }

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     telemetry::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;
+  options.tls = config->server().tls();
   }
 
   // SIGTERM/SIGINT: refuse new requests, flush and acknowledge what is

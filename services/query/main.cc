@@ -37,8 +37,15 @@ int main(int argc, char** argv) {
   poolside::server::BlockTerminationSignals();
   std::unique_ptr<poolside::query::CacheClient> sidecar;
   if (config->has_cache()) {
-    sidecar = std::make_unique<poolside::query::SidecarClient>(
-        config->cache().target(), absl::Milliseconds(config->cache().call_timeout_ms()));
+    auto client = poolside::query::SidecarClient::Create(
+        config->cache().target(), config->cache().tls(),
+        absl::Milliseconds(config->cache().call_timeout_ms()));
+    if (!client.ok()) {
+      telemetry::LogError("cannot use the cache sidecar",
+                          {{"error", std::string(client.status().message())}});
+      return 2;
+    }
+    sidecar = *std::move(client);
     telemetry::LogInfo("cache sidecar", {{"target", config->cache().target()},
                                          {"cached_table_sets", absl::StrCat(config->cache().tables_size())}});
   }
@@ -58,3 +65,4 @@ int main(int argc, char** argv) {
   (*server)->WaitForTermination();
   return 0;
 }
+  options.tls = config->server().tls();

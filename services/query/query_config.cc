@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/config/database_config.h"
 #include "common/config/json_config.h"
+#include "common/config/tls_config.h"
 
 namespace poolside::query {
 namespace {
@@ -20,6 +21,7 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
   auto* server = c.mutable_server();
   if (server->listen().empty()) server->set_listen("0.0.0.0:50051");
   POOLSIDE_DEFAULT(server, drain_timeout_ms, 10000u);
+  if (absl::Status s = config::ValidateServerTlsConfig(server->tls()); !s.ok()) return s;
 
   auto* limits = c.mutable_limits();
   POOLSIDE_DEFAULT(limits, max_rows, 100000);
@@ -68,6 +70,10 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
       return absl::InvalidArgumentError(
           "cache.target is required when cache is configured, e.g. \"unix:/run/poolside/cache.sock\" "
           "or \"127.0.0.1:50052\"");
+    }
+    if (absl::Status s = config::ValidateClientTlsConfig("cache.tls", cache->target(), cache->tls());
+        !s.ok()) {
+      return s;
     }
     POOLSIDE_DEFAULT(cache, call_timeout_ms, 50u);
     POOLSIDE_DEFAULT(cache, max_value_bytes, 1u << 20);

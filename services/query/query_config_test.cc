@@ -13,7 +13,26 @@ absl::StatusOr<v1::QueryServiceConfig> Finalize(absl::string_view json) {
   v1::QueryServiceConfig c;
   absl::Status s = config::ParseJsonConfig(json, &c);
   if (!s.ok()) return s;
+  // These tests are about other sections: say plaintext unless the JSON sets server.tls.
+  if (!c.server().has_tls()) c.mutable_server()->mutable_tls()->set_plaintext(true);
   return FinalizeQueryConfig(c);
+}
+
+TEST(QueryConfigTest, TlsOrExplicitPlaintextIsRequired) {
+  v1::QueryServiceConfig c;
+  ASSERT_TRUE(config::ParseJsonConfig(R"({"databases": [{"name": "a", "dsn": "dbname=a"}]})", &c).ok());
+  absl::StatusOr<v1::QueryServiceConfig> f = FinalizeQueryConfig(c);
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(f.status().message().find("server.tls.plaintext"), std::string::npos) << f.status();
+}
+
+TEST(QueryConfigTest, SidecarOverTcpNeedsReadableTlsFiles) {
+  auto c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                        "cache": {"target": "127.0.0.1:50052", "tls": {"caFile": "/nonexistent/ca.pem"}}})");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("cache.tls.caFile"), std::string::npos) << c.status();
+  EXPECT_TRUE(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                           "cache": {"target": "unix:/run/c.sock"}})").ok());
 }
 
 TEST(QueryConfigTest, FillsDocumentedDefaults) {

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/server/channel.h"
 
 namespace poolside::query {
 namespace {
@@ -28,17 +29,28 @@ absl::Status FromGrpc(const grpc::Status& s) {
 
 }  // namespace
 
-SidecarClient::SidecarClient(const std::string& target, absl::Duration call_timeout)
-    : call_timeout_(call_timeout) {
-  grpc::ChannelArguments args;
+absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(
+    const std::string& target, const v1::ClientTlsConfig& tls, absl::Duration call_timeout) {
+  server::ChannelOptions options;
+  options.target = target;
+  options.tls = tls;
   // Reconnect quickly after the sidecar restarts.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  args.SetMaxReceiveMessageSize(64 << 20);
-  args.SetMaxSendMessageSize(64 << 20);
-  channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  stub_ = v1::CacheService::NewStub(channel_);
+  options.args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  options.args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  options.args.SetMaxReceiveMessageSize(64 << 20);
+  options.args.SetMaxSendMessageSize(64 << 20);
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = server::CreateChannel(std::move(options));
+  if (!channel.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cache.tls: ", channel.status().message()));
+  }
+  return std::make_unique<SidecarClient>(*std::move(channel), call_timeout);
 }
+
+SidecarClient::SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout)
+    : call_timeout_(call_timeout),
+      channel_(std::move(channel)),
+      stub_(v1::CacheService::NewStub(channel_)) {}
 
 void SidecarClient::Get(const std::string& key,
                         std::function<void(absl::StatusOr<CacheLookup>)> done) {

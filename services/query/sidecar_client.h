@@ -10,15 +10,21 @@
 
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
+#include "absl/status/statusor.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
+#include "proto/poolside/v1/config.pb.h"
 #include "services/query/cache_client.h"
 
 namespace poolside::query {
 
 class SidecarClient : public CacheClient {
  public:
-  // `target`: "unix:/path" or "host:port".
-  SidecarClient(const std::string& target, absl::Duration call_timeout);
+  // `target`: "unix:/path" or "host:port" (TLS per `tls`, see common/server/channel.h).
+  // INVALID_ARGUMENT when the TLS files cannot be read.
+  static absl::StatusOr<std::unique_ptr<SidecarClient>> Create(const std::string& target,
+                                                               const v1::ClientTlsConfig& tls,
+                                                               absl::Duration call_timeout);
+  SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout);
 
   void Get(const std::string& key,
            std::function<void(absl::StatusOr<CacheLookup>)> done) override;
