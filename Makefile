@@ -7,11 +7,11 @@ APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
   libabsl-dev libpqxx-dev libpq-dev libgtest-dev libgmock-dev libbenchmark-dev \
   prometheus-cpp-dev postgresql postgresql-contrib postgresql-client pgbouncer \
-  redis-server redis-tools python3
+  redis-server redis-tools python3 python3-grpcio python3-protobuf clang libclang-rt-14-dev
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.
-NPM_DIRS :=
+NPM_DIRS := clients/node
 
 BAZEL ?= bazel
 RUN_DIR ?= $(CURDIR)/.run

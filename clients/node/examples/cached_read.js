@@ -1,0 +1,37 @@
+'use strict';
+// Cached reads: { cache: { ttlMs } } on execute() serves the read from the
+// query replica's cache sidecar; result.cache says HIT, MISS, STALE or BYPASS.
+// A committed write to the table (through poolside or any other program)
+// invalidates it. node clients/node/examples/cached_read.js
+
+const { QueryClient } = require('../lib/poolside');
+
+const SQL = 'SELECT owner FROM accounts WHERE id = $1';
+
+async function run(addr, database = 'demo', token = undefined) {
+  const db = new QueryClient(addr, { database, token, timeoutMs: 5000 });
+  const cache = { ttlMs: 60000, tags: ['example'] };
+  const rename = (owner) => db.execute('UPDATE accounts SET owner = $1 WHERE id = $2', [owner, 8]);
+  try {
+    // Start from a known state: this write invalidates every cached read of
+    // accounts before it is answered (read-your-writes).
+    await rename('owner-8');
+    const first = await db.execute(SQL, [8], { cache }); // MISS: from PostgreSQL, stored
+    const second = await db.execute(SQL, [8], { cache }); // HIT: from the sidecar
+    await rename('renamed-8');
+    const third = await db.execute(SQL, [8], { cache }); // MISS again, with the new owner
+    await rename('owner-8');
+    return [first, second, third].map((r) => [r.cache, r.rows[0][0]]);
+  } finally {
+    db.close();
+  }
+}
+
+module.exports = { run };
+
+if (require.main === module) {
+  run(process.env.POOLSIDE_ADDR || '127.0.0.1:50051', process.env.POOLSIDE_DATABASE || 'demo',
+    process.env.POOLSIDE_TOKEN).then((out) => {
+    for (const [outcome, owner] of out) console.log(`cache: ${outcome}  owner: ${owner}`);
+  }, (err) => { console.error(err); process.exitCode = 1; });
+}
