@@ -9,6 +9,10 @@ APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates
   prometheus-cpp-dev postgresql postgresql-contrib postgresql-client pgbouncer \
   redis-server redis-tools python3 python3-grpcio python3-protobuf clang libclang-rt-14-dev
 
+# The metrics endpoint serves HTTP with civetweb; tests render the status page
+# in headless Chromium.
+APT_PACKAGES += libcivetweb-dev chromium
+
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.
 NPM_DIRS := clients/node

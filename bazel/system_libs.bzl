@@ -18,6 +18,8 @@ _LIBS = {
     "gtest_main": (["gmock", "gtest_main"], [], []),
     "benchmark": (["benchmark"], [], []),
     "prometheus": (["prometheus-cpp-pull", "prometheus-cpp-core"], [], []),
+    # libcivetweb-dev ships no pkg-config file.
+    "civetweb": ([], ["-lcivetweb"], []),
 }
 
 def _pkg_config(ctx, args):
@@ -62,7 +64,8 @@ def _system_libs_impl(ctx):
                 mods += _absl_modules(ctx)
             else:
                 mods.append(m)
-        flags = _dedup(_pkg_config(ctx, ["--libs"] + mods).split(" ") + extra)
+        found = _pkg_config(ctx, ["--libs"] + mods).split(" ") if mods else []
+        flags = _dedup(found + extra)
         lines += [
             "cc_library(",
             "    name = \"%s\"," % name,

@@ -1,0 +1,223 @@
+#include "common/telemetry/metrics_interceptor.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/telemetry/histogram.h"
+#include "common/telemetry/metrics_family.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/histogram.h"
+
+namespace poolside::telemetry {
+namespace {
+
+using grpc::experimental::InterceptionHookPoints;
+using grpc::experimental::ServerRpcInfo;
+
+constexpr size_t kMaxMethods = 200;
+constexpr int kCodes = 17;  // grpc::StatusCode OK .. UNAUTHENTICATED
+
+const char* TypeName(ServerRpcInfo::Type type) {
+  switch (type) {
+    case ServerRpcInfo::Type::UNARY: return "unary";
+    case ServerRpcInfo::Type::CLIENT_STREAMING: return "client_stream";
+    case ServerRpcInfo::Type::SERVER_STREAMING: return "server_stream";
+    case ServerRpcInfo::Type::BIDI_STREAMING: return "bidi_stream";
+  }
+  return "unknown";
+}
+
+// The series of one method, created on its first call.
+struct MethodSeries {
+  std::string service;
+  std::string method;
+  prometheus::Histogram* latency = nullptr;
+  std::array<prometheus::Counter*, kCodes> handled{};  // created on first use per code
+};
+
+// Shared by the factory, its interceptors and the status section.
+class CallMetrics {
+ public:
+  explicit CallMetrics(MetricsRegistry* registry)
+      : handled_(prometheus::BuildCounter()
+                     .Name("poolside_grpc_server_handled_total")
+                     .Help("gRPC calls completed by the server, by method and status code.")
+                     .Register(registry->registry())),
+        latency_(prometheus::BuildHistogram()
+                     .Name("poolside_grpc_server_handling_seconds")
+                     .Help("Time from the start of a gRPC call to its status being sent.")
+                     .Register(registry->registry())) {}
+
+  void Record(absl::string_view full_method, ServerRpcInfo::Type type, int code, double seconds) {
+    if (code < 0 || code >= kCodes) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
+    prometheus::Histogram* latency;
+    prometheus::Counter* handled;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      MethodSeries& m = SeriesFor(full_method, type);
+      if (m.handled[code] == nullptr) {
+        m.handled[code] = &handled_.Add({{"grpc_service", m.service},
+                                         {"grpc_method", m.method},
+                                         {"grpc_type", TypeName(type)},
+                                         {"grpc_code", GrpcCodeName(code)}});
+      }
+      latency = m.latency;
+      handled = m.handled[code];
+    }
+    handled->Increment();
+    latency->Observe(seconds);
+  }
+
+  StatusTable Table() const {
+    StatusTable t;
+    t.title = "gRPC calls";
+    t.columns = {"method", "calls", "errors", "mean", "p50", "p99"};
+    std::vector<std::pair<std::string, const MethodSeries*>> methods;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, m] : series_) methods.emplace_back(key, &m);
+    std::sort(methods.begin(), methods.end());
+    for (const auto& [key, m] : methods) {
+      double calls = 0, errors = 0;
+      for (int c = 0; c < kCodes; ++c) {
+        if (m->handled[c] == nullptr) continue;
+        calls += m->handled[c]->Value();
+        if (c != 0) errors += m->handled[c]->Value();
+      }
+      const Histogram::Snapshot s = ToSnapshot(m->latency->Collect().histogram);
+      t.rows.push_back({absl::StrCat(m->service, "/", m->method), FormatCount(calls),
+                        FormatCount(errors), s.count ? FormatSeconds(s.sum / s.count) : "-",
+                        s.count ? FormatSeconds(s.Percentile(0.5)) : "-",
+                        s.count ? FormatSeconds(s.Percentile(0.99)) : "-"});
+    }
+    return t;
+  }
+
+ private:
+  MethodSeries& SeriesFor(absl::string_view full_method, ServerRpcInfo::Type type)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    auto it = series_.find(full_method);
+    if (it != series_.end()) return it->second;
+    std::string key(full_method);
+    if (series_.size() >= kMaxMethods) {
+      key = "other";
+      it = series_.find(key);
+      if (it != series_.end()) return it->second;
+    }
+    MethodSeries m;
+    // "/package.Service/Method"
+    absl::string_view name = key;
+    if (!name.empty() && name[0] == '/') name.remove_prefix(1);
+    const size_t slash = name.find('/');
+    m.service = slash == absl::string_view::npos ? "" : std::string(name.substr(0, slash));
+    m.method = std::string(slash == absl::string_view::npos ? name : name.substr(slash + 1));
+    m.latency = &latency_.Add({{"grpc_service", m.service},
+                               {"grpc_method", m.method},
+                               {"grpc_type", TypeName(type)}},
+                              RequestLatencyBuckets());
+    return series_.emplace(std::move(key), std::move(m)).first->second;
+  }
+
+  // Bounds and cumulative counts of a prometheus-cpp histogram as a Snapshot,
+  // for its Percentile(); max is the upper bound of the highest used bucket.
+  static Histogram::Snapshot ToSnapshot(const prometheus::ClientMetric::Histogram& h) {
+    Histogram::Snapshot s;
+    s.count = h.sample_count;
+    s.sum = h.sample_sum;
+    uint64_t below = 0;
+    for (const auto& b : h.bucket) {
+      if (std::isinf(b.upper_bound)) {
+        if (b.cumulative_count > below && !s.bounds.empty()) s.max = 2 * s.bounds.back();
+        continue;
+      }
+      s.bounds.push_back(b.upper_bound);
+      s.cumulative_counts.push_back(b.cumulative_count);
+      if (b.cumulative_count > below) s.max = b.upper_bound;
+      below = b.cumulative_count;
+    }
+    s.cumulative_counts.push_back(s.count);
+    return s;
+  }
+
+  prometheus::Family<prometheus::Counter>& handled_;
+  prometheus::Family<prometheus::Histogram>& latency_;
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, MethodSeries> series_ ABSL_GUARDED_BY(mu_);
+};
+
+class MetricsInterceptor : public grpc::experimental::Interceptor {
+ public:
+  MetricsInterceptor(std::shared_ptr<CallMetrics> metrics, ServerRpcInfo* info)
+      : metrics_(std::move(metrics)),
+        method_(info->method() != nullptr ? info->method() : ""),
+        type_(info->type()),
+        start_(absl::Now()) {}
+
+  ~MetricsInterceptor() override {
+    if (!recorded_) Record(static_cast<int>(grpc::StatusCode::CANCELLED));
+  }
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+      Record(static_cast<int>(methods->GetSendStatus().error_code()));
+    }
+    methods->Proceed();
+  }
+
+ private:
+  void Record(int code) {
+    recorded_ = true;
+    metrics_->Record(method_, type_, code, absl::ToDoubleSeconds(absl::Now() - start_));
+  }
+
+  const std::shared_ptr<CallMetrics> metrics_;
+  const std::string method_;
+  const ServerRpcInfo::Type type_;
+  const absl::Time start_;
+  bool recorded_ = false;
+};
+
+class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit MetricsInterceptorFactory(MetricsRegistry* registry)
+      : metrics_(std::make_shared<CallMetrics>(registry)),
+        section_(registry->AddStatusSection([m = metrics_] { return m->Table(); })) {}
+
+  grpc::experimental::Interceptor* CreateServerInterceptor(ServerRpcInfo* info) override {
+    return new MetricsInterceptor(metrics_, info);
+  }
+
+ private:
+  const std::shared_ptr<CallMetrics> metrics_;
+  MetricsRegistry::Registration section_;
+};
+
+}  // namespace
+
+const char* GrpcCodeName(int code) {
+  static constexpr const char* kNames[kCodes] = {
+      "OK",           "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
+      "DEADLINE_EXCEEDED", "NOT_FOUND",     "ALREADY_EXISTS",    "PERMISSION_DENIED",
+      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",     "OUT_OF_RANGE",
+      "UNIMPLEMENTED", "INTERNAL",          "UNAVAILABLE",       "DATA_LOSS",
+      "UNAUTHENTICATED"};
+  return code >= 0 && code < kCodes ? kNames[code] : "UNKNOWN";
+}
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+NewServerMetricsInterceptorFactory(MetricsRegistry* registry) {
+  return std::make_unique<MetricsInterceptorFactory>(registry);
+}
+
+}  // namespace poolside::telemetry
