@@ -18,8 +18,10 @@ namespace poolside::cache {
 inline constexpr uint64_t kDefaultCapacityBytes = uint64_t{256} << 20;
 
 // Loads `path` (JSON), applies defaults, validates. Errors name the file and
-// the setting. `capacity_note`, if given, receives how the budget was chosen
-// (for the startup log).
+// the setting. `limits` are the container's (ReadContainerLimits()); the
+// config's server.cpuLimit / server.memoryLimitBytes override them
+// (common/config/sizing.h). `capacity_note`, if given, receives how the budget
+// was chosen (for the startup log).
 absl::StatusOr<v1::CacheServiceConfig> LoadCacheConfig(const std::string& path,
                                                        const config::ContainerLimits& limits,
                                                        std::string* capacity_note = nullptr);

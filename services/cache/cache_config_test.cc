@@ -54,6 +54,17 @@ TEST(CacheConfigTest, CapacityFromCgroupLimit) {
   EXPECT_TRUE(absl::StrContains(note, "cgroup v2")) << note;
 }
 
+TEST(CacheConfigTest, MemoryLimitFromConfigurationOverridesTheCgroup) {
+  config::ContainerLimits limits;
+  limits.memory_bytes = uint64_t{1} << 30;
+  limits.source = "cgroup v2 /sys/fs/cgroup";
+  std::string note;
+  auto c = Finalize(R"({"server": {"memoryLimitBytes": "134217728"}})", limits, &note);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->capacity_bytes(), uint64_t{64} << 20);  // memoryFraction 0.5 of 128 MiB
+  EXPECT_TRUE(absl::StrContains(note, "server.memoryLimitBytes over cgroup v2")) << note;
+}
+
 TEST(CacheConfigTest, ExplicitCapacityWinsAndShardsRoundUp) {
   config::ContainerLimits limits;
   limits.memory_bytes = uint64_t{1} << 30;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/config/cgroup.h"
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
@@ -22,7 +23,9 @@ int main(int argc, char** argv) {
   const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
       argc, argv, "ingest", "poolside ingest service: ingest_server --config=FILE", "README.md, Ingest");
   if (!flags.has_value()) return 2;
-  auto config = poolside::ingest::LoadIngestConfig(flags->config);
+  std::string sizing;
+  auto config = poolside::ingest::LoadIngestConfig(
+      flags->config, poolside::config::ReadContainerLimits(), &sizing);
   if (!config.ok()) {
     telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
     return 2;
@@ -31,8 +34,8 @@ int main(int argc, char** argv) {
   if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();
-    std::printf("configuration OK: %d database(s), %d writable table(s)\n",
-                config->databases_size(), tables);
+    std::printf("configuration OK: %d database(s), %d writable table(s); %s\n",
+                config->databases_size(), tables, sizing.c_str());
     return 0;
   }
 
@@ -42,6 +45,7 @@ int main(int argc, char** argv) {
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
+  telemetry::LogInfo("sizing", {{"ingest", sizing}});
   const absl::Duration drain = absl::Milliseconds(config->server().drain_timeout_ms());
   // The server's own drain comes after the engine's (below): by then every
   // accepted request is answered, and streams get this long to half-close.

@@ -4,6 +4,8 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/config/cgroup.h"
+#include "common/config/sizing.h"
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
@@ -37,6 +39,10 @@ int main(int argc, char** argv) {
   poolside::server::BlockTerminationSignals();
   std::unique_ptr<poolside::query::CacheClient> sidecar;
   if (config->has_cache()) {
+  // Query's workers are its pooled connections (pool.maxSize per database);
+  // the limits are logged for reference.
+  telemetry::LogInfo("sizing", {{"limits", poolside::config::DescribeLimits(poolside::config::EffectiveLimits(
+                                               config->server(), poolside::config::ReadContainerLimits()))}});
     auto client = poolside::query::SidecarClient::Create(
         config->cache().target(), config->cache().tls(),
         absl::Milliseconds(config->cache().call_timeout_ms()));

@@ -1,0 +1,130 @@
+#include "common/config/sizing.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "gtest/gtest.h"
+
+namespace poolside::config {
+namespace {
+
+// A fake cgroup tree (cgroup v2 or v1 files) in a fresh temporary directory.
+class FakeCgroup {
+ public:
+  FakeCgroup() {
+    const char* tmp = std::getenv("TEST_TMPDIR");
+    std::string templ = std::string(tmp ? tmp : "/tmp") + "/sizingXXXXXX";
+    root_ = mkdtemp(templ.data());
+  }
+  std::string fs() const { return root_ + "/fs"; }
+  std::string self() const { return root_ + "/self_cgroup"; }
+  void Write(const std::string& rel, const std::string& content) {
+    const std::string path = root_ + "/" + rel;
+    for (size_t i = root_.size() + 1; i < path.size(); ++i) {
+      if (path[i] == '/') mkdir(path.substr(0, i).c_str(), 0755);
+    }
+    std::ofstream(path) << content;
+  }
+
+ private:
+  std::string root_;
+};
+
+constexpr uint64_t kMiB = uint64_t{1} << 20;
+
+ThreadRule CopyWorkers() {
+  ThreadRule rule;
+  rule.per_core = 2;
+  rule.min = 2;
+  rule.max = 8;
+  rule.without_limit = 4;
+  return rule;
+}
+
+MemoryRule QuarterOfMemory() {
+  MemoryRule rule;
+  rule.fraction = 0.25;
+  rule.min = 16 * kMiB;
+  rule.max = 1024 * kMiB;
+  rule.without_limit = 64 * kMiB;
+  return rule;
+}
+
+TEST(SizingTest, FromCgroupV2Limits) {
+  FakeCgroup fake;
+  fake.Write("fs/cgroup.controllers", "cpu memory\n");
+  fake.Write("fs/kubepods/pod/c/memory.max", "1073741824\n");
+  fake.Write("fs/kubepods/pod/c/cpu.max", "150000 100000\n");
+  fake.Write("self_cgroup", "0::/kubepods/pod/c\n");
+  const ContainerLimits limits =
+      EffectiveLimits(v1::ServerConfig(), ReadContainerLimits(fake.fs(), fake.self()));
+  EXPECT_EQ(ThreadsFromCpu(limits, CopyWorkers()), 4u);  // 1.5 cores -> 2 -> x2
+  EXPECT_EQ(BytesFromMemory(limits, QuarterOfMemory()), 256 * kMiB);
+  EXPECT_EQ(DescribeLimits(limits),
+            "cpu 1.5, memory 1024 MiB (cgroup v2 " + fake.fs() + "/kubepods/pod/c)");
+}
+
+TEST(SizingTest, FromCgroupV1Limits) {
+  FakeCgroup fake;
+  fake.Write("fs/memory/kubepods/c/memory.limit_in_bytes", "268435456\n");
+  fake.Write("fs/cpu,cpuacct/kubepods/c/cpu.cfs_quota_us", "50000\n");
+  fake.Write("fs/cpu,cpuacct/kubepods/c/cpu.cfs_period_us", "100000\n");
+  fake.Write("self_cgroup", "5:memory:/kubepods/c\n3:cpu,cpuacct:/kubepods/c\n");
+  const ContainerLimits limits =
+      EffectiveLimits(v1::ServerConfig(), ReadContainerLimits(fake.fs(), fake.self()));
+  EXPECT_EQ(ThreadsFromCpu(limits, CopyWorkers()), 2u);  // half a core -> 1 -> x2
+  EXPECT_EQ(BytesFromMemory(limits, QuarterOfMemory()), 64 * kMiB);
+  EXPECT_EQ(limits.source, "cgroup v1");
+}
+
+TEST(SizingTest, UnlimitedCgroupUsesTheFallbacks) {
+  FakeCgroup fake;
+  fake.Write("fs/cgroup.controllers", "cpu memory\n");
+  fake.Write("fs/memory.max", "max\n");
+  fake.Write("fs/cpu.max", "max 100000\n");
+  fake.Write("self_cgroup", "0::/\n");
+  const ContainerLimits limits =
+      EffectiveLimits(v1::ServerConfig(), ReadContainerLimits(fake.fs(), fake.self()));
+  EXPECT_EQ(ThreadsFromCpu(limits, CopyWorkers()), 4u);
+  EXPECT_EQ(BytesFromMemory(limits, QuarterOfMemory()), 64 * kMiB);
+  EXPECT_EQ(DescribeLimits(limits), "cpu unlimited, memory unlimited (cgroup v2 " + fake.fs() + ")");
+}
+
+TEST(SizingTest, ClampsToTheRule) {
+  ContainerLimits big;
+  big.cpus = 32;
+  big.memory_bytes = uint64_t{64} << 30;
+  EXPECT_EQ(ThreadsFromCpu(big, CopyWorkers()), 8u);
+  EXPECT_EQ(BytesFromMemory(big, QuarterOfMemory()), 1024 * kMiB);
+  ContainerLimits tiny;
+  tiny.cpus = 0.1;
+  tiny.memory_bytes = 32 * kMiB;
+  EXPECT_EQ(ThreadsFromCpu(tiny, CopyWorkers()), 2u);
+  EXPECT_EQ(BytesFromMemory(tiny, QuarterOfMemory()), 16 * kMiB);
+}
+
+TEST(SizingTest, ConfigurationOverridesTheCgroup) {
+  FakeCgroup fake;
+  fake.Write("fs/cgroup.controllers", "cpu memory\n");
+  fake.Write("fs/memory.max", "1073741824\n");
+  fake.Write("fs/cpu.max", "400000 100000\n");
+  fake.Write("self_cgroup", "0::/\n");
+  v1::ServerConfig server;
+  server.set_cpu_limit(1);
+  const ContainerLimits cpu_only = EffectiveLimits(server, ReadContainerLimits(fake.fs(), fake.self()));
+  EXPECT_EQ(ThreadsFromCpu(cpu_only, CopyWorkers()), 2u);
+  EXPECT_EQ(BytesFromMemory(cpu_only, QuarterOfMemory()), 256 * kMiB) << "memory still from the cgroup";
+  EXPECT_EQ(cpu_only.source, "server.cpuLimit over cgroup v2 " + fake.fs());
+
+  server.set_memory_limit_bytes(128 * kMiB);
+  const ContainerLimits both = EffectiveLimits(server, ContainerLimits());
+  EXPECT_EQ(BytesFromMemory(both, QuarterOfMemory()), 32 * kMiB);
+  EXPECT_EQ(both.source, "server.cpuLimit and server.memoryLimitBytes");
+}
+
+}  // namespace
+}  // namespace poolside::config
