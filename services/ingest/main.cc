@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
                 config->databases_size(), tables, sizing.c_str());
     return 0;
   }
+  telemetry::LogInfo("sizing", {{"ingest", sizing}});
 
   poolside::server::BlockTerminationSignals();
   poolside::ingest::IngestEngine engine(*config);
@@ -45,7 +46,6 @@ int main(int argc, char** argv) {
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
-  telemetry::LogInfo("sizing", {{"ingest", sizing}});
   const absl::Duration drain = absl::Milliseconds(config->server().drain_timeout_ms());
   // The server's own drain comes after the engine's (below): by then every
   // accepted request is answered, and streams get this long to half-close.

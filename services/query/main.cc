@@ -30,6 +30,10 @@ int main(int argc, char** argv) {
     std::printf("configuration OK: %d database(s)\n", config->databases_size());
     return 0;
   }
+  // Query's workers are its pooled connections (pool.maxSize per database);
+  // the limits are logged for reference.
+  telemetry::LogInfo("sizing", {{"limits", poolside::config::DescribeLimits(poolside::config::EffectiveLimits(
+                                               config->server(), poolside::config::ReadContainerLimits()))}});
   for (const auto& db : config->databases()) {
     telemetry::LogInfo("database", {{"name", db.name()},
                                     {"target", poolside::query::DescribeDsn(db.dsn())},
@@ -39,10 +43,6 @@ int main(int argc, char** argv) {
   poolside::server::BlockTerminationSignals();
   std::unique_ptr<poolside::query::CacheClient> sidecar;
   if (config->has_cache()) {
-  // Query's workers are its pooled connections (pool.maxSize per database);
-  // the limits are logged for reference.
-  telemetry::LogInfo("sizing", {{"limits", poolside::config::DescribeLimits(poolside::config::EffectiveLimits(
-                                               config->server(), poolside::config::ReadContainerLimits()))}});
     auto client = poolside::query::SidecarClient::Create(
         config->cache().target(), config->cache().tls(),
         absl::Milliseconds(config->cache().call_timeout_ms()));
