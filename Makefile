@@ -12,6 +12,8 @@ APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates
 # The metrics endpoint serves HTTP with civetweb; tests render the status page
 # in headless Chromium.
 APT_PACKAGES += libcivetweb-dev chromium
+# Security: libcrypto (token hashes), openssl (test certificates).
+APT_PACKAGES += libssl-dev openssl
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.

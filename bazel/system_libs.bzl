@@ -20,6 +20,8 @@ _LIBS = {
     "prometheus": (["prometheus-cpp-pull", "prometheus-cpp-core"], [], []),
     # libcivetweb-dev ships no pkg-config file.
     "civetweb": ([], ["-lcivetweb"], []),
+    # libssl-dev: SHA-256 of bearer tokens (common/auth).
+    "crypto": (["libcrypto"], [], []),
 }
 
 def _pkg_config(ctx, args):

@@ -16,6 +16,16 @@ TEST(StatusTest, CodesMapOneToOne) {
   }
 }
 
+TEST(StatusTest, RetryDelayTravelsAsRetryInfoDetails) {
+  absl::Status s = WithRetryDelay(absl::ResourceExhaustedError("slow down"), absl::Milliseconds(250));
+  EXPECT_EQ(RetryDelayOf(s), absl::Milliseconds(250));
+  grpc::Status g = ToGrpcStatus(s);
+  EXPECT_EQ(g.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(g.error_message(), "slow down");
+  EXPECT_EQ(RetryDelayOf(g), absl::Milliseconds(250));
+  EXPECT_FALSE(RetryDelayOf(ToGrpcStatus(absl::ResourceExhaustedError("x"))).has_value());
+}
+
 TEST(StatusTest, MessagesAreBounded) {
   grpc::Status g = ToGrpcStatus(absl::InvalidArgumentError(std::string(100000, 'x')));
   EXPECT_LE(g.error_message().size(), kMaxStatusMessage + 3);

@@ -1,0 +1,197 @@
+#include "common/auth/authorizer.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/auth/token_hash.h"
+#include "common/clock/clock.h"
+#include "common/config/json_config.h"
+#include "gtest/gtest.h"
+
+namespace poolside::auth {
+namespace {
+
+v1::AuthConfig Config(const std::string& json) {
+  v1::AuthConfig c;
+  absl::Status s = config::ParseJsonConfig(json, &c);
+  EXPECT_TRUE(s.ok()) << s;
+  return c;
+}
+
+std::string Principal(const std::string& name, const std::string& token, const std::string& roles,
+                      const std::string& extra = "") {
+  return "{\"name\": \"" + name + "\", \"tokenSha256\": \"" + Sha256Hex(token) +
+         "\", \"roles\": [" + roles + "]" + extra + "}";
+}
+
+std::string Bearer(const std::string& token) { return "Bearer " + token; }
+
+class AuthorizerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto a = Authorizer::Create(
+        Config("{\"principals\": [" +
+               Principal("reader", "tok-reader", "\"read\"", ", \"databases\": [\"app\"]") + ", " +
+               Principal("analyst", "tok-analyst", "\"read\", \"sql\"",
+                         ", \"databases\": [\"app\", \"reports\"]") +
+               ", " + Principal("writer", "tok-writer", "\"read\", \"write\", \"sql\"",
+                                ", \"databases\": [\"*\"]") +
+               ", " + Principal("loader", "tok-loader", "\"ingest\"",
+                                ", \"ingestTables\": [{\"database\": \"app\", \"tables\": [\"events\"]}]") +
+               ", " + Principal("ops", "tok-ops", "\"admin\"") + "]}"),
+        &clock_);
+    ASSERT_TRUE(a.ok()) << a.status();
+    auth_ = *std::move(a);
+  }
+
+  const auth::Principal& Who(const std::string& token) {
+    const std::string header = Bearer(token);
+    absl::StatusOr<const auth::Principal*> p = auth_->Authenticate(&header);
+    EXPECT_TRUE(p.ok()) << p.status();
+    return **p;
+  }
+
+  SimulatedClock clock_;
+  std::unique_ptr<Authorizer> auth_;
+};
+
+TEST_F(AuthorizerTest, UnknownMissingOrMalformedTokensAreUnauthenticated) {
+  EXPECT_EQ(auth_->Authenticate(nullptr).status().code(), absl::StatusCode::kUnauthenticated);
+  for (const std::string& bad : std::vector<std::string>{"", "tok-reader", "Basic dG9rOnB3", "Bearer ", "Bearer tok-nobody",
+                                "Bearer " + std::string(5000, 'x')}) {
+    absl::StatusOr<const auth::Principal*> p = auth_->Authenticate(&bad);
+    EXPECT_EQ(p.status().code(), absl::StatusCode::kUnauthenticated) << bad;
+    EXPECT_EQ(p.status().message().find("tok-"), std::string::npos) << p.status();
+  }
+  EXPECT_EQ(Who("tok-reader").name, "reader");
+  const std::string lower = "bearer tok-ops";
+  EXPECT_TRUE(auth_->Authenticate(&lower).ok());
+}
+
+TEST_F(AuthorizerTest, RolesAndGrants) {
+  const auto& reader = Who("tok-reader");
+  EXPECT_TRUE(reader.read_only());
+  EXPECT_TRUE(auth_->CheckQuery(reader, "app", /*raw_sql=*/false).ok());
+  EXPECT_EQ(auth_->CheckQuery(reader, "app", true).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth_->CheckQuery(reader, "reports", false).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth_->CheckAdmin(reader, "GetPoolStats").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth_->CheckIngest(reader, "app", "events").code(), absl::StatusCode::kPermissionDenied);
+
+  const auto& analyst = Who("tok-analyst");
+  EXPECT_TRUE(analyst.read_only());
+  EXPECT_TRUE(auth_->CheckQuery(analyst, "reports", true).ok());
+
+  const auto& writer = Who("tok-writer");
+  EXPECT_FALSE(writer.read_only());
+  EXPECT_TRUE(auth_->CheckQuery(writer, "anything", true).ok());
+
+  const auto& loader = Who("tok-loader");
+  EXPECT_TRUE(auth_->CheckIngest(loader, "app", "events").ok());
+  EXPECT_EQ(auth_->CheckIngest(loader, "app", "accounts").code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth_->CheckQuery(loader, "app", false).code(), absl::StatusCode::kPermissionDenied);
+
+  const auto& ops = Who("tok-ops");
+  EXPECT_TRUE(auth_->CheckAdmin(ops, "GetPoolStats").ok());
+  absl::Status denied = auth_->CheckQuery(ops, "app", false);
+  EXPECT_EQ(denied.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_NE(denied.message().find("\"ops\""), std::string::npos) << denied;
+}
+
+TEST(AuthorizerConfigTest, DisabledMustBeExplicitAndBadEntriesAreNamed) {
+  absl::StatusOr<std::unique_ptr<Authorizer>> none = Authorizer::Create(Config("{}"));
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(none.status().message().find("auth.disabled"), std::string::npos);
+
+  absl::StatusOr<std::unique_ptr<Authorizer>> off = Authorizer::Create(Config(R"({"disabled": true})"));
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE((*off)->enabled());
+  absl::StatusOr<const auth::Principal*> anyone = (*off)->Authenticate(nullptr);
+  ASSERT_TRUE(anyone.ok());
+  EXPECT_TRUE((*off)->CheckQuery(**anyone, "x", true).ok());
+  EXPECT_TRUE((*off)->CheckIngest(**anyone, "x", "t").ok());
+
+  const std::string hash = Sha256Hex("t");
+  for (const auto& [json, mentions] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"principals": [{"name": "a", "tokenSha256": "abc", "roles": ["read"]}]})",
+            "tokenSha256"},
+           {R"({"principals": [{"name": "a", "tokenSha256": ")" + hash + R"(", "roles": ["root"]}]})",
+            "unknown role"},
+           {R"({"principals": [{"name": "a", "tokenSha256": ")" + hash + R"("}]})", "no roles"},
+           {R"({"principals": [{"name": "a b", "tokenSha256": ")" + hash + R"(", "roles": ["read"]}]})",
+            "letters"},
+           {R"({"principals": [{"name": "a", "tokenSha256": ")" + hash +
+                R"(", "roles": ["read"]}, {"name": "b", "tokenSha256": ")" + hash +
+                R"(", "roles": ["read"]}]})",
+            "another principal"},
+           {R"({"disabled": true, "principals": [{"name": "a", "tokenSha256": ")" + hash +
+                R"(", "roles": ["read"]}]})",
+            "choose one"},
+           {R"({"principalsFile": "/nonexistent/principals.json"})", "cannot read"},
+           {R"({"principalsEnv": "POOLSIDE_AUTH_TEST_UNSET"})", "not set"},
+       }) {
+    absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(Config(json));
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_NE(a.status().message().find(mentions), std::string::npos) << a.status();
+    EXPECT_EQ(a.status().message().find(hash), std::string::npos) << a.status();
+  }
+}
+
+TEST(AuthorizerConfigTest, PrincipalsFromFileAndEnvironment) {
+  const std::string path = std::string(std::getenv("TEST_TMPDIR")) + "/principals.json";
+  std::ofstream(path) << "{\"principals\": [" << Principal("filed", "tok-file", "\"read\"") << "]}";
+  setenv("POOLSIDE_AUTH_TEST_PRINCIPALS",
+         ("{\"principals\": [" + Principal("env", "tok-env", "\"admin\"") + "]}").c_str(), 1);
+  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(
+      Config("{\"principalsFile\": \"" + path + "\", \"principalsEnv\": \"POOLSIDE_AUTH_TEST_PRINCIPALS\"}"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ((*a)->size(), 2u);
+  const std::string file_token = Bearer("tok-file"), env_token = Bearer("tok-env");
+  EXPECT_EQ((*(*a)->Authenticate(&file_token))->name, "filed");
+  EXPECT_EQ((*(*a)->Authenticate(&env_token))->name, "env");
+}
+
+TEST(AuthorizerLimitsTest, TokenBucketPerPrincipalWithRetryDelay) {
+  SimulatedClock clock;
+  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(
+      Config("{\"principals\": [" +
+             Principal("noisy", "tok-noisy", "\"read\"",
+                       ", \"limits\": {\"requestsPerSecond\": 2, \"burst\": 3}") +
+             ", " + Principal("calm", "tok-calm", "\"read\"") + "]}"),
+      &clock);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const std::string noisy_h = Bearer("tok-noisy"), calm_h = Bearer("tok-calm");
+  const auth::Principal& noisy = **(*a)->Authenticate(&noisy_h);
+  const auth::Principal& calm = **(*a)->Authenticate(&calm_h);
+  absl::Duration retry;
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE((*a)->Admit(noisy, &retry).ok()) << i;
+  absl::StatusOr<Authorizer::Permit> over = (*a)->Admit(noisy, &retry);
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(retry, absl::Milliseconds(500));
+  for (int i = 0; i < 100; ++i) EXPECT_TRUE((*a)->Admit(calm, &retry).ok());
+  clock.Advance(absl::Milliseconds(500));
+  EXPECT_TRUE((*a)->Admit(noisy, &retry).ok());
+  EXPECT_FALSE((*a)->Admit(noisy, &retry).ok());
+}
+
+TEST(AuthorizerLimitsTest, ConcurrencySlotsAreReleasedWithThePermit) {
+  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(Config(
+      "{\"defaultLimits\": {\"maxConcurrent\": 2}, \"principals\": [" +
+      Principal("p", "tok-p", "\"read\"") + "]}"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  const std::string h = Bearer("tok-p");
+  const auth::Principal& p = **(*a)->Authenticate(&h);
+  absl::Duration retry;
+  absl::StatusOr<Authorizer::Permit> one = (*a)->Admit(p, &retry);
+  absl::StatusOr<Authorizer::Permit> two = (*a)->Admit(p, &retry);
+  ASSERT_TRUE(one.ok() && two.ok());
+  EXPECT_EQ((*a)->Admit(p, &retry).status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_GT(retry, absl::ZeroDuration());
+  *one = Authorizer::Permit();  // released
+  EXPECT_TRUE((*a)->Admit(p, &retry).ok());
+}
+
+}  // namespace
+}  // namespace poolside::auth
