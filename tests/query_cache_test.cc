@@ -245,6 +245,15 @@ TEST_F(QueryCacheTest, MissThenHitAndOnlyReadsAreCached) {
   with_param.add_params()->set_int64_value(2);
   EXPECT_EQ(Call(stub(), with_param).cache, v1::MISS);
   EXPECT_EQ(Call(stub(), with_param).first, "two");
+  // Keys embed the serialized parameters, which are not UTF-8 text in
+  // general (an int64 above 127, raw bytes): they are cached all the same.
+  v1::ExecuteRequest binary = Read("SELECT name FROM items WHERE id = $1 OR $2::bytea IS NULL");
+  binary.add_params()->set_int64_value(200);
+  binary.add_params()->set_bytes_value(std::string("\xff\xfe\x00\x80", 4));
+  Outcome binary_first = Call(stub(), binary);
+  ASSERT_TRUE(binary_first.status.ok()) << binary_first.status.error_message();
+  EXPECT_EQ(binary_first.cache, v1::MISS);
+  EXPECT_EQ(Call(stub(), binary).cache, v1::HIT);
   // No policy, bypass, a write and FOR UPDATE are never cached.
   v1::ExecuteRequest plain = read;
   plain.clear_cache();

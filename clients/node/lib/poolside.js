@@ -322,7 +322,9 @@ class CacheClient extends BaseClient {
   stats(timeoutMs) { return this.unary('GetStats', {}, timeoutMs); }
 
   async invalidate({ tags = [], prefixes = [], flushAll = false, timeoutMs } = {}) {
-    const response = await this.unary('Invalidate', { tags, prefixes, flushAll, source: 'node' }, timeoutMs);
+    // Keys (and so prefixes) are bytes on the wire; strings are sent as UTF-8.
+    const bytes = prefixes.map((p) => (typeof p === 'string' ? Buffer.from(p, 'utf8') : p));
+    const response = await this.unary('Invalidate', { tags, prefixes: bytes, flushAll, source: 'node' }, timeoutMs);
     return Number(response.removed);
   }
 }

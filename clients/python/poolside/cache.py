@@ -20,6 +20,8 @@ class CacheClient(_Client):
     def invalidate(self, *, tags=(), prefixes=(), flush_all=False, timeout=None):
         """Drops entries carrying any of `tags` or keyed under any of `prefixes`;
         flush_all drops everything. Returns how many entries were removed."""
-        request = cache_pb2.CacheInvalidateRequest(tags=list(tags), prefixes=list(prefixes),
+        # Keys (and so prefixes) are bytes on the wire; text is sent as UTF-8.
+        prefixes = [p.encode() if isinstance(p, str) else p for p in prefixes]
+        request = cache_pb2.CacheInvalidateRequest(tags=list(tags), prefixes=prefixes,
                                                    flush_all=flush_all, source="python")
         return self._call(self._stub.Invalidate, request, timeout).removed
