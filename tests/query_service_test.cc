@@ -372,7 +372,12 @@ QueryServer* QueryServiceTest::server_ = nullptr;
 std::string* QueryServiceTest::setup_error_ = nullptr;
 
 TEST_F(QueryServiceTest, HealthServiceReportsServing) {
-  absl::StatusOr<int> health = HealthCheck(server_->channel);
+  // SERVING once the pools are warm (readiness; tests/readiness_test.cc).
+  absl::StatusOr<int> health;
+  testing::WaitFor([&] {
+    health = HealthCheck(server_->channel);
+    return health.ok() && *health == 1;
+  }, absl::Seconds(30));
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, 1) << "SERVING";
 }
@@ -1196,7 +1201,11 @@ TEST(QueryServiceShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   absl::StatusOr<QueryServer> server = StartQueryServer(config);
   ASSERT_TRUE(server.ok()) << server.status();
 
-  absl::StatusOr<int> health = HealthCheck(server->channel);
+  absl::StatusOr<int> health;
+  testing::WaitFor([&] {
+    health = HealthCheck(server->channel);
+    return health.ok() && *health == 1;
+  }, absl::Seconds(30));
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, 1);
 

@@ -67,6 +67,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", s->options_.extra_listen[i]));
     }
   }
+  if (auto* health = s->server_->GetHealthCheckService()) {
+    health->SetServingStatus("liveness", true);
+    if (!s->options_.serving_at_start) health->SetServingStatus("", false);
+    absl::MutexLock lock(&s->readiness_->mu);
+    s->readiness_->health = health;
+  }
   if (!s->options_.port_file.empty()) {
     // Written atomically so a reader never sees a partial number.
     const std::string tmp = s->options_.port_file + ".tmp";
@@ -80,15 +86,24 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     }
   }
   telemetry::LogInfo("serving", {{"listen", s->options_.listen},
+                                 {"tls", s->options_.tls.plaintext()            ? "off (plaintext)"
+                                         : s->options_.tls.require_client_cert() ? "mutual"
+                                                                                 : "on"},
                                  {"port", absl::StrCat(s->port_)},
                                  {"also", absl::StrJoin(s->options_.extra_listen, ",")}});
   return s;
 }
 
 Server::~Server() { Shutdown(); }
-                                 {"tls", s->options_.tls.plaintext()            ? "off (plaintext)"
-                                         : s->options_.tls.require_client_cert() ? "mutual"
-                                                                                 : "on"},
+
+std::function<void()> Server::MarkServingCallback() {
+  return [readiness = readiness_] {
+    absl::MutexLock lock(&readiness->mu);
+    if (readiness->health == nullptr) return;
+    readiness->health->SetServingStatus("", true);
+    telemetry::LogInfo("ready");
+  };
+}
 
 int Server::WaitForTermination() {
   sigset_t set;
@@ -106,6 +121,10 @@ int Server::WaitForTermination() {
 void Server::Shutdown() {
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
+  {
+    absl::MutexLock lock(&readiness_->mu);
+    readiness_->health = nullptr;
+  }
   if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));

@@ -17,35 +17,42 @@
 //
 // Thread-safe.
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/support/server_interceptor.h"
+#include "proto/poolside/v1/config.pb.h"
 
 namespace poolside::server {
 
-#include "proto/poolside/v1/config.pb.h"
 struct ServerOptions {
   std::string listen = "0.0.0.0:0";
   // More addresses to serve on, e.g. "unix:/run/poolside/cache.sock".
   std::vector<std::string> extra_listen;
   std::string port_file;
-  absl::Duration drain_timeout = absl::Seconds(10);
-  std::vector<grpc::Service*> services;
-  int max_receive_message_bytes = 64 << 20;
   // Transport security of the TCP addresses (`listen` and TCP `extra_listen`);
   // "unix:" addresses are plaintext. Start() fails unless this names a
   // certificate or says plaintext explicitly (see common/server/tls.h).
   v1::TlsConfig tls;
+  absl::Duration drain_timeout = absl::Seconds(10);
+  std::vector<grpc::Service*> services;
+  int max_receive_message_bytes = 64 << 20;
   int max_send_message_bytes = 64 << 20;
   // Keep each stream's HTTP/2 receive window at a fixed size (no BDP-driven
   // growth), so a service that stops reading a stream for backpressure holds
   // at most about that much of the client's data per stream in gRPC's buffers.
   int fixed_stream_window_bytes = 0;  // 0: gRPC's adaptive default
+  // false: the health service answers NOT_SERVING (readiness) from the start
+  // until MarkServingCallback()'s callback runs, e.g. once the pools are warm.
+  // The "liveness" service name is SERVING as long as the server runs.
+  bool serving_at_start = true;
   // Interceptors run on every call, in this order (tracing, metrics, auth...).
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
@@ -63,6 +70,11 @@ class Server {
   int port() const { return port_; }
   grpc::Server* grpc_server() { return server_.get(); }
 
+  // A callback that marks the server SERVING in its health service. Callable
+  // from any thread at any time, also after Shutdown() or the server's
+  // destruction (then it does nothing), so a background warm-up may hold it.
+  std::function<void()> MarkServingCallback();
+
   // Waits for SIGTERM or SIGINT, then Shutdown(). Returns the signal number.
   int WaitForTermination();
   // Marks the server NOT_SERVING, stops accepting, waits up to drain_timeout for
@@ -75,6 +87,13 @@ class Server {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool shut_down_ = false;
+  // Shared with MarkServingCallback()'s callbacks; `health` is cleared at
+  // Shutdown().
+  struct Readiness {
+    absl::Mutex mu;
+    grpc::HealthCheckServiceInterface* health ABSL_GUARDED_BY(mu) = nullptr;
+  };
+  std::shared_ptr<Readiness> readiness_ = std::make_shared<Readiness>();
 };
 
 }  // namespace poolside::server

@@ -61,7 +61,27 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
   }
 }
 
-IngestEngine::~IngestEngine() { Stop(); }
+IngestEngine::~IngestEngine() {
+  Stop();
+  {
+    absl::MutexLock lock(&warm_mu_);
+    destroying_ = true;
+  }
+  // Ends a warm-up still retrying against a database that is down.
+  for (auto& [name, db] : databases_) db->pool->Close();
+  if (warmup_.joinable()) warmup_.join();
+}
+
+void IngestEngine::WhenWarm(std::function<void()> ready) {
+  {
+    absl::MutexLock lock(&warm_mu_);
+    if (!warm_) {
+      when_warm_.push_back(std::move(ready));
+      return;
+    }
+  }
+  ready();
+}
 
 void IngestEngine::Start() {
   absl::MutexLock lock(&mu_);
@@ -82,6 +102,22 @@ void IngestEngine::Start() {
     }
   }
   threads_.emplace_back([this] { ControlLoop(); });
+  warmup_ = std::thread([this] {
+    for (auto& [name, db] : databases_) {
+      absl::Status s = db->pool->WarmUp(absl::Milliseconds(db->config.pool().startup_retry_ms()));
+      if (!s.ok()) {
+        telemetry::LogWarning("database not reachable yet; connecting on demand",
+                              {{"database", name}, {"error", std::string(s.message())}});
+      }
+    }
+    std::vector<std::function<void()>> ready;
+    {
+      absl::MutexLock lock(&warm_mu_);
+      warm_ = true;
+      if (!destroying_) ready.swap(when_warm_);
+    }
+    for (auto& f : ready) f();
+  });
 }
 
 absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(

@@ -78,6 +78,12 @@ class IngestEngine {
   // background.
   void Start();
 
+  // Runs `ready` once every database's pool warm-up has finished (min_idle
+  // connections made, or given up after pool.startup_retry_ms) — at once if
+  // that already happened, else on the warm-up thread. Not run if the engine
+  // is destroyed first. For readiness.
+  void WhenWarm(std::function<void()> ready);
+
   // Non-OK: the request was refused and neither callback will run. OK: both
   // will, exactly once each (admitted first).
   absl::Status Submit(const v1::WriteRequest& request, Admission admission,
@@ -187,6 +193,11 @@ class IngestEngine {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, uint64_t> flushes_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;
+  std::thread warmup_;
+  absl::Mutex warm_mu_;
+  bool warm_ ABSL_GUARDED_BY(warm_mu_) = false;
+  bool destroying_ ABSL_GUARDED_BY(warm_mu_) = false;
+  std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);
 
   std::atomic<uint64_t> rows_written_{0}, bytes_written_{0}, batches_written_{0},
       rows_rejected_{0}, requests_{0}, requests_failed_{0}, duplicates_{0},

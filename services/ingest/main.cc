@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
+  options.tls = config->server().tls();
   const absl::Duration drain = absl::Milliseconds(config->server().drain_timeout_ms());
   // The server's own drain comes after the engine's (below): by then every
   // accepted request is answered, and streams get this long to half-close.
@@ -54,13 +55,15 @@ int main(int argc, char** argv) {
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.
   options.fixed_stream_window_bytes = 256 << 10;
+  // Readiness: NOT_SERVING until the pools are warm (see IngestEngine::WhenWarm).
+  options.serving_at_start = false;
   engine.Start();
   auto server = poolside::server::Server::Start(std::move(options));
   if (!server.ok()) {
     telemetry::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;
-  options.tls = config->server().tls();
   }
+  engine.WhenWarm((*server)->MarkServingCallback());
 
   // SIGTERM/SIGINT: refuse new requests, flush and acknowledge what is
   // buffered, end the streams, then stop the server.

@@ -60,15 +60,18 @@ int main(int argc, char** argv) {
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
+  options.tls = config->server().tls();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
+  // Readiness: NOT_SERVING until the pools are warm (see QueryEngine::WhenWarm).
+  options.serving_at_start = false;
   auto server = poolside::server::Server::Start(std::move(options));
   if (!server.ok()) {
     telemetry::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;
   }
   engine.Start();
+  engine.WhenWarm((*server)->MarkServingCallback());
   (*server)->WaitForTermination();
   return 0;
 }
-  options.tls = config->server().tls();

@@ -86,9 +86,29 @@ void QueryEngine::Start() {
     ParallelFor(dbs.size(), 8, [&](size_t i) {
       if (!stopping_.HasBeenNotified()) dbs[i]->WarmUp().IgnoreError();
     });
+    std::vector<std::function<void()>> ready;
+    {
+      absl::MutexLock lock(&warm_mu_);
+      warm_ = true;
+      ready.swap(when_warm_);
+    }
+    if (!stopping_.HasBeenNotified()) {
+      for (auto& f : ready) f();
+    }
   });
   maintenance_ = std::thread([this] { MaintenanceLoop(); });
   if (cache_ != nullptr) cache_->Start();
+}
+
+void QueryEngine::WhenWarm(std::function<void()> ready) {
+  {
+    absl::MutexLock lock(&warm_mu_);
+    if (!warm_) {
+      when_warm_.push_back(std::move(ready));
+      return;
+    }
+  }
+  ready();
 }
 
 void QueryEngine::MaintenanceLoop() {

@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -47,6 +48,12 @@ class QueryEngine {
   // Warms the pools (in the background; the service serves meanwhile) and starts
   // pool maintenance.
   void Start();
+
+  // Runs `ready` once every database's warm-up has finished (min_idle
+  // connections made, or given up after pool.startup_retry_ms: that database
+  // then connects on demand) — at once if that already happened, else on the
+  // warm-up thread. Not run if the engine is destroyed first. For readiness.
+  void WhenWarm(std::function<void()> ready);
 
   // The deadline a call runs under: the caller's, or the configured default if
   // the caller set none.
@@ -88,6 +95,9 @@ class QueryEngine {
   absl::Notification stopping_;
   std::thread maintenance_;
   std::thread warmup_;
+  absl::Mutex warm_mu_;
+  bool warm_ ABSL_GUARDED_BY(warm_mu_) = false;
+  std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);
   // Declared last: destroyed first, while the databases it uses still exist.
   std::unique_ptr<ReadCache> cache_;
 };
