@@ -19,6 +19,11 @@ APT_PACKAGES += libssl-dev openssl
 # lock files committed). Each test finds its node_modules next to its package.json.
 NPM_DIRS := clients/node
 
+# k8s/tests render the manifests with `kubectl kustomize`: Debian's
+# kubernetes-client (kubectl 1.20) unless a kubectl is already installed.
+APT_PACKAGES += $(if $(shell command -v kubectl),,kubernetes-client)
+NPM_DIRS += k8s/tests
+
 BAZEL ?= bazel
 RUN_DIR ?= $(CURDIR)/.run
 

@@ -1,0 +1,77 @@
+// The configuration inside the rendered ConfigMaps is accepted by the binaries
+// themselves: for every poolside container of every overlay, the file mounted
+// at its --config path is given to the same binary with --check_config, under
+// the container's environment (a Secret reference becomes a placeholder DSN,
+// since the real one exists only in the cluster).
+//   node configmap_check_test.mjs QUERY_SERVER CACHE_SERVER INGEST_SERVER
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { configOf, describe, longRunningContainers, overlays, podSpecs, render } from "./manifests.mjs";
+
+const [queryServer, cacheServer, ingestServer] = process.argv.slice(2).map((p) => resolve(p));
+if (!ingestServer) {
+  console.log("usage: configmap_check_test.mjs QUERY_SERVER CACHE_SERVER INGEST_SERVER");
+  process.exit(2);
+}
+const binaries = { query: queryServer, cache: cacheServer, ingest: ingestServer };
+const PLACEHOLDER_DSN = "host=secret-from-the-cluster.invalid port=5432 dbname=app user=poolside";
+
+let failures = 0;
+const fail = (msg) => {
+  failures++;
+  console.log(`FAIL ${msg}`);
+};
+const work = mkdtempSync(join(process.env.TEST_TMPDIR || tmpdir(), "configs-"));
+const seen = new Set();
+
+for (const [name, dir] of overlays()) {
+  let objects;
+  try {
+    objects = render(dir);
+  } catch (e) {
+    fail(`overlays/${name}: ${e.message}`);
+    continue;
+  }
+  for (const pod of podSpecs(objects)) {
+    for (const c of longRunningContainers(pod.spec)) {
+      const where = `overlays/${name} ${describe(pod.owner)} container ${c.name}`;
+      let config;
+      try {
+        config = configOf(c, pod, objects);
+      } catch (e) {
+        fail(`${where}: ${e.message}`);
+        continue;
+      }
+      if (!config) continue;  // not a poolside container (postgres, jaeger)
+      const service = (c.image ?? "").split("/").pop().split(":")[0];
+      const binary = binaries[service];
+      if (!binary) {
+        fail(`${where}: image ${c.image} is none of poolside's (query, cache, ingest)`);
+        continue;
+      }
+      const env = { PATH: process.env.PATH };
+      for (const e of c.env ?? []) {
+        if (e.value != null) env[e.name] = e.value;
+        else if (e.valueFrom?.secretKeyRef) env[e.name] = PLACEHOLDER_DSN;
+        else fail(`${where}: env ${e.name}: only value and secretKeyRef are understood here`);
+      }
+      const file = join(work, `${name}-${pod.owner.metadata.name}-${c.name}-${config.key}`);
+      writeFileSync(file, config.text);
+      const r = spawnSync(binary, [`--config=${file}`, "--check_config"], { env, encoding: "utf8" });
+      const output = `${r.stdout ?? ""}${r.stderr ?? ""}`.trim();
+      if (r.status !== 0 || !r.stdout.includes("configuration OK")) {
+        fail(`${where}: ${service}_server --check_config rejects ${config.key} (exit ${r.status}):\n${output}`);
+      } else {
+        console.log(`${where}: ${config.key}: ${r.stdout.trim()}`);
+        seen.add(service);
+      }
+    }
+  }
+}
+for (const service of Object.keys(binaries)) {
+  if (!seen.has(service)) fail(`no overlay runs a ${service} container whose configuration passed`);
+}
+console.log(failures ? `${failures} failure(s)` : "every rendered configuration passes --check_config");
+process.exit(failures ? 1 : 0);
