@@ -16,7 +16,8 @@ struct ServiceFlags {
   std::string listen;      // overrides server.listen when set
 };
 
-// Parses argv, names the service in the logs and sets the log level. Prints
+// Parses argv, names the service in the logs, sets the log level and turns
+// Abseil's Mutex deadlock detection off unless --mutex_deadlock_detection. Prints
 // a usage error to stderr and returns nullopt (exit with 2) when --log_level
 // is invalid or --config is missing; `config_help` says where the
 // configuration is documented, e.g. "README.md, Configuration".
