@@ -21,6 +21,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "bench/closed_loop.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 
@@ -42,6 +43,9 @@ ABSL_FLAG(int32_t, threads, 0,
           "callers)");
 ABSL_FLAG(int32_t, call_timeout_ms, 5000, "deadline of each call");
 ABSL_FLAG(std::string, label, "", "free-form label copied into the JSON");
+ABSL_FLAG(int32_t, cache_ttl_ms, 0,
+          "send a cache policy with this ttl (0: no policy, every call runs on "
+          "the database); the JSON then counts calls not served as HIT");
 
 namespace poolside::bench {
 namespace {
@@ -64,7 +68,11 @@ struct ExecuteCall {
       grpc::CompletionQueue* cq) const {
     return stub->AsyncExecute(context, request, cq);
   }
-  bool Marked(const Response&) const { return false; }
+  bool cached = false;
+  // With a cache policy, a call not answered from the cache.
+  bool Marked(const Response& response) const {
+    return cached && response.cache() != v1::HIT;
+  }
 };
 
 int Main(int argc, char** argv) {
@@ -92,6 +100,10 @@ int Main(int argc, char** argv) {
   request.set_database(absl::GetFlag(FLAGS_db));
   request.set_sql(absl::GetFlag(FLAGS_sql));
   if (call.keys > 0) request.add_params()->set_int64_value(1);
+  if (absl::GetFlag(FLAGS_cache_ttl_ms) > 0) {
+    call.cached = true;
+    request.mutable_cache()->set_ttl_ms(absl::GetFlag(FLAGS_cache_ttl_ms));
+  }
 
   std::vector<std::shared_ptr<grpc::Channel>> chans;
   std::vector<std::unique_ptr<v1::QueryService::Stub>> stubs;
@@ -121,6 +133,7 @@ int Main(int argc, char** argv) {
   if (!absl::GetFlag(FLAGS_label).empty()) json.AddString("label", absl::GetFlag(FLAGS_label));
   json.AddString("addr", addr);
   AddLoadFields(options, result, &json);
+  if (call.cached) json.Add("not_hits", absl::StrCat(result.marked));
   return Emit("loadgen", result, json.Done(), absl::GetFlag(FLAGS_json_out));
 }
 

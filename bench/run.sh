@@ -28,6 +28,8 @@
 #                              measure (otherwise the poolside rows are skipped)
 #   BENCH_NO_CACHE=1           skip the cache sidecar vs redis-benchmark GET rows
 #   BENCH_CACHE_CONCURRENCY="8 32 64"  cache_loadgen callers = redis-benchmark clients
+#                              (also the callers of cached vs uncached reads through query)
+#   BENCH_QUERY_CACHE_KEYS=1000   key range of the cached vs uncached query reads
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -82,6 +84,7 @@ cleanup() {
   stop_pid "$CHILD_PID" 5
   stop_pid "${CACHE_SERVER_PID:-}" 10  # cache section
   stop_pid "${REDIS_PID:-}" 10         # cache section
+  stop_pid "${QUERY_CACHE_PID:-}" 20   # cache section
   stop_pid "${INGEST_PID:-}" 20
   stop_pid "$BOUNCER_PID" 10
   if [[ -f $TMP/bouncer/pgbouncer.pid ]]; then
@@ -152,7 +155,7 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building"
   targets=(//bench:loadgen)
-  [[ -z ${BENCH_NO_CACHE:-} ]] && targets+=(//bench:cache_loadgen //services/cache:cache_server)  # cache section
+  [[ -z ${BENCH_NO_CACHE:-} ]] && targets+=(//bench:cache_loadgen //services/cache:cache_server //services/query:query_server)  # cache section
   targets+=(//bench:ingest_loadgen //services/ingest:ingest_server)  # ingest section
   if [[ -z ${BENCH_PG_PORT:-} ]]; then
     targets+=(//tools:devstack)
@@ -452,9 +455,6 @@ redis_point() {  # clients
     --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
 }
 
-cache_bench() {
-  local c
-  command -v redis-benchmark >/dev/null || die "redis-benchmark not found (make deps)"
 # Cached against uncached point selects through query: a query_server of its
 # own (same pool as devstack's) whose cache is this section's sidecar over the
 # unix socket, with pgbench_accounts configured as cached; the same hot keys
@@ -514,12 +514,16 @@ query_cache_bench() {
   QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=8) whose sidecar is the cache_server above over its unix socket; loadgen without a cache policy, then with ttl 60 s"
 }
 
+cache_bench() {
+  local c
+  command -v redis-benchmark >/dev/null || die "redis-benchmark not found (make deps)"
   cache_bench_start
   for c in $CACHE_CONCURRENCY; do
     redis_point "$c"
     cache_point cache_get_tcp "$CACHE_TCP" "$c"
     cache_point cache_get_unix "unix:$CACHE_SOCKET" "$c"
   done
+  query_cache_bench
   stop_pid "$CACHE_SERVER_PID" 10
   stop_pid "$REDIS_PID" 10
   CACHE_SERVER_PID=""
@@ -589,6 +593,7 @@ meta = {
     "pgbouncer_pool_size": $POOL_SIZE,
     "query_service": """$query_summary""",
     "cache": """${CACHE_SUMMARY:-not measured}""",
+    "query_cache": """${QUERY_CACHE_SUMMARY:-not measured}""",
     "ingest": """${INGEST_SUMMARY:-not measured}""",
     "loadgen": "async gRPC, one completion queue per thread, threads=min(nproc, callers), one TCP connection per 8 callers, random aid",
   },
