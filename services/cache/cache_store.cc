@@ -319,6 +319,9 @@ CacheStore::InvalidateResult CacheStore::Invalidate(const std::vector<std::strin
     PruneLocked();
   }
   invalidations_.fetch_add(1, std::memory_order_relaxed);
+  invalidated_tags_.fetch_add(tags.size(), std::memory_order_relaxed);
+  invalidated_prefixes_.fetch_add(live_prefixes.size(), std::memory_order_relaxed);
+  if (flush_all) flushes_.fetch_add(1, std::memory_order_relaxed);
 
   for (auto& shard_ptr : shards_) {
     Shard& shard = *shard_ptr;
@@ -416,6 +419,9 @@ CacheStoreStats CacheStore::Stats() const {
   s.evictions = evictions_.load(std::memory_order_relaxed);
   s.expirations = expirations_.load(std::memory_order_relaxed);
   s.invalidations = invalidations_.load(std::memory_order_relaxed);
+  s.invalidated_tags = invalidated_tags_.load(std::memory_order_relaxed);
+  s.invalidated_prefixes = invalidated_prefixes_.load(std::memory_order_relaxed);
+  s.flushes = flushes_.load(std::memory_order_relaxed);
   s.invalidated_entries = invalidated_entries_.load(std::memory_order_relaxed);
   s.generation = generation();
   s.shards = static_cast<uint32_t>(shards_.size());

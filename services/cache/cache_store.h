@@ -119,6 +119,10 @@ struct CacheStoreStats {
   uint64_t evictions = 0;
   uint64_t expirations = 0;
   uint64_t invalidations = 0;
+  // What invalidations named: tags, key prefixes, flushes of everything.
+  uint64_t invalidated_tags = 0;
+  uint64_t invalidated_prefixes = 0;
+  uint64_t flushes = 0;
   uint64_t invalidated_entries = 0;
   uint64_t generation = 0;
   uint32_t shards = 0;
@@ -271,7 +275,8 @@ class CacheStore {
   std::map<size_t, size_t> prefix_lengths_ ABSL_GUARDED_BY(gen_mu_);
 
   std::atomic<uint64_t> hits_{0}, stale_hits_{0}, misses_{0}, sets_{0}, sets_rejected_{0},
-      evictions_{0}, expirations_{0}, invalidations_{0}, invalidated_entries_{0};
+      evictions_{0}, expirations_{0}, invalidations_{0}, invalidated_entries_{0},
+      invalidated_tags_{0}, invalidated_prefixes_{0}, flushes_{0};
 
   std::function<void()> before_insert_hook_;
 

@@ -175,6 +175,9 @@ TEST_F(CacheStoreTest, InvalidateByTagPrefixAndFlush) {
   EXPECT_EQ(s.entries, 0u);
   EXPECT_EQ(s.bytes, 0u);
   EXPECT_EQ(s.invalidations, 3u);
+  EXPECT_EQ(s.invalidated_tags, 1u);
+  EXPECT_EQ(s.invalidated_prefixes, 1u);
+  EXPECT_EQ(s.flushes, 1u);
   EXPECT_EQ(s.invalidated_entries, 5u);
   EXPECT_EQ(s.generation, g0 + 3);
   // The tag index was emptied along with the entries.

@@ -24,7 +24,9 @@
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/metrics_service.h"
 #include "services/cache/cache_config.h"
+#include "services/cache/cache_metrics.h"
 #include "services/cache/cache_service.h"
 #include "services/cache/cache_store.h"
 
@@ -97,8 +99,14 @@ int main(int argc, char** argv) {
                                   {"admission", config->admission() ? "on" : "off"}});
 
   poolside::server::BlockTerminationSignals();
+  auto metrics = telemetry::ServiceMetrics::Start("cache", config->server().telemetry());
+  if (!metrics.ok()) {
+    telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
+    return 1;
+  }
   poolside::cache::CacheStore store(poolside::cache::StoreOptionsFromConfig(*config));
   store.StartReaper();
+  poolside::cache::CacheMetrics cache_metrics(&store, &(*metrics)->registry());
   poolside::cache::CacheServiceImpl service(
       &store, {config->max_key_bytes(), config->max_ttl_ms(), config->max_tags()});
   poolside::server::ServerOptions options;
@@ -106,6 +114,7 @@ int main(int argc, char** argv) {
   options.port_file = config->server().port_file();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
+  options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   const std::string& socket_path = config->unix_socket();
   if (!socket_path.empty()) {
     if (absl::Status s = RemoveStaleSocket(socket_path); !s.ok()) {

@@ -671,6 +671,12 @@ void IngestEngine::Stop() {
   }
 }
 
+std::vector<std::pair<std::string, pool::PoolStats>> IngestEngine::GetPoolStats() const {
+  std::vector<std::pair<std::string, pool::PoolStats>> out;
+  for (const auto& [name, db] : databases_) out.emplace_back(name, db->pool->Stats());
+  return out;
+}
+
 void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {
   out->set_rows_written(rows_written_.load());
   out->set_bytes_written(bytes_written_.load());

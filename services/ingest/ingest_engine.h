@@ -43,6 +43,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -98,6 +99,8 @@ class IngestEngine {
   void Stop();
 
   void GetStats(v1::GetIngestStatsResponse* out) const;
+  // Each database's connection pool statistics (for /metrics), by name.
+  std::vector<std::pair<std::string, pool::PoolStats>> GetPoolStats() const;
 
  private:
   struct Table {

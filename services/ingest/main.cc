@@ -13,8 +13,10 @@
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/metrics_service.h"
 #include "services/ingest/ingest_config.h"
 #include "services/ingest/ingest_engine.h"
+#include "services/ingest/ingest_metrics.h"
 #include "services/ingest/ingest_service.h"
 
 
@@ -41,8 +43,14 @@ int main(int argc, char** argv) {
   telemetry::LogInfo("sizing", {{"ingest", sizing}});
 
   poolside::server::BlockTerminationSignals();
+  auto metrics = telemetry::ServiceMetrics::Start("ingest", config->server().telemetry());
+  if (!metrics.ok()) {
+    telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
+    return 1;
+  }
   poolside::ingest::IngestEngine engine(*config);
   poolside::ingest::IngestServiceImpl service(&engine);
+  poolside::ingest::IngestMetrics ingest_metrics(&engine, &(*metrics)->registry());
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
@@ -52,6 +60,7 @@ int main(int argc, char** argv) {
   // accepted request is answered, and streams get this long to half-close.
   options.drain_timeout = std::min(drain, absl::Seconds(5));
   options.services = {&service};
+  options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.
   options.fixed_stream_window_bytes = 256 << 10;

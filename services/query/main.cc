@@ -9,8 +9,10 @@
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/metrics_service.h"
 #include "services/query/query_config.h"
 #include "services/query/query_engine.h"
+#include "services/query/query_metrics.h"
 #include "services/query/sidecar_client.h"
 #include "services/query/query_service.h"
 
@@ -41,6 +43,11 @@ int main(int argc, char** argv) {
   }
 
   poolside::server::BlockTerminationSignals();
+  auto metrics = telemetry::ServiceMetrics::Start("query", config->server().telemetry());
+  if (!metrics.ok()) {
+    telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
+    return 1;
+  }
   std::unique_ptr<poolside::query::CacheClient> sidecar;
   if (config->has_cache()) {
     auto client = poolside::query::SidecarClient::Create(
@@ -57,12 +64,15 @@ int main(int argc, char** argv) {
   }
   poolside::query::QueryEngine engine(*config, std::move(sidecar));
   poolside::query::QueryServiceImpl service(&engine);
+  poolside::query::QueryMetrics query_metrics(&engine, &(*metrics)->registry(),
+                                              config->server().telemetry());
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
   options.tls = config->server().tls();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
+  options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // Readiness: NOT_SERVING until the pools are warm (see QueryEngine::WhenWarm).
   options.serving_at_start = false;
   auto server = poolside::server::Server::Start(std::move(options));

@@ -81,6 +81,7 @@ class QueryEngine {
   const v1::QueryServiceConfig& config() const { return config_; }
   // Null when no cache is configured.
   ReadCache* read_cache() { return cache_.get(); }
+  StatementStatsRegistry& statement_stats() { return stats_; }
 
  private:
   absl::StatusOr<Database*> Find(absl::string_view name);

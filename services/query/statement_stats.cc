@@ -1,9 +1,13 @@
 #include "services/query/statement_stats.h"
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/telemetry/log.h"
+#include "common/telemetry/metrics_family.h"
 
 namespace poolside::query {
 namespace {
@@ -103,6 +107,32 @@ void StatementStatsRegistry::Record(absl::string_view database, absl::string_vie
     e->total_seconds += absl::ToDoubleSeconds(latency);
   }
   e->latency.Observe(latency);  // entries are never removed, so e stays valid
+  const int64_t slow_ns = slow_threshold_ns_.load(std::memory_order_relaxed);
+  if (slow_ns > 0 && latency >= absl::Nanoseconds(slow_ns)) {
+    // e->database and e->statement never change once the entry exists.
+    telemetry::LogWarning("slow statement",
+                          {{"database", e->database},
+                           {"statement", e->statement},
+                           {"duration_ms", absl::StrFormat("%.3f", absl::ToDoubleMilliseconds(latency))},
+                           {"rows", absl::StrCat(rows)},
+                           {"ok", ok ? "true" : "false"}});
+  }
+}
+
+void StatementStatsRegistry::SetSlowThreshold(absl::Duration threshold) {
+  slow_threshold_ns_.store(std::max<int64_t>(0, absl::ToInt64Nanoseconds(threshold)),
+                           std::memory_order_relaxed);
+}
+
+std::vector<std::pair<std::string, telemetry::Histogram::Snapshot>>
+StatementStatsRegistry::LatencyByDatabase() const {
+  std::map<std::string, telemetry::Histogram::Snapshot> merged;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [key, e] : entries_) {
+    // Every entry has the default bounds, so merging cannot fail.
+    telemetry::MergeSnapshot(e->latency.Take(), &merged[e->database]);
+  }
+  return {merged.begin(), merged.end()};
 }
 
 std::vector<v1::StatementStats> StatementStatsRegistry::Snapshot(absl::string_view database,

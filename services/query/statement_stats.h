@@ -9,8 +9,11 @@
 //
 // Thread-safe.
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -37,6 +40,14 @@ class StatementStatsRegistry {
   // Sorted by total time, descending; `database` empty means all; limit 0: all.
   std::vector<v1::StatementStats> Snapshot(absl::string_view database, size_t limit) const;
 
+  // Record() logs statements that took at least `threshold` ("slow statement",
+  // warning level, with the normalized SQL; the log line carries the trace id
+  // of the recording thread's current span). Zero (the default) turns it off.
+  void SetSlowThreshold(absl::Duration threshold);
+
+  // Every statement's latency merged per database (for /metrics), by database name.
+  std::vector<std::pair<std::string, telemetry::Histogram::Snapshot>> LatencyByDatabase() const;
+
  private:
   struct Entry {
     std::string database;
@@ -48,6 +59,7 @@ class StatementStatsRegistry {
     telemetry::Histogram latency;
   };
   const size_t max_entries_;
+  std::atomic<int64_t> slow_threshold_ns_{0};
   mutable absl::Mutex mu_;
   // Keyed by the raw SQL too, so the hot path normalizes each distinct text once.
   absl::flat_hash_map<std::string, Entry*> by_raw_ ABSL_GUARDED_BY(mu_);

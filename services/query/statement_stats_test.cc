@@ -55,5 +55,22 @@ TEST(StatementStatsTest, SortedByTotalTimeAndLimited) {
   EXPECT_EQ(top[0].statement(), "SELECT b FROM x");
 }
 
+TEST(StatementStatsTest, LatencyByDatabaseMergesStatements) {
+  StatementStatsRegistry reg;
+  reg.SetSlowThreshold(absl::Seconds(1));
+  reg.Record("db", "SELECT 1", absl::Milliseconds(2), 1, true);
+  reg.Record("db", "SELECT 2", absl::Milliseconds(4), 1, true);
+  reg.Record("db", "SELECT 3", absl::Seconds(2), 1, false);  // also logged as slow
+  reg.Record("other", "SELECT 1", absl::Milliseconds(1), 1, true);
+  const auto by_db = reg.LatencyByDatabase();
+  ASSERT_EQ(by_db.size(), 2u);
+  EXPECT_EQ(by_db[0].first, "db");
+  EXPECT_EQ(by_db[0].second.count, 3u);
+  EXPECT_NEAR(by_db[0].second.sum, 2.006, 1e-9);
+  EXPECT_EQ(by_db[0].second.cumulative_counts.back(), 3u);
+  EXPECT_EQ(by_db[1].first, "other");
+  EXPECT_EQ(by_db[1].second.count, 1u);
+}
+
 }  // namespace
 }  // namespace poolside::query

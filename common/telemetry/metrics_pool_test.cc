@@ -1,0 +1,65 @@
+#include "common/telemetry/metrics_pool.h"
+
+#include <cmath>
+
+#include "gtest/gtest.h"
+
+namespace poolside::telemetry {
+namespace {
+
+const prometheus::MetricFamily* Find(const std::vector<prometheus::MetricFamily>& all,
+                                     const std::string& name) {
+  for (const auto& f : all) {
+    if (f.name == name) return &f;
+  }
+  return nullptr;
+}
+
+TEST(MetricsPoolTest, OneSamplePerDatabase) {
+  pool::PoolStats app;
+  app.size = 4;
+  app.idle = 1;
+  app.in_use = 3;
+  app.waiters = 2;
+  app.max_size = 4;
+  app.acquired = 100;
+  app.timeouts = 1;
+  Histogram wait;
+  wait.Observe(0.001);
+  wait.Observe(0.002);
+  app.acquire_wait = wait.Take();
+  pool::PoolStats reports;
+  reports.size = 1;
+  std::vector<prometheus::MetricFamily> out;
+  AppendPoolMetrics({{"app", app}, {"reports", reports}}, &out);
+
+  const auto* in_use = Find(out, "poolside_pool_in_use");
+  ASSERT_NE(in_use, nullptr);
+  EXPECT_EQ(in_use->type, prometheus::MetricType::Gauge);
+  ASSERT_EQ(in_use->metric.size(), 2u);
+  EXPECT_EQ(in_use->metric[0].label[0].value, "app");
+  EXPECT_EQ(in_use->metric[0].gauge.value, 3);
+  const auto* acquired = Find(out, "poolside_pool_acquired_total");
+  ASSERT_NE(acquired, nullptr);
+  EXPECT_EQ(acquired->type, prometheus::MetricType::Counter);
+  EXPECT_EQ(acquired->metric[0].counter.value, 100);
+  const auto* hist = Find(out, "poolside_pool_acquire_wait_seconds");
+  ASSERT_NE(hist, nullptr);
+  EXPECT_EQ(hist->metric[0].histogram.sample_count, 2u);
+  EXPECT_EQ(hist->metric[1].histogram.sample_count, 0u);
+  for (const char* name : {"poolside_pool_size", "poolside_pool_idle", "poolside_pool_waiters",
+                           "poolside_pool_max_size", "poolside_pool_acquire_timeouts_total",
+                           "poolside_pool_connections_created_total",
+                           "poolside_pool_connections_broken_total"}) {
+    EXPECT_NE(Find(out, name), nullptr) << name;
+  }
+
+  const StatusTable t = PoolsTable({{"app", app}});
+  ASSERT_EQ(t.rows.size(), 1u);
+  EXPECT_EQ(t.rows[0][0], "app");
+  EXPECT_EQ(t.rows[0][3], "3");  // in use
+  EXPECT_EQ(t.rows[0][4], "2");  // waiters
+}
+
+}  // namespace
+}  // namespace poolside::telemetry

@@ -1,0 +1,58 @@
+#ifndef POOLSIDE_COMMON_TELEMETRY_METRICS_SERVICE_H_
+#define POOLSIDE_COMMON_TELEMETRY_METRICS_SERVICE_H_
+
+// What a service's main.cc needs for metrics, in one object: the process's
+// MetricsRegistry (with process and span-exporter series), the gRPC interceptor
+// factory, and the HTTP endpoint serving /metrics and the status page when
+// server.telemetry.metrics.listen is set.
+//
+//   auto metrics = ServiceMetrics::Start("query", config.server().telemetry());
+//   if (!metrics.ok()) ...                      // e.g. the port is taken
+//   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
+//   QueryMetrics query_metrics(&engine, &(*metrics)->registry(), ...);
+//
+// Declare it before the gRPC server and before whatever its collectors read
+// (it must outlive both). Thread-safe.
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/telemetry/metrics.h"
+#include "common/telemetry/metrics_server.h"
+#include "grpcpp/support/server_interceptor.h"
+#include "proto/poolside/v1/config.pb.h"
+
+namespace poolside::telemetry {
+
+class ServiceMetrics {
+ public:
+  // Errors are the endpoint's (MetricsServer::Start).
+  static absl::StatusOr<std::unique_ptr<ServiceMetrics>> Start(const std::string& service,
+                                                               const v1::TelemetryConfig& config);
+  ~ServiceMetrics();
+
+  MetricsRegistry& registry() { return registry_; }
+  // Null when the endpoint is off.
+  MetricsServer* http() { return http_.get(); }
+
+  std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+  NewServerInterceptorFactory();
+
+ private:
+  explicit ServiceMetrics(const std::string& service) : registry_(service) {}
+
+  MetricsRegistry registry_;
+  MetricsRegistry::Registration tracing_;
+  std::unique_ptr<MetricsServer> http_;  // stopped first
+};
+
+// poolside_trace_spans_{queued,exported}_total, poolside_trace_spans_dropped_total
+// {reason}, poolside_trace_export_requests_total, ..._failures_total and
+// poolside_trace_queue_spans from the process's span exporter (zeros when
+// tracing is off).
+void AppendTracingMetrics(std::vector<prometheus::MetricFamily>* out);
+
+}  // namespace poolside::telemetry
+
+#endif  // POOLSIDE_COMMON_TELEMETRY_METRICS_SERVICE_H_

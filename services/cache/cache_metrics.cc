@@ -1,0 +1,84 @@
+#include "services/cache/cache_metrics.h"
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/telemetry/metrics_family.h"
+#include "common/telemetry/status_page.h"
+
+namespace poolside::cache {
+namespace {
+
+using telemetry::AddCounter;
+using telemetry::AddGauge;
+using telemetry::CounterFamily;
+using telemetry::GaugeFamily;
+
+void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* out) {
+  prometheus::MetricFamily lookups =
+      CounterFamily("poolside_cache_lookups_total", "Get calls by outcome.");
+  AddCounter(&lookups, {{"outcome", "hit"}}, double(s.hits));
+  AddCounter(&lookups, {{"outcome", "stale"}}, double(s.stale_hits));
+  AddCounter(&lookups, {{"outcome", "miss"}}, double(s.misses));
+  out->push_back(std::move(lookups));
+  prometheus::MetricFamily sets = CounterFamily(
+      "poolside_cache_sets_total",
+      "Set calls: stored, or rejected (invalidated meanwhile, too large, not admitted).");
+  AddCounter(&sets, {{"result", "stored"}}, double(s.sets));
+  AddCounter(&sets, {{"result", "rejected"}}, double(s.sets_rejected));
+  out->push_back(std::move(sets));
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    out->push_back(CounterFamily(name, help));
+    AddCounter(&out->back(), {}, double(v));
+  };
+  auto gauge = [&](const char* name, const char* help, uint64_t v) {
+    out->push_back(GaugeFamily(name, help));
+    AddGauge(&out->back(), {}, double(v));
+  };
+  counter("poolside_cache_evictions_total", "Entries evicted to make room.", s.evictions);
+  counter("poolside_cache_expirations_total", "Entries removed past their stale window.",
+          s.expirations);
+  counter("poolside_cache_invalidations_total", "Invalidate calls.", s.invalidations);
+  prometheus::MetricFamily targets = CounterFamily(
+      "poolside_cache_invalidation_targets_total",
+      "What invalidations named: tags, key prefixes, or everything (kind=all).");
+  AddCounter(&targets, {{"kind", "tag"}}, double(s.invalidated_tags));
+  AddCounter(&targets, {{"kind", "prefix"}}, double(s.invalidated_prefixes));
+  AddCounter(&targets, {{"kind", "all"}}, double(s.flushes));
+  out->push_back(std::move(targets));
+  counter("poolside_cache_invalidated_entries_total", "Entries removed by invalidations.",
+          s.invalidated_entries);
+  gauge("poolside_cache_entries", "Entries held.", s.entries);
+  gauge("poolside_cache_bytes", "Bytes charged (keys, values, tags, overhead).", s.bytes);
+  gauge("poolside_cache_capacity_bytes", "The memory budget.", s.capacity_bytes);
+  gauge("poolside_cache_generation", "Current invalidation generation.", s.generation);
+}
+
+telemetry::StatusTable Table(const CacheStoreStats& s) {
+  telemetry::StatusTable t;
+  t.title = "Cache";
+  t.columns = {"hit ratio", "hits", "stale", "misses", "entries", "bytes", "capacity", "sets",
+               "rejected", "evictions", "invalidations"};
+  t.rows.push_back({telemetry::FormatRatio(double(s.hits + s.stale_hits),
+                                           double(s.hits + s.stale_hits + s.misses)),
+                    telemetry::FormatCount(double(s.hits)),
+                    telemetry::FormatCount(double(s.stale_hits)),
+                    telemetry::FormatCount(double(s.misses)),
+                    telemetry::FormatCount(double(s.entries)), telemetry::FormatBytes(double(s.bytes)),
+                    telemetry::FormatBytes(double(s.capacity_bytes)),
+                    telemetry::FormatCount(double(s.sets)),
+                    telemetry::FormatCount(double(s.sets_rejected)),
+                    telemetry::FormatCount(double(s.evictions)),
+                    telemetry::FormatCount(double(s.invalidations))});
+  return t;
+}
+
+}  // namespace
+
+CacheMetrics::CacheMetrics(const CacheStore* store, telemetry::MetricsRegistry* registry)
+    : collector_(registry->AddCollector(
+          [store](std::vector<prometheus::MetricFamily>* out) { Collect(store->Stats(), out); })),
+      section_(registry->AddStatusSection([store] { return Table(store->Stats()); })) {}
+
+}  // namespace poolside::cache

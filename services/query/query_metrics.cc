@@ -1,0 +1,234 @@
+#include "services/query/query_metrics.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/telemetry/metrics_family.h"
+#include "common/telemetry/metrics_pool.h"
+#include "common/telemetry/status_page.h"
+
+namespace poolside::query {
+namespace {
+
+using telemetry::AddCounter;
+using telemetry::AddGauge;
+using telemetry::AddHistogram;
+using telemetry::CounterFamily;
+using telemetry::GaugeFamily;
+using telemetry::HistogramFamily;
+using Families = std::vector<prometheus::MetricFamily>;
+
+constexpr size_t kSlowestShown = 10;
+
+telemetry::Histogram::Snapshot FromProto(const v1::Histogram& h) {
+  telemetry::Histogram::Snapshot s;
+  s.bounds.assign(h.bounds_seconds().begin(), h.bounds_seconds().end());
+  s.cumulative_counts.assign(h.counts().begin(), h.counts().end());
+  s.count = h.count();
+  s.sum = h.sum_seconds();
+  // The proto carries no max: bound Percentile() by the highest used bucket.
+  uint64_t below = 0;
+  for (size_t i = 0; i < s.bounds.size() && i < s.cumulative_counts.size(); ++i) {
+    if (s.cumulative_counts[i] > below) s.max = s.bounds[i];
+    below = s.cumulative_counts[i];
+  }
+  if (s.count > below && !s.bounds.empty()) s.max = s.bounds.back();
+  return s;
+}
+
+std::vector<v1::PoolStats> PoolStats(QueryEngine* engine) {
+  v1::GetPoolStatsResponse response;
+  if (!engine->GetPoolStats({}, &response).ok()) return {};
+  return {response.pools().begin(), response.pools().end()};
+}
+
+// The engine reports pools as protos; the shared pool series take the pool's
+// own struct.
+telemetry::NamedPoolStats Named(const std::vector<v1::PoolStats>& pools) {
+  telemetry::NamedPoolStats out;
+  for (const auto& p : pools) {
+    pool::PoolStats s;
+    s.size = p.size();
+    s.idle = p.idle();
+    s.in_use = p.in_use();
+    s.waiters = p.waiters();
+    s.min_idle = p.min_idle();
+    s.max_size = p.max_size();
+    s.acquired = p.acquired_total();
+    s.timeouts = p.timeouts_total();
+    s.created = p.created_total();
+    s.closed = p.closed_total();
+    s.recycled = p.recycled_total();
+    s.broken = p.broken_total();
+    s.leaks = p.leaks_total();
+    s.create_failures = p.create_failures_total();
+    s.acquire_wait = FromProto(p.acquire_wait());
+    out.emplace_back(p.database(), std::move(s));
+  }
+  return out;
+}
+
+void CollectPools(QueryEngine* engine, Families* out) {
+  const std::vector<v1::PoolStats> pools = PoolStats(engine);
+  telemetry::AppendPoolMetrics(Named(pools), out);
+  prometheus::MetricFamily queued =
+      GaugeFamily("poolside_query_queued_calls", "Calls waiting for a worker of the database.");
+  prometheus::MetricFamily pipelines =
+      CounterFamily("poolside_query_pipelines_total", "Round trips that carried single statements.");
+  prometheus::MetricFamily pipelined = CounterFamily(
+      "poolside_query_pipelined_statements_total", "Statements those round trips carried.");
+  for (const auto& p : pools) {
+    AddGauge(&queued, {{"database", p.database()}}, double(p.queued()));
+    AddCounter(&pipelines, {{"database", p.database()}}, double(p.pipelines_total()));
+    AddCounter(&pipelined, {{"database", p.database()}}, double(p.pipelined_statements_total()));
+  }
+  out->push_back(std::move(queued));
+  out->push_back(std::move(pipelines));
+  out->push_back(std::move(pipelined));
+}
+
+void CollectStatements(QueryEngine* engine, Families* out) {
+  prometheus::MetricFamily latency = HistogramFamily(
+      "poolside_statement_duration_seconds",
+      "Statement latency as callers see it (queue, connection, execution; cache hits included).");
+  for (const auto& [db, h] : engine->statement_stats().LatencyByDatabase()) {
+    AddHistogram(&latency, {{"database", db}}, h);
+  }
+  out->push_back(std::move(latency));
+  struct Totals {
+    uint64_t calls = 0, errors = 0, rows = 0;
+  };
+  std::map<std::string, Totals> by_db;
+  for (const auto& s : engine->statement_stats().Snapshot("", 0)) {
+    Totals& t = by_db[s.database()];
+    t.calls += s.calls();
+    t.errors += s.errors();
+    t.rows += s.rows();
+  }
+  prometheus::MetricFamily calls = CounterFamily("poolside_statements_total", "Statements run.");
+  prometheus::MetricFamily errors =
+      CounterFamily("poolside_statement_errors_total", "Statements that failed.");
+  prometheus::MetricFamily rows =
+      CounterFamily("poolside_statement_rows_total", "Rows returned or affected.");
+  for (const auto& [db, t] : by_db) {
+    AddCounter(&calls, {{"database", db}}, double(t.calls));
+    AddCounter(&errors, {{"database", db}}, double(t.errors));
+    AddCounter(&rows, {{"database", db}}, double(t.rows));
+  }
+  out->push_back(std::move(calls));
+  out->push_back(std::move(errors));
+  out->push_back(std::move(rows));
+}
+
+void CollectCache(QueryEngine* engine, Families* out) {
+  const ReadCache* cache = engine->read_cache();
+  if (cache == nullptr) return;
+  const ReadCache::Counters& c = cache->counters();
+  auto load = [](const std::atomic<uint64_t>& v) {
+    return double(v.load(std::memory_order_relaxed));
+  };
+  prometheus::MetricFamily requests = CounterFamily(
+      "poolside_query_cache_requests_total", "Cacheable reads by what the cache did for them.");
+  AddCounter(&requests, {{"outcome", "hit"}}, load(c.hits));
+  AddCounter(&requests, {{"outcome", "stale"}}, load(c.stale));
+  AddCounter(&requests, {{"outcome", "miss"}}, load(c.misses));
+  AddCounter(&requests, {{"outcome", "bypass"}}, load(c.bypass));
+  out->push_back(std::move(requests));
+  auto counter = [&](const char* name, const char* help, double v) {
+    out->push_back(CounterFamily(name, help));
+    AddCounter(&out->back(), {}, v);
+  };
+  counter("poolside_query_cache_coalesced_total",
+          "Misses that joined an identical query already in flight.", load(c.coalesced));
+  counter("poolside_query_cache_fills_total", "Results stored in the sidecar.", load(c.fills));
+  counter("poolside_query_cache_fills_refused_total",
+          "Fills the sidecar refused (an invalidation came after the read).", load(c.fills_refused));
+  counter("poolside_query_cache_sidecar_errors_total", "Sidecar calls that failed or timed out.",
+          load(c.sidecar_errors));
+  prometheus::MetricFamily inval = CounterFamily(
+      "poolside_query_cache_invalidations_total",
+      "Invalidations sent to the sidecar, by source: NOTIFY from a committed write anywhere, a "
+      "write through this replica, a flush after (re)subscribing.");
+  AddCounter(&inval, {{"source", "notify"}}, load(c.notifications));
+  AddCounter(&inval, {{"source", "write"}}, load(c.write_invalidations));
+  AddCounter(&inval, {{"source", "flush"}}, load(c.flushes));
+  out->push_back(std::move(inval));
+}
+
+telemetry::StatusTable PoolsTable(QueryEngine* engine) {
+  const std::vector<v1::PoolStats> pools = PoolStats(engine);
+  telemetry::StatusTable t = telemetry::PoolsTable(Named(pools));
+  t.columns.push_back("queued");
+  for (size_t i = 0; i < pools.size() && i < t.rows.size(); ++i) {
+    t.rows[i].push_back(absl::StrCat(pools[i].queued()));
+  }
+  return t;
+}
+
+telemetry::StatusTable CacheTable(QueryEngine* engine) {
+  telemetry::StatusTable t;
+  t.title = "Read cache";
+  t.empty_text = "no cache sidecar configured";
+  const ReadCache* cache = engine->read_cache();
+  if (cache == nullptr) return t;
+  const ReadCache::Counters& c = cache->counters();
+  const double hits = double(c.hits.load()), stale = double(c.stale.load());
+  const double misses = double(c.misses.load());
+  t.columns = {"hit ratio", "hits", "stale", "misses", "bypass", "coalesced", "fills",
+               "refused", "invalidations", "sidecar errors"};
+  t.rows.push_back({telemetry::FormatRatio(hits + stale, hits + stale + misses),
+                    telemetry::FormatCount(hits), telemetry::FormatCount(stale),
+                    telemetry::FormatCount(misses), telemetry::FormatCount(double(c.bypass.load())),
+                    telemetry::FormatCount(double(c.coalesced.load())),
+                    telemetry::FormatCount(double(c.fills.load())),
+                    telemetry::FormatCount(double(c.fills_refused.load())),
+                    telemetry::FormatCount(double(c.notifications.load() + c.write_invalidations.load() +
+                                                  c.flushes.load())),
+                    telemetry::FormatCount(double(c.sidecar_errors.load()))});
+  return t;
+}
+
+telemetry::StatusTable SlowestTable(QueryEngine* engine) {
+  telemetry::StatusTable t;
+  t.title = "Slowest statements";
+  t.columns = {"statement", "database", "calls", "mean", "p99", "max", "rows", "errors"};
+  std::vector<v1::StatementStats> all = engine->statement_stats().Snapshot("", 0);
+  std::sort(all.begin(), all.end(),
+            [](const auto& a, const auto& b) { return a.mean_ms() > b.mean_ms(); });
+  if (all.size() > kSlowestShown) all.resize(kSlowestShown);
+  for (const auto& s : all) {
+    t.rows.push_back({s.statement(), s.database(), telemetry::FormatCount(double(s.calls())),
+                      telemetry::FormatSeconds(s.mean_ms() / 1000),
+                      telemetry::FormatSeconds(s.p99_ms() / 1000),
+                      telemetry::FormatSeconds(s.max_ms() / 1000),
+                      telemetry::FormatCount(double(s.rows())), absl::StrCat(s.errors())});
+  }
+  t.empty_text = "no statements yet";
+  return t;
+}
+
+}  // namespace
+
+absl::Duration SlowStatementThreshold(const v1::LogConfig& config) {
+  if (!config.has_slow_statement_ms()) return absl::Seconds(1);
+  return absl::Milliseconds(config.slow_statement_ms());
+}
+
+QueryMetrics::QueryMetrics(QueryEngine* engine, telemetry::MetricsRegistry* registry,
+                           const v1::TelemetryConfig& config)
+    : engine_(engine) {
+  engine_->statement_stats().SetSlowThreshold(SlowStatementThreshold(config.log()));
+  collector_ = registry->AddCollector([engine](Families* out) {
+    CollectPools(engine, out);
+    CollectStatements(engine, out);
+    CollectCache(engine, out);
+  });
+  pools_ = registry->AddStatusSection([engine] { return PoolsTable(engine); });
+  cache_ = registry->AddStatusSection([engine] { return CacheTable(engine); });
+  statements_ = registry->AddStatusSection([engine] { return SlowestTable(engine); });
+}
+
+}  // namespace poolside::query

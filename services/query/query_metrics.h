@@ -1,0 +1,46 @@
+#ifndef POOLSIDE_SERVICES_QUERY_QUERY_METRICS_H_
+#define POOLSIDE_SERVICES_QUERY_QUERY_METRICS_H_
+
+// The query service's series on /metrics and its status page sections, read at
+// scrape time from the engine's own statistics (pool stats, statement stats,
+// the read cache's counters):
+//   poolside_pool_*{database}                      (common/telemetry/metrics_pool.h)
+//   poolside_query_queued_calls{database}
+//   poolside_query_pipelines_total, poolside_query_pipelined_statements_total{database}
+//   poolside_statement_duration_seconds{database}                 histogram
+//   poolside_statements_total, poolside_statement_errors_total,
+//   poolside_statement_rows_total{database}
+//   poolside_query_cache_requests_total{outcome=hit|stale|miss|bypass}
+//   poolside_query_cache_{coalesced,fills,fills_refused,sidecar_errors}_total
+//   poolside_query_cache_invalidations_total{source=notify|write|flush}
+// Also applies server.telemetry.log.slow_statement_ms to the statement stats.
+//
+//   QueryMetrics query_metrics(&engine, &metrics, config.server().telemetry());
+//
+// Thread-safe. Unregisters in its destructor: declare it after the engine.
+
+#include "common/telemetry/metrics.h"
+#include "proto/poolside/v1/config.pb.h"
+#include "services/query/query_engine.h"
+
+namespace poolside::query {
+
+class QueryMetrics {
+ public:
+  QueryMetrics(QueryEngine* engine, telemetry::MetricsRegistry* registry,
+               const v1::TelemetryConfig& config);
+
+ private:
+  QueryEngine* const engine_;
+  telemetry::MetricsRegistry::Registration collector_;
+  telemetry::MetricsRegistry::Registration pools_;
+  telemetry::MetricsRegistry::Registration cache_;
+  telemetry::MetricsRegistry::Registration statements_;
+};
+
+// The slow-statement threshold a LogConfig asks for: absent 1 s, 0 off.
+absl::Duration SlowStatementThreshold(const v1::LogConfig& config);
+
+}  // namespace poolside::query
+
+#endif  // POOLSIDE_SERVICES_QUERY_QUERY_METRICS_H_
