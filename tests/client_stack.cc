@@ -52,11 +52,12 @@ struct Stack {
   std::unique_ptr<ServiceProcess> ingest;
 };
 
-// Every server listens on a free loopback port.
+// Every server listens on a free loopback port, plaintext (loopback only).
 void Loopback(v1::ServerConfig* server, const std::string& stem) {
   server->set_listen("127.0.0.1:0");
   server->set_port_file(stem + ".port");
   server->set_drain_timeout_ms(5000);
+  server->mutable_tls()->set_plaintext(true);
 }
 
 absl::StatusOr<std::unique_ptr<ServiceProcess>> StartCache(const std::string& socket) {
