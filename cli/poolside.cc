@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cli/connection.h"
@@ -22,6 +23,7 @@
 #include "cli/ingest_command.h"
 #include "cli/table.h"
 #include "cli/value_format.h"
+#include "common/telemetry/trace.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 
 namespace poolside::cli {
@@ -284,6 +286,35 @@ int Main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   absl::StatusOr<ConnectionOptions> connection = TakeConnectionOptions(args);
   if (!connection.ok()) return PrintError(connection.status());
+  // Every call of this command belongs to one trace: the caller's, when
+  // $TRACEPARENT names one, else a new one. With $OTEL_EXPORTER_OTLP_ENDPOINT
+  // (host:port of an OTLP/gRPC collector such as Jaeger) the command's own span
+  // is exported too and the trace id printed on stderr.
+  v1::TracingConfig tracing;
+  if (const char* e = std::getenv("OTEL_EXPORTER_OTLP_ENDPOINT"); e != nullptr && *e != '\0') {
+    absl::string_view endpoint(e);
+    if (!absl::ConsumePrefix(&endpoint, "http://")) absl::ConsumePrefix(&endpoint, "https://");
+    tracing.set_endpoint(std::string(endpoint));
+    tracing.set_export_timeout_ms(2000);
+  }
+  absl::StatusOr<std::unique_ptr<telemetry::Tracer>> tracer =
+      telemetry::StartTracing(tracing, "cli");
+  if (!tracer.ok()) return PrintError(tracer.status());
+  const char* traceparent = std::getenv("TRACEPARENT");
+  const char* tracestate = std::getenv("TRACESTATE");
+  telemetry::Span command_span = telemetry::StartSpan(
+      absl::StrCat("poolside ", args.empty() ? "help" : args[0]), telemetry::SpanKind::kInternal,
+      telemetry::ParseTraceparent(traceparent == nullptr ? "" : traceparent,
+                                  tracestate == nullptr ? "" : tracestate)
+          .value_or(telemetry::SpanContext()));
+  telemetry::SpanContext trace = command_span.context();
+  if (!trace.valid()) {
+    trace.trace_id = telemetry::NewTraceId();
+    trace.span_id = telemetry::NewSpanId();
+    trace.flags = 1;  // sampled: the services record this command's calls
+  }
+  if (*tracer != nullptr) std::fprintf(stderr, "trace_id: %s\n", trace.TraceIdHex().c_str());
+  telemetry::ScopedSpanContext trace_scope(trace);
   if (!args.empty() && args[0] == "cache") {
     return RunCacheCommand(std::vector<std::string>(args.begin() + 1, args.end()), *connection);
   }

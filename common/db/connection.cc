@@ -10,6 +10,7 @@
 #include <pqxx/connectionpolicy>
 #include <pqxx/except>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -552,6 +553,34 @@ absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
   return link;
 }
 
+telemetry::Span Connection::StartStatementSpan(absl::string_view sql,
+                                               const telemetry::SpanContext& parent) const {
+  if (telemetry::GlobalTracer() == nullptr) return telemetry::Span();
+  const telemetry::SpanContext& p = parent.valid() ? parent : telemetry::CurrentSpanContext();
+  if (!p.valid()) return telemetry::Span();
+  // Span name: the statement's first keyword and the database ("SELECT app").
+  absl::string_view rest = absl::StripLeadingAsciiWhitespace(sql);
+  size_t word = 0;
+  while (word < rest.size() && absl::ascii_isalpha(static_cast<unsigned char>(rest[word]))) ++word;
+  const char* db = conn_ != nullptr ? PQdb(conn_) : nullptr;
+  telemetry::Span span = telemetry::StartSpan(
+      absl::StrCat(word > 0 ? absl::AsciiStrToUpper(rest.substr(0, word)) : "statement",
+                   db != nullptr ? " " : "", db != nullptr ? db : ""),
+      telemetry::SpanKind::kClient, p);
+  if (!span.recording()) return span;
+  span.SetAttribute("db.system", "postgresql");
+  if (db != nullptr) span.SetAttribute("db.name", db);
+  span.SetAttribute("db.statement", sql.substr(0, 4096));
+  if (conn_ != nullptr) {
+    if (const char* host = PQhost(conn_); host != nullptr) span.SetAttribute("net.peer.name", host);
+    int port = 0;
+    if (const char* p = PQport(conn_); p != nullptr && absl::SimpleAtoi(p, &port)) {
+      span.SetAttribute("net.peer.port", port);
+    }
+  }
+  return span;
+}
+
 absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements) {
   std::vector<Step> steps;
   steps.reserve(statements.size() * 3 + 2);
@@ -583,6 +612,14 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
   }
   AddDeallocateSteps(evicted, steps);
   if (steps.empty()) return absl::OkStatus();
+  std::vector<telemetry::Span> spans;
+  if (telemetry::GlobalTracer() != nullptr) {
+    spans.reserve(statements.size());
+    for (Statement* s : statements) {
+      spans.push_back(StartStatementSpan(s->sql, s->trace));
+      spans.back().SetAttribute("poolside.pipeline.statements", statements.size());
+    }
+  }
   absl::Status link = RunPipeline(steps);
   for (size_t i = 0; i < statements.size(); ++i) {
     if (exec_index[i] == SIZE_MAX) continue;
@@ -594,6 +631,9 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
       if (before.kind == Step::kPrepare && !before.status.ok()) st = before.status;
     }
     statements[i]->status = st;
+  }
+  for (size_t i = 0; i < spans.size(); ++i) {
+    spans[i].SetStatus(link.ok() ? statements[i]->status : link);
   }
   return link;
 }
@@ -641,6 +681,10 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
     steps[i].cancelled = cancelled;
     steps[i].cancel = &cancel;
   }
+  std::vector<telemetry::Span> spans;
+  if (telemetry::GlobalTracer() != nullptr) {
+    for (Statement* s : statements) spans.push_back(StartStatementSpan(s->sql, s->trace));
+  }
   absl::Status link = RunPipeline(steps);
   // The first failure in the transaction is its outcome.
   absl::Status outcome = link;
@@ -663,6 +707,10 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   }
   for (size_t i = 0; i < statements.size(); ++i) {
     statements[i]->status = steps[exec_index[i]].status;
+    if (i < spans.size()) {
+      spans[i].SetStatus(link.ok() ? statements[i]->status : link);
+      spans[i].End();
+    }
   }
   if (!broken_) {
     std::vector<Step> finish;
@@ -684,8 +732,13 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
       if (outcome.ok()) st.cancelled = cancelled;
       st.cancel = &finish_cancel;
     }
+    telemetry::Span end_span;
+    if (!finish.empty() && !statements.empty()) {
+      end_span = StartStatementSpan(outcome.ok() ? "COMMIT" : "ROLLBACK", statements[0]->trace);
+    }
     if (!finish.empty()) {
       absl::Status finish_link = RunPipeline(finish);
+      end_span.SetStatus(finish_link.ok() ? finish[0].status : finish_link);
       absl::Status end_status =
           finish_link.ok() ? (outcome.ok() || open ? finish[0].status : absl::OkStatus())
                            : finish_link;
@@ -752,6 +805,8 @@ absl::Status Connection::RunStreaming(Statement& statement) {
 }
 
 bool Connection::Ping(absl::Time deadline) {
+  telemetry::Span span = StartStatementSpan(statement.sql, statement.trace);
+  span.SetAttribute("poolside.streaming", true);
   if (!LooksAlive()) return false;
   Step s{Step::kSimple};
   std::vector<Step> steps;
@@ -764,6 +819,7 @@ bool Connection::Ping(absl::Time deadline) {
   absl::Status link = RunPipeline(steps);
   return link.ok() && steps[0].status.ok() && !broken_;
 }
+  span.SetStatus(step.status);
 
 absl::Status Connection::Listen(absl::string_view channel, absl::Time deadline) {
   if (broken_) return absl::UnavailableError("connection is broken");

@@ -34,6 +34,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "google/protobuf/repeated_ptr_field.h"
+#include "common/telemetry/trace.h"
 #include "proto/poolside/v1/common.pb.h"
 
 // libpq's handle types (libpq-fe.h), kept out of this header.
@@ -84,6 +85,9 @@ struct Statement {
   // cancelled).
   const std::atomic<bool>* cancelled = nullptr;
   absl::Status status;
+  // The span this statement runs for (its span is a child); invalid: the
+  // thread's current context. No context at all: no span.
+  telemetry::SpanContext trace;
 };
 
 // A NOTIFY received on a LISTENing connection.
@@ -145,6 +149,14 @@ class Connection {
   ::pg_conn* libpq_conn() { return conn_; }
 
  private:
+  // A CLIENT span for one statement on this connection, child of `parent` (or
+  // of the thread's current context): db.system "postgresql", db.name,
+  // db.statement (the SQL text only — parameter values are never recorded),
+  // net.peer.name/port. Records nothing when tracing is off or there is no
+  // parent (background work such as the listener's own statements).
+  telemetry::Span StartStatementSpan(absl::string_view sql,
+                                     const telemetry::SpanContext& parent = {}) const;
+
   struct Prepared {
     std::string key;
     std::string name;

@@ -553,6 +553,20 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
                                             absl::Span<const absl::string_view> pieces) {
   if (broken_) return absl::UnavailableError("connection is broken");
   const std::string sql = absl::StrCat("COPY ", target, " FROM STDIN");
+  telemetry::Span span = conn_.StartStatementSpan(sql);
+  if (span.recording()) {
+    size_t bytes = 0;
+    for (absl::string_view piece : pieces) bytes += piece.size();
+    span.SetAttribute("poolside.copy.bytes", bytes);
+  }
+  absl::StatusOr<int64_t> copied = SendCopy(sql, pieces);
+  span.SetStatus(copied.status());
+  if (copied.ok()) span.SetAttribute("poolside.copy.rows", *copied);
+  return copied;
+}
+
+absl::StatusOr<int64_t> CopySession::SendCopy(const std::string& sql,
+                                              absl::Span<const absl::string_view> pieces) {
   if (PQsendQuery(pg_, sql.c_str()) != 1) return Broken("sending COPY");
   // Wait for CopyInResponse (or an error: no such table, permissions, ...).
   if (absl::Status s = AwaitReadable(); !s.ok()) return s;

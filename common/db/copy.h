@@ -128,6 +128,8 @@ class CopySession {
   bool broken() const { return broken_; }
 
  private:
+  absl::StatusOr<int64_t> SendCopy(const std::string& sql,
+                                   absl::Span<const absl::string_view> pieces);
   // Sends pending output and waits until a result can be read without
   // blocking.
   absl::Status AwaitReadable();

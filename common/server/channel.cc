@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/telemetry/trace_grpc.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/client_interceptor.h"
 
@@ -98,6 +99,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(ChannelOptions opti
     options.args.SetSslTargetNameOverride(options.tls.server_name());
   }
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
+  if (options.trace) interceptors.push_back(telemetry::NewClientTracingInterceptorFactory());
   if (!options.bearer_token.empty()) {
     interceptors.push_back(
         std::make_unique<BearerTokenFactory>(BearerAuthorization(options.bearer_token)));

@@ -36,6 +36,10 @@ struct ChannelOptions {
   // sets its own authorization metadata).
   std::string bearer_token;
   grpc::ChannelArguments args;
+  // W3C trace context: each call started while a span context is current on
+  // the calling thread (telemetry::ScopedSpanContext) carries `traceparent`
+  // and, with tracing on, gets a CLIENT span (common/telemetry/trace_grpc.h).
+  bool trace = true;
 };
 
 // A ClientTlsConfig that says plaintext explicitly (loopback, tests).

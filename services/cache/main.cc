@@ -24,6 +24,8 @@
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
+#include "common/telemetry/trace_grpc.h"
 #include "common/telemetry/metrics_service.h"
 #include "services/cache/cache_config.h"
 #include "services/cache/cache_metrics.h"
@@ -79,6 +81,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
+  if (absl::Status s = telemetry::ValidateTracingConfig(config->server().telemetry().tracing());
+      !s.ok()) {
+    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
+    return 2;
+  }
   if (!absl::GetFlag(FLAGS_unix_socket).empty()) {
     config->set_unix_socket(absl::GetFlag(FLAGS_unix_socket));
     auto again = poolside::cache::FinalizeCacheConfig(*config, limits, &capacity_note);
@@ -99,6 +106,12 @@ int main(int argc, char** argv) {
                                   {"admission", config->admission() ? "on" : "off"}});
 
   poolside::server::BlockTerminationSignals();
+  // Before anything that records spans, so it is destroyed after them.
+  auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "cache");
+  if (!tracer.ok()) {
+    telemetry::LogError("cannot start tracing", {{"error", std::string(tracer.status().message())}});
+    return 2;
+  }
   auto metrics = telemetry::ServiceMetrics::Start("cache", config->server().telemetry());
   if (!metrics.ok()) {
     telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
@@ -114,6 +127,7 @@ int main(int argc, char** argv) {
   options.port_file = config->server().port_file();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
+  options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   const std::string& socket_path = config->unix_socket();
   if (!socket_path.empty()) {

@@ -24,6 +24,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/telemetry/trace_context.h"
 #include "proto/poolside/v1/ingest.pb.h"
 
 namespace poolside::ingest {
@@ -55,6 +56,8 @@ struct PendingWrite {
   // Rows refused before COPY.
   std::vector<v1::RowError> rejected;
   Done done;
+  // The span of the call that sent it; its batch's flush span links to it.
+  telemetry::SpanContext trace;
 
   size_t lines() const { return line_ends.size(); }
   // What the request holds against the buffer bound (allocated, not just

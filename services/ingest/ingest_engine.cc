@@ -9,6 +9,7 @@
 #include "common/config/database_config.h"
 #include "common/db/error.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
 #include "services/ingest/flusher.h"
 
 namespace poolside::ingest {
@@ -147,6 +148,7 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
   w->copy_target = db::CopyTarget(table, columns);
   w->group = absl::StrCat(database, "\x1f", w->copy_target);
   w->done = std::move(done);
+  w->trace = telemetry::CurrentSpanContext();
   w->line_ends.reserve(request.rows_size());
   w->row_index.reserve(request.rows_size());
   for (int i = 0; i < request.rows_size(); ++i) {
@@ -207,7 +209,8 @@ absl::Status IngestEngine::Submit(const v1::WriteRequest& request, Admission adm
     if (draining_ || stopping_) return ShuttingDown();
     Table& t = db.tables[request.table()];
     if (t.info == nullptr) {
-      t.parked.push_back(Table::Parked{request, admission, std::move(admitted), std::move(done)});
+      t.parked.push_back(Table::Parked{request, admission, std::move(admitted), std::move(done),
+                                       telemetry::CurrentSpanContext()});
       ++unanswered_;
       if (!t.loading) {
         t.loading = true;
@@ -375,6 +378,7 @@ void IngestEngine::ProcessParked(Database& db, const std::string& table,
     absl::Status s = error;
     std::shared_ptr<PendingWrite> w;
     if (s.ok()) {
+      telemetry::ScopedSpanContext trace(p.trace);
       auto prepared = Prepare(p.request, db.config.name(), *info, p.done);
       if (prepared.ok()) {
         w = *std::move(prepared);
@@ -450,15 +454,36 @@ void IngestEngine::FailJob(Database& db, Job& job, const absl::Status& status) {
 }
 
 void IngestEngine::RunFlush(Database& db, Job& job) {
+  // A batch serves many requests, so its span starts a trace of its own and
+  // links to each request's span; the pool wait and the COPY are its children.
+  telemetry::Span flush =
+      telemetry::StartSpan("ingest.flush", telemetry::SpanKind::kInternal, telemetry::SpanContext());
+  if (flush.recording()) {
+    flush.SetAttribute("db.system", "postgresql");
+    flush.SetAttribute("db.name", db.config.name());
+    flush.SetAttribute("poolside.ingest.target", job.batch.copy_target);
+    flush.SetAttribute("poolside.ingest.reason", FlushReasonName(job.batch.reason));
+    flush.SetAttribute("poolside.ingest.rows", job.batch.lines);
+    flush.SetAttribute("poolside.ingest.bytes", job.batch.bytes);
+    flush.SetAttribute("poolside.ingest.requests", job.batch.writes.size());
+    for (const auto& w : job.batch.writes) flush.AddLink(w->trace);
+  }
+  telemetry::ScopedSpanContext flush_scope(flush.context());
   const absl::Time acquire_deadline =
       absl::Now() + absl::Milliseconds(db.config.pool().acquire_timeout_ms());
+  telemetry::Span acquire = telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal,
+                                                 flush.context());
   absl::StatusOr<pool::Pool<db::Connection>::Lease> lease;
   for (int attempt = 0; attempt < 3; ++attempt) {
     lease = db.pool->Acquire(acquire_deadline, "ingest flush");
     if (!lease.ok() || (*lease)->LooksAlive()) break;
     lease->MarkBroken();  // closed by the server while idle: take another
   }
+  acquire.SetAttribute("db.name", db.config.name());
+  acquire.SetStatus(lease.status());
+  acquire.End();
   if (!lease.ok()) {
+    flush.SetStatus(lease.status());
     FailJob(db, job, absl::UnavailableError(absl::StrCat(
                          "no connection to database ", db.config.name(), ": ",
                          lease.status().message())));
@@ -468,6 +493,9 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
   if (r.broken) lease->MarkBroken();
   lease->Release();
   copy_statements_.fetch_add(r.copy_statements, std::memory_order_relaxed);
+  flush.SetStatus(r.status);
+  flush.SetAttribute("poolside.ingest.rows_written", r.rows_written);
+  flush.SetAttribute("poolside.ingest.rows_rejected", r.rows_rejected);
   if (!r.status.ok()) {
     telemetry::LogWarning("flush failed", {{"database", db.config.name()},
                                            {"target", job.batch.copy_target},

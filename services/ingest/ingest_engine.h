@@ -112,6 +112,7 @@ class IngestEngine {
       Admission admission;
       std::function<void()> admitted;
       Done done;
+      telemetry::SpanContext trace;  // the request's span
     };
     std::vector<Parked> parked;
   };

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/server/status.h"
+#include "common/telemetry/trace_grpc.h"
 #include "google/protobuf/arena.h"
 
 namespace poolside::ingest {
@@ -48,6 +49,10 @@ grpc::Status ShutdownStatus() {
 template <typename Base>
 class StreamBase : public Base {
  public:
+  // The call's server span (set by the handler): each request submitted
+  // from this stream carries it.
+  telemetry::SpanContext trace;
+
   StreamBase(IngestServiceImpl* service, IngestEngine* engine)
       : service_(service), engine_(engine) {}
 
@@ -84,6 +89,7 @@ class StreamBase : public Base {
       absl::MutexLock lock(&mu_);
       outstanding_ += 2;
     }
+    telemetry::ScopedSpanContext scope(trace);  // the engine keeps it with the request
     absl::Status s = engine_->Submit(
         request, IngestEngine::Admission::kWaitForRoom,
         [this] {
@@ -281,12 +287,20 @@ class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<v1::Writ
   absl::Status error_ ABSL_GUARDED_BY(mu_);
 };
 
+// Gives a stream call its server span's context.
+template <typename Call>
+Call* Traced(grpc::CallbackServerContext* context, Call* call) {
+  call->trace = telemetry::ServerCallContext(context);
+  return call;
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* context,
                                                    const v1::WriteRequest* request,
                                                    v1::WriteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   absl::Status s = engine_->Submit(
       *request, IngestEngine::Admission::kRefuseWhenFull, [] {},
       [reactor, response](absl::StatusOr<v1::WriteResponse> r) {
@@ -311,13 +325,13 @@ grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* 
 grpc::ServerReadReactor<v1::WriteRequest>* IngestServiceImpl::WriteStream(
     grpc::CallbackServerContext* context, v1::WriteStreamResponse* response) {
   (void)context;
-  return new WriteStreamCall(this, engine_, response);
+  return Traced(context, new WriteStreamCall(this, engine_, response));
 }
 
 grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>* IngestServiceImpl::Channel(
     grpc::CallbackServerContext* context) {
   (void)context;
-  return new ChannelCall(this, engine_);
+  return Traced(context, new ChannelCall(this, engine_));
 }
 
 grpc::ServerUnaryReactor* IngestServiceImpl::GetStats(grpc::CallbackServerContext* context,

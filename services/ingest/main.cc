@@ -13,6 +13,8 @@
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
+#include "common/telemetry/trace_grpc.h"
 #include "common/telemetry/metrics_service.h"
 #include "services/ingest/ingest_config.h"
 #include "services/ingest/ingest_engine.h"
@@ -33,6 +35,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
+  if (absl::Status s = telemetry::ValidateTracingConfig(config->server().telemetry().tracing());
+      !s.ok()) {
+    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
+    return 2;
+  }
   if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();
@@ -43,6 +50,12 @@ int main(int argc, char** argv) {
   telemetry::LogInfo("sizing", {{"ingest", sizing}});
 
   poolside::server::BlockTerminationSignals();
+  // Before anything that records spans, so it is destroyed after them.
+  auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "ingest");
+  if (!tracer.ok()) {
+    telemetry::LogError("cannot start tracing", {{"error", std::string(tracer.status().message())}});
+    return 2;
+  }
   auto metrics = telemetry::ServiceMetrics::Start("ingest", config->server().telemetry());
   if (!metrics.ok()) {
     telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
@@ -60,6 +73,7 @@ int main(int argc, char** argv) {
   // accepted request is answered, and streams get this long to half-close.
   options.drain_timeout = std::min(drain, absl::Seconds(5));
   options.services = {&service};
+  options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.

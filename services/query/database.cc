@@ -4,10 +4,28 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
 #include "common/config/database_config.h"
 #include "services/query/query_config.h"
 
 namespace poolside::query {
+namespace {
+
+// A pool.acquire span for a traced call: the wait for a connection (calls
+// pipelined together share one connection and so one wait).
+void RecordAcquire(const Work& work, const std::string& database, absl::Time start,
+                   absl::Time end, const absl::Status& status) {
+  if (!work.trace.valid()) return;
+  telemetry::Span span =
+      telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal, work.trace, start);
+  span.SetAttribute("db.system", "postgresql");
+  span.SetAttribute("db.name", database);
+  span.SetAttribute("poolside.pool.wait_seconds", absl::ToDoubleSeconds(end - start));
+  span.SetStatus(status);
+  span.End(end);
+}
+
+}  // namespace
 
 Database::Database(const v1::DatabaseConfig& config) : config_(config) {
   db::ConnectionOptions options;
@@ -56,6 +74,7 @@ size_t Database::queued() const {
 absl::Status Database::Submit(std::shared_ptr<Work> work) {
   work->statement.deadline = work->deadline;
   work->statement.cancelled = &work->cancelled;
+  work->statement.trace = work->trace;
   work->queue_timeouts_ = queue_timeouts_;
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the query service is shutting down");
@@ -150,8 +169,13 @@ void Database::WorkerLoop() {
 void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   absl::Time acquire_deadline = absl::InfinitePast();
   for (auto& w : batch) acquire_deadline = std::max(acquire_deadline, w->deadline);
+  const absl::Time acquire_start = absl::Now();
   absl::StatusOr<ConnectionPool::Lease> lease =
       AcquireLive(acquire_deadline, batch.front()->holder);
+  if (telemetry::GlobalTracer() != nullptr) {
+    const absl::Time end = absl::Now();
+    for (auto& w : batch) RecordAcquire(*w, name(), acquire_start, end, lease.status());
+  }
   if (!lease.ok()) {
     for (auto& w : batch) w->done(lease.status());
     return;
@@ -173,12 +197,21 @@ void Database::RunExclusive(Work& work) {
     work.done(absl::DeadlineExceededError("deadline passed while waiting for a worker"));
     return;
   }
+  const absl::Time acquire_start = absl::Now();
   absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
+  if (telemetry::GlobalTracer() != nullptr) {
+    RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
+  }
   if (!lease.ok()) {
     work.done(lease.status());
     return;
   }
-  absl::Status outcome = work.exclusive(**lease);
+  absl::Status outcome;
+  {
+    // The statements run on this thread: their spans are the call's children.
+    telemetry::ScopedSpanContext trace(work.trace);
+    outcome = work.exclusive(**lease);
+  }
   if ((*lease)->broken()) lease->MarkBroken();
   lease->Release();
   work.done(outcome);

@@ -25,6 +25,7 @@
 #include "absl/time/time.h"
 #include "common/db/connection.h"
 #include "common/pool/pool.h"
+#include "common/telemetry/trace_context.h"
 #include "proto/poolside/v1/config.pb.h"
 
 namespace poolside::query {
@@ -49,6 +50,9 @@ class Work {
   std::function<void(absl::Status)> done;
   // Shown in the pool's leak reports.
   std::string holder;
+  // The span this work is done for (the RPC's server span), carried from the
+  // gRPC thread to the worker; its pool and statement spans are children.
+  telemetry::SpanContext trace;
 
   // Claims work that no worker has started, to complete it without a database
   // (e.g. from the cache). False if it was abandoned or already claimed.

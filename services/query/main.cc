@@ -9,6 +9,8 @@
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
+#include "common/telemetry/trace_grpc.h"
 #include "common/telemetry/metrics_service.h"
 #include "services/query/query_config.h"
 #include "services/query/query_engine.h"
@@ -28,6 +30,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
+  if (absl::Status s = telemetry::ValidateTracingConfig(config->server().telemetry().tracing());
+      !s.ok()) {
+    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
+    return 2;
+  }
   if (flags->check_config) {
     std::printf("configuration OK: %d database(s)\n", config->databases_size());
     return 0;
@@ -43,6 +50,12 @@ int main(int argc, char** argv) {
   }
 
   poolside::server::BlockTerminationSignals();
+  // Before anything that records spans, so it is destroyed after them.
+  auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "query");
+  if (!tracer.ok()) {
+    telemetry::LogError("cannot start tracing", {{"error", std::string(tracer.status().message())}});
+    return 2;
+  }
   auto metrics = telemetry::ServiceMetrics::Start("query", config->server().telemetry());
   if (!metrics.ok()) {
     telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
@@ -72,6 +85,7 @@ int main(int argc, char** argv) {
   options.tls = config->server().tls();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
+  options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // Readiness: NOT_SERVING until the pools are warm (see QueryEngine::WhenWarm).
   options.serving_at_start = false;

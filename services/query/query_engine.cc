@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace_context.h"
 
 namespace poolside::query {
 namespace {
@@ -168,6 +169,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   auto work = std::make_shared<ExecuteWork>();
   work->deadline = deadline;
   work->holder = std::move(holder);
+  work->trace = telemetry::CurrentSpanContext();
   work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
@@ -177,7 +179,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->statement.sink = work->sink.get();
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, &request, response, start, done = std::move(done)](absl::Status s) {
+  work->done = [this, database, &request, response, start, trace = work->trace,
+                done = std::move(done)](absl::Status s) {
     stats_.Record(database->name(), request.sql(), absl::Now() - start,
                   s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
     if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
@@ -185,6 +188,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       std::vector<ReadCache::Written> written(1);
       written[0].sql = request.sql();
       written[0].params = request.params();
+      telemetry::ScopedSpanContext scope(trace);  // the invalidation joins the trace
       cache_->AfterWrite(database, std::move(written),
                          [s, done = std::move(done)]() mutable { done(std::move(s)); });
       return;
@@ -216,6 +220,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   auto work = std::make_shared<ExecuteWork>();
   work->deadline = deadline;
   work->holder = std::move(holder);
+  work->trace = telemetry::CurrentSpanContext();
   work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   const size_t chunk_rows = std::clamp<size_t>(
@@ -272,6 +277,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   auto work = std::make_shared<TransactionWork>();
   work->deadline = deadline;
   work->holder = std::move(holder);
+  work->trace = telemetry::CurrentSpanContext();
   work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->statements.resize(request.statements_size());
@@ -290,7 +296,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   };
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, &request, response, start, done = std::move(done)](absl::Status s) {
+  work->done = [this, database, &request, response, start, trace = work->trace,
+                done = std::move(done)](absl::Status s) {
     const absl::Duration took = absl::Now() - start;
     for (int i = 0; i < request.statements_size(); ++i) {
       const int64_t rows = s.ok() && i < response->results_size()
@@ -308,6 +315,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
         written.back().params = st.params();
       }
       if (!written.empty()) {
+        telemetry::ScopedSpanContext scope(trace);  // the invalidation joins the trace
         cache_->AfterWrite(database, std::move(written),
                            [s, done = std::move(done)]() mutable { done(std::move(s)); });
         return;

@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/server/status.h"
+#include "common/telemetry/trace_grpc.h"
 
 namespace poolside::query {
 namespace {
@@ -173,6 +174,8 @@ grpc::ServerUnaryReactor* QueryServiceImpl::Execute(grpc::CallbackServerContext*
                                                     const v1::ExecuteRequest* request,
                                                     v1::ExecuteResponse* response) {
   const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
+  // The engine takes the call's trace context from here into its work.
+  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   auto* call = new UnaryCall(deadline);
   call->Start(engine_->Execute(*request, deadline, HolderOf("Execute", context), response,
                                [call](absl::Status s) { call->Complete(s); }));
@@ -182,6 +185,8 @@ grpc::ServerUnaryReactor* QueryServiceImpl::Execute(grpc::CallbackServerContext*
 grpc::ServerWriteReactor<v1::ExecuteStreamResponse>* QueryServiceImpl::ExecuteStream(
     grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) {
   const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
+  // The engine takes the call's trace context from here into its work.
+  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   auto* call = new StreamCall(deadline);
   call->Begin(engine_->ExecuteStream(*request, deadline, HolderOf("ExecuteStream", context), call,
                                      [call](absl::Status s) { call->Done(s); }));
@@ -192,6 +197,8 @@ grpc::ServerUnaryReactor* QueryServiceImpl::ExecuteTransaction(
     grpc::CallbackServerContext* context, const v1::ExecuteTransactionRequest* request,
     v1::ExecuteTransactionResponse* response) {
   const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
+  // The engine takes the call's trace context from here into its work.
+  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   auto* call = new UnaryCall(deadline);
   call->Start(engine_->ExecuteTransaction(*request, deadline,
                                           HolderOf("ExecuteTransaction", context), response,

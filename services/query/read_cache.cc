@@ -12,6 +12,7 @@
 #include "absl/strings/str_replace.h"
 #include "common/db/connection.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -151,6 +152,8 @@ struct ReadCache::Participant {
   std::function<void()> run_plain;
 };
 
+  // While it waits for another caller's identical query (single flight).
+  telemetry::Span wait;
 struct ReadCache::Flight {
   std::string key;
   Database* db = nullptr;
@@ -161,6 +164,8 @@ struct ReadCache::Flight {
   std::shared_ptr<OwnedStatementWork> work;
   // Guarded by ReadCache::mu_.
   std::vector<std::unique_ptr<Participant>> participants;
+  // The trace of the call that started the flight (its query and fill).
+  telemetry::SpanContext trace;
 };
 
 struct ReadCache::DbState {
@@ -338,6 +343,7 @@ void ReadCache::Tables(Database* db, const std::string& sql,
   work->Prepare(deadline, 10, 16 << 20);
   OwnedStatementWork* raw = work.get();
   in_flight_.fetch_add(1);
+  work->trace = telemetry::CurrentSpanContext();
   work->done = [this, raw, remembered, then = std::move(then)](absl::Status s) {
     absl::StatusOr<StatementTables> tables;
     if (s.ok()) {
@@ -413,13 +419,27 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
   p->deadline = p->work->deadline;
   p->run_plain = std::move(run_plain);
   in_flight_.fetch_add(1);
-  client_->Get(key, [this, db, owned, key, tags = std::move(tags),
+  client_->Get(key, [this, db, owned, key, tags = std::move(tags), lookup,
                      p = std::shared_ptr<Participant>(std::move(p))](
+  auto lookup = std::make_shared<telemetry::Span>(
+      telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, p->work->trace));
+  lookup->SetAttribute("db.name", db->name());
+  // The sidecar call is the lookup's child.
+  telemetry::ScopedSpanContext lookup_scope(lookup->context());
                         absl::StatusOr<CacheLookup> r) mutable {
     SidecarResult(r.ok());
     if (!r.ok()) {
       counters_.bypass.fetch_add(1, std::memory_order_relaxed);
       p->run_plain();
+    lookup->SetAttribute("poolside.cache.outcome",
+                         !r.ok()                              ? "error"
+                         : r->outcome == CacheLookup::kHit   ? "hit"
+                         : r->outcome == CacheLookup::kStale ? "stale"
+                                                              : "miss");
+    lookup->SetStatus(r.status());
+    lookup->End();
+    // A stale entry's refresh belongs to this call's trace.
+    telemetry::ScopedSpanContext trace(p->work->trace);
       in_flight_.fetch_sub(1);
       return;
     }
@@ -481,6 +501,10 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
         it->second->participants.push_back(std::move(participant));
       }
       return;
+        // Ends when the shared result is delivered (the participant is gone).
+        participant->wait = telemetry::StartSpan(
+            "cache.singleflight.wait", telemetry::SpanKind::kInternal, participant->work->trace);
+        participant->wait.SetAttribute("db.name", db->name());
     }
     flight = std::make_shared<Flight>();
     flight->key = key;
@@ -492,6 +516,8 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
     if (participant != nullptr) flight->participants.push_back(std::move(participant));
     flights_[key] = flight;
   }
+    flight->trace = participant != nullptr ? participant->work->trace
+                                           : telemetry::CurrentSpanContext();
   auto work = std::make_shared<OwnedStatementWork>();
   work->sql = request.sql();
   work->params = request.params();
@@ -499,6 +525,7 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
   work->Prepare(deadline, limits_.max_rows(), limits_.max_bytes());
   flight->work = work;
   in_flight_.fetch_add(1);
+  work->trace = flight->trace;
   work->done = [this, flight](absl::Status s) {
     Land(flight, std::move(s));
     in_flight_.fetch_sub(1);
@@ -528,7 +555,7 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
       fill.tags = flight->tags;
       fill.read_generation = flight->generation;
       in_flight_.fetch_add(1);
-      client_->Set(std::move(fill), [this](absl::StatusOr<bool> stored) {
+      client_->Set(std::move(fill), [this, span](absl::StatusOr<bool> stored) {
         SidecarResult(stored.ok());
         if (stored.ok()) {
           (*stored ? counters_.fills : counters_.fills_refused)
@@ -539,9 +566,19 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
     }
   }
   const bool callers_own_problem = status.code() == absl::StatusCode::kDeadlineExceeded ||
+      auto span = std::make_shared<telemetry::Span>(
+          telemetry::StartSpan("cache.fill", telemetry::SpanKind::kInternal, flight->trace));
+      span->SetAttribute("poolside.cache.value_bytes", fill.value.size());
+      span->SetAttribute("db.name", flight->db->name());
+      telemetry::ScopedSpanContext fill_scope(span->context());
                                    status.code() == absl::StatusCode::kCancelled ||
                                    status.code() == absl::StatusCode::kResourceExhausted;
   for (auto& p : participants) {
+        // "refused": the sidecar saw a newer invalidation (or would not admit it).
+        span->SetAttribute("poolside.cache.outcome",
+                           !stored.ok() ? "error" : *stored ? "stored" : "refused");
+        span->SetStatus(stored.status());
+        span->End();
     if (callers_own_problem && absl::Now() < p->deadline) {
       // The shared query ran out of its first caller's time (or its limits);
       // this caller still has time of its own.
@@ -571,7 +608,7 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
   g->pending = statements.size();
   g->statements = std::move(statements);
   g->done = std::move(done);
-  auto finish = [this, db, state, g] {
+  auto finish = [this, db, state, g, trace] {
     std::vector<std::string> tags;
     if (g->unknown) {
       tags.push_back(DatabaseTag(db->name()));
@@ -580,6 +617,8 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
       g->tags.erase(std::unique(g->tags.begin(), g->tags.end()), g->tags.end());
       tags = g->tags;
     }
+  // The write's trace: the invalidation is part of answering it.
+  const telemetry::SpanContext trace = telemetry::CurrentSpanContext();
     if (tags.empty()) {
       g->done();
       return;
@@ -593,7 +632,7 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     in_flight_.fetch_add(1);
     client_->Invalidate(std::move(tags), false, "write",
                         absl::Milliseconds(std::max<uint32_t>(config_.call_timeout_ms(), 200)),
-                        [this, state, g](absl::Status s) {
+                        [this, state, g, span](absl::Status s) {
                           SidecarResult(s.ok());
                           // Not delivered: the cache may hold what this write
                           // changed, so the database bypasses it until flushed.
@@ -602,11 +641,21 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
                           in_flight_.fetch_sub(1);
                         });
   };
+    auto span = std::make_shared<telemetry::Span>(
+        telemetry::StartSpan("cache.invalidate", telemetry::SpanKind::kInternal, trace));
+    span->SetAttribute("db.name", db->name());
+    span->SetAttribute("poolside.cache.source", "write");
+    span->SetAttribute("poolside.cache.tags", tags.size());
+    telemetry::ScopedSpanContext invalidate_scope(span->context());
   for (size_t i = 0; i < g->statements.size(); ++i) {
     const Written& w = g->statements[i];
     Tables(db, w.sql, w.params, absl::Now() + absl::Seconds(5),
            [this, db, g, finish](absl::StatusOr<StatementTables> t) {
              bool last;
+                          span->SetAttribute("poolside.cache.outcome",
+                                             s.ok() ? "invalidated" : "error");
+                          span->SetStatus(s);
+                          span->End();
              {
                absl::MutexLock lock(&g->mu);
                if (!t.ok() || !t->explained) {

@@ -1,0 +1,564 @@
+// Traces across the real query_server, cache_server and ingest_server
+// binaries on a real PostgreSQL, exported to an in-process OTLP receiver:
+// a cache miss is one trace through query and cache with correct parent/child
+// links; the client's traceparent is honoured; an ingest flush links to the
+// requests it carried; and a collector that is down or slow costs no call
+// while the dropped-span count rises.
+
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <set>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/client_context.h"
+#include "gtest/gtest.h"
+#include "proto/poolside/v1/config.pb.h"
+#include "proto/poolside/v1/ingest.grpc.pb.h"
+#include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/otlp_receiver.h"
+#include "tests/fixtures/poolside_servers.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside {
+namespace {
+
+using ::poolside::testing::Attribute;
+using ::poolside::testing::Connect;
+using ::poolside::testing::Hex;
+using ::poolside::testing::NewStem;
+using ::poolside::testing::OtlpReceiver;
+using ::poolside::testing::ReceivedSpan;
+using ::poolside::testing::ServiceProcess;
+using ::poolside::testing::SharedPostgres;
+using ::poolside::testing::StartConfigured;
+using ::poolside::testing::WaitFor;
+using OtlpSpan = opentelemetry::proto::trace::v1::Span;
+
+constexpr char kDb[] = "tracing";
+
+void TraceTo(v1::ServerConfig* server, const std::string& endpoint) {
+  v1::TracingConfig* t = server->mutable_telemetry()->mutable_tracing();
+  t->set_endpoint(endpoint);
+  t->set_batch_interval_ms(20);
+}
+
+void Loopback(v1::ServerConfig* server, const std::string& stem) {
+  server->set_listen("127.0.0.1:0");
+  server->set_port_file(stem + ".port");
+  server->mutable_tls()->set_plaintext(true);
+  server->set_drain_timeout_ms(2000);
+}
+
+// A fresh W3C trace id / span id, as a client of poolside would make.
+std::string RandomHex(size_t bytes) {
+  static std::atomic<uint64_t> counter{static_cast<uint64_t>(absl::ToUnixNanos(absl::Now()))};
+  std::string out;
+  while (out.size() < 2 * bytes) {
+    uint64_t v = counter.fetch_add(0x9e3779b97f4a7c15ULL) * 0xbf58476d1ce4e5b9ULL;
+    out += absl::StrCat(absl::Hex(v, absl::kZeroPad16));
+  }
+  return out.substr(0, 2 * bytes);
+}
+
+struct ClientTrace {
+  std::string trace_id = RandomHex(16);
+  std::string span_id = RandomHex(8);
+  std::string traceparent() const { return absl::StrCat("00-", trace_id, "-", span_id, "-01"); }
+};
+
+std::vector<ReceivedSpan> InTrace(const std::vector<ReceivedSpan>& all, const std::string& trace) {
+  std::vector<ReceivedSpan> out;
+  for (const ReceivedSpan& s : all) {
+    if (Hex(s.span.trace_id()) == trace) out.push_back(s);
+  }
+  return out;
+}
+
+// The spans of `spans` named `name` from `service`.
+std::vector<OtlpSpan> Named(const std::vector<ReceivedSpan>& spans, const std::string& service,
+                            const std::string& name) {
+  std::vector<OtlpSpan> out;
+  for (const ReceivedSpan& s : spans) {
+    if (s.service == service && s.span.name() == name) out.push_back(s.span);
+  }
+  return out;
+}
+
+std::string Describe(const std::vector<ReceivedSpan>& spans) {
+  std::string out;
+  for (const ReceivedSpan& s : spans) {
+    absl::StrAppend(&out, "\n  ", s.service, " ", s.span.name(), " id=", Hex(s.span.span_id()),
+                    " parent=", Hex(s.span.parent_span_id()));
+  }
+  return out;
+}
+
+class TracingTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto receiver = OtlpReceiver::Start();
+    ASSERT_TRUE(receiver.ok()) << receiver.status();
+    receiver_ = receiver->release();
+    testing::PostgresCluster& pg = SharedPostgres();
+    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
+    ASSERT_TRUE(pg.Exec(kDb,
+                        "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text);"
+                        "INSERT INTO items VALUES (1, 'one'), (2, 'two') ON CONFLICT DO NOTHING;"
+                        "CREATE TABLE IF NOT EXISTS events (id int8, note text)")
+                    .ok());
+
+    // The cache sidecar, on a unix socket.
+    v1::CacheServiceConfig cache;
+    const std::string cache_stem = NewStem("cache_server");
+    Loopback(cache.mutable_server(), cache_stem);
+    socket_ = absl::StrCat("/tmp/poolside-tracing-", getpid(), ".sock");
+    cache.set_unix_socket(socket_);
+    cache.set_capacity_bytes(16 << 20);
+    TraceTo(cache.mutable_server(), receiver_->address());
+    auto c = StartConfigured("services/cache/cache_server", cache, cache_stem + ".port", cache_stem);
+    ASSERT_TRUE(c.ok()) << c.status();
+    cache_ = c->release();
+
+    v1::QueryServiceConfig query = QueryConfig(receiver_->address());
+    v1::QueryCacheConfig* qc = query.mutable_cache();
+    qc->set_target(absl::StrCat("unix:", socket_));
+    qc->set_call_timeout_ms(2000);
+    v1::CachedTables* tables = qc->add_tables();
+    tables->set_database(kDb);
+    tables->add_tables("items");
+    const std::string query_stem = NewStem("query_server");
+    Loopback(query.mutable_server(), query_stem);
+    auto q = StartConfigured("services/query/query_server", query, query_stem + ".port", query_stem);
+    ASSERT_TRUE(q.ok()) << q.status();
+    query_ = q->release();
+    auto channel = Connect(query_->address());
+    ASSERT_TRUE(channel.ok()) << channel.status();
+    query_stub_ = v1::QueryService::NewStub(*channel).release();
+
+    v1::IngestServiceConfig ingest;
+    v1::DatabaseConfig* idb = ingest.add_databases();
+    idb->set_name(kDb);
+    idb->set_dsn(pg.Dsn(kDb));
+    v1::IngestTables* it = ingest.add_tables();
+    it->set_database(kDb);
+    it->add_tables("events");
+    ingest.mutable_batch()->set_linger_ms(200);
+    ingest.mutable_auth()->set_disabled(true);
+    const std::string ingest_stem = NewStem("ingest_server");
+    Loopback(ingest.mutable_server(), ingest_stem);
+    TraceTo(ingest.mutable_server(), receiver_->address());
+    auto i = StartConfigured("services/ingest/ingest_server", ingest, ingest_stem + ".port",
+                             ingest_stem);
+    ASSERT_TRUE(i.ok()) << i.status();
+    ingest_ = i->release();
+    auto ichannel = Connect(ingest_->address());
+    ASSERT_TRUE(ichannel.ok()) << ichannel.status();
+    ingest_stub_ = v1::IngestService::NewStub(*ichannel).release();
+  }
+
+  static void TearDownTestSuite() {
+    delete query_stub_;
+    delete ingest_stub_;
+    delete query_;
+    delete ingest_;
+    delete cache_;
+    delete receiver_;
+  }
+
+  static v1::QueryServiceConfig QueryConfig(const std::string& endpoint) {
+    v1::QueryServiceConfig config;
+    v1::DatabaseConfig* db = config.add_databases();
+    db->set_name(kDb);
+    db->set_dsn(SharedPostgres().Dsn(kDb));
+    db->mutable_pool()->set_max_size(2);
+    config.mutable_auth()->set_disabled(true);
+    TraceTo(config.mutable_server(), endpoint);
+    return config;
+  }
+
+  static grpc::Status Execute(v1::QueryService::Stub& stub, const v1::ExecuteRequest& request,
+                              const std::string& traceparent, v1::ExecuteResponse* response) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+    if (!traceparent.empty()) ctx.AddMetadata("traceparent", traceparent);
+    return stub.Execute(&ctx, request, response);
+  }
+
+  static OtlpReceiver* receiver_;
+  static std::string socket_;
+  static ServiceProcess* cache_;
+  static ServiceProcess* query_;
+  static ServiceProcess* ingest_;
+  static v1::QueryService::Stub* query_stub_;
+  static v1::IngestService::Stub* ingest_stub_;
+};
+
+OtlpReceiver* TracingTest::receiver_ = nullptr;
+std::string TracingTest::socket_;
+ServiceProcess* TracingTest::cache_ = nullptr;
+ServiceProcess* TracingTest::query_ = nullptr;
+ServiceProcess* TracingTest::ingest_ = nullptr;
+v1::QueryService::Stub* TracingTest::query_stub_ = nullptr;
+v1::IngestService::Stub* TracingTest::ingest_stub_ = nullptr;
+
+TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan) {
+  // A text parameter that must never show up in a span.
+  constexpr char kSecret[] = "param-value-not-for-traces";
+  v1::ExecuteRequest read;
+  read.set_database(kDb);
+  read.set_sql("SELECT id, name FROM items WHERE name <> $1 ORDER BY id");
+  read.add_params()->set_text_value(kSecret);
+  read.mutable_cache()->set_ttl_ms(60000);
+  // Until the invalidation listener has subscribed, reads bypass the cache;
+  // each attempt is a trace of its own.
+  ClientTrace client;
+  v1::ExecuteResponse response;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        client = ClientTrace();
+        response.Clear();
+        grpc::Status s = Execute(*query_stub_, read, client.traceparent(), &response);
+        return s.ok() && response.cache() == v1::MISS;
+      },
+      absl::Seconds(30)));
+  ASSERT_EQ(response.result().rows_size(), 2);
+
+  // The two services export independently: wait until every span is in.
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"poolside-query", "poolside.v1.QueryService/Execute"},
+      {"poolside-query", "cache.lookup"},
+      {"poolside-query", "poolside.v1.CacheService/Get"},
+      {"poolside-cache", "poolside.v1.CacheService/Get"},
+      {"poolside-query", "pool.acquire"},
+      {"poolside-query", "SELECT tracing"},
+      {"poolside-query", "cache.fill"},
+      {"poolside-query", "poolside.v1.CacheService/Set"},
+      {"poolside-cache", "poolside.v1.CacheService/Set"},
+  };
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        const std::vector<ReceivedSpan> mine = InTrace(all, client.trace_id);
+        for (const auto& [service, name] : expected) {
+          if (Named(mine, service, name).empty()) return false;
+        }
+        return true;
+      },
+      absl::Seconds(30)))
+      << Describe(InTrace(receiver_->Spans(), client.trace_id));
+  const std::vector<ReceivedSpan> spans = InTrace(receiver_->Spans(), client.trace_id);
+  SCOPED_TRACE(Describe(spans));
+
+  // query's server span: the client's span is its parent.
+  auto server = Named(spans, "poolside-query", "poolside.v1.QueryService/Execute");
+  ASSERT_EQ(server.size(), 1u);
+  EXPECT_EQ(Hex(server[0].parent_span_id()), client.span_id);
+  EXPECT_EQ(server[0].kind(), OtlpSpan::SPAN_KIND_SERVER);
+  EXPECT_EQ(Attribute(server[0], "rpc.system"), "grpc");
+  EXPECT_EQ(Attribute(server[0], "rpc.service"), "poolside.v1.QueryService");
+  EXPECT_EQ(Attribute(server[0], "rpc.method"), "Execute");
+  EXPECT_EQ(Attribute(server[0], "rpc.grpc.status_code"), "0");
+  const std::string server_id = server[0].span_id();
+
+  // cache.lookup under it, with the outcome; the sidecar Get below that, and
+  // the sidecar's own server span below the client span.
+  auto lookup = Named(spans, "poolside-query", "cache.lookup");
+  ASSERT_EQ(lookup.size(), 1u);
+  EXPECT_EQ(lookup[0].parent_span_id(), server_id);
+  EXPECT_EQ(Attribute(lookup[0], "poolside.cache.outcome"), "miss");
+  auto get_client = Named(spans, "poolside-query", "poolside.v1.CacheService/Get");
+  ASSERT_EQ(get_client.size(), 1u);
+  EXPECT_EQ(get_client[0].kind(), OtlpSpan::SPAN_KIND_CLIENT);
+  EXPECT_EQ(get_client[0].parent_span_id(), lookup[0].span_id());
+  auto get_server = Named(spans, "poolside-cache", "poolside.v1.CacheService/Get");
+  ASSERT_EQ(get_server.size(), 1u);
+  EXPECT_EQ(get_server[0].kind(), OtlpSpan::SPAN_KIND_SERVER);
+  EXPECT_EQ(get_server[0].parent_span_id(), get_client[0].span_id());
+
+  // The pool wait and the statement, children of the call.
+  auto acquire = Named(spans, "poolside-query", "pool.acquire");
+  ASSERT_FALSE(acquire.empty());
+  for (const auto& a : acquire) {
+    EXPECT_EQ(a.parent_span_id(), server_id);
+    EXPECT_NE(Attribute(a, "poolside.pool.wait_seconds"), "");
+  }
+  auto select = Named(spans, "poolside-query", "SELECT tracing");
+  ASSERT_EQ(select.size(), 1u);
+  EXPECT_EQ(select[0].parent_span_id(), server_id);
+  EXPECT_EQ(select[0].kind(), OtlpSpan::SPAN_KIND_CLIENT);
+  EXPECT_EQ(Attribute(select[0], "db.system"), "postgresql");
+  EXPECT_EQ(Attribute(select[0], "db.name"), kDb);
+  EXPECT_EQ(Attribute(select[0], "db.statement"), read.sql());
+
+  // The fill and its sidecar call.
+  auto fill = Named(spans, "poolside-query", "cache.fill");
+  ASSERT_EQ(fill.size(), 1u);
+  EXPECT_EQ(fill[0].parent_span_id(), server_id);
+  auto set_client = Named(spans, "poolside-query", "poolside.v1.CacheService/Set");
+  ASSERT_EQ(set_client.size(), 1u);
+  EXPECT_EQ(set_client[0].parent_span_id(), fill[0].span_id());
+  auto set_server = Named(spans, "poolside-cache", "poolside.v1.CacheService/Set");
+  EXPECT_EQ(set_server[0].parent_span_id(), set_client[0].span_id());
+
+  // Parameter values never leave the process.
+  for (const ReceivedSpan& s : spans) {
+    for (const auto& kv : s.span.attributes()) {
+      EXPECT_EQ(kv.value().string_value().find(kSecret), std::string::npos)
+          << s.span.name() << " " << kv.key();
+    }
+  }
+
+  // The resource says who produced the spans.
+  bool saw_query_resource = false;
+  for (const auto& attrs : receiver_->Resources()) {
+    std::map<std::string, std::string> m(attrs.begin(), attrs.end());
+    if (m["service.name"] != "poolside-query") continue;
+    saw_query_resource = true;
+    EXPECT_FALSE(m["service.version"].empty());
+    EXPECT_FALSE(m["host.name"].empty());
+  }
+  EXPECT_TRUE(saw_query_resource);
+
+  // The same read again is a hit: the lookup says so, and no statement runs.
+  ClientTrace again;
+  response.Clear();
+  ASSERT_TRUE(Execute(*query_stub_, read, again.traceparent(), &response).ok());
+  EXPECT_EQ(response.cache(), v1::HIT);
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        return !Named(InTrace(all, again.trace_id), "poolside-query",
+                      "poolside.v1.QueryService/Execute").empty();
+      },
+      absl::Seconds(30)));
+  const auto hit = InTrace(receiver_->Spans(), again.trace_id);
+  auto hit_lookup = Named(hit, "poolside-query", "cache.lookup");
+  ASSERT_EQ(hit_lookup.size(), 1u);
+  EXPECT_EQ(Attribute(hit_lookup[0], "poolside.cache.outcome"), "hit");
+  EXPECT_TRUE(Named(hit, "poolside-query", "SELECT tracing").empty()) << Describe(hit);
+}
+
+TEST_F(TracingTest, ACallWithoutTraceparentStartsATraceAndAnUnsampledOneRecordsNothing) {
+  v1::ExecuteRequest read;
+  read.set_database(kDb);
+  read.set_sql("SELECT count(*) FROM items WHERE id > $1");
+  read.add_params()->set_int64_value(0);
+  v1::ExecuteResponse response;
+  ASSERT_TRUE(Execute(*query_stub_, read, "", &response).ok());
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        for (const ReceivedSpan& s : all) {
+          if (Attribute(s.span, "db.statement") == read.sql()) return true;
+        }
+        return false;
+      },
+      absl::Seconds(30)));
+  std::string trace;
+  for (const ReceivedSpan& s : receiver_->Spans()) {
+    if (Attribute(s.span, "db.statement") == read.sql()) trace = Hex(s.span.trace_id());
+  }
+  auto server = Named(InTrace(receiver_->Spans(), trace), "poolside-query",
+                      "poolside.v1.QueryService/Execute");
+  ASSERT_EQ(server.size(), 1u);
+  EXPECT_TRUE(server[0].parent_span_id().empty());  // a root span
+
+  // The client's sampled flag 0: the services follow it and record nothing.
+  ClientTrace quiet;
+  ASSERT_TRUE(Execute(*query_stub_, read, absl::StrCat("00-", quiet.trace_id, "-", quiet.span_id,
+                                                       "-00"),
+                      &response)
+                  .ok());
+  // A sampled call made after it: once its spans are in, the unsampled call's
+  // would be too (one exporter, in order).
+  ClientTrace marker;
+  ASSERT_TRUE(Execute(*query_stub_, read, marker.traceparent(), &response).ok());
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) { return !InTrace(all, marker.trace_id).empty(); },
+      absl::Seconds(30)));
+  EXPECT_TRUE(InTrace(receiver_->Spans(), quiet.trace_id).empty());
+}
+
+TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
+  constexpr int kRequests = 3;
+  std::vector<ClientTrace> clients(kRequests);
+  std::vector<std::thread> threads;
+  std::vector<grpc::Status> statuses(kRequests);
+  for (int r = 0; r < kRequests; ++r) {
+    threads.emplace_back([&, r] {
+      v1::WriteRequest w;
+      w.set_database(kDb);
+      w.set_table("events");
+      w.add_columns("id");
+      w.add_columns("note");
+      for (int i = 0; i < 5; ++i) {
+        v1::Row* row = w.add_rows();
+        row->add_values()->set_int64_value(r * 100 + i);
+        row->add_values()->set_text_value(absl::StrCat("request ", r));
+      }
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+      ctx.AddMetadata("traceparent", clients[r].traceparent());
+      v1::WriteResponse response;
+      statuses[r] = ingest_stub_->Write(&ctx, w, &response);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const grpc::Status& s : statuses) ASSERT_TRUE(s.ok()) << s.error_message();
+
+  // Each request's server span (under its client's span)...
+  std::map<std::string, std::string> request_span;  // trace id -> server span id
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        for (const ClientTrace& c : clients) {
+          if (Named(InTrace(all, c.trace_id), "poolside-ingest",
+                    "poolside.v1.IngestService/Write").empty()) {
+            return false;
+          }
+        }
+        return true;
+      },
+      absl::Seconds(30)));
+  for (const ClientTrace& c : clients) {
+    auto server = Named(InTrace(receiver_->Spans(), c.trace_id), "poolside-ingest",
+                        "poolside.v1.IngestService/Write");
+    ASSERT_EQ(server.size(), 1u);
+    EXPECT_EQ(Hex(server[0].parent_span_id()), c.span_id);
+    request_span[c.trace_id] = Hex(server[0].span_id());
+  }
+  // ... is linked from the flush that wrote its rows.
+  auto linked = [&](const std::vector<ReceivedSpan>& all, const std::string& trace) {
+    for (const ReceivedSpan& s : all) {
+      if (s.span.name() != "ingest.flush") continue;
+      for (const auto& l : s.span.links()) {
+        if (Hex(l.trace_id()) == trace && Hex(l.span_id()) == request_span[trace]) return &s;
+      }
+    }
+    return static_cast<const ReceivedSpan*>(nullptr);
+  };
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        for (const ClientTrace& c : clients) {
+          if (linked(all, c.trace_id) == nullptr) return false;
+        }
+        return true;
+      },
+      absl::Seconds(30)));
+  const std::vector<ReceivedSpan> all = receiver_->Spans();
+  int64_t rows = 0;
+  std::set<std::string> flushes;
+  for (const ClientTrace& c : clients) {
+    const ReceivedSpan* flush = linked(all, c.trace_id);
+    ASSERT_NE(flush, nullptr);
+    EXPECT_EQ(flush->service, "poolside-ingest");
+    EXPECT_EQ(Attribute(flush->span, "poolside.ingest.requests"),
+              absl::StrCat(flush->span.links_size()));
+    EXPECT_NE(Attribute(flush->span, "poolside.ingest.reason"), "");
+    EXPECT_NE(Attribute(flush->span, "poolside.ingest.bytes"), "");
+    if (flushes.insert(flush->span.span_id()).second) {
+      int64_t n = 0;
+      ASSERT_TRUE(absl::SimpleAtoi(Attribute(flush->span, "poolside.ingest.rows"), &n));
+      rows += n;
+      // Its COPY is a child span in the flush's own trace.
+      bool copy = false;
+      for (const ReceivedSpan& s : all) {
+        if (s.span.parent_span_id() == flush->span.span_id() &&
+            absl::StartsWith(Attribute(s.span, "db.statement"), "COPY ")) {
+          copy = true;
+          EXPECT_EQ(Attribute(s.span, "poolside.copy.rows"), Attribute(flush->span, "poolside.ingest.rows"));
+        }
+      }
+      EXPECT_TRUE(copy) << "no COPY span under the flush";
+    }
+  }
+  EXPECT_EQ(rows, 5 * kRequests);
+}
+
+// The value of "spans_dropped" in the service's latest "tracing stats" log
+// line, or -1 if none was logged yet.
+int64_t DroppedSpansLogged(const ServiceProcess& process) {
+  std::ifstream in(process.log_path());
+  std::string line;
+  int64_t dropped = -1;
+  while (std::getline(in, line)) {
+    if (line.find("\"message\":\"tracing stats\"") == std::string::npos) continue;
+    const std::string key = "\"spans_dropped\":\"";
+    const size_t at = line.find(key);
+    if (at == std::string::npos) continue;
+    const size_t end = line.find('"', at + key.size());
+    int64_t n = 0;
+    if (absl::SimpleAtoi(line.substr(at + key.size(), end - at - key.size()), &n)) dropped = n;
+  }
+  return dropped;
+}
+
+class CollectorTroubleTest : public TracingTest {
+ protected:
+  // A query server (no cache) exporting to `endpoint` with a small queue.
+  static std::unique_ptr<ServiceProcess> StartQuery(const std::string& endpoint) {
+    v1::QueryServiceConfig config = QueryConfig(endpoint);
+    v1::TracingConfig* t = config.mutable_server()->mutable_telemetry()->mutable_tracing();
+    t->set_max_queue_size(8);
+    t->set_max_batch_size(4);
+    // A slow collector holds each export this long before it counts as failed.
+    t->set_export_timeout_ms(300);
+    t->set_stats_log_interval_ms(50);
+    const std::string stem = NewStem("query_server");
+    Loopback(config.mutable_server(), stem);
+    auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
+    EXPECT_TRUE(p.ok()) << p.status();
+    return p.ok() ? *std::move(p) : nullptr;
+  }
+
+  static void CallsSucceedAndDropsAreCounted(ServiceProcess& query) {
+    auto channel = Connect(query.address());
+    ASSERT_TRUE(channel.ok()) << channel.status();
+    auto stub = v1::QueryService::NewStub(*channel);
+    v1::ExecuteRequest read;
+    read.set_database(kDb);
+    read.set_sql("SELECT name FROM items WHERE id = $1");
+    read.add_params()->set_int64_value(1);
+    // Each call makes 3+ spans; 8 fit in the queue.
+    for (int i = 0; i < 40; ++i) {
+      v1::ExecuteResponse response;
+      grpc::Status s = Execute(*stub, read, ClientTrace().traceparent(), &response);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      ASSERT_EQ(response.result().rows(0).values(0).text_value(), "one");
+    }
+    EXPECT_TRUE(WaitFor([&] { return DroppedSpansLogged(query) > 0; }, absl::Seconds(30)))
+        << query.LogTail();
+  }
+};
+
+TEST_F(CollectorTroubleTest, CollectorDownCallsSucceedAndSpansAreDroppedAndCounted) {
+  std::string dead;
+  {
+    auto r = OtlpReceiver::Start();
+    ASSERT_TRUE(r.ok()) << r.status();
+    dead = (*r)->address();
+  }  // nothing listens there any more
+  std::unique_ptr<ServiceProcess> query = StartQuery(dead);
+  ASSERT_NE(query, nullptr);
+  CallsSucceedAndDropsAreCounted(*query);
+}
+
+TEST_F(CollectorTroubleTest, CollectorSlowCallsSucceedAndSpansAreDroppedAndCounted) {
+  auto slow = OtlpReceiver::Start();
+  ASSERT_TRUE(slow.ok()) << slow.status();
+  (*slow)->Hold();  // accepts Export calls and never answers them
+  std::unique_ptr<ServiceProcess> query = StartQuery((*slow)->address());
+  ASSERT_NE(query, nullptr);
+  CallsSucceedAndDropsAreCounted(*query);
+  EXPECT_GE((*slow)->export_calls(), 1);
+}
+
+}  // namespace
+}  // namespace poolside
