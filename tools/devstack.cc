@@ -26,6 +26,7 @@
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <tuple>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -54,6 +55,10 @@ ABSL_FLAG(std::string, extra_sql, "",
 ABSL_FLAG(bool, no_query, false, "Run only PostgreSQL, not the services.");
 ABSL_FLAG(int, cache_port, 50052, "Cache sidecar gRPC port on 127.0.0.1.");
 ABSL_FLAG(int, ingest_port, 50053, "Ingest service gRPC port on 127.0.0.1.");
+ABSL_FLAG(int, query_metrics_port, 9451,
+          "Query service /metrics and status page (HTTP) on 127.0.0.1; 0: off.");
+ABSL_FLAG(int, cache_metrics_port, 9452, "Cache sidecar /metrics and status page; 0: off.");
+ABSL_FLAG(int, ingest_metrics_port, 9453, "Ingest service /metrics and status page; 0: off.");
 
 namespace poolside::devstack {
 namespace {
@@ -137,11 +142,19 @@ absl::StatusOr<std::string> ToJson(const google::protobuf::Message& config) {
   return json;
 }
 
+// The HTTP endpoint serving /metrics and the status page on 127.0.0.1:port.
+void SetMetricsPort(int port, v1::ServerConfig* server) {
+  if (port > 0) {
+    server->mutable_telemetry()->mutable_metrics()->set_listen(absl::StrCat("127.0.0.1:", port));
+  }
+}
+
 absl::StatusOr<std::string> CacheConfigJson(const std::string& run_dir, int port) {
   v1::CacheServiceConfig config;
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/cache.port"));
   config.set_unix_socket(absl::StrCat(run_dir, "/cache.sock"));
+  SetMetricsPort(absl::GetFlag(FLAGS_cache_metrics_port), config.mutable_server());
   config.set_capacity_bytes(256u << 20);
   return ToJson(config);
   config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
@@ -152,6 +165,7 @@ absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
   v1::IngestServiceConfig config;
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/ingest.port"));
+  SetMetricsPort(absl::GetFlag(FLAGS_ingest_metrics_port), config.mutable_server());
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
@@ -169,6 +183,7 @@ absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
   v1::QueryServiceConfig config;
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", query_port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/query.port"));
+  SetMetricsPort(absl::GetFlag(FLAGS_query_metrics_port), config.mutable_server());
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
@@ -234,6 +249,20 @@ void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
                       ingest->log_path(), ")"),
          absl::StrCat("  bazel-bin/cli/poolside --addr=", ingest->address(),
                       " ingest --table events FILE.csv   # header: id,account_id,kind,amount,at")});
+  }
+  std::vector<std::string> pages;
+  for (const auto& [service, process, port] :
+       {std::make_tuple("query", query, absl::GetFlag(FLAGS_query_metrics_port)),
+        std::make_tuple("cache", cache, absl::GetFlag(FLAGS_cache_metrics_port)),
+        std::make_tuple("ingest", ingest, absl::GetFlag(FLAGS_ingest_metrics_port))}) {
+    if (process != nullptr && port > 0) {
+      pages.push_back(absl::StrCat("  ", service, std::string(13 - strlen(service), ' '),
+                                   "http://127.0.0.1:", port, "/  (status page; Prometheus: /metrics)"));
+    }
+  }
+  if (!pages.empty()) {
+    lines.push_back("");
+    lines.insert(lines.end(), pages.begin(), pages.end());
   }
   lines.insert(lines.end(), {"", "Ctrl-C (SIGINT) or SIGTERM stops everything.", ""});
   printf("%s\n", absl::StrJoin(lines, "\n").c_str());

@@ -104,9 +104,7 @@ std::string RenderStatusPage(const StatusHeader& header, const std::vector<Statu
       for (const auto& row : table.rows) {
         absl::StrAppend(&html, "<tr>");
         for (size_t i = 0; i < row.size(); ++i) {
-          // Long free text (a statement) in the first column reads better left-aligned
-          // and monospaced.
-          const bool sql = i == 0 && row[i].size() > 40;
+          const bool sql = i == 0 && table.code_first_column;
           absl::StrAppend(&html, sql ? "<td class=\"sql\">" : "<td>", HtmlEscape(row[i]), "</td>");
         }
         absl::StrAppend(&html, "</tr>");

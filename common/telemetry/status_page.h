@@ -24,6 +24,8 @@ struct StatusTable {
   std::vector<std::vector<std::string>> rows;
   // Shown instead of the table when there are no rows.
   std::string empty_text = "none yet";
+  // The first column holds code (SQL): monospaced, left-aligned, wrapped.
+  bool code_first_column = false;
 };
 
 struct StatusHeader {

@@ -11,9 +11,12 @@ TEST(StatusPageTest, EscapesEveryText) {
   t.title = "Slowest <statements>";
   t.columns = {"statement", "calls"};
   t.rows = {{"SELECT * FROM t WHERE a < $1 AND b = '<script>'", "3"}};
+  t.code_first_column = true;
   const std::string html = RenderStatusPage({"query", {{"uptime", "<1s"}}}, {t});
   EXPECT_EQ(html.find("<script>"), std::string::npos);
-  EXPECT_NE(html.find("a &lt; $1 AND b = &#39;&lt;script&gt;&#39;"), std::string::npos);
+  EXPECT_NE(html.find("<td class=\"sql\">SELECT * FROM t WHERE a &lt; $1 AND b = "
+                      "&#39;&lt;script&gt;&#39;</td>"),
+            std::string::npos);
   EXPECT_NE(html.find("<section id=\"slowest-statements\"><h2>Slowest &lt;statements&gt;</h2>"),
             std::string::npos);
   EXPECT_NE(html.find("uptime: <b>&lt;1s</b>"), std::string::npos);

@@ -194,6 +194,7 @@ telemetry::StatusTable CacheTable(QueryEngine* engine) {
 telemetry::StatusTable SlowestTable(QueryEngine* engine) {
   telemetry::StatusTable t;
   t.title = "Slowest statements";
+  t.code_first_column = true;
   t.columns = {"statement", "database", "calls", "mean", "p99", "max", "rows", "errors"};
   std::vector<v1::StatementStats> all = engine->statement_stats().Snapshot("", 0);
   std::sort(all.begin(), all.end(),
