@@ -181,6 +181,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   Database* database = *db;
   work->done = [this, database, &request, response, start, trace = work->trace,
                 done = std::move(done)](absl::Status s) {
+    telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
     stats_.Record(database->name(), request.sql(), absl::Now() - start,
                   s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
     if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
@@ -238,6 +239,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   const absl::Time start = absl::Now();
   Database* database = *db;
   work->done = [this, database, raw, &request, start, done = std::move(done)](absl::Status s) {
+    telemetry::ScopedSpanContext record_scope(raw->trace);  // a slow-statement log line carries it
     stats_.Record(database->name(), request.sql(), absl::Now() - start,
                   s.ok() ? raw->budget.rows : 0, s.ok());
     done(std::move(s));
@@ -299,6 +301,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   work->done = [this, database, &request, response, start, trace = work->trace,
                 done = std::move(done)](absl::Status s) {
     const absl::Duration took = absl::Now() - start;
+    telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
     for (int i = 0; i < request.statements_size(); ++i) {
       const int64_t rows = s.ok() && i < response->results_size()
                                ? std::max<int64_t>(0, response->results(i).rows_affected())
