@@ -24,6 +24,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <cstdlib>
 #include <string>
 #include <system_error>
 #include <tuple>
@@ -59,6 +60,9 @@ ABSL_FLAG(int, query_metrics_port, 9451,
           "Query service /metrics and status page (HTTP) on 127.0.0.1; 0: off.");
 ABSL_FLAG(int, cache_metrics_port, 9452, "Cache sidecar /metrics and status page; 0: off.");
 ABSL_FLAG(int, ingest_metrics_port, 9453, "Ingest service /metrics and status page; 0: off.");
+ABSL_FLAG(std::string, otlp_endpoint, "",
+          "OTLP/gRPC collector (host:port, e.g. Jaeger's 127.0.0.1:4317) the three services "
+          "send traces to; default $POOLSIDE_OTLP_ENDPOINT; empty: tracing off.");
 
 namespace poolside::devstack {
 namespace {
@@ -143,6 +147,18 @@ absl::StatusOr<std::string> ToJson(const google::protobuf::Message& config) {
 }
 
 // The HTTP endpoint serving /metrics and the status page on 127.0.0.1:port.
+void SetTracing(v1::ServerConfig* server) {
+  std::string endpoint = absl::GetFlag(FLAGS_otlp_endpoint);
+  if (endpoint.empty()) {
+    const char* env = std::getenv("POOLSIDE_OTLP_ENDPOINT");
+    endpoint = env == nullptr ? "" : env;
+  }
+  if (endpoint.empty()) return;
+  v1::TracingConfig* tracing = server->mutable_telemetry()->mutable_tracing();
+  tracing->set_endpoint(endpoint);
+  tracing->set_batch_interval_ms(200);  // traces show up in Jaeger quickly
+}
+
 void SetMetricsPort(int port, v1::ServerConfig* server) {
   if (port > 0) {
     server->mutable_telemetry()->mutable_metrics()->set_listen(absl::StrCat("127.0.0.1:", port));
@@ -155,6 +171,7 @@ absl::StatusOr<std::string> CacheConfigJson(const std::string& run_dir, int port
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/cache.port"));
   config.set_unix_socket(absl::StrCat(run_dir, "/cache.sock"));
   SetMetricsPort(absl::GetFlag(FLAGS_cache_metrics_port), config.mutable_server());
+  SetTracing(config.mutable_server());
   config.set_capacity_bytes(256u << 20);
   return ToJson(config);
   config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
@@ -166,6 +183,7 @@ absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/ingest.port"));
   SetMetricsPort(absl::GetFlag(FLAGS_ingest_metrics_port), config.mutable_server());
+  SetTracing(config.mutable_server());
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
@@ -184,6 +202,7 @@ absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", query_port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/query.port"));
   SetMetricsPort(absl::GetFlag(FLAGS_query_metrics_port), config.mutable_server());
+  SetTracing(config.mutable_server());
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
