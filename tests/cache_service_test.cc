@@ -28,6 +28,7 @@
 #include "gtest/gtest.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
+#include "services/query/sidecar_client.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
@@ -234,6 +235,81 @@ TEST_F(CacheServiceTest, SetOverTcpGetOverUnixSocket) {
   EXPECT_TRUE(uds().Set("both/2", std::string(100000, 'b')).stored());
   EXPECT_EQ(tcp().Get("both/2").value(), std::string(100000, 'b'));
   EXPECT_EQ(tcp().Get("both/absent").outcome(), v1::CacheGetResponse::MISS);
+}
+
+TEST_F(CacheServiceTest, GetManyAnswersEveryKeyInOrder) {
+  // Keys are bytes: not UTF-8 text in general.
+  const std::string binary("k\xff\x00\x80", 4);
+  ASSERT_TRUE(uds().Set("many/1", "one").stored());
+  ASSERT_TRUE(uds().Set(binary, "binary").stored());
+  v1::CacheGetManyRequest req;
+  for (const std::string& k : {std::string("many/1"), std::string("many/absent"), binary,
+                               std::string("many/1")}) {
+    req.add_keys(k);
+  }
+  grpc::ClientContext ctx;
+  v1::CacheGetManyResponse out;
+  grpc::Status s = server_->over_unix->GetMany(&ctx, req, &out);
+  ASSERT_TRUE(s.ok()) << Describe(s);
+  ASSERT_EQ(out.results_size(), 4);
+  EXPECT_EQ(out.results(0).outcome(), v1::CacheGetResponse::HIT);
+  EXPECT_EQ(out.results(0).value(), "one");
+  EXPECT_EQ(out.results(1).outcome(), v1::CacheGetResponse::MISS);
+  EXPECT_GT(out.results(1).generation(), 0u);
+  EXPECT_EQ(out.results(2).value(), "binary");
+  EXPECT_EQ(out.results(3).value(), "one");
+
+  auto get_many = [&](const v1::CacheGetManyRequest& r) {
+    grpc::ClientContext c;
+    v1::CacheGetManyResponse o;
+    return server_->over_tcp->GetMany(&c, r, &o);
+  };
+  grpc::Status none = get_many(v1::CacheGetManyRequest());
+  EXPECT_EQ(none.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(none);
+  v1::CacheGetManyRequest too_many;
+  for (int i = 0; i < 1025; ++i) too_many.add_keys(absl::StrCat("k", i));
+  grpc::Status many = get_many(too_many);
+  EXPECT_EQ(many.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(many);
+  EXPECT_TRUE(absl::StrContains(many.error_message(), "1 to 1024 keys")) << Describe(many);
+  v1::CacheGetManyRequest bad_key;
+  bad_key.add_keys("fine");
+  bad_key.add_keys("");
+  grpc::Status bad = get_many(bad_key);
+  EXPECT_EQ(bad.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(bad);
+  EXPECT_TRUE(absl::StrContains(bad.error_message(), "keys[1]")) << Describe(bad);
+}
+
+TEST_F(CacheServiceTest, QueryServiceClientBatchesConcurrentGetsAndAnswersEachItsOwn) {
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(uds().Set(absl::StrCat("batch/", i), absl::StrCat("value ", i)).stored());
+  }
+  v1::ClientTlsConfig plaintext;
+  plaintext.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+      absl::StrCat("unix:", server_->socket_path), plaintext, absl::Seconds(10));
+  ASSERT_TRUE(client.ok()) << client.status();
+  // Far more Gets at once than calls may be in flight: most travel in GetMany
+  // batches, and every callback must get the value of its own key.
+  constexpr int kGets = 500;
+  absl::Mutex mu;
+  int answered = 0, right = 0;
+  for (int i = 0; i < kGets; ++i) {
+    const int k = i % 110;  // keys 100..109 are absent
+    (*client)->Get(absl::StrCat("batch/", k), [&, k](absl::StatusOr<query::CacheLookup> r) {
+      const bool ok = r.ok() && (k >= 100 ? r->outcome == query::CacheLookup::kMiss
+                                          : r->outcome == query::CacheLookup::kHit &&
+                                                r->value == absl::StrCat("value ", k));
+      absl::MutexLock lock(&mu);
+      ++answered;
+      if (ok) ++right;
+    });
+  }
+  absl::MutexLock lock(&mu);
+  ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
+                                      +[](int* n) { return *n == kGets; }, &answered),
+                                  absl::Seconds(30)))
+      << answered << " of " << kGets << " Gets answered";
+  EXPECT_EQ(right, kGets);
 }
 
 TEST_F(CacheServiceTest, DeleteAndInvalidate) {

@@ -49,11 +49,8 @@ absl::Status CacheServiceImpl::CheckKey(const std::string& key) const {
   return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* CacheServiceImpl::Get(grpc::CallbackServerContext* context,
-                                                const v1::CacheGetRequest* request,
-                                                v1::CacheGetResponse* response) {
-  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
-  CacheStore::GetResult r = store_->Get(request->key());
+void CacheServiceImpl::Lookup(const std::string& key, v1::CacheGetResponse* response) const {
+  CacheStore::GetResult r = store_->Get(key);
   response->set_generation(r.generation);
   switch (r.outcome) {
     case CacheStore::Outcome::kHit:
@@ -70,6 +67,32 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Get(grpc::CallbackServerContext* con
     response->set_value(*r.value);
     response->set_remaining_ms(ClampMs(r.remaining));
   }
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::Get(grpc::CallbackServerContext* context,
+                                                const v1::CacheGetRequest* request,
+                                                v1::CacheGetResponse* response) {
+  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
+  Lookup(request->key(), response);
+  return Answer(context, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* CacheServiceImpl::GetMany(grpc::CallbackServerContext* context,
+                                                    const v1::CacheGetManyRequest* request,
+                                                    v1::CacheGetManyResponse* response) {
+  if (request->keys_size() == 0 || request->keys_size() > kMaxGetManyKeys) {
+    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
+                               "GetMany takes 1 to ", kMaxGetManyKeys, " keys; got ",
+                               request->keys_size())));
+  }
+  for (int i = 0; i < request->keys_size(); ++i) {
+    if (absl::Status s = CheckKey(request->keys(i)); !s.ok()) {
+      return Answer(context, absl::InvalidArgumentError(
+                                 absl::StrCat("keys[", i, "]: ", s.message())));
+    }
+  }
+  response->mutable_results()->Reserve(request->keys_size());
+  for (const std::string& key : request->keys()) Lookup(key, response->add_results());
   return Answer(context, absl::OkStatus());
 }
 

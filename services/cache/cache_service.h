@@ -7,6 +7,7 @@
 //
 // Request validation (INVALID_ARGUMENT, with the limit in the message):
 //   - key: non-empty, at most max_key_bytes;
+//   - GetMany: 1 to kMaxGetManyKeys keys;
 //   - Set: ttl_ms in [1, max_ttl_ms], stale_ms at most max_ttl_ms, at most
 //     max_tags tags, each non-empty and at most max_key_bytes;
 //   - Invalidate: at least one tag or prefix, or flush_all; no empty tag or
@@ -35,12 +36,17 @@ struct CacheServiceLimits {
 
 class CacheServiceImpl final : public v1::CacheService::CallbackService {
  public:
+  static constexpr int kMaxGetManyKeys = 1024;
+
   CacheServiceImpl(CacheStore* store, CacheServiceLimits limits)
       : store_(store), limits_(limits) {}
 
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
                                 const v1::CacheGetRequest* request,
                                 v1::CacheGetResponse* response) override;
+  grpc::ServerUnaryReactor* GetMany(grpc::CallbackServerContext* context,
+                                    const v1::CacheGetManyRequest* request,
+                                    v1::CacheGetManyResponse* response) override;
   grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
                                 const v1::CacheSetRequest* request,
                                 v1::CacheSetResponse* response) override;
@@ -56,6 +62,7 @@ class CacheServiceImpl final : public v1::CacheService::CallbackService {
 
  private:
   absl::Status CheckKey(const std::string& key) const;
+  void Lookup(const std::string& key, v1::CacheGetResponse* response) const;
 
   CacheStore* const store_;
   const CacheServiceLimits limits_;

@@ -1,6 +1,8 @@
 #include "services/query/sidecar_client.h"
 
+#include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -54,26 +56,85 @@ SidecarClient::SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Durat
 
 void SidecarClient::Get(const std::string& key,
                         std::function<void(absl::StatusOr<CacheLookup>)> done) {
-  auto* call = new Call<v1::CacheGetRequest, v1::CacheGetResponse>();
+  std::vector<PendingGet> batch;
+  {
+    absl::MutexLock lock(&mu_);
+    queued_.push_back(PendingGet{key, std::move(done)});
+    if (get_calls_in_flight_ >= kMaxGetCallsInFlight) return;  // the next call takes it
+    ++get_calls_in_flight_;
+    TakeQueued(&batch);
+  }
+  SendGets(std::move(batch));
+}
+
+void SidecarClient::TakeQueued(std::vector<PendingGet>* batch) {
+  const size_t n = std::min<size_t>(queued_.size(), kMaxKeysPerCall);
+  batch->reserve(n);
+  std::move(queued_.begin(), queued_.begin() + n, std::back_inserter(*batch));
+  queued_.erase(queued_.begin(), queued_.begin() + n);
+}
+
+void SidecarClient::SendGets(std::vector<PendingGet> batch) {
+  if (batch.size() == 1) {
+    auto* call = new Call<v1::CacheGetRequest, v1::CacheGetResponse>();
+    SetTimeout(call->context, call_timeout_);
+    call->request.set_key(batch[0].key);
+    stub_->async()->Get(&call->context, &call->request, &call->response,
+                        [this, call, batch = std::move(batch)](grpc::Status s) mutable {
+                          std::unique_ptr<Call<v1::CacheGetRequest, v1::CacheGetResponse>> owned(
+                              call);
+                          GetsDone(std::move(batch), s, {&call->response});
+                        });
+    return;
+  }
+  auto* call = new Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse>();
   SetTimeout(call->context, call_timeout_);
-  call->request.set_key(key);
-  stub_->async()->Get(&call->context, &call->request, &call->response,
-                      [call, done = std::move(done)](grpc::Status s) {
-                        std::unique_ptr<Call<v1::CacheGetRequest, v1::CacheGetResponse>> owned(call);
-                        if (!s.ok()) {
-                          done(FromGrpc(s));
-                          return;
-                        }
-                        CacheLookup out;
-                        switch (call->response.outcome()) {
-                          case v1::CacheGetResponse::HIT: out.outcome = CacheLookup::kHit; break;
-                          case v1::CacheGetResponse::STALE: out.outcome = CacheLookup::kStale; break;
-                          default: out.outcome = CacheLookup::kMiss; break;
-                        }
-                        out.value = std::move(*call->response.mutable_value());
-                        out.generation = call->response.generation();
-                        done(std::move(out));
-                      });
+  for (const PendingGet& g : batch) call->request.add_keys(g.key);
+  stub_->async()->GetMany(
+      &call->context, &call->request, &call->response,
+      [this, call, batch = std::move(batch)](grpc::Status s) mutable {
+        std::unique_ptr<Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse>> owned(call);
+        std::vector<v1::CacheGetResponse*> results;
+        if (s.ok() && call->response.results_size() != static_cast<int>(batch.size())) {
+          s = grpc::Status(grpc::StatusCode::INTERNAL,
+                           absl::StrCat("GetMany answered ", call->response.results_size(),
+                                        " of ", batch.size(), " keys"));
+        }
+        if (s.ok()) {
+          for (auto& r : *call->response.mutable_results()) results.push_back(&r);
+        }
+        GetsDone(std::move(batch), s, std::move(results));
+      });
+}
+
+void SidecarClient::GetsDone(std::vector<PendingGet> batch, const grpc::Status& status,
+                             std::vector<v1::CacheGetResponse*> results) {
+  std::vector<PendingGet> next;
+  {
+    absl::MutexLock lock(&mu_);
+    if (queued_.empty()) {
+      --get_calls_in_flight_;
+    } else {
+      TakeQueued(&next);  // keeps this call's slot
+    }
+  }
+  if (!next.empty()) SendGets(std::move(next));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!status.ok()) {
+      batch[i].done(FromGrpc(status));
+      continue;
+    }
+    v1::CacheGetResponse& r = *results[i];
+    CacheLookup out;
+    switch (r.outcome()) {
+      case v1::CacheGetResponse::HIT: out.outcome = CacheLookup::kHit; break;
+      case v1::CacheGetResponse::STALE: out.outcome = CacheLookup::kStale; break;
+      default: out.outcome = CacheLookup::kMiss; break;
+    }
+    out.value = std::move(*r.mutable_value());
+    out.generation = r.generation();
+    batch[i].done(std::move(out));
+  }
 }
 
 void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)> done) {

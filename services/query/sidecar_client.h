@@ -4,9 +4,20 @@
 // CacheClient over gRPC to the cache sidecar (poolside.v1.CacheService), with
 // the callback API: no thread waits on the sidecar. Each Get/Set is bounded by
 // `call_timeout`.
+//
+// Gets are batched without waiting: at most kMaxGetCallsInFlight lookups
+// calls are out at once; Gets arriving while they are all out queue, and the
+// next call to leave carries every queued key (GetMany). Under light load each
+// Get is its own call; under heavy load one call carries many, which is what
+// keeps a cache hit cheaper than the database query it replaces.
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
@@ -19,6 +30,9 @@ namespace poolside::query {
 
 class SidecarClient : public CacheClient {
  public:
+  static constexpr int kMaxGetCallsInFlight = 4;
+  static constexpr int kMaxKeysPerCall = 256;
+
   // `target`: "unix:/path" or "host:port" (TLS per `tls`, see common/server/channel.h).
   // INVALID_ARGUMENT when the TLS files cannot be read.
   static absl::StatusOr<std::unique_ptr<SidecarClient>> Create(const std::string& target,
@@ -33,9 +47,25 @@ class SidecarClient : public CacheClient {
                   absl::Duration timeout, std::function<void(absl::Status)> done) override;
 
  private:
+  struct PendingGet {
+    std::string key;
+    std::function<void(absl::StatusOr<CacheLookup>)> done;
+  };
+  // Moves up to kMaxKeysPerCall queued Gets into `batch`.
+  void TakeQueued(std::vector<PendingGet>* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SendGets(std::vector<PendingGet> batch);
+  // After a lookup call finished: sends what queued meanwhile (or frees the
+  // call's slot), then answers `batch` with `results` (or `status`).
+  void GetsDone(std::vector<PendingGet> batch, const grpc::Status& status,
+                std::vector<v1::CacheGetResponse*> results);
+
   const absl::Duration call_timeout_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CacheService::Stub> stub_;
+
+  absl::Mutex mu_;
+  std::vector<PendingGet> queued_ ABSL_GUARDED_BY(mu_);
+  int get_calls_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace poolside::query
