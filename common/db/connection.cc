@@ -788,6 +788,8 @@ absl::Status Connection::RunStreaming(Statement& statement) {
   // Unnamed statement: a streamed query is rarely repeated fast enough for a
   // prepared statement to pay.
   const std::string sql(statement.sql);
+  telemetry::Span span = StartStatementSpan(statement.sql, statement.trace);
+  span.SetAttribute("poolside.streaming", true);
   if (PQsendQueryParams(conn_, sql.c_str(), params.size(),
                         reinterpret_cast<const Oid*>(params.types()), params.values(),
                         params.lengths(), params.formats(), 0) != 1) {
@@ -800,13 +802,12 @@ absl::Status Connection::RunStreaming(Statement& statement) {
   step.cancelled = statement.cancelled;
   ConsumeResultsOf(step);
   statement.status = step.status;
+  span.SetStatus(step.status);
   if (broken_) return step.status.ok() ? absl::UnavailableError("connection lost") : step.status;
   return absl::OkStatus();
 }
 
 bool Connection::Ping(absl::Time deadline) {
-  telemetry::Span span = StartStatementSpan(statement.sql, statement.trace);
-  span.SetAttribute("poolside.streaming", true);
   if (!LooksAlive()) return false;
   Step s{Step::kSimple};
   std::vector<Step> steps;
@@ -819,7 +820,6 @@ bool Connection::Ping(absl::Time deadline) {
   absl::Status link = RunPipeline(steps);
   return link.ok() && steps[0].status.ok() && !broken_;
 }
-  span.SetStatus(step.status);
 
 absl::Status Connection::Listen(absl::string_view channel, absl::Time deadline) {
   if (broken_) return absl::UnavailableError("connection is broken");

@@ -148,7 +148,6 @@ class Connection {
   // (COPY; see copy.h). Only between calls of this class; it is non-blocking.
   ::pg_conn* libpq_conn() { return conn_; }
 
- private:
   // A CLIENT span for one statement on this connection, child of `parent` (or
   // of the thread's current context): db.system "postgresql", db.name,
   // db.statement (the SQL text only — parameter values are never recorded),
@@ -157,6 +156,7 @@ class Connection {
   telemetry::Span StartStatementSpan(absl::string_view sql,
                                      const telemetry::SpanContext& parent = {}) const;
 
+ private:
   struct Prepared {
     std::string key;
     std::string name;

@@ -150,10 +150,10 @@ struct ReadCache::Participant {
   uint64_t max_bytes = 0;
   absl::Time deadline;
   std::function<void()> run_plain;
-};
-
   // While it waits for another caller's identical query (single flight).
   telemetry::Span wait;
+};
+
 struct ReadCache::Flight {
   std::string key;
   Database* db = nullptr;
@@ -162,10 +162,10 @@ struct ReadCache::Flight {
   absl::Duration ttl;
   absl::Duration stale;
   std::shared_ptr<OwnedStatementWork> work;
-  // Guarded by ReadCache::mu_.
-  std::vector<std::unique_ptr<Participant>> participants;
   // The trace of the call that started the flight (its query and fill).
   telemetry::SpanContext trace;
+  // Guarded by ReadCache::mu_.
+  std::vector<std::unique_ptr<Participant>> participants;
 };
 
 struct ReadCache::DbState {
@@ -340,10 +340,10 @@ void ReadCache::Tables(Database* db, const std::string& sql,
   work->sql = absl::StrCat("EXPLAIN (FORMAT JSON, VERBOSE) ", sql);
   work->params = params;
   work->holder = "cache: EXPLAIN";
+  work->trace = telemetry::CurrentSpanContext();
   work->Prepare(deadline, 10, 16 << 20);
   OwnedStatementWork* raw = work.get();
   in_flight_.fetch_add(1);
-  work->trace = telemetry::CurrentSpanContext();
   work->done = [this, raw, remembered, then = std::move(then)](absl::Status s) {
     absl::StatusOr<StatementTables> tables;
     if (s.ok()) {
@@ -418,19 +418,16 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
   p->max_bytes = max_bytes;
   p->deadline = p->work->deadline;
   p->run_plain = std::move(run_plain);
-  in_flight_.fetch_add(1);
-  client_->Get(key, [this, db, owned, key, tags = std::move(tags), lookup,
-                     p = std::shared_ptr<Participant>(std::move(p))](
   auto lookup = std::make_shared<telemetry::Span>(
       telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, p->work->trace));
   lookup->SetAttribute("db.name", db->name());
   // The sidecar call is the lookup's child.
   telemetry::ScopedSpanContext lookup_scope(lookup->context());
+  in_flight_.fetch_add(1);
+  client_->Get(key, [this, db, owned, key, tags = std::move(tags), lookup,
+                     p = std::shared_ptr<Participant>(std::move(p))](
                         absl::StatusOr<CacheLookup> r) mutable {
     SidecarResult(r.ok());
-    if (!r.ok()) {
-      counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-      p->run_plain();
     lookup->SetAttribute("poolside.cache.outcome",
                          !r.ok()                              ? "error"
                          : r->outcome == CacheLookup::kHit   ? "hit"
@@ -440,6 +437,9 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
     lookup->End();
     // A stale entry's refresh belongs to this call's trace.
     telemetry::ScopedSpanContext trace(p->work->trace);
+    if (!r.ok()) {
+      counters_.bypass.fetch_add(1, std::memory_order_relaxed);
+      p->run_plain();
       in_flight_.fetch_sub(1);
       return;
     }
@@ -498,13 +498,13 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
     if (it != flights_.end()) {
       if (participant != nullptr) {
         counters_.coalesced.fetch_add(1, std::memory_order_relaxed);
-        it->second->participants.push_back(std::move(participant));
-      }
-      return;
         // Ends when the shared result is delivered (the participant is gone).
         participant->wait = telemetry::StartSpan(
             "cache.singleflight.wait", telemetry::SpanKind::kInternal, participant->work->trace);
         participant->wait.SetAttribute("db.name", db->name());
+        it->second->participants.push_back(std::move(participant));
+      }
+      return;
     }
     flight = std::make_shared<Flight>();
     flight->key = key;
@@ -513,19 +513,19 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
     flight->tags = std::move(tags);
     flight->ttl = absl::Milliseconds(request.cache().ttl_ms());
     flight->stale = absl::Milliseconds(request.cache().stale_while_revalidate_ms());
+    flight->trace = participant != nullptr ? participant->work->trace
+                                           : telemetry::CurrentSpanContext();
     if (participant != nullptr) flight->participants.push_back(std::move(participant));
     flights_[key] = flight;
   }
-    flight->trace = participant != nullptr ? participant->work->trace
-                                           : telemetry::CurrentSpanContext();
   auto work = std::make_shared<OwnedStatementWork>();
   work->sql = request.sql();
   work->params = request.params();
   work->holder = "cache fill";
+  work->trace = flight->trace;
   work->Prepare(deadline, limits_.max_rows(), limits_.max_bytes());
   flight->work = work;
   in_flight_.fetch_add(1);
-  work->trace = flight->trace;
   work->done = [this, flight](absl::Status s) {
     Land(flight, std::move(s));
     in_flight_.fetch_sub(1);
@@ -554,9 +554,19 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
       fill.stale = flight->stale;
       fill.tags = flight->tags;
       fill.read_generation = flight->generation;
+      auto span = std::make_shared<telemetry::Span>(
+          telemetry::StartSpan("cache.fill", telemetry::SpanKind::kInternal, flight->trace));
+      span->SetAttribute("poolside.cache.value_bytes", fill.value.size());
+      span->SetAttribute("db.name", flight->db->name());
+      telemetry::ScopedSpanContext fill_scope(span->context());
       in_flight_.fetch_add(1);
       client_->Set(std::move(fill), [this, span](absl::StatusOr<bool> stored) {
         SidecarResult(stored.ok());
+        // "refused": the sidecar saw a newer invalidation (or would not admit it).
+        span->SetAttribute("poolside.cache.outcome",
+                           !stored.ok() ? "error" : *stored ? "stored" : "refused");
+        span->SetStatus(stored.status());
+        span->End();
         if (stored.ok()) {
           (*stored ? counters_.fills : counters_.fills_refused)
               .fetch_add(1, std::memory_order_relaxed);
@@ -566,19 +576,9 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
     }
   }
   const bool callers_own_problem = status.code() == absl::StatusCode::kDeadlineExceeded ||
-      auto span = std::make_shared<telemetry::Span>(
-          telemetry::StartSpan("cache.fill", telemetry::SpanKind::kInternal, flight->trace));
-      span->SetAttribute("poolside.cache.value_bytes", fill.value.size());
-      span->SetAttribute("db.name", flight->db->name());
-      telemetry::ScopedSpanContext fill_scope(span->context());
                                    status.code() == absl::StatusCode::kCancelled ||
                                    status.code() == absl::StatusCode::kResourceExhausted;
   for (auto& p : participants) {
-        // "refused": the sidecar saw a newer invalidation (or would not admit it).
-        span->SetAttribute("poolside.cache.outcome",
-                           !stored.ok() ? "error" : *stored ? "stored" : "refused");
-        span->SetStatus(stored.status());
-        span->End();
     if (callers_own_problem && absl::Now() < p->deadline) {
       // The shared query ran out of its first caller's time (or its limits);
       // this caller still has time of its own.
@@ -605,6 +605,8 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     std::function<void()> done;
   };
   auto g = std::make_shared<Gather>();
+  // The write's trace: the invalidation is part of answering it.
+  const telemetry::SpanContext trace = telemetry::CurrentSpanContext();
   g->pending = statements.size();
   g->statements = std::move(statements);
   g->done = std::move(done);
@@ -617,8 +619,6 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
       g->tags.erase(std::unique(g->tags.begin(), g->tags.end()), g->tags.end());
       tags = g->tags;
     }
-  // The write's trace: the invalidation is part of answering it.
-  const telemetry::SpanContext trace = telemetry::CurrentSpanContext();
     if (tags.empty()) {
       g->done();
       return;
@@ -629,11 +629,21 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
       return;
     }
     counters_.write_invalidations.fetch_add(1, std::memory_order_relaxed);
+    auto span = std::make_shared<telemetry::Span>(
+        telemetry::StartSpan("cache.invalidate", telemetry::SpanKind::kInternal, trace));
+    span->SetAttribute("db.name", db->name());
+    span->SetAttribute("poolside.cache.source", "write");
+    span->SetAttribute("poolside.cache.tags", tags.size());
+    telemetry::ScopedSpanContext invalidate_scope(span->context());
     in_flight_.fetch_add(1);
     client_->Invalidate(std::move(tags), false, "write",
                         absl::Milliseconds(std::max<uint32_t>(config_.call_timeout_ms(), 200)),
                         [this, state, g, span](absl::Status s) {
                           SidecarResult(s.ok());
+                          span->SetAttribute("poolside.cache.outcome",
+                                             s.ok() ? "invalidated" : "error");
+                          span->SetStatus(s);
+                          span->End();
                           // Not delivered: the cache may hold what this write
                           // changed, so the database bypasses it until flushed.
                           if (!s.ok()) MarkSuspect(state);
@@ -641,21 +651,11 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
                           in_flight_.fetch_sub(1);
                         });
   };
-    auto span = std::make_shared<telemetry::Span>(
-        telemetry::StartSpan("cache.invalidate", telemetry::SpanKind::kInternal, trace));
-    span->SetAttribute("db.name", db->name());
-    span->SetAttribute("poolside.cache.source", "write");
-    span->SetAttribute("poolside.cache.tags", tags.size());
-    telemetry::ScopedSpanContext invalidate_scope(span->context());
   for (size_t i = 0; i < g->statements.size(); ++i) {
     const Written& w = g->statements[i];
     Tables(db, w.sql, w.params, absl::Now() + absl::Seconds(5),
            [this, db, g, finish](absl::StatusOr<StatementTables> t) {
              bool last;
-                          span->SetAttribute("poolside.cache.outcome",
-                                             s.ok() ? "invalidated" : "error");
-                          span->SetStatus(s);
-                          span->End();
              {
                absl::MutexLock lock(&g->mu);
                if (!t.ok() || !t->explained) {
