@@ -27,10 +27,12 @@
 #include "absl/time/time.h"
 #include "grpcpp/client_context.h"
 #include "gtest/gtest.h"
+#include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "tests/fixtures/http_get.h"
+#include "tests/fixtures/otlp_receiver.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/subprocess.h"
@@ -456,6 +458,60 @@ TEST_F(MetricsTest, IngestSeriesMatchTheRowsSent) {
   EXPECT_TRUE(absl::StrContains(*dom, "<th>rows/s</th>")) << *dom;
   EXPECT_TRUE(absl::StrContains(*dom, "<section id=\"pools\">")) << *dom;
   EXPECT_EQ(testing::Terminate(*ingest).value_or(-1), 0);
+}
+
+TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
+  auto receiver = testing::OtlpReceiver::Start();
+  ASSERT_TRUE(receiver.ok()) << receiver.status();
+  v1::CacheServiceConfig config;
+  config.set_capacity_bytes(1 << 20);
+  v1::TracingConfig* tracing = config.mutable_server()->mutable_telemetry()->mutable_tracing();
+  tracing->set_endpoint((*receiver)->address());
+  tracing->set_batch_interval_ms(50);
+  tracing->set_export_timeout_ms(500);
+  auto [cache, port] = Start("services/cache/cache_server", config, "cache_server");
+  ASSERT_NE(cache, nullptr);
+  auto channel = Connect(cache->address());
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  auto stub = v1::CacheService::NewStub(*channel);
+  auto get = [&] {
+    v1::CacheGetRequest request;
+    request.set_key("k");
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::CacheGetResponse response;
+    return stub->Get(&ctx, request, &response).ok();
+  };
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(get());
+  // Every span the collector received is counted as exported once acknowledged.
+  ASSERT_TRUE((*receiver)->WaitFor([](const auto& spans) { return spans.size() >= 5; },
+                                   absl::Seconds(20)));
+  double exported = -1;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        exported = Scrape(port).Get("poolside_trace_spans_exported_total");
+        return exported == static_cast<double>((*receiver)->Spans().size());
+      },
+      absl::Seconds(20)))
+      << exported << " exported, " << (*receiver)->Spans().size() << " received";
+  EXPECT_EQ(Scrape(port).Get("poolside_trace_spans_dropped_total"), 0);
+
+  // The collector goes away: calls still succeed, and their spans are counted
+  // as dropped once their export fails.
+  receiver->reset();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(get());
+  double dropped = -1;
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        dropped = Scrape(port).Get("poolside_trace_spans_dropped_total", {{"reason", "export_failed"}});
+        return dropped >= 5;
+      },
+      absl::Seconds(30)))
+      << dropped;
+  const Metrics m = Scrape(port);
+  EXPECT_EQ(m.Get("poolside_trace_spans_exported_total"), exported);
+  EXPECT_GE(m.Get("poolside_trace_export_failures_total"), 1);
+  EXPECT_EQ(testing::Terminate(*cache).value_or(-1), 0);
 }
 
 TEST_F(MetricsTest, TakenMetricsPortFailsTheStartWithAClearMessage) {
