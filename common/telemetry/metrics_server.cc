@@ -50,6 +50,16 @@ void Reply(mg_connection* conn, const char* mime, const std::string& body, bool 
 
 }  // namespace
 
+absl::Status ValidateMetricsConfig(const v1::MetricsConfig& config) {
+  if (config.listen().empty()) return absl::OkStatus();
+  absl::StatusOr<std::string> ports = CivetPorts(config.listen());
+  if (!ports.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("server.telemetry.metrics.listen: ", ports.status().message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const v1::MetricsConfig& config, MetricsRegistry* registry) {
   if (config.listen().empty()) return std::unique_ptr<MetricsServer>();

@@ -25,6 +25,10 @@ struct mg_connection;
 
 namespace poolside::telemetry {
 
+// Checks metrics.listen (empty, or host:port as Start() accepts it);
+// INVALID_ARGUMENT naming the problem otherwise. For --check_config.
+absl::Status ValidateMetricsConfig(const v1::MetricsConfig& config);
+
 class MetricsServer {
  public:
   // `listen` is "host:port" with a numeric host (IPv4, "[IPv6]", or

@@ -74,6 +74,19 @@ TEST(MetricsServerTest, BadAddressesAreInvalidArgument) {
   }
 }
 
+TEST(MetricsServerTest, ValidateMetricsConfig) {
+  v1::MetricsConfig config;
+  EXPECT_TRUE(ValidateMetricsConfig(config).ok());
+  config.set_listen("0.0.0.0:9451");
+  EXPECT_TRUE(ValidateMetricsConfig(config).ok());
+  config.set_listen("[::]:9451");
+  EXPECT_TRUE(ValidateMetricsConfig(config).ok());
+  config.set_listen("metrics:9451");
+  absl::Status s = ValidateMetricsConfig(config);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("server.telemetry.metrics.listen"), absl::string_view::npos) << s;
+}
+
 TEST(MetricsServerTest, EmptyListenIsOff) {
   MetricsRegistry metrics("query");
   v1::MetricsConfig config;

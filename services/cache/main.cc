@@ -86,6 +86,11 @@ int main(int argc, char** argv) {
     telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
     return 2;
   }
+  if (absl::Status s = telemetry::ValidateMetricsConfig(config->server().telemetry().metrics());
+      !s.ok()) {
+    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
+    return 2;
+  }
   if (!absl::GetFlag(FLAGS_unix_socket).empty()) {
     config->set_unix_socket(absl::GetFlag(FLAGS_unix_socket));
     auto again = poolside::cache::FinalizeCacheConfig(*config, limits, &capacity_note);

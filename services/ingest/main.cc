@@ -40,6 +40,11 @@ int main(int argc, char** argv) {
     telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
     return 2;
   }
+  if (absl::Status s = telemetry::ValidateMetricsConfig(config->server().telemetry().metrics());
+      !s.ok()) {
+    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
+    return 2;
+  }
   if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();

@@ -35,6 +35,11 @@ int main(int argc, char** argv) {
     telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
     return 2;
   }
+  if (absl::Status s = telemetry::ValidateMetricsConfig(config->server().telemetry().metrics());
+      !s.ok()) {
+    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
+    return 2;
+  }
   if (flags->check_config) {
     std::printf("configuration OK: %d database(s)\n", config->databases_size());
     return 0;
