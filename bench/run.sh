@@ -354,7 +354,7 @@ ingest_bench() {
   ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "$busy"
 
   printf '%s\n' \
-    "{\"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/ingest.port\"}," \
+    "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/ingest.port\"}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"}]," \
     " \"tables\": [{\"database\": \"demo\", \"tables\": [\"ingest_poolside\"]}]," \
     " \"batch\": {\"copyConnections\": $INGEST_COPY_CONNECTIONS}}" >"$TMP/ingest.json"
@@ -484,7 +484,7 @@ query_cache_bench() {
     return 0
   fi
   printf '%s\n' \
-    "{\"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"}," \
+    "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"," \
     "   \"pool\": {\"minIdle\": 2, \"maxSize\": 8}}]," \
     " \"defaultDatabase\": \"demo\"," \

@@ -81,6 +81,7 @@ absl::StatusOr<IngestServer> StartIngestServer(v1::IngestServiceConfig config) {
                                         ".", counter.fetch_add(1));
   config.mutable_server()->set_listen("127.0.0.1:0");
   if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
+  if (!config.has_auth()) config.mutable_auth()->set_disabled(true);
   config.mutable_server()->set_port_file(stem + ".port");
   if (config.server().drain_timeout_ms() == 0) config.mutable_server()->set_drain_timeout_ms(20000);
   std::string json;

@@ -124,7 +124,6 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
 
 std::string ShellQuote(const std::string& s) {
   std::string out = "'";
-  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
   for (char c : s) {
     if (c == '\'') {
       out += "'\\''";
@@ -135,7 +134,6 @@ std::string ShellQuote(const std::string& s) {
   return out + "'";
 }
 
-  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
 absl::StatusOr<std::string> ToJson(const google::protobuf::Message& config) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
@@ -169,12 +167,12 @@ absl::StatusOr<std::string> CacheConfigJson(const std::string& run_dir, int port
   v1::CacheServiceConfig config;
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/cache.port"));
+  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
   config.set_unix_socket(absl::StrCat(run_dir, "/cache.sock"));
   SetMetricsPort(absl::GetFlag(FLAGS_cache_metrics_port), config.mutable_server());
   SetTracing(config.mutable_server());
   config.set_capacity_bytes(256u << 20);
   return ToJson(config);
-  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
 }
 
 absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
@@ -184,6 +182,8 @@ absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/ingest.port"));
   SetMetricsPort(absl::GetFlag(FLAGS_ingest_metrics_port), config.mutable_server());
   SetTracing(config.mutable_server());
+  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
+  config.mutable_auth()->set_disabled(true);                    // development only
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
@@ -203,6 +203,8 @@ absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/query.port"));
   SetMetricsPort(absl::GetFlag(FLAGS_query_metrics_port), config.mutable_server());
   SetTracing(config.mutable_server());
+  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
+  config.mutable_auth()->set_disabled(true);                    // development only
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);

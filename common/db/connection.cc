@@ -766,7 +766,24 @@ absl::Status Connection::RunSimple(const char* sql, absl::Time deadline) {
   return link.ok() ? steps[0].status : link;
 }
 
-absl::Status Connection::RunStreaming(Statement& statement) {
+absl::Status Connection::RunStreaming(Statement& statement, bool read_only) {
+  if (!read_only) return RunStreamingStatement(statement);
+  if (absl::Status s = RunSimple("BEGIN READ ONLY", statement.deadline); !s.ok()) {
+    if (broken_) return s;
+    statement.status = s;
+    return absl::OkStatus();
+  }
+  absl::Status link = RunStreamingStatement(statement);
+  if (!link.ok()) return link;
+  // COMMIT after a failure rolls back too; ROLLBACK says what is meant.
+  absl::Status end = RunSimple(statement.status.ok() ? "COMMIT" : "ROLLBACK",
+                               absl::Now() + absl::Seconds(5));
+  if (broken_) return end.ok() ? absl::UnavailableError("connection lost") : end;
+  if (statement.status.ok() && !end.ok()) statement.status = end;
+  return absl::OkStatus();
+}
+
+absl::Status Connection::RunStreamingStatement(Statement& statement) {
   if (broken_) return absl::UnavailableError("connection is broken");
   EncodedParams params;
   if (statement.params != nullptr) {

@@ -124,8 +124,9 @@ class Connection {
 
   // Runs one statement outside pipeline mode with libpq's single-row mode, so
   // the rows reach `statement.sink` as they arrive (bounded memory for results
-  // of any size). Same return contract as RunIndependent.
-  absl::Status RunStreaming(Statement& statement);
+  // of any size). Same return contract as RunIndependent. `read_only`: inside
+  // BEGIN READ ONLY ... COMMIT (ROLLBACK when it failed).
+  absl::Status RunStreaming(Statement& statement, bool read_only = false);
 
   // A round trip to the server (empty query); false if the connection is unusable.
   // Notifications that arrive meanwhile are kept for AwaitNotifications().
@@ -189,6 +190,7 @@ class Connection {
   void ErasePrepared(const std::string& key, const std::string& name);
   absl::Status MarkBroken(absl::string_view what);
   absl::Status RunSimple(const char* sql, absl::Time deadline);
+  absl::Status RunStreamingStatement(Statement& statement);
 
   ConnectionOptions options_;
   std::unique_ptr<PqxxConnection> pqxx_;

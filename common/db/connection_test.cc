@@ -241,6 +241,20 @@ TEST_F(ConnectionTest, ReadOnlyTransactionRefusesWrites) {
   EXPECT_NE(s.message().find("25006"), absl::string_view::npos);
 }
 
+TEST_F(ConnectionTest, ReadOnlyStreamingRefusesWritesAndEndsItsTransaction) {
+  ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS ro_s (id int8)").ok());
+  CollectSink sink;
+  Statement w{"INSERT INTO ro_s VALUES (1) RETURNING id", nullptr, &sink, Soon()};
+  ASSERT_TRUE(conn_->RunStreaming(w, /*read_only=*/true).ok());
+  EXPECT_EQ(w.status.code(), absl::StatusCode::kFailedPrecondition) << w.status;
+  EXPECT_NE(w.status.message().find("25006"), absl::string_view::npos) << w.status;
+  CollectSink read;
+  Statement r{"SELECT count(*) FROM ro_s", nullptr, &read, Soon()};
+  ASSERT_TRUE(conn_->RunStreaming(r, /*read_only=*/true).ok());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(conn_->Ping(Soon()));  // idle again: the transaction ended
+}
+
 TEST_F(ConnectionTest, StreamingDeliversEveryRowAndStopsAtALimit) {
   CollectSink sink;
   Statement s{"SELECT g FROM generate_series(1, 20000) g", nullptr, &sink, Soon()};

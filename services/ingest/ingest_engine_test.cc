@@ -70,6 +70,7 @@ class IngestEngineTest : public ::testing::Test {
       c.mutable_batch()->set_buffer_bytes(buffer_bytes);
       c.mutable_batch()->set_max_bytes(buffer_bytes / 4);
     }
+    c.mutable_server()->mutable_tls()->set_plaintext(true);
     auto f = FinalizeIngestConfig(c);
     EXPECT_TRUE(f.ok()) << f.status();
     auto e = std::make_unique<IngestEngine>(*f);

@@ -53,8 +53,8 @@ class StreamBase : public Base {
   // from this stream carries it.
   telemetry::SpanContext trace;
 
-  StreamBase(IngestServiceImpl* service, IngestEngine* engine)
-      : service_(service), engine_(engine) {}
+  StreamBase(IngestServiceImpl* service, IngestEngine* engine, auth::CallAuth auth)
+      : service_(service), engine_(engine), auth_(std::move(auth)) {}
 
   void OnCancel() override {
     absl::MutexLock lock(&mu_);
@@ -85,6 +85,13 @@ class StreamBase : public Base {
   // Submits the request just read. `on_result` runs with the outcome.
   void Submit(const v1::WriteRequest& request,
               std::function<void(const absl::StatusOr<v1::WriteResponse>&)> on_result) {
+    if (absl::Status denied = service_->AuthorizeWrite(auth_.principal, request); !denied.ok()) {
+      absl::MutexLock lock(&mu_);
+      on_result(denied);
+      ReadNextLocked();
+      MaybeFinishLocked();
+      return;
+    }
     {
       absl::MutexLock lock(&mu_);
       outstanding_ += 2;
@@ -144,6 +151,7 @@ class StreamBase : public Base {
 
   IngestServiceImpl* const service_;
   IngestEngine* const engine_;
+  const auth::CallAuth auth_;  // its permit is released with the call
   absl::Mutex mu_;
   int outstanding_ ABSL_GUARDED_BY(mu_) = 0;
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
@@ -156,7 +164,8 @@ class StreamBase : public Base {
 class ChannelCall final
     : public StreamBase<grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>> {
  public:
-  ChannelCall(IngestServiceImpl* service, IngestEngine* engine) : StreamBase(service, engine) {
+  ChannelCall(IngestServiceImpl* service, IngestEngine* engine, auth::CallAuth auth)
+      : StreamBase(service, engine, std::move(auth)) {
     Begin();
   }
 
@@ -227,9 +236,9 @@ class ChannelCall final
 
 class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<v1::WriteRequest>> {
  public:
-  WriteStreamCall(IngestServiceImpl* service, IngestEngine* engine,
+  WriteStreamCall(IngestServiceImpl* service, IngestEngine* engine, auth::CallAuth auth,
                   v1::WriteStreamResponse* response)
-      : StreamBase(service, engine), response_(response) {
+      : StreamBase(service, engine, std::move(auth)), response_(response) {
     Begin();
   }
 
@@ -287,6 +296,14 @@ class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<v1::Writ
   absl::Status error_ ABSL_GUARDED_BY(mu_);
 };
 
+// A streaming call refused before it began (authentication, limits).
+template <typename Base>
+class RefusedCall final : public Base {
+ public:
+  explicit RefusedCall(const absl::Status& status) { this->Finish(server::ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
 // Gives a stream call its server span's context.
 template <typename Call>
 Call* Traced(grpc::CallbackServerContext* context, Call* call) {
@@ -296,14 +313,36 @@ Call* Traced(grpc::CallbackServerContext* context, Call* call) {
 
 }  // namespace
 
+absl::StatusOr<auth::CallAuth> IngestServiceImpl::Admit(const grpc::ServerContextBase& context) {
+  if (authorizer_ == nullptr) return auth::CallAuth();
+  return auth::AuthenticateAndAdmit(*authorizer_, context);
+}
+
+absl::Status IngestServiceImpl::AuthorizeWrite(const auth::Principal* who,
+                                               const v1::WriteRequest& request) const {
+  if (authorizer_ == nullptr || who == nullptr) return absl::OkStatus();
+  return authorizer_->CheckIngest(
+      *who, request.database().empty() ? default_database_ : request.database(), request.table());
+}
+
 grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* context,
                                                    const v1::WriteRequest* request,
                                                    v1::WriteResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<auth::CallAuth> call_auth = Admit(*context);
+  if (!call_auth.ok()) {
+    reactor->Finish(server::ToGrpcStatus(call_auth.status()));
+    return reactor;
+  }
+  if (absl::Status denied = AuthorizeWrite(call_auth->principal, *request); !denied.ok()) {
+    reactor->Finish(server::ToGrpcStatus(denied));
+    return reactor;
+  }
+  auto held = std::make_shared<auth::CallAuth>(*std::move(call_auth));
   telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   absl::Status s = engine_->Submit(
       *request, IngestEngine::Admission::kRefuseWhenFull, [] {},
-      [reactor, response](absl::StatusOr<v1::WriteResponse> r) {
+      [reactor, response, held](absl::StatusOr<v1::WriteResponse> r) {
         if (!r.ok()) {
           reactor->Finish(server::ToGrpcStatus(r.status()));
           return;
@@ -324,22 +363,38 @@ grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* 
 
 grpc::ServerReadReactor<v1::WriteRequest>* IngestServiceImpl::WriteStream(
     grpc::CallbackServerContext* context, v1::WriteStreamResponse* response) {
-  (void)context;
-  return Traced(context, new WriteStreamCall(this, engine_, response));
+  absl::StatusOr<auth::CallAuth> call_auth = Admit(*context);
+  if (!call_auth.ok()) {
+    return new RefusedCall<grpc::ServerReadReactor<v1::WriteRequest>>(call_auth.status());
+  }
+  return Traced(context, new WriteStreamCall(this, engine_, *std::move(call_auth), response));
 }
 
 grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>* IngestServiceImpl::Channel(
     grpc::CallbackServerContext* context) {
-  (void)context;
-  return Traced(context, new ChannelCall(this, engine_));
+  absl::StatusOr<auth::CallAuth> call_auth = Admit(*context);
+  if (!call_auth.ok()) {
+    return new RefusedCall<grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>>(
+        call_auth.status());
+  }
+  return Traced(context, new ChannelCall(this, engine_, *std::move(call_auth)));
 }
 
 grpc::ServerUnaryReactor* IngestServiceImpl::GetStats(grpc::CallbackServerContext* context,
                                                       const v1::GetIngestStatsRequest* request,
                                                       v1::GetIngestStatsResponse* response) {
   (void)request;
-  engine_->GetStats(response);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<auth::CallAuth> call_auth = Admit(*context);
+  absl::Status may = call_auth.status();
+  if (may.ok() && call_auth->principal != nullptr) {
+    may = authorizer_->CheckAdmin(*call_auth->principal, "GetStats");
+  }
+  if (!may.ok()) {
+    reactor->Finish(server::ToGrpcStatus(may));
+    return reactor;
+  }
+  engine_->GetStats(response);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

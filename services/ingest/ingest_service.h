@@ -18,10 +18,21 @@
 // flight; FinishStreams() makes streams that begin from then on end at once
 // with UNAVAILABLE. The server's shutdown deadline cancels idle streams.
 //
+// Authorization (common/auth): with an Authorizer, every call needs a known
+// bearer token (UNAUTHENTICATED) and is admitted under its principal's limits
+// (RESOURCE_EXHAUSTED with RetryInfo); each request needs the `ingest` role and
+// a grant for its table (PERMISSION_DENIED: the unary call fails, a stream's
+// request gets that status as its outcome); GetStats needs `admin`. A stream
+// holds one concurrency slot for its lifetime.
+//
 // Thread-safe.
 
 #include <atomic>
+#include <string>
 
+#include "absl/status/statusor.h"
+#include "common/auth/authorizer.h"
+#include "common/auth/grpc_auth.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "services/ingest/ingest_engine.h"
 
@@ -29,7 +40,13 @@ namespace poolside::ingest {
 
 class IngestServiceImpl final : public v1::IngestService::CallbackService {
  public:
-  explicit IngestServiceImpl(IngestEngine* engine) : engine_(engine) {}
+  // `authorizer` null: no authorization (as with auth.disabled).
+  // `default_database`: the database of requests that name none.
+  explicit IngestServiceImpl(IngestEngine* engine, auth::Authorizer* authorizer = nullptr,
+                             std::string default_database = "")
+      : engine_(engine),
+        authorizer_(authorizer),
+        default_database_(std::move(default_database)) {}
 
   grpc::ServerUnaryReactor* Write(grpc::CallbackServerContext* context,
                                   const v1::WriteRequest* request,
@@ -46,8 +63,16 @@ class IngestServiceImpl final : public v1::IngestService::CallbackService {
   void FinishStreams() { finishing_.store(true); }
   bool finishing() const { return finishing_.load(); }
 
+  // Authenticates and admits a call (a CallAuth without principal when there
+  // is no authorizer).
+  absl::StatusOr<auth::CallAuth> Admit(const grpc::ServerContextBase& context);
+  // Whether `who` may write `request`'s table.
+  absl::Status AuthorizeWrite(const auth::Principal* who, const v1::WriteRequest& request) const;
+
  private:
   IngestEngine* engine_;
+  auth::Authorizer* const authorizer_;
+  const std::string default_database_;
   std::atomic<bool> finishing_{false};
 };
 

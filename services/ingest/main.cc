@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/authorizer.h"
 #include "common/config/cgroup.h"
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
@@ -45,6 +46,12 @@ int main(int argc, char** argv) {
     telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
     return 2;
   }
+  auto authorizer = poolside::auth::Authorizer::Create(config->auth());
+  if (!authorizer.ok()) {
+    telemetry::LogError("invalid configuration",
+                        {{"error", std::string(authorizer.status().message())}});
+    return 2;
+  }
   if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();
@@ -67,7 +74,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   poolside::ingest::IngestEngine engine(*config);
-  poolside::ingest::IngestServiceImpl service(&engine);
+  telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()
+                                                   ? absl::StrCat((*authorizer)->size())
+                                                   : "disabled (every caller may do everything)"}});
+  poolside::ingest::IngestServiceImpl service(
+      &engine, (*authorizer)->enabled() ? authorizer->get() : nullptr, config->default_database());
   poolside::ingest::IngestMetrics ingest_metrics(&engine, &(*metrics)->registry());
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();

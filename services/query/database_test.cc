@@ -19,6 +19,7 @@ v1::DatabaseConfig Config(int max_size) {
   db->set_dsn(testing::SharedPostgres().Dsn());
   db->mutable_pool()->set_max_size(max_size);
   db->mutable_pool()->set_min_idle(0);
+  c.mutable_server()->mutable_tls()->set_plaintext(true);
   auto done = FinalizeQueryConfig(c);
   EXPECT_TRUE(done.ok()) << done.status();
   return done->databases(0);

@@ -4,14 +4,16 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/auth/authorizer.h"
 #include "common/config/cgroup.h"
 #include "common/config/sizing.h"
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/metrics_service.h"
 #include "common/telemetry/trace.h"
 #include "common/telemetry/trace_grpc.h"
-#include "common/telemetry/metrics_service.h"
+#include "services/query/named_queries.h"
 #include "services/query/query_config.h"
 #include "services/query/query_engine.h"
 #include "services/query/query_metrics.h"
@@ -38,6 +40,18 @@ int main(int argc, char** argv) {
   if (absl::Status s = telemetry::ValidateMetricsConfig(config->server().telemetry().metrics());
       !s.ok()) {
     telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
+    return 2;
+  }
+  auto authorizer = poolside::auth::Authorizer::Create(config->auth());
+  if (!authorizer.ok()) {
+    telemetry::LogError("invalid configuration",
+                        {{"error", std::string(authorizer.status().message())}});
+    return 2;
+  }
+  auto named_queries = poolside::query::NamedQueries::Create(config->named_queries());
+  if (!named_queries.ok()) {
+    telemetry::LogError("invalid configuration",
+                        {{"error", std::string(named_queries.status().message())}});
     return 2;
   }
   if (flags->check_config) {
@@ -81,7 +95,12 @@ int main(int argc, char** argv) {
                                          {"cached_table_sets", absl::StrCat(config->cache().tables_size())}});
   }
   poolside::query::QueryEngine engine(*config, std::move(sidecar));
-  poolside::query::QueryServiceImpl service(&engine);
+  telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()
+                                                   ? absl::StrCat((*authorizer)->size())
+                                                   : "disabled (every caller may do everything)"},
+                              {"named_queries", absl::StrCat(named_queries->size())}});
+  poolside::query::QueryServiceImpl service(
+      &engine, (*authorizer)->enabled() ? authorizer->get() : nullptr, &*named_queries);
   poolside::query::QueryMetrics query_metrics(&engine, &(*metrics)->registry(),
                                               config->server().telemetry());
   poolside::server::ServerOptions options;

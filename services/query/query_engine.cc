@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/telemetry/log.h"
+#include "services/query/named_queries.h"
 #include "common/telemetry/trace_context.h"
 
 namespace poolside::query {
@@ -140,7 +141,8 @@ absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name) {
   return it->second.get();
 }
 
-absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params) const {
+absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params,
+                                         const CallAccess& access) const {
   const auto& limits = config_.limits();
   if (sql.empty()) return absl::InvalidArgumentError("sql is empty");
   if (sql.size() > limits.max_sql_bytes()) {
@@ -154,6 +156,7 @@ absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params) cons
     return absl::InvalidArgumentError(
         absl::StrCat(params, " parameters; the limit is ", limits.max_params()));
   }
+  if (access.read_only) return CheckReadOnlyStatement(sql);
   return absl::OkStatus();
 }
 
@@ -161,10 +164,12 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
                                                            absl::Time deadline,
                                                            std::string holder,
                                                            v1::ExecuteResponse* response,
-                                                           Done done) {
+                                                           Done done, const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database());
   if (!db.ok()) return db.status();
-  if (absl::Status s = CheckStatement(request.sql(), request.params_size()); !s.ok()) return s;
+  if (absl::Status s = CheckStatement(request.sql(), request.params_size(), access); !s.ok()) {
+    return s;
+  }
 
   auto work = std::make_shared<ExecuteWork>();
   work->deadline = deadline;
@@ -173,10 +178,18 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
-  work->batchable = true;
+  work->batchable = !access.read_only;
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
+  if (access.read_only) {
+    // Not pipelined with other calls: a transaction of its own.
+    ExecuteWork* raw = work.get();
+    work->exclusive = [raw](db::Connection& conn) -> absl::Status {
+      db::Statement* st = &raw->statement;
+      return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
+    };
+  }
   const absl::Time start = absl::Now();
   Database* database = *db;
   work->done = [this, database, &request, response, start, trace = work->trace,
@@ -199,7 +212,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   if (cache_ != nullptr && cache_->Applies(*database, request)) {
     std::shared_ptr<Work> generic = work;
     cache_->Execute(database, request, generic, response, work->budget.max_rows,
-                    work->budget.max_bytes, [database, generic] {
+                    work->budget.max_bytes, access.read_only, [database, generic] {
                       if (absl::Status s = database->Submit(generic); !s.ok()) {
                         if (generic->Claim()) generic->done(s);
                       }
@@ -213,10 +226,13 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
 absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::ExecuteRequest& request,
                                                                  absl::Time deadline,
                                                                  std::string holder,
-                                                                 ChunkWriter* writer, Done done) {
+                                                                 ChunkWriter* writer, Done done,
+                                                                 const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database());
   if (!db.ok()) return db.status();
-  if (absl::Status s = CheckStatement(request.sql(), request.params_size()); !s.ok()) return s;
+  if (absl::Status s = CheckStatement(request.sql(), request.params_size(), access); !s.ok()) {
+    return s;
+  }
 
   auto work = std::make_shared<ExecuteWork>();
   work->deadline = deadline;
@@ -232,8 +248,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
   ExecuteWork* raw = work.get();
-  work->exclusive = [raw](db::Connection& conn) -> absl::Status {
-    absl::Status link = conn.RunStreaming(raw->statement);
+  work->exclusive = [raw, read_only = access.read_only](db::Connection& conn) -> absl::Status {
+    absl::Status link = conn.RunStreaming(raw->statement, read_only);
     return link.ok() ? raw->statement.status : link;
   };
   const absl::Time start = absl::Now();
@@ -250,7 +266,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
 
 absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     const v1::ExecuteTransactionRequest& request, absl::Time deadline, std::string holder,
-    v1::ExecuteTransactionResponse* response, Done done) {
+    v1::ExecuteTransactionResponse* response, Done done, const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database());
   if (!db.ok()) return db.status();
   if (request.statements().empty()) {
@@ -263,7 +279,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   }
   for (int i = 0; i < request.statements_size(); ++i) {
     const v1::Statement& st = request.statements(i);
-    if (absl::Status s = CheckStatement(st.sql(), st.params_size()); !s.ok()) {
+    if (absl::Status s = CheckStatement(st.sql(), st.params_size(), access); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("statement ", i + 1, ": ", s.message()));
     }
   }
@@ -274,7 +290,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     case v1::SERIALIZABLE: begin += " ISOLATION LEVEL SERIALIZABLE"; break;
     default: break;
   }
-  if (request.read_only()) begin += " READ ONLY";
+  if (request.read_only() || access.read_only) begin += " READ ONLY";
 
   auto work = std::make_shared<TransactionWork>();
   work->deadline = deadline;
@@ -299,6 +315,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   const absl::Time start = absl::Now();
   Database* database = *db;
   work->done = [this, database, &request, response, start, trace = work->trace,
+                read_only = request.read_only() || access.read_only,
                 done = std::move(done)](absl::Status s) {
     const absl::Duration took = absl::Now() - start;
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
@@ -309,7 +326,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
       stats_.Record(database->name(), request.statements(i).sql(), took, rows, s.ok());
     }
     if (!s.ok()) response->clear_results();
-    if (cache_ != nullptr && MayHaveWritten(s) && !request.read_only()) {
+    if (cache_ != nullptr && MayHaveWritten(s) && !read_only) {
       std::vector<ReadCache::Written> written;
       for (const v1::Statement& st : request.statements()) {
         if (!ReadCache::NeedsInvalidation(st.sql())) continue;

@@ -35,6 +35,16 @@
 
 namespace poolside::query {
 
+// How a call runs for its caller (set by the adapter from the caller's
+// principal, common/auth).
+struct CallAccess {
+  // Statements run in read-only transactions (BEGIN READ ONLY), so PostgreSQL
+  // itself refuses writes; statements that would end or change that
+  // transaction are refused up front (CheckReadOnlyStatement). Cached reads are
+  // keyed under this scope and their fills run read-only too.
+  bool read_only = false;
+};
+
 class QueryEngine {
  public:
   using Done = std::function<void(absl::Status)>;
@@ -59,15 +69,18 @@ class QueryEngine {
   // the caller set none.
   absl::Time EffectiveDeadline(absl::Time requested) const;
 
+  // `request.sql` is what runs (the adapter resolves named queries first).
   absl::StatusOr<std::shared_ptr<Work>> Execute(const v1::ExecuteRequest& request,
                                                 absl::Time deadline, std::string holder,
-                                                v1::ExecuteResponse* response, Done done);
+                                                v1::ExecuteResponse* response, Done done,
+                                                const CallAccess& access = {});
   absl::StatusOr<std::shared_ptr<Work>> ExecuteStream(const v1::ExecuteRequest& request,
                                                       absl::Time deadline, std::string holder,
-                                                      ChunkWriter* writer, Done done);
+                                                      ChunkWriter* writer, Done done,
+                                                      const CallAccess& access = {});
   absl::StatusOr<std::shared_ptr<Work>> ExecuteTransaction(
       const v1::ExecuteTransactionRequest& request, absl::Time deadline, std::string holder,
-      v1::ExecuteTransactionResponse* response, Done done);
+      v1::ExecuteTransactionResponse* response, Done done, const CallAccess& access = {});
 
   absl::Status GetPoolStats(const v1::GetPoolStatsRequest& request,
                             v1::GetPoolStatsResponse* response);
@@ -85,7 +98,8 @@ class QueryEngine {
 
  private:
   absl::StatusOr<Database*> Find(absl::string_view name);
-  absl::Status CheckStatement(absl::string_view sql, int params) const;
+  absl::Status CheckStatement(absl::string_view sql, int params,
+                              const CallAccess& access = {}) const;
   void MaintenanceLoop();
 
   const v1::QueryServiceConfig config_;

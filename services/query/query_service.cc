@@ -37,6 +37,10 @@ class UnaryCall : public grpc::ServerUnaryReactor {
  public:
   explicit UnaryCall(absl::Time deadline) : deadline_(deadline) {}
 
+  // Kept until the call is done: the caller's permit and a resolved request.
+  auth::CallAuth call_auth;
+  std::unique_ptr<google::protobuf::Message> owned_request;
+
   void Start(absl::StatusOr<std::shared_ptr<Work>> work) {
     if (!work.ok()) {
       Complete(work.status());
@@ -86,6 +90,10 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
   static constexpr size_t kMaxQueued = 2;
 
   explicit StreamCall(absl::Time deadline) : deadline_(deadline) {}
+
+  // Kept until the call is done: the caller's permit and a resolved request.
+  auth::CallAuth call_auth;
+  std::unique_ptr<google::protobuf::Message> owned_request;
 
   void Begin(absl::StatusOr<std::shared_ptr<Work>> work) {
     if (!work.ok()) {
@@ -177,8 +185,17 @@ grpc::ServerUnaryReactor* QueryServiceImpl::Execute(grpc::CallbackServerContext*
   // The engine takes the call's trace context from here into its work.
   telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   auto* call = new UnaryCall(deadline);
+  CallAccess access;
+  std::unique_ptr<v1::ExecuteRequest> resolved;
+  if (absl::Status s = AuthorizeExecute(*context, *request, &call->call_auth, &access, &resolved);
+      !s.ok()) {
+    call->Start(s);
+    return call;
+  }
+  if (resolved != nullptr) request = resolved.get();
+  call->owned_request = std::move(resolved);
   call->Start(engine_->Execute(*request, deadline, HolderOf("Execute", context), response,
-                               [call](absl::Status s) { call->Complete(s); }));
+                               [call](absl::Status s) { call->Complete(s); }, access));
   return call;
 }
 
@@ -188,8 +205,17 @@ grpc::ServerWriteReactor<v1::ExecuteStreamResponse>* QueryServiceImpl::ExecuteSt
   // The engine takes the call's trace context from here into its work.
   telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   auto* call = new StreamCall(deadline);
+  CallAccess access;
+  std::unique_ptr<v1::ExecuteRequest> resolved;
+  if (absl::Status s = AuthorizeExecute(*context, *request, &call->call_auth, &access, &resolved);
+      !s.ok()) {
+    call->Begin(s);
+    return call;
+  }
+  if (resolved != nullptr) request = resolved.get();
+  call->owned_request = std::move(resolved);
   call->Begin(engine_->ExecuteStream(*request, deadline, HolderOf("ExecuteStream", context), call,
-                                     [call](absl::Status s) { call->Done(s); }));
+                                     [call](absl::Status s) { call->Done(s); }, access));
   return call;
 }
 
@@ -200,9 +226,19 @@ grpc::ServerUnaryReactor* QueryServiceImpl::ExecuteTransaction(
   // The engine takes the call's trace context from here into its work.
   telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   auto* call = new UnaryCall(deadline);
+  CallAccess access;
+  std::unique_ptr<v1::ExecuteTransactionRequest> resolved;
+  if (absl::Status s =
+          AuthorizeTransaction(*context, *request, &call->call_auth, &access, &resolved);
+      !s.ok()) {
+    call->Start(s);
+    return call;
+  }
+  if (resolved != nullptr) request = resolved.get();
+  call->owned_request = std::move(resolved);
   call->Start(engine_->ExecuteTransaction(*request, deadline,
                                           HolderOf("ExecuteTransaction", context), response,
-                                          [call](absl::Status s) { call->Complete(s); }));
+                                          [call](absl::Status s) { call->Complete(s); }, access));
   return call;
 }
 
@@ -210,7 +246,9 @@ grpc::ServerUnaryReactor* QueryServiceImpl::GetPoolStats(grpc::CallbackServerCon
                                                          const v1::GetPoolStatsRequest* request,
                                                          v1::GetPoolStatsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(server::ToGrpcStatus(engine_->GetPoolStats(*request, response)));
+  auth::CallAuth call_auth;
+  absl::Status s = AuthorizeAdmin(*context, "GetPoolStats", &call_auth);
+  reactor->Finish(server::ToGrpcStatus(s.ok() ? engine_->GetPoolStats(*request, response) : s));
   return reactor;
 }
 
@@ -218,7 +256,10 @@ grpc::ServerUnaryReactor* QueryServiceImpl::GetStatementStats(
     grpc::CallbackServerContext* context, const v1::GetStatementStatsRequest* request,
     v1::GetStatementStatsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(server::ToGrpcStatus(engine_->GetStatementStats(*request, response)));
+  auth::CallAuth call_auth;
+  absl::Status s = AuthorizeAdmin(*context, "GetStatementStats", &call_auth);
+  reactor->Finish(
+      server::ToGrpcStatus(s.ok() ? engine_->GetStatementStats(*request, response) : s));
   return reactor;
 }
 
@@ -226,14 +267,116 @@ grpc::ServerUnaryReactor* QueryServiceImpl::CheckDatabases(
     grpc::CallbackServerContext* context, const v1::CheckDatabasesRequest* request,
     v1::CheckDatabasesResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  auto call_auth = std::make_shared<auth::CallAuth>();
+  if (absl::Status s = AuthorizeAdmin(*context, "CheckDatabases", call_auth.get()); !s.ok()) {
+    reactor->Finish(server::ToGrpcStatus(s));
+    return reactor;
+  }
   // The checks write into `response`, so the call always waits for them; each
   // is bounded by a short timeout and the call's deadline.
   const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
   absl::Status started = engine_->CheckDatabases(
       *request, deadline, response,
-      [reactor](absl::Status s) { reactor->Finish(server::ToGrpcStatus(s)); });
+      [reactor, call_auth](absl::Status s) { reactor->Finish(server::ToGrpcStatus(s)); });
   if (!started.ok()) reactor->Finish(server::ToGrpcStatus(started));
   return reactor;
+}
+
+std::string QueryServiceImpl::DatabaseOf(const std::string& requested) const {
+  return requested.empty() ? engine_->config().default_database() : requested;
+}
+
+absl::Status QueryServiceImpl::AuthorizeExecute(const grpc::CallbackServerContext& context,
+                                                const v1::ExecuteRequest& request,
+                                                auth::CallAuth* call_auth, CallAccess* access,
+                                                std::unique_ptr<v1::ExecuteRequest>* resolved) {
+  if (authorizer_ != nullptr) {
+    absl::StatusOr<auth::CallAuth> a = auth::AuthenticateAndAdmit(*authorizer_, context);
+    if (!a.ok()) return a.status();
+    *call_auth = *std::move(a);
+  }
+  const bool named = !request.named_query().empty();
+  if (named) {
+    if (!request.sql().empty()) {
+      return absl::InvalidArgumentError("give either sql or named_query, not both");
+    }
+    if (named_ == nullptr) {
+      return absl::NotFoundError(absl::StrCat("unknown named query \"",
+                                              request.named_query().substr(0, 64),
+                                              "\" (no named queries are configured)"));
+    }
+  }
+  if (call_auth->principal != nullptr) {
+    if (absl::Status s =
+            authorizer_->CheckQuery(*call_auth->principal, DatabaseOf(request.database()), !named);
+        !s.ok()) {
+      return s;
+    }
+    access->read_only = call_auth->principal->read_only();
+  }
+  if (named) {
+    absl::StatusOr<const std::string*> sql = named_->Resolve(request.named_query(), request.params());
+    if (!sql.ok()) return sql.status();
+    *resolved = std::make_unique<v1::ExecuteRequest>(request);
+    (*resolved)->set_sql(**sql);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryServiceImpl::AuthorizeTransaction(
+    const grpc::CallbackServerContext& context, const v1::ExecuteTransactionRequest& request,
+    auth::CallAuth* call_auth, CallAccess* access,
+    std::unique_ptr<v1::ExecuteTransactionRequest>* resolved) {
+  if (authorizer_ != nullptr) {
+    absl::StatusOr<auth::CallAuth> a = auth::AuthenticateAndAdmit(*authorizer_, context);
+    if (!a.ok()) return a.status();
+    *call_auth = *std::move(a);
+  }
+  bool raw = false, named = false;
+  for (const v1::Statement& st : request.statements()) {
+    if (st.named_query().empty()) {
+      raw = true;
+    } else {
+      named = true;
+      if (!st.sql().empty()) {
+        return absl::InvalidArgumentError("a statement gives either sql or named_query, not both");
+      }
+    }
+  }
+  if (call_auth->principal != nullptr) {
+    if (absl::Status s =
+            authorizer_->CheckQuery(*call_auth->principal, DatabaseOf(request.database()), raw);
+        !s.ok()) {
+      return s;
+    }
+    access->read_only = call_auth->principal->read_only();
+  }
+  if (!named) return absl::OkStatus();
+  *resolved = std::make_unique<v1::ExecuteTransactionRequest>(request);
+  for (int i = 0; i < (*resolved)->statements_size(); ++i) {
+    v1::Statement* st = (*resolved)->mutable_statements(i);
+    if (st->named_query().empty()) continue;
+    if (named_ == nullptr) {
+      return absl::NotFoundError(absl::StrCat("statement ", i + 1, ": unknown named query \"",
+                                              st->named_query().substr(0, 64), "\""));
+    }
+    absl::StatusOr<const std::string*> sql = named_->Resolve(st->named_query(), st->params());
+    if (!sql.ok()) {
+      return absl::Status(sql.status().code(),
+                          absl::StrCat("statement ", i + 1, ": ", sql.status().message()));
+    }
+    st->set_sql(**sql);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status QueryServiceImpl::AuthorizeAdmin(const grpc::CallbackServerContext& context,
+                                              const char* what, auth::CallAuth* call_auth) {
+  if (authorizer_ == nullptr) return absl::OkStatus();
+  absl::StatusOr<auth::CallAuth> a = auth::AuthenticateAndAdmit(*authorizer_, context);
+  if (!a.ok()) return a.status();
+  *call_auth = *std::move(a);
+  return authorizer_->CheckAdmin(*call_auth->principal, what);
 }
 
 }  // namespace poolside::query

@@ -23,6 +23,8 @@ namespace {
 constexpr size_t kMaxKeyBytes = 4000;
 // Distinct statements whose tables are remembered; the map is cleared when full.
 constexpr size_t kMaxRememberedStatements = 10000;
+// Keys of results read for read-only callers (CallAccess) start with this.
+constexpr char kReadOnlyScope[] = "q1ro|";
 // Advisory lock key serializing trigger installation across replicas.
 constexpr int64_t kInstallLock = 0x706f6f6c73696465;  // "poolside"
 
@@ -259,14 +261,15 @@ bool ReadCache::Applies(const Database& db, const v1::ExecuteRequest& request) c
   return DatabaseReady(db.name());
 }
 
-std::string ReadCache::KeyFor(const Database& db, const v1::ExecuteRequest& request) const {
+std::string ReadCache::KeyFor(const Database& db, const v1::ExecuteRequest& request,
+                              bool read_only) const {
   std::string params;
   for (const v1::Value& v : request.params()) {
     const std::string one = v.SerializeAsString();
     absl::StrAppend(&params, one.size(), ":", one);
   }
-  return absl::StrCat("q1|", db.name(), "|", request.sql().size(), ":", request.sql(), "|",
-                      params);
+  return absl::StrCat(read_only ? kReadOnlyScope : "q1|", db.name(), "|", request.sql().size(),
+                      ":", request.sql(), "|", params);
 }
 
 bool ReadCache::SidecarUsable() {
@@ -373,9 +376,9 @@ void ReadCache::Tables(Database* db, const std::string& sql,
 
 void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request,
                         std::shared_ptr<Work> work, v1::ExecuteResponse* response,
-                        uint64_t max_rows, uint64_t max_bytes,
+                        uint64_t max_rows, uint64_t max_bytes, bool read_only,
                         std::function<void()> run_plain) {
-  std::string key = KeyFor(*db, request);
+  std::string key = KeyFor(*db, request, read_only);
   if (key.size() > kMaxKeyBytes || !SidecarUsable()) {
     counters_.bypass.fetch_add(1, std::memory_order_relaxed);
     run_plain();
@@ -524,6 +527,15 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
   work->holder = "cache fill";
   work->trace = flight->trace;
   work->Prepare(deadline, limits_.max_rows(), limits_.max_bytes());
+  if (absl::StartsWith(key, kReadOnlyScope)) {
+    // A read-only caller's scope: the fill is a read-only transaction too.
+    OwnedStatementWork* raw = work.get();
+    work->batchable = false;
+    work->exclusive = [raw](db::Connection& conn) -> absl::Status {
+      db::Statement* st = &raw->statement;
+      return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
+    };
+  }
   flight->work = work;
   in_flight_.fetch_add(1);
   work->done = [this, flight](absl::Status s) {

@@ -96,9 +96,11 @@ class ReadCache {
   // through Claim() + done (or, for a fallback, by `run_plain`, which submits
   // it to the database as an ordinary statement writing into `response`).
   // `request` and `response` stay valid until work->done ran or Abandon() won.
+  // `read_only`: the caller's access scope (CallAccess): part of the cache key,
+  // and the fill of such a key runs in a read-only transaction.
   void Execute(Database* db, const v1::ExecuteRequest& request, std::shared_ptr<Work> work,
                v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
-               std::function<void()> run_plain);
+               bool read_only, std::function<void()> run_plain);
 
   // After write statements committed through this replica: invalidates their
   // tables (or the database) in the sidecar, then runs `done` (always; a
@@ -122,7 +124,7 @@ class ReadCache {
   struct DbState;
   struct Participant;
 
-  std::string KeyFor(const Database& db, const v1::ExecuteRequest& request) const;
+  std::string KeyFor(const Database& db, const v1::ExecuteRequest& request, bool read_only) const;
   // Learns (once) and returns the statement's tables; runs `then` with them.
   void Tables(Database* db, const std::string& sql,
               const google::protobuf::RepeatedPtrField<v1::Value>& params, absl::Time deadline,

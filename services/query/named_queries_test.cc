@@ -1,0 +1,91 @@
+#include "services/query/named_queries.h"
+
+#include "common/config/json_config.h"
+#include "gtest/gtest.h"
+
+namespace poolside::query {
+namespace {
+
+google::protobuf::RepeatedPtrField<v1::NamedQuery> Config(const std::string& json) {
+  v1::QueryServiceConfig c;
+  EXPECT_TRUE(config::ParseJsonConfig(json, &c).ok()) << json;
+  return c.named_queries();
+}
+
+google::protobuf::RepeatedPtrField<v1::Value> Params(std::initializer_list<v1::Value> values) {
+  google::protobuf::RepeatedPtrField<v1::Value> out;
+  for (const v1::Value& v : values) *out.Add() = v;
+  return out;
+}
+
+v1::Value Int(int64_t v) {
+  v1::Value out;
+  out.set_int64_value(v);
+  return out;
+}
+
+v1::Value Text(const std::string& v) {
+  v1::Value out;
+  out.set_text_value(v);
+  return out;
+}
+
+v1::Value Null() {
+  v1::Value out;
+  out.set_null_value(v1::NullValue::NULL_VALUE);
+  return out;
+}
+
+TEST(NamedQueriesTest, ResolvesWithTypedParameters) {
+  absl::StatusOr<NamedQueries> q = NamedQueries::Create(Config(R"({"namedQueries": [
+      {"name": "account_by_id", "sql": "SELECT owner FROM accounts WHERE id = $1",
+       "params": [{"name": "id", "type": "int64"}]},
+      {"name": "rename", "sql": "UPDATE accounts SET owner = $2 WHERE id = $1",
+       "params": [{"name": "id", "type": "int64"}, {"name": "owner", "type": "text", "nullable": true}]}]})"));
+  ASSERT_TRUE(q.ok()) << q.status();
+  absl::StatusOr<const std::string*> sql = q->Resolve("account_by_id", Params({Int(7)}));
+  ASSERT_TRUE(sql.ok()) << sql.status();
+  EXPECT_EQ(**sql, "SELECT owner FROM accounts WHERE id = $1");
+  EXPECT_TRUE(q->Resolve("rename", Params({Int(1), Null()})).ok());
+
+  EXPECT_EQ(q->Resolve("nope", {}).status().code(), absl::StatusCode::kNotFound);
+  absl::Status wrong_type = q->Resolve("account_by_id", Params({Text("7")})).status();
+  EXPECT_EQ(wrong_type.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(wrong_type.message().find("parameter 1 (id) must be int64; got text"),
+            std::string::npos)
+      << wrong_type;
+  EXPECT_EQ(q->Resolve("account_by_id", Params({Null()})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(q->Resolve("account_by_id", Params({Int(1), Int(2)})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(NamedQueriesTest, BadConfigurationIsNamed) {
+  for (const auto& [json, mentions] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"namedQueries": [{"name": "a b", "sql": "SELECT 1"}]})", "name must"},
+           {R"({"namedQueries": [{"name": "a"}]})", "sql is empty"},
+           {R"({"namedQueries": [{"name": "a", "sql": "SELECT $1", "params": [{"type": "int"}]}]})",
+            "unknown type"},
+           {R"({"namedQueries": [{"name": "a", "sql": "SELECT 1"}, {"name": "a", "sql": "SELECT 2"}]})",
+            "used twice"}}) {
+    absl::StatusOr<NamedQueries> q = NamedQueries::Create(Config(json));
+    EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_NE(q.status().message().find(mentions), std::string::npos) << q.status();
+  }
+}
+
+TEST(ReadOnlyStatementTest, RefusesTransactionControlAndSettings) {
+  for (const char* sql : {"COMMIT", "  commit", "/* x /* nested */ */ ROLLBACK", "-- c\nBEGIN",
+                          "SET TRANSACTION READ WRITE", "set default_transaction_read_only = off",
+                          "RESET ALL", "SAVEPOINT a", "START TRANSACTION", "END", "DISCARD ALL",
+                          "PREPARE TRANSACTION 'x'"}) {
+    EXPECT_EQ(CheckReadOnlyStatement(sql).code(), absl::StatusCode::kPermissionDenied) << sql;
+  }
+  for (const char* sql : {"SELECT 1", "(SELECT 1)", "WITH x AS (SELECT 1) SELECT * FROM x",
+                          "INSERT INTO t VALUES (1)", "SELECT 'COMMIT'", "SETTINGS"}) {
+    EXPECT_TRUE(CheckReadOnlyStatement(sql).ok()) << sql;
+  }
+}
+
+}  // namespace
+}  // namespace poolside::query
