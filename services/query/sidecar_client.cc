@@ -59,7 +59,7 @@ void SidecarClient::Get(const std::string& key,
   std::vector<PendingGet> batch;
   {
     absl::MutexLock lock(&mu_);
-    queued_.push_back(PendingGet{key, std::move(done)});
+    queued_.push_back(PendingGet{key, std::move(done), telemetry::CurrentSpanContext()});
     if (get_calls_in_flight_ >= kMaxGetCallsInFlight) return;  // the next call takes it
     ++get_calls_in_flight_;
     TakeQueued(&batch);
@@ -75,6 +75,8 @@ void SidecarClient::TakeQueued(std::vector<PendingGet>* batch) {
 }
 
 void SidecarClient::SendGets(std::vector<PendingGet> batch) {
+  // The call's traceparent (common/server/channel.h) comes from here.
+  telemetry::ScopedSpanContext trace(batch.front().trace);
   if (batch.size() == 1) {
     auto* call = new Call<v1::CacheGetRequest, v1::CacheGetResponse>();
     SetTimeout(call->context, call_timeout_);

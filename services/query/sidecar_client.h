@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
+#include "common/telemetry/trace_context.h"
 #include "services/query/cache_client.h"
 
 namespace poolside::query {
@@ -50,6 +51,9 @@ class SidecarClient : public CacheClient {
   struct PendingGet {
     std::string key;
     std::function<void(absl::StatusOr<CacheLookup>)> done;
+    // The caller's span context: a call carrying several Gets (it may leave
+    // from another thread) continues the first one's trace.
+    telemetry::SpanContext trace;
   };
   // Moves up to kMaxKeysPerCall queued Gets into `batch`.
   void TakeQueued(std::vector<PendingGet>* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
