@@ -538,6 +538,56 @@ TEST_F(SecurityTest, TokensAndDsnPasswordNeverReachTheLogs) {
   }
 }
 
+TEST(SecurityLimitsTest, OversizedRequestsAndDsnSslSettings) {
+  PostgresCluster& pg = SharedPostgres();
+  pg.CreateDatabase(kDb).IgnoreError();  // shared with SecurityTest
+  v1::QueryServiceConfig c;
+  *c.add_databases() = Database();
+  // The test cluster serves no SSL: a DSN that requires it must fail to
+  // connect, which shows sslmode reaches libpq unchanged.
+  v1::DatabaseConfig* ssl = c.add_databases();
+  ssl->set_name("needs_ssl");
+  ssl->set_dsn(SharedPostgres().Dsn(kDb) + " sslmode=require");
+  ssl->mutable_pool()->set_min_idle(0);
+  c.set_default_database(kDb);
+  c.mutable_auth()->set_disabled(true);
+  c.mutable_limits()->set_max_request_bytes(64 << 10);
+  c.mutable_limits()->set_max_sql_bytes(1024);
+  c.mutable_limits()->set_max_params(4);
+  auto server = StartQuery(c);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel = Connect((*server)->address());
+  ASSERT_TRUE(channel.ok());
+  auto stub = v1::QueryService::NewStub(*channel);
+  auto call = [&](const v1::ExecuteRequest& req) {
+    grpc::ClientContext ctx;
+    WithToken(&ctx, nullptr);
+    v1::ExecuteResponse resp;
+    return stub->Execute(&ctx, req, &resp);
+  };
+  v1::ExecuteRequest big;
+  big.set_sql("SELECT $1");
+  *big.add_params() = Text(std::string(100 << 10, 'x'));
+  EXPECT_EQ(call(big).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  v1::ExecuteRequest long_sql;
+  long_sql.set_sql("SELECT 1 -- " + std::string(2000, 'x'));
+  grpc::Status s = call(long_sql);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(s.error_message().size(), 200u) << "the SQL is not echoed back";
+  v1::ExecuteRequest many;
+  many.set_sql("SELECT 1");
+  for (int i = 0; i < 5; ++i) *many.add_params() = Int(i);
+  EXPECT_EQ(call(many).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::ExecuteRequest over_ssl;
+  over_ssl.set_database("needs_ssl");
+  over_ssl.set_sql("SELECT 1");
+  grpc::Status refused = call(over_ssl);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("SSL"), std::string::npos) << refused.error_message();
+  EXPECT_EQ(testing::Terminate(**server).value_or(-1), 0);
+}
+
 // ---- TLS ----
 
 struct Pki {

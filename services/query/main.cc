@@ -1,4 +1,5 @@
 // The query service: `query_server --config=FILE [--check_config]`.
+#include <algorithm>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -107,6 +108,8 @@ int main(int argc, char** argv) {
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
   options.tls = config->server().tls();
+  options.max_receive_message_bytes = static_cast<int>(
+      std::min<uint32_t>(config->limits().max_request_bytes(), INT32_MAX));
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
   options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());

@@ -32,6 +32,7 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
   POOLSIDE_DEFAULT(limits, default_timeout_ms, 30000u);
   POOLSIDE_DEFAULT(limits, stream_chunk_rows, 1000u);
   POOLSIDE_DEFAULT(limits, check_concurrency, 32u);
+  POOLSIDE_DEFAULT(limits, max_request_bytes, 64u << 20);
 
   if (c.databases().empty()) {
     return absl::InvalidArgumentError("config: at least one database must be configured");
