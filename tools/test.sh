@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: builds and runs every test (the whole suite, then the pool's tests
-# again under ThreadSanitizer) and ends with one line "N passed, M failed" counted
-# from the test cases in Bazel's test.xml files.
+# again under ThreadSanitizer, then the libFuzzer targets for a bounded time) and
+# ends with one line "N passed, M failed" counted from the test cases in Bazel's
+# test.xml files (and one per fuzz target).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BAZEL=${BAZEL:-bazel}
@@ -45,7 +46,18 @@ if [[ ${#tsan_targets[@]} -gt 0 ]]; then
   read -r total2 failed2 < <(count_cases "$($BAZEL info --config=tsan bazel-testlogs 2>/dev/null)" "${tsan_targets[@]}")
 fi
 
-total=$((total1 + total2)); failed=$((failed1 + failed2))
+# libFuzzer targets for a bounded time (tools/fuzz.sh); each target counts as a
+# test, and one that cannot be built counts as a failure.
+echo "== Fuzzing: tools/fuzz.sh, ${FUZZ_SECONDS:-60} s"
+fuzz_log=$(mktemp)
+tools/fuzz.sh 2>&1 | tee "$fuzz_log"
+[[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+total3=$(grep -cE '^fuzz [a-z_]+: (PASSED|FAILED)' "$fuzz_log")
+failed3=$(grep -cE '^fuzz [a-z_]+: FAILED' "$fuzz_log")
+if [[ $total3 -eq 0 ]]; then total3=1; failed3=1; fi
+rm -f "$fuzz_log"
+
+total=$((total1 + total2 + total3)); failed=$((failed1 + failed2 + failed3))
 if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
 echo "$((total - failed)) passed, $failed failed"
 exit $status

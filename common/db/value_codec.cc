@@ -147,7 +147,9 @@ absl::Status EncodedParams::Encode(
         types_[i] = oid::kTimestamptz;
         const absl::Time t =
             absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-        s = absl::FormatTime("%Y-%m-%d %H:%M:%E6S+00", t, absl::UTCTimeZone());
+        // Four-digit years: PostgreSQL reads "1-01-01" or "99-01-01" as 2001 or
+        // 1999 (two-digit year rules), so years 1-999 need their leading zeros.
+        s = absl::FormatTime("%E4Y-%m-%d %H:%M:%E6S+00", t, absl::UTCTimeZone());
         values_[i] = s.c_str();
         break;
       }

@@ -20,6 +20,7 @@ v1::Value Dbl(double d) { v1::Value v; v.set_double_value(d); return v; }
 v1::Value Text(std::string s) { v1::Value v; v.set_text_value(std::move(s)); return v; }
 v1::Value Bytes(std::string s) { v1::Value v; v.set_bytes_value(std::move(s)); return v; }
 v1::Value Num(std::string s) { v1::Value v; v.set_numeric_value(std::move(s)); return v; }
+v1::Value Decode(absl::string_view text, uint32_t type);
 
 TEST(EncodeTest, TypesAndTextForms) {
   v1::Value ts;
@@ -57,6 +58,21 @@ TEST(EncodeTest, SpecialDoubles) {
   EXPECT_STREQ(e.values()[0], "NaN");
   EXPECT_STREQ(e.values()[1], "Infinity");
   EXPECT_STREQ(e.values()[2], "-Infinity");
+}
+
+// Found by fuzz/value_codec_fuzzer: "1-01-01 ..." is 2001-01-01 to PostgreSQL.
+TEST(EncodeTest, TimestampsBeforeYear1000KeepFourDigitYears) {
+  auto at = [](int64_t seconds) {
+    v1::Value v;
+    v.mutable_timestamp_value()->set_seconds(seconds);
+    return v;
+  };
+  EncodedParams e;
+  ASSERT_TRUE(e.Encode(Params({at(-62135596800), at(-59029948800), at(-30610224000)})).ok());
+  EXPECT_STREQ(e.values()[0], "0001-01-01 00:00:00.000000+00");
+  EXPECT_STREQ(e.values()[1], "0099-06-01 00:00:00.000000+00");
+  EXPECT_STREQ(e.values()[2], "1000-01-01 00:00:00.000000+00");
+  EXPECT_EQ(Decode(e.values()[0], oid::kTimestamptz).timestamp_value().seconds(), -62135596800);
 }
 
 TEST(EncodeTest, RejectsWhatPostgresCannotTake) {

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Fuzzing with libFuzzer: builds the targets in fuzz/ with clang and runs each
+# for a bounded time. Part of `make test` (tools/test.sh); by hand:
+#
+#   tools/fuzz.sh                    # every target, FUZZ_SECONDS (default 60) of wall time
+#   tools/fuzz.sh --seconds=600 csv  # one target, longer
+#   tools/fuzz.sh --build_only
+#   tools/fuzz.sh --reproduce=csv PATH   # run one input through a target (a crash's reproducer)
+#
+# Targets: value_codec (common/db/value_codec), config (common/config/json_config
+# + the services' Finalize*Config), csv (cli/csv). Each starts from its committed
+# seed corpus in fuzz/corpus/<target>; inputs that find new coverage are kept in
+# $FUZZ_WORK_DIR (default ~/.cache/poolside-fuzz) across runs, never in the tree.
+# A crash (memory error, undefined behaviour, failed check, leak, timeout) fails
+# the run and prints the reproducer's path and how to replay it; add the
+# reproducer to the target's corpus with the fix.
+#
+# Why a script and not Bazel: libFuzzer's runtime (-fsanitize=fuzzer) comes with
+# clang, and the Bazel toolchain here is g++. A clang toolchain in Bazel would
+# mean a second configuration that rebuilds the whole tree (gRPC code, services,
+# tests) with clang: twice CI's build time for three small targets. The targets
+# need a handful of sources, so this script compiles exactly those with
+# `clang++ -fsanitize=fuzzer,address,undefined`: the list comes from
+# `bazel query` over the libraries' dependencies (it follows BUILD changes, no
+# second list to maintain), the .proto files among them are compiled with protoc
+# into the work directory, and link flags come from pkg-config, as in
+# bazel/system_libs.bzl. Builds are cached by a hash of the inputs. The corpora
+# are replayed by the regular g++ build too (//fuzz:*_corpus_test), so the targets
+# always compile and old reproducers stay fixed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BAZEL=${BAZEL:-bazel}
+SECONDS_PER_RUN=${FUZZ_SECONDS:-60}
+WORK=${FUZZ_WORK_DIR:-$HOME/.cache/poolside-fuzz}
+CXX=${FUZZ_CXX:-clang++}
+BUILD_ONLY=0
+REPRODUCE=""
+
+# target -> the Bazel libraries its source uses.
+declare -A LIBS=(
+  [value_codec]="//common/db:value_codec"
+  [config]="//common/config:json_config //common/config:cgroup //services/query:query_config //services/ingest:ingest_config //services/cache:cache_config"
+  [csv]="//cli:csv"
+)
+# Inputs larger than this are not tried (JSON configs and CSV lines are small).
+declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096)
+ALL_TARGETS=(value_codec config csv)
+
+targets=()
+for arg in "$@"; do
+  case $arg in
+    --seconds=*) SECONDS_PER_RUN=${arg#--seconds=} ;;
+    --build_only) BUILD_ONLY=1 ;;
+    --reproduce=*) REPRODUCE=${arg#--reproduce=} ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) targets+=("$arg") ;;
+  esac
+done
+if [[ -n $REPRODUCE ]]; then
+  [[ ${#targets[@]} -ge 1 ]] || { echo "--reproduce=TARGET needs the input's path" >&2; exit 2; }
+  inputs=("${targets[@]}"); targets=("$REPRODUCE")
+fi
+[[ ${#targets[@]} -gt 0 ]] || targets=("${ALL_TARGETS[@]}")
+for t in "${targets[@]}"; do
+  [[ -n ${LIBS[$t]:-} ]] || { echo "unknown fuzz target '$t' (have: ${ALL_TARGETS[*]})" >&2; exit 2; }
+done
+
+command -v "$CXX" >/dev/null || { echo "fuzz: $CXX not found: install clang and libclang-rt-14-dev (make deps)" >&2; exit 1; }
+command -v protoc >/dev/null || { echo "fuzz: protoc not found: install protobuf-compiler (make deps)" >&2; exit 1; }
+
+absl_mods=$(pkg-config --list-all | awk '{print $1}' | grep '^absl_' | sort | tr '\n' ' ')
+LINK_FLAGS=$(pkg-config --libs protobuf libpq $absl_mods) || { echo "fuzz: pkg-config failed" >&2; exit 1; }
+CXXFLAGS=(-std=c++17 -O1 -g -fno-omit-frame-pointer
+  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+  -Wno-deprecated-declarations -I"$ROOT" -I/usr/include/postgresql)
+
+BUILD_FILES_KEY=$(find . -name BUILD.bazel -not -path './bazel-*' -not -path '*/node_modules/*' |
+                  sort | xargs cat | sha256sum | cut -c1-16)
+
+# Builds fuzz/<t>_fuzzer.cc into $WORK/bin/<t>_fuzzer; prints its path.
+build() {
+  local t=$1
+  local labels=${LIBS[$t]}
+  # The source list, from Bazel; cached while no BUILD file changes.
+  local list="$WORK/lists/$t-$BUILD_FILES_KEY" files
+  if [[ -f $list ]]; then
+    files=$(<"$list")
+  else
+    files=$($BAZEL query --noshow_progress "kind('source file', deps(set($labels)))" 2>/dev/null |
+            grep '^//' | sed -e 's|^//||' -e 's|:|/|' -e 's|^/||') ||
+      { echo "fuzz: bazel query over $labels failed" >&2; return 1; }
+    mkdir -p "$WORK/lists" && printf '%s\n' "$files" >"$list"
+  fi
+  local protos srcs
+  protos=$(grep '\.proto$' <<<"$files" || true)
+  srcs=$(grep '\.cc$' <<<"$files" || true)
+  local key
+  key=$( { echo "$CXX ${CXXFLAGS[*]} $LINK_FLAGS"; "$CXX" --version;
+           cat "fuzz/${t}_fuzzer.cc" $files "$0"; } | sha256sum | cut -c1-16)
+  local dir="$WORK/build/$t-$key"
+  local bin="$dir/${t}_fuzzer"
+  if [[ ! -x $bin ]]; then
+    echo "fuzz: building $t ($(wc -w <<<"$srcs") sources, $(wc -w <<<"$protos") protos)" >&2
+    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/gen" || return 1
+    local gen_srcs=()
+    if [[ -n $protos ]]; then
+      protoc -I. -I/usr/include --cpp_out="$dir.tmp/gen" $protos || return 1
+      for p in $protos; do gen_srcs+=("$dir.tmp/gen/${p%.proto}.pb.cc"); done
+    fi
+    local objs=() pids=() n=0
+    for src in "fuzz/${t}_fuzzer.cc" $srcs "${gen_srcs[@]}"; do
+      local obj="$dir.tmp/obj$((n++)).o"
+      objs+=("$obj")
+      "$CXX" "${CXXFLAGS[@]}" -I"$dir.tmp/gen" -c "$src" -o "$obj" &
+      pids+=($!)
+      if (( ${#pids[@]} >= 2 )); then wait "${pids[0]}" || return 1; pids=("${pids[@]:1}"); fi
+    done
+    for p in "${pids[@]}"; do wait "$p" || return 1; done
+    "$CXX" "${CXXFLAGS[@]}" "${objs[@]}" $LINK_FLAGS -o "$dir.tmp/${t}_fuzzer" || return 1
+    rm -rf "$dir" && mv "$dir.tmp" "$dir" || return 1
+  fi
+  echo "$bin"
+}
+
+declare -A BIN
+for t in "${targets[@]}"; do
+  BIN[$t]=$(build "$t") || { echo "fuzz: cannot build $t" >&2; exit 1; }
+done
+[[ $BUILD_ONLY -eq 0 ]] || { for t in "${targets[@]}"; do echo "${BIN[$t]}"; done; exit 0; }
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+if [[ -n $REPRODUCE ]]; then
+  exec "${BIN[$REPRODUCE]}" "${inputs[@]}"
+fi
+
+# All targets at once, each for the same wall time (on 2 cores: one core's worth
+# between them), so fuzzing adds SECONDS_PER_RUN to `make test` however many
+# targets there are.
+declare -A PIDS LOGS ARTIFACTS
+for t in "${targets[@]}"; do
+  corpus="$WORK/corpus/$t"; ARTIFACTS[$t]="$WORK/artifacts/$t/"; LOGS[$t]="$WORK/logs/$t.log"
+  mkdir -p "$corpus" "${ARTIFACTS[$t]}" "$WORK/logs"
+  dict=(); [[ -f fuzz/$t.dict ]] && dict=(-dict="fuzz/$t.dict")
+  "${BIN[$t]}" "$corpus" "fuzz/corpus/$t" "${dict[@]}" -max_total_time="$SECONDS_PER_RUN" \
+    -max_len="${MAX_LEN[$t]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    -artifact_prefix="${ARTIFACTS[$t]}" >"${LOGS[$t]}" 2>&1 &
+  PIDS[$t]=$!
+done
+failed=0
+for t in "${targets[@]}"; do
+  if wait "${PIDS[$t]}"; then
+    runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "${LOGS[$t]}" | grep -oE '[0-9]+$')
+    cov=$(grep -oE 'cov: [0-9]+' "${LOGS[$t]}" | tail -1)
+    echo "fuzz $t: PASSED (${runs:-?} inputs in ${SECONDS_PER_RUN}s, $cov)"
+  else
+    failed=$((failed + 1))
+    reproducer=$(grep -oE "Test unit written to [^ ]+" "${LOGS[$t]}" | tail -1 | sed 's/Test unit written to //')
+    echo "fuzz $t: FAILED (log: ${LOGS[$t]})"
+    grep -E 'ERROR: |SUMMARY: |_fuzzer: |runtime error' "${LOGS[$t]}" | head -5 | sed 's/^/  /'
+    echo "  reproducer: ${reproducer:-none written (see the log)}"
+    echo "  replay:     tools/fuzz.sh --reproduce=$t ${reproducer:-PATH}"
+  fi
+done
+echo "fuzz: $(( ${#targets[@]} - failed )) of ${#targets[@]} targets without findings"
+exit $(( failed > 0 ))
