@@ -1,10 +1,17 @@
 #include "common/telemetry/metrics_server.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -43,6 +50,40 @@ absl::StatusOr<std::string> CivetPorts(absl::string_view listen) {
   return absl::StrCat(host, ":", port);
 }
 
+// The address a connection of our own reaches the listener on.
+std::string WakeHost(absl::string_view listen) {
+  absl::string_view host = listen.substr(0, listen.rfind(':'));
+  if (host.empty() || host == "*" || host == "0.0.0.0" || host == "localhost") return "127.0.0.1";
+  if (host == "[::]") return "::1";
+  if (absl::StartsWith(host, "[")) return std::string(host.substr(1, host.size() - 2));
+  return std::string(host);
+}
+
+// Opens and closes a TCP connection to host:port (IPv4 or IPv6 literal).
+void Poke(const std::string& host, int port) {
+  sockaddr_in v4{};
+  sockaddr_in6 v6{};
+  const sockaddr* addr;
+  socklen_t len;
+  if (inet_pton(AF_INET, host.c_str(), &v4.sin_addr) == 1) {
+    v4.sin_family = AF_INET;
+    v4.sin_port = htons(static_cast<uint16_t>(port));
+    addr = reinterpret_cast<const sockaddr*>(&v4);
+    len = sizeof(v4);
+  } else if (inet_pton(AF_INET6, host.c_str(), &v6.sin6_addr) == 1) {
+    v6.sin6_family = AF_INET6;
+    v6.sin6_port = htons(static_cast<uint16_t>(port));
+    addr = reinterpret_cast<const sockaddr*>(&v6);
+    len = sizeof(v6);
+  } else {
+    return;
+  }
+  const int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  (void)connect(fd, addr, len);
+  close(fd);
+}
+
 void Reply(mg_connection* conn, const char* mime, const std::string& body, bool head) {
   mg_send_http_ok(conn, mime, static_cast<long long>(body.size()));
   if (!head) mg_write(conn, body.data(), body.size());
@@ -73,6 +114,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   if (!ports.ok()) return ports.status();
   std::unique_ptr<MetricsServer> server(new MetricsServer());
   server->registry_ = registry;
+  server->wake_host_ = WakeHost(listen);
   mg_init_library(0);
   // Few threads (scrapes are rare and cheap), no keep-alive, no file serving
   // (no document_root).
@@ -115,7 +157,20 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
 }
 
 MetricsServer::~MetricsServer() {
-  if (context_ != nullptr) mg_stop(context_);
+  if (context_ == nullptr) return;
+  // civetweb's listener thread sees mg_stop()'s flag only when its poll()
+  // returns, which without traffic takes up to 2 s: connections of our own
+  // wake it, so a service's shutdown is not held up.
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    mg_stop(context_);
+    stopped.store(true);
+  });
+  for (int i = 0; i < 200 && !stopped.load(); ++i) {
+    Poke(wake_host_, port_);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  stopper.join();
 }
 
 int MetricsServer::Handle(mg_connection* conn, void* self) {

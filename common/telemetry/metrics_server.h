@@ -52,6 +52,7 @@ class MetricsServer {
   static int Handle(::mg_connection* conn, void* self);
 
   MetricsRegistry* registry_ = nullptr;
+  std::string wake_host_;
   ::mg_context* context_ = nullptr;
   int port_ = 0;
 };
