@@ -14,6 +14,10 @@
 //   POOLSIDE_INGEST_ADDR  ingest service, host:port
 //   POOLSIDE_DATABASE     "demo"
 //   POOLSIDE_CLI          the `poolside` command-line client
+//   POOLSIDE_TOKEN        bearer token of principal "app" (roles read, write,
+//                         sql, admin; ingest into demo.events)
+//   POOLSIDE_READER_TOKEN bearer token of principal "reader" (role read only:
+//                         named queries, no raw SQL, no ingest)
 //
 // in its environment (plus Bazel's, so it can write $XML_OUTPUT_FILE). Exits
 // with PROGRAM's exit code, or 1 (saying why) when the stack did not come up.
@@ -33,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/auth/token_hash.h"
 #include "grpcpp/client_context.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
@@ -44,6 +49,30 @@
 
 namespace poolside::testing {
 namespace {
+
+// Test-only tokens; the services hold only their SHA-256.
+constexpr char kAppToken[] = "client-tests-app-7c4e1f9a2b";
+constexpr char kReaderToken[] = "client-tests-reader-3d8b6a0e5f";
+
+// "app" may do everything the examples do; "reader" only reads, through the
+// named query "account_owner" (the README's point select).
+void AddPrincipals(v1::AuthConfig* auth, bool ingest) {
+  v1::PrincipalConfig* app = auth->add_principals();
+  app->set_name("app");
+  app->set_token_sha256(auth::Sha256Hex(kAppToken));
+  for (const char* role : {"read", "write", "sql", "admin", "ingest"}) app->add_roles(role);
+  app->add_databases("*");
+  if (ingest) {
+    v1::IngestTables* tables = app->add_ingest_tables();
+    tables->set_database(kDemoDatabase);
+    tables->add_tables("events");
+  }
+  v1::PrincipalConfig* reader = auth->add_principals();
+  reader->set_name("reader");
+  reader->set_token_sha256(auth::Sha256Hex(kReaderToken));
+  reader->add_roles("read");
+  reader->add_databases(kDemoDatabase);
+}
 
 struct Stack {
   std::unique_ptr<PostgresCluster> pg;
@@ -92,6 +121,13 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> StartQuery(const PostgresCluster
   v1::CachedTables* tables = cache->add_tables();
   tables->set_database(kDemoDatabase);
   tables->add_tables("accounts");
+  AddPrincipals(config.mutable_auth(), /*ingest=*/false);
+  v1::NamedQuery* named = config.add_named_queries();
+  named->set_name("account_owner");
+  named->set_sql("SELECT owner, balance FROM accounts WHERE id = $1");
+  v1::NamedQueryParam* id = named->add_params();
+  id->set_name("id");
+  id->set_type("int64");
   return StartConfigured("services/query/query_server", config, stem + ".port", stem);
 }
 
@@ -103,6 +139,7 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> StartIngest(const PostgresCluste
   v1::IngestTables* tables = config.add_tables();
   tables->set_database(kDemoDatabase);
   tables->add_tables("events");
+  AddPrincipals(config.mutable_auth(), /*ingest=*/true);
   return StartConfigured("services/ingest/ingest_server", config, stem + ".port", stem);
 }
 
@@ -120,6 +157,7 @@ absl::Status WaitForCachedReads(const std::string& query_addr) {
       [&] {
         grpc::ClientContext ctx;
         ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+        ctx.AddMetadata("authorization", absl::StrCat("Bearer ", kAppToken));
         v1::ExecuteResponse response;
         grpc::Status s = stub->Execute(&ctx, request, &response);
         last = s.ok() ? v1::CacheOutcome_Name(response.cache()) : s.error_message();
@@ -158,6 +196,8 @@ absl::Status StartStack(Stack* stack) {
   setenv("POOLSIDE_INGEST_ADDR", stack->ingest->address().c_str(), 1);
   setenv("POOLSIDE_DATABASE", kDemoDatabase, 1);
   setenv("POOLSIDE_CLI", RunfilePath("cli/poolside").c_str(), 1);
+  setenv("POOLSIDE_TOKEN", kAppToken, 1);
+  setenv("POOLSIDE_READER_TOKEN", kReaderToken, 1);
   return WaitForCachedReads(stack->query->address());
 }
 

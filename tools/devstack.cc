@@ -40,6 +40,7 @@
 #include "absl/time/time.h"
 #include "google/protobuf/util/json_util.h"
 #include "proto/poolside/v1/config.pb.h"
+#include "tests/fixtures/demo_schema.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 
@@ -72,33 +73,8 @@ using ::poolside::testing::PostgresOptions;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 
-constexpr char kDemoDatabase[] = "demo";
-
-constexpr char kDemoSchema[] = R"sql(
-CREATE TABLE IF NOT EXISTS accounts (
-  id         bigint PRIMARY KEY,
-  owner      text NOT NULL,
-  balance    numeric(14,2) NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  tags       jsonb
-);
-INSERT INTO accounts (id, owner, balance, created_at, tags)
-SELECT g,
-       'owner-' || g,
-       ((g * 7919) % 1000000) / 100.0,
-       timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour',
-       jsonb_build_object('tier', (ARRAY['free', 'pro', 'team'])[1 + g % 3],
-                          'active', g % 10 <> 0)
-FROM generate_series(1, 1000) AS g
-ON CONFLICT (id) DO NOTHING;
-CREATE TABLE IF NOT EXISTS events (
-  id         bigint PRIMARY KEY,
-  account_id bigint NOT NULL,
-  kind       text NOT NULL,
-  amount     numeric(14,2),
-  at         timestamptz NOT NULL
-);
-)sql";
+using ::poolside::testing::kDemoDatabase;
+using ::poolside::testing::kDemoSchema;
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

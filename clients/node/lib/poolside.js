@@ -189,9 +189,9 @@ class QueryClient extends BaseClient {
     this.database = options.database || '';
   }
 
-  request(sql, params = [], { maxRows = 0, chunkRows = 0, cache } = {}) {
+  request(sql, params = [], { maxRows = 0, chunkRows = 0, cache, namedQuery = '' } = {}) {
     const request = {
-      database: this.database, sql, params: params.map(toValue), maxRows, chunkRows,
+      database: this.database, sql, params: params.map(toValue), maxRows, chunkRows, namedQuery,
     };
     if (cache) {
       request.cache = {
@@ -211,6 +211,17 @@ class QueryClient extends BaseClient {
    */
   async execute(sql, params = [], options = {}) {
     const response = await this.unary('Execute', this.request(sql, params, options), options.timeoutMs);
+    return resultFrom(response.result, response.cache);
+  }
+
+  /**
+   * The server-configured statement `name` (QueryServiceConfig namedQueries)
+   * with params of its declared types; principals without the `sql` role may
+   * run only these. Resolves like execute().
+   */
+  async executeNamed(name, params = [], options = {}) {
+    const request = this.request('', params, { ...options, namedQuery: name });
+    const response = await this.unary('Execute', request, options.timeoutMs);
     return resultFrom(response.result, response.cache);
   }
 

@@ -19,10 +19,12 @@ const QUERY = requireEnv('POOLSIDE_ADDR');
 const INGEST = requireEnv('POOLSIDE_INGEST_ADDR');
 const CACHE = requireEnv('POOLSIDE_CACHE_ADDR');
 const DATABASE = process.env.POOLSIDE_DATABASE || 'demo';
+const TOKEN = requireEnv('POOLSIDE_TOKEN');
+const READER_TOKEN = requireEnv('POOLSIDE_READER_TOKEN');
 const EXAMPLES = path.join(__dirname, '..', 'examples');
 
 test('query example', async () => {
-  const out = await require('../examples/query').run(QUERY, DATABASE);
+  const out = await require('../examples/query').run(QUERY, DATABASE, TOKEN);
   assert.equal(out.owner, 'owner-42');
   assert.equal(out.balance, '3325.98');
   assert.deepEqual(out.updated, [1, 1]);
@@ -33,7 +35,7 @@ test('query example', async () => {
 });
 
 test('stream example', async () => {
-  const out = await require('../examples/stream').run(QUERY, DATABASE);
+  const out = await require('../examples/stream').run(QUERY, DATABASE, TOKEN);
   assert.equal(out.rows, 1000);
   assert.equal(out.idSum, (1000 * 1001) / 2);
   assert.deepEqual(out.first, [1, 'owner-1']);
@@ -41,7 +43,7 @@ test('stream example', async () => {
 });
 
 test('cached read example', async () => {
-  const out = await require('../examples/cached_read').run(QUERY, DATABASE);
+  const out = await require('../examples/cached_read').run(QUERY, DATABASE, TOKEN);
   assert.deepEqual(out, [['MISS', 'owner-8'], ['HIT', 'owner-8'], ['MISS', 'renamed-8']]);
   const cache = new poolside.CacheClient(CACHE);
   try {
@@ -53,7 +55,7 @@ test('cached read example', async () => {
 });
 
 test('ingest example', async () => {
-  const out = await require('../examples/ingest').run(INGEST, QUERY, DATABASE, undefined, 6001);
+  const out = await require('../examples/ingest').run(INGEST, QUERY, DATABASE, TOKEN, 6001);
   assert.equal(out.written, 2);
   assert.deepEqual(out.rejected.map((r) => r.rowIndex), [1]);
   assert.match(out.rejected[0].reason, /kind/);
@@ -63,9 +65,21 @@ test('ingest example', async () => {
   assert.equal(out.count, 52);
 });
 
+test('auth example', async () => {
+  const out = await require('../examples/auth').run(QUERY, INGEST, DATABASE, TOKEN, READER_TOKEN);
+  assert.deepEqual(out, {
+    noToken: 'UNAUTHENTICATED',
+    badToken: 'UNAUTHENTICATED',
+    readerNamed: ['owner-42', '3325.98'],
+    readerRawSql: 'PERMISSION_DENIED',
+    readerIngest: 'PERMISSION_DENIED',
+    appRawSql: 1000,
+  });
+});
+
 test('examples run as scripts', async () => {
   const env = { ...process.env, POOLSIDE_EXAMPLE_FIRST_ID: '8001' };
-  for (const name of ['query', 'stream', 'cached_read', 'ingest']) {
+  for (const name of ['query', 'stream', 'cached_read', 'ingest', 'auth']) {
     // Rejects (failing the test) on a non-zero exit, with the script's stderr.
     const { stdout } = await promisify(execFile)(process.execPath, [path.join(EXAMPLES, `${name}.js`)],
       { env, timeout: 120000 });
@@ -74,7 +88,7 @@ test('examples run as scripts', async () => {
 });
 
 test('values round-trip with their types', async () => {
-  const db = new poolside.QueryClient(QUERY, { database: DATABASE });
+  const db = new poolside.QueryClient(QUERY, { database: DATABASE, token: TOKEN });
   try {
     const at = new Date('2026-01-02T03:04:05.678Z');
     const params = [null, true, -(2n ** 63n), 1.5, "it's; DROP TABLE accounts;--",
@@ -87,12 +101,21 @@ test('values round-trip with their types', async () => {
   } finally {
     db.close();
   }
+  // Years before 1000 keep four digits on the wire (PostgreSQL would read
+  // "1-01-01" as 2001): found by fuzz/value_codec_fuzzer.
+  const early = ['0001-06-01T00:00:00Z', '0099-06-01T00:00:00Z'].map((t) => new Date(t));
+  const back = new poolside.QueryClient(QUERY, { database: DATABASE, token: TOKEN });
+  try {
+    assert.deepEqual((await back.execute('SELECT $1, $2', early)).rows[0], early);
+  } finally {
+    back.close();
+  }
   assert.throws(() => poolside.toValue(2n ** 63n), RangeError);
   assert.throws(() => poolside.toValue({}), TypeError);
 });
 
 test('errors carry the gRPC code', async () => {
-  const db = new poolside.QueryClient(QUERY, { database: 'no_such_db' });
+  const db = new poolside.QueryClient(QUERY, { database: 'no_such_db', token: TOKEN });
   try {
     await assert.rejects(db.execute('SELECT 1'), (e) => e instanceof poolside.PoolsideError
       && e.codeName === 'NOT_FOUND' && !e.retryable);

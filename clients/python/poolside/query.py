@@ -81,10 +81,11 @@ class QueryClient(_Client):
         self.database = database
         self._stub = query_pb2_grpc.QueryServiceStub(self._channel)
 
-    def _request(self, sql, params, max_rows=0, chunk_rows=0, cache=None):
+    def _request(self, sql, params, max_rows=0, chunk_rows=0, cache=None, named_query=""):
         request = query_pb2.ExecuteRequest(database=self.database, sql=sql,
                                            params=[to_value(p) for p in params],
-                                           max_rows=max_rows, chunk_rows=chunk_rows)
+                                           max_rows=max_rows, chunk_rows=chunk_rows,
+                                           named_query=named_query)
         if cache is not None:
             request.cache.CopyFrom(cache.to_proto())
         return request
@@ -93,6 +94,14 @@ class QueryClient(_Client):
         """One statement; the whole result. `cache`: a CachePolicy for reads."""
         response = self._call(self._stub.Execute,
                               self._request(sql, params, max_rows=max_rows, cache=cache), timeout)
+        return Result.from_proto(response.result, response.cache)
+
+    def execute_named(self, name, *params, cache=None, max_rows=0, timeout=None):
+        """The server-configured statement `name` (QueryServiceConfig named_queries)
+        with `params` of its declared types. Principals without the `sql` role
+        may run only these."""
+        request = self._request("", params, max_rows=max_rows, cache=cache, named_query=name)
+        response = self._call(self._stub.Execute, request, timeout)
         return Result.from_proto(response.result, response.cache)
 
     def stream(self, sql, *params, chunk_rows=0, max_rows=0, timeout=None):

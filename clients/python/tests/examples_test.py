@@ -40,6 +40,8 @@ QUERY = require_env("POOLSIDE_ADDR")
 INGEST = require_env("POOLSIDE_INGEST_ADDR")
 CACHE = require_env("POOLSIDE_CACHE_ADDR")
 DATABASE = os.environ.get("POOLSIDE_DATABASE", "demo")
+TOKEN = require_env("POOLSIDE_TOKEN")
+READER_TOKEN = require_env("POOLSIDE_READER_TOKEN")
 
 
 def load_example(name):
@@ -52,7 +54,7 @@ def load_example(name):
 
 class ExamplesTest(unittest.TestCase):
     def test_query(self):
-        out = load_example("query").run(QUERY, DATABASE)
+        out = load_example("query").run(QUERY, DATABASE, TOKEN)
         self.assertEqual(out["owner"], "owner-42")
         self.assertEqual(out["balance"], Decimal("3325.98"))
         self.assertEqual(out["updated"], [1, 1])
@@ -63,14 +65,14 @@ class ExamplesTest(unittest.TestCase):
         self.assertIn("42601", out["error_message"])
 
     def test_stream(self):
-        out = load_example("stream").run(QUERY, DATABASE)
+        out = load_example("stream").run(QUERY, DATABASE, TOKEN)
         self.assertEqual(out["rows"], 1000)
         self.assertEqual(out["id_sum"], 1000 * 1001 // 2)
         self.assertEqual(out["first"], (1, "owner-1"))
         self.assertEqual(out["last"], (1000, "owner-1000"))
 
     def test_cached_read(self):
-        out = load_example("cached_read").run(QUERY, DATABASE)
+        out = load_example("cached_read").run(QUERY, DATABASE, TOKEN)
         self.assertEqual(out, [("MISS", "owner-7"), ("HIT", "owner-7"), ("MISS", "renamed-7")])
         with poolside.CacheClient(CACHE) as cache:
             stats = cache.stats()
@@ -78,7 +80,7 @@ class ExamplesTest(unittest.TestCase):
             self.assertGreaterEqual(stats.sets, 1)
 
     def test_ingest(self):
-        out = load_example("ingest").run(INGEST, QUERY, DATABASE, first_id=5001)
+        out = load_example("ingest").run(INGEST, QUERY, DATABASE, TOKEN, first_id=5001)
         self.assertEqual(out["written"], 2)
         self.assertEqual([r[0] for r in out["rejected"]], [1])
         self.assertIn("kind", out["rejected"][0][1])
@@ -88,16 +90,37 @@ class ExamplesTest(unittest.TestCase):
                                          (5003, "withdrawal", None)])
         self.assertEqual(out["count"], 52)
 
+    def test_auth(self):
+        out = load_example("auth").run(QUERY, INGEST, DATABASE, TOKEN, READER_TOKEN)
+        self.assertEqual(out["no_token"], grpc.StatusCode.UNAUTHENTICATED)
+        self.assertEqual(out["bad_token"], grpc.StatusCode.UNAUTHENTICATED)
+        self.assertEqual(out["reader_named"], ("owner-42", Decimal("3325.98")))
+        self.assertEqual(out["reader_raw_sql"], grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(out["reader_ingest"], grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(out["app_raw_sql"], 1000)
+
     def test_examples_run_as_scripts(self):
         env = dict(os.environ, PYTHONPATH=CLIENT_DIR, POOLSIDE_EXAMPLE_FIRST_ID="7001")
-        for name in ("query", "stream", "cached_read", "ingest"):
+        for name in ("query", "stream", "cached_read", "ingest", "auth"):
             with self.subTest(example=name):
                 done = subprocess.run([sys.executable, os.path.join(EXAMPLES_DIR, f"{name}.py")],
                                       env=env, capture_output=True, text=True, timeout=120)
                 self.assertEqual(done.returncode, 0, f"{name}.py failed:\n{done.stderr}")
 
+    def test_readme_calls(self):
+        """README "Calling poolside": the same point select from the CLI and C++
+        (Python and Node: the query examples) prints the same row."""
+        cpp = os.path.join(os.path.dirname(CLIENT_DIR), "cpp", "query_example")
+        cli = [require_env("POOLSIDE_CLI"), "query",
+               "SELECT owner, balance FROM accounts WHERE id = $1", "42"]
+        for name, argv in (("cli", cli), ("cpp", [cpp])):
+            with self.subTest(program=name):
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+                self.assertEqual(done.returncode, 0, done.stderr)
+                self.assertRegex(done.stdout, r"owner-42\s+(\|\s*)?3325\.98")
+
     def test_values_round_trip(self):
-        with poolside.QueryClient(QUERY, database=DATABASE) as db:
+        with poolside.QueryClient(QUERY, database=DATABASE, token=TOKEN) as db:
             at = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.timezone.utc)
             values = (None, True, -(2**63), 1.5, "it's; DROP TABLE accounts;--", b"\x00\xff",
                       at, Decimal("12345678901234567890.000001"), poolside.Json({"a": [1, None]}))
@@ -106,13 +129,18 @@ class ExamplesTest(unittest.TestCase):
                              *values).rows[0]
         self.assertEqual(row[:8], values[:8])
         self.assertEqual(row[8], {"a": [1, None]})
+        # Years before 1000 keep four digits on the wire (PostgreSQL would read
+        # "1-01-01" as 2001): found by fuzz/value_codec_fuzzer.
+        early = [datetime.datetime(y, 6, 1, tzinfo=datetime.timezone.utc) for y in (1, 99, 999)]
+        with poolside.QueryClient(QUERY, database=DATABASE, token=TOKEN) as db:
+            self.assertEqual(list(db.execute("SELECT $1, $2, $3", *early).rows[0]), early)
         with self.assertRaises(ValueError):
             poolside.to_value(datetime.datetime(2026, 1, 1))
         with self.assertRaises(ValueError):
             poolside.to_value(2**63)
 
     def test_errors_carry_code(self):
-        with poolside.QueryClient(QUERY, database="no_such_db") as db:
+        with poolside.QueryClient(QUERY, database="no_such_db", token=TOKEN) as db:
             with self.assertRaises(poolside.Error) as caught:
                 db.execute("SELECT 1")
         self.assertEqual(caught.exception.code, grpc.StatusCode.NOT_FOUND)
