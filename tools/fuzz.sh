@@ -119,6 +119,8 @@ build() {
     for p in "${pids[@]}"; do wait "$p" || return 1; done
     "$CXX" "${CXXFLAGS[@]}" "${objs[@]}" $LINK_FLAGS -o "$dir.tmp/${t}_fuzzer" || return 1
     rm -rf "$dir" && mv "$dir.tmp" "$dir" || return 1
+    # Builds of older sources are not needed again.
+    find "$WORK/build" -mindepth 1 -maxdepth 1 -name "$t-*" ! -name "$t-$key" -exec rm -rf {} +
   fi
   echo "$bin"
 }
