@@ -1,8 +1,8 @@
 // The configuration inside the rendered ConfigMaps is accepted by the binaries
 // themselves: for every poolside container of every overlay, the file mounted
 // at its --config path is given to the same binary with --check_config, under
-// the container's environment (a Secret reference becomes a placeholder DSN,
-// since the real one exists only in the cluster).
+// the container's environment (a Secret reference becomes a placeholder of the
+// right form, since the real Secret exists only in the cluster).
 //   node configmap_check_test.mjs QUERY_SERVER CACHE_SERVER INGEST_SERVER
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -16,7 +16,14 @@ if (!ingestServer) {
   process.exit(2);
 }
 const binaries = { query: queryServer, cache: cacheServer, ingest: ingestServer };
-const PLACEHOLDER_DSN = "host=secret-from-the-cluster.invalid port=5432 dbname=app user=poolside";
+// Stand-ins for the Secrets that exist only in the cluster (by name/key), of
+// the form the binaries expect.
+const PLACEHOLDERS = {
+  "poolside-db/app-dsn": "host=secret-from-the-cluster.invalid port=5432 dbname=app user=poolside",
+  "poolside-auth/principals.json": JSON.stringify({
+    principals: [{ name: "placeholder", tokenSha256: "0".repeat(64), roles: ["read"], databases: ["*"] }],
+  }),
+};
 
 let failures = 0;
 const fail = (msg) => {
@@ -54,7 +61,11 @@ for (const [name, dir] of overlays()) {
       const env = { PATH: process.env.PATH };
       for (const e of c.env ?? []) {
         if (e.value != null) env[e.name] = e.value;
-        else if (e.valueFrom?.secretKeyRef) env[e.name] = PLACEHOLDER_DSN;
+        else if (e.valueFrom?.secretKeyRef) {
+          const ref = `${e.valueFrom.secretKeyRef.name}/${e.valueFrom.secretKeyRef.key}`;
+          if (PLACEHOLDERS[ref] == null) fail(`${where}: env ${e.name}: add a placeholder for Secret ${ref} to this test`);
+          else env[e.name] = PLACEHOLDERS[ref];
+        }
         else fail(`${where}: env ${e.name}: only value and secretKeyRef are understood here`);
       }
       const file = join(work, `${name}-${pod.owner.metadata.name}-${c.name}-${config.key}`);
@@ -62,7 +73,7 @@ for (const [name, dir] of overlays()) {
       const r = spawnSync(binary, [`--config=${file}`, "--check_config"], { env, encoding: "utf8" });
       const output = `${r.stdout ?? ""}${r.stderr ?? ""}`.trim();
       if (r.status !== 0 || !r.stdout.includes("configuration OK")) {
-        fail(`${where}: ${service}_server --check_config rejects ${config.key} (exit ${r.status}):\n${output}`);
+        fail(`${where}: ${service}_server --check_config rejects ${config.key} (exit ${r.status}${r.signal ? `, signal ${r.signal}` : ""}${r.error ? `, ${r.error.message}` : ""}):\n${output}`);
       } else {
         console.log(`${where}: ${config.key}: ${r.stdout.trim()}`);
         seen.add(service);
