@@ -735,6 +735,39 @@ TEST_F(TlsTest, MutualTlsRefusesClientsWithoutACertificate) {
   EXPECT_EQ(testing::Terminate(*server).value_or(-1), 0);
 }
 
+TEST_F(TlsTest, CliTakesTokenAndCaFromFlagsOrEnvironment) {
+  std::unique_ptr<ServiceProcess> server = Start(/*mutual=*/false);
+  ASSERT_NE(server, nullptr);
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {testing::RunfilePath("cli/poolside"), "query",
+                               "--addr=" + server->address(), "--db=" + std::string(kDb)});
+    args.push_back("SELECT 40 + 2 AS answer");
+    absl::StatusOr<testing::CommandResult> r = testing::RunCommand(args);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : testing::CommandResult{-1, ""};
+  };
+  unsetenv("POOLSIDE_TOKEN");
+  unsetenv("POOLSIDE_TLS_CA");
+  testing::CommandResult ok = cli({"--tls_ca=" + pki_->ca_cert, std::string("--token=") + kAnalyst.token});
+  EXPECT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(ok.output.find("42"), std::string::npos) << ok.output;
+
+  testing::CommandResult no_token = cli({"--tls_ca=" + pki_->ca_cert});
+  EXPECT_NE(no_token.exit_code, 0);
+  EXPECT_NE(no_token.output.find("UNAUTHENTICATED"), std::string::npos) << no_token.output;
+
+  testing::CommandResult plaintext = cli({std::string("--token=") + kAnalyst.token});
+  EXPECT_NE(plaintext.exit_code, 0) << plaintext.output;
+
+  setenv("POOLSIDE_TOKEN", kAnalyst.token, 1);
+  setenv("POOLSIDE_TLS_CA", pki_->ca_cert.c_str(), 1);
+  testing::CommandResult from_env = cli({});
+  unsetenv("POOLSIDE_TOKEN");
+  unsetenv("POOLSIDE_TLS_CA");
+  EXPECT_EQ(from_env.exit_code, 0) << from_env.output;
+  EXPECT_EQ(testing::Terminate(*server).value_or(-1), 0);
+}
+
 TEST(TlsConfigTest, AServerWithoutCertificateOrExplicitPlaintextRefusesToStart) {
   v1::QueryServiceConfig c = QueryConfig();
   const std::string stem = NewStem("query_server");
