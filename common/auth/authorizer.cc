@@ -165,7 +165,7 @@ absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
   }
   auto limiter = std::make_unique<Limiter>();
   {
-    absl::MutexLock lock(&limiter->mu);
+    std::lock_guard<std::mutex> lock(limiter->mu);
     limiter->tokens = p->limits.burst() > 0
                           ? p->limits.burst()
                           : std::max(1.0, p->limits.requests_per_second());
@@ -255,7 +255,7 @@ absl::StatusOr<Authorizer::Permit> Authorizer::Admit(const Principal& who,
   const double rate = limits.requests_per_second();
   if (rate <= 0) return permit;
   const double burst = limits.burst() > 0 ? limits.burst() : std::max(1.0, rate);
-  absl::MutexLock lock(&l.mu);
+  std::lock_guard<std::mutex> lock(l.mu);
   const absl::Time now = clock_->Now();
   l.tokens = std::min(burst, l.tokens + rate * absl::ToDoubleSeconds(now - l.refilled));
   l.refilled = now;

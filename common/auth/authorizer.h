@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -28,7 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
 #include "proto/poolside/v1/config.pb.h"
@@ -108,7 +109,9 @@ class Authorizer {
 
  private:
   struct Limiter {
-    absl::Mutex mu;
+    // std::mutex rather than absl::Mutex: Debian's Abseil is not built with
+    // ThreadSanitizer, so absl::Mutex's synchronisation is invisible to TSAN.
+    std::mutex mu;
     double tokens ABSL_GUARDED_BY(mu) = 0;
     absl::Time refilled ABSL_GUARDED_BY(mu);
     std::atomic<int> in_flight{0};

@@ -2,7 +2,9 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <atomic>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/auth/token_hash.h"
@@ -191,6 +193,41 @@ TEST(AuthorizerLimitsTest, ConcurrencySlotsAreReleasedWithThePermit) {
   EXPECT_GT(retry, absl::ZeroDuration());
   *one = Authorizer::Permit();  // released
   EXPECT_TRUE((*a)->Admit(p, &retry).ok());
+}
+
+TEST(AuthorizerLimitsTest, ConcurrentAdmissionsKeepBothLimits) {
+  SimulatedClock clock;  // frozen: exactly `burst` calls fit the bucket
+  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(
+      Config("{\"principals\": [" +
+             Principal("p", "tok-p", "\"read\"",
+                       ", \"limits\": {\"requestsPerSecond\": 1, \"burst\": 100, "
+                       "\"maxConcurrent\": 4}") +
+             "]}"),
+      &clock);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const std::string h = Bearer("tok-p");
+  const auth::Principal& p = **(*a)->Authenticate(&h);
+  std::atomic<int> admitted{0}, in_flight{0}, max_in_flight{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 100; ++i) {
+        absl::Duration retry;
+        absl::StatusOr<Authorizer::Permit> permit = (*a)->Admit(p, &retry);
+        if (!permit.ok()) continue;
+        admitted.fetch_add(1);
+        const int now = in_flight.fetch_add(1) + 1;
+        int seen = max_in_flight.load();
+        while (now > seen && !max_in_flight.compare_exchange_weak(seen, now)) {
+        }
+        in_flight.fetch_sub(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_LE(admitted.load(), 100);
+  EXPECT_GT(admitted.load(), 0);
+  EXPECT_LE(max_in_flight.load(), 4);
 }
 
 }  // namespace
