@@ -302,8 +302,15 @@ int Main(int argc, char** argv) {
   if (!tracer.ok()) return PrintError(tracer.status());
   const char* traceparent = std::getenv("TRACEPARENT");
   const char* tracestate = std::getenv("TRACESTATE");
+  std::string command_name = "help";
+  for (const std::string& a : args) {
+    if (!absl::StartsWith(a, "-")) {
+      command_name = a;
+      break;
+    }
+  }
   telemetry::Span command_span = telemetry::StartSpan(
-      absl::StrCat("poolside ", args.empty() ? "help" : args[0]), telemetry::SpanKind::kInternal,
+      absl::StrCat("poolside ", command_name), telemetry::SpanKind::kInternal,
       telemetry::ParseTraceparent(traceparent == nullptr ? "" : traceparent,
                                   tracestate == nullptr ? "" : tracestate)
           .value_or(telemetry::SpanContext()));

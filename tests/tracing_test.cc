@@ -29,6 +29,8 @@
 #include "tests/fixtures/otlp_receiver.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/service_process.h"
+#include "tests/fixtures/subprocess.h"
 
 namespace poolside {
 namespace {
@@ -39,6 +41,8 @@ using ::poolside::testing::Hex;
 using ::poolside::testing::NewStem;
 using ::poolside::testing::OtlpReceiver;
 using ::poolside::testing::ReceivedSpan;
+using ::poolside::testing::RunCommand;
+using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::SharedPostgres;
 using ::poolside::testing::StartConfigured;
@@ -480,6 +484,38 @@ TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
     }
   }
   EXPECT_EQ(rows, 5 * kRequests);
+}
+
+TEST_F(TracingTest, TheCliContinuesTheCallersTraceAndExportsItsOwnSpan) {
+  ClientTrace caller;
+  auto run = RunCommand({"env", absl::StrCat("TRACEPARENT=", caller.traceparent()),
+                         absl::StrCat("OTEL_EXPORTER_OTLP_ENDPOINT=http://", receiver_->address()),
+                         RunfilePath("cli/poolside"), absl::StrCat("--addr=", query_->address()),
+                         "query", "SELECT name FROM items WHERE id = $1", "2"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  ASSERT_EQ(run->exit_code, 0) << run->output;
+  EXPECT_NE(run->output.find(absl::StrCat("trace_id: ", caller.trace_id)), std::string::npos)
+      << run->output;
+  // The CLI flushed its span before exiting; the query's may still be on its way.
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        const auto mine = InTrace(all, caller.trace_id);
+        return !Named(mine, "poolside-cli", "poolside query").empty() &&
+               !Named(mine, "poolside-query", "poolside.v1.QueryService/Execute").empty();
+      },
+      absl::Seconds(30)))
+      << Describe(InTrace(receiver_->Spans(), caller.trace_id));
+  const auto spans = InTrace(receiver_->Spans(), caller.trace_id);
+  SCOPED_TRACE(Describe(spans));
+  auto cli = Named(spans, "poolside-cli", "poolside query");
+  ASSERT_EQ(cli.size(), 1u);
+  EXPECT_EQ(Hex(cli[0].parent_span_id()), caller.span_id);
+  auto client = Named(spans, "poolside-cli", "poolside.v1.QueryService/Execute");
+  ASSERT_EQ(client.size(), 1u);
+  EXPECT_EQ(client[0].parent_span_id(), cli[0].span_id());
+  auto server = Named(spans, "poolside-query", "poolside.v1.QueryService/Execute");
+  ASSERT_EQ(server.size(), 1u);
+  EXPECT_EQ(server[0].parent_span_id(), client[0].span_id());
 }
 
 // The value of "spans_dropped" in the service's latest "tracing stats" log
