@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <functional>
+#include <future>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -511,6 +512,72 @@ TEST_F(SecurityTest, RateLimitedPrincipalDoesNotSlowOthers) {
   EXPECT_GT(*retry, absl::ZeroDuration());
   EXPECT_LE(*retry, absl::Seconds(1));
   EXPECT_NE(last.error_message().find("rate limit"), std::string::npos) << last.error_message();
+}
+
+TEST(SecurityConcurrencyTest, ANoisyPrincipalHoldsAtMostItsShareOfThePool) {
+  PostgresCluster& pg = SharedPostgres();
+  pg.CreateDatabase(kDb).IgnoreError();  // shared with SecurityTest
+  v1::QueryServiceConfig c = QueryConfig();
+  c.mutable_databases(0)->mutable_pool()->set_max_size(3);
+  for (v1::PrincipalConfig& p : *c.mutable_auth()->mutable_principals()) {
+    if (p.name() == kAnalyst.name) p.mutable_limits()->set_max_concurrent(2);
+  }
+  auto server = StartQuery(c);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel = Connect((*server)->address());
+  ASSERT_TRUE(channel.ok());
+  auto stub = v1::QueryService::NewStub(*channel);
+  v1::ExecuteRequest sleep;
+  sleep.set_database(kDb);
+  sleep.set_sql("SELECT pg_sleep(60)");
+  // Two slow calls of the noisy principal: its whole allowance. (A read-only
+  // principal's statements each run in a transaction of their own, so each
+  // holds a connection: two sleeping backends.)
+  struct Slow {
+    grpc::ClientContext ctx;
+    v1::ExecuteResponse resp;
+    std::promise<grpc::Status> done;
+  };
+  std::vector<std::unique_ptr<Slow>> slow;
+  for (int i = 0; i < 2; ++i) {
+    auto call = std::make_unique<Slow>();
+    WithToken(&call->ctx, &kAnalyst);
+    call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(90)));
+    Slow* raw = call.get();
+    stub->async()->Execute(&raw->ctx, &sleep, &raw->resp,
+                           [raw](grpc::Status st) { raw->done.set_value(std::move(st)); });
+    slow.push_back(std::move(call));
+  }
+  absl::StatusOr<std::string> sleeping;
+  const bool both = testing::WaitFor(
+      [&] {
+        sleeping = pg.QueryValue(kDb,
+                                 "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                 "AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()");
+        return sleeping.ok() && *sleeping == "2";
+      },
+      absl::Seconds(30));
+  ASSERT_TRUE(both) << (sleeping.ok() ? *sleeping : sleeping.status().ToString());
+  // A third is refused at once, with a retry hint ...
+  grpc::ClientContext ctx;
+  WithToken(&ctx, &kAnalyst);
+  v1::ExecuteResponse resp;
+  grpc::Status third = stub->Execute(&ctx, sleep, &resp);
+  EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << third.error_message();
+  EXPECT_TRUE(server::RetryDelayOf(third).has_value());
+  // ... and another principal still gets a connection.
+  grpc::ClientContext other_ctx;
+  WithToken(&other_ctx, &kWriter);
+  v1::ExecuteRequest quick;
+  quick.set_database(kDb);
+  quick.set_sql("SELECT 1");
+  grpc::Status other = stub->Execute(&other_ctx, quick, &resp);
+  EXPECT_TRUE(other.ok()) << other.error_message();
+  for (auto& call : slow) call->ctx.TryCancel();
+  for (auto& call : slow) {
+    EXPECT_EQ(call->done.get_future().get().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_EQ(testing::Terminate(**server).value_or(-1), 0);
 }
 
 TEST_F(SecurityTest, TokensAndDsnPasswordNeverReachTheLogs) {
