@@ -43,8 +43,10 @@ const char* TypeName(ServerRpcInfo::Type type) {
 struct MethodSeries {
   std::string service;
   std::string method;
-  prometheus::Histogram* latency = nullptr;
-  std::array<prometheus::Counter*, kCodes> handled{};  // created on first use per code
+  std::string type;
+  // Per status code, created on first use.
+  std::array<prometheus::Counter*, kCodes> handled{};
+  std::array<prometheus::Histogram*, kCodes> latency{};
 };
 
 // Shared by the factory, its interceptors and the status section.
@@ -68,12 +70,14 @@ class CallMetrics {
       std::lock_guard<std::mutex> lock(mu_);
       MethodSeries& m = SeriesFor(full_method, type);
       if (m.handled[code] == nullptr) {
-        m.handled[code] = &handled_.Add({{"grpc_service", m.service},
-                                         {"grpc_method", m.method},
-                                         {"grpc_type", TypeName(type)},
-                                         {"grpc_code", GrpcCodeName(code)}});
+        const prometheus::Labels labels = {{"grpc_service", m.service},
+                                           {"grpc_method", m.method},
+                                           {"grpc_type", m.type},
+                                           {"grpc_code", GrpcCodeName(code)}};
+        m.handled[code] = &handled_.Add(labels);
+        m.latency[code] = &latency_.Add(labels, RequestLatencyBuckets());
       }
-      latency = m.latency;
+      latency = m.latency[code];
       handled = m.handled[code];
     }
     handled->Increment();
@@ -90,12 +94,13 @@ class CallMetrics {
     std::sort(methods.begin(), methods.end());
     for (const auto& [key, m] : methods) {
       double calls = 0, errors = 0;
+      Histogram::Snapshot s;
       for (int c = 0; c < kCodes; ++c) {
         if (m->handled[c] == nullptr) continue;
         calls += m->handled[c]->Value();
         if (c != 0) errors += m->handled[c]->Value();
+        MergeSnapshot(ToSnapshot(m->latency[c]->Collect().histogram), &s);  // same buckets
       }
-      const Histogram::Snapshot s = ToSnapshot(m->latency->Collect().histogram);
       t.rows.push_back({absl::StrCat(m->service, "/", m->method), FormatCount(calls),
                         FormatCount(errors), s.count ? FormatSeconds(s.sum / s.count) : "-",
                         s.count ? FormatSeconds(s.Percentile(0.5)) : "-",
@@ -122,10 +127,7 @@ class CallMetrics {
     const size_t slash = name.find('/');
     m.service = slash == absl::string_view::npos ? "" : std::string(name.substr(0, slash));
     m.method = std::string(slash == absl::string_view::npos ? name : name.substr(slash + 1));
-    m.latency = &latency_.Add({{"grpc_service", m.service},
-                               {"grpc_method", m.method},
-                               {"grpc_type", TypeName(type)}},
-                              RequestLatencyBuckets());
+    m.type = TypeName(type);
     return series_.emplace(std::move(key), std::move(m)).first->second;
   }
 

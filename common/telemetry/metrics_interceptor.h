@@ -4,7 +4,7 @@
 // A gRPC server interceptor counting calls and their latency by method and
 // status code:
 //   poolside_grpc_server_handled_total{grpc_service, grpc_method, grpc_type, grpc_code}
-//   poolside_grpc_server_handling_seconds{grpc_service, grpc_method, grpc_type}
+//   poolside_grpc_server_handling_seconds{grpc_service, grpc_method, grpc_type, grpc_code}
 // (latency from the call's start to its status being sent), plus a "gRPC calls"
 // section on the status page. A call that ends without sending a status (the
 // client went away first) counts as CANCELLED.

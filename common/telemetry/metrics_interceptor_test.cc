@@ -74,12 +74,13 @@ TEST_F(MetricsInterceptorTest, CountsCallsByMethodAndCode) {
                       "grpc_method=\"Fail\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 2\n"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("poolside_grpc_server_handling_seconds_count{grpc_method=\"Get\","
-                      "grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 3\n"),
+  EXPECT_NE(text.find("poolside_grpc_server_handling_seconds_count{grpc_code=\"OK\","
+                      "grpc_method=\"Get\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 3\n"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("poolside_grpc_server_handling_seconds_bucket{grpc_method=\"Fail\","
-                      "grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\",le=\"+Inf\"} 2\n"),
+  EXPECT_NE(text.find("poolside_grpc_server_handling_seconds_bucket{grpc_code=\"NOT_FOUND\","
+                      "grpc_method=\"Fail\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\","
+                      "le=\"+Inf\"} 2\n"),
             std::string::npos)
       << text;
 
