@@ -102,25 +102,30 @@ build() {
   local bin="$dir/${t}_fuzzer"
   if [[ ! -x $bin ]]; then
     echo "fuzz: building $t ($(wc -w <<<"$srcs") sources, $(wc -w <<<"$protos") protos)" >&2
-    rm -rf "$dir.tmp" && mkdir -p "$dir.tmp/gen" || return 1
+    # A private temporary directory: another fuzz.sh may be building too.
+    local tmp="$dir.tmp.$$"
+    rm -rf "$tmp" && mkdir -p "$tmp/gen" || return 1
     local gen_srcs=()
     if [[ -n $protos ]]; then
-      protoc -I. -I/usr/include --cpp_out="$dir.tmp/gen" $protos || return 1
-      for p in $protos; do gen_srcs+=("$dir.tmp/gen/${p%.proto}.pb.cc"); done
+      protoc -I. -I/usr/include --cpp_out="$tmp/gen" $protos || return 1
+      for p in $protos; do gen_srcs+=("$tmp/gen/${p%.proto}.pb.cc"); done
     fi
     local objs=() pids=() n=0
     for src in "fuzz/${t}_fuzzer.cc" $srcs "${gen_srcs[@]}"; do
-      local obj="$dir.tmp/obj$((n++)).o"
+      local obj="$tmp/obj$((n++)).o"
       objs+=("$obj")
-      "$CXX" "${CXXFLAGS[@]}" -I"$dir.tmp/gen" -c "$src" -o "$obj" &
+      "$CXX" "${CXXFLAGS[@]}" -I"$tmp/gen" -c "$src" -o "$obj" &
       pids+=($!)
       if (( ${#pids[@]} >= 2 )); then wait "${pids[0]}" || return 1; pids=("${pids[@]:1}"); fi
     done
     for p in "${pids[@]}"; do wait "$p" || return 1; done
-    "$CXX" "${CXXFLAGS[@]}" "${objs[@]}" $LINK_FLAGS -o "$dir.tmp/${t}_fuzzer" || return 1
-    rm -rf "$dir" && mv "$dir.tmp" "$dir" || return 1
-    # Builds of older sources are not needed again.
-    find "$WORK/build" -mindepth 1 -maxdepth 1 -name "$t-*" ! -name "$t-$key" -exec rm -rf {} +
+    "$CXX" "${CXXFLAGS[@]}" "${objs[@]}" $LINK_FLAGS -o "$tmp/${t}_fuzzer" || return 1
+    if [[ -x $bin ]]; then rm -rf "$tmp"; else rm -rf "$dir" && mv "$tmp" "$dir" || return 1; fi
+    # Finished builds of older sources are not needed again (temporary
+    # directories may belong to a build in progress).
+    find "$WORK/build" -mindepth 1 -maxdepth 1 -name "$t-*" ! -name "$t-$key" ! -name "*.tmp.*" \
+      -exec rm -rf {} +
+    find "$WORK/build" -mindepth 1 -maxdepth 1 -name "*.tmp.*" -mmin +1440 -exec rm -rf {} +
   fi
   echo "$bin"
 }

@@ -21,7 +21,7 @@ count_cases() {
     fi
     # The first <testsuites ...> (or <testsuite ...>) element holds the totals.
     local head
-    head=$(grep -m1 -oE '<testsuites?[^>]*>' "$xml")
+    head=$(grep -m1 -oE '<testsuites?[^>]*>' "$xml" | head -n1)
     local t f e
     t=$(grep -oE ' tests="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
     f=$(grep -oE ' failures="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)

@@ -191,6 +191,7 @@ def write_junit(path, result):
         case = ET.SubElement(suite, "testcase", {"name": name, "time": f"{seconds:.3f}"})
         if kind:
             ET.SubElement(case, kind, {"message": detail.splitlines()[-1] if detail else ""}).text = detail
+    ET.indent(suites)  # one element per line, as Bazel's own test.xml
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
 
 
