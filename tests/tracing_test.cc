@@ -5,6 +5,8 @@
 // requests it carried; and a collector that is down or slow costs no call
 // while the dropped-span count rises.
 
+#include <libpq-fe.h>
+
 #include <atomic>
 #include <fstream>
 #include <map>
@@ -23,6 +25,7 @@
 #include "absl/time/time.h"
 #include "grpcpp/client_context.h"
 #include "gtest/gtest.h"
+#include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
@@ -484,6 +487,94 @@ TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
     }
   }
   EXPECT_EQ(rows, 5 * kRequests);
+}
+
+TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
+  // A session of the test's own holds an advisory lock the statement needs, so
+  // the first caller's query waits until both callers have missed.
+  PGconn* holder = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
+  ASSERT_EQ(PQstatus(holder), CONNECTION_OK);
+  auto exec = [&](const char* sql) {
+    PGresult* r = PQexec(holder, sql);
+    const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    return ok;
+  };
+  v1::ExecuteRequest read;
+  read.set_database(kDb);
+  read.set_sql(
+      "SELECT i.name FROM items i, (SELECT pg_advisory_lock_shared(4242)) l WHERE i.id = $1");
+  read.mutable_cache()->set_ttl_ms(60000);
+  // The statement's tables are learned first (another key, lock free), so the
+  // callers below only wait on the cache.
+  read.add_params()->set_int64_value(-1);
+  v1::ExecuteResponse learned;
+  ASSERT_TRUE(Execute(*query_stub_, read, "", &learned).ok());
+  read.mutable_params(0)->set_int64_value(absl::ToUnixMicros(absl::Now()));  // a fresh key
+  ASSERT_TRUE(exec("SELECT pg_advisory_lock(4242)"));
+  auto cache_channel = Connect(cache_->address());
+  ASSERT_TRUE(cache_channel.ok()) << cache_channel.status();
+  auto cache_stub = v1::CacheService::NewStub(*cache_channel);
+  auto misses = [&]() -> uint64_t {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::CacheStats stats;
+    return cache_stub->GetStats(&ctx, v1::CacheGetStatsRequest(), &stats).ok() ? stats.misses() : 0;
+  };
+  const uint64_t misses_before = misses();
+
+  ClientTrace callers[2];
+  grpc::Status statuses[2];
+  v1::ExecuteResponse responses[2];
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      statuses[i] = Execute(*query_stub_, read, callers[i].traceparent(), &responses[i]);
+    });
+  }
+  EXPECT_TRUE(WaitFor([&] { return misses() >= misses_before + 2; }, absl::Seconds(30)))
+      << "both callers did not reach the cache";
+  EXPECT_TRUE(exec("SELECT pg_advisory_unlock(4242)"));
+  for (auto& t : threads) t.join();
+  PQfinish(holder);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].cache(), v1::MISS);
+  }
+
+  // One trace ran the statement; the other waited for it.
+  auto spans_of = [&](int i) { return InTrace(receiver_->Spans(), callers[i].trace_id); };
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        int statements = 0, waits = 0;
+        for (const ClientTrace& c : callers) {
+          const auto mine = InTrace(all, c.trace_id);
+          if (Named(mine, "poolside-query", "poolside.v1.QueryService/Execute").empty()) return false;
+          statements += Named(mine, "poolside-query", "SELECT tracing").size();
+          waits += Named(mine, "poolside-query", "cache.singleflight.wait").size();
+        }
+        return statements == 1 && waits == 1;
+      },
+      absl::Seconds(30)))
+      << Describe(spans_of(0)) << Describe(spans_of(1)) << [&] {
+           std::string out = "\nall waits:";
+           for (const ReceivedSpan& s : receiver_->Spans()) {
+             if (s.span.name() == "cache.singleflight.wait") {
+               absl::StrAppend(&out, " trace=", Hex(s.span.trace_id()), " parent=",
+                               Hex(s.span.parent_span_id()));
+             }
+           }
+           return out;
+         }();
+  for (int i = 0; i < 2; ++i) {
+    const auto mine = spans_of(i);
+    auto server = Named(mine, "poolside-query", "poolside.v1.QueryService/Execute");
+    ASSERT_EQ(server.size(), 1u);
+    for (const auto& wait : Named(mine, "poolside-query", "cache.singleflight.wait")) {
+      EXPECT_EQ(wait.parent_span_id(), server[0].span_id());
+      EXPECT_TRUE(Named(mine, "poolside-query", "SELECT tracing").empty()) << Describe(mine);
+    }
+  }
 }
 
 TEST_F(TracingTest, TheCliContinuesTheCallersTraceAndExportsItsOwnSpan) {
