@@ -15,7 +15,9 @@
 // export_timeout (collector down or slow), is dropped and counted. A batch is
 // sent when max_batch_size spans wait, or batch_interval after the previous
 // send. Nothing on the caller's path ever waits for the network: Export() takes
-// a mutex for a push onto a deque.
+// a mutex for a push onto a deque. The "tracing stats" log line is written by
+// the exporter's thread between sends (so at most export_timeout late);
+// stats() is always current.
 //
 // Thread-safe.
 
