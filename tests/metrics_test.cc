@@ -268,7 +268,17 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   ASSERT_GE(base_ok, 1);
 
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(execute("SELECT name FROM items WHERE id = 1", true).ok());
+  const double invalidations_before = Scrape(cache_port).Get("poolside_cache_invalidations_total");
   ASSERT_TRUE(execute("UPDATE items SET name = 'uno' WHERE id = 1", false).ok());
+  // The write invalidates twice: through this replica before its reply, and
+  // again when its NOTIFY arrives. Wait for the second, so that it cannot drop
+  // the entry the reads below fill (which would turn a hit into a miss).
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        return Scrape(cache_port).Get("poolside_cache_invalidations_total") >=
+               invalidations_before + 2;
+      },
+      absl::Seconds(20)));
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(execute("SELECT name FROM items WHERE id = 1", true).ok());
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(execute(absl::StrCat("SELECT ", i), false).ok());
   EXPECT_EQ(execute("SELECT * FROM no_such_table", false).error_code(),
