@@ -70,7 +70,10 @@ command -v "$CXX" >/dev/null || { echo "fuzz: $CXX not found: install clang and 
 command -v protoc >/dev/null || { echo "fuzz: protoc not found: install protobuf-compiler (make deps)" >&2; exit 1; }
 
 absl_mods=$(pkg-config --list-all | awk '{print $1}' | grep '^absl_' | sort | tr '\n' ' ')
-LINK_FLAGS=$(pkg-config --libs protobuf libpq $absl_mods) || { echo "fuzz: pkg-config failed" >&2; exit 1; }
+# Every system library the services' libraries may use: a new dependency of a
+# fuzzed library then still links.
+LINK_FLAGS=$(pkg-config --libs protobuf libpq libcrypto grpc++ $absl_mods) ||
+  { echo "fuzz: pkg-config failed" >&2; exit 1; }
 CXXFLAGS=(-std=c++17 -O1 -g -fno-omit-frame-pointer
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
   -Wno-deprecated-declarations -I"$ROOT" -I/usr/include/postgresql)
@@ -147,9 +150,12 @@ fi
 # between them), so fuzzing adds SECONDS_PER_RUN to `make test` however many
 # targets there are.
 declare -A PIDS LOGS ARTIFACTS
+mkdir -p "$WORK/logs"
+LOG_DIR=$(mktemp -d "$WORK/logs/run.XXXXXX")  # per run: runs may overlap
+find "$WORK/logs" -mindepth 1 -maxdepth 1 -name 'run.*' -mtime +7 -exec rm -rf {} +
 for t in "${targets[@]}"; do
-  corpus="$WORK/corpus/$t"; ARTIFACTS[$t]="$WORK/artifacts/$t/"; LOGS[$t]="$WORK/logs/$t.log"
-  mkdir -p "$corpus" "${ARTIFACTS[$t]}" "$WORK/logs"
+  corpus="$WORK/corpus/$t"; ARTIFACTS[$t]="$WORK/artifacts/$t/"; LOGS[$t]="$LOG_DIR/$t.log"
+  mkdir -p "$corpus" "${ARTIFACTS[$t]}"
   dict=(); [[ -f fuzz/$t.dict ]] && dict=(-dict="fuzz/$t.dict")
   "${BIN[$t]}" "$corpus" "fuzz/corpus/$t" "${dict[@]}" -max_total_time="$SECONDS_PER_RUN" \
     -max_len="${MAX_LEN[$t]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
@@ -159,7 +165,7 @@ done
 failed=0
 for t in "${targets[@]}"; do
   if wait "${PIDS[$t]}"; then
-    runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "${LOGS[$t]}" | grep -oE '[0-9]+$')
+    runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "${LOGS[$t]}" | tail -1 | grep -oE '[0-9]+$')
     cov=$(grep -oE 'cov: [0-9]+' "${LOGS[$t]}" | tail -1)
     echo "fuzz $t: PASSED (${runs:-?} inputs in ${SECONDS_PER_RUN}s, $cov)"
   else
