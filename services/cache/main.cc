@@ -24,9 +24,9 @@
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/metrics_service.h"
 #include "common/telemetry/trace.h"
 #include "common/telemetry/trace_grpc.h"
-#include "common/telemetry/metrics_service.h"
 #include "services/cache/cache_config.h"
 #include "services/cache/cache_metrics.h"
 #include "services/cache/cache_service.h"
@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
+  options.tls = config->server().tls();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
   options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());
@@ -145,7 +146,6 @@ int main(int argc, char** argv) {
   // The socket is created by bind() with 0777 & ~umask: set the umask so it is
   // born with kSocketMode (no window with other permissions).
   const mode_t old_umask = umask(0777 & ~kSocketMode);
-  options.tls = config->server().tls();
   auto server = poolside::server::Server::Start(std::move(options));
   umask(old_umask);
   if (!server.ok()) {
