@@ -52,4 +52,9 @@ ServiceMetrics::NewServerInterceptorFactory() {
   return NewServerMetricsInterceptorFactory(&registry_);
 }
 
+absl::Status ValidateTelemetryConfig(const v1::TelemetryConfig& config) {
+  if (absl::Status s = ValidateTracingConfig(config.tracing()); !s.ok()) return s;
+  return ValidateMetricsConfig(config.metrics());
+}
+
 }  // namespace poolside::telemetry

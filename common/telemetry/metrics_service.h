@@ -47,6 +47,10 @@ class ServiceMetrics {
   std::unique_ptr<MetricsServer> http_;  // stopped first
 };
 
+// Checks server.telemetry as a start would (tracing and the metrics endpoint),
+// for --check_config and before anything starts.
+absl::Status ValidateTelemetryConfig(const v1::TelemetryConfig& config);
+
 // poolside_trace_spans_{queued,exported}_total, poolside_trace_spans_dropped_total
 // {reason}, poolside_trace_export_requests_total, ..._failures_total and
 // poolside_trace_queue_spans from the process's span exporter (zeros when

@@ -81,13 +81,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
-  if (absl::Status s = telemetry::ValidateTracingConfig(config->server().telemetry().tracing());
-      !s.ok()) {
-    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
-    return 2;
-  }
-  if (absl::Status s = telemetry::ValidateMetricsConfig(config->server().telemetry().metrics());
-      !s.ok()) {
+  if (absl::Status s = telemetry::ValidateTelemetryConfig(config->server().telemetry()); !s.ok()) {
     telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
     return 2;
   }
