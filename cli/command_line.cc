@@ -188,6 +188,12 @@ Commands:
                         any is unhealthy.
   stats [--db NAME] [--limit N]
                         Per-statement statistics, top N by total time.
+  ingest --table T [--addr=HOST:PORT] FILE.csv ...
+                        Writes CSV rows through the ingest service (default
+                        port 50053); `poolside ingest --help` for its options.
+  cache stats | cache invalidate --tag T ... [--cache=HOST:PORT]
+                        The cache sidecar's statistics, or invalidation by tag
+                        or key prefix; `poolside cache --help`.
   help                  This text.
 
 Global options:

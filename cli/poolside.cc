@@ -322,17 +322,26 @@ int Main(int argc, char** argv) {
   }
   if (*tracer != nullptr) std::fprintf(stderr, "trace_id: %s\n", trace.TraceIdHex().c_str());
   telemetry::ScopedSpanContext trace_scope(trace);
-  if (!args.empty() && args[0] == "cache") {
-    return RunCacheCommand(std::vector<std::string>(args.begin() + 1, args.end()), *connection);
+  // `cache` and `ingest` have their own options (cli/cache_command.h,
+  // cli/ingest_command.h); options written before the command go to it too
+  // (`poolside --addr=H:P ingest ...`).
+  size_t command_at = 0;
+  while (command_at < args.size() && absl::StartsWith(args[command_at], "-")) ++command_at;
+  const bool subcommand = command_at < args.size() &&
+                          (args[command_at] == "cache" || args[command_at] == "ingest");
+  std::vector<std::string> sub_args;
+  if (subcommand) {
+    sub_args.assign(args.begin(), args.begin() + command_at);
+    sub_args.insert(sub_args.end(), args.begin() + command_at + 1, args.end());
+  }
+  if (subcommand && args[command_at] == "cache") {
+    return RunCacheCommand(sub_args, *connection);
   }
   Invocation defaults;
   if (const char* addr = std::getenv("POOLSIDE_ADDR"); addr && *addr) {
     defaults.addr = addr;
   }
-  // `ingest` has its own options (cli/ingest_command.h).
-  if (!args.empty() && args[0] == "ingest") {
-    return RunIngestCommand(std::vector<std::string>(args.begin() + 1, args.end()), *connection);
-  }
+  if (subcommand && args[command_at] == "ingest") return RunIngestCommand(sub_args, *connection);
   absl::StatusOr<Invocation> inv = ParseCommandLine(args, defaults);
   if (!inv.ok()) {
     return PrintError(inv.status());

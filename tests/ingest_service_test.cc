@@ -630,7 +630,11 @@ TEST(IngestServiceTest, CliStreamsACsvAndResumesWithoutWritingTwice) {
   EXPECT_EQ(Query("SELECT device FROM from_csv WHERE id = 7"), "dev, 7");
 
   // Run again (as after an interruption): every chunk is already committed.
-  absl::StatusOr<testing::CommandResult> again = testing::RunCommand(cmd);
+  // This time with the address as a global option, before the command.
+  const std::vector<std::string> global_addr = {
+      RunfilePath("cli/poolside"), absl::StrCat("--addr=", server->process->address()), "ingest",
+      "--table", "from_csv", "--chunk_rows", "300", csv};
+  absl::StatusOr<testing::CommandResult> again = testing::RunCommand(global_addr);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_NE(again->output.find("9 chunk(s) already written"), std::string::npos) << again->output;
   EXPECT_EQ(Query("SELECT count(*) FROM from_csv"), "2498");
