@@ -32,18 +32,9 @@
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50052",
           "cache sidecar address (host:port or unix:/path)");
-ABSL_FLAG(int32_t, callers, 32, "concurrent outstanding calls");
-ABSL_FLAG(double, duration, 10, "measured seconds");
-ABSL_FLAG(double, warmup, 2, "seconds of load before measuring");
 ABSL_FLAG(int64_t, keys, 10000, "entries stored before the run; Gets pick one at random");
 ABSL_FLAG(int32_t, value_bytes, 100, "size of each value (redis-benchmark -d)");
 ABSL_FLAG(std::string, json_out, "", "also write the JSON result to this file");
-ABSL_FLAG(int32_t, channels, 0,
-          "gRPC channels (TCP connections); 0: one per 8 callers");
-ABSL_FLAG(int32_t, threads, 0,
-          "client threads, each with its own completion queue; 0: min(cores, "
-          "callers)");
-ABSL_FLAG(int32_t, call_timeout_ms, 5000, "deadline of each call");
 ABSL_FLAG(std::string, label, "", "free-form label copied into the JSON");
 
 namespace poolside::bench {
@@ -74,16 +65,10 @@ struct GetCall {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "closed-loop load generator for poolside.v1.CacheService/Get");
+      "closed-loop load generator for poolside.v1.CacheService/Get (the loop's own flags --callers, --duration, --warmup, --channels, --threads, --call_timeout_ms: see --helpfull, bench/closed_loop.h)");
   absl::ParseCommandLine(argc, argv);
   const std::string addr = absl::GetFlag(FLAGS_addr);
-  LoadOptions options;
-  options.callers = absl::GetFlag(FLAGS_callers);
-  options.duration = absl::GetFlag(FLAGS_duration);
-  options.warmup = absl::GetFlag(FLAGS_warmup);
-  options.channels = absl::GetFlag(FLAGS_channels);
-  options.threads = absl::GetFlag(FLAGS_threads);
-  options.call_timeout_ms = absl::GetFlag(FLAGS_call_timeout_ms);
+  LoadOptions options = LoadOptionsFromFlags();
   GetCall call;
   call.keys = absl::GetFlag(FLAGS_keys);
   const int64_t keys = call.keys;

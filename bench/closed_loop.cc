@@ -5,10 +5,21 @@
 #include <cstdio>
 #include <fstream>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/server/channel.h"
 #include "common/telemetry/log.h"
+
+ABSL_FLAG(int32_t, callers, 32, "concurrent outstanding calls");
+ABSL_FLAG(double, duration, 10, "measured seconds");
+ABSL_FLAG(double, warmup, 2, "seconds of load before measuring");
+ABSL_FLAG(int32_t, channels, 0,
+          "gRPC channels (TCP connections); 0: one per 8 callers");
+ABSL_FLAG(int32_t, threads, 0,
+          "client threads, each with its own completion queue; 0: min(cores, "
+          "callers)");
+ABSL_FLAG(int32_t, call_timeout_ms, 5000, "deadline of each call");
 
 namespace poolside::bench {
 namespace {
@@ -131,4 +142,15 @@ void Finish(LoadResult* result) {
 }
 
 }  // namespace internal
+LoadOptions LoadOptionsFromFlags() {
+  LoadOptions options;
+  options.callers = absl::GetFlag(FLAGS_callers);
+  options.duration = absl::GetFlag(FLAGS_duration);
+  options.warmup = absl::GetFlag(FLAGS_warmup);
+  options.channels = absl::GetFlag(FLAGS_channels);
+  options.threads = absl::GetFlag(FLAGS_threads);
+  options.call_timeout_ms = absl::GetFlag(FLAGS_call_timeout_ms);
+  return options;
+}
+
 }  // namespace poolside::bench

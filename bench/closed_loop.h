@@ -44,6 +44,8 @@ double CpuSeconds();
 // A channel with its own TCP connection (a private subchannel pool).
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& addr, int index);
 
+// The loop's flags, shared by every load generator: --callers, --duration,
+// --warmup, --channels, --threads, --call_timeout_ms.
 struct LoadOptions {
   int callers = 32;
   int channels = 0;  // 0: one per 8 callers
@@ -54,6 +56,9 @@ struct LoadOptions {
   // Fills in the defaults of channels and threads.
   void Resolve();
 };
+
+// The options as the flags above set them (not yet Resolve()d).
+LoadOptions LoadOptionsFromFlags();
 
 struct LoadResult {
   std::vector<uint32_t> latencies_us;  // sorted

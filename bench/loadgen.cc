@@ -27,21 +27,12 @@
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50051",
           "query service address (host:port or unix:/path)");
-ABSL_FLAG(int32_t, callers, 32, "concurrent outstanding calls");
-ABSL_FLAG(double, duration, 10, "measured seconds");
-ABSL_FLAG(double, warmup, 2, "seconds of load before measuring");
 ABSL_FLAG(std::string, sql, "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
           "statement to execute");
 ABSL_FLAG(int64_t, keys, 1000000,
           "$1 is a random int64 in [1, keys]; 0 sends no parameter");
 ABSL_FLAG(std::string, db, "", "database name (empty: the service's default)");
 ABSL_FLAG(std::string, json_out, "", "also write the JSON result to this file");
-ABSL_FLAG(int32_t, channels, 0,
-          "gRPC channels (TCP connections); 0: one per 8 callers");
-ABSL_FLAG(int32_t, threads, 0,
-          "client threads, each with its own completion queue; 0: min(cores, "
-          "callers)");
-ABSL_FLAG(int32_t, call_timeout_ms, 5000, "deadline of each call");
 ABSL_FLAG(std::string, label, "", "free-form label copied into the JSON");
 ABSL_FLAG(int32_t, cache_ttl_ms, 0,
           "send a cache policy with this ttl (0: no policy, every call runs on "
@@ -77,16 +68,10 @@ struct ExecuteCall {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "closed-loop load generator for poolside.v1.QueryService/Execute");
+      "closed-loop load generator for poolside.v1.QueryService/Execute (the loop's own flags --callers, --duration, --warmup, --channels, --threads, --call_timeout_ms: see --helpfull, bench/closed_loop.h)");
   absl::ParseCommandLine(argc, argv);
   const std::string addr = absl::GetFlag(FLAGS_addr);
-  LoadOptions options;
-  options.callers = absl::GetFlag(FLAGS_callers);
-  options.duration = absl::GetFlag(FLAGS_duration);
-  options.warmup = absl::GetFlag(FLAGS_warmup);
-  options.channels = absl::GetFlag(FLAGS_channels);
-  options.threads = absl::GetFlag(FLAGS_threads);
-  options.call_timeout_ms = absl::GetFlag(FLAGS_call_timeout_ms);
+  LoadOptions options = LoadOptionsFromFlags();
   ExecuteCall call;
   call.keys = absl::GetFlag(FLAGS_keys);
   if (options.callers < 1 || options.duration <= 0 || options.warmup < 0 || call.keys < 0) {
