@@ -404,16 +404,15 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request,
              run_plain();
              return;
            }
-           std::vector<std::string> tags = TagsFor(*db, *t, owned->cache());
            Lookup(db, std::move(owned), std::move(key), std::move(work), response, max_rows,
-                  max_bytes, std::move(run_plain), std::move(tags));
+                  max_bytes, std::move(run_plain), *std::move(t));
          });
 }
 
 void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned,
                        std::string key, std::shared_ptr<Work> work, v1::ExecuteResponse* response,
                        uint64_t max_rows, uint64_t max_bytes, std::function<void()> run_plain,
-                       std::vector<std::string> tags) {
+                       StatementTables tables) {
   auto p = std::make_unique<Participant>();
   p->work = std::move(work);
   p->response = response;
@@ -427,7 +426,7 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
   // The sidecar call is the lookup's child.
   telemetry::ScopedSpanContext lookup_scope(lookup->context());
   in_flight_.fetch_add(1);
-  client_->Get(key, [this, db, owned, key, tags = std::move(tags), lookup,
+  client_->Get(key, [this, db, owned, key, tables = std::move(tables), lookup,
                      p = std::shared_ptr<Participant>(std::move(p))](
                         absl::StatusOr<CacheLookup> r) mutable {
     SidecarResult(r.ok());
@@ -453,7 +452,7 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
         (stale ? counters_.stale : counters_.hits).fetch_add(1, std::memory_order_relaxed);
         if (stale) {
           // One background refresh; this caller does not wait for it.
-          Fly(db, *owned, key, r->generation, tags,
+          Fly(db, *owned, key, r->generation, TagsFor(*db, tables, owned->cache()),
               absl::Now() + absl::Milliseconds(limits_.default_timeout_ms()), nullptr);
         }
         Deliver(*p, absl::OkStatus(), cached, stale ? v1::STALE : v1::HIT);
@@ -465,7 +464,8 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
     counters_.misses.fetch_add(1, std::memory_order_relaxed);
     auto participant = std::make_unique<Participant>(std::move(*p));
     const absl::Time deadline = participant->deadline;  // before the move below
-    Fly(db, *owned, key, r->generation, std::move(tags), deadline, std::move(participant));
+    Fly(db, *owned, key, r->generation, TagsFor(*db, tables, owned->cache()), deadline,
+        std::move(participant));
     in_flight_.fetch_sub(1);
   });
 }

@@ -134,7 +134,7 @@ class ReadCache {
   void Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> request, std::string key,
               std::shared_ptr<Work> work,
               v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
-              std::function<void()> run_plain, std::vector<std::string> tags);
+              std::function<void()> run_plain, StatementTables tables);
   // Joins or starts the flight for `key`. `participant` may be empty (a
   // background refresh of a stale entry).
   void Fly(Database* db, const v1::ExecuteRequest& request, const std::string& key,
