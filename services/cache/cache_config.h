@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "common/config/cgroup.h"
 #include "proto/poolside/v1/config.pb.h"
-#include "services/cache/cache_store.h"
+#include "common/cache/cache_store.h"
 
 namespace poolside::cache {
 

@@ -17,7 +17,7 @@
 // Thread-safe. Unregisters in its destructor: declare it after the store.
 
 #include "common/telemetry/metrics.h"
-#include "services/cache/cache_store.h"
+#include "common/cache/cache_store.h"
 
 namespace poolside::cache {
 

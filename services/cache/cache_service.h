@@ -24,7 +24,7 @@
 #include "absl/status/status.h"
 
 #include "proto/poolside/v1/cache.grpc.pb.h"
-#include "services/cache/cache_store.h"
+#include "common/cache/cache_store.h"
 
 namespace poolside::cache {
 

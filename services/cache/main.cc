@@ -30,7 +30,7 @@
 #include "services/cache/cache_config.h"
 #include "services/cache/cache_metrics.h"
 #include "services/cache/cache_service.h"
-#include "services/cache/cache_store.h"
+#include "common/cache/cache_store.h"
 
 ABSL_FLAG(std::string, unix_socket, "", "Overrides unixSocket (a path).");
 

@@ -20,7 +20,7 @@
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
 #include "gtest/gtest.h"
-#include "services/cache/cache_store.h"
+#include "common/cache/cache_store.h"
 
 namespace poolside::cache {
 namespace {

@@ -1,4 +1,4 @@
-#include "services/cache/cache_store.h"
+#include "common/cache/cache_store.h"
 
 #include <atomic>
 #include <string>
