@@ -1,5 +1,6 @@
 #include "common/telemetry/trace_grpc.h"
 
+#include <atomic>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -26,12 +27,18 @@ class ServerCallRegistry {
   void Add(const grpc::ServerContextBase* call, const SpanContext& context) {
     absl::MutexLock lock(&mu_);
     calls_[call] = context;
+    size_.store(calls_.size(), std::memory_order_relaxed);
   }
   void Remove(const grpc::ServerContextBase* call) {
     absl::MutexLock lock(&mu_);
     calls_.erase(call);
+    size_.store(calls_.size(), std::memory_order_relaxed);
   }
   bool Find(const grpc::ServerContextBase* call, SpanContext* out) {
+    // Without a tracer nothing is ever added: skip the lock. A call's own Add
+    // happened before its handler runs (same thread or through gRPC's
+    // synchronisation), so a relaxed load sees it.
+    if (size_.load(std::memory_order_relaxed) == 0) return false;
     absl::MutexLock lock(&mu_);
     auto it = calls_.find(call);
     if (it == calls_.end()) return false;
@@ -42,6 +49,7 @@ class ServerCallRegistry {
  private:
   absl::Mutex mu_;
   absl::flat_hash_map<const grpc::ServerContextBase*, SpanContext> calls_ ABSL_GUARDED_BY(mu_);
+  std::atomic<size_t> size_{0};  // calls_.size()
 };
 
 // "/pkg.Service/Method" -> ("pkg.Service", "Method").
@@ -128,6 +136,10 @@ class ServerFactory : public grpc::experimental::ServerInterceptorFactoryInterfa
  public:
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
+    // Without a tracer a span would record nothing and its context would be
+    // the caller's, which ServerCallContext() reads from the metadata anyway:
+    // no interceptor at all, so gRPC's interceptor machinery costs nothing.
+    if (GlobalTracer() == nullptr) return nullptr;
     const absl::string_view method = info->method();
     // Health probes and reflection are not worth a trace each.
     if (absl::StartsWith(method, "/grpc.health.") || absl::StartsWith(method, "/grpc.reflection.")) {

@@ -7,7 +7,9 @@
 // (except grpc.health and reflection) it reads `traceparent`/`tracestate`,
 // starts a SERVER span named "<package.Service>/<Method>" with rpc.system,
 // rpc.service, rpc.method and rpc.grpc.status_code, and ends it when the status
-// is sent. A handler gets that span's context with ServerCallContext() and
+// is sent. Without a tracer (tracing off) it adds nothing to a call, so gRPC
+// runs no interceptor code for it on that account; the caller's context still
+// passes through. A handler gets that span's context with ServerCallContext() and
 // makes it current for the code it runs synchronously; work handed to other
 // threads carries the context explicitly:
 //
