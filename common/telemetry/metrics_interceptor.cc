@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdint>
 #include <cmath>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -39,14 +42,16 @@ const char* TypeName(ServerRpcInfo::Type type) {
   return "unknown";
 }
 
-// The series of one method, created on its first call.
+// The series of one method, created on its first call and kept, at a stable
+// address, as long as the CallMetrics.
 struct MethodSeries {
+  std::string full_name;  // "/package.Service/Method" (or "other")
   std::string service;
   std::string method;
   std::string type;
-  // Per status code, created on first use.
-  std::array<prometheus::Counter*, kCodes> handled{};
-  std::array<prometheus::Histogram*, kCodes> latency{};
+  // Per status code, created on first use (under CallMetrics::mu_).
+  std::array<std::atomic<prometheus::Counter*>, kCodes> handled{};
+  std::array<std::atomic<prometheus::Histogram*>, kCodes> latency{};
 };
 
 // Shared by the factory, its interceptors and the status section.
@@ -62,25 +67,40 @@ class CallMetrics {
                      .Help("Time from the start of a gRPC call to its status being sent.")
                      .Register(registry->registry())) {}
 
-  void Record(absl::string_view full_method, ServerRpcInfo::Type type, int code, double seconds) {
+  // The series of a call to `full_method` (its ServerRpcInfo::method()). A
+  // registered method's name has one address for the server's lifetime, so
+  // most calls find their series in a small lock-free cache keyed by it (the
+  // name is compared too: a generic call's name lives in the call).
+  MethodSeries* Series(const char* full_method, ServerRpcInfo::Type type) {
+    std::atomic<MethodSeries*>& slot =
+        recent_[(reinterpret_cast<uintptr_t>(full_method) >> 4) % recent_.size()];
+    MethodSeries* m = slot.load(std::memory_order_acquire);
+    if (m != nullptr && m->full_name == full_method) return m;
+    std::lock_guard<std::mutex> lock(mu_);
+    m = &SeriesFor(full_method, type);
+    // "other" stands for many names; caching it would only evict real ones.
+    if (m->full_name == full_method) slot.store(m, std::memory_order_release);
+    return m;
+  }
+
+  void Record(MethodSeries& m, int code, double seconds) {
     if (code < 0 || code >= kCodes) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
-    prometheus::Histogram* latency;
-    prometheus::Counter* handled;
-    {
+    prometheus::Histogram* latency = m.latency[code].load(std::memory_order_acquire);
+    if (latency == nullptr) {
       std::lock_guard<std::mutex> lock(mu_);
-      MethodSeries& m = SeriesFor(full_method, type);
-      if (m.handled[code] == nullptr) {
+      if (m.handled[code].load(std::memory_order_relaxed) == nullptr) {
         const prometheus::Labels labels = {{"grpc_service", m.service},
                                            {"grpc_method", m.method},
                                            {"grpc_type", m.type},
                                            {"grpc_code", GrpcCodeName(code)}};
-        m.handled[code] = &handled_.Add(labels);
-        m.latency[code] = &latency_.Add(labels, RequestLatencyBuckets());
+        m.handled[code].store(&handled_.Add(labels), std::memory_order_relaxed);
+        // Published last: a non-null latency means both are set.
+        m.latency[code].store(&latency_.Add(labels, RequestLatencyBuckets()),
+                              std::memory_order_release);
       }
-      latency = m.latency[code];
-      handled = m.handled[code];
+      latency = m.latency[code].load(std::memory_order_relaxed);
     }
-    handled->Increment();
+    m.handled[code].load(std::memory_order_relaxed)->Increment();
     latency->Observe(seconds);
   }
 
@@ -90,16 +110,18 @@ class CallMetrics {
     t.columns = {"method", "calls", "errors", "mean", "p50", "p99"};
     std::vector<std::pair<std::string, const MethodSeries*>> methods;
     std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [key, m] : series_) methods.emplace_back(key, &m);
+    for (const auto& [key, m] : series_) methods.emplace_back(key, m.get());
     std::sort(methods.begin(), methods.end());
     for (const auto& [key, m] : methods) {
       double calls = 0, errors = 0;
       Histogram::Snapshot s;
       for (int c = 0; c < kCodes; ++c) {
-        if (m->handled[c] == nullptr) continue;
-        calls += m->handled[c]->Value();
-        if (c != 0) errors += m->handled[c]->Value();
-        MergeSnapshot(ToSnapshot(m->latency[c]->Collect().histogram), &s);  // same buckets
+        const prometheus::Counter* handled = m->handled[c].load(std::memory_order_relaxed);
+        if (handled == nullptr) continue;  // set under mu_, with latency
+        calls += handled->Value();
+        if (c != 0) errors += handled->Value();
+        MergeSnapshot(ToSnapshot(m->latency[c].load(std::memory_order_relaxed)->Collect().histogram),
+                      &s);  // same buckets
       }
       t.rows.push_back({absl::StrCat(m->service, "/", m->method), FormatCount(calls),
                         FormatCount(errors), s.count ? FormatSeconds(s.sum / s.count) : "-",
@@ -113,22 +135,23 @@ class CallMetrics {
   MethodSeries& SeriesFor(absl::string_view full_method, ServerRpcInfo::Type type)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     auto it = series_.find(full_method);
-    if (it != series_.end()) return it->second;
+    if (it != series_.end()) return *it->second;
     std::string key(full_method);
     if (series_.size() >= kMaxMethods) {
       key = "other";
       it = series_.find(key);
-      if (it != series_.end()) return it->second;
+      if (it != series_.end()) return *it->second;
     }
-    MethodSeries m;
+    auto m = std::make_unique<MethodSeries>();
+    m->full_name = key;
     // "/package.Service/Method"
     absl::string_view name = key;
     if (!name.empty() && name[0] == '/') name.remove_prefix(1);
     const size_t slash = name.find('/');
-    m.service = slash == absl::string_view::npos ? "" : std::string(name.substr(0, slash));
-    m.method = std::string(slash == absl::string_view::npos ? name : name.substr(slash + 1));
-    m.type = TypeName(type);
-    return series_.emplace(std::move(key), std::move(m)).first->second;
+    m->service = slash == absl::string_view::npos ? "" : std::string(name.substr(0, slash));
+    m->method = std::string(slash == absl::string_view::npos ? name : name.substr(slash + 1));
+    m->type = TypeName(type);
+    return *series_.emplace(std::move(key), std::move(m)).first->second;
   }
 
   // Bounds and cumulative counts of a prometheus-cpp histogram as a Snapshot,
@@ -155,15 +178,15 @@ class CallMetrics {
   prometheus::Family<prometheus::Counter>& handled_;
   prometheus::Family<prometheus::Histogram>& latency_;
   mutable std::mutex mu_;
-  absl::flat_hash_map<std::string, MethodSeries> series_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, std::unique_ptr<MethodSeries>> series_ ABSL_GUARDED_BY(mu_);
+  std::array<std::atomic<MethodSeries*>, 16> recent_{};
 };
 
 class MetricsInterceptor : public grpc::experimental::Interceptor {
  public:
   MetricsInterceptor(std::shared_ptr<CallMetrics> metrics, ServerRpcInfo* info)
       : metrics_(std::move(metrics)),
-        method_(info->method() != nullptr ? info->method() : ""),
-        type_(info->type()),
+        series_(metrics_->Series(info->method() != nullptr ? info->method() : "", info->type())),
         start_(absl::Now()) {}
 
   ~MetricsInterceptor() override {
@@ -171,7 +194,8 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+    if (!recorded_ &&
+        methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       Record(static_cast<int>(methods->GetSendStatus().error_code()));
     }
     methods->Proceed();
@@ -180,12 +204,11 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
  private:
   void Record(int code) {
     recorded_ = true;
-    metrics_->Record(method_, type_, code, absl::ToDoubleSeconds(absl::Now() - start_));
+    metrics_->Record(*series_, code, absl::ToDoubleSeconds(absl::Now() - start_));
   }
 
   const std::shared_ptr<CallMetrics> metrics_;
-  const std::string method_;
-  const ServerRpcInfo::Type type_;
+  MethodSeries* const series_;
   const absl::Time start_;
   bool recorded_ = false;
 };
