@@ -304,13 +304,15 @@ void Connection::ErasePrepared(const std::string& key, const std::string& name) 
   prepared_.erase(it);
 }
 
-void Connection::SetStatementTimeoutSteps(absl::Time deadline, std::vector<Step>& steps) {
+int64_t Connection::StatementTimeoutFor(absl::Time deadline) {
   // Server-side safety net behind the client-side cancel: whole seconds, rounded
   // up, so it changes rarely and never cuts a statement short of its deadline.
-  int64_t want = 0;
-  if (deadline != absl::InfiniteFuture()) {
-    want = std::max<int64_t>(1, CeilSeconds(deadline - absl::Now())) * 1000;
-  }
+  if (deadline == absl::InfiniteFuture()) return 0;
+  return std::max<int64_t>(1, CeilSeconds(deadline - absl::Now())) * 1000;
+}
+
+void Connection::SetStatementTimeoutSteps(int64_t want, absl::Time deadline,
+                                          std::vector<Step>& steps) {
   if (want == statement_timeout_ms_) return;
   Step set{Step::kSimple};
   set.sql = absl::StrCat("SET statement_timeout = ", want);
@@ -581,12 +583,46 @@ telemetry::Span Connection::StartStatementSpan(absl::string_view sql,
   return span;
 }
 
-absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements) {
+absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements,
+                                        uint64_t* reruns) {
+  std::vector<telemetry::Span> spans;
+  if (telemetry::GlobalTracer() != nullptr) {
+    spans.reserve(statements.size());
+    for (Statement* s : statements) {
+      spans.push_back(StartStatementSpan(s->sql, s->trace));
+      spans.back().SetAttribute("poolside.pipeline.statements", statements.size());
+    }
+  }
+  std::vector<bool> retry;
+  absl::Status link = RunIndependentPass(statements, /*share=*/true, &retry);
+  if (link.ok()) {
+    // A shared transaction with a failure was rolled back as a whole: run each
+    // of its statements again, alone, so only the failing one fails.
+    std::vector<Statement*> again;
+    for (size_t i = 0; i < statements.size(); ++i) {
+      if (retry[i]) again.push_back(statements[i]);
+    }
+    if (!again.empty()) {
+      if (reruns != nullptr) *reruns += again.size();
+      link = RunIndependentPass(again, /*share=*/false, nullptr);
+    }
+  }
+  for (size_t i = 0; i < spans.size(); ++i) {
+    spans[i].SetStatus(link.ok() ? statements[i]->status : link);
+  }
+  return link;
+}
+
+absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> statements, bool share,
+                                            std::vector<bool>* retry) {
   std::vector<Step> steps;
   steps.reserve(statements.size() * 3 + 2);
   std::vector<std::string> evicted;
   std::vector<size_t> exec_index(statements.size(), SIZE_MAX);
   std::vector<CancelState> cancels(statements.size());
+  // Shared transactions: the statements of each, by index (no Sync between them).
+  std::vector<std::vector<size_t>> shared;
+  bool open = false;  // the last of `shared` still takes statements
   for (size_t i = 0; i < statements.size(); ++i) {
     Statement* s = statements[i];
     auto params = std::make_unique<EncodedParams>();
@@ -600,7 +636,14 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
       s->status = absl::DeadlineExceededError("deadline passed before the statement was sent");
       continue;
     }
-    SetStatementTimeoutSteps(s->deadline, steps);
+    const bool shares = share && s->may_share_sync;
+    const int64_t timeout_ms = StatementTimeoutFor(s->deadline);
+    // A SET inside a shared transaction would roll back with it: close it first.
+    if (open && (!shares || timeout_ms != statement_timeout_ms_)) {
+      steps.push_back(Step{Step::kSync});
+      open = false;
+    }
+    SetStatementTimeoutSteps(timeout_ms, s->deadline, steps);
     const size_t from = steps.size();
     exec_index[i] = AddStatementSteps(s, std::move(params), steps, &evicted);
     for (size_t j = from; j < steps.size(); ++j) {
@@ -608,18 +651,18 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
       steps[j].cancelled = s->cancelled;
       steps[j].cancel = &cancels[i];
     }
-    steps.push_back(Step{Step::kSync});
-  }
-  AddDeallocateSteps(evicted, steps);
-  if (steps.empty()) return absl::OkStatus();
-  std::vector<telemetry::Span> spans;
-  if (telemetry::GlobalTracer() != nullptr) {
-    spans.reserve(statements.size());
-    for (Statement* s : statements) {
-      spans.push_back(StartStatementSpan(s->sql, s->trace));
-      spans.back().SetAttribute("poolside.pipeline.statements", statements.size());
+    if (shares) {
+      if (!open) shared.emplace_back();
+      shared.back().push_back(i);
+      open = true;
+    } else {
+      steps.push_back(Step{Step::kSync});
     }
   }
+  if (open) steps.push_back(Step{Step::kSync});
+  AddDeallocateSteps(evicted, steps);
+  if (retry != nullptr) retry->assign(statements.size(), false);
+  if (steps.empty()) return absl::OkStatus();
   absl::Status link = RunPipeline(steps);
   for (size_t i = 0; i < statements.size(); ++i) {
     if (exec_index[i] == SIZE_MAX) continue;
@@ -632,8 +675,36 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements)
     }
     statements[i]->status = st;
   }
-  for (size_t i = 0; i < spans.size(); ++i) {
-    spans[i].SetStatus(link.ok() ? statements[i]->status : link);
+  if (!link.ok() || retry == nullptr) return link;
+  for (const std::vector<size_t>& group : shared) {
+    if (group.size() < 2) continue;  // alone in its transaction anyway
+    bool failed = false;
+    for (size_t i : group) failed = failed || !statements[i]->status.ok();
+    if (!failed) continue;
+    for (size_t i : group) {
+      Statement* s = statements[i];
+      const bool gave_up = absl::Now() >= s->deadline ||
+                           (s->cancelled != nullptr && s->cancelled->load());
+      if (gave_up) {
+        // No second run: its own failure stands; a result it got was rolled back.
+        if (s->status.ok()) {
+          s->status = absl::DeadlineExceededError(
+              "deadline passed before the statement could run again (a statement "
+              "pipelined in the same transaction failed)");
+        }
+        if (s->sink != nullptr) (void)s->sink->Rewind();
+        continue;
+      }
+      if (s->sink != nullptr && !s->sink->Rewind()) {
+        if (s->status.ok()) {
+          s->status = absl::AbortedError(
+              "rolled back because a statement pipelined in the same transaction failed; "
+              "retry");
+        }
+        continue;
+      }
+      (*retry)[i] = true;
+    }
   }
   return link;
 }
@@ -661,7 +732,7 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   if (absl::Now() >= deadline) {
     return absl::DeadlineExceededError("deadline passed before the transaction started");
   }
-  SetStatementTimeoutSteps(deadline, steps);
+  SetStatementTimeoutSteps(StatementTimeoutFor(deadline), deadline, steps);
   const size_t first = steps.size();
   Step begin{Step::kSimple};
   begin.sql = std::string(begin_sql);
@@ -792,7 +863,7 @@ absl::Status Connection::RunStreamingStatement(Statement& statement) {
   }
   {
     std::vector<Step> steps;
-    SetStatementTimeoutSteps(statement.deadline, steps);
+    SetStatementTimeoutSteps(StatementTimeoutFor(statement.deadline), statement.deadline, steps);
     if (!steps.empty()) {
       absl::Status link = RunPipeline(steps);
       if (!link.ok()) return link;

@@ -73,6 +73,9 @@ class ResultSink {
   virtual absl::Status RowDone(size_t bytes) = 0;
   // After the last row, when the statement succeeded.
   virtual void Finish(int64_t rows_affected, absl::string_view command_tag) = 0;
+  // Forgets everything received so far, so the statement can run again from
+  // the start. False if that is impossible (rows already left, e.g. streamed).
+  virtual bool Rewind() { return false; }
 };
 
 // One statement to run and, after the run, its outcome.
@@ -85,6 +88,12 @@ struct Statement {
   // cancelled).
   const std::atomic<bool>* cancelled = nullptr;
   absl::Status status;
+  // A plain read whose sink can Rewind(): RunIndependent may run it in one
+  // implicit transaction with the neighbouring such statements (one Sync for
+  // all of them, so one commit and one reply flush on the server instead of
+  // one each). If any of them fails, that transaction is rolled back and each
+  // is run again on its own: every statement still succeeds or fails alone.
+  bool may_share_sync = false;
   // The span this statement runs for (its span is a child); invalid: the
   // thread's current context. No context at all: no span.
   telemetry::SpanContext trace;
@@ -108,7 +117,11 @@ class Connection {
   // transaction, in one pipeline (one network round trip). Each statement's
   // status says how it went; one failing does not affect the others. Returns
   // non-OK when the connection itself failed (then discard it).
-  absl::Status RunIndependent(absl::Span<Statement* const> statements);
+  // Neighbouring statements marked may_share_sync share one implicit
+  // transaction (see Statement); `reruns`, if given, counts the statements run
+  // a second time because a neighbour in their transaction failed.
+  absl::Status RunIndependent(absl::Span<Statement* const> statements,
+                              uint64_t* reruns = nullptr);
 
   // BEGIN `begin_sql` and the statements pipelined in one round trip, then
   // COMMIT in a second one, sent only if every statement succeeded on the
@@ -171,6 +184,10 @@ class Connection {
   explicit Connection(const ConnectionOptions& options);
 
   absl::Status RunPipeline(std::vector<Step>& steps);
+  // RunIndependent's one pass; `share`: let may_share_sync statements share a
+  // Sync. Sets *retry for the statements of a shared transaction that failed.
+  absl::Status RunIndependentPass(absl::Span<Statement* const> statements, bool share,
+                                  std::vector<bool>* retry);
   // Appends a Prepare step (first use of this SQL and parameter types on this
   // connection) and the Exec step for `s`; returns the Exec step's index.
   size_t AddStatementSteps(Statement* s, std::unique_ptr<EncodedParams> params,
@@ -184,7 +201,10 @@ class Connection {
                            CancelState* cancel);
   void ConsumeResultsOf(Step& step);
   absl::Status HandleRows(::pg_result* res, Step& step);
-  void SetStatementTimeoutSteps(absl::Time deadline, std::vector<Step>& steps);
+  // The statement_timeout (ms) a statement with this deadline runs under.
+  static int64_t StatementTimeoutFor(absl::Time deadline);
+  // SET statement_timeout = want (and its Sync) unless the session has it.
+  void SetStatementTimeoutSteps(int64_t want, absl::Time deadline, std::vector<Step>& steps);
   Prepared* LookupOrAddPrepared(const std::string& key, absl::string_view sql,
                                 std::vector<std::string>* evicted, bool* is_new);
   void ErasePrepared(const std::string& key, const std::string& name);

@@ -1,6 +1,7 @@
 #include "common/db/connection.h"
 
 #include <atomic>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -27,12 +28,23 @@ class CollectSink : public ResultSink {
     rows_affected = affected;
     command_tag = std::string(tag);
   }
+  bool Rewind() override {
+    if (!rewindable) return false;
+    columns.Clear();
+    rows.Clear();
+    rows_affected = -1;
+    command_tag.clear();
+    ++rewinds;
+    return true;
+  }
   google::protobuf::RepeatedPtrField<v1::Column> columns;
   google::protobuf::RepeatedPtrField<v1::Row> rows;
   int64_t rows_affected = -1;
   std::string command_tag;
   int begins = 0;
   int max_rows = -1;
+  bool rewindable = true;
+  int rewinds = 0;
 };
 
 google::protobuf::RepeatedPtrField<v1::Value> Ints(std::initializer_list<int64_t> xs) {
@@ -101,6 +113,94 @@ TEST_F(ConnectionTest, PipelinedStatementsFailIndependently) {
     }
   }
   EXPECT_TRUE(conn_->LooksAlive());
+}
+
+// Reads marked may_share_sync run in one implicit transaction: the same
+// transaction id, where reads that do not share see one each.
+TEST_F(ConnectionTest, ReadsMarkedToShareRunInOneTransaction) {
+  for (bool share : {true, false}) {
+    std::vector<CollectSink> sinks(3);
+    std::vector<Statement> statements(3);
+    std::vector<Statement*> ptrs;
+    for (int i = 0; i < 3; ++i) {
+      statements[i] = Statement{"SELECT pg_current_xact_id()::text AS x", nullptr, &sinks[i],
+                                Soon()};
+      statements[i].may_share_sync = share;
+      ptrs.push_back(&statements[i]);
+    }
+    uint64_t reruns = 0;
+    ASSERT_TRUE(conn_->RunIndependent(ptrs, &reruns).ok());
+    std::set<std::string> xids;
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(statements[i].status.ok()) << statements[i].status;
+      ASSERT_EQ(sinks[i].rows.size(), 1);
+      xids.insert(sinks[i].rows[0].values(0).text_value());
+    }
+    EXPECT_EQ(xids.size(), share ? 1u : 3u) << "share=" << share;
+    EXPECT_EQ(reruns, 0u);
+  }
+}
+
+// One failing read in a shared transaction rolls the others back with it; each
+// is then run again alone, so only the failing one fails, and a read with a
+// side effect (a function that inserts) takes effect exactly once.
+TEST_F(ConnectionTest, FailureInASharedTransactionRerunsEachStatementAlone) {
+  ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS share_t (id int8)").ok());
+  ASSERT_TRUE(pg_->Exec("postgres", "TRUNCATE share_t").ok());
+  ASSERT_TRUE(pg_->Exec("postgres",
+                        "CREATE OR REPLACE FUNCTION share_insert(v int8) RETURNS int8 "
+                        "LANGUAGE sql AS 'INSERT INTO share_t VALUES (v) RETURNING v'")
+                  .ok());
+  constexpr int kN = 5;
+  std::vector<google::protobuf::RepeatedPtrField<v1::Value>> params(kN);
+  std::vector<CollectSink> sinks(kN);
+  std::vector<Statement> statements(kN);
+  std::vector<Statement*> ptrs;
+  for (int i = 0; i < kN; ++i) {
+    params[i] = Ints({i});
+    statements[i] = Statement{"SELECT $1::int8 * 10 AS v", &params[i], &sinks[i], Soon()};
+    statements[i].may_share_sync = true;
+    ptrs.push_back(&statements[i]);
+  }
+  statements[1].sql = "SELECT share_insert($1::int8) AS v";  // writes, then is rolled back
+  statements[3].sql = "SELECT 1 / ($1::int8 - 3) AS v";       // division by zero
+  uint64_t reruns = 0;
+  ASSERT_TRUE(conn_->RunIndependent(ptrs, &reruns).ok());
+  EXPECT_EQ(reruns, static_cast<uint64_t>(kN));
+  for (int i = 0; i < kN; ++i) {
+    if (i == 3) {
+      EXPECT_EQ(statements[i].status.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_NE(statements[i].status.message().find("22012"), absl::string_view::npos);
+      continue;
+    }
+    ASSERT_TRUE(statements[i].status.ok()) << i << ": " << statements[i].status;
+    ASSERT_EQ(sinks[i].rows.size(), 1) << i;  // rewound, not doubled
+    EXPECT_EQ(sinks[i].rows[0].values(0).int64_value(), i == 1 ? 1 : i * 10);
+    EXPECT_EQ(sinks[i].rewinds, 1) << i;
+  }
+  auto count = pg_->QueryValue("postgres", "SELECT count(*) FROM share_t WHERE id = 1");
+  ASSERT_TRUE(count.ok()) << count.status();
+  EXPECT_EQ(*count, "1");
+}
+
+// A statement whose sink cannot start over is not reported as succeeded when
+// its shared transaction was rolled back.
+TEST_F(ConnectionTest, SharedStatementThatCannotRewindIsAborted) {
+  CollectSink ok_sink, bad_sink;
+  ok_sink.rewindable = false;
+  Statement a{"SELECT 1 AS v", nullptr, &ok_sink, Soon()};
+  Statement b{"SELECT 1 / 0 AS v", nullptr, &bad_sink, Soon()};
+  a.may_share_sync = b.may_share_sync = true;
+  uint64_t reruns = 0;
+  ASSERT_TRUE(conn_->RunIndependent({&a, &b}, &reruns).ok());
+  EXPECT_EQ(a.status.code(), absl::StatusCode::kAborted) << a.status;
+  EXPECT_EQ(b.status.code(), absl::StatusCode::kInvalidArgument) << b.status;
+  EXPECT_EQ(reruns, 1u);
+  // The connection is fine afterwards.
+  CollectSink sink;
+  Statement c{"SELECT 2 AS v", nullptr, &sink, Soon()};
+  ASSERT_TRUE(conn_->RunIndependent({&c}).ok());
+  EXPECT_TRUE(c.status.ok()) << c.status;
 }
 
 TEST_F(ConnectionTest, PreparedStatementCacheIsBoundedOnTheServerToo) {

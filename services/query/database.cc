@@ -1,5 +1,7 @@
 #include "services/query/database.h"
 
+#include <pthread.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -92,7 +94,11 @@ absl::Status Database::Submit(std::shared_ptr<Work> work) {
 void Database::MaybeStartWorker() {
   // Workers start on demand, up to the pool's size: one per connection.
   if (idle_workers_ > 0 || workers_.size() >= config_.pool().max_size()) return;
-  workers_.emplace_back([this] { WorkerLoop(); });
+  workers_.emplace_back([this] {
+    // "db:" and the database name, as far as the 15 bytes Linux keeps allow.
+    pthread_setname_np(pthread_self(), absl::StrCat("db:", config_.name()).substr(0, 15).c_str());
+    WorkerLoop();
+  });
 }
 
 absl::StatusOr<ConnectionPool::Lease> Database::AcquireLive(absl::Time deadline,
@@ -185,7 +191,9 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   for (auto& w : batch) statements.push_back(&w->statement);
   pipelines_.fetch_add(1, std::memory_order_relaxed);
   pipelined_statements_.fetch_add(statements.size(), std::memory_order_relaxed);
-  absl::Status link = (*lease)->RunIndependent(statements);
+  uint64_t reruns = 0;
+  absl::Status link = (*lease)->RunIndependent(statements, &reruns);
+  if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
   if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
   lease->Release();
   for (auto& w : batch) w->done(w->statement.status);

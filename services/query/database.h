@@ -107,6 +107,7 @@ class Database {
   uint64_t pipelined_statements() const {
     return pipelined_statements_.load(std::memory_order_relaxed);
   }
+  uint64_t pipeline_reruns() const { return pipeline_reruns_.load(std::memory_order_relaxed); }
   // Calls whose deadline passed while they waited in the queue for a worker
   // (the pool's own timeouts count waits inside Acquire()).
   uint64_t queue_timeouts() const { return queue_timeouts_->load(std::memory_order_relaxed); }
@@ -128,6 +129,7 @@ class Database {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<uint64_t> pipelines_{0};
   std::atomic<uint64_t> pipelined_statements_{0};
+  std::atomic<uint64_t> pipeline_reruns_{0};
   // Shared with queued Work, which may be abandoned after this is gone.
   const std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_ =
       std::make_shared<std::atomic<uint64_t>>(0);

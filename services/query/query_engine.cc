@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/telemetry/log.h"
@@ -54,6 +56,34 @@ class TransactionWork : public Work {
   std::vector<db::Statement> statements;
   std::vector<std::unique_ptr<ResultSetSink>> sinks;
 };
+
+// Reads that may share one implicit transaction with the statements pipelined
+// next to them (db::Statement::may_share_sync): a plain SELECT, VALUES or TABLE.
+// Left out: WITH (it may hold a data-modifying CTE), anything mentioning the
+// word FOR (row locks, FOR UPDATE/SHARE, would be held until the shared
+// transaction ends), and text starting with a comment. Wrongly leaving a read
+// out only costs its own Sync; sharing is safe for any statement anyway, since
+// a shared transaction with a failure is rolled back and each statement re-run.
+bool MayShareSync(absl::string_view sql) {
+  sql = absl::StripLeadingAsciiWhitespace(sql);
+  size_t word = 0;
+  while (word < sql.size() && absl::ascii_isalpha(static_cast<unsigned char>(sql[word]))) ++word;
+  const absl::string_view first = sql.substr(0, word);
+  if (!absl::EqualsIgnoreCase(first, "select") && !absl::EqualsIgnoreCase(first, "values") &&
+      !absl::EqualsIgnoreCase(first, "table")) {
+    return false;
+  }
+  for (size_t i = word; i + 3 <= sql.size(); ++i) {
+    if ((sql[i] | 0x20) != 'f' || !absl::EqualsIgnoreCase(sql.substr(i, 3), "for")) continue;
+    const bool starts = !absl::ascii_isalnum(static_cast<unsigned char>(sql[i - 1])) &&
+                        sql[i - 1] != '_';
+    const bool ends = i + 3 == sql.size() ||
+                      (!absl::ascii_isalnum(static_cast<unsigned char>(sql[i + 3])) &&
+                       sql[i + 3] != '_');
+    if (starts && ends) return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -179,6 +209,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
   work->batchable = !access.read_only;
+  work->statement.may_share_sync = !access.read_only && MayShareSync(request.sql());
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
@@ -370,6 +401,7 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     out->set_queued(db->queued());
     out->set_pipelines_total(db->pipelines());
     out->set_pipelined_statements_total(db->pipelined_statements());
+    out->set_pipeline_reruns_total(db->pipeline_reruns());
     out->set_min_idle(s.min_idle);
     out->set_max_size(s.max_size);
     out->set_acquired_total(s.acquired);

@@ -80,14 +80,19 @@ void CollectPools(QueryEngine* engine, Families* out) {
       CounterFamily("poolside_query_pipelines_total", "Round trips that carried single statements.");
   prometheus::MetricFamily pipelined = CounterFamily(
       "poolside_query_pipelined_statements_total", "Statements those round trips carried.");
+  prometheus::MetricFamily reruns = CounterFamily(
+      "poolside_query_pipeline_reruns_total",
+      "Reads run again alone because a read sharing their transaction failed.");
   for (const auto& p : pools) {
     AddGauge(&queued, {{"database", p.database()}}, double(p.queued()));
     AddCounter(&pipelines, {{"database", p.database()}}, double(p.pipelines_total()));
     AddCounter(&pipelined, {{"database", p.database()}}, double(p.pipelined_statements_total()));
+    AddCounter(&reruns, {{"database", p.database()}}, double(p.pipeline_reruns_total()));
   }
   out->push_back(std::move(queued));
   out->push_back(std::move(pipelines));
   out->push_back(std::move(pipelined));
+  out->push_back(std::move(reruns));
 }
 
 void CollectStatements(QueryEngine* engine, Families* out) {

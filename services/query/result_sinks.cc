@@ -28,6 +28,8 @@ absl::Status ResultSetSink::Begin(
 }
 
 absl::Status ResultSetSink::RowDone(size_t bytes) {
+  ++rows_charged_;
+  bytes_charged_ += bytes;
   absl::Status s = budget_->Charge(bytes, /*streaming=*/false);
   if (!s.ok()) out_->clear_rows();  // the call fails; free the memory now
   return s;
@@ -36,6 +38,15 @@ absl::Status ResultSetSink::RowDone(size_t bytes) {
 void ResultSetSink::Finish(int64_t rows_affected, absl::string_view command_tag) {
   out_->set_rows_affected(rows_affected);
   out_->set_command_tag(std::string(command_tag));
+}
+
+bool ResultSetSink::Rewind() {
+  out_->Clear();
+  budget_->rows -= rows_charged_;
+  budget_->bytes -= bytes_charged_;
+  rows_charged_ = 0;
+  bytes_charged_ = 0;
+  return true;
 }
 
 absl::Status StreamSink::Begin(const google::protobuf::RepeatedPtrField<v1::Column>& columns) {

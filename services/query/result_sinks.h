@@ -33,10 +33,14 @@ class ResultSetSink : public db::ResultSink {
   v1::Row* NewRow() override { return out_->add_rows(); }
   absl::Status RowDone(size_t bytes) override;
   void Finish(int64_t rows_affected, absl::string_view command_tag) override;
+  // Empties the result set and gives back what its rows charged to the budget.
+  bool Rewind() override;
 
  private:
   v1::ResultSet* out_;
   ResultBudget* budget_;
+  uint64_t rows_charged_ = 0;
+  uint64_t bytes_charged_ = 0;
 };
 
 // Consumer of streamed chunks; implemented by the transport.

@@ -92,6 +92,35 @@ TEST(StreamSinkTest, ChunksCarryColumnsFirstAndTagLast) {
   EXPECT_EQ(writer.chunks[2]->rows_affected(), 10);
 }
 
+TEST(ResultSetSinkTest, RewindEmptiesTheResultAndGivesBackItsBudget) {
+  v1::ResultSet out;
+  ResultBudget budget{.max_rows = 3, .max_bytes = 100000};
+  ResultSetSink sink(&out, &budget);
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  absl::Status s;
+  for (int i = 0; i < 3; ++i) AddRow(sink, i, &s);
+  ASSERT_TRUE(s.ok()) << s;
+  sink.Finish(3, "SELECT 3");
+  ASSERT_TRUE(sink.Rewind());
+  EXPECT_EQ(out.rows_size(), 0);
+  EXPECT_EQ(out.columns_size(), 0);
+  EXPECT_EQ(out.command_tag(), "");
+  EXPECT_EQ(budget.rows, 0u);
+  EXPECT_EQ(budget.bytes, 0u);
+  // The second run may use the whole budget again.
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  for (int i = 0; i < 3; ++i) AddRow(sink, i, &s);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(out.rows_size(), 3);
+}
+
+TEST(StreamSinkTest, CannotRewindRowsAlreadySent) {
+  FakeWriter writer;
+  ResultBudget budget{.max_rows = 100, .max_bytes = 100000};
+  StreamSink sink(&writer, &budget, /*chunk_rows=*/1);
+  EXPECT_FALSE(sink.Rewind());
+}
+
 TEST(StreamSinkTest, GoneConsumerStopsTheStatement) {
   FakeWriter writer;
   writer.refuse = true;
