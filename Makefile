@@ -14,6 +14,8 @@ APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates
 APT_PACKAGES += libcivetweb-dev chromium
 # Security: libcrypto (token hashes), openssl (test certificates).
 APT_PACKAGES += libssl-dev openssl
+# TCMalloc for the services and load generators (common/server:malloc).
+APT_PACKAGES += libgoogle-perftools-dev
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.

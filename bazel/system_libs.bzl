@@ -22,6 +22,10 @@ _LIBS = {
     "civetweb": ([], ["-lcivetweb"], []),
     # libssl-dev: SHA-256 of bearer tokens (common/auth).
     "crypto": (["libcrypto"], [], []),
+    # libgoogle-perftools-dev: TCMalloc (minimal: no heap profiler) as the
+    # services' malloc. Nothing calls it by name, so it is linked even where
+    # the linker drops unused libraries.
+    "tcmalloc": ([], ["-Wl,--no-as-needed", "-ltcmalloc_minimal", "-Wl,--as-needed"], []),
 }
 
 def _pkg_config(ctx, args):
