@@ -49,7 +49,7 @@ std::shared_ptr<grpc::Channel> NewChannel(const std::string& addr, int index);
 struct LoadOptions {
   int callers = 32;
   int channels = 0;  // 0: one per 8 callers
-  int threads = 0;   // 0: min(cores, callers)
+  int threads = 1;
   double duration = 10;
   double warmup = 2;
   int call_timeout_ms = 5000;

@@ -595,7 +595,7 @@ meta = {
     "cache": """${CACHE_SUMMARY:-not measured}""",
     "query_cache": """${QUERY_CACHE_SUMMARY:-not measured}""",
     "ingest": """${INGEST_SUMMARY:-not measured}""",
-    "loadgen": "async gRPC, one completion queue per thread, threads=min(nproc, callers), one TCP connection per 8 callers, random aid",
+    "loadgen": "async gRPC, one completion queue per thread, one client thread, one TCP connection per 8 callers, random aid",
   },
 }
 json.dump(meta, open(sys.argv[1], "w"))
