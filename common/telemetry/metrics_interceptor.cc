@@ -7,6 +7,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "absl/time/time.h"
 #include "common/telemetry/histogram.h"
 #include "common/telemetry/metrics_family.h"
+#include "common/telemetry/trace_grpc.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
@@ -182,18 +184,23 @@ class CallMetrics {
   std::array<std::atomic<MethodSeries*>, 16> recent_{};
 };
 
-class MetricsInterceptor : public grpc::experimental::Interceptor {
+// Metrics for every call, and its SERVER span when traced: one interceptor,
+// since gRPC runs each interceptor at every hook point of every batch.
+class ServerInterceptor : public grpc::experimental::Interceptor {
  public:
-  MetricsInterceptor(std::shared_ptr<CallMetrics> metrics, ServerRpcInfo* info)
+  ServerInterceptor(std::shared_ptr<CallMetrics> metrics, ServerRpcInfo* info)
       : metrics_(std::move(metrics)),
         series_(metrics_->Series(info->method() != nullptr ? info->method() : "", info->type())),
-        start_(absl::Now()) {}
+        start_(absl::Now()) {
+    if (ServerCallTrace::Traced(*info)) trace_.emplace(info);
+  }
 
-  ~MetricsInterceptor() override {
+  ~ServerInterceptor() override {
     if (!recorded_) Record(static_cast<int>(grpc::StatusCode::CANCELLED));
   }
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (trace_.has_value()) trace_->Intercept(methods);
     if (!recorded_ &&
         methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
       Record(static_cast<int>(methods->GetSendStatus().error_code()));
@@ -211,16 +218,17 @@ class MetricsInterceptor : public grpc::experimental::Interceptor {
   MethodSeries* const series_;
   const absl::Time start_;
   bool recorded_ = false;
+  std::optional<ServerCallTrace> trace_;
 };
 
-class MetricsInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
+class ServerInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit MetricsInterceptorFactory(MetricsRegistry* registry)
+  explicit ServerInterceptorFactory(MetricsRegistry* registry)
       : metrics_(std::make_shared<CallMetrics>(registry)),
         section_(registry->AddStatusSection([m = metrics_] { return m->Table(); })) {}
 
   grpc::experimental::Interceptor* CreateServerInterceptor(ServerRpcInfo* info) override {
-    return new MetricsInterceptor(metrics_, info);
+    return new ServerInterceptor(metrics_, info);
   }
 
  private:
@@ -241,8 +249,8 @@ const char* GrpcCodeName(int code) {
 }
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
-NewServerMetricsInterceptorFactory(MetricsRegistry* registry) {
-  return std::make_unique<MetricsInterceptorFactory>(registry);
+NewServerTelemetryInterceptorFactory(MetricsRegistry* registry) {
+  return std::make_unique<ServerInterceptorFactory>(registry);
 }
 
 }  // namespace poolside::telemetry

@@ -34,7 +34,7 @@ class MetricsInterceptorTest : public ::testing::Test {
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterCallbackGenericService(&service_);
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> factories;
-    factories.push_back(NewServerMetricsInterceptorFactory(&metrics_));
+    factories.push_back(NewServerTelemetryInterceptorFactory(&metrics_));
     builder.experimental().SetInterceptorCreators(std::move(factories));
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);

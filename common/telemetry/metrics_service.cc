@@ -49,7 +49,7 @@ ServiceMetrics::~ServiceMetrics() { http_.reset(); }
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 ServiceMetrics::NewServerInterceptorFactory() {
-  return NewServerMetricsInterceptorFactory(&registry_);
+  return NewServerTelemetryInterceptorFactory(&registry_);
 }
 
 absl::Status ValidateTelemetryConfig(const v1::TelemetryConfig& config) {

@@ -3,8 +3,9 @@
 
 // What a service's main.cc needs for metrics, in one object: the process's
 // MetricsRegistry (with process and span-exporter series), the gRPC interceptor
-// factory, and the HTTP endpoint serving /metrics and the status page when
-// server.telemetry.metrics.listen is set.
+// factory (call metrics and, with a tracer, server spans: the only interceptor
+// a service installs, see metrics_interceptor.h), and the HTTP endpoint serving
+// /metrics and the status page when server.telemetry.metrics.listen is set.
 //
 //   auto metrics = ServiceMetrics::Start("query", config.server().telemetry());
 //   if (!metrics.ok()) ...                      // e.g. the port is taken

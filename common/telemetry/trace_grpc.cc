@@ -82,70 +82,22 @@ absl::string_view SpanName(absl::string_view full_method) {
 
 class ServerInterceptor : public grpc::experimental::Interceptor {
  public:
-  explicit ServerInterceptor(grpc::experimental::ServerRpcInfo* info) : info_(info) {}
-
-  ~ServerInterceptor() override {
-    if (registered_) ServerCallRegistry::Get().Remove(info_->server_context());
-    if (span_.recording()) span_.SetAttribute("rpc.grpc.status_code", int64_t{1});  // ended unanswered
-  }
+  explicit ServerInterceptor(grpc::experimental::ServerRpcInfo* info) : trace_(info) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(
-            InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
-      Begin(methods->GetRecvInitialMetadata());
-    }
-    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
-      SetRpcStatus(span_, methods->GetSendStatus());
-      span_.End();
-      if (registered_) {
-        ServerCallRegistry::Get().Remove(info_->server_context());
-        registered_ = false;
-      }
-    }
+    trace_.Intercept(methods);
     methods->Proceed();
   }
 
  private:
-  void Begin(std::multimap<grpc::string_ref, grpc::string_ref>* metadata) {
-    std::optional<SpanContext> parent;
-    if (metadata != nullptr) {
-      auto tp = metadata->find(kTraceparentHeader);
-      if (tp != metadata->end()) {
-        absl::string_view state;
-        auto ts = metadata->find(kTracestateHeader);
-        if (ts != metadata->end()) state = absl::string_view(ts->second.data(), ts->second.size());
-        parent = ParseTraceparent(absl::string_view(tp->second.data(), tp->second.size()), state);
-      }
-    }
-    const absl::string_view method = info_->method();
-    span_ = StartSpan(SpanName(method), SpanKind::kServer, parent.value_or(SpanContext()));
-    SetRpcAttributes(span_, method);
-    if (span_.recording()) span_.SetAttribute("net.peer.name", info_->server_context()->peer());
-    if (span_.context().valid()) {
-      ServerCallRegistry::Get().Add(info_->server_context(), span_.context());
-      registered_ = true;
-    }
-  }
-
-  grpc::experimental::ServerRpcInfo* const info_;
-  Span span_;
-  bool registered_ = false;
+  ServerCallTrace trace_;
 };
 
 class ServerFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
-    // Without a tracer a span would record nothing and its context would be
-    // the caller's, which ServerCallContext() reads from the metadata anyway:
-    // no interceptor at all, so gRPC's interceptor machinery costs nothing.
-    if (GlobalTracer() == nullptr) return nullptr;
-    const absl::string_view method = info->method();
-    // Health probes and reflection are not worth a trace each.
-    if (absl::StartsWith(method, "/grpc.health.") || absl::StartsWith(method, "/grpc.reflection.")) {
-      return nullptr;
-    }
-    return new ServerInterceptor(info);
+    return ServerCallTrace::Traced(*info) ? new ServerInterceptor(info) : nullptr;
   }
 };
 
@@ -211,6 +163,57 @@ NewServerTracingInterceptorFactory() {
 std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>
 NewClientTracingInterceptorFactory() {
   return std::make_unique<ClientFactory>();
+}
+
+bool ServerCallTrace::Traced(const grpc::experimental::ServerRpcInfo& info) {
+  // Without a tracer a span would record nothing and its context would be
+  // the caller's, which ServerCallContext() reads from the metadata anyway:
+  // no interceptor at all, so gRPC's interceptor machinery costs nothing.
+  if (GlobalTracer() == nullptr) return false;
+  const absl::string_view method = info.method();
+  // Health probes and reflection are not worth a trace each.
+  return !absl::StartsWith(method, "/grpc.health.") &&
+         !absl::StartsWith(method, "/grpc.reflection.");
+}
+
+ServerCallTrace::~ServerCallTrace() {
+  if (registered_) ServerCallRegistry::Get().Remove(info_->server_context());
+  if (span_.recording()) span_.SetAttribute("rpc.grpc.status_code", int64_t{1});  // ended unanswered
+}
+
+void ServerCallTrace::Intercept(grpc::experimental::InterceptorBatchMethods* methods) {
+  if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+    Begin(methods->GetRecvInitialMetadata());
+  }
+  if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
+    SetRpcStatus(span_, methods->GetSendStatus());
+    span_.End();
+    if (registered_) {
+      ServerCallRegistry::Get().Remove(info_->server_context());
+      registered_ = false;
+    }
+  }
+}
+
+void ServerCallTrace::Begin(std::multimap<grpc::string_ref, grpc::string_ref>* metadata) {
+  std::optional<SpanContext> parent;
+  if (metadata != nullptr) {
+    auto tp = metadata->find(kTraceparentHeader);
+    if (tp != metadata->end()) {
+      absl::string_view state;
+      auto ts = metadata->find(kTracestateHeader);
+      if (ts != metadata->end()) state = absl::string_view(ts->second.data(), ts->second.size());
+      parent = ParseTraceparent(absl::string_view(tp->second.data(), tp->second.size()), state);
+    }
+  }
+  const absl::string_view method = info_->method();
+  span_ = StartSpan(SpanName(method), SpanKind::kServer, parent.value_or(SpanContext()));
+  SetRpcAttributes(span_, method);
+  if (span_.recording()) span_.SetAttribute("net.peer.name", info_->server_context()->peer());
+  if (span_.context().valid()) {
+    ServerCallRegistry::Get().Add(info_->server_context(), span_.context());
+    registered_ = true;
+  }
 }
 
 SpanContext ServerCallContext(const grpc::ServerContextBase* context) {

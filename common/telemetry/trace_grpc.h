@@ -26,8 +26,10 @@
 //
 // Thread-safe.
 
+#include <map>
 #include <memory>
 
+#include "common/telemetry/trace.h"
 #include "common/telemetry/trace_context.h"
 #include "grpcpp/support/client_interceptor.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -40,6 +42,33 @@ namespace poolside::telemetry {
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 NewServerTracingInterceptorFactory();
+
+// What the server factory's interceptor does for one call, for an interceptor
+// that does more than tracing: the services install one interceptor per call
+// (metrics_interceptor.h) that counts the call and holds one of these, since
+// gRPC runs every interceptor at every hook point of every batch. Create it in
+// CreateServerInterceptor() when Traced(info); pass each Intercept() through
+// it before Proceed(). Install either this or the factory above, not both.
+class ServerCallTrace {
+ public:
+  // A tracer is installed (see the header comment) and the method is not
+  // grpc.health or reflection.
+  static bool Traced(const grpc::experimental::ServerRpcInfo& info);
+
+  explicit ServerCallTrace(grpc::experimental::ServerRpcInfo* info) : info_(info) {}
+  ~ServerCallTrace();  // a call ending without a status is recorded as CANCELLED
+  ServerCallTrace(const ServerCallTrace&) = delete;
+  ServerCallTrace& operator=(const ServerCallTrace&) = delete;
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods);
+
+ private:
+  void Begin(std::multimap<grpc::string_ref, grpc::string_ref>* metadata);
+
+  grpc::experimental::ServerRpcInfo* const info_;
+  Span span_;
+  bool registered_ = false;
+};
 
 std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>
 NewClientTracingInterceptorFactory();

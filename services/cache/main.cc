@@ -26,7 +26,6 @@
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
 #include "common/telemetry/trace.h"
-#include "common/telemetry/trace_grpc.h"
 #include "services/cache/cache_config.h"
 #include "services/cache/cache_metrics.h"
 #include "services/cache/cache_service.h"
@@ -127,7 +126,6 @@ int main(int argc, char** argv) {
   options.tls = config->server().tls();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
-  options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   const std::string& socket_path = config->unix_socket();
   if (!socket_path.empty()) {

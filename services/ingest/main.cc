@@ -16,7 +16,6 @@
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
 #include "common/telemetry/trace.h"
-#include "common/telemetry/trace_grpc.h"
 #include "services/ingest/ingest_config.h"
 #include "services/ingest/ingest_engine.h"
 #include "services/ingest/ingest_metrics.h"
@@ -83,7 +82,6 @@ int main(int argc, char** argv) {
   // accepted request is answered, and streams get this long to half-close.
   options.drain_timeout = std::min(drain, absl::Seconds(5));
   options.services = {&service};
-  options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.

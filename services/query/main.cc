@@ -13,7 +13,6 @@
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
 #include "common/telemetry/trace.h"
-#include "common/telemetry/trace_grpc.h"
 #include "services/query/named_queries.h"
 #include "services/query/query_config.h"
 #include "services/query/query_engine.h"
@@ -106,7 +105,6 @@ int main(int argc, char** argv) {
       std::min<uint32_t>(config->limits().max_request_bytes(), INT32_MAX));
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.services = {&service};
-  options.interceptors.push_back(telemetry::NewServerTracingInterceptorFactory());
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // Readiness: NOT_SERVING until the pools are warm (see QueryEngine::WhenWarm).
   options.serving_at_start = false;
