@@ -183,8 +183,10 @@ else
   log "starting devstack (PostgreSQL on $PG_PORT, query service on $QUERY_PORT)"
   no_query=()
   [[ -n ${BENCH_NO_POOLSIDE:-} ]] && no_query=(--no_query)
+  # The query service gets as many server connections as PgBouncer.
   "$DEVSTACK" --run_dir="$TMP/stack" --pg_port="$PG_PORT" --query_port="$QUERY_PORT" \
-    --ready_file="$TMP/ready" "${no_query[@]}" >"$TMP/devstack.log" 2>&1 &
+    --query_pool_size="$POOL_SIZE" --ready_file="$TMP/ready" "${no_query[@]}" \
+    >"$TMP/devstack.log" 2>&1 &
   DEVSTACK_PID=$!
   for ((i = 0; i < 1800; i++)); do
     [[ -e $TMP/ready ]] && break
@@ -486,7 +488,7 @@ query_cache_bench() {
   printf '%s\n' \
     "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"," \
-    "   \"pool\": {\"minIdle\": 2, \"maxSize\": 8}}]," \
+    "   \"pool\": {\"minIdle\": 2, \"maxSize\": $POOL_SIZE}}]," \
     " \"defaultDatabase\": \"demo\"," \
     " \"cache\": {\"target\": \"unix:$CACHE_SOCKET\"," \
     "   \"tables\": [{\"database\": \"demo\", \"tables\": [\"pgbench_accounts\"]}]}}" \
@@ -511,7 +513,7 @@ query_cache_bench() {
   done
   stop_pid "$QUERY_CACHE_PID" 20
   QUERY_CACHE_PID=""
-  QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=8) whose sidecar is the cache_server above over its unix socket; loadgen without a cache policy, then with ttl 60 s"
+  QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=$POOL_SIZE) whose sidecar is the cache_server above over its unix socket; loadgen without a cache policy, then with ttl 60 s"
 }
 
 cache_bench() {

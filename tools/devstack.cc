@@ -16,6 +16,7 @@
 // CACHE_ADDR, CACHE_SOCKET, INGEST_ADDR, DEVSTACK_PID.
 
 #include <signal.h>
+#include <algorithm>
 #include <unistd.h>
 
 #include <cstdio>
@@ -55,6 +56,9 @@ ABSL_FLAG(std::string, ready_file, "",
 ABSL_FLAG(std::string, extra_sql, "",
           "A SQL file run in database `demo` after the demo setup.");
 ABSL_FLAG(bool, no_query, false, "Run only PostgreSQL, not the services.");
+ABSL_FLAG(int, query_pool_size, 8,
+          "The query service's pool maxSize for the demo database (make bench gives it "
+          "PgBouncer's default_pool_size).");
 ABSL_FLAG(int, cache_port, 50052, "Cache sidecar gRPC port on 127.0.0.1.");
 ABSL_FLAG(int, ingest_port, 50053, "Ingest service gRPC port on 127.0.0.1.");
 ABSL_FLAG(int, query_metrics_port, 9451,
@@ -185,8 +189,9 @@ absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
   db->set_dsn(pg.Dsn(kDemoDatabase));
-  db->mutable_pool()->set_min_idle(2);
-  db->mutable_pool()->set_max_size(8);
+  const int pool_size = std::max(1, absl::GetFlag(FLAGS_query_pool_size));
+  db->mutable_pool()->set_min_idle(std::min(2, pool_size));
+  db->mutable_pool()->set_max_size(pool_size);
   config.set_default_database(kDemoDatabase);
   v1::QueryCacheConfig* cache = config.mutable_cache();
   cache->set_target(absl::StrCat("unix:", run_dir, "/cache.sock"));
