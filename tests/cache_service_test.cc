@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/server/channel.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/channel.h"
@@ -108,6 +112,16 @@ absl::StatusOr<CacheServer> StartCacheServer(v1::CacheServiceConfig config,
   server.over_tcp = v1::CacheService::NewStub(server.tcp);
   server.over_unix = v1::CacheService::NewStub(server.unix_channel);
   return server;
+}
+
+// Polls `condition` every 10 ms until it holds or `timeout` passes.
+bool Eventually(const std::function<bool()>& condition, absl::Duration timeout) {
+  const absl::Time until = absl::Now() + timeout;
+  while (!condition()) {
+    if (absl::Now() > until) return false;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return true;
 }
 
 std::string Describe(const grpc::Status& s) {
@@ -463,6 +477,58 @@ TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
   EXPECT_EQ(*code, 0) << s->process->LogTail();
   struct stat gone;
   EXPECT_NE(stat(s->socket_path.c_str(), &gone), 0) << "socket file left behind";
+}
+
+TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsTheWatch) {
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
+  ASSERT_TRUE(s.ok()) << s.status();
+  v1::ClientTlsConfig plaintext;
+  plaintext.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+      absl::StrCat("unix:", s->socket_path), plaintext, absl::Seconds(10));
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::Mutex mu;
+  std::vector<query::CacheInvalidationEvent> events;
+  ASSERT_TRUE((*client)->Watch([&](const query::CacheInvalidationEvent& e) {
+    absl::MutexLock lock(&mu);
+    events.push_back(e);
+  }));
+  auto count = [&] {
+    absl::MutexLock lock(&mu);
+    return events.size();
+  };
+  ASSERT_TRUE(Eventually([&] { return count() == 1; }, absl::Seconds(10)));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(events[0].kind, query::CacheInvalidationEvent::kSubscribed);
+  }
+  Client c{s->over_tcp.get()};  // another client than the watcher
+  c.Set("k", "v", {"t1"});
+  c.Invalidate({"t1", "t2"});
+  c.Invalidate({}, {"p/"});
+  c.Delete("k");
+  c.Invalidate({}, {}, /*flush=*/true);
+  ASSERT_TRUE(Eventually([&] { return count() == 5; }, absl::Seconds(10))) << count();
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(events[1].kind, query::CacheInvalidationEvent::kInvalidate);
+    EXPECT_EQ(events[1].tags, (std::vector<std::string>{"t1", "t2"}));
+    EXPECT_EQ(events[2].prefixes, (std::vector<std::string>{"p/"}));
+    EXPECT_EQ(events[3].kind, query::CacheInvalidationEvent::kDelete);
+    EXPECT_EQ(events[3].key, "k");
+    EXPECT_TRUE(events[4].flush_all);
+  }
+  // Shutting down ends the watch.
+  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
+  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  ASSERT_TRUE(Eventually([&] { return count() == 6; }, absl::Seconds(10)));
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(events[5].kind, query::CacheInvalidationEvent::kBroken);
+  }
+  (*client)->StopWatching();
 }
 
 TEST(CacheServiceSocketTest, StaleSocketFileIsReplaced) {

@@ -126,6 +126,7 @@ void Server::Shutdown() {
     readiness_->health = nullptr;
   }
   if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
+  if (options_.before_drain) options_.before_drain();
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));
   server_->Shutdown(deadline);

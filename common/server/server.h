@@ -53,6 +53,9 @@ struct ServerOptions {
   // until MarkServingCallback()'s callback runs, e.g. once the pools are warm.
   // The "liveness" service name is SERVING as long as the server runs.
   bool serving_at_start = true;
+  // Runs when Shutdown() begins, before the drain: ends calls that would
+  // otherwise never finish on their own (e.g. watch streams).
+  std::function<void()> before_drain;
   // Interceptors run on every call, in this order (tracing, metrics, auth...).
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;

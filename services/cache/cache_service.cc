@@ -1,6 +1,7 @@
 #include "services/cache/cache_service.h"
 
 #include <algorithm>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,136 @@ v1::CacheSetResponse::Reason ReasonOf(CacheStore::SetResult r) {
 }
 
 }  // namespace
+
+// One WatchInvalidations stream. Writes go out one at a time from queue_;
+// Finish is called once, when no write is outstanding.
+class CacheServiceImpl::Watch : public grpc::ServerWriteReactor<v1::CacheInvalidationEvent> {
+ public:
+  explicit Watch(CacheServiceImpl* service) : service_(service) {}
+
+  // Queues `event`; a full queue ends the watch instead.
+  void Push(const v1::CacheInvalidationEvent& event) {
+    const v1::CacheInvalidationEvent* write = nullptr;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ending_) return;
+      if (queue_.size() >= kMaxQueuedEvents) {
+        End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         "watcher too slow: invalidation events were dropped"),
+            &finish);
+      } else {
+        queue_.push_back(event);
+        if (!writing_) {
+          writing_ = true;
+          write = &queue_.front();
+        }
+      }
+    }
+    if (write != nullptr) StartWrite(write);
+    if (finish) Finish(status_);
+  }
+
+  void Stop(grpc::Status status) {
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (ending_) return;
+      End(std::move(status), &finish);
+    }
+    if (finish) Finish(status_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    const v1::CacheInvalidationEvent* write = nullptr;
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();
+      writing_ = false;
+      if (!ok && !ending_) {
+        End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"), &finish);
+      } else if (ending_) {
+        finish = !finished_;
+        finished_ = true;
+      } else if (!queue_.empty()) {
+        writing_ = true;
+        write = &queue_.front();
+      }
+    }
+    if (write != nullptr) StartWrite(write);
+    if (finish) Finish(status_);
+  }
+
+  void OnCancel() override { Stop(grpc::Status::CANCELLED); }
+
+  void OnDone() override {
+    service_->Unregister(this);
+    delete this;
+  }
+
+ private:
+  // Marks the watch ending; `*finish` says whether the caller must Finish now
+  // (otherwise the outstanding write's OnWriteDone does).
+  void End(grpc::Status status, bool* finish) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ending_ = true;
+    status_ = std::move(status);
+    if (!writing_) {
+      finished_ = true;
+      *finish = true;
+    }
+  }
+
+  CacheServiceImpl* const service_;
+  absl::Mutex mu_;
+  std::deque<v1::CacheInvalidationEvent> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool ending_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Set once, before Finish.
+  grpc::Status status_;
+};
+
+CacheServiceImpl::~CacheServiceImpl() { EndWatches(); }
+
+grpc::ServerWriteReactor<v1::CacheInvalidationEvent>* CacheServiceImpl::WatchInvalidations(
+    grpc::CallbackServerContext* /*context*/, const v1::CacheWatchRequest* /*request*/) {
+  auto* watch = new Watch(this);
+  v1::CacheInvalidationEvent subscribed;
+  subscribed.set_subscribed(true);
+  absl::MutexLock lock(&watches_mu_);
+  if (watches_ended_) {
+    watch->Stop(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
+    return watch;
+  }
+  watches_.insert(watch);
+  // Under watches_mu_: no event published after registration can overtake it.
+  watch->Push(subscribed);
+  return watch;
+}
+
+void CacheServiceImpl::Publish(const v1::CacheInvalidationEvent& event) {
+  absl::MutexLock lock(&watches_mu_);
+  for (Watch* watch : watches_) watch->Push(event);
+}
+
+void CacheServiceImpl::Unregister(Watch* watch) {
+  absl::MutexLock lock(&watches_mu_);
+  watches_.erase(watch);
+}
+
+void CacheServiceImpl::EndWatches() {
+  absl::MutexLock lock(&watches_mu_);
+  watches_ended_ = true;
+  for (Watch* watch : watches_) {
+    watch->Stop(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
+  }
+}
+
+size_t CacheServiceImpl::watch_count() const {
+  absl::MutexLock lock(&watches_mu_);
+  return watches_.size();
+}
 
 absl::Status CacheServiceImpl::CheckKey(const std::string& key) const {
   if (key.empty()) return absl::InvalidArgumentError("key must not be empty");
@@ -137,6 +268,9 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Delete(grpc::CallbackServerContext* 
                                                    v1::CacheDeleteResponse* response) {
   if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
   response->set_deleted(store_->Delete(request->key()));
+  v1::CacheInvalidationEvent event;
+  event.set_deleted_key(request->key());
+  Publish(event);
   return Answer(context, absl::OkStatus());
 }
 
@@ -161,6 +295,13 @@ grpc::ServerUnaryReactor* CacheServiceImpl::Invalidate(grpc::CallbackServerConte
   CacheStore::InvalidateResult r = store_->Invalidate(tags, prefixes, request->flush_all());
   response->set_removed(r.removed);
   response->set_generation(r.generation);
+  v1::CacheInvalidationEvent event;
+  *event.mutable_tags() = request->tags();
+  *event.mutable_prefixes() = request->prefixes();
+  event.set_flush_all(request->flush_all());
+  event.set_generation(r.generation);
+  event.set_source(request->source());
+  Publish(event);
   const telemetry::LogLevel level =
       request->flush_all() ? telemetry::LogLevel::kInfo : telemetry::LogLevel::kDebug;
   if (telemetry::LogEnabled(level)) {

@@ -12,6 +12,13 @@
 //     max_tags tags, each non-empty and at most max_key_bytes;
 //   - Invalidate: at least one tag or prefix, or flush_all; no empty tag or
 //     prefix (an empty prefix would be a flush: say flush_all).
+// WatchInvalidations streams every Invalidate and Delete this service
+// applies, after applying it, to each watcher (see cache.proto). Events wait
+// in a per-watch queue of at most kMaxQueuedEvents; a watch whose queue is
+// full is ended with RESOURCE_EXHAUSTED (its watcher then drops what it holds
+// and watches again). EndWatches() ends every watch, e.g. before the server
+// drains, since a watch never ends on its own.
+//
 // A well-formed entry that does not fit (key + value above max_entry_bytes, or
 // its charge above a shard's budget) is not an error: the response says
 // stored=false, reason=TOO_LARGE, and the caller simply does not cache it.
@@ -21,7 +28,10 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "common/cache/cache_store.h"
@@ -37,9 +47,12 @@ struct CacheServiceLimits {
 class CacheServiceImpl final : public v1::CacheService::CallbackService {
  public:
   static constexpr int kMaxGetManyKeys = 1024;
+  static constexpr size_t kMaxQueuedEvents = 4096;
 
   CacheServiceImpl(CacheStore* store, CacheServiceLimits limits)
       : store_(store), limits_(limits) {}
+  // The server must have shut down (no watch left).
+  ~CacheServiceImpl() override;
 
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
                                 const v1::CacheGetRequest* request,
@@ -59,13 +72,30 @@ class CacheServiceImpl final : public v1::CacheService::CallbackService {
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
                                      const v1::CacheGetStatsRequest* request,
                                      v1::CacheStats* response) override;
+  grpc::ServerWriteReactor<v1::CacheInvalidationEvent>* WatchInvalidations(
+      grpc::CallbackServerContext* context, const v1::CacheWatchRequest* request) override;
+
+  // Ends every open watch (status UNAVAILABLE); watches begun later are
+  // refused the same way.
+  void EndWatches();
+  // Open watches (for tests and stats).
+  size_t watch_count() const;
 
  private:
+  class Watch;
+  // Queues `event` on every watch.
+  void Publish(const v1::CacheInvalidationEvent& event);
+  void Unregister(Watch* watch);
+
   absl::Status CheckKey(const std::string& key) const;
   void Lookup(const std::string& key, v1::CacheGetResponse* response) const;
 
   CacheStore* const store_;
   const CacheServiceLimits limits_;
+
+  mutable absl::Mutex watches_mu_;
+  absl::flat_hash_set<Watch*> watches_ ABSL_GUARDED_BY(watches_mu_);
+  bool watches_ended_ ABSL_GUARDED_BY(watches_mu_) = false;
 };
 
 }  // namespace poolside::cache

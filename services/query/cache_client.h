@@ -23,6 +23,8 @@ struct CacheLookup {
   std::string value;
   // The sidecar's generation at the read; a fill after a miss carries it.
   uint64_t generation = 0;
+  // kHit: how long the entry stays fresh.
+  absl::Duration remaining = absl::ZeroDuration();
 };
 
 struct CacheFill {
@@ -32,6 +34,22 @@ struct CacheFill {
   absl::Duration stale;
   std::vector<std::string> tags;
   uint64_t read_generation = 0;
+};
+
+// What the sidecar applied (CacheService.WatchInvalidations), or the state of
+// the watch itself.
+struct CacheInvalidationEvent {
+  enum Kind {
+    kSubscribed,  // a watch is established: events applied before it were not seen
+    kInvalidate,  // tags / prefixes / flush_all
+    kDelete,      // key
+    kBroken,      // the watch ended: events may be missed until kSubscribed
+  };
+  Kind kind = kInvalidate;
+  std::vector<std::string> tags;
+  std::vector<std::string> prefixes;
+  bool flush_all = false;
+  std::string key;
 };
 
 class CacheClient {
@@ -44,6 +62,17 @@ class CacheClient {
   // `tags` empty and `flush_all`: everything. `source` names the reason.
   virtual void Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
                           absl::Duration timeout, std::function<void(absl::Status)> done) = 0;
+
+  // Watches the sidecar's invalidations until StopWatching(), watching again
+  // whenever a watch ends. `on_event` is called from one thread at a time, in
+  // order: kSubscribed when a watch is established, then what the sidecar
+  // applies, kBroken when it ends. False: this client cannot watch (and never
+  // calls `on_event`).
+  virtual bool Watch(std::function<void(const CacheInvalidationEvent&)> on_event) {
+    return false;
+  }
+  // Ends the watch; `on_event` is not called once this returned.
+  virtual void StopWatching() {}
 };
 
 }  // namespace poolside::query

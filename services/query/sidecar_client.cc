@@ -54,6 +54,75 @@ SidecarClient::SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Durat
       channel_(std::move(channel)),
       stub_(v1::CacheService::NewStub(channel_)) {}
 
+SidecarClient::~SidecarClient() { StopWatching(); }
+
+bool SidecarClient::Watch(std::function<void(const CacheInvalidationEvent&)> on_event) {
+  absl::MutexLock lock(&watch_mu_);
+  if (watcher_.joinable() || stop_watching_.HasBeenNotified()) return false;
+  watcher_ = std::thread([this, on_event = std::move(on_event)] { WatchLoop(on_event); });
+  return true;
+}
+
+void SidecarClient::StopWatching() {
+  std::thread watcher;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    if (!stop_watching_.HasBeenNotified()) stop_watching_.Notify();
+    if (watch_context_ != nullptr) watch_context_->TryCancel();
+    watcher.swap(watcher_);
+  }
+  if (watcher.joinable()) watcher.join();
+}
+
+void SidecarClient::WatchLoop(std::function<void(const CacheInvalidationEvent&)> on_event) {
+  absl::Duration backoff = absl::Milliseconds(100);
+  while (!stop_watching_.HasBeenNotified()) {
+    grpc::ClientContext context;
+    {
+      absl::MutexLock lock(&watch_mu_);
+      if (stop_watching_.HasBeenNotified()) break;
+      watch_context_ = &context;
+    }
+    std::unique_ptr<grpc::ClientReader<v1::CacheInvalidationEvent>> reader =
+        stub_->WatchInvalidations(&context, v1::CacheWatchRequest());
+    bool subscribed = false;
+    v1::CacheInvalidationEvent e;
+    while (reader->Read(&e)) {
+      CacheInvalidationEvent event;
+      if (e.subscribed()) {
+        if (subscribed) continue;
+        subscribed = true;
+        backoff = absl::Milliseconds(100);
+        event.kind = CacheInvalidationEvent::kSubscribed;
+      } else if (!subscribed) {
+        continue;  // not a watch this client understands
+      } else if (!e.deleted_key().empty()) {
+        event.kind = CacheInvalidationEvent::kDelete;
+        event.key = std::move(*e.mutable_deleted_key());
+      } else {
+        event.kind = CacheInvalidationEvent::kInvalidate;
+        event.tags.assign(e.tags().begin(), e.tags().end());
+        event.prefixes.assign(e.prefixes().begin(), e.prefixes().end());
+        event.flush_all = e.flush_all();
+      }
+      on_event(event);
+    }
+    // Stop reading before anything else: the near cache must not serve.
+    if (subscribed) {
+      CacheInvalidationEvent broken;
+      broken.kind = CacheInvalidationEvent::kBroken;
+      on_event(broken);
+    }
+    reader->Finish();  // why it ended changes nothing: watch again
+    {
+      absl::MutexLock lock(&watch_mu_);
+      watch_context_ = nullptr;
+    }
+    stop_watching_.WaitForNotificationWithTimeout(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(1));
+  }
+}
+
 void SidecarClient::Get(const std::string& key,
                         std::function<void(absl::StatusOr<CacheLookup>)> done) {
   std::vector<PendingGet> batch;
@@ -135,6 +204,7 @@ void SidecarClient::GetsDone(std::vector<PendingGet> batch, const grpc::Status& 
     }
     out.value = std::move(*r.mutable_value());
     out.generation = r.generation();
+    out.remaining = absl::Milliseconds(r.remaining_ms());
     batch[i].done(std::move(out));
   }
 }

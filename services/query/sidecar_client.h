@@ -10,14 +10,20 @@
 // next call to leave carries every queued key (GetMany). Under light load each
 // Get is its own call; under heavy load one call carries many, which is what
 // keeps a cache hit cheaper than the database query it replaces.
+//
+// Watch() runs one WatchInvalidations stream at a time on a thread of its own
+// (blocking reads; no gRPC callback waits), and watches again 100 ms to 1 s
+// after a stream ends or cannot start.
 
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 
 #include "absl/time/time.h"
 #include "grpcpp/grpcpp.h"
@@ -40,12 +46,15 @@ class SidecarClient : public CacheClient {
                                                                const v1::ClientTlsConfig& tls,
                                                                absl::Duration call_timeout);
   SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout);
+  ~SidecarClient() override;  // stops watching
 
   void Get(const std::string& key,
            std::function<void(absl::StatusOr<CacheLookup>)> done) override;
   void Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)> done) override;
   void Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
                   absl::Duration timeout, std::function<void(absl::Status)> done) override;
+  bool Watch(std::function<void(const CacheInvalidationEvent&)> on_event) override;
+  void StopWatching() override;
 
  private:
   struct PendingGet {
@@ -67,9 +76,17 @@ class SidecarClient : public CacheClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CacheService::Stub> stub_;
 
+  void WatchLoop(std::function<void(const CacheInvalidationEvent&)> on_event);
+
   absl::Mutex mu_;
   std::vector<PendingGet> queued_ ABSL_GUARDED_BY(mu_);
   int get_calls_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+
+  absl::Mutex watch_mu_;
+  // The open watch's context, to cancel it.
+  grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(watch_mu_) = nullptr;
+  absl::Notification stop_watching_;
+  std::thread watcher_;
 };
 
 }  // namespace poolside::query
