@@ -5,10 +5,12 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/telemetry/trace.h"
 #include "grpcpp/generic/async_generic_service.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
+#include "tests/fixtures/otlp_receiver.h"
 
 namespace poolside::telemetry {
 namespace {
@@ -101,6 +103,29 @@ TEST_F(MetricsInterceptorTest, MethodNamesAreBounded) {
                       "grpc_service=\"\",grpc_type=\"bidi_stream\"} 10\n"),
             std::string::npos)
       << text;
+}
+
+TEST_F(MetricsInterceptorTest, WithATracerEachCallAlsoGetsOneServerSpan) {
+  auto receiver = testing::OtlpReceiver::Start();
+  ASSERT_TRUE(receiver.ok()) << receiver.status();
+  v1::TracingConfig config;
+  config.set_endpoint((*receiver)->address());
+  auto tracer = StartTracing(config, "unit");
+  ASSERT_TRUE(tracer.ok()) << tracer.status();
+  ASSERT_EQ(Call("/test.Echo/Fail"), grpc::StatusCode::NOT_FOUND);
+  ASSERT_TRUE((*tracer)->Flush(absl::Seconds(20)));
+  const std::vector<testing::ReceivedSpan> spans = (*receiver)->Spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const auto& span = spans[0].span;
+  EXPECT_EQ(span.name(), "test.Echo/Fail");
+  EXPECT_EQ(span.kind(), opentelemetry::proto::trace::v1::Span::SPAN_KIND_SERVER);
+  EXPECT_EQ(testing::Attribute(span, "rpc.service"), "test.Echo");
+  EXPECT_EQ(testing::Attribute(span, "rpc.method"), "Fail");
+  EXPECT_EQ(testing::Attribute(span, "rpc.grpc.status_code"), "5");
+  EXPECT_NE(metrics_.ScrapeText().find("poolside_grpc_server_handled_total{grpc_code=\"NOT_FOUND\","
+                                       "grpc_method=\"Fail\",grpc_service=\"test.Echo\","
+                                       "grpc_type=\"bidi_stream\"} 1\n"),
+            std::string::npos);
 }
 
 TEST(GrpcCodeNameTest, Names) {

@@ -157,5 +157,18 @@ TEST_F(TraceGrpcTest, WithoutAParentEachCallStartsItsOwnTrace) {
   EXPECT_EQ(traces.size(), 2u);
 }
 
+TEST_F(TraceGrpcTest, WithoutATracerTheHandlerStillSeesTheCallersContext) {
+  tracer_.reset();  // tracing off: the server factory adds no interceptor
+  grpc::ClientContext context;
+  context.AddMetadata("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  context.AddMetadata("tracestate", "k=v");
+  ASSERT_TRUE(Call(&context).ok());
+  absl::MutexLock lock(&echo_.mu);
+  ASSERT_EQ(echo_.seen.size(), 1u);
+  EXPECT_EQ(echo_.seen[0].TraceIdHex(), "0af7651916cd43dd8448eb211c80319c");
+  EXPECT_EQ(echo_.seen[0].SpanIdHex(), "b7ad6b7169203331");
+  EXPECT_EQ(echo_.seen[0].trace_state, "k=v");
+}
+
 }  // namespace
 }  // namespace poolside::telemetry
