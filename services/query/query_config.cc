@@ -81,6 +81,18 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
     POOLSIDE_DEFAULT(cache, failure_threshold, 3u);
     POOLSIDE_DEFAULT(cache, retry_after_ms, 1000u);
     if (cache->channel().empty()) cache->set_channel("poolside_invalidate");
+    v1::NearCacheConfig* near = cache->mutable_near();
+    if (!near->has_capacity_bytes()) near->set_capacity_bytes(uint64_t{64} << 20);
+    POOLSIDE_DEFAULT(near, max_ttl_ms, 10000u);
+    POOLSIDE_DEFAULT(near, shards, 16u);
+    if (near->shards() > 256) {
+      return absl::InvalidArgumentError("cache.near.shards: at most 256");
+    }
+    if (near->capacity_bytes() != 0 && near->capacity_bytes() / near->shards() < (64u << 10)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cache.near.capacityBytes: at least 64 KiB per shard (", near->shards(),
+          " shards), or 0 to turn the near cache off"));
+    }
     if (cache->channel().size() > 63) {
       return absl::InvalidArgumentError("cache.channel: at most 63 bytes (a PostgreSQL identifier)");
     }

@@ -50,6 +50,35 @@ TEST(QueryConfigTest, FillsDocumentedDefaults) {
   EXPECT_EQ(c->databases(0).statement_cache_size(), 100u);
 }
 
+TEST(QueryConfigTest, NearCacheDefaultsZeroTurnsItOffUnknownKeysAreErrors) {
+  auto c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                        "cache": {"target": "unix:/run/c.sock"}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->cache().near().capacity_bytes(), uint64_t{64} << 20);
+  EXPECT_EQ(c->cache().near().max_ttl_ms(), 10000u);
+  EXPECT_EQ(c->cache().near().shards(), 16u);
+  c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                   "cache": {"target": "unix:/run/c.sock", "near": {"capacityBytes": 0}}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->cache().near().has_capacity_bytes());
+  EXPECT_EQ(c->cache().near().capacity_bytes(), 0u);
+  c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                   "cache": {"target": "unix:/run/c.sock",
+                             "near": {"capacityBytes": "1048576", "maxTtlMs": 500, "shards": 4}}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->cache().near().capacity_bytes(), 1u << 20);
+  EXPECT_EQ(c->cache().near().max_ttl_ms(), 500u);
+  EXPECT_FALSE(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                            "cache": {"target": "unix:/run/c.sock", "near": {"capacity": 1}}})")
+                   .ok());
+  EXPECT_FALSE(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                            "cache": {"target": "unix:/run/c.sock", "near": {"shards": 1000}}})")
+                   .ok());
+  EXPECT_FALSE(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                            "cache": {"target": "unix:/run/c.sock", "near": {"capacityBytes": 100}}})")
+                   .ok());
+}
+
 TEST(QueryConfigTest, ExplicitZeroMinIdleIsKept) {
   auto c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a", "pool": {"minIdle": 0}}]})");
   ASSERT_TRUE(c.ok()) << c.status();

@@ -146,6 +146,10 @@ void CollectCache(QueryEngine* engine, Families* out) {
     out->push_back(CounterFamily(name, help));
     AddCounter(&out->back(), {}, v);
   };
+  counter("poolside_query_cache_near_hits_total",
+          "Hits answered by the in-process near cache, without a sidecar call (also in "
+          "poolside_query_cache_requests_total{outcome=\"hit\"}).",
+          load(c.near_hits));
   counter("poolside_query_cache_coalesced_total",
           "Misses that joined an identical query already in flight.", load(c.coalesced));
   counter("poolside_query_cache_fills_total", "Results stored in the sidecar.", load(c.fills));

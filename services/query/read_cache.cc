@@ -102,6 +102,16 @@ bool PermanentlyUnexplainable(const absl::Status& s) {
          s.code() == absl::StatusCode::kUnimplemented;
 }
 
+std::unique_ptr<NearCache> MakeNearCache(const v1::QueryCacheConfig& config) {
+  const v1::NearCacheConfig& near = config.near();
+  if (near.capacity_bytes() == 0) return nullptr;
+  NearCache::Options options;
+  options.capacity_bytes = near.capacity_bytes();
+  if (near.shards() != 0) options.shards = near.shards();
+  if (near.max_ttl_ms() != 0) options.max_ttl = absl::Milliseconds(near.max_ttl_ms());
+  return std::make_unique<NearCache>(options);
+}
+
 // A sidecar call made from one of our own threads, waited for.
 absl::Status InvalidateNow(CacheClient& client, std::vector<std::string> tags,
                            const std::string& source) {
@@ -160,6 +170,7 @@ struct ReadCache::Flight {
   std::string key;
   Database* db = nullptr;
   uint64_t generation = 0;
+  uint64_t near_generation = 0;
   std::vector<std::string> tags;
   absl::Duration ttl;
   absl::Duration stale;
@@ -197,7 +208,10 @@ struct ReadCache::DbState {
 ReadCache::ReadCache(const v1::QueryCacheConfig& config, std::unique_ptr<CacheClient> client,
                      const absl::flat_hash_map<std::string, std::unique_ptr<Database>>& databases,
                      const v1::LimitsConfig& limits)
-    : config_(config), limits_(limits), client_(std::move(client)) {
+    : config_(config),
+      limits_(limits),
+      near_(MakeNearCache(config)),
+      client_(std::move(client)) {
   for (const auto& [name, db] : databases) {
     auto state = std::make_unique<DbState>();
     state->db = db.get();
@@ -212,6 +226,7 @@ ReadCache::ReadCache(const v1::QueryCacheConfig& config, std::unique_ptr<CacheCl
 }
 
 ReadCache::~ReadCache() {
+  client_->StopWatching();
   stopping_.Notify();
   for (std::thread& t : threads_) t.join();
   // Sidecar callbacks and flights reference this object.
@@ -219,6 +234,12 @@ ReadCache::~ReadCache() {
 }
 
 void ReadCache::Start() {
+  if (near_ != nullptr) {
+    NearCache* near = near_.get();
+    if (!client_->Watch([near](const CacheInvalidationEvent& e) { near->OnEvent(e); })) {
+      telemetry::LogWarning("the cache client cannot watch invalidations; the near cache stays off");
+    }
+  }
   for (auto& [name, state] : dbs_) {
     if (state->listens) {
       DbState* s = state.get();
@@ -301,7 +322,9 @@ void ReadCache::MarkSuspect(DbState* state) {
 
 bool ReadCache::FlushDatabase(DbState* state, const std::string& source) {
   const uint64_t epoch = state->suspect_epoch.load();
+  if (near_ != nullptr) near_->Invalidate({DatabaseTag(state->db->name())});
   absl::Status s = InvalidateNow(*client_, {DatabaseTag(state->db->name())}, source);
+  if (near_ != nullptr) near_->Invalidate({DatabaseTag(state->db->name())});  // see AfterWrite
   if (!s.ok()) {
     SidecarResult(false);
     return false;
@@ -379,6 +402,28 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request,
                         uint64_t max_rows, uint64_t max_bytes, bool read_only,
                         std::function<void()> run_plain) {
   std::string key = KeyFor(*db, request, read_only);
+  uint64_t near_generation = 0;
+  if (near_ != nullptr && key.size() <= kMaxKeyBytes) {
+    if (std::shared_ptr<const v1::ResultSet> hit = near_->Get(key)) {
+      counters_.hits.fetch_add(1, std::memory_order_relaxed);
+      counters_.near_hits.fetch_add(1, std::memory_order_relaxed);
+      telemetry::Span lookup =
+          telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, work->trace);
+      if (lookup.recording()) {
+        lookup.SetAttribute("db.name", db->name());
+        lookup.SetAttribute("poolside.cache.outcome", "hit");
+        lookup.SetAttribute("poolside.cache.layer", "near");
+        lookup.End();
+      }
+      if (work->Claim()) {
+        Answer(*work, response, max_rows, max_bytes, absl::OkStatus(), *hit, v1::HIT);
+      }
+      return;
+    }
+    // Before the sidecar or the database is read: a fill of what they return
+    // loses against any invalidation from now on.
+    near_generation = near_->ReadGeneration();
+  }
   if (key.size() > kMaxKeyBytes || !SidecarUsable()) {
     counters_.bypass.fetch_add(1, std::memory_order_relaxed);
     run_plain();
@@ -391,6 +436,7 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request,
   const absl::Time deadline = work->deadline;
   Tables(db, owned->sql(), owned->params(), deadline,
          [this, db, owned, key = std::move(key), work, response, max_rows, max_bytes,
+          near_generation,
           run_plain = std::move(run_plain)](absl::StatusOr<StatementTables> t) mutable {
            if (!t.ok() || !t->explained || t->modifies || t->locks_rows) {
              // Not a plain read (or its plan is unknown): the database decides.
@@ -405,14 +451,14 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request,
              return;
            }
            Lookup(db, std::move(owned), std::move(key), std::move(work), response, max_rows,
-                  max_bytes, std::move(run_plain), *std::move(t));
+                  max_bytes, std::move(run_plain), *std::move(t), near_generation);
          });
 }
 
 void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned,
                        std::string key, std::shared_ptr<Work> work, v1::ExecuteResponse* response,
                        uint64_t max_rows, uint64_t max_bytes, std::function<void()> run_plain,
-                       StatementTables tables) {
+                       StatementTables tables, uint64_t near_generation) {
   auto p = std::make_unique<Participant>();
   p->work = std::move(work);
   p->response = response;
@@ -426,7 +472,7 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
   // The sidecar call is the lookup's child.
   telemetry::ScopedSpanContext lookup_scope(lookup->context());
   in_flight_.fetch_add(1);
-  client_->Get(key, [this, db, owned, key, tables = std::move(tables), lookup,
+  client_->Get(key, [this, db, owned, key, tables = std::move(tables), lookup, near_generation,
                      p = std::shared_ptr<Participant>(std::move(p))](
                         absl::StatusOr<CacheLookup> r) mutable {
     SidecarResult(r.ok());
@@ -446,16 +492,20 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
       return;
     }
     if (r->outcome != CacheLookup::kMiss) {
-      v1::ResultSet cached;
-      if (cached.ParseFromString(r->value)) {
+      auto cached = std::make_shared<v1::ResultSet>();
+      if (cached->ParseFromString(r->value)) {
         const bool stale = r->outcome == CacheLookup::kStale;
         (stale ? counters_.stale : counters_.hits).fetch_add(1, std::memory_order_relaxed);
         if (stale) {
           // One background refresh; this caller does not wait for it.
-          Fly(db, *owned, key, r->generation, TagsFor(*db, tables, owned->cache()),
+          Fly(db, *owned, key, r->generation, near_generation,
+              TagsFor(*db, tables, owned->cache()),
               absl::Now() + absl::Milliseconds(limits_.default_timeout_ms()), nullptr);
+        } else if (near_ != nullptr && near_generation != 0) {
+          near_->Fill(key, cached, r->remaining, TagsFor(*db, tables, owned->cache()),
+                      near_generation);
         }
-        Deliver(*p, absl::OkStatus(), cached, stale ? v1::STALE : v1::HIT);
+        Deliver(*p, absl::OkStatus(), *cached, stale ? v1::STALE : v1::HIT);
         in_flight_.fetch_sub(1);
         return;
       }
@@ -464,8 +514,8 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
     counters_.misses.fetch_add(1, std::memory_order_relaxed);
     auto participant = std::make_unique<Participant>(std::move(*p));
     const absl::Time deadline = participant->deadline;  // before the move below
-    Fly(db, *owned, key, r->generation, TagsFor(*db, tables, owned->cache()), deadline,
-        std::move(participant));
+    Fly(db, *owned, key, r->generation, near_generation, TagsFor(*db, tables, owned->cache()),
+        deadline, std::move(participant));
     in_flight_.fetch_sub(1);
   });
 }
@@ -473,27 +523,33 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
 void ReadCache::Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
                         v1::CacheOutcome outcome) {
   if (!p.work->Claim()) return;  // the caller went away
+  Answer(*p.work, p.response, p.max_rows, p.max_bytes, status, result, outcome);
+}
+
+void ReadCache::Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
+                       uint64_t max_bytes, const absl::Status& status,
+                       const v1::ResultSet& result, v1::CacheOutcome outcome) {
   absl::Status s = status;
   if (s.ok()) {
     const uint64_t rows = static_cast<uint64_t>(result.rows_size());
     const uint64_t bytes = result.ByteSizeLong();
-    if (rows > p.max_rows) {
+    if (rows > max_rows) {
       s = absl::ResourceExhaustedError(absl::StrCat(
-          "the result has ", rows, " rows; this call's row limit is ", p.max_rows));
-    } else if (bytes > p.max_bytes) {
+          "the result has ", rows, " rows; this call's row limit is ", max_rows));
+    } else if (bytes > max_bytes) {
       s = absl::ResourceExhaustedError(absl::StrCat(
-          "the result has ", bytes, " bytes; this call's byte limit is ", p.max_bytes));
+          "the result has ", bytes, " bytes; this call's byte limit is ", max_bytes));
     } else {
-      *p.response->mutable_result() = result;
+      *response->mutable_result() = result;
     }
   }
-  p.response->set_cache(outcome);
-  p.work->done(std::move(s));
+  response->set_cache(outcome);
+  work.done(std::move(s));
 }
 
 void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::string& key,
-                    uint64_t generation, std::vector<std::string> tags, absl::Time deadline,
-                    std::unique_ptr<Participant> participant) {
+                    uint64_t generation, uint64_t near_generation, std::vector<std::string> tags,
+                    absl::Time deadline, std::unique_ptr<Participant> participant) {
   std::shared_ptr<Flight> flight;
   {
     absl::MutexLock lock(&mu_);
@@ -513,6 +569,7 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
     flight->key = key;
     flight->db = db;
     flight->generation = generation;
+    flight->near_generation = near_generation;
     flight->tags = std::move(tags);
     flight->ttl = absl::Milliseconds(request.cache().ttl_ms());
     flight->stale = absl::Milliseconds(request.cache().stale_while_revalidate_ms());
@@ -558,6 +615,11 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
   const v1::ResultSet& result = flight->work->result;
   if (status.ok()) {
     std::string value = result.SerializeAsString();
+    if (near_ != nullptr && flight->near_generation != 0 &&
+        value.size() <= config_.max_value_bytes()) {
+      near_->Fill(flight->key, std::make_shared<const v1::ResultSet>(result), flight->ttl,
+                  flight->tags, flight->near_generation);
+    }
     if (value.size() <= config_.max_value_bytes() && SidecarUsable()) {
       CacheFill fill;
       fill.key = flight->key;
@@ -635,6 +697,9 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
       g->done();
       return;
     }
+    // In the near cache both before and after the sidecar: a read that began
+    // in between may have found the old entry in the sidecar and filled it in.
+    if (near_ != nullptr) near_->Invalidate(tags);
     if (!SidecarUsable()) {
       MarkSuspect(state);
       g->done();
@@ -648,9 +713,11 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     span->SetAttribute("poolside.cache.tags", tags.size());
     telemetry::ScopedSpanContext invalidate_scope(span->context());
     in_flight_.fetch_add(1);
-    client_->Invalidate(std::move(tags), false, "write",
+    std::vector<std::string> sent = tags;
+    client_->Invalidate(std::move(sent), false, "write",
                         absl::Milliseconds(std::max<uint32_t>(config_.call_timeout_ms(), 200)),
-                        [this, state, g, span](absl::Status s) {
+                        [this, state, g, span, tags](absl::Status s) {
+                          if (near_ != nullptr) near_->Invalidate(tags);
                           SidecarResult(s.ok());
                           span->SetAttribute("poolside.cache.outcome",
                                              s.ok() ? "invalidated" : "error");
@@ -787,7 +854,9 @@ void ReadCache::Listen(DbState* state) {
         for (const db::Notification& n : got) tags.push_back(TableTag(db->name(), n.payload));
         std::sort(tags.begin(), tags.end());
         tags.erase(std::unique(tags.begin(), tags.end()), tags.end());
-        absl::Status inv = InvalidateNow(*client_, std::move(tags), "notify");
+        if (near_ != nullptr) near_->Invalidate(tags);
+        absl::Status inv = InvalidateNow(*client_, tags, "notify");
+        if (near_ != nullptr) near_->Invalidate(tags);  // see AfterWrite
         SidecarResult(inv.ok());
         if (!inv.ok()) MarkSuspect(state);
       }

@@ -24,6 +24,17 @@
 //   caller gets its reply (read-your-writes through any replica sharing the
 //   sidecar); a statement whose tables cannot be learned (DDL, CALL, ...)
 //   flushes its database's entries.
+// - Near cache (near_cache.h, `cache.near`): results are also kept parsed in
+//   this process and a hit there is answered on the calling thread (outcome
+//   HIT, counted in near_hits too). Filled by sidecar hits and database
+//   fills, with the near cache's generation taken before the lookup (so a
+//   fill loses against a later invalidation). Every invalidation of this
+//   replica (NOTIFY, writes, flushes) is applied to it before the sidecar
+//   gets it, and again once the sidecar answered (a read that began in
+//   between may have found the old entry in the sidecar);
+//   invalidations the sidecar applies for anyone else arrive through its
+//   WatchInvalidations stream, and while that stream is down the near cache
+//   does not serve (it is emptied when the stream is back).
 // - The sidecar being down, slow or restarted never fails a call: the call
 //   runs on the database (outcome BYPASS); after `failure_threshold`
 //   consecutive failures the sidecar is skipped for `retry_after_ms`. An
@@ -51,6 +62,7 @@
 #include "proto/poolside/v1/query.pb.h"
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
+#include "services/query/near_cache.h"
 #include "services/query/result_sinks.h"
 
 namespace poolside::query {
@@ -76,6 +88,8 @@ class ReadCache {
     std::atomic<uint64_t> hits{0}, stale{0}, misses{0}, bypass{0}, coalesced{0};
     std::atomic<uint64_t> fills{0}, fills_refused{0}, sidecar_errors{0};
     std::atomic<uint64_t> notifications{0}, write_invalidations{0}, flushes{0};
+    // Hits answered by the near cache (also counted in hits).
+    std::atomic<uint64_t> near_hits{0};
   };
 
   // `databases` outlive this.
@@ -119,6 +133,9 @@ class ReadCache {
   // Test hook: whether reads of `database` currently use the cache.
   bool DatabaseReady(absl::string_view database) const;
 
+  // Null when `cache.near.capacityBytes` is 0.
+  const NearCache* near_cache() const { return near_.get(); }
+
  private:
   struct Flight;
   struct DbState;
@@ -134,15 +151,20 @@ class ReadCache {
   void Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> request, std::string key,
               std::shared_ptr<Work> work,
               v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
-              std::function<void()> run_plain, StatementTables tables);
+              std::function<void()> run_plain, StatementTables tables, uint64_t near_generation);
   // Joins or starts the flight for `key`. `participant` may be empty (a
-  // background refresh of a stale entry).
+  // background refresh of a stale entry). `near_generation`: the near
+  // cache's, taken before the lookup that led here.
   void Fly(Database* db, const v1::ExecuteRequest& request, const std::string& key,
-           uint64_t generation, std::vector<std::string> tags, absl::Time deadline,
-           std::unique_ptr<Participant> participant);
+           uint64_t generation, uint64_t near_generation, std::vector<std::string> tags,
+           absl::Time deadline, std::unique_ptr<Participant> participant);
   void Land(const std::shared_ptr<Flight>& flight, absl::Status status);
   void Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
                v1::CacheOutcome outcome);
+  // Claims `work` and answers it with `result` (within the caller's limits).
+  static void Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
+                     uint64_t max_bytes, const absl::Status& status, const v1::ResultSet& result,
+                     v1::CacheOutcome outcome);
 
   bool SidecarUsable();
   void SidecarResult(bool ok);
@@ -154,6 +176,8 @@ class ReadCache {
 
   const v1::QueryCacheConfig config_;
   const v1::LimitsConfig limits_;
+  // Before client_: the client's watch thread feeds it until ~ReadCache stops it.
+  const std::unique_ptr<NearCache> near_;
   const std::unique_ptr<CacheClient> client_;
   absl::flat_hash_map<std::string, std::unique_ptr<DbState>> dbs_;
   Counters counters_;

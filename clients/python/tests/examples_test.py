@@ -76,7 +76,8 @@ class ExamplesTest(unittest.TestCase):
         self.assertEqual(out, [("MISS", "owner-7"), ("HIT", "owner-7"), ("MISS", "renamed-7")])
         with poolside.CacheClient(CACHE) as cache:
             stats = cache.stats()
-            self.assertGreaterEqual(stats.hits, 1)
+            # The result is in the sidecar (its HIT may come from the query
+            # replica's in-process near cache, which the sidecar never sees).
             self.assertGreaterEqual(stats.sets, 1)
 
     def test_ingest(self):
