@@ -202,6 +202,24 @@ def fmt_int(v):
     return "—" if v is None else f"{v:,.0f}"
 
 
+def median_runs(points):
+    """One point per (scenario, concurrency): the run with the median ops/s, plus the
+    ops/s of every run (run.sh alternates compared points with their baselines)."""
+    groups = {}
+    for p in points:
+        groups.setdefault((p["scenario"], p["concurrency"]), []).append(p)
+    out = []
+    for runs in groups.values():
+        ranked = sorted(runs, key=lambda p: p["ops_per_sec"])
+        m = dict(ranked[(len(ranked) - 1) // 2])
+        m["runs_ops_per_sec"] = [p["ops_per_sec"] for p in runs]
+        for k in ("other_cpu_busy_pct_before", "other_cpu_busy_pct_after"):
+            m[k] = max((p.get(k) or 0) for p in runs)
+        m["errors"] = sum(p.get("errors") or 0 for p in runs)
+        out.append(m)
+    return out
+
+
 def report(args):
     with open(args.meta) as f:
         meta = json.load(f)
@@ -211,6 +229,7 @@ def report(args):
             line = line.strip()
             if line:
                 points.append(json.loads(line))
+    points = median_runs(points)
     by_key = {(p["scenario"], p["concurrency"]): p for p in points}
     for p in points:
         base = BASELINES.get(p["scenario"])
@@ -240,7 +259,9 @@ def report(args):
                "the pooler or query service, and the client — shares these cores over "
                "loopback TCP.")
     s = m["settings"]
-    out.append(f"- {s['seconds']} s per point (loadgen: +{s['warmup']} s warm-up), "
+    out.append(f"- {s['seconds']} s per run (loadgen: +{s['warmup']} s warm-up); each compared "
+               f"point ran {s.get('rounds', 1)} times, alternating with its baseline, and the "
+               "table shows the median run (all runs' ops/s in the last column); "
                f"pgbench scale {s['scale']} ({s['scale'] * 100000:,} accounts), "
                f"random `aid`, `-j {s['pgbench_threads']}`.")
     out.append(f"- PostgreSQL {s['postgres_version']} ({s['postgres_source']}). PgBouncer {s['pgbouncer_version']}: "
@@ -250,8 +271,8 @@ def report(args):
                f"{s['loadgen']}.")
     out.append("")
     busy_points = 0
-    out.append("| scenario | concurrency | ops/s | p50 µs | p99 µs | baseline | baseline ops/s | ratio |")
-    out.append("|---|---:|---:|---:|---:|---|---:|---:|")
+    out.append("| scenario | concurrency | ops/s | p50 µs | p99 µs | baseline | baseline ops/s | ratio | runs (ops/s) |")
+    out.append("|---|---:|---:|---:|---:|---|---:|---:|---|")
     for p in points:
         base_title = TITLES.get(p["baseline"], "") if p["baseline"] else ""
         ratio = "—" if p["ratio"] is None else f"{p['ratio']:.2f}"
@@ -263,7 +284,8 @@ def report(args):
         out.append(
             f"| {p['title']}{errs} | {p['concurrency']} | {fmt_int(p['ops_per_sec'])} | "
             f"{fmt_int(p['p50_us'])} | {fmt_int(p['p99_us'])} | {base_title or '—'} | "
-            f"{fmt_int(p['baseline_ops_per_sec'])} | {ratio} |")
+            f"{fmt_int(p['baseline_ops_per_sec'])} | {ratio} | "
+            f"{', '.join(fmt_int(v) for v in p['runs_ops_per_sec'])} |")
     out.append("")
     out.append("Ratio = ops/s ÷ baseline ops/s at the same concurrency, measured in the same "
                "run. The DESIGN target is poolside ÷ PgBouncer ≥ 1.0 at 32 and 64 callers.")

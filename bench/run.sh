@@ -10,6 +10,8 @@
 #
 # Environment (all optional):
 #   BENCH_SECONDS=8            measured seconds per point
+#   BENCH_ROUNDS=3             runs of each compared point, alternating with its
+#                              baseline (the report takes each one's median)
 #   BENCH_CONCURRENCY="8 32 64"
 #   BENCH_SCALE=10             pgbench -i scale (100k accounts per unit)
 #   BENCH_WARMUP=2             loadgen warm-up seconds (not measured)
@@ -35,6 +37,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BAZEL=${BAZEL:-bazel}
 SECS=${BENCH_SECONDS:-8}
+ROUNDS=${BENCH_ROUNDS:-3}
 CONCURRENCY=${BENCH_CONCURRENCY:-"8 32 64"}
 SCALE=${BENCH_SCALE:-10}
 WARMUP=${BENCH_WARMUP:-2}
@@ -288,13 +291,18 @@ loadgen_point() {  # clients
     --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
 }
 
+# The compared points alternate with their baseline ROUNDS times, so a burst of
+# other load on the shared machine hits both sides alike; the report keeps the
+# median of each.
 for c in $CONCURRENCY; do
   pgbench_point direct_prepared "$PG_PORT" prepared "$c"
   pgbench_point direct_simple "$PG_PORT" simple "$c"
-  pgbench_point pgbouncer_simple "$BOUNCER_PORT" simple "$c"
-  if [[ -n $QUERY_ADDR ]]; then
-    loadgen_point "$c"
-  fi
+  for ((r = 0; r < ROUNDS; r++)); do
+    pgbench_point pgbouncer_simple "$BOUNCER_PORT" simple "$c"
+    if [[ -n $QUERY_ADDR ]]; then
+      loadgen_point "$c"
+    fi
+  done
 done
 
 # --- ingest: poolside ingest vs psql \copy vs single-row INSERTs ----------------
@@ -508,8 +516,10 @@ query_cache_bench() {
     sleep 0.2
   done
   for c in $CACHE_CONCURRENCY; do
-    query_cache_point query_uncached "127.0.0.1:$port" "$c" 0
-    query_cache_point query_cached "127.0.0.1:$port" "$c" 60000
+    for ((r = 0; r < ROUNDS; r++)); do
+      query_cache_point query_uncached "127.0.0.1:$port" "$c" 0
+      query_cache_point query_cached "127.0.0.1:$port" "$c" 60000
+    done
   done
   stop_pid "$QUERY_CACHE_PID" 20
   QUERY_CACHE_PID=""
@@ -521,9 +531,11 @@ cache_bench() {
   command -v redis-benchmark >/dev/null || die "redis-benchmark not found (make deps)"
   cache_bench_start
   for c in $CACHE_CONCURRENCY; do
-    redis_point "$c"
-    cache_point cache_get_tcp "$CACHE_TCP" "$c"
-    cache_point cache_get_unix "unix:$CACHE_SOCKET" "$c"
+    for ((r = 0; r < ROUNDS; r++)); do
+      redis_point "$c"
+      cache_point cache_get_tcp "$CACHE_TCP" "$c"
+      cache_point cache_get_unix "unix:$CACHE_SOCKET" "$c"
+    done
   done
   query_cache_bench
   stop_pid "$CACHE_SERVER_PID" 10
@@ -556,7 +568,7 @@ for d in c.get("databases", []):
         d.get("name", "?"), g(p, "min_idle", "minIdle", default="default"),
         g(p, "max_size", "maxSize") or "default",
         g(p, "max_pipeline_depth", "maxPipelineDepth") or "default"))
-print("; ".join(parts) + " (devstack's configuration)")
+print("; ".join(parts) + " (devstack, pool sized like PgBouncer's)")
 EOF
 )
 elif [[ -n $QUERY_ADDR ]]; then
@@ -584,6 +596,7 @@ meta = {
   },
   "settings": {
     "seconds": $SECS,
+    "rounds": $ROUNDS,
     "warmup": $WARMUP,
     "scale": $SCALE,
     "concurrency": [int(x) for x in "$CONCURRENCY".split()],
