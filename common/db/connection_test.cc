@@ -53,6 +53,23 @@ google::protobuf::RepeatedPtrField<v1::Value> Ints(std::initializer_list<int64_t
   return out;
 }
 
+// n statements "SELECT $1 * 10" (i as $1) with their own parameters and sinks.
+struct TimesTen {
+  TimesTen(int n, absl::Time deadline, bool share = false)
+      : params(n), sinks(n), statements(n) {
+    for (int i = 0; i < n; ++i) {
+      params[i] = Ints({i});
+      statements[i] = Statement{"SELECT $1::int8 * 10 AS v", &params[i], &sinks[i], deadline};
+      statements[i].may_share_sync = share;
+      ptrs.push_back(&statements[i]);
+    }
+  }
+  std::vector<google::protobuf::RepeatedPtrField<v1::Value>> params;
+  std::vector<CollectSink> sinks;
+  std::vector<Statement> statements;
+  std::vector<Statement*> ptrs;
+};
+
 class ConnectionTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -87,18 +104,12 @@ TEST_F(ConnectionTest, RunsAStatementWithTypedParams) {
 
 TEST_F(ConnectionTest, PipelinedStatementsFailIndependently) {
   constexpr int kN = 12;
-  std::vector<google::protobuf::RepeatedPtrField<v1::Value>> params(kN);
-  std::vector<CollectSink> sinks(kN);
-  std::vector<Statement> statements(kN);
-  std::vector<Statement*> ptrs;
-  for (int i = 0; i < kN; ++i) {
-    params[i] = Ints({i});
-    statements[i] = Statement{"SELECT $1::int8 * 10 AS v", &params[i], &sinks[i], Soon()};
-  }
+  TimesTen batch(kN, Soon());
+  auto& statements = batch.statements;
+  auto& sinks = batch.sinks;
   statements[3].sql = "SELEC oops";                          // fails to parse
   statements[7].sql = "SELECT 1 / ($1::int8 - 7) AS v";      // division by zero at run time
-  for (auto& s : statements) ptrs.push_back(&s);
-  ASSERT_TRUE(conn_->RunIndependent(ptrs).ok());
+  ASSERT_TRUE(conn_->RunIndependent(batch.ptrs).ok());
   for (int i = 0; i < kN; ++i) {
     if (i == 3) {
       EXPECT_EQ(statements[i].status.code(), absl::StatusCode::kInvalidArgument);
@@ -152,20 +163,13 @@ TEST_F(ConnectionTest, FailureInASharedTransactionRerunsEachStatementAlone) {
                         "LANGUAGE sql AS 'INSERT INTO share_t VALUES (v) RETURNING v'")
                   .ok());
   constexpr int kN = 5;
-  std::vector<google::protobuf::RepeatedPtrField<v1::Value>> params(kN);
-  std::vector<CollectSink> sinks(kN);
-  std::vector<Statement> statements(kN);
-  std::vector<Statement*> ptrs;
-  for (int i = 0; i < kN; ++i) {
-    params[i] = Ints({i});
-    statements[i] = Statement{"SELECT $1::int8 * 10 AS v", &params[i], &sinks[i], Soon()};
-    statements[i].may_share_sync = true;
-    ptrs.push_back(&statements[i]);
-  }
+  TimesTen batch(kN, Soon(), /*share=*/true);
+  auto& statements = batch.statements;
+  auto& sinks = batch.sinks;
   statements[1].sql = "SELECT share_insert($1::int8) AS v";  // writes, then is rolled back
   statements[3].sql = "SELECT 1 / ($1::int8 - 3) AS v";       // division by zero
   uint64_t reruns = 0;
-  ASSERT_TRUE(conn_->RunIndependent(ptrs, &reruns).ok());
+  ASSERT_TRUE(conn_->RunIndependent(batch.ptrs, &reruns).ok());
   EXPECT_EQ(reruns, static_cast<uint64_t>(kN));
   for (int i = 0; i < kN; ++i) {
     if (i == 3) {
