@@ -45,4 +45,9 @@ std::optional<ServiceFlags> ParseServiceFlags(int argc, char** argv, const char*
   return flags;
 }
 
+int InvalidConfiguration(const absl::Status& status) {
+  telemetry::LogError("invalid configuration", {{"error", std::string(status.message())}});
+  return 2;
+}
+
 }  // namespace poolside::server

@@ -8,6 +8,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/status/status.h"
+
 namespace poolside::server {
 
 struct ServiceFlags {
@@ -23,6 +25,10 @@ struct ServiceFlags {
 // configuration is documented, e.g. "README.md, Configuration".
 std::optional<ServiceFlags> ParseServiceFlags(int argc, char** argv, const char* service,
                                               const char* usage, const char* config_help);
+
+// Logs "invalid configuration" with `status`'s message and returns the exit
+// code a service then exits with (2).
+int InvalidConfiguration(const absl::Status& status);
 
 }  // namespace poolside::server
 

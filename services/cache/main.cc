@@ -75,14 +75,10 @@ int main(int argc, char** argv) {
   const poolside::config::ContainerLimits limits = poolside::config::ReadContainerLimits();
   std::string capacity_note;
   auto config = poolside::cache::LoadCacheConfig(flags->config, limits, &capacity_note);
-  if (!config.ok()) {
-    telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
-    return 2;
-  }
+  if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
   if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
   if (absl::Status s = telemetry::ValidateTelemetryConfig(config->server().telemetry()); !s.ok()) {
-    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
-    return 2;
+    return poolside::server::InvalidConfiguration(s);
   }
   if (!absl::GetFlag(FLAGS_unix_socket).empty()) {
     config->set_unix_socket(absl::GetFlag(FLAGS_unix_socket));

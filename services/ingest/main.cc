@@ -30,21 +30,13 @@ int main(int argc, char** argv) {
   std::string sizing;
   auto config = poolside::ingest::LoadIngestConfig(
       flags->config, poolside::config::ReadContainerLimits(), &sizing);
-  if (!config.ok()) {
-    telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
-    return 2;
-  }
+  if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
   if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
   if (absl::Status s = telemetry::ValidateTelemetryConfig(config->server().telemetry()); !s.ok()) {
-    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
-    return 2;
+    return poolside::server::InvalidConfiguration(s);
   }
   auto authorizer = poolside::auth::Authorizer::Create(config->auth());
-  if (!authorizer.ok()) {
-    telemetry::LogError("invalid configuration",
-                        {{"error", std::string(authorizer.status().message())}});
-    return 2;
-  }
+  if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
   if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();

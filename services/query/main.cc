@@ -27,27 +27,15 @@ int main(int argc, char** argv) {
       argc, argv, "query", "poolside query service: query_server --config=FILE", "README.md, Configuration");
   if (!flags.has_value()) return 2;
   auto config = poolside::query::LoadQueryConfig(flags->config);
-  if (!config.ok()) {
-    telemetry::LogError("invalid configuration", {{"error", std::string(config.status().message())}});
-    return 2;
-  }
+  if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
   if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
   if (absl::Status s = telemetry::ValidateTelemetryConfig(config->server().telemetry()); !s.ok()) {
-    telemetry::LogError("invalid configuration", {{"error", std::string(s.message())}});
-    return 2;
+    return poolside::server::InvalidConfiguration(s);
   }
   auto authorizer = poolside::auth::Authorizer::Create(config->auth());
-  if (!authorizer.ok()) {
-    telemetry::LogError("invalid configuration",
-                        {{"error", std::string(authorizer.status().message())}});
-    return 2;
-  }
+  if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
   auto named_queries = poolside::query::NamedQueries::Create(config->named_queries());
-  if (!named_queries.ok()) {
-    telemetry::LogError("invalid configuration",
-                        {{"error", std::string(named_queries.status().message())}});
-    return 2;
-  }
+  if (!named_queries.ok()) return poolside::server::InvalidConfiguration(named_queries.status());
   if (flags->check_config) {
     std::printf("configuration OK: %d database(s)\n", config->databases_size());
     return 0;

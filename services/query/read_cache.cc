@@ -146,13 +146,17 @@ absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json)
   return out;
 }
 
-bool LooksLikeRead(absl::string_view sql) {
+absl::string_view FirstKeyword(absl::string_view sql) {
   sql = SkipSpaceAndComments(sql);
-  const size_t end = std::min(sql.find_first_not_of(
-                                  "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"),
-                              sql.size());
-  const std::string word = absl::AsciiStrToUpper(sql.substr(0, end));
-  return word == "SELECT" || word == "VALUES" || word == "TABLE" || word == "WITH";
+  size_t end = 0;
+  while (end < sql.size() && absl::ascii_isalpha(static_cast<unsigned char>(sql[end]))) ++end;
+  return sql.substr(0, end);
+}
+
+bool LooksLikeRead(absl::string_view sql) {
+  const absl::string_view word = FirstKeyword(sql);
+  return absl::EqualsIgnoreCase(word, "SELECT") || absl::EqualsIgnoreCase(word, "VALUES") ||
+         absl::EqualsIgnoreCase(word, "TABLE") || absl::EqualsIgnoreCase(word, "WITH");
 }
 
 struct ReadCache::Participant {
