@@ -74,50 +74,80 @@ void SidecarClient::StopWatching() {
   if (watcher.joinable()) watcher.join();
 }
 
+// One WatchInvalidations stream: reads until it ends, then notifies `done`.
+class SidecarClient::WatchReactor : public grpc::ClientReadReactor<v1::CacheInvalidationEvent> {
+ public:
+  explicit WatchReactor(const std::function<void(const CacheInvalidationEvent&)>* on_event)
+      : on_event_(on_event) {}
+
+  void Start(v1::CacheService::Stub* stub) {
+    stub->async()->WatchInvalidations(&context, &request_, this);
+    StartRead(&event_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended: OnDone follows
+    CacheInvalidationEvent event;
+    if (event_.subscribed()) {
+      if (subscribed_) return StartRead(&event_);
+      subscribed_ = true;
+      event.kind = CacheInvalidationEvent::kSubscribed;
+    } else if (!subscribed_) {
+      return StartRead(&event_);  // not a watch this client understands
+    } else if (!event_.deleted_key().empty()) {
+      event.kind = CacheInvalidationEvent::kDelete;
+      event.key = std::move(*event_.mutable_deleted_key());
+    } else {
+      event.kind = CacheInvalidationEvent::kInvalidate;
+      event.tags.assign(event_.tags().begin(), event_.tags().end());
+      event.prefixes.assign(event_.prefixes().begin(), event_.prefixes().end());
+      event.flush_all = event_.flush_all();
+    }
+    (*on_event_)(event);
+    event_.Clear();
+    StartRead(&event_);
+  }
+
+  void OnDone(const grpc::Status&) override {
+    // Why it ended changes nothing: watch again. The near cache must stop
+    // serving first.
+    if (subscribed_) {
+      CacheInvalidationEvent broken;
+      broken.kind = CacheInvalidationEvent::kBroken;
+      (*on_event_)(broken);
+    }
+    done.Notify();
+  }
+
+  bool subscribed() const { return subscribed_; }
+
+  grpc::ClientContext context;
+  absl::Notification done;
+
+ private:
+  const std::function<void(const CacheInvalidationEvent&)>* on_event_;
+  v1::CacheWatchRequest request_;
+  v1::CacheInvalidationEvent event_;
+  bool subscribed_ = false;  // only touched by the stream's callbacks, one at a time
+};
+
 void SidecarClient::WatchLoop(std::function<void(const CacheInvalidationEvent&)> on_event) {
   absl::Duration backoff = absl::Milliseconds(100);
   while (!stop_watching_.HasBeenNotified()) {
-    grpc::ClientContext context;
+    WatchReactor watch(&on_event);
     {
       absl::MutexLock lock(&watch_mu_);
       if (stop_watching_.HasBeenNotified()) break;
-      watch_context_ = &context;
+      watch_context_ = &watch.context;
     }
-    std::unique_ptr<grpc::ClientReader<v1::CacheInvalidationEvent>> reader =
-        stub_->WatchInvalidations(&context, v1::CacheWatchRequest());
-    bool subscribed = false;
-    v1::CacheInvalidationEvent e;
-    while (reader->Read(&e)) {
-      CacheInvalidationEvent event;
-      if (e.subscribed()) {
-        if (subscribed) continue;
-        subscribed = true;
-        backoff = absl::Milliseconds(100);
-        event.kind = CacheInvalidationEvent::kSubscribed;
-      } else if (!subscribed) {
-        continue;  // not a watch this client understands
-      } else if (!e.deleted_key().empty()) {
-        event.kind = CacheInvalidationEvent::kDelete;
-        event.key = std::move(*e.mutable_deleted_key());
-      } else {
-        event.kind = CacheInvalidationEvent::kInvalidate;
-        event.tags.assign(e.tags().begin(), e.tags().end());
-        event.prefixes.assign(e.prefixes().begin(), e.prefixes().end());
-        event.flush_all = e.flush_all();
-      }
-      on_event(event);
-    }
-    // Stop reading before anything else: the near cache must not serve.
-    if (subscribed) {
-      CacheInvalidationEvent broken;
-      broken.kind = CacheInvalidationEvent::kBroken;
-      on_event(broken);
-    }
-    reader->Finish();  // why it ended changes nothing: watch again
+    watch.Start(stub_.get());
+    watch.done.WaitForNotification();
     {
       absl::MutexLock lock(&watch_mu_);
       watch_context_ = nullptr;
     }
+    if (watch.subscribed()) backoff = absl::Milliseconds(100);
     stop_watching_.WaitForNotificationWithTimeout(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(1));
   }

@@ -11,9 +11,12 @@
 // Get is its own call; under heavy load one call carries many, which is what
 // keeps a cache hit cheaper than the database query it replaces.
 //
-// Watch() runs one WatchInvalidations stream at a time on a thread of its own
-// (blocking reads; no gRPC callback waits), and watches again 100 ms to 1 s
-// after a stream ends or cannot start.
+// Watch() keeps one WatchInvalidations stream open, read with the callback API
+// (events are handed to `on_event` on gRPC's threads, which must not block), and
+// watches again 100 ms to 1 s after a stream ends or cannot start; a thread of
+// its own only waits for a stream to end and the backoff. (A blocking reader
+// would make that thread poll the process's gRPC file descriptors too, ~8% of
+// query_server's CPU under load.)
 
 #include <functional>
 #include <memory>
@@ -76,6 +79,7 @@ class SidecarClient : public CacheClient {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CacheService::Stub> stub_;
 
+  class WatchReactor;
   void WatchLoop(std::function<void(const CacheInvalidationEvent&)> on_event);
 
   absl::Mutex mu_;
