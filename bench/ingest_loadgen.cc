@@ -36,6 +36,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/server/channel.h"
+#include "common/server/mutex_mode.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "127.0.0.1:50053", "ingest service address");
@@ -162,6 +163,7 @@ void RunProducer(v1::IngestService::Stub* stub, int index, int producers, int64_
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("ingest_loadgen --addr=HOST:PORT --table=T [--rows=N]");
   absl::ParseCommandLine(argc, argv);
+  poolside::server::ApplyMutexDeadlockDetectionFlag();
   const int64_t rows = absl::GetFlag(FLAGS_rows);
   const int producers = absl::GetFlag(FLAGS_producers);
   if (rows <= 0 || producers <= 0 || absl::GetFlag(FLAGS_rows_per_request) <= 0 ||

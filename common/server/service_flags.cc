@@ -5,16 +5,13 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/synchronization/mutex.h"
+#include "common/server/mutex_mode.h"
 #include "common/telemetry/log.h"
 
 ABSL_FLAG(std::string, config, "", "Path to the JSON configuration (see config.proto).");
 ABSL_FLAG(bool, check_config, false, "Validate the configuration and exit.");
 ABSL_FLAG(std::string, listen, "", "Overrides server.listen (host:port).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
-ABSL_FLAG(bool, mutex_deadlock_detection, false,
-          "Abseil's lock-order graph on every Mutex (a debugging aid; it costs "
-          "about a tenth of the CPU on the request path).");
 
 namespace poolside::server {
 
@@ -29,11 +26,7 @@ std::optional<ServiceFlags> ParseServiceFlags(int argc, char** argv, const char*
     return std::nullopt;
   }
   telemetry::SetMinLogLevel(level);
-  // Debian's Abseil is built without NDEBUG, which leaves deadlock detection
-  // on: every Mutex lock and destruction then walks a global lock graph.
-  if (!absl::GetFlag(FLAGS_mutex_deadlock_detection)) {
-    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  }
+  ApplyMutexDeadlockDetectionFlag();
   ServiceFlags flags;
   flags.config = absl::GetFlag(FLAGS_config);
   flags.check_config = absl::GetFlag(FLAGS_check_config);
