@@ -149,7 +149,13 @@ class ClientFactory : public grpc::experimental::ClientInterceptorFactoryInterfa
   grpc::experimental::Interceptor* CreateClientInterceptor(
       grpc::experimental::ClientRpcInfo* info) override {
     // Runs on the thread starting the call: its current context is the parent.
-    return new ClientInterceptor(info, CurrentSpanContext());
+    SpanContext parent = CurrentSpanContext();
+    // Without a tracer the interceptor would only pass the parent's context
+    // on; with no parent either it has nothing to do, and no interceptor at
+    // all spares the call gRPC's interceptor machinery (a load generator's
+    // every call, a service's calls outside any request).
+    if (GlobalTracer() == nullptr && !parent.valid()) return nullptr;
+    return new ClientInterceptor(info, std::move(parent));
   }
 };
 

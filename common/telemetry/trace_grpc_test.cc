@@ -5,12 +5,14 @@
 #include "common/telemetry/trace_grpc.h"
 
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
 #include "common/telemetry/trace.h"
+#include "common/telemetry/trace_context.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/otlp_receiver.h"
@@ -168,6 +170,25 @@ TEST_F(TraceGrpcTest, WithoutATracerTheHandlerStillSeesTheCallersContext) {
   EXPECT_EQ(echo_.seen[0].TraceIdHex(), "0af7651916cd43dd8448eb211c80319c");
   EXPECT_EQ(echo_.seen[0].SpanIdHex(), "b7ad6b7169203331");
   EXPECT_EQ(echo_.seen[0].trace_state, "k=v");
+}
+
+TEST_F(TraceGrpcTest, WithoutATracerACallPassesTheCurrentContextOnOrNothing) {
+  tracer_.reset();  // tracing off: the client factory adds an interceptor only to pass a context on
+  std::optional<SpanContext> current =
+      ParseTraceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "");
+  ASSERT_TRUE(current.has_value());
+  {
+    ScopedSpanContext scope(*current);
+    grpc::ClientContext context;
+    ASSERT_TRUE(Call(&context).ok());
+  }
+  grpc::ClientContext without;
+  ASSERT_TRUE(Call(&without).ok());
+  absl::MutexLock lock(&echo_.mu);
+  ASSERT_EQ(echo_.seen.size(), 2u);
+  EXPECT_EQ(echo_.seen[0].TraceIdHex(), "0af7651916cd43dd8448eb211c80319c");
+  EXPECT_EQ(echo_.seen[0].SpanIdHex(), "b7ad6b7169203331");
+  EXPECT_FALSE(echo_.seen[1].valid());
 }
 
 }  // namespace
