@@ -5,18 +5,29 @@
 // The replicas run with their near cache (in-process, in front of the
 // sidecar) on, with a max ttl as long as the reads' ttl: a near cache that
 // missed an invalidation would serve the old value for the whole test.
+// Before asserting a sequence of outcomes, tests wait until the replica is
+// done with the invalidations caused before (Quiesce): a late one correctly
+// refuses a fill that began before it, which turns an expected HIT into a MISS.
 
 #include <libpq-fe.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -25,6 +36,7 @@
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/http_get.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
@@ -32,6 +44,7 @@ namespace poolside {
 namespace {
 
 using ::poolside::testing::Connect;
+using ::poolside::testing::HttpGet;
 using ::poolside::testing::NewStem;
 using ::poolside::testing::PostgresCluster;
 using ::poolside::testing::ServiceProcess;
@@ -77,7 +90,9 @@ struct Sidecar {
     return s.hits() + s.stale_hits() + s.misses();
   }
 
-  absl::Status Invalidate(std::vector<std::string> tags, std::vector<std::string> prefixes = {}) {
+  // The invalidation's generation.
+  absl::StatusOr<uint64_t> Invalidate(std::vector<std::string> tags,
+                                      std::vector<std::string> prefixes = {}) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     v1::CacheInvalidateRequest request;
@@ -86,7 +101,40 @@ struct Sidecar {
     request.set_source("test");
     v1::CacheInvalidateResponse response;
     grpc::Status s = stub->Invalidate(&ctx, request, &response);
-    return s.ok() ? absl::OkStatus() : absl::UnavailableError(s.error_message());
+    if (!s.ok()) return absl::UnavailableError(s.error_message());
+    return response.generation();
+  }
+
+  // Stores an entry of the test's own, whatever was invalidated before
+  // (read_generation 0); any later invalidation of one of `tags` removes it.
+  absl::Status Put(const std::string& key, const std::vector<std::string>& tags) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::CacheSetRequest request;
+    request.set_key(key);
+    request.set_value("probe");
+    request.set_ttl_ms(60000);
+    for (const std::string& t : tags) request.add_tags(t);
+    v1::CacheSetResponse response;
+    grpc::Status s = stub->Set(&ctx, request, &response);
+    if (!s.ok()) return absl::UnavailableError(s.error_message());
+    if (!response.stored()) {
+      return absl::InternalError(absl::StrCat(
+          "the sidecar refused ", key, ": ", v1::CacheSetResponse::Reason_Name(response.reason())));
+    }
+    return absl::OkStatus();
+  }
+
+  // Whether the sidecar holds `key` (fresh or stale).
+  absl::StatusOr<bool> Holds(const std::string& key) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::CacheGetRequest request;
+    request.set_key(key);
+    v1::CacheGetResponse response;
+    grpc::Status s = stub->Get(&ctx, request, &response);
+    if (!s.ok()) return absl::UnavailableError(s.error_message());
+    return response.outcome() != v1::CacheGetResponse::MISS;
   }
 
   v1::CacheStats Stats() {
@@ -101,11 +149,15 @@ struct Sidecar {
 
 struct Replica {
   Sidecar sidecar;
+  // A cached table of its own, written by Quiesce() only.
+  std::string fence;
   std::unique_ptr<ServiceProcess> process;
   std::unique_ptr<v1::QueryService::Stub> stub;
+  int metrics_port = 0;
 };
 
-v1::QueryServiceConfig ReplicaConfig(PostgresCluster& pg, const std::string& socket) {
+v1::QueryServiceConfig ReplicaConfig(PostgresCluster& pg, const std::string& socket,
+                                     const std::string& fence) {
   v1::QueryServiceConfig config;
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDb);
@@ -122,19 +174,34 @@ v1::QueryServiceConfig ReplicaConfig(PostgresCluster& pg, const std::string& soc
   tables->add_tables("items");
   tables->add_tables("other");
   tables->add_tables("counters");
+  tables->add_tables(fence);
   return config;
 }
 
 absl::Status StartReplica(PostgresCluster& pg, Replica* r) {
+  // Created before the replica's listener looks for its cached tables.
+  static std::atomic<int> n{0};
+  r->fence = absl::StrCat("fence_", n.fetch_add(1));
+  if (absl::Status s = pg.Exec(kDb, absl::StrCat("CREATE TABLE ", r->fence, " (n int);",
+                                                 "INSERT INTO ", r->fence, " VALUES (0)"));
+      !s.ok()) {
+    return s;
+  }
   if (absl::Status s = r->sidecar.Start(); !s.ok()) return s;
-  v1::QueryServiceConfig config = ReplicaConfig(pg, r->sidecar.socket);
+  v1::QueryServiceConfig config = ReplicaConfig(pg, r->sidecar.socket, r->fence);
   const std::string stem = NewStem("query_server");
   config.mutable_server()->set_listen("127.0.0.1:0");
   if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
   config.mutable_server()->set_port_file(stem + ".port");
+  v1::MetricsConfig* metrics = config.mutable_server()->mutable_telemetry()->mutable_metrics();
+  metrics->set_listen("127.0.0.1:0");
+  metrics->set_port_file(stem + ".metrics_port");
   auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
   if (!p.ok()) return p.status();
   r->process = *std::move(p);
+  // The metrics endpoint starts before the gRPC port is written.
+  std::ifstream(stem + ".metrics_port") >> r->metrics_port;
+  if (r->metrics_port <= 0) return absl::InternalError("query_server wrote no metrics port");
   auto channel = Connect(r->process->address());
   if (!channel.ok()) return channel.status();
   r->stub = v1::QueryService::NewStub(*channel);
@@ -185,6 +252,97 @@ bool CacheReady(v1::QueryService::Stub& stub) {
                  absl::Seconds(20));
 }
 
+// What a replica's /metrics says about its near cache's watch of the sidecar.
+struct NearWatch {
+  bool serving = false;
+  uint64_t generation = 0;  // poolside_query_cache_near_watch_generation
+};
+
+absl::StatusOr<NearWatch> ScrapeNearWatch(const Replica& r) {
+  absl::StatusOr<testing::HttpResponse> got = HttpGet("127.0.0.1", r.metrics_port, "/metrics");
+  if (!got.ok()) return got.status();
+  if (got->status != 200) return absl::UnavailableError(absl::StrCat("/metrics: ", got->status));
+  std::optional<double> serving, generation;
+  for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
+    double v;
+    if (absl::ConsumePrefix(&line, "poolside_query_cache_near_serving ") &&
+        absl::SimpleAtod(line, &v)) {
+      serving = v;
+    } else if (absl::ConsumePrefix(&line, "poolside_query_cache_near_watch_generation ") &&
+               absl::SimpleAtod(line, &v)) {
+      generation = v;
+    }
+  }
+  if (!serving.has_value() || !generation.has_value()) {
+    return absl::NotFoundError("no near-cache series on /metrics");
+  }
+  // Generations (microseconds since the epoch plus a count) are exact in a double.
+  return NearWatch{*serving == 1, static_cast<uint64_t>(*generation)};
+}
+
+// Waits until replica `r` is done with every invalidation caused so far, by
+// `sql` (run first, if any) and by anything before it: tests assert sequences
+// of outcomes (a MISS, then a HIT) that a late invalidation would rightly
+// change, by refusing a fill that began before it.
+//
+// The invalidations of a committed write reach r in order: r's listener takes
+// the NOTIFYs in commit order, a batch at a time, and for each batch
+// invalidates its near cache, then the sidecar (waiting for the reply), then
+// its near cache again; the sidecar echoes every invalidation it applied over
+// its watch, in the order applied, and the near cache applies those too. So:
+//  1. `sql` runs in a transaction that writes r's fence table last, whose
+//     NOTIFY is thereby last too. A probe entry put in r's sidecar with the
+//     fence table's tag is gone once the listener's invalidation of the batch
+//     holding that NOTIFY reached the sidecar.
+//  2. That batch's second near-cache invalidation follows the sidecar's reply.
+//     A second fence write and probe show the listener went on to a later batch.
+//  3. So the sidecar applied all of those before the test's own invalidation
+//     of a tag nothing else carries, and echoed them before it: once r's near
+//     cache received that one (its watch generation reached the generation
+//     the sidecar gave it), it received every earlier echo too.
+// Only the second fence write's own invalidations may still be on their way
+// then, and nothing reads the fence table. Each replica has its own fence
+// table, so that fence writes for one replica cannot satisfy another's probe.
+absl::Status Quiesce(PostgresCluster& pg, Replica& r, const std::string& sql = "") {
+  const std::string probe = "test|quiesce-probe";
+  const std::string bump = absl::StrCat("UPDATE ", r.fence, " SET n = n + 1");
+  for (int round = 0; round < 2; ++round) {
+    if (absl::Status s = r.sidecar.Put(probe, {absl::StrCat("t:", kDb, ":public.", r.fence)});
+        !s.ok()) {
+      return s;
+    }
+    // One PQexec: one transaction.
+    const std::string statements = round == 0 && !sql.empty() ? absl::StrCat(sql, ";", bump) : bump;
+    if (absl::Status s = pg.Exec(kDb, statements); !s.ok()) return s;
+    absl::StatusOr<bool> held;
+    if (!WaitFor(
+            [&] {
+              held = r.sidecar.Holds(probe);
+              return held.ok() && !*held;
+            },
+            absl::Seconds(20))) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("the listener did not invalidate the fence table (round ", round,
+                       "): ", held.ok() ? "probe still held" : held.status().ToString()));
+    }
+  }
+  absl::StatusOr<uint64_t> generation = r.sidecar.Invalidate({"test:quiesce"});
+  if (!generation.ok()) return generation.status();
+  absl::StatusOr<NearWatch> watch;
+  if (!WaitFor(
+          [&] {
+            watch = ScrapeNearWatch(r);
+            return watch.ok() && watch->serving && watch->generation >= *generation;
+          },
+          absl::Seconds(20))) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "the near cache did not receive generation ", *generation, " over its watch: ",
+        watch.ok() ? absl::StrCat("serving ", watch->serving, ", at ", watch->generation)
+                   : watch.status().ToString()));
+  }
+  return absl::OkStatus();
+}
+
 // A session of the test's own, outside poolside (libpq).
 class Session {
  public:
@@ -229,23 +387,14 @@ class QueryCacheTest : public ::testing::Test {
   }
   void SetUp() override {
     ASSERT_NE(a_, nullptr);
-    ASSERT_TRUE(SharedPostgres()
-                    .Exec(kDb,
-                          "TRUNCATE items, other, counters;"
-                          "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
-                          "INSERT INTO other VALUES (1, 10);"
-                          "INSERT INTO counters VALUES (1, 0)")
-                    .ok());
-    // The TRUNCATE/INSERT notifications must be processed before the test
-    // relies on its own: wait for their effect.
-    Outcome o;
-    ASSERT_TRUE(WaitFor(
-        [&] {
-          o = Call(stub(), Read("SELECT v FROM other WHERE id = 1"));
-          return o.status.ok() && o.first == "10";
-        },
-        absl::Seconds(10)))
-        << o.status.error_message() << " outcome " << o.cache << " value " << o.first;
+    // The reset's invalidations (and whatever the previous test left on its
+    // way) are all applied before the test begins.
+    absl::Status s = Quiesce(SharedPostgres(), *a_,
+                             "TRUNCATE items, other, counters;"
+                             "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
+                             "INSERT INTO other VALUES (1, 10);"
+                             "INSERT INTO counters VALUES (1, 0)");
+    ASSERT_TRUE(s.ok()) << s;
   }
   v1::QueryService::Stub& stub() { return *a_->stub; }
   static Replica* a_;
@@ -376,11 +525,22 @@ TEST_F(QueryCacheTest, WriteThroughOneReplicaIsSeenByAnother) {
   absl::Status s = StartReplica(SharedPostgres(), &b);
   ASSERT_TRUE(s.ok()) << s;
   ASSERT_TRUE(CacheReady(*b.stub));
+  // B's first flush may still be echoed to its near cache.
+  s = Quiesce(SharedPostgres(), b);
+  ASSERT_TRUE(s.ok()) << s;
   const auto read = Read("SELECT name FROM items WHERE id = 1 /* replicas */");
   EXPECT_EQ(Call(*b.stub, read).first, "one");
   ASSERT_EQ(Call(*b.stub, read).cache, v1::HIT);
   ASSERT_TRUE(Write(stub(), "UPDATE items SET name = 'from A' WHERE id = 1").status.ok());
   EXPECT_TRUE(WaitFor([&] { return Call(*b.stub, read).first == "from A"; }, absl::Seconds(10)));
+  // The read that first saw the write may have filled the near cache before
+  // B's listener was done with the write (its last near-cache invalidation
+  // and the sidecar's echo then rightly remove that fill), and its sidecar
+  // fill is sent after its reply: once B is done, the new value is cached
+  // again.
+  s = Quiesce(SharedPostgres(), b);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(Call(*b.stub, read).first, "from A");
   EXPECT_EQ(Call(*b.stub, read).cache, v1::HIT);
 }
 
@@ -498,9 +658,18 @@ TEST_F(QueryCacheTest, KilledSidecarFailsNoCallAndCachingResumes) {
   stop.store(true);
   for (std::thread& t : load) t.join();
   EXPECT_EQ(failures.load(), 0) << "first failure: " << first_failure;
-  // Hits are mostly answered by the near cache now: the sidecar shows that
-  // it is used again by the fills it stored.
-  EXPECT_GT(r.sidecar.Stats().sets(), 0u);
+  // Hits may all come from the near cache: the new sidecar shows it is used
+  // again by a read it has never seen, looked up there and then filled there.
+  const uint64_t lookups = r.sidecar.Lookups();
+  const uint64_t sets = r.sidecar.Stats().sets();
+  Outcome fresh = Call(*r.stub, Read("SELECT name FROM items WHERE id = 2 /* after restart */"));
+  ASSERT_TRUE(fresh.status.ok()) << fresh.status.error_message();
+  EXPECT_EQ(fresh.cache, v1::MISS);
+  EXPECT_EQ(fresh.first, "two");
+  EXPECT_GT(r.sidecar.Lookups(), lookups) << "the new sidecar was not asked";
+  // The fill is sent after the reply.
+  EXPECT_TRUE(WaitFor([&] { return r.sidecar.Stats().sets() > sets; }, absl::Seconds(10)))
+      << "the new sidecar stored no fill";
 }
 
 // Waits until `read` is a HIT that took no sidecar lookup (the near cache

@@ -50,6 +50,8 @@ struct CacheInvalidationEvent {
   std::vector<std::string> prefixes;
   bool flush_all = false;
   std::string key;
+  // kInvalidate: the sidecar's generation for it.
+  uint64_t generation = 0;
 };
 
 class CacheClient {

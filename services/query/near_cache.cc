@@ -57,6 +57,9 @@ void NearCache::OnEvent(const CacheInvalidationEvent& event) {
     case CacheInvalidationEvent::kSubscribed:
       // Whatever the sidecar applied before the watch was seen by nobody here.
       store_.Invalidate({}, {}, true);
+      // Generations of the previous watch say nothing about this one (a
+      // restarted sidecar starts afresh).
+      watch_generation_.store(0, std::memory_order_relaxed);
       subscriptions_.fetch_add(1, std::memory_order_relaxed);
       serving_.store(true, std::memory_order_release);
       return;
@@ -64,10 +67,19 @@ void NearCache::OnEvent(const CacheInvalidationEvent& event) {
       serving_.store(false, std::memory_order_release);
       return;
     case CacheInvalidationEvent::kInvalidate:
-      if (event.tags.empty() && event.prefixes.empty() && !event.flush_all) return;
-      store_.Invalidate(event.tags, event.prefixes, event.flush_all);
+      watch_events_.fetch_add(1, std::memory_order_relaxed);
+      if (!event.tags.empty() || !event.prefixes.empty() || event.flush_all) {
+        store_.Invalidate(event.tags, event.prefixes, event.flush_all);
+      }
+      // After the store applied it: a reader that sees the generation sees
+      // its effect. Concurrent Invalidate calls may reach the stream out of
+      // generation order, hence the max.
+      if (event.generation > watch_generation_.load(std::memory_order_relaxed)) {
+        watch_generation_.store(event.generation, std::memory_order_release);
+      }
       return;
     case CacheInvalidationEvent::kDelete:
+      watch_events_.fetch_add(1, std::memory_order_relaxed);
       if (!event.key.empty()) store_.Delete(event.key);
       return;
   }
@@ -86,6 +98,8 @@ NearCache::Stats NearCache::GetStats() const {
   out.fills = fills_.load(std::memory_order_relaxed);
   out.fills_refused = fills_refused_.load(std::memory_order_relaxed);
   out.subscriptions = subscriptions_.load(std::memory_order_relaxed);
+  out.watch_events = watch_events_.load(std::memory_order_relaxed);
+  out.watch_generation = watch_generation_.load(std::memory_order_acquire);
   out.serving = serving();
   return out;
 }

@@ -19,6 +19,9 @@
 // - OnEvent() applies the sidecar's WatchInvalidations stream. The cache
 //   serves only while that stream is up: kBroken stops serving; kSubscribed
 //   empties the cache, then serves again (events before it were missed).
+//   The stream also echoes this replica's own invalidations once the sidecar
+//   applied them. Stats tells what arrived over it apart (watch_events,
+//   watch_generation): how far the watch trails the sidecar.
 // - A fill loses against any invalidation covering it (one of its tags, a
 //   prefix of its key, a flush) made after `read_generation` was taken.
 //
@@ -53,7 +56,16 @@ class NearCache {
   struct Stats {
     uint64_t entries = 0, bytes = 0, capacity_bytes = 0;
     uint64_t hits = 0, misses = 0, fills = 0, fills_refused = 0, evictions = 0;
+    // invalidations: applied to the store, own ones and the watch's (and the
+    // flush of each subscription) alike.
     uint64_t invalidations = 0, subscriptions = 0;
+    // Invalidations and deletes received over the sidecar's watch.
+    uint64_t watch_events = 0;
+    // The highest sidecar generation among the invalidations received over
+    // the current watch (0 until one arrived). The stream is in the order the
+    // sidecar applied them: every invalidation it had applied before it gave
+    // out that generation has arrived too.
+    uint64_t watch_generation = 0;
     bool serving = false;
   };
 
@@ -84,6 +96,9 @@ class NearCache {
   cache::BasicCacheStore<v1::ResultSet> store_;
   std::atomic<bool> serving_{false};
   std::atomic<uint64_t> hits_{0}, misses_{0}, fills_{0}, fills_refused_{0}, subscriptions_{0};
+  std::atomic<uint64_t> watch_events_{0};
+  // Written by OnEvent only (one call at a time).
+  std::atomic<uint64_t> watch_generation_{0};
 };
 
 }  // namespace poolside::query

@@ -148,6 +148,49 @@ TEST_F(NearCacheTest, InvalidationsByTagPrefixDeleteAndFlush) {
   EXPECT_TRUE(near.serving()) << "a flush is an event like any other";
 }
 
+TEST_F(NearCacheTest, CountsWhatArrivesOverTheWatchApartFromItsOwnInvalidations) {
+  NearCache near(Options());
+  near.OnEvent(Event(CacheInvalidationEvent::kSubscribed));
+  const uint64_t subscribed_flush = near.GetStats().invalidations;
+  near.Invalidate({"t:x:public.a"});  // own (NOTIFY, a write): not a watch event
+  NearCache::Stats s = near.GetStats();
+  EXPECT_EQ(s.watch_events, 0u);
+  EXPECT_EQ(s.watch_generation, 0u);
+  EXPECT_EQ(s.invalidations, subscribed_flush + 1);
+
+  // The sidecar's echo of it, then someone else's, delivered out of
+  // generation order (concurrent Invalidate calls): the highest one counts.
+  CacheInvalidationEvent echo = Event(CacheInvalidationEvent::kInvalidate);
+  echo.tags = {"t:x:public.a"};
+  echo.generation = 1007;
+  CacheInvalidationEvent other = Event(CacheInvalidationEvent::kInvalidate);
+  other.tags = {"cli-tag"};
+  other.generation = 1005;
+  near.OnEvent(echo);
+  near.OnEvent(other);
+  CacheInvalidationEvent deleted = Event(CacheInvalidationEvent::kDelete);
+  deleted.key = "q1|d";  // deletes carry no generation
+  near.OnEvent(deleted);
+  s = near.GetStats();
+  EXPECT_EQ(s.watch_events, 3u);
+  EXPECT_EQ(s.watch_generation, 1007u);
+  EXPECT_EQ(s.invalidations, subscribed_flush + 3);
+  EXPECT_EQ(s.subscriptions, 1u);
+
+  // A new watch (a restarted sidecar starts its own generations): nothing
+  // has arrived over it yet.
+  near.OnEvent(Event(CacheInvalidationEvent::kBroken));
+  EXPECT_EQ(near.GetStats().watch_generation, 1007u);
+  near.OnEvent(Event(CacheInvalidationEvent::kSubscribed));
+  s = near.GetStats();
+  EXPECT_EQ(s.watch_generation, 0u);
+  EXPECT_EQ(s.watch_events, 3u) << "a counter: it survives the watch";
+  EXPECT_EQ(s.subscriptions, 2u);
+  echo.generation = 3;
+  near.OnEvent(echo);
+  EXPECT_EQ(near.GetStats().watch_generation, 3u);
+}
+
 TEST_F(NearCacheTest, AFillThatBeganBeforeAnInvalidationIsRefused) {
   NearCache near(Options());
   near.OnEvent(Event(CacheInvalidationEvent::kSubscribed));

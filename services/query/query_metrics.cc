@@ -9,6 +9,7 @@
 #include "common/telemetry/metrics_family.h"
 #include "common/telemetry/metrics_pool.h"
 #include "common/telemetry/status_page.h"
+#include "services/query/near_cache.h"
 
 namespace poolside::query {
 namespace {
@@ -128,6 +129,54 @@ void CollectStatements(QueryEngine* engine, Families* out) {
   out->push_back(std::move(rows));
 }
 
+// The near cache's own statistics (its hits are
+// poolside_query_cache_near_hits_total, counted by the read cache).
+void CollectNearCache(const NearCache* near, Families* out) {
+  if (near == nullptr) return;  // cache.near.capacityBytes = 0
+  const NearCache::Stats s = near->GetStats();
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    out->push_back(CounterFamily(name, help));
+    AddCounter(&out->back(), {}, double(v));
+  };
+  auto gauge = [&](const char* name, const char* help, uint64_t v) {
+    out->push_back(GaugeFamily(name, help));
+    AddGauge(&out->back(), {}, double(v));
+  };
+  gauge("poolside_query_cache_near_entries", "Results held by the near cache.", s.entries);
+  gauge("poolside_query_cache_near_bytes", "Bytes the near cache's entries are charged.", s.bytes);
+  gauge("poolside_query_cache_near_capacity_bytes", "The near cache's memory budget.",
+        s.capacity_bytes);
+  gauge("poolside_query_cache_near_serving",
+        "1 while the near cache serves (the sidecar's invalidation watch is up), else 0.",
+        s.serving ? 1 : 0);
+  counter("poolside_query_cache_near_misses_total",
+          "Near-cache lookups that found nothing fresh (while serving).", s.misses);
+  counter("poolside_query_cache_near_fills_total", "Results stored in the near cache.", s.fills);
+  counter("poolside_query_cache_near_fills_refused_total",
+          "Near-cache fills refused (an invalidation came after the read, or too large).",
+          s.fills_refused);
+  counter("poolside_query_cache_near_evictions_total", "Near-cache entries evicted to make room.",
+          s.evictions);
+  counter("poolside_query_cache_near_invalidations_total",
+          "Invalidations applied to the near cache: this replica's own, those received over "
+          "the sidecar's watch, and the flush of each (re)subscription.",
+          s.invalidations);
+  counter("poolside_query_cache_near_watch_events_total",
+          "Invalidations and deletes received over the sidecar's watch (this replica's own "
+          "come back this way too, once the sidecar applied them).",
+          s.watch_events);
+  counter("poolside_query_cache_near_subscriptions_total",
+          "Times the sidecar's watch was (re)established (each empties the near cache).",
+          s.subscriptions);
+  // A generation is a value, not a count: a gauge (poolside_cache_generation
+  // on the sidecar is its counterpart).
+  gauge("poolside_query_cache_near_watch_generation",
+        "The sidecar generation of the newest invalidation received over the current watch "
+        "(0 until one arrived): it trails the sidecar's poolside_cache_generation by the "
+        "invalidations still on their way.",
+        s.watch_generation);
+}
+
 void CollectCache(QueryEngine* engine, Families* out) {
   const ReadCache* cache = engine->read_cache();
   if (cache == nullptr) return;
@@ -165,6 +214,7 @@ void CollectCache(QueryEngine* engine, Families* out) {
   AddCounter(&inval, {{"source", "write"}}, load(c.write_invalidations));
   AddCounter(&inval, {{"source", "flush"}}, load(c.flushes));
   out->push_back(std::move(inval));
+  CollectNearCache(cache->near_cache(), out);
 }
 
 telemetry::StatusTable PoolsTable(QueryEngine* engine) {

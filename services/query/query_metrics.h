@@ -11,8 +11,11 @@
 //   poolside_statements_total, poolside_statement_errors_total,
 //   poolside_statement_rows_total{database}
 //   poolside_query_cache_requests_total{outcome=hit|stale|miss|bypass}
-//   poolside_query_cache_{coalesced,fills,fills_refused,sidecar_errors}_total
+//   poolside_query_cache_{near_hits,coalesced,fills,fills_refused,sidecar_errors}_total
 //   poolside_query_cache_invalidations_total{source=notify|write|flush}
+//   poolside_query_cache_near_{entries,bytes,capacity_bytes,serving,watch_generation}
+//   poolside_query_cache_near_{misses,fills,fills_refused,evictions,invalidations,
+//                              watch_events,subscriptions}_total
 // Also applies server.telemetry.log.slow_statement_ms to the statement stats.
 //
 //   QueryMetrics query_metrics(&engine, &metrics, config.server().telemetry());

@@ -103,6 +103,7 @@ class SidecarClient::WatchReactor : public grpc::ClientReadReactor<v1::CacheInva
       event.tags.assign(event_.tags().begin(), event_.tags().end());
       event.prefixes.assign(event_.prefixes().begin(), event_.prefixes().end());
       event.flush_all = event_.flush_all();
+      event.generation = event_.generation();
     }
     (*on_event_)(event);
     event_.Clear();
