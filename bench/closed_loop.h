@@ -57,7 +57,9 @@ struct LoadOptions {
   void Resolve();
 };
 
-// The options as the flags above set them (not yet Resolve()d).
+// The options as the flags above set them (not yet Resolve()d). Also applies
+// --mutex_deadlock_detection (common/server/mutex_mode.h): call it after
+// absl::ParseCommandLine.
 LoadOptions LoadOptionsFromFlags();
 
 struct LoadResult {
@@ -103,6 +105,7 @@ struct Slot {
   std::unique_ptr<grpc::ClientAsyncResponseReader<typename Call::Response>> rpc;
   grpc::Status status;
   int64_t start_ns = 0;
+  int64_t end_ns = 0;
   std::mt19937_64 rng;
 };
 
@@ -121,32 +124,28 @@ class Worker {
     result_.latencies_us.reserve(1 << 18);
     for (Slot<Call>* slot : slots_) Issue(slot);
     size_t outstanding = slots_.size();
+    std::vector<Slot<Call>*> done;
+    done.reserve(slots_.size());
     void* tag;
     bool ok;
     while (outstanding > 0 && cq_.Next(&tag, &ok)) {
-      auto* slot = static_cast<Slot<Call>*>(tag);
-      const int64_t end_ns = NowNs();
-      if (end_ns >= measure_start_ns_ && end_ns <= measure_end_ns_) {
-        if (slot->status.ok()) {
-          if (call_.Marked(slot->response)) ++result_.marked;
-          result_.latencies_us.push_back(static_cast<uint32_t>(
-              std::min<int64_t>((end_ns - slot->start_ns) / 1000, UINT32_MAX)));
+      // Every completion already queued is timed before any new call is
+      // started (as redis-benchmark reads every ready reply before writing):
+      // a call's latency is the service's answer time, not that plus the
+      // client's own work of starting the calls completed before it.
+      Record(static_cast<Slot<Call>*>(tag), &done);
+      while (cq_.AsyncNext(&tag, &ok, gpr_time_0(GPR_CLOCK_MONOTONIC)) ==
+             grpc::CompletionQueue::GOT_EVENT) {
+        Record(static_cast<Slot<Call>*>(tag), &done);
+      }
+      for (Slot<Call>* slot : done) {
+        if (slot->end_ns < measure_end_ns_) {
+          Issue(slot);
         } else {
-          ++result_.errors;
-          const int code = static_cast<int>(slot->status.error_code());
-          ++result_.error_codes[code];
-          result_.first_error.emplace(code, slot->status.error_message());
+          --outstanding;
         }
-      } else if (!slot->status.ok() && end_ns < measure_start_ns_) {
-        ++result_.warmup_errors;
-        result_.first_error.emplace(static_cast<int>(slot->status.error_code()),
-                                    slot->status.error_message());
       }
-      if (end_ns < measure_end_ns_) {
-        Issue(slot);
-      } else {
-        --outstanding;
-      }
+      done.clear();
     }
     cq_.Shutdown();
     while (cq_.Next(&tag, &ok)) {
@@ -156,6 +155,28 @@ class Worker {
   LoadResult& result() { return result_; }
 
  private:
+  void Record(Slot<Call>* slot, std::vector<Slot<Call>*>* done) {
+    const int64_t end_ns = NowNs();
+    slot->end_ns = end_ns;
+    done->push_back(slot);
+    if (end_ns >= measure_start_ns_ && end_ns <= measure_end_ns_) {
+      if (slot->status.ok()) {
+        if (call_.Marked(slot->response)) ++result_.marked;
+        result_.latencies_us.push_back(static_cast<uint32_t>(
+            std::min<int64_t>((end_ns - slot->start_ns) / 1000, UINT32_MAX)));
+      } else {
+        ++result_.errors;
+        const int code = static_cast<int>(slot->status.error_code());
+        ++result_.error_codes[code];
+        result_.first_error.emplace(code, slot->status.error_message());
+      }
+    } else if (!slot->status.ok() && end_ns < measure_start_ns_) {
+      ++result_.warmup_errors;
+      result_.first_error.emplace(static_cast<int>(slot->status.error_code()),
+                                  slot->status.error_message());
+    }
+  }
+
   void Issue(Slot<Call>* slot) {
     call_.Prepare(&slot->request, slot->rng);
     slot->context = std::make_unique<grpc::ClientContext>();

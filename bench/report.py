@@ -290,7 +290,9 @@ def report(args):
     out.append("Ratio = ops/s ÷ baseline ops/s at the same concurrency, measured in the same "
                "run. The DESIGN target is poolside ÷ PgBouncer ≥ 1.0 at 32 and 64 callers.")
     out.append("pgbench latencies come from its per-transaction log sampled at "
-               f"{s['pgbench_sampling_rate']}; loadgen's from every measured call.")
+               f"{s['pgbench_sampling_rate']}; loadgen's from every measured call (start to "
+               "completion dequeued; queued completions are all timed before new calls "
+               "start).")
     if busy_points:
         out.append(f"⚠ {busy_points} point(s) had other work using more than {BUSY_LIMIT}% "
                    "of the CPU just before or after them: treat them as noise and re-run "
