@@ -29,6 +29,18 @@ TEST(MetricsFamilyTest, CounterAndGaugeSamples) {
   EXPECT_NE(text.find("poolside_y_bytes 1024"), std::string::npos) << text;
 }
 
+TEST(MetricsFamilyTest, AppendAddsOneUnlabelledSampleFamily) {
+  std::vector<prometheus::MetricFamily> out;
+  AppendCounter(&out, "poolside_z_total", "Zs.", 7);
+  AppendGauge(&out, "poolside_w", "W.", 2.5);
+  ASSERT_EQ(out.size(), 2u);
+  const std::string text = Text(out);
+  EXPECT_NE(text.find("# TYPE poolside_z_total counter"), std::string::npos) << text;
+  EXPECT_NE(text.find("poolside_z_total 7"), std::string::npos) << text;
+  EXPECT_NE(text.find("# TYPE poolside_w gauge"), std::string::npos) << text;
+  EXPECT_NE(text.find("poolside_w 2.5"), std::string::npos) << text;
+}
+
 TEST(MetricsFamilyTest, HistogramFromSnapshot) {
   Histogram h({0.001, 0.01, 0.1});
   h.Observe(0.0005);

@@ -93,26 +93,24 @@ absl::StatusOr<ProcessSample> ReadProcessSample() {
 void AppendProcessMetrics(std::vector<prometheus::MetricFamily>* out) {
   absl::StatusOr<ProcessSample> s = ReadProcessSample();
   if (!s.ok()) return;
-  auto gauge = [&](const char* name, const char* help, double v) {
-    prometheus::MetricFamily f = GaugeFamily(name, help);
-    AddGauge(&f, {}, v);
-    out->push_back(std::move(f));
-  };
-  prometheus::MetricFamily cpu =
-      CounterFamily("poolside_process_cpu_seconds_total", "User and system CPU time spent.");
-  AddCounter(&cpu, {}, s->cpu_seconds);
-  out->push_back(std::move(cpu));
-  gauge("poolside_process_resident_memory_bytes", "Resident memory size.", s->resident_bytes);
-  gauge("poolside_process_virtual_memory_bytes", "Virtual memory size.", s->virtual_bytes);
-  gauge("poolside_process_open_fds", "Open file descriptors.", static_cast<double>(s->open_fds));
+  AppendCounter(out, "poolside_process_cpu_seconds_total",
+                "User and system CPU time spent.", s->cpu_seconds);
+  AppendGauge(out, "poolside_process_resident_memory_bytes",
+              "Resident memory size.", s->resident_bytes);
+  AppendGauge(out, "poolside_process_virtual_memory_bytes",
+              "Virtual memory size.", s->virtual_bytes);
+  AppendGauge(out, "poolside_process_open_fds", "Open file descriptors.",
+              static_cast<double>(s->open_fds));
   if (s->max_fds > 0) {
-    gauge("poolside_process_max_fds", "Limit on open file descriptors.",
-          static_cast<double>(s->max_fds));
+    AppendGauge(out, "poolside_process_max_fds",
+                "Limit on open file descriptors.",
+                static_cast<double>(s->max_fds));
   }
-  gauge("poolside_process_threads", "Threads of the process.", static_cast<double>(s->threads));
+  AppendGauge(out, "poolside_process_threads", "Threads of the process.",
+              static_cast<double>(s->threads));
   if (s->start_time_seconds > 0) {
-    gauge("poolside_process_start_time_seconds", "Start time since the Unix epoch.",
-          s->start_time_seconds);
+    AppendGauge(out, "poolside_process_start_time_seconds",
+                "Start time since the Unix epoch.", s->start_time_seconds);
   }
 }
 

@@ -11,9 +11,9 @@ namespace poolside::cache {
 namespace {
 
 using telemetry::AddCounter;
-using telemetry::AddGauge;
+using telemetry::AppendCounter;
+using telemetry::AppendGauge;
 using telemetry::CounterFamily;
-using telemetry::GaugeFamily;
 
 void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* out) {
   prometheus::MetricFamily lookups =
@@ -28,18 +28,12 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
   AddCounter(&sets, {{"result", "stored"}}, double(s.sets));
   AddCounter(&sets, {{"result", "rejected"}}, double(s.sets_rejected));
   out->push_back(std::move(sets));
-  auto counter = [&](const char* name, const char* help, uint64_t v) {
-    out->push_back(CounterFamily(name, help));
-    AddCounter(&out->back(), {}, double(v));
-  };
-  auto gauge = [&](const char* name, const char* help, uint64_t v) {
-    out->push_back(GaugeFamily(name, help));
-    AddGauge(&out->back(), {}, double(v));
-  };
-  counter("poolside_cache_evictions_total", "Entries evicted to make room.", s.evictions);
-  counter("poolside_cache_expirations_total", "Entries removed past their stale window.",
-          s.expirations);
-  counter("poolside_cache_invalidations_total", "Invalidate calls.", s.invalidations);
+  AppendCounter(out, "poolside_cache_evictions_total",
+                "Entries evicted to make room.", s.evictions);
+  AppendCounter(out, "poolside_cache_expirations_total",
+                "Entries removed past their stale window.", s.expirations);
+  AppendCounter(out, "poolside_cache_invalidations_total", "Invalidate calls.",
+                s.invalidations);
   prometheus::MetricFamily targets = CounterFamily(
       "poolside_cache_invalidation_targets_total",
       "What invalidations named: tags, key prefixes, or everything (kind=all).");
@@ -47,12 +41,15 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
   AddCounter(&targets, {{"kind", "prefix"}}, double(s.invalidated_prefixes));
   AddCounter(&targets, {{"kind", "all"}}, double(s.flushes));
   out->push_back(std::move(targets));
-  counter("poolside_cache_invalidated_entries_total", "Entries removed by invalidations.",
-          s.invalidated_entries);
-  gauge("poolside_cache_entries", "Entries held.", s.entries);
-  gauge("poolside_cache_bytes", "Bytes charged (keys, values, tags, overhead).", s.bytes);
-  gauge("poolside_cache_capacity_bytes", "The memory budget.", s.capacity_bytes);
-  gauge("poolside_cache_generation", "Current invalidation generation.", s.generation);
+  AppendCounter(out, "poolside_cache_invalidated_entries_total",
+                "Entries removed by invalidations.", s.invalidated_entries);
+  AppendGauge(out, "poolside_cache_entries", "Entries held.", s.entries);
+  AppendGauge(out, "poolside_cache_bytes",
+              "Bytes charged (keys, values, tags, overhead).", s.bytes);
+  AppendGauge(out, "poolside_cache_capacity_bytes", "The memory budget.",
+              s.capacity_bytes);
+  AppendGauge(out, "poolside_cache_generation",
+              "Current invalidation generation.", s.generation);
 }
 
 telemetry::StatusTable Table(const CacheStoreStats& s) {

@@ -15,23 +15,17 @@ namespace poolside::ingest {
 namespace {
 
 using telemetry::AddCounter;
-using telemetry::AddGauge;
+using telemetry::AppendCounter;
+using telemetry::AppendGauge;
 using telemetry::CounterFamily;
-using telemetry::GaugeFamily;
 
 void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::MetricFamily>* out) {
-  auto counter = [&](const char* name, const char* help, uint64_t v) {
-    out->push_back(CounterFamily(name, help));
-    AddCounter(&out->back(), {}, double(v));
-  };
-  auto gauge = [&](const char* name, const char* help, uint64_t v) {
-    out->push_back(GaugeFamily(name, help));
-    AddGauge(&out->back(), {}, double(v));
-  };
-  counter("poolside_ingest_rows_total", "Rows committed.", s.rows_written());
-  counter("poolside_ingest_bytes_total", "COPY data committed.", s.bytes_written());
-  counter("poolside_ingest_rows_rejected_total", "Rows rejected (returned with a reason).",
-          s.rows_rejected());
+  AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.",
+                s.rows_written());
+  AppendCounter(out, "poolside_ingest_bytes_total", "COPY data committed.",
+                s.bytes_written());
+  AppendCounter(out, "poolside_ingest_rows_rejected_total",
+                "Rows rejected (returned with a reason).", s.rows_rejected());
   prometheus::MetricFamily batches =
       CounterFamily("poolside_ingest_batches_total", "Flush transactions by result.");
   AddCounter(&batches, {{"result", "committed"}}, double(s.batches_written()));
@@ -44,25 +38,32 @@ void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::Metric
   for (const char* r : {"rows", "bytes", "linger", "drain"}) reasons.emplace(r, 0);
   for (const auto& [reason, n] : reasons) AddCounter(&flushes, {{"reason", reason}}, double(n));
   out->push_back(std::move(flushes));
-  counter("poolside_ingest_copy_statements_total",
-          "COPY statements run, including those isolating bad rows.", s.copy_statements());
-  counter("poolside_ingest_requests_total", "Write requests accepted.", s.requests());
-  counter("poolside_ingest_requests_failed_total",
-          "Accepted requests answered with an error.", s.requests_failed());
-  counter("poolside_ingest_duplicate_requests_total",
-          "Requests answered from their idempotency key.", s.duplicates());
-  counter("poolside_ingest_refused_total",
-          "Unary writes refused with RESOURCE_EXHAUSTED (buffer full).", s.refused_full());
-  counter("poolside_ingest_stream_waits_total", "Times a stream waited for buffer room.",
-          s.stream_waits());
-  gauge("poolside_ingest_queued_requests", "Requests accepted and not yet answered.",
-        s.queue_requests());
-  gauge("poolside_ingest_queued_batches", "Batches waiting for a connection.", s.queue_batches());
-  gauge("poolside_ingest_buffer_bytes", "Encoded row bytes held now.", s.buffered_bytes());
-  gauge("poolside_ingest_buffer_bytes_max", "High-water mark of buffer_bytes.",
-        s.buffered_bytes_max());
-  gauge("poolside_ingest_buffer_limit_bytes", "The bound on buffer_bytes.",
-        s.buffer_bytes_limit());
+  AppendCounter(out, "poolside_ingest_copy_statements_total",
+                "COPY statements run, including those isolating bad rows.",
+                s.copy_statements());
+  AppendCounter(out, "poolside_ingest_requests_total",
+                "Write requests accepted.", s.requests());
+  AppendCounter(out, "poolside_ingest_requests_failed_total",
+                "Accepted requests answered with an error.",
+                s.requests_failed());
+  AppendCounter(out, "poolside_ingest_duplicate_requests_total",
+                "Requests answered from their idempotency key.",
+                s.duplicates());
+  AppendCounter(out, "poolside_ingest_refused_total",
+                "Unary writes refused with RESOURCE_EXHAUSTED (buffer full).",
+                s.refused_full());
+  AppendCounter(out, "poolside_ingest_stream_waits_total",
+                "Times a stream waited for buffer room.", s.stream_waits());
+  AppendGauge(out, "poolside_ingest_queued_requests",
+              "Requests accepted and not yet answered.", s.queue_requests());
+  AppendGauge(out, "poolside_ingest_queued_batches",
+              "Batches waiting for a connection.", s.queue_batches());
+  AppendGauge(out, "poolside_ingest_buffer_bytes",
+              "Encoded row bytes held now.", s.buffered_bytes());
+  AppendGauge(out, "poolside_ingest_buffer_bytes_max",
+              "High-water mark of buffer_bytes.", s.buffered_bytes_max());
+  AppendGauge(out, "poolside_ingest_buffer_limit_bytes",
+              "The bound on buffer_bytes.", s.buffer_bytes_limit());
 }
 
 }  // namespace

@@ -17,6 +17,8 @@ namespace {
 using telemetry::AddCounter;
 using telemetry::AddGauge;
 using telemetry::AddHistogram;
+using telemetry::AppendCounter;
+using telemetry::AppendGauge;
 using telemetry::CounterFamily;
 using telemetry::GaugeFamily;
 using telemetry::HistogramFamily;
@@ -134,47 +136,50 @@ void CollectStatements(QueryEngine* engine, Families* out) {
 void CollectNearCache(const NearCache* near, Families* out) {
   if (near == nullptr) return;  // cache.near.capacityBytes = 0
   const NearCache::Stats s = near->GetStats();
-  auto counter = [&](const char* name, const char* help, uint64_t v) {
-    out->push_back(CounterFamily(name, help));
-    AddCounter(&out->back(), {}, double(v));
-  };
-  auto gauge = [&](const char* name, const char* help, uint64_t v) {
-    out->push_back(GaugeFamily(name, help));
-    AddGauge(&out->back(), {}, double(v));
-  };
-  gauge("poolside_query_cache_near_entries", "Results held by the near cache.", s.entries);
-  gauge("poolside_query_cache_near_bytes", "Bytes the near cache's entries are charged.", s.bytes);
-  gauge("poolside_query_cache_near_capacity_bytes", "The near cache's memory budget.",
-        s.capacity_bytes);
-  gauge("poolside_query_cache_near_serving",
-        "1 while the near cache serves (the sidecar's invalidation watch is up), else 0.",
-        s.serving ? 1 : 0);
-  counter("poolside_query_cache_near_misses_total",
-          "Near-cache lookups that found nothing fresh (while serving).", s.misses);
-  counter("poolside_query_cache_near_fills_total", "Results stored in the near cache.", s.fills);
-  counter("poolside_query_cache_near_fills_refused_total",
-          "Near-cache fills refused (an invalidation came after the read, or too large).",
-          s.fills_refused);
-  counter("poolside_query_cache_near_evictions_total", "Near-cache entries evicted to make room.",
-          s.evictions);
-  counter("poolside_query_cache_near_invalidations_total",
-          "Invalidations applied to the near cache: this replica's own, those received over "
-          "the sidecar's watch, and the flush of each (re)subscription.",
-          s.invalidations);
-  counter("poolside_query_cache_near_watch_events_total",
-          "Invalidations and deletes received over the sidecar's watch (this replica's own "
-          "come back this way too, once the sidecar applied them).",
-          s.watch_events);
-  counter("poolside_query_cache_near_subscriptions_total",
-          "Times the sidecar's watch was (re)established (each empties the near cache).",
-          s.subscriptions);
+  AppendGauge(out, "poolside_query_cache_near_entries",
+              "Results held by the near cache.", s.entries);
+  AppendGauge(out, "poolside_query_cache_near_bytes",
+              "Bytes the near cache's entries are charged.", s.bytes);
+  AppendGauge(out, "poolside_query_cache_near_capacity_bytes",
+              "The near cache's memory budget.", s.capacity_bytes);
+  AppendGauge(out, "poolside_query_cache_near_serving",
+              "1 while the near cache serves (the sidecar's invalidation watch "
+              "is up), else 0.",
+              s.serving ? 1 : 0);
+  AppendCounter(out, "poolside_query_cache_near_misses_total",
+                "Near-cache lookups that found nothing fresh (while serving).",
+                s.misses);
+  AppendCounter(out, "poolside_query_cache_near_fills_total",
+                "Results stored in the near cache.", s.fills);
+  AppendCounter(out, "poolside_query_cache_near_fills_refused_total",
+                "Near-cache fills refused (an invalidation came after the "
+                "read, or too large).",
+                s.fills_refused);
+  AppendCounter(out, "poolside_query_cache_near_evictions_total",
+                "Near-cache entries evicted to make room.", s.evictions);
+  AppendCounter(out, "poolside_query_cache_near_invalidations_total",
+                "Invalidations applied to the near cache: this replica's own, "
+                "those received over "
+                "the sidecar's watch, and the flush of each (re)subscription.",
+                s.invalidations);
+  AppendCounter(out, "poolside_query_cache_near_watch_events_total",
+                "Invalidations and deletes received over the sidecar's watch "
+                "(this replica's own "
+                "come back this way too, once the sidecar applied them).",
+                s.watch_events);
+  AppendCounter(out, "poolside_query_cache_near_subscriptions_total",
+                "Times the sidecar's watch was (re)established (each empties "
+                "the near cache).",
+                s.subscriptions);
   // A generation is a value, not a count: a gauge (poolside_cache_generation
   // on the sidecar is its counterpart).
-  gauge("poolside_query_cache_near_watch_generation",
-        "The sidecar generation of the newest invalidation received over the current watch "
-        "(0 until one arrived): it trails the sidecar's poolside_cache_generation by the "
-        "invalidations still on their way.",
-        s.watch_generation);
+  AppendGauge(out, "poolside_query_cache_near_watch_generation",
+              "The sidecar generation of the newest invalidation received over "
+              "the current watch "
+              "(0 until one arrived): it trails the sidecar's "
+              "poolside_cache_generation by the "
+              "invalidations still on their way.",
+              s.watch_generation);
 }
 
 void CollectCache(QueryEngine* engine, Families* out) {
@@ -191,21 +196,23 @@ void CollectCache(QueryEngine* engine, Families* out) {
   AddCounter(&requests, {{"outcome", "miss"}}, load(c.misses));
   AddCounter(&requests, {{"outcome", "bypass"}}, load(c.bypass));
   out->push_back(std::move(requests));
-  auto counter = [&](const char* name, const char* help, double v) {
-    out->push_back(CounterFamily(name, help));
-    AddCounter(&out->back(), {}, v);
-  };
-  counter("poolside_query_cache_near_hits_total",
-          "Hits answered by the in-process near cache, without a sidecar call (also in "
-          "poolside_query_cache_requests_total{outcome=\"hit\"}).",
-          load(c.near_hits));
-  counter("poolside_query_cache_coalesced_total",
-          "Misses that joined an identical query already in flight.", load(c.coalesced));
-  counter("poolside_query_cache_fills_total", "Results stored in the sidecar.", load(c.fills));
-  counter("poolside_query_cache_fills_refused_total",
-          "Fills the sidecar refused (an invalidation came after the read).", load(c.fills_refused));
-  counter("poolside_query_cache_sidecar_errors_total", "Sidecar calls that failed or timed out.",
-          load(c.sidecar_errors));
+  AppendCounter(out, "poolside_query_cache_near_hits_total",
+                "Hits answered by the in-process near cache, without a sidecar "
+                "call (also in "
+                "poolside_query_cache_requests_total{outcome=\"hit\"}).",
+                load(c.near_hits));
+  AppendCounter(out, "poolside_query_cache_coalesced_total",
+                "Misses that joined an identical query already in flight.",
+                load(c.coalesced));
+  AppendCounter(out, "poolside_query_cache_fills_total",
+                "Results stored in the sidecar.", load(c.fills));
+  AppendCounter(
+      out, "poolside_query_cache_fills_refused_total",
+      "Fills the sidecar refused (an invalidation came after the read).",
+      load(c.fills_refused));
+  AppendCounter(out, "poolside_query_cache_sidecar_errors_total",
+                "Sidecar calls that failed or timed out.",
+                load(c.sidecar_errors));
   prometheus::MetricFamily inval = CounterFamily(
       "poolside_query_cache_invalidations_total",
       "Invalidations sent to the sidecar, by source: NOTIFY from a committed write anywhere, a "
