@@ -178,6 +178,7 @@ struct ReadCache::Flight {
   std::vector<std::string> tags;
   absl::Duration ttl;
   absl::Duration stale;
+  // Until Land(), which releases it (the work's `done` holds the flight).
   std::shared_ptr<OwnedStatementWork> work;
   // The trace of the call that started the flight (its query and fill).
   telemetry::SpanContext trace;
@@ -616,7 +617,10 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
     if (it != flights_.end() && it->second == flight) flights_.erase(it);
     participants.swap(flight->participants);
   }
-  const v1::ResultSet& result = flight->work->result;
+  // The work's `done` (running this) holds the flight: the flight lets go of
+  // the work, or neither (nor the result) is ever freed.
+  const std::shared_ptr<OwnedStatementWork> work = std::move(flight->work);
+  const v1::ResultSet& result = work->result;
   if (status.ok()) {
     std::string value = result.SerializeAsString();
     if (near_ != nullptr && flight->near_generation != 0 &&
