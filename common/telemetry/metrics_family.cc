@@ -46,14 +46,14 @@ void AddGauge(prometheus::MetricFamily* family, const MetricLabels& labels, doub
   NewSample(family, labels).gauge.value = value;
 }
 
-void AppendCounter(std::vector<prometheus::MetricFamily> *out, std::string name,
-                   std::string help, double value) {
+void AppendCounter(std::vector<prometheus::MetricFamily>* out, std::string name, std::string help,
+                   double value) {
   out->push_back(CounterFamily(std::move(name), std::move(help)));
   AddCounter(&out->back(), {}, value);
 }
 
-void AppendGauge(std::vector<prometheus::MetricFamily> *out, std::string name,
-                 std::string help, double value) {
+void AppendGauge(std::vector<prometheus::MetricFamily>* out, std::string name, std::string help,
+                 double value) {
   out->push_back(GaugeFamily(std::move(name), std::move(help)));
   AddGauge(&out->back(), {}, value);
 }

@@ -31,10 +31,10 @@ prometheus::MetricFamily GaugeFamily(std::string name, std::string help);
 prometheus::MetricFamily HistogramFamily(std::string name, std::string help);
 
 // Append a family holding one unlabelled sample to `out`.
-void AppendCounter(std::vector<prometheus::MetricFamily> *out, std::string name,
-                   std::string help, double value);
-void AppendGauge(std::vector<prometheus::MetricFamily> *out, std::string name,
-                 std::string help, double value);
+void AppendCounter(std::vector<prometheus::MetricFamily>* out, std::string name, std::string help,
+                   double value);
+void AppendGauge(std::vector<prometheus::MetricFamily>* out, std::string name, std::string help,
+                 double value);
 
 // Append one sample to a family of the matching type.
 void AddCounter(prometheus::MetricFamily* family, const MetricLabels& labels, double value);

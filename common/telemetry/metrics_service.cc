@@ -10,11 +10,10 @@ namespace poolside::telemetry {
 
 void AppendTracingMetrics(std::vector<prometheus::MetricFamily>* out) {
   const ExporterStats s = GetTracingStats();
-  AppendCounter(out, "poolside_trace_spans_queued_total",
-                "Spans accepted into the export queue.", s.spans_queued_total);
+  AppendCounter(out, "poolside_trace_spans_queued_total", "Spans accepted into the export queue.",
+                s.spans_queued_total);
   AppendCounter(out, "poolside_trace_spans_exported_total",
-                "Spans acknowledged by the OTLP collector.",
-                s.spans_exported_total);
+                "Spans acknowledged by the OTLP collector.", s.spans_exported_total);
   prometheus::MetricFamily dropped = CounterFamily(
       "poolside_trace_spans_dropped_total",
       "Spans dropped: queue full, or the collector down, slow or refusing them.");
@@ -23,12 +22,11 @@ void AppendTracingMetrics(std::vector<prometheus::MetricFamily>* out) {
   AddCounter(&dropped, {{"reason", "export_failed"}},
              static_cast<double>(s.spans_dropped_export_failed_total));
   out->push_back(std::move(dropped));
-  AppendCounter(out, "poolside_trace_export_requests_total",
-                "OTLP Export calls made.", s.export_requests_total);
-  AppendCounter(out, "poolside_trace_export_failures_total",
-                "OTLP Export calls that failed.", s.export_failures_total);
-  AppendGauge(out, "poolside_trace_queue_spans",
-              "Spans waiting to be exported.",
+  AppendCounter(out, "poolside_trace_export_requests_total", "OTLP Export calls made.",
+                s.export_requests_total);
+  AppendCounter(out, "poolside_trace_export_failures_total", "OTLP Export calls that failed.",
+                s.export_failures_total);
+  AppendGauge(out, "poolside_trace_queue_spans", "Spans waiting to be exported.",
               static_cast<double>(s.queue_size));
 }
 

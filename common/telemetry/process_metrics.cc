@@ -93,24 +93,23 @@ absl::StatusOr<ProcessSample> ReadProcessSample() {
 void AppendProcessMetrics(std::vector<prometheus::MetricFamily>* out) {
   absl::StatusOr<ProcessSample> s = ReadProcessSample();
   if (!s.ok()) return;
-  AppendCounter(out, "poolside_process_cpu_seconds_total",
-                "User and system CPU time spent.", s->cpu_seconds);
-  AppendGauge(out, "poolside_process_resident_memory_bytes",
-              "Resident memory size.", s->resident_bytes);
-  AppendGauge(out, "poolside_process_virtual_memory_bytes",
-              "Virtual memory size.", s->virtual_bytes);
+  AppendCounter(out, "poolside_process_cpu_seconds_total", "User and system CPU time spent.",
+                s->cpu_seconds);
+  AppendGauge(out, "poolside_process_resident_memory_bytes", "Resident memory size.",
+              s->resident_bytes);
+  AppendGauge(out, "poolside_process_virtual_memory_bytes", "Virtual memory size.",
+              s->virtual_bytes);
   AppendGauge(out, "poolside_process_open_fds", "Open file descriptors.",
               static_cast<double>(s->open_fds));
   if (s->max_fds > 0) {
-    AppendGauge(out, "poolside_process_max_fds",
-                "Limit on open file descriptors.",
+    AppendGauge(out, "poolside_process_max_fds", "Limit on open file descriptors.",
                 static_cast<double>(s->max_fds));
   }
   AppendGauge(out, "poolside_process_threads", "Threads of the process.",
               static_cast<double>(s->threads));
   if (s->start_time_seconds > 0) {
-    AppendGauge(out, "poolside_process_start_time_seconds",
-                "Start time since the Unix epoch.", s->start_time_seconds);
+    AppendGauge(out, "poolside_process_start_time_seconds", "Start time since the Unix epoch.",
+                s->start_time_seconds);
   }
 }
 

@@ -28,12 +28,11 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
   AddCounter(&sets, {{"result", "stored"}}, double(s.sets));
   AddCounter(&sets, {{"result", "rejected"}}, double(s.sets_rejected));
   out->push_back(std::move(sets));
-  AppendCounter(out, "poolside_cache_evictions_total",
-                "Entries evicted to make room.", s.evictions);
-  AppendCounter(out, "poolside_cache_expirations_total",
-                "Entries removed past their stale window.", s.expirations);
-  AppendCounter(out, "poolside_cache_invalidations_total", "Invalidate calls.",
-                s.invalidations);
+  AppendCounter(out, "poolside_cache_evictions_total", "Entries evicted to make room.",
+                s.evictions);
+  AppendCounter(out, "poolside_cache_expirations_total", "Entries removed past their stale window.",
+                s.expirations);
+  AppendCounter(out, "poolside_cache_invalidations_total", "Invalidate calls.", s.invalidations);
   prometheus::MetricFamily targets = CounterFamily(
       "poolside_cache_invalidation_targets_total",
       "What invalidations named: tags, key prefixes, or everything (kind=all).");
@@ -44,12 +43,10 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
   AppendCounter(out, "poolside_cache_invalidated_entries_total",
                 "Entries removed by invalidations.", s.invalidated_entries);
   AppendGauge(out, "poolside_cache_entries", "Entries held.", s.entries);
-  AppendGauge(out, "poolside_cache_bytes",
-              "Bytes charged (keys, values, tags, overhead).", s.bytes);
-  AppendGauge(out, "poolside_cache_capacity_bytes", "The memory budget.",
-              s.capacity_bytes);
-  AppendGauge(out, "poolside_cache_generation",
-              "Current invalidation generation.", s.generation);
+  AppendGauge(out, "poolside_cache_bytes", "Bytes charged (keys, values, tags, overhead).",
+              s.bytes);
+  AppendGauge(out, "poolside_cache_capacity_bytes", "The memory budget.", s.capacity_bytes);
+  AppendGauge(out, "poolside_cache_generation", "Current invalidation generation.", s.generation);
 }
 
 telemetry::StatusTable Table(const CacheStoreStats& s) {

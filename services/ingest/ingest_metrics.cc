@@ -20,10 +20,8 @@ using telemetry::AppendGauge;
 using telemetry::CounterFamily;
 
 void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::MetricFamily>* out) {
-  AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.",
-                s.rows_written());
-  AppendCounter(out, "poolside_ingest_bytes_total", "COPY data committed.",
-                s.bytes_written());
+  AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.", s.rows_written());
+  AppendCounter(out, "poolside_ingest_bytes_total", "COPY data committed.", s.bytes_written());
   AppendCounter(out, "poolside_ingest_rows_rejected_total",
                 "Rows rejected (returned with a reason).", s.rows_rejected());
   prometheus::MetricFamily batches =
@@ -39,31 +37,26 @@ void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::Metric
   for (const auto& [reason, n] : reasons) AddCounter(&flushes, {{"reason", reason}}, double(n));
   out->push_back(std::move(flushes));
   AppendCounter(out, "poolside_ingest_copy_statements_total",
-                "COPY statements run, including those isolating bad rows.",
-                s.copy_statements());
-  AppendCounter(out, "poolside_ingest_requests_total",
-                "Write requests accepted.", s.requests());
+                "COPY statements run, including those isolating bad rows.", s.copy_statements());
+  AppendCounter(out, "poolside_ingest_requests_total", "Write requests accepted.", s.requests());
   AppendCounter(out, "poolside_ingest_requests_failed_total",
-                "Accepted requests answered with an error.",
-                s.requests_failed());
+                "Accepted requests answered with an error.", s.requests_failed());
   AppendCounter(out, "poolside_ingest_duplicate_requests_total",
-                "Requests answered from their idempotency key.",
-                s.duplicates());
+                "Requests answered from their idempotency key.", s.duplicates());
   AppendCounter(out, "poolside_ingest_refused_total",
-                "Unary writes refused with RESOURCE_EXHAUSTED (buffer full).",
-                s.refused_full());
-  AppendCounter(out, "poolside_ingest_stream_waits_total",
-                "Times a stream waited for buffer room.", s.stream_waits());
-  AppendGauge(out, "poolside_ingest_queued_requests",
-              "Requests accepted and not yet answered.", s.queue_requests());
-  AppendGauge(out, "poolside_ingest_queued_batches",
-              "Batches waiting for a connection.", s.queue_batches());
-  AppendGauge(out, "poolside_ingest_buffer_bytes",
-              "Encoded row bytes held now.", s.buffered_bytes());
-  AppendGauge(out, "poolside_ingest_buffer_bytes_max",
-              "High-water mark of buffer_bytes.", s.buffered_bytes_max());
-  AppendGauge(out, "poolside_ingest_buffer_limit_bytes",
-              "The bound on buffer_bytes.", s.buffer_bytes_limit());
+                "Unary writes refused with RESOURCE_EXHAUSTED (buffer full).", s.refused_full());
+  AppendCounter(out, "poolside_ingest_stream_waits_total", "Times a stream waited for buffer room.",
+                s.stream_waits());
+  AppendGauge(out, "poolside_ingest_queued_requests", "Requests accepted and not yet answered.",
+              s.queue_requests());
+  AppendGauge(out, "poolside_ingest_queued_batches", "Batches waiting for a connection.",
+              s.queue_batches());
+  AppendGauge(out, "poolside_ingest_buffer_bytes", "Encoded row bytes held now.",
+              s.buffered_bytes());
+  AppendGauge(out, "poolside_ingest_buffer_bytes_max", "High-water mark of buffer_bytes.",
+              s.buffered_bytes_max());
+  AppendGauge(out, "poolside_ingest_buffer_limit_bytes", "The bound on buffer_bytes.",
+              s.buffer_bytes_limit());
 }
 
 }  // namespace

@@ -136,21 +136,20 @@ void CollectStatements(QueryEngine* engine, Families* out) {
 void CollectNearCache(const NearCache* near, Families* out) {
   if (near == nullptr) return;  // cache.near.capacityBytes = 0
   const NearCache::Stats s = near->GetStats();
-  AppendGauge(out, "poolside_query_cache_near_entries",
-              "Results held by the near cache.", s.entries);
-  AppendGauge(out, "poolside_query_cache_near_bytes",
-              "Bytes the near cache's entries are charged.", s.bytes);
-  AppendGauge(out, "poolside_query_cache_near_capacity_bytes",
-              "The near cache's memory budget.", s.capacity_bytes);
+  AppendGauge(out, "poolside_query_cache_near_entries", "Results held by the near cache.",
+              s.entries);
+  AppendGauge(out, "poolside_query_cache_near_bytes", "Bytes the near cache's entries are charged.",
+              s.bytes);
+  AppendGauge(out, "poolside_query_cache_near_capacity_bytes", "The near cache's memory budget.",
+              s.capacity_bytes);
   AppendGauge(out, "poolside_query_cache_near_serving",
               "1 while the near cache serves (the sidecar's invalidation watch "
               "is up), else 0.",
               s.serving ? 1 : 0);
   AppendCounter(out, "poolside_query_cache_near_misses_total",
-                "Near-cache lookups that found nothing fresh (while serving).",
-                s.misses);
-  AppendCounter(out, "poolside_query_cache_near_fills_total",
-                "Results stored in the near cache.", s.fills);
+                "Near-cache lookups that found nothing fresh (while serving).", s.misses);
+  AppendCounter(out, "poolside_query_cache_near_fills_total", "Results stored in the near cache.",
+                s.fills);
   AppendCounter(out, "poolside_query_cache_near_fills_refused_total",
                 "Near-cache fills refused (an invalidation came after the "
                 "read, or too large).",
@@ -202,17 +201,14 @@ void CollectCache(QueryEngine* engine, Families* out) {
                 "poolside_query_cache_requests_total{outcome=\"hit\"}).",
                 load(c.near_hits));
   AppendCounter(out, "poolside_query_cache_coalesced_total",
-                "Misses that joined an identical query already in flight.",
-                load(c.coalesced));
-  AppendCounter(out, "poolside_query_cache_fills_total",
-                "Results stored in the sidecar.", load(c.fills));
-  AppendCounter(
-      out, "poolside_query_cache_fills_refused_total",
-      "Fills the sidecar refused (an invalidation came after the read).",
-      load(c.fills_refused));
+                "Misses that joined an identical query already in flight.", load(c.coalesced));
+  AppendCounter(out, "poolside_query_cache_fills_total", "Results stored in the sidecar.",
+                load(c.fills));
+  AppendCounter(out, "poolside_query_cache_fills_refused_total",
+                "Fills the sidecar refused (an invalidation came after the read).",
+                load(c.fills_refused));
   AppendCounter(out, "poolside_query_cache_sidecar_errors_total",
-                "Sidecar calls that failed or timed out.",
-                load(c.sidecar_errors));
+                "Sidecar calls that failed or timed out.", load(c.sidecar_errors));
   prometheus::MetricFamily inval = CounterFamily(
       "poolside_query_cache_invalidations_total",
       "Invalidations sent to the sidecar, by source: NOTIFY from a committed write anywhere, a "
@@ -243,17 +239,31 @@ telemetry::StatusTable CacheTable(QueryEngine* engine) {
   const ReadCache::Counters& c = cache->counters();
   const double hits = double(c.hits.load()), stale = double(c.stale.load());
   const double misses = double(c.misses.load());
-  t.columns = {"hit ratio", "hits", "stale", "misses", "bypass", "coalesced", "fills",
-               "refused", "invalidations", "sidecar errors"};
-  t.rows.push_back({telemetry::FormatRatio(hits + stale, hits + stale + misses),
+  t.columns = {"layer",     "hit ratio", "hits",    "stale",         "misses",         "bypass",
+               "coalesced", "fills",     "refused", "invalidations", "sidecar errors", "size"};
+  t.rows.push_back({"all cached reads", telemetry::FormatRatio(hits + stale, hits + stale + misses),
                     telemetry::FormatCount(hits), telemetry::FormatCount(stale),
                     telemetry::FormatCount(misses), telemetry::FormatCount(double(c.bypass.load())),
                     telemetry::FormatCount(double(c.coalesced.load())),
                     telemetry::FormatCount(double(c.fills.load())),
                     telemetry::FormatCount(double(c.fills_refused.load())),
-                    telemetry::FormatCount(double(c.notifications.load() + c.write_invalidations.load() +
-                                                  c.flushes.load())),
-                    telemetry::FormatCount(double(c.sidecar_errors.load()))});
+                    telemetry::FormatCount(double(c.notifications.load() +
+                                                  c.write_invalidations.load() + c.flushes.load())),
+                    telemetry::FormatCount(double(c.sidecar_errors.load())), "—"});
+  if (const NearCache* near = cache->near_cache(); near != nullptr) {
+    // The in-process near cache in front of the sidecar: its hits are part of
+    // the row above.
+    const NearCache::Stats n = near->GetStats();
+    t.rows.push_back({n.serving ? "near cache" : "near cache (not serving: sidecar watch down)",
+                      telemetry::FormatRatio(double(n.hits), double(n.hits + n.misses)),
+                      telemetry::FormatCount(double(n.hits)), "—",
+                      telemetry::FormatCount(double(n.misses)), "—", "—",
+                      telemetry::FormatCount(double(n.fills)),
+                      telemetry::FormatCount(double(n.fills_refused)),
+                      telemetry::FormatCount(double(n.invalidations)), "—",
+                      absl::StrCat(telemetry::FormatBytes(double(n.bytes)), " of ",
+                                   telemetry::FormatBytes(double(n.capacity_bytes)))});
+  }
   return t;
 }
 
