@@ -74,17 +74,6 @@ class UnaryCall : public grpc::ServerUnaryReactor {
 
   void OnDone() override { delete this; }
 
-  // Both reactions above are short and never block (OnCancel flips flags and
-  // at most calls Finish; the worker cancels the statement), so gRPC may run
-  // them on the thread that completes the call. Otherwise gRPC 1.51 hands
-  // every call's OnDone to its executor thread: a thread hop per call (at 32
-  // callers a cached read took ~40 us of query_server CPU with it, ~24 us
-  // without; an uncached one ~64 us and ~49 us). The hook is gRPC's own
-  // (its DefaultReactor overrides it the same way), marked "not API": a gRPC
-  // without it fails to compile here (`override`) rather than silently
-  // changing behaviour.
-  bool InternalInlineable() override { return true; }
-
  private:
   const absl::Time deadline_;
   absl::Mutex mu_;
