@@ -802,6 +802,53 @@ TEST_F(QueryServiceTest, RequestRowLimitIsResourceExhausted) {
   EXPECT_EQ(*pg().QueryValue("qs_main", "SELECT count(*) FROM txlimit"), "0");
 }
 
+// Calls that end in an error are finished by the worker thread that ran them,
+// while gRPC may already be completing them on its own threads (and a call
+// that ends in an error also counts as cancelled, so OnCancel runs too). Many
+// at once, unary and streaming: a reactor touched after its Finish (say, its
+// mutex unlocked after gRPC ran OnDone and deleted it) aborts the server here.
+TEST_F(QueryServiceTest, ManyCallsEndingInErrorsAtOnce) {
+  constexpr int kThreads = 8;
+  constexpr int kCallsPerThread = 30;
+  std::atomic<int> unexpected{0};
+  absl::Mutex mu;
+  std::string first_unexpected;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kCallsPerThread; ++i) {
+        v1::ExecuteRequest request = Sql("SELECT g FROM generate_series(1, 11) AS g");
+        request.set_max_rows(10);
+        grpc::Status status;
+        if ((t + i) % 2 == 0) {
+          v1::ExecuteResponse response;
+          status = Execute(stub(), request, &response);
+        } else {
+          request.set_chunk_rows(4);
+          grpc::ClientContext ctx;
+          SetDeadline(&ctx, absl::Seconds(30));
+          auto reader = stub().ExecuteStream(&ctx, request);
+          v1::ExecuteStreamResponse message;
+          while (reader->Read(&message)) {
+          }
+          status = reader->Finish();
+        }
+        if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          if (unexpected.fetch_add(1) == 0) {
+            absl::MutexLock lock(&mu);
+            first_unexpected = Describe(status);
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(unexpected.load(), 0) << "first: " << first_unexpected;
+  v1::ExecuteResponse response;
+  EXPECT_TRUE(IsOk(Execute(stub(), Sql("SELECT 1"), &response))) << "the server is gone";
+}
+
 // ---------------------------------------------------------------------------
 // Scenarios with a server of their own.
 

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/server/reactor_lock.h"
 #include "common/server/status.h"
 #include "common/telemetry/log.h"
 
@@ -49,14 +50,13 @@ class CacheServiceImpl::Watch : public grpc::ServerWriteReactor<v1::CacheInvalid
   // Queues `event`; a full queue ends the watch instead.
   void Push(const v1::CacheInvalidationEvent& event) {
     const v1::CacheInvalidationEvent* write = nullptr;
-    bool finish = false;
     {
-      absl::MutexLock lock(&mu_);
+      Lock lock(this, &mu_);
       if (ending_) return;
       if (queue_.size() >= kMaxQueuedEvents) {
         End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                          "watcher too slow: invalidation events were dropped"),
-            &finish);
+            lock);
       } else {
         queue_.push_back(event);
         if (!writing_) {
@@ -65,31 +65,25 @@ class CacheServiceImpl::Watch : public grpc::ServerWriteReactor<v1::CacheInvalid
         }
       }
     }
-    if (write != nullptr) StartWrite(write);
-    if (finish) Finish(status_);
+    if (write != nullptr) StartWrite(write);  // no Finish before its OnWriteDone
   }
 
   void Stop(grpc::Status status) {
-    bool finish = false;
-    {
-      absl::MutexLock lock(&mu_);
-      if (ending_) return;
-      End(std::move(status), &finish);
-    }
-    if (finish) Finish(status_);
+    Lock lock(this, &mu_);
+    if (ending_) return;
+    End(std::move(status), lock);
   }
 
   void OnWriteDone(bool ok) override {
     const v1::CacheInvalidationEvent* write = nullptr;
-    bool finish = false;
     {
-      absl::MutexLock lock(&mu_);
+      Lock lock(this, &mu_);
       queue_.pop_front();
       writing_ = false;
       if (!ok && !ending_) {
-        End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"), &finish);
+        End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"), lock);
       } else if (ending_) {
-        finish = !finished_;
+        if (!finished_) lock.FinishAfterUnlock(status_);
         finished_ = true;
       } else if (!queue_.empty()) {
         writing_ = true;
@@ -97,7 +91,6 @@ class CacheServiceImpl::Watch : public grpc::ServerWriteReactor<v1::CacheInvalid
       }
     }
     if (write != nullptr) StartWrite(write);
-    if (finish) Finish(status_);
   }
 
   void OnCancel() override { Stop(grpc::Status::CANCELLED); }
@@ -108,14 +101,16 @@ class CacheServiceImpl::Watch : public grpc::ServerWriteReactor<v1::CacheInvalid
   }
 
  private:
-  // Marks the watch ending; `*finish` says whether the caller must Finish now
-  // (otherwise the outstanding write's OnWriteDone does).
-  void End(grpc::Status status, bool* finish) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  using Lock = server::ReactorLock<Watch>;
+
+  // Marks the watch ending; finishes it once `lock` is released unless a write
+  // is outstanding (then its OnWriteDone does).
+  void End(grpc::Status status, Lock& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     ending_ = true;
     status_ = std::move(status);
     if (!writing_) {
       finished_ = true;
-      *finish = true;
+      lock.FinishAfterUnlock(status_);
     }
   }
 
@@ -125,8 +120,7 @@ class CacheServiceImpl::Watch : public grpc::ServerWriteReactor<v1::CacheInvalid
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool ending_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  // Set once, before Finish.
-  grpc::Status status_;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
 CacheServiceImpl::~CacheServiceImpl() { EndWatches(); }

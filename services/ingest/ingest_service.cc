@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/server/reactor_lock.h"
 #include "common/server/status.h"
 #include "common/telemetry/trace_grpc.h"
 #include "google/protobuf/arena.h"
@@ -57,14 +58,17 @@ class StreamBase : public Base {
       : service_(service), engine_(engine), auth_(std::move(auth)) {}
 
   void OnCancel() override {
-    absl::MutexLock lock(&mu_);
+    Lock lock(this, &mu_);
     cancelled_ = true;
-    MaybeFinishLocked();
+    MaybeFinishLocked(lock);
   }
 
   void OnDone() override { delete this; }
 
  protected:
+  // The reactor's lock: a Finish decided under it is made after it is released.
+  using Lock = server::ReactorLock<StreamBase>;
+
   // Begins reading, unless the service is already finishing streams. (At
   // shutdown, streams already open keep reading until their clients
   // half-close, their requests refused by the engine: ending them while the
@@ -73,12 +77,12 @@ class StreamBase : public Base {
   // cancels clients that never half-close.)
   void Begin() {
     if (service_->finishing()) {
-      absl::MutexLock lock(&mu_);
+      Lock lock(this, &mu_);
       refused_ = true;
-      MaybeFinishLocked();
+      MaybeFinishLocked(lock);
       return;
     }
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&mu_);  // never finishes
     ReadNextLocked();
   }
 
@@ -86,37 +90,37 @@ class StreamBase : public Base {
   void Submit(const v1::WriteRequest& request,
               std::function<void(const absl::StatusOr<v1::WriteResponse>&)> on_result) {
     if (absl::Status denied = service_->AuthorizeWrite(auth_.principal, request); !denied.ok()) {
-      absl::MutexLock lock(&mu_);
+      Lock lock(this, &mu_);
       on_result(denied);
       ReadNextLocked();
-      MaybeFinishLocked();
+      MaybeFinishLocked(lock);
       return;
     }
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&mu_);  // never finishes
       outstanding_ += 2;
     }
     telemetry::ScopedSpanContext scope(trace);  // the engine keeps it with the request
     absl::Status s = engine_->Submit(
         request, IngestEngine::Admission::kWaitForRoom,
         [this] {
-          absl::MutexLock lock(&mu_);
+          Lock lock(this, &mu_);
           --outstanding_;
           ReadNextLocked();
-          MaybeFinishLocked();
+          MaybeFinishLocked(lock);
         },
         [this, on_result](absl::StatusOr<v1::WriteResponse> r) {
-          absl::MutexLock lock(&mu_);
+          Lock lock(this, &mu_);
           --outstanding_;
           on_result(r);
-          MaybeFinishLocked();
+          MaybeFinishLocked(lock);
         });
     if (!s.ok()) {
-      absl::MutexLock lock(&mu_);
+      Lock lock(this, &mu_);
       outstanding_ -= 2;
       on_result(s);
       ReadNextLocked();
-      MaybeFinishLocked();
+      MaybeFinishLocked(lock);
     }
   }
 
@@ -127,21 +131,22 @@ class StreamBase : public Base {
 
   // Marks the end of reading after OnReadDone(false).
   void ReadsEnded() {
-    absl::MutexLock lock(&mu_);
+    Lock lock(this, &mu_);
     read_done_ = true;
-    MaybeFinishLocked();
+    MaybeFinishLocked(lock);
   }
 
-  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  // Finishes (after `lock` is released) once nothing is outstanding.
+  void MaybeFinishLocked(Lock& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || outstanding_ > 0 || !WritesIdleLocked()) return;
     if (!read_done_ && !cancelled_ && !refused_ && !stop_reading_) return;
     finished_ = true;
     if (cancelled_) {
-      this->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
+      lock.FinishAfterUnlock(grpc::Status(grpc::StatusCode::CANCELLED, "call cancelled"));
     } else if (refused_) {
-      this->Finish(ShutdownStatus());
+      lock.FinishAfterUnlock(ShutdownStatus());
     } else {
-      this->Finish(FinalStatusLocked());
+      lock.FinishAfterUnlock(FinalStatusLocked());
     }
   }
 
@@ -178,7 +183,7 @@ class ChannelCall final
     // engine has taken its rows.
     std::unique_ptr<ArenaMessage<v1::ChannelRequest>> current;
     {
-      absl::MutexLock lock(&mu_);
+      absl::MutexLock lock(&mu_);  // never finishes
       current = std::exchange(request_, std::make_unique<ArenaMessage<v1::ChannelRequest>>());
     }
     const uint64_t sequence = current->get()->sequence();
@@ -187,7 +192,7 @@ class ChannelCall final
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
+    Lock lock(this, &mu_);
     acks_.pop_front();
     writing_ = false;
     if (!ok) {
@@ -198,7 +203,7 @@ class ChannelCall final
       StartWrite(&acks_.front());
       return;
     }
-    MaybeFinishLocked();
+    MaybeFinishLocked(lock);
   }
 
  private:

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/reactor_lock.h"
 #include "common/server/status.h"
 #include "common/telemetry/trace_grpc.h"
 
@@ -51,12 +52,10 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   }
 
   void Complete(const absl::Status& status) {
-    {
-      absl::MutexLock lock(&mu_);
-      if (finished_) return;
-      finished_ = true;
-    }
-    Finish(server::ToGrpcStatus(status));
+    server::ReactorLock<UnaryCall> lock(this, &mu_);
+    if (finished_) return;
+    finished_ = true;
+    lock.FinishAfterUnlock(server::ToGrpcStatus(status));
   }
 
   void OnCancel() override {
@@ -105,7 +104,7 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
   }
 
   bool Write(std::unique_ptr<v1::ExecuteStreamResponse> chunk) override {
-    absl::MutexLock lock(&mu_);
+    absl::MutexLock lock(&mu_);  // never finishes: the producer is not done
     mu_.Await(absl::Condition(
         +[](StreamCall* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
           return c->cancelled_ || c->queue_.size() < kMaxQueued;
@@ -122,14 +121,14 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
 
   // The producer's outcome: finish once the queued chunks are written.
   void Done(const absl::Status& status) {
-    absl::MutexLock lock(&mu_);
+    Lock lock(this, &mu_);
     producer_done_ = true;
     final_status_ = status;
-    MaybeFinishLocked();
+    MaybeFinishLocked(lock);
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
+    Lock lock(this, &mu_);
     queue_.pop_front();
     writing_ = false;
     if (!ok) {
@@ -140,7 +139,7 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
       StartWrite(queue_.front().get());
       return;
     }
-    MaybeFinishLocked();
+    MaybeFinishLocked(lock);
   }
 
   void OnCancel() override {
@@ -158,11 +157,13 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
   void OnDone() override { delete this; }
 
  private:
-  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  using Lock = server::ReactorLock<StreamCall>;
+
+  void MaybeFinishLocked(Lock& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || writing_ || !producer_done_) return;
     if (!cancelled_ && !queue_.empty()) return;
     finished_ = true;
-    Finish(server::ToGrpcStatus(final_status_));
+    lock.FinishAfterUnlock(server::ToGrpcStatus(final_status_));
   }
 
   const absl::Time deadline_;
