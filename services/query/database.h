@@ -32,6 +32,15 @@ namespace poolside::query {
 
 using ConnectionPool = pool::Pool<db::Connection>;
 
+// Whether a call cancelled now was cancelled by its deadline. gRPC's deadline
+// timer runs on its own clock and may fire a little before absl::Now()
+// reaches the deadline the call reports, more so when the cancellation is
+// handled inline on the timer's thread: a cancellation this close to the
+// deadline is the deadline's.
+inline bool CancelledByDeadline(absl::Time deadline) {
+  return absl::Now() >= deadline - absl::Milliseconds(10);
+}
+
 // One unit of work for a database.
 class Work {
  public:
@@ -47,6 +56,9 @@ class Work {
   // outcome, which is passed to done() once the connection is back in the pool.
   std::function<absl::Status(db::Connection&)> exclusive;
   // The outcome, called exactly once on a worker thread unless Abandon() won.
+  // It answers the RPC, whose request and response may be freed before it
+  // even returns (gRPC may complete the call inline): nothing of the call is
+  // touched after done() is called.
   std::function<void(absl::Status)> done;
   // Shown in the pool's leak reports.
   std::string holder;
@@ -69,7 +81,7 @@ class Work {
     if (!state.compare_exchange_strong(expected, kAbandoned)) return false;
     // Out of time before any connection served it: a pool timeout as far as
     // an operator is concerned.
-    if (queue_timeouts_ != nullptr && absl::Now() >= deadline) {
+    if (queue_timeouts_ != nullptr && CancelledByDeadline(deadline)) {
       queue_timeouts_->fetch_add(1, std::memory_order_relaxed);
     }
     return true;

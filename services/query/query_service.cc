@@ -26,7 +26,7 @@ std::string HolderOf(absl::string_view method, grpc::CallbackServerContext* cont
 
 // The status a call gets when it ends before its work ran.
 absl::Status EndedEarly(absl::Time deadline) {
-  if (absl::Now() >= deadline) {
+  if (CancelledByDeadline(deadline)) {
     return absl::DeadlineExceededError(
         "deadline passed while waiting for a database connection");
   }
@@ -72,6 +72,19 @@ class UnaryCall : public grpc::ServerUnaryReactor {
   }
 
   void OnDone() override { delete this; }
+
+  // OnCancel and OnDone are short and never block, so gRPC may run them on the
+  // thread that completes the call: OnDone, for one, then runs on the worker
+  // right inside Complete's Finish. Otherwise gRPC 1.51 hands every call's
+  // OnDone to its executor thread, a thread hop per call (at 32 callers a
+  // cached read took ~40 us of query_server CPU with it, ~24 us without; an
+  // uncached one ~64 and ~49 us). Safe because nothing touches the call after
+  // Finish: Complete finishes after unlocking (ReactorLock), its callers
+  // (Work::done, OnCancel) return right after it, and gRPC holds a reference
+  // of its own while OnCancel runs. The hook is gRPC's own (DefaultReactor
+  // overrides it the same way), marked "not API": a gRPC without it fails to
+  // compile here (`override`) rather than silently changing behaviour.
+  bool InternalInlineable() override { return true; }
 
  private:
   const absl::Time deadline_;
