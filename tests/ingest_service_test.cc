@@ -343,6 +343,52 @@ TEST(IngestServiceTest, WriteStreamSummarisesItsRequests) {
   EXPECT_EQ(Query("SELECT count(*) FROM streamed"), "499");
 }
 
+// Short streams from many clients at once, each half-closed right after its
+// one request, so most are finished by the engine's commit callback on the
+// engine's thread rather than in a gRPC reaction: every stream gets its
+// summary and every row lands once. (This is the path where a Finish made
+// under the reactor's own lock could race gRPC deleting the reactor; unlike
+// query_service_test's ManyCallsEndingInErrorsAtOnce, 6 runs of this did not
+// catch that race before the fix.)
+TEST(IngestServiceTest, ManyShortStreamsFinishedByCommitsAtOnce) {
+  CreateTable("short_streams");
+  auto server = StartIngestServer(Config({"short_streams"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  constexpr int kThreads = 8;
+  constexpr int kStreamsPerThread = 25;
+  constexpr int kRows = 5;
+  std::atomic<int> failed{0};
+  absl::Mutex mu;
+  std::string first_failure;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kStreamsPerThread; ++i) {
+        const uint64_t seq = static_cast<uint64_t>(t * kStreamsPerThread + i);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        v1::WriteStreamResponse summary;
+        auto writer = server->stub->WriteStream(&ctx, &summary);
+        writer->Write(Message("short_streams", "short", seq, 0, kRows).write());
+        writer->WritesDone();
+        const grpc::Status s = writer->Finish();
+        if (!s.ok() || summary.rows_written() != kRows) {
+          if (failed.fetch_add(1) == 0) {
+            absl::MutexLock lock(&mu);
+            first_failure = absl::StrCat("code ", s.error_code(), ": ", s.error_message(),
+                                         "; rows written ", summary.rows_written());
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(failed.load(), 0) << "first: " << first_failure;
+  EXPECT_EQ(Query("SELECT count(*) FROM short_streams"),
+            absl::StrCat(kThreads * kStreamsPerThread * kRows));
+}
+
 TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
   CreateTable("full_buffer");
   v1::IngestServiceConfig config = Config({"full_buffer"});
