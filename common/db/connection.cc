@@ -30,6 +30,13 @@ constexpr absl::string_view kSessionOptions =
 
 constexpr int kCancelDeadline = 1;
 constexpr int kCancelCaller = 2;
+constexpr int kCancelRefused = 3;  // a sink refused rows: the rest is not wanted
+
+// How long the rest of a result a sink refused is read and dropped before the
+// backend query is cancelled. A cancel request costs a new connection to the
+// server (and a process there) and holds this worker until it is delivered,
+// far more than reading a small rest, which is usually already on its way.
+constexpr absl::Duration kDrainBeforeCancel = absl::Milliseconds(20);
 
 // Quotes a libpq keyword/value connection string value.
 std::string QuoteConninfo(absl::string_view value) {
@@ -137,6 +144,8 @@ class Connection::PqxxConnection : public pqxx::connection_base {
 struct Connection::CancelState {
   int reason = 0;
   absl::Time give_up = absl::InfiniteFuture();
+  // Cancel (kCancelRefused) at this time unless the statement ended by then.
+  absl::Time cancel_at = absl::InfiniteFuture();
 };
 
 struct Connection::Step {
@@ -156,6 +165,10 @@ struct Connection::Step {
   CancelState* cancel = nullptr;    // null: the step's own local_cancel
   CancelState local_cancel;
   int64_t timeout_ms = -1;          // kSimple SET statement_timeout: the value
+  // A later step of this pipeline is another statement's (or a SET/DEALLOCATE
+  // of its own): the server may already run it, so a cancel request sent for
+  // this step could hit that one instead. Set by RunPipeline.
+  bool others_behind = false;
 };
 
 Connection::Connection(const ConnectionOptions& options) : options_(options) {}
@@ -227,6 +240,15 @@ bool Connection::LooksAlive() {
   return !broken_;
 }
 
+void Connection::CancelBackend(CancelState* cancel, int reason, absl::Time now) {
+  cancel->reason = reason;
+  cancel->give_up = now + options_.cancel_grace;
+  char err[256] = "no cancel handle";
+  if (cancel_ == nullptr || PQcancel(cancel_, err, sizeof(err)) == 0) {
+    telemetry::LogWarning("cancel request failed", {{"error", err}});
+  }
+}
+
 absl::Status Connection::AwaitResult(absl::Time deadline,
                                      const std::atomic<bool>* cancelled,
                                      CancelState* cancel) {
@@ -243,20 +265,15 @@ absl::Status Connection::AwaitResult(absl::Time deadline,
       if (now >= deadline) reason = kCancelDeadline;
       else if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed))
         reason = kCancelCaller;
-      if (reason != 0) {
-        *cancel_reason = reason;
-        give_up = now + options_.cancel_grace;
-        char err[256];
-        if (cancel_ == nullptr || PQcancel(cancel_, err, sizeof(err)) == 0) {
-          telemetry::LogWarning("cancel request failed", {{"error", err}});
-        }
-      }
+      else if (now >= cancel->cancel_at)
+        reason = kCancelRefused;
+      if (reason != 0) CancelBackend(cancel, reason, now);
     } else if (now >= give_up) {
       return MarkBroken("waiting for a cancelled statement to stop");
     }
 
     // Wake up at the deadline, and poll the caller's cancel flag now and then.
-    absl::Time wake = *cancel_reason != 0 ? give_up : deadline;
+    absl::Time wake = *cancel_reason != 0 ? give_up : std::min(deadline, cancel->cancel_at);
     if (cancelled != nullptr && *cancel_reason == 0) {
       wake = std::min(wake, now + absl::Milliseconds(50));
     }
@@ -425,13 +442,17 @@ void Connection::ConsumeResultsOf(Step& step) {
         absl::Status st = HandleRows(res, step);
         if (!st.ok() && step.status.ok()) {
           step.status = st;
-          // Stop the server producing rows nobody will read when this is the
-          // statement on the wire; otherwise the rest is drained and dropped.
-          if (cancel->reason == 0 && cancel_ != nullptr) {
-            cancel->reason = kCancelCaller;
-            cancel->give_up = absl::Now() + options_.cancel_grace;
-            char err[256];
-            PQcancel(cancel_, err, sizeof(err));
+          // The rest is read and dropped. If it goes on for a while, the
+          // server is told to stop producing it, unless a later statement in
+          // this pipeline belongs to someone else: the server may already run
+          // that one, and a cancel request would hit it instead.
+          if (cancel->reason == 0 && !step.others_behind) {
+            cancel->cancel_at = absl::Now() + kDrainBeforeCancel;
+          }
+        } else if (step.sink_failed && cancel->reason == 0) {
+          // Rows that are already here never make AwaitResult wait.
+          if (const absl::Time now = absl::Now(); now >= cancel->cancel_at) {
+            CancelBackend(cancel, kCancelRefused, now);
           }
         }
         if (rs == PGRES_TUPLES_OK && step.status.ok() && step.statement &&
@@ -529,6 +550,18 @@ absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
     if (!link.ok()) break;
   }
   if (link.ok()) {
+    // Which steps have someone else's work behind them (Step::others_behind):
+    // a step's owner is its statement's CancelState, or the step itself.
+    const void* later = nullptr;  // the owner of the nearest later step
+    bool mixed = false;           // the later steps have more than one owner
+    for (size_t i = steps.size(); i-- > 0;) {
+      Step& step = steps[i];
+      const void* owner = step.cancel != nullptr ? static_cast<const void*>(step.cancel) : &step;
+      step.others_behind = mixed || (later != nullptr && later != owner);
+      if (step.kind == Step::kSync) continue;
+      if (later != nullptr && later != owner) mixed = true;
+      later = owner;
+    }
     for (size_t i = 0; i < steps.size(); ++i) {
       Step& step = steps[i];
       if (step.kind == Step::kExec && step.statement && step.statement->sink) {

@@ -200,6 +200,9 @@ class Connection {
   absl::Status AwaitResult(absl::Time deadline, const std::atomic<bool>* cancelled,
                            CancelState* cancel);
   void ConsumeResultsOf(Step& step);
+  // Asks the server to cancel the statement running on this connection (a
+  // synchronous cancel request on a connection of its own) and records why.
+  void CancelBackend(CancelState* cancel, int reason, absl::Time now);
   absl::Status HandleRows(::pg_result* res, Step& step);
   // The statement_timeout (ms) a statement with this deadline runs under.
   static int64_t StatementTimeoutFor(absl::Time deadline);

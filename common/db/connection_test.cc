@@ -293,6 +293,36 @@ TEST_F(ConnectionTest, TransactionRollsBackWhenASinkRefusesRowsTheServerSent) {
   EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM sink_t"), "1");
 }
 
+// A statement over its row limit must not have the server cancel "it" while
+// another caller's statement is pipelined behind it: the server may already
+// run that one, and a cancel request would fail it instead.
+TEST_F(ConnectionTest, RowLimitNeverCancelsTheStatementPipelinedBehindIt) {
+  CollectSink limited;
+  limited.max_rows = 3;
+  Statement over{"SELECT g FROM generate_series(1, 10) g", nullptr, &limited, Soon()};
+  CollectSink slow_sink;
+  Statement slow{"SELECT pg_sleep(0.3) IS NOT NULL AS slept", nullptr, &slow_sink, Soon()};
+  ASSERT_TRUE(conn_->RunIndependent({&over, &slow}).ok());
+  EXPECT_EQ(over.status.code(), absl::StatusCode::kResourceExhausted) << over.status;
+  ASSERT_TRUE(slow.status.ok()) << slow.status;
+  ASSERT_EQ(slow_sink.rows.size(), 1);
+  EXPECT_TRUE(conn_->LooksAlive());
+}
+
+// Alone on its connection, a statement over its row limit is still stopped on
+// the server once its rest keeps coming (not read to its end).
+TEST_F(ConnectionTest, RowLimitStopsAnEndlessStatementAloneOnItsConnection) {
+  CollectSink limited;
+  limited.max_rows = 100;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  Statement big{"SELECT generate_series(1, 1000000000000) AS g", nullptr, &limited, deadline};
+  ASSERT_TRUE(conn_->RunIndependent({&big}).ok());
+  EXPECT_EQ(big.status.code(), absl::StatusCode::kResourceExhausted) << big.status;
+  // Reading its 10^12 rows to the end would take until far past the deadline.
+  EXPECT_LT(absl::Now(), deadline) << "the statement was not cancelled";
+  EXPECT_TRUE(conn_->Ping(Soon()));
+}
+
 TEST_F(ConnectionTest, ListenReceivesCommittedNotificationsOnly) {
   ASSERT_TRUE(conn_->Listen("poolside test channel", Soon()).ok());
   // Rolled back: never delivered. Committed: delivered, in commit order.
