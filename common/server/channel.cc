@@ -98,6 +98,7 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(ChannelOptions opti
   if (!options.tls.plaintext() && !options.tls.server_name().empty()) {
     options.args.SetSslTargetNameOverride(options.tls.server_name());
   }
+  if (!options.retries) options.args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
   std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> interceptors;
   if (options.trace) interceptors.push_back(telemetry::NewClientTracingInterceptorFactory());
   if (!options.bearer_token.empty()) {

@@ -41,6 +41,9 @@ absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(
   options.args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   options.args.SetMaxReceiveMessageSize(64 << 20);
   options.args.SetMaxSendMessageSize(64 << 20);
+  // A failed call falls back to the database (BYPASS); gRPC's own retries
+  // would only add their cost to every call.
+  options.retries = false;
   absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = server::CreateChannel(std::move(options));
   if (!channel.ok()) {
     return absl::InvalidArgumentError(
