@@ -1010,7 +1010,9 @@ TEST(QueryServiceStatsTest, PoolAndStatementStatsReflectCalls) {
   EXPECT_EQ(after.min_idle(), 1u);
   EXPECT_GE(after.size(), 1u);
   EXPECT_LE(after.size(), 3u);
-  EXPECT_EQ(after.idle() + after.in_use(), after.size());
+  // size also counts connections being opened (a top-up to minIdle may be
+  // under way) or closed, which are neither idle nor in use.
+  EXPECT_LE(after.idle() + after.in_use(), after.size());
   EXPECT_GT(after.acquired_total(), before.acquired_total());
   EXPECT_GE(after.created_total(), 1u);
   EXPECT_EQ(after.timeouts_total(), 0u);
