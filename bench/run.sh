@@ -610,7 +610,7 @@ meta = {
     "cache": """${CACHE_SUMMARY:-not measured}""",
     "query_cache": """${QUERY_CACHE_SUMMARY:-not measured}""",
     "ingest": """${INGEST_SUMMARY:-not measured}""",
-    "loadgen": "async gRPC, one completion queue per thread, one client thread, one TCP connection per 8 callers, random aid",
+    "loadgen": "async gRPC, one completion queue per thread, one client thread, one TCP connection per 8 callers, no gRPC retry filter, random aid",
   },
 }
 json.dump(meta, open(sys.argv[1], "w"))
