@@ -40,6 +40,7 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
+#include "tests/fixtures/concurrent_calls.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
@@ -47,6 +48,8 @@
 namespace poolside {
 namespace {
 
+using ::poolside::testing::ConcurrentCalls;
+using ::poolside::testing::RunConcurrentCalls;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::SharedPostgres;
@@ -357,34 +360,20 @@ TEST(IngestServiceTest, ManyShortStreamsFinishedByCommitsAtOnce) {
   constexpr int kThreads = 8;
   constexpr int kStreamsPerThread = 25;
   constexpr int kRows = 5;
-  std::atomic<int> failed{0};
-  absl::Mutex mu;
-  std::string first_failure;
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kStreamsPerThread; ++i) {
-        const uint64_t seq = static_cast<uint64_t>(t * kStreamsPerThread + i);
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-        v1::WriteStreamResponse summary;
-        auto writer = server->stub->WriteStream(&ctx, &summary);
-        writer->Write(Message("short_streams", "short", seq, 0, kRows).write());
-        writer->WritesDone();
-        const grpc::Status s = writer->Finish();
-        if (!s.ok() || summary.rows_written() != kRows) {
-          if (failed.fetch_add(1) == 0) {
-            absl::MutexLock lock(&mu);
-            first_failure = absl::StrCat("code ", s.error_code(), ": ", s.error_message(),
-                                         "; rows written ", summary.rows_written());
-          }
-        }
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(failed.load(), 0) << "first: " << first_failure;
+  const ConcurrentCalls calls = RunConcurrentCalls(kThreads, kStreamsPerThread, [&](int t, int i) {
+    const uint64_t seq = static_cast<uint64_t>(t * kStreamsPerThread + i);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::WriteStreamResponse summary;
+    auto writer = server->stub->WriteStream(&ctx, &summary);
+    writer->Write(Message("short_streams", "short", seq, 0, kRows).write());
+    writer->WritesDone();
+    const grpc::Status s = writer->Finish();
+    if (s.ok() && summary.rows_written() == kRows) return std::string();
+    return absl::StrCat("code ", s.error_code(), ": ", s.error_message(), "; rows written ",
+                        summary.rows_written());
+  });
+  EXPECT_EQ(calls.failures, 0) << "first: " << calls.first_failure;
   EXPECT_EQ(Query("SELECT count(*) FROM short_streams"),
             absl::StrCat(kThreads * kStreamsPerThread * kRows));
 }

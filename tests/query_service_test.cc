@@ -45,6 +45,7 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "proto/poolside/v1/query.pb.h"
+#include "tests/fixtures/concurrent_calls.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
@@ -52,7 +53,9 @@
 namespace poolside {
 namespace {
 
+using ::poolside::testing::ConcurrentCalls;
 using ::poolside::testing::PostgresCluster;
+using ::poolside::testing::RunConcurrentCalls;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::SharedPostgres;
@@ -808,43 +811,27 @@ TEST_F(QueryServiceTest, RequestRowLimitIsResourceExhausted) {
 // at once, unary and streaming: a reactor touched after its Finish (say, its
 // mutex unlocked after gRPC ran OnDone and deleted it) aborts the server here.
 TEST_F(QueryServiceTest, ManyCallsEndingInErrorsAtOnce) {
-  constexpr int kThreads = 8;
-  constexpr int kCallsPerThread = 30;
-  std::atomic<int> unexpected{0};
-  absl::Mutex mu;
-  std::string first_unexpected;
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kCallsPerThread; ++i) {
-        v1::ExecuteRequest request = Sql("SELECT g FROM generate_series(1, 11) AS g");
-        request.set_max_rows(10);
-        grpc::Status status;
-        if ((t + i) % 2 == 0) {
-          v1::ExecuteResponse response;
-          status = Execute(stub(), request, &response);
-        } else {
-          request.set_chunk_rows(4);
-          grpc::ClientContext ctx;
-          SetDeadline(&ctx, absl::Seconds(30));
-          auto reader = stub().ExecuteStream(&ctx, request);
-          v1::ExecuteStreamResponse message;
-          while (reader->Read(&message)) {
-          }
-          status = reader->Finish();
-        }
-        if (status.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED) {
-          if (unexpected.fetch_add(1) == 0) {
-            absl::MutexLock lock(&mu);
-            first_unexpected = Describe(status);
-          }
-        }
+  const ConcurrentCalls calls = RunConcurrentCalls(8, 30, [&](int t, int i) {
+    v1::ExecuteRequest request = Sql("SELECT g FROM generate_series(1, 11) AS g");
+    request.set_max_rows(10);
+    grpc::Status status;
+    if ((t + i) % 2 == 0) {
+      v1::ExecuteResponse response;
+      status = Execute(stub(), request, &response);
+    } else {
+      request.set_chunk_rows(4);
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx, absl::Seconds(30));
+      auto reader = stub().ExecuteStream(&ctx, request);
+      v1::ExecuteStreamResponse message;
+      while (reader->Read(&message)) {
       }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  absl::MutexLock lock(&mu);
-  EXPECT_EQ(unexpected.load(), 0) << "first: " << first_unexpected;
+      status = reader->Finish();
+    }
+    return status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ? std::string()
+                                                                       : Describe(status);
+  });
+  EXPECT_EQ(calls.failures, 0) << "first: " << calls.first_failure;
   v1::ExecuteResponse response;
   EXPECT_TRUE(IsOk(Execute(stub(), Sql("SELECT 1"), &response))) << "the server is gone";
 }
