@@ -666,6 +666,48 @@ TEST_F(QueryServiceTest, FailedTransactionLeavesNoTrace) {
   EXPECT_EQ(*pg().QueryValue("qs_main", "SELECT count(*) FROM tx"), "0");
 }
 
+// A session-level SET (or RESET, DISCARD...) would stay on the pooled
+// connection for whoever uses it next, under cache keys that do not know it:
+// refused, in a transaction too. SET LOCAL, which ends with its transaction,
+// works.
+TEST_F(QueryServiceTest, SessionSettingsAreRefusedAndSetLocalWorks) {
+  v1::ExecuteResponse response;
+  for (const char* sql : {"SET search_path TO nowhere", "RESET ALL", "DISCARD ALL"}) {
+    const grpc::Status s = Execute(stub(), Sql(sql), &response);
+    EXPECT_TRUE(HasCode(s, grpc::StatusCode::INVALID_ARGUMENT)) << sql;
+    EXPECT_NE(s.error_message().find("pooled connection"), std::string::npos) << s.error_message();
+  }
+  {
+    v1::ExecuteTransactionRequest request;
+    *request.add_statements() = Stmt("SELECT 1");
+    *request.add_statements() = Stmt("SET statement_timeout = 0");
+    v1::ExecuteTransactionResponse tx_response;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Seconds(30));
+    EXPECT_TRUE(HasCode(stub().ExecuteTransaction(&ctx, request, &tx_response),
+                        grpc::StatusCode::INVALID_ARGUMENT));
+  }
+  {
+    v1::ExecuteTransactionRequest request;
+    *request.add_statements() = Stmt("SET LOCAL search_path TO nowhere");
+    *request.add_statements() = Stmt("SELECT current_setting('search_path')");
+    v1::ExecuteTransactionResponse tx_response;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Seconds(30));
+    ASSERT_TRUE(IsOk(stub().ExecuteTransaction(&ctx, request, &tx_response)));
+    ASSERT_EQ(tx_response.results_size(), 2);
+    ASSERT_EQ(tx_response.results(1).rows_size(), 1);
+    EXPECT_EQ(tx_response.results(1).rows(0).values(0).text_value(), "nowhere");
+  }
+  // Every pooled connection still has the default.
+  for (int i = 0; i < 8; ++i) {
+    v1::Value value;
+    ASSERT_TRUE(
+        IsOk(ExecuteScalar(stub(), "main", "SELECT current_setting('search_path')", &value)));
+    EXPECT_EQ(value.text_value(), "\"$user\", public");
+  }
+}
+
 TEST_F(QueryServiceTest, TransactionReturnsPerStatementResults) {
   ASSERT_TRUE(pg().Exec("qs_main", "CREATE TABLE txok (id int PRIMARY KEY, v text)").ok());
   v1::ExecuteTransactionRequest request;

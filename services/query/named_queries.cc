@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "services/query/statement_words.h"
 
 namespace poolside::query {
 namespace {
@@ -43,40 +44,6 @@ const char* KindName(v1::Value::KindCase kind) {
     case v1::Value::kJsonValue: return "json";
     default: return "unset";
   }
-}
-
-// The statement's first keyword, upper-cased, after whitespace, comments and
-// opening parentheses.
-std::string FirstKeyword(absl::string_view sql) {
-  for (;;) {
-    while (!sql.empty() &&
-           (absl::ascii_isspace(static_cast<unsigned char>(sql.front())) || sql.front() == '(')) {
-      sql.remove_prefix(1);
-    }
-    if (absl::StartsWith(sql, "--")) {
-      const size_t nl = sql.find('\n');
-      sql = nl == absl::string_view::npos ? absl::string_view() : sql.substr(nl + 1);
-    } else if (absl::StartsWith(sql, "/*")) {
-      // PostgreSQL's block comments nest.
-      int depth = 0;
-      size_t i = 0;
-      for (; i + 1 < sql.size(); ++i) {
-        if (sql[i] == '/' && sql[i + 1] == '*') {
-          ++depth;
-          ++i;
-        } else if (sql[i] == '*' && sql[i + 1] == '/') {
-          ++i;
-          if (--depth == 0) break;
-        }
-      }
-      sql = i + 1 < sql.size() ? sql.substr(i + 1) : absl::string_view();
-    } else {
-      break;
-    }
-  }
-  size_t n = 0;
-  while (n < sql.size() && absl::ascii_isalpha(static_cast<unsigned char>(sql[n]))) ++n;
-  return absl::AsciiStrToUpper(sql.substr(0, n));
 }
 
 }  // namespace
@@ -142,12 +109,13 @@ absl::Status CheckReadOnlyStatement(absl::string_view sql) {
   static const char* const kRefused[] = {"BEGIN",   "START",    "COMMIT", "END",
                                          "ROLLBACK", "ABORT",   "SAVEPOINT", "RELEASE",
                                          "PREPARE", "SET",      "RESET",  "DISCARD"};
-  const std::string keyword = FirstKeyword(sql);
+  const absl::string_view keyword = FirstKeyword(sql);
   for (const char* k : kRefused) {
-    if (keyword == k) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          keyword, " is not allowed for a read-only principal (its statements run in "
-                   "read-only transactions that poolside begins and ends)"));
+    if (absl::EqualsIgnoreCase(keyword, k)) {
+      return absl::PermissionDeniedError(
+          absl::StrCat(k,
+                       " is not allowed for a read-only principal (its statements run in "
+                       "read-only transactions that poolside begins and ends)"));
     }
   }
   return absl::OkStatus();

@@ -8,8 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/telemetry/log.h"
-#include "services/query/named_queries.h"
 #include "common/telemetry/trace_context.h"
+#include "services/query/named_queries.h"
+#include "services/query/statement_words.h"
 
 namespace poolside::query {
 namespace {
@@ -183,8 +184,10 @@ absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params,
     return absl::InvalidArgumentError(
         absl::StrCat(params, " parameters; the limit is ", limits.max_params()));
   }
-  if (access.read_only) return CheckReadOnlyStatement(sql);
-  return absl::OkStatus();
+  if (access.read_only) {
+    if (absl::Status s = CheckReadOnlyStatement(sql); !s.ok()) return s;
+  }
+  return CheckSessionStatement(sql);
 }
 
 absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequest& request,

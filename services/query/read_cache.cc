@@ -15,6 +15,7 @@
 #include "common/telemetry/trace.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
+#include "services/query/statement_words.h"
 
 namespace poolside::query {
 namespace {
@@ -49,23 +50,6 @@ class OwnedStatementWork : public Work {
     statement.sink = sink.get();
   }
 };
-
-absl::string_view SkipSpaceAndComments(absl::string_view sql) {
-  while (!sql.empty()) {
-    if (absl::ascii_isspace(static_cast<unsigned char>(sql.front())) || sql.front() == '(') {
-      sql.remove_prefix(1);
-    } else if (absl::StartsWith(sql, "--")) {
-      const size_t nl = sql.find('\n');
-      sql = nl == absl::string_view::npos ? absl::string_view() : sql.substr(nl + 1);
-    } else if (absl::StartsWith(sql, "/*")) {
-      const size_t end = sql.find("*/");
-      sql = end == absl::string_view::npos ? absl::string_view() : sql.substr(end + 2);
-    } else {
-      break;
-    }
-  }
-  return sql;
-}
 
 void WalkPlan(const google::protobuf::Value& v, StatementTables* out) {
   if (v.has_list_value()) {
@@ -144,13 +128,6 @@ absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json)
   std::sort(out.tables.begin(), out.tables.end());
   out.tables.erase(std::unique(out.tables.begin(), out.tables.end()), out.tables.end());
   return out;
-}
-
-absl::string_view FirstKeyword(absl::string_view sql) {
-  sql = SkipSpaceAndComments(sql);
-  size_t end = 0;
-  while (end < sql.size() && absl::ascii_isalpha(static_cast<unsigned char>(sql[end]))) ++end;
-  return sql.substr(0, end);
 }
 
 bool LooksLikeRead(absl::string_view sql) {

@@ -78,10 +78,6 @@ struct StatementTables {
 // Parses EXPLAIN (FORMAT JSON, VERBOSE) output. Exposed for tests.
 absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json);
 
-// The statement's first keyword (its leading letters) after whitespace, opening
-// parentheses and comments; empty if there is none.
-absl::string_view FirstKeyword(absl::string_view sql);
-
 // True for statements that may be cached: SELECT, VALUES, TABLE, WITH (the plan
 // decides for WITH). Leading whitespace and comments are skipped.
 bool LooksLikeRead(absl::string_view sql);
