@@ -263,6 +263,14 @@ grpc::Status Execute(v1::QueryService::Stub& stub, const v1::ExecuteRequest& req
   return stub.Execute(&ctx, request, response);
 }
 
+grpc::Status ExecuteTransaction(v1::QueryService::Stub& stub,
+                                const v1::ExecuteTransactionRequest& request,
+                                v1::ExecuteTransactionResponse* response) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, absl::Seconds(30));
+  return stub.ExecuteTransaction(&ctx, request, response);
+}
+
 v1::Statement Stmt(std::string sql, std::vector<v1::Value> params = {}) {
   v1::Statement statement;
   statement.set_sql(std::move(sql));
@@ -635,9 +643,7 @@ TEST_F(QueryServiceTest, FailedTransactionLeavesNoTrace) {
     *request.add_statements() = Stmt("INSERT INTO tx VALUES (1, 'duplicate')");
     *request.add_statements() = Stmt("INSERT INTO tx VALUES (3, 'c')");
     v1::ExecuteTransactionResponse response;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, absl::Seconds(30));
-    grpc::Status status = stub().ExecuteTransaction(&ctx, request, &response);
+    grpc::Status status = ExecuteTransaction(stub(), request, &response);
     EXPECT_TRUE(HasCode(status, grpc::StatusCode::ALREADY_EXISTS));
   }
   {
@@ -646,9 +652,7 @@ TEST_F(QueryServiceTest, FailedTransactionLeavesNoTrace) {
     *request.add_statements() = Stmt("SELECT 1 / 0");
     *request.add_statements() = Stmt("INSERT INTO tx VALUES (5, 'e')");
     v1::ExecuteTransactionResponse response;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, absl::Seconds(30));
-    grpc::Status status = stub().ExecuteTransaction(&ctx, request, &response);
+    grpc::Status status = ExecuteTransaction(stub(), request, &response);
     EXPECT_FALSE(status.ok());
   }
   {
@@ -656,9 +660,7 @@ TEST_F(QueryServiceTest, FailedTransactionLeavesNoTrace) {
     request.set_read_only(true);
     *request.add_statements() = Stmt("INSERT INTO tx VALUES (6, 'read only')");
     v1::ExecuteTransactionResponse response;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, absl::Seconds(30));
-    EXPECT_FALSE(stub().ExecuteTransaction(&ctx, request, &response).ok());
+    EXPECT_FALSE(ExecuteTransaction(stub(), request, &response).ok());
   }
   v1::Value count;
   ASSERT_TRUE(IsOk(ExecuteScalar(stub(), "main", "SELECT count(*) FROM tx", &count)));
@@ -682,9 +684,7 @@ TEST_F(QueryServiceTest, SessionSettingsAreRefusedAndSetLocalWorks) {
     *request.add_statements() = Stmt("SELECT 1");
     *request.add_statements() = Stmt("SET statement_timeout = 0");
     v1::ExecuteTransactionResponse tx_response;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, absl::Seconds(30));
-    EXPECT_TRUE(HasCode(stub().ExecuteTransaction(&ctx, request, &tx_response),
+    EXPECT_TRUE(HasCode(ExecuteTransaction(stub(), request, &tx_response),
                         grpc::StatusCode::INVALID_ARGUMENT));
   }
   {
@@ -692,9 +692,7 @@ TEST_F(QueryServiceTest, SessionSettingsAreRefusedAndSetLocalWorks) {
     *request.add_statements() = Stmt("SET LOCAL search_path TO nowhere");
     *request.add_statements() = Stmt("SELECT current_setting('search_path')");
     v1::ExecuteTransactionResponse tx_response;
-    grpc::ClientContext ctx;
-    SetDeadline(&ctx, absl::Seconds(30));
-    ASSERT_TRUE(IsOk(stub().ExecuteTransaction(&ctx, request, &tx_response)));
+    ASSERT_TRUE(IsOk(ExecuteTransaction(stub(), request, &tx_response)));
     ASSERT_EQ(tx_response.results_size(), 2);
     ASSERT_EQ(tx_response.results(1).rows_size(), 1);
     EXPECT_EQ(tx_response.results(1).rows(0).values(0).text_value(), "nowhere");
@@ -718,9 +716,7 @@ TEST_F(QueryServiceTest, TransactionReturnsPerStatementResults) {
   *request.add_statements() = Stmt("SELECT v FROM txok WHERE id = $1", {Int(10)});
   *request.add_statements() = Stmt("DELETE FROM txok WHERE id = 11");
   v1::ExecuteTransactionResponse response;
-  grpc::ClientContext ctx;
-  SetDeadline(&ctx, absl::Seconds(30));
-  ASSERT_TRUE(IsOk(stub().ExecuteTransaction(&ctx, request, &response)));
+  ASSERT_TRUE(IsOk(ExecuteTransaction(stub(), request, &response)));
   ASSERT_EQ(response.results_size(), 4);
   ASSERT_EQ(response.results(0).rows_size(), 2);
   EXPECT_EQ(response.results(0).rows(0).values(0).int64_value(), 10);
@@ -840,10 +836,8 @@ TEST_F(QueryServiceTest, RequestRowLimitIsResourceExhausted) {
   *tx.add_statements() = Stmt("INSERT INTO txlimit VALUES (1)");
   *tx.add_statements() = Stmt("SELECT g FROM generate_series(1, 11) AS g");
   v1::ExecuteTransactionResponse tx_response;
-  grpc::ClientContext tx_ctx;
-  SetDeadline(&tx_ctx, absl::Seconds(30));
-  EXPECT_TRUE(HasCode(stub().ExecuteTransaction(&tx_ctx, tx, &tx_response),
-                      grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_TRUE(
+      HasCode(ExecuteTransaction(stub(), tx, &tx_response), grpc::StatusCode::RESOURCE_EXHAUSTED));
   EXPECT_EQ(*pg().QueryValue("qs_main", "SELECT count(*) FROM txlimit"), "0");
 }
 
