@@ -551,7 +551,7 @@ TEST_F(QueryCacheTest, AFillThatRacedACommittedWriteIsNotStored) {
   ASSERT_EQ(holder.Exec("SELECT pg_advisory_lock(4242)"), "");
   // The read takes its snapshot, then waits for the lock the test holds.
   const auto slow = Read(
-      "SELECT i.name FROM items i, (SELECT pg_advisory_lock_shared(4242)) l "
+      "SELECT i.name FROM items i, (SELECT pg_advisory_xact_lock_shared(4242)) l "
       "WHERE i.id = 1 /* race */");
   Outcome slow_result;
   std::thread reader([&] { slow_result = Call(stub(), slow, absl::Seconds(30)); });
@@ -592,7 +592,7 @@ TEST_F(QueryCacheTest, ConcurrentIdenticalMissesRunTheStatementOnce) {
   // (with another parameter), so that the callers only wait on the cache.
   v1::ExecuteRequest read = Read(
       "SELECT nextval('flight_seq') AS n FROM counters c, "
-      "(SELECT pg_advisory_lock_shared(4343)) l WHERE c.id = $1 /* flight */");
+      "(SELECT pg_advisory_xact_lock_shared(4343)) l WHERE c.id = $1 /* flight */");
   read.add_params()->set_int64_value(2);  // no such row: nothing consumed
   ASSERT_TRUE(Call(stub(), read).status.ok());
   ASSERT_EQ(holder.Exec("SELECT pg_advisory_lock(4343)"), "");

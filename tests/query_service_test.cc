@@ -672,9 +672,12 @@ TEST_F(QueryServiceTest, FailedTransactionLeavesNoTrace) {
 // connection for whoever uses it next, under cache keys that do not know it:
 // refused, in a transaction too. SET LOCAL, which ends with its transaction,
 // works.
-TEST_F(QueryServiceTest, SessionSettingsAreRefusedAndSetLocalWorks) {
+TEST_F(QueryServiceTest, SessionStateIsRefusedAndTransactionScopedFormsWork) {
   v1::ExecuteResponse response;
-  for (const char* sql : {"SET search_path TO nowhere", "RESET ALL", "DISCARD ALL"}) {
+  for (const char* sql :
+       {"SET search_path TO nowhere", "RESET ALL", "DISCARD ALL",
+        "SELECT set_config('search_path', 'nowhere', false)", "SELECT pg_advisory_lock(42)",
+        "CREATE TEMP TABLE accounts (id int)", "LISTEN jobs"}) {
     const grpc::Status s = Execute(stub(), Sql(sql), &response);
     EXPECT_TRUE(HasCode(s, grpc::StatusCode::INVALID_ARGUMENT)) << sql;
     EXPECT_NE(s.error_message().find("pooled connection"), std::string::npos) << s.error_message();
@@ -697,13 +700,32 @@ TEST_F(QueryServiceTest, SessionSettingsAreRefusedAndSetLocalWorks) {
     ASSERT_EQ(tx_response.results(1).rows_size(), 1);
     EXPECT_EQ(tx_response.results(1).rows(0).values(0).text_value(), "nowhere");
   }
-  // Every pooled connection still has the default.
+  {
+    v1::ExecuteTransactionRequest request;
+    *request.add_statements() = Stmt("SELECT set_config('search_path', 'nowhere', true)");
+    *request.add_statements() = Stmt("CREATE TEMP TABLE scratch (id int) ON COMMIT DROP");
+    *request.add_statements() = Stmt("INSERT INTO scratch VALUES (1), (2)");
+    *request.add_statements() = Stmt("SELECT count(*) FROM scratch");
+    *request.add_statements() = Stmt("SELECT pg_advisory_xact_lock(42)");
+    v1::ExecuteTransactionResponse tx_response;
+    ASSERT_TRUE(IsOk(ExecuteTransaction(stub(), request, &tx_response)));
+    ASSERT_EQ(tx_response.results_size(), 5);
+    EXPECT_EQ(tx_response.results(3).rows(0).values(0).int64_value(), 2);
+  }
+  // Every pooled connection still has the default, no temporary table and no
+  // advisory lock.
   for (int i = 0; i < 8; ++i) {
     v1::Value value;
     ASSERT_TRUE(
         IsOk(ExecuteScalar(stub(), "main", "SELECT current_setting('search_path')", &value)));
     EXPECT_EQ(value.text_value(), "\"$user\", public");
+    ASSERT_TRUE(
+        IsOk(ExecuteScalar(stub(), "main", "SELECT to_regclass('scratch') IS NULL", &value)));
+    EXPECT_TRUE(value.bool_value());
   }
+  EXPECT_EQ(
+      *pg().QueryValue("qs_main", "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
+      "0");
 }
 
 TEST_F(QueryServiceTest, TransactionReturnsPerStatementResults) {

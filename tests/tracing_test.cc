@@ -503,7 +503,7 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
   v1::ExecuteRequest read;
   read.set_database(kDb);
   read.set_sql(
-      "SELECT i.name FROM items i, (SELECT pg_advisory_lock_shared(4242)) l WHERE i.id = $1");
+      "SELECT i.name FROM items i, (SELECT pg_advisory_xact_lock_shared(4242)) l WHERE i.id = $1");
   read.mutable_cache()->set_ttl_ms(60000);
   // The statement's tables are learned first (another key, lock free), so the
   // callers below only wait on the cache.

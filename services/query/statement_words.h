@@ -1,31 +1,41 @@
 #ifndef POOLSIDE_SERVICES_QUERY_STATEMENT_WORDS_H_
 #define POOLSIDE_SERVICES_QUERY_STATEMENT_WORDS_H_
 
-// The leading keywords of a SQL statement, for the few decisions the query
-// service makes before PostgreSQL sees it: which statements may be cached or
-// share a transaction, which a read-only principal may run, and which would
-// change the session of a pooled connection. PostgreSQL has the final word on
-// everything else. Stateless and thread-safe.
+// The words of a SQL statement, for the few decisions the query service makes
+// before PostgreSQL sees it: which statements may be cached or share a
+// transaction, which a read-only principal may run, and which would change the
+// session of a pooled connection. Words are found as PostgreSQL's lexer finds
+// them: never inside string constants (including E'...' and $tag$ quoting),
+// quoted identifiers or comments (block comments nest). PostgreSQL has the
+// final word on everything else. Stateless and thread-safe.
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
 namespace poolside::query {
 
-// The statement's first keyword (its leading letters) after whitespace, opening
-// parentheses and comments (block comments nest, as in PostgreSQL); empty if
-// there is none. Not upper-cased: compare with absl::EqualsIgnoreCase.
+// The statement's first word (a keyword or an unquoted identifier: letters,
+// digits, _ and $) after whitespace, comments and opening parentheses; empty if
+// it does not start with one. Not upper-cased: compare with absl::EqualsIgnoreCase.
 absl::string_view FirstKeyword(absl::string_view sql);
 
-// The keyword after the first one, by the same rules; empty if there is none.
+// The word right after the first one; empty if something else follows it.
 absl::string_view SecondKeyword(absl::string_view sql);
 
-// Statements that change the session of the connection they run on, which in
-// a pool is shared with every later caller: SET (other than SET LOCAL, SET
-// TRANSACTION and SET CONSTRAINTS, which end with the transaction), RESET,
-// DISCARD, DEALLOCATE, PREPARE and LOAD. INVALID_ARGUMENT naming the keyword
-// and the transaction-scoped way to do it; OK for anything else.
-// (A function call such as set_config(..., false) is not seen here.)
+// Statements that would leave something on the connection they run on, which
+// in a pool is shared with every later caller. INVALID_ARGUMENT naming what was
+// found and the transaction-scoped way to do it; OK for anything else:
+//   - SET (other than SET LOCAL, SET TRANSACTION and SET CONSTRAINTS, which end
+//     with the transaction), RESET, DISCARD, DEALLOCATE, PREPARE, LOAD, LISTEN,
+//     UNLISTEN;
+//   - a call of set_config(name, value, is_local) whose is_local is not the
+//     literal true;
+//   - a call of a session-level advisory lock function (pg_advisory_lock,
+//     pg_try_advisory_lock and their _shared forms; the _xact_ ones are fine);
+//   - temporary objects: CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ... or CREATE of
+//     a pg_temp.name, unless ON COMMIT DROP; SELECT ... INTO TEMP;
+//   - DECLARE ... WITH HOLD.
+// What functions, DO blocks or procedures do when they run is not seen here.
 absl::Status CheckSessionStatement(absl::string_view sql);
 
 }  // namespace poolside::query

@@ -12,21 +12,24 @@ TEST(StatementWordsTest, FirstAndSecondKeywordSkipSpaceParenthesesAndComments) {
   EXPECT_EQ(FirstKeyword("/* unterminated SELECT"), "");
   EXPECT_EQ(FirstKeyword(""), "");
   EXPECT_EQ(FirstKeyword("SELECTX 1"), "SELECTX");
+  EXPECT_EQ(FirstKeyword("SET_x = 1"), "SET_x");
+  EXPECT_EQ(FirstKeyword("'SELECT' 1"), "");
+  EXPECT_EQ(FirstKeyword("\"select\" 1"), "");
   EXPECT_EQ(SecondKeyword("SET LOCAL x = 1"), "LOCAL");
   EXPECT_EQ(SecondKeyword("set/* c */local x = 1"), "local");
-  EXPECT_EQ(SecondKeyword("SET\n-- c\nsearch_path TO x"), "search");
+  EXPECT_EQ(SecondKeyword("SET\n-- c\nsearch_path TO x"), "search_path");
   EXPECT_EQ(SecondKeyword("SET"), "");
-  EXPECT_EQ(SecondKeyword("SET_x LOCAL"), "");
-  EXPECT_EQ(SecondKeyword("SET1 LOCAL"), "");
+  EXPECT_EQ(SecondKeyword("SET_x LOCAL"), "LOCAL");  // the first word is SET_x
+  EXPECT_EQ(SecondKeyword("SET 'LOCAL'"), "");
 }
 
 TEST(StatementWordsTest, SessionStatementsAreRefusedWithTheTransactionScopedWay) {
   for (const char* sql :
        {"SET search_path TO other", "set statement_timeout = 0", "SET SESSION work_mem = '1GB'",
         "SET ROLE admin", "SET SESSION AUTHORIZATION bob", "/* c */ SET x.y = 1",
-        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "RESET ALL",
-        "reset search_path", "DISCARD ALL", "DEALLOCATE ALL", "PREPARE p AS SELECT 1",
-        "LOAD 'auto_explain'"}) {
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", "RESET ALL", "reset search_path",
+        "DISCARD ALL", "DEALLOCATE ALL", "PREPARE p AS SELECT 1", "LOAD 'auto_explain'",
+        "LISTEN jobs", "unlisten *"}) {
     const absl::Status s = CheckSessionStatement(sql);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
     EXPECT_NE(s.message().find("pooled connection"), absl::string_view::npos) << s;
@@ -37,9 +40,97 @@ TEST(StatementWordsTest, SessionStatementsAreRefusedWithTheTransactionScopedWay)
        {"SET LOCAL statement_timeout = '1s'", "set local search_path to x",
         "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "SET CONSTRAINTS ALL DEFERRED",
         "SELECT set_config('x.y', '1', true)", "SELECT 'SET x = 1'", "SETTINGS", "VALUES (1)",
-        "INSERT INTO t VALUES (1)", "WITH x AS (SELECT 1) SELECT * FROM x", ""}) {
+        "INSERT INTO t VALUES (1)", "WITH x AS (SELECT 1) SELECT * FROM x", "SET_x", ""}) {
     EXPECT_TRUE(CheckSessionStatement(sql).ok()) << sql;
   }
+}
+
+TEST(StatementWordsTest, SessionSetConfigIsRefusedUnlessLocal) {
+  for (const char* sql :
+       {"SELECT set_config('search_path', 'x', false)", "select SET_CONFIG('a.b', '1', FALSE)",
+        "SELECT pg_catalog.set_config('role', 'admin', false)",
+        "SELECT \"set_config\"('a.b', '1', false)", "SELECT set_config('a.b', $1, $2)",
+        "SELECT set_config('a.b', '1', 1 = 0)", "SELECT set_config('a.b', '1', (true))",
+        "SELECT set_config('a.b', '1')", "SELECT 1 WHERE set_config('a.b', '1', false) = '1'",
+        "SELECT set_config('a.b', '1', true), set_config('a.c', '1', false)",
+        "SELECT set_config /* c */ ('a.b', 'x,y', false)",
+        "SELECT set_config('a.b', concat('(', ','), false)"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("set_config"), absl::string_view::npos) << s;
+    EXPECT_NE(s.message().find("pass true"), absl::string_view::npos) << s;
+  }
+  for (const char* sql :
+       {"SELECT set_config('a.b', '1', true)", "SELECT set_config('a.b', f(1, 2), TRUE)",
+        "SELECT 'set_config(''a'', ''b'', false)'", "SELECT $$set_config('a', 'b', false)$$",
+        "SELECT $q$ $$ set_config('a', 'b', false) $q$",
+        "SELECT E'\\' set_config(''a'', ''b'', false)'", "SELECT 1 -- set_config('a', 'b', false)",
+        "SELECT /* /* set_config('a', 'b', false) */ */ 1", "SELECT \"set_config\" FROM t",
+        "SELECT my_set_config('a', 'b', false)", "SELECT current_setting('set_config')"}) {
+    EXPECT_TRUE(CheckSessionStatement(sql).ok()) << sql;
+  }
+}
+
+TEST(StatementWordsTest, SessionAdvisoryLocksAreRefused) {
+  for (const char* sql :
+       {"SELECT pg_advisory_lock(1)", "SELECT pg_advisory_lock_shared(1, 2)",
+        "SELECT pg_try_advisory_lock($1)", "select PG_TRY_ADVISORY_LOCK_SHARED(7)",
+        "SELECT pg_catalog.pg_advisory_lock(1)"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("pg_advisory_xact_lock"), absl::string_view::npos) << s;
+  }
+  for (const char* sql :
+       {"SELECT pg_advisory_xact_lock(1)", "SELECT pg_try_advisory_xact_lock_shared(1)",
+        "SELECT pg_advisory_unlock(1)", "SELECT 'pg_advisory_lock(1)'",
+        "SELECT pg_advisory_lock FROM t"}) {
+    EXPECT_TRUE(CheckSessionStatement(sql).ok()) << sql;
+  }
+}
+
+TEST(StatementWordsTest, TemporaryObjectsAndHeldCursorsAreRefused) {
+  for (const char* sql :
+       {"CREATE TEMP TABLE t (id int)", "create temporary table t AS SELECT 1",
+        "CREATE GLOBAL TEMPORARY TABLE t (id int)", "CREATE LOCAL TEMP TABLE t (id int)",
+        "CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "CREATE TEMP SEQUENCE s",
+        "CREATE TABLE pg_temp.t (id int)", "CREATE VIEW v AS SELECT * FROM pg_temp.t",
+        "CREATE TEMP TABLE t (id int) ON COMMIT DELETE ROWS",
+        "CREATE TEMP TABLE t (id int) ON COMMIT PRESERVE ROWS",
+        "SELECT * INTO TEMP t FROM accounts", "SELECT 1 AS x INTO TEMPORARY TABLE t",
+        "WITH a AS (SELECT 1) SELECT * INTO TEMP t FROM a"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("ON COMMIT DROP"), absl::string_view::npos) << s;
+  }
+  for (const char* sql :
+       {"CREATE TEMP TABLE t (id int) ON COMMIT DROP",
+        "CREATE TEMPORARY TABLE t ON COMMIT DROP AS SELECT 1", "CREATE TABLE t (temp int)",
+        "CREATE TABLE t AS SELECT 'CREATE TEMP TABLE x' AS s", "CREATE INDEX ON t (temp)",
+        "SELECT * INTO archive FROM t", "INSERT INTO temp VALUES (1)", "SELECT temp FROM t",
+        "CREATE TABLE \"pg_temp\"\"x\" (id int)"}) {
+    EXPECT_TRUE(CheckSessionStatement(sql).ok()) << sql;
+  }
+  for (const char* sql : {"DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                          "declare c scroll cursor with hold for select 1"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("WITHOUT HOLD"), absl::string_view::npos) << s;
+  }
+  EXPECT_TRUE(CheckSessionStatement("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1").ok());
+  EXPECT_TRUE(CheckSessionStatement("DECLARE c CURSOR FOR SELECT 'WITH HOLD'").ok());
+}
+
+// Unterminated quotes and comments end the input (run under ASan, a read past
+// the end fails this test).
+TEST(StatementWordsTest, MalformedInputEndsTheScan) {
+  for (const char* sql :
+       {"SELECT 'unterminated set_config(", "SELECT \"unterminated", "SELECT $tag$ never closed",
+        "SELECT E'\\", "/* open", "$", "SELECT $1", "SELECT set_config(", "SELECT set_config"}) {
+    EXPECT_TRUE(CheckSessionStatement(sql).ok() ||
+                CheckSessionStatement(sql).code() == absl::StatusCode::kInvalidArgument)
+        << sql;
+  }
+  EXPECT_EQ(CheckSessionStatement("SELECT set_config(").code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
