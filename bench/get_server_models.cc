@@ -1,0 +1,182 @@
+// get_server_models: the smallest CacheService Get/Set server, twice, to
+// measure what gRPC's threading model costs the sidecar's hot path. Not a
+// service: a measurement aid for bench/results (the DESIGN's "trivial echo"
+// prototypes, kept so the numbers can be re-run).
+//
+//   --model=callback  the gRPC callback API, as every poolside service is
+//                     written (gRPC 1.51 serves callbacks on at least two
+//                     polling threads, plus its executor);
+//   --model=async     one completion queue polled by --threads threads (1: a
+//                     single thread reads, handles and writes every call).
+//
+// Both answer from the same map under one mutex (no TTL, tags, budget or
+// telemetry), so the difference between them is the threading. Point
+// bench/cache_loadgen at --addr (e.g. unix:/tmp/get.sock); it preloads with Set.
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/poolside/v1/cache.grpc.pb.h"
+
+ABSL_FLAG(std::string, addr, "unix:/tmp/poolside-get-models.sock", "listen address");
+ABSL_FLAG(std::string, model, "async", "callback or async");
+ABSL_FLAG(int32_t, threads, 1, "--model=async: threads polling the completion queue");
+
+namespace poolside::bench {
+namespace {
+
+namespace v1 = poolside::v1;
+
+class Map {
+ public:
+  void Get(const v1::CacheGetRequest& request, v1::CacheGetResponse* response) const {
+    absl::MutexLock lock(&mu_);
+    auto it = values_.find(request.key());
+    if (it == values_.end()) {
+      response->set_outcome(v1::CacheGetResponse::MISS);
+      return;
+    }
+    response->set_outcome(v1::CacheGetResponse::HIT);
+    response->set_value(it->second);
+  }
+  void Set(const v1::CacheSetRequest& request, v1::CacheSetResponse* response) {
+    absl::MutexLock lock(&mu_);
+    values_[request.key()] = request.value();
+    response->set_stored(true);
+    response->set_reason(v1::CacheSetResponse::STORED);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::string> values_ ABSL_GUARDED_BY(mu_);
+};
+
+class CallbackGetService final : public v1::CacheService::CallbackService {
+ public:
+  explicit CallbackGetService(Map* map) : map_(map) {}
+  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
+                                const v1::CacheGetRequest* request,
+                                v1::CacheGetResponse* response) override {
+    map_->Get(*request, response);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
+                                const v1::CacheSetRequest* request,
+                                v1::CacheSetResponse* response) override {
+    map_->Set(*request, response);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  Map* const map_;
+};
+
+// One outstanding request slot of one method on the async API: requested,
+// answered, then replaced by a fresh slot.
+class AsyncSlot {
+ public:
+  virtual ~AsyncSlot() = default;
+  virtual void Proceed(bool ok) = 0;
+};
+
+template <typename Request, typename Response, auto kRequestMethod, auto kHandle>
+class AsyncCall final : public AsyncSlot {
+ public:
+  AsyncCall(v1::CacheService::AsyncService* service, grpc::ServerCompletionQueue* cq, Map* map)
+      : service_(service), cq_(cq), map_(map), writer_(&context_) {
+    (service_->*kRequestMethod)(&context_, &request_, &writer_, cq_, cq_, this);
+  }
+
+  void Proceed(bool ok) override {
+    if (answered_ || !ok) {
+      delete this;
+      return;
+    }
+    new AsyncCall(service_, cq_, map_);
+    (map_->*kHandle)(request_, &response_);
+    answered_ = true;
+    writer_.Finish(response_, grpc::Status::OK, this);
+  }
+
+ private:
+  v1::CacheService::AsyncService* const service_;
+  grpc::ServerCompletionQueue* const cq_;
+  Map* const map_;
+  grpc::ServerContext context_;
+  Request request_;
+  Response response_;
+  grpc::ServerAsyncResponseWriter<Response> writer_;
+  bool answered_ = false;
+};
+
+using AsyncGet = AsyncCall<v1::CacheGetRequest, v1::CacheGetResponse,
+                           &v1::CacheService::AsyncService::RequestGet, &Map::Get>;
+using AsyncSet = AsyncCall<v1::CacheSetRequest, v1::CacheSetResponse,
+                           &v1::CacheService::AsyncService::RequestSet, &Map::Set>;
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("CacheService Get/Set on the gRPC callback or async API");
+  absl::ParseCommandLine(argc, argv);
+  const std::string addr = absl::GetFlag(FLAGS_addr);
+  const std::string model = absl::GetFlag(FLAGS_model);
+  const int threads = absl::GetFlag(FLAGS_threads);
+  if ((model != "callback" && model != "async") || threads < 1) {
+    std::fprintf(stderr, "error: --model must be callback or async, --threads >= 1\n");
+    return 2;
+  }
+  Map map;
+  CallbackGetService callback_service(&map);
+  v1::CacheService::AsyncService async_service;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(addr, grpc::InsecureServerCredentials());
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
+  if (model == "callback") {
+    builder.RegisterService(&callback_service);
+  } else {
+    builder.RegisterService(&async_service);
+    cqs.push_back(builder.AddCompletionQueue());
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr) {
+    std::fprintf(stderr, "error: cannot listen on %s\n", addr.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "serving %s (%s, %d thread(s))\n", addr.c_str(), model.c_str(),
+               model == "async" ? threads : 0);
+  if (model == "callback") {
+    server->Wait();
+    return 0;
+  }
+  grpc::ServerCompletionQueue* cq = cqs[0].get();
+  for (int i = 0; i < 64; ++i) new AsyncGet(&async_service, cq, &map);
+  for (int i = 0; i < 4; ++i) new AsyncSet(&async_service, cq, &map);
+  std::vector<std::thread> pollers;
+  for (int i = 0; i < threads; ++i) {
+    pollers.emplace_back([cq] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (cq->Next(&tag, &ok)) static_cast<AsyncSlot*>(tag)->Proceed(ok);
+    });
+  }
+  for (std::thread& t : pollers) t.join();
+  return 0;
+}
+
+}  // namespace
+}  // namespace poolside::bench
+
+int main(int argc, char** argv) { return poolside::bench::Main(argc, argv); }
