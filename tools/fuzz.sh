@@ -8,9 +8,11 @@
 #   tools/fuzz.sh --reproduce=csv PATH   # run one input through a target (a crash's reproducer)
 #
 # Targets: value_codec (common/db/value_codec), config (common/config/json_config
-# + the services' Finalize*Config), csv (cli/csv). Each starts from its committed
-# seed corpus in fuzz/corpus/<target>; inputs that find new coverage are kept in
-# $FUZZ_WORK_DIR (default ~/.cache/poolside-fuzz) across runs, never in the tree.
+# + the services' Finalize*Config), csv (cli/csv), statement_words
+# (services/query/statement_words: the SQL words the query service reads). Each
+# starts from its committed seed corpus in fuzz/corpus/<target>; inputs that find
+# new coverage are kept in $FUZZ_WORK_DIR (default ~/.cache/poolside-fuzz) across
+# runs, never in the tree.
 # A crash (memory error, undefined behaviour, failed check, leak, timeout) fails
 # the run and prints the reproducer's path and how to replay it; add the
 # reproducer to the target's corpus with the fix.
@@ -42,10 +44,11 @@ declare -A LIBS=(
   [value_codec]="//common/db:value_codec"
   [config]="//common/config:json_config //common/config:cgroup //services/query:query_config //services/ingest:ingest_config //services/cache:cache_config"
   [csv]="//cli:csv"
+  [statement_words]="//services/query:statement_words"
 )
 # Inputs larger than this are not tried (JSON configs and CSV lines are small).
-declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096)
-ALL_TARGETS=(value_codec config csv)
+declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096 [statement_words]=4096)
+ALL_TARGETS=(value_codec config csv statement_words)
 
 targets=()
 for arg in "$@"; do
