@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <vector>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -60,27 +59,18 @@ class TransactionWork : public Work {
 
 // Reads that may share one implicit transaction with the statements pipelined
 // next to them (db::Statement::may_share_sync): a plain SELECT, VALUES or TABLE.
-// Left out: WITH (it may hold a data-modifying CTE) and anything mentioning the
-// word FOR (row locks, FOR UPDATE/SHARE, would be held until the shared
-// transaction ends). Wrongly leaving a read out only costs its own Sync; sharing
-// is safe for any statement anyway, since a shared transaction with a failure
-// is rolled back and each statement re-run.
+// Left out: WITH (it may hold a data-modifying CTE) and anything with the word
+// FOR (row locks, FOR UPDATE/SHARE, would be held until the shared transaction
+// ends). Wrongly leaving a read out only costs its own Sync; sharing is safe for
+// any statement anyway, since a shared transaction with a failure is rolled back
+// and each statement re-run.
 bool MayShareSync(absl::string_view sql) {
   const absl::string_view first = FirstKeyword(sql);
   if (!absl::EqualsIgnoreCase(first, "select") && !absl::EqualsIgnoreCase(first, "values") &&
       !absl::EqualsIgnoreCase(first, "table")) {
     return false;
   }
-  for (size_t i = 1; i + 3 <= sql.size(); ++i) {
-    if ((sql[i] | 0x20) != 'f' || !absl::EqualsIgnoreCase(sql.substr(i, 3), "for")) continue;
-    const bool starts = !absl::ascii_isalnum(static_cast<unsigned char>(sql[i - 1])) &&
-                        sql[i - 1] != '_';
-    const bool ends = i + 3 == sql.size() ||
-                      (!absl::ascii_isalnum(static_cast<unsigned char>(sql[i + 3])) &&
-                       sql[i + 3] != '_');
-    if (starts && ends) return false;
-  }
-  return true;
+  return !ContainsWord(sql, "for");
 }
 
 }  // namespace

@@ -241,6 +241,14 @@ absl::string_view SecondKeyword(absl::string_view sql) {
   return t.kind == Token::kWord ? t.text : absl::string_view();
 }
 
+bool ContainsWord(absl::string_view sql, absl::string_view word) {
+  Lexer lex(sql);
+  for (Token t = lex.Next(); t.kind != Token::kEnd; t = lex.Next()) {
+    if (t.IsWord(word)) return true;
+  }
+  return false;
+}
+
 absl::Status CheckSessionStatement(absl::string_view sql) {
   Lexer lex(sql);
   const Token first = FirstWord(lex);

@@ -22,6 +22,10 @@ absl::string_view FirstKeyword(absl::string_view sql);
 // The word right after the first one; empty if something else follows it.
 absl::string_view SecondKeyword(absl::string_view sql);
 
+// Whether `word` (compared ignoring case) is one of the statement's words,
+// outside strings, quoted names and comments.
+bool ContainsWord(absl::string_view sql, absl::string_view word);
+
 // Statements that would leave something on the connection they run on, which
 // in a pool is shared with every later caller. INVALID_ARGUMENT naming what was
 // found and the transaction-scoped way to do it; OK for anything else:

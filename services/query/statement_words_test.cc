@@ -23,6 +23,18 @@ TEST(StatementWordsTest, FirstAndSecondKeywordSkipSpaceParenthesesAndComments) {
   EXPECT_EQ(SecondKeyword("SET 'LOCAL'"), "");
 }
 
+TEST(StatementWordsTest, ContainsWordSeesOnlyWordsOutsideQuotingAndComments) {
+  EXPECT_TRUE(ContainsWord("SELECT * FROM t FOR UPDATE", "for"));
+  EXPECT_TRUE(ContainsWord("select * from t for share", "FOR"));
+  EXPECT_TRUE(ContainsWord("SELECT 1 FROM t\nFOR/* c */UPDATE", "for"));
+  EXPECT_FALSE(ContainsWord("SELECT 'for' FROM t", "for"));
+  EXPECT_FALSE(ContainsWord("SELECT \"for\" FROM t", "for"));
+  EXPECT_FALSE(ContainsWord("SELECT 1 /* for update */ -- for\n", "for"));
+  EXPECT_FALSE(ContainsWord("SELECT format, fork, for_x, x_for FROM t", "for"));
+  EXPECT_FALSE(ContainsWord("SELECT $$ FOR $$", "for"));
+  EXPECT_FALSE(ContainsWord("", "for"));
+}
+
 TEST(StatementWordsTest, SessionStatementsAreRefusedWithTheTransactionScopedWay) {
   for (const char* sql :
        {"SET search_path TO other", "set statement_timeout = 0", "SET SESSION work_mem = '1GB'",
