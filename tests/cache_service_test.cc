@@ -300,7 +300,7 @@ TEST_F(CacheServiceTest, QueryServiceClientBatchesConcurrentGetsAndAnswersEachIt
   v1::ClientTlsConfig plaintext;
   plaintext.set_plaintext(true);
   absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
-      absl::StrCat("unix:", server_->socket_path), plaintext, absl::Seconds(10));
+      absl::StrCat("unix:", server_->socket_path), plaintext, absl::Seconds(10), absl::Seconds(5));
   ASSERT_TRUE(client.ok()) << client.status();
   // Far more Gets at once than calls may be in flight: most travel in GetMany
   // batches, and every callback must get the value of its own key.
@@ -485,7 +485,7 @@ TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsT
   v1::ClientTlsConfig plaintext;
   plaintext.set_plaintext(true);
   absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
-      absl::StrCat("unix:", s->socket_path), plaintext, absl::Seconds(10));
+      absl::StrCat("unix:", s->socket_path), plaintext, absl::Seconds(10), absl::Seconds(5));
   ASSERT_TRUE(client.ok()) << client.status();
   absl::Mutex mu;
   std::vector<query::CacheInvalidationEvent> events;
@@ -528,6 +528,46 @@ TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsT
     absl::MutexLock lock(&mu);
     EXPECT_EQ(events[5].kind, query::CacheInvalidationEvent::kBroken);
   }
+  (*client)->StopWatching();
+}
+
+// A sidecar that stops answering without closing its socket (here SIGSTOP)
+// must end the watch, or the near cache would go on serving while
+// invalidations are not arriving; keepalive pings find it.
+TEST(CacheServiceWatchTest, AStoppedSidecarEndsTheWatchAndAResumedOneIsWatchedAgain) {
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
+  ASSERT_TRUE(s.ok()) << s.status();
+  v1::ClientTlsConfig plaintext;
+  plaintext.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+      absl::StrCat("unix:", s->socket_path), plaintext, absl::Seconds(1), absl::Seconds(1));
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::Mutex mu;
+  std::vector<query::CacheInvalidationEvent::Kind> kinds;
+  ASSERT_TRUE((*client)->Watch([&](const query::CacheInvalidationEvent& e) {
+    absl::MutexLock lock(&mu);
+    kinds.push_back(e.kind);
+  }));
+  auto seen = [&] {
+    absl::MutexLock lock(&mu);
+    return kinds;
+  };
+  using Kind = query::CacheInvalidationEvent::Kind;
+  ASSERT_TRUE(Eventually([&] { return seen().size() == 1; }, absl::Seconds(10)));
+  EXPECT_EQ(seen()[0], Kind::kSubscribed);
+  // A quiet, healthy watch is pinged every second and stays up (the server
+  // accepts pings that often).
+  absl::SleepFor(absl::Milliseconds(3500));
+  ASSERT_EQ(seen().size(), 1u) << "the watch broke while the sidecar was healthy";
+
+  ASSERT_TRUE(s->process->Signal(SIGSTOP).ok());
+  const bool broken = Eventually([&] { return seen().size() == 2; }, absl::Seconds(20));
+  ASSERT_TRUE(s->process->Signal(SIGCONT).ok());
+  ASSERT_TRUE(broken) << "the watch of a stopped sidecar never ended";
+  EXPECT_EQ(seen()[1], Kind::kBroken);
+  ASSERT_TRUE(Eventually([&] { return seen().size() == 3; }, absl::Seconds(20)))
+      << "the resumed sidecar was not watched again";
+  EXPECT_EQ(seen()[2], Kind::kSubscribed);
   (*client)->StopWatching();
 }
 

@@ -44,6 +44,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     builder.AddListeningPort(s->options_.extra_listen[i],
                              credentials_for(s->options_.extra_listen[i]), &extra_ports[i]);
   }
+  // Clients may check a quiet connection with keepalive pings as often as
+  // every second (the query service's sidecar client does, to notice a hung
+  // sidecar); gRPC's default would answer pings more frequent than every 5
+  // minutes with GOAWAY "too_many_pings".
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   builder.SetMaxReceiveMessageSize(s->options_.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(s->options_.max_send_message_bytes);
   if (s->options_.fixed_stream_window_bytes > 0) {

@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
   if (config->has_cache()) {
     auto client = poolside::query::SidecarClient::Create(
         config->cache().target(), config->cache().tls(),
-        absl::Milliseconds(config->cache().call_timeout_ms()));
+        absl::Milliseconds(config->cache().call_timeout_ms()),
+        absl::Milliseconds(config->cache().keepalive_ms()));
     if (!client.ok()) {
       telemetry::LogError("cannot use the cache sidecar",
                           {{"error", std::string(client.status().message())}});

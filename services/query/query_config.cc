@@ -80,6 +80,11 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
     POOLSIDE_DEFAULT(cache, max_value_bytes, 1u << 20);
     POOLSIDE_DEFAULT(cache, failure_threshold, 3u);
     POOLSIDE_DEFAULT(cache, retry_after_ms, 1000u);
+    POOLSIDE_DEFAULT(cache, keepalive_ms, 5000u);
+    if (cache->keepalive_ms() < 1000 || cache->keepalive_ms() > 3600000) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cache.keepaliveMs: between 1000 and 3600000 (got ", cache->keepalive_ms(), ")"));
+    }
     if (cache->channel().empty()) cache->set_channel("poolside_invalidate");
     v1::NearCacheConfig* near = cache->mutable_near();
     if (!near->has_capacity_bytes()) near->set_capacity_bytes(uint64_t{64} << 20);

@@ -57,6 +57,7 @@ TEST(QueryConfigTest, NearCacheDefaultsZeroTurnsItOffUnknownKeysAreErrors) {
   EXPECT_EQ(c->cache().near().capacity_bytes(), uint64_t{64} << 20);
   EXPECT_EQ(c->cache().near().max_ttl_ms(), 10000u);
   EXPECT_EQ(c->cache().near().shards(), 16u);
+  EXPECT_EQ(c->cache().keepalive_ms(), 5000u);
   c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
                    "cache": {"target": "unix:/run/c.sock", "near": {"capacityBytes": 0}}})");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -77,6 +78,10 @@ TEST(QueryConfigTest, NearCacheDefaultsZeroTurnsItOffUnknownKeysAreErrors) {
   EXPECT_FALSE(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
                             "cache": {"target": "unix:/run/c.sock", "near": {"capacityBytes": 100}}})")
                    .ok());
+  c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                   "cache": {"target": "unix:/run/c.sock", "keepaliveMs": 999}})");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("cache.keepaliveMs"), absl::string_view::npos) << c.status();
 }
 
 TEST(QueryConfigTest, ExplicitZeroMinIdleIsKept) {

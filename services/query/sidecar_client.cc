@@ -31,14 +31,25 @@ absl::Status FromGrpc(const grpc::Status& s) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(
-    const std::string& target, const v1::ClientTlsConfig& tls, absl::Duration call_timeout) {
+absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(const std::string& target,
+                                                                     const v1::ClientTlsConfig& tls,
+                                                                     absl::Duration call_timeout,
+                                                                     absl::Duration keepalive) {
   server::ChannelOptions options;
   options.target = target;
   options.tls = tls;
   // Reconnect quickly after the sidecar restarts.
   options.args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   options.args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // A sidecar that stops answering (stopped, hung, or a TCP peer gone without
+  // a reset) would otherwise keep the watch stream open, and the near cache
+  // serving, forever: ping the connection after `keepalive` of silence and
+  // drop it when a ping is not answered within `keepalive`. The watch is
+  // usually a quiet stream, so pings must not wait for data frames.
+  const int keepalive_ms = static_cast<int>(absl::ToInt64Milliseconds(keepalive));
+  options.args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, keepalive_ms);
+  options.args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, keepalive_ms);
+  options.args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   options.args.SetMaxReceiveMessageSize(64 << 20);
   options.args.SetMaxSendMessageSize(64 << 20);
   // A failed call falls back to the database (BYPASS); gRPC's own retries

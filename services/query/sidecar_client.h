@@ -44,10 +44,14 @@ class SidecarClient : public CacheClient {
   static constexpr int kMaxKeysPerCall = 256;
 
   // `target`: "unix:/path" or "host:port" (TLS per `tls`, see common/server/channel.h).
+  // While a call (the watch) is open, the connection is pinged after
+  // `keepalive` without traffic and dropped when a ping goes unanswered for
+  // `keepalive` (the sidecar must accept pings that often: common/server does).
   // INVALID_ARGUMENT when the TLS files cannot be read.
   static absl::StatusOr<std::unique_ptr<SidecarClient>> Create(const std::string& target,
                                                                const v1::ClientTlsConfig& tls,
-                                                               absl::Duration call_timeout);
+                                                               absl::Duration call_timeout,
+                                                               absl::Duration keepalive);
   SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout);
   ~SidecarClient() override;  // stops watching
 
