@@ -67,7 +67,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!verdict.ok() && verdict.code() != absl::StatusCode::kInvalidArgument) {
     Fail("CheckSessionStatement answered other than OK or INVALID_ARGUMENT", sql);
   }
-  for (const char* prefix : {" \n\t", "/* c */", "-- c\n"}) {
+  for (const char* prefix : {" \n\t", "/* c */", "-- c\n", "--c\r"}) {
     const std::string prefixed = absl::StrCat(prefix, sql);
     if (FirstKeyword(prefixed) != first || SecondKeyword(prefixed) != second) {
       Fail("a leading comment or whitespace changed the keywords", sql);

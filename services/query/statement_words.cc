@@ -2,6 +2,7 @@
 
 #include <cstdint>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -16,7 +17,8 @@ namespace {
 // whitespace are skipped. Anything malformed ends the input, as PostgreSQL
 // would reject it anyway.
 struct Token {
-  enum Kind { kEnd, kWord, kQuotedIdent, kString, kOther };
+  // kUnicodeIdent: a U&"..." name, whose escapes are not decoded here.
+  enum Kind { kEnd, kWord, kQuotedIdent, kUnicodeIdent, kString, kOther };
   Kind kind = kEnd;
   // kWord, kQuotedIdent (without the quotes): the name; kOther: the character(s).
   absl::string_view text;
@@ -55,9 +57,22 @@ bool IsWordChar(char c) {
   return (kChars.c[static_cast<unsigned char>(c)] & (kWordStart | kDigitOrDollar)) != 0;
 }
 
+// Plain '...' strings: with standard_conforming_strings on (PostgreSQL's
+// default) a backslash is an ordinary character; off (a session, role or
+// database setting), it escapes the next one. The text alone cannot tell, so
+// the checks read a statement both ways when it matters.
+enum class PlainStrings { kStandard, kBackslashEscapes };
+
 class Lexer {
  public:
-  explicit Lexer(absl::string_view sql) : sql_(sql) {}
+  explicit Lexer(absl::string_view sql, PlainStrings plain = PlainStrings::kStandard)
+      : sql_(sql), plain_backslash_(plain == PlainStrings::kBackslashEscapes) {}
+
+  // A plain string held a backslash: it would read differently in the other mode.
+  bool saw_backslash_in_plain_string() const { return saw_backslash_; }
+  // A string, quoted name or block comment ran to the end of the input:
+  // PostgreSQL would reject the text read this way.
+  bool unterminated() const { return unterminated_; }
 
   Token Next() {
     if (pushed_back_) {
@@ -77,7 +92,8 @@ class Lexer {
       if (IsSpace(c)) {
         ++pos_;
       } else if (c == '-' && At(pos_ + 1) == '-') {
-        const size_t nl = sql_.find('\n', pos_);
+        // As in PostgreSQL, a carriage return ends it too.
+        const size_t nl = sql_.find_first_of("\r\n", pos_);
         pos_ = nl == absl::string_view::npos ? sql_.size() : nl + 1;
       } else if (c == '/' && At(pos_ + 1) == '*') {
         int depth = 0;
@@ -92,7 +108,10 @@ class Lexer {
             ++pos_;
           }
         }
-        if (depth != 0) pos_ = sql_.size();  // unterminated: nothing follows
+        if (depth != 0) {  // unterminated: nothing follows
+          pos_ = sql_.size();
+          unterminated_ = true;
+        }
       } else {
         return;
       }
@@ -107,6 +126,7 @@ class Lexer {
     ++pos_;
     while (pos_ < sql_.size()) {
       const char c = sql_[pos_];
+      if (c == '\\' && quote == '\'') saw_backslash_ = true;
       if (backslash && c == '\\') {
         pos_ += 2;
       } else if (c == quote) {
@@ -120,6 +140,7 @@ class Lexer {
       }
     }
     pos_ = sql_.size();
+    unterminated_ = true;
   }
 
   Token Scan() {
@@ -139,13 +160,20 @@ class Lexer {
         t.text = sql_.substr(start, pos_ - start);
         return t;
       }
+      if (prefix == 'u' && At(pos_) == '&' && At(pos_ + 1) == '"') {
+        ++pos_;
+        SkipQuoted('"', false);
+        t.kind = Token::kUnicodeIdent;
+        t.text = sql_.substr(start, pos_ - start);
+        return t;
+      }
       t.kind = Token::kWord;
       t.text = word;
       return t;
     }
     if (c == '\'') {
       t.kind = Token::kString;
-      SkipQuoted('\'', false);
+      SkipQuoted('\'', plain_backslash_);
       t.text = sql_.substr(start, pos_ - start);
       return t;
     }
@@ -169,6 +197,7 @@ class Lexer {
       if (At(end) == '$') {  // $tag$ ... $tag$
         const absl::string_view tag = sql_.substr(start, end + 1 - start);
         const size_t close = sql_.find(tag, end + 1);
+        if (close == absl::string_view::npos) unterminated_ = true;
         pos_ = close == absl::string_view::npos ? sql_.size() : close + tag.size();
         t.kind = Token::kString;
         t.text = sql_.substr(start, pos_ - start);
@@ -182,9 +211,12 @@ class Lexer {
   }
 
   const absl::string_view sql_;
+  const bool plain_backslash_;
   size_t pos_ = 0;
   Token last_;
   bool pushed_back_ = false;
+  bool saw_backslash_ = false;
+  bool unterminated_ = false;
 };
 
 // The first word, after any opening parentheses.
@@ -197,33 +229,6 @@ Token FirstWord(Lexer& lex) {
 absl::Status SessionError(absl::string_view what, absl::string_view instead) {
   return absl::InvalidArgumentError(absl::StrCat(
       what, " changes the session of a pooled connection, which later callers share; ", instead));
-}
-
-// After the `(` of set_config(name, value, is_local): OK only when is_local
-// is the literal true. Consumes the call's arguments.
-absl::Status CheckSetConfigCall(Lexer& lex) {
-  int depth = 1;
-  int commas = 0;
-  int local_tokens = 0;
-  bool local_true = false;
-  for (Token t = lex.Next(); t.kind != Token::kEnd; t = lex.Next()) {
-    if (t.Is('(')) {
-      ++depth;
-    } else if (t.Is(')')) {
-      if (--depth == 0) break;
-    } else if (t.Is(',') && depth == 1) {
-      ++commas;
-      continue;
-    }
-    if (commas == 2) {
-      ++local_tokens;
-      local_true = t.IsWord("true");
-    }
-  }
-  if (commas == 2 && local_tokens == 1 && local_true) return absl::OkStatus();
-  return SessionError("set_config(name, value, false)",
-                      "pass true as its third argument (the setting then ends with the "
-                      "transaction), inside ExecuteTransaction to cover several statements");
 }
 
 }  // namespace
@@ -242,24 +247,43 @@ absl::string_view SecondKeyword(absl::string_view sql) {
 }
 
 bool ContainsWord(absl::string_view sql, absl::string_view word) {
-  Lexer lex(sql);
-  for (Token t = lex.Next(); t.kind != Token::kEnd; t = lex.Next()) {
-    if (t.IsWord(word)) return true;
+  for (PlainStrings plain : {PlainStrings::kStandard, PlainStrings::kBackslashEscapes}) {
+    Lexer lex(sql, plain);
+    for (Token t = lex.Next(); t.kind != Token::kEnd; t = lex.Next()) {
+      if (t.IsWord(word)) return true;
+    }
+    if (!lex.saw_backslash_in_plain_string()) break;  // the other mode reads the same
   }
   return false;
 }
 
-absl::Status CheckSessionStatement(absl::string_view sql) {
-  Lexer lex(sql);
-  const Token first = FirstWord(lex);
+namespace {
+
+// pg_temp, or a session's own temporary schema pg_temp_<n>.
+bool IsTempSchema(const Token& t) {
+  if (t.kind != Token::kWord && t.kind != Token::kQuotedIdent) return false;
+  if (t.IsName("pg_temp")) return true;
+  if (t.text.size() <= 8) return false;
+  if (t.kind == Token::kWord ? !absl::StartsWithIgnoreCase(t.text, "pg_temp_")
+                             : !absl::StartsWith(t.text, "pg_temp_")) {
+    return false;
+  }
+  for (char c : t.text.substr(8)) {
+    if (!absl::ascii_isdigit(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
+}
+
+// The checks made on the statement's first word `first` (`scan` is just past it).
+absl::Status CheckLeadingKeyword(const Token& first, Lexer& scan) {
   if (first.IsWord("SET")) {
-    const Token second = lex.Next();
+    const Token second = scan.Next();
+    scan.PushBack();
     if (!second.IsWord("LOCAL") && !second.IsWord("TRANSACTION") && !second.IsWord("CONSTRAINTS")) {
       return SessionError("SET",
                           "use SET LOCAL inside ExecuteTransaction (or set_config(name, value, "
                           "true)) for settings that end with the transaction");
     }
-    lex.PushBack();
   }
   for (absl::string_view keyword : {"RESET", "DISCARD", "DEALLOCATE", "PREPARE", "LOAD"}) {
     if (first.IsWord(keyword)) {
@@ -273,14 +297,65 @@ absl::Status CheckSessionStatement(absl::string_view sql) {
                         "a pooled connection's notifications would reach no caller; listen on "
                         "a connection of your own");
   }
-  const bool create = first.IsWord("CREATE");
-  const bool declare = first.IsWord("DECLARE");
-  const bool select_into = first.IsWord("SELECT") || first.IsWord("WITH");
-  bool temp = false;            // CREATE [OR REPLACE] [GLOBAL|LOCAL] TEMP ..., or pg_temp.x
-  bool modifiers = create;      // still in CREATE's modifiers
+  return absl::OkStatus();
+}
+
+// CheckSessionStatement with plain strings read one way; sets
+// *saw_backslash when a plain string held a backslash.
+absl::Status CheckSession(absl::string_view sql, PlainStrings plain, bool* saw_backslash) {
+  bool declare_options = false;  // in a DECLARE's options (before its FOR)
+  // Temporary objects, wherever the statement creates one (CREATE, SELECT ...
+  // INTO, also under EXPLAIN ANALYZE, which runs them).
+  bool creates = false;         // a CREATE, or an INTO that is not INSERT's or MERGE's
+  bool modifiers = false;       // in the words after CREATE or INTO that say how
+  bool temp = false;            // TEMP / TEMPORARY among them
+  bool temp_schema = false;     // a pg_temp(_n).name
   bool on_commit_drop = false;  // ... ON COMMIT DROP
+  // The set_config( calls the scan is inside, innermost last.
+  struct SetConfigCall {
+    int depth;  // parenthesis depth of its arguments
+    int commas = 0;
+    int local_tokens = 0;  // tokens of its third argument
+    bool local_true = false;
+  };
+  absl::InlinedVector<SetConfigCall, 2> calls;
+  int depth = 0;
+  bool before_first_word = true;  // only opening parentheses so far
+
+  Lexer scan(sql, plain);
   Token prev2, prev;
-  for (Token t = lex.Next(); t.kind != Token::kEnd; prev2 = prev, prev = t, t = lex.Next()) {
+  for (Token t = scan.Next(); t.kind != Token::kEnd; prev2 = prev, prev = t, t = scan.Next()) {
+    if (before_first_word && !t.Is('(')) {
+      before_first_word = false;
+      if (absl::Status s = CheckLeadingKeyword(t, scan); !s.ok()) return s;
+      declare_options = t.IsWord("DECLARE");
+    }
+    if (t.kind == Token::kUnicodeIdent) {
+      return absl::InvalidArgumentError(
+          "U&\"...\" names are not accepted: poolside reads every name a statement uses to keep "
+          "session state out of its pooled connections; write the name without escapes");
+    }
+    // The argument list of each enclosing set_config call.
+    if (t.Is(')') && !calls.empty() && calls.back().depth == depth) {
+      const SetConfigCall call = calls.back();
+      calls.pop_back();
+      if (call.commas != 2 || call.local_tokens != 1 || !call.local_true) {
+        return SessionError("set_config(name, value, false)",
+                            "pass true as its third argument (the setting then ends with the "
+                            "transaction), inside ExecuteTransaction to cover several statements");
+      }
+    } else if (t.Is(',') && !calls.empty() && calls.back().depth == depth) {
+      ++calls.back().commas;
+    } else {
+      for (SetConfigCall& call : calls) {
+        if (call.commas != 2) continue;
+        ++call.local_tokens;
+        call.local_true = t.IsWord("true");
+      }
+    }
+    if (t.Is('(')) ++depth;
+    if (t.Is(')')) --depth;
+
     if (modifiers) {
       if (t.IsWord("TEMP") || t.IsWord("TEMPORARY")) {
         temp = true;
@@ -289,50 +364,73 @@ absl::Status CheckSessionStatement(absl::string_view sql) {
         modifiers = false;
       }
     }
-    if (create && t.Is('.') && prev.IsName("pg_temp")) temp = true;
-    if (create && t.IsWord("DROP") && prev.IsWord("COMMIT") && prev2.IsWord("ON")) {
-      on_commit_drop = true;
+    if (t.IsWord("CREATE") ||
+        (t.IsWord("INTO") && !prev.IsWord("INSERT") && !prev.IsWord("MERGE"))) {
+      creates = true;
+      modifiers = true;
     }
-    if (select_into && prev.IsWord("INTO") && (t.IsWord("TEMP") || t.IsWord("TEMPORARY"))) {
-      return SessionError("SELECT ... INTO TEMP",
-                          "a temporary table outlives the call on a pooled connection (and "
-                          "would hide a table of the same name from later callers); use "
-                          "CREATE TEMP TABLE ... ON COMMIT DROP inside ExecuteTransaction");
+    if (t.Is('.') && IsTempSchema(prev)) temp_schema = true;
+    if (t.IsWord("DROP") && prev.IsWord("COMMIT") && prev2.IsWord("ON")) on_commit_drop = true;
+    if (declare_options) {
+      if (t.IsWord("FOR")) {
+        declare_options = false;
+      } else if (t.IsWord("HOLD") && prev.IsWord("WITH")) {
+        return SessionError("DECLARE ... WITH HOLD",
+                            "a cursor WITH HOLD outlives the transaction on a pooled connection; "
+                            "declare it WITHOUT HOLD inside ExecuteTransaction, or stream the "
+                            "result with ExecuteStream");
+      }
     }
-    if (declare && t.IsWord("HOLD") && prev.IsWord("WITH")) {
-      return SessionError("DECLARE ... WITH HOLD",
-                          "a cursor WITH HOLD outlives the transaction on a pooled connection; "
-                          "declare it WITHOUT HOLD inside ExecuteTransaction, or stream the "
-                          "result with ExecuteStream");
-    }
+
     if (t.kind != Token::kWord && t.kind != Token::kQuotedIdent) continue;
     const bool set_config = t.IsName("set_config");
     const bool advisory = t.IsName("pg_advisory_lock") || t.IsName("pg_advisory_lock_shared") ||
                           t.IsName("pg_try_advisory_lock") ||
                           t.IsName("pg_try_advisory_lock_shared");
     if (!set_config && !advisory) continue;
-    const Token open = lex.Next();
-    if (!open.Is('(')) {  // not a call
-      lex.PushBack();
-      continue;
-    }
+    const bool call = scan.Next().Is('(');
+    scan.PushBack();
+    if (!call) continue;
     if (advisory) {
       return SessionError(absl::StrCat(t.text, "()"),
                           "a session-level advisory lock stays held by the pooled connection "
                           "after the call; use pg_advisory_xact_lock (or "
                           "pg_try_advisory_xact_lock) inside ExecuteTransaction");
     }
-    if (absl::Status s = CheckSetConfigCall(lex); !s.ok()) return s;
-    prev2 = prev = Token();
-    t = Token();
+    calls.push_back(SetConfigCall{depth + 1});
   }
-  if (temp && !on_commit_drop) {
+  if (!calls.empty()) {
+    return SessionError("set_config(name, value, false)",
+                        "pass true as its third argument (the setting then ends with the "
+                        "transaction), inside ExecuteTransaction to cover several statements");
+  }
+  if ((temp || (creates && temp_schema)) && !on_commit_drop) {
     return SessionError("CREATE TEMP",
                         "a temporary object outlives the call on a pooled connection (and "
                         "would hide one of the same name from later callers); create temporary "
                         "tables with ON COMMIT DROP inside ExecuteTransaction");
   }
+  if (saw_backslash != nullptr) *saw_backslash = scan.saw_backslash_in_plain_string();
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status CheckSessionStatement(absl::string_view sql) {
+  bool saw_backslash = false;
+  if (absl::Status s = CheckSession(sql, PlainStrings::kStandard, &saw_backslash); !s.ok()) {
+    return s;
+  }
+  // Read with backslash escapes too, or standard_conforming_strings = off
+  // could hide a call inside what looks like one string; unless the text is
+  // not SQL read that way (a quote left open), which PostgreSQL would refuse.
+  if (!saw_backslash) return absl::OkStatus();
+  absl::Status escaped = CheckSession(sql, PlainStrings::kBackslashEscapes, nullptr);
+  if (escaped.ok()) return escaped;
+  Lexer lex(sql, PlainStrings::kBackslashEscapes);
+  while (lex.Next().kind != Token::kEnd) {
+  }
+  return lex.unterminated() ? absl::OkStatus() : escaped;
 }
 
 }  // namespace poolside::query

@@ -35,6 +35,39 @@ TEST(StatementWordsTest, ContainsWordSeesOnlyWordsOutsideQuotingAndComments) {
   EXPECT_FALSE(ContainsWord("", "for"));
 }
 
+TEST(StatementWordsTest, CommentsEndAtCarriageReturnsAsInPostgres) {
+  EXPECT_EQ(FirstKeyword("--\rSET search_path TO evil"), "SET");
+  EXPECT_EQ(CheckSessionStatement("--\rSET search_path TO evil").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SecondKeyword("SET --\rLOCAL x = 1"), "LOCAL");
+  EXPECT_TRUE(ContainsWord("SELECT * FROM t --\rFOR UPDATE", "for"));
+}
+
+TEST(StatementWordsTest, UnicodeEscapedNamesAreRefused) {
+  for (const char* sql :
+       {"SELECT U&\"\\0073et_config\"('search_path', 'evil', false)",
+        "SELECT u&\"pg\\005Fadvisory_lock\"(8)", "CREATE TABLE U&\"pg\\005Ftemp\".t (id int)"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("U&"), absl::string_view::npos) << s;
+  }
+  EXPECT_TRUE(CheckSessionStatement("SELECT U&'d\\0061t\\+000061'").ok());
+}
+
+// standard_conforming_strings = off (a session, role or database setting)
+// makes a backslash in a plain string an escape: what looks like one string
+// can then hold a call. Statements are read both ways when it matters.
+TEST(StatementWordsTest, PlainStringsAreReadWithAndWithoutBackslashEscapes) {
+  EXPECT_EQ(
+      CheckSessionStatement("SELECT '\\'', set_config('search_path', 'evil', false) --'").code(),
+      absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CheckSessionStatement("SELECT '\\'', pg_advisory_lock(1) --'").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ContainsWord("SELECT '\\' FOR UPDATE --'", "for"));
+  // Standard strings holding backslashes are fine.
+  EXPECT_TRUE(CheckSessionStatement("SELECT * FROM t WHERE a ~ '\\d+' AND b LIKE 'x\\_%'").ok());
+}
+
 TEST(StatementWordsTest, SessionStatementsAreRefusedWithTheTransactionScopedWay) {
   for (const char* sql :
        {"SET search_path TO other", "set statement_timeout = 0", "SET SESSION work_mem = '1GB'",
@@ -66,7 +99,11 @@ TEST(StatementWordsTest, SessionSetConfigIsRefusedUnlessLocal) {
         "SELECT set_config('a.b', '1')", "SELECT 1 WHERE set_config('a.b', '1', false) = '1'",
         "SELECT set_config('a.b', '1', true), set_config('a.c', '1', false)",
         "SELECT set_config /* c */ ('a.b', 'x,y', false)",
-        "SELECT set_config('a.b', concat('(', ','), false)"}) {
+        "SELECT set_config('a.b', concat('(', ','), false)",
+        "SELECT set_config('x.y', set_config('search_path', 'evil', false), true)",
+        "SELECT 1 --\r, set_config('search_path', 'evil', false)",
+        "SELECT '\\'', set_config($$search_path$$, $$evil$$, false) --'",
+        "SELECT set_config('a.b', '1', true"}) {
     const absl::Status s = CheckSessionStatement(sql);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
     EXPECT_NE(s.message().find("set_config"), absl::string_view::npos) << s;
@@ -78,7 +115,9 @@ TEST(StatementWordsTest, SessionSetConfigIsRefusedUnlessLocal) {
         "SELECT $q$ $$ set_config('a', 'b', false) $q$",
         "SELECT E'\\' set_config(''a'', ''b'', false)'", "SELECT 1 -- set_config('a', 'b', false)",
         "SELECT /* /* set_config('a', 'b', false) */ */ 1", "SELECT \"set_config\" FROM t",
-        "SELECT my_set_config('a', 'b', false)", "SELECT current_setting('set_config')"}) {
+        "SELECT my_set_config('a', 'b', false)", "SELECT current_setting('set_config')",
+        "SELECT set_config('x.y', set_config('a.b', 'c', true), true)",
+        "SELECT '\\d+', set_config('a.b', '\\', true)"}) {
     EXPECT_TRUE(CheckSessionStatement(sql).ok()) << sql;
   }
 }
@@ -87,7 +126,8 @@ TEST(StatementWordsTest, SessionAdvisoryLocksAreRefused) {
   for (const char* sql :
        {"SELECT pg_advisory_lock(1)", "SELECT pg_advisory_lock_shared(1, 2)",
         "SELECT pg_try_advisory_lock($1)", "select PG_TRY_ADVISORY_LOCK_SHARED(7)",
-        "SELECT pg_catalog.pg_advisory_lock(1)"}) {
+        "SELECT pg_catalog.pg_advisory_lock(1)",
+        "SELECT set_config('x.y', pg_advisory_lock(7)::text, true)"}) {
     const absl::Status s = CheckSessionStatement(sql);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
     EXPECT_NE(s.message().find("pg_advisory_xact_lock"), absl::string_view::npos) << s;
@@ -101,15 +141,29 @@ TEST(StatementWordsTest, SessionAdvisoryLocksAreRefused) {
 }
 
 TEST(StatementWordsTest, TemporaryObjectsAndHeldCursorsAreRefused) {
-  for (const char* sql :
-       {"CREATE TEMP TABLE t (id int)", "create temporary table t AS SELECT 1",
-        "CREATE GLOBAL TEMPORARY TABLE t (id int)", "CREATE LOCAL TEMP TABLE t (id int)",
-        "CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "CREATE TEMP SEQUENCE s",
-        "CREATE TABLE pg_temp.t (id int)", "CREATE VIEW v AS SELECT * FROM pg_temp.t",
-        "CREATE TEMP TABLE t (id int) ON COMMIT DELETE ROWS",
-        "CREATE TEMP TABLE t (id int) ON COMMIT PRESERVE ROWS",
-        "SELECT * INTO TEMP t FROM accounts", "SELECT 1 AS x INTO TEMPORARY TABLE t",
-        "WITH a AS (SELECT 1) SELECT * INTO TEMP t FROM a"}) {
+  for (const char* sql : {"CREATE TEMP TABLE t (id int)",
+                          "create temporary table t AS SELECT 1",
+                          "CREATE GLOBAL TEMPORARY TABLE t (id int)",
+                          "CREATE LOCAL TEMP TABLE t (id int)",
+                          "CREATE OR REPLACE TEMP VIEW v AS SELECT 1",
+                          "CREATE TEMP SEQUENCE s",
+                          "CREATE TABLE pg_temp.t (id int)",
+                          "CREATE VIEW v AS SELECT * FROM pg_temp.t",
+                          "CREATE TEMP TABLE t (id int) ON COMMIT DELETE ROWS",
+                          "CREATE TEMP TABLE t (id int) ON COMMIT PRESERVE ROWS",
+                          "SELECT * INTO TEMP t FROM accounts",
+                          "SELECT 1 AS x INTO TEMPORARY TABLE t",
+                          "WITH a AS (SELECT 1) SELECT * INTO TEMP t FROM a",
+                          "SELECT 1 AS x INTO LOCAL TEMP t",
+                          "SELECT 1 AS x INTO GLOBAL TEMPORARY t",
+                          "SELECT 1 AS x INTO pg_temp.t",
+                          "SELECT 1 AS x INTO TABLE pg_temp.t",
+                          "CREATE TABLE pg_temp_3.y (id int)",
+                          "CREATE TABLE \"pg_temp_12\".y (id int)",
+                          "CREATE FUNCTION pg_temp.f() RETURNS int AS 'SELECT 1' LANGUAGE sql",
+                          "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+                          "EXPLAIN (ANALYZE) SELECT 1 INTO TEMP t",
+                          "CREATE --\rTEMP TABLE t (id int)"}) {
     const absl::Status s = CheckSessionStatement(sql);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
     EXPECT_NE(s.message().find("ON COMMIT DROP"), absl::string_view::npos) << s;
@@ -130,6 +184,9 @@ TEST(StatementWordsTest, TemporaryObjectsAndHeldCursorsAreRefused) {
   }
   EXPECT_TRUE(CheckSessionStatement("DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1").ok());
   EXPECT_TRUE(CheckSessionStatement("DECLARE c CURSOR FOR SELECT 'WITH HOLD'").ok());
+  EXPECT_TRUE(
+      CheckSessionStatement("DECLARE c CURSOR FOR WITH hold AS (SELECT 1) SELECT * FROM hold")
+          .ok());
 }
 
 // Unterminated quotes and comments end the input (run under ASan, a read past
