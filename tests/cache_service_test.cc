@@ -479,56 +479,71 @@ TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
   EXPECT_NE(stat(s->socket_path.c_str(), &gone), 0) << "socket file left behind";
 }
 
+// The query service's sidecar client watching a cache server's unix socket,
+// recording every event it reports.
+class WatchLog {
+ public:
+  // `keepalive`: see SidecarClient::Create.
+  absl::Status Start(const std::string& socket_path, absl::Duration keepalive) {
+    v1::ClientTlsConfig plaintext;
+    plaintext.set_plaintext(true);
+    absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+        absl::StrCat("unix:", socket_path), plaintext, absl::Seconds(10), keepalive);
+    if (!client.ok()) return client.status();
+    client_ = *std::move(client);
+    if (!client_->Watch([this](const query::CacheInvalidationEvent& e) {
+          absl::MutexLock lock(&mu_);
+          events_.push_back(e);
+        })) {
+      return absl::InternalError("the sidecar client cannot watch");
+    }
+    return absl::OkStatus();
+  }
+  ~WatchLog() {
+    if (client_ != nullptr) client_->StopWatching();
+  }
+
+  std::vector<query::CacheInvalidationEvent> Events() const {
+    absl::MutexLock lock(&mu_);
+    return events_;
+  }
+  size_t Count() const { return Events().size(); }
+
+ private:
+  std::unique_ptr<query::SidecarClient> client_;
+  mutable absl::Mutex mu_;
+  std::vector<query::CacheInvalidationEvent> events_ ABSL_GUARDED_BY(mu_);
+};
+
 TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsTheWatch) {
   absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
   ASSERT_TRUE(s.ok()) << s.status();
-  v1::ClientTlsConfig plaintext;
-  plaintext.set_plaintext(true);
-  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
-      absl::StrCat("unix:", s->socket_path), plaintext, absl::Seconds(10), absl::Seconds(5));
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::Mutex mu;
-  std::vector<query::CacheInvalidationEvent> events;
-  ASSERT_TRUE((*client)->Watch([&](const query::CacheInvalidationEvent& e) {
-    absl::MutexLock lock(&mu);
-    events.push_back(e);
-  }));
-  auto count = [&] {
-    absl::MutexLock lock(&mu);
-    return events.size();
-  };
-  ASSERT_TRUE(Eventually([&] { return count() == 1; }, absl::Seconds(10)));
-  {
-    absl::MutexLock lock(&mu);
-    EXPECT_EQ(events[0].kind, query::CacheInvalidationEvent::kSubscribed);
-  }
+  WatchLog watch;
+  absl::Status started = watch.Start(s->socket_path, absl::Seconds(5));
+  ASSERT_TRUE(started.ok()) << started;
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 1; }, absl::Seconds(10)));
+  EXPECT_EQ(watch.Events()[0].kind, query::CacheInvalidationEvent::kSubscribed);
   Client c{s->over_tcp.get()};  // another client than the watcher
   c.Set("k", "v", {"t1"});
   c.Invalidate({"t1", "t2"});
   c.Invalidate({}, {"p/"});
   c.Delete("k");
   c.Invalidate({}, {}, /*flush=*/true);
-  ASSERT_TRUE(Eventually([&] { return count() == 5; }, absl::Seconds(10))) << count();
-  {
-    absl::MutexLock lock(&mu);
-    EXPECT_EQ(events[1].kind, query::CacheInvalidationEvent::kInvalidate);
-    EXPECT_EQ(events[1].tags, (std::vector<std::string>{"t1", "t2"}));
-    EXPECT_EQ(events[2].prefixes, (std::vector<std::string>{"p/"}));
-    EXPECT_EQ(events[3].kind, query::CacheInvalidationEvent::kDelete);
-    EXPECT_EQ(events[3].key, "k");
-    EXPECT_TRUE(events[4].flush_all);
-  }
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 5; }, absl::Seconds(10))) << watch.Count();
+  std::vector<query::CacheInvalidationEvent> events = watch.Events();
+  EXPECT_EQ(events[1].kind, query::CacheInvalidationEvent::kInvalidate);
+  EXPECT_EQ(events[1].tags, (std::vector<std::string>{"t1", "t2"}));
+  EXPECT_EQ(events[2].prefixes, (std::vector<std::string>{"p/"}));
+  EXPECT_EQ(events[3].kind, query::CacheInvalidationEvent::kDelete);
+  EXPECT_EQ(events[3].key, "k");
+  EXPECT_TRUE(events[4].flush_all);
   // Shutting down ends the watch.
   ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
   absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0) << s->process->LogTail();
-  ASSERT_TRUE(Eventually([&] { return count() == 6; }, absl::Seconds(10)));
-  {
-    absl::MutexLock lock(&mu);
-    EXPECT_EQ(events[5].kind, query::CacheInvalidationEvent::kBroken);
-  }
-  (*client)->StopWatching();
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 6; }, absl::Seconds(10)));
+  EXPECT_EQ(watch.Events()[5].kind, query::CacheInvalidationEvent::kBroken);
 }
 
 // A sidecar that stops answering without closing its socket (here SIGSTOP)
@@ -537,38 +552,24 @@ TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsT
 TEST(CacheServiceWatchTest, AStoppedSidecarEndsTheWatchAndAResumedOneIsWatchedAgain) {
   absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
   ASSERT_TRUE(s.ok()) << s.status();
-  v1::ClientTlsConfig plaintext;
-  plaintext.set_plaintext(true);
-  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
-      absl::StrCat("unix:", s->socket_path), plaintext, absl::Seconds(1), absl::Seconds(1));
-  ASSERT_TRUE(client.ok()) << client.status();
-  absl::Mutex mu;
-  std::vector<query::CacheInvalidationEvent::Kind> kinds;
-  ASSERT_TRUE((*client)->Watch([&](const query::CacheInvalidationEvent& e) {
-    absl::MutexLock lock(&mu);
-    kinds.push_back(e.kind);
-  }));
-  auto seen = [&] {
-    absl::MutexLock lock(&mu);
-    return kinds;
-  };
-  using Kind = query::CacheInvalidationEvent::Kind;
-  ASSERT_TRUE(Eventually([&] { return seen().size() == 1; }, absl::Seconds(10)));
-  EXPECT_EQ(seen()[0], Kind::kSubscribed);
+  WatchLog watch;
+  absl::Status started = watch.Start(s->socket_path, absl::Seconds(1));
+  ASSERT_TRUE(started.ok()) << started;
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 1; }, absl::Seconds(10)));
+  EXPECT_EQ(watch.Events()[0].kind, query::CacheInvalidationEvent::kSubscribed);
   // A quiet, healthy watch is pinged every second and stays up (the server
   // accepts pings that often).
   absl::SleepFor(absl::Milliseconds(3500));
-  ASSERT_EQ(seen().size(), 1u) << "the watch broke while the sidecar was healthy";
+  ASSERT_EQ(watch.Count(), 1u) << "the watch broke while the sidecar was healthy";
 
   ASSERT_TRUE(s->process->Signal(SIGSTOP).ok());
-  const bool broken = Eventually([&] { return seen().size() == 2; }, absl::Seconds(20));
+  const bool broken = Eventually([&] { return watch.Count() == 2; }, absl::Seconds(20));
   ASSERT_TRUE(s->process->Signal(SIGCONT).ok());
   ASSERT_TRUE(broken) << "the watch of a stopped sidecar never ended";
-  EXPECT_EQ(seen()[1], Kind::kBroken);
-  ASSERT_TRUE(Eventually([&] { return seen().size() == 3; }, absl::Seconds(20)))
+  EXPECT_EQ(watch.Events()[1].kind, query::CacheInvalidationEvent::kBroken);
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 3; }, absl::Seconds(20)))
       << "the resumed sidecar was not watched again";
-  EXPECT_EQ(seen()[2], Kind::kSubscribed);
-  (*client)->StopWatching();
+  EXPECT_EQ(watch.Events()[2].kind, query::CacheInvalidationEvent::kSubscribed);
 }
 
 TEST(CacheServiceSocketTest, StaleSocketFileIsReplaced) {
