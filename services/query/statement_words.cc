@@ -1,6 +1,7 @@
 #include "services/query/statement_words.h"
 
 #include <cstdint>
+#include <string>
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/ascii.h"
@@ -120,6 +121,30 @@ class Lexer {
 
   char At(size_t i) const { return i < sql_.size() ? sql_[i] : '\0'; }
 
+  // After a string constant: whether whitespace holding a newline (then
+  // whitespace and -- comments) and a quote follow, which PostgreSQL reads
+  // as the same constant going on. If so, moves to that quote.
+  bool AtContinuation() {
+    size_t p = pos_;
+    while (At(p) == ' ' || At(p) == '\t' || At(p) == '\f') ++p;
+    if (At(p) != '\n' && At(p) != '\r') return false;
+    while (p < sql_.size()) {
+      const char c = sql_[p];
+      if (c == ' ' || c == '\t' || c == '\f' || c == '\n' || c == '\r') {
+        ++p;
+      } else if (c == '-' && At(p + 1) == '-') {
+        const size_t nl = sql_.find_first_of("\r\n", p);
+        if (nl == absl::string_view::npos) return false;
+        p = nl;
+      } else {
+        break;
+      }
+    }
+    if (At(p) != '\'') return false;
+    pos_ = p;
+    return true;
+  }
+
   // Past the closing `quote` of a quoted run starting at pos_ (doubled quotes
   // stand for one; with `backslash`, a backslash escapes the next character).
   void SkipQuoted(char quote, bool backslash) {
@@ -154,9 +179,12 @@ class Lexer {
       const absl::string_view word = sql_.substr(start, pos_ - start);
       const char prefix = word.size() == 1 ? static_cast<char>(word[0] | 0x20) : '\0';
       if (At(pos_) == '\'' && (prefix == 'e' || prefix == 'b' || prefix == 'x' || prefix == 'n')) {
-        // E'...' (backslash escapes), B'...', X'...', N'...'
+        // E'...' (backslash escapes), B'...', X'...', N'...' (a plain string).
+        const bool backslash = prefix == 'e' || (prefix == 'n' && plain_backslash_);
         t.kind = Token::kString;
-        SkipQuoted('\'', prefix == 'e');
+        SkipQuoted('\'', backslash);
+        // '...' after a newline continues the string, escapes and all.
+        while (AtContinuation()) SkipQuoted('\'', backslash);
         t.text = sql_.substr(start, pos_ - start);
         return t;
       }
@@ -174,6 +202,7 @@ class Lexer {
     if (c == '\'') {
       t.kind = Token::kString;
       SkipQuoted('\'', plain_backslash_);
+      while (AtContinuation()) SkipQuoted('\'', plain_backslash_);
       t.text = sql_.substr(start, pos_ - start);
       return t;
     }
@@ -260,6 +289,21 @@ bool ContainsWord(absl::string_view sql, absl::string_view word) {
 namespace {
 
 // pg_temp, or a session's own temporary schema pg_temp_<n>.
+// A name or string that mentions pg_temp (as a search path does).
+bool MentionsTempSchema(const Token& t) {
+  if (t.kind != Token::kWord && t.kind != Token::kQuotedIdent && t.kind != Token::kString) {
+    return false;
+  }
+  return absl::AsciiStrToLower(t.text).find("pg_temp") != std::string::npos;
+}
+
+// INSERT or MERGE where a command starts (so INTO after it names its target).
+bool StartsCommand(const Token& before) {
+  return before.kind == Token::kEnd || before.Is('(') || before.Is(')') || before.Is(';') ||
+         before.IsWord("EXPLAIN") || before.IsWord("ANALYZE") || before.IsWord("VERBOSE") ||
+         before.IsWord("DO") || before.IsWord("ALSO") || before.IsWord("INSTEAD");
+}
+
 bool IsTempSchema(const Token& t) {
   if (t.kind != Token::kWord && t.kind != Token::kQuotedIdent) return false;
   if (t.IsName("pg_temp")) return true;
@@ -275,11 +319,15 @@ bool IsTempSchema(const Token& t) {
 }
 
 // The checks made on the statement's first word `first` (`scan` is just past it).
-absl::Status CheckLeadingKeyword(const Token& first, Lexer& scan) {
+absl::Status CheckLeadingKeyword(const Token& first, const Lexer& scan) {
   if (first.IsWord("SET")) {
-    const Token second = scan.Next();
-    scan.PushBack();
-    if (!second.IsWord("LOCAL") && !second.IsWord("TRANSACTION") && !second.IsWord("CONSTRAINTS")) {
+    Lexer peek = scan;
+    const Token second = peek.Next();
+    // SET local.x = ... sets a custom setting named local.x, for the session.
+    const bool dotted = peek.Next().Is('.');
+    if ((!second.IsWord("LOCAL") && !second.IsWord("TRANSACTION") &&
+         !second.IsWord("CONSTRAINTS")) ||
+        dotted) {
       return SessionError("SET",
                           "use SET LOCAL inside ExecuteTransaction (or set_config(name, value, "
                           "true)) for settings that end with the transaction");
@@ -321,6 +369,8 @@ absl::Status CheckSession(absl::string_view sql, PlainStrings plain, bool* saw_b
   absl::InlinedVector<SetConfigCall, 2> calls;
   int depth = 0;
   bool before_first_word = true;  // only opening parentheses so far
+  bool set_statement = false;     // the statement is a SET (LOCAL, TRANSACTION, ...)
+  bool updating = false;          // just after UPDATE [ONLY] [pg_catalog.]
 
   Lexer scan(sql, plain);
   Token prev2, prev;
@@ -329,7 +379,24 @@ absl::Status CheckSession(absl::string_view sql, PlainStrings plain, bool* saw_b
       before_first_word = false;
       if (absl::Status s = CheckLeadingKeyword(t, scan); !s.ok()) return s;
       declare_options = t.IsWord("DECLARE");
+      set_statement = t.IsWord("SET");
     }
+    // pg_temp in a search path (SET LOCAL search_path, set_config) would make
+    // what the transaction creates next temporary.
+    if ((set_statement || !calls.empty()) && MentionsTempSchema(t)) {
+      return SessionError(
+          "pg_temp in a search path",
+          "tables the transaction creates would be temporary and outlive it on a pooled "
+          "connection; name the schema of what you create instead");
+    }
+    // UPDATE pg_settings is SET, for the session.
+    if (t.IsName("pg_settings") && updating) {
+      return SessionError("UPDATE pg_settings",
+                          "use SET LOCAL inside ExecuteTransaction (or set_config(name, value, "
+                          "true)) for settings that end with the transaction");
+    }
+    updating = t.IsWord("UPDATE") ||
+               (updating && (t.IsWord("ONLY") || t.IsName("pg_catalog") || t.Is('.')));
     if (t.kind == Token::kUnicodeIdent) {
       return absl::InvalidArgumentError(
           "U&\"...\" names are not accepted: poolside reads every name a statement uses to keep "
@@ -365,11 +432,13 @@ absl::Status CheckSession(absl::string_view sql, PlainStrings plain, bool* saw_b
       }
     }
     if (t.IsWord("CREATE") ||
-        (t.IsWord("INTO") && !prev.IsWord("INSERT") && !prev.IsWord("MERGE"))) {
+        (t.IsWord("INTO") &&
+         !((prev.IsWord("INSERT") || prev.IsWord("MERGE")) && StartsCommand(prev2)))) {
       creates = true;
       modifiers = true;
     }
     if (t.Is('.') && IsTempSchema(prev)) temp_schema = true;
+    if (IsTempSchema(t) && prev.IsWord("INTO") && creates) temp_schema = true;  // INTO pg_temp
     if (t.IsWord("DROP") && prev.IsWord("COMMIT") && prev2.IsWord("ON")) on_commit_drop = true;
     if (declare_options) {
       if (t.IsWord("FOR")) {
@@ -387,10 +456,19 @@ absl::Status CheckSession(absl::string_view sql, PlainStrings plain, bool* saw_b
     const bool advisory = t.IsName("pg_advisory_lock") || t.IsName("pg_advisory_lock_shared") ||
                           t.IsName("pg_try_advisory_lock") ||
                           t.IsName("pg_try_advisory_lock_shared");
-    if (!set_config && !advisory) continue;
+    // Built-ins that run SQL text they are given as a string, unread here.
+    const bool runs_text = t.IsName("query_to_xml") || t.IsName("query_to_xmlschema") ||
+                           t.IsName("query_to_xml_and_xmlschema") || t.IsName("ts_stat");
+    if (!set_config && !advisory && !runs_text) continue;
     const bool call = scan.Next().Is('(');
     scan.PushBack();
     if (!call) continue;
+    if (runs_text) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          t.text,
+          "() runs SQL text that poolside cannot check for session state left on its pooled "
+          "connections; run that query directly"));
+    }
     if (advisory) {
       return SessionError(absl::StrCat(t.text, "()"),
                           "a session-level advisory lock stays held by the pooled connection "

@@ -43,6 +43,56 @@ TEST(StatementWordsTest, CommentsEndAtCarriageReturnsAsInPostgres) {
   EXPECT_TRUE(ContainsWord("SELECT * FROM t --\rFOR UPDATE", "for"));
 }
 
+TEST(StatementWordsTest, StringsContinuedOnTheNextLineKeepTheirEscapes) {
+  // E'x' and '\'' after a newline are one E-string: \' does not end it.
+  EXPECT_EQ(CheckSessionStatement(
+                "SELECT E'x'\n'\\'', set_config($$search_path$$, $$evil$$, false), '\\'")
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CheckSessionStatement("SELECT E'x'\n-- c\n'\\'', pg_advisory_lock(7), '\\'").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(FirstKeyword("E'a'\n'b' SELECT"), "");
+  EXPECT_TRUE(ContainsWord("SELECT E'a'\n  'b' FOR", "for"));
+  EXPECT_FALSE(ContainsWord("SELECT E'a'\n'\\' FOR '", "for"));
+}
+
+TEST(StatementWordsTest, SettingsChangedOtherThanBySetAreRefused) {
+  for (const char* sql :
+       {"UPDATE pg_settings SET setting = 'evil' WHERE name = 'search_path'",
+        "update ONLY pg_catalog.pg_settings set setting = 'x' where name = 'work_mem'",
+        "UPDATE \"pg_settings\" SET setting = 'x' WHERE name = 'work_mem'", "SET local.x = 'y'",
+        "SET transaction.x TO 'y'", "SET constraints.x = 'y'"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("SET LOCAL"), absl::string_view::npos) << s;
+  }
+  for (const char* sql :
+       {"SET LOCAL search_path TO pg_temp, public", "SET LOCAL search_path = 'PG_TEMP'",
+        "SELECT set_config('search_path', 'pg_temp', true)"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("pg_temp in a search path"), absl::string_view::npos) << s;
+  }
+  for (const char* sql :
+       {"SELECT name, setting FROM pg_settings", "SET LOCAL local.x = 'y'",
+        "UPDATE t SET v = (SELECT setting FROM pg_settings WHERE name = 'work_mem')",
+        "SET LOCAL search_path TO app, public", "SELECT * FROM t FOR UPDATE"}) {
+    EXPECT_TRUE(CheckSessionStatement(sql).ok()) << sql;
+  }
+}
+
+TEST(StatementWordsTest, BuiltinsThatRunSqlTextAreRefused) {
+  for (const char* sql :
+       {"SELECT query_to_xml('select set_config(''search_path'',''x'',false)', false, false, '')",
+        "SELECT pg_catalog.ts_stat('SELECT pg_advisory_lock(1)::text::tsvector')",
+        "SELECT query_to_xml_and_xmlschema($1, true, false, '')"}) {
+    const absl::Status s = CheckSessionStatement(sql);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_NE(s.message().find("runs SQL text"), absl::string_view::npos) << s;
+  }
+  EXPECT_TRUE(CheckSessionStatement("SELECT table_to_xml('t', false, false, '')").ok());
+}
+
 TEST(StatementWordsTest, UnicodeEscapedNamesAreRefused) {
   for (const char* sql :
        {"SELECT U&\"\\0073et_config\"('search_path', 'evil', false)",
@@ -163,7 +213,12 @@ TEST(StatementWordsTest, TemporaryObjectsAndHeldCursorsAreRefused) {
                           "CREATE FUNCTION pg_temp.f() RETURNS int AS 'SELECT 1' LANGUAGE sql",
                           "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
                           "EXPLAIN (ANALYZE) SELECT 1 INTO TEMP t",
-                          "CREATE --\rTEMP TABLE t (id int)"}) {
+                          "CREATE --\rTEMP TABLE t (id int)",
+                          "SELECT 1 AS insert INTO TEMP t",
+                          "SELECT 1 AS merge INTO pg_temp.t2",
+                          "SELECT x, insert INTO TEMP t FROM y",
+                          "EXPLAIN ANALYZE SELECT 1 AS insert INTO TEMP t",
+                          "IMPORT FOREIGN SCHEMA s LIMIT TO (x) FROM SERVER srv INTO pg_temp"}) {
     const absl::Status s = CheckSessionStatement(sql);
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql;
     EXPECT_NE(s.message().find("ON COMMIT DROP"), absl::string_view::npos) << s;
@@ -173,7 +228,14 @@ TEST(StatementWordsTest, TemporaryObjectsAndHeldCursorsAreRefused) {
         "CREATE TEMPORARY TABLE t ON COMMIT DROP AS SELECT 1", "CREATE TABLE t (temp int)",
         "CREATE TABLE t AS SELECT 'CREATE TEMP TABLE x' AS s", "CREATE INDEX ON t (temp)",
         "SELECT * INTO archive FROM t", "INSERT INTO temp VALUES (1)", "SELECT temp FROM t",
-        "CREATE TABLE \"pg_temp\"\"x\" (id int)"}) {
+        "CREATE TABLE \"pg_temp\"\"x\" (id int)",
+        "WITH x AS (SELECT 1) INSERT INTO temp SELECT * FROM x",
+        "MERGE INTO temp USING s ON temp.id = s.id WHEN MATCHED THEN DELETE",
+        "MERGE INTO temp t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+        "EXPLAIN ANALYZE INSERT INTO temp VALUES (1)",
+        "CREATE RULE r AS ON INSERT TO a DO INSTEAD INSERT INTO temp VALUES (1)",
+        "IMPORT FOREIGN SCHEMA s FROM SERVER srv INTO app", "SELECT * FROM pg_temp.t",
+        "INSERT INTO pg_temp.t VALUES (1)", "SELECT 1 INTO TABLE temp"}) {
     EXPECT_TRUE(CheckSessionStatement(sql).ok()) << sql;
   }
   for (const char* sql : {"DECLARE c CURSOR WITH HOLD FOR SELECT 1",
