@@ -3,10 +3,10 @@
 // before PostgreSQL does.
 //
 // Besides memory errors (unterminated strings, quoted names, dollar quotes and
-// comments end the input), it checks: FirstKeyword and SecondKeyword return
-// views into the input made of word characters, SecondKeyword lies after
-// FirstKeyword, CheckSessionStatement answers OK or INVALID_ARGUMENT only, and
-// neither leading whitespace nor a leading comment changes any of the three.
+// comments end the input), it checks: FirstKeyword returns a view into the
+// input made of word characters, CheckSessionStatement answers OK or
+// INVALID_ARGUMENT only, and neither leading whitespace nor a leading comment
+// changes either.
 
 #include <cstdint>
 #include <cstdio>
@@ -24,7 +24,6 @@ namespace {
 
 using poolside::query::CheckSessionStatement;
 using poolside::query::FirstKeyword;
-using poolside::query::SecondKeyword;
 
 [[noreturn]] void Fail(const char* what, absl::string_view input) {
   fprintf(stderr, "statement_words_fuzzer: %s; input \"%s\"\n", what,
@@ -57,20 +56,15 @@ void CheckWord(absl::string_view word, absl::string_view input, const char* whic
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const absl::string_view sql(reinterpret_cast<const char*>(data), size);
   const absl::string_view first = FirstKeyword(sql);
-  const absl::string_view second = SecondKeyword(sql);
   CheckWord(first, sql, "FirstKeyword is not a word of the input");
-  CheckWord(second, sql, "SecondKeyword is not a word of the input");
-  if (!second.empty() && (first.empty() || second.data() < first.data() + first.size())) {
-    Fail("SecondKeyword without or before FirstKeyword", sql);
-  }
   const absl::Status verdict = CheckSessionStatement(sql);
   if (!verdict.ok() && verdict.code() != absl::StatusCode::kInvalidArgument) {
     Fail("CheckSessionStatement answered other than OK or INVALID_ARGUMENT", sql);
   }
   for (const char* prefix : {" \n\t", "/* c */", "-- c\n", "--c\r"}) {
     const std::string prefixed = absl::StrCat(prefix, sql);
-    if (FirstKeyword(prefixed) != first || SecondKeyword(prefixed) != second) {
-      Fail("a leading comment or whitespace changed the keywords", sql);
+    if (FirstKeyword(prefixed) != first) {
+      Fail("a leading comment or whitespace changed the first keyword", sql);
     }
     if (CheckSessionStatement(prefixed).code() != verdict.code()) {
       Fail("a leading comment or whitespace changed the session check", sql);

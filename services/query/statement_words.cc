@@ -268,13 +268,6 @@ absl::string_view FirstKeyword(absl::string_view sql) {
   return t.kind == Token::kWord ? t.text : absl::string_view();
 }
 
-absl::string_view SecondKeyword(absl::string_view sql) {
-  Lexer lex(sql);
-  if (FirstWord(lex).kind != Token::kWord) return {};
-  const Token t = lex.Next();
-  return t.kind == Token::kWord ? t.text : absl::string_view();
-}
-
 bool ContainsWord(absl::string_view sql, absl::string_view word) {
   for (PlainStrings plain : {PlainStrings::kStandard, PlainStrings::kBackslashEscapes}) {
     Lexer lex(sql, plain);
@@ -288,7 +281,6 @@ bool ContainsWord(absl::string_view sql, absl::string_view word) {
 
 namespace {
 
-// pg_temp, or a session's own temporary schema pg_temp_<n>.
 // A name or string that mentions pg_temp (as a search path does).
 bool MentionsTempSchema(const Token& t) {
   if (t.kind != Token::kWord && t.kind != Token::kQuotedIdent && t.kind != Token::kString) {
@@ -304,6 +296,7 @@ bool StartsCommand(const Token& before) {
          before.IsWord("DO") || before.IsWord("ALSO") || before.IsWord("INSTEAD");
 }
 
+// pg_temp, or a session's own temporary schema pg_temp_<n>.
 bool IsTempSchema(const Token& t) {
   if (t.kind != Token::kWord && t.kind != Token::kQuotedIdent) return false;
   if (t.IsName("pg_temp")) return true;

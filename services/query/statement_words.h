@@ -19,9 +19,6 @@ namespace poolside::query {
 // it does not start with one. Not upper-cased: compare with absl::EqualsIgnoreCase.
 absl::string_view FirstKeyword(absl::string_view sql);
 
-// The word right after the first one; empty if something else follows it.
-absl::string_view SecondKeyword(absl::string_view sql);
-
 // Whether `word` (compared ignoring case) is one of the statement's words,
 // outside strings, quoted names and comments.
 bool ContainsWord(absl::string_view sql, absl::string_view word);
