@@ -1,8 +1,9 @@
 #!/bin/bash
 # What gRPC's threading model costs the cache sidecar's Get (bench/results/
 # get-threading-models-*.md): cache_loadgen at --callers over a unix socket
-# against cache_server (the sidecar), get_server_models --model=callback and
-# --model=async (1 and 2 threads), and redis-benchmark GET with as many
+# against cache_server (the sidecar), get_server_models --model=callback,
+# --model=async (1 and 2 threads) and --model=hybrid (Get async on 1 thread,
+# the rest callback), and redis-benchmark GET with as many
 # clients, ROUNDS times in alternation. Prints one line per run.
 #
 #   bazel build //services/cache:cache_server //bench:cache_loadgen //bench:get_server_models
@@ -69,6 +70,8 @@ for r in $(seq "$ROUNDS"); do
     --addr="unix:$TMP/s.sock" --model=callback
   server_point "models --model=async (1)" "$BIN/bench/get_server_models" \
     --addr="unix:$TMP/s.sock" --model=async --threads=1
+  server_point "models --model=hybrid (1)" "$BIN/bench/get_server_models" \
+    --addr="unix:$TMP/s.sock" --model=hybrid --threads=1
   server_point "models --model=async (2)" "$BIN/bench/get_server_models" \
     --addr="unix:$TMP/s.sock" --model=async --threads=2
   redis-benchmark -p "$REDIS_PORT" -c "$C" -n $((SECS * 90000)) -r 10000 -t get -d 100 --csv \

@@ -7,7 +7,10 @@
 //                     written (gRPC 1.51 serves callbacks on at least two
 //                     polling threads, plus its executor);
 //   --model=async     one completion queue polled by --threads threads (1: a
-//                     single thread reads, handles and writes every call).
+//                     single thread reads, handles and writes every call);
+//   --model=hybrid    Get on one completion-queue thread, the other methods
+//                     on the callback API (whose polling threads then share
+//                     the work of reading the Gets).
 //
 // Both answer from the same map under one mutex (no TTL, tags, budget or
 // telemetry), so the difference between them is the threading. Point
@@ -29,8 +32,8 @@
 #include "proto/poolside/v1/cache.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "unix:/tmp/poolside-get-models.sock", "listen address");
-ABSL_FLAG(std::string, model, "async", "callback or async");
-ABSL_FLAG(int32_t, threads, 1, "--model=async: threads polling the completion queue");
+ABSL_FLAG(std::string, model, "async", "callback, async or hybrid");
+ABSL_FLAG(int32_t, threads, 1, "--model=async/hybrid: threads polling the completion queue");
 
 namespace poolside::bench {
 namespace {
@@ -85,6 +88,27 @@ class CallbackGetService final : public v1::CacheService::CallbackService {
   Map* const map_;
 };
 
+// Get on the async API, every other method on the callback API, in one service.
+using S = v1::CacheService;
+class HybridService final
+    : public S::WithAsyncMethod_Get<S::WithCallbackMethod_GetMany<S::WithCallbackMethod_Set<
+          S::WithCallbackMethod_Delete<S::WithCallbackMethod_Invalidate<
+              S::WithCallbackMethod_GetStats<S::WithCallbackMethod_WatchInvalidations<S::Service>>>>>>> {
+ public:
+  explicit HybridService(Map* map) : map_(map) {}
+  grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
+                                const v1::CacheSetRequest* request,
+                                v1::CacheSetResponse* response) override {
+    map_->Set(*request, response);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  Map* const map_;
+};
+
 // One outstanding request slot of one method on the async API: requested,
 // answered, then replaced by a fresh slot.
 class AsyncSlot {
@@ -93,10 +117,11 @@ class AsyncSlot {
   virtual void Proceed(bool ok) = 0;
 };
 
-template <typename Request, typename Response, auto kRequestMethod, auto kHandle>
+template <typename Service, typename Request, typename Response, auto kRequestMethod,
+          auto kHandle>
 class AsyncCall final : public AsyncSlot {
  public:
-  AsyncCall(v1::CacheService::AsyncService* service, grpc::ServerCompletionQueue* cq, Map* map)
+  AsyncCall(Service* service, grpc::ServerCompletionQueue* cq, Map* map)
       : service_(service), cq_(cq), map_(map), writer_(&context_) {
     (service_->*kRequestMethod)(&context_, &request_, &writer_, cq_, cq_, this);
   }
@@ -113,7 +138,7 @@ class AsyncCall final : public AsyncSlot {
   }
 
  private:
-  v1::CacheService::AsyncService* const service_;
+  Service* const service_;
   grpc::ServerCompletionQueue* const cq_;
   Map* const map_;
   grpc::ServerContext context_;
@@ -123,9 +148,11 @@ class AsyncCall final : public AsyncSlot {
   bool answered_ = false;
 };
 
-using AsyncGet = AsyncCall<v1::CacheGetRequest, v1::CacheGetResponse,
-                           &v1::CacheService::AsyncService::RequestGet, &Map::Get>;
-using AsyncSet = AsyncCall<v1::CacheSetRequest, v1::CacheSetResponse,
+template <typename Service>
+using AsyncGetOn = AsyncCall<Service, v1::CacheGetRequest, v1::CacheGetResponse,
+                             &Service::RequestGet, &Map::Get>;
+using AsyncGet = AsyncGetOn<v1::CacheService::AsyncService>;
+using AsyncSet = AsyncCall<v1::CacheService::AsyncService, v1::CacheSetRequest, v1::CacheSetResponse,
                            &v1::CacheService::AsyncService::RequestSet, &Map::Set>;
 
 int Main(int argc, char** argv) {
@@ -134,18 +161,22 @@ int Main(int argc, char** argv) {
   const std::string addr = absl::GetFlag(FLAGS_addr);
   const std::string model = absl::GetFlag(FLAGS_model);
   const int threads = absl::GetFlag(FLAGS_threads);
-  if ((model != "callback" && model != "async") || threads < 1) {
-    std::fprintf(stderr, "error: --model must be callback or async, --threads >= 1\n");
+  if ((model != "callback" && model != "async" && model != "hybrid") || threads < 1) {
+    std::fprintf(stderr, "error: --model must be callback, async or hybrid, --threads >= 1\n");
     return 2;
   }
   Map map;
   CallbackGetService callback_service(&map);
   v1::CacheService::AsyncService async_service;
+  HybridService hybrid_service(&map);
   grpc::ServerBuilder builder;
   builder.AddListeningPort(addr, grpc::InsecureServerCredentials());
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
   if (model == "callback") {
     builder.RegisterService(&callback_service);
+  } else if (model == "hybrid") {
+    builder.RegisterService(&hybrid_service);
+    cqs.push_back(builder.AddCompletionQueue());
   } else {
     builder.RegisterService(&async_service);
     cqs.push_back(builder.AddCompletionQueue());
@@ -156,14 +187,18 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::fprintf(stderr, "serving %s (%s, %d thread(s))\n", addr.c_str(), model.c_str(),
-               model == "async" ? threads : 0);
+               model == "callback" ? 0 : threads);
   if (model == "callback") {
     server->Wait();
     return 0;
   }
   grpc::ServerCompletionQueue* cq = cqs[0].get();
-  for (int i = 0; i < 64; ++i) new AsyncGet(&async_service, cq, &map);
-  for (int i = 0; i < 4; ++i) new AsyncSet(&async_service, cq, &map);
+  if (model == "hybrid") {
+    for (int i = 0; i < 64; ++i) new AsyncGetOn<HybridService>(&hybrid_service, cq, &map);
+  } else {
+    for (int i = 0; i < 64; ++i) new AsyncGet(&async_service, cq, &map);
+    for (int i = 0; i < 4; ++i) new AsyncSet(&async_service, cq, &map);
+  }
   std::vector<std::thread> pollers;
   for (int i = 0; i < threads; ++i) {
     pollers.emplace_back([cq] {
