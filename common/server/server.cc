@@ -12,10 +12,25 @@
 #include "absl/strings/str_join.h"
 #include "common/server/tls.h"
 #include "common/telemetry/log.h"
+#include "grpcpp/ext/health_check_service_server_builder_option.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 
 namespace poolside::server {
+namespace {
+
+// Drops the builder's plugins: reflection's (registered process-wide by
+// InitProtoReflectionServerBuilderPlugin) is a synchronous service, whose
+// polling threads a queue server must not have.
+class NoPlugins final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->clear();
+  }
+};
+
+}  // namespace
 
 void BlockTerminationSignals() {
   sigset_t set;
@@ -26,8 +41,16 @@ void BlockTerminationSignals() {
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const bool queue = !options.queue_services.empty();
+  if (queue && !options.services.empty()) {
+    return absl::InvalidArgumentError(
+        "a server has callback services or queue services, not both "
+        "(common/server/queue_service.h)");
+  }
+  if (!queue) {
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  }
   std::unique_ptr<Server> s(new Server());
   s->options_ = std::move(options);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tcp_credentials =
@@ -57,6 +80,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
                                s->options_.fixed_stream_window_bytes);
   }
   for (grpc::Service* service : s->options_.services) builder.RegisterService(service);
+  if (queue) {
+    s->queue_health_ = std::make_unique<QueueHealthService>();
+    s->options_.queue_services.push_back(s->queue_health_.get());
+    builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
+    builder.SetOption(std::make_unique<NoPlugins>());
+    for (QueueService* service : s->options_.queue_services) {
+      builder.RegisterService(service->grpc_service());
+    }
+    s->cq_ = builder.AddCompletionQueue();
+  }
   if (!s->options_.interceptors.empty()) {
     builder.experimental().SetInterceptorCreators(std::move(s->options_.interceptors));
     s->options_.interceptors.clear();
@@ -72,11 +105,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", s->options_.extra_listen[i]));
     }
   }
-  if (auto* health = s->server_->GetHealthCheckService()) {
-    health->SetServingStatus("liveness", true);
-    if (!s->options_.serving_at_start) health->SetServingStatus("", false);
+  if (queue) {
+    for (QueueService* service : s->options_.queue_services) service->Begin(s->cq_.get());
+    s->cq_thread_ = std::thread([cq = s->cq_.get()] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (cq->Next(&tag, &ok)) static_cast<QueueTag*>(tag)->Proceed(ok);
+    });
+    s->health_ = s->queue_health_.get();
+  } else {
+    s->health_ = s->server_->GetHealthCheckService();
+  }
+  if (s->health_ != nullptr) {
+    s->health_->SetServingStatus("liveness", true);
+    if (!s->options_.serving_at_start) s->health_->SetServingStatus("", false);
     absl::MutexLock lock(&s->readiness_->mu);
-    s->readiness_->health = health;
+    s->readiness_->health = s->health_;
   }
   if (!s->options_.port_file.empty()) {
     // Written atomically so a reader never sees a partial number.
@@ -130,12 +174,19 @@ void Server::Shutdown() {
     absl::MutexLock lock(&readiness_->mu);
     readiness_->health = nullptr;
   }
-  if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
+  if (health_ != nullptr) health_->SetServingStatus(false);
   if (options_.before_drain) options_.before_drain();
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));
   server_->Shutdown(deadline);
   server_->Wait();
+  if (queue_health_ != nullptr) queue_health_->Shutdown();
+  if (cq_ != nullptr) {
+    // After the server's shutdown, as gRPC requires; Next() returns false once
+    // every outstanding tag has come back.
+    cq_->Shutdown();
+    if (cq_thread_.joinable()) cq_thread_.join();
+  }
   telemetry::LogInfo("stopped");
 }
 

@@ -7,6 +7,11 @@
 // SIGTERM/SIGINT (stop accepting, let in-flight calls finish for a bounded time,
 // cancel the rest).
 //
+// Services use gRPC's callback API (`services`), or, for services whose every
+// call is a short non-blocking step, the async API served by one thread
+// (`queue_services`, see common/server/queue_service.h; such a server serves
+// the health Check itself and no reflection).
+//
 //   int main() {
 //     poolside::server::BlockTerminationSignals();   // first, before any thread
 //     MyService service(...);
@@ -20,12 +25,14 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/queue_service.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "proto/poolside/v1/config.pb.h"
@@ -42,7 +49,11 @@ struct ServerOptions {
   // certificate or says plaintext explicitly (see common/server/tls.h).
   v1::TlsConfig tls;
   absl::Duration drain_timeout = absl::Seconds(10);
+  // Callback-API services.
   std::vector<grpc::Service*> services;
+  // Or queue services, all served by one thread polling one completion queue
+  // (not both: Start() refuses the mix). Each must outlive the Server.
+  std::vector<QueueService*> queue_services;
   int max_receive_message_bytes = 64 << 20;
   int max_send_message_bytes = 64 << 20;
   // Keep each stream's HTTP/2 receive window at a fixed size (no BDP-driven
@@ -81,13 +92,20 @@ class Server {
   // Waits for SIGTERM or SIGINT, then Shutdown(). Returns the signal number.
   int WaitForTermination();
   // Marks the server NOT_SERVING, stops accepting, waits up to drain_timeout for
-  // in-flight calls, then cancels what is left. Idempotent.
+  // in-flight calls, then cancels what is left (and, for queue services, stops
+  // the queue thread once every call has ended). Idempotent.
   void Shutdown();
 
  private:
   Server() = default;
   ServerOptions options_;
+  // Queue servers only: the health service, the queue and its thread. Declared
+  // before server_, so they outlive it.
+  std::unique_ptr<QueueHealthService> queue_health_;
+  std::unique_ptr<grpc::ServerCompletionQueue> cq_;
+  std::thread cq_thread_;
   std::unique_ptr<grpc::Server> server_;
+  grpc::HealthCheckServiceInterface* health_ = nullptr;
   int port_ = 0;
   bool shut_down_ = false;
   // Shared with MarkServingCallback()'s callbacks; `health` is cleared at

@@ -1,0 +1,146 @@
+#ifndef POOLSIDE_COMMON_SERVER_QUEUE_SERVICE_H_
+#define POOLSIDE_COMMON_SERVER_QUEUE_SERVICE_H_
+
+// Services served by ONE thread: gRPC's async API, one completion queue, one
+// thread that polls it and runs every call's handler inline.
+//
+// Why a second model next to the callback API (which every other service
+// uses): gRPC 1.51's callback server always polls with at least two threads
+// (clamp(cores / 2, 2, 16)), and on a 2-core host those threads hand the
+// poller role to each other at every wake-up. For a service whose every call
+// is a short in-memory step (the cache sidecar) that hand-off is most of the
+// cost: the same Get handler served by one queue thread ran 1.5x the calls
+// with a p99 of 0.3-0.4 ms instead of 2.2-2.5 ms at 32 callers
+// (bench/results/get-threading-models-*.md). A queue service's handlers must
+// therefore never block: there is no other thread to serve calls meanwhile.
+//
+// A server (common/server/server.h) has either callback services or queue
+// services, not both: a single callback method brings the callback API's
+// polling threads back (and with them the hand-offs), and so would a
+// synchronous one; for the same reason a queue server serves grpc.health.v1
+// Check itself on its queue and no gRPC reflection.
+//
+// Threading: Begin() runs on the thread that starts the server, before the
+// queue thread polls; every QueueTag::Proceed runs on the queue thread. State
+// that only calls touch needs no lock; other threads reach it with
+// RunOnQueue().
+
+#include <functional>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+
+#include "common/server/status.h"
+#include "proto/grpc/health/v1/health.grpc.pb.h"
+
+namespace poolside::server {
+
+// What a queue operation's tag points to: Proceed(ok) runs on the queue
+// thread when the operation completes (ok as gRPC reports it).
+class QueueTag {
+ public:
+  virtual void Proceed(bool ok) = 0;
+
+ protected:
+  ~QueueTag() = default;
+};
+
+class QueueService {
+ public:
+  virtual ~QueueService() = default;
+  // The generated AsyncService to register; every method of it must be
+  // requested in Begin() (a method never requested leaves its calls waiting).
+  virtual grpc::Service* grpc_service() = 0;
+  // Requests the first calls on `cq`, the server's one completion queue.
+  virtual void Begin(grpc::ServerCompletionQueue* cq) = 0;
+};
+
+// Runs `fn` on the queue thread of `cq`, soon. The queue must not be shut
+// down yet (Server shuts it down after the drain, see server.h).
+void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
+
+// One requested call of a unary method, answered inline by a handler of
+// `Owner`: absl::Status (Owner::*kHandle)(const Request&, Response*). Once a
+// call arrives, another is requested in its place, so the method keeps as
+// many requests outstanding as Begin() started.
+//
+//   using GetCall = UnaryQueueCall<Impl, v1::Foo::AsyncService, GetRequest,
+//                                  GetResponse, &v1::Foo::AsyncService::RequestGet,
+//                                  &Impl::Get>;
+//   for (int i = 0; i < 8; ++i) GetCall::Post(this, &async_, cq);
+template <typename Owner, typename AsyncService, typename Request, typename Response,
+          auto kRequestMethod, auto kHandle>
+class UnaryQueueCall final : public QueueTag {
+ public:
+  static void Post(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq) {
+    new UnaryQueueCall(owner, service, cq);
+  }
+
+  void Proceed(bool ok) override {
+    // !ok before the answer: the server is shutting down; after it: the
+    // answer could not be sent (the caller is gone). Either way, done.
+    if (!ok || answered_) {
+      delete this;
+      return;
+    }
+    Post(owner_, service_, cq_);
+    answered_ = true;
+    const absl::Status status = (owner_->*kHandle)(request_, &response_);
+    if (status.ok()) {
+      writer_.Finish(response_, grpc::Status::OK, this);
+    } else {
+      writer_.FinishWithError(ToGrpcStatus(status), this);
+    }
+  }
+
+ private:
+  UnaryQueueCall(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq)
+      : owner_(owner), service_(service), cq_(cq), writer_(&context_) {
+    (service_->*kRequestMethod)(&context_, &request_, &writer_, cq_, cq_, this);
+  }
+  ~UnaryQueueCall() = default;
+
+  Owner* const owner_;
+  AsyncService* const service_;
+  grpc::ServerCompletionQueue* const cq_;
+  grpc::ServerContext context_;
+  Request request_;
+  Response response_;
+  grpc::ServerAsyncResponseWriter<Response> writer_;
+  bool answered_ = false;
+};
+
+// grpc.health.v1.Health/Check served on a queue server's queue, and the
+// HealthCheckServiceInterface through which Server sets its statuses (as
+// gRPC's default health service does for callback servers): "" (the server
+// as a whole) starts SERVING; a name never set is NOT_FOUND; after Shutdown()
+// every name is NOT_SERVING for good. SetServingStatus is thread-safe.
+class QueueHealthService final : public QueueService, public grpc::HealthCheckServiceInterface {
+ public:
+  QueueHealthService();
+
+  grpc::Service* grpc_service() override { return &async_; }
+  void Begin(grpc::ServerCompletionQueue* cq) override;
+
+  void SetServingStatus(const std::string& service_name, bool serving) override;
+  void SetServingStatus(bool serving) override;
+  void Shutdown() override;
+
+  absl::Status Check(const grpc::health::v1::HealthCheckRequest& request,
+                     grpc::health::v1::HealthCheckResponse* response);
+
+ private:
+  grpc::health::v1::Health::AsyncService async_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);
+  bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace poolside::server
+
+#endif  // POOLSIDE_COMMON_SERVER_QUEUE_SERVICE_H_
