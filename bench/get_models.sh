@@ -64,7 +64,7 @@ redis-benchmark -p "$REDIS_PORT" -c 8 -n 50000 -r 10000 -t set -d 100 -q >/dev/n
 
 for r in $(seq "$ROUNDS"); do
   echo "# round $r"
-  server_point "cache_server (callback)" "$BIN/services/cache/cache_server" \
+  server_point "cache_server" "$BIN/services/cache/cache_server" \
     --config="$TMP/cache.json" --log_level=warning
   server_point "models --model=callback" "$BIN/bench/get_server_models" \
     --addr="unix:$TMP/s.sock" --model=callback

@@ -7,18 +7,21 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/server/reactor_lock.h"
-#include "common/server/status.h"
+#include "absl/synchronization/notification.h"
 #include "common/telemetry/log.h"
 
 namespace poolside::cache {
 namespace {
 
-grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const absl::Status& status) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(server::ToGrpcStatus(status));
-  return reactor;
-}
+using Async = v1::CacheService::AsyncService;
+template <typename Request, typename Response, auto kRequestMethod, auto kHandle>
+using Call =
+    server::UnaryQueueCall<CacheServiceImpl, Async, Request, Response, kRequestMethod, kHandle>;
+
+// Requests outstanding per method: the hot ones get enough that calls arriving
+// together rarely wait for a request to be posted.
+constexpr int kHotSlots = 32;
+constexpr int kSlots = 4;
 
 uint32_t ClampMs(absl::Duration d) {
   const int64_t ms = absl::ToInt64Milliseconds(d);
@@ -41,127 +44,191 @@ v1::CacheSetResponse::Reason ReasonOf(CacheStore::SetResult r) {
 
 }  // namespace
 
-// One WatchInvalidations stream. Writes go out one at a time from queue_;
-// Finish is called once, when no write is outstanding.
-class CacheServiceImpl::Watch : public grpc::ServerWriteReactor<v1::CacheInvalidationEvent> {
+// One WatchInvalidations stream, on the queue thread. Events go out one write
+// at a time from queue_; Finish is called once, when no write is outstanding.
+// The object goes once gRPC has reported the call done (its done tag) and no
+// operation of it is outstanding.
+class CacheServiceImpl::Watch {
  public:
-  explicit Watch(CacheServiceImpl* service) : service_(service) {}
+  // Requests one watch call; when it arrives, requests the next.
+  static void Post(CacheServiceImpl* service) { new Watch(service); }
 
   // Queues `event`; a full queue ends the watch instead.
   void Push(const v1::CacheInvalidationEvent& event) {
-    const v1::CacheInvalidationEvent* write = nullptr;
-    {
-      Lock lock(this, &mu_);
-      if (ending_) return;
-      if (queue_.size() >= kMaxQueuedEvents) {
-        End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                         "watcher too slow: invalidation events were dropped"),
-            lock);
-      } else {
-        queue_.push_back(event);
-        if (!writing_) {
-          writing_ = true;
-          write = &queue_.front();
-        }
-      }
+    if (ending_) return;
+    if (queue_.size() >= kMaxQueuedEvents) {
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "watcher too slow: invalidation events were dropped"));
+      return;
     }
-    if (write != nullptr) StartWrite(write);  // no Finish before its OnWriteDone
+    queue_.push_back(event);
+    if (!writing_) WriteFront();
   }
 
   void Stop(grpc::Status status) {
-    Lock lock(this, &mu_);
-    if (ending_) return;
-    End(std::move(status), lock);
-  }
-
-  void OnWriteDone(bool ok) override {
-    const v1::CacheInvalidationEvent* write = nullptr;
-    {
-      Lock lock(this, &mu_);
-      queue_.pop_front();
-      writing_ = false;
-      if (!ok && !ending_) {
-        End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"), lock);
-      } else if (ending_) {
-        if (!finished_) lock.FinishAfterUnlock(status_);
-        finished_ = true;
-      } else if (!queue_.empty()) {
-        writing_ = true;
-        write = &queue_.front();
-      }
-    }
-    if (write != nullptr) StartWrite(write);
-  }
-
-  void OnCancel() override { Stop(grpc::Status::CANCELLED); }
-
-  void OnDone() override {
-    service_->Unregister(this);
-    delete this;
+    if (!ending_) End(std::move(status));
   }
 
  private:
-  using Lock = server::ReactorLock<Watch>;
+  // A tag that runs one step of this watch.
+  template <void (Watch::*kStep)(bool)>
+  class Step final : public server::QueueTag {
+   public:
+    explicit Step(Watch* watch) : watch_(watch) {}
+    void Proceed(bool ok) override { (watch_->*kStep)(ok); }
 
-  // Marks the watch ending; finishes it once `lock` is released unless a write
-  // is outstanding (then its OnWriteDone does).
-  void End(grpc::Status status, Lock& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+   private:
+    Watch* const watch_;
+  };
+
+  explicit Watch(CacheServiceImpl* service) : service_(service), writer_(&context_) {
+    // Before the request: the done tag comes back for every call that starts.
+    context_.AsyncNotifyWhenDone(&done_);
+    service_->async_.RequestWatchInvalidations(&context_, &request_, &writer_, service_->cq_,
+                                               service_->cq_, &requested_);
+  }
+  ~Watch() = default;
+
+  void OnRequested(bool ok) {
+    if (!ok) {  // shutting down: the call never started, no done tag follows
+      delete this;
+      return;
+    }
+    Post(service_);
+    if (service_->watches_ended_) {
+      End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
+      return;
+    }
+    service_->watches_.insert(this);
+    service_->watch_count_.fetch_add(1, std::memory_order_relaxed);
+    v1::CacheInvalidationEvent subscribed;
+    subscribed.set_subscribed(true);
+    Push(subscribed);
+  }
+
+  void OnWritten(bool ok) {
+    writing_ = false;
+    queue_.pop_front();
+    if (!ok) {  // the stream is broken: the caller is gone
+      broken_ = true;
+      End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"));
+    } else if (ending_) {
+      FinishNow();
+    } else if (!queue_.empty()) {
+      WriteFront();
+    }
+    MaybeDelete();
+  }
+
+  void OnFinished(bool /*ok*/) {
+    finishing_ = false;
+    MaybeDelete();
+  }
+
+  void OnDone(bool /*ok*/) {
+    done_called_ = true;
+    if (context_.IsCancelled()) {
+      broken_ = true;
+      Stop(grpc::Status::CANCELLED);
+    }
+    MaybeDelete();
+  }
+
+  void WriteFront() {
+    writing_ = true;
+    writer_.Write(queue_.front(), &written_);
+  }
+
+  // Marks the watch ending; finishes it now unless a write is outstanding
+  // (then OnWritten does).
+  void End(grpc::Status status) {
     ending_ = true;
     status_ = std::move(status);
-    if (!writing_) {
-      finished_ = true;
-      lock.FinishAfterUnlock(status_);
+    Forget();
+    if (!writing_) FinishNow();
+  }
+
+  // No more events for this watch.
+  void Forget() {
+    if (service_->watches_.erase(this) > 0) {
+      service_->watch_count_.fetch_sub(1, std::memory_order_relaxed);
     }
   }
 
+  void FinishNow() {
+    if (finish_sent_ || broken_) return;  // a broken call needs no Finish
+    finish_sent_ = true;
+    finishing_ = true;
+    writer_.Finish(status_, &finished_);
+  }
+
+  void MaybeDelete() {
+    if (!done_called_ || writing_ || finishing_) return;
+    Forget();
+    delete this;
+  }
+
   CacheServiceImpl* const service_;
-  absl::Mutex mu_;
-  std::deque<v1::CacheInvalidationEvent> queue_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool ending_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  grpc::ServerContext context_;
+  v1::CacheWatchRequest request_;
+  grpc::ServerAsyncWriter<v1::CacheInvalidationEvent> writer_;
+  Step<&Watch::OnRequested> requested_{this};
+  Step<&Watch::OnWritten> written_{this};
+  Step<&Watch::OnFinished> finished_{this};
+  Step<&Watch::OnDone> done_{this};
+
+  std::deque<v1::CacheInvalidationEvent> queue_;
+  bool writing_ = false;
+  bool ending_ = false;
+  bool broken_ = false;
+  bool finish_sent_ = false;
+  bool finishing_ = false;
+  bool done_called_ = false;
+  grpc::Status status_;
 };
 
-CacheServiceImpl::~CacheServiceImpl() { EndWatches(); }
+CacheServiceImpl::~CacheServiceImpl() = default;
 
-grpc::ServerWriteReactor<v1::CacheInvalidationEvent>* CacheServiceImpl::WatchInvalidations(
-    grpc::CallbackServerContext* /*context*/, const v1::CacheWatchRequest* /*request*/) {
-  auto* watch = new Watch(this);
-  v1::CacheInvalidationEvent subscribed;
-  subscribed.set_subscribed(true);
-  absl::MutexLock lock(&watches_mu_);
-  if (watches_ended_) {
-    watch->Stop(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
-    return watch;
+void CacheServiceImpl::Begin(grpc::ServerCompletionQueue* cq) {
+  cq_ = cq;
+  for (int i = 0; i < kHotSlots; ++i) {
+    Call<v1::CacheGetRequest, v1::CacheGetResponse, &Async::RequestGet,
+         &CacheServiceImpl::Get>::Post(this, &async_, cq);
+    Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse, &Async::RequestGetMany,
+         &CacheServiceImpl::GetMany>::Post(this, &async_, cq);
+    Call<v1::CacheSetRequest, v1::CacheSetResponse, &Async::RequestSet,
+         &CacheServiceImpl::Set>::Post(this, &async_, cq);
   }
-  watches_.insert(watch);
-  // Under watches_mu_: no event published after registration can overtake it.
-  watch->Push(subscribed);
-  return watch;
+  for (int i = 0; i < kSlots; ++i) {
+    Call<v1::CacheDeleteRequest, v1::CacheDeleteResponse, &Async::RequestDelete,
+         &CacheServiceImpl::Delete>::Post(this, &async_, cq);
+    Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse, &Async::RequestInvalidate,
+         &CacheServiceImpl::Invalidate>::Post(this, &async_, cq);
+    Call<v1::CacheGetStatsRequest, v1::CacheStats, &Async::RequestGetStats,
+         &CacheServiceImpl::GetStats>::Post(this, &async_, cq);
+    Watch::Post(this);
+  }
 }
 
 void CacheServiceImpl::Publish(const v1::CacheInvalidationEvent& event) {
-  absl::MutexLock lock(&watches_mu_);
-  for (Watch* watch : watches_) watch->Push(event);
-}
-
-void CacheServiceImpl::Unregister(Watch* watch) {
-  absl::MutexLock lock(&watches_mu_);
-  watches_.erase(watch);
+  // Push may end a watch, which erases it from watches_: iterate a copy.
+  const std::vector<Watch*> watches(watches_.begin(), watches_.end());
+  for (Watch* watch : watches) watch->Push(event);
 }
 
 void CacheServiceImpl::EndWatches() {
-  absl::MutexLock lock(&watches_mu_);
-  watches_ended_ = true;
-  for (Watch* watch : watches_) {
-    watch->Stop(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
-  }
-}
-
-size_t CacheServiceImpl::watch_count() const {
-  absl::MutexLock lock(&watches_mu_);
-  return watches_.size();
+  if (cq_ == nullptr) return;  // never served
+  absl::Notification ended;
+  server::RunOnQueue(cq_, [this, &ended] {
+    watches_ended_ = true;
+    const std::vector<Watch*> watches(watches_.begin(), watches_.end());
+    for (Watch* watch : watches) {
+      watch->Stop(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
+    }
+    ended.Notify();
+  });
+  ended.WaitForNotification();
 }
 
 absl::Status CacheServiceImpl::CheckKey(const std::string& key) const {
@@ -194,125 +261,112 @@ void CacheServiceImpl::Lookup(const std::string& key, v1::CacheGetResponse* resp
   }
 }
 
-grpc::ServerUnaryReactor* CacheServiceImpl::Get(grpc::CallbackServerContext* context,
-                                                const v1::CacheGetRequest* request,
-                                                v1::CacheGetResponse* response) {
-  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
-  Lookup(request->key(), response);
-  return Answer(context, absl::OkStatus());
+absl::Status CacheServiceImpl::Get(const v1::CacheGetRequest& request,
+                                   v1::CacheGetResponse* response) {
+  if (absl::Status s = CheckKey(request.key()); !s.ok()) return s;
+  Lookup(request.key(), response);
+  return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* CacheServiceImpl::GetMany(grpc::CallbackServerContext* context,
-                                                    const v1::CacheGetManyRequest* request,
-                                                    v1::CacheGetManyResponse* response) {
-  if (request->keys_size() == 0 || request->keys_size() > kMaxGetManyKeys) {
-    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
-                               "GetMany takes 1 to ", kMaxGetManyKeys, " keys; got ",
-                               request->keys_size())));
+absl::Status CacheServiceImpl::GetMany(const v1::CacheGetManyRequest& request,
+                                       v1::CacheGetManyResponse* response) {
+  if (request.keys_size() == 0 || request.keys_size() > kMaxGetManyKeys) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GetMany takes 1 to ", kMaxGetManyKeys, " keys; got ", request.keys_size()));
   }
-  for (int i = 0; i < request->keys_size(); ++i) {
-    if (absl::Status s = CheckKey(request->keys(i)); !s.ok()) {
-      return Answer(context, absl::InvalidArgumentError(
-                                 absl::StrCat("keys[", i, "]: ", s.message())));
+  for (int i = 0; i < request.keys_size(); ++i) {
+    if (absl::Status s = CheckKey(request.keys(i)); !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("keys[", i, "]: ", s.message()));
     }
   }
-  response->mutable_results()->Reserve(request->keys_size());
-  for (const std::string& key : request->keys()) Lookup(key, response->add_results());
-  return Answer(context, absl::OkStatus());
+  response->mutable_results()->Reserve(request.keys_size());
+  for (const std::string& key : request.keys()) Lookup(key, response->add_results());
+  return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* CacheServiceImpl::Set(grpc::CallbackServerContext* context,
-                                                const v1::CacheSetRequest* request,
-                                                v1::CacheSetResponse* response) {
-  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
-  if (request->ttl_ms() == 0 || request->ttl_ms() > limits_.max_ttl_ms) {
-    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
-                               "ttl_ms must be between 1 and maxTtlMs = ", limits_.max_ttl_ms,
-                               ", got ", request->ttl_ms())));
+absl::Status CacheServiceImpl::Set(const v1::CacheSetRequest& request,
+                                   v1::CacheSetResponse* response) {
+  if (absl::Status s = CheckKey(request.key()); !s.ok()) return s;
+  if (request.ttl_ms() == 0 || request.ttl_ms() > limits_.max_ttl_ms) {
+    return absl::InvalidArgumentError(absl::StrCat("ttl_ms must be between 1 and maxTtlMs = ",
+                                                   limits_.max_ttl_ms, ", got ", request.ttl_ms()));
   }
-  if (request->stale_ms() > limits_.max_ttl_ms) {
-    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
-                               "stale_ms must be at most maxTtlMs = ", limits_.max_ttl_ms,
-                               ", got ", request->stale_ms())));
+  if (request.stale_ms() > limits_.max_ttl_ms) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stale_ms must be at most maxTtlMs = ", limits_.max_ttl_ms, ", got ", request.stale_ms()));
   }
-  if (request->tags_size() > static_cast<int>(limits_.max_tags)) {
-    return Answer(context, absl::InvalidArgumentError(absl::StrCat(
-                               request->tags_size(), " tags; the limit is maxTags = ",
-                               limits_.max_tags)));
+  if (request.tags_size() > static_cast<int>(limits_.max_tags)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(request.tags_size(), " tags; the limit is maxTags = ", limits_.max_tags));
   }
-  for (const std::string& tag : request->tags()) {
+  for (const std::string& tag : request.tags()) {
     if (tag.empty() || tag.size() > limits_.max_key_bytes) {
-      return Answer(context, absl::InvalidArgumentError(absl::StrCat(
-                                 "tags must be 1 to maxKeyBytes = ", limits_.max_key_bytes,
-                                 " bytes; got one of ", tag.size())));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tags must be 1 to maxKeyBytes = ", limits_.max_key_bytes,
+                       " bytes; got one of ", tag.size()));
     }
   }
-  CacheStore::SetResult r = store_->Set(
-      request->key(), request->value(), absl::Milliseconds(request->ttl_ms()),
-      absl::Milliseconds(request->stale_ms()),
-      std::vector<std::string>(request->tags().begin(), request->tags().end()),
-      request->read_generation());
+  CacheStore::SetResult r =
+      store_->Set(request.key(), request.value(), absl::Milliseconds(request.ttl_ms()),
+                  absl::Milliseconds(request.stale_ms()),
+                  std::vector<std::string>(request.tags().begin(), request.tags().end()),
+                  request.read_generation());
   response->set_stored(r == CacheStore::SetResult::kStored);
   response->set_reason(ReasonOf(r));
-  return Answer(context, absl::OkStatus());
+  return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* CacheServiceImpl::Delete(grpc::CallbackServerContext* context,
-                                                   const v1::CacheDeleteRequest* request,
-                                                   v1::CacheDeleteResponse* response) {
-  if (absl::Status s = CheckKey(request->key()); !s.ok()) return Answer(context, s);
-  response->set_deleted(store_->Delete(request->key()));
+absl::Status CacheServiceImpl::Delete(const v1::CacheDeleteRequest& request,
+                                      v1::CacheDeleteResponse* response) {
+  if (absl::Status s = CheckKey(request.key()); !s.ok()) return s;
+  response->set_deleted(store_->Delete(request.key()));
   v1::CacheInvalidationEvent event;
-  event.set_deleted_key(request->key());
+  event.set_deleted_key(request.key());
   Publish(event);
-  return Answer(context, absl::OkStatus());
+  return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* CacheServiceImpl::Invalidate(grpc::CallbackServerContext* context,
-                                                       const v1::CacheInvalidateRequest* request,
-                                                       v1::CacheInvalidateResponse* response) {
-  if (request->tags().empty() && request->prefixes().empty() && !request->flush_all()) {
-    return Answer(context, absl::InvalidArgumentError(
-                               "Invalidate needs tags, prefixes, or flush_all = true"));
+absl::Status CacheServiceImpl::Invalidate(const v1::CacheInvalidateRequest& request,
+                                          v1::CacheInvalidateResponse* response) {
+  if (request.tags().empty() && request.prefixes().empty() && !request.flush_all()) {
+    return absl::InvalidArgumentError("Invalidate needs tags, prefixes, or flush_all = true");
   }
-  for (const std::string& tag : request->tags()) {
-    if (tag.empty()) return Answer(context, absl::InvalidArgumentError("empty tag"));
+  for (const std::string& tag : request.tags()) {
+    if (tag.empty()) return absl::InvalidArgumentError("empty tag");
   }
-  for (const std::string& prefix : request->prefixes()) {
+  for (const std::string& prefix : request.prefixes()) {
     if (prefix.empty()) {
-      return Answer(context, absl::InvalidArgumentError(
-                                 "empty prefix (it would match every key: use flush_all)"));
+      return absl::InvalidArgumentError("empty prefix (it would match every key: use flush_all)");
     }
   }
-  std::vector<std::string> tags(request->tags().begin(), request->tags().end());
-  std::vector<std::string> prefixes(request->prefixes().begin(), request->prefixes().end());
-  CacheStore::InvalidateResult r = store_->Invalidate(tags, prefixes, request->flush_all());
+  std::vector<std::string> tags(request.tags().begin(), request.tags().end());
+  std::vector<std::string> prefixes(request.prefixes().begin(), request.prefixes().end());
+  CacheStore::InvalidateResult r = store_->Invalidate(tags, prefixes, request.flush_all());
   response->set_removed(r.removed);
   response->set_generation(r.generation);
   v1::CacheInvalidationEvent event;
-  *event.mutable_tags() = request->tags();
-  *event.mutable_prefixes() = request->prefixes();
-  event.set_flush_all(request->flush_all());
+  *event.mutable_tags() = request.tags();
+  *event.mutable_prefixes() = request.prefixes();
+  event.set_flush_all(request.flush_all());
   event.set_generation(r.generation);
-  event.set_source(request->source());
+  event.set_source(request.source());
   Publish(event);
   const telemetry::LogLevel level =
-      request->flush_all() ? telemetry::LogLevel::kInfo : telemetry::LogLevel::kDebug;
+      request.flush_all() ? telemetry::LogLevel::kInfo : telemetry::LogLevel::kDebug;
   if (telemetry::LogEnabled(level)) {
     telemetry::Log(level, "invalidate",
-                   {{"source", request->source()},
+                   {{"source", request.source()},
                     {"tags", absl::StrJoin(tags, ",")},
                     {"prefixes", absl::StrJoin(prefixes, ",")},
-                    {"flush_all", request->flush_all() ? "true" : "false"},
+                    {"flush_all", request.flush_all() ? "true" : "false"},
                     {"removed", absl::StrCat(r.removed)},
                     {"generation", absl::StrCat(r.generation)}});
   }
-  return Answer(context, absl::OkStatus());
+  return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* CacheServiceImpl::GetStats(grpc::CallbackServerContext* context,
-                                                     const v1::CacheGetStatsRequest* /*request*/,
-                                                     v1::CacheStats* response) {
+absl::Status CacheServiceImpl::GetStats(const v1::CacheGetStatsRequest& /*request*/,
+                                        v1::CacheStats* response) {
   const CacheStoreStats s = store_->Stats();
   response->set_entries(s.entries);
   response->set_bytes(s.bytes);
@@ -329,7 +383,7 @@ grpc::ServerUnaryReactor* CacheServiceImpl::GetStats(grpc::CallbackServerContext
   response->set_hit_ratio(s.hit_ratio());
   response->set_generation(s.generation);
   response->set_shards(s.shards);
-  return Answer(context, absl::OkStatus());
+  return absl::OkStatus();
 }
 
 }  // namespace poolside::cache

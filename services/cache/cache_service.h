@@ -2,8 +2,10 @@
 #define POOLSIDE_SERVICES_CACHE_CACHE_SERVICE_H_
 
 // gRPC adapter of the cache sidecar (proto/poolside/v1/cache.proto) over a
-// CacheStore. Callback API; every call is answered inline from the gRPC
-// thread: the store's work is a short critical section, never I/O.
+// CacheStore. A queue service (common/server/queue_service.h): one thread
+// polls the server's completion queue and answers every call inline, since the
+// store's work is a short critical section, never I/O. That thread owns the
+// watches; nothing here blocks it.
 //
 // Request validation (INVALID_ARGUMENT, with the limit in the message):
 //   - key: non-empty, at most max_key_bytes;
@@ -23,18 +25,18 @@
 // its charge above a shard's budget) is not an error: the response says
 // stored=false, reason=TOO_LARGE, and the caller simply does not cache it.
 //
-// Thread-safe.
+// Threading: the handlers and the watches run on the queue thread only;
+// EndWatches() and watch_count() may be called from any other thread.
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
-
-#include "proto/poolside/v1/cache.grpc.pb.h"
 #include "common/cache/cache_store.h"
+#include "common/server/queue_service.h"
+#include "proto/poolside/v1/cache.grpc.pb.h"
 
 namespace poolside::cache {
 
@@ -44,58 +46,52 @@ struct CacheServiceLimits {
   uint32_t max_tags = 64;
 };
 
-class CacheServiceImpl final : public v1::CacheService::CallbackService {
+class CacheServiceImpl final : public server::QueueService {
  public:
   static constexpr int kMaxGetManyKeys = 1024;
   static constexpr size_t kMaxQueuedEvents = 4096;
 
   CacheServiceImpl(CacheStore* store, CacheServiceLimits limits)
       : store_(store), limits_(limits) {}
-  // The server must have shut down (no watch left).
+  // The server must have shut down (no call left).
   ~CacheServiceImpl() override;
 
-  grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
-                                const v1::CacheGetRequest* request,
-                                v1::CacheGetResponse* response) override;
-  grpc::ServerUnaryReactor* GetMany(grpc::CallbackServerContext* context,
-                                    const v1::CacheGetManyRequest* request,
-                                    v1::CacheGetManyResponse* response) override;
-  grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
-                                const v1::CacheSetRequest* request,
-                                v1::CacheSetResponse* response) override;
-  grpc::ServerUnaryReactor* Delete(grpc::CallbackServerContext* context,
-                                   const v1::CacheDeleteRequest* request,
-                                   v1::CacheDeleteResponse* response) override;
-  grpc::ServerUnaryReactor* Invalidate(grpc::CallbackServerContext* context,
-                                       const v1::CacheInvalidateRequest* request,
-                                       v1::CacheInvalidateResponse* response) override;
-  grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
-                                     const v1::CacheGetStatsRequest* request,
-                                     v1::CacheStats* response) override;
-  grpc::ServerWriteReactor<v1::CacheInvalidationEvent>* WatchInvalidations(
-      grpc::CallbackServerContext* context, const v1::CacheWatchRequest* request) override;
+  grpc::Service* grpc_service() override { return &async_; }
+  void Begin(grpc::ServerCompletionQueue* cq) override;
+
+  // The calls, on the queue thread.
+  absl::Status Get(const v1::CacheGetRequest& request, v1::CacheGetResponse* response);
+  absl::Status GetMany(const v1::CacheGetManyRequest& request, v1::CacheGetManyResponse* response);
+  absl::Status Set(const v1::CacheSetRequest& request, v1::CacheSetResponse* response);
+  absl::Status Delete(const v1::CacheDeleteRequest& request, v1::CacheDeleteResponse* response);
+  absl::Status Invalidate(const v1::CacheInvalidateRequest& request,
+                          v1::CacheInvalidateResponse* response);
+  absl::Status GetStats(const v1::CacheGetStatsRequest& request, v1::CacheStats* response);
 
   // Ends every open watch (status UNAVAILABLE); watches begun later are
-  // refused the same way.
+  // refused the same way. Returns once that has happened on the queue thread,
+  // so not callable from it; the server must still be running.
   void EndWatches();
   // Open watches (for tests and stats).
-  size_t watch_count() const;
+  size_t watch_count() const { return watch_count_.load(std::memory_order_relaxed); }
 
  private:
   class Watch;
   // Queues `event` on every watch.
   void Publish(const v1::CacheInvalidationEvent& event);
-  void Unregister(Watch* watch);
 
   absl::Status CheckKey(const std::string& key) const;
   void Lookup(const std::string& key, v1::CacheGetResponse* response) const;
 
   CacheStore* const store_;
   const CacheServiceLimits limits_;
+  v1::CacheService::AsyncService async_;
+  grpc::ServerCompletionQueue* cq_ = nullptr;
 
-  mutable absl::Mutex watches_mu_;
-  absl::flat_hash_set<Watch*> watches_ ABSL_GUARDED_BY(watches_mu_);
-  bool watches_ended_ ABSL_GUARDED_BY(watches_mu_) = false;
+  // Queue thread only.
+  absl::flat_hash_set<Watch*> watches_;
+  bool watches_ended_ = false;
+  std::atomic<size_t> watch_count_{0};
 };
 
 }  // namespace poolside::cache

@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
   options.port_file = config->server().port_file();
   options.tls = config->server().tls();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
-  options.services = {&service};
+  options.queue_services = {&service};
   options.before_drain = [&service] { service.EndWatches(); };
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   const std::string& socket_path = config->unix_socket();
