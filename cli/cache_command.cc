@@ -62,6 +62,7 @@ int Stats(v1::CacheService::Stub* stub, const CacheInvocation& inv) {
   row("invalidated_entries", absl::StrCat(s.invalidated_entries()));
   row("generation", absl::StrCat(s.generation()));
   row("shards", absl::StrCat(s.shards()));
+  row("watches", absl::StrCat(s.watches()));
   std::fputs(table.Render().c_str(), stdout);
   return kExitOk;
 }

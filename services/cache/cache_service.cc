@@ -100,7 +100,6 @@ class CacheServiceImpl::Watch {
       return;
     }
     service_->watches_.insert(this);
-    service_->watch_count_.fetch_add(1, std::memory_order_relaxed);
     v1::CacheInvalidationEvent subscribed;
     subscribed.set_subscribed(true);
     Push(subscribed);
@@ -149,11 +148,7 @@ class CacheServiceImpl::Watch {
   }
 
   // No more events for this watch.
-  void Forget() {
-    if (service_->watches_.erase(this) > 0) {
-      service_->watch_count_.fetch_sub(1, std::memory_order_relaxed);
-    }
-  }
+  void Forget() { service_->watches_.erase(this); }
 
   void FinishNow() {
     if (finish_sent_ || broken_) return;  // a broken call needs no Finish
@@ -383,6 +378,7 @@ absl::Status CacheServiceImpl::GetStats(const v1::CacheGetStatsRequest& /*reques
   response->set_hit_ratio(s.hit_ratio());
   response->set_generation(s.generation);
   response->set_shards(s.shards);
+  response->set_watches(static_cast<uint32_t>(watches_.size()));
   return absl::OkStatus();
 }
 

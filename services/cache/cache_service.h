@@ -26,9 +26,8 @@
 // stored=false, reason=TOO_LARGE, and the caller simply does not cache it.
 //
 // Threading: the handlers and the watches run on the queue thread only;
-// EndWatches() and watch_count() may be called from any other thread.
+// EndWatches() is for other threads.
 
-#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -72,8 +71,6 @@ class CacheServiceImpl final : public server::QueueService {
   // refused the same way. Returns once that has happened on the queue thread,
   // so not callable from it; the server must still be running.
   void EndWatches();
-  // Open watches (for tests and stats).
-  size_t watch_count() const { return watch_count_.load(std::memory_order_relaxed); }
 
  private:
   class Watch;
@@ -91,7 +88,6 @@ class CacheServiceImpl final : public server::QueueService {
   // Queue thread only.
   absl::flat_hash_set<Watch*> watches_;
   bool watches_ended_ = false;
-  std::atomic<size_t> watch_count_{0};
 };
 
 }  // namespace poolside::cache
