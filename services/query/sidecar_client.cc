@@ -11,13 +11,6 @@
 namespace poolside::query {
 namespace {
 
-template <typename Request, typename Response>
-struct Call {
-  grpc::ClientContext context;
-  Request request;
-  Response response;
-};
-
 void SetTimeout(grpc::ClientContext& context, absl::Duration timeout) {
   context.set_deadline(std::chrono::system_clock::now() +
                        std::chrono::microseconds(absl::ToInt64Microseconds(timeout)));
@@ -68,7 +61,37 @@ SidecarClient::SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Durat
       channel_(std::move(channel)),
       stub_(v1::CacheService::NewStub(channel_)) {}
 
-SidecarClient::~SidecarClient() { StopWatching(); }
+template <typename Request, typename Response>
+struct SidecarClient::Call {
+  grpc::ClientContext context;
+  Request request;
+  Response response;
+};
+
+template <typename Request, typename Response>
+SidecarClient::Call<Request, Response>* SidecarClient::NewCall(absl::Duration timeout) {
+  {
+    absl::MutexLock lock(&mu_);
+    ++calls_;
+  }
+  auto* call = new Call<Request, Response>();
+  SetTimeout(call->context, timeout);
+  return call;
+}
+
+template <typename Request, typename Response>
+void SidecarClient::EndCall(Call<Request, Response>* call) {
+  delete call;
+  absl::MutexLock lock(&mu_);
+  --calls_;
+}
+
+SidecarClient::~SidecarClient() {
+  StopWatching();
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* calls) { return *calls == 0; }, &calls_));
+}
 
 bool SidecarClient::Watch(std::function<void(const CacheInvalidationEvent&)> on_event) {
   absl::MutexLock lock(&watch_mu_);
@@ -192,24 +215,20 @@ void SidecarClient::SendGets(std::vector<PendingGet> batch) {
   // The call's traceparent (common/server/channel.h) comes from here.
   telemetry::ScopedSpanContext trace(batch.front().trace);
   if (batch.size() == 1) {
-    auto* call = new Call<v1::CacheGetRequest, v1::CacheGetResponse>();
-    SetTimeout(call->context, call_timeout_);
+    auto* call = NewCall<v1::CacheGetRequest, v1::CacheGetResponse>(call_timeout_);
     call->request.set_key(batch[0].key);
     stub_->async()->Get(&call->context, &call->request, &call->response,
                         [this, call, batch = std::move(batch)](grpc::Status s) mutable {
-                          std::unique_ptr<Call<v1::CacheGetRequest, v1::CacheGetResponse>> owned(
-                              call);
                           GetsDone(std::move(batch), s, {&call->response});
+                          EndCall(call);
                         });
     return;
   }
-  auto* call = new Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse>();
-  SetTimeout(call->context, call_timeout_);
+  auto* call = NewCall<v1::CacheGetManyRequest, v1::CacheGetManyResponse>(call_timeout_);
   for (const PendingGet& g : batch) call->request.add_keys(g.key);
   stub_->async()->GetMany(
       &call->context, &call->request, &call->response,
       [this, call, batch = std::move(batch)](grpc::Status s) mutable {
-        std::unique_ptr<Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse>> owned(call);
         std::vector<v1::CacheGetResponse*> results;
         if (s.ok() && call->response.results_size() != static_cast<int>(batch.size())) {
           s = grpc::Status(grpc::StatusCode::INTERNAL,
@@ -220,6 +239,7 @@ void SidecarClient::SendGets(std::vector<PendingGet> batch) {
           for (auto& r : *call->response.mutable_results()) results.push_back(&r);
         }
         GetsDone(std::move(batch), s, std::move(results));
+        EndCall(call);
       });
 }
 
@@ -255,8 +275,7 @@ void SidecarClient::GetsDone(std::vector<PendingGet> batch, const grpc::Status& 
 }
 
 void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)> done) {
-  auto* call = new Call<v1::CacheSetRequest, v1::CacheSetResponse>();
-  SetTimeout(call->context, call_timeout_);
+  auto* call = NewCall<v1::CacheSetRequest, v1::CacheSetResponse>(call_timeout_);
   call->request.set_key(std::move(fill.key));
   call->request.set_value(std::move(fill.value));
   call->request.set_ttl_ms(static_cast<uint32_t>(
@@ -265,29 +284,27 @@ void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)
   for (std::string& tag : fill.tags) call->request.add_tags(std::move(tag));
   call->request.set_read_generation(fill.read_generation);
   stub_->async()->Set(&call->context, &call->request, &call->response,
-                      [call, done = std::move(done)](grpc::Status s) {
-                        std::unique_ptr<Call<v1::CacheSetRequest, v1::CacheSetResponse>> owned(call);
-                        if (!s.ok()) {
+                      [this, call, done = std::move(done)](grpc::Status s) {
+                        if (s.ok()) {
+                          done(call->response.stored());
+                        } else {
                           done(FromGrpc(s));
-                          return;
                         }
-                        done(call->response.stored());
+                        EndCall(call);
                       });
 }
 
 void SidecarClient::Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
                                absl::Duration timeout, std::function<void(absl::Status)> done) {
-  auto* call = new Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>();
-  SetTimeout(call->context, timeout);
+  auto* call = NewCall<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>(timeout);
   for (std::string& tag : tags) call->request.add_tags(std::move(tag));
   call->request.set_flush_all(flush_all);
   call->request.set_source(std::move(source));
-  stub_->async()->Invalidate(
-      &call->context, &call->request, &call->response,
-      [call, done = std::move(done)](grpc::Status s) {
-        std::unique_ptr<Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>> owned(call);
-        done(FromGrpc(s));
-      });
+  stub_->async()->Invalidate(&call->context, &call->request, &call->response,
+                             [this, call, done = std::move(done)](grpc::Status s) {
+                               done(FromGrpc(s));
+                               EndCall(call);
+                             });
 }
 
 }  // namespace poolside::query

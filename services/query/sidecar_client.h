@@ -53,7 +53,13 @@ class SidecarClient : public CacheClient {
                                                                absl::Duration call_timeout,
                                                                absl::Duration keepalive);
   SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout);
-  ~SidecarClient() override;  // stops watching
+  // Stops watching and waits until every call has ended and freed its
+  // ClientContext (so not callable from one of this client's callbacks). A
+  // context holds the channel: freed on a gRPC callback thread after this
+  // client let go of the channel, it would drop the last reference there, and
+  // gRPC 1.51 then frees that thread's completion queue under it
+  // (grpc/grpc#32584).
+  ~SidecarClient() override;
 
   void Get(const std::string& key,
            std::function<void(absl::StatusOr<CacheLookup>)> done) override;
@@ -79,6 +85,14 @@ class SidecarClient : public CacheClient {
   void GetsDone(std::vector<PendingGet> batch, const grpc::Status& status,
                 std::vector<v1::CacheGetResponse*> results);
 
+  // Every call is counted from before it starts until its context is freed.
+  template <typename Request, typename Response>
+  struct Call;
+  template <typename Request, typename Response>
+  Call<Request, Response>* NewCall(absl::Duration timeout);
+  template <typename Request, typename Response>
+  void EndCall(Call<Request, Response>* call);
+
   const absl::Duration call_timeout_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CacheService::Stub> stub_;
@@ -89,6 +103,7 @@ class SidecarClient : public CacheClient {
   absl::Mutex mu_;
   std::vector<PendingGet> queued_ ABSL_GUARDED_BY(mu_);
   int get_calls_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int calls_ ABSL_GUARDED_BY(mu_) = 0;
 
   absl::Mutex watch_mu_;
   // The open watch's context, to cancel it.
