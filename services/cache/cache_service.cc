@@ -144,6 +144,9 @@ class CacheServiceImpl::Watch {
     ending_ = true;
     status_ = std::move(status);
     Forget();
+    // Only the event being written is still needed (a stuck watcher's queue
+    // would otherwise stay full until its transport drains).
+    queue_.resize(writing_ ? 1 : 0);
     if (!writing_) FinishNow();
   }
 
