@@ -7,19 +7,23 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/server/channel.h"
@@ -27,9 +31,11 @@
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
+#include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "services/query/sidecar_client.h"
@@ -41,6 +47,26 @@ namespace {
 
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
+
+// A unary call of `method` with an empty request, through gRPC's generic
+// (callback) stub: its status.
+grpc::Status GenericUnaryCall(const std::shared_ptr<grpc::Channel>& channel,
+                              const std::string& method) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1);
+  grpc::ByteBuffer reply;
+  absl::Notification done;
+  grpc::Status status;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &reply, [&](grpc::Status s) {
+    status = std::move(s);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  return status;
+}
 
 // Unix socket paths are limited to 107 bytes; the test output directory can be
 // longer, so sockets live in a short directory of their own.
@@ -437,6 +463,43 @@ TEST_F(CacheServiceTest, SocketIsGroupAccessibleAndServesASecondClient) {
   EXPECT_EQ(c.Get("second/1").value(), "shared");
 }
 
+// The sidecar serves the standard health Check itself (query probes ask for
+// "" and "liveness"), and nothing it does not declare: health Watch, gRPC
+// reflection and unknown methods are UNIMPLEMENTED, and none of them is left
+// waiting for a handler.
+TEST_F(CacheServiceTest, HealthCheckIsServedAndUndeclaredMethodsAreUnimplemented) {
+  namespace health = ::grpc::health::v1;
+  for (const std::shared_ptr<grpc::Channel>& channel : {server_->tcp, server_->unix_channel}) {
+    SCOPED_TRACE(channel == server_->tcp ? "over TCP" : "over the unix socket");
+    std::unique_ptr<health::Health::Stub> stub = health::Health::NewStub(channel);
+    auto check = [&](const std::string& service, health::HealthCheckResponse* response) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      health::HealthCheckRequest request;
+      request.set_service(service);
+      return stub->Check(&ctx, request, response);
+    };
+    for (const std::string service : {"", "liveness"}) {
+      health::HealthCheckResponse response;
+      grpc::Status s = check(service, &response);
+      ASSERT_TRUE(s.ok()) << "\"" << service << "\": " << Describe(s);
+      EXPECT_EQ(response.status(), health::HealthCheckResponse::SERVING) << "\"" << service << "\"";
+    }
+    health::HealthCheckResponse unknown;
+    grpc::Status s = check("poolside.v1.NoSuchService", &unknown);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(s);
+
+    for (const char* method : {"/grpc.health.v1.Health/Watch",
+                               "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                               "/poolside.v1.CacheService/Nope"}) {
+      grpc::Status status = GenericUnaryCall(channel, method);
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED)
+          << method << ": " << Describe(status);
+    }
+  }
+  EXPECT_EQ(uds().Get("health/absent").outcome(), v1::CacheGetResponse::MISS);
+}
+
 // Exact counters need a server of their own.
 TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
   absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
@@ -515,6 +578,31 @@ class WatchLog {
   std::vector<query::CacheInvalidationEvent> events_ ABSL_GUARDED_BY(mu_);
 };
 
+// A WatchInvalidations stream read by the test itself, with the generated
+// blocking stub: it reads only when the test says so.
+struct RawWatch {
+  grpc::ClientContext context;
+  // Declared after the context: destroyed first.
+  std::unique_ptr<grpc::ClientReader<v1::CacheInvalidationEvent>> reader;
+};
+
+// Opens a watch and reads its first event, which must say "subscribed".
+absl::StatusOr<std::unique_ptr<RawWatch>> OpenRawWatch(v1::CacheService::Stub* stub,
+                                                       absl::Duration deadline) {
+  auto watch = std::make_unique<RawWatch>();
+  watch->context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  watch->reader = stub->WatchInvalidations(&watch->context, v1::CacheWatchRequest());
+  v1::CacheInvalidationEvent first;
+  if (!watch->reader->Read(&first)) {
+    const grpc::Status s = watch->reader->Finish();
+    return absl::UnavailableError(absl::StrCat("the watch ended at once: ", Describe(s)));
+  }
+  if (!first.subscribed()) {
+    return absl::InternalError(absl::StrCat("first event: ", first.ShortDebugString()));
+  }
+  return watch;
+}
+
 TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsTheWatch) {
   absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
   ASSERT_TRUE(s.ok()) << s.status();
@@ -570,6 +658,250 @@ TEST(CacheServiceWatchTest, AStoppedSidecarEndsTheWatchAndAResumedOneIsWatchedAg
   ASSERT_TRUE(Eventually([&] { return watch.Count() == 3; }, absl::Seconds(20)))
       << "the resumed sidecar was not watched again";
   EXPECT_EQ(watch.Events()[2].kind, query::CacheInvalidationEvent::kSubscribed);
+}
+
+// A watcher that stops reading (a stuck query replica) must not hold the one
+// thread that serves every call, nor make the sidecar queue events for it
+// without bound: once its queue is full it is ended with RESOURCE_EXHAUSTED,
+// while other callers and watchers go on as before.
+TEST(CacheServiceWatchTest, AWatcherThatStopsReadingIsEndedAndBlocksNobody) {
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
+  ASSERT_TRUE(s.ok()) << s.status();
+  // The deadline only ends the stream if the sidecar never does.
+  absl::StatusOr<std::unique_ptr<RawWatch>> stuck =
+      OpenRawWatch(s->over_unix.get(), absl::Seconds(120));
+  ASSERT_TRUE(stuck.ok()) << stuck.status();
+  WatchLog healthy;
+  absl::Status started = healthy.Start(s->socket_path, absl::Seconds(5));
+  ASSERT_TRUE(started.ok()) << started;
+  ASSERT_TRUE(Eventually([&] { return healthy.Count() == 1; }, absl::Seconds(10)));
+  Client c{s->over_tcp.get()};
+  ASSERT_EQ(c.Stats().watches(), 2u);
+
+  // More events than the sidecar queues for a watcher (4096) plus what HTTP/2
+  // flow control lets the transports buffer for the stuck stream (~4 MiB here,
+  // ~1000 of these 4 KiB events; the margin allows 30 MiB).
+  constexpr int kInvalidations = 12000;
+  const std::string padding(4000, 'p');
+  std::vector<uint64_t> generations;
+  generations.reserve(kInvalidations);
+  for (int i = 0; i < kInvalidations; ++i) {
+    v1::CacheInvalidateRequest request;
+    request.add_tags(absl::StrCat("stuck/", i, "/", padding));
+    request.set_source("test");
+    v1::CacheInvalidateResponse response;
+    grpc::Status status = c.Invalidate(request, &response);
+    ASSERT_TRUE(status.ok()) << "Invalidate " << i << ": " << Describe(status);
+    generations.push_back(response.generation());
+  }
+  // The stuck watcher is no longer counted; the healthy one saw everything.
+  EXPECT_TRUE(Eventually([&] { return c.Stats().watches() == 1; }, absl::Seconds(10)))
+      << c.Stats().watches() << " watches";
+  ASSERT_TRUE(Eventually([&] { return healthy.Count() == kInvalidations + 1; }, absl::Seconds(30)))
+      << healthy.Count();
+  std::vector<query::CacheInvalidationEvent> seen = healthy.Events();
+  for (int i = 0; i < kInvalidations; ++i) {
+    ASSERT_EQ(seen[i + 1].kind, query::CacheInvalidationEvent::kInvalidate) << i;
+    ASSERT_EQ(seen[i + 1].generation, generations[i]) << i;
+  }
+
+  // The stuck stream holds the first events, in order, then its end.
+  int read = 0;
+  v1::CacheInvalidationEvent event;
+  while (read < kInvalidations && (*stuck)->reader->Read(&event)) {
+    ASSERT_EQ(event.generation(), generations[read]) << read;
+    ++read;
+  }
+  if (read == kInvalidations) {
+    (*stuck)->context.TryCancel();
+    ADD_FAILURE() << "the stuck watcher got every event: it was never ended";
+  }
+  grpc::Status end = (*stuck)->reader->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(end);
+  EXPECT_TRUE(absl::StrContains(end.error_message(), "too slow")) << Describe(end);
+  EXPECT_LT(read, kInvalidations) << "events dropped: none";
+
+  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
+  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << s->process->LogTail();
+}
+
+// Watchers that go away (cancelled, or their call dropped without a word)
+// while events are on their way to them are forgotten, and the sidecar goes
+// on serving calls and the watchers that remain.
+TEST(CacheServiceWatchTest, WatchersThatGoAwayAreForgottenAndTheSidecarServesOn) {
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
+  ASSERT_TRUE(s.ok()) << s.status();
+  Client c{s->over_tcp.get()};
+  constexpr int kWatches = 50;
+  std::vector<std::unique_ptr<RawWatch>> watches;
+  for (int i = 0; i < kWatches; ++i) {
+    absl::StatusOr<std::unique_ptr<RawWatch>> watch =
+        OpenRawWatch(i % 2 == 0 ? s->over_unix.get() : s->over_tcp.get(), absl::Seconds(60));
+    ASSERT_TRUE(watch.ok()) << "watch " << i << ": " << watch.status();
+    watches.push_back(*std::move(watch));
+  }
+  ASSERT_EQ(c.Stats().watches(), static_cast<uint32_t>(kWatches));
+
+  // Events on their way to every watcher as they go.
+  for (int i = 0; i < 20; ++i) c.Invalidate({absl::StrCat("going/", i)});
+  for (int i = 0; i < kWatches; i += 2) watches[i]->context.TryCancel();
+  for (int i = 0; i < kWatches; ++i) {
+    if (i % 2 == 0) {
+      v1::CacheInvalidationEvent event;
+      while (watches[i]->reader->Read(&event)) {
+      }
+      grpc::Status end = watches[i]->reader->Finish();
+      EXPECT_EQ(end.error_code(), grpc::StatusCode::CANCELLED)
+          << "watch " << i << ": " << Describe(end);
+    }
+    watches[i].reset();  // the others: dropped without Finish (the call is cancelled)
+    if (i % 10 == 9) c.Invalidate({absl::StrCat("gone/", i)});
+  }
+  ASSERT_TRUE(Eventually([&] { return c.Stats().watches() == 0; }, absl::Seconds(10)))
+      << c.Stats().watches() << " watches left";
+
+  // Calls and a new watcher are served as before.
+  EXPECT_TRUE(c.Set("after/k", "v", {"after"}).stored());
+  EXPECT_EQ(Client{s->over_unix.get()}.Get("after/k").value(), "v");
+  WatchLog watch;
+  absl::Status started = watch.Start(s->socket_path, absl::Seconds(5));
+  ASSERT_TRUE(started.ok()) << started;
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 1; }, absl::Seconds(10)));
+  EXPECT_EQ(c.Stats().watches(), 1u);
+  EXPECT_EQ(c.Invalidate({"after"}).removed(), 1u);
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 2; }, absl::Seconds(10)));
+  EXPECT_EQ(watch.Events()[1].tags, (std::vector<std::string>{"after"}));
+
+  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
+  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  ASSERT_TRUE(Eventually([&] { return watch.Count() == 3; }, absl::Seconds(10)));
+  EXPECT_EQ(watch.Events()[2].kind, query::CacheInvalidationEvent::kBroken);
+}
+
+// Many callers on both transports at once, all served by the sidecar's one
+// thread, while watchers follow: every call succeeds, each caller reads back
+// what it wrote, and every watcher sees every invalidation, in order.
+TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
+  ASSERT_TRUE(s.ok()) << s.status();
+  constexpr int kWatchers = 3;
+  std::vector<std::unique_ptr<WatchLog>> watchers;
+  for (int i = 0; i < kWatchers; ++i) {
+    watchers.push_back(std::make_unique<WatchLog>());
+    absl::Status started = watchers.back()->Start(s->socket_path, absl::Seconds(5));
+    ASSERT_TRUE(started.ok()) << started;
+  }
+  for (const auto& w : watchers) {
+    ASSERT_TRUE(Eventually([&] { return w->Count() == 1; }, absl::Seconds(10)));
+  }
+
+  constexpr int kThreads = 8;
+  constexpr int kCalls = 300;
+  constexpr int kKeys = 10;
+  struct Outcome {
+    int failed_calls = 0;
+    int wrong_reads = 0;
+    std::string first_problem;
+    std::vector<uint64_t> generations;  // of this thread's invalidations
+  };
+  std::vector<Outcome> outcomes(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      // A connection of its own; even threads over TCP, odd over the socket.
+      std::shared_ptr<grpc::Channel> channel = t % 2 == 0
+                                                   ? Connect(s->process->address(), 100 + t)
+                                                   : Connect("unix:" + s->socket_path, 100 + t);
+      std::unique_ptr<v1::CacheService::Stub> stub = v1::CacheService::NewStub(channel);
+      Client client{stub.get()};
+      Outcome& out = outcomes[t];
+      auto problem = [&](const std::string& what) {
+        if (out.first_problem.empty()) out.first_problem = what;
+      };
+      const std::string tag = absl::StrCat("thread", t);
+      // What this thread's keys hold: only this thread writes or invalidates them.
+      std::map<std::string, std::string> expected;
+      for (int i = 0; i < kCalls; ++i) {
+        const std::string key = absl::StrCat("conc/", t, "/", i % kKeys);
+        if (i % 10 == 9) {
+          v1::CacheInvalidateRequest request;
+          request.add_tags(tag);
+          request.set_source("test");
+          v1::CacheInvalidateResponse response;
+          grpc::Status status = client.Invalidate(request, &response);
+          if (!status.ok()) {
+            ++out.failed_calls;
+            problem(absl::StrCat("Invalidate: ", Describe(status)));
+            continue;
+          }
+          out.generations.push_back(response.generation());
+          expected.clear();
+        } else if (i % 3 == 0) {
+          v1::CacheSetRequest request;
+          request.set_key(key);
+          request.set_value(absl::StrCat("value ", t, "/", i));
+          request.set_ttl_ms(60000);
+          request.add_tags(tag);
+          v1::CacheSetResponse response;
+          grpc::Status status = client.Set(request, &response);
+          if (!status.ok() || !response.stored()) {
+            ++out.failed_calls;
+            problem(absl::StrCat("Set: ", Describe(status), " ", response.ShortDebugString()));
+            continue;
+          }
+          expected[key] = request.value();
+        } else {
+          v1::CacheGetResponse response;
+          grpc::Status status = client.Get(key, &response);
+          if (!status.ok()) {
+            ++out.failed_calls;
+            problem(absl::StrCat("Get: ", Describe(status)));
+            continue;
+          }
+          auto it = expected.find(key);
+          const bool right = it == expected.end()
+                                 ? response.outcome() == v1::CacheGetResponse::MISS
+                                 : response.outcome() == v1::CacheGetResponse::HIT &&
+                                       response.value() == it->second;
+          if (!right) {
+            ++out.wrong_reads;
+            problem(absl::StrCat("Get ", key, ": ", response.ShortDebugString()));
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  std::vector<uint64_t> issued;
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(outcomes[t].failed_calls, 0) << "thread " << t << ": " << outcomes[t].first_problem;
+    EXPECT_EQ(outcomes[t].wrong_reads, 0) << "thread " << t << ": " << outcomes[t].first_problem;
+    issued.insert(issued.end(), outcomes[t].generations.begin(), outcomes[t].generations.end());
+  }
+  std::sort(issued.begin(), issued.end());
+  ASSERT_EQ(issued.size(), static_cast<size_t>(kThreads * (kCalls / 10)));
+
+  for (int w = 0; w < kWatchers; ++w) {
+    ASSERT_TRUE(
+        Eventually([&] { return watchers[w]->Count() >= issued.size() + 1; }, absl::Seconds(30)))
+        << "watcher " << w << " got " << watchers[w]->Count() - 1 << " of " << issued.size();
+    std::vector<uint64_t> seen;
+    for (const query::CacheInvalidationEvent& e : watchers[w]->Events()) {
+      if (e.kind == query::CacheInvalidationEvent::kInvalidate) seen.push_back(e.generation);
+    }
+    // In the order the sidecar applied them, which is the generations' order.
+    EXPECT_TRUE(std::is_sorted(seen.begin(), seen.end())) << "watcher " << w;
+    EXPECT_EQ(seen, issued) << "watcher " << w;
+  }
+
+  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
+  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << s->process->LogTail();
 }
 
 TEST(CacheServiceSocketTest, StaleSocketFileIsReplaced) {
