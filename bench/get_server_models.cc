@@ -28,7 +28,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "common/server/queue_service.h"
+#include "common/server/status.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 
 ABSL_FLAG(std::string, addr, "unix:/tmp/poolside-get-models.sock", "listen address");
@@ -42,21 +45,23 @@ namespace v1 = poolside::v1;
 
 class Map {
  public:
-  void Get(const v1::CacheGetRequest& request, v1::CacheGetResponse* response) const {
+  absl::Status Get(const v1::CacheGetRequest& request, v1::CacheGetResponse* response) const {
     absl::MutexLock lock(&mu_);
     auto it = values_.find(request.key());
     if (it == values_.end()) {
       response->set_outcome(v1::CacheGetResponse::MISS);
-      return;
+      return absl::OkStatus();
     }
     response->set_outcome(v1::CacheGetResponse::HIT);
     response->set_value(it->second);
+    return absl::OkStatus();
   }
-  void Set(const v1::CacheSetRequest& request, v1::CacheSetResponse* response) {
+  absl::Status Set(const v1::CacheSetRequest& request, v1::CacheSetResponse* response) {
     absl::MutexLock lock(&mu_);
     values_[request.key()] = request.value();
     response->set_stored(true);
     response->set_reason(v1::CacheSetResponse::STORED);
+    return absl::OkStatus();
   }
 
  private:
@@ -64,24 +69,24 @@ class Map {
   absl::flat_hash_map<std::string, std::string> values_ ABSL_GUARDED_BY(mu_);
 };
 
+grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(server::ToGrpcStatus(status));
+  return reactor;
+}
+
 class CallbackGetService final : public v1::CacheService::CallbackService {
  public:
   explicit CallbackGetService(Map* map) : map_(map) {}
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
                                 const v1::CacheGetRequest* request,
                                 v1::CacheGetResponse* response) override {
-    map_->Get(*request, response);
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
+    return Answer(context, map_->Get(*request, response));
   }
   grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
                                 const v1::CacheSetRequest* request,
                                 v1::CacheSetResponse* response) override {
-    map_->Set(*request, response);
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
+    return Answer(context, map_->Set(*request, response));
   }
 
  private:
@@ -99,61 +104,21 @@ class HybridService final
   grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
                                 const v1::CacheSetRequest* request,
                                 v1::CacheSetResponse* response) override {
-    map_->Set(*request, response);
-    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
+    return Answer(context, map_->Set(*request, response));
   }
 
  private:
   Map* const map_;
 };
 
-// One outstanding request slot of one method on the async API: requested,
-// answered, then replaced by a fresh slot.
-class AsyncSlot {
- public:
-  virtual ~AsyncSlot() = default;
-  virtual void Proceed(bool ok) = 0;
-};
-
-template <typename Service, typename Request, typename Response, auto kRequestMethod,
-          auto kHandle>
-class AsyncCall final : public AsyncSlot {
- public:
-  AsyncCall(Service* service, grpc::ServerCompletionQueue* cq, Map* map)
-      : service_(service), cq_(cq), map_(map), writer_(&context_) {
-    (service_->*kRequestMethod)(&context_, &request_, &writer_, cq_, cq_, this);
-  }
-
-  void Proceed(bool ok) override {
-    if (answered_ || !ok) {
-      delete this;
-      return;
-    }
-    new AsyncCall(service_, cq_, map_);
-    (map_->*kHandle)(request_, &response_);
-    answered_ = true;
-    writer_.Finish(response_, grpc::Status::OK, this);
-  }
-
- private:
-  Service* const service_;
-  grpc::ServerCompletionQueue* const cq_;
-  Map* const map_;
-  grpc::ServerContext context_;
-  Request request_;
-  Response response_;
-  grpc::ServerAsyncResponseWriter<Response> writer_;
-  bool answered_ = false;
-};
-
+// The async models' calls: common/server's queue-service calls, on a queue
+// polled by this program's own --threads threads.
 template <typename Service>
-using AsyncGetOn = AsyncCall<Service, v1::CacheGetRequest, v1::CacheGetResponse,
-                             &Service::RequestGet, &Map::Get>;
-using AsyncGet = AsyncGetOn<v1::CacheService::AsyncService>;
-using AsyncSet = AsyncCall<v1::CacheService::AsyncService, v1::CacheSetRequest, v1::CacheSetResponse,
-                           &v1::CacheService::AsyncService::RequestSet, &Map::Set>;
+using AsyncGet = server::UnaryQueueCall<Map, Service, v1::CacheGetRequest, v1::CacheGetResponse,
+                                        &Service::RequestGet, &Map::Get>;
+using AsyncSet = server::UnaryQueueCall<Map, v1::CacheService::AsyncService, v1::CacheSetRequest,
+                                        v1::CacheSetResponse,
+                                        &v1::CacheService::AsyncService::RequestSet, &Map::Set>;
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage("CacheService Get/Set on the gRPC callback or async API");
@@ -194,17 +159,18 @@ int Main(int argc, char** argv) {
   }
   grpc::ServerCompletionQueue* cq = cqs[0].get();
   if (model == "hybrid") {
-    for (int i = 0; i < 64; ++i) new AsyncGetOn<HybridService>(&hybrid_service, cq, &map);
+    for (int i = 0; i < 64; ++i) AsyncGet<HybridService>::Post(&map, &hybrid_service, cq);
   } else {
-    for (int i = 0; i < 64; ++i) new AsyncGet(&async_service, cq, &map);
-    for (int i = 0; i < 4; ++i) new AsyncSet(&async_service, cq, &map);
+    for (int i = 0; i < 64; ++i)
+      AsyncGet<v1::CacheService::AsyncService>::Post(&map, &async_service, cq);
+    for (int i = 0; i < 4; ++i) AsyncSet::Post(&map, &async_service, cq);
   }
   std::vector<std::thread> pollers;
   for (int i = 0; i < threads; ++i) {
     pollers.emplace_back([cq] {
       void* tag = nullptr;
       bool ok = false;
-      while (cq->Next(&tag, &ok)) static_cast<AsyncSlot*>(tag)->Proceed(ok);
+      while (cq->Next(&tag, &ok)) static_cast<server::QueueTag*>(tag)->Proceed(ok);
     });
   }
   for (std::thread& t : pollers) t.join();
