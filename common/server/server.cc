@@ -95,6 +95,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     s->options_.interceptors.clear();
   }
   s->server_ = builder.BuildAndStart();
+  if (queue && s->server_ != nullptr) {
+    // At once, so that every way out of here (the returns below, ~Server)
+    // finds a queue being polled, which its shutdown drains.
+    for (QueueService* service : s->options_.queue_services) service->Begin(s->cq_.get());
+    s->cq_thread_ = std::thread([cq = s->cq_.get()] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (cq->Next(&tag, &ok)) static_cast<QueueTag*>(tag)->Proceed(ok);
+    });
+  }
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", s->options_.listen,
@@ -105,17 +115,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       return absl::UnavailableError(absl::StrCat("cannot listen on ", s->options_.extra_listen[i]));
     }
   }
-  if (queue) {
-    for (QueueService* service : s->options_.queue_services) service->Begin(s->cq_.get());
-    s->cq_thread_ = std::thread([cq = s->cq_.get()] {
-      void* tag = nullptr;
-      bool ok = false;
-      while (cq->Next(&tag, &ok)) static_cast<QueueTag*>(tag)->Proceed(ok);
-    });
-    s->health_ = s->queue_health_.get();
-  } else {
-    s->health_ = s->server_->GetHealthCheckService();
-  }
+  s->health_ = queue ? s->queue_health_.get() : s->server_->GetHealthCheckService();
   if (s->health_ != nullptr) {
     s->health_->SetServingStatus("liveness", true);
     if (!s->options_.serving_at_start) s->health_->SetServingStatus("", false);
