@@ -957,5 +957,20 @@ TEST(CacheServiceConfigTest, CheckConfigAndBadConfig) {
   EXPECT_TRUE(absl::StrContains(bad->output, "per shard")) << bad->output;
 }
 
+// gRPC starts no server when one address fails: the error names them all.
+TEST(CacheServiceConfigTest, AnUnusableSocketPathIsNamed) {
+  v1::CacheServiceConfig config = SmallConfig();
+  config.mutable_server()->set_listen("127.0.0.1:0");
+  const std::string socket = ShortTempDir() + "/no/such/dir/cache.sock";
+  config.set_unix_socket(socket);
+  const std::string path = WriteConfig(config, testing::TestOutputDir() + "/bad_socket.json");
+  absl::StatusOr<testing::CommandResult> run =
+      testing::RunCommand({RunfilePath("services/cache/cache_server"), "--config=" + path});
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->exit_code, 1) << run->output;
+  EXPECT_TRUE(absl::StrContains(run->output, "cannot listen on 127.0.0.1:0 or unix:" + socket))
+      << run->output;
+}
+
 }  // namespace
 }  // namespace poolside

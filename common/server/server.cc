@@ -106,9 +106,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     });
   }
   if (s->server_ == nullptr || s->port_ == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", s->options_.listen,
-                     " (address in use, or not an address of this host?)"));
+    // gRPC builds no server when any one address fails, without saying which.
+    std::vector<std::string> addresses = {s->options_.listen};
+    if (s->server_ == nullptr) {
+      addresses.insert(addresses.end(), s->options_.extra_listen.begin(),
+                       s->options_.extra_listen.end());
+    }
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen on ", absl::StrJoin(addresses, " or "),
+        " (address in use, not an address of this host, or a socket directory missing?)"));
   }
   for (size_t i = 0; i < extra_ports.size(); ++i) {
     if (extra_ports[i] == 0) {
