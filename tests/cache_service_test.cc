@@ -150,6 +150,14 @@ bool Eventually(const std::function<bool()>& condition, absl::Duration timeout) 
   return true;
 }
 
+// SIGTERM: the sidecar drains and exits 0.
+void ExpectCleanExit(CacheServer& server) {
+  ASSERT_TRUE(server.process->Signal(SIGTERM).ok());
+  absl::StatusOr<int> code = server.process->Wait(absl::Seconds(20));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0) << server.process->LogTail();
+}
+
 std::string Describe(const grpc::Status& s) {
   return absl::StrCat("code ", s.error_code(), ": ", s.error_message());
 }
@@ -534,10 +542,7 @@ TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
   EXPECT_DOUBLE_EQ(st.hit_ratio(), 0.5);
   EXPECT_EQ(st.generation(), g0 + 1);
 
-  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
-  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
-  ASSERT_TRUE(code.ok()) << code.status();
-  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
   struct stat gone;
   EXPECT_NE(stat(s->socket_path.c_str(), &gone), 0) << "socket file left behind";
 }
@@ -626,10 +631,7 @@ TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsT
   EXPECT_EQ(events[3].key, "k");
   EXPECT_TRUE(events[4].flush_all);
   // Shutting down ends the watch.
-  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
-  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
-  ASSERT_TRUE(code.ok()) << code.status();
-  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
   ASSERT_TRUE(Eventually([&] { return watch.Count() == 6; }, absl::Seconds(10)));
   EXPECT_EQ(watch.Events()[5].kind, query::CacheInvalidationEvent::kBroken);
 }
@@ -721,10 +723,7 @@ TEST(CacheServiceWatchTest, AWatcherThatStopsReadingIsEndedAndBlocksNobody) {
   EXPECT_TRUE(absl::StrContains(end.error_message(), "too slow")) << Describe(end);
   EXPECT_LT(read, kInvalidations) << "events dropped: none";
 
-  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
-  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
-  ASSERT_TRUE(code.ok()) << code.status();
-  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
 }
 
 // Watchers that go away (cancelled, or their call dropped without a word)
@@ -774,10 +773,7 @@ TEST(CacheServiceWatchTest, WatchersThatGoAwayAreForgottenAndTheSidecarServesOn)
   ASSERT_TRUE(Eventually([&] { return watch.Count() == 2; }, absl::Seconds(10)));
   EXPECT_EQ(watch.Events()[1].tags, (std::vector<std::string>{"after"}));
 
-  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
-  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
-  ASSERT_TRUE(code.ok()) << code.status();
-  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
   ASSERT_TRUE(Eventually([&] { return watch.Count() == 3; }, absl::Seconds(10)));
   EXPECT_EQ(watch.Events()[2].kind, query::CacheInvalidationEvent::kBroken);
 }
@@ -898,10 +894,7 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
     EXPECT_EQ(seen, issued) << "watcher " << w;
   }
 
-  ASSERT_TRUE(s->process->Signal(SIGTERM).ok());
-  absl::StatusOr<int> code = s->process->Wait(absl::Seconds(20));
-  ASSERT_TRUE(code.ok()) << code.status();
-  EXPECT_EQ(*code, 0) << s->process->LogTail();
+  ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
 }
 
 TEST(CacheServiceSocketTest, StaleSocketFileIsReplaced) {
