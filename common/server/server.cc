@@ -187,6 +187,7 @@ void Server::Shutdown() {
   server_->Shutdown(deadline);
   server_->Wait();
   if (queue_health_ != nullptr) queue_health_->Shutdown();
+  if (cq_ != nullptr && options_.before_queue_shutdown) options_.before_queue_shutdown();
   if (cq_ != nullptr) {
     // After the server's shutdown, as gRPC requires; Next() returns false once
     // every outstanding tag has come back.

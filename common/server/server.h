@@ -67,6 +67,10 @@ struct ServerOptions {
   // Runs when Shutdown() begins, before the drain: ends calls that would
   // otherwise never finish on their own (e.g. watch streams).
   std::function<void()> before_drain;
+  // Queue servers: runs after the drain, while the queue is still polled,
+  // before it is shut down: waits for work that answers calls from other
+  // threads, and ends the process's own calls on the queue (a client's).
+  std::function<void()> before_queue_shutdown;
   // Interceptors run on every call, in this order (tracing, metrics, auth...).
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
@@ -83,6 +87,10 @@ class Server {
 
   int port() const { return port_; }
   grpc::Server* grpc_server() { return server_.get(); }
+  // A queue server's completion queue (null for a callback server): a
+  // client of the same process may start its calls on it, so that one
+  // thread polls everything (see before_queue_shutdown).
+  grpc::ServerCompletionQueue* queue() { return cq_.get(); }
 
   // A callback that marks the server SERVING in its health service. Callable
   // from any thread at any time, also after Shutdown() or the server's
