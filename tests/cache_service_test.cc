@@ -27,6 +27,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/server/channel.h"
+#include "common/server/queue_service.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -358,6 +359,104 @@ TEST_F(CacheServiceTest, QueryServiceClientBatchesConcurrentGetsAndAnswersEachIt
                                   absl::Seconds(30)))
       << answered << " of " << kGets << " Gets answered";
   EXPECT_EQ(right, kGets);
+}
+
+// query_server hands the client its server's completion queue (UseQueue):
+// calls already out on the client's own queue are still answered, later ones
+// and the watch complete on the thread polling the new queue. Close() ends
+// the watch and the calls; afterwards every call answers UNAVAILABLE at once.
+TEST_F(CacheServiceTest, QueryServiceClientMovesToAnotherQueueAndClosesOnIt) {
+  ASSERT_TRUE(uds().Set("queue/1", "one").stored());
+  v1::ClientTlsConfig plaintext;
+  plaintext.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+      absl::StrCat("unix:", server_->socket_path), plaintext, absl::Seconds(10), absl::Seconds(5));
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  absl::Mutex mu;
+  int answered = 0, hits = 0;
+  std::vector<std::thread::id> answered_on;
+  auto count = [&](absl::StatusOr<query::CacheLookup> r) {
+    absl::MutexLock lock(&mu);
+    ++answered;
+    if (r.ok() && r->outcome == query::CacheLookup::kHit && r->value == "one") ++hits;
+    answered_on.push_back(std::this_thread::get_id());
+  };
+  constexpr int kBefore = 50;
+  for (int i = 0; i < kBefore; ++i) (*client)->Get("queue/1", count);
+
+  grpc::CompletionQueue cq;
+  std::thread poller([&cq] {
+    void* tag;
+    bool ok;
+    while (cq.Next(&tag, &ok)) static_cast<server::QueueTag*>(tag)->Proceed(ok);
+  });
+  (*client)->UseQueue(&cq);
+  {
+    absl::MutexLock lock(&mu);
+    answered_on.clear();
+  }
+  constexpr int kAfter = 20;
+  for (int i = 0; i < kAfter; ++i) (*client)->Get("queue/1", count);
+  std::vector<query::CacheInvalidationEvent::Kind> events;
+  std::thread::id event_thread;
+  // EXPECT, not ASSERT, from here on: the poller must be joined.
+  EXPECT_TRUE((*client)->Watch([&](const query::CacheInvalidationEvent& e) {
+    absl::MutexLock lock(&mu);
+    events.push_back(e.kind);
+    event_thread = std::this_thread::get_id();
+  }));
+  {
+    absl::MutexLock lock(&mu);
+    auto all_in = [&] { return answered == kBefore + kAfter && !events.empty(); };
+    EXPECT_TRUE(mu.AwaitWithTimeout(absl::Condition(&all_in), absl::Seconds(30)))
+        << answered << " of " << kBefore + kAfter << " Gets answered";
+    EXPECT_EQ(hits, kBefore + kAfter);
+    // Gets that queued behind the first calls may leave on the new queue too.
+    EXPECT_GE(answered_on.size(), static_cast<size_t>(kAfter));
+    for (std::thread::id id : answered_on) EXPECT_EQ(id, poller.get_id());
+    EXPECT_EQ(events.empty() ? query::CacheInvalidationEvent::kBroken : events[0],
+              query::CacheInvalidationEvent::kSubscribed);
+    EXPECT_EQ(event_thread, poller.get_id());
+  }
+
+  (*client)->Close();
+  (*client)->Close();  // idempotent
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(events, (std::vector<query::CacheInvalidationEvent::Kind>{
+                          query::CacheInvalidationEvent::kSubscribed,
+                          query::CacheInvalidationEvent::kBroken}));
+  }
+  bool got = false, set = false, invalidated = false;
+  std::thread::id got_on;
+  (*client)->Get("queue/1", [&](absl::StatusOr<query::CacheLookup> r) {
+    got = true;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+    EXPECT_EQ(r.status().message(), "cache sidecar: client closed");
+    got_on = std::this_thread::get_id();
+  });
+  (*client)->Set(query::CacheFill{"queue/2", "two", absl::Seconds(60)},
+                 [&](absl::StatusOr<bool> r) {
+                   set = true;
+                   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+                 });
+  (*client)->Invalidate({"t"}, false, "test", absl::Seconds(10), [&](absl::Status s) {
+    invalidated = true;
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  });
+  // Inline: answered on this thread, before the calls returned.
+  EXPECT_TRUE(got);
+  EXPECT_EQ(got_on, std::this_thread::get_id());
+  EXPECT_TRUE(set);
+  EXPECT_TRUE(invalidated);
+  EXPECT_FALSE((*client)->Watch([](const query::CacheInvalidationEvent&) {}));
+  (*client)->StopWatching();  // after Close: nothing to stop
+  EXPECT_EQ(uds().Get("queue/2").outcome(), v1::CacheGetResponse::MISS);
+
+  cq.Shutdown();
+  poller.join();
+  client->reset();
 }
 
 TEST_F(CacheServiceTest, DeleteAndInvalidate) {

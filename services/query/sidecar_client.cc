@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/server/channel.h"
+#include "common/server/queue_service.h"
 
 namespace poolside::query {
 namespace {
@@ -21,6 +22,8 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()),
                       absl::StrCat("cache sidecar: ", s.error_message()));
 }
+
+grpc::Status Closed() { return grpc::Status(grpc::StatusCode::UNAVAILABLE, "client closed"); }
 
 }  // namespace
 
@@ -59,79 +62,165 @@ absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(const std::
 SidecarClient::SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout)
     : call_timeout_(call_timeout),
       channel_(std::move(channel)),
-      stub_(v1::CacheService::NewStub(channel_)) {}
-
-template <typename Request, typename Response>
-struct SidecarClient::Call {
-  grpc::ClientContext context;
-  Request request;
-  Response response;
-};
-
-template <typename Request, typename Response>
-SidecarClient::Call<Request, Response>* SidecarClient::NewCall(absl::Duration timeout) {
-  {
-    absl::MutexLock lock(&mu_);
-    ++calls_;
-  }
-  auto* call = new Call<Request, Response>();
-  SetTimeout(call->context, timeout);
-  return call;
-}
-
-template <typename Request, typename Response>
-void SidecarClient::EndCall(Call<Request, Response>* call) {
-  delete call;
-  absl::MutexLock lock(&mu_);
-  --calls_;
+      stub_(v1::CacheService::NewStub(channel_)),
+      own_cq_(std::make_unique<grpc::CompletionQueue>()),
+      cq_(own_cq_.get()) {
+  own_thread_ = std::thread([cq = own_cq_.get()] {
+    void* tag;
+    bool ok;
+    while (cq->Next(&tag, &ok)) static_cast<server::QueueTag*>(tag)->Proceed(ok);
+  });
 }
 
 SidecarClient::~SidecarClient() {
+  Close();
+  if (own_cq_ != nullptr) {
+    // Every call has ended: nothing is left on the queue to drain.
+    own_cq_->Shutdown();
+    own_thread_.join();
+  }
+}
+
+void SidecarClient::UseQueue(grpc::CompletionQueue* cq) {
+  if (own_cq_ == nullptr) return;
+  {
+    absl::MutexLock lock(&mu_);
+    cq_ = cq;
+    on_own_queue_ = false;
+  }
+  {
+    // Would never end by itself: the watch loop watches again, on `cq`.
+    absl::MutexLock lock(&watch_mu_);
+    if (stream_open_ && stream_on_own_queue_) cancel_stream_ = true;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](int* calls) { return *calls == 0; }, &own_queue_calls_));
+  }
+  own_cq_->Shutdown();
+  own_thread_.join();
+  own_cq_.reset();
+}
+
+void SidecarClient::Close() {
+  {
+    absl::MutexLock lock(&mu_);
+    closed_ = true;
+  }
   StopWatching();
   absl::MutexLock lock(&mu_);
   mu_.Await(absl::Condition(
       +[](int* calls) { return *calls == 0; }, &calls_));
 }
 
-bool SidecarClient::Watch(std::function<void(const CacheInvalidationEvent&)> on_event) {
-  absl::MutexLock lock(&watch_mu_);
-  if (watcher_.joinable() || stop_watching_.HasBeenNotified()) return false;
-  watcher_ = std::thread([this, on_event = std::move(on_event)] { WatchLoop(on_event); });
+bool SidecarClient::BeginCall(grpc::CompletionQueue** cq, bool* on_own_queue) {
+  absl::MutexLock lock(&mu_);
+  if (closed_) return false;
+  *cq = cq_;
+  *on_own_queue = on_own_queue_;
+  ++calls_;
+  if (*on_own_queue) ++own_queue_calls_;
   return true;
 }
 
-void SidecarClient::StopWatching() {
-  std::thread watcher;
-  {
-    absl::MutexLock lock(&watch_mu_);
-    if (!stop_watching_.HasBeenNotified()) stop_watching_.Notify();
-    if (watch_context_ != nullptr) watch_context_->TryCancel();
-    watcher.swap(watcher_);
-  }
-  if (watcher.joinable()) watcher.join();
+void SidecarClient::EndCall(bool on_own_queue) {
+  absl::MutexLock lock(&mu_);
+  --calls_;
+  if (on_own_queue) --own_queue_calls_;
 }
 
-// One WatchInvalidations stream: reads until it ends, then notifies `done`.
-class SidecarClient::WatchReactor : public grpc::ClientReadReactor<v1::CacheInvalidationEvent> {
- public:
-  explicit WatchReactor(const std::function<void(const CacheInvalidationEvent&)>* on_event)
-      : on_event_(on_event) {}
+template <typename Request, typename Response>
+struct SidecarClient::Call final : public server::QueueTag {
+  Call(SidecarClient* client, grpc::CompletionQueue* cq, bool on_own_queue)
+      : client(client), cq(cq), on_own_queue(on_own_queue) {}
 
-  void Start(v1::CacheService::Stub* stub) {
-    stub->async()->WatchInvalidations(&context, &request_, this);
-    StartRead(&event_);
-    StartCall();
+  // `prepared`: the stub's PrepareAsync<Method>(&context, request, cq).
+  void Start(std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> prepared) {
+    reader = std::move(prepared);
+    reader->StartCall();
+    reader->Finish(&response, &status, this);
   }
 
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // the stream ended: OnDone follows
+  // A client's Finish always completes, with ok; `status` says how it went.
+  void Proceed(bool /*ok*/) override {
+    then(*this);
+    SidecarClient* const owner = client;
+    const bool own = on_own_queue;
+    delete this;  // the context first: Close() waits for it
+    owner->EndCall(own);
+  }
+
+  SidecarClient* const client;
+  grpc::CompletionQueue* const cq;
+  const bool on_own_queue;
+  grpc::ClientContext context;
+  Request request;
+  Response response;
+  grpc::Status status;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> reader;
+  std::function<void(Call&)> then;
+};
+
+template <typename Request, typename Response>
+SidecarClient::Call<Request, Response>* SidecarClient::NewCall(absl::Duration timeout) {
+  grpc::CompletionQueue* cq;
+  bool on_own_queue;
+  if (!BeginCall(&cq, &on_own_queue)) return nullptr;
+  auto* call = new Call<Request, Response>(this, cq, on_own_queue);
+  SetTimeout(call->context, timeout);
+  return call;
+}
+
+// Reads until the stream ends, on the queue thread; the watcher thread owns
+// it and frees it once StreamEnded() said so.
+class SidecarClient::WatchStream {
+ public:
+  WatchStream(SidecarClient* client,
+              const std::function<void(const CacheInvalidationEvent&)>* on_event)
+      : client_(client), on_event_(on_event) {}
+
+  void Start(v1::CacheService::Stub* stub, grpc::CompletionQueue* cq) {
+    reader_ = stub->PrepareAsyncWatchInvalidations(&context_, request_, cq);
+    reader_->StartCall(&started_);
+  }
+  // Any thread; also before Start() (gRPC then cancels the call as it starts).
+  void Cancel() { context_.TryCancel(); }
+  // After StreamEnded().
+  bool subscribed() const { return subscribed_; }
+
+ private:
+  template <void (WatchStream::*kStep)(bool)>
+  class Step final : public server::QueueTag {
+   public:
+    explicit Step(WatchStream* stream) : stream_(stream) {}
+    void Proceed(bool ok) override { (stream_->*kStep)(ok); }
+
+   private:
+    WatchStream* const stream_;
+  };
+
+  void OnStarted(bool ok) {
+    if (ok) {
+      reader_->Read(&event_, &read_);
+    } else {
+      reader_->Finish(&status_, &finished_);
+    }
+  }
+
+  void OnRead(bool ok) {
+    if (!ok) {  // the stream ended
+      reader_->Finish(&status_, &finished_);
+      return;
+    }
     CacheInvalidationEvent event;
+    bool pass_on = true;
     if (event_.subscribed()) {
-      if (subscribed_) return StartRead(&event_);
+      pass_on = !subscribed_;
       subscribed_ = true;
       event.kind = CacheInvalidationEvent::kSubscribed;
     } else if (!subscribed_) {
-      return StartRead(&event_);  // not a watch this client understands
+      pass_on = false;  // not a watch this client understands
     } else if (!event_.deleted_key().empty()) {
       event.kind = CacheInvalidationEvent::kDelete;
       event.key = std::move(*event_.mutable_deleted_key());
@@ -142,12 +231,12 @@ class SidecarClient::WatchReactor : public grpc::ClientReadReactor<v1::CacheInva
       event.flush_all = event_.flush_all();
       event.generation = event_.generation();
     }
-    (*on_event_)(event);
+    if (pass_on) (*on_event_)(event);
     event_.Clear();
-    StartRead(&event_);
+    reader_->Read(&event_, &read_);
   }
 
-  void OnDone(const grpc::Status&) override {
+  void OnFinished(bool /*ok*/) {
     // Why it ended changes nothing: watch again. The near cache must stop
     // serving first.
     if (subscribed_) {
@@ -155,38 +244,81 @@ class SidecarClient::WatchReactor : public grpc::ClientReadReactor<v1::CacheInva
       broken.kind = CacheInvalidationEvent::kBroken;
       (*on_event_)(broken);
     }
-    done.Notify();
+    client_->StreamEnded();  // last: the watcher thread may free this stream now
   }
 
-  bool subscribed() const { return subscribed_; }
-
-  grpc::ClientContext context;
-  absl::Notification done;
-
- private:
-  const std::function<void(const CacheInvalidationEvent&)>* on_event_;
+  SidecarClient* const client_;
+  const std::function<void(const CacheInvalidationEvent&)>* const on_event_;
+  grpc::ClientContext context_;
   v1::CacheWatchRequest request_;
+  std::unique_ptr<grpc::ClientAsyncReader<v1::CacheInvalidationEvent>> reader_;
   v1::CacheInvalidationEvent event_;
-  bool subscribed_ = false;  // only touched by the stream's callbacks, one at a time
+  grpc::Status status_;
+  bool subscribed_ = false;  // only touched by the steps, one at a time
+  Step<&WatchStream::OnStarted> started_{this};
+  Step<&WatchStream::OnRead> read_{this};
+  Step<&WatchStream::OnFinished> finished_{this};
 };
+
+bool SidecarClient::Watch(std::function<void(const CacheInvalidationEvent&)> on_event) {
+  absl::MutexLock lock(&watch_mu_);
+  if (watcher_.joinable() || stop_watching_) return false;
+  watcher_ = std::thread([this, on_event = std::move(on_event)] { WatchLoop(on_event); });
+  return true;
+}
+
+void SidecarClient::StopWatching() {
+  std::thread watcher;
+  {
+    absl::MutexLock lock(&watch_mu_);
+    stop_watching_ = true;
+    cancel_stream_ = true;
+    watcher.swap(watcher_);
+  }
+  // The watcher returns once its open stream has ended.
+  if (watcher.joinable()) watcher.join();
+}
+
+void SidecarClient::StreamEnded() {
+  absl::MutexLock lock(&watch_mu_);
+  stream_open_ = false;
+}
 
 void SidecarClient::WatchLoop(std::function<void(const CacheInvalidationEvent&)> on_event) {
   absl::Duration backoff = absl::Milliseconds(100);
-  while (!stop_watching_.HasBeenNotified()) {
-    WatchReactor watch(&on_event);
+  while (true) {
+    grpc::CompletionQueue* cq;
+    bool on_own_queue;
     {
       absl::MutexLock lock(&watch_mu_);
-      if (stop_watching_.HasBeenNotified()) break;
-      watch_context_ = &watch.context;
+      if (stop_watching_ || !BeginCall(&cq, &on_own_queue)) return;
+      stream_open_ = true;
+      stream_on_own_queue_ = on_own_queue;
+      cancel_stream_ = false;
     }
-    watch.Start(stub_.get());
-    watch.done.WaitForNotification();
+    auto stream = std::make_unique<WatchStream>(this, &on_event);
+    stream->Start(stub_.get(), cq);
+    bool cancel;
     {
       absl::MutexLock lock(&watch_mu_);
-      watch_context_ = nullptr;
+      watch_mu_.Await(absl::Condition(this, &SidecarClient::StreamEndedOrCancelled));
+      cancel = stream_open_;
     }
-    if (watch.subscribed()) backoff = absl::Milliseconds(100);
-    stop_watching_.WaitForNotificationWithTimeout(backoff);
+    if (cancel) {
+      // Outside watch_mu_: the queue thread takes it to report the end.
+      stream->Cancel();
+      absl::MutexLock lock(&watch_mu_);
+      watch_mu_.Await(absl::Condition(
+          +[](bool* open) { return !*open; }, &stream_open_));
+    }
+    const bool subscribed = stream->subscribed();
+    stream.reset();
+    EndCall(on_own_queue);
+    if (subscribed) backoff = absl::Milliseconds(100);
+    {
+      absl::MutexLock lock(&watch_mu_);
+      watch_mu_.AwaitWithTimeout(absl::Condition(&stop_watching_), backoff);
+    }
     backoff = std::min(backoff * 2, absl::Seconds(1));
   }
 }
@@ -196,10 +328,16 @@ void SidecarClient::Get(const std::string& key,
   std::vector<PendingGet> batch;
   {
     absl::MutexLock lock(&mu_);
-    queued_.push_back(PendingGet{key, std::move(done), telemetry::CurrentSpanContext()});
-    if (get_calls_in_flight_ >= kMaxGetCallsInFlight) return;  // the next call takes it
-    ++get_calls_in_flight_;
-    TakeQueued(&batch);
+    if (!closed_) {
+      queued_.push_back(PendingGet{key, std::move(done), telemetry::CurrentSpanContext()});
+      if (get_calls_in_flight_ >= kMaxGetCallsInFlight) return;  // the next call takes it
+      ++get_calls_in_flight_;
+      TakeQueued(&batch);
+    }
+  }
+  if (batch.empty()) {
+    done(FromGrpc(Closed()));
+    return;
   }
   SendGets(std::move(batch));
 }
@@ -215,32 +353,40 @@ void SidecarClient::SendGets(std::vector<PendingGet> batch) {
   // The call's traceparent (common/server/channel.h) comes from here.
   telemetry::ScopedSpanContext trace(batch.front().trace);
   if (batch.size() == 1) {
-    auto* call = NewCall<v1::CacheGetRequest, v1::CacheGetResponse>(call_timeout_);
+    using GetCall = Call<v1::CacheGetRequest, v1::CacheGetResponse>;
+    GetCall* call = NewCall<v1::CacheGetRequest, v1::CacheGetResponse>(call_timeout_);
+    if (call == nullptr) {
+      GetsDone(std::move(batch), Closed(), {});
+      return;
+    }
     call->request.set_key(batch[0].key);
-    stub_->async()->Get(&call->context, &call->request, &call->response,
-                        [this, call, batch = std::move(batch)](grpc::Status s) mutable {
-                          GetsDone(std::move(batch), s, {&call->response});
-                          EndCall(call);
-                        });
+    call->then = [this, batch = std::move(batch)](GetCall& c) mutable {
+      GetsDone(std::move(batch), c.status, {&c.response});
+    };
+    call->Start(stub_->PrepareAsyncGet(&call->context, call->request, call->cq));
     return;
   }
-  auto* call = NewCall<v1::CacheGetManyRequest, v1::CacheGetManyResponse>(call_timeout_);
+  using GetManyCall = Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse>;
+  GetManyCall* call = NewCall<v1::CacheGetManyRequest, v1::CacheGetManyResponse>(call_timeout_);
+  if (call == nullptr) {
+    GetsDone(std::move(batch), Closed(), {});
+    return;
+  }
   for (const PendingGet& g : batch) call->request.add_keys(g.key);
-  stub_->async()->GetMany(
-      &call->context, &call->request, &call->response,
-      [this, call, batch = std::move(batch)](grpc::Status s) mutable {
-        std::vector<v1::CacheGetResponse*> results;
-        if (s.ok() && call->response.results_size() != static_cast<int>(batch.size())) {
-          s = grpc::Status(grpc::StatusCode::INTERNAL,
-                           absl::StrCat("GetMany answered ", call->response.results_size(),
-                                        " of ", batch.size(), " keys"));
-        }
-        if (s.ok()) {
-          for (auto& r : *call->response.mutable_results()) results.push_back(&r);
-        }
-        GetsDone(std::move(batch), s, std::move(results));
-        EndCall(call);
-      });
+  call->then = [this, batch = std::move(batch)](GetManyCall& c) mutable {
+    grpc::Status s = c.status;
+    std::vector<v1::CacheGetResponse*> results;
+    if (s.ok() && c.response.results_size() != static_cast<int>(batch.size())) {
+      s = grpc::Status(grpc::StatusCode::INTERNAL,
+                       absl::StrCat("GetMany answered ", c.response.results_size(), " of ",
+                                    batch.size(), " keys"));
+    }
+    if (s.ok()) {
+      for (auto& r : *c.response.mutable_results()) results.push_back(&r);
+    }
+    GetsDone(std::move(batch), s, std::move(results));
+  };
+  call->Start(stub_->PrepareAsyncGetMany(&call->context, call->request, call->cq));
 }
 
 void SidecarClient::GetsDone(std::vector<PendingGet> batch, const grpc::Status& status,
@@ -254,6 +400,7 @@ void SidecarClient::GetsDone(std::vector<PendingGet> batch, const grpc::Status& 
       TakeQueued(&next);  // keeps this call's slot
     }
   }
+  // Once closed, this answers `next` at once (and frees the slot in turn).
   if (!next.empty()) SendGets(std::move(next));
   for (size_t i = 0; i < batch.size(); ++i) {
     if (!status.ok()) {
@@ -275,7 +422,12 @@ void SidecarClient::GetsDone(std::vector<PendingGet> batch, const grpc::Status& 
 }
 
 void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)> done) {
-  auto* call = NewCall<v1::CacheSetRequest, v1::CacheSetResponse>(call_timeout_);
+  using SetCall = Call<v1::CacheSetRequest, v1::CacheSetResponse>;
+  SetCall* call = NewCall<v1::CacheSetRequest, v1::CacheSetResponse>(call_timeout_);
+  if (call == nullptr) {
+    done(FromGrpc(Closed()));
+    return;
+  }
   call->request.set_key(std::move(fill.key));
   call->request.set_value(std::move(fill.value));
   call->request.set_ttl_ms(static_cast<uint32_t>(
@@ -283,28 +435,29 @@ void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)
   call->request.set_stale_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(fill.stale)));
   for (std::string& tag : fill.tags) call->request.add_tags(std::move(tag));
   call->request.set_read_generation(fill.read_generation);
-  stub_->async()->Set(&call->context, &call->request, &call->response,
-                      [this, call, done = std::move(done)](grpc::Status s) {
-                        if (s.ok()) {
-                          done(call->response.stored());
-                        } else {
-                          done(FromGrpc(s));
-                        }
-                        EndCall(call);
-                      });
+  call->then = [done = std::move(done)](SetCall& c) {
+    if (c.status.ok()) {
+      done(c.response.stored());
+    } else {
+      done(FromGrpc(c.status));
+    }
+  };
+  call->Start(stub_->PrepareAsyncSet(&call->context, call->request, call->cq));
 }
 
 void SidecarClient::Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
                                absl::Duration timeout, std::function<void(absl::Status)> done) {
-  auto* call = NewCall<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>(timeout);
+  using InvalidateCall = Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>;
+  InvalidateCall* call = NewCall<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>(timeout);
+  if (call == nullptr) {
+    done(FromGrpc(Closed()));
+    return;
+  }
   for (std::string& tag : tags) call->request.add_tags(std::move(tag));
   call->request.set_flush_all(flush_all);
   call->request.set_source(std::move(source));
-  stub_->async()->Invalidate(&call->context, &call->request, &call->response,
-                             [this, call, done = std::move(done)](grpc::Status s) {
-                               done(FromGrpc(s));
-                               EndCall(call);
-                             });
+  call->then = [done = std::move(done)](InvalidateCall& c) { done(FromGrpc(c.status)); };
+  call->Start(stub_->PrepareAsyncInvalidate(&call->context, call->request, call->cq));
 }
 
 }  // namespace poolside::query

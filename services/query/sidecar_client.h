@@ -2,21 +2,37 @@
 #define POOLSIDE_SERVICES_QUERY_SIDECAR_CLIENT_H_
 
 // CacheClient over gRPC to the cache sidecar (poolside.v1.CacheService), with
-// the callback API: no thread waits on the sidecar. Each Get/Set is bounded by
-// `call_timeout`.
+// gRPC's async API on one completion queue: no thread waits on the sidecar.
+// Each Get/Set is bounded by `call_timeout`, each Invalidate by its own
+// timeout.
 //
-// Gets are batched without waiting: at most kMaxGetCallsInFlight lookups
+// Why the async API and not the callback API: in gRPC 1.51 any use of the
+// callback API in a process (a server's or a client's) starts two polling
+// threads that take epoll work away from a queue server's one thread
+// (common/server/queue_service.h). So every call's completion is delivered to
+// a completion queue whose every tag is a server::QueueTag, and runs on the
+// one thread that polls it: at first the client's own queue and thread; after
+// UseQueue(), a queue another thread polls (query_server's server queue).
+//
+// Gets are batched without waiting: at most kMaxGetCallsInFlight lookup
 // calls are out at once; Gets arriving while they are all out queue, and the
 // next call to leave carries every queued key (GetMany). Under light load each
 // Get is its own call; under heavy load one call carries many, which is what
 // keeps a cache hit cheaper than the database query it replaces.
 //
-// Watch() keeps one WatchInvalidations stream open, read with the callback API
-// (events are handed to `on_event` on gRPC's threads, which must not block), and
-// watches again 100 ms to 1 s after a stream ends or cannot start; a thread of
-// its own only waits for a stream to end and the backoff. (A blocking reader
-// would make that thread poll the process's gRPC file descriptors too, ~8% of
-// query_server's CPU under load.)
+// Watch() keeps one WatchInvalidations stream open, read on the queue, and
+// watches again 100 ms to 1 s after a stream ends or cannot start. A thread of
+// its own only waits (on a mutex, never on gRPC) for a stream to end and for
+// the backoff, and starts the next stream.
+//
+// Threading: Get/Set/Invalidate may be called from any thread, also from a
+// done callback. Done callbacks and `on_event` run on the queue thread (after
+// Close(): inline), must not block, and are not blocked on by this client.
+// UseQueue, Close, StopWatching and the destructor wait, so they must not be
+// called from the queue thread, and need the queue to be polled meanwhile.
+//
+// Lifetime (query_server): Create, UseQueue(server queue), Watch, ...,
+// Close() before the server's queue is shut down, destroy.
 
 #include <functional>
 #include <memory>
@@ -25,15 +41,13 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
-
-#include "absl/time/time.h"
-#include "grpcpp/grpcpp.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/telemetry/trace_context.h"
+#include "grpcpp/grpcpp.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
-#include "common/telemetry/trace_context.h"
 #include "services/query/cache_client.h"
 
 namespace poolside::query {
@@ -52,14 +66,31 @@ class SidecarClient : public CacheClient {
                                                                const v1::ClientTlsConfig& tls,
                                                                absl::Duration call_timeout,
                                                                absl::Duration keepalive);
+  // Starts the client's own completion queue and the thread polling it.
   SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout);
-  // Stops watching and waits until every call has ended and freed its
-  // ClientContext (so not callable from one of this client's callbacks). A
-  // context holds the channel: freed on a gRPC callback thread after this
-  // client let go of the channel, it would drop the last reference there, and
-  // gRPC 1.51 then frees that thread's completion queue under it
-  // (grpc/grpc#32584).
+  // Close(), then stops the own queue's thread if UseQueue() did not.
   ~SidecarClient() override;
+
+  // From now on every call, and the watch, starts on `cq`, which another
+  // thread polls, handing every tag to server::QueueTag::Proceed. Waits until
+  // every call started on the own queue has ended, then stops the own queue
+  // and its thread. Call at most once, before Watch() (a watch already open
+  // on the own queue is ended and watched again on `cq`). Calls made
+  // meanwhile go to whichever queue is current when they start.
+  void UseQueue(grpc::CompletionQueue* cq);
+
+  // Stops watching, then waits until every call has ended and freed its
+  // ClientContext; the queue must still be polled. Afterwards Get/Set/
+  // Invalidate answer UNAVAILABLE inline without touching gRPC, and Watch()
+  // returns false. Idempotent.
+  //
+  // Why wait: each call's tag points into this client, and a queue is only
+  // drained once its calls have come back (the watch never does by itself).
+  // A context also holds the channel; freed while this client still holds it,
+  // it never drops the channel's last reference on the queue thread (on a
+  // callback thread that freed the thread's completion queue under it in
+  // gRPC 1.51, grpc/grpc#32584).
+  void Close();
 
   void Get(const std::string& key,
            std::function<void(absl::StatusOr<CacheLookup>)> done) override;
@@ -67,6 +98,9 @@ class SidecarClient : public CacheClient {
   void Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
                   absl::Duration timeout, std::function<void(absl::Status)> done) override;
   bool Watch(std::function<void(const CacheInvalidationEvent&)> on_event) override;
+  // Ends the watch and waits for its stream to end (the queue must be
+  // polled); `on_event` is not called once this returned. Safe before and
+  // after Close().
   void StopWatching() override;
 
  private:
@@ -80,36 +114,57 @@ class SidecarClient : public CacheClient {
   // Moves up to kMaxKeysPerCall queued Gets into `batch`.
   void TakeQueued(std::vector<PendingGet>* batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SendGets(std::vector<PendingGet> batch);
-  // After a lookup call finished: sends what queued meanwhile (or frees the
-  // call's slot), then answers `batch` with `results` (or `status`).
+  // After a lookup call finished (or could not start): sends what queued
+  // meanwhile (or frees the call's slot), then answers `batch` with
+  // `results` (or `status`).
   void GetsDone(std::vector<PendingGet> batch, const grpc::Status& status,
                 std::vector<v1::CacheGetResponse*> results);
 
   // Every call is counted from before it starts until its context is freed.
+  // BeginCall: false once closed; else counts the call and names its queue.
+  bool BeginCall(grpc::CompletionQueue** cq, bool* on_own_queue);
+  void EndCall(bool on_own_queue);
+  // A unary call: its tag, finished on the queue thread.
   template <typename Request, typename Response>
   struct Call;
+  // Null once closed.
   template <typename Request, typename Response>
   Call<Request, Response>* NewCall(absl::Duration timeout);
-  template <typename Request, typename Response>
-  void EndCall(Call<Request, Response>* call);
 
   const absl::Duration call_timeout_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::CacheService::Stub> stub_;
-
-  class WatchReactor;
-  void WatchLoop(std::function<void(const CacheInvalidationEvent&)> on_event);
+  // Until UseQueue(); only it and the destructor touch these.
+  std::unique_ptr<grpc::CompletionQueue> own_cq_;
+  std::thread own_thread_;
 
   absl::Mutex mu_;
+  grpc::CompletionQueue* cq_ ABSL_GUARDED_BY(mu_);  // where calls start
+  bool on_own_queue_ ABSL_GUARDED_BY(mu_) = true;   // cq_ is own_cq_
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<PendingGet> queued_ ABSL_GUARDED_BY(mu_);
   int get_calls_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
   int calls_ ABSL_GUARDED_BY(mu_) = 0;
+  int own_queue_calls_ ABSL_GUARDED_BY(mu_) = 0;  // of calls_, those on own_cq_
 
-  absl::Mutex watch_mu_;
-  // The open watch's context, to cancel it.
-  grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(watch_mu_) = nullptr;
-  absl::Notification stop_watching_;
-  std::thread watcher_;
+  // One WatchInvalidations stream, read on the queue.
+  class WatchStream;
+  void WatchLoop(std::function<void(const CacheInvalidationEvent&)> on_event);
+  // The open stream has ended (on the queue thread; its last step).
+  void StreamEnded();
+  bool StreamEndedOrCancelled() const ABSL_SHARED_LOCKS_REQUIRED(watch_mu_) {
+    return !stream_open_ || cancel_stream_;
+  }
+
+  // Never held across a gRPC call: the queue thread takes it in StreamEnded().
+  // Taken before mu_ when both are.
+  absl::Mutex watch_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  bool stop_watching_ ABSL_GUARDED_BY(watch_mu_) = false;
+  bool stream_open_ ABSL_GUARDED_BY(watch_mu_) = false;
+  bool stream_on_own_queue_ ABSL_GUARDED_BY(watch_mu_) = false;
+  // The watcher thread cancels the open stream (it owns it).
+  bool cancel_stream_ ABSL_GUARDED_BY(watch_mu_) = false;
+  std::thread watcher_ ABSL_GUARDED_BY(watch_mu_);
 };
 
 }  // namespace poolside::query
