@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<poolside::query::CacheClient> sidecar;
+  poolside::query::SidecarClient* sidecar_client = nullptr;  // owned by the engine
   if (config->has_cache()) {
     auto client = poolside::query::SidecarClient::Create(
         config->cache().target(), config->cache().tls(),
@@ -73,6 +74,7 @@ int main(int argc, char** argv) {
                           {{"error", std::string(client.status().message())}});
       return 2;
     }
+    sidecar_client = client->get();
     sidecar = *std::move(client);
     telemetry::LogInfo("cache sidecar", {{"target", config->cache().target()},
                                          {"cached_table_sets", absl::StrCat(config->cache().tables_size())}});
@@ -93,7 +95,13 @@ int main(int argc, char** argv) {
   options.max_receive_message_bytes = static_cast<int>(
       std::min<uint32_t>(config->limits().max_request_bytes(), INT32_MAX));
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
-  options.services = {&service};
+  options.queue_services = {&service};
+  // Calls still running on the workers answer on the queue, and so do the
+  // sidecar client's calls: both end before the queue does.
+  options.before_queue_shutdown = [&service, sidecar_client] {
+    service.WaitForCalls();
+    if (sidecar_client != nullptr) sidecar_client->Close();
+  };
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // Readiness: NOT_SERVING until the pools are warm (see QueryEngine::WhenWarm).
   options.serving_at_start = false;
@@ -102,6 +110,9 @@ int main(int argc, char** argv) {
     telemetry::LogError("cannot start", {{"error", std::string(server.status().message())}});
     return 1;
   }
+  // From here on the sidecar's calls complete on the server's one thread too
+  // (common/server/queue_service.h).
+  if (sidecar_client != nullptr) sidecar_client->UseQueue((*server)->queue());
   engine.Start();
   engine.WhenWarm((*server)->MarkServingCallback());
   (*server)->WaitForTermination();

@@ -7,21 +7,29 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/server/reactor_lock.h"
 #include "common/server/status.h"
 #include "common/telemetry/trace_grpc.h"
 
 namespace poolside::query {
 namespace {
 
-absl::Time DeadlineOf(grpc::CallbackServerContext* context) {
-  const auto d = context->deadline();
+using Async = v1::QueryService::AsyncService;
+
+// Requests kept outstanding per method: calls of a method that arrive while
+// all of its requests are taken wait in gRPC until the queue thread asks for
+// the next one (at once, when one arrives).
+constexpr int kExecuteSlots = 64;
+constexpr int kStatementSlots = 16;  // ExecuteStream, ExecuteTransaction
+constexpr int kAdminSlots = 2;       // statistics, CheckDatabases
+
+absl::Time DeadlineOf(const grpc::ServerContext& context) {
+  const auto d = context.deadline();
   if (d == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
   return absl::FromChrono(d);
 }
 
-std::string HolderOf(absl::string_view method, grpc::CallbackServerContext* context) {
-  return absl::StrCat(method, " from ", context->peer());
+std::string HolderOf(absl::string_view method, const grpc::ServerContext& context) {
+  return absl::StrCat(method, " from ", context.peer());
 }
 
 // The status a call gets when it ends before its work ran.
@@ -33,15 +41,107 @@ absl::Status EndedEarly(absl::Time deadline) {
   return absl::CancelledError("call cancelled by the caller");
 }
 
-// A unary call whose work runs on an engine worker.
-class UnaryCall : public grpc::ServerUnaryReactor {
+// A tag that runs one step of a call on the queue thread.
+template <typename T, void (T::*kStep)(bool)>
+class Step final : public server::QueueTag {
  public:
-  explicit UnaryCall(absl::Time deadline) : deadline_(deadline) {}
+  explicit Step(T* call) : call_(call) {}
+  void Proceed(bool ok) override { (call_->*kStep)(ok); }
 
+ private:
+  T* const call_;
+};
+
+}  // namespace
+
+// What every call has: its context, the caller's permit, a resolved request,
+// and its lifetime. Once a call has arrived it holds two references, one for
+// gRPC's "done" notification and one for its answer (released when Finish
+// came back), plus one per write in progress; every release happens on the
+// queue thread, and the last one deletes the call. Its answer (Finish) and
+// writes may be started from any thread (the engine's workers answer their
+// own calls): each is started once, after the call's own state says so under
+// its mutex, and nothing touches the call after starting its Finish.
+class QueryServiceImpl::Call {
+ public:
+  grpc::ServerContext context;
   // Kept until the call is done: the caller's permit and a resolved request.
   auth::CallAuth call_auth;
   std::unique_ptr<google::protobuf::Message> owned_request;
+  absl::Time deadline = absl::InfiniteFuture();
 
+  virtual ~Call() {
+    if (!arrived_) return;
+    absl::MutexLock lock(&service_->calls_mu_);
+    --service_->calls_;
+  }
+
+ protected:
+  explicit Call(QueryServiceImpl* service) : service_(service) {
+    // Before the request: the done tag then comes back for every call that starts.
+    context.AsyncNotifyWhenDone(&done_tag_);
+  }
+
+  // The call arrived (queue thread): count it, and take its two references.
+  void Arrived() {
+    arrived_ = true;
+    {
+      absl::MutexLock lock(&service_->calls_mu_);
+      ++service_->calls_;
+    }
+    absl::MutexLock lock(&mu_);
+    refs_ = 2;
+  }
+
+  void AddRef() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++refs_; }
+  // Queue thread only.
+  void Release() {
+    bool last;
+    {
+      absl::MutexLock lock(&mu_);
+      last = --refs_ == 0;
+    }
+    if (last) delete this;
+  }
+
+  // The caller went away (cancelled, deadline, server shutdown) before the call ended.
+  virtual void Cancelled() = 0;
+
+  QueryServiceImpl* const service_;
+  absl::Mutex mu_;
+  // The engine's work answering this call, to stop it when the caller goes.
+  std::shared_ptr<Work> work_ ABSL_GUARDED_BY(mu_);
+
+ private:
+  void OnDone(bool /*ok*/) {
+    if (context.IsCancelled()) Cancelled();
+    Release();
+  }
+
+  Step<Call, &Call::OnDone> done_tag_{this};
+  bool arrived_ = false;
+  int refs_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A unary call: its method's handler starts it on the queue thread, and it is
+// answered once, with Complete(), from any thread.
+template <typename Request, typename Response>
+class QueryServiceImpl::UnaryCall final : public Call {
+ public:
+  using RequestMethod = void (Async::*)(grpc::ServerContext*, Request*,
+                                        grpc::ServerAsyncResponseWriter<Response>*,
+                                        grpc::CompletionQueue*, grpc::ServerCompletionQueue*,
+                                        void*);
+  using Handler = void (QueryServiceImpl::*)(UnaryCall*);
+
+  static void Post(QueryServiceImpl* service, RequestMethod request, Handler handler) {
+    new UnaryCall(service, request, handler);
+  }
+
+  Request request;
+  Response response;
+
+  // The engine's answer to starting the call: an error answers it now.
   void Start(absl::StatusOr<std::shared_ptr<Work>> work) {
     if (!work.ok()) {
       Complete(work.status());
@@ -51,61 +151,71 @@ class UnaryCall : public grpc::ServerUnaryReactor {
     work_ = *std::move(work);
   }
 
+  // Answers the call (the first time; later answers are ignored).
   void Complete(const absl::Status& status) {
-    server::ReactorLock<UnaryCall> lock(this, &mu_);
-    if (finished_) return;
-    finished_ = true;
-    lock.FinishAfterUnlock(server::ToGrpcStatus(status));
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    if (status.ok()) {
+      writer_.Finish(response, grpc::Status::OK, &finished_tag_);
+    } else {
+      writer_.FinishWithError(server::ToGrpcStatus(status), &finished_tag_);
+    }
   }
 
-  void OnCancel() override {
+ private:
+  UnaryCall(QueryServiceImpl* service, RequestMethod request_method, Handler handler)
+      : Call(service), request_method_(request_method), handler_(handler), writer_(&context) {
+    (service->async_.*request_method_)(&context, &request, &writer_, service->cq_, service->cq_,
+                                       &requested_tag_);
+  }
+
+  void OnRequested(bool ok) {
+    if (!ok) {  // shutting down: the call never started, no done tag follows
+      delete this;
+      return;
+    }
+    Post(service_, request_method_, handler_);
+    Arrived();
+    (service_->*handler_)(this);
+  }
+
+  void OnFinished(bool /*ok*/) { Release(); }
+
+  void Cancelled() override {
     std::shared_ptr<Work> work;
     {
       absl::MutexLock lock(&mu_);
+      if (finished_) return;
       work = work_;
     }
     if (work == nullptr) return;
     work->cancelled.store(true);
     // Not started yet: answer now. Running: its statement is being cancelled and
     // done() answers.
-    if (work->Abandon()) Complete(EndedEarly(deadline_));
+    if (work->Abandon()) Complete(EndedEarly(deadline));
   }
 
-  void OnDone() override { delete this; }
-
-  // OnCancel and OnDone are short and never block, so gRPC may run them on the
-  // thread that completes the call: OnDone, for one, then runs on the worker
-  // right inside Complete's Finish. Otherwise gRPC 1.51 hands every call's
-  // OnDone to its executor thread, a thread hop per call (at 32 callers a
-  // cached read took ~40 us of query_server CPU with it, ~24 us without; an
-  // uncached one ~64 and ~49 us). Safe because nothing touches the call after
-  // Finish: Complete finishes after unlocking (ReactorLock), its callers
-  // (Work::done, OnCancel) return right after it, and gRPC holds a reference
-  // of its own while OnCancel runs. The hook is gRPC's own (DefaultReactor
-  // overrides it the same way), marked "not API": a gRPC without it fails to
-  // compile here (`override`) rather than silently changing behaviour.
-  bool InternalInlineable() override { return true; }
-
- private:
-  const absl::Time deadline_;
-  absl::Mutex mu_;
-  std::shared_ptr<Work> work_ ABSL_GUARDED_BY(mu_);
+  const RequestMethod request_method_;
+  const Handler handler_;
+  grpc::ServerAsyncResponseWriter<Response> writer_;
+  Step<UnaryCall, &UnaryCall::OnRequested> requested_tag_{this};
+  Step<UnaryCall, &UnaryCall::OnFinished> finished_tag_{this};
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Streams chunks produced on a worker thread; at most kMaxQueued chunks wait
 // for the network, so a slow reader holds the worker (and the statement) back
 // instead of growing memory.
-class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
-                   public ChunkWriter {
+class QueryServiceImpl::StreamCall final : public Call, public ChunkWriter {
  public:
   static constexpr size_t kMaxQueued = 2;
 
-  explicit StreamCall(absl::Time deadline) : deadline_(deadline) {}
+  static void Post(QueryServiceImpl* service) { new StreamCall(service); }
 
-  // Kept until the call is done: the caller's permit and a resolved request.
-  auth::CallAuth call_auth;
-  std::unique_ptr<google::protobuf::Message> owned_request;
+  v1::ExecuteRequest request;
 
   void Begin(absl::StatusOr<std::shared_ptr<Work>> work) {
     if (!work.ok()) {
@@ -117,45 +227,76 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
   }
 
   bool Write(std::unique_ptr<v1::ExecuteStreamResponse> chunk) override {
-    absl::MutexLock lock(&mu_);  // never finishes: the producer is not done
-    mu_.Await(absl::Condition(
-        +[](StreamCall* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-          return c->cancelled_ || c->queue_.size() < kMaxQueued;
-        },
-        this));
-    if (cancelled_) return false;
-    queue_.push_back(std::move(chunk));
-    if (!writing_) {
-      writing_ = true;
-      StartWrite(queue_.front().get());
+    v1::ExecuteStreamResponse* write = nullptr;
+    {
+      absl::MutexLock lock(&mu_);  // never finishes: the producer is not done
+      mu_.Await(absl::Condition(
+          +[](StreamCall* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+            return c->cancelled_ || c->queue_.size() < kMaxQueued;
+          },
+          this));
+      if (cancelled_) return false;
+      queue_.push_back(std::move(chunk));
+      if (!writing_) write = StartWriteLocked();
     }
+    if (write != nullptr) writer_.Write(*write, &written_tag_);
     return true;
   }
 
   // The producer's outcome: finish once the queued chunks are written.
   void Done(const absl::Status& status) {
-    Lock lock(this, &mu_);
-    producer_done_ = true;
-    final_status_ = status;
-    MaybeFinishLocked(lock);
+    grpc::Status finish;
+    {
+      absl::MutexLock lock(&mu_);
+      producer_done_ = true;
+      final_status_ = status;
+      if (!FinishNowLocked(&finish)) return;
+    }
+    writer_.Finish(finish, &finished_tag_);
   }
 
-  void OnWriteDone(bool ok) override {
-    Lock lock(this, &mu_);
-    queue_.pop_front();
-    writing_ = false;
-    if (!ok) {
-      cancelled_ = true;
-      queue_.clear();
-    } else if (!queue_.empty()) {
-      writing_ = true;
-      StartWrite(queue_.front().get());
+ private:
+  explicit StreamCall(QueryServiceImpl* service) : Call(service), writer_(&context) {
+    service->async_.RequestExecuteStream(&context, &request, &writer_, service->cq_, service->cq_,
+                                         &requested_tag_);
+  }
+
+  void OnRequested(bool ok) {
+    if (!ok) {  // shutting down: the call never started, no done tag follows
+      delete this;
       return;
     }
-    MaybeFinishLocked(lock);
+    Post(service_);
+    Arrived();
+    service_->ExecuteStream(this);
   }
 
-  void OnCancel() override {
+  void OnWritten(bool ok) {
+    v1::ExecuteStreamResponse* write = nullptr;
+    grpc::Status finish;
+    bool finish_now = false;
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();
+      writing_ = false;
+      if (!ok) {
+        cancelled_ = true;
+        queue_.clear();
+      }
+      if (!queue_.empty()) {
+        write = StartWriteLocked();
+      } else {
+        finish_now = FinishNowLocked(&finish);
+      }
+    }
+    if (write != nullptr) writer_.Write(*write, &written_tag_);
+    if (finish_now) writer_.Finish(finish, &finished_tag_);
+    Release();  // this write's
+  }
+
+  void OnFinished(bool /*ok*/) { Release(); }
+
+  void Cancelled() override {
     std::shared_ptr<Work> work;
     {
       absl::MutexLock lock(&mu_);
@@ -164,24 +305,28 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
     }
     if (work == nullptr) return;
     work->cancelled.store(true);
-    if (work->Abandon()) Done(EndedEarly(deadline_));
+    if (work->Abandon()) Done(EndedEarly(deadline));
   }
 
-  void OnDone() override { delete this; }
+  // The chunk to write next; the write holds a reference until OnWritten.
+  v1::ExecuteStreamResponse* StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_ = true;
+    AddRef();
+    return queue_.front().get();
+  }
 
- private:
-  using Lock = server::ReactorLock<StreamCall>;
-
-  void MaybeFinishLocked(Lock& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || writing_ || !producer_done_) return;
-    if (!cancelled_ && !queue_.empty()) return;
+  bool FinishNowLocked(grpc::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || writing_ || !producer_done_) return false;
+    if (!cancelled_ && !queue_.empty()) return false;
     finished_ = true;
-    lock.FinishAfterUnlock(server::ToGrpcStatus(final_status_));
+    *status = server::ToGrpcStatus(final_status_);
+    return true;
   }
 
-  const absl::Time deadline_;
-  absl::Mutex mu_;
-  std::shared_ptr<Work> work_ ABSL_GUARDED_BY(mu_);
+  grpc::ServerAsyncWriter<v1::ExecuteStreamResponse> writer_;
+  Step<StreamCall, &StreamCall::OnRequested> requested_tag_{this};
+  Step<StreamCall, &StreamCall::OnWritten> written_tag_{this};
+  Step<StreamCall, &StreamCall::OnFinished> finished_tag_{this};
   std::deque<std::unique_ptr<v1::ExecuteStreamResponse>> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -190,117 +335,125 @@ class StreamCall : public grpc::ServerWriteReactor<v1::ExecuteStreamResponse>,
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 
-}  // namespace
+void QueryServiceImpl::Begin(grpc::ServerCompletionQueue* cq) {
+  cq_ = cq;
+  for (int i = 0; i < kExecuteSlots; ++i) {
+    UnaryCall<v1::ExecuteRequest, v1::ExecuteResponse>::Post(this, &Async::RequestExecute,
+                                                             &QueryServiceImpl::Execute);
+  }
+  for (int i = 0; i < kStatementSlots; ++i) {
+    StreamCall::Post(this);
+    UnaryCall<v1::ExecuteTransactionRequest, v1::ExecuteTransactionResponse>::Post(
+        this, &Async::RequestExecuteTransaction, &QueryServiceImpl::ExecuteTransaction);
+  }
+  for (int i = 0; i < kAdminSlots; ++i) {
+    UnaryCall<v1::GetPoolStatsRequest, v1::GetPoolStatsResponse>::Post(
+        this, &Async::RequestGetPoolStats, &QueryServiceImpl::GetPoolStats);
+    UnaryCall<v1::GetStatementStatsRequest, v1::GetStatementStatsResponse>::Post(
+        this, &Async::RequestGetStatementStats, &QueryServiceImpl::GetStatementStats);
+    UnaryCall<v1::CheckDatabasesRequest, v1::CheckDatabasesResponse>::Post(
+        this, &Async::RequestCheckDatabases, &QueryServiceImpl::CheckDatabases);
+  }
+}
 
-grpc::ServerUnaryReactor* QueryServiceImpl::Execute(grpc::CallbackServerContext* context,
-                                                    const v1::ExecuteRequest* request,
-                                                    v1::ExecuteResponse* response) {
-  const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
+void QueryServiceImpl::WaitForCalls() {
+  absl::MutexLock lock(&calls_mu_);
+  calls_mu_.Await(absl::Condition(
+      +[](int* calls) { return *calls == 0; }, &calls_));
+}
+
+void QueryServiceImpl::Execute(UnaryCall<v1::ExecuteRequest, v1::ExecuteResponse>* call) {
+  call->deadline = engine_->EffectiveDeadline(DeadlineOf(call->context));
   // The engine takes the call's trace context from here into its work.
-  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
-  auto* call = new UnaryCall(deadline);
+  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(&call->context));
   CallAccess access;
+  const v1::ExecuteRequest* request = &call->request;
   std::unique_ptr<v1::ExecuteRequest> resolved;
-  if (absl::Status s = AuthorizeExecute(*context, *request, &call->call_auth, &access, &resolved);
+  if (absl::Status s =
+          AuthorizeExecute(call->context, *request, &call->call_auth, &access, &resolved);
       !s.ok()) {
-    call->Start(s);
-    return call;
+    call->Complete(s);
+    return;
   }
   if (resolved != nullptr) request = resolved.get();
   call->owned_request = std::move(resolved);
-  call->Start(engine_->Execute(*request, deadline, HolderOf("Execute", context), response,
-                               [call](absl::Status s) { call->Complete(s); }, access));
-  return call;
+  call->Start(engine_->Execute(
+      *request, call->deadline, HolderOf("Execute", call->context), &call->response,
+      [call](absl::Status s) { call->Complete(s); }, access));
 }
 
-grpc::ServerWriteReactor<v1::ExecuteStreamResponse>* QueryServiceImpl::ExecuteStream(
-    grpc::CallbackServerContext* context, const v1::ExecuteRequest* request) {
-  const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
+void QueryServiceImpl::ExecuteStream(StreamCall* call) {
+  call->deadline = engine_->EffectiveDeadline(DeadlineOf(call->context));
   // The engine takes the call's trace context from here into its work.
-  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
-  auto* call = new StreamCall(deadline);
+  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(&call->context));
   CallAccess access;
+  const v1::ExecuteRequest* request = &call->request;
   std::unique_ptr<v1::ExecuteRequest> resolved;
-  if (absl::Status s = AuthorizeExecute(*context, *request, &call->call_auth, &access, &resolved);
+  if (absl::Status s =
+          AuthorizeExecute(call->context, *request, &call->call_auth, &access, &resolved);
       !s.ok()) {
     call->Begin(s);
-    return call;
+    return;
   }
   if (resolved != nullptr) request = resolved.get();
   call->owned_request = std::move(resolved);
-  call->Begin(engine_->ExecuteStream(*request, deadline, HolderOf("ExecuteStream", context), call,
-                                     [call](absl::Status s) { call->Done(s); }, access));
-  return call;
+  call->Begin(engine_->ExecuteStream(
+      *request, call->deadline, HolderOf("ExecuteStream", call->context), call,
+      [call](absl::Status s) { call->Done(s); }, access));
 }
 
-grpc::ServerUnaryReactor* QueryServiceImpl::ExecuteTransaction(
-    grpc::CallbackServerContext* context, const v1::ExecuteTransactionRequest* request,
-    v1::ExecuteTransactionResponse* response) {
-  const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
+void QueryServiceImpl::ExecuteTransaction(
+    UnaryCall<v1::ExecuteTransactionRequest, v1::ExecuteTransactionResponse>* call) {
+  call->deadline = engine_->EffectiveDeadline(DeadlineOf(call->context));
   // The engine takes the call's trace context from here into its work.
-  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
-  auto* call = new UnaryCall(deadline);
+  telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(&call->context));
   CallAccess access;
+  const v1::ExecuteTransactionRequest* request = &call->request;
   std::unique_ptr<v1::ExecuteTransactionRequest> resolved;
   if (absl::Status s =
-          AuthorizeTransaction(*context, *request, &call->call_auth, &access, &resolved);
+          AuthorizeTransaction(call->context, *request, &call->call_auth, &access, &resolved);
       !s.ok()) {
-    call->Start(s);
-    return call;
+    call->Complete(s);
+    return;
   }
   if (resolved != nullptr) request = resolved.get();
   call->owned_request = std::move(resolved);
-  call->Start(engine_->ExecuteTransaction(*request, deadline,
-                                          HolderOf("ExecuteTransaction", context), response,
-                                          [call](absl::Status s) { call->Complete(s); }, access));
-  return call;
+  call->Start(engine_->ExecuteTransaction(
+      *request, call->deadline, HolderOf("ExecuteTransaction", call->context), &call->response,
+      [call](absl::Status s) { call->Complete(s); }, access));
 }
 
-grpc::ServerUnaryReactor* QueryServiceImpl::GetPoolStats(grpc::CallbackServerContext* context,
-                                                         const v1::GetPoolStatsRequest* request,
-                                                         v1::GetPoolStatsResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auth::CallAuth call_auth;
-  absl::Status s = AuthorizeAdmin(*context, "GetPoolStats", &call_auth);
-  reactor->Finish(server::ToGrpcStatus(s.ok() ? engine_->GetPoolStats(*request, response) : s));
-  return reactor;
+void QueryServiceImpl::GetPoolStats(
+    UnaryCall<v1::GetPoolStatsRequest, v1::GetPoolStatsResponse>* call) {
+  absl::Status s = AuthorizeAdmin(call->context, "GetPoolStats", &call->call_auth);
+  call->Complete(s.ok() ? engine_->GetPoolStats(call->request, &call->response) : s);
 }
 
-grpc::ServerUnaryReactor* QueryServiceImpl::GetStatementStats(
-    grpc::CallbackServerContext* context, const v1::GetStatementStatsRequest* request,
-    v1::GetStatementStatsResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auth::CallAuth call_auth;
-  absl::Status s = AuthorizeAdmin(*context, "GetStatementStats", &call_auth);
-  reactor->Finish(
-      server::ToGrpcStatus(s.ok() ? engine_->GetStatementStats(*request, response) : s));
-  return reactor;
+void QueryServiceImpl::GetStatementStats(
+    UnaryCall<v1::GetStatementStatsRequest, v1::GetStatementStatsResponse>* call) {
+  absl::Status s = AuthorizeAdmin(call->context, "GetStatementStats", &call->call_auth);
+  call->Complete(s.ok() ? engine_->GetStatementStats(call->request, &call->response) : s);
 }
 
-grpc::ServerUnaryReactor* QueryServiceImpl::CheckDatabases(
-    grpc::CallbackServerContext* context, const v1::CheckDatabasesRequest* request,
-    v1::CheckDatabasesResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto call_auth = std::make_shared<auth::CallAuth>();
-  if (absl::Status s = AuthorizeAdmin(*context, "CheckDatabases", call_auth.get()); !s.ok()) {
-    reactor->Finish(server::ToGrpcStatus(s));
-    return reactor;
+void QueryServiceImpl::CheckDatabases(
+    UnaryCall<v1::CheckDatabasesRequest, v1::CheckDatabasesResponse>* call) {
+  if (absl::Status s = AuthorizeAdmin(call->context, "CheckDatabases", &call->call_auth); !s.ok()) {
+    call->Complete(s);
+    return;
   }
-  // The checks write into `response`, so the call always waits for them; each
-  // is bounded by a short timeout and the call's deadline.
-  const absl::Time deadline = engine_->EffectiveDeadline(DeadlineOf(context));
-  absl::Status started = engine_->CheckDatabases(
-      *request, deadline, response,
-      [reactor, call_auth](absl::Status s) { reactor->Finish(server::ToGrpcStatus(s)); });
-  if (!started.ok()) reactor->Finish(server::ToGrpcStatus(started));
-  return reactor;
+  // The checks write into the response, so the call always waits for them;
+  // each is bounded by a short timeout and the call's deadline.
+  call->deadline = engine_->EffectiveDeadline(DeadlineOf(call->context));
+  absl::Status started = engine_->CheckDatabases(call->request, call->deadline, &call->response,
+                                                 [call](absl::Status s) { call->Complete(s); });
+  if (!started.ok()) call->Complete(started);
 }
 
 std::string QueryServiceImpl::DatabaseOf(const std::string& requested) const {
   return requested.empty() ? engine_->config().default_database() : requested;
 }
 
-absl::Status QueryServiceImpl::AuthorizeExecute(const grpc::CallbackServerContext& context,
+absl::Status QueryServiceImpl::AuthorizeExecute(const grpc::ServerContext& context,
                                                 const v1::ExecuteRequest& request,
                                                 auth::CallAuth* call_auth, CallAccess* access,
                                                 std::unique_ptr<v1::ExecuteRequest>* resolved) {
@@ -338,7 +491,7 @@ absl::Status QueryServiceImpl::AuthorizeExecute(const grpc::CallbackServerContex
 }
 
 absl::Status QueryServiceImpl::AuthorizeTransaction(
-    const grpc::CallbackServerContext& context, const v1::ExecuteTransactionRequest& request,
+    const grpc::ServerContext& context, const v1::ExecuteTransactionRequest& request,
     auth::CallAuth* call_auth, CallAccess* access,
     std::unique_ptr<v1::ExecuteTransactionRequest>* resolved) {
   if (authorizer_ != nullptr) {
@@ -384,8 +537,8 @@ absl::Status QueryServiceImpl::AuthorizeTransaction(
   return absl::OkStatus();
 }
 
-absl::Status QueryServiceImpl::AuthorizeAdmin(const grpc::CallbackServerContext& context,
-                                              const char* what, auth::CallAuth* call_auth) {
+absl::Status QueryServiceImpl::AuthorizeAdmin(const grpc::ServerContext& context, const char* what,
+                                              auth::CallAuth* call_auth) {
   if (authorizer_ == nullptr) return absl::OkStatus();
   absl::StatusOr<auth::CallAuth> a = auth::AuthenticateAndAdmit(*authorizer_, context);
   if (!a.ok()) return a.status();
