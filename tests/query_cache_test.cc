@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
@@ -701,6 +702,32 @@ TEST_F(QueryCacheTest, RepeatedReadsAreServedInProcessWithoutTheSidecar) {
   // Other parameters: another entry.
   read.mutable_params(0)->set_int64_value(1);
   EXPECT_EQ(Call(stub(), read).cache, v1::MISS);
+}
+
+// Query and its sidecar client are served by one queue thread (README,
+// Threading). One use of gRPC's callback API anywhere in the process (a
+// callback service, a callback client call) would start its polling threads
+// again, which gRPC 1.51 names "nexting_thread", and with them the hand-offs
+// that queue thread exists to avoid. Checked after hits, misses, a write and
+// the sidecar's invalidations have all been through the process.
+TEST_F(QueryCacheTest, NoGrpcCallbackPollersRunInTheQueryServer) {
+  const auto read = Read("SELECT name FROM items WHERE id = 2 /* pollers */");
+  EXPECT_TRUE(Call(stub(), read).status.ok());
+  EXPECT_EQ(Call(stub(), read).cache, v1::HIT);
+  Outcome write = Call(stub(), Read("UPDATE items SET name = 'dos' WHERE id = 2"));
+  ASSERT_TRUE(write.status.ok()) << write.status.error_message();
+  EXPECT_EQ(Call(stub(), read).first, "dos");
+  const std::string tasks = absl::StrCat("/proc/", a_->process->pid(), "/task");
+  std::vector<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    if (std::getline(comm, name)) names.push_back(name);
+  }
+  ASSERT_GT(names.size(), 1u) << "cannot read the threads of " << tasks;
+  for (const std::string& name : names) {
+    EXPECT_NE(name, "nexting_thread") << "query_server runs a gRPC callback-API poller";
+  }
 }
 
 TEST_F(QueryCacheTest, InvalidationsSentStraightToTheSidecarReachTheNearCache) {
