@@ -1,9 +1,10 @@
 // execute_models: QueryService.Execute answered from an in-process map, like a
 // near-cache hit in query_server, on the gRPC callback API or on one
 // completion-queue thread. A measurement aid for bench/results: what the
-// threading model costs a cached read through query, before any rewrite.
+// threading model costs a cached read through query (bench/execute_models.sh,
+// bench/results/execute-threading-models-*.md).
 //
-//   --model=callback  the gRPC callback API (as query_server is written);
+//   --model=callback  the gRPC callback API (query_server's until 2026-12-05);
 //   --model=async     one completion queue polled by one thread.
 //
 // Each answer is built like a near-cache hit: the cached ResultSet (one int4
