@@ -50,6 +50,22 @@ class QueueTag {
   ~QueueTag() = default;
 };
 
+// A tag that runs one step of an object on the queue thread, for objects
+// with several operations in flight (a call's request, writes, finish and
+// done notification each need a tag of their own):
+//
+//   QueueStep<Watch, &Watch::OnWritten> written_{this};
+//   writer_.Write(event, &written_);   // later: this->OnWritten(ok)
+template <typename T, void (T::*kStep)(bool)>
+class QueueStep final : public QueueTag {
+ public:
+  explicit QueueStep(T* owner) : owner_(owner) {}
+  void Proceed(bool ok) override { (owner_->*kStep)(ok); }
+
+ private:
+  T* const owner_;
+};
+
 class QueueService {
  public:
   virtual ~QueueService() = default;

@@ -70,17 +70,6 @@ class CacheServiceImpl::Watch {
   }
 
  private:
-  // A tag that runs one step of this watch.
-  template <void (Watch::*kStep)(bool)>
-  class Step final : public server::QueueTag {
-   public:
-    explicit Step(Watch* watch) : watch_(watch) {}
-    void Proceed(bool ok) override { (watch_->*kStep)(ok); }
-
-   private:
-    Watch* const watch_;
-  };
-
   explicit Watch(CacheServiceImpl* service) : service_(service), writer_(&context_) {
     // Before the request: the done tag comes back for every call that starts.
     context_.AsyncNotifyWhenDone(&done_);
@@ -170,10 +159,10 @@ class CacheServiceImpl::Watch {
   grpc::ServerContext context_;
   v1::CacheWatchRequest request_;
   grpc::ServerAsyncWriter<v1::CacheInvalidationEvent> writer_;
-  Step<&Watch::OnRequested> requested_{this};
-  Step<&Watch::OnWritten> written_{this};
-  Step<&Watch::OnFinished> finished_{this};
-  Step<&Watch::OnDone> done_{this};
+  server::QueueStep<Watch, &Watch::OnRequested> requested_{this};
+  server::QueueStep<Watch, &Watch::OnWritten> written_{this};
+  server::QueueStep<Watch, &Watch::OnFinished> finished_{this};
+  server::QueueStep<Watch, &Watch::OnDone> done_{this};
 
   std::deque<v1::CacheInvalidationEvent> queue_;
   bool writing_ = false;

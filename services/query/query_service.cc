@@ -41,17 +41,6 @@ absl::Status EndedEarly(absl::Time deadline) {
   return absl::CancelledError("call cancelled by the caller");
 }
 
-// A tag that runs one step of a call on the queue thread.
-template <typename T, void (T::*kStep)(bool)>
-class Step final : public server::QueueTag {
- public:
-  explicit Step(T* call) : call_(call) {}
-  void Proceed(bool ok) override { (call_->*kStep)(ok); }
-
- private:
-  T* const call_;
-};
-
 }  // namespace
 
 // What every call has: its context, the caller's permit, a resolved request,
@@ -118,7 +107,7 @@ class QueryServiceImpl::Call {
     Release();
   }
 
-  Step<Call, &Call::OnDone> done_tag_{this};
+  server::QueueStep<Call, &Call::OnDone> done_tag_{this};
   bool arrived_ = false;
   int refs_ ABSL_GUARDED_BY(mu_) = 0;
 };
@@ -201,8 +190,8 @@ class QueryServiceImpl::UnaryCall final : public Call {
   const RequestMethod request_method_;
   const Handler handler_;
   grpc::ServerAsyncResponseWriter<Response> writer_;
-  Step<UnaryCall, &UnaryCall::OnRequested> requested_tag_{this};
-  Step<UnaryCall, &UnaryCall::OnFinished> finished_tag_{this};
+  server::QueueStep<UnaryCall, &UnaryCall::OnRequested> requested_tag_{this};
+  server::QueueStep<UnaryCall, &UnaryCall::OnFinished> finished_tag_{this};
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
@@ -324,9 +313,9 @@ class QueryServiceImpl::StreamCall final : public Call, public ChunkWriter {
   }
 
   grpc::ServerAsyncWriter<v1::ExecuteStreamResponse> writer_;
-  Step<StreamCall, &StreamCall::OnRequested> requested_tag_{this};
-  Step<StreamCall, &StreamCall::OnWritten> written_tag_{this};
-  Step<StreamCall, &StreamCall::OnFinished> finished_tag_{this};
+  server::QueueStep<StreamCall, &StreamCall::OnRequested> requested_tag_{this};
+  server::QueueStep<StreamCall, &StreamCall::OnWritten> written_tag_{this};
+  server::QueueStep<StreamCall, &StreamCall::OnFinished> finished_tag_{this};
   std::deque<std::unique_ptr<v1::ExecuteStreamResponse>> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

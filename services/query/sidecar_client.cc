@@ -190,16 +190,6 @@ class SidecarClient::WatchStream {
   bool subscribed() const { return subscribed_; }
 
  private:
-  template <void (WatchStream::*kStep)(bool)>
-  class Step final : public server::QueueTag {
-   public:
-    explicit Step(WatchStream* stream) : stream_(stream) {}
-    void Proceed(bool ok) override { (stream_->*kStep)(ok); }
-
-   private:
-    WatchStream* const stream_;
-  };
-
   void OnStarted(bool ok) {
     if (ok) {
       reader_->Read(&event_, &read_);
@@ -255,9 +245,9 @@ class SidecarClient::WatchStream {
   v1::CacheInvalidationEvent event_;
   grpc::Status status_;
   bool subscribed_ = false;  // only touched by the steps, one at a time
-  Step<&WatchStream::OnStarted> started_{this};
-  Step<&WatchStream::OnRead> read_{this};
-  Step<&WatchStream::OnFinished> finished_{this};
+  server::QueueStep<WatchStream, &WatchStream::OnStarted> started_{this};
+  server::QueueStep<WatchStream, &WatchStream::OnRead> read_{this};
+  server::QueueStep<WatchStream, &WatchStream::OnFinished> finished_{this};
 };
 
 bool SidecarClient::Watch(std::function<void(const CacheInvalidationEvent&)> on_event) {
