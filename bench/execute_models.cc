@@ -118,9 +118,7 @@ int Main(int argc, char** argv) {
     return 0;
   }
   for (int i = 0; i < 64; ++i) AsyncExecute::Post(&results, &async_service, cq.get());
-  void* tag = nullptr;
-  bool ok = false;
-  while (cq->Next(&tag, &ok)) static_cast<server::QueueTag*>(tag)->Proceed(ok);
+  server::PollQueue(cq.get());
   return 0;
 }
 

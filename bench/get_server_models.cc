@@ -167,11 +167,7 @@ int Main(int argc, char** argv) {
   }
   std::vector<std::thread> pollers;
   for (int i = 0; i < threads; ++i) {
-    pollers.emplace_back([cq] {
-      void* tag = nullptr;
-      bool ok = false;
-      while (cq->Next(&tag, &ok)) static_cast<server::QueueTag*>(tag)->Proceed(ok);
-    });
+    pollers.emplace_back(server::PollQueue, cq);
   }
   for (std::thread& t : pollers) t.join();
   return 0;

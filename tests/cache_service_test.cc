@@ -386,11 +386,7 @@ TEST_F(CacheServiceTest, QueryServiceClientMovesToAnotherQueueAndClosesOnIt) {
   for (int i = 0; i < kBefore; ++i) (*client)->Get("queue/1", count);
 
   grpc::CompletionQueue cq;
-  std::thread poller([&cq] {
-    void* tag;
-    bool ok;
-    while (cq.Next(&tag, &ok)) static_cast<server::QueueTag*>(tag)->Proceed(ok);
-  });
+  std::thread poller(server::PollQueue, &cq);
   (*client)->UseQueue(&cq);
   {
     absl::MutexLock lock(&mu);

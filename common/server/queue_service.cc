@@ -34,6 +34,12 @@ using CheckCall =
 
 }  // namespace
 
+void PollQueue(grpc::CompletionQueue* cq) {
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq->Next(&tag, &ok)) static_cast<QueueTag*>(tag)->Proceed(ok);
+}
+
 void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn) {
   new QueueTask(cq, std::move(fn));
 }

@@ -81,6 +81,10 @@ class QueueService {
   virtual void Begin(grpc::ServerCompletionQueue* cq) = 0;
 };
 
+// Polls `cq` on the calling thread, running each tag's Proceed (every tag on
+// it must be a QueueTag), until the queue is shut down and drained.
+void PollQueue(grpc::CompletionQueue* cq);
+
 // Runs `fn` on the queue thread of `cq`, soon. The queue must not be shut
 // down yet (Server shuts it down after the drain, see server.h).
 void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);

@@ -99,11 +99,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     // At once, so that every way out of here (the returns below, ~Server)
     // finds a queue being polled, which its shutdown drains.
     for (QueueService* service : s->options_.queue_services) service->Begin(s->cq_.get());
-    s->cq_thread_ = std::thread([cq = s->cq_.get()] {
-      void* tag = nullptr;
-      bool ok = false;
-      while (cq->Next(&tag, &ok)) static_cast<QueueTag*>(tag)->Proceed(ok);
-    });
+    s->cq_thread_ = std::thread(PollQueue, s->cq_.get());
   }
   if (s->server_ == nullptr || s->port_ == 0) {
     // gRPC builds no server when any one address fails, without saying which.

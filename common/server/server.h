@@ -7,10 +7,11 @@
 // SIGTERM/SIGINT (stop accepting, let in-flight calls finish for a bounded time,
 // cancel the rest).
 //
-// Services use gRPC's callback API (`services`), or, for services whose every
-// call is a short non-blocking step, the async API served by one thread
-// (`queue_services`, see common/server/queue_service.h; such a server serves
-// the health Check itself and no reflection).
+// Services use gRPC's callback API (`services`), or, for services whose
+// handlers never block (database work goes to workers that answer from their
+// own threads), the async API served by one thread (`queue_services`, see
+// common/server/queue_service.h; such a server serves the health Check itself
+// and no reflection).
 //
 //   int main() {
 //     poolside::server::BlockTerminationSignals();   // first, before any thread

@@ -65,11 +65,7 @@ SidecarClient::SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Durat
       stub_(v1::CacheService::NewStub(channel_)),
       own_cq_(std::make_unique<grpc::CompletionQueue>()),
       cq_(own_cq_.get()) {
-  own_thread_ = std::thread([cq = own_cq_.get()] {
-    void* tag;
-    bool ok;
-    while (cq->Next(&tag, &ok)) static_cast<server::QueueTag*>(tag)->Proceed(ok);
-  });
+  own_thread_ = std::thread(server::PollQueue, own_cq_.get());
 }
 
 SidecarClient::~SidecarClient() {
