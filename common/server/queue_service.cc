@@ -46,8 +46,10 @@ void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn) {
 
 QueueHealthService::QueueHealthService() { serving_[""] = true; }
 
-void QueueHealthService::Begin(grpc::ServerCompletionQueue* cq) {
-  for (int i = 0; i < 2; ++i) CheckCall::Post(this, &async_, cq);
+void QueueHealthService::Begin(grpc::ServerCompletionQueue* cq,
+                               telemetry::ServerCallTelemetry* calls) {
+  const auto* check = QueueMethod<grpc::health::v1::Health>(calls, "Check");
+  for (int i = 0; i < 2; ++i) CheckCall::Post(this, &async_, cq, check);
 }
 
 void QueueHealthService::SetServingStatus(const std::string& service_name, bool serving) {

@@ -36,11 +36,13 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "common/server/status.h"
+#include "common/telemetry/metrics_interceptor.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-
-#include "common/server/status.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 
 namespace poolside::server {
@@ -78,8 +80,20 @@ class QueueService {
   // requested in Begin() (a method never requested leaves its calls waiting).
   virtual grpc::Service* grpc_service() = 0;
   // Requests the first calls on `cq`, the server's one completion queue.
-  virtual void Begin(grpc::ServerCompletionQueue* cq) = 0;
+  // `calls` (ServerOptions::call_telemetry; null: none) is where the calls
+  // record their metrics and spans: no interceptor sees a queue server's calls.
+  virtual void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) = 0;
 };
+
+// The telemetry handle of method `name` of the generated `GrpcService`
+// (v1::CacheService, ...), or null when `calls` is.
+template <typename GrpcService>
+const telemetry::ServerCallTelemetry::Method* QueueMethod(
+    telemetry::ServerCallTelemetry* calls, absl::string_view name,
+    grpc::experimental::ServerRpcInfo::Type type = grpc::experimental::ServerRpcInfo::Type::UNARY) {
+  if (calls == nullptr) return nullptr;
+  return calls->AddMethod(absl::StrCat("/", GrpcService::service_full_name(), "/", name), type);
+}
 
 // Polls `cq` on the calling thread, running each tag's Proceed (every tag on
 // it must be a QueueTag), until the queue is shut down and drained.
@@ -92,18 +106,21 @@ void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
 // One requested call of a unary method, answered inline by a handler of
 // `Owner`: absl::Status (Owner::*kHandle)(const Request&, Response*). Once a
 // call arrives, another is requested in its place, so the method keeps as
-// many requests outstanding as Begin() started.
+// many requests outstanding as Begin() started. Each call records itself
+// under `method` (QueueMethod(); null: not recorded).
 //
 //   using GetCall = UnaryQueueCall<Impl, v1::Foo::AsyncService, GetRequest,
 //                                  GetResponse, &v1::Foo::AsyncService::RequestGet,
 //                                  &Impl::Get>;
-//   for (int i = 0; i < 8; ++i) GetCall::Post(this, &async_, cq);
+//   auto* get = QueueMethod<v1::Foo>(calls, "Get");
+//   for (int i = 0; i < 8; ++i) GetCall::Post(this, &async_, cq, get);
 template <typename Owner, typename AsyncService, typename Request, typename Response,
           auto kRequestMethod, auto kHandle>
 class UnaryQueueCall final : public QueueTag {
  public:
-  static void Post(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq) {
-    new UnaryQueueCall(owner, service, cq);
+  static void Post(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq,
+                   const telemetry::ServerCallTelemetry::Method* method = nullptr) {
+    new UnaryQueueCall(owner, service, cq, method);
   }
 
   void Proceed(bool ok) override {
@@ -113,19 +130,24 @@ class UnaryQueueCall final : public QueueTag {
       delete this;
       return;
     }
-    Post(owner_, service_, cq_);
+    Post(owner_, service_, cq_, method_);
     answered_ = true;
+    record_.Begin(method_, &context_);
     const absl::Status status = (owner_->*kHandle)(request_, &response_);
     if (status.ok()) {
+      record_.End(grpc::Status::OK);
       writer_.Finish(response_, grpc::Status::OK, this);
     } else {
-      writer_.FinishWithError(ToGrpcStatus(status), this);
+      const grpc::Status error = ToGrpcStatus(status);
+      record_.End(error);
+      writer_.FinishWithError(error, this);
     }
   }
 
  private:
-  UnaryQueueCall(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq)
-      : owner_(owner), service_(service), cq_(cq), writer_(&context_) {
+  UnaryQueueCall(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq,
+                 const telemetry::ServerCallTelemetry::Method* method)
+      : owner_(owner), service_(service), cq_(cq), method_(method), writer_(&context_) {
     (service_->*kRequestMethod)(&context_, &request_, &writer_, cq_, cq_, this);
   }
   ~UnaryQueueCall() = default;
@@ -133,10 +155,12 @@ class UnaryQueueCall final : public QueueTag {
   Owner* const owner_;
   AsyncService* const service_;
   grpc::ServerCompletionQueue* const cq_;
+  const telemetry::ServerCallTelemetry::Method* const method_;
   grpc::ServerContext context_;
   Request request_;
   Response response_;
   grpc::ServerAsyncResponseWriter<Response> writer_;
+  telemetry::ServerCallRecord record_;
   bool answered_ = false;
 };
 
@@ -150,7 +174,7 @@ class QueueHealthService final : public QueueService, public grpc::HealthCheckSe
   QueueHealthService();
 
   grpc::Service* grpc_service() override { return &async_; }
-  void Begin(grpc::ServerCompletionQueue* cq) override;
+  void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
 
   void SetServingStatus(const std::string& service_name, bool serving) override;
   void SetServingStatus(bool serving) override;

@@ -47,6 +47,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "a server has callback services or queue services, not both "
         "(common/server/queue_service.h)");
   }
+  if (!queue && options.call_telemetry != nullptr) {
+    return absl::InvalidArgumentError(
+        "call_telemetry records a queue server's calls; a callback server's are "
+        "recorded by an interceptor (ServiceMetrics::NewServerInterceptorFactory)");
+  }
   if (!queue) {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -98,7 +103,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (queue && s->server_ != nullptr) {
     // At once, so that every way out of here (the returns below, ~Server)
     // finds a queue being polled, which its shutdown drains.
-    for (QueueService* service : s->options_.queue_services) service->Begin(s->cq_.get());
+    for (QueueService* service : s->options_.queue_services)
+      service->Begin(s->cq_.get(), s->options_.call_telemetry);
     s->cq_thread_ = std::thread(PollQueue, s->cq_.get());
   }
   if (s->server_ == nullptr || s->port_ == 0) {

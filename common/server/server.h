@@ -73,8 +73,14 @@ struct ServerOptions {
   // threads, and ends the process's own calls on the queue (a client's).
   std::function<void()> before_queue_shutdown;
   // Interceptors run on every call, in this order (tracing, metrics, auth...).
+  // A queue server's calls record their metrics and spans without one, and
+  // spare every call gRPC's interceptor machinery: give it call_telemetry
+  // instead (not both: calls would count twice).
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
       interceptors;
+  // Queue servers: where every call (the health service's too) records its
+  // metrics and span; must outlive the Server. Null: not recorded.
+  telemetry::ServerCallTelemetry* call_telemetry = nullptr;
 };
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it starts

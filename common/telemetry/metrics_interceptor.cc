@@ -44,6 +44,8 @@ const char* TypeName(ServerRpcInfo::Type type) {
   return "unknown";
 }
 
+}  // namespace
+
 // The series of one method, created on its first call and kept, at a stable
 // address, as long as the CallMetrics.
 struct MethodSeries {
@@ -184,6 +186,8 @@ class CallMetrics {
   std::array<std::atomic<MethodSeries*>, 16> recent_{};
 };
 
+namespace {
+
 // Metrics for every call, and its SERVER span when traced: one interceptor,
 // since gRPC runs each interceptor at every hook point of every batch.
 class ServerInterceptor : public grpc::experimental::Interceptor {
@@ -223,9 +227,9 @@ class ServerInterceptor : public grpc::experimental::Interceptor {
 
 class ServerInterceptorFactory : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  explicit ServerInterceptorFactory(MetricsRegistry* registry)
-      : metrics_(std::make_shared<CallMetrics>(registry)),
-        section_(registry->AddStatusSection([m = metrics_] { return m->Table(); })) {}
+  ServerInterceptorFactory(std::shared_ptr<CallMetrics> metrics,
+                           MetricsRegistry::Registration section)
+      : metrics_(std::move(metrics)), section_(std::move(section)) {}
 
   grpc::experimental::Interceptor* CreateServerInterceptor(ServerRpcInfo* info) override {
     return new ServerInterceptor(metrics_, info);
@@ -250,7 +254,69 @@ const char* GrpcCodeName(int code) {
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 NewServerTelemetryInterceptorFactory(MetricsRegistry* registry) {
-  return std::make_unique<ServerInterceptorFactory>(registry);
+  auto metrics = std::make_shared<CallMetrics>(registry);
+  MetricsRegistry::Registration section =
+      registry->AddStatusSection([m = metrics] { return m->Table(); });
+  return std::make_unique<ServerInterceptorFactory>(std::move(metrics), std::move(section));
+}
+
+class ServerCallTelemetry::Method {
+ public:
+  Method(std::string full_name, MethodSeries* series)
+      : full_name(std::move(full_name)), series(series) {}
+  const std::string full_name;
+  MethodSeries* const series;
+  CallMetrics* metrics = nullptr;
+};
+
+ServerCallTelemetry::ServerCallTelemetry(MetricsRegistry* registry)
+    : metrics_(std::make_shared<CallMetrics>(registry)),
+      section_(registry->AddStatusSection([m = metrics_] { return m->Table(); })) {}
+
+ServerCallTelemetry::~ServerCallTelemetry() = default;
+
+const ServerCallTelemetry::Method* ServerCallTelemetry::AddMethod(absl::string_view full_method,
+                                                                  ServerRpcInfo::Type type) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& m : methods_) {
+    if (m->full_name == full_method) return m.get();
+  }
+  auto m = std::make_unique<Method>(std::string(full_method),
+                                    metrics_->Series(std::string(full_method).c_str(), type));
+  m->metrics = metrics_.get();
+  methods_.push_back(std::move(m));
+  return methods_.back().get();
+}
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
+ServerCallTelemetry::NewInterceptorFactory() {
+  return std::make_unique<ServerInterceptorFactory>(metrics_, MetricsRegistry::Registration());
+}
+
+ServerCallRecord::~ServerCallRecord() {
+  if (method_ != nullptr) Record(static_cast<int>(grpc::StatusCode::CANCELLED));
+}
+
+void ServerCallRecord::Begin(const ServerCallTelemetry::Method* method,
+                             const grpc::ServerContextBase* context) {
+  method_ = method;
+  if (method == nullptr) return;
+  start_ = absl::Now();
+  if (ServerCallTrace::Traced(method->full_name)) {
+    trace_.emplace(method->full_name, context);
+    trace_->Begin();
+  }
+}
+
+void ServerCallRecord::End(const grpc::Status& status) {
+  if (method_ == nullptr) return;
+  if (trace_.has_value()) trace_->End(status);
+  Record(static_cast<int>(status.error_code()));
+}
+
+void ServerCallRecord::Record(int code) {
+  method_->metrics->Record(*method_->series, code, absl::ToDoubleSeconds(absl::Now() - start_));
+  method_ = nullptr;
 }
 
 }  // namespace poolside::telemetry

@@ -45,7 +45,7 @@ ServiceMetrics::~ServiceMetrics() { http_.reset(); }
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 ServiceMetrics::NewServerInterceptorFactory() {
-  return NewServerTelemetryInterceptorFactory(&registry_);
+  return server_calls_.NewInterceptorFactory();
 }
 
 absl::Status ValidateTelemetryConfig(const v1::TelemetryConfig& config) {

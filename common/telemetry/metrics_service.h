@@ -2,14 +2,16 @@
 #define POOLSIDE_COMMON_TELEMETRY_METRICS_SERVICE_H_
 
 // What a service's main.cc needs for metrics, in one object: the process's
-// MetricsRegistry (with process and span-exporter series), the gRPC interceptor
-// factory (call metrics and, with a tracer, server spans: the only interceptor
-// a service installs, see metrics_interceptor.h), and the HTTP endpoint serving
+// MetricsRegistry (with process and span-exporter series), the gRPC call
+// metrics and, with a tracer, server spans (an interceptor factory, the only
+// interceptor a service installs, or ServerCallTelemetry for a queue server's
+// calls: see metrics_interceptor.h), and the HTTP endpoint serving
 // /metrics and the status page when server.telemetry.metrics.listen is set.
 //
 //   auto metrics = ServiceMetrics::Start("query", config.server().telemetry());
 //   if (!metrics.ok()) ...                      // e.g. the port is taken
-//   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
+//   options.call_telemetry = (*metrics)->server_calls();   // a queue server
+//   // or options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
 //   QueryMetrics query_metrics(&engine, &(*metrics)->registry(), ...);
 //
 // Declare it before the gRPC server and before whatever its collectors read
@@ -20,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/telemetry/metrics.h"
+#include "common/telemetry/metrics_interceptor.h"
 #include "common/telemetry/metrics_server.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "proto/poolside/v1/config.pb.h"
@@ -37,13 +40,20 @@ class ServiceMetrics {
   // Null when the endpoint is off.
   MetricsServer* http() { return http_.get(); }
 
+  // Call metrics and server spans for a server with callback or synchronous
+  // services (ingest)...
   std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
   NewServerInterceptorFactory();
+  // ... or, for a queue server (cache, query), the same series recorded by
+  // its calls themselves (ServerOptions::call_telemetry). One or the other.
+  ServerCallTelemetry* server_calls() { return &server_calls_; }
 
  private:
-  explicit ServiceMetrics(const std::string& service) : registry_(service) {}
+  explicit ServiceMetrics(const std::string& service)
+      : registry_(service), server_calls_(&registry_) {}
 
   MetricsRegistry registry_;
+  ServerCallTelemetry server_calls_;
   MetricsRegistry::Registration tracing_;
   std::unique_ptr<MetricsServer> http_;  // stopped first
 };

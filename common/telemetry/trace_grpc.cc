@@ -172,18 +172,24 @@ NewClientTracingInterceptorFactory() {
 }
 
 bool ServerCallTrace::Traced(const grpc::experimental::ServerRpcInfo& info) {
+  return Traced(info.method());
+}
+
+bool ServerCallTrace::Traced(absl::string_view method) {
   // Without a tracer a span would record nothing and its context would be
   // the caller's, which ServerCallContext() reads from the metadata anyway:
   // no interceptor at all, so gRPC's interceptor machinery costs nothing.
   if (GlobalTracer() == nullptr) return false;
-  const absl::string_view method = info.method();
   // Health probes and reflection are not worth a trace each.
   return !absl::StartsWith(method, "/grpc.health.") &&
          !absl::StartsWith(method, "/grpc.reflection.");
 }
 
+ServerCallTrace::ServerCallTrace(grpc::experimental::ServerRpcInfo* info)
+    : ServerCallTrace(info->method(), info->server_context()) {}
+
 ServerCallTrace::~ServerCallTrace() {
-  if (registered_) ServerCallRegistry::Get().Remove(info_->server_context());
+  if (registered_) ServerCallRegistry::Get().Remove(context_);
   if (span_.recording()) span_.SetAttribute("rpc.grpc.status_code", int64_t{1});  // ended unanswered
 }
 
@@ -192,16 +198,22 @@ void ServerCallTrace::Intercept(grpc::experimental::InterceptorBatchMethods* met
     Begin(methods->GetRecvInitialMetadata());
   }
   if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_STATUS)) {
-    SetRpcStatus(span_, methods->GetSendStatus());
-    span_.End();
-    if (registered_) {
-      ServerCallRegistry::Get().Remove(info_->server_context());
-      registered_ = false;
-    }
+    End(methods->GetSendStatus());
   }
 }
 
-void ServerCallTrace::Begin(std::multimap<grpc::string_ref, grpc::string_ref>* metadata) {
+void ServerCallTrace::Begin() { Begin(&context_->client_metadata()); }
+
+void ServerCallTrace::End(const grpc::Status& status) {
+  SetRpcStatus(span_, status);
+  span_.End();
+  if (registered_) {
+    ServerCallRegistry::Get().Remove(context_);
+    registered_ = false;
+  }
+}
+
+void ServerCallTrace::Begin(const std::multimap<grpc::string_ref, grpc::string_ref>* metadata) {
   std::optional<SpanContext> parent;
   if (metadata != nullptr) {
     auto tp = metadata->find(kTraceparentHeader);
@@ -212,12 +224,11 @@ void ServerCallTrace::Begin(std::multimap<grpc::string_ref, grpc::string_ref>* m
       parent = ParseTraceparent(absl::string_view(tp->second.data(), tp->second.size()), state);
     }
   }
-  const absl::string_view method = info_->method();
-  span_ = StartSpan(SpanName(method), SpanKind::kServer, parent.value_or(SpanContext()));
-  SetRpcAttributes(span_, method);
-  if (span_.recording()) span_.SetAttribute("net.peer.name", info_->server_context()->peer());
+  span_ = StartSpan(SpanName(method_), SpanKind::kServer, parent.value_or(SpanContext()));
+  SetRpcAttributes(span_, method_);
+  if (span_.recording()) span_.SetAttribute("net.peer.name", context_->peer());
   if (span_.context().valid()) {
-    ServerCallRegistry::Get().Add(info_->server_context(), span_.context());
+    ServerCallRegistry::Get().Add(context_, span_.context());
     registered_ = true;
   }
 }

@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 
+#include "absl/strings/string_view.h"
 #include "common/telemetry/trace.h"
 #include "common/telemetry/trace_context.h"
 #include "grpcpp/support/client_interceptor.h"
@@ -49,23 +50,38 @@ NewServerTracingInterceptorFactory();
 // gRPC runs every interceptor at every hook point of every batch. Create it in
 // CreateServerInterceptor() when Traced(info); pass each Intercept() through
 // it before Proceed(). Install either this or the factory above, not both.
+//
+// Calls that no interceptor sees (a queue server's, metrics_interceptor.h's
+// ServerCallRecord) use it directly: construct it with the method's full name
+// and the call's context when Traced(method), Begin() once the call has
+// arrived, and End() just before its status is sent.
 class ServerCallTrace {
  public:
   // A tracer is installed (see the header comment) and the method is not
   // grpc.health or reflection.
   static bool Traced(const grpc::experimental::ServerRpcInfo& info);
+  static bool Traced(absl::string_view full_method);
 
-  explicit ServerCallTrace(grpc::experimental::ServerRpcInfo* info) : info_(info) {}
+  explicit ServerCallTrace(grpc::experimental::ServerRpcInfo* info);
+  // `full_method` ("/pkg.Service/Method") and `context` outlive this.
+  ServerCallTrace(absl::string_view full_method, const grpc::ServerContextBase* context)
+      : method_(full_method), context_(context) {}
   ~ServerCallTrace();  // a call ending without a status is recorded as CANCELLED
   ServerCallTrace(const ServerCallTrace&) = delete;
   ServerCallTrace& operator=(const ServerCallTrace&) = delete;
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods);
 
- private:
-  void Begin(std::multimap<grpc::string_ref, grpc::string_ref>* metadata);
+  // The call arrived: starts its SERVER span under the caller's traceparent.
+  void Begin();
+  // Its status is about to be sent: ends the span.
+  void End(const grpc::Status& status);
 
-  grpc::experimental::ServerRpcInfo* const info_;
+ private:
+  void Begin(const std::multimap<grpc::string_ref, grpc::string_ref>* metadata);
+
+  const absl::string_view method_;
+  const grpc::ServerContextBase* const context_;
   Span span_;
   bool registered_ = false;
 };

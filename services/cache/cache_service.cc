@@ -84,6 +84,7 @@ class CacheServiceImpl::Watch {
       return;
     }
     Post(service_);
+    record_.Begin(service_->watch_method_, &context_);
     if (service_->watches_ended_) {
       End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
       return;
@@ -146,6 +147,7 @@ class CacheServiceImpl::Watch {
     if (finish_sent_ || broken_) return;  // a broken call needs no Finish
     finish_sent_ = true;
     finishing_ = true;
+    record_.End(status_);
     writer_.Finish(status_, &finished_);
   }
 
@@ -163,6 +165,8 @@ class CacheServiceImpl::Watch {
   server::QueueStep<Watch, &Watch::OnWritten> written_{this};
   server::QueueStep<Watch, &Watch::OnFinished> finished_{this};
   server::QueueStep<Watch, &Watch::OnDone> done_{this};
+  // A broken stream gets no Finish: it counts as CANCELLED.
+  telemetry::ServerCallRecord record_;
 
   std::deque<v1::CacheInvalidationEvent> queue_;
   bool writing_ = false;
@@ -176,23 +180,33 @@ class CacheServiceImpl::Watch {
 
 CacheServiceImpl::~CacheServiceImpl() = default;
 
-void CacheServiceImpl::Begin(grpc::ServerCompletionQueue* cq) {
+void CacheServiceImpl::Begin(grpc::ServerCompletionQueue* cq,
+                             telemetry::ServerCallTelemetry* calls) {
   cq_ = cq;
+  using server::QueueMethod;
+  const auto* get = QueueMethod<v1::CacheService>(calls, "Get");
+  const auto* get_many = QueueMethod<v1::CacheService>(calls, "GetMany");
+  const auto* set = QueueMethod<v1::CacheService>(calls, "Set");
+  const auto* del = QueueMethod<v1::CacheService>(calls, "Delete");
+  const auto* invalidate = QueueMethod<v1::CacheService>(calls, "Invalidate");
+  const auto* stats = QueueMethod<v1::CacheService>(calls, "GetStats");
+  watch_method_ = QueueMethod<v1::CacheService>(
+      calls, "WatchInvalidations", grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING);
   for (int i = 0; i < kHotSlots; ++i) {
     Call<v1::CacheGetRequest, v1::CacheGetResponse, &Async::RequestGet,
-         &CacheServiceImpl::Get>::Post(this, &async_, cq);
+         &CacheServiceImpl::Get>::Post(this, &async_, cq, get);
     Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse, &Async::RequestGetMany,
-         &CacheServiceImpl::GetMany>::Post(this, &async_, cq);
+         &CacheServiceImpl::GetMany>::Post(this, &async_, cq, get_many);
     Call<v1::CacheSetRequest, v1::CacheSetResponse, &Async::RequestSet,
-         &CacheServiceImpl::Set>::Post(this, &async_, cq);
+         &CacheServiceImpl::Set>::Post(this, &async_, cq, set);
   }
   for (int i = 0; i < kSlots; ++i) {
     Call<v1::CacheDeleteRequest, v1::CacheDeleteResponse, &Async::RequestDelete,
-         &CacheServiceImpl::Delete>::Post(this, &async_, cq);
+         &CacheServiceImpl::Delete>::Post(this, &async_, cq, del);
     Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse, &Async::RequestInvalidate,
-         &CacheServiceImpl::Invalidate>::Post(this, &async_, cq);
+         &CacheServiceImpl::Invalidate>::Post(this, &async_, cq, invalidate);
     Call<v1::CacheGetStatsRequest, v1::CacheStats, &Async::RequestGetStats,
-         &CacheServiceImpl::GetStats>::Post(this, &async_, cq);
+         &CacheServiceImpl::GetStats>::Post(this, &async_, cq, stats);
     Watch::Post(this);
   }
 }

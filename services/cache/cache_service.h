@@ -56,7 +56,7 @@ class CacheServiceImpl final : public server::QueueService {
   ~CacheServiceImpl() override;
 
   grpc::Service* grpc_service() override { return &async_; }
-  void Begin(grpc::ServerCompletionQueue* cq) override;
+  void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
 
   // The calls, on the queue thread.
   absl::Status Get(const v1::CacheGetRequest& request, v1::CacheGetResponse* response);
@@ -84,6 +84,7 @@ class CacheServiceImpl final : public server::QueueService {
   const CacheServiceLimits limits_;
   v1::CacheService::AsyncService async_;
   grpc::ServerCompletionQueue* cq_ = nullptr;
+  const telemetry::ServerCallTelemetry::Method* watch_method_ = nullptr;
 
   // Queue thread only.
   absl::flat_hash_set<Watch*> watches_;

@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.queue_services = {&service};
   options.before_drain = [&service] { service.EndWatches(); };
-  options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
+  options.call_telemetry = (*metrics)->server_calls();  // a queue server: no interceptor
   const std::string& socket_path = config->unix_socket();
   if (!socket_path.empty()) {
     if (absl::Status s = RemoveStaleSocket(socket_path); !s.ok()) {

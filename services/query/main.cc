@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
     service.WaitForCalls();
     if (sidecar_client != nullptr) sidecar_client->Close();
   };
-  options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
+  options.call_telemetry = (*metrics)->server_calls();  // a queue server: no interceptor
   // Readiness: NOT_SERVING until the pools are warm (see QueryEngine::WhenWarm).
   options.serving_at_start = false;
   auto server = poolside::server::Server::Start(std::move(options));

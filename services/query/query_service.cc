@@ -71,9 +71,11 @@ class QueryServiceImpl::Call {
     context.AsyncNotifyWhenDone(&done_tag_);
   }
 
-  // The call arrived (queue thread): count it, and take its two references.
-  void Arrived() {
+  // The call of `method` arrived (queue thread): record and count it, and
+  // take its two references.
+  void Arrived(const telemetry::ServerCallTelemetry::Method* method) {
     arrived_ = true;
+    record_.Begin(method, &context);
     {
       absl::MutexLock lock(&service_->calls_mu_);
       ++service_->calls_;
@@ -97,6 +99,9 @@ class QueryServiceImpl::Call {
   virtual void Cancelled() = 0;
 
   QueryServiceImpl* const service_;
+  // The call's metrics and span: begun when it arrives, ended just before
+  // its Finish (a call that never gets one counts as CANCELLED).
+  telemetry::ServerCallRecord record_;
   absl::Mutex mu_;
   // The engine's work answering this call, to stop it when the caller goes.
   std::shared_ptr<Work> work_ ABSL_GUARDED_BY(mu_);
@@ -123,8 +128,9 @@ class QueryServiceImpl::UnaryCall final : public Call {
                                         void*);
   using Handler = void (QueryServiceImpl::*)(UnaryCall*);
 
-  static void Post(QueryServiceImpl* service, RequestMethod request, Handler handler) {
-    new UnaryCall(service, request, handler);
+  static void Post(QueryServiceImpl* service, RequestMethod request, Handler handler,
+                   const telemetry::ServerCallTelemetry::Method* method) {
+    new UnaryCall(service, request, handler, method);
   }
 
   Request request;
@@ -148,15 +154,23 @@ class QueryServiceImpl::UnaryCall final : public Call {
       finished_ = true;
     }
     if (status.ok()) {
+      record_.End(grpc::Status::OK);
       writer_.Finish(response, grpc::Status::OK, &finished_tag_);
     } else {
-      writer_.FinishWithError(server::ToGrpcStatus(status), &finished_tag_);
+      const grpc::Status error = server::ToGrpcStatus(status);
+      record_.End(error);
+      writer_.FinishWithError(error, &finished_tag_);
     }
   }
 
  private:
-  UnaryCall(QueryServiceImpl* service, RequestMethod request_method, Handler handler)
-      : Call(service), request_method_(request_method), handler_(handler), writer_(&context) {
+  UnaryCall(QueryServiceImpl* service, RequestMethod request_method, Handler handler,
+            const telemetry::ServerCallTelemetry::Method* method)
+      : Call(service),
+        request_method_(request_method),
+        handler_(handler),
+        method_(method),
+        writer_(&context) {
     (service->async_.*request_method_)(&context, &request, &writer_, service->cq_, service->cq_,
                                        &requested_tag_);
   }
@@ -166,8 +180,8 @@ class QueryServiceImpl::UnaryCall final : public Call {
       delete this;
       return;
     }
-    Post(service_, request_method_, handler_);
-    Arrived();
+    Post(service_, request_method_, handler_, method_);
+    Arrived(method_);
     (service_->*handler_)(this);
   }
 
@@ -189,6 +203,7 @@ class QueryServiceImpl::UnaryCall final : public Call {
 
   const RequestMethod request_method_;
   const Handler handler_;
+  const telemetry::ServerCallTelemetry::Method* const method_;
   grpc::ServerAsyncResponseWriter<Response> writer_;
   server::QueueStep<UnaryCall, &UnaryCall::OnRequested> requested_tag_{this};
   server::QueueStep<UnaryCall, &UnaryCall::OnFinished> finished_tag_{this};
@@ -241,6 +256,7 @@ class QueryServiceImpl::StreamCall final : public Call, public ChunkWriter {
       final_status_ = status;
       if (!FinishNowLocked(&finish)) return;
     }
+    record_.End(finish);
     writer_.Finish(finish, &finished_tag_);
   }
 
@@ -256,7 +272,7 @@ class QueryServiceImpl::StreamCall final : public Call, public ChunkWriter {
       return;
     }
     Post(service_);
-    Arrived();
+    Arrived(service_->stream_method_);
     service_->ExecuteStream(this);
   }
 
@@ -279,7 +295,10 @@ class QueryServiceImpl::StreamCall final : public Call, public ChunkWriter {
       }
     }
     if (write != nullptr) writer_.Write(*write, &written_tag_);
-    if (finish_now) writer_.Finish(finish, &finished_tag_);
+    if (finish_now) {
+      record_.End(finish);
+      writer_.Finish(finish, &finished_tag_);
+    }
     Release();  // this write's
   }
 
@@ -324,24 +343,35 @@ class QueryServiceImpl::StreamCall final : public Call, public ChunkWriter {
   absl::Status final_status_ ABSL_GUARDED_BY(mu_);
 };
 
-void QueryServiceImpl::Begin(grpc::ServerCompletionQueue* cq) {
+void QueryServiceImpl::Begin(grpc::ServerCompletionQueue* cq,
+                             telemetry::ServerCallTelemetry* calls) {
   cq_ = cq;
+  using server::QueueMethod;
+  stream_method_ = QueueMethod<v1::QueryService>(
+      calls, "ExecuteStream", grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING);
+  const auto* execute = QueueMethod<v1::QueryService>(calls, "Execute");
+  const auto* transaction = QueueMethod<v1::QueryService>(calls, "ExecuteTransaction");
+  const auto* pool_stats = QueueMethod<v1::QueryService>(calls, "GetPoolStats");
+  const auto* statement_stats = QueueMethod<v1::QueryService>(calls, "GetStatementStats");
+  const auto* check = QueueMethod<v1::QueryService>(calls, "CheckDatabases");
   for (int i = 0; i < kExecuteSlots; ++i) {
     UnaryCall<v1::ExecuteRequest, v1::ExecuteResponse>::Post(this, &Async::RequestExecute,
-                                                             &QueryServiceImpl::Execute);
+                                                             &QueryServiceImpl::Execute, execute);
   }
   for (int i = 0; i < kStatementSlots; ++i) {
     StreamCall::Post(this);
     UnaryCall<v1::ExecuteTransactionRequest, v1::ExecuteTransactionResponse>::Post(
-        this, &Async::RequestExecuteTransaction, &QueryServiceImpl::ExecuteTransaction);
+        this, &Async::RequestExecuteTransaction, &QueryServiceImpl::ExecuteTransaction,
+        transaction);
   }
   for (int i = 0; i < kAdminSlots; ++i) {
     UnaryCall<v1::GetPoolStatsRequest, v1::GetPoolStatsResponse>::Post(
-        this, &Async::RequestGetPoolStats, &QueryServiceImpl::GetPoolStats);
+        this, &Async::RequestGetPoolStats, &QueryServiceImpl::GetPoolStats, pool_stats);
     UnaryCall<v1::GetStatementStatsRequest, v1::GetStatementStatsResponse>::Post(
-        this, &Async::RequestGetStatementStats, &QueryServiceImpl::GetStatementStats);
+        this, &Async::RequestGetStatementStats, &QueryServiceImpl::GetStatementStats,
+        statement_stats);
     UnaryCall<v1::CheckDatabasesRequest, v1::CheckDatabasesResponse>::Post(
-        this, &Async::RequestCheckDatabases, &QueryServiceImpl::CheckDatabases);
+        this, &Async::RequestCheckDatabases, &QueryServiceImpl::CheckDatabases, check);
   }
 }
 

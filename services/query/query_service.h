@@ -47,7 +47,7 @@ class QueryServiceImpl final : public server::QueueService {
       : engine_(engine), authorizer_(authorizer), named_(named) {}
 
   grpc::Service* grpc_service() override { return &async_; }
-  void Begin(grpc::ServerCompletionQueue* cq) override;
+  void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
 
   // Waits until every call that arrived has ended (its answer sent or its
   // caller gone, and its statement finished). After the server's shutdown
@@ -89,6 +89,7 @@ class QueryServiceImpl final : public server::QueueService {
   const NamedQueries* const named_;
   v1::QueryService::AsyncService async_;
   grpc::ServerCompletionQueue* cq_ = nullptr;
+  const telemetry::ServerCallTelemetry::Method* stream_method_ = nullptr;
 
   // Calls from their arrival until they are deleted.
   absl::Mutex calls_mu_;
