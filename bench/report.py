@@ -115,6 +115,14 @@ def loadgen_point(args):
     }
     if "not_hits" in r:
         point["not_hits"] = r["not_hits"]
+    if args.server_cpu_cores is not None:
+        # What the server side spends per call, whatever the client costs.
+        point["server_cpu_cores"] = args.server_cpu_cores
+        point["db_cpu_cores"] = args.db_cpu_cores
+        ops = r["ops_per_sec"]
+        point["server_cpu_us_per_call"] = (
+            round((args.server_cpu_cores + (args.db_cpu_cores or 0)) / ops * 1e6, 1)
+            if ops else None)
     print(json.dumps(point))
 
 
@@ -185,7 +193,7 @@ def redis_point(args):
     print(json.dumps(point))
 
 
-def cache_notes(settings):
+def cache_notes(settings, points):
     if not settings.get("cache") or settings["cache"].startswith("not measured"):
         return []
     out = ["", "Cache: " + settings["cache"] + ". DESIGN target: sidecar Get ≥ 0.6x Redis GET "
@@ -194,7 +202,41 @@ def cache_notes(settings):
         out.append("")
         out.append("Cached reads through query: " + settings["query_cache"] +
                    ". Target: cached ≥ 2x uncached.")
+        rows = query_cache_cpu_rows(points)
+        if rows:
+            out.append("")
+            out.append("Server CPU per read (the median runs above): query_server's and "
+                       "PostgreSQL's CPU time over the measured window ÷ calls, and the "
+                       "load generator's, which shares the same two cores.")
+            out.append("")
+            out.append("| callers | uncached: query_server + PostgreSQL µs | cached: query_server "
+                       "+ PostgreSQL µs | uncached ÷ cached | client µs uncached / cached |")
+            out.append("|---:|---:|---:|---:|---:|")
+            out.extend(rows)
     return out
+
+
+def query_cache_cpu_rows(points):
+    by = {(p["scenario"], p["concurrency"]): p for p in points}
+    rows = []
+    for (scenario, c), u in sorted(by.items(), key=lambda kv: kv[0][1]):
+        k = by.get(("query_cached", c))
+        if scenario != "query_uncached" or k is None:
+            continue
+        if u.get("server_cpu_us_per_call") is None or k.get("server_cpu_us_per_call") is None:
+            continue
+
+        def split(p):
+            ops = p["ops_per_sec"]
+            return (f"{p['server_cpu_us_per_call']:.1f} ({p['server_cpu_cores'] / ops * 1e6:.1f} "
+                    f"+ {(p['db_cpu_cores'] or 0) / ops * 1e6:.1f})")
+
+        def client(p):
+            return p["client_cpu_cores"] / p["ops_per_sec"] * 1e6
+        ratio = u["server_cpu_us_per_call"] / k["server_cpu_us_per_call"]
+        rows.append(f"| {c} | {split(u)} | {split(k)} | {ratio:.2f} | "
+                    f"{client(u):.1f} / {client(k):.1f} |")
+    return rows
 # --- end of cache section -------------------------------------------------------
 
 
@@ -301,7 +343,7 @@ def report(args):
         out.append(f"No point had other work using more than {BUSY_LIMIT}% of the CPU in the "
                    "second before or after it.")
     out.extend(ingest_notes(points, s))
-    out.extend(cache_notes(s))  # cache section
+    out.extend(cache_notes(s, points))  # cache section
     for n in m.get("notes", []):
         out.append(f"- {n}")
     with open(args.md, "w") as f:
@@ -330,6 +372,11 @@ def main():
                         help="%% CPU in use (by others) in the second after it")
         if name == "pgbench-point":
             sp.add_argument("--log-prefix", required=True)
+        else:
+            sp.add_argument("--server-cpu-cores", type=float, default=None,
+                            help="cores the measured server used in the window")
+            sp.add_argument("--db-cpu-cores", type=float, default=None,
+                            help="cores PostgreSQL used in the window")
     sp = sub.add_parser("ingest-point")  # ingest section
     sp.add_argument("--scenario", required=True)
     sp.add_argument("--concurrency", type=int, required=True)

@@ -473,18 +473,56 @@ QUERY_CACHE_KEYS=${BENCH_QUERY_CACHE_KEYS:-1000}
 QUERY_CACHE_PID=""
 QUERY_CACHE_SUMMARY="not measured"
 
+# Clock ticks of CPU (user + system) the given processes have used so far.
+cpu_ticks() {
+  local t=0 p v
+  for p in "$@"; do
+    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) && t=$((t + v))
+  done
+  echo "$t"
+}
+
+# The devstack PostgreSQL's processes: the postmaster and its children.
+db_pids() {
+  local pm
+  pm=$(head -1 "$TMP/stack/pgdata/postmaster.pid" 2>/dev/null) || return 0
+  echo "$pm" $(pgrep -P "$pm")
+}
+
+# Cores used by query_server ($1) and by PostgreSQL over the loadgen's measured
+# window (after its warm-up), written to $TMP/cpu.txt as "query db".
+sample_server_cpu() {
+  local qpid=$1 hz q0 q1 d0 d1 before
+  hz=$(getconf CLK_TCK)
+  sleep "$WARMUP"
+  before=$(db_pids)
+  q0=$(cpu_ticks "$qpid"); d0=$(cpu_ticks $before)
+  sleep "$SECS"
+  q1=$(cpu_ticks "$qpid")
+  # Backends started during the window count from zero; one that ended is lost.
+  d1=$(cpu_ticks $(echo $before $(db_pids) | tr ' ' '\n' | sort -u))
+  python3 -c "print('%.3f %.3f' % (($q1 - $q0) / $hz / $SECS, ($d1 - $d0) / $hz / $SECS))" \
+    >"$TMP/cpu.txt"
+}
+
 query_cache_point() {  # scenario addr clients ttl
-  local scenario=$1 addr=$2 c=$3 ttl=$4 busy
+  local scenario=$1 addr=$2 c=$3 ttl=$4 busy sampler cpu
   busy=$(wait_idle)
   log "$scenario c=$c (other CPU load ${busy}%)"
+  rm -f "$TMP/cpu.txt"
+  sample_server_cpu "$QUERY_CACHE_PID" &
+  sampler=$!
   run "$LOADGEN" --addr="$addr" --callers="$c" --duration="$SECS" --warmup="$WARMUP" \
     --keys="$QUERY_CACHE_KEYS" --cache_ttl_ms="$ttl" --label="c=$c" \
     >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
     || { cat "$TMP/loadgen.err" >&2; die "loadgen failed ($scenario c=$c)"; }
+  wait "$sampler" || true
   [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
+  read -r -a cpu <"$TMP/cpu.txt" || die "no CPU sample for $scenario c=$c"
   python3 bench/report.py loadgen-point --scenario "$scenario" --concurrency "$c" \
     --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
-    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+    --busy-after "$(cpu_busy_pct)" --server-cpu-cores "${cpu[0]}" --db-cpu-cores "${cpu[1]}" \
+    | tee -a "$POINTS" >&2
 }
 
 query_cache_bench() {
