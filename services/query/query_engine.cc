@@ -9,7 +9,6 @@
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace_context.h"
 #include "services/query/named_queries.h"
-#include "services/query/statement_words.h"
 
 namespace poolside::query {
 namespace {
@@ -56,22 +55,6 @@ class TransactionWork : public Work {
   std::vector<db::Statement> statements;
   std::vector<std::unique_ptr<ResultSetSink>> sinks;
 };
-
-// Reads that may share one implicit transaction with the statements pipelined
-// next to them (db::Statement::may_share_sync): a plain SELECT, VALUES or TABLE.
-// Left out: WITH (it may hold a data-modifying CTE) and anything with the word
-// FOR (row locks, FOR UPDATE/SHARE, would be held until the shared transaction
-// ends). Wrongly leaving a read out only costs its own Sync; sharing is safe for
-// any statement anyway, since a shared transaction with a failure is rolled back
-// and each statement re-run.
-bool MayShareSync(absl::string_view sql) {
-  const absl::string_view first = FirstKeyword(sql);
-  if (!absl::EqualsIgnoreCase(first, "select") && !absl::EqualsIgnoreCase(first, "values") &&
-      !absl::EqualsIgnoreCase(first, "table")) {
-    return false;
-  }
-  return !ContainsWord(sql, "for");
-}
 
 }  // namespace
 
@@ -160,7 +143,7 @@ absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name) {
 }
 
 absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params,
-                                         const CallAccess& access) const {
+                                         const CallAccess& access, bool* may_share_sync) const {
   const auto& limits = config_.limits();
   if (sql.empty()) return absl::InvalidArgumentError("sql is empty");
   if (sql.size() > limits.max_sql_bytes()) {
@@ -174,10 +157,9 @@ absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params,
     return absl::InvalidArgumentError(
         absl::StrCat(params, " parameters; the limit is ", limits.max_params()));
   }
-  if (access.read_only) {
-    if (absl::Status s = CheckReadOnlyStatement(sql); !s.ok()) return s;
-  }
-  return CheckSessionStatement(sql);
+  StatementChecks::Verdict v = checks_.Check(sql, access.read_only);
+  if (may_share_sync != nullptr) *may_share_sync = v.may_share_sync;
+  return v.status;
 }
 
 absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequest& request,
@@ -187,7 +169,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
                                                            Done done, const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database());
   if (!db.ok()) return db.status();
-  if (absl::Status s = CheckStatement(request.sql(), request.params_size(), access); !s.ok()) {
+  bool may_share_sync = false;
+  if (absl::Status s =
+          CheckStatement(request.sql(), request.params_size(), access, &may_share_sync);
+      !s.ok()) {
     return s;
   }
 
@@ -199,7 +184,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
   work->batchable = !access.read_only;
-  work->statement.may_share_sync = !access.read_only && MayShareSync(request.sql());
+  work->statement.may_share_sync = !access.read_only && may_share_sync;
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();

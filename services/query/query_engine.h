@@ -31,6 +31,7 @@
 #include "services/query/database.h"
 #include "services/query/read_cache.h"
 #include "services/query/result_sinks.h"
+#include "services/query/statement_checks.h"
 #include "services/query/statement_stats.h"
 
 namespace poolside::query {
@@ -98,13 +99,15 @@ class QueryEngine {
 
  private:
   absl::StatusOr<Database*> Find(absl::string_view name);
-  absl::Status CheckStatement(absl::string_view sql, int params,
-                              const CallAccess& access = {}) const;
+  // The limits and StatementChecks; *may_share_sync (if given) is its verdict.
+  absl::Status CheckStatement(absl::string_view sql, int params, const CallAccess& access = {},
+                              bool* may_share_sync = nullptr) const;
   void MaintenanceLoop();
 
   const v1::QueryServiceConfig config_;
   absl::flat_hash_map<std::string, std::unique_ptr<Database>> databases_;
   StatementStatsRegistry stats_;
+  mutable StatementChecks checks_;
   std::atomic<int> checks_running_{0};
   std::atomic<int> background_threads_{0};
   absl::Notification stopping_;
