@@ -31,33 +31,30 @@ absl::Status StatementChecks::Combined(const Facts& f, bool read_only) {
   return f.session;
 }
 
-StatementChecks::Verdict StatementChecks::Check(absl::string_view sql, bool read_only) {
-  if (sql.size() > kMaxTextBytes) {
-    Verdict v;
-    if (read_only) v.status = CheckReadOnlyStatement(sql);
-    if (v.status.ok()) v.status = CheckSessionStatement(sql);
-    v.may_share_sync = MayShareSync(sql);
-    return v;
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = facts_.find(sql);
-    if (it != facts_.end() && (!read_only || it->second.read_only.has_value())) {
-      const Facts& f = it->second;
-      Verdict v;
-      v.status = Combined(f, read_only);
-      v.may_share_sync = f.may_share_sync;
-      return v;
-    }
-  }
-  // Lexed outside the lock; two callers of a new text may both lex it.
+StatementChecks::Facts StatementChecks::Lex(absl::string_view sql, bool read_only) {
   Facts f;
   f.session = CheckSessionStatement(sql);
   if (read_only) f.read_only = CheckReadOnlyStatement(sql);
   f.may_share_sync = MayShareSync(sql);
-  Verdict v;
-  v.status = Combined(f, read_only);
-  v.may_share_sync = f.may_share_sync;
+  return f;
+}
+
+StatementChecks::Verdict StatementChecks::VerdictOf(const Facts& f, bool read_only) {
+  return Verdict{Combined(f, read_only), f.may_share_sync};
+}
+
+StatementChecks::Verdict StatementChecks::Check(absl::string_view sql, bool read_only) {
+  if (sql.size() > kMaxTextBytes) return VerdictOf(Lex(sql, read_only), read_only);
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = facts_.find(sql);
+    if (it != facts_.end() && (!read_only || it->second.read_only.has_value())) {
+      return VerdictOf(it->second, read_only);
+    }
+  }
+  // Lexed outside the lock; two callers of a new text may both lex it.
+  Facts f = Lex(sql, read_only);
+  const Verdict v = VerdictOf(f, read_only);
   absl::MutexLock lock(&mu_);
   auto it = facts_.find(sql);
   if (it != facts_.end()) {

@@ -50,6 +50,8 @@ class StatementChecks {
     bool may_share_sync = false;
   };
   static absl::Status Combined(const Facts& f, bool read_only);
+  static Facts Lex(absl::string_view sql, bool read_only);
+  static Verdict VerdictOf(const Facts& f, bool read_only);
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, Facts> facts_ ABSL_GUARDED_BY(mu_);
