@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 # Every system package the build, the tests, `make run` and `make bench` need.
 APT_PACKAGES := bazel-bootstrap pkg-config g++ git procps psmisc ca-certificates \
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler \
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto \
   libabsl-dev libpqxx-dev libpq-dev libgtest-dev libgmock-dev libbenchmark-dev \
   prometheus-cpp-dev postgresql postgresql-contrib postgresql-client pgbouncer \
   redis-server redis-tools python3 python3-grpcio python3-protobuf clang libclang-rt-14-dev

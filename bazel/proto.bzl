@@ -41,3 +41,42 @@ def cc_grpc_proto_library(name, srcs, deps = [], grpc = True, **kwargs):
         deps = deps + ["@system//:grpc", "@system//:protobuf"],
         **kwargs
     )
+
+def cc_system_grpc_proto_library(name, protos, root, **kwargs):
+    """Generates C++ message and gRPC service code for .proto files a Debian
+    package installs under `root` (for example grpc-proto's
+    /usr/share/grpc-proto), so that a protocol defined elsewhere is compiled
+    from its published definition rather than copied here.
+
+    `protos` are paths relative to `root`; the headers are included with this
+    package's path first: "proto/grpc/health/v1/health.grpc.pb.h" for
+    "grpc/health/v1/health.proto" generated in package "proto".
+
+    Args:
+      name: the cc_library to create.
+      protos: .proto paths relative to `root`.
+      root: the directory the package installs them in.
+      **kwargs: passed to the cc_library (visibility, ...).
+    """
+    outs = []
+    for proto in protos:
+        base = proto[:-len(".proto")]
+        outs += [base + ".pb.h", base + ".pb.cc", base + ".grpc.pb.h", base + ".grpc.pb.cc"]
+    native.genrule(
+        name = name + "_gen",
+        outs = outs,
+        cmd = ("test -d %s || { echo '%s is missing: install Debian grpc-proto (make deps)'; exit 1; }; " %
+               (root, root)) +
+              ("%s -I%s -I/usr/include --cpp_out=$(RULEDIR) --grpc_out=$(RULEDIR) " % (_PROTOC, root)) +
+              ("--plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) + " ".join(protos),
+        message = "protoc " + name,
+    )
+    native.cc_library(
+        name = name,
+        srcs = [o for o in outs if o.endswith(".cc")],
+        hdrs = [o for o in outs if o.endswith(".h")],
+        # The generated code includes its headers by their path under `root`.
+        includes = ["."],
+        deps = ["@system//:grpc", "@system//:protobuf"],
+        **kwargs
+    )

@@ -37,6 +37,7 @@
 #include "grpcpp/support/channel_arguments.h"
 #include "gtest/gtest.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
+#include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "services/query/sidecar_client.h"
@@ -567,9 +568,9 @@ TEST_F(CacheServiceTest, SocketIsGroupAccessibleAndServesASecondClient) {
 }
 
 // The sidecar serves the standard health Check itself (query probes ask for
-// "" and "liveness"), and nothing it does not declare: health Watch, gRPC
-// reflection and unknown methods are UNIMPLEMENTED, and none of them is left
-// waiting for a handler.
+// "" and "liveness") and reflection, and nothing it does not declare:
+// reflection's v1 (it serves v1alpha, as gRPC 1.51 does) and unknown methods
+// are UNIMPLEMENTED, and none of them is left waiting for a handler.
 TEST_F(CacheServiceTest, HealthCheckIsServedAndUndeclaredMethodsAreUnimplemented) {
   namespace health = ::grpc::health::v1;
   for (const std::shared_ptr<grpc::Channel>& channel : {server_->tcp, server_->unix_channel}) {
@@ -592,8 +593,28 @@ TEST_F(CacheServiceTest, HealthCheckIsServedAndUndeclaredMethodsAreUnimplemented
     grpc::Status s = check("poolside.v1.NoSuchService", &unknown);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND) << Describe(s);
 
-    for (const char* method : {"/grpc.health.v1.Health/Watch",
-                               "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    {
+      namespace reflection = ::grpc::reflection::v1alpha;
+      auto reflection_stub = reflection::ServerReflection::NewStub(channel);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      auto stream = reflection_stub->ServerReflectionInfo(&ctx);
+      reflection::ServerReflectionRequest list;
+      list.set_list_services("");
+      reflection::ServerReflectionResponse listed;
+      ASSERT_TRUE(stream->Write(list));
+      ASSERT_TRUE(stream->Read(&listed));
+      std::vector<std::string> names;
+      for (const auto& service : listed.list_services_response().service()) {
+        names.push_back(service.name());
+      }
+      EXPECT_NE(std::find(names.begin(), names.end(), "poolside.v1.CacheService"), names.end())
+          << listed.ShortDebugString();
+      stream->WritesDone();
+      grpc::Status end = stream->Finish();
+      EXPECT_TRUE(end.ok()) << Describe(end);
+    }
+    for (const char* method : {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
                                "/poolside.v1.CacheService/Nope"}) {
       grpc::Status status = GenericUnaryCall(channel, method);
       EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED)

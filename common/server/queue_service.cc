@@ -1,6 +1,7 @@
 #include "common/server/queue_service.h"
 
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/alarm.h"
@@ -44,29 +45,224 @@ void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn) {
   new QueueTask(cq, std::move(fn));
 }
 
+// One Watch call, on the queue thread throughout. It holds at most one write
+// at a time and sends only the latest status; it is deleted once gRPC's done
+// notification and its last write or Finish have come back.
+class QueueHealthService::Watch {
+ public:
+  // Requests one watch call; when it arrives, requests the next.
+  static void Post(QueueHealthService* service) { new Watch(service); }
+
+  // Sends the watched status if it is not the one sent last; an ending watch
+  // finishes once its last status is written.
+  void Send() {
+    if (writing_ || finish_sent_ || broken_) return;
+    const health::HealthCheckResponse::ServingStatus status =
+        service_->WatchedStatus(request_.service());
+    if (!sent_any_ || status != sent_.status()) {
+      sent_any_ = true;
+      sent_.set_status(status);
+      writing_ = true;
+      writer_.Write(sent_, &written_);
+    } else if (ending_) {
+      FinishNow();
+    }
+  }
+
+  // Ends the watch with `status`, after its latest status when `last_status`
+  // (otherwise at once).
+  void End(grpc::Status status, bool last_status) {
+    if (ending_) return;
+    ending_ = true;
+    status_ = std::move(status);
+    Forget();
+    if (last_status) {
+      Send();
+    } else if (!writing_) {
+      FinishNow();
+    }
+  }
+
+ private:
+  explicit Watch(QueueHealthService* service) : service_(service), writer_(&context_) {
+    // Before the request: the done tag comes back for every call that starts.
+    context_.AsyncNotifyWhenDone(&done_);
+    grpc::ServerCompletionQueue* cq;
+    {
+      absl::MutexLock lock(&service_->mu_);
+      cq = service_->cq_;
+    }
+    service_->async_.RequestWatch(&context_, &request_, &writer_, cq, cq, &requested_);
+  }
+  ~Watch() = default;
+
+  void OnRequested(bool ok) {
+    if (!ok) {  // shutting down: the call never started, no done tag follows
+      delete this;
+      return;
+    }
+    Post(service_);
+    record_.Begin(service_->watch_method_, &context_);
+    if (service_->watches_ended_) {
+      End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"),
+          /*last_status=*/true);
+      return;
+    }
+    if (service_->watches_.size() >= kMaxWatches) {
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("too many health watches open on this server (at most ",
+                                    kMaxWatches, "); use Check, or fewer watching channels")),
+          /*last_status=*/false);
+      return;
+    }
+    service_->watches_.insert(this);
+    Send();
+  }
+
+  void OnWritten(bool ok) {
+    writing_ = false;
+    if (!ok) {  // the stream is broken: the caller is gone
+      broken_ = true;
+      Forget();
+    } else if (ending_ && !last_status_wanted()) {
+      FinishNow();
+    } else {
+      Send();
+    }
+    MaybeDelete();
+  }
+
+  void OnFinished(bool /*ok*/) {
+    finishing_ = false;
+    MaybeDelete();
+  }
+
+  void OnDone(bool /*ok*/) {
+    done_called_ = true;
+    if (context_.IsCancelled()) {
+      broken_ = true;
+      Forget();
+    }
+    MaybeDelete();
+  }
+
+  // An ending watch sends its latest status unless it was refused.
+  bool last_status_wanted() const {
+    return status_.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED;
+  }
+
+  void Forget() { service_->watches_.erase(this); }
+
+  void FinishNow() {
+    if (finish_sent_ || broken_) return;  // a broken call needs no Finish
+    finish_sent_ = true;
+    finishing_ = true;
+    record_.End(status_);
+    writer_.Finish(status_, &finished_);
+  }
+
+  void MaybeDelete() {
+    if (!done_called_ || writing_ || finishing_) return;
+    Forget();
+    delete this;
+  }
+
+  QueueHealthService* const service_;
+  grpc::ServerContext context_;
+  health::HealthCheckRequest request_;
+  grpc::ServerAsyncWriter<health::HealthCheckResponse> writer_;
+  QueueStep<Watch, &Watch::OnRequested> requested_{this};
+  QueueStep<Watch, &Watch::OnWritten> written_{this};
+  QueueStep<Watch, &Watch::OnFinished> finished_{this};
+  QueueStep<Watch, &Watch::OnDone> done_{this};
+  // A broken stream gets no Finish: it counts as CANCELLED.
+  telemetry::ServerCallRecord record_;
+
+  health::HealthCheckResponse sent_;  // also the message being written
+  bool sent_any_ = false;
+  bool writing_ = false;
+  bool ending_ = false;
+  bool broken_ = false;
+  bool finish_sent_ = false;
+  bool finishing_ = false;
+  bool done_called_ = false;
+  grpc::Status status_;
+};
+
 QueueHealthService::QueueHealthService() { serving_[""] = true; }
+
+std::string QueueHealthService::service_name() const { return health::Health::service_full_name(); }
 
 void QueueHealthService::Begin(grpc::ServerCompletionQueue* cq,
                                telemetry::ServerCallTelemetry* calls) {
-  const auto* check = QueueMethod<grpc::health::v1::Health>(calls, "Check");
-  for (int i = 0; i < 2; ++i) CheckCall::Post(this, &async_, cq, check);
+  {
+    absl::MutexLock lock(&mu_);
+    cq_ = cq;
+  }
+  const auto* check = QueueMethod<health::Health>(calls, "Check");
+  watch_method_ = QueueMethod<health::Health>(
+      calls, "Watch", grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING);
+  for (int i = 0; i < 2; ++i) {
+    CheckCall::Post(this, &async_, cq, check);
+    Watch::Post(this);
+  }
 }
 
 void QueueHealthService::SetServingStatus(const std::string& service_name, bool serving) {
   absl::MutexLock lock(&mu_);
-  if (!shut_down_) serving_[service_name] = serving;
+  if (shut_down_) return;
+  auto [it, added] = serving_.try_emplace(service_name, serving);
+  if (!added && it->second == serving) return;
+  it->second = serving;
+  PublishSoonLocked();
 }
 
 void QueueHealthService::SetServingStatus(bool serving) {
   absl::MutexLock lock(&mu_);
   if (shut_down_) return;
   for (auto& [name, status] : serving_) status = serving;
+  PublishSoonLocked();
 }
 
 void QueueHealthService::Shutdown() {
   absl::MutexLock lock(&mu_);
+  if (shut_down_) return;
   for (auto& [name, status] : serving_) status = false;
   shut_down_ = true;
+  PublishSoonLocked();
+}
+
+void QueueHealthService::EndWatches() {
+  absl::MutexLock lock(&mu_);
+  if (cq_ == nullptr) return;
+  RunOnQueue(cq_, [this] {
+    watches_ended_ = true;
+    const std::vector<Watch*> open(watches_.begin(), watches_.end());
+    for (Watch* watch : open) {
+      watch->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"),
+                 /*last_status=*/true);
+    }
+  });
+}
+
+void QueueHealthService::PublishSoonLocked() {
+  // Under mu_: Shutdown() is the last to get here, and Server shuts the queue
+  // down only after it.
+  if (cq_ != nullptr) RunOnQueue(cq_, [this] { Publish(); });
+}
+
+void QueueHealthService::Publish() {
+  const std::vector<Watch*> open(watches_.begin(), watches_.end());
+  for (Watch* watch : open) watch->Send();
+}
+
+health::HealthCheckResponse::ServingStatus QueueHealthService::WatchedStatus(
+    const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  auto it = serving_.find(name);
+  if (it == serving_.end()) return health::HealthCheckResponse::SERVICE_UNKNOWN;
+  return it->second ? health::HealthCheckResponse::SERVING
+                    : health::HealthCheckResponse::NOT_SERVING;
 }
 
 absl::Status QueueHealthService::Check(const health::HealthCheckRequest& request,

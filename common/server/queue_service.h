@@ -23,7 +23,8 @@
 // services, not both: a single callback method brings the callback API's
 // polling threads back (and with them the hand-offs), and so would a
 // synchronous one; for the same reason a queue server serves grpc.health.v1
-// Check itself on its queue and no gRPC reflection.
+// (Check and Watch) and gRPC reflection (queue_reflection.h) itself on its
+// queue.
 //
 // Threading: Begin() runs on the thread that starts the server, before the
 // queue thread polls; every QueueTag::Proceed runs on the queue thread. State
@@ -35,6 +36,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
@@ -79,6 +81,8 @@ class QueueService {
   // The generated AsyncService to register; every method of it must be
   // requested in Begin() (a method never requested leaves its calls waiting).
   virtual grpc::Service* grpc_service() = 0;
+  // Its full name ("poolside.v1.CacheService"), as reflection lists it.
+  virtual std::string service_name() const = 0;
   // Requests the first calls on `cq`, the server's one completion queue.
   // `calls` (ServerOptions::call_telemetry; null: none) is where the calls
   // record their metrics and spans: no interceptor sees a queue server's calls.
@@ -164,30 +168,57 @@ class UnaryQueueCall final : public QueueTag {
   bool answered_ = false;
 };
 
-// grpc.health.v1.Health/Check served on a queue server's queue, and the
-// HealthCheckServiceInterface through which Server sets its statuses (as
-// gRPC's default health service does for callback servers): "" (the server
-// as a whole) starts SERVING; a name never set is NOT_FOUND; after Shutdown()
-// every name is NOT_SERVING for good. SetServingStatus is thread-safe.
+// grpc.health.v1.Health (Check and Watch) served on a queue server's queue,
+// and the HealthCheckServiceInterface through which Server sets its statuses
+// (as gRPC's default health service does for callback servers): "" (the server
+// as a whole) starts SERVING; a name never set is NOT_FOUND to Check and
+// SERVICE_UNKNOWN to Watch; after Shutdown() every name is NOT_SERVING for
+// good. SetServingStatus is thread-safe.
+//
+// A Watch gets the current status at once and then every change (a status
+// that flips and flips back between two writes is sent once, as the latest),
+// the way gRPC's client-side health checking expects. EndWatches() (Server
+// calls it when its drain starts) sends each watch its last status and ends
+// it UNAVAILABLE, so that a watch never holds the drain; at most kMaxWatches
+// are open at once, further ones end RESOURCE_EXHAUSTED.
 class QueueHealthService final : public QueueService, public grpc::HealthCheckServiceInterface {
  public:
+  static constexpr size_t kMaxWatches = 1024;
+
   QueueHealthService();
 
   grpc::Service* grpc_service() override { return &async_; }
+  std::string service_name() const override;
   void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
 
   void SetServingStatus(const std::string& service_name, bool serving) override;
   void SetServingStatus(bool serving) override;
   void Shutdown() override;
+  // Ends every watch, and every watch that arrives later (any thread; before
+  // the queue shuts down).
+  void EndWatches();
 
   absl::Status Check(const grpc::health::v1::HealthCheckRequest& request,
                      grpc::health::v1::HealthCheckResponse* response);
 
  private:
+  class Watch;
+
+  grpc::health::v1::HealthCheckResponse::ServingStatus WatchedStatus(const std::string& name);
+  // Has every watch send its service's status if it changed (queue thread).
+  void Publish();
+  void PublishSoonLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   grpc::health::v1::Health::AsyncService async_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
+  // Set by Begin(); null before (no watch can exist then).
+  grpc::ServerCompletionQueue* cq_ ABSL_GUARDED_BY(mu_) = nullptr;
+  const telemetry::ServerCallTelemetry::Method* watch_method_ = nullptr;
+  // Queue thread only.
+  absl::flat_hash_set<Watch*> watches_;
+  bool watches_ended_ = false;
 };
 
 }  // namespace poolside::server

@@ -1,5 +1,6 @@
 #include "common/server/queue_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -13,10 +14,14 @@
 #include "absl/synchronization/notification.h"
 #include "common/server/server.h"
 #include "common/telemetry/metrics.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "google/protobuf/descriptor_database.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
+#include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 
 namespace poolside::server {
@@ -24,6 +29,7 @@ namespace {
 
 namespace v1 = poolside::v1;
 namespace health = grpc::health::v1;
+namespace reflection = grpc::reflection::v1alpha;
 using Async = v1::CacheService::AsyncService;
 
 // A queue service on the cache proto: Get echoes the key and records the
@@ -32,6 +38,7 @@ using Async = v1::CacheService::AsyncService;
 class EchoService final : public QueueService {
  public:
   grpc::Service* grpc_service() override { return &async_; }
+  std::string service_name() const override { return v1::CacheService::service_full_name(); }
   void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override {
     cq_ = cq;
     const auto* get = QueueMethod<v1::CacheService>(calls, "Get");
@@ -256,12 +263,10 @@ TEST(QueueServiceTest, HealthIsCheckedOnTheQueueAndReadinessFollowsTheServer) {
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(response.status(), health::HealthCheckResponse::SERVING);
 
-  // Methods nobody serves here: health Watch, reflection, an unknown one.
+  // Methods nobody serves here: gRPC reflection's v1 (v1alpha is served), an unknown one.
   grpc::GenericStub generic(channel);
-  for (const char* method :
-       {"/grpc.health.v1.Health/Watch", "/grpc.reflection.v1alpha.ServerReflection/"
-                                        "ServerReflectionInfo",
-        "/poolside.v1.CacheService/Nope"}) {
+  for (const char* method : {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                             "/poolside.v1.CacheService/Nope"}) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     grpc::Slice empty("");
@@ -277,6 +282,205 @@ TEST(QueueServiceTest, HealthIsCheckedOnTheQueueAndReadinessFollowsTheServer) {
     done.WaitForNotification();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << method;
   }
+}
+
+// One health watch, read from this thread.
+struct HealthWatch {
+  HealthWatch(health::Health::Stub* stub, const std::string& service) {
+    // Far beyond the test's length: a watch still open when it passes (one
+    // that held the drain) ends DEADLINE_EXCEEDED, not as asserted.
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(50));
+    health::HealthCheckRequest request;
+    request.set_service(service);
+    reader = stub->Watch(&ctx, request);
+  }
+  // The next status sent, or UNKNOWN once the watch has ended.
+  health::HealthCheckResponse::ServingStatus Next() {
+    health::HealthCheckResponse response;
+    if (!reader->Read(&response)) return health::HealthCheckResponse::UNKNOWN;
+    EXPECT_NE(response.status(), health::HealthCheckResponse::UNKNOWN);
+    return response.status();
+  }
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<health::HealthCheckResponse>> reader;
+};
+
+TEST(QueueServiceTest, HealthWatchesSeeEveryChangeAndEndWhenTheDrainStarts) {
+  EchoService service;
+  ServerOptions options = Options(&service);
+  options.serving_at_start = false;
+  options.drain_timeout = absl::Seconds(100);  // longer than the watches' deadline
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::shared_ptr<grpc::Channel> channel = Connect(**server);
+  auto stub = health::Health::NewStub(channel);
+  using Status = health::HealthCheckResponse;
+
+  HealthWatch whole(stub.get(), "");
+  EXPECT_EQ(whole.Next(), Status::NOT_SERVING);  // the current status, at once
+  HealthWatch liveness(stub.get(), "liveness");
+  EXPECT_EQ(liveness.Next(), Status::SERVING);
+  // A name nobody set: SERVICE_UNKNOWN, and the watch stays open.
+  HealthWatch unknown(stub.get(), "poolside.v1.NoSuchService");
+  EXPECT_EQ(unknown.Next(), Status::SERVICE_UNKNOWN);
+  HealthWatch cancelled(stub.get(), "");
+  EXPECT_EQ(cancelled.Next(), Status::NOT_SERVING);
+
+  (*server)->MarkServingCallback()();
+  EXPECT_EQ(whole.Next(), Status::SERVING);
+  EXPECT_EQ(cancelled.Next(), Status::SERVING);
+  cancelled.ctx.TryCancel();
+  EXPECT_EQ(cancelled.Next(), Status::UNKNOWN);
+  EXPECT_EQ(cancelled.reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  // The drain: each watch gets its last status and ends UNAVAILABLE, so
+  // Shutdown does not wait out the drain timeout for them.
+  std::thread stop([&] { (*server)->Shutdown(); });
+  EXPECT_EQ(whole.Next(), Status::NOT_SERVING);
+  EXPECT_EQ(liveness.Next(), Status::NOT_SERVING);
+  for (HealthWatch* watch : {&whole, &liveness, &unknown}) {
+    EXPECT_EQ(watch->Next(), Status::UNKNOWN);
+    grpc::Status end = watch->reader->Finish();
+    EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
+  }
+  stop.join();
+}
+
+// A reflection stream, asked one request at a time.
+struct ReflectionStream {
+  explicit ReflectionStream(reflection::ServerReflection::Stub* stub) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(50));
+    stream = stub->ServerReflectionInfo(&ctx);
+  }
+  reflection::ServerReflectionResponse Ask(const reflection::ServerReflectionRequest& request) {
+    reflection::ServerReflectionResponse response;
+    EXPECT_TRUE(stream->Write(request));
+    EXPECT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.original_request().SerializeAsString(), request.SerializeAsString());
+    return response;
+  }
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<reflection::ServerReflectionRequest,
+                                           reflection::ServerReflectionResponse>>
+      stream;
+};
+
+TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
+  EchoService service;
+  ServerOptions options = Options(&service);
+  options.drain_timeout = absl::Seconds(100);  // longer than the stream's deadline
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::shared_ptr<grpc::Channel> channel = Connect(**server);
+  auto stub = reflection::ServerReflection::NewStub(channel);
+  ReflectionStream s(stub.get());
+
+  reflection::ServerReflectionRequest list;
+  list.set_list_services("*");
+  std::vector<std::string> names;
+  const reflection::ServerReflectionResponse listing = s.Ask(list);
+  for (const auto& listed : listing.list_services_response().service()) {
+    names.push_back(listed.name());
+  }
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"grpc.health.v1.Health",
+                                             "grpc.reflection.v1alpha.ServerReflection",
+                                             "poolside.v1.CacheService"}));
+
+  // The files sent for a service build a pool of their own that has all of
+  // it: nothing it depends on is missing.
+  google::protobuf::SimpleDescriptorDatabase received;
+  auto receive = [&](const reflection::ServerReflectionResponse& response) {
+    EXPECT_FALSE(response.has_error_response()) << response.error_response().error_message();
+    for (const std::string& bytes : response.file_descriptor_response().file_descriptor_proto()) {
+      google::protobuf::FileDescriptorProto file;
+      EXPECT_TRUE(file.ParseFromString(bytes));
+      received.Add(file);
+    }
+    return response.file_descriptor_response().file_descriptor_proto_size();
+  };
+  reflection::ServerReflectionRequest symbol;
+  symbol.set_file_containing_symbol("poolside.v1.CacheService");
+  EXPECT_GE(receive(s.Ask(symbol)), 1);
+  google::protobuf::DescriptorPool pool(&received);
+  const google::protobuf::ServiceDescriptor* described =
+      pool.FindServiceByName("poolside.v1.CacheService");
+  ASSERT_NE(described, nullptr);
+  EXPECT_NE(described->FindMethodByName("Get"), nullptr);
+  EXPECT_NE(pool.FindMessageTypeByName("poolside.v1.CacheGetRequest"), nullptr);
+
+  // The same file by name, and a message in it: the file itself comes again
+  // (clients read the first file as the answer).
+  reflection::ServerReflectionRequest by_name;
+  by_name.set_file_by_filename(described->file()->name());
+  reflection::ServerReflectionResponse again = s.Ask(by_name);
+  ASSERT_GE(again.file_descriptor_response().file_descriptor_proto_size(), 1);
+  google::protobuf::FileDescriptorProto first;
+  ASSERT_TRUE(first.ParseFromString(again.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(first.name(), described->file()->name());
+  symbol.set_file_containing_symbol("poolside.v1.CacheGetRequest");
+  EXPECT_GE(receive(s.Ask(symbol)), 1);
+  symbol.set_file_containing_symbol("grpc.health.v1.Health.Watch");
+  EXPECT_GE(receive(s.Ask(symbol)), 1);
+
+  // What does not exist gets an error in the stream, which stays open.
+  symbol.set_file_containing_symbol("poolside.v1.NoSuchService");
+  reflection::ServerReflectionResponse missing = s.Ask(symbol);
+  EXPECT_EQ(missing.error_response().error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(s.Ask(reflection::ServerReflectionRequest()).error_response().error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  reflection::ServerReflectionRequest extensions;
+  extensions.set_all_extension_numbers_of_type("poolside.v1.CacheGetRequest");
+  EXPECT_EQ(s.Ask(extensions).all_extension_numbers_response().base_type_name(),
+            "poolside.v1.CacheGetRequest");
+
+  // A stream the client closes ends OK; one left open ends when the drain starts.
+  ReflectionStream closed(stub.get());
+  EXPECT_EQ(closed.Ask(list).list_services_response().service_size(), 3);
+  EXPECT_TRUE(closed.stream->WritesDone());
+  grpc::Status end = closed.stream->Finish();
+  EXPECT_TRUE(end.ok()) << end.error_message();
+  std::thread stop([&] { (*server)->Shutdown(); });
+  reflection::ServerReflectionResponse none;
+  EXPECT_FALSE(s.stream->Read(&none));
+  end = s.stream->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::CANCELLED) << end.error_message();
+  stop.join();
+}
+
+// A callback server (ingest's kind) serves gRPC's own reflection, whose
+// plugin, linked into the same binary as the queue servers' reflection, uses
+// the messages compiled here from the same published definition.
+TEST(QueueServiceTest, ACallbackServerServesGrpcsOwnReflectionWithTheSameMessages) {
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.tls.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = reflection::ServerReflection::NewStub(Connect(**server));
+  ReflectionStream s(stub.get());
+  reflection::ServerReflectionRequest list;
+  list.set_list_services("*");
+  const reflection::ServerReflectionResponse listing = s.Ask(list);
+  std::vector<std::string> names;
+  for (const auto& listed : listing.list_services_response().service()) {
+    names.push_back(listed.name());
+  }
+  EXPECT_NE(std::find(names.begin(), names.end(), "grpc.reflection.v1alpha.ServerReflection"),
+            names.end())
+      << listing.ShortDebugString();
+  reflection::ServerReflectionRequest symbol;
+  symbol.set_file_containing_symbol("grpc.reflection.v1alpha.ServerReflection");
+  const reflection::ServerReflectionResponse file = s.Ask(symbol);
+  ASSERT_EQ(file.file_descriptor_response().file_descriptor_proto_size(), 1)
+      << file.ShortDebugString();
+  google::protobuf::FileDescriptorProto proto;
+  ASSERT_TRUE(proto.ParseFromString(file.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(proto.name(), "grpc/reflection/v1alpha/reflection.proto");
+  EXPECT_TRUE(s.stream->WritesDone());
+  grpc::Status end = s.stream->Finish();
+  EXPECT_TRUE(end.ok()) << end.error_message();
+  (*server)->Shutdown();
 }
 
 TEST(QueueServiceTest, ShutdownDrainsAndStopsTheQueueThread) {

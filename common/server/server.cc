@@ -88,6 +88,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (queue) {
     s->queue_health_ = std::make_unique<QueueHealthService>();
     s->options_.queue_services.push_back(s->queue_health_.get());
+    std::vector<std::string> names;
+    for (QueueService* service : s->options_.queue_services) {
+      names.push_back(service->service_name());
+    }
+    s->queue_reflection_ = std::make_unique<QueueReflectionService>(std::move(names));
+    s->options_.queue_services.push_back(s->queue_reflection_.get());
     builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
     builder.SetOption(std::make_unique<NoPlugins>());
     for (QueueService* service : s->options_.queue_services) {
@@ -183,6 +189,10 @@ void Server::Shutdown() {
     readiness_->health = nullptr;
   }
   if (health_ != nullptr) health_->SetServingStatus(false);
+  // Health watches see NOT_SERVING and end, and reflection streams end,
+  // rather than hold the drain.
+  if (queue_health_ != nullptr) queue_health_->EndWatches();
+  if (queue_reflection_ != nullptr) queue_reflection_->EndStreams();
   if (options_.before_drain) options_.before_drain();
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));

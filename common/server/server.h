@@ -10,8 +10,8 @@
 // Services use gRPC's callback API (`services`), or, for services whose
 // handlers never block (database work goes to workers that answer from their
 // own threads), the async API served by one thread (`queue_services`, see
-// common/server/queue_service.h; such a server serves the health Check itself
-// and no reflection).
+// common/server/queue_service.h; such a server serves the health service,
+// Check and Watch, and reflection itself).
 //
 //   int main() {
 //     poolside::server::BlockTerminationSignals();   // first, before any thread
@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/queue_reflection.h"
 #include "common/server/queue_service.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/support/server_interceptor.h"
@@ -114,9 +115,10 @@ class Server {
  private:
   Server() = default;
   ServerOptions options_;
-  // Queue servers only: the health service, the queue and its thread. Declared
-  // before server_, so they outlive it.
+  // Queue servers only: the health and reflection services, the queue and its
+  // thread. Declared before server_, so they outlive it.
   std::unique_ptr<QueueHealthService> queue_health_;
+  std::unique_ptr<QueueReflectionService> queue_reflection_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::thread cq_thread_;
   std::unique_ptr<grpc::Server> server_;

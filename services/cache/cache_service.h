@@ -56,6 +56,7 @@ class CacheServiceImpl final : public server::QueueService {
   ~CacheServiceImpl() override;
 
   grpc::Service* grpc_service() override { return &async_; }
+  std::string service_name() const override { return v1::CacheService::service_full_name(); }
   void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
 
   // The calls, on the queue thread.

@@ -47,6 +47,7 @@ class QueryServiceImpl final : public server::QueueService {
       : engine_(engine), authorizer_(authorizer), named_(named) {}
 
   grpc::Service* grpc_service() override { return &async_; }
+  std::string service_name() const override { return v1::QueryService::service_full_name(); }
   void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
 
   // Waits until every call that arrived has ended (its answer sent or its
