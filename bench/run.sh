@@ -482,25 +482,26 @@ cpu_ticks() {
   echo "$t"
 }
 
-# The devstack PostgreSQL's processes: the postmaster and its children.
-db_pids() {
-  local pm
-  pm=$(head -1 "$TMP/stack/pgdata/postmaster.pid" 2>/dev/null) || return 0
-  echo "$pm" $(pgrep -P "$pm")
+# CPU ticks of the devstack PostgreSQL: the postmaster's own and those of its
+# children, live ones read directly and ended ones from the postmaster's
+# cutime/cstime (the kernel adds a child's time there when it is reaped), so a
+# backend that ends during a window is neither lost nor counted twice.
+db_ticks() {
+  local pm t
+  pm=$(head -1 "$TMP/stack/pgdata/postmaster.pid" 2>/dev/null) || { echo 0; return; }
+  t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat" 2>/dev/null) || t=0
+  echo $((t + $(cpu_ticks $(pgrep -P "$pm"))))
 }
 
 # Cores used by query_server ($1) and by PostgreSQL over the loadgen's measured
 # window (after its warm-up), written to $TMP/cpu.txt as "query db".
 sample_server_cpu() {
-  local qpid=$1 hz q0 q1 d0 d1 before
+  local qpid=$1 hz q0 q1 d0 d1
   hz=$(getconf CLK_TCK)
   sleep "$WARMUP"
-  before=$(db_pids)
-  q0=$(cpu_ticks "$qpid"); d0=$(cpu_ticks $before)
+  q0=$(cpu_ticks "$qpid"); d0=$(db_ticks)
   sleep "$SECS"
-  q1=$(cpu_ticks "$qpid")
-  # Backends started during the window count from zero; one that ended is lost.
-  d1=$(cpu_ticks $(echo $before $(db_pids) | tr ' ' '\n' | sort -u))
+  q1=$(cpu_ticks "$qpid"); d1=$(db_ticks)
   python3 -c "print('%.3f %.3f' % (($q1 - $q0) / $hz / $SECS, ($d1 - $d0) / $hz / $SECS))" \
     >"$TMP/cpu.txt"
 }
