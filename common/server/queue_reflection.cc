@@ -43,7 +43,10 @@ constexpr size_t kMaxNameBytes = 1024;
 
 // One reflection stream: read a request, write its answer, read the next,
 // until the client half-closes (then finish OK) or the call breaks.
-class QueueReflectionService::Stream {
+class QueueReflectionService::Stream final
+    : public QueueStreamCall<Stream,
+                             grpc::ServerAsyncReaderWriter<reflection::ServerReflectionResponse,
+                                                           reflection::ServerReflectionRequest>> {
  public:
   static void Post(QueueReflectionService* service) { new Stream(service); }
 
@@ -54,10 +57,12 @@ class QueueReflectionService::Stream {
     context_.TryCancel();
   }
 
+  void Forget() { service_->streams_.erase(this); }
+
  private:
-  explicit Stream(QueueReflectionService* service) : service_(service), stream_(&context_) {
-    // Before the request: the done tag comes back for every call that starts.
-    context_.AsyncNotifyWhenDone(&done_);
+  friend QueueStreamCall;
+
+  explicit Stream(QueueReflectionService* service) : service_(service) {
     grpc::ServerCompletionQueue* cq;
     {
       absl::MutexLock lock(&service_->mu_);
@@ -85,76 +90,40 @@ class QueueReflectionService::Stream {
       return;
     }
     service_->streams_.insert(this);
-    Read();
-  }
-
-  void Read() {
-    busy_ = true;
-    stream_.Read(&request_, &read_);
+    stream_.Read(&request_, Start(&read_));
   }
 
   void OnRead(bool ok) {
-    busy_ = false;
+    Returned();
     if (!ok) {  // the client is done sending, or the call broke or was ended
+      Forget();
       if (!ended_) Finish(grpc::Status::OK);
     } else {
       response_ = service_->Answer(request_, &sent_);
-      busy_ = true;
-      stream_.Write(response_, &written_);
+      stream_.Write(response_, Start(&written_));
     }
     MaybeDelete();
   }
 
   void OnWritten(bool ok) {
-    busy_ = false;
-    if (ok) Read();  // otherwise the call broke: only its done tag is left
+    Returned();
+    if (ok) {
+      stream_.Read(&request_, Start(&read_));
+    } else {
+      Broke();
+    }
     MaybeDelete();
-  }
-
-  void Finish(grpc::Status status) {
-    Forget();
-    busy_ = true;
-    record_.End(status);
-    stream_.Finish(status, &finished_);
-  }
-
-  void OnFinished(bool /*ok*/) {
-    busy_ = false;
-    MaybeDelete();
-  }
-
-  void OnDone(bool /*ok*/) {
-    done_called_ = true;
-    MaybeDelete();
-  }
-
-  void Forget() { service_->streams_.erase(this); }
-
-  void MaybeDelete() {
-    if (!done_called_ || busy_) return;
-    Forget();
-    delete this;
   }
 
   QueueReflectionService* const service_;
-  grpc::ServerContext context_;
-  grpc::ServerAsyncReaderWriter<reflection::ServerReflectionResponse,
-                                reflection::ServerReflectionRequest>
-      stream_;
   QueueStep<Stream, &Stream::OnRequested> requested_{this};
   QueueStep<Stream, &Stream::OnRead> read_{this};
   QueueStep<Stream, &Stream::OnWritten> written_{this};
-  QueueStep<Stream, &Stream::OnFinished> finished_{this};
-  QueueStep<Stream, &Stream::OnDone> done_{this};
-  // A call that breaks gets no Finish: it counts as CANCELLED.
-  telemetry::ServerCallRecord record_;
 
   reflection::ServerReflectionRequest request_;
   reflection::ServerReflectionResponse response_;
   absl::flat_hash_set<std::string> sent_;  // files sent on this stream
-  bool busy_ = false;                      // a read, write or finish is in flight
   bool ended_ = false;                     // cancelled by End()
-  bool done_called_ = false;
 };
 
 QueueReflectionService::QueueReflectionService(std::vector<std::string> services)

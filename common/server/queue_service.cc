@@ -46,9 +46,9 @@ void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn) {
 }
 
 // One Watch call, on the queue thread throughout. It holds at most one write
-// at a time and sends only the latest status; it is deleted once gRPC's done
-// notification and its last write or Finish have come back.
-class QueueHealthService::Watch {
+// at a time and sends only the latest status.
+class QueueHealthService::Watch final
+    : public QueueStreamCall<Watch, grpc::ServerAsyncWriter<health::HealthCheckResponse>> {
  public:
   // Requests one watch call; when it arrives, requests the next.
   static void Post(QueueHealthService* service) { new Watch(service); }
@@ -56,16 +56,15 @@ class QueueHealthService::Watch {
   // Sends the watched status if it is not the one sent last; an ending watch
   // finishes once its last status is written.
   void Send() {
-    if (writing_ || finish_sent_ || broken_) return;
+    if (busy() || finish_sent() || broken()) return;
     const health::HealthCheckResponse::ServingStatus status =
         service_->WatchedStatus(request_.service());
     if (!sent_any_ || status != sent_.status()) {
       sent_any_ = true;
       sent_.set_status(status);
-      writing_ = true;
-      writer_.Write(sent_, &written_);
+      stream_.Write(sent_, Start(&written_));
     } else if (ending_) {
-      FinishNow();
+      Finish(status_);
     }
   }
 
@@ -74,25 +73,28 @@ class QueueHealthService::Watch {
   void End(grpc::Status status, bool last_status) {
     if (ending_) return;
     ending_ = true;
+    last_status_ = last_status;
     status_ = std::move(status);
     Forget();
     if (last_status) {
       Send();
-    } else if (!writing_) {
-      FinishNow();
+    } else if (!busy()) {
+      Finish(status_);
     }
   }
 
+  void Forget() { service_->watches_.erase(this); }
+
  private:
-  explicit Watch(QueueHealthService* service) : service_(service), writer_(&context_) {
-    // Before the request: the done tag comes back for every call that starts.
-    context_.AsyncNotifyWhenDone(&done_);
+  friend QueueStreamCall;
+
+  explicit Watch(QueueHealthService* service) : service_(service) {
     grpc::ServerCompletionQueue* cq;
     {
       absl::MutexLock lock(&service_->mu_);
       cq = service_->cq_;
     }
-    service_->async_.RequestWatch(&context_, &request_, &writer_, cq, cq, &requested_);
+    service_->async_.RequestWatch(&context_, &request_, &stream_, cq, cq, &requested_);
   }
   ~Watch() = default;
 
@@ -120,72 +122,26 @@ class QueueHealthService::Watch {
   }
 
   void OnWritten(bool ok) {
-    writing_ = false;
+    Returned();
     if (!ok) {  // the stream is broken: the caller is gone
-      broken_ = true;
-      Forget();
-    } else if (ending_ && !last_status_wanted()) {
-      FinishNow();
+      Broke();
+    } else if (ending_ && !last_status_) {
+      Finish(status_);
     } else {
       Send();
     }
     MaybeDelete();
   }
 
-  void OnFinished(bool /*ok*/) {
-    finishing_ = false;
-    MaybeDelete();
-  }
-
-  void OnDone(bool /*ok*/) {
-    done_called_ = true;
-    if (context_.IsCancelled()) {
-      broken_ = true;
-      Forget();
-    }
-    MaybeDelete();
-  }
-
-  // An ending watch sends its latest status unless it was refused.
-  bool last_status_wanted() const {
-    return status_.error_code() != grpc::StatusCode::RESOURCE_EXHAUSTED;
-  }
-
-  void Forget() { service_->watches_.erase(this); }
-
-  void FinishNow() {
-    if (finish_sent_ || broken_) return;  // a broken call needs no Finish
-    finish_sent_ = true;
-    finishing_ = true;
-    record_.End(status_);
-    writer_.Finish(status_, &finished_);
-  }
-
-  void MaybeDelete() {
-    if (!done_called_ || writing_ || finishing_) return;
-    Forget();
-    delete this;
-  }
-
   QueueHealthService* const service_;
-  grpc::ServerContext context_;
   health::HealthCheckRequest request_;
-  grpc::ServerAsyncWriter<health::HealthCheckResponse> writer_;
   QueueStep<Watch, &Watch::OnRequested> requested_{this};
   QueueStep<Watch, &Watch::OnWritten> written_{this};
-  QueueStep<Watch, &Watch::OnFinished> finished_{this};
-  QueueStep<Watch, &Watch::OnDone> done_{this};
-  // A broken stream gets no Finish: it counts as CANCELLED.
-  telemetry::ServerCallRecord record_;
 
   health::HealthCheckResponse sent_;  // also the message being written
   bool sent_any_ = false;
-  bool writing_ = false;
   bool ending_ = false;
-  bool broken_ = false;
-  bool finish_sent_ = false;
-  bool finishing_ = false;
-  bool done_called_ = false;
+  bool last_status_ = false;  // an ending watch sends its latest status first
   grpc::Status status_;
 };
 

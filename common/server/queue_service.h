@@ -75,6 +75,90 @@ class QueueStep final : public QueueTag {
   T* const owner_;
 };
 
+// What the streaming calls served on a queue share, for `Call`, which derives
+// from it, on a `Stream` (grpc::ServerAsyncWriter<...>,
+// grpc::ServerAsyncReaderWriter<...>):
+// - gRPC's done notification, asked for before Call requests the call, so that
+//   it comes back for every call that starts (not for one that never starts:
+//   Call deletes itself when its request comes back not ok);
+// - at most one operation (read, write or finish) in flight, started with
+//   Start(tag) and marked back by Returned() in Call's step;
+// - Finish(status), once, recording the call's telemetry (a call whose stream
+//   broke or that the client cancelled gets none: it counts as CANCELLED);
+// - deletion once the done notification and the last operation are back
+//   (MaybeDelete(), which each of Call's steps ends with).
+// Call::Forget() takes the call out of whatever its service keeps to reach it:
+// called when the stream breaks and before deletion, possibly more than once.
+// Call makes QueueStreamCall a friend if its destructor is private.
+template <typename Call, typename Stream>
+class QueueStreamCall {
+ public:
+  QueueStreamCall(const QueueStreamCall&) = delete;
+  QueueStreamCall& operator=(const QueueStreamCall&) = delete;
+
+ protected:
+  QueueStreamCall() : stream_(&context_) { context_.AsyncNotifyWhenDone(&done_); }
+  ~QueueStreamCall() = default;
+
+  // `tag`, with an operation marked in flight: stream_.Write(m, Start(&written_)).
+  QueueTag* Start(QueueTag* tag) {
+    busy_ = true;
+    return tag;
+  }
+  // The operation started with Start() came back.
+  void Returned() { busy_ = false; }
+  bool busy() const { return busy_; }
+
+  // The stream is broken (a write failed, the client cancelled): nothing more
+  // is sent on it.
+  void Broke() {
+    broken_ = true;
+    self()->Forget();
+  }
+  bool broken() const { return broken_; }
+
+  // Ends the call with `status`, once; not on a broken stream. Only when no
+  // other operation is in flight.
+  void Finish(const grpc::Status& status) {
+    if (finish_sent_ || broken_) return;
+    finish_sent_ = true;
+    record_.End(status);
+    stream_.Finish(status, Start(&finished_));
+  }
+  bool finish_sent() const { return finish_sent_; }
+
+  void MaybeDelete() {
+    if (!done_called_ || busy_) return;
+    self()->Forget();
+    delete self();
+  }
+
+  grpc::ServerContext context_;
+  Stream stream_;
+  telemetry::ServerCallRecord record_;
+
+ private:
+  Call* self() { return static_cast<Call*>(this); }
+
+  void OnFinished(bool /*ok*/) {
+    Returned();
+    MaybeDelete();
+  }
+
+  void OnDone(bool /*ok*/) {
+    done_called_ = true;
+    if (context_.IsCancelled()) Broke();
+    MaybeDelete();
+  }
+
+  QueueStep<QueueStreamCall, &QueueStreamCall::OnFinished> finished_{this};
+  QueueStep<QueueStreamCall, &QueueStreamCall::OnDone> done_{this};
+  bool busy_ = false;
+  bool broken_ = false;
+  bool finish_sent_ = false;
+  bool done_called_ = false;
+};
+
 class QueueService {
  public:
   virtual ~QueueService() = default;

@@ -46,9 +46,8 @@ v1::CacheSetResponse::Reason ReasonOf(CacheStore::SetResult r) {
 
 // One WatchInvalidations stream, on the queue thread. Events go out one write
 // at a time from queue_; Finish is called once, when no write is outstanding.
-// The object goes once gRPC has reported the call done (its done tag) and no
-// operation of it is outstanding.
-class CacheServiceImpl::Watch {
+class CacheServiceImpl::Watch final
+    : public server::QueueStreamCall<Watch, grpc::ServerAsyncWriter<v1::CacheInvalidationEvent>> {
  public:
   // Requests one watch call; when it arrives, requests the next.
   static void Post(CacheServiceImpl* service) { new Watch(service); }
@@ -62,18 +61,30 @@ class CacheServiceImpl::Watch {
       return;
     }
     queue_.push_back(event);
-    if (!writing_) WriteFront();
+    if (!busy()) WriteFront();
   }
 
   void Stop(grpc::Status status) {
     if (!ending_) End(std::move(status));
   }
 
+  // No more events for this watch: it leaves the service's set, and only the
+  // event being written is kept (a stuck watcher's queue would otherwise stay
+  // full until its transport drains).
+  void Forget() {
+    service_->watches_.erase(this);
+    if (!busy()) {
+      queue_.clear();
+    } else if (queue_.size() > 1) {
+      queue_.resize(1);
+    }
+  }
+
  private:
-  explicit Watch(CacheServiceImpl* service) : service_(service), writer_(&context_) {
-    // Before the request: the done tag comes back for every call that starts.
-    context_.AsyncNotifyWhenDone(&done_);
-    service_->async_.RequestWatchInvalidations(&context_, &request_, &writer_, service_->cq_,
+  friend QueueStreamCall;
+
+  explicit Watch(CacheServiceImpl* service) : service_(service) {
+    service_->async_.RequestWatchInvalidations(&context_, &request_, &stream_, service_->cq_,
                                                service_->cq_, &requested_);
   }
   ~Watch() = default;
@@ -96,37 +107,19 @@ class CacheServiceImpl::Watch {
   }
 
   void OnWritten(bool ok) {
-    writing_ = false;
+    Returned();
     queue_.pop_front();
     if (!ok) {  // the stream is broken: the caller is gone
-      broken_ = true;
-      End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "watch stream broken"));
+      Broke();
     } else if (ending_) {
-      FinishNow();
+      Finish(status_);
     } else if (!queue_.empty()) {
       WriteFront();
     }
     MaybeDelete();
   }
 
-  void OnFinished(bool /*ok*/) {
-    finishing_ = false;
-    MaybeDelete();
-  }
-
-  void OnDone(bool /*ok*/) {
-    done_called_ = true;
-    if (context_.IsCancelled()) {
-      broken_ = true;
-      Stop(grpc::Status::CANCELLED);
-    }
-    MaybeDelete();
-  }
-
-  void WriteFront() {
-    writing_ = true;
-    writer_.Write(queue_.front(), &written_);
-  }
+  void WriteFront() { stream_.Write(queue_.front(), Start(&written_)); }
 
   // Marks the watch ending; finishes it now unless a write is outstanding
   // (then OnWritten does).
@@ -134,47 +127,16 @@ class CacheServiceImpl::Watch {
     ending_ = true;
     status_ = std::move(status);
     Forget();
-    // Only the event being written is still needed (a stuck watcher's queue
-    // would otherwise stay full until its transport drains).
-    queue_.resize(writing_ ? 1 : 0);
-    if (!writing_) FinishNow();
-  }
-
-  // No more events for this watch.
-  void Forget() { service_->watches_.erase(this); }
-
-  void FinishNow() {
-    if (finish_sent_ || broken_) return;  // a broken call needs no Finish
-    finish_sent_ = true;
-    finishing_ = true;
-    record_.End(status_);
-    writer_.Finish(status_, &finished_);
-  }
-
-  void MaybeDelete() {
-    if (!done_called_ || writing_ || finishing_) return;
-    Forget();
-    delete this;
+    if (!busy()) Finish(status_);
   }
 
   CacheServiceImpl* const service_;
-  grpc::ServerContext context_;
   v1::CacheWatchRequest request_;
-  grpc::ServerAsyncWriter<v1::CacheInvalidationEvent> writer_;
   server::QueueStep<Watch, &Watch::OnRequested> requested_{this};
   server::QueueStep<Watch, &Watch::OnWritten> written_{this};
-  server::QueueStep<Watch, &Watch::OnFinished> finished_{this};
-  server::QueueStep<Watch, &Watch::OnDone> done_{this};
-  // A broken stream gets no Finish: it counts as CANCELLED.
-  telemetry::ServerCallRecord record_;
 
   std::deque<v1::CacheInvalidationEvent> queue_;
-  bool writing_ = false;
   bool ending_ = false;
-  bool broken_ = false;
-  bool finish_sent_ = false;
-  bool finishing_ = false;
-  bool done_called_ = false;
   grpc::Status status_;
 };
 
