@@ -73,12 +73,8 @@ class QueueReflectionService::Stream final
   ~Stream() = default;
 
   void OnRequested(bool ok) {
-    if (!ok) {  // shutting down: the call never started, no done tag follows
-      delete this;
-      return;
-    }
+    if (!Arrived(ok, service_->method_)) return;
     Post(service_);
-    record_.Begin(service_->method_, &context_);
     if (service_->streams_ended_) {
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
       return;

@@ -99,12 +99,8 @@ class QueueHealthService::Watch final
   ~Watch() = default;
 
   void OnRequested(bool ok) {
-    if (!ok) {  // shutting down: the call never started, no done tag follows
-      delete this;
-      return;
-    }
+    if (!Arrived(ok, service_->watch_method_)) return;
     Post(service_);
-    record_.Begin(service_->watch_method_, &context_);
     if (service_->watches_ended_) {
       End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"),
           /*last_status=*/true);

@@ -80,7 +80,7 @@ class QueueStep final : public QueueTag {
 // grpc::ServerAsyncReaderWriter<...>):
 // - gRPC's done notification, asked for before Call requests the call, so that
 //   it comes back for every call that starts (not for one that never starts:
-//   Call deletes itself when its request comes back not ok);
+//   Arrived() deletes that one);
 // - at most one operation (read, write or finish) in flight, started with
 //   Start(tag) and marked back by Returned() in Call's step;
 // - Finish(status), once, recording the call's telemetry (a call whose stream
@@ -99,6 +99,19 @@ class QueueStreamCall {
  protected:
   QueueStreamCall() : stream_(&context_) { context_.AsyncNotifyWhenDone(&done_); }
   ~QueueStreamCall() = default;
+
+  // The first thing Call's request step does: false when the request came
+  // back not ok (shutting down: the call never started and no done
+  // notification follows), and then the call is deleted; otherwise the call's
+  // telemetry (`method`) begins.
+  bool Arrived(bool ok, const telemetry::ServerCallTelemetry::Method* method) {
+    if (!ok) {
+      delete self();
+      return false;
+    }
+    record_.Begin(method, &context_);
+    return true;
+  }
 
   // `tag`, with an operation marked in flight: stream_.Write(m, Start(&written_)).
   QueueTag* Start(QueueTag* tag) {
