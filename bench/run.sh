@@ -310,7 +310,8 @@ done
 # into its own fresh table: `psql \copy` of a CSV file (the COPY ceiling), a
 # pgbench custom script doing one single-row INSERT per transaction, and
 # bench/ingest_loadgen pushing them through the ingest service (acknowledged
-# after COMMIT). BENCH_INGEST_ROWS (1000000), BENCH_INGEST_PRODUCERS (8),
+# after COMMIT). \copy and poolside alternate ROUNDS times (a single run was
+# too noisy: the first after the server starts is the slowest). BENCH_INGEST_ROWS (1000000), BENCH_INGEST_PRODUCERS (8),
 # BENCH_INGEST_COPY_CONNECTIONS (ingest batch.copyConnections, default 2:
 # on a 2-core machine more parallel COPYs only contend with client and server).
 INGEST_ROWS=${BENCH_INGEST_ROWS:-1000000}
@@ -343,26 +344,6 @@ ingest_bench() {
       || die "cannot create $t"
   done
 
-  busy=$(wait_idle)
-  log "ingest_psql_copy ($INGEST_ROWS rows, other CPU load ${busy}%)"
-  t0=$(date +%s.%N)
-  run psql -p "$PG_PORT" -q -v ON_ERROR_STOP=1 \
-    -c "\\copy ingest_copy (id, device, at, value, payload) FROM '$csv' WITH (FORMAT csv)" \
-    >"$TMP/out.txt" 2>&1 || { cat "$TMP/out.txt" >&2; die "psql \\copy failed"; }
-  t1=$(date +%s.%N)
-  ingest_point ingest_psql_copy 1 "$INGEST_ROWS" "$(awk "BEGIN {print $t1 - $t0}")" "$busy"
-
-  printf '%s\n' '\set id random(1, 1000000000000)' \
-    "INSERT INTO ingest_insert (id, device, at, value, payload) VALUES (:id, 'device-' || (:id % 997), to_timestamp(1700000000 + :id % 100000000), :id * 0.25, rpad('event payload ' || :id || ' ', 48, 'x')) ON CONFLICT DO NOTHING;" \
-    >"$TMP/insert.sql"
-  busy=$(wait_idle)
-  log "ingest_pgbench_insert c=$INGEST_PRODUCERS (other CPU load ${busy}%)"
-  run pgbench -p "$PG_PORT" -n -f "$TMP/insert.sql" -c "$INGEST_PRODUCERS" -j "$PGBENCH_THREADS" \
-    -T "$SECS" >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert failed"; }
-  tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/out.txt")
-  [[ -n $tps ]] || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert printed no tps"; }
-  ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "$busy"
-
   printf '%s\n' \
     "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/ingest.port\"}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"}]," \
@@ -377,18 +358,44 @@ ingest_bench() {
     sleep 0.1
   done
   port=$(cat "$TMP/ingest.port" 2>/dev/null) || die "ingest_server did not start"
-  busy=$(wait_idle)
-  log "ingest_poolside p=$INGEST_PRODUCERS ($INGEST_ROWS rows, other CPU load ${busy}%)"
-  run "$loadgen" --addr="127.0.0.1:$port" --table=ingest_poolside --rows="$INGEST_ROWS" \
-    --producers="$INGEST_PRODUCERS" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
-    || { cat "$TMP/loadgen.err" "$TMP/ingest.log" >&2; die "ingest_loadgen failed"; }
-  n=$(ingest_json_field "$TMP/out.txt" rows)
-  secs=$(ingest_json_field "$TMP/out.txt" seconds)
-  ingest_point ingest_poolside "$INGEST_PRODUCERS" "$n" "$secs" "$busy"
-  [[ $(psql -p "$PG_PORT" -Atc 'SELECT count(*) FROM ingest_poolside') == "$INGEST_ROWS" ]] \
-    || die "ingest_poolside does not hold exactly $INGEST_ROWS rows"
+  # psql \copy and poolside alternate ROUNDS times, each into its emptied table;
+  # the table shows the median run of each.
+  for ((r = 0; r < ROUNDS; r++)); do
+    psql -p "$PG_PORT" -q -c "TRUNCATE ingest_copy, ingest_poolside" >/dev/null \
+      || die "cannot empty the ingest tables"
+    busy=$(wait_idle)
+    log "ingest_psql_copy ($INGEST_ROWS rows, other CPU load ${busy}%)"
+    t0=$(date +%s.%N)
+    run psql -p "$PG_PORT" -q -v ON_ERROR_STOP=1 \
+      -c "\\copy ingest_copy (id, device, at, value, payload) FROM '$csv' WITH (FORMAT csv)" \
+      >"$TMP/out.txt" 2>&1 || { cat "$TMP/out.txt" >&2; die "psql \\copy failed"; }
+    t1=$(date +%s.%N)
+    ingest_point ingest_psql_copy 1 "$INGEST_ROWS" "$(awk "BEGIN {print $t1 - $t0}")" "$busy"
+
+    busy=$(wait_idle)
+    log "ingest_poolside p=$INGEST_PRODUCERS ($INGEST_ROWS rows, other CPU load ${busy}%)"
+    run "$loadgen" --addr="127.0.0.1:$port" --table=ingest_poolside --rows="$INGEST_ROWS" \
+      --producers="$INGEST_PRODUCERS" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+      || { cat "$TMP/loadgen.err" "$TMP/ingest.log" >&2; die "ingest_loadgen failed"; }
+    n=$(ingest_json_field "$TMP/out.txt" rows)
+    secs=$(ingest_json_field "$TMP/out.txt" seconds)
+    ingest_point ingest_poolside "$INGEST_PRODUCERS" "$n" "$secs" "$busy"
+    [[ $(psql -p "$PG_PORT" -Atc 'SELECT count(*) FROM ingest_poolside') == "$INGEST_ROWS" ]] \
+      || die "ingest_poolside does not hold exactly $INGEST_ROWS rows"
+  done
   stop_pid "$INGEST_PID" 20
   INGEST_PID=""
+
+  printf '%s\n' '\set id random(1, 1000000000000)' \
+    "INSERT INTO ingest_insert (id, device, at, value, payload) VALUES (:id, 'device-' || (:id % 997), to_timestamp(1700000000 + :id % 100000000), :id * 0.25, rpad('event payload ' || :id || ' ', 48, 'x')) ON CONFLICT DO NOTHING;" \
+    >"$TMP/insert.sql"
+  busy=$(wait_idle)
+  log "ingest_pgbench_insert c=$INGEST_PRODUCERS (other CPU load ${busy}%)"
+  run pgbench -p "$PG_PORT" -n -f "$TMP/insert.sql" -c "$INGEST_PRODUCERS" -j "$PGBENCH_THREADS" \
+    -T "$SECS" >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert failed"; }
+  tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/out.txt")
+  [[ -n $tps ]] || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert printed no tps"; }
+  ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "$busy"
   INGEST_SUMMARY="$INGEST_ROWS rows (id int8, device text, at timestamptz, value float8, 48-byte payload text); ingest_server defaults (batch maxRows 10000, maxBytes 4 MiB, linger 10 ms), copyConnections=$INGEST_COPY_CONNECTIONS; ingest_loadgen: $INGEST_PRODUCERS Channel calls, 1000 rows per request, 8 unacknowledged per call, rows built on the client during the run; psql \\copy of the same rows from CSV; pgbench -f with one single-row INSERT ... ON CONFLICT DO NOTHING per transaction, -c $INGEST_PRODUCERS -T $SECS"
 }
 ingest_bench
