@@ -166,6 +166,15 @@ reflection::ServerReflectionResponse QueueReflectionService::Answer(
              absl::StrCat("a name of ", name.size(), " bytes (at most ", kMaxNameBytes, ")"));
     return true;
   };
+  // `file` and those of its dependencies not yet sent, or NOT_FOUND with
+  // not_found()'s message.
+  auto send_file = [&](const FileDescriptor* file, auto not_found) {
+    if (file == nullptr) {
+      SetError(&response, grpc::StatusCode::NOT_FOUND, not_found());
+    } else {
+      AddFile(file, response.mutable_file_descriptor_response(), sent);
+    }
+  };
   switch (request.message_request_case()) {
     case reflection::ServerReflectionRequest::kListServices:
       for (const std::string& name : services_) {
@@ -175,23 +184,14 @@ reflection::ServerReflectionResponse QueueReflectionService::Answer(
     case reflection::ServerReflectionRequest::kFileByFilename: {
       const std::string& name = request.file_by_filename();
       if (too_long(name)) break;
-      const FileDescriptor* file = pool->FindFileByName(name);
-      if (file == nullptr) {
-        SetError(&response, grpc::StatusCode::NOT_FOUND, absl::StrCat("no file named ", name));
-        break;
-      }
-      AddFile(file, response.mutable_file_descriptor_response(), sent);
+      send_file(pool->FindFileByName(name), [&] { return absl::StrCat("no file named ", name); });
       break;
     }
     case reflection::ServerReflectionRequest::kFileContainingSymbol: {
       const std::string& symbol = request.file_containing_symbol();
       if (too_long(symbol)) break;
-      const FileDescriptor* file = pool->FindFileContainingSymbol(symbol);
-      if (file == nullptr) {
-        SetError(&response, grpc::StatusCode::NOT_FOUND, absl::StrCat("no symbol ", symbol));
-        break;
-      }
-      AddFile(file, response.mutable_file_descriptor_response(), sent);
+      send_file(pool->FindFileContainingSymbol(symbol),
+                [&] { return absl::StrCat("no symbol ", symbol); });
       break;
     }
     case reflection::ServerReflectionRequest::kFileContainingExtension: {
@@ -201,13 +201,10 @@ reflection::ServerReflectionResponse QueueReflectionService::Answer(
       const FieldDescriptor* field =
           type == nullptr ? nullptr
                           : pool->FindExtensionByNumber(type, extension.extension_number());
-      if (field == nullptr) {
-        SetError(&response, grpc::StatusCode::NOT_FOUND,
-                 absl::StrCat("no extension ", extension.extension_number(), " of ",
-                              extension.containing_type()));
-        break;
-      }
-      AddFile(field->file(), response.mutable_file_descriptor_response(), sent);
+      send_file(field == nullptr ? nullptr : field->file(), [&] {
+        return absl::StrCat("no extension ", extension.extension_number(), " of ",
+                            extension.containing_type());
+      });
       break;
     }
     case reflection::ServerReflectionRequest::kAllExtensionNumbersOfType: {
