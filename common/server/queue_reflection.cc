@@ -57,36 +57,34 @@ class QueueReflectionService::Stream final
     context_.TryCancel();
   }
 
-  void Forget() { service_->streams_.erase(this); }
+  void Forget() { service_->streams_.Remove(this); }
 
  private:
   friend QueueStreamCall;
 
   explicit Stream(QueueReflectionService* service) : service_(service) {
-    grpc::ServerCompletionQueue* cq;
-    {
-      absl::MutexLock lock(&service_->mu_);
-      cq = service_->cq_;
-    }
-    service_->async_.RequestServerReflectionInfo(&context_, &stream_, cq, cq, &requested_);
+    service_->async_.RequestServerReflectionInfo(&context_, &stream_, service_->cq_, service_->cq_,
+                                                 &requested_);
   }
   ~Stream() = default;
 
   void OnRequested(bool ok) {
     if (!Arrived(ok, service_->method_)) return;
     Post(service_);
-    if (service_->streams_ended_) {
-      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
-      return;
+    switch (service_->streams_.Admit(this)) {
+      case OpenCalls<Stream>::Admission::kClosed:
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+        return;
+      case OpenCalls<Stream>::Admission::kFull:
+        Finish(
+            grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         absl::StrCat("too many reflection streams open on this server (at most ",
+                                      kMaxStreams, ")")));
+        return;
+      case OpenCalls<Stream>::Admission::kAdmitted:
+        stream_.Read(&request_, Start(&read_));
+        return;
     }
-    if (service_->streams_.size() >= kMaxStreams) {
-      Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                          absl::StrCat("too many reflection streams open on this server (at most ",
-                                       kMaxStreams, ")")));
-      return;
-    }
-    service_->streams_.insert(this);
-    stream_.Read(&request_, Start(&read_));
   }
 
   void OnRead(bool ok) {
@@ -133,23 +131,15 @@ std::string QueueReflectionService::service_name() const {
 
 void QueueReflectionService::Begin(grpc::ServerCompletionQueue* cq,
                                    telemetry::ServerCallTelemetry* calls) {
-  {
-    absl::MutexLock lock(&mu_);
-    cq_ = cq;
-  }
+  cq_ = cq;
   method_ = QueueMethod<reflection::ServerReflection>(
       calls, "ServerReflectionInfo", grpc::experimental::ServerRpcInfo::Type::BIDI_STREAMING);
   for (int i = 0; i < 2; ++i) Stream::Post(this);
 }
 
 void QueueReflectionService::EndStreams() {
-  absl::MutexLock lock(&mu_);
-  if (cq_ == nullptr) return;
-  RunOnQueue(cq_, [this] {
-    streams_ended_ = true;
-    const std::vector<Stream*> open(streams_.begin(), streams_.end());
-    for (Stream* stream : open) stream->End();
-  });
+  if (cq_ == nullptr) return;  // never served
+  RunOnQueue(cq_, [this] { streams_.Close([](Stream* stream) { stream->End(); }); });
 }
 
 reflection::ServerReflectionResponse QueueReflectionService::Answer(

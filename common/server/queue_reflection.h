@@ -21,9 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/synchronization/mutex.h"
 #include "common/server/queue_service.h"
 #include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 
@@ -56,12 +54,11 @@ class QueueReflectionService final : public QueueService {
 
   grpc::reflection::v1alpha::ServerReflection::AsyncService async_;
   std::vector<std::string> services_;
-  absl::Mutex mu_;
-  grpc::ServerCompletionQueue* cq_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Set by Begin(), before the queue thread polls and before the server can
+  // call EndStreams().
+  grpc::ServerCompletionQueue* cq_ = nullptr;
   const telemetry::ServerCallTelemetry::Method* method_ = nullptr;
-  // Queue thread only.
-  absl::flat_hash_set<Stream*> streams_;
-  bool streams_ended_ = false;
+  OpenCalls<Stream> streams_{kMaxStreams};
 };
 
 }  // namespace poolside::server

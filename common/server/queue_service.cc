@@ -83,7 +83,7 @@ class QueueHealthService::Watch final
     }
   }
 
-  void Forget() { service_->watches_.erase(this); }
+  void Forget() { service_->watches_.Remove(this); }
 
  private:
   friend QueueStreamCall;
@@ -101,20 +101,21 @@ class QueueHealthService::Watch final
   void OnRequested(bool ok) {
     if (!Arrived(ok, service_->watch_method_)) return;
     Post(service_);
-    if (service_->watches_ended_) {
-      End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"),
-          /*last_status=*/true);
-      return;
+    switch (service_->watches_.Admit(this)) {
+      case OpenCalls<Watch>::Admission::kClosed:
+        End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"),
+            /*last_status=*/true);
+        return;
+      case OpenCalls<Watch>::Admission::kFull:
+        End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         absl::StrCat("too many health watches open on this server (at most ",
+                                      kMaxWatches, "); use Check, or fewer watching channels")),
+            /*last_status=*/false);
+        return;
+      case OpenCalls<Watch>::Admission::kAdmitted:
+        Send();
+        return;
     }
-    if (service_->watches_.size() >= kMaxWatches) {
-      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("too many health watches open on this server (at most ",
-                                    kMaxWatches, "); use Check, or fewer watching channels")),
-          /*last_status=*/false);
-      return;
-    }
-    service_->watches_.insert(this);
-    Send();
   }
 
   void OnWritten(bool ok) {
@@ -188,12 +189,10 @@ void QueueHealthService::EndWatches() {
   absl::MutexLock lock(&mu_);
   if (cq_ == nullptr) return;
   RunOnQueue(cq_, [this] {
-    watches_ended_ = true;
-    const std::vector<Watch*> open(watches_.begin(), watches_.end());
-    for (Watch* watch : open) {
+    watches_.Close([](Watch* watch) {
       watch->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"),
                  /*last_status=*/true);
-    }
+    });
   });
 }
 
@@ -204,8 +203,7 @@ void QueueHealthService::PublishSoonLocked() {
 }
 
 void QueueHealthService::Publish() {
-  const std::vector<Watch*> open(watches_.begin(), watches_.end());
-  for (Watch* watch : open) watch->Send();
+  watches_.ForEach([](Watch* watch) { watch->Send(); });
 }
 
 health::HealthCheckResponse::ServingStatus QueueHealthService::WatchedStatus(

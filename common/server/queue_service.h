@@ -32,7 +32,10 @@
 // RunOnQueue().
 
 #include <functional>
+#include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -170,6 +173,45 @@ class QueueStreamCall {
   bool broken_ = false;
   bool finish_sent_ = false;
   bool done_called_ = false;
+};
+
+// The open streaming calls of one kind that a queue service reaches from
+// outside the call (to publish to them, to end them when the drain starts).
+// Queue thread only. Once closed it admits no call; at most `max` are open.
+template <typename Call>
+class OpenCalls {
+ public:
+  enum class Admission { kAdmitted, kClosed, kFull };
+
+  explicit OpenCalls(size_t max = std::numeric_limits<size_t>::max()) : max_(max) {}
+
+  Admission Admit(Call* call) {
+    if (closed_) return Admission::kClosed;
+    if (calls_.size() >= max_) return Admission::kFull;
+    calls_.insert(call);
+    return Admission::kAdmitted;
+  }
+  void Remove(Call* call) { calls_.erase(call); }
+  size_t size() const { return calls_.size(); }
+
+  // Runs fn(call) on each open call; fn may remove it.
+  template <typename Fn>
+  void ForEach(Fn fn) const {
+    const std::vector<Call*> open(calls_.begin(), calls_.end());
+    for (Call* call : open) fn(call);
+  }
+
+  // Admits no more calls, then runs fn(call) on each open one (to end it).
+  template <typename Fn>
+  void Close(Fn fn) {
+    closed_ = true;
+    ForEach(std::move(fn));
+  }
+
+ private:
+  const size_t max_;
+  absl::flat_hash_set<Call*> calls_;
+  bool closed_ = false;
 };
 
 class QueueService {
@@ -313,9 +355,7 @@ class QueueHealthService final : public QueueService, public grpc::HealthCheckSe
   // Set by Begin(); null before (no watch can exist then).
   grpc::ServerCompletionQueue* cq_ ABSL_GUARDED_BY(mu_) = nullptr;
   const telemetry::ServerCallTelemetry::Method* watch_method_ = nullptr;
-  // Queue thread only.
-  absl::flat_hash_set<Watch*> watches_;
-  bool watches_ended_ = false;
+  OpenCalls<Watch> watches_{kMaxWatches};
 };
 
 }  // namespace poolside::server

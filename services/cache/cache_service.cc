@@ -72,7 +72,7 @@ class CacheServiceImpl::Watch final
   // event being written is kept (a stuck watcher's queue would otherwise stay
   // full until its transport drains).
   void Forget() {
-    service_->watches_.erase(this);
+    service_->watches_.Remove(this);
     if (!busy()) {
       queue_.clear();
     } else if (queue_.size() > 1) {
@@ -92,11 +92,10 @@ class CacheServiceImpl::Watch final
   void OnRequested(bool ok) {
     if (!Arrived(ok, service_->watch_method_)) return;
     Post(service_);
-    if (service_->watches_ended_) {
+    if (service_->watches_.Admit(this) != server::OpenCalls<Watch>::Admission::kAdmitted) {
       End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
       return;
     }
-    service_->watches_.insert(this);
     v1::CacheInvalidationEvent subscribed;
     subscribed.set_subscribed(true);
     Push(subscribed);
@@ -170,21 +169,17 @@ void CacheServiceImpl::Begin(grpc::ServerCompletionQueue* cq,
 }
 
 void CacheServiceImpl::Publish(const v1::CacheInvalidationEvent& event) {
-  // Push may end a watch, which erases it from watches_: iterate a copy.
-  const std::vector<Watch*> watches(watches_.begin(), watches_.end());
-  for (Watch* watch : watches) watch->Push(event);
+  watches_.ForEach([&event](Watch* watch) { watch->Push(event); });
 }
 
 void CacheServiceImpl::EndWatches() {
   if (cq_ == nullptr) return;  // never served
   absl::Notification ended;
   server::RunOnQueue(cq_, [this, &ended] {
-    watches_ended_ = true;
-    const std::vector<Watch*> watches(watches_.begin(), watches_.end());
-    for (Watch* watch : watches) {
+    watches_.Close([](Watch* watch) {
       watch->Stop(
           grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
-    }
+    });
     ended.Notify();
   });
   ended.WaitForNotification();

@@ -31,7 +31,6 @@
 #include <cstdint>
 #include <string>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "common/cache/cache_store.h"
 #include "common/server/queue_service.h"
@@ -87,9 +86,7 @@ class CacheServiceImpl final : public server::QueueService {
   grpc::ServerCompletionQueue* cq_ = nullptr;
   const telemetry::ServerCallTelemetry::Method* watch_method_ = nullptr;
 
-  // Queue thread only.
-  absl::flat_hash_set<Watch*> watches_;
-  bool watches_ended_ = false;
+  server::OpenCalls<Watch> watches_;
 };
 
 }  // namespace poolside::cache
