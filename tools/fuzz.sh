@@ -8,8 +8,9 @@
 #   tools/fuzz.sh --reproduce=csv PATH   # run one input through a target (a crash's reproducer)
 #
 # Targets: value_codec (common/db/value_codec), config (common/config/json_config
-# + the services' Finalize*Config), csv (cli/csv), statement_words
-# (services/query/statement_words: the SQL words the query service reads). Each
+# + the services' Finalize*Config), csv (cli/csv), statement_analyzer
+# (common/sql/statement_analyzer: what a SQL text is and may do, from
+# PostgreSQL's parser, libpg_query). Each
 # starts from its committed seed corpus in fuzz/corpus/<target>; inputs that find
 # new coverage are kept in $FUZZ_WORK_DIR (default ~/.cache/poolside-fuzz) across
 # runs, never in the tree.
@@ -25,8 +26,10 @@
 # `clang++ -fsanitize=fuzzer,address,undefined`: the list comes from
 # `bazel query` over the libraries' dependencies (it follows BUILD changes, no
 # second list to maintain), the .proto files among them are compiled with protoc
-# into the work directory, and link flags come from pkg-config, as in
-# bazel/system_libs.bzl. Builds are cached by a hash of the inputs. The corpora
+# into the work directory, code Bazel generates from a system package's .proto
+# (bazel/proto.bzl's cc_system_grpc_proto_library) is built by Bazel and copied
+# there, and link flags come from pkg-config, as in bazel/system_libs.bzl.
+# Builds are cached by a hash of the inputs. The corpora
 # are replayed by the regular g++ build too (//fuzz:*_corpus_test), so the targets
 # always compile and old reproducers stay fixed.
 set -uo pipefail
@@ -44,11 +47,13 @@ declare -A LIBS=(
   [value_codec]="//common/db:value_codec"
   [config]="//common/config:json_config //common/config:cgroup //services/query:query_config //services/ingest:ingest_config //services/cache:cache_config"
   [csv]="//cli:csv"
-  [statement_words]="//services/query:statement_words"
+  [statement_analyzer]="//common/sql:statement_analyzer //common/sql:pg_query_cc_proto"
 )
-# Inputs larger than this are not tried (JSON configs and CSV lines are small).
-declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096 [statement_words]=4096)
-ALL_TARGETS=(value_codec config csv statement_words)
+# Inputs larger than this are not tried (JSON configs and CSV lines are small;
+# SQL texts of kMaxNestingDepth bytes or more take the analyzer's nesting
+# check).
+declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096 [statement_analyzer]=4096)
+ALL_TARGETS=(value_codec config csv statement_analyzer)
 
 targets=()
 for arg in "$@"; do
@@ -77,6 +82,8 @@ absl_mods=$(pkg-config --list-all | awk '{print $1}' | grep '^absl_' | sort | tr
 # fuzzed library then still links.
 LINK_FLAGS=$(pkg-config --libs protobuf libpq libcrypto grpc++ $absl_mods) ||
   { echo "fuzz: pkg-config failed" >&2; exit 1; }
+# libpg-query-dev ships no pkg-config file.
+LINK_FLAGS+=" -lpg_query"
 CXXFLAGS=(-std=c++17 -O1 -g -fno-omit-frame-pointer
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
   -Wno-deprecated-declarations -I"$ROOT" -I/usr/include/postgresql)
@@ -89,21 +96,43 @@ build() {
   local t=$1
   local labels=${LIBS[$t]}
   # The source list, from Bazel; cached while no BUILD file changes.
-  local list="$WORK/lists/$t-$BUILD_FILES_KEY" files
-  if [[ -f $list ]]; then
+  local list="$WORK/lists/$t-$BUILD_FILES_KEY" files generated
+  if [[ -f $list && -f $list.gen ]]; then
     files=$(<"$list")
+    generated=$(<"$list.gen")
   else
     files=$($BAZEL query --noshow_progress "kind('source file', deps(set($labels)))" 2>/dev/null |
             grep '^//' | sed -e 's|^//||' -e 's|:|/|' -e 's|^/||') ||
       { echo "fuzz: bazel query over $labels failed" >&2; return 1; }
-    mkdir -p "$WORK/lists" && printf '%s\n' "$files" >"$list"
+    # Protobuf code Bazel generates from a .proto outside the tree (a .proto
+    # in the tree is compiled below instead): its labels.
+    generated=$($BAZEL query --noshow_progress "kind('generated file', deps(set($labels)))" \
+                  2>/dev/null | grep -E '^//.*\.pb\.(cc|h)$' |
+                while read -r label; do
+                  local path base
+                  path=$(sed -e 's|^//||' -e 's|:|/|' -e 's|^/||' <<<"$label")
+                  base=${path%.pb.*}
+                  grep -qxF "${base%.grpc}.proto" <<<"$files" || echo "$label"
+                done) ||
+      { echo "fuzz: bazel query over $labels failed" >&2; return 1; }
+    mkdir -p "$WORK/lists" && printf '%s\n' "$files" >"$list" &&
+      printf '%s\n' "$generated" >"$list.gen"
+  fi
+  # Their paths under bazel-bin, built now.
+  local gen_dir="" gen_files=""
+  if [[ -n ${generated//[[:space:]]/} ]]; then
+    $BAZEL build --noshow_progress $generated >&2 ||
+      { echo "fuzz: bazel build of $generated failed" >&2; return 1; }
+    gen_dir="$($BAZEL info bazel-bin 2>/dev/null)" || return 1
+    gen_files=$(sed -e 's|^//||' -e 's|:|/|' -e 's|^/||' <<<"$generated")
   fi
   local protos srcs
   protos=$(grep '\.proto$' <<<"$files" || true)
   srcs=$(grep '\.cc$' <<<"$files" || true)
   local key
   key=$( { echo "$CXX ${CXXFLAGS[*]} $LINK_FLAGS"; "$CXX" --version;
-           cat "fuzz/${t}_fuzzer.cc" $files "$0"; } | sha256sum | cut -c1-16)
+           cat "fuzz/${t}_fuzzer.cc" $files "$0";
+           for g in $gen_files; do cat "$gen_dir/$g"; done; } | sha256sum | cut -c1-16)
   local dir="$WORK/build/$t-$key"
   local bin="$dir/${t}_fuzzer"
   if [[ ! -x $bin ]]; then
@@ -111,20 +140,47 @@ build() {
     # A private temporary directory: another fuzz.sh may be building too.
     local tmp="$dir.tmp.$$"
     rm -rf "$tmp" && mkdir -p "$tmp/gen" || return 1
-    local gen_srcs=()
+    local gen_srcs=() gen_includes=()
     if [[ -n $protos ]]; then
       protoc -I. -I/usr/include --cpp_out="$tmp/gen" $protos || return 1
       for p in $protos; do gen_srcs+=("$tmp/gen/${p%.proto}.pb.cc"); done
     fi
-    local objs=() pids=() n=0
+    for g in $gen_files; do
+      mkdir -p "$tmp/gen/$(dirname "$g")" && cp "$gen_dir/$g" "$tmp/gen/$g" || return 1
+      [[ $g == *.cc ]] && gen_srcs+=("$tmp/gen/$g")
+    done
+    # Such code includes its headers by their path in their package
+    # (cc_system_grpc_proto_library's includes = ["."]).
+    for pkg in $(sed -e 's|^//||' -e 's|:.*||' <<<"$generated" | sort -u); do
+      gen_includes+=(-I"$tmp/gen/$pkg")
+    done
+    # Code generated from a system .proto is large (minutes to compile) and
+    # changes only with the package: its objects are kept by a hash of the
+    # code and the compiler, across builds of the target.
+    local -A cached=()
+    for g in $gen_files; do
+      [[ $g == *.cc ]] || continue
+      cached["$tmp/gen/$g"]="$WORK/objs/$( { echo "$CXX ${CXXFLAGS[*]}"; "$CXX" --version;
+        cat "$gen_dir/$g" "$gen_dir/${g%.cc}.h"; } | sha256sum | cut -c1-16).o"
+    done
+    local objs=() pids=() n=0 src
     for src in "fuzz/${t}_fuzzer.cc" $srcs "${gen_srcs[@]}"; do
       local obj="$tmp/obj$((n++)).o"
       objs+=("$obj")
-      "$CXX" "${CXXFLAGS[@]}" -I"$tmp/gen" -c "$src" -o "$obj" &
+      local keep=${cached[$src]:-}
+      if [[ -n $keep && -f $keep ]]; then
+        cp "$keep" "$obj" && touch "$keep" || return 1
+        continue
+      fi
+      { "$CXX" "${CXXFLAGS[@]}" -I"$tmp/gen" "${gen_includes[@]}" -c "$src" -o "$obj" &&
+        if [[ -n $keep ]]; then
+          mkdir -p "$WORK/objs" && cp "$obj" "$keep.$$" && mv "$keep.$$" "$keep"
+        fi; } &
       pids+=($!)
       if (( ${#pids[@]} >= 2 )); then wait "${pids[0]}" || return 1; pids=("${pids[@]:1}"); fi
     done
     for p in "${pids[@]}"; do wait "$p" || return 1; done
+    find "$WORK/objs" -name '*.o' -mtime +30 -delete 2>/dev/null
     "$CXX" "${CXXFLAGS[@]}" "${objs[@]}" $LINK_FLAGS -o "$tmp/${t}_fuzzer" || return 1
     if [[ -x $bin ]]; then rm -rf "$tmp"; else rm -rf "$dir" && mv "$tmp" "$dir" || return 1; fi
     # Finished builds of older sources are not needed again (temporary

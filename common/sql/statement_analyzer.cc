@@ -1197,6 +1197,8 @@ class Walker {
   void CheckInto(const pg_query::IntoClause& into, absl::string_view verb,
                  absl::string_view object) {
     if (!into.has_rel()) return;
+    // The new table, even where a CTE has its name.
+    tables.push_back(RangeVarName(into.rel()));
     written_tables.push_back(RangeVarName(into.rel()));
     CheckTempRangeVar(into.rel(), verb, object, into.on_commit() == pg_query::ONCOMMIT_DROP);
   }
@@ -1583,8 +1585,9 @@ void NormalizeAndFingerprint(const std::string& sql, Analysis* analysis) {
       hash.Add("$");
     } else if (t.token() == pg_query::PARAM) {
       hash.Add("$");
-    } else if (t.token() == pg_query::SQL_COMMENT || t.token() == pg_query::C_COMMENT) {
-      // Comments do not change the statement.
+    } else if (t.token() == pg_query::SQL_COMMENT || t.token() == pg_query::C_COMMENT ||
+               t.token() == pg_query::ASCII_59) {
+      // Comments and empty statements do not change the statement.
     } else if (t.keyword_kind() != pg_query::NO_KEYWORD ||
                (t.token() == pg_query::IDENT && !absl::StartsWith(text, "\""))) {
       hash.Add(absl::AsciiStrToLower(text));

@@ -28,8 +28,9 @@
 // A text nested deeper than kMaxNestingDepth (operators, brackets, set
 // operations, counted from its tokens) is refused as INVALID_ARGUMENT before
 // it is parsed: libpg_query handles trees recursively, and a deep enough
-// chain ("1+1+...+1") would exhaust the stack. Within that bound Analyze
-// needs at most about 2 MiB of the calling thread's stack.
+// chain ("1+1+...+1") would exhaust the stack, and normalizing nested
+// subqueries costs time quadratic in their depth. Within that bound Analyze
+// needs at most about 1 MiB of the calling thread's stack.
 
 #include <cstddef>
 #include <cstdint>
@@ -150,7 +151,7 @@ struct Analysis {
 };
 
 constexpr size_t kMaxNormalizedBytes = 4096;
-constexpr int kMaxNestingDepth = 1000;
+constexpr int kMaxNestingDepth = 500;
 
 // Whether a caller with `grants` may run the analyzed text in `scope` on a
 // pooled connection. OK, or INVALID_ARGUMENT naming the construct and, where

@@ -1138,10 +1138,10 @@ void RunWithStack(size_t stack_bytes, std::function<void()> body) {
   pthread_attr_destroy(&attr);
 }
 
-TEST(StatementAnalyzerTest, TheDeepestAcceptedTextsFitInTwoMebibytesOfStack) {
+TEST(StatementAnalyzerTest, TheDeepestAcceptedTextsFitInAMebibyteOfStack) {
   const std::vector<std::string> texts = DeepTexts(kMaxNestingDepth);
   std::vector<std::shared_ptr<const Analysis>> results(texts.size());
-  RunWithStack(2 << 20, [&] {
+  RunWithStack(1 << 20, [&] {
     for (size_t i = 0; i < texts.size(); ++i) results[i] = AnalyzeOnce(texts[i]);
   });
   for (size_t i = 0; i < texts.size(); ++i) {
