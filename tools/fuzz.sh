@@ -107,7 +107,7 @@ build() {
     # Protobuf code Bazel generates from a .proto outside the tree (a .proto
     # in the tree is compiled below instead): its labels.
     generated=$($BAZEL query --noshow_progress "kind('generated file', deps(set($labels)))" \
-                  2>/dev/null | grep -E '^//.*\.pb\.(cc|h)$' |
+                  2>/dev/null | { grep -E '^//.*\.pb\.(cc|h)$' || true; } |
                 while read -r label; do
                   local path base
                   path=$(sed -e 's|^//||' -e 's|:|/|' -e 's|^/||' <<<"$label")

@@ -316,11 +316,15 @@ absl::Status ParserError(const PgQueryError& error) {
 // The bound: the grammar builds lists flat (comma-separated items, AND/OR
 // chains, CASE branches, statements), and within one list element nests at
 // most one level per token that is not a name, a literal or a separator; each
-// bracket ((, [, CASE...END, BEGIN...END) nests one more, and set operations
-// one each. Every counted level takes at least one byte of text, so a text
-// shorter than kMaxNesting bytes is within the bound without scanning.
-// Mismatched brackets cannot lower the bound for a text that parses.
+// bracket ((, [, CASE...END, BEGIN...END) nests one more. A query (SELECT,
+// VALUES) counts kQueryWeight levels and a set operation half that: each
+// nests several tree nodes, and libpg_query's normalization takes time
+// quadratic in the nesting of queries. Every counted level takes at least one
+// byte of text, so a text shorter than kMaxNesting bytes is within the bound
+// without scanning. Mismatched brackets cannot lower the bound for a text
+// that parses.
 constexpr int kMaxNesting = kMaxNestingDepth;
+constexpr int kQueryWeight = 4;
 // Parse tree messages per level of the bound, at most, plus the statement's
 // own; a deeper tree is refused rather than parsed (protobuf recurses too).
 constexpr int kMaxMessageDepth = 4 * kMaxNesting + 100;
@@ -331,7 +335,7 @@ int NestingBound(const pg_query::ScanResult& scan) {
     int current = 0;  // counted tokens in the current list element
     int child = 0;    // deepest bracket in the current list element
     int best = 0;     // deepest list element so far
-    int setops = 0;   // UNION / INTERSECT / EXCEPT so far
+    int setops = 0;   // UNION / INTERSECT / EXCEPT so far, weighted
     int lists = 0;    // list levels (BoolExpr, CaseExpr + CaseWhen)
   };
   std::vector<Frame> frames(1, Frame{0});
@@ -387,7 +391,11 @@ int NestingBound(const pg_query::ScanResult& scan) {
       case pg_query::INTERSECT:
       case pg_query::EXCEPT:
         close_element(frames.back());
-        ++frames.back().setops;
+        frames.back().setops += kQueryWeight / 2;
+        break;
+      case pg_query::SELECT:
+      case pg_query::VALUES:
+        frames.back().current += kQueryWeight;
         break;
       case pg_query::IDENT:
       case pg_query::UIDENT:

@@ -25,9 +25,10 @@
 // Likewise what views, triggers, rules, defaults and functions already in the
 // database do when a statement uses them is not seen here.
 //
-// A text nested deeper than kMaxNestingDepth (operators, brackets, set
-// operations, counted from its tokens) is refused as INVALID_ARGUMENT before
-// it is parsed: libpg_query handles trees recursively, and a deep enough
+// A text nested deeper than kMaxNestingDepth is refused as INVALID_ARGUMENT
+// before it is parsed (an upper bound counted from its tokens: a level per
+// operator, keyword or bracket, four per query (SELECT, VALUES) and two per
+// set operation): libpg_query handles trees recursively, and a deep enough
 // chain ("1+1+...+1") would exhaust the stack, and normalizing nested
 // subqueries costs time quadratic in their depth. Within that bound Analyze
 // needs at most about 1 MiB of the calling thread's stack.

@@ -1073,25 +1073,26 @@ std::string Nest(int n, absl::string_view open, absl::string_view middle, absl::
   return s;
 }
 
-// Texts at most `depth` deep (kMaxNestingDepth counts their operators,
-// brackets and keywords), in the shapes libpg_query recurses on.
+// Texts at most `depth` deep, in the shapes libpg_query recurses on. The
+// analyzer's bound counts one level per operator, keyword or bracket, four
+// per SELECT and two per set operation; each shape's count is noted.
 std::vector<std::string> DeepTexts(int depth) {
   return {
-      Chain(depth - 2, "SELECT 1", "+1"),
-      Chain(depth - 2, "SELECT 1", "::t"),
-      Chain(depth / 2 - 1, "SELECT 1", "::int"),  // int is a keyword: counted too
-      Chain(depth / 2 - 2, "SELECT 1 FROM a", " JOIN a USING (x)"),
-      Chain(depth - 4, "SELECT 1", " UNION SELECT 1"),
-      Chain(depth - 2, "SELECT ", "NOT ") + "true",
-      Chain(depth - 2, "SELECT ", "- ") + "1",
-      "SELECT " + Nest(depth / 2 - 1, "(SELECT ", "1", ")"),
-      "SELECT * FROM " + Nest(depth / 4 - 1, "(SELECT * FROM ", "t", ") s"),
-      Nest(depth / 4 - 1, "WITH a AS (", "SELECT 1", ") SELECT 1"),
-      "SELECT " + Nest(depth - 2, "f(", "1", ")"),
-      "SELECT " + Nest(depth / 2 - 1, "ARRAY[", "1", "]"),
-      "SELECT " + Nest(depth / 3 - 1, "CASE WHEN x THEN ", "1", " END"),
-      "SELECT " + Nest(depth / 2 - 1, "(1+", "1", ")"),
-      "SELECT * FROM t WHERE " + Nest(depth / 3 - 1, "(a AND ", "b", ")"),
+      Chain(depth - 4, "SELECT 1", "+1"),                              // 4 + n
+      Chain(depth - 4, "SELECT 1", "::t"),                             // 4 + n
+      Chain((depth - 4) / 2, "SELECT 1", "::int"),                     // int is a keyword: 4 + 2n
+      Chain((depth - 6) / 2, "SELECT 1 FROM a", " JOIN a USING (x)"),  // 6 + 2n
+      Chain((depth - 4) / 2, "SELECT 1", " UNION SELECT 1"),           // 4 + 2n
+      Chain(depth - 5, "SELECT ", "NOT ") + "true",                    // 5 + n
+      Chain(depth - 4, "SELECT ", "- ") + "1",                         // 4 + n
+      "SELECT " + Nest((depth - 4) / 5, "(SELECT ", "1", ")"),         // 4 + 5n
+      "SELECT * FROM " + Nest((depth - 6) / 7, "(SELECT * FROM ", "t", ") s"),  // 6 + 7n
+      Nest((depth - 4) / 7, "WITH a AS (", "SELECT 1", ") SELECT 1"),           // 4 + 7n
+      "SELECT " + Nest(depth - 4, "f(", "1", ")"),                              // 4 + n
+      "SELECT " + Nest((depth - 4) / 2, "ARRAY[", "1", "]"),                    // 4 + 2n
+      "SELECT " + Nest((depth - 4) / 3, "CASE WHEN x THEN ", "1", " END"),      // 4 + 3n
+      "SELECT " + Nest((depth - 4) / 2, "(1+", "1", ")"),                       // 4 + 2n
+      "SELECT * FROM t WHERE " + Nest((depth - 7) / 3, "(a AND ", "b", ")"),    // 7 + 3n
   };
 }
 
@@ -1153,7 +1154,7 @@ TEST(StatementAnalyzerTest, TheDeepestAcceptedTextsFitInAMebibyteOfStack) {
   }
   // The deep statement is still checked all the way down.
   ExpectRefusedEverywhere(
-      "SELECT " + Nest(kMaxNestingDepth / 2 - 1, "(SELECT ", "pg_notify('a', 'b')", ")"),
+      "SELECT " + Nest((kMaxNestingDepth - 5) / 5, "(SELECT ", "pg_notify('a', 'b')", ")"),
       "pg_notify");
 }
 
