@@ -84,7 +84,7 @@ enum class Scope {
 // What the caller holds beyond reading and writing rows.
 struct Grants {
   // DO, CALL, CREATE/ALTER FUNCTION/PROCEDURE/TRIGGER/RULE/EVENT TRIGGER,
-  // ALTER ROLE/DATABASE ... SET, ALTER SYSTEM.
+  // ALTER ROLE/DATABASE ... SET, ALTER SYSTEM (and the rest Permitted lists).
   bool ddl = false;
 };
 
@@ -92,7 +92,9 @@ struct Analysis {
   // OK, or INVALID_ARGUMENT with PostgreSQL's own syntax error message and
   // the 1-based character position ("syntax error at or near \"FORM\" (at
   // character 10)"); also for an empty text or a text of only comments and
-  // semicolons ("no statement").
+  // semicolons ("no statement"), a NUL byte, invalid UTF-8 and a text nested
+  // beyond kMaxNestingDepth. (INTERNAL only if libpg_query's own output
+  // does not parse: a bug.)
   absl::Status parse_error;
   // Statements in the text (";COMMIT" is one: empty statements are not
   // counted). Every other field describes the text only when this is 1.
