@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/db/catalog.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "common/config/database_config.h"
@@ -29,20 +30,37 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
 
 }  // namespace
 
-Database::Database(const v1::DatabaseConfig& config) : config_(config) {
+Database::Database(const v1::DatabaseConfig& config, std::string role)
+    : config_(config), role_(std::move(role)) {
   db::ConnectionOptions options;
   options.dsn = config_.dsn();
   options.application_name = absl::StrCat("poolside-query/", config_.name());
   options.connect_timeout = absl::Milliseconds(config_.pool().connect_timeout_ms());
   options.statement_cache_size = config_.statement_cache_size();
   const std::string where = DescribeDsn(config_.dsn());
+  const bool allow_privileged = config_.allow_privileged_role();
+  const absl::Duration connect_timeout = options.connect_timeout;
+  pool::PoolOptions pool_options = config::PoolOptionsFor(config_);
+  if (!role_.empty()) pool_options.name = absl::StrCat(config_.name(), "/", role_);
   pool_ = std::make_unique<ConnectionPool>(
-      config::PoolOptionsFor(config_),
-      [options, where]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+      pool_options,
+      [options, where, allow_privileged, connect_timeout,
+       name = config_.name()]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
         auto c = db::Connection::Open(options);
         if (!c.ok()) {
           return absl::Status(c.status().code(),
                               absl::StrCat(where, ": ", c.status().message()));
+        }
+        // What PostgreSQL will let this connection's callers do is its
+        // role's privileges: never hand out a privileged one by accident.
+        absl::StatusOr<db::SessionRole> role =
+            db::ReadSessionRole(**c, absl::Now() + connect_timeout);
+        if (!role.ok()) {
+          return absl::Status(role.status().code(),
+                              absl::StrCat(where, ": ", role.status().message()));
+        }
+        if (absl::Status s = db::CheckSessionRole(*role, name, allow_privileged); !s.ok()) {
+          return s;
         }
         return c;
       },

@@ -95,12 +95,17 @@ class Work {
 
 class Database {
  public:
-  explicit Database(const v1::DatabaseConfig& config);
+  // `role`: the DatabaseConfig.roles entry `config` was made for
+  // (config::RoleDatabaseConfig), empty for the DSN's own user. Every new
+  // connection is checked to be unprivileged (db::CheckSessionRole) unless
+  // config.allow_privileged_role.
+  explicit Database(const v1::DatabaseConfig& config, std::string role = "");
   ~Database();  // fails queued work with UNAVAILABLE, joins the workers
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
   const std::string& name() const { return config_.name(); }
+  const std::string& role() const { return role_; }
   const v1::DatabaseConfig& config() const { return config_; }
   ConnectionPool& pool() { return *pool_; }
 
@@ -131,6 +136,7 @@ class Database {
   void MaybeStartWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const v1::DatabaseConfig config_;
+  const std::string role_;
   std::unique_ptr<ConnectionPool> pool_;
 
   mutable absl::Mutex mu_;
