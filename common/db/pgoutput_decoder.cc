@@ -15,6 +15,10 @@ namespace {
 // Seconds from 1970-01-01 (Unix) to 2000-01-01 (PostgreSQL), in microseconds.
 constexpr int64_t kPostgresEpochMicros = int64_t{946684800} * 1000000;
 
+// A name from the stream, cut short for an error message (messages stay
+// bounded whatever the server sent).
+absl::string_view Bounded(absl::string_view name) { return name.substr(0, 64); }
+
 // "pgoutput Insert", "replication keepalive".
 std::string MessageName(char type) {
   switch (type) {
@@ -135,9 +139,9 @@ absl::Status ReadTuple(Reader& r, const RelationInfo& rel, const char* which, Tu
   uint16_t ncols;
   if (!r.Uint16(&ncols)) return r.Truncated(absl::StrCat("the ", which, "'s column count"));
   if (ncols != rel.columns.size()) {
-    return r.Error(absl::StrCat(which, " has ", ncols, " columns, but relation ", rel.schema, ".",
-                                rel.table, " (", rel.id, ") was described with ",
-                                rel.columns.size()));
+    return r.Error(absl::StrCat(which, " has ", ncols, " columns, but relation ",
+                                Bounded(rel.schema), ".", Bounded(rel.table), " (", rel.id,
+                                ") was described with ", rel.columns.size()));
   }
   const std::vector<int>& keys = rel.key_columns;
   out->values.assign(keys.size(), std::nullopt);
