@@ -388,7 +388,9 @@ TEST(DecoderLimitTest, RelationsAreBounded) {
 
 TEST(ReplicationMessageTest, ParsesXLogDataAndKeepalive) {
   const std::string payload = Begin(0x30, 0, 9);
-  auto w = ParseReplicationMessage(Msg('w').U64(0x10).U64(0x40).U64(0).Raw(payload));
+  // The payload points into the message: keep it alive.
+  const std::string xlog = Msg('w').U64(0x10).U64(0x40).U64(0).Raw(payload).str();
+  auto w = ParseReplicationMessage(xlog);
   ASSERT_TRUE(w.ok()) << w.status();
   EXPECT_EQ(w->kind, ReplicationMessage::Kind::kXLogData);
   EXPECT_EQ(w->wal_start, 0x10u);
