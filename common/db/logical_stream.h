@@ -50,13 +50,16 @@
 // changes, Commit (commit_lsn = that same LSN; end_lsn = the end of the commit
 // record). A writer that reads pg_current_wal_insert_lsn() after its COMMIT
 // returns gets a position at or after its transaction's end_lsn
-// (pg_current_wal_lsn() may lag it when synchronous_commit is off). Once the stream has
-// delivered a Commit whose end_lsn is at least X, or delivered_lsn() is at
-// least X, every transaction that committed before X (on these tables) has
-// been delivered: X works as a consistency token. Transactions that committed
+// (pg_current_wal_lsn() may lag it when synchronous_commit is off). Once the
+// stream has delivered a Commit whose end_lsn is at least X, or
+// delivered_lsn() is at least X, every transaction that committed before X
+// (on these tables) has been delivered: X works as a consistency token. Transactions that committed
 // before start_lsn() (the slot's consistent point) are not delivered.
 // Confirm(end_lsn) once a transaction's effects are applied: the server may
 // then free the WAL before it (see Confirm).
+//
+// The events (Begin, Commit, Change, Truncate, Relation) and what each field
+// means are described in pgoutput_decoder.h.
 //
 // Threading: Open, Next and the destructor are called by one thread (the
 // stream's reader); Confirm may be called from any thread.

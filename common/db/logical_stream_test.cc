@@ -448,7 +448,7 @@ TEST_F(LogicalStreamTest, QuotedSchemaQualifiedAndPartitionedTables) {
       "CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100); "
       "CREATE TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (200)");
   std::unique_ptr<LogicalStream> s =
-      MustOpen(Options("pub_odd", {"\"App\".\"Odd Name\"", "parted"}));
+      MustOpen(Options("pub \"odd' name", {"\"App\".\"Odd Name\"", "parted"}));
   ASSERT_NE(s, nullptr);
   Writer w(pg_->Dsn(kDb));
   w.Transaction({"INSERT INTO \"App\".\"Odd Name\" VALUES (7)", "INSERT INTO parted VALUES (150)"});
@@ -464,11 +464,11 @@ TEST_F(LogicalStreamTest, QuotedSchemaQualifiedAndPartitionedTables) {
   // Opening again finds everything in place (the partitioned table is listed
   // through itself or its partitions).
   std::unique_ptr<LogicalStream> again =
-      MustOpen(Options("pub_odd", {"parted", "\"App\".\"Odd Name\""}));
+      MustOpen(Options("pub \"odd' name", {"parted", "\"App\".\"Odd Name\""}));
   EXPECT_NE(again, nullptr);
   EXPECT_EQ(*pg_->QueryValue(kDb,
                              "SELECT count(*) FROM pg_publication_rel r JOIN pg_publication p "
-                             "ON p.oid = r.prpubid WHERE p.pubname = 'pub_odd'"),
+                             "ON p.oid = r.prpubid WHERE p.pubname = 'pub \"odd'' name'"),
             "2");
 }
 
@@ -489,6 +489,27 @@ TEST_F(LogicalStreamTest, NextHonoursItsDeadline) {
   Writer w(pg_->Dsn(kDb));
   w.Transaction({"INSERT INTO quiet VALUES (1)"});
   EXPECT_EQ(Changes(ReadTransaction(*s)).size(), 1u);
+}
+
+// The server ends a replication connection that stays silent for
+// wal_sender_timeout, asking for a reply halfway; Next answers in time even
+// when its own status updates are far apart.
+TEST_F(LogicalStreamTest, AnswersKeepalivesThatAskForAReply) {
+  Setup("DROP TABLE IF EXISTS kept; CREATE TABLE kept (id int PRIMARY KEY)");
+  LogicalStreamOptions o = Options("pub_kept", {"kept"});
+  o.dsn += " options='-c wal_sender_timeout=1s'";
+  o.status_interval = absl::Hours(1);
+  std::unique_ptr<LogicalStream> s = MustOpen(o);
+  ASSERT_NE(s, nullptr);
+  const absl::Time until = absl::Now() + absl::Milliseconds(2500);
+  while (absl::Now() < until) {
+    absl::StatusOr<std::optional<LogicalEvent>> e = s->Next(until);
+    ASSERT_TRUE(e.ok()) << e.status();
+  }
+  Writer w(pg_->Dsn(kDb));
+  w.Transaction({"INSERT INTO kept VALUES (1)"});
+  EXPECT_EQ(Changes(ReadTransaction(*s)).size(), 1u);
+  EXPECT_EQ(SlotCount(s->slot_name()), "1");
 }
 
 TEST_F(LogicalStreamTest, LargeTransactionArrivesChangeByChange) {
@@ -722,6 +743,14 @@ TEST_F(LogicalStreamTest, RefusesBadOptionsAndMissingThings) {
   // Nothing was created on the way.
   EXPECT_EQ(*pg_->QueryValue(kDb, "SELECT count(*) FROM pg_publication WHERE pubname = 'pub_opt'"),
             "0");
+  // A temporary slot's name is taken while its stream runs.
+  o = Options("pub_opt", {"opt_t"});
+  o.slot = "walstream_dup";
+  std::unique_ptr<LogicalStream> first = MustOpen(o);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(code(o), absl::StatusCode::kAlreadyExists);
+  first.reset();
+  ASSERT_TRUE(pg_->Exec(kDb, "DROP PUBLICATION pub_opt").ok());
   // A role without REPLICATION.
   Setup(
       "DROP ROLE IF EXISTS walstream_plain; CREATE ROLE walstream_plain LOGIN; "
