@@ -1095,9 +1095,11 @@ void Connection::SettleIndependent(std::vector<Step>& steps,
           resolve(kUnknown);
           state = kAmbiguous;
         }
-      } else if (st.xact != PQTRANS_ACTIVE) {
+      } else if (st.xact == PQTRANS_INTRANS || st.xact == PQTRANS_INERROR) {
         tampered = true;
         if (state == kIdle) contradiction = true;
+      } else if (st.xact == PQTRANS_UNKNOWN) {
+        tampered = true;  // the connection went bad: no word on the transaction
       }
       continue;
     }
