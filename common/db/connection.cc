@@ -1304,7 +1304,9 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   // what the caller asked for any more, and is never committed past it.
   const Step& sync = steps.back();
   size_t culprit = SIZE_MAX;
-  bool ended = sync.done && sync.xact == PQTRANS_IDLE;  // nothing left for our COMMIT
+  // Idle after our BEGIN succeeded: something ended the transaction early.
+  bool ended =
+      sync.done && sync.xact == PQTRANS_IDLE && steps[first].completed && steps[first].status.ok();
   for (size_t i = 0; i < statements.size(); ++i) {
     const Step& e = steps[exec_index[i]];
     if (e.txn == kTxnNone) continue;

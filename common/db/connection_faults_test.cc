@@ -276,6 +276,18 @@ TEST_F(ConnectionFaultsTest, AStreamedStatementMustNotTouchTheTransaction) {
   EXPECT_TRUE(conn_->broken());
 }
 
+// A BEGIN of poolside's own that fails is an ordinary failure: nothing ran,
+// nothing ended early, and the session is clean.
+TEST_F(ConnectionFaultsTest, AFailedBeginIsAnOrdinaryFailure) {
+  Batch b({"INSERT INTO faults_t VALUES (1)"}, Soon());
+  absl::Status s = conn_->RunTransaction("BEGIN ISOLATION LEVEL NONSENSE", b.ptrs, Soon(), nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_TRUE(Mentions(s, "42601")) << s;
+  EXPECT_FALSE(conn_->broken());
+  EXPECT_TRUE(conn_->Ping(Soon()));
+  EXPECT_EQ(Ids(), "");
+}
+
 // A clean transaction leaves the connection idle and usable.
 TEST_F(ConnectionFaultsTest, ACleanTransactionKeepsTheConnection) {
   Batch b({"INSERT INTO faults_t VALUES (1)", "INSERT INTO faults_t VALUES (2)"}, Soon());
