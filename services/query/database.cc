@@ -212,9 +212,41 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   uint64_t reruns = 0;
   absl::Status link = (*lease)->RunIndependent(statements, &reruns);
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
-  if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
+  const bool lost = !link.ok() || (*lease)->broken();
+  if (lost) lease->MarkBroken();
   lease->Release();
+  if (lost) RetryBatch(batch);
   for (auto& w : batch) w->done(w->statement.status);
+}
+
+void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
+  std::vector<db::Statement*> again;
+  absl::Time deadline = absl::InfinitePast();
+  const std::string* holder = nullptr;
+  for (auto& w : batch) {
+    db::Statement& s = w->statement;
+    if (s.status.ok() || s.reach == db::Reach::kAnswered) continue;
+    // A write that may have run is not run twice: its status says whether it
+    // was rolled back or its outcome is unknown.
+    const bool read = s.may_share_sync || w->read_only;
+    if (s.reach == db::Reach::kMayHaveRun && !read) continue;
+    if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
+    if (s.sink != nullptr && !s.sink->Rewind()) continue;
+    again.push_back(&s);
+    deadline = std::max(deadline, w->deadline);
+    if (holder == nullptr) holder = &w->holder;
+  }
+  if (again.empty()) return;
+  // The first failure stands if no connection can be had now.
+  absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(deadline, *holder);
+  if (!lease.ok()) return;
+  retries_.fetch_add(again.size(), std::memory_order_relaxed);
+  pipelines_.fetch_add(1, std::memory_order_relaxed);
+  pipelined_statements_.fetch_add(again.size(), std::memory_order_relaxed);
+  uint64_t reruns = 0;
+  absl::Status link = (*lease)->RunIndependent(again, &reruns);
+  if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
+  if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
 }
 
 void Database::RunExclusive(Work& work) {
@@ -223,23 +255,38 @@ void Database::RunExclusive(Work& work) {
     work.done(absl::DeadlineExceededError("deadline passed while waiting for a worker"));
     return;
   }
-  const absl::Time acquire_start = absl::Now();
-  absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
-  if (telemetry::GlobalTracer() != nullptr) {
-    RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
-  }
-  if (!lease.ok()) {
-    work.done(lease.status());
-    return;
-  }
   absl::Status outcome;
-  {
-    // The statements run on this thread: their spans are the call's children.
-    telemetry::ScopedSpanContext trace(work.trace);
-    outcome = work.exclusive(**lease);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const absl::Time acquire_start = absl::Now();
+    absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
+    if (telemetry::GlobalTracer() != nullptr) {
+      RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
+    }
+    if (!lease.ok()) {
+      // On a second attempt the first failure is the better answer.
+      if (attempt == 0) outcome = lease.status();
+      break;
+    }
+    {
+      // The statements run on this thread: their spans are the call's children.
+      telemetry::ScopedSpanContext trace(work.trace);
+      outcome = work.exclusive(**lease);
+    }
+    const bool lost = (*lease)->broken();
+    const db::Reach reach = (*lease)->last_call_reach();
+    if (lost) lease->MarkBroken();
+    lease->Release();
+    // Run again only what cannot run twice: nothing of it ran, or it only
+    // reads and can start over.
+    const bool again =
+        attempt == 0 && lost && !outcome.ok() && absl::Now() < work.deadline &&
+        !work.cancelled.load(std::memory_order_relaxed) &&
+        (reach == db::Reach::kNotRun ||
+         (reach == db::Reach::kMayHaveRun && work.read_only && work.rewind && work.rewind()));
+    if (!again) break;
+    if (reach == db::Reach::kNotRun && work.rewind) (void)work.rewind();
+    retries_.fetch_add(1, std::memory_order_relaxed);
   }
-  if ((*lease)->broken()) lease->MarkBroken();
-  lease->Release();
   work.done(outcome);
 }
 

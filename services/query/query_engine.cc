@@ -331,6 +331,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       db::Statement* st = &raw->statement;
       return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
     };
+    work->read_only = true;
+    work->rewind = [raw] { return raw->sink->Rewind(); };
   }
   const absl::Time start = absl::Now();
   Database* database = *db;
@@ -394,6 +396,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
     absl::Status link = conn.RunStreaming(raw->statement, read_only);
     return link.ok() ? raw->statement.status : link;
   };
+  work->read_only = access.read_only;
   const absl::Time start = absl::Now();
   Database* database = *db;
   work->done = [this, database, raw, start, analysis = *analysis,
@@ -460,6 +463,11 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     std::vector<db::Statement*> ptrs;
     for (auto& st : raw->statements) ptrs.push_back(&st);
     return conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
+  };
+  work->read_only = request.read_only() || access.read_only;
+  work->rewind = [raw] {
+    for (auto& sink : raw->sinks) sink->Rewind();
+    return true;
   };
   const absl::Time start = absl::Now();
   Database* database = *db;
