@@ -105,6 +105,7 @@ class DatabaseFaultsTest : public ::testing::Test {
     static int databases = 0;
     db->set_name(absl::StrCat("faults", ++databases));
     db->set_dsn(dsn.empty() ? pg_->Dsn() : dsn);
+    db->set_allow_privileged_role(true);  // the fixture's superuser
     db->mutable_pool()->set_max_size(max_size);
     db->mutable_pool()->set_min_idle(max_size);
     db->mutable_pool()->set_validate_after_idle_ms(validate_after_idle_ms);
