@@ -254,7 +254,11 @@ bool ReadCache::Applies(const Database& db, const v1::ExecuteRequest& request,
   if (!request.has_cache()) return false;
   const v1::CachePolicy& p = request.cache();
   if (p.bypass() || p.ttl_ms() == 0) return false;
-  if (analysis.kind != sql::StatementKind::kRead || !analysis.shareable_syntax) return false;
+  // SELECT, VALUES or TABLE that writes nothing (not SHOW or EXPLAIN).
+  if (analysis.kind != sql::StatementKind::kRead ||
+      (analysis.command != "SELECT" && analysis.command != "VALUES")) {
+    return false;
+  }
   return DatabaseReady(db.name());
 }
 
@@ -265,7 +269,9 @@ std::string ReadCache::KeyFor(const Database& db, const v1::ExecuteRequest& requ
     const std::string one = v.SerializeAsString();
     absl::StrAppend(&params, one.size(), ":", one);
   }
-  return absl::StrCat(read_only ? kReadOnlyScope : "q1|", db.name(), "/", db.role(), "|",
+  // scope|database|role|...: a prefix "q1|db|" still names every key of a
+  // database (and scope), whatever the callers' roles.
+  return absl::StrCat(read_only ? kReadOnlyScope : "q1|", db.name(), "|", db.role(), "|",
                       request.sql().size(),
                       ":", request.sql(), "|", params);
 }

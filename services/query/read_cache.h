@@ -101,7 +101,8 @@ class ReadCache {
   void Start();
 
   // Whether `request` (whose text `analysis` describes) goes through the
-  // cache: a plain read (SELECT, VALUES, TABLE) asking for it. False: run it
+  // cache: a read (SELECT, VALUES, TABLE; no locking clause, INTO or
+  // data-modifying WITH) asking for it. False: run it
   // plainly, outcome BYPASS.
   bool Applies(const Database& db, const v1::ExecuteRequest& request,
                const sql::Analysis& analysis) const;
