@@ -1415,6 +1415,7 @@ TEST_F(CacheServiceTest, ForgedGenerationsAreRefusedAndStoreNothing) {
                                 "read_generation is 0"));
   const v1::CacheStats after = c.Stats();
   EXPECT_EQ(after.sets(), before.sets());
+  EXPECT_EQ(after.sets_rejected(), before.sets_rejected() + 5);
   EXPECT_EQ(after.generation(), now);
 
   // The honest way: a Get that misses, then the fill with its generation.

@@ -333,15 +333,15 @@ absl::Status CacheServiceImpl::Set(const v1::CacheSetRequest& request,
     }
   }
   const uint64_t g = request.read_generation();
-  if (g == 0) {
-    return absl::FailedPreconditionError(
-        "read_generation is 0: a Set must carry the generation this sidecar gave before the "
-        "value was read (the Get or GetMany that missed; GetStats for a value read now)");
-  }
   CacheStore::SetResult r =
       store_->Set(request.key(), request.value(), absl::Milliseconds(request.ttl_ms()),
                   absl::Milliseconds(request.stale_ms()),
                   std::vector<std::string>(request.tags().begin(), request.tags().end()), g);
+  if (r == CacheStore::SetResult::kUnknownGeneration && g == 0) {
+    return absl::FailedPreconditionError(
+        "read_generation is 0: a Set must carry the generation this sidecar gave before the "
+        "value was read (the Get or GetMany that missed; GetStats for a value read now)");
+  }
   if (r == CacheStore::SetResult::kUnknownGeneration) {
     return absl::FailedPreconditionError(
         absl::StrCat("read_generation ", g, " was not handed out by this cache sidecar (its ",
