@@ -27,8 +27,7 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
       "Set calls: stored, rejected (invalidated meanwhile, too large, not admitted), or "
       "refused for a read_generation this sidecar never handed out (unknown_generation).");
   AddCounter(&sets, {{"result", "stored"}}, double(s.sets));
-  AddCounter(&sets, {{"result", "rejected"}},
-             double(s.sets_rejected - s.sets_unknown_generation));
+  AddCounter(&sets, {{"result", "rejected"}}, double(s.sets_rejected - s.sets_unknown_generation));
   AddCounter(&sets, {{"result", "unknown_generation"}}, double(s.sets_unknown_generation));
   out->push_back(std::move(sets));
   AppendCounter(out, "poolside_cache_evictions_total", "Entries evicted to make room.",
