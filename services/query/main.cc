@@ -68,10 +68,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<poolside::query::CacheClient> sidecar;
   poolside::query::SidecarClient* sidecar_client = nullptr;  // owned by the engine
   if (config->has_cache()) {
-    auto client = poolside::query::SidecarClient::Create(
-        config->cache().target(), config->cache().tls(),
-        absl::Milliseconds(config->cache().call_timeout_ms()),
-        absl::Milliseconds(config->cache().keepalive_ms()));
+    auto client = poolside::query::SidecarClient::Create(config->cache());
     if (!client.ok()) {
       telemetry::LogError("cannot use the cache sidecar",
                           {{"error", std::string(client.status().message())}});
