@@ -10,6 +10,7 @@
 // --probe asks a running sidecar (over its unixSocket) for its health and
 // exits 0 if it is SERVING, 1 otherwise: Kubernetes' exec probes, since a
 // sidecar serving only its unix socket has no port a grpc probe could reach.
+#include <algorithm>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -194,6 +195,13 @@ int main(int argc, char** argv) {
   options.port_file = config->server().port_file();
   options.tls = tcp ? config->server().tls() : poolside::server::PlaintextServerTls();
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
+  // gRPC parses a request before any handler (and so authentication) sees
+  // it: accept no more than the largest entry a Set may carry, or the
+  // largest Invalidate, plus room for the rest of the message.
+  options.max_receive_message_bytes = static_cast<int>(
+      std::min<uint64_t>(std::max<uint64_t>(config->max_entry_bytes(), config->max_invalidate_bytes()) +
+                             (1u << 20),
+                         INT32_MAX));
   options.queue_services = {&service};
   options.before_drain = [&service] { service.EndWatches(); };
   options.call_telemetry = (*metrics)->server_calls();  // a queue server: no interceptor

@@ -179,7 +179,7 @@ class FakeSidecar : public CacheClient {
 
   bool Admits(const CacheFill& fill) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const uint64_t g = fill.read_generation;
-    if (g == 0) return true;  // unconditional, as in the real store
+    if (g == 0) return false;  // not handed out by this store: refused, as in the real one
     if (g > generation_ || flush_generation_ > g) return false;
     for (const std::string& tag : fill.tags) {
       auto it = tag_generations_.find(tag);
