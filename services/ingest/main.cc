@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -74,6 +75,10 @@ int main(int argc, char** argv) {
   // accepted request is answered, and streams get this long to half-close.
   options.drain_timeout = std::min(drain, absl::Seconds(5));
   options.services = {&service};
+  // Larger requests are refused by gRPC before they are read (the engine
+  // reserves room for a stream's message of up to this size).
+  options.max_receive_message_bytes = static_cast<int>(
+      std::min<uint64_t>(config->batch().max_request_bytes(), INT32_MAX));
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.
