@@ -69,10 +69,10 @@ class Digest {
   EVP_MD_CTX* ctx_;
 };
 
-absl::Status TooLarge(absl::string_view what, size_t bytes, size_t limit,
-                      absl::string_view setting) {
-  return absl::InvalidArgumentError(absl::StrCat("request is ", FormatBytes(bytes), what,
-                                                 "; the ingest ", setting, " at most ",
+// A request whose COPY rows would not fit the buffer.
+absl::Status TooLargeEncoded(size_t bytes, size_t limit) {
+  return absl::InvalidArgumentError(absl::StrCat("request is ", FormatBytes(bytes),
+                                                 " as COPY rows; the ingest buffer holds at most ",
                                                  FormatBytes(limit), "; split it"));
 }
 
@@ -235,14 +235,13 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
       w->rejected.push_back(std::move(e));
     }
     if (w->data.size() > buffer_limit_ || w->data.size() > uint32_t{0xffffffff} / 2) {
-      return TooLarge(" as COPY rows (and more)", w->data.size(), buffer_limit_,
-                      "buffer holds");
+      return TooLargeEncoded(w->data.size(), buffer_limit_);
     }
     return absl::OkStatus();
   });
   if (!rows.ok()) return rows;
   if (w->bytes() > buffer_limit_) {
-    return TooLarge(" as COPY rows", w->bytes(), buffer_limit_, "buffer holds");
+    return TooLargeEncoded(w->bytes(), buffer_limit_);
   }
   if (keyed) w->digest = digest.Finish();
   return w;
@@ -278,8 +277,7 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& pr
   }
   const size_t size = request.size;
   if (size > max_request_) {
-    return give_back(TooLarge("", size, max_request_,
-                              "service takes requests of (batch.maxRequestBytes)"));
+    return give_back(RequestTooLarge(size));
   }
   absl::StatusOr<RequestHeader> header = ReadRequestHeader(request.bytes());
   if (!header.ok()) return give_back(header.status());
@@ -306,6 +304,19 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& pr
         "idempotency_key must be at most 256 bytes of UTF-8 without NUL"));
   }
   const size_t hold = HoldOf(size);
+  bool loaded;
+  {
+    absl::MutexLock lock(&mu_);
+    auto t = db.tables.find(header->table);
+    loaded = t != db.tables.end() && t->second.info != nullptr;
+  }
+  if (!loaded) {
+    // Parked until the catalog is read, its rows are parsed only then: check
+    // now that they parse, so that a malformed request is refused at once.
+    absl::Status parses =
+        ForEachRow(request.bytes(), [](const v1::Row&, uint32_t) { return absl::OkStatus(); });
+    if (!parses.ok()) return give_back(parses);
+  }
   std::shared_ptr<const db::TableInfo> info;
   {
     absl::ReleasableMutexLock lock(&mu_);
@@ -360,6 +371,13 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& pr
   }
   for (auto& f : later) f();
   return w.ok() ? absl::OkStatus() : w.status();
+}
+
+absl::Status IngestEngine::RequestTooLarge(size_t bytes) const {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "request is ", FormatBytes(bytes), "; ingest takes requests of at most ",
+      FormatBytes(max_request_), " (batch.maxRequestBytes) and buffers at most ",
+      FormatBytes(buffer_limit_), "; split it"));
 }
 
 void IngestEngine::Hold(int64_t bytes) {

@@ -133,8 +133,10 @@ class IngestEngine {
   // answered UNAVAILABLE (not written). Idempotent.
   void Stop();
 
-  // The largest serialized request taken (batch.max_request_bytes).
+  // The largest serialized request taken (batch.max_request_bytes), and the
+  // answer to a larger one (INVALID_ARGUMENT stating both sizes).
   size_t max_request_bytes() const { return max_request_; }
+  absl::Status RequestTooLarge(size_t bytes) const;
 
   void GetStats(v1::GetIngestStatsResponse* out) const;
   // Each database's connection pool statistics (for /metrics), by name.

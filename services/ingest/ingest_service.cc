@@ -11,6 +11,7 @@
 #include "common/server/reactor_lock.h"
 #include "common/server/status.h"
 #include "common/telemetry/trace_grpc.h"
+#include "grpcpp/support/proto_buffer_reader.h"
 #include "services/ingest/request_reader.h"
 
 namespace poolside::ingest {
@@ -140,9 +141,16 @@ class StreamBase : public Base {
       MaybeFinishLocked(lock);
       return;
     }
-    std::string message = Flatten(*buffer);
-    buffer->Clear();
-    Process(std::move(message), ticket, index);
+    if (buffer->Length() > engine_->max_request_bytes()) {
+      // Refused unparsed (and without a copy); the stream goes on.
+      engine_->ReleaseRead(ticket);
+      Oversized(buffer, index);
+      buffer->Clear();
+    } else {
+      std::string message = Flatten(*buffer);
+      buffer->Clear();
+      Process(std::move(message), ticket, index);
+    }
     RequestRead();
     Lock lock(this, &mu_);
     --outstanding_;
@@ -151,6 +159,8 @@ class StreamBase : public Base {
 
   // Handles message `index` of the stream, which arrived on `ticket`.
   virtual void Process(std::string message, uint64_t ticket, uint64_t index) = 0;
+  // Answers message `index`, larger than batch.max_request_bytes.
+  virtual void Oversized(grpc::ByteBuffer* buffer, uint64_t index) = 0;
   virtual void StartReading() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
   virtual bool WritesIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return true; }
   virtual grpc::Status FinalStatusLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
@@ -351,6 +361,17 @@ class ChannelCall final
                     ABSL_NO_THREAD_SAFETY_ANALYSIS { Ack(sequence, r); });
   }
 
+  void Oversized(grpc::ByteBuffer* buffer, uint64_t index) override {
+    grpc::ProtoBufferReader reader(buffer);
+    absl::StatusOr<uint64_t> sequence = ReadChannelSequence(&reader);
+    absl::MutexLock lock(&mu_);  // never finishes (the message is outstanding)
+    if (!sequence.ok()) {
+      MalformedLocked(absl::StrCat("message ", index, " of this stream"), sequence.status());
+      return;
+    }
+    Ack(*sequence, engine_->RequestTooLarge(buffer->Length()));
+  }
+
   void StartReading() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { StartRead(&request_); }
   bool WritesIdleLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return !writing_ && acks_.empty();
@@ -407,6 +428,11 @@ class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<grpc::By
     SubmitWrite(std::move(write), ticket, absl::StrCat("request ", index),
                 [this, index](const absl::StatusOr<v1::WriteResponse>& r)
                     ABSL_NO_THREAD_SAFETY_ANALYSIS { Record(index, r); });
+  }
+
+  void Oversized(grpc::ByteBuffer* buffer, uint64_t index) override {
+    absl::MutexLock lock(&mu_);  // never finishes (the message is outstanding)
+    Record(index, engine_->RequestTooLarge(buffer->Length()));
   }
 
   void StartReading() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { StartRead(&request_); }
@@ -488,6 +514,10 @@ grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* 
   absl::StatusOr<auth::CallAuth> call_auth = Admit(*context);
   if (!call_auth.ok()) {
     reactor->Finish(server::ToGrpcStatus(call_auth.status()));
+    return reactor;
+  }
+  if (request->Length() > engine_->max_request_bytes()) {
+    reactor->Finish(server::ToGrpcStatus(engine_->RequestTooLarge(request->Length())));
     return reactor;
   }
   SerializedWrite write;

@@ -159,6 +159,32 @@ absl::StatusOr<ChannelParts> ReadChannelRequest(std::string request) {
   return parts;
 }
 
+absl::StatusOr<uint64_t> ReadChannelSequence(google::protobuf::io::ZeroCopyInputStream* in) {
+  google::protobuf::io::CodedInputStream coded(in);
+  uint64_t sequence = 0;
+  while (true) {
+    const uint32_t tag = coded.ReadTag();
+    if (tag == 0) {
+      if (coded.ConsumedEntireMessage()) return sequence;
+      return Malformed("ChannelRequest: invalid field tag");
+    }
+    const uint32_t number = WireFormatLite::GetTagFieldNumber(tag);
+    bool ok = number != 0;
+    if (ok && WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_VARINT) {
+      uint64_t v = 0;
+      ok = coded.ReadVarint64(&v);
+      if (number == kSequenceField) sequence = v;
+    } else if (ok && WireFormatLite::GetTagWireType(tag) ==
+                         WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      uint32_t length = 0;
+      ok = coded.ReadVarint32(&length) && coded.Skip(static_cast<int>(length));
+    } else if (ok) {
+      ok = WireFormatLite::SkipField(&coded, tag);
+    }
+    if (!ok) return Malformed("ChannelRequest: a field is truncated or has an invalid encoding");
+  }
+}
+
 std::string FormatBytes(uint64_t bytes) {
   if (bytes >= (uint64_t{1} << 20)) {
     return absl::StrFormat("%.1f MiB", static_cast<double>(bytes) / (1 << 20));

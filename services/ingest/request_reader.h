@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/io/zero_copy_stream.h"
 #include "proto/poolside/v1/ingest.pb.h"
 
 namespace poolside::ingest {
@@ -68,6 +69,10 @@ struct ChannelParts {
   SerializedWrite write;
 };
 absl::StatusOr<ChannelParts> ReadChannelRequest(std::string request);
+
+// Only the sequence of a serialized ChannelRequest, read from `in` without
+// copying the rest (for one refused unread, e.g. for its size).
+absl::StatusOr<uint64_t> ReadChannelSequence(google::protobuf::io::ZeroCopyInputStream* in);
 
 // A serialized request of `bytes` bytes as "12.3 MiB" (or KiB, bytes).
 std::string FormatBytes(uint64_t bytes);
