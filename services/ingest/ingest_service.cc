@@ -47,12 +47,13 @@ grpc::ByteBuffer Serialize(const google::protobuf::MessageLite& message) {
 }
 
 // Shared mechanics of the two streaming calls, which read raw messages and
-// parse them here (request_reader.h): with generated message types, gRPC's
-// callback API reports a message that fails to parse (say, invalid UTF-8 in a
-// string field) to the reactor exactly like the end of the stream,
-// OnReadDone(false), and the call would end OK with that request and all
-// later ones silently unprocessed. Parsed here, such a message ends the stream
-// with INVALID_ARGUMENT naming it.
+// parse them here (request_reader.h). With generated message types, gRPC's
+// callback API parses each message into the reactor's buffer and reports a
+// parse failure (say, invalid UTF-8 in a string field) as the read's `ok`
+// being false (CallOpRecvMessage::FinishOp in grpcpp/impl/call_op_set.h):
+// OnReadDone(false), exactly like the end of the stream, so the call would
+// end OK with that request and all later ones silently unprocessed. Parsed
+// here, such a message ends the stream with INVALID_ARGUMENT naming it.
 //
 // Before each read the stream reserves room in the engine's bound
 // (IngestEngine::ReserveRead): twice the largest request size for its first

@@ -1,5 +1,6 @@
 #include "services/ingest/request_reader.h"
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -103,6 +104,54 @@ TEST(RequestReaderTest, MalformedIsWhatProtobufRefuses) {
   // Garbage.
   EXPECT_TRUE(IsMalformed(ReadRequestHeader(std::string("\xff\xff\xff\xff\xff", 5)).status()));
   EXPECT_FALSE(IsMalformed(absl::InvalidArgumentError("other")));
+}
+
+// Random corruptions of a request: this reader refuses exactly what protobuf
+// refuses, and otherwise reads what protobuf reads.
+TEST(RequestReaderTest, AgreesWithProtobufOnCorruptedRequests) {
+  std::mt19937 rng(20261206);
+  const std::string good = Request(4).SerializeAsString();
+  int refused = 0;
+  for (int round = 0; round < 5000; ++round) {
+    std::string bytes = good;
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int e = 0; e < edits; ++e) {
+      const size_t at = rng() % bytes.size();
+      switch (rng() % 3) {
+        case 0: bytes[at] = static_cast<char>(rng()); break;           // overwrite
+        case 1: bytes.erase(at, 1 + rng() % 4); break;                  // cut
+        default: bytes.insert(at, 1, static_cast<char>(rng())); break;  // insert
+      }
+      if (bytes.empty()) bytes = "x";
+    }
+    v1::WriteRequest parsed;
+    const bool protobuf_ok = parsed.ParseFromString(bytes);
+    absl::StatusOr<RequestHeader> h = ReadRequestHeader(bytes);
+    absl::Status rows;
+    std::vector<std::string> texts;
+    if (h.ok()) {
+      rows = ForEachRow(bytes, [&](const v1::Row& row, uint32_t) {
+        texts.push_back(row.SerializeAsString());
+        return absl::OkStatus();
+      });
+    }
+    const bool ours_ok = h.ok() && rows.ok();
+    ASSERT_EQ(ours_ok, protobuf_ok) << "round " << round << ": " << h.status() << " / " << rows;
+    if (!ours_ok) {
+      ++refused;
+      EXPECT_TRUE(IsMalformed(h.ok() ? rows : h.status()));
+      continue;
+    }
+    EXPECT_EQ(h->table, parsed.table());
+    EXPECT_EQ(h->database, parsed.database());
+    EXPECT_EQ(h->key, parsed.idempotency_key());
+    EXPECT_EQ(h->columns.size(), static_cast<size_t>(parsed.columns_size()));
+    ASSERT_EQ(texts.size(), static_cast<size_t>(parsed.rows_size()));
+    for (int i = 0; i < parsed.rows_size(); ++i) {
+      EXPECT_EQ(texts[i], parsed.rows(i).SerializeAsString());
+    }
+  }
+  EXPECT_GT(refused, 500);  // the corruptions are not all harmless
 }
 
 TEST(RequestReaderTest, ChannelRequestSplitsAndMerges) {
