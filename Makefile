@@ -16,6 +16,8 @@ APT_PACKAGES += libcivetweb-dev chromium
 APT_PACKAGES += libssl-dev openssl
 # TCMalloc for the services and load generators (common/server:malloc).
 APT_PACKAGES += libgoogle-perftools-dev
+# PostgreSQL's own parser (libpg_query) for statement analysis (common/sql).
+APT_PACKAGES += libpg-query-dev
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.

@@ -42,11 +42,12 @@ def cc_grpc_proto_library(name, srcs, deps = [], grpc = True, **kwargs):
         **kwargs
     )
 
-def cc_system_grpc_proto_library(name, protos, root, **kwargs):
-    """Generates C++ message and gRPC service code for .proto files a Debian
+def cc_system_grpc_proto_library(name, protos, root, grpc = True, package = "grpc-proto", **kwargs):
+    """Generates C++ message (and gRPC service) code for .proto files a Debian
     package installs under `root` (for example grpc-proto's
-    /usr/share/grpc-proto), so that a protocol defined elsewhere is compiled
-    from its published definition rather than copied here.
+    /usr/share/grpc-proto, or libpg-query-dev's /usr/include/pg_query), so that
+    a protocol defined elsewhere is compiled from its published definition
+    rather than copied here.
 
     `protos` are paths relative to `root`; the headers are included with this
     package's path first: "proto/grpc/health/v1/health.grpc.pb.h" for
@@ -56,19 +57,30 @@ def cc_system_grpc_proto_library(name, protos, root, **kwargs):
       name: the cc_library to create.
       protos: .proto paths relative to `root`.
       root: the directory the package installs them in.
+      grpc: also generate gRPC service stubs (and depend on gRPC).
+      package: the Debian package that installs them, named when one is missing.
       **kwargs: passed to the cc_library (visibility, ...).
     """
     outs = []
     for proto in protos:
         base = proto[:-len(".proto")]
-        outs += [base + ".pb.h", base + ".pb.cc", base + ".grpc.pb.h", base + ".grpc.pb.cc"]
+        outs += [base + ".pb.h", base + ".pb.cc"]
+        if grpc:
+            outs += [base + ".grpc.pb.h", base + ".grpc.pb.cc"]
+    checks = "".join([
+        "test -f {f} || {{ echo '{f} is missing: install Debian {p} (make deps)' >&2; exit 1; }}; ".format(
+            f = root + "/" + proto,
+            p = package,
+        )
+        for proto in protos
+    ])
+    grpc_flags = ("--grpc_out=$(RULEDIR) --plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) if grpc else ""
     native.genrule(
         name = name + "_gen",
         outs = outs,
-        cmd = ("test -d %s || { echo '%s is missing: install Debian grpc-proto (make deps)'; exit 1; }; " %
-               (root, root)) +
-              ("%s -I%s -I/usr/include --cpp_out=$(RULEDIR) --grpc_out=$(RULEDIR) " % (_PROTOC, root)) +
-              ("--plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) + " ".join(protos),
+        cmd = checks +
+              ("%s -I%s -I/usr/include --cpp_out=$(RULEDIR) " % (_PROTOC, root)) +
+              grpc_flags + " ".join(protos),
         message = "protoc " + name,
     )
     native.cc_library(
@@ -77,6 +89,6 @@ def cc_system_grpc_proto_library(name, protos, root, **kwargs):
         hdrs = [o for o in outs if o.endswith(".h")],
         # The generated code includes its headers by their path under `root`.
         includes = ["."],
-        deps = ["@system//:grpc", "@system//:protobuf"],
+        deps = (["@system//:grpc"] if grpc else []) + ["@system//:protobuf"],
         **kwargs
     )

@@ -22,6 +22,8 @@ _LIBS = {
     "civetweb": ([], ["-lcivetweb"], []),
     # libssl-dev: SHA-256 of bearer tokens (common/auth).
     "crypto": (["libcrypto"], [], []),
+    # libpg-query-dev (PostgreSQL's parser, common/sql) ships no pkg-config file.
+    "pg_query": ([], ["-lpg_query"], []),
     # libgoogle-perftools-dev: TCMalloc (minimal: no heap profiler) as the
     # services' malloc. Nothing calls it by name, so it is linked even where
     # the linker drops unused libraries.

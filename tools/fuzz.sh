@@ -45,10 +45,13 @@ declare -A LIBS=(
   [config]="//common/config:json_config //common/config:cgroup //services/query:query_config //services/ingest:ingest_config //services/cache:cache_config"
   [csv]="//cli:csv"
   [statement_words]="//services/query:statement_words"
+  [pgoutput]="//common/db:pgoutput_decoder"  # the logical replication stream's messages
 )
 # Inputs larger than this are not tried (JSON configs and CSV lines are small).
 declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096 [statement_words]=4096)
 ALL_TARGETS=(value_codec config csv statement_words)
+MAX_LEN[pgoutput]=8192
+ALL_TARGETS+=(pgoutput)
 
 targets=()
 for arg in "$@"; do

@@ -25,9 +25,9 @@ namespace poolside::db {
 namespace {
 
 constexpr absl::string_view kCopyLinePayload = "poolside.dev/copy-line";
-// After a cancel request, how long the server gets to stop before the
-// connection is declared broken.
-constexpr absl::Duration kCancelGrace = absl::Seconds(5);
+// The longest single poll() of a wait: a wait without a deadline still comes
+// back to look at the connection now and then.
+constexpr int kMaxPollSliceMs = 1000;
 // COPY data is handed to libpq in pieces of this size.
 constexpr size_t kCopyChunk = 256 << 10;
 
@@ -439,10 +439,13 @@ absl::Status CopySession::Broken(absl::string_view what) {
 }
 
 absl::Status CopySession::WaitSocket(bool for_write) {
+  // One bounded wait; callers loop. Past the deadline the statement is
+  // cancelled, and the connection given up once the connection's cancel grace
+  // has passed too, so every loop over this ends by then.
   const absl::Time now = absl::Now();
   if (!cancel_sent_ && now >= deadline_) {
     cancel_sent_ = true;
-    give_up_ = now + kCancelGrace;
+    give_up_ = now + conn_.cancel_grace();
     if (PGcancel* cancel = PQgetCancel(pg_)) {
       char err[256];
       PQcancel(cancel, err, sizeof(err));
@@ -452,16 +455,19 @@ absl::Status CopySession::WaitSocket(bool for_write) {
     return Broken("waiting for a cancelled statement to stop");
   }
   const absl::Time wake = cancel_sent_ ? give_up_ : deadline_;
-  int timeout_ms = -1;
-  if (wake != absl::InfiniteFuture()) {
-    timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))), 0, 60000));
-  }
-  pollfd pfd{PQsocket(pg_), static_cast<short>(POLLIN | (for_write ? POLLOUT : 0)), 0};
+  const int timeout_ms = static_cast<int>(
+      std::clamp<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))),
+                          0, kMaxPollSliceMs));
+  const int fd = PQsocket(pg_);
+  if (fd < 0) return Broken("waiting for the server");
+  pollfd pfd{fd, static_cast<short>(POLLIN | (for_write ? POLLOUT : 0)), 0};
   const int rc = ::poll(&pfd, 1, timeout_ms);
   if (rc < 0 && errno != EINTR) return Broken("waiting for the server");
-  if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
-    if (PQconsumeInput(pg_) == 0) return Broken("reading");
+  if (rc > 0) {
+    if ((pfd.revents & POLLNVAL) != 0) return Broken("waiting for the server");
+    if ((pfd.revents & (POLLIN | POLLHUP | POLLERR)) != 0 && PQconsumeInput(pg_) == 0) {
+      return Broken("reading");
+    }
   }
   return absl::OkStatus();
 }
@@ -501,9 +507,19 @@ absl::Status CopySession::CollectResults(std::vector<TextRow>* rows, int64_t* af
         if (affected != nullptr) *affected = std::strtoll(PQcmdTuples(res), nullptr, 10);
         break;
       case PGRES_COPY_IN:
-        // Only CopyIn() starts a COPY; anything else asking for data is refused.
-        PQputCopyEnd(pg_, "unexpected COPY");
-        break;
+      case PGRES_COPY_OUT:
+      case PGRES_COPY_BOTH:
+      case PGRES_BAD_RESPONSE:
+        // Only CopyIn() starts a COPY. libpq hands out a COPY result again on
+        // every call until the COPY ends, and the protocol has no room for one
+        // here: give the connection up.
+        PQclear(res);
+        if (first.ok()) {
+          first = absl::InvalidArgumentError(
+              "COPY is not supported here (only CopyIn starts one); the connection was discarded");
+        }
+        broken_ = true;
+        return first;
       default: {
         if (first.ok()) {
           const std::string state = ErrorField(res, PG_DIAG_SQLSTATE);

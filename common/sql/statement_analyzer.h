@@ -22,6 +22,14 @@
 // Nothing here consults a database: whether the functions a statement calls
 // are built-in and free of side effects is a catalog question, answered by
 // the caller (common/db's catalog snapshot) from `functions`/`operators`.
+// Likewise what views, triggers, rules, defaults and functions already in the
+// database do when a statement uses them is not seen here.
+//
+// A text nested deeper than kMaxNestingDepth (operators, brackets, set
+// operations, counted from its tokens) is refused as INVALID_ARGUMENT before
+// it is parsed: libpg_query handles trees recursively, and a deep enough
+// chain ("1+1+...+1") would exhaust the stack. Within that bound Analyze
+// needs at most about 2 MiB of the calling thread's stack.
 
 #include <cstddef>
 #include <cstdint>
@@ -94,11 +102,14 @@ struct Analysis {
 
   // Relations the statement names anywhere (FROM, JOIN, INTO, subqueries,
   // CTEs' bodies, DML targets, EXPLAIN's statement), as written, with the
-  // parser's case folding: "accounts", "app.accounts". CTE names are not
-  // relations and are left out. Sorted, unique.
+  // parser's case folding: "accounts", "app.accounts" (components joined by
+  // '.', unquoted). CTE names are not relations and are left out where they
+  // are in scope. A superset where the grammar names other things the same
+  // way (a composite type's name in CREATE TYPE ... AS). Sorted, unique.
   std::vector<std::string> tables;
   // The relations a write changes (INSERT/UPDATE/DELETE/MERGE targets, also
-  // inside WITH; TRUNCATE's; SELECT INTO's new table). Sorted, unique.
+  // inside WITH; TRUNCATE's; SELECT INTO's and CREATE TABLE AS's new table;
+  // COPY FROM's). Sorted, unique.
   std::vector<std::string> written_tables;
   // Every function the statement calls, anywhere (FROM-clause functions,
   // arguments, defaults given in the statement, nested statements), as
@@ -110,19 +121,27 @@ struct Analysis {
 
   // The syntax allows a shared implicit transaction (Sync) with other
   // callers' statements: a plain read (kRead from SELECT/VALUES/TABLE: no
-  // SHOW, no EXPLAIN) without locking clauses, INTO or data-modifying CTEs.
-  // Whether it may actually share one also needs every function and
-  // operator to be a built-in non-volatile one (the caller's catalog check).
+  // SHOW, no EXPLAIN) without locking clauses, INTO or data-modifying CTEs,
+  // without column notation on an expression ("(x).f" calls f(x) when x has
+  // no field f: a call `functions` cannot list), and without calls whose
+  // effect lasts until the transaction ends (set_config,
+  // pg_advisory_xact_lock*). Whether it may actually share one also needs
+  // every function and operator to be a built-in non-volatile one (the
+  // caller's catalog check).
   bool shareable_syntax = false;
 
-  // pg_query_normalize: every literal (also E'', $$...$$, numbers, B'', X'')
-  // replaced by $n; the parameters a caller sent stay $n. For statistics and
-  // slow-statement logs: never holds a literal value. Truncated to
-  // kMaxNormalizedBytes. For a text that does not parse: "".
+  // pg_query_normalize: every literal (also E'', $$...$$, numbers, B'', X'',
+  // TRUE/FALSE/NULL where it replaces them) replaced by $n; the parameters a
+  // caller sent stay $n. Literals pg_query_normalize leaves in place (in
+  // utility statements, type modifiers, ORDER BY positions) are replaced
+  // too. Comments are kept. For statistics and slow-statement logs: never
+  // holds a literal value. Truncated to kMaxNormalizedBytes at a character
+  // boundary. For a text that does not parse: "".
   std::string normalized;
   // pg_query_fingerprint: the same for texts that differ only in literals,
-  // whitespace, comments or parameter numbering. 0 for a text that does not
-  // parse.
+  // whitespace, comments or parameter numbering. Where pg_query_normalize
+  // left a literal (and pg_query_fingerprint may count its value), a stable
+  // hash of the normalized tokens instead. 0 for a text that does not parse.
   uint64_t fingerprint = 0;
 
   // The verdicts of Permitted(), computed once with the analysis:
@@ -131,6 +150,7 @@ struct Analysis {
 };
 
 constexpr size_t kMaxNormalizedBytes = 4096;
+constexpr int kMaxNestingDepth = 1000;
 
 // Whether a caller with `grants` may run the analyzed text in `scope` on a
 // pooled connection. OK, or INVALID_ARGUMENT naming the construct and, where
@@ -139,31 +159,48 @@ constexpr size_t kMaxNormalizedBytes = 4096;
 //    statement ("2 statements in one text; send one per call, or use
 //    ExecuteTransaction");
 //  - transaction control, in every scope (poolside begins and ends
-//    transactions);
+//    transactions), also SET [LOCAL] TRANSACTION and SET LOCAL
+//    transaction_isolation/_read_only/_deferrable (ExecuteTransaction has
+//    isolation and read_only);
 //  - session state: SET and RESET without LOCAL (SET LOCAL is allowed),
-//    SET ROLE, SET SESSION AUTHORIZATION, DISCARD, LISTEN, UNLISTEN, NOTIFY,
+//    SET [LOCAL] ROLE, SET [LOCAL] SESSION AUTHORIZATION, SET [LOCAL] seed,
+//    DISCARD, LISTEN, UNLISTEN, NOTIFY,
 //    PREPARE, EXECUTE, DEALLOCATE, DECLARE ... WITH HOLD (and, alone, every
 //    DECLARE, FETCH, MOVE, CLOSE: a cursor needs ExecuteTransaction), LOAD;
-//    UPDATE/INSERT/DELETE on pg_settings; a search_path given to SET LOCAL or
-//    set_config that names pg_temp; temporary objects (CREATE TEMP
+//    UPDATE/INSERT/DELETE/MERGE on pg_settings; a search_path given to SET
+//    LOCAL or set_config that names pg_temp; temporary objects (CREATE TEMP
 //    TABLE/VIEW/SEQUENCE, CREATE TABLE pg_temp.x, SELECT ... INTO TEMP,
-//    CREATE TABLE AS TEMP, also under EXPLAIN ANALYZE) unless ON COMMIT DROP
-//    in kInTransaction;
+//    CREATE TABLE AS TEMP, also under EXPLAIN, and functions, types,
+//    domains, ... created in pg_temp) unless ON COMMIT DROP in
+//    kInTransaction;
+//  - LOCK outside kInTransaction (a lock lasts until its transaction ends);
 //  - COPY, in every scope (rows come in through ingest, go out through
 //    ExecuteStream);
 //  - without grants.ddl: DO, CALL, CREATE [OR REPLACE] FUNCTION/PROCEDURE,
-//    ALTER FUNCTION/PROCEDURE, CREATE TRIGGER, CREATE RULE, CREATE/ALTER
-//    EVENT TRIGGER, ALTER ROLE/DATABASE ... SET/RESET, ALTER SYSTEM;
+//    ALTER FUNCTION/PROCEDURE/ROUTINE, CREATE TRIGGER, CREATE RULE,
+//    CREATE/ALTER EVENT TRIGGER, ALTER ROLE/DATABASE ... SET/RESET, ALTER
+//    SYSTEM; also what defines code that other statements run later: CREATE
+//    AGGREGATE/OPERATOR/CAST/TRANSFORM/LANGUAGE, CREATE/ALTER EXTENSION,
+//    ALTER OPERATOR, and renaming, moving or re-owning functions,
+//    procedures, aggregates, operators, triggers, rules, event triggers,
+//    extensions and languages;
 //  - calls of functions that run SQL text or change session or server state,
-//    schema-qualified or not, in every scope (see kRefusedFunctions and
-//    kRefusedFunctionPrefixes in the .cc): set_config whose is_local is not
-//    the literal TRUE or whose name or value is not a literal, session-level
+//    schema-qualified or not, in every scope and every position (FROM,
+//    subqueries, CTEs, DEFAULTs, EXPLAIN's statement, column notation
+//    "(x).pg_read_file"; see kRefusedFunctions and kRefusedFunctionPrefixes
+//    in the .cc): set_config whose is_local is not the literal TRUE, whose
+//    name or value is not a string literal, or that sets role,
+//    session_authorization, seed or transaction_*; setseed; session-level
 //    advisory locks (pg_advisory_xact_lock* are allowed), dblink*,
-//    query_to_xml* and relatives, ts_rewrite, ts_stat, lo_*, pg_read_file,
-//    pg_read_binary_file, pg_ls_*, pg_stat_file, pg_cancel_backend,
-//    pg_terminate_backend, pg_notify, pg_reload_conf, pg_rotate_logfile,
-//    pg_switch_wal, pg_logical_emit_message, replication slot and origin
-//    functions, pg_promote, ...
+//    query_to_xml* and relatives, ts_rewrite, ts_stat, crosstab*, connectby,
+//    lo_*, pg_read_file, pg_read_binary_file, pg_ls_*, pg_stat_file,
+//    adminpack's pg_file_*, pg_cancel_backend, pg_terminate_backend,
+//    pg_notify, pg_reload_conf, pg_rotate_logfile, pg_switch_wal,
+//    pg_logical_emit_message, replication slot and origin functions,
+//    pg_promote, backups and restore points, pg_stat_reset*, hypopg*, ...
+// Allowed: VACUUM, ANALYZE, CHECKPOINT, CLUSTER, REINDEX and other utility
+// statements that leave no session state (PostgreSQL's privileges decide).
+// Permitted on an Analysis that Analyze did not produce refuses it.
 absl::Status Permitted(const Analysis& analysis, Scope scope, Grants grants);
 
 class StatementAnalyzer {
@@ -177,6 +214,7 @@ class StatementAnalyzer {
 
   StatementAnalyzer() : StatementAnalyzer(Options{}) {}
   explicit StatementAnalyzer(Options options);
+  ~StatementAnalyzer();
 
   // Never null. A text with a NUL byte is a parse error.
   std::shared_ptr<const Analysis> Analyze(absl::string_view sql);
@@ -190,8 +228,7 @@ class StatementAnalyzer {
   Options options_;
   mutable absl::Mutex mu_;
   std::list<Entry> lru_ ABSL_GUARDED_BY(mu_);  // most recent first
-  absl::flat_hash_map<absl::string_view, std::list<Entry>::iterator> index_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<absl::string_view, std::list<Entry>::iterator> index_ ABSL_GUARDED_BY(mu_);
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
