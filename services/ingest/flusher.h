@@ -24,9 +24,11 @@
 // rows before it (which went in) become the next probe. Without a line number
 // the probe is halved. A probe after a success is twice its size, after a
 // rejection as large as the good run before it, so dense bad rows are probed
-// one by one and sparse ones cost a few COPYs: round trips grow with the bad
-// rows, bytes stay within a small multiple of the batch (at most n log n).
-// Deferred constraints are made immediate, so they fail inside a probe.
+// one by one and sparse ones cost a few COPYs each: at most one COPY (one
+// round trip with its savepoint handling) per bad row plus a logarithmic
+// number per good run, and the bytes sent stay within a small multiple of the
+// batch's. Deferred constraints are made immediate, so they fail inside a
+// probe.
 //
 // Thread-compatible: one call per connection at a time.
 
