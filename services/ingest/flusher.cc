@@ -8,7 +8,6 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -93,7 +92,6 @@ std::string Hex(absl::string_view bytes) {
 struct StoredKey {
   std::string table;
   std::optional<std::string> digest;  // none: written by an earlier version
-  uint64_t rows = 0;
   std::string result;                 // serialized WriteResponse
 };
 
@@ -218,7 +216,7 @@ class Flush {
     }
     if (keys.empty()) return absl::OkStatus();
     auto rows = session_.Query(
-        absl::StrCat("SELECT principal, key, tbl, digest, rows, result FROM ", kKeysTable,
+        absl::StrCat("SELECT principal, key, tbl, digest, result FROM ", kKeysTable,
                      " WHERE (principal, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
                      " OR (digest IS NULL AND key = ANY($2::text[]))"),
         {TextArrayLiteral(principals), TextArrayLiteral(keys)});
@@ -227,10 +225,10 @@ class Flush {
     absl::flat_hash_map<std::pair<std::string, std::string>, StoredKey> scoped;
     absl::flat_hash_map<std::string, StoredKey> legacy;
     for (const auto& row : *rows) {
-      if (row.size() != 6 || !row[0] || !row[1] || !row[2] || !row[4] || !row[5]) continue;
+      if (row.size() != 5 || !row[0] || !row[1] || !row[2] || !row[4]) continue;
       StoredKey k;
       k.table = *row[2];
-      if (!absl::SimpleAtoi(*row[4], &k.rows) || !DecodeHexBytea(*row[5], &k.result)) continue;
+      if (!DecodeHexBytea(*row[4], &k.result)) continue;
       if (row[3]) {
         std::string digest;
         if (!DecodeHexBytea(*row[3], &digest)) continue;
