@@ -12,6 +12,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -299,9 +300,12 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
           return RowError(absl::StatusCode::kInvalidArgument, "22P02",
                           absl::StrCat("invalid input syntax for type ", c.type,
                                        " in column \"", c.name, "\": \"",
-                                       text.substr(0, 64), "\""));
+                                       absl::CHexEscape(text.substr(0, 64)), "\""));
         }
         if (absl::Status s = CheckIntRange(c, v); !s.ok()) return s;
+        // The number that was checked, not the text around it.
+        absl::StrAppend(out, v);
+        return absl::OkStatus();
       }
       AppendCopyText(text, out);
       return absl::OkStatus();
@@ -337,13 +341,16 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
       if (known && t != oid::kNumeric && !IsIntType(t) && !IsFloatType(t) && !IsTextType(t)) {
         return TypeError(c, "a numeric");
       }
-      if (!IsNumericText(absl::StripAsciiWhitespace(value.numeric_value()))) {
+      // Surrounding whitespace is dropped: what is written is exactly the
+      // text that was checked (a newline must never reach the COPY line).
+      const absl::string_view number = absl::StripAsciiWhitespace(value.numeric_value());
+      if (!IsNumericText(number)) {
         return RowError(absl::StatusCode::kInvalidArgument, "22P02",
                         absl::StrCat("column \"", c.name, "\": numeric_value \"",
-                                     value.numeric_value().substr(0, 64),
+                                     absl::CHexEscape(value.numeric_value().substr(0, 64)),
                                      "\" is not a decimal number"));
       }
-      out->append(value.numeric_value());
+      out->append(number.data(), number.size());
       return absl::OkStatus();
     }
     case v1::Value::kJsonValue: {
@@ -566,9 +573,11 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target, absl::stri
 }
 
 absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
-                                            absl::Span<const absl::string_view> pieces) {
+                                            absl::Span<const absl::string_view> pieces,
+                                            absl::string_view before) {
   if (broken_) return absl::UnavailableError("connection is broken");
-  const std::string sql = absl::StrCat("COPY ", target, " FROM STDIN");
+  const std::string sql = absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target,
+                                       " FROM STDIN");
   telemetry::Span span = conn_.StartStatementSpan(sql);
   if (span.recording()) {
     size_t bytes = 0;
@@ -584,9 +593,15 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
 absl::StatusOr<int64_t> CopySession::SendCopy(const std::string& sql,
                                               absl::Span<const absl::string_view> pieces) {
   if (PQsendQuery(pg_, sql.c_str()) != 1) return Broken("sending COPY");
-  // Wait for CopyInResponse (or an error: no such table, permissions, ...).
+  // Wait for CopyInResponse (or an error: no such table, permissions, ...),
+  // past the results of statements sent before the COPY.
   if (absl::Status s = AwaitReadable(); !s.ok()) return s;
   PGresult* res = PQgetResult(pg_);
+  while (res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK) {
+    PQclear(res);
+    if (absl::Status s = AwaitReadable(); !s.ok()) return s;
+    res = PQgetResult(pg_);
+  }
   if (res == nullptr) return absl::InternalError("COPY: no response");
   if (PQresultStatus(res) != PGRES_COPY_IN) {
     const std::string state = ErrorField(res, PG_DIAG_SQLSTATE);
