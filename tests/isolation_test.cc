@@ -41,6 +41,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/auth/token_hash.h"
@@ -106,6 +107,8 @@ v1::QueryServiceConfig BaseConfig() {
   db->set_dsn(testing::DsnAs(SharedPostgres(), kDb, testing::kAppOwner));
   db->mutable_pool()->set_max_size(1);
   db->mutable_pool()->set_min_idle(0);
+  // Said explicitly: test fixtures may default it to true.
+  db->set_allow_privileged_role(false);
   for (const char* role : {testing::kAppRead, testing::kAppWrite}) {
     v1::DatabaseRole* r = db->add_roles();
     r->set_name(role);
@@ -359,9 +362,40 @@ void SetUpDatabase() {
   done = true;
 }
 
+// One superuser session for the checks: the probe runs after every group of
+// calls, and a connection per query would cost more than the calls it checks.
+class SuperuserSession {
+ public:
+  // The first column of the first row ("" for NULL), or "<query failed: ...>".
+  std::string Query(const std::string& sql) {
+    absl::MutexLock lock(&mu_);
+    if (conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) {
+      if (conn_ != nullptr) PQfinish(conn_);
+      // Every statement bounded: a check never waits for long.
+      conn_ = PQconnectdb(absl::StrCat(SharedPostgres().Dsn(kDb),
+                                       " connect_timeout=10 application_name=isolation_test",
+                                       " options='-c statement_timeout=10000'")
+                              .c_str());
+    }
+    PGresult* r = PQexec(conn_, sql.c_str());
+    std::string out;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+      out = absl::StrCat("<query failed: ", PQerrorMessage(conn_), ">");
+    } else if (PQntuples(r) > 0 && PQnfields(r) > 0) {
+      out = PQgetvalue(r, 0, 0);
+    }
+    PQclear(r);
+    return out;
+  }
+
+ private:
+  absl::Mutex mu_;
+  PGconn* conn_ ABSL_GUARDED_BY(mu_) = nullptr;
+};
+
 std::string Query(const std::string& sql) {
-  absl::StatusOr<std::string> v = SharedPostgres().QueryValue(kDb, sql);
-  return v.ok() ? *v : absl::StrCat("<query failed: ", v.status().ToString(), ">");
+  static SuperuserSession* const session = new SuperuserSession;
+  return session->Query(sql);
 }
 
 std::string AccountsNow() {
@@ -450,16 +484,12 @@ constexpr char kSessionProbeSql[] = R"sql(
 // pooled backend runs as its role with no session state of anyone's.
 ::testing::AssertionResult NothingLeftBehind(Client& client,
                                              std::vector<const Principal*> principals) {
-  PostgresCluster& pg = SharedPostgres();
   std::vector<std::string> problems;
   // A backend finishes its call just after answering it.
-  testing::WaitFor(
-      [&] {
-        absl::StatusOr<std::string> busy = pg.QueryValue(kDb, kBusyBackendsSql);
-        return busy.ok() && busy->empty();
-      },
-      absl::Seconds(3));
+  testing::WaitFor([&] { return Query(kBusyBackendsSql).empty(); }, absl::Seconds(3));
   const std::string left = Query(LeftoversSql());
+  // The advisory locks the check itself took.
+  Query("SELECT pg_advisory_unlock_all()");
   if (!left.empty()) problems.push_back(left);
   for (const Principal* p : principals) {
     const Answer a = client.Execute(*p, kSessionProbeSql);
@@ -1714,6 +1744,7 @@ v1::QueryServiceConfig PrivilegedConfig(const std::string& dsn_user) {
   db->set_name("privileged_db");
   db->set_dsn(testing::DsnAs(SharedPostgres(), kDb, dsn_user));
   db->mutable_pool()->set_max_size(1);
+  db->set_allow_privileged_role(false);
   c.mutable_auth()->set_disabled(true);
   return c;
 }
