@@ -90,7 +90,19 @@ int Main(int argc, char** argv) {
     stub_ptrs.push_back(stubs.back().get());
   }
 
-  // Preload: every key the run asks for is stored (and connects channel 0).
+  // Preload: every key the run asks for is stored (and connects channel 0),
+  // each fill carrying the sidecar's current generation (values made now).
+  v1::CacheStats stats;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status status = stubs[0]->GetStats(&ctx, v1::CacheGetStatsRequest(), &stats);
+    if (!status.ok()) {
+      std::fprintf(stderr, "error: GetStats failed: %d: %s\n",
+                   static_cast<int>(status.error_code()), status.error_message().c_str());
+      return 2;
+    }
+  }
   const std::string value(value_bytes, 'x');
   for (int64_t k = 0; k < keys; ++k) {
     grpc::ClientContext ctx;
@@ -99,6 +111,7 @@ int Main(int argc, char** argv) {
     set.set_key(absl::StrCat("key:", k));
     set.set_value(value);
     set.set_ttl_ms(3600000);
+    set.set_read_generation(stats.generation());
     v1::CacheSetResponse resp;
     grpc::Status status = stubs[0]->Set(&ctx, set, &resp);
     if (!status.ok() || !resp.stored()) {

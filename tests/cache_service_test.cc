@@ -1,6 +1,7 @@
 // Integration tests of the cache sidecar: the real `cache_server` binary,
 // called over loopback TCP and over its unix domain socket.
 
+#include <dirent.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -10,11 +11,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,10 +25,14 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/auth/token_hash.h"
+#include "common/clock/clock.h"
 #include "common/server/channel.h"
 #include "common/server/queue_service.h"
 #include "google/protobuf/util/json_util.h"
@@ -40,6 +47,7 @@
 #include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
+#include "services/query/near_cache.h"
 #include "services/query/sidecar_client.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
@@ -82,13 +90,16 @@ struct CacheServer {
   std::unique_ptr<ServiceProcess> process;
   std::string socket_path;
   std::string config_path;
+  // Null when the server has no TCP listener.
   std::shared_ptr<grpc::Channel> tcp;
   std::shared_ptr<grpc::Channel> unix_channel;
   std::unique_ptr<v1::CacheService::Stub> over_tcp;
   std::unique_ptr<v1::CacheService::Stub> over_unix;
 };
 
-std::shared_ptr<grpc::Channel> Connect(const std::string& target, int channel_id = 0) {
+// `token`: every call carries it (when not empty).
+std::shared_ptr<grpc::Channel> Connect(const std::string& target, int channel_id = 0,
+                                       const std::string& token = "") {
   grpc::ChannelArguments args;
   // A distinct argument gives a channel of its own (no shared subchannel), as a
   // second process would have.
@@ -97,6 +108,7 @@ std::shared_ptr<grpc::Channel> Connect(const std::string& target, int channel_id
   options.target = target;
   options.tls = server::PlaintextTls();
   options.args = args;
+  options.bearer_token = token;
   return *server::CreateChannel(std::move(options));
 }
 
@@ -113,14 +125,24 @@ std::string WriteConfig(const v1::CacheServiceConfig& config, const std::string&
   return path;
 }
 
+struct StartOptions {
+  // server.listen; empty: the unix socket only.
+  std::string listen = "127.0.0.1:0";
+  std::string log_level = "debug";
+  // Carried by the returned server's channels.
+  std::string token;
+};
+
 absl::StatusOr<CacheServer> StartCacheServer(v1::CacheServiceConfig config,
-                                             std::string socket_path = "") {
+                                             std::string socket_path = "",
+                                             const StartOptions& start = {}) {
   static std::atomic<int> counter{0};
   const std::string stem = absl::StrCat(testing::TestOutputDir(), "/cache_server.", getpid(),
                                         ".", counter.fetch_add(1));
   if (socket_path.empty()) socket_path = ShortTempDir() + "/cache.sock";
-  config.mutable_server()->set_listen("127.0.0.1:0");
+  config.mutable_server()->set_listen(start.listen);
   if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
+  // Written once serving, also without a TCP port ("1" then): the sign it is up.
   config.mutable_server()->set_port_file(stem + ".port");
   config.mutable_server()->set_drain_timeout_ms(5000);
   config.set_unix_socket(socket_path);
@@ -129,15 +151,19 @@ absl::StatusOr<CacheServer> StartCacheServer(v1::CacheServiceConfig config,
   server.config_path = WriteConfig(config, stem + ".json");
   absl::StatusOr<std::unique_ptr<ServiceProcess>> process = ServiceProcess::Start(
       RunfilePath("services/cache/cache_server"),
-      {absl::StrCat("--config=", server.config_path), "--log_level=debug"}, stem + ".port");
+      {absl::StrCat("--config=", server.config_path), "--log_level=" + start.log_level},
+      stem + ".port");
   if (!process.ok()) return process.status();
   server.process = *std::move(process);
-  server.tcp = Connect(server.process->address());
-  server.unix_channel = Connect("unix:" + socket_path);
-  if (!WaitConnected(server.tcp) || !WaitConnected(server.unix_channel)) {
-    return absl::UnavailableError("cannot connect to cache_server");
+  if (!start.listen.empty()) {
+    server.tcp = Connect(server.process->address(), 0, start.token);
+    if (!WaitConnected(server.tcp)) return absl::UnavailableError("cannot connect over TCP");
+    server.over_tcp = v1::CacheService::NewStub(server.tcp);
   }
-  server.over_tcp = v1::CacheService::NewStub(server.tcp);
+  server.unix_channel = Connect("unix:" + socket_path, 0, start.token);
+  if (!WaitConnected(server.unix_channel)) {
+    return absl::UnavailableError("cannot connect over the unix socket");
+  }
   server.over_unix = v1::CacheService::NewStub(server.unix_channel);
   return server;
 }
@@ -158,6 +184,16 @@ void ExpectCleanExit(CacheServer& server) {
   absl::StatusOr<int> code = server.process->Wait(absl::Seconds(20));
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0) << server.process->LogTail();
+}
+
+// Closes the test's own connections, then ExpectCleanExit: an idle client
+// connection would hold the drain for its whole timeout.
+void StopCacheServer(CacheServer& server) {
+  server.over_tcp.reset();
+  server.over_unix.reset();
+  server.tcp.reset();
+  server.unix_channel.reset();
+  ExpectCleanExit(server);
 }
 
 std::string Describe(const grpc::Status& s) {
@@ -186,9 +222,12 @@ struct Client {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     return stub->Set(&ctx, req, out);
   }
+  // kCurrent: the generation GetStats gives just before (a value read now).
+  static constexpr uint64_t kCurrent = ~uint64_t{0};
   v1::CacheSetResponse Set(const std::string& key, const std::string& value,
-                           std::vector<std::string> tags = {}, uint64_t read_generation = 0,
+                           std::vector<std::string> tags = {}, uint64_t read_generation = kCurrent,
                            uint32_t ttl_ms = 60000, uint32_t stale_ms = 0) {
+    if (read_generation == kCurrent) read_generation = Stats().generation();
     v1::CacheSetRequest req;
     req.set_key(key);
     req.set_value(value);
@@ -272,7 +311,7 @@ class CacheServiceTest : public ::testing::Test {
 CacheServer* CacheServiceTest::server_ = nullptr;
 
 TEST_F(CacheServiceTest, SetOverTcpGetOverUnixSocket) {
-  v1::CacheSetResponse set = tcp().Set("both/1", "value one", {"t1"}, 0, 60000);
+  v1::CacheSetResponse set = tcp().Set("both/1", "value one", {"t1"}, Client::kCurrent, 60000);
   EXPECT_TRUE(set.stored());
   EXPECT_EQ(set.reason(), v1::CacheSetResponse::STORED);
   v1::CacheGetResponse got = uds().Get("both/1");
@@ -480,7 +519,7 @@ TEST_F(CacheServiceTest, DeleteAndInvalidate) {
 TEST_F(CacheServiceTest, StaleWindowIsReported) {
   Client c = tcp();
   // A stale window with a fresh period: HIT now, remaining within the ttl.
-  ASSERT_TRUE(c.Set("stale/1", "v", {}, 0, 3600000, 1000).stored());
+  ASSERT_TRUE(c.Set("stale/1", "v", {}, Client::kCurrent, 3600000, 1000).stored());
   v1::CacheGetResponse got = c.Get("stale/1");
   EXPECT_EQ(got.outcome(), v1::CacheGetResponse::HIT);
   EXPECT_LE(got.remaining_ms(), 3600000u);
@@ -506,8 +545,16 @@ TEST_F(CacheServiceTest, FillRacingAnInvalidationIsRefused) {
   // A fill made before the invalidation is removed by it.
   EXPECT_EQ(writer.Invalidate({"race_table"}).removed(), 1u);
   EXPECT_EQ(reader.Get("race/q").outcome(), v1::CacheGetResponse::MISS);
-  // A generation this server never issued is refused.
-  EXPECT_EQ(reader.Set("race/q", "x", {}, 1).reason(), v1::CacheSetResponse::INVALIDATED);
+  // A generation this server never issued is an error, and stores nothing.
+  v1::CacheSetRequest forged;
+  forged.set_key("race/q");
+  forged.set_value("x");
+  forged.set_ttl_ms(60000);
+  forged.set_read_generation(1);
+  v1::CacheSetResponse refused;
+  grpc::Status status = reader.Set(forged, &refused);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << Describe(status);
+  EXPECT_EQ(reader.Get("race/q").outcome(), v1::CacheGetResponse::MISS);
 }
 
 TEST_F(CacheServiceTest, BadRequestsAreInvalidArgument) {
@@ -524,6 +571,7 @@ TEST_F(CacheServiceTest, BadRequestsAreInvalidArgument) {
   v1::CacheSetRequest req;
   req.set_key("k");
   req.set_value("v");
+  req.set_read_generation(c.Stats().generation());
   expect_invalid(c.Set(req, &set), "ttl_ms");  // ttl 0
   req.set_ttl_ms(3600001);
   expect_invalid(c.Set(req, &set), "maxTtlMs = 3600000");
@@ -646,7 +694,7 @@ TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
 
   v1::CacheStats st = c.Stats();
   EXPECT_EQ(st.entries(), 1u);
-  EXPECT_EQ(st.bytes(), 1 + 2 + 1 + 160 + 48);  // key + value + tag + overheads
+  EXPECT_EQ(st.bytes(), 1 + 2 + 1 + 184 + 48);  // key + value + tag + overheads
   EXPECT_EQ(st.hits(), 2u);
   EXPECT_EQ(st.stale_hits(), 0u);
   EXPECT_EQ(st.misses(), 2u);
@@ -658,7 +706,7 @@ TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
   EXPECT_DOUBLE_EQ(st.hit_ratio(), 0.5);
   EXPECT_EQ(st.generation(), g0 + 1);
 
-  ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*s));
   struct stat gone;
   EXPECT_NE(stat(s->socket_path.c_str(), &gone), 0) << "socket file left behind";
 }
@@ -796,16 +844,16 @@ TEST(CacheServiceWatchTest, AWatcherThatStopsReadingIsEndedAndBlocksNobody) {
   Client c{s->over_tcp.get()};
   ASSERT_EQ(c.Stats().watches(), 2u);
 
-  // More events than the sidecar queues for a watcher (4096) plus what HTTP/2
-  // flow control lets the transports buffer for the stuck stream (~4 MiB here,
-  // ~1000 of these 4 KiB events; the margin allows 30 MiB).
+  // More events than the sidecar queues for a watcher (4096 events, 4 MiB) plus
+  // what HTTP/2 flow control lets the transports buffer for the stuck stream
+  // (~4 MiB here, ~1000 of these 4 KiB events; the margin allows 30 MiB).
   constexpr int kInvalidations = 12000;
-  const std::string padding(4000, 'p');
+  const std::string padding(240, 'p');  // 16 tags within maxKeyBytes: ~4 KiB
   std::vector<uint64_t> generations;
   generations.reserve(kInvalidations);
   for (int i = 0; i < kInvalidations; ++i) {
     v1::CacheInvalidateRequest request;
-    request.add_tags(absl::StrCat("stuck/", i, "/", padding));
+    for (int t = 0; t < 16; ++t) request.add_tags(absl::StrCat("stuck/", i, "/", t, padding));
     request.set_source("test");
     v1::CacheInvalidateResponse response;
     grpc::Status status = c.Invalidate(request, &response);
@@ -953,7 +1001,16 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
           out.generations.push_back(response.generation());
           expected.clear();
         } else if (i % 3 == 0) {
+          // Read, then fill with the generation of the read.
+          v1::CacheGetResponse read;
+          grpc::Status got = client.Get(key, &read);
+          if (!got.ok()) {
+            ++out.failed_calls;
+            problem(absl::StrCat("Get before Set: ", Describe(got)));
+            continue;
+          }
           v1::CacheSetRequest request;
+          request.set_read_generation(read.generation());
           request.set_key(key);
           request.set_value(absl::StrCat("value ", t, "/", i));
           request.set_ttl_ms(60000);
@@ -1079,6 +1136,662 @@ TEST(CacheServiceConfigTest, AnUnusableSocketPathIsNamed) {
   EXPECT_EQ(run->exit_code, 1) << run->output;
   EXPECT_TRUE(absl::StrContains(run->output, "cannot listen on 127.0.0.1:0 or unix:" + socket))
       << run->output;
+}
+
+// --- The sidecar trusts no one by default ---
+
+// Sockets of `pid` listening on TCP (any address): their local ports, from
+// /proc (the process's socket inodes matched against /proc/PID/net/tcp{,6}).
+std::vector<int> ListeningTcpPorts(pid_t pid) {
+  std::set<std::string> inodes;
+  const std::string fd_dir = absl::StrCat("/proc/", pid, "/fd");
+  if (DIR* dir = opendir(fd_dir.c_str())) {
+    while (dirent* e = readdir(dir)) {
+      char target[256];
+      const ssize_t n =
+          readlink(absl::StrCat(fd_dir, "/", e->d_name).c_str(), target, sizeof(target) - 1);
+      if (n <= 0) continue;
+      absl::string_view link(target, n);
+      if (absl::ConsumePrefix(&link, "socket:[") && absl::ConsumeSuffix(&link, "]")) {
+        inodes.insert(std::string(link));
+      }
+    }
+    closedir(dir);
+  }
+  std::vector<int> ports;
+  for (const char* table : {"tcp", "tcp6"}) {
+    std::ifstream in(absl::StrCat("/proc/", pid, "/net/", table));
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::vector<std::string> f = absl::StrSplit(line, ' ', absl::SkipEmpty());
+      // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+      if (f.size() < 10 || f[3] != "0A" || !inodes.count(f[9])) continue;  // 0A: LISTEN
+      ports.push_back(std::stoi(f[1].substr(f[1].rfind(':') + 1), nullptr, 16));
+    }
+  }
+  return ports;
+}
+
+// Without server.listen the sidecar serves its unix socket and nothing else
+// (Kubernetes runs it so); --probe checks it over that socket. A sidecar with
+// a TCP address is the control: the same check finds its port.
+TEST(CacheServiceSecurityTest, UnixOnlySidecarHasNoTcpListenerAndAnswersItsProbe) {
+  StartOptions unix_only;
+  unix_only.listen = "";
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), "", unix_only);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(ListeningTcpPorts(s->process->pid()), std::vector<int>{});
+  Client c{s->over_unix.get()};
+  const uint64_t g = c.Get("unix/k").generation();
+  EXPECT_TRUE(c.Set("unix/k", "v", {}, g).stored());
+  EXPECT_EQ(c.Get("unix/k").value(), "v");
+  for (const char* probe : {"liveness", "readiness"}) {
+    absl::StatusOr<testing::CommandResult> ok =
+        testing::RunCommand({RunfilePath("services/cache/cache_server"),
+                             "--config=" + s->config_path, absl::StrCat("--probe=", probe)});
+    ASSERT_TRUE(ok.ok()) << ok.status();
+    EXPECT_EQ(ok->exit_code, 0) << ok->output;
+    EXPECT_TRUE(absl::StrContains(ok->output, "SERVING")) << ok->output;
+  }
+
+  absl::StatusOr<CacheServer> control = StartCacheServer(SmallConfig());
+  ASSERT_TRUE(control.ok()) << control.status();
+  EXPECT_EQ(ListeningTcpPorts(control->process->pid()), std::vector<int>{control->process->port()});
+
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*s));
+  absl::StatusOr<testing::CommandResult> gone =
+      testing::RunCommand({RunfilePath("services/cache/cache_server"), "--config=" + s->config_path,
+                           "--probe=liveness"});
+  ASSERT_TRUE(gone.ok()) << gone.status();
+  EXPECT_EQ(gone->exit_code, 1) << gone->output;
+}
+
+// Plaintext and unauthenticated on an address others can reach: the sidecar
+// does not start, and says which setting to change.
+TEST(CacheServiceSecurityTest, NonLoopbackTcpWithoutAuthenticationDoesNotStart) {
+  const std::string dir = testing::TestOutputDir();
+  struct Case {
+    std::string name;
+    std::function<void(v1::CacheServiceConfig*)> edit;
+    std::vector<std::string> flags;
+  };
+  const std::vector<Case> cases = {
+      {"all-ipv4", [](v1::CacheServiceConfig* c) { c->mutable_server()->set_listen("0.0.0.0:0"); }},
+      {"all-ipv6", [](v1::CacheServiceConfig* c) { c->mutable_server()->set_listen("[::]:0"); }},
+      {"disabled",
+       [](v1::CacheServiceConfig* c) {
+         c->mutable_server()->set_listen("0.0.0.0:0");
+         c->mutable_auth()->set_disabled(true);
+       }},
+      {"flag",
+       [](v1::CacheServiceConfig* c) { c->mutable_server()->set_listen("127.0.0.1:0"); },
+       {"--listen=0.0.0.0:0"}},
+  };
+  for (const Case& t : cases) {
+    v1::CacheServiceConfig config = SmallConfig();
+    config.set_unix_socket(ShortTempDir() + "/never.sock");
+    t.edit(&config);
+    const std::string path = WriteConfig(config, absl::StrCat(dir, "/open_", t.name, ".json"));
+    for (const bool check_only : {false, true}) {
+      std::vector<std::string> argv = {RunfilePath("services/cache/cache_server"),
+                                       "--config=" + path};
+      argv.insert(argv.end(), t.flags.begin(), t.flags.end());
+      if (check_only) argv.push_back("--check_config");
+      absl::StatusOr<testing::CommandResult> run = testing::RunCommand(argv);
+      ASSERT_TRUE(run.ok()) << run.status();
+      EXPECT_EQ(run->exit_code, 2) << t.name << ": " << run->output;
+      EXPECT_TRUE(absl::StrContains(run->output, "is not a loopback address")) << run->output;
+      EXPECT_TRUE(absl::StrContains(run->output, "auth.principalsFile")) << run->output;
+      EXPECT_TRUE(absl::StrContains(run->output, "requireClientCert")) << run->output;
+    }
+    struct stat st;
+    EXPECT_NE(stat(config.unix_socket().c_str(), &st), 0) << t.name << ": it served";
+  }
+}
+
+// A TCP address for everyone, with principals: no call without a known token,
+// reads and writes by role, on both listeners; the health check stays open
+// for probes; the query service's client sends its token from the config.
+TEST(CacheServiceSecurityTest, WithPrincipalsEveryCallNeedsAToken) {
+  const std::string writer_token = "writer-token-0123456789abcdef";
+  const std::string reader_token = "reader-token-0123456789abcdef";
+  v1::CacheServiceConfig config = SmallConfig();
+  v1::PrincipalConfig* writer = config.mutable_auth()->add_principals();
+  writer->set_name("query");
+  writer->set_token_sha256(auth::Sha256Hex(writer_token));
+  writer->add_roles("read");
+  writer->add_roles("write");
+  v1::PrincipalConfig* reader = config.mutable_auth()->add_principals();
+  reader->set_name("dashboard");
+  reader->set_token_sha256(auth::Sha256Hex(reader_token));
+  reader->add_roles("read");
+  StartOptions open;
+  open.listen = "0.0.0.0:0";  // allowed: calls are authenticated
+  open.token = writer_token;
+  absl::StatusOr<CacheServer> s = StartCacheServer(config, "", open);
+  ASSERT_TRUE(s.ok()) << s.status();
+  Client writes{s->over_tcp.get()};
+
+  const std::string tcp_target = s->process->address();
+  const std::string unix_target = "unix:" + s->socket_path;
+  int id = 10;
+  for (const std::string& target : {tcp_target, unix_target}) {
+    SCOPED_TRACE(target);
+    for (const std::string& token : {std::string(), std::string("not-a-known-token")}) {
+      auto channel = Connect(target, ++id, token);
+      auto stub = v1::CacheService::NewStub(channel);
+      Client stranger{stub.get()};
+      v1::CacheGetResponse got;
+      EXPECT_EQ(stranger.Get("auth/k", &got).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+      v1::CacheSetRequest set;
+      set.set_key("auth/k");
+      set.set_value("forged");
+      set.set_ttl_ms(60000);
+      set.set_read_generation(got.generation() != 0 ? got.generation()
+                                                    : writes.Stats().generation());
+      v1::CacheSetResponse stored;
+      grpc::Status denied = stranger.Set(set, &stored);
+      EXPECT_EQ(denied.error_code(), grpc::StatusCode::UNAUTHENTICATED) << Describe(denied);
+      v1::CacheInvalidateRequest flush;
+      flush.set_flush_all(true);
+      v1::CacheInvalidateResponse flushed;
+      EXPECT_EQ(stranger.Invalidate(flush, &flushed).error_code(),
+                grpc::StatusCode::UNAUTHENTICATED);
+      grpc::ClientContext stats_ctx;
+      v1::CacheStats stats;
+      EXPECT_EQ(stub->GetStats(&stats_ctx, v1::CacheGetStatsRequest(), &stats).error_code(),
+                grpc::StatusCode::UNAUTHENTICATED);
+      grpc::ClientContext watch_ctx;
+      watch_ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      auto watch = stub->WatchInvalidations(&watch_ctx, v1::CacheWatchRequest());
+      v1::CacheInvalidationEvent event;
+      EXPECT_FALSE(watch->Read(&event)) << event.ShortDebugString();
+      EXPECT_EQ(watch->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+      // Probes need no token.
+      auto health = ::grpc::health::v1::Health::NewStub(channel);
+      grpc::ClientContext health_ctx;
+      ::grpc::health::v1::HealthCheckResponse serving;
+      EXPECT_TRUE(
+          health->Check(&health_ctx, ::grpc::health::v1::HealthCheckRequest(), &serving).ok());
+    }
+
+    auto reader_channel = Connect(target, ++id, reader_token);
+    auto reader_stub = v1::CacheService::NewStub(reader_channel);
+    Client reads{reader_stub.get()};
+    v1::CacheGetResponse miss;
+    ASSERT_TRUE(reads.Get("auth/k", &miss).ok());
+    EXPECT_EQ(miss.outcome(), v1::CacheGetResponse::MISS);
+    v1::CacheSetRequest set;
+    set.set_key("auth/k");
+    set.set_value("from a reader");
+    set.set_ttl_ms(60000);
+    set.set_read_generation(miss.generation());
+    v1::CacheSetResponse stored;
+    grpc::Status denied = reads.Set(set, &stored);
+    EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED) << Describe(denied);
+    EXPECT_TRUE(absl::StrContains(denied.error_message(), "\"write\"")) << Describe(denied);
+    v1::CacheInvalidateRequest flush;
+    flush.set_flush_all(true);
+    v1::CacheInvalidateResponse flushed;
+    EXPECT_EQ(reads.Invalidate(flush, &flushed).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+    EXPECT_EQ(reads.Stats().entries(), 0u);  // nothing got in
+    absl::StatusOr<std::unique_ptr<RawWatch>> watch =
+        OpenRawWatch(reader_stub.get(), absl::Seconds(10));
+    EXPECT_TRUE(watch.ok()) << watch.status();
+  }
+  // The writer's token: a read, then a fill; both listeners see it.
+  const uint64_t g = writes.Get("auth/k").generation();
+  EXPECT_TRUE(writes.Set("auth/k", "real", {"t"}, g).stored());
+  EXPECT_EQ(Client{s->over_unix.get()}.Get("auth/k").value(), "real");
+
+  // The query service's client, its token from cache.tokenEnv.
+  ASSERT_EQ(setenv("POOLSIDE_TEST_SIDECAR_TOKEN", writer_token.c_str(), 1), 0);
+  v1::QueryCacheConfig query_cache;
+  query_cache.set_target(unix_target);
+  query_cache.set_call_timeout_ms(10000);
+  query_cache.set_keepalive_ms(5000);
+  query_cache.set_token_env("POOLSIDE_TEST_SIDECAR_TOKEN");
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client =
+      query::SidecarClient::Create(query_cache);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::Notification got;
+  absl::StatusOr<query::CacheLookup> lookup;
+  (*client)->Get("auth/k", [&](absl::StatusOr<query::CacheLookup> r) {
+    lookup = std::move(r);
+    got.Notify();
+  });
+  ASSERT_TRUE(got.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(lookup.ok()) << lookup.status();
+  EXPECT_EQ(lookup->value, "real");
+  query_cache.set_token_env("POOLSIDE_TEST_SIDECAR_TOKEN_UNSET");
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> unset =
+      query::SidecarClient::Create(query_cache);
+  EXPECT_EQ(unset.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(unset.status().message(), "cache.tokenEnv")) << unset.status();
+  query_cache.clear_token_env();
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> tokenless =
+      query::SidecarClient::Create(query_cache);
+  ASSERT_TRUE(tokenless.ok()) << tokenless.status();
+  absl::Notification refused;
+  (*tokenless)->Get("auth/k", [&](absl::StatusOr<query::CacheLookup> r) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnauthenticated) << r.status();
+    refused.Notify();
+  });
+  ASSERT_TRUE(refused.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  client->reset();
+  tokenless->reset();
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*s));
+}
+
+// --- Forged fills ---
+
+v1::CacheSetRequest Fill(const std::string& key, const std::string& value, uint64_t generation) {
+  v1::CacheSetRequest request;
+  request.set_key(key);
+  request.set_value(value);
+  request.set_ttl_ms(60000);
+  request.set_read_generation(generation);
+  return request;
+}
+
+// A Set with a generation this sidecar never handed out (0, or above the
+// current one) is FAILED_PRECONDITION and stores nothing; an honest miss and
+// fill still stores.
+TEST_F(CacheServiceTest, ForgedGenerationsAreRefusedAndStoreNothing) {
+  Client c = uds();
+  const v1::CacheStats before = c.Stats();
+  const uint64_t now = before.generation();
+  for (uint64_t g : {uint64_t{0}, now + 1, now + 1000000, ~uint64_t{0}}) {
+    v1::CacheSetResponse response;
+    grpc::Status status = c.Set(Fill("forged/k", "forged rows", g), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << g << ": " << Describe(status);
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "read_generation")) << Describe(status);
+    EXPECT_EQ(c.Get("forged/k").outcome(), v1::CacheGetResponse::MISS) << g;
+  }
+  v1::CacheSetResponse response;
+  EXPECT_TRUE(absl::StrContains(c.Set(Fill("forged/k", "x", 0), &response).error_message(),
+                                "read_generation is 0"));
+  const v1::CacheStats after = c.Stats();
+  EXPECT_EQ(after.sets(), before.sets());
+  EXPECT_EQ(after.sets_rejected(), before.sets_rejected() + 5);
+  EXPECT_EQ(after.generation(), now);
+
+  // The honest way: a Get that misses, then the fill with its generation.
+  v1::CacheGetResponse miss = c.Get("forged/k");
+  ASSERT_EQ(miss.outcome(), v1::CacheGetResponse::MISS);
+  EXPECT_TRUE(c.Set("forged/k", "real rows", {}, miss.generation()).stored());
+  v1::CacheGetResponse hit = tcp().Get("forged/k");
+  EXPECT_EQ(hit.outcome(), v1::CacheGetResponse::HIT);
+  EXPECT_EQ(hit.value(), "real rows");
+}
+
+// Generations of an earlier incarnation of the sidecar (same socket, same
+// clients) mean nothing to the new one.
+TEST(CacheServiceForgeryTest, AnEarlierIncarnationsGenerationIsRefused) {
+  const std::string socket = ShortTempDir() + "/cache.sock";
+  absl::StatusOr<CacheServer> first = StartCacheServer(SmallConfig(), socket);
+  ASSERT_TRUE(first.ok()) << first.status();
+  uint64_t old_generation = 0;
+  {
+    Client c{first->over_unix.get()};
+    for (int i = 0; i < 5; ++i) c.Invalidate({absl::StrCat("before/", i)});
+    old_generation = c.Get("restart/k").generation();
+    ASSERT_NO_FATAL_FAILURE(StopCacheServer(*first));
+  }
+  absl::StatusOr<CacheServer> second = StartCacheServer(SmallConfig(), socket);
+  ASSERT_TRUE(second.ok()) << second.status();
+  Client c{second->over_unix.get()};
+  const uint64_t start = c.Stats().generation();
+  EXPECT_GT(start, old_generation);
+  for (uint64_t g : {old_generation, old_generation - 3, start - 1}) {
+    v1::CacheSetResponse response;
+    grpc::Status status = c.Set(Fill("restart/k", "from before the restart", g), &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+        << g << ": " << Describe(status);
+    EXPECT_TRUE(absl::StrContains(status.error_message(), "not handed out by this cache sidecar"))
+        << Describe(status);
+  }
+  EXPECT_EQ(c.Get("restart/k").outcome(), v1::CacheGetResponse::MISS);
+  EXPECT_EQ(c.Stats().sets(), 0u);
+  // The query service's client counts such a refusal as "not stored", not as
+  // a failure of the sidecar.
+  v1::ClientTlsConfig plaintext;
+  plaintext.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+      "unix:" + socket, plaintext, absl::Seconds(10), absl::Seconds(5));
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::Notification done;
+  absl::StatusOr<bool> stored;
+  query::CacheFill fill;
+  fill.key = "restart/k";
+  fill.value = "from before the restart";
+  fill.ttl = absl::Seconds(60);
+  fill.read_generation = old_generation;
+  (*client)->Set(std::move(fill), [&](absl::StatusOr<bool> r) {
+    stored = std::move(r);
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_FALSE(*stored);
+  EXPECT_EQ(c.Get("restart/k").outcome(), v1::CacheGetResponse::MISS);
+  client->reset();
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*second));
+}
+
+// --- Bounded Invalidate ---
+
+TEST(CacheServiceLimitsTest, InvalidateOverEachBoundIsRefusedAndChangesNothing) {
+  v1::CacheServiceConfig config = SmallConfig();
+  config.set_max_invalidate_tags(8);
+  config.set_max_invalidate_prefixes(4);
+  config.set_max_invalidate_bytes(1000);
+  absl::StatusOr<CacheServer> s = StartCacheServer(config);
+  ASSERT_TRUE(s.ok()) << s.status();
+  Client c{s->over_unix.get()};
+  ASSERT_TRUE(c.Set("bound/k", "v", {"t0"}).stored());
+  const uint64_t generation = c.Stats().generation();
+
+  auto request = [](int tags, int prefixes, size_t each) {
+    v1::CacheInvalidateRequest r;
+    for (int i = 0; i < tags; ++i) r.add_tags(absl::StrCat("t", i, std::string(each - 2, 'x')));
+    for (int i = 0; i < prefixes; ++i) r.add_prefixes(absl::StrCat("bound/", i));
+    r.add_tags("t0");  // would remove bound/k
+    r.set_source("test");
+    return r;
+  };
+  struct Case {
+    v1::CacheInvalidateRequest request;
+    std::string limit;
+  };
+  std::vector<Case> cases = {
+      {request(8, 0, 10), "maxInvalidateTags = 8"},
+      {request(0, 5, 10), "maxInvalidatePrefixes = 4"},
+      {request(4, 0, 250), "maxInvalidateBytes = 1000"},
+      {request(1, 0, 257), "maxKeyBytes = 256"},
+  };
+  v1::CacheInvalidateRequest long_prefix = request(0, 0, 0);
+  long_prefix.add_prefixes(std::string(257, 'p'));
+  cases.push_back({long_prefix, "maxKeyBytes = 256"});
+  v1::CacheInvalidateRequest long_source = request(0, 0, 0);
+  long_source.set_source(std::string(129, 's'));
+  cases.push_back({long_source, "source"});
+  for (const Case& t : cases) {
+    v1::CacheInvalidateResponse response;
+    grpc::Status status = c.Invalidate(t.request, &response);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << Describe(status);
+    EXPECT_TRUE(absl::StrContains(status.error_message(), t.limit))
+        << t.limit << ": " << Describe(status);
+  }
+  EXPECT_EQ(c.Stats().generation(), generation);
+  EXPECT_EQ(c.Get("bound/k").outcome(), v1::CacheGetResponse::HIT);
+
+  // At every bound at once: accepted.
+  v1::CacheInvalidateRequest at_bounds;
+  for (int i = 0; i < 7; ++i) at_bounds.add_tags(absl::StrCat("u", i, std::string(100, 'x')));
+  at_bounds.add_tags("t0");
+  for (int i = 0; i < 4; ++i) at_bounds.add_prefixes(absl::StrCat("p", i, std::string(60, 'x')));
+  v1::CacheInvalidateResponse response;
+  grpc::Status status = c.Invalidate(at_bounds, &response);
+  ASSERT_TRUE(status.ok()) << Describe(status);
+  EXPECT_EQ(response.removed(), 1u);
+  EXPECT_EQ(c.Get("bound/k").outcome(), v1::CacheGetResponse::MISS);
+
+  // The query service's client splits a long tag list into calls within the
+  // sidecar's default bounds (1024 tags): 2500 tags are three calls, one
+  // answer.
+  v1::CacheServiceConfig defaults = SmallConfig();
+  absl::StatusOr<CacheServer> d = StartCacheServer(defaults);
+  ASSERT_TRUE(d.ok()) << d.status();
+  Client dc{d->over_unix.get()};
+  ASSERT_TRUE(dc.Set("split/a", "v", {"tag-0"}).stored());
+  ASSERT_TRUE(dc.Set("split/b", "v", {"tag-2499"}).stored());
+  const uint64_t before = dc.Stats().generation();
+  v1::ClientTlsConfig plaintext;
+  plaintext.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+      "unix:" + d->socket_path, plaintext, absl::Seconds(10), absl::Seconds(5));
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::vector<std::string> tags;
+  for (int i = 0; i < 2500; ++i) tags.push_back(absl::StrCat("tag-", i));
+  absl::Notification done;
+  absl::Status result;
+  (*client)->Invalidate(tags, false, "test", absl::Seconds(10), [&](absl::Status st) {
+    result = st;
+    done.Notify();
+  });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_TRUE(result.ok()) << result;
+  EXPECT_EQ(dc.Stats().generation(), before + 3);
+  EXPECT_EQ(dc.Get("split/a").outcome(), v1::CacheGetResponse::MISS);
+  EXPECT_EQ(dc.Get("split/b").outcome(), v1::CacheGetResponse::MISS);
+  client->reset();
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*d));
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*s));
+}
+
+// --- Bounded watches ---
+
+// Sends `n` Invalidate calls, `make(i)` each, from `threads` connections of
+// their own: the generations they were given (unordered), or the first error.
+absl::StatusOr<std::vector<uint64_t>> InvalidateMany(
+    const std::string& target, int n, int threads,
+    const std::function<v1::CacheInvalidateRequest(int)>& make) {
+  std::vector<std::vector<uint64_t>> generations(threads);
+  std::vector<std::string> errors(threads);
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      auto channel = Connect(target, 1000 + t);
+      auto stub = v1::CacheService::NewStub(channel);
+      Client c{stub.get()};
+      for (int i = t; i < n; i += threads) {
+        v1::CacheInvalidateResponse response;
+        grpc::Status status = c.Invalidate(make(i), &response);
+        if (!status.ok()) {
+          errors[t] = absl::StrCat("Invalidate ", i, ": ", Describe(status));
+          return;
+        }
+        generations[t].push_back(response.generation());
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+  std::vector<uint64_t> all;
+  for (int t = 0; t < threads; ++t) {
+    if (!errors[t].empty()) return absl::InternalError(errors[t]);
+    all.insert(all.end(), generations[t].begin(), generations[t].end());
+  }
+  return all;
+}
+
+// Reads a stuck watch to its end: how many events it still had, and its status.
+std::pair<int, grpc::Status> Drain(RawWatch& watch, int most) {
+  int read = 0;
+  v1::CacheInvalidationEvent event;
+  while (read < most && watch.reader->Read(&event)) ++read;
+  if (read == most) watch.context.TryCancel();
+  return {read, watch.reader->Finish()};
+}
+
+// A watcher that never reads while 100k invalidations (1 KiB of tags each)
+// happen: the sidecar's memory stays bounded (neither the watch's queue nor
+// the generation records keep them all), and the watcher, once it reads,
+// learns that it fell behind and must flush and watch again.
+TEST(CacheServiceWatchTest, AWatcherThatNeverReadsCostsBoundedMemoryAndLearnsToResync) {
+  StartOptions quiet;
+  quiet.log_level = "info";  // no log line per Invalidate
+  v1::CacheServiceConfig config = SmallConfig();
+  config.set_max_key_bytes(1024);  // one 1 KiB tag per event
+  absl::StatusOr<CacheServer> s = StartCacheServer(config, "", quiet);
+  ASSERT_TRUE(s.ok()) << s.status();
+  absl::StatusOr<std::unique_ptr<RawWatch>> stuck =
+      OpenRawWatch(s->over_unix.get(), absl::Seconds(120));
+  ASSERT_TRUE(stuck.ok()) << stuck.status();
+  Client c{s->over_unix.get()};
+  ASSERT_EQ(c.Stats().watches(), 1u);
+  const int64_t baseline_kb = s->process->RssKb();
+  ASSERT_GT(baseline_kb, 0);
+
+  constexpr int kInvalidations = 100000;
+  const std::string padding(1000, 'p');
+  absl::StatusOr<std::vector<uint64_t>> generations =
+      InvalidateMany("unix:" + s->socket_path, kInvalidations, 4, [&](int i) {
+        v1::CacheInvalidateRequest r;
+        r.add_tags(absl::StrCat(i, "/", padding));
+        r.set_source("test");
+        return r;
+      });
+  ASSERT_TRUE(generations.ok()) << generations.status();
+  ASSERT_EQ(generations->size(), static_cast<size_t>(kInvalidations));
+  // Unbounded, the watch's queue alone would hold about 100 MiB.
+  const int64_t peak_kb = s->process->PeakRssKb();
+  std::printf("RSS: %lld KiB at the start, peak %lld KiB\n", static_cast<long long>(baseline_kb),
+              static_cast<long long>(peak_kb));
+  EXPECT_LT(peak_kb - baseline_kb, 64 << 10)
+      << "peak RSS " << peak_kb << " KiB after starting at " << baseline_kb << " KiB";
+  EXPECT_TRUE(Eventually([&] { return c.Stats().watches() == 0; }, absl::Seconds(10)))
+      << c.Stats().watches() << " watches";
+
+  auto [read, end] = Drain(**stuck, kInvalidations + 1);
+  EXPECT_LT(read, kInvalidations) << "the watcher was sent every event";
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(end);
+  EXPECT_TRUE(absl::StrContains(end.error_message(), "watch again")) << Describe(end);
+  // The sidecar goes on serving, and a new watch starts afresh.
+  EXPECT_TRUE(c.Set("after/k", "v").stored());
+  absl::StatusOr<std::unique_ptr<RawWatch>> again =
+      OpenRawWatch(s->over_unix.get(), absl::Seconds(30));
+  EXPECT_TRUE(again.ok()) << again.status();
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*s));
+}
+
+// Few events, each large: the watch's queue is bounded by bytes too.
+TEST(CacheServiceWatchTest, AStuckWatchersQueueIsBoundedInBytes) {
+  StartOptions quiet;
+  quiet.log_level = "info";
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), "", quiet);
+  ASSERT_TRUE(s.ok()) << s.status();
+  absl::StatusOr<std::unique_ptr<RawWatch>> stuck =
+      OpenRawWatch(s->over_unix.get(), absl::Seconds(120));
+  ASSERT_TRUE(stuck.ok()) << stuck.status();
+  const int64_t baseline_kb = s->process->RssKb();
+  // 200 KiB each: 600 of them are far fewer events than a queue may hold
+  // (4096), and ~120 MiB.
+  constexpr int kInvalidations = 600;
+  const std::string padding(240, 'q');
+  absl::StatusOr<std::vector<uint64_t>> generations =
+      InvalidateMany("unix:" + s->socket_path, kInvalidations, 2, [&](int i) {
+        v1::CacheInvalidateRequest r;
+        for (int t = 0; t < 800; ++t) r.add_tags(absl::StrCat(i, "/", t, padding));
+        r.set_source("test");
+        return r;
+      });
+  ASSERT_TRUE(generations.ok()) << generations.status();
+  const int64_t peak_kb = s->process->PeakRssKb();
+  std::printf("RSS: %lld KiB at the start, peak %lld KiB\n", static_cast<long long>(baseline_kb),
+              static_cast<long long>(peak_kb));
+  EXPECT_LT(peak_kb - baseline_kb, 64 << 10)
+      << "peak RSS " << peak_kb << " KiB after starting at " << baseline_kb << " KiB";
+  auto [read, end] = Drain(**stuck, kInvalidations + 1);
+  EXPECT_LT(read, kInvalidations / 2);
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Describe(end);
+  EXPECT_TRUE(absl::StrContains(end.error_message(), "bytes")) << Describe(end);
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*s));
+}
+
+// The query service's side of a watch that fell behind: its client (blocked
+// here in its event callback, as a stuck replica would be) is ended by the
+// sidecar, reports kBroken, watches again; the near cache it feeds stops
+// serving at kBroken and empties itself at kSubscribed, so an entry whose
+// invalidation was dropped is not served.
+TEST(CacheServiceWatchTest, TheQueryClientFlushesItsNearCacheWhenItsWatchFellBehind) {
+  StartOptions quiet;
+  quiet.log_level = "info";
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), "", quiet);
+  ASSERT_TRUE(s.ok()) << s.status();
+  Client c{s->over_unix.get()};
+  SimulatedClock clock;  // entries never expire by themselves here
+  query::NearCache::Options near_options;
+  near_options.capacity_bytes = 1 << 20;
+  near_options.max_ttl = absl::Hours(1);
+  near_options.clock = &clock;
+  near_options.reaper = false;
+  query::NearCache near(near_options);
+
+  v1::ClientTlsConfig plaintext;
+  plaintext.set_plaintext(true);
+  absl::StatusOr<std::unique_ptr<query::SidecarClient>> client = query::SidecarClient::Create(
+      "unix:" + s->socket_path, plaintext, absl::Seconds(10), absl::Seconds(5));
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::Notification unblock;
+  absl::Mutex mu;
+  std::vector<query::CacheInvalidationEvent> events;
+  ASSERT_TRUE((*client)->Watch([&](const query::CacheInvalidationEvent& e) {
+    near.OnEvent(e);
+    bool first_invalidation;
+    {
+      absl::MutexLock lock(&mu);
+      events.push_back(e);
+      first_invalidation = e.kind == query::CacheInvalidationEvent::kInvalidate &&
+                           std::count_if(events.begin(), events.end(), [](const auto& x) {
+                             return x.kind == query::CacheInvalidationEvent::kInvalidate;
+                           }) == 1;
+    }
+    if (first_invalidation) unblock.WaitForNotification();  // stuck: reads nothing more
+  }));
+  auto count = [&](query::CacheInvalidationEvent::Kind kind) {
+    absl::MutexLock lock(&mu);
+    return std::count_if(events.begin(), events.end(),
+                         [kind](const auto& e) { return e.kind == kind; });
+  };
+  ASSERT_TRUE(Eventually([&] { return near.serving(); }, absl::Seconds(10)));
+  v1::ResultSet rows;
+  rows.add_columns()->set_name("v");
+  ASSERT_TRUE(near.Fill("q/x", std::make_shared<const v1::ResultSet>(rows), absl::Hours(1), {"x"},
+                        near.ReadGeneration()));
+  ASSERT_NE(near.Get("q/x"), nullptr);
+
+  // Enough 4 KiB events to overflow what the sidecar queues for the watcher
+  // plus what the transports buffer; then the invalidation of the entry's
+  // tag, which the ended watch never carries.
+  absl::StatusOr<std::vector<uint64_t>> flood =
+      InvalidateMany("unix:" + s->socket_path, 12000, 2, [](int i) {
+        v1::CacheInvalidateRequest r;
+        for (int t = 0; t < 16; ++t)
+          r.add_tags(absl::StrCat("flood/", i, "/", t, std::string(240, 'f')));
+        return r;
+      });
+  ASSERT_TRUE(flood.ok()) << flood.status();
+  EXPECT_TRUE(Eventually([&] { return c.Stats().watches() == 0; }, absl::Seconds(10)))
+      << "the stuck watch was never ended";
+  c.Invalidate({"x"});
+  EXPECT_NE(near.Get("q/x"), nullptr);  // stale, and served until the client learns
+  unblock.Notify();
+
+  ASSERT_TRUE(Eventually([&] { return count(query::CacheInvalidationEvent::kSubscribed) == 2; },
+                         absl::Seconds(30)));
+  EXPECT_EQ(count(query::CacheInvalidationEvent::kBroken), 1);
+  const int64_t received = count(query::CacheInvalidationEvent::kInvalidate);
+  std::printf("the stuck client received %lld of 12000 invalidations\n",
+              static_cast<long long>(received));
+  EXPECT_LT(received, 12000);
+  {
+    absl::MutexLock lock(&mu);
+    for (const auto& e : events) {
+      EXPECT_TRUE(std::find(e.tags.begin(), e.tags.end(), "x") == e.tags.end())
+          << "the dropped invalidation arrived after all";
+    }
+  }
+  EXPECT_TRUE(near.serving());
+  EXPECT_EQ(near.Get("q/x"), nullptr) << "a result whose invalidation was dropped is served";
+  EXPECT_TRUE(near.Fill("q/x", std::make_shared<const v1::ResultSet>(rows), absl::Hours(1), {"x"},
+                        near.ReadGeneration()));
+  EXPECT_NE(near.Get("q/x"), nullptr);
+  (*client)->StopWatching();
+  client->reset();
+  ASSERT_NO_FATAL_FAILURE(StopCacheServer(*s));
 }
 
 }  // namespace

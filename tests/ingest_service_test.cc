@@ -28,13 +28,17 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/auth/token_hash.h"
 #include "common/server/channel.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
+#include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "gtest/gtest.h"
 #include "proto/poolside/v1/common.pb.h"
 #include "proto/poolside/v1/config.pb.h"
@@ -213,6 +217,130 @@ v1::GetIngestStatsResponse Stats(IngestServer& server) {
   return stats;
 }
 
+// A call made with raw bytes (a generic stub), so that the messages on the
+// wire are exactly `messages`, malformed or not: their answers, as bytes, and
+// the call's status.
+struct RawCallResult {
+  std::vector<std::string> responses;
+  grpc::Status status;
+};
+
+class RawStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  RawStream(grpc::GenericStub* stub, const std::string& method,
+            std::vector<std::shared_ptr<const std::string>> messages, absl::Duration timeout)
+      : messages_(std::move(messages)) {
+    ctx_.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    stub->PrepareBidiStreamingCall(&ctx_, method, grpc::StubOptions(), this);
+    StartRead(&read_);
+    NextWrite();
+    StartCall();
+  }
+
+  RawCallResult Wait() {
+    done_.WaitForNotification();
+    absl::MutexLock lock(&mu_);
+    return result_;
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (ok) NextWrite();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    std::vector<grpc::Slice> slices;
+    (void)read_.Dump(&slices);
+    std::string bytes;
+    for (const grpc::Slice& s : slices) {
+      bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      result_.responses.push_back(std::move(bytes));
+    }
+    StartRead(&read_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      result_.status = status;
+    }
+    done_.Notify();
+  }
+
+ private:
+  void NextWrite() {
+    if (next_ == messages_.size()) {
+      StartWritesDone();
+      return;
+    }
+    // Not copied: messages_ outlives the call.
+    const std::string& m = *messages_[next_++];
+    grpc::Slice slice(m.data(), m.size(), grpc::Slice::STATIC_SLICE);
+    write_ = grpc::ByteBuffer(&slice, 1);
+    StartWrite(&write_);
+  }
+
+  grpc::ClientContext ctx_;
+  const std::vector<std::shared_ptr<const std::string>> messages_;
+  size_t next_ = 0;  // only touched by the write chain
+  grpc::ByteBuffer write_, read_;
+  absl::Mutex mu_;
+  RawCallResult result_ ABSL_GUARDED_BY(mu_);
+  absl::Notification done_;
+};
+
+RawCallResult RawCall(grpc::Channel* channel, const std::string& method,
+                      std::vector<std::shared_ptr<const std::string>> messages,
+                      absl::Duration timeout = absl::Seconds(60)) {
+  grpc::GenericStub stub(channel->shared_from_this());
+  RawStream call(&stub, absl::StrCat("/poolside.v1.IngestService/", method), std::move(messages),
+                 timeout);
+  return call.Wait();
+}
+
+std::vector<std::shared_ptr<const std::string>> Serialized(
+    const std::vector<google::protobuf::MessageLite*>& messages) {
+  std::vector<std::shared_ptr<const std::string>> out;
+  for (auto* m : messages) {
+    out.push_back(std::make_shared<const std::string>(m->SerializeAsString()));
+  }
+  return out;
+}
+
+// `message` serialized, with the text "MALFORMED!" in it replaced by bytes
+// that are not UTF-8: what protobuf refuses to parse as a string field.
+std::shared_ptr<const std::string> MalformedBytes(const google::protobuf::MessageLite& message) {
+  std::string bytes = message.SerializeAsString();
+  const size_t at = bytes.find("MALFORMED!");
+  EXPECT_NE(at, std::string::npos);
+  if (at != std::string::npos) bytes.replace(at, 10, "\xff\xfe bad \xc3\x28!");  // as long
+  return std::make_shared<const std::string>(std::move(bytes));
+}
+
+v1::WriteRequest IdRows(const std::string& table, int64_t first, int n,
+                        const std::string& key = "") {
+  v1::WriteRequest w;
+  w.set_table(table);
+  w.add_columns("id");
+  w.add_columns("device");
+  w.set_idempotency_key(key);
+  for (int i = 0; i < n; ++i) {
+    v1::Row* r = w.add_rows();
+    r->add_values()->set_int64_value(first + i);
+    r->add_values()->set_text_value("d");
+  }
+  return w;
+}
+
+grpc::Status UnaryWrite(IngestServer& server, const v1::WriteRequest& w, v1::WriteResponse* resp,
+                        const std::string& token = "") {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  if (!token.empty()) ctx.AddMetadata("authorization", absl::StrCat("Bearer ", token));
+  return server.stub->Write(&ctx, w, resp);
+}
+
 // ---------------------------------------------------------------------------
 
 TEST(IngestServiceTest, MillionRowsFromEightStreamsLandExactlyOnce) {
@@ -376,6 +504,270 @@ TEST(IngestServiceTest, ManyShortStreamsFinishedByCommitsAtOnce) {
   EXPECT_EQ(calls.failures, 0) << "first: " << calls.first_failure;
   EXPECT_EQ(Query("SELECT count(*) FROM short_streams"),
             absl::StrCat(kThreads * kStreamsPerThread * kRows));
+}
+
+TEST(IngestServiceTest, IdempotencyKeyNamesOneRequestOfOnePrincipal) {
+  CreateTable("keyed");
+  CreateTable("keyed_other");
+  v1::IngestServiceConfig config = Config({"keyed", "keyed_other"});
+  auto* auth = config.mutable_auth();
+  for (const char* name : {"alice", "bob"}) {
+    v1::PrincipalConfig* p = auth->add_principals();
+    p->set_name(name);
+    p->set_token_sha256(auth::Sha256Hex(absl::StrCat("token-of-", name)));
+    p->add_roles("ingest");
+    p->add_databases("*");
+    v1::IngestTables* t = p->add_ingest_tables();
+    t->set_database("app");
+    t->add_tables("*");
+  }
+  auto server = StartIngestServer(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string key = absl::StrCat("k-", table_generation.load());
+  v1::WriteResponse resp;
+  ASSERT_TRUE(UnaryWrite(*server, IdRows("keyed", 1, 5, key), &resp, "token-of-alice").ok());
+  EXPECT_EQ(resp.rows_written(), 5u);
+  EXPECT_FALSE(resp.duplicate());
+
+  // Reused with other rows, or for another table: refused, naming the key;
+  // nothing written.
+  grpc::Status s = UnaryWrite(*server, IdRows("keyed", 100, 5, key), &resp, "token-of-alice");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find(key), std::string::npos) << s.error_message();
+  s = UnaryWrite(*server, IdRows("keyed_other", 1, 5, key), &resp, "token-of-alice");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("table keyed"), std::string::npos) << s.error_message();
+  // The same rows again: the first answer, nothing written twice.
+  resp.Clear();
+  ASSERT_TRUE(UnaryWrite(*server, IdRows("keyed", 1, 5, key), &resp, "token-of-alice").ok());
+  EXPECT_TRUE(resp.duplicate());
+  EXPECT_EQ(resp.rows_written(), 5u);
+  // Bob's key of the same name is his own.
+  resp.Clear();
+  ASSERT_TRUE(UnaryWrite(*server, IdRows("keyed", 200, 5, key), &resp, "token-of-bob").ok());
+  EXPECT_FALSE(resp.duplicate());
+  // On a stream too, the reuse is an answer of its own, not a silent drop.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer token-of-alice");
+  auto stream = server->stub->Channel(&ctx);
+  v1::ChannelRequest m;
+  m.set_sequence(9);
+  *m.mutable_write() = IdRows("keyed", 300, 5, key);
+  ASSERT_TRUE(stream->Write(m));
+  stream->WritesDone();
+  v1::ChannelResponse ack;
+  ASSERT_TRUE(stream->Read(&ack));
+  EXPECT_EQ(ack.sequence(), 9u);
+  EXPECT_EQ(ack.code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+  EXPECT_TRUE(stream->Finish().ok());
+
+  EXPECT_EQ(Query("SELECT string_agg(id::text, ',' ORDER BY id) FROM keyed"),
+            "1,2,3,4,5,200,201,202,203,204");
+  EXPECT_EQ(Query("SELECT count(*) FROM keyed_other"), "0");
+  EXPECT_EQ(Query(absl::StrCat("SELECT string_agg(principal || '/' || tbl, ',' ORDER BY "
+                               "principal) FROM poolside_ingest_keys WHERE key = '", key, "'")),
+            "alice/keyed,bob/keyed");
+}
+
+TEST(IngestServiceTest, AllBadBatchOfTenThousandRowsReportsEveryRow) {
+  CreateTable("all_bad");
+  constexpr int kRows = 10000;
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kDb, absl::StrCat("INSERT INTO all_bad (id, device) SELECT g, 'old' "
+                                          "FROM generate_series(0, ",
+                                          kRows - 1, ") g"))
+                  .ok());
+  auto server = StartIngestServer(Config({"all_bad"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  v1::WriteResponse resp;
+  const absl::Time start = absl::Now();
+  grpc::Status s = UnaryWrite(*server, IdRows("all_bad", 0, kRows), &resp);
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  EXPECT_EQ(resp.rows_written(), 0u);
+  ASSERT_EQ(resp.rejected_size(), kRows);
+  for (int i = 0; i < kRows; ++i) {
+    ASSERT_EQ(resp.rejected(i).row_index(), static_cast<uint32_t>(i));
+    ASSERT_EQ(resp.rejected(i).sqlstate(), "23505");
+    ASSERT_NE(resp.rejected(i).reason().find("duplicate key"), std::string::npos);
+  }
+  EXPECT_EQ(Query("SELECT count(*) FROM all_bad WHERE device <> 'old'"), "0");
+  v1::GetIngestStatsResponse stats = Stats(*server);
+  EXPECT_EQ(stats.rows_rejected(), static_cast<uint64_t>(kRows));
+  EXPECT_EQ(stats.requests_failed(), 0u);
+  printf("%d all-bad rows answered in %s (%llu COPY statements)\n", kRows,
+         absl::FormatDuration(took).c_str(),
+         static_cast<unsigned long long>(stats.copy_statements()));
+}
+
+TEST(IngestServiceTest, FewBadRowsAmongManyGoodOnesEachGoodRowOnce) {
+  CreateTable("sparse_bad", ", CHECK (value >= 0)");
+  auto server = StartIngestServer(Config({"sparse_bad"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  constexpr int kMessages = 4, kRows = 5000;
+  std::vector<v1::ChannelRequest> messages;
+  std::map<uint64_t, std::set<uint32_t>> bad;
+  for (int m = 0; m < kMessages; ++m) {
+    v1::ChannelRequest msg = Message("sparse_bad", "sb", m, 0, kRows);
+    for (int i = 100 + 37 * m; i < kRows; i += 1213) {
+      auto* values = msg.mutable_write()->mutable_rows(i)->mutable_values();
+      if (i % 2 == 0) {
+        values->Mutable(3)->set_double_value(-1);  // the CHECK
+      } else {
+        values->Mutable(0)->set_int64_value(m * kRows + i - 1);  // the row before's id
+      }
+      bad[m].insert(static_cast<uint32_t>(i));
+    }
+    messages.push_back(std::move(msg));
+  }
+  size_t bad_rows = 0;
+  for (auto& [m, rows] : bad) bad_rows += rows.size();
+  grpc::ClientContext ctx;
+  auto stream = server->stub->Channel(&ctx);
+  for (const auto& m : messages) ASSERT_TRUE(stream->Write(m));
+  stream->WritesDone();
+  v1::ChannelResponse ack;
+  uint64_t written = 0;
+  int acks = 0;
+  while (stream->Read(&ack)) {
+    ++acks;
+    ASSERT_EQ(ack.code(), 0) << ack.message();
+    written += ack.result().rows_written();
+    std::set<uint32_t> rejected;
+    for (const v1::RowError& e : ack.result().rejected()) {
+      rejected.insert(e.row_index());
+      EXPECT_FALSE(e.reason().empty());
+    }
+    EXPECT_EQ(rejected, bad[ack.sequence()]) << "message " << ack.sequence();
+  }
+  ASSERT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(acks, kMessages);
+  const uint64_t good = kMessages * kRows - bad_rows;
+  EXPECT_EQ(written, good);
+  EXPECT_EQ(Query("SELECT count(*) FROM sparse_bad"), absl::StrCat(good));
+  EXPECT_EQ(Query("SELECT count(DISTINCT id) FROM sparse_bad"), absl::StrCat(good));
+  EXPECT_EQ(Query("SELECT count(*) FROM sparse_bad WHERE value < 0"), "0");
+}
+
+TEST(IngestServiceTest, ValuesAreWrittenAsValidatedWhateverTheirWhitespace) {
+  CreateTable("spaced", ", amount numeric, n int4");
+  auto server = StartIngestServer(Config({"spaced"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  v1::WriteRequest w;
+  w.set_table("spaced");
+  for (const char* c : {"id", "device", "amount", "n"}) w.add_columns(c);
+  auto add = [&](int64_t id, std::string amount, std::string n) {
+    v1::Row* r = w.add_rows();
+    r->add_values()->set_int64_value(id);
+    r->add_values()->set_text_value("d\n\r\t\\x");
+    r->add_values()->set_numeric_value(std::move(amount));
+    r->add_values()->set_text_value(std::move(n));
+  };
+  add(1, " 12.5\n", " 42\n");
+  add(2, "12.5\n3\t4", "1");  // not one number: refused
+  add(3, "\t-7e2 \r\n", "\t-3 ");
+  add(4, "5", "7\n8");  // not one integer: refused
+  add(5, "\\.", "1");   // COPY's end-of-data marker, as a value
+  v1::WriteResponse resp;
+  grpc::Status s = UnaryWrite(*server, w, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.rows_written(), 2u);
+  ASSERT_EQ(resp.rejected_size(), 3);
+  EXPECT_EQ(resp.rejected(0).row_index(), 1u);
+  EXPECT_EQ(resp.rejected(1).row_index(), 3u);
+  EXPECT_EQ(resp.rejected(2).row_index(), 4u);
+  EXPECT_EQ(
+      Query("SELECT string_agg(id || ':' || amount || ':' || n, ',' ORDER BY id) FROM spaced"),
+      "1:12.5:42,3:-700:-3");
+  EXPECT_EQ(Query("SELECT count(*) FROM spaced WHERE device = E'd\\n\\r\\t\\\\x'"), "2");
+}
+
+TEST(IngestServiceTest, MalformedMessageEndsTheStreamSayingWhich) {
+  CreateTable("malformed");
+  auto server = StartIngestServer(Config({"malformed"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto message = [](uint64_t seq) {
+    v1::ChannelRequest m = Message("malformed", "mf", seq, 0, 10);
+    m.mutable_write()->set_idempotency_key("");
+    return m;
+  };
+  // Channel: two good messages, one with invalid UTF-8 in a row, one more.
+  v1::ChannelRequest m0 = message(0), m1 = message(1), m2 = message(2), m3 = message(3);
+  m2.mutable_write()->mutable_rows(4)->mutable_values(4)->set_text_value("MALFORMED!");
+  std::vector<std::shared_ptr<const std::string>> wire = Serialized({&m0, &m1});
+  wire.push_back(MalformedBytes(m2));
+  wire.push_back(std::make_shared<const std::string>(m3.SerializeAsString()));
+  RawCallResult channel = RawCall(server->channel.get(), "Channel", wire);
+  EXPECT_EQ(channel.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << channel.status.error_message();
+  EXPECT_NE(channel.status.error_message().find("message 2 of this stream (sequence 2)"),
+            std::string::npos)
+      << channel.status.error_message();
+  EXPECT_NE(channel.status.error_message().find("row 4"), std::string::npos)
+      << channel.status.error_message();
+  EXPECT_NE(channel.status.error_message().find("2 request(s) were acknowledged"),
+            std::string::npos)
+      << channel.status.error_message();
+  std::set<uint64_t> acked;
+  for (const std::string& bytes : channel.responses) {
+    v1::ChannelResponse ack;
+    ASSERT_TRUE(ack.ParseFromString(bytes));
+    EXPECT_EQ(ack.code(), 0);
+    acked.insert(ack.sequence());
+  }
+  EXPECT_EQ(acked, (std::set<uint64_t>{0, 1}));
+  EXPECT_EQ(Query("SELECT count(*) FROM malformed"), "20");
+  EXPECT_EQ(Query("SELECT count(*) FROM malformed WHERE id >= 20"), "0");
+
+  // WriteStream: the same, and a message whose framing is broken.
+  v1::WriteRequest w2 = m2.write();
+  w2.mutable_rows(4)->mutable_values(4)->set_text_value("MALFORMED!");
+  for (uint64_t base : {100u, 200u}) {
+    v1::WriteRequest a = message(base).write(), b = message(base + 1).write(),
+                     c = message(base + 3).write();
+    wire = Serialized({&a, &b});
+    if (base == 100) {
+      wire.push_back(MalformedBytes(w2));
+    } else {
+      std::string cut = c.SerializeAsString();
+      cut.resize(cut.size() - 7);
+      wire.push_back(std::make_shared<const std::string>(cut));
+    }
+    wire.push_back(std::make_shared<const std::string>(c.SerializeAsString()));
+    RawCallResult ws = RawCall(server->channel.get(), "WriteStream", wire);
+    EXPECT_EQ(ws.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << ws.status.error_message();
+    EXPECT_NE(ws.status.error_message().find("request 2"), std::string::npos)
+        << ws.status.error_message();
+    EXPECT_NE(ws.status.error_message().find("2 request(s) were answered before it (20 rows"),
+              std::string::npos)
+        << ws.status.error_message();
+    EXPECT_TRUE(ws.responses.empty());
+    EXPECT_EQ(Query(absl::StrCat("SELECT count(*) FROM malformed WHERE id / 10 IN (", base, ", ",
+                                 base + 1, ")")),
+              "20");
+    EXPECT_EQ(Query(absl::StrCat("SELECT count(*) FROM malformed WHERE id / 10 = ", base + 3)),
+              "0");
+  }
+
+  // Unary Write: INVALID_ARGUMENT, not UNIMPLEMENTED.
+  grpc::GenericStub stub(server->channel);
+  grpc::ClientContext ctx;
+  grpc::Slice slice(*MalformedBytes(w2));
+  grpc::ByteBuffer request(&slice, 1), response;
+  absl::Notification done;
+  grpc::Status unary;
+  stub.UnaryCall(&ctx, "/poolside.v1.IngestService/Write", grpc::StubOptions(), &request,
+                 &response, [&](grpc::Status s) {
+                   unary = s;
+                   done.Notify();
+                 });
+  done.WaitForNotification();
+  EXPECT_EQ(unary.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << unary.error_message();
+  EXPECT_NE(unary.error_message().find("row 4"), std::string::npos) << unary.error_message();
+  EXPECT_EQ(Query("SELECT count(*) FROM malformed"), "60");
+  // The server is fine afterwards.
+  EXPECT_EQ(RunChannel(server->stub.get(), {message(500)}).ok.size(), 1u);
 }
 
 TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
@@ -569,6 +961,136 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   }
   EXPECT_EQ(Query("SELECT count(*) FROM locked"), absl::StrCat(1 + kStreams * kMessages * kRows));
   EXPECT_LE(Stats(*server).buffered_bytes_max(), kBound);
+}
+
+TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinTheBound) {
+  ASSERT_TRUE(SharedPostgres().CreateDatabase(kDb).ok());
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kDb, "DROP TABLE IF EXISTS bulk; CREATE TABLE bulk (id int8, device text, "
+                             "at timestamptz, value float8, payload text)")
+                  .ok());
+  v1::IngestServiceConfig config = Config({"bulk"});
+  constexpr uint64_t kBound = 16 << 20;
+  config.mutable_batch()->set_buffer_bytes(kBound);  // requests up to a quarter: 4 MiB
+  auto server = StartIngestServer(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_EQ(RunChannel(server->stub.get(), {Message("bulk", "warm", 0, 0, 1)}).ok.size(), 1u);
+  const int64_t rss_before_kb = server->process->RssKb();
+
+  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
+  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
+  PQclear(PQexec(locker, "BEGIN"));
+  PGresult* lock = PQexec(locker, "LOCK TABLE bulk IN ACCESS EXCLUSIVE MODE");
+  ASSERT_EQ(PQresultStatus(lock), PGRES_COMMAND_OK);
+  PQclear(lock);
+
+  // 8 streams, each with 2 requests of ~3.6 MiB: 3.5x the bound in all.
+  constexpr int kStreams = 8, kMessages = 2, kRows = 13500;
+  v1::ChannelRequest big = Message("bulk", "big", 0, 0, kRows, 220);
+  big.mutable_write()->set_idempotency_key("");
+  ASSERT_LE(big.ByteSizeLong(), kBound / 4);
+  ASSERT_GE(big.ByteSizeLong(), kBound / 5);
+  std::vector<std::unique_ptr<RawStream>> streams;
+  grpc::GenericStub stub(server->channel);
+  for (int s = 0; s < kStreams; ++s) {
+    std::vector<std::shared_ptr<const std::string>> wire;
+    for (int m = 0; m < kMessages; ++m) {
+      big.set_sequence(m);
+      wire.push_back(std::make_shared<const std::string>(big.SerializeAsString()));
+    }
+    streams.push_back(std::make_unique<RawStream>(&stub, "/poolside.v1.IngestService/Channel",
+                                                  std::move(wire), absl::Seconds(120)));
+  }
+  // Blocked: every stream has asked for room it cannot get.
+  v1::GetIngestStatsResponse stats;
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  do {
+    stats = Stats(*server);
+  } while (stats.stream_waits() < kStreams && absl::Now() < give_up);
+  ASSERT_GE(stats.stream_waits(), static_cast<uint64_t>(kStreams));
+  int64_t rss_locked_kb = 0;
+  for (int i = 0; i < 20; ++i) {
+    rss_locked_kb = std::max(rss_locked_kb, server->process->RssKb());
+    stats = Stats(*server);
+  }
+  const int64_t peak_kb = server->process->PeakRssKb();
+  printf("locked: held %llu bytes (max %llu, bound %llu), RSS %lld -> %lld KiB (peak %lld)\n",
+         static_cast<unsigned long long>(stats.buffered_bytes()),
+         static_cast<unsigned long long>(stats.buffered_bytes_max()),
+         static_cast<unsigned long long>(kBound), static_cast<long long>(rss_before_kb),
+         static_cast<long long>(rss_locked_kb), static_cast<long long>(peak_kb));
+  EXPECT_EQ(stats.rows_written(), 1u);
+  EXPECT_LE(stats.buffered_bytes_max(), kBound);
+  // About 1.5x the bound plus a constant (gRPC's stream windows, allocator).
+  EXPECT_LT(peak_kb - rss_before_kb, static_cast<int64_t>(kBound * 3 / 2 / 1024) + 24 * 1024);
+
+  PQclear(PQexec(locker, "ROLLBACK"));
+  PQfinish(locker);
+  size_t acked = 0;
+  for (auto& stream : streams) {
+    RawCallResult r = stream->Wait();
+    EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+    for (const std::string& bytes : r.responses) {
+      v1::ChannelResponse ack;
+      ASSERT_TRUE(ack.ParseFromString(bytes));
+      EXPECT_EQ(ack.code(), 0) << ack.message();
+      EXPECT_EQ(ack.result().rows_written(), static_cast<uint64_t>(kRows));
+      ++acked;
+    }
+  }
+  EXPECT_EQ(acked, static_cast<size_t>(kStreams * kMessages));
+  EXPECT_EQ(Query("SELECT count(*) FROM bulk"), absl::StrCat(1 + kStreams * kMessages * kRows));
+
+  // A request over batch.maxRequestBytes (4 MiB here) is refused at once,
+  // stating both sizes, as that request's answer: the stream goes on.
+  v1::ChannelRequest over = Message("bulk", "over", 7, 0, 40000, 220);
+  ASSERT_GT(over.ByteSizeLong(), size_t{10} << 20);
+  v1::ChannelRequest after = Message("bulk", "over", 8, 0, 10);
+  RawCallResult r = RawCall(server->channel.get(), "Channel", Serialized({&over, &after}));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  ASSERT_EQ(r.responses.size(), 2u);
+  std::map<uint64_t, v1::ChannelResponse> answers;
+  for (const std::string& bytes : r.responses) {
+    v1::ChannelResponse ack;
+    ASSERT_TRUE(ack.ParseFromString(bytes));
+    answers[ack.sequence()] = ack;
+  }
+  EXPECT_EQ(answers[7].code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_NE(answers[7].message().find(absl::StrCat("request is ", over.ByteSizeLong() >> 20)),
+            std::string::npos)
+      << answers[7].message();
+  EXPECT_NE(answers[7].message().find("at most 4.0 MiB"), std::string::npos)
+      << answers[7].message();
+  EXPECT_NE(answers[7].message().find("at most 16.0 MiB"), std::string::npos)
+      << answers[7].message();
+  EXPECT_EQ(answers[8].code(), 0) << answers[8].message();
+
+  // 8 streams of 39 MiB requests: refused (by gRPC, whose memory is capped:
+  // it receives a message whole before it can refuse it), the server's memory
+  // bounded all the same.
+  v1::ChannelRequest huge = Message("bulk", "huge", 0, 0, 150000, 220);
+  auto huge_bytes = std::make_shared<const std::string>(huge.SerializeAsString());
+  ASSERT_GT(huge_bytes->size(), size_t{39} << 20);
+  streams.clear();
+  for (int s = 0; s < kStreams; ++s) {
+    streams.push_back(std::make_unique<RawStream>(&stub, "/poolside.v1.IngestService/Channel",
+                                                  std::vector{huge_bytes}, absl::Seconds(60)));
+  }
+  for (auto& stream : streams) {
+    RawCallResult refused = stream->Wait();
+    EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+        << refused.status.error_message();
+    EXPECT_TRUE(refused.responses.empty());
+    printf("39 MiB request: %s\n", refused.status.error_message().c_str());
+  }
+  printf("refused 8 x %zu bytes: RSS peak %lld KiB\n", huge_bytes->size(),
+         static_cast<long long>(server->process->PeakRssKb()));
+  // (The peak of the whole run, what the allocator kept from the first part
+  // included.)
+  EXPECT_LT(server->process->PeakRssKb() - rss_before_kb,
+            static_cast<int64_t>(kBound * 3 / 2 / 1024) + 32 * 1024);
+  EXPECT_EQ(Query("SELECT count(*) FROM bulk"),
+            absl::StrCat(1 + kStreams * kMessages * kRows + 10));
 }
 
 TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {

@@ -106,12 +106,21 @@ struct Sidecar {
     return response.generation();
   }
 
-  // Stores an entry of the test's own, whatever was invalidated before
-  // (read_generation 0); any later invalidation of one of `tags` removes it.
+  // Stores an entry of the test's own, whatever was invalidated before (its
+  // read_generation is the current one, from GetStats); any later
+  // invalidation of one of `tags` removes it.
   absl::Status Put(const std::string& key, const std::vector<std::string>& tags) {
+    v1::CacheStats stats;
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      grpc::Status s = stub->GetStats(&ctx, v1::CacheGetStatsRequest(), &stats);
+      if (!s.ok()) return absl::UnavailableError(s.error_message());
+    }
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     v1::CacheSetRequest request;
+    request.set_read_generation(stats.generation());
     request.set_key(key);
     request.set_value("probe");
     request.set_ttl_ms(60000);

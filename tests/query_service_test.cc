@@ -1327,5 +1327,60 @@ TEST(QueryServiceShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   EXPECT_EQ(*exit_code, 0);
 }
 
+// A COPY sent through the statement RPCs comes back as an error at once and
+// leaves no worker wedged (once the statement analyzer refuses COPY upstream
+// it never reaches a connection; either way the answer is an error), and
+// SIGTERM still ends the server within its drain time.
+TEST(QueryServiceCopyTest, CopyNeverWedgesAWorkerAndSigtermStillExitsZero) {
+  PostgresCluster& pg = SharedPostgres();
+  ASSERT_TRUE(pg.Exec("postgres", "CREATE TABLE IF NOT EXISTS copy_wedge_t (id int8)").ok());
+  ASSERT_TRUE(pg.Exec("postgres", "TRUNCATE copy_wedge_t").ok());
+  v1::QueryServiceConfig config;
+  // One connection and so one worker: were it wedged, nothing would answer.
+  *config.add_databases() = Database("main", pg.Dsn("postgres"), 1);
+  config.mutable_server()->set_drain_timeout_ms(3000);
+  absl::StatusOr<QueryServer> server = StartQueryServer(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  // A wedged worker never answers: such a call would end at its deadline.
+  auto expect_prompt_error = [&](const grpc::Status& s, const std::string& what) {
+    EXPECT_FALSE(s.ok()) << what;
+    EXPECT_NE(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << what << ": " << Describe(s);
+    v1::Value one;
+    EXPECT_TRUE(IsOk(ExecuteScalar(*server->stub, "", "SELECT 1::int8", &one))) << "after " << what;
+  };
+  for (const char* sql :
+       {"COPY (SELECT 1) TO STDOUT", "COPY (SELECT g FROM generate_series(1, 100000) g) TO STDOUT",
+        "COPY copy_wedge_t FROM STDIN"}) {
+    v1::ExecuteResponse response;
+    expect_prompt_error(Execute(*server->stub, Sql(sql), &response, absl::Seconds(20)), sql);
+  }
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, absl::Seconds(20));
+    auto reader = server->stub->ExecuteStream(
+        &ctx, Sql("COPY (SELECT g FROM generate_series(1, 1000000) g) TO STDOUT"));
+    v1::ExecuteStreamResponse message;
+    while (reader->Read(&message)) {
+    }
+    expect_prompt_error(reader->Finish(), "ExecuteStream COPY TO STDOUT");
+  }
+  {
+    v1::ExecuteTransactionRequest request;
+    *request.add_statements() = Stmt("INSERT INTO copy_wedge_t VALUES (1)");
+    *request.add_statements() = Stmt("COPY copy_wedge_t FROM STDIN");
+    v1::ExecuteTransactionResponse response;
+    expect_prompt_error(ExecuteTransaction(*server->stub, request, &response),
+                        "ExecuteTransaction COPY FROM STDIN");
+    auto rows = pg.QueryValue("postgres", "SELECT count(*) FROM copy_wedge_t");
+    ASSERT_TRUE(rows.ok()) << rows.status();
+    EXPECT_EQ(*rows, "0");
+  }
+
+  absl::StatusOr<int> exit_code = testing::Terminate(*server->process, absl::Seconds(10));
+  ASSERT_TRUE(exit_code.ok()) << exit_code.status();
+  EXPECT_EQ(*exit_code, 0);
+}
+
 }  // namespace
 }  // namespace poolside

@@ -78,7 +78,11 @@ using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 
 using ::poolside::testing::kDemoDatabase;
+using ::poolside::testing::kDemoOwnerRole;
+using ::poolside::testing::kDemoReadRole;
+using ::poolside::testing::kDemoRoles;
 using ::poolside::testing::kDemoSchema;
+using ::poolside::testing::kDemoWriteRole;
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -155,6 +159,12 @@ absl::StatusOr<std::string> CacheConfigJson(const std::string& run_dir, int port
   return ToJson(config);
 }
 
+// The demo database as poolside's own unprivileged role (kDemoRoles), never
+// the superuser the cluster was made with.
+std::string OwnerDsn(const PostgresCluster& pg) {
+  return absl::StrCat(pg.Dsn(kDemoDatabase), " user=", kDemoOwnerRole);
+}
+
 absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
                                              const std::string& run_dir, int port) {
   v1::IngestServiceConfig config;
@@ -167,7 +177,7 @@ absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
-  db->set_dsn(pg.Dsn(kDemoDatabase));
+  db->set_dsn(OwnerDsn(pg));
   db->mutable_pool()->set_max_size(4);
   v1::IngestTables* tables = config.add_tables();
   tables->set_database(kDemoDatabase);
@@ -188,7 +198,10 @@ absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
   config.mutable_server()->set_drain_timeout_ms(5000);
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
-  db->set_dsn(pg.Dsn(kDemoDatabase));
+  db->set_dsn(OwnerDsn(pg));
+  // Principals run as these (PrincipalConfig.databaseRole; README, Security).
+  db->add_roles()->set_name(kDemoReadRole);
+  db->add_roles()->set_name(kDemoWriteRole);
   const int pool_size = std::max(1, absl::GetFlag(FLAGS_query_pool_size));
   db->mutable_pool()->set_min_idle(std::min(2, pool_size));
   db->mutable_pool()->set_max_size(pool_size);
@@ -300,6 +313,7 @@ int Run() {
 
   absl::Status setup = (*pg)->CreateDatabase(kDemoDatabase);
   if (setup.ok()) setup = (*pg)->Exec(kDemoDatabase, kDemoSchema);
+  if (setup.ok()) setup = (*pg)->Exec(kDemoDatabase, kDemoRoles);
   if (setup.ok() && !absl::GetFlag(FLAGS_extra_sql).empty()) {
     absl::StatusOr<std::string> sql = ReadFile(absl::GetFlag(FLAGS_extra_sql));
     setup = sql.ok() ? (*pg)->Exec(kDemoDatabase, *sql) : sql.status();

@@ -10,7 +10,8 @@
 # Targets: value_codec (common/db/value_codec), config (common/config/json_config
 # + the services' Finalize*Config), csv (cli/csv), statement_analyzer
 # (common/sql/statement_analyzer: what a SQL text is and may do, from
-# PostgreSQL's parser, libpg_query). Each
+# PostgreSQL's parser, libpg_query), pgoutput (common/db/pgoutput_decoder: the
+# logical replication stream's messages). Each
 # starts from its committed seed corpus in fuzz/corpus/<target>; inputs that find
 # new coverage are kept in $FUZZ_WORK_DIR (default ~/.cache/poolside-fuzz) across
 # runs, never in the tree.
@@ -48,12 +49,15 @@ declare -A LIBS=(
   [config]="//common/config:json_config //common/config:cgroup //services/query:query_config //services/ingest:ingest_config //services/cache:cache_config"
   [csv]="//cli:csv"
   [statement_analyzer]="//common/sql:statement_analyzer //common/sql:pg_query_cc_proto"
+  [pgoutput]="//common/db:pgoutput_decoder"  # the logical replication stream's messages
 )
 # Inputs larger than this are not tried (JSON configs and CSV lines are small;
 # SQL texts of kMaxNestingDepth bytes or more take the analyzer's nesting
 # check).
 declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096 [statement_analyzer]=4096)
 ALL_TARGETS=(value_codec config csv statement_analyzer)
+MAX_LEN[pgoutput]=8192
+ALL_TARGETS+=(pgoutput)
 
 targets=()
 for arg in "$@"; do

@@ -33,8 +33,9 @@ absl::StatusOr<Role> ParseRole(absl::string_view role) {
   if (role == "sql") return kSql;
   if (role == "ingest") return kIngest;
   if (role == "admin") return kAdmin;
+  if (role == "ddl") return kDdl;
   return absl::InvalidArgumentError(absl::StrCat(
-      "unknown role \"", role.substr(0, 32), "\" (roles: read, write, sql, ingest, admin)"));
+      "unknown role \"", role.substr(0, 32), "\" (roles: read, write, sql, ingest, admin, ddl)"));
 }
 
 absl::Status ReadPrincipals(const std::string& json, const std::string& source,
@@ -100,7 +101,7 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(const v1::AuthCon
     }
     a->enabled_ = false;
     a->anonymous_.name = "anonymous";
-    a->anonymous_.roles = kRead | kWrite | kSql | kIngest | kAdmin;
+    a->anonymous_.roles = kRead | kWrite | kSql | kIngest | kAdmin | kDdl;
     a->anonymous_.all_databases = true;
     a->anonymous_.ingest_tables["*"].insert("*");
     return a;
@@ -159,6 +160,8 @@ absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
     }
     for (const std::string& table : t.tables()) p->ingest_tables[t.database()].insert(table);
   }
+  p->database_role = config.database_role();
+  for (const auto& [db, role] : config.database_roles()) p->database_roles[db] = role;
   p->limits = config.has_limits() ? config.limits() : defaults;
   if (p->limits.requests_per_second() < 0) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": requestsPerSecond is negative"));
@@ -174,6 +177,38 @@ absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
   limiters_.emplace(p.get(), std::move(limiter));
   by_hash_.emplace(hash, std::move(p));
   return absl::OkStatus();
+}
+
+absl::Status Authorizer::CheckDatabaseRoles(
+    const google::protobuf::RepeatedPtrField<v1::DatabaseConfig>& databases) const {
+  for (const auto& [hash, p] : by_hash_) {
+    for (const auto& [db, role] : p->database_roles) {
+      if (std::none_of(databases.begin(), databases.end(),
+                       [&](const v1::DatabaseConfig& d) { return d.name() == db; })) {
+        return absl::InvalidArgumentError(absl::StrCat("auth: principal \"", p->name,
+                                                       "\": databaseRoles names database \"",
+                                                       db, "\", which is not configured"));
+      }
+    }
+    for (const v1::DatabaseConfig& d : databases) {
+      if (!p->MayUseDatabase(d.name())) continue;
+      const std::string& role = p->DatabaseRoleFor(d.name());
+      if (role.empty()) continue;
+      if (std::none_of(d.roles().begin(), d.roles().end(),
+                       [&](const v1::DatabaseRole& r) { return r.name() == role; })) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "auth: principal \"", p->name, "\" runs as database role \"", role,
+            "\", which database ", d.name(), " does not configure (databases[].roles)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<const Principal*> Authorizer::principals() const {
+  std::vector<const Principal*> out;
+  for (const auto& [hash, p] : by_hash_) out.push_back(p.get());
+  return out;
 }
 
 absl::StatusOr<const Principal*> Authorizer::Authenticate(const std::string* authorization) const {

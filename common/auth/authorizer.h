@@ -42,6 +42,9 @@ enum Role : uint32_t {
   kSql = 1 << 2,
   kIngest = 1 << 3,
   kAdmin = 1 << 4,
+  // With kSql: DO, CALL, function/trigger/rule definitions, ALTER ... SET
+  // (common/sql's Grants::ddl).
+  kDdl = 1 << 5,
 };
 
 struct Principal {
@@ -52,8 +55,16 @@ struct Principal {
   // database -> tables; "*" stands for every table.
   absl::flat_hash_map<std::string, absl::flat_hash_set<std::string>> ingest_tables;
   v1::PrincipalLimits limits;
+  // The database role (DatabaseConfig.roles) it runs as: per database, else
+  // `database_role`; empty: the database DSN's own user.
+  std::string database_role;
+  absl::flat_hash_map<std::string, std::string> database_roles;
 
   bool Has(Role role) const { return (roles & role) != 0; }
+  const std::string& DatabaseRoleFor(absl::string_view database) const {
+    auto it = database_roles.find(database);
+    return it != database_roles.end() ? it->second : database_role;
+  }
   // Statements of a principal without `write` run in read-only transactions.
   bool read_only() const { return !Has(kWrite); }
   bool MayUseDatabase(absl::string_view database) const {
@@ -72,6 +83,13 @@ class Authorizer {
   // False when the configuration opted out (auth.disabled): then Authenticate
   // accepts any caller as a principal with every role and database.
   bool enabled() const { return enabled_; }
+  // Every database role a principal names (databaseRole, databaseRoles) is
+  // configured by each database it may use there: INVALID_ARGUMENT naming the
+  // principal, database and role otherwise.
+  absl::Status CheckDatabaseRoles(
+      const google::protobuf::RepeatedPtrField<v1::DatabaseConfig>& databases) const;
+  // Every configured principal (none when disabled), in no particular order.
+  std::vector<const Principal*> principals() const;
   size_t size() const { return by_hash_.size(); }
 
   // `authorization`: the metadata value ("Bearer <token>"), null when absent.

@@ -232,3 +232,68 @@ TEST(AuthorizerLimitsTest, ConcurrentAdmissionsKeepBothLimits) {
 
 }  // namespace
 }  // namespace poolside::auth
+
+namespace poolside::auth {
+namespace {
+
+google::protobuf::RepeatedPtrField<v1::DatabaseConfig> Databases() {
+  google::protobuf::RepeatedPtrField<v1::DatabaseConfig> dbs;
+  v1::DatabaseConfig* app = dbs.Add();
+  app->set_name("app");
+  app->add_roles()->set_name("app_read");
+  app->add_roles()->set_name("app_write");
+  dbs.Add()->set_name("reports");  // no roles
+  return dbs;
+}
+
+TEST(AuthorizerRolesTest, DatabaseRolesAndTheDdlGrant) {
+  auto a = Authorizer::Create(Config(
+      "{\"principals\": [" +
+      Principal("reader", "t1", "\"read\", \"sql\"",
+                ", \"databases\": [\"app\"], \"databaseRole\": \"app_read\"") +
+      ", " +
+      Principal("owner", "t2", "\"read\", \"write\", \"sql\", \"ddl\"",
+                ", \"databases\": [\"*\"], \"databaseRoles\": {\"app\": \"app_write\"}") +
+      "]}"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_TRUE((*a)->CheckDatabaseRoles(Databases()).ok());
+  std::string t1 = Bearer("t1"), t2 = Bearer("t2");
+  const ::poolside::auth::Principal* reader = *(*a)->Authenticate(&t1);
+  const ::poolside::auth::Principal* owner = *(*a)->Authenticate(&t2);
+  EXPECT_EQ(reader->DatabaseRoleFor("app"), "app_read");
+  EXPECT_FALSE(reader->Has(kDdl));
+  EXPECT_EQ(owner->DatabaseRoleFor("app"), "app_write");
+  EXPECT_EQ(owner->DatabaseRoleFor("reports"), "");  // the DSN's own user
+  EXPECT_TRUE(owner->Has(kDdl));
+  EXPECT_EQ((*a)->principals().size(), 2u);
+}
+
+TEST(AuthorizerRolesTest, RolesADatabaseDoesNotConfigureAreNamed) {
+  // "*" reaches reports, which has no app_read.
+  auto everywhere = Authorizer::Create(Config(
+      "{\"principals\": [" +
+      Principal("reader", "t1", "\"read\"", ", \"databases\": [\"*\"], \"databaseRole\": \"app_read\"") +
+      "]}"));
+  ASSERT_TRUE(everywhere.ok());
+  absl::Status s = (*everywhere)->CheckDatabaseRoles(Databases());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("\"reader\" runs as database role \"app_read\", which database "
+                             "reports does not configure"),
+            std::string::npos)
+      << s;
+
+  auto unknown_db = Authorizer::Create(Config(
+      "{\"principals\": [" +
+      Principal("w", "t1", "\"write\"", ", \"databases\": [\"app\"], \"databaseRoles\": {\"nope\": \"x\"}") +
+      "]}"));
+  ASSERT_TRUE(unknown_db.ok());
+  EXPECT_NE((*unknown_db)->CheckDatabaseRoles(Databases()).message().find("\"nope\""),
+            std::string::npos);
+
+  auto bad_role = Authorizer::Create(Config("{\"principals\": [" + Principal("w", "t1", "\"ddI\"") + "]}"));
+  EXPECT_EQ(bad_role.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_role.status().message().find("ddl"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace poolside::auth

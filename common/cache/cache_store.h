@@ -44,25 +44,40 @@
 //
 // Generations (see proto/poolside/v1/cache.proto): one counter, advanced by
 // every Invalidate(); Get() returns its value. It starts at the clock's time in
-// microseconds, so the generations of a restarted store are above every
-// generation the previous process handed out. A Set with read_generation g != 0
-// is refused (kInvalidated) when:
-//   - g is above the current generation or below the store's first one (not a
-//     generation this store issued: e.g. read before a restart);
+// microseconds (far from 0, and above every generation an earlier process
+// could have handed out unless the clock stepped back by more than that
+// process's lifetime minus its invalidations), so the generations of two
+// incarnations of a store do not overlap. A Set's read_generation g must be
+// one this store handed out: 0, below the store's first generation (e.g. read
+// before a restart) or above the current one is refused as
+// kUnknownGeneration, before anything else, and feeds nothing (not even the
+// admission sketch). No Set stores unconditionally: a caller with nothing to
+// compare against reads the current generation() first. A Set with a handed-
+// out g is refused as kInvalidated when:
 //   - a flush, one of its tags, or a recorded prefix of its key was invalidated
 //     with a generation > g;
 //   - g is below the floor (below).
 // The check and the insert happen under the key's shard lock, and Invalidate()
 // records its generation before it removes entries shard by shard, so an
 // Invalidate racing a Set either finds the entry and removes it or makes the
-// Set fail. Set with read_generation 0 stores unconditionally.
+// Set fail.
 //
-// The per-tag and per-prefix generation records are bounded (max_tracked_tags,
-// max_tracked_prefixes): when a map outgrows its bound the older half is
-// forgotten and the floor is raised to the newest forgotten generation; a Set
-// whose read_generation is below the floor is refused, since an invalidation it
-// can no longer check might have covered it. A fill that read before that many
-// invalidations were made is refused, never wrongly stored.
+// The per-tag and per-prefix generation records are bounded in count
+// (max_tracked_tags, max_tracked_prefixes), in bytes (max_tracked_bytes, each
+// map) and, for prefixes, in distinct lengths (max_tracked_prefix_lengths: a
+// Set checks one prefix of its key per recorded length). When a bound is
+// passed the older half of that map is forgotten and the floor is raised to
+// the newest forgotten generation; a Set whose read_generation is below the
+// floor is refused, since an invalidation it can no longer check might have
+// covered it. A fill that read before that many invalidations were made is
+// refused, never wrongly stored.
+//
+// Cost of Invalidate(): each shard is visited once under its lock; a tag costs
+// one hash lookup per shard, a prefix one ordered-index lookup per shard
+// (O(log entries)), plus the removal of each covered entry; a flush is linear
+// in the entries it removes. Nothing scans the entries per tag or prefix, so a
+// request's cost is bounded by its tags and prefixes (the sidecar bounds those
+// per request) and by what it removes.
 //
 // Delete() is not an invalidation: it removes one key and advances nothing, so
 // a fill that raced it may still be stored. Use Invalidate with the key as a
@@ -92,6 +107,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
@@ -112,6 +128,9 @@ struct CacheStoreOptions {
   // Bounds of the generation records (see the header comment).
   size_t max_tracked_tags = 100000;
   size_t max_tracked_prefixes = 10000;
+  // Bytes of each of the two record maps (names + kRecordOverhead each).
+  uint64_t max_tracked_bytes = uint64_t{16} << 20;
+  size_t max_tracked_prefix_lengths = 32;
   // Not owned; outlives the store.
   Clock* clock = Clock::Real();
 };
@@ -135,10 +154,14 @@ struct CacheStoreStats {
   uint64_t invalidated_entries = 0;
   uint64_t generation = 0;
   uint32_t shards = 0;
-  // Generation records currently kept, and the floor.
+  // Generation records currently kept (count and bytes), and the floor.
   uint64_t tracked_tags = 0;
   uint64_t tracked_prefixes = 0;
+  uint64_t tracked_bytes = 0;
   uint64_t floor_generation = 0;
+  // Sets refused because their read_generation was not one this store
+  // handed out (included in sets_rejected).
+  uint64_t sets_unknown_generation = 0;
 
   double hit_ratio() const {
     const uint64_t reads = hits + stale_hits + misses;
@@ -179,8 +202,10 @@ class FrequencySketch {
 template <typename Value>
 class BasicCacheStore {
  public:
-  static constexpr uint64_t kEntryOverhead = 160;
+  static constexpr uint64_t kEntryOverhead = 184;
   static constexpr uint64_t kTagOverhead = 48;
+  // Charged per generation record on top of its name (map slot, heap block).
+  static constexpr uint64_t kRecordOverhead = 48;
 
   enum class Outcome { kHit, kStale, kMiss };
   struct GetResult {
@@ -192,7 +217,9 @@ class BasicCacheStore {
     absl::Duration remaining = absl::ZeroDuration();
   };
 
-  enum class SetResult { kStored, kInvalidated, kTooLarge, kNotAdmitted };
+  // kUnknownGeneration: read_generation is not one this store handed out
+  // (0, from before it started, or from the future); nothing was stored.
+  enum class SetResult { kStored, kInvalidated, kTooLarge, kNotAdmitted, kUnknownGeneration };
 
   struct InvalidateResult {
     uint64_t removed = 0;
@@ -208,8 +235,9 @@ class BasicCacheStore {
 
   GetResult Get(absl::string_view key);
 
-  // `ttl` > 0; `stale` >= 0. Replaces an existing entry of `key`. Charges
-  // value.size() (Value must have one: std::string).
+  // `ttl` > 0; `stale` >= 0; `read_generation`: what Get() (or generation())
+  // returned before the value was read. Replaces an existing entry of `key`.
+  // Charges value.size() (Value must have one: std::string).
   SetResult Set(absl::string_view key, Value value, absl::Duration ttl, absl::Duration stale,
                 std::vector<std::string> tags, uint64_t read_generation);
   // The same for a value already shared, charged `value_bytes`.
@@ -234,6 +262,10 @@ class BasicCacheStore {
   CacheStoreStats Stats() const;
 
   uint64_t generation() const { return generation_.load(std::memory_order_acquire); }
+  // The first generation this store handed out.
+  uint64_t first_generation() const { return first_generation_; }
+  // True if `g` is a generation this store handed out (first..current).
+  bool Issued(uint64_t g) const { return g >= first_generation_ && g <= generation(); }
   uint64_t capacity_bytes() const { return shard_capacity_ * shards_.size(); }
   uint64_t shard_capacity() const { return shard_capacity_; }
   size_t shard_count() const { return shards_.size(); }
@@ -268,6 +300,8 @@ class BasicCacheStore {
     std::mutex mu;
     Lru lru ABSL_GUARDED_BY(mu);  // most recently used first
     absl::flat_hash_map<absl::string_view, typename Lru::iterator> index ABSL_GUARDED_BY(mu);
+    // The same keys in byte order: a prefix's entries are one range.
+    absl::btree_set<absl::string_view> ordered ABSL_GUARDED_BY(mu);
     // (gone_at, entry) for the reaper.
     std::set<std::pair<absl::Time, const Entry*>> expiry ABSL_GUARDED_BY(mu);
     absl::flat_hash_map<std::string, absl::flat_hash_set<const Entry*>> tag_index ABSL_GUARDED_BY(mu);
@@ -285,6 +319,9 @@ class BasicCacheStore {
   bool GenerationAllows(absl::string_view key, const std::vector<std::string>& tags,
                         uint64_t read_generation) const;
   void PruneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gen_mu_);
+  // Removes every entry of `shard` whose key starts with `prefix`; returns how many.
+  uint64_t RemovePrefixLocked(Shard& shard, absl::string_view prefix)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   void ReaperLoop();
 
   const CacheStoreOptions options_;
@@ -300,12 +337,15 @@ class BasicCacheStore {
   uint64_t flush_generation_ ABSL_GUARDED_BY(gen_mu_) = 0;
   absl::flat_hash_map<std::string, uint64_t> tag_generations_ ABSL_GUARDED_BY(gen_mu_);
   absl::flat_hash_map<std::string, uint64_t> prefix_generations_ ABSL_GUARDED_BY(gen_mu_);
+  // Charged bytes of each map (names + kRecordOverhead).
+  uint64_t tag_record_bytes_ ABSL_GUARDED_BY(gen_mu_) = 0;
+  uint64_t prefix_record_bytes_ ABSL_GUARDED_BY(gen_mu_) = 0;
   // Distinct lengths of the recorded prefixes -> how many prefixes have it.
   std::map<size_t, size_t> prefix_lengths_ ABSL_GUARDED_BY(gen_mu_);
 
   std::atomic<uint64_t> hits_{0}, stale_hits_{0}, misses_{0}, sets_{0}, sets_rejected_{0},
       evictions_{0}, expirations_{0}, invalidations_{0}, invalidated_entries_{0},
-      invalidated_tags_{0}, invalidated_prefixes_{0}, flushes_{0};
+      invalidated_tags_{0}, invalidated_prefixes_{0}, flushes_{0}, sets_unknown_generation_{0};
 
   std::function<void()> before_insert_hook_;
 
@@ -365,6 +405,7 @@ void BasicCacheStore<Value>::RemoveLocked(Shard& shard, typename Lru::iterator i
     if (t->second.empty()) shard.tag_index.erase(t);
   }
   shard.expiry.erase({e.gone_at, &e});
+  shard.ordered.erase(absl::string_view(e.key));
   shard.index.erase(absl::string_view(e.key));
   shard.bytes.store(shard.bytes.load(std::memory_order_relaxed) - e.charge,
                     std::memory_order_relaxed);
@@ -424,8 +465,6 @@ template <typename Value>
 bool BasicCacheStore<Value>::GenerationAllows(absl::string_view key, const std::vector<std::string>& tags,
                                   uint64_t read_generation) const {
   const uint64_t current = generation_.load(std::memory_order_acquire);
-  // Not issued by this store (e.g. read before a restart): cannot be checked.
-  if (read_generation > current || read_generation < first_generation_) return false;
   // No invalidation since the read. One that takes a newer generation now
   // removes shard entries only after our shard lock is released, so it will
   // find this entry.
@@ -458,6 +497,12 @@ typename BasicCacheStore<Value>::SetResult BasicCacheStore<Value>::Set(
     absl::string_view key, std::shared_ptr<const Value> shared_value, uint64_t value_bytes,
     absl::Duration ttl, absl::Duration stale, std::vector<std::string> tags,
     uint64_t read_generation) {
+  // Generations only grow: one handed out now stays handed out.
+  if (!Issued(read_generation)) {
+    sets_rejected_.fetch_add(1, std::memory_order_relaxed);
+    sets_unknown_generation_.fetch_add(1, std::memory_order_relaxed);
+    return SetResult::kUnknownGeneration;
+  }
   std::sort(tags.begin(), tags.end());
   tags.erase(std::unique(tags.begin(), tags.end()), tags.end());
   const uint64_t charge = Charge(key, value_bytes, tags);
@@ -470,7 +515,7 @@ typename BasicCacheStore<Value>::SetResult BasicCacheStore<Value>::Set(
 
   std::unique_lock<std::mutex> lock(shard.mu);
   if (options_.admission) shard.sketch.Increment(h);
-  if (read_generation != 0 && !GenerationAllows(key, tags, read_generation)) {
+  if (!GenerationAllows(key, tags, read_generation)) {
     sets_rejected_.fetch_add(1, std::memory_order_relaxed);
     return SetResult::kInvalidated;
   }
@@ -506,6 +551,7 @@ typename BasicCacheStore<Value>::SetResult BasicCacheStore<Value>::Set(
                              now + ttl, now + ttl + stale, charge});
   Entry& e = shard.lru.front();
   shard.index.emplace(absl::string_view(e.key), shard.lru.begin());
+  shard.ordered.insert(absl::string_view(e.key));
   shard.expiry.emplace(e.gone_at, &e);
   for (const std::string& tag : e.tags) shard.tag_index[tag].insert(&e);
   shard.bytes.store(shard.bytes.load(std::memory_order_relaxed) + charge,
@@ -528,9 +574,10 @@ bool BasicCacheStore<Value>::Delete(absl::string_view key) {
 
 template <typename Value>
 void BasicCacheStore<Value>::PruneLocked() {
-  auto prune = [this](absl::flat_hash_map<std::string, uint64_t>& records, size_t limit,
-                      bool prefixes) {
-    if (records.size() <= std::max<size_t>(limit, 1)) return;
+  // Forgets the older half of `records` (by generation) and raises the floor
+  // to the newest generation forgotten.
+  auto forget_older_half = [this](absl::flat_hash_map<std::string, uint64_t>& records,
+                                  uint64_t& bytes, bool prefixes) {
     std::vector<uint64_t> generations;
     generations.reserve(records.size());
     for (const auto& [name, g] : records) generations.push_back(g);
@@ -546,20 +593,42 @@ void BasicCacheStore<Value>::PruneLocked() {
         auto len = prefix_lengths_.find(it->first.size());
         if (--len->second == 0) prefix_lengths_.erase(len);
       }
+      bytes -= it->first.size() + kRecordOverhead;
       records.erase(it++);
     }
     floor_generation_ = std::max(floor_generation_, forget_upto);
   };
-  prune(tag_generations_, options_.max_tracked_tags, false);
-  prune(prefix_generations_, options_.max_tracked_prefixes, true);
+  const uint64_t max_bytes = std::max<uint64_t>(options_.max_tracked_bytes, 1);
+  while (!tag_generations_.empty() &&
+         (tag_generations_.size() > std::max<size_t>(options_.max_tracked_tags, 1) ||
+          tag_record_bytes_ > max_bytes)) {
+    forget_older_half(tag_generations_, tag_record_bytes_, false);
+  }
+  while (!prefix_generations_.empty() &&
+         (prefix_generations_.size() > std::max<size_t>(options_.max_tracked_prefixes, 1) ||
+          prefix_record_bytes_ > max_bytes ||
+          prefix_lengths_.size() > std::max<size_t>(options_.max_tracked_prefix_lengths, 1))) {
+    forget_older_half(prefix_generations_, prefix_record_bytes_, true);
+  }
 }
 
 template <typename Value>
-typename BasicCacheStore<Value>::InvalidateResult BasicCacheStore<Value>::Invalidate(const std::vector<std::string>& tags,
-                                                    const std::vector<std::string>& prefixes,
-                                                    bool flush_all) {
+uint64_t BasicCacheStore<Value>::RemovePrefixLocked(Shard& shard, absl::string_view prefix) {
+  uint64_t removed = 0;
+  while (true) {
+    auto it = shard.ordered.lower_bound(prefix);
+    if (it == shard.ordered.end() || !absl::StartsWith(*it, prefix)) return removed;
+    RemoveLocked(shard, shard.index.find(*it)->second, Removal::kInvalidate);
+    ++removed;
+  }
+}
+
+template <typename Value>
+typename BasicCacheStore<Value>::InvalidateResult BasicCacheStore<Value>::Invalidate(
+    const std::vector<std::string>& tags, const std::vector<std::string>& prefixes,
+    bool flush_all) {
   InvalidateResult result;
-  std::vector<std::string> live_prefixes;
+  std::vector<absl::string_view> live_prefixes;
   for (const std::string& p : prefixes) {
     if (!p.empty()) live_prefixes.push_back(p);
   }
@@ -570,10 +639,16 @@ typename BasicCacheStore<Value>::InvalidateResult BasicCacheStore<Value>::Invali
     std::unique_lock<std::shared_mutex> lock(gen_mu_);
     result.generation = generation_.fetch_add(1, std::memory_order_acq_rel) + 1;
     if (flush_all) flush_generation_ = result.generation;
-    for (const std::string& tag : tags) tag_generations_[tag] = result.generation;
-    for (const std::string& p : live_prefixes) {
-      auto [it, inserted] = prefix_generations_.insert_or_assign(p, result.generation);
-      if (inserted) ++prefix_lengths_[p.size()];
+    for (const std::string& tag : tags) {
+      auto [it, inserted] = tag_generations_.insert_or_assign(tag, result.generation);
+      if (inserted) tag_record_bytes_ += tag.size() + kRecordOverhead;
+    }
+    for (absl::string_view p : live_prefixes) {
+      auto [it, inserted] = prefix_generations_.insert_or_assign(std::string(p), result.generation);
+      if (inserted) {
+        ++prefix_lengths_[p.size()];
+        prefix_record_bytes_ += p.size() + kRecordOverhead;
+      }
     }
     PruneLocked();
   }
@@ -590,6 +665,7 @@ typename BasicCacheStore<Value>::InvalidateResult BasicCacheStore<Value>::Invali
       result.removed += n;
       invalidated_entries_.fetch_add(n, std::memory_order_relaxed);
       shard.index.clear();
+      shard.ordered.clear();
       shard.expiry.clear();
       shard.tag_index.clear();
       shard.lru.clear();
@@ -607,19 +683,7 @@ typename BasicCacheStore<Value>::InvalidateResult BasicCacheStore<Value>::Invali
         ++result.removed;
       }
     }
-    if (!live_prefixes.empty()) {
-      for (auto it = shard.lru.begin(); it != shard.lru.end();) {
-        auto next = std::next(it);
-        for (const std::string& p : live_prefixes) {
-          if (absl::StartsWith(it->key, p)) {
-            RemoveLocked(shard, it, Removal::kInvalidate);
-            ++result.removed;
-            break;
-          }
-        }
-        it = next;
-      }
-    }
+    for (absl::string_view p : live_prefixes) result.removed += RemovePrefixLocked(shard, p);
   }
   return result;
 }
@@ -685,12 +749,14 @@ CacheStoreStats BasicCacheStore<Value>::Stats() const {
   s.invalidated_tags = invalidated_tags_.load(std::memory_order_relaxed);
   s.invalidated_prefixes = invalidated_prefixes_.load(std::memory_order_relaxed);
   s.flushes = flushes_.load(std::memory_order_relaxed);
+  s.sets_unknown_generation = sets_unknown_generation_.load(std::memory_order_relaxed);
   s.invalidated_entries = invalidated_entries_.load(std::memory_order_relaxed);
   s.generation = generation();
   s.shards = static_cast<uint32_t>(shards_.size());
   std::shared_lock<std::shared_mutex> lock(gen_mu_);
   s.tracked_tags = tag_generations_.size();
   s.tracked_prefixes = prefix_generations_.size();
+  s.tracked_bytes = tag_record_bytes_ + prefix_record_bytes_;
   s.floor_generation = floor_generation_;
   return s;
 }

@@ -75,13 +75,16 @@ class Model {
 
   SetResult Set(const std::string& key, const std::string& value, absl::Duration ttl,
                 absl::Duration stale, std::vector<std::string> tags, uint64_t read_generation) {
+    if (read_generation > generation_ || read_generation < first_generation_) {
+      return SetResult::kUnknownGeneration;
+    }
     std::sort(tags.begin(), tags.end());
     tags.erase(std::unique(tags.begin(), tags.end()), tags.end());
     const uint64_t charge = CacheStore::Charge(key, value.size(), tags);
     if (key.size() + value.size() > max_entry_bytes_ || charge > store_.shard_capacity()) {
       return SetResult::kTooLarge;
     }
-    if (read_generation != 0 && !Allows(key, tags, read_generation)) {
+    if (!Allows(key, tags, read_generation)) {
       return SetResult::kInvalidated;
     }
     Shard& shard = ShardFor(key);
@@ -187,7 +190,6 @@ class Model {
   }
 
   bool Allows(const std::string& key, const std::vector<std::string>& tags, uint64_t g) const {
-    if (g > generation_ || g < first_generation_) return false;
     if (flush_generation_ > g) return false;
     for (const auto& t : tags) {
       auto it = tag_generations_.find(t);
@@ -272,10 +274,14 @@ void RunModel(uint32_t seed, uint32_t shards, uint64_t shard_bytes, int steps) {
                                                  : absl::ZeroDuration();
       std::vector<std::string> tags;
       for (int i = uniform(0, 2); i > 0; --i) tags.push_back(kTags[uniform(0, 7)]);
-      uint64_t g = 0;
-      const int gen_choice = uniform(0, 9);
-      if (gen_choice < 6 && read_generations.count(key)) g = read_generations[key];
-      if (gen_choice == 9) g = model.generation() - uniform(0, 3);
+      // Mostly the generation of this key's last Get (or the current one);
+      // sometimes a recent one, 0, or one from the future.
+      uint64_t g = model.generation();
+      const int gen_choice = uniform(0, 19);
+      if (gen_choice < 12 && read_generations.count(key)) g = read_generations[key];
+      if (gen_choice == 17) g = model.generation() - uniform(0, 3);
+      if (gen_choice == 18) g = 0;
+      if (gen_choice == 19) g = model.generation() + uniform(1, 3);
       what = absl::StrCat("Set ", key, " (", value.size(), " bytes, gen ", g, ")");
       SetResult got = store.Set(key, value, ttl, stale, tags, g);
       SetResult want = model.Set(key, value, ttl, stale, tags, g);

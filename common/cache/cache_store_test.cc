@@ -17,6 +17,9 @@ using Outcome = CacheStore::Outcome;
 using SetResult = CacheStore::SetResult;
 
 constexpr absl::Duration kNoStale = absl::ZeroDuration();
+// Put()'s read_generation: the store's generation when Put is called (a
+// caller that read the current generation before reading its value).
+constexpr uint64_t kCurrent = ~uint64_t{0};
 
 class CacheStoreTest : public ::testing::Test {
  protected:
@@ -31,8 +34,9 @@ class CacheStoreTest : public ::testing::Test {
   }
 
   SetResult Put(CacheStore& store, const std::string& key, const std::string& value,
-                std::vector<std::string> tags = {}, uint64_t read_generation = 0,
+                std::vector<std::string> tags = {}, uint64_t read_generation = kCurrent,
                 absl::Duration ttl = absl::Seconds(10)) {
+    if (read_generation == kCurrent) read_generation = store.generation();
     return store.Set(key, value, ttl, kNoStale, std::move(tags), read_generation);
   }
 
@@ -46,7 +50,8 @@ class CacheStoreTest : public ::testing::Test {
 TEST_F(CacheStoreTest, HitStaleMissAndExpiry) {
   CacheStore store(Options());
   EXPECT_EQ(store.Get("k").outcome, Outcome::kMiss);
-  ASSERT_EQ(store.Set("k", "v", absl::Seconds(10), absl::Seconds(5), {}, 0), SetResult::kStored);
+  ASSERT_EQ(store.Set("k", "v", absl::Seconds(10), absl::Seconds(5), {}, store.generation()),
+            SetResult::kStored);
 
   CacheStore::GetResult r = store.Get("k");
   EXPECT_EQ(r.outcome, Outcome::kHit);
@@ -90,7 +95,7 @@ TEST_F(CacheStoreTest, WithoutStaleWindowGoesStraightToMiss) {
 TEST_F(CacheStoreTest, SetReplacesValueTagsAndTtl) {
   CacheStore store(Options());
   ASSERT_EQ(Put(store, "k", "one", {"a"}), SetResult::kStored);
-  ASSERT_EQ(Put(store, "k", "two", {"b"}, 0, absl::Seconds(1)), SetResult::kStored);
+  ASSERT_EQ(Put(store, "k", "two", {"b"}, kCurrent, absl::Seconds(1)), SetResult::kStored);
   EXPECT_EQ(*store.Get("k").value, "two");
   EXPECT_EQ(store.Stats().entries, 1u);
   EXPECT_EQ(store.Stats().bytes, CacheStore::Charge("k", 3, {"b"}));
@@ -227,20 +232,112 @@ TEST_F(CacheStoreTest, PrefixAndFlushInvalidationsRefuseOlderFills) {
   g = store.Get("z").generation;
   store.Invalidate({}, {}, true);
   EXPECT_EQ(Put(store, "z", "x", {"any"}, g), SetResult::kInvalidated);
-  // Unconditional fills ignore generations.
-  EXPECT_EQ(Put(store, "z", "x", {"any"}, 0), SetResult::kStored);
+  // A value read after the flush may be stored.
+  EXPECT_EQ(Put(store, "z", "x", {"any"}), SetResult::kStored);
 }
 
 TEST_F(CacheStoreTest, GenerationsNotIssuedByThisStoreAreRefused) {
   auto first = std::make_unique<CacheStore>(Options());
+  first->Invalidate({"t"}, {}, false);
   const uint64_t old_generation = first->Get("k").generation;
+  EXPECT_GT(old_generation, first->first_generation());
   first.reset();
   clock_.Advance(absl::Milliseconds(1));  // a restart takes time
   CacheStore restarted(Options());
-  EXPECT_GT(restarted.generation(), old_generation);
-  EXPECT_EQ(Put(restarted, "k", "v", {}, old_generation), SetResult::kInvalidated);
-  EXPECT_EQ(Put(restarted, "k", "v", {}, restarted.generation() + 1), SetResult::kInvalidated);
-  EXPECT_EQ(Put(restarted, "k", "v", {}, restarted.generation()), SetResult::kStored);
+  EXPECT_GT(restarted.first_generation(), old_generation);
+  EXPECT_EQ(restarted.generation(), restarted.first_generation());
+  // 0, a generation of the earlier incarnation, and one from the future: none
+  // was handed out here, so none is compared with anything; nothing is stored.
+  for (uint64_t g : {uint64_t{0}, uint64_t{1}, old_generation, restarted.first_generation() - 1,
+                     restarted.generation() + 1, ~uint64_t{0} - 1}) {
+    EXPECT_EQ(Put(restarted, "k", "forged", {}, g), SetResult::kUnknownGeneration) << g;
+    EXPECT_FALSE(restarted.Issued(g)) << g;
+  }
+  EXPECT_FALSE(Has(restarted, "k"));
+  CacheStoreStats s = restarted.Stats();
+  EXPECT_EQ(s.entries, 0u);
+  EXPECT_EQ(s.sets, 0u);
+  EXPECT_EQ(s.sets_rejected, 6u);
+  EXPECT_EQ(s.sets_unknown_generation, 6u);
+  // A generation handed out later (by an invalidation) becomes valid then.
+  const uint64_t next = restarted.generation() + 1;
+  restarted.Invalidate({"other"}, {}, false);
+  EXPECT_TRUE(restarted.Issued(next));
+  EXPECT_EQ(Put(restarted, "k", "v", {}, next), SetResult::kStored);
+  EXPECT_EQ(*restarted.Get("k").value, "v");
+  EXPECT_EQ(restarted.Stats().sets_unknown_generation, 6u);
+}
+
+// A key sorts next to keys it is not a prefix of; bytes compare unsigned.
+TEST_F(CacheStoreTest, PrefixInvalidationRemovesExactlyTheKeysItPrefixes) {
+  CacheStore store(Options(1 << 20, 4));
+  const std::vector<std::string> keys = {
+      "a",     "a/",   "a/b",  "a/b/c", "a.",   "a0",    "a/\xff", std::string("a/\0x", 4),
+      "a/\x80z", "b/a", "ab",   "A/b",   "",     "a/b\xff"};
+  for (const std::string& k : keys) {
+    if (k.empty()) continue;
+    ASSERT_EQ(Put(store, k, "v"), SetResult::kStored) << k;
+  }
+  auto resident = [&] {
+    std::vector<std::string> out;
+    for (const std::string& k : keys) {
+      if (!k.empty() && Has(store, k)) out.push_back(k);
+    }
+    return out;
+  };
+  EXPECT_EQ(store.Invalidate({}, {"a/b"}, false).removed, 3u);  // a/b, a/b/c, a/b\xff
+  EXPECT_EQ(resident(), (std::vector<std::string>{"a", "a/", "a.", "a0", "a/\xff",
+                                                  std::string("a/\0x", 4), "a/\x80z", "b/a",
+                                                  "ab", "A/b"}));
+  // Overlapping prefixes in one request: each key removed once.
+  EXPECT_EQ(store.Invalidate({}, {"a/", "a/\x80", "a/"}, false).removed, 4u);
+  EXPECT_EQ(resident(), (std::vector<std::string>{"a", "a.", "a0", "b/a", "ab", "A/b"}));
+  EXPECT_EQ(store.Invalidate({}, {"zz", "a0/"}, false).removed, 0u);
+  EXPECT_EQ(store.Invalidate({}, {"a"}, false).removed, 4u);
+  EXPECT_EQ(resident(), (std::vector<std::string>{"b/a", "A/b"}));
+  CacheStoreStats s = store.Stats();
+  EXPECT_EQ(s.entries, 2u);
+  EXPECT_EQ(s.bytes, CacheStore::Charge("b/a", 1, {}) + CacheStore::Charge("A/b", 1, {}));
+  // Entries removed by other means leave the ordered index too: a prefix
+  // finds nothing of them, and keys stored again are found.
+  EXPECT_TRUE(store.Delete("b/a"));
+  EXPECT_EQ(store.Invalidate({}, {"b/"}, false).removed, 0u);
+  ASSERT_EQ(Put(store, "b/a", "again"), SetResult::kStored);
+  EXPECT_EQ(store.Invalidate({}, {"b/"}, false).removed, 1u);
+  store.Invalidate({}, {}, true);
+  ASSERT_EQ(Put(store, "A/b", "again"), SetResult::kStored);
+  EXPECT_EQ(store.Invalidate({}, {"A"}, false).removed, 1u);
+  EXPECT_EQ(store.Stats().entries, 0u);
+}
+
+// Long tag names and prefixes of many lengths: the records stay within their
+// byte and length bounds, and what was forgotten refuses older fills.
+TEST_F(CacheStoreTest, GenerationRecordsAreBoundedInBytesAndPrefixLengths) {
+  CacheStoreOptions o = Options();
+  o.max_tracked_bytes = 64 << 10;
+  o.max_tracked_prefix_lengths = 8;
+  CacheStore store(o);
+  const uint64_t early = store.generation();
+  for (int i = 0; i < 200; ++i) {
+    store.Invalidate({absl::StrCat(i, "/", std::string(2000, 't'))}, {}, false);
+    ASSERT_LE(store.Stats().tracked_bytes, o.max_tracked_bytes) << i;
+  }
+  CacheStoreStats s = store.Stats();
+  EXPECT_LE(s.tracked_tags * (2000 + CacheStore::kRecordOverhead), o.max_tracked_bytes);
+  EXPECT_GT(s.tracked_tags, 0u);
+  EXPECT_GT(s.floor_generation, early);
+  EXPECT_EQ(Put(store, "k", "v", {"never"}, early), SetResult::kInvalidated);
+
+  const uint64_t before_prefixes = store.generation();
+  for (int len = 1; len <= 40; ++len) store.Invalidate({}, {std::string(len, 'p')}, false);
+  s = store.Stats();
+  EXPECT_LE(s.tracked_prefixes, 8u);
+  EXPECT_GT(s.tracked_prefixes, 0u);
+  EXPECT_GE(s.floor_generation, before_prefixes);
+  // The newest prefix is still recorded exactly.
+  const uint64_t before_last = store.generation() - 1;
+  EXPECT_EQ(Put(store, std::string(45, 'p'), "v", {}, before_last), SetResult::kInvalidated);
+  EXPECT_EQ(Put(store, "q", "v", {}, before_last), SetResult::kStored);
 }
 
 TEST_F(CacheStoreTest, PrunedGenerationRecordsRaiseTheFloor) {
@@ -287,9 +384,10 @@ TEST_F(CacheStoreTest, InvalidationBetweenCheckAndInsertRemovesTheEntry) {
 
 TEST_F(CacheStoreTest, ReapRemovesExpiredEntries) {
   CacheStore store(Options());
-  store.Set("short", "v", absl::Seconds(1), absl::ZeroDuration(), {"t"}, 0);
-  store.Set("stale", "v", absl::Seconds(1), absl::Seconds(5), {}, 0);
-  store.Set("long", "v", absl::Seconds(100), absl::ZeroDuration(), {}, 0);
+  const uint64_t g = store.generation();
+  store.Set("short", "v", absl::Seconds(1), absl::ZeroDuration(), {"t"}, g);
+  store.Set("stale", "v", absl::Seconds(1), absl::Seconds(5), {}, g);
+  store.Set("long", "v", absl::Seconds(100), absl::ZeroDuration(), {}, g);
   EXPECT_EQ(store.Reap(), 0u);
   clock_.Advance(absl::Seconds(2));
   EXPECT_EQ(store.Reap(), 1u);
@@ -305,7 +403,8 @@ TEST_F(CacheStoreTest, ReapRemovesExpiredEntries) {
 TEST_F(CacheStoreTest, ReapHandlesMoreThanOneBatch) {
   CacheStore store(Options(64 << 20, 1));
   for (int i = 0; i < 3000; ++i) {
-    store.Set(absl::StrCat("k", i), "v", absl::Seconds(1), absl::ZeroDuration(), {}, 0);
+    store.Set(absl::StrCat("k", i), "v", absl::Seconds(1), absl::ZeroDuration(), {},
+              store.generation());
   }
   clock_.Advance(absl::Seconds(1));
   EXPECT_EQ(store.Reap(), 3000u);
@@ -358,7 +457,7 @@ TEST_F(CacheStoreTest, AdmissionStillFillsFreeSpaceAndEvictsExpired) {
   CacheStore store(Options(4 * one, 1, /*admission=*/true));
   for (int i = 0; i < 4; ++i) {
     ASSERT_EQ(store.Set(absl::StrCat("k", i), std::string(10, 'v'), absl::Seconds(1),
-                        absl::ZeroDuration(), {}, 0),
+                        absl::ZeroDuration(), {}, store.generation()),
               SetResult::kStored);
   }
   // Full, and the residents are as popular as the newcomer: not admitted.

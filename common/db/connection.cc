@@ -38,6 +38,70 @@ constexpr int kCancelRefused = 3;  // a sink refused rows: the rest is not wante
 // far more than reading a small rest, which is usually already on its way.
 constexpr absl::Duration kDrainBeforeCancel = absl::Milliseconds(20);
 
+// The longest single poll() of a wait: a wait without a deadline still comes
+// back to check the caller's flags and the connection now and then.
+constexpr int kMaxPollSliceMs = 1000;
+
+// What a statement's command tag says it did to the transaction.
+enum TxnControl {
+  kTxnNone = 0,
+  kTxnOpens,   // BEGIN, START TRANSACTION: a transaction block is open after it
+  kTxnWithin,  // SAVEPOINT, RELEASE: only possible inside a transaction block
+  kTxnEnds,    // COMMIT, ROLLBACK (also ROLLBACK TO), PREPARE TRANSACTION, ...
+};
+
+TxnControl TxnControlOf(absl::string_view tag) {
+  if (tag == "BEGIN" || tag == "START TRANSACTION") return kTxnOpens;
+  if (tag == "SAVEPOINT" || tag == "RELEASE") return kTxnWithin;
+  if (tag == "COMMIT" || tag == "ROLLBACK" || tag == "PREPARE TRANSACTION" ||
+      tag == "COMMIT PREPARED" || tag == "ROLLBACK PREPARED") {
+    return kTxnEnds;
+  }
+  return kTxnNone;
+}
+
+// The error a statement that is transaction control gets. `tag` is its
+// command tag (what it did), `where` what poolside runs it in.
+absl::Status TxnControlRefused(absl::string_view tag, absl::string_view where) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "transaction control (", tag, ") is not allowed ", where,
+      "; use ExecuteTransaction for a transaction of several statements. The connection was "
+      "discarded and anything left open on it rolled back"));
+}
+
+absl::Status CopyRefused(ExecStatusType kind) {
+  absl::string_view what;
+  switch (kind) {
+    case PGRES_COPY_OUT:
+      what =
+          "COPY ... TO STDOUT sends its rows outside the statement protocol; select them "
+          "instead (ExecuteStream for large results)";
+      break;
+    case PGRES_COPY_IN:
+      what = "COPY ... FROM STDIN; nothing was copied. Rows come in through the ingest service";
+      break;
+    default:
+      what = "COPY BOTH (replication) is not a statement";
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("COPY is not supported here: ", what, ". The connection was discarded"));
+}
+
+bool SeverityEndsSession(const PGresult* res) {
+  const char* severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+  if (severity == nullptr) return false;
+  const absl::string_view sev = severity;
+  return sev == "FATAL" || sev == "PANIC";
+}
+
+// The same code with more said after the message (the SQLSTATE payload kept).
+absl::Status Annotate(const absl::Status& s, absl::string_view more) {
+  absl::Status out(s.code(), absl::StrCat(s.message(), more));
+  if (auto state = s.GetPayload(kSqlStatePayload)) out.SetPayload(kSqlStatePayload, *state);
+  return out;
+}
+
 // Quotes a libpq keyword/value connection string value.
 std::string QuoteConninfo(absl::string_view value) {
   std::string out = "'";
@@ -84,12 +148,6 @@ absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
   absl::StrAppend(&out, "options=",
                   QuoteConninfo(absl::StrCat(kSessionOptions, options.empty() ? "" : " ", options)));
   return out;
-}
-
-void NoticeToLog(void*, const char* message) {
-  if (telemetry::LogEnabled(telemetry::LogLevel::kDebug)) {
-    telemetry::LogDebug("postgres notice", {{"notice", std::string(message)}});
-  }
 }
 
 // A libpqxx connection policy that remembers the libpq handle it opens: the
@@ -149,7 +207,10 @@ struct Connection::CancelState {
 };
 
 struct Connection::Step {
-  enum Kind { kSimple, kPrepare, kExec, kSync };
+  // kMarker: a Parse of the empty unnamed statement, sent first when a
+  // pipeline would otherwise start with a statement's Execute: if the server
+  // ends the session before answering it, no statement of the pipeline ran.
+  enum Kind { kSimple, kPrepare, kExec, kSync, kMarker };
   Kind kind;
   std::string sql;                  // kSimple: the SQL text
   Statement* statement = nullptr;   // kExec/kPrepare
@@ -169,6 +230,22 @@ struct Connection::Step {
   // of its own): the server may already run it, so a cancel request sent for
   // this step could hit that one instead. Set by RunPipeline.
   bool others_behind = false;
+  // The caller's statement this step belongs to (its index in the call), or
+  // SIZE_MAX for poolside's own steps.
+  size_t owner = SIZE_MAX;
+
+  // What happened to it, recorded while reading results.
+  bool sent = false;           // handed to libpq
+  bool done = false;           // every result of it was read
+  bool answered = false;       // the server replied to it (rows, a command, an error)
+  bool completed = false;      // its command completed on the server
+  bool server_error = false;   // the server's reply was an error (in `status`)
+  bool session_ended = false;  // ... one that ended the session (FATAL)
+  bool skipped = false;        // the server skipped it after an earlier error
+  bool refused = false;        // a COPY: failed here, its own outcome
+  TxnControl txn = kTxnNone;   // kExec: its command tag was transaction control
+  std::string tag;             // kExec/kSimple: its command tag
+  int xact = -1;               // kSync: PQtransactionStatus when its result was read
 };
 
 Connection::Connection(const ConnectionOptions& options) : options_(options) {}
@@ -193,7 +270,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
   if (c->conn_ == nullptr || PQstatus(c->conn_) != CONNECTION_OK) {
     return absl::UnavailableError("database connection failed");
   }
-  PQsetNoticeProcessor(c->conn_, &NoticeToLog, nullptr);
+  PQsetNoticeReceiver(c->conn_, &Connection::OnNotice, c.get());
   if (PQsetnonblocking(c->conn_, 1) != 0) {
     return absl::InternalError("cannot switch the connection to non-blocking mode");
   }
@@ -205,6 +282,9 @@ int Connection::server_version() const { return conn_ ? PQserverVersion(conn_) :
 
 absl::Status Connection::MarkBroken(absl::string_view what) {
   broken_ = true;
+  if (session_ended_) {
+    return Annotate(session_end_, absl::StrCat(" (while ", what, ")"));
+  }
   std::string msg = conn_ ? PQerrorMessage(conn_) : "";
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
   if (msg.size() > kMaxErrorMessage) msg.resize(kMaxErrorMessage);
@@ -212,30 +292,70 @@ absl::Status Connection::MarkBroken(absl::string_view what) {
                                              what, msg.empty() ? "" : ": ", msg));
 }
 
-bool Connection::LooksAlive() {
-  if (broken_ || conn_ == nullptr || PQstatus(conn_) != CONNECTION_OK) return false;
-  if (PQtransactionStatus(conn_) != PQTRANS_IDLE) return false;
-  pollfd pfd{PQsocket(conn_), POLLIN, 0};
-  int rc = ::poll(&pfd, 1, 0);
-  if (rc > 0) {
-    // Nothing is expected while idle: either an asynchronous message (notice,
-    // parameter status) or the server closing the connection.
-    if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) {
-      broken_ = true;
-      return false;
+void Connection::OnNotice(void* self, const PGresult* res) {
+  auto* c = static_cast<Connection*>(self);
+  const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  // A FATAL outside a statement is the server saying goodbye (e.g. the backend
+  // was terminated); the socket closes right after it. 57P02 (another backend
+  // crashed) comes as a WARNING and ends the session all the same.
+  if (SeverityEndsSession(res) || (state != nullptr && absl::string_view(state) == "57P02")) {
+    if (!c->session_ended_) {
+      const char* primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+      c->session_end_ =
+          StatusFromSqlState(state != nullptr ? state : "",
+                             absl::StrCat("the server ended the session: ",
+                                          primary != nullptr ? primary : "(no message)"));
     }
-    // Pooled connections never want notifications (a caller's stray LISTEN
-    // must not make them pile up); a listening one keeps them.
+    c->session_ended_ = true;
+  }
+  if (telemetry::LogEnabled(telemetry::LogLevel::kDebug)) {
+    telemetry::LogDebug("postgres notice", {{"notice", std::string(PQresultErrorMessage(res))}});
+  }
+}
+
+absl::Status Connection::ExpectIdle() {
+  if (broken_ || conn_ == nullptr) return absl::UnavailableError("connection is broken");
+  if (session_ended_) return MarkBroken("idle");
+  if (PQstatus(conn_) != CONNECTION_OK) return MarkBroken("idle");
+  if (PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+    broken_ = true;
+    return absl::UnavailableError("connection is not idle (a transaction was left open)");
+  }
+  return absl::OkStatus();
+}
+
+bool Connection::LooksAlive() {
+  if (!ExpectIdle().ok()) return false;
+  // Nothing is expected while idle but asynchronous messages (notices,
+  // parameter status, notifications) or the end of the session: a FATAL (to
+  // OnNotice once parsed) and the socket closing. Read what is there, a few
+  // times at most: the end of the stream shows only on a read after the data.
+  for (int reads = 0; reads < 4 && !broken_; ++reads) {
+    pollfd pfd{PQsocket(conn_), POLLIN, 0};
+    const int rc = ::poll(&pfd, 1, 0);
+    if (rc == 0) break;
+    if (rc < 0) {
+      if (errno != EINTR) broken_ = true;
+      continue;
+    }
+    if ((pfd.revents & POLLNVAL) != 0 || PQconsumeInput(conn_) == 0 ||
+        PQstatus(conn_) != CONNECTION_OK) {
+      broken_ = true;
+      break;
+    }
+    // PQconsumeInput only reads; parsing happens here. Pooled connections
+    // never want notifications (a caller's stray LISTEN must not make them pile
+    // up); a listening one keeps them.
     if (!listening_) {
       while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
     }
     if (!PQisBusy(conn_)) {
-      // A server-initiated error (e.g. terminating connection) surfaces as a result.
       while (PGresult* r = PQgetResult(conn_)) {
         PQclear(r);
         broken_ = true;
       }
     }
+    if (session_ended_) broken_ = true;
   }
   return !broken_;
 }
@@ -249,45 +369,61 @@ void Connection::CancelBackend(CancelState* cancel, int reason, absl::Time now) 
   }
 }
 
+absl::Status Connection::EnforceDeadline(absl::Time deadline, const std::atomic<bool>* cancelled,
+                                         CancelState* cancel, absl::Time now) {
+  if (cancel->reason == 0) {
+    int reason = 0;
+    if (now >= deadline) {
+      reason = kCancelDeadline;
+    } else if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed)) {
+      reason = kCancelCaller;
+    } else if (now >= cancel->cancel_at) {
+      reason = kCancelRefused;
+    }
+    if (reason != 0) CancelBackend(cancel, reason, now);
+  } else if (now >= cancel->give_up) {
+    return MarkBroken("waiting for a cancelled statement to stop");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Connection::WaitForServer(absl::Time deadline, const std::atomic<bool>* cancelled,
+                                       CancelState* cancel, bool want_write) {
+  if (session_ended_) return MarkBroken("waiting for the server");
+  const absl::Time now = absl::Now();
+  if (absl::Status s = EnforceDeadline(deadline, cancelled, cancel, now); !s.ok()) return s;
+  // Wake up at the deadline, and poll the caller's cancel flag now and then.
+  absl::Time wake = cancel->reason != 0 ? cancel->give_up : std::min(deadline, cancel->cancel_at);
+  if (cancelled != nullptr && cancel->reason == 0) {
+    wake = std::min(wake, now + absl::Milliseconds(50));
+  }
+  const int timeout_ms = static_cast<int>(
+      std::clamp<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))),
+                          0, kMaxPollSliceMs));
+  const int fd = PQsocket(conn_);
+  if (fd < 0) return MarkBroken("waiting for the server");
+  pollfd pfd{fd, static_cast<short>(POLLIN | (want_write ? POLLOUT : 0)), 0};
+  const int rc = ::poll(&pfd, 1, timeout_ms);
+  if (rc < 0 && errno != EINTR) return MarkBroken("waiting for the server");
+  if (rc > 0) {
+    if ((pfd.revents & POLLNVAL) != 0) return MarkBroken("waiting for the server");
+    if ((pfd.revents & (POLLIN | POLLHUP | POLLERR)) != 0 && PQconsumeInput(conn_) == 0) {
+      return MarkBroken("reading");
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Connection::AwaitResult(absl::Time deadline,
                                      const std::atomic<bool>* cancelled,
                                      CancelState* cancel) {
-  int* cancel_reason = &cancel->reason;
-  absl::Time& give_up = cancel->give_up;
+  // Each pass sends, finds a result ready, or waits one bounded slice.
   while (true) {
     const int flush = PQflush(conn_);
     if (flush < 0) return MarkBroken("sending");
     if (flush == 0 && !PQisBusy(conn_)) return absl::OkStatus();
-
-    const absl::Time now = absl::Now();
-    if (*cancel_reason == 0) {
-      int reason = 0;
-      if (now >= deadline) reason = kCancelDeadline;
-      else if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed))
-        reason = kCancelCaller;
-      else if (now >= cancel->cancel_at)
-        reason = kCancelRefused;
-      if (reason != 0) CancelBackend(cancel, reason, now);
-    } else if (now >= give_up) {
-      return MarkBroken("waiting for a cancelled statement to stop");
-    }
-
-    // Wake up at the deadline, and poll the caller's cancel flag now and then.
-    absl::Time wake = *cancel_reason != 0 ? give_up : std::min(deadline, cancel->cancel_at);
-    if (cancelled != nullptr && *cancel_reason == 0) {
-      wake = std::min(wake, now + absl::Milliseconds(50));
-    }
-    int timeout_ms = -1;
-    if (wake != absl::InfiniteFuture()) {
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(
-          absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))), 0,
-          60000));
-    }
-    pollfd pfd{PQsocket(conn_), static_cast<short>(POLLIN | (flush == 1 ? POLLOUT : 0)), 0};
-    const int rc = ::poll(&pfd, 1, timeout_ms);
-    if (rc < 0 && errno != EINTR) return MarkBroken("waiting for the server");
-    if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
-      if (PQconsumeInput(conn_) == 0) return MarkBroken("reading");
+    if (absl::Status s = WaitForServer(deadline, cancelled, cancel, flush == 1); !s.ok()) {
+      return s;
     }
   }
 }
@@ -363,8 +499,14 @@ absl::Status Connection::SendStep(Step& step) {
     case Step::kSync:
       ok = PQpipelineSync(conn_);
       break;
+    case Step::kMarker:
+      ok = PQsendPrepare(conn_, "", "", 0, nullptr);
+      break;
   }
-  if (ok == 1) return absl::OkStatus();
+  if (ok == 1) {
+    step.sent = true;
+    return absl::OkStatus();
+  }
   return MarkBroken("sending a statement");
 }
 
@@ -418,7 +560,12 @@ absl::Status Connection::HandleRows(PGresult* res, Step& step) {
 
 void Connection::ConsumeResultsOf(Step& step) {
   // Called with a result ready; reads this step's results up to its terminator
-  // (NULL for a command, PGRES_PIPELINE_SYNC for a sync).
+  // (NULL for a command, PGRES_PIPELINE_SYNC for a sync). Every pass either
+  // takes a result (progress) or waits a bounded slice in AwaitResult, and
+  // every result kind either is consumed here or ends the step: COPY states
+  // (where libpq hands out the same result again) are read past or end the
+  // connection.
+  int stray_nulls = 0;
   while (true) {
     CancelState* cancel = step.cancel != nullptr ? step.cancel : &step.local_cancel;
     absl::Status wait = AwaitResult(step.deadline, step.cancelled, cancel);
@@ -428,17 +575,42 @@ void Connection::ConsumeResultsOf(Step& step) {
     }
     PGresult* res = PQgetResult(conn_);
     if (res == nullptr) {
-      if (step.kind == Step::kSync) continue;  // stray terminator; keep reading
-      return;
+      if (step.kind != Step::kSync) {
+        step.done = true;
+        // The server ended the session with this step's error: nothing else
+        // comes but the socket closing.
+        if (session_ended_) broken_ = true;
+        return;
+      }
+      // A Sync's first result is PGRES_PIPELINE_SYNC; more than one NULL
+      // before it means the results are out of step with what was sent.
+      if (++stray_nulls > 1) {
+        absl::Status lost = MarkBroken("reading results out of step with the statements sent");
+        if (step.status.ok()) step.status = lost;
+        return;
+      }
+      continue;
     }
     const ExecStatusType rs = PQresultStatus(res);
     switch (rs) {
       case PGRES_PIPELINE_SYNC:
         PQclear(res);
-        if (step.kind == Step::kSync) return;
-        continue;
+        if (step.kind == Step::kSync) {
+          step.answered = step.done = step.completed = true;
+          // Exact only at the pipeline's last Sync: with commands still
+          // queued behind it, libpq reports PQTRANS_ACTIVE.
+          step.xact = PQtransactionStatus(conn_);
+          return;
+        }
+        {
+          absl::Status lost = MarkBroken("reading results out of step with the statements sent");
+          if (step.status.ok()) step.status = lost;
+        }
+        return;
       case PGRES_SINGLE_TUPLE:
       case PGRES_TUPLES_OK: {
+        step.answered = true;
+        if (rs == PGRES_TUPLES_OK) step.completed = true;
         absl::Status st = HandleRows(res, step);
         if (!st.ok() && step.status.ok()) {
           step.status = st;
@@ -464,6 +636,14 @@ void Connection::ConsumeResultsOf(Step& step) {
       }
       case PGRES_COMMAND_OK:
       case PGRES_EMPTY_QUERY:
+        step.answered = step.completed = true;
+        if (step.kind == Step::kExec || step.kind == Step::kSimple) step.tag = PQcmdStatus(res);
+        if (step.kind == Step::kExec) {
+          // A caller's statement that is transaction control: whatever it did
+          // to the transaction, this connection is not reused.
+          step.txn = TxnControlOf(step.tag);
+          if (step.txn != kTxnNone) discard_ = true;
+        }
         if (step.kind == Step::kExec && step.statement && step.statement->sink &&
             step.status.ok()) {
           ResultSink* sink = step.statement->sink;
@@ -478,18 +658,54 @@ void Connection::ConsumeResultsOf(Step& step) {
         }
         break;
       case PGRES_PIPELINE_ABORTED:
+        step.skipped = true;
         if (step.status.ok()) {
           step.status = absl::AbortedError(
               "not executed: an earlier statement in the same transaction failed");
         }
         break;
-      default: {
+      case PGRES_COPY_OUT:
+        PQclear(res);
+        step.answered = step.refused = true;
+        if (step.status.ok()) step.status = CopyRefused(rs);
+        discard_ = true;
+        if (!step.others_behind) {
+          // Nothing behind it needs the protocol in step: drop the connection
+          // now rather than read a COPY of any size.
+          broken_ = true;
+          return;
+        }
+        // Statements of other callers follow: read the rows past, so they
+        // still get their results. The COPY's own result follows the data.
+        if (!DrainCopyOut(step, cancel).ok()) return;
+        continue;
+      case PGRES_COPY_IN:
+      case PGRES_COPY_BOTH:
+        // The server now waits for COPY data; it reads the messages pipelined
+        // behind as a protocol error and skips to a later Sync, so libpq's
+        // queue and the server are no longer in step: drop the connection.
+        PQclear(res);
+        step.answered = step.refused = true;
+        if (step.status.ok()) step.status = CopyRefused(rs);
+        broken_ = true;
+        return;
+      case PGRES_FATAL_ERROR: {
         const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         const char* primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
         const char* detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
         absl::Status st = StatusFromSqlState(
             state ? state : "", primary ? primary : PQresultErrorMessage(res),
             detail ? detail : "");
+        // An error with a SQLSTATE came from the server; one without is
+        // libpq's own (the connection was lost).
+        if (state != nullptr) {
+          step.answered = step.server_error = true;
+          if (SeverityEndsSession(res)) {
+            step.session_ended = true;
+            if (!session_ended_) session_end_ = st;
+            session_ended_ = true;
+          }
+        }
         if (state != nullptr && absl::string_view(state) == "57014") {
           if (cancel->reason == kCancelDeadline) {
             st = absl::DeadlineExceededError(
@@ -502,8 +718,45 @@ void Connection::ConsumeResultsOf(Step& step) {
         if (step.status.ok()) step.status = st;
         break;
       }
+      default: {
+        // PGRES_BAD_RESPONSE (libpq could not make sense of the server) or a
+        // kind this code does not know: nothing more can be trusted.
+        const std::string kind = PQresStatus(rs);
+        PQclear(res);
+        absl::Status lost = MarkBroken(absl::StrCat("reading an unexpected result (", kind, ")"));
+        if (step.status.ok()) step.status = lost;
+        return;
+      }
     }
     PQclear(res);
+    if (PQstatus(conn_) != CONNECTION_OK) {
+      absl::Status lost = MarkBroken("reading results");
+      if (step.status.ok()) step.status = lost;
+      return;
+    }
+  }
+}
+
+absl::Status Connection::DrainCopyOut(Step& step, CancelState* cancel) {
+  for (uint64_t rows = 0;; ++rows) {
+    // Rows may keep coming without a wait: look at the clock now and then.
+    if (rows % 256 == 255) {
+      if (absl::Status s = EnforceDeadline(step.deadline, step.cancelled, cancel, absl::Now());
+          !s.ok()) {
+        return s;
+      }
+    }
+    char* buf = nullptr;
+    const int n = PQgetCopyData(conn_, &buf, /*async=*/1);
+    if (n > 0) {
+      PQfreemem(buf);
+      continue;
+    }
+    if (n == -1) return absl::OkStatus();  // the COPY's own result follows
+    if (n < -1) return MarkBroken("reading past COPY data");
+    if (absl::Status s = WaitForServer(step.deadline, step.cancelled, cancel, false); !s.ok()) {
+      return s;
+    }
   }
 }
 
@@ -575,9 +828,16 @@ absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
       }
     }
   }
-  if (!broken_) PQexitPipelineMode(conn_);
+  if (!broken_ && PQexitPipelineMode(conn_) != 1) {
+    absl::Status lost = MarkBroken("leaving pipeline mode");
+    if (link.ok()) link = lost;
+  }
+  // A COPY was read past or a statement used transaction control: the results
+  // are all here, and the connection is not reused.
+  if (discard_) broken_ = true;
   for (Step& step : steps) {
-    if (!link.ok() && step.status.ok()) step.status = link;
+    // A step whose results were all read has its own outcome.
+    if (!link.ok() && step.status.ok() && !step.done) step.status = link;
     if (step.kind == Step::kPrepare && !step.status.ok()) {
       ErasePrepared(step.prepared_key, step.prepared_name);
     }
@@ -628,7 +888,7 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements,
   }
   std::vector<bool> retry;
   absl::Status link = RunIndependentPass(statements, /*share=*/true, &retry);
-  if (link.ok()) {
+  if (link.ok() && !broken_) {
     // A shared transaction with a failure was rolled back as a whole: run each
     // of its statements again, alone, so only the failing one fails.
     std::vector<Statement*> again;
@@ -643,13 +903,32 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements,
   for (size_t i = 0; i < spans.size(); ++i) {
     spans[i].SetStatus(link.ok() ? statements[i]->status : link);
   }
+  // The call as a whole: none of it ran, all of it answered, or something in
+  // between (running it all again could run part of it twice).
+  size_t not_run = 0, answered = 0;
+  for (const Statement* s : statements) {
+    not_run += s->reach == Reach::kNotRun;
+    answered += s->reach == Reach::kAnswered;
+  }
+  last_call_reach_ = answered == statements.size()  ? Reach::kAnswered
+                     : not_run == statements.size() ? Reach::kNotRun
+                                                    : Reach::kMayHaveRun;
   return link;
 }
 
 absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> statements, bool share,
                                             std::vector<bool>* retry) {
+  if (retry != nullptr) retry->assign(statements.size(), false);
+  for (Statement* s : statements) s->reach = Reach::kAnswered;
+  if (absl::Status idle = ExpectIdle(); !idle.ok()) {
+    for (Statement* s : statements) {
+      s->status = idle;
+      s->reach = Reach::kNotRun;
+    }
+    return idle;
+  }
   std::vector<Step> steps;
-  steps.reserve(statements.size() * 3 + 2);
+  steps.reserve(statements.size() * 3 + 3);
   std::vector<std::string> evicted;
   std::vector<size_t> exec_index(statements.size(), SIZE_MAX);
   std::vector<CancelState> cancels(statements.size());
@@ -683,6 +962,7 @@ absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> stateme
       steps[j].deadline = s->deadline;
       steps[j].cancelled = s->cancelled;
       steps[j].cancel = &cancels[i];
+      steps[j].owner = i;
     }
     if (shares) {
       if (!open) shared.emplace_back();
@@ -694,8 +974,20 @@ absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> stateme
   }
   if (open) steps.push_back(Step{Step::kSync});
   AddDeallocateSteps(evicted, steps);
-  if (retry != nullptr) retry->assign(statements.size(), false);
   if (steps.empty()) return absl::OkStatus();
+  // A pipeline that starts with the Execute of a statement that may write gets
+  // the marker in front, so that a server that ends the session before doing
+  // anything (a backend terminated while idle) proves it ran nothing.
+  if (steps[0].kind == Step::kExec && !steps[0].statement->may_share_sync) {
+    Step marker{Step::kMarker};
+    marker.deadline = steps[0].deadline;
+    marker.cancelled = steps[0].cancelled;
+    marker.cancel = steps[0].cancel;
+    steps.insert(steps.begin(), std::move(marker));
+    for (size_t& e : exec_index) {
+      if (e != SIZE_MAX) ++e;
+    }
+  }
   absl::Status link = RunPipeline(steps);
   for (size_t i = 0; i < statements.size(); ++i) {
     if (exec_index[i] == SIZE_MAX) continue;
@@ -708,12 +1000,18 @@ absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> stateme
     }
     statements[i]->status = st;
   }
-  if (!link.ok() || retry == nullptr) return link;
+  SettleIndependent(steps, statements, exec_index, link);
+  if (retry == nullptr) return link;
   for (const std::vector<size_t>& group : shared) {
     if (group.size() < 2) continue;  // alone in its transaction anyway
-    bool failed = false;
-    for (size_t i : group) failed = failed || !statements[i]->status.ok();
-    if (!failed) continue;
+    bool failed = false, settled = false;
+    for (size_t i : group) {
+      failed = failed || !statements[i]->status.ok();
+      // Settled by the connection's failure or a neighbour's transaction
+      // control: its status already says what happened.
+      settled = settled || statements[i]->reach != Reach::kAnswered;
+    }
+    if (!failed || settled) continue;
     for (size_t i : group) {
       Statement* s = statements[i];
       const bool gave_up = absl::Now() >= s->deadline ||
@@ -728,11 +1026,12 @@ absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> stateme
         if (s->sink != nullptr) (void)s->sink->Rewind();
         continue;
       }
-      if (s->sink != nullptr && !s->sink->Rewind()) {
+      if (broken_ || (s->sink != nullptr && !s->sink->Rewind())) {
         if (s->status.ok()) {
           s->status = absl::AbortedError(
               "rolled back because a statement pipelined in the same transaction failed; "
               "retry");
+          s->reach = Reach::kMayHaveRun;
         }
         continue;
       }
@@ -742,10 +1041,209 @@ absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> stateme
   return link;
 }
 
+// After a RunIndependentPass pipeline, what the results and the server's
+// answers say about each statement's outcome.
+//
+// While no statement uses transaction control, each runs in an implicit
+// transaction that its Sync commits (or rolls back, after an error), and its
+// own result is its outcome once that Sync is read. A transaction block is
+// opened only by a statement whose command tag says so (BEGIN, START
+// TRANSACTION: no function or procedure can), and closed only by transaction
+// control (tagged COMMIT, ROLLBACK, ...) or by a failed COMMIT (an error), so
+// the tags locate where a block began. PQtransactionStatus is exact only at
+// the pipeline's last Sync (libpq reports ACTIVE while commands are queued
+// behind a Sync); it confirms the end state, and if it contradicts the tags no
+// outcome is vouched for. Statements that ran inside a block still open when
+// the connection is discarded are rolled back with it (closing a connection
+// rolls back); where something may have committed the block, or ended it and
+// let later statements commit on their own, their outcome is unknown.
+//
+// When the connection failed before a statement's Sync was read: a statement
+// that was not sent, that the server skipped, or that lay behind the message
+// at which the server ended the session (its FATAL comes after the replies to
+// everything before it) never ran; one the server ended the session at, or
+// after but before its Sync, was not committed; otherwise, its outcome is
+// unknown.
+void Connection::SettleIndependent(std::vector<Step>& steps,
+                                   absl::Span<Statement* const> statements,
+                                   const std::vector<size_t>& exec_index,
+                                   const absl::Status& link) {
+  enum Verdict { kKeep, kNotCommitted, kUnknown, kRefused };
+  enum State { kIdle, kOpen, kOpenFailed, kAmbiguous };
+  std::vector<Verdict> verdict(statements.size(), kKeep);
+  std::vector<size_t> segment;  // ran fine since the last Sync, while idle
+  std::vector<size_t> block;    // ran fine inside the open block
+  State state = kIdle;
+  bool tampered = false;       // the session is not clean: discard it
+  bool contradiction = false;  // a block was open that no tag accounts for
+  std::string opener_tag, ender_tag;
+  size_t fatal_at = SIZE_MAX;  // the step the server ended the session at
+  bool complete = true;        // every step's results were read
+  auto resolve = [&](Verdict v) {
+    for (size_t k : block) verdict[k] = v;
+    block.clear();
+  };
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& st = steps[i];
+    if (st.session_ended && fatal_at == SIZE_MAX) fatal_at = i;
+    if (!st.done) complete = false;
+    if (st.kind == Step::kSync) {
+      if (!st.done) break;
+      if (state == kIdle) segment.clear();  // their transaction ended at this Sync
+      if (st.xact == PQTRANS_IDLE) {
+        if (state == kOpen) {  // closed, though no tag said so
+          resolve(kUnknown);
+          state = kAmbiguous;
+        }
+      } else if (st.xact == PQTRANS_INTRANS || st.xact == PQTRANS_INERROR) {
+        tampered = true;
+        if (state == kIdle) contradiction = true;
+      } else if (st.xact == PQTRANS_UNKNOWN) {
+        tampered = true;  // the connection went bad: no word on the transaction
+      }
+      continue;
+    }
+    if (st.txn != kTxnNone) {
+      tampered = true;
+      if (st.owner != SIZE_MAX) verdict[st.owner] = kRefused;
+      if (st.txn == kTxnOpens && state == kIdle) {
+        // The statements before it since the last Sync were in the implicit
+        // transaction it turned into a block.
+        state = kOpen;
+        opener_tag = st.tag;
+        block.swap(segment);
+        segment.clear();
+      } else if (st.txn == kTxnEnds || state != kOpen) {
+        if (ender_tag.empty()) ender_tag = st.tag;
+        if (state == kOpen) resolve(kUnknown);
+        for (size_t k : segment) verdict[k] = kUnknown;
+        segment.clear();
+        state = kAmbiguous;
+      }
+    } else if (st.server_error) {
+      // An error inside the block fails it (or, a failed COMMIT, rolls it
+      // back): either way nothing of it was committed.
+      if (state == kOpen) {
+        resolve(kNotCommitted);
+        state = kOpenFailed;
+      }
+    } else if (st.kind == Step::kExec && st.owner != SIZE_MAX && st.answered && !st.skipped) {
+      switch (state) {
+        case kIdle:
+          segment.push_back(st.owner);
+          break;
+        case kOpen:
+          block.push_back(st.owner);
+          break;
+        case kOpenFailed:
+          // Only transaction control succeeds in a failed block: this ran
+          // after the block was gone.
+          state = kAmbiguous;
+          verdict[st.owner] = kUnknown;
+          break;
+        case kAmbiguous:
+          verdict[st.owner] = kUnknown;
+          break;
+      }
+    }
+    if (!st.done) break;
+  }
+  if (state == kOpen) {
+    // Open at the end (the last Sync said so), or when the connection failed:
+    // rolled back with the connection, unless the server may have gone on to
+    // statements whose results never arrived (one of them could commit it).
+    resolve(complete || fatal_at != SIZE_MAX ? kNotCommitted : kUnknown);
+  }
+  if (tampered) broken_ = true;
+
+  const std::string opened = opener_tag.empty() ? "a transaction" : opener_tag;
+  for (size_t k = 0; k < statements.size(); ++k) {
+    if (exec_index[k] == SIZE_MAX) continue;
+    Statement* s = statements[k];
+    const size_t e = exec_index[k];
+    const Step& exec = steps[e];
+    const bool was_ok = s->status.ok();
+    Verdict v = verdict[k];
+    if (contradiction && v == kKeep && was_ok) v = kUnknown;
+    switch (v) {
+      case kRefused:
+        s->status =
+            TxnControlRefused(exec.tag, "here: each statement runs in a transaction of its own");
+        break;
+      case kNotCommitted:
+        if (was_ok) {
+          s->status = absl::AbortedError(absl::StrCat(
+              "not committed: a statement pipelined before it (", opened,
+              ") left a transaction open and this statement ran inside it; that transaction was "
+              "rolled back when the connection was discarded. Retry"));
+          s->reach = Reach::kMayHaveRun;
+        }
+        break;
+      case kUnknown:
+        if (was_ok) {
+          s->status = absl::UnavailableError(absl::StrCat(
+              "outcome unknown: ",
+              contradiction ? "a statement pipelined with it left a transaction open"
+                            : absl::StrCat("transaction control pipelined with it (",
+                                           ender_tag.empty() ? opened : ender_tag, ")"),
+              " may or may not have committed it; the connection was discarded"));
+          s->reach = Reach::kMayHaveRun;
+        }
+        break;
+      case kKeep: {
+        size_t y = e;
+        while (y < steps.size() && steps[y].kind != Step::kSync) ++y;
+        if (y < steps.size() && steps[y].done) break;  // its outcome is complete
+        const Step* prepare =
+            e > 0 && steps[e - 1].kind == Step::kPrepare ? &steps[e - 1] : nullptr;
+        const bool own_error =
+            exec.refused || (exec.server_error && !exec.session_ended) ||
+            (prepare != nullptr && prepare->server_error && !prepare->session_ended);
+        if (own_error) break;  // it failed on its own: not committed, and said why
+        if (!exec.sent || fatal_at < e) {
+          s->status =
+              Annotate(fatal_at < e ? session_end_ : link, "; the statement was not executed");
+          s->reach = Reach::kNotRun;
+        } else if (exec.skipped) {
+          s->reach = Reach::kNotRun;
+        } else if (fatal_at < y) {
+          s->status = Annotate(session_end_, "; the statement was not committed");
+          s->reach = Reach::kMayHaveRun;
+        } else {
+          s->status = absl::UnavailableError(absl::StrCat(
+              "outcome unknown: the connection failed after the statement was sent and before "
+              "its commit was confirmed, so it may or may not have been committed (",
+              (fatal_at != SIZE_MAX ? session_end_ : link).message(), ")"));
+          s->reach = Reach::kMayHaveRun;
+        }
+        break;
+      }
+    }
+    // Refused by the server because an earlier statement left a failed block open.
+    if (tampered && v != kRefused && SqlStateOf(s->status) == "25P02") {
+      s->status = absl::AbortedError(
+          absl::StrCat("not executed: a statement pipelined before it (", opened,
+                       ") left a failed transaction open; the connection was discarded. Retry"));
+      s->reach = Reach::kNotRun;
+    }
+    if (was_ok && !s->status.ok() && s->sink != nullptr) (void)s->sink->Rewind();
+  }
+}
+
 absl::Status Connection::RunTransaction(absl::string_view begin_sql,
                                         absl::Span<Statement* const> statements,
                                         absl::Time deadline,
                                         const std::atomic<bool>* cancelled) {
+  last_call_reach_ = Reach::kAnswered;
+  for (Statement* s : statements) s->reach = Reach::kAnswered;
+  if (absl::Status idle = ExpectIdle(); !idle.ok()) {
+    last_call_reach_ = Reach::kNotRun;
+    for (Statement* s : statements) {
+      s->status = idle;
+      s->reach = Reach::kNotRun;
+    }
+    return idle;
+  }
   std::vector<Step> steps;
   steps.reserve(statements.size() * 2 + 5);
   std::vector<std::string> evicted;
@@ -772,7 +1270,9 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   steps.push_back(std::move(begin));
   std::vector<size_t> exec_index(statements.size());
   for (size_t i = 0; i < statements.size(); ++i) {
+    const size_t from = steps.size();
     exec_index[i] = AddStatementSteps(statements[i], std::move(encoded[i]), steps, &evicted);
+    for (size_t j = from; j < steps.size(); ++j) steps[j].owner = i;
   }
   // The statements end at a Sync, not at COMMIT: a statement can fail on this
   // side (a row or byte limit in its sink, say) after the server ran it fine,
@@ -790,8 +1290,76 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
     for (Statement* s : statements) spans.push_back(StartStatementSpan(s->sql, s->trace));
   }
   absl::Status link = RunPipeline(steps);
+  auto end_spans = [&](const absl::Status& status) {
+    for (size_t i = 0; i < spans.size(); ++i) {
+      spans[i].SetStatus(status.ok() ? statements[i]->status : status);
+      spans[i].End();
+    }
+  };
+  for (size_t i = 0; i < statements.size(); ++i) {
+    statements[i]->status = steps[exec_index[i]].status;
+  }
+
+  // A statement that is itself transaction control: the transaction is not
+  // what the caller asked for any more, and is never committed past it.
+  const Step& sync = steps.back();
+  size_t culprit = SIZE_MAX;
+  // Idle after our BEGIN succeeded: something ended the transaction early.
+  bool ended =
+      sync.done && sync.xact == PQTRANS_IDLE && steps[first].completed && steps[first].status.ok();
+  for (size_t i = 0; i < statements.size(); ++i) {
+    const Step& e = steps[exec_index[i]];
+    if (e.txn == kTxnNone) continue;
+    if (culprit == SIZE_MAX) culprit = i;
+    ended = ended || e.txn == kTxnEnds;
+  }
+  if (culprit != SIZE_MAX || ended) {
+    broken_ = true;  // closing the connection rolls back whatever is open
+    const std::string which =
+        culprit == SIZE_MAX
+            ? std::string("a statement")
+            : absl::StrCat("statement ", culprit + 1, " (", steps[exec_index[culprit]].tag, ")");
+    absl::Status outcome;
+    if (ended) {
+      outcome = absl::UnavailableError(absl::StrCat(
+          "outcome unknown: ", which,
+          " ended the transaction early, so what ran before it may have been committed and what "
+          "ran after it ran outside the transaction. Transaction control is not allowed inside "
+          "a transaction; the connection was discarded"));
+      last_call_reach_ = Reach::kMayHaveRun;
+    } else {
+      outcome = absl::InvalidArgumentError(absl::StrCat(
+          which,
+          ": transaction control is not allowed inside a transaction; the transaction was "
+          "rolled back and the connection discarded"));
+    }
+    for (Statement* s : statements) {
+      if (s->status.ok()) s->status = outcome;
+      s->reach = last_call_reach_;
+    }
+    end_spans(outcome);
+    return outcome;
+  }
+
   // The first failure in the transaction is its outcome.
   absl::Status outcome = link;
+  if (!link.ok()) {
+    // COMMIT was never sent. Nothing of it ran if the server ended the session
+    // before the first statement, or the statement was never sent.
+    size_t fatal_at = SIZE_MAX;
+    for (size_t i = 0; i < steps.size() && fatal_at == SIZE_MAX; ++i) {
+      if (steps[i].session_ended) fatal_at = i;
+    }
+    const size_t first_statement = first + 1;
+    const bool not_run = first_statement >= steps.size() || !steps[first_statement].sent ||
+                         fatal_at < first_statement;
+    bool refused = false;  // a COPY: the statement's own fault, not the connection's
+    for (const Step& st : steps) refused = refused || st.refused;
+    last_call_reach_ = refused ? Reach::kAnswered : not_run ? Reach::kNotRun : Reach::kMayHaveRun;
+    outcome = Annotate(link, not_run ? "; no statement of the transaction was executed"
+                                     : "; the transaction was not committed");
+    for (Statement* s : statements) s->reach = last_call_reach_;
+  }
   for (size_t i = first; i < steps.size() && outcome.ok(); ++i) {
     Step& st = steps[i];
     if (st.status.ok() || (st.status.code() == absl::StatusCode::kAborted &&
@@ -809,16 +1377,10 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
       outcome = st.status;
     }
   }
-  for (size_t i = 0; i < statements.size(); ++i) {
-    statements[i]->status = steps[exec_index[i]].status;
-    if (i < spans.size()) {
-      spans[i].SetStatus(link.ok() ? statements[i]->status : link);
-      spans[i].End();
-    }
-  }
+  end_spans(link);
   if (!broken_) {
     std::vector<Step> finish;
-    const bool open = PQtransactionStatus(conn_) != PQTRANS_IDLE;
+    const bool open = sync.xact != PQTRANS_IDLE;
     if (outcome.ok() || open) {
       Step end{Step::kSimple};
       end.sql = outcome.ok() ? "COMMIT" : "ROLLBACK";
@@ -843,21 +1405,39 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
     if (!finish.empty()) {
       absl::Status finish_link = RunPipeline(finish);
       end_span.SetStatus(finish_link.ok() ? finish[0].status : finish_link);
-      absl::Status end_status =
-          finish_link.ok() ? (outcome.ok() || open ? finish[0].status : absl::OkStatus())
-                           : finish_link;
-      if (outcome.ok() && !end_status.ok()) {
-        outcome = absl::Status(end_status.code(),
-                               absl::StrCat("COMMIT: ", end_status.message()));
-        std::string sqlstate = SqlStateOf(end_status);
-        if (!sqlstate.empty()) outcome.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+      // The session must be idle again, or it is not reused.
+      if (!broken_ && finish.back().xact != PQTRANS_IDLE) broken_ = true;
+      if (outcome.ok()) {
+        const Step& commit = finish[0];
+        if (commit.completed && commit.tag == "COMMIT") {
+          // Committed: COMMIT's command completes after the commit itself,
+          // whatever became of the steps after it.
+        } else if (commit.completed) {
+          outcome = absl::AbortedError(
+              absl::StrCat("COMMIT ended in ", commit.tag,
+                           ": the transaction had failed on the server and nothing was committed"));
+        } else if (commit.server_error && !commit.session_ended) {
+          outcome =
+              absl::Status(commit.status.code(), absl::StrCat("COMMIT: ", commit.status.message()));
+          std::string sqlstate = SqlStateOf(commit.status);
+          if (!sqlstate.empty()) outcome.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
+        } else {
+          const absl::Status& why = finish_link.ok() ? commit.status : finish_link;
+          outcome = absl::UnavailableError(absl::StrCat(
+              "outcome unknown: the connection failed during COMMIT, so the transaction may or "
+              "may not have been committed (",
+              why.message(), ")"));
+          last_call_reach_ = Reach::kMayHaveRun;
+          for (Statement* s : statements) s->reach = Reach::kMayHaveRun;
+        }
       }
     }
   }
   return outcome;
 }
 
-absl::Status Connection::RunSimple(const char* sql, absl::Time deadline) {
+absl::Status Connection::RunSimple(const char* sql, absl::Time deadline, int* xact_after,
+                                   std::string* tag) {
   std::vector<Step> steps;
   Step s{Step::kSimple};
   s.sql = sql;
@@ -867,27 +1447,69 @@ absl::Status Connection::RunSimple(const char* sql, absl::Time deadline) {
   sync.deadline = deadline;
   steps.push_back(std::move(sync));
   absl::Status link = RunPipeline(steps);
+  if (xact_after != nullptr) *xact_after = steps[1].done ? steps[1].xact : -1;
+  if (tag != nullptr) *tag = steps[0].tag;
   return link.ok() ? steps[0].status : link;
 }
 
 absl::Status Connection::RunStreaming(Statement& statement, bool read_only) {
-  if (!read_only) return RunStreamingStatement(statement);
-  if (absl::Status s = RunSimple("BEGIN READ ONLY", statement.deadline); !s.ok()) {
-    if (broken_) return s;
-    statement.status = s;
+  last_call_reach_ = Reach::kAnswered;
+  statement.reach = Reach::kAnswered;
+  if (absl::Status idle = ExpectIdle(); !idle.ok()) {
+    statement.status = idle;
+    statement.reach = last_call_reach_ = Reach::kNotRun;
+    return idle;
+  }
+  if (read_only) {
+    int xact = -1;
+    if (absl::Status s = RunSimple("BEGIN READ ONLY", statement.deadline, &xact); !s.ok()) {
+      statement.status = s;
+      if (!broken_) return absl::OkStatus();
+      statement.reach = last_call_reach_ = Reach::kNotRun;
+      return s;
+    }
+    if (xact != PQTRANS_INTRANS) {
+      broken_ = true;
+      statement.status = absl::UnavailableError("BEGIN READ ONLY did not open a transaction");
+      statement.reach = last_call_reach_ = Reach::kNotRun;
+      return statement.status;
+    }
+  }
+  std::string tag;
+  absl::Status link = RunStreamingStatement(statement, &tag);
+  if (!link.ok()) return link;
+  // Not in pipeline mode and every result read: the status is exact. A plain
+  // statement leaves the session idle; one in our read-only transaction stays
+  // inside it.
+  const PGTransactionStatusType xact = PQtransactionStatus(conn_);
+  const bool clean =
+      read_only ? (xact == PQTRANS_INTRANS || xact == PQTRANS_INERROR) : xact == PQTRANS_IDLE;
+  if (!clean || TxnControlOf(tag) != kTxnNone) {
+    broken_ = true;
+    statement.status =
+        TxnControlOf(tag) != kTxnNone
+            ? TxnControlRefused(tag, read_only ? "inside ExecuteStream's read-only transaction"
+                                               : "here: each statement runs in a transaction "
+                                                 "of its own")
+            : absl::UnavailableError(
+                  "the statement left the connection inside a transaction; it was not "
+                  "committed and the connection was discarded");
+    if (statement.sink != nullptr) (void)statement.sink->Rewind();
     return absl::OkStatus();
   }
-  absl::Status link = RunStreamingStatement(statement);
-  if (!link.ok()) return link;
+  if (discard_) broken_ = true;
+  if (!read_only || broken_) return absl::OkStatus();
   // COMMIT after a failure rolls back too; ROLLBACK says what is meant.
+  int xact_after = -1;
   absl::Status end = RunSimple(statement.status.ok() ? "COMMIT" : "ROLLBACK",
-                               absl::Now() + absl::Seconds(5));
+                               absl::Now() + absl::Seconds(5), &xact_after);
   if (broken_) return end.ok() ? absl::UnavailableError("connection lost") : end;
+  if (xact_after != PQTRANS_IDLE) broken_ = true;
   if (statement.status.ok() && !end.ok()) statement.status = end;
   return absl::OkStatus();
 }
 
-absl::Status Connection::RunStreamingStatement(Statement& statement) {
+absl::Status Connection::RunStreamingStatement(Statement& statement, std::string* tag) {
   if (broken_) return absl::UnavailableError("connection is broken");
   EncodedParams params;
   if (statement.params != nullptr) {
@@ -899,7 +1521,11 @@ absl::Status Connection::RunStreamingStatement(Statement& statement) {
     SetStatementTimeoutSteps(StatementTimeoutFor(statement.deadline), statement.deadline, steps);
     if (!steps.empty()) {
       absl::Status link = RunPipeline(steps);
-      if (!link.ok()) return link;
+      if (!link.ok()) {
+        statement.status = Annotate(link, "; the statement was not executed");
+        statement.reach = last_call_reach_ = Reach::kNotRun;
+        return statement.status;
+      }
       if (!steps[0].status.ok()) {
         statement.status = steps[0].status;
         return absl::OkStatus();
@@ -914,36 +1540,49 @@ absl::Status Connection::RunStreamingStatement(Statement& statement) {
   if (PQsendQueryParams(conn_, sql.c_str(), params.size(),
                         reinterpret_cast<const Oid*>(params.types()), params.values(),
                         params.lengths(), params.formats(), 0) != 1) {
-    return MarkBroken("sending a statement");
+    statement.status = MarkBroken("sending a statement");
+    statement.reach = last_call_reach_ = Reach::kNotRun;
+    return statement.status;
   }
   PQsetSingleRowMode(conn_);
   Step step{Step::kExec};
   step.statement = &statement;
   step.deadline = statement.deadline;
   step.cancelled = statement.cancelled;
+  step.sent = true;
   ConsumeResultsOf(step);
   statement.status = step.status;
+  *tag = step.tag;
   span.SetStatus(step.status);
-  if (broken_) return step.status.ok() ? absl::UnavailableError("connection lost") : step.status;
-  return absl::OkStatus();
+  if (!broken_) return absl::OkStatus();
+  // Outside pipeline mode the statement's Sync went with it: its results end
+  // with the server's ReadyForQuery, after the commit.
+  const bool own_outcome = step.done || step.refused || (step.server_error && !step.session_ended);
+  if (!own_outcome) {
+    if (step.session_ended && !step.completed) {
+      statement.status = Annotate(session_end_, "; the statement was not committed");
+    } else {
+      statement.status = absl::UnavailableError(absl::StrCat(
+          "outcome unknown: the connection failed after the statement was sent and before "
+          "its commit was confirmed, so it may or may not have been committed (",
+          (session_ended_ ? session_end_ : step.status).message(), ")"));
+    }
+    statement.reach = last_call_reach_ = Reach::kMayHaveRun;
+  }
+  return statement.status.ok() ? absl::UnavailableError("connection lost") : statement.status;
 }
 
 bool Connection::Ping(absl::Time deadline) {
   if (!LooksAlive()) return false;
-  Step s{Step::kSimple};
-  std::vector<Step> steps;
-  s.sql = "";
-  s.deadline = deadline;
-  steps.push_back(std::move(s));
-  Step sync{Step::kSync};
-  sync.deadline = deadline;
-  steps.push_back(std::move(sync));
-  absl::Status link = RunPipeline(steps);
-  return link.ok() && steps[0].status.ok() && !broken_;
+  int xact = -1;
+  absl::Status s = RunSimple("", deadline, &xact);
+  if (s.ok() && !broken_ && xact == PQTRANS_IDLE) return true;
+  broken_ = true;
+  return false;
 }
 
 absl::Status Connection::Listen(absl::string_view channel, absl::Time deadline) {
-  if (broken_) return absl::UnavailableError("connection is broken");
+  if (absl::Status idle = ExpectIdle(); !idle.ok()) return idle;
   const std::string name(channel);
   char* quoted = PQescapeIdentifier(conn_, name.c_str(), name.size());
   if (quoted == nullptr) {
@@ -958,6 +1597,8 @@ absl::Status Connection::Listen(absl::string_view channel, absl::Time deadline) 
 absl::Status Connection::AwaitNotifications(absl::Time deadline,
                                             std::vector<Notification>* out) {
   if (broken_ || conn_ == nullptr) return absl::UnavailableError("connection is broken");
+  // Each pass reads what arrived, or waits a bounded slice; the loop ends at
+  // the deadline.
   while (true) {
     if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) != CONNECTION_OK) {
       return MarkBroken("waiting for notifications");
@@ -967,24 +1608,30 @@ absl::Status Connection::AwaitNotifications(absl::Time deadline,
       out->push_back(Notification{n->relname, n->extra != nullptr ? n->extra : "", n->be_pid});
       PQfreemem(n);
     }
-    // An error the server sends on its own (e.g. the backend was terminated)
-    // arrives as a result while idle; the connection is over.
+    // The server ending the session while we are idle (e.g. the backend was
+    // terminated) arrives as a notice (OnNotice), or as a result.
     if (!PQisBusy(conn_)) {
       bool failed = false;
       while (PGresult* r = PQgetResult(conn_)) {
-        failed = failed || PQresultStatus(r) == PGRES_FATAL_ERROR;
+        failed = true;
         PQclear(r);
       }
       if (failed) return MarkBroken("waiting for notifications");
     }
+    if (session_ended_) return MarkBroken("waiting for notifications");
     if (out->size() > before) return absl::OkStatus();
     const absl::Time now = absl::Now();
     if (now >= deadline) return absl::OkStatus();
     const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 0, 60000));
-    pollfd pfd{PQsocket(conn_), POLLIN, 0};
+        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 0,
+        kMaxPollSliceMs));
+    const int fd = PQsocket(conn_);
+    if (fd < 0) return MarkBroken("waiting for notifications");
+    pollfd pfd{fd, POLLIN, 0};
     const int rc = ::poll(&pfd, 1, timeout_ms);
-    if (rc < 0 && errno != EINTR) return MarkBroken("waiting for notifications");
+    if ((rc < 0 && errno != EINTR) || (rc > 0 && (pfd.revents & POLLNVAL) != 0)) {
+      return MarkBroken("waiting for notifications");
+    }
   }
 }
 

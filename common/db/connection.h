@@ -53,7 +53,7 @@ struct ConnectionOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   size_t statement_cache_size = 100;
   // After a cancel request, how long to wait for the server to give up the
-  // statement before the connection is declared broken.
+  // statement before the connection is declared broken (CopySession too).
   absl::Duration cancel_grace = absl::Seconds(3);
 };
 
@@ -78,6 +78,22 @@ class ResultSink {
   virtual bool Rewind() { return false; }
 };
 
+// How far a statement got, for a caller deciding whether to run it again on
+// another connection after it failed.
+enum class Reach {
+  // Its status is its own outcome: success, or the server's verdict on it.
+  kAnswered,
+  // The server provably never executed it: nothing of it was sent, the server
+  // skipped it, or the server ended the session while still on an earlier
+  // message. Running it again cannot run it twice.
+  kNotRun,
+  // It was sent, and then its connection failed or was discarded before its
+  // outcome was confirmed. Its status says whether it was rolled back (not
+  // committed) or whether the outcome is unknown; either way the server may
+  // have executed it.
+  kMayHaveRun,
+};
+
 // One statement to run and, after the run, its outcome.
 struct Statement {
   absl::string_view sql;
@@ -88,6 +104,8 @@ struct Statement {
   // cancelled).
   const std::atomic<bool>* cancelled = nullptr;
   absl::Status status;
+  // Set with status by the run (see Reach).
+  Reach reach = Reach::kAnswered;
   // A plain read whose sink can Rewind(): RunIndependent may run it in one
   // implicit transaction with the neighbouring such statements (one Sync for
   // all of them, so one commit and one reply flush on the server instead of
@@ -116,10 +134,18 @@ class Connection {
   // Runs statements that are independent of each other, each in its own implicit
   // transaction, in one pipeline (one network round trip). Each statement's
   // status says how it went; one failing does not affect the others. Returns
-  // non-OK when the connection itself failed (then discard it).
+  // non-OK when the connection itself failed; then, or whenever broken() is
+  // true afterwards, discard the connection.
   // Neighbouring statements marked may_share_sync share one implicit
   // transaction (see Statement); `reruns`, if given, counts the statements run
   // a second time because a neighbour in their transaction failed.
+  //
+  // A statement that leaves a transaction open (BEGIN, START TRANSACTION) or
+  // is other transaction control fails with INVALID_ARGUMENT, and the
+  // connection is discarded (closing it rolls back what is open). Statements
+  // that ran inside that transaction are not committed: ABORTED, safe to
+  // retry. Where a later statement may have committed them (COMMIT), their
+  // outcome is unknown: UNAVAILABLE. A COPY fails with INVALID_ARGUMENT.
   absl::Status RunIndependent(absl::Span<Statement* const> statements,
                               uint64_t* reruns = nullptr);
 
@@ -130,6 +156,11 @@ class Connection {
   // returned; a failed COMMIT (serialization, deferred constraint) likewise.
   // `deadline`/`cancelled` bound the whole transaction. begin_sql is a trusted
   // constant such as "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY".
+  // A statement that is itself transaction control is never committed past:
+  // the transaction is abandoned and the connection discarded (INVALID_ARGUMENT
+  // when nothing can have been committed, UNAVAILABLE "outcome unknown" when
+  // its COMMIT or ROLLBACK may have ended the transaction early). A COMMIT
+  // that does not leave the connection idle discards it too.
   absl::Status RunTransaction(absl::string_view begin_sql,
                               absl::Span<Statement* const> statements,
                               absl::Time deadline,
@@ -141,8 +172,15 @@ class Connection {
   // BEGIN READ ONLY ... COMMIT (ROLLBACK when it failed).
   absl::Status RunStreaming(Statement& statement, bool read_only = false);
 
-  // A round trip to the server (empty query); false if the connection is unusable.
-  // Notifications that arrive meanwhile are kept for AwaitNotifications().
+  // After RunIndependent, RunTransaction or RunStreaming failed: kNotRun when
+  // the server provably executed none of the call's statements, kMayHaveRun
+  // when the connection failed after the server may have run some (the
+  // statuses say which), else kAnswered.
+  Reach last_call_reach() const { return last_call_reach_; }
+
+  // A round trip to the server (empty query); false if the connection is
+  // unusable or not idle afterwards (then it is broken()). Notifications that
+  // arrive meanwhile are kept for AwaitNotifications().
   bool Ping(absl::Time deadline);
 
   // LISTEN on `channel` (any string; quoted here). Meant for a connection of its
@@ -152,10 +190,13 @@ class Connection {
   // arrived or `deadline` passed (OK either way). UNAVAILABLE once the
   // connection is lost: notifications may then have been missed.
   absl::Status AwaitNotifications(absl::Time deadline, std::vector<Notification>* out);
-  // Cheap local check (no round trip): the socket has not been closed by the
-  // server and no transaction was left open.
+  // Cheap local check (no round trip): reads what the server sent while the
+  // connection was idle; false (and broken()) when the server closed the
+  // socket or announced the end of the session (e.g. the backend was
+  // terminated: FATAL 57P01), or a transaction was left open.
   bool LooksAlive();
   bool broken() const { return broken_; }
+  absl::Duration cancel_grace() const { return options_.cancel_grace; }
   int server_version() const;
   size_t prepared_statements() const { return lru_.size(); }
   // The libpq handle, for common/db code that speaks what this class does not
@@ -183,11 +224,20 @@ class Connection {
 
   explicit Connection(const ConnectionOptions& options);
 
+  // libpq's notice receiver: logs notices and notices the end of the session
+  // (a FATAL the server sends while the connection is idle).
+  static void OnNotice(void* self, const ::pg_result* res);
+  // UNAVAILABLE unless the connection is usable and idle (then broken()).
+  absl::Status ExpectIdle();
   absl::Status RunPipeline(std::vector<Step>& steps);
   // RunIndependent's one pass; `share`: let may_share_sync statements share a
   // Sync. Sets *retry for the statements of a shared transaction that failed.
   absl::Status RunIndependentPass(absl::Span<Statement* const> statements, bool share,
                                   std::vector<bool>* retry);
+  // Gives each statement of a RunIndependentPass its true outcome from what the
+  // server answered (see the .cc); breaks the connection if it is not clean.
+  void SettleIndependent(std::vector<Step>& steps, absl::Span<Statement* const> statements,
+                         const std::vector<size_t>& exec_index, const absl::Status& link);
   // Appends a Prepare step (first use of this SQL and parameter types on this
   // connection) and the Exec step for `s`; returns the Exec step's index.
   size_t AddStatementSteps(Statement* s, std::unique_ptr<EncodedParams> params,
@@ -199,7 +249,17 @@ class Connection {
   // and `cancelled` by cancelling the backend query.
   absl::Status AwaitResult(absl::Time deadline, const std::atomic<bool>* cancelled,
                            CancelState* cancel);
+  // One bounded wait for the socket (readable, or writable too), after
+  // enforcing the deadline: sends the cancel request when it is due, and
+  // breaks the connection once the cancel grace has passed.
+  absl::Status WaitForServer(absl::Time deadline, const std::atomic<bool>* cancelled,
+                             CancelState* cancel, bool want_write);
+  absl::Status EnforceDeadline(absl::Time deadline, const std::atomic<bool>* cancelled,
+                               CancelState* cancel, absl::Time now);
   void ConsumeResultsOf(Step& step);
+  // Reads and drops the rows of a COPY TO STDOUT, so the statements pipelined
+  // behind it still get their results.
+  absl::Status DrainCopyOut(Step& step, CancelState* cancel);
   // Asks the server to cancel the statement running on this connection (a
   // synchronous cancel request on a connection of its own) and records why.
   void CancelBackend(CancelState* cancel, int reason, absl::Time now);
@@ -212,14 +272,26 @@ class Connection {
                                 std::vector<std::string>* evicted, bool* is_new);
   void ErasePrepared(const std::string& key, const std::string& name);
   absl::Status MarkBroken(absl::string_view what);
-  absl::Status RunSimple(const char* sql, absl::Time deadline);
-  absl::Status RunStreamingStatement(Statement& statement);
+  // One statement of poolside's own and its Sync; `xact_after` gets
+  // PQtransactionStatus after the Sync (-1 if it was not read), `tag` the
+  // command tag.
+  absl::Status RunSimple(const char* sql, absl::Time deadline, int* xact_after = nullptr,
+                         std::string* tag = nullptr);
+  // `tag`: the statement's command tag.
+  absl::Status RunStreamingStatement(Statement& statement, std::string* tag);
 
   ConnectionOptions options_;
   std::unique_ptr<PqxxConnection> pqxx_;
   ::pg_conn* conn_ = nullptr;
   ::pg_cancel* cancel_ = nullptr;
   bool broken_ = false;
+  // The current call must discard the connection when it ends (a COPY was
+  // read past, a statement used transaction control).
+  bool discard_ = false;
+  // The server announced the end of the session (FATAL); what it said.
+  bool session_ended_ = false;
+  absl::Status session_end_;
+  Reach last_call_reach_ = Reach::kAnswered;
   bool listening_ = false;  // Listen() was called: keep notifications
   int64_t statement_timeout_ms_ = 0;  // what the session has now
   uint64_t next_statement_id_ = 0;

@@ -12,6 +12,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -24,9 +25,9 @@ namespace poolside::db {
 namespace {
 
 constexpr absl::string_view kCopyLinePayload = "poolside.dev/copy-line";
-// After a cancel request, how long the server gets to stop before the
-// connection is declared broken.
-constexpr absl::Duration kCancelGrace = absl::Seconds(5);
+// The longest single poll() of a wait: a wait without a deadline still comes
+// back to look at the connection now and then.
+constexpr int kMaxPollSliceMs = 1000;
 // COPY data is handed to libpq in pieces of this size.
 constexpr size_t kCopyChunk = 256 << 10;
 
@@ -299,9 +300,12 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
           return RowError(absl::StatusCode::kInvalidArgument, "22P02",
                           absl::StrCat("invalid input syntax for type ", c.type,
                                        " in column \"", c.name, "\": \"",
-                                       text.substr(0, 64), "\""));
+                                       absl::CHexEscape(text.substr(0, 64)), "\""));
         }
         if (absl::Status s = CheckIntRange(c, v); !s.ok()) return s;
+        // The number that was checked, not the text around it.
+        absl::StrAppend(out, v);
+        return absl::OkStatus();
       }
       AppendCopyText(text, out);
       return absl::OkStatus();
@@ -337,13 +341,16 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
       if (known && t != oid::kNumeric && !IsIntType(t) && !IsFloatType(t) && !IsTextType(t)) {
         return TypeError(c, "a numeric");
       }
-      if (!IsNumericText(absl::StripAsciiWhitespace(value.numeric_value()))) {
+      // Surrounding whitespace is dropped: what is written is exactly the
+      // text that was checked (a newline must never reach the COPY line).
+      const absl::string_view number = absl::StripAsciiWhitespace(value.numeric_value());
+      if (!IsNumericText(number)) {
         return RowError(absl::StatusCode::kInvalidArgument, "22P02",
                         absl::StrCat("column \"", c.name, "\": numeric_value \"",
-                                     value.numeric_value().substr(0, 64),
+                                     absl::CHexEscape(value.numeric_value().substr(0, 64)),
                                      "\" is not a decimal number"));
       }
-      out->append(value.numeric_value());
+      out->append(number.data(), number.size());
       return absl::OkStatus();
     }
     case v1::Value::kJsonValue: {
@@ -432,10 +439,13 @@ absl::Status CopySession::Broken(absl::string_view what) {
 }
 
 absl::Status CopySession::WaitSocket(bool for_write) {
+  // One bounded wait; callers loop. Past the deadline the statement is
+  // cancelled, and the connection given up once the connection's cancel grace
+  // has passed too, so every loop over this ends by then.
   const absl::Time now = absl::Now();
   if (!cancel_sent_ && now >= deadline_) {
     cancel_sent_ = true;
-    give_up_ = now + kCancelGrace;
+    give_up_ = now + conn_.cancel_grace();
     if (PGcancel* cancel = PQgetCancel(pg_)) {
       char err[256];
       PQcancel(cancel, err, sizeof(err));
@@ -445,16 +455,19 @@ absl::Status CopySession::WaitSocket(bool for_write) {
     return Broken("waiting for a cancelled statement to stop");
   }
   const absl::Time wake = cancel_sent_ ? give_up_ : deadline_;
-  int timeout_ms = -1;
-  if (wake != absl::InfiniteFuture()) {
-    timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))), 0, 60000));
-  }
-  pollfd pfd{PQsocket(pg_), static_cast<short>(POLLIN | (for_write ? POLLOUT : 0)), 0};
+  const int timeout_ms = static_cast<int>(
+      std::clamp<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))),
+                          0, kMaxPollSliceMs));
+  const int fd = PQsocket(pg_);
+  if (fd < 0) return Broken("waiting for the server");
+  pollfd pfd{fd, static_cast<short>(POLLIN | (for_write ? POLLOUT : 0)), 0};
   const int rc = ::poll(&pfd, 1, timeout_ms);
   if (rc < 0 && errno != EINTR) return Broken("waiting for the server");
-  if (rc > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR))) {
-    if (PQconsumeInput(pg_) == 0) return Broken("reading");
+  if (rc > 0) {
+    if ((pfd.revents & POLLNVAL) != 0) return Broken("waiting for the server");
+    if ((pfd.revents & (POLLIN | POLLHUP | POLLERR)) != 0 && PQconsumeInput(pg_) == 0) {
+      return Broken("reading");
+    }
   }
   return absl::OkStatus();
 }
@@ -494,9 +507,19 @@ absl::Status CopySession::CollectResults(std::vector<TextRow>* rows, int64_t* af
         if (affected != nullptr) *affected = std::strtoll(PQcmdTuples(res), nullptr, 10);
         break;
       case PGRES_COPY_IN:
-        // Only CopyIn() starts a COPY; anything else asking for data is refused.
-        PQputCopyEnd(pg_, "unexpected COPY");
-        break;
+      case PGRES_COPY_OUT:
+      case PGRES_COPY_BOTH:
+      case PGRES_BAD_RESPONSE:
+        // Only CopyIn() starts a COPY. libpq hands out a COPY result again on
+        // every call until the COPY ends, and the protocol has no room for one
+        // here: give the connection up.
+        PQclear(res);
+        if (first.ok()) {
+          first = absl::InvalidArgumentError(
+              "COPY is not supported here (only CopyIn starts one); the connection was discarded");
+        }
+        broken_ = true;
+        return first;
       default: {
         if (first.ok()) {
           const std::string state = ErrorField(res, PG_DIAG_SQLSTATE);
@@ -550,9 +573,11 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target, absl::stri
 }
 
 absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
-                                            absl::Span<const absl::string_view> pieces) {
+                                            absl::Span<const absl::string_view> pieces,
+                                            absl::string_view before) {
   if (broken_) return absl::UnavailableError("connection is broken");
-  const std::string sql = absl::StrCat("COPY ", target, " FROM STDIN");
+  const std::string sql = absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target,
+                                       " FROM STDIN");
   telemetry::Span span = conn_.StartStatementSpan(sql);
   if (span.recording()) {
     size_t bytes = 0;
@@ -568,9 +593,15 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
 absl::StatusOr<int64_t> CopySession::SendCopy(const std::string& sql,
                                               absl::Span<const absl::string_view> pieces) {
   if (PQsendQuery(pg_, sql.c_str()) != 1) return Broken("sending COPY");
-  // Wait for CopyInResponse (or an error: no such table, permissions, ...).
+  // Wait for CopyInResponse (or an error: no such table, permissions, ...),
+  // past the results of statements sent before the COPY.
   if (absl::Status s = AwaitReadable(); !s.ok()) return s;
   PGresult* res = PQgetResult(pg_);
+  while (res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK) {
+    PQclear(res);
+    if (absl::Status s = AwaitReadable(); !s.ok()) return s;
+    res = PQgetResult(pg_);
+  }
   if (res == nullptr) return absl::InternalError("COPY: no response");
   if (PQresultStatus(res) != PGRES_COPY_IN) {
     const std::string state = ErrorField(res, PG_DIAG_SQLSTATE);

@@ -121,9 +121,13 @@ class CopySession {
   // COPY <target> FROM STDIN with `data` (text format lines). Returns the rows
   // copied.
   absl::StatusOr<int64_t> CopyIn(absl::string_view target, absl::string_view data);
-  // The same with the data in pieces (sent in order, without copying them).
+  // The same with the data in pieces (sent in order, without copying them),
+  // after `before`: statements without parameters or results (e.g.
+  // "ROLLBACK TO SAVEPOINT s"), sent with the COPY in one round trip. An
+  // error in them is the call's error (and no COPY ran).
   absl::StatusOr<int64_t> CopyIn(absl::string_view target,
-                                 absl::Span<const absl::string_view> pieces);
+                                 absl::Span<const absl::string_view> pieces,
+                                 absl::string_view before = "");
 
   bool broken() const { return broken_; }
 

@@ -1,5 +1,6 @@
 #include "common/db/copy.h"
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,74 @@ TEST(CopyEncodingTest, RefusesBadValues) {
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   // Types poolside does not know take any kind.
   EXPECT_TRUE(AppendCopyField(Int(1), Col("e", 99999), &out).ok());
+}
+
+// Every value kind, for every column type that takes it, with the characters
+// that structure COPY text (tab, newline, carriage return, backslash) and NUL
+// in it: either refused, or one field with none of them raw.
+TEST(CopyEncodingTest, NoValueCanSplitACopyLine) {
+  const std::string nasty = std::string("a\tb\nc\rd\\e\0f", 11);
+  const std::string utf8_nasty = "a\tb\nc\rd\\e\\.";
+  std::vector<v1::Value> values;
+  for (const std::string& t : {nasty, utf8_nasty, std::string("\\."), std::string("\\N")}) {
+    v1::Value v;
+    v.set_text_value(t);
+    values.push_back(v);
+    v.set_bytes_value(t);
+    values.push_back(v);
+    v.set_json_value(t);
+    values.push_back(v);
+    v.set_numeric_value(t);
+    values.push_back(v);
+  }
+  for (const char* n : {" 12.5\n", "\t-7e2 \r\n", "1\n2", "12.5\t3", "NaN\n"}) {
+    v1::Value v;
+    v.set_numeric_value(n);
+    values.push_back(v);
+    v.set_text_value(n);
+    values.push_back(v);
+  }
+  v1::Value d;
+  d.set_double_value(-0.0);
+  values.push_back(d);
+  d.set_double_value(std::numeric_limits<double>::quiet_NaN());
+  values.push_back(d);
+  values.push_back(Int(std::numeric_limits<int64_t>::min()));
+  v1::Value b;
+  b.set_bool_value(false);
+  values.push_back(b);
+  v1::Value ts;
+  ts.mutable_timestamp_value()->set_seconds(-1);
+  values.push_back(ts);
+  values.push_back(Null());
+  int encoded = 0;
+  for (uint32_t type : {oid::kText, oid::kVarchar, oid::kBytea, oid::kJson, oid::kJsonb,
+                        oid::kNumeric, oid::kInt8, oid::kInt2, oid::kFloat8, oid::kBool,
+                        oid::kTimestamptz, uint32_t{99999}}) {
+    for (const v1::Value& v : values) {
+      std::string out;
+      if (!AppendCopyField(v, Col("c", type), &out).ok()) continue;
+      ++encoded;
+      EXPECT_EQ(out.find_first_of(std::string("\t\n\r\0", 4)), std::string::npos)
+          << v.ShortDebugString() << " for type " << type << ": " << out;
+      // A backslash is always the start of an escape COPY knows.
+      for (size_t i = 0; i < out.size(); ++i) {
+        if (out[i] != '\\') continue;
+        ASSERT_LT(i + 1, out.size()) << out;
+        EXPECT_NE(std::string("\\tnrN").find(out[i + 1]), std::string::npos) << out;
+        ++i;
+      }
+    }
+  }
+  EXPECT_GT(encoded, 40);
+  // Numbers are written as validated, not as sent.
+  v1::Value n;
+  n.set_numeric_value(" 12.5\n");
+  EXPECT_EQ(Field(n, Col("n", oid::kNumeric)), "12.5");
+  EXPECT_EQ(Field(Text("\t-3 "), Col("i", oid::kInt4)), "-3");
+  std::string out;
+  n.set_numeric_value("1\n2");
+  EXPECT_EQ(SqlStateOf(AppendCopyField(n, Col("n", oid::kNumeric), &out)), "22P02");
 }
 
 TEST(CopyEncodingTest, RowLeavesOutputUnchangedOnError) {

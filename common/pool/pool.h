@@ -94,8 +94,10 @@ struct PoolOptions {
   size_t max_size = 10;
   // Acquire() waits until min(deadline, now + acquire_timeout).
   absl::Duration acquire_timeout = absl::Seconds(5);
-  // Objects idle at least this long are pre-pinged before being handed out.
-  absl::Duration validate_after_idle = absl::Seconds(30);
+  // Objects idle at least this long are pre-pinged before being handed out:
+  // short, so that one the other end closed while it sat idle (a server
+  // restart, an idle-connection killer) is replaced before a caller gets it.
+  absl::Duration validate_after_idle = absl::Seconds(1);
   // Objects at least this old are recycled (on return, before hand-out, and
   // when idle during Maintain()).
   absl::Duration max_lifetime = absl::Minutes(30);

@@ -439,6 +439,34 @@ TEST_F(PoolTest, PrePingsOnlyObjectsIdleTooLong) {
   EXPECT_EQ(alive_, 1);
 }
 
+// By default an object idle for a second is pre-pinged: one the other end
+// closed while it sat in the pool is replaced before a caller gets it.
+TEST_F(PoolTest, DefaultPrePingsObjectsIdleForASecond) {
+  PoolOptions o;
+  o.min_idle = 0;
+  auto pool = MakePool(o);
+  int first_id = 0;
+  {
+    auto l = pool->Acquire(Soon());
+    ASSERT_TRUE(l.ok());
+    first_id = (*l)->id;
+  }
+  clock_.Advance(absl::Milliseconds(999));
+  {
+    auto l = pool->Acquire(Soon());
+    ASSERT_TRUE(l.ok());
+    EXPECT_EQ(validations_, 0);
+    (*l)->healthy = false;  // dies while idle, unknown to the pool
+  }
+  clock_.Advance(absl::Seconds(1));
+  auto l = pool->Acquire(Soon());
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(validations_, 1);
+  EXPECT_NE((*l)->id, first_id);
+  EXPECT_TRUE((*l)->healthy);
+  EXPECT_EQ(pool->Stats().broken, 1u);
+}
+
 TEST_F(PoolTest, FailedPrePingTriesAnotherIdleObjectFirst) {
   PoolOptions o;
   o.min_idle = 2;

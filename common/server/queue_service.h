@@ -34,6 +34,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -247,7 +248,10 @@ void PollQueue(grpc::CompletionQueue* cq);
 void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
 
 // One requested call of a unary method, answered inline by a handler of
-// `Owner`: absl::Status (Owner::*kHandle)(const Request&, Response*). Once a
+// `Owner`: absl::Status (Owner::*kHandle)(const Request&, Response*), or, for
+// a handler that reads the call's metadata (e.g. to authenticate it),
+// absl::Status (Owner::*kHandle)(const grpc::ServerContext&, const Request&,
+// Response*). Once a
 // call arrives, another is requested in its place, so the method keeps as
 // many requests outstanding as Begin() started. Each call records itself
 // under `method` (QueueMethod(); null: not recorded).
@@ -276,7 +280,13 @@ class UnaryQueueCall final : public QueueTag {
     Post(owner_, service_, cq_, method_);
     answered_ = true;
     record_.Begin(method_, &context_);
-    const absl::Status status = (owner_->*kHandle)(request_, &response_);
+    absl::Status status;
+    if constexpr (std::is_invocable_v<decltype(kHandle), Owner*, const grpc::ServerContext&,
+                                      const Request&, Response*>) {
+      status = (owner_->*kHandle)(context_, request_, &response_);
+    } else {
+      status = (owner_->*kHandle)(request_, &response_);
+    }
     if (status.ok()) {
       record_.End(grpc::Status::OK);
       writer_.Finish(response_, grpc::Status::OK, this);

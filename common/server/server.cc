@@ -15,6 +15,7 @@
 #include "grpcpp/ext/health_check_service_server_builder_option.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 
 namespace poolside::server {
 namespace {
@@ -83,6 +84,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
     builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
                                s->options_.fixed_stream_window_bytes);
+  }
+  if (s->options_.grpc_memory_bytes > 0) {
+    grpc::ResourceQuota quota("poolside");
+    quota.Resize(static_cast<size_t>(s->options_.grpc_memory_bytes));
+    builder.SetResourceQuota(quota);
   }
   for (grpc::Service* service : s->options_.services) builder.RegisterService(service);
   if (queue) {

@@ -62,6 +62,10 @@ struct ServerOptions {
   // growth), so a service that stops reading a stream for backpressure holds
   // at most about that much of the client's data per stream in gRPC's buffers.
   int fixed_stream_window_bytes = 0;  // 0: gRPC's adaptive default
+  // Caps the memory gRPC itself holds for this server's connections (its
+  // transport buffers, messages being received): past it, gRPC cancels
+  // streams (RESOURCE_EXHAUSTED "Buffers full") rather than grow.
+  int64_t grpc_memory_bytes = 0;  // 0: no cap
   // false: the health service answers NOT_SERVING (readiness) from the start
   // until MarkServingCallback()'s callback runs, e.g. once the pools are warm.
   // The "liveness" service name is SERVING as long as the server runs.

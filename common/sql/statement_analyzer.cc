@@ -294,12 +294,15 @@ using Scan = PgQuery<PgQueryScanResult, pg_query_free_scan_result>;
 using Normalize = PgQuery<PgQueryNormalizeResult, pg_query_free_normalize_result>;
 using Fingerprint = PgQuery<PgQueryFingerprintResult, pg_query_free_fingerprint_result>;
 
+// PostgreSQL's raw parser reports its errors as syntax errors: the SQLSTATE
+// is said as PostgreSQL would say it.
 absl::Status ParserError(const PgQueryError& error) {
   const char* message = error.message != nullptr ? error.message : "syntax error";
   if (error.cursorpos > 0) {
-    return TextError(absl::StrCat(message, " (at character ", error.cursorpos, ")"));
+    return TextError(
+        absl::StrCat(message, " (at character ", error.cursorpos, ") (SQLSTATE 42601)"));
   }
-  return TextError(message);
+  return TextError(absl::StrCat(message, " (SQLSTATE 42601)"));
 }
 
 // ---------------------------------------------------------------------------

@@ -113,7 +113,8 @@ TEST(StatementAnalyzerTest, EmptyTextsAreNoStatement) {
 TEST(StatementAnalyzerTest, SyntaxErrorsArePostgresMessagesWithTheirPosition) {
   const auto a = AnalyzeOnce("SELECT * FORM t");
   EXPECT_EQ(a->parse_error.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(a->parse_error.message(), "syntax error at or near \"FORM\" (at character 10)");
+  EXPECT_EQ(a->parse_error.message(),
+            "syntax error at or near \"FORM\" (at character 10) (SQLSTATE 42601)");
   EXPECT_EQ(a->statement_count, 0);
   EXPECT_EQ(a->kind, StatementKind::kInvalid);
   EXPECT_EQ(a->normalized, "");

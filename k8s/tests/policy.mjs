@@ -12,6 +12,61 @@ function effective(container, pod, field) {
   return container.securityContext?.[field] ?? pod.spec.securityContext?.[field];
 }
 
+// The port of a "host:port" address, or null.
+function portOf(address) {
+  const m = /:(\d+)$/.exec(address ?? "");
+  return m ? Number(m[1]) : null;
+}
+
+// A cache sidecar serves its unix socket only: no gRPC TCP listener (no
+// server.listen in its configuration, no --listen), and no port, probe or
+// Service reaching it except its metrics endpoint. Violations of `container`.
+function cacheListenerViolations(container, pod, objects, config) {
+  const out = [];
+  const listen = config?.json.server?.listen ?? "";
+  if (listen !== "" && !listen.startsWith("unix")) {
+    out.push(`serves gRPC on TCP ${listen}: leave server.listen unset (the unix socket only)`);
+  }
+  if (!config?.json.unixSocket) out.push("has no unixSocket to serve on");
+  for (const a of [...(container.args ?? []), ...(container.command ?? [])]) {
+    if (a.startsWith("--listen")) out.push(`is started with ${a}`);
+  }
+  const metricsPort = portOf(config?.json.server?.telemetry?.metrics?.listen);
+  const ports = container.ports ?? [];
+  const metricsNames = new Set(
+    ports.filter((p) => p.containerPort === metricsPort).map((p) => p.name).filter(Boolean));
+  for (const p of ports) {
+    if (p.containerPort !== metricsPort) {
+      out.push(`declares containerPort ${p.containerPort}${p.name ? ` (${p.name})` : ""}, not its metrics port`);
+    }
+  }
+  const isMetrics = (port) => port === metricsPort || metricsNames.has(port);
+  for (const probe of ["startupProbe", "livenessProbe", "readinessProbe"]) {
+    const pr = container[probe];
+    if (!pr) continue;
+    for (const kind of ["grpc", "tcpSocket", "httpGet"]) {
+      if (pr[kind] && !isMetrics(pr[kind].port)) {
+        out.push(`${probe} uses ${kind} on port ${pr[kind].port}: probe over the socket (exec cache_server --probe)`);
+      }
+    }
+  }
+  const labels = pod.metadata.labels ?? {};
+  const namespace = pod.owner.metadata.namespace ?? "";
+  const cacheNames = new Set(ports.map((p) => p.name).filter(Boolean));
+  for (const svc of objects.filter((o) => o.kind === "Service" && (o.metadata.namespace ?? "") === namespace)) {
+    const selector = svc.spec?.selector ?? {};
+    if (!Object.keys(selector).length || !Object.entries(selector).every(([k, v]) => labels[k] === v)) continue;
+    for (const sp of svc.spec?.ports ?? []) {
+      const target = sp.targetPort ?? sp.port;
+      const reaches = typeof target === "string"
+        ? cacheNames.has(target) && !metricsNames.has(target)
+        : target === portOf(listen);
+      if (reaches) out.push(`Service/${svc.metadata.name} port ${sp.port} reaches it (targetPort ${target})`);
+    }
+  }
+  return out;
+}
+
 function preStopSleepSeconds(container) {
   const cmd = container.lifecycle?.preStop?.exec?.command ?? [];
   const i = cmd.findIndex((c) => c === "sleep" || c.endsWith("/sleep"));
@@ -86,6 +141,12 @@ export function checkObjects(objects) {
         config = configOf(c, pod, objects);
       } catch (e) {
         add("config", cw, e.message);
+      }
+      const service = (c.image ?? "").split("/").pop().split(":")[0];
+      if (service === "cache" || c.name === "cache") {
+        for (const m of cacheListenerViolations(c, pod, objects, config)) {
+          add("cache-tcp-listener", cw, m);
+        }
       }
       if (config) {
         const drain = (config.json.server?.drainTimeoutMs ?? 10000) / 1000;

@@ -40,7 +40,7 @@ console.log(`fixtures/bad: ${found.length} violations:\n${found.map(show).join("
 const expected = [
   "secret-committed", "resources", "probes", "runs-as-root", "read-only-root",
   "privilege-escalation", "capabilities", "image-tag", "cache-sidecar",
-  "service-account-token", "termination-grace", "image-root",
+  "service-account-token", "termination-grace", "image-root", "cache-tcp-listener",
 ];
 for (const rule of expected) {
   if (!found.some((v) => v.rule === rule)) fail(`fixtures/bad: rule ${rule} did not fire`);
@@ -51,6 +51,13 @@ if (!found.some((v) => v.rule === "secret-committed" && v.where.startsWith("Secr
 }
 if (!found.some((v) => v.rule === "secret-committed" && v.where.includes(" env "))) {
   fail("fixtures/bad: the password in an env value was not reported");
+}
+// Every way a cache sidecar gets a TCP listener is caught.
+for (const what of ["serves gRPC on TCP 0.0.0.0:50052", "--listen", "containerPort 50052",
+                    "uses grpc on port 50052", "Service/poolside-cache-tcp"]) {
+  if (!found.some((v) => v.rule === "cache-tcp-listener" && v.message.includes(what))) {
+    fail(`fixtures/bad: a cache sidecar's TCP listener was not reported: ${what}`);
+  }
 }
 
 console.log(failures ? `${failures} failure(s)` : "policy holds; the broken fixture is caught");

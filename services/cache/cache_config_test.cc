@@ -1,5 +1,6 @@
 #include "services/cache/cache_config.h"
 
+#include <fstream>
 #include <string>
 
 #include "absl/strings/match.h"
@@ -25,7 +26,7 @@ TEST(CacheConfigTest, DefaultsWithoutContainerLimit) {
   std::string note;
   auto c = Finalize("{}", {}, &note);
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->server().listen(), "0.0.0.0:50052");
+  EXPECT_EQ(c->server().listen(), "127.0.0.1:50052");
   EXPECT_EQ(c->server().drain_timeout_ms(), 10000u);
   EXPECT_EQ(c->capacity_bytes(), kDefaultCapacityBytes);
   EXPECT_DOUBLE_EQ(c->memory_fraction(), 0.5);
@@ -35,6 +36,9 @@ TEST(CacheConfigTest, DefaultsWithoutContainerLimit) {
   EXPECT_EQ(c->max_ttl_ms(), 86400000u);
   EXPECT_EQ(c->max_tags(), 64u);
   EXPECT_EQ(c->reap_interval_ms(), 1000u);
+  EXPECT_EQ(c->max_invalidate_tags(), 1024u);
+  EXPECT_EQ(c->max_invalidate_prefixes(), 64u);
+  EXPECT_EQ(c->max_invalidate_bytes(), 256u << 10);
   EXPECT_TRUE(c->admission());
   EXPECT_TRUE(absl::StrContains(note, "default")) << note;
   CacheStoreOptions o = StoreOptionsFromConfig(*c);
@@ -75,6 +79,8 @@ TEST(CacheConfigTest, ExplicitCapacityWinsAndShardsRoundUp) {
   EXPECT_EQ(c->capacity_bytes(), uint64_t{64} << 20);
   EXPECT_EQ(c->shards(), 8u);
   EXPECT_EQ(c->unix_socket(), "/tmp/c.sock");
+  // A unix socket and no server.listen: no TCP listener at all.
+  EXPECT_EQ(c->server().listen(), "");
 }
 
 TEST(CacheConfigTest, Rejections) {
@@ -92,6 +98,10 @@ TEST(CacheConfigTest, Rejections) {
            Case{R"({"maxKeyBytes": 10, "maxEntryBytes": 5})", "maxKeyBytes"},
            Case{R"({"maxEntryBytes": 100000000})", "maxEntryBytes"},
            Case{R"({"unixSocket": "relative.sock"})", "absolute"},
+           Case{R"({"maxInvalidateTags": 100001})", "maxInvalidateTags"},
+           Case{R"({"maxInvalidatePrefixes": 1025})", "maxInvalidatePrefixes"},
+           Case{R"({"maxInvalidateBytes": 100})", "maxInvalidateBytes"},
+           Case{R"({"maxInvalidateBytes": 16777217})", "maxInvalidateBytes"},
            Case{R"({"unknownKey": 1})", "unknownKey"},
        }) {
     auto c = Finalize(t.json, limits);
@@ -103,6 +113,88 @@ TEST(CacheConfigTest, Rejections) {
   auto long_path = Finalize(absl::StrCat(R"({"unixSocket": "/)", std::string(200, 'x'), R"("})"));
   ASSERT_FALSE(long_path.ok());
   EXPECT_TRUE(absl::StrContains(long_path.status().message(), "longer than"));
+}
+
+TEST(CacheConfigTest, LoopbackAddresses) {
+  for (const char* a : {"127.0.0.1:50052", "127.0.0.1:0", "127.8.9.10:1", "localhost:50052",
+                        "[::1]:50052", "[::ffff:127.0.0.1]:5"}) {
+    EXPECT_TRUE(IsLoopbackAddress(a)) << a;
+  }
+  for (const char* a : {"0.0.0.0:50052", "[::]:50052", ":50052", "10.0.0.7:50052", "128.0.0.1:1",
+                        "cache.example:50052", "127.0.0.1", "[::1", "", "localhost.example:1",
+                        "ipv4:127.0.0.1:5", "[::ffff:10.0.0.1]:5"}) {
+    EXPECT_FALSE(IsLoopbackAddress(a)) << a;
+  }
+  EXPECT_TRUE(IsUnixAddress("unix:/run/poolside/cache.sock"));
+  EXPECT_TRUE(IsUnixAddress("unix-abstract:cache"));
+  EXPECT_FALSE(IsUnixAddress("127.0.0.1:1"));
+}
+
+// Nobody outside the host reaches an unauthenticated sidecar: a TCP address
+// other than loopback needs principals or mutual TLS.
+TEST(CacheConfigTest, NonLoopbackTcpNeedsAuthentication) {
+  for (const char* json : {
+           R"({"server": {"listen": "0.0.0.0:50052"}})",
+           R"({"server": {"listen": "[::]:50052"}, "unixSocket": "/tmp/c.sock"})",
+           R"({"server": {"listen": "10.1.2.3:50052"}, "auth": {"disabled": true}})",
+       }) {
+    auto c = Finalize(json);
+    ASSERT_FALSE(c.ok()) << json;
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << json;
+    EXPECT_TRUE(absl::StrContains(c.status().message(), "is not a loopback address")) << c.status();
+    EXPECT_TRUE(absl::StrContains(c.status().message(), "auth.principalsFile")) << c.status();
+    EXPECT_TRUE(absl::StrContains(c.status().message(), "requireClientCert")) << c.status();
+  }
+  for (const char* json : {
+           R"({"server": {"listen": "127.0.0.1:50052"}})",
+           R"({"server": {"listen": "0.0.0.0:50052"}, "auth": {"principalsEnv": "P"}})",
+           R"({"server": {"listen": "0.0.0.0:50052"}, "auth": {"principalsFile": "/p.json"}})",
+           R"({"server": {"listen": "0.0.0.0:50052"},
+               "auth": {"principals": [{"name": "q", "tokenSha256": "00", "roles": ["read"]}]}})",
+           R"({"unixSocket": "/tmp/c.sock"})",
+       }) {
+    auto c = Finalize(json);
+    EXPECT_TRUE(c.ok()) << json << " -> " << c.status();
+  }
+}
+
+TEST(CacheConfigTest, MutualTlsAuthenticatesButTlsAloneDoesNot) {
+  const std::string dir = ::testing::TempDir();
+  for (const char* name : {"/cert.pem", "/key.pem", "/ca.pem"}) {
+    std::ofstream(dir + name) << "placeholder";  // readable is all the loader checks
+  }
+  const std::string tls =
+      absl::StrCat(R"("certFile": ")", dir, R"(/cert.pem", "keyFile": ")", dir, R"(/key.pem")");
+  auto mutual = Finalize(absl::StrCat(R"({"server": {"listen": "0.0.0.0:1", "tls": {)", tls,
+                                      R"(, "clientCaFile": ")", dir,
+                                      R"(/ca.pem", "requireClientCert": true}}})"));
+  EXPECT_TRUE(mutual.ok()) << mutual.status();
+  auto one_way =
+      Finalize(absl::StrCat(R"({"server": {"listen": "0.0.0.0:1", "tls": {)", tls, "}}}"));
+  ASSERT_FALSE(one_way.ok());
+  EXPECT_TRUE(absl::StrContains(one_way.status().message(), "not a loopback address"))
+      << one_way.status();
+  auto optional_client_cert =
+      Finalize(absl::StrCat(R"({"server": {"listen": "0.0.0.0:1", "tls": {)", tls,
+                            R"(, "clientCaFile": ")", dir, R"(/ca.pem"}}})"));
+  EXPECT_FALSE(optional_client_cert.ok());
+}
+
+// Without a TCP listener server.tls is not needed; given, it is still checked.
+TEST(CacheConfigTest, UnixOnlyNeedsNoTls) {
+  v1::CacheServiceConfig c;
+  c.set_unix_socket("/tmp/c.sock");
+  auto done = FinalizeCacheConfig(c, {});
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->server().listen(), "");
+  c.mutable_server()->mutable_tls()->set_cert_file("/nonexistent/cert.pem");
+  c.mutable_server()->mutable_tls()->set_key_file("/nonexistent/key.pem");
+  EXPECT_FALSE(FinalizeCacheConfig(c, {}).ok());
+  v1::CacheServiceConfig tcp;
+  tcp.mutable_server()->set_listen("127.0.0.1:0");
+  auto refused = FinalizeCacheConfig(tcp, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::StrContains(refused.status().message(), "server.tls")) << refused.status();
 }
 
 TEST(CacheConfigTest, LoadNamesTheFile) {

@@ -24,9 +24,11 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
   out->push_back(std::move(lookups));
   prometheus::MetricFamily sets = CounterFamily(
       "poolside_cache_sets_total",
-      "Set calls: stored, or rejected (invalidated meanwhile, too large, not admitted).");
+      "Set calls: stored, rejected (invalidated meanwhile, too large, not admitted), or "
+      "refused for a read_generation this sidecar never handed out (unknown_generation).");
   AddCounter(&sets, {{"result", "stored"}}, double(s.sets));
-  AddCounter(&sets, {{"result", "rejected"}}, double(s.sets_rejected));
+  AddCounter(&sets, {{"result", "rejected"}}, double(s.sets_rejected - s.sets_unknown_generation));
+  AddCounter(&sets, {{"result", "unknown_generation"}}, double(s.sets_unknown_generation));
   out->push_back(std::move(sets));
   AppendCounter(out, "poolside_cache_evictions_total", "Entries evicted to make room.",
                 s.evictions);

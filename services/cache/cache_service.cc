@@ -2,12 +2,15 @@
 
 #include <algorithm>
 #include <deque>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
+#include "common/auth/grpc_auth.h"
+#include "common/server/status.h"
 #include "common/telemetry/log.h"
 
 namespace poolside::cache {
@@ -17,6 +20,7 @@ using Async = v1::CacheService::AsyncService;
 template <typename Request, typename Response, auto kRequestMethod, auto kHandle>
 using Call =
     server::UnaryQueueCall<CacheServiceImpl, Async, Request, Response, kRequestMethod, kHandle>;
+using SharedEvent = std::shared_ptr<const v1::CacheInvalidationEvent>;
 
 // Requests outstanding per method: the hot ones get enough that calls arriving
 // together rarely wait for a request to be posted.
@@ -38,6 +42,8 @@ v1::CacheSetResponse::Reason ReasonOf(CacheStore::SetResult r) {
       return v1::CacheSetResponse::TOO_LARGE;
     case CacheStore::SetResult::kNotAdmitted:
       return v1::CacheSetResponse::NOT_ADMITTED;
+    case CacheStore::SetResult::kUnknownGeneration:
+      break;  // an error, not a reason (Set)
   }
   return v1::CacheSetResponse::REASON_UNSPECIFIED;
 }
@@ -52,15 +58,22 @@ class CacheServiceImpl::Watch final
   // Requests one watch call; when it arrives, requests the next.
   static void Post(CacheServiceImpl* service) { new Watch(service); }
 
-  // Queues `event`; a full queue ends the watch instead.
-  void Push(const v1::CacheInvalidationEvent& event) {
+  // Queues `event` (`bytes` serialized); a watch too far behind ends instead.
+  void Push(SharedEvent event, size_t bytes) {
     if (ending_) return;
-    if (queue_.size() >= kMaxQueuedEvents) {
-      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       "watcher too slow: invalidation events were dropped"));
+    if (!queue_.empty() &&
+        (queue_.size() >= kMaxQueuedEvents || queued_bytes_ + bytes > kMaxQueuedEventBytes)) {
+      End(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("watcher too slow: ", queue_.size(), " events (", queued_bytes_,
+                       " bytes) were waiting for it (at most ", kMaxQueuedEvents, " events and ",
+                       kMaxQueuedEventBytes,
+                       " bytes wait per watch), and later events were dropped: drop everything "
+                       "taken from this sidecar and watch again")));
       return;
     }
-    queue_.push_back(event);
+    queued_bytes_ += bytes;
+    queue_.push_back({std::move(event), bytes});
     if (!busy()) WriteFront();
   }
 
@@ -73,37 +86,57 @@ class CacheServiceImpl::Watch final
   // full until its transport drains).
   void Forget() {
     service_->watches_.Remove(this);
-    if (!busy()) {
-      queue_.clear();
-    } else if (queue_.size() > 1) {
-      queue_.resize(1);
-    }
+    const size_t keep = busy() ? std::min<size_t>(queue_.size(), 1) : 0;
+    queue_.resize(keep);
+    queued_bytes_ = keep == 0 ? 0 : queue_.front().bytes;
   }
 
  private:
   friend QueueStreamCall;
+  struct Queued {
+    SharedEvent event;
+    size_t bytes = 0;
+  };
 
   explicit Watch(CacheServiceImpl* service) : service_(service) {
     service_->async_.RequestWatchInvalidations(&context_, &request_, &stream_, service_->cq_,
                                                service_->cq_, &requested_);
   }
-  ~Watch() = default;
+  ~Watch() {
+    if (counted_) --service_->live_watches_;
+  }
 
   void OnRequested(bool ok) {
     if (!Arrived(ok, service_->watch_method_)) return;
     Post(service_);
+    if (absl::Status s = service_->Authorize(context_, auth::kRead); !s.ok()) {
+      End(server::ToGrpcStatus(s));
+      return;
+    }
+    if (service_->live_watches_ >= kMaxWatches) {
+      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       absl::StrCat("this cache sidecar has ", service_->live_watches_,
+                                    " watches, the most it keeps; try again later")));
+      return;
+    }
     if (service_->watches_.Admit(this) != server::OpenCalls<Watch>::Admission::kAdmitted) {
       End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the cache sidecar is shutting down"));
       return;
     }
-    v1::CacheInvalidationEvent subscribed;
-    subscribed.set_subscribed(true);
-    Push(subscribed);
+    counted_ = true;
+    ++service_->live_watches_;
+    auto subscribed = std::make_shared<v1::CacheInvalidationEvent>();
+    subscribed->set_subscribed(true);
+    const size_t bytes = subscribed->ByteSizeLong();
+    Push(std::move(subscribed), bytes);
   }
 
   void OnWritten(bool ok) {
     Returned();
-    queue_.pop_front();
+    if (!queue_.empty()) {
+      queued_bytes_ -= queue_.front().bytes;
+      queue_.pop_front();
+    }
     if (!ok) {  // the stream is broken: the caller is gone
       Broke();
     } else if (ending_) {
@@ -114,7 +147,8 @@ class CacheServiceImpl::Watch final
     MaybeDelete();
   }
 
-  void WriteFront() { stream_.Write(queue_.front(), Start(&written_)); }
+  // gRPC serializes the event here: the queue may drop it once the write is back.
+  void WriteFront() { stream_.Write(*queue_.front().event, Start(&written_)); }
 
   // Marks the watch ending; finishes it now unless a write is outstanding
   // (then OnWritten does).
@@ -130,8 +164,10 @@ class CacheServiceImpl::Watch final
   server::QueueStep<Watch, &Watch::OnRequested> requested_{this};
   server::QueueStep<Watch, &Watch::OnWritten> written_{this};
 
-  std::deque<v1::CacheInvalidationEvent> queue_;
+  std::deque<Queued> queue_;  // the front is being written while busy()
+  size_t queued_bytes_ = 0;
   bool ending_ = false;
+  bool counted_ = false;  // in live_watches_
   grpc::Status status_;
 };
 
@@ -149,27 +185,63 @@ void CacheServiceImpl::Begin(grpc::ServerCompletionQueue* cq,
   const auto* stats = QueueMethod<v1::CacheService>(calls, "GetStats");
   watch_method_ = QueueMethod<v1::CacheService>(
       calls, "WatchInvalidations", grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING);
+  using Self = CacheServiceImpl;
   for (int i = 0; i < kHotSlots; ++i) {
     Call<v1::CacheGetRequest, v1::CacheGetResponse, &Async::RequestGet,
-         &CacheServiceImpl::Get>::Post(this, &async_, cq, get);
+         &Self::Authorized<v1::CacheGetRequest, v1::CacheGetResponse, &Self::Get,
+                           auth::kRead>>::Post(this, &async_, cq, get);
     Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse, &Async::RequestGetMany,
-         &CacheServiceImpl::GetMany>::Post(this, &async_, cq, get_many);
+         &Self::Authorized<v1::CacheGetManyRequest, v1::CacheGetManyResponse, &Self::GetMany,
+                           auth::kRead>>::Post(this, &async_, cq, get_many);
     Call<v1::CacheSetRequest, v1::CacheSetResponse, &Async::RequestSet,
-         &CacheServiceImpl::Set>::Post(this, &async_, cq, set);
+         &Self::Authorized<v1::CacheSetRequest, v1::CacheSetResponse, &Self::Set,
+                           auth::kWrite>>::Post(this, &async_, cq, set);
   }
   for (int i = 0; i < kSlots; ++i) {
     Call<v1::CacheDeleteRequest, v1::CacheDeleteResponse, &Async::RequestDelete,
-         &CacheServiceImpl::Delete>::Post(this, &async_, cq, del);
+         &Self::Authorized<v1::CacheDeleteRequest, v1::CacheDeleteResponse, &Self::Delete,
+                           auth::kWrite>>::Post(this, &async_, cq, del);
     Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse, &Async::RequestInvalidate,
-         &CacheServiceImpl::Invalidate>::Post(this, &async_, cq, invalidate);
+         &Self::Authorized<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse,
+                           &Self::Invalidate, auth::kWrite>>::Post(this, &async_, cq, invalidate);
     Call<v1::CacheGetStatsRequest, v1::CacheStats, &Async::RequestGetStats,
-         &CacheServiceImpl::GetStats>::Post(this, &async_, cq, stats);
+         &Self::Authorized<v1::CacheGetStatsRequest, v1::CacheStats, &Self::GetStats,
+                           auth::kRead>>::Post(this, &async_, cq, stats);
     Watch::Post(this);
   }
 }
 
+template <typename Request, typename Response,
+          absl::Status (CacheServiceImpl::*kHandle)(const Request&, Response*), auth::Role kRole>
+absl::Status CacheServiceImpl::Authorized(const grpc::ServerContext& context,
+                                          const Request& request, Response* response) {
+  if (absl::Status s = Authorize(context, kRole); !s.ok()) return s;
+  return (this->*kHandle)(request, response);
+}
+
+absl::Status CacheServiceImpl::Authorize(const grpc::ServerContext& context,
+                                         auth::Role role) const {
+  if (authorizer_ == nullptr) return absl::OkStatus();
+  // The permit (a concurrency slot) is let go when this returns: every call
+  // but a watch is answered inline, and a watch's life is bounded by
+  // kMaxWatches instead.
+  absl::StatusOr<auth::CallAuth> who = auth::AuthenticateAndAdmit(*authorizer_, context);
+  if (!who.ok()) return who.status();
+  if (!who->principal->Has(role)) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("principal \"", who->principal->name, "\" lacks the \"",
+                     role == auth::kWrite ? "write" : "read",
+                     "\" role this call needs on the cache sidecar (read: Get, GetMany, GetStats, "
+                     "WatchInvalidations; write: Set, Delete, Invalidate)"));
+  }
+  return absl::OkStatus();
+}
+
 void CacheServiceImpl::Publish(const v1::CacheInvalidationEvent& event) {
-  watches_.ForEach([&event](Watch* watch) { watch->Push(event); });
+  if (watches_.size() == 0) return;
+  auto shared = std::make_shared<const v1::CacheInvalidationEvent>(event);
+  const size_t bytes = shared->ByteSizeLong();
+  watches_.ForEach([&shared, bytes](Watch* watch) { watch->Push(shared, bytes); });
 }
 
 void CacheServiceImpl::EndWatches() {
@@ -260,11 +332,23 @@ absl::Status CacheServiceImpl::Set(const v1::CacheSetRequest& request,
                        " bytes; got one of ", tag.size()));
     }
   }
+  const uint64_t g = request.read_generation();
   CacheStore::SetResult r =
       store_->Set(request.key(), request.value(), absl::Milliseconds(request.ttl_ms()),
                   absl::Milliseconds(request.stale_ms()),
-                  std::vector<std::string>(request.tags().begin(), request.tags().end()),
-                  request.read_generation());
+                  std::vector<std::string>(request.tags().begin(), request.tags().end()), g);
+  if (r == CacheStore::SetResult::kUnknownGeneration && g == 0) {
+    return absl::FailedPreconditionError(
+        "read_generation is 0: a Set must carry the generation this sidecar gave before the "
+        "value was read (the Get or GetMany that missed; GetStats for a value read now)");
+  }
+  if (r == CacheStore::SetResult::kUnknownGeneration) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("read_generation ", g, " was not handed out by this cache sidecar (its ",
+                     "generations run from ", store_->first_generation(), " to ",
+                     store_->generation(), " now; a restarted sidecar starts afresh): look ",
+                     "the key up again, then read the value"));
+  }
   response->set_stored(r == CacheStore::SetResult::kStored);
   response->set_reason(ReasonOf(r));
   return absl::OkStatus();
@@ -285,13 +369,46 @@ absl::Status CacheServiceImpl::Invalidate(const v1::CacheInvalidateRequest& requ
   if (request.tags().empty() && request.prefixes().empty() && !request.flush_all()) {
     return absl::InvalidArgumentError("Invalidate needs tags, prefixes, or flush_all = true");
   }
+  if (request.tags_size() > static_cast<int>(limits_.max_invalidate_tags)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Invalidate has ", request.tags_size(), " tags; the limit is maxInvalidateTags = ",
+        limits_.max_invalidate_tags, " (send several requests)"));
+  }
+  if (request.prefixes_size() > static_cast<int>(limits_.max_invalidate_prefixes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Invalidate has ", request.prefixes_size(),
+        " prefixes; the limit is maxInvalidatePrefixes = ", limits_.max_invalidate_prefixes,
+        " (send several requests)"));
+  }
+  if (request.source().size() > kMaxSourceBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("source is ", request.source().size(), " bytes; at most ", kMaxSourceBytes));
+  }
+  uint64_t bytes = 0;
   for (const std::string& tag : request.tags()) {
     if (tag.empty()) return absl::InvalidArgumentError("empty tag");
+    if (tag.size() > limits_.max_key_bytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a tag of ", tag.size(),
+                       " bytes; tags are at most maxKeyBytes = ", limits_.max_key_bytes));
+    }
+    bytes += tag.size();
   }
   for (const std::string& prefix : request.prefixes()) {
     if (prefix.empty()) {
       return absl::InvalidArgumentError("empty prefix (it would match every key: use flush_all)");
     }
+    if (prefix.size() > limits_.max_key_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat("a prefix of ", prefix.size(),
+                                                     " bytes; prefixes are at most maxKeyBytes = ",
+                                                     limits_.max_key_bytes, " (no key is longer)"));
+    }
+    bytes += prefix.size();
+  }
+  if (bytes > limits_.max_invalidate_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Invalidate's tags and prefixes are ", bytes, " bytes; the limit is maxInvalidateBytes = ",
+        limits_.max_invalidate_bytes, " (send several requests)"));
   }
   std::vector<std::string> tags(request.tags().begin(), request.tags().end());
   std::vector<std::string> prefixes(request.prefixes().begin(), request.prefixes().end());

@@ -45,8 +45,14 @@ struct PendingWrite {
   std::string group;
   // "<table> (<columns>)" for COPY.
   std::string copy_target;
-  // Empty: no idempotency key.
+  // Empty: no idempotency key. A key belongs to the principal that sent it
+  // (empty without authentication) within its database, and names one
+  // request: `digest` identifies its content (table, columns, rows).
   std::string key;
+  std::string principal;
+  std::string digest;
+  // Rows in the request (written, rejected before COPY or by PostgreSQL).
+  uint32_t total_rows = 0;
   // The COPY lines of the rows that passed validation ...
   std::string data;
   // ... where each one ends (offset past its newline) ...

@@ -1,12 +1,15 @@
 #include "services/ingest/flusher.h"
 
 #include <algorithm>
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/db/copy.h"
 #include "common/db/error.h"
@@ -74,6 +77,24 @@ absl::Status BatchFailure(const absl::Status& s) {
   return s;
 }
 
+std::string Hex(absl::string_view bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * bytes.size());
+  for (unsigned char b : bytes) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
+  }
+  return out;
+}
+
+// A key as stored: its scope, what it was used for and its result.
+struct StoredKey {
+  std::string table;
+  std::optional<std::string> digest;  // none: written by an earlier version
+  std::string result;                 // serialized WriteResponse
+};
+
 class Flush {
  public:
   Flush(db::Connection& conn, const Batch& batch, absl::Time deadline)
@@ -103,8 +124,10 @@ class Flush {
       }
       result.status = BatchFailure(s);
       result.responses.clear();
+      result.copy_statements = copy_statements_;
       return result;
     }
+    result.copy_statements = copy_statements_;
     return result;
   }
 
@@ -113,40 +136,15 @@ class Flush {
     const size_t n = batch_.writes.size();
     result = FlushResult();
     result.responses.assign(n, v1::WriteResponse());
-    duplicate_.assign(n, false);
+    settled_.assign(n, false);
     good_.assign(n, {});
     copy_rejected_.assign(n, {});
     if (absl::Status s = session_.Exec("BEGIN"); !s.ok()) return s;
-
-    std::vector<std::string> keys;
-    for (const auto& w : batch_.writes) {
-      if (!w->key.empty()) keys.push_back(w->key);
-    }
-    if (!keys.empty()) {
-      auto rows = session_.Query(
-          absl::StrCat("SELECT key, result FROM ", kKeysTable, " WHERE key = ANY($1::text[])"),
-          {TextArrayLiteral(keys)});
-      if (!rows.ok()) return rows.status();
-      absl::flat_hash_map<std::string, std::string> stored;
-      for (const auto& row : *rows) {
-        std::string bytes;
-        if (row.size() == 2 && row[0] && row[1] && DecodeHexBytea(*row[1], &bytes)) {
-          stored[*row[0]] = std::move(bytes);
-        }
-      }
-      for (size_t i = 0; i < n; ++i) {
-        auto it = batch_.writes[i]->key.empty() ? stored.end()
-                                                 : stored.find(batch_.writes[i]->key);
-        if (it == stored.end()) continue;
-        duplicate_[i] = true;
-        result.responses[i].ParseFromString(it->second);
-        result.responses[i].set_duplicate(true);
-      }
-    }
+    if (absl::Status s = LookUpKeys(result); !s.ok()) return s;
 
     std::vector<LineRef> lines;
     for (size_t i = 0; i < n; ++i) {
-      if (duplicate_[i]) continue;
+      if (settled_[i]) continue;
       good_[i].assign(batch_.writes[i]->lines(), false);
       for (size_t j = 0; j < batch_.writes[i]->lines(); ++j) {
         lines.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(j)});
@@ -154,7 +152,7 @@ class Flush {
     }
     if (!lines.empty() && !isolating_) {
       // Most batches have no bad row: one plain COPY, no savepoint.
-      ++result.copy_statements;
+      ++copy_statements_;
       absl::StatusOr<int64_t> copied = session_.CopyIn(batch_.copy_target, Pieces(lines, nullptr));
       if (!copied.ok()) {
         needs_isolation_ = IsDataError(copied.status()) && !session_.broken();
@@ -163,15 +161,15 @@ class Flush {
       for (const LineRef& l : lines) good_[l.write][l.line] = true;
       result.bytes_written += bytes_;
     } else if (!lines.empty()) {
-      if (absl::Status s = Isolate(absl::MakeConstSpan(lines), result); !s.ok()) return s;
+      if (absl::Status s = Isolate(lines, result); !s.ok()) return s;
     }
 
     // Each request's answer, and the keys with them.
     std::string key_data;
     for (size_t i = 0; i < n; ++i) {
-      if (duplicate_[i]) continue;
+      if (settled_[i]) continue;
       const PendingWrite& w = *batch_.writes[i];
-      v1::WriteResponse& r = result.responses[i];
+      v1::WriteResponse& r = *result.responses[i];
       uint64_t written = 0;
       for (size_t j = 0; j < w.lines(); ++j) written += good_[i][j] ? 1 : 0;
       r.set_rows_written(written);
@@ -184,21 +182,91 @@ class Flush {
       for (auto& e : rejected) *r.add_rejected() = std::move(e);
       result.rows_written += written;
       if (!w.key.empty()) {
+        db::AppendCopyText(w.principal, &key_data);
+        key_data.push_back('\t');
         db::AppendCopyText(w.key, &key_data);
-        absl::StrAppend(&key_data, "\t", written, "\t\\\\x");
-        static constexpr char kHex[] = "0123456789abcdef";
-        for (unsigned char b : r.SerializeAsString()) {
-          key_data.push_back(kHex[b >> 4]);
-          key_data.push_back(kHex[b & 15]);
-        }
-        key_data.push_back('\n');
+        key_data.push_back('\t');
+        db::AppendCopyText(w.table, &key_data);
+        absl::StrAppend(&key_data, "\t\\\\x", Hex(w.digest), "\t", written, "\t\\\\x",
+                        Hex(r.SerializeAsString()), "\n");
       }
     }
     if (!key_data.empty()) {
-      auto copied = session_.CopyIn(absl::StrCat(kKeysTable, " (key, rows, result)"), key_data);
+      auto copied = session_.CopyIn(
+          absl::StrCat(kKeysTable, " (principal, key, tbl, digest, rows, result)"), key_data);
       if (!copied.ok()) return copied.status();
     }
-    return session_.Exec("COMMIT");
+    absl::Status committed = session_.Exec("COMMIT");
+    // A deferred constraint fails at COMMIT: isolate (constraints are then
+    // checked inside each probe).
+    if (!committed.ok() && !isolating_) {
+      needs_isolation_ = IsDataError(committed) && !session_.broken();
+    }
+    return committed;
+  }
+
+  // Settles the requests whose key is stored: duplicates get the stored
+  // result, keys used for other content FAILED_PRECONDITION.
+  absl::Status LookUpKeys(FlushResult& result) {
+    std::vector<std::string> principals, keys;
+    for (const auto& w : batch_.writes) {
+      if (w->key.empty()) continue;
+      principals.push_back(w->principal);
+      keys.push_back(w->key);
+    }
+    if (keys.empty()) return absl::OkStatus();
+    auto rows = session_.Query(
+        absl::StrCat("SELECT principal, key, tbl, digest, result FROM ", kKeysTable,
+                     " WHERE (principal, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+                     " OR (digest IS NULL AND key = ANY($2::text[]))"),
+        {TextArrayLiteral(principals), TextArrayLiteral(keys)});
+    if (!rows.ok()) return rows.status();
+    // (principal, key) -> stored; legacy rows (no digest) by key alone.
+    absl::flat_hash_map<std::pair<std::string, std::string>, StoredKey> scoped;
+    absl::flat_hash_map<std::string, StoredKey> legacy;
+    for (const auto& row : *rows) {
+      if (row.size() != 5 || !row[0] || !row[1] || !row[2] || !row[4]) continue;
+      StoredKey k;
+      k.table = *row[2];
+      if (!DecodeHexBytea(*row[4], &k.result)) continue;
+      if (row[3]) {
+        std::string digest;
+        if (!DecodeHexBytea(*row[3], &digest)) continue;
+        k.digest = std::move(digest);
+        scoped[{*row[0], *row[1]}] = std::move(k);
+      } else {
+        legacy[*row[1]] = std::move(k);
+      }
+    }
+    for (size_t i = 0; i < batch_.writes.size(); ++i) {
+      const PendingWrite& w = *batch_.writes[i];
+      if (w.key.empty()) continue;
+      const StoredKey* k = nullptr;
+      if (auto it = scoped.find(std::make_pair(w.principal, w.key)); it != scoped.end()) {
+        k = &it->second;
+      } else if (auto it = legacy.find(w.key); it != legacy.end()) {
+        k = &it->second;
+      } else {
+        continue;
+      }
+      settled_[i] = true;
+      v1::WriteResponse stored;
+      const bool parsed = stored.ParseFromString(k->result);
+      bool same;
+      if (k->digest.has_value()) {
+        same = *k->digest == w.digest && k->table == w.table;
+      } else {
+        // Before digests: the best evidence left is the row count.
+        same = parsed && stored.rows_written() + stored.rejected_size() == w.total_rows;
+      }
+      if (!same || !parsed) {
+        result.responses[i] = KeyConflict(w, k->table);
+        continue;
+      }
+      stored.set_duplicate(true);
+      result.responses[i] = std::move(stored);
+    }
+    return absl::OkStatus();
   }
 
   // The COPY data of `lines`, as pieces of the requests' buffers.
@@ -224,45 +292,59 @@ class Flush {
     return pieces;
   }
 
-  // Copies `lines` under a savepoint; on a data error, splits them until the
-  // bad lines are alone. Non-OK only for errors that end the batch.
-  absl::Status Isolate(absl::Span<const LineRef> lines, FlushResult& result) {
-    if (lines.empty()) return absl::OkStatus();
-    size_t bytes = 0;
-    std::vector<absl::string_view> pieces = Pieces(lines, &bytes);
-    if (absl::Status s = session_.Exec("SAVEPOINT poolside_rows"); !s.ok()) return s;
-    ++result.copy_statements;
-    absl::StatusOr<int64_t> copied = session_.CopyIn(batch_.copy_target, pieces);
-    if (copied.ok()) {
-      if (absl::Status s = session_.Exec("RELEASE SAVEPOINT poolside_rows"); !s.ok()) return s;
-      for (const LineRef& l : lines) good_[l.write][l.line] = true;
-      result.bytes_written += bytes;
-      return absl::OkStatus();
+  void Reject(const LineRef& line, const absl::Status& error, FlushResult& result) {
+    const PendingWrite& w = *batch_.writes[line.write];
+    v1::RowError e;
+    e.set_row_index(w.row_index[line.line]);
+    e.set_reason(Reason(error));
+    e.set_sqlstate(db::SqlStateOf(error));
+    copy_rejected_[line.write].push_back(std::move(e));
+    ++result.rows_rejected;
+  }
+
+  // Copies `lines` in probes (see flusher.h), keeping the ones that succeed
+  // and rejecting the rows PostgreSQL names. Reorders `lines`. Non-OK only for
+  // errors that end the batch.
+  absl::Status Isolate(std::vector<LineRef>& lines, FlushResult& result) {
+    // Each probe is one round trip with the savepoint handling of the one
+    // before it.
+    std::string before = "SET CONSTRAINTS ALL IMMEDIATE; SAVEPOINT poolside_rows";
+    size_t pos = 0, chunk = lines.size();
+    while (pos < lines.size()) {
+      const size_t size = std::min(chunk, lines.size() - pos);
+      const absl::Span<const LineRef> probe = absl::MakeConstSpan(lines).subspan(pos, size);
+      size_t bytes = 0;
+      std::vector<absl::string_view> pieces = Pieces(probe, &bytes);
+      ++copy_statements_;
+      absl::StatusOr<int64_t> copied = session_.CopyIn(batch_.copy_target, pieces, before);
+      if (copied.ok()) {
+        before = "RELEASE SAVEPOINT poolside_rows; SAVEPOINT poolside_rows";
+        for (const LineRef& l : probe) good_[l.write][l.line] = true;
+        result.bytes_written += bytes;
+        pos += size;
+        chunk = 2 * size;
+        continue;
+      }
+      if (!IsDataError(copied.status()) || session_.broken()) return copied.status();
+      before = "ROLLBACK TO SAVEPOINT poolside_rows";
+      const int64_t line = db::CopyLineOf(copied.status());
+      if (size > 1 && (line < 1 || static_cast<size_t>(line) > size)) {
+        // No row named (e.g. a deferred constraint): halve the probe.
+        chunk = size / 2;
+        continue;
+      }
+      const size_t bad = size == 1 ? 0 : static_cast<size_t>(line) - 1;
+      Reject(probe[bad], copied.status(), result);
+      // The rows before the bad one went in: they are the next probe, moved
+      // one place on over the bad row.
+      for (size_t k = pos + bad; k > pos; --k) lines[k] = lines[k - 1];
+      ++pos;
+      chunk = std::max<size_t>(bad, 1);
     }
-    if (!IsDataError(copied.status()) || session_.broken()) return copied.status();
-    if (absl::Status s = session_.Exec("ROLLBACK TO SAVEPOINT poolside_rows"); !s.ok()) return s;
-    if (absl::Status s = session_.Exec("RELEASE SAVEPOINT poolside_rows"); !s.ok()) return s;
-    if (lines.size() == 1) {
-      const PendingWrite& w = *batch_.writes[lines[0].write];
-      v1::RowError e;
-      e.set_row_index(w.row_index[lines[0].line]);
-      e.set_reason(Reason(copied.status()));
-      e.set_sqlstate(db::SqlStateOf(copied.status()));
-      copy_rejected_[lines[0].write].push_back(std::move(e));
-      ++result.rows_rejected;
-      return absl::OkStatus();
+    if (before == "ROLLBACK TO SAVEPOINT poolside_rows") {
+      if (absl::Status s = session_.Exec(before); !s.ok()) return s;
     }
-    const int64_t line = db::CopyLineOf(copied.status());
-    if (line >= 1 && static_cast<size_t>(line) <= lines.size()) {
-      // Rows before the named one went in fine; the named one is the suspect.
-      const size_t bad = static_cast<size_t>(line) - 1;
-      if (absl::Status s = Isolate(lines.subspan(0, bad), result); !s.ok()) return s;
-      if (absl::Status s = Isolate(lines.subspan(bad, 1), result); !s.ok()) return s;
-      return Isolate(lines.subspan(bad + 1), result);
-    }
-    const size_t mid = lines.size() / 2;
-    if (absl::Status s = Isolate(lines.subspan(0, mid), result); !s.ok()) return s;
-    return Isolate(lines.subspan(mid), result);
+    return session_.Exec("RELEASE SAVEPOINT poolside_rows");
   }
 
   const Batch& batch_;
@@ -270,7 +352,9 @@ class Flush {
   bool isolating_ = false;
   bool needs_isolation_ = false;
   size_t bytes_ = 0;  // of the last Pieces()
-  std::vector<bool> duplicate_;
+  uint64_t copy_statements_ = 0;  // in every attempt
+  // Answered from the key table (duplicate or conflict): not written.
+  std::vector<bool> settled_;
   std::vector<std::vector<bool>> good_;
   std::vector<std::vector<v1::RowError>> copy_rejected_;
 };
@@ -279,13 +363,88 @@ class Flush {
 
 absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
   db::CopySession session(conn, deadline);
-  absl::Status s = session.Exec(absl::StrCat(
-      "CREATE TABLE IF NOT EXISTS ", kKeysTable,
-      " (key text PRIMARY KEY, rows bigint NOT NULL, result bytea NOT NULL, "
-      "written_at timestamptz NOT NULL DEFAULT now())"));
-  if (!s.ok()) return s;
-  return session.Exec(absl::StrCat("CREATE INDEX IF NOT EXISTS ", kKeysTable,
-                                   "_written_at ON ", kKeysTable, " (written_at)"));
+  if (absl::Status s = session.Exec("BEGIN"); !s.ok()) return s;
+  auto finish = [&](absl::Status s) {
+    if (!s.ok()) {
+      if (!session.broken()) (void)session.Exec("ROLLBACK");
+      return s;
+    }
+    return session.Exec("COMMIT");
+  };
+  // Ingest replicas starting together take turns (the lock ends with the
+  // transaction).
+  if (absl::Status s = session.Exec(absl::StrCat("SELECT pg_advisory_xact_lock(",
+                                                 kKeysTableLock, ")"));
+      !s.ok()) {
+    return finish(s);
+  }
+  // What is there: the columns, the primary key's columns, the index.
+  auto state = session.Query(
+      "SELECT (SELECT string_agg(attname::text, ',' ORDER BY attname) FROM pg_attribute "
+      "        WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped), "
+      "       (SELECT string_agg(a.attname::text, ',' ORDER BY k.n) "
+      "        FROM pg_index i CROSS JOIN unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+      "        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+      "        WHERE i.indrelid = c.oid AND i.indisprimary), "
+      "       (SELECT conname::text FROM pg_constraint WHERE conrelid = c.oid AND contype = 'p'), "
+      "       to_regclass($2) IS NOT NULL "
+      "FROM pg_class c WHERE c.oid = to_regclass($1)",
+      {kKeysTable, absl::StrCat(kKeysTable, "_written_at")});
+  if (!state.ok()) return finish(state.status());
+  std::vector<std::string> sql;
+  if (state->empty()) {
+    sql.push_back(absl::StrCat(
+        "CREATE TABLE ", kKeysTable,
+        " (principal text NOT NULL DEFAULT '', key text NOT NULL, tbl text NOT NULL DEFAULT '', "
+        "digest bytea, rows bigint NOT NULL, result bytea NOT NULL, "
+        "written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (principal, key))"));
+    sql.push_back(absl::StrCat("CREATE INDEX ", kKeysTable, "_written_at ON ", kKeysTable,
+                               " (written_at)"));
+  } else {
+    const db::CopySession::TextRow& r = (*state)[0];
+    const std::string columns = r[0].value_or("");
+    const std::vector<absl::string_view> have = absl::StrSplit(columns, ',');
+    auto has = [&](absl::string_view c) {
+      return std::find(have.begin(), have.end(), c) != have.end();
+    };
+    if (!has("principal")) {
+      sql.push_back(absl::StrCat("ALTER TABLE ", kKeysTable,
+                                 " ADD COLUMN principal text NOT NULL DEFAULT ''"));
+    }
+    if (!has("tbl")) {
+      sql.push_back(
+          absl::StrCat("ALTER TABLE ", kKeysTable, " ADD COLUMN tbl text NOT NULL DEFAULT ''"));
+    }
+    if (!has("digest")) {
+      sql.push_back(absl::StrCat("ALTER TABLE ", kKeysTable, " ADD COLUMN digest bytea"));
+    }
+    if (r[1].value_or("") != "principal,key") {
+      std::string alter = absl::StrCat("ALTER TABLE ", kKeysTable);
+      if (r[2].has_value()) {
+        absl::StrAppend(&alter, " DROP CONSTRAINT ", db::QuoteIdentifier(*r[2]), ",");
+      }
+      absl::StrAppend(&alter, " ADD PRIMARY KEY (principal, key)");
+      sql.push_back(std::move(alter));
+    }
+    if (r[3].value_or("f") != "t") {
+      sql.push_back(absl::StrCat("CREATE INDEX ", kKeysTable, "_written_at ON ", kKeysTable,
+                                 " (written_at)"));
+    }
+  }
+  for (const std::string& statement : sql) {
+    if (absl::Status s = session.Exec(statement); !s.ok()) return finish(s);
+  }
+  return finish(absl::OkStatus());
+}
+
+absl::Status KeyConflict(const PendingWrite& write, absl::string_view used_table) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "idempotency key \"", absl::Utf8SafeCHexEscape(write.key), "\" was already used for ",
+      used_table.empty() || used_table == write.table
+          ? "other rows or columns"
+          : absl::StrCat("table ", absl::Utf8SafeCHexEscape(used_table)),
+      "; nothing of this request was written. A key names one request: send new rows under a "
+      "new key, and reuse a key only to retry the same rows"));
 }
 
 FlushResult FlushBatch(db::Connection& conn, const Batch& batch, absl::Time deadline) {

@@ -5,20 +5,30 @@
 //
 //   BEGIN
 //   SELECT the batch's idempotency keys already in poolside_ingest_keys
-//     -> those requests are answered with their stored result, not written
+//     -> a request whose key is stored with the same content (digest) is
+//        answered with its stored result, not written; one whose key is stored
+//        with other content fails with FAILED_PRECONDITION naming the key
 //   COPY every other row
 //     -> on a data error (SQLSTATE class 22 or 23): ROLLBACK and start again,
-//        now copying under savepoints and splitting the rows on failure: at
-//        the line PostgreSQL names (rows before it, the row itself, rows after
-//        it) or else in halves, each part under its own savepoint, until the
-//        bad rows stand alone; they are rejected with PostgreSQL's reason and
-//        every other row is copied
-//   COPY the new keys with each request's result into poolside_ingest_keys
+//        now isolating the bad rows (below)
+//   COPY the new keys with each request's digest and result
 //   COMMIT
 //
 // So a request's rows and its key commit together or not at all. A key that
 // another writer committed concurrently (unique violation on the key table)
 // restarts the transaction, which then finds it.
+//
+// Bad-row isolation copies the rows in probes, in order, each under a
+// savepoint: a probe that succeeds is kept; one that fails is rolled back, and
+// the row PostgreSQL names in its error is rejected with its reason while the
+// rows before it (which went in) become the next probe. Without a line number
+// the probe is halved. A probe after a success is twice its size, after a
+// rejection as large as the good run before it, so dense bad rows are probed
+// one by one and sparse ones cost a few COPYs each: at most one COPY (one
+// round trip with its savepoint handling) per bad row plus a logarithmic
+// number per good run, and the bytes sent stay within a small multiple of the
+// batch's. Deferred constraints are made immediate, so they fail inside a
+// probe.
 //
 // Thread-compatible: one call per connection at a time.
 
@@ -27,6 +37,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/db/connection.h"
 #include "proto/poolside/v1/ingest.pb.h"
@@ -35,13 +46,16 @@
 namespace poolside::ingest {
 
 inline constexpr char kKeysTable[] = "poolside_ingest_keys";
+// The transaction-level advisory lock that serializes EnsureKeysTable().
+inline constexpr int64_t kKeysTableLock = 0x706f6f6c73696465;  // "poolside"
 
 struct FlushResult {
   // Not OK: nothing was committed, every request of the batch fails with this
   // (UNAVAILABLE or ABORTED when a retry can succeed).
   absl::Status status;
-  // With status OK: one per batch.writes, in order.
-  std::vector<v1::WriteResponse> responses;
+  // With status OK: one per batch.writes, in order; a request whose key was
+  // used for other content gets FAILED_PRECONDITION (nothing of it written).
+  std::vector<absl::StatusOr<v1::WriteResponse>> responses;
   // The connection is unusable (mark its lease broken).
   bool broken = false;
   uint64_t copy_statements = 0;
@@ -50,8 +64,16 @@ struct FlushResult {
   uint64_t rows_rejected = 0;  // by PostgreSQL during COPY
 };
 
-// Creates poolside_ingest_keys (and its index on written_at) unless present.
+// Creates poolside_ingest_keys (and its index on written_at) unless present,
+// and brings a table of an earlier version up to date: keys scoped by
+// principal (primary key (principal, key)), the table and digest of each.
+// Rows written before keep an empty principal and no digest; such a key
+// matches a retry whose row count equals the stored result's. Idempotent;
+// concurrent callers are serialized by an advisory lock.
 absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline);
+
+// The FAILED_PRECONDITION answer to a key used before for other content.
+absl::Status KeyConflict(const PendingWrite& write, absl::string_view used_table);
 
 FlushResult FlushBatch(db::Connection& conn, const Batch& batch, absl::Time deadline);
 

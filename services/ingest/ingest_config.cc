@@ -47,12 +47,17 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
     rule.without_limit = 4;
     batch->set_copy_connections(config::ThreadsFromCpu(limits, rule));
   }
+  const bool sized_request = batch->max_request_bytes() == 0;
+  POOLSIDE_DEFAULT(batch, max_request_bytes,
+                   std::min(batch->buffer_bytes() / 4, uint64_t{32} << 20));
   if (sizing_note != nullptr) {
     *sizing_note = absl::StrCat(
         "bufferBytes ", batch->buffer_bytes() >> 20, " MiB",
         !sized_buffer          ? " (configured)"
         : limits.memory_bytes ? " (a quarter of the memory limit)"
                               : " (default: no memory limit)",
+        ", maxRequestBytes ", batch->max_request_bytes() >> 20, " MiB",
+        sized_request ? " (a quarter of the buffer, at most 32 MiB)" : " (configured)",
         ", copyConnections ", batch->copy_connections(),
         !sized_copies  ? " (configured)"
         : limits.cpus ? " (2 per core of the CPU limit)"
@@ -64,6 +69,14 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
   POOLSIDE_DEFAULT(batch, retry_after_ms, 100u);
   if (batch->copy_connections() > 64) {
     return absl::InvalidArgumentError("batch.copyConnections above 64");
+  }
+  if (batch->max_request_bytes() > batch->buffer_bytes() / 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch.maxRequestBytes (", batch->max_request_bytes(),
+        ") exceeds half of batch.bufferBytes (", batch->buffer_bytes(), ")"));
+  }
+  if (batch->max_request_bytes() > (uint64_t{1} << 30)) {
+    return absl::InvalidArgumentError("batch.maxRequestBytes above 1 GiB");
   }
   if (batch->max_bytes() > batch->buffer_bytes()) {
     return absl::InvalidArgumentError(absl::StrCat(

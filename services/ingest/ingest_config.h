@@ -20,7 +20,8 @@ namespace poolside::ingest {
 // server.cpuLimit / server.memoryLimitBytes override them): batch.bufferBytes
 // 0 is a quarter of the memory limit (at least 16 MiB and 2 x maxBytes, at
 // most 1 GiB; no limit: 64 MiB); batch.copyConnections 0 is 2 per core of the
-// CPU limit, rounded up, 2 to 8 (no limit: 4). `sizing_note`, if given,
+// CPU limit, rounded up, 2 to 8 (no limit: 4); batch.maxRequestBytes 0 is a
+// quarter of bufferBytes, at most 32 MiB. `sizing_note`, if given,
 // receives the resulting sizes and where they came from (for the startup log).
 absl::StatusOr<v1::IngestServiceConfig> LoadIngestConfig(
     const std::string& path, const config::ContainerLimits& limits = config::ContainerLimits(),

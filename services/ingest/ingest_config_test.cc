@@ -24,6 +24,7 @@ TEST(IngestConfigTest, FillsDefaults) {
   EXPECT_EQ(c->batch().max_rows(), 10000u);
   EXPECT_EQ(c->batch().linger_ms(), 10u);
   EXPECT_EQ(c->batch().buffer_bytes(), uint64_t{64} << 20);
+  EXPECT_EQ(c->batch().max_request_bytes(), uint64_t{16} << 20);
   EXPECT_EQ(c->batch().copy_connections(), 4u);
   EXPECT_EQ(c->databases(0).pool().max_size(), 5u);
   EXPECT_EQ(c->batch().key_retention_ms(), 86400000u);
@@ -54,8 +55,10 @@ TEST(IngestConfigTest, SizedFromTheContainerLimits) {
   EXPECT_EQ(c->batch().copy_connections(), 4u);              // 2 per core
   EXPECT_EQ(c->databases(0).pool().max_size(), 5u);
   EXPECT_EQ(note,
-            "bufferBytes 256 MiB (a quarter of the memory limit), copyConnections 4 (2 per core "
-            "of the CPU limit); limits: cpu 2, memory 1024 MiB (cgroup v2 /sys/fs/cgroup)");
+            "bufferBytes 256 MiB (a quarter of the memory limit), maxRequestBytes 32 MiB (a "
+            "quarter of the buffer, at most 32 MiB), copyConnections 4 (2 per core of the CPU "
+            "limit); limits: cpu 2, memory 1024 MiB (cgroup v2 /sys/fs/cgroup)");
+  EXPECT_EQ(c->batch().max_request_bytes(), uint64_t{32} << 20);
 
   limits.cpus = 0.5;
   limits.memory_bytes = uint64_t{32} << 20;
@@ -63,6 +66,23 @@ TEST(IngestConfigTest, SizedFromTheContainerLimits) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->batch().buffer_bytes(), uint64_t{16} << 20) << "at least 16 MiB";
   EXPECT_EQ(c->batch().copy_connections(), 2u);
+  EXPECT_EQ(c->batch().max_request_bytes(), uint64_t{4} << 20);
+}
+
+TEST(IngestConfigTest, MaxRequestBytesFitsTheBuffer) {
+  auto c = ParseWithLimits(R"({"databases": [{"name": "app", "dsn": "host=h dbname=app"}],
+                               "batch": {"bufferBytes": "33554432"},
+                               "auth": {"disabled": true}})",
+                           config::ContainerLimits(), nullptr);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->batch().max_request_bytes(), uint64_t{8} << 20);  // a quarter of 32 MiB
+  // A stream reserves up to twice it in the buffer: at most half the buffer.
+  c = ParseWithLimits(R"({"databases": [{"name": "app", "dsn": "host=h dbname=app"}],
+                          "batch": {"bufferBytes": "33554432", "maxRequestBytes": "20000000"},
+                          "auth": {"disabled": true}})",
+                      config::ContainerLimits(), nullptr);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("maxRequestBytes"), absl::string_view::npos) << c.status();
 }
 
 TEST(IngestConfigTest, ConfigurationOverridesSizing) {

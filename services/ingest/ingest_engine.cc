@@ -1,9 +1,12 @@
 #include "services/ingest/ingest_engine.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
 #include <utility>
 
 #include "absl/strings/cord.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/database_config.h"
@@ -18,11 +21,59 @@ namespace {
 constexpr absl::string_view kRetryAfterPayload = "poolside.dev/retry-after-ms";
 constexpr size_t kMaxKeyBytes = 256;
 constexpr absl::Duration kCatalogTimeout = absl::Seconds(10);
+// A read reservation held this long without its message, while other
+// streams wait, is given back.
+constexpr absl::Duration kIdleRead = absl::Seconds(1);
+// Bookkeeping of a request beyond its bytes.
+constexpr size_t kRequestOverhead = 256;
 
-std::string KeyOf(const PendingWrite& w) { return absl::StrCat(w.database, "\x1f", w.key); }
+std::string KeyOf(absl::string_view database, absl::string_view principal,
+                  absl::string_view key) {
+  return absl::StrCat(database, "\x1f", principal, "\x1f", key);
+}
+std::string KeyOf(const PendingWrite& w) { return KeyOf(w.database, w.principal, w.key); }
 
 absl::Status ShuttingDown() {
   return absl::UnavailableError("the ingest service is shutting down; nothing was written");
+}
+
+// What a request holds against the bound until it is encoded: its serialized
+// bytes and about as much again for their encoding.
+size_t HoldOf(size_t serialized) { return 2 * serialized + kRequestOverhead; }
+
+// SHA-256 of a request's content as it will be written and answered: table,
+// columns, each row's COPY line and each row refused before COPY with its
+// reason. Requests that write and reject the same rows the same way have the
+// same digest, whatever protobuf encoding carried them.
+class Digest {
+ public:
+  Digest() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
+  ~Digest() { EVP_MD_CTX_free(ctx_); }
+  Digest(const Digest&) = delete;
+  Digest& operator=(const Digest&) = delete;
+
+  // Each part is length-prefixed, so parts cannot run into each other.
+  void Add(absl::string_view part) {
+    const uint64_t n = part.size();
+    EVP_DigestUpdate(ctx_, &n, sizeof(n));
+    EVP_DigestUpdate(ctx_, part.data(), part.size());
+  }
+  std::string Finish() {
+    unsigned char out[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_DigestFinal_ex(ctx_, out, &n);
+    return std::string(reinterpret_cast<const char*>(out), n);
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+// A request whose COPY rows would not fit the buffer.
+absl::Status TooLargeEncoded(size_t bytes, size_t limit) {
+  return absl::InvalidArgumentError(absl::StrCat("request is ", FormatBytes(bytes),
+                                                 " as COPY rows; the ingest buffer holds at most ",
+                                                 FormatBytes(limit), "; split it"));
 }
 
 }  // namespace
@@ -41,6 +92,8 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
       key_retention_(absl::Milliseconds(config_.batch().key_retention_ms())),
       retry_after_(absl::Milliseconds(config_.batch().retry_after_ms())),
       buffer_limit_(config_.batch().buffer_bytes()),
+      max_request_(config_.batch().max_request_bytes() > 0 ? config_.batch().max_request_bytes()
+                                                           : buffer_limit_ / 2),
       batcher_(BatcherOptions{config_.batch().max_rows(), config_.batch().max_bytes(), linger_}) {
   for (const v1::DatabaseConfig& c : config_.databases()) {
     auto db = std::make_unique<Database>();
@@ -122,101 +175,179 @@ void IngestEngine::Start() {
 }
 
 absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
-    const v1::WriteRequest& request, const std::string& database, const db::TableInfo& table,
-    Done done) const {
+    const SerializedWrite& request, const RequestHeader& header, const std::string& database,
+    const std::string& principal, const db::TableInfo& table, Done done) const {
   std::vector<const db::ColumnInfo*> columns;
-  if (request.columns().empty()) {
+  if (header.columns.empty()) {
     for (const db::ColumnInfo& c : table.columns) columns.push_back(&c);
   } else {
-    for (const std::string& name : request.columns()) {
+    for (const std::string& name : header.columns) {
       const db::ColumnInfo* c = table.Find(name);
       if (c == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat("column \"", name.substr(0, 128),
-                                                       "\" of table ", table.name,
-                                                       " does not exist"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "column \"", absl::Utf8SafeCHexEscape(name.substr(0, 128)), "\" of table ",
+            table.name, " does not exist"));
       }
       if (std::find(columns.begin(), columns.end(), c) != columns.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("column \"", name, "\" given twice"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "column \"", absl::Utf8SafeCHexEscape(name.substr(0, 128)), "\" given twice"));
       }
       columns.push_back(c);
     }
   }
   auto w = std::make_shared<PendingWrite>();
   w->database = database;
-  w->table = request.table();
-  w->key = request.idempotency_key();
+  w->table = header.table;
+  w->key = header.key;
+  w->principal = principal;
+  w->total_rows = header.rows;
   w->copy_target = db::CopyTarget(table, columns);
   w->group = absl::StrCat(database, "\x1f", w->copy_target);
   w->done = std::move(done);
   w->trace = telemetry::CurrentSpanContext();
-  w->line_ends.reserve(request.rows_size());
-  w->row_index.reserve(request.rows_size());
-  for (int i = 0; i < request.rows_size(); ++i) {
-    absl::Status s = db::AppendCopyRow(request.rows(i), columns, &w->data);
-    if (i == 0 && request.rows_size() > 1) {
+  w->line_ends.reserve(header.rows);
+  w->row_index.reserve(header.rows);
+  const bool keyed = !w->key.empty();
+  Digest digest;
+  if (keyed) {
+    digest.Add(w->table);
+    digest.Add(w->copy_target);
+  }
+  absl::Status rows = ForEachRow(request.bytes(), [&](const v1::Row& row, uint32_t i) {
+    const size_t start = w->data.size();
+    absl::Status s = db::AppendCopyRow(row, columns, &w->data);
+    if (i == 0 && header.rows > 1) {
       // Size the buffer from the first row, so it is not regrown (and copied)
       // a dozen times for a large request.
-      w->data.reserve(std::min<size_t>(buffer_limit_,
-                                       (w->data.size() + 16) * request.rows_size() * 5 / 4));
+      w->data.reserve(
+          std::min<size_t>(buffer_limit_, (w->data.size() + 16) * header.rows * 5 / 4));
     }
     if (s.ok()) {
       w->line_ends.push_back(static_cast<uint32_t>(w->data.size()));
-      w->row_index.push_back(static_cast<uint32_t>(i));
+      w->row_index.push_back(i);
+      if (keyed) digest.Add(absl::string_view(w->data).substr(start));
     } else {
       v1::RowError e;
-      e.set_row_index(static_cast<uint32_t>(i));
+      e.set_row_index(i);
       e.set_reason(std::string(s.message()));
       e.set_sqlstate(db::SqlStateOf(s));
+      if (keyed) digest.Add(absl::StrCat(i, "\t", e.sqlstate(), "\t", e.reason()));
       w->rejected.push_back(std::move(e));
     }
     if (w->data.size() > buffer_limit_ || w->data.size() > uint32_t{0xffffffff} / 2) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "request too large: its rows exceed the server's buffer (", buffer_limit_,
-          " bytes); send fewer rows per request"));
+      return TooLargeEncoded(w->data.size(), buffer_limit_);
     }
-  }
+    return absl::OkStatus();
+  });
+  if (!rows.ok()) return rows;
   if (w->bytes() > buffer_limit_) {
-    return absl::InvalidArgumentError("request too large for the server's buffer");
+    return TooLargeEncoded(w->bytes(), buffer_limit_);
   }
+  if (keyed) w->digest = digest.Finish();
   return w;
 }
 
-absl::Status IngestEngine::Submit(const v1::WriteRequest& request, Admission admission,
-                                  std::function<void()> admitted, Done done) {
-  const std::string& name =
-      request.database().empty() ? config_.default_database() : request.database();
+absl::Status IngestEngine::Submit(const v1::WriteRequest& request, const std::string& principal,
+                                  uint64_t ticket, Done done) {
+  SerializedWrite serialized;
+  request.SerializeToString(&serialized.buffer);
+  serialized.size = serialized.buffer.size();
+  return Submit(std::move(serialized), principal, ticket, std::move(done));
+}
+
+absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& principal,
+                                  uint64_t ticket, Done done) {
+  // Whatever happens, the ticket's reservation ends here.
+  Callbacks later;
+  size_t reserved = 0;
+  auto give_back = [&](absl::Status s) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (reserved > 0) {
+        used_ -= reserved;
+        GrantReadsLocked(&later);
+      }
+    }
+    for (auto& f : later) f();
+    return s;
+  };
+  {
+    absl::MutexLock lock(&mu_);
+    reserved = TakeReservationLocked(ticket);
+  }
+  const size_t size = request.size;
+  if (size > max_request_) {
+    return give_back(RequestTooLarge(size));
+  }
+  absl::StatusOr<RequestHeader> header = ReadRequestHeader(request.bytes());
+  if (!header.ok()) return give_back(header.status());
+  const std::string& name = header->database.empty() ? config_.default_database()
+                                                     : header->database;
   if (name.empty()) {
-    return absl::InvalidArgumentError("no database named and no default database configured");
+    return give_back(
+        absl::InvalidArgumentError("no database named and no default database configured"));
   }
   auto it = databases_.find(name);
   if (it == databases_.end()) {
-    return absl::NotFoundError(absl::StrCat("database \"", name.substr(0, 64),
-                                            "\" is not configured"));
+    return give_back(absl::NotFoundError(absl::StrCat(
+        "database \"", absl::Utf8SafeCHexEscape(name.substr(0, 64)), "\" is not configured")));
   }
   Database& db = *it->second;
-  if (!db.writable.contains(request.table())) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "table \"", request.table().substr(0, 128), "\" is not writable through ingest in database ",
-        name, " (not in the configuration)"));
+  if (!db.writable.contains(header->table)) {
+    return give_back(absl::PermissionDeniedError(absl::StrCat(
+        "table \"", absl::Utf8SafeCHexEscape(header->table.substr(0, 128)),
+        "\" is not writable through ingest in database ", name, " (not in the configuration)")));
   }
-  const std::string& key = request.idempotency_key();
-  if (key.size() > kMaxKeyBytes || key.find('\0') != std::string::npos || !db::IsValidUtf8(key)) {
-    return absl::InvalidArgumentError("idempotency_key must be at most 256 bytes of UTF-8 without NUL");
+  const std::string& key = header->key;
+  if (key.size() > kMaxKeyBytes || key.find('\0') != std::string::npos) {
+    return give_back(absl::InvalidArgumentError(
+        "idempotency_key must be at most 256 bytes of UTF-8 without NUL"));
+  }
+  const size_t hold = HoldOf(size);
+  bool loaded;
+  {
+    absl::MutexLock lock(&mu_);
+    auto t = db.tables.find(header->table);
+    loaded = t != db.tables.end() && t->second.info != nullptr;
+  }
+  if (!loaded) {
+    // Parked until the catalog is read, its rows are parsed only then: check
+    // now that they parse, so that a malformed request is refused at once.
+    absl::Status parses =
+        ForEachRow(request.bytes(), [](const v1::Row&, uint32_t) { return absl::OkStatus(); });
+    if (!parses.ok()) return give_back(parses);
   }
   std::shared_ptr<const db::TableInfo> info;
   {
-    absl::MutexLock lock(&mu_);
-    if (draining_ || stopping_) return ShuttingDown();
-    Table& t = db.tables[request.table()];
+    absl::ReleasableMutexLock lock(&mu_);
+    if (draining_ || stopping_) {
+      lock.Release();
+      return give_back(ShuttingDown());
+    }
+    if (ticket == 0 && used_ + hold > buffer_limit_ && !KeyKnownLocked(name, principal, key)) {
+      refused_full_.fetch_add(1, std::memory_order_relaxed);
+      absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
+          "ingest buffer full (", used_, " of ", buffer_limit_, " bytes held); retry after ",
+          absl::ToInt64Milliseconds(retry_after_), " ms"));
+      s.SetPayload(kRetryAfterPayload,
+                   absl::Cord(absl::StrCat(absl::ToInt64Milliseconds(retry_after_))));
+      lock.Release();
+      return give_back(s);
+    }
+    // The reservation becomes the request's hold.
+    used_ -= reserved;
+    reserved = 0;
+    Hold(static_cast<int64_t>(hold));
+    ++unanswered_;
+    Table& t = db.tables[header->table];
     if (t.info == nullptr) {
-      t.parked.push_back(Table::Parked{request, admission, std::move(admitted), std::move(done),
-                                       telemetry::CurrentSpanContext()});
-      ++unanswered_;
+      t.parked.push_back(Parked{std::move(request), *std::move(header), principal, hold,
+                                std::move(done), telemetry::CurrentSpanContext()});
       if (!t.loading) {
         t.loading = true;
         Job job;
         job.kind = Job::kLoadTable;
-        job.table = request.table();
+        job.table = t.parked.back().header.table;
         db.jobs.push_back(std::move(job));
         jobs_ready_.SignalAll();
       }
@@ -224,88 +355,167 @@ absl::Status IngestEngine::Submit(const v1::WriteRequest& request, Admission adm
     }
     info = t.info;
   }
-  absl::StatusOr<std::shared_ptr<PendingWrite>> w = Prepare(request, name, *info, std::move(done));
-  if (!w.ok()) return w.status();
-  Callbacks later;
+  absl::StatusOr<std::shared_ptr<PendingWrite>> w =
+      Prepare(request, *header, name, principal, *info, std::move(done));
+  request = SerializedWrite();  // its rows are encoded now
   {
     absl::MutexLock lock(&mu_);
-    if (draining_ || stopping_) return ShuttingDown();
-    ++unanswered_;
-    absl::Status s = AdmitLocked(*std::move(w), admission, std::move(admitted), &later);
-    if (!s.ok()) {
+    if (w.ok()) {
+      AcceptLocked(*std::move(w), hold, &later);
+    } else {
+      Hold(-static_cast<int64_t>(hold));
       --unanswered_;
-      return s;
+      if (unanswered_ == 0) answered_.SignalAll();
+      GrantReadsLocked(&later);
     }
   }
   for (auto& f : later) f();
-  return absl::OkStatus();
+  return w.ok() ? absl::OkStatus() : w.status();
 }
 
-absl::Status IngestEngine::AdmitLocked(std::shared_ptr<PendingWrite> write, Admission admission,
-                                       std::function<void()> admitted, Callbacks* later) {
-  const size_t bytes = write->bytes();
-  const bool fits = buffered_ + bytes <= buffer_limit_ &&
-                    (admission == Admission::kRefuseWhenFull || waiting_.empty());
-  // A key already known takes no room.
-  const bool known_key = !write->key.empty() && keys_.contains(KeyOf(*write));
-  if (!fits && !known_key) {
-    if (admission == Admission::kRefuseWhenFull) {
-      refused_full_.fetch_add(1, std::memory_order_relaxed);
-      absl::Status s = absl::ResourceExhaustedError(absl::StrCat(
-          "ingest buffer full (", buffered_, " of ", buffer_limit_,
-          " bytes held); retry after ", absl::ToInt64Milliseconds(retry_after_), " ms"));
-      s.SetPayload(kRetryAfterPayload,
-                   absl::Cord(absl::StrCat(absl::ToInt64Milliseconds(retry_after_))));
-      return s;
-    }
+absl::Status IngestEngine::RequestTooLarge(size_t bytes) const {
+  return absl::InvalidArgumentError(absl::StrCat(
+      "request is ", FormatBytes(bytes), "; ingest takes requests of at most ",
+      FormatBytes(max_request_), " (batch.maxRequestBytes) and buffers at most ",
+      FormatBytes(buffer_limit_), "; split it"));
+}
+
+void IngestEngine::Hold(int64_t bytes) {
+  used_ += bytes;
+  held_ += bytes;
+  held_max_ = std::max(held_max_, held_);
+}
+
+bool IngestEngine::KeyKnownLocked(const std::string& database, const std::string& principal,
+                                  const std::string& key) const {
+  return !key.empty() && keys_.contains(KeyOf(database, principal, key));
+}
+
+uint64_t IngestEngine::ReserveRead(size_t bytes, std::function<void(uint64_t)> granted,
+                                   bool* now) {
+  absl::MutexLock lock(&mu_);
+  const uint64_t ticket = ++next_ticket_;
+  bytes = std::min(bytes, buffer_limit_);
+  *now = true;
+  if (draining_ || stopping_) {
+    reservations_[ticket] = Reservation{0, absl::Now()};
+  } else if (read_queue_.empty() && used_ + bytes <= buffer_limit_) {
+    reservations_[ticket] = Reservation{bytes, absl::Now()};
+    used_ += bytes;
+  } else {
+    *now = false;
     stream_waits_.fetch_add(1, std::memory_order_relaxed);
-    waiting_.push_back(Waiting{std::move(write), std::move(admitted)});
-    return absl::OkStatus();
+    read_queue_.push_back(QueuedRead{ticket, bytes, std::move(granted)});
+    control_wake_.Signal();  // to give idle reservations back
   }
-  later->push_back(std::move(admitted));
-  AcceptLocked(std::move(write), later);
-  return absl::OkStatus();
+  return ticket;
 }
 
-void IngestEngine::AcceptLocked(std::shared_ptr<PendingWrite> write, Callbacks* later) {
+bool IngestEngine::ReleaseRead(uint64_t ticket) {
+  Callbacks later;
+  bool withdrawn = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = reservations_.find(ticket); it != reservations_.end()) {
+      used_ -= it->second.bytes;
+      reservations_.erase(it);
+    } else {
+      auto q = std::find_if(read_queue_.begin(), read_queue_.end(),
+                            [ticket](const QueuedRead& r) { return r.ticket == ticket; });
+      if (q != read_queue_.end()) {
+        read_queue_.erase(q);
+        withdrawn = true;
+      }
+    }
+    GrantReadsLocked(&later);
+  }
+  for (auto& f : later) f();
+  return withdrawn;
+}
+
+size_t IngestEngine::TakeReservationLocked(uint64_t ticket) {
+  if (ticket == 0) return 0;
+  auto it = reservations_.find(ticket);
+  if (it == reservations_.end()) return 0;
+  const size_t bytes = it->second.bytes;
+  reservations_.erase(it);
+  return bytes;
+}
+
+void IngestEngine::GrantReadsLocked(Callbacks* later) {
+  const absl::Time now = absl::Now();
+  while (!read_queue_.empty()) {
+    QueuedRead& head = read_queue_.front();
+    const bool open = draining_ || stopping_;
+    if (!open && used_ + head.bytes > buffer_limit_) return;
+    const size_t bytes = open ? 0 : head.bytes;
+    reservations_[head.ticket] = Reservation{bytes, now};
+    used_ += bytes;
+    later->push_back([granted = std::move(head.granted), ticket = head.ticket] {
+      granted(ticket);
+    });
+    read_queue_.pop_front();
+  }
+}
+
+absl::Time IngestEngine::ReleaseIdleReadsLocked(absl::Time now, Callbacks* later) {
+  if (read_queue_.empty()) return absl::InfiniteFuture();
+  absl::Time next = absl::InfiniteFuture();
+  for (auto& [ticket, r] : reservations_) {
+    if (r.bytes == 0) continue;
+    if (r.granted_at + kIdleRead <= now) {
+      used_ -= r.bytes;
+      r.bytes = 0;
+    } else {
+      next = std::min(next, r.granted_at + kIdleRead);
+    }
+  }
+  GrantReadsLocked(later);
+  return read_queue_.empty() ? absl::InfiniteFuture() : next;
+}
+
+void IngestEngine::AcceptLocked(std::shared_ptr<PendingWrite> write, size_t hold,
+                                Callbacks* later) {
+  Hold(-static_cast<int64_t>(hold));
   requests_.fetch_add(1, std::memory_order_relaxed);
+  auto answer = [&](Done done, absl::StatusOr<v1::WriteResponse> r) {
+    later->push_back([this, done = std::move(done), r = std::move(r)] {
+      done(r);
+      Answered();
+    });
+  };
   if (!write->key.empty()) {
     auto [it, inserted] = keys_.try_emplace(KeyOf(*write));
-    if (!inserted) {
-      KeyState& k = it->second;
-      if (k.committed) {
-        v1::WriteResponse r = k.response;
-        r.set_duplicate(true);
-        duplicates_.fetch_add(1, std::memory_order_relaxed);
-        later->push_back([this, done = std::move(write->done), r = std::move(r)] {
-          done(r);
-          Answered();
-        });
-      } else {
-        k.waiters.push_back(std::move(write->done));
-      }
+    KeyState& k = it->second;
+    if (inserted) {
+      k.table = write->table;
+      k.digest = write->digest;
+    } else if (k.digest != write->digest || k.table != write->table) {
+      requests_failed_.fetch_add(1, std::memory_order_relaxed);
+      answer(std::move(write->done), KeyConflict(*write, k.table));
+      GrantReadsLocked(later);
+      return;
+    } else if (k.committed) {
+      v1::WriteResponse r = k.response;
+      r.set_duplicate(true);
+      duplicates_.fetch_add(1, std::memory_order_relaxed);
+      answer(std::move(write->done), std::move(r));
+      GrantReadsLocked(later);
+      return;
+    } else {
+      k.waiters.push_back(std::move(write->done));
+      GrantReadsLocked(later);
       return;
     }
   }
-  buffered_ += write->bytes();
-  buffered_max_ = std::max(buffered_max_, buffered_);
+  Hold(static_cast<int64_t>(write->bytes()));
   const size_t open_before = batcher_.open_batches();
   std::vector<Batch> sealed;
   batcher_.Add(std::move(write), absl::Now(), &sealed);
   if (draining_) batcher_.SealAll(&sealed);
   QueueBatchesLocked(sealed);
   if (batcher_.open_batches() > open_before) control_wake_.Signal();
-}
-
-void IngestEngine::AdmitWaitingLocked(Callbacks* later) {
-  while (!waiting_.empty()) {
-    Waiting& w = waiting_.front();
-    if (buffered_ + w.write->bytes() > buffer_limit_) return;
-    later->push_back(std::move(w.admitted));
-    std::shared_ptr<PendingWrite> write = std::move(w.write);
-    waiting_.pop_front();
-    AcceptLocked(std::move(write), later);
-  }
+  GrantReadsLocked(later);
 }
 
 void IngestEngine::QueueBatchesLocked(std::vector<Batch>& sealed) {
@@ -323,7 +533,7 @@ void IngestEngine::QueueBatchesLocked(std::vector<Batch>& sealed) {
 
 void IngestEngine::AnswerLocked(PendingWrite& write, absl::StatusOr<v1::WriteResponse> result,
                                 Callbacks* later) {
-  buffered_ -= write.bytes();
+  Hold(-static_cast<int64_t>(write.bytes()));
   auto finish = [&](Done done, absl::StatusOr<v1::WriteResponse> r) {
     later->push_back([this, done = std::move(done), r = std::move(r)] {
       done(r);
@@ -370,33 +580,31 @@ void IngestEngine::Answered() {
   if (--unanswered_ == 0) answered_.SignalAll();
 }
 
-void IngestEngine::ProcessParked(Database& db, const std::string& table,
-                                 std::vector<Table::Parked> parked,
+void IngestEngine::ProcessParked(Database& db, std::vector<Parked> parked,
                                  std::shared_ptr<const db::TableInfo> info,
                                  const absl::Status& error) {
-  for (Table::Parked& p : parked) {
-    absl::Status s = error;
-    std::shared_ptr<PendingWrite> w;
-    if (s.ok()) {
+  for (Parked& p : parked) {
+    absl::StatusOr<std::shared_ptr<PendingWrite>> w = absl::UnknownError("");
+    if (error.ok()) {
       telemetry::ScopedSpanContext trace(p.trace);
-      auto prepared = Prepare(p.request, db.config.name(), *info, p.done);
-      if (prepared.ok()) {
-        w = *std::move(prepared);
-      } else {
-        s = prepared.status();
-      }
+      w = Prepare(p.request, p.header, db.config.name(), p.principal, *info, p.done);
+    } else {
+      w = error;
     }
+    p.request = SerializedWrite();
     Callbacks later;
     {
       absl::MutexLock lock(&mu_);
-      if (w != nullptr) s = AdmitLocked(std::move(w), p.admission, p.admitted, &later);
-      if (!s.ok()) {
+      if (w.ok()) {
+        AcceptLocked(*std::move(w), p.hold, &later);
+      } else {
+        Hold(-static_cast<int64_t>(p.hold));
         requests_failed_.fetch_add(1, std::memory_order_relaxed);
-        later.push_back(std::move(p.admitted));
-        later.push_back([this, done = std::move(p.done), s] {
+        later.push_back([this, done = std::move(p.done), s = w.status()] {
           done(s);
           Answered();
         });
+        GrantReadsLocked(&later);
       }
     }
     for (auto& f : later) f();
@@ -430,7 +638,7 @@ void IngestEngine::WorkerLoop(Database* db) {
 
 void IngestEngine::FailJob(Database& db, Job& job, const absl::Status& status) {
   if (job.kind == Job::kLoadTable) {
-    std::vector<Table::Parked> parked;
+    std::vector<Parked> parked;
     {
       absl::MutexLock lock(&mu_);
       auto it = db.tables.find(job.table);
@@ -439,7 +647,7 @@ void IngestEngine::FailJob(Database& db, Job& job, const absl::Status& status) {
         db.tables.erase(it);
       }
     }
-    ProcessParked(db, job.table, std::move(parked), nullptr, status);
+    ProcessParked(db, std::move(parked), nullptr, status);
     return;
   }
   if (job.kind != Job::kFlush) return;
@@ -448,7 +656,7 @@ void IngestEngine::FailJob(Database& db, Job& job, const absl::Status& status) {
   {
     absl::MutexLock lock(&mu_);
     for (auto& w : job.batch.writes) AnswerLocked(*w, status, &later);
-    AdmitWaitingLocked(&later);
+    GrantReadsLocked(&later);
   }
   for (auto& f : later) f();
 }
@@ -530,7 +738,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
     for (size_t i = 0; i < job.batch.writes.size(); ++i) {
       AnswerLocked(*job.batch.writes[i], std::move(r.responses[i]), &later);
     }
-    AdmitWaitingLocked(&later);
+    GrantReadsLocked(&later);
   }
   for (auto& f : later) f();
 }
@@ -571,7 +779,7 @@ void IngestEngine::RunLoadTable(Database& db, Job& job) {
                           {{"database", db.config.name()}, {"table", job.table},
                            {"error", std::string(info.status().message())}});
   }
-  std::vector<Table::Parked> parked;
+  std::vector<Parked> parked;
   {
     absl::MutexLock lock(&mu_);
     auto it = db.tables.find(job.table);
@@ -586,7 +794,7 @@ void IngestEngine::RunLoadTable(Database& db, Job& job) {
       }
     }
   }
-  ProcessParked(db, job.table, std::move(parked), info.ok() ? *info : nullptr,
+  ProcessParked(db, std::move(parked), info.ok() ? *info : nullptr,
                 info.ok() ? absl::OkStatus() : info.status());
 }
 
@@ -610,12 +818,20 @@ void IngestEngine::ControlLoop() {
   const absl::Duration cleanup_every =
       std::clamp(key_retention_ / 10, absl::Seconds(1), absl::Minutes(1));
   absl::Time next_cleanup = absl::Now() + cleanup_every;
-  absl::MutexLock lock(&mu_);
+  mu_.Lock();
   while (!stopping_) {
     const absl::Time now = absl::Now();
     std::vector<Batch> sealed;
     const absl::Time next_linger = batcher_.SealExpired(now, &sealed);
     QueueBatchesLocked(sealed);
+    Callbacks later;
+    const absl::Time next_idle = ReleaseIdleReadsLocked(now, &later);
+    if (!later.empty()) {
+      mu_.Unlock();
+      for (auto& f : later) f();
+      mu_.Lock();
+      continue;
+    }
     while (!key_expiry_.empty() && key_expiry_.front().first + key_retention_ <= now) {
       auto it = keys_.find(key_expiry_.front().second);
       if (it != keys_.end() && it->second.committed &&
@@ -633,14 +849,22 @@ void IngestEngine::ControlLoop() {
       }
       jobs_ready_.SignalAll();
     }
-    control_wake_.WaitWithDeadline(&mu_, std::min(next_linger, next_cleanup));
+    control_wake_.WaitWithDeadline(&mu_, std::min({next_linger, next_cleanup, next_idle}));
   }
+  mu_.Unlock();
 }
 
 bool IngestEngine::Drain(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
+  Callbacks later;
+  {
+    absl::MutexLock lock(&mu_);
+    draining_ = true;
+    // Streams waiting to read may read now: their requests are refused.
+    GrantReadsLocked(&later);
+  }
+  for (auto& f : later) f();
   absl::MutexLock lock(&mu_);
-  draining_ = true;
   std::vector<Batch> sealed;
   batcher_.SealAll(&sealed);
   QueueBatchesLocked(sealed);
@@ -653,7 +877,7 @@ bool IngestEngine::Drain(absl::Duration timeout) {
 void IngestEngine::Stop() {
   std::vector<std::thread> threads;
   Callbacks later;
-  std::vector<std::pair<Database*, std::vector<Table::Parked>>> parked;
+  std::vector<std::pair<Database*, std::vector<Parked>>> parked;
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return;
@@ -662,15 +886,7 @@ void IngestEngine::Stop() {
     std::vector<Batch> sealed;
     batcher_.SealAll(&sealed);
     QueueBatchesLocked(sealed);  // the workers answer them UNAVAILABLE
-    for (Waiting& w : waiting_) {
-      later.push_back(std::move(w.admitted));
-      requests_failed_.fetch_add(1, std::memory_order_relaxed);
-      later.push_back([this, done = std::move(w.write->done)] {
-        done(ShuttingDown());
-        Answered();
-      });
-    }
-    waiting_.clear();
+    GrantReadsLocked(&later);  // streams waiting to read: their requests are refused now
     for (auto& [name, db] : databases_) {
       for (auto& [table, t] : db->tables) {
         if (!t.parked.empty()) parked.emplace_back(db.get(), std::move(t.parked));
@@ -682,7 +898,7 @@ void IngestEngine::Stop() {
     control_wake_.SignalAll();
   }
   for (auto& f : later) f();
-  for (auto& [db, p] : parked) ProcessParked(*db, "", std::move(p), nullptr, ShuttingDown());
+  for (auto& [db, p] : parked) ProcessParked(*db, std::move(p), nullptr, ShuttingDown());
   for (auto& t : threads) t.join();
   // Workers that never started (Start() not called) leave jobs behind.
   for (auto& [name, db] : databases_) {
@@ -723,8 +939,8 @@ void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {
   for (const auto& [reason, n] : flushes_) (*out->mutable_flushes_by_reason())[reason] = n;
   out->set_queue_requests(unanswered_);
   out->set_queue_batches(queued_batches_);
-  out->set_buffered_bytes(buffered_);
-  out->set_buffered_bytes_max(buffered_max_);
+  out->set_buffered_bytes(held_);
+  out->set_buffered_bytes_max(held_max_);
   out->set_buffer_bytes_limit(buffer_limit_);
 }
 

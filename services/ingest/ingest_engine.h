@@ -1,38 +1,56 @@
 #ifndef POOLSIDE_SERVICES_INGEST_INGEST_ENGINE_H_
 #define POOLSIDE_SERVICES_INGEST_INGEST_ENGINE_H_
 
-// The ingest service's core (no gRPC types): accepts write requests, checks
-// them against the configuration and the table's catalog types, encodes their
-// rows as COPY text on the caller's thread, groups them into batches
-// (batcher.h) and flushes the batches on `copy_connections` worker threads
-// per database, each with its own connection (flusher.h). While one batch is
-// in COPY, callers keep encoding the next ones and other workers copy other
-// batches: encoding and COPY overlap.
+// The ingest service's core (no gRPC types): accepts serialized write
+// requests, checks them against the configuration and the table's catalog
+// types, parses and encodes their rows as COPY text row by row on the
+// caller's thread (request_reader.h), groups them into batches (batcher.h)
+// and flushes the batches on `copy_connections` worker threads per database,
+// each with its own connection (flusher.h). While one batch is in COPY,
+// callers keep encoding the next ones and other workers copy other batches.
 //
 //   IngestEngine engine(config);     // a FinalizeIngestConfig()ed config
 //   engine.Start();
-//   absl::Status s = engine.Submit(request, Admission::kWaitForRoom,
-//                                  [] { /* read the next message */ },
+//   bool now;                        // a stream, before each read:
+//   uint64_t ticket = engine.ReserveRead(bytes, [](uint64_t) { /* read */ }, &now);
+//   if (now) { /* read */ }
+//   ...                              // its message arrived:
+//   absl::Status s = engine.Submit(std::move(request), principal, ticket,
 //                                  [](absl::StatusOr<v1::WriteResponse> r) { ... });
 //   ...
 //   engine.Drain(absl::Seconds(10));  // SIGTERM: flush and answer everything
 //   engine.Stop();
 //
+// Memory: one bound, batch.buffer_bytes, covers everything the engine holds
+// for requests — encoded rows buffered or being flushed, requests being
+// encoded or waiting for their table's catalog (each at twice its serialized
+// size until encoded) — and the room streams reserve before reading their
+// next message. A stream reads only once its reservation is granted
+// (ReserveRead, FIFO), so a full buffer stops reading (and gRPC's flow
+// control holds the client back) before any bytes arrive; a message is taken
+// in at once on arrival, in whatever room its reservation left. A message
+// larger than its reservation is counted when it arrives (an overrun that
+// delays the next reservations). A unary request (ticket 0) is refused with
+// RESOURCE_EXHAUSTED when the bound has no room for it. A reservation held a
+// second without its message arriving while others wait is given back (an
+// idle stream must not starve the rest); its message is counted on arrival.
+//
 // Guarantees:
 //  - `done` runs exactly once per request Submit() accepted (returned OK for),
 //    after the transaction holding its rows committed (OK) or failed (its
 //    rows were not written; UNAVAILABLE/ABORTED when a retry can succeed).
-//  - Encoded rows held (buffered and being flushed) stay within
-//    batch.buffer_bytes: kRefuseWhenFull requests get RESOURCE_EXHAUSTED
-//    (retry-after payload, RetryAfterOf()); kWaitForRoom requests wait in a
-//    FIFO, each holding its own encoded rows, and `admitted` runs once the
-//    request is buffered or answered — the caller's cue to read more.
-//  - A key already committed (in memory or in poolside_ingest_keys) or in
-//    flight is answered with the first request's result (duplicate = true).
+//  - Idempotency keys belong to (principal, database) and name one request:
+//    a key committed (in memory or in poolside_ingest_keys) or in flight with
+//    the same content (table, columns, rows: a digest) is answered with the
+//    first request's result (duplicate = true); with other content,
+//    FAILED_PRECONDITION naming the key.
+//  - A request that does not parse is refused with IsMalformed() (or, if
+//    found while its table's catalog was being read, answered so).
 //
-// Thread-safe. `admitted` and `done` run on the caller's thread (when the
+// Thread-safe. `granted` and `done` run on the caller's thread (when the
 // outcome is known at once) or on a worker thread; they must not block and
-// must not call Drain()/Stop().
+// must not call Drain()/Stop(). Call ReserveRead/ReleaseRead/Submit without
+// holding a lock that a `granted` or `done` callback takes.
 
 #include <atomic>
 #include <cstdint>
@@ -59,6 +77,7 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
 #include "services/ingest/batcher.h"
+#include "services/ingest/request_reader.h"
 
 namespace poolside::ingest {
 
@@ -67,7 +86,6 @@ absl::Duration RetryAfterOf(const absl::Status& status);
 
 class IngestEngine {
  public:
-  enum class Admission { kRefuseWhenFull, kWaitForRoom };
   using Done = PendingWrite::Done;
 
   explicit IngestEngine(v1::IngestServiceConfig config);
@@ -85,10 +103,27 @@ class IngestEngine {
   // is destroyed first. For readiness.
   void WhenWarm(std::function<void()> ready);
 
-  // Non-OK: the request was refused and neither callback will run. OK: both
-  // will, exactly once each (admitted first).
-  absl::Status Submit(const v1::WriteRequest& request, Admission admission,
-                      std::function<void()> admitted, Done done);
+  // Reserves `bytes` (at most the bound) for a stream's next message and
+  // returns the reservation's ticket. `*now` true: reserved at once. False:
+  // queued behind earlier reservations; `granted` runs once with the ticket
+  // when reserved (possibly before this returns, on another thread), unless
+  // ReleaseRead() withdrew it first. While draining, reservations are
+  // granted at once (requests are refused then).
+  uint64_t ReserveRead(size_t bytes, std::function<void(uint64_t ticket)> granted, bool* now);
+  // Gives back a reservation no message used (the stream ended). True if it
+  // was still queued: its `granted` will not run. Unknown tickets are ignored.
+  bool ReleaseRead(uint64_t ticket);
+
+  // Takes in one serialized WriteRequest from `principal` (empty: no
+  // authentication), which arrived on the read reserved by `ticket` (0: a
+  // unary call, refused with RESOURCE_EXHAUSTED when there is no room). The
+  // ticket is used up either way. Non-OK: the request was refused and `done`
+  // will not run. OK: `done` will run exactly once.
+  absl::Status Submit(SerializedWrite request, const std::string& principal, uint64_t ticket,
+                      Done done);
+  // The same for a parsed request (serialized first).
+  absl::Status Submit(const v1::WriteRequest& request, const std::string& principal,
+                      uint64_t ticket, Done done);
 
   // Refuses new requests (UNAVAILABLE), flushes everything buffered at once and
   // waits until every accepted request is answered. False if `timeout` passed
@@ -98,23 +133,29 @@ class IngestEngine {
   // answered UNAVAILABLE (not written). Idempotent.
   void Stop();
 
+  // The largest serialized request taken (batch.max_request_bytes), and the
+  // answer to a larger one (INVALID_ARGUMENT stating both sizes).
+  size_t max_request_bytes() const { return max_request_; }
+  absl::Status RequestTooLarge(size_t bytes) const;
+
   void GetStats(v1::GetIngestStatsResponse* out) const;
   // Each database's connection pool statistics (for /metrics), by name.
   std::vector<std::pair<std::string, pool::PoolStats>> GetPoolStats() const;
 
  private:
+  // A request accepted before its table's catalog was read.
+  struct Parked {
+    SerializedWrite request;
+    RequestHeader header;
+    std::string principal;
+    size_t hold = 0;  // what it holds against the bound
+    Done done;
+    telemetry::SpanContext trace;  // the request's span
+  };
   struct Table {
     bool loading = false;
     std::shared_ptr<const db::TableInfo> info;
-    // Requests waiting for the catalog read.
-    struct Parked {
-      v1::WriteRequest request;
-      Admission admission;
-      std::function<void()> admitted;
-      Done done;
-      telemetry::SpanContext trace;  // the request's span
-    };
-    std::vector<Parked> parked;
+    std::vector<Parked> parked;  // waiting for the catalog read
   };
   struct Job {
     enum Kind { kFlush, kLoadTable, kCleanupKeys } kind = kFlush;
@@ -130,37 +171,53 @@ class IngestEngine {
     std::mutex keys_table_mu;
     bool keys_table_ready = false;  // guarded by keys_table_mu
   };
-  struct Waiting {
-    std::shared_ptr<PendingWrite> write;
-    std::function<void()> admitted;
-  };
   struct KeyState {
+    std::string table;
+    std::string digest;
     bool committed = false;
     v1::WriteResponse response;  // when committed
     std::vector<Done> waiters;   // in flight: retries waiting for the outcome
   };
+  // A read reservation: granted (`bytes` counted, 0 once given back for
+  // idling) or queued.
+  struct Reservation {
+    size_t bytes = 0;
+    absl::Time granted_at;
+  };
+  struct QueuedRead {
+    uint64_t ticket;
+    size_t bytes;
+    std::function<void(uint64_t)> granted;
+  };
   using Callbacks = std::vector<std::function<void()>>;
 
-  // Resolves columns and encodes rows (no lock held).
-  absl::StatusOr<std::shared_ptr<PendingWrite>> Prepare(const v1::WriteRequest& request,
+  // Resolves columns, parses and encodes rows (no lock held).
+  absl::StatusOr<std::shared_ptr<PendingWrite>> Prepare(const SerializedWrite& request,
+                                                        const RequestHeader& header,
                                                         const std::string& database,
+                                                        const std::string& principal,
                                                         const db::TableInfo& table,
                                                         Done done) const;
-  // Takes a prepared write in: key check, byte bound, batching. Non-OK only
-  // for kRefuseWhenFull when full (nothing queued then).
-  absl::Status AdmitLocked(std::shared_ptr<PendingWrite> write, Admission admission,
-                           std::function<void()> admitted, Callbacks* later)
+  // Takes a prepared write in (it held `hold` until now): key check, then
+  // batching.
+  void AcceptLocked(std::shared_ptr<PendingWrite> write, size_t hold, Callbacks* later)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Buffers `write` (room was checked); false if it was answered from its key.
-  void AcceptLocked(std::shared_ptr<PendingWrite> write, Callbacks* later)
+  void GrantReadsLocked(Callbacks* later) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Removes a granted reservation; returns its bytes (0 if unknown).
+  size_t TakeReservationLocked(uint64_t ticket) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Hold(int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Gives back reservations idle for too long while others wait; returns when
+  // to look again.
+  absl::Time ReleaseIdleReadsLocked(absl::Time now, Callbacks* later)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void AdmitWaitingLocked(Callbacks* later) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool KeyKnownLocked(const std::string& database, const std::string& principal,
+                      const std::string& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void QueueBatchesLocked(std::vector<Batch>& sealed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AnswerLocked(PendingWrite& write, absl::StatusOr<v1::WriteResponse> result,
                     Callbacks* later) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a request's `done` ran.
   void Answered() ABSL_LOCKS_EXCLUDED(mu_);
-  void ProcessParked(Database& db, const std::string& table, std::vector<Table::Parked> parked,
+  void ProcessParked(Database& db, std::vector<Parked> parked,
                      std::shared_ptr<const db::TableInfo> info, const absl::Status& error);
 
   void WorkerLoop(Database* db);
@@ -177,6 +234,7 @@ class IngestEngine {
   const absl::Duration key_retention_;
   const absl::Duration retry_after_;
   const size_t buffer_limit_;
+  const size_t max_request_;
   std::map<std::string, std::unique_ptr<Database>> databases_;
 
   mutable absl::Mutex mu_;
@@ -184,14 +242,18 @@ class IngestEngine {
   absl::CondVar control_wake_;
   absl::CondVar answered_;       // unanswered_ dropped
   Batcher batcher_ ABSL_GUARDED_BY(mu_);
-  std::deque<Waiting> waiting_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, KeyState> keys_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<absl::Time, std::string>> key_expiry_ ABSL_GUARDED_BY(mu_);
-  size_t buffered_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t buffered_max_ ABSL_GUARDED_BY(mu_) = 0;
+  // Everything counted against buffer_limit_: held_ (requests) plus granted
+  // reservations.
+  size_t used_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t held_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t held_max_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_map<uint64_t, Reservation> reservations_ ABSL_GUARDED_BY(mu_);
+  std::deque<QueuedRead> read_queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_ticket_ ABSL_GUARDED_BY(mu_) = 0;
   size_t unanswered_ ABSL_GUARDED_BY(mu_) = 0;
   size_t queued_batches_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;

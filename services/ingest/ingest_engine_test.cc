@@ -16,11 +16,8 @@ namespace {
 
 // Collects one request's outcome.
 struct Outcome {
-  absl::Notification admitted, done;
+  absl::Notification done;
   absl::StatusOr<v1::WriteResponse> result;
-  std::function<void()> Admitted() {
-    return [this] { admitted.Notify(); };
-  }
   IngestEngine::Done Done() {
     return [this](absl::StatusOr<v1::WriteResponse> r) {
       result = std::move(r);
@@ -56,7 +53,8 @@ class IngestEngineTest : public ::testing::Test {
                     .ok());
   }
 
-  std::unique_ptr<IngestEngine> StartEngine(uint64_t buffer_bytes = 0) {
+  std::unique_ptr<IngestEngine> StartEngine(uint64_t buffer_bytes = 0,
+                                            uint64_t max_request_bytes = 0) {
     v1::IngestServiceConfig c;
     auto* db = c.add_databases();
     db->set_name("engine");
@@ -70,6 +68,7 @@ class IngestEngineTest : public ::testing::Test {
       c.mutable_batch()->set_buffer_bytes(buffer_bytes);
       c.mutable_batch()->set_max_bytes(buffer_bytes / 4);
     }
+    c.mutable_batch()->set_max_request_bytes(max_request_bytes);
     c.mutable_server()->mutable_tls()->set_plaintext(true);
     auto f = FinalizeIngestConfig(c);
     EXPECT_TRUE(f.ok()) << f.status();
@@ -98,45 +97,36 @@ class IngestEngineTest : public ::testing::Test {
   std::unique_ptr<db::CopySession> lock_session_;
 };
 
+// Submits `request` as a unary call would and waits for its outcome.
+absl::StatusOr<v1::WriteResponse> Write(IngestEngine& engine, const v1::WriteRequest& request,
+                                        const std::string& principal = "") {
+  Outcome o;
+  absl::Status s = engine.Submit(request, principal, /*ticket=*/0, o.Done());
+  if (!s.ok()) return s;
+  o.done.WaitForNotification();
+  return o.result;
+}
+
 TEST_F(IngestEngineTest, WritesAndRefuses) {
   auto engine = StartEngine();
-  Outcome a;
-  ASSERT_TRUE(engine->Submit(Request(1, 100), IngestEngine::Admission::kRefuseWhenFull,
-                             a.Admitted(), a.Done())
-                  .ok());
-  a.done.WaitForNotification();
-  ASSERT_TRUE(a.result.ok()) << a.result.status();
-  EXPECT_EQ(a.result->rows_written(), 100u);
+  absl::StatusOr<v1::WriteResponse> a = Write(*engine, Request(1, 100));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->rows_written(), 100u);
   EXPECT_EQ(Count(), "100");
 
-  Outcome unused;
   v1::WriteRequest hidden = Request(1, 1);
   hidden.set_table("hidden");
-  EXPECT_EQ(engine->Submit(hidden, IngestEngine::Admission::kRefuseWhenFull, unused.Admitted(),
-                           unused.Done())
-                .code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(Write(*engine, hidden).status().code(), absl::StatusCode::kPermissionDenied);
   v1::WriteRequest bad_column = Request(1, 1);
   bad_column.set_columns(1, "nope");
-  EXPECT_EQ(engine->Submit(bad_column, IngestEngine::Admission::kRefuseWhenFull,
-                           unused.Admitted(), unused.Done())
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Write(*engine, bad_column).status().code(), absl::StatusCode::kInvalidArgument);
   v1::WriteRequest other_db = Request(1, 1);
   other_db.set_database("nope");
-  EXPECT_EQ(engine->Submit(other_db, IngestEngine::Admission::kRefuseWhenFull, unused.Admitted(),
-                           unused.Done())
-                .code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_EQ(Write(*engine, other_db).status().code(), absl::StatusCode::kNotFound);
   // Configured but absent: accepted, then answered NOT_FOUND once the catalog says so.
   v1::WriteRequest missing = Request(1, 1);
   missing.set_table("missing");
-  Outcome m;
-  ASSERT_TRUE(
-      engine->Submit(missing, IngestEngine::Admission::kRefuseWhenFull, m.Admitted(), m.Done())
-          .ok());
-  m.done.WaitForNotification();
-  EXPECT_EQ(m.result.status().code(), absl::StatusCode::kNotFound) << m.result.status();
+  EXPECT_EQ(Write(*engine, missing).status().code(), absl::StatusCode::kNotFound);
 
   v1::GetIngestStatsResponse stats;
   engine->GetStats(&stats);
@@ -145,22 +135,83 @@ TEST_F(IngestEngineTest, WritesAndRefuses) {
   EXPECT_EQ(stats.buffered_bytes(), 0u);
 }
 
+TEST_F(IngestEngineTest, MalformedAndOversizedRequestsAreRefusedSayingWhy) {
+  auto engine = StartEngine(/*buffer_bytes=*/1 << 20, /*max_request_bytes=*/64 << 10);
+  ASSERT_TRUE(Write(*engine, Request(1, 1)).ok());  // the catalog is read
+  // Invalid UTF-8 in a row (protobuf would not even parse the message).
+  v1::WriteRequest r = Request(10, 3);
+  std::string bytes = r.SerializeAsString();
+  const size_t at = bytes.find("item 11");
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + 1] = '\xff';
+  SerializedWrite bad;
+  bad.size = bytes.size();
+  bad.buffer = bytes;
+  Outcome o;
+  absl::Status s = engine->Submit(std::move(bad), "", 0, o.Done());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(IsMalformed(s)) << s;
+  EXPECT_NE(s.message().find("row 1"), absl::string_view::npos) << s;
+  // Larger than batch.maxRequestBytes: the sizes are in the message.
+  absl::StatusOr<v1::WriteResponse> big = Write(*engine, Request(100, 5000));
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(big.status().message().find("KiB"), absl::string_view::npos) << big.status();
+  EXPECT_NE(big.status().message().find("64.0 KiB"), absl::string_view::npos) << big.status();
+  EXPECT_NE(big.status().message().find("split it"), absl::string_view::npos) << big.status();
+  EXPECT_EQ(Count(), "1");
+  v1::GetIngestStatsResponse stats;
+  engine->GetStats(&stats);
+  EXPECT_EQ(stats.buffered_bytes(), 0u);
+}
+
+TEST_F(IngestEngineTest, KeyBelongsToItsPrincipalAndNamesOneRequest) {
+  auto engine = StartEngine();
+  absl::StatusOr<v1::WriteResponse> first = Write(*engine, Request(1, 10, "k"), "alice");
+  ASSERT_TRUE(first.ok()) << first.status();
+  // The same content again: the first answer.
+  absl::StatusOr<v1::WriteResponse> again = Write(*engine, Request(1, 10, "k"), "alice");
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->duplicate());
+  // Other rows, other columns: refused, naming the key; nothing written.
+  absl::StatusOr<v1::WriteResponse> other = Write(*engine, Request(100, 10, "k"), "alice");
+  EXPECT_EQ(other.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(other.status().message().find("\"k\""), absl::string_view::npos) << other.status();
+  v1::WriteRequest fewer_columns = Request(1, 10, "k");
+  fewer_columns.mutable_columns()->RemoveLast();
+  for (auto& row : *fewer_columns.mutable_rows()) row.mutable_values()->RemoveLast();
+  EXPECT_EQ(Write(*engine, fewer_columns, "alice").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  // The same key of another principal is another key.
+  absl::StatusOr<v1::WriteResponse> bob = Write(*engine, Request(200, 10, "k"), "bob");
+  ASSERT_TRUE(bob.ok()) << bob.status();
+  EXPECT_FALSE(bob->duplicate());
+  EXPECT_EQ(Count(), "20");
+
+  // After a restart the keys come from the table, with the same answers.
+  engine.reset();
+  engine = StartEngine();
+  again = Write(*engine, Request(1, 10, "k"), "alice");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate());
+  EXPECT_EQ(Write(*engine, Request(300, 10, "k"), "alice").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Write(*engine, Request(300, 10, "k"), "bob").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Count(), "20");
+}
+
 TEST_F(IngestEngineTest, RetryWhileInFlightIsWrittenOnce) {
   auto engine = StartEngine();
   // Let the catalog read finish before the table is locked.
-  Outcome warm;
-  ASSERT_TRUE(engine->Submit(Request(1000, 1), IngestEngine::Admission::kRefuseWhenFull,
-                             warm.Admitted(), warm.Done())
-                  .ok());
-  warm.done.WaitForNotification();
+  ASSERT_TRUE(Write(*engine, Request(1000, 1)).ok());
   Lock();
-  Outcome first, retry;
-  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), IngestEngine::Admission::kRefuseWhenFull,
-                             first.Admitted(), first.Done())
-                  .ok());
-  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), IngestEngine::Admission::kRefuseWhenFull,
-                             retry.Admitted(), retry.Done())
-                  .ok());
+  Outcome first, retry, other;
+  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), "", 0, first.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), "", 0, retry.Done()).ok());
+  // Other rows under the key in flight: refused at once.
+  ASSERT_TRUE(engine->Submit(Request(50, 10, "key-1"), "", 0, other.Done()).ok());
+  other.done.WaitForNotification();
+  EXPECT_EQ(other.result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_FALSE(first.done.HasBeenNotified());
   Unlock();
   first.done.WaitForNotification();
@@ -171,72 +222,92 @@ TEST_F(IngestEngineTest, RetryWhileInFlightIsWrittenOnce) {
   EXPECT_TRUE(retry.result->duplicate());
   EXPECT_EQ(retry.result->rows_written(), 10u);
   EXPECT_EQ(Count(), "11");
-
-  // A new engine (a restarted server) finds the key in the table.
-  engine.reset();
-  engine = StartEngine();
-  Outcome later;
-  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), IngestEngine::Admission::kRefuseWhenFull,
-                             later.Admitted(), later.Done())
-                  .ok());
-  later.done.WaitForNotification();
-  ASSERT_TRUE(later.result.ok());
-  EXPECT_TRUE(later.result->duplicate());
-  EXPECT_EQ(Count(), "11");
 }
 
-TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndHoldsStreams) {
-  auto engine = StartEngine(/*buffer_bytes=*/64 << 10);
-  Outcome warm;
-  ASSERT_TRUE(engine->Submit(Request(1000000, 1), IngestEngine::Admission::kRefuseWhenFull,
-                             warm.Admitted(), warm.Done())
-                  .ok());
-  warm.done.WaitForNotification();
+TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
+  constexpr size_t kBound = 64 << 10;
+  auto engine = StartEngine(kBound);
+  ASSERT_TRUE(Write(*engine, Request(1000000, 1)).ok());
   Lock();
   std::vector<std::unique_ptr<Outcome>> accepted;
   absl::Status refused;
   for (int i = 0; i < 100 && refused.ok(); ++i) {
     auto o = std::make_unique<Outcome>();
-    refused = engine->Submit(Request(i * 100, 100), IngestEngine::Admission::kRefuseWhenFull,
-                             o->Admitted(), o->Done());
+    refused = engine->Submit(Request(i * 100, 100), "", 0, o->Done());
     if (refused.ok()) accepted.push_back(std::move(o));
   }
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
   EXPECT_GT(RetryAfterOf(refused), absl::ZeroDuration());
-  // A stream's request waits for room instead: not admitted yet.
-  Outcome waiting;
-  ASSERT_TRUE(engine->Submit(Request(50000, 100), IngestEngine::Admission::kWaitForRoom,
-                             waiting.Admitted(), waiting.Done())
-                  .ok());
-  EXPECT_FALSE(waiting.admitted.HasBeenNotified());
+  // A stream's read waits for room instead.
+  absl::Notification granted;
+  bool now = true;
+  const uint64_t ticket =
+      engine->ReserveRead(8 << 10, [&](uint64_t t) { granted.Notify(); }, &now);
+  EXPECT_FALSE(now);
+  // A second one queues behind it, and can be withdrawn.
+  bool now2 = true;
+  const uint64_t withdrawn = engine->ReserveRead(8 << 10, [](uint64_t) { FAIL(); }, &now2);
+  EXPECT_FALSE(now2);
+  EXPECT_TRUE(engine->ReleaseRead(withdrawn));
   v1::GetIngestStatsResponse stats;
   engine->GetStats(&stats);
-  EXPECT_LE(stats.buffered_bytes_max(), 64u << 10);
+  EXPECT_LE(stats.buffered_bytes_max(), kBound);
+  EXPECT_GE(stats.stream_waits(), 2u);
+  EXPECT_FALSE(granted.HasBeenNotified());
   Unlock();
-  waiting.admitted.WaitForNotification();
-  waiting.done.WaitForNotification();
-  EXPECT_TRUE(waiting.result.ok()) << waiting.result.status();
+  granted.WaitForNotification();
+  // The message read on that reservation.
+  Outcome streamed;
+  ASSERT_TRUE(engine->Submit(Request(50000, 100), "", ticket, streamed.Done()).ok());
+  streamed.done.WaitForNotification();
+  EXPECT_TRUE(streamed.result.ok()) << streamed.result.status();
   for (auto& o : accepted) {
     o->done.WaitForNotification();
     EXPECT_TRUE(o->result.ok()) << o->result.status();
   }
   EXPECT_EQ(Count(), absl::StrCat(1 + 100 * (accepted.size() + 1)));
+  engine->GetStats(&stats);
+  EXPECT_LE(stats.buffered_bytes_max(), kBound);
+  EXPECT_EQ(stats.buffered_bytes(), 0u);
+}
+
+TEST_F(IngestEngineTest, IdleReservationIsGivenBackToWaitingReaders) {
+  constexpr size_t kBound = 64 << 10;
+  auto engine = StartEngine(kBound);
+  // An idle stream holds most of the bound...
+  bool now = false;
+  const uint64_t idle = engine->ReserveRead(kBound - 1024, [](uint64_t) {}, &now);
+  ASSERT_TRUE(now);
+  // ... another waits, and gets its room once the first has idled a while.
+  absl::Notification granted;
+  const uint64_t waiting =
+      engine->ReserveRead(16 << 10, [&](uint64_t) { granted.Notify(); }, &now);
+  ASSERT_FALSE(now);
+  EXPECT_TRUE(granted.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  // The idle stream's message, when it comes, is still taken.
+  ASSERT_TRUE(Write(*engine, Request(1, 1)).ok());
+  Outcome late;
+  ASSERT_TRUE(engine->Submit(Request(10, 5), "", idle, late.Done()).ok());
+  late.done.WaitForNotification();
+  EXPECT_TRUE(late.result.ok()) << late.result.status();
+  EXPECT_FALSE(engine->ReleaseRead(waiting));
+  EXPECT_EQ(Count(), "6");
 }
 
 TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
   auto engine = StartEngine();
   Outcome a;
-  ASSERT_TRUE(engine->Submit(Request(1, 5), IngestEngine::Admission::kWaitForRoom, a.Admitted(),
-                             a.Done())
-                  .ok());
+  ASSERT_TRUE(engine->Submit(Request(1, 5), "", 0, a.Done()).ok());
   EXPECT_TRUE(engine->Drain(absl::Seconds(30)));
   ASSERT_TRUE(a.done.HasBeenNotified());
   EXPECT_TRUE(a.result.ok());
   Outcome b;
-  EXPECT_EQ(engine->Submit(Request(10, 5), IngestEngine::Admission::kWaitForRoom, b.Admitted(),
-                           b.Done())
-                .code(),
+  EXPECT_EQ(engine->Submit(Request(10, 5), "", 0, b.Done()).code(),
             absl::StatusCode::kUnavailable);
+  // Streams may still read (their requests are refused).
+  bool now = false;
+  engine->ReserveRead(1 << 20, [](uint64_t) {}, &now);
+  EXPECT_TRUE(now);
   engine->Stop();
   EXPECT_EQ(Count(), "5");
 }

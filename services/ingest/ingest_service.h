@@ -3,13 +3,22 @@
 
 // gRPC adapter of the ingest service (callback API): converts requests to
 // IngestEngine::Submit calls and outcomes back to responses and statuses
-// (common/server/status.h). Nothing here blocks a gRPC thread: encoding runs on
-// the calling thread, flushing on the engine's workers, and answers are written
-// from the workers' callbacks.
+// (common/server/status.h). Nothing here blocks a gRPC thread: parsing and
+// encoding run on the calling thread, flushing on the engine's workers, and
+// answers are written from the workers' callbacks.
 //
-// Streams read their next message only once the engine has taken the previous
-// one into its buffer, so a full buffer stops reading (and gRPC flow control
-// holds the client back). Unary Write is refused with RESOURCE_EXHAUSTED and a
+// Write, WriteStream and Channel take their requests as raw bytes and parse
+// them themselves (request_reader.h), row by row: a message that does not
+// parse (invalid UTF-8 in a string field, broken encoding) is answered
+// INVALID_ARGUMENT — the unary call's status, or the end of a stream, saying
+// which message; the requests before it are answered as usual and nothing
+// after it is read. (With generated types, gRPC's callback API would show
+// such a message to a stream's reactor as the end of the stream.)
+//
+// Streams read their next message only once the engine has reserved room for
+// it in its byte bound (IngestEngine::ReserveRead), so a full buffer stops
+// reading (and gRPC flow control holds the client back) before the bytes
+// arrive. Unary Write is refused with RESOURCE_EXHAUSTED and a
 // "retry-after-ms" trailing metadata entry instead.
 //
 // Shutdown: after IngestEngine::Drain(), every request still arriving is
@@ -23,22 +32,31 @@
 // (RESOURCE_EXHAUSTED with RetryInfo); each request needs the `ingest` role and
 // a grant for its table (PERMISSION_DENIED: the unary call fails, a stream's
 // request gets that status as its outcome); GetStats needs `admin`. A stream
-// holds one concurrency slot for its lifetime.
+// holds one concurrency slot for its lifetime. Idempotency keys belong to the
+// principal.
 //
 // Thread-safe.
 
 #include <atomic>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "common/auth/authorizer.h"
 #include "common/auth/grpc_auth.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "services/ingest/ingest_engine.h"
 
 namespace poolside::ingest {
 
-class IngestServiceImpl final : public v1::IngestService::CallbackService {
+// Write, WriteStream and Channel read and write raw bytes; GetStats is typed.
+using IngestServiceBase = v1::IngestService::WithRawCallbackMethod_Write<
+    v1::IngestService::WithRawCallbackMethod_WriteStream<
+        v1::IngestService::WithRawCallbackMethod_Channel<
+            v1::IngestService::WithCallbackMethod_GetStats<v1::IngestService::Service>>>>;
+
+class IngestServiceImpl final : public IngestServiceBase {
  public:
   // `authorizer` null: no authorization (as with auth.disabled).
   // `default_database`: the database of requests that name none.
@@ -48,12 +66,15 @@ class IngestServiceImpl final : public v1::IngestService::CallbackService {
         authorizer_(authorizer),
         default_database_(std::move(default_database)) {}
 
+  // A WriteRequest in, a WriteResponse out.
   grpc::ServerUnaryReactor* Write(grpc::CallbackServerContext* context,
-                                  const v1::WriteRequest* request,
-                                  v1::WriteResponse* response) override;
-  grpc::ServerReadReactor<v1::WriteRequest>* WriteStream(
-      grpc::CallbackServerContext* context, v1::WriteStreamResponse* response) override;
-  grpc::ServerBidiReactor<v1::ChannelRequest, v1::ChannelResponse>* Channel(
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  // WriteRequests in, a WriteStreamResponse out.
+  grpc::ServerReadReactor<grpc::ByteBuffer>* WriteStream(grpc::CallbackServerContext* context,
+                                                         grpc::ByteBuffer* response) override;
+  // ChannelRequests in, ChannelResponses out.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Channel(
       grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* GetStats(grpc::CallbackServerContext* context,
                                      const v1::GetIngestStatsRequest* request,
@@ -66,8 +87,9 @@ class IngestServiceImpl final : public v1::IngestService::CallbackService {
   // Authenticates and admits a call (a CallAuth without principal when there
   // is no authorizer).
   absl::StatusOr<auth::CallAuth> Admit(const grpc::ServerContextBase& context);
-  // Whether `who` may write `request`'s table.
-  absl::Status AuthorizeWrite(const auth::Principal* who, const v1::WriteRequest& request) const;
+  // Whether `who` may write `table` of `database` (empty: the default one).
+  absl::Status AuthorizeWrite(const auth::Principal* who, const std::string& database,
+                              const std::string& table) const;
 
  private:
   IngestEngine* engine_;

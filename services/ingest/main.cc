@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -74,6 +75,17 @@ int main(int argc, char** argv) {
   // accepted request is answered, and streams get this long to half-close.
   options.drain_timeout = std::min(drain, absl::Seconds(5));
   options.services = {&service};
+  // What gRPC itself holds (transport buffers, messages being received) is
+  // capped at half the buffer bound plus 16 MiB; past it gRPC cancels streams
+  // (RESOURCE_EXHAUSTED) instead of growing. The cap is needed because gRPC
+  // receives a message whole before anything, itself included, can refuse it
+  // for its size; streams' read reservations (twice their message) keep
+  // well-behaved ones under it. Messages up to the cap reach the service,
+  // which refuses those over batch.maxRequestBytes stating both sizes.
+  const uint64_t grpc_memory = config->batch().buffer_bytes() / 2 + (uint64_t{16} << 20);
+  options.grpc_memory_bytes = static_cast<int64_t>(grpc_memory);
+  options.max_receive_message_bytes =
+      static_cast<int>(std::min<uint64_t>(grpc_memory, INT32_MAX));
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/db/catalog.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "common/config/database_config.h"
@@ -29,20 +30,37 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
 
 }  // namespace
 
-Database::Database(const v1::DatabaseConfig& config) : config_(config) {
+Database::Database(const v1::DatabaseConfig& config, std::string role)
+    : config_(config), role_(std::move(role)) {
   db::ConnectionOptions options;
   options.dsn = config_.dsn();
   options.application_name = absl::StrCat("poolside-query/", config_.name());
   options.connect_timeout = absl::Milliseconds(config_.pool().connect_timeout_ms());
   options.statement_cache_size = config_.statement_cache_size();
   const std::string where = DescribeDsn(config_.dsn());
+  const bool allow_privileged = config_.allow_privileged_role();
+  const absl::Duration connect_timeout = options.connect_timeout;
+  pool::PoolOptions pool_options = config::PoolOptionsFor(config_);
+  if (!role_.empty()) pool_options.name = absl::StrCat(config_.name(), "/", role_);
   pool_ = std::make_unique<ConnectionPool>(
-      config::PoolOptionsFor(config_),
-      [options, where]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+      pool_options,
+      [options, where, allow_privileged, connect_timeout,
+       name = config_.name()]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
         auto c = db::Connection::Open(options);
         if (!c.ok()) {
           return absl::Status(c.status().code(),
                               absl::StrCat(where, ": ", c.status().message()));
+        }
+        // What PostgreSQL will let this connection's callers do is its
+        // role's privileges: never hand out a privileged one by accident.
+        absl::StatusOr<db::SessionRole> role =
+            db::ReadSessionRole(**c, absl::Now() + connect_timeout);
+        if (!role.ok()) {
+          return absl::Status(role.status().code(),
+                              absl::StrCat(where, ": ", role.status().message()));
+        }
+        if (absl::Status s = db::CheckSessionRole(*role, name, allow_privileged); !s.ok()) {
+          return s;
         }
         return c;
       },
@@ -194,9 +212,41 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   uint64_t reruns = 0;
   absl::Status link = (*lease)->RunIndependent(statements, &reruns);
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
-  if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
+  const bool lost = !link.ok() || (*lease)->broken();
+  if (lost) lease->MarkBroken();
   lease->Release();
+  if (lost) RetryBatch(batch);
   for (auto& w : batch) w->done(w->statement.status);
+}
+
+void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
+  std::vector<db::Statement*> again;
+  absl::Time deadline = absl::InfinitePast();
+  const std::string* holder = nullptr;
+  for (auto& w : batch) {
+    db::Statement& s = w->statement;
+    if (s.status.ok() || s.reach == db::Reach::kAnswered) continue;
+    // A write that may have run is not run twice: its status says whether it
+    // was rolled back or its outcome is unknown.
+    const bool read = s.may_share_sync || w->read_only;
+    if (s.reach == db::Reach::kMayHaveRun && !read) continue;
+    if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
+    if (s.sink != nullptr && !s.sink->Rewind()) continue;
+    again.push_back(&s);
+    deadline = std::max(deadline, w->deadline);
+    if (holder == nullptr) holder = &w->holder;
+  }
+  if (again.empty()) return;
+  // The first failure stands if no connection can be had now.
+  absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(deadline, *holder);
+  if (!lease.ok()) return;
+  retries_.fetch_add(again.size(), std::memory_order_relaxed);
+  pipelines_.fetch_add(1, std::memory_order_relaxed);
+  pipelined_statements_.fetch_add(again.size(), std::memory_order_relaxed);
+  uint64_t reruns = 0;
+  absl::Status link = (*lease)->RunIndependent(again, &reruns);
+  if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
+  if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
 }
 
 void Database::RunExclusive(Work& work) {
@@ -205,23 +255,38 @@ void Database::RunExclusive(Work& work) {
     work.done(absl::DeadlineExceededError("deadline passed while waiting for a worker"));
     return;
   }
-  const absl::Time acquire_start = absl::Now();
-  absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
-  if (telemetry::GlobalTracer() != nullptr) {
-    RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
-  }
-  if (!lease.ok()) {
-    work.done(lease.status());
-    return;
-  }
   absl::Status outcome;
-  {
-    // The statements run on this thread: their spans are the call's children.
-    telemetry::ScopedSpanContext trace(work.trace);
-    outcome = work.exclusive(**lease);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const absl::Time acquire_start = absl::Now();
+    absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
+    if (telemetry::GlobalTracer() != nullptr) {
+      RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
+    }
+    if (!lease.ok()) {
+      // On a second attempt the first failure is the better answer.
+      if (attempt == 0) outcome = lease.status();
+      break;
+    }
+    {
+      // The statements run on this thread: their spans are the call's children.
+      telemetry::ScopedSpanContext trace(work.trace);
+      outcome = work.exclusive(**lease);
+    }
+    const bool lost = (*lease)->broken();
+    const db::Reach reach = (*lease)->last_call_reach();
+    if (lost) lease->MarkBroken();
+    lease->Release();
+    // Run again only what cannot run twice: nothing of it ran, or it only
+    // reads and can start over.
+    const bool again =
+        attempt == 0 && lost && !outcome.ok() && absl::Now() < work.deadline &&
+        !work.cancelled.load(std::memory_order_relaxed) &&
+        (reach == db::Reach::kNotRun ||
+         (reach == db::Reach::kMayHaveRun && work.read_only && work.rewind && work.rewind()));
+    if (!again) break;
+    if (reach == db::Reach::kNotRun && work.rewind) (void)work.rewind();
+    retries_.fetch_add(1, std::memory_order_relaxed);
   }
-  if ((*lease)->broken()) lease->MarkBroken();
-  lease->Release();
   work.done(outcome);
 }
 

@@ -8,6 +8,13 @@
 // trip. Under load this turns many callers' point queries into few round trips;
 // with one caller it is a plain prepared-statement execution.
 //
+// A connection is checked before use (dead ones are replaced within the call's
+// deadline), and work whose connection fails under it runs once more on a
+// fresh connection when that cannot run anything twice: always when the server
+// provably never ran it, and for reads (Work::read_only, or a statement marked
+// may_share_sync) also when it may have. A write whose outcome is unknown is
+// never run again: it answers UNAVAILABLE saying so.
+//
 // Thread-safe. Work::done runs on a worker thread and must not block.
 
 #include <atomic>
@@ -54,7 +61,15 @@ class Work {
   db::Statement statement;
   // ... or a function that needs a connection to itself; it returns the call's
   // outcome, which is passed to done() once the connection is back in the pool.
+  // After its connection failed it may be called once more, on another
+  // connection (see the class comment and `rewind`).
   std::function<absl::Status(db::Connection&)> exclusive;
+  // The work only reads, and PostgreSQL enforces it (a read-only transaction):
+  // it may run again even when the server may already have run it.
+  bool read_only = false;
+  // Exclusive work: forgets what a first attempt delivered, so `exclusive` can
+  // start again; null or false: a read that may have run is not run again.
+  std::function<bool()> rewind;
   // The outcome, called exactly once on a worker thread unless Abandon() won.
   // It answers the RPC, whose request and response may be freed before it
   // even returns (gRPC may complete the call inline): nothing of the call is
@@ -95,12 +110,17 @@ class Work {
 
 class Database {
  public:
-  explicit Database(const v1::DatabaseConfig& config);
+  // `role`: the DatabaseConfig.roles entry `config` was made for
+  // (config::RoleDatabaseConfig), empty for the DSN's own user. Every new
+  // connection is checked to be unprivileged (db::CheckSessionRole) unless
+  // config.allow_privileged_role.
+  explicit Database(const v1::DatabaseConfig& config, std::string role = "");
   ~Database();  // fails queued work with UNAVAILABLE, joins the workers
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
   const std::string& name() const { return config_.name(); }
+  const std::string& role() const { return role_; }
   const v1::DatabaseConfig& config() const { return config_; }
   ConnectionPool& pool() { return *pool_; }
 
@@ -120,6 +140,9 @@ class Database {
     return pipelined_statements_.load(std::memory_order_relaxed);
   }
   uint64_t pipeline_reruns() const { return pipeline_reruns_.load(std::memory_order_relaxed); }
+  // Statements and exclusive work run a second time, on a fresh connection,
+  // because their connection failed under them.
+  uint64_t retries() const { return retries_.load(std::memory_order_relaxed); }
   // Calls whose deadline passed while they waited in the queue for a worker
   // (the pool's own timeouts count waits inside Acquire()).
   uint64_t queue_timeouts() const { return queue_timeouts_->load(std::memory_order_relaxed); }
@@ -127,10 +150,14 @@ class Database {
  private:
   void WorkerLoop();
   void RunBatch(std::vector<std::shared_ptr<Work>>& batch);
+  // The statements of a batch whose connection failed that may run again,
+  // once, on a fresh connection.
+  void RetryBatch(std::vector<std::shared_ptr<Work>>& batch);
   void RunExclusive(Work& work);
   void MaybeStartWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const v1::DatabaseConfig config_;
+  const std::string role_;
   std::unique_ptr<ConnectionPool> pool_;
 
   mutable absl::Mutex mu_;
@@ -142,6 +169,7 @@ class Database {
   std::atomic<uint64_t> pipelines_{0};
   std::atomic<uint64_t> pipelined_statements_{0};
   std::atomic<uint64_t> pipeline_reruns_{0};
+  std::atomic<uint64_t> retries_{0};
   // Shared with queued Work, which may be abandoned after this is gone.
   const std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_ =
       std::make_shared<std::atomic<uint64_t>>(0);

@@ -17,6 +17,7 @@ v1::DatabaseConfig Config(int max_size) {
   auto* db = c.add_databases();
   db->set_name("main");
   db->set_dsn(testing::SharedPostgres().Dsn());
+  db->set_allow_privileged_role(true);  // the fixture's superuser
   db->mutable_pool()->set_max_size(max_size);
   db->mutable_pool()->set_min_idle(0);
   c.mutable_server()->mutable_tls()->set_plaintext(true);

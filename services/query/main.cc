@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
   }
   auto authorizer = poolside::auth::Authorizer::Create(config->auth());
   if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
+  if (absl::Status s = (*authorizer)->CheckDatabaseRoles(config->databases()); !s.ok()) {
+    return poolside::server::InvalidConfiguration(s);
+  }
   auto named_queries = poolside::query::NamedQueries::Create(config->named_queries());
   if (!named_queries.ok()) return poolside::server::InvalidConfiguration(named_queries.status());
   if (flags->check_config) {
@@ -65,10 +68,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<poolside::query::CacheClient> sidecar;
   poolside::query::SidecarClient* sidecar_client = nullptr;  // owned by the engine
   if (config->has_cache()) {
-    auto client = poolside::query::SidecarClient::Create(
-        config->cache().target(), config->cache().tls(),
-        absl::Milliseconds(config->cache().call_timeout_ms()),
-        absl::Milliseconds(config->cache().keepalive_ms()));
+    auto client = poolside::query::SidecarClient::Create(config->cache());
     if (!client.ok()) {
       telemetry::LogError("cannot use the cache sidecar",
                           {{"error", std::string(client.status().message())}});
@@ -80,6 +80,12 @@ int main(int argc, char** argv) {
                                          {"cached_table_sets", absl::StrCat(config->cache().tables_size())}});
   }
   poolside::query::QueryEngine engine(*config, std::move(sidecar));
+  // A privileged database role would let every caller reach the server's
+  // files and programs: refuse to start rather than serve through it.
+  if (absl::Status s = engine.VerifyRoles(absl::Now() + absl::Seconds(10)); !s.ok()) {
+    telemetry::LogError("refusing to start", {{"error", std::string(s.message())}});
+    return 1;
+  }
   telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()
                                                    ? absl::StrCat((*authorizer)->size())
                                                    : "disabled (every caller may do everything)"},

@@ -5,7 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "services/query/statement_words.h"
+#include "common/sql/statement_analyzer.h"
 
 namespace poolside::query {
 namespace {
@@ -59,6 +59,14 @@ absl::StatusOr<NamedQueries> NamedQueries::Create(
           absl::StrCat(where, ": name must be 1-64 characters of letters, digits, '_', '.', '-'"));
     }
     if (q.sql().empty()) return absl::InvalidArgumentError(absl::StrCat(where, ": sql is empty"));
+    // What could never run (a syntax error, several statements, transaction
+    // control, session state) is a configuration error, found now rather
+    // than at the first call.
+    std::shared_ptr<const sql::Analysis> analysis = sql::AnalyzeOnce(q.sql());
+    if (absl::Status s = sql::Permitted(*analysis, sql::Scope::kInTransaction, {.ddl = true});
+        !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", s.message()));
+    }
     Query query;
     query.sql = q.sql();
     for (int j = 0; j < q.params_size(); ++j) {
@@ -103,22 +111,6 @@ absl::StatusOr<const std::string*> NamedQueries::Resolve(
                                                    KindName(got)));
   }
   return &q.sql;
-}
-
-absl::Status CheckReadOnlyStatement(absl::string_view sql) {
-  static const char* const kRefused[] = {"BEGIN",   "START",    "COMMIT", "END",
-                                         "ROLLBACK", "ABORT",   "SAVEPOINT", "RELEASE",
-                                         "PREPARE", "SET",      "RESET",  "DISCARD"};
-  const absl::string_view keyword = FirstKeyword(sql);
-  for (const char* k : kRefused) {
-    if (absl::EqualsIgnoreCase(keyword, k)) {
-      return absl::PermissionDeniedError(
-          absl::StrCat(k,
-                       " is not allowed for a read-only principal (its statements run in "
-                       "read-only transactions that poolside begins and ends)"));
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace poolside::query

@@ -25,8 +25,9 @@ namespace poolside::query {
 
 class NamedQueries {
  public:
-  // INVALID_ARGUMENT naming the entry: bad or duplicate name, empty SQL,
-  // unknown parameter type.
+  // INVALID_ARGUMENT naming the entry: bad or duplicate name, empty SQL, SQL
+  // that is not one statement poolside may run (common/sql's Permitted, in a
+  // transaction, with the ddl grant), unknown parameter type.
   static absl::StatusOr<NamedQueries> Create(
       const google::protobuf::RepeatedPtrField<v1::NamedQuery>& config);
 
@@ -49,12 +50,6 @@ class NamedQueries {
   };
   absl::flat_hash_map<std::string, Query> queries_;
 };
-
-// For principals without `write`: their statements run in read-only
-// transactions, so PostgreSQL refuses writes; this also refuses statements
-// that would end or change that transaction (BEGIN, COMMIT, ROLLBACK, SET,
-// RESET, SAVEPOINT, ...) with PERMISSION_DENIED.
-absl::Status CheckReadOnlyStatement(absl::string_view sql);
 
 }  // namespace poolside::query
 

@@ -32,7 +32,13 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
   POOLSIDE_DEFAULT(limits, default_timeout_ms, 30000u);
   POOLSIDE_DEFAULT(limits, stream_chunk_rows, 1000u);
   POOLSIDE_DEFAULT(limits, check_concurrency, 32u);
-  POOLSIDE_DEFAULT(limits, max_request_bytes, 64u << 20);
+  POOLSIDE_DEFAULT(limits, max_request_bytes, 4u << 20);
+  POOLSIDE_DEFAULT(limits, max_timeout_ms, 300000u);
+  if (limits->default_timeout_ms() > limits->max_timeout_ms()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "limits.defaultTimeoutMs (", limits->default_timeout_ms(),
+        ") exceeds limits.maxTimeoutMs (", limits->max_timeout_ms(), ")"));
+  }
 
   if (c.databases().empty()) {
     return absl::InvalidArgumentError("config: at least one database must be configured");
@@ -48,7 +54,7 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
     POOLSIDE_DEFAULT(pool, max_size, 10u);
     if (!pool->has_min_idle()) pool->set_min_idle(std::min(1u, pool->max_size()));
     POOLSIDE_DEFAULT(pool, acquire_timeout_ms, 5000u);
-    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 30000u);
+    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 1000u);
     POOLSIDE_DEFAULT(pool, max_lifetime_ms, 1800000u);
     POOLSIDE_DEFAULT(pool, idle_timeout_ms, 600000u);
     POOLSIDE_DEFAULT(pool, leak_threshold_ms, 60000u);

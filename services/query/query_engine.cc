@@ -1,11 +1,13 @@
 #include "services/query/query_engine.h"
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/config/database_config.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace_context.h"
 #include "services/query/named_queries.h"
@@ -15,6 +17,10 @@ namespace {
 
 // Checks at most this many CheckDatabases calls at once; more are refused.
 constexpr int kMaxConcurrentChecks = 4;
+
+// How old a database's catalog snapshot (which functions are built in and
+// non-volatile, which relations are views) may get before it is read again.
+constexpr absl::Duration kCatalogAge = absl::Seconds(10);
 
 // Runs fn(i) for i in [0, n) on up to `parallelism` threads.
 void ParallelFor(size_t n, size_t parallelism, const std::function<void(size_t)>& fn) {
@@ -62,6 +68,12 @@ QueryEngine::QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheCli
     : config_(std::move(config)) {
   for (const v1::DatabaseConfig& db : config_.databases()) {
     databases_.emplace(db.name(), std::make_unique<Database>(db));
+    for (const v1::DatabaseRole& role : db.roles()) {
+      // Validated by FinalizeQueryConfig; a password file that became
+      // unreadable since fails that role's connections.
+      absl::StatusOr<v1::DatabaseConfig> c = config::RoleDatabaseConfig(db, role);
+      if (c.ok()) role_configs_.emplace(std::make_pair(db.name(), role.name()), *std::move(c));
+    }
   }
   if (config_.has_cache() && cache != nullptr) {
     cache_ = std::make_unique<ReadCache>(config_.cache(), std::move(cache), databases_,
@@ -74,11 +86,19 @@ QueryEngine::~QueryEngine() {
   // Stops warm-up retries against databases that are down (they would
   // otherwise hold the exit for up to startup_retry_ms).
   for (auto& [name, db] : databases_) db->pool().Close();
+  {
+    absl::MutexLock lock(&roles_mu_);
+    for (auto& [key, db] : role_databases_) db->pool().Close();
+  }
   cache_.reset();  // stops its listeners; its flights end as the pools close
   if (maintenance_.joinable()) maintenance_.join();
   if (warmup_.joinable()) warmup_.join();
   // Detached CheckDatabases threads reference the databases: wait for them.
   while (background_threads_.load() > 0) absl::SleepFor(absl::Milliseconds(5));
+  {
+    absl::MutexLock lock(&roles_mu_);
+    role_databases_.clear();
+  }
   databases_.clear();
 }
 
@@ -115,15 +135,110 @@ void QueryEngine::WhenWarm(std::function<void()> ready) {
 }
 
 void QueryEngine::MaintenanceLoop() {
+  RefreshCatalogs();
   while (!stopping_.WaitForNotificationWithTimeout(absl::Seconds(1))) {
-    for (auto& [name, db] : databases_) db->pool().Maintain();
+    for (Database* db : AllDatabases()) db->pool().Maintain();
+    RefreshCatalogs();
   }
 }
 
+std::vector<Database*> QueryEngine::AllDatabases() {
+  std::vector<Database*> out;
+  for (auto& [name, db] : databases_) out.push_back(db.get());
+  absl::MutexLock lock(&roles_mu_);
+  for (auto& [key, db] : role_databases_) out.push_back(db.get());
+  return out;
+}
+
+void QueryEngine::RefreshCatalogs() {
+  for (auto& [name, db] : databases_) {
+    if (stopping_.HasBeenNotified()) return;
+    {
+      absl::MutexLock lock(&catalogs_mu_);
+      auto it = catalogs_.find(name);
+      if (it != catalogs_.end() && absl::Now() - it->second.loaded < kCatalogAge) continue;
+    }
+    const absl::Time deadline = absl::Now() + absl::Seconds(2);
+    absl::StatusOr<ConnectionPool::Lease> lease = db->AcquireLive(deadline, "catalog snapshot");
+    if (!lease.ok()) continue;  // down: statements share no Sync until it is back
+    absl::StatusOr<db::BuiltinCatalog> catalog = db::BuiltinCatalog::Load(**lease, deadline);
+    if ((*lease)->broken()) lease->MarkBroken();
+    lease->Release();
+    if (!catalog.ok()) {
+      telemetry::LogWarning("cannot read the catalog; statements share no Sync",
+                            {{"database", name}, {"error", std::string(catalog.status().message())}});
+      continue;
+    }
+    absl::MutexLock lock(&catalogs_mu_);
+    catalogs_[name] = CatalogState{
+        std::make_shared<const db::BuiltinCatalog>(*std::move(catalog)), absl::Now()};
+  }
+}
+
+bool QueryEngine::MayShareSync(const std::string& database, const sql::Analysis& a) const {
+  if (!a.shareable_syntax) return false;
+  std::shared_ptr<const db::BuiltinCatalog> catalog;
+  {
+    absl::MutexLock lock(&catalogs_mu_);
+    auto it = catalogs_.find(database);
+    if (it == catalogs_.end()) return false;
+    catalog = it->second.catalog;
+  }
+  return catalog->AllSafe(a.functions, a.operators, a.tables);
+}
+
+absl::Status QueryEngine::VerifyRoles(absl::Time deadline) {
+  for (const v1::DatabaseConfig& dbc : config_.databases()) {
+    std::vector<std::pair<std::string, v1::DatabaseConfig>> pools = {{"", dbc}};
+    for (const v1::DatabaseRole& role : dbc.roles()) {
+      auto c = role_configs_.find(std::make_pair(dbc.name(), role.name()));
+      if (c == role_configs_.end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "database ", dbc.name(), " role ", role.name(), ": its password cannot be read"));
+      }
+      pools.emplace_back(role.name(), c->second);
+    }
+    for (const auto& [role, c] : pools) {
+      db::ConnectionOptions options;
+      options.dsn = c.dsn();
+      options.application_name = absl::StrCat("poolside-query/", dbc.name());
+      options.connect_timeout = std::min(absl::Milliseconds(c.pool().connect_timeout_ms()),
+                                         std::max(absl::Seconds(1), deadline - absl::Now()));
+      absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(options);
+      const std::string which = role.empty() ? "its DSN user" : absl::StrCat("role ", role);
+      if (!conn.ok()) {
+        telemetry::LogWarning("cannot check a database role now; its pool checks each connection",
+                              {{"database", dbc.name()}, {"role", which},
+                               {"error", std::string(conn.status().message())}});
+        continue;
+      }
+      absl::StatusOr<db::SessionRole> session = db::ReadSessionRole(**conn, deadline);
+      if (!session.ok()) {
+        telemetry::LogWarning("cannot check a database role now; its pool checks each connection",
+                              {{"database", dbc.name()}, {"role", which},
+                               {"error", std::string(session.status().message())}});
+        continue;
+      }
+      if (absl::Status s = db::CheckSessionRole(*session, dbc.name(), dbc.allow_privileged_role());
+          !s.ok()) {
+        return s;
+      }
+      if (session->privileged()) {
+        telemetry::LogWarning(
+            "privileged database role allowed (allowPrivilegedRole): every caller can reach "
+            "what it can",
+            {{"database", dbc.name()}, {"role", session->user}, {"why", session->WhyPrivileged()}});
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Time QueryEngine::EffectiveDeadline(absl::Time requested) const {
-  const absl::Time fallback =
-      absl::Now() + absl::Milliseconds(config_.limits().default_timeout_ms());
-  return requested == absl::InfiniteFuture() ? fallback : requested;
+  const absl::Time now = absl::Now();
+  const absl::Time fallback = now + absl::Milliseconds(config_.limits().default_timeout_ms());
+  const absl::Time cap = now + absl::Milliseconds(config_.limits().max_timeout_ms());
+  return std::min(requested == absl::InfiniteFuture() ? fallback : requested, cap);
 }
 
 absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name) {
@@ -142,24 +257,47 @@ absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name) {
   return it->second.get();
 }
 
-absl::Status QueryEngine::CheckStatement(absl::string_view sql, int params,
-                                         const CallAccess& access, bool* may_share_sync) const {
+absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name, const CallAccess& access) {
+  absl::StatusOr<Database*> db = Find(name);
+  if (!db.ok() || access.principal == nullptr) return db;
+  const std::string& role = access.principal->DatabaseRoleFor((*db)->name());
+  if (role.empty()) return db;
+  const std::pair<std::string, std::string> key((*db)->name(), role);
+  absl::MutexLock lock(&roles_mu_);
+  auto it = role_databases_.find(key);
+  if (it != role_databases_.end()) return it->second.get();
+  if (auto c = role_configs_.find(key); c != role_configs_.end()) {
+    auto made = std::make_unique<Database>(c->second, role);
+    Database* out = made.get();
+    role_databases_.emplace(key, std::move(made));
+    return out;
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "principal ", access.principal->name, " runs as database role \"", role,
+      "\", which database ", (*db)->name(), " does not configure (databases[].roles)"));
+}
+
+absl::StatusOr<std::shared_ptr<const sql::Analysis>> QueryEngine::CheckStatement(
+    absl::string_view sql, int params, const CallAccess& access, sql::Scope scope) const {
   const auto& limits = config_.limits();
   if (sql.empty()) return absl::InvalidArgumentError("sql is empty");
   if (sql.size() > limits.max_sql_bytes()) {
     return absl::InvalidArgumentError(absl::StrCat("sql is ", sql.size(),
                                                    " bytes; the limit is ", limits.max_sql_bytes()));
   }
-  if (sql.find('\0') != absl::string_view::npos) {
-    return absl::InvalidArgumentError("sql contains a NUL byte");
-  }
   if (params > static_cast<int>(limits.max_params())) {
     return absl::InvalidArgumentError(
         absl::StrCat(params, " parameters; the limit is ", limits.max_params()));
   }
-  StatementChecks::Verdict v = checks_.Check(sql, access.read_only);
-  if (may_share_sync != nullptr) *may_share_sync = v.may_share_sync;
-  return v.status;
+  std::shared_ptr<const sql::Analysis> a = analyzer_.Analyze(sql);
+  if (absl::Status s = sql::Permitted(*a, scope, sql::Grants{access.ddl}); !s.ok()) return s;
+  if (access.read_only &&
+      (a->kind == sql::StatementKind::kWrite || a->kind == sql::StatementKind::kDdl)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        a->command, " is not allowed for a read-only principal (it runs as a read-only "
+        "database role, in read-only transactions)"));
+  }
+  return a;
 }
 
 absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequest& request,
@@ -167,14 +305,11 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
                                                            std::string holder,
                                                            v1::ExecuteResponse* response,
                                                            Done done, const CallAccess& access) {
-  absl::StatusOr<Database*> db = Find(request.database());
+  absl::StatusOr<Database*> db = Find(request.database(), access);
   if (!db.ok()) return db.status();
-  bool may_share_sync = false;
-  if (absl::Status s =
-          CheckStatement(request.sql(), request.params_size(), access, &may_share_sync);
-      !s.ok()) {
-    return s;
-  }
+  absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis =
+      CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone);
+  if (!analysis.ok()) return analysis.status();
 
   auto work = std::make_shared<ExecuteWork>();
   work->deadline = deadline;
@@ -184,7 +319,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
   work->batchable = !access.read_only;
-  work->statement.may_share_sync = !access.read_only && may_share_sync;
+  work->statement.may_share_sync =
+      !access.read_only && MayShareSync((*db)->name(), **analysis);
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
@@ -195,16 +331,18 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       db::Statement* st = &raw->statement;
       return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
     };
+    work->read_only = true;
+    work->rewind = [raw] { return raw->sink->Rewind(); };
   }
   const absl::Time start = absl::Now();
   Database* database = *db;
   work->done = [this, database, &request, response, start, trace = work->trace,
-                done = std::move(done)](absl::Status s) {
+                analysis = *analysis, done = std::move(done)](absl::Status s) {
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
-    stats_.Record(database->name(), request.sql(), absl::Now() - start,
+    stats_.Record(database->name(), *analysis, absl::Now() - start,
                   s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
     if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
-    if (cache_ != nullptr && MayHaveWritten(s) && ReadCache::NeedsInvalidation(request.sql())) {
+    if (cache_ != nullptr && MayHaveWritten(s) && ReadCache::NeedsInvalidation(*analysis)) {
       std::vector<ReadCache::Written> written(1);
       written[0].sql = request.sql();
       written[0].params = request.params();
@@ -215,7 +353,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
     }
     done(std::move(s));
   };
-  if (cache_ != nullptr && cache_->Applies(*database, request)) {
+  if (cache_ != nullptr && cache_->Applies(*database, request, **analysis)) {
     std::shared_ptr<Work> generic = work;
     cache_->Execute(database, request, generic, response, work->budget.max_rows,
                     work->budget.max_bytes, access.read_only, [database, generic] {
@@ -234,11 +372,11 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
                                                                  std::string holder,
                                                                  ChunkWriter* writer, Done done,
                                                                  const CallAccess& access) {
-  absl::StatusOr<Database*> db = Find(request.database());
+  absl::StatusOr<Database*> db = Find(request.database(), access);
   if (!db.ok()) return db.status();
-  if (absl::Status s = CheckStatement(request.sql(), request.params_size(), access); !s.ok()) {
-    return s;
-  }
+  absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis =
+      CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone);
+  if (!analysis.ok()) return analysis.status();
 
   auto work = std::make_shared<ExecuteWork>();
   work->deadline = deadline;
@@ -258,11 +396,13 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
     absl::Status link = conn.RunStreaming(raw->statement, read_only);
     return link.ok() ? raw->statement.status : link;
   };
+  work->read_only = access.read_only;
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, raw, &request, start, done = std::move(done)](absl::Status s) {
+  work->done = [this, database, raw, start, analysis = *analysis,
+                done = std::move(done)](absl::Status s) {
     telemetry::ScopedSpanContext record_scope(raw->trace);  // a slow-statement log line carries it
-    stats_.Record(database->name(), request.sql(), absl::Now() - start,
+    stats_.Record(database->name(), *analysis, absl::Now() - start,
                   s.ok() ? raw->budget.rows : 0, s.ok());
     done(std::move(s));
   };
@@ -273,7 +413,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
 absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     const v1::ExecuteTransactionRequest& request, absl::Time deadline, std::string holder,
     v1::ExecuteTransactionResponse* response, Done done, const CallAccess& access) {
-  absl::StatusOr<Database*> db = Find(request.database());
+  absl::StatusOr<Database*> db = Find(request.database(), access);
   if (!db.ok()) return db.status();
   if (request.statements().empty()) {
     return absl::InvalidArgumentError("a transaction needs at least one statement");
@@ -283,11 +423,17 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
                                                    " statements; the limit is ",
                                                    config_.limits().max_statements()));
   }
+  std::vector<std::shared_ptr<const sql::Analysis>> analyses;
+  analyses.reserve(request.statements_size());
   for (int i = 0; i < request.statements_size(); ++i) {
     const v1::Statement& st = request.statements(i);
-    if (absl::Status s = CheckStatement(st.sql(), st.params_size(), access); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("statement ", i + 1, ": ", s.message()));
+    absl::StatusOr<std::shared_ptr<const sql::Analysis>> a =
+        CheckStatement(st.sql(), st.params_size(), access, sql::Scope::kInTransaction);
+    if (!a.ok()) {
+      return absl::Status(a.status().code(),
+                          absl::StrCat("statement ", i + 1, ": ", a.status().message()));
     }
+    analyses.push_back(*std::move(a));
   }
   std::string begin = "BEGIN";
   switch (request.isolation()) {
@@ -318,24 +464,30 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     for (auto& st : raw->statements) ptrs.push_back(&st);
     return conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
   };
+  work->read_only = request.read_only() || access.read_only;
+  work->rewind = [raw] {
+    for (auto& sink : raw->sinks) sink->Rewind();
+    return true;
+  };
   const absl::Time start = absl::Now();
   Database* database = *db;
   work->done = [this, database, &request, response, start, trace = work->trace,
                 read_only = request.read_only() || access.read_only,
-                done = std::move(done)](absl::Status s) {
+                analyses = std::move(analyses), done = std::move(done)](absl::Status s) {
     const absl::Duration took = absl::Now() - start;
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
     for (int i = 0; i < request.statements_size(); ++i) {
       const int64_t rows = s.ok() && i < response->results_size()
                                ? std::max<int64_t>(0, response->results(i).rows_affected())
                                : 0;
-      stats_.Record(database->name(), request.statements(i).sql(), took, rows, s.ok());
+      stats_.Record(database->name(), *analyses[i], took, rows, s.ok());
     }
     if (!s.ok()) response->clear_results();
     if (cache_ != nullptr && MayHaveWritten(s) && !read_only) {
       std::vector<ReadCache::Written> written;
-      for (const v1::Statement& st : request.statements()) {
-        if (!ReadCache::NeedsInvalidation(st.sql())) continue;
+      for (int i = 0; i < request.statements_size(); ++i) {
+        const v1::Statement& st = request.statements(i);
+        if (!ReadCache::NeedsInvalidation(*analyses[i])) continue;
         written.emplace_back();
         written.back().sql = st.sql();
         written.back().params = st.params();
@@ -355,20 +507,21 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
 
 absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
                                        v1::GetPoolStatsResponse* response) {
-  std::vector<Database*> dbs;
   if (!request.database().empty()) {
-    absl::StatusOr<Database*> db = Find(request.database());
-    if (!db.ok()) return db.status();
-    dbs.push_back(*db);
-  } else {
-    for (auto& [name, db] : databases_) dbs.push_back(db.get());
-    std::sort(dbs.begin(), dbs.end(),
-              [](Database* a, Database* b) { return a->name() < b->name(); });
+    if (absl::StatusOr<Database*> db = Find(request.database()); !db.ok()) return db.status();
   }
+  std::vector<Database*> dbs;
+  for (Database* db : AllDatabases()) {
+    if (request.database().empty() || db->name() == request.database()) dbs.push_back(db);
+  }
+  std::sort(dbs.begin(), dbs.end(), [](Database* a, Database* b) {
+    return std::tie(a->name(), a->role()) < std::tie(b->name(), b->role());
+  });
   for (Database* db : dbs) {
     const pool::PoolStats s = db->pool().Stats();
     v1::PoolStats* out = response->add_pools();
     out->set_database(db->name());
+    out->set_role(db->role());
     out->set_size(s.size);
     out->set_idle(s.idle);
     out->set_in_use(s.in_use);

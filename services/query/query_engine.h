@@ -25,13 +25,15 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/auth/authorizer.h"
+#include "common/db/catalog.h"
+#include "common/sql/statement_analyzer.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.pb.h"
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
 #include "services/query/read_cache.h"
 #include "services/query/result_sinks.h"
-#include "services/query/statement_checks.h"
 #include "services/query/statement_stats.h"
 
 namespace poolside::query {
@@ -40,10 +42,15 @@ namespace poolside::query {
 // principal, common/auth).
 struct CallAccess {
   // Statements run in read-only transactions (BEGIN READ ONLY), so PostgreSQL
-  // itself refuses writes; statements that would end or change that
-  // transaction are refused up front (CheckReadOnlyStatement). Cached reads are
-  // keyed under this scope and their fills run read-only too.
+  // itself refuses writes; statements the analyzer classifies as writes or
+  // DDL are refused up front with PERMISSION_DENIED. Cached reads are keyed
+  // under this scope and their fills run read-only too.
   bool read_only = false;
+  // The principal holds the `ddl` role (sql::Grants::ddl).
+  bool ddl = false;
+  // The caller's principal: its database role picks the pool its statements
+  // run on (Principal::DatabaseRoleFor). Null: the DSN's own user.
+  const auth::Principal* principal = nullptr;
 };
 
 class QueryEngine {
@@ -66,8 +73,15 @@ class QueryEngine {
   // warm-up thread. Not run if the engine is destroyed first. For readiness.
   void WhenWarm(std::function<void()> ready);
 
+  // Opens one connection per pool (each database's DSN user and every
+  // configured role) and checks its role: FAILED_PRECONDITION naming the
+  // database and role when one is privileged without allowPrivilegedRole
+  // (the service must not start). A database that cannot be reached now is
+  // logged and skipped: its pools check every connection they make anyway.
+  absl::Status VerifyRoles(absl::Time deadline);
+
   // The deadline a call runs under: the caller's, or the configured default if
-  // the caller set none.
+  // the caller set none; never further than limits.max_timeout_ms.
   absl::Time EffectiveDeadline(absl::Time requested) const;
 
   // `request.sql` is what runs (the adapter resolves named queries first).
@@ -98,16 +112,40 @@ class QueryEngine {
   StatementStatsRegistry& statement_stats() { return stats_; }
 
  private:
+  // The configured database `name` (empty: the default one).
   absl::StatusOr<Database*> Find(absl::string_view name);
-  // The limits and StatementChecks; *may_share_sync (if given) is its verdict.
-  absl::Status CheckStatement(absl::string_view sql, int params, const CallAccess& access = {},
-                              bool* may_share_sync = nullptr) const;
+  // Its pool for the caller's database role (made on first use).
+  absl::StatusOr<Database*> Find(absl::string_view name, const CallAccess& access);
+  // The limits, then the analyzer's verdict for `scope` and the caller.
+  absl::StatusOr<std::shared_ptr<const sql::Analysis>> CheckStatement(
+      absl::string_view sql, int params, const CallAccess& access, sql::Scope scope) const;
+  // Whether `a` may share an implicit transaction with other callers'
+  // statements on `database`: its syntax allows it and the database's
+  // catalog snapshot proves its functions, operators and relations free of
+  // side effects. False until that snapshot is loaded.
+  bool MayShareSync(const std::string& database, const sql::Analysis& a) const;
+  // Loads the catalog snapshots that are missing or older than kCatalogAge.
+  void RefreshCatalogs();
+  // Every pool: the DSN users' and the roles' made so far.
+  std::vector<Database*> AllDatabases();
   void MaintenanceLoop();
 
   const v1::QueryServiceConfig config_;
   absl::flat_hash_map<std::string, std::unique_ptr<Database>> databases_;
   StatementStatsRegistry stats_;
-  mutable StatementChecks checks_;
+  mutable sql::StatementAnalyzer analyzer_;
+  // Each configured role's pool configuration, by (database, role).
+  absl::flat_hash_map<std::pair<std::string, std::string>, v1::DatabaseConfig> role_configs_;
+  // Role pools by (database, role); created on first use, never removed.
+  absl::Mutex roles_mu_;
+  absl::flat_hash_map<std::pair<std::string, std::string>, std::unique_ptr<Database>>
+      role_databases_ ABSL_GUARDED_BY(roles_mu_);
+  struct CatalogState {
+    std::shared_ptr<const db::BuiltinCatalog> catalog;
+    absl::Time loaded = absl::InfinitePast();
+  };
+  mutable absl::Mutex catalogs_mu_;
+  absl::flat_hash_map<std::string, CatalogState> catalogs_ ABSL_GUARDED_BY(catalogs_mu_);
   std::atomic<int> checks_running_{0};
   std::atomic<int> background_threads_{0};
   absl::Notification stopping_;

@@ -48,6 +48,12 @@ std::vector<v1::PoolStats> PoolStats(QueryEngine* engine) {
   return {response.pools().begin(), response.pools().end()};
 }
 
+// A pool's "database" label: the database, and the role for a role's pool
+// ("app/app_read").
+std::string PoolName(const v1::PoolStats& p) {
+  return p.role().empty() ? p.database() : absl::StrCat(p.database(), "/", p.role());
+}
+
 // The engine reports pools as protos; the shared pool series take the pool's
 // own struct.
 telemetry::NamedPoolStats Named(const std::vector<v1::PoolStats>& pools) {
@@ -69,7 +75,7 @@ telemetry::NamedPoolStats Named(const std::vector<v1::PoolStats>& pools) {
     s.leaks = p.leaks_total();
     s.create_failures = p.create_failures_total();
     s.acquire_wait = FromProto(p.acquire_wait());
-    out.emplace_back(p.database(), std::move(s));
+    out.emplace_back(PoolName(p), std::move(s));
   }
   return out;
 }
@@ -87,10 +93,10 @@ void CollectPools(QueryEngine* engine, Families* out) {
       "poolside_query_pipeline_reruns_total",
       "Reads run again alone because a read sharing their transaction failed.");
   for (const auto& p : pools) {
-    AddGauge(&queued, {{"database", p.database()}}, double(p.queued()));
-    AddCounter(&pipelines, {{"database", p.database()}}, double(p.pipelines_total()));
-    AddCounter(&pipelined, {{"database", p.database()}}, double(p.pipelined_statements_total()));
-    AddCounter(&reruns, {{"database", p.database()}}, double(p.pipeline_reruns_total()));
+    AddGauge(&queued, {{"database", PoolName(p)}}, double(p.queued()));
+    AddCounter(&pipelines, {{"database", PoolName(p)}}, double(p.pipelines_total()));
+    AddCounter(&pipelined, {{"database", PoolName(p)}}, double(p.pipelined_statements_total()));
+    AddCounter(&reruns, {{"database", PoolName(p)}}, double(p.pipeline_reruns_total()));
   }
   out->push_back(std::move(queued));
   out->push_back(std::move(pipelines));

@@ -468,6 +468,12 @@ void QueryServiceImpl::CheckDatabases(
   if (!started.ok()) call->Complete(started);
 }
 
+void QueryServiceImpl::SetAccess(const auth::Principal& who, CallAccess* access) {
+  access->read_only = who.read_only();
+  access->ddl = who.Has(auth::kDdl);
+  access->principal = &who;
+}
+
 std::string QueryServiceImpl::DatabaseOf(const std::string& requested) const {
   return requested.empty() ? engine_->config().default_database() : requested;
 }
@@ -498,7 +504,7 @@ absl::Status QueryServiceImpl::AuthorizeExecute(const grpc::ServerContext& conte
         !s.ok()) {
       return s;
     }
-    access->read_only = call_auth->principal->read_only();
+    SetAccess(*call_auth->principal, access);
   }
   if (named) {
     absl::StatusOr<const std::string*> sql = named_->Resolve(request.named_query(), request.params());
@@ -535,7 +541,7 @@ absl::Status QueryServiceImpl::AuthorizeTransaction(
         !s.ok()) {
       return s;
     }
-    access->read_only = call_auth->principal->read_only();
+    SetAccess(*call_auth->principal, access);
   }
   if (!named) return absl::OkStatus();
   *resolved = std::make_unique<v1::ExecuteTransactionRequest>(request);

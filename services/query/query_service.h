@@ -84,6 +84,8 @@ class QueryServiceImpl final : public server::QueueService {
   absl::Status AuthorizeAdmin(const grpc::ServerContext& context, const char* what,
                               auth::CallAuth* call_auth);
   std::string DatabaseOf(const std::string& requested) const;
+  // The call's access from its principal (read-only, ddl, database role).
+  static void SetAccess(const auth::Principal& who, CallAccess* access);
 
   QueryEngine* engine_;
   auth::Authorizer* const authorizer_;

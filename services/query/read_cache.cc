@@ -15,7 +15,6 @@
 #include "common/telemetry/trace.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
-#include "services/query/statement_words.h"
 
 namespace poolside::query {
 namespace {
@@ -128,12 +127,6 @@ absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json)
   std::sort(out.tables.begin(), out.tables.end());
   out.tables.erase(std::unique(out.tables.begin(), out.tables.end()), out.tables.end());
   return out;
-}
-
-bool LooksLikeRead(absl::string_view sql) {
-  const absl::string_view word = FirstKeyword(sql);
-  return absl::EqualsIgnoreCase(word, "SELECT") || absl::EqualsIgnoreCase(word, "VALUES") ||
-         absl::EqualsIgnoreCase(word, "TABLE") || absl::EqualsIgnoreCase(word, "WITH");
 }
 
 struct ReadCache::Participant {
@@ -256,11 +249,16 @@ bool ReadCache::DatabaseReady(absl::string_view database) const {
   return (!s.listens || s.subscribed.load()) && s.flushed_epoch.load() == s.suspect_epoch.load();
 }
 
-bool ReadCache::Applies(const Database& db, const v1::ExecuteRequest& request) const {
+bool ReadCache::Applies(const Database& db, const v1::ExecuteRequest& request,
+                        const sql::Analysis& analysis) const {
   if (!request.has_cache()) return false;
   const v1::CachePolicy& p = request.cache();
   if (p.bypass() || p.ttl_ms() == 0) return false;
-  if (!LooksLikeRead(request.sql())) return false;
+  // SELECT, VALUES or TABLE that writes nothing (not SHOW or EXPLAIN).
+  if (analysis.kind != sql::StatementKind::kRead ||
+      (analysis.command != "SELECT" && analysis.command != "VALUES")) {
+    return false;
+  }
   return DatabaseReady(db.name());
 }
 
@@ -271,7 +269,10 @@ std::string ReadCache::KeyFor(const Database& db, const v1::ExecuteRequest& requ
     const std::string one = v.SerializeAsString();
     absl::StrAppend(&params, one.size(), ":", one);
   }
-  return absl::StrCat(read_only ? kReadOnlyScope : "q1|", db.name(), "|", request.sql().size(),
+  // scope|database|role|...: a prefix "q1|db|" still names every key of a
+  // database (and scope), whatever the callers' roles.
+  return absl::StrCat(read_only ? kReadOnlyScope : "q1|", db.name(), "|", db.role(), "|",
+                      request.sql().size(),
                       ":", request.sql(), "|", params);
 }
 

@@ -60,6 +60,7 @@
 #include "absl/time/time.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.pb.h"
+#include "common/sql/statement_analyzer.h"
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
 #include "services/query/near_cache.h"
@@ -77,10 +78,6 @@ struct StatementTables {
 
 // Parses EXPLAIN (FORMAT JSON, VERBOSE) output. Exposed for tests.
 absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json);
-
-// True for statements that may be cached: SELECT, VALUES, TABLE, WITH (the plan
-// decides for WITH). Leading whitespace and comments are skipped.
-bool LooksLikeRead(absl::string_view sql);
 
 class ReadCache {
  public:
@@ -103,15 +100,20 @@ class ReadCache {
   // Starts one LISTEN thread per database with cached tables.
   void Start();
 
-  // Whether `request` goes through the cache. False: run it plainly, outcome BYPASS.
-  bool Applies(const Database& db, const v1::ExecuteRequest& request) const;
+  // Whether `request` (whose text `analysis` describes) goes through the
+  // cache: a read (SELECT, VALUES, TABLE; no locking clause, INTO or
+  // data-modifying WITH) asking for it. False: run it
+  // plainly, outcome BYPASS.
+  bool Applies(const Database& db, const v1::ExecuteRequest& request,
+               const sql::Analysis& analysis) const;
 
   // The cached path of Execute. `work` is the caller's queued Work, completed
   // through Claim() + done (or, for a fallback, by `run_plain`, which submits
   // it to the database as an ordinary statement writing into `response`).
   // `request` and `response` stay valid until work->done ran or Abandon() won.
-  // `read_only`: the caller's access scope (CallAccess): part of the cache key,
-  // and the fill of such a key runs in a read-only transaction.
+  // `read_only`: the caller's access scope (CallAccess): part of the cache key
+  // (as is db's role), and the fill of such a key runs in a read-only
+  // transaction.
   void Execute(Database* db, const v1::ExecuteRequest& request, std::shared_ptr<Work> work,
                v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
                bool read_only, std::function<void()> run_plain);
@@ -125,8 +127,10 @@ class ReadCache {
   };
   void AfterWrite(Database* db, std::vector<Written> statements, std::function<void()> done);
 
-  // True for statements whose success must invalidate: not read-like.
-  static bool NeedsInvalidation(absl::string_view sql) { return !LooksLikeRead(sql); }
+  // True for statements whose success must invalidate: anything but a read.
+  static bool NeedsInvalidation(const sql::Analysis& analysis) {
+    return analysis.kind != sql::StatementKind::kRead;
+  }
 
   const Counters& counters() const { return counters_; }
 

@@ -179,7 +179,7 @@ class FakeSidecar : public CacheClient {
 
   bool Admits(const CacheFill& fill) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const uint64_t g = fill.read_generation;
-    if (g == 0) return true;  // unconditional, as in the real store
+    if (g == 0) return false;  // not handed out by this store: refused, as in the real one
     if (g > generation_ || flush_generation_ > g) return false;
     for (const std::string& tag : fill.tags) {
       auto it = tag_generations_.find(tag);
@@ -224,6 +224,7 @@ class ReadCacheNearTest : public ::testing::Test {
     v1::DatabaseConfig* db = c.add_databases();
     db->set_name(kDb);
     db->set_dsn(pg.Dsn(kPgDatabase));
+    db->set_allow_privileged_role(true);  // the fixture's superuser
     db->mutable_pool()->set_max_size(4);
     db->mutable_pool()->set_min_idle(0);
     v1::QueryCacheConfig* cache = c.mutable_cache();
@@ -296,7 +297,7 @@ class ReadCacheNearTest : public ::testing::Test {
         if (work->Claim()) work->done(s);
       }
     };
-    if (cache_->Applies(*db, call->request)) {
+    if (cache_->Applies(*db, call->request, *sql::AnalyzeOnce(call->request.sql()))) {
       cache_->Execute(db, call->request, work, &call->response, call->budget.max_rows,
                       call->budget.max_bytes, /*read_only=*/false, run_plain);
     } else {

@@ -2,9 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <iterator>
+#include <memory>
+#include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/server/channel.h"
 #include "common/server/queue_service.h"
@@ -25,15 +30,57 @@ absl::Status FromGrpc(const grpc::Status& s) {
 
 grpc::Status Closed() { return grpc::Status(grpc::StatusCode::UNAVAILABLE, "client closed"); }
 
+// cache.tokenEnv / cache.tokenFile; empty when neither is set.
+absl::StatusOr<std::string> ReadToken(const v1::QueryCacheConfig& config) {
+  if (!config.token_env().empty() && !config.token_file().empty()) {
+    return absl::InvalidArgumentError("cache: set tokenEnv or tokenFile, not both");
+  }
+  std::string token;
+  if (!config.token_env().empty()) {
+    const char* value = std::getenv(config.token_env().c_str());
+    if (value == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cache.tokenEnv: environment variable ", config.token_env(), " is not set"));
+    }
+    token = value;
+  } else if (!config.token_file().empty()) {
+    std::ifstream in(config.token_file());
+    std::ostringstream text;
+    if (in) text << in.rdbuf();
+    if (!in) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cache.tokenFile: cannot read ", config.token_file()));
+    }
+    token = text.str();
+  } else {
+    return std::string();
+  }
+  token = std::string(absl::StripAsciiWhitespace(token));
+  if (token.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config.token_env().empty() ? "cache.tokenFile " : "cache.tokenEnv ",
+        config.token_env().empty() ? config.token_file() : config.token_env(), " is empty"));
+  }
+  return token;
+}
+
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(const std::string& target,
-                                                                     const v1::ClientTlsConfig& tls,
-                                                                     absl::Duration call_timeout,
-                                                                     absl::Duration keepalive) {
+absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(
+    const v1::QueryCacheConfig& config) {
+  absl::StatusOr<std::string> token = ReadToken(config);
+  if (!token.ok()) return token.status();
+  return Create(config.target(), config.tls(), absl::Milliseconds(config.call_timeout_ms()),
+                absl::Milliseconds(config.keepalive_ms()), *token);
+}
+
+absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(
+    const std::string& target, const v1::ClientTlsConfig& tls, absl::Duration call_timeout,
+    absl::Duration keepalive, const std::string& bearer_token) {
   server::ChannelOptions options;
   options.target = target;
   options.tls = tls;
+  options.bearer_token = bearer_token;
   // Reconnect quickly after the sidecar restarts.
   options.args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   options.args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
@@ -424,6 +471,8 @@ void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)
   call->then = [done = std::move(done)](SetCall& c) {
     if (c.status.ok()) {
       done(c.response.stored());
+    } else if (c.status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      done(false);  // a generation the sidecar did not hand out: refused
     } else {
       done(FromGrpc(c.status));
     }
@@ -433,17 +482,54 @@ void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)
 
 void SidecarClient::Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
                                absl::Duration timeout, std::function<void(absl::Status)> done) {
-  using InvalidateCall = Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>;
-  InvalidateCall* call = NewCall<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>(timeout);
-  if (call == nullptr) {
-    done(FromGrpc(Closed()));
-    return;
+  // The tags in runs of at most kMaxTagsPerInvalidate tags and
+  // kMaxBytesPerInvalidate bytes; flush_all travels with the first.
+  std::vector<std::vector<std::string>> chunks(1);
+  size_t chunk_bytes = 0;
+  for (std::string& tag : tags) {
+    if (!chunks.back().empty() && (chunks.back().size() >= kMaxTagsPerInvalidate ||
+                                   chunk_bytes + tag.size() > kMaxBytesPerInvalidate)) {
+      chunks.emplace_back();
+      chunk_bytes = 0;
+    }
+    chunk_bytes += tag.size();
+    chunks.back().push_back(std::move(tag));
   }
-  for (std::string& tag : tags) call->request.add_tags(std::move(tag));
-  call->request.set_flush_all(flush_all);
-  call->request.set_source(std::move(source));
-  call->then = [done = std::move(done)](InvalidateCall& c) { done(FromGrpc(c.status)); };
-  call->Start(stub_->PrepareAsyncInvalidate(&call->context, call->request, call->cq));
+  // Answers `done` once every call has: with the first failure, if any.
+  struct Pending {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu);
+    absl::Status status ABSL_GUARDED_BY(mu);
+    std::function<void(absl::Status)> done;
+  };
+  auto pending = std::make_shared<Pending>();
+  {
+    absl::MutexLock lock(&pending->mu);
+    pending->left = chunks.size();
+  }
+  pending->done = std::move(done);
+  auto answer = [pending](absl::Status s) {
+    {
+      absl::MutexLock lock(&pending->mu);
+      if (pending->status.ok()) pending->status = std::move(s);
+      if (--pending->left > 0) return;
+    }
+    pending->done(pending->status);
+  };
+  using InvalidateCall = Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    InvalidateCall* call =
+        NewCall<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>(timeout);
+    if (call == nullptr) {
+      answer(FromGrpc(Closed()));
+      continue;
+    }
+    for (std::string& tag : chunks[i]) call->request.add_tags(std::move(tag));
+    call->request.set_flush_all(flush_all && i == 0);
+    call->request.set_source(source);
+    call->then = [answer](InvalidateCall& c) { answer(FromGrpc(c.status)); };
+    call->Start(stub_->PrepareAsyncInvalidate(&call->context, call->request, call->cq));
+  }
 }
 
 }  // namespace poolside::query

@@ -20,8 +20,23 @@
 // Get is its own call; under heavy load one call carries many, which is what
 // keeps a cache hit cheaper than the database query it replaces.
 //
+// Set: a fill the sidecar refuses because its read_generation is not one the
+// sidecar handed out (FAILED_PRECONDITION: e.g. the sidecar restarted between
+// the Get and the Set) answers OK(false), like any other refused fill.
+//
+// Invalidate sends its tags in calls of at most kMaxTagsPerInvalidate tags and
+// kMaxBytesPerInvalidate bytes (the sidecar's default per-request bounds),
+// and answers once every call has: OK only if all were.
+//
+// With a bearer token (the sidecar's auth principals), every call and the
+// watch carry it.
+//
 // Watch() keeps one WatchInvalidations stream open, read on the queue, and
-// watches again 100 ms to 1 s after a stream ends or cannot start. A thread of
+// watches again 100 ms to 1 s after a stream ends or cannot start, whatever
+// ended it (e.g. RESOURCE_EXHAUSTED: this client fell behind and the sidecar
+// dropped events for it): `on_event` gets kBroken at the end and kSubscribed
+// once watching again, and its owner drops what it kept meanwhile (the near
+// cache stops serving at kBroken and empties itself at kSubscribed). A thread of
 // its own only waits (on a mutex, never on gRPC) for a stream to end and for
 // the backoff, and starts the next stream.
 //
@@ -56,16 +71,22 @@ class SidecarClient : public CacheClient {
  public:
   static constexpr int kMaxGetCallsInFlight = 4;
   static constexpr int kMaxKeysPerCall = 256;
+  static constexpr size_t kMaxTagsPerInvalidate = 1024;
+  static constexpr size_t kMaxBytesPerInvalidate = 256 << 10;
 
   // `target`: "unix:/path" or "host:port" (TLS per `tls`, see common/server/channel.h).
   // While a call (the watch) is open, the connection is pinged after
   // `keepalive` without traffic and dropped when a ping goes unanswered for
   // `keepalive` (the sidecar must accept pings that often: common/server does).
-  // INVALID_ARGUMENT when the TLS files cannot be read.
-  static absl::StatusOr<std::unique_ptr<SidecarClient>> Create(const std::string& target,
-                                                               const v1::ClientTlsConfig& tls,
-                                                               absl::Duration call_timeout,
-                                                               absl::Duration keepalive);
+  // `bearer_token`: sent with every call when not empty. INVALID_ARGUMENT when
+  // the TLS files cannot be read.
+  static absl::StatusOr<std::unique_ptr<SidecarClient>> Create(
+      const std::string& target, const v1::ClientTlsConfig& tls, absl::Duration call_timeout,
+      absl::Duration keepalive, const std::string& bearer_token = "");
+  // The same from the query service's (validated) cache configuration: target,
+  // tls, callTimeoutMs, keepaliveMs, and the token from tokenEnv or tokenFile
+  // (INVALID_ARGUMENT naming the setting when it cannot be read or is empty).
+  static absl::StatusOr<std::unique_ptr<SidecarClient>> Create(const v1::QueryCacheConfig& config);
   // Starts the client's own completion queue and the thread polling it.
   SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Duration call_timeout);
   // Close(), then stops the own queue's thread if UseQueue() did not.

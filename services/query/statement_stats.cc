@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <map>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/telemetry/log.h"
@@ -12,95 +11,38 @@
 namespace poolside::query {
 namespace {
 
-constexpr size_t kMaxNormalizedLength = 2000;
 constexpr absl::string_view kOther = "<other>";
 
-bool IdentChar(char c) { return absl::ascii_isalnum(c) || c == '_' || c == '$'; }
-
 }  // namespace
-
-std::string NormalizeSql(absl::string_view sql) {
-  std::string out;
-  out.reserve(std::min(sql.size(), kMaxNormalizedLength));
-  bool pending_space = false;
-  for (size_t i = 0; i < sql.size() && out.size() < kMaxNormalizedLength;) {
-    const char c = sql[i];
-    if (absl::ascii_isspace(c)) {
-      pending_space = !out.empty();
-      ++i;
-      continue;
-    }
-    if (pending_space) {
-      out.push_back(' ');
-      pending_space = false;
-    }
-    if (c == '\'') {  // string literal, '' escapes a quote
-      ++i;
-      while (i < sql.size()) {
-        if (sql[i] == '\'' && i + 1 < sql.size() && sql[i + 1] == '\'') {
-          i += 2;
-        } else if (sql[i] == '\'') {
-          ++i;
-          break;
-        } else {
-          ++i;
-        }
-      }
-      out.push_back('?');
-      continue;
-    }
-    if (c == '"') {  // quoted identifier: keep
-      size_t j = sql.find('"', i + 1);
-      j = j == absl::string_view::npos ? sql.size() : j + 1;
-      absl::StrAppend(&out, sql.substr(i, j - i));
-      i = j;
-      continue;
-    }
-    const bool starts_number =
-        absl::ascii_isdigit(c) && (out.empty() || !IdentChar(out.back()));
-    if (starts_number) {
-      while (i < sql.size() && (absl::ascii_isalnum(sql[i]) || sql[i] == '.')) ++i;
-      out.push_back('?');
-      continue;
-    }
-    out.push_back(c);
-    ++i;
-  }
-  return out;
-}
 
 StatementStatsRegistry::StatementStatsRegistry(size_t max_entries)
     : max_entries_(std::max<size_t>(1, max_entries)) {}
 
-void StatementStatsRegistry::Record(absl::string_view database, absl::string_view sql,
+void StatementStatsRegistry::Record(absl::string_view database, const sql::Analysis& statement,
                                     absl::Duration latency, uint64_t rows, bool ok) {
   Entry* e;
   {
     absl::MutexLock lock(&mu_);
-    std::string raw_key = absl::StrCat(database, "\x1f", sql);
-    auto raw = by_raw_.find(raw_key);
-    if (raw != by_raw_.end()) {
-      e = raw->second;
-    } else {
-      std::string normalized = NormalizeSql(sql);
-      std::string key = absl::StrCat(database, "\x1f", normalized);
-      auto it = entries_.find(key);
-      if (it == entries_.end()) {
-        if (entries_.size() >= max_entries_) {
-          key = absl::StrCat(database, "\x1f", kOther);
-          normalized = std::string(kOther);
-          it = entries_.find(key);
-        }
-        if (it == entries_.end()) {
-          auto entry = std::make_unique<Entry>();
-          entry->database = std::string(database);
-          entry->statement = normalized;
-          it = entries_.emplace(key, std::move(entry)).first;
-        }
+    std::string key = absl::StrCat(database, "\x1f", statement.fingerprint);
+    auto it = entries_.find(key);
+    if (it == entries_.end()) {
+      std::string normalized = statement.normalized;
+      uint64_t fingerprint = statement.fingerprint;
+      if (entries_.size() >= max_entries_) {
+        key = absl::StrCat(database, "\x1f", kOther);
+        normalized = std::string(kOther);
+        fingerprint = 0;
+        it = entries_.find(key);
       }
-      e = it->second.get();
-      if (by_raw_.size() < 4 * max_entries_) by_raw_.emplace(std::move(raw_key), e);
+      if (it == entries_.end()) {
+        auto entry = std::make_unique<Entry>();
+        entry->database = std::string(database);
+        entry->statement = std::move(normalized);
+        entry->fingerprint = fingerprint;
+        it = entries_.emplace(std::move(key), std::move(entry)).first;
+      }
     }
+    e = it->second.get();
     ++e->calls;
     if (!ok) ++e->errors;
     e->rows += rows;
@@ -145,6 +87,7 @@ std::vector<v1::StatementStats> StatementStatsRegistry::Snapshot(absl::string_vi
       v1::StatementStats s;
       s.set_database(e->database);
       s.set_statement(e->statement);
+      if (e->fingerprint != 0) s.set_fingerprint(absl::StrFormat("%016x", e->fingerprint));
       s.set_calls(e->calls);
       s.set_errors(e->errors);
       s.set_rows(e->rows);

@@ -2,10 +2,11 @@
 #define POOLSIDE_SERVICES_QUERY_STATEMENT_STATS_H_
 
 // Per-statement statistics seen from the client side, like pg_stat_statements:
-// calls, errors, rows and a latency histogram per (database, normalized SQL).
-// Literals are replaced by '?' so statements differing only in constants share
-// an entry. At most `max_entries` statements are tracked; the rest are counted
-// under "<other>".
+// calls, errors, rows and a latency histogram per (database, statement
+// fingerprint), shown with the statement normalized by PostgreSQL's parser
+// (every literal replaced by $n), so statements differing only in constants
+// share an entry and no literal is ever shown. At most `max_entries`
+// statements are tracked; the rest are counted under "<other>".
 //
 // Thread-safe.
 
@@ -21,21 +22,20 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/sql/statement_analyzer.h"
 #include "common/telemetry/histogram.h"
 #include "proto/poolside/v1/query.pb.h"
 
 namespace poolside::query {
 
-// Replaces string and numeric literals with '?', folds whitespace, bounds the
-// length. "SELECT * FROM t WHERE a = 'x' AND b=42" -> "SELECT * FROM t WHERE a = ? AND b=?".
-std::string NormalizeSql(absl::string_view sql);
 
 class StatementStatsRegistry {
  public:
   explicit StatementStatsRegistry(size_t max_entries = 5000);
 
-  void Record(absl::string_view database, absl::string_view sql, absl::Duration latency,
-              uint64_t rows, bool ok);
+  // `statement` must have parsed (the engine runs nothing else).
+  void Record(absl::string_view database, const sql::Analysis& statement,
+              absl::Duration latency, uint64_t rows, bool ok);
 
   // Sorted by total time, descending; `database` empty means all; limit 0: all.
   std::vector<v1::StatementStats> Snapshot(absl::string_view database, size_t limit) const;
@@ -52,6 +52,7 @@ class StatementStatsRegistry {
   struct Entry {
     std::string database;
     std::string statement;
+    uint64_t fingerprint = 0;
     uint64_t calls = 0;
     uint64_t errors = 0;
     uint64_t rows = 0;
@@ -61,8 +62,6 @@ class StatementStatsRegistry {
   const size_t max_entries_;
   std::atomic<int64_t> slow_threshold_ns_{0};
   mutable absl::Mutex mu_;
-  // Keyed by the raw SQL too, so the hot path normalizes each distinct text once.
-  absl::flat_hash_map<std::string, Entry*> by_raw_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::unique_ptr<Entry>> entries_ ABSL_GUARDED_BY(mu_);
 };
 

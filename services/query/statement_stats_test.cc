@@ -5,25 +5,37 @@
 namespace poolside::query {
 namespace {
 
-TEST(NormalizeSqlTest, ReplacesLiteralsAndFoldsWhitespace) {
-  EXPECT_EQ(NormalizeSql("SELECT *   FROM t\n WHERE a = 'it''s' AND b=42 AND c = 1.5e3"),
-            "SELECT * FROM t WHERE a = ? AND b=? AND c = ?");
+// Records `sql` as the engine does: by its analysis.
+void Record(StatementStatsRegistry& reg, absl::string_view db, absl::string_view sql,
+            absl::Duration latency, uint64_t rows, bool ok) {
+  reg.Record(db, *sql::AnalyzeOnce(sql), latency, rows, ok);
 }
 
-TEST(NormalizeSqlTest, KeepsIdentifiersParamsAndQuotedNames) {
-  EXPECT_EQ(NormalizeSql("select t1.col2, \"Weird 7\" from t1 where x = $1"),
-            "select t1.col2, \"Weird 7\" from t1 where x = $1");
+TEST(StatementStatsTest, NoLiteralOfAnyKindIsShown) {
+  StatementStatsRegistry reg;
+  Record(reg, "db",
+         "SELECT * FROM t WHERE a = 'secret1' AND b = E'secret2\\n' AND c = $$secret3$$ "
+         "AND d = $tag$secret4$tag$ AND e = 424242 AND f = 1.5e3 AND g = X'ABCD' AND h = $1",
+         absl::Milliseconds(1), 0, true);
+  auto all = reg.Snapshot("db", 0);
+  ASSERT_EQ(all.size(), 1u);
+  const std::string& shown = all[0].statement();
+  for (const char* literal : {"secret", "424242", "1.5e3", "ABCD"}) {
+    EXPECT_EQ(shown.find(literal), std::string::npos) << literal << " in " << shown;
+  }
+  EXPECT_NE(shown.find("$1"), std::string::npos) << shown;
+  EXPECT_EQ(all[0].fingerprint().size(), 16u);
 }
 
 TEST(StatementStatsTest, GroupsByNormalizedStatement) {
   StatementStatsRegistry reg;
-  reg.Record("db", "SELECT 1", absl::Milliseconds(2), 1, true);
-  reg.Record("db", "SELECT 2", absl::Milliseconds(4), 1, true);
-  reg.Record("db", "SELECT 2", absl::Milliseconds(6), 0, false);
-  reg.Record("other", "SELECT 1", absl::Milliseconds(1), 1, true);
+  Record(reg, "db", "SELECT 1", absl::Milliseconds(2), 1, true);
+  Record(reg, "db", "select   2 -- a comment", absl::Milliseconds(4), 1, true);
+  Record(reg, "db", "SELECT 2", absl::Milliseconds(6), 0, false);
+  Record(reg, "other", "SELECT 1", absl::Milliseconds(1), 1, true);
   auto all = reg.Snapshot("db", 0);
   ASSERT_EQ(all.size(), 1u);
-  EXPECT_EQ(all[0].statement(), "SELECT ?");
+  EXPECT_EQ(all[0].statement(), "SELECT $1");
   EXPECT_EQ(all[0].calls(), 3u);
   EXPECT_EQ(all[0].errors(), 1u);
   EXPECT_EQ(all[0].rows(), 2u);
@@ -35,10 +47,10 @@ TEST(StatementStatsTest, GroupsByNormalizedStatement) {
 
 TEST(StatementStatsTest, BoundedEntriesOverflowIntoOther) {
   StatementStatsRegistry reg(2);
-  reg.Record("db", "SELECT a FROM x", absl::Milliseconds(1), 0, true);
-  reg.Record("db", "SELECT b FROM x", absl::Milliseconds(1), 0, true);
-  reg.Record("db", "SELECT c FROM x", absl::Milliseconds(1), 0, true);
-  reg.Record("db", "SELECT d FROM x", absl::Milliseconds(1), 0, true);
+  Record(reg, "db", "SELECT a FROM x", absl::Milliseconds(1), 0, true);
+  Record(reg, "db", "SELECT b FROM x", absl::Milliseconds(1), 0, true);
+  Record(reg, "db", "SELECT c FROM x", absl::Milliseconds(1), 0, true);
+  Record(reg, "db", "SELECT d FROM x", absl::Milliseconds(1), 0, true);
   auto all = reg.Snapshot("", 0);
   ASSERT_EQ(all.size(), 3u);
   uint64_t other_calls = 0;
@@ -48,8 +60,8 @@ TEST(StatementStatsTest, BoundedEntriesOverflowIntoOther) {
 
 TEST(StatementStatsTest, SortedByTotalTimeAndLimited) {
   StatementStatsRegistry reg;
-  reg.Record("db", "SELECT a FROM x", absl::Milliseconds(1), 0, true);
-  reg.Record("db", "SELECT b FROM x", absl::Milliseconds(9), 0, true);
+  Record(reg, "db", "SELECT a FROM x", absl::Milliseconds(1), 0, true);
+  Record(reg, "db", "SELECT b FROM x", absl::Milliseconds(9), 0, true);
   auto top = reg.Snapshot("", 1);
   ASSERT_EQ(top.size(), 1u);
   EXPECT_EQ(top[0].statement(), "SELECT b FROM x");
@@ -58,10 +70,10 @@ TEST(StatementStatsTest, SortedByTotalTimeAndLimited) {
 TEST(StatementStatsTest, LatencyByDatabaseMergesStatements) {
   StatementStatsRegistry reg;
   reg.SetSlowThreshold(absl::Seconds(1));
-  reg.Record("db", "SELECT 1", absl::Milliseconds(2), 1, true);
-  reg.Record("db", "SELECT 2", absl::Milliseconds(4), 1, true);
-  reg.Record("db", "SELECT 3", absl::Seconds(2), 1, false);  // also logged as slow
-  reg.Record("other", "SELECT 1", absl::Milliseconds(1), 1, true);
+  Record(reg, "db", "SELECT 1", absl::Milliseconds(2), 1, true);
+  Record(reg, "db", "SELECT 2", absl::Milliseconds(4), 1, true);
+  Record(reg, "db", "SELECT 3", absl::Seconds(2), 1, false);  // also logged as slow
+  Record(reg, "other", "SELECT 1", absl::Milliseconds(1), 1, true);
   const auto by_db = reg.LatencyByDatabase();
   ASSERT_EQ(by_db.size(), 2u);
   EXPECT_EQ(by_db[0].first, "db");

@@ -1,0 +1,157 @@
+#include "common/db/catalog.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace poolside::db {
+namespace {
+
+// Collects a result's rows as text (NULL as "").
+class TextRows : public ResultSink {
+ public:
+  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
+    return absl::OkStatus();
+  }
+  v1::Row* NewRow() override {
+    row_.Clear();
+    return &row_;
+  }
+  absl::Status RowDone(size_t) override {
+    std::vector<std::string> cells;
+    for (const v1::Value& v : row_.values()) {
+      switch (v.kind_case()) {
+        case v1::Value::kTextValue: cells.push_back(v.text_value()); break;
+        case v1::Value::kBoolValue: cells.push_back(v.bool_value() ? "t" : "f"); break;
+        case v1::Value::kInt64Value: cells.push_back(absl::StrCat(v.int64_value())); break;
+        default: cells.push_back(""); break;
+      }
+    }
+    rows.push_back(std::move(cells));
+    return absl::OkStatus();
+  }
+  void Finish(int64_t, absl::string_view) override {}
+
+  std::vector<std::vector<std::string>> rows;
+
+ private:
+  v1::Row row_;
+};
+
+absl::StatusOr<std::vector<std::vector<std::string>>> Query(Connection& conn,
+                                                             absl::string_view sql,
+                                                             absl::Time deadline) {
+  TextRows rows;
+  Statement st;
+  st.sql = sql;
+  st.sink = &rows;
+  st.deadline = deadline;
+  Statement* ptr = &st;
+  absl::Status link = conn.RunIndependent({&ptr, 1});
+  if (!link.ok()) return link;
+  if (!st.status.ok()) return st.status;
+  return std::move(rows.rows);
+}
+
+constexpr absl::string_view kSessionRoleSql =
+    "SELECT current_user::text, r.rolsuper, "
+    "pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), "
+    "pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'), "
+    "pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'), "
+    "pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'), "
+    "current_setting('default_transaction_read_only')::bool "
+    "FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
+
+// Names whose every definition is built in and non-volatile ('f': functions,
+// 'o': operators), and relation names some view or foreign table carries ('r').
+constexpr absl::string_view kBuiltinSql =
+    "SELECT 'f', p.proname::text FROM pg_catalog.pg_proc p GROUP BY p.proname "
+    "HAVING bool_and(p.pronamespace = 'pg_catalog'::regnamespace AND p.provolatile <> 'v') "
+    "UNION ALL "
+    "SELECT 'o', o.oprname::text FROM pg_catalog.pg_operator o "
+    "JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode::oid GROUP BY o.oprname "
+    "HAVING bool_and(o.oprnamespace = 'pg_catalog'::regnamespace AND p.provolatile <> 'v') "
+    "UNION ALL "
+    "SELECT DISTINCT 'r', c.relname::text FROM pg_catalog.pg_class c WHERE c.relkind IN ('v', 'f')";
+
+// Splits "schema.name" at its last '.' (operators hold no '.').
+std::pair<absl::string_view, absl::string_view> SplitQualified(absl::string_view name) {
+  const size_t dot = name.rfind('.');
+  if (dot == absl::string_view::npos) return {absl::string_view(), name};
+  return {name.substr(0, dot), name.substr(dot + 1)};
+}
+
+}  // namespace
+
+std::string SessionRole::WhyPrivileged() const {
+  if (superuser) return "superuser";
+  return absl::StrCat("member of ", absl::StrJoin(privileged_memberships, ", "));
+}
+
+absl::StatusOr<SessionRole> ReadSessionRole(Connection& conn, absl::Time deadline) {
+  absl::StatusOr<std::vector<std::vector<std::string>>> rows =
+      Query(conn, kSessionRoleSql, deadline);
+  if (!rows.ok()) return rows.status();
+  if (rows->size() != 1 || (*rows)[0].size() != 7) {
+    return absl::InternalError("cannot read the connection's role from pg_roles");
+  }
+  const std::vector<std::string>& r = (*rows)[0];
+  SessionRole role;
+  role.user = r[0];
+  role.superuser = r[1] == "t";
+  static constexpr const char* kPrivileged[] = {"pg_execute_server_program",
+                                                "pg_read_server_files", "pg_write_server_files",
+                                                "pg_signal_backend"};
+  for (int i = 0; i < 4; ++i) {
+    if (r[2 + i] == "t" && !role.superuser) role.privileged_memberships.push_back(kPrivileged[i]);
+  }
+  role.read_only_by_default = r[6] == "t";
+  return role;
+}
+
+absl::Status CheckSessionRole(const SessionRole& role, absl::string_view database,
+                              bool allow_privileged) {
+  if (!role.privileged() || allow_privileged) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "database ", database, ": role \"", role.user, "\" is ", role.WhyPrivileged(),
+      ", so any caller could reach the server's files, programs or backends through it; "
+      "connect as an unprivileged role (README, Security) or set allowPrivilegedRole: true "
+      "for this database"));
+}
+
+absl::StatusOr<BuiltinCatalog> BuiltinCatalog::Load(Connection& conn, absl::Time deadline) {
+  absl::StatusOr<std::vector<std::vector<std::string>>> rows = Query(conn, kBuiltinSql, deadline);
+  if (!rows.ok()) return rows.status();
+  BuiltinCatalog c;
+  for (const std::vector<std::string>& r : *rows) {
+    if (r.size() != 2) continue;
+    if (r[0] == "f") c.functions_.insert(r[1]);
+    if (r[0] == "o") c.operators_.insert(r[1]);
+    if (r[0] == "r") c.unsafe_relations_.insert(r[1]);
+  }
+  if (c.functions_.empty()) return absl::InternalError("pg_proc lists no built-in function");
+  return c;
+}
+
+bool BuiltinCatalog::AllSafe(absl::Span<const std::string> functions,
+                             absl::Span<const std::string> operators,
+                             absl::Span<const std::string> relations) const {
+  auto safe = [](const absl::flat_hash_set<std::string>& set, absl::string_view name) {
+    auto [schema, base] = SplitQualified(name);
+    if (!schema.empty() && schema != "pg_catalog") return false;
+    return set.contains(base);
+  };
+  for (const std::string& f : functions) {
+    if (!safe(functions_, f)) return false;
+  }
+  for (const std::string& o : operators) {
+    if (!safe(operators_, o)) return false;
+  }
+  for (const std::string& r : relations) {
+    if (unsafe_relations_.contains(SplitQualified(r).second)) return false;
+  }
+  return true;
+}
+
+}  // namespace poolside::db

@@ -1,0 +1,343 @@
+// Database when its connections die or are spoiled: a connection killed while
+// idle is replaced before use, work whose connection dies under it runs once
+// more on a fresh one when that cannot run anything twice, a write whose
+// outcome is unknown says so, and a connection a statement left unclean is
+// never handed out again.
+//
+// Deaths "in flight" go through a FaultProxy that holds the server's goodbye
+// back until the client speaks, or cuts the reply to a request that ran: the
+// same races a real network produces, made deterministic. Backends are
+// terminated while idle, never while racing a statement.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+#include "services/query/database.h"
+#include "services/query/query_config.h"
+#include "tests/fixtures/fault_proxy.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside::query {
+namespace {
+
+// Keeps the first value of the first row; can start over.
+class FirstValueSink : public db::ResultSink {
+ public:
+  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
+    return absl::OkStatus();
+  }
+  v1::Row* NewRow() override { return rows_.Add(); }
+  absl::Status RowDone(size_t) override { return absl::OkStatus(); }
+  void Finish(int64_t, absl::string_view) override {}
+  bool Rewind() override {
+    rows_.Clear();
+    ++rewinds;
+    return true;
+  }
+  int64_t value() const { return rows_.empty() ? -1 : rows_[0].values(0).int64_value(); }
+  int rewinds = 0;
+
+ private:
+  google::protobuf::RepeatedPtrField<v1::Row> rows_;
+};
+
+// One call to a Database and its outcome.
+struct Call {
+  Call(std::string text, bool batchable, absl::Time deadline) : sql(std::move(text)) {
+    work = std::make_shared<Work>();
+    work->deadline = deadline;
+    work->batchable = batchable;
+    work->statement.sql = sql;
+    work->statement.sink = &sink;
+    work->done = [this](absl::Status s) {
+      status = std::move(s);
+      finished.Notify();
+    };
+  }
+  // A single statement sharing a pipeline with others (a write unless marked).
+  static std::unique_ptr<Call> Statement(std::string sql, absl::Time deadline, bool read = false) {
+    auto c = std::make_unique<Call>(std::move(sql), true, deadline);
+    c->work->statement.may_share_sync = read;
+    return c;
+  }
+  // A transaction on a connection of its own.
+  static std::unique_ptr<Call> Transaction(std::string sql, absl::Time deadline, bool read_only) {
+    auto c = std::make_unique<Call>(std::move(sql), false, deadline);
+    Call* raw = c.get();
+    c->work->exclusive = [raw, read_only](db::Connection& conn) {
+      db::Statement* st = &raw->work->statement;
+      return conn.RunTransaction(read_only ? "BEGIN READ ONLY" : "BEGIN", {&st, 1},
+                                 raw->work->deadline, &raw->work->cancelled);
+    };
+    c->work->read_only = read_only;
+    c->work->rewind = [raw] { return raw->sink.Rewind(); };
+    return c;
+  }
+  bool Wait() { return finished.WaitForNotificationWithTimeout(absl::Seconds(30)); }
+
+  std::string sql;
+  FirstValueSink sink;
+  std::shared_ptr<Work> work;
+  absl::Notification finished;
+  absl::Status status;
+};
+
+class DatabaseFaultsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pg_ = &testing::SharedPostgres();
+    ASSERT_TRUE(
+        pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS dbf_t (id int8 PRIMARY KEY)").ok());
+    ASSERT_TRUE(pg_->Exec("postgres", "TRUNCATE dbf_t").ok());
+  }
+
+  // A database of its own for each test (its connections' application_name
+  // is poolside-query/<name>); `dsn` empty: straight to the server.
+  v1::DatabaseConfig Config(int max_size, const std::string& dsn = "",
+                            uint32_t validate_after_idle_ms = 0) {
+    v1::QueryServiceConfig c;
+    auto* db = c.add_databases();
+    static int databases = 0;
+    db->set_name(absl::StrCat("faults", ++databases));
+    db->set_dsn(dsn.empty() ? pg_->Dsn() : dsn);
+    db->set_allow_privileged_role(true);  // the fixture's superuser
+    db->mutable_pool()->set_max_size(max_size);
+    db->mutable_pool()->set_min_idle(max_size);
+    db->mutable_pool()->set_validate_after_idle_ms(validate_after_idle_ms);
+    c.mutable_server()->mutable_tls()->set_plaintext(true);
+    auto done = FinalizeQueryConfig(c);
+    EXPECT_TRUE(done.ok()) << done.status();
+    return done->databases(0);
+  }
+
+  std::string AppName(const Database& db) { return absl::StrCat("poolside-query/", db.name()); }
+
+  int Backends(const Database& db) {
+    auto v = pg_->QueryValue("postgres", absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE "
+                                                      "application_name = '",
+                                                      AppName(db), "'"));
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.ok() ? std::stoi(*v) : -1;
+  }
+
+  // Terminates every backend of `db` (all idle in the pool) and waits until the
+  // server has let them all go.
+  void TerminateAll(const Database& db) {
+    ASSERT_TRUE(pg_->Exec("postgres", absl::StrCat("SELECT pg_terminate_backend(pid) FROM "
+                                                   "pg_stat_activity WHERE application_name = '",
+                                                   AppName(db), "'"))
+                    .ok());
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (Backends(db) != 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+    ASSERT_EQ(Backends(db), 0);
+  }
+
+  // Runs `call` alone and waits for its answer.
+  absl::Status Run(Database& db, Call& call) {
+    absl::Status s = db.Submit(call.work);
+    if (!s.ok()) return s;
+    EXPECT_TRUE(call.Wait()) << call.sql << " never answered";
+    return call.status;
+  }
+
+  // A fresh connection through a proxy, ready to have its backend terminated.
+  std::unique_ptr<Database> ThroughProxy(testing::FaultProxy& proxy) {
+    auto db = std::make_unique<Database>(Config(
+        1, absl::StrCat("host=127.0.0.1 port=", proxy.port(), " dbname=postgres user=postgres"),
+        // No pre-ping: the only defence left is what this file tests.
+        600000));
+    EXPECT_TRUE(db->WarmUp().ok());
+    return db;
+  }
+
+  absl::Time Soon() { return absl::Now() + absl::Seconds(10); }
+
+  std::string Ids() {
+    auto v = pg_->QueryValue("postgres", "SELECT array_agg(id ORDER BY id) FROM dbf_t");
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.ok() ? *v : "?";
+  }
+
+  testing::PostgresCluster* pg_;
+};
+
+TEST_F(DatabaseFaultsTest, ConnectionsKilledWhileIdleAreReplacedBeforeAnyCallUsesThem) {
+  Database db(Config(4));
+  ASSERT_TRUE(db.WarmUp().ok());
+  ASSERT_EQ(Backends(db), 4);
+  TerminateAll(db);
+
+  std::vector<std::unique_ptr<Call>> calls;
+  for (int i = 0; i < 24; ++i) {
+    switch (i % 3) {
+      case 0:
+        calls.push_back(Call::Statement(absl::StrCat("SELECT ", i, "::int8"), Soon(), true));
+        break;
+      case 1:
+        calls.push_back(
+            Call::Statement(absl::StrCat("INSERT INTO dbf_t VALUES (", i, ")"), Soon()));
+        break;
+      case 2:
+        calls.push_back(Call::Transaction(absl::StrCat("SELECT ", i, "::int8"), Soon(), true));
+        break;
+    }
+    ASSERT_TRUE(db.Submit(calls.back()->work).ok());
+  }
+  for (auto& c : calls) {
+    ASSERT_TRUE(c->Wait());
+    EXPECT_TRUE(c->status.ok()) << c->sql << ": " << c->status;
+  }
+  EXPECT_GE(db.pool().Stats().broken, 4u);
+  EXPECT_EQ(db.retries(), 0u) << "dead connections reached calls";
+  EXPECT_EQ(Ids(), "{1,4,7,10,13,16,19,22}");
+}
+
+TEST_F(DatabaseFaultsTest, AReadWhoseConnectionDiedJustBeforeItRanIsRunAgain) {
+  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+  auto warm = Call::Statement("SELECT 7::int8", Soon(), /*read=*/true);
+  ASSERT_TRUE(Run(*db, *warm).ok());
+
+  (*proxy)->HoldReplies();
+  TerminateAll(*db);
+  ASSERT_TRUE((*proxy)->WaitForHeldServerCloses(1, absl::Seconds(10)));
+
+  auto read = Call::Statement("SELECT 7::int8", Soon(), /*read=*/true);
+  EXPECT_TRUE(Run(*db, *read).ok()) << read->status;
+  EXPECT_EQ(read->sink.value(), 7);
+  EXPECT_EQ(db->retries(), 1u);
+  EXPECT_EQ(db->pool().Stats().broken, 1u);
+}
+
+// The write's statement is prepared on the connection, so its pipeline starts
+// with its Execute: the marker in front proves the server ran none of it.
+TEST_F(DatabaseFaultsTest, AWriteTheServerProvablyNeverRanIsRunAgainOnce) {
+  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+  google::protobuf::RepeatedPtrField<v1::Value> one, two;
+  one.Add()->set_int64_value(1);
+  two.Add()->set_int64_value(2);
+  auto first = Call::Statement("INSERT INTO dbf_t VALUES ($1)", Soon());
+  first->work->statement.params = &one;
+  ASSERT_TRUE(Run(*db, *first).ok()) << first->status;
+
+  (*proxy)->HoldReplies();
+  TerminateAll(*db);
+  ASSERT_TRUE((*proxy)->WaitForHeldServerCloses(1, absl::Seconds(10)));
+
+  auto write = Call::Statement("INSERT INTO dbf_t VALUES ($1)", Soon());
+  write->work->statement.params = &two;
+  EXPECT_TRUE(Run(*db, *write).ok()) << write->status;
+  EXPECT_EQ(db->retries(), 1u);
+  EXPECT_EQ(Ids(), "{1,2}");
+}
+
+TEST_F(DatabaseFaultsTest, AWriteWhoseOutcomeIsUnknownSaysSoAndIsNotRunAgain) {
+  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+
+  (*proxy)->CutOnNextRequest();
+  auto write = Call::Statement("INSERT INTO dbf_t VALUES (3)", Soon());
+  absl::Status s = Run(*db, *write);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "outcome unknown")) << s;
+  EXPECT_EQ(db->retries(), 0u);
+  EXPECT_EQ(db->pool().Stats().broken, 1u);
+  // It did run, once: the server went on with it after the client lost it.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (Ids() != "{3}" && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(Ids(), "{3}");
+}
+
+TEST_F(DatabaseFaultsTest, AReadWhoseReplyWasLostIsRunAgain) {
+  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+  (*proxy)->CutOnNextRequest();
+  auto read = Call::Statement("SELECT 11::int8", Soon(), /*read=*/true);
+  EXPECT_TRUE(Run(*db, *read).ok()) << read->status;
+  EXPECT_EQ(read->sink.value(), 11);
+  EXPECT_EQ(db->retries(), 1u);
+}
+
+TEST_F(DatabaseFaultsTest, ExclusiveWorkIsRunAgainWhenNothingOfItRanOrItOnlyReads) {
+  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+
+  // The server ended the session before BEGIN: nothing of the write ran.
+  (*proxy)->HoldReplies();
+  TerminateAll(*db);
+  ASSERT_TRUE((*proxy)->WaitForHeldServerCloses(1, absl::Seconds(10)));
+  auto write = Call::Transaction("INSERT INTO dbf_t VALUES (5)", Soon(), /*read_only=*/false);
+  EXPECT_TRUE(Run(*db, *write).ok()) << write->status;
+  EXPECT_EQ(db->retries(), 1u);
+  EXPECT_EQ(Ids(), "{5}");
+
+  // A read-only transaction whose reply was lost: it starts over.
+  (*proxy)->CutOnNextRequest();
+  auto read = Call::Transaction("SELECT 12::int8", Soon(), /*read_only=*/true);
+  EXPECT_TRUE(Run(*db, *read).ok()) << read->status;
+  EXPECT_EQ(read->sink.value(), 12);
+  EXPECT_EQ(db->retries(), 2u);
+
+  // A write transaction whose reply was lost: not run again.
+  (*proxy)->CutOnNextRequest();
+  auto lost = Call::Transaction("INSERT INTO dbf_t VALUES (6)", Soon(), /*read_only=*/false);
+  EXPECT_EQ(Run(*db, *lost).code(), absl::StatusCode::kUnavailable) << lost->status;
+  EXPECT_EQ(db->retries(), 2u);
+}
+
+// Transaction control in a batch of other callers' statements: the statements
+// that ran inside the open transaction are told so, the connection is
+// discarded and never handed out again.
+TEST_F(DatabaseFaultsTest, ABatchSpoiledByBeginLosesNoAcknowledgedWrite) {
+  Database db(Config(1));
+  // The one worker is busy until the calls below have queued: they go out as
+  // one batch, one pipeline.
+  absl::Notification started, gate, blocker_done;
+  auto blocker = std::make_shared<Work>();
+  blocker->deadline = Soon();
+  blocker->exclusive = [&started, &gate](db::Connection&) {
+    started.Notify();
+    gate.WaitForNotificationWithTimeout(absl::Seconds(30));
+    return absl::OkStatus();
+  };
+  blocker->done = [&blocker_done](absl::Status) { blocker_done.Notify(); };
+  ASSERT_TRUE(db.Submit(blocker).ok());
+  ASSERT_TRUE(started.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  std::vector<std::unique_ptr<Call>> calls;
+  calls.push_back(Call::Statement("SELECT pg_backend_pid()::int8", Soon(), /*read=*/true));
+  calls.push_back(Call::Statement("INSERT INTO dbf_t VALUES (1)", Soon()));
+  calls.push_back(Call::Statement("BEGIN", Soon()));
+  calls.push_back(Call::Statement("INSERT INTO dbf_t VALUES (2)", Soon()));
+  calls.push_back(Call::Statement("INSERT INTO dbf_t VALUES (3)", Soon()));
+  for (auto& c : calls) ASSERT_TRUE(db.Submit(c->work).ok());
+  gate.Notify();
+  blocker_done.WaitForNotification();
+  for (auto& c : calls) ASSERT_TRUE(c->Wait());
+  EXPECT_TRUE(calls[0]->status.ok()) << calls[0]->status;
+  EXPECT_TRUE(calls[1]->status.ok()) << calls[1]->status;
+  EXPECT_EQ(calls[2]->status.code(), absl::StatusCode::kInvalidArgument) << calls[2]->status;
+  for (int i : {3, 4}) {
+    EXPECT_EQ(calls[i]->status.code(), absl::StatusCode::kAborted) << calls[i]->status;
+  }
+  EXPECT_EQ(db.pipelines(), 1u);
+  EXPECT_EQ(db.pool().Stats().broken, 1u);
+  EXPECT_EQ(Ids(), "{1}");
+
+  auto pid = Call::Statement("SELECT pg_backend_pid()::int8", Soon(), /*read=*/true);
+  ASSERT_TRUE(Run(db, *pid).ok()) << pid->status;
+  EXPECT_NE(pid->sink.value(), calls[0]->sink.value());
+}
+
+}  // namespace
+}  // namespace poolside::query

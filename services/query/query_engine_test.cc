@@ -1,0 +1,221 @@
+// The query service's core in process, over a real PostgreSQL: what a caller
+// may run on the shared pools, under which database role, and within which
+// bounds. (tests/ covers the same through the binary and gRPC.)
+#include "services/query/query_engine.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/notification.h"
+#include "common/config/json_config.h"
+#include "gtest/gtest.h"
+#include "services/query/query_config.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside::query {
+namespace {
+
+class QueryEngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pg_ = &testing::SharedPostgres();
+    ASSERT_TRUE(pg_->CreateDatabase("engine").ok());
+    ASSERT_TRUE(pg_->Exec("engine",
+                          "DROP TABLE IF EXISTS accounts, secrets;"
+                          "CREATE TABLE accounts (id int PRIMARY KEY, owner text);"
+                          "INSERT INTO accounts SELECT g, 'owner-' || g FROM generate_series(1, 10) g;"
+                          "CREATE TABLE secrets (id int);"
+                          "DO $$ BEGIN"
+                          "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_owner') THEN"
+                          "    CREATE ROLE eng_owner LOGIN; END IF;"
+                          "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_read') THEN"
+                          "    CREATE ROLE eng_read LOGIN; END IF;"
+                          "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_write') THEN"
+                          "    CREATE ROLE eng_write LOGIN; END IF;"
+                          "END $$;"
+                          "ALTER ROLE eng_read SET default_transaction_read_only = on;"
+                          "ALTER TABLE accounts OWNER TO eng_owner;"
+                          "GRANT SELECT ON accounts TO eng_read;"
+                          "GRANT SELECT, INSERT, UPDATE, DELETE ON accounts TO eng_write;")
+                    .ok());
+  }
+
+  // An engine over database "engine" logging in as eng_owner, with the roles
+  // eng_read and eng_write.
+  static std::unique_ptr<QueryEngine> MakeEngine(const std::string& extra_limits = "") {
+    v1::QueryServiceConfig c;
+    absl::Status parsed = config::ParseJsonConfig(
+        absl::StrCat(R"({"server": {"tls": {"plaintext": true}},
+                        "limits": {)", extra_limits, R"(},
+                        "databases": [{"name": "engine", "dsn": ")",
+                     pg_->Dsn("engine"), R"( user=eng_owner",
+                          "pool": {"maxSize": 2, "minIdle": 0},
+                          "roles": [{"name": "eng_read"}, {"name": "eng_write"}]}]})"),
+        &c);
+    EXPECT_TRUE(parsed.ok()) << parsed;
+    absl::StatusOr<v1::QueryServiceConfig> done = FinalizeQueryConfig(c);
+    EXPECT_TRUE(done.ok()) << done.status();
+    auto engine = std::make_unique<QueryEngine>(*done);
+    engine->Start();
+    return engine;
+  }
+
+  static auth::Principal Principal(const std::string& role, bool write, bool ddl = false) {
+    auth::Principal p;
+    p.name = role.empty() ? "owner" : role;
+    p.roles = auth::kRead | auth::kSql | (write ? auth::kWrite : 0) | (ddl ? auth::kDdl : 0);
+    p.all_databases = true;
+    p.database_role = role;
+    return p;
+  }
+
+  static CallAccess AccessOf(const auth::Principal& p) {
+    CallAccess a;
+    a.read_only = p.read_only();
+    a.ddl = p.Has(auth::kDdl);
+    a.principal = &p;
+    return a;
+  }
+
+  // Runs Execute to its end; the status is the call's, `response` its answer.
+  static absl::Status Run(QueryEngine& engine, const std::string& sql, const CallAccess& access,
+                          v1::ExecuteResponse* response = nullptr,
+                          absl::Duration timeout = absl::Seconds(10)) {
+    v1::ExecuteRequest request;
+    request.set_sql(sql);
+    v1::ExecuteResponse local;
+    if (response == nullptr) response = &local;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine.Execute(
+        request, engine.EffectiveDeadline(absl::Now() + timeout), "test", response,
+        [&](absl::Status s) {
+          outcome = s;
+          done.Notify();
+        },
+        access);
+    if (!work.ok()) return work.status();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(timeout + absl::Seconds(10)));
+    return outcome;
+  }
+
+  static std::string FirstText(const v1::ExecuteResponse& r) {
+    if (r.result().rows_size() == 0 || r.result().rows(0).values_size() == 0) return "";
+    return r.result().rows(0).values(0).text_value();
+  }
+
+  static testing::PostgresCluster* pg_;
+};
+
+testing::PostgresCluster* QueryEngineTest::pg_ = nullptr;
+
+TEST_F(QueryEngineTest, EachPrincipalRunsAsItsDatabaseRole) {
+  auto engine = MakeEngine();
+  const auth::Principal reader = Principal("eng_read", false);
+  const auth::Principal writer = Principal("eng_write", true);
+  const auth::Principal owner = Principal("", true);
+  for (const auto& [who, role] : std::vector<std::pair<const auth::Principal*, std::string>>{
+           {&reader, "eng_read"}, {&writer, "eng_write"}, {&owner, "eng_owner"}}) {
+    v1::ExecuteResponse r;
+    ASSERT_TRUE(Run(*engine, "SELECT current_user::text", AccessOf(*who), &r).ok());
+    EXPECT_EQ(FirstText(r), role);
+  }
+  // One pool per role, listed with its role.
+  v1::GetPoolStatsResponse stats;
+  ASSERT_TRUE(engine->GetPoolStats({}, &stats).ok());
+  std::vector<std::string> pools;
+  for (const auto& p : stats.pools()) pools.push_back(p.database() + "/" + p.role());
+  EXPECT_EQ(pools, (std::vector<std::string>{"engine/", "engine/eng_read", "engine/eng_write"}));
+}
+
+TEST_F(QueryEngineTest, PostgreSQLGrantsDecideWhatARoleReads) {
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  absl::Status s = Run(*engine, "SELECT * FROM secrets", AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_NE(s.message().find("42501"), std::string::npos) << s;
+}
+
+TEST_F(QueryEngineTest, ReadOnlyPrincipalsWritesAreRefusedAndChangeNothing) {
+  auto engine = MakeEngine();
+  const auth::Principal reader = Principal("eng_read", false);
+  absl::Status s = Run(*engine, "UPDATE accounts SET owner = 'x' WHERE id = 1", AccessOf(reader));
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  // A write the parser sees as a read (a volatile function) meets PostgreSQL.
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "CREATE OR REPLACE FUNCTION sneaky() RETURNS int LANGUAGE sql AS "
+                        "'UPDATE accounts SET owner = ''sneaky'' WHERE id = 2 RETURNING 1';"
+                        "GRANT EXECUTE ON FUNCTION sneaky() TO eng_read;")
+                  .ok());
+  s = Run(*engine, "SELECT sneaky()", AccessOf(reader));
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner IN ('x', 'sneaky')"),
+            "0");
+}
+
+TEST_F(QueryEngineTest, RefusedStatementsNeverReachTheDatabase) {
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  for (const char* sql : {";COMMIT", "BEGIN", "SELECT 1; SELECT 2", "SET search_path = x",
+                          "COPY accounts TO STDOUT", "DO $$ BEGIN END $$",
+                          "SELECT pg_catalog.set_config('search_path', 'x', false)",
+                          "SELECT \"pg_notify\"('c', 'p')", "LISTEN c", "SELEC 1"}) {
+    absl::Status s = Run(*engine, sql, AccessOf(writer));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql << ": " << s;
+  }
+  // Nothing ran: no statement was counted.
+  v1::GetStatementStatsResponse stats;
+  ASSERT_TRUE(engine->GetStatementStats({}, &stats).ok());
+  EXPECT_EQ(stats.statements_size(), 0);
+  // The ddl grant opens DO (as far as the role may).
+  const auth::Principal ddl = Principal("eng_write", true, /*ddl=*/true);
+  EXPECT_TRUE(Run(*engine, "DO $$ BEGIN PERFORM 1; END $$", AccessOf(ddl)).ok());
+}
+
+TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
+  auto engine = MakeEngine(R"("maxTimeoutMs": 300, "defaultTimeoutMs": 200)");
+  const auth::Principal writer = Principal("eng_write", true);
+  absl::Status s = Run(*engine, "SELECT pg_sleep(3)", AccessOf(writer), nullptr, absl::Seconds(60));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+
+  ASSERT_TRUE(Run(*engine, "SELECT owner FROM accounts WHERE owner = E'marker\\x41' OR owner = "
+                           "$q$marker2$q$ OR id = 987654",
+                  AccessOf(writer))
+                  .ok());
+  v1::GetStatementStatsResponse stats;
+  ASSERT_TRUE(engine->GetStatementStats({}, &stats).ok());
+  for (const auto& st : stats.statements()) {
+    EXPECT_EQ(st.statement().find("marker"), std::string::npos) << st.statement();
+    EXPECT_EQ(st.statement().find("987654"), std::string::npos) << st.statement();
+    EXPECT_EQ(st.fingerprint().size(), 16u);
+  }
+}
+
+TEST_F(QueryEngineTest, APrivilegedRoleIsRefusedUnlessAllowed) {
+  v1::QueryServiceConfig c;
+  c.mutable_server()->mutable_tls()->set_plaintext(true);
+  v1::DatabaseConfig* db = c.add_databases();
+  db->set_name("engine");
+  db->set_dsn(pg_->Dsn("engine"));  // the superuser
+  db->mutable_pool()->set_min_idle(0);
+  absl::StatusOr<v1::QueryServiceConfig> done = FinalizeQueryConfig(c);
+  ASSERT_TRUE(done.ok());
+  {
+    QueryEngine engine(*done);
+    absl::Status s = engine.VerifyRoles(absl::Now() + absl::Seconds(10));
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("superuser"), std::string::npos) << s;
+    // And the pool refuses every connection it would make.
+    engine.Start();
+    s = Run(engine, "SELECT 1", CallAccess{});
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  }
+  done->mutable_databases(0)->set_allow_privileged_role(true);
+  QueryEngine allowed(*done);
+  EXPECT_TRUE(allowed.VerifyRoles(absl::Now() + absl::Seconds(10)).ok());
+  allowed.Start();
+  EXPECT_TRUE(Run(allowed, "SELECT 1", CallAccess{}).ok());
+}
+
+}  // namespace
+}  // namespace poolside::query
