@@ -346,7 +346,7 @@ ingest_bench() {
 
   printf '%s\n' \
     "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/ingest.port\"}," \
-    " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"}]," \
+    " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\", \"allowPrivilegedRole\": true}]," \
     " \"tables\": [{\"database\": \"demo\", \"tables\": [\"ingest_poolside\"]}]," \
     " \"batch\": {\"copyConnections\": $INGEST_COPY_CONNECTIONS}}" >"$TMP/ingest.json"
   rm -f "$TMP/ingest.port"
@@ -541,7 +541,7 @@ query_cache_bench() {
   fi
   printf '%s\n' \
     "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"}," \
-    " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\"," \
+    " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\", \"allowPrivilegedRole\": true," \
     "   \"pool\": {\"minIdle\": 2, \"maxSize\": $POOL_SIZE}}]," \
     " \"defaultDatabase\": \"demo\"," \
     " \"cache\": {\"target\": \"unix:$CACHE_SOCKET\"," \

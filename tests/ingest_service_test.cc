@@ -32,7 +32,6 @@
 #include "absl/time/time.h"
 #include "common/auth/token_hash.h"
 #include "common/server/channel.h"
-#include "google/protobuf/util/json_util.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -45,6 +44,7 @@
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
 #include "tests/fixtures/concurrent_calls.h"
+#include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
@@ -88,17 +88,11 @@ absl::StatusOr<IngestServer> StartIngestServer(v1::IngestServiceConfig config) {
                                         ".", counter.fetch_add(1));
   config.mutable_server()->set_listen("127.0.0.1:0");
   if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
-  if (!config.has_auth()) config.mutable_auth()->set_disabled(true);
   config.mutable_server()->set_port_file(stem + ".port");
   if (config.server().drain_timeout_ms() == 0) config.mutable_server()->set_drain_timeout_ms(20000);
-  std::string json;
-  if (!google::protobuf::util::MessageToJsonString(config, &json).ok()) {
-    return absl::InternalError("cannot render config as JSON");
-  }
-  const std::string config_path = stem + ".json";
-  std::ofstream(config_path) << json;
-  auto process = ServiceProcess::Start(RunfilePath("services/ingest/ingest_server"),
-                                       {absl::StrCat("--config=", config_path)}, stem + ".port");
+  // The shared launcher: auth and allowPrivilegedRole defaults for tests.
+  auto process = testing::StartConfigured("services/ingest/ingest_server", config, stem + ".port",
+                                          stem);
   if (!process.ok()) return process.status();
   IngestServer server;
   server.process = *std::move(process);

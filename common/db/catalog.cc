@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/telemetry/log.h"
 
 namespace poolside::db {
 namespace {
@@ -118,6 +119,39 @@ absl::Status CheckSessionRole(const SessionRole& role, absl::string_view databas
       ", so any caller could reach the server's files, programs or backends through it; "
       "connect as an unprivileged role (README, Security) or set allowPrivilegedRole: true "
       "for this database"));
+}
+
+absl::StatusOr<std::unique_ptr<Connection>> OpenChecked(const ConnectionOptions& options,
+                                                        absl::string_view database,
+                                                        bool allow_privileged) {
+  absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(options);
+  if (!conn.ok()) return conn.status();
+  absl::StatusOr<SessionRole> role = ReadSessionRole(**conn, absl::Now() + options.connect_timeout);
+  if (!role.ok()) return role.status();
+  if (absl::Status s = CheckSessionRole(*role, database, allow_privileged); !s.ok()) return s;
+  return conn;
+}
+
+absl::Status VerifyDatabaseRole(const ConnectionOptions& options, absl::string_view database,
+                                absl::string_view which, bool allow_privileged) {
+  absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(options);
+  absl::StatusOr<SessionRole> role =
+      conn.ok() ? ReadSessionRole(**conn, absl::Now() + options.connect_timeout) : conn.status();
+  if (!role.ok()) {
+    telemetry::LogWarning("cannot check a database role now; its pool checks each connection",
+                          {{"database", std::string(database)},
+                           {"role", std::string(which)},
+                           {"error", std::string(role.status().message())}});
+    return absl::OkStatus();
+  }
+  if (absl::Status s = CheckSessionRole(*role, database, allow_privileged); !s.ok()) return s;
+  if (role->privileged()) {
+    telemetry::LogWarning(
+        "privileged database role allowed (allowPrivilegedRole): every caller can reach what "
+        "it can",
+        {{"database", std::string(database)}, {"role", role->user}, {"why", role->WhyPrivileged()}});
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<BuiltinCatalog> BuiltinCatalog::Load(Connection& conn, absl::Time deadline) {

@@ -16,6 +16,7 @@
 // Both read the catalog through a Connection the caller holds. Thread-safe
 // where noted.
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,22 @@ absl::StatusOr<SessionRole> ReadSessionRole(Connection& conn, absl::Time deadlin
 // database, the role and why, and what to do, unless `allow_privileged`.
 absl::Status CheckSessionRole(const SessionRole& role, absl::string_view database,
                               bool allow_privileged);
+
+// Opens a connection and checks its role: the connection only when the role
+// is unprivileged or `allow_privileged` (CheckSessionRole's error
+// otherwise). What a pool's factory uses, so no privileged connection is
+// ever handed out by accident.
+absl::StatusOr<std::unique_ptr<Connection>> OpenChecked(const ConnectionOptions& options,
+                                                        absl::string_view database,
+                                                        bool allow_privileged);
+
+// At a service's start, for one pool: FAILED_PRECONDITION when its role is
+// privileged and not allowed (the service must not start); OK otherwise,
+// also when the database cannot be reached now (logged: the pool checks
+// every connection it makes). Logs a warning when a privileged role is
+// allowed. `which` names the pool in logs ("its DSN user", "role app_read").
+absl::Status VerifyDatabaseRole(const ConnectionOptions& options, absl::string_view database,
+                                absl::string_view which, bool allow_privileged);
 
 // A snapshot of the names a statement may use and still share a Sync.
 // Immutable once loaded; thread-safe to read.

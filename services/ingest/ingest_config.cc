@@ -99,7 +99,7 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
     if (!pool->has_min_idle()) pool->set_min_idle(1);
     if (pool->min_idle() > pool->max_size()) pool->set_min_idle(pool->max_size());
     POOLSIDE_DEFAULT(pool, acquire_timeout_ms, 5000u);
-    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 30000u);
+    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 1000u);
     POOLSIDE_DEFAULT(pool, max_lifetime_ms, 1800000u);
     POOLSIDE_DEFAULT(pool, idle_timeout_ms, 600000u);
     POOLSIDE_DEFAULT(pool, leak_threshold_ms, 120000u);

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/database_config.h"
+#include "common/db/catalog.h"
 #include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
@@ -104,8 +105,10 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
     options.connect_timeout = absl::Milliseconds(c.pool().connect_timeout_ms());
     db->pool = std::make_unique<pool::Pool<db::Connection>>(
         config::PoolOptionsFor(c),
-        [options]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
-          return db::Connection::Open(options);
+        [options, name = c.name(), allow = c.allow_privileged_role()]()
+            -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+          // Never a privileged connection by accident (README, Security).
+          return db::OpenChecked(options, name, allow);
         },
         [](db::Connection& conn) { return conn.Ping(absl::Now() + absl::Seconds(2)); });
     databases_[c.name()] = std::move(db);

@@ -59,6 +59,7 @@ class IngestEngineTest : public ::testing::Test {
     auto* db = c.add_databases();
     db->set_name("engine");
     db->set_dsn(pg_->Dsn("engine"));
+    db->set_allow_privileged_role(true);  // the fixture's superuser
     auto* t = c.add_tables();
     t->set_database("engine");
     t->add_tables("items");

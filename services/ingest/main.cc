@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/auth/authorizer.h"
+#include "common/db/catalog.h"
 #include "common/config/cgroup.h"
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
@@ -58,6 +59,20 @@ int main(int argc, char** argv) {
   if (!metrics.ok()) {
     telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
     return 1;
+  }
+  // A privileged database role would let every caller reach the server's
+  // files and programs: refuse to start rather than write through it.
+  for (const auto& db : config->databases()) {
+    poolside::db::ConnectionOptions options;
+    options.dsn = db.dsn();
+    options.application_name = absl::StrCat("poolside-ingest/", db.name());
+    options.connect_timeout = absl::Milliseconds(std::min(db.pool().connect_timeout_ms(), 10000u));
+    if (absl::Status s = poolside::db::VerifyDatabaseRole(options, db.name(), "its DSN user",
+                                                          db.allow_privileged_role());
+        !s.ok()) {
+      telemetry::LogError("refusing to start", {{"error", std::string(s.message())}});
+      return 1;
+    }
   }
   poolside::ingest::IngestEngine engine(*config);
   telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()

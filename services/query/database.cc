@@ -39,28 +39,16 @@ Database::Database(const v1::DatabaseConfig& config, std::string role)
   options.statement_cache_size = config_.statement_cache_size();
   const std::string where = DescribeDsn(config_.dsn());
   const bool allow_privileged = config_.allow_privileged_role();
-  const absl::Duration connect_timeout = options.connect_timeout;
   pool::PoolOptions pool_options = config::PoolOptionsFor(config_);
   if (!role_.empty()) pool_options.name = absl::StrCat(config_.name(), "/", role_);
   pool_ = std::make_unique<ConnectionPool>(
       pool_options,
-      [options, where, allow_privileged, connect_timeout,
+      [options, where, allow_privileged,
        name = config_.name()]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
-        auto c = db::Connection::Open(options);
-        if (!c.ok()) {
+        auto c = db::OpenChecked(options, name, allow_privileged);
+        if (!c.ok() && c.status().code() != absl::StatusCode::kFailedPrecondition) {
           return absl::Status(c.status().code(),
                               absl::StrCat(where, ": ", c.status().message()));
-        }
-        // What PostgreSQL will let this connection's callers do is its
-        // role's privileges: never hand out a privileged one by accident.
-        absl::StatusOr<db::SessionRole> role =
-            db::ReadSessionRole(**c, absl::Now() + connect_timeout);
-        if (!role.ok()) {
-          return absl::Status(role.status().code(),
-                              absl::StrCat(where, ": ", role.status().message()));
-        }
-        if (absl::Status s = db::CheckSessionRole(*role, name, allow_privileged); !s.ok()) {
-          return s;
         }
         return c;
       },

@@ -26,14 +26,14 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
   auto* limits = c.mutable_limits();
   POOLSIDE_DEFAULT(limits, max_rows, 100000);
   POOLSIDE_DEFAULT(limits, max_bytes, uint64_t{64} << 20);
-  POOLSIDE_DEFAULT(limits, max_sql_bytes, 1u << 20);
+  POOLSIDE_DEFAULT(limits, max_sql_bytes, 64u << 10);
   POOLSIDE_DEFAULT(limits, max_params, 10000u);
   POOLSIDE_DEFAULT(limits, max_statements, 1000u);
-  POOLSIDE_DEFAULT(limits, default_timeout_ms, 30000u);
+  POOLSIDE_DEFAULT(limits, max_timeout_ms, 300000u);
+  POOLSIDE_DEFAULT(limits, default_timeout_ms, std::min(30000u, limits->max_timeout_ms()));
   POOLSIDE_DEFAULT(limits, stream_chunk_rows, 1000u);
   POOLSIDE_DEFAULT(limits, check_concurrency, 32u);
   POOLSIDE_DEFAULT(limits, max_request_bytes, 4u << 20);
-  POOLSIDE_DEFAULT(limits, max_timeout_ms, 300000u);
   if (limits->default_timeout_ms() > limits->max_timeout_ms()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "limits.defaultTimeoutMs (", limits->default_timeout_ms(),

@@ -204,30 +204,11 @@ absl::Status QueryEngine::VerifyRoles(absl::Time deadline) {
       options.application_name = absl::StrCat("poolside-query/", dbc.name());
       options.connect_timeout = std::min(absl::Milliseconds(c.pool().connect_timeout_ms()),
                                          std::max(absl::Seconds(1), deadline - absl::Now()));
-      absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(options);
-      const std::string which = role.empty() ? "its DSN user" : absl::StrCat("role ", role);
-      if (!conn.ok()) {
-        telemetry::LogWarning("cannot check a database role now; its pool checks each connection",
-                              {{"database", dbc.name()}, {"role", which},
-                               {"error", std::string(conn.status().message())}});
-        continue;
-      }
-      absl::StatusOr<db::SessionRole> session = db::ReadSessionRole(**conn, deadline);
-      if (!session.ok()) {
-        telemetry::LogWarning("cannot check a database role now; its pool checks each connection",
-                              {{"database", dbc.name()}, {"role", which},
-                               {"error", std::string(session.status().message())}});
-        continue;
-      }
-      if (absl::Status s = db::CheckSessionRole(*session, dbc.name(), dbc.allow_privileged_role());
+      if (absl::Status s = db::VerifyDatabaseRole(
+              options, dbc.name(), role.empty() ? "its DSN user" : absl::StrCat("role ", role),
+              dbc.allow_privileged_role());
           !s.ok()) {
         return s;
-      }
-      if (session->privileged()) {
-        telemetry::LogWarning(
-            "privileged database role allowed (allowPrivilegedRole): every caller can reach "
-            "what it can",
-            {{"database", dbc.name()}, {"role", session->user}, {"why", session->WhyPrivileged()}});
       }
     }
   }
