@@ -1,10 +1,9 @@
 #include "common/config/database_config.h"
 
-#include <libpq-fe.h>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/json_config.h"
+#include "common/db/conninfo.h"
 
 namespace poolside::config {
 namespace {
@@ -31,14 +30,9 @@ absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
   absl::StatusOr<std::string> dsn =
       ResolveSecret(absl::StrCat(where, " dsn"), db->dsn(), db->dsn_file(), db->dsn_env());
   if (!dsn.ok()) return dsn.status();
-  char* err = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(dsn->c_str(), &err);
-  if (parsed == nullptr) {
-    std::string msg = err ? err : "";
-    if (err) PQfreemem(err);
-    return absl::InvalidArgumentError(absl::StrCat(where, ": invalid dsn: ", msg));
+  if (absl::StatusOr<db::Conninfo> parsed = db::Conninfo::Parse(*dsn); !parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", parsed.status().message()));
   }
-  PQconninfoFree(parsed);
   db->set_dsn(*dsn);
   db->clear_dsn_file();
   db->clear_dsn_env();
@@ -79,35 +73,15 @@ absl::StatusOr<v1::DatabaseConfig> RoleDatabaseConfig(const v1::DatabaseConfig& 
   }
   // Rebuilt as keyword/value pairs (the DSN may be a URI), with the role's
   // user and password in place of the DSN's own.
-  char* err = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(db.dsn().c_str(), &err);
-  if (parsed == nullptr) {
-    if (err != nullptr) PQfreemem(err);
-    return absl::InvalidArgumentError(absl::StrCat(where, ": invalid dsn"));
-  }
-  auto quote = [](absl::string_view value) {
-    std::string out = "'";
-    for (char c : value) {
-      if (c == '\'' || c == '\\') out.push_back('\\');
-      out.push_back(c);
-    }
-    out.push_back('\'');
-    return out;
-  };
-  std::string dsn;
-  for (PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
-    if (o->val == nullptr) continue;
-    const absl::string_view key = o->keyword;
-    if (key == "user" || key == "password") continue;
-    absl::StrAppend(&dsn, key, "=", quote(o->val), " ");
-  }
-  PQconninfoFree(parsed);
-  absl::StrAppend(&dsn, "user=", quote(role.user().empty() ? role.name() : role.user()));
-  if (!password.empty()) absl::StrAppend(&dsn, " password=", quote(password));
+  absl::StatusOr<db::Conninfo> dsn = db::Conninfo::Parse(db.dsn());
+  if (!dsn.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": invalid dsn"));
+  dsn->Erase("password");
+  dsn->Set("user", role.user().empty() ? role.name() : role.user());
+  if (!password.empty()) dsn->Set("password", password);
 
   v1::DatabaseConfig out = db;
   out.clear_roles();
-  out.set_dsn(dsn);
+  out.set_dsn(dsn->ToString());
   v1::PoolConfig* pool = out.mutable_pool();
   pool->set_min_idle(0);
   pool->MergeFrom(role.pool());
@@ -129,23 +103,17 @@ pool::PoolOptions PoolOptionsFor(const v1::DatabaseConfig& db) {
 }
 
 std::string DescribeDsn(const std::string& dsn) {
-  char* err = nullptr;
-  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
-  if (opts == nullptr) {
-    if (err != nullptr) PQfreemem(err);
-    return "(unparsable DSN)";
-  }
-  std::string host, port, dbname;
-  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
-    if (o->val == nullptr) continue;
-    const std::string k = o->keyword;
-    if (k == "host" || (k == "hostaddr" && host.empty())) host = o->val;
-    if (k == "port") port = o->val;
-    if (k == "dbname") dbname = o->val;
-  }
-  PQconninfoFree(opts);
+  absl::StatusOr<db::Conninfo> c = db::Conninfo::Parse(dsn);
+  if (!c.ok()) return "(unparsable DSN)";
+  auto get = [&](absl::string_view key) {
+    const std::string* v = c->Get(key);
+    return v == nullptr ? std::string() : *v;
+  };
+  std::string host = get("host");
+  if (host.empty()) host = get("hostaddr");
+  const std::string port = get("port");
   return absl::StrCat(host.empty() ? "localhost" : host, ":", port.empty() ? "5432" : port, "/",
-                      dbname);
+                      get("dbname"));
 }
 
 }  // namespace poolside::config

@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/db/conninfo.h"
 #include "common/db/error.h"
 #include "common/db/value_codec.h"
 #include "common/telemetry/log.h"
@@ -102,52 +103,19 @@ absl::Status Annotate(const absl::Status& s, absl::string_view more) {
   return out;
 }
 
-// Quotes a libpq keyword/value connection string value.
-std::string QuoteConninfo(absl::string_view value) {
-  std::string out = "'";
-  for (char c : value) {
-    if (c == '\'' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  out.push_back('\'');
-  return out;
-}
-
 // Parses the user's DSN (keyword/value or URI) and rebuilds it with poolside's
 // additions, so both forms work and the user's own settings win where they set
 // them (their `options` are kept, ours appended).
 absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
-  char* err = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(o.dsn.c_str(), &err);
-  if (parsed == nullptr) {
-    std::string msg = err != nullptr ? err : "out of memory";
-    if (err != nullptr) PQfreemem(err);
-    // libpq's message quotes no secret values, only the syntax problem.
-    return absl::InvalidArgumentError(absl::StrCat("invalid database DSN: ", msg));
-  }
-  std::string out;
-  bool has_app = false, has_timeout = false;
-  std::string options;
-  for (PQconninfoOption* opt = parsed; opt->keyword != nullptr; ++opt) {
-    if (opt->val == nullptr) continue;
-    const absl::string_view key = opt->keyword;
-    if (key == "options") {
-      options = opt->val;
-      continue;
-    }
-    if (key == "application_name") has_app = true;
-    if (key == "connect_timeout") has_timeout = true;
-    absl::StrAppend(&out, key, "=", QuoteConninfo(opt->val), " ");
-  }
-  PQconninfoFree(parsed);
-  if (!has_app) absl::StrAppend(&out, "application_name=", QuoteConninfo(o.application_name), " ");
-  if (!has_timeout) {
-    absl::StrAppend(&out, "connect_timeout=",
-                    std::max<int64_t>(1, absl::ToInt64Seconds(o.connect_timeout)), " ");
-  }
-  absl::StrAppend(&out, "options=",
-                  QuoteConninfo(absl::StrCat(kSessionOptions, options.empty() ? "" : " ", options)));
-  return out;
+  absl::StatusOr<Conninfo> c = Conninfo::Parse(o.dsn);
+  if (!c.ok()) return c.status();
+  c->SetDefault("application_name", o.application_name);
+  c->SetDefault("connect_timeout",
+                absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(o.connect_timeout))));
+  const std::string* options = c->Get("options");
+  c->Set("options", absl::StrCat(kSessionOptions, options == nullptr ? "" : " ",
+                                 options == nullptr ? "" : *options));
+  return c->ToString();
 }
 
 // A libpqxx connection policy that remembers the libpq handle it opens: the

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/db/conninfo.h"
 #include "common/db/error.h"
 
 namespace poolside::db {
@@ -53,16 +54,6 @@ absl::Status WithContext(const absl::Status& status, absl::string_view context) 
   return out;
 }
 
-std::string QuoteConninfo(absl::string_view value) {
-  std::string out = "'";
-  for (char c : value) {
-    if (c == '\'' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  out.push_back('\'');
-  return out;
-}
-
 // `"name"` with embedded quotes doubled: an SQL identifier.
 std::string QuoteIdent(absl::string_view name) {
   std::string out = "\"";
@@ -89,37 +80,20 @@ std::string QuoteLiteral(absl::string_view text) {
 // The user's DSN rebuilt with our defaults where the user set none, and
 // `replication=database` for the replication connection.
 absl::StatusOr<std::string> BuildConninfo(const LogicalStreamOptions& o, bool replication) {
-  char* err = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(o.dsn.c_str(), &err);
-  if (parsed == nullptr) {
-    std::string msg = err != nullptr ? err : "out of memory";
-    if (err != nullptr) PQfreemem(err);
-    return absl::InvalidArgumentError(absl::StrCat("invalid database DSN: ", Trimmed(msg)));
-  }
-  absl::flat_hash_set<std::string> set;
-  std::string out;
-  for (PQconninfoOption* opt = parsed; opt->keyword != nullptr; ++opt) {
-    if (opt->val == nullptr) continue;
-    const absl::string_view key = opt->keyword;
-    if (key == "replication") continue;  // ours to decide
-    set.insert(std::string(key));
-    absl::StrAppend(&out, key, "=", QuoteConninfo(opt->val), " ");
-  }
-  PQconninfoFree(parsed);
-  auto add_default = [&](absl::string_view key, absl::string_view value) {
-    if (!set.contains(key)) absl::StrAppend(&out, key, "=", QuoteConninfo(value), " ");
-  };
-  add_default("application_name", o.application_name);
-  add_default("connect_timeout",
-              absl::StrCat(std::max<int64_t>(
-                  1, absl::ToInt64Seconds(absl::Ceil(o.connect_timeout, absl::Seconds(1))))));
+  absl::StatusOr<Conninfo> c = Conninfo::Parse(o.dsn);
+  if (!c.ok()) return c.status();
+  c->Erase("replication");  // ours to decide
+  c->SetDefault("application_name", o.application_name);
+  c->SetDefault("connect_timeout",
+                absl::StrCat(std::max<int64_t>(
+                    1, absl::ToInt64Seconds(absl::Ceil(o.connect_timeout, absl::Seconds(1))))));
   // A replication connection can stay quiet for long: notice a dead peer.
-  add_default("keepalives", "1");
-  add_default("keepalives_idle", "10");
-  add_default("keepalives_interval", "5");
-  add_default("keepalives_count", "3");
-  if (replication) absl::StrAppend(&out, "replication=database");
-  return out;
+  c->SetDefault("keepalives", "1");
+  c->SetDefault("keepalives_idle", "10");
+  c->SetDefault("keepalives_interval", "5");
+  c->SetDefault("keepalives_count", "3");
+  if (replication) c->Set("replication", "database");
+  return c->ToString();
 }
 
 // Waits until `conn`'s socket is ready for `events` or `deadline` passes;
