@@ -61,6 +61,8 @@ struct Principal {
 constexpr Principal kAlice{"alice", "tok-ingest-roles-alice-93b1", "a"};
 constexpr Principal kBob{"bob", "tok-ingest-roles-bob-2c7e", kAAndB};
 constexpr Principal kCarol{"carol", "tok-ingest-roles-carol-61d0", ""};
+// dave runs as app_read, whose sessions are read-only by default.
+constexpr Principal kDave{"dave", "tok-ingest-roles-dave-0a5c", testing::kAppRead};
 constexpr Principal kOps{"ops", "tok-ingest-roles-ops-7f42", ""};
 
 std::string ReadFile(const std::string& path) {
@@ -105,7 +107,8 @@ void SetUpDatabase() {
                                 "CREATE TABLE tb (id int8 PRIMARY KEY, "
                                 "written_as text NOT NULL DEFAULT current_user);"
                                 "GRANT INSERT ON ta TO ",
-                                kOnlyA, ";", "GRANT INSERT ON ta, tb TO ", kAAndB, "; RESET ROLE"));
+                                kOnlyA, ";", "GRANT INSERT ON ta, tb TO ", kAAndB, ";",
+                                "GRANT INSERT ON ta TO ", testing::kAppRead, "; RESET ROLE"));
   ASSERT_TRUE(s.ok()) << s;
 }
 
@@ -133,6 +136,7 @@ v1::IngestServiceConfig Config() {
   a->set_name("a");
   a->set_user(kOnlyA);
   db->add_roles()->set_name(kAAndB);
+  db->add_roles()->set_name(testing::kAppRead);
   v1::IngestTables* t = c.add_tables();
   t->set_database("app");
   t->add_tables("ta");
@@ -143,6 +147,7 @@ v1::IngestServiceConfig Config() {
   AddPrincipal(&c, kAlice, "ingest");
   AddPrincipal(&c, kBob, "ingest");
   AddPrincipal(&c, kCarol, "ingest");
+  AddPrincipal(&c, kDave, "ingest");
   AddPrincipal(&c, kOps, "admin");
   return c;
 }
@@ -306,14 +311,19 @@ TEST(IngestRolesTest, EachPrincipalWritesAsItsRoleAndPostgresDecides) {
             absl::StrCat("1=", kOnlyA, ",2=", kOnlyA, ",3=", kOnlyA, ",10=", kAAndB, ",11=", kAAndB,
                          ",12=", kAAndB, ",20=", testing::kAppOwner, ",21=", testing::kAppOwner));
   EXPECT_EQ(Query("SELECT count(*) FROM tb WHERE id >= 200000"), "0");
+  // A read-only role: refused too, though it holds INSERT.
+  s = Write(*server, kDave, Rows("ta", 30, 2), &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), testing::kAppRead)) << s.error_message();
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "read-only")) << s.error_message();
   EXPECT_EQ(Query(absl::StrCat("SELECT string_agg(principal || '/' || tbl, ',' ORDER BY "
                                "principal) FROM poolside_ingest_keys WHERE key LIKE '",
                                key, "%'")),
             "alice/ta,bob/ta");
-  // Three pools, each logged in as its own role.
+  // Four pools, each logged in as its own role.
   EXPECT_EQ(Query("SELECT string_agg(DISTINCT usename::text, ',') FROM pg_stat_activity "
                   "WHERE application_name = 'poolside-ingest/app'"),
-            absl::StrCat(testing::kAppOwner, ",", kAAndB, ",", kOnlyA));
+            absl::StrCat(testing::kAppOwner, ",", testing::kAppRead, ",", kAAndB, ",", kOnlyA));
 
   absl::StatusOr<v1::GetIngestStatsResponse> stats = Stats(*server);
   ASSERT_TRUE(stats.ok()) << stats.status();

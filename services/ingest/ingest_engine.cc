@@ -757,8 +757,10 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
                                            {"requests", absl::StrCat(job.batch.writes.size())},
                                            {"error", std::string(r.status.message())}});
     const std::string state = db::SqlStateOf(r.status);
-    if (state == "42501") {
-      // This role's batch only: other roles' rows are in other batches.
+    if (state == "42501" || state == "25006") {
+      // A missing privilege, or a role whose sessions are read-only
+      // (default_transaction_read_only). This role's batch only: other
+      // roles' rows are in other batches.
       FailJob(db, job, PermissionDenied(db, job.batch, r.status));
       return;
     }

@@ -14,9 +14,9 @@
 // grants decide what it may write: one connection pool per (database, role),
 // made on first use; a principal without a role (or no authentication) writes
 // as the database DSN's own user. A batch holds the rows of one role only. A
-// flush PostgreSQL refuses for want of a privilege (SQLSTATE 42501) answers
-// that batch's requests PERMISSION_DENIED naming the table and the role,
-// nothing of them written.
+// flush PostgreSQL refuses for want of a privilege (SQLSTATE 42501, or 25006
+// for a role whose sessions are read-only) answers that batch's requests
+// PERMISSION_DENIED naming the table and the role, nothing of them written.
 //
 //   IngestEngine engine(config);     // a FinalizeIngestConfig()ed config
 //   engine.Start();
