@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/db/member_dsn.h"
 #include "common/db/member_probe.h"
 #include "common/db/topology.h"
 
@@ -46,17 +47,6 @@ struct TopologyMonitorOptions {
 
 // Makes the probe of one member (tests substitute fakes).
 using ProbeFactory = std::function<std::unique_ptr<MemberProbe>(const MemberSpec&)>;
-
-// Members from the database's DSN (the first member) and one entry per
-// replica: a connection string whose settings (typically host and port)
-// replace the database DSN's, so user, password and TLS settings are written
-// once. Ids are "host:port". INVALID_ARGUMENT for an unparsable entry, an
-// entry that sets dbname, user or password, or two members with one id.
-absl::StatusOr<std::vector<MemberSpec>> MembersFromDsns(const std::string& dsn,
-                                                        const std::vector<std::string>& replicas);
-
-// The DSN of a member at host:port, with `dsn`'s other settings.
-absl::StatusOr<std::string> DsnForHost(const std::string& dsn, const std::string& host, int port);
 
 class TopologyMonitor {
  public:
