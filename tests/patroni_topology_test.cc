@@ -42,6 +42,16 @@ bool Exists(const std::string& path) {
   return stat(path.c_str(), &st) == 0;
 }
 
+TEST(PatroniTopologyTest, MissingPackagesFailClearly) {
+  absl::StatusOr<std::unique_ptr<PatroniCluster>> c =
+      PatroniCluster::Start({.patroni_bin = "/nonexistent/patroni"});
+  ASSERT_EQ(c.status().code(), absl::StatusCode::kFailedPrecondition) << c.status();
+  EXPECT_NE(c.status().message().find("/nonexistent/patroni (Debian package `patroni`)"),
+            absl::string_view::npos)
+      << c.status();
+  EXPECT_NE(c.status().message().find("make deps"), absl::string_view::npos) << c.status();
+}
+
 TEST(PatroniTopologyTest, SwitchoverAndFailoverFollowedByTheMonitor) {
   std::vector<std::string> data_dirs;
   std::vector<pid_t> postmasters;

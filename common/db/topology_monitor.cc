@@ -62,9 +62,12 @@ absl::Status TopologyMonitor::DiscoverOnce() {
       if (!dsn.ok()) return dsn.status();
       members.push_back({m.name, *dsn});
     }
+    // Probe threads of members that left or moved are joined before the
+    // topology changes, so none of their samples lands on a successor with
+    // the same name.
+    Reconcile(members);
     if (absl::Status s = topology_->SetMembers(members); !s.ok()) return s;
     topology_->SetLeaderHint(view->leader);
-    Reconcile(members);
     last_discovery_ = absl::Now();
     return absl::OkStatus();
   }
