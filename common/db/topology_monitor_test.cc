@@ -46,54 +46,6 @@ MemberStatus StatusOf(const Topology& topology, const std::string& id) {
 
 std::string Id(const testing::PostgresCluster& pg) { return absl::StrCat("127.0.0.1:", pg.port()); }
 
-TEST(MembersFromDsnsTest, ReplicaEntriesOverrideTheDatabaseDsn) {
-  absl::StatusOr<std::vector<MemberSpec>> members =
-      MembersFromDsns("postgresql://app@db-0:5432/shop?sslmode=require",
-                      {"host=db-1", "host=db-2 port=6432", "hostaddr=10.0.0.9 port=5433"});
-  ASSERT_TRUE(members.ok()) << members.status();
-  ASSERT_EQ(members->size(), 4u);
-  EXPECT_EQ((*members)[0].id, "db-0:5432");
-  EXPECT_EQ((*members)[1].id, "db-1:5432");
-  EXPECT_EQ((*members)[2].id, "db-2:6432");
-  EXPECT_EQ((*members)[3].id, "10.0.0.9:5433");
-  for (const MemberSpec& m : *members) {
-    EXPECT_TRUE(absl::StrContains(m.dsn, "dbname='shop'")) << m.dsn;
-    EXPECT_TRUE(absl::StrContains(m.dsn, "user='app'")) << m.dsn;
-    EXPECT_TRUE(absl::StrContains(m.dsn, "sslmode='require'")) << m.dsn;
-  }
-  EXPECT_FALSE(absl::StrContains((*members)[1].dsn, "db-0")) << (*members)[1].dsn;
-
-  for (const char* bad :
-       {"dbname=other", "host=x user=postgres", "host=x password=p", "host='", "host=db-0"}) {
-    absl::StatusOr<std::vector<MemberSpec>> refused =
-        MembersFromDsns("host=db-0 dbname=shop", {bad});
-    EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << bad;
-    EXPECT_FALSE(absl::StrContains(refused.status().message(), "=p")) << refused.status();
-  }
-}
-
-TEST(MemberProbeTest, NeverWaitsPastItsDeadline) {
-  // A listener that never answers: the handshake completes in the kernel.
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  ASSERT_EQ(listen(fd, 4), 0);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  PgMemberProbe probe(absl::StrCat("host=127.0.0.1 port=", ntohs(addr.sin_port), " user=x"));
-  const absl::Time start = absl::Now();
-  absl::StatusOr<MemberSample> sample = probe.Probe(absl::Now() + absl::Milliseconds(300));
-  EXPECT_EQ(sample.status().code(), absl::StatusCode::kDeadlineExceeded) << sample.status();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
-  close(fd);
-
-  PgMemberProbe unparsable("host='");
-  EXPECT_EQ(unparsable.Probe(absl::Now() + absl::Seconds(1)).status().code(),
-            absl::StatusCode::kInvalidArgument);
-}
-
 // Members' answers set by the test, probed through the monitor's factory.
 class FakeMembers {
  public:
