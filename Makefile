@@ -18,6 +18,9 @@ APT_PACKAGES += libssl-dev openssl
 APT_PACKAGES += libgoogle-perftools-dev
 # PostgreSQL's own parser (libpg_query) for statement analysis (common/sql).
 APT_PACKAGES += libpg-query-dev
+# Replica routing tests: a 3-member Patroni cluster with etcd (v2 API) on loopback
+# (tests/fixtures/patroni_cluster). Nothing starts them outside the tests.
+APT_PACKAGES += patroni etcd-server
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.

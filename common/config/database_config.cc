@@ -4,6 +4,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/config/json_config.h"
 #include "common/db/conninfo.h"
+#include "common/db/member_dsn.h"
+#include "common/db/patroni_client.h"
 
 namespace poolside::config {
 namespace {
@@ -36,6 +38,7 @@ absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
   db->set_dsn(*dsn);
   db->clear_dsn_file();
   db->clear_dsn_env();
+  if (absl::Status s = FinalizeTopology(where, db); !s.ok()) return s;
   absl::flat_hash_set<std::string> roles;
   for (int i = 0; i < db->roles_size(); ++i) {
     const v1::DatabaseRole& role = db->roles(i);
@@ -54,6 +57,61 @@ absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
     if (absl::StatusOr<v1::DatabaseConfig> c = RoleDatabaseConfig(*db, role); !c.ok()) {
       return c.status();
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FinalizeTopology(const std::string& where, v1::DatabaseConfig* db) {
+  v1::TopologyConfig* t = db->mutable_topology();
+  const std::string at = absl::StrCat(where, " topology");
+  if (!t->replicas().empty() && !t->patroni_endpoints().empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        at, ": set replicas or patroniEndpoints, not both (Patroni names the members)"));
+  }
+  constexpr int kMaxMembers = 64;
+  if (t->replicas_size() > kMaxMembers || t->patroni_endpoints_size() > kMaxMembers) {
+    return absl::InvalidArgumentError(absl::StrCat(at, ": at most ", kMaxMembers, " entries"));
+  }
+  const std::vector<std::string> replicas(t->replicas().begin(), t->replicas().end());
+  if (absl::StatusOr<std::vector<db::MemberSpec>> members =
+          db::MembersFromDsns(db->dsn(), replicas);
+      !members.ok()) {
+    // The messages name the entry and the rule, never a value.
+    return absl::InvalidArgumentError(absl::StrCat(at, ".", members.status().message()));
+  }
+  for (int i = 0; i < t->patroni_endpoints_size(); ++i) {
+    if (absl::StatusOr<db::HttpEndpoint> e = db::ParseHttpEndpoint(t->patroni_endpoints(i));
+        !e.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ".patroniEndpoints[", i, "]: must be http://host:port"));
+    }
+  }
+  if (t->max_lag_ms() == 0) t->set_max_lag_ms(5000);
+  if (t->max_lag_bytes() == 0) t->set_max_lag_bytes(64ull << 20);
+  if (t->probe_interval_ms() == 0) t->set_probe_interval_ms(250);
+  if (t->probe_timeout_ms() == 0) t->set_probe_timeout_ms(1000);
+  if (!t->has_failover_buffer_ms()) t->set_failover_buffer_ms(10000);
+  if (t->no_replica().empty()) t->set_no_replica("primary");
+  if (t->no_replica() != "primary" && t->no_replica() != "fail") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(at, ": noReplica must be \"primary\" or \"fail\""));
+  }
+  if (t->probe_interval_ms() < 10 || t->probe_interval_ms() > 60000) {
+    return absl::InvalidArgumentError(absl::StrCat(at, ": probeIntervalMs must be 10-60000"));
+  }
+  if (t->probe_timeout_ms() < 10 || t->probe_timeout_ms() > 60000) {
+    return absl::InvalidArgumentError(absl::StrCat(at, ": probeTimeoutMs must be 10-60000"));
+  }
+  // Lag is measured once per probe interval: a bound below two intervals
+  // would ban replicas for the measurement's own granularity.
+  if (t->max_lag_ms() < 2 * t->probe_interval_ms()) {
+    return absl::InvalidArgumentError(absl::StrCat(at, ": maxLagMs (", t->max_lag_ms(),
+                                                   ") must be at least twice probeIntervalMs (",
+                                                   t->probe_interval_ms(), ")"));
+  }
+  if (t->failover_buffer_ms() > 120000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(at, ": failoverBufferMs must be at most 120000"));
   }
   return absl::OkStatus();
 }

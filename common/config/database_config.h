@@ -23,6 +23,12 @@ namespace poolside::config {
 absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
                               absl::flat_hash_set<std::string>* names);
 
+// Validates `db->topology` (called by FinalizeDatabase) and fills in its
+// defaults: replica entries parse and leave the database, user and password to
+// the DSN; Patroni endpoints are http://host:port and exclude `replicas`;
+// noReplica is "primary" or "fail"; bounds are within sane ranges.
+absl::Status FinalizeTopology(const std::string& where, v1::DatabaseConfig* db);
+
 // The configuration of the pool that runs as database role `role` of `db`
 // (both finalized; `role` is one of db.roles()): db with the DSN logging in
 // as role.user (default role.name) with its password, if it has one (read

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 
 #include "gtest/gtest.h"
 
@@ -80,6 +81,82 @@ TEST(RoleDatabaseConfigTest, UserOverridesTheNameAndBadRolesAreNamed) {
     absl::Status s = FinalizeDatabase("databases[0]", &d, &names);
     EXPECT_FALSE(s.ok()) << mentions;  // INVALID_ARGUMENT, NOT_FOUND for a missing file
     EXPECT_NE(s.message().find(mentions), std::string::npos) << s;
+  }
+}
+
+TEST(FinalizeTopologyTest, DefaultsWithoutReplicas) {
+  v1::DatabaseConfig db = Db("host=db-0 dbname=app user=owner");
+  absl::flat_hash_set<std::string> names;
+  ASSERT_TRUE(FinalizeDatabase("databases[0]", &db, &names).ok());
+  const v1::TopologyConfig& t = db.topology();
+  EXPECT_EQ(t.replicas_size(), 0);
+  EXPECT_EQ(t.max_lag_ms(), 5000u);
+  EXPECT_EQ(t.max_lag_bytes(), 64u << 20);
+  EXPECT_EQ(t.no_replica(), "primary");
+  EXPECT_EQ(t.failover_buffer_ms(), 10000u);
+  EXPECT_EQ(t.probe_interval_ms(), 250u);
+  EXPECT_EQ(t.probe_timeout_ms(), 1000u);
+}
+
+TEST(FinalizeTopologyTest, KeepsValidSettings) {
+  v1::DatabaseConfig db = Db("postgresql://owner@db-0/app");
+  db.mutable_topology()->add_replicas("host=db-1");
+  db.mutable_topology()->add_replicas("host=db-2 port=6432 sslmode=require");
+  db.mutable_topology()->set_max_lag_ms(1000);
+  db.mutable_topology()->set_no_replica("fail");
+  db.mutable_topology()->set_failover_buffer_ms(0);
+  absl::flat_hash_set<std::string> names;
+  absl::Status s = FinalizeDatabase("databases[0]", &db, &names);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(db.topology().max_lag_ms(), 1000u);
+  EXPECT_EQ(db.topology().no_replica(), "fail");
+  EXPECT_EQ(db.topology().failover_buffer_ms(), 0u) << "0 is kept: fail at once";
+
+  v1::DatabaseConfig patroni = Db("host=db-0 dbname=app");
+  patroni.set_name("p");
+  patroni.mutable_topology()->add_patroni_endpoints("http://10.0.0.5:8008");
+  patroni.mutable_topology()->add_patroni_endpoints("http://patroni-api:8008/");
+  s = FinalizeDatabase("databases[1]", &patroni, &names);
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+TEST(FinalizeTopologyTest, RefusesBadSettingsNamingThemWithoutSecrets) {
+  struct Case {
+    std::function<void(v1::TopologyConfig*)> set;
+    std::string expect;
+  };
+  const Case cases[] = {
+      {[](v1::TopologyConfig* t) { t->add_replicas("host=db-1 password=hunter2"); },
+       "replicas[0] sets password"},
+      {[](v1::TopologyConfig* t) { t->add_replicas("host=db-1 dbname=other"); }, "sets dbname"},
+      {[](v1::TopologyConfig* t) { t->add_replicas("host=db-1 user=postgres"); }, "sets user"},
+      {[](v1::TopologyConfig* t) { t->add_replicas("sslmode=require"); }, "host or port"},
+      {[](v1::TopologyConfig* t) { t->add_replicas("host='db-1"); }, "replicas[0]"},
+      {[](v1::TopologyConfig* t) { t->add_replicas("host=db-0"); }, "already a member"},
+      {[](v1::TopologyConfig* t) {
+         t->add_replicas("host=db-1");
+         t->add_patroni_endpoints("http://p:8008");
+       },
+       "not both"},
+      {[](v1::TopologyConfig* t) { t->add_patroni_endpoints("https://p:8008"); },
+       "patroniEndpoints[0]"},
+      {[](v1::TopologyConfig* t) { t->add_patroni_endpoints("http://p"); }, "patroniEndpoints[0]"},
+      {[](v1::TopologyConfig* t) { t->set_no_replica("replica"); }, "noReplica"},
+      {[](v1::TopologyConfig* t) { t->set_max_lag_ms(300); }, "twice probeIntervalMs"},
+      {[](v1::TopologyConfig* t) { t->set_probe_interval_ms(5); }, "probeIntervalMs"},
+      {[](v1::TopologyConfig* t) { t->set_probe_timeout_ms(100000); }, "probeTimeoutMs"},
+      {[](v1::TopologyConfig* t) { t->set_failover_buffer_ms(200000); }, "failoverBufferMs"},
+  };
+  for (const Case& c : cases) {
+    v1::DatabaseConfig db = Db("host=db-0 dbname=app password=ownersecret");
+    c.set(db.mutable_topology());
+    absl::flat_hash_set<std::string> names;
+    absl::Status s = FinalizeDatabase("databases[0] (app)", &db, &names);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.expect;
+    EXPECT_NE(s.message().find(c.expect), absl::string_view::npos) << s;
+    EXPECT_NE(s.message().find("databases[0] (app) topology"), absl::string_view::npos) << s;
+    EXPECT_EQ(s.message().find("hunter2"), absl::string_view::npos) << s;
+    EXPECT_EQ(s.message().find("ownersecret"), absl::string_view::npos) << s;
   }
 }
 

@@ -1,0 +1,168 @@
+#include "common/db/member_probe.h"
+
+#include <errno.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/db/conninfo.h"
+#include "common/db/error.h"
+#include "libpq-fe.h"
+
+namespace poolside::db {
+namespace {
+
+// pg_is_in_recovery() once: a server promoted between two calls would make
+// pg_current_wal_lsn() fail (or a replay position look like a primary's).
+// The volatile function keeps the subquery from being flattened.
+constexpr char kProbeSql[] =
+    "SELECT r, CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text "
+    "FROM (SELECT pg_is_in_recovery() AS r) s";
+
+std::string Trimmed(const char* s) {
+  return std::string(absl::StripAsciiWhitespace(s != nullptr ? s : ""));
+}
+
+void DiscardNotice(void*, const char*) {}
+
+// Waits for `events` on the connection's socket; false at the deadline.
+absl::StatusOr<bool> WaitSocket(PGconn* conn, short events, absl::Time deadline) {
+  for (;;) {
+    const int fd = PQsocket(conn);
+    if (fd < 0) return absl::UnavailableError("the connection is closed");
+    const absl::Time now = absl::Now();
+    if (now >= deadline) return false;
+    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
+        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 1, 60000));
+    pollfd pfd{fd, events, 0};
+    const int rc = ::poll(&pfd, 1, timeout_ms);
+    if (rc > 0) return true;
+    if (rc < 0 && errno != EINTR) {
+      return absl::UnavailableError(absl::StrCat("poll failed: errno ", errno));
+    }
+  }
+}
+
+}  // namespace
+
+PgMemberProbe::PgMemberProbe(std::string dsn) {
+  absl::StatusOr<Conninfo> c = Conninfo::Parse(dsn);
+  if (!c.ok()) {
+    dsn_error_ = c.status();
+    return;
+  }
+  c->SetDefault("application_name", "poolside-monitor");
+  // A dead peer is noticed by the deadline; keepalives only free the socket.
+  c->SetDefault("keepalives", "1");
+  conninfo_ = c->ToString();
+}
+
+PgMemberProbe::~PgMemberProbe() { Close(); }
+
+void PgMemberProbe::Close() {
+  if (conn_ != nullptr) PQfinish(conn_);
+  conn_ = nullptr;
+}
+
+absl::Status PgMemberProbe::Connect(absl::Time deadline) {
+  conn_ = PQconnectStart(conninfo_.c_str());
+  if (conn_ == nullptr) return absl::ResourceExhaustedError("libpq: out of memory");
+  PostgresPollingStatusType state = PGRES_POLLING_WRITING;
+  for (;;) {
+    if (PQstatus(conn_) == CONNECTION_BAD || state == PGRES_POLLING_FAILED) {
+      absl::Status error =
+          absl::UnavailableError(absl::StrCat("cannot connect: ", Trimmed(PQerrorMessage(conn_))));
+      Close();
+      return error;
+    }
+    if (state == PGRES_POLLING_OK) break;
+    absl::StatusOr<bool> ready =
+        WaitSocket(conn_, state == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+    if (!ready.ok() || !*ready) {
+      Close();
+      return ready.ok() ? absl::DeadlineExceededError("connecting took too long") : ready.status();
+    }
+    state = PQconnectPoll(conn_);
+  }
+  PQsetNoticeProcessor(conn_, &DiscardNotice, nullptr);
+  if (PQsetnonblocking(conn_, 1) != 0) {
+    Close();
+    return absl::InternalError("cannot switch the connection to non-blocking mode");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MemberSample> PgMemberProbe::Probe(absl::Time deadline) {
+  if (!dsn_error_.ok()) return dsn_error_;
+  if (conn_ != nullptr && PQstatus(conn_) != CONNECTION_OK) Close();
+  if (conn_ == nullptr) {
+    if (absl::Status s = Connect(deadline); !s.ok()) return s;
+  }
+  absl::StatusOr<MemberSample> sample = Query(deadline);
+  // Any failure may leave the connection mid-statement: start afresh.
+  if (!sample.ok()) Close();
+  return sample;
+}
+
+absl::StatusOr<MemberSample> PgMemberProbe::Query(absl::Time deadline) {
+  if (PQsendQuery(conn_, kProbeSql) != 1) {
+    return absl::UnavailableError(absl::StrCat("send: ", Trimmed(PQerrorMessage(conn_))));
+  }
+  for (;;) {
+    const int flushed = PQflush(conn_);
+    if (flushed < 0) {
+      return absl::UnavailableError(absl::StrCat("send: ", Trimmed(PQerrorMessage(conn_))));
+    }
+    if (flushed == 0) break;
+    absl::StatusOr<bool> ready = WaitSocket(conn_, POLLOUT, deadline);
+    if (!ready.ok()) return ready.status();
+    if (!*ready) return absl::DeadlineExceededError("the probe took too long");
+  }
+  absl::StatusOr<MemberSample> out = absl::UnavailableError("no result");
+  bool got_rows = false;
+  for (;;) {
+    while (PQisBusy(conn_)) {
+      absl::StatusOr<bool> ready = WaitSocket(conn_, POLLIN, deadline);
+      if (!ready.ok()) return ready.status();
+      if (!*ready) return absl::DeadlineExceededError("the probe took too long");
+      if (PQconsumeInput(conn_) != 1) {
+        return absl::UnavailableError(
+            absl::StrCat("connection lost: ", Trimmed(PQerrorMessage(conn_))));
+      }
+    }
+    PGresult* result = PQgetResult(conn_);
+    if (result == nullptr) break;
+    const ExecStatusType status = PQresultStatus(result);
+    if (status == PGRES_TUPLES_OK && !got_rows) {
+      got_rows = true;
+      if (PQntuples(result) != 1 || PQnfields(result) != 2 || PQgetisnull(result, 0, 0)) {
+        out = absl::InternalError("unexpected probe result shape");
+      } else if (PQgetisnull(result, 0, 1)) {
+        out = absl::UnavailableError("the server has no WAL position yet");
+      } else {
+        MemberSample sample;
+        sample.in_recovery = absl::string_view(PQgetvalue(result, 0, 0)) == "t";
+        absl::StatusOr<Lsn> lsn = ParseLsn(PQgetvalue(result, 0, 1));
+        if (lsn.ok()) {
+          sample.lsn = *lsn;
+          out = sample;
+        } else {
+          out = lsn.status();
+        }
+      }
+    } else if (status != PGRES_TUPLES_OK) {
+      const char* sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+      const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
+      out = sqlstate != nullptr ? StatusFromSqlState(sqlstate, primary != nullptr ? primary : "")
+                                : absl::UnavailableError(Trimmed(PQresultErrorMessage(result)));
+    }
+    PQclear(result);
+  }
+  return out;
+}
+
+}  // namespace poolside::db
