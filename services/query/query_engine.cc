@@ -305,9 +305,11 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
+  const bool writes = ReadCache::NeedsInvalidation(**analysis);
+  work->wants_commit_lsn = writes && !access.read_only;
+  ExecuteWork* raw = work.get();
   if (access.read_only) {
     // Not pipelined with other calls: a transaction of its own.
-    ExecuteWork* raw = work.get();
     work->exclusive = [raw](db::Connection& conn) -> absl::Status {
       db::Statement* st = &raw->statement;
       return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
@@ -317,12 +319,22 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   }
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, &request, response, start, trace = work->trace,
+  // What a read of the database that starts now reflects (a cached answer
+  // says so itself).
+  const uint64_t reflected = writes        ? 0
+                             : cache_ != nullptr ? cache_->ReflectedLsn(*database, request.min_lsn())
+                                                 : request.min_lsn();
+  work->done = [this, database, &request, response, start, raw, reflected, trace = work->trace,
                 analysis = *analysis, done = std::move(done)](absl::Status s) {
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
     stats_.Record(database->name(), *analysis, absl::Now() - start,
                   s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
     if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
+    if (response->source() == v1::RESULT_SOURCE_UNSPECIFIED) {
+      response->set_source(v1::DATABASE);
+      response->set_lsn(reflected);
+    }
+    if (s.ok() && raw->commit_lsn != 0) response->set_commit_lsn(raw->commit_lsn);
     if (cache_ != nullptr && MayHaveWritten(s) && ReadCache::NeedsInvalidation(*analysis)) {
       std::vector<ReadCache::Written> written(1);
       written[0].sql = request.sql();
@@ -440,20 +452,27 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     st.sink = work->sinks.back().get();
   }
   TransactionWork* raw = work.get();
-  work->exclusive = [raw, begin](db::Connection& conn) -> absl::Status {
+  const bool read_only = request.read_only() || access.read_only;
+  work->exclusive = [raw, begin, read_only](db::Connection& conn) -> absl::Status {
     std::vector<db::Statement*> ptrs;
     for (auto& st : raw->statements) ptrs.push_back(&st);
-    return conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
+    absl::Status s = conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
+    if (s.ok() && !read_only) {
+      // Committed: the position after it, for the caller's token (unknown if
+      // this fails; the transaction's outcome stands).
+      absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline);
+      raw->commit_lsn = lsn.ok() ? *lsn : 0;
+    }
+    return s;
   };
-  work->read_only = request.read_only() || access.read_only;
+  work->read_only = read_only;
   work->rewind = [raw] {
     for (auto& sink : raw->sinks) sink->Rewind();
     return true;
   };
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, &request, response, start, trace = work->trace,
-                read_only = request.read_only() || access.read_only,
+  work->done = [this, database, &request, response, start, raw, trace = work->trace, read_only,
                 analyses = std::move(analyses), done = std::move(done)](absl::Status s) {
     const absl::Duration took = absl::Now() - start;
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
@@ -464,6 +483,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
       stats_.Record(database->name(), *analyses[i], took, rows, s.ok());
     }
     if (!s.ok()) response->clear_results();
+    if (s.ok() && raw->commit_lsn != 0) response->set_commit_lsn(raw->commit_lsn);
     if (cache_ != nullptr && MayHaveWritten(s) && !read_only) {
       std::vector<ReadCache::Written> written;
       for (int i = 0; i < request.statements_size(); ++i) {

@@ -11,6 +11,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "services/query/result_sinks.h"
 #include "services/query/row_keys.h"
@@ -54,6 +55,61 @@ absl::StatusOr<bool> WalLevelIsLogical(db::Connection& conn, absl::Time deadline
     return absl::InternalError("SHOW wal_level returned no value");
   }
   return rs->rows(0).values(0).text_value() == "logical";
+}
+
+std::string WhyNotPublishable(db::Connection& conn, const std::string& table, absl::Time deadline) {
+  google::protobuf::RepeatedPtrField<v1::Value> params;
+  params.Add()->set_text_value(table);
+  absl::StatusOr<v1::ResultSet> rs = Query(
+      conn,
+      "SELECT c.relreplident::text, c.relkind::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+      "WHERE i.indrelid = c.oid AND i.indisprimary) FROM pg_catalog.pg_class c "
+      "WHERE c.oid = pg_catalog.to_regclass($1)",
+      params, deadline);
+  if (!rs.ok()) return std::string(rs.status().message().substr(0, 200));
+  if (rs->rows_size() != 1) return "no such table";
+  const std::string identity = rs->rows(0).values(0).text_value();
+  const std::string kind = rs->rows(0).values(1).text_value();
+  const bool has_key = rs->rows(0).values(2).bool_value();
+  if (kind != "r") {
+    return "not a plain table (views, partitioned and foreign tables are not published)";
+  }
+  if (identity == "n" || (identity == "d" && !has_key)) {
+    return "no primary key or replica identity: publishing it would make its UPDATE and "
+           "DELETE fail for every writer";
+  }
+  return "";
+}
+
+absl::Status PublishTables(db::Connection& conn, const std::string& publication,
+                           const std::vector<std::string>& tables, absl::Time deadline) {
+  for (const std::string& table : tables) {
+    if (!WhyNotPublishable(conn, table, deadline).empty()) continue;
+    google::protobuf::RepeatedPtrField<v1::Value> params;
+    params.Add()->set_text_value(publication);
+    params.Add()->set_text_value(table);
+    // The publication's name and the table's, quoted by the server.
+    absl::StatusOr<v1::ResultSet> rs =
+        Query(conn,
+              "SELECT pg_catalog.quote_ident(p.pubname), pg_catalog.to_regclass($2)::text, "
+              "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid "
+              "AND r.prrelid = pg_catalog.to_regclass($2)) OR p.puballtables "
+              "FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
+              params, deadline);
+    if (!rs.ok()) return rs.status();
+    if (rs->rows_size() != 1) return absl::OkStatus();  // not created yet
+    if (rs->rows(0).values(2).bool_value()) continue;
+    absl::StatusOr<v1::ResultSet> added =
+        Query(conn,
+              absl::StrCat("ALTER PUBLICATION ", rs->rows(0).values(0).text_value(),
+                           " ADD TABLE ONLY ", rs->rows(0).values(1).text_value()),
+              {}, deadline);
+    // 42710: added meanwhile by someone else.
+    if (!added.ok() && db::SqlStateOf(added.status()) != "42710") {
+      return added.status();
+    }
+  }
+  return absl::OkStatus();
 }
 
 int64_t WalRelay::LockKey(absl::string_view publication, absl::string_view channel) {
@@ -148,31 +204,7 @@ void WalRelay::Run() {
 std::vector<std::string> WalRelay::PublishableTables(db::Connection& session) {
   std::vector<std::string> ok, excluded;
   for (const std::string& table : options_.tables) {
-    google::protobuf::RepeatedPtrField<v1::Value> params;
-    params.Add()->set_text_value(table);
-    absl::StatusOr<v1::ResultSet> rs = Query(
-        session,
-        "SELECT c.relreplident::text, c.relkind::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
-        "WHERE i.indrelid = c.oid AND i.indisprimary) FROM pg_catalog.pg_class c "
-        "WHERE c.oid = pg_catalog.to_regclass($1)",
-        params, absl::Now() + absl::Seconds(10));
-    std::string why;
-    if (!rs.ok()) {
-      why = std::string(rs.status().message().substr(0, 200));
-    } else if (rs->rows_size() != 1) {
-      why = "no such table";
-    } else {
-      const std::string identity = rs->rows(0).values(0).text_value();
-      const std::string kind = rs->rows(0).values(1).text_value();
-      const bool has_key = rs->rows(0).values(2).bool_value();
-      if (kind != "r") {
-        why = "not a plain table (views, partitioned and foreign tables are not published)";
-      } else if (identity == "n" || (identity == "d" && !has_key)) {
-        why =
-            "no primary key or replica identity: publishing it would make its UPDATE and "
-            "DELETE fail for every writer";
-      }
-    }
+    const std::string why = WhyNotPublishable(session, table, absl::Now() + absl::Seconds(10));
     if (why.empty()) {
       ok.push_back(table);
       continue;
@@ -255,7 +287,9 @@ absl::StatusOr<db::Lsn> WalRelay::Notify(db::Connection& session,
       absl::StrAppend(&text, "pg_catalog.pg_notify($1, $", j + 2, "), ");
       params.back().Add()->set_text_value(payloads[i + j]);
     }
-    absl::StrAppend(&text, "pg_catalog.pg_current_wal_lsn()::text");
+    // Flushed: the stream cannot decode further (with synchronous_commit off,
+    // WAL written but not flushed waits for the WAL writer).
+    absl::StrAppend(&text, "pg_catalog.pg_current_wal_flush_lsn()::text");
     sql.push_back(std::move(text));
   }
   std::vector<v1::ResultSet> results(sql.size());

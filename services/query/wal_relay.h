@@ -64,6 +64,21 @@ namespace poolside::query {
 // wal_level of the server `conn` is connected to is "logical".
 absl::StatusOr<bool> WalLevelIsLogical(db::Connection& conn, absl::Time deadline);
 
+// Why `table` (as SQL names it) cannot be published for the cache: it does
+// not exist, is not a plain table, or has no replica identity (publishing it
+// would make its UPDATE and DELETE fail for every writer). Empty: it can.
+std::string WhyNotPublishable(db::Connection& conn, const std::string& table,
+                              absl::Time deadline);
+
+// Adds those of `tables` (SQL names) that can be published and are not yet
+// to the existing publication `publication` (a replica not holding the slot
+// does this for its own cached tables; the holder's stream decodes their
+// changes from then on). OK when the publication does not exist yet (the
+// holder creates it). Errors: the server's (e.g. PERMISSION_DENIED when the
+// DSN's user does not own the table).
+absl::Status PublishTables(db::Connection& conn, const std::string& publication,
+                           const std::vector<std::string>& tables, absl::Time deadline);
+
 class WalRelay {
  public:
   struct Options {
