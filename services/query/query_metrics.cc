@@ -273,6 +273,10 @@ void CollectCache(QueryEngine* engine, Families* out) {
       "takeover, a restart).");
   prometheus::MetricFamily terms = CounterFamily("poolside_query_cache_wal_terms_total",
                                                  "Times this replica became the holder.");
+  prometheus::MetricFamily invisible = CounterFamily(
+      "poolside_query_cache_wal_visibility_retries_total",
+      "Holder: relayed batches held back because their transactions, though decoded, were not "
+      "yet visible to new snapshots.");
   prometheus::MetricFamily delay = HistogramFamily(
       "poolside_query_cache_invalidation_delay_seconds",
       "From a relayed batch's oldest commit (the server's commit time) to its invalidation "
@@ -292,9 +296,11 @@ void CollectCache(QueryEngine* engine, Families* out) {
     if (st.holder) AddGauge(&lag, db, absl::ToDoubleSeconds(st.relay.lag));
     AddCounter(&streams, db, double(st.streams_seen));
     AddCounter(&terms, db, double(st.relay.terms));
+    AddCounter(&invisible, db, double(st.relay.visibility_retries));
     AddHistogram(&delay, db, st.delay);
   }
-  for (auto* f : {&mode, &ready, &holder, &applied, &heard, &lag, &streams, &terms, &delay}) {
+  for (auto* f :
+       {&mode, &ready, &holder, &applied, &heard, &lag, &streams, &terms, &invisible, &delay}) {
     out->push_back(std::move(*f));
   }
   CollectNearCache(cache->near_cache(), out);

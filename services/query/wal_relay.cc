@@ -24,6 +24,29 @@ constexpr int kPayloadsPerStatement = 32;
 // After the server said it cannot decode the WAL: wait this many election
 // periods before trying again.
 constexpr int kUnavailableBackoff = 10;
+// How long a decoded transaction may stay invisible to new snapshots (a
+// synchronous standby not answering keeps it so) before the term ends; below
+// the server's default wal_sender_timeout, since the stream is not read
+// meanwhile.
+constexpr absl::Duration kMaxInvisible = absl::Seconds(20);
+
+// True when every transaction of the int8[] parameter $<param> (32-bit xids,
+// as pgoutput sends them) is visible to a snapshot taken now: committed and
+// out of the proc array. Each xid is widened to its xid8 next to the
+// snapshot's xmax (an xid is never 2^31 transactions away from it).
+std::string VisibleCondition(int param) {
+  return absl::StrCat(
+      "NOT EXISTS (SELECT 1 FROM pg_catalog.unnest($", param,
+      "::pg_catalog.int8[]) AS t(x), (SELECT pg_catalog.pg_current_snapshot() AS s) AS c, "
+      "LATERAL (SELECT pg_catalog.pg_snapshot_xmax(c.s)::text::int8 AS m) AS h, "
+      "LATERAL (SELECT ((h.m & 4294967295) - t.x) & 4294967295 AS d) AS e "
+      "WHERE NOT pg_catalog.pg_visible_in_snapshot((CASE WHEN e.d < 2147483648 THEN h.m - e.d "
+      "ELSE h.m + 4294967296 - e.d END)::text::pg_catalog.xid8, c.s))");
+}
+
+std::string XidArray(const std::vector<uint32_t>& xids) {
+  return absl::StrCat("{", absl::StrJoin(xids, ","), "}");
+}
 
 // Runs one statement of the relay's own; its rows as a ResultSet.
 absl::StatusOr<v1::ResultSet> Query(db::Connection& conn, const std::string& sql,
@@ -222,10 +245,12 @@ std::vector<std::string> WalRelay::PublishableTables(db::Connection& session) {
   return ok;
 }
 
-void WalRelay::Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit) const {
+void WalRelay::Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit,
+                   std::vector<uint32_t>* xids) const {
   if (const auto* begin = std::get_if<db::BeginEvent>(&event)) {
     const int64_t t = db::PostgresMicrosFromTime(begin->commit_time);
     if (*oldest_commit == 0 || t < *oldest_commit) *oldest_commit = t;
+    xids->push_back(begin->xid);
     return;
   }
   auto whole = [](PendingTable& t) {
@@ -274,8 +299,23 @@ void WalRelay::Add(const db::LogicalEvent& event, Pending* pending, int64_t* old
   }
 }
 
-absl::StatusOr<db::Lsn> WalRelay::Notify(db::Connection& session,
-                                         const std::vector<std::string>& payloads) {
+absl::StatusOr<std::optional<db::Lsn>> WalRelay::Notify(db::Connection& session,
+                                                        const std::vector<std::string>& payloads,
+                                                        const std::vector<uint32_t>& xids) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  const bool one_statement = payloads.size() <= kPayloadsPerStatement;
+  if (!xids.empty() && !one_statement) {
+    // All or nothing: checked once before any statement, since a later one
+    // could pass where an earlier one did not (visibility only grows).
+    google::protobuf::RepeatedPtrField<v1::Value> check;
+    check.Add()->set_text_value(XidArray(xids));
+    absl::StatusOr<v1::ResultSet> visible =
+        Query(session, absl::StrCat("SELECT ", VisibleCondition(1)), check, deadline);
+    if (!visible.ok()) return visible.status();
+    if (visible->rows_size() != 1 || !visible->rows(0).values(0).bool_value()) {
+      return std::optional<db::Lsn>();
+    }
+  }
   std::vector<std::string> sql;
   std::vector<google::protobuf::RepeatedPtrField<v1::Value>> params;
   for (size_t i = 0; i < payloads.size(); i += kPayloadsPerStatement) {
@@ -290,6 +330,11 @@ absl::StatusOr<db::Lsn> WalRelay::Notify(db::Connection& session,
     // Flushed: the stream cannot decode further (with synchronous_commit off,
     // WAL written but not flushed waits for the WAL writer).
     absl::StrAppend(&text, "pg_catalog.pg_current_wal_flush_lsn()::text");
+    if (!xids.empty() && one_statement) {
+      // No row, and no NOTIFY, while some transaction is not visible.
+      absl::StrAppend(&text, " WHERE ", VisibleCondition(n + 2));
+      params.back().Add()->set_text_value(XidArray(xids));
+    }
     sql.push_back(std::move(text));
   }
   std::vector<v1::ResultSet> results(sql.size());
@@ -297,7 +342,6 @@ absl::StatusOr<db::Lsn> WalRelay::Notify(db::Connection& session,
   std::vector<std::unique_ptr<ResultSetSink>> sinks;
   std::vector<db::Statement> statements(sql.size());
   std::vector<db::Statement*> ptrs;
-  const absl::Time deadline = absl::Now() + absl::Seconds(5);
   for (size_t i = 0; i < sql.size(); ++i) {
     sinks.push_back(std::make_unique<ResultSetSink>(&results[i], &budgets[i]));
     statements[i].sql = sql[i];
@@ -311,11 +355,14 @@ absl::StatusOr<db::Lsn> WalRelay::Notify(db::Connection& session,
     if (!st.status.ok()) return st.status;
   }
   const v1::ResultSet& last = results.back();
+  if (!xids.empty() && one_statement && last.rows_size() == 0) return std::optional<db::Lsn>();
   if (last.rows_size() != 1 || last.rows(0).values_size() == 0) {
     return absl::InternalError("NOTIFY returned no WAL position");
   }
   const v1::Value& lsn = last.rows(0).values(last.rows(0).values_size() - 1);
-  return db::ParseLsn(lsn.text_value());
+  absl::StatusOr<db::Lsn> parsed = db::ParseLsn(lsn.text_value());
+  if (!parsed.ok()) return parsed.status();
+  return std::optional<db::Lsn>(*parsed);
 }
 
 absl::Status WalRelay::Hold(db::Connection& session) {
@@ -380,8 +427,8 @@ absl::Status WalRelay::Hold(db::Connection& session) {
   // Samples of the server's WAL position (read with each NOTIFY) and when:
   // how long ago the server was where the stream is now.
   std::deque<std::pair<absl::Time, db::Lsn>> wal;
-  auto send = [&](RelayHeader::Kind kind, const Pending& pending,
-                  int64_t oldest_commit) -> absl::Status {
+  auto send = [&](RelayHeader::Kind kind, const Pending& pending, int64_t oldest_commit,
+                  const std::vector<uint32_t>& xids) -> absl::Status {
     header.kind = kind;
     header.through =
         kind == RelayHeader::kHello ? (*stream)->start_lsn() : (*stream)->delivered_lsn();
@@ -406,10 +453,29 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       tables.push_back(std::move(out));
     }
     const std::vector<std::string> payloads = EncodeRelay(header, tables);
-    absl::StatusOr<db::Lsn> at = Notify(session, payloads);
+    absl::StatusOr<std::optional<db::Lsn>> at = Notify(session, payloads, xids);
+    // Not visible yet: the committing backends are between their commit
+    // record and leaving the proc array (or waiting for a synchronous
+    // standby). No wait primitive exists for that; poll briefly.
+    absl::Duration retry = absl::Microseconds(200);
+    const absl::Time give_up = absl::Now() + kMaxInvisible;
+    while (at.ok() && !at->has_value()) {
+      {
+        absl::MutexLock lock(&mu_);
+        ++stats_.visibility_retries;
+      }
+      if (absl::Now() >= give_up) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "decoded transactions stayed invisible to new snapshots for ",
+            absl::FormatDuration(kMaxInvisible), " (a synchronous standby not answering?)"));
+      }
+      if (!Pause(retry)) return absl::CancelledError("stopping");
+      retry = std::min(retry * 2, absl::Milliseconds(20));
+      at = Notify(session, payloads, xids);
+    }
     if (!at.ok()) return at.status();
     header.seq += payloads.size();
-    wal.emplace_back(now, *at);
+    wal.emplace_back(now, **at);
     if (wal.size() > 256) wal.pop_front();
     if (kind != RelayHeader::kHello) (*stream)->Confirm(header.through);
     absl::MutexLock lock(&mu_);
@@ -426,7 +492,24 @@ absl::Status WalRelay::Hold(db::Connection& session) {
 
   Pending pending;
   int64_t oldest_commit = 0;
-  if (absl::Status s = send(RelayHeader::kHello, pending, 0); !s.ok()) return s;
+  // Transactions committed but not yet visible when the stream began: those
+  // before its start are never decoded, so the hello (whose flush must come
+  // after them) waits for them like a batch would.
+  std::vector<uint32_t> xids;
+  {
+    absl::StatusOr<v1::ResultSet> committing =
+        Query(session,
+              "SELECT (x::text::int8 & 4294967295) FROM "
+              "pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) AS x "
+              "WHERE pg_catalog.pg_xact_status(x) = 'committed'",
+              {}, absl::Now() + absl::Seconds(10));
+    if (!committing.ok()) return committing.status();
+    for (const v1::Row& row : committing->rows()) {
+      xids.push_back(static_cast<uint32_t>(row.values(0).int64_value()));
+    }
+  }
+  if (absl::Status s = send(RelayHeader::kHello, pending, 0, xids); !s.ok()) return s;
+  xids.clear();
   telemetry::LogInfo("cache WAL stream started",
                      {{"database", options_.database},
                       {"slot", (*stream)->slot_name()},
@@ -448,7 +531,7 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       // Tell the replicas at once rather than after max_lag of silence.
       RelayHeader down = header;
       down.kind = RelayHeader::kDown;
-      (void)Notify(session, EncodeRelay(down, {}));
+      (void)Notify(session, EncodeRelay(down, {}), {});
       return event.status();
     }
     if (event->has_value()) {
@@ -456,7 +539,7 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       if (std::holds_alternative<db::BeginEvent>(e)) between_transactions = false;
       if (std::holds_alternative<db::CommitEvent>(e)) between_transactions = true;
       const bool was_empty = pending.empty();
-      Add(e, &pending, &oldest_commit);
+      Add(e, &pending, &oldest_commit, &xids);
       if (was_empty && !pending.empty()) first_pending = absl::Now();
       if (pending.empty() || absl::Now() < first_pending + options_.batch) continue;
     }
@@ -464,11 +547,12 @@ absl::Status WalRelay::Hold(db::Connection& session) {
     if (pending.empty() && now < last_sent + options_.heartbeat) continue;
     const bool changes = !pending.empty();
     if (absl::Status s = send(changes ? RelayHeader::kChanges : RelayHeader::kHeartbeat, pending,
-                              changes ? oldest_commit : 0);
+                              changes ? oldest_commit : 0, xids);
         !s.ok()) {
       return s;
     }
     pending.clear();
+    xids.clear();
     // A transaction begun but not yet relayed keeps its commit time.
     if (changes) oldest_commit = 0;
     first_pending = absl::InfiniteFuture();

@@ -29,6 +29,12 @@
 //   than max_rows_per_table rows of one table in a batch, the whole table;
 //   a Relation message (DDL), the table's definition. Once a batch's
 //   NOTIFY committed, the stream confirms its position (the slot frees WAL).
+// - A batch is relayed only once its transactions are visible to new
+//   snapshots: PostgreSQL flushes a commit record (so it can be decoded)
+//   before the committing backend leaves the proc array, and a replica that
+//   invalidated and then read in that gap would cache the old row. The
+//   NOTIFY statement checks it (pg_visible_in_snapshot) and is retried
+//   until it holds; a transaction invisible for 20 s ends the term.
 // - Writers run nothing: NOTIFY's cluster-wide commit lock is taken by the
 //   holder's own transactions only.
 // - Anything failing (the stream, the lock session) ends the term: the
@@ -43,6 +49,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -67,8 +74,7 @@ absl::StatusOr<bool> WalLevelIsLogical(db::Connection& conn, absl::Time deadline
 // Why `table` (as SQL names it) cannot be published for the cache: it does
 // not exist, is not a plain table, or has no replica identity (publishing it
 // would make its UPDATE and DELETE fail for every writer). Empty: it can.
-std::string WhyNotPublishable(db::Connection& conn, const std::string& table,
-                              absl::Time deadline);
+std::string WhyNotPublishable(db::Connection& conn, const std::string& table, absl::Time deadline);
 
 // Adds those of `tables` (SQL names) that can be published and are not yet
 // to the existing publication `publication` (a replica not holding the slot
@@ -102,6 +108,8 @@ class WalRelay {
     uint64_t relayed_lsn = 0;  // `through` of the last payload sent
     absl::Duration lag;        // how far decoding trails the server (holder)
     uint64_t batches = 0, payloads = 0, rows = 0, tables = 0;
+    // NOTIFYs held back because a batch's transactions were not visible yet.
+    uint64_t visibility_retries = 0;
     std::vector<std::string> published, excluded;
     std::string last_error;
   };
@@ -137,10 +145,15 @@ class WalRelay {
   // The configured tables that can be published (they have a replica
   // identity), as SQL names them; records the others.
   std::vector<std::string> PublishableTables(db::Connection& session);
-  void Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit) const;
-  // NOTIFYs `payloads` in one transaction per statement; the server's WAL
-  // position read with them.
-  absl::StatusOr<db::Lsn> Notify(db::Connection& session, const std::vector<std::string>& payloads);
+  // `xids`: the transactions whose changes are pending.
+  void Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit,
+           std::vector<uint32_t>* xids) const;
+  // NOTIFYs `payloads` in one transaction per statement, once every one of
+  // `xids` is visible to a new snapshot; the server's WAL position read with
+  // them. nullopt: some is not visible yet, nothing was sent.
+  absl::StatusOr<std::optional<db::Lsn>> Notify(db::Connection& session,
+                                                const std::vector<std::string>& payloads,
+                                                const std::vector<uint32_t>& xids);
   bool Pause(absl::Duration d);  // false once stopping
   void SetError(const absl::Status& s);
 
