@@ -1245,7 +1245,8 @@ void ReadCache::Listen(DbState* state) {
   absl::Duration backoff = absl::Milliseconds(100);
   auto pause = [&] {
     stopping_.WaitForNotificationWithTimeout(backoff);
-    backoff = std::min(backoff * 2, absl::Seconds(5));
+    // Bounded low: while the listener is away, the database's reads bypass the cache.
+    backoff = std::min(backoff * 2, absl::Seconds(1));
   };
   while (!stopping_.HasBeenNotified()) {
     state->subscribed.store(false);
