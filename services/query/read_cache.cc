@@ -720,6 +720,16 @@ void ReadCache::ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteReq
                               v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
                               std::function<void()> run_plain, const v1::ExecuteRequest* borrowed) {
   const v1::ExecuteRequest& request = owned != nullptr ? *owned : *borrowed;
+  // Again, after the applied LSN was found to cover min_lsn: an invalidation
+  // that failed meanwhile (the database is suspect) still advanced it.
+  if (const DbState* state = StateOf(*db); state != nullptr) {
+    if (std::optional<Bypass> why = NotReady(*state)) {
+      counters_.bypass.fetch_add(1, std::memory_order_relaxed);
+      CountBypass(*why);
+      run_plain();
+      return;
+    }
+  }
   // Taken before anything is read: a result found or read from now on
   // reflects every commit the stream had applied by then.
   const uint64_t lsn = ReflectedLsn(*db, request.min_lsn());
@@ -1213,11 +1223,24 @@ void ReadCache::Apply(DbState* state, Applying* a) {
   if (!a->tags.empty()) {
     std::sort(a->tags.begin(), a->tags.end());
     a->tags.erase(std::unique(a->tags.begin(), a->tags.end()), a->tags.end());
+    // A trace of its own: no caller's request caused it.
+    telemetry::Span span = telemetry::StartSpan("cache.invalidate", telemetry::SpanKind::kInternal,
+                                                telemetry::SpanContext());
+    if (span.recording()) {
+      span.SetAttribute("db.name", db);
+      span.SetAttribute("poolside.cache.source", a->relayed ? "wal" : "notify");
+      span.SetAttribute("poolside.cache.tags", a->tags.size());
+      if (a->through != 0) span.SetAttribute("poolside.cache.through_lsn", a->through);
+    }
+    telemetry::ScopedSpanContext scope(span.context());  // the sidecar call is its child
     if (near_ != nullptr) near_->Invalidate(a->tags);
     absl::Status inv = InvalidateNow(*client_, a->tags, a->relayed ? "wal" : "notify");
     if (near_ != nullptr) near_->Invalidate(a->tags);  // see AfterWrite
     SidecarResult(inv.ok());
     if (!inv.ok()) MarkSuspect(state);
+    span.SetAttribute("poolside.cache.outcome", inv.ok() ? "invalidated" : "error");
+    span.SetStatus(inv);
+    span.End();
   }
   if (a->through > state->applied_lsn.load()) {
     state->applied_lsn.store(a->through, std::memory_order_release);
