@@ -275,8 +275,8 @@ void CollectCache(QueryEngine* engine, Families* out) {
                                                  "Times this replica became the holder.");
   prometheus::MetricFamily invisible = CounterFamily(
       "poolside_query_cache_wal_visibility_retries_total",
-      "Holder: relayed batches held back because their transactions, though decoded, were not "
-      "yet visible to new snapshots.");
+      "Holder: times a relayed batch was held back and tried again because its transactions, "
+      "though decoded, were not yet visible to new snapshots.");
   prometheus::MetricFamily delay = HistogramFamily(
       "poolside_query_cache_invalidation_delay_seconds",
       "From a relayed batch's oldest commit (the server's commit time) to its invalidation "

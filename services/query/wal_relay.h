@@ -108,7 +108,8 @@ class WalRelay {
     uint64_t relayed_lsn = 0;  // `through` of the last payload sent
     absl::Duration lag;        // how far decoding trails the server (holder)
     uint64_t batches = 0, payloads = 0, rows = 0, tables = 0;
-    // NOTIFYs held back because a batch's transactions were not visible yet.
+    // Times a batch was held back (and tried again) because its transactions
+    // were not visible yet.
     uint64_t visibility_retries = 0;
     std::vector<std::string> published, excluded;
     std::string last_error;
