@@ -476,6 +476,8 @@ redis_point() {  # clients
 # own (same pool as devstack's) whose cache is this section's sidecar over the
 # unix socket, with pgbench_accounts configured as cached; the same hot keys
 # both ways, so the uncached run reads from PostgreSQL's buffer cache too.
+# Invalidation is cache.invalidation's default, "wal" (devstack's PostgreSQL
+# runs wal_level=logical): no trigger on pgbench_accounts, writers pay nothing.
 QUERY_CACHE_KEYS=${BENCH_QUERY_CACHE_KEYS:-1000}
 QUERY_CACHE_PID=""
 QUERY_CACHE_SUMMARY="not measured"

@@ -192,8 +192,9 @@ absl::Status StartReplica(PostgresCluster& pg, Replica* r) {
   // Created before the replica's listener looks for its cached tables.
   static std::atomic<int> n{0};
   r->fence = absl::StrCat("fence_", n.fetch_add(1));
-  if (absl::Status s = pg.Exec(kDb, absl::StrCat("CREATE TABLE ", r->fence, " (n int);",
-                                                 "INSERT INTO ", r->fence, " VALUES (0)"));
+  if (absl::Status s = pg.Exec(kDb, absl::StrCat("CREATE TABLE ", r->fence,
+                                                 " (id int PRIMARY KEY, n int);", "INSERT INTO ",
+                                                 r->fence, " VALUES (1, 0)"));
       !s.ok()) {
     return s;
   }
@@ -317,7 +318,9 @@ absl::Status Quiesce(PostgresCluster& pg, Replica& r, const std::string& sql = "
   const std::string probe = "test|quiesce-probe";
   const std::string bump = absl::StrCat("UPDATE ", r.fence, " SET n = n + 1");
   for (int round = 0; round < 2; ++round) {
-    if (absl::Status s = r.sidecar.Put(probe, {absl::StrCat("t:", kDb, ":public.", r.fence)});
+    // Tagged as a table-level read of the fence table: dropped by any change to it.
+    if (absl::Status s = r.sidecar.Put(probe, {absl::StrCat("t:", kDb, ":public.", r.fence),
+                                               absl::StrCat("tl:", kDb, ":public.", r.fence)});
         !s.ok()) {
       return s;
     }

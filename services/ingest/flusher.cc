@@ -8,6 +8,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -201,6 +202,20 @@ class Flush {
     // checked inside each probe).
     if (!committed.ok() && !isolating_) {
       needs_isolation_ = IsDataError(committed) && !session_.broken();
+    }
+    if (committed.ok()) {
+      // The WAL position after the commit (and after any duplicate's
+      // original, which this transaction found committed): the requests'
+      // consistency token. Unknown if this fails; the batch stands.
+      auto lsn = session_.Query(
+          "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::text", {});
+      uint64_t at = 0;
+      if (lsn.ok() && lsn->size() == 1 && !(*lsn)[0].empty() && (*lsn)[0][0].has_value() &&
+          absl::SimpleAtoi(*(*lsn)[0][0], &at)) {
+        for (auto& r : result.responses) {
+          if (r.ok()) r->set_commit_lsn(at);
+        }
+      }
     }
     return committed;
   }

@@ -460,6 +460,7 @@ class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<grpc::By
       return;
     }
     summary_.set_rows_written(summary_.rows_written() + r->rows_written());
+    summary_.set_commit_lsn(std::max(summary_.commit_lsn(), r->commit_lsn()));
     summary_.set_rows_rejected(summary_.rows_rejected() + r->rejected_size());
     if (r->duplicate()) summary_.set_duplicates(summary_.duplicates() + 1);
     for (const v1::RowError& e : r->rejected()) {

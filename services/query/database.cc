@@ -28,7 +28,44 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
   span.End(end);
 }
 
+// Keeps the one int8 kCommitLsnSql returns.
+class LsnSink : public db::ResultSink {
+ public:
+  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
+    return absl::OkStatus();
+  }
+  v1::Row* NewRow() override {
+    row_.Clear();
+    return &row_;
+  }
+  absl::Status RowDone(size_t) override {
+    if (row_.values_size() == 1 && row_.values(0).has_int64_value()) {
+      lsn = static_cast<uint64_t>(row_.values(0).int64_value());
+    }
+    return absl::OkStatus();
+  }
+  void Finish(int64_t, absl::string_view) override {}
+
+  uint64_t lsn = 0;
+
+ private:
+  v1::Row row_;
+};
+
 }  // namespace
+
+absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline) {
+  LsnSink sink;
+  db::Statement st;
+  st.sql = kCommitLsnSql;
+  st.sink = &sink;
+  st.deadline = deadline;
+  db::Statement* ptr = &st;
+  if (absl::Status link = conn.RunIndependent({&ptr, 1}); !link.ok()) return link;
+  if (!st.status.ok()) return st.status;
+  if (sink.lsn == 0) return absl::InternalError("the server returned no WAL position");
+  return sink.lsn;
+}
 
 Database::Database(const v1::DatabaseConfig& config, std::string role)
     : config_(config), role_(std::move(role)) {
@@ -193,13 +230,33 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     return;
   }
   std::vector<db::Statement*> statements;
-  statements.reserve(batch.size());
-  for (auto& w : batch) statements.push_back(&w->statement);
+  statements.reserve(batch.size() + 1);
+  bool want_lsn = false;
+  for (auto& w : batch) {
+    statements.push_back(&w->statement);
+    want_lsn = want_lsn || w->wants_commit_lsn;
+  }
   pipelines_.fetch_add(1, std::memory_order_relaxed);
   pipelined_statements_.fetch_add(statements.size(), std::memory_order_relaxed);
+  // Writes that want their commit's position: one read of it after all of
+  // them, in the same round trip (each statement committed at its Sync).
+  LsnSink lsn_sink;
+  db::Statement lsn;
+  if (want_lsn) {
+    lsn.sql = kCommitLsnSql;
+    lsn.sink = &lsn_sink;
+    lsn.deadline = absl::InfinitePast();
+    for (auto& w : batch) lsn.deadline = std::max(lsn.deadline, w->deadline);
+    statements.push_back(&lsn);
+  }
   uint64_t reruns = 0;
   absl::Status link = (*lease)->RunIndependent(statements, &reruns);
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
+  if (want_lsn && link.ok() && lsn.status.ok() && lsn_sink.lsn != 0) {
+    for (auto& w : batch) {
+      if (w->wants_commit_lsn && w->statement.status.ok()) w->commit_lsn = lsn_sink.lsn;
+    }
+  }
   const bool lost = !link.ok() || (*lease)->broken();
   if (lost) lease->MarkBroken();
   lease->Release();

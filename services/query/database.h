@@ -39,6 +39,17 @@ namespace poolside::query {
 
 using ConnectionPool = pool::Pool<db::Connection>;
 
+// The statement that reads the server's WAL insert position as a number
+// (pg_lsn's 64 bits). Run after a transaction committed on the same
+// connection, it gives a position at or after that commit's record: a
+// consistency token (see ExecuteResponse.commit_lsn) that holds whatever
+// synchronous_commit says, unlike the flushed position.
+inline constexpr char kCommitLsnSql[] =
+    "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::int8";
+
+// Runs kCommitLsnSql on `conn` on its own.
+absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline);
+
 // Whether a call cancelled now was cancelled by its deadline. gRPC's deadline
 // timer runs on its own clock and may fire a little before absl::Now()
 // reaches the deadline the call reports, more so when the cancellation is
@@ -80,6 +91,11 @@ class Work {
   // The span this work is done for (the RPC's server span), carried from the
   // gRPC thread to the worker; its pool and statement spans are children.
   telemetry::SpanContext trace;
+  // A batchable statement that may write: its pipeline also reads the
+  // server's WAL insert position right after it (ReadCommitLsn), into
+  // commit_lsn when that succeeded (0 otherwise).
+  bool wants_commit_lsn = false;
+  uint64_t commit_lsn = 0;
 
   // Claims work that no worker has started, to complete it without a database
   // (e.g. from the cache). False if it was abandoned or already claimed.

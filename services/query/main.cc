@@ -86,6 +86,15 @@ int main(int argc, char** argv) {
     telemetry::LogError("refusing to start", {{"error", std::string(s.message())}});
     return 1;
   }
+  // cache.invalidation "wal" on a server without logical decoding: fail, or
+  // fall back, as cache.walUnavailable says.
+  if (engine.read_cache() != nullptr) {
+    if (absl::Status s = engine.read_cache()->CheckInvalidation(absl::Now() + absl::Seconds(10));
+        !s.ok()) {
+      telemetry::LogError("refusing to start", {{"error", std::string(s.message())}});
+      return 1;
+    }
+  }
   telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()
                                                    ? absl::StrCat((*authorizer)->size())
                                                    : "disabled (every caller may do everything)"},

@@ -107,6 +107,42 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
     if (cache->channel().size() > 63) {
       return absl::InvalidArgumentError("cache.channel: at most 63 bytes (a PostgreSQL identifier)");
     }
+    if (cache->invalidation().empty()) cache->set_invalidation("wal");
+    if (cache->invalidation() != "wal" && cache->invalidation() != "trigger") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cache.invalidation: \"wal\" (logical decoding) or \"trigger\" (got \"",
+          cache->invalidation().substr(0, 32), "\")"));
+    }
+    if (cache->wal_unavailable().empty()) cache->set_wal_unavailable("fail");
+    if (cache->wal_unavailable() != "fail" && cache->wal_unavailable() != "trigger" &&
+        cache->wal_unavailable() != "bypass") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cache.walUnavailable: \"fail\", \"trigger\" or \"bypass\" (got \"",
+          cache->wal_unavailable().substr(0, 32), "\")"));
+    }
+    v1::WalInvalidationConfig* wal = cache->mutable_wal();
+    if (wal->publication().empty()) wal->set_publication("poolside_cache");
+    if (wal->publication().size() > 63) {
+      return absl::InvalidArgumentError(
+          "cache.wal.publication: at most 63 bytes (a PostgreSQL identifier)");
+    }
+    POOLSIDE_DEFAULT(wal, batch_ms, 2u);
+    POOLSIDE_DEFAULT(wal, heartbeat_ms, 200u);
+    POOLSIDE_DEFAULT(wal, max_lag_ms, 1000u);
+    if (!wal->has_token_wait_ms()) wal->set_token_wait_ms(100);
+    POOLSIDE_DEFAULT(wal, election_retry_ms, 1000u);
+    POOLSIDE_DEFAULT(wal, max_rows_per_table, 256u);
+    if (wal->batch_ms() > 1000 || wal->heartbeat_ms() > 60000 || wal->token_wait_ms() > 60000 ||
+        wal->election_retry_ms() > 60000 || wal->max_lag_ms() > 3600000) {
+      return absl::InvalidArgumentError(
+          "cache.wal: batchMs at most 1000; heartbeatMs, tokenWaitMs and electionRetryMs at "
+          "most 60000; maxLagMs at most 3600000");
+    }
+    if (wal->max_lag_ms() < 2 * wal->heartbeat_ms()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cache.wal.maxLagMs (", wal->max_lag_ms(), ") must be at least twice heartbeatMs (",
+          wal->heartbeat_ms(), "): a replica would bypass the cache between heartbeats"));
+    }
     absl::flat_hash_set<std::string> seen;
     for (int i = 0; i < cache->tables_size(); ++i) {
       const v1::CachedTables& t = cache->tables(i);

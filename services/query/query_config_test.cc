@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "common/config/json_config.h"
 #include "gtest/gtest.h"
 
@@ -82,6 +83,40 @@ TEST(QueryConfigTest, NearCacheDefaultsZeroTurnsItOffUnknownKeysAreErrors) {
                    "cache": {"target": "unix:/run/c.sock", "keepaliveMs": 999}})");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(c.status().message().find("cache.keepaliveMs"), absl::string_view::npos) << c.status();
+}
+
+TEST(QueryConfigTest, CacheInvalidationModeDefaultsToWalAndIsValidated) {
+  auto c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                        "cache": {"target": "unix:/run/c.sock"}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->cache().invalidation(), "wal");
+  EXPECT_EQ(c->cache().wal_unavailable(), "fail");
+  EXPECT_EQ(c->cache().wal().publication(), "poolside_cache");
+  EXPECT_EQ(c->cache().wal().batch_ms(), 2u);
+  EXPECT_EQ(c->cache().wal().heartbeat_ms(), 200u);
+  EXPECT_EQ(c->cache().wal().max_lag_ms(), 1000u);
+  EXPECT_EQ(c->cache().wal().token_wait_ms(), 100u);
+  EXPECT_EQ(c->cache().wal().election_retry_ms(), 1000u);
+  EXPECT_EQ(c->cache().wal().max_rows_per_table(), 256u);
+  c = Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                   "cache": {"target": "unix:/run/c.sock", "invalidation": "trigger",
+                             "walUnavailable": "bypass", "wal": {"tokenWaitMs": 0}}})");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->cache().invalidation(), "trigger");
+  EXPECT_EQ(c->cache().wal_unavailable(), "bypass");
+  EXPECT_EQ(c->cache().wal().token_wait_ms(), 0u) << "an explicit 0 turns waiting off";
+  for (const char* bad : {
+           R"("invalidation": "WAL")", R"("invalidation": "notify")",
+           R"("walUnavailable": "ignore")",
+           R"("wal": {"publication": "a_publication_name_longer_than_sixty_three_bytes_is_no_postgresql_identifier"})",
+           R"("wal": {"heartbeatMs": 600, "maxLagMs": 1000})",
+           R"("wal": {"batchMs": 5000})"}) {
+    c = Finalize(absl::StrCat(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
+                                  "cache": {"target": "unix:/run/c.sock", )",
+                              bad, "}}"));
+    EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(c.status().message().find("cache."), absl::string_view::npos) << c.status();
+  }
 }
 
 TEST(QueryConfigTest, ExplicitZeroMinIdleIsKept) {

@@ -303,6 +303,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
+  // Unknown until a deferred analysis ran: then the worker reads the commit
+  // position itself.
+  const bool writes = !deferred && ReadCache::NeedsInvalidation(**analysis);
+  work->wants_commit_lsn = writes && !access.read_only;
   if (access.read_only || deferred) {
     // Not pipelined with other calls: a transaction of its own (read-only
     // for a read-only caller), after the analysis when it was deferred.
@@ -317,7 +321,12 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       db::Statement* st = &raw->statement;
       if (!access.read_only) {
         absl::Status link = conn.RunIndependent({&st, 1});
-        return link.ok() ? st->status : link;
+        if (!link.ok()) return link;
+        if (st->status.ok() && ReadCache::NeedsInvalidation(*raw->analysis)) {
+          absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline);
+          raw->commit_lsn = lsn.ok() ? *lsn : 0;
+        }
+        return st->status;
       }
       return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
     };
@@ -326,7 +335,11 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   }
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, raw, &request, response, start, trace = work->trace,
+  // What a read of the database that starts now reflects (a cached answer
+  // says so itself; a write reflects nothing).
+  const uint64_t reflected =
+      cache_ != nullptr ? cache_->ReflectedLsn(*database, request.min_lsn()) : request.min_lsn();
+  work->done = [this, database, raw, &request, response, start, reflected, trace = work->trace,
                 done = std::move(done)](absl::Status s) {
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
     const sql::Analysis* analysis = raw->analysis.get();  // null: refused on the worker
@@ -336,8 +349,13 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
                     s.ok());
     }
     if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
-    if (cache_ != nullptr && analysis != nullptr && MayHaveWritten(s) &&
-        ReadCache::NeedsInvalidation(*analysis)) {
+    const bool writes = analysis != nullptr && ReadCache::NeedsInvalidation(*analysis);
+    if (response->source() == v1::RESULT_SOURCE_UNSPECIFIED) {
+      response->set_source(v1::DATABASE);
+      response->set_lsn(writes ? 0 : reflected);
+    }
+    if (s.ok() && raw->commit_lsn != 0) response->set_commit_lsn(raw->commit_lsn);
+    if (cache_ != nullptr && writes && MayHaveWritten(s)) {
       std::vector<ReadCache::Written> written(1);
       written[0].sql = request.sql();
       written[0].params = request.params();
@@ -475,8 +493,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     st.sink = work->sinks.back().get();
   }
   TransactionWork* raw = work.get();
+  const bool read_only = request.read_only() || access.read_only;
   raw->analyses = *std::move(analyses);
-  work->exclusive = [raw, begin, check_all](db::Connection& conn) -> absl::Status {
+  work->exclusive = [raw, begin, check_all, read_only](db::Connection& conn) -> absl::Status {
     if (raw->analyses.empty()) {  // deferred to this worker
       absl::StatusOr<std::vector<std::shared_ptr<const sql::Analysis>>> a = check_all(false);
       if (!a.ok()) return a.status();
@@ -484,17 +503,23 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     }
     std::vector<db::Statement*> ptrs;
     for (auto& st : raw->statements) ptrs.push_back(&st);
-    return conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
+    absl::Status s = conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
+    if (s.ok() && !read_only) {
+      // Committed: the position after it, for the caller's token (unknown if
+      // this fails; the transaction's outcome stands).
+      absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline);
+      raw->commit_lsn = lsn.ok() ? *lsn : 0;
+    }
+    return s;
   };
-  work->read_only = request.read_only() || access.read_only;
+  work->read_only = read_only;
   work->rewind = [raw] {
     for (auto& sink : raw->sinks) sink->Rewind();
     return true;
   };
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, raw, &request, response, start, trace = work->trace,
-                read_only = request.read_only() || access.read_only,
+  work->done = [this, database, raw, &request, response, start, trace = work->trace, read_only,
                 done = std::move(done)](absl::Status s) {
     const absl::Duration took = absl::Now() - start;
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
@@ -511,6 +536,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
       stats_.Record(database->name(), *analyses[i], took, rows, s.ok());
     }
     if (!s.ok()) response->clear_results();
+    if (s.ok() && raw->commit_lsn != 0) response->set_commit_lsn(raw->commit_lsn);
     if (cache_ != nullptr && MayHaveWritten(s) && !read_only) {
       std::vector<ReadCache::Written> written;
       for (int i = 0; i < request.statements_size(); ++i) {

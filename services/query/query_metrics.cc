@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/telemetry/metrics_family.h"
 #include "common/telemetry/metrics_pool.h"
 #include "common/telemetry/status_page.h"
@@ -223,7 +225,120 @@ void CollectCache(QueryEngine* engine, Families* out) {
   AddCounter(&inval, {{"source", "write"}}, load(c.write_invalidations));
   AddCounter(&inval, {{"source", "flush"}}, load(c.flushes));
   out->push_back(std::move(inval));
+  prometheus::MetricFamily bypass = CounterFamily(
+      "poolside_query_cache_bypass_total",
+      "Reads asking for the cache that ran on the database, by reason: stream (the database's "
+      "invalidation stream is down, silent, unknown or being flushed), lag (it trails the WAL "
+      "past cache.wal.maxLagMs), token (min_lsn not reached in time, or a flight too old to "
+      "join), unwatched (reads a table whose writes are not seen), plan (not a plain read), "
+      "sidecar, key_size, off (cache.walUnavailable: bypass).");
+  for (int r = 0; r < static_cast<int>(ReadCache::Bypass::kCount); ++r) {
+    AddCounter(&bypass, {{"reason", ReadCache::BypassName(static_cast<ReadCache::Bypass>(r))}},
+               load(c.bypass_by_reason[r]));
+  }
+  out->push_back(std::move(bypass));
+  AppendCounter(out, "poolside_query_cache_keyed_fills_total",
+                "Fills tagged with their row's primary key (invalidated by changes to that row "
+                "only; also in poolside_query_cache_fills_total).",
+                load(c.keyed_fills));
+  prometheus::MetricFamily waits = CounterFamily(
+      "poolside_query_cache_token_waits_total",
+      "Reads whose min_lsn this replica had not applied yet, by whether the stream reached it "
+      "within cache.wal.tokenWaitMs.");
+  AddCounter(&waits, {{"result", "reached"}}, load(c.token_waits_reached));
+  AddCounter(&waits, {{"result", "timeout"}}, load(c.token_waits) - load(c.token_waits_reached));
+  out->push_back(std::move(waits));
+
+  prometheus::MetricFamily mode =
+      GaugeFamily("poolside_query_cache_invalidation_mode",
+                  "1 for how each database's cache learns of writes: wal, trigger, off.");
+  prometheus::MetricFamily ready =
+      GaugeFamily("poolside_query_cache_invalidation_ready",
+                  "1 while the database's reads use the cache (its invalidations are up to date).");
+  prometheus::MetricFamily holder =
+      GaugeFamily("poolside_query_cache_wal_holder",
+                  "1 while this replica holds the database's replication slot and relays its WAL.");
+  prometheus::MetricFamily applied =
+      GaugeFamily("poolside_query_cache_wal_applied_lsn",
+                  "Every commit before this WAL position (as a number) is invalidated here.");
+  prometheus::MetricFamily heard =
+      GaugeFamily("poolside_query_cache_wal_silence_seconds",
+                  "Time since the holder's last message reached this replica.");
+  prometheus::MetricFamily lag =
+      GaugeFamily("poolside_query_cache_wal_lag_seconds",
+                  "Holder only: how long ago the server's flushed WAL was where decoding is now.");
+  prometheus::MetricFamily streams = CounterFamily(
+      "poolside_query_cache_wal_streams_total",
+      "Streams this replica applied (each begins with a flush of the database's entries: a "
+      "takeover, a restart).");
+  prometheus::MetricFamily terms = CounterFamily("poolside_query_cache_wal_terms_total",
+                                                 "Times this replica became the holder.");
+  prometheus::MetricFamily invisible = CounterFamily(
+      "poolside_query_cache_wal_visibility_retries_total",
+      "Holder: times a relayed batch was held back and tried again because its transactions, "
+      "though decoded, were not yet visible to new snapshots.");
+  prometheus::MetricFamily delay = HistogramFamily(
+      "poolside_query_cache_invalidation_delay_seconds",
+      "From a relayed batch's oldest commit (the server's commit time) to its invalidation "
+      "applied in this replica's near cache and sidecar.");
+  for (const ReadCache::InvalidationState& st : cache->InvalidationStates()) {
+    const telemetry::MetricLabels db = {{"database", st.database}};
+    for (const char* m : {"wal", "trigger", "off"}) {
+      AddGauge(&mode, {{"database", st.database}, {"mode", m}}, st.mode == m ? 1 : 0);
+    }
+    AddGauge(&ready, db, st.ready ? 1 : 0);
+    if (st.mode != "wal" && st.relay.terms == 0) continue;
+    AddGauge(&holder, db, st.holder ? 1 : 0);
+    AddGauge(&applied, db, double(st.applied_lsn));
+    AddGauge(
+        &heard, db,
+        st.since_heard == absl::InfiniteDuration() ? -1 : absl::ToDoubleSeconds(st.since_heard));
+    if (st.holder) AddGauge(&lag, db, absl::ToDoubleSeconds(st.relay.lag));
+    AddCounter(&streams, db, double(st.streams_seen));
+    AddCounter(&terms, db, double(st.relay.terms));
+    AddCounter(&invisible, db, double(st.relay.visibility_retries));
+    AddHistogram(&delay, db, st.delay);
+  }
+  for (auto* f :
+       {&mode, &ready, &holder, &applied, &heard, &lag, &streams, &terms, &invisible, &delay}) {
+    out->push_back(std::move(*f));
+  }
   CollectNearCache(cache->near_cache(), out);
+}
+
+telemetry::StatusTable InvalidationTable(QueryEngine* engine) {
+  telemetry::StatusTable t;
+  t.title = "Cache invalidation";
+  t.empty_text = "no cached tables configured";
+  const ReadCache* cache = engine->read_cache();
+  if (cache == nullptr) return t;
+  t.columns = {"database",  "mode",      "state",   "applied LSN", "last heard",
+               "delay p50", "delay p99", "streams", "watched",     "note"};
+  for (const ReadCache::InvalidationState& st : cache->InvalidationStates()) {
+    std::string state = st.ready ? "ready" : "bypassing";
+    if (st.mode == "wal") {
+      absl::StrAppend(&state, st.holder ? ", holder" : ", follower");
+      if (st.lagging) absl::StrAppend(&state, ", lagging");
+      if (st.holder) {
+        absl::StrAppend(&state, " (lag ",
+                        telemetry::FormatSeconds(absl::ToDoubleSeconds(st.relay.lag)), ")");
+      }
+    }
+    const bool wal = st.mode == "wal";
+    t.rows.push_back(
+        {st.database, st.mode, state,
+         wal ? absl::StrFormat("%X/%X", st.applied_lsn >> 32, st.applied_lsn & 0xffffffffu) : "—",
+         wal && st.since_heard != absl::InfiniteDuration()
+             ? telemetry::FormatSeconds(absl::ToDoubleSeconds(st.since_heard))
+             : "—",
+         st.delay.count > 0 ? telemetry::FormatSeconds(st.delay.Percentile(0.5)) : "—",
+         st.delay.count > 0 ? telemetry::FormatSeconds(st.delay.Percentile(0.99)) : "—",
+         absl::StrCat(st.streams_seen), absl::StrJoin(st.watched, ", "),
+         st.mode == "trigger"
+             ? absl::StrCat("NOTIFY triggers: every writer of these tables pays. ", st.note)
+             : st.note});
+  }
+  return t;
 }
 
 telemetry::StatusTable PoolsTable(QueryEngine* engine) {
@@ -311,6 +426,7 @@ QueryMetrics::QueryMetrics(QueryEngine* engine, telemetry::MetricsRegistry* regi
   });
   pools_ = registry->AddStatusSection([engine] { return PoolsTable(engine); });
   cache_ = registry->AddStatusSection([engine] { return CacheTable(engine); });
+  invalidation_ = registry->AddStatusSection([engine] { return InvalidationTable(engine); });
   statements_ = registry->AddStatusSection([engine] { return SlowestTable(engine); });
 }
 

@@ -13,6 +13,12 @@
 //   poolside_query_cache_requests_total{outcome=hit|stale|miss|bypass}
 //   poolside_query_cache_{near_hits,coalesced,fills,fills_refused,sidecar_errors}_total
 //   poolside_query_cache_invalidations_total{source=notify|write|flush}
+//   poolside_query_cache_bypass_total{reason}, poolside_query_cache_keyed_fills_total,
+//   poolside_query_cache_token_waits_total{result=reached|timeout}
+//   poolside_query_cache_invalidation_{mode{mode},ready}{database}
+//   poolside_query_cache_wal_{holder,applied_lsn,silence_seconds,lag_seconds}{database}
+//   poolside_query_cache_wal_{streams,terms}_total{database}
+//   poolside_query_cache_invalidation_delay_seconds{database}        histogram
 //   poolside_query_cache_near_{entries,bytes,capacity_bytes,serving,watch_generation}
 //   poolside_query_cache_near_{misses,fills,fills_refused,evictions,invalidations,
 //                              watch_events,subscriptions}_total
@@ -38,6 +44,7 @@ class QueryMetrics {
   telemetry::MetricsRegistry::Registration collector_;
   telemetry::MetricsRegistry::Registration pools_;
   telemetry::MetricsRegistry::Registration cache_;
+  telemetry::MetricsRegistry::Registration invalidation_;
   telemetry::MetricsRegistry::Registration statements_;
 };
 

@@ -2,39 +2,60 @@
 #define POOLSIDE_SERVICES_QUERY_READ_CACHE_H_
 
 // Read caching for the query service, through the cache sidecar, without ever
-// serving what a committed write changed.
+// serving what a committed write changed (docs/cache.md has the design).
 //
-// - A cached result is keyed by database, SQL and parameters, and tagged with
-//   the tables its plan reads ("t:<db>:<schema>.<table>", learned once per
-//   statement with EXPLAIN (FORMAT JSON, VERBOSE) — views show up as their base
-//   tables), the database ("db:<db>") and the caller's extra tags.
-// - Misses fill with the generation their lookup saw, so a result read before
-//   an invalidation is refused by the sidecar if it arrives after it.
+// - A cached result is keyed by database, role, SQL and parameters, and
+//   tagged (row_keys.h) with the database ("db:<db>"), each table its plan
+//   reads ("t:<db>:<schema>.<table>", learned once per statement with
+//   EXPLAIN (FORMAT JSON, VERBOSE): views show up as their base tables) and
+//   the caller's extra tags; then either with its row's key ("k:...") when
+//   the statement looks up one row of one table by its whole primary key
+//   (common/sql/key_lookup.h, checked against the catalog and the plan, once
+//   per statement), or else with "tl:" per table (table-level entries).
+// - Misses fill with the generation their lookup saw, so a result read
+//   before an invalidation is refused by the sidecar (and the near cache) if
+//   it arrives after it: fills are fenced, and a flush fences every fill
+//   begun before it.
 // - Identical concurrent misses share one database query (single flight),
-//   bounded by the first caller's deadline; results past a caller's own row or
-//   byte limit fail that caller only.
-// - Writes: on the tables configured in `cache.tables`, a statement-level
-//   trigger sends NOTIFY (delivered on commit only); one LISTEN connection per
-//   such database invalidates the tables' tags. After a (re)subscription the
-//   database's entries are flushed, and until then its reads bypass the cache.
-//   Only statements reading nothing but such watched tables are cached; a read
-//   of any other table (or of a partition, whose direct writes the parent's
-//   trigger does not see) runs on the database (BYPASS).
-//   A write through this replica also invalidates its tables before the
-//   caller gets its reply (read-your-writes through any replica sharing the
-//   sidecar); a statement whose tables cannot be learned (DDL, CALL, ...)
+//   bounded by the first caller's deadline; results past a caller's own row
+//   or byte limit fail that caller only. A caller joins a flight only if it
+//   began after this replica's last own write to the database and at or
+//   past the caller's min_lsn.
+// - Writes by anyone, per database (cache.invalidation):
+//   "wal": every replica runs a WalRelay (wal_relay.h); the one holding the
+//   slot relays what it decodes as NOTIFYs on `cache.channel`, which every
+//   replica's listener (one LISTEN connection per database) applies: a row's
+//   change drops that row's key entries and the table-level entries of its
+//   table; TRUNCATE, DDL and changes without a usable key drop the table.
+//   Messages that move the stream's state (hello, positions, heartbeats)
+//   count only from the session holding the election lock (checked in
+//   pg_locks); anything else on the channel may only invalidate. A new
+//   stream (a takeover, a restart) flushes the database's entries, as does
+//   every (re)subscription of the listener. The database's reads bypass the
+//   cache while no stream is known, the holder has been silent or lagging
+//   for cache.wal.maxLagMs, or a flush is pending.
+//   "trigger": a statement-level trigger on each cached table sends NOTIFY
+//   in the writer's transaction; the listener installs them (writers pay).
+//   Only reads of cached tables alone (published ones, in "wal" mode) are
+//   cached; any other read runs on the database (BYPASS).
+// - Consistency tokens ("wal" mode): the listener records the position up to
+//   which every commit has been invalidated here (applied LSN). A read with
+//   a min_lsn beyond it waits up to cache.wal.tokenWaitMs, then runs on the
+//   database. Responses say where a result came from and the position it
+//   reflects at least.
+// - Writes through this replica also invalidate their tables before the
+//   caller gets the reply (read-your-writes on this replica without a
+//   token); a statement whose tables cannot be learned (DDL, CALL, ...)
 //   flushes its database's entries.
 // - Near cache (near_cache.h, `cache.near`): results are also kept parsed in
 //   this process and a hit there is answered on the calling thread (outcome
 //   HIT, counted in near_hits too). Filled by sidecar hits and database
-//   fills, with the near cache's generation taken before the lookup (so a
-//   fill loses against a later invalidation). Every invalidation of this
-//   replica (NOTIFY, writes, flushes) is applied to it before the sidecar
-//   gets it, and again once the sidecar answered (a read that began in
-//   between may have found the old entry in the sidecar);
-//   invalidations the sidecar applies for anyone else arrive through its
-//   WatchInvalidations stream, and while that stream is down the near cache
-//   does not serve (it is emptied when the stream is back).
+//   fills, with the near cache's generation taken before the lookup. Every
+//   invalidation of this replica is applied to it before the sidecar gets
+//   it, and again once the sidecar answered (a read that began in between
+//   may have found the old entry in the sidecar); invalidations the sidecar
+//   applies for anyone else arrive through its WatchInvalidations stream,
+//   and while that stream is down the near cache does not serve.
 // - The sidecar being down, slow or restarted never fails a call: the call
 //   runs on the database (outcome BYPASS); after `failure_threshold`
 //   consecutive failures the sidecar is skipped for `retry_after_ms`. An
@@ -47,8 +68,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -58,22 +81,36 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/sql/key_lookup.h"
+#include "common/sql/statement_analyzer.h"
+#include "common/telemetry/histogram.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.pb.h"
-#include "common/sql/statement_analyzer.h"
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
+#include "services/query/lsn_waiters.h"
 #include "services/query/near_cache.h"
 #include "services/query/result_sinks.h"
+#include "services/query/row_keys.h"
+#include "services/query/wal_relay.h"
 
 namespace poolside::query {
 
+// A lookup of one row by its table's whole primary key: the operand of each
+// key column, in the table's column order.
+struct KeyPlan {
+  std::string table;  // "schema.table"
+  std::vector<std::pair<KeyFamily, sql::KeyOperand>> columns;
+};
+
 // What a statement's plan says about it.
 struct StatementTables {
-  bool explained = false;     // false: EXPLAIN refused it (DDL, CALL, ...)
-  bool modifies = false;      // a ModifyTable node (INSERT/UPDATE/DELETE/MERGE, data-modifying CTE)
-  bool locks_rows = false;    // FOR UPDATE/SHARE
+  bool explained = false;   // false: EXPLAIN refused it (DDL, CALL, ...)
+  bool modifies = false;    // a ModifyTable node (INSERT/UPDATE/DELETE/MERGE, data-modifying CTE)
+  bool locks_rows = false;  // FOR UPDATE/SHARE
   std::vector<std::string> tables;  // "schema.table", sorted, unique
+  // Set when the statement is a lookup by primary key (learned after the plan).
+  std::optional<KeyPlan> key;
 };
 
 // Parses EXPLAIN (FORMAT JSON, VERBOSE) output. Exposed for tests.
@@ -81,29 +118,76 @@ absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json)
 
 class ReadCache {
  public:
+  // Why a cacheable read ran on the database.
+  enum class Bypass {
+    kStream,     // no invalidation stream applies (down, silent, no holder, flush pending)
+    kLag,        // the stream lags past cache.wal.maxLagMs
+    kToken,      // min_lsn not reached within cache.wal.tokenWaitMs (or trigger mode)
+    kUnwatched,  // reads a table whose writes are not seen
+    kPlan,       // not a plain read, or its plan could not be learned
+    kSidecar,    // the sidecar is failing or errored
+    kKeySize,    // the key is too long
+    kOff,        // the database's invalidation is unavailable (walUnavailable: bypass)
+    kCount,
+  };
+  static const char* BypassName(Bypass reason);
+
   struct Counters {
     std::atomic<uint64_t> hits{0}, stale{0}, misses{0}, bypass{0}, coalesced{0};
     std::atomic<uint64_t> fills{0}, fills_refused{0}, sidecar_errors{0};
     std::atomic<uint64_t> notifications{0}, write_invalidations{0}, flushes{0};
     // Hits answered by the near cache (also counted in hits).
     std::atomic<uint64_t> near_hits{0};
+    // Cached reads tagged by row (a subset of the misses' fills).
+    std::atomic<uint64_t> keyed_fills{0};
+    // By reason; bypass counts the ones that reached Execute.
+    std::atomic<uint64_t> bypass_by_reason[static_cast<int>(Bypass::kCount)] = {};
+    // Reads that waited for their min_lsn, and of them those that got it.
+    std::atomic<uint64_t> token_waits{0}, token_waits_reached{0};
+  };
+
+  // How one database's cache learns of writes, for stats and the status page.
+  struct InvalidationState {
+    std::string database;
+    std::string mode;  // "wal", "trigger", or "off" (walUnavailable: bypass)
+    bool ready = false;
+    bool subscribed = false;
+    // "wal":
+    bool holder = false;  // this replica holds the slot
+    uint64_t stream = 0;  // the stream whose messages are applied, 0 none
+    uint64_t applied_lsn = 0;
+    absl::Duration since_heard = absl::InfiniteDuration();
+    bool lagging = false;
+    uint64_t streams_seen = 0;  // new streams applied (each flushed the database)
+    uint64_t relay_messages = 0;
+    telemetry::Histogram::Snapshot delay;  // commit -> applied here
+    WalRelay::Stats relay;
+    std::vector<std::string> watched;
+    std::string note;  // why not "wal", leftover triggers, ...
   };
 
   // `databases` outlive this.
   ReadCache(const v1::QueryCacheConfig& config, std::unique_ptr<CacheClient> client,
             const absl::flat_hash_map<std::string, std::unique_ptr<Database>>& databases,
             const v1::LimitsConfig& limits);
-  ~ReadCache();  // stops the listeners; waits for sidecar calls in flight
+  ~ReadCache();  // stops the listeners and relays; waits for sidecar calls in flight
   ReadCache(const ReadCache&) = delete;
   ReadCache& operator=(const ReadCache&) = delete;
 
-  // Starts one LISTEN thread per database with cached tables.
+  // "wal" mode: checks each database it can reach now; one whose wal_level is
+  // not logical is handled per cache.walUnavailable: FAILED_PRECONDITION
+  // naming it ("fail"), or switched to "trigger" or "off" (logged).
+  // Databases it cannot reach are checked again when their listener
+  // connects. Before Start().
+  absl::Status CheckInvalidation(absl::Time deadline);
+
+  // Starts one listener per database with cached tables, and its WalRelay.
   void Start();
 
   // Whether `request` (whose text `analysis` describes) goes through the
   // cache: a read (SELECT, VALUES, TABLE; no locking clause, INTO or
-  // data-modifying WITH) asking for it. False: run it
-  // plainly, outcome BYPASS.
+  // data-modifying WITH) asking for it, on a database whose invalidations
+  // are up. False: run it plainly, outcome BYPASS.
   bool Applies(const Database& db, const v1::ExecuteRequest& request,
                const sql::Analysis& analysis) const;
 
@@ -113,10 +197,16 @@ class ReadCache {
   // `request` and `response` stay valid until work->done ran or Abandon() won.
   // `read_only`: the caller's access scope (CallAccess): part of the cache key
   // (as is db's role), and the fill of such a key runs in a read-only
-  // transaction.
+  // transaction. Sets response's cache outcome, source and lsn for what it
+  // answers itself.
   void Execute(Database* db, const v1::ExecuteRequest& request, std::shared_ptr<Work> work,
-               v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
-               bool read_only, std::function<void()> run_plain);
+               v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes, bool read_only,
+               std::function<void()> run_plain);
+
+  // The position a read of `db` that starts now on the database reflects at
+  // least: the applied LSN ("wal" mode, while the stream is up) or the
+  // caller's min_lsn, whichever is later; 0 when nothing is known.
+  uint64_t ReflectedLsn(const Database& db, uint64_t min_lsn) const;
 
   // After write statements committed through this replica: invalidates their
   // tables (or the database) in the sidecar, then runs `done` (always; a
@@ -133,8 +223,9 @@ class ReadCache {
   }
 
   const Counters& counters() const { return counters_; }
+  std::vector<InvalidationState> InvalidationStates() const;
 
-  // Test hook: whether reads of `database` currently use the cache.
+  // Whether reads of `database` currently use the cache.
   bool DatabaseReady(absl::string_view database) const;
 
   // Null when `cache.near.capacityBytes` is 0.
@@ -144,39 +235,61 @@ class ReadCache {
   struct Flight;
   struct DbState;
   struct Participant;
+  struct Applying;
 
   std::string KeyFor(const Database& db, const v1::ExecuteRequest& request, bool read_only) const;
   // Learns (once) and returns the statement's tables; runs `then` with them.
   void Tables(Database* db, const std::string& sql,
               const google::protobuf::RepeatedPtrField<v1::Value>& params, absl::Time deadline,
               std::function<void(absl::StatusOr<StatementTables>)> then);
+  // Learns whether a plain read of one table is a primary-key lookup; runs
+  // `then` with `t` completed.
+  void LearnKey(Database* db, const std::string& sql, absl::Time deadline, StatementTables t,
+                std::function<void(StatementTables)> then);
   std::vector<std::string> TagsFor(const Database& db, const StatementTables& t,
-                                   const v1::CachePolicy& policy) const;
+                                   const v1::ExecuteRequest& request, bool* keyed) const;
+  // Execute once the stream has applied the request's min_lsn (or none).
+  // `owned` may be null: then `borrowed` is the request, copied if needed.
+  void ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned, std::string key,
+                     std::shared_ptr<Work> work, v1::ExecuteResponse* response, uint64_t max_rows,
+                     uint64_t max_bytes, std::function<void()> run_plain,
+                     const v1::ExecuteRequest* borrowed = nullptr);
   void Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> request, std::string key,
-              std::shared_ptr<Work> work,
-              v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
-              std::function<void()> run_plain, StatementTables tables, uint64_t near_generation);
+              std::shared_ptr<Work> work, v1::ExecuteResponse* response, uint64_t max_rows,
+              uint64_t max_bytes, std::function<void()> run_plain, StatementTables tables,
+              uint64_t near_generation, uint64_t lsn);
   // Joins or starts the flight for `key`. `participant` may be empty (a
   // background refresh of a stale entry). `near_generation`: the near
-  // cache's, taken before the lookup that led here.
+  // cache's, taken before the lookup that led here; `lsn`: the applied LSN
+  // then.
   void Fly(Database* db, const v1::ExecuteRequest& request, const std::string& key,
-           uint64_t generation, uint64_t near_generation, std::vector<std::string> tags,
-           absl::Time deadline, std::unique_ptr<Participant> participant);
+           uint64_t generation, uint64_t near_generation, uint64_t lsn,
+           std::vector<std::string> tags, bool keyed, absl::Time deadline,
+           std::unique_ptr<Participant> participant);
   void Land(const std::shared_ptr<Flight>& flight, absl::Status status);
   void Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
-               v1::CacheOutcome outcome);
+               v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn);
   // Claims `work` and answers it with `result` (within the caller's limits).
   static void Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
                      uint64_t max_bytes, const absl::Status& status, const v1::ResultSet& result,
-                     v1::CacheOutcome outcome);
+                     v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn);
+  void CountBypass(Bypass reason) const;
 
   bool SidecarUsable();
   void SidecarResult(bool ok);
   void Listen(DbState* state);
+  // The WAL-mode listener's work on what arrived: see Applying.
+  void OnRelayed(DbState* state, db::Connection& conn, const db::Notification& n, Applying* a);
+  void Apply(DbState* state, Applying* a);
+  bool HolderSession(DbState* state, db::Connection& conn, int pid);
+  void ForgetTable(const std::string& database, const std::string& table);
+  void OnWalUnavailable(DbState* state, const absl::Status& why);
   // Flushes the database's entries; true when the sidecar confirmed.
   bool FlushDatabase(DbState* state, const std::string& source);
   void MarkSuspect(DbState* state);
   DbState* StateOf(const Database& db) const;
+  // Why reads of the database bypass the cache now, if they do.
+  std::optional<Bypass> NotReady(const DbState& s) const;
 
   const v1::QueryCacheConfig config_;
   const v1::LimitsConfig limits_;
@@ -184,7 +297,9 @@ class ReadCache {
   const std::unique_ptr<NearCache> near_;
   const std::unique_ptr<CacheClient> client_;
   absl::flat_hash_map<std::string, std::unique_ptr<DbState>> dbs_;
-  Counters counters_;
+  mutable Counters counters_;
+  // Reset by the destructor once the listeners stopped (the waiting reads run plain).
+  std::unique_ptr<LsnWaiters> waiters_ = std::make_unique<LsnWaiters>();
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Flight>> flights_ ABSL_GUARDED_BY(mu_);

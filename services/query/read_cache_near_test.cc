@@ -235,6 +235,9 @@ class ReadCacheNearTest : public ::testing::Test {
     tables->add_tables("items");
     tables->add_tables("other");
     cache->mutable_near()->set_max_ttl_ms(kTtlMs);
+    // These tests silence writes' NOTIFYs with session_replication_role,
+    // which logical decoding does not see: triggers it is.
+    cache->set_invalidation("trigger");
     absl::StatusOr<v1::QueryServiceConfig> finalized = FinalizeQueryConfig(c);
     ASSERT_TRUE(finalized.ok()) << finalized.status();
     config_ = *std::move(finalized);

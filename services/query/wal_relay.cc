@@ -1,0 +1,564 @@
+#include "services/query/wal_relay.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <deque>
+#include <limits>
+#include <utility>
+#include <variant>
+
+#include "absl/random/random.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/db/error.h"
+#include "common/telemetry/log.h"
+#include "services/query/result_sinks.h"
+#include "services/query/row_keys.h"
+
+namespace poolside::query {
+namespace {
+
+// Payloads NOTIFYed by one statement (one transaction).
+constexpr int kPayloadsPerStatement = 32;
+// After the server said it cannot decode the WAL: wait this many election
+// periods before trying again.
+constexpr int kUnavailableBackoff = 10;
+// How long a decoded transaction may stay invisible to new snapshots (a
+// synchronous standby not answering keeps it so) before the term ends; below
+// the server's default wal_sender_timeout, since the stream is not read
+// meanwhile.
+constexpr absl::Duration kMaxInvisible = absl::Seconds(20);
+
+// True when every transaction of the int8[] parameter $<param> (32-bit xids,
+// as pgoutput sends them) is visible to a snapshot taken now: committed and
+// out of the proc array. Each xid is widened to its xid8 next to the
+// snapshot's xmax (an xid is never 2^31 transactions away from it).
+std::string VisibleCondition(int param) {
+  return absl::StrCat(
+      "NOT EXISTS (SELECT 1 FROM pg_catalog.unnest($", param,
+      "::pg_catalog.int8[]) AS t(x), (SELECT pg_catalog.pg_current_snapshot() AS s) AS c, "
+      "LATERAL (SELECT pg_catalog.pg_snapshot_xmax(c.s)::text::int8 AS m) AS h, "
+      "LATERAL (SELECT ((h.m & 4294967295) - t.x) & 4294967295 AS d) AS e "
+      "WHERE NOT pg_catalog.pg_visible_in_snapshot((CASE WHEN e.d < 2147483648 THEN h.m - e.d "
+      "ELSE h.m + 4294967296 - e.d END)::text::pg_catalog.xid8, c.s))");
+}
+
+std::string XidArray(const std::vector<uint32_t>& xids) {
+  return absl::StrCat("{", absl::StrJoin(xids, ","), "}");
+}
+
+// Runs one statement of the relay's own; its rows as a ResultSet.
+absl::StatusOr<v1::ResultSet> Query(db::Connection& conn, const std::string& sql,
+                                    const google::protobuf::RepeatedPtrField<v1::Value>& params,
+                                    absl::Time deadline) {
+  v1::ResultSet rs;
+  ResultBudget budget{100000, 16 << 20};
+  ResultSetSink sink(&rs, &budget);
+  db::Statement st;
+  st.sql = sql;
+  st.params = &params;
+  st.sink = &sink;
+  st.deadline = deadline;
+  db::Statement* ptr = &st;
+  if (absl::Status link = conn.RunIndependent({&ptr, 1}); !link.ok()) return link;
+  if (!st.status.ok()) return st.status;
+  return rs;
+}
+
+std::string Qualified(const db::RelationInfo& r) { return absl::StrCat(r.schema, ".", r.table); }
+
+}  // namespace
+
+absl::StatusOr<bool> WalLevelIsLogical(db::Connection& conn, absl::Time deadline) {
+  absl::StatusOr<v1::ResultSet> rs =
+      Query(conn, "SELECT current_setting('wal_level')", {}, deadline);
+  if (!rs.ok()) return rs.status();
+  if (rs->rows_size() != 1 || rs->rows(0).values_size() != 1) {
+    return absl::InternalError("SHOW wal_level returned no value");
+  }
+  return rs->rows(0).values(0).text_value() == "logical";
+}
+
+std::string WhyNotPublishable(db::Connection& conn, const std::string& table, absl::Time deadline) {
+  google::protobuf::RepeatedPtrField<v1::Value> params;
+  params.Add()->set_text_value(table);
+  absl::StatusOr<v1::ResultSet> rs = Query(
+      conn,
+      "SELECT c.relreplident::text, c.relkind::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+      "WHERE i.indrelid = c.oid AND i.indisprimary) FROM pg_catalog.pg_class c "
+      "WHERE c.oid = pg_catalog.to_regclass($1)",
+      params, deadline);
+  if (!rs.ok()) return std::string(rs.status().message().substr(0, 200));
+  if (rs->rows_size() != 1) return "no such table";
+  const std::string identity = rs->rows(0).values(0).text_value();
+  const std::string kind = rs->rows(0).values(1).text_value();
+  const bool has_key = rs->rows(0).values(2).bool_value();
+  if (kind != "r") {
+    return "not a plain table (views, partitioned and foreign tables are not published)";
+  }
+  if (identity == "n" || (identity == "d" && !has_key)) {
+    return "no primary key or replica identity: publishing it would make its UPDATE and "
+           "DELETE fail for every writer";
+  }
+  return "";
+}
+
+absl::Status PublishTables(db::Connection& conn, const std::string& publication,
+                           const std::vector<std::string>& tables, absl::Time deadline) {
+  for (const std::string& table : tables) {
+    if (!WhyNotPublishable(conn, table, deadline).empty()) continue;
+    google::protobuf::RepeatedPtrField<v1::Value> params;
+    params.Add()->set_text_value(publication);
+    params.Add()->set_text_value(table);
+    // The publication's name and the table's, quoted by the server.
+    absl::StatusOr<v1::ResultSet> rs =
+        Query(conn,
+              "SELECT pg_catalog.quote_ident(p.pubname), pg_catalog.to_regclass($2)::text, "
+              "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid "
+              "AND r.prrelid = pg_catalog.to_regclass($2)) OR p.puballtables "
+              "FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
+              params, deadline);
+    if (!rs.ok()) return rs.status();
+    if (rs->rows_size() != 1) return absl::OkStatus();  // not created yet
+    if (rs->rows(0).values(2).bool_value()) continue;
+    absl::StatusOr<v1::ResultSet> added =
+        Query(conn,
+              absl::StrCat("ALTER PUBLICATION ", rs->rows(0).values(0).text_value(),
+                           " ADD TABLE ONLY ", rs->rows(0).values(1).text_value()),
+              {}, deadline);
+    // 42710: added meanwhile by someone else.
+    if (!added.ok() && db::SqlStateOf(added.status()) != "42710") {
+      return added.status();
+    }
+  }
+  return absl::OkStatus();
+}
+
+int64_t WalRelay::LockKey(absl::string_view publication, absl::string_view channel) {
+  return static_cast<int64_t>(
+      StableHash(absl::StrCat("poolside-wal-relay\x1f", publication, "\x1f", channel)));
+}
+
+WalRelay::WalRelay(Options options, OnUnavailable on_unavailable)
+    : options_(std::move(options)), on_unavailable_(std::move(on_unavailable)) {}
+
+WalRelay::~WalRelay() {
+  stopping_.Notify();
+  if (thread_.joinable()) thread_.join();
+}
+
+void WalRelay::Start() {
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "cache:walrelay");
+    Run();
+  });
+}
+
+WalRelay::Stats WalRelay::GetStats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+bool WalRelay::Pause(absl::Duration d) { return !stopping_.WaitForNotificationWithTimeout(d); }
+
+void WalRelay::SetError(const absl::Status& s) {
+  absl::MutexLock lock(&mu_);
+  stats_.last_error = std::string(s.message().substr(0, 300));
+}
+
+void WalRelay::Run() {
+  const int64_t key = LockKey(options_.publication, options_.channel);
+  while (!stopping_.HasBeenNotified()) {
+    db::ConnectionOptions o;
+    o.dsn = options_.dsn;
+    o.application_name = absl::StrCat("poolside-cache-relay/", options_.database);
+    o.connect_timeout = options_.connect_timeout;
+    absl::StatusOr<std::unique_ptr<db::Connection>> session = db::Connection::Open(o);
+    if (!session.ok()) {
+      SetError(session.status());
+      if (!Pause(options_.election_retry)) return;
+      continue;
+    }
+    google::protobuf::RepeatedPtrField<v1::Value> params;
+    params.Add()->set_int64_value(key);
+    bool holder = false;
+    while (!stopping_.HasBeenNotified()) {
+      absl::StatusOr<v1::ResultSet> got = Query(**session, "SELECT pg_try_advisory_lock($1)",
+                                                params, absl::Now() + absl::Seconds(5));
+      if (!got.ok()) {
+        SetError(got.status());
+        break;
+      }
+      if (got->rows_size() == 1 && got->rows(0).values(0).bool_value()) {
+        holder = true;
+        break;
+      }
+      if (!Pause(options_.election_retry)) return;
+    }
+    if (!holder) {
+      if (!Pause(options_.election_retry)) return;
+      continue;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.holder = true;
+      ++stats_.terms;
+    }
+    telemetry::LogInfo("this replica now reads the cache's invalidations from the WAL",
+                       {{"database", options_.database}, {"publication", options_.publication}});
+    const absl::Status ended = Hold(**session);
+    session->reset();  // releases the lock; the stream (and its slot) is gone already
+    {
+      absl::MutexLock lock(&mu_);
+      stats_.holder = false;
+      stats_.stream = 0;
+    }
+    if (stopping_.HasBeenNotified()) return;
+    SetError(ended);
+    telemetry::LogWarning(
+        "the cache's WAL stream ended; running for election again",
+        {{"database", options_.database}, {"error", std::string(ended.message().substr(0, 300))}});
+    const bool unavailable = ended.code() == absl::StatusCode::kFailedPrecondition;
+    if (!Pause(options_.election_retry * (unavailable ? kUnavailableBackoff : 1))) return;
+  }
+}
+
+std::vector<std::string> WalRelay::PublishableTables(db::Connection& session) {
+  std::vector<std::string> ok, excluded;
+  for (const std::string& table : options_.tables) {
+    const std::string why = WhyNotPublishable(session, table, absl::Now() + absl::Seconds(10));
+    if (why.empty()) {
+      ok.push_back(table);
+      continue;
+    }
+    excluded.push_back(table);
+    absl::MutexLock lock(&mu_);
+    if (warned_.insert(table).second) {
+      telemetry::LogError("cached table left out of the WAL stream; its reads are not cached",
+                          {{"database", options_.database}, {"table", table}, {"why", why}});
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  stats_.published = ok;
+  stats_.excluded = excluded;
+  return ok;
+}
+
+void WalRelay::Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit,
+                   std::vector<uint32_t>* xids) const {
+  if (const auto* begin = std::get_if<db::BeginEvent>(&event)) {
+    const int64_t t = db::PostgresMicrosFromTime(begin->commit_time);
+    if (*oldest_commit == 0 || t < *oldest_commit) *oldest_commit = t;
+    xids->push_back(begin->xid);
+    return;
+  }
+  auto whole = [](PendingTable& t) {
+    t.whole = true;
+    t.rows.clear();
+  };
+  if (const auto* c = std::get_if<db::ChangeEvent>(&event)) {
+    const db::RelationInfo& rel = *c->relation;
+    PendingTable& t = (*pending)[Qualified(rel)];
+    if (t.whole) return;
+    // Row by row only where the key PostgreSQL sends is the primary key.
+    if (rel.replica_identity != 'd' || rel.key_columns.empty() || !c->key_known) {
+      whole(t);
+      return;
+    }
+    for (const std::vector<db::KeyValue>* values : {&c->new_key, &c->old_key}) {
+      if (values->empty()) continue;
+      if (values->size() != rel.key_columns.size()) {
+        whole(t);
+        return;
+      }
+      std::vector<std::string> canonical;
+      for (size_t i = 0; i < values->size(); ++i) {
+        const KeyFamily family = KeyFamilyOf(rel.columns[rel.key_columns[i]].type_oid);
+        std::optional<std::string> v;
+        if ((*values)[i].has_value()) v = CanonicalKeyText(family, *(*values)[i]);
+        if (!v.has_value()) {
+          whole(t);
+          return;
+        }
+        canonical.push_back(*std::move(v));
+      }
+      t.rows.insert(RowKeyHash(canonical));
+    }
+    if (t.rows.size() > options_.max_rows_per_table) whole(t);
+    return;
+  }
+  if (const auto* truncate = std::get_if<db::TruncateEvent>(&event)) {
+    for (const auto& rel : truncate->relations) whole((*pending)[Qualified(*rel)]);
+    return;
+  }
+  if (const auto* relation = std::get_if<db::RelationEvent>(&event)) {
+    PendingTable& t = (*pending)[Qualified(*relation->relation)];
+    whole(t);
+    t.definition = true;
+  }
+}
+
+absl::StatusOr<std::optional<db::Lsn>> WalRelay::Notify(db::Connection& session,
+                                                        const std::vector<std::string>& payloads,
+                                                        const std::vector<uint32_t>& xids) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  const bool one_statement = payloads.size() <= kPayloadsPerStatement;
+  if (!xids.empty() && !one_statement) {
+    // All or nothing: checked once before any statement, since a later one
+    // could pass where an earlier one did not (visibility only grows).
+    google::protobuf::RepeatedPtrField<v1::Value> check;
+    check.Add()->set_text_value(XidArray(xids));
+    absl::StatusOr<v1::ResultSet> visible =
+        Query(session, absl::StrCat("SELECT ", VisibleCondition(1)), check, deadline);
+    if (!visible.ok()) return visible.status();
+    if (visible->rows_size() != 1 || !visible->rows(0).values(0).bool_value()) {
+      return std::optional<db::Lsn>();
+    }
+  }
+  std::vector<std::string> sql;
+  std::vector<google::protobuf::RepeatedPtrField<v1::Value>> params;
+  for (size_t i = 0; i < payloads.size(); i += kPayloadsPerStatement) {
+    const size_t n = std::min<size_t>(kPayloadsPerStatement, payloads.size() - i);
+    std::string text = "SELECT ";
+    params.emplace_back();
+    params.back().Add()->set_text_value(options_.channel);
+    for (size_t j = 0; j < n; ++j) {
+      absl::StrAppend(&text, "pg_catalog.pg_notify($1, $", j + 2, "), ");
+      params.back().Add()->set_text_value(payloads[i + j]);
+    }
+    // Flushed: the stream cannot decode further (with synchronous_commit off,
+    // WAL written but not flushed waits for the WAL writer).
+    absl::StrAppend(&text, "pg_catalog.pg_current_wal_flush_lsn()::text");
+    if (!xids.empty() && one_statement) {
+      // No row, and no NOTIFY, while some transaction is not visible.
+      absl::StrAppend(&text, " WHERE ", VisibleCondition(n + 2));
+      params.back().Add()->set_text_value(XidArray(xids));
+    }
+    sql.push_back(std::move(text));
+  }
+  std::vector<v1::ResultSet> results(sql.size());
+  std::vector<ResultBudget> budgets(sql.size(), ResultBudget{10, 1 << 20});
+  std::vector<std::unique_ptr<ResultSetSink>> sinks;
+  std::vector<db::Statement> statements(sql.size());
+  std::vector<db::Statement*> ptrs;
+  for (size_t i = 0; i < sql.size(); ++i) {
+    sinks.push_back(std::make_unique<ResultSetSink>(&results[i], &budgets[i]));
+    statements[i].sql = sql[i];
+    statements[i].params = &params[i];
+    statements[i].sink = sinks.back().get();
+    statements[i].deadline = deadline;
+    ptrs.push_back(&statements[i]);
+  }
+  if (absl::Status link = session.RunIndependent(ptrs); !link.ok()) return link;
+  for (const db::Statement& st : statements) {
+    if (!st.status.ok()) return st.status;
+  }
+  const v1::ResultSet& last = results.back();
+  if (!xids.empty() && one_statement && last.rows_size() == 0) return std::optional<db::Lsn>();
+  if (last.rows_size() != 1 || last.rows(0).values_size() == 0) {
+    return absl::InternalError("NOTIFY returned no WAL position");
+  }
+  const v1::Value& lsn = last.rows(0).values(last.rows(0).values_size() - 1);
+  absl::StatusOr<db::Lsn> parsed = db::ParseLsn(lsn.text_value());
+  if (!parsed.ok()) return parsed.status();
+  return std::optional<db::Lsn>(*parsed);
+}
+
+absl::Status WalRelay::Hold(db::Connection& session) {
+  absl::StatusOr<bool> logical = WalLevelIsLogical(session, absl::Now() + absl::Seconds(10));
+  if (!logical.ok()) return logical.status();
+  if (!*logical) {
+    const absl::Status s = absl::FailedPreconditionError(absl::StrCat(
+        "database ", options_.database,
+        ": wal_level is not logical, so the cache cannot read invalidations from the WAL; set "
+        "wal_level = logical (a restart) or cache.invalidation: \"trigger\""));
+    if (on_unavailable_) on_unavailable_(s);
+    return s;
+  }
+  // Permanent slots of poolside (made by hand, or by another version) pin WAL
+  // until someone drops them: say so.
+  if (absl::StatusOr<v1::ResultSet> slots =
+          Query(session,
+                "SELECT slot_name::text FROM pg_catalog.pg_replication_slots "
+                "WHERE slot_name LIKE 'poolside%' AND NOT temporary",
+                {}, absl::Now() + absl::Seconds(10));
+      slots.ok()) {
+    for (const v1::Row& row : slots->rows()) {
+      telemetry::LogWarning(
+          "a permanent replication slot named poolside* pins WAL on this server; drop it with "
+          "pg_drop_replication_slot() if nothing uses it",
+          {{"database", options_.database}, {"slot", row.values(0).text_value()}});
+    }
+  }
+  const std::vector<std::string> tables = PublishableTables(session);
+  if (tables.empty()) {
+    // Nothing to decode; give the lock back for a while (another replica
+    // may be configured with tables that can be published).
+    Pause(options_.election_retry * kUnavailableBackoff);
+    return absl::FailedPreconditionError("no cached table can be published");
+  }
+  db::LogicalStreamOptions so;
+  so.dsn = options_.dsn;
+  so.publication = options_.publication;
+  so.tables = tables;
+  so.application_name = absl::StrCat("poolside-cache-slot/", options_.database);
+  so.connect_timeout = options_.connect_timeout;
+  // Frequent status updates: the server sends its next keepalive (which is
+  // how the stream learns that it has decoded everything up to the WAL's
+  // end between transactions) only after the previous one was answered.
+  so.status_interval = absl::Milliseconds(20);
+  absl::StatusOr<std::unique_ptr<db::LogicalStream>> stream = db::LogicalStream::Open(so);
+  if (!stream.ok()) {
+    if (stream.status().code() == absl::StatusCode::kFailedPrecondition && on_unavailable_) {
+      on_unavailable_(stream.status());
+    }
+    return stream.status();
+  }
+  absl::BitGen bits;
+  RelayHeader header;
+  header.holder = absl::Uniform<uint64_t>(bits, 1, std::numeric_limits<uint64_t>::max());
+  header.seq = 1;
+  {
+    absl::MutexLock lock(&mu_);
+    stats_.stream = header.holder;
+  }
+
+  // Samples of the server's WAL position (read with each NOTIFY) and when:
+  // how long ago the server was where the stream is now.
+  std::deque<std::pair<absl::Time, db::Lsn>> wal;
+  auto send = [&](RelayHeader::Kind kind, const Pending& pending, int64_t oldest_commit,
+                  const std::vector<uint32_t>& xids) -> absl::Status {
+    header.kind = kind;
+    header.through =
+        kind == RelayHeader::kHello ? (*stream)->start_lsn() : (*stream)->delivered_lsn();
+    header.oldest_commit_micros = oldest_commit;
+    const absl::Time now = absl::Now();
+    while (!wal.empty() && wal.front().second <= header.through) wal.pop_front();
+    const absl::Duration lag = wal.empty() ? absl::ZeroDuration() : now - wal.front().first;
+    header.lagging = lag > options_.max_lag;
+    std::vector<RelayTable> tables;
+    uint64_t rows = 0;
+    for (const auto& [name, t] : pending) {
+      RelayTable out;
+      out.name = name;
+      out.change = t.definition ? RelayTable::kDefinition
+                   : t.whole    ? RelayTable::kWhole
+                                : RelayTable::kRows;
+      if (out.change == RelayTable::kRows) {
+        out.rows.assign(t.rows.begin(), t.rows.end());
+        std::sort(out.rows.begin(), out.rows.end());
+        rows += out.rows.size();
+      }
+      tables.push_back(std::move(out));
+    }
+    const std::vector<std::string> payloads = EncodeRelay(header, tables);
+    absl::StatusOr<std::optional<db::Lsn>> at = Notify(session, payloads, xids);
+    // Not visible yet: the committing backends are between their commit
+    // record and leaving the proc array (or waiting for a synchronous
+    // standby). No wait primitive exists for that; poll briefly.
+    absl::Duration retry = absl::Microseconds(200);
+    const absl::Time give_up = absl::Now() + kMaxInvisible;
+    while (at.ok() && !at->has_value()) {
+      {
+        absl::MutexLock lock(&mu_);
+        ++stats_.visibility_retries;
+      }
+      if (absl::Now() >= give_up) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "decoded transactions stayed invisible to new snapshots for ",
+            absl::FormatDuration(kMaxInvisible), " (a synchronous standby not answering?)"));
+      }
+      if (!Pause(retry)) return absl::CancelledError("stopping");
+      retry = std::min(retry * 2, absl::Milliseconds(20));
+      at = Notify(session, payloads, xids);
+    }
+    if (!at.ok()) return at.status();
+    header.seq += payloads.size();
+    wal.emplace_back(now, **at);
+    if (wal.size() > 256) wal.pop_front();
+    if (kind != RelayHeader::kHello) (*stream)->Confirm(header.through);
+    absl::MutexLock lock(&mu_);
+    stats_.relayed_lsn = header.through;
+    stats_.lag = lag;
+    stats_.payloads += payloads.size();
+    if (!pending.empty()) {
+      ++stats_.batches;
+      stats_.tables += pending.size();
+      stats_.rows += rows;
+    }
+    return absl::OkStatus();
+  };
+
+  Pending pending;
+  int64_t oldest_commit = 0;
+  // Transactions committed but not yet visible when the stream began: those
+  // before its start are never decoded, so the hello (whose flush must come
+  // after them) waits for them like a batch would.
+  std::vector<uint32_t> xids;
+  {
+    absl::StatusOr<v1::ResultSet> committing =
+        Query(session,
+              "SELECT (x::text::int8 & 4294967295) FROM "
+              "pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) AS x "
+              "WHERE pg_catalog.pg_xact_status(x) = 'committed'",
+              {}, absl::Now() + absl::Seconds(10));
+    if (!committing.ok()) return committing.status();
+    for (const v1::Row& row : committing->rows()) {
+      xids.push_back(static_cast<uint32_t>(row.values(0).int64_value()));
+    }
+  }
+  if (absl::Status s = send(RelayHeader::kHello, pending, 0, xids); !s.ok()) return s;
+  xids.clear();
+  telemetry::LogInfo("cache WAL stream started",
+                     {{"database", options_.database},
+                      {"slot", (*stream)->slot_name()},
+                      {"start_lsn", db::FormatLsn((*stream)->start_lsn())},
+                      {"tables", absl::StrJoin(tables, ",")}});
+  absl::Time last_sent = absl::Now();
+  absl::Time first_pending = absl::InfiniteFuture();
+  bool between_transactions = true;
+  while (!stopping_.HasBeenNotified()) {
+    absl::Time deadline = last_sent + options_.heartbeat;
+    if (!pending.empty()) {
+      // Between transactions, whatever is not already here can wait for the
+      // next batch: look without waiting.
+      deadline = between_transactions ? absl::Now() : first_pending + options_.batch;
+      deadline = std::min(deadline, first_pending + options_.batch);
+    }
+    absl::StatusOr<std::optional<db::LogicalEvent>> event = (*stream)->Next(deadline);
+    if (!event.ok()) {
+      // Tell the replicas at once rather than after max_lag of silence.
+      RelayHeader down = header;
+      down.kind = RelayHeader::kDown;
+      (void)Notify(session, EncodeRelay(down, {}), {});
+      return event.status();
+    }
+    if (event->has_value()) {
+      const db::LogicalEvent& e = **event;
+      if (std::holds_alternative<db::BeginEvent>(e)) between_transactions = false;
+      if (std::holds_alternative<db::CommitEvent>(e)) between_transactions = true;
+      const bool was_empty = pending.empty();
+      Add(e, &pending, &oldest_commit, &xids);
+      if (was_empty && !pending.empty()) first_pending = absl::Now();
+      if (pending.empty() || absl::Now() < first_pending + options_.batch) continue;
+    }
+    const absl::Time now = absl::Now();
+    if (pending.empty() && now < last_sent + options_.heartbeat) continue;
+    const bool changes = !pending.empty();
+    if (absl::Status s = send(changes ? RelayHeader::kChanges : RelayHeader::kHeartbeat, pending,
+                              changes ? oldest_commit : 0, xids);
+        !s.ok()) {
+      return s;
+    }
+    pending.clear();
+    xids.clear();
+    // A transaction begun but not yet relayed keeps its commit time.
+    if (changes) oldest_commit = 0;
+    first_pending = absl::InfiniteFuture();
+    last_sent = absl::Now();
+  }
+  return absl::CancelledError("stopping");
+}
+
+}  // namespace poolside::query

@@ -1,0 +1,307 @@
+// WalRelay against a real PostgreSQL: one holder among several relays, what
+// it relays for each kind of write, takeover when the holder goes, no slot
+// left behind, and a server that cannot decode its WAL.
+
+#include "services/query/wal_relay.h"
+
+#include <libpq-fe.h>
+
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "services/query/row_keys.h"
+#include "tests/fixtures/poolside_servers.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside::query {
+namespace {
+
+using ::poolside::testing::PostgresCluster;
+using ::poolside::testing::WaitFor;
+
+constexpr char kDb[] = "relay";
+constexpr char kChannel[] = "relay_test";
+constexpr absl::Duration kWait = absl::Seconds(30);  // only reached when something is broken
+
+// Our own cluster: commits flush the WAL at once, so decoding follows within
+// milliseconds (the shared fixture's asynchronous commit leaves that to the
+// WAL writer).
+PostgresCluster& Cluster() {
+  static PostgresCluster* pg = [] {
+    testing::PostgresOptions o;
+    o.extra_settings = {"synchronous_commit=on"};
+    auto c = PostgresCluster::Start(o);
+    if (!c.ok()) {
+      ADD_FAILURE() << c.status();
+      std::abort();
+    }
+    return c->release();
+  }();
+  return *pg;
+}
+
+// A LISTENing session of the test's own, collecting relay messages.
+class Listener {
+ public:
+  explicit Listener(const std::string& dsn) {
+    db::ConnectionOptions o;
+    o.dsn = dsn;
+    auto c = db::Connection::Open(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    conn_ = *std::move(c);
+    EXPECT_TRUE(conn_->Listen(kChannel, absl::Now() + absl::Seconds(5)).ok());
+  }
+
+  // Reads until `done` holds for what arrived so far (false after kWait).
+  bool ReadUntil(const std::function<bool(const std::vector<RelayMessage>&)>& done) {
+    const absl::Time until = absl::Now() + kWait;
+    while (!done(messages_)) {
+      if (absl::Now() > until) return false;
+      std::vector<db::Notification> got;
+      if (!conn_->AwaitNotifications(absl::Now() + absl::Milliseconds(100), &got).ok()) {
+        return false;
+      }
+      for (const db::Notification& n : got) {
+        absl::StatusOr<RelayMessage> m = DecodeRelay(n.payload);
+        EXPECT_TRUE(m.ok()) << m.status() << ": " << n.payload;
+        if (m.ok()) {
+          messages_.push_back(*std::move(m));
+          pids_.push_back(n.backend_pid);
+        }
+      }
+    }
+    return true;
+  }
+  std::vector<RelayMessage>& messages() { return messages_; }
+  const std::vector<int>& pids() const { return pids_; }
+  void Clear() {
+    messages_.clear();
+    pids_.clear();
+  }
+
+ private:
+  std::unique_ptr<db::Connection> conn_;
+  std::vector<RelayMessage> messages_;
+  std::vector<int> pids_;
+};
+
+WalRelay::Options RelayOptions(const std::string& publication) {
+  WalRelay::Options o;
+  o.database = kDb;
+  o.dsn = Cluster().Dsn(kDb);
+  o.channel = kChannel;
+  o.publication = publication;
+  o.tables = {"items", "pairs", "no_key", "missing"};
+  o.heartbeat = absl::Milliseconds(100);
+  o.election_retry = absl::Milliseconds(200);
+  o.max_rows_per_table = 10;
+  return o;
+}
+
+// The rows of `table` and whether it was relayed whole, over `messages`.
+struct Seen {
+  std::set<uint64_t> rows;
+  bool whole = false;
+  bool definition = false;
+};
+Seen SeenFor(const std::vector<RelayMessage>& messages, const std::string& table) {
+  Seen s;
+  for (const RelayMessage& m : messages) {
+    for (const RelayTable& t : m.tables) {
+      if (t.name != table) continue;
+      s.rows.insert(t.rows.begin(), t.rows.end());
+      s.whole |= t.change != RelayTable::kRows;
+      s.definition |= t.change == RelayTable::kDefinition;
+    }
+  }
+  return s;
+}
+
+uint64_t Row(const std::string& key) { return RowKeyHash({key}); }
+
+class WalRelayTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    PostgresCluster& pg = Cluster();
+    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
+    ASSERT_TRUE(pg.Exec(kDb,
+                        "CREATE TABLE items (id int8 PRIMARY KEY, name text);"
+                        "CREATE TABLE pairs (a text, b uuid, v int, PRIMARY KEY (a, b));"
+                        "CREATE TABLE no_key (v int)")
+                    .ok());
+  }
+
+  // Runs `sql` in one transaction by a plain client.
+  void Exec(const std::string& sql) { ASSERT_TRUE(Cluster().Exec(kDb, sql).ok()) << sql; }
+
+  std::string Slots() {
+    return Cluster().QueryValue(kDb, "SELECT count(*) FROM pg_replication_slots").value_or("error");
+  }
+};
+
+TEST_F(WalRelayTest, OneHolderRelaysRowsTablesAndDefinitionsThenAnotherTakesOver) {
+  Listener listener(Cluster().Dsn(kDb));
+  auto a = std::make_unique<WalRelay>(RelayOptions("relay_pub"), nullptr);
+  auto b = std::make_unique<WalRelay>(RelayOptions("relay_pub"), nullptr);
+  a->Start();
+  b->Start();
+  // A hello, then heartbeats, from exactly one of them.
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) { return m.size() >= 3; }));
+  const uint64_t holder = listener.messages()[0].header.holder;
+  EXPECT_EQ(listener.messages()[0].header.kind, RelayHeader::kHello);
+  for (const RelayMessage& m : listener.messages()) EXPECT_EQ(m.header.holder, holder);
+  WalRelay* held = a->GetStats().holder ? a.get() : b.get();
+  WalRelay* other = held == a.get() ? b.get() : a.get();
+  EXPECT_TRUE(held->GetStats().holder);
+  EXPECT_FALSE(other->GetStats().holder);
+  EXPECT_EQ(held->GetStats().stream, holder);
+  EXPECT_EQ(held->GetStats().excluded, (std::vector<std::string>{"no_key", "missing"}));
+  EXPECT_EQ(Slots(), "1");
+
+  // A table's first change in a stream comes with its description, which
+  // could be a DDL's: the whole table.
+  listener.Clear();
+  Exec("INSERT INTO items VALUES (0, 'zero'); INSERT INTO pairs VALUES ('', gen_random_uuid(), 0)");
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) {
+    return SeenFor(m, "public.items").definition && SeenFor(m, "public.pairs").definition;
+  }));
+
+  // A rolled-back write relays nothing; committed ones their rows; an update
+  // that changes a key both keys.
+  listener.Clear();
+  Exec("BEGIN; INSERT INTO items VALUES (99, 'gone'); ROLLBACK");
+  Exec("INSERT INTO items VALUES (1, 'one'), (2, 'two'), (-3, 'minus')");
+  Exec("INSERT INTO pairs VALUES ('x y', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 1)");
+  Exec("UPDATE items SET id = 4 WHERE id = 2");
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) {
+    return SeenFor(m, "public.items").rows.count(Row("4")) > 0 &&
+           !SeenFor(m, "public.pairs").rows.empty();
+  }));
+  Seen items = SeenFor(listener.messages(), "public.items");
+  EXPECT_EQ(items.rows, (std::set<uint64_t>{Row("1"), Row("2"), Row("-3"), Row("4")}));
+  EXPECT_FALSE(items.whole);
+  EXPECT_EQ(SeenFor(listener.messages(), "public.items").rows.count(Row("99")), 0u);
+  EXPECT_EQ(SeenFor(listener.messages(), "public.pairs").rows,
+            (std::set<uint64_t>{RowKeyHash({"x y", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"})}))
+      << "a uuid key in the form PostgreSQL prints it";
+  for (const RelayMessage& m : listener.messages()) {
+    EXPECT_EQ(m.header.holder, holder);
+    if (m.header.kind == RelayHeader::kChanges) {
+      EXPECT_GT(m.header.oldest_commit_micros, 0);
+    }
+  }
+
+  // Positions only move forward, and a later heartbeat covers every commit.
+  const std::string lsn_text = *Cluster().QueryValue(kDb, "SELECT pg_current_wal_insert_lsn()");
+  const db::Lsn now = *db::ParseLsn(lsn_text);
+  ASSERT_TRUE(listener.ReadUntil([now](const std::vector<RelayMessage>& m) {
+    return !m.empty() && m.back().header.final && m.back().header.through >= now;
+  }));
+  for (size_t i = 1; i < listener.messages().size(); ++i) {
+    EXPECT_GE(listener.messages()[i].header.through, listener.messages()[i - 1].header.through);
+    EXPECT_EQ(listener.messages()[i].header.seq, listener.messages()[i - 1].header.seq + 1);
+  }
+
+  // Many rows of one table in a batch, TRUNCATE and DDL: the whole table.
+  listener.Clear();
+  Exec("INSERT INTO items SELECT g, 'bulk' FROM generate_series(100, 150) g");
+  ASSERT_TRUE(listener.ReadUntil(
+      [](const std::vector<RelayMessage>& m) { return SeenFor(m, "public.items").whole; }));
+  listener.Clear();
+  Exec("TRUNCATE pairs");
+  ASSERT_TRUE(listener.ReadUntil(
+      [](const std::vector<RelayMessage>& m) { return SeenFor(m, "public.pairs").whole; }));
+  listener.Clear();
+  Exec("ALTER TABLE items ADD COLUMN extra int; UPDATE items SET extra = 1 WHERE id = 1");
+  ASSERT_TRUE(listener.ReadUntil(
+      [](const std::vector<RelayMessage>& m) { return SeenFor(m, "public.items").definition; }));
+
+  // The holder goes: the other one takes over with a stream of its own.
+  listener.Clear();
+  if (held == a.get()) {
+    a.reset();
+  } else {
+    b.reset();
+  }
+  WalRelay* survivor = a != nullptr ? a.get() : b.get();
+  ASSERT_TRUE(listener.ReadUntil([holder](const std::vector<RelayMessage>& m) {
+    for (const RelayMessage& r : m) {
+      if (r.header.holder != holder && r.header.kind == RelayHeader::kHello) return true;
+    }
+    return false;
+  }));
+  EXPECT_TRUE(survivor->GetStats().holder);
+  EXPECT_EQ(survivor->GetStats().terms, 1u);
+  Exec("UPDATE items SET name = 'later' WHERE id = 1");
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) {
+    return SeenFor(m, "public.items").definition;  // its first change in the new stream
+  }));
+  EXPECT_TRUE(WaitFor([&] { return Slots() == "1"; }, kWait)) << "the old slot is gone";
+
+  // Once every relay stopped, no slot is left.
+  a.reset();
+  b.reset();
+  EXPECT_TRUE(WaitFor([&] { return Slots() == "0"; }, kWait));
+}
+
+TEST_F(WalRelayTest, ForgedOrStrayNotificationsComeFromOtherSessions) {
+  // Anyone may NOTIFY on the channel; only the lock holder's session sends
+  // relay messages, which is what replicas check (read_cache.cc).
+  Listener listener(Cluster().Dsn(kDb));
+  WalRelay relay(RelayOptions("relay_pub"), nullptr);
+  relay.Start();
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) { return !m.empty(); }));
+  const int holder_pid = listener.pids()[0];
+  RelayHeader forged;
+  forged.kind = RelayHeader::kHeartbeat;
+  forged.holder = listener.messages()[0].header.holder;
+  forged.through = ~uint64_t{0} >> 1;
+  Exec(absl::StrCat("SELECT pg_notify('", kChannel, "', '", EncodeRelay(forged, {})[0], "')"));
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) {
+    return m.back().header.through == ~uint64_t{0} >> 1;
+  }));
+  EXPECT_NE(listener.pids().back(), holder_pid);
+  const std::string lock_holder = *Cluster().QueryValue(
+      kDb, absl::StrCat("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                        "((classid::int8 << 32) | objid::int8) = ",
+                        WalRelay::LockKey("relay_pub", kChannel), "::int8 AND objsubid = 1"));
+  EXPECT_EQ(lock_holder, absl::StrCat(holder_pid));
+}
+
+TEST(WalRelayUnavailableTest, AServerWithoutLogicalDecodingIsReported) {
+  testing::PostgresOptions o;
+  o.extra_settings = {"wal_level=replica"};
+  auto pg = PostgresCluster::Start(o);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  ASSERT_TRUE((*pg)->CreateDatabase(kDb).ok());
+  ASSERT_TRUE((*pg)->Exec(kDb, "CREATE TABLE items (id int PRIMARY KEY)").ok());
+  absl::Mutex mu;
+  absl::Status reported;
+  WalRelay::Options options = RelayOptions("relay_pub");
+  options.dsn = (*pg)->Dsn(kDb);
+  WalRelay relay(options, [&](const absl::Status& s) {
+    absl::MutexLock lock(&mu);
+    reported = s;
+  });
+  relay.Start();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        absl::MutexLock lock(&mu);
+        return !reported.ok();
+      },
+      kWait));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(reported.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(reported.message().find("wal_level"), absl::string_view::npos) << reported;
+  EXPECT_NE(reported.message().find("trigger"), absl::string_view::npos) << reported;
+}
+
+}  // namespace
+}  // namespace poolside::query

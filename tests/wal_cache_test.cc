@@ -1,0 +1,1077 @@
+// The cache's invalidation from the WAL, through real query_server,
+// cache_server and ingest_server binaries on a real PostgreSQL with
+// wal_level=logical (docs/cache.md):
+//  - writes through query, ingest, a plain client, COPY and TRUNCATE
+//    invalidate exactly what they changed: other rows' key lookups stay
+//    cached, table-level reads go; a rolled-back write invalidates nothing;
+//  - a history checker: writers on both replicas and a plain client
+//    increment counters and ingest inserts rows, readers on both replicas
+//    pass the latest token they saw, and no read returns a value older than
+//    a write it was given the token of (nor older than the replica's own
+//    acknowledged write);
+//  - a commit decoded before it is visible (held by a synchronous standby
+//    that never answers) is invalidated only once visible;
+//  - the holder of the replication slot SIGKILLed: the other replica takes
+//    over within a bound, and nothing stale is served meanwhile or after;
+//  - the stream's connection terminated and PostgreSQL restarted under load:
+//    reads bypass until resubscribed and flushed, nothing stale afterwards;
+//  - once every replica stopped, no replication slot is left;
+//  - a server without wal_level=logical: query_server refuses to start
+//    (walUnavailable "fail"), or falls back to triggers ("trigger").
+// Reads are judged by their values, never by timing: a read may always
+// bypass the cache, it may never be stale.
+
+#include <libpq-fe.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpcpp/client_context.h"
+#include "gtest/gtest.h"
+#include "proto/poolside/v1/cache.grpc.pb.h"
+#include "proto/poolside/v1/config.pb.h"
+#include "proto/poolside/v1/ingest.grpc.pb.h"
+#include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/http_get.h"
+#include "tests/fixtures/poolside_servers.h"
+#include "tests/fixtures/postgres_cluster.h"
+
+namespace poolside {
+namespace {
+
+using ::poolside::testing::Connect;
+using ::poolside::testing::HttpGet;
+using ::poolside::testing::NewStem;
+using ::poolside::testing::PostgresCluster;
+using ::poolside::testing::ServiceProcess;
+using ::poolside::testing::StartConfigured;
+using ::poolside::testing::WaitFor;
+
+constexpr char kDb[] = "wc";
+constexpr int kRows = 40;                            // rows (id 1..kRows)
+constexpr int kCounters = 16;                        // counters (id 1..kCounters)
+constexpr int64_t kIngestedIds = 100000;             // rows ingest inserts: above this
+constexpr absl::Duration kWait = absl::Seconds(30);  // only reached when something is broken
+// How long a holder's death may leave the database without a stream.
+constexpr absl::Duration kTakeoverBound = absl::Seconds(10);
+
+// Commits flush the WAL at once (the shared fixture's asynchronous commit
+// would leave decoding to wait for the WAL writer); "local": a session that
+// asks for "on" waits for synchronous_standby_names, the others do not.
+PostgresCluster& Cluster() {
+  static PostgresCluster* pg = [] {
+    testing::PostgresOptions o;
+    o.extra_settings = {"synchronous_commit=local"};
+    auto c = PostgresCluster::Start(o);
+    if (!c.ok()) {
+      std::cerr << "cannot start PostgreSQL: " << c.status() << "\n";
+      std::abort();
+    }
+    return c->release();
+  }();
+  return *pg;
+}
+
+// A plain libpq client: psql's way of writing.
+class Session {
+ public:
+  explicit Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
+  ~Session() { PQfinish(conn_); }
+  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
+  // "" on success, else the error.
+  std::string Exec(const std::string& sql) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    std::string error;
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+      error = PQerrorMessage(conn_);
+      if (error.empty()) error = "failed";
+    }
+    PQclear(r);
+    return error;
+  }
+  // The first column of the first row as a number.
+  absl::StatusOr<int64_t> Int(const std::string& sql) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    absl::StatusOr<int64_t> out = absl::UnavailableError(PQerrorMessage(conn_));
+    int64_t v = 0;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+        absl::SimpleAtoi(PQgetvalue(r, 0, 0), &v)) {
+      out = v;
+    }
+    PQclear(r);
+    return out;
+  }
+  // A consistency token for what this session committed so far.
+  absl::StatusOr<int64_t> Token() {
+    return Int("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8");
+  }
+  absl::Status Copy(const std::string& sql, const std::string& data) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    const bool in = PQresultStatus(r) == PGRES_COPY_IN;
+    PQclear(r);
+    if (!in || PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) != 1 ||
+        PQputCopyEnd(conn_, nullptr) != 1) {
+      return absl::InternalError(PQerrorMessage(conn_));
+    }
+    bool ok = true;
+    while (PGresult* end = PQgetResult(conn_)) {
+      ok = ok && PQresultStatus(end) == PGRES_COMMAND_OK;
+      PQclear(end);
+    }
+    return ok ? absl::OkStatus() : absl::InternalError(PQerrorMessage(conn_));
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+struct Sidecar {
+  std::string socket;
+  std::unique_ptr<ServiceProcess> process;
+  std::unique_ptr<v1::CacheService::Stub> stub;
+
+  absl::Status Start() {
+    static std::atomic<int> n{0};
+    if (socket.empty()) socket = absl::StrCat("/tmp/poolside-wc-", getpid(), "-", n++, ".sock");
+    const std::string stem = NewStem("cache_server");
+    v1::CacheServiceConfig config;
+    config.mutable_server()->set_listen("127.0.0.1:0");
+    config.mutable_server()->mutable_tls()->set_plaintext(true);
+    config.mutable_server()->set_port_file(stem + ".port");
+    config.set_unix_socket(socket);
+    config.set_capacity_bytes(64 << 20);
+    auto p = StartConfigured("services/cache/cache_server", config, stem + ".port", stem);
+    if (!p.ok()) return p.status();
+    process = *std::move(p);
+    auto channel = Connect(process->address());
+    if (!channel.ok()) return channel.status();
+    stub = v1::CacheService::NewStub(*channel);
+    return absl::OkStatus();
+  }
+};
+
+struct Replica {
+  std::string name;
+  Sidecar sidecar;
+  std::unique_ptr<ServiceProcess> process;
+  std::unique_ptr<v1::QueryService::Stub> stub;
+  int metrics_port = 0;
+
+  // Starts its query_server (its sidecar once).
+  absl::Status Start(PostgresCluster& pg) {
+    if (sidecar.process == nullptr) {
+      if (absl::Status s = sidecar.Start(); !s.ok()) return s;
+    }
+    v1::QueryServiceConfig config;
+    v1::DatabaseConfig* db = config.add_databases();
+    db->set_name(kDb);
+    db->set_dsn(pg.Dsn(kDb));
+    db->mutable_pool()->set_max_size(8);
+    db->mutable_pool()->set_min_idle(1);
+    const std::string stem = NewStem(absl::StrCat("query_server_", name));
+    config.mutable_server()->set_listen("127.0.0.1:0");
+    config.mutable_server()->mutable_tls()->set_plaintext(true);
+    config.mutable_server()->set_port_file(stem + ".port");
+    config.mutable_server()->set_drain_timeout_ms(2000);
+    v1::MetricsConfig* metrics = config.mutable_server()->mutable_telemetry()->mutable_metrics();
+    metrics->set_listen("127.0.0.1:0");
+    metrics->set_port_file(stem + ".metrics_port");
+    v1::QueryCacheConfig* cache = config.mutable_cache();
+    cache->set_target(absl::StrCat("unix:", sidecar.socket));
+    cache->set_call_timeout_ms(1000);
+    cache->mutable_near()->set_max_ttl_ms(60000);
+    v1::CachedTables* tables = cache->add_tables();
+    tables->set_database(kDb);
+    for (const char* t : {"rows", "other", "counters"}) tables->add_tables(t);
+    v1::WalInvalidationConfig* wal = cache->mutable_wal();
+    wal->set_heartbeat_ms(100);
+    wal->set_election_retry_ms(200);
+    wal->set_token_wait_ms(1000);
+    auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
+    if (!p.ok()) return p.status();
+    process = *std::move(p);
+    std::ifstream(stem + ".metrics_port") >> metrics_port;
+    if (metrics_port <= 0) return absl::InternalError("query_server wrote no metrics port");
+    auto channel = Connect(process->address());
+    if (!channel.ok()) return channel.status();
+    stub = v1::QueryService::NewStub(*channel);
+    return absl::OkStatus();
+  }
+
+  // A series of this replica's /metrics, e.g.
+  // `poolside_query_cache_wal_holder{database="wc"}`; nullopt if absent.
+  std::optional<double> Metric(absl::string_view series) const {
+    absl::StatusOr<testing::HttpResponse> got = HttpGet("127.0.0.1", metrics_port, "/metrics");
+    if (!got.ok() || got->status != 200) return std::nullopt;
+    for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
+      if (!absl::ConsumePrefix(&line, series) || !absl::ConsumePrefix(&line, " ")) continue;
+      double v;
+      if (absl::SimpleAtod(line, &v)) return v;
+    }
+    return std::nullopt;
+  }
+  // What the cache did with reads, for the log.
+  std::string Summary() const {
+    std::string out = name;
+    for (const char* outcome : {"hit", "miss", "bypass"}) {
+      absl::StrAppend(
+          &out, " ", outcome, "=",
+          Metric(absl::StrCat("poolside_query_cache_requests_total{outcome=\"", outcome, "\"}"))
+              .value_or(0));
+    }
+    for (const char* reason : {"stream", "lag", "token", "plan", "sidecar", "unwatched"}) {
+      absl::StrAppend(&out, " bypass_", reason, "=", Bypassed(reason));
+    }
+    return out;
+  }
+  bool Holder() const {
+    return Metric("poolside_query_cache_wal_holder{database=\"wc\"}").value_or(0) == 1;
+  }
+  bool Ready() const {
+    return Metric("poolside_query_cache_invalidation_ready{database=\"wc\"}").value_or(0) == 1;
+  }
+  double Streams() const {
+    return Metric("poolside_query_cache_wal_streams_total{database=\"wc\"}").value_or(0);
+  }
+  // Flushes of the database's entries (subscriptions, new streams).
+  double Flushes() const {
+    return Metric("poolside_query_cache_invalidations_total{source=\"flush\"}").value_or(0);
+  }
+  double Bypassed(absl::string_view reason) const {
+    return Metric(absl::StrCat("poolside_query_cache_bypass_total{reason=\"", reason, "\"}"))
+        .value_or(0);
+  }
+};
+
+struct Result {
+  grpc::Status status;
+  v1::CacheOutcome cache = v1::CACHE_OUTCOME_UNSPECIFIED;
+  v1::ResultSource source = v1::RESULT_SOURCE_UNSPECIFIED;
+  uint64_t lsn = 0;
+  uint64_t commit_lsn = 0;
+  bool has_row = false;
+  int64_t value = 0;  // first column of the first row
+};
+
+Result Call(v1::QueryService::Stub& stub, const std::string& sql, std::vector<int64_t> params,
+            bool cached, uint64_t min_lsn = 0, absl::Duration timeout = absl::Seconds(20)) {
+  v1::ExecuteRequest request;
+  request.set_database(kDb);
+  request.set_sql(sql);
+  for (int64_t p : params) request.add_params()->set_int64_value(p);
+  if (cached) request.mutable_cache()->set_ttl_ms(60000);
+  request.set_min_lsn(min_lsn);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  v1::ExecuteResponse response;
+  Result out;
+  out.status = stub.Execute(&ctx, request, &response);
+  out.cache = response.cache();
+  out.source = response.source();
+  out.lsn = response.lsn();
+  out.commit_lsn = response.commit_lsn();
+  if (response.result().rows_size() > 0 && response.result().rows(0).values_size() > 0) {
+    out.has_row = true;
+    const v1::Value& v = response.result().rows(0).values(0);
+    if (v.has_int64_value()) {
+      out.value = v.int64_value();
+    } else if (v.has_numeric_value()) {
+      absl::SimpleAtoi(v.numeric_value(), &out.value);
+    } else if (v.has_text_value()) {
+      absl::SimpleAtoi(v.text_value(), &out.value);
+    }
+  }
+  return out;
+}
+
+constexpr char kRowRead[] = "SELECT v FROM rows WHERE id = $1";
+constexpr char kSumRead[] = "SELECT coalesce(sum(v), 0)::int8 FROM rows";
+constexpr char kOtherRead[] = "SELECT v FROM other WHERE id = 1";
+constexpr char kCounterRead[] = "SELECT n FROM counters WHERE id = $1";
+constexpr char kCounterSum[] = "SELECT coalesce(sum(n), 0)::int8 FROM counters";
+
+// Reads until the entry is cached (a fill is stored after the reply).
+bool Cached(v1::QueryService::Stub& stub, const std::string& sql, std::vector<int64_t> params) {
+  return WaitFor(
+      [&] {
+        Result r = Call(stub, sql, params, true);
+        return r.status.ok() && r.cache == v1::HIT;
+      },
+      kWait);
+}
+
+class WalCacheTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    PostgresCluster& pg = Cluster();
+    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
+    ASSERT_TRUE(pg.Exec(kDb,
+                        "CREATE TABLE IF NOT EXISTS rows (id int8 PRIMARY KEY, v int8 NOT NULL);"
+                        "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int8 NOT NULL);"
+                        "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int8 NOT "
+                        "NULL)")
+                    .ok());
+    for (const char* name : {"a", "b"}) {
+      auto r = std::make_unique<Replica>();
+      r->name = name;
+      absl::Status s = r->Start(pg);
+      ASSERT_TRUE(s.ok()) << s;
+      replicas_.push_back(std::move(r));
+    }
+    // The ingest service, writing `rows`.
+    v1::IngestServiceConfig ingest;
+    v1::DatabaseConfig* db = ingest.add_databases();
+    db->set_name(kDb);
+    db->set_dsn(pg.Dsn(kDb));
+    v1::IngestTables* t = ingest.add_tables();
+    t->set_database(kDb);
+    t->add_tables("rows");
+    ingest.mutable_batch()->set_linger_ms(2);
+    const std::string stem = NewStem("ingest_server");
+    ingest.mutable_server()->set_listen("127.0.0.1:0");
+    ingest.mutable_server()->mutable_tls()->set_plaintext(true);
+    ingest.mutable_server()->set_port_file(stem + ".port");
+    auto p = StartConfigured("services/ingest/ingest_server", ingest, stem + ".port", stem);
+    ASSERT_TRUE(p.ok()) << p.status();
+    ingest_process_ = p->release();
+    auto channel = Connect(ingest_process_->address());
+    ASSERT_TRUE(channel.ok()) << channel.status();
+    ingest_ = v1::IngestService::NewStub(*channel).release();
+  }
+  static void TearDownTestSuite() {
+    replicas_.clear();
+    delete ingest_;
+    delete ingest_process_;
+  }
+
+  void SetUp() override {
+    for (auto& r : replicas_) {
+      ASSERT_TRUE(WaitFor([&] { return r->Ready(); }, kWait)) << r->name << " never got ready";
+    }
+  }
+
+  Replica& A() { return *replicas_[0]; }
+  Replica& B() { return *replicas_[1]; }
+
+  // Resets the tables (as a plain client would); returns its token.
+  uint64_t Reset() {
+    Session s(Cluster().Dsn(kDb));
+    EXPECT_TRUE(s.ok());
+    std::string sql = "BEGIN; TRUNCATE rows, other, counters;";
+    for (int i = 1; i <= kRows; ++i) absl::StrAppend(&sql, "INSERT INTO rows VALUES (", i, ", 0);");
+    for (int i = 1; i <= kCounters; ++i) {
+      absl::StrAppend(&sql, "INSERT INTO counters VALUES (", i, ", 0);");
+    }
+    absl::StrAppend(&sql, "INSERT INTO other VALUES (1, 100); COMMIT");
+    EXPECT_EQ(s.Exec(sql), "");
+    // After a TRUNCATE, a table's next change comes with its description
+    // again, which the cache takes for possible DDL (the whole table goes):
+    // have that happen now, before the tests cache anything.
+    EXPECT_EQ(s.Exec("UPDATE rows SET v = v WHERE id = 1; UPDATE other SET v = v; "
+                     "UPDATE counters SET n = n WHERE id = 1"),
+              "");
+    return static_cast<uint64_t>(s.Token().value_or(0));
+  }
+
+  static std::vector<std::unique_ptr<Replica>> replicas_;
+  static ServiceProcess* ingest_process_;
+  static v1::IngestService::Stub* ingest_;
+};
+
+std::vector<std::unique_ptr<Replica>> WalCacheTest::replicas_;
+ServiceProcess* WalCacheTest::ingest_process_ = nullptr;
+v1::IngestService::Stub* WalCacheTest::ingest_ = nullptr;
+
+TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly) {
+  const uint64_t reset = Reset();
+  Replica& a = A();
+  // What A keeps: five rows by key (one not there yet), a table-level read
+  // of `rows`, and a read of another table.
+  const std::vector<int64_t> keys = {1, 2, 3, 4, kRows + 1, kRows + 2};
+  ASSERT_TRUE(Call(*a.stub, kOtherRead, {}, true, reset).status.ok());
+  for (int64_t id : keys) ASSERT_TRUE(Cached(*a.stub, kRowRead, {id})) << id;
+  ASSERT_TRUE(Cached(*a.stub, kSumRead, {}));
+  ASSERT_TRUE(Cached(*a.stub, kOtherRead, {}));
+
+  // Each write changes one row; afterwards, with its token, A reads that
+  // row anew, the table-level read anew, and every other entry from cache.
+  struct Write {
+    std::string how;
+    int64_t id;
+    int64_t value;                  // the row's value afterwards
+    std::function<uint64_t()> run;  // the token
+  };
+  std::vector<Write> writes = {
+      {"query (replica B)", 1, 1,
+       [&] {
+         Result r = Call(*B().stub, "UPDATE rows SET v = v + 1 WHERE id = $1", {1}, false);
+         EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+         EXPECT_GT(r.commit_lsn, 0u);
+         EXPECT_EQ(r.source, v1::DATABASE);
+         return r.commit_lsn;
+       }},
+      {"a plain client", 2, 7,
+       [&] {
+         Session s(Cluster().Dsn(kDb));
+         EXPECT_EQ(s.Exec("UPDATE rows SET v = 7 WHERE id = 2"), "");
+         return static_cast<uint64_t>(s.Token().value_or(0));
+       }},
+      {"COPY", kRows + 1, 11,
+       [&] {
+         Session s(Cluster().Dsn(kDb));
+         EXPECT_TRUE(
+             s.Copy("COPY rows (id, v) FROM STDIN", absl::StrCat(kRows + 1, "\t11\n")).ok());
+         return static_cast<uint64_t>(s.Token().value_or(0));
+       }},
+      {"ingest", kRows + 2, 13,
+       [&] {
+         v1::WriteRequest w;
+         w.set_database(kDb);
+         w.set_table("rows");
+         w.add_columns("id");
+         w.add_columns("v");
+         v1::Row* row = w.add_rows();
+         row->add_values()->set_int64_value(kRows + 2);
+         row->add_values()->set_int64_value(13);
+         grpc::ClientContext ctx;
+         ctx.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
+         v1::WriteResponse response;
+         grpc::Status s = ingest_->Write(&ctx, w, &response);
+         EXPECT_TRUE(s.ok()) << s.error_message();
+         EXPECT_EQ(response.rows_written(), 1u);
+         EXPECT_GT(response.commit_lsn(), 0u) << "the acknowledgement carries its commit LSN";
+         return response.commit_lsn();
+       }},
+  };
+  std::map<int64_t, int64_t> values = {{1, 0}, {2, 0}, {3, 0}, {4, 0}};
+  for (const Write& w : writes) {
+    SCOPED_TRACE(w.how);
+    const uint64_t token = w.run();
+    ASSERT_GT(token, 0u);
+    values[w.id] = w.value;
+    Result changed = Call(*a.stub, kRowRead, {w.id}, true, token);
+    ASSERT_TRUE(changed.status.ok()) << changed.status.error_message();
+    EXPECT_NE(changed.cache, v1::HIT);
+    EXPECT_EQ(changed.value, w.value);
+    EXPECT_GE(changed.lsn, token) << "a result reflects at least its min_lsn";
+    int64_t sum = 0;
+    for (const auto& [id, v] : values) sum += v;
+    Result total = Call(*a.stub, kSumRead, {}, true, token);
+    EXPECT_EQ(total.cache, v1::MISS) << "a table-level read goes with any row";
+    EXPECT_EQ(total.value, sum);
+    for (const auto& [id, v] : values) {
+      if (id == w.id) continue;
+      Result kept = Call(*a.stub, kRowRead, {id}, true, token);
+      EXPECT_EQ(kept.cache, v1::HIT) << "row " << id << " was not written";
+      EXPECT_NE(kept.source, v1::DATABASE);
+      EXPECT_EQ(kept.value, v) << id;
+      EXPECT_GE(kept.lsn, token);
+    }
+    Result other = Call(*a.stub, kOtherRead, {}, true, token);
+    EXPECT_EQ(other.cache, v1::HIT) << "another table";
+    EXPECT_EQ(other.value, 100);
+    // Cached again for the next write's round.
+    ASSERT_TRUE(Cached(*a.stub, kRowRead, {w.id}));
+    ASSERT_TRUE(Cached(*a.stub, kSumRead, {}));
+  }
+
+  // A rolled-back write invalidates nothing; a later commit to `other` shows
+  // the stream went past it.
+  Session s(Cluster().Dsn(kDb));
+  ASSERT_EQ(s.Exec("BEGIN; UPDATE rows SET v = 999 WHERE id = 3; "
+                   "INSERT INTO rows VALUES (500, 5); ROLLBACK"),
+            "");
+  ASSERT_EQ(s.Exec("UPDATE other SET v = 101 WHERE id = 1"), "");
+  uint64_t token = static_cast<uint64_t>(*s.Token());
+  Result other = Call(*a.stub, kOtherRead, {}, true, token);
+  EXPECT_NE(other.cache, v1::HIT);
+  EXPECT_EQ(other.value, 101);
+  Result kept = Call(*a.stub, kRowRead, {3}, true, token);
+  EXPECT_EQ(kept.cache, v1::HIT) << "the rolled-back update invalidated row 3";
+  EXPECT_EQ(kept.value, 0);
+  EXPECT_EQ(Call(*a.stub, kSumRead, {}, true, token).cache, v1::HIT)
+      << "the rolled-back insert invalidated the table-level read";
+
+  ASSERT_TRUE(Cached(*a.stub, kOtherRead, {}));
+
+  // TRUNCATE: every entry of the table, key lookups included.
+  ASSERT_EQ(s.Exec("TRUNCATE rows"), "");
+  token = static_cast<uint64_t>(*s.Token());
+  for (int64_t id : keys) {
+    Result gone = Call(*a.stub, kRowRead, {id}, true, token);
+    EXPECT_NE(gone.cache, v1::HIT) << id;
+    EXPECT_FALSE(gone.has_row) << id;
+  }
+  EXPECT_EQ(Call(*a.stub, kSumRead, {}, true, token).value, 0);
+  EXPECT_EQ(Call(*a.stub, kOtherRead, {}, true, token).cache, v1::HIT);
+
+  // A replica's own write: read back without a token, at once.
+  Result own = Call(*a.stub, "INSERT INTO rows VALUES (77, 77)", {}, false);
+  ASSERT_TRUE(own.status.ok()) << own.status.error_message();
+  EXPECT_EQ(Call(*a.stub, kRowRead, {77}, true).value, 77);
+  // The cache was used by row: fills tagged with their key.
+  EXPECT_GT(a.Metric("poolside_query_cache_keyed_fills_total").value_or(0), 0);
+}
+
+// The counters every writer increments, and what readers may expect.
+class History {
+ public:
+  explicit History(int rows) : known_(rows + 1) {}
+  // A write acknowledged `value` for `id` with `token`.
+  void Acknowledged(int id, int64_t value, uint64_t token, std::string by) {
+    absl::MutexLock lock(&mu_);
+    if (value > known_[id].value) {
+      known_[id] = {value, std::max(known_[id].token, token), std::move(by)};
+    }
+    max_token_ = std::max(max_token_, token);
+    ++writes_;
+  }
+  struct Known {
+    int64_t value = 0;
+    uint64_t token = 0;
+    std::string by;  // who wrote it
+  };
+  Known Of(int id) {
+    absl::MutexLock lock(&mu_);
+    return known_[id];
+  }
+  // The sum of every acknowledged value, and a token covering all of them.
+  Known Sum() {
+    absl::MutexLock lock(&mu_);
+    Known k{0, max_token_, "all"};
+    for (const Known& v : known_) k.value += v.value;
+    return k;
+  }
+  // An ingest acknowledgement: row `id` of `rows` holds `value` from `token` on.
+  void Ingested(int64_t id, int64_t value, uint64_t token) {
+    absl::MutexLock lock(&mu_);
+    ingested_.push_back({id, value, token});
+    max_token_ = std::max(max_token_, token);
+    ++writes_;
+  }
+  struct Row {
+    int64_t id = 0, value = 0;
+    uint64_t token = 0;
+  };
+  std::optional<Row> AnyIngested(uint32_t random) {
+    absl::MutexLock lock(&mu_);
+    if (ingested_.empty()) return std::nullopt;
+    return ingested_[random % ingested_.size()];
+  }
+  int64_t writes() {
+    absl::MutexLock lock(&mu_);
+    return writes_;
+  }
+  // An acknowledged write without a token (allowed only when the
+  // connection failed right after its commit): it cannot be checked.
+  void Untokened() {
+    absl::MutexLock lock(&mu_);
+    ++untokened_;
+  }
+  int untokened() {
+    absl::MutexLock lock(&mu_);
+    return untokened_;
+  }
+  void Stale(std::string what) {
+    absl::MutexLock lock(&mu_);
+    if (stale_.size() < 20) stale_.push_back(std::move(what));
+    ++stale_count_;
+  }
+  int stale_count() {
+    absl::MutexLock lock(&mu_);
+    return stale_count_;
+  }
+  std::string stale() {
+    absl::MutexLock lock(&mu_);
+    return absl::StrJoin(stale_, "\n");
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<Known> known_ ABSL_GUARDED_BY(mu_);
+  std::vector<Row> ingested_ ABSL_GUARDED_BY(mu_);
+  uint64_t max_token_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t writes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> stale_ ABSL_GUARDED_BY(mu_);
+  int stale_count_ ABSL_GUARDED_BY(mu_) = 0;
+  int untokened_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Writers and readers over `counters` (and rows of `rows` that ingest
+// inserts) until stop(): see the file comment. Failed calls (a replica or
+// the server going away) are no violations; a successful read older than
+// what it was promised is.
+class Load {
+ public:
+  Load(std::vector<Replica*> replicas, History* history, v1::IngestService::Stub* ingest)
+      : history_(history) {
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      Replica* r = replicas[i];
+      threads_.emplace_back([this, r, i] { ReplicaWriter(*r, static_cast<int>(i)); });
+      for (int k = 0; k < 2; ++k) {
+        threads_.emplace_back([this, r, i, k] { Reader(*r, static_cast<int>(i * 2 + k)); });
+      }
+    }
+    threads_.emplace_back([this] { PlainWriter(); });
+    threads_.emplace_back([this, ingest] { IngestWriter(*ingest); });
+  }
+  ~Load() { Stop(); }
+  void Stop() {
+    stop_.store(true);
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+  }
+  int64_t reads() const { return reads_.load(); }
+  int64_t cached_reads() const { return cached_reads_.load(); }
+
+ private:
+  void ReplicaWriter(Replica& r, int seed) {
+    std::mt19937 rng(seed);
+    while (!stop_.load()) {
+      const int id = 1 + static_cast<int>(rng() % kCounters);
+      Result w = Call(*r.stub, "UPDATE counters SET n = n + 1 WHERE id = $1 RETURNING n", {id},
+                      false, 0, absl::Seconds(5));
+      if (!w.status.ok() || !w.has_row) continue;
+      if (w.commit_lsn == 0) {
+        history_->Untokened();
+      } else {
+        history_->Acknowledged(id, w.value, w.commit_lsn, r.name);
+      }
+      // Read-your-writes on the writing replica, without a token.
+      Result back = Call(*r.stub, kCounterRead, {id}, true, 0, absl::Seconds(5));
+      if (back.status.ok() && back.value < w.value) {
+        history_->Stale(absl::StrCat(r.name, " read its own write of counter ", id, " = ", w.value,
+                                     " back as ", back.value, " (", back.cache, ")"));
+      }
+    }
+  }
+  void PlainWriter() {
+    std::mt19937 rng(99);
+    std::unique_ptr<Session> s;
+    while (!stop_.load()) {
+      if (s == nullptr || !s->ok()) {
+        s = std::make_unique<Session>(Cluster().Dsn(kDb) + " connect_timeout=2");
+        if (!s->ok()) {
+          absl::SleepFor(absl::Milliseconds(50));  // the server is restarting
+          continue;
+        }
+      }
+      const int id = 1 + static_cast<int>(rng() % kCounters);
+      absl::StatusOr<int64_t> n =
+          s->Int(absl::StrCat("UPDATE counters SET n = n + 1 WHERE id = ", id, " RETURNING n"));
+      if (!n.ok()) {
+        s.reset();
+        continue;
+      }
+      absl::StatusOr<int64_t> token = s->Token();
+      if (!token.ok()) {
+        s.reset();
+        continue;
+      }
+      history_->Acknowledged(id, *n, static_cast<uint64_t>(*token), "plain");
+    }
+  }
+  // Inserts rows through ingest, each with a new key.
+  void IngestWriter(v1::IngestService::Stub& ingest) {
+    for (int64_t n = 1; !stop_.load(); ++n) {
+      const int64_t id = kIngestedIds + n;
+      v1::WriteRequest w;
+      w.set_database(kDb);
+      w.set_table("rows");
+      w.add_columns("id");
+      w.add_columns("v");
+      v1::Row* row = w.add_rows();
+      row->add_values()->set_int64_value(id);
+      row->add_values()->set_int64_value(n);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+      v1::WriteResponse response;
+      if (!ingest.Write(&ctx, w, &response).ok() || response.rows_written() != 1) continue;
+      if (response.commit_lsn() == 0) {
+        history_->Untokened();
+        continue;
+      }
+      history_->Ingested(id, n, response.commit_lsn());
+    }
+  }
+  void Reader(Replica& r, int seed) {
+    std::mt19937 rng(1000 + seed);
+    while (!stop_.load()) {
+      if (rng() % 8 == 1) {
+        if (std::optional<History::Row> want = history_->AnyIngested(rng())) {
+          Result got = Call(*r.stub, kRowRead, {want->id}, true, want->token, absl::Seconds(5));
+          if (!got.status.ok()) continue;
+          reads_.fetch_add(1);
+          if (got.cache == v1::HIT || got.cache == v1::STALE) cached_reads_.fetch_add(1);
+          if (!got.has_row || got.value != want->value) {
+            history_->Stale(absl::StrCat(r.name, ": ingested row ", want->id, " read as ",
+                                         got.has_row ? absl::StrCat(got.value) : "missing",
+                                         " with min_lsn ", want->token, " (outcome ", got.cache,
+                                         ", source ", got.source, ")"));
+          }
+          continue;
+        }
+      }
+      if (rng() % 8 == 0) {
+        const History::Known want = history_->Sum();
+        Result got = Call(*r.stub, kCounterSum, {}, true, want.token, absl::Seconds(5));
+        Check(r, "sum", want, got);
+        continue;
+      }
+      const int id = 1 + static_cast<int>(rng() % kCounters);
+      const History::Known want = history_->Of(id);
+      Result got = Call(*r.stub, kCounterRead, {id}, true, want.token, absl::Seconds(5));
+      Check(r, absl::StrCat("counter ", id), want, got);
+    }
+  }
+  void Check(Replica& r, const std::string& what, const History::Known& want, const Result& got) {
+    if (!got.status.ok()) return;
+    reads_.fetch_add(1);
+    if (got.cache == v1::HIT || got.cache == v1::STALE) cached_reads_.fetch_add(1);
+    if (got.value < want.value) {
+      history_->Stale(absl::StrCat(r.name, ": ", what, " = ", got.value, " with min_lsn ",
+                                   want.token, ", a write by ", want.by, " acknowledged ",
+                                   want.value, " (outcome ", got.cache, ", source ", got.source,
+                                   ", reflecting ", got.lsn, ")"));
+    }
+  }
+
+  History* const history_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int64_t> reads_{0}, cached_reads_{0};
+  std::vector<std::thread> threads_;
+};
+
+TEST_F(WalCacheTest, HistoryCheckerNoReadIsOlderThanAWriteWhoseTokenItCarries) {
+  Reset();
+  History history(kCounters);
+  Load load({&A(), &B()}, &history, ingest_);
+  const absl::Time until = absl::Now() + absl::Seconds(20);
+  ASSERT_TRUE(
+      WaitFor([&] { return history.writes() >= 3000 || absl::Now() > until; }, absl::Seconds(40)));
+  load.Stop();
+  EXPECT_EQ(history.stale_count(), 0) << history.stale();
+  EXPECT_EQ(history.untokened(), 0) << "acknowledged writes without commit_lsn";
+  EXPECT_GE(history.writes(), 1500) << "too few writes to judge";
+  EXPECT_GT(load.cached_reads(), 0) << "the cache was not used: " << load.reads() << " reads";
+  std::cerr << history.writes() << " writes, " << load.reads() << " reads, " << load.cached_reads()
+            << " from cache\n";
+  std::cerr << A().Summary() << "\n" << B().Summary() << "\n";
+}
+
+TEST_F(WalCacheTest, AKilledHolderIsReplacedAndNothingStaleIsServed) {
+  Reset();
+  ASSERT_TRUE(WaitFor([&] { return A().Holder() || B().Holder(); }, kWait));
+  const bool a_holds = A().Holder();
+  Replica& holder = a_holds ? A() : B();
+  Replica& survivor = a_holds ? B() : A();
+  const double streams = survivor.Streams();
+  History history(kCounters);
+  {
+    // The survivor keeps reading and writing; a plain client writes too.
+    Load load({&survivor}, &history, ingest_);
+    ASSERT_TRUE(WaitFor([&] { return history.writes() > 200; }, kWait));
+    ASSERT_TRUE(holder.process->Signal(SIGKILL).ok());
+    const absl::Time killed = absl::Now();
+    ASSERT_TRUE(holder.process->Wait(kWait).ok());
+    // Taken over: the survivor holds the lock and applies its own stream
+    // (which began with a flush of its entries).
+    ASSERT_TRUE(WaitFor(
+        [&] { return survivor.Holder() && survivor.Streams() > streams && survivor.Ready(); },
+        kTakeoverBound))
+        << "no takeover within " << kTakeoverBound;
+    const absl::Duration took = absl::Now() - killed;
+    std::cerr << "takeover after " << took << "\n";
+    const int64_t at = history.writes();
+    ASSERT_TRUE(WaitFor([&] { return history.writes() > at + 300; }, kWait));
+  }
+  EXPECT_EQ(history.stale_count(), 0) << history.stale();
+  // Quiet now: without any token, the survivor serves what is committed.
+  Session s(Cluster().Dsn(kDb));
+  const uint64_t token = static_cast<uint64_t>(*s.Token());
+  ASSERT_EQ(Call(*survivor.stub, kCounterRead, {1}, true, token).status.error_code(), grpc::OK);
+  for (int id = 1; id <= kCounters; ++id) {
+    const int64_t truth = *s.Int(absl::StrCat("SELECT n FROM counters WHERE id = ", id));
+    Result got = Call(*survivor.stub, kCounterRead, {id}, true);
+    EXPECT_EQ(got.value, truth) << "counter " << id << " (" << got.cache << ")";
+  }
+  // The killed replica comes back (its sidecar lived on) as a follower.
+  ASSERT_TRUE(holder.Start(Cluster()).ok());
+  ASSERT_TRUE(WaitFor([&] { return holder.Ready(); }, kWait));
+  EXPECT_FALSE(holder.Holder());
+}
+
+TEST_F(WalCacheTest, CutStreamAndRestartedServerBypassUntilFlushedThenServeFresh) {
+  Reset();
+  History history(kCounters);
+  const double streams_a = A().Streams(), streams_b = B().Streams();
+  const double bypassed = A().Bypassed("stream") + B().Bypassed("stream");
+  {
+    Load load({&A(), &B()}, &history, ingest_);
+    ASSERT_TRUE(WaitFor([&] { return history.writes() > 200; }, kWait));
+    // The walsender of the slot: its stream ends; another begins.
+    Session admin(Cluster().Dsn(kDb));
+    ASSERT_EQ(admin.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_replication"), "");
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          return A().Streams() > streams_a && B().Streams() > streams_b && A().Ready() &&
+                 B().Ready();
+        },
+        kWait));
+    int64_t at = history.writes();
+    ASSERT_TRUE(WaitFor([&] { return history.writes() > at + 200; }, kWait));
+    // PostgreSQL itself: each listener subscribes again (and flushes).
+    const double flushes_a = A().Flushes(), flushes_b = B().Flushes();
+    ASSERT_TRUE(Cluster().Restart().ok());
+    ASSERT_TRUE(WaitFor(
+        [&] {
+          return A().Flushes() > flushes_a && B().Flushes() > flushes_b && A().Ready() &&
+                 B().Ready();
+        },
+        kWait))
+        << "the replicas did not resubscribe after the restart";
+    at = history.writes();
+    ASSERT_TRUE(WaitFor([&] { return history.writes() > at + 300; }, kWait));
+  }
+  EXPECT_EQ(history.stale_count(), 0) << history.stale();
+  EXPECT_GT(A().Bypassed("stream") + B().Bypassed("stream"), bypassed)
+      << "reads bypassed the cache while no stream was up";
+  Session s(Cluster().Dsn(kDb));
+  for (Replica* r : {&A(), &B()}) {
+    for (int id = 1; id <= kCounters; ++id) {
+      const int64_t truth = *s.Int(absl::StrCat("SELECT n FROM counters WHERE id = ", id));
+      EXPECT_EQ(Call(*r->stub, kCounterRead, {id}, true).value, truth)
+          << r->name << " counter " << id;
+    }
+  }
+}
+
+// Sets synchronous_standby_names to a standby that never connects, so that a
+// session with synchronous_commit=on commits (record flushed, decodable) but
+// stays invisible until Release().
+class AbsentStandby {
+ public:
+  AbsentStandby() : admin_(Cluster().Dsn(kDb)) {
+    set_ = admin_.Exec("ALTER SYSTEM SET synchronous_standby_names = 'poolside_absent'") == "" &&
+           admin_.Exec("SELECT pg_reload_conf()") == "" &&
+           WaitFor(
+               [] {
+                 Session s(Cluster().Dsn(kDb));
+                 return s.Int(
+                             "SELECT (current_setting('synchronous_standby_names') = "
+                             "'poolside_absent')::int")
+                            .value_or(0) == 1;
+               },
+               kWait);
+  }
+  ~AbsentStandby() { Release(); }
+  bool set() const { return set_; }
+  // Releases the waiting commits (the setting is read again on reload).
+  void Release() {
+    if (released_) return;
+    released_ = true;
+    EXPECT_EQ(admin_.Exec("ALTER SYSTEM RESET synchronous_standby_names"), "");
+    EXPECT_EQ(admin_.Exec("SELECT pg_reload_conf()"), "");
+  }
+
+ private:
+  Session admin_;
+  bool set_ = false;
+  bool released_ = false;
+};
+
+// PostgreSQL flushes a commit record (the stream can decode it) before the
+// committing backend leaves the proc array: a read in between still sees the
+// old row. A replica that applied the invalidation and then read in that gap
+// would keep the old row cached past the write; the holder relays a batch
+// only once its transactions are visible.
+TEST_F(WalCacheTest, ACommitDecodedBeforeItIsVisibleIsInvalidatedOnlyOnceVisible) {
+  Reset();
+  Replica& a = A();
+  ASSERT_TRUE(Cached(*a.stub, kRowRead, {5}));
+  ASSERT_TRUE(Cached(*a.stub, kRowRead, {6}));
+  ASSERT_TRUE(WaitFor([&] { return A().Holder() || B().Holder(); }, kWait));
+  Replica& holder = A().Holder() ? A() : B();
+  const std::string retries_series =
+      "poolside_query_cache_wal_visibility_retries_total{database=\"wc\"}";
+  const double retries = holder.Metric(retries_series).value_or(0);
+
+  Session writer(Cluster().Dsn(kDb));
+  ASSERT_TRUE(writer.ok());
+  const int64_t writer_pid = *writer.Int("SELECT pg_backend_pid()");
+  ASSERT_EQ(writer.Exec("SET synchronous_commit = on"), "");
+  std::atomic<bool> committed{false};
+  uint64_t token = 0;
+  std::thread write;
+  {
+    AbsentStandby standby;
+    ASSERT_TRUE(standby.set());
+    write = std::thread([&] {
+      EXPECT_EQ(writer.Exec("UPDATE rows SET v = 555 WHERE id = 5"), "");
+      token = static_cast<uint64_t>(writer.Token().value_or(0));
+      committed.store(true);
+    });
+    // Committed in the WAL, waiting for the standby: invisible.
+    Session admin(Cluster().Dsn(kDb));
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return admin
+                     .Int(absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE pid = ",
+                                       writer_pid, " AND wait_event = 'SyncRep'"))
+                     .value_or(0) == 1;
+        },
+        kWait));
+    // Decoded: the walsender has read past it.
+    const int64_t decoded = *admin.Token();
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          return admin
+                     .Int(absl::StrCat("SELECT count(*) FROM pg_stat_replication WHERE "
+                                       "(sent_lsn - '0/0'::pg_lsn) >= ",
+                                       decoded))
+                     .value_or(0) == 1;
+        },
+        kWait));
+    EXPECT_TRUE(WaitFor([&] { return holder.Metric(retries_series).value_or(0) > retries; }, kWait))
+        << "the holder relayed a batch whose transaction is not visible";
+    // A read that asks for that position gets the old row (the write is not
+    // acknowledged), from the database: the stream cannot reach it yet.
+    Result during = Call(*a.stub, kRowRead, {5}, true, static_cast<uint64_t>(decoded));
+    EXPECT_TRUE(during.status.ok()) << during.status.error_message();
+    EXPECT_EQ(during.value, 0);
+    EXPECT_EQ(during.source, v1::DATABASE);
+    EXPECT_FALSE(committed.load());
+    standby.Release();
+    write.join();
+  }
+  ASSERT_TRUE(committed.load());
+  ASSERT_GT(token, 0u);
+  Result after = Call(*a.stub, kRowRead, {5}, true, token);
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.value, 555) << "the row read while the commit was invisible stayed cached";
+  EXPECT_NE(after.cache, v1::HIT);
+  // The held batch arrived late (reads bypassed meanwhile); once caught up,
+  // the other row is still cached.
+  ASSERT_TRUE(WaitFor([&] { return a.Ready(); }, kWait));
+  Result kept = Call(*a.stub, kRowRead, {6}, true, token);
+  EXPECT_EQ(kept.value, 0);
+  EXPECT_EQ(kept.cache, v1::HIT) << "another row's entry went too";
+}
+
+// Last: it stops the replicas.
+TEST_F(WalCacheTest, NoSlotIsLeftOnceEveryReplicaStopped) {
+  PostgresCluster& pg = Cluster();
+  ASSERT_EQ(pg.QueryValue(kDb, "SELECT count(*) FROM pg_replication_slots").value_or(""), "1");
+  // One stops cleanly, the other is killed.
+  for (auto& r : replicas_) {
+    if (r->Holder()) {
+      ASSERT_TRUE(r->process->Signal(SIGKILL).ok());
+    } else {
+      ASSERT_TRUE(testing::Terminate(*r->process).ok());
+    }
+    ASSERT_TRUE(r->process->Wait(kWait).ok());
+  }
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return pg.QueryValue(kDb, "SELECT count(*) FROM pg_replication_slots").value_or("") == "0";
+      },
+      kWait))
+      << "a poolside slot is left: "
+      << pg.QueryValue(kDb, "SELECT string_agg(slot_name, ',') FROM pg_replication_slots")
+             .value_or("");
+  EXPECT_EQ(pg.QueryValue(kDb, "SELECT count(*) FROM pg_stat_replication").value_or(""), "0");
+}
+
+// A server that cannot decode its WAL.
+TEST(WalCacheUnavailableTest, FailsToStartOrFallsBackToTriggersAsConfigured) {
+  testing::PostgresOptions o;
+  o.extra_settings = {"wal_level=replica", "max_wal_senders=0"};
+  auto pg = PostgresCluster::Start(o);
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  ASSERT_TRUE((*pg)->CreateDatabase(kDb).ok());
+  ASSERT_TRUE((*pg)
+                  ->Exec(kDb,
+                         "CREATE TABLE rows (id int8 PRIMARY KEY, v int8 NOT NULL);"
+                         "INSERT INTO rows VALUES (1, 1)")
+                  .ok());
+  Replica failing;
+  failing.name = "fail";
+  absl::Status s = failing.Start(**pg);  // walUnavailable defaults to "fail"
+  ASSERT_FALSE(s.ok()) << "query_server started without logical decoding";
+  EXPECT_NE(s.message().find("wal_level"), absl::string_view::npos) << s;
+
+  // "trigger": it starts, says so, and writes by anyone invalidate through
+  // the trigger.
+  Replica fallback;
+  fallback.name = "trigger";
+  ASSERT_TRUE(fallback.sidecar.Start().ok());
+  v1::QueryServiceConfig config;
+  {
+    // Replica::Start with walUnavailable "trigger": its config, adjusted.
+    v1::DatabaseConfig* db = config.add_databases();
+    db->set_name(kDb);
+    db->set_dsn((*pg)->Dsn(kDb));
+    const std::string stem = NewStem("query_server_trigger");
+    config.mutable_server()->set_listen("127.0.0.1:0");
+    config.mutable_server()->mutable_tls()->set_plaintext(true);
+    config.mutable_server()->set_port_file(stem + ".port");
+    v1::MetricsConfig* metrics = config.mutable_server()->mutable_telemetry()->mutable_metrics();
+    metrics->set_listen("127.0.0.1:0");
+    metrics->set_port_file(stem + ".metrics_port");
+    v1::QueryCacheConfig* cache = config.mutable_cache();
+    cache->set_target(absl::StrCat("unix:", fallback.sidecar.socket));
+    cache->set_wal_unavailable("trigger");
+    v1::CachedTables* tables = cache->add_tables();
+    tables->set_database(kDb);
+    tables->add_tables("rows");
+    auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
+    ASSERT_TRUE(p.ok()) << p.status();
+    fallback.process = *std::move(p);
+    std::ifstream(stem + ".metrics_port") >> fallback.metrics_port;
+    auto channel = Connect(fallback.process->address());
+    ASSERT_TRUE(channel.ok());
+    fallback.stub = v1::QueryService::NewStub(*channel);
+  }
+  ASSERT_TRUE(WaitFor([&] { return fallback.Ready(); }, kWait));
+  EXPECT_EQ(fallback.Metric("poolside_query_cache_invalidation_mode{database=\"wc\",mode="
+                            "\"trigger\"}"),
+            1);
+  EXPECT_EQ((*pg)
+                ->QueryValue(kDb,
+                             "SELECT count(*) FROM pg_trigger WHERE tgname = "
+                             "'poolside_invalidate'")
+                .value_or(""),
+            "1");
+  ASSERT_TRUE(Cached(*fallback.stub, kRowRead, {1}));
+  ASSERT_TRUE((*pg)->Exec(kDb, "UPDATE rows SET v = 2 WHERE id = 1").ok());
+  EXPECT_TRUE(WaitFor([&] { return Call(*fallback.stub, kRowRead, {1}, true).value == 2; }, kWait));
+  // Trigger mode knows no positions: a token sends the read to the database.
+  Result tokened = Call(*fallback.stub, kRowRead, {1}, true, 1);
+  EXPECT_EQ(tokened.cache, v1::BYPASS);
+  EXPECT_EQ(tokened.source, v1::DATABASE);
+  EXPECT_EQ(tokened.value, 2);
+}
+
+}  // namespace
+}  // namespace poolside
