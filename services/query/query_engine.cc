@@ -513,6 +513,9 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     out->set_pipeline_reruns_total(db->pipeline_reruns());
     out->set_min_idle(s.min_idle);
     out->set_max_size(s.max_size);
+    out->set_max_overflow(s.max_overflow);
+    out->set_overflow_in_use(s.overflow_in_use);
+    out->set_overflow_created_total(s.overflow_created);
     out->set_acquired_total(s.acquired);
     out->set_timeouts_total(s.timeouts + db->queue_timeouts());
     out->set_created_total(s.created);
