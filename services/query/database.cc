@@ -21,8 +21,8 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
   if (!work.trace.valid()) return;
   telemetry::Span span =
       telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal, work.trace, start);
-  span.SetAttribute("db.system", "postgresql");
-  span.SetAttribute("db.name", database);
+  span.SetAttribute("db.system.name", "postgresql");
+  span.SetAttribute("db.namespace", database);
   span.SetAttribute("poolside.pool.wait_seconds", absl::ToDoubleSeconds(end - start));
   span.SetStatus(status);
   span.End(end);

@@ -8,7 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/config/database_config.h"
+#include "common/db/statement_labels.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
 #include "common/telemetry/trace_context.h"
 #include "services/query/named_queries.h"
 
@@ -305,6 +307,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
+  if (telemetry::GlobalTracer() != nullptr) {
+    work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
+  }
   if (access.read_only) {
     // Not pipelined with other calls: a transaction of its own.
     ExecuteWork* raw = work.get();
@@ -372,6 +377,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
+  if (telemetry::GlobalTracer() != nullptr) {
+    work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
+  }
   ExecuteWork* raw = work.get();
   work->exclusive = [raw, read_only = access.read_only](db::Connection& conn) -> absl::Status {
     absl::Status link = conn.RunStreaming(raw->statement, read_only);
@@ -438,6 +446,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     st.sql = request.statements(i).sql();
     st.params = &request.statements(i).params();
     st.sink = work->sinks.back().get();
+    if (telemetry::GlobalTracer() != nullptr) {
+      st.labels = db::StatementLabelsFor(*analyses[i], request.statements(i).named_query());
+    }
   }
   TransactionWork* raw = work.get();
   work->exclusive = [raw, begin](db::Connection& conn) -> absl::Status {
