@@ -22,6 +22,8 @@ APT_PACKAGES += libpg-query-dev
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.
 NPM_DIRS := clients/node
+# tests/reflection: grpc-reflection-js, a reflection client written elsewhere.
+NPM_DIRS += tests/reflection
 
 # k8s/tests render the manifests with `kubectl kustomize`: Debian's
 # kubernetes-client (kubectl 1.20) unless a kubectl is already installed.
