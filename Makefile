@@ -18,6 +18,9 @@ APT_PACKAGES += libssl-dev openssl
 APT_PACKAGES += libgoogle-perftools-dev
 # PostgreSQL's own parser (libpg_query) for statement analysis (common/sql).
 APT_PACKAGES += libpg-query-dev
+# Prometheus and promtool: the rules and dashboards are checked by a real
+# Prometheus (k8s/observability, tests/prometheus_test).
+APT_PACKAGES += prometheus
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.
