@@ -1821,6 +1821,14 @@ std::shared_ptr<const Analysis> StatementAnalyzer::Analyze(absl::string_view sql
   return analysis;
 }
 
+std::shared_ptr<const Analysis> StatementAnalyzer::Lookup(absl::string_view sql) {
+  absl::MutexLock lock(&mu_);
+  auto it = index_.find(sql);
+  if (it == index_.end()) return nullptr;
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->analysis;
+}
+
 size_t StatementAnalyzer::memo_entries() const {
   absl::MutexLock lock(&mu_);
   return lru_.size();

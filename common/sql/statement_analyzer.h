@@ -222,6 +222,9 @@ class StatementAnalyzer {
 
   // Never null. A text with a NUL byte is a parse error.
   std::shared_ptr<const Analysis> Analyze(absl::string_view sql);
+  // The memoized analysis of `sql`, or null when it is not in the memo (a
+  // hash lookup: never parses).
+  std::shared_ptr<const Analysis> Lookup(absl::string_view sql);
 
   // Memo contents, for tests and metrics.
   size_t memo_entries() const;

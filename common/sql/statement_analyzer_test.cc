@@ -1180,6 +1180,10 @@ TEST(StatementAnalyzerMemoTest, HitsReturnTheSameAnalysis) {
   // The memoized analysis is the one AnalyzeOnce makes.
   EXPECT_EQ(a->normalized, AnalyzeOnce("SELECT * FROM t WHERE a = $1")->normalized);
   EXPECT_EQ(a->kind, StatementKind::kRead);
+  // Lookup finds what Analyze kept and never parses what it did not.
+  EXPECT_EQ(analyzer.Lookup("SELECT * FROM t WHERE a = $1").get(), a.get());
+  EXPECT_EQ(analyzer.Lookup("SELECT 'never analyzed'"), nullptr);
+  EXPECT_EQ(analyzer.memo_entries(), 3u);
 }
 
 TEST(StatementAnalyzerMemoTest, LongTextsAreAnalyzedEveryTimeAndNotKept) {

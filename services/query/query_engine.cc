@@ -20,6 +20,12 @@ namespace {
 // Checks at most this many CheckDatabases calls at once; more are refused.
 constexpr int kMaxConcurrentChecks = 4;
 
+// A statement text longer than this that the analyzer has not seen yet is
+// parsed on the database worker that runs it rather than on the calling
+// (queue) thread: parsing costs up to a few microseconds per byte, and the
+// queue thread serves every caller.
+constexpr size_t kInlineAnalysisBytes = 4096;
+
 // How old a database's catalog snapshot (which functions are built in and
 // non-volatile, which relations are views) may get before it is read again.
 constexpr absl::Duration kCatalogAge = absl::Seconds(10);
@@ -55,6 +61,9 @@ class ExecuteWork : public Work {
  public:
   ResultBudget budget;
   std::unique_ptr<db::ResultSink> sink;
+  // The statement's analysis; set on the worker when it was deferred there
+  // (null if the statement was refused).
+  std::shared_ptr<const sql::Analysis> analysis;
 };
 
 class TransactionWork : public Work {
@@ -62,6 +71,18 @@ class TransactionWork : public Work {
   ResultBudget budget;
   std::vector<db::Statement> statements;
   std::vector<std::unique_ptr<ResultSetSink>> sinks;
+  // As ExecuteWork::analysis, one per statement (empty if refused).
+  std::vector<std::shared_ptr<const sql::Analysis>> analyses;
+
+  // Each statement's span labels from its analysis (when traces are sent).
+  void LabelStatements(const v1::ExecuteTransactionRequest& request) {
+    if (telemetry::GlobalTracer() == nullptr) return;
+    for (size_t i = 0; i < analyses.size() && i < statements.size(); ++i) {
+      const int index = static_cast<int>(i);
+      statements[i].labels =
+          db::StatementLabelsFor(*analyses[i], request.statements(index).named_query());
+    }
+  }
 };
 
 }  // namespace
@@ -190,29 +211,39 @@ bool QueryEngine::MayShareSync(const std::string& database, const sql::Analysis&
 }
 
 absl::Status QueryEngine::VerifyRoles(absl::Time deadline) {
+  struct Check {
+    const v1::DatabaseConfig* database;
+    std::string role;
+    const v1::DatabaseConfig* pool;
+  };
+  std::vector<Check> checks;
   for (const v1::DatabaseConfig& dbc : config_.databases()) {
-    std::vector<std::pair<std::string, v1::DatabaseConfig>> pools = {{"", dbc}};
+    checks.push_back({&dbc, "", &dbc});
     for (const v1::DatabaseRole& role : dbc.roles()) {
       auto c = role_configs_.find(std::make_pair(dbc.name(), role.name()));
       if (c == role_configs_.end()) {
         return absl::FailedPreconditionError(absl::StrCat(
             "database ", dbc.name(), " role ", role.name(), ": its password cannot be read"));
       }
-      pools.emplace_back(role.name(), c->second);
+      checks.push_back({&dbc, role.name(), &c->second});
     }
-    for (const auto& [role, c] : pools) {
-      db::ConnectionOptions options;
-      options.dsn = c.dsn();
-      options.application_name = absl::StrCat("poolside-query/", dbc.name());
-      options.connect_timeout = std::min(absl::Milliseconds(c.pool().connect_timeout_ms()),
-                                         std::max(absl::Seconds(1), deadline - absl::Now()));
-      if (absl::Status s = db::VerifyDatabaseRole(
-              options, dbc.name(), role.empty() ? "its DSN user" : absl::StrCat("role ", role),
-              dbc.allow_privileged_role());
-          !s.ok()) {
-        return s;
-      }
-    }
+  }
+  // Concurrently, as CheckDatabases: a service with a hundred databases
+  // starts in about one connection's time.
+  std::vector<absl::Status> outcomes(checks.size());
+  ParallelFor(checks.size(), config_.limits().check_concurrency(), [&](size_t i) {
+    const Check& c = checks[i];
+    db::ConnectionOptions options;
+    options.dsn = c.pool->dsn();
+    options.application_name = absl::StrCat("poolside-query/", c.database->name());
+    options.connect_timeout = std::min(absl::Milliseconds(c.pool->pool().connect_timeout_ms()),
+                                       std::max(absl::Seconds(1), deadline - absl::Now()));
+    outcomes[i] = db::VerifyDatabaseRole(
+        options, c.database->name(), c.role.empty() ? "its DSN user" : absl::StrCat("role ", c.role),
+        c.database->allow_privileged_role());
+  });
+  for (const absl::Status& s : outcomes) {
+    if (!s.ok()) return s;
   }
   return absl::OkStatus();
 }
@@ -261,7 +292,8 @@ absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name, const CallAc
 }
 
 absl::StatusOr<std::shared_ptr<const sql::Analysis>> QueryEngine::CheckStatement(
-    absl::string_view sql, int params, const CallAccess& access, sql::Scope scope) const {
+    absl::string_view sql, int params, const CallAccess& access, sql::Scope scope,
+    bool may_defer) const {
   const auto& limits = config_.limits();
   if (sql.empty()) return absl::InvalidArgumentError("sql is empty");
   if (sql.size() > limits.max_sql_bytes()) {
@@ -272,7 +304,12 @@ absl::StatusOr<std::shared_ptr<const sql::Analysis>> QueryEngine::CheckStatement
     return absl::InvalidArgumentError(
         absl::StrCat(params, " parameters; the limit is ", limits.max_params()));
   }
-  std::shared_ptr<const sql::Analysis> a = analyzer_.Analyze(sql);
+  std::shared_ptr<const sql::Analysis> a =
+      sql.size() > kInlineAnalysisBytes ? analyzer_.Lookup(sql) : analyzer_.Analyze(sql);
+  if (a == nullptr) {
+    if (may_defer) return a;  // the caller runs this again on the worker
+    a = analyzer_.Analyze(sql);
+  }
   if (absl::Status s = sql::Permitted(*a, scope, sql::Grants{access.ddl}); !s.ok()) return s;
   if (access.read_only &&
       (a->kind == sql::StatementKind::kWrite || a->kind == sql::StatementKind::kDdl)) {
@@ -290,45 +327,67 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
                                                            Done done, const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database(), access);
   if (!db.ok()) return db.status();
-  absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis =
-      CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone);
+  absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis = CheckStatement(
+      request.sql(), request.params_size(), access, sql::Scope::kAlone, /*may_defer=*/true);
   if (!analysis.ok()) return analysis.status();
+  const bool deferred = *analysis == nullptr;
 
   auto work = std::make_shared<ExecuteWork>();
+  ExecuteWork* raw = work.get();
   work->deadline = deadline;
   work->holder = std::move(holder);
   work->trace = telemetry::CurrentSpanContext();
   work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
   work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
-  work->batchable = !access.read_only;
+  work->analysis = *analysis;
+  work->batchable = !access.read_only && !deferred;
   work->statement.may_share_sync =
-      !access.read_only && MayShareSync((*db)->name(), **analysis);
+      !access.read_only && !deferred && MayShareSync((*db)->name(), **analysis);
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
-  if (telemetry::GlobalTracer() != nullptr) {
+  if (!deferred && telemetry::GlobalTracer() != nullptr) {
     work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
   }
-  if (access.read_only) {
-    // Not pipelined with other calls: a transaction of its own.
-    ExecuteWork* raw = work.get();
-    work->exclusive = [raw](db::Connection& conn) -> absl::Status {
+  if (access.read_only || deferred) {
+    // Not pipelined with other calls: a transaction of its own (read-only
+    // for a read-only caller), after the analysis when it was deferred.
+    work->exclusive = [this, raw, access, &request,
+                       deferred](db::Connection& conn) -> absl::Status {
+      if (deferred) {
+        absl::StatusOr<std::shared_ptr<const sql::Analysis>> a = CheckStatement(
+            request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
+        if (!a.ok()) return a.status();
+        raw->analysis = *std::move(a);
+        if (telemetry::GlobalTracer() != nullptr) {
+          raw->statement.labels = db::StatementLabelsFor(*raw->analysis, request.named_query());
+        }
+      }
       db::Statement* st = &raw->statement;
+      if (!access.read_only) {
+        absl::Status link = conn.RunIndependent({&st, 1});
+        return link.ok() ? st->status : link;
+      }
       return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
     };
-    work->read_only = true;
+    work->read_only = access.read_only;
     work->rewind = [raw] { return raw->sink->Rewind(); };
   }
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, &request, response, start, trace = work->trace,
-                analysis = *analysis, done = std::move(done)](absl::Status s) {
+  work->done = [this, database, raw, &request, response, start, trace = work->trace,
+                done = std::move(done)](absl::Status s) {
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
-    stats_.Record(database->name(), *analysis, absl::Now() - start,
-                  s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
+    const sql::Analysis* analysis = raw->analysis.get();  // null: refused on the worker
+    if (analysis != nullptr) {
+      stats_.Record(database->name(), *analysis, absl::Now() - start,
+                    s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0,
+                    s.ok());
+    }
     if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
-    if (cache_ != nullptr && MayHaveWritten(s) && ReadCache::NeedsInvalidation(*analysis)) {
+    if (cache_ != nullptr && analysis != nullptr && MayHaveWritten(s) &&
+        ReadCache::NeedsInvalidation(*analysis)) {
       std::vector<ReadCache::Written> written(1);
       written[0].sql = request.sql();
       written[0].params = request.params();
@@ -339,7 +398,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
     }
     done(std::move(s));
   };
-  if (cache_ != nullptr && cache_->Applies(*database, request, **analysis)) {
+  if (cache_ != nullptr && !deferred && cache_->Applies(*database, request, **analysis)) {
     std::shared_ptr<Work> generic = work;
     cache_->Execute(database, request, generic, response, work->budget.max_rows,
                     work->budget.max_bytes, access.read_only, [database, generic] {
@@ -360,11 +419,12 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
                                                                  const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database(), access);
   if (!db.ok()) return db.status();
-  absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis =
-      CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone);
+  absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis = CheckStatement(
+      request.sql(), request.params_size(), access, sql::Scope::kAlone, /*may_defer=*/true);
   if (!analysis.ok()) return analysis.status();
 
   auto work = std::make_shared<ExecuteWork>();
+  work->analysis = *analysis;
   work->deadline = deadline;
   work->holder = std::move(holder);
   work->trace = telemetry::CurrentSpanContext();
@@ -377,22 +437,32 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
-  if (telemetry::GlobalTracer() != nullptr) {
+  if (*analysis != nullptr && telemetry::GlobalTracer() != nullptr) {
     work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
   }
   ExecuteWork* raw = work.get();
-  work->exclusive = [raw, read_only = access.read_only](db::Connection& conn) -> absl::Status {
-    absl::Status link = conn.RunStreaming(raw->statement, read_only);
+  work->exclusive = [this, raw, access, &request](db::Connection& conn) -> absl::Status {
+    if (raw->analysis == nullptr) {  // deferred to this worker
+      absl::StatusOr<std::shared_ptr<const sql::Analysis>> a = CheckStatement(
+          request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
+      if (!a.ok()) return a.status();
+      raw->analysis = *std::move(a);
+      if (telemetry::GlobalTracer() != nullptr) {
+        raw->statement.labels = db::StatementLabelsFor(*raw->analysis, request.named_query());
+      }
+    }
+    absl::Status link = conn.RunStreaming(raw->statement, access.read_only);
     return link.ok() ? raw->statement.status : link;
   };
   work->read_only = access.read_only;
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, raw, start, analysis = *analysis,
-                done = std::move(done)](absl::Status s) {
+  work->done = [this, database, raw, start, done = std::move(done)](absl::Status s) {
     telemetry::ScopedSpanContext record_scope(raw->trace);  // a slow-statement log line carries it
-    stats_.Record(database->name(), *analysis, absl::Now() - start,
-                  s.ok() ? raw->budget.rows : 0, s.ok());
+    if (raw->analysis != nullptr) {
+      stats_.Record(database->name(), *raw->analysis, absl::Now() - start,
+                    s.ok() ? raw->budget.rows : 0, s.ok());
+    }
     done(std::move(s));
   };
   if (absl::Status s = database->Submit(work); !s.ok()) return s;
@@ -412,18 +482,31 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
                                                    " statements; the limit is ",
                                                    config_.limits().max_statements()));
   }
-  std::vector<std::shared_ptr<const sql::Analysis>> analyses;
-  analyses.reserve(request.statements_size());
-  for (int i = 0; i < request.statements_size(); ++i) {
-    const v1::Statement& st = request.statements(i);
-    absl::StatusOr<std::shared_ptr<const sql::Analysis>> a =
-        CheckStatement(st.sql(), st.params_size(), access, sql::Scope::kInTransaction);
-    if (!a.ok()) {
-      return absl::Status(a.status().code(),
-                          absl::StrCat("statement ", i + 1, ": ", a.status().message()));
+  // Every statement's analysis, or none when one must be deferred to the
+  // worker (then all are analyzed again there, before anything is sent);
+  // refusals found here are answered at once.
+  auto check_all = [this, &request, access](bool may_defer)
+      -> absl::StatusOr<std::vector<std::shared_ptr<const sql::Analysis>>> {
+    std::vector<std::shared_ptr<const sql::Analysis>> analyses;
+    analyses.reserve(request.statements_size());
+    bool deferred = false;
+    for (int i = 0; i < request.statements_size(); ++i) {
+      const v1::Statement& st = request.statements(i);
+      absl::StatusOr<std::shared_ptr<const sql::Analysis>> a = CheckStatement(
+          st.sql(), st.params_size(), access, sql::Scope::kInTransaction, may_defer);
+      if (!a.ok()) {
+        return absl::Status(a.status().code(),
+                            absl::StrCat("statement ", i + 1, ": ", a.status().message()));
+      }
+      deferred = deferred || *a == nullptr;
+      analyses.push_back(*std::move(a));
     }
-    analyses.push_back(*std::move(a));
-  }
+    if (deferred) analyses.clear();
+    return analyses;
+  };
+  absl::StatusOr<std::vector<std::shared_ptr<const sql::Analysis>>> analyses =
+      check_all(/*may_defer=*/true);
+  if (!analyses.ok()) return analyses.status();
   std::string begin = "BEGIN";
   switch (request.isolation()) {
     case v1::READ_COMMITTED: begin += " ISOLATION LEVEL READ COMMITTED"; break;
@@ -446,12 +529,17 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     st.sql = request.statements(i).sql();
     st.params = &request.statements(i).params();
     st.sink = work->sinks.back().get();
-    if (telemetry::GlobalTracer() != nullptr) {
-      st.labels = db::StatementLabelsFor(*analyses[i], request.statements(i).named_query());
-    }
   }
   TransactionWork* raw = work.get();
-  work->exclusive = [raw, begin](db::Connection& conn) -> absl::Status {
+  raw->analyses = *std::move(analyses);
+  raw->LabelStatements(request);
+  work->exclusive = [raw, begin, check_all, &request](db::Connection& conn) -> absl::Status {
+    if (raw->analyses.empty()) {  // deferred to this worker
+      absl::StatusOr<std::vector<std::shared_ptr<const sql::Analysis>>> a = check_all(false);
+      if (!a.ok()) return a.status();
+      raw->analyses = *std::move(a);
+      raw->LabelStatements(request);
+    }
     std::vector<db::Statement*> ptrs;
     for (auto& st : raw->statements) ptrs.push_back(&st);
     return conn.RunTransaction(begin, ptrs, raw->deadline, &raw->cancelled);
@@ -463,11 +551,17 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   };
   const absl::Time start = absl::Now();
   Database* database = *db;
-  work->done = [this, database, &request, response, start, trace = work->trace,
+  work->done = [this, database, raw, &request, response, start, trace = work->trace,
                 read_only = request.read_only() || access.read_only,
-                analyses = std::move(analyses), done = std::move(done)](absl::Status s) {
+                done = std::move(done)](absl::Status s) {
     const absl::Duration took = absl::Now() - start;
     telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
+    const std::vector<std::shared_ptr<const sql::Analysis>>& analyses = raw->analyses;
+    if (analyses.empty()) {  // refused on the worker: nothing ran
+      response->clear_results();
+      done(std::move(s));
+      return;
+    }
     for (int i = 0; i < request.statements_size(); ++i) {
       const int64_t rows = s.ok() && i < response->results_size()
                                ? std::max<int64_t>(0, response->results(i).rows_affected())

@@ -117,8 +117,12 @@ class QueryEngine {
   // Its pool for the caller's database role (made on first use).
   absl::StatusOr<Database*> Find(absl::string_view name, const CallAccess& access);
   // The limits, then the analyzer's verdict for `scope` and the caller.
+  // With `may_defer`, a long text the analyzer has not seen is not parsed
+  // here: OK with a null analysis, and the caller checks it again (without)
+  // on the database worker, so the queue thread never parses a large text.
   absl::StatusOr<std::shared_ptr<const sql::Analysis>> CheckStatement(
-      absl::string_view sql, int params, const CallAccess& access, sql::Scope scope) const;
+      absl::string_view sql, int params, const CallAccess& access, sql::Scope scope,
+      bool may_defer) const;
   // Whether `a` may share an implicit transaction with other callers'
   // statements on `database`: its syntax allows it and the database's
   // catalog snapshot proves its functions, operators and relations free of

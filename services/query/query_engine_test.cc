@@ -172,6 +172,58 @@ TEST_F(QueryEngineTest, RefusedStatementsNeverReachTheDatabase) {
   EXPECT_TRUE(Run(*engine, "DO $$ BEGIN PERFORM 1; END $$", AccessOf(ddl)).ok());
 }
 
+// Long texts new to the service are parsed on the database worker, not the
+// queue thread; they are refused or run exactly as short ones.
+TEST_F(QueryEngineTest, LongNewTextsAreCheckedOnTheWorkerAlike) {
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  const auth::Principal reader = Principal("eng_read", false);
+  const std::string pad = "/* " + std::string(6000, 'x') + " */ ";
+  EXPECT_EQ(Run(*engine, pad + ";COMMIT", AccessOf(writer)).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Run(*engine, pad + "SELECT set_config('search_path', 'x', false)", AccessOf(writer))
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Run(*engine, pad + "UPDATE accounts SET owner = 'long' WHERE id = 3", AccessOf(reader))
+                .code(),
+            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'long'"), "0");
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(Run(*engine, pad + "SELECT owner FROM accounts WHERE id = 4", AccessOf(writer), &r)
+                  .ok());
+  EXPECT_EQ(FirstText(r), "owner-4");
+  ASSERT_TRUE(
+      Run(*engine, pad + "UPDATE accounts SET owner = 'long-ok' WHERE id = 5", AccessOf(writer))
+          .ok());
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT owner FROM accounts WHERE id = 5"), "long-ok");
+
+  // A transaction with one long new text is checked whole before anything runs.
+  v1::ExecuteTransactionRequest tx;
+  tx.add_statements()->set_sql(pad + "UPDATE accounts SET owner = 'tx' WHERE id = 6");
+  tx.add_statements()->set_sql("COMMIT");
+  v1::ExecuteTransactionResponse tr;
+  absl::StatusOr<std::shared_ptr<Work>> refused = engine->ExecuteTransaction(
+      tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+      [](absl::Status) {}, AccessOf(writer));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  tx.mutable_statements(1)->set_sql(pad + "SET LOCAL search_path = public");
+  tx.add_statements()->set_sql(pad + "LISTEN c");
+  absl::Notification done;
+  absl::Status outcome;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+      tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+      [&](absl::Status s) {
+        outcome = s;
+        done.Notify();
+      },
+      AccessOf(writer));
+  ASSERT_TRUE(work.ok()) << work.status();  // deferred: refused on the worker
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(outcome.code(), absl::StatusCode::kInvalidArgument) << outcome;
+  EXPECT_NE(outcome.message().find("statement 3"), std::string::npos) << outcome;
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT owner FROM accounts WHERE id = 6"), "owner-6");
+}
+
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
   auto engine = MakeEngine(R"("maxTimeoutMs": 300, "defaultTimeoutMs": 200)");
   const auth::Principal writer = Principal("eng_write", true);
