@@ -57,7 +57,9 @@ deps:
 build: deps
 	$(BAZEL) build //...
 
-# Embedded throwaway PostgreSQL (port 55432) + the query service (port 50051).
+# Embedded throwaway PostgreSQL (port 55432), the cache sidecar (50052), query
+# (50051) and ingest (50053), supervised by tools/devstack: a service that
+# exits is restarted with backoff while the others keep running; Ctrl-C stops all.
 run: build
 	bazel-bin/tools/devstack --run_dir=$(RUN_DIR)
 
