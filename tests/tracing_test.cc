@@ -749,5 +749,61 @@ TEST_F(CollectorTroubleTest, CollectorSlowCallsSucceedAndSpansAreDroppedAndCount
   EXPECT_GE((*slow)->export_calls(), 1);
 }
 
+TEST_F(TracingTest, AnInvalidationByNotifyIsATraceOfItsOwn) {
+  // Reads use the cache once the invalidation listener has subscribed.
+  v1::ExecuteRequest read;
+  read.set_database(kDb);
+  read.set_sql("SELECT name FROM items WHERE id = 2");
+  read.mutable_cache()->set_ttl_ms(60000);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        v1::ExecuteResponse response;
+        grpc::Status s = Execute(*query_stub_, read, "", &response);
+        return s.ok() && response.cache() != v1::BYPASS;
+      },
+      absl::Seconds(30)));
+  auto notify_spans = [](const std::vector<ReceivedSpan>& all) {
+    std::vector<ReceivedSpan> out;
+    for (const ReceivedSpan& s : all) {
+      if (s.service == "poolside-query" && s.span.name() == "cache.invalidate" &&
+          Attribute(s.span, "poolside.cache.source") == "notify") {
+        out.push_back(s);
+      }
+    }
+    return out;
+  };
+  const size_t before = notify_spans(receiver_->Spans()).size();
+
+  // A write poolside did not make (the data stays as it was).
+  ASSERT_TRUE(SharedPostgres().Exec(kDb, "UPDATE items SET name = name WHERE id = 2").ok());
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        const auto notified = notify_spans(all);
+        if (notified.size() <= before) return false;
+        const auto trace = InTrace(all, Hex(notified.back().span.trace_id()));
+        return !Named(trace, "poolside-cache", "poolside.v1.CacheService/Invalidate").empty();
+      },
+      absl::Seconds(30)))
+      << Describe(notify_spans(receiver_->Spans()));
+  const ReceivedSpan notified = notify_spans(receiver_->Spans()).back();
+  EXPECT_TRUE(notified.span.parent_span_id().empty());
+  EXPECT_EQ(notified.span.links_size(), 0);
+  EXPECT_EQ(Attribute(notified.span, "db.namespace"), kDb);
+  EXPECT_EQ(Attribute(notified.span, "poolside.cache.outcome"), "invalidated");
+  // Its trace holds it and the sidecar's call under it, nothing else.
+  const auto trace = InTrace(receiver_->Spans(), Hex(notified.span.trace_id()));
+  for (const ReceivedSpan& s : trace) {
+    if (s.span.span_id() == notified.span.span_id()) continue;
+    EXPECT_TRUE(absl::StrContains(s.span.name(), "Invalidate")) << Describe(trace);
+  }
+  auto server = Named(trace, "poolside-cache", "poolside.v1.CacheService/Invalidate");
+  ASSERT_EQ(server.size(), 1u) << Describe(trace);
+  EXPECT_FALSE(server[0].parent_span_id().empty());
+  // The row is as it was, and reads see it.
+  v1::ExecuteResponse response;
+  ASSERT_TRUE(Execute(*query_stub_, read, "", &response).ok());
+  ASSERT_EQ(response.result().rows_size(), 1);
+}
+
 }  // namespace
 }  // namespace poolside

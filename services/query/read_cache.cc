@@ -694,7 +694,7 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     counters_.write_invalidations.fetch_add(1, std::memory_order_relaxed);
     auto span = std::make_shared<telemetry::Span>(
         telemetry::StartSpan("cache.invalidate", telemetry::SpanKind::kInternal, trace));
-    span->SetAttribute("db.name", db->name());
+    span->SetAttribute("db.namespace", db->name());
     span->SetAttribute("poolside.cache.source", "write");
     span->SetAttribute("poolside.cache.tags", tags.size());
     telemetry::ScopedSpanContext invalidate_scope(span->context());
@@ -841,7 +841,21 @@ void ReadCache::Listen(DbState* state) {
         std::sort(tags.begin(), tags.end());
         tags.erase(std::unique(tags.begin(), tags.end()), tags.end());
         if (near_ != nullptr) near_->Invalidate(tags);
-        absl::Status inv = InvalidateNow(*client_, tags, "notify");
+        // A trace of its own, linked to nothing: the write that notified may
+        // be anyone's (another replica's, a migration's).
+        telemetry::Span span = telemetry::StartSpan(
+            "cache.invalidate", telemetry::SpanKind::kInternal, telemetry::SpanContext());
+        span.SetAttribute("db.namespace", db->name());
+        span.SetAttribute("poolside.cache.source", "notify");
+        span.SetAttribute("poolside.cache.tags", tags.size());
+        absl::Status inv;
+        {
+          telemetry::ScopedSpanContext scope(span.context());  // the sidecar call joins it
+          inv = InvalidateNow(*client_, tags, "notify");
+        }
+        span.SetAttribute("poolside.cache.outcome", inv.ok() ? "invalidated" : "error");
+        span.SetStatus(inv);
+        span.End();
         if (near_ != nullptr) near_->Invalidate(tags);  // see AfterWrite
         SidecarResult(inv.ok());
         if (!inv.ok()) MarkSuspect(state);
