@@ -749,6 +749,45 @@ TEST_F(CollectorTroubleTest, CollectorSlowCallsSucceedAndSpansAreDroppedAndCount
   EXPECT_GE((*slow)->export_calls(), 1);
 }
 
+TEST_F(TracingTest, AStatementAnalyzedOnTheWorkerCarriesTheSameLabels) {
+  // Longer than the queue thread parses and never seen: analyzed on the
+  // database worker, where its span's labels are made too.
+  const std::string literal = absl::StrCat("deferred-", RandomHex(8), std::string(5000, 'x'));
+  ClientTrace client;
+  v1::ExecuteResponse response;
+  grpc::Status s = [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+    ctx.AddMetadata("traceparent", client.traceparent());
+    v1::ExecuteTransactionRequest tx;
+    tx.set_database(kDb);
+    tx.add_statements()->set_sql(
+        absl::StrCat("SELECT count(*) FROM items WHERE name <> '", literal, "'"));
+    v1::ExecuteTransactionResponse tx_response;
+    return query_stub_->ExecuteTransaction(&ctx, tx, &tx_response);
+  }();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  v1::ExecuteRequest single;
+  single.set_database(kDb);
+  single.set_sql(absl::StrCat("SELECT id FROM items WHERE name = '", literal, "-2'"));
+  ASSERT_TRUE(Execute(*query_stub_, single, client.traceparent(), &response).ok());
+  EXPECT_EQ(response.result().rows_size(), 0);
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        return Named(InTrace(all, client.trace_id), "poolside-query", "SELECT items").size() == 2;
+      },
+      absl::Seconds(30)))
+      << Describe(InTrace(receiver_->Spans(), client.trace_id));
+  for (const OtlpSpan& span :
+       Named(InTrace(receiver_->Spans(), client.trace_id), "poolside-query", "SELECT items")) {
+    EXPECT_EQ(Attribute(span, "db.operation.name"), "SELECT");
+    EXPECT_EQ(Attribute(span, "db.collection.name"), "items");
+    const std::string text = Attribute(span, "db.query.text");
+    EXPECT_NE(text.find("$1"), std::string::npos) << text;
+    EXPECT_EQ(text.find("deferred-"), std::string::npos) << text.substr(0, 200);
+  }
+}
+
 TEST_F(TracingTest, AnInvalidationByNotifyIsATraceOfItsOwn) {
   // Reads use the cache once the invalidation listener has subscribed.
   v1::ExecuteRequest read;
