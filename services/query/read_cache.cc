@@ -393,7 +393,7 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request,
       telemetry::Span lookup =
           telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, work->trace);
       if (lookup.recording()) {
-        lookup.SetAttribute("db.name", db->name());
+        lookup.SetAttribute("db.namespace", db->name());
         lookup.SetAttribute("poolside.cache.outcome", "hit");
         lookup.SetAttribute("poolside.cache.layer", "near");
         lookup.End();
@@ -451,7 +451,7 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
   p->run_plain = std::move(run_plain);
   auto lookup = std::make_shared<telemetry::Span>(
       telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, p->work->trace));
-  lookup->SetAttribute("db.name", db->name());
+  lookup->SetAttribute("db.namespace", db->name());
   // The sidecar call is the lookup's child.
   telemetry::ScopedSpanContext lookup_scope(lookup->context());
   in_flight_.fetch_add(1);
@@ -543,7 +543,7 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
         // Ends when the shared result is delivered (the participant is gone).
         participant->wait = telemetry::StartSpan(
             "cache.singleflight.wait", telemetry::SpanKind::kInternal, participant->work->trace);
-        participant->wait.SetAttribute("db.name", db->name());
+        participant->wait.SetAttribute("db.namespace", db->name());
         it->second->participants.push_back(std::move(participant));
       }
       return;
@@ -617,7 +617,7 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
       auto span = std::make_shared<telemetry::Span>(
           telemetry::StartSpan("cache.fill", telemetry::SpanKind::kInternal, flight->trace));
       span->SetAttribute("poolside.cache.value_bytes", fill.value.size());
-      span->SetAttribute("db.name", flight->db->name());
+      span->SetAttribute("db.namespace", flight->db->name());
       telemetry::ScopedSpanContext fill_scope(span->context());
       in_flight_.fetch_add(1);
       client_->Set(std::move(fill), [this, span](absl::StatusOr<bool> stored) {
