@@ -21,10 +21,15 @@ APT_PACKAGES += libpg-query-dev
 # Replica routing tests: a 3-member Patroni cluster with etcd (v2 API) on loopback
 # (tests/fixtures/patroni_cluster). Nothing starts them outside the tests.
 APT_PACKAGES += patroni etcd-server
+# Prometheus and promtool: the rules and dashboards are checked by a real
+# Prometheus (k8s/observability, tests/prometheus_test).
+APT_PACKAGES += prometheus
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.
 NPM_DIRS := clients/node
+# tests/reflection: grpc-reflection-js, a reflection client written elsewhere.
+NPM_DIRS += tests/reflection
 
 # k8s/tests render the manifests with `kubectl kustomize`: Debian's
 # kubernetes-client (kubectl 1.20) unless a kubectl is already installed.
@@ -55,7 +60,9 @@ deps:
 build: deps
 	$(BAZEL) build //...
 
-# Embedded throwaway PostgreSQL (port 55432) + the query service (port 50051).
+# Embedded throwaway PostgreSQL (port 55432), the cache sidecar (50052), query
+# (50051) and ingest (50053), supervised by tools/devstack: a service that
+# exits is restarted with backoff while the others keep running; Ctrl-C stops all.
 run: build
 	bazel-bin/tools/devstack --run_dir=$(RUN_DIR)
 

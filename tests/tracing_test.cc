@@ -248,7 +248,7 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
       {"poolside-query", "poolside.v1.CacheService/Get"},
       {"poolside-cache", "poolside.v1.CacheService/Get"},
       {"poolside-query", "pool.acquire"},
-      {"poolside-query", "SELECT tracing"},
+      {"poolside-query", "SELECT items"},
       {"poolside-query", "cache.fill"},
       {"poolside-query", "poolside.v1.CacheService/Set"},
       {"poolside-cache", "poolside.v1.CacheService/Set"},
@@ -275,6 +275,10 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
   EXPECT_EQ(Attribute(server[0], "rpc.service"), "poolside.v1.QueryService");
   EXPECT_EQ(Attribute(server[0], "rpc.method"), "Execute");
   EXPECT_EQ(Attribute(server[0], "rpc.grpc.status_code"), "0");
+  EXPECT_EQ(Attribute(server[0], "network.peer.address"), "127.0.0.1");
+  EXPECT_EQ(Attribute(server[0], "network.transport"), "tcp");
+  EXPECT_NE(Attribute(server[0], "network.peer.port"), "");
+  EXPECT_EQ(Attribute(server[0], "error.type"), "");
   const std::string server_id = server[0].span_id();
 
   // cache.lookup under it, with the outcome; the sidecar Get below that, and
@@ -287,6 +291,9 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
   ASSERT_EQ(get_client.size(), 1u);
   EXPECT_EQ(get_client[0].kind(), OtlpSpan::SPAN_KIND_CLIENT);
   EXPECT_EQ(get_client[0].parent_span_id(), lookup[0].span_id());
+  EXPECT_EQ(Attribute(get_client[0], "rpc.method"), "Get");
+  EXPECT_EQ(Attribute(get_client[0], "network.transport"), "unix");
+  EXPECT_EQ(Attribute(get_client[0], "server.address"), socket_);
   auto get_server = Named(spans, "poolside-cache", "poolside.v1.CacheService/Get");
   ASSERT_EQ(get_server.size(), 1u);
   EXPECT_EQ(get_server[0].kind(), OtlpSpan::SPAN_KIND_SERVER);
@@ -299,13 +306,20 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
     EXPECT_EQ(a.parent_span_id(), server_id);
     EXPECT_NE(Attribute(a, "poolside.pool.wait_seconds"), "");
   }
-  auto select = Named(spans, "poolside-query", "SELECT tracing");
+  auto select = Named(spans, "poolside-query", "SELECT items");
   ASSERT_EQ(select.size(), 1u);
   EXPECT_EQ(select[0].parent_span_id(), server_id);
   EXPECT_EQ(select[0].kind(), OtlpSpan::SPAN_KIND_CLIENT);
-  EXPECT_EQ(Attribute(select[0], "db.system"), "postgresql");
-  EXPECT_EQ(Attribute(select[0], "db.name"), kDb);
-  EXPECT_EQ(Attribute(select[0], "db.statement"), read.sql());
+  // OpenTelemetry's stable database conventions.
+  EXPECT_EQ(Attribute(select[0], "db.system.name"), "postgresql");
+  EXPECT_EQ(Attribute(select[0], "db.namespace"), kDb);
+  EXPECT_EQ(Attribute(select[0], "db.query.text"), read.sql());
+  EXPECT_EQ(Attribute(select[0], "db.query.summary"), "SELECT items");
+  EXPECT_EQ(Attribute(select[0], "db.operation.name"), "SELECT");
+  EXPECT_EQ(Attribute(select[0], "db.collection.name"), "items");
+  EXPECT_EQ(Attribute(select[0], "server.address"), "127.0.0.1");
+  EXPECT_EQ(Attribute(select[0], "server.port"), absl::StrCat(SharedPostgres().port()));
+  EXPECT_EQ(Attribute(select[0], "db.response.status_code"), "");
 
   // The fill and its sidecar call.
   auto fill = Named(spans, "poolside-query", "cache.fill");
@@ -317,11 +331,16 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
   auto set_server = Named(spans, "poolside-cache", "poolside.v1.CacheService/Set");
   EXPECT_EQ(set_server[0].parent_span_id(), set_client[0].span_id());
 
-  // Parameter values never leave the process.
+  // Parameter values never leave the process; the attributes the
+  // conventions replaced are gone from the RPC, pool and statement spans.
   for (const ReceivedSpan& s : spans) {
     for (const auto& kv : s.span.attributes()) {
       EXPECT_EQ(kv.value().string_value().find(kSecret), std::string::npos)
           << s.span.name() << " " << kv.key();
+    }
+    for (const char* old : {"db.statement", "db.name", "db.system", "net.peer.name",
+                            "net.peer.port"}) {
+      EXPECT_EQ(Attribute(s.span, old), "") << s.span.name() << " " << old;
     }
   }
 
@@ -351,7 +370,7 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
   auto hit_lookup = Named(hit, "poolside-query", "cache.lookup");
   ASSERT_EQ(hit_lookup.size(), 1u);
   EXPECT_EQ(Attribute(hit_lookup[0], "poolside.cache.outcome"), "hit");
-  EXPECT_TRUE(Named(hit, "poolside-query", "SELECT tracing").empty()) << Describe(hit);
+  EXPECT_TRUE(Named(hit, "poolside-query", "SELECT items").empty()) << Describe(hit);
 }
 
 TEST_F(TracingTest, ACallWithoutTraceparentStartsATraceAndAnUnsampledOneRecordsNothing) {
@@ -364,14 +383,14 @@ TEST_F(TracingTest, ACallWithoutTraceparentStartsATraceAndAnUnsampledOneRecordsN
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) {
         for (const ReceivedSpan& s : all) {
-          if (Attribute(s.span, "db.statement") == read.sql()) return true;
+          if (Attribute(s.span, "db.query.text") == read.sql()) return true;
         }
         return false;
       },
       absl::Seconds(30)));
   std::string trace;
   for (const ReceivedSpan& s : receiver_->Spans()) {
-    if (Attribute(s.span, "db.statement") == read.sql()) trace = Hex(s.span.trace_id());
+    if (Attribute(s.span, "db.query.text") == read.sql()) trace = Hex(s.span.trace_id());
   }
   auto server = Named(InTrace(receiver_->Spans(), trace), "poolside-query",
                       "poolside.v1.QueryService/Execute");
@@ -392,6 +411,43 @@ TEST_F(TracingTest, ACallWithoutTraceparentStartsATraceAndAnUnsampledOneRecordsN
       [&](const std::vector<ReceivedSpan>& all) { return !InTrace(all, marker.trace_id).empty(); },
       absl::Seconds(30)));
   EXPECT_TRUE(InTrace(receiver_->Spans(), quiet.trace_id).empty());
+}
+
+TEST_F(TracingTest, AFailedStatementCarriesItsSqlstateAndNoLiteral) {
+  constexpr char kLiteral[] = "literal-not-for-traces";
+  v1::ExecuteRequest bad;
+  bad.set_database(kDb);
+  bad.set_sql(absl::StrCat("SELECT id / 0 FROM items WHERE name <> '", kLiteral, "'"));
+  ClientTrace client;
+  v1::ExecuteResponse response;
+  EXPECT_EQ(Execute(*query_stub_, bad, client.traceparent(), &response).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        const auto mine = InTrace(all, client.trace_id);
+        return !Named(mine, "poolside-query", "SELECT items").empty() &&
+               !Named(mine, "poolside-query", "poolside.v1.QueryService/Execute").empty();
+      },
+      absl::Seconds(30)));
+  const auto mine = InTrace(receiver_->Spans(), client.trace_id);
+  SCOPED_TRACE(Describe(mine));
+  auto select = Named(mine, "poolside-query", "SELECT items");
+  ASSERT_EQ(select.size(), 1u);
+  EXPECT_EQ(Attribute(select[0], "db.response.status_code"), "22012");  // division_by_zero
+  EXPECT_EQ(Attribute(select[0], "error.type"), "22012");
+  const std::string text = Attribute(select[0], "db.query.text");
+  EXPECT_NE(text.find("FROM items"), std::string::npos) << text;
+  EXPECT_NE(text.find("$1"), std::string::npos) << text;
+  for (const ReceivedSpan& s : mine) {
+    for (const auto& kv : s.span.attributes()) {
+      EXPECT_EQ(kv.value().string_value().find(kLiteral), std::string::npos)
+          << s.span.name() << " " << kv.key();
+    }
+  }
+  auto server = Named(mine, "poolside-query", "poolside.v1.QueryService/Execute");
+  ASSERT_EQ(server.size(), 1u);
+  EXPECT_EQ(Attribute(server[0], "rpc.grpc.status_code"), "3");
+  EXPECT_EQ(Attribute(server[0], "error.type"), "INVALID_ARGUMENT");
 }
 
 TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
@@ -478,8 +534,11 @@ TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
       bool copy = false;
       for (const ReceivedSpan& s : all) {
         if (s.span.parent_span_id() == flush->span.span_id() &&
-            absl::StartsWith(Attribute(s.span, "db.statement"), "COPY ")) {
+            absl::StartsWith(Attribute(s.span, "db.query.text"), "COPY ")) {
           copy = true;
+          EXPECT_EQ(Attribute(s.span, "db.operation.name"), "COPY");
+          EXPECT_EQ(Attribute(s.span, "db.query.summary"), s.span.name());
+          EXPECT_EQ(Attribute(s.span, "db.collection.name"), "events");
           EXPECT_EQ(Attribute(s.span, "poolside.copy.rows"), Attribute(flush->span, "poolside.ingest.rows"));
         }
       }
@@ -552,7 +611,7 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
         for (const ClientTrace& c : callers) {
           const auto mine = InTrace(all, c.trace_id);
           if (Named(mine, "poolside-query", "poolside.v1.QueryService/Execute").empty()) return false;
-          statements += Named(mine, "poolside-query", "SELECT tracing").size();
+          statements += Named(mine, "poolside-query", "SELECT items").size();
           waits += Named(mine, "poolside-query", "cache.singleflight.wait").size();
         }
         return statements == 1 && waits == 1;
@@ -574,7 +633,7 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
     ASSERT_EQ(server.size(), 1u);
     for (const auto& wait : Named(mine, "poolside-query", "cache.singleflight.wait")) {
       EXPECT_EQ(wait.parent_span_id(), server[0].span_id());
-      EXPECT_TRUE(Named(mine, "poolside-query", "SELECT tracing").empty()) << Describe(mine);
+      EXPECT_TRUE(Named(mine, "poolside-query", "SELECT items").empty()) << Describe(mine);
     }
   }
 }
@@ -687,6 +746,101 @@ TEST_F(CollectorTroubleTest, CollectorSlowCallsSucceedAndSpansAreDroppedAndCount
   ASSERT_NE(query, nullptr);
   CallsSucceedAndDropsAreCounted(*query);
   EXPECT_GE((*slow)->export_calls(), 1);
+}
+
+TEST_F(TracingTest, AStatementAnalyzedOnTheWorkerCarriesTheSameLabels) {
+  // Longer than the queue thread parses and never seen: analyzed on the
+  // database worker, where its span's labels are made too.
+  const std::string literal = absl::StrCat("deferred-", RandomHex(8), std::string(5000, 'x'));
+  ClientTrace client;
+  v1::ExecuteResponse response;
+  grpc::Status s = [&] {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+    ctx.AddMetadata("traceparent", client.traceparent());
+    v1::ExecuteTransactionRequest tx;
+    tx.set_database(kDb);
+    tx.add_statements()->set_sql(
+        absl::StrCat("SELECT count(*) FROM items WHERE name <> '", literal, "'"));
+    v1::ExecuteTransactionResponse tx_response;
+    return query_stub_->ExecuteTransaction(&ctx, tx, &tx_response);
+  }();
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  v1::ExecuteRequest single;
+  single.set_database(kDb);
+  single.set_sql(absl::StrCat("SELECT id FROM items WHERE name = '", literal, "-2'"));
+  ASSERT_TRUE(Execute(*query_stub_, single, client.traceparent(), &response).ok());
+  EXPECT_EQ(response.result().rows_size(), 0);
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        return Named(InTrace(all, client.trace_id), "poolside-query", "SELECT items").size() == 2;
+      },
+      absl::Seconds(30)))
+      << Describe(InTrace(receiver_->Spans(), client.trace_id));
+  for (const OtlpSpan& span :
+       Named(InTrace(receiver_->Spans(), client.trace_id), "poolside-query", "SELECT items")) {
+    EXPECT_EQ(Attribute(span, "db.operation.name"), "SELECT");
+    EXPECT_EQ(Attribute(span, "db.collection.name"), "items");
+    const std::string text = Attribute(span, "db.query.text");
+    EXPECT_NE(text.find("$1"), std::string::npos) << text;
+    EXPECT_EQ(text.find("deferred-"), std::string::npos) << text.substr(0, 200);
+  }
+}
+
+TEST_F(TracingTest, AnInvalidationByNotifyIsATraceOfItsOwn) {
+  // Reads use the cache once the invalidation listener has subscribed.
+  v1::ExecuteRequest read;
+  read.set_database(kDb);
+  read.set_sql("SELECT name FROM items WHERE id = 2");
+  read.mutable_cache()->set_ttl_ms(60000);
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        v1::ExecuteResponse response;
+        grpc::Status s = Execute(*query_stub_, read, "", &response);
+        return s.ok() && response.cache() != v1::BYPASS;
+      },
+      absl::Seconds(30)));
+  auto notify_spans = [](const std::vector<ReceivedSpan>& all) {
+    std::vector<ReceivedSpan> out;
+    for (const ReceivedSpan& s : all) {
+      if (s.service == "poolside-query" && s.span.name() == "cache.invalidate" &&
+          Attribute(s.span, "poolside.cache.source") == "notify") {
+        out.push_back(s);
+      }
+    }
+    return out;
+  };
+  const size_t before = notify_spans(receiver_->Spans()).size();
+
+  // A write poolside did not make (the data stays as it was).
+  ASSERT_TRUE(SharedPostgres().Exec(kDb, "UPDATE items SET name = name WHERE id = 2").ok());
+  ASSERT_TRUE(receiver_->WaitFor(
+      [&](const std::vector<ReceivedSpan>& all) {
+        const auto notified = notify_spans(all);
+        if (notified.size() <= before) return false;
+        const auto trace = InTrace(all, Hex(notified.back().span.trace_id()));
+        return !Named(trace, "poolside-cache", "poolside.v1.CacheService/Invalidate").empty();
+      },
+      absl::Seconds(30)))
+      << Describe(notify_spans(receiver_->Spans()));
+  const ReceivedSpan notified = notify_spans(receiver_->Spans()).back();
+  EXPECT_TRUE(notified.span.parent_span_id().empty());
+  EXPECT_EQ(notified.span.links_size(), 0);
+  EXPECT_EQ(Attribute(notified.span, "db.namespace"), kDb);
+  EXPECT_EQ(Attribute(notified.span, "poolside.cache.outcome"), "invalidated");
+  // Its trace holds it and the sidecar's call under it, nothing else.
+  const auto trace = InTrace(receiver_->Spans(), Hex(notified.span.trace_id()));
+  for (const ReceivedSpan& s : trace) {
+    if (s.span.span_id() == notified.span.span_id()) continue;
+    EXPECT_TRUE(absl::StrContains(s.span.name(), "Invalidate")) << Describe(trace);
+  }
+  auto server = Named(trace, "poolside-cache", "poolside.v1.CacheService/Invalidate");
+  ASSERT_EQ(server.size(), 1u) << Describe(trace);
+  EXPECT_FALSE(server[0].parent_span_id().empty());
+  // The row is as it was, and reads see it.
+  v1::ExecuteResponse response;
+  ASSERT_TRUE(Execute(*query_stub_, read, "", &response).ok());
+  ASSERT_EQ(response.result().rows_size(), 1);
 }
 
 }  // namespace

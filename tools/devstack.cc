@@ -8,6 +8,13 @@
 // SIGINT/SIGTERM; then stops the services (drain) and PostgreSQL, leaving no
 // process behind.
 //
+// Meanwhile it supervises the services like a kubelet would: one that exits
+// (a crash, kill -9) is started again on the same ports after a delay that
+// doubles while it keeps exiting (RestartBackoff), with a line on stderr; the
+// others keep running. Each service's pid is in <run_dir>/<name>.pid while
+// it runs. A port flag of 0 picks a free port at the first start, kept across
+// restarts.
+//
 //   bazel-bin/tools/devstack --run_dir=$PWD/.run
 //   bazel-bin/tools/devstack --run_dir=/tmp/bench --no_query --ready_file=/tmp/bench/ready
 //
@@ -16,16 +23,16 @@
 // CACHE_ADDR, CACHE_SOCKET, INGEST_ADDR, DEVSTACK_PID.
 
 #include <signal.h>
-#include <algorithm>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
-#include <cstdlib>
 #include <string>
 #include <system_error>
 #include <tuple>
@@ -36,6 +43,7 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
@@ -44,6 +52,7 @@
 #include "tests/fixtures/demo_schema.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
+#include "tools/restart_backoff.h"
 
 ABSL_FLAG(std::string, run_dir, ".run",
           "Directory for PostgreSQL's data (pgdata/), the service configuration "
@@ -53,8 +62,7 @@ ABSL_FLAG(int, query_port, 50051, "Query service gRPC port on 127.0.0.1.");
 ABSL_FLAG(std::string, ready_file, "",
           "Written (shell variable assignments) once everything is up; removed "
           "at exit.");
-ABSL_FLAG(std::string, extra_sql, "",
-          "A SQL file run in database `demo` after the demo setup.");
+ABSL_FLAG(std::string, extra_sql, "", "A SQL file run in database `demo` after the demo setup.");
 ABSL_FLAG(bool, no_query, false, "Run only PostgreSQL, not the services.");
 ABSL_FLAG(int, query_pool_size, 8,
           "The query service's pool maxSize for the demo database (make bench gives it "
@@ -147,7 +155,7 @@ void SetMetricsPort(int port, v1::ServerConfig* server) {
   }
 }
 
-absl::StatusOr<std::string> CacheConfigJson(const std::string& run_dir, int port) {
+v1::CacheServiceConfig CacheConfig(const std::string& run_dir, int port) {
   v1::CacheServiceConfig config;
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/cache.port"));
@@ -156,7 +164,7 @@ absl::StatusOr<std::string> CacheConfigJson(const std::string& run_dir, int port
   SetMetricsPort(absl::GetFlag(FLAGS_cache_metrics_port), config.mutable_server());
   SetTracing(config.mutable_server());
   config.set_capacity_bytes(256u << 20);
-  return ToJson(config);
+  return config;
 }
 
 // The demo database as poolside's own unprivileged role (kDemoRoles), never
@@ -165,8 +173,8 @@ std::string OwnerDsn(const PostgresCluster& pg) {
   return absl::StrCat(pg.Dsn(kDemoDatabase), " user=", kDemoOwnerRole);
 }
 
-absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
-                                             const std::string& run_dir, int port) {
+v1::IngestServiceConfig IngestConfig(const PostgresCluster& pg, const std::string& run_dir,
+                                     int port) {
   v1::IngestServiceConfig config;
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/ingest.port"));
@@ -182,12 +190,11 @@ absl::StatusOr<std::string> IngestConfigJson(const PostgresCluster& pg,
   v1::IngestTables* tables = config.add_tables();
   tables->set_database(kDemoDatabase);
   tables->add_tables("events");
-  return ToJson(config);
+  return config;
 }
 
-absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
-                                            const std::string& run_dir,
-                                            int query_port) {
+v1::QueryServiceConfig QueryConfig(const PostgresCluster& pg, const std::string& run_dir,
+                                   int query_port) {
   v1::QueryServiceConfig config;
   config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", query_port));
   config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/query.port"));
@@ -211,12 +218,11 @@ absl::StatusOr<std::string> QueryConfigJson(const PostgresCluster& pg,
   v1::CachedTables* cached = cache->add_tables();
   cached->set_database(kDemoDatabase);
   cached->add_tables("accounts");
-  return ToJson(config);
+  return config;
 }
 
-void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
-                const ServiceProcess* cache, const ServiceProcess* ingest,
-                const std::string& run_dir) {
+void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query, const ServiceProcess* cache,
+                const ServiceProcess* ingest, const std::string& run_dir) {
   std::vector<std::string> lines = {
       "",
       "poolside devstack is up.",
@@ -230,20 +236,17 @@ void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
         lines.end(),
         {absl::StrCat("  query        ", query->address(), "  (config: ", run_dir,
                       "/query.json, log: ", query->log_path(), ")"),
-         "",
-         "Try:",
+         "", "Try:",
          absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(),
                       " query \"SELECT id, owner, balance, tags FROM accounts "
                       "ORDER BY id LIMIT 5\""),
          absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(),
                       " query 'SELECT owner FROM accounts WHERE id = $1' 42"),
-         absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(),
-                      " check"),
+         absl::StrCat("  bazel-bin/cli/poolside --addr=", query->address(), " check"),
          absl::StrCat("  grpcurl -plaintext -d '{\"database\": \"demo\", \"sql\": "
                       "\"SELECT count(*) FROM accounts\"}' ",
                       query->address(), " poolside.v1.QueryService/Execute"),
-         absl::StrCat("  grpcurl -plaintext ", query->address(),
-                      " grpc.health.v1.Health/Check")});
+         absl::StrCat("  grpcurl -plaintext ", query->address(), " grpc.health.v1.Health/Check")});
   }
   if (query != nullptr && cache != nullptr) {
     lines.insert(
@@ -260,8 +263,8 @@ void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
     lines.insert(
         lines.end(),
         {"",
-         absl::StrCat("  ingest       ", ingest->address(), "  (writes demo.events; log: ",
-                      ingest->log_path(), ")"),
+         absl::StrCat("  ingest       ", ingest->address(),
+                      "  (writes demo.events; log: ", ingest->log_path(), ")"),
          absl::StrCat("  bazel-bin/cli/poolside --addr=", ingest->address(),
                       " ingest --table events FILE.csv   # header: id,account_id,kind,amount,at")});
   }
@@ -272,7 +275,8 @@ void PrintUsage(const PostgresCluster& pg, const ServiceProcess* query,
         std::make_tuple("ingest", ingest, absl::GetFlag(FLAGS_ingest_metrics_port))}) {
     if (process != nullptr && port > 0) {
       pages.push_back(absl::StrCat("  ", service, std::string(13 - strlen(service), ' '),
-                                   "http://127.0.0.1:", port, "/  (status page; Prometheus: /metrics)"));
+                                   "http://127.0.0.1:", port,
+                                   "/  (status page; Prometheus: /metrics)"));
     }
   }
   if (!pages.empty()) {
@@ -290,8 +294,7 @@ int Run() {
       std::filesystem::absolute(absl::GetFlag(FLAGS_run_dir), ec).lexically_normal().string();
   std::filesystem::create_directories(run_dir, ec);
   if (ec) {
-    fprintf(stderr, "devstack: cannot create %s: %s\n", run_dir.c_str(),
-            ec.message().c_str());
+    fprintf(stderr, "devstack: cannot create %s: %s\n", run_dir.c_str(), ec.message().c_str());
     return 1;
   }
   const std::string ready_file = absl::GetFlag(FLAGS_ready_file);
@@ -300,11 +303,10 @@ int Run() {
   PostgresOptions pg_options;
   pg_options.data_dir = absl::StrCat(run_dir, "/pgdata");
   pg_options.port = absl::GetFlag(FLAGS_pg_port);
-  printf("devstack: starting PostgreSQL in %s on port %d...\n",
-         pg_options.data_dir.c_str(), pg_options.port);
+  printf("devstack: starting PostgreSQL in %s on %s...\n", pg_options.data_dir.c_str(),
+         pg_options.port > 0 ? absl::StrCat("port ", pg_options.port).c_str() : "a free port");
   fflush(stdout);
-  absl::StatusOr<std::unique_ptr<PostgresCluster>> pg =
-      PostgresCluster::Start(pg_options);
+  absl::StatusOr<std::unique_ptr<PostgresCluster>> pg = PostgresCluster::Start(pg_options);
   if (!pg.ok()) {
     fprintf(stderr, "devstack: cannot start PostgreSQL: %s\n",
             std::string(pg.status().message()).c_str());
@@ -319,50 +321,75 @@ int Run() {
     setup = sql.ok() ? (*pg)->Exec(kDemoDatabase, *sql) : sql.status();
   }
   if (!setup.ok()) {
-    fprintf(stderr, "devstack: database setup failed: %s\n",
-            std::string(setup.message()).c_str());
+    fprintf(stderr, "devstack: database setup failed: %s\n", std::string(setup.message()).c_str());
     return 1;
   }
 
   // Started in this order, stopped in the reverse one.
   struct Service {
     std::string name;
-    std::unique_ptr<ServiceProcess> process;
+    std::string binary;
+    std::string config_path;
+    std::unique_ptr<ServiceProcess> process;  // null while waiting to restart
+    absl::Time started;
+    absl::Time restart_at;
+    RestartBackoff backoff;
+    int restarts = 0;
   };
   std::vector<Service> services;
+  auto pid_path = [&](const Service& s) { return absl::StrCat(run_dir, "/", s.name, ".pid"); };
+  auto launch = [&](Service& s) -> absl::Status {
+    s.started = absl::Now();
+    absl::StatusOr<std::unique_ptr<ServiceProcess>> started =
+        ServiceProcess::Start(s.binary, {absl::StrCat("--config=", s.config_path)},
+                              absl::StrCat(run_dir, "/", s.name, ".port"), absl::Seconds(60),
+                              absl::StrCat(run_dir, "/", s.name, ".log"));
+    if (!started.ok()) return started.status();
+    s.process = *std::move(started);
+    return WriteFileAtomically(pid_path(s), absl::StrCat(s.process->pid(), "\n"));
+  };
   auto start = [&](const std::string& name, const std::string& binary_path,
-                   absl::StatusOr<std::string> config) -> bool {
-    const std::string config_path = absl::StrCat(run_dir, "/", name, ".json");
-    absl::Status written =
-        config.ok() ? WriteFileAtomically(config_path, *config) : config.status();
+                   v1::ServerConfig* server, const google::protobuf::Message& config) -> bool {
+    Service s{name, RunfilePath(binary_path), absl::StrCat(run_dir, "/", name, ".json")};
+    absl::StatusOr<std::string> json = ToJson(config);
+    absl::Status written = json.ok() ? WriteFileAtomically(s.config_path, *json) : json.status();
     if (!written.ok()) {
       fprintf(stderr, "devstack: %s\n", std::string(written.message()).c_str());
       return false;
     }
-    const std::string binary = RunfilePath(binary_path);
     printf("devstack: starting %s...\n", name.c_str());
     fflush(stdout);
-    absl::StatusOr<std::unique_ptr<ServiceProcess>> started = ServiceProcess::Start(
-        binary, {absl::StrCat("--config=", config_path)},
-        absl::StrCat(run_dir, "/", name, ".port"), absl::Seconds(60),
-        absl::StrCat(run_dir, "/", name, ".log"));
-    if (!started.ok()) {
+    if (absl::Status started = launch(s); !started.ok()) {
       fprintf(stderr, "devstack: cannot start the %s service: %s\n", name.c_str(),
-              std::string(started.status().message()).c_str());
+              std::string(started.message()).c_str());
       return false;
     }
-    services.push_back(Service{name, *std::move(started)});
+    // A restart binds the port this start got (the flag may have said 0).
+    if (absl::EndsWith(server->listen(), ":0")) {
+      server->set_listen(s.process->address());
+      json = ToJson(config);
+      written = json.ok() ? WriteFileAtomically(s.config_path, *json) : json.status();
+      if (!written.ok()) {
+        fprintf(stderr, "devstack: %s\n", std::string(written.message()).c_str());
+        return false;
+      }
+    }
+    services.push_back(std::move(s));
     return true;
   };
   bool started_all = true;
   if (!absl::GetFlag(FLAGS_no_query)) {
-    started_all =
-        start("cache", "services/cache/cache_server",
-              CacheConfigJson(run_dir, absl::GetFlag(FLAGS_cache_port))) &&
-        start("query", "services/query/query_server",
-              QueryConfigJson(**pg, run_dir, absl::GetFlag(FLAGS_query_port))) &&
-        start("ingest", "services/ingest/ingest_server",
-              IngestConfigJson(**pg, run_dir, absl::GetFlag(FLAGS_ingest_port)));
+    v1::CacheServiceConfig cache_config = CacheConfig(run_dir, absl::GetFlag(FLAGS_cache_port));
+    v1::QueryServiceConfig query_config =
+        QueryConfig(**pg, run_dir, absl::GetFlag(FLAGS_query_port));
+    v1::IngestServiceConfig ingest_config =
+        IngestConfig(**pg, run_dir, absl::GetFlag(FLAGS_ingest_port));
+    started_all = start("cache", "services/cache/cache_server", cache_config.mutable_server(),
+                        cache_config) &&
+                  start("query", "services/query/query_server", query_config.mutable_server(),
+                        query_config) &&
+                  start("ingest", "services/ingest/ingest_server", ingest_config.mutable_server(),
+                        ingest_config);
   }
   auto find = [&](const std::string& name) -> ServiceProcess* {
     for (Service& s : services) {
@@ -403,29 +430,51 @@ int Run() {
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGHUP);
   while (started_all) {
-    timespec tick{0, 200 * 1000 * 1000};
+    timespec tick{0, 100 * 1000 * 1000};
     const int sig = sigtimedwait(&stop_signals, nullptr, &tick);
     if (sig > 0) {
       printf("\ndevstack: %s received, stopping...\n", strsignal(sig));
       break;
     }
-    bool all_running = true;
+    const absl::Time now = absl::Now();
     for (Service& s : services) {
-      if (!s.process->Running()) {
-        fprintf(stderr, "devstack: the %s service exited unexpectedly; log %s:\n%s\n",
-                s.name.c_str(), s.process->log_path().c_str(), s.process->LogTail().c_str());
-        all_running = false;
+      if (s.process != nullptr && !s.process->Running()) {
+        const int code = s.process->Wait(absl::ZeroDuration()).value_or(0);
+        const absl::Duration delay = s.backoff.NextDelay(s.started, now);
+        fprintf(stderr,
+                "devstack: the %s service (pid %d) %s after %s; restarting it in %s "
+                "(%d exits in a row); its log %s ends:\n%s\n",
+                s.name.c_str(), static_cast<int>(s.process->pid()),
+                code < 0 ? absl::StrCat("was killed by signal ", -code).c_str()
+                         : absl::StrCat("exited with ", code).c_str(),
+                absl::FormatDuration(absl::Trunc(now - s.started, absl::Milliseconds(100))).c_str(),
+                absl::FormatDuration(delay).c_str(), s.backoff.consecutive_exits(),
+                s.process->log_path().c_str(), s.process->LogTail(1024).c_str());
+        unlink(pid_path(s).c_str());
+        s.process.reset();
+        s.restart_at = now + delay;
+      } else if (s.process == nullptr && now >= s.restart_at) {
+        ++s.restarts;
+        if (absl::Status restarted = launch(s); !restarted.ok()) {
+          s.process.reset();
+          const absl::Duration delay = s.backoff.NextDelay(s.started, absl::Now());
+          s.restart_at = absl::Now() + delay;
+          fprintf(stderr, "devstack: restarting the %s service failed (%s); next try in %s\n",
+                  s.name.c_str(), std::string(restarted.message()).c_str(),
+                  absl::FormatDuration(delay).c_str());
+        } else {
+          fprintf(stderr, "devstack: the %s service is back (pid %d, restart %d)\n", s.name.c_str(),
+                  static_cast<int>(s.process->pid()), s.restarts);
+        }
       }
     }
-    if (!all_running) {
-      exit_code = 1;
-      break;
-    }
+    fflush(stderr);
   }
 
   for (auto it = services.rbegin(); it != services.rend(); ++it) {
+    unlink(pid_path(*it).c_str());
+    if (it->process == nullptr || !it->process->Running()) continue;
     ServiceProcess& p = *it->process;
-    if (!p.Running()) continue;
     (void)p.Signal(SIGTERM);
     absl::StatusOr<int> code = p.Wait(absl::Seconds(15));
     if (!code.ok()) {
@@ -439,8 +488,7 @@ int Run() {
   }
   services.clear();  // SIGKILL whatever is still running
   if (absl::Status s = (*pg)->Stop(); !s.ok()) {
-    fprintf(stderr, "devstack: stopping PostgreSQL: %s\n",
-            std::string(s.message()).c_str());
+    fprintf(stderr, "devstack: stopping PostgreSQL: %s\n", std::string(s.message()).c_str());
     exit_code = 1;
   }
   if (!ready_file.empty()) unlink(ready_file.c_str());
@@ -452,8 +500,7 @@ int Run() {
 }  // namespace poolside::devstack
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "Runs PostgreSQL and the query service locally until interrupted.");
+  absl::SetProgramUsageMessage("Runs PostgreSQL and the query service locally until interrupted.");
   absl::ParseCommandLine(argc, argv);
   // Blocked before any thread starts, so only sigtimedwait() sees them; the
   // children start with an empty mask (see tests/fixtures/subprocess.h).

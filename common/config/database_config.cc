@@ -152,6 +152,7 @@ pool::PoolOptions PoolOptionsFor(const v1::DatabaseConfig& db) {
   o.name = db.name();
   o.min_idle = p.min_idle();
   o.max_size = p.max_size();
+  o.max_overflow = p.max_overflow();
   o.acquire_timeout = absl::Milliseconds(p.acquire_timeout_ms());
   o.validate_after_idle = absl::Milliseconds(p.validate_after_idle_ms());
   o.max_lifetime = absl::Milliseconds(p.max_lifetime_ms());

@@ -18,6 +18,7 @@
 #include "common/db/conninfo.h"
 #include "common/db/error.h"
 #include "common/db/value_codec.h"
+#include "common/sql/statement_analyzer.h"
 #include "common/telemetry/log.h"
 
 namespace poolside::db {
@@ -817,31 +818,80 @@ absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
 }
 
 telemetry::Span Connection::StartStatementSpan(absl::string_view sql,
+                                               const StatementLabels* labels,
                                                const telemetry::SpanContext& parent) const {
   if (telemetry::GlobalTracer() == nullptr) return telemetry::Span();
   const telemetry::SpanContext& p = parent.valid() ? parent : telemetry::CurrentSpanContext();
   if (!p.valid()) return telemetry::Span();
-  // Span name: the statement's first keyword and the database ("SELECT app").
-  absl::string_view rest = absl::StripLeadingAsciiWhitespace(sql);
-  size_t word = 0;
-  while (word < rest.size() && absl::ascii_isalpha(static_cast<unsigned char>(rest[word]))) ++word;
   const char* db = conn_ != nullptr ? PQdb(conn_) : nullptr;
-  telemetry::Span span = telemetry::StartSpan(
-      absl::StrCat(word > 0 ? absl::AsciiStrToUpper(rest.substr(0, word)) : "statement",
-                   db != nullptr ? " " : "", db != nullptr ? db : ""),
-      telemetry::SpanKind::kClient, p);
+  std::shared_ptr<const StatementLabels> derived;
+  if (labels == nullptr) {
+    // Statements whose caller analyzed nothing (poolside's own, the cache's
+    // fills): a memo of their own, small, since few distinct texts come
+    // this way. Thread-safe; never destroyed (used until exit).
+    static sql::StatementAnalyzer* const analyzer =
+        new sql::StatementAnalyzer(sql::StatementAnalyzer::Options{1 << 20, 16 << 10});
+    std::shared_ptr<const sql::Analysis> a = analyzer->Analyze(sql);
+    if (a->parse_error.ok() && a->statement_count == 1) {
+      derived = StatementLabelsFor(*a);
+      labels = derived.get();
+    }
+  }
+  std::string operation;
+  if (labels != nullptr && !labels->operation.empty()) {
+    operation = labels->operation;
+  } else {
+    absl::string_view rest = absl::StripLeadingAsciiWhitespace(sql);
+    size_t word = 0;
+    while (word < rest.size() && absl::ascii_isalpha(static_cast<unsigned char>(rest[word]))) {
+      ++word;
+    }
+    operation = absl::AsciiStrToUpper(rest.substr(0, std::min<size_t>(word, 32)));
+  }
+  // The name: the summary, else "<operation> <database>" (the conventions'
+  // "{db.operation.name} {target}"), else the system.
+  std::string name;
+  if (labels != nullptr && !labels->summary.empty()) {
+    name = labels->summary;
+  } else if (!operation.empty()) {
+    name = db != nullptr ? absl::StrCat(operation, " ", db) : operation;
+  } else {
+    name = "postgresql";
+  }
+  telemetry::Span span = telemetry::StartSpan(name, telemetry::SpanKind::kClient, p);
   if (!span.recording()) return span;
-  span.SetAttribute("db.system", "postgresql");
-  if (db != nullptr) span.SetAttribute("db.name", db);
-  span.SetAttribute("db.statement", sql.substr(0, 4096));
+  span.SetAttribute("db.system.name", "postgresql");
+  if (db != nullptr) span.SetAttribute("db.namespace", db);
+  if (!operation.empty()) span.SetAttribute("db.operation.name", operation);
+  if (labels != nullptr) {
+    if (!labels->summary.empty()) span.SetAttribute("db.query.summary", labels->summary);
+    if (!labels->query_text.empty()) {
+      span.SetAttribute("db.query.text", absl::string_view(labels->query_text).substr(0, 4096));
+    }
+    if (!labels->collection.empty()) span.SetAttribute("db.collection.name", labels->collection);
+  }
   if (conn_ != nullptr) {
-    if (const char* host = PQhost(conn_); host != nullptr) span.SetAttribute("net.peer.name", host);
+    if (const char* host = PQhost(conn_); host != nullptr && *host != '\0') {
+      span.SetAttribute("server.address", host);
+    }
     int port = 0;
     if (const char* p = PQport(conn_); p != nullptr && absl::SimpleAtoi(p, &port)) {
-      span.SetAttribute("net.peer.port", port);
+      span.SetAttribute("server.port", port);
     }
   }
   return span;
+}
+
+void Connection::EndStatementSpan(telemetry::Span& span, const absl::Status& status) {
+  if (span.recording() && !status.ok()) {
+    const std::string sqlstate = SqlStateOf(status);
+    if (!sqlstate.empty()) span.SetAttribute("db.response.status_code", sqlstate);
+    // The conventions' error.type: the SQLSTATE when the server sent one,
+    // else what went wrong on this side (UNAVAILABLE, DEADLINE_EXCEEDED...).
+    span.SetAttribute("error.type",
+                      sqlstate.empty() ? absl::StatusCodeToString(status.code()) : sqlstate);
+  }
+  span.SetStatus(status);
 }
 
 absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements,
@@ -850,7 +900,7 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements,
   if (telemetry::GlobalTracer() != nullptr) {
     spans.reserve(statements.size());
     for (Statement* s : statements) {
-      spans.push_back(StartStatementSpan(s->sql, s->trace));
+      spans.push_back(StartStatementSpan(s->sql, s->labels.get(), s->trace));
       spans.back().SetAttribute("poolside.pipeline.statements", statements.size());
     }
   }
@@ -869,7 +919,7 @@ absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements,
     }
   }
   for (size_t i = 0; i < spans.size(); ++i) {
-    spans[i].SetStatus(link.ok() ? statements[i]->status : link);
+    EndStatementSpan(spans[i], link.ok() ? statements[i]->status : link);
   }
   // The call as a whole: none of it ran, all of it answered, or something in
   // between (running it all again could run part of it twice).
@@ -1255,12 +1305,14 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   }
   std::vector<telemetry::Span> spans;
   if (telemetry::GlobalTracer() != nullptr) {
-    for (Statement* s : statements) spans.push_back(StartStatementSpan(s->sql, s->trace));
+    for (Statement* s : statements) {
+      spans.push_back(StartStatementSpan(s->sql, s->labels.get(), s->trace));
+    }
   }
   absl::Status link = RunPipeline(steps);
   auto end_spans = [&](const absl::Status& status) {
     for (size_t i = 0; i < spans.size(); ++i) {
-      spans[i].SetStatus(status.ok() ? statements[i]->status : status);
+      EndStatementSpan(spans[i], status.ok() ? statements[i]->status : status);
       spans[i].End();
     }
   };
@@ -1368,11 +1420,14 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
     }
     telemetry::Span end_span;
     if (!finish.empty() && !statements.empty()) {
-      end_span = StartStatementSpan(outcome.ok() ? "COMMIT" : "ROLLBACK", statements[0]->trace);
+      static const StatementLabels kCommit{"COMMIT", "COMMIT", "COMMIT", ""};
+      static const StatementLabels kRollback{"ROLLBACK", "ROLLBACK", "ROLLBACK", ""};
+      end_span = StartStatementSpan(outcome.ok() ? "COMMIT" : "ROLLBACK",
+                                    outcome.ok() ? &kCommit : &kRollback, statements[0]->trace);
     }
     if (!finish.empty()) {
       absl::Status finish_link = RunPipeline(finish);
-      end_span.SetStatus(finish_link.ok() ? finish[0].status : finish_link);
+      EndStatementSpan(end_span, finish_link.ok() ? finish[0].status : finish_link);
       // The session must be idle again, or it is not reused.
       if (!broken_ && finish.back().xact != PQTRANS_IDLE) broken_ = true;
       if (outcome.ok()) {
@@ -1503,7 +1558,7 @@ absl::Status Connection::RunStreamingStatement(Statement& statement, std::string
   // Unnamed statement: a streamed query is rarely repeated fast enough for a
   // prepared statement to pay.
   const std::string sql(statement.sql);
-  telemetry::Span span = StartStatementSpan(statement.sql, statement.trace);
+  telemetry::Span span = StartStatementSpan(statement.sql, statement.labels.get(), statement.trace);
   span.SetAttribute("poolside.streaming", true);
   if (PQsendQueryParams(conn_, sql.c_str(), params.size(),
                         reinterpret_cast<const Oid*>(params.types()), params.values(),
@@ -1521,7 +1576,7 @@ absl::Status Connection::RunStreamingStatement(Statement& statement, std::string
   ConsumeResultsOf(step);
   statement.status = step.status;
   *tag = step.tag;
-  span.SetStatus(step.status);
+  EndStatementSpan(span, step.status);
   if (!broken_) return absl::OkStatus();
   // Outside pipeline mode the statement's Sync went with it: its results end
   // with the server's ReadyForQuery, after the commit.

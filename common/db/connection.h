@@ -33,8 +33,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "google/protobuf/repeated_ptr_field.h"
+#include "common/db/statement_labels.h"
 #include "common/telemetry/trace.h"
+#include "google/protobuf/repeated_ptr_field.h"
 #include "proto/poolside/v1/common.pb.h"
 
 // libpq's handle types (libpq-fe.h), kept out of this header.
@@ -115,6 +116,9 @@ struct Statement {
   // The span this statement runs for (its span is a child); invalid: the
   // thread's current context. No context at all: no span.
   telemetry::SpanContext trace;
+  // What its span says about it; null: derived from `sql` by PostgreSQL's
+  // parser (StartStatementSpan).
+  std::shared_ptr<const StatementLabels> labels;
 };
 
 // A NOTIFY received on a LISTENing connection.
@@ -204,12 +208,20 @@ class Connection {
   ::pg_conn* libpq_conn() { return conn_; }
 
   // A CLIENT span for one statement on this connection, child of `parent` (or
-  // of the thread's current context): db.system "postgresql", db.name,
-  // db.statement (the SQL text only — parameter values are never recorded),
-  // net.peer.name/port. Records nothing when tracing is off or there is no
-  // parent (background work such as the listener's own statements).
-  telemetry::Span StartStatementSpan(absl::string_view sql,
+  // of the thread's current context), with OpenTelemetry's database
+  // conventions: db.system.name "postgresql", db.namespace (the database),
+  // server.address/server.port, and from `labels` db.query.summary (also the
+  // span name), db.query.text, db.operation.name, db.collection.name.
+  // Without labels they are derived from `sql` (PostgreSQL's parse of it, so
+  // the text recorded never holds a literal); a text that does not parse is
+  // recorded as its first keyword only, named "<keyword> <database>". End
+  // it through EndStatementSpan. Records nothing when tracing is off or there
+  // is no parent (background work such as the listener's own statements).
+  telemetry::Span StartStatementSpan(absl::string_view sql, const StatementLabels* labels,
                                      const telemetry::SpanContext& parent = {}) const;
+  // Sets the span's status and, on an error, error.type and
+  // db.response.status_code (the SQLSTATE, when the server sent one).
+  static void EndStatementSpan(telemetry::Span& span, const absl::Status& status);
 
  private:
   struct Prepared {

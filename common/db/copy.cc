@@ -578,14 +578,23 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
   if (broken_) return absl::UnavailableError("connection is broken");
   const std::string sql = absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target,
                                        " FROM STDIN");
-  telemetry::Span span = conn_.StartStatementSpan(sql);
+  // The text is poolside's own (a table name, no values): recorded whole.
+  StatementLabels labels;
+  if (telemetry::GlobalTracer() != nullptr) {
+    labels.query_text = sql;
+    labels.operation = "COPY";
+    // "events (\"id\", \"note\")": the table is what comes before the columns.
+    labels.collection = std::string(target.substr(0, target.find(" (")));
+    labels.summary = absl::StrCat("COPY ", labels.collection).substr(0, 255);
+  }
+  telemetry::Span span = conn_.StartStatementSpan(sql, &labels);
   if (span.recording()) {
     size_t bytes = 0;
     for (absl::string_view piece : pieces) bytes += piece.size();
     span.SetAttribute("poolside.copy.bytes", bytes);
   }
   absl::StatusOr<int64_t> copied = SendCopy(sql, pieces);
-  span.SetStatus(copied.status());
+  Connection::EndStatementSpan(span, copied.status());
   if (copied.ok()) span.SetAttribute("poolside.copy.rows", *copied);
   return copied;
 }

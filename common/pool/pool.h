@@ -4,9 +4,10 @@
 // Pool<T>: the one generic object pool of poolside; every database connection
 // in the suite is leased from one.
 //
-// A pool owns up to `max_size` objects made by a user-supplied factory. Callers
-// lease an object with Acquire() and give it back by destroying (or calling
-// Release() on) the returned Lease:
+// A pool owns up to `max_size` objects made by a user-supplied factory, and
+// up to `max_overflow` more while every one of those is busy. Callers lease an
+// object with Acquire() and give it back by destroying (or calling Release()
+// on) the returned Lease:
 //
 //   PoolOptions options;
 //   options.name = "orders";
@@ -32,6 +33,13 @@
 //    broken) and another one is taken or created within the same deadline.
 //  - On return an object is destroyed if marked broken or older than
 //    `max_lifetime`, otherwise it goes to the oldest waiter or back to idle.
+//  - Overflow (SQLAlchemy's max_overflow): when nothing is idle and max_size
+//    objects exist, Acquire() creates one more, up to max_size +
+//    max_overflow. Objects are not told apart: whenever an object would become
+//    idle while more than max_size exist, it is destroyed instead (counted as
+//    closed), so overflow objects serve bursts and never sit idle. One
+//    returned while someone waits goes to the waiter, as any other. A steady
+//    load above max_size therefore pays a connect per use: raise max_size.
 //  - Maintain() (run by StartMaintenance()'s thread, or by tests directly)
 //    reaps idle objects, reports leaked leases once each and tops idle back up
 //    to `min_idle`.
@@ -41,8 +49,9 @@
 // fails (the slot is freed for the next waiter); CANCELLED while the pool is
 // being destroyed.
 //
-// Invariants: at most `max_size` objects exist at any time, counting idle ones,
-// leased ones and ones being created or destroyed; an object is held by at most
+// Invariants: at most `max_size + max_overflow` objects exist at any time,
+// counting idle ones, leased ones and ones being created or destroyed; while
+// any object is idle at most `max_size` exist; an object is held by at most
 // one lease; a broken object is never handed out again.
 //
 // Threading: all methods of Pool and Lease are thread-safe. The Factory,
@@ -90,8 +99,11 @@ struct PoolOptions {
   std::string name;  // for logs
   // Warm-up target and floor for idle reaping. Clamped to max_size.
   size_t min_idle = 1;
-  // Upper bound on objects alive at once. 0 is treated as 1.
+  // Objects kept (idle or leased). 0 is treated as 1.
   size_t max_size = 10;
+  // Objects created beyond max_size while all are busy; destroyed when
+  // returned unless a waiter takes them (never idle).
+  size_t max_overflow = 0;
   // Acquire() waits until min(deadline, now + acquire_timeout).
   absl::Duration acquire_timeout = absl::Seconds(5);
   // Objects idle at least this long are pre-pinged before being handed out:
@@ -114,9 +126,14 @@ struct PoolStats {
   size_t waiters = 0;  // Acquire() calls queued for an object
   size_t min_idle = 0;
   size_t max_size = 0;
+  size_t max_overflow = 0;
+  // Objects alive above max_size (leased, or being created or destroyed:
+  // never idle).
+  size_t overflow_in_use = 0;
   uint64_t acquired = 0;  // successful Acquire() calls
   uint64_t timeouts = 0;  // Acquire() calls that returned DEADLINE_EXCEEDED
   uint64_t created = 0;   // successful factory calls
+  uint64_t overflow_created = 0;  // ... of which above max_size
   uint64_t closed = 0;    // objects destroyed, for any reason
   uint64_t recycled = 0;  // ... of which past max_lifetime
   uint64_t broken = 0;    // ... of which marked broken or failing the pre-ping
@@ -243,12 +260,17 @@ class Pool {
     bool leak_reported = false;
   };
 
-  enum class DestroyReason { kIdle, kRecycled, kBroken, kShutdown };
+  enum class DestroyReason { kIdle, kRecycled, kBroken, kShutdown, kOverflow };
 
   // Every occupied slot (size_) is released through one of these.
   void FreeSlotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Hands a healthy object to the oldest waiter, or makes it idle.
-  void PutBackLocked(Entry entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Hands a healthy object to the oldest waiter, or makes it idle; returns it
+  // instead when it would be idle while more than max_size objects exist
+  // (the caller destroys it with DestroyReason::kOverflow).
+  [[nodiscard]] std::unique_ptr<T> PutBackLocked(Entry entry)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // max_size + max_overflow.
+  size_t LimitLocked() const { return options_.max_size + options_.max_overflow; }
   // Takes an idle object or reserves a slot, else queues and waits.
   absl::Status ObtainLocked(std::unique_lock<std::mutex>& lock,
                             absl::Time deadline, Grant* grant)
@@ -415,7 +437,7 @@ void Pool<T>::EndOp() {
 template <typename T>
 void Pool<T>::FreeSlotLocked() {
   --size_;
-  if (!waiters_.empty() && size_ < options_.max_size && !shutting_down_) {
+  if (!waiters_.empty() && size_ < LimitLocked() && !shutting_down_) {
     Waiter* w = waiters_.front();
     waiters_.pop_front();
     ++size_;  // w->grant.entry stays empty: create in this slot
@@ -425,16 +447,18 @@ void Pool<T>::FreeSlotLocked() {
 }
 
 template <typename T>
-void Pool<T>::PutBackLocked(Entry entry) {
+std::unique_ptr<T> Pool<T>::PutBackLocked(Entry entry) {
   if (!waiters_.empty()) {
     Waiter* w = waiters_.front();
     waiters_.pop_front();
     w->grant.entry = std::move(entry);
     w->done = true;
     w->cv.notify_one();
-    return;
+    return nullptr;
   }
+  if (size_ > options_.max_size) return std::move(entry.object);
   idle_.push_back(std::move(entry));
+  return nullptr;
 }
 
 template <typename T>
@@ -486,7 +510,7 @@ absl::Status Pool<T>::ObtainLocked(std::unique_lock<std::mutex>& lock,
       idle_.pop_back();
       return absl::OkStatus();
     }
-    if (size_ < options_.max_size) {
+    if (size_ < LimitLocked()) {
       ++size_;
       return absl::OkStatus();
     }
@@ -608,6 +632,7 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
       return made.status();
     }
     ++counters_.created;
+    if (size_ > options_.max_size) ++counters_.overflow_created;
     if (shutting_down_) {
       lock.unlock();
       DestroyAndFreeSlot(std::move(*made), DestroyReason::kShutdown);
@@ -638,8 +663,9 @@ void Pool<T>::Return(uint64_t id, std::unique_ptr<T> object,
     } else if (shutting_down_) {
       reason = DestroyReason::kShutdown;
     } else {
-      PutBackLocked(Entry{std::move(object), created_at, now});
-      return;
+      object = PutBackLocked(Entry{std::move(object), created_at, now});
+      if (object == nullptr) return;
+      reason = DestroyReason::kOverflow;
     }
   }
   DestroyAndFreeSlot(std::move(object), *reason);
@@ -686,7 +712,10 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
     if (made.ok()) {
       ++counters_.created;
       const absl::Time now = clock_->Now();
-      PutBackLocked(Entry{std::move(*made), now, now});
+      if (std::unique_ptr<T> surplus = PutBackLocked(Entry{std::move(*made), now, now})) {
+        lock.unlock();
+        DestroyAndFreeSlot(std::move(surplus), DestroyReason::kOverflow);
+      }
       continue;
     }
     ++counters_.create_failures;
@@ -762,7 +791,8 @@ void Pool<T>::Maintain() {
     std::lock_guard<std::mutex> lock(mu_);
     // Slots freed above went to waiters first; top up only what is left.
     const size_t have = idle_.size() + topping_up_;
-    if (!shutting_down_ && waiters_.empty() && have < options_.min_idle) {
+    if (!shutting_down_ && waiters_.empty() && have < options_.min_idle &&
+        size_ < options_.max_size) {
       to_create = std::min(options_.min_idle - have, options_.max_size - size_);
       size_ += to_create;
       topping_up_ += to_create;
@@ -770,7 +800,7 @@ void Pool<T>::Maintain() {
   }
   for (size_t i = 0; i < to_create; ++i) {
     absl::StatusOr<std::unique_ptr<T>> made = CreateObject();
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     --topping_up_;
     if (!made.ok()) {
       ++counters_.create_failures;
@@ -785,8 +815,9 @@ void Pool<T>::Maintain() {
     if (shutting_down_) {
       // The destructor waits for us; it destroys what is idle afterwards.
       idle_.push_back(Entry{std::move(*made), now, now});
-    } else {
-      PutBackLocked(Entry{std::move(*made), now, now});
+    } else if (std::unique_ptr<T> surplus = PutBackLocked(Entry{std::move(*made), now, now})) {
+      lock.unlock();
+      DestroyAndFreeSlot(std::move(surplus), DestroyReason::kOverflow);
     }
   }
   EndOp();
@@ -824,9 +855,11 @@ PoolStats Pool<T>::Stats() const {
     s.idle = idle_.size();
     s.in_use = leases_.size();
     s.waiters = waiters_.size();
+    s.overflow_in_use = size_ > options_.max_size ? size_ - options_.max_size : 0;
   }
   s.min_idle = options_.min_idle;
   s.max_size = options_.max_size;
+  s.max_overflow = options_.max_overflow;
   s.acquire_wait = acquire_wait_.Take();
   return s;
 }

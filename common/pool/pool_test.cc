@@ -707,6 +707,190 @@ TEST_F(PoolTest, StatsNumbers) {
   EXPECT_EQ(s.created - s.closed, s.size);
 }
 
+TEST_F(PoolTest, OverflowCreatesAboveMaxSizeOnlyWhenAllAreBusy) {
+  PoolOptions o;
+  o.min_idle = 0;
+  o.max_size = 2;
+  o.max_overflow = 2;
+  auto pool = MakePool(o);
+  std::vector<ConnPool::Lease> leases;
+  for (int i = 0; i < 4; ++i) {
+    auto l = pool->Acquire(Soon());
+    ASSERT_TRUE(l.ok()) << l.status();
+    leases.push_back(std::move(*l));
+    PoolStats s = pool->Stats();
+    EXPECT_EQ(s.overflow_in_use, i < 2 ? 0u : static_cast<size_t>(i - 1));
+    EXPECT_EQ(s.overflow_created, i < 2 ? 0u : static_cast<uint64_t>(i - 1));
+  }
+  // max_size + max_overflow reached: the next caller waits, then times out.
+  absl::Status status;
+  std::thread waiter([&] { status = pool->Acquire(clock_.Now() + absl::Seconds(2)).status(); });
+  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  clock_.Advance(absl::Seconds(2));
+  waiter.join();
+  EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded);
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(s.size, 4u);
+  EXPECT_EQ(s.in_use, 4u);
+  EXPECT_EQ(s.overflow_in_use, 2u);
+  EXPECT_EQ(s.max_overflow, 2u);
+  EXPECT_EQ(s.timeouts, 1u);
+  EXPECT_EQ(alive_, 4);
+}
+
+TEST_F(PoolTest, OverflowObjectsAreDestroyedOnReturnNeverIdle) {
+  PoolOptions o;
+  o.min_idle = 0;
+  o.max_size = 2;
+  o.max_overflow = 1;
+  auto pool = MakePool(o);
+  auto a = pool->Acquire(Soon());
+  auto b = pool->Acquire(Soon());
+  auto c = pool->Acquire(Soon());  // overflow
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(pool->Stats().overflow_in_use, 1u);
+  // Whichever comes back first while three exist is destroyed, not kept.
+  a->Release();
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(s.size, 2u);
+  EXPECT_EQ(s.idle, 0u);
+  EXPECT_EQ(s.overflow_in_use, 0u);
+  EXPECT_EQ(s.closed, 1u);
+  EXPECT_EQ(s.broken, 0u);
+  EXPECT_EQ(destroyed_, 1);
+  // Back within max_size: returned objects are kept idle again.
+  b->Release();
+  c->Release();
+  s = pool->Stats();
+  EXPECT_EQ(s.size, 2u);
+  EXPECT_EQ(s.idle, 2u);
+  EXPECT_EQ(s.closed, 1u);
+  EXPECT_EQ(s.overflow_created, 1u);
+  EXPECT_EQ(alive_, 2);
+  // Idle objects are used before any overflow is created.
+  auto d = pool->Acquire(Soon());
+  auto e = pool->Acquire(Soon());
+  ASSERT_TRUE(d.ok() && e.ok());
+  EXPECT_EQ(pool->Stats().created, 3u);
+  EXPECT_EQ(pool->Stats().overflow_created, 1u);
+}
+
+TEST_F(PoolTest, OverflowObjectReturnedWhileSomeoneWaitsGoesToTheWaiter) {
+  PoolOptions o;
+  o.min_idle = 0;
+  o.max_size = 1;
+  o.max_overflow = 1;
+  auto pool = MakePool(o);
+  auto a = pool->Acquire(Soon());
+  auto b = pool->Acquire(Soon());  // overflow
+  ASSERT_TRUE(a.ok() && b.ok());
+  const int b_id = (*b)->id;
+  int got = 0;
+  std::thread waiter([&] {
+    auto l = pool->Acquire(clock_.Now() + absl::Seconds(3));
+    ASSERT_TRUE(l.ok()) << l.status();
+    got = (*l)->id;
+  });
+  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  b->Release();  // handed over rather than closed and reconnected
+  waiter.join();
+  EXPECT_EQ(got, b_id);
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(s.created, 2u);
+  EXPECT_EQ(s.size, 1u);  // the waiter's lease ended with its thread: destroyed
+  EXPECT_EQ(s.closed, 1u);
+  EXPECT_EQ(s.idle, 0u);
+}
+
+TEST_F(PoolTest, OverflowSlotFreedByABrokenObjectGoesToAWaiter) {
+  PoolOptions o;
+  o.min_idle = 0;
+  o.max_size = 1;
+  o.max_overflow = 1;
+  auto pool = MakePool(o);
+  auto a = pool->Acquire(Soon());
+  auto b = pool->Acquire(Soon());
+  ASSERT_TRUE(a.ok() && b.ok());
+  absl::Status status;
+  std::thread waiter([&] {
+    auto l = pool->Acquire(clock_.Now() + absl::Seconds(3));
+    status = l.status();
+  });
+  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  b->MarkBroken();
+  b->Release();  // its slot is given to the waiter, who creates a new object
+  waiter.join();
+  EXPECT_TRUE(status.ok()) << status;
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(s.created, 3u);
+  EXPECT_EQ(s.overflow_created, 2u);
+  EXPECT_EQ(s.broken, 1u);
+  EXPECT_EQ(s.size, 1u);
+  EXPECT_EQ(alive_, 1);
+}
+
+TEST_F(PoolTest, WarmUpAndMaintainNeverGoAboveMaxSizeOrKeepSurplusIdle) {
+  PoolOptions o;
+  o.min_idle = 2;
+  o.max_size = 2;
+  o.max_overflow = 3;
+  auto pool = MakePool(o);
+  std::vector<ConnPool::Lease> leases;
+  for (int i = 0; i < 4; ++i) {
+    auto l = pool->Acquire(Soon());
+    ASSERT_TRUE(l.ok());
+    leases.push_back(std::move(*l));
+  }
+  EXPECT_TRUE(pool->WarmUp().ok());  // full: creates nothing
+  pool->Maintain();
+  EXPECT_EQ(pool->Stats().created, 4u);
+  leases.clear();
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(s.size, 2u);
+  EXPECT_EQ(s.idle, 2u);
+  EXPECT_EQ(s.overflow_in_use, 0u);
+  EXPECT_EQ(s.closed, 2u);
+  EXPECT_EQ(alive_, 2);
+}
+
+TEST_F(PoolTest, OverflowUnderConcurrentCallersKeepsTheBounds) {
+  PoolOptions o;
+  o.min_idle = 1;
+  o.max_size = 3;
+  o.max_overflow = 2;
+  auto pool = MakePool(o);
+  std::atomic<int> peak{0};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        auto l = pool->Acquire(clock_.Now() + absl::Seconds(30));
+        if (!l.ok()) {
+          ++failures;
+          continue;
+        }
+        int now = alive_.load();
+        int seen = peak.load();
+        while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+        }
+        if ((i + t) % 17 == 0) l->MarkBroken();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_LE(peak, 5);
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(s.in_use, 0u);
+  EXPECT_EQ(s.waiters, 0u);
+  EXPECT_LE(s.size, 3u);
+  EXPECT_EQ(s.overflow_in_use, 0u);
+  EXPECT_EQ(s.size, s.idle);
+  EXPECT_EQ(s.created - s.closed, s.size);
+  EXPECT_EQ(alive_, static_cast<int>(s.size));
+}
+
 TEST_F(PoolTest, DestructorCancelsWaitersAndWaitsForCreation) {
   PoolOptions o;
   o.min_idle = 0;

@@ -9,15 +9,14 @@
 namespace poolside::server {
 namespace {
 
-namespace reflection = grpc::reflection::v1alpha;
 using google::protobuf::Descriptor;
 using google::protobuf::DescriptorPool;
 using google::protobuf::FieldDescriptor;
 using google::protobuf::FileDescriptor;
 
-void SetError(reflection::ServerReflectionResponse* response, grpc::StatusCode code,
-              std::string message) {
-  reflection::ErrorResponse* error = response->mutable_error_response();
+template <typename Response>
+void SetError(Response* response, grpc::StatusCode code, std::string message) {
+  auto* error = response->mutable_error_response();
   error->set_error_code(static_cast<int32_t>(code));
   error->set_error_message(std::move(message));
 }
@@ -25,7 +24,8 @@ void SetError(reflection::ServerReflectionResponse* response, grpc::StatusCode c
 // `file` (always: clients read the first file as the answer) and then, depth
 // first, those of its dependencies not in `sent` (the protocol lets a stream
 // send each dependency once).
-void AddFile(const FileDescriptor* file, reflection::FileDescriptorResponse* files,
+template <typename FileDescriptorResponse>
+void AddFile(const FileDescriptor* file, FileDescriptorResponse* files,
              absl::flat_hash_set<std::string>* sent) {
   sent->insert(file->name());
   google::protobuf::FileDescriptorProto proto;
@@ -36,116 +36,19 @@ void AddFile(const FileDescriptor* file, reflection::FileDescriptorResponse* fil
   }
 }
 
-// Bounds what a request may name (a symbol or file name is far shorter).
-constexpr size_t kMaxNameBytes = 1024;
-
 }  // namespace
 
-// One reflection stream: read a request, write its answer, read the next,
-// until the client half-closes (then finish OK) or the call breaks.
-class QueueReflectionService::Stream final
-    : public QueueStreamCall<Stream,
-                             grpc::ServerAsyncReaderWriter<reflection::ServerReflectionResponse,
-                                                           reflection::ServerReflectionRequest>> {
- public:
-  static void Post(QueueReflectionService* service) { new Stream(service); }
-
-  // Cancels the stream: its pending operation comes back failed.
-  void End() {
-    Forget();
-    ended_ = true;
-    context_.TryCancel();
-  }
-
-  void Forget() { service_->streams_.Remove(this); }
-
- private:
-  friend QueueStreamCall;
-
-  explicit Stream(QueueReflectionService* service) : service_(service) {
-    service_->async_.RequestServerReflectionInfo(&context_, &stream_, service_->cq_, service_->cq_,
-                                                 &requested_);
-  }
-  ~Stream() = default;
-
-  void OnRequested(bool ok) {
-    if (!Arrived(ok, service_->method_)) return;
-    Post(service_);
-    switch (service_->streams_.Admit(this)) {
-      case OpenCalls<Stream>::Admission::kClosed:
-        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
-        return;
-      case OpenCalls<Stream>::Admission::kFull:
-        Finish(
-            grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                         absl::StrCat("too many reflection streams open on this server (at most ",
-                                      kMaxStreams, ")")));
-        return;
-      case OpenCalls<Stream>::Admission::kAdmitted:
-        stream_.Read(&request_, Start(&read_));
-        return;
-    }
-  }
-
-  void OnRead(bool ok) {
-    Returned();
-    if (!ok) {  // the client is done sending, or the call broke or was ended
-      Forget();
-      if (!ended_) Finish(grpc::Status::OK);
-    } else {
-      response_ = service_->Answer(request_, &sent_);
-      stream_.Write(response_, Start(&written_));
-    }
-    MaybeDelete();
-  }
-
-  void OnWritten(bool ok) {
-    Returned();
-    if (ok) {
-      stream_.Read(&request_, Start(&read_));
-    } else {
-      Broke();
-    }
-    MaybeDelete();
-  }
-
-  QueueReflectionService* const service_;
-  QueueStep<Stream, &Stream::OnRequested> requested_{this};
-  QueueStep<Stream, &Stream::OnRead> read_{this};
-  QueueStep<Stream, &Stream::OnWritten> written_{this};
-
-  reflection::ServerReflectionRequest request_;
-  reflection::ServerReflectionResponse response_;
-  absl::flat_hash_set<std::string> sent_;  // files sent on this stream
-  bool ended_ = false;                     // cancelled by End()
-};
-
-QueueReflectionService::QueueReflectionService(std::vector<std::string> services)
+ReflectionIndex::ReflectionIndex(std::vector<std::string> services)
     : services_(std::move(services)) {
-  services_.push_back(service_name());
+  services_.push_back(ReflectionV1::Service::service_full_name());
+  services_.push_back(ReflectionV1Alpha::Service::service_full_name());
 }
 
-std::string QueueReflectionService::service_name() const {
-  return reflection::ServerReflection::service_full_name();
-}
-
-void QueueReflectionService::Begin(grpc::ServerCompletionQueue* cq,
-                                   telemetry::ServerCallTelemetry* calls) {
-  cq_ = cq;
-  method_ = QueueMethod<reflection::ServerReflection>(
-      calls, "ServerReflectionInfo", grpc::experimental::ServerRpcInfo::Type::BIDI_STREAMING);
-  for (int i = 0; i < 2; ++i) Stream::Post(this);
-}
-
-void QueueReflectionService::EndStreams() {
-  if (cq_ == nullptr) return;  // never served
-  RunOnQueue(cq_, [this] { streams_.Close([](Stream* stream) { stream->End(); }); });
-}
-
-reflection::ServerReflectionResponse QueueReflectionService::Answer(
-    const reflection::ServerReflectionRequest& request,
-    absl::flat_hash_set<std::string>* sent) const {
-  reflection::ServerReflectionResponse response;
+template <typename Api>
+typename Api::Response ReflectionIndex::Answer(const typename Api::Request& request,
+                                               absl::flat_hash_set<std::string>* sent) const {
+  using Request = typename Api::Request;
+  typename Api::Response response;
   response.set_valid_host(request.host().substr(0, kMaxNameBytes));
   *response.mutable_original_request() = request;
   const DescriptorPool* pool = DescriptorPool::generated_pool();
@@ -166,26 +69,26 @@ reflection::ServerReflectionResponse QueueReflectionService::Answer(
     }
   };
   switch (request.message_request_case()) {
-    case reflection::ServerReflectionRequest::kListServices:
+    case Request::kListServices:
       for (const std::string& name : services_) {
         response.mutable_list_services_response()->add_service()->set_name(name);
       }
       break;
-    case reflection::ServerReflectionRequest::kFileByFilename: {
+    case Request::kFileByFilename: {
       const std::string& name = request.file_by_filename();
       if (too_long(name)) break;
       send_file(pool->FindFileByName(name), [&] { return absl::StrCat("no file named ", name); });
       break;
     }
-    case reflection::ServerReflectionRequest::kFileContainingSymbol: {
+    case Request::kFileContainingSymbol: {
       const std::string& symbol = request.file_containing_symbol();
       if (too_long(symbol)) break;
       send_file(pool->FindFileContainingSymbol(symbol),
                 [&] { return absl::StrCat("no symbol ", symbol); });
       break;
     }
-    case reflection::ServerReflectionRequest::kFileContainingExtension: {
-      const reflection::ExtensionRequest& extension = request.file_containing_extension();
+    case Request::kFileContainingExtension: {
+      const auto& extension = request.file_containing_extension();
       if (too_long(extension.containing_type())) break;
       const Descriptor* type = pool->FindMessageTypeByName(extension.containing_type());
       const FieldDescriptor* field =
@@ -197,7 +100,7 @@ reflection::ServerReflectionResponse QueueReflectionService::Answer(
       });
       break;
     }
-    case reflection::ServerReflectionRequest::kAllExtensionNumbersOfType: {
+    case Request::kAllExtensionNumbersOfType: {
       const std::string& name = request.all_extension_numbers_of_type();
       if (too_long(name)) break;
       const Descriptor* type = pool->FindMessageTypeByName(name);
@@ -207,14 +110,14 @@ reflection::ServerReflectionResponse QueueReflectionService::Answer(
       }
       std::vector<const FieldDescriptor*> extensions;
       pool->FindAllExtensions(type, &extensions);
-      reflection::ExtensionNumberResponse* numbers =
-          response.mutable_all_extension_numbers_response();
+      auto* numbers = response.mutable_all_extension_numbers_response();
       numbers->set_base_type_name(type->full_name());
-      for (const FieldDescriptor* field : extensions)
+      for (const FieldDescriptor* field : extensions) {
         numbers->add_extension_number(field->number());
+      }
       break;
     }
-    case reflection::ServerReflectionRequest::MESSAGE_REQUEST_NOT_SET:
+    case Request::MESSAGE_REQUEST_NOT_SET:
       SetError(&response, grpc::StatusCode::INVALID_ARGUMENT,
                "the request asks for nothing: set one of list_services, file_by_filename, "
                "file_containing_symbol, file_containing_extension, all_extension_numbers_of_type");
@@ -222,5 +125,110 @@ reflection::ServerReflectionResponse QueueReflectionService::Answer(
   }
   return response;
 }
+
+template ReflectionV1::Response ReflectionIndex::Answer<ReflectionV1>(
+    const ReflectionV1::Request&, absl::flat_hash_set<std::string>*) const;
+template ReflectionV1Alpha::Response ReflectionIndex::Answer<ReflectionV1Alpha>(
+    const ReflectionV1Alpha::Request&, absl::flat_hash_set<std::string>*) const;
+
+// One reflection stream: read a request, write its answer, read the next,
+// until the client half-closes (then finish OK) or the call breaks.
+template <typename Api>
+class QueueReflectionService<Api>::Stream final
+    : public QueueStreamCall<
+          Stream, grpc::ServerAsyncReaderWriter<typename Api::Response, typename Api::Request>> {
+  using Base = QueueStreamCall<
+      Stream, grpc::ServerAsyncReaderWriter<typename Api::Response, typename Api::Request>>;
+
+ public:
+  static void Post(QueueReflectionService* service) { new Stream(service); }
+
+  // Cancels the stream: its pending operation comes back failed.
+  void End() {
+    Forget();
+    ended_ = true;
+    this->context_.TryCancel();
+  }
+
+  void Forget() { service_->streams_.Remove(this); }
+
+ private:
+  friend Base;
+
+  explicit Stream(QueueReflectionService* service) : service_(service) {
+    service_->async_.RequestServerReflectionInfo(&this->context_, &this->stream_, service_->cq_,
+                                                 service_->cq_, &requested_);
+  }
+  ~Stream() = default;
+
+  void OnRequested(bool ok) {
+    if (!this->Arrived(ok, service_->method_)) return;
+    Post(service_);
+    switch (service_->streams_.Admit(this)) {
+      case OpenCalls<Stream>::Admission::kClosed:
+        this->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+        return;
+      case OpenCalls<Stream>::Admission::kFull:
+        this->Finish(
+            grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                         absl::StrCat("too many reflection streams open on this server (at most ",
+                                      kMaxStreams, ")")));
+        return;
+      case OpenCalls<Stream>::Admission::kAdmitted:
+        this->stream_.Read(&request_, this->Start(&read_));
+        return;
+    }
+  }
+
+  void OnRead(bool ok) {
+    this->Returned();
+    if (!ok) {  // the client is done sending, or the call broke or was ended
+      Forget();
+      if (!ended_) this->Finish(grpc::Status::OK);
+    } else {
+      response_ = service_->index_->template Answer<Api>(request_, &sent_);
+      this->stream_.Write(response_, this->Start(&written_));
+    }
+    this->MaybeDelete();
+  }
+
+  void OnWritten(bool ok) {
+    this->Returned();
+    if (ok) {
+      this->stream_.Read(&request_, this->Start(&read_));
+    } else {
+      this->Broke();
+    }
+    this->MaybeDelete();
+  }
+
+  QueueReflectionService* const service_;
+  QueueStep<Stream, &Stream::OnRequested> requested_{this};
+  QueueStep<Stream, &Stream::OnRead> read_{this};
+  QueueStep<Stream, &Stream::OnWritten> written_{this};
+
+  typename Api::Request request_;
+  typename Api::Response response_;
+  absl::flat_hash_set<std::string> sent_;  // files sent on this stream
+  bool ended_ = false;                     // cancelled by End()
+};
+
+template <typename Api>
+void QueueReflectionService<Api>::Begin(grpc::ServerCompletionQueue* cq,
+                                        telemetry::ServerCallTelemetry* calls) {
+  cq_ = cq;
+  method_ = QueueMethod<typename Api::Service>(
+      calls, "ServerReflectionInfo", grpc::experimental::ServerRpcInfo::Type::BIDI_STREAMING);
+  for (int i = 0; i < 2; ++i) Stream::Post(this);
+}
+
+template <typename Api>
+void QueueReflectionService<Api>::EndStreams() {
+  if (cq_ == nullptr) return;  // never served
+  RunOnQueue(cq_, [this] { streams_.Close([](Stream* stream) { stream->End(); }); });
+}
+
+template class QueueReflectionService<ReflectionV1>;
+template class QueueReflectionService<ReflectionV1Alpha>;
 
 }  // namespace poolside::server

@@ -21,6 +21,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
+#include "proto/grpc/reflection/v1/reflection.grpc.pb.h"
 #include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 
@@ -276,10 +277,9 @@ TEST(QueueServiceTest, HealthIsCheckedOnTheQueueAndReadinessFollowsTheServer) {
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(response.status(), health::HealthCheckResponse::SERVING);
 
-  // Methods nobody serves here: gRPC reflection's v1 (v1alpha is served), an unknown one.
+  // A method nobody serves here.
   grpc::GenericStub generic(channel);
-  for (const char* method : {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                             "/poolside.v1.CacheService/Nope"}) {
+  for (const char* method : {"/poolside.v1.CacheService/Nope"}) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     grpc::Slice empty("");
@@ -359,24 +359,40 @@ TEST(QueueServiceTest, HealthWatchesSeeEveryChangeAndEndWhenTheDrainStarts) {
   stop.join();
 }
 
-// A reflection stream, asked one request at a time.
-struct ReflectionStream {
-  explicit ReflectionStream(reflection::ServerReflection::Stub* stub) {
+// A reflection stream of either version, asked one request at a time.
+template <typename Request, typename Response, typename Stub>
+struct ReflectionStreamOf {
+  explicit ReflectionStreamOf(Stub* stub) {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(50));
     stream = stub->ServerReflectionInfo(&ctx);
   }
-  reflection::ServerReflectionResponse Ask(const reflection::ServerReflectionRequest& request) {
-    reflection::ServerReflectionResponse response;
+  Response Ask(const Request& request) {
+    Response response;
     EXPECT_TRUE(stream->Write(request));
     EXPECT_TRUE(stream->Read(&response));
     EXPECT_EQ(response.original_request().SerializeAsString(), request.SerializeAsString());
     return response;
   }
   grpc::ClientContext ctx;
-  std::unique_ptr<grpc::ClientReaderWriter<reflection::ServerReflectionRequest,
-                                           reflection::ServerReflectionResponse>>
-      stream;
+  std::unique_ptr<grpc::ClientReaderWriter<Request, Response>> stream;
 };
+using ReflectionStream =
+    ReflectionStreamOf<reflection::ServerReflectionRequest, reflection::ServerReflectionResponse,
+                       reflection::ServerReflection::Stub>;
+using ReflectionV1Stream = ReflectionStreamOf<grpc::reflection::v1::ServerReflectionRequest,
+                                              grpc::reflection::v1::ServerReflectionResponse,
+                                              grpc::reflection::v1::ServerReflection::Stub>;
+
+// The names a listing (of either version) gives, sorted.
+template <typename Response>
+std::vector<std::string> Listed(const Response& listing) {
+  std::vector<std::string> names;
+  for (const auto& listed : listing.list_services_response().service()) {
+    names.push_back(listed.name());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
 
 TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
   EchoService service;
@@ -396,9 +412,28 @@ TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
     names.push_back(listed.name());
   }
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"grpc.health.v1.Health",
-                                             "grpc.reflection.v1alpha.ServerReflection",
-                                             "poolside.v1.CacheService"}));
+  const std::vector<std::string> expected = {
+      "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection", "poolside.v1.CacheService"};
+  EXPECT_EQ(names, expected);
+
+  // Version 1 answers the same, from the same index.
+  auto v1_stub = grpc::reflection::v1::ServerReflection::NewStub(channel);
+  ReflectionV1Stream s1(v1_stub.get());
+  grpc::reflection::v1::ServerReflectionRequest list1;
+  list1.set_list_services("*");
+  EXPECT_EQ(Listed(s1.Ask(list1)), expected);
+  grpc::reflection::v1::ServerReflectionRequest symbol1;
+  symbol1.set_file_containing_symbol("poolside.v1.CacheService.Get");
+  const auto file1 = s1.Ask(symbol1);
+  ASSERT_GE(file1.file_descriptor_response().file_descriptor_proto_size(), 1);
+  google::protobuf::FileDescriptorProto first1;
+  ASSERT_TRUE(first1.ParseFromString(file1.file_descriptor_response().file_descriptor_proto(0)));
+  EXPECT_EQ(first1.package(), "poolside.v1");
+  symbol1.set_file_containing_symbol("poolside.v1.NoSuchService");
+  EXPECT_EQ(s1.Ask(symbol1).error_response().error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(s1.stream->WritesDone());
+  EXPECT_TRUE(s1.stream->Finish().ok());
 
   // The files sent for a service build a pool of their own that has all of
   // it: nothing it depends on is missing.
@@ -449,7 +484,7 @@ TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
 
   // A stream the client closes ends OK; one left open ends when the drain starts.
   ReflectionStream closed(stub.get());
-  EXPECT_EQ(closed.Ask(list).list_services_response().service_size(), 3);
+  EXPECT_EQ(closed.Ask(list).list_services_response().service_size(), 4);
   EXPECT_TRUE(closed.stream->WritesDone());
   grpc::Status end = closed.stream->Finish();
   EXPECT_TRUE(end.ok()) << end.error_message();
@@ -461,27 +496,38 @@ TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
   stop.join();
 }
 
-// A callback server (ingest's kind) serves gRPC's own reflection, whose
-// plugin, linked into the same binary as the queue servers' reflection, uses
-// the messages compiled here from the same published definition.
-TEST(QueueServiceTest, ACallbackServerServesGrpcsOwnReflectionWithTheSameMessages) {
+// A callback server (ingest's kind) serves both versions from the same index,
+// through its own streams.
+class CallbackCacheService final : public v1::CacheService::CallbackService {};
+
+TEST(QueueServiceTest, ACallbackServerServesBothReflectionVersions) {
+  CallbackCacheService cache;
   ServerOptions options;
   options.listen = "127.0.0.1:0";
   options.tls.set_plaintext(true);
+  options.services = {&cache};
+  options.drain_timeout = absl::Seconds(100);  // longer than the streams' deadline
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
   ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = reflection::ServerReflection::NewStub(Connect(**server));
+  auto channel = Connect(**server);
+  auto stub = reflection::ServerReflection::NewStub(channel);
   ReflectionStream s(stub.get());
   reflection::ServerReflectionRequest list;
   list.set_list_services("*");
-  const reflection::ServerReflectionResponse listing = s.Ask(list);
-  std::vector<std::string> names;
-  for (const auto& listed : listing.list_services_response().service()) {
-    names.push_back(listed.name());
-  }
-  EXPECT_NE(std::find(names.begin(), names.end(), "grpc.reflection.v1alpha.ServerReflection"),
-            names.end())
-      << listing.ShortDebugString();
+  const std::vector<std::string> expected = {
+      "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection", "poolside.v1.CacheService"};
+  EXPECT_EQ(Listed(s.Ask(list)), expected);
+  auto v1_stub = grpc::reflection::v1::ServerReflection::NewStub(channel);
+  ReflectionV1Stream s1(v1_stub.get());
+  grpc::reflection::v1::ServerReflectionRequest list1;
+  list1.set_list_services("*");
+  EXPECT_EQ(Listed(s1.Ask(list1)), expected);
+  grpc::reflection::v1::ServerReflectionRequest nothing;
+  EXPECT_EQ(s1.Ask(nothing).error_response().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // Left open: the drain ends it (below) instead of waiting for it.
+  ReflectionV1Stream idle(v1_stub.get());
+  EXPECT_EQ(Listed(idle.Ask(list1)), expected);
   reflection::ServerReflectionRequest symbol;
   symbol.set_file_containing_symbol("grpc.reflection.v1alpha.ServerReflection");
   const reflection::ServerReflectionResponse file = s.Ask(symbol);
@@ -493,7 +539,15 @@ TEST(QueueServiceTest, ACallbackServerServesGrpcsOwnReflectionWithTheSameMessage
   EXPECT_TRUE(s.stream->WritesDone());
   grpc::Status end = s.stream->Finish();
   EXPECT_TRUE(end.ok()) << end.error_message();
-  (*server)->Shutdown();
+  EXPECT_TRUE(s1.stream->WritesDone());
+  EXPECT_TRUE(s1.stream->Finish().ok());
+  std::thread stop([&] { (*server)->Shutdown(); });
+  grpc::reflection::v1::ServerReflectionResponse none;
+  EXPECT_FALSE(idle.stream->Read(&none));
+  // CANCELLED by the drain's start, not DEADLINE_EXCEEDED at the stream's
+  // 50 s deadline (the drain timeout is 100 s).
+  EXPECT_EQ(idle.stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  stop.join();
 }
 
 TEST(QueueServiceTest, ShutdownDrainsAndStopsTheQueueThread) {

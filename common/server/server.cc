@@ -13,16 +13,14 @@
 #include "common/server/tls.h"
 #include "common/telemetry/log.h"
 #include "grpcpp/ext/health_check_service_server_builder_option.h"
-#include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/resource_quota.h"
 
 namespace poolside::server {
 namespace {
 
-// Drops the builder's plugins: reflection's (registered process-wide by
-// InitProtoReflectionServerBuilderPlugin) is a synchronous service, whose
-// polling threads a queue server must not have.
+// Drops the builder's plugins: any registered process-wide would bring
+// synchronous services, whose polling threads a queue server must not have.
 class NoPlugins final : public grpc::ServerBuilderOption {
  public:
   void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
@@ -53,10 +51,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
         "call_telemetry records a queue server's calls; a callback server's are "
         "recorded by an interceptor (ServiceMetrics::NewServerInterceptorFactory)");
   }
-  if (!queue) {
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  }
+  if (!queue) grpc::EnableDefaultHealthCheckService(true);
   std::unique_ptr<Server> s(new Server());
   s->options_ = std::move(options);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> tcp_credentials =
@@ -98,14 +93,22 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     for (QueueService* service : s->options_.queue_services) {
       names.push_back(service->service_name());
     }
-    s->queue_reflection_ = std::make_unique<QueueReflectionService>(std::move(names));
+    s->reflection_index_ = std::make_unique<ReflectionIndex>(std::move(names));
+    s->queue_reflection_ =
+        std::make_unique<QueueReflectionService<ReflectionV1>>(s->reflection_index_.get());
+    s->queue_reflection_v1alpha_ =
+        std::make_unique<QueueReflectionService<ReflectionV1Alpha>>(s->reflection_index_.get());
     s->options_.queue_services.push_back(s->queue_reflection_.get());
+    s->options_.queue_services.push_back(s->queue_reflection_v1alpha_.get());
     builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
     builder.SetOption(std::make_unique<NoPlugins>());
     for (QueueService* service : s->options_.queue_services) {
       builder.RegisterService(service->grpc_service());
     }
     s->cq_ = builder.AddCompletionQueue();
+  } else {
+    s->callback_reflection_ = std::make_shared<CallbackReflection>();
+    builder.SetOption(s->callback_reflection_->BuilderOption());
   }
   if (!s->options_.interceptors.empty()) {
     builder.experimental().SetInterceptorCreators(std::move(s->options_.interceptors));
@@ -199,6 +202,8 @@ void Server::Shutdown() {
   // rather than hold the drain.
   if (queue_health_ != nullptr) queue_health_->EndWatches();
   if (queue_reflection_ != nullptr) queue_reflection_->EndStreams();
+  if (queue_reflection_v1alpha_ != nullptr) queue_reflection_v1alpha_->EndStreams();
+  if (callback_reflection_ != nullptr) callback_reflection_->EndStreams();
   if (options_.before_drain) options_.before_drain();
   const auto deadline = std::chrono::system_clock::now() +
                         std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));

@@ -3,7 +3,7 @@
 
 // gRPC server bootstrap shared by the three services: listen address (port 0
 // picks a free port, optionally written to a file), the standard health service
-// and server reflection, message size limits, and graceful shutdown on
+// and server reflection (v1 and v1alpha, queue_reflection.h), message size limits, and graceful shutdown on
 // SIGTERM/SIGINT (stop accepting, let in-flight calls finish for a bounded time,
 // cancel the rest).
 //
@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/callback_reflection.h"
 #include "common/server/queue_reflection.h"
 #include "common/server/queue_service.h"
 #include "grpcpp/grpcpp.h"
@@ -122,7 +123,11 @@ class Server {
   // Queue servers only: the health and reflection services, the queue and its
   // thread. Declared before server_, so they outlive it.
   std::unique_ptr<QueueHealthService> queue_health_;
-  std::unique_ptr<QueueReflectionService> queue_reflection_;
+  std::unique_ptr<ReflectionIndex> reflection_index_;
+  std::unique_ptr<QueueReflectionService<ReflectionV1>> queue_reflection_;
+  std::unique_ptr<QueueReflectionService<ReflectionV1Alpha>> queue_reflection_v1alpha_;
+  // Callback servers only: reflection (shared with its services).
+  std::shared_ptr<CallbackReflection> callback_reflection_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::thread cq_thread_;
   std::unique_ptr<grpc::Server> server_;

@@ -25,6 +25,12 @@ void AppendPoolMetrics(const NamedPoolStats& pools, std::vector<prometheus::Metr
        [](const pool::PoolStats& p) { return double(p.min_idle); }},
       {"poolside_pool_max_size", "Configured maximum of connections.", false,
        [](const pool::PoolStats& p) { return double(p.max_size); }},
+      {"poolside_pool_max_overflow", "Configured connections allowed above max_size.", false,
+       [](const pool::PoolStats& p) { return double(p.max_overflow); }},
+      {"poolside_pool_overflow_in_use", "Connections open above max_size (never idle).", false,
+       [](const pool::PoolStats& p) { return double(p.overflow_in_use); }},
+      {"poolside_pool_overflow_created_total", "Connections opened above max_size.", true,
+       [](const pool::PoolStats& p) { return double(p.overflow_created); }},
       {"poolside_pool_acquired_total", "Successful connection acquisitions.", true,
        [](const pool::PoolStats& p) { return double(p.acquired); }},
       {"poolside_pool_acquire_timeouts_total", "Acquisitions that ran out of time.", true,
@@ -63,12 +69,14 @@ void AppendPoolMetrics(const NamedPoolStats& pools, std::vector<prometheus::Metr
 StatusTable PoolsTable(const NamedPoolStats& pools) {
   StatusTable t;
   t.title = "Pools";
-  t.columns = {"database", "size", "idle", "in use", "waiters", "max", "acquire p99",
-               "timeouts", "broken"};
+  t.columns = {"database", "size", "idle", "in use", "waiters", "max", "overflow",
+               "acquire p99", "timeouts", "broken"};
   t.empty_text = "no databases configured";
   for (const auto& [db, p] : pools) {
     t.rows.push_back({db, absl::StrCat(p.size), absl::StrCat(p.idle), absl::StrCat(p.in_use),
                       absl::StrCat(p.waiters), absl::StrCat(p.max_size),
+                      absl::StrCat(p.overflow_in_use, " of ", p.max_overflow, " (",
+                                   p.overflow_created, " opened)"),
                       p.acquire_wait.count ? FormatSeconds(p.acquire_wait.Percentile(0.99)) : "-",
                       absl::StrCat(p.timeouts), absl::StrCat(p.broken)});
   }

@@ -22,6 +22,9 @@ TEST(MetricsPoolTest, OneSamplePerDatabase) {
   app.in_use = 3;
   app.waiters = 2;
   app.max_size = 4;
+  app.max_overflow = 2;
+  app.overflow_in_use = 1;
+  app.overflow_created = 7;
   app.acquired = 100;
   app.timeouts = 1;
   Histogram wait;
@@ -47,6 +50,15 @@ TEST(MetricsPoolTest, OneSamplePerDatabase) {
   ASSERT_NE(hist, nullptr);
   EXPECT_EQ(hist->metric[0].histogram.sample_count, 2u);
   EXPECT_EQ(hist->metric[1].histogram.sample_count, 0u);
+  const auto* overflow = Find(out, "poolside_pool_overflow_in_use");
+  ASSERT_NE(overflow, nullptr);
+  EXPECT_EQ(overflow->type, prometheus::MetricType::Gauge);
+  EXPECT_EQ(overflow->metric[0].gauge.value, 1);
+  const auto* overflow_created = Find(out, "poolside_pool_overflow_created_total");
+  ASSERT_NE(overflow_created, nullptr);
+  EXPECT_EQ(overflow_created->type, prometheus::MetricType::Counter);
+  EXPECT_EQ(overflow_created->metric[0].counter.value, 7);
+  EXPECT_EQ(Find(out, "poolside_pool_max_overflow")->metric[0].gauge.value, 2);
   for (const char* name : {"poolside_pool_size", "poolside_pool_idle", "poolside_pool_waiters",
                            "poolside_pool_max_size", "poolside_pool_acquire_timeouts_total",
                            "poolside_pool_connections_created_total",
@@ -59,6 +71,8 @@ TEST(MetricsPoolTest, OneSamplePerDatabase) {
   EXPECT_EQ(t.rows[0][0], "app");
   EXPECT_EQ(t.rows[0][3], "3");  // in use
   EXPECT_EQ(t.rows[0][4], "2");  // waiters
+  EXPECT_EQ(t.columns[6], "overflow");
+  EXPECT_EQ(t.rows[0][6], "1 of 2 (7 opened)");
 }
 
 }  // namespace

@@ -14,7 +14,7 @@
 // Code records spans through the process's tracer:
 //
 //   Span span = StartSpan("pool.acquire", SpanKind::kInternal, work.trace);
-//   span.SetAttribute("db.name", name);
+//   span.SetAttribute("db.namespace", name);
 //   ...
 //   span.SetStatus(status);
 //   span.End();          // or let it go out of scope
@@ -26,9 +26,12 @@
 // downstream services follow.
 //
 // Semantic conventions (OpenTelemetry): RPC spans carry rpc.system ("grpc"),
-// rpc.service, rpc.method, rpc.grpc.status_code; database spans db.system
-// ("postgresql"), db.name, db.statement (the SQL text with its $n
-// placeholders — parameter values are never recorded).
+// rpc.service, rpc.method, rpc.grpc.status_code (trace_grpc.h); database
+// spans the stable database conventions: db.system.name ("postgresql"),
+// db.namespace, db.query.summary (the span name), db.query.text (literals
+// replaced by $n; parameter values are never recorded), db.operation.name,
+// db.collection.name, db.response.status_code (SQLSTATE), error.type,
+// server.address/port (common/db/connection.h).
 //
 // Statistics for /metrics (read them as often as you like; they are counters
 // since the process started, all zero when tracing is off):

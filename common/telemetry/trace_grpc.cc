@@ -6,9 +6,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "common/telemetry/trace.h"
+#include "grpcpp/client_context.h"
 #include "grpcpp/server_context.h"
 
 namespace poolside::telemetry {
@@ -70,9 +73,39 @@ void SetRpcAttributes(Span& span, absl::string_view full_method) {
 void SetRpcStatus(Span& span, const grpc::Status& status) {
   span.SetAttribute("rpc.grpc.status_code", static_cast<int64_t>(status.error_code()));
   if (!status.ok()) {
-    span.SetStatus(absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                                status.error_message()));
+    const absl::Status s(static_cast<absl::StatusCode>(status.error_code()),
+                         status.error_message());
+    span.SetAttribute("error.type", absl::StatusCodeToString(s.code()));
+    span.SetStatus(s);
   }
+}
+
+// The other end of a call as gRPC names it ("ipv4:10.0.0.7:50051",
+// "ipv6:[::1]:50051", "unix:/run/poolside/cache.sock"), as the conventions'
+// attributes: `address_key`/`port_key` (server.* on a client span,
+// network.peer.* on a server span), network.transport and network.type.
+void SetPeerAttributes(Span& span, absl::string_view peer, absl::string_view address_key,
+                       absl::string_view port_key) {
+  if (!span.recording() || peer.empty()) return;
+  const size_t colon = peer.find(':');
+  if (colon == absl::string_view::npos) return;
+  const absl::string_view scheme = peer.substr(0, colon);
+  absl::string_view rest = peer.substr(colon + 1);
+  if (scheme == "unix" || scheme == "unix-abstract") {
+    span.SetAttribute("network.transport", "unix");
+    span.SetAttribute(address_key, rest);
+    return;
+  }
+  if (scheme != "ipv4" && scheme != "ipv6") return;
+  const size_t last = rest.rfind(':');
+  if (last == absl::string_view::npos) return;
+  absl::string_view host = rest.substr(0, last);
+  if (absl::ConsumePrefix(&host, "[")) absl::ConsumeSuffix(&host, "]");
+  int port = 0;
+  span.SetAttribute("network.transport", "tcp");
+  span.SetAttribute("network.type", scheme);
+  span.SetAttribute(address_key, host);
+  if (absl::SimpleAtoi(rest.substr(last + 1), &port)) span.SetAttribute(port_key, port);
 }
 
 absl::string_view SpanName(absl::string_view full_method) {
@@ -132,6 +165,10 @@ class ClientInterceptor : public grpc::experimental::Interceptor {
     if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_STATUS)) {
       if (const grpc::Status* status = methods->GetRecvStatus(); status != nullptr) {
         SetRpcStatus(span_, *status);
+      }
+      // The server as the call reached it (known once it was connected).
+      if (span_.recording() && info_->client_context() != nullptr) {
+        SetPeerAttributes(span_, info_->client_context()->peer(), "server.address", "server.port");
       }
       span_.End();
     }
@@ -226,7 +263,9 @@ void ServerCallTrace::Begin(const std::multimap<grpc::string_ref, grpc::string_r
   }
   span_ = StartSpan(SpanName(method_), SpanKind::kServer, parent.value_or(SpanContext()));
   SetRpcAttributes(span_, method_);
-  if (span_.recording()) span_.SetAttribute("net.peer.name", context_->peer());
+  if (span_.recording()) {
+    SetPeerAttributes(span_, context_->peer(), "network.peer.address", "network.peer.port");
+  }
   if (span_.context().valid()) {
     ServerCallRegistry::Get().Add(context_, span_.context());
     registered_ = true;

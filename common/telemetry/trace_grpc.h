@@ -5,9 +5,11 @@
 //
 // Server: push the factory into ServerOptions::interceptors. For every call
 // (except grpc.health and reflection) it reads `traceparent`/`tracestate`,
-// starts a SERVER span named "<package.Service>/<Method>" with rpc.system,
-// rpc.service, rpc.method and rpc.grpc.status_code, and ends it when the status
-// is sent. Without a tracer (tracing off) it adds nothing to a call, so gRPC
+// starts a SERVER span named "<package.Service>/<Method>" with OpenTelemetry's
+// RPC conventions (rpc.system "grpc", rpc.service, rpc.method,
+// rpc.grpc.status_code, network.peer.address/port, network.transport, and
+// error.type, the status code's name, when it failed), and ends it when the
+// status is sent. Without a tracer (tracing off) it adds nothing to a call, so gRPC
 // runs no interceptor code for it on that account; the caller's context still
 // passes through. A handler gets that span's context with ServerCallContext() and
 // makes it current for the code it runs synchronously; work handed to other
@@ -22,7 +24,8 @@
 // (ScopedSpanContext on the calling thread) gets a CLIENT span under it, and
 // the callee receives that span as its parent in `traceparent`. A call whose
 // ClientContext already carries a `traceparent` keeps it (and its span is that
-// context's child).
+// context's child). A CLIENT span carries the same rpc.* attributes and the
+// server it reached as server.address/server.port.
 //
 // Thread-safe.
 

@@ -96,6 +96,7 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
     // One connection per parallel flush, plus one for catalog reads and key
     // cleanup.
     pool->set_max_size(batch->copy_connections() + 1);
+    pool->set_max_overflow(0);  // ingest's connections are sized by copy_connections
     if (!pool->has_min_idle()) pool->set_min_idle(1);
     if (pool->min_idle() > pool->max_size()) pool->set_min_idle(pool->max_size());
     POOLSIDE_DEFAULT(pool, acquire_timeout_ms, 5000u);

@@ -711,8 +711,8 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
   telemetry::Span flush =
       telemetry::StartSpan("ingest.flush", telemetry::SpanKind::kInternal, telemetry::SpanContext());
   if (flush.recording()) {
-    flush.SetAttribute("db.system", "postgresql");
-    flush.SetAttribute("db.name", db.config.name());
+    flush.SetAttribute("db.system.name", "postgresql");
+    flush.SetAttribute("db.namespace", db.config.name());
     flush.SetAttribute("poolside.ingest.target", job.batch.copy_target);
     flush.SetAttribute("poolside.ingest.reason", FlushReasonName(job.batch.reason));
     flush.SetAttribute("poolside.ingest.rows", job.batch.lines);
@@ -733,7 +733,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
     if (!lease.ok() || (*lease)->LooksAlive()) break;
     lease->MarkBroken();  // closed by the server while idle: take another
   }
-  acquire.SetAttribute("db.name", db.config.name());
+  acquire.SetAttribute("db.namespace", db.config.name());
   if (!job.batch.role.empty()) acquire.SetAttribute("poolside.db.role", job.batch.role);
   acquire.SetStatus(lease.status());
   acquire.End();

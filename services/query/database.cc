@@ -21,8 +21,8 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
   if (!work.trace.valid()) return;
   telemetry::Span span =
       telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal, work.trace, start);
-  span.SetAttribute("db.system", "postgresql");
-  span.SetAttribute("db.name", database);
+  span.SetAttribute("db.system.name", "postgresql");
+  span.SetAttribute("db.namespace", database);
   span.SetAttribute("poolside.pool.wait_seconds", absl::ToDoubleSeconds(end - start));
   span.SetStatus(status);
   span.End(end);
@@ -135,8 +135,11 @@ absl::Status Database::Submit(std::shared_ptr<Work> work) {
 }
 
 void Database::MaybeStartWorker() {
-  // Workers start on demand, up to the pool's size: one per connection.
-  if (idle_workers_ > 0 || workers_.size() >= config_.pool().max_size()) return;
+  // Workers start on demand, one per connection the pool may open: max_size,
+  // and max_overflow more, so that overflow connections get used (each
+  // worker holds at most one connection at a time).
+  const size_t max_workers = size_t{config_.pool().max_size()} + config_.pool().max_overflow();
+  if (idle_workers_ > 0 || workers_.size() >= max_workers) return;
   workers_.emplace_back([this] {
     // "db:" and the database name, as far as the 15 bytes Linux keeps allow.
     pthread_setname_np(pthread_self(), absl::StrCat("db:", config_.name()).substr(0, 15).c_str());
@@ -152,14 +155,15 @@ absl::StatusOr<ConnectionPool::Lease> Database::AcquireLive(absl::Time deadline,
       if (lease.status().code() == absl::StatusCode::kDeadlineExceeded) {
         return absl::DeadlineExceededError(absl::StrCat(
             "no connection to database ", config_.name(),
-            " became free before the deadline (pool maxSize ", config_.pool().max_size(), ")"));
+            " became free before the deadline (pool maxSize ", config_.pool().max_size(),
+            ", maxOverflow ", config_.pool().max_overflow(), ")"));
       }
       return lease.status();
     }
     if ((*lease)->LooksAlive()) return lease;
     // Closed by the server (restart, idle kill, failover): replace it.
     lease->MarkBroken();
-    if (attempt > config_.pool().max_size()) {
+    if (attempt > config_.pool().max_size() + config_.pool().max_overflow()) {
       return absl::UnavailableError(absl::StrCat("database ", config_.name(),
                                                  ": connections keep failing"));
     }

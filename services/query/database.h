@@ -2,7 +2,8 @@
 #define POOLSIDE_SERVICES_QUERY_DATABASE_H_
 
 // One configured database: its connection pool and the workers that run calls
-// against it. Calls are queued (bounded); each worker takes the next call and,
+// against it, one worker per connection the pool may open (max_size +
+// max_overflow), started on demand. Calls are queued (bounded); each worker takes the next call and,
 // when it is a single statement, every other single statement waiting behind it
 // (up to max_pipeline_depth), and sends them to PostgreSQL in one pipelined round
 // trip. Under load this turns many callers' point queries into few round trips;

@@ -1,6 +1,7 @@
 #include "services/query/database.h"
 
 #include <atomic>
+#include <functional>
 #include <vector>
 
 #include "absl/synchronization/blocking_counter.h"
@@ -90,6 +91,93 @@ TEST(DatabaseTest, CallsWaitingForABusyPoolFailAtTheirDeadlineWhileHoldersFinish
   slow_done.Wait();
   EXPECT_EQ(slow_ok.load(), 1);
   EXPECT_GE(db.pool().Stats().timeouts, 1u);
+}
+
+// Polls `condition` for up to 10 s.
+bool WaitFor(const std::function<bool()>& condition) {
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (!condition()) {
+    if (absl::Now() > give_up) return false;
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  return true;
+}
+
+TEST(DatabaseTest, OverflowConnectionsGetWorkersAndCloseAfterTheBurst) {
+  v1::DatabaseConfig c = Config(1);
+  c.mutable_pool()->set_max_overflow(2);
+  Database db(c);
+  // Four calls that each hold their connection until released: three run at
+  // once (max_size 1 + max_overflow 2), the fourth waits for one of them.
+  absl::Notification release;
+  std::atomic<int> running{0}, peak{0}, ok{0};
+  absl::BlockingCounter finished(4);
+  for (int i = 0; i < 4; ++i) {
+    auto w = std::make_shared<Work>();
+    w->deadline = absl::Now() + absl::Seconds(20);
+    w->exclusive = [&](db::Connection& conn) {
+      const int now = ++running;
+      int seen = peak.load();
+      while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+      }
+      db::Statement s{"SELECT 1"};
+      absl::Status link = conn.RunIndependent({&s});
+      release.WaitForNotificationWithTimeout(absl::Seconds(15));
+      --running;
+      return link.ok() ? s.status : link;
+    };
+    w->done = [&](absl::Status s) {
+      if (s.ok()) ++ok;
+      finished.DecrementCount();
+    };
+    ASSERT_TRUE(db.Submit(w).ok());
+  }
+  ASSERT_TRUE(WaitFor([&] { return running.load() == 3; }));
+  pool::PoolStats s = db.pool().Stats();
+  EXPECT_EQ(s.in_use, 3u);
+  EXPECT_EQ(s.overflow_in_use, 2u);
+  EXPECT_EQ(s.max_overflow, 2u);
+  EXPECT_EQ(db.queued(), 1u);  // no fourth connection
+  release.Notify();
+  finished.Wait();
+  EXPECT_EQ(ok.load(), 4);
+  EXPECT_EQ(peak.load(), 3);
+  // The burst is over: the overflow connections were closed, one is kept.
+  s = db.pool().Stats();
+  EXPECT_EQ(s.size, 1u);
+  EXPECT_EQ(s.idle, 1u);
+  EXPECT_EQ(s.overflow_in_use, 0u);
+  EXPECT_GE(s.overflow_created, 2u);
+  EXPECT_EQ(s.created - s.closed, 1u);
+}
+
+TEST(DatabaseTest, WithoutOverflowOneConnectionServesOneCallAtATime) {
+  Database db(Config(1));
+  absl::Notification release;
+  std::atomic<int> running{0}, peak{0};
+  absl::BlockingCounter finished(2);
+  for (int i = 0; i < 2; ++i) {
+    auto w = std::make_shared<Work>();
+    w->deadline = absl::Now() + absl::Seconds(20);
+    w->exclusive = [&](db::Connection&) {
+      const int now = ++running;
+      int seen = peak.load();
+      while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+      }
+      release.WaitForNotificationWithTimeout(absl::Seconds(15));
+      --running;
+      return absl::OkStatus();
+    };
+    w->done = [&](absl::Status) { finished.DecrementCount(); };
+    ASSERT_TRUE(db.Submit(w).ok());
+  }
+  ASSERT_TRUE(WaitFor([&] { return running.load() == 1; }));
+  EXPECT_EQ(db.pool().Stats().overflow_in_use, 0u);
+  release.Notify();
+  finished.Wait();
+  EXPECT_EQ(peak.load(), 1);
+  EXPECT_EQ(db.pool().Stats().overflow_created, 0u);
+  EXPECT_EQ(db.pool().Stats().size, 1u);
 }
 
 TEST(DatabaseTest, AbandonedWorkNeverRuns) {

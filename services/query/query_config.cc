@@ -70,6 +70,9 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
     if (pool->max_size() > 1000) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxSize above 1000"));
     }
+    if (pool->max_overflow() > 1000) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxOverflow above 1000"));
+    }
   }
   if (c.has_cache()) {
     v1::QueryCacheConfig* cache = c.mutable_cache();

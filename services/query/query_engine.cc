@@ -9,7 +9,9 @@
 #include "absl/strings/str_join.h"
 #include "common/config/database_config.h"
 #include "common/config/database_roles.h"
+#include "common/db/statement_labels.h"
 #include "common/telemetry/log.h"
+#include "common/telemetry/trace.h"
 #include "common/telemetry/trace_context.h"
 #include "services/query/named_queries.h"
 
@@ -72,6 +74,16 @@ class TransactionWork : public Work {
   std::vector<std::unique_ptr<ResultSetSink>> sinks;
   // As ExecuteWork::analysis, one per statement (empty if refused).
   std::vector<std::shared_ptr<const sql::Analysis>> analyses;
+
+  // Each statement's span labels from its analysis (when traces are sent).
+  void LabelStatements(const v1::ExecuteTransactionRequest& request) {
+    if (telemetry::GlobalTracer() == nullptr) return;
+    for (size_t i = 0; i < analyses.size() && i < statements.size(); ++i) {
+      const int index = static_cast<int>(i);
+      statements[i].labels =
+          db::StatementLabelsFor(*analyses[i], request.statements(index).named_query());
+    }
+  }
 };
 
 }  // namespace
@@ -307,6 +319,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   // position itself.
   const bool writes = !deferred && ReadCache::NeedsInvalidation(**analysis);
   work->wants_commit_lsn = writes && !access.read_only;
+  if (!deferred && telemetry::GlobalTracer() != nullptr) {
+    work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
+  }
   if (access.read_only || deferred) {
     // Not pipelined with other calls: a transaction of its own (read-only
     // for a read-only caller), after the analysis when it was deferred.
@@ -317,6 +332,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
             request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
         if (!a.ok()) return a.status();
         raw->analysis = *std::move(a);
+        if (telemetry::GlobalTracer() != nullptr) {
+          raw->statement.labels = db::StatementLabelsFor(*raw->analysis, request.named_query());
+        }
       }
       db::Statement* st = &raw->statement;
       if (!access.read_only) {
@@ -405,6 +423,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
+  if (*analysis != nullptr && telemetry::GlobalTracer() != nullptr) {
+    work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
+  }
   ExecuteWork* raw = work.get();
   work->exclusive = [this, raw, access, &request](db::Connection& conn) -> absl::Status {
     if (raw->analysis == nullptr) {  // deferred to this worker
@@ -412,6 +433,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
           request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
       if (!a.ok()) return a.status();
       raw->analysis = *std::move(a);
+      if (telemetry::GlobalTracer() != nullptr) {
+        raw->statement.labels = db::StatementLabelsFor(*raw->analysis, request.named_query());
+      }
     }
     absl::Status link = conn.RunStreaming(raw->statement, access.read_only);
     return link.ok() ? raw->statement.status : link;
@@ -495,11 +519,14 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   TransactionWork* raw = work.get();
   const bool read_only = request.read_only() || access.read_only;
   raw->analyses = *std::move(analyses);
-  work->exclusive = [raw, begin, check_all, read_only](db::Connection& conn) -> absl::Status {
+  raw->LabelStatements(request);
+  work->exclusive = [raw, begin, check_all, read_only,
+                     &request](db::Connection& conn) -> absl::Status {
     if (raw->analyses.empty()) {  // deferred to this worker
       absl::StatusOr<std::vector<std::shared_ptr<const sql::Analysis>>> a = check_all(false);
       if (!a.ok()) return a.status();
       raw->analyses = *std::move(a);
+      raw->LabelStatements(request);
     }
     std::vector<db::Statement*> ptrs;
     for (auto& st : raw->statements) ptrs.push_back(&st);
@@ -586,6 +613,9 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     out->set_pipeline_reruns_total(db->pipeline_reruns());
     out->set_min_idle(s.min_idle);
     out->set_max_size(s.max_size);
+    out->set_max_overflow(s.max_overflow);
+    out->set_overflow_in_use(s.overflow_in_use);
+    out->set_overflow_created_total(s.overflow_created);
     out->set_acquired_total(s.acquired);
     out->set_timeouts_total(s.timeouts + db->queue_timeouts());
     out->set_created_total(s.created);

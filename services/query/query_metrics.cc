@@ -68,6 +68,9 @@ telemetry::NamedPoolStats Named(const std::vector<v1::PoolStats>& pools) {
     s.waiters = p.waiters();
     s.min_idle = p.min_idle();
     s.max_size = p.max_size();
+    s.max_overflow = p.max_overflow();
+    s.overflow_in_use = p.overflow_in_use();
+    s.overflow_created = p.overflow_created_total();
     s.acquired = p.acquired_total();
     s.timeouts = p.timeouts_total();
     s.created = p.created_total();

@@ -741,7 +741,7 @@ void ReadCache::ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteReq
       telemetry::Span lookup =
           telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, work->trace);
       if (lookup.recording()) {
-        lookup.SetAttribute("db.name", db->name());
+        lookup.SetAttribute("db.namespace", db->name());
         lookup.SetAttribute("poolside.cache.outcome", "hit");
         lookup.SetAttribute("poolside.cache.layer", "near");
         lookup.End();
@@ -804,7 +804,7 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
   p->run_plain = std::move(run_plain);
   auto lookup = std::make_shared<telemetry::Span>(
       telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, p->work->trace));
-  lookup->SetAttribute("db.name", db->name());
+  lookup->SetAttribute("db.namespace", db->name());
   // The sidecar call is the lookup's child.
   telemetry::ScopedSpanContext lookup_scope(lookup->context());
   in_flight_.fetch_add(1);
@@ -908,7 +908,7 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
         // Ends when the shared result is delivered (the participant is gone).
         participant->wait = telemetry::StartSpan(
             "cache.singleflight.wait", telemetry::SpanKind::kInternal, participant->work->trace);
-        participant->wait.SetAttribute("db.name", db->name());
+        participant->wait.SetAttribute("db.namespace", db->name());
         running.participants.push_back(std::move(participant));
         return;
       }
@@ -992,7 +992,7 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
       auto span = std::make_shared<telemetry::Span>(
           telemetry::StartSpan("cache.fill", telemetry::SpanKind::kInternal, flight->trace));
       span->SetAttribute("poolside.cache.value_bytes", fill.value.size());
-      span->SetAttribute("db.name", flight->db->name());
+      span->SetAttribute("db.namespace", flight->db->name());
       span->SetAttribute("poolside.cache.keyed", flight->keyed);
       telemetry::ScopedSpanContext fill_scope(span->context());
       in_flight_.fetch_add(1);
@@ -1075,7 +1075,7 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     counters_.write_invalidations.fetch_add(1, std::memory_order_relaxed);
     auto span = std::make_shared<telemetry::Span>(
         telemetry::StartSpan("cache.invalidate", telemetry::SpanKind::kInternal, trace));
-    span->SetAttribute("db.name", db->name());
+    span->SetAttribute("db.namespace", db->name());
     span->SetAttribute("poolside.cache.source", "write");
     span->SetAttribute("poolside.cache.tags", tags.size());
     telemetry::ScopedSpanContext invalidate_scope(span->context());
@@ -1227,7 +1227,7 @@ void ReadCache::Apply(DbState* state, Applying* a) {
     telemetry::Span span = telemetry::StartSpan("cache.invalidate", telemetry::SpanKind::kInternal,
                                                 telemetry::SpanContext());
     if (span.recording()) {
-      span.SetAttribute("db.name", db);
+      span.SetAttribute("db.namespace", db);
       span.SetAttribute("poolside.cache.source", a->relayed ? "wal" : "notify");
       span.SetAttribute("poolside.cache.tags", a->tags.size());
       if (a->through != 0) span.SetAttribute("poolside.cache.through_lsn", a->through);
