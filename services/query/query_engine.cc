@@ -655,7 +655,7 @@ absl::StatusOr<std::unique_ptr<db::Connection>> QueryEngine::OpenSession(Databas
                                                                          absl::Time deadline) {
   db::ConnectionOptions options;
   options.dsn = db.config().dsn();
-  options.application_name = absl::StrCat("poolside-query/", db.name(), "/advice");
+  options.application_name = absl::StrCat("poolside-query/", db.name(), "/index-advice");
   options.connect_timeout =
       std::min(absl::Milliseconds(db.config().pool().connect_timeout_ms()),
                std::max(absl::Seconds(1), deadline - absl::Now()));
