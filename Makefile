@@ -18,6 +18,9 @@ APT_PACKAGES += libssl-dev openssl
 APT_PACKAGES += libgoogle-perftools-dev
 # PostgreSQL's own parser (libpg_query) for statement analysis (common/sql).
 APT_PACKAGES += libpg-query-dev
+# HypoPG: hypothetical indexes, with which index advice costs its candidates
+# (`poolside advise`; make run creates the extension in `demo`).
+APT_PACKAGES += postgresql-15-hypopg
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.

@@ -286,7 +286,7 @@ std::string Percent(double fraction) { return absl::StrFormat("%.1f%%", 100 * fr
 
 std::string Indent(const std::string& text, const std::string& prefix) {
   std::string out;
-  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     absl::StrAppend(&out, prefix, EscapeForCell(std::string(line)), "\n");
   }
   return out;
@@ -310,8 +310,11 @@ absl::StatusOr<v1::GetIndexAdviceResponse> GetAdvice(v1::QueryService::Stub* stu
 
 void PrintAdvice(const v1::GetIndexAdviceResponse& advice) {
   Print(absl::StrCat("database ", EscapeForCell(advice.database()), ": ",
-                     advice.statements_considered(), " statements costed, ",
-                     advice.candidates_costed(), " candidate indexes tried, ",
+                     advice.statements_considered(),
+                     advice.statements_considered() == 1 ? " statement" : " statements",
+                     " costed, ", advice.candidates_costed(),
+                     advice.candidates_costed() == 1 ? " candidate index" : " candidate indexes",
+                     " tried, ",
                      Ms(advice.total_ms()), " ms of statement time in total\n"));
   if (advice.suggestions_size() == 0) Print("no index would make these statements cheaper\n");
   for (int i = 0; i < advice.suggestions_size(); ++i) {

@@ -638,15 +638,22 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::StartAdminWork(
     return absl::ResourceExhaustedError(
         "an index advice or index creation is already running; retry when it has ended");
   }
-  // The previous one ended (it cleared admin_running_ as its last step).
+  // The previous one ended: it cleared admin_running_ and at most answers
+  // its call (which never blocks) before it exits.
   if (admin_thread_.joinable()) admin_thread_.join();
   admin_running_ = true;
   admin_work_ = work;
   admin_thread_ = std::thread([this, work, run = std::move(run), done = std::move(done)] {
-    if (work->Claim()) done(run(&work->cancelled));
-    absl::MutexLock lock(&admin_mu_);
-    admin_running_ = false;
-    admin_work_ = nullptr;
+    const bool claimed = work->Claim();
+    const absl::Status outcome = claimed ? run(&work->cancelled) : absl::OkStatus();
+    {
+      // Free before answering: a caller that follows the answer with the
+      // next admin call (advise --apply) is not refused.
+      absl::MutexLock lock(&admin_mu_);
+      admin_running_ = false;
+      admin_work_ = nullptr;
+    }
+    if (claimed) done(outcome);
   });
   return work;
 }
