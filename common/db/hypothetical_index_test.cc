@@ -114,6 +114,9 @@ TEST_F(HypotheticalIndexTest, BadStatementsFailAloneAndWritesArePlannedNotRun) {
   EXPECT_EQ((*session)->Explain("SELECT * FROM missing WHERE a = $1").status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_FALSE((*session)->Explain("VACUUM").ok());
+  // A second statement smuggled into the text: the server refuses the whole
+  // text (the extended protocol takes one statement per Parse).
+  EXPECT_FALSE((*session)->Explain(R"(SELECT 1; DROP TABLE "we""ird"."Ta ble")").ok());
   // The session is fine afterwards; a DELETE is planned, never run.
   absl::StatusOr<GenericPlan> del =
       (*session)->Explain(R"(DELETE FROM "we""ird"."Ta ble" WHERE n = $1)");
