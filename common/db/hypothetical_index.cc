@@ -4,11 +4,11 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "common/db/error.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -147,20 +147,16 @@ absl::StatusOr<GenericPlan> ParsePlan(const std::string& json) {
   return plan;
 }
 
-absl::StatusOr<absl::flat_hash_set<int64_t>> IndexOids(Connection& conn, int64_t table,
-                                                       absl::Time deadline,
-                                                       const std::atomic<bool>* cancelled) {
-  const Params params = TextParams({absl::StrCat(table)});
-  absl::StatusOr<Rows> rows = RunOne(
-      conn, "SELECT indexrelid::int8 FROM pg_catalog.pg_index WHERE indrelid = $1::text::oid",
-      &params, deadline, cancelled);
-  if (!rows.ok()) return rows.status();
-  absl::flat_hash_set<int64_t> oids;
-  for (const auto& r : *rows) {
-    int64_t oid = 0;
-    if (!r.empty() && absl::SimpleAtoi(r[0], &oid)) oids.insert(oid);
-  }
-  return oids;
+// PostgreSQL's longest identifier (NAMEDATALEN - 1).
+constexpr size_t kMaxNameBytes = 63;
+
+// The longest prefix of `name` of at most `max` bytes that ends on a
+// character boundary (names are UTF-8).
+absl::string_view TruncateName(absl::string_view name, size_t max) {
+  if (name.size() <= max) return name;
+  size_t end = max;
+  while (end > 0 && (static_cast<unsigned char>(name[end]) & 0xC0) == 0x80) --end;
+  return name.substr(0, end);
 }
 
 }  // namespace
@@ -169,10 +165,11 @@ std::string QuoteIdentifier(absl::string_view name) {
   return absl::StrCat("\"", absl::StrReplaceAll(name, {{"\"", "\"\""}}), "\"");
 }
 
-std::string IndexDefinition(const IndexSpec& index, bool concurrently) {
+std::string IndexDefinition(const IndexSpec& index, bool concurrently, absl::string_view name) {
   std::vector<std::string> columns;
   for (const std::string& c : index.columns) columns.push_back(QuoteIdentifier(c));
-  return absl::StrCat("CREATE INDEX ", concurrently ? "CONCURRENTLY " : "", "ON ",
+  return absl::StrCat("CREATE INDEX ", concurrently ? "CONCURRENTLY " : "",
+                      name.empty() ? "" : QuoteIdentifier(name), name.empty() ? "" : " ", "ON ",
                       QualifiedName(index.schema, index.table), " (", absl::StrJoin(columns, ", "),
                       ")");
 }
@@ -351,48 +348,46 @@ absl::StatusOr<std::string> CreateIndexConcurrently(Connection& conn, const Inde
                                                  QualifiedName(table->schema, table->table),
                                                  " already leads with these columns"));
   }
-  absl::StatusOr<absl::flat_hash_set<int64_t>> before =
-      IndexOids(conn, table->oid, deadline, cancelled);
-  if (!before.ok()) return before.status();
   // The catalog's names: the index lands on the table just described.
   const IndexSpec resolved{table->schema, table->table, index.columns};
-  absl::Status created =
-      RunOne(conn, IndexDefinition(resolved, true), nullptr, deadline, cancelled).status();
-
-  // The new index (valid when created succeeded, an invalid leftover when
-  // it failed after PostgreSQL began building it). Read with a deadline of
-  // its own: the call's may be what ended the build.
+  // A name of its own, as PostgreSQL would pick one (table_columns_idx, then
+  // ..._idx1, ...), so that what a failed build leaves is known to be its own.
+  const std::string base = absl::StrCat(table->table, "_", absl::StrJoin(index.columns, "_"));
+  std::string name;
+  for (int n = 0; n < 100 && name.empty(); ++n) {
+    const std::string suffix = n == 0 ? "_idx" : absl::StrCat("_idx", n);
+    const std::string candidate =
+        absl::StrCat(TruncateName(base, kMaxNameBytes - suffix.size()), suffix);
+    const Params qualified = TextParams({QualifiedName(table->schema, candidate)});
+    absl::StatusOr<Rows> free =
+        RunOne(conn, "SELECT pg_catalog.to_regclass($1) IS NULL", &qualified, deadline, cancelled);
+    if (!free.ok()) return free.status();
+    if (free->size() == 1 && !(*free)[0].empty() && (*free)[0][0] == "t") name = candidate;
+  }
+  if (name.empty()) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("no free index name like ", QuoteIdentifier(base).substr(0, 200), "_idx"));
+  }
+  absl::Status created = RunOne(conn, IndexDefinition(resolved, /*concurrently=*/true, name),
+                                nullptr, deadline, cancelled)
+                             .status();
+  if (created.ok()) return name;
+  // Another session took the name meanwhile: what carries it is theirs.
+  if (SqlStateOf(created) == "42P07") return created;
+  // A build that failed (or was cancelled) after it began leaves an invalid
+  // index behind; dropped with a deadline of its own (the call's may be what
+  // ended the build).
   const absl::Time cleanup_deadline = absl::Now() + absl::Seconds(10);
-  const Params oid = TextParams({absl::StrCat(table->oid)});
-  absl::StatusOr<Rows> now =
+  const std::string qualified = QualifiedName(table->schema, name);
+  const Params leftover = TextParams({qualified});
+  absl::StatusOr<Rows> invalid =
       RunOne(conn,
-             "SELECT i.indexrelid::int8, pg_catalog.quote_ident(c.relname), i.indisvalid::text "
-             "FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-             "WHERE i.indrelid = $1::text::oid",
-             &oid, cleanup_deadline, nullptr);
-  if (!now.ok()) {
-    return created.ok() ? now.status() : created;
-  }
-  std::vector<std::string> fresh;
-  for (const auto& r : *now) {
-    int64_t id = 0;
-    if (r.size() == 3 && absl::SimpleAtoi(r[0], &id) && !before->contains(id)) {
-      fresh.push_back(r[1]);
-    }
-  }
-  if (created.ok()) {
-    if (fresh.size() != 1) return std::string();  // another session created one too
-    return fresh[0];
-  }
-  for (const auto& r : *now) {
-    int64_t id = 0;
-    if (r.size() != 3 || !absl::SimpleAtoi(r[0], &id) || before->contains(id) || r[2] == "true") {
-      continue;
-    }
-    RunOne(conn,
-           absl::StrCat("DROP INDEX CONCURRENTLY IF EXISTS ", QuoteIdentifier(table->schema), ".",
-                        r[1]),
-           nullptr, cleanup_deadline, nullptr)
+             "SELECT 1 FROM pg_catalog.pg_index WHERE indexrelid = pg_catalog.to_regclass($1) "
+             "AND NOT indisvalid",
+             &leftover, cleanup_deadline, nullptr);
+  if (invalid.ok() && !invalid->empty()) {
+    RunOne(conn, absl::StrCat("DROP INDEX CONCURRENTLY IF EXISTS ", qualified), nullptr,
+           cleanup_deadline, nullptr)
         .IgnoreError();
   }
   return created;

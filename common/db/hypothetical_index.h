@@ -59,8 +59,9 @@ struct IndexSpec {
   std::vector<std::string> columns;
 };
 
-// "CREATE INDEX [CONCURRENTLY] ON "s"."t" ("a", "b")", every name quoted.
-std::string IndexDefinition(const IndexSpec& index, bool concurrently);
+// "CREATE INDEX [CONCURRENTLY] ["name"] ON "s"."t" ("a", "b")", every name
+// quoted. `name` empty: PostgreSQL picks one.
+std::string IndexDefinition(const IndexSpec& index, bool concurrently, absl::string_view name = "");
 
 // A table as the catalog has it.
 struct TableInfo {
@@ -138,10 +139,12 @@ class PlanSession {
 
 // CREATE INDEX CONCURRENTLY for `index` (outside any transaction, so the
 // table stays writable meanwhile), bounded by `deadline`. The new index's
-// name (PostgreSQL picks it: t_a_b_idx). ALREADY_EXISTS when a valid index
-// already has these leading columns. When it fails (or the deadline
-// cancels it) after PostgreSQL began, the invalid index it leaves is
-// dropped (DROP INDEX CONCURRENTLY) before returning the failure.
+// name: the first free one of table_columns_idx, ..._idx1, ... (as
+// PostgreSQL names indexes, at most 63 bytes). ALREADY_EXISTS when a valid
+// index already has these leading columns. When it fails (or the deadline
+// cancels it) after PostgreSQL began, the invalid index it leaves under
+// that name is dropped (DROP INDEX CONCURRENTLY) before returning the
+// failure.
 absl::StatusOr<std::string> CreateIndexConcurrently(Connection& conn, const IndexSpec& index,
                                                     absl::Time deadline,
                                                     const std::atomic<bool>* cancelled = nullptr);

@@ -157,7 +157,7 @@ TEST_F(HypotheticalIndexTest, DescribeAndCreateConcurrently) {
   absl::StatusOr<std::string> name =
       CreateIndexConcurrently(*conn, {"we\"ird", "Ta ble", {"n", "o\"wner"}}, deadline);
   ASSERT_TRUE(name.ok()) << name.status();
-  EXPECT_FALSE(name->empty());
+  EXPECT_EQ(*name, "Ta ble_n_o\"wner_idx");
   info = DescribeTable(*conn, "we\"ird", "Ta ble", deadline);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_TRUE(info->Covers({"n"}));
@@ -168,7 +168,22 @@ TEST_F(HypotheticalIndexTest, DescribeAndCreateConcurrently) {
                              "SELECT count(*) FROM pg_index WHERE indisvalid AND indrelid = "
                              "'\"we\"\"ird\".\"Ta ble\"'::regclass"),
             "2");
-  ASSERT_TRUE(pg_->Exec("advice", absl::StrCat("DROP INDEX \"we\"\"ird\".", *name)).ok());
+  ASSERT_TRUE(
+      pg_->Exec("advice", absl::StrCat("DROP INDEX \"we\"\"ird\".", QuoteIdentifier(*name))).ok());
+
+  // A taken name gets a number; a long one is cut to PostgreSQL's 63 bytes.
+  ASSERT_TRUE(pg_->Exec("advice", R"(CREATE SEQUENCE "we""ird"."Ta ble_id_n_idx")").ok());
+  name = CreateIndexConcurrently(*conn, {"we\"ird", "Ta ble", {"id", "n"}}, deadline);
+  ASSERT_TRUE(name.ok()) << name.status();
+  EXPECT_EQ(*name, "Ta ble_id_n_idx1");
+  ASSERT_TRUE(pg_->Exec("advice", R"(CREATE TABLE "we""ird".)" +
+                                      QuoteIdentifier(std::string(60, 'x')) + " (a int, " +
+                                      QuoteIdentifier(std::string(40, 'c')) + " int)")
+                  .ok());
+  name = CreateIndexConcurrently(*conn, {"we\"ird", std::string(60, 'x'), {std::string(40, 'c')}},
+                                 deadline);
+  ASSERT_TRUE(name.ok()) << name.status();
+  EXPECT_EQ(*name, std::string(59, 'x') + "_idx");
 }
 
 }  // namespace
