@@ -40,8 +40,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "common/sql/pg_query.pb.h"
 #include "common/sql/index_candidates.h"
+#include "common/sql/pg_query.pb.h"
 #include "common/sql/statement_analyzer.h"
 
 namespace {
