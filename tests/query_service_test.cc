@@ -1243,7 +1243,11 @@ TEST(QueryServiceManyDatabasesTest, ChecksOneHundredTwentyDatabasesFast) {
     ASSERT_TRUE(IsOk(status));
     printf("CheckDatabases over %d databases, round %d: %s\n", kDatabases + 1, round,
            absl::FormatDuration(took).c_str());
-    EXPECT_LT(took, absl::Seconds(1));
+    // A bound an order of magnitude above what it takes on an idle machine
+    // (a few hundred ms), so that a loaded CI machine does not fail it, and
+    // far below checks made one database after another behind the
+    // unreachable one's 1 s connect timeout, or a connection opened per check.
+    EXPECT_LT(took, absl::Seconds(5));
     EXPECT_EQ(response.healthy(), static_cast<uint32_t>(kDatabases));
     EXPECT_EQ(response.unhealthy(), 1u);
     ASSERT_EQ(response.databases_size(), kDatabases + 1);

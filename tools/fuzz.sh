@@ -5,6 +5,7 @@
 #   tools/fuzz.sh                    # every target, FUZZ_SECONDS (default 60) of wall time
 #   tools/fuzz.sh --seconds=600 csv  # one target, longer
 #   tools/fuzz.sh --build_only
+#   tools/fuzz.sh --resolve_only     # only the Bazel queries and generated code
 #   tools/fuzz.sh --reproduce=csv PATH   # run one input through a target (a crash's reproducer)
 #
 # Targets: value_codec (common/db/value_codec), config (common/config/json_config
@@ -41,6 +42,7 @@ SECONDS_PER_RUN=${FUZZ_SECONDS:-60}
 WORK=${FUZZ_WORK_DIR:-$HOME/.cache/poolside-fuzz}
 CXX=${FUZZ_CXX:-clang++}
 BUILD_ONLY=0
+RESOLVE_ONLY=0
 REPRODUCE=""
 
 # target -> the Bazel libraries its source uses.
@@ -64,6 +66,7 @@ for arg in "$@"; do
   case $arg in
     --seconds=*) SECONDS_PER_RUN=${arg#--seconds=} ;;
     --build_only) BUILD_ONLY=1 ;;
+    --resolve_only) RESOLVE_ONLY=1 ;;
     --reproduce=*) REPRODUCE=${arg#--reproduce=} ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) targets+=("$arg") ;;
@@ -101,15 +104,20 @@ GEN_CXXFLAGS=(-std=c++17 -O0 -g0 -Wno-deprecated-declarations -I"$ROOT")
 BUILD_FILES_KEY=$(find . -name BUILD.bazel -not -path './bazel-*' -not -path '*/node_modules/*' |
                   sort | xargs cat | sha256sum | cut -c1-16)
 
-# Builds fuzz/<t>_fuzzer.cc into $WORK/bin/<t>_fuzzer; prints its path.
-build() {
+# What Bazel knows of a target, resolved once and kept under $WORK/resolved so
+# that the compile below needs no Bazel command (`make test` compiles the
+# targets while `bazel test` holds Bazel's server): the source list (cached
+# while no BUILD file changes) and copies of the code Bazel generates from a
+# system package's .proto, refreshed at every resolve.
+resolved_dir() { echo "$WORK/resolved/$1-$BUILD_FILES_KEY"; }
+
+resolve() {
   local t=$1
   local labels=${LIBS[$t]}
-  # The source list, from Bazel; cached while no BUILD file changes.
-  local list="$WORK/lists/$t-$BUILD_FILES_KEY" files generated
-  if [[ -f $list && -f $list.gen ]]; then
-    files=$(<"$list")
-    generated=$(<"$list.gen")
+  local dir files generated
+  dir=$(resolved_dir "$t")
+  if [[ -f $dir/files && -f $dir/generated ]]; then
+    generated=$(<"$dir/generated")
   else
     files=$($BAZEL query --noshow_progress "kind('source file', deps(set($labels)))" 2>/dev/null |
             grep '^//' | sed -e 's|^//||' -e 's|:|/|' -e 's|^/||') ||
@@ -125,15 +133,34 @@ build() {
                   grep -qxF "${base%.grpc}.proto" <<<"$files" || echo "$label"
                 done) ||
       { echo "fuzz: bazel query over $labels failed" >&2; return 1; }
-    mkdir -p "$WORK/lists" && printf '%s\n' "$files" >"$list" &&
-      printf '%s\n' "$generated" >"$list.gen"
+    mkdir -p "$dir" && printf '%s\n' "$files" >"$dir/files.$$" &&
+      printf '%s\n' "$generated" >"$dir/generated" && mv "$dir/files.$$" "$dir/files" || return 1
   fi
-  # Their paths under bazel-bin, built now.
-  local gen_dir="" gen_files=""
+  # The generated code itself, built now and copied out of bazel-bin.
+  rm -rf "$dir/gen.$$" && mkdir -p "$dir/gen.$$" || return 1
   if [[ -n ${generated//[[:space:]]/} ]]; then
     $BAZEL build --noshow_progress $generated >&2 ||
       { echo "fuzz: bazel build of $generated failed" >&2; return 1; }
-    gen_dir="$($BAZEL info bazel-bin 2>/dev/null)" || return 1
+    local bin_dir g
+    bin_dir="$($BAZEL info bazel-bin 2>/dev/null)" || return 1
+    for g in $(sed -e 's|^//||' -e 's|:|/|' -e 's|^/||' <<<"$generated"); do
+      mkdir -p "$dir/gen.$$/$(dirname "$g")" && cp "$bin_dir/$g" "$dir/gen.$$/$g" || return 1
+    done
+  fi
+  rm -rf "$dir/gen" && mv "$dir/gen.$$" "$dir/gen"
+}
+
+# Builds fuzz/<t>_fuzzer.cc into $WORK/build/<t>-<hash>/<t>_fuzzer; prints its
+# path. Resolves the target first unless that was done.
+build() {
+  local t=$1
+  local dir files generated
+  dir=$(resolved_dir "$t")
+  [[ -f $dir/files && -d $dir/gen ]] || resolve "$t" || return 1
+  files=$(<"$dir/files")
+  generated=$(<"$dir/generated")
+  local gen_dir="$dir/gen" gen_files=""
+  if [[ -n ${generated//[[:space:]]/} ]]; then
     gen_files=$(sed -e 's|^//||' -e 's|:|/|' -e 's|^/||' <<<"$generated")
   fi
   local protos srcs
@@ -204,6 +231,10 @@ build() {
   echo "$bin"
 }
 
+if [[ $RESOLVE_ONLY -eq 1 ]]; then
+  for t in "${targets[@]}"; do resolve "$t" || { echo "fuzz: cannot resolve $t" >&2; exit 1; }; done
+  exit 0
+fi
 declare -A BIN
 for t in "${targets[@]}"; do
   BIN[$t]=$(build "$t") || { echo "fuzz: cannot build $t" >&2; exit 1; }

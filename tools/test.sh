@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test`: builds and runs every test (the whole suite, then the pool's tests
-# again under ThreadSanitizer, then the libFuzzer targets for a bounded time) and
+# `make test`: builds and runs every test (the whole suite, then the tests tagged
+# "tsan" again under ThreadSanitizer, then the libFuzzer targets for a bounded
+# time: FUZZ_SECONDS, default 30) and
 # ends with one line "N passed, M failed" counted from the test cases in Bazel's
 # test.xml files (and one per fuzz target).
 set -uo pipefail
@@ -35,20 +36,43 @@ count_cases() {
 status=0
 $BAZEL build //... || { echo "0 passed, 1 failed"; exit 1; }
 mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
+mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
+
+# While the suite runs, its tests mostly wait on PostgreSQL and the services:
+# the ThreadSanitizer build (a second Bazel server with its own output base,
+# sharing the disk cache) and the fuzz targets' clang build use the idle CPU
+# at the lowest priority. Their results are checked below, after the suite.
+tools/fuzz.sh --resolve_only || status=1
+bg_log=$(mktemp -d)
+nice -n 19 tools/fuzz.sh --build_only >"$bg_log/fuzz" 2>&1 &
+fuzz_build=$!
+tsan_base="$($BAZEL info output_base 2>/dev/null)-tsan"
+TSAN_BAZEL=("$BAZEL" --output_base="$tsan_base" --max_idle_secs=600)
+tsan_build=""
+if [[ ${#tsan_targets[@]} -gt 0 ]]; then
+  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan "${tsan_targets[@]}" >"$bg_log/tsan" 2>&1 &
+  tsan_build=$!
+fi
+
 $BAZEL test //... || status=1
 read -r total1 failed1 < <(count_cases "$($BAZEL info bazel-testlogs 2>/dev/null)" "${targets[@]}")
 
-mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
 total2=0; failed2=0
-if [[ ${#tsan_targets[@]} -gt 0 ]]; then
+if [[ -n $tsan_build ]]; then
   echo "== ThreadSanitizer: ${tsan_targets[*]}"
-  $BAZEL test --config=tsan "${tsan_targets[@]}" || status=1
-  read -r total2 failed2 < <(count_cases "$($BAZEL info --config=tsan bazel-testlogs 2>/dev/null)" "${tsan_targets[@]}")
+  wait "$tsan_build" || cat "$bg_log/tsan"  # the test below reports the failure
+  "${TSAN_BAZEL[@]}" test --config=tsan "${tsan_targets[@]}" || status=1
+  read -r total2 failed2 < <(count_cases \
+    "$("${TSAN_BAZEL[@]}" info --config=tsan bazel-testlogs 2>/dev/null)" "${tsan_targets[@]}")
 fi
 
 # libFuzzer targets for a bounded time (tools/fuzz.sh); each target counts as a
-# test, and one that cannot be built counts as a failure.
-echo "== Fuzzing: tools/fuzz.sh, ${FUZZ_SECONDS:-60} s"
+# test, and one that cannot be built counts as a failure (the run below builds
+# what the background build did not).
+wait "$fuzz_build" || cat "$bg_log/fuzz"
+rm -rf "$bg_log"
+export FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+echo "== Fuzzing: tools/fuzz.sh, $FUZZ_SECONDS s"
 fuzz_log=$(mktemp)
 tools/fuzz.sh 2>&1 | tee "$fuzz_log"
 [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1

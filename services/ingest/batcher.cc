@@ -16,11 +16,12 @@ const char* FlushReasonName(FlushReason reason) {
 
 void Batcher::Add(std::shared_ptr<PendingWrite> write, absl::Time now,
                   std::vector<Batch>* sealed) {
-  auto [it, inserted] = open_.try_emplace(write->group);
+  auto [it, inserted] = open_.try_emplace(std::make_pair(write->role, write->group));
   Open& open = it->second;
   if (inserted) {
     open.opened = now;
     open.batch.database = write->database;
+    open.batch.role = write->role;
     open.batch.copy_target = write->copy_target;
   }
   open.batch.lines += write->lines();
@@ -56,7 +57,7 @@ absl::Time Batcher::SealExpired(absl::Time now, std::vector<Batch>* sealed) {
 }
 
 void Batcher::SealAll(std::vector<Batch>* sealed) {
-  for (auto& [group, open] : open_) {
+  for (auto& [key, open] : open_) {
     open.batch.reason = FlushReason::kDrain;
     sealed->push_back(std::move(open.batch));
   }

@@ -2,7 +2,7 @@
 #define POOLSIDE_SERVICES_INGEST_BATCHER_H_
 
 // Groups accepted write requests into batches, one open batch per group
-// (database, table, column list), and seals a batch when it reaches a row
+// (database, database role, table, column list), and seals a batch when it reaches a row
 // count, a byte size or its linger time. A request is never split: a batch may
 // pass max_rows/max_bytes by at most one request, so that each request's rows
 // (and its idempotency key) commit in exactly one transaction.
@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -41,7 +42,12 @@ struct PendingWrite {
   std::string database;
   // The table as configured (and requested).
   std::string table;
-  // Requests with equal groups share batches: database, table, columns.
+  // The database role (DatabaseConfig.roles) its rows are written as;
+  // empty: the database DSN's own user.
+  std::string role;
+  // Requests with equal groups (database, table, columns) and equal roles
+  // share batches; rows of different roles never share a COPY or a
+  // transaction.
   std::string group;
   // "<table> (<columns>)" for COPY.
   std::string copy_target;
@@ -73,6 +79,7 @@ struct PendingWrite {
 
 struct Batch {
   std::string database;
+  std::string role;  // as PendingWrite::role, the same for every write
   std::string copy_target;
   std::vector<std::shared_ptr<PendingWrite>> writes;
   size_t lines = 0;
@@ -109,7 +116,8 @@ class Batcher {
     absl::Time opened;
   };
   const BatcherOptions options_;
-  absl::flat_hash_map<std::string, Open> open_;
+  // By role and group.
+  absl::flat_hash_map<std::pair<std::string, std::string>, Open> open_;
 };
 
 }  // namespace poolside::ingest

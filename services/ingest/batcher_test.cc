@@ -6,9 +6,11 @@
 namespace poolside::ingest {
 namespace {
 
-std::shared_ptr<PendingWrite> Write(std::string group, int rows, size_t bytes_per_row = 10) {
+std::shared_ptr<PendingWrite> Write(std::string group, int rows, size_t bytes_per_row = 10,
+                                    std::string role = "") {
   auto w = std::make_shared<PendingWrite>();
   w->group = std::move(group);
+  w->role = std::move(role);
   w->database = "db";
   w->copy_target = "t (a)";
   for (int i = 0; i < rows; ++i) {
@@ -60,6 +62,28 @@ TEST(BatcherTest, GroupsSeparatelyAndLingers) {
   ASSERT_EQ(sealed.size(), 2u);
   EXPECT_EQ(sealed[1].reason, FlushReason::kDrain);
   EXPECT_EQ(b.SealExpired(t0, &sealed), absl::InfiniteFuture());
+}
+
+TEST(BatcherTest, NeverMixesDatabaseRoles) {
+  Batcher b({.max_rows = 4, .max_bytes = 1 << 20, .linger = absl::Milliseconds(10)});
+  std::vector<Batch> sealed;
+  const absl::Time t0 = absl::UnixEpoch();
+  // One table and column list, three roles (the DSN user's is "").
+  for (const char* role : {"app_a", "app_b", "", "app_a", "app_b", ""}) {
+    b.Add(Write("g", 1, 10, role), t0, &sealed);
+  }
+  EXPECT_TRUE(sealed.empty());
+  EXPECT_EQ(b.open_batches(), 3u);
+  b.Add(Write("g", 3, 10, "app_b"), t0, &sealed);  // app_b's batch is full
+  ASSERT_EQ(sealed.size(), 1u);
+  EXPECT_EQ(sealed[0].role, "app_b");
+  EXPECT_EQ(sealed[0].lines, 5u);
+  b.SealAll(&sealed);
+  ASSERT_EQ(sealed.size(), 3u);
+  for (const Batch& batch : sealed) {
+    for (const auto& w : batch.writes) EXPECT_EQ(w->role, batch.role);
+  }
+  EXPECT_EQ(sealed[1].writes.size() + sealed[2].writes.size(), 4u);
 }
 
 }  // namespace

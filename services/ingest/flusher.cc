@@ -437,6 +437,34 @@ absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
   return finish(absl::OkStatus());
 }
 
+absl::Status GrantKeysTable(db::Connection& conn, const std::vector<std::string>& users,
+                            absl::Time deadline) {
+  absl::Status first;
+  for (const std::string& user : users) {
+    db::CopySession session(conn, deadline);
+    absl::Status s = session.Exec("BEGIN");
+    if (s.ok()) {
+      // Concurrent GRANTs on one table can fail ("tuple concurrently
+      // updated"): replicas take turns, as for EnsureKeysTable.
+      s = session.Exec(absl::StrCat("SELECT pg_advisory_xact_lock(", kKeysTableLock, ")"));
+    }
+    if (s.ok()) {
+      s = session.Exec(absl::StrCat("GRANT SELECT, INSERT ON ", kKeysTable, " TO ",
+                                    db::QuoteIdentifier(user)));
+    }
+    if (s.ok()) s = session.Exec("COMMIT");
+    if (!s.ok()) {
+      if (!session.broken()) (void)session.Exec("ROLLBACK");
+      if (first.ok()) {
+        first = absl::Status(s.code(), absl::StrCat("cannot grant ", user, " SELECT, INSERT on ",
+                                                    kKeysTable, ": ", s.message()));
+      }
+      if (session.broken()) return first;
+    }
+  }
+  return first;
+}
+
 absl::Status KeyConflict(const PendingWrite& write, absl::string_view used_table) {
   return absl::FailedPreconditionError(absl::StrCat(
       "idempotency key \"", absl::Utf8SafeCHexEscape(write.key), "\" was already used for ",

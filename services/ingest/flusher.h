@@ -33,6 +33,7 @@
 // Thread-compatible: one call per connection at a time.
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -71,6 +72,14 @@ struct FlushResult {
 // matches a retry whose row count equals the stored result's. Idempotent;
 // concurrent callers are serialized by an advisory lock.
 absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline);
+
+// Lets each of `users` (the login roles principals' rows are written as)
+// look keys up and store them in the same transaction as their rows: GRANT
+// SELECT, INSERT ON poolside_ingest_keys, one user at a time. Serialized
+// like EnsureKeysTable(). The first error, naming its user, after trying
+// every user.
+absl::Status GrantKeysTable(db::Connection& conn, const std::vector<std::string>& users,
+                            absl::Time deadline);
 
 // The FAILED_PRECONDITION answer to a key used before for other content.
 absl::Status KeyConflict(const PendingWrite& write, absl::string_view used_table);

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/config/database_config.h"
 #include "common/db/catalog.h"
+#include "common/db/conninfo.h"
 #include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
@@ -70,6 +71,36 @@ class Digest {
   EVP_MD_CTX* ctx_;
 };
 
+using ConnectionPool = pool::Pool<db::Connection>;
+
+// A pool connecting with `c` (a database's configuration, or a role's from
+// config::RoleDatabaseConfig), named `name` in its statistics. Every
+// connection's role is checked: never a privileged one by accident (README,
+// Security).
+std::unique_ptr<ConnectionPool> MakePool(const v1::DatabaseConfig& c, const std::string& name) {
+  db::ConnectionOptions options;
+  options.dsn = c.dsn();
+  options.application_name = absl::StrCat("poolside-ingest/", c.name());
+  options.connect_timeout = absl::Milliseconds(c.pool().connect_timeout_ms());
+  pool::PoolOptions pool_options = config::PoolOptionsFor(c);
+  pool_options.name = name;
+  return std::make_unique<ConnectionPool>(
+      pool_options,
+      [options, database = c.name(), allow = c.allow_privileged_role()]()
+          -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+        return db::OpenChecked(options, database, allow);
+      },
+      [](db::Connection& conn) { return conn.Ping(absl::Now() + absl::Seconds(2)); });
+}
+
+// The login user of a database configuration's DSN ("" if it names none).
+std::string DsnUser(const std::string& dsn) {
+  absl::StatusOr<db::Conninfo> c = db::Conninfo::Parse(dsn);
+  if (!c.ok()) return "";
+  const std::string* user = c->Get("user");
+  return user == nullptr ? "" : *user;
+}
+
 // A request whose COPY rows would not fit the buffer.
 absl::Status TooLargeEncoded(size_t bytes, size_t limit) {
   return absl::InvalidArgumentError(absl::StrCat("request is ", FormatBytes(bytes),
@@ -99,18 +130,14 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
   for (const v1::DatabaseConfig& c : config_.databases()) {
     auto db = std::make_unique<Database>();
     db->config = c;
-    db::ConnectionOptions options;
-    options.dsn = c.dsn();
-    options.application_name = absl::StrCat("poolside-ingest/", c.name());
-    options.connect_timeout = absl::Milliseconds(c.pool().connect_timeout_ms());
-    db->pool = std::make_unique<pool::Pool<db::Connection>>(
-        config::PoolOptionsFor(c),
-        [options, name = c.name(), allow = c.allow_privileged_role()]()
-            -> absl::StatusOr<std::unique_ptr<db::Connection>> {
-          // Never a privileged connection by accident (README, Security).
-          return db::OpenChecked(options, name, allow);
-        },
-        [](db::Connection& conn) { return conn.Ping(absl::Now() + absl::Seconds(2)); });
+    db->pool = MakePool(c, c.name());
+    for (const v1::DatabaseRole& role : c.roles()) {
+      // Validated when the configuration was read; a password file that
+      // became unreadable since leaves the role unusable (its principals'
+      // requests are refused) and fails the start-up check.
+      absl::StatusOr<v1::DatabaseConfig> rc = config::RoleDatabaseConfig(c, role);
+      if (rc.ok()) db->role_configs.emplace(role.name(), *std::move(rc));
+    }
     databases_[c.name()] = std::move(db);
   }
   for (const v1::IngestTables& t : config_.tables()) {
@@ -125,7 +152,12 @@ IngestEngine::~IngestEngine() {
     destroying_ = true;
   }
   // Ends a warm-up still retrying against a database that is down.
-  for (auto& [name, db] : databases_) db->pool->Close();
+  for (auto& [name, db] : databases_) {
+    db->pool->Close();
+    absl::MutexLock lock(&db->roles_mu);
+    db->closed = true;
+    for (auto& [role, pool] : db->role_pools) pool->Close();
+  }
   if (warmup_.joinable()) warmup_.join();
 }
 
@@ -179,7 +211,8 @@ void IngestEngine::Start() {
 
 absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
     const SerializedWrite& request, const RequestHeader& header, const std::string& database,
-    const std::string& principal, const db::TableInfo& table, Done done) const {
+    const std::string& principal, const std::string& role, const db::TableInfo& table,
+    Done done) const {
   std::vector<const db::ColumnInfo*> columns;
   if (header.columns.empty()) {
     for (const db::ColumnInfo& c : table.columns) columns.push_back(&c);
@@ -203,6 +236,7 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
   w->table = header.table;
   w->key = header.key;
   w->principal = principal;
+  w->role = role;
   w->total_rows = header.rows;
   w->copy_target = db::CopyTarget(table, columns);
   w->group = absl::StrCat(database, "\x1f", w->copy_target);
@@ -250,15 +284,15 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
   return w;
 }
 
-absl::Status IngestEngine::Submit(const v1::WriteRequest& request, const std::string& principal,
-                                  uint64_t ticket, Done done) {
+absl::Status IngestEngine::Submit(const v1::WriteRequest& request,
+                                  const auth::Principal* principal, uint64_t ticket, Done done) {
   SerializedWrite serialized;
   request.SerializeToString(&serialized.buffer);
   serialized.size = serialized.buffer.size();
   return Submit(std::move(serialized), principal, ticket, std::move(done));
 }
 
-absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& principal,
+absl::Status IngestEngine::Submit(SerializedWrite request, const auth::Principal* caller,
                                   uint64_t ticket, Done done) {
   // Whatever happens, the ticket's reservation ends here.
   Callbacks later;
@@ -296,6 +330,13 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& pr
         "database \"", absl::Utf8SafeCHexEscape(name.substr(0, 64)), "\" is not configured")));
   }
   Database& db = *it->second;
+  const std::string principal = caller != nullptr ? caller->name : "";
+  const std::string role = caller != nullptr ? caller->DatabaseRoleFor(name) : "";
+  if (!role.empty() && !db.role_configs.contains(role)) {
+    return give_back(absl::FailedPreconditionError(absl::StrCat(
+        "principal ", principal, " runs as database role \"", role, "\", which database ", name,
+        " does not configure (databases[].roles) or whose password cannot be read")));
+  }
   if (!db.writable.contains(header->table)) {
     return give_back(absl::PermissionDeniedError(absl::StrCat(
         "table \"", absl::Utf8SafeCHexEscape(header->table.substr(0, 128)),
@@ -344,7 +385,7 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& pr
     ++unanswered_;
     Table& t = db.tables[header->table];
     if (t.info == nullptr) {
-      t.parked.push_back(Parked{std::move(request), *std::move(header), principal, hold,
+      t.parked.push_back(Parked{std::move(request), *std::move(header), principal, role, hold,
                                 std::move(done), telemetry::CurrentSpanContext()});
       if (!t.loading) {
         t.loading = true;
@@ -359,7 +400,7 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const std::string& pr
     info = t.info;
   }
   absl::StatusOr<std::shared_ptr<PendingWrite>> w =
-      Prepare(request, *header, name, principal, *info, std::move(done));
+      Prepare(request, *header, name, principal, role, *info, std::move(done));
   request = SerializedWrite();  // its rows are encoded now
   {
     absl::MutexLock lock(&mu_);
@@ -590,7 +631,7 @@ void IngestEngine::ProcessParked(Database& db, std::vector<Parked> parked,
     absl::StatusOr<std::shared_ptr<PendingWrite>> w = absl::UnknownError("");
     if (error.ok()) {
       telemetry::ScopedSpanContext trace(p.trace);
-      w = Prepare(p.request, p.header, db.config.name(), p.principal, *info, p.done);
+      w = Prepare(p.request, p.header, db.config.name(), p.principal, p.role, *info, p.done);
     } else {
       w = error;
     }
@@ -684,13 +725,16 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
       absl::Now() + absl::Milliseconds(db.config.pool().acquire_timeout_ms());
   telemetry::Span acquire = telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal,
                                                  flush.context());
-  absl::StatusOr<pool::Pool<db::Connection>::Lease> lease;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    lease = db.pool->Acquire(acquire_deadline, "ingest flush");
+  absl::StatusOr<ConnectionPool*> pool = PoolFor(db, job.batch.role);
+  absl::StatusOr<ConnectionPool::Lease> lease =
+      pool.ok() ? absl::UnavailableError("no connection") : pool.status();
+  for (int attempt = 0; pool.ok() && attempt < 3; ++attempt) {
+    lease = (*pool)->Acquire(acquire_deadline, "ingest flush");
     if (!lease.ok() || (*lease)->LooksAlive()) break;
     lease->MarkBroken();  // closed by the server while idle: take another
   }
   acquire.SetAttribute("db.name", db.config.name());
+  if (!job.batch.role.empty()) acquire.SetAttribute("poolside.db.role", job.batch.role);
   acquire.SetStatus(lease.status());
   acquire.End();
   if (!lease.ok()) {
@@ -713,6 +757,13 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
                                            {"requests", absl::StrCat(job.batch.writes.size())},
                                            {"error", std::string(r.status.message())}});
     const std::string state = db::SqlStateOf(r.status);
+    if (state == "42501" || state == "25006") {
+      // A missing privilege, or a role whose sessions are read-only
+      // (default_transaction_read_only). This role's batch only: other
+      // roles' rows are in other batches.
+      FailJob(db, job, PermissionDenied(db, job.batch, r.status));
+      return;
+    }
     if (state == "42P01" || state == "42703" || state == "42804") {
       // The table changed under us: read the catalog again next time.
       {
@@ -748,10 +799,34 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
 
 absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& conn) {
   std::lock_guard<std::mutex> lock(db.keys_table_mu);
-  if (db.keys_table_ready) return absl::OkStatus();
-  absl::Status s = EnsureKeysTable(conn, absl::Now() + kCatalogTimeout);
-  if (s.ok()) db.keys_table_ready = true;
-  return s;
+  if (!db.keys_table_ready) {
+    absl::Status s = EnsureKeysTable(conn, absl::Now() + kCatalogTimeout);
+    if (!s.ok()) return s;
+    db.keys_table_ready = true;
+  }
+  if (!db.keys_table_granted) {
+    // Each role's keyed writes look up and store their keys in the
+    // transaction of their rows, as that role. Not fatal: until it works
+    // (retried at each key cleanup) such writes fail PERMISSION_DENIED
+    // naming the key table and the role.
+    std::vector<std::string> users;
+    for (const auto& [role, c] : db.role_configs) {
+      const std::string user = DsnUser(c.dsn());
+      if (!user.empty() && std::find(users.begin(), users.end(), user) == users.end()) {
+        users.push_back(user);
+      }
+    }
+    absl::Status s = GrantKeysTable(conn, users, absl::Now() + kCatalogTimeout);
+    if (s.ok()) {
+      db.keys_table_granted = true;
+    } else if (!db.keys_table_grant_warned) {
+      db.keys_table_grant_warned = true;
+      telemetry::LogWarning("database roles cannot use the idempotency key table yet",
+                            {{"database", db.config.name()},
+                             {"error", std::string(s.message())}});
+    }
+  }
+  return absl::OkStatus();
 }
 
 void IngestEngine::RunLoadTable(Database& db, Job& job) {
@@ -920,8 +995,61 @@ void IngestEngine::Stop() {
 
 std::vector<std::pair<std::string, pool::PoolStats>> IngestEngine::GetPoolStats() const {
   std::vector<std::pair<std::string, pool::PoolStats>> out;
-  for (const auto& [name, db] : databases_) out.emplace_back(name, db->pool->Stats());
+  for (const auto& [name, db] : databases_) {
+    out.emplace_back(name, db->pool->Stats());
+    absl::MutexLock lock(&db->roles_mu);
+    std::vector<std::pair<std::string, pool::PoolStats>> roles;
+    for (const auto& [role, pool] : db->role_pools) {
+      roles.emplace_back(absl::StrCat(name, "/", role), pool->Stats());
+    }
+    std::sort(roles.begin(), roles.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (auto& r : roles) out.push_back(std::move(r));
+  }
   return out;
+}
+
+absl::StatusOr<ConnectionPool*> IngestEngine::PoolFor(Database& db, const std::string& role) {
+  if (role.empty()) return db.pool.get();
+  absl::MutexLock lock(&db.roles_mu);
+  if (db.closed) return ShuttingDown();
+  auto it = db.role_pools.find(role);
+  if (it != db.role_pools.end()) return it->second.get();
+  auto c = db.role_configs.find(role);
+  if (c == db.role_configs.end()) {
+    // Submit() refuses such requests; kept for safety.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "database ", db.config.name(), " does not configure database role \"", role, "\""));
+  }
+  // Made on first use and not warmed up: its min_idle (0 unless the role's
+  // pool says otherwise) applies from here on.
+  std::unique_ptr<ConnectionPool> made =
+      MakePool(c->second, absl::StrCat(db.config.name(), "/", role));
+  made->StartMaintenance(absl::Seconds(5));
+  ConnectionPool* out = made.get();
+  db.role_pools.emplace(role, std::move(made));
+  return out;
+}
+
+absl::Status IngestEngine::PermissionDenied(const Database& db, const Batch& batch,
+                                            const absl::Status& error) const {
+  std::string who;
+  if (batch.role.empty()) {
+    const std::string user = DsnUser(db.config.dsn());
+    who = user.empty() ? std::string("the database's own role (its DSN user)")
+                       : absl::StrCat("the database's own role \"", user, "\" (its DSN user)");
+  } else {
+    who = absl::StrCat("database role \"", batch.role, "\"");
+    auto c = db.role_configs.find(batch.role);
+    const std::string user = c == db.role_configs.end() ? "" : DsnUser(c->second.dsn());
+    if (!user.empty() && user != batch.role) absl::StrAppend(&who, " (login \"", user, "\")");
+  }
+  const std::string table = batch.writes.empty() ? batch.copy_target : batch.writes[0]->table;
+  return absl::PermissionDeniedError(absl::StrCat(
+      "table ", absl::Utf8SafeCHexEscape(table), " of database ", db.config.name(),
+      ": PostgreSQL refused ", who, " a privilege this write needs: ", error.message(),
+      "; nothing of this request was written (GRANT INSERT on the table to the role, README "
+      "Security)"));
 }
 
 void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {

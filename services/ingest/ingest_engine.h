@@ -9,13 +9,22 @@
 // each with its own connection (flusher.h). While one batch is in COPY,
 // callers keep encoding the next ones and other workers copy other batches.
 //
+// Each principal's rows are written as its database role
+// (Principal::DatabaseRoleFor, DatabaseConfig.roles), so PostgreSQL's own
+// grants decide what it may write: one connection pool per (database, role),
+// made on first use; a principal without a role (or no authentication) writes
+// as the database DSN's own user. A batch holds the rows of one role only. A
+// flush PostgreSQL refuses for want of a privilege (SQLSTATE 42501, or 25006
+// for a role whose sessions are read-only) answers that batch's requests
+// PERMISSION_DENIED naming the table and the role, nothing of them written.
+//
 //   IngestEngine engine(config);     // a FinalizeIngestConfig()ed config
 //   engine.Start();
 //   bool now;                        // a stream, before each read:
 //   uint64_t ticket = engine.ReserveRead(bytes, [](uint64_t) { /* read */ }, &now);
 //   if (now) { /* read */ }
 //   ...                              // its message arrived:
-//   absl::Status s = engine.Submit(std::move(request), principal, ticket,
+//   absl::Status s = engine.Submit(std::move(request), principal, ticket,  // or nullptr
 //                                  [](absl::StatusOr<v1::WriteResponse> r) { ... });
 //   ...
 //   engine.Drain(absl::Seconds(10));  // SIGTERM: flush and answer everything
@@ -71,6 +80,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/auth/authorizer.h"
 #include "common/db/connection.h"
 #include "common/db/copy.h"
 #include "common/pool/pool.h"
@@ -114,15 +124,17 @@ class IngestEngine {
   // was still queued: its `granted` will not run. Unknown tickets are ignored.
   bool ReleaseRead(uint64_t ticket);
 
-  // Takes in one serialized WriteRequest from `principal` (empty: no
-  // authentication), which arrived on the read reserved by `ticket` (0: a
-  // unary call, refused with RESOURCE_EXHAUSTED when there is no room). The
-  // ticket is used up either way. Non-OK: the request was refused and `done`
-  // will not run. OK: `done` will run exactly once.
-  absl::Status Submit(SerializedWrite request, const std::string& principal, uint64_t ticket,
+  // Takes in one serialized WriteRequest from `principal` (null: no
+  // authentication; it need only outlive the call), which arrived on the
+  // read reserved by `ticket` (0: a unary call, refused with
+  // RESOURCE_EXHAUSTED when there is no room). The ticket is used up either
+  // way. Non-OK: the request was refused and `done` will not run
+  // (FAILED_PRECONDITION when the principal's database role is not
+  // configured for the database). OK: `done` will run exactly once.
+  absl::Status Submit(SerializedWrite request, const auth::Principal* principal, uint64_t ticket,
                       Done done);
   // The same for a parsed request (serialized first).
-  absl::Status Submit(const v1::WriteRequest& request, const std::string& principal,
+  absl::Status Submit(const v1::WriteRequest& request, const auth::Principal* principal,
                       uint64_t ticket, Done done);
 
   // Refuses new requests (UNAVAILABLE), flushes everything buffered at once and
@@ -139,7 +151,8 @@ class IngestEngine {
   absl::Status RequestTooLarge(size_t bytes) const;
 
   void GetStats(v1::GetIngestStatsResponse* out) const;
-  // Each database's connection pool statistics (for /metrics), by name.
+  // Each connection pool's statistics (for /metrics), by name: the
+  // database's, and "<database>/<role>" for each role's made so far.
   std::vector<std::pair<std::string, pool::PoolStats>> GetPoolStats() const;
 
  private:
@@ -148,6 +161,7 @@ class IngestEngine {
     SerializedWrite request;
     RequestHeader header;
     std::string principal;
+    std::string role;
     size_t hold = 0;  // what it holds against the bound
     Done done;
     telemetry::SpanContext trace;  // the request's span
@@ -165,11 +179,23 @@ class IngestEngine {
   struct Database {
     v1::DatabaseConfig config;
     absl::flat_hash_set<std::string> writable;
+    // The DSN user's pool: catalog reads, the key table, and the rows of
+    // principals without a database role.
     std::unique_ptr<pool::Pool<db::Connection>> pool;
+    // Each configured role's pool configuration (config::RoleDatabaseConfig).
+    absl::flat_hash_map<std::string, v1::DatabaseConfig> role_configs;
+    absl::Mutex roles_mu;
+    // Role pools made so far; never removed before the engine ends.
+    absl::flat_hash_map<std::string, std::unique_ptr<pool::Pool<db::Connection>>> role_pools
+        ABSL_GUARDED_BY(roles_mu);
+    bool closed ABSL_GUARDED_BY(roles_mu) = false;
     std::deque<Job> jobs;  // guarded by the engine's mu_
     absl::flat_hash_map<std::string, Table> tables;  // guarded by mu_
     std::mutex keys_table_mu;
     bool keys_table_ready = false;  // guarded by keys_table_mu
+    // The roles' login users may use the key table (GrantKeysTable).
+    bool keys_table_granted = false;       // guarded by keys_table_mu
+    bool keys_table_grant_warned = false;  // guarded by keys_table_mu
   };
   struct KeyState {
     std::string table;
@@ -196,8 +222,15 @@ class IngestEngine {
                                                         const RequestHeader& header,
                                                         const std::string& database,
                                                         const std::string& principal,
+                                                        const std::string& role,
                                                         const db::TableInfo& table,
                                                         Done done) const;
+  // The pool that writes as `role` of `db` (the DSN user's for ""), made on
+  // first use; UNAVAILABLE once the engine is closing.
+  absl::StatusOr<pool::Pool<db::Connection>*> PoolFor(Database& db, const std::string& role);
+  // The answer to a flush PostgreSQL refused for want of a privilege.
+  absl::Status PermissionDenied(const Database& db, const Batch& batch,
+                                const absl::Status& error) const;
   // Takes a prepared write in (it held `hold` until now): key check, then
   // batching.
   void AcceptLocked(std::shared_ptr<PendingWrite> write, size_t hold, Callbacks* later)

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/auth/authorizer.h"
 #include "common/db/copy.h"
 #include "gtest/gtest.h"
 #include "services/ingest/ingest_config.h"
@@ -101,8 +102,11 @@ class IngestEngineTest : public ::testing::Test {
 // Submits `request` as a unary call would and waits for its outcome.
 absl::StatusOr<v1::WriteResponse> Write(IngestEngine& engine, const v1::WriteRequest& request,
                                         const std::string& principal = "") {
+  auth::Principal who;
+  who.name = principal;
   Outcome o;
-  absl::Status s = engine.Submit(request, principal, /*ticket=*/0, o.Done());
+  absl::Status s =
+      engine.Submit(request, principal.empty() ? nullptr : &who, /*ticket=*/0, o.Done());
   if (!s.ok()) return s;
   o.done.WaitForNotification();
   return o.result;
@@ -149,7 +153,7 @@ TEST_F(IngestEngineTest, MalformedAndOversizedRequestsAreRefusedSayingWhy) {
   bad.size = bytes.size();
   bad.buffer = bytes;
   Outcome o;
-  absl::Status s = engine->Submit(std::move(bad), "", 0, o.Done());
+  absl::Status s = engine->Submit(std::move(bad), nullptr, 0, o.Done());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(IsMalformed(s)) << s;
   EXPECT_NE(s.message().find("row 1"), absl::string_view::npos) << s;
@@ -201,16 +205,39 @@ TEST_F(IngestEngineTest, KeyBelongsToItsPrincipalAndNamesOneRequest) {
   EXPECT_EQ(Count(), "20");
 }
 
+TEST_F(IngestEngineTest, APrincipalWhoseDatabaseRoleIsNotConfiguredIsRefused) {
+  auto engine = StartEngine();
+  auth::Principal who;
+  who.name = "carol";
+  who.database_role = "no_such_role";
+  Outcome o;
+  absl::Status s = engine->Submit(Request(1, 1), &who, /*ticket=*/0, o.Done());
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("no_such_role"), absl::string_view::npos) << s;
+  EXPECT_FALSE(o.done.HasBeenNotified());
+  // Per database: another database's role for it leaves this one's default.
+  who.database_role.clear();
+  who.database_roles["elsewhere"] = "no_such_role";
+  ASSERT_TRUE(Write(*engine, Request(1, 1)).ok());
+  EXPECT_TRUE(engine->Submit(Request(2, 1), &who, /*ticket=*/0, o.Done()).ok());
+  o.done.WaitForNotification();
+  EXPECT_TRUE(o.result.ok()) << o.result.status();
+  EXPECT_EQ(Count(), "2");
+  v1::GetIngestStatsResponse stats;
+  engine->GetStats(&stats);
+  EXPECT_EQ(stats.buffered_bytes(), 0u);
+}
+
 TEST_F(IngestEngineTest, RetryWhileInFlightIsWrittenOnce) {
   auto engine = StartEngine();
   // Let the catalog read finish before the table is locked.
   ASSERT_TRUE(Write(*engine, Request(1000, 1)).ok());
   Lock();
   Outcome first, retry, other;
-  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), "", 0, first.Done()).ok());
-  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), "", 0, retry.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), nullptr, 0, first.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(1, 10, "key-1"), nullptr, 0, retry.Done()).ok());
   // Other rows under the key in flight: refused at once.
-  ASSERT_TRUE(engine->Submit(Request(50, 10, "key-1"), "", 0, other.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(50, 10, "key-1"), nullptr, 0, other.Done()).ok());
   other.done.WaitForNotification();
   EXPECT_EQ(other.result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_FALSE(first.done.HasBeenNotified());
@@ -234,7 +261,7 @@ TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
   absl::Status refused;
   for (int i = 0; i < 100 && refused.ok(); ++i) {
     auto o = std::make_unique<Outcome>();
-    refused = engine->Submit(Request(i * 100, 100), "", 0, o->Done());
+    refused = engine->Submit(Request(i * 100, 100), nullptr, 0, o->Done());
     if (refused.ok()) accepted.push_back(std::move(o));
   }
   EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
@@ -259,7 +286,7 @@ TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
   granted.WaitForNotification();
   // The message read on that reservation.
   Outcome streamed;
-  ASSERT_TRUE(engine->Submit(Request(50000, 100), "", ticket, streamed.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(50000, 100), nullptr, ticket, streamed.Done()).ok());
   streamed.done.WaitForNotification();
   EXPECT_TRUE(streamed.result.ok()) << streamed.result.status();
   for (auto& o : accepted) {
@@ -288,7 +315,7 @@ TEST_F(IngestEngineTest, IdleReservationIsGivenBackToWaitingReaders) {
   // The idle stream's message, when it comes, is still taken.
   ASSERT_TRUE(Write(*engine, Request(1, 1)).ok());
   Outcome late;
-  ASSERT_TRUE(engine->Submit(Request(10, 5), "", idle, late.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(10, 5), nullptr, idle, late.Done()).ok());
   late.done.WaitForNotification();
   EXPECT_TRUE(late.result.ok()) << late.result.status();
   EXPECT_FALSE(engine->ReleaseRead(waiting));
@@ -298,12 +325,12 @@ TEST_F(IngestEngineTest, IdleReservationIsGivenBackToWaitingReaders) {
 TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
   auto engine = StartEngine();
   Outcome a;
-  ASSERT_TRUE(engine->Submit(Request(1, 5), "", 0, a.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(1, 5), nullptr, 0, a.Done()).ok());
   EXPECT_TRUE(engine->Drain(absl::Seconds(30)));
   ASSERT_TRUE(a.done.HasBeenNotified());
   EXPECT_TRUE(a.result.ok());
   Outcome b;
-  EXPECT_EQ(engine->Submit(Request(10, 5), "", 0, b.Done()).code(),
+  EXPECT_EQ(engine->Submit(Request(10, 5), nullptr, 0, b.Done()).code(),
             absl::StatusCode::kUnavailable);
   // Streams may still read (their requests are refused).
   bool now = false;

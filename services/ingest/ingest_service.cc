@@ -74,8 +74,7 @@ class StreamBase : public Base {
   StreamBase(IngestServiceImpl* service, IngestEngine* engine, auth::CallAuth auth)
       : service_(service),
         engine_(engine),
-        auth_(std::move(auth)),
-        principal_(auth_.principal != nullptr ? auth_.principal->name : "") {}
+        auth_(std::move(auth)) {}
 
   void OnCancel() override {
     bool withdraw;
@@ -187,7 +186,7 @@ class StreamBase : public Base {
     }
     telemetry::ScopedSpanContext scope(trace);  // the engine keeps it with the request
     absl::Status s = engine_->Submit(
-        std::move(write), principal_, ticket,
+        std::move(write), auth_.principal, ticket,
         [this, where, on_result](absl::StatusOr<v1::WriteResponse> r) {
           Lock lock(this, &mu_);
           --outstanding_;
@@ -234,7 +233,6 @@ class StreamBase : public Base {
   IngestServiceImpl* const service_;
   IngestEngine* const engine_;
   const auth::CallAuth auth_;  // its permit is released with the call
-  const std::string principal_;
   absl::Mutex mu_;
   // The reservation of the read in progress or being waited for.
   std::atomic<uint64_t> ticket_{0};
@@ -533,12 +531,10 @@ grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* 
     reactor->Finish(server::ToGrpcStatus(refused));
     return reactor;
   }
-  const std::string principal =
-      call_auth->principal != nullptr ? call_auth->principal->name : "";
   auto held = std::make_shared<auth::CallAuth>(*std::move(call_auth));
   telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
   absl::Status s = engine_->Submit(
-      std::move(write), principal, /*ticket=*/0,
+      std::move(write), held->principal, /*ticket=*/0,
       [reactor, response, held](absl::StatusOr<v1::WriteResponse> r) {
         if (!r.ok()) {
           reactor->Finish(server::ToGrpcStatus(r.status()));

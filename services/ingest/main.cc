@@ -11,8 +11,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/auth/authorizer.h"
-#include "common/db/catalog.h"
 #include "common/config/cgroup.h"
+#include "common/config/database_roles.h"
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
   }
   auto authorizer = poolside::auth::Authorizer::Create(config->auth());
   if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
+  if (absl::Status s = (*authorizer)->CheckDatabaseRoles(config->databases()); !s.ok()) {
+    return poolside::server::InvalidConfiguration(s);
+  }
   if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();
@@ -61,18 +64,14 @@ int main(int argc, char** argv) {
     return 1;
   }
   // A privileged database role would let every caller reach the server's
-  // files and programs: refuse to start rather than write through it.
-  for (const auto& db : config->databases()) {
-    poolside::db::ConnectionOptions options;
-    options.dsn = db.dsn();
-    options.application_name = absl::StrCat("poolside-ingest/", db.name());
-    options.connect_timeout = absl::Milliseconds(std::min(db.pool().connect_timeout_ms(), 10000u));
-    if (absl::Status s = poolside::db::VerifyDatabaseRole(options, db.name(), "its DSN user",
-                                                          db.allow_privileged_role());
-        !s.ok()) {
-      telemetry::LogError("refusing to start", {{"error", std::string(s.message())}});
-      return 1;
-    }
+  // files and programs: refuse to start rather than write through it. Every
+  // pool's role (each DSN user and roles[] entry), checked concurrently.
+  if (absl::Status s = poolside::config::VerifyDatabaseRoles(config->databases(), "ingest",
+                                                             /*concurrency=*/32,
+                                                             absl::Now() + absl::Seconds(10));
+      !s.ok()) {
+    telemetry::LogError("refusing to start", {{"error", std::string(s.message())}});
+    return 1;
   }
   poolside::ingest::IngestEngine engine(*config);
   telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/config/database_config.h"
+#include "common/config/database_roles.h"
 #include "common/db/hypothetical_index.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace_context.h"
@@ -208,41 +209,8 @@ bool QueryEngine::MayShareSync(const std::string& database, const sql::Analysis&
 }
 
 absl::Status QueryEngine::VerifyRoles(absl::Time deadline) {
-  struct Check {
-    const v1::DatabaseConfig* database;
-    std::string role;
-    const v1::DatabaseConfig* pool;
-  };
-  std::vector<Check> checks;
-  for (const v1::DatabaseConfig& dbc : config_.databases()) {
-    checks.push_back({&dbc, "", &dbc});
-    for (const v1::DatabaseRole& role : dbc.roles()) {
-      auto c = role_configs_.find(std::make_pair(dbc.name(), role.name()));
-      if (c == role_configs_.end()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "database ", dbc.name(), " role ", role.name(), ": its password cannot be read"));
-      }
-      checks.push_back({&dbc, role.name(), &c->second});
-    }
-  }
-  // Concurrently, as CheckDatabases: a service with a hundred databases
-  // starts in about one connection's time.
-  std::vector<absl::Status> outcomes(checks.size());
-  ParallelFor(checks.size(), config_.limits().check_concurrency(), [&](size_t i) {
-    const Check& c = checks[i];
-    db::ConnectionOptions options;
-    options.dsn = c.pool->dsn();
-    options.application_name = absl::StrCat("poolside-query/", c.database->name());
-    options.connect_timeout = std::min(absl::Milliseconds(c.pool->pool().connect_timeout_ms()),
-                                       std::max(absl::Seconds(1), deadline - absl::Now()));
-    outcomes[i] = db::VerifyDatabaseRole(
-        options, c.database->name(), c.role.empty() ? "its DSN user" : absl::StrCat("role ", c.role),
-        c.database->allow_privileged_role());
-  });
-  for (const absl::Status& s : outcomes) {
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
+  return config::VerifyDatabaseRoles(config_.databases(), "query",
+                                     config_.limits().check_concurrency(), deadline);
 }
 
 absl::Time QueryEngine::EffectiveDeadline(absl::Time requested) const {
