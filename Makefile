@@ -24,6 +24,9 @@ APT_PACKAGES += patroni etcd-server
 # Prometheus and promtool: the rules and dashboards are checked by a real
 # Prometheus (k8s/observability, tests/prometheus_test).
 APT_PACKAGES += prometheus
+# HypoPG: hypothetical indexes, with which index advice costs its candidates
+# (`poolside advise`; make run creates the extension in `demo`).
+APT_PACKAGES += postgresql-15-hypopg
 
 # Directories with a package.json whose node_modules the tests use (npm ci, offline
 # lock files committed). Each test finds its node_modules next to its package.json.

@@ -46,6 +46,8 @@ bool CommandFromName(absl::string_view name, Command* command) {
     *command = Command::kCheck;
   } else if (name == "stats") {
     *command = Command::kStats;
+  } else if (name == "advise") {
+    *command = Command::kAdvise;
   } else if (name == "help") {
     *command = Command::kHelp;
   } else {
@@ -116,7 +118,8 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       }
       inv.timeout = d;
     } else if (opt.name == "db" &&
-               command_is({Command::kQuery, Command::kPools, Command::kStats})) {
+               command_is({Command::kQuery, Command::kPools, Command::kStats,
+                           Command::kAdvise})) {
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
       inv.database = *v;
@@ -141,6 +144,27 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       if (!absl::SimpleAtoi(*v, &inv.limit)) {
         return Usage(absl::StrCat("--limit: \"", *v, "\" is not a number"));
       }
+    } else if ((opt.name == "min-calls" || opt.name == "min_calls") &&
+               command_is({Command::kAdvise})) {
+      absl::StatusOr<std::string> v = take_value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &inv.min_calls)) {
+        return Usage(absl::StrCat("--min-calls: \"", *v, "\" is not a number"));
+      }
+    } else if ((opt.name == "max-statements" || opt.name == "max_statements") &&
+               command_is({Command::kAdvise})) {
+      absl::StatusOr<std::string> v = take_value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &inv.max_statements)) {
+        return Usage(absl::StrCat("--max-statements: \"", *v, "\" is not a number"));
+      }
+    } else if (opt.name == "apply" && command_is({Command::kAdvise})) {
+      absl::StatusOr<std::string> v = take_value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &inv.apply) || inv.apply == 0) {
+        return Usage(absl::StrCat("--apply: \"", *v,
+                                  "\" is not a suggestion number (1, 2, ... as `advise` lists them)"));
+      }
     } else {
       return Usage(absl::StrCat("unknown option \"", arg, "\"",
                                 have_command ? " for this command" : "",
@@ -163,6 +187,7 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       break;
     case Command::kPools:
     case Command::kStats:
+    case Command::kAdvise:
     case Command::kHelp:
       if (!positional.empty()) {
         return Usage(absl::StrCat("unexpected argument \"", positional[0], "\""));
@@ -188,6 +213,14 @@ Commands:
                         any is unhealthy.
   stats [--db NAME] [--limit N]
                         Per-statement statistics, top N by total time.
+  advise [--db NAME] [--min-calls N] [--max-statements N]
+                        Index advice: for the statements with the most total
+                        time, indexes the planner would use and how much cost
+                        they save, each measured with a hypothetical index
+                        (HypoPG; creates nothing). Admin only.
+  advise [--db NAME] --apply N
+                        Creates suggestion N of the advice (CREATE INDEX
+                        CONCURRENTLY; give large tables a long --timeout).
   ingest --table T [--addr=HOST:PORT] FILE.csv ...
                         Writes CSV rows through the ingest service (default
                         port 50053); `poolside ingest --help` for its options.

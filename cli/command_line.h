@@ -19,7 +19,7 @@
 
 namespace poolside::cli {
 
-enum class Command { kHelp, kQuery, kPools, kCheck, kStats };
+enum class Command { kHelp, kQuery, kPools, kCheck, kStats, kAdvise };
 
 struct Invocation {
   std::string addr = "127.0.0.1:50051";
@@ -38,6 +38,12 @@ struct Invocation {
   std::vector<std::string> databases;
   // stats: top N by total time (0: all).
   uint32_t limit = 0;
+  // advise: statements called fewer times are not considered (0: the
+  // server's default); the top N statements by total time (0: the
+  // server's default); create suggestion N (1-based; 0: create nothing).
+  uint64_t min_calls = 0;
+  uint32_t max_statements = 0;
+  uint32_t apply = 0;
 };
 
 // Parses `args` (argv without the program name) on top of `defaults`.

@@ -75,6 +75,20 @@ TEST(CommandLineTest, StatsOptions) {
   EXPECT_EQ(inv->database, "x");
 }
 
+TEST(CommandLineTest, AdviseOptions) {
+  absl::StatusOr<Invocation> inv =
+      Parse({"advise", "--db", "x", "--min-calls", "3", "--max_statements=7"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->command, Command::kAdvise);
+  EXPECT_EQ(inv->database, "x");
+  EXPECT_EQ(inv->min_calls, 3u);
+  EXPECT_EQ(inv->max_statements, 7u);
+  EXPECT_EQ(inv->apply, 0u);
+  inv = Parse({"advise", "--apply", "2"});
+  ASSERT_TRUE(inv.ok()) << inv.status();
+  EXPECT_EQ(inv->apply, 2u);
+}
+
 TEST(CommandLineTest, UsageErrors) {
   for (const std::vector<std::string>& args :
        std::vector<std::vector<std::string>>{
@@ -87,7 +101,12 @@ TEST(CommandLineTest, UsageErrors) {
            {"pools", "--stream"},
            {"--db=x", "query", "SELECT 1"},  // --db belongs to the command
            {"query", "--max_rows=lots", "SELECT 1"},
-           {"--bogus", "check"}}) {
+           {"--bogus", "check"},
+           {"advise", "--apply", "0"},
+           {"advise", "--apply", "first"},
+           {"advise", "--min-calls", "-1"},
+           {"advise", "extra"},
+           {"stats", "--apply", "1"}}) {
     absl::StatusOr<Invocation> inv = Parse(args);
     EXPECT_EQ(inv.status().code(), absl::StatusCode::kInvalidArgument)
         << args[0];

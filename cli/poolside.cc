@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -281,6 +282,101 @@ int RunStats(v1::QueryService::Stub* stub, const Invocation& inv) {
   return kExitOk;
 }
 
+std::string Percent(double fraction) { return absl::StrFormat("%.1f%%", 100 * fraction); }
+
+std::string Indent(const std::string& text, const std::string& prefix) {
+  std::string out;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    absl::StrAppend(&out, prefix, EscapeForCell(std::string(line)), "\n");
+  }
+  return out;
+}
+
+absl::StatusOr<v1::GetIndexAdviceResponse> GetAdvice(v1::QueryService::Stub* stub,
+                                                     const Invocation& inv) {
+  v1::GetIndexAdviceRequest req;
+  req.set_database(inv.database);
+  req.set_min_calls(inv.min_calls);
+  req.set_max_statements(inv.max_statements);
+  v1::GetIndexAdviceResponse resp;
+  auto ctx = NewContext(inv);
+  grpc::Status status = stub->GetIndexAdvice(ctx.get(), req, &resp);
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        status.error_message());
+  }
+  return resp;
+}
+
+void PrintAdvice(const v1::GetIndexAdviceResponse& advice) {
+  Print(absl::StrCat("database ", EscapeForCell(advice.database()), ": ",
+                     advice.statements_considered(),
+                     advice.statements_considered() == 1 ? " statement" : " statements",
+                     " costed, ", advice.candidates_costed(),
+                     advice.candidates_costed() == 1 ? " candidate index" : " candidate indexes",
+                     " tried, ",
+                     Ms(advice.total_ms()), " ms of statement time in total\n"));
+  if (advice.suggestions_size() == 0) Print("no index would make these statements cheaper\n");
+  for (int i = 0; i < advice.suggestions_size(); ++i) {
+    const v1::IndexSuggestion& s = advice.suggestions(i);
+    Print(absl::StrCat("\n", i + 1, ". ", EscapeForCell(s.create_sql()), "\n"));
+    Print(absl::StrCat("   estimated improvement ", Percent(s.estimated_improvement()),
+                       " of statement time; helps ", s.statements_size(),
+                       s.statements_size() == 1 ? " statement" : " statements", " (",
+                       Percent(s.share()), " of statement time)\n"));
+    TextTable table({"calls", "total_ms", "share", "cost_before", "cost_after", "statement"});
+    for (const v1::AdvisedStatement& a : s.statements()) {
+      table.AddRow({absl::StrCat(a.calls()), Ms(a.total_ms()), Percent(a.share()),
+                    absl::StrFormat("%.2f", a.cost_before()),
+                    absl::StrFormat("%.2f", a.cost_after()), EscapeForCell(a.statement())},
+                   {true, true, true, true, true, false});
+    }
+    Print(Indent(table.Render(), "   "));
+    if (!s.plan_before().empty()) Print("   plan now:\n" + Indent(s.plan_before(), "     "));
+    if (!s.plan_after().empty()) {
+      Print("   plan with the index (hypothetical):\n" + Indent(s.plan_after(), "     "));
+    }
+  }
+  if (advice.skipped_size() > 0) {
+    Print(absl::StrCat("\nnot costed (", advice.skipped_size(), "):\n"));
+    TextTable table({"statement", "reason"});
+    for (const v1::SkippedStatement& k : advice.skipped()) {
+      table.AddRow({EscapeForCell(k.statement()), EscapeForCell(k.reason())});
+    }
+    Print(Indent(table.Render(), "   "));
+  }
+  if (advice.suggestions_size() > 0) {
+    Print("\ncreate one with: poolside advise [--db NAME] --apply N\n");
+  }
+}
+
+int RunAdvise(v1::QueryService::Stub* stub, const Invocation& inv) {
+  absl::StatusOr<v1::GetIndexAdviceResponse> advice = GetAdvice(stub, inv);
+  if (!advice.ok()) return PrintError(advice.status());
+  if (inv.apply == 0) {
+    PrintAdvice(*advice);
+    return kExitOk;
+  }
+  if (inv.apply > static_cast<uint32_t>(advice->suggestions_size())) {
+    return PrintError(absl::NotFoundError(
+        absl::StrCat("there is no suggestion ", inv.apply, " (the advice has ",
+                     advice->suggestions_size(), "); run poolside advise to see them")));
+  }
+  const v1::IndexSuggestion& s = advice->suggestions(static_cast<int>(inv.apply - 1));
+  Print(absl::StrCat("creating: ", EscapeForCell(s.create_sql()), "\n"));
+  std::fflush(stdout);
+  v1::CreateIndexRequest req;
+  req.set_database(advice->database());
+  *req.mutable_index() = s.index();
+  v1::CreateIndexResponse resp;
+  auto ctx = NewContext(inv);
+  grpc::Status status = stub->CreateIndex(ctx.get(), req, &resp);
+  if (!status.ok()) return PrintError(status);
+  Print(absl::StrCat("created index ", EscapeForCell(resp.index_name()), " in ",
+                     Ms(resp.elapsed_ms()), " ms\n"));
+  return kExitOk;
+}
+
 int Main(int argc, char** argv) {
   // `poolside cache ...` talks to the cache sidecar (cli/cache_command.h).
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -359,6 +455,7 @@ int Main(int argc, char** argv) {
     case Command::kPools: return RunPools(stub.get(), *inv);
     case Command::kCheck: return RunCheck(stub.get(), *inv);
     case Command::kStats: return RunStats(stub.get(), *inv);
+    case Command::kAdvise: return RunAdvise(stub.get(), *inv);
     case Command::kHelp: break;
   }
   return kExitOk;

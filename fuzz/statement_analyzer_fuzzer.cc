@@ -21,7 +21,9 @@
 //    (the bypasses of the hand-written lexer this replaced);
 //  - the normalized text holds no literal token and is valid UTF-8;
 //  - the memo answers what AnalyzeOnce does, the same analysis on a hit, and
-//    stays within its byte bound.
+//    stays within its byte bound;
+//  - index candidates (common/sql/index_candidates) come exactly from texts
+//    of one statement that parses, and are non-empty, bounded column lists.
 
 #include <pg_query.h>
 
@@ -31,11 +33,14 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/sql/index_candidates.h"
 #include "common/sql/pg_query.pb.h"
 #include "common/sql/statement_analyzer.h"
 
@@ -202,6 +207,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::shared_ptr<const Analysis> a = AnalyzeOnce(sql);
   if (a == nullptr) Fail("AnalyzeOnce returned null", sql);
   CheckAnalysis(*a, sql);
+
+  // Index candidates: from exactly the texts of one statement that parses.
+  absl::StatusOr<std::vector<poolside::sql::TableColumns>> uses =
+      poolside::sql::IndexableColumns(sql);
+  if (uses.ok() != (a->parse_error.ok() && a->statement_count == 1)) {
+    Fail("IndexableColumns disagrees with the analysis on what parses", sql);
+  }
+  if (uses.ok()) {
+    for (const poolside::sql::TableColumns& t : *uses) {
+      if (t.table.empty()) Fail("an index candidate without a table", sql);
+      for (const auto& columns : poolside::sql::CandidateIndexes(t)) {
+        if (columns.empty() || columns.size() > poolside::sql::kMaxIndexColumns) {
+          Fail("a candidate index without columns or with too many", sql);
+        }
+      }
+    }
+  }
 
   // libpg_query's splitter agrees on a single statement.
   if (a->parse_error.ok()) {

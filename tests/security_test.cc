@@ -172,7 +172,8 @@ class SecurityTest : public ::testing::Test {
                              "CREATE TABLE events (id bigint PRIMARY KEY, kind text);"
                              "CREATE TABLE accounts (id bigint PRIMARY KEY);"
                              "CREATE SEQUENCE poolside_security_seq;"
-                             "INSERT INTO notes VALUES (1, 'first');")
+                             "INSERT INTO notes VALUES (1, 'first');"
+                             "CREATE EXTENSION hypopg;")
                     .ok());
     auto query = StartQuery(QueryConfig());
     ASSERT_TRUE(query.ok()) << query.status();
@@ -278,6 +279,23 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return query->CheckDatabases(&ctx, v1::CheckDatabasesRequest(), &resp);
                    },
                    &kReader, &kAdmin});
+  cases.push_back({"GetIndexAdvice", [&](const Token* t) {
+                     grpc::ClientContext ctx;
+                     WithToken(&ctx, t);
+                     v1::GetIndexAdviceResponse resp;
+                     return query->GetIndexAdvice(&ctx, v1::GetIndexAdviceRequest(), &resp);
+                   },
+                   &kWriter, &kAdmin});
+  cases.push_back({"CreateIndex", [&](const Token* t) {
+                     grpc::ClientContext ctx;
+                     WithToken(&ctx, t);
+                     v1::CreateIndexRequest req;
+                     req.mutable_index()->set_table("notes");
+                     req.mutable_index()->add_columns("body");
+                     v1::CreateIndexResponse resp;
+                     return query->CreateIndex(&ctx, req, &resp);
+                   },
+                   &kWriter, nullptr});
   int next_id = 1000;
   auto write_request = [&](const std::string& table) {
     v1::WriteRequest w;

@@ -1,7 +1,8 @@
 // devstack: the local development stack behind `make run`.
 //
 // Starts (or reuses) a PostgreSQL cluster in <run_dir>/pgdata on a fixed port,
-// creates the `demo` database with `accounts` and `events` tables, starts the
+// creates the `demo` database with `accounts` and `events` tables (and the
+// hypopg extension, for `poolside advise`), starts the
 // cache sidecar (TCP and <run_dir>/cache.sock), the query service (caching
 // through the sidecar, invalidated by writes to `accounts`) and the ingest
 // service (writing `events`), prints how to call them, and runs until
@@ -316,6 +317,8 @@ int Run() {
   absl::Status setup = (*pg)->CreateDatabase(kDemoDatabase);
   if (setup.ok()) setup = (*pg)->Exec(kDemoDatabase, kDemoSchema);
   if (setup.ok()) setup = (*pg)->Exec(kDemoDatabase, kDemoRoles);
+  // HypoPG's hypothetical indexes for `poolside advise` (index advice).
+  if (setup.ok()) setup = (*pg)->Exec(kDemoDatabase, "CREATE EXTENSION IF NOT EXISTS hypopg");
   if (setup.ok() && !absl::GetFlag(FLAGS_extra_sql).empty()) {
     absl::StatusOr<std::string> sql = ReadFile(absl::GetFlag(FLAGS_extra_sql));
     setup = sql.ok() ? (*pg)->Exec(kDemoDatabase, *sql) : sql.status();

@@ -50,7 +50,7 @@ declare -A LIBS=(
   [value_codec]="//common/db:value_codec"
   [config]="//common/config:json_config //common/config:cgroup //services/query:query_config //services/ingest:ingest_config //services/cache:cache_config"
   [csv]="//cli:csv"
-  [statement_analyzer]="//common/sql:statement_analyzer //common/sql:pg_query_cc_proto"
+  [statement_analyzer]="//common/sql:statement_analyzer //common/sql:index_candidates //common/sql:pg_query_cc_proto"
   [pgoutput]="//common/db:pgoutput_decoder"  # the logical replication stream's messages
 )
 # Inputs larger than this are not tried (JSON configs and CSV lines are small;

@@ -1705,6 +1705,30 @@ absl::Status Permitted(const Analysis& analysis, Scope scope, Grants grants) {
   return analysis.verdicts[scope == Scope::kInTransaction ? 1 : 0][grants.ddl ? 1 : 0];
 }
 
+absl::Status ParseTree(absl::string_view sql, pg_query::ParseResult* tree) {
+  if (const size_t nul = sql.find('\0'); nul != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SQL text contains a NUL byte (at byte ", nul + 1, ")"));
+  }
+  if (const size_t bad = InvalidUtf8Offset(sql); bad != absl::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SQL text is not valid UTF-8 (at byte ", bad + 1, ")"));
+  }
+  const std::string text(sql);  // libpg_query reads NUL-terminated strings
+  if (absl::Status nesting = CheckNesting(text); !nesting.ok()) return nesting;
+  ProtobufParse parsed(pg_query_parse_protobuf(text.c_str()));
+  if (parsed->error != nullptr) return ParserError(*parsed->error);
+  google::protobuf::io::CodedInputStream input(
+      reinterpret_cast<const uint8_t*>(parsed->parse_tree.data),
+      static_cast<int>(parsed->parse_tree.len));
+  input.SetRecursionLimit(kMaxMessageDepth);
+  if (!tree->ParseFromCodedStream(&input) || !input.ConsumedEntireMessage()) {
+    return absl::InvalidArgumentError(
+        "statement nested too deeply to analyze; split the expression or the statement");
+  }
+  return absl::OkStatus();
+}
+
 std::shared_ptr<const Analysis> AnalyzeOnce(absl::string_view sql) {
   auto analysis = std::make_shared<Analysis>();
   auto fail = [&](absl::Status status) {
@@ -1712,30 +1736,9 @@ std::shared_ptr<const Analysis> AnalyzeOnce(absl::string_view sql) {
     SetAllVerdicts(analysis.get(), status);
     return analysis;
   };
-  if (const size_t nul = sql.find('\0'); nul != absl::string_view::npos) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("SQL text contains a NUL byte (at byte ", nul + 1, ")")));
-  }
-  if (const size_t bad = InvalidUtf8Offset(sql); bad != absl::string_view::npos) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("SQL text is not valid UTF-8 (at byte ", bad + 1, ")")));
-  }
-  const std::string text(sql);  // libpg_query reads NUL-terminated strings
-  if (absl::Status nesting = CheckNesting(text); !nesting.ok()) return fail(nesting);
-
   pg_query::ParseResult tree;
-  {
-    ProtobufParse parsed(pg_query_parse_protobuf(text.c_str()));
-    if (parsed->error != nullptr) return fail(ParserError(*parsed->error));
-    google::protobuf::io::CodedInputStream input(
-        reinterpret_cast<const uint8_t*>(parsed->parse_tree.data),
-        static_cast<int>(parsed->parse_tree.len));
-    input.SetRecursionLimit(kMaxMessageDepth);
-    if (!tree.ParseFromCodedStream(&input) || !input.ConsumedEntireMessage()) {
-      return fail(absl::InvalidArgumentError(
-          "statement nested too deeply to analyze; split the expression or the statement"));
-    }
-  }
+  if (absl::Status parsed = ParseTree(sql, &tree); !parsed.ok()) return fail(parsed);
+  const std::string text(sql);
   analysis->statement_count = tree.stmts_size();
   if (analysis->statement_count == 0) {
     return fail(

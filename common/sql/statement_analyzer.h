@@ -47,6 +47,10 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 
+namespace pg_query {
+class ParseResult;  // common/sql/pg_query.pb.h
+}  // namespace pg_query
+
 namespace poolside::sql {
 
 // The class of a (single) statement.
@@ -238,6 +242,12 @@ class StatementAnalyzer {
   absl::flat_hash_map<absl::string_view, std::list<Entry>::iterator> index_ ABSL_GUARDED_BY(mu_);
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
+
+// PostgreSQL's parse tree of `sql`, for the other readers of SQL in
+// common/sql (index_candidates.h): OK, or the INVALID_ARGUMENT that
+// Analysis::parse_error holds for the same text (NUL byte, invalid UTF-8,
+// nesting beyond kMaxNestingDepth, syntax error). Any number of statements.
+absl::Status ParseTree(absl::string_view sql, pg_query::ParseResult* tree);
 
 // Analyzes without a memo (for one-off texts: configuration, tools, fuzzing).
 std::shared_ptr<const Analysis> AnalyzeOnce(absl::string_view sql);

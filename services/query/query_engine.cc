@@ -10,9 +10,11 @@
 #include "common/config/database_config.h"
 #include "common/config/database_roles.h"
 #include "common/db/statement_labels.h"
+#include "common/db/hypothetical_index.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "common/telemetry/trace_context.h"
+#include "services/query/index_advice.h"
 #include "services/query/named_queries.h"
 
 namespace poolside::query {
@@ -117,6 +119,13 @@ QueryEngine::~QueryEngine() {
   cache_.reset();  // stops its listeners; its flights end as the pools close
   if (maintenance_.joinable()) maintenance_.join();
   if (warmup_.joinable()) warmup_.join();
+  std::thread admin;
+  {
+    absl::MutexLock lock(&admin_mu_);
+    if (admin_work_ != nullptr) admin_work_->cancelled.store(true);
+    admin.swap(admin_thread_);
+  }
+  if (admin.joinable()) admin.join();
   // Detached CheckDatabases threads reference the databases: wait for them.
   while (background_threads_.load() > 0) absl::SleepFor(absl::Milliseconds(5));
   {
@@ -642,6 +651,111 @@ absl::Status QueryEngine::GetStatementStats(const v1::GetStatementStatsRequest& 
     *response->add_statements() = std::move(s);
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::StartAdminWork(
+    absl::Time deadline, std::function<absl::Status(const std::atomic<bool>*)> run, Done done) {
+  auto work = std::make_shared<Work>();
+  work->deadline = deadline;
+  absl::MutexLock lock(&admin_mu_);
+  if (admin_running_) {
+    return absl::ResourceExhaustedError(
+        "an index advice or index creation is already running; retry when it has ended");
+  }
+  // The previous one ended: it cleared admin_running_ and at most answers
+  // its call (which never blocks) before it exits.
+  if (admin_thread_.joinable()) admin_thread_.join();
+  admin_running_ = true;
+  admin_work_ = work;
+  admin_thread_ = std::thread([this, work, run = std::move(run), done = std::move(done)] {
+    const bool claimed = work->Claim();
+    const absl::Status outcome = claimed ? run(&work->cancelled) : absl::OkStatus();
+    {
+      // Free before answering: a caller that follows the answer with the
+      // next admin call (advise --apply) is not refused.
+      absl::MutexLock lock(&admin_mu_);
+      admin_running_ = false;
+      admin_work_ = nullptr;
+    }
+    if (claimed) done(outcome);
+  });
+  return work;
+}
+
+absl::StatusOr<std::unique_ptr<db::Connection>> QueryEngine::OpenSession(Database& db,
+                                                                         absl::Time deadline) {
+  db::ConnectionOptions options;
+  options.dsn = db.config().dsn();
+  options.application_name = absl::StrCat("poolside-query/", db.name(), "/index-advice");
+  options.connect_timeout =
+      std::min(absl::Milliseconds(db.config().pool().connect_timeout_ms()),
+               std::max(absl::Seconds(1), deadline - absl::Now()));
+  return db::OpenChecked(options, db.name(), db.config().allow_privileged_role());
+}
+
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::GetIndexAdvice(
+    const v1::GetIndexAdviceRequest& request, absl::Time deadline,
+    v1::GetIndexAdviceResponse* response, Done done, const CallAccess& access) {
+  absl::StatusOr<Database*> found = Find(request.database(), access);
+  if (!found.ok()) return found.status();
+  Database* database = *found;
+  return StartAdminWork(
+      deadline,
+      [this, database, deadline, response, min_calls = request.min_calls(),
+       max_statements = request.max_statements()](const std::atomic<bool>* cancelled) {
+        response->set_database(database->name());
+        absl::StatusOr<std::unique_ptr<db::Connection>> conn = OpenSession(*database, deadline);
+        if (!conn.ok()) return conn.status();
+        db::PlanSession::Options session_options;
+        session_options.deadline = deadline;
+        session_options.cancelled = cancelled;
+        absl::StatusOr<std::unique_ptr<db::PlanSession>> session =
+            db::PlanSession::Start(**conn, session_options);
+        if (!session.ok()) return session.status();
+        AdviceOptions options;
+        options.min_calls = min_calls;
+        options.max_statements = max_statements;
+        options.deadline = deadline;
+        options.cancelled = cancelled;
+        return AdviseIndexes(**session, stats_.Snapshot(database->name(), 0), options, response);
+      },
+      std::move(done));
+}
+
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::CreateIndex(const v1::CreateIndexRequest& request,
+                                                               absl::Time deadline,
+                                                               v1::CreateIndexResponse* response,
+                                                               Done done,
+                                                               const CallAccess& access) {
+  absl::StatusOr<Database*> found = Find(request.database(), access);
+  if (!found.ok()) return found.status();
+  if (request.index().table().empty() || request.index().columns().empty()) {
+    return absl::InvalidArgumentError("name the index's table and at least one column");
+  }
+  if (request.index().columns_size() > 32) {
+    return absl::InvalidArgumentError("an index has at most 32 columns");
+  }
+  Database* database = *found;
+  db::IndexSpec spec{request.index().schema(), request.index().table(),
+                     {request.index().columns().begin(), request.index().columns().end()}};
+  return StartAdminWork(
+      deadline,
+      [this, database, deadline, response, spec](const std::atomic<bool>* cancelled) {
+        const absl::Time start = absl::Now();
+        absl::StatusOr<std::unique_ptr<db::Connection>> conn = OpenSession(*database, deadline);
+        if (!conn.ok()) return conn.status();
+        absl::StatusOr<std::string> name =
+            db::CreateIndexConcurrently(**conn, spec, deadline, cancelled);
+        if (!name.ok()) return name.status();
+        response->set_index_name(*name);
+        response->set_sql(db::IndexDefinition(spec, /*concurrently=*/true));
+        response->set_elapsed_ms(absl::ToDoubleMilliseconds(absl::Now() - start));
+        telemetry::LogInfo("index created", {{"database", database->name()},
+                                             {"index", *name},
+                                             {"sql", response->sql()}});
+        return absl::OkStatus();
+      },
+      std::move(done));
 }
 
 absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& request,

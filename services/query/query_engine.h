@@ -106,6 +106,19 @@ class QueryEngine {
   absl::Status CheckDatabases(const v1::CheckDatabasesRequest& request, absl::Time deadline,
                               v1::CheckDatabasesResponse* response, Done done);
 
+  // Index advice for one database (index_advice.h) on a session of its own
+  // under the caller's database role, on a thread of its own: one advice or
+  // index creation at a time (RESOURCE_EXHAUSTED while one runs).
+  absl::StatusOr<std::shared_ptr<Work>> GetIndexAdvice(const v1::GetIndexAdviceRequest& request,
+                                                       absl::Time deadline,
+                                                       v1::GetIndexAdviceResponse* response,
+                                                       Done done, const CallAccess& access = {});
+  // CREATE INDEX CONCURRENTLY (common/db/hypothetical_index.h) likewise.
+  absl::StatusOr<std::shared_ptr<Work>> CreateIndex(const v1::CreateIndexRequest& request,
+                                                    absl::Time deadline,
+                                                    v1::CreateIndexResponse* response, Done done,
+                                                    const CallAccess& access = {});
+
   const v1::QueryServiceConfig& config() const { return config_; }
   // Null when no cache is configured.
   ReadCache* read_cache() { return cache_.get(); }
@@ -133,6 +146,12 @@ class QueryEngine {
   // Every pool: the DSN users' and the roles' made so far.
   std::vector<Database*> AllDatabases();
   void MaintenanceLoop();
+  // Runs `run` on the admin thread (one at a time) and passes its outcome
+  // to `done`, unless the work was abandoned before it started.
+  absl::StatusOr<std::shared_ptr<Work>> StartAdminWork(
+      absl::Time deadline, std::function<absl::Status(const std::atomic<bool>*)> run, Done done);
+  // A session of its own on `db` (its DSN: the caller's database role).
+  absl::StatusOr<std::unique_ptr<db::Connection>> OpenSession(Database& db, absl::Time deadline);
 
   const v1::QueryServiceConfig config_;
   absl::flat_hash_map<std::string, std::unique_ptr<Database>> databases_;
@@ -155,6 +174,11 @@ class QueryEngine {
   absl::Notification stopping_;
   std::thread maintenance_;
   std::thread warmup_;
+  // GetIndexAdvice / CreateIndex: at most one, on this thread.
+  absl::Mutex admin_mu_;
+  std::thread admin_thread_ ABSL_GUARDED_BY(admin_mu_);
+  bool admin_running_ ABSL_GUARDED_BY(admin_mu_) = false;
+  std::shared_ptr<Work> admin_work_ ABSL_GUARDED_BY(admin_mu_);
   absl::Mutex warm_mu_;
   bool warm_ ABSL_GUARDED_BY(warm_mu_) = false;
   std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);

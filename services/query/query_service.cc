@@ -354,6 +354,8 @@ void QueryServiceImpl::Begin(grpc::ServerCompletionQueue* cq,
   const auto* pool_stats = QueueMethod<v1::QueryService>(calls, "GetPoolStats");
   const auto* statement_stats = QueueMethod<v1::QueryService>(calls, "GetStatementStats");
   const auto* check = QueueMethod<v1::QueryService>(calls, "CheckDatabases");
+  const auto* advice = QueueMethod<v1::QueryService>(calls, "GetIndexAdvice");
+  const auto* create_index = QueueMethod<v1::QueryService>(calls, "CreateIndex");
   for (int i = 0; i < kExecuteSlots; ++i) {
     UnaryCall<v1::ExecuteRequest, v1::ExecuteResponse>::Post(this, &Async::RequestExecute,
                                                              &QueryServiceImpl::Execute, execute);
@@ -372,6 +374,10 @@ void QueryServiceImpl::Begin(grpc::ServerCompletionQueue* cq,
         statement_stats);
     UnaryCall<v1::CheckDatabasesRequest, v1::CheckDatabasesResponse>::Post(
         this, &Async::RequestCheckDatabases, &QueryServiceImpl::CheckDatabases, check);
+    UnaryCall<v1::GetIndexAdviceRequest, v1::GetIndexAdviceResponse>::Post(
+        this, &Async::RequestGetIndexAdvice, &QueryServiceImpl::GetIndexAdvice, advice);
+    UnaryCall<v1::CreateIndexRequest, v1::CreateIndexResponse>::Post(
+        this, &Async::RequestCreateIndex, &QueryServiceImpl::CreateIndex, create_index);
   }
 }
 
@@ -466,6 +472,34 @@ void QueryServiceImpl::CheckDatabases(
   absl::Status started = engine_->CheckDatabases(call->request, call->deadline, &call->response,
                                                  [call](absl::Status s) { call->Complete(s); });
   if (!started.ok()) call->Complete(started);
+}
+
+void QueryServiceImpl::GetIndexAdvice(
+    UnaryCall<v1::GetIndexAdviceRequest, v1::GetIndexAdviceResponse>* call) {
+  CallAccess access;
+  if (absl::Status s = AuthorizeAdminOn(call->context, "GetIndexAdvice", call->request.database(),
+                                        &call->call_auth, &access);
+      !s.ok()) {
+    call->Complete(s);
+    return;
+  }
+  call->deadline = engine_->EffectiveDeadline(DeadlineOf(call->context));
+  call->Start(engine_->GetIndexAdvice(call->request, call->deadline, &call->response,
+                                      [call](absl::Status s) { call->Complete(s); }, access));
+}
+
+void QueryServiceImpl::CreateIndex(
+    UnaryCall<v1::CreateIndexRequest, v1::CreateIndexResponse>* call) {
+  CallAccess access;
+  if (absl::Status s = AuthorizeAdminOn(call->context, "CreateIndex", call->request.database(),
+                                        &call->call_auth, &access);
+      !s.ok()) {
+    call->Complete(s);
+    return;
+  }
+  call->deadline = engine_->EffectiveDeadline(DeadlineOf(call->context));
+  call->Start(engine_->CreateIndex(call->request, call->deadline, &call->response,
+                                   [call](absl::Status s) { call->Complete(s); }, access));
 }
 
 void QueryServiceImpl::SetAccess(const auth::Principal& who, CallAccess* access) {
@@ -569,6 +603,21 @@ absl::Status QueryServiceImpl::AuthorizeAdmin(const grpc::ServerContext& context
   if (!a.ok()) return a.status();
   *call_auth = *std::move(a);
   return authorizer_->CheckAdmin(*call_auth->principal, what);
+}
+
+absl::Status QueryServiceImpl::AuthorizeAdminOn(const grpc::ServerContext& context,
+                                                const char* what, const std::string& database,
+                                                auth::CallAuth* call_auth, CallAccess* access) {
+  if (absl::Status s = AuthorizeAdmin(context, what, call_auth); !s.ok()) return s;
+  if (call_auth->principal == nullptr) return absl::OkStatus();
+  const std::string name = DatabaseOf(database);
+  if (!name.empty() && !call_auth->principal->MayUseDatabase(name)) {
+    return absl::PermissionDeniedError(absl::StrCat("principal ", call_auth->principal->name,
+                                                    " may not use database \"",
+                                                    name.substr(0, 64), "\""));
+  }
+  SetAccess(*call_auth->principal, access);
+  return absl::OkStatus();
 }
 
 }  // namespace poolside::query

@@ -21,7 +21,9 @@
 // its principal's rate or concurrency limit is RESOURCE_EXHAUSTED with a
 // google.rpc.RetryInfo; statements need `read` or `write` and the database,
 // raw SQL also `sql` (else named queries only); pool and statement statistics
-// and CheckDatabases need `admin` (PERMISSION_DENIED otherwise). Principals
+// and CheckDatabases need `admin` (PERMISSION_DENIED otherwise);
+// GetIndexAdvice and CreateIndex need `admin` and the database, and run
+// under the principal's database role. Principals
 // without `write` run in read-only transactions (CallAccess).
 
 #include <memory>
@@ -70,6 +72,8 @@ class QueryServiceImpl final : public server::QueueService {
   void GetStatementStats(
       UnaryCall<v1::GetStatementStatsRequest, v1::GetStatementStatsResponse>* call);
   void CheckDatabases(UnaryCall<v1::CheckDatabasesRequest, v1::CheckDatabasesResponse>* call);
+  void GetIndexAdvice(UnaryCall<v1::GetIndexAdviceRequest, v1::GetIndexAdviceResponse>* call);
+  void CreateIndex(UnaryCall<v1::CreateIndexRequest, v1::CreateIndexResponse>* call);
 
  private:
   // Authenticates, admits and authorizes a call. For statements, also resolves
@@ -83,6 +87,10 @@ class QueryServiceImpl final : public server::QueueService {
                                     std::unique_ptr<v1::ExecuteTransactionRequest>* resolved);
   absl::Status AuthorizeAdmin(const grpc::ServerContext& context, const char* what,
                               auth::CallAuth* call_auth);
+  // `admin` and the database; the call's access (database role).
+  absl::Status AuthorizeAdminOn(const grpc::ServerContext& context, const char* what,
+                                const std::string& database, auth::CallAuth* call_auth,
+                                CallAccess* access);
   std::string DatabaseOf(const std::string& requested) const;
   // The call's access from its principal (read-only, ddl, database role).
   static void SetAccess(const auth::Principal& who, CallAccess* access);
