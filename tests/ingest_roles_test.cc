@@ -80,6 +80,30 @@ bool RunSql(PGconn* conn, const char* sql) {
   return ok;
 }
 
+// A session logged in as `user`, as a principal's raw SQL would run.
+using Session = std::unique_ptr<PGconn, decltype(&PQfinish)>;
+Session ConnectAs(const char* user) {
+  Session c(PQconnectdb(testing::DsnAs(SharedPostgres(), kDb, user).c_str()), &PQfinish);
+  EXPECT_EQ(PQstatus(c.get()), CONNECTION_OK) << PQerrorMessage(c.get());
+  return c;
+}
+
+// Runs `sql` on `conn`: its first value ("" when none), or "ERROR <SQLSTATE>
+// <message>". Each statement leaves the session idle, whatever its outcome.
+std::string Outcome(PGconn* conn, const std::string& sql) {
+  PGresult* r = PQexec(conn, sql.c_str());
+  std::string out;
+  if (PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK) {
+    if (PQntuples(r) > 0 && PQnfields(r) > 0) out = PQgetvalue(r, 0, 0);
+  } else {
+    const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    out = absl::StrCat("ERROR ", state == nullptr ? "?" : state, " ", PQresultErrorMessage(r));
+  }
+  PQclear(r);
+  EXPECT_EQ(PQtransactionStatus(conn), PQTRANS_IDLE) << sql;
+  return out;
+}
+
 std::string Query(const std::string& sql) {
   absl::StatusOr<std::string> v = SharedPostgres().QueryValue(kDb, sql);
   EXPECT_TRUE(v.ok()) << v.status() << " in " << sql;
@@ -329,6 +353,158 @@ TEST(IngestRolesTest, EachPrincipalWritesAsItsRoleAndPostgresDecides) {
   ASSERT_TRUE(stats.ok()) << stats.status();
   EXPECT_EQ(stats->buffered_bytes(), 0u);
   EXPECT_EQ(stats->queue_requests(), 0u);
+  EXPECT_EQ(testing::Terminate(*server->process).value_or(-1), 0);
+}
+
+// Keys commit as each principal's login role, which is granted SELECT,
+// INSERT on the key table: with raw SQL as one role, the other logins' keys
+// can be neither read nor forged, and the owner (the DSN user) answers only
+// from its own login's keys.
+TEST(IngestRolesTest, KeysOfOtherLoginsCanBeNeitherReadNorForged) {
+  ASSERT_NO_FATAL_FAILURE(SetUpDatabase());
+  absl::StatusOr<Server> server = Start(Config());
+  ASSERT_TRUE(server.ok()) << server.status();
+  v1::WriteResponse resp;
+  grpc::Status s = Write(*server, kAlice, Rows("ta", 1, 1, "a-own"), &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  s = Write(*server, kBob, Rows("ta", 10, 1, "b-secret"), &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  s = Write(*server, kCarol, Rows("ta", 20, 1, "c-secret"), &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+
+  // As alice's login: only its own key is visible, by any route.
+  Session a = ConnectAs(kOnlyA);
+  EXPECT_EQ(Outcome(a.get(),
+                    "SELECT string_agg(login || '/' || principal || '/' || key, ',') "
+                    "FROM poolside_ingest_keys"),
+            absl::StrCat(kOnlyA, "/alice/a-own"));
+  EXPECT_EQ(Outcome(a.get(), "SELECT count(*) FROM poolside_ingest_keys WHERE key LIKE '%secret'"),
+            "0");
+  // Nor through the planner's statistics.
+  ASSERT_TRUE(SharedPostgres().Exec(kDb, "ANALYZE poolside_ingest_keys").ok());
+  EXPECT_NE(Query("SELECT count(*) FROM pg_stats WHERE tablename = 'poolside_ingest_keys'"), "0");
+  EXPECT_EQ(
+      Outcome(a.get(), "SELECT count(*) FROM pg_stats WHERE tablename = 'poolside_ingest_keys'"),
+      "0");
+  // Rows under another login's name are refused by the policy.
+  constexpr char kForge[] =
+      "INSERT INTO poolside_ingest_keys (login, principal, key, tbl, digest, rows, result) "
+      "VALUES ";
+  for (const char* login : {kAAndB, testing::kAppOwner}) {
+    for (const char* key : {"victim", "b-secret"}) {
+      const std::string r = Outcome(a.get(), absl::StrCat(kForge, "('", login, "', 'bob', '", key,
+                                                          "', 'ta', '\\x00', 0, '\\x1001')"));
+      EXPECT_TRUE(absl::StartsWith(r, "ERROR 42501") && absl::StrContains(r, "row-level security"))
+          << r;
+    }
+  }
+  // Under its own login the rows go in, and are its own business: stored
+  // results and a legacy (digest-less) key for bob's, carol's and the
+  // DSN user's principals.
+  EXPECT_EQ(Outcome(a.get(), absl::StrCat(kForge,
+                                          "(DEFAULT, 'bob', 'victim', 'ta', '\\x00', 0, "
+                                          "'\\x1001'), (session_user, 'carol', 'victim', "
+                                          "'ta', '\\x00', 0, '\\x1001'), (DEFAULT, '', "
+                                          "'victim-legacy', '', NULL, 0, '\\x1001')")),
+            "");
+  // Changing or removing keys, or the protection, is not granted.
+  for (const char* sql :
+       {"UPDATE poolside_ingest_keys SET login = 'ingest_a_and_b'",
+        "UPDATE poolside_ingest_keys SET digest = '\\x00' WHERE principal = 'bob'",
+        "DELETE FROM poolside_ingest_keys", "TRUNCATE poolside_ingest_keys",
+        "ALTER TABLE poolside_ingest_keys DISABLE ROW LEVEL SECURITY",
+        "DROP POLICY poolside_ingest_keys_login ON poolside_ingest_keys",
+        "CREATE POLICY open ON poolside_ingest_keys USING (true)"}) {
+    const std::string r = Outcome(a.get(), sql);
+    EXPECT_TRUE(absl::StartsWith(r, "ERROR 42501")) << sql << ": " << r;
+  }
+
+  // Bob's and carol's writes under those keys are written and acknowledged,
+  // not answered from alice's rows; bob's retry is answered from his own.
+  for (const auto& [who, first, key] :
+       {std::make_tuple(&kBob, 40, "victim"), std::make_tuple(&kBob, 50, "victim-legacy"),
+        std::make_tuple(&kCarol, 60, "victim"), std::make_tuple(&kCarol, 70, "victim-legacy")}) {
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      resp.Clear();
+      s = Write(*server, *who, Rows("ta", first, 2, key), &resp);
+      ASSERT_TRUE(s.ok()) << who->name << " " << key << ": " << s.error_message();
+      EXPECT_EQ(resp.rows_written(), 2u) << who->name << " " << key;
+      EXPECT_EQ(resp.duplicate(), attempt == 1) << who->name << " " << key;
+    }
+  }
+  EXPECT_EQ(Query("SELECT string_agg(id || '=' || written_as, ',' ORDER BY id) FROM ta "
+                  "WHERE id >= 40"),
+            absl::StrCat("40=", kAAndB, ",41=", kAAndB, ",50=", kAAndB, ",51=", kAAndB,
+                         ",60=app_owner,61=app_owner,70=app_owner,71=app_owner"));
+  EXPECT_EQ(Query("SELECT string_agg(login || '/' || principal || '/' || key, ',' ORDER BY "
+                  "login, principal, key) FROM poolside_ingest_keys"),
+            absl::StrCat("app_owner/carol/c-secret,app_owner/carol/victim,"
+                         "app_owner/carol/victim-legacy,",
+                         kAAndB, "/bob/b-secret,", kAAndB, "/bob/victim,", kAAndB,
+                         "/bob/victim-legacy,", kOnlyA, "//victim-legacy,", kOnlyA, "/alice/a-own,",
+                         kOnlyA, "/bob/victim,", kOnlyA, "/carol/victim"));
+  // And alice's login still sees only its own, while the owner (the DSN
+  // user, whose cleanup deletes expired keys) sees every login's.
+  EXPECT_EQ(
+      Outcome(a.get(), "SELECT count(*) FROM poolside_ingest_keys WHERE login <> session_user"),
+      "0");
+  Session owner = ConnectAs(testing::kAppOwner);
+  EXPECT_EQ(Outcome(owner.get(), "SELECT count(DISTINCT login) FROM poolside_ingest_keys"), "3");
+
+  // The key table refuses bob's login (no policy for it, then no INSERT
+  // grant): each keyed write is refused PERMISSION_DENIED naming the key
+  // table, nothing of it written or kept, and his connections are left idle
+  // and usable (an unkeyed write goes through them).
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kDb, "DROP POLICY poolside_ingest_keys_login ON poolside_ingest_keys")
+                  .ok());
+  auto refused = [&](int first, const std::string& key, const char* reason) {
+    s = Write(*server, kBob, Rows("ta", first, 2, key), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "poolside_ingest_keys") &&
+                absl::StrContains(s.error_message(), reason))
+        << s.error_message();
+    EXPECT_EQ(
+        Query(absl::StrCat("SELECT count(*) FROM ta WHERE id >= ", first, " AND id < ", first + 2)),
+        "0");
+    EXPECT_EQ(
+        Query(absl::StrCat("SELECT count(*) FROM poolside_ingest_keys WHERE key = '", key, "'")),
+        "0");
+    EXPECT_EQ(Query(absl::StrCat("SELECT count(*) > 0 AND bool_and(state = 'idle') FROM "
+                                 "pg_stat_activity WHERE usename = '",
+                                 kAAndB, "'")),
+              "t");
+    s = Write(*server, kBob, Rows("ta", first + 5, 1), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+  };
+  refused(100, "no-policy", "row-level security");
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kDb, absl::StrCat("REVOKE INSERT ON poolside_ingest_keys FROM ", kAAndB))
+                  .ok());
+  refused(200, "no-grant", "permission denied");
+  EXPECT_EQ(Query("SELECT count(*) FROM ta WHERE id IN (105, 205)"), "2");
+
+  // With the policy and the grant back (as ingest makes them at start;
+  // their repair: services/ingest/flusher_test), the same server writes
+  // both: the refused keys were kept neither in the table nor in memory.
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kDb, absl::StrCat("CREATE POLICY poolside_ingest_keys_login ON "
+                                          "poolside_ingest_keys USING (login = session_user) "
+                                          "WITH CHECK (login = session_user); GRANT INSERT ON "
+                                          "poolside_ingest_keys TO ",
+                                          kAAndB))
+                  .ok());
+  for (const auto& [first, key] :
+       {std::make_pair(100, "no-policy"), std::make_pair(200, "no-grant")}) {
+    resp.Clear();
+    s = Write(*server, kBob, Rows("ta", first, 2, key), &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.rows_written(), 2u);
+    EXPECT_FALSE(resp.duplicate());
+  }
+  EXPECT_EQ(
+      Outcome(a.get(), "SELECT count(*) FROM poolside_ingest_keys WHERE login <> session_user"),
+      "0");
   EXPECT_EQ(testing::Terminate(*server->process).value_or(-1), 0);
 }
 

@@ -166,7 +166,10 @@ class Flush {
     }
 
     // Each request's answer, and the keys with them.
-    std::string key_data;
+    // The keys' columns, as array literals for one INSERT (PostgreSQL
+    // refuses COPY FROM into a table with row-level security).
+    std::vector<std::string> key_principals, key_names, key_tables, key_digests, key_rows,
+        key_results;
     for (size_t i = 0; i < n; ++i) {
       if (settled_[i]) continue;
       const PendingWrite& w = *batch_.writes[i];
@@ -183,19 +186,25 @@ class Flush {
       for (auto& e : rejected) *r.add_rejected() = std::move(e);
       result.rows_written += written;
       if (!w.key.empty()) {
-        db::AppendCopyText(w.principal, &key_data);
-        key_data.push_back('\t');
-        db::AppendCopyText(w.key, &key_data);
-        key_data.push_back('\t');
-        db::AppendCopyText(w.table, &key_data);
-        absl::StrAppend(&key_data, "\t\\\\x", Hex(w.digest), "\t", written, "\t\\\\x",
-                        Hex(r.SerializeAsString()), "\n");
+        key_principals.push_back(w.principal);
+        key_names.push_back(w.key);
+        key_tables.push_back(w.table);
+        key_digests.push_back(absl::StrCat("\\x", Hex(w.digest)));
+        key_rows.push_back(absl::StrCat(written));
+        key_results.push_back(absl::StrCat("\\x", Hex(r.SerializeAsString())));
       }
     }
-    if (!key_data.empty()) {
-      auto copied = session_.CopyIn(
-          absl::StrCat(kKeysTable, " (principal, key, tbl, digest, rows, result)"), key_data);
-      if (!copied.ok()) return copied.status();
+    if (!key_names.empty()) {
+      // `login` takes its default, session_user: the policy admits no other.
+      auto inserted = session_.Query(
+          absl::StrCat("INSERT INTO ", kKeysTable,
+                       " (principal, key, tbl, digest, rows, result) SELECT * FROM "
+                       "unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[], "
+                       "$6::bytea[])"),
+          {TextArrayLiteral(key_principals), TextArrayLiteral(key_names),
+           TextArrayLiteral(key_tables), TextArrayLiteral(key_digests), TextArrayLiteral(key_rows),
+           TextArrayLiteral(key_results)});
+      if (!inserted.ok()) return inserted.status();
     }
     absl::Status committed = session_.Exec("COMMIT");
     // A deferred constraint fails at COMMIT: isolate (constraints are then
@@ -231,9 +240,13 @@ class Flush {
     }
     if (keys.empty()) return absl::OkStatus();
     auto rows = session_.Query(
+        // This login's keys only: row-level security says so for the roles,
+        // and the table's owner (the DSN user), which bypasses it, must not
+        // take another login's row for its own either.
         absl::StrCat("SELECT principal, key, tbl, digest, result FROM ", kKeysTable,
-                     " WHERE (principal, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-                     " OR (digest IS NULL AND key = ANY($2::text[]))"),
+                     " WHERE login = session_user AND ((principal, key) IN (SELECT * FROM "
+                     "unnest($1::text[], $2::text[])) OR (digest IS NULL AND key = "
+                     "ANY($2::text[])))"),
         {TextArrayLiteral(principals), TextArrayLiteral(keys)});
     if (!rows.ok()) return rows.status();
     // (principal, key) -> stored; legacy rows (no digest) by key alone.
@@ -393,7 +406,9 @@ absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
       !s.ok()) {
     return finish(s);
   }
-  // What is there: the columns, the primary key's columns, the index.
+  // What is there: the columns, the primary key's columns, the index, row
+  // security (enabled, forced) and the login policy.
+  const std::string policy = absl::StrCat(kKeysTable, "_login");
   auto state = session.Query(
       "SELECT (SELECT string_agg(attname::text, ',' ORDER BY attname) FROM pg_attribute "
       "        WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped), "
@@ -402,19 +417,30 @@ absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
       "        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
       "        WHERE i.indrelid = c.oid AND i.indisprimary), "
       "       (SELECT conname::text FROM pg_constraint WHERE conrelid = c.oid AND contype = 'p'), "
-      "       to_regclass($2) IS NOT NULL "
+      "       to_regclass($2) IS NOT NULL, c.relrowsecurity, c.relforcerowsecurity, "
+      "       EXISTS (SELECT FROM pg_policy WHERE polrelid = c.oid AND polname = $3) "
       "FROM pg_class c WHERE c.oid = to_regclass($1)",
-      {kKeysTable, absl::StrCat(kKeysTable, "_written_at")});
+      {kKeysTable, absl::StrCat(kKeysTable, "_written_at"), policy});
   if (!state.ok()) return finish(state.status());
   std::vector<std::string> sql;
+  // Each login sees and adds only its own keys; the owner (the DSN user)
+  // bypasses this (not FORCEd) to delete expired keys of every login.
+  const std::string create_policy =
+      absl::StrCat("CREATE POLICY ", policy, " ON ", kKeysTable,
+                   " USING (login = session_user) WITH CHECK (login = session_user)");
+  const std::string enable_security =
+      absl::StrCat("ALTER TABLE ", kKeysTable, " ENABLE ROW LEVEL SECURITY");
   if (state->empty()) {
     sql.push_back(absl::StrCat(
         "CREATE TABLE ", kKeysTable,
-        " (principal text NOT NULL DEFAULT '', key text NOT NULL, tbl text NOT NULL DEFAULT '', "
+        " (login text NOT NULL DEFAULT session_user, principal text NOT NULL DEFAULT '', "
+        "key text NOT NULL, tbl text NOT NULL DEFAULT '', "
         "digest bytea, rows bigint NOT NULL, result bytea NOT NULL, "
-        "written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (principal, key))"));
+        "written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (login, principal, key))"));
     sql.push_back(absl::StrCat("CREATE INDEX ", kKeysTable, "_written_at ON ", kKeysTable,
                                " (written_at)"));
+    sql.push_back(enable_security);
+    sql.push_back(create_policy);
   } else {
     const db::CopySession::TextRow& r = (*state)[0];
     const std::string columns = r[0].value_or("");
@@ -422,6 +448,11 @@ absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
     auto has = [&](absl::string_view c) {
       return std::find(have.begin(), have.end(), c) != have.end();
     };
+    if (!has("login")) {
+      // Keys stored before count as the DSN user's, which runs this.
+      sql.push_back(absl::StrCat("ALTER TABLE ", kKeysTable,
+                                 " ADD COLUMN login text NOT NULL DEFAULT session_user"));
+    }
     if (!has("principal")) {
       sql.push_back(absl::StrCat("ALTER TABLE ", kKeysTable,
                                  " ADD COLUMN principal text NOT NULL DEFAULT ''"));
@@ -433,18 +464,23 @@ absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
     if (!has("digest")) {
       sql.push_back(absl::StrCat("ALTER TABLE ", kKeysTable, " ADD COLUMN digest bytea"));
     }
-    if (r[1].value_or("") != "principal,key") {
+    if (r[1].value_or("") != "login,principal,key") {
       std::string alter = absl::StrCat("ALTER TABLE ", kKeysTable);
       if (r[2].has_value()) {
         absl::StrAppend(&alter, " DROP CONSTRAINT ", db::QuoteIdentifier(*r[2]), ",");
       }
-      absl::StrAppend(&alter, " ADD PRIMARY KEY (principal, key)");
+      absl::StrAppend(&alter, " ADD PRIMARY KEY (login, principal, key)");
       sql.push_back(std::move(alter));
     }
     if (r[3].value_or("f") != "t") {
       sql.push_back(absl::StrCat("CREATE INDEX ", kKeysTable, "_written_at ON ", kKeysTable,
                                  " (written_at)"));
     }
+    if (r[4].value_or("f") != "t") sql.push_back(enable_security);
+    if (r[5].value_or("f") != "f") {
+      sql.push_back(absl::StrCat("ALTER TABLE ", kKeysTable, " NO FORCE ROW LEVEL SECURITY"));
+    }
+    if (r[6].value_or("f") != "t") sql.push_back(create_policy);
   }
   for (const std::string& statement : sql) {
     if (absl::Status s = session.Exec(statement); !s.ok()) return finish(s);

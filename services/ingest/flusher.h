@@ -11,8 +11,13 @@
 //   COPY every other row
 //     -> on a data error (SQLSTATE class 22 or 23): ROLLBACK and start again,
 //        now isolating the bad rows (below)
-//   COPY the new keys with each request's digest and result
+//   INSERT the new keys with each request's digest and result
 //   COMMIT
+//
+// Keys belong to the login role the connection is logged in as (column
+// `login`, DEFAULT session_user): the lookup reads only that login's keys,
+// and row-level security keeps every login but the table's owner to its own
+// (see EnsureKeysTable()).
 //
 // So a request's rows and its key commit together or not at all. A key that
 // another writer committed concurrently (unique violation on the key table)
@@ -66,16 +71,23 @@ struct FlushResult {
 };
 
 // Creates poolside_ingest_keys (and its index on written_at) unless present,
-// and brings a table of an earlier version up to date: keys scoped by
-// principal (primary key (principal, key)), the table and digest of each.
-// Rows written before keep an empty principal and no digest; such a key
-// matches a retry whose row count equals the stored result's. Idempotent;
-// concurrent callers are serialized by an advisory lock.
+// and brings a table of an earlier version up to date: keys scoped by login
+// and principal (primary key (login, principal, key)), the table and digest
+// of each, and row-level security: a policy for every role but the owner
+// (ENABLE, not FORCE) admits only rows whose login is session_user, so a
+// role granted SELECT, INSERT (GrantKeysTable) can neither read another
+// login's keys nor store one under another login's name; the owner, which
+// runs this and the cleanup, sees all. Rows written before the login column
+// count as the caller's; before principals, they keep an empty principal and
+// no digest, and such a key matches a retry whose row count equals the
+// stored result's. Idempotent; concurrent callers are serialized by an
+// advisory lock. Run it as the table's owner (the DSN user that created it).
 absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline);
 
 // Lets each of `users` (the login roles principals' rows are written as)
 // look keys up and store them in the same transaction as their rows: GRANT
-// SELECT, INSERT ON poolside_ingest_keys, one user at a time. Serialized
+// SELECT, INSERT ON poolside_ingest_keys (its own rows only, by the policy
+// EnsureKeysTable() makes), one user at a time. Serialized
 // like EnsureKeysTable(). The first error, naming its user, after trying
 // every user.
 absl::Status GrantKeysTable(db::Connection& conn, const std::vector<std::string>& users,

@@ -275,10 +275,23 @@ TEST_F(FlusherTest, KeysTableOfAnEarlierVersionIsMigrated) {
                              "pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
                              "WHERE i.indrelid = 'poolside_ingest_keys'::regclass AND "
                              "i.indisprimary"),
-            "principal,key");
+            "login,principal,key");
   EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM pg_indexes WHERE indexname = "
                                         "'poolside_ingest_keys_written_at'"),
             "1");
+  // Row-level security on (not forced), one policy for every role, and the
+  // legacy key is the migrating user's.
+  EXPECT_EQ(*pg_->QueryValue("flusher",
+                             "SELECT relrowsecurity || ',' || relforcerowsecurity || ',' || "
+                             "(SELECT string_agg(polname || ':' || polroles::text || ':' || "
+                             "pg_get_expr(polqual, polrelid) || ':' || "
+                             "pg_get_expr(polwithcheck, polrelid), ';') FROM pg_policy WHERE "
+                             "polrelid = c.oid) FROM pg_class c WHERE "
+                             "oid = 'poolside_ingest_keys'::regclass"),
+            "true,false,poolside_ingest_keys_login:{0}:(login = SESSION_USER):"
+            "(login = SESSION_USER)");
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT login = session_user FROM poolside_ingest_keys"),
+            "t");
   // The legacy key still answers a retry of the same size as a duplicate,
   // and refuses one of another size.
   Batch retry = MakeBatch({Write({{1, "a", 1}, {2, "b", 2}}, "legacy")});
@@ -297,6 +310,65 @@ TEST_F(FlusherTest, KeysTableOfAnEarlierVersionIsMigrated) {
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(Count(), "1");
   EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"), "2");
+}
+
+// A key table of the version before logins (keys per principal, no row
+// security), here with FORCE set: brought up to date, its keys still the
+// migrating user's.
+TEST_F(FlusherTest, KeysTableWithoutLoginsIsMigrated) {
+  FlushResult r = FlushBatch(*conn_, MakeBatch({Write({{1, "a", 1}}, "kept")}), Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE(pg_->Exec("flusher",
+                        "DROP POLICY poolside_ingest_keys_login ON poolside_ingest_keys; "
+                        "ALTER TABLE poolside_ingest_keys DISABLE ROW LEVEL SECURITY, "
+                        "DROP CONSTRAINT poolside_ingest_keys_pkey, DROP COLUMN login, "
+                        "ADD PRIMARY KEY (principal, key), FORCE ROW LEVEL SECURITY")
+                  .ok());
+  ASSERT_TRUE(EnsureKeysTable(*conn_, Soon()).ok());
+  EXPECT_EQ(*pg_->QueryValue("flusher",
+                             "SELECT relrowsecurity || ',' || relforcerowsecurity || ',' || "
+                             "(SELECT count(*) FROM pg_policy WHERE polrelid = c.oid) || ',' || "
+                             "(SELECT string_agg(login || ':' || key, ',') FROM "
+                             "poolside_ingest_keys) FROM pg_class c WHERE "
+                             "oid = 'poolside_ingest_keys'::regclass"),
+            "true,false,1,postgres:kept");
+  r = FlushBatch(*conn_, MakeBatch({Write({{1, "a", 1}}, "kept")}), Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE(r.responses[0].ok()) << r.responses[0].status();
+  EXPECT_TRUE(r.responses[0]->duplicate());
+  EXPECT_EQ(Count(), "1");
+}
+
+// The owner bypasses row-level security: its lookups must still read only
+// its own login's keys, whatever another login stored under its principal.
+TEST_F(FlusherTest, AnotherLoginsKeyIsNotTheCallers) {
+  v1::WriteResponse forged;
+  forged.set_rows_written(1);
+  std::string hex;
+  for (unsigned char c : forged.SerializeAsString()) hex += absl::StrFormat("%02x", c);
+  ASSERT_TRUE(
+      pg_->Exec("flusher", absl::StrCat("INSERT INTO poolside_ingest_keys (login, principal, key, "
+                                        "tbl, digest, rows, result) VALUES ('someone_else', '', "
+                                        "'victim', 'ev', '\\x00', 1, '\\x",
+                                        hex,
+                                        "'), "
+                                        "('someone_else', '', 'victim-legacy', '', NULL, 1, '\\x",
+                                        hex, "')"))
+          .ok());
+  Batch b = MakeBatch({Write({{1, "a", 1}}, "victim"), Write({{2, "b", 2}}, "victim-legacy")});
+  FlushResult r = FlushBatch(*conn_, b, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  for (const auto& resp : r.responses) {
+    ASSERT_TRUE(resp.ok()) << resp.status();
+    EXPECT_FALSE(resp->duplicate());
+    EXPECT_EQ(resp->rows_written(), 1u);
+  }
+  EXPECT_EQ(Count(), "2");
+  EXPECT_EQ(*pg_->QueryValue("flusher",
+                             "SELECT string_agg(login || ':' || key, ',' ORDER BY "
+                             "login, key) FROM poolside_ingest_keys"),
+            "postgres:victim,postgres:victim-legacy,someone_else:victim,"
+            "someone_else:victim-legacy");
 }
 
 TEST_F(FlusherTest, NonDataErrorFailsTheBatch) {

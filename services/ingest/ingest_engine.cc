@@ -7,6 +7,7 @@
 
 #include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/config/database_config.h"
@@ -1045,11 +1046,16 @@ absl::Status IngestEngine::PermissionDenied(const Database& db, const Batch& bat
     if (!user.empty() && user != batch.role) absl::StrAppend(&who, " (login \"", user, "\")");
   }
   const std::string table = batch.writes.empty() ? batch.copy_target : batch.writes[0]->table;
+  // The idempotency key table's grant and policy are ingest's own to make.
+  const bool keys = absl::StrContains(error.message(), kKeysTable);
   return absl::PermissionDeniedError(absl::StrCat(
       "table ", absl::Utf8SafeCHexEscape(table), " of database ", db.config.name(),
       ": PostgreSQL refused ", who, " a privilege this write needs: ", error.message(),
-      "; nothing of this request was written (GRANT INSERT on the table to the role, README "
-      "Security)"));
+      "; nothing of this request was written (",
+      keys ? absl::StrCat("ingest grants each role SELECT, INSERT on ", kKeysTable,
+                          " and a policy admitting its own keys at start; restart it or "
+                          "restore them, README Security)")
+           : "GRANT INSERT on the table to the role, README Security)"));
 }
 
 void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {
