@@ -64,12 +64,8 @@ std::string PrometheusBinary() {
 }
 
 // Series this setup does not export, so expressions over them may return
-// nothing: the WAL invalidation work exports the first three (bypass reasons,
-// invalidation delay, relay lag); server-side error codes need server errors.
+// nothing: server-side error codes need server errors.
 const char* const kMayBeEmpty[] = {
-    "poolside_query_cache_bypass_total",
-    "poolside_query_cache_invalidation_delay_seconds",
-    "poolside_query_cache_wal_lag_seconds",
     "grpc_code!=\"OK\"",
     "grpc_code=~\"UNKNOWN|",
 };

@@ -42,6 +42,8 @@ mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/d
 # the ThreadSanitizer build (a second Bazel server with its own output base,
 # sharing the disk cache) and the fuzz targets' clang build use the idle CPU
 # at the lowest priority. Their results are checked below, after the suite.
+# (--symlink_prefix=/: the second server leaves bazel-bin and bazel-testlogs
+# to the main one, which `make run` and the count below use.)
 tools/fuzz.sh --resolve_only || status=1
 bg_log=$(mktemp -d)
 nice -n 19 tools/fuzz.sh --build_only >"$bg_log/fuzz" 2>&1 &
@@ -50,7 +52,8 @@ tsan_base="$($BAZEL info output_base 2>/dev/null)-tsan"
 TSAN_BAZEL=("$BAZEL" --output_base="$tsan_base" --max_idle_secs=600)
 tsan_build=""
 if [[ ${#tsan_targets[@]} -gt 0 ]]; then
-  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan "${tsan_targets[@]}" >"$bg_log/tsan" 2>&1 &
+  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
+    >"$bg_log/tsan" 2>&1 &
   tsan_build=$!
 fi
 
@@ -61,7 +64,7 @@ total2=0; failed2=0
 if [[ -n $tsan_build ]]; then
   echo "== ThreadSanitizer: ${tsan_targets[*]}"
   wait "$tsan_build" || cat "$bg_log/tsan"  # the test below reports the failure
-  "${TSAN_BAZEL[@]}" test --config=tsan "${tsan_targets[@]}" || status=1
+  "${TSAN_BAZEL[@]}" test --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" || status=1
   read -r total2 failed2 < <(count_cases \
     "$("${TSAN_BAZEL[@]}" info --config=tsan bazel-testlogs 2>/dev/null)" "${tsan_targets[@]}")
 fi

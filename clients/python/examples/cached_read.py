@@ -2,6 +2,9 @@
 replica's cache sidecar; result.cache says HIT, MISS, STALE or BYPASS. A
 committed write to the table (through poolside or any other program)
 invalidates it, so a cached result is never older than the last write.
+A write's commit_lsn passed as min_lsn to a read makes that read wait until
+the write's invalidation (from the WAL) has been applied here: it sees the
+write, and what it fills stays cached.
 
     PYTHONPATH=bazel-bin/clients/python:clients/python \
         /usr/bin/python3 clients/python/examples/cached_read.py
@@ -19,11 +22,13 @@ def run(addr, database="demo", token=None):
     with poolside.QueryClient(addr, database=database, token=token, timeout=5.0) as db:
         # Start from a known state: this write invalidates every cached read of
         # accounts before it is answered (read-your-writes).
-        db.execute("UPDATE accounts SET owner = $1 WHERE id = $2", "owner-7", 7)
-        first = db.execute(SQL, 7, cache=policy)    # MISS: read from PostgreSQL, stored
-        second = db.execute(SQL, 7, cache=policy)   # HIT: from the sidecar
-        db.execute("UPDATE accounts SET owner = $1 WHERE id = $2", "renamed-7", 7)
-        third = db.execute(SQL, 7, cache=policy)    # MISS again, with the new owner
+        w = db.execute("UPDATE accounts SET owner = $1 WHERE id = $2", "owner-7", 7)
+        # MISS: read from PostgreSQL, stored.
+        first = db.execute(SQL, 7, cache=policy, min_lsn=w.commit_lsn)
+        second = db.execute(SQL, 7, cache=policy)   # HIT: from the cache
+        w = db.execute("UPDATE accounts SET owner = $1 WHERE id = $2", "renamed-7", 7)
+        # MISS again, with the new owner.
+        third = db.execute(SQL, 7, cache=policy, min_lsn=w.commit_lsn)
         db.execute("UPDATE accounts SET owner = $1 WHERE id = $2", "owner-7", 7)
     return [(r.cache, r.scalar()) for r in (first, second, third)]
 

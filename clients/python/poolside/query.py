@@ -39,6 +39,11 @@ class Result:
     command_tag: str
     # "HIT", "MISS", "STALE" or "BYPASS" (Execute only).
     cache: str = "BYPASS"
+    # A write's commit position: pass it as min_lsn to a later read that must
+    # see the write (read-your-writes through the cache). 0 when unknown.
+    commit_lsn: int = 0
+    # The position whose committed changes the result reflects (0: unknown).
+    lsn: int = 0
 
     def dicts(self):
         """The rows as dicts keyed by column name."""
@@ -49,12 +54,18 @@ class Result:
         return self.rows[0][0] if self.rows else None
 
     @classmethod
-    def from_proto(cls, result, cache=query_pb2.BYPASS):
+    def from_proto(cls, result, cache=query_pb2.BYPASS, commit_lsn=0, lsn=0):
         return cls(columns=[c.name for c in result.columns],
                    rows=[from_row(r) for r in result.rows],
                    rows_affected=result.rows_affected,
                    command_tag=result.command_tag,
-                   cache=query_pb2.CacheOutcome.Name(cache))
+                   cache=query_pb2.CacheOutcome.Name(cache),
+                   commit_lsn=commit_lsn, lsn=lsn)
+
+    @classmethod
+    def from_response(cls, response):
+        return cls.from_proto(response.result, response.cache, response.commit_lsn,
+                              response.lsn)
 
 
 _ISOLATION = {
@@ -81,28 +92,29 @@ class QueryClient(_Client):
         self.database = database
         self._stub = query_pb2_grpc.QueryServiceStub(self._channel)
 
-    def _request(self, sql, params, max_rows=0, chunk_rows=0, cache=None, named_query=""):
+    def _request(self, sql, params, max_rows=0, chunk_rows=0, cache=None, named_query="",
+                 min_lsn=0):
         request = query_pb2.ExecuteRequest(database=self.database, sql=sql,
                                            params=[to_value(p) for p in params],
                                            max_rows=max_rows, chunk_rows=chunk_rows,
-                                           named_query=named_query)
+                                           named_query=named_query, min_lsn=min_lsn)
         if cache is not None:
             request.cache.CopyFrom(cache.to_proto())
         return request
 
-    def execute(self, sql, *params, cache=None, max_rows=0, timeout=None):
-        """One statement; the whole result. `cache`: a CachePolicy for reads."""
-        response = self._call(self._stub.Execute,
-                              self._request(sql, params, max_rows=max_rows, cache=cache), timeout)
-        return Result.from_proto(response.result, response.cache)
+    def execute(self, sql, *params, cache=None, max_rows=0, min_lsn=0, timeout=None):
+        """One statement; the whole result. `cache`: a CachePolicy for reads.
+        `min_lsn`: a write's Result.commit_lsn that this read must see."""
+        request = self._request(sql, params, max_rows=max_rows, cache=cache, min_lsn=min_lsn)
+        return Result.from_response(self._call(self._stub.Execute, request, timeout))
 
-    def execute_named(self, name, *params, cache=None, max_rows=0, timeout=None):
+    def execute_named(self, name, *params, cache=None, max_rows=0, min_lsn=0, timeout=None):
         """The server-configured statement `name` (QueryServiceConfig named_queries)
         with `params` of its declared types. Principals without the `sql` role
         may run only these."""
-        request = self._request("", params, max_rows=max_rows, cache=cache, named_query=name)
-        response = self._call(self._stub.Execute, request, timeout)
-        return Result.from_proto(response.result, response.cache)
+        request = self._request("", params, max_rows=max_rows, cache=cache, named_query=name,
+                                min_lsn=min_lsn)
+        return Result.from_response(self._call(self._stub.Execute, request, timeout))
 
     def stream(self, sql, *params, chunk_rows=0, max_rows=0, timeout=None):
         """One statement, its rows yielded as they arrive (for large results)."""
