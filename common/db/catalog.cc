@@ -4,41 +4,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/db/text_rows.h"
 #include "common/telemetry/log.h"
 
 namespace poolside::db {
 namespace {
-
-// Collects a result's rows as text (NULL as "").
-class TextRows : public ResultSink {
- public:
-  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
-    return absl::OkStatus();
-  }
-  v1::Row* NewRow() override {
-    row_.Clear();
-    return &row_;
-  }
-  absl::Status RowDone(size_t) override {
-    std::vector<std::string> cells;
-    for (const v1::Value& v : row_.values()) {
-      switch (v.kind_case()) {
-        case v1::Value::kTextValue: cells.push_back(v.text_value()); break;
-        case v1::Value::kBoolValue: cells.push_back(v.bool_value() ? "t" : "f"); break;
-        case v1::Value::kInt64Value: cells.push_back(absl::StrCat(v.int64_value())); break;
-        default: cells.push_back(""); break;
-      }
-    }
-    rows.push_back(std::move(cells));
-    return absl::OkStatus();
-  }
-  void Finish(int64_t, absl::string_view) override {}
-
-  std::vector<std::vector<std::string>> rows;
-
- private:
-  v1::Row row_;
-};
 
 absl::StatusOr<std::vector<std::vector<std::string>>> Query(Connection& conn,
                                                              absl::string_view sql,

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/db/error.h"
+#include "common/db/text_rows.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -17,51 +18,6 @@ namespace {
 
 using Params = google::protobuf::RepeatedPtrField<v1::Value>;
 using Rows = std::vector<std::vector<std::string>>;
-
-// Collects a result's rows as text ("" for NULL).
-class TextRows : public ResultSink {
- public:
-  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
-    return absl::OkStatus();
-  }
-  v1::Row* NewRow() override {
-    row_.Clear();
-    return &row_;
-  }
-  absl::Status RowDone(size_t) override {
-    std::vector<std::string> cells;
-    for (const v1::Value& v : row_.values()) {
-      switch (v.kind_case()) {
-        case v1::Value::kTextValue:
-          cells.push_back(v.text_value());
-          break;
-        case v1::Value::kJsonValue:
-          cells.push_back(v.json_value());
-          break;
-        case v1::Value::kBoolValue:
-          cells.push_back(v.bool_value() ? "t" : "f");
-          break;
-        case v1::Value::kInt64Value:
-          cells.push_back(absl::StrCat(v.int64_value()));
-          break;
-        case v1::Value::kNumericValue:
-          cells.push_back(v.numeric_value());
-          break;
-        default:
-          cells.push_back("");
-          break;
-      }
-    }
-    rows.push_back(std::move(cells));
-    return absl::OkStatus();
-  }
-  void Finish(int64_t, absl::string_view) override {}
-
-  Rows rows;
-
- private:
-  v1::Row row_;
-};
 
 Params TextParams(std::initializer_list<absl::string_view> values) {
   Params params;
