@@ -113,12 +113,6 @@ class Metrics {
   std::vector<Sample> samples_;
 };
 
-int ReadPort(const std::string& path) {
-  int port = 0;
-  std::ifstream(path) >> port;
-  return port;
-}
-
 Metrics Scrape(int port) {
   absl::StatusOr<testing::HttpResponse> r = HttpGet("127.0.0.1", port, "/metrics");
   EXPECT_TRUE(r.ok()) << r.status();
@@ -169,24 +163,10 @@ class MetricsTest : public ::testing::Test {
                     .ok());
   }
 
-  // Starts `binary` with `config` (its server and metrics on free loopback
-  // ports); returns the process and its metrics port.
   template <typename Config>
   std::pair<std::unique_ptr<ServiceProcess>, int> Start(const std::string& binary, Config config,
                                                         const std::string& name) {
-    const std::string stem = NewStem(name);
-    config.mutable_server()->set_listen("127.0.0.1:0");
-    config.mutable_server()->mutable_tls()->set_plaintext(true);
-    config.mutable_server()->set_port_file(stem + ".port");
-    config.mutable_server()->set_drain_timeout_ms(2000);
-    v1::MetricsConfig* m = config.mutable_server()->mutable_telemetry()->mutable_metrics();
-    m->set_listen("127.0.0.1:0");
-    m->set_port_file(stem + ".metrics_port");
-    auto p = StartConfigured(binary, config, stem + ".port", stem);
-    EXPECT_TRUE(p.ok()) << p.status();
-    if (!p.ok()) return {nullptr, 0};
-    // The metrics endpoint starts before the gRPC port is written.
-    return {*std::move(p), ReadPort(stem + ".metrics_port")};
+    return testing::StartWithMetrics(binary, std::move(config), name);
   }
 };
 

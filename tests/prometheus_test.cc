@@ -84,12 +84,6 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-int ReadPort(const std::string& path) {
-  int port = 0;
-  std::ifstream(path) >> port;
-  return port;
-}
-
 std::string UrlEncode(const std::string& s) {
   std::string out;
   for (unsigned char c : s) {
@@ -255,23 +249,10 @@ class PrometheusTest : public ::testing::Test {
                     .ok());
   }
 
-  // Starts `binary` with `config` (its server and metrics on free loopback
-  // ports); returns the process and its metrics port.
   template <typename Config>
   std::pair<std::unique_ptr<ServiceProcess>, int> Start(const std::string& binary, Config config,
                                                         const std::string& name) {
-    const std::string stem = NewStem(name);
-    config.mutable_server()->set_listen("127.0.0.1:0");
-    config.mutable_server()->mutable_tls()->set_plaintext(true);
-    config.mutable_server()->set_port_file(stem + ".port");
-    config.mutable_server()->set_drain_timeout_ms(2000);
-    v1::MetricsConfig* m = config.mutable_server()->mutable_telemetry()->mutable_metrics();
-    m->set_listen("127.0.0.1:0");
-    m->set_port_file(stem + ".metrics_port");
-    auto p = StartConfigured(binary, config, stem + ".port", stem);
-    EXPECT_TRUE(p.ok()) << p.status();
-    if (!p.ok()) return {nullptr, 0};
-    return {*std::move(p), ReadPort(stem + ".metrics_port")};
+    return testing::StartWithMetrics(binary, std::move(config), name);
   }
 };
 
