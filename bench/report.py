@@ -71,6 +71,12 @@ def emit(point, args):
         point["pool_size"] = args.pool_size
     if getattr(args, "writes_per_sec", None) is not None:
         point["writes_per_sec"] = args.writes_per_sec
+    if getattr(args, "cache_hits", None) is not None:
+        # pgpool's cache hits during the run ÷ the SELECTs pgbench completed.
+        point["cache_hits"] = args.cache_hits
+        point["cache_misses_counted"] = args.cache_selects
+        if point.get("transactions"):
+            point["cache_hit_ratio"] = round(args.cache_hits / point["transactions"], 4)
     cpu_file = getattr(args, "cpu", None)
     if cpu_file:
         try:
@@ -120,6 +126,7 @@ def pgbench_point(args):
     m2 = re.search(r"^number of failed transactions: (\d+)", text, re.M)
     if m2:
         failed = int(m2.group(1))
+    m3 = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
     lat = []
     # Log lines: client_id transaction_no time_us script_no epoch epoch_us [...]
     for path in glob.glob(args.log_prefix + ".*"):
@@ -137,6 +144,7 @@ def pgbench_point(args):
         "p99_us": percentile(lat, 0.99),
         "latency_samples": len(lat),
         "errors": failed,
+        "transactions": int(m3.group(1)) if m3 else None,
         "loadavg_after": args.loadavg,
         "other_cpu_busy_pct_before": args.busy,
         "other_cpu_busy_pct_after": args.busy_after,
@@ -167,6 +175,8 @@ def loadgen_point(args):
     }
     if "not_hits" in r:
         point["not_hits"] = r["not_hits"]
+        if r["ops"]:
+            point["cache_hit_ratio"] = round(1 - int(r["not_hits"]) / r["ops"], 4)
     emit(point, args)
 
 
@@ -437,6 +447,8 @@ def report(args):
         errs = f" ({p['errors']} errors)" if p.get("errors") else ""
         if p.get("writes_per_sec") is not None:
             errs += f" ({float(p['writes_per_sec']):,.0f} writes/s)"
+        if p.get("cache_hit_ratio") is not None:
+            errs += f" ({p['cache_hit_ratio']:.0%} hits)"
         if max(p.get("other_cpu_busy_pct_before") or 0,
                p.get("other_cpu_busy_pct_after") or 0) > BUSY_LIMIT:
             errs += " ⚠"
@@ -499,6 +511,10 @@ def main():
         sp.add_argument("--pool-size", type=int, default=None)
         sp.add_argument("--writes-per-sec", type=float, default=None,
                         help="writes/s done beside the reads")
+        sp.add_argument("--cache-hits", type=int, default=None,
+                        help="pgpool query cache hits during the run")
+        sp.add_argument("--cache-selects", type=int, default=None,
+                        help="pgpool's num_selects (SELECTs not answered from its cache)")
         return sp
 
     sp = point_parser("redis-point")  # cache section

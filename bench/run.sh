@@ -271,6 +271,10 @@ if want query || want query_cache || want pgpool; then
   log "pgbench -i -s $SCALE"
   run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
     || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+  # devstack's query service connects as its own unprivileged roles
+  # (tools/devstack, tests/fixtures/demo_schema.h): let them read the table.
+  psql -p "$PG_PORT" -q -c 'GRANT SELECT ON pgbench_accounts TO PUBLIC' >/dev/null \
+    || die "cannot grant SELECT on pgbench_accounts"
 fi
 
 # --- PgBouncer ------------------------------------------------------------------
@@ -697,11 +701,11 @@ start_pgpool() {
     "backend_hostname0 = '127.0.0.1'" "backend_port0 = $PG_PORT" "backend_weight0 = 1" \
     "backend_flag0 = 'DISALLOW_TO_FAILOVER'" \
     "enable_pool_hba = off" "pool_passwd = ''" "allow_clear_text_frontend_auth = off" \
-    "num_init_children = $((max_c + 4))" "max_pool = 1" "child_life_time = 0" \
+    "num_init_children = $((max_c + WRITER_CLIENTS + 4))" "max_pool = 1" "child_life_time = 0" \
     "child_max_connections = 0" "connection_life_time = 0" "client_idle_limit = 0" \
     "connection_cache = on" "load_balance_mode = off" \
     "health_check_period = 0" "sr_check_period = 0" "failover_on_backend_error = off" \
-    "memory_cache_enabled = on" "memqcache_method = 'shm'" "memqcache_total_size = 64MB" \
+    "memory_cache_enabled = on" "memqcache_method = 'shmem'" "memqcache_total_size = 64MB" \
     "memqcache_max_num_cache = 100000" "memqcache_expire = 0" \
     "memqcache_auto_cache_invalidation = on" "memqcache_oiddir = '$dir/oiddir'" \
     "logdir = '$dir'" "pid_file_name = '$dir/pgpool.pid'" "log_destination = 'stderr'" \
@@ -725,14 +729,26 @@ start_pgpool() {
   done
   psql -p "$PGPOOL_PORT" -Atc 'SELECT 1' >/dev/null || { tail -30 "$dir/pgpool.log" >&2; die "pgpool not answering"; }
   PGPOOL_VERSION=$("$PGPOOL" --version 2>&1 | awk '{print $3}')
+  # Warm-up (not measured): every pgpool child gets its backend connection and
+  # the hot keys are cached (10 random reads per key: ~all of them), as
+  # loadgen's warm-up does for the query rows.
+  printf '%s\n' "\\set aid random(1, $QUERY_CACHE_KEYS)" \
+    'SELECT abalance FROM pgbench_accounts WHERE aid = :aid;' >"$TMP/select_hot.sql"
+  run pgbench -p "$PGPOOL_PORT" -n -M simple -f "$TMP/select_hot.sql" -c "$max_c" \
+    -j "$PGBENCH_THREADS" -t $(((10 * QUERY_CACHE_KEYS + max_c - 1) / max_c)) \
+    >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench warm-up through pgpool failed"; }
+  log "pgpool: $(psql -p "$PGPOOL_PORT" -AtF ' ' -c 'SHOW pool_cache' | awk '{ print $6 }') query results cached after the warm-up"
 }
 
 # start_writer PORT MODE SECONDS: WRITES_PER_SEC single-row UPDATEs of the hot
-# keys, in the background (WRITER_PID), until SECONDS have passed.
+# keys, in the background (WRITER_PID), until SECONDS have passed; from
+# WRITER_CLIENTS connections, so that commits waiting for fsync do not hold
+# the rate down (the rate reached is reported).
+WRITER_CLIENTS=8
 start_writer() {
   printf '%s\n' "\\set aid random(1, $QUERY_CACHE_KEYS)" \
     'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;' >"$TMP/write.sql"
-  pgbench -p "$1" -n -M "$2" -f "$TMP/write.sql" -c 2 -j 1 -R "$WRITES_PER_SEC" -T "$3" \
+  pgbench -p "$1" -n -M "$2" -f "$TMP/write.sql" -c "$WRITER_CLIENTS" -j 1 -R "$WRITES_PER_SEC" -T "$3" \
     >"$TMP/writer.log" 2>&1 &
   WRITER_PID=$!
 }
@@ -772,8 +788,13 @@ query_cache_point() {  # scenario clients ttl [writes]
     --setting "$setting" "${w[@]}"
 }
 
+# pgpool's query cache counters: hits and SELECTs since it started.
+pgpool_cache_counts() {
+  psql -p "$PGPOOL_PORT" -AtF ' ' -c 'SHOW pool_cache' | awk '{ print $1, $2; exit }'
+}
+
 pgpool_point() {  # scenario clients [writes]
-  local scenario=$1 c=$2 writes=${3:-} w=() pm
+  local scenario=$1 c=$2 writes=${3:-} w=() pm hits0 hits1
   BUSY=$(wait_idle)
   log "$scenario c=$c (other CPU load ${BUSY}%)"
   pm=$(postmaster_pid) || true
@@ -783,19 +804,20 @@ pgpool_point() {  # scenario clients [writes]
     start_writer "$PGPOOL_PORT" simple "$(awk -v s="$SECS" 'BEGIN { printf "%d\n", s + 1.999 }')"
     CPU_ARGS+=(--client "$WRITER_PID")
   fi
-  printf '%s\n' "\\set aid random(1, $QUERY_CACHE_KEYS)" \
-    'SELECT abalance FROM pgbench_accounts WHERE aid = :aid;' >"$TMP/select_hot.sql"
   rm -f "$TMP/pgb_log".*
+  read -r -a hits0 < <(pgpool_cache_counts)
   measured 0 "$SECS" pgbench -p "$PGPOOL_PORT" -n -M simple -f "$TMP/select_hot.sql" -c "$c" \
     -j "$PGBENCH_THREADS" -T "$SECS" -l --sampling-rate="$SAMPLING" --log-prefix="$TMP/pgb_log" \
     >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench through pgpool failed ($scenario c=$c)"; }
   CPU_ARGS=()
+  read -r -a hits1 < <(pgpool_cache_counts)
   if [[ -n $writes ]]; then
     finish_writer
     w=(--writes-per-sec "$WRITES_DONE")
   fi
+  w+=(--cache-hits "$((hits1[0] - hits0[0]))" --cache-selects "$((hits1[1] - hits0[1]))")
   add_point pgbench --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
-    --log-prefix "$TMP/pgb_log" --setting "memqcache shm, pgbench -M simple -j $PGBENCH_THREADS" "${w[@]}"
+    --log-prefix "$TMP/pgb_log" --setting "memqcache shmem, pgbench -M simple -j $PGBENCH_THREADS" "${w[@]}"
 }
 
 cached_reads_bench() {
@@ -836,7 +858,7 @@ cached_reads_bench() {
   if want pgpool; then
     stop_pid "$PGPOOL_PID" 20
     PGPOOL_PID=""
-    PGPOOL_SUMMARY="pgpool-II $PGPOOL_VERSION (raw mode, one child per client, memory_cache_enabled with memqcache_method=shm, auto invalidation); the same SELECT with aid random in [1, $QUERY_CACHE_KEYS] by pgbench -M simple, read-only and beside $WRITES_PER_SEC UPDATEs/s of the same keys through pgpool"
+    PGPOOL_SUMMARY="pgpool-II $PGPOOL_VERSION (raw mode, one child per client, memory_cache_enabled with memqcache_method=shmem, auto invalidation); the same SELECT with aid random in [1, $QUERY_CACHE_KEYS] by pgbench -M simple, read-only and beside $WRITES_PER_SEC UPDATEs/s of the same keys through pgpool"
   fi
 }
 cached_reads_bench
@@ -863,7 +885,7 @@ for d in c.get("databases", []):
         d.get("name", "?"), g(p, "min_idle", "minIdle", default="default"),
         g(p, "max_size", "maxSize") or "default",
         g(p, "max_pipeline_depth", "maxPipelineDepth") or "default"))
-print("; ".join(parts) + " (devstack, pool sized like PgBouncer's)")
+print("; ".join(parts) + " (devstack, BENCH_POOL_SIZE)")
 EOF
 )
 elif [[ -n $QUERY_ADDR ]]; then
@@ -871,13 +893,19 @@ elif [[ -n $QUERY_ADDR ]]; then
 fi
 
 cmd="bench/run.sh"
+vars=""
 for v in BENCH_ONLY BENCH_FAST BENCH_SECONDS BENCH_ROUNDS BENCH_CONCURRENCY BENCH_SCALE \
          BENCH_WARMUP BENCH_POOL_SIZE BENCH_POOL_SIZES BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE \
          BENCH_IDLE_WAIT BENCH_NO_POOLSIDE BENCH_NO_CACHE BENCH_CACHE_CONCURRENCY \
          BENCH_REDIS_PIPELINE BENCH_QUERY_CACHE_KEYS BENCH_WRITES_PER_SEC BENCH_INGEST_ROWS \
          BENCH_INGEST_PRODUCERS BENCH_INGEST_COPY_CONNECTIONS; do
-  [[ -n ${!v:-} ]] && cmd="$v=$(printf %q "${!v}") $cmd"
+  if [[ ${!v:-} =~ ^[A-Za-z0-9_,./:-]+$ ]]; then
+    vars+="$v=${!v} "
+  elif [[ -n ${!v:-} ]]; then
+    vars+="$v='${!v//\'/\'\\\'\'}' "
+  fi
 done
+cmd="${vars:-}$cmd"
 [[ ${MAKELEVEL:-0} -gt 0 ]] && cmd="make bench ($cmd)"
 
 python3 - "$TMP/meta.json" <<EOF
