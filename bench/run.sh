@@ -240,9 +240,20 @@ fi
 
 export PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=demo
 PG_VERSION=$(psql -p "$PG_PORT" -Atc 'SHOW server_version' | cut -d' ' -f1)
+if want query || want query_cache || want pgpool; then
+  log "pgbench -i -s $SCALE"
+  run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
+    || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+  # devstack's query service connects as its own unprivileged roles
+  # (tools/devstack, tests/fixtures/demo_schema.h): let them read the table.
+  psql -p "$PG_PORT" -q -c 'GRANT SELECT ON pgbench_accounts TO PUBLIC' >/dev/null \
+    || die "cannot grant SELECT on pgbench_accounts"
+fi
+
 # Durable commits by default: devstack's PostgreSQL starts with fsync,
-# synchronous_commit and full_page_writes off (fast tests); ALTER SYSTEM
-# overrides its settings file and all three take effect on reload.
+# synchronous_commit and full_page_writes off (fast tests, and a fast pgbench -i
+# above); ALTER SYSTEM overrides its settings file, all three take effect on
+# reload, and a checkpoint then writes out what was written without fsync.
 # BENCH_FAST=1 keeps them off. An existing server (BENCH_PG_PORT) is left as it is.
 if [[ -z ${BENCH_PG_PORT:-} ]]; then
   if [[ -n ${BENCH_FAST:-} ]]; then v=off; else v=on; fi
@@ -253,6 +264,7 @@ if [[ -z ${BENCH_PG_PORT:-} ]]; then
     [[ $(psql -p "$PG_PORT" -Atc 'SHOW fsync') == "$v" ]] && break
     sleep 0.1
   done
+  psql -p "$PG_PORT" -q -c CHECKPOINT >/dev/null || die "CHECKPOINT failed"
 fi
 PG_DURABILITY=$(psql -p "$PG_PORT" -Atc "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name)
   FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')")
@@ -263,18 +275,11 @@ fi
 MAX_CONN=$(psql -p "$PG_PORT" -Atc 'SHOW max_connections')
 max_c=0
 for c in $CONCURRENCY; do ((c > max_c)) && max_c=$c; done
-if ((MAX_CONN < max_c + POOL_SIZE + 20)); then
-  echo "bench: WARNING: max_connections=$MAX_CONN may be too low for $max_c pgbench clients" >&2
-fi
-
-if want query || want query_cache || want pgpool; then
-  log "pgbench -i -s $SCALE"
-  run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
-    || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
-  # devstack's query service connects as its own unprivileged roles
-  # (tools/devstack, tests/fixtures/demo_schema.h): let them read the table.
-  psql -p "$PG_PORT" -q -c 'GRANT SELECT ON pgbench_accounts TO PUBLIC' >/dev/null \
-    || die "cannot grant SELECT on pgbench_accounts"
+bouncer_conns=0
+for size in $POOL_SIZES; do bouncer_conns=$((bouncer_conns + size)); done
+if ((MAX_CONN < max_c + bouncer_conns + POOL_SIZE + 20)); then
+  echo "bench: WARNING: max_connections=$MAX_CONN may be too low for $max_c pgbench clients" \
+    "beside $bouncer_conns PgBouncer server connections" >&2
 fi
 
 # --- PgBouncer ------------------------------------------------------------------
