@@ -428,10 +428,13 @@ def report(args):
                f"{durability}" + (" — fast settings (BENCH_FAST), not durable" if s.get("fast")
                                   else "") + ".")
     if s.get("pgbouncer_version"):
-        sizes = "/".join(str(x) for x in s.get("pgbouncer_pool_sizes", []))
+        sizes = s.get("pgbouncer_pool_sizes", [])
+        tuned = (f"default_pool_size swept over {'/'.join(str(x) for x in sizes)} at each "
+                 "concurrency and the best measured against poolside (setting column; the "
+                 "sweep below)" if len(sizes) > 1 else
+                 f"default_pool_size={sizes[0] if sizes else '?'} (not swept)")
         out.append(f"- PgBouncer {s['pgbouncer_version']}: pool_mode=transaction, TCP to "
-                   f"PostgreSQL; default_pool_size swept over {sizes} at each concurrency and "
-                   "the best measured against poolside (setting column; the sweep below).")
+                   f"PostgreSQL; {tuned}.")
     out.append(f"- poolside query service: {s['query_service']}; loadgen: "
                f"{s['loadgen']}.")
     out.append("")

@@ -218,7 +218,7 @@ else
   log "starting devstack (PostgreSQL on $PG_PORT, query service on $QUERY_PORT)"
   no_query=()
   if [[ -n ${BENCH_NO_POOLSIDE:-} ]] || ! want query; then no_query=(--no_query); fi
-  # The query service gets as many server connections as PgBouncer.
+  # The query service's own pool size: BENCH_POOL_SIZE (PgBouncer's is swept).
   "$DEVSTACK" --run_dir="$TMP/stack" --pg_port="$PG_PORT" --query_port="$QUERY_PORT" \
     --query_pool_size="$POOL_SIZE" --ready_file="$TMP/ready" "${no_query[@]}" \
     >"$TMP/devstack.log" 2>&1 &
@@ -398,13 +398,14 @@ POOLSIDE_SETTING="query pool max_size=$POOL_SIZE; loadgen 1 thread, 1 connection
 # times so that a burst of other load on the shared machine hits both sides
 # alike; the report keeps the median of each, and the sweep.
 query_bench() {
-  local c size best best_ops ops sizes
+  local c size best best_ops ops sizes setting
   read -r -a sizes <<<"$POOL_SIZES"
   for c in $CONCURRENCY; do
     pgbench_point direct_prepared "$PG_PORT" prepared "$c"
     pgbench_point direct_simple "$PG_PORT" simple "$c"
     best=${sizes[0]}
     best_ops=0
+    setting="default_pool_size=$best"
     if ((${#sizes[@]} > 1)); then
       for size in "${sizes[@]}"; do
         pgbench_point pgbouncer_sweep "${BOUNCER_PORT_OF[$size]}" simple "$c" --pool-size "$size" \
@@ -415,10 +416,11 @@ query_bench() {
           best_ops=$ops
         fi
       done
+      setting="default_pool_size=$best (best of ${POOL_SIZES// //})"
     fi
     for ((r = 0; r < ROUNDS; r++)); do
       pgbench_point pgbouncer_simple "${BOUNCER_PORT_OF[$best]}" simple "$c" --pool-size "$best" \
-        --setting "default_pool_size=$best (best of ${POOL_SIZES// //})"
+        --setting "$setting"
       if [[ -n $QUERY_ADDR ]]; then
         loadgen_point "$c"
       fi
