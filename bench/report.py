@@ -210,12 +210,9 @@ def ingest_notes(points, settings):
     if pool and copy and copy["ops_per_sec"]:
         out.append(f"Ingest through poolside reaches {pool['ops_per_sec'] / copy['ops_per_sec']:.2f}x "
                    "psql \\copy rows/s with acknowledgement after COMMIT (DESIGN target: >= 0.7).")
-    def split(p):
-        by = p.get("cpu_us_per_op_by_process") or {}
-        parts = [f"{name} {v:.2f}" for name, v in sorted(by.items()) if v is not None]
-        return f"{p['cpu_us_per_op']:.2f} µs" + (f" ({', '.join(parts)})" if parts else "")
     if pool and copy and pool.get("cpu_us_per_op") and copy.get("cpu_us_per_op"):
-        out.append(f"Server CPU per row: poolside {split(pool)}; psql \\copy {split(copy)}; "
+        out.append(f"Server CPU per row: poolside {cpu_split(pool, 2)}; psql \\copy "
+                   f"{cpu_split(copy, 2)}; "
                    f"ratio {pool['cpu_us_per_op'] / copy['cpu_us_per_op']:.2f}.")
     if pool and ins and ins["ops_per_sec"]:
         out.append(f"Batching gain: poolside ingest writes {pool['ops_per_sec'] / ins['ops_per_sec']:.1f}x "
@@ -354,6 +351,13 @@ def sweep_rows(sweep):
     return out
 
 
+def cpu_split(p, digits=1):
+    """CPU/op and, where measured, its split by process: "52.1 µs (postgres 20.3, ...)"."""
+    by = p.get("cpu_us_per_op_by_process") or {}
+    parts = [f"{name} {v:.{digits}f}" for name, v in sorted(by.items()) if v is not None]
+    return f"{p['cpu_us_per_op']:.{digits}f} µs" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def cpu_target_notes(points):
     """poolside's server CPU per read against PgBouncer's and direct prepared pgbench's."""
     by = {(p["scenario"], p["concurrency"]): p for p in points}
@@ -366,10 +370,10 @@ def cpu_target_notes(points):
             b = by.get((base, c))
             if b and b.get("cpu_us_per_op"):
                 r = p["cpu_us_per_op"] / b["cpu_us_per_op"]
-                parts.append(f"{r:.2f}x {TITLES[base]} (target ≤ {target}x"
+                parts.append(f"{r:.2f}x {TITLES[base]}'s {cpu_split(b)} (target ≤ {target}x"
                              f"{'' if r <= target else ', missed'})")
         if parts:
-            out.append(f"- {c} callers: poolside server CPU per read {p['cpu_us_per_op']:.1f} µs = "
+            out.append(f"- {c} callers: poolside server CPU per read {cpu_split(p)} = "
                        + "; ".join(parts))
     return out
 

@@ -287,6 +287,7 @@ fi
 # ini file, port and directory, all started before the first point: the sweep
 # then switches instances, not settings, and no point pays for a restart.
 declare -A BOUNCER_PORT_OF=()
+declare -A BOUNCER_PID_OF=()
 BOUNCER_VERSION=""
 
 start_bouncer() {  # default_pool_size
@@ -319,6 +320,7 @@ start_bouncer() {  # default_pool_size
   done
   psql -p "$port" -Atc 'SELECT 1' >/dev/null || die "pgbouncer (pool size $size) not answering"
   BOUNCER_PORT_OF[$size]=$port
+  BOUNCER_PID_OF[$size]=$pid
 }
 
 if want query; then
@@ -350,6 +352,12 @@ measured() {
   fi
   rm -f "$TMP/cpu.json"
   run python3 bench/cpu_window.py --out "$TMP/cpu.json" "${win[@]}" "${CPU_ARGS[@]}" -- "$@"
+}
+
+# The devstack PostgreSQL's postmaster (its CPU, with its backends', is split
+# out of the server CPU), or nothing for an external server.
+postmaster_pid() {
+  [[ -z ${BENCH_PG_PORT:-} ]] && head -1 "$TMP/stack/pgdata/postmaster.pid" 2>/dev/null
 }
 
 # add_point KIND [report.py options]: the last measurement as a result point
@@ -397,10 +405,23 @@ POOLSIDE_SETTING="query pool max_size=$POOL_SIZE; loadgen 1 thread, 1 connection
 # the best pool size is then the baseline, alternating with poolside ROUNDS
 # times so that a burst of other load on the shared machine hits both sides
 # alike; the report keeps the median of each, and the sweep.
+# split_cpu [NAME=PID]: CPU_ARGS for a point of this section: the server CPU
+# split into PostgreSQL (devstack's) and the named pooler or service.
+split_cpu() {
+  local pm
+  CPU_ARGS=()
+  pm=$(postmaster_pid) || true
+  [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
+  [[ -n ${1:-} && ${1#*=} != "" ]] && CPU_ARGS+=(--proc "$1")
+  return 0
+}
+
 query_bench() {
-  local c size best best_ops ops sizes setting
+  local c size best best_ops ops sizes setting qpid=""
   read -r -a sizes <<<"$POOL_SIZES"
+  [[ -n $DEVSTACK_PID ]] && qpid=$(pgrep -P "$DEVSTACK_PID" -f services/query/query_server | head -1)
   for c in $CONCURRENCY; do
+    split_cpu
     pgbench_point direct_prepared "$PG_PORT" prepared "$c"
     pgbench_point direct_simple "$PG_PORT" simple "$c"
     best=${sizes[0]}
@@ -408,6 +429,7 @@ query_bench() {
     setting="default_pool_size=$best"
     if ((${#sizes[@]} > 1)); then
       for size in "${sizes[@]}"; do
+        split_cpu "pgbouncer=${BOUNCER_PID_OF[$size]}"
         pgbench_point pgbouncer_sweep "${BOUNCER_PORT_OF[$size]}" simple "$c" --pool-size "$size" \
           --setting "default_pool_size=$size"
         ops=$(last_ops)
@@ -419,13 +441,16 @@ query_bench() {
       setting="default_pool_size=$best (best of ${POOL_SIZES// //})"
     fi
     for ((r = 0; r < ROUNDS; r++)); do
+      split_cpu "pgbouncer=${BOUNCER_PID_OF[$best]}"
       pgbench_point pgbouncer_simple "${BOUNCER_PORT_OF[$best]}" simple "$c" --pool-size "$best" \
         --setting "$setting"
       if [[ -n $QUERY_ADDR ]]; then
+        split_cpu "query_server=$qpid"
         loadgen_point "$c"
       fi
     done
   done
+  CPU_ARGS=()
 }
 want query && query_bench
 
@@ -446,12 +471,6 @@ INGEST_SUMMARY="not measured"
 
 ingest_point() {  # scenario concurrency rows seconds setting
   add_point ingest --scenario "$1" --concurrency "$2" --rows "$3" --seconds "$4" --setting "$5"
-}
-
-# The devstack PostgreSQL's postmaster (its CPU, with its backends', is split
-# out of the server CPU), or nothing for an external server.
-postmaster_pid() {
-  [[ -z ${BENCH_PG_PORT:-} ]] && head -1 "$TMP/stack/pgdata/postmaster.pid" 2>/dev/null
 }
 
 cpu_window_json_field() {  # field of $TMP/cpu.json
