@@ -263,6 +263,25 @@ def cache_notes(settings, points):
                 "transport). The ratio compares with redis-benchmark without pipelining (one "
                 "request in flight per client, as the sidecar's callers); the pipelined rows "
                 "are Redis at its best."]
+        by = {(p["scenario"], p["concurrency"]): p for p in points}
+        lines = []
+        for c in sorted({p["concurrency"] for p in points if p["scenario"] == "redis_get"}):
+            cells = []
+            for scenario, name in (("redis_get", "redis-server"),
+                                   ("redis_get_pipelined", "redis-server pipelined"),
+                                   ("cache_get_tcp", "cache_server over TCP"),
+                                   ("cache_get_unix", "cache_server over the unix socket")):
+                p = by.get((scenario, c))
+                v = ((p or {}).get("cpu_us_per_op_by_process") or {}).get(
+                    "redis_server" if scenario.startswith("redis") else "cache_server")
+                if v is not None:
+                    cells.append(f"{name} {v:.1f}")
+            if cells:
+                lines.append(f"- {c} clients: " + ", ".join(cells))
+        if lines:
+            out += ["", "CPU per GET of the cache process alone, µs (the server CPU column "
+                    "also counts the kernel's loopback work and anything else running):"]
+            out += lines
     if not not_measured(settings.get("query_cache")):
         out += ["", "Cached reads through query: " + settings["query_cache"] +
                 ". Target: cached ≥ 2x uncached."]

@@ -610,6 +610,7 @@ cache_point() {  # scenario addr clients
   local scenario=$1 addr=$2 c=$3
   BUSY=$(wait_idle)
   log "$scenario c=$c (other CPU load ${BUSY}%)"
+  CPU_ARGS=(--proc "cache_server=$CACHE_SERVER_PID")
   measured "$WARMUP" "$SECS" "$BIN/bench/cache_loadgen" --addr="$addr" --callers="$c" \
     --duration="$SECS" --warmup="$WARMUP" --keys="$CACHE_KEYS" --value_bytes="$CACHE_VALUE_BYTES" \
     --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
@@ -633,6 +634,7 @@ redis_point() {  # scenario clients pipeline
   n=$(awk -v r="${REDIS_RATE[$scenario-$c]}" -v s="$SECS" 'BEGIN { printf "%d\n", r * s }')
   BUSY=$(wait_idle)
   log "$scenario c=$c -P $pipeline, $n requests (other CPU load ${BUSY}%)"
+  CPU_ARGS=(--proc "redis_server=$REDIS_PID")
   measured 0 "$SECS" redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pipeline" -n "$n" \
     -r "$CACHE_KEYS" -t get -d "$CACHE_VALUE_BYTES" --csv >"$TMP/out.txt" 2>&1 \
     || { tail -20 "$TMP/out.txt" >&2; die "redis-benchmark failed (c=$c -P $pipeline)"; }
@@ -654,6 +656,7 @@ cache_bench() {
       cache_point cache_get_unix "unix:$CACHE_SOCKET" "$c"
     done
   done
+  CPU_ARGS=()
   stop_pid "$CACHE_SERVER_PID" 10
   stop_pid "$REDIS_PID" 10
   CACHE_SERVER_PID=""
