@@ -76,7 +76,9 @@ def emit(point, args):
         point["cache_hits"] = args.cache_hits
         point["cache_misses_counted"] = args.cache_selects
         if point.get("transactions"):
-            point["cache_hit_ratio"] = round(args.cache_hits / point["transactions"], 4)
+            ratio = args.cache_hits / point["transactions"]
+            # With the extended protocol pgpool counts more hits than reads: no ratio.
+            point["cache_hit_ratio"] = round(ratio, 4) if ratio <= 1 else None
     cpu_file = getattr(args, "cpu", None)
     if cpu_file:
         try:
@@ -407,7 +409,8 @@ def report(args):
             if line:
                 points.append(json.loads(line))
     sweep = [p for p in points if p["scenario"] == "pgbouncer_sweep"]
-    points = median_runs([p for p in points if p["scenario"] != "pgbouncer_sweep"])
+    pgpool_sweep = [p for p in points if p["scenario"] == "pgpool_sweep"]
+    points = median_runs([p for p in points if not p["scenario"].endswith("_sweep")])
     by_key = {(p["scenario"], p["concurrency"]): p for p in points}
     for p in points:
         c = p.get("baseline_concurrency", p["concurrency"])
@@ -423,6 +426,7 @@ def report(args):
     result = dict(meta)
     result["results"] = points
     result["pgbouncer_sweep"] = sweep
+    result["pgpool_sweep"] = pgpool_sweep
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
@@ -512,6 +516,13 @@ def report(args):
                 "runs; the best, in bold, is the baseline above):", ""] + sweep_rows(sweep)
     out.extend(ingest_notes(points, s))
     out.extend(cache_notes(s, points))  # cache section
+    if pgpool_sweep:
+        out += ["", "pgpool-II pgbench mode, one read-only run each before the compared runs "
+                "(the faster is used above):"]
+        for c in sorted({p["concurrency"] for p in pgpool_sweep}):
+            out.append(f"- {c} clients: " + ", ".join(
+                f"{p['setting'].split(' -j')[0]} {fmt_int(p['ops_per_sec'])} ops/s"
+                for p in pgpool_sweep if p["concurrency"] == c))
     for n in m.get("notes", []):
         out.append(f"- {n}")
     with open(args.md, "w") as f:

@@ -42,6 +42,7 @@
 #   BENCH_QUERY_CACHE_KEYS=1000   key range of the cached vs uncached query reads
 #                              (and of pgpool-II's cached reads)
 #   BENCH_WRITES_PER_SEC=1000  rate of the writer beside the "with writes" cached reads
+#   BENCH_PGPOOL_MODES="simple prepared"  pgbench -M through pgpool-II (the faster is used)
 #   BENCH_INGEST_ROWS=1000000  rows per ingest run (0: skip the ingest section)
 set -euo pipefail
 
@@ -687,6 +688,7 @@ WRITER_PID=""
 QUERY_CACHE_SUMMARY="not measured"
 PGPOOL_SUMMARY="not measured"
 PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
+PGPOOL_MODES=${BENCH_PGPOOL_MODES:-"simple prepared"}
 
 start_query_cache() {
   local server=$BIN/services/query/query_server i
@@ -822,10 +824,10 @@ pgpool_cache_counts() {
   psql -p "$PGPOOL_PORT" -AtF ' ' -c 'SHOW pool_cache' | awk '{ print $1, $2; exit }'
 }
 
-pgpool_point() {  # scenario clients [writes]
-  local scenario=$1 c=$2 writes=${3:-} w=() pm hits0 hits1
+pgpool_point() {  # scenario clients mode [writes]
+  local scenario=$1 c=$2 mode=$3 writes=${4:-} w=() pm hits0 hits1
   BUSY=$(wait_idle)
-  log "$scenario c=$c (other CPU load ${BUSY}%)"
+  log "$scenario c=$c -M $mode (other CPU load ${BUSY}%)"
   pm=$(postmaster_pid) || true
   CPU_ARGS=(--tree "pgpool=$PGPOOL_PID")
   [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
@@ -835,7 +837,7 @@ pgpool_point() {  # scenario clients [writes]
   fi
   rm -f "$TMP/pgb_log".*
   read -r -a hits0 < <(pgpool_cache_counts)
-  measured 0 "$SECS" pgbench -p "$PGPOOL_PORT" -n -M simple -f "$TMP/select_hot.sql" -c "$c" \
+  measured 0 "$SECS" pgbench -p "$PGPOOL_PORT" -n -M "$mode" -f "$TMP/select_hot.sql" -c "$c" \
     -j "$PGBENCH_THREADS" -T "$SECS" -l --sampling-rate="$SAMPLING" --log-prefix="$TMP/pgb_log" \
     >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench through pgpool failed ($scenario c=$c)"; }
   CPU_ARGS=()
@@ -846,7 +848,27 @@ pgpool_point() {  # scenario clients [writes]
   fi
   w+=(--cache-hits "$((hits1[0] - hits0[0]))" --cache-selects "$((hits1[1] - hits0[1]))")
   add_point pgbench --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
-    --log-prefix "$TMP/pgb_log" --setting "memqcache shmem, pgbench -M simple -j $PGBENCH_THREADS" "${w[@]}"
+    --log-prefix "$TMP/pgb_log" --setting "pgbench -M $mode${PGPOOL_BEST_OF:-} -j $PGBENCH_THREADS" "${w[@]}"
+}
+
+# pgpool_best_mode CLIENTS: with more than one of PGPOOL_MODES, one read-only
+# run in each (scenario pgpool_sweep, kept in the JSON) and PGPOOL_MODE the
+# fastest; pgpool-II caches simple and extended-protocol SELECTs alike.
+pgpool_best_mode() {
+  local c=$1 mode best_ops=0 ops modes
+  read -r -a modes <<<"$PGPOOL_MODES"
+  PGPOOL_MODE=${modes[0]}
+  PGPOOL_BEST_OF=""
+  ((${#modes[@]} > 1)) || return 0
+  for mode in "${modes[@]}"; do
+    pgpool_point pgpool_sweep "$c" "$mode"
+    ops=$(last_ops)
+    if awk -v a="$ops" -v b="$best_ops" 'BEGIN { exit !(a > b) }'; then
+      PGPOOL_MODE=$mode
+      best_ops=$ops
+    fi
+  done
+  PGPOOL_BEST_OF=" (best of ${PGPOOL_MODES// //})"
 }
 
 cached_reads_bench() {
@@ -867,14 +889,15 @@ cached_reads_bench() {
   fi
   want pgpool && start_pgpool
   for c in $CACHE_CONCURRENCY; do
+    want pgpool && pgpool_best_mode "$c"
     for ((r = 0; r < ROUNDS; r++)); do
       if want query_cache; then
         query_cache_point query_uncached "$c" 0
         query_cache_point query_cached "$c" 60000
       fi
-      want pgpool && pgpool_point pgpool_cached "$c"
+      want pgpool && pgpool_point pgpool_cached "$c" "$PGPOOL_MODE"
       want query_cache && query_cache_point query_cached_writes "$c" 60000 writes
-      want pgpool && pgpool_point pgpool_cached_writes "$c" writes
+      want pgpool && pgpool_point pgpool_cached_writes "$c" "$PGPOOL_MODE" writes
     done
   done
   if want query_cache; then
@@ -887,7 +910,7 @@ cached_reads_bench() {
   if want pgpool; then
     stop_pid "$PGPOOL_PID" 20
     PGPOOL_PID=""
-    PGPOOL_SUMMARY="pgpool-II $PGPOOL_VERSION (raw mode, one child per client, memory_cache_enabled with memqcache_method=shmem, auto invalidation); the same SELECT with aid random in [1, $QUERY_CACHE_KEYS] by pgbench -M simple, read-only and beside $WRITES_PER_SEC UPDATEs/s of the same keys through pgpool"
+    PGPOOL_SUMMARY="pgpool-II $PGPOOL_VERSION (raw mode, one child per client, memory_cache_enabled with memqcache_method=shmem, auto invalidation); the same SELECT with aid random in [1, $QUERY_CACHE_KEYS] by pgbench (-M of ${PGPOOL_MODES// //}, the faster at each concurrency), read-only and beside $WRITES_PER_SEC UPDATEs/s of the same keys through pgpool (-M simple)"
   fi
 }
 cached_reads_bench
@@ -926,7 +949,8 @@ vars=""
 for v in BENCH_ONLY BENCH_FAST BENCH_SECONDS BENCH_ROUNDS BENCH_CONCURRENCY BENCH_SCALE \
          BENCH_WARMUP BENCH_POOL_SIZE BENCH_POOL_SIZES BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE \
          BENCH_IDLE_WAIT BENCH_NO_POOLSIDE BENCH_NO_CACHE BENCH_CACHE_CONCURRENCY \
-         BENCH_REDIS_PIPELINE BENCH_QUERY_CACHE_KEYS BENCH_WRITES_PER_SEC BENCH_INGEST_ROWS \
+         BENCH_REDIS_PIPELINE BENCH_QUERY_CACHE_KEYS BENCH_WRITES_PER_SEC BENCH_PGPOOL_MODES \
+         BENCH_INGEST_ROWS \
          BENCH_INGEST_PRODUCERS BENCH_INGEST_COPY_CONNECTIONS; do
   if [[ ${!v:-} =~ ^[A-Za-z0-9_,./:-]+$ ]]; then
     vars+="$v=${!v} "
