@@ -10,6 +10,10 @@ points into bench/results/latest.{json,md}.
   report.py report --points FILE --meta FILE --json OUT --md OUT
       Pairs every point with its baseline at the same concurrency and writes
       the result files.
+
+Every *-point command takes --cpu FILE (bench/cpu_window.py's measurement of
+the run: the point gets server CPU per operation) and --setting TEXT (the
+setting the row ran with, shown in the table).
 """
 
 import argparse
@@ -18,18 +22,21 @@ import json
 import re
 import sys
 
-# scenario -> (baseline scenario, what the ratio means)
+# scenario -> its baseline: the first of these measured in the run
 BASELINES = {
-    "pgbouncer_simple": "direct_simple",
-    "poolside_execute": "pgbouncer_simple",
-    # cache section: the sidecar's Get against redis-benchmark GET
-    "cache_get_tcp": "redis_get",
-    "cache_get_unix": "redis_get",
-    # cached point selects through query against the same selects uncached
-    "query_cached": "query_uncached",
+    "pgbouncer_simple": ["direct_simple"],
+    "poolside_execute": ["pgbouncer_simple"],
+    # cache section: the sidecar's Get against redis-benchmark GET (the same
+    # number of requests in flight; the pipelined rows are shown beside)
+    "cache_get_tcp": ["redis_get"],
+    "cache_get_unix": ["redis_get"],
+    # cached point selects through query against pgpool-II's query cache, or
+    # else against the same selects uncached
+    "query_cached": ["pgpool_cached", "query_uncached"],
+    "query_cached_writes": ["pgpool_cached_writes", "query_uncached"],
     # ingest section: rows/s against psql \copy of the same rows
-    "ingest_poolside": "ingest_psql_copy",
-    "ingest_pgbench_insert": "ingest_psql_copy",
+    "ingest_poolside": ["ingest_psql_copy"],
+    "ingest_pgbench_insert": ["ingest_psql_copy"],
 }
 
 # Above this share of CPU in use by others around a point, the point is flagged.
@@ -39,16 +46,69 @@ TITLES = {
     "direct_prepared": "pgbench -S -M prepared, direct",
     "direct_simple": "pgbench -S -M simple, direct",
     "pgbouncer_simple": "pgbench -S -M simple, via PgBouncer",
+    "pgbouncer_sweep": "pgbench -S -M simple, via PgBouncer (pool size sweep)",
     "poolside_execute": "poolside Execute (loadgen)",
     "redis_get": "cache: redis-benchmark -t get",
+    "redis_get_pipelined": "cache: redis-benchmark -t get, pipelined",
     "cache_get_tcp": "cache: sidecar Get over TCP (cache_loadgen)",
     "cache_get_unix": "cache: sidecar Get over unix socket (cache_loadgen)",
     "query_uncached": "cache: query Execute, hot keys, no cache policy (loadgen)",
     "query_cached": "cache: query Execute, hot keys, cached (loadgen --cache_ttl_ms)",
+    "query_cached_writes": "cache: query Execute, hot keys, cached, with writes",
+    "pgpool_cached": "cache: pgpool-II query cache, hot keys (pgbench)",
+    "pgpool_cached_writes": "cache: pgpool-II query cache, hot keys, with writes",
     "ingest_psql_copy": "ingest: psql \\copy, rows/s",
     "ingest_pgbench_insert": "ingest: single-row INSERT per transaction (pgbench), rows/s",
     "ingest_poolside": "ingest: poolside Channel (ingest_loadgen), rows/s",
 }
+
+
+def emit(point, args):
+    """Adds what every point carries (setting, CPU per operation) and prints it."""
+    if getattr(args, "setting", None):
+        point["setting"] = args.setting
+    if getattr(args, "pool_size", None) is not None:
+        point["pool_size"] = args.pool_size
+    if getattr(args, "writes_per_sec", None) is not None:
+        point["writes_per_sec"] = args.writes_per_sec
+    if getattr(args, "cache_hits", None) is not None:
+        # pgpool's cache hits during the run ÷ the SELECTs pgbench completed.
+        point["cache_hits"] = args.cache_hits
+        point["cache_misses_counted"] = args.cache_selects
+        if point.get("transactions"):
+            ratio = args.cache_hits / point["transactions"]
+            # With the extended protocol pgpool counts more hits than reads: no ratio.
+            point["cache_hit_ratio"] = round(ratio, 4) if ratio <= 1 else None
+    cpu_file = getattr(args, "cpu", None)
+    if cpu_file:
+        try:
+            with open(cpu_file) as f:
+                cpu = json.load(f)
+        except (OSError, ValueError) as e:
+            sys.exit(f"cannot read the CPU measurement {cpu_file}: {e}")
+        point["cpu"] = cpu
+        ops = point.get("ops_per_sec")
+        server = cpu.get("server_cores")
+        # Server CPU (all busy CPU minus the load generators') per operation.
+        point["cpu_us_per_op"] = (round(server / ops * 1e6, 1)
+                                  if ops and server is not None else None)
+        procs = cpu.get("processes") or {}
+        point["cpu_us_per_op_by_process"] = {
+            name: (round(cores / ops * 1e6, 1) if ops and cores is not None else None)
+            for name, cores in procs.items()}
+    print(json.dumps(point))
+
+
+def redis_rate(args):
+    """Prints the GET rate of a redis-benchmark --csv output."""
+    import csv
+    with open(args.output) as f:
+        rows = [r for r in csv.reader(f) if r]
+    header = next((r for r in rows if r[0] == "test"), None)
+    row = next((r for r in rows if r[0].startswith("GET")), None)
+    if header is None or row is None:
+        sys.exit("redis-benchmark printed no GET row")
+    print(dict(zip(header, row))["rps"])
 
 
 def percentile(sorted_values, q):
@@ -68,6 +128,7 @@ def pgbench_point(args):
     m2 = re.search(r"^number of failed transactions: (\d+)", text, re.M)
     if m2:
         failed = int(m2.group(1))
+    m3 = re.search(r"^number of transactions actually processed: (\d+)", text, re.M)
     lat = []
     # Log lines: client_id transaction_no time_us script_no epoch epoch_us [...]
     for path in glob.glob(args.log_prefix + ".*"):
@@ -85,11 +146,12 @@ def pgbench_point(args):
         "p99_us": percentile(lat, 0.99),
         "latency_samples": len(lat),
         "errors": failed,
+        "transactions": int(m3.group(1)) if m3 else None,
         "loadavg_after": args.loadavg,
         "other_cpu_busy_pct_before": args.busy,
         "other_cpu_busy_pct_after": args.busy_after,
     }
-    print(json.dumps(point))
+    emit(point, args)
 
 
 def loadgen_point(args):
@@ -115,15 +177,9 @@ def loadgen_point(args):
     }
     if "not_hits" in r:
         point["not_hits"] = r["not_hits"]
-    if args.server_cpu_cores is not None:
-        # What the server side spends per call, whatever the client costs.
-        point["server_cpu_cores"] = args.server_cpu_cores
-        point["db_cpu_cores"] = args.db_cpu_cores
-        ops = r["ops_per_sec"]
-        point["server_cpu_us_per_call"] = (
-            round((args.server_cpu_cores + (args.db_cpu_cores or 0)) / ops * 1e6, 1)
-            if ops else None)
-    print(json.dumps(point))
+        if r["ops"]:
+            point["cache_hit_ratio"] = round(1 - int(r["not_hits"]) / r["ops"], 4)
+    emit(point, args)
 
 
 # --- ingest section -------------------------------------------------------------
@@ -143,7 +199,7 @@ def ingest_point(args):
     }
     if args.scenario != "ingest_psql_copy":
         point["baseline_concurrency"] = 1  # psql \copy is one client
-    print(json.dumps(point))
+    emit(point, args)
 
 
 def ingest_notes(points, settings):
@@ -156,6 +212,10 @@ def ingest_notes(points, settings):
     if pool and copy and copy["ops_per_sec"]:
         out.append(f"Ingest through poolside reaches {pool['ops_per_sec'] / copy['ops_per_sec']:.2f}x "
                    "psql \\copy rows/s with acknowledgement after COMMIT (DESIGN target: >= 0.7).")
+    if pool and copy and pool.get("cpu_us_per_op") and copy.get("cpu_us_per_op"):
+        out.append(f"Server CPU per row: poolside {cpu_split(pool, 2)}; psql \\copy "
+                   f"{cpu_split(copy, 2)}; "
+                   f"ratio {pool['cpu_us_per_op'] / copy['cpu_us_per_op']:.2f}.")
     if pool and ins and ins["ops_per_sec"]:
         out.append(f"Batching gain: poolside ingest writes {pool['ops_per_sec'] / ins['ops_per_sec']:.1f}x "
                    "the rows/s of single-row INSERT transactions at the same client concurrency.")
@@ -190,52 +250,77 @@ def redis_point(args):
         "other_cpu_busy_pct_before": args.busy,
         "other_cpu_busy_pct_after": args.busy_after,
     }
-    print(json.dumps(point))
+    emit(point, args)
+
+
+def not_measured(text):
+    return not text or text.startswith("not measured")
 
 
 def cache_notes(settings, points):
-    if not settings.get("cache") or settings["cache"].startswith("not measured"):
-        return []
-    out = ["", "Cache: " + settings["cache"] + ". DESIGN target: sidecar Get ≥ 0.6x Redis GET "
-           "with p99 under 1 ms at 32 callers (the unix socket is the sidecar's transport)."]
-    if settings.get("query_cache") and not settings["query_cache"].startswith("not measured"):
-        out.append("")
-        out.append("Cached reads through query: " + settings["query_cache"] +
-                   ". Target: cached ≥ 2x uncached.")
+    out = []
+    if not not_measured(settings.get("cache")):
+        out += ["", "Cache: " + settings["cache"] + ". DESIGN target: sidecar Get ≥ 0.6x Redis "
+                "GET with p99 under 1 ms at 32 callers (the unix socket is the sidecar's "
+                "transport). The ratio compares with redis-benchmark without pipelining (one "
+                "request in flight per client, as the sidecar's callers); the pipelined rows "
+                "are Redis at its best."]
+        by = {(p["scenario"], p["concurrency"]): p for p in points}
+        lines = []
+        for c in sorted({p["concurrency"] for p in points if p["scenario"] == "redis_get"}):
+            cells = []
+            for scenario, name in (("redis_get", "redis-server"),
+                                   ("redis_get_pipelined", "redis-server pipelined"),
+                                   ("cache_get_tcp", "cache_server over TCP"),
+                                   ("cache_get_unix", "cache_server over the unix socket")):
+                p = by.get((scenario, c))
+                v = ((p or {}).get("cpu_us_per_op_by_process") or {}).get(
+                    "redis_server" if scenario.startswith("redis") else "cache_server")
+                if v is not None:
+                    cells.append(f"{name} {v:.1f}")
+            if cells:
+                lines.append(f"- {c} clients: " + ", ".join(cells))
+        if lines:
+            out += ["", "CPU per GET of the cache process alone, µs (the server CPU column "
+                    "also counts the kernel's loopback work and anything else running):"]
+            out += lines
+    if not not_measured(settings.get("query_cache")):
+        out += ["", "Cached reads through query: " + settings["query_cache"] +
+                ". Target: cached ≥ 2x uncached."]
+        by = {(p["scenario"], p["concurrency"]): p for p in points}
+        for (scenario, c), k in sorted(by.items(), key=lambda kv: kv[0][1]):
+            u = by.get(("query_uncached", c))
+            if scenario == "query_cached" and u and u["ops_per_sec"]:
+                out.append(f"- {c} callers: cached ÷ uncached = "
+                           f"{k['ops_per_sec'] / u['ops_per_sec']:.2f}")
         rows = query_cache_cpu_rows(points)
         if rows:
-            out.append("")
-            out.append("Server CPU per read (the median runs above): query_server's and "
-                       "PostgreSQL's CPU time over the measured window ÷ calls, and the "
-                       "load generator's, which shares the same two cores.")
-            out.append("")
-            out.append("| callers | uncached: query_server + PostgreSQL µs | cached: query_server "
-                       "+ PostgreSQL µs | uncached ÷ cached | client µs uncached / cached |")
-            out.append("|---:|---:|---:|---:|---:|")
+            out += ["", "Server CPU per read by process (the median runs above), µs: "
+                    "query_server + cache_server + PostgreSQL; and the load generator's own.", "",
+                    "| scenario | callers | server µs | query_server | cache_server | PostgreSQL "
+                    "| client µs |", "|---|---:|---:|---:|---:|---:|---:|"]
             out.extend(rows)
+    if not not_measured(settings.get("pgpool")):
+        out += ["", "pgpool-II: " + settings["pgpool"] + ". The query rows' baseline is "
+                "pgpool-II at the same concurrency (read-only against read-only, with writes "
+                "against with writes)."]
     return out
 
 
 def query_cache_cpu_rows(points):
-    by = {(p["scenario"], p["concurrency"]): p for p in points}
     rows = []
-    for (scenario, c), u in sorted(by.items(), key=lambda kv: kv[0][1]):
-        k = by.get(("query_cached", c))
-        if scenario != "query_uncached" or k is None:
+    for p in sorted(points, key=lambda p: (p["concurrency"], p["scenario"])):
+        if not p["scenario"].startswith("query_") or p.get("cpu_us_per_op") is None:
             continue
-        if u.get("server_cpu_us_per_call") is None or k.get("server_cpu_us_per_call") is None:
-            continue
+        by = p.get("cpu_us_per_op_by_process") or {}
 
-        def split(p):
-            ops = p["ops_per_sec"]
-            return (f"{p['server_cpu_us_per_call']:.1f} ({p['server_cpu_cores'] / ops * 1e6:.1f} "
-                    f"+ {(p['db_cpu_cores'] or 0) / ops * 1e6:.1f})")
-
-        def client(p):
-            return p["client_cpu_cores"] / p["ops_per_sec"] * 1e6
-        ratio = u["server_cpu_us_per_call"] / k["server_cpu_us_per_call"]
-        rows.append(f"| {c} | {split(u)} | {split(k)} | {ratio:.2f} | "
-                    f"{client(u):.1f} / {client(k):.1f} |")
+        def f(v):
+            return "—" if v is None else f"{v:.1f}"
+        client = (p["client_cpu_cores"] / p["ops_per_sec"] * 1e6
+                  if p.get("client_cpu_cores") is not None and p["ops_per_sec"] else None)
+        rows.append(f"| {p['scenario']} | {p['concurrency']} | {f(p['cpu_us_per_op'])} | "
+                    f"{f(by.get('query_server'))} | {f(by.get('cache_server'))} | "
+                    f"{f(by.get('postgres'))} | {f(client)} |")
     return rows
 # --- end of cache section -------------------------------------------------------
 
@@ -262,6 +347,58 @@ def median_runs(points):
     return out
 
 
+def sweep_rows(sweep):
+    """The PgBouncer pool size sweep: ops/s (CPU/op µs) per pool size and concurrency."""
+    sizes = sorted({p["pool_size"] for p in sweep})
+    conc = sorted({p["concurrency"] for p in sweep})
+    by = {(p["pool_size"], p["concurrency"]): p for p in sweep}
+    best = {c: max((p for p in sweep if p["concurrency"] == c), key=lambda p: p["ops_per_sec"])
+            for c in conc}
+    out = ["| default_pool_size | " + " | ".join(f"{c} clients: ops/s (CPU/op µs)" for c in conc)
+           + " |", "|---:|" + "---:|" * len(conc)]
+    for size in sizes:
+        cells = []
+        for c in conc:
+            p = by.get((size, c))
+            if p is None:
+                cells.append("—")
+                continue
+            cpu = p.get("cpu_us_per_op")
+            cell = f"{fmt_int(p['ops_per_sec'])} ({'—' if cpu is None else f'{cpu:.1f}'})"
+            if best[c] is p:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        out.append(f"| {size} | " + " | ".join(cells) + " |")
+    return out
+
+
+def cpu_split(p, digits=1):
+    """CPU/op and, where measured, its split by process: "52.1 µs (postgres 20.3, ...)"."""
+    by = p.get("cpu_us_per_op_by_process") or {}
+    parts = [f"{name} {v:.{digits}f}" for name, v in sorted(by.items()) if v is not None]
+    return f"{p['cpu_us_per_op']:.{digits}f} µs" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def cpu_target_notes(points):
+    """poolside's server CPU per read against PgBouncer's and direct prepared pgbench's."""
+    by = {(p["scenario"], p["concurrency"]): p for p in points}
+    out = []
+    for (scenario, c), p in sorted(by.items(), key=lambda kv: kv[0][1]):
+        if scenario != "poolside_execute" or p.get("cpu_us_per_op") is None:
+            continue
+        parts = []
+        for base, target in (("pgbouncer_simple", 0.8), ("direct_prepared", 1.5)):
+            b = by.get((base, c))
+            if b and b.get("cpu_us_per_op"):
+                r = p["cpu_us_per_op"] / b["cpu_us_per_op"]
+                parts.append(f"{r:.2f}x {TITLES[base]}'s {cpu_split(b)} (target ≤ {target}x"
+                             f"{'' if r <= target else ', missed'})")
+        if parts:
+            out.append(f"- {c} callers: poolside server CPU per read {cpu_split(p)} = "
+                       + "; ".join(parts))
+    return out
+
+
 def report(args):
     with open(args.meta) as f:
         meta = json.load(f)
@@ -271,66 +408,94 @@ def report(args):
             line = line.strip()
             if line:
                 points.append(json.loads(line))
-    points = median_runs(points)
+    sweep = [p for p in points if p["scenario"] == "pgbouncer_sweep"]
+    pgpool_sweep = [p for p in points if p["scenario"] == "pgpool_sweep"]
+    points = median_runs([p for p in points if not p["scenario"].endswith("_sweep")])
     by_key = {(p["scenario"], p["concurrency"]): p for p in points}
     for p in points:
-        base = BASELINES.get(p["scenario"])
-        b = (by_key.get((base, p.get("baseline_concurrency", p["concurrency"])))
-             if base else None)
+        c = p.get("baseline_concurrency", p["concurrency"])
+        base = next((b for b in BASELINES.get(p["scenario"], []) if (b, c) in by_key), None)
+        b = by_key.get((base, c)) if base else None
         p["title"] = TITLES.get(p["scenario"], p["scenario"])
         p["baseline"] = base
         p["baseline_ops_per_sec"] = b["ops_per_sec"] if b else None
         p["ratio"] = (round(p["ops_per_sec"] / b["ops_per_sec"], 3)
                       if b and b["ops_per_sec"] else None)
+        p["cpu_ratio"] = (round(p["cpu_us_per_op"] / b["cpu_us_per_op"], 3)
+                          if b and p.get("cpu_us_per_op") and b.get("cpu_us_per_op") else None)
     result = dict(meta)
     result["results"] = points
+    result["pgbouncer_sweep"] = sweep
+    result["pgpool_sweep"] = pgpool_sweep
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
 
     m = meta
+    s = m["settings"]
     out = []
     out.append("# poolside benchmark — latest run")
     out.append("")
     out.append(f"- Date: {m['date']}")
     out.append(f"- Command: `{m['command']}`")
+    out.append(f"- Sections: {', '.join(s.get('sections', []))}")
     mach = m["machine"]
     out.append(f"- Machine: nproc={mach['nproc']}, {mach['cpu']}, {mach['kernel']}; "
                f"load average before {mach['loadavg_start']}, after {mach['loadavg_end']}"
                " (1/5/15 min; the run's own processes raise it). Everything — PostgreSQL, "
                "the pooler or query service, and the client — shares these cores over "
                "loopback TCP.")
-    s = m["settings"]
     out.append(f"- {s['seconds']} s per run (loadgen: +{s['warmup']} s warm-up); each compared "
                f"point ran {s.get('rounds', 1)} times, alternating with its baseline, and the "
                "table shows the median run (all runs' ops/s in the last column); "
                f"pgbench scale {s['scale']} ({s['scale'] * 100000:,} accounts), "
                f"random `aid`, `-j {s['pgbench_threads']}`.")
-    out.append(f"- PostgreSQL {s['postgres_version']} ({s['postgres_source']}). PgBouncer {s['pgbouncer_version']}: "
-               f"pool_mode=transaction, default_pool_size={s['pgbouncer_pool_size']}, "
-               "TCP to PostgreSQL.")
+    durability = s.get("postgres_durability", "?")
+    out.append(f"- PostgreSQL {s['postgres_version']} ({s['postgres_source']}), "
+               f"{durability}" + (" — fast settings (BENCH_FAST), not durable" if s.get("fast")
+                                  else "") + ".")
+    if s.get("pgbouncer_version"):
+        sizes = s.get("pgbouncer_pool_sizes", [])
+        tuned = (f"default_pool_size swept over {'/'.join(str(x) for x in sizes)} at each "
+                 "concurrency and the best measured against poolside (setting column; the "
+                 "sweep below)" if len(sizes) > 1 else
+                 f"default_pool_size={sizes[0] if sizes else '?'} (not swept)")
+        out.append(f"- PgBouncer {s['pgbouncer_version']}: pool_mode=transaction, TCP to "
+                   f"PostgreSQL; {tuned}.")
     out.append(f"- poolside query service: {s['query_service']}; loadgen: "
                f"{s['loadgen']}.")
     out.append("")
     busy_points = 0
-    out.append("| scenario | concurrency | ops/s | p50 µs | p99 µs | baseline | baseline ops/s | ratio | runs (ops/s) |")
-    out.append("|---|---:|---:|---:|---:|---|---:|---:|---|")
+    out.append("| scenario | setting | concurrency | ops/s | p50 µs | p99 µs | CPU/op µs | "
+               "baseline | baseline ops/s | ratio | CPU/op ratio | runs (ops/s) |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
     for p in points:
         base_title = TITLES.get(p["baseline"], "") if p["baseline"] else ""
         ratio = "—" if p["ratio"] is None else f"{p['ratio']:.2f}"
+        cpu_ratio = "—" if p.get("cpu_ratio") is None else f"{p['cpu_ratio']:.2f}"
+        cpu = "—" if p.get("cpu_us_per_op") is None else f"{p['cpu_us_per_op']:.1f}"
         errs = f" ({p['errors']} errors)" if p.get("errors") else ""
+        if p.get("writes_per_sec") is not None:
+            errs += f" ({float(p['writes_per_sec']):,.0f} writes/s)"
+        if p.get("cache_hit_ratio") is not None:
+            errs += f" ({p['cache_hit_ratio']:.0%} hits)"
         if max(p.get("other_cpu_busy_pct_before") or 0,
                p.get("other_cpu_busy_pct_after") or 0) > BUSY_LIMIT:
             errs += " ⚠"
             busy_points += 1
         out.append(
-            f"| {p['title']}{errs} | {p['concurrency']} | {fmt_int(p['ops_per_sec'])} | "
-            f"{fmt_int(p['p50_us'])} | {fmt_int(p['p99_us'])} | {base_title or '—'} | "
-            f"{fmt_int(p['baseline_ops_per_sec'])} | {ratio} | "
-            f"{', '.join(fmt_int(v) for v in p['runs_ops_per_sec'])} |")
+            f"| {p['title']}{errs} | {p.get('setting', '')} | {p['concurrency']} | "
+            f"{fmt_int(p['ops_per_sec'])} | {fmt_int(p['p50_us'])} | {fmt_int(p['p99_us'])} | "
+            f"{cpu} | {base_title or '—'} | {fmt_int(p['baseline_ops_per_sec'])} | {ratio} | "
+            f"{cpu_ratio} | {', '.join(fmt_int(v) for v in p['runs_ops_per_sec'])} |")
     out.append("")
     out.append("Ratio = ops/s ÷ baseline ops/s at the same concurrency, measured in the same "
                "run. The DESIGN target is poolside ÷ PgBouncer ≥ 1.0 at 32 and 64 callers.")
+    out.append("CPU/op = server CPU per operation (per row for ingest): all busy CPU of the "
+               "machine over the measured window (/proc/stat) minus the load generators' own "
+               "(and the measuring script's), ÷ operations — PostgreSQL plus the pooler, "
+               "service or cache, and anything else running. CPU/op ratio = CPU/op ÷ the "
+               "baseline's. Only meaningful on an otherwise idle machine.")
     out.append("pgbench latencies come from its per-transaction log sampled at "
                f"{s['pgbench_sampling_rate']}; loadgen's from every measured call (start to "
                "completion dequeued; queued completions are all timed before new calls "
@@ -342,8 +507,22 @@ def report(args):
     else:
         out.append(f"No point had other work using more than {BUSY_LIMIT}% of the CPU in the "
                    "second before or after it.")
+    cpu_notes = cpu_target_notes(points)
+    if cpu_notes:
+        out += ["", "Server CPU per point read (targets: poolside ≤ 0.8x PgBouncer + "
+                "PostgreSQL, ≤ 1.5x direct prepared pgbench):"] + cpu_notes
+    if sweep:
+        out += ["", "PgBouncer default_pool_size sweep (one run each, before the compared "
+                "runs; the best, in bold, is the baseline above):", ""] + sweep_rows(sweep)
     out.extend(ingest_notes(points, s))
     out.extend(cache_notes(s, points))  # cache section
+    if pgpool_sweep:
+        out += ["", "pgpool-II pgbench mode, one read-only run each before the compared runs "
+                "(the faster is used above):"]
+        for c in sorted({p["concurrency"] for p in pgpool_sweep}):
+            out.append(f"- {c} clients: " + ", ".join(
+                f"{p['setting'].split(' -j')[0]} {fmt_int(p['ops_per_sec'])} ops/s"
+                for p in pgpool_sweep if p["concurrency"] == c))
     for n in m.get("notes", []):
         out.append(f"- {n}")
     with open(args.md, "w") as f:
@@ -353,38 +532,40 @@ def report(args):
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("redis-point")  # cache section
-    sp.add_argument("--scenario", required=True)
-    sp.add_argument("--concurrency", type=int, required=True)
-    sp.add_argument("--output", required=True)
-    sp.add_argument("--loadavg", default="")
-    sp.add_argument("--busy", type=int, default=None)
-    sp.add_argument("--busy-after", type=int, default=None)
-    for name in ("pgbench-point", "loadgen-point"):
+
+    def point_parser(name):
         sp = sub.add_parser(name)
         sp.add_argument("--scenario", required=True)
         sp.add_argument("--concurrency", type=int, required=True)
-        sp.add_argument("--output", required=True)
         sp.add_argument("--loadavg", default="")
         sp.add_argument("--busy", type=int, default=None,
                         help="%% CPU in use (by others) in the second before the point")
         sp.add_argument("--busy-after", type=int, default=None,
                         help="%% CPU in use (by others) in the second after it")
-        if name == "pgbench-point":
-            sp.add_argument("--log-prefix", required=True)
-        else:
-            sp.add_argument("--server-cpu-cores", type=float, default=None,
-                            help="cores the measured server used in the window")
-            sp.add_argument("--db-cpu-cores", type=float, default=None,
-                            help="cores PostgreSQL used in the window")
-    sp = sub.add_parser("ingest-point")  # ingest section
-    sp.add_argument("--scenario", required=True)
-    sp.add_argument("--concurrency", type=int, required=True)
+        sp.add_argument("--cpu", default=None,
+                        help="bench/cpu_window.py's JSON for the run")
+        sp.add_argument("--setting", default=None, help="the setting the row ran with")
+        sp.add_argument("--pool-size", type=int, default=None)
+        sp.add_argument("--writes-per-sec", type=float, default=None,
+                        help="writes/s done beside the reads")
+        sp.add_argument("--cache-hits", type=int, default=None,
+                        help="pgpool query cache hits during the run")
+        sp.add_argument("--cache-selects", type=int, default=None,
+                        help="pgpool's num_selects (SELECTs not answered from its cache)")
+        return sp
+
+    sp = point_parser("redis-point")  # cache section
+    sp.add_argument("--output", required=True)
+    sp = sub.add_parser("redis-rate")
+    sp.add_argument("--output", required=True)
+    sp = point_parser("pgbench-point")
+    sp.add_argument("--output", required=True)
+    sp.add_argument("--log-prefix", required=True)
+    sp = point_parser("loadgen-point")
+    sp.add_argument("--output", required=True)
+    sp = point_parser("ingest-point")  # ingest section
     sp.add_argument("--rows", type=float, required=True)
     sp.add_argument("--seconds", type=float, required=True)
-    sp.add_argument("--loadavg", default="")
-    sp.add_argument("--busy", type=int, default=None)
-    sp.add_argument("--busy-after", type=int, default=None)
     sp = sub.add_parser("report")
     sp.add_argument("--points", required=True)
     sp.add_argument("--meta", required=True)
@@ -392,7 +573,7 @@ def main():
     sp.add_argument("--md", required=True)
     args = ap.parse_args()
     {"pgbench-point": pgbench_point, "loadgen-point": loadgen_point,
-     "redis-point": redis_point,
+     "redis-point": redis_point, "redis-rate": redis_rate,
      "ingest-point": ingest_point,
      "report": report}[args.cmd](args)
 

@@ -9,13 +9,19 @@
 # exit, also on failure or Ctrl-C.
 #
 # Environment (all optional):
+#   BENCH_ONLY=query,ingest,cache,query_cache,pgpool
+#                              the sections to run (default: all of them)
+#   BENCH_FAST=1               PostgreSQL with fsync, synchronous_commit and
+#                              full_page_writes off (default: on, durable)
 #   BENCH_SECONDS=8            measured seconds per point
 #   BENCH_ROUNDS=3             runs of each compared point, alternating with its
 #                              baseline (the report takes each one's median)
 #   BENCH_CONCURRENCY="8 32 64"
 #   BENCH_SCALE=10             pgbench -i scale (100k accounts per unit)
 #   BENCH_WARMUP=2             loadgen warm-up seconds (not measured)
-#   BENCH_POOL_SIZE=4          PgBouncer default_pool_size
+#   BENCH_POOL_SIZE=4          the query service's pool max_size
+#   BENCH_POOL_SIZES="2 4 8 16"  PgBouncer default_pool_size values swept at each
+#                              concurrency; the best is measured against poolside
 #   BENCH_PGBENCH_THREADS=2    pgbench -j
 #   BENCH_SAMPLING_RATE=0.1    share of pgbench transactions logged for latency
 #   BENCH_IDLE_WAIT=60         seconds to wait for other CPU load to settle per point
@@ -31,7 +37,13 @@
 #   BENCH_NO_CACHE=1           skip the cache sidecar vs redis-benchmark GET rows
 #   BENCH_CACHE_CONCURRENCY="8 32 64"  cache_loadgen callers = redis-benchmark clients
 #                              (also the callers of cached vs uncached reads through query)
+#   BENCH_REDIS_PIPELINE=16    redis-benchmark -P of the pipelined GET rows (also
+#                              measured without pipelining)
 #   BENCH_QUERY_CACHE_KEYS=1000   key range of the cached vs uncached query reads
+#                              (and of pgpool-II's cached reads)
+#   BENCH_WRITES_PER_SEC=1000  rate of the writer beside the "with writes" cached reads
+#   BENCH_PGPOOL_MODES="simple prepared"  pgbench -M through pgpool-II (the faster is used)
+#   BENCH_INGEST_ROWS=1000000  rows per ingest run (0: skip the ingest section)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -42,6 +54,7 @@ CONCURRENCY=${BENCH_CONCURRENCY:-"8 32 64"}
 SCALE=${BENCH_SCALE:-10}
 WARMUP=${BENCH_WARMUP:-2}
 POOL_SIZE=${BENCH_POOL_SIZE:-4}
+POOL_SIZES=${BENCH_POOL_SIZES:-"2 4 8 16"}
 PGBENCH_THREADS=${BENCH_PGBENCH_THREADS:-2}
 SAMPLING=${BENCH_SAMPLING_RATE:-0.1}
 IDLE_WAIT=${BENCH_IDLE_WAIT:-60}
@@ -53,6 +66,22 @@ PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 log() { echo "== $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
+# The sections: BENCH_ONLY names the ones to run (comma- or space-separated);
+# BENCH_NO_CACHE=1 drops the three cache ones, BENCH_INGEST_ROWS=0 the ingest one.
+ALL_SECTIONS="query ingest cache query_cache pgpool"
+declare -A WANT=()
+only=${BENCH_ONLY:-$ALL_SECTIONS}
+for s in ${only//,/ }; do
+  [[ " $ALL_SECTIONS " == *" $s "* ]] || die "BENCH_ONLY: unknown section '$s' (sections: $ALL_SECTIONS)"
+  WANT[$s]=1
+done
+[[ -n ${BENCH_NO_CACHE:-} ]] && unset 'WANT[cache]' 'WANT[query_cache]' 'WANT[pgpool]'
+[[ ${BENCH_INGEST_ROWS:-1} == 0 ]] && unset 'WANT[ingest]'
+want() { [[ -n ${WANT[$1]:-} ]]; }
+SECTIONS=""
+for s in $ALL_SECTIONS; do want "$s" && SECTIONS+="${SECTIONS:+,}$s"; done
+[[ -n $SECTIONS ]] || die "no section left to run (BENCH_ONLY=${BENCH_ONLY:-}, BENCH_NO_CACHE, BENCH_INGEST_ROWS)"
+
 command -v pgbench >/dev/null || die "pgbench not found (make deps)"
 [[ -x $PGBOUNCER ]] || die "pgbouncer not found (make deps)"
 command -v python3 >/dev/null || die "python3 not found (make deps)"
@@ -60,7 +89,7 @@ command -v python3 >/dev/null || die "python3 not found (make deps)"
 TMP=$(mktemp -d /tmp/poolside-bench.XXXXXX)
 chmod 755 "$TMP"
 DEVSTACK_PID=""
-BOUNCER_PID=""
+BOUNCER_PIDS=()
 CHILD_PID=""
 
 is_alive() {
@@ -87,12 +116,15 @@ cleanup() {
   stop_pid "$CHILD_PID" 5
   stop_pid "${CACHE_SERVER_PID:-}" 10  # cache section
   stop_pid "${REDIS_PID:-}" 10         # cache section
-  stop_pid "${QUERY_CACHE_PID:-}" 20   # cache section
+  stop_pid "${QUERY_CACHE_PID:-}" 20   # query_cache section
+  stop_pid "${WRITER_PID:-}" 5         # query_cache and pgpool sections
   stop_pid "${INGEST_PID:-}" 20
-  stop_pid "$BOUNCER_PID" 10
-  if [[ -f $TMP/bouncer/pgbouncer.pid ]]; then
-    stop_pid "$(cat "$TMP/bouncer/pgbouncer.pid")" 5
-  fi
+  local p f
+  for p in "${BOUNCER_PIDS[@]}"; do stop_pid "$p" 10; done
+  for f in "$TMP"/bouncer-*/pgbouncer.pid; do
+    [[ -f $f ]] && stop_pid "$(cat "$f")" 5
+  done
+  stop_pid "${PGPOOL_PID:-}" 20  # pgpool section
   stop_pid "$DEVSTACK_PID" 30
   # If devstack had to be killed, PostgreSQL may have outlived it.
   while IFS= read -r pidfile; do
@@ -158,11 +190,12 @@ loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building"
   targets=(//bench:loadgen)
-  [[ -z ${BENCH_NO_CACHE:-} ]] && targets+=(//bench:cache_loadgen //services/cache:cache_server //services/query:query_server)  # cache section
-  targets+=(//bench:ingest_loadgen //services/ingest:ingest_server)  # ingest section
+  want cache && targets+=(//bench:cache_loadgen //services/cache:cache_server)
+  want query_cache && targets+=(//services/cache:cache_server //services/query:query_server)
+  want ingest && targets+=(//bench:ingest_loadgen //services/ingest:ingest_server)
   if [[ -z ${BENCH_PG_PORT:-} ]]; then
     targets+=(//tools:devstack)
-    [[ -z ${BENCH_NO_POOLSIDE:-} ]] && targets+=(//services/query:query_server)
+    want query && [[ -z ${BENCH_NO_POOLSIDE:-} ]] && targets+=(//services/query:query_server)
   fi
   "$BAZEL" build "${targets[@]}" >&2
 fi
@@ -185,8 +218,8 @@ else
   QUERY_PORT=$(free_port)
   log "starting devstack (PostgreSQL on $PG_PORT, query service on $QUERY_PORT)"
   no_query=()
-  [[ -n ${BENCH_NO_POOLSIDE:-} ]] && no_query=(--no_query)
-  # The query service gets as many server connections as PgBouncer.
+  if [[ -n ${BENCH_NO_POOLSIDE:-} ]] || ! want query; then no_query=(--no_query); fi
+  # The query service's own pool size: BENCH_POOL_SIZE (PgBouncer's is swept).
   "$DEVSTACK" --run_dir="$TMP/stack" --pg_port="$PG_PORT" --query_port="$QUERY_PORT" \
     --query_pool_size="$POOL_SIZE" --ready_file="$TMP/ready" "${no_query[@]}" \
     >"$TMP/devstack.log" 2>&1 &
@@ -203,107 +236,224 @@ else
   # A shell fragment: PG_PORT, QUERY_ADDR, ...
   # shellcheck disable=SC1091
   source "$TMP/ready"
-  [[ -z ${BENCH_NO_POOLSIDE:-} ]] && QUERY_CONFIG=$TMP/stack/query.json
+  [[ ${no_query[*]:-} ]] || QUERY_CONFIG=$TMP/stack/query.json
 fi
 
 export PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=demo
 PG_VERSION=$(psql -p "$PG_PORT" -Atc 'SHOW server_version' | cut -d' ' -f1)
+if want query || want query_cache || want pgpool; then
+  log "pgbench -i -s $SCALE"
+  run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
+    || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+  # devstack's query service connects as its own unprivileged roles
+  # (tools/devstack, tests/fixtures/demo_schema.h): let them read the table.
+  psql -p "$PG_PORT" -q -c 'GRANT SELECT ON pgbench_accounts TO PUBLIC' >/dev/null \
+    || die "cannot grant SELECT on pgbench_accounts"
+fi
+
+# Durable commits by default: devstack's PostgreSQL starts with fsync,
+# synchronous_commit and full_page_writes off (fast tests, and a fast pgbench -i
+# above); ALTER SYSTEM overrides its settings file, all three take effect on
+# reload, and a checkpoint then writes out what was written without fsync.
+# BENCH_FAST=1 keeps them off. An existing server (BENCH_PG_PORT) is left as it is.
+if [[ -z ${BENCH_PG_PORT:-} ]]; then
+  if [[ -n ${BENCH_FAST:-} ]]; then v=off; else v=on; fi
+  psql -p "$PG_PORT" -q -v ON_ERROR_STOP=1 -c "ALTER SYSTEM SET fsync = $v" \
+    -c "ALTER SYSTEM SET synchronous_commit = $v" -c "ALTER SYSTEM SET full_page_writes = $v" \
+    -c "SELECT pg_reload_conf()" >/dev/null || die "cannot set fsync/synchronous_commit"
+  for ((i = 0; i < 50; i++)); do
+    [[ $(psql -p "$PG_PORT" -Atc 'SHOW fsync') == "$v" ]] && break
+    sleep 0.1
+  done
+  psql -p "$PG_PORT" -q -c CHECKPOINT >/dev/null || die "CHECKPOINT failed"
+fi
+PG_DURABILITY=$(psql -p "$PG_PORT" -Atc "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name)
+  FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')")
+log "PostgreSQL $PG_DURABILITY"
+if [[ -z ${BENCH_FAST:-} && $PG_DURABILITY != *fsync=on* ]]; then
+  echo "bench: WARNING: PostgreSQL runs with $PG_DURABILITY" >&2
+fi
 MAX_CONN=$(psql -p "$PG_PORT" -Atc 'SHOW max_connections')
 max_c=0
 for c in $CONCURRENCY; do ((c > max_c)) && max_c=$c; done
-if ((MAX_CONN < max_c + POOL_SIZE + 20)); then
-  echo "bench: WARNING: max_connections=$MAX_CONN may be too low for $max_c pgbench clients" >&2
+bouncer_conns=0
+for size in $POOL_SIZES; do bouncer_conns=$((bouncer_conns + size)); done
+if ((MAX_CONN < max_c + bouncer_conns + POOL_SIZE + 20)); then
+  echo "bench: WARNING: max_connections=$MAX_CONN may be too low for $max_c pgbench clients" \
+    "beside $bouncer_conns PgBouncer server connections" >&2
 fi
-
-log "pgbench -i -s $SCALE"
-run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
-  || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
 # --- PgBouncer ------------------------------------------------------------------
-BOUNCER_PORT=$(free_port)
-mkdir -p "$TMP/bouncer"
-cat >"$TMP/bouncer/pgbouncer.ini" <<EOF
-[databases]
-demo = host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres
+# One PgBouncer per default_pool_size swept (BENCH_POOL_SIZES), each with its own
+# ini file, port and directory, all started before the first point: the sweep
+# then switches instances, not settings, and no point pays for a restart.
+declare -A BOUNCER_PORT_OF=()
+declare -A BOUNCER_PID_OF=()
+BOUNCER_VERSION=""
 
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-unix_socket_dir =
-auth_type = trust
-auth_file = $TMP/bouncer/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL_SIZE
-min_pool_size = 0
-reserve_pool_size = 0
-max_client_conn = 1000
-log_connections = 0
-log_disconnections = 0
-logfile = $TMP/bouncer/pgbouncer.log
-pidfile = $TMP/bouncer/pgbouncer.pid
-EOF
-echo '"postgres" ""' >"$TMP/bouncer/userlist.txt"
-chown -R postgres: "$TMP/bouncer"
-# PgBouncer refuses to run as root.
-if command -v setpriv >/dev/null; then
-  setpriv --reuid=postgres --regid=postgres --init-groups \
-    "$PGBOUNCER" "$TMP/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
-else
-  runuser -u postgres -- "$PGBOUNCER" "$TMP/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+start_bouncer() {  # default_pool_size
+  local size=$1 port dir i pid
+  port=$(free_port)
+  dir=$TMP/bouncer-$size
+  mkdir -p "$dir"
+  printf '%s\n' "[databases]" \
+    "demo = host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres" "" "[pgbouncer]" \
+    "listen_addr = 127.0.0.1" "listen_port = $port" "unix_socket_dir =" \
+    "auth_type = trust" "auth_file = $dir/userlist.txt" "pool_mode = transaction" \
+    "default_pool_size = $size" "min_pool_size = 0" "reserve_pool_size = 0" \
+    "max_client_conn = 1000" "log_connections = 0" "log_disconnections = 0" \
+    "logfile = $dir/pgbouncer.log" "pidfile = $dir/pgbouncer.pid" >"$dir/pgbouncer.ini"
+  echo '"postgres" ""' >"$dir/userlist.txt"
+  chown -R postgres: "$dir"
+  # PgBouncer refuses to run as root.
+  if command -v setpriv >/dev/null; then
+    setpriv --reuid=postgres --regid=postgres --init-groups \
+      "$PGBOUNCER" "$dir/pgbouncer.ini" >/dev/null 2>&1 &
+  else
+    runuser -u postgres -- "$PGBOUNCER" "$dir/pgbouncer.ini" >/dev/null 2>&1 &
+  fi
+  pid=$!
+  BOUNCER_PIDS+=("$pid")
+  for ((i = 0; i < 100; i++)); do
+    psql -p "$port" -Atc 'SELECT 1' >/dev/null 2>&1 && break
+    is_alive "$pid" || { cat "$dir/pgbouncer.log" >&2; die "pgbouncer exited"; }
+    sleep 0.1
+  done
+  psql -p "$port" -Atc 'SELECT 1' >/dev/null || die "pgbouncer (pool size $size) not answering"
+  BOUNCER_PORT_OF[$size]=$port
+  BOUNCER_PID_OF[$size]=$pid
+}
+
+if want query; then
+  for size in $POOL_SIZES; do start_bouncer "$size"; done
+  BOUNCER_VERSION=$("$PGBOUNCER" --version | head -1 | awk '{print $2}')
 fi
-BOUNCER_PID=$!
-for ((i = 0; i < 100; i++)); do
-  psql -p "$BOUNCER_PORT" -Atc 'SELECT 1' >/dev/null 2>&1 && break
-  is_alive "$BOUNCER_PID" || { cat "$TMP/bouncer/pgbouncer.log" >&2; die "pgbouncer exited"; }
-  sleep 0.1
-done
-psql -p "$BOUNCER_PORT" -Atc 'SELECT 1' >/dev/null || die "pgbouncer not answering"
-BOUNCER_VERSION=$("$PGBOUNCER" --version | head -1 | awk '{print $2}')
 
 # --- measurements ---------------------------------------------------------------
 POINTS=$TMP/points.jsonl
 : >"$POINTS"
 LOAD_START=$(loadavg)
 
-pgbench_point() {  # scenario port mode clients
-  local scenario=$1 port=$2 mode=$3 c=$4 busy
-  busy=$(wait_idle)
-  log "$scenario c=$c (other CPU load ${busy}%)"
+# measured BASE SECONDS CMD...: runs the load generator CMD through
+# bench/cpu_window.py, the one place server CPU per operation is measured
+# (machine busy CPU minus the load generator's own), over the window from BASE
+# seconds after CMD starts (its warm-up) through SECONDS of load, less a margin
+# at each end (a tenth of SECONDS, at most 0.5 s); SECONDS "-": to CMD's exit.
+# Writes $TMP/cpu.json. CPU_ARGS (an array): more cpu_window.py options
+# (--client PID of another load generator, --proc/--tree NAME=PID to split).
+CPU_ARGS=()
+measured() {
+  local base=$1 secs=$2 win
+  shift 2
+  if [[ $secs == - ]]; then
+    win=(--offset "$base")
+  else
+    read -r -a win < <(awk -v b="$base" -v s="$secs" \
+      'BEGIN { m = s / 10; if (m > 0.5) m = 0.5; printf "--offset %.3f --length %.3f\n", b + m, s - 2 * m }')
+  fi
+  rm -f "$TMP/cpu.json"
+  run python3 bench/cpu_window.py --out "$TMP/cpu.json" "${win[@]}" "${CPU_ARGS[@]}" -- "$@"
+}
+
+# The devstack PostgreSQL's postmaster (its CPU, with its backends', is split
+# out of the server CPU), or nothing for an external server.
+postmaster_pid() {
+  [[ -z ${BENCH_PG_PORT:-} ]] && head -1 "$TMP/stack/pgdata/postmaster.pid" 2>/dev/null
+}
+
+# add_point KIND [report.py options]: the last measurement as a result point
+# (report.py KIND-point, with $TMP/cpu.json), appended to $POINTS. BUSY is the
+# other CPU load wait_idle saw before it.
+BUSY=0
+add_point() {
+  local kind=$1
+  shift
+  python3 bench/report.py "$kind-point" "$@" --loadavg "$(loadavg)" --busy "$BUSY" \
+    --busy-after "$(cpu_busy_pct)" --cpu "$TMP/cpu.json" | tee -a "$POINTS" >&2
+}
+
+last_ops() {  # ops/s of the last point added
+  tail -1 "$POINTS" | python3 -c 'import json, sys; print(json.load(sys.stdin)["ops_per_sec"] or 0)'
+}
+
+pgbench_point() {  # scenario port mode clients [report.py options]
+  local scenario=$1 port=$2 mode=$3 c=$4
+  shift 4
+  BUSY=$(wait_idle)
+  log "$scenario c=$c $* (other CPU load ${BUSY}%)"
   rm -f "$TMP/pgb_log".*
-  run pgbench -p "$port" -n -S -M "$mode" -c "$c" -j "$PGBENCH_THREADS" -T "$SECS" \
+  measured 0 "$SECS" pgbench -p "$port" -n -S -M "$mode" -c "$c" -j "$PGBENCH_THREADS" -T "$SECS" \
     -l --sampling-rate="$SAMPLING" --log-prefix="$TMP/pgb_log" >"$TMP/out.txt" 2>&1 \
     || { tail -20 "$TMP/out.txt" >&2; die "pgbench failed ($scenario c=$c)"; }
-  python3 bench/report.py pgbench-point --scenario "$scenario" --concurrency "$c" \
-    --output "$TMP/out.txt" --log-prefix "$TMP/pgb_log" --loadavg "$(loadavg)" \
-    --busy "$busy" --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+  add_point pgbench --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
+    --log-prefix "$TMP/pgb_log" --setting "pgbench -M $mode -j $PGBENCH_THREADS" "$@"
 }
 
 loadgen_point() {  # clients
-  local c=$1 busy
-  busy=$(wait_idle)
-  log "poolside_execute c=$c (other CPU load ${busy}%)"
-  run "$LOADGEN" --addr="$QUERY_ADDR" --callers="$c" --duration="$SECS" --warmup="$WARMUP" \
-    --keys=$((SCALE * 100000)) --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+  local c=$1
+  BUSY=$(wait_idle)
+  log "poolside_execute c=$c (other CPU load ${BUSY}%)"
+  measured "$WARMUP" "$SECS" "$LOADGEN" --addr="$QUERY_ADDR" --callers="$c" --duration="$SECS" \
+    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
     || { cat "$TMP/loadgen.err" >&2; die "loadgen failed (c=$c)"; }
   [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
-  python3 bench/report.py loadgen-point --scenario poolside_execute --concurrency "$c" \
-    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
-    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+  add_point loadgen --scenario poolside_execute --concurrency "$c" --output "$TMP/out.txt" \
+    --setting "$POOLSIDE_SETTING"
+}
+POOLSIDE_SETTING="query pool max_size=$POOL_SIZE; loadgen 1 thread, 1 connection per 8 callers"
+
+# PgBouncer is swept over BENCH_POOL_SIZES at each concurrency (one run each);
+# the best pool size is then the baseline, alternating with poolside ROUNDS
+# times so that a burst of other load on the shared machine hits both sides
+# alike; the report keeps the median of each, and the sweep.
+# split_cpu [NAME=PID]: CPU_ARGS for a point of this section: the server CPU
+# split into PostgreSQL (devstack's) and the named pooler or service.
+split_cpu() {
+  local pm
+  CPU_ARGS=()
+  pm=$(postmaster_pid) || true
+  [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
+  [[ -n ${1:-} && ${1#*=} != "" ]] && CPU_ARGS+=(--proc "$1")
+  return 0
 }
 
-# The compared points alternate with their baseline ROUNDS times, so a burst of
-# other load on the shared machine hits both sides alike; the report keeps the
-# median of each.
-for c in $CONCURRENCY; do
-  pgbench_point direct_prepared "$PG_PORT" prepared "$c"
-  pgbench_point direct_simple "$PG_PORT" simple "$c"
-  for ((r = 0; r < ROUNDS; r++)); do
-    pgbench_point pgbouncer_simple "$BOUNCER_PORT" simple "$c"
-    if [[ -n $QUERY_ADDR ]]; then
-      loadgen_point "$c"
+query_bench() {
+  local c size best best_ops ops sizes setting qpid=""
+  read -r -a sizes <<<"$POOL_SIZES"
+  [[ -n $DEVSTACK_PID ]] && qpid=$(pgrep -P "$DEVSTACK_PID" -f services/query/query_server | head -1)
+  for c in $CONCURRENCY; do
+    split_cpu
+    pgbench_point direct_prepared "$PG_PORT" prepared "$c"
+    pgbench_point direct_simple "$PG_PORT" simple "$c"
+    best=${sizes[0]}
+    best_ops=0
+    setting="default_pool_size=$best"
+    if ((${#sizes[@]} > 1)); then
+      for size in "${sizes[@]}"; do
+        split_cpu "pgbouncer=${BOUNCER_PID_OF[$size]}"
+        pgbench_point pgbouncer_sweep "${BOUNCER_PORT_OF[$size]}" simple "$c" --pool-size "$size" \
+          --setting "default_pool_size=$size"
+        ops=$(last_ops)
+        if awk -v a="$ops" -v b="$best_ops" 'BEGIN { exit !(a > b) }'; then
+          best=$size
+          best_ops=$ops
+        fi
+      done
+      setting="default_pool_size=$best (best of ${POOL_SIZES// //})"
     fi
+    for ((r = 0; r < ROUNDS; r++)); do
+      split_cpu "pgbouncer=${BOUNCER_PID_OF[$best]}"
+      pgbench_point pgbouncer_simple "${BOUNCER_PORT_OF[$best]}" simple "$c" --pool-size "$best" \
+        --setting "$setting"
+      if [[ -n $QUERY_ADDR ]]; then
+        split_cpu "query_server=$qpid"
+        loadgen_point "$c"
+      fi
+    done
   done
-done
+  CPU_ARGS=()
+}
+want query && query_bench
 
 # --- ingest: poolside ingest vs psql \copy vs single-row INSERTs ----------------
 # The same realistic 5-column rows (bench/ingest_loadgen.cc) three ways, each
@@ -320,10 +470,12 @@ INGEST_COPY_CONNECTIONS=${BENCH_INGEST_COPY_CONNECTIONS:-2}
 INGEST_PID=""
 INGEST_SUMMARY="not measured"
 
-ingest_point() {  # scenario concurrency rows seconds busy
-  python3 bench/report.py ingest-point --scenario "$1" --concurrency "$2" --rows "$3" \
-    --seconds "$4" --loadavg "$(loadavg)" --busy "$5" --busy-after "$(cpu_busy_pct)" \
-    | tee -a "$POINTS" >&2
+ingest_point() {  # scenario concurrency rows seconds setting
+  add_point ingest --scenario "$1" --concurrency "$2" --rows "$3" --seconds "$4" --setting "$5"
+}
+
+cpu_window_json_field() {  # field of $TMP/cpu.json
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$TMP/cpu.json" "$1"
 }
 
 ingest_json_field() {  # file field: from ingest_loadgen's JSON line
@@ -331,7 +483,7 @@ ingest_json_field() {  # file field: from ingest_loadgen's JSON line
 }
 
 ingest_bench() {
-  local busy t0 t1 tps port n secs i csv=$TMP/ingest_rows.csv
+  local tps port n secs i pm csv=$TMP/ingest_rows.csv
   local loadgen=$BIN/bench/ingest_loadgen server=$BIN/services/ingest/ingest_server
   if [[ ! -x $loadgen || ! -x $server ]]; then
     log "ingest: $loadgen or $server missing, skipped"
@@ -358,47 +510,51 @@ ingest_bench() {
     sleep 0.1
   done
   port=$(cat "$TMP/ingest.port" 2>/dev/null) || die "ingest_server did not start"
+  pm=$(postmaster_pid) || true
+  CPU_ARGS=(--proc "ingest_server=$INGEST_PID")
+  [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
   # psql \copy and poolside alternate ROUNDS times, each into its emptied table;
   # the table shows the median run of each.
   for ((r = 0; r < ROUNDS; r++)); do
     psql -p "$PG_PORT" -q -c "TRUNCATE ingest_copy, ingest_poolside" >/dev/null \
       || die "cannot empty the ingest tables"
-    busy=$(wait_idle)
-    log "ingest_psql_copy ($INGEST_ROWS rows, other CPU load ${busy}%)"
-    t0=$(date +%s.%N)
-    run psql -p "$PG_PORT" -q -v ON_ERROR_STOP=1 \
+    BUSY=$(wait_idle)
+    log "ingest_psql_copy ($INGEST_ROWS rows, other CPU load ${BUSY}%)"
+    measured 0 - psql -p "$PG_PORT" -q -v ON_ERROR_STOP=1 \
       -c "\\copy ingest_copy (id, device, at, value, payload) FROM '$csv' WITH (FORMAT csv)" \
       >"$TMP/out.txt" 2>&1 || { cat "$TMP/out.txt" >&2; die "psql \\copy failed"; }
-    t1=$(date +%s.%N)
-    ingest_point ingest_psql_copy 1 "$INGEST_ROWS" "$(awk "BEGIN {print $t1 - $t0}")" "$busy"
+    ingest_point ingest_psql_copy 1 "$INGEST_ROWS" "$(cpu_window_json_field command_s)" "as is"
 
-    busy=$(wait_idle)
-    log "ingest_poolside p=$INGEST_PRODUCERS ($INGEST_ROWS rows, other CPU load ${busy}%)"
-    run "$loadgen" --addr="127.0.0.1:$port" --table=ingest_poolside --rows="$INGEST_ROWS" \
+    BUSY=$(wait_idle)
+    log "ingest_poolside p=$INGEST_PRODUCERS ($INGEST_ROWS rows, other CPU load ${BUSY}%)"
+    measured 0 - "$loadgen" --addr="127.0.0.1:$port" --table=ingest_poolside --rows="$INGEST_ROWS" \
       --producers="$INGEST_PRODUCERS" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
       || { cat "$TMP/loadgen.err" "$TMP/ingest.log" >&2; die "ingest_loadgen failed"; }
     n=$(ingest_json_field "$TMP/out.txt" rows)
     secs=$(ingest_json_field "$TMP/out.txt" seconds)
-    ingest_point ingest_poolside "$INGEST_PRODUCERS" "$n" "$secs" "$busy"
+    ingest_point ingest_poolside "$INGEST_PRODUCERS" "$n" "$secs" \
+      "copyConnections=$INGEST_COPY_CONNECTIONS, $INGEST_PRODUCERS producers"
     [[ $(psql -p "$PG_PORT" -Atc 'SELECT count(*) FROM ingest_poolside') == "$INGEST_ROWS" ]] \
       || die "ingest_poolside does not hold exactly $INGEST_ROWS rows"
   done
   stop_pid "$INGEST_PID" 20
   INGEST_PID=""
+  CPU_ARGS=()
 
   printf '%s\n' '\set id random(1, 1000000000000)' \
     "INSERT INTO ingest_insert (id, device, at, value, payload) VALUES (:id, 'device-' || (:id % 997), to_timestamp(1700000000 + :id % 100000000), :id * 0.25, rpad('event payload ' || :id || ' ', 48, 'x')) ON CONFLICT DO NOTHING;" \
     >"$TMP/insert.sql"
-  busy=$(wait_idle)
-  log "ingest_pgbench_insert c=$INGEST_PRODUCERS (other CPU load ${busy}%)"
-  run pgbench -p "$PG_PORT" -n -f "$TMP/insert.sql" -c "$INGEST_PRODUCERS" -j "$PGBENCH_THREADS" \
-    -T "$SECS" >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert failed"; }
+  BUSY=$(wait_idle)
+  log "ingest_pgbench_insert c=$INGEST_PRODUCERS (other CPU load ${BUSY}%)"
+  measured 0 "$SECS" pgbench -p "$PG_PORT" -n -f "$TMP/insert.sql" -c "$INGEST_PRODUCERS" \
+    -j "$PGBENCH_THREADS" -T "$SECS" >"$TMP/out.txt" 2>&1 \
+    || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert failed"; }
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/out.txt")
   [[ -n $tps ]] || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert printed no tps"; }
-  ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "$busy"
+  ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "pgbench -c $INGEST_PRODUCERS"
   INGEST_SUMMARY="$INGEST_ROWS rows (id int8, device text, at timestamptz, value float8, 48-byte payload text); ingest_server defaults (batch maxRows 10000, maxBytes 4 MiB, linger 10 ms), copyConnections=$INGEST_COPY_CONNECTIONS; ingest_loadgen: $INGEST_PRODUCERS Channel calls, 1000 rows per request, 8 unacknowledged per call, rows built on the client during the run; psql \\copy of the same rows from CSV; pgbench -f with one single-row INSERT ... ON CONFLICT DO NOTHING per transaction, -c $INGEST_PRODUCERS -T $SECS"
 }
-ingest_bench
+want ingest && ingest_bench
 # --- end of ingest section --------------------------------------------------------
 
 # --- cache: the sidecar's Get (TCP and unix socket) vs redis-benchmark GET -------
@@ -411,8 +567,9 @@ CACHE_CONCURRENCY=${BENCH_CACHE_CONCURRENCY:-"8 32 64"}
 CACHE_KEYS=10000
 CACHE_VALUE_BYTES=100
 CACHE_SUMMARY="not measured"
+REDIS_PIPELINE=${BENCH_REDIS_PIPELINE:-16}
 
-cache_bench_start() {
+start_cache_server() {
   local cache_port i
   mkdir -p "$TMP/cache"
   cache_port=$(free_port)
@@ -429,6 +586,11 @@ cache_bench_start() {
   done
   [[ -S $CACHE_SOCKET ]] || die "cache_server is not serving on $CACHE_SOCKET"
   CACHE_TCP=127.0.0.1:$cache_port
+}
+
+start_redis() {
+  local i
+  mkdir -p "$TMP/cache"
   REDIS_PORT=$(free_port)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --daemonize no --dir "$TMP/cache" >"$TMP/cache/redis.log" 2>&1 &
@@ -446,101 +608,91 @@ cache_bench_start() {
 }
 
 cache_point() {  # scenario addr clients
-  local scenario=$1 addr=$2 c=$3 busy
-  busy=$(wait_idle)
-  log "$scenario c=$c (other CPU load ${busy}%)"
-  run "$BIN/bench/cache_loadgen" --addr="$addr" --callers="$c" --duration="$SECS" \
-    --warmup="$WARMUP" --keys="$CACHE_KEYS" --value_bytes="$CACHE_VALUE_BYTES" \
+  local scenario=$1 addr=$2 c=$3
+  BUSY=$(wait_idle)
+  log "$scenario c=$c (other CPU load ${BUSY}%)"
+  CPU_ARGS=(--proc "cache_server=$CACHE_SERVER_PID")
+  measured "$WARMUP" "$SECS" "$BIN/bench/cache_loadgen" --addr="$addr" --callers="$c" \
+    --duration="$SECS" --warmup="$WARMUP" --keys="$CACHE_KEYS" --value_bytes="$CACHE_VALUE_BYTES" \
     --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
     || { cat "$TMP/loadgen.err" >&2; die "cache_loadgen failed ($scenario c=$c)"; }
   [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
-  python3 bench/report.py loadgen-point --scenario "$scenario" --concurrency "$c" \
-    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
-    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
+  add_point loadgen --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
+    --setting "1 thread, 1 connection per 8 callers"
 }
 
-redis_point() {  # clients
-  local c=$1 busy
-  busy=$(wait_idle)
-  log "redis_get c=$c (other CPU load ${busy}%)"
-  # redis-benchmark runs a number of requests, not a time: aim at about SECS s.
-  run redis-benchmark -p "$REDIS_PORT" -c "$c" -n $((SECS * 90000)) -r "$CACHE_KEYS" -t get \
-    -d "$CACHE_VALUE_BYTES" --csv >"$TMP/out.txt" 2>&1 \
-    || { tail -20 "$TMP/out.txt" >&2; die "redis-benchmark failed (c=$c)"; }
-  python3 bench/report.py redis-point --scenario redis_get --concurrency "$c" \
-    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
-    --busy-after "$(cpu_busy_pct)" | tee -a "$POINTS" >&2
-}
-
-# Cached against uncached point selects through query: a query_server of its
-# own (same pool as devstack's) whose cache is this section's sidecar over the
-# unix socket, with pgbench_accounts configured as cached; the same hot keys
-# both ways, so the uncached run reads from PostgreSQL's buffer cache too.
-# Invalidation is cache.invalidation's default, "wal" (devstack's PostgreSQL
-# runs wal_level=logical): no trigger on pgbench_accounts, writers pay nothing.
-QUERY_CACHE_KEYS=${BENCH_QUERY_CACHE_KEYS:-1000}
-QUERY_CACHE_PID=""
-QUERY_CACHE_SUMMARY="not measured"
-
-# Clock ticks of CPU (user + system) the given processes have used so far.
-cpu_ticks() {
-  local t=0 p v
-  for p in "$@"; do
-    v=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) && t=$((t + v))
-  done
-  echo "$t"
-}
-
-# CPU ticks of the devstack PostgreSQL: the postmaster's own and those of its
-# children, live ones read directly and ended ones from the postmaster's
-# cutime/cstime (the kernel adds a child's time there when it is reaped), so a
-# backend that ends during a window is neither lost nor counted twice.
-db_ticks() {
-  local pm t
-  pm=$(head -1 "$TMP/stack/pgdata/postmaster.pid" 2>/dev/null) || { echo 0; return; }
-  t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat" 2>/dev/null) || t=0
-  echo $((t + $(cpu_ticks $(pgrep -P "$pm"))))
-}
-
-# Cores used by query_server ($1) and by PostgreSQL over the loadgen's measured
-# window (after its warm-up), written to $TMP/cpu.txt as "query db".
-sample_server_cpu() {
-  local qpid=$1 hz q0 q1 d0 d1
-  hz=$(getconf CLK_TCK)
-  sleep "$WARMUP"
-  q0=$(cpu_ticks "$qpid"); d0=$(db_ticks)
-  sleep "$SECS"
-  q1=$(cpu_ticks "$qpid"); d1=$(db_ticks)
-  python3 -c "print('%.3f %.3f' % (($q1 - $q0) / $hz / $SECS, ($d1 - $d0) / $hz / $SECS))" \
-    >"$TMP/cpu.txt"
-}
-
-query_cache_point() {  # scenario addr clients ttl
-  local scenario=$1 addr=$2 c=$3 ttl=$4 busy sampler cpu
-  busy=$(wait_idle)
-  log "$scenario c=$c (other CPU load ${busy}%)"
-  rm -f "$TMP/cpu.txt"
-  sample_server_cpu "$QUERY_CACHE_PID" &
-  sampler=$!
-  run "$LOADGEN" --addr="$addr" --callers="$c" --duration="$SECS" --warmup="$WARMUP" \
-    --keys="$QUERY_CACHE_KEYS" --cache_ttl_ms="$ttl" --label="c=$c" \
-    >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
-    || { cat "$TMP/loadgen.err" >&2; die "loadgen failed ($scenario c=$c)"; }
-  wait "$sampler" || true
-  [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
-  read -r -a cpu <"$TMP/cpu.txt" || die "no CPU sample for $scenario c=$c"
-  python3 bench/report.py loadgen-point --scenario "$scenario" --concurrency "$c" \
-    --output "$TMP/out.txt" --loadavg "$(loadavg)" --busy "$busy" \
-    --busy-after "$(cpu_busy_pct)" --server-cpu-cores "${cpu[0]}" --db-cpu-cores "${cpu[1]}" \
-    | tee -a "$POINTS" >&2
-}
-
-query_cache_bench() {
-  local server=$BIN/services/query/query_server port i c
-  if [[ ! -x $server || -n ${BENCH_PG_PORT:-} ]]; then
-    log "cached reads through query: skipped (no query_server, or an external PostgreSQL)"
-    return 0
+# redis-benchmark runs a number of requests, not a time: a first short run (not
+# recorded) measures the rate, and every run asks for about SECS s of it.
+declare -A REDIS_RATE=()
+redis_point() {  # scenario clients pipeline
+  local scenario=$1 c=$2 pipeline=$3 n
+  if [[ -z ${REDIS_RATE[$scenario-$c]:-} ]]; then
+    run redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pipeline" -n $((20000 * pipeline)) \
+      -r "$CACHE_KEYS" -t get -d "$CACHE_VALUE_BYTES" --csv >"$TMP/out.txt" 2>&1 \
+      || { tail -20 "$TMP/out.txt" >&2; die "redis-benchmark failed (c=$c -P $pipeline)"; }
+    REDIS_RATE[$scenario-$c]=$(python3 bench/report.py redis-rate --output "$TMP/out.txt")
   fi
+  n=$(awk -v r="${REDIS_RATE[$scenario-$c]}" -v s="$SECS" 'BEGIN { printf "%d\n", r * s }')
+  BUSY=$(wait_idle)
+  log "$scenario c=$c -P $pipeline, $n requests (other CPU load ${BUSY}%)"
+  CPU_ARGS=(--proc "redis_server=$REDIS_PID")
+  measured 0 "$SECS" redis-benchmark -p "$REDIS_PORT" -c "$c" -P "$pipeline" -n "$n" \
+    -r "$CACHE_KEYS" -t get -d "$CACHE_VALUE_BYTES" --csv >"$TMP/out.txt" 2>&1 \
+    || { tail -20 "$TMP/out.txt" >&2; die "redis-benchmark failed (c=$c -P $pipeline)"; }
+  add_point redis --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
+    --setting "-P $pipeline"
+  REDIS_RATE[$scenario-$c]=$(last_ops)
+}
+
+cache_bench() {
+  local c
+  command -v redis-benchmark >/dev/null || die "redis-benchmark not found (make deps)"
+  start_cache_server
+  start_redis
+  for c in $CACHE_CONCURRENCY; do
+    for ((r = 0; r < ROUNDS; r++)); do
+      redis_point redis_get "$c" 1
+      ((REDIS_PIPELINE > 1)) && redis_point redis_get_pipelined "$c" "$REDIS_PIPELINE"
+      cache_point cache_get_tcp "$CACHE_TCP" "$c"
+      cache_point cache_get_unix "unix:$CACHE_SOCKET" "$c"
+    done
+  done
+  CPU_ARGS=()
+  stop_pid "$CACHE_SERVER_PID" 10
+  stop_pid "$REDIS_PID" 10
+  CACHE_SERVER_PID=""
+  REDIS_PID=""
+  CACHE_SUMMARY="cache_server (256 MiB, 16 shards, admission on) vs redis-server $REDIS_VERSION (no persistence); $CACHE_KEYS keys of $CACHE_VALUE_BYTES bytes preloaded, a random key per GET; bench/cache_loadgen (async gRPC like loadgen) over TCP and over the unix socket; redis-benchmark -t get -r $CACHE_KEYS -d $CACHE_VALUE_BYTES with the same number of clients, without pipelining and with -P $REDIS_PIPELINE"
+}
+want cache && cache_bench
+# --- end of cache section ---------------------------------------------------------
+
+# --- query_cache and pgpool: cached point reads, read-only and with writes -------
+# query_cache: point selects through a query_server of its own (same pool as
+# devstack's) whose cache is a cache_server of this section over its unix
+# socket, with pgbench_accounts configured as cached; the same hot keys without
+# and with a cache policy, so the uncached run reads from PostgreSQL's buffer
+# cache too. Invalidation is cache.invalidation's default, "wal" (devstack's
+# PostgreSQL runs wal_level=logical): no trigger, writers pay nothing.
+# pgpool: pgpool-II with its in-memory query cache (shared memory, invalidated
+# by writes through pgpool), the same selects by pgbench -M simple.
+# "With writes": a pgbench writer beside the reads, BENCH_WRITES_PER_SEC single-
+# row UPDATEs of the same hot keys (straight to PostgreSQL for query, through
+# pgpool for pgpool: each invalidates the way its cache expects).
+# Both interleave at each concurrency, ROUNDS times.
+QUERY_CACHE_KEYS=${BENCH_QUERY_CACHE_KEYS:-1000}
+WRITES_PER_SEC=${BENCH_WRITES_PER_SEC:-1000}
+QUERY_CACHE_PID=""
+PGPOOL_PID=""
+WRITER_PID=""
+QUERY_CACHE_SUMMARY="not measured"
+PGPOOL_SUMMARY="not measured"
+PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
+PGPOOL_MODES=${BENCH_PGPOOL_MODES:-"simple prepared"}
+
+start_query_cache() {
+  local server=$BIN/services/query/query_server i
+  mkdir -p "$TMP/cache"
   printf '%s\n' \
     "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\", \"allowPrivilegedRole\": true," \
@@ -556,44 +708,213 @@ query_cache_bench() {
     is_alive "$QUERY_CACHE_PID" || { cat "$TMP/cache/query.log" >&2; die "query_server (cached) exited"; }
     sleep 0.1
   done
-  port=$(cat "$TMP/cache/query.port" 2>/dev/null) || die "query_server (cached) did not start"
+  QUERY_CACHE_ADDR=127.0.0.1:$(cat "$TMP/cache/query.port" 2>/dev/null) \
+    || die "query_server (cached) did not start"
   # Wait until reads are answered from the cache (the listener has subscribed).
   for ((i = 0; i < 100; i++)); do
-    "$LOADGEN" --addr="127.0.0.1:$port" --callers=1 --duration=0.2 --warmup=0 --keys=1 \
+    "$LOADGEN" --addr="$QUERY_CACHE_ADDR" --callers=1 --duration=0.2 --warmup=0 --keys=1 \
       --cache_ttl_ms=60000 2>/dev/null | grep -q '"not_hits":0' && break
     sleep 0.2
   done
-  for c in $CACHE_CONCURRENCY; do
-    for ((r = 0; r < ROUNDS; r++)); do
-      query_cache_point query_uncached "127.0.0.1:$port" "$c" 0
-      query_cache_point query_cached "127.0.0.1:$port" "$c" 60000
-    done
-  done
-  stop_pid "$QUERY_CACHE_PID" 20
-  QUERY_CACHE_PID=""
-  QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=$POOL_SIZE) whose sidecar is the cache_server above over its unix socket; loadgen without a cache policy, then with ttl 60 s"
 }
 
-cache_bench() {
+start_pgpool() {
+  local dir=$TMP/pgpool i max_c=0 c
+  for c in $CACHE_CONCURRENCY; do ((c > max_c)) && max_c=$c; done
+  mkdir -p "$dir/oiddir"
+  PGPOOL_PORT=$(free_port)
+  # raw mode (one backend, no replication checks); one pgpool child per client
+  # (num_init_children covers the most readers plus the writer), each keeping
+  # its backend connection; the query cache in shared memory.
+  printf '%s\n' "backend_clustering_mode = 'raw'" \
+    "listen_addresses = '127.0.0.1'" "port = $PGPOOL_PORT" "unix_socket_directories = '$dir'" \
+    "pcp_listen_addresses = ''" "pcp_port = $(free_port)" "pcp_socket_dir = '$dir'" \
+    "backend_hostname0 = '127.0.0.1'" "backend_port0 = $PG_PORT" "backend_weight0 = 1" \
+    "backend_flag0 = 'DISALLOW_TO_FAILOVER'" \
+    "enable_pool_hba = off" "pool_passwd = ''" "allow_clear_text_frontend_auth = off" \
+    "num_init_children = $((max_c + WRITER_CLIENTS + 4))" "max_pool = 1" "child_life_time = 0" \
+    "child_max_connections = 0" "connection_life_time = 0" "client_idle_limit = 0" \
+    "connection_cache = on" "load_balance_mode = off" \
+    "health_check_period = 0" "sr_check_period = 0" "failover_on_backend_error = off" \
+    "memory_cache_enabled = on" "memqcache_method = 'shmem'" "memqcache_total_size = 64MB" \
+    "memqcache_max_num_cache = 100000" "memqcache_expire = 0" \
+    "memqcache_auto_cache_invalidation = on" "memqcache_oiddir = '$dir/oiddir'" \
+    "logdir = '$dir'" "pid_file_name = '$dir/pgpool.pid'" "log_destination = 'stderr'" \
+    "logging_collector = off" "log_min_messages = warning" >"$dir/pgpool.conf"
+  : >"$dir/pcp.conf"
+  : >"$dir/pool_hba.conf"
+  chown -R postgres: "$dir"
+  if command -v setpriv >/dev/null; then
+    setpriv --reuid=postgres --regid=postgres --init-groups \
+      "$PGPOOL" -n -f "$dir/pgpool.conf" -F "$dir/pcp.conf" -a "$dir/pool_hba.conf" \
+      >"$dir/pgpool.log" 2>&1 &
+  else
+    runuser -u postgres -- "$PGPOOL" -n -f "$dir/pgpool.conf" -F "$dir/pcp.conf" \
+      -a "$dir/pool_hba.conf" >"$dir/pgpool.log" 2>&1 &
+  fi
+  PGPOOL_PID=$!
+  for ((i = 0; i < 200; i++)); do
+    psql -p "$PGPOOL_PORT" -Atc 'SELECT 1' >/dev/null 2>&1 && break
+    is_alive "$PGPOOL_PID" || { tail -30 "$dir/pgpool.log" >&2; die "pgpool exited"; }
+    sleep 0.1
+  done
+  psql -p "$PGPOOL_PORT" -Atc 'SELECT 1' >/dev/null || { tail -30 "$dir/pgpool.log" >&2; die "pgpool not answering"; }
+  PGPOOL_VERSION=$("$PGPOOL" --version 2>&1 | awk '{print $3}')
+  # Warm-up (not measured): every pgpool child gets its backend connection and
+  # the hot keys are cached (10 random reads per key: ~all of them), as
+  # loadgen's warm-up does for the query rows.
+  printf '%s\n' "\\set aid random(1, $QUERY_CACHE_KEYS)" \
+    'SELECT abalance FROM pgbench_accounts WHERE aid = :aid;' >"$TMP/select_hot.sql"
+  run pgbench -p "$PGPOOL_PORT" -n -M simple -f "$TMP/select_hot.sql" -c "$max_c" \
+    -j "$PGBENCH_THREADS" -t $(((10 * QUERY_CACHE_KEYS + max_c - 1) / max_c)) \
+    >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench warm-up through pgpool failed"; }
+  log "pgpool: $(psql -p "$PGPOOL_PORT" -AtF ' ' -c 'SHOW pool_cache' | awk '{ print $6 }') query results cached after the warm-up"
+}
+
+# start_writer PORT MODE SECONDS: WRITES_PER_SEC single-row UPDATEs of the hot
+# keys, in the background (WRITER_PID), until SECONDS have passed; from
+# WRITER_CLIENTS connections, so that commits waiting for fsync do not hold
+# the rate down (the rate reached is reported).
+WRITER_CLIENTS=8
+start_writer() {
+  printf '%s\n' "\\set aid random(1, $QUERY_CACHE_KEYS)" \
+    'UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;' >"$TMP/write.sql"
+  pgbench -p "$1" -n -M "$2" -f "$TMP/write.sql" -c "$WRITER_CLIENTS" -j 1 -R "$WRITES_PER_SEC" -T "$3" \
+    >"$TMP/writer.log" 2>&1 &
+  WRITER_PID=$!
+}
+
+# finish_writer: waits for the writer's end; WRITES_DONE: the writes/s it did.
+finish_writer() {
+  local rc=0
+  wait "$WRITER_PID" || rc=$?
+  WRITER_PID=""
+  ((rc == 0)) || { tail -20 "$TMP/writer.log" >&2; die "the pgbench writer failed"; }
+  WRITES_DONE=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/writer.log")
+}
+
+query_cache_point() {  # scenario clients ttl [writes]
+  local scenario=$1 c=$2 ttl=$3 writes=${4:-} pm setting="no cache policy" w=()
+  BUSY=$(wait_idle)
+  log "$scenario c=$c (other CPU load ${BUSY}%)"
+  pm=$(postmaster_pid) || true
+  CPU_ARGS=(--proc "query_server=$QUERY_CACHE_PID" --proc "cache_server=$CACHE_SERVER_PID")
+  [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
+  ((ttl > 0)) && setting="cache ttl ${ttl} ms; query pool max_size=$POOL_SIZE"
+  if [[ -n $writes ]]; then
+    start_writer "$PG_PORT" prepared "$(awk -v s="$SECS" -v w="$WARMUP" 'BEGIN { printf "%d\n", s + w + 1.999 }')"
+    CPU_ARGS+=(--client "$WRITER_PID")
+  fi
+  measured "$WARMUP" "$SECS" "$LOADGEN" --addr="$QUERY_CACHE_ADDR" --callers="$c" \
+    --duration="$SECS" --warmup="$WARMUP" --keys="$QUERY_CACHE_KEYS" --cache_ttl_ms="$ttl" \
+    --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    || { cat "$TMP/loadgen.err" >&2; die "loadgen failed ($scenario c=$c)"; }
+  CPU_ARGS=()
+  if [[ -n $writes ]]; then
+    finish_writer
+    w=(--writes-per-sec "$WRITES_DONE")
+  fi
+  [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
+  add_point loadgen --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
+    --setting "$setting" "${w[@]}"
+}
+
+# pgpool's query cache counters: hits and SELECTs since it started.
+pgpool_cache_counts() {
+  psql -p "$PGPOOL_PORT" -AtF ' ' -c 'SHOW pool_cache' | awk '{ print $1, $2; exit }'
+}
+
+pgpool_point() {  # scenario clients mode [writes]
+  local scenario=$1 c=$2 mode=$3 writes=${4:-} w=() pm hits0 hits1
+  BUSY=$(wait_idle)
+  log "$scenario c=$c -M $mode (other CPU load ${BUSY}%)"
+  pm=$(postmaster_pid) || true
+  CPU_ARGS=(--tree "pgpool=$PGPOOL_PID")
+  [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
+  if [[ -n $writes ]]; then
+    start_writer "$PGPOOL_PORT" simple "$(awk -v s="$SECS" 'BEGIN { printf "%d\n", s + 1.999 }')"
+    CPU_ARGS+=(--client "$WRITER_PID")
+  fi
+  rm -f "$TMP/pgb_log".*
+  read -r -a hits0 < <(pgpool_cache_counts)
+  measured 0 "$SECS" pgbench -p "$PGPOOL_PORT" -n -M "$mode" -f "$TMP/select_hot.sql" -c "$c" \
+    -j "$PGBENCH_THREADS" -T "$SECS" -l --sampling-rate="$SAMPLING" --log-prefix="$TMP/pgb_log" \
+    >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench through pgpool failed ($scenario c=$c)"; }
+  CPU_ARGS=()
+  read -r -a hits1 < <(pgpool_cache_counts)
+  if [[ -n $writes ]]; then
+    finish_writer
+    w=(--writes-per-sec "$WRITES_DONE")
+  fi
+  w+=(--cache-hits "$((hits1[0] - hits0[0]))" --cache-selects "$((hits1[1] - hits0[1]))")
+  add_point pgbench --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
+    --log-prefix "$TMP/pgb_log" --setting "pgbench -M $mode${PGPOOL_BEST_OF:-} -j $PGBENCH_THREADS" "${w[@]}"
+}
+
+# pgpool_best_mode CLIENTS: with more than one of PGPOOL_MODES, one read-only
+# run in each (scenario pgpool_sweep, kept in the JSON) and PGPOOL_MODE the
+# fastest; pgpool-II caches simple and extended-protocol SELECTs alike.
+pgpool_best_mode() {
+  local c=$1 mode best_ops=0 ops modes
+  read -r -a modes <<<"$PGPOOL_MODES"
+  PGPOOL_MODE=${modes[0]}
+  PGPOOL_BEST_OF=""
+  ((${#modes[@]} > 1)) || return 0
+  for mode in "${modes[@]}"; do
+    pgpool_point pgpool_sweep "$c" "$mode"
+    ops=$(last_ops)
+    if awk -v a="$ops" -v b="$best_ops" 'BEGIN { exit !(a > b) }'; then
+      PGPOOL_MODE=$mode
+      best_ops=$ops
+    fi
+  done
+  PGPOOL_BEST_OF=" (best of ${PGPOOL_MODES// //})"
+}
+
+cached_reads_bench() {
   local c
-  command -v redis-benchmark >/dev/null || die "redis-benchmark not found (make deps)"
-  cache_bench_start
+  if want query_cache && [[ ! -x $BIN/services/query/query_server || -n ${BENCH_PG_PORT:-} ]]; then
+    log "query_cache: skipped (no query_server, or an external PostgreSQL)"
+    unset 'WANT[query_cache]'
+  fi
+  if want pgpool && [[ ! -x $PGPOOL ]]; then
+    [[ -n ${BENCH_ONLY:-} ]] && die "pgpool not found (make deps)"
+    log "pgpool: skipped (pgpool not installed; make deps)"
+    unset 'WANT[pgpool]'
+  fi
+  want query_cache || want pgpool || return 0
+  if want query_cache; then
+    start_cache_server
+    start_query_cache
+  fi
+  want pgpool && start_pgpool
   for c in $CACHE_CONCURRENCY; do
+    want pgpool && pgpool_best_mode "$c"
     for ((r = 0; r < ROUNDS; r++)); do
-      redis_point "$c"
-      cache_point cache_get_tcp "$CACHE_TCP" "$c"
-      cache_point cache_get_unix "unix:$CACHE_SOCKET" "$c"
+      if want query_cache; then
+        query_cache_point query_uncached "$c" 0
+        query_cache_point query_cached "$c" 60000
+      fi
+      want pgpool && pgpool_point pgpool_cached "$c" "$PGPOOL_MODE"
+      want query_cache && query_cache_point query_cached_writes "$c" 60000 writes
+      want pgpool && pgpool_point pgpool_cached_writes "$c" "$PGPOOL_MODE" writes
     done
   done
-  query_cache_bench
-  stop_pid "$CACHE_SERVER_PID" 10
-  stop_pid "$REDIS_PID" 10
-  CACHE_SERVER_PID=""
-  REDIS_PID=""
-  CACHE_SUMMARY="cache_server (256 MiB, 16 shards, admission on) vs redis-server $REDIS_VERSION (no persistence); $CACHE_KEYS keys of $CACHE_VALUE_BYTES bytes preloaded, a random key per GET; bench/cache_loadgen (async gRPC like loadgen) over TCP and over the unix socket; redis-benchmark -t get -r $CACHE_KEYS -d $CACHE_VALUE_BYTES with the same number of clients"
+  if want query_cache; then
+    stop_pid "$QUERY_CACHE_PID" 20
+    stop_pid "$CACHE_SERVER_PID" 10
+    QUERY_CACHE_PID=""
+    CACHE_SERVER_PID=""
+    QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=$POOL_SIZE) whose sidecar is a cache_server over its unix socket; loadgen without a cache policy, then with ttl 60 s, then with ttl 60 s beside $WRITES_PER_SEC UPDATEs/s of the same keys straight to PostgreSQL (invalidation from the WAL)"
+  fi
+  if want pgpool; then
+    stop_pid "$PGPOOL_PID" 20
+    PGPOOL_PID=""
+    PGPOOL_SUMMARY="pgpool-II $PGPOOL_VERSION (raw mode, one child per client, memory_cache_enabled with memqcache_method=shmem, auto invalidation); the same SELECT with aid random in [1, $QUERY_CACHE_KEYS] by pgbench (-M of ${PGPOOL_MODES// //}, the faster at each concurrency), read-only and beside $WRITES_PER_SEC UPDATEs/s of the same keys through pgpool (-M simple)"
+  fi
 }
-[[ -z ${BENCH_NO_CACHE:-} ]] && cache_bench
-# --- end of cache section ---------------------------------------------------------
+cached_reads_bench
+# --- end of query_cache and pgpool sections --------------------------------------
 
 LOAD_END=$(loadavg)
 
@@ -616,7 +937,7 @@ for d in c.get("databases", []):
         d.get("name", "?"), g(p, "min_idle", "minIdle", default="default"),
         g(p, "max_size", "maxSize") or "default",
         g(p, "max_pipeline_depth", "maxPipelineDepth") or "default"))
-print("; ".join(parts) + " (devstack, pool sized like PgBouncer's)")
+print("; ".join(parts) + " (devstack, BENCH_POOL_SIZE)")
 EOF
 )
 elif [[ -n $QUERY_ADDR ]]; then
@@ -624,10 +945,20 @@ elif [[ -n $QUERY_ADDR ]]; then
 fi
 
 cmd="bench/run.sh"
-for v in BENCH_SECONDS BENCH_CONCURRENCY BENCH_SCALE BENCH_WARMUP BENCH_POOL_SIZE \
-         BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE; do
-  [[ -n ${!v:-} ]] && cmd="$v=$(printf %q "${!v}") $cmd"
+vars=""
+for v in BENCH_ONLY BENCH_FAST BENCH_SECONDS BENCH_ROUNDS BENCH_CONCURRENCY BENCH_SCALE \
+         BENCH_WARMUP BENCH_POOL_SIZE BENCH_POOL_SIZES BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE \
+         BENCH_IDLE_WAIT BENCH_NO_POOLSIDE BENCH_NO_CACHE BENCH_CACHE_CONCURRENCY \
+         BENCH_REDIS_PIPELINE BENCH_QUERY_CACHE_KEYS BENCH_WRITES_PER_SEC BENCH_PGPOOL_MODES \
+         BENCH_INGEST_ROWS \
+         BENCH_INGEST_PRODUCERS BENCH_INGEST_COPY_CONNECTIONS; do
+  if [[ ${!v:-} =~ ^[A-Za-z0-9_,./:-]+$ ]]; then
+    vars+="$v=${!v} "
+  elif [[ -n ${!v:-} ]]; then
+    vars+="$v='${!v//\'/\'\\\'\'}' "
+  fi
 done
+cmd="${vars:-}$cmd"
 [[ ${MAKELEVEL:-0} -gt 0 ]] && cmd="make bench ($cmd)"
 
 python3 - "$TMP/meta.json" <<EOF
@@ -650,13 +981,20 @@ meta = {
     "concurrency": [int(x) for x in "$CONCURRENCY".split()],
     "pgbench_threads": $PGBENCH_THREADS,
     "pgbench_sampling_rate": $SAMPLING,
+    "sections": "$SECTIONS".split(","),
     "postgres_version": "$PG_VERSION",
+    "postgres_durability": "$PG_DURABILITY",
+    "fast": $([[ -n ${BENCH_FAST:-} ]] && echo True || echo False),
     "postgres_source": "$([[ -n ${BENCH_PG_PORT:-} ]] && echo "an existing server" || echo devstack)",
     "pgbouncer_version": "$BOUNCER_VERSION",
-    "pgbouncer_pool_size": $POOL_SIZE,
+    "pgbouncer_pool_sizes": [int(x) for x in "$POOL_SIZES".split()],
+    "query_pool_size": $POOL_SIZE,
+    "redis_pipeline": $REDIS_PIPELINE,
+    "writes_per_sec": $WRITES_PER_SEC,
     "query_service": """$query_summary""",
     "cache": """${CACHE_SUMMARY:-not measured}""",
     "query_cache": """${QUERY_CACHE_SUMMARY:-not measured}""",
+    "pgpool": """${PGPOOL_SUMMARY:-not measured}""",
     "ingest": """${INGEST_SUMMARY:-not measured}""",
     "loadgen": "async gRPC, one completion queue per thread, one client thread, one TCP connection per 8 callers, no gRPC retry filter, random aid",
   },
