@@ -269,24 +269,26 @@ struct NearWatch {
   uint64_t generation = 0;  // poolside_query_cache_near_watch_generation
 };
 
-absl::StatusOr<NearWatch> ScrapeNearWatch(const Replica& r) {
+// The value of the unlabelled series `name` on replica `r`'s /metrics.
+absl::StatusOr<double> ScrapeValue(const Replica& r, absl::string_view name) {
   absl::StatusOr<testing::HttpResponse> got = HttpGet("127.0.0.1", r.metrics_port, "/metrics");
   if (!got.ok()) return got.status();
   if (got->status != 200) return absl::UnavailableError(absl::StrCat("/metrics: ", got->status));
-  std::optional<double> serving, generation;
   for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
     double v;
-    if (absl::ConsumePrefix(&line, "poolside_query_cache_near_serving ") &&
+    if (absl::ConsumePrefix(&line, name) && absl::ConsumePrefix(&line, " ") &&
         absl::SimpleAtod(line, &v)) {
-      serving = v;
-    } else if (absl::ConsumePrefix(&line, "poolside_query_cache_near_watch_generation ") &&
-               absl::SimpleAtod(line, &v)) {
-      generation = v;
+      return v;
     }
   }
-  if (!serving.has_value() || !generation.has_value()) {
-    return absl::NotFoundError("no near-cache series on /metrics");
-  }
+  return absl::NotFoundError(absl::StrCat("no series ", name, " on /metrics"));
+}
+
+absl::StatusOr<NearWatch> ScrapeNearWatch(const Replica& r) {
+  absl::StatusOr<double> serving = ScrapeValue(r, "poolside_query_cache_near_serving");
+  if (!serving.ok()) return serving.status();
+  absl::StatusOr<double> generation = ScrapeValue(r, "poolside_query_cache_near_watch_generation");
+  if (!generation.ok()) return generation.status();
   // Generations (microseconds since the epoch plus a count) are exact in a double.
   return NearWatch{*serving == 1, static_cast<uint64_t>(*generation)};
 }
@@ -596,6 +598,8 @@ TEST_F(QueryCacheTest, AFillThatRacedACommittedWriteIsNotStored) {
   EXPECT_EQ(next.first, "new");
 }
 
+constexpr char kCoalesced[] = "poolside_query_cache_coalesced_total";
+
 TEST_F(QueryCacheTest, ConcurrentIdenticalMissesRunTheStatementOnce) {
   PostgresCluster& pg = SharedPostgres();
   Session holder(pg.Dsn(kDb));
@@ -612,6 +616,8 @@ TEST_F(QueryCacheTest, ConcurrentIdenticalMissesRunTheStatementOnce) {
   read.mutable_params(0)->set_int64_value(1);
   const std::string before = *pg.QueryValue(kDb, "SELECT last_value FROM flight_seq");
   const uint64_t misses_before = a_->sidecar.Stats().misses();
+  absl::StatusOr<double> coalesced_before = ScrapeValue(*a_, kCoalesced);
+  ASSERT_TRUE(coalesced_before.ok()) << coalesced_before.status();
   constexpr int kCallers = 50;
   std::vector<Outcome> results(kCallers);
   std::vector<std::thread> callers;
@@ -621,6 +627,15 @@ TEST_F(QueryCacheTest, ConcurrentIdenticalMissesRunTheStatementOnce) {
   EXPECT_TRUE(WaitFor([&] { return a_->sidecar.Stats().misses() >= misses_before + kCallers; },
                       absl::Seconds(30)))
       << "not every caller reached the cache";
+  // The sidecar answered every miss; the replica has handled the answers
+  // once all but the first caller joined its flight.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<double> now = ScrapeValue(*a_, kCoalesced);
+        return now.ok() && *now >= *coalesced_before + kCallers - 1;
+      },
+      absl::Seconds(30)))
+      << "not every caller joined the flight";
   EXPECT_EQ(holder.Exec("SELECT pg_advisory_unlock(4343)"), "");
   for (std::thread& t : callers) t.join();
   const std::string after = *pg.QueryValue(kDb, "SELECT last_value FROM flight_seq");
