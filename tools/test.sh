@@ -34,16 +34,16 @@ count_cases() {
 }
 
 status=0
-$BAZEL build //... || { echo "0 passed, 1 failed"; exit 1; }
 mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
+[[ ${#targets[@]} -gt 0 ]] || { echo "bazel query found no tests"; echo "0 passed, 1 failed"; exit 1; }
 mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
 
-# While the suite runs, its tests mostly wait on PostgreSQL and the services:
-# the ThreadSanitizer build (a second Bazel server with its own output base,
+# The suite's tests mostly wait on PostgreSQL and the services: the
+# ThreadSanitizer build (a second Bazel server with its own output base,
 # sharing the disk cache) and the fuzz targets' clang build use the idle CPU
-# at the lowest priority. Their results are checked below, after the suite.
-# (--symlink_prefix=/: the second server leaves bazel-bin and bazel-testlogs
-# to the main one, which `make run` and the count below use.)
+# at the lowest priority, from the start. Their results are checked below,
+# after the suite. (--symlink_prefix=/: the second server leaves bazel-bin and
+# bazel-testlogs to the main one, which `make run` and the count below use.)
 tools/fuzz.sh --resolve_only || status=1
 bg_log=$(mktemp -d)
 nice -n 19 tools/fuzz.sh --build_only >"$bg_log/fuzz" 2>&1 &
@@ -57,6 +57,8 @@ if [[ ${#tsan_targets[@]} -gt 0 ]]; then
   tsan_build=$!
 fi
 
+# One command builds everything (as `bazel build //...` would) and runs each
+# test as soon as it is built, while the rest compiles.
 $BAZEL test //... || status=1
 read -r total1 failed1 < <(count_cases "$($BAZEL info bazel-testlogs 2>/dev/null)" "${targets[@]}")
 
