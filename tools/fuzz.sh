@@ -12,7 +12,9 @@
 # + the services' Finalize*Config), csv (cli/csv), statement_analyzer
 # (common/sql/statement_analyzer: what a SQL text is and may do, from
 # PostgreSQL's parser, libpg_query), pgoutput (common/db/pgoutput_decoder: the
-# logical replication stream's messages). Each
+# logical replication stream's messages), relay_message
+# (services/query/relay_message: the WAL relay's NOTIFY payloads, which any
+# session of the database may send). Each
 # starts from its committed seed corpus in fuzz/corpus/<target>; inputs that find
 # new coverage are kept in $FUZZ_WORK_DIR (default ~/.cache/poolside-fuzz) across
 # runs, never in the tree.
@@ -52,6 +54,7 @@ declare -A LIBS=(
   [csv]="//cli:csv"
   [statement_analyzer]="//common/sql:statement_analyzer //common/sql:index_candidates //common/sql:pg_query_cc_proto"
   [pgoutput]="//common/db:pgoutput_decoder"  # the logical replication stream's messages
+  [relay_message]="//services/query:relay_message"  # the WAL relay's NOTIFY payloads
 )
 # Inputs larger than this are not tried (JSON configs and CSV lines are small;
 # SQL texts of kMaxNestingDepth bytes or more take the analyzer's nesting
@@ -60,6 +63,8 @@ declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096 [statement_analy
 ALL_TARGETS=(value_codec config csv statement_analyzer)
 MAX_LEN[pgoutput]=8192
 ALL_TARGETS+=(pgoutput)
+MAX_LEN[relay_message]=8192
+ALL_TARGETS+=(relay_message)
 
 targets=()
 for arg in "$@"; do
