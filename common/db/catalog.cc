@@ -26,7 +26,7 @@ absl::StatusOr<std::vector<std::vector<std::string>>> Query(Connection& conn,
 }
 
 constexpr absl::string_view kSessionRoleSql =
-    "SELECT current_user::text, r.rolsuper, "
+    "SELECT current_user::text, r.rolsuper, r.rolbypassrls, "
     "pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), "
     "pg_has_role(current_user, 'pg_read_server_files', 'MEMBER'), "
     "pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'), "
@@ -57,27 +57,33 @@ std::pair<absl::string_view, absl::string_view> SplitQualified(absl::string_view
 
 std::string SessionRole::WhyPrivileged() const {
   if (superuser) return "superuser";
-  return absl::StrCat("member of ", absl::StrJoin(privileged_memberships, ", "));
+  std::vector<std::string> why;
+  if (bypass_rls) why.push_back("BYPASSRLS (row-level security does not apply to it)");
+  if (!privileged_memberships.empty()) {
+    why.push_back(absl::StrCat("member of ", absl::StrJoin(privileged_memberships, ", ")));
+  }
+  return absl::StrJoin(why, " and ");
 }
 
 absl::StatusOr<SessionRole> ReadSessionRole(Connection& conn, absl::Time deadline) {
   absl::StatusOr<std::vector<std::vector<std::string>>> rows =
       Query(conn, kSessionRoleSql, deadline);
   if (!rows.ok()) return rows.status();
-  if (rows->size() != 1 || (*rows)[0].size() != 7) {
+  if (rows->size() != 1 || (*rows)[0].size() != 8) {
     return absl::InternalError("cannot read the connection's role from pg_roles");
   }
   const std::vector<std::string>& r = (*rows)[0];
   SessionRole role;
   role.user = r[0];
   role.superuser = r[1] == "t";
+  role.bypass_rls = r[2] == "t" && !role.superuser;
   static constexpr const char* kPrivileged[] = {"pg_execute_server_program",
                                                 "pg_read_server_files", "pg_write_server_files",
                                                 "pg_signal_backend"};
   for (int i = 0; i < 4; ++i) {
-    if (r[2 + i] == "t" && !role.superuser) role.privileged_memberships.push_back(kPrivileged[i]);
+    if (r[3 + i] == "t" && !role.superuser) role.privileged_memberships.push_back(kPrivileged[i]);
   }
-  role.read_only_by_default = r[6] == "t";
+  role.read_only_by_default = r[7] == "t";
   return role;
 }
 
@@ -86,7 +92,8 @@ absl::Status CheckSessionRole(const SessionRole& role, absl::string_view databas
   if (!role.privileged() || allow_privileged) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "database ", database, ": role \"", role.user, "\" is ", role.WhyPrivileged(),
-      ", so any caller could reach the server's files, programs or backends through it; "
+      ", so any caller could reach through it what the server keeps from its other roles "
+      "(files, programs, other backends, rows behind row-level security); "
       "connect as an unprivileged role (README, Security) or set allowPrivilegedRole: true "
       "for this database"));
 }

@@ -4,8 +4,8 @@
 // What poolside asks a database's catalog about before trusting a connection
 // or a statement:
 //  - SessionRole: who a pooled connection is logged in as and whether that
-//    role is privileged (superuser, or a member of a role that reaches the
-//    server's files, programs or other backends). Services refuse such pools
+//    role is privileged (superuser, BYPASSRLS, or a member of a role that
+//    reaches the server's files, programs or other backends). Services refuse such pools
 //    unless the configuration says allowPrivilegedRole.
 //  - BuiltinCatalog: which function, operator and relation names are proven
 //    free of side effects when a statement is run (built-in, non-volatile
@@ -33,14 +33,18 @@ namespace poolside::db {
 struct SessionRole {
   std::string user;       // current_user
   bool superuser = false;
+  // BYPASSRLS: row-level security does not apply to it (neither the
+  // application's policies nor the ones that keep one login's ingest
+  // idempotency keys from another's).
+  bool bypass_rls = false;
   // The privileged predefined roles it is a member of (pg_execute_server_program,
   // pg_read_server_files, pg_write_server_files, pg_signal_backend).
   std::vector<std::string> privileged_memberships;
   // default_transaction_read_only is on for its sessions.
   bool read_only_by_default = false;
 
-  bool privileged() const { return superuser || !privileged_memberships.empty(); }
-  // "superuser" or "member of pg_read_server_files, pg_signal_backend".
+  bool privileged() const { return superuser || bypass_rls || !privileged_memberships.empty(); }
+  // "superuser", "BYPASSRLS" and/or "member of pg_read_server_files, pg_signal_backend".
   std::string WhyPrivileged() const;
 };
 

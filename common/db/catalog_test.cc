@@ -30,7 +30,8 @@ class CatalogTest : public ::testing::Test {
                           "CREATE ROLE filer LOGIN;"
                           "CREATE ROLE middle NOLOGIN;"
                           "GRANT pg_read_server_files TO middle;"
-                          "GRANT middle TO filer;")
+                          "GRANT middle TO filer;"
+                          "CREATE ROLE bypasser LOGIN BYPASSRLS;")
                     .ok());
   }
   static void TearDownTestSuite() {
@@ -83,6 +84,23 @@ TEST_F(CatalogTest, MembershipsOfPrivilegedRolesCountDirectlyAndThroughOtherRole
   absl::StatusOr<SessionRole> f = ReadSessionRole(*filer, Deadline());
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->privileged_memberships, std::vector<std::string>{"pg_read_server_files"});
+}
+
+// Row-level security does not apply to a BYPASSRLS role: neither an
+// application's policies nor the one between ingest logins' idempotency keys.
+TEST_F(CatalogTest, BypassRlsIsPrivileged) {
+  auto c = Connect("bypasser");
+  ASSERT_NE(c, nullptr);
+  absl::StatusOr<SessionRole> role = ReadSessionRole(*c, Deadline());
+  ASSERT_TRUE(role.ok()) << role.status();
+  EXPECT_TRUE(role->bypass_rls);
+  EXPECT_FALSE(role->superuser);
+  EXPECT_TRUE(role->privileged());
+  absl::Status refused = CheckSessionRole(*role, "app", /*allow_privileged=*/false);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(refused.message().find("BYPASSRLS"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("bypasser"), std::string::npos) << refused;
+  EXPECT_TRUE(CheckSessionRole(*role, "app", /*allow_privileged=*/true).ok());
 }
 
 TEST_F(CatalogTest, PlainAndReadOnlyRolesPass) {
