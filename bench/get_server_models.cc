@@ -1,7 +1,7 @@
 // get_server_models: the smallest CacheService Get/Set server, twice, to
 // measure what gRPC's threading model costs the sidecar's hot path. Not a
-// service: a measurement aid for bench/results (the DESIGN's "trivial echo"
-// prototypes, kept so the numbers can be re-run).
+// service: a measurement aid for bench/results (the prototypes behind the
+// threading record in docs/design.md, kept so the numbers can be re-run).
 //
 //   --model=callback  the gRPC callback API, as every poolside service is
 //                     written (gRPC 1.51 serves callbacks on at least two

@@ -1003,7 +1003,7 @@ TEST(QueryServicePoolTest, ExhaustedPoolFailsByDeadlineWhileHoldersSucceed) {
       << stats.ShortDebugString();
   EXPECT_TRUE(IsOk(Execute(stub, Sql("SELECT 1"), &response, absl::Seconds(5))));
   // An operator must be able to see that calls timed out waiting for a
-  // connection (DESIGN.md: pool stats include timeouts).
+  // connection (docs/design.md, GetPoolStats: pool stats include timeouts).
   ASSERT_EQ(stats.pools_size(), 1);
   EXPECT_GE(stats.pools(0).timeouts_total(), 1u)
       << "a call that ran out of time waiting for a connection is not counted: "

@@ -4,7 +4,7 @@
 // One PostgreSQL connection: opened and owned through libpqxx, driven with libpq's
 // pipeline mode for statements (libpqxx 6.4 cannot pipeline prepared statements,
 // and pipelining is what lets poolside batch many callers' statements into one
-// round trip; see DESIGN.md).
+// round trip; see docs/design.md, "Pipelining").
 //
 //   auto conn = Connection::Open({.dsn = "host=... dbname=..."});
 //   Statement a{.sql = "SELECT $1::int8", .params = &params, .sink = &sink,
