@@ -731,8 +731,8 @@ TEST_F(QueryCacheTest, RepeatedReadsAreServedInProcessWithoutTheSidecar) {
   EXPECT_EQ(Call(stub(), read).cache, v1::MISS);
 }
 
-// Query and its sidecar client are served by one queue thread (README,
-// Threading). One use of gRPC's callback API anywhere in the process (a
+// Query and its sidecar client are served by one queue thread
+// (docs/design.md, Threading). One use of gRPC's callback API anywhere in the process (a
 // callback service, a callback client call) would start its polling threads
 // again, which gRPC 1.51 names "nexting_thread", and with them the hand-offs
 // that queue thread exists to avoid. Checked after hits, misses, a write and

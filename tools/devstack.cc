@@ -207,7 +207,7 @@ v1::QueryServiceConfig QueryConfig(const PostgresCluster& pg, const std::string&
   v1::DatabaseConfig* db = config.add_databases();
   db->set_name(kDemoDatabase);
   db->set_dsn(OwnerDsn(pg));
-  // Principals run as these (PrincipalConfig.databaseRole; README, Security).
+  // Principals run as these (PrincipalConfig.databaseRole; docs/security.md).
   db->add_roles()->set_name(kDemoReadRole);
   db->add_roles()->set_name(kDemoWriteRole);
   const int pool_size = std::max(1, absl::GetFlag(FLAGS_query_pool_size));

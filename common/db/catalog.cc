@@ -94,7 +94,7 @@ absl::Status CheckSessionRole(const SessionRole& role, absl::string_view databas
       "database ", database, ": role \"", role.user, "\" is ", role.WhyPrivileged(),
       ", so any caller could reach through it what the server keeps from its other roles "
       "(files, programs, other backends, rows behind row-level security); "
-      "connect as an unprivileged role (README, Security) or set allowPrivilegedRole: true "
+      "connect as an unprivileged role (docs/security.md) or set allowPrivilegedRole: true "
       "for this database"));
 }
 

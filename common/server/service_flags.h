@@ -22,7 +22,7 @@ struct ServiceFlags {
 // Abseil's Mutex deadlock detection off unless --mutex_deadlock_detection. Prints
 // a usage error to stderr and returns nullopt (exit with 2) when --log_level
 // is invalid or --config is missing; `config_help` says where the
-// configuration is documented, e.g. "README.md, Configuration".
+// configuration is documented, e.g. "docs/configuration.md".
 std::optional<ServiceFlags> ParseServiceFlags(int argc, char** argv, const char* service,
                                               const char* usage, const char* config_help);
 

@@ -121,7 +121,7 @@ int Probe(const std::string& socket_path, const std::string& which) {
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
   const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
-      argc, argv, "cache", "poolside cache sidecar: cache_server --config=FILE", "README.md, Cache sidecar");
+      argc, argv, "cache", "poolside cache sidecar: cache_server --config=FILE", "docs/design.md, Cache sidecar");
   if (!flags.has_value()) return 2;
   const poolside::config::ContainerLimits limits = poolside::config::ReadContainerLimits();
   std::string capacity_note;

@@ -76,8 +76,8 @@ using ConnectionPool = pool::Pool<db::Connection>;
 
 // A pool connecting with `c` (a database's configuration, or a role's from
 // config::RoleDatabaseConfig), named `name` in its statistics. Every
-// connection's role is checked: never a privileged one by accident (README,
-// Security).
+// connection's role is checked: never a privileged one by accident
+// (docs/security.md).
 std::unique_ptr<ConnectionPool> MakePool(const v1::DatabaseConfig& c, const std::string& name) {
   db::ConnectionOptions options;
   options.dsn = c.dsn();
@@ -1054,8 +1054,8 @@ absl::Status IngestEngine::PermissionDenied(const Database& db, const Batch& bat
       "; nothing of this request was written (",
       keys ? absl::StrCat("ingest grants each role SELECT, INSERT on ", kKeysTable,
                           " and a policy admitting its own keys at start; restart it or "
-                          "restore them, README Security)")
-           : "GRANT INSERT on the table to the role, README Security)"));
+                          "restore them, docs/security.md)")
+           : "GRANT INSERT on the table to the role, docs/security.md)"));
 }
 
 void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {

@@ -27,7 +27,7 @@
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
   const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
-      argc, argv, "ingest", "poolside ingest service: ingest_server --config=FILE", "README.md, Ingest");
+      argc, argv, "ingest", "poolside ingest service: ingest_server --config=FILE", "docs/ingest.md");
   if (!flags.has_value()) return 2;
   std::string sizing;
   auto config = poolside::ingest::LoadIngestConfig(

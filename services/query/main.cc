@@ -24,7 +24,7 @@
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
   const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
-      argc, argv, "query", "poolside query service: query_server --config=FILE", "README.md, Configuration");
+      argc, argv, "query", "poolside query service: query_server --config=FILE", "docs/configuration.md");
   if (!flags.has_value()) return 2;
   auto config = poolside::query::LoadQueryConfig(flags->config);
   if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
