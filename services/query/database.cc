@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 
+#include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -67,8 +69,8 @@ absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline
   return sink.lsn;
 }
 
-Database::Database(const v1::DatabaseConfig& config, std::string role)
-    : config_(config), role_(std::move(role)) {
+Database::Database(const v1::DatabaseConfig& config, std::string role, std::string member)
+    : config_(config), role_(std::move(role)), member_(std::move(member)) {
   db::ConnectionOptions options;
   options.dsn = config_.dsn();
   options.application_name = absl::StrCat("poolside-query/", config_.name());
@@ -78,6 +80,7 @@ Database::Database(const v1::DatabaseConfig& config, std::string role)
   const bool allow_privileged = config_.allow_privileged_role();
   pool::PoolOptions pool_options = config::PoolOptionsFor(config_);
   if (!role_.empty()) pool_options.name = absl::StrCat(config_.name(), "/", role_);
+  if (!member_.empty()) absl::StrAppend(&pool_options.name, "@", member_);
   pool_ = std::make_unique<ConnectionPool>(
       pool_options,
       [options, where, allow_privileged,
@@ -117,6 +120,89 @@ size_t Database::queued() const {
 }
 
 absl::Status Database::Submit(std::shared_ptr<Work> work) {
+  return replicas_ == nullptr ? Enqueue(std::move(work)) : Route(std::move(work));
+}
+
+void Database::AttachReplicas(std::shared_ptr<Replicas> replicas) {
+  replicas_ = std::move(replicas);
+}
+
+std::vector<Database*> Database::Members() {
+  std::vector<Database*> out;
+  absl::MutexLock lock(&members_mu_);
+  for (auto& [id, m] : members_) out.push_back(m.db.get());
+  for (auto& db : retired_) out.push_back(db.get());
+  return out;
+}
+
+absl::StatusOr<Database*> Database::MemberPool(const std::string& id, const std::string& dsn) {
+  absl::MutexLock lock(&members_mu_);
+  auto it = members_.find(id);
+  if (it != members_.end() && it->second.dsn == dsn) return it->second.db.get();
+  absl::StatusOr<v1::DatabaseConfig> c = replicas_->MemberConfig(dsn, role_);
+  if (!c.ok()) return c.status();
+  auto made = std::make_unique<Database>(*c, role_, id);
+  Database* out = made.get();
+  if (it != members_.end()) {
+    retired_.push_back(std::move(it->second.db));
+    it->second = Member{dsn, std::move(made)};
+  } else {
+    members_.emplace(id, Member{dsn, std::move(made)});
+  }
+  return out;
+}
+
+absl::Status Database::Route(std::shared_ptr<Work> work) {
+  uint64_t min_lsn = work->replica_ok ? work->min_lsn : 0;
+  if (work->replica_ok && work->cache_fill) {
+    min_lsn = std::max(min_lsn, replicas_->WriteFence());
+  }
+  if (work->replica_ok && work->wait_for_replica && min_lsn != 0 &&
+      replicas_->token_wait() > absl::ZeroDuration() && replicas_->WorthWaiting(min_lsn)) {
+    const absl::Time until = std::min(work->deadline, absl::Now() + replicas_->token_wait());
+    replicas_->AwaitReplay(min_lsn, until, [this, work, min_lsn](bool) {
+      if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
+      if (absl::Status s = RouteNow(work, min_lsn); !s.ok() && work->Claim()) work->done(s);
+    });
+    return absl::OkStatus();
+  }
+  return RouteNow(work, min_lsn);
+}
+
+absl::Status Database::RouteNow(const std::shared_ptr<Work>& work, uint64_t min_lsn) {
+  absl::StatusOr<db::Topology::Route> route = replicas_->topology().Pick(work->replica_ok, min_lsn);
+  if (!route.ok()) return route.status();
+  absl::StatusOr<Database*> target = MemberPool(route->id(), route->dsn());
+  if (!target.ok()) return target.status();
+  work->member = route->id();
+  work->on_replica = !route->primary();
+  work->member_lsn = route->lsn();
+  // The route counts as outstanding on its member until the work is done.
+  auto held = std::make_shared<std::optional<db::Topology::Route>>(*std::move(route));
+  Work* raw = work.get();
+  work->done = [raw, held, replicas = replicas_, done = std::move(work->done)](absl::Status s) {
+    if (raw->may_write && !raw->on_replica) {
+      // Before the caller hears of it (and invalidates the cache): fills
+      // from replicas from now on need this write replayed.
+      const bool committed = s.ok() && raw->commit_lsn != 0;
+      const bool may_have_run = !s.ok() && (s.code() == absl::StatusCode::kUnavailable ||
+                                            s.code() == absl::StatusCode::kDeadlineExceeded ||
+                                            s.code() == absl::StatusCode::kCancelled ||
+                                            s.code() == absl::StatusCode::kUnknown ||
+                                            s.code() == absl::StatusCode::kInternal);
+      if (committed) {
+        replicas->NoteWrite(raw->commit_lsn);
+      } else if (s.ok() || may_have_run) {
+        replicas->NoteWrite(0);
+      }
+    }
+    held->reset();
+    done(std::move(s));
+  };
+  return (*target)->Submit(work);
+}
+
+absl::Status Database::Enqueue(std::shared_ptr<Work> work) {
   work->statement.deadline = work->deadline;
   work->statement.cancelled = &work->cancelled;
   work->statement.trace = work->trace;

@@ -33,6 +33,7 @@
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
 #include "services/query/read_cache.h"
+#include "services/query/replicas.h"
 #include "services/query/result_sinks.h"
 #include "services/query/statement_stats.h"
 
@@ -120,6 +121,10 @@ class QueryEngine {
                                                     const CallAccess& access = {});
 
   const v1::QueryServiceConfig& config() const { return config_; }
+  // The topology of each database with replicas, by name.
+  const absl::flat_hash_map<std::string, std::shared_ptr<Replicas>>& replicas() const {
+    return replicas_;
+  }
   // Null when no cache is configured.
   ReadCache* read_cache() { return cache_.get(); }
   StatementStatsRegistry& statement_stats() { return stats_; }
@@ -154,6 +159,9 @@ class QueryEngine {
   absl::StatusOr<std::unique_ptr<db::Connection>> OpenSession(Database& db, absl::Time deadline);
 
   const v1::QueryServiceConfig config_;
+  // The databases with replicas (DatabaseConfig.topology), by name; their
+  // pools route through them. Stopped first by the destructor.
+  absl::flat_hash_map<std::string, std::shared_ptr<Replicas>> replicas_;
   absl::flat_hash_map<std::string, std::unique_ptr<Database>> databases_;
   StatementStatsRegistry stats_;
   mutable sql::StatementAnalyzer analyzer_;
