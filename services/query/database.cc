@@ -152,54 +152,114 @@ absl::StatusOr<Database*> Database::MemberPool(const std::string& id, const std:
   return out;
 }
 
-absl::Status Database::Route(std::shared_ptr<Work> work) {
-  uint64_t min_lsn = work->replica_ok ? work->min_lsn : 0;
-  if (work->replica_ok && work->cache_fill) {
-    min_lsn = std::max(min_lsn, replicas_->WriteFence());
-  }
-  if (work->replica_ok && work->wait_for_replica && min_lsn != 0 &&
-      replicas_->token_wait() > absl::ZeroDuration() && replicas_->WorthWaiting(min_lsn)) {
-    const absl::Time until = std::min(work->deadline, absl::Now() + replicas_->token_wait());
-    replicas_->AwaitReplay(min_lsn, until, [this, work, min_lsn](bool) {
-      if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
-      if (absl::Status s = RouteNow(work, min_lsn); !s.ok() && work->Claim()) work->done(s);
-    });
-    return absl::OkStatus();
-  }
-  return RouteNow(work, min_lsn);
-}
+// One routed call's state, shared by its `done` wrapper and its routings.
+struct Database::RoutedCall {
+  uint64_t min_lsn = 0;
+  // Counts as outstanding on its member until the work is done.
+  std::optional<db::Topology::Route> route;
+  // Held for a new primary once after its connection could not be had.
+  bool held_after_failure = false;
+  // The primary's generation when it was last routed.
+  uint64_t generation = 0;
+};
 
-absl::Status Database::RouteNow(const std::shared_ptr<Work>& work, uint64_t min_lsn) {
-  absl::StatusOr<db::Topology::Route> route = replicas_->topology().Pick(work->replica_ok, min_lsn);
-  if (!route.ok()) return route.status();
-  absl::StatusOr<Database*> target = MemberPool(route->id(), route->dsn());
-  if (!target.ok()) return target.status();
-  work->member = route->id();
-  work->on_replica = !route->primary();
-  work->member_lsn = route->lsn();
-  // The route counts as outstanding on its member until the work is done.
-  auto held = std::make_shared<std::optional<db::Topology::Route>>(*std::move(route));
+absl::Status Database::Route(std::shared_ptr<Work> work) {
+  auto call = std::make_shared<RoutedCall>();
+  call->min_lsn = work->replica_ok ? work->min_lsn : 0;
+  if (work->replica_ok && work->cache_fill) {
+    call->min_lsn = std::max(call->min_lsn, replicas_->WriteFence());
+  }
   Work* raw = work.get();
-  work->done = [raw, held, replicas = replicas_, done = std::move(work->done)](absl::Status s) {
+  std::weak_ptr<Work> weak = work;
+  work->done = [this, raw, weak, call, replicas = replicas_,
+                done = std::move(work->done)](absl::Status s) {
+    if (raw->not_run_ && !raw->on_replica && !call->held_after_failure &&
+        s.code() == absl::StatusCode::kUnavailable &&
+        replicas->failover_buffer() > absl::ZeroDuration()) {
+      // The primary could not be reached and nothing ran: a failover may
+      // be under way. Held until the probes name a primary anew.
+      std::shared_ptr<Work> strong = weak.lock();
+      if (strong != nullptr) {
+        call->held_after_failure = true;
+        raw->not_run_ = false;
+        const uint64_t generation = call->generation;
+        call->route.reset();
+        raw->state.store(Work::kQueued);
+        if (HoldForPrimary(strong, call, generation).ok()) return;
+        raw->state.store(Work::kRunning);
+      }
+    }
     if (raw->may_write && !raw->on_replica) {
       // Before the caller hears of it (and invalidates the cache): fills
       // from replicas from now on need this write replayed.
       const bool committed = s.ok() && raw->commit_lsn != 0;
-      const bool may_have_run = !s.ok() && (s.code() == absl::StatusCode::kUnavailable ||
-                                            s.code() == absl::StatusCode::kDeadlineExceeded ||
-                                            s.code() == absl::StatusCode::kCancelled ||
-                                            s.code() == absl::StatusCode::kUnknown ||
-                                            s.code() == absl::StatusCode::kInternal);
+      const bool may_have_run =
+          !s.ok() && !raw->not_run_ &&
+          (s.code() == absl::StatusCode::kUnavailable ||
+           s.code() == absl::StatusCode::kDeadlineExceeded ||
+           s.code() == absl::StatusCode::kCancelled || s.code() == absl::StatusCode::kUnknown ||
+           s.code() == absl::StatusCode::kInternal);
       if (committed) {
         replicas->NoteWrite(raw->commit_lsn);
       } else if (s.ok() || may_have_run) {
         replicas->NoteWrite(0);
       }
     }
-    held->reset();
+    call->route.reset();
     done(std::move(s));
   };
+  if (work->replica_ok && work->wait_for_replica && call->min_lsn != 0 &&
+      replicas_->token_wait() > absl::ZeroDuration() && replicas_->WorthWaiting(call->min_lsn)) {
+    const absl::Time until = std::min(work->deadline, absl::Now() + replicas_->token_wait());
+    replicas_->AwaitReplay(call->min_lsn, until, [this, work, call](bool) {
+      if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
+      if (absl::Status s = RouteNow(work, call); !s.ok() && work->Claim()) work->done(s);
+    });
+    return absl::OkStatus();
+  }
+  return RouteNow(work, call);
+}
+
+absl::Status Database::RouteNow(const std::shared_ptr<Work>& work,
+                                const std::shared_ptr<RoutedCall>& call) {
+  const uint64_t generation = replicas_->primary_generation();
+  absl::StatusOr<db::Topology::Route> route =
+      replicas_->topology().Pick(work->replica_ok, call->min_lsn);
+  if (!route.ok()) {
+    // No primary known (rather than no replica for a read that must not
+    // fall back): held until one is.
+    if (route.status().code() == absl::StatusCode::kUnavailable &&
+        replicas_->topology().primary().empty() &&
+        replicas_->failover_buffer() > absl::ZeroDuration()) {
+      if (absl::Status held = HoldForPrimary(work, call, generation); held.ok()) return held;
+    }
+    return route.status();
+  }
+  absl::StatusOr<Database*> target = MemberPool(route->id(), route->dsn());
+  if (!target.ok()) return target.status();
+  work->member = route->id();
+  work->on_replica = !route->primary();
+  work->member_lsn = route->lsn();
+  call->generation = generation;
+  call->route = *std::move(route);
   return (*target)->Submit(work);
+}
+
+absl::Status Database::HoldForPrimary(const std::shared_ptr<Work>& work,
+                                      const std::shared_ptr<RoutedCall>& call,
+                                      uint64_t generation) {
+  return replicas_->HoldForPrimary(
+      generation, work->request_bytes, work->deadline, [this, work, call](bool known) {
+        if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
+        absl::Status s = known
+                             ? RouteNow(work, call)
+                             : absl::UnavailableError(absl::StrCat(
+                                   "database ", config_.name(),
+                                   ": no primary was named within failoverBufferMs (",
+                                   replicas_->config().topology().failover_buffer_ms(),
+                                   " ms) or the call's deadline; the call did not run, retry it"));
+        if (!s.ok() && work->Claim()) work->done(s);
+      });
 }
 
 absl::Status Database::Enqueue(std::shared_ptr<Work> work) {
@@ -316,7 +376,10 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     for (auto& w : batch) RecordAcquire(*w, name(), acquire_start, end, lease.status());
   }
   if (!lease.ok()) {
-    for (auto& w : batch) w->done(lease.status());
+    for (auto& w : batch) {
+      w->not_run_ = true;
+      w->done(lease.status());
+    }
     return;
   }
   std::vector<db::Statement*> statements;
@@ -399,7 +462,10 @@ void Database::RunExclusive(Work& work) {
     }
     if (!lease.ok()) {
       // On a second attempt the first failure is the better answer.
-      if (attempt == 0) outcome = lease.status();
+      if (attempt == 0) {
+        outcome = lease.status();
+        work.not_run_ = true;
+      }
       break;
     }
     {

@@ -21,6 +21,10 @@
 // use), and Submit() sends work that may run on a replica (Work::replica_ok)
 // to the one Topology::Pick chooses, everything else to the primary.
 //
+// A call for the primary while none is known, or whose connection to it
+// could not be had (so it never ran), is held for up to
+// topology.failoverBufferMs until a primary is named anew, then runs there.
+//
 // Thread-safe. Work::done runs on a worker thread and must not block.
 
 #include <atomic>
@@ -125,6 +129,8 @@ class Work {
   std::string member;
   bool on_replica = false;
   uint64_t member_lsn = 0;
+  // The request's size, bounding what failover buffering holds.
+  size_t request_bytes = 0;
 
   // Claims work that no worker has started, to complete it without a database
   // (e.g. from the cache). False if it was abandoned or already claimed.
@@ -150,6 +156,9 @@ class Work {
  private:
   friend class Database;
   std::atomic<int> state{kQueued};
+  // Failed before any connection was had (the pool could not connect): it
+  // provably did not run, so routing may hold it for a new primary.
+  bool not_run_ = false;
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 
@@ -221,8 +230,13 @@ class Database {
   absl::Status Enqueue(std::shared_ptr<Work> work);
   // Submit() with replicas: picks a member (after a wait, for a read whose
   // min_lsn no replica has replayed) and queues it there.
+  struct RoutedCall;
   absl::Status Route(std::shared_ptr<Work> work);
-  absl::Status RouteNow(const std::shared_ptr<Work>& work, uint64_t min_lsn);
+  absl::Status RouteNow(const std::shared_ptr<Work>& work, const std::shared_ptr<RoutedCall>& call);
+  // Holds `work` until a primary is named under a generation other than
+  // `generation` (Replicas::HoldForPrimary), then routes it again.
+  absl::Status HoldForPrimary(const std::shared_ptr<Work>& work,
+                              const std::shared_ptr<RoutedCall>& call, uint64_t generation);
   // The pool of member `id` at `dsn`, made on first use.
   absl::StatusOr<Database*> MemberPool(const std::string& id, const std::string& dsn);
 

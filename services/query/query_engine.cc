@@ -366,6 +366,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
                      (access.read_only || work->statement.may_share_sync);
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
+  work->request_bytes = request.ByteSizeLong();
   work->may_write = !work->replica_ok && (deferred || writes) && !access.read_only;
   if (!deferred && telemetry::GlobalTracer() != nullptr) {
     work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
@@ -497,6 +498,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
                      (access.read_only || MayShareSync((*db)->name(), **analysis));
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
+  work->request_bytes = request.ByteSizeLong();
   work->may_write = !work->replica_ok && !access.read_only &&
                     (*analysis == nullptr || ReadCache::NeedsInvalidation(**analysis));
   const absl::Time start = absl::Now();
@@ -603,6 +605,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   work->replica_ok = read_only && !request.primary();
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
+  work->request_bytes = request.ByteSizeLong();
   work->may_write = !read_only;
   work->rewind = [raw] {
     for (auto& sink : raw->sinks) sink->Rewind();

@@ -41,6 +41,7 @@ Replicas::Replicas(const v1::DatabaseConfig& config)
     : config_(config),
       token_wait_(absl::Milliseconds(config.topology().token_wait_ms())),
       probe_timeout_(absl::Milliseconds(config.topology().probe_timeout_ms())),
+      failover_buffer_(absl::Milliseconds(config.topology().failover_buffer_ms())),
       topology_(config.name(), TopologyOptionsFor(config.topology()), Clock::Real()),
       monitor_(&topology_, MonitorOptionsFor(config.topology())),
       waiters_(std::make_unique<LsnWaiters>()) {
@@ -65,6 +66,11 @@ absl::Status Replicas::Start(absl::Duration wait_for_primary) {
     return absl::Status(started.code(), absl::StrCat("database ", config_.name(),
                                                      " topology: ", started.message()));
   }
+  {
+    absl::MutexLock lock(&buffer_mu_);
+    lost_at_ = absl::Now();
+  }
+  buffer_thread_ = std::thread([this] { BufferLoop(); });
   const absl::Time until = absl::Now() + wait_for_primary;
   uint64_t generation = topology_.primary_generation();
   while (topology_.primary().empty() && absl::Now() < until) {
@@ -83,6 +89,85 @@ void Replicas::Stop() {
   }
   // Outside the lock: the waiting reads' then(false) routes them now.
   waiters.reset();
+  {
+    absl::MutexLock lock(&buffer_mu_);
+    buffer_stopping_ = true;
+    buffer_changed_.SignalAll();
+  }
+  if (buffer_thread_.joinable()) buffer_thread_.join();
+}
+
+absl::Status Replicas::HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
+                                      std::function<void(bool)> then) {
+  absl::MutexLock lock(&buffer_mu_);
+  if (buffer_stopping_ || !buffer_thread_.joinable()) {
+    return absl::UnavailableError(
+        absl::StrCat("database ", config_.name(), ": no primary, and the service is stopping"));
+  }
+  if (held_.size() >= kMaxHeldCalls || held_bytes_ + bytes > kMaxHeldBytes) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("database ", config_.name(), " has no primary now and ", held_.size(),
+                     " calls are held for one already; retry with backoff"));
+  }
+  const absl::Time now = absl::Now();
+  const absl::Time lost = lost_at_ == absl::InfinitePast() ? now : lost_at_;
+  held_.push_back(
+      Held{generation, bytes, now, std::min(deadline, lost + failover_buffer_), std::move(then)});
+  held_bytes_ += bytes;
+  held_total_.fetch_add(1, std::memory_order_relaxed);
+  buffer_changed_.SignalAll();
+  return absl::OkStatus();
+}
+
+size_t Replicas::held_now() const {
+  absl::MutexLock lock(&buffer_mu_);
+  return held_.size();
+}
+
+double Replicas::held_seconds() const {
+  absl::MutexLock lock(&buffer_mu_);
+  return held_seconds_;
+}
+
+void Replicas::BufferLoop() {
+  absl::MutexLock lock(&buffer_mu_);
+  while (true) {
+    const absl::Time now = absl::Now();
+    const bool stopping = buffer_stopping_;
+    const bool known = !stopping && !topology_.primary().empty();
+    const uint64_t generation = topology_.primary_generation();
+    std::vector<Held> release;
+    std::vector<bool> outcome;
+    absl::Time next = absl::InfiniteFuture();
+    for (size_t i = 0; i < held_.size();) {
+      Held& h = held_[i];
+      const bool ready = known && h.generation != generation;
+      if (stopping || ready || now >= h.until) {
+        outcome.push_back(ready);
+        held_bytes_ -= h.bytes;
+        held_seconds_ += absl::ToDoubleSeconds(now - h.since);
+        release.push_back(std::move(h));
+        held_[i] = std::move(held_.back());
+        held_.pop_back();
+      } else {
+        next = std::min(next, h.until);
+        ++i;
+      }
+    }
+    if (!release.empty()) {
+      buffer_mu_.Unlock();
+      for (size_t i = 0; i < release.size(); ++i) {
+        if (!outcome[i]) held_timeouts_.fetch_add(1, std::memory_order_relaxed);
+        release[i].then(outcome[i]);
+      }
+      buffer_mu_.Lock();
+      continue;
+    }
+    if (stopping) return;
+    // Woken by a probe that changed the primary (OnRecord), a new held
+    // call, or the earliest window's end.
+    buffer_changed_.WaitWithDeadline(&buffer_mu_, next);
+  }
 }
 
 absl::StatusOr<v1::DatabaseConfig> Replicas::MemberConfig(const std::string& member_dsn,
@@ -106,6 +191,13 @@ void Replicas::OnRecord() {
     replayed = std::max<uint64_t>(replayed, m.lsn);
   }
   routable_.store(routable);
+  {
+    absl::MutexLock lock(&buffer_mu_);
+    const bool has_primary = !topology_.primary().empty();
+    if (had_primary_ && !has_primary) lost_at_ = absl::Now();
+    had_primary_ = has_primary;
+    if (!held_.empty()) buffer_changed_.SignalAll();
+  }
   // A replica that stops being routable takes its position along: a read
   // waiting for it must not be woken by a position nobody can serve.
   replayed_.store(replayed);

@@ -13,6 +13,12 @@
 //   (NoteWrite), so a fill never reads from a replica what a write through
 //   this service has just invalidated (WriteFence).
 //
+// - failover buffering: a call for the primary while none is known (a
+//   switchover or failover under way), or whose primary connection could
+//   not be had, is held (HoldForPrimary) until a primary is named anew,
+//   for up to topology.failoverBufferMs from the moment the primary was
+//   lost, bounded in count and bytes.
+//
 // Databases route their calls with it (database.h); one Replicas serves the
 // pools of every database role of its database.
 //
@@ -30,6 +36,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -93,6 +101,26 @@ class Replicas {
   // been taken since, UINT64_MAX (fills read the primary).
   uint64_t WriteFence();
 
+  // Failover buffering. The primary's generation as a held call saw it.
+  uint64_t primary_generation() const { return topology_.primary_generation(); }
+  absl::Duration failover_buffer() const { return failover_buffer_; }
+  // Holds a call of `bytes` until a primary is known under another
+  // generation than `generation`: then(true) on the buffer's thread. When
+  // the window passes first (failoverBufferMs after the primary was lost,
+  // or `deadline`), or the probes stop: then(false). RESOURCE_EXHAUSTED
+  // (nothing held) while kMaxHeldCalls or kMaxHeldBytes are held already;
+  // UNAVAILABLE once stopped.
+  absl::Status HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
+                              std::function<void(bool)> then);
+  static constexpr size_t kMaxHeldCalls = 4096;
+  static constexpr size_t kMaxHeldBytes = 64 << 20;
+  // Calls held so far, those that timed out, held now, and the time held
+  // calls waited (seconds, summed).
+  uint64_t held_total() const { return held_total_.load(std::memory_order_relaxed); }
+  uint64_t held_timeouts() const { return held_timeouts_.load(std::memory_order_relaxed); }
+  size_t held_now() const;
+  double held_seconds() const;
+
   // Reads that waited for a replica, and of them those that got one.
   uint64_t token_waits() const { return token_waits_.load(std::memory_order_relaxed); }
   uint64_t token_waits_reached() const {
@@ -101,10 +129,12 @@ class Replicas {
 
  private:
   void OnRecord();
+  void BufferLoop();
 
   const v1::DatabaseConfig config_;
   const absl::Duration token_wait_;
   const absl::Duration probe_timeout_;
+  const absl::Duration failover_buffer_;
   db::Topology topology_;
   db::TopologyMonitor monitor_;
   // The highest sampled replay position of a routable replica, and how many
@@ -112,6 +142,25 @@ class Replicas {
   std::atomic<uint64_t> replayed_{0};
   std::atomic<int> routable_{0};
   std::atomic<uint64_t> token_waits_{0}, token_waits_reached_{0};
+  std::atomic<uint64_t> held_total_{0}, held_timeouts_{0};
+
+  struct Held {
+    uint64_t generation;
+    size_t bytes;
+    absl::Time since;
+    absl::Time until;
+    std::function<void(bool)> then;
+  };
+  mutable absl::Mutex buffer_mu_;
+  absl::CondVar buffer_changed_;
+  std::vector<Held> held_ ABSL_GUARDED_BY(buffer_mu_);
+  size_t held_bytes_ ABSL_GUARDED_BY(buffer_mu_) = 0;
+  double held_seconds_ ABSL_GUARDED_BY(buffer_mu_) = 0;
+  bool buffer_stopping_ ABSL_GUARDED_BY(buffer_mu_) = false;
+  // When the primary was last lost (or the monitor started without one).
+  absl::Time lost_at_ ABSL_GUARDED_BY(buffer_mu_) = absl::InfinitePast();
+  bool had_primary_ ABSL_GUARDED_BY(buffer_mu_) = false;
+  std::thread buffer_thread_;
 
   // Held shared by AwaitReplay, exclusively by Stop (which resets waiters_).
   absl::Mutex waiters_mu_;
