@@ -30,6 +30,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/client_context.h"
@@ -37,6 +39,7 @@
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/http_get.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/replicated_cluster.h"
 
@@ -191,9 +194,14 @@ class Env {
     config.mutable_server()->mutable_tls()->set_plaintext(true);
     config.mutable_server()->set_port_file(stem + ".port");
     config.mutable_server()->set_drain_timeout_ms(1000);
+    v1::MetricsConfig* metrics = config.mutable_server()->mutable_telemetry()->mutable_metrics();
+    metrics->set_listen("127.0.0.1:0");
+    metrics->set_port_file(stem + ".metrics_port");
     auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
     if (!p.ok()) return p.status();
     server_ = *std::move(p);
+    metrics_port_ = testing::ReadPortFile(stem + ".metrics_port");
+    if (metrics_port_ <= 0) return absl::InternalError("query_server wrote no metrics port");
     auto channel = Connect(server_->address());
     if (!channel.ok()) return channel.status();
     query_ = v1::QueryService::NewStub(*channel);
@@ -218,6 +226,21 @@ class Env {
   std::unique_ptr<ServiceProcess> sidecar_;
   std::unique_ptr<ServiceProcess> server_;
   std::unique_ptr<v1::QueryService::Stub> query_;
+  int metrics_port_ = 0;
+
+ public:
+  // A series of /metrics, e.g. `poolside_query_member_banned{...}`.
+  std::optional<double> Metric(absl::string_view series) const {
+    absl::StatusOr<testing::HttpResponse> got =
+        testing::HttpGet("127.0.0.1", metrics_port_, "/metrics");
+    if (!got.ok() || got->status != 200) return std::nullopt;
+    for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
+      if (!absl::ConsumePrefix(&line, series) || !absl::ConsumePrefix(&line, " ")) continue;
+      double v;
+      if (absl::SimpleAtod(line, &v)) return v;
+    }
+    return std::nullopt;
+  }
 };
 
 int64_t ValueOf(const v1::ExecuteResponse& r) {
@@ -313,6 +336,9 @@ TEST(ReplicaRoutingTest, PausedReplicaIsBannedAndNeverAnswersPastItsReplay) {
     banned = m && m->banned();
   }
   ASSERT_TRUE(banned) << "the paused replica was never banned";
+  EXPECT_EQ(env.Metric(absl::StrCat("poolside_query_member_banned{database=\"rr\",member=\"",
+                                    paused, "\"}")),
+            1);
   std::optional<v1::MemberStats> m = env.Member(paused);
   ASSERT_TRUE(m);
   EXPECT_GT(m->lag_seconds(), kMaxLagMs / 1000.0);
@@ -509,6 +535,13 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
       kDb, absl::StrCat("SELECT count(*) FROM log WHERE id IN (", absl::StrJoin(on_new, ","), ")"));
   ASSERT_TRUE(present.ok()) << present.status();
   EXPECT_EQ(*present, absl::StrCat(on_new.size()));
+  // The held writes are counted, and none timed out.
+  EXPECT_GT(env.Metric("poolside_query_failover_held_total{database=\"rr\"}").value_or(0), 0);
+  EXPECT_EQ(env.Metric("poolside_query_failover_held_timeouts_total{database=\"rr\"}"), 0);
+  EXPECT_EQ(env.Metric("poolside_query_failover_held_calls{database=\"rr\"}"), 0);
+  EXPECT_EQ(env.Metric(absl::StrCat("poolside_query_member_role{database=\"rr\",member=\"",
+                                    next_primary, "\",role=\"primary\"}")),
+            1);
   // Writes go on after the failover: the pools' members say so.
   std::optional<v1::MemberStats> m = env.Member(next_primary);
   ASSERT_TRUE(m);

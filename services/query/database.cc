@@ -419,6 +419,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
 
 void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   std::vector<db::Statement*> again;
+  std::vector<Work*> again_work;
   absl::Time deadline = absl::InfinitePast();
   const std::string* holder = nullptr;
   for (auto& w : batch) {
@@ -431,13 +432,18 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
     if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
     if (s.sink != nullptr && !s.sink->Rewind()) continue;
     again.push_back(&s);
+    again_work.push_back(w.get());
     deadline = std::max(deadline, w->deadline);
     if (holder == nullptr) holder = &w->holder;
   }
   if (again.empty()) return;
   // The first failure stands if no connection can be had now.
   absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(deadline, *holder);
-  if (!lease.ok()) return;
+  if (!lease.ok()) {
+    // What never reached the lost connection's server still never ran.
+    for (Work* w : again_work) w->not_run_ = w->statement.reach == db::Reach::kNotRun;
+    return;
+  }
   retries_.fetch_add(again.size(), std::memory_order_relaxed);
   pipelines_.fetch_add(1, std::memory_order_relaxed);
   pipelined_statements_.fetch_add(again.size(), std::memory_order_relaxed);
@@ -454,6 +460,7 @@ void Database::RunExclusive(Work& work) {
     return;
   }
   absl::Status outcome;
+  db::Reach first_reach = db::Reach::kMayHaveRun;
   for (int attempt = 0; attempt < 2; ++attempt) {
     const absl::Time acquire_start = absl::Now();
     absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
@@ -461,11 +468,10 @@ void Database::RunExclusive(Work& work) {
       RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
     }
     if (!lease.ok()) {
-      // On a second attempt the first failure is the better answer.
-      if (attempt == 0) {
-        outcome = lease.status();
-        work.not_run_ = true;
-      }
+      // On a second attempt the first failure is the better answer; it ran
+      // nothing if the first attempt did not either.
+      work.not_run_ = attempt == 0 || first_reach == db::Reach::kNotRun;
+      if (attempt == 0) outcome = lease.status();
       break;
     }
     {
@@ -475,6 +481,7 @@ void Database::RunExclusive(Work& work) {
     }
     const bool lost = (*lease)->broken();
     const db::Reach reach = (*lease)->last_call_reach();
+    if (attempt == 0) first_reach = reach;
     if (lost) lease->MarkBroken();
     lease->Release();
     // Run again only what cannot run twice: nothing of it ran, or it only

@@ -102,14 +102,30 @@ void CollectMembers(QueryEngine* engine, Families* out) {
   prometheus::MetricFamily waits = CounterFamily(
       "poolside_query_replica_token_waits_total",
       "Reads that waited for a replica to replay their min_lsn, by whether one did in time.");
+  prometheus::MetricFamily held = CounterFamily(
+      "poolside_query_failover_held_total",
+      "Calls for the primary held while none was known (failover buffering).");
+  prometheus::MetricFamily held_timeouts = CounterFamily(
+      "poolside_query_failover_held_timeouts_total",
+      "Held calls that failed because no primary was named within failoverBufferMs.");
+  prometheus::MetricFamily held_now =
+      GaugeFamily("poolside_query_failover_held_calls", "Calls held for a primary now.");
+  prometheus::MetricFamily held_seconds = CounterFamily(
+      "poolside_query_failover_held_seconds_total", "Time held calls waited, summed.");
   for (const auto& [name, replicas] : engine->replicas()) {
+    const telemetry::MetricLabels db = {{"database", name}};
+    AddCounter(&held, db, double(replicas->held_total()));
+    AddCounter(&held_timeouts, db, double(replicas->held_timeouts()));
+    AddGauge(&held_now, db, double(replicas->held_now()));
+    AddCounter(&held_seconds, db, replicas->held_seconds());
     const uint64_t reached = replicas->token_waits_reached();
     AddCounter(&waits, {{"database", name}, {"result", "reached"}}, double(reached));
     AddCounter(&waits, {{"database", name}, {"result", "timeout"}},
                double(replicas->token_waits() - std::min(reached, replicas->token_waits())));
   }
   for (auto* f :
-       {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans, &waits}) {
+       {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans, &waits,
+        &held, &held_timeouts, &held_now, &held_seconds}) {
     out->push_back(std::move(*f));
   }
 }
