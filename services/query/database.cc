@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/db/catalog.h"
+#include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "common/config/database_config.h"
@@ -173,11 +174,20 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
   std::weak_ptr<Work> weak = work;
   work->done = [this, raw, weak, call, replicas = replicas_,
                 done = std::move(work->done)](absl::Status s) {
-    if (raw->not_run_ && !raw->on_replica && !call->held_after_failure &&
-        s.code() == absl::StatusCode::kUnavailable &&
+    // The primary refused a write as read-only (SQLSTATE 25006): it was
+    // demoted, and the write's transaction rolled back. Not for a caller
+    // whose own transactions are read-only.
+    const bool demoted =
+        !raw->not_run_ && raw->may_write && !raw->read_only && !raw->on_replica &&
+        db::SqlStateOf(s) == "25006" &&
+        (raw->batchable ? raw->statement.sink == nullptr || raw->statement.sink->Rewind()
+                        : raw->rewind && raw->rewind());
+    if (((raw->not_run_ && s.code() == absl::StatusCode::kUnavailable) || demoted) &&
+        !raw->on_replica && !call->held_after_failure &&
         replicas->failover_buffer() > absl::ZeroDuration()) {
-      // The primary could not be reached and nothing ran: a failover may
-      // be under way. Held until the probes name a primary anew.
+      // The primary could not be reached, or was demoted, and nothing of
+      // the call took effect: a switchover or failover may be under way.
+      // Held until the probes name a primary anew.
       std::shared_ptr<Work> strong = weak.lock();
       if (strong != nullptr) {
         call->held_after_failure = true;
