@@ -119,12 +119,8 @@ QueryEngine::~QueryEngine() {
   // they go to exist.
   for (auto& [name, replicas] : replicas_) replicas->Stop();
   // Stops warm-up retries against databases that are down (they would
-  // otherwise hold the exit for up to startup_retry_ms).
-  for (auto& [name, db] : databases_) db->pool().Close();
-  {
-    absl::MutexLock lock(&roles_mu_);
-    for (auto& [key, db] : role_databases_) db->pool().Close();
-  }
+  // otherwise hold the exit for up to startup_retry_ms); member pools too.
+  for (Database* db : AllDatabases()) db->pool().Close();
   cache_.reset();  // stops its listeners; its flights end as the pools close
   if (maintenance_.joinable()) maintenance_.join();
   if (warmup_.joinable()) warmup_.join();
