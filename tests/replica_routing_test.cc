@@ -2,6 +2,8 @@
 // with two streaming replicas (docs/replicas.md):
 //  - reads spread over both replicas, writes and forced-primary calls land on
 //    the primary, read-only transactions on a replica, others on the primary;
+//    a named query declared readOnly on a replica even when it calls a
+//    function of ours, the same query not declared on the primary;
 //  - a replica paused with pg_wal_replay_pause() is banned past maxLagMs and
 //    used again after resume, and a read whose token is beyond its replay
 //    position is never answered by it (member and value checked);
@@ -142,10 +144,14 @@ class Env {
     cluster_ = *std::move(c);
     testing::PostgresCluster& primary = cluster_->primary();
     if (absl::Status s = primary.CreateDatabase(kDb); !s.ok()) return s;
-    if (absl::Status s = primary.Exec(kDb,
-                                      "CREATE TABLE kv (id int PRIMARY KEY, v bigint NOT NULL);"
-                                      "INSERT INTO kv SELECT g, 0 FROM generate_series(1, 10) g;"
-                                      "CREATE TABLE log (id bigint PRIMARY KEY)");
+    if (absl::Status s =
+            primary.Exec(kDb,
+                         "CREATE TABLE kv (id int PRIMARY KEY, v bigint NOT NULL);"
+                         "INSERT INTO kv SELECT g, 0 FROM generate_series(1, 10) g;"
+                         "CREATE TABLE log (id bigint PRIMARY KEY);"
+                         // A function of our own: the catalog cannot prove it harmless.
+                         "CREATE FUNCTION same(x bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS "
+                         "'SELECT x'");
         !s.ok()) {
       return s;
     }
@@ -179,6 +185,13 @@ class Env {
     t->set_max_lag_ms(kMaxLagMs);
     t->set_token_wait_ms(300);
     t->set_failover_buffer_ms(15000);
+    for (bool read_only : {true, false}) {
+      v1::NamedQuery* q = config.add_named_queries();
+      q->set_name(read_only ? "kv_declared_read_only" : "kv_not_declared");
+      q->set_sql("SELECT v FROM kv WHERE id = same($1)");
+      q->set_read_only(read_only);
+      q->add_params()->set_type("int64");
+    }
     v1::QueryCacheConfig* cache = config.mutable_cache();
     cache->set_target(absl::StrCat("unix:", socket_));
     cache->set_call_timeout_ms(1000);
@@ -311,6 +324,24 @@ TEST(ReplicaRoutingTest, ReadsSpreadOverReplicasWritesOnPrimary) {
   EXPECT_EQ(pools,
             (std::set<std::string>{"", env.primary_id(), env.replica_id(0), env.replica_id(1)}));
   EXPECT_EQ(stats->members_size(), 3);
+}
+
+TEST(ReplicaRoutingTest, NamedQueriesDeclaredReadOnlyGoToReplicas) {
+  Env& env = Env::Get();
+  for (const char* name : {"kv_declared_read_only", "kv_not_declared"}) {
+    v1::ExecuteRequest r;
+    r.set_named_query(name);
+    r.add_params()->set_int64_value(1);
+    absl::StatusOr<v1::ExecuteResponse> got = env.Execute(r);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_GE(ValueOf(*got), 0);
+    if (absl::string_view(name) == "kv_declared_read_only") {
+      EXPECT_NE(got->member(), env.primary_id()) << name;
+      EXPECT_FALSE(got->member().empty());
+    } else {
+      EXPECT_EQ(got->member(), env.primary_id()) << name;
+    }
+  }
 }
 
 TEST(ReplicaRoutingTest, PausedReplicaIsBannedAndNeverAnswersPastItsReplay) {

@@ -92,6 +92,9 @@ class TransactionWork : public Work {
 
 QueryEngine::QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheClient> cache)
     : config_(std::move(config)) {
+  for (const v1::NamedQuery& q : config_.named_queries()) {
+    if (q.read_only()) read_only_named_.insert(q.name());
+  }
   for (const v1::DatabaseConfig& db : config_.databases()) {
     auto database = std::make_unique<Database>(db);
     if (Replicas::Configured(db)) {
@@ -233,6 +236,10 @@ void QueryEngine::RefreshCatalogs() {
   }
 }
 
+bool QueryEngine::DeclaredReadOnly(const v1::ExecuteRequest& request) const {
+  return !request.named_query().empty() && read_only_named_.contains(request.named_query());
+}
+
 bool QueryEngine::MayShareSync(const std::string& database, const sql::Analysis& a) const {
   if (!a.shareable_syntax) return false;
   std::shared_ptr<const db::BuiltinCatalog> catalog;
@@ -359,7 +366,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   // may run on a replica; anything else on the primary.
   work->replica_ok = !deferred && !request.primary() &&
                      (*analysis)->kind == sql::StatementKind::kRead &&
-                     (access.read_only || work->statement.may_share_sync);
+                     (access.read_only || work->statement.may_share_sync ||
+                      DeclaredReadOnly(request));
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
   work->request_bytes = request.ByteSizeLong();
@@ -491,7 +499,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   work->read_only = access.read_only;
   work->replica_ok = *analysis != nullptr && !request.primary() &&
                      (*analysis)->kind == sql::StatementKind::kRead &&
-                     (access.read_only || MayShareSync((*db)->name(), **analysis));
+                     (access.read_only || MayShareSync((*db)->name(), **analysis) ||
+                      DeclaredReadOnly(request));
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
   work->request_bytes = request.ByteSizeLong();

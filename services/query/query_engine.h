@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -146,6 +147,9 @@ class QueryEngine {
   // catalog snapshot proves its functions, operators and relations free of
   // side effects. False until that snapshot is loaded.
   bool MayShareSync(const std::string& database, const sql::Analysis& a) const;
+  // `request` runs a named query configured readOnly (it may run on a
+  // replica).
+  bool DeclaredReadOnly(const v1::ExecuteRequest& request) const;
   // Loads the catalog snapshots that are missing or older than kCatalogAge.
   void RefreshCatalogs();
   // Every pool: the DSN users' and the roles' made so far.
@@ -163,6 +167,8 @@ class QueryEngine {
   // pools route through them. Stopped first by the destructor.
   absl::flat_hash_map<std::string, std::shared_ptr<Replicas>> replicas_;
   absl::flat_hash_map<std::string, std::unique_ptr<Database>> databases_;
+  // Named queries configured readOnly.
+  absl::flat_hash_set<std::string> read_only_named_;
   StatementStatsRegistry stats_;
   mutable sql::StatementAnalyzer analyzer_;
   // Each configured role's pool configuration, by (database, role).
