@@ -69,6 +69,7 @@ absl::Status Replicas::Start(absl::Duration wait_for_primary) {
   {
     absl::MutexLock lock(&buffer_mu_);
     lost_at_ = absl::Now();
+    buffer_started_ = true;
   }
   buffer_thread_ = std::thread([this] { BufferLoop(); });
   const absl::Time until = absl::Now() + wait_for_primary;
@@ -100,9 +101,10 @@ void Replicas::Stop() {
 absl::Status Replicas::HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
                                       std::function<void(bool)> then) {
   absl::MutexLock lock(&buffer_mu_);
-  if (buffer_stopping_ || !buffer_thread_.joinable()) {
+  if (buffer_stopping_ || !buffer_started_) {
     return absl::UnavailableError(
-        absl::StrCat("database ", config_.name(), ": no primary, and the service is stopping"));
+        absl::StrCat("database ", config_.name(),
+                     ": no primary is known, and calls cannot be held for one now"));
   }
   if (held_.size() >= kMaxHeldCalls || held_bytes_ + bytes > kMaxHeldBytes) {
     return absl::ResourceExhaustedError(

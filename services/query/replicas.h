@@ -156,6 +156,7 @@ class Replicas {
   std::vector<Held> held_ ABSL_GUARDED_BY(buffer_mu_);
   size_t held_bytes_ ABSL_GUARDED_BY(buffer_mu_) = 0;
   double held_seconds_ ABSL_GUARDED_BY(buffer_mu_) = 0;
+  bool buffer_started_ ABSL_GUARDED_BY(buffer_mu_) = false;
   bool buffer_stopping_ ABSL_GUARDED_BY(buffer_mu_) = false;
   // When the primary was last lost (or the monitor started without one).
   absl::Time lost_at_ ABSL_GUARDED_BY(buffer_mu_) = absl::InfinitePast();
