@@ -209,8 +209,12 @@ int RunPools(v1::QueryService::Stub* stub, const Invocation& inv) {
     const v1::Histogram& h = p.acquire_wait();
     std::string avg =
         h.count() == 0 ? "-" : Ms(h.sum_seconds() * 1000 / h.count());
+    // A role's pool is "db/role", a member's pool "db@host:port".
+    std::string name = p.database();
+    if (!p.role().empty()) absl::StrAppend(&name, "/", p.role());
+    if (!p.member().empty()) absl::StrAppend(&name, "@", p.member());
     std::vector<std::string> cells = {
-        EscapeForCell(p.database()),      absl::StrCat(p.size()),
+        EscapeForCell(name),              absl::StrCat(p.size()),
         absl::StrCat(p.idle()),           absl::StrCat(p.in_use()),
         absl::StrCat(p.waiters()),        absl::StrCat(p.queued()),
         absl::StrCat(p.min_idle()),
@@ -232,6 +236,29 @@ int RunPools(v1::QueryService::Stub* stub, const Invocation& inv) {
   Print(table.Render());
   Print(absl::StrCat("(", resp.pools_size(),
                      resp.pools_size() == 1 ? " pool)\n" : " pools)\n"));
+  if (resp.members_size() == 0) return kExitOk;
+  // Databases with replicas: their members as last probed.
+  TextTable members({"database", "member", "role", "state", "lag_ms", "lag_bytes",
+                     "outstanding", "routed", "bans", "error"});
+  for (const v1::MemberStats& m : resp.members()) {
+    std::vector<std::string> cells = {
+        EscapeForCell(m.database()),
+        EscapeForCell(m.member()),
+        m.role(),
+        !m.healthy() ? "unhealthy" : m.banned() ? "banned" : "routable",
+        m.role() == "replica" ? Ms(m.lag_seconds() * 1000) : "-",
+        m.role() == "replica" ? absl::StrCat(m.lag_bytes()) : "-",
+        absl::StrCat(m.outstanding()),
+        absl::StrCat(m.routed_total()),
+        absl::StrCat(m.bans_total()),
+        EscapeForCell(m.error())};
+    std::vector<bool> right(cells.size(), true);
+    right[0] = right[1] = right[2] = right[3] = right[9] = false;
+    members.AddRow(std::move(cells), std::move(right));
+  }
+  Print(members.Render());
+  Print(absl::StrCat("(", resp.members_size(),
+                     resp.members_size() == 1 ? " member)\n" : " members)\n"));
   return kExitOk;
 }
 

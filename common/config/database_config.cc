@@ -91,6 +91,7 @@ absl::Status FinalizeTopology(const std::string& where, v1::DatabaseConfig* db) 
   if (t->probe_interval_ms() == 0) t->set_probe_interval_ms(250);
   if (t->probe_timeout_ms() == 0) t->set_probe_timeout_ms(1000);
   if (!t->has_failover_buffer_ms()) t->set_failover_buffer_ms(10000);
+  if (!t->has_token_wait_ms()) t->set_token_wait_ms(200);
   if (t->no_replica().empty()) t->set_no_replica("primary");
   if (t->no_replica() != "primary" && t->no_replica() != "fail") {
     return absl::InvalidArgumentError(
@@ -108,6 +109,9 @@ absl::Status FinalizeTopology(const std::string& where, v1::DatabaseConfig* db) 
     return absl::InvalidArgumentError(absl::StrCat(at, ": maxLagMs (", t->max_lag_ms(),
                                                    ") must be at least twice probeIntervalMs (",
                                                    t->probe_interval_ms(), ")"));
+  }
+  if (t->token_wait_ms() > 60000) {
+    return absl::InvalidArgumentError(absl::StrCat(at, ": tokenWaitMs must be at most 60000"));
   }
   if (t->failover_buffer_ms() > 120000) {
     return absl::InvalidArgumentError(

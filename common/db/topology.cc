@@ -103,13 +103,27 @@ void Topology::SetLeaderHint(std::string id) {
 }
 
 void Topology::Record(const std::string& id, const absl::StatusOr<MemberSample>& sample) {
+  std::function<void()> listener;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!RecordLocked(id, sample)) return;
+    listener = listener_;
+  }
+  if (listener) listener();
+}
+
+void Topology::SetRecordListener(std::function<void()> listener) {
   absl::MutexLock lock(&mu_);
+  listener_ = std::move(listener);
+}
+
+bool Topology::RecordLocked(const std::string& id, const absl::StatusOr<MemberSample>& sample) {
   const absl::Time now = clock_->Now();
   std::shared_ptr<Member> member;
   for (const std::shared_ptr<Member>& m : members_) {
     if (m->id == id) member = m;
   }
-  if (member == nullptr) return;
+  if (member == nullptr) return false;
   if (!sample.ok()) {
     member->last_ok = false;
     member->last_error = sample.status();
@@ -137,6 +151,7 @@ void Topology::Record(const std::string& id, const absl::StatusOr<MemberSample>&
   for (const std::shared_ptr<Member>& m : members_) {
     if (m != primary_ && m->last_ok && m->in_recovery) EvaluateLagLocked(*m, now);
   }
+  return true;
 }
 
 void Topology::EvaluateLagLocked(Member& member, absl::Time now) {

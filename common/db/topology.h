@@ -34,6 +34,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -143,6 +144,10 @@ class Topology {
 
   // A probe's outcome for member `id` (ignored if it is no longer a member).
   void Record(const std::string& id, const absl::StatusOr<MemberSample>& sample);
+  // Runs `listener` after every Record() of a member, on the recording
+  // thread and outside the topology's lock (it may call any method); it must
+  // not block. Replaces the previous one; null: none.
+  void SetRecordListener(std::function<void()> listener);
 
   // Where a call goes. Writes (read = false) and forced-primary calls: the
   // primary, or UNAVAILABLE when none is known. Reads: the healthy, unbanned
@@ -170,6 +175,9 @@ class Topology {
     Lsn lsn;
   };
 
+  // Record's work; false if `id` is not a member.
+  bool RecordLocked(const std::string& id, const absl::StatusOr<MemberSample>& sample)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ResolvePrimaryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvaluateLagLocked(Member& member, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HealthyLocked(const Member& member, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -188,6 +196,7 @@ class Topology {
   uint64_t primary_generation_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<PrimarySample> history_ ABSL_GUARDED_BY(mu_);
   size_t next_turn_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void()> listener_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace poolside::db

@@ -2,10 +2,13 @@
 
 #include <pthread.h>
 
+#include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/db/catalog.h"
+#include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "common/config/database_config.h"
@@ -67,8 +70,8 @@ absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline
   return sink.lsn;
 }
 
-Database::Database(const v1::DatabaseConfig& config, std::string role)
-    : config_(config), role_(std::move(role)) {
+Database::Database(const v1::DatabaseConfig& config, std::string role, std::string member)
+    : config_(config), role_(std::move(role)), member_(std::move(member)) {
   db::ConnectionOptions options;
   options.dsn = config_.dsn();
   options.application_name = absl::StrCat("poolside-query/", config_.name());
@@ -78,6 +81,7 @@ Database::Database(const v1::DatabaseConfig& config, std::string role)
   const bool allow_privileged = config_.allow_privileged_role();
   pool::PoolOptions pool_options = config::PoolOptionsFor(config_);
   if (!role_.empty()) pool_options.name = absl::StrCat(config_.name(), "/", role_);
+  if (!member_.empty()) absl::StrAppend(&pool_options.name, "@", member_);
   pool_ = std::make_unique<ConnectionPool>(
       pool_options,
       [options, where, allow_privileged,
@@ -117,6 +121,158 @@ size_t Database::queued() const {
 }
 
 absl::Status Database::Submit(std::shared_ptr<Work> work) {
+  return replicas_ == nullptr ? Enqueue(std::move(work)) : Route(std::move(work));
+}
+
+void Database::AttachReplicas(std::shared_ptr<Replicas> replicas) {
+  replicas_ = std::move(replicas);
+}
+
+std::vector<Database*> Database::Members() {
+  std::vector<Database*> out;
+  absl::MutexLock lock(&members_mu_);
+  for (auto& [id, m] : members_) out.push_back(m.db.get());
+  for (auto& db : retired_) out.push_back(db.get());
+  return out;
+}
+
+absl::StatusOr<Database*> Database::MemberPool(const std::string& id, const std::string& dsn) {
+  absl::MutexLock lock(&members_mu_);
+  auto it = members_.find(id);
+  if (it != members_.end() && it->second.dsn == dsn) return it->second.db.get();
+  absl::StatusOr<v1::DatabaseConfig> c = replicas_->MemberConfig(dsn, role_);
+  if (!c.ok()) return c.status();
+  auto made = std::make_unique<Database>(*c, role_, id);
+  Database* out = made.get();
+  if (it != members_.end()) {
+    retired_.push_back(std::move(it->second.db));
+    it->second = Member{dsn, std::move(made)};
+  } else {
+    members_.emplace(id, Member{dsn, std::move(made)});
+  }
+  return out;
+}
+
+// One routed call's state, shared by its `done` wrapper and its routings.
+struct Database::RoutedCall {
+  uint64_t min_lsn = 0;
+  // Counts as outstanding on its member until the work is done.
+  std::optional<db::Topology::Route> route;
+  // Held for a new primary once after its connection could not be had.
+  bool held_after_failure = false;
+  // The primary's generation when it was last routed.
+  uint64_t generation = 0;
+};
+
+absl::Status Database::Route(std::shared_ptr<Work> work) {
+  auto call = std::make_shared<RoutedCall>();
+  call->min_lsn = work->replica_ok ? work->min_lsn : 0;
+  if (work->replica_ok && work->cache_fill) {
+    call->min_lsn = std::max(call->min_lsn, replicas_->WriteFence());
+  }
+  Work* raw = work.get();
+  std::weak_ptr<Work> weak = work;
+  work->done = [this, raw, weak, call, replicas = replicas_,
+                done = std::move(work->done)](absl::Status s) {
+    // The primary refused a write as read-only (SQLSTATE 25006): it was
+    // demoted, and the write's transaction rolled back. Not for a caller
+    // whose own transactions are read-only.
+    const bool demoted =
+        !raw->not_run_ && raw->may_write && !raw->read_only && !raw->on_replica &&
+        db::SqlStateOf(s) == "25006" &&
+        (raw->batchable ? raw->statement.sink == nullptr || raw->statement.sink->Rewind()
+                        : raw->rewind && raw->rewind());
+    if (((raw->not_run_ && s.code() == absl::StatusCode::kUnavailable) || demoted) &&
+        !raw->on_replica && !call->held_after_failure &&
+        replicas->failover_buffer() > absl::ZeroDuration()) {
+      // The primary could not be reached, or was demoted, and nothing of
+      // the call took effect: a switchover or failover may be under way.
+      // Held until the probes name a primary anew.
+      std::shared_ptr<Work> strong = weak.lock();
+      if (strong != nullptr) {
+        call->held_after_failure = true;
+        raw->not_run_ = false;
+        const uint64_t generation = call->generation;
+        call->route.reset();
+        raw->state.store(Work::kQueued);
+        if (HoldForPrimary(strong, call, generation).ok()) return;
+        raw->state.store(Work::kRunning);
+      }
+    }
+    if (raw->may_write && !raw->on_replica) {
+      // Before the caller hears of it (and invalidates the cache): fills
+      // from replicas from now on need this write replayed.
+      const bool committed = s.ok() && raw->commit_lsn != 0;
+      const bool may_have_run =
+          !s.ok() && !raw->not_run_ &&
+          (s.code() == absl::StatusCode::kUnavailable ||
+           s.code() == absl::StatusCode::kDeadlineExceeded ||
+           s.code() == absl::StatusCode::kCancelled || s.code() == absl::StatusCode::kUnknown ||
+           s.code() == absl::StatusCode::kInternal);
+      if (committed) {
+        replicas->NoteWrite(raw->commit_lsn);
+      } else if (s.ok() || may_have_run) {
+        replicas->NoteWrite(0);
+      }
+    }
+    call->route.reset();
+    done(std::move(s));
+  };
+  if (work->replica_ok && work->wait_for_replica && call->min_lsn != 0 &&
+      replicas_->token_wait() > absl::ZeroDuration() && replicas_->WorthWaiting(call->min_lsn)) {
+    const absl::Time until = std::min(work->deadline, absl::Now() + replicas_->token_wait());
+    replicas_->AwaitReplay(call->min_lsn, until, [this, work, call](bool) {
+      if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
+      if (absl::Status s = RouteNow(work, call); !s.ok() && work->Claim()) work->done(s);
+    });
+    return absl::OkStatus();
+  }
+  return RouteNow(work, call);
+}
+
+absl::Status Database::RouteNow(const std::shared_ptr<Work>& work,
+                                const std::shared_ptr<RoutedCall>& call) {
+  const uint64_t generation = replicas_->primary_generation();
+  absl::StatusOr<db::Topology::Route> route =
+      replicas_->topology().Pick(work->replica_ok, call->min_lsn);
+  if (!route.ok()) {
+    // No primary known (rather than no replica for a read that must not
+    // fall back): held until one is.
+    if (route.status().code() == absl::StatusCode::kUnavailable &&
+        replicas_->topology().primary().empty() &&
+        replicas_->failover_buffer() > absl::ZeroDuration()) {
+      if (absl::Status held = HoldForPrimary(work, call, generation); held.ok()) return held;
+    }
+    return route.status();
+  }
+  absl::StatusOr<Database*> target = MemberPool(route->id(), route->dsn());
+  if (!target.ok()) return target.status();
+  work->member = route->id();
+  work->on_replica = !route->primary();
+  work->member_lsn = route->lsn();
+  call->generation = generation;
+  call->route = *std::move(route);
+  return (*target)->Submit(work);
+}
+
+absl::Status Database::HoldForPrimary(const std::shared_ptr<Work>& work,
+                                      const std::shared_ptr<RoutedCall>& call,
+                                      uint64_t generation) {
+  return replicas_->HoldForPrimary(
+      generation, work->request_bytes, work->deadline, [this, work, call](bool known) {
+        if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
+        absl::Status s = known
+                             ? RouteNow(work, call)
+                             : absl::UnavailableError(absl::StrCat(
+                                   "database ", config_.name(),
+                                   ": no primary was named within failoverBufferMs (",
+                                   replicas_->config().topology().failover_buffer_ms(),
+                                   " ms) or the call's deadline; the call did not run, retry it"));
+        if (!s.ok() && work->Claim()) work->done(s);
+      });
+}
+
+absl::Status Database::Enqueue(std::shared_ptr<Work> work) {
   work->statement.deadline = work->deadline;
   work->statement.cancelled = &work->cancelled;
   work->statement.trace = work->trace;
@@ -230,7 +386,10 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     for (auto& w : batch) RecordAcquire(*w, name(), acquire_start, end, lease.status());
   }
   if (!lease.ok()) {
-    for (auto& w : batch) w->done(lease.status());
+    for (auto& w : batch) {
+      w->not_run_ = true;
+      w->done(lease.status());
+    }
     return;
   }
   std::vector<db::Statement*> statements;
@@ -270,6 +429,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
 
 void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   std::vector<db::Statement*> again;
+  std::vector<Work*> again_work;
   absl::Time deadline = absl::InfinitePast();
   const std::string* holder = nullptr;
   for (auto& w : batch) {
@@ -282,13 +442,18 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
     if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
     if (s.sink != nullptr && !s.sink->Rewind()) continue;
     again.push_back(&s);
+    again_work.push_back(w.get());
     deadline = std::max(deadline, w->deadline);
     if (holder == nullptr) holder = &w->holder;
   }
   if (again.empty()) return;
   // The first failure stands if no connection can be had now.
   absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(deadline, *holder);
-  if (!lease.ok()) return;
+  if (!lease.ok()) {
+    // What never reached the lost connection's server still never ran.
+    for (Work* w : again_work) w->not_run_ = w->statement.reach == db::Reach::kNotRun;
+    return;
+  }
   retries_.fetch_add(again.size(), std::memory_order_relaxed);
   pipelines_.fetch_add(1, std::memory_order_relaxed);
   pipelined_statements_.fetch_add(again.size(), std::memory_order_relaxed);
@@ -305,6 +470,7 @@ void Database::RunExclusive(Work& work) {
     return;
   }
   absl::Status outcome;
+  db::Reach first_reach = db::Reach::kMayHaveRun;
   for (int attempt = 0; attempt < 2; ++attempt) {
     const absl::Time acquire_start = absl::Now();
     absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
@@ -312,7 +478,9 @@ void Database::RunExclusive(Work& work) {
       RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
     }
     if (!lease.ok()) {
-      // On a second attempt the first failure is the better answer.
+      // On a second attempt the first failure is the better answer; it ran
+      // nothing if the first attempt did not either.
+      work.not_run_ = attempt == 0 || first_reach == db::Reach::kNotRun;
       if (attempt == 0) outcome = lease.status();
       break;
     }
@@ -323,6 +491,7 @@ void Database::RunExclusive(Work& work) {
     }
     const bool lost = (*lease)->broken();
     const db::Reach reach = (*lease)->last_call_reach();
+    if (attempt == 0) first_reach = reach;
     if (lost) lease->MarkBroken();
     lease->Release();
     // Run again only what cannot run twice: nothing of it ran, or it only

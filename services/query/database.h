@@ -16,6 +16,15 @@
 // may_share_sync) also when it may have. A write whose outcome is unknown is
 // never run again: it answers UNAVAILABLE saying so.
 //
+// A database with streaming replicas (AttachReplicas) routes instead: each
+// member gets a Database of its own (its pool and workers, made on first
+// use), and Submit() sends work that may run on a replica (Work::replica_ok)
+// to the one Topology::Pick chooses, everything else to the primary.
+//
+// A call for the primary while none is known, or whose connection to it
+// could not be had (so it never ran), is held for up to
+// topology.failoverBufferMs until a primary is named anew, then runs there.
+//
 // Thread-safe. Work::done runs on a worker thread and must not block.
 
 #include <atomic>
@@ -27,6 +36,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -35,6 +45,7 @@
 #include "common/pool/pool.h"
 #include "common/telemetry/trace_context.h"
 #include "proto/poolside/v1/config.pb.h"
+#include "services/query/replicas.h"
 
 namespace poolside::query {
 
@@ -98,6 +109,29 @@ class Work {
   bool wants_commit_lsn = false;
   uint64_t commit_lsn = 0;
 
+  // Routing, for a database with replicas (ignored otherwise). The work only
+  // reads and may run on a replica (otherwise: the primary).
+  bool replica_ok = false;
+  // ... on one whose replay position (as last probed) is at least this.
+  uint64_t min_lsn = 0;
+  // When no replica has replayed min_lsn yet, wait up to
+  // topology.tokenWaitMs for one before running on the primary.
+  bool wait_for_replica = false;
+  // A cache fill: a replica must also have replayed every write noted
+  // through this database (Replicas::WriteFence).
+  bool cache_fill = false;
+  // May write: once it ran on the primary, its commit position (or its
+  // unknown outcome) is noted for the fence of cache fills.
+  bool may_write = false;
+  // Set by routing before the work runs: the member it runs on, whether
+  // that is a replica, and that replica's replay position when picked (the
+  // read reflects at least that much).
+  std::string member;
+  bool on_replica = false;
+  uint64_t member_lsn = 0;
+  // The request's size, bounding what failover buffering holds.
+  size_t request_bytes = 0;
+
   // Claims work that no worker has started, to complete it without a database
   // (e.g. from the cache). False if it was abandoned or already claimed.
   bool Claim() {
@@ -122,6 +156,9 @@ class Work {
  private:
   friend class Database;
   std::atomic<int> state{kQueued};
+  // Failed before any connection was had (the pool could not connect): it
+  // provably did not run, so routing may hold it for a new primary.
+  bool not_run_ = false;
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 
@@ -131,17 +168,34 @@ class Database {
   // (config::RoleDatabaseConfig), empty for the DSN's own user. Every new
   // connection is checked to be unprivileged (db::CheckSessionRole) unless
   // config.allow_privileged_role.
-  explicit Database(const v1::DatabaseConfig& config, std::string role = "");
+  // `member`: the topology member `config.dsn` connects to, for a member's
+  // pool (see AttachReplicas); empty otherwise.
+  explicit Database(const v1::DatabaseConfig& config, std::string role = "",
+                    std::string member = "");
   ~Database();  // fails queued work with UNAVAILABLE, joins the workers
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
+  // From now on Submit() routes work to the members of `replicas` (pools of
+  // this database role, made on first use); this Database's own pool (its
+  // DSN) serves only what takes connections directly (AcquireLive). Before
+  // the first Submit(). `replicas` must be stopped before this is destroyed.
+  void AttachReplicas(std::shared_ptr<Replicas> replicas);
+  // Null without replicas.
+  Replicas* replicas() const { return replicas_.get(); }
+  // The member pools made so far (by AttachReplicas' routing).
+  std::vector<Database*> Members();
+
   const std::string& name() const { return config_.name(); }
   const std::string& role() const { return role_; }
+  const std::string& member() const { return member_; }
   const v1::DatabaseConfig& config() const { return config_; }
   ConnectionPool& pool() { return *pool_; }
 
   // Queues work. RESOURCE_EXHAUSTED when max_queue calls are already waiting.
+  // With replicas: on the member routing picks (UNAVAILABLE when none can
+  // take it, e.g. no primary is known); a read waiting for a replica to
+  // catch up is queued later, and fails through its `done` if it cannot be.
   absl::Status Submit(std::shared_ptr<Work> work);
 
   // A connection that passed the cheap liveness check (dead ones are discarded
@@ -172,10 +226,33 @@ class Database {
   void RetryBatch(std::vector<std::shared_ptr<Work>>& batch);
   void RunExclusive(Work& work);
   void MaybeStartWorker() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Submit() without replicas: queues it here.
+  absl::Status Enqueue(std::shared_ptr<Work> work);
+  // Submit() with replicas: picks a member (after a wait, for a read whose
+  // min_lsn no replica has replayed) and queues it there.
+  struct RoutedCall;
+  absl::Status Route(std::shared_ptr<Work> work);
+  absl::Status RouteNow(const std::shared_ptr<Work>& work, const std::shared_ptr<RoutedCall>& call);
+  // Holds `work` until a primary is named under a generation other than
+  // `generation` (Replicas::HoldForPrimary), then routes it again.
+  absl::Status HoldForPrimary(const std::shared_ptr<Work>& work,
+                              const std::shared_ptr<RoutedCall>& call, uint64_t generation);
+  // The pool of member `id` at `dsn`, made on first use.
+  absl::StatusOr<Database*> MemberPool(const std::string& id, const std::string& dsn);
 
   const v1::DatabaseConfig config_;
   const std::string role_;
+  const std::string member_;
   std::unique_ptr<ConnectionPool> pool_;
+  std::shared_ptr<Replicas> replicas_;
+  struct Member {
+    std::string dsn;
+    std::unique_ptr<Database> db;
+  };
+  absl::Mutex members_mu_;
+  absl::flat_hash_map<std::string, Member> members_ ABSL_GUARDED_BY(members_mu_);
+  // Pools of members whose DSN changed: work may still run on them.
+  std::vector<std::unique_ptr<Database>> retired_ ABSL_GUARDED_BY(members_mu_);
 
   mutable absl::Mutex mu_;
   absl::CondVar work_ready_;

@@ -67,6 +67,10 @@ absl::StatusOr<NamedQueries> NamedQueries::Create(
         !s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", s.message()));
     }
+    if (q.read_only() && analysis->kind != sql::StatementKind::kRead) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": readOnly, but ", analysis->command, " is not a read"));
+    }
     Query query;
     query.sql = q.sql();
     for (int j = 0; j < q.params_size(); ++j) {

@@ -27,7 +27,8 @@ class NamedQueries {
  public:
   // INVALID_ARGUMENT naming the entry: bad or duplicate name, empty SQL, SQL
   // that is not one statement poolside may run (common/sql's Permitted, in a
-  // transaction, with the ddl grant), unknown parameter type.
+  // transaction, with the ddl grant), unknown parameter type, readOnly on a
+  // statement that is not a read.
   static absl::StatusOr<NamedQueries> Create(
       const google::protobuf::RepeatedPtrField<v1::NamedQuery>& config);
 

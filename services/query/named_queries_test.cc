@@ -71,11 +71,16 @@ TEST(NamedQueriesTest, BadConfigurationIsNamed) {
            {R"({"namedQueries": [{"name": "a", "sql": "SELEC 1"}]})", "syntax error"},
            {R"({"namedQueries": [{"name": "a", "sql": "SELECT 1; SELECT 2"}]})", "2 statements"},
            {R"({"namedQueries": [{"name": "a", "sql": ";COMMIT"}]})", "COMMIT"},
-           {R"({"namedQueries": [{"name": "a", "sql": "SET search_path = x"}]})", "SET"}}) {
+           {R"({"namedQueries": [{"name": "a", "sql": "SET search_path = x"}]})", "SET"},
+           {R"({"namedQueries": [{"name": "a", "readOnly": true, "sql": "DELETE FROM t"}]})",
+            "readOnly, but DELETE is not a read"}}) {
     absl::StatusOr<NamedQueries> q = NamedQueries::Create(Config(json));
     EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument) << json;
     EXPECT_NE(q.status().message().find(mentions), std::string::npos) << q.status();
   }
+  const std::string declared = R"json({"namedQueries": [
+      {"name": "a", "readOnly": true, "sql": "SELECT f($1)", "params": [{"type": "int64"}]}]})json";
+  EXPECT_TRUE(NamedQueries::Create(Config(declared)).ok());
 }
 
 }  // namespace

@@ -92,8 +92,17 @@ class TransactionWork : public Work {
 
 QueryEngine::QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheClient> cache)
     : config_(std::move(config)) {
+  for (const v1::NamedQuery& q : config_.named_queries()) {
+    if (q.read_only()) read_only_named_.insert(q.name());
+  }
   for (const v1::DatabaseConfig& db : config_.databases()) {
-    databases_.emplace(db.name(), std::make_unique<Database>(db));
+    auto database = std::make_unique<Database>(db);
+    if (Replicas::Configured(db)) {
+      auto replicas = std::make_shared<Replicas>(db);
+      database->AttachReplicas(replicas);
+      replicas_.emplace(db.name(), std::move(replicas));
+    }
+    databases_.emplace(db.name(), std::move(database));
     for (const v1::DatabaseRole& role : db.roles()) {
       // Validated by FinalizeQueryConfig; a password file that became
       // unreadable since fails that role's connections.
@@ -109,13 +118,12 @@ QueryEngine::QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheCli
 
 QueryEngine::~QueryEngine() {
   stopping_.Notify();
+  // Reads waiting for a replica are routed (or fail) now, while the pools
+  // they go to exist.
+  for (auto& [name, replicas] : replicas_) replicas->Stop();
   // Stops warm-up retries against databases that are down (they would
-  // otherwise hold the exit for up to startup_retry_ms).
-  for (auto& [name, db] : databases_) db->pool().Close();
-  {
-    absl::MutexLock lock(&roles_mu_);
-    for (auto& [key, db] : role_databases_) db->pool().Close();
-  }
+  // otherwise hold the exit for up to startup_retry_ms); member pools too.
+  for (Database* db : AllDatabases()) db->pool().Close();
   cache_.reset();  // stops its listeners; its flights end as the pools close
   if (maintenance_.joinable()) maintenance_.join();
   if (warmup_.joinable()) warmup_.join();
@@ -136,6 +144,19 @@ QueryEngine::~QueryEngine() {
 }
 
 void QueryEngine::Start() {
+  for (auto& [name, replicas] : replicas_) {
+    // Long enough for the first round of probes to name the primary.
+    const v1::TopologyConfig& t = replicas->config().topology();
+    const absl::Duration first =
+        absl::Milliseconds(t.probe_interval_ms()) + absl::Milliseconds(t.probe_timeout_ms());
+    if (absl::Status s = replicas->Start(first); !s.ok()) {
+      telemetry::LogWarning("cannot monitor the database's members; calls for it fail",
+                            {{"database", name}, {"error", std::string(s.message())}});
+    } else if (replicas->topology().primary().empty()) {
+      telemetry::LogWarning("no primary found yet; writes fail until one is",
+                            {{"database", name}});
+    }
+  }
   warmup_ = std::thread([this] {
     std::vector<Database*> dbs;
     for (auto& [name, db] : databases_) dbs.push_back(db.get());
@@ -178,8 +199,15 @@ void QueryEngine::MaintenanceLoop() {
 std::vector<Database*> QueryEngine::AllDatabases() {
   std::vector<Database*> out;
   for (auto& [name, db] : databases_) out.push_back(db.get());
-  absl::MutexLock lock(&roles_mu_);
-  for (auto& [key, db] : role_databases_) out.push_back(db.get());
+  {
+    absl::MutexLock lock(&roles_mu_);
+    for (auto& [key, db] : role_databases_) out.push_back(db.get());
+  }
+  // Each one's member pools (databases with replicas).
+  const size_t roots = out.size();
+  for (size_t i = 0; i < roots; ++i) {
+    for (Database* m : out[i]->Members()) out.push_back(m);
+  }
   return out;
 }
 
@@ -206,6 +234,10 @@ void QueryEngine::RefreshCatalogs() {
     catalogs_[name] = CatalogState{
         std::make_shared<const db::BuiltinCatalog>(*std::move(catalog)), absl::Now()};
   }
+}
+
+bool QueryEngine::DeclaredReadOnly(const v1::ExecuteRequest& request) const {
+  return !request.named_query().empty() && read_only_named_.contains(request.named_query());
 }
 
 bool QueryEngine::MayShareSync(const std::string& database, const sql::Analysis& a) const {
@@ -259,6 +291,7 @@ absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name, const CallAc
   if (it != role_databases_.end()) return it->second.get();
   if (auto c = role_configs_.find(key); c != role_configs_.end()) {
     auto made = std::make_unique<Database>(c->second, role);
+    if (auto r = replicas_.find(key.first); r != replicas_.end()) made->AttachReplicas(r->second);
     Database* out = made.get();
     role_databases_.emplace(key, std::move(made));
     return out;
@@ -328,6 +361,17 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   // position itself.
   const bool writes = !deferred && ReadCache::NeedsInvalidation(**analysis);
   work->wants_commit_lsn = writes && !access.read_only;
+  // With replicas: a read PostgreSQL keeps from writing (a read-only
+  // caller's transaction) or that the catalog proves free of side effects
+  // may run on a replica; anything else on the primary.
+  work->replica_ok = !deferred && !request.primary() &&
+                     (*analysis)->kind == sql::StatementKind::kRead &&
+                     (access.read_only || work->statement.may_share_sync ||
+                      DeclaredReadOnly(request));
+  work->min_lsn = request.min_lsn();
+  work->wait_for_replica = true;
+  work->request_bytes = request.ByteSizeLong();
+  work->may_write = !work->replica_ok && (deferred || writes) && !access.read_only;
   if (!deferred && telemetry::GlobalTracer() != nullptr) {
     work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
   }
@@ -379,7 +423,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
     const bool writes = analysis != nullptr && ReadCache::NeedsInvalidation(*analysis);
     if (response->source() == v1::RESULT_SOURCE_UNSPECIFIED) {
       response->set_source(v1::DATABASE);
-      response->set_lsn(writes ? 0 : reflected);
+      // A replica's read reflects its replay position when it was picked
+      // (at least the call's min_lsn), not what the primary had.
+      response->set_lsn(writes ? 0 : raw->on_replica ? raw->member_lsn : reflected);
+      response->set_member(raw->member);
     }
     if (s.ok() && raw->commit_lsn != 0) response->set_commit_lsn(raw->commit_lsn);
     if (cache_ != nullptr && writes && MayHaveWritten(s)) {
@@ -450,6 +497,15 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
     return link.ok() ? raw->statement.status : link;
   };
   work->read_only = access.read_only;
+  work->replica_ok = *analysis != nullptr && !request.primary() &&
+                     (*analysis)->kind == sql::StatementKind::kRead &&
+                     (access.read_only || MayShareSync((*db)->name(), **analysis) ||
+                      DeclaredReadOnly(request));
+  work->min_lsn = request.min_lsn();
+  work->wait_for_replica = true;
+  work->request_bytes = request.ByteSizeLong();
+  work->may_write = !work->replica_ok && !access.read_only &&
+                    (*analysis == nullptr || ReadCache::NeedsInvalidation(**analysis));
   const absl::Time start = absl::Now();
   Database* database = *db;
   work->done = [this, database, raw, start, done = std::move(done)](absl::Status s) {
@@ -549,6 +605,13 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     return s;
   };
   work->read_only = read_only;
+  // PostgreSQL keeps a read-only transaction from writing: a replica may
+  // run it.
+  work->replica_ok = read_only && !request.primary();
+  work->min_lsn = request.min_lsn();
+  work->wait_for_replica = true;
+  work->request_bytes = request.ByteSizeLong();
+  work->may_write = !read_only;
   work->rewind = [raw] {
     for (auto& sink : raw->sinks) sink->Rewind();
     return true;
@@ -573,6 +636,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     }
     if (!s.ok()) response->clear_results();
     if (s.ok() && raw->commit_lsn != 0) response->set_commit_lsn(raw->commit_lsn);
+    response->set_member(raw->member);
+    if (s.ok() && read_only) {
+      response->set_lsn(raw->on_replica ? raw->member_lsn : request.min_lsn());
+    }
     if (cache_ != nullptr && MayHaveWritten(s) && !read_only) {
       std::vector<ReadCache::Written> written;
       for (int i = 0; i < request.statements_size(); ++i) {
@@ -605,13 +672,15 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     if (request.database().empty() || db->name() == request.database()) dbs.push_back(db);
   }
   std::sort(dbs.begin(), dbs.end(), [](Database* a, Database* b) {
-    return std::tie(a->name(), a->role()) < std::tie(b->name(), b->role());
+    return std::tie(a->name(), a->role(), a->member()) <
+           std::tie(b->name(), b->role(), b->member());
   });
   for (Database* db : dbs) {
     const pool::PoolStats s = db->pool().Stats();
     v1::PoolStats* out = response->add_pools();
     out->set_database(db->name());
     out->set_role(db->role());
+    out->set_member(db->member());
     out->set_size(s.size);
     out->set_idle(s.idle);
     out->set_in_use(s.in_use);
@@ -638,6 +707,28 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     for (uint64_t c : s.acquire_wait.cumulative_counts) h->add_counts(c);
     h->set_count(s.acquire_wait.count);
     h->set_sum_seconds(s.acquire_wait.sum);
+  }
+  std::vector<std::string> names;
+  for (const auto& [name, replicas] : replicas_) {
+    if (request.database().empty() || name == request.database()) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    for (const db::MemberStatus& m : replicas_.at(name)->topology().Snapshot()) {
+      v1::MemberStats* out = response->add_members();
+      out->set_database(name);
+      out->set_member(m.id);
+      out->set_role(db::MemberRoleName(m.role));
+      out->set_healthy(m.healthy);
+      out->set_banned(m.banned);
+      out->set_lsn(m.lsn);
+      out->set_lag_bytes(m.lag_bytes);
+      out->set_lag_seconds(absl::ToDoubleSeconds(m.lag));
+      out->set_outstanding(m.outstanding);
+      out->set_routed_total(m.routed);
+      out->set_bans_total(m.bans);
+      if (!m.last_error.ok()) out->set_error(std::string(m.last_error.message().substr(0, 256)));
+    }
   }
   return absl::OkStatus();
 }

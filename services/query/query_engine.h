@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -33,6 +34,7 @@
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
 #include "services/query/read_cache.h"
+#include "services/query/replicas.h"
 #include "services/query/result_sinks.h"
 #include "services/query/statement_stats.h"
 
@@ -120,6 +122,10 @@ class QueryEngine {
                                                     const CallAccess& access = {});
 
   const v1::QueryServiceConfig& config() const { return config_; }
+  // The topology of each database with replicas, by name.
+  const absl::flat_hash_map<std::string, std::shared_ptr<Replicas>>& replicas() const {
+    return replicas_;
+  }
   // Null when no cache is configured.
   ReadCache* read_cache() { return cache_.get(); }
   StatementStatsRegistry& statement_stats() { return stats_; }
@@ -141,6 +147,9 @@ class QueryEngine {
   // catalog snapshot proves its functions, operators and relations free of
   // side effects. False until that snapshot is loaded.
   bool MayShareSync(const std::string& database, const sql::Analysis& a) const;
+  // `request` runs a named query configured readOnly (it may run on a
+  // replica).
+  bool DeclaredReadOnly(const v1::ExecuteRequest& request) const;
   // Loads the catalog snapshots that are missing or older than kCatalogAge.
   void RefreshCatalogs();
   // Every pool: the DSN users' and the roles' made so far.
@@ -154,7 +163,12 @@ class QueryEngine {
   absl::StatusOr<std::unique_ptr<db::Connection>> OpenSession(Database& db, absl::Time deadline);
 
   const v1::QueryServiceConfig config_;
+  // The databases with replicas (DatabaseConfig.topology), by name; their
+  // pools route through them. Stopped first by the destructor.
+  absl::flat_hash_map<std::string, std::shared_ptr<Replicas>> replicas_;
   absl::flat_hash_map<std::string, std::unique_ptr<Database>> databases_;
+  // Named queries configured readOnly.
+  absl::flat_hash_set<std::string> read_only_named_;
   StatementStatsRegistry stats_;
   mutable sql::StatementAnalyzer analyzer_;
   // Each configured role's pool configuration, by (database, role).

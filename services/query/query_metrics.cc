@@ -50,10 +50,105 @@ std::vector<v1::PoolStats> PoolStats(QueryEngine* engine) {
   return {response.pools().begin(), response.pools().end()};
 }
 
-// A pool's "database" label: the database, and the role for a role's pool
-// ("app/app_read").
+// A pool's "database" label: the database, the role for a role's pool
+// ("app/app_read"), and the member for a member's pool ("app@db-1:5432").
 std::string PoolName(const v1::PoolStats& p) {
-  return p.role().empty() ? p.database() : absl::StrCat(p.database(), "/", p.role());
+  std::string name = p.role().empty() ? p.database() : absl::StrCat(p.database(), "/", p.role());
+  if (!p.member().empty()) absl::StrAppend(&name, "@", p.member());
+  return name;
+}
+
+std::vector<v1::MemberStats> MemberStats(QueryEngine* engine) {
+  v1::GetPoolStatsResponse response;
+  if (!engine->GetPoolStats({}, &response).ok()) return {};
+  return {response.members().begin(), response.members().end()};
+}
+
+// Each topology member's role, health, lag and routed calls, and each
+// database's waits for a replica to replay a read's token.
+void CollectMembers(QueryEngine* engine, Families* out) {
+  prometheus::MetricFamily role = GaugeFamily(
+      "poolside_query_member_role", "1 for the member's current role (primary, replica, unknown).");
+  prometheus::MetricFamily healthy =
+      GaugeFamily("poolside_query_member_healthy", "1 while the member's probes succeed.");
+  prometheus::MetricFamily banned =
+      GaugeFamily("poolside_query_member_banned", "1 while the replica gets no reads for its lag.");
+  prometheus::MetricFamily lag_seconds =
+      GaugeFamily("poolside_query_member_lag_seconds",
+                  "How long ago the primary had WAL the replica has not replayed.");
+  prometheus::MetricFamily lag_bytes =
+      GaugeFamily("poolside_query_member_lag_bytes",
+                  "The primary's WAL position minus the replica's replay position.");
+  prometheus::MetricFamily outstanding =
+      GaugeFamily("poolside_query_member_outstanding_calls", "Calls running on the member.");
+  prometheus::MetricFamily routed =
+      CounterFamily("poolside_query_member_routed_total", "Calls routed to the member.");
+  prometheus::MetricFamily bans =
+      CounterFamily("poolside_query_member_bans_total", "Times the replica was banned for lag.");
+  for (const v1::MemberStats& m : MemberStats(engine)) {
+    const telemetry::MetricLabels labels = {{"database", m.database()}, {"member", m.member()}};
+    for (const char* r : {"primary", "replica", "unknown"}) {
+      AddGauge(&role, {{"database", m.database()}, {"member", m.member()}, {"role", r}},
+               m.role() == r ? 1 : 0);
+    }
+    AddGauge(&healthy, labels, m.healthy() ? 1 : 0);
+    AddGauge(&banned, labels, m.banned() ? 1 : 0);
+    AddGauge(&lag_seconds, labels, m.lag_seconds());
+    AddGauge(&lag_bytes, labels, double(m.lag_bytes()));
+    AddGauge(&outstanding, labels, double(m.outstanding()));
+    AddCounter(&routed, labels, double(m.routed_total()));
+    AddCounter(&bans, labels, double(m.bans_total()));
+  }
+  prometheus::MetricFamily waits = CounterFamily(
+      "poolside_query_replica_token_waits_total",
+      "Reads that waited for a replica to replay their min_lsn, by whether one did in time.");
+  prometheus::MetricFamily held = CounterFamily(
+      "poolside_query_failover_held_total",
+      "Calls for the primary held while none was known (failover buffering).");
+  prometheus::MetricFamily held_timeouts = CounterFamily(
+      "poolside_query_failover_held_timeouts_total",
+      "Held calls that failed because no primary was named within failoverBufferMs.");
+  prometheus::MetricFamily held_now =
+      GaugeFamily("poolside_query_failover_held_calls", "Calls held for a primary now.");
+  prometheus::MetricFamily held_seconds = CounterFamily(
+      "poolside_query_failover_held_seconds_total", "Time held calls waited, summed.");
+  for (const auto& [name, replicas] : engine->replicas()) {
+    const telemetry::MetricLabels db = {{"database", name}};
+    AddCounter(&held, db, double(replicas->held_total()));
+    AddCounter(&held_timeouts, db, double(replicas->held_timeouts()));
+    AddGauge(&held_now, db, double(replicas->held_now()));
+    AddCounter(&held_seconds, db, replicas->held_seconds());
+    const uint64_t reached = replicas->token_waits_reached();
+    AddCounter(&waits, {{"database", name}, {"result", "reached"}}, double(reached));
+    AddCounter(&waits, {{"database", name}, {"result", "timeout"}},
+               double(replicas->token_waits() - std::min(reached, replicas->token_waits())));
+  }
+  for (auto* f :
+       {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans, &waits,
+        &held, &held_timeouts, &held_now, &held_seconds}) {
+    out->push_back(std::move(*f));
+  }
+}
+
+telemetry::StatusTable MembersTable(QueryEngine* engine) {
+  telemetry::StatusTable t;
+  t.title = "Database members";
+  t.empty_text = "no database has replicas configured";
+  t.columns = {"database",  "member",      "role",   "state", "LSN",  "lag",
+               "lag bytes", "outstanding", "routed", "bans",  "error"};
+  for (const v1::MemberStats& m : MemberStats(engine)) {
+    t.rows.push_back({m.database(), m.member(), m.role(),
+                      !m.healthy() ? "unhealthy"
+                      : m.banned() ? "banned (lag)"
+                                   : "routable",
+                      absl::StrFormat("%X/%X", m.lsn() >> 32, m.lsn() & 0xffffffffu),
+                      m.role() == "replica" ? telemetry::FormatSeconds(m.lag_seconds()) : "—",
+                      m.role() == "replica" ? telemetry::FormatBytes(double(m.lag_bytes())) : "—",
+                      absl::StrCat(m.outstanding()),
+                      telemetry::FormatCount(double(m.routed_total())),
+                      absl::StrCat(m.bans_total()), m.error()});
+  }
+  return t;
 }
 
 // The engine reports pools as protos; the shared pool series take the pool's
@@ -424,10 +519,12 @@ QueryMetrics::QueryMetrics(QueryEngine* engine, telemetry::MetricsRegistry* regi
   engine_->statement_stats().SetSlowThreshold(SlowStatementThreshold(config.log()));
   collector_ = registry->AddCollector([engine](Families* out) {
     CollectPools(engine, out);
+    CollectMembers(engine, out);
     CollectStatements(engine, out);
     CollectCache(engine, out);
   });
   pools_ = registry->AddStatusSection([engine] { return PoolsTable(engine); });
+  members_ = registry->AddStatusSection([engine] { return MembersTable(engine); });
   cache_ = registry->AddStatusSection([engine] { return CacheTable(engine); });
   invalidation_ = registry->AddStatusSection([engine] { return InvalidationTable(engine); });
   statements_ = registry->AddStatusSection([engine] { return SlowestTable(engine); });

@@ -22,6 +22,12 @@
 //   poolside_query_cache_near_{entries,bytes,capacity_bytes,serving,watch_generation}
 //   poolside_query_cache_near_{misses,fills,fills_refused,evictions,invalidations,
 //                              watch_events,subscriptions}_total
+//   poolside_query_member_{role{role},healthy,banned,lag_seconds,lag_bytes,
+//                          outstanding_calls}{database,member}
+//   poolside_query_member_{routed,bans}_total{database,member}
+//   poolside_query_replica_token_waits_total{database,result=reached|timeout}
+//   poolside_query_failover_{held,held_timeouts,held_seconds}_total{database},
+//   poolside_query_failover_held_calls{database}
 // Also applies server.telemetry.log.slow_statement_ms to the statement stats.
 //
 //   QueryMetrics query_metrics(&engine, &metrics, config.server().telemetry());
@@ -43,6 +49,7 @@ class QueryMetrics {
   QueryEngine* const engine_;
   telemetry::MetricsRegistry::Registration collector_;
   telemetry::MetricsRegistry::Registration pools_;
+  telemetry::MetricsRegistry::Registration members_;
   telemetry::MetricsRegistry::Registration cache_;
   telemetry::MetricsRegistry::Registration invalidation_;
   telemetry::MetricsRegistry::Registration statements_;

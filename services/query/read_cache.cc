@@ -258,6 +258,14 @@ struct ReadCache::DbState {
   // Every commit before it has been invalidated in the near cache and the
   // sidecar (or was committed before their last flush).
   std::atomic<uint64_t> applied_lsn{0};
+  // The fence of fills read from a replica (ReplicaFillFence): every
+  // invalidation this replica has applied or is applying is for a commit at
+  // or before fence_lsn, except while fence_opened > fence_closed (an
+  // invalidation or flush of unknown position since). Both are raised
+  // before the invalidation is sent, so a fill whose lookup saw it reads
+  // them raised.
+  std::atomic<uint64_t> fence_lsn{0};
+  std::atomic<uint64_t> fence_opened{0}, fence_closed{0};
   std::atomic<int64_t> last_heard_micros{0};  // unix micros, the holder's last message
   std::atomic<bool> lagging{false};
   std::atomic<uint64_t> streams_seen{0}, relay_messages{0};
@@ -459,6 +467,13 @@ bool ReadCache::Applies(const Database& db, const v1::ExecuteRequest& request,
   return true;
 }
 
+uint64_t ReadCache::ReplicaFillFence(const DbState* state) const {
+  if (state == nullptr || state->mode.load() != kWalMode) return UINT64_MAX;
+  const uint64_t opened = state->fence_opened.load();
+  if (state->fence_closed.load() < opened) return UINT64_MAX;
+  return state->fence_lsn.load();
+}
+
 uint64_t ReadCache::ReflectedLsn(const Database& db, uint64_t min_lsn) const {
   const DbState* state = StateOf(db);
   if (state == nullptr || state->mode.load() != kWalMode || NotReady(*state).has_value()) {
@@ -506,6 +521,9 @@ void ReadCache::SidecarResult(bool ok) {
 void ReadCache::MarkSuspect(DbState* state) { state->suspect_epoch.fetch_add(1); }
 
 bool ReadCache::FlushDatabase(DbState* state, const std::string& source) {
+  // A flush covers commits no position names: fills from replicas read the
+  // primary until the stream's next position.
+  state->fence_opened.fetch_add(1);
   const uint64_t epoch = state->suspect_epoch.load();
   if (near_ != nullptr) near_->Invalidate({DatabaseTag(state->db->name())});
   absl::Status s = InvalidateNow(*client_, {DatabaseTag(state->db->name())}, source);
@@ -857,14 +875,17 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
 }
 
 void ReadCache::Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
-                        v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn) {
+                        v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
+                        const std::string& member) {
   if (!p.work->Claim()) return;  // the caller went away
-  Answer(*p.work, p.response, p.max_rows, p.max_bytes, status, result, outcome, source, lsn);
+  Answer(*p.work, p.response, p.max_rows, p.max_bytes, status, result, outcome, source, lsn,
+         member);
 }
 
 void ReadCache::Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
                        uint64_t max_bytes, const absl::Status& status, const v1::ResultSet& result,
-                       v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn) {
+                       v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
+                       const std::string& member) {
   absl::Status s = status;
   if (s.ok()) {
     const uint64_t rows = static_cast<uint64_t>(result.rows_size());
@@ -882,6 +903,7 @@ void ReadCache::Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_r
   response->set_cache(outcome);
   response->set_source(source);
   response->set_lsn(lsn);
+  response->set_member(member);
   work.done(std::move(s));
 }
 
@@ -951,6 +973,13 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
       return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
     };
   }
+  // On a database with replicas the fill may read a replica, one that has
+  // replayed every invalidation applied so far (read after the lookup, so
+  // it covers what the lookup's generation saw): never an older row than
+  // the primary had when the lookup ran.
+  work->replica_ok = true;
+  work->cache_fill = true;
+  work->min_lsn = ReplicaFillFence(state);
   flight->work = work;
   in_flight_.fetch_add(1);
   work->done = [this, flight](absl::Status s) {
@@ -1024,7 +1053,7 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
       p->run_plain();
       continue;
     }
-    Deliver(*p, status, result, v1::MISS, v1::DATABASE, flight->lsn);
+    Deliver(*p, status, result, v1::MISS, v1::DATABASE, flight->lsn, work->member);
   }
 }
 
@@ -1219,6 +1248,15 @@ void ReadCache::OnRelayed(DbState* state, db::Connection& conn, const db::Notifi
 
 void ReadCache::Apply(DbState* state, Applying* a) {
   const std::string& db = state->db->name();
+  // The openings `through` (sent after everything it covers) closes.
+  const uint64_t opened = state->fence_opened.load();
+  if (a->through != 0) {
+    uint64_t seen = state->fence_lsn.load();
+    while (seen < a->through && !state->fence_lsn.compare_exchange_weak(seen, a->through)) {
+    }
+  } else if (!a->tags.empty() || !a->forget.empty()) {
+    state->fence_opened.fetch_add(1);
+  }
   for (const std::string& table : a->forget) ForgetTable(db, table);
   if (!a->tags.empty()) {
     std::sort(a->tags.begin(), a->tags.end());
@@ -1241,6 +1279,11 @@ void ReadCache::Apply(DbState* state, Applying* a) {
     span.SetAttribute("poolside.cache.outcome", inv.ok() ? "invalidated" : "error");
     span.SetStatus(inv);
     span.End();
+  }
+  if (a->through != 0) {
+    uint64_t closed = state->fence_closed.load();
+    while (closed < opened && !state->fence_closed.compare_exchange_weak(closed, opened)) {
+    }
   }
   if (a->through > state->applied_lsn.load()) {
     state->applied_lsn.store(a->through, std::memory_order_release);

@@ -56,6 +56,10 @@
 //   may have found the old entry in the sidecar); invalidations the sidecar
 //   applies for anyone else arrive through its WatchInvalidations stream,
 //   and while that stream is down the near cache does not serve.
+// - Databases with replicas (database.h): a fill may read a replica only
+//   if its replay position covers every invalidation applied here when the
+//   lookup ran ("wal" mode; trigger mode fills read the primary), and every
+//   write through this service (Replicas::WriteFence).
 // - The sidecar being down, slow or restarted never fails a call: the call
 //   runs on the database (outcome BYPASS); after `failure_threshold`
 //   consecutive failures the sidecar is skipped for `retry_after_ms`. An
@@ -267,12 +271,15 @@ class ReadCache {
            std::vector<std::string> tags, bool keyed, absl::Time deadline,
            std::unique_ptr<Participant> participant);
   void Land(const std::shared_ptr<Flight>& flight, absl::Status status);
+  // `member`: the topology member a fill read (databases with replicas).
   void Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
-               v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn);
+               v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
+               const std::string& member = "");
   // Claims `work` and answers it with `result` (within the caller's limits).
   static void Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
                      uint64_t max_bytes, const absl::Status& status, const v1::ResultSet& result,
-                     v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn);
+                     v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
+                     const std::string& member = "");
   void CountBypass(Bypass reason) const;
 
   bool SidecarUsable();
@@ -288,6 +295,9 @@ class ReadCache {
   bool FlushDatabase(DbState* state, const std::string& source);
   void MarkSuspect(DbState* state);
   DbState* StateOf(const Database& db) const;
+  // What a replica must have replayed for a fill read from it to be stored
+  // (UINT64_MAX: none may; the primary reads). See DbState::fence_lsn.
+  uint64_t ReplicaFillFence(const DbState* state) const;
   // Why reads of the database bypass the cache now, if they do.
   std::optional<Bypass> NotReady(const DbState& s) const;
 
