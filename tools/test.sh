@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: builds and runs every test (the whole suite, then the tests tagged
+# `make test`: builds everything, checks the layering rule (tools/check_layers.sh),
+# and runs every test (the whole suite, then the tests tagged
 # "tsan" again under ThreadSanitizer, then the libFuzzer targets for a bounded
 # time: FUZZ_SECONDS, default 30) and
 # ends with one line "N passed, M failed" counted from the test cases in Bazel's
@@ -35,6 +36,8 @@ count_cases() {
 
 status=0
 $BAZEL build //... || { echo "0 passed, 1 failed"; exit 1; }
+# The layering rule (service cores know no gRPC): a few Bazel queries.
+tools/check_layers.sh || { echo "0 passed, 1 failed"; exit 1; }
 mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
 mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
 
