@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make test`: builds everything, checks the layering rule (tools/check_layers.sh),
-# and runs every test (the whole suite, then the tests tagged
-# "tsan" again under ThreadSanitizer, then the libFuzzer targets for a bounded
-# time: FUZZ_SECONDS, default 30) and
-# ends with one line "N passed, M failed" counted from the test cases in Bazel's
-# test.xml files (and one per fuzz target).
+# compiles every target of ours with clang's thread-safety analysis, and runs
+# every test (the whole suite, then the tests tagged "tsan" again under
+# ThreadSanitizer, then the libFuzzer targets for a bounded time: FUZZ_SECONDS,
+# default 30) and ends with one line "N passed, M failed" counted from the test
+# cases in Bazel's test.xml files (and one per fuzz target, one for the clang
+# analysis).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BAZEL=${BAZEL:-bazel}
@@ -40,11 +41,18 @@ $BAZEL build //... || { echo "0 passed, 1 failed"; exit 1; }
 tools/check_layers.sh || { echo "0 passed, 1 failed"; exit 1; }
 mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
 mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
+# Every C++ target of ours (not the code generated from .proto files): the
+# clang build compiles them all for its thread-safety analysis.
+mapfile -t own_cc_targets < <($BAZEL query \
+  'kind("cc_(library|binary|test)", //...) except attr(name, "_cc_(proto|grpc)$", //...)' 2>/dev/null)
 
 # While the suite runs, its tests mostly wait on PostgreSQL and the services:
 # the ThreadSanitizer build (a second Bazel server with its own output base,
-# sharing the disk cache) and the fuzz targets' clang build use the idle CPU
-# at the lowest priority. Their results are checked below, after the suite.
+# sharing the disk cache; clang, --config=tsan), then in the same server and
+# configuration a compile without linking of every target of ours for clang's
+# thread-safety analysis (-Werror=thread-safety: what the TSan build did not
+# compile already), and the fuzz targets' clang build use the idle CPU at the
+# lowest priority. Their results are checked below, after the suite.
 # (--symlink_prefix=/: the second server leaves bazel-bin and bazel-testlogs
 # to the main one, which `make run` and the count below use.)
 tools/fuzz.sh --resolve_only || status=1
@@ -53,20 +61,32 @@ nice -n 19 tools/fuzz.sh --build_only >"$bg_log/fuzz" 2>&1 &
 fuzz_build=$!
 tsan_base="$($BAZEL info output_base 2>/dev/null)-tsan"
 TSAN_BAZEL=("$BAZEL" --output_base="$tsan_base" --max_idle_secs=600)
-tsan_build=""
-if [[ ${#tsan_targets[@]} -gt 0 ]]; then
-  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
-    >"$bg_log/tsan" 2>&1 &
-  tsan_build=$!
-fi
+(
+  if [[ ${#tsan_targets[@]} -gt 0 ]]; then
+    nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
+      >"$bg_log/tsan" 2>&1
+  fi
+  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ --keep_going \
+    --output_groups=compilation_outputs "${own_cc_targets[@]}" >"$bg_log/clang" 2>&1
+  echo $? >"$bg_log/clang.rc"
+) &
+clang_build=$!
 
 $BAZEL test //... || status=1
 read -r total1 failed1 < <(count_cases "$($BAZEL info bazel-testlogs 2>/dev/null)" "${targets[@]}")
 
+wait "$clang_build"
+echo "== clang thread-safety analysis (--config=tsan): ${#own_cc_targets[@]} targets"
+total4=1; failed4=0
+if [[ $(cat "$bg_log/clang.rc" 2>/dev/null) != 0 ]]; then
+  grep -E -A3 'error:|^ERROR:' "$bg_log/clang" | head -100
+  echo "clang build failed (thread-safety analysis): see above" >&2
+  failed4=1; status=1
+fi
+
 total2=0; failed2=0
-if [[ -n $tsan_build ]]; then
+if [[ ${#tsan_targets[@]} -gt 0 ]]; then
   echo "== ThreadSanitizer: ${tsan_targets[*]}"
-  wait "$tsan_build" || cat "$bg_log/tsan"  # the test below reports the failure
   "${TSAN_BAZEL[@]}" test --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" || status=1
   read -r total2 failed2 < <(count_cases \
     "$("${TSAN_BAZEL[@]}" info --config=tsan bazel-testlogs 2>/dev/null)" "${tsan_targets[@]}")
@@ -87,7 +107,7 @@ failed3=$(grep -cE '^fuzz [a-z_]+: FAILED' "$fuzz_log")
 if [[ $total3 -eq 0 ]]; then total3=1; failed3=1; fi
 rm -f "$fuzz_log"
 
-total=$((total1 + total2 + total3)); failed=$((failed1 + failed2 + failed3))
+total=$((total1 + total2 + total3 + total4)); failed=$((failed1 + failed2 + failed3 + failed4))
 if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
 echo "$((total - failed)) passed, $failed failed"
 exit $status
