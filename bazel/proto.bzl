@@ -1,48 +1,72 @@
-"""C++ (and gRPC) code generation from .proto files with Debian's protoc."""
+"""C++ code generation from .proto files with Debian's protoc.
+
+Each .proto set gives two libraries: the messages (`*_cc_proto`, protobuf
+only) and, when the files define services, the gRPC stubs (`*_cc_grpc`, the
+messages plus gRPC). A service core depends on message libraries only; its
+gRPC adapter, server main and clients depend on the `*_cc_grpc` library
+(tools/check_layers.sh checks this in `make test`).
+"""
 
 _PROTOC = "/usr/bin/protoc"
 _GRPC_PLUGIN = "/usr/bin/grpc_cpp_plugin"
 
-def cc_grpc_proto_library(name, srcs, deps = [], grpc = True, **kwargs):
-    """Generates C++ message (and gRPC service) code for `srcs` and wraps it.
+def _outputs(bases, grpc):
+    msg = []
+    svc = []
+    for base in bases:
+        msg += [base + ".pb.h", base + ".pb.cc"]
+        if grpc:
+            svc += [base + ".grpc.pb.h", base + ".grpc.pb.cc"]
+    return msg, svc
+
+def _libraries(name, grpc_name, msg, svc, msg_deps, **kwargs):
+    native.cc_library(
+        name = name,
+        srcs = [o for o in msg if o.endswith(".cc")],
+        hdrs = [o for o in msg if o.endswith(".h")],
+        deps = msg_deps + ["@system//:protobuf"],
+        **kwargs
+    )
+    if grpc_name:
+        native.cc_library(
+            name = grpc_name,
+            srcs = [o for o in svc if o.endswith(".cc")],
+            hdrs = [o for o in svc if o.endswith(".h")],
+            deps = [":" + name, "@system//:grpc"],
+            **kwargs
+        )
+
+def cc_proto_libraries(name, srcs, deps = [], grpc_name = None, **kwargs):
+    """Generates C++ message code, and gRPC service code if grpc_name is set.
 
     Paths are relative to the workspace root, so `proto/poolside/v1/query.proto` is
-    included as "proto/poolside/v1/query.pb.h".
+    included as "proto/poolside/v1/query.pb.h" (messages) and
+    "proto/poolside/v1/query.grpc.pb.h" (services).
 
     Args:
-      name: the cc_library to create.
+      name: the message-only cc_library to create (protobuf, no gRPC).
       srcs: .proto files in this package.
-      deps: other cc_grpc_proto_library targets whose .proto files these import.
-      grpc: also generate gRPC service stubs.
-      **kwargs: passed to the cc_library (visibility, ...).
+      deps: other cc_proto_libraries message targets whose .proto files these import.
+      grpc_name: if set, also a cc_library of this name with the service stubs
+        (depends on `name` and gRPC).
+      **kwargs: passed to the cc_libraries (visibility, ...).
     """
     pkg = native.package_name()
-    outs = []
-    for src in srcs:
-        base = src[:-len(".proto")]
-        outs += [base + ".pb.h", base + ".pb.cc"]
-        if grpc:
-            outs += [base + ".grpc.pb.h", base + ".grpc.pb.cc"]
+    msg, svc = _outputs([src[:-len(".proto")] for src in srcs], grpc_name != None)
     dep_protos = [d + "_protos" for d in deps]
     native.filegroup(name = name + "_protos", srcs = srcs + dep_protos)
-    grpc_flags = ("--grpc_out=$(GENDIR) --plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) if grpc else ""
+    grpc_flags = ("--grpc_out=$(GENDIR) --plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) if grpc_name else ""
     native.genrule(
         name = name + "_gen",
         srcs = srcs + dep_protos,
-        outs = outs,
+        outs = msg + svc,
         cmd = ("%s -I. -I/usr/include --cpp_out=$(GENDIR) " % _PROTOC) + grpc_flags +
               " ".join(["%s/%s" % (pkg, s) for s in srcs]),
         message = "protoc " + name,
     )
-    native.cc_library(
-        name = name,
-        srcs = [o for o in outs if o.endswith(".cc")],
-        hdrs = [o for o in outs if o.endswith(".h")],
-        deps = deps + ["@system//:grpc", "@system//:protobuf"],
-        **kwargs
-    )
+    _libraries(name, grpc_name, msg, svc, deps, **kwargs)
 
-def cc_system_grpc_proto_library(name, protos, root, grpc = True, package = "grpc-proto", **kwargs):
+def cc_system_proto_libraries(name, protos, root, grpc_name = None, package = "grpc-proto", **kwargs):
     """Generates C++ message (and gRPC service) code for .proto files a Debian
     package installs under `root` (for example grpc-proto's
     /usr/share/grpc-proto, or libpg-query-dev's /usr/include/pg_query), so that
@@ -54,19 +78,15 @@ def cc_system_grpc_proto_library(name, protos, root, grpc = True, package = "grp
     "grpc/health/v1/health.proto" generated in package "proto".
 
     Args:
-      name: the cc_library to create.
+      name: the message-only cc_library to create (protobuf, no gRPC).
       protos: .proto paths relative to `root`.
       root: the directory the package installs them in.
-      grpc: also generate gRPC service stubs (and depend on gRPC).
+      grpc_name: if set, also a cc_library of this name with the service stubs
+        (depends on `name` and gRPC).
       package: the Debian package that installs them, named when one is missing.
-      **kwargs: passed to the cc_library (visibility, ...).
+      **kwargs: passed to the cc_libraries (visibility, copts, ...).
     """
-    outs = []
-    for proto in protos:
-        base = proto[:-len(".proto")]
-        outs += [base + ".pb.h", base + ".pb.cc"]
-        if grpc:
-            outs += [base + ".grpc.pb.h", base + ".grpc.pb.cc"]
+    msg, svc = _outputs([proto[:-len(".proto")] for proto in protos], grpc_name != None)
     checks = "".join([
         "test -f {f} || {{ echo '{f} is missing: install Debian {p} (make deps)' >&2; exit 1; }}; ".format(
             f = root + "/" + proto,
@@ -74,21 +94,15 @@ def cc_system_grpc_proto_library(name, protos, root, grpc = True, package = "grp
         )
         for proto in protos
     ])
-    grpc_flags = ("--grpc_out=$(RULEDIR) --plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) if grpc else ""
+    grpc_flags = ("--grpc_out=$(RULEDIR) --plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) if grpc_name else ""
     native.genrule(
         name = name + "_gen",
-        outs = outs,
+        outs = msg + svc,
         cmd = checks +
               ("%s -I%s -I/usr/include --cpp_out=$(RULEDIR) " % (_PROTOC, root)) +
               grpc_flags + " ".join(protos),
         message = "protoc " + name,
     )
-    native.cc_library(
-        name = name,
-        srcs = [o for o in outs if o.endswith(".cc")],
-        hdrs = [o for o in outs if o.endswith(".h")],
-        # The generated code includes its headers by their path under `root`.
-        includes = ["."],
-        deps = (["@system//:grpc"] if grpc else []) + ["@system//:protobuf"],
-        **kwargs
-    )
+
+    # The generated code includes its headers by their path under `root`.
+    _libraries(name, grpc_name, msg, svc, [], includes = ["."], **kwargs)

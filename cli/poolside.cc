@@ -24,6 +24,7 @@
 #include "cli/ingest_command.h"
 #include "cli/table.h"
 #include "cli/value_format.h"
+#include "common/telemetry/otlp_exporter.h"
 #include "common/telemetry/trace.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 

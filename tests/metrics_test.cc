@@ -255,7 +255,7 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   // again when its NOTIFY arrives. Wait for the second, so that it cannot drop
   // the entry the reads below fill (which would turn a hit into a miss).
   ASSERT_TRUE(testing::WaitFor(
-      [&] {
+      [&, cache_port = cache_port] {
         return Scrape(cache_port).Get("poolside_cache_invalidations_total") >=
                invalidations_before + 2;
       },
@@ -483,7 +483,7 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
                                    absl::Seconds(20)));
   double exported = -1;
   ASSERT_TRUE(testing::WaitFor(
-      [&] {
+      [&, port = port] {
         exported = Scrape(port).Get("poolside_trace_spans_exported_total");
         return exported == static_cast<double>((*receiver)->Spans().size());
       },
@@ -497,7 +497,7 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(get());
   double dropped = -1;
   EXPECT_TRUE(testing::WaitFor(
-      [&] {
+      [&, port = port] {
         dropped = Scrape(port).Get("poolside_trace_spans_dropped_total", {{"reason", "export_failed"}});
         return dropped >= 5;
       },

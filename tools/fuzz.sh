@@ -31,7 +31,7 @@
 # `bazel query` over the libraries' dependencies (it follows BUILD changes, no
 # second list to maintain), the .proto files among them are compiled with protoc
 # into the work directory, code Bazel generates from a system package's .proto
-# (bazel/proto.bzl's cc_system_grpc_proto_library) is built by Bazel and copied
+# (bazel/proto.bzl's cc_system_proto_libraries) is built by Bazel and copied
 # there, and link flags come from pkg-config, as in bazel/system_libs.bzl.
 # Builds are cached by a hash of the inputs. The corpora
 # are replayed by the regular g++ build too (//fuzz:*_corpus_test), so the targets
@@ -192,7 +192,7 @@ build() {
       [[ $g == *.cc ]] && gen_srcs+=("$tmp/gen/$g")
     done
     # Such code includes its headers by their path in their package
-    # (cc_system_grpc_proto_library's includes = ["."]).
+    # (cc_system_proto_libraries's includes = ["."]).
     for pkg in $(sed -e 's|^//||' -e 's|:.*||' <<<"$generated" | sort -u); do
       gen_includes+=(-I"$tmp/gen/$pkg")
     done

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# `make test`: builds and runs every test (the whole suite, then the tests tagged
-# "tsan" again under ThreadSanitizer, then the libFuzzer targets for a bounded
-# time: FUZZ_SECONDS, default 30) and
-# ends with one line "N passed, M failed" counted from the test cases in Bazel's
-# test.xml files (and one per fuzz target).
+# `make test`: builds everything, checks the layering rule (tools/check_layers.sh),
+# compiles the targets that take locks with clang's thread-safety analysis, runs
+# every test (the whole suite, then the tests tagged "tsan" again under
+# ThreadSanitizer, then the libFuzzer targets for a bounded time: FUZZ_SECONDS,
+# default 30) and ends with one line "N passed, M failed" counted from the test
+# cases in Bazel's test.xml files (and one per fuzz target, one for the clang
+# analysis).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BAZEL=${BAZEL:-bazel}
@@ -34,38 +36,69 @@ count_cases() {
 }
 
 status=0
+# The layering rule (service cores know no gRPC): a few Bazel queries.
+tools/check_layers.sh || { echo "0 passed, 1 failed"; exit 1; }
 mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
 [[ ${#targets[@]} -gt 0 ]] || { echo "bazel query found no tests"; echo "0 passed, 1 failed"; exit 1; }
 mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
+# The C++ targets of ours whose sources take locks or carry lock annotations:
+# the clang build compiles them for its thread-safety analysis (code without
+# either has nothing for it to check; compiling the whole tree twice more would
+# cost CI minutes).
+lock_labels=()
+while IFS= read -r f; do
+  dir=$(dirname "$f")
+  while [[ $dir != . && ! -f $dir/BUILD.bazel ]]; do dir=$(dirname "$dir"); done
+  [[ $dir == . ]] && continue
+  lock_labels+=("//$dir:${f#"$dir"/}")
+done < <(git ls-files '*.cc' '*.h' | xargs grep -lE \
+  'GUARDED_BY|REQUIRES(_SHARED)?\(|ACQUIRE|RELEASE\(|LOCKS_EXCLUDED|Mutex|mutex|Lock\(' 2>/dev/null)
+mapfile -t own_cc_targets < <($BAZEL query \
+  "kind('cc_(library|binary|test)', same_pkg_direct_rdeps(set(${lock_labels[*]})))" 2>/dev/null)
 
 # The suite's tests mostly wait on PostgreSQL and the services: the
 # ThreadSanitizer build (a second Bazel server with its own output base,
-# sharing the disk cache) and the fuzz targets' clang build use the idle CPU
-# at the lowest priority, from the start. Their results are checked below,
-# after the suite. (--symlink_prefix=/: the second server leaves bazel-bin and
-# bazel-testlogs to the main one, which `make run` and the count below use.)
+# sharing the disk cache; clang, --config=tsan), then in the same server and
+# configuration a compile without linking of the targets above for clang's
+# thread-safety analysis (-Werror=thread-safety), and the fuzz targets' clang
+# build use the idle CPU at the lowest priority, from the start. Their results
+# are checked below, after the suite. (--symlink_prefix=/: the second server
+# leaves bazel-bin and bazel-testlogs to the main one, which `make run` and
+# the count below use.)
 tools/fuzz.sh --resolve_only || status=1
 bg_log=$(mktemp -d)
 nice -n 19 tools/fuzz.sh --build_only >"$bg_log/fuzz" 2>&1 &
 fuzz_build=$!
 tsan_base="$($BAZEL info output_base 2>/dev/null)-tsan"
 TSAN_BAZEL=("$BAZEL" --output_base="$tsan_base" --max_idle_secs=600)
-tsan_build=""
-if [[ ${#tsan_targets[@]} -gt 0 ]]; then
-  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
-    >"$bg_log/tsan" 2>&1 &
-  tsan_build=$!
-fi
+(
+  if [[ ${#tsan_targets[@]} -gt 0 ]]; then
+    nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
+      >"$bg_log/tsan" 2>&1
+  fi
+  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ --keep_going \
+    --output_groups=compilation_outputs "${own_cc_targets[@]}" >"$bg_log/clang" 2>&1
+  echo $? >"$bg_log/clang.rc"
+) &
+clang_build=$!
 
 # One command builds everything (as `bazel build //...` would) and runs each
 # test as soon as it is built, while the rest compiles.
 $BAZEL test //... || status=1
 read -r total1 failed1 < <(count_cases "$($BAZEL info bazel-testlogs 2>/dev/null)" "${targets[@]}")
 
+wait "$clang_build"
+echo "== clang thread-safety analysis (--config=tsan): ${#own_cc_targets[@]} targets"
+total4=1; failed4=0
+if [[ $(cat "$bg_log/clang.rc" 2>/dev/null) != 0 ]]; then
+  grep -E -A3 'error:|^ERROR:' "$bg_log/clang" | head -100
+  echo "clang build failed (thread-safety analysis): see above" >&2
+  failed4=1; status=1
+fi
+
 total2=0; failed2=0
-if [[ -n $tsan_build ]]; then
+if [[ ${#tsan_targets[@]} -gt 0 ]]; then
   echo "== ThreadSanitizer: ${tsan_targets[*]}"
-  wait "$tsan_build" || cat "$bg_log/tsan"  # the test below reports the failure
   "${TSAN_BAZEL[@]}" test --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" || status=1
   read -r total2 failed2 < <(count_cases \
     "$("${TSAN_BAZEL[@]}" info --config=tsan bazel-testlogs 2>/dev/null)" "${tsan_targets[@]}")
@@ -86,7 +119,7 @@ failed3=$(grep -cE '^fuzz [a-z_]+: FAILED' "$fuzz_log")
 if [[ $total3 -eq 0 ]]; then total3=1; failed3=1; fi
 rm -f "$fuzz_log"
 
-total=$((total1 + total2 + total3)); failed=$((failed1 + failed2 + failed3))
+total=$((total1 + total2 + total3 + total4)); failed=$((failed1 + failed2 + failed3 + failed4))
 if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
 echo "$((total - failed)) passed, $failed failed"
 exit $status

@@ -168,7 +168,7 @@ absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
   }
   auto limiter = std::make_unique<Limiter>();
   {
-    std::lock_guard<std::mutex> lock(limiter->mu);
+    sync::MutexLock lock(&limiter->mu);
     limiter->tokens = p->limits.burst() > 0
                           ? p->limits.burst()
                           : std::max(1.0, p->limits.requests_per_second());
@@ -182,7 +182,9 @@ absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
 absl::Status Authorizer::CheckDatabaseRoles(
     const google::protobuf::RepeatedPtrField<v1::DatabaseConfig>& databases) const {
   for (const auto& [hash, p] : by_hash_) {
-    for (const auto& [db, role] : p->database_roles) {
+    for (const auto& db_role : p->database_roles) {
+      // (A structured binding cannot be captured by the lambda in C++17.)
+      const std::string& db = db_role.first;
       if (std::none_of(databases.begin(), databases.end(),
                        [&](const v1::DatabaseConfig& d) { return d.name() == db; })) {
         return absl::InvalidArgumentError(absl::StrCat("auth: principal \"", p->name,
@@ -290,7 +292,7 @@ absl::StatusOr<Authorizer::Permit> Authorizer::Admit(const Principal& who,
   const double rate = limits.requests_per_second();
   if (rate <= 0) return permit;
   const double burst = limits.burst() > 0 ? limits.burst() : std::max(1.0, rate);
-  std::lock_guard<std::mutex> lock(l.mu);
+  sync::MutexLock lock(&l.mu);
   const absl::Time now = clock_->Now();
   l.tokens = std::min(burst, l.tokens + rate * absl::ToDoubleSeconds(now - l.refilled));
   l.refilled = now;

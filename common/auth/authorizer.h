@@ -32,6 +32,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
+#include "common/sync/mutex.h"
 #include "proto/poolside/v1/config.pb.h"
 
 namespace poolside::auth {
@@ -127,9 +128,8 @@ class Authorizer {
 
  private:
   struct Limiter {
-    // std::mutex rather than absl::Mutex: Debian's Abseil is not built with
-    // ThreadSanitizer, so absl::Mutex's synchronisation is invisible to TSAN.
-    std::mutex mu;
+    // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
+    sync::Mutex mu;
     double tokens ABSL_GUARDED_BY(mu) = 0;
     absl::Time refilled ABSL_GUARDED_BY(mu);
     std::atomic<int> in_flight{0};

@@ -83,7 +83,7 @@
 // a fill that raced it may still be stored. Use Invalidate with the key as a
 // prefix to fence fills of a key.
 //
-// Thread-safety: all methods are thread-safe. Each shard has its own std::mutex
+// Thread-safety: all methods are thread-safe. Each shard has its own mutex
 // (held for hash lookups, list splices and value reference copies only: values
 // are shared and immutable, copied out after the lock is released); the
 // generation records have one reader/writer lock taken by Sets whose
@@ -92,15 +92,13 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <condition_variable>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <list>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
-#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -114,6 +112,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
+#include "common/sync/mutex.h"
 
 namespace poolside::cache {
 
@@ -297,7 +296,9 @@ class BasicCacheStore {
 
   struct Shard {
     explicit Shard(size_t sketch_width) : sketch(sketch_width) {}
-    std::mutex mu;
+    // sync::Mutex and SharedMutex here: TSan must see these locks
+    // (common/sync/mutex.h).
+    sync::Mutex mu;
     Lru lru ABSL_GUARDED_BY(mu);  // most recently used first
     absl::flat_hash_map<absl::string_view, typename Lru::iterator> index ABSL_GUARDED_BY(mu);
     // The same keys in byte order: a prefix's entries are one range.
@@ -332,7 +333,7 @@ class BasicCacheStore {
 
   std::atomic<uint64_t> generation_;
   const uint64_t first_generation_;
-  mutable std::shared_mutex gen_mu_;
+  mutable sync::SharedMutex gen_mu_;
   uint64_t floor_generation_ ABSL_GUARDED_BY(gen_mu_);
   uint64_t flush_generation_ ABSL_GUARDED_BY(gen_mu_) = 0;
   absl::flat_hash_map<std::string, uint64_t> tag_generations_ ABSL_GUARDED_BY(gen_mu_);
@@ -349,8 +350,8 @@ class BasicCacheStore {
 
   std::function<void()> before_insert_hook_;
 
-  std::mutex reaper_mu_;
-  std::condition_variable reaper_cv_;
+  sync::Mutex reaper_mu_;
+  sync::CondVar reaper_cv_;
   bool stopping_ ABSL_GUARDED_BY(reaper_mu_) = false;
   std::thread reaper_;
 };
@@ -383,10 +384,10 @@ BasicCacheStore<Value>::BasicCacheStore(CacheStoreOptions options)
 template <typename Value>
 BasicCacheStore<Value>::~BasicCacheStore() {
   {
-    std::lock_guard<std::mutex> lock(reaper_mu_);
+    sync::MutexLock lock(&reaper_mu_);
     stopping_ = true;
   }
-  reaper_cv_.notify_all();
+  reaper_cv_.SignalAll();
   if (reaper_.joinable()) reaper_.join();
 }
 
@@ -432,7 +433,7 @@ typename BasicCacheStore<Value>::GetResult BasicCacheStore<Value>::Get(absl::str
   const uint64_t h = cache_internal::Hash(key);
   Shard& shard = *shards_[shard_shift_ >= 64 ? 0 : h >> shard_shift_];
   GetResult result;
-  std::lock_guard<std::mutex> lock(shard.mu);
+  sync::MutexLock lock(&shard.mu);
   result.generation = generation_.load(std::memory_order_acquire);
   if (options_.admission) shard.sketch.Increment(h);
   auto found = shard.index.find(key);
@@ -469,7 +470,7 @@ bool BasicCacheStore<Value>::GenerationAllows(absl::string_view key, const std::
   // removes shard entries only after our shard lock is released, so it will
   // find this entry.
   if (read_generation == current) return true;
-  std::shared_lock<std::shared_mutex> lock(gen_mu_);
+  sync::ReaderMutexLock lock(&gen_mu_);
   if (floor_generation_ > read_generation || flush_generation_ > read_generation) return false;
   for (const std::string& tag : tags) {
     auto it = tag_generations_.find(tag);
@@ -513,7 +514,7 @@ typename BasicCacheStore<Value>::SetResult BasicCacheStore<Value>::Set(
     return SetResult::kTooLarge;
   }
 
-  std::unique_lock<std::mutex> lock(shard.mu);
+  sync::MutexLock lock(&shard.mu);
   if (options_.admission) shard.sketch.Increment(h);
   if (!GenerationAllows(key, tags, read_generation)) {
     sets_rejected_.fetch_add(1, std::memory_order_relaxed);
@@ -565,7 +566,7 @@ typename BasicCacheStore<Value>::SetResult BasicCacheStore<Value>::Set(
 template <typename Value>
 bool BasicCacheStore<Value>::Delete(absl::string_view key) {
   Shard& shard = *shards_[ShardOf(key)];
-  std::lock_guard<std::mutex> lock(shard.mu);
+  sync::MutexLock lock(&shard.mu);
   auto found = shard.index.find(key);
   if (found == shard.index.end()) return false;
   RemoveLocked(shard, found->second, Removal::kDelete);
@@ -577,7 +578,8 @@ void BasicCacheStore<Value>::PruneLocked() {
   // Forgets the older half of `records` (by generation) and raises the floor
   // to the newest generation forgotten.
   auto forget_older_half = [this](absl::flat_hash_map<std::string, uint64_t>& records,
-                                  uint64_t& bytes, bool prefixes) {
+                                  uint64_t& bytes, bool prefixes)
+                                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(gen_mu_) {
     std::vector<uint64_t> generations;
     generations.reserve(records.size());
     for (const auto& [name, g] : records) generations.push_back(g);
@@ -636,7 +638,7 @@ typename BasicCacheStore<Value>::InvalidateResult BasicCacheStore<Value>::Invali
     // Recorded before any entry is removed: a Set that checks after this sees
     // the new generation; one that checked before holds its shard lock until
     // its entry is in, so the removal pass below finds it.
-    std::unique_lock<std::shared_mutex> lock(gen_mu_);
+    sync::WriterMutexLock lock(&gen_mu_);
     result.generation = generation_.fetch_add(1, std::memory_order_acq_rel) + 1;
     if (flush_all) flush_generation_ = result.generation;
     for (const std::string& tag : tags) {
@@ -659,7 +661,7 @@ typename BasicCacheStore<Value>::InvalidateResult BasicCacheStore<Value>::Invali
 
   for (auto& shard_ptr : shards_) {
     Shard& shard = *shard_ptr;
-    std::lock_guard<std::mutex> lock(shard.mu);
+    sync::MutexLock lock(&shard.mu);
     if (flush_all) {
       const uint64_t n = shard.entries.load(std::memory_order_relaxed);
       result.removed += n;
@@ -695,7 +697,7 @@ uint64_t BasicCacheStore<Value>::Reap() {
     Shard& shard = *shard_ptr;
     bool more = true;
     while (more) {
-      std::lock_guard<std::mutex> lock(shard.mu);
+      sync::MutexLock lock(&shard.mu);
       const absl::Time now = clock_->Now();
       int batch = 0;
       while (!shard.expiry.empty() && shard.expiry.begin()->first <= now && batch < cache_internal::kReapBatch) {
@@ -712,21 +714,22 @@ uint64_t BasicCacheStore<Value>::Reap() {
 
 template <typename Value>
 void BasicCacheStore<Value>::StartReaper() {
-  std::lock_guard<std::mutex> lock(reaper_mu_);
+  sync::MutexLock lock(&reaper_mu_);
   if (reaper_.joinable() || stopping_) return;
   reaper_ = std::thread([this] { ReaperLoop(); });
 }
 
 template <typename Value>
 void BasicCacheStore<Value>::ReaperLoop() {
-  std::unique_lock<std::mutex> lock(reaper_mu_);
+  sync::MutexLock lock(&reaper_mu_);
   while (!stopping_) {
-    reaper_cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.reap_interval),
-                        [this] { return stopping_; });
+    const auto wake_at =
+        std::chrono::steady_clock::now() + absl::ToChronoMilliseconds(options_.reap_interval);
+    while (!stopping_ && reaper_cv_.WaitUntil(&reaper_mu_, wake_at)) continue;
     if (stopping_) break;
-    lock.unlock();
+    lock.Unlock();
     Reap();
-    lock.lock();
+    lock.Lock();
   }
 }
 
@@ -753,7 +756,7 @@ CacheStoreStats BasicCacheStore<Value>::Stats() const {
   s.invalidated_entries = invalidated_entries_.load(std::memory_order_relaxed);
   s.generation = generation();
   s.shards = static_cast<uint32_t>(shards_.size());
-  std::shared_lock<std::shared_mutex> lock(gen_mu_);
+  sync::ReaderMutexLock lock(&gen_mu_);
   s.tracked_tags = tag_generations_.size();
   s.tracked_prefixes = prefix_generations_.size();
   s.tracked_bytes = tag_record_bytes_ + prefix_record_bytes_;

@@ -20,17 +20,17 @@ Clock* Clock::Real() {
 SimulatedClock::SimulatedClock(absl::Time start) : now_(start) {}
 
 absl::Time SimulatedClock::Now() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   return now_;
 }
 
 void SimulatedClock::Advance(absl::Duration d) {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   now_ += d;
 }
 
 void SimulatedClock::SetTime(absl::Time t) {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   now_ = t;
 }
 

@@ -14,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "common/sync/mutex.h"
 
 namespace poolside {
 
@@ -42,9 +43,8 @@ class SimulatedClock : public Clock {
   void SetTime(absl::Time t);
 
  private:
-  // std::mutex rather than absl::Mutex: Debian's Abseil is not built with
-  // ThreadSanitizer, so absl::Mutex's synchronisation is invisible to TSAN.
-  mutable std::mutex mu_;
+  // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
+  mutable sync::Mutex mu_;
   absl::Time now_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -70,13 +70,11 @@
 #include <algorithm>
 #include <cassert>
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -90,6 +88,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
+#include "common/sync/mutex.h"
 #include "common/telemetry/histogram.h"
 #include "common/telemetry/log.h"
 
@@ -248,7 +247,7 @@ class Pool {
   };
 
   struct Waiter {
-    std::condition_variable cv;
+    sync::CondVar cv;
     bool done = false;  // granted or cancelled; no longer in waiters_
     bool cancelled = false;
     Grant grant;
@@ -272,8 +271,7 @@ class Pool {
   // max_size + max_overflow.
   size_t LimitLocked() const { return options_.max_size + options_.max_overflow; }
   // Takes an idle object or reserves a slot, else queues and waits.
-  absl::Status ObtainLocked(std::unique_lock<std::mutex>& lock,
-                            absl::Time deadline, Grant* grant)
+  absl::Status ObtainLocked(absl::Time deadline, Grant* grant)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Lease MakeLeaseLocked(Entry entry, std::string holder, absl::Time started)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -298,10 +296,9 @@ class Pool {
   Clock* const clock_;
   telemetry::Histogram acquire_wait_;
 
-  // std::mutex rather than absl::Mutex: Debian's Abseil is not built with
-  // ThreadSanitizer, so absl::Mutex's synchronisation is invisible to TSAN.
-  mutable std::mutex mu_;
-  std::condition_variable ops_done_cv_;  // active_ops_ reached 0, or stopping
+  // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
+  mutable sync::Mutex mu_;
+  sync::CondVar ops_done_cv_;  // active_ops_ reached 0, or stopping
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   size_t active_ops_ ABSL_GUARDED_BY(mu_) = 0;
   size_t size_ ABSL_GUARDED_BY(mu_) = 0;
@@ -384,15 +381,15 @@ Pool<T>::Pool(PoolOptions options, Factory factory, Validator validator,
 
 template <typename T>
 void Pool<T>::Close() {
-  std::unique_lock<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   shutting_down_ = true;
   for (Waiter* w : waiters_) {
     w->done = true;
     w->cancelled = true;
-    w->cv.notify_one();
+    w->cv.Signal();
   }
   waiters_.clear();
-  ops_done_cv_.notify_all();  // wakes the maintenance thread and WarmUp()
+  ops_done_cv_.SignalAll();  // wakes the maintenance thread and WarmUp()
 }
 
 template <typename T>
@@ -402,10 +399,8 @@ Pool<T>::~Pool() {
   Close();
   if (maintenance_thread_.joinable()) maintenance_thread_.join();
   {
-    std::unique_lock<std::mutex> lock(mu_);
-    ops_done_cv_.wait(lock, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return active_ops_ == 0;
-    });
+    sync::MutexLock lock(&mu_);
+    while (active_ops_ != 0) ops_done_cv_.Wait(&mu_);
     for (Entry& e : idle_) idle.push_back(std::move(e));
     idle_.clear();
     outstanding = leases_.size();
@@ -430,8 +425,8 @@ bool Pool<T>::BeginOpLocked() {
 
 template <typename T>
 void Pool<T>::EndOp() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (--active_ops_ == 0 && shutting_down_) ops_done_cv_.notify_all();
+  sync::MutexLock lock(&mu_);
+  if (--active_ops_ == 0 && shutting_down_) ops_done_cv_.SignalAll();
 }
 
 template <typename T>
@@ -442,7 +437,7 @@ void Pool<T>::FreeSlotLocked() {
     waiters_.pop_front();
     ++size_;  // w->grant.entry stays empty: create in this slot
     w->done = true;
-    w->cv.notify_one();
+    w->cv.Signal();
   }
 }
 
@@ -453,7 +448,7 @@ std::unique_ptr<T> Pool<T>::PutBackLocked(Entry entry) {
     waiters_.pop_front();
     w->grant.entry = std::move(entry);
     w->done = true;
-    w->cv.notify_one();
+    w->cv.Signal();
     return nullptr;
   }
   if (size_ > options_.max_size) return std::move(entry.object);
@@ -481,7 +476,7 @@ template <typename T>
 void Pool<T>::DestroyAndFreeSlot(std::unique_ptr<T> object,
                                  DestroyReason reason) {
   DestroyObject(std::move(object));
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   CountClosedLocked(reason);
   FreeSlotLocked();
 }
@@ -502,8 +497,7 @@ absl::StatusOr<std::unique_ptr<T>> Pool<T>::CreateObject() {
 }
 
 template <typename T>
-absl::Status Pool<T>::ObtainLocked(std::unique_lock<std::mutex>& lock,
-                                   absl::Time deadline, Grant* grant) {
+absl::Status Pool<T>::ObtainLocked(absl::Time deadline, Grant* grant) {
   if (waiters_.empty()) {
     if (!idle_.empty()) {
       grant->entry = std::move(idle_.back());
@@ -529,7 +523,7 @@ absl::Status Pool<T>::ObtainLocked(std::unique_lock<std::mutex>& lock,
     // Another clock may jump without notifying us: poll it.
     const absl::Duration wait =
         real_clock ? left : std::min(left, absl::Milliseconds(5));
-    w.cv.wait_for(lock, internal::WaitSlice(wait));
+    w.cv.WaitFor(&mu_, internal::WaitSlice(wait));
   }
   if (w.cancelled) {
     return absl::CancelledError(
@@ -561,11 +555,11 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
 
   Grant grant;
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     if (!BeginOpLocked()) return cancelled;
-    absl::Status s = ObtainLocked(lock, deadline, &grant);
+    absl::Status s = ObtainLocked(deadline, &grant);
     if (!s.ok()) {
-      lock.unlock();
+      lock.Unlock();
       EndOp();
       return s;
     }
@@ -585,29 +579,29 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
         bad = DestroyReason::kBroken;
       }
       if (!bad.has_value()) {
-        std::unique_lock<std::mutex> lock(mu_);
+        sync::MutexLock lock(&mu_);
         if (!shutting_down_) {
           Lease lease =
               MakeLeaseLocked(std::move(entry), std::move(holder), started);
-          lock.unlock();
+          lock.Unlock();
           EndOp();
           return lease;
         }
         bad = DestroyReason::kShutdown;
       }
       DestroyObject(std::move(entry.object));
-      std::unique_lock<std::mutex> lock(mu_);
+      sync::MutexLock lock(&mu_);
       CountClosedLocked(*bad);
       if (shutting_down_) {
         FreeSlotLocked();
-        lock.unlock();
+        lock.Unlock();
         EndOp();
         return cancelled;
       }
       if (clock_->Now() >= deadline) {
         FreeSlotLocked();
         ++counters_.timeouts;
-        lock.unlock();
+        lock.Unlock();
         EndOp();
         return absl::DeadlineExceededError(
             absl::StrCat("pool ", options_.name,
@@ -623,18 +617,18 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
     }
 
     absl::StatusOr<std::unique_ptr<T>> made = CreateObject();
-    std::unique_lock<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     if (!made.ok()) {
       ++counters_.create_failures;
       FreeSlotLocked();
-      lock.unlock();
+      lock.Unlock();
       EndOp();
       return made.status();
     }
     ++counters_.created;
     if (size_ > options_.max_size) ++counters_.overflow_created;
     if (shutting_down_) {
-      lock.unlock();
+      lock.Unlock();
       DestroyAndFreeSlot(std::move(*made), DestroyReason::kShutdown);
       EndOp();
       return cancelled;
@@ -642,7 +636,7 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
     const absl::Time now = clock_->Now();
     Lease lease = MakeLeaseLocked(Entry{std::move(*made), now, now},
                                   std::move(holder), started);
-    lock.unlock();
+    lock.Unlock();
     EndOp();
     return lease;
   }
@@ -653,7 +647,7 @@ void Pool<T>::Return(uint64_t id, std::unique_ptr<T> object,
                      absl::Time created_at, bool broken) {
   std::optional<DestroyReason> reason;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     leases_.erase(id);
     const absl::Time now = clock_->Now();
     if (broken) {
@@ -673,7 +667,7 @@ void Pool<T>::Return(uint64_t id, std::unique_ptr<T> object,
 
 template <typename T>
 void Pool<T>::SetHolder(uint64_t id, std::string holder) {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   auto it = leases_.find(id);
   if (it != leases_.end()) it->second.holder = std::move(holder);
 }
@@ -684,7 +678,7 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
   absl::Duration backoff = absl::Milliseconds(50);
   absl::Duration slept = absl::ZeroDuration();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     if (!BeginOpLocked()) {
       return absl::CancelledError(
           absl::StrCat("pool ", options_.name, " is shutting down"));
@@ -693,7 +687,7 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
   absl::Status result = absl::OkStatus();
   while (true) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      sync::MutexLock lock(&mu_);
       if (shutting_down_) {
         result = absl::CancelledError(
             absl::StrCat("pool ", options_.name, " is shutting down"));
@@ -707,13 +701,13 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
       ++topping_up_;
     }
     absl::StatusOr<std::unique_ptr<T>> made = CreateObject();
-    std::unique_lock<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     --topping_up_;
     if (made.ok()) {
       ++counters_.created;
       const absl::Time now = clock_->Now();
       if (std::unique_ptr<T> surplus = PutBackLocked(Entry{std::move(*made), now, now})) {
-        lock.unlock();
+        lock.Unlock();
         DestroyAndFreeSlot(std::move(surplus), DestroyReason::kOverflow);
       }
       continue;
@@ -724,9 +718,8 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
     const absl::Duration elapsed = std::max(clock_->Now() - started, slept);
     if (elapsed + backoff > retry_for) break;
     // Sleeps in real time, but wakes early when the pool starts shutting down.
-    ops_done_cv_.wait_for(
-        lock, internal::WaitSlice(backoff),
-        [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutting_down_; });
+    const auto wake_at = std::chrono::steady_clock::now() + internal::WaitSlice(backoff);
+    while (!shutting_down_ && ops_done_cv_.WaitUntil(&mu_, wake_at)) continue;
     slept += backoff;
     backoff = std::min(backoff * 2, absl::Seconds(2));
   }
@@ -748,7 +741,7 @@ void Pool<T>::Maintain() {
   std::vector<Leak> leaks;
   size_t to_create = 0;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     if (!BeginOpLocked()) return;
     const absl::Time now = clock_->Now();
     // Past max_lifetime: recycled regardless of min_idle.
@@ -788,7 +781,7 @@ void Pool<T>::Maintain() {
   }
 
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     // Slots freed above went to waiters first; top up only what is left.
     const size_t have = idle_.size() + topping_up_;
     if (!shutting_down_ && waiters_.empty() && have < options_.min_idle &&
@@ -800,7 +793,7 @@ void Pool<T>::Maintain() {
   }
   for (size_t i = 0; i < to_create; ++i) {
     absl::StatusOr<std::unique_ptr<T>> made = CreateObject();
-    std::unique_lock<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     --topping_up_;
     if (!made.ok()) {
       ++counters_.create_failures;
@@ -816,7 +809,7 @@ void Pool<T>::Maintain() {
       // The destructor waits for us; it destroys what is idle afterwards.
       idle_.push_back(Entry{std::move(*made), now, now});
     } else if (std::unique_ptr<T> surplus = PutBackLocked(Entry{std::move(*made), now, now})) {
-      lock.unlock();
+      lock.Unlock();
       DestroyAndFreeSlot(std::move(surplus), DestroyReason::kOverflow);
     }
   }
@@ -825,7 +818,7 @@ void Pool<T>::Maintain() {
 
 template <typename T>
 void Pool<T>::StartMaintenance(absl::Duration interval) {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   if (maintenance_started_ || shutting_down_) return;
   maintenance_started_ = true;
   const auto period = absl::ToChronoNanoseconds(
@@ -833,11 +826,9 @@ void Pool<T>::StartMaintenance(absl::Duration interval) {
   maintenance_thread_ = std::thread([this, period] {
     while (true) {
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        ops_done_cv_.wait_until(lock, std::chrono::steady_clock::now() + period,
-                                [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-                                  return shutting_down_;
-                                });
+        sync::MutexLock lock(&mu_);
+        const auto wake_at = std::chrono::steady_clock::now() + period;
+        while (!shutting_down_ && ops_done_cv_.WaitUntil(&mu_, wake_at)) continue;
         if (shutting_down_) return;
       }
       Maintain();
@@ -849,7 +840,7 @@ template <typename T>
 PoolStats Pool<T>::Stats() const {
   PoolStats s;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     s = counters_;
     s.size = size_;
     s.idle = idle_.size();

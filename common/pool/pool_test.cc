@@ -2,10 +2,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -16,29 +14,30 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
+#include "common/sync/mutex.h"
 #include "gtest/gtest.h"
 
 namespace poolside::pool {
 namespace {
 
-// Test synchronisation is built on std primitives, which ThreadSanitizer sees
-// (Debian's Abseil is not instrumented).
+// Test synchronisation uses sync::Mutex, which ThreadSanitizer sees
+// (common/sync/mutex.h).
 class Gate {
  public:
   void Open() {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     open_ = true;
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   void Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return open_; });
+    sync::MutexLock lock(&mu_);
+    while (!open_) cv_.Wait(&mu_);
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = false;
+  sync::Mutex mu_;
+  sync::CondVar cv_;
+  bool open_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 // Polls `condition` until it holds; fails the test after 10 s.
@@ -198,7 +197,7 @@ TEST_F(PoolTest, WaitersAreServedInArrivalOrder) {
   auto held = pool->Acquire(Soon());
   ASSERT_TRUE(held.ok());
 
-  std::mutex order_mu;
+  sync::Mutex order_mu;
   std::vector<int> order;
   std::vector<std::thread> threads;
   constexpr int kWaiters = 5;
@@ -206,7 +205,7 @@ TEST_F(PoolTest, WaitersAreServedInArrivalOrder) {
     threads.emplace_back([&, i] {
       auto l = pool->Acquire(clock_.Now() + absl::Seconds(3));
       ASSERT_TRUE(l.ok()) << l.status();
-      std::lock_guard<std::mutex> lock(order_mu);
+      sync::MutexLock lock(&order_mu);
       order.push_back(i);
     });  // the lease is returned here, handing it to the next waiter
     ASSERT_TRUE(WaitUntil(

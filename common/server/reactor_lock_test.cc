@@ -18,8 +18,11 @@ class FakeReactor {
   }
 
   void Finish(grpc::Status status) {
-    mutex_was_free = mu.TryLock();
-    if (mutex_was_free) mu.Unlock();
+    mutex_was_free = false;
+    if (mu.TryLock()) {
+      mutex_was_free = true;
+      mu.Unlock();
+    }
     finished.push_back(status);
     if (delete_on_finish) delete this;  // as an inline OnDone does
   }
@@ -53,8 +56,11 @@ TEST(ReactorLockTest, NoFinishUnlessAsked) {
   reactor.MaybeFinish(false, grpc::Status::OK);
   EXPECT_TRUE(reactor.finished.empty());
   // The lock was released all the same.
-  EXPECT_TRUE(reactor.mu.TryLock());
-  reactor.mu.Unlock();
+  if (reactor.mu.TryLock()) {
+    reactor.mu.Unlock();
+  } else {
+    ADD_FAILURE() << "MaybeFinish left the reactor's lock held";
+  }
 }
 
 TEST(ReactorLockTest, AReactorDeletedByFinishIsNotTouchedAgain) {

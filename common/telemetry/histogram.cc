@@ -49,7 +49,7 @@ void Histogram::Observe(double seconds) {
   const size_t bucket =
       std::lower_bound(bounds_.begin(), bounds_.end(), seconds) -
       bounds_.begin();
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   ++counts_[bucket];
   ++count_;
   sum_ += seconds;
@@ -62,7 +62,7 @@ Histogram::Snapshot Histogram::Take() const {
   Snapshot s;
   s.bounds = bounds_;
   s.cumulative_counts.resize(bounds_.size() + 1);
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   uint64_t running = 0;
   for (size_t i = 0; i < counts_.size(); ++i) {
     running += counts_[i];

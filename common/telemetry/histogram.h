@@ -21,6 +21,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "common/sync/mutex.h"
 
 namespace poolside::telemetry {
 
@@ -62,9 +63,8 @@ class Histogram {
 
  private:
   const std::vector<double> bounds_;
-  // std::mutex rather than absl::Mutex: Debian's Abseil is not built with
-  // ThreadSanitizer, so absl::Mutex would hide its happens-before edges.
-  mutable std::mutex mu_;
+  // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
+  mutable sync::Mutex mu_;
   std::vector<uint64_t> counts_
       ABSL_GUARDED_BY(mu_);  // per bucket, not cumulative
   uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;

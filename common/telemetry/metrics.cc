@@ -33,21 +33,21 @@ void MetricsRegistry::Registration::Reset() {
 }
 
 MetricsRegistry::Registration MetricsRegistry::AddCollector(Collector collector) {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   const uint64_t id = next_id_++;
   collectors_.emplace(id, std::move(collector));
   return Registration(this, id);
 }
 
 MetricsRegistry::Registration MetricsRegistry::AddStatusSection(StatusSection section) {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   const uint64_t id = next_id_++;
   sections_.emplace(id, std::move(section));
   return Registration(this, id);
 }
 
 void MetricsRegistry::Remove(uint64_t id) {
-  std::lock_guard<std::mutex> lock(mu_);
+  sync::MutexLock lock(&mu_);
   collectors_.erase(id);
   sections_.erase(id);
 }
@@ -55,7 +55,7 @@ void MetricsRegistry::Remove(uint64_t id) {
 std::vector<prometheus::MetricFamily> MetricsRegistry::Collect() const {
   std::vector<prometheus::MetricFamily> all = registry_->Collect();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     for (const auto& [id, collector] : collectors_) collector(&all);
   }
   AppendProcessMetrics(&all);
@@ -94,7 +94,7 @@ std::string MetricsRegistry::StatusPageHtml() const {
   }
   std::vector<StatusTable> tables;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     for (const auto& [id, section] : sections_) tables.push_back(section());
   }
   return RenderStatusPage(header, tables);

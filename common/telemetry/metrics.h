@@ -40,6 +40,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "common/sync/mutex.h"
 #include "common/telemetry/metrics_family.h"
 #include "common/telemetry/status_page.h"
 #include "prometheus/metric_family.h"
@@ -98,9 +99,8 @@ class MetricsRegistry {
   const std::string service_;
   const absl::Time started_;
   std::shared_ptr<prometheus::Registry> registry_;
-  // std::mutex rather than absl::Mutex: Debian's Abseil is not built with
-  // ThreadSanitizer (see histogram.h).
-  mutable std::mutex mu_;
+  // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
+  mutable sync::Mutex mu_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Collector> collectors_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, StatusSection> sections_ ABSL_GUARDED_BY(mu_);

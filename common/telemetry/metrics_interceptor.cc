@@ -18,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/sync/mutex.h"
 #include "common/telemetry/histogram.h"
 #include "common/telemetry/metrics_family.h"
 #include "common/telemetry/trace_grpc.h"
@@ -80,7 +81,7 @@ class CallMetrics {
         recent_[(reinterpret_cast<uintptr_t>(full_method) >> 4) % recent_.size()];
     MethodSeries* m = slot.load(std::memory_order_acquire);
     if (m != nullptr && m->full_name == full_method) return m;
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     m = &SeriesFor(full_method, type);
     // "other" stands for many names; caching it would only evict real ones.
     if (m->full_name == full_method) slot.store(m, std::memory_order_release);
@@ -91,7 +92,7 @@ class CallMetrics {
     if (code < 0 || code >= kCodes) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
     prometheus::Histogram* latency = m.latency[code].load(std::memory_order_acquire);
     if (latency == nullptr) {
-      std::lock_guard<std::mutex> lock(mu_);
+      sync::MutexLock lock(&mu_);
       if (m.handled[code].load(std::memory_order_relaxed) == nullptr) {
         const prometheus::Labels labels = {{"grpc_service", m.service},
                                            {"grpc_method", m.method},
@@ -113,7 +114,7 @@ class CallMetrics {
     t.title = "gRPC calls";
     t.columns = {"method", "calls", "errors", "mean", "p50", "p99"};
     std::vector<std::pair<std::string, const MethodSeries*>> methods;
-    std::lock_guard<std::mutex> lock(mu_);
+    sync::MutexLock lock(&mu_);
     for (const auto& [key, m] : series_) methods.emplace_back(key, m.get());
     std::sort(methods.begin(), methods.end());
     for (const auto& [key, m] : methods) {
@@ -181,7 +182,8 @@ class CallMetrics {
 
   prometheus::Family<prometheus::Counter>& handled_;
   prometheus::Family<prometheus::Histogram>& latency_;
-  mutable std::mutex mu_;
+  // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
+  mutable sync::Mutex mu_;
   absl::flat_hash_map<std::string, std::unique_ptr<MethodSeries>> series_ ABSL_GUARDED_BY(mu_);
   std::array<std::atomic<MethodSeries*>, 16> recent_{};
 };

@@ -180,4 +180,27 @@ void OtlpExporter::LogStats(const char* message) {
                     {"queued", absl::StrCat(s.queue_size)}});
 }
 
+absl::StatusOr<std::unique_ptr<Tracer>> StartTracing(const v1::TracingConfig& config,
+                                                     absl::string_view service) {
+  if (absl::Status s = ValidateTracingConfig(config); !s.ok()) return s;
+  if (config.endpoint().empty()) return std::unique_ptr<Tracer>();
+  OtlpExporterOptions o;
+  o.endpoint = config.endpoint();
+  if (config.max_batch_size() > 0) o.max_batch_size = config.max_batch_size();
+  if (config.batch_interval_ms() > 0) o.batch_interval = absl::Milliseconds(config.batch_interval_ms());
+  if (config.max_queue_size() > 0) o.max_queue_size = config.max_queue_size();
+  if (config.export_timeout_ms() > 0) o.export_timeout = absl::Milliseconds(config.export_timeout_ms());
+  if (config.stats_log_interval_ms() > 0) {
+    o.stats_log_interval = absl::Milliseconds(config.stats_log_interval_ms());
+  }
+  o.resource = ProcessResource(config.service_name().empty()
+                                   ? absl::StrCat("poolside-", service)
+                                   : config.service_name());
+  o.scope_version = kPoolsideVersion;
+  const double ratio = config.has_sampling_ratio() ? config.sampling_ratio() : 1.0;
+  auto tracer = std::make_unique<Tracer>(ratio, std::make_unique<OtlpExporter>(std::move(o)));
+  SetGlobalTracer(tracer.get());
+  return tracer;
+}
+
 }  // namespace poolside::telemetry

@@ -32,9 +32,14 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/telemetry/span_exporter.h"
+#include "common/telemetry/trace.h"
 #include "proto/opentelemetry/proto/collector/trace/v1/trace_service.grpc.pb.h"
 #include "proto/opentelemetry/proto/trace/v1/trace.pb.h"
+#include "proto/poolside/v1/config.pb.h"
 
 namespace poolside::telemetry {
 
@@ -53,37 +58,22 @@ struct OtlpExporterOptions {
   std::string scope_version;
 };
 
-// Counters since the exporter started. `spans_dropped_total()` is what an
-// operator alerts on.
-struct ExporterStats {
-  uint64_t spans_queued_total = 0;    // accepted into the queue
-  uint64_t spans_exported_total = 0;  // acknowledged by the collector
-  uint64_t spans_dropped_queue_full_total = 0;
-  uint64_t spans_dropped_export_failed_total = 0;  // collector down, slow or refusing
-  uint64_t export_requests_total = 0;
-  uint64_t export_failures_total = 0;
-  uint64_t queue_size = 0;  // now
-  uint64_t spans_dropped_total() const {
-    return spans_dropped_queue_full_total + spans_dropped_export_failed_total;
-  }
-};
-
-class OtlpExporter {
+class OtlpExporter : public SpanExporter {
  public:
   explicit OtlpExporter(OtlpExporterOptions options);
   // Sends what is queued (for at most export_timeout in all), then stops.
-  ~OtlpExporter();
+  ~OtlpExporter() override;
   OtlpExporter(const OtlpExporter&) = delete;
   OtlpExporter& operator=(const OtlpExporter&) = delete;
 
-  void Export(std::unique_ptr<opentelemetry::proto::trace::v1::Span> span);
+  void Export(std::unique_ptr<opentelemetry::proto::trace::v1::Span> span) override;
 
-  ExporterStats stats() const;
+  ExporterStats stats() const override;
 
   // Sends what is queued now without waiting for the batch interval, and
   // waits until every span queued before the call was exported or dropped.
   // False if that took longer than `timeout`.
-  bool Flush(absl::Duration timeout);
+  bool Flush(absl::Duration timeout) override;
 
  private:
   void Loop();
@@ -107,6 +97,13 @@ class OtlpExporter {
   absl::Time last_failure_log_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::thread thread_;
 };
+
+// Creates the tracer `config` describes, exporting over OTLP/gRPC, and makes
+// it the process's tracer (trace.h); null (and OK) when config.endpoint is
+// empty. `service` is "query", "cache", "ingest" or "cli". INVALID_ARGUMENT
+// as ValidateTracingConfig.
+absl::StatusOr<std::unique_ptr<Tracer>> StartTracing(const v1::TracingConfig& config,
+                                                     absl::string_view service);
 
 }  // namespace poolside::telemetry
 

@@ -149,7 +149,7 @@ void Span::End(absl::Time end) {
     return;
   }
   data_->set_end_time_unix_nano(UnixNanos(end));
-  tracer_->exporter_.Export(std::move(data_));
+  tracer_->exporter_->Export(std::move(data_));
   tracer_ = nullptr;
 }
 
@@ -215,7 +215,7 @@ std::vector<std::pair<std::string, std::string>> ProcessResource(
 
 // ---- Tracer ----
 
-Tracer::Tracer(double sampling_ratio, OtlpExporterOptions exporter)
+Tracer::Tracer(double sampling_ratio, std::unique_ptr<SpanExporter> exporter)
     : sampler_(sampling_ratio), exporter_(std::move(exporter)) {}
 
 Tracer::~Tracer() {
@@ -292,29 +292,6 @@ absl::Status ValidateTracingConfig(const v1::TracingConfig& config) {
     }
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::unique_ptr<Tracer>> StartTracing(const v1::TracingConfig& config,
-                                                     absl::string_view service) {
-  if (absl::Status s = ValidateTracingConfig(config); !s.ok()) return s;
-  if (config.endpoint().empty()) return std::unique_ptr<Tracer>();
-  OtlpExporterOptions o;
-  o.endpoint = config.endpoint();
-  if (config.max_batch_size() > 0) o.max_batch_size = config.max_batch_size();
-  if (config.batch_interval_ms() > 0) o.batch_interval = absl::Milliseconds(config.batch_interval_ms());
-  if (config.max_queue_size() > 0) o.max_queue_size = config.max_queue_size();
-  if (config.export_timeout_ms() > 0) o.export_timeout = absl::Milliseconds(config.export_timeout_ms());
-  if (config.stats_log_interval_ms() > 0) {
-    o.stats_log_interval = absl::Milliseconds(config.stats_log_interval_ms());
-  }
-  o.resource = ProcessResource(config.service_name().empty()
-                                   ? absl::StrCat("poolside-", service)
-                                   : config.service_name());
-  o.scope_version = kPoolsideVersion;
-  const double ratio = config.has_sampling_ratio() ? config.sampling_ratio() : 1.0;
-  auto tracer = std::make_unique<Tracer>(ratio, std::move(o));
-  SetGlobalTracer(tracer.get());
-  return tracer;
 }
 
 }  // namespace poolside::telemetry

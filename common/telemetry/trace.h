@@ -11,6 +11,9 @@
 //       StartTracing(config.server().telemetry().tracing(), "query");
 //   // null when server.telemetry.tracing.endpoint is empty: tracing off
 //
+// (StartTracing is in otlp_exporter.h: this library knows no gRPC, only the
+// SpanExporter interface, so code that records spans builds without it.)
+//
 // Code records spans through the process's tracer:
 //
 //   Span span = StartSpan("pool.acquire", SpanKind::kInternal, work.trace);
@@ -59,7 +62,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/telemetry/otlp_exporter.h"
+#include "common/telemetry/span_exporter.h"
 #include "common/telemetry/trace_context.h"
 #include "proto/poolside/v1/config.pb.h"
 
@@ -142,7 +145,8 @@ std::vector<std::pair<std::string, std::string>> ProcessResource(absl::string_vi
 
 class Tracer {
  public:
-  Tracer(double sampling_ratio, OtlpExporterOptions exporter);
+  // `exporter` is not null.
+  Tracer(double sampling_ratio, std::unique_ptr<SpanExporter> exporter);
   ~Tracer();  // uninstalls itself if it is the process's tracer; flushes
   Tracer(const Tracer&) = delete;
   Tracer& operator=(const Tracer&) = delete;
@@ -151,24 +155,18 @@ class Tracer {
   Span StartSpan(absl::string_view name, SpanKind kind, const SpanContext& parent,
                  absl::Time start = absl::Now());
 
-  ExporterStats stats() const { return exporter_.stats(); }
-  bool Flush(absl::Duration timeout) { return exporter_.Flush(timeout); }
+  ExporterStats stats() const { return exporter_->stats(); }
+  bool Flush(absl::Duration timeout) { return exporter_->Flush(timeout); }
 
  private:
   friend class Span;
   const ParentBasedRatioSampler sampler_;
-  OtlpExporter exporter_;
+  const std::unique_ptr<SpanExporter> exporter_;
 };
 
 // Checks a TracingConfig (ratio within 0..1, endpoint shaped host:port);
 // INVALID_ARGUMENT naming the field otherwise.
 absl::Status ValidateTracingConfig(const v1::TracingConfig& config);
-
-// Creates the tracer `config` describes and makes it the process's tracer;
-// null (and OK) when config.endpoint is empty. `service` is "query", "cache",
-// "ingest" or "cli".
-absl::StatusOr<std::unique_ptr<Tracer>> StartTracing(const v1::TracingConfig& config,
-                                                     absl::string_view service);
 
 // The process's tracer, null when tracing is off.
 Tracer* GlobalTracer();

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "common/telemetry/otlp_exporter.h"
 #include "common/telemetry/trace.h"
 #include "common/telemetry/trace_context.h"
 #include "grpcpp/grpcpp.h"

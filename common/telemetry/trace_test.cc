@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/telemetry/otlp_exporter.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/otlp_receiver.h"
 

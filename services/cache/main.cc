@@ -36,6 +36,7 @@
 #include "common/server/tls.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
+#include "common/telemetry/otlp_exporter.h"
 #include "common/telemetry/trace.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "services/cache/cache_config.h"

@@ -799,7 +799,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
 }
 
 absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& conn) {
-  std::lock_guard<std::mutex> lock(db.keys_table_mu);
+  absl::MutexLock lock(&db.keys_table_mu);
   if (!db.keys_table_ready) {
     absl::Status s = EnsureKeysTable(conn, absl::Now() + kCatalogTimeout);
     if (!s.ok()) return s;

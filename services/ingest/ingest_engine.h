@@ -67,7 +67,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -191,11 +190,11 @@ class IngestEngine {
     bool closed ABSL_GUARDED_BY(roles_mu) = false;
     std::deque<Job> jobs;  // guarded by the engine's mu_
     absl::flat_hash_map<std::string, Table> tables;  // guarded by mu_
-    std::mutex keys_table_mu;
-    bool keys_table_ready = false;  // guarded by keys_table_mu
+    absl::Mutex keys_table_mu;
+    bool keys_table_ready ABSL_GUARDED_BY(keys_table_mu) = false;
     // The roles' login users may use the key table (GrantKeysTable).
-    bool keys_table_granted = false;       // guarded by keys_table_mu
-    bool keys_table_grant_warned = false;  // guarded by keys_table_mu
+    bool keys_table_granted ABSL_GUARDED_BY(keys_table_mu) = false;
+    bool keys_table_grant_warned ABSL_GUARDED_BY(keys_table_mu) = false;
   };
   struct KeyState {
     std::string table;

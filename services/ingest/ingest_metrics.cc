@@ -62,7 +62,7 @@ void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::Metric
 }  // namespace
 
 double RateMeter::Sample(uint64_t total, absl::Time now) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   while (!samples_.empty() && now - samples_.front().first > window_) samples_.pop_front();
   double rate;
   if (!samples_.empty() && now > samples_.front().first) {

@@ -25,10 +25,10 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/telemetry/metrics.h"
 #include "services/ingest/ingest_engine.h"
@@ -46,7 +46,7 @@ class RateMeter {
  private:
   const absl::Time start_;
   const absl::Duration window_;
-  std::mutex mu_;
+  absl::Mutex mu_;
   std::deque<std::pair<absl::Time, uint64_t>> samples_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -17,6 +17,7 @@
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
+#include "common/telemetry/otlp_exporter.h"
 #include "common/telemetry/trace.h"
 #include "services/ingest/ingest_config.h"
 #include "services/ingest/ingest_engine.h"

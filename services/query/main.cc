@@ -12,6 +12,7 @@
 #include "common/server/service_flags.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
+#include "common/telemetry/otlp_exporter.h"
 #include "common/telemetry/trace.h"
 #include "services/query/named_queries.h"
 #include "services/query/query_config.h"

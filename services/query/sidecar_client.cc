@@ -509,12 +509,14 @@ void SidecarClient::Invalidate(std::vector<std::string> tags, bool flush_all, st
   }
   pending->done = std::move(done);
   auto answer = [pending](absl::Status s) {
+    absl::Status first;
     {
       absl::MutexLock lock(&pending->mu);
       if (pending->status.ok()) pending->status = std::move(s);
       if (--pending->left > 0) return;
+      first = pending->status;
     }
-    pending->done(pending->status);
+    pending->done(std::move(first));
   };
   using InvalidateCall = Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>;
   for (size_t i = 0; i < chunks.size(); ++i) {
