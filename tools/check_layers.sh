@@ -26,6 +26,7 @@ CORES=(
   //services/query:query_config
   //services/query:query_metrics
   //services/query:relay_message
+  //services/query:replicas
   //services/query:result_sinks
   //services/query:row_keys
   //services/query:statement_stats
@@ -53,7 +54,10 @@ CORES=(
   //common/db:copy
   //common/db:hypothetical_index
   //common/db:logical_stream
+  //common/db:topology
   //common/db:topology_monitor
+  //common/db:member_probe
+  //common/db:patroni_client
   //common/db:value_codec
   //common/pool
   //common/sql:statement_analyzer
