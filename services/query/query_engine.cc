@@ -134,8 +134,13 @@ QueryEngine::~QueryEngine() {
     admin.swap(admin_thread_);
   }
   if (admin.joinable()) admin.join();
-  // Detached CheckDatabases threads reference the databases: wait for them.
-  while (background_threads_.load() > 0) absl::SleepFor(absl::Milliseconds(5));
+  // CheckDatabases threads reference the databases: wait for them.
+  std::vector<CheckThread> checks;
+  {
+    absl::MutexLock lock(&checks_mu_);
+    checks.swap(checks_);
+  }
+  for (CheckThread& c : checks) c.thread.join();
   {
     absl::MutexLock lock(&roles_mu_);
     role_databases_.clear();
@@ -868,8 +873,8 @@ absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& reques
     return absl::ResourceExhaustedError("too many CheckDatabases calls at once; retry shortly");
   }
   for (Database* db : dbs) response->add_databases()->set_database(db->name());
-  ++background_threads_;
-  std::thread([this, dbs, deadline, response, done = std::move(done)] {
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  std::thread thread([this, dbs, deadline, response, finished, done = std::move(done)] {
     // Each check is bounded by its own short timeout as well as the call's deadline.
     ParallelFor(dbs.size(), config_.limits().check_concurrency(), [&](size_t i) {
       v1::DatabaseHealth* h = response->mutable_databases(static_cast<int>(i));
@@ -896,8 +901,20 @@ absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& reques
     }
     checks_running_.fetch_sub(1);
     done(absl::OkStatus());
-    --background_threads_;
-  }).detach();
+    finished->store(true);
+  });
+  absl::MutexLock lock(&checks_mu_);
+  // Those that ended are joined now (at once): at most kMaxConcurrentChecks
+  // threads, plus any just ending, are kept.
+  for (auto it = checks_.begin(); it != checks_.end();) {
+    if (it->finished->load()) {
+      it->thread.join();
+      it = checks_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  checks_.push_back({std::move(thread), std::move(finished)});
   return absl::OkStatus();
 }
 

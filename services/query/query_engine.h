@@ -184,7 +184,15 @@ class QueryEngine {
   mutable absl::Mutex catalogs_mu_;
   absl::flat_hash_map<std::string, CatalogState> catalogs_ ABSL_GUARDED_BY(catalogs_mu_);
   std::atomic<int> checks_running_{0};
-  std::atomic<int> background_threads_{0};
+  // CheckDatabases calls, each on a thread of its own (their checks block on
+  // connections); finished ones are joined by the next call, the rest at
+  // destruction.
+  struct CheckThread {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> finished;
+  };
+  absl::Mutex checks_mu_;
+  std::vector<CheckThread> checks_ ABSL_GUARDED_BY(checks_mu_);
   absl::Notification stopping_;
   std::thread maintenance_;
   std::thread warmup_;
