@@ -6,11 +6,9 @@
 #include <optional>
 #include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/db/catalog.h"
 #include "common/db/error.h"
-#include "common/db/text_rows.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "common/config/database_config.h"
@@ -33,20 +31,34 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
   span.End(end);
 }
 
-// The one int8 kCommitLsnSql returns (0 when it did not).
-uint64_t CommitLsnOf(const db::TextRows& rows) {
-  int64_t lsn = 0;
-  if (rows.rows.size() != 1 || rows.rows[0].size() != 1 ||
-      !absl::SimpleAtoi(rows.rows[0][0], &lsn)) {
-    return 0;
+// Keeps the one int8 kCommitLsnSql returns.
+class LsnSink : public db::ResultSink {
+ public:
+  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
+    return absl::OkStatus();
   }
-  return static_cast<uint64_t>(lsn);
-}
+  v1::Row* NewRow() override {
+    row_.Clear();
+    return &row_;
+  }
+  absl::Status RowDone(size_t) override {
+    if (row_.values_size() == 1 && row_.values(0).has_int64_value()) {
+      lsn = static_cast<uint64_t>(row_.values(0).int64_value());
+    }
+    return absl::OkStatus();
+  }
+  void Finish(int64_t, absl::string_view) override {}
+
+  uint64_t lsn = 0;
+
+ private:
+  v1::Row row_;
+};
 
 }  // namespace
 
 absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline) {
-  db::TextRows sink;
+  LsnSink sink;
   db::Statement st;
   st.sql = kCommitLsnSql;
   st.sink = &sink;
@@ -54,9 +66,8 @@ absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline
   db::Statement* ptr = &st;
   if (absl::Status link = conn.RunIndependent({&ptr, 1}); !link.ok()) return link;
   if (!st.status.ok()) return st.status;
-  const uint64_t lsn = CommitLsnOf(sink);
-  if (lsn == 0) return absl::InternalError("the server returned no WAL position");
-  return lsn;
+  if (sink.lsn == 0) return absl::InternalError("the server returned no WAL position");
+  return sink.lsn;
 }
 
 Database::Database(const v1::DatabaseConfig& config, std::string role, std::string member)
@@ -392,7 +403,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   pipelined_statements_.fetch_add(statements.size(), std::memory_order_relaxed);
   // Writes that want their commit's position: one read of it after all of
   // them, in the same round trip (each statement committed at its Sync).
-  db::TextRows lsn_sink;
+  LsnSink lsn_sink;
   db::Statement lsn;
   if (want_lsn) {
     lsn.sql = kCommitLsnSql;
@@ -404,10 +415,9 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   uint64_t reruns = 0;
   absl::Status link = (*lease)->RunIndependent(statements, &reruns);
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
-  const uint64_t commit_lsn = want_lsn && link.ok() && lsn.status.ok() ? CommitLsnOf(lsn_sink) : 0;
-  if (commit_lsn != 0) {
+  if (want_lsn && link.ok() && lsn.status.ok() && lsn_sink.lsn != 0) {
     for (auto& w : batch) {
-      if (w->wants_commit_lsn && w->statement.status.ok()) w->commit_lsn = commit_lsn;
+      if (w->wants_commit_lsn && w->statement.status.ok()) w->commit_lsn = lsn_sink.lsn;
     }
   }
   const bool lost = !link.ok() || (*lease)->broken();
