@@ -89,14 +89,6 @@ void Loopback(v1::ServerConfig* server, const std::string& stem) {
   server->mutable_tls()->set_plaintext(true);
 }
 
-absl::StatusOr<std::unique_ptr<ServiceProcess>> StartCache(const std::string& socket) {
-  v1::CacheServiceConfig config;
-  const std::string stem = NewStem("cache_server");
-  Loopback(config.mutable_server(), stem);
-  config.set_unix_socket(socket);
-  config.set_capacity_bytes(64 << 20);
-  return StartConfigured("services/cache/cache_server", config, stem + ".port", stem);
-}
 
 v1::DatabaseConfig* AddDemoDatabase(const PostgresCluster& pg,
                                     google::protobuf::RepeatedPtrField<v1::DatabaseConfig>* dbs) {
@@ -180,7 +172,7 @@ absl::Status StartStack(Stack* stack) {
 
   // Unix socket paths are limited to 107 bytes: not under the test outputs.
   const std::string socket = absl::StrCat("/tmp/poolside-clients-", getpid(), ".sock");
-  absl::StatusOr<std::unique_ptr<ServiceProcess>> cache = StartCache(socket);
+  absl::StatusOr<std::unique_ptr<ServiceProcess>> cache = StartSidecar(socket, 64 << 20);
   if (!cache.ok()) return cache.status();
   stack->cache = *std::move(cache);
   absl::StatusOr<std::unique_ptr<ServiceProcess>> query = StartQuery(*stack->pg, socket);

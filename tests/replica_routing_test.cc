@@ -53,6 +53,7 @@ using ::poolside::testing::NewStem;
 using ::poolside::testing::ReplicatedCluster;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::StartConfigured;
+using ::poolside::testing::StartSidecar;
 using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "rr";
@@ -159,14 +160,7 @@ class Env {
 
     socket_ = absl::StrCat("/tmp/poolside-rr-", getpid(), ".sock");
     {
-      const std::string stem = NewStem("cache_server");
-      v1::CacheServiceConfig config;
-      config.mutable_server()->set_listen("127.0.0.1:0");
-      config.mutable_server()->mutable_tls()->set_plaintext(true);
-      config.mutable_server()->set_port_file(stem + ".port");
-      config.set_unix_socket(socket_);
-      config.set_capacity_bytes(16 << 20);
-      auto p = StartConfigured("services/cache/cache_server", config, stem + ".port", stem);
+      auto p = StartSidecar(socket_, 16 << 20);
       if (!p.ok()) return p.status();
       sidecar_ = *std::move(p);
     }

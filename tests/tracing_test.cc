@@ -45,6 +45,7 @@ using ::poolside::testing::NewStem;
 using ::poolside::testing::OtlpReceiver;
 using ::poolside::testing::ReceivedSpan;
 using ::poolside::testing::RunCommand;
+using ::poolside::testing::StartSidecar;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::SharedPostgres;
@@ -126,14 +127,10 @@ class TracingTest : public ::testing::Test {
                     .ok());
 
     // The cache sidecar, on a unix socket.
-    v1::CacheServiceConfig cache;
-    const std::string cache_stem = NewStem("cache_server");
-    Loopback(cache.mutable_server(), cache_stem);
     socket_ = absl::StrCat("/tmp/poolside-tracing-", getpid(), ".sock");
-    cache.set_unix_socket(socket_);
-    cache.set_capacity_bytes(16 << 20);
-    TraceTo(cache.mutable_server(), receiver_->address());
-    auto c = StartConfigured("services/cache/cache_server", cache, cache_stem + ".port", cache_stem);
+    auto c = StartSidecar(socket_, 16 << 20, [&](v1::CacheServiceConfig* cache) {
+      TraceTo(cache->mutable_server(), receiver_->address());
+    });
     ASSERT_TRUE(c.ok()) << c.status();
     cache_ = c->release();
 

@@ -66,6 +66,7 @@ using ::poolside::testing::NewStem;
 using ::poolside::testing::PostgresCluster;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::StartConfigured;
+using ::poolside::testing::StartSidecar;
 using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "wc";
@@ -154,14 +155,7 @@ struct Sidecar {
   absl::Status Start() {
     static std::atomic<int> n{0};
     if (socket.empty()) socket = absl::StrCat("/tmp/poolside-wc-", getpid(), "-", n++, ".sock");
-    const std::string stem = NewStem("cache_server");
-    v1::CacheServiceConfig config;
-    config.mutable_server()->set_listen("127.0.0.1:0");
-    config.mutable_server()->mutable_tls()->set_plaintext(true);
-    config.mutable_server()->set_port_file(stem + ".port");
-    config.set_unix_socket(socket);
-    config.set_capacity_bytes(64 << 20);
-    auto p = StartConfigured("services/cache/cache_server", config, stem + ".port", stem);
+    auto p = StartSidecar(socket, 64 << 20);
     if (!p.ok()) return p.status();
     process = *std::move(p);
     auto channel = Connect(process->address());
