@@ -639,8 +639,7 @@ absl::StatusOr<std::optional<LogicalEvent>> LogicalStream::HandleMessage(
   return event;
 }
 
-absl::StatusOr<std::optional<LogicalEvent>> LogicalStream::Next(absl::Time deadline,
-                                                                Lsn wake_past) {
+absl::StatusOr<std::optional<LogicalEvent>> LogicalStream::Next(absl::Time deadline) {
   if (!status_.ok()) return status_;
   while (true) {
     const absl::Time now = absl::Now();
@@ -654,9 +653,7 @@ absl::StatusOr<std::optional<LogicalEvent>> LogicalStream::Next(absl::Time deadl
       absl::StatusOr<std::optional<LogicalEvent>> event =
           HandleMessage(absl::string_view(buf, static_cast<size_t>(n)));
       if (!event.ok()) return Fail(event.status());
-      if (event->has_value() || absl::Now() >= deadline || delivered_lsn_ > wake_past) {
-        return event;
-      }
+      if (event->has_value() || absl::Now() >= deadline) return event;
       continue;
     }
     if (n == -1) return Fail(Lost("reading (the server ended the stream)"));

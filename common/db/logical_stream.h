@@ -66,7 +66,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -153,11 +152,7 @@ class LogicalStream {
   // stream (see the design notes): UNAVAILABLE when the connection is lost or
   // the server ends the stream, DATA_LOSS for a message that cannot be
   // decoded, or the server's error translated as in error.h.
-  // With `wake_past`, it also returns nullopt early once delivered_lsn()
-  // moves beyond that position between transactions (a keepalive saying the
-  // server decoded further without anything to send).
-  absl::StatusOr<std::optional<LogicalEvent>> Next(
-      absl::Time deadline, Lsn wake_past = std::numeric_limits<Lsn>::max());
+  absl::StatusOr<std::optional<LogicalEvent>> Next(absl::Time deadline);
 
   // The consumer has applied every transaction whose Commit end_lsn is at most
   // `lsn`. Reported to the server with the next status update, so the slot

@@ -29,9 +29,6 @@ constexpr int kUnavailableBackoff = 10;
 // the server's default wal_sender_timeout, since the stream is not read
 // meanwhile.
 constexpr absl::Duration kMaxInvisible = absl::Seconds(20);
-// How long the holder may block on its stream before it looks at whether it
-// is being stopped.
-constexpr absl::Duration kStopCheck = absl::Milliseconds(100);
 
 // True when every transaction of the int8[] parameter $<param> (32-bit xids,
 // as pgoutput sends them) is visible to a snapshot taken now: committed and
@@ -302,9 +299,9 @@ void WalRelay::Add(const db::LogicalEvent& event, Pending* pending, int64_t* old
   }
 }
 
-absl::StatusOr<std::optional<WalRelay::NotifiedAt>> WalRelay::Notify(
-    db::Connection& session, const std::vector<std::string>& payloads,
-    const std::vector<uint32_t>& xids) {
+absl::StatusOr<std::optional<db::Lsn>> WalRelay::Notify(db::Connection& session,
+                                                        const std::vector<std::string>& payloads,
+                                                        const std::vector<uint32_t>& xids) {
   const absl::Time deadline = absl::Now() + absl::Seconds(5);
   const bool one_statement = payloads.size() <= kPayloadsPerStatement;
   if (!xids.empty() && !one_statement) {
@@ -316,7 +313,7 @@ absl::StatusOr<std::optional<WalRelay::NotifiedAt>> WalRelay::Notify(
         Query(session, absl::StrCat("SELECT ", VisibleCondition(1)), check, deadline);
     if (!visible.ok()) return visible.status();
     if (visible->rows_size() != 1 || !visible->rows(0).values(0).bool_value()) {
-      return std::optional<NotifiedAt>();
+      return std::optional<db::Lsn>();
     }
   }
   std::vector<std::string> sql;
@@ -340,10 +337,6 @@ absl::StatusOr<std::optional<WalRelay::NotifiedAt>> WalRelay::Notify(
     }
     sql.push_back(std::move(text));
   }
-  // Run after the NOTIFYs committed (its own implicit transaction): at or
-  // after the last one's commit record.
-  sql.push_back("SELECT pg_catalog.pg_current_wal_insert_lsn()::text");
-  params.emplace_back();
   std::vector<v1::ResultSet> results(sql.size());
   std::vector<ResultBudget> budgets(sql.size(), ResultBudget{10, 1 << 20});
   std::vector<std::unique_ptr<ResultSetSink>> sinks;
@@ -361,21 +354,15 @@ absl::StatusOr<std::optional<WalRelay::NotifiedAt>> WalRelay::Notify(
   for (const db::Statement& st : statements) {
     if (!st.status.ok()) return st.status;
   }
-  const v1::ResultSet& last = results[results.size() - 2];
-  if (!xids.empty() && one_statement && last.rows_size() == 0) {
-    return std::optional<NotifiedAt>();
+  const v1::ResultSet& last = results.back();
+  if (!xids.empty() && one_statement && last.rows_size() == 0) return std::optional<db::Lsn>();
+  if (last.rows_size() != 1 || last.rows(0).values_size() == 0) {
+    return absl::InternalError("NOTIFY returned no WAL position");
   }
-  auto lsn_of = [](const v1::ResultSet& r) -> absl::StatusOr<db::Lsn> {
-    if (r.rows_size() != 1 || r.rows(0).values_size() == 0) {
-      return absl::InternalError("NOTIFY returned no WAL position");
-    }
-    return db::ParseLsn(r.rows(0).values(r.rows(0).values_size() - 1).text_value());
-  };
-  absl::StatusOr<db::Lsn> flushed = lsn_of(last);
-  if (!flushed.ok()) return flushed.status();
-  absl::StatusOr<db::Lsn> after = lsn_of(results.back());
-  if (!after.ok()) return after.status();
-  return std::optional<NotifiedAt>(NotifiedAt{*flushed, *after});
+  const v1::Value& lsn = last.rows(0).values(last.rows(0).values_size() - 1);
+  absl::StatusOr<db::Lsn> parsed = db::ParseLsn(lsn.text_value());
+  if (!parsed.ok()) return parsed.status();
+  return std::optional<db::Lsn>(*parsed);
 }
 
 absl::Status WalRelay::Hold(db::Connection& session) {
@@ -440,10 +427,6 @@ absl::Status WalRelay::Hold(db::Connection& session) {
   // Samples of the server's WAL position (read with each NOTIFY) and when:
   // how long ago the server was where the stream is now.
   std::deque<std::pair<absl::Time, db::Lsn>> wal;
-  // The server's insert position after the relay's last NOTIFY committed:
-  // decoding up to there is (as far as the relay knows) only its own
-  // commits, which call for no heartbeat.
-  db::Lsn own_wal_end = 0;
   auto send = [&](RelayHeader::Kind kind, const Pending& pending, int64_t oldest_commit,
                   const std::vector<uint32_t>& xids) -> absl::Status {
     header.kind = kind;
@@ -470,7 +453,7 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       tables.push_back(std::move(out));
     }
     const std::vector<std::string> payloads = EncodeRelay(header, tables);
-    absl::StatusOr<std::optional<NotifiedAt>> at = Notify(session, payloads, xids);
+    absl::StatusOr<std::optional<db::Lsn>> at = Notify(session, payloads, xids);
     // Not visible yet: the committing backends are between their commit
     // record and leaving the proc array (or waiting for a synchronous
     // standby). No wait primitive exists for that; poll briefly.
@@ -492,8 +475,7 @@ absl::Status WalRelay::Hold(db::Connection& session) {
     }
     if (!at.ok()) return at.status();
     header.seq += payloads.size();
-    wal.emplace_back(now, (*at)->flushed);
-    own_wal_end = std::max(own_wal_end, (*at)->after);
+    wal.emplace_back(now, **at);
     if (wal.size() > 256) wal.pop_front();
     if (kind != RelayHeader::kHello) (*stream)->Confirm(header.through);
     absl::MutexLock lock(&mu_);
@@ -536,28 +518,15 @@ absl::Status WalRelay::Hold(db::Connection& session) {
   absl::Time last_sent = absl::Now();
   absl::Time first_pending = absl::InfiniteFuture();
   bool between_transactions = true;
-  // Decoding moved past what was relayed and past the relay's own commits.
-  auto progressed = [&] {
-    const db::Lsn delivered = (*stream)->delivered_lsn();
-    return delivered > header.through && delivered > own_wal_end;
-  };
   while (!stopping_.HasBeenNotified()) {
     absl::Time deadline = last_sent + options_.heartbeat;
-    // Waiting with nothing to relay: wake as soon as decoding moves on.
-    db::Lsn wake_past = std::max(header.through, own_wal_end);
-    if (pending.empty() && progressed()) {
-      deadline = std::min(deadline, last_sent + options_.progress);
-      wake_past = std::numeric_limits<db::Lsn>::max();
-    }
-    // Look at stopping_ at least this often, whatever the heartbeat.
-    deadline = std::min(deadline, absl::Now() + kStopCheck);
     if (!pending.empty()) {
       // Between transactions, whatever is not already here can wait for the
       // next batch: look without waiting.
       deadline = between_transactions ? absl::Now() : first_pending + options_.batch;
       deadline = std::min(deadline, first_pending + options_.batch);
     }
-    absl::StatusOr<std::optional<db::LogicalEvent>> event = (*stream)->Next(deadline, pending.empty() ? wake_past : std::numeric_limits<db::Lsn>::max());
+    absl::StatusOr<std::optional<db::LogicalEvent>> event = (*stream)->Next(deadline);
     if (!event.ok()) {
       // Tell the replicas at once rather than after max_lag of silence.
       RelayHeader down = header;
@@ -575,10 +544,7 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       if (pending.empty() || absl::Now() < first_pending + options_.batch) continue;
     }
     const absl::Time now = absl::Now();
-    if (pending.empty() && now < last_sent + options_.heartbeat &&
-        !(progressed() && now >= last_sent + options_.progress)) {
-      continue;
-    }
+    if (pending.empty() && now < last_sent + options_.heartbeat) continue;
     const bool changes = !pending.empty();
     if (absl::Status s = send(changes ? RelayHeader::kChanges : RelayHeader::kHeartbeat, pending,
                               changes ? oldest_commit : 0, xids);

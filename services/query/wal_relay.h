@@ -22,13 +22,7 @@
 //   replica flushes the database's entries), then batches of changes, one
 //   transaction per batch of up to `batch` (sooner when the stream has
 //   nothing more to give), each saying up to which LSN every commit has
-//   been relayed, and a heartbeat after `heartbeat` without one. When
-//   decoding moves past the last relayed position without a change to relay
-//   (WAL of other tables; the server's keepalives say how far it decoded),
-//   a heartbeat carrying the new position follows within `progress`: a read
-//   waiting for a commit-LSN token is not held for a whole `heartbeat`.
-//   The relay's own NOTIFY commits are WAL too and do not count, or
-//   heartbeats would feed themselves. A change
+//   been relayed, and a heartbeat after `heartbeat` without one. A change
 //   of a row of a table whose replica identity is its primary key becomes
 //   that row's key hash (row_keys.h); TRUNCATE, a change whose key is not
 //   known (another replica identity, an unchanged out-of-line key) or more
@@ -101,7 +95,6 @@ class WalRelay {
     std::vector<std::string> tables;  // as configured (SQL names)
     absl::Duration batch = absl::Milliseconds(2);
     absl::Duration heartbeat = absl::Milliseconds(200);
-    absl::Duration progress = absl::Milliseconds(10);
     absl::Duration election_retry = absl::Seconds(1);
     // Decoding more than this behind the server's WAL: batches say lagging.
     absl::Duration max_lag = absl::Seconds(1);
@@ -156,19 +149,12 @@ class WalRelay {
   // `xids`: the transactions whose changes are pending.
   void Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit,
            std::vector<uint32_t>* xids) const;
-  // Where the server's WAL was when a NOTIFY was sent: `flushed` read with
-  // the NOTIFY (what the stream can decode), `after` the insert position
-  // read once it committed (at or after the relay's own commit record).
-  struct NotifiedAt {
-    db::Lsn flushed = 0;
-    db::Lsn after = 0;
-  };
   // NOTIFYs `payloads` in one transaction per statement, once every one of
-  // `xids` is visible to a new snapshot. nullopt: some is not visible yet,
-  // nothing was sent.
-  absl::StatusOr<std::optional<NotifiedAt>> Notify(db::Connection& session,
-                                                   const std::vector<std::string>& payloads,
-                                                   const std::vector<uint32_t>& xids);
+  // `xids` is visible to a new snapshot; the server's WAL position read with
+  // them. nullopt: some is not visible yet, nothing was sent.
+  absl::StatusOr<std::optional<db::Lsn>> Notify(db::Connection& session,
+                                                const std::vector<std::string>& payloads,
+                                                const std::vector<uint32_t>& xids);
   bool Pause(absl::Duration d);  // false once stopping
   void SetError(const absl::Status& s);
 

@@ -6,19 +6,16 @@
 
 #include <libpq-fe.h>
 
-#include <atomic>
 #include <functional>
 #include <memory>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
-#include "common/db/pgoutput_decoder.h"
 #include "services/query/row_keys.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
@@ -276,55 +273,6 @@ TEST_F(WalRelayTest, ForgedOrStrayNotificationsComeFromOtherSessions) {
                         "((classid::int8 << 32) | objid::int8) = ",
                         WalRelay::LockKey("relay_pub", kChannel), "::int8 AND objsubid = 1"));
   EXPECT_EQ(lock_holder, absl::StrCat(holder_pid));
-}
-
-// Decoding past WAL the cache does not care about (another table's writes)
-// is relayed soon, not at the next heartbeat: a read waiting for the token of
-// such a write would otherwise wait a whole heartbeat. (PostgreSQL 15's
-// walsender says how far it decoded past such WAL once more WAL follows:
-// here other writers keep the server busy, as on a loaded primary.) The
-// relay's own NOTIFY commits are WAL too, and must not keep it sending.
-TEST_F(WalRelayTest, DecodingPastOtherWalIsRelayedWithoutWaitingForTheHeartbeat) {
-  Exec("CREATE TABLE IF NOT EXISTS uncached (v int)");
-  Listener listener(Cluster().Dsn(kDb));
-  WalRelay::Options o = RelayOptions("relay_progress_pub");
-  o.heartbeat = absl::Hours(1);  // only a progress heartbeat can carry a position
-  WalRelay relay(o, nullptr);
-  relay.Start();
-  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) { return !m.empty(); }));
-  ASSERT_EQ(listener.messages()[0].header.kind, RelayHeader::kHello);
-
-  std::atomic<bool> stop{false};
-  std::thread busy([&] {
-    while (!stop.load()) {
-      (void)Cluster().Exec(kDb, "INSERT INTO uncached VALUES (2)");
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-  });
-  for (int i = 0; i < 3; ++i) {
-    Exec("INSERT INTO uncached VALUES (1)");
-    // A token as a writer gets it: the insert position after the commit.
-    absl::StatusOr<std::string> text =
-        Cluster().QueryValue(kDb, "SELECT pg_current_wal_insert_lsn()::text");
-    ASSERT_TRUE(text.ok()) << text.status();
-    absl::StatusOr<db::Lsn> token = db::ParseLsn(*text);
-    ASSERT_TRUE(token.ok()) << token.status();
-    EXPECT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
-      return !m.empty() && m.back().header.through >= *token;
-    })) << "the relayed position never reached " << *text;
-    EXPECT_EQ(listener.messages().back().header.kind, RelayHeader::kHeartbeat);
-  }
-  stop = true;
-  busy.join();
-  EXPECT_TRUE(SeenFor(listener.messages(), "public.uncached").rows.empty());
-
-  // Quiet now: the heartbeats' own commits do not call for more. (A few may
-  // follow the server's own WAL, e.g. autovacuum; feeding on its own commits,
-  // the relay would send one every few milliseconds.)
-  absl::SleepFor(absl::Milliseconds(200));
-  const uint64_t before = relay.GetStats().payloads;
-  absl::SleepFor(absl::Seconds(1));
-  EXPECT_LE(relay.GetStats().payloads - before, 5u);
 }
 
 TEST(WalRelayUnavailableTest, AServerWithoutLogicalDecodingIsReported) {
