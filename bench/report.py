@@ -33,7 +33,10 @@ BASELINES = {
     # cached point selects through query against pgpool-II's query cache, or
     # else against the same selects uncached
     "query_cached": ["pgpool_cached", "query_uncached"],
-    "query_cached_writes": ["pgpool_cached_writes", "query_uncached"],
+    "query_cached_writes": ["pgpool_cached_writes", "query_uncached_writes"],
+    # writetax section: writers' UPDATEs of a cached table against an identical
+    # table nobody caches, on the same server with the same services running
+    "write_cached": ["write_uncached"],
     # ingest section: rows/s against psql \copy of the same rows
     "ingest_poolside": ["ingest_psql_copy"],
     "ingest_pgbench_insert": ["ingest_psql_copy"],
@@ -54,9 +57,12 @@ TITLES = {
     "cache_get_unix": "cache: sidecar Get over unix socket (cache_loadgen)",
     "query_uncached": "cache: query Execute, hot keys, no cache policy (loadgen)",
     "query_cached": "cache: query Execute, hot keys, cached (loadgen --cache_ttl_ms)",
+    "query_uncached_writes": "cache: query Execute, hot keys, no cache policy, with writes",
     "query_cached_writes": "cache: query Execute, hot keys, cached, with writes",
     "pgpool_cached": "cache: pgpool-II query cache, hot keys (pgbench)",
     "pgpool_cached_writes": "cache: pgpool-II query cache, hot keys, with writes",
+    "write_uncached": "write tax: pgbench single-row UPDATE, uncached table",
+    "write_cached": "write tax: pgbench single-row UPDATE, cached table",
     "ingest_psql_copy": "ingest: psql \\copy, rows/s",
     "ingest_pgbench_insert": "ingest: single-row INSERT per transaction (pgbench), rows/s",
     "ingest_poolside": "ingest: poolside Channel (ingest_loadgen), rows/s",
@@ -79,6 +85,9 @@ def emit(point, args):
             ratio = args.cache_hits / point["transactions"]
             # With the extended protocol pgpool counts more hits than reads: no ratio.
             point["cache_hit_ratio"] = round(ratio, 4) if ratio <= 1 else None
+    before, after = getattr(args, "delay_before", None), getattr(args, "delay_after", None)
+    if before and after:
+        point.update(delay_quantiles(before, after))
     cpu_file = getattr(args, "cpu", None)
     if cpu_file:
         try:
@@ -97,6 +106,53 @@ def emit(point, args):
             name: (round(cores / ops * 1e6, 1) if ops and cores is not None else None)
             for name, cores in procs.items()}
     print(json.dumps(point))
+
+
+DELAY_METRIC = "poolside_query_cache_invalidation_delay_seconds"
+
+
+def histogram_buckets(path):
+    """Cumulative bucket counts {le: count} of DELAY_METRIC in a Prometheus
+    text scrape (summed over label sets other than le)."""
+    buckets = {}
+    with open(path) as f:
+        for line in f:
+            if not line.startswith(DELAY_METRIC + "_bucket{"):
+                continue
+            m = re.search(r'le="([^"]+)"\}\s+([0-9.eE+-]+)', line)
+            if m:
+                le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+                buckets[le] = buckets.get(le, 0) + float(m.group(2))
+    return buckets
+
+
+def delay_quantiles(before_path, after_path):
+    """Invalidation delay (commit on the server -> applied in this replica) over
+    the run: p50 and p99 in ms from the histogram's growth between two scrapes,
+    interpolated linearly within a bucket (as Prometheus's histogram_quantile)."""
+    b0, b1 = histogram_buckets(before_path), histogram_buckets(after_path)
+    bounds = sorted(b1)
+    cum = [b1[le] - b0.get(le, 0) for le in bounds]
+    total = cum[-1] if cum else 0
+    out = {"invalidations": int(total)}
+    if total <= 0:
+        out["invalidation_delay_p50_ms"] = out["invalidation_delay_p99_ms"] = None
+        return out
+    for q, key in ((0.5, "invalidation_delay_p50_ms"), (0.99, "invalidation_delay_p99_ms")):
+        rank = q * total
+        prev_le, prev_c = 0.0, 0.0
+        value = None
+        for le, c in zip(bounds, cum):
+            if c >= rank:
+                if le == float("inf"):
+                    value = prev_le  # beyond the last bound: at least that
+                else:
+                    frac = (rank - prev_c) / (c - prev_c) if c > prev_c else 1.0
+                    value = prev_le + (le - prev_le) * frac
+                break
+            prev_le, prev_c = le, c
+        out[key] = None if value is None else round(value * 1000, 2)
+    return out
 
 
 def redis_rate(args):
@@ -293,6 +349,9 @@ def cache_notes(settings, points):
             if scenario == "query_cached" and u and u["ops_per_sec"]:
                 out.append(f"- {c} callers: cached ÷ uncached = "
                            f"{k['ops_per_sec'] / u['ops_per_sec']:.2f}")
+        writes = cached_writes_notes(points)
+        if writes:
+            out += ["", "Cached reads beside writes (invalidation from the WAL):"] + writes
         rows = query_cache_cpu_rows(points)
         if rows:
             out += ["", "Server CPU per read by process (the median runs above), µs: "
@@ -304,6 +363,48 @@ def cache_notes(settings, points):
         out += ["", "pgpool-II: " + settings["pgpool"] + ". The query rows' baseline is "
                 "pgpool-II at the same concurrency (read-only against read-only, with writes "
                 "against with writes)."]
+    return out
+
+
+def cached_writes_notes(points):
+    """The cached reads beside writes against the issue's targets: hit ratio ≥ 0.9,
+    cached ≥ 2x uncached, invalidation delay p99 ≤ 10 ms."""
+    by = {(p["scenario"], p["concurrency"]): p for p in points}
+    out = []
+    for (scenario, c), p in sorted(by.items(), key=lambda kv: kv[0][1]):
+        if scenario != "query_cached_writes":
+            continue
+        u = by.get(("query_uncached_writes", c))
+        parts = []
+        if p.get("writes_per_sec") is not None:
+            parts.append(f"{float(p['writes_per_sec']):,.0f} writes/s reached")
+        if p.get("cache_hit_ratio") is not None:
+            parts.append(f"hit ratio {p['cache_hit_ratio']:.3f} (target ≥ 0.9)")
+        if u and u["ops_per_sec"]:
+            parts.append(f"cached ÷ uncached, both beside the writer, "
+                         f"{p['ops_per_sec'] / u['ops_per_sec']:.2f} (target ≥ 2)")
+        if p.get("invalidation_delay_p99_ms") is not None:
+            parts.append(f"invalidation delay p50 {p['invalidation_delay_p50_ms']:.1f} ms, "
+                         f"p99 {p['invalidation_delay_p99_ms']:.1f} ms over "
+                         f"{p['invalidations']:,} relayed batches (target p99 ≤ 10 ms)")
+        if parts:
+            out.append(f"- {c} callers: " + "; ".join(parts))
+    return out
+
+
+def writetax_notes(settings, points):
+    if not_measured(settings.get("writetax")):
+        return []
+    out = ["", "Write tax: " + settings["writetax"] + ". Target: cached ÷ uncached ≥ 0.95."]
+    by = {(p["scenario"], p["concurrency"]): p for p in points}
+    for (scenario, c), p in sorted(by.items(), key=lambda kv: kv[0][1]):
+        u = by.get(("write_uncached", c))
+        if scenario == "write_cached" and u and u["ops_per_sec"]:
+            line = (f"- {c} clients: {fmt_int(p['ops_per_sec'])} ÷ {fmt_int(u['ops_per_sec'])} "
+                    f"UPDATEs/s = {p['ops_per_sec'] / u['ops_per_sec']:.2f}")
+            if p.get("cpu_us_per_op") and u.get("cpu_us_per_op"):
+                line += (f"; server CPU per UPDATE {cpu_split(p)} against {cpu_split(u)}")
+            out.append(line)
     return out
 
 
@@ -479,6 +580,9 @@ def report(args):
             errs += f" ({float(p['writes_per_sec']):,.0f} writes/s)"
         if p.get("cache_hit_ratio") is not None:
             errs += f" ({p['cache_hit_ratio']:.0%} hits)"
+        if p.get("invalidation_delay_p99_ms") is not None:
+            errs += (f" (invalidation delay p50 {p['invalidation_delay_p50_ms']:.1f} ms, "
+                     f"p99 {p['invalidation_delay_p99_ms']:.1f} ms)")
         if max(p.get("other_cpu_busy_pct_before") or 0,
                p.get("other_cpu_busy_pct_after") or 0) > BUSY_LIMIT:
             errs += " ⚠"
@@ -516,6 +620,7 @@ def report(args):
                 "runs; the best, in bold, is the baseline above):", ""] + sweep_rows(sweep)
     out.extend(ingest_notes(points, s))
     out.extend(cache_notes(s, points))  # cache section
+    out.extend(writetax_notes(s, points))  # writetax section
     if pgpool_sweep:
         out += ["", "pgpool-II pgbench mode, one read-only run each before the compared runs "
                 "(the faster is used above):"]
@@ -552,6 +657,10 @@ def main():
                         help="pgpool query cache hits during the run")
         sp.add_argument("--cache-selects", type=int, default=None,
                         help="pgpool's num_selects (SELECTs not answered from its cache)")
+        sp.add_argument("--delay-before", default=None,
+                        help="query_server's /metrics before the run (invalidation delay)")
+        sp.add_argument("--delay-after", default=None,
+                        help="query_server's /metrics after the run")
         return sp
 
     sp = point_parser("redis-point")  # cache section

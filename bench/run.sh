@@ -9,7 +9,7 @@
 # exit, also on failure or Ctrl-C.
 #
 # Environment (all optional):
-#   BENCH_ONLY=query,ingest,cache,query_cache,pgpool
+#   BENCH_ONLY=query,ingest,cache,query_cache,pgpool,writetax
 #                              the sections to run (default: all of them)
 #   BENCH_FAST=1               PostgreSQL with fsync, synchronous_commit and
 #                              full_page_writes off (default: on, durable)
@@ -44,6 +44,7 @@
 #   BENCH_WRITES_PER_SEC=1000  rate of the writer beside the "with writes" cached reads
 #   BENCH_PGPOOL_MODES="simple prepared"  pgbench -M through pgpool-II (the faster is used)
 #   BENCH_INGEST_ROWS=1000000  rows per ingest run (0: skip the ingest section)
+#   BENCH_WRITE_CONCURRENCY="8 32"  pgbench clients of the write tax rows
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -67,15 +68,15 @@ log() { echo "== $*" >&2; }
 die() { echo "bench: $*" >&2; exit 1; }
 
 # The sections: BENCH_ONLY names the ones to run (comma- or space-separated);
-# BENCH_NO_CACHE=1 drops the three cache ones, BENCH_INGEST_ROWS=0 the ingest one.
-ALL_SECTIONS="query ingest cache query_cache pgpool"
+# BENCH_NO_CACHE=1 drops the four cache ones, BENCH_INGEST_ROWS=0 the ingest one.
+ALL_SECTIONS="query ingest cache query_cache pgpool writetax"
 declare -A WANT=()
 only=${BENCH_ONLY:-$ALL_SECTIONS}
 for s in ${only//,/ }; do
   [[ " $ALL_SECTIONS " == *" $s "* ]] || die "BENCH_ONLY: unknown section '$s' (sections: $ALL_SECTIONS)"
   WANT[$s]=1
 done
-[[ -n ${BENCH_NO_CACHE:-} ]] && unset 'WANT[cache]' 'WANT[query_cache]' 'WANT[pgpool]'
+[[ -n ${BENCH_NO_CACHE:-} ]] && unset 'WANT[cache]' 'WANT[query_cache]' 'WANT[pgpool]' 'WANT[writetax]'
 [[ ${BENCH_INGEST_ROWS:-1} == 0 ]] && unset 'WANT[ingest]'
 want() { [[ -n ${WANT[$1]:-} ]]; }
 SECTIONS=""
@@ -191,7 +192,9 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   log "building"
   targets=(//bench:loadgen)
   want cache && targets+=(//bench:cache_loadgen //services/cache:cache_server)
-  want query_cache && targets+=(//services/cache:cache_server //services/query:query_server)
+  if want query_cache || want writetax; then
+    targets+=(//services/cache:cache_server //services/query:query_server)
+  fi
   want ingest && targets+=(//bench:ingest_loadgen //services/ingest:ingest_server)
   if [[ -z ${BENCH_PG_PORT:-} ]]; then
     targets+=(//tools:devstack)
@@ -241,7 +244,7 @@ fi
 
 export PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=demo
 PG_VERSION=$(psql -p "$PG_PORT" -Atc 'SHOW server_version' | cut -d' ' -f1)
-if want query || want query_cache || want pgpool; then
+if want query || want query_cache || want pgpool || want writetax; then
   log "pgbench -i -s $SCALE"
   run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
     || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
@@ -694,7 +697,8 @@ start_query_cache() {
   local server=$BIN/services/query/query_server i
   mkdir -p "$TMP/cache"
   printf '%s\n' \
-    "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"}," \
+    "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"," \
+    "   \"telemetry\": {\"metrics\": {\"listen\": \"127.0.0.1:0\", \"portFile\": \"$TMP/cache/metrics.port\"}}}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\", \"allowPrivilegedRole\": true," \
     "   \"pool\": {\"minIdle\": 2, \"maxSize\": $POOL_SIZE}}]," \
     " \"defaultDatabase\": \"demo\"," \
@@ -710,6 +714,12 @@ start_query_cache() {
   done
   QUERY_CACHE_ADDR=127.0.0.1:$(cat "$TMP/cache/query.port" 2>/dev/null) \
     || die "query_server (cached) did not start"
+  for ((i = 0; i < 100; i++)); do
+    [[ -s $TMP/cache/metrics.port ]] && break
+    sleep 0.1
+  done
+  QUERY_CACHE_METRICS=127.0.0.1:$(cat "$TMP/cache/metrics.port" 2>/dev/null) \
+    || die "query_server (cached) serves no /metrics"
   # Wait until reads are answered from the cache (the listener has subscribed).
   for ((i = 0; i < 100; i++)); do
     "$LOADGEN" --addr="$QUERY_CACHE_ADDR" --callers=1 --duration=0.2 --warmup=0 --keys=1 \
@@ -793,6 +803,13 @@ finish_writer() {
   WRITES_DONE=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/writer.log")
 }
 
+# scrape_metrics FILE: the cached query_server's /metrics (its invalidation
+# delay histogram: commit on the server to applied in this replica).
+scrape_metrics() {
+  python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+    "http://$QUERY_CACHE_METRICS/metrics" >"$1" || die "cannot read http://$QUERY_CACHE_METRICS/metrics"
+}
+
 query_cache_point() {  # scenario clients ttl [writes]
   local scenario=$1 c=$2 ttl=$3 writes=${4:-} pm setting="no cache policy" w=()
   BUSY=$(wait_idle)
@@ -802,6 +819,7 @@ query_cache_point() {  # scenario clients ttl [writes]
   [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
   ((ttl > 0)) && setting="cache ttl ${ttl} ms; query pool max_size=$POOL_SIZE"
   if [[ -n $writes ]]; then
+    scrape_metrics "$TMP/metrics.before"
     start_writer "$PG_PORT" prepared "$(awk -v s="$SECS" -v w="$WARMUP" 'BEGIN { printf "%d\n", s + w + 1.999 }')"
     CPU_ARGS+=(--client "$WRITER_PID")
   fi
@@ -812,7 +830,11 @@ query_cache_point() {  # scenario clients ttl [writes]
   CPU_ARGS=()
   if [[ -n $writes ]]; then
     finish_writer
-    w=(--writes-per-sec "$WRITES_DONE")
+    # The last batches' invalidations are applied within the heartbeat.
+    sleep 0.5
+    scrape_metrics "$TMP/metrics.after"
+    w=(--writes-per-sec "$WRITES_DONE" --delay-before "$TMP/metrics.before"
+       --delay-after "$TMP/metrics.after")
   fi
   [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
   add_point loadgen --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
@@ -871,6 +893,56 @@ pgpool_best_mode() {
   PGPOOL_BEST_OF=" (best of ${PGPOOL_MODES// //})"
 }
 
+# --- writetax: what caching a table costs its writers ----------------------------
+# pgbench single-row UPDATEs at random rows of pgbench_accounts (cached: the
+# query_server of this section publishes it and its WAL relay decodes and relays
+# every change) against the same UPDATEs of pgbench_accounts_plain, an identical
+# copy nobody caches, alternating ROUNDS times at each concurrency, both with
+# the same services running; durable commits unless BENCH_FAST.
+WRITE_CONCURRENCY=${BENCH_WRITE_CONCURRENCY:-"8 32"}
+WRITETAX_SUMMARY="not measured"
+
+write_point() {  # scenario table clients
+  local scenario=$1 table=$2 c=$3 pm
+  BUSY=$(wait_idle)
+  log "$scenario c=$c (other CPU load ${BUSY}%)"
+  printf '%s\n' "\\set aid random(1, $((SCALE * 100000)))" \
+    "UPDATE $table SET abalance = abalance + 1 WHERE aid = :aid;" >"$TMP/update.sql"
+  pm=$(postmaster_pid) || true
+  CPU_ARGS=(--proc "query_server=$QUERY_CACHE_PID" --proc "cache_server=$CACHE_SERVER_PID")
+  [[ -n $pm ]] && CPU_ARGS+=(--tree "postgres=$pm")
+  rm -f "$TMP/pgb_log".*
+  measured 0 "$SECS" pgbench -p "$PG_PORT" -n -M prepared -f "$TMP/update.sql" -c "$c" \
+    -j "$PGBENCH_THREADS" -T "$SECS" -l --sampling-rate="$SAMPLING" --log-prefix="$TMP/pgb_log" \
+    >"$TMP/out.txt" 2>&1 || { tail -20 "$TMP/out.txt" >&2; die "pgbench UPDATEs failed ($scenario c=$c)"; }
+  CPU_ARGS=()
+  add_point pgbench --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
+    --log-prefix "$TMP/pgb_log" --setting "pgbench -M prepared -j $PGBENCH_THREADS; table $table"
+}
+
+writetax_bench() {
+  local c r
+  log "writetax: copying pgbench_accounts to pgbench_accounts_plain"
+  psql -p "$PG_PORT" -q -v ON_ERROR_STOP=1 \
+    -c 'DROP TABLE IF EXISTS pgbench_accounts_plain' \
+    -c 'CREATE TABLE pgbench_accounts_plain (LIKE pgbench_accounts INCLUDING ALL)' \
+    -c 'INSERT INTO pgbench_accounts_plain SELECT * FROM pgbench_accounts' \
+    -c 'VACUUM ANALYZE pgbench_accounts_plain' -c 'VACUUM ANALYZE pgbench_accounts' -c CHECKPOINT \
+    >/dev/null || die "cannot copy pgbench_accounts"
+  # The cached table is in poolside's publication by now (the query_server
+  # waited for cache hits before this).
+  psql -p "$PG_PORT" -Atc "SELECT count(*) FROM pg_publication_tables WHERE tablename = 'pgbench_accounts'" \
+    | grep -qx '[1-9][0-9]*' || die "pgbench_accounts is not published for the cache"
+  for c in $WRITE_CONCURRENCY; do
+    for ((r = 0; r < ROUNDS; r++)); do
+      write_point write_uncached pgbench_accounts_plain "$c"
+      write_point write_cached pgbench_accounts "$c"
+    done
+  done
+  psql -p "$PG_PORT" -q -c 'DROP TABLE pgbench_accounts_plain' >/dev/null || true
+  WRITETAX_SUMMARY="pgbench -M prepared single-row UPDATE ... SET abalance = abalance + 1 at a random aid of $((SCALE * 100000)) rows; pgbench_accounts is cached by a running query_server (invalidation from the WAL: published, decoded and relayed), pgbench_accounts_plain is an identical copy nobody caches; both with the same services running, $PG_DURABILITY"
+}
+
 cached_reads_bench() {
   local c
   if want query_cache && [[ ! -x $BIN/services/query/query_server || -n ${BENCH_PG_PORT:-} ]]; then
@@ -882,13 +954,20 @@ cached_reads_bench() {
     log "pgpool: skipped (pgpool not installed; make deps)"
     unset 'WANT[pgpool]'
   fi
-  want query_cache || want pgpool || return 0
-  if want query_cache; then
+  if want writetax && [[ ! -x $BIN/services/query/query_server || -n ${BENCH_PG_PORT:-} ]]; then
+    [[ -n ${BENCH_ONLY:-} ]] && die "writetax needs the query_server build and devstack's PostgreSQL"
+    log "writetax: skipped (no query_server, or an external PostgreSQL)"
+    unset 'WANT[writetax]'
+  fi
+  want query_cache || want pgpool || want writetax || return 0
+  if want query_cache || want writetax; then
     start_cache_server
     start_query_cache
   fi
+  want writetax && writetax_bench
   want pgpool && start_pgpool
   for c in $CACHE_CONCURRENCY; do
+    want query_cache || want pgpool || break
     want pgpool && pgpool_best_mode "$c"
     for ((r = 0; r < ROUNDS; r++)); do
       if want query_cache; then
@@ -896,16 +975,21 @@ cached_reads_bench() {
         query_cache_point query_cached "$c" 60000
       fi
       want pgpool && pgpool_point pgpool_cached "$c" "$PGPOOL_MODE"
-      want query_cache && query_cache_point query_cached_writes "$c" 60000 writes
+      if want query_cache; then
+        query_cache_point query_uncached_writes "$c" 0 writes
+        query_cache_point query_cached_writes "$c" 60000 writes
+      fi
       want pgpool && pgpool_point pgpool_cached_writes "$c" "$PGPOOL_MODE" writes
     done
   done
-  if want query_cache; then
+  if want query_cache || want writetax; then
     stop_pid "$QUERY_CACHE_PID" 20
     stop_pid "$CACHE_SERVER_PID" 10
     QUERY_CACHE_PID=""
     CACHE_SERVER_PID=""
-    QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=$POOL_SIZE) whose sidecar is a cache_server over its unix socket; loadgen without a cache policy, then with ttl 60 s, then with ttl 60 s beside $WRITES_PER_SEC UPDATEs/s of the same keys straight to PostgreSQL (invalidation from the WAL)"
+  fi
+  if want query_cache; then
+    QUERY_CACHE_SUMMARY="SELECT abalance FROM pgbench_accounts WHERE aid = \$1 with aid random in [1, $QUERY_CACHE_KEYS] (hot: every key cached after the warm-up); a query_server (pool min_idle=2 max_size=$POOL_SIZE) whose sidecar is a cache_server over its unix socket; loadgen without a cache policy, then with ttl 60 s, then without a cache policy and with ttl 60 s beside $WRITES_PER_SEC UPDATEs/s of the same keys straight to PostgreSQL (invalidation from the WAL)"
   fi
   if want pgpool; then
     stop_pid "$PGPOOL_PID" 20
@@ -950,7 +1034,7 @@ for v in BENCH_ONLY BENCH_FAST BENCH_SECONDS BENCH_ROUNDS BENCH_CONCURRENCY BENC
          BENCH_WARMUP BENCH_POOL_SIZE BENCH_POOL_SIZES BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE \
          BENCH_IDLE_WAIT BENCH_NO_POOLSIDE BENCH_NO_CACHE BENCH_CACHE_CONCURRENCY \
          BENCH_REDIS_PIPELINE BENCH_QUERY_CACHE_KEYS BENCH_WRITES_PER_SEC BENCH_PGPOOL_MODES \
-         BENCH_INGEST_ROWS \
+         BENCH_INGEST_ROWS BENCH_WRITE_CONCURRENCY \
          BENCH_INGEST_PRODUCERS BENCH_INGEST_COPY_CONNECTIONS; do
   if [[ ${!v:-} =~ ^[A-Za-z0-9_,./:-]+$ ]]; then
     vars+="$v=${!v} "
@@ -995,6 +1079,7 @@ meta = {
     "cache": """${CACHE_SUMMARY:-not measured}""",
     "query_cache": """${QUERY_CACHE_SUMMARY:-not measured}""",
     "pgpool": """${PGPOOL_SUMMARY:-not measured}""",
+    "writetax": """${WRITETAX_SUMMARY:-not measured}""",
     "ingest": """${INGEST_SUMMARY:-not measured}""",
     "loadgen": "async gRPC, one completion queue per thread, one client thread, one TCP connection per 8 callers, no gRPC retry filter, random aid",
   },
