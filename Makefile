@@ -18,6 +18,8 @@ APT_PACKAGES += libssl-dev openssl
 APT_PACKAGES += libgoogle-perftools-dev
 # PostgreSQL's own parser (libpg_query) for statement analysis (common/sql).
 APT_PACKAGES += libpg-query-dev
+# The C++ formatting check in make test (tools/check_format.sh).
+APT_PACKAGES += clang-format
 # make bench: pgpool-II, the second cached-read baseline (its in-memory query cache).
 APT_PACKAGES += pgpool2
 # Replica routing tests: a 3-member Patroni cluster with etcd (v2 API) on loopback

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make test`: builds everything, checks the layering rule (tools/check_layers.sh),
+# `make test`: builds everything, checks the layering rule (tools/check_layers.sh)
+# and the C++ formatting (tools/check_format.sh),
 # compiles the targets that take locks with clang's thread-safety analysis, runs
 # every test (the whole suite, then the tests tagged "tsan" again under
 # ThreadSanitizer, then the libFuzzer targets for a bounded time: FUZZ_SECONDS,
@@ -38,6 +39,9 @@ count_cases() {
 status=0
 # The layering rule (service cores know no gRPC): a few Bazel queries.
 tools/check_layers.sh || { echo "0 passed, 1 failed"; exit 1; }
+# The C++ formatting (.clang-format), one check in the count below.
+total5=1; failed5=0
+tools/check_format.sh || { failed5=1; status=1; }
 mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
 [[ ${#targets[@]} -gt 0 ]] || { echo "bazel query found no tests"; echo "0 passed, 1 failed"; exit 1; }
 mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
@@ -119,7 +123,8 @@ failed3=$(grep -cE '^fuzz [a-z_]+: FAILED' "$fuzz_log")
 if [[ $total3 -eq 0 ]]; then total3=1; failed3=1; fi
 rm -f "$fuzz_log"
 
-total=$((total1 + total2 + total3 + total4)); failed=$((failed1 + failed2 + failed3 + failed4))
+total=$((total1 + total2 + total3 + total4 + total5))
+failed=$((failed1 + failed2 + failed3 + failed4 + failed5))
 if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
 echo "$((total - failed)) passed, $failed failed"
 exit $status
