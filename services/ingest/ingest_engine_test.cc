@@ -1,5 +1,10 @@
 #include "services/ingest/ingest_engine.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -8,6 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/auth/authorizer.h"
 #include "common/db/copy.h"
+#include "common/db/topology.h"
 #include "gtest/gtest.h"
 #include "services/ingest/ingest_config.h"
 #include "tests/fixtures/postgres_cluster.h"
@@ -338,6 +344,108 @@ TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
   EXPECT_TRUE(now);
   engine->Stop();
   EXPECT_EQ(Count(), "5");
+}
+
+// A loopback port bound but not listening: connections to it are refused
+// while it is open.
+class RefusingPort {
+ public:
+  RefusingPort() : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+      port_ = ntohs(a.sin_port);
+    }
+  }
+  ~RefusingPort() {
+    if (fd_ >= 0) close(fd_);
+  }
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+  int port() const { return port_; }
+
+ private:
+  int fd_;
+  int port_ = 0;
+};
+
+// A topology of the server and a member that never answers: the server is
+// the primary. While it is down, writes are held; once it is back (a new
+// primary generation), they are written, once.
+TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
+  absl::StatusOr<std::unique_ptr<testing::PostgresCluster>> pg = testing::PostgresCluster::Start();
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  ASSERT_TRUE((*pg)->CreateDatabase("topo").ok());
+  ASSERT_TRUE((*pg)->Exec("topo", "CREATE TABLE items (id int8, name text NOT NULL)").ok());
+  RefusingPort refusing;
+  ASSERT_NE(refusing.port(), 0);
+  const std::string primary = absl::StrCat((*pg)->host(), ":", (*pg)->port());
+
+  v1::IngestServiceConfig c;
+  auto* db = c.add_databases();
+  db->set_name("topo");
+  db->set_dsn((*pg)->Dsn("topo"));
+  db->set_allow_privileged_role(true);
+  db->mutable_topology()->add_replicas(absl::StrCat("host=127.0.0.1 port=", refusing.port()));
+  db->mutable_topology()->set_probe_interval_ms(50);
+  db->mutable_topology()->set_probe_timeout_ms(500);
+  db->mutable_topology()->set_failover_buffer_ms(30000);
+  auto* t = c.add_tables();
+  t->set_database("topo");
+  t->add_tables("items");
+  c.mutable_batch()->set_linger_ms(5);
+  c.mutable_server()->mutable_tls()->set_plaintext(true);
+  auto f = FinalizeIngestConfig(c);
+  ASSERT_TRUE(f.ok()) << f.status();
+  IngestEngine engine(*f);
+  engine.Start();
+  auto stats = [&] {
+    std::vector<IngestEngine::TopologyStats> s = engine.GetTopologyStats();
+    EXPECT_EQ(s.size(), 1u);
+    return s.empty() ? IngestEngine::TopologyStats() : s[0];
+  };
+  auto primary_known = [&] {
+    for (const db::MemberStatus& m : stats().members) {
+      if (m.role == db::MemberRole::kPrimary) return true;
+    }
+    return false;
+  };
+  absl::StatusOr<v1::WriteResponse> first = Write(engine, Request(1, 1, "k1"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(stats().writing_member, primary);
+  std::vector<std::string> pools;
+  for (const auto& [name, p] : engine.GetPoolStats()) pools.push_back(name);
+  EXPECT_EQ(pools, std::vector<std::string>{absl::StrCat("topo@", primary)});
+
+  ASSERT_TRUE((*pg)->Stop().ok());
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (primary_known() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_FALSE(primary_known());
+  Outcome keyed, plain;
+  ASSERT_TRUE(engine.Submit(Request(2, 1, "k2"), nullptr, 0, keyed.Done()).ok());
+  ASSERT_TRUE(engine.Submit(Request(3, 1), nullptr, 0, plain.Done()).ok());
+  while (stats().held_now == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_GE(stats().held_now, 1u);
+  EXPECT_FALSE(keyed.done.HasBeenNotified());
+  EXPECT_FALSE(plain.done.HasBeenNotified());
+
+  ASSERT_TRUE((*pg)->StartAgain().ok());
+  keyed.done.WaitForNotification();
+  plain.done.WaitForNotification();
+  ASSERT_TRUE(keyed.result.ok()) << keyed.result.status();
+  ASSERT_TRUE(plain.result.ok()) << plain.result.status();
+  EXPECT_FALSE(keyed.result->duplicate());
+  EXPECT_EQ(*(*pg)->QueryValue("topo", "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"),
+            "1,2,3");
+  const IngestEngine::TopologyStats after = stats();
+  EXPECT_GE(after.held_total, 1u);
+  EXPECT_EQ(after.held_timeouts, 0u);
+  EXPECT_EQ(after.held_now, 0u);
+  EXPECT_EQ(after.writing_member, primary);
+  engine.Stop();
 }
 
 }  // namespace
