@@ -71,14 +71,17 @@ std::unique_ptr<ReplicatedCluster> StartCluster() {
     std::abort();
   }
   PostgresCluster& primary = (*c)->primary();
-  // Commits wait for replica 1 (the one promoted below): an acknowledged row
-  // is on it. Set on the primary only (the replicas were copied before).
+  // Commits wait for replica 1 (the one promoted below) to have flushed
+  // them: an acknowledged row is on it. Set on the primary only (the
+  // replicas were copied before); the fixture's synchronous_commit = off
+  // would make the standby asynchronous.
   for (absl::Status s :
        {primary.CreateDatabase(kDb),
         primary.Exec(kDb,
                      "CREATE TABLE events (id bigint NOT NULL, writer int NOT NULL);"
                      "CREATE TABLE orphans (id bigint NOT NULL, writer int NOT NULL)"),
         primary.Exec("postgres", "ALTER SYSTEM SET synchronous_standby_names = 'replica_1'"),
+        primary.Exec("postgres", "ALTER SYSTEM SET synchronous_commit = on"),
         primary.Exec("postgres", "SELECT pg_reload_conf()")}) {
     if (!s.ok()) {
       std::cerr << "cannot set the cluster up: " << s << "\n";

@@ -1017,9 +1017,18 @@ bool IngestEngine::FailoverStopping(Database& db) {
 }
 
 absl::Status IngestEngine::NoPrimary(const Database& db, const absl::Status& last) const {
+  // Why there is no primary now, if there is none: `last` may predate the
+  // probes' verdict.
+  absl::Status why = last;
+  if (db.topology != nullptr) {
+    if (absl::StatusOr<db::Topology::Route> route = db.topology->Pick(/*read=*/false);
+        !route.ok()) {
+      why = route.status();
+    }
+  }
   return absl::UnavailableError(absl::StrCat(
       "database ", db.config.name(), ": no primary could be written to within failoverBufferMs (",
-      db.config.topology().failover_buffer_ms(), " ms); last: ", last.message(),
+      db.config.topology().failover_buffer_ms(), " ms); last: ", why.message(),
       ". Nothing of this request was written; retry it. If this lasts, check that one member of "
       "the topology accepts writes (pg_is_in_recovery() is false on exactly one) and that "
       "ingest can reach it (docs/ingest.md, Replicas and failover)"));
