@@ -1,8 +1,10 @@
 #include "services/ingest/flusher.h"
 
+#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -379,6 +381,68 @@ TEST_F(FlusherTest, NonDataErrorFailsTheBatch) {
   EXPECT_FALSE(r.broken);
   EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"), "0");
   ASSERT_TRUE(pg_->Exec("flusher", "ALTER TABLE ev_old RENAME TO ev").ok());
+}
+
+TEST_F(FlusherTest, ConnectionLostDuringCommitIsUnknownAndAKeyedRetryWritesOnce) {
+  // COMMIT runs a deferred trigger that sleeps; the backend is terminated
+  // meanwhile, so the connection dies while COMMIT is under way.
+  ASSERT_TRUE(pg_->Exec("flusher",
+                        "CREATE OR REPLACE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql "
+                        "AS $$BEGIN PERFORM pg_sleep(30); RETURN NULL; END$$; "
+                        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ev DEFERRABLE INITIALLY "
+                        "DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()")
+                  .ok());
+  std::atomic<bool> terminated{false};
+  std::thread killer([&] {
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (!terminated.load() && absl::Now() < give_up) {
+      absl::StatusOr<std::string> n = pg_->QueryValue(
+          "flusher",
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+          "'flusher' AND state = 'active' AND query = 'COMMIT' AND wait_event = 'PgSleep'");
+      if (n.ok() && *n != "0") {
+        terminated.store(true);
+      } else {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  });
+  Batch b = MakeBatch({Write({{1, "a", 1}}, "doubt"), Write({{2, "b", 2}})});
+  FlushResult r = FlushBatch(*conn_, b, Soon());
+  killer.join();
+  ASSERT_TRUE(terminated.load());
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  EXPECT_TRUE(r.commit_unknown);
+  EXPECT_TRUE(r.broken);
+  EXPECT_NE(r.status.message().find("outcome of the COMMIT is unknown"), std::string::npos)
+      << r.status;
+  // It did not commit (the trigger ran before the commit record), which the
+  // keyed retry finds out by not finding its key.
+  EXPECT_EQ(Count(), "0");
+  ASSERT_TRUE(pg_->Exec("flusher", "DROP TRIGGER slow ON ev").ok());
+  db::ConnectionOptions o;
+  o.dsn = pg_->Dsn("flusher");
+  auto c = db::Connection::Open(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  conn_ = *std::move(c);
+  Batch retry = MakeBatch({Write({{1, "a", 1}}, "doubt")});
+  r = FlushBatch(*conn_, retry, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_FALSE(r.commit_unknown);
+  ASSERT_TRUE(r.responses[0].ok());
+  EXPECT_FALSE(r.responses[0]->duplicate());
+  EXPECT_EQ(Count(), "1");
+  // Once committed, the key answers for it.
+  r = FlushBatch(*conn_, retry, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(r.responses[0]->duplicate());
+  EXPECT_EQ(Count(), "1");
+}
+
+TEST_F(FlusherTest, InRecoveryIsFalseOnAPrimary) {
+  absl::StatusOr<bool> recovering = InRecovery(*conn_, Soon());
+  ASSERT_TRUE(recovering.ok()) << recovering.status();
+  EXPECT_FALSE(*recovering);
 }
 
 TEST_F(FlusherTest, DeletesExpiredKeys) {
