@@ -73,7 +73,10 @@ absl::Status Replicas::HoldForPrimary(uint64_t generation, size_t bytes, absl::T
                      " calls are held for one already; retry with backoff"));
   }
   const absl::Time now = absl::Now();
-  const absl::Time lost = lost_at_ == absl::InfinitePast() ? now : lost_at_;
+  // With no primary known, the window runs from the moment it was lost; with
+  // one known (its connection could not be had, or it refused a write as read
+  // only before the probes saw it demoted), from now: that loss starts here.
+  const absl::Time lost = had_primary_ || lost_at_ == absl::InfinitePast() ? now : lost_at_;
   held_.push_back(
       Held{generation, bytes, now, std::min(deadline, lost + failover_buffer_), std::move(then)});
   held_bytes_ += bytes;
