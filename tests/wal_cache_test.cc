@@ -199,9 +199,11 @@ struct Replica {
     tables->set_database(kDb);
     for (const char* t : {"rows", "other", "counters"}) tables->add_tables(t);
     v1::WalInvalidationConfig* wal = cache->mutable_wal();
-    wal->set_heartbeat_ms(100);
+    // Heartbeats far apart, tokenWaitMs at its default (100): a read whose
+    // token no batch covers reaches it in time only through a fence.
+    wal->set_heartbeat_ms(1000);
+    wal->set_max_lag_ms(3000);
     wal->set_election_retry_ms(200);
-    wal->set_token_wait_ms(1000);
     auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
     if (!p.ok()) return p.status();
     process = *std::move(p);
@@ -237,6 +239,10 @@ struct Replica {
     for (const char* reason : {"stream", "lag", "token", "plan", "sidecar", "unwatched"}) {
       absl::StrAppend(&out, " bypass_", reason, "=", Bypassed(reason));
     }
+    absl::StrAppend(&out, " flushes=", Flushes(), " streams=", Streams(),
+                    " token_waits_reached=", TokenWaits("reached"),
+                    " token_waits_timeout=", TokenWaits("timeout"),
+                    " fences=", Fences("committed"), " fences_failed=", Fences("failed"));
     return out;
   }
   bool Holder() const {
@@ -254,6 +260,18 @@ struct Replica {
   }
   double Bypassed(absl::string_view reason) const {
     return Metric(absl::StrCat("poolside_query_cache_bypass_total{reason=\"", reason, "\"}"))
+        .value_or(0);
+  }
+  // Reads that waited for their min_lsn: `result` "reached" or "timeout".
+  double TokenWaits(absl::string_view result) const {
+    return Metric(absl::StrCat("poolside_query_cache_token_waits_total{result=\"", result, "\"}"))
+        .value_or(0);
+  }
+  // Token fences this replica ran: `result` "committed" or "failed".
+  double Fences(absl::string_view result) const {
+    return Metric(
+               absl::StrCat("poolside_query_cache_wal_token_fences_total{database=\"wc\",result=\"",
+                            result, "\"}"))
         .value_or(0);
   }
 };
@@ -324,7 +342,8 @@ class WalCacheTest : public ::testing::Test {
                         "CREATE TABLE IF NOT EXISTS rows (id int8 PRIMARY KEY, v int8 NOT NULL);"
                         "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int8 NOT NULL);"
                         "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int8 NOT "
-                        "NULL)")
+                        "NULL);"
+                        "CREATE TABLE IF NOT EXISTS uncached (v int8)")
                     .ok());
     for (const char* name : {"a", "b"}) {
       auto r = std::make_unique<Replica>();
@@ -477,7 +496,7 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
     for (const auto& [id, v] : values) {
       if (id == w.id) continue;
       Result kept = Call(*a.stub, kRowRead, {id}, true, token);
-      EXPECT_EQ(kept.cache, v1::HIT) << "row " << id << " was not written";
+      EXPECT_EQ(kept.cache, v1::HIT) << "row " << id << " was not written; " << a.Summary();
       EXPECT_NE(kept.source, v1::DATABASE);
       EXPECT_EQ(kept.value, v) << id;
       EXPECT_GE(kept.lsn, token);
@@ -526,6 +545,92 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
   EXPECT_EQ(Call(*a.stub, kRowRead, {77}, true).value, 77);
   // The cache was used by row: fills tagged with their key.
   EXPECT_GT(a.Metric("poolside_query_cache_keyed_fills_total").value_or(0), 0);
+}
+
+// What a replica's counters say about the token reads between two snapshots.
+struct TokenCounters {
+  double reached = 0, timeouts = 0, bypassed = 0, fences = 0, fence_failures = 0;
+  static TokenCounters Of(const Replica& r) {
+    return {r.TokenWaits("reached"), r.TokenWaits("timeout"), r.Bypassed("token"),
+            r.Fences("committed"), r.Fences("failed")};
+  }
+};
+
+// A token past every commit to a cached table: the caller wrote a table that
+// is not cached (or nothing since). No batch covers it and heartbeats are a
+// second apart, so only a fence brings the other replica's stream there
+// within the default tokenWaitMs; it does, and the read is a hit.
+TEST_F(WalCacheTest, ATokenPastTheLastCachedWriteIsReachedThroughAFence) {
+  Reset();
+  Replica& a = A();
+  ASSERT_TRUE(Cached(*a.stub, kRowRead, {7}));
+  const TokenCounters before = TokenCounters::Of(a);
+  constexpr int kWrites = 5;
+  for (int i = 0; i < kWrites; ++i) {
+    Result w = Call(*B().stub, "INSERT INTO uncached VALUES ($1)", {i}, false);
+    ASSERT_TRUE(w.status.ok()) << w.status.error_message();
+    ASSERT_GT(w.commit_lsn, 0u);
+    Result r = Call(*a.stub, kRowRead, {7}, true, w.commit_lsn);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.cache, v1::HIT) << "write " << i << ": " << a.Summary();
+    EXPECT_EQ(r.value, 0);
+    EXPECT_GE(r.lsn, w.commit_lsn) << "a result reflects at least its min_lsn";
+  }
+  // No write at all: a plain client's position now.
+  Session s(Cluster().Dsn(kDb));
+  const uint64_t token = static_cast<uint64_t>(*s.Token());
+  Result r = Call(*a.stub, kRowRead, {7}, true, token);
+  EXPECT_EQ(r.cache, v1::HIT) << a.Summary();
+  EXPECT_GE(r.lsn, token);
+  const TokenCounters after = TokenCounters::Of(a);
+  // Each read waited and got there (unless a heartbeat happened to come
+  // first); none gave up.
+  EXPECT_GE(after.reached - before.reached, 1);
+  EXPECT_LE(after.reached - before.reached, kWrites + 1);
+  EXPECT_EQ(after.timeouts - before.timeouts, 0);
+  EXPECT_EQ(after.bypassed - before.bypassed, 0);
+  EXPECT_GE(after.fences - before.fences, 1);
+  EXPECT_EQ(after.fence_failures - before.fence_failures, 0);
+  // Nothing was left waiting: a read with the same token again answers at once.
+  EXPECT_EQ(Call(*a.stub, kRowRead, {7}, true, token).cache, v1::HIT);
+  EXPECT_EQ(TokenCounters::Of(a).reached, after.reached);
+}
+
+// The token's write changed a cached row: the read with it returns the new
+// value (never the cached old one), through the cache, and then hits it.
+TEST_F(WalCacheTest, ATokenOfAWriteToACachedRowReadsTheNewValue) {
+  Reset();
+  Replica& a = A();
+  ASSERT_TRUE(Cached(*a.stub, kRowRead, {8}));
+  const TokenCounters before = TokenCounters::Of(a);
+  constexpr int kWrites = 4;
+  for (int i = 1; i <= kWrites; ++i) {
+    uint64_t token = 0;
+    if (i % 2 == 1) {
+      Result w = Call(*B().stub, "UPDATE rows SET v = $1 WHERE id = 8", {i}, false);
+      ASSERT_TRUE(w.status.ok()) << w.status.error_message();
+      token = w.commit_lsn;
+    } else {
+      Session s(Cluster().Dsn(kDb));
+      ASSERT_EQ(s.Exec(absl::StrCat("UPDATE rows SET v = ", i, " WHERE id = 8")), "");
+      token = static_cast<uint64_t>(*s.Token());
+    }
+    ASSERT_GT(token, 0u);
+    Result r = Call(*a.stub, kRowRead, {8}, true, token);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.value, i) << "the cached old value was served";
+    EXPECT_EQ(r.cache, v1::MISS) << "write " << i << ": " << a.Summary();
+    EXPECT_GE(r.lsn, token);
+    EXPECT_TRUE(Cached(*a.stub, kRowRead, {8}));
+    Result again = Call(*a.stub, kRowRead, {8}, true, token);
+    EXPECT_EQ(again.cache, v1::HIT);
+    EXPECT_EQ(again.value, i);
+  }
+  // A read may find its write's batch applied already; none waited in vain.
+  const TokenCounters after = TokenCounters::Of(a);
+  EXPECT_LE(after.reached - before.reached, kWrites);
+  EXPECT_EQ(after.timeouts - before.timeouts, 0);
+  EXPECT_EQ(after.bypassed - before.bypassed, 0);
 }
 
 // The counters every writer increments, and what readers may expect.
