@@ -127,6 +127,16 @@ class Session {
   absl::StatusOr<int64_t> Token() {
     return Int("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8");
   }
+  // The payloads of the NOTIFYs received so far on a LISTENing session.
+  std::vector<std::string> Notifications() {
+    std::vector<std::string> out;
+    if (PQconsumeInput(conn_) == 0) return out;
+    while (PGnotify* n = PQnotifies(conn_)) {
+      out.push_back(n->extra);
+      PQfreemem(n);
+    }
+    return out;
+  }
   absl::Status Copy(const std::string& sql, const std::string& data) {
     PGresult* r = PQexec(conn_, sql.c_str());
     const bool in = PQresultStatus(r) == PGRES_COPY_IN;
@@ -477,9 +487,25 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
          return response.commit_lsn();
        }},
   };
+  // The relay's messages, as any session on the channel sees them: PostgreSQL
+  // describes a table again (a Relation message: possibly DDL, so the whole
+  // table goes) after anything invalidated the walsender's cache of it, which
+  // the server does for reasons of its own (e.g. autovacuum). A round whose
+  // write came with such a description may drop the other rows too.
+  Session watch(Cluster().Dsn(kDb));
+  ASSERT_EQ(watch.Exec("LISTEN poolside_invalidate"), "");
+  bool described = false;
+  auto drain = [&] {
+    for (const std::string& payload : watch.Notifications()) {
+      if (absl::StrContains(payload, "\n11:public.rows d")) described = true;
+    }
+  };
+  int redescribed_rounds = 0;
   std::map<int64_t, int64_t> values = {{1, 0}, {2, 0}, {3, 0}, {4, 0}};
   for (const Write& w : writes) {
     SCOPED_TRACE(w.how);
+    drain();
+    described = false;
     const uint64_t token = w.run();
     ASSERT_GT(token, 0u);
     values[w.id] = w.value;
@@ -493,13 +519,31 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
     Result total = Call(*a.stub, kSumRead, {}, true, token);
     EXPECT_EQ(total.cache, v1::MISS) << "a table-level read goes with any row";
     EXPECT_EQ(total.value, sum);
+    std::vector<Result> kept_reads;
     for (const auto& [id, v] : values) {
       if (id == w.id) continue;
       Result kept = Call(*a.stub, kRowRead, {id}, true, token);
-      EXPECT_EQ(kept.cache, v1::HIT) << "row " << id << " was not written; " << a.Summary();
-      EXPECT_NE(kept.source, v1::DATABASE);
       EXPECT_EQ(kept.value, v) << id;
       EXPECT_GE(kept.lsn, token);
+      kept_reads.push_back(kept);
+    }
+    bool all_kept = true;
+    for (const Result& kept : kept_reads) all_kept = all_kept && kept.cache == v1::HIT;
+    // The description, if any, came in the write's own batch, applied before
+    // the reads; this session may get it a moment later.
+    if (!all_kept && WaitFor(
+                         [&] {
+                           drain();
+                           return described;
+                         },
+                         absl::Seconds(5))) {
+      ++redescribed_rounds;
+      std::cerr << w.how << ": the server described public.rows again; its entries went\n";
+    } else {
+      for (const Result& kept : kept_reads) {
+        EXPECT_EQ(kept.cache, v1::HIT) << "a row that was not written; " << a.Summary();
+        EXPECT_NE(kept.source, v1::DATABASE);
+      }
     }
     Result other = Call(*a.stub, kOtherRead, {}, true, token);
     EXPECT_EQ(other.cache, v1::HIT) << "another table";
@@ -508,6 +552,9 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
     ASSERT_TRUE(Cached(*a.stub, kRowRead, {w.id}));
     ASSERT_TRUE(Cached(*a.stub, kSumRead, {}));
   }
+
+  EXPECT_LT(redescribed_rounds, static_cast<int>(writes.size()))
+      << "no round showed rows kept by key";
 
   // A rolled-back write invalidates nothing; a later commit to `other` shows
   // the stream went past it.
