@@ -337,11 +337,20 @@ class QueueCall {
   // The call arrived (queue thread): counted, recorded under `method`,
   // holding one reference for its answer (and one for its done notification).
   void Arrive(const telemetry::ServerCallTelemetry::Method* method);
-  // Runs `handle` on the call, inside its span context.
-  template <typename Call>
-  void Handle(const std::function<void(Call*)>& handle, Call* call) {
-    telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(&context_));
-    handle(call);
+  // A requested `call` of `method` came back (`ok`): deleted when it never
+  // started (shutting down: no done notification follows); otherwise the next
+  // one is requested, and `call` arrives and runs its handler inside its span
+  // context.
+  template <typename Call, typename Method>
+  static void Start(Call* call, bool ok, const std::shared_ptr<const Method>& method) {
+    if (!ok) {
+      delete call;
+      return;
+    }
+    Call::Post(method);
+    call->Arrive(method->telemetry);
+    telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(&call->context_));
+    method->handle(call);
   }
   void AddRefLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++refs_; }
   // Drops a reference; the last deletes the call. Queue thread.
@@ -406,15 +415,7 @@ class QueueUnaryCall final : public QueueCall {
     method_->request(&context_, &request_, &writer_, &requested_);
   }
 
-  void OnRequested(bool ok) {
-    if (!ok) {  // shutting down: the call never started, no done notification follows
-      delete this;
-      return;
-    }
-    Post(method_);
-    Arrive(method_->telemetry);
-    Handle(method_->handle, this);
-  }
+  void OnRequested(bool ok) { Start(this, ok, method_); }
   void OnFinished(bool /*ok*/) { Release(); }
 
   const std::shared_ptr<const Method> method_;
@@ -482,15 +483,7 @@ class QueueWriterCall final : public QueueCall {
     method_->request(&context_, &request_, &stream_, &requested_);
   }
 
-  void OnRequested(bool ok) {
-    if (!ok) {  // shutting down: the call never started, no done notification follows
-      delete this;
-      return;
-    }
-    Post(method_);
-    Arrive(method_->telemetry);
-    Handle(method_->handle, this);
-  }
+  void OnRequested(bool ok) { Start(this, ok, method_); }
 
   void OnWritten(bool ok) {
     Response* write = nullptr;

@@ -763,11 +763,24 @@ class WorkerService final : public QueueService {
   std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
 };
 
-ServerOptions WorkerOptions(WorkerService* service) {
-  ServerOptions options = Options(service);
-  options.before_queue_shutdown = [service] { service->calls().WaitForCalls(); };
-  return options;
-}
+// A WorkerService on a server whose shutdown waits for its calls (as query's
+// main does), cancelling what its drain leaves after 100 ms.
+class QueueCallsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options = Options(&service_);
+    options.drain_timeout = absl::Milliseconds(100);
+    options.before_queue_shutdown = [this] { service_.calls().WaitForCalls(); };
+    absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = v1::QueryService::NewStub(Connect(*server_));
+  }
+
+  WorkerService service_;
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<v1::QueryService::Stub> stub_;
+};
 
 v1::ExecuteRequest Request(const std::string& mode, uint64_t n = 0) {
   v1::ExecuteRequest request;
@@ -782,16 +795,12 @@ bool CancelledWhileRunning(const Job& job) {
   return job.cancelled && job.state == Job::kRunning && job.worker_done;
 }
 
-TEST(QueueCallsTest, ACallIsAnsweredOnceFromTheQueueThreadOrAWorker) {
-  WorkerService service;
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(WorkerOptions(&service));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, ACallIsAnsweredOnceFromTheQueueThreadOrAWorker) {
   for (const std::string mode : {"inline", "twice", "worker", "fail"}) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::ExecuteResponse response;
-    const grpc::Status status = stub->Execute(&ctx, Request(mode, 7), &response);
+    const grpc::Status status = stub_->Execute(&ctx, Request(mode, 7), &response);
     if (mode == "fail") {
       EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
       EXPECT_EQ(status.error_message(), "refused 7");
@@ -800,82 +809,66 @@ TEST(QueueCallsTest, ACallIsAnsweredOnceFromTheQueueThreadOrAWorker) {
       EXPECT_EQ(response.commit_lsn(), 7u) << mode;
     }
   }
-  EXPECT_TRUE(service.calls().WaitForCalls(absl::Seconds(10)));
-  EXPECT_EQ(service.calls().live(), 0);
-  EXPECT_TRUE(service.AwaitJobs(
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_EQ(service_.calls().live(), 0);
+  EXPECT_TRUE(service_.AwaitJobs(
       1, +[](const Job& j) { return j.worker_done; }));
 }
 
-TEST(QueueCallsTest, ACallerCancellingCancelsItsRunningWork) {
-  WorkerService service;
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(WorkerOptions(&service));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, ACallerCancellingCancelsItsRunningWork) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   v1::ExecuteResponse response;
   grpc::Status status;
-  std::thread caller([&] { status = stub->Execute(&ctx, Request("hold"), &response); });
-  ASSERT_TRUE(service.AwaitJobs(1, Running));
+  std::thread caller([&] { status = stub_->Execute(&ctx, Request("hold"), &response); });
+  ASSERT_TRUE(service_.AwaitJobs(1, Running));
   ctx.TryCancel();
   caller.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
   // The core saw the cancellation and its worker answered (ignored by then).
-  EXPECT_TRUE(service.AwaitJobs(1, CancelledWhileRunning));
-  EXPECT_TRUE(service.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_TRUE(service_.AwaitJobs(1, CancelledWhileRunning));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
 }
 
-TEST(QueueCallsTest, ACancelledCallsQueuedWorkIsAbandonedAndNeverRuns) {
-  WorkerService service;
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(WorkerOptions(&service));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, ACancelledCallsQueuedWorkIsAbandonedAndNeverRuns) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
   v1::ExecuteResponse response;
   grpc::Status status;
-  std::thread caller([&] { status = stub->Execute(&ctx, Request("queued", 3), &response); });
-  ASSERT_TRUE(service.AwaitJobs(1, Queued));
+  std::thread caller([&] { status = stub_->Execute(&ctx, Request("queued", 3), &response); });
+  ASSERT_TRUE(service_.AwaitJobs(1, Queued));
   ctx.TryCancel();
   caller.join();
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
-  ASSERT_TRUE(service.AwaitJobs(
+  ASSERT_TRUE(service_.AwaitJobs(
       1, +[](const Job& j) { return j.state == Job::kAbandoned; }));
   // The cancel function answered the call: it is gone although its work never ran.
-  EXPECT_TRUE(service.calls().WaitForCalls(absl::Seconds(10)));
-  service.ReleaseAll();
-  ASSERT_TRUE(service.AwaitJobs(
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+  service_.ReleaseAll();
+  ASSERT_TRUE(service_.AwaitJobs(
       1, +[](const Job& j) { return j.worker_done; }));
-  EXPECT_EQ(service.Jobs()[0].state, Job::kAbandoned);
+  EXPECT_EQ(service_.Jobs()[0].state, Job::kAbandoned);
 }
 
-TEST(QueueCallsTest, ADeadlinePassingWhileTheCoreWorksCancelsTheWork) {
-  WorkerService service;
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(WorkerOptions(&service));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, ADeadlinePassingWhileTheCoreWorksCancelsTheWork) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
   ctx.set_wait_for_ready(true);
   v1::ExecuteResponse response;
-  const grpc::Status status = stub->Execute(&ctx, Request("hold"), &response);
+  const grpc::Status status = stub_->Execute(&ctx, Request("hold"), &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  EXPECT_TRUE(service.AwaitJobs(1, CancelledWhileRunning));
-  EXPECT_TRUE(service.calls().WaitForCalls(absl::Seconds(10)));
-  EXPECT_FALSE(service.Jobs()[0].released);
+  EXPECT_TRUE(service_.AwaitJobs(1, CancelledWhileRunning));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_FALSE(service_.Jobs()[0].released);
 }
 
-TEST(QueueCallsTest, AStreamFromAWorkerArrivesInOrderAndEndsWithTheWorkersStatus) {
-  WorkerService service;
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(WorkerOptions(&service));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, AStreamFromAWorkerArrivesInOrderAndEndsWithTheWorkersStatus) {
   for (const std::string database : {"", "fail"}) {
     grpc::ClientContext ctx;
     SetDeadline(&ctx);
     v1::ExecuteRequest request = Request("stream", 50);
     request.set_database(database);
-    auto reader = stub->ExecuteStream(&ctx, request);
+    auto reader = stub_->ExecuteStream(&ctx, request);
     v1::ExecuteStreamResponse message;
     int64_t next = 0;
     while (reader->Read(&message)) {
@@ -891,17 +884,13 @@ TEST(QueueCallsTest, AStreamFromAWorkerArrivesInOrderAndEndsWithTheWorkersStatus
       EXPECT_TRUE(status.ok()) << status.error_message();
     }
   }
-  EXPECT_TRUE(service.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
 }
 
-TEST(QueueCallsTest, ACallerCancellingMidStreamStopsTheProducer) {
-  WorkerService service;
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(WorkerOptions(&service));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, ACallerCancellingMidStreamStopsTheProducer) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx);
-  auto reader = stub->ExecuteStream(&ctx, Request("endless"));
+  auto reader = stub_->ExecuteStream(&ctx, Request("endless"));
   v1::ExecuteStreamResponse message;
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(reader->Read(&message));
@@ -913,18 +902,12 @@ TEST(QueueCallsTest, ACallerCancellingMidStreamStopsTheProducer) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   // The producer's Write() refused, the core saw the cancellation, and the
   // call is gone.
-  EXPECT_TRUE(service.AwaitJobs(
+  EXPECT_TRUE(service_.AwaitJobs(
       1, +[](const Job& j) { return j.write_refused && j.cancelled && j.worker_done; }));
-  EXPECT_TRUE(service.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
 }
 
-TEST(QueueCallsTest, ShutdownWithCallsInFlightCancelsTheirWorkWithoutHanging) {
-  WorkerService service;
-  ServerOptions options = WorkerOptions(&service);
-  options.drain_timeout = absl::Milliseconds(100);
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, ShutdownWithCallsInFlightCancelsTheirWorkWithoutHanging) {
   constexpr int kHeld = 3;
   std::vector<grpc::Status> statuses(kHeld + 2);
   std::vector<std::thread> callers;
@@ -933,42 +916,38 @@ TEST(QueueCallsTest, ShutdownWithCallsInFlightCancelsTheirWorkWithoutHanging) {
       grpc::ClientContext ctx;
       SetDeadline(&ctx);
       v1::ExecuteResponse response;
-      statuses[i] = stub->Execute(&ctx, Request(i < kHeld ? "hold" : "queued"), &response);
+      statuses[i] = stub_->Execute(&ctx, Request(i < kHeld ? "hold" : "queued"), &response);
     });
   }
   // A stream whose reader stops reading: its producer ends up waiting in Write().
   grpc::ClientContext stream_ctx;
   SetDeadline(&stream_ctx);
-  auto reader = stub->ExecuteStream(&stream_ctx, Request("endless"));
+  auto reader = stub_->ExecuteStream(&stream_ctx, Request("endless"));
   v1::ExecuteStreamResponse message;
   ASSERT_TRUE(reader->Read(&message));
-  ASSERT_TRUE(service.AwaitJobs(kHeld + 1, Running));
-  ASSERT_TRUE(service.AwaitJobs(1, Queued));
+  ASSERT_TRUE(service_.AwaitJobs(kHeld + 1, Running));
+  ASSERT_TRUE(service_.AwaitJobs(1, Queued));
 
-  (*server)->Shutdown();  // returns once every call has ended and the queue is gone
-  EXPECT_EQ(service.calls().live(), 0);
+  server_->Shutdown();  // returns once every call has ended and the queue is gone
+  EXPECT_EQ(service_.calls().live(), 0);
   for (std::thread& caller : callers) caller.join();
   while (reader->Read(&message)) {
   }
   statuses[kHeld + 1] = reader->Finish();
   for (const grpc::Status& status : statuses) EXPECT_FALSE(status.ok());
-  const std::vector<Job> jobs = service.Jobs();
+  const std::vector<Job> jobs = service_.Jobs();
   ASSERT_EQ(jobs.size(), static_cast<size_t>(kHeld + 2));
   for (const Job& job : jobs) {
     EXPECT_TRUE(job.cancelled);
     EXPECT_FALSE(job.released);
   }
-  EXPECT_TRUE(service.AwaitJobs(
+  EXPECT_TRUE(service_.AwaitJobs(
       1, +[](const Job& j) { return j.state == Job::kAbandoned; }));
-  EXPECT_TRUE(service.AwaitJobs(
+  EXPECT_TRUE(service_.AwaitJobs(
       1, +[](const Job& j) { return j.write_refused; }));
 }
 
-TEST(QueueCallsTest, AnswersRacingCancellationsLeaveNoCallBehind) {
-  WorkerService service;
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(WorkerOptions(&service));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::QueryService::NewStub(Connect(**server));
+TEST_F(QueueCallsTest, AnswersRacingCancellationsLeaveNoCallBehind) {
   constexpr int kCalls = 200;
   grpc::CompletionQueue cq;
   struct Pending {
@@ -980,7 +959,7 @@ TEST(QueueCallsTest, AnswersRacingCancellationsLeaveNoCallBehind) {
   std::vector<Pending> pending(kCalls);
   for (int i = 0; i < kCalls; ++i) {
     SetDeadline(&pending[i].ctx);
-    pending[i].reader = stub->AsyncExecute(&pending[i].ctx, Request("worker", i), &cq);
+    pending[i].reader = stub_->AsyncExecute(&pending[i].ctx, Request("worker", i), &cq);
     pending[i].reader->Finish(&pending[i].response, &pending[i].status, &pending[i]);
     // Every other call is cancelled while its worker answers it.
     if (i % 2 == 1) pending[i - 1].ctx.TryCancel();
@@ -1002,7 +981,7 @@ TEST(QueueCallsTest, AnswersRacingCancellationsLeaveNoCallBehind) {
     }
   }
   EXPECT_GE(answered, kCalls / 2);
-  EXPECT_TRUE(service.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
   cq.Shutdown();
   void* tag = nullptr;
   bool ok = false;
