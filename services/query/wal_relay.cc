@@ -218,6 +218,19 @@ void WalRelay::Run() {
     }
     telemetry::LogInfo("this replica now reads the cache's invalidations from the WAL",
                        {{"database", options_.database}, {"publication", options_.publication}});
+    // The relay's NOTIFY transactions need not wait for their commit to be
+    // flushed: listeners get a notification at commit, and a server that
+    // crashes before the flush ends every listener's session anyway (replicas
+    // then bypass and flush). Each batch would otherwise add an fsync beside
+    // the writers' own, on the WAL they all wait for.
+    if (absl::StatusOr<v1::ResultSet> async =
+            Query(**session, "SET synchronous_commit = off", {}, absl::Now() + absl::Seconds(5));
+        !async.ok()) {
+      SetError(async.status());
+      session->reset();
+      if (!Pause(options_.election_retry)) return;
+      continue;
+    }
     const absl::Status ended = Hold(**session);
     session->reset();  // releases the lock; the stream (and its slot) is gone already
     {
