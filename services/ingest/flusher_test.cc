@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -437,6 +438,61 @@ TEST_F(FlusherTest, ConnectionLostDuringCommitIsUnknownAndAKeyedRetryWritesOnce)
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_TRUE(r.responses[0]->duplicate());
   EXPECT_EQ(Count(), "1");
+}
+
+// Concurrent flushes into one table whose rows collide (a COPY waits for
+// another transaction's uncommitted rows, then isolates the ones it finds
+// taken) all finish, and each row and each key is written exactly once.
+TEST_F(FlusherTest, ConcurrentFlushesOfOverlappingRowsAllFinishExactlyOnce) {
+  constexpr int kThreads = 4, kRounds = 6, kRowsPerRound = 20;
+  std::vector<std::unique_ptr<db::Connection>> conns;
+  for (int t = 0; t < kThreads; ++t) {
+    db::ConnectionOptions o;
+    o.dsn = pg_->Dsn("flusher");
+    auto c = db::Connection::Open(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    conns.push_back(*std::move(c));
+  }
+  // Every thread writes the same ids each round (different content, its own
+  // key), so all but one of a round's writers find each id taken.
+  std::vector<std::vector<std::shared_ptr<PendingWrite>>> writes(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int round = 0; round < kRounds; ++round) {
+      std::vector<std::tuple<int64_t, std::string, int64_t>> rows;
+      for (int i = 0; i < kRowsPerRound; ++i) {
+        rows.emplace_back(round * kRowsPerRound + i, absl::StrCat("t", t), t);
+      }
+      writes[t].push_back(Write(rows, absl::StrCat("k", t, "-", round)));
+    }
+  }
+  std::vector<FlushResult> results(kThreads * kRounds);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        results[t * kRounds + round] = FlushBatch(*conns[t], MakeBatch({writes[t][round]}), Soon());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  uint64_t written = 0, rejected = 0;
+  for (const FlushResult& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    ASSERT_EQ(r.responses.size(), 1u);
+    ASSERT_TRUE(r.responses[0].ok()) << r.responses[0].status();
+    written += r.responses[0]->rows_written();
+    for (const v1::RowError& e : r.responses[0]->rejected()) {
+      EXPECT_EQ(e.sqlstate(), "23505") << e.reason();
+      ++rejected;
+    }
+  }
+  EXPECT_EQ(written, static_cast<uint64_t>(kRounds * kRowsPerRound));
+  EXPECT_EQ(rejected, static_cast<uint64_t>((kThreads - 1) * kRounds * kRowsPerRound));
+  EXPECT_EQ(Count(), absl::StrCat(kRounds * kRowsPerRound));
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"),
+            absl::StrCat(kThreads * kRounds));
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT sum(rows) FROM poolside_ingest_keys"),
+            absl::StrCat(kRounds * kRowsPerRound));
 }
 
 TEST_F(FlusherTest, InRecoveryIsFalseOnAPrimary) {
