@@ -80,10 +80,13 @@ constexpr absl::Duration kTakeoverBound = absl::Seconds(10);
 // Commits flush the WAL at once (the shared fixture's asynchronous commit
 // would leave decoding to wait for the WAL writer); "local": a session that
 // asks for "on" waits for synchronous_standby_names, the others do not.
+// No autovacuum: its VACUUM or ANALYZE of a table these cases write makes
+// PostgreSQL describe the table again in the stream, which drops all of its
+// entries (docs/cache.md); the cases check what a write drops by key.
 PostgresCluster& Cluster() {
   static PostgresCluster* pg = [] {
     testing::PostgresOptions o;
-    o.extra_settings = {"synchronous_commit=local"};
+    o.extra_settings = {"synchronous_commit=local", "autovacuum=off"};
     auto c = PostgresCluster::Start(o);
     if (!c.ok()) {
       std::cerr << "cannot start PostgreSQL: " << c.status() << "\n";
@@ -414,7 +417,20 @@ class WalCacheTest : public ::testing::Test {
     EXPECT_EQ(s.Exec("UPDATE rows SET v = v WHERE id = 1; UPDATE other SET v = v; "
                      "UPDATE counters SET n = n WHERE id = 1"),
               "");
-    return static_cast<uint64_t>(s.Token().value_or(0));
+    const uint64_t token = static_cast<uint64_t>(s.Token().value_or(0));
+    // Applied by every running replica before a test caches anything: an
+    // entry filled before the reset's invalidations arrive would go with
+    // them (the tables described again drop whole).
+    for (auto& r : replicas_) {
+      EXPECT_TRUE(WaitFor(
+          [&] {
+            return r->Metric("poolside_query_cache_wal_applied_lsn{database=\"wc\"}")
+                       .value_or(0) >= static_cast<double>(token);
+          },
+          kWait))
+          << r->name << " never applied the reset";
+    }
+    return token;
   }
 
   static std::vector<std::unique_ptr<Replica>> replicas_;

@@ -52,17 +52,21 @@ TokenFence::Stats TokenFence::GetStats() const {
   return stats_;
 }
 
+absl::Status TokenFence::Connect() {
+  if (conn_ != nullptr && !conn_->broken()) return absl::OkStatus();
+  conn_.reset();
+  db::ConnectionOptions o;
+  o.dsn = options_.dsn;
+  o.application_name = absl::StrCat("poolside-token-fence/", options_.database);
+  o.connect_timeout = options_.connect_timeout;
+  absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(o);
+  if (!conn.ok()) return conn.status();
+  conn_ = *std::move(conn);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<uint64_t> TokenFence::Emit() {
-  if (conn_ == nullptr || conn_->broken()) {
-    conn_.reset();
-    db::ConnectionOptions o;
-    o.dsn = options_.dsn;
-    o.application_name = absl::StrCat("poolside-token-fence/", options_.database);
-    o.connect_timeout = options_.connect_timeout;
-    absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(o);
-    if (!conn.ok()) return conn.status();
-    conn_ = *std::move(conn);
-  }
+  if (absl::Status connected = Connect(); !connected.ok()) return connected;
   google::protobuf::RepeatedPtrField<v1::Value> params;
   params.Add()->set_text_value(options_.prefix);
   v1::ResultSet rs;
@@ -88,6 +92,9 @@ absl::StatusOr<uint64_t> TokenFence::Emit() {
 }
 
 void TokenFence::Run() {
+  // Connected before the first request, so that a read's first fence does not
+  // wait for a connection too (a failure here is retried by that fence).
+  Connect().IgnoreError();
   absl::Duration backoff = kFirstBackoff;
   absl::Time retry_at = absl::InfinitePast();
   while (true) {

@@ -83,6 +83,8 @@ class TokenFence {
  private:
   void Run();
   // Runs one fence; the position of its message.
+  // Opens the fence thread's connection unless it has a working one.
+  absl::Status Connect();
   absl::StatusOr<uint64_t> Emit();
 
   const Options options_;
