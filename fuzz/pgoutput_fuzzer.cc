@@ -7,13 +7,16 @@
 // - a change's key vectors match the relation's key columns (new_key for
 //   insert and update, old_key for delete, an update's old_key only when it
 //   differs from new_key), and are empty when the key is unknown;
-// - Begin opens and Commit closes a transaction; changes and truncates only
-//   happen inside one;
+// - Begin opens and Commit closes a transaction; changes, truncates and
+//   transactional messages only happen inside one, and a message changes no
+//   transaction state;
 // - an XLogData's payload lies inside the message it came from.
 //
-// Input: byte 0 selects how the frames that follow are read (even: each frame
-// is a replication CopyData message, 'w' or 'k'; odd: each frame is a bare
-// pgoutput message); a frame is a 2-byte big-endian length and that many bytes.
+// Input: byte 0 selects how the frames that follow are read (bit 0 clear:
+// each frame is a replication CopyData message, 'w' or 'k'; set: each frame is
+// a bare pgoutput message) and, bit 1, whether the stream asked for logical
+// decoding messages; a frame is a 2-byte big-endian length and that many
+// bytes.
 // One decoder sees all frames, so relations described early are used later.
 
 #include <cstddef>
@@ -70,7 +73,7 @@ void CheckChange(const db::ChangeEvent& c) {
   }
 }
 
-void Decode(db::PgOutputDecoder& decoder, absl::string_view message) {
+void Decode(db::PgOutputDecoder& decoder, bool messages, absl::string_view message) {
   const bool was_in = decoder.in_transaction();
   absl::StatusOr<std::optional<db::LogicalEvent>> e = decoder.Decode(message);
   if (!e.ok()) {
@@ -104,6 +107,13 @@ void Decode(db::PgOutputDecoder& decoder, absl::string_view message) {
   } else if (const auto* r = std::get_if<db::RelationEvent>(&event)) {
     if (r->relation == nullptr) Fail("relation event without a relation", message);
     CheckRelation(*r->relation);
+  } else if (const auto* m = std::get_if<db::MessageEvent>(&event)) {
+    if (!messages) Fail("message decoded though not asked for", message);
+    if (m->transactional && !was_in) Fail("transactional message outside a transaction", message);
+    if (decoder.in_transaction() != was_in)
+      Fail("a message changed the transaction state", message);
+    if (m->prefix.size() + m->content.size() > message.size())
+      Fail("message larger than its input", message);
   }
 }
 
@@ -112,15 +122,16 @@ void Decode(db::PgOutputDecoder& decoder, absl::string_view message) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const bool framed = (data[0] & 1) == 0;
+  const bool messages = (data[0] & 2) != 0;
   absl::string_view rest(reinterpret_cast<const char*>(data) + 1, size - 1);
-  db::PgOutputDecoder decoder;
+  db::PgOutputDecoder decoder(messages);
   while (rest.size() >= 2) {
     const size_t len = (static_cast<uint8_t>(rest[0]) << 8) | static_cast<uint8_t>(rest[1]);
     rest.remove_prefix(2);
     const absl::string_view frame = rest.substr(0, len);
     rest.remove_prefix(frame.size());
     if (!framed) {
-      Decode(decoder, frame);
+      Decode(decoder, messages, frame);
       continue;
     }
     absl::StatusOr<db::ReplicationMessage> m = db::ParseReplicationMessage(frame);
@@ -135,7 +146,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         m->payload.data() + m->payload.size() != frame.data() + frame.size()) {
       Fail("XLogData payload outside its message", frame);
     }
-    Decode(decoder, m->payload);
+    Decode(decoder, messages, m->payload);
   }
   return 0;
 }

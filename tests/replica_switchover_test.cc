@@ -4,6 +4,10 @@
 // write is either acknowledged and present on the new leader afterwards, or
 // answered with an error (UNAVAILABLE: its outcome unknown, or it did not run);
 // writes sent during the switchover are held and land on the new leader.
+// An ingest_server on the same topology writes keyed rows all along: every
+// row it acknowledged is on the new leader exactly once, and its batches
+// caught by the switchover (connections lost, or refused as read-only by the
+// demoted leader) are written on the new one.
 
 #include <atomic>
 #include <map>
@@ -22,6 +26,7 @@
 #include "grpcpp/client_context.h"
 #include "gtest/gtest.h"
 #include "proto/poolside/v1/config.pb.h"
+#include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "tests/fixtures/patroni_cluster.h"
 #include "tests/fixtures/poolside_servers.h"
@@ -58,6 +63,7 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
   ASSERT_TRUE(leader.ok()) << leader.status();
   ASSERT_TRUE(testing::QueryDsn(c.Dsn(*leader),
                                 "CREATE TABLE log (id bigint PRIMARY KEY);"
+                                "CREATE TABLE events (id bigint NOT NULL);"
                                 "CREATE TABLE kv (id int PRIMARY KEY, v bigint NOT NULL);"
                                 "INSERT INTO kv VALUES (1, 42) RETURNING v")
                   .ok());
@@ -83,6 +89,25 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
   ASSERT_TRUE(channel.ok());
   std::unique_ptr<v1::QueryService::Stub> stub = v1::QueryService::NewStub(*channel);
 
+  v1::IngestServiceConfig ingest_config;
+  *ingest_config.add_databases() = *db;
+  v1::IngestTables* tables = ingest_config.add_tables();
+  tables->set_database("app");
+  tables->add_tables("events");
+  ingest_config.mutable_batch()->set_linger_ms(5);
+  ingest_config.mutable_batch()->set_copy_connections(2);
+  const std::string ingest_stem = NewStem("ingest_server");
+  ingest_config.mutable_server()->set_listen("127.0.0.1:0");
+  ingest_config.mutable_server()->mutable_tls()->set_plaintext(true);
+  ingest_config.mutable_server()->set_port_file(ingest_stem + ".port");
+  ingest_config.mutable_server()->set_drain_timeout_ms(1000);
+  auto ingest_server = StartConfigured("services/ingest/ingest_server", ingest_config,
+                                       ingest_stem + ".port", ingest_stem);
+  ASSERT_TRUE(ingest_server.ok()) << ingest_server.status();
+  auto ingest_channel = Connect((*ingest_server)->address());
+  ASSERT_TRUE(ingest_channel.ok());
+  std::unique_ptr<v1::IngestService::Stub> ingest = v1::IngestService::NewStub(*ingest_channel);
+
   v1::ExecuteRequest read;
   read.set_sql("SELECT v FROM kv WHERE id = $1");
   read.add_params()->set_int64_value(1);
@@ -105,6 +130,24 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
   std::vector<std::vector<Write>> writes(2);
   std::vector<std::vector<absl::Status>> failed_reads(2);
   std::vector<std::thread> callers;
+  // Ingested rows: one keyed request of one row each, ids in order.
+  std::vector<absl::Status> ingested;
+  std::atomic<int> ingest_acks{0};
+  callers.emplace_back([&] {
+    for (int64_t id = 0; !stop.load(); ++id) {
+      v1::WriteRequest w;
+      w.set_table("events");
+      w.set_idempotency_key(absl::StrCat("row-", id));
+      w.add_rows()->add_values()->set_int64_value(id);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+      v1::WriteResponse response;
+      grpc::Status s = ingest->Write(&ctx, w, &response);
+      ingested.push_back(absl::Status(static_cast<absl::StatusCode>(s.error_code()),
+                                      s.error_message()));
+      if (s.ok()) ingest_acks.fetch_add(1);
+    }
+  });
   for (int k = 0; k < 2; ++k) {
     callers.emplace_back([&, k] {
       while (!stop.load()) {
@@ -129,7 +172,8 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
       }
     });
   }
-  ASSERT_TRUE(WaitFor([&] { return next_id.load() > 50 && reads.load() > 50; }, kWait));
+  ASSERT_TRUE(WaitFor(
+      [&] { return next_id.load() > 50 && reads.load() > 50 && ingest_acks.load() > 20; }, kWait));
   const int candidate = (*leader + 1) % c.member_count();
   ASSERT_TRUE(c.Switchover(*leader, candidate).ok());
   // Writes land on the new leader.
@@ -142,10 +186,11 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
     return false;
   };
   const int64_t switched_at = next_id.load();
+  const int ingested_at = ingest_acks.load();
   const bool moved = WaitFor(
       [&] {
         const int64_t n = next_id.load();
-        return n > switched_at + 50;
+        return n > switched_at + 50 && ingest_acks.load() > ingested_at + 20;
       },
       kWait);
   stop.store(true);
@@ -179,6 +224,27 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
       absl::StrCat("SELECT count(*) FROM log WHERE id IN (", absl::StrJoin(acked, ","), ")"));
   ASSERT_TRUE(present.ok()) << present.status();
   EXPECT_EQ(*present, absl::StrCat(acked.size())) << "acknowledged writes are missing";
+
+  // Ingest: request `id` wrote row `id`; every acknowledged one is there
+  // once, and no row twice.
+  std::vector<int64_t> rows;
+  for (size_t id = 0; id < ingested.size(); ++id) {
+    if (ingested[id].ok()) {
+      rows.push_back(static_cast<int64_t>(id));
+    } else {
+      ADD_FAILURE() << "ingest request " << id << " failed: " << ingested[id];
+    }
+  }
+  std::cerr << "rows ingested: " << rows.size() << " of " << ingested.size() << "\n";
+  absl::StatusOr<std::string> ingested_present = testing::QueryDsn(
+      c.Dsn(candidate), absl::StrCat("SELECT count(*) FROM events WHERE id IN (",
+                                     absl::StrJoin(rows, ","), ")"));
+  ASSERT_TRUE(ingested_present.ok()) << ingested_present.status();
+  EXPECT_EQ(*ingested_present, absl::StrCat(rows.size())) << "acknowledged rows are missing";
+  absl::StatusOr<std::string> twice = testing::QueryDsn(
+      c.Dsn(candidate), "SELECT count(*) - count(DISTINCT id) FROM events");
+  ASSERT_TRUE(twice.ok()) << twice.status();
+  EXPECT_EQ(*twice, "0") << "rows written twice";
 }
 
 }  // namespace

@@ -465,7 +465,8 @@ absl::StatusOr<std::unique_ptr<LogicalStream>> LogicalStream::Open(
     return s;
   }
 
-  std::unique_ptr<LogicalStream> stream(new LogicalStream());
+  std::unique_ptr<LogicalStream> stream(
+      new LogicalStream(options.messages && facts->version >= 140000));
   stream->slot_ = options.slot.empty() ? RandomSlotName() : options.slot;
   stream->temporary_ = options.temporary_slot;
   stream->status_interval_ = options.status_interval;
@@ -517,10 +518,10 @@ absl::StatusOr<std::unique_ptr<LogicalStream>> LogicalStream::Open(
     return WithContext(slot.status(), "creating the replication slot");
   }
 
-  const std::string start_sql =
-      absl::StrCat("START_REPLICATION SLOT ", stream->slot_, " LOGICAL ", FormatLsn(start),
-                   " (proto_version '1', publication_names ",
-                   QuoteLiteral(QuoteIdent(options.publication)), ")");
+  const std::string start_sql = absl::StrCat(
+      "START_REPLICATION SLOT ", stream->slot_, " LOGICAL ", FormatLsn(start),
+      " (proto_version '1', publication_names ", QuoteLiteral(QuoteIdent(options.publication)),
+      stream->messages_ ? ", messages 'true'" : "", ")");
   absl::StatusOr<ResultPtr> started = Exec(repl->get(), start_sql, {}, deadline);
   if (!started.ok()) {
     if (SqlStateOf(started.status()) == "55006") {

@@ -46,20 +46,21 @@
 //
 // How LSNs relate to commits. pgoutput sends each transaction whole when it
 // commits, in commit order, and only committed transactions that changed a
-// published table: Begin (final_lsn = the LSN of its commit record), its
-// changes, Commit (commit_lsn = that same LSN; end_lsn = the end of the commit
-// record). A writer that reads pg_current_wal_insert_lsn() after its COMMIT
-// returns gets a position at or after its transaction's end_lsn
-// (pg_current_wal_lsn() may lag it when synchronous_commit is off). Once the
-// stream has delivered a Commit whose end_lsn is at least X, or
-// delivered_lsn() is at least X, every transaction that committed before X
-// (on these tables) has been delivered: X works as a consistency token. Transactions that committed
-// before start_lsn() (the slot's consistent point) are not delivered.
+// published table (or, with `messages`, emitted a transactional message):
+// Begin (final_lsn = the LSN of its commit record), its changes, Commit
+// (commit_lsn = that same LSN; end_lsn = the end of the commit record). A
+// writer that reads pg_current_wal_insert_lsn() after its COMMIT returns gets
+// a position at or after its transaction's end_lsn (pg_current_wal_lsn() may
+// lag it when synchronous_commit is off). Once the stream has delivered a
+// Commit whose end_lsn is at least X, or delivered_lsn() is at least X, every
+// transaction that committed before X (on these tables) has been delivered: X
+// works as a consistency token. Transactions that committed before start_lsn()
+// (the slot's consistent point) are not delivered.
 // Confirm(end_lsn) once a transaction's effects are applied: the server may
 // then free the WAL before it (see Confirm).
 //
-// The events (Begin, Commit, Change, Truncate, Relation) and what each field
-// means are described in pgoutput_decoder.h.
+// The events (Begin, Commit, Change, Truncate, Relation, Message) and what
+// each field means are described in pgoutput_decoder.h.
 //
 // Threading: Open, Next and the destructor are called by one thread (the
 // stream's reader); Confirm may be called from any thread.
@@ -107,6 +108,11 @@ struct LogicalStreamOptions {
   std::string slot;
   // See the design notes above.
   bool temporary_slot = true;
+  // Also deliver logical decoding messages (pg_logical_emit_message) as
+  // MessageEvents: pgoutput's `messages` option, PostgreSQL 14 and later
+  // (ignored before; see messages()). A transaction whose only content is a
+  // transactional message is then delivered too (Begin, Message, Commit).
+  bool messages = false;
   std::string application_name = "poolside-logical-stream";
   // Bounds each connection attempt.
   absl::Duration connect_timeout = absl::Seconds(5);
@@ -173,9 +179,11 @@ class LogicalStream {
   Lsn server_wal_end() const { return server_wal_end_; }
   // The server process serving the replication connection.
   int backend_pid() const { return backend_pid_; }
+  // Whether messages are delivered (asked for, and the server can).
+  bool messages() const { return messages_; }
 
  private:
-  LogicalStream() = default;
+  explicit LogicalStream(bool messages) : messages_(messages), decoder_(messages) {}
 
   absl::StatusOr<std::optional<LogicalEvent>> HandleMessage(absl::string_view copy_data);
   absl::Status SendStatus(absl::Time now);
@@ -192,6 +200,7 @@ class LogicalStream {
   bool temporary_ = true;
   int backend_pid_ = 0;
   absl::Duration status_interval_;
+  const bool messages_;
   PgOutputDecoder decoder_;
   Lsn start_lsn_ = 0;
   Lsn delivered_lsn_ = 0;

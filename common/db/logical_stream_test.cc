@@ -96,8 +96,10 @@ std::string Kind(const LogicalEvent& e) {
     }
     case 3:
       return "truncate";
-    default:
+    case 4:
       return "relation";
+    default:
+      return "message";
   }
 }
 
@@ -470,6 +472,63 @@ TEST_F(LogicalStreamTest, QuotedSchemaQualifiedAndPartitionedTables) {
                              "SELECT count(*) FROM pg_publication_rel r JOIN pg_publication p "
                              "ON p.oid = r.prpubid WHERE p.pubname = 'pub \"odd'' name'"),
             "2");
+}
+
+// With `messages`, pg_logical_emit_message arrives: a transactional message
+// inside its transaction, in commit order (a transaction holding nothing else
+// is delivered too), a rolled-back one never, a non-transactional one between
+// transactions. Without it, a transaction holding only a message is skipped.
+TEST_F(LogicalStreamTest, MessagesArriveInCommitOrderOnlyWhenAskedFor) {
+  Setup("DROP TABLE IF EXISTS said; CREATE TABLE said (id int PRIMARY KEY)");
+  LogicalStreamOptions o = Options("pub_said", {"said"});
+  std::unique_ptr<LogicalStream> plain = MustOpen(o);
+  ASSERT_NE(plain, nullptr);
+  EXPECT_FALSE(plain->messages());
+  o.messages = true;
+  std::unique_ptr<LogicalStream> s = MustOpen(o);
+  ASSERT_NE(s, nullptr);
+  EXPECT_TRUE(s->messages()) << "PostgreSQL 14 and later send messages";
+
+  Writer w(pg_->Dsn(kDb));
+  ASSERT_TRUE(w.ok());
+  w.Transaction({"INSERT INTO said VALUES (1)",
+                 "SELECT pg_logical_emit_message(true, 'poolside-test', 'with a row')"});
+  ASSERT_TRUE(w.Exec("SELECT pg_logical_emit_message(true, 'poolside-test', 'alone')").ok());
+  const Lsn after_alone = w.InsertLsn();
+  ASSERT_TRUE(w.Exec("BEGIN; SELECT pg_logical_emit_message(true, 'poolside-test', 'undone'); "
+                     "ROLLBACK")
+                  .ok());
+  ASSERT_TRUE(w.Exec("SELECT pg_logical_emit_message(false, 'other', 'now')").ok());
+  w.Transaction({"INSERT INTO said VALUES (2)"});
+
+  std::vector<LogicalEvent> first = ReadTransaction(*s);
+  EXPECT_EQ(Kinds(first),
+            (std::vector<std::string>{"begin", "relation", "insert", "message", "commit"}));
+  if (first.size() == 5) {
+    const auto& m = std::get<MessageEvent>(first[3]);
+    EXPECT_TRUE(m.transactional);
+    EXPECT_EQ(m.prefix, "poolside-test");
+    EXPECT_EQ(m.content, "with a row");
+    EXPECT_LE(m.lsn, std::get<CommitEvent>(first[4]).commit_lsn);
+  }
+  std::vector<LogicalEvent> alone = ReadTransaction(*s);
+  ASSERT_EQ(Kinds(alone), (std::vector<std::string>{"begin", "message", "commit"}));
+  EXPECT_EQ(std::get<MessageEvent>(alone[1]).content, "alone");
+  EXPECT_LE(std::get<CommitEvent>(alone[2]).end_lsn, after_alone);
+  EXPECT_GE(s->delivered_lsn(), std::get<CommitEvent>(alone[2]).end_lsn);
+  // The rolled-back message never comes; the non-transactional one comes on
+  // its own, before the next transaction.
+  std::vector<LogicalEvent> rest = ReadTransaction(*s);
+  ASSERT_EQ(Kinds(rest), (std::vector<std::string>{"message", "begin", "insert", "commit"}));
+  EXPECT_FALSE(std::get<MessageEvent>(rest[0]).transactional);
+  EXPECT_EQ(std::get<MessageEvent>(rest[0]).prefix, "other");
+  EXPECT_EQ(std::get<MessageEvent>(rest[0]).content, "now");
+
+  // The stream that did not ask: only the two inserts' transactions.
+  std::vector<LogicalEvent> one = ReadTransaction(*plain);
+  EXPECT_EQ(Kinds(one), (std::vector<std::string>{"begin", "relation", "insert", "commit"}));
+  std::vector<LogicalEvent> two = ReadTransaction(*plain);
+  EXPECT_EQ(Kinds(two), (std::vector<std::string>{"begin", "insert", "commit"}));
 }
 
 TEST_F(LogicalStreamTest, NextHonoursItsDeadline) {

@@ -40,6 +40,8 @@ std::string MessageName(char type) {
       return "pgoutput Delete";
     case 'T':
       return "pgoutput Truncate";
+    case 'M':
+      return "pgoutput Message";
     case 'w':
       return "replication XLogData";
     case 'k':
@@ -381,10 +383,14 @@ absl::StatusOr<std::optional<LogicalEvent>> PgOutputDecoder::Decode(absl::string
       return DecodeChange(type, body);
     case 'T':
       return DecodeTruncate(body);
+    case 'M':
+      if (messages_) return DecodeMessage(body);
+      return absl::DataLossError(
+          "unexpected pgoutput Message (logical decoding messages were not asked for)");
     default:
       return absl::DataLossError(absl::StrFormat(
           "unknown pgoutput message type 0x%02x (protocol version 1 sends B, C, O, R, Y, I, "
-          "U, D, T)",
+          "U, D, T, M)",
           static_cast<unsigned char>(type)));
   }
 }
@@ -550,6 +556,31 @@ absl::StatusOr<std::optional<LogicalEvent>> PgOutputDecoder::DecodeTruncate(
     if (!rel.ok()) return rel.status();
     e.relations.push_back(*std::move(rel));
   }
+  return std::optional<LogicalEvent>(std::move(e));
+}
+
+absl::StatusOr<std::optional<LogicalEvent>> PgOutputDecoder::DecodeMessage(absl::string_view body) {
+  // Protocol version 1: no xid (only streamed transactions, version 2, carry one).
+  Reader r(body, 'M');
+  uint8_t flags;
+  MessageEvent e;
+  absl::string_view prefix, content;
+  uint32_t length;
+  if (!r.Byte(&flags)) return r.Truncated("the flags");
+  if (!r.Uint64(&e.lsn)) return r.Truncated("the message's LSN");
+  if (!r.String(&prefix)) return r.Error("unterminated prefix");
+  if (!r.Uint32(&length)) return r.Truncated("the content's length");
+  if (!r.Bytes(length, &content)) {
+    return r.Error(absl::StrCat("content of ", length, " bytes runs past the end"));
+  }
+  if (absl::Status s = r.ExpectEnd(); !s.ok()) return s;
+  if (flags > 1) return r.Error(absl::StrFormat("unknown flags 0x%02x", flags));
+  e.transactional = flags == 1;
+  if (e.transactional && !in_transaction_) {
+    return r.Error("transactional message outside a transaction");
+  }
+  e.prefix = std::string(prefix);
+  e.content = std::string(content);
   return std::optional<LogicalEvent>(std::move(e));
 }
 

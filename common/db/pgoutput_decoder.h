@@ -5,7 +5,8 @@
 // `pgoutput` plugin sends it (protocol version 1), without any I/O: the
 // replication protocol's CopyData framing (XLogData 'w', primary keepalive 'k')
 // and the pgoutput messages inside XLogData (Begin, Commit, Origin, Relation,
-// Type, Insert, Update, Delete, Truncate). LogicalStream (logical_stream.h)
+// Type, Insert, Update, Delete, Truncate, and Message when the stream asks for
+// logical decoding messages). LogicalStream (logical_stream.h)
 // drives it over a replication connection; tests and the fuzzer feed it bytes.
 //
 //   PgOutputDecoder decoder;
@@ -17,11 +18,12 @@
 // Every field is read with an explicit bounds check: bytes that do not form a
 // well-formed message of the expected shape (truncated, a length running past
 // the end, trailing bytes, an unknown message or tuple kind, a change to a
-// relation never described, a change outside a transaction) give DATA_LOSS
-// naming the message and the problem, never a read out of bounds. Memory is
-// bounded by one message plus the relations' descriptions (at most
-// kMaxRelations; more is RESOURCE_EXHAUSTED). Of a row only the replica
-// identity ("key") columns are kept; other values are skipped unread.
+// relation never described, a change or transactional message outside a
+// transaction) give DATA_LOSS naming the message and the problem, never a read
+// out of bounds. Memory is bounded by one message (and a Message event's copy
+// of its content) plus the relations' descriptions (at most kMaxRelations;
+// more is RESOURCE_EXHAUSTED). Of a row only the replica identity ("key")
+// columns are kept; other values are skipped unread.
 //
 // Thread-compatible: one decoder per stream, used by one thread at a time.
 // Events share their RelationInfo (immutable once published) by shared_ptr, so
@@ -145,8 +147,24 @@ struct RelationEvent {
   bool changed = true;
 };
 
+// A logical decoding message, written by anyone with
+// pg_logical_emit_message(transactional, prefix, content) and sent only when
+// the stream asks for messages. A transactional one arrives inside its
+// transaction (between its Begin and Commit, so in commit order, and only if
+// that transaction committed); a non-transactional one between transactions,
+// as soon as it is decoded. Nothing about it is trustworthy beyond that: any
+// role that may execute the function can send any prefix.
+struct MessageEvent {
+  bool transactional = false;
+  // Its position as the server reports it (for a transactional message,
+  // PostgreSQL 15 reports its transaction's commit LSN).
+  Lsn lsn = 0;
+  std::string prefix;
+  std::string content;
+};
+
 using LogicalEvent =
-    std::variant<BeginEvent, CommitEvent, ChangeEvent, TruncateEvent, RelationEvent>;
+    std::variant<BeginEvent, CommitEvent, ChangeEvent, TruncateEvent, RelationEvent, MessageEvent>;
 
 // One CopyData message of the replication stream (server to client).
 struct ReplicationMessage {
@@ -169,6 +187,11 @@ class PgOutputDecoder {
  public:
   static constexpr size_t kMaxRelations = 65536;
 
+  // `messages`: the stream asked for logical decoding messages (pgoutput's
+  // `messages` option); otherwise a Message is as unexpected as any unknown
+  // message type.
+  explicit PgOutputDecoder(bool messages = false) : messages_(messages) {}
+
   // Decodes one pgoutput message. nullopt for messages that only inform the
   // decoder (Type, Origin). Errors: DATA_LOSS (malformed or unexpected
   // message), RESOURCE_EXHAUSTED (too many relations). After an error the
@@ -182,8 +205,10 @@ class PgOutputDecoder {
   absl::StatusOr<std::optional<LogicalEvent>> DecodeRelation(absl::string_view body);
   absl::StatusOr<std::optional<LogicalEvent>> DecodeChange(char type, absl::string_view body);
   absl::StatusOr<std::optional<LogicalEvent>> DecodeTruncate(absl::string_view body);
+  absl::StatusOr<std::optional<LogicalEvent>> DecodeMessage(absl::string_view body);
   absl::StatusOr<std::shared_ptr<const RelationInfo>> Lookup(uint32_t id, char type) const;
 
+  const bool messages_;
   absl::flat_hash_map<uint32_t, std::shared_ptr<const RelationInfo>> relations_;
   bool in_transaction_ = false;
   Lsn final_lsn_ = 0;

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -371,6 +372,61 @@ TEST(DecoderOrderTest, RejectsMessagesOutOfPlace) {
   EXPECT_TRUE(d.in_transaction());
   auto ok = d.Decode(Commit(0x50, 0x70, 0));
   EXPECT_EQ(As<CommitEvent>(ok).end_lsn, 0x70u);
+}
+
+// Logical decoding messages (pg_logical_emit_message), when the stream asked
+// for them: a transactional one inside its transaction, a non-transactional
+// one anywhere; anything malformed is DATA_LOSS and changes nothing.
+TEST(DecoderMessageTest, MessagesAreDecodedWhenAskedFor) {
+  PgOutputDecoder d(/*messages=*/true);
+  const std::string transactional = Msg('M')
+                                        .U8(1)
+                                        .U64(0x4000)
+                                        .Str("poolside.fence")
+                                        .U32(3)
+                                        .Raw(absl::string_view("a\0b", 3))
+                                        .str();
+  EXPECT_TRUE(absl::StrContains(d.Decode(transactional).status().message(),
+                                "transactional message outside a transaction"));
+  auto loose = d.Decode(Msg('M').U8(0).U64(0x10).Str("").U32(0));
+  EXPECT_FALSE(As<MessageEvent>(loose).transactional);
+  EXPECT_EQ(As<MessageEvent>(loose).lsn, 0x10u);
+  EXPECT_EQ(As<MessageEvent>(loose).prefix, "");
+  EXPECT_EQ(As<MessageEvent>(loose).content, "");
+  EXPECT_FALSE(d.in_transaction());
+
+  ASSERT_TRUE(d.Decode(Begin(0x5000, 0, 3)).ok());
+  for (size_t len = 0; len < transactional.size(); ++len) {
+    absl::Status s = d.Decode(absl::string_view(transactional).substr(0, len)).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << "cut to " << len << ": " << s;
+  }
+  const std::vector<std::pair<std::string, std::string>> malformed = {
+      {Msg('M').U8(2).U64(1).Str("p").U32(0).str(), "unknown flags 0x02"},
+      {Msg('M').U8(1).U64(1).Str("p").U32(5).Raw("abc").str(), "runs past the end"},
+      {Msg('M').U8(1).U64(1).Str("p").U32(0xffffffff).str(), "runs past the end"},
+      {Msg('M').U8(1).U64(1).Str("p").U32(1).Raw("ab").str(), "trailing bytes"},
+      {Msg('M').U8(1).U64(1).Raw("p").str(), "unterminated prefix"},
+  };
+  for (const auto& [m, expect] : malformed) {
+    absl::Status s = d.Decode(m).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << expect << ": " << s;
+    EXPECT_TRUE(absl::StrContains(s.message(), expect)) << s;
+  }
+  EXPECT_TRUE(d.in_transaction());
+  auto inside = d.Decode(transactional);
+  EXPECT_TRUE(As<MessageEvent>(inside).transactional);
+  EXPECT_EQ(As<MessageEvent>(inside).lsn, 0x4000u);
+  EXPECT_EQ(As<MessageEvent>(inside).prefix, "poolside.fence");
+  EXPECT_EQ(As<MessageEvent>(inside).content, std::string("a\0b", 3));
+  EXPECT_TRUE(d.in_transaction()) << "a message neither opens nor closes a transaction";
+  EXPECT_TRUE(d.Decode(Commit(0x5000, 0x5100, 0)).ok());
+  EXPECT_FALSE(d.in_transaction());
+
+  // Not asked for: refused like any unknown message.
+  PgOutputDecoder plain;
+  absl::Status s = plain.Decode(Msg('M').U8(0).U64(0x10).Str("").U32(0)).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "not asked for")) << s;
 }
 
 TEST(DecoderLimitTest, RelationsAreBounded) {

@@ -65,7 +65,10 @@ const std::string& Topology::Route::id() const { return member_->id; }
 const std::string& Topology::Route::dsn() const { return member_->dsn; }
 
 Topology::Topology(std::string database, TopologyOptions options, Clock* clock)
-    : database_(std::move(database)), options_(options), clock_(clock) {}
+    : database_(std::move(database)),
+      options_(options),
+      clock_(clock),
+      primary_lost_at_(clock->Now()) {}
 
 Topology::~Topology() = default;
 
@@ -210,6 +213,7 @@ void Topology::ResolvePrimaryLocked() {
                           " all accept writes (more than one primary)");
   }
   if (chosen != primary_) {
+    if (chosen == nullptr) primary_lost_at_ = now;
     primary_ = std::move(chosen);
     ++primary_generation_;
   }
@@ -281,6 +285,11 @@ uint64_t Topology::AwaitPrimaryChange(uint64_t seen, absl::Duration timeout) con
                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return primary_generation_ != seen; };
   mu_.AwaitWithTimeout(absl::Condition(&changed), timeout);
   return primary_generation_;
+}
+
+absl::Time Topology::primary_lost_at() const {
+  absl::MutexLock lock(&mu_);
+  return primary_ == nullptr ? primary_lost_at_ : absl::InfiniteFuture();
 }
 
 std::vector<MemberStatus> Topology::Snapshot() const {

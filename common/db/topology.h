@@ -164,6 +164,10 @@ class Topology {
   // Blocks until primary_generation() differs from `seen` or `timeout`
   // passes (real time); returns the current generation.
   uint64_t AwaitPrimaryChange(uint64_t seen, absl::Duration timeout) const;
+  // While no primary is known: when the last one was lost (or when the
+  // topology was made, if it never had one), by the topology's clock; the
+  // start of a failover buffer's window. InfiniteFuture while one is known.
+  absl::Time primary_lost_at() const;
 
   // All members, in SetMembers order.
   std::vector<MemberStatus> Snapshot() const;
@@ -194,6 +198,7 @@ class Topology {
   // Why there is no primary, when there is none.
   std::string no_primary_reason_ ABSL_GUARDED_BY(mu_);
   uint64_t primary_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time primary_lost_at_ ABSL_GUARDED_BY(mu_);
   std::deque<PrimarySample> history_ ABSL_GUARDED_BY(mu_);
   size_t next_turn_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void()> listener_ ABSL_GUARDED_BY(mu_);

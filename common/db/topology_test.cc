@@ -279,6 +279,29 @@ TEST_F(TopologyTest, AwaitPrimaryChangeWakesOnChange) {
   EXPECT_EQ(topology_.primary(), "");
 }
 
+TEST_F(TopologyTest, PrimaryLostAtStartsTheFailoverWindow) {
+  // Never had a primary: lost since the topology was made.
+  const absl::Time made = clock_.Now();
+  clock_.Advance(absl::Seconds(2));
+  EXPECT_EQ(topology_.primary_lost_at(), made);
+  Round(1000, 1000, 1000);
+  EXPECT_EQ(topology_.primary_lost_at(), absl::InfiniteFuture());
+  clock_.Advance(absl::Seconds(1));
+  const absl::Time lost = clock_.Now();
+  topology_.Record("p", absl::UnavailableError("gone"));
+  clock_.Advance(absl::Seconds(1));
+  // Further probes without a primary do not move it.
+  topology_.Record("r1", Replica(1000));
+  topology_.Record("p", absl::UnavailableError("still gone"));
+  EXPECT_EQ(topology_.primary_lost_at(), lost);
+  topology_.Record("r1", Primary(1100));
+  EXPECT_EQ(topology_.primary_lost_at(), absl::InfiniteFuture());
+  // Losing the new one starts a new window.
+  clock_.Advance(absl::Seconds(1));
+  topology_.Record("r1", Replica(1100));
+  EXPECT_EQ(topology_.primary_lost_at(), clock_.Now());
+}
+
 TEST_F(TopologyTest, ConcurrentPicksAndProbes) {
   Round(1000, 1000, 1000);
   std::atomic<bool> stop{false};

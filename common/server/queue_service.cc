@@ -1,5 +1,7 @@
 #include "common/server/queue_service.h"
 
+#include <chrono>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -43,6 +45,90 @@ void PollQueue(grpc::CompletionQueue* cq) {
 
 void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn) {
   new QueueTask(cq, std::move(fn));
+}
+
+QueueCall::QueueCall(QueueCalls* calls, bool watch_cancel)
+    : calls_(calls), watch_cancel_(watch_cancel) {
+  // Before the call is requested: the notification then comes back for every
+  // call that starts.
+  if (watch_cancel) context_.AsyncNotifyWhenDone(&done_);
+}
+
+absl::Time QueueCall::deadline() const {
+  const auto deadline = context_.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return absl::InfiniteFuture();
+  return absl::FromChrono(deadline);
+}
+
+void QueueCall::Arrive(const telemetry::ServerCallTelemetry::Method* method) {
+  arrived_ = true;
+  if (calls_ != nullptr) calls_->Arrived();
+  record_.Begin(method, &context_);
+  absl::MutexLock lock(&mu_);
+  refs_ = watch_cancel_ ? 2 : 1;
+}
+
+void QueueCall::Release() {
+  bool last;
+  {
+    absl::MutexLock lock(&mu_);
+    last = --refs_ == 0;
+  }
+  if (!last) return;
+  // Counted out only once deleted, so that nothing of the call outlives a
+  // WaitForCalls() that returned.
+  QueueCalls* const counted = arrived_ ? calls_ : nullptr;
+  delete this;
+  if (counted != nullptr) counted->Left();
+}
+
+grpc::Status QueueCall::Ending(const absl::Status& status) {
+  grpc::Status ending = status.ok() ? grpc::Status::OK : ToGrpcStatus(status);
+  record_.End(ending);
+  return ending;
+}
+
+void QueueCall::OnDone(bool /*ok*/) {
+  if (context_.IsCancelled()) {
+    bool unanswered;
+    {
+      absl::MutexLock lock(&mu_);
+      CallerGoneLocked();
+      unanswered = !answered_;
+    }
+    // Outside mu_: the cancel function may answer the call.
+    if (unanswered && cancel_) cancel_();
+  }
+  Release();
+}
+
+void QueueCalls::Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* telemetry,
+                       absl::string_view service_full_name) {
+  cq_ = cq;
+  telemetry_ = telemetry;
+  service_ = std::string(service_full_name);
+}
+
+int QueueCalls::live() const {
+  absl::MutexLock lock(&mu_);
+  return live_;
+}
+
+bool QueueCalls::WaitForCalls(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  return mu_.AwaitWithTimeout(absl::Condition(
+                                  +[](int* live) { return *live == 0; }, &live_),
+                              timeout);
+}
+
+void QueueCalls::Arrived() {
+  absl::MutexLock lock(&mu_);
+  ++live_;
+}
+
+void QueueCalls::Left() {
+  absl::MutexLock lock(&mu_);
+  --live_;
 }
 
 // One Watch call, on the queue thread throughout. It holds at most one write
@@ -220,8 +306,8 @@ absl::Status QueueHealthService::Check(const health::HealthCheckRequest& request
   absl::MutexLock lock(&mu_);
   auto it = serving_.find(request.service());
   if (it == serving_.end()) {
-    return absl::NotFoundError(absl::StrCat("no health status for service \"",
-                                            request.service().substr(0, 200), "\""));
+    return absl::NotFoundError(
+        absl::StrCat("no health status for service \"", request.service().substr(0, 200), "\""));
   }
   response->set_status(it->second ? health::HealthCheckResponse::SERVING
                                   : health::HealthCheckResponse::NOT_SERVING);

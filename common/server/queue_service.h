@@ -31,8 +31,10 @@
 // that only calls touch needs no lock; other threads reach it with
 // RunOnQueue().
 
+#include <deque>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -45,8 +47,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "common/server/status.h"
 #include "common/telemetry/metrics_interceptor.h"
+#include "common/telemetry/trace_context.h"
+#include "common/telemetry/trace_grpc.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
@@ -247,14 +252,391 @@ void PollQueue(grpc::CompletionQueue* cq);
 // down yet (Server shuts it down after the drain, see server.h).
 void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
 
-// One requested call of a unary method, answered inline by a handler of
-// `Owner`: absl::Status (Owner::*kHandle)(const Request&, Response*), or, for
-// a handler that reads the call's metadata (e.g. to authenticate it),
-// absl::Status (Owner::*kHandle)(const grpc::ServerContext&, const Request&,
-// Response*). Once a
-// call arrives, another is requested in its place, so the method keeps as
-// many requests outstanding as Begin() started. Each call records itself
-// under `method` (QueueMethod(); null: not recorded).
+// The call layer: calls whose handler runs on the queue thread when the call
+// arrives and whose answer may come later, from any thread (a database
+// worker). Each call records its metrics and span (QueueMethod()) from its
+// arrival to its answer, runs its handler inside the call's span context (so
+// work started there joins the trace), converts the handler's absl::Status
+// once (status.h) and is answered once: later answers are ignored. A call
+// whose caller goes away (cancels, its deadline passes, the server shuts
+// down) before it is answered runs the function given to OnCancel(), on the
+// queue thread: that is how the work answering it is stopped.
+//
+// A service keeps one QueueCalls, serves its methods from Begin() as a table
+// of handlers, and waits for its calls before the queue shuts down
+// (ServerOptions::before_queue_shutdown):
+//
+//   calls_.Begin(cq, telemetry, v1::Foo::service_full_name());
+//   calls_.Unary(&async_, &Async::RequestGet, "Get", /*slots=*/8,
+//                [this](QueueUnaryCall<GetRequest, GetResponse>* call) {
+//                  Job* job = core_->Get(call->request(), call->response(),
+//                                        [call](absl::Status s) { call->Complete(s); });
+//                  call->OnCancel([call, job] {
+//                    if (job->Cancel()) call->Complete(absl::CancelledError("cancelled"));
+//                  });
+//                });
+//
+// Lifetime: a call lives until its answer, its done notification and its
+// writes are back, all on the queue thread; so the handler and the cancel
+// function may use the call throughout (and answer it more than once: the
+// first answer counts), while another thread may use it only until it
+// answers it: nothing of a call (its request, response, what it keeps) may
+// be touched after that. Where both the work and the cancel function may
+// answer, the core decides which one does (query: Work::Abandon()).
+
+class QueueCalls;
+
+// What a call's method gives each of its calls. Shared by the calls of a
+// method (the last one deletes it).
+template <typename Request, typename Stream, typename Call>
+struct QueueCallMethod {
+  // Counts the method's calls (null: not counted).
+  QueueCalls* calls = nullptr;
+  // Whether calls watch for their caller going away (OnCancel): costs one more
+  // queue event per call, so a method whose handlers answer inline does not.
+  bool watch_cancel = false;
+  const telemetry::ServerCallTelemetry::Method* telemetry = nullptr;
+  // Requests one call: the generated Request<Method>(context, request,
+  // stream, cq, cq, tag).
+  std::function<void(grpc::ServerContext*, Request*, Stream*, void* tag)> request;
+  // Runs on the queue thread when a call arrived.
+  std::function<void(Call*)> handle;
+};
+
+// What every call of the layer has; see the derived calls below.
+class QueueCall {
+ public:
+  QueueCall(const QueueCall&) = delete;
+  QueueCall& operator=(const QueueCall&) = delete;
+
+  grpc::ServerContext& context() { return context_; }
+  // The caller's deadline (InfiniteFuture when it set none).
+  absl::Time deadline() const;
+
+  // Keeps `value` (e.g. the caller's admission permit, a rewritten request)
+  // until the call is deleted, and returns where it is kept. Queue thread.
+  template <typename T>
+  T* Keep(T value) {
+    auto kept = std::make_shared<T>(std::move(value));
+    T* where = kept.get();
+    kept_.push_back(std::move(kept));
+    return where;
+  }
+
+  // `cancel` runs once, on the queue thread, if the caller goes away before
+  // the call is answered; it stops the work that answers the call and, when
+  // that work will not answer it any more, answers it. Queue thread (the
+  // handler); replaces an earlier one. Never runs for methods that do not
+  // watch for cancellation (UnaryQueueCall).
+  void OnCancel(std::function<void()> cancel) { cancel_ = std::move(cancel); }
+
+ protected:
+  QueueCall(QueueCalls* calls, bool watch_cancel);
+  virtual ~QueueCall() = default;
+
+  // The call arrived (queue thread): counted, recorded under `method`,
+  // holding one reference for its answer (and one for its done notification).
+  void Arrive(const telemetry::ServerCallTelemetry::Method* method);
+  // A requested `call` of `method` came back (`ok`): deleted when it never
+  // started (shutting down: no done notification follows); otherwise the next
+  // one is requested, and `call` arrives and runs its handler inside its span
+  // context.
+  template <typename Call, typename Method>
+  static void Start(Call* call, bool ok, const std::shared_ptr<const Method>& method) {
+    if (!ok) {
+      delete call;
+      return;
+    }
+    Call::Post(method);
+    call->Arrive(method->telemetry);
+    telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(&call->context_));
+    method->handle(call);
+  }
+  void AddRefLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { ++refs_; }
+  // Drops a reference; the last deletes the call. Queue thread.
+  void Release();
+  // The status the call ends with, recorded.
+  grpc::Status Ending(const absl::Status& status);
+  // The caller went away; stop what would send more (under mu_).
+  virtual void CallerGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {}
+
+  grpc::ServerContext context_;
+  absl::Mutex mu_;
+  // The call's answer was given (Complete() called).
+  bool answered_ ABSL_GUARDED_BY(mu_) = false;
+
+ private:
+  void OnDone(bool ok);
+
+  QueueCalls* const calls_;
+  const bool watch_cancel_;
+  telemetry::ServerCallRecord record_;
+  QueueStep<QueueCall, &QueueCall::OnDone> done_{this};
+  bool arrived_ = false;
+  int refs_ ABSL_GUARDED_BY(mu_) = 0;
+  std::function<void()> cancel_;
+  std::vector<std::shared_ptr<void>> kept_;
+};
+
+// A unary call: answered once with Complete(), from any thread.
+template <typename Request, typename Response>
+class QueueUnaryCall final : public QueueCall {
+ public:
+  using Method =
+      QueueCallMethod<Request, grpc::ServerAsyncResponseWriter<Response>, QueueUnaryCall>;
+
+  // Requests one call of `method`; when it arrives, the next.
+  static void Post(std::shared_ptr<const Method> method) { new QueueUnaryCall(std::move(method)); }
+
+  const Request& request() const { return request_; }
+  Response* response() { return &response_; }
+
+  // Answers the call: response() when `status` is ok, else the status alone.
+  // The first answer counts; any thread.
+  void Complete(const absl::Status& status) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (answered_) return;
+      answered_ = true;
+    }
+    const grpc::Status answer = Ending(status);
+    if (answer.ok()) {
+      writer_.Finish(response_, answer, &finished_);
+    } else {
+      writer_.FinishWithError(answer, &finished_);
+    }
+  }
+
+ private:
+  explicit QueueUnaryCall(std::shared_ptr<const Method> method)
+      : QueueCall(method->calls, method->watch_cancel),
+        method_(std::move(method)),
+        writer_(&context_) {
+    method_->request(&context_, &request_, &writer_, &requested_);
+  }
+
+  void OnRequested(bool ok) { Start(this, ok, method_); }
+  void OnFinished(bool /*ok*/) { Release(); }
+
+  const std::shared_ptr<const Method> method_;
+  Request request_;
+  Response response_;
+  grpc::ServerAsyncResponseWriter<Response> writer_;
+  QueueStep<QueueUnaryCall, &QueueUnaryCall::OnRequested> requested_{this};
+  QueueStep<QueueUnaryCall, &QueueUnaryCall::OnFinished> finished_{this};
+};
+
+// A server-streaming call: messages written with Write() from a producer's
+// thread, one at a time on the wire; at most kMaxQueued wait for the network,
+// so a slow reader holds the producer (and whatever it reads from) back
+// instead of growing memory. Complete() ends it once the queued messages are
+// written.
+template <typename Request, typename Response>
+class QueueWriterCall final : public QueueCall {
+ public:
+  static constexpr size_t kMaxQueued = 2;
+  using Method = QueueCallMethod<Request, grpc::ServerAsyncWriter<Response>, QueueWriterCall>;
+
+  static void Post(std::shared_ptr<const Method> method) { new QueueWriterCall(std::move(method)); }
+
+  const Request& request() const { return request_; }
+
+  // Sends `message` after the ones before it; blocks while kMaxQueued wait.
+  // False once the caller is gone or the call answered (nothing more is
+  // sent). Not on the queue thread (it would wait for itself).
+  bool Write(std::unique_ptr<Response> message) {
+    Response* write = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](QueueWriterCall* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+            return c->gone_ || c->answered_ || c->queue_.size() < kMaxQueued;
+          },
+          this));
+      if (gone_ || answered_) return false;
+      queue_.push_back(std::move(message));
+      if (!writing_) write = StartWriteLocked();
+    }
+    if (write != nullptr) stream_.Write(*write, &written_);
+    return true;
+  }
+
+  // Ends the call with `status` once the queued messages are written (at once
+  // when the caller is gone). The first answer counts; any thread.
+  void Complete(const absl::Status& status) {
+    absl::Status finish;
+    {
+      absl::MutexLock lock(&mu_);
+      if (answered_) return;
+      answered_ = true;
+      final_ = status;
+      if (!FinishNowLocked(&finish)) return;
+    }
+    stream_.Finish(Ending(finish), &finished_);
+  }
+
+ private:
+  explicit QueueWriterCall(std::shared_ptr<const Method> method)
+      : QueueCall(method->calls, method->watch_cancel),
+        method_(std::move(method)),
+        stream_(&context_) {
+    method_->request(&context_, &request_, &stream_, &requested_);
+  }
+
+  void OnRequested(bool ok) { Start(this, ok, method_); }
+
+  void OnWritten(bool ok) {
+    Response* write = nullptr;
+    absl::Status finish;
+    bool finish_now = false;
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();
+      writing_ = false;
+      if (!ok) {  // the stream is broken: the caller is gone
+        gone_ = true;
+        queue_.clear();
+      }
+      if (!queue_.empty()) {
+        write = StartWriteLocked();
+      } else {
+        finish_now = FinishNowLocked(&finish);
+      }
+    }
+    if (write != nullptr) stream_.Write(*write, &written_);
+    if (finish_now) stream_.Finish(Ending(finish), &finished_);
+    Release();  // this write's
+  }
+
+  void OnFinished(bool /*ok*/) { Release(); }
+
+  void CallerGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override { gone_ = true; }
+
+  // The message to write next; the write holds a reference until OnWritten.
+  Response* StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_ = true;
+    AddRefLocked();
+    return queue_.front().get();
+  }
+
+  // Whether to finish now (once): answered, no write out, nothing more to
+  // write (or nobody to write it to).
+  bool FinishNowLocked(absl::Status* status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finish_sent_ || writing_ || !answered_) return false;
+    if (!gone_ && !queue_.empty()) return false;
+    finish_sent_ = true;
+    *status = final_;
+    return true;
+  }
+
+  const std::shared_ptr<const Method> method_;
+  Request request_;
+  grpc::ServerAsyncWriter<Response> stream_;
+  QueueStep<QueueWriterCall, &QueueWriterCall::OnRequested> requested_{this};
+  QueueStep<QueueWriterCall, &QueueWriterCall::OnWritten> written_{this};
+  QueueStep<QueueWriterCall, &QueueWriterCall::OnFinished> finished_{this};
+  std::deque<std::unique_ptr<Response>> queue_ ABSL_GUARDED_BY(mu_);  // front: being written
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool gone_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_sent_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status final_ ABSL_GUARDED_BY(mu_);
+};
+
+// The generated Request<Method> of an async service whose calls stream
+// through `Stream` (ServerAsyncResponseWriter<Response>, ServerAsyncWriter<..>).
+template <typename Class, typename Request, typename Stream>
+using QueueRequestFn = void (Class::*)(grpc::ServerContext*, Request*, Stream*,
+                                       grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
+
+// The calls of one queue service: serves its methods (each call watches for
+// its caller going away) and counts its calls until they are deleted.
+// Begin(), Unary() and ServerStream() run in the service's Begin();
+// WaitForCalls() from any thread.
+class QueueCalls {
+ public:
+  QueueCalls() = default;
+  QueueCalls(const QueueCalls&) = delete;
+  QueueCalls& operator=(const QueueCalls&) = delete;
+
+  // The arguments of QueueService::Begin(), and the generated service's full
+  // name ("poolside.v1.QueryService") under which calls are recorded.
+  void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* telemetry,
+             absl::string_view service_full_name);
+
+  // Serves unary method `name` (requested through `request` of `service`)
+  // with `slots` requests outstanding: each call that arrives runs
+  // handle(QueueUnaryCall<Request, Response>*) on the queue thread.
+  template <typename AsyncService, typename Class, typename Request, typename Response,
+            typename Handle>
+  void Unary(AsyncService* service,
+             QueueRequestFn<Class, Request, grpc::ServerAsyncResponseWriter<Response>> request,
+             absl::string_view name, int slots, Handle handle) {
+    Serve<QueueUnaryCall<Request, Response>>(service, request, name,
+                                             grpc::experimental::ServerRpcInfo::Type::UNARY, slots,
+                                             std::move(handle));
+  }
+
+  // Likewise for server-streaming method `name`: QueueWriterCall<Request, Response>.
+  template <typename AsyncService, typename Class, typename Request, typename Response,
+            typename Handle>
+  void ServerStream(AsyncService* service,
+                    QueueRequestFn<Class, Request, grpc::ServerAsyncWriter<Response>> request,
+                    absl::string_view name, int slots, Handle handle) {
+    Serve<QueueWriterCall<Request, Response>>(
+        service, request, name, grpc::experimental::ServerRpcInfo::Type::SERVER_STREAMING, slots,
+        std::move(handle));
+  }
+
+  // Calls that arrived and are not deleted yet.
+  int live() const;
+  // Waits until every call that arrived has been deleted (answered, its
+  // caller's done notification back), or `timeout` passed: false then. After
+  // the server's shutdown, before its queue's, while the queue is polled:
+  // calls answered later would answer on a queue that no longer exists.
+  bool WaitForCalls(absl::Duration timeout = absl::InfiniteDuration());
+
+ private:
+  friend class QueueCall;
+
+  template <typename Call, typename AsyncService, typename Class, typename Request, typename Stream,
+            typename Handle>
+  void Serve(AsyncService* service, QueueRequestFn<Class, Request, Stream> request,
+             absl::string_view name, grpc::experimental::ServerRpcInfo::Type type, int slots,
+             Handle handle) {
+    auto method = std::make_shared<typename Call::Method>();
+    method->calls = this;
+    method->watch_cancel = true;
+    method->telemetry = telemetry_ == nullptr
+                            ? nullptr
+                            : telemetry_->AddMethod(absl::StrCat("/", service_, "/", name), type);
+    Class* target = service;
+    grpc::ServerCompletionQueue* cq = cq_;
+    method->request = [target, request, cq](grpc::ServerContext* context, Request* message,
+                                            Stream* stream, void* tag) {
+      (target->*request)(context, message, stream, cq, cq, tag);
+    };
+    method->handle = std::move(handle);
+    for (int i = 0; i < slots; ++i) Call::Post(method);
+  }
+
+  void Arrived();
+  void Left();
+
+  grpc::ServerCompletionQueue* cq_ = nullptr;
+  telemetry::ServerCallTelemetry* telemetry_ = nullptr;
+  std::string service_;
+  mutable absl::Mutex mu_;
+  int live_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// A unary method answered inline, by a handler of `Owner`: absl::Status
+// (Owner::*kHandle)(const Request&, Response*), or, for a handler that reads
+// the call's metadata (e.g. to authenticate it), absl::Status
+// (Owner::*kHandle)(const grpc::ServerContext&, const Request&, Response*).
+// A QueueUnaryCall that does not watch for cancellation and is not counted.
+// Post() requests one call; once a call arrives, another is requested in its
+// place, so the method keeps as many requests outstanding as Begin() started.
+// Each call records itself under `method` (QueueMethod(); null: not recorded).
 //
 //   using GetCall = UnaryQueueCall<Impl, v1::Foo::AsyncService, GetRequest,
 //                                  GetResponse, &v1::Foo::AsyncService::RequestGet,
@@ -263,58 +645,28 @@ void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
 //   for (int i = 0; i < 8; ++i) GetCall::Post(this, &async_, cq, get);
 template <typename Owner, typename AsyncService, typename Request, typename Response,
           auto kRequestMethod, auto kHandle>
-class UnaryQueueCall final : public QueueTag {
+class UnaryQueueCall final {
  public:
+  using Call = QueueUnaryCall<Request, Response>;
+
   static void Post(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq,
                    const telemetry::ServerCallTelemetry::Method* method = nullptr) {
-    new UnaryQueueCall(owner, service, cq, method);
+    auto m = std::make_shared<typename Call::Method>();
+    m->telemetry = method;
+    m->request = [service, cq](grpc::ServerContext* context, Request* request,
+                               grpc::ServerAsyncResponseWriter<Response>* writer, void* tag) {
+      (service->*kRequestMethod)(context, request, writer, cq, cq, tag);
+    };
+    m->handle = [owner](Call* call) {
+      if constexpr (std::is_invocable_v<decltype(kHandle), Owner*, const grpc::ServerContext&,
+                                        const Request&, Response*>) {
+        call->Complete((owner->*kHandle)(call->context(), call->request(), call->response()));
+      } else {
+        call->Complete((owner->*kHandle)(call->request(), call->response()));
+      }
+    };
+    Call::Post(std::move(m));
   }
-
-  void Proceed(bool ok) override {
-    // !ok before the answer: the server is shutting down; after it: the
-    // answer could not be sent (the caller is gone). Either way, done.
-    if (!ok || answered_) {
-      delete this;
-      return;
-    }
-    Post(owner_, service_, cq_, method_);
-    answered_ = true;
-    record_.Begin(method_, &context_);
-    absl::Status status;
-    if constexpr (std::is_invocable_v<decltype(kHandle), Owner*, const grpc::ServerContext&,
-                                      const Request&, Response*>) {
-      status = (owner_->*kHandle)(context_, request_, &response_);
-    } else {
-      status = (owner_->*kHandle)(request_, &response_);
-    }
-    if (status.ok()) {
-      record_.End(grpc::Status::OK);
-      writer_.Finish(response_, grpc::Status::OK, this);
-    } else {
-      const grpc::Status error = ToGrpcStatus(status);
-      record_.End(error);
-      writer_.FinishWithError(error, this);
-    }
-  }
-
- private:
-  UnaryQueueCall(Owner* owner, AsyncService* service, grpc::ServerCompletionQueue* cq,
-                 const telemetry::ServerCallTelemetry::Method* method)
-      : owner_(owner), service_(service), cq_(cq), method_(method), writer_(&context_) {
-    (service_->*kRequestMethod)(&context_, &request_, &writer_, cq_, cq_, this);
-  }
-  ~UnaryQueueCall() = default;
-
-  Owner* const owner_;
-  AsyncService* const service_;
-  grpc::ServerCompletionQueue* const cq_;
-  const telemetry::ServerCallTelemetry::Method* const method_;
-  grpc::ServerContext context_;
-  Request request_;
-  Response response_;
-  grpc::ServerAsyncResponseWriter<Response> writer_;
-  telemetry::ServerCallRecord record_;
-  bool answered_ = false;
 };
 
 // grpc.health.v1.Health (Check and Watch) served on a queue server's queue,

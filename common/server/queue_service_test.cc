@@ -24,6 +24,7 @@
 #include "proto/grpc/reflection/v1/reflection.grpc.pb.h"
 #include "proto/grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
+#include "proto/poolside/v1/query.grpc.pb.h"
 
 namespace poolside::server {
 namespace {
@@ -50,14 +51,15 @@ class EchoService final : public QueueService {
       Call<v1::CacheSetRequest, v1::CacheSetResponse, &Async::RequestSet, &EchoService::Set>::Post(
           this, &async_, cq, set);
       Call<v1::CacheGetManyRequest, v1::CacheGetManyResponse, &Async::RequestGetMany,
-           &EchoService::Ok<v1::CacheGetManyRequest, v1::CacheGetManyResponse>>::Post(this,
-                                                                                      &async_, cq);
+           &EchoService::Ok<v1::CacheGetManyRequest, v1::CacheGetManyResponse>>::Post(this, &async_,
+                                                                                      cq);
       Call<v1::CacheDeleteRequest, v1::CacheDeleteResponse, &Async::RequestDelete,
            &EchoService::Ok<v1::CacheDeleteRequest, v1::CacheDeleteResponse>>::Post(this, &async_,
                                                                                     cq);
       Call<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse, &Async::RequestInvalidate,
-           &EchoService::Ok<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>>::Post(
-          this, &async_, cq);
+           &EchoService::Ok<v1::CacheInvalidateRequest, v1::CacheInvalidateResponse>>::Post(this,
+                                                                                            &async_,
+                                                                                            cq);
       Call<v1::CacheGetStatsRequest, v1::CacheStats, &Async::RequestGetStats,
            &EchoService::Ok<v1::CacheGetStatsRequest, v1::CacheStats>>::Post(this, &async_, cq);
     }
@@ -287,11 +289,10 @@ TEST(QueueServiceTest, HealthIsCheckedOnTheQueueAndReadinessFollowsTheServer) {
     grpc::ByteBuffer reply;
     absl::Notification done;
     grpc::Status status;
-    generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &reply,
-                      [&](grpc::Status st) {
-                        status = std::move(st);
-                        done.Notify();
-                      });
+    generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &reply, [&](grpc::Status st) {
+      status = std::move(st);
+      done.Notify();
+    });
     done.WaitForNotification();
     EXPECT_EQ(status.error_code(), grpc::StatusCode::UNIMPLEMENTED) << method;
   }
@@ -575,6 +576,417 @@ TEST(QueueServiceTest, CallbackAndQueueServicesDoNotMix) {
   options.services = {&callback};
   absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
   EXPECT_EQ(server.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The call layer (QueueCalls) against a core that answers from threads of its
+// own, the way query's engine does: each call's work is a Job that a worker
+// claims, or that the call's cancel function abandons (then the cancel
+// function answers the call), arbitrated under the core's lock.
+using QAsync = v1::QueryService::AsyncService;
+
+struct Job {
+  enum State { kQueued, kRunning, kAbandoned };
+  State state = kQueued;
+  bool cancelled = false;      // the cancel function ran (the core saw it)
+  bool released = false;       // the test let a held job answer
+  bool worker_done = false;    // its worker thread has finished with it
+  bool write_refused = false;  // a streaming worker's Write() returned false
+  int written = 0;
+};
+
+// A queue service on the query proto. Execute's request.sql picks what the
+// handler does: "inline" answers at once (commit_lsn = max_rows), "twice"
+// answers twice inline, "fail" answers FAILED_PRECONDITION; "worker" answers
+// from a worker thread at once, "hold" from a worker that waits until
+// released or cancelled, "queued" from a worker that starts only once
+// released (cancelling first abandons it). ExecuteStream: "stream" writes
+// max_rows messages (rows_affected 0, 1, ...) from a worker and ends OK, or
+// FAILED_PRECONDITION when database is "fail"; "endless" writes until Write
+// refuses.
+class WorkerService final : public QueueService {
+ public:
+  using Unary = QueueUnaryCall<v1::ExecuteRequest, v1::ExecuteResponse>;
+  using Stream = QueueWriterCall<v1::ExecuteRequest, v1::ExecuteStreamResponse>;
+
+  // After the server stopped: every call has ended, so every worker ends.
+  ~WorkerService() override {
+    std::vector<std::thread> threads;
+    {
+      absl::MutexLock lock(&mu_);
+      threads.swap(threads_);
+    }
+    for (std::thread& thread : threads) thread.join();
+  }
+
+  grpc::Service* grpc_service() override { return &async_; }
+  std::string service_name() const override { return v1::QueryService::service_full_name(); }
+  void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* telemetry) override {
+    calls_.Begin(cq, telemetry, v1::QueryService::service_full_name());
+    calls_.Unary(&async_, &QAsync::RequestExecute, "Execute", 8,
+                 [this](Unary* call) { Execute(call); });
+    calls_.ServerStream(&async_, &QAsync::RequestExecuteStream, "ExecuteStream", 4,
+                        [this](Stream* call) { ExecuteStream(call); });
+  }
+
+  QueueCalls& calls() { return calls_; }
+
+  // Waits (bounded) until `n` jobs satisfy `pred`.
+  bool AwaitJobs(int n, bool (*pred)(const Job&)) {
+    struct Want {
+      WorkerService* service;
+      int n;
+      bool (*pred)(const Job&);
+    } want{this, n, pred};
+    absl::MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(
+        absl::Condition(
+            +[](Want* w) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              return std::count_if(w->service->jobs_.begin(), w->service->jobs_.end(),
+                                   [w](const auto& job) { return w->pred(*job); }) >= w->n;
+            },
+            &want),
+        absl::Seconds(20));
+  }
+  void ReleaseAll() {
+    absl::MutexLock lock(&mu_);
+    for (auto& job : jobs_) job->released = true;
+  }
+  std::vector<Job> Jobs() {
+    absl::MutexLock lock(&mu_);
+    std::vector<Job> jobs;
+    for (const auto& job : jobs_) jobs.push_back(*job);
+    return jobs;
+  }
+
+ private:
+  std::shared_ptr<Job> NewJob() {
+    absl::MutexLock lock(&mu_);
+    jobs_.push_back(std::make_shared<Job>());
+    return jobs_.back();
+  }
+  bool Claim(Job* job) {
+    absl::MutexLock lock(&mu_);
+    if (job->state != Job::kQueued) return false;
+    job->state = Job::kRunning;
+    return true;
+  }
+  // The cancel function of a call answered by `job`.
+  template <typename Call>
+  std::function<void()> CancelOf(Call* call, std::shared_ptr<Job> job) {
+    return [this, call, job] {
+      bool abandoned;
+      {
+        absl::MutexLock lock(&mu_);
+        job->cancelled = true;
+        abandoned = job->state == Job::kQueued;
+        if (abandoned) job->state = Job::kAbandoned;
+      }
+      if (abandoned) call->Complete(absl::CancelledError("call cancelled by the caller"));
+    };
+  }
+  void Spawn(std::shared_ptr<Job> job, std::function<void()> work) {
+    absl::MutexLock lock(&mu_);
+    threads_.emplace_back([this, job, work = std::move(work)] {
+      work();
+      absl::MutexLock lock(&mu_);
+      job->worker_done = true;
+    });
+  }
+  // Waits (bounded) until the test releases `job` or its call is cancelled or
+  // abandoned it; true when released.
+  bool Hold(Job* job) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(
+        absl::Condition(
+            +[](Job* j) { return j->released || j->cancelled || j->state == Job::kAbandoned; },
+            job),
+        absl::Seconds(30));
+    return job->released && !job->cancelled;
+  }
+
+  void Execute(Unary* call) {
+    const std::string mode = call->request().sql();
+    const uint64_t n = call->request().max_rows();
+    if (mode == "inline" || mode == "twice") {
+      call->response()->set_commit_lsn(n);
+      call->Complete(absl::OkStatus());
+      if (mode == "twice") call->Complete(absl::InternalError("a second answer"));
+      return;
+    }
+    if (mode == "fail") {
+      call->Complete(absl::FailedPreconditionError(absl::StrCat("refused ", n)));
+      return;
+    }
+    std::shared_ptr<Job> job = NewJob();
+    call->OnCancel(CancelOf(call, job));
+    Spawn(job, [this, call, job = job.get(), mode, n] {
+      if (mode == "queued" && !Hold(job)) return;  // abandoned: the call is answered
+      if (!Claim(job)) return;
+      if (mode == "hold" && !Hold(job)) {
+        call->Complete(absl::CancelledError("work cancelled"));
+        return;
+      }
+      call->response()->set_commit_lsn(n);
+      call->Complete(absl::OkStatus());
+    });
+  }
+
+  void ExecuteStream(Stream* call) {
+    const std::string mode = call->request().sql();
+    const uint64_t n = call->request().max_rows();
+    const bool fail = call->request().database() == "fail";
+    std::shared_ptr<Job> job = NewJob();
+    call->OnCancel(CancelOf(call, job));
+    Spawn(job, [this, call, job = job.get(), mode, n, fail] {
+      if (!Claim(job)) return;
+      for (uint64_t i = 0; mode == "endless" || i < n; ++i) {
+        auto message = std::make_unique<v1::ExecuteStreamResponse>();
+        message->set_rows_affected(static_cast<int64_t>(i));
+        message->set_command_tag(std::string(256, 'x'));
+        if (!call->Write(std::move(message))) {
+          absl::MutexLock lock(&mu_);
+          job->write_refused = true;
+          break;
+        }
+        absl::MutexLock lock(&mu_);
+        ++job->written;
+      }
+      call->Complete(fail ? absl::FailedPreconditionError(absl::StrCat("failed after ", n))
+                          : absl::OkStatus());
+    });
+  }
+
+  QAsync async_;
+  QueueCalls calls_;
+  absl::Mutex mu_;
+  std::vector<std::shared_ptr<Job>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_ ABSL_GUARDED_BY(mu_);
+};
+
+// A WorkerService on a server whose shutdown waits for its calls (as query's
+// main does), cancelling what its drain leaves after 100 ms.
+class QueueCallsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ServerOptions options = Options(&service_);
+    options.drain_timeout = absl::Milliseconds(100);
+    options.before_queue_shutdown = [this] { service_.calls().WaitForCalls(); };
+    absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    stub_ = v1::QueryService::NewStub(Connect(*server_));
+  }
+
+  WorkerService service_;
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<v1::QueryService::Stub> stub_;
+};
+
+v1::ExecuteRequest Request(const std::string& mode, uint64_t n = 0) {
+  v1::ExecuteRequest request;
+  request.set_sql(mode);
+  request.set_max_rows(n);
+  return request;
+}
+
+bool Running(const Job& job) { return job.state == Job::kRunning; }
+bool Queued(const Job& job) { return job.state == Job::kQueued; }
+bool CancelledWhileRunning(const Job& job) {
+  return job.cancelled && job.state == Job::kRunning && job.worker_done;
+}
+
+TEST_F(QueueCallsTest, ACallIsAnsweredOnceFromTheQueueThreadOrAWorker) {
+  for (const std::string mode : {"inline", "twice", "worker", "fail"}) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::ExecuteResponse response;
+    const grpc::Status status = stub_->Execute(&ctx, Request(mode, 7), &response);
+    if (mode == "fail") {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+      EXPECT_EQ(status.error_message(), "refused 7");
+    } else {
+      EXPECT_TRUE(status.ok()) << mode << ": " << status.error_message();
+      EXPECT_EQ(response.commit_lsn(), 7u) << mode;
+    }
+  }
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_EQ(service_.calls().live(), 0);
+  EXPECT_TRUE(service_.AwaitJobs(
+      1, +[](const Job& j) { return j.worker_done; }));
+}
+
+TEST_F(QueueCallsTest, ACallerCancellingCancelsItsRunningWork) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::ExecuteResponse response;
+  grpc::Status status;
+  std::thread caller([&] { status = stub_->Execute(&ctx, Request("hold"), &response); });
+  ASSERT_TRUE(service_.AwaitJobs(1, Running));
+  ctx.TryCancel();
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  // The core saw the cancellation and its worker answered (ignored by then).
+  EXPECT_TRUE(service_.AwaitJobs(1, CancelledWhileRunning));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+}
+
+TEST_F(QueueCallsTest, ACancelledCallsQueuedWorkIsAbandonedAndNeverRuns) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  v1::ExecuteResponse response;
+  grpc::Status status;
+  std::thread caller([&] { status = stub_->Execute(&ctx, Request("queued", 3), &response); });
+  ASSERT_TRUE(service_.AwaitJobs(1, Queued));
+  ctx.TryCancel();
+  caller.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_TRUE(service_.AwaitJobs(
+      1, +[](const Job& j) { return j.state == Job::kAbandoned; }));
+  // The cancel function answered the call: it is gone although its work never ran.
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+  service_.ReleaseAll();
+  ASSERT_TRUE(service_.AwaitJobs(
+      1, +[](const Job& j) { return j.worker_done; }));
+  EXPECT_EQ(service_.Jobs()[0].state, Job::kAbandoned);
+}
+
+TEST_F(QueueCallsTest, ADeadlinePassingWhileTheCoreWorksCancelsTheWork) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  ctx.set_wait_for_ready(true);
+  v1::ExecuteResponse response;
+  const grpc::Status status = stub_->Execute(&ctx, Request("hold"), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(service_.AwaitJobs(1, CancelledWhileRunning));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+  EXPECT_FALSE(service_.Jobs()[0].released);
+}
+
+TEST_F(QueueCallsTest, AStreamFromAWorkerArrivesInOrderAndEndsWithTheWorkersStatus) {
+  for (const std::string database : {"", "fail"}) {
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx);
+    v1::ExecuteRequest request = Request("stream", 50);
+    request.set_database(database);
+    auto reader = stub_->ExecuteStream(&ctx, request);
+    v1::ExecuteStreamResponse message;
+    int64_t next = 0;
+    while (reader->Read(&message)) {
+      EXPECT_EQ(message.rows_affected(), next);
+      ++next;
+    }
+    EXPECT_EQ(next, 50);
+    const grpc::Status status = reader->Finish();
+    if (database == "fail") {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+      EXPECT_EQ(status.error_message(), "failed after 50");
+    } else {
+      EXPECT_TRUE(status.ok()) << status.error_message();
+    }
+  }
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+}
+
+TEST_F(QueueCallsTest, ACallerCancellingMidStreamStopsTheProducer) {
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx);
+  auto reader = stub_->ExecuteStream(&ctx, Request("endless"));
+  v1::ExecuteStreamResponse message;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(reader->Read(&message));
+    EXPECT_EQ(message.rows_affected(), i);
+  }
+  ctx.TryCancel();
+  while (reader->Read(&message)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The producer's Write() refused, the core saw the cancellation, and the
+  // call is gone.
+  EXPECT_TRUE(service_.AwaitJobs(
+      1, +[](const Job& j) { return j.write_refused && j.cancelled && j.worker_done; }));
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+}
+
+TEST_F(QueueCallsTest, ShutdownWithCallsInFlightCancelsTheirWorkWithoutHanging) {
+  constexpr int kHeld = 3;
+  std::vector<grpc::Status> statuses(kHeld + 2);
+  std::vector<std::thread> callers;
+  for (int i = 0; i < kHeld + 1; ++i) {
+    callers.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      SetDeadline(&ctx);
+      v1::ExecuteResponse response;
+      statuses[i] = stub_->Execute(&ctx, Request(i < kHeld ? "hold" : "queued"), &response);
+    });
+  }
+  // A stream whose reader stops reading: its producer ends up waiting in Write().
+  grpc::ClientContext stream_ctx;
+  SetDeadline(&stream_ctx);
+  auto reader = stub_->ExecuteStream(&stream_ctx, Request("endless"));
+  v1::ExecuteStreamResponse message;
+  ASSERT_TRUE(reader->Read(&message));
+  ASSERT_TRUE(service_.AwaitJobs(kHeld + 1, Running));
+  ASSERT_TRUE(service_.AwaitJobs(1, Queued));
+
+  server_->Shutdown();  // returns once every call has ended and the queue is gone
+  EXPECT_EQ(service_.calls().live(), 0);
+  for (std::thread& caller : callers) caller.join();
+  while (reader->Read(&message)) {
+  }
+  statuses[kHeld + 1] = reader->Finish();
+  for (const grpc::Status& status : statuses) EXPECT_FALSE(status.ok());
+  const std::vector<Job> jobs = service_.Jobs();
+  ASSERT_EQ(jobs.size(), static_cast<size_t>(kHeld + 2));
+  for (const Job& job : jobs) {
+    EXPECT_TRUE(job.cancelled);
+    EXPECT_FALSE(job.released);
+  }
+  EXPECT_TRUE(service_.AwaitJobs(
+      1, +[](const Job& j) { return j.state == Job::kAbandoned; }));
+  EXPECT_TRUE(service_.AwaitJobs(
+      1, +[](const Job& j) { return j.write_refused; }));
+}
+
+TEST_F(QueueCallsTest, AnswersRacingCancellationsLeaveNoCallBehind) {
+  constexpr int kCalls = 200;
+  grpc::CompletionQueue cq;
+  struct Pending {
+    grpc::ClientContext ctx;
+    v1::ExecuteResponse response;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::ExecuteResponse>> reader;
+  };
+  std::vector<Pending> pending(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    SetDeadline(&pending[i].ctx);
+    pending[i].reader = stub_->AsyncExecute(&pending[i].ctx, Request("worker", i), &cq);
+    pending[i].reader->Finish(&pending[i].response, &pending[i].status, &pending[i]);
+    // Every other call is cancelled while its worker answers it.
+    if (i % 2 == 1) pending[i - 1].ctx.TryCancel();
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+  }
+  int answered = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    const grpc::Status& status = pending[i].status;
+    if (status.ok()) {
+      EXPECT_EQ(pending[i].response.commit_lsn(), static_cast<uint64_t>(i));
+      ++answered;
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+      EXPECT_EQ(i % 2, 0) << "only the cancelled calls fail";
+    }
+  }
+  EXPECT_GE(answered, kCalls / 2);
+  EXPECT_TRUE(service_.calls().WaitForCalls(absl::Seconds(10)));
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 }  // namespace

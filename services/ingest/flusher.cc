@@ -123,6 +123,16 @@ class Flush {
       if (s.code() == absl::StatusCode::kAlreadyExists) {
         s = absl::AbortedError(absl::StrCat("idempotency key conflict: ", s.message()));
       }
+      if (commit_unknown_) {
+        result.commit_unknown = true;
+        result.status = absl::UnavailableError(absl::StrCat(
+            "the outcome of the COMMIT is unknown (", s.message(),
+            "): the rows may or may not have been written; a retry with the same idempotency "
+            "key is answered from the key if they were"));
+        result.responses.clear();
+        result.copy_statements = copy_statements_;
+        return result;
+      }
       result.status = BatchFailure(s);
       result.responses.clear();
       result.copy_statements = copy_statements_;
@@ -134,6 +144,7 @@ class Flush {
 
  private:
   absl::Status Attempt(FlushResult& result) {
+    commit_unknown_ = false;
     const size_t n = batch_.writes.size();
     result = FlushResult();
     result.responses.assign(n, v1::WriteResponse());
@@ -212,6 +223,10 @@ class Flush {
     if (!committed.ok() && !isolating_) {
       needs_isolation_ = IsDataError(committed) && !session_.broken();
     }
+    // An error the server answered (with its SQLSTATE) rolled the transaction
+    // back; a lost connection or a cancelled COMMIT leaves it open to doubt.
+    commit_unknown_ = !committed.ok() && (session_.broken() || db::SqlStateOf(committed).empty() ||
+                                          committed.code() == absl::StatusCode::kDeadlineExceeded);
     if (committed.ok()) {
       // The WAL position after the commit (and after any duplicate's
       // original, which this transaction found committed): the requests'
@@ -379,6 +394,7 @@ class Flush {
   db::CopySession session_;
   bool isolating_ = false;
   bool needs_isolation_ = false;
+  bool commit_unknown_ = false;  // of the last attempt
   size_t bytes_ = 0;  // of the last Pieces()
   uint64_t copy_statements_ = 0;  // in every attempt
   // Answered from the key table (duplicate or conflict): not written.
@@ -528,6 +544,16 @@ absl::Status KeyConflict(const PendingWrite& write, absl::string_view used_table
 
 FlushResult FlushBatch(db::Connection& conn, const Batch& batch, absl::Time deadline) {
   return Flush(conn, batch, deadline).Run();
+}
+
+absl::StatusOr<bool> InRecovery(db::Connection& conn, absl::Time deadline) {
+  db::CopySession session(conn, deadline);
+  auto rows = session.Query("SELECT pg_catalog.pg_is_in_recovery()", {});
+  if (!rows.ok()) return rows.status();
+  if (rows->size() != 1 || (*rows)[0].size() != 1 || !(*rows)[0][0].has_value()) {
+    return absl::InternalError("pg_is_in_recovery() returned no value");
+  }
+  return *(*rows)[0][0] == "t";
 }
 
 absl::StatusOr<int64_t> DeleteExpiredKeys(db::Connection& conn, absl::Duration retention,

@@ -13,6 +13,9 @@
 //        now isolating the bad rows (below)
 //   INSERT the new keys with each request's digest and result
 //   COMMIT
+//     -> the connection lost (or the deadline passed) during COMMIT: the
+//        outcome is unknown (FlushResult::commit_unknown); a retry of a keyed
+//        request finds its key if the first attempt committed
 //
 // Keys belong to the login role the connection is logged in as (column
 // `login`, DEFAULT session_user): the lookup reads only that login's keys,
@@ -64,6 +67,10 @@ struct FlushResult {
   std::vector<absl::StatusOr<v1::WriteResponse>> responses;
   // The connection is unusable (mark its lease broken).
   bool broken = false;
+  // With status not OK: the connection was lost, or the deadline passed,
+  // while COMMIT was under way, so the transaction may have committed (status
+  // says so). False: nothing of the batch was committed.
+  bool commit_unknown = false;
   uint64_t copy_statements = 0;
   uint64_t rows_written = 0;
   uint64_t bytes_written = 0;
@@ -97,6 +104,11 @@ absl::Status GrantKeysTable(db::Connection& conn, const std::vector<std::string>
 absl::Status KeyConflict(const PendingWrite& write, absl::string_view used_table);
 
 FlushResult FlushBatch(db::Connection& conn, const Batch& batch, absl::Time deadline);
+
+// Whether the server `conn` is connected to is a standby (pg_is_in_recovery()):
+// a write it refused as read-only (SQLSTATE 25006) met a demoted primary, not
+// a read-only role.
+absl::StatusOr<bool> InRecovery(db::Connection& conn, absl::Time deadline);
 
 // Deletes keys older than `retention`; returns how many.
 absl::StatusOr<int64_t> DeleteExpiredKeys(db::Connection& conn, absl::Duration retention,

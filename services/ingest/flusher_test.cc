@@ -1,8 +1,11 @@
 #include "services/ingest/flusher.h"
 
+#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -379,6 +382,123 @@ TEST_F(FlusherTest, NonDataErrorFailsTheBatch) {
   EXPECT_FALSE(r.broken);
   EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"), "0");
   ASSERT_TRUE(pg_->Exec("flusher", "ALTER TABLE ev_old RENAME TO ev").ok());
+}
+
+TEST_F(FlusherTest, ConnectionLostDuringCommitIsUnknownAndAKeyedRetryWritesOnce) {
+  // COMMIT runs a deferred trigger that sleeps; the backend is terminated
+  // meanwhile, so the connection dies while COMMIT is under way.
+  ASSERT_TRUE(pg_->Exec("flusher",
+                        "CREATE OR REPLACE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql "
+                        "AS $$BEGIN PERFORM pg_sleep(30); RETURN NULL; END$$; "
+                        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON ev DEFERRABLE INITIALLY "
+                        "DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()")
+                  .ok());
+  std::atomic<bool> terminated{false};
+  std::thread killer([&] {
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (!terminated.load() && absl::Now() < give_up) {
+      absl::StatusOr<std::string> n = pg_->QueryValue(
+          "flusher",
+          "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+          "'flusher' AND state = 'active' AND query = 'COMMIT' AND wait_event = 'PgSleep'");
+      if (n.ok() && *n != "0") {
+        terminated.store(true);
+      } else {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  });
+  Batch b = MakeBatch({Write({{1, "a", 1}}, "doubt"), Write({{2, "b", 2}})});
+  FlushResult r = FlushBatch(*conn_, b, Soon());
+  killer.join();
+  ASSERT_TRUE(terminated.load());
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kUnavailable) << r.status;
+  EXPECT_TRUE(r.commit_unknown);
+  EXPECT_TRUE(r.broken);
+  EXPECT_NE(r.status.message().find("outcome of the COMMIT is unknown"), std::string::npos)
+      << r.status;
+  // It did not commit (the trigger ran before the commit record), which the
+  // keyed retry finds out by not finding its key.
+  EXPECT_EQ(Count(), "0");
+  ASSERT_TRUE(pg_->Exec("flusher", "DROP TRIGGER slow ON ev").ok());
+  db::ConnectionOptions o;
+  o.dsn = pg_->Dsn("flusher");
+  auto c = db::Connection::Open(o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  conn_ = *std::move(c);
+  Batch retry = MakeBatch({Write({{1, "a", 1}}, "doubt")});
+  r = FlushBatch(*conn_, retry, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_FALSE(r.commit_unknown);
+  ASSERT_TRUE(r.responses[0].ok());
+  EXPECT_FALSE(r.responses[0]->duplicate());
+  EXPECT_EQ(Count(), "1");
+  // Once committed, the key answers for it.
+  r = FlushBatch(*conn_, retry, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(r.responses[0]->duplicate());
+  EXPECT_EQ(Count(), "1");
+}
+
+// Concurrent flushes into one table whose rows collide (a COPY waits for
+// another transaction's uncommitted rows, then isolates the ones it finds
+// taken) all finish, and each row and each key is written exactly once.
+TEST_F(FlusherTest, ConcurrentFlushesOfOverlappingRowsAllFinishExactlyOnce) {
+  constexpr int kThreads = 4, kRounds = 6, kRowsPerRound = 20;
+  std::vector<std::unique_ptr<db::Connection>> conns;
+  for (int t = 0; t < kThreads; ++t) {
+    db::ConnectionOptions o;
+    o.dsn = pg_->Dsn("flusher");
+    auto c = db::Connection::Open(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    conns.push_back(*std::move(c));
+  }
+  // Every thread writes the same ids each round (different content, its own
+  // key), so all but one of a round's writers find each id taken.
+  std::vector<std::vector<std::shared_ptr<PendingWrite>>> writes(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    for (int round = 0; round < kRounds; ++round) {
+      std::vector<std::tuple<int64_t, std::string, int64_t>> rows;
+      for (int i = 0; i < kRowsPerRound; ++i) {
+        rows.emplace_back(round * kRowsPerRound + i, absl::StrCat("t", t), t);
+      }
+      writes[t].push_back(Write(rows, absl::StrCat("k", t, "-", round)));
+    }
+  }
+  std::vector<FlushResult> results(kThreads * kRounds);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        results[t * kRounds + round] = FlushBatch(*conns[t], MakeBatch({writes[t][round]}), Soon());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  uint64_t written = 0, rejected = 0;
+  for (const FlushResult& r : results) {
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    ASSERT_EQ(r.responses.size(), 1u);
+    ASSERT_TRUE(r.responses[0].ok()) << r.responses[0].status();
+    written += r.responses[0]->rows_written();
+    for (const v1::RowError& e : r.responses[0]->rejected()) {
+      EXPECT_EQ(e.sqlstate(), "23505") << e.reason();
+      ++rejected;
+    }
+  }
+  EXPECT_EQ(written, static_cast<uint64_t>(kRounds * kRowsPerRound));
+  EXPECT_EQ(rejected, static_cast<uint64_t>((kThreads - 1) * kRounds * kRowsPerRound));
+  EXPECT_EQ(Count(), absl::StrCat(kRounds * kRowsPerRound));
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"),
+            absl::StrCat(kThreads * kRounds));
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT sum(rows) FROM poolside_ingest_keys"),
+            absl::StrCat(kRounds * kRowsPerRound));
+}
+
+TEST_F(FlusherTest, InRecoveryIsFalseOnAPrimary) {
+  absl::StatusOr<bool> recovering = InRecovery(*conn_, Soon());
+  ASSERT_TRUE(recovering.ok()) << recovering.status();
+  EXPECT_FALSE(*recovering);
 }
 
 TEST_F(FlusherTest, DeletesExpiredKeys) {

@@ -10,10 +10,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/clock/clock.h"
 #include "common/config/database_config.h"
 #include "common/db/catalog.h"
 #include "common/db/conninfo.h"
 #include "common/db/error.h"
+#include "common/db/topology_config.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "services/ingest/flusher.h"
@@ -78,17 +80,17 @@ using ConnectionPool = pool::Pool<db::Connection>;
 // config::RoleDatabaseConfig), named `name` in its statistics. Every
 // connection's role is checked: never a privileged one by accident
 // (docs/security.md).
-std::unique_ptr<ConnectionPool> MakePool(const v1::DatabaseConfig& c, const std::string& name) {
+std::shared_ptr<ConnectionPool> MakePool(const v1::DatabaseConfig& c, const std::string& name) {
   db::ConnectionOptions options;
   options.dsn = c.dsn();
   options.application_name = absl::StrCat("poolside-ingest/", c.name());
   options.connect_timeout = absl::Milliseconds(c.pool().connect_timeout_ms());
   pool::PoolOptions pool_options = config::PoolOptionsFor(c);
   pool_options.name = name;
-  return std::make_unique<ConnectionPool>(
+  return std::make_shared<ConnectionPool>(
       pool_options,
-      [options, database = c.name(), allow = c.allow_privileged_role()]()
-          -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+      [options, database = c.name(),
+       allow = c.allow_privileged_role()]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
         return db::OpenChecked(options, database, allow);
       },
       [](db::Connection& conn) { return conn.Ping(absl::Now() + absl::Seconds(2)); });
@@ -101,6 +103,20 @@ std::string DsnUser(const std::string& dsn) {
   const std::string* user = c->Get("user");
   return user == nullptr ? "" : *user;
 }
+
+// A pool's name in statistics: "<database>[/<role>][@<member>]".
+std::string PoolName(const std::string& database, const std::string& role,
+                     const std::string& member) {
+  std::string name = role.empty() ? database : absl::StrCat(database, "/", role);
+  if (!member.empty()) absl::StrAppend(&name, "@", member);
+  return name;
+}
+
+// How long one check of a member's role may take.
+constexpr absl::Duration kRoleCheckTimeout = absl::Seconds(2);
+// Attempts of one batch that reached a server: a batch whose every attempt
+// breaks its connection must not be retried for ever.
+constexpr int kMaxFlushAttempts = 4;
 
 // A request whose COPY rows would not fit the buffer.
 absl::Status TooLargeEncoded(size_t bytes, size_t limit) {
@@ -131,7 +147,20 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
   for (const v1::DatabaseConfig& c : config_.databases()) {
     auto db = std::make_unique<Database>();
     db->config = c;
-    db->pool = MakePool(c, c.name());
+    if (db::TopologyConfigured(c)) {
+      db->topology = std::make_unique<db::Topology>(c.name(), db::TopologyOptionsFor(c.topology()),
+                                                    Clock::Real());
+      db->monitor = std::make_unique<db::TopologyMonitor>(db->topology.get(),
+                                                          db::MonitorOptionsFor(c.topology()));
+      Database* raw = db.get();
+      db->topology->SetRecordListener([raw] {
+        absl::MutexLock lock(&raw->failover_mu);
+        raw->failover_changed.SignalAll();
+      });
+    } else {
+      absl::MutexLock lock(&db->pools_mu);
+      db->pools.emplace("", MemberPool{"", c.dsn(), MakePool(c, c.name())});
+    }
     for (const v1::DatabaseRole& role : c.roles()) {
       // Validated when the configuration was read; a password file that
       // became unreadable since leaves the role unusable (its principals'
@@ -154,12 +183,15 @@ IngestEngine::~IngestEngine() {
   }
   // Ends a warm-up still retrying against a database that is down.
   for (auto& [name, db] : databases_) {
-    db->pool->Close();
-    absl::MutexLock lock(&db->roles_mu);
+    absl::MutexLock lock(&db->pools_mu);
     db->closed = true;
-    for (auto& [role, pool] : db->role_pools) pool->Close();
+    for (auto& [role, p] : db->pools) p.pool->Close();
   }
   if (warmup_.joinable()) warmup_.join();
+  for (auto& [name, db] : databases_) {
+    if (db->monitor != nullptr) db->monitor->Stop();
+    if (db->topology != nullptr) db->topology->SetRecordListener(nullptr);
+  }
 }
 
 void IngestEngine::WhenWarm(std::function<void()> ready) {
@@ -178,7 +210,10 @@ void IngestEngine::Start() {
   if (started_) return;
   started_ = true;
   for (auto& [name, db] : databases_) {
-    db->pool->StartMaintenance(absl::Seconds(5));
+    {
+      absl::MutexLock pools_lock(&db->pools_mu);
+      for (auto& [role, p] : db->pools) p.pool->StartMaintenance(absl::Seconds(5));
+    }
     // Read the catalog (and create the key table) before the first request.
     for (const std::string& table : db->writable) {
       db->tables[table].loading = true;
@@ -194,7 +229,15 @@ void IngestEngine::Start() {
   threads_.emplace_back([this] { ControlLoop(); });
   warmup_ = std::thread([this] {
     for (auto& [name, db] : databases_) {
-      absl::Status s = db->pool->WarmUp(absl::Milliseconds(db->config.pool().startup_retry_ms()));
+      if (db->topology != nullptr) {
+        WarmUpTopology(*db);
+        continue;
+      }
+      absl::StatusOr<Target> target = TargetFor(*db, "");
+      absl::Status s =
+          target.ok()
+              ? target->pool->WarmUp(absl::Milliseconds(db->config.pool().startup_retry_ms()))
+              : target.status();
       if (!s.ok()) {
         telemetry::LogWarning("database not reachable yet; connecting on demand",
                               {{"database", name}, {"error", std::string(s.message())}});
@@ -706,6 +749,42 @@ void IngestEngine::FailJob(Database& db, Job& job, const absl::Status& status) {
   for (auto& f : later) f();
 }
 
+void IngestEngine::FailFlush(Job& job, const absl::Status& status,
+                             const std::vector<absl::Status>& unknown) {
+  batches_failed_.fetch_add(1, std::memory_order_relaxed);
+  Callbacks later;
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < job.batch.writes.size(); ++i) {
+      const bool in_doubt = i < unknown.size() && !unknown[i].ok();
+      AnswerLocked(*job.batch.writes[i], in_doubt ? unknown[i] : status, &later);
+    }
+    GrantReadsLocked(&later);
+  }
+  for (auto& f : later) f();
+}
+
+void IngestEngine::DropWrites(Batch& batch, const std::vector<bool>& drop,
+                              const absl::Status& status) {
+  std::vector<std::shared_ptr<PendingWrite>> kept;
+  Callbacks later;
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < batch.writes.size(); ++i) {
+      if (!drop[i]) {
+        kept.push_back(std::move(batch.writes[i]));
+        continue;
+      }
+      batch.lines -= batch.writes[i]->lines();
+      batch.bytes -= batch.writes[i]->data.size();
+      AnswerLocked(*batch.writes[i], status, &later);
+    }
+    GrantReadsLocked(&later);
+  }
+  batch.writes = std::move(kept);
+  for (auto& f : later) f();
+}
+
 void IngestEngine::RunFlush(Database& db, Job& job) {
   // A batch serves many requests, so its span starts a trace of its own and
   // links to each request's span; the pool wait and the COPY are its children.
@@ -722,47 +801,112 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
     for (const auto& w : job.batch.writes) flush.AddLink(w->trace);
   }
   telemetry::ScopedSpanContext flush_scope(flush.context());
-  const absl::Time acquire_deadline =
-      absl::Now() + absl::Milliseconds(db.config.pool().acquire_timeout_ms());
-  telemetry::Span acquire = telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal,
-                                                 flush.context());
-  absl::StatusOr<ConnectionPool*> pool = PoolFor(db, job.batch.role);
-  absl::StatusOr<ConnectionPool::Lease> lease =
-      pool.ok() ? absl::UnavailableError("no connection") : pool.status();
-  for (int attempt = 0; pool.ok() && attempt < 3; ++attempt) {
-    lease = (*pool)->Acquire(acquire_deadline, "ingest flush");
-    if (!lease.ok() || (*lease)->LooksAlive()) break;
-    lease->MarkBroken();  // closed by the server while idle: take another
-  }
-  acquire.SetAttribute("db.namespace", db.config.name());
-  if (!job.batch.role.empty()) acquire.SetAttribute("poolside.db.role", job.batch.role);
-  acquire.SetStatus(lease.status());
-  acquire.End();
-  if (!lease.ok()) {
-    flush.SetStatus(lease.status());
-    FailJob(db, job, absl::UnavailableError(absl::StrCat(
-                         "no connection to database ", db.config.name(), ": ",
-                         lease.status().message())));
-    return;
-  }
-  FlushResult r = FlushBatch(**lease, job.batch, absl::Now() + flush_timeout_);
-  if (r.broken) lease->MarkBroken();
-  lease->Release();
-  copy_statements_.fetch_add(r.copy_statements, std::memory_order_relaxed);
-  flush.SetStatus(r.status);
-  flush.SetAttribute("poolside.ingest.rows_written", r.rows_written);
-  flush.SetAttribute("poolside.ingest.rows_rejected", r.rows_rejected);
-  if (!r.status.ok()) {
+  FailoverHold hold;
+  // Per write: OK, or the outcome of an earlier attempt whose COMMIT may have
+  // committed it (the answer should it fail again).
+  std::vector<absl::Status> unknown(job.batch.writes.size());
+  bool retried_at_once = false;
+  for (int attempt = 1;; ++attempt) {
+    telemetry::Span acquire =
+        telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal, flush.context());
+    absl::StatusOr<Writer> writer =
+        LeaseWriter(db, job.batch.role, absl::Milliseconds(db.config.pool().acquire_timeout_ms()),
+                    &hold, "ingest flush");
+    acquire.SetAttribute("db.namespace", db.config.name());
+    if (!job.batch.role.empty()) acquire.SetAttribute("poolside.db.role", job.batch.role);
+    if (writer.ok() && !writer->member.empty()) {
+      acquire.SetAttribute("poolside.db.member", writer->member);
+    }
+    acquire.SetStatus(writer.status());
+    acquire.End();
+    if (!writer.ok()) {
+      flush.SetStatus(writer.status());
+      FailFlush(job, writer.status(), unknown);
+      return;
+    }
+    FlushResult r = FlushBatch(*writer->lease, job.batch, absl::Now() + flush_timeout_);
+    // A write refused as read-only by a server in recovery met a demoted
+    // primary (its transaction rolled back); one not in recovery, a role
+    // whose sessions are read-only. A check that cannot be answered leaves
+    // the member in doubt: treated as demoted.
+    bool demoted = false;
+    if (!r.status.ok() && db.topology != nullptr && !r.broken &&
+        db::SqlStateOf(r.status) == "25006") {
+      absl::StatusOr<bool> recovering = InRecovery(*writer->lease, absl::Now() + kRoleCheckTimeout);
+      demoted = !recovering.ok() || *recovering;
+    }
+    if (r.broken || demoted) writer->lease.MarkBroken();
+    const std::string member = writer->member;
+    const uint64_t generation = writer->generation;
+    writer = absl::CancelledError("released");  // the lease, then its pool
+    copy_statements_.fetch_add(r.copy_statements, std::memory_order_relaxed);
+    flush.SetStatus(r.status);
+    flush.SetAttribute("poolside.ingest.rows_written", r.rows_written);
+    flush.SetAttribute("poolside.ingest.rows_rejected", r.rows_rejected);
+    if (!member.empty()) flush.SetAttribute("poolside.db.member", member);
+    if (r.status.ok()) {
+      if (!member.empty()) {
+        absl::MutexLock lock(&db.failover_mu);
+        db.writing_member = member;
+      }
+      for (size_t i = 0; i < job.batch.writes.size(); ++i) {
+        // Found stored under its key after an attempt of unknown outcome:
+        // most likely that attempt's own commit, not an earlier request.
+        if (!unknown[i].ok() && r.responses[i].ok()) r.responses[i]->set_duplicate(false);
+      }
+      rows_written_.fetch_add(r.rows_written, std::memory_order_relaxed);
+      bytes_written_.fetch_add(r.bytes_written, std::memory_order_relaxed);
+      rows_rejected_.fetch_add(r.rows_rejected, std::memory_order_relaxed);
+      batches_written_.fetch_add(1, std::memory_order_relaxed);
+      Callbacks later;
+      {
+        absl::MutexLock lock(&mu_);
+        for (size_t i = 0; i < job.batch.writes.size(); ++i) {
+          AnswerLocked(*job.batch.writes[i], std::move(r.responses[i]), &later);
+        }
+        GrantReadsLocked(&later);
+      }
+      for (auto& f : later) f();
+      return;
+    }
     telemetry::LogWarning("flush failed", {{"database", db.config.name()},
+                                           {"member", member},
                                            {"target", job.batch.copy_target},
                                            {"requests", absl::StrCat(job.batch.writes.size())},
                                            {"error", std::string(r.status.message())}});
+    if (db.topology != nullptr && (r.broken || demoted) && attempt < kMaxFlushAttempts) {
+      // The primary went away under the batch, or was demoted: written on
+      // the next one. Of a COMMIT whose outcome is unknown, only keyed
+      // requests can be retried (their key tells whether it committed).
+      if (r.commit_unknown) {
+        std::vector<bool> unkeyed(job.batch.writes.size());
+        for (size_t i = 0; i < job.batch.writes.size(); ++i) {
+          unkeyed[i] = job.batch.writes[i]->key.empty();
+          if (!unkeyed[i]) unknown[i] = r.status;
+        }
+        std::vector<absl::Status> kept;
+        for (size_t i = 0; i < unknown.size(); ++i) {
+          if (!unkeyed[i]) kept.push_back(unknown[i]);
+        }
+        DropWrites(job.batch, unkeyed, r.status);
+        unknown = std::move(kept);
+        if (job.batch.writes.empty()) return;
+      }
+      if (r.broken && !demoted && !retried_at_once) {
+        // One lost connection is not yet a failover: a fresh one, at once.
+        retried_at_once = true;
+        continue;
+      }
+      if (HoldForPrimary(db, generation, &hold)) continue;
+      FailFlush(job, FailoverStopping(db) ? ShuttingDown() : NoPrimary(db, r.status), unknown);
+      return;
+    }
     const std::string state = db::SqlStateOf(r.status);
     if (state == "42501" || state == "25006") {
       // A missing privilege, or a role whose sessions are read-only
       // (default_transaction_read_only). This role's batch only: other
       // roles' rows are in other batches.
-      FailJob(db, job, PermissionDenied(db, job.batch, r.status));
+      FailFlush(job, PermissionDenied(db, job.batch, r.status), unknown);
       return;
     }
     if (state == "42P01" || state == "42703" || state == "42804") {
@@ -775,27 +919,149 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
         }
       }
       // A retry reads the catalog again and may well succeed.
-      FailJob(db, job, absl::AbortedError(absl::StrCat(
-                           "the table changed while its rows were buffered; retry: ",
-                           r.status.message())));
+      FailFlush(job,
+                absl::AbortedError(absl::StrCat(
+                    "the table changed while its rows were buffered; retry: ", r.status.message())),
+                unknown);
       return;
     }
-    FailJob(db, job, r.status);
+    FailFlush(job, r.status, unknown);
     return;
   }
-  rows_written_.fetch_add(r.rows_written, std::memory_order_relaxed);
-  bytes_written_.fetch_add(r.bytes_written, std::memory_order_relaxed);
-  rows_rejected_.fetch_add(r.rows_rejected, std::memory_order_relaxed);
-  batches_written_.fetch_add(1, std::memory_order_relaxed);
-  Callbacks later;
-  {
-    absl::MutexLock lock(&mu_);
-    for (size_t i = 0; i < job.batch.writes.size(); ++i) {
-      AnswerLocked(*job.batch.writes[i], std::move(r.responses[i]), &later);
+}
+
+absl::StatusOr<IngestEngine::Writer> IngestEngine::LeaseWriter(Database& db,
+                                                               const std::string& role,
+                                                               absl::Duration acquire,
+                                                               FailoverHold* hold,
+                                                               const char* holder) {
+  // A pool replaced (closed) between picking it and leasing from it is picked
+  // again; bounded, as a flapping primary could do that for ever.
+  for (int replaced = 0;;) {
+    const uint64_t generation = db.topology != nullptr ? db.topology->primary_generation() : 0;
+    absl::Status failed;
+    absl::StatusOr<Target> target = TargetFor(db, role);
+    if (target.ok()) {
+      const absl::Time deadline = absl::Now() + acquire;
+      absl::StatusOr<ConnectionPool::Lease> lease = absl::UnavailableError("no connection");
+      for (int attempt = 0; attempt < 3; ++attempt) {
+        lease = target->pool->Acquire(deadline, holder);
+        if (!lease.ok() || (*lease)->LooksAlive()) break;
+        lease->MarkBroken();  // closed by the server while idle: take another
+      }
+      if (lease.ok()) {
+        Writer w;
+        w.pool = std::move(target->pool);
+        w.lease = *std::move(lease);
+        w.member = std::move(target->member);
+        w.generation = generation;
+        return w;
+      }
+      failed = lease.status();
+      if (failed.code() == absl::StatusCode::kCancelled && db.topology != nullptr &&
+          !FailoverStopping(db) && ++replaced < 3) {
+        continue;
+      }
+    } else {
+      failed = target.status();
     }
-    GrantReadsLocked(&later);
+    // Only a primary that is missing or unreachable is waited for; other
+    // failures (a role that cannot be configured, shutdown) are final.
+    if (db.topology == nullptr || hold == nullptr ||
+        failed.code() != absl::StatusCode::kUnavailable) {
+      return absl::UnavailableError(
+          absl::StrCat("no connection to database ", db.config.name(), ": ", failed.message()));
+    }
+    if (!HoldForPrimary(db, generation, hold)) {
+      return FailoverStopping(db) ? ShuttingDown() : NoPrimary(db, failed);
+    }
   }
-  for (auto& f : later) f();
+}
+
+bool IngestEngine::HoldForPrimary(Database& db, uint64_t seen, FailoverHold* hold) {
+  const absl::Duration window = absl::Milliseconds(db.config.topology().failover_buffer_ms());
+  if (db.topology == nullptr || window <= absl::ZeroDuration()) return false;
+  const absl::Time now = absl::Now();
+  if (hold->until == absl::InfinitePast()) {
+    hold->until = std::min(now, db.topology->primary_lost_at()) + window;
+    db.held_total.fetch_add(1, std::memory_order_relaxed);
+  }
+  {
+    absl::MutexLock lock(&db.failover_mu);
+    ++db.held_now;
+  }
+  const bool known = AwaitNewPrimary(db, seen, hold->until);
+  {
+    absl::MutexLock lock(&db.failover_mu);
+    --db.held_now;
+    db.held_seconds += absl::ToDoubleSeconds(absl::Now() - now);
+  }
+  if (!known) db.held_timeouts.fetch_add(1, std::memory_order_relaxed);
+  return known;
+}
+
+bool IngestEngine::AwaitNewPrimary(Database& db, uint64_t seen, absl::Time until) {
+  absl::MutexLock lock(&db.failover_mu);
+  while (true) {
+    // The window first: a primary that keeps changing must not keep a batch
+    // retrying past it.
+    if (db.failover_stopping || absl::Now() >= until) return false;
+    if (db.topology->primary_generation() != seen && !db.topology->primary().empty()) return true;
+    db.failover_changed.WaitWithDeadline(&db.failover_mu, until);
+  }
+}
+
+bool IngestEngine::FailoverStopping(Database& db) {
+  absl::MutexLock lock(&db.failover_mu);
+  return db.failover_stopping;
+}
+
+absl::Status IngestEngine::NoPrimary(const Database& db, const absl::Status& last) const {
+  // Why there is no primary now, if there is none: `last` may predate the
+  // probes' verdict.
+  absl::Status why = last;
+  if (db.topology != nullptr) {
+    if (absl::StatusOr<db::Topology::Route> route = db.topology->Pick(/*read=*/false);
+        !route.ok()) {
+      why = route.status();
+    }
+  }
+  return absl::UnavailableError(absl::StrCat(
+      "database ", db.config.name(), ": no primary could be written to within failoverBufferMs (",
+      db.config.topology().failover_buffer_ms(), " ms); last: ", why.message(),
+      ". Nothing of this request was written; retry it. If this lasts, check that one member of "
+      "the topology accepts writes (pg_is_in_recovery() is false on exactly one) and that "
+      "ingest can reach it (docs/ingest.md, Replicas and failover)"));
+}
+
+void IngestEngine::WarmUpTopology(Database& db) {
+  {
+    absl::MutexLock lock(&warm_mu_);
+    if (destroying_) return;
+  }
+  if (absl::Status s = db::StartTopologyMonitor(db.config, db.monitor.get()); !s.ok()) {
+    // The configuration was validated: this is not expected. Writes find no
+    // primary and fail UNAVAILABLE saying so.
+    telemetry::LogError("cannot monitor the database's members",
+                        {{"database", db.config.name()}, {"error", std::string(s.message())}});
+    return;
+  }
+  const absl::Duration retry = absl::Milliseconds(db.config.pool().startup_retry_ms());
+  const uint64_t seen = db.topology->primary_generation();
+  if (db.topology->primary().empty() && !AwaitNewPrimary(db, seen, absl::Now() + retry)) {
+    telemetry::LogWarning("no primary known yet; writes wait for one (topology.failoverBufferMs)",
+                          {{"database", db.config.name()}});
+    return;
+  }
+  absl::StatusOr<Target> target = TargetFor(db, "");
+  absl::Status s = target.ok() ? target->pool->WarmUp(retry) : target.status();
+  if (!s.ok()) {
+    telemetry::LogWarning("primary not reachable yet; connecting on demand",
+                          {{"database", db.config.name()}, {"error", std::string(s.message())}});
+  } else {
+    telemetry::LogInfo("writing to the topology's primary",
+                       {{"database", db.config.name()}, {"member", target->member}});
+  }
 }
 
 absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& conn) {
@@ -833,24 +1099,24 @@ absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& con
 void IngestEngine::RunLoadTable(Database& db, Job& job) {
   absl::StatusOr<std::shared_ptr<const db::TableInfo>> info;
   {
-    auto lease = db.pool->Acquire(absl::Now() + kCatalogTimeout, "ingest catalog");
-    if (!lease.ok()) {
-      info = absl::UnavailableError(absl::StrCat("no connection to database ",
-                                                 db.config.name(), ": ",
-                                                 lease.status().message()));
+    // On the primary, as the key table is made there: requests wait for it.
+    FailoverHold hold;
+    absl::StatusOr<Writer> writer = LeaseWriter(db, "", kCatalogTimeout, &hold, "ingest catalog");
+    if (!writer.ok()) {
+      info = writer.status();
     } else {
-      absl::Status keys = EnsureKeysTableOnce(db, **lease);
+      absl::Status keys = EnsureKeysTableOnce(db, *writer->lease);
       if (!keys.ok()) {
         info = keys;
       } else {
-        auto t = db::DescribeTable(**lease, job.table, absl::Now() + kCatalogTimeout);
+        auto t = db::DescribeTable(*writer->lease, job.table, absl::Now() + kCatalogTimeout);
         if (t.ok()) {
           info = std::make_shared<const db::TableInfo>(*std::move(t));
         } else {
           info = t.status();
         }
       }
-      if (!info.ok() && !(*lease)->LooksAlive()) lease->MarkBroken();
+      if (!info.ok() && !writer->lease->LooksAlive()) writer->lease.MarkBroken();
     }
   }
   if (!info.ok()) {
@@ -878,12 +1144,14 @@ void IngestEngine::RunLoadTable(Database& db, Job& job) {
 }
 
 void IngestEngine::RunCleanup(Database& db) {
-  auto lease = db.pool->Acquire(absl::Now() + kCatalogTimeout, "ingest key cleanup");
-  if (!lease.ok()) return;
-  if (absl::Status s = EnsureKeysTableOnce(db, **lease); !s.ok()) return;
-  auto n = DeleteExpiredKeys(**lease, key_retention_, absl::Now() + flush_timeout_);
+  // Not held for a primary: the next cleanup comes soon enough.
+  absl::StatusOr<Writer> writer =
+      LeaseWriter(db, "", kCatalogTimeout, /*hold=*/nullptr, "ingest key cleanup");
+  if (!writer.ok()) return;
+  if (absl::Status s = EnsureKeysTableOnce(db, *writer->lease); !s.ok()) return;
+  auto n = DeleteExpiredKeys(*writer->lease, key_retention_, absl::Now() + flush_timeout_);
   if (!n.ok()) {
-    if (!(*lease)->LooksAlive()) lease->MarkBroken();
+    if (!writer->lease->LooksAlive()) writer->lease.MarkBroken();
     telemetry::LogWarning("idempotency key cleanup failed",
                           {{"database", db.config.name()},
                            {"error", std::string(n.status().message())}});
@@ -977,6 +1245,12 @@ void IngestEngine::Stop() {
     control_wake_.SignalAll();
   }
   for (auto& f : later) f();
+  for (auto& [name, db] : databases_) {
+    // Batches held for a primary fail now.
+    absl::MutexLock lock(&db->failover_mu);
+    db->failover_stopping = true;
+    db->failover_changed.SignalAll();
+  }
   for (auto& [db, p] : parked) ProcessParked(*db, std::move(p), nullptr, ShuttingDown());
   for (auto& t : threads) t.join();
   // Workers that never started (Start() not called) leave jobs behind.
@@ -997,39 +1271,97 @@ void IngestEngine::Stop() {
 std::vector<std::pair<std::string, pool::PoolStats>> IngestEngine::GetPoolStats() const {
   std::vector<std::pair<std::string, pool::PoolStats>> out;
   for (const auto& [name, db] : databases_) {
-    out.emplace_back(name, db->pool->Stats());
-    absl::MutexLock lock(&db->roles_mu);
-    std::vector<std::pair<std::string, pool::PoolStats>> roles;
-    for (const auto& [role, pool] : db->role_pools) {
-      roles.emplace_back(absl::StrCat(name, "/", role), pool->Stats());
+    std::vector<std::pair<std::string, std::shared_ptr<ConnectionPool>>> pools;
+    {
+      absl::MutexLock lock(&db->pools_mu);
+      for (const auto& [role, p] : db->pools) {
+        pools.emplace_back(PoolName(name, role, p.member), p.pool);
+      }
     }
-    std::sort(roles.begin(), roles.end(),
+    // By name: the DSN user's, then the roles'.
+    std::sort(pools.begin(), pools.end(),
               [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto& r : roles) out.push_back(std::move(r));
+    for (auto& [pool_name, pool] : pools) out.emplace_back(pool_name, pool->Stats());
   }
   return out;
 }
 
-absl::StatusOr<ConnectionPool*> IngestEngine::PoolFor(Database& db, const std::string& role) {
-  if (role.empty()) return db.pool.get();
-  absl::MutexLock lock(&db.roles_mu);
+std::vector<IngestEngine::TopologyStats> IngestEngine::GetTopologyStats() const {
+  std::vector<TopologyStats> out;
+  for (const auto& [name, db] : databases_) {
+    if (db->topology == nullptr) continue;
+    TopologyStats s;
+    s.database = name;
+    s.members = db->topology->Snapshot();
+    s.held_total = db->held_total.load(std::memory_order_relaxed);
+    s.held_timeouts = db->held_timeouts.load(std::memory_order_relaxed);
+    {
+      absl::MutexLock lock(&db->failover_mu);
+      s.writing_member = db->writing_member;
+      s.held_now = db->held_now;
+      s.held_seconds = db->held_seconds;
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+absl::StatusOr<IngestEngine::Target> IngestEngine::TargetFor(Database& db,
+                                                             const std::string& role) {
+  std::string member;
+  std::string dsn = db.config.dsn();
+  if (db.topology != nullptr) {
+    // Routes count calls per member for the query service; here the pick
+    // only names the primary.
+    absl::StatusOr<db::Topology::Route> route = db.topology->Pick(/*read=*/false);
+    if (!route.ok()) return route.status();
+    member = route->id();
+    dsn = route->dsn();
+  }
+  absl::MutexLock lock(&db.pools_mu);
   if (db.closed) return ShuttingDown();
-  auto it = db.role_pools.find(role);
-  if (it != db.role_pools.end()) return it->second.get();
-  auto c = db.role_configs.find(role);
-  if (c == db.role_configs.end()) {
+  auto it = db.pools.find(role);
+  if (it != db.pools.end() && it->second.member == member && it->second.dsn == dsn) {
+    return Target{it->second.pool, member};
+  }
+  absl::StatusOr<v1::DatabaseConfig> c = PoolConfigFor(db, role, dsn);
+  if (!c.ok()) return c.status();
+  // Made on first use and not warmed up (but the DSN user's, at start): its
+  // min_idle applies from here on.
+  std::shared_ptr<ConnectionPool> made = MakePool(*c, PoolName(db.config.name(), role, member));
+  made->StartMaintenance(absl::Seconds(5));
+  if (it != db.pools.end()) {
+    // A former primary's: no new leases; the flushes holding its leases
+    // keep it alive until they end.
+    it->second.pool->Close();
+    it->second = MemberPool{member, dsn, made};
+  } else {
+    db.pools.emplace(role, MemberPool{member, dsn, made});
+  }
+  return Target{std::move(made), std::move(member)};
+}
+
+absl::StatusOr<v1::DatabaseConfig> IngestEngine::PoolConfigFor(const Database& db,
+                                                               const std::string& role,
+                                                               const std::string& dsn) const {
+  const auto unknown_role = [&] {
     // Submit() refuses such requests; kept for safety.
     return absl::FailedPreconditionError(absl::StrCat(
         "database ", db.config.name(), " does not configure database role \"", role, "\""));
+  };
+  if (db.topology == nullptr) {
+    if (role.empty()) return db.config;
+    auto c = db.role_configs.find(role);
+    if (c == db.role_configs.end()) return unknown_role();
+    return c->second;
   }
-  // Made on first use and not warmed up: its min_idle (0 unless the role's
-  // pool says otherwise) applies from here on.
-  std::unique_ptr<ConnectionPool> made =
-      MakePool(c->second, absl::StrCat(db.config.name(), "/", role));
-  made->StartMaintenance(absl::Seconds(5));
-  ConnectionPool* out = made.get();
-  db.role_pools.emplace(role, std::move(made));
-  return out;
+  v1::DatabaseConfig c = db.config;
+  c.set_dsn(dsn);
+  if (role.empty()) return c;
+  for (const v1::DatabaseRole& r : db.config.roles()) {
+    if (r.name() == role) return config::RoleDatabaseConfig(c, r);
+  }
+  return unknown_role();
 }
 
 absl::Status IngestEngine::PermissionDenied(const Database& db, const Batch& batch,

@@ -18,6 +18,20 @@
 // for a role whose sessions are read-only) answers that batch's requests
 // PERMISSION_DENIED naming the table and the role, nothing of them written.
 //
+// A database with a topology (DatabaseConfig.topology: replicas or Patroni
+// endpoints) is written on the member its probes name as primary
+// (common/db/topology_monitor.h), whichever member `dsn` names: every pool
+// connects there, and is replaced when another member becomes primary. When
+// there is none, or its connections fail, or it refuses a write as read-only
+// while in recovery (demoted), a batch is held until the probes name a
+// primary anew (for up to topology.failoverBufferMs from the moment the
+// primary was lost), then written there; past that, its requests fail
+// UNAVAILABLE, nothing written. A batch is retried on a new primary only
+// when nothing of it committed — or, for requests with an idempotency key,
+// when its COMMIT's outcome is unknown: the key on the new primary tells
+// whether that commit reached it. A request without a key whose COMMIT's
+// outcome is unknown is answered UNAVAILABLE saying so.
+//
 //   IngestEngine engine(config);     // a FinalizeIngestConfig()ed config
 //   engine.Start();
 //   bool now;                        // a stream, before each read:
@@ -82,6 +96,8 @@
 #include "common/auth/authorizer.h"
 #include "common/db/connection.h"
 #include "common/db/copy.h"
+#include "common/db/topology.h"
+#include "common/db/topology_monitor.h"
 #include "common/pool/pool.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
@@ -151,8 +167,26 @@ class IngestEngine {
 
   void GetStats(v1::GetIngestStatsResponse* out) const;
   // Each connection pool's statistics (for /metrics), by name: the
-  // database's, and "<database>/<role>" for each role's made so far.
+  // database's, and "<database>/<role>" for each role's made so far; with a
+  // topology, "@<member>" after either.
   std::vector<std::pair<std::string, pool::PoolStats>> GetPoolStats() const;
+
+  // A database with a topology, as ingest sees it.
+  struct TopologyStats {
+    std::string database;
+    // The members as last probed.
+    std::vector<db::MemberStatus> members;
+    // The member the last committed flush wrote to ("" before the first).
+    std::string writing_member;
+    // Flushes and catalog reads held for a primary: so far, those that
+    // failed for want of one, held now, and the time they waited (summed).
+    uint64_t held_total = 0;
+    uint64_t held_timeouts = 0;
+    uint64_t held_now = 0;
+    double held_seconds = 0;
+  };
+  // One per database with a topology, in name order.
+  std::vector<TopologyStats> GetTopologyStats() const;
 
  private:
   // A request accepted before its table's catalog was read.
@@ -175,19 +209,37 @@ class IngestEngine {
     Batch batch;
     std::string table;
   };
+  // A pool, the member it connects to ("" without a topology) and its DSN.
+  struct MemberPool {
+    std::string member;
+    std::string dsn;
+    std::shared_ptr<pool::Pool<db::Connection>> pool;
+  };
   struct Database {
     v1::DatabaseConfig config;
     absl::flat_hash_set<std::string> writable;
-    // The DSN user's pool: catalog reads, the key table, and the rows of
-    // principals without a database role.
-    std::unique_ptr<pool::Pool<db::Connection>> pool;
     // Each configured role's pool configuration (config::RoleDatabaseConfig).
     absl::flat_hash_map<std::string, v1::DatabaseConfig> role_configs;
-    absl::Mutex roles_mu;
-    // Role pools made so far; never removed before the engine ends.
-    absl::flat_hash_map<std::string, std::unique_ptr<pool::Pool<db::Connection>>> role_pools
-        ABSL_GUARDED_BY(roles_mu);
-    bool closed ABSL_GUARDED_BY(roles_mu) = false;
+    // With a topology: its members as probed (the monitor, declared last,
+    // keeps it current).
+    std::unique_ptr<db::Topology> topology;
+    absl::Mutex pools_mu;
+    // By database role, "" for the DSN user's (catalog reads, the key table,
+    // and the rows of principals without a role). Without a topology they
+    // connect to `dsn`: the DSN user's made at once, the roles' on first use,
+    // none removed before the engine ends. With one, each connects to the
+    // primary it was made for, and is replaced (the old one closed; leases
+    // out keep it alive) when another member is primary.
+    absl::flat_hash_map<std::string, MemberPool> pools ABSL_GUARDED_BY(pools_mu);
+    bool closed ABSL_GUARDED_BY(pools_mu) = false;
+    // Failover holds: woken by every probe the topology records and by Stop().
+    absl::Mutex failover_mu;
+    absl::CondVar failover_changed;
+    bool failover_stopping ABSL_GUARDED_BY(failover_mu) = false;
+    uint64_t held_now ABSL_GUARDED_BY(failover_mu) = 0;
+    double held_seconds ABSL_GUARDED_BY(failover_mu) = 0;
+    std::string writing_member ABSL_GUARDED_BY(failover_mu);
+    std::atomic<uint64_t> held_total{0}, held_timeouts{0};
     std::deque<Job> jobs;  // guarded by the engine's mu_
     absl::flat_hash_map<std::string, Table> tables;  // guarded by mu_
     absl::Mutex keys_table_mu;
@@ -195,6 +247,28 @@ class IngestEngine {
     // The roles' login users may use the key table (GrantKeysTable).
     bool keys_table_granted ABSL_GUARDED_BY(keys_table_mu) = false;
     bool keys_table_grant_warned ABSL_GUARDED_BY(keys_table_mu) = false;
+    // Last, so that it stops (and its probes stop calling into the rest)
+    // first.
+    std::unique_ptr<db::TopologyMonitor> monitor;
+  };
+  // Where a role's rows go now: a pool and its member.
+  struct Target {
+    std::shared_ptr<pool::Pool<db::Connection>> pool;
+    std::string member;
+  };
+  // A connection leased from `pool`, which it keeps alive (members are
+  // destroyed in reverse order: the lease first).
+  struct Writer {
+    std::shared_ptr<pool::Pool<db::Connection>> pool;
+    pool::Pool<db::Connection>::Lease lease;
+    std::string member;
+    // The topology's primary generation when the member was picked.
+    uint64_t generation = 0;
+  };
+  // One batch's (or catalog read's) failover window: unset until it is first
+  // held.
+  struct FailoverHold {
+    absl::Time until = absl::InfinitePast();
   };
   struct KeyState {
     std::string table;
@@ -224,9 +298,30 @@ class IngestEngine {
                                                         const std::string& role,
                                                         const db::TableInfo& table,
                                                         Done done) const;
-  // The pool that writes as `role` of `db` (the DSN user's for ""), made on
-  // first use; UNAVAILABLE once the engine is closing.
-  absl::StatusOr<pool::Pool<db::Connection>*> PoolFor(Database& db, const std::string& role);
+  // The pool that writes as `role` of `db` (the DSN user's for "") where its
+  // rows go now, made on first use there; UNAVAILABLE once the engine is
+  // closing or, with a topology, while no primary is known.
+  absl::StatusOr<Target> TargetFor(Database& db, const std::string& role);
+  // The configuration of `role`'s pool (the DSN user's for "") on `dsn`.
+  absl::StatusOr<v1::DatabaseConfig> PoolConfigFor(const Database& db, const std::string& role,
+                                                   const std::string& dsn) const;
+  // A live connection where `role`'s rows go, waiting up to `acquire` for
+  // one. With a topology and `hold`, a primary that is missing or cannot be
+  // reached is waited for (HoldForPrimary). Errors are the answers to give:
+  // UNAVAILABLE naming the database.
+  absl::StatusOr<Writer> LeaseWriter(Database& db, const std::string& role, absl::Duration acquire,
+                                     FailoverHold* hold, const char* holder);
+  // Waits until the topology names a primary under another generation than
+  // `seen`, within the failover window `hold` (opened now, or when the
+  // primary was lost if that was earlier, on the first call). False when
+  // the window closes first or the engine stops.
+  bool HoldForPrimary(Database& db, uint64_t seen, FailoverHold* hold);
+  bool AwaitNewPrimary(Database& db, uint64_t seen, absl::Time until);
+  // The answer when no primary could be written to: `last` is why.
+  absl::Status NoPrimary(const Database& db, const absl::Status& last) const;
+  bool FailoverStopping(Database& db);
+  // Starts `db`'s topology monitor and warms the pool of its primary up.
+  void WarmUpTopology(Database& db);
   // The answer to a flush PostgreSQL refused for want of a privilege.
   absl::Status PermissionDenied(const Database& db, const Batch& batch,
                                 const absl::Status& error) const;
@@ -259,6 +354,11 @@ class IngestEngine {
   absl::Status EnsureKeysTableOnce(Database& db, db::Connection& conn);
   void ControlLoop();
   void FailJob(Database& db, Job& job, const absl::Status& status);
+  // Fails a flush job: each write with `status`, or with its entry of
+  // `unknown` when that is set (an earlier attempt's COMMIT outcome).
+  void FailFlush(Job& job, const absl::Status& status, const std::vector<absl::Status>& unknown);
+  // Fails every write of `batch` for which `drop` is true and removes it.
+  void DropWrites(Batch& batch, const std::vector<bool>& drop, const absl::Status& status);
 
   const v1::IngestServiceConfig config_;
   const absl::Duration linger_;

@@ -1,13 +1,21 @@
 #include "services/ingest/ingest_engine.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/auth/authorizer.h"
 #include "common/db/copy.h"
+#include "common/db/topology.h"
 #include "gtest/gtest.h"
 #include "services/ingest/ingest_config.h"
 #include "tests/fixtures/postgres_cluster.h"
@@ -338,6 +346,194 @@ TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
   EXPECT_TRUE(now);
   engine->Stop();
   EXPECT_EQ(Count(), "5");
+}
+
+// A loopback port bound but not listening: connections to it are refused
+// while it is open.
+class RefusingPort {
+ public:
+  RefusingPort() : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+      port_ = ntohs(a.sin_port);
+    }
+  }
+  ~RefusingPort() {
+    if (fd_ >= 0) close(fd_);
+  }
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+  int port() const { return port_; }
+
+ private:
+  int fd_;
+  int port_ = 0;
+};
+
+// A topology of the server and a member that never answers: the server is
+// the primary. While it is down, writes are held; once it is back (a new
+// primary generation), they are written, once.
+TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
+  absl::StatusOr<std::unique_ptr<testing::PostgresCluster>> pg = testing::PostgresCluster::Start();
+  ASSERT_TRUE(pg.ok()) << pg.status();
+  ASSERT_TRUE((*pg)->CreateDatabase("topo").ok());
+  ASSERT_TRUE((*pg)->Exec("topo", "CREATE TABLE items (id int8, name text NOT NULL)").ok());
+  RefusingPort refusing;
+  ASSERT_NE(refusing.port(), 0);
+  const std::string primary = absl::StrCat((*pg)->host(), ":", (*pg)->port());
+
+  v1::IngestServiceConfig c;
+  auto* db = c.add_databases();
+  db->set_name("topo");
+  db->set_dsn((*pg)->Dsn("topo"));
+  db->set_allow_privileged_role(true);
+  db->mutable_topology()->add_replicas(absl::StrCat("host=127.0.0.1 port=", refusing.port()));
+  db->mutable_topology()->set_probe_interval_ms(50);
+  db->mutable_topology()->set_probe_timeout_ms(500);
+  db->mutable_topology()->set_failover_buffer_ms(30000);
+  auto* t = c.add_tables();
+  t->set_database("topo");
+  t->add_tables("items");
+  c.mutable_batch()->set_linger_ms(5);
+  c.mutable_server()->mutable_tls()->set_plaintext(true);
+  auto f = FinalizeIngestConfig(c);
+  ASSERT_TRUE(f.ok()) << f.status();
+  IngestEngine engine(*f);
+  engine.Start();
+  auto stats = [&] {
+    std::vector<IngestEngine::TopologyStats> s = engine.GetTopologyStats();
+    EXPECT_EQ(s.size(), 1u);
+    return s.empty() ? IngestEngine::TopologyStats() : s[0];
+  };
+  auto primary_known = [&] {
+    for (const db::MemberStatus& m : stats().members) {
+      if (m.role == db::MemberRole::kPrimary) return true;
+    }
+    return false;
+  };
+  absl::StatusOr<v1::WriteResponse> first = Write(engine, Request(1, 1, "k1"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(stats().writing_member, primary);
+  std::vector<std::string> pools;
+  for (const auto& [name, p] : engine.GetPoolStats()) pools.push_back(name);
+  EXPECT_EQ(pools, std::vector<std::string>{absl::StrCat("topo@", primary)});
+
+  ASSERT_TRUE((*pg)->Stop().ok());
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  while (primary_known() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_FALSE(primary_known());
+  Outcome keyed, plain;
+  ASSERT_TRUE(engine.Submit(Request(2, 1, "k2"), nullptr, 0, keyed.Done()).ok());
+  ASSERT_TRUE(engine.Submit(Request(3, 1), nullptr, 0, plain.Done()).ok());
+  while (stats().held_now == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_GE(stats().held_now, 1u);
+  EXPECT_FALSE(keyed.done.HasBeenNotified());
+  EXPECT_FALSE(plain.done.HasBeenNotified());
+
+  ASSERT_TRUE((*pg)->StartAgain().ok());
+  keyed.done.WaitForNotification();
+  plain.done.WaitForNotification();
+  ASSERT_TRUE(keyed.result.ok()) << keyed.result.status();
+  ASSERT_TRUE(plain.result.ok()) << plain.result.status();
+  EXPECT_FALSE(keyed.result->duplicate());
+  EXPECT_EQ(*(*pg)->QueryValue("topo", "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"),
+            "1,2,3");
+  const IngestEngine::TopologyStats after = stats();
+  EXPECT_GE(after.held_total, 1u);
+  EXPECT_EQ(after.held_timeouts, 0u);
+  EXPECT_EQ(after.held_now, 0u);
+  EXPECT_EQ(after.writing_member, primary);
+  engine.Stop();
+}
+
+// The connection dies while a batch's COMMIT is under way (a deferred
+// trigger sleeps in it; the backend is terminated): with a topology, the
+// keyed request is retried (its key says whether that commit happened: here
+// it did not) and the unkeyed one is answered UNAVAILABLE saying the outcome
+// is unknown.
+TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
+  testing::PostgresCluster& pg = testing::SharedPostgres();
+  ASSERT_TRUE(pg.CreateDatabase("doubt").ok());
+  ASSERT_TRUE(pg.Exec("doubt",
+                      "DROP TABLE IF EXISTS items, slow_flag, poolside_ingest_keys; "
+                      "CREATE TABLE items (id int8, name text NOT NULL); "
+                      "CREATE TABLE slow_flag (on_ boolean); "
+                      "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                      "$$BEGIN IF EXISTS (SELECT FROM slow_flag) THEN PERFORM pg_sleep(30); "
+                      "END IF; RETURN NULL; END$$; "
+                      "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items DEFERRABLE "
+                      "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()")
+                  .ok());
+  RefusingPort refusing;
+  ASSERT_NE(refusing.port(), 0);
+  v1::IngestServiceConfig c;
+  auto* db = c.add_databases();
+  db->set_name("doubt");
+  db->set_dsn(pg.Dsn("doubt"));
+  db->set_allow_privileged_role(true);
+  db->mutable_topology()->add_replicas(absl::StrCat("host=127.0.0.1 port=", refusing.port()));
+  db->mutable_topology()->set_probe_interval_ms(50);
+  db->mutable_topology()->set_probe_timeout_ms(500);
+  auto* t = c.add_tables();
+  t->set_database("doubt");
+  t->add_tables("items");
+  // Long enough for both requests to share one batch.
+  c.mutable_batch()->set_linger_ms(200);
+  c.mutable_server()->mutable_tls()->set_plaintext(true);
+  auto f = FinalizeIngestConfig(c);
+  ASSERT_TRUE(f.ok()) << f.status();
+  IngestEngine engine(*f);
+  engine.Start();
+  // Warm: the catalog read and key table before the slow commits.
+  ASSERT_TRUE(Write(engine, Request(100, 1)).ok());
+  ASSERT_TRUE(pg.Exec("doubt", "INSERT INTO slow_flag VALUES (true)").ok());
+
+  std::atomic<bool> terminated{false};
+  std::thread killer([&] {
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (!terminated.load() && absl::Now() < give_up) {
+      // The flag goes first, so the retry commits without sleeping.
+      absl::StatusOr<std::string> n = pg.QueryValue(
+          "doubt",
+          "WITH d AS (DELETE FROM slow_flag WHERE EXISTS (SELECT FROM pg_stat_activity WHERE "
+          "datname = 'doubt' AND query = 'COMMIT' AND wait_event = 'PgSleep') RETURNING 1) "
+          "SELECT count(*) FROM d");
+      if (n.ok() && *n != "0") {
+        ASSERT_TRUE(pg.QueryValue("doubt",
+                                  "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE datname = 'doubt' AND query = 'COMMIT' AND "
+                                  "wait_event = 'PgSleep'")
+                        .ok());
+        terminated.store(true);
+      } else {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  });
+  Outcome keyed, plain;
+  ASSERT_TRUE(engine.Submit(Request(1, 2, "doubt-key"), nullptr, 0, keyed.Done()).ok());
+  ASSERT_TRUE(engine.Submit(Request(3, 2), nullptr, 0, plain.Done()).ok());
+  keyed.done.WaitForNotification();
+  plain.done.WaitForNotification();
+  killer.join();
+  ASSERT_TRUE(terminated.load());
+  ASSERT_TRUE(keyed.result.ok()) << keyed.result.status();
+  EXPECT_EQ(keyed.result->rows_written(), 2u);
+  EXPECT_FALSE(keyed.result->duplicate());
+  ASSERT_FALSE(plain.result.ok());
+  EXPECT_EQ(plain.result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(plain.result.status().message().find("outcome of the COMMIT is unknown"),
+            std::string::npos)
+      << plain.result.status();
+  // The first attempt did not commit (terminated inside its trigger): the
+  // keyed rows once, the unkeyed ones not at all.
+  EXPECT_EQ(*pg.QueryValue("doubt", "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"),
+            "1,2,100");
+  engine.Stop();
 }
 
 }  // namespace

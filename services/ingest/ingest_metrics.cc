@@ -15,9 +15,11 @@ namespace poolside::ingest {
 namespace {
 
 using telemetry::AddCounter;
+using telemetry::AddGauge;
 using telemetry::AppendCounter;
 using telemetry::AppendGauge;
 using telemetry::CounterFamily;
+using telemetry::GaugeFamily;
 
 void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::MetricFamily>* out) {
   AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.", s.rows_written());
@@ -59,6 +61,68 @@ void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::Metric
               s.buffer_bytes_limit());
 }
 
+// Each database with a topology: its members' roles, the member flushes
+// commit on, and the batches held for a primary.
+void CollectTopology(const std::vector<IngestEngine::TopologyStats>& topologies,
+                     std::vector<prometheus::MetricFamily>* out) {
+  if (topologies.empty()) return;
+  prometheus::MetricFamily role =
+      GaugeFamily("poolside_ingest_member_role",
+                  "1 for the member's current role (primary, replica, unknown).");
+  prometheus::MetricFamily writing = GaugeFamily(
+      "poolside_ingest_writing_member", "1 for the member the last committed flush wrote to.");
+  prometheus::MetricFamily held = CounterFamily(
+      "poolside_ingest_failover_held_total",
+      "Flushes and catalog reads held while no primary could be written to (failover buffering).");
+  prometheus::MetricFamily held_timeouts = CounterFamily(
+      "poolside_ingest_failover_held_timeouts_total",
+      "Held flushes and catalog reads that failed because no primary was named within "
+      "failoverBufferMs.");
+  prometheus::MetricFamily held_now = GaugeFamily(
+      "poolside_ingest_failover_held_batches", "Flushes and catalog reads held for a primary now.");
+  prometheus::MetricFamily held_seconds = CounterFamily(
+      "poolside_ingest_failover_held_seconds_total", "Time held flushes waited, summed.");
+  for (const IngestEngine::TopologyStats& t : topologies) {
+    for (const db::MemberStatus& m : t.members) {
+      for (db::MemberRole r :
+           {db::MemberRole::kPrimary, db::MemberRole::kReplica, db::MemberRole::kUnknown}) {
+        AddGauge(&role,
+                 {{"database", t.database}, {"member", m.id}, {"role", db::MemberRoleName(r)}},
+                 m.role == r ? 1 : 0);
+      }
+    }
+    if (!t.writing_member.empty()) {
+      AddGauge(&writing, {{"database", t.database}, {"member", t.writing_member}}, 1);
+    }
+    const telemetry::MetricLabels db = {{"database", t.database}};
+    AddCounter(&held, db, double(t.held_total));
+    AddCounter(&held_timeouts, db, double(t.held_timeouts));
+    AddGauge(&held_now, db, double(t.held_now));
+    AddCounter(&held_seconds, db, t.held_seconds);
+  }
+  for (auto* f : {&role, &writing, &held, &held_timeouts, &held_now, &held_seconds}) {
+    out->push_back(std::move(*f));
+  }
+}
+
+telemetry::StatusTable MembersTable(const std::vector<IngestEngine::TopologyStats>& topologies) {
+  telemetry::StatusTable t;
+  t.title = "Database members";
+  t.columns = {"database",   "member",   "role", "healthy",
+               "written to", "held now", "held", "held timeouts"};
+  t.empty_text = "no database has a topology";
+  for (const IngestEngine::TopologyStats& s : topologies) {
+    for (const db::MemberStatus& m : s.members) {
+      t.rows.push_back({s.database, m.id, db::MemberRoleName(m.role), m.healthy ? "yes" : "no",
+                        m.id == s.writing_member ? "yes" : "",
+                        telemetry::FormatCount(double(s.held_now)),
+                        telemetry::FormatCount(double(s.held_total)),
+                        telemetry::FormatCount(double(s.held_timeouts))});
+    }
+  }
+  return t;
+}
+
 }  // namespace
 
 double RateMeter::Sample(uint64_t total, absl::Time now) {
@@ -83,6 +147,7 @@ IngestMetrics::IngestMetrics(const IngestEngine* engine, telemetry::MetricsRegis
     engine_->GetStats(&s);
     rows_rate_.Sample(s.rows_written(), absl::Now());
     Collect(s, out);
+    CollectTopology(engine_->GetTopologyStats(), out);
     telemetry::AppendPoolMetrics(engine_->GetPoolStats(), out);
   });
   ingest_ = registry->AddStatusSection([this] {
@@ -106,6 +171,10 @@ IngestMetrics::IngestMetrics(const IngestEngine* engine, telemetry::MetricsRegis
     return t;
   });
   pools_ = registry->AddStatusSection([this] { return telemetry::PoolsTable(engine_->GetPoolStats()); });
+  if (!engine_->GetTopologyStats().empty()) {
+    members_ =
+        registry->AddStatusSection([this] { return MembersTable(engine_->GetTopologyStats()); });
+  }
 }
 
 }  // namespace poolside::ingest

@@ -15,8 +15,14 @@
 //   poolside_ingest_buffer_bytes, poolside_ingest_buffer_bytes_max,
 //   poolside_ingest_buffer_limit_bytes
 //   poolside_pool_*{database}                      (common/telemetry/metrics_pool.h)
+// and for each database with a topology:
+//   poolside_ingest_member_role{database,member,role}   1 for its current role
+//   poolside_ingest_writing_member{database,member}     1: the last flush's
+//   poolside_ingest_failover_held_total, ..._held_timeouts_total,
+//   ..._held_seconds_total, poolside_ingest_failover_held_batches{database}
 // The status page shows the ingest rate: rows/s over the last minute of page
-// views and scrapes (or since start when there was none before).
+// views and scrapes (or since start when there was none before), the pools,
+// and the members of databases with a topology.
 //
 //   IngestMetrics ingest_metrics(&engine, &metrics);
 //
@@ -60,6 +66,7 @@ class IngestMetrics {
   telemetry::MetricsRegistry::Registration collector_;
   telemetry::MetricsRegistry::Registration ingest_;
   telemetry::MetricsRegistry::Registration pools_;
+  telemetry::MetricsRegistry::Registration members_;
 };
 
 }  // namespace poolside::ingest

@@ -375,6 +375,10 @@ void CollectCache(QueryEngine* engine, Families* out) {
       "poolside_query_cache_wal_visibility_retries_total",
       "Holder: times a relayed batch was held back and tried again because its transactions, "
       "though decoded, were not yet visible to new snapshots.");
+  prometheus::MetricFamily fences = CounterFamily(
+      "poolside_query_cache_wal_token_fences_total",
+      "Fences this replica ran so that reads waiting for a min_lsn past the last commit to a "
+      "cached table need not wait for the holder's heartbeat, by result.");
   prometheus::MetricFamily delay = HistogramFamily(
       "poolside_query_cache_invalidation_delay_seconds",
       "From a relayed batch's oldest commit (the server's commit time) to its invalidation "
@@ -395,10 +399,14 @@ void CollectCache(QueryEngine* engine, Families* out) {
     AddCounter(&streams, db, double(st.streams_seen));
     AddCounter(&terms, db, double(st.relay.terms));
     AddCounter(&invisible, db, double(st.relay.visibility_retries));
+    AddCounter(&fences, {{"database", st.database}, {"result", "committed"}},
+               double(st.fence.fences));
+    AddCounter(&fences, {{"database", st.database}, {"result", "failed"}},
+               double(st.fence.failures));
     AddHistogram(&delay, db, st.delay);
   }
-  for (auto* f :
-       {&mode, &ready, &holder, &applied, &heard, &lag, &streams, &terms, &invisible, &delay}) {
+  for (auto* f : {&mode, &ready, &holder, &applied, &heard, &lag, &streams, &terms, &invisible,
+                  &fences, &delay}) {
     out->push_back(std::move(*f));
   }
   CollectNearCache(cache->near_cache(), out);

@@ -18,6 +18,7 @@
 //   poolside_query_cache_invalidation_{mode{mode},ready}{database}
 //   poolside_query_cache_wal_{holder,applied_lsn,silence_seconds,lag_seconds}{database}
 //   poolside_query_cache_wal_{streams,terms}_total{database}
+//   poolside_query_cache_wal_token_fences_total{database,result=committed|failed}
 //   poolside_query_cache_invalidation_delay_seconds{database}        histogram
 //   poolside_query_cache_near_{entries,bytes,capacity_bytes,serving,watch_generation}
 //   poolside_query_cache_near_{misses,fills,fills_refused,evictions,invalidations,

@@ -29,8 +29,8 @@
 #include <memory>
 #include <string>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/auth/authorizer.h"
 #include "common/auth/grpc_auth.h"
 #include "common/server/queue_service.h"
@@ -40,8 +40,14 @@
 
 namespace poolside::query {
 
+// A table of handlers over the call layer (common/server/queue_service.h):
+// each method's handler authorizes the call and starts the engine's work,
+// which answers the call from its worker; a call whose caller goes away
+// cancels its work.
 class QueryServiceImpl final : public server::QueueService {
  public:
+  using StreamCall = server::QueueWriterCall<v1::ExecuteRequest, v1::ExecuteStreamResponse>;
+
   // `authorizer` null: no authorization (as with auth.disabled). `named`
   // null: no named queries.
   explicit QueryServiceImpl(QueryEngine* engine, auth::Authorizer* authorizer = nullptr,
@@ -50,47 +56,30 @@ class QueryServiceImpl final : public server::QueueService {
 
   grpc::Service* grpc_service() override { return &async_; }
   std::string service_name() const override { return v1::QueryService::service_full_name(); }
-  void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
+  void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* telemetry) override;
 
   // Waits until every call that arrived has ended (its answer sent or its
   // caller gone, and its statement finished). After the server's shutdown
   // and before its queue's: work finishing later would answer on a queue
   // that no longer exists.
-  void WaitForCalls();
-
-  // The calls' steps (query_service.cc); each runs on the queue thread when
-  // its call arrives.
-  class Call;
-  template <typename Request, typename Response>
-  class UnaryCall;
-  class StreamCall;
-  void Execute(UnaryCall<v1::ExecuteRequest, v1::ExecuteResponse>* call);
-  void ExecuteStream(StreamCall* call);
-  void ExecuteTransaction(
-      UnaryCall<v1::ExecuteTransactionRequest, v1::ExecuteTransactionResponse>* call);
-  void GetPoolStats(UnaryCall<v1::GetPoolStatsRequest, v1::GetPoolStatsResponse>* call);
-  void GetStatementStats(
-      UnaryCall<v1::GetStatementStatsRequest, v1::GetStatementStatsResponse>* call);
-  void CheckDatabases(UnaryCall<v1::CheckDatabasesRequest, v1::CheckDatabasesResponse>* call);
-  void GetIndexAdvice(UnaryCall<v1::GetIndexAdviceRequest, v1::GetIndexAdviceResponse>* call);
-  void CreateIndex(UnaryCall<v1::CreateIndexRequest, v1::CreateIndexResponse>* call);
+  void WaitForCalls() { calls_.WaitForCalls(); }
 
  private:
-  // Authenticates, admits and authorizes a call. For statements, also resolves
-  // named queries: *resolved is then a copy of the request with their SQL.
-  absl::Status AuthorizeExecute(const grpc::ServerContext& context,
-                                const v1::ExecuteRequest& request, auth::CallAuth* call_auth,
-                                CallAccess* access, std::unique_ptr<v1::ExecuteRequest>* resolved);
-  absl::Status AuthorizeTransaction(const grpc::ServerContext& context,
-                                    const v1::ExecuteTransactionRequest& request,
-                                    auth::CallAuth* call_auth, CallAccess* access,
-                                    std::unique_ptr<v1::ExecuteTransactionRequest>* resolved);
-  absl::Status AuthorizeAdmin(const grpc::ServerContext& context, const char* what,
-                              auth::CallAuth* call_auth);
+  // Authenticates and admits the call's caller (null without an authorizer);
+  // the call keeps its permit.
+  absl::StatusOr<const auth::Principal*> Admit(server::QueueCall* call);
+  // Admits and authorizes a statement call and resolves its named queries:
+  // the request to run (`request`, or a copy with their SQL, kept by the call).
+  absl::StatusOr<const v1::ExecuteRequest*> AuthorizeExecute(server::QueueCall* call,
+                                                             const v1::ExecuteRequest& request,
+                                                             CallAccess* access);
+  absl::StatusOr<const v1::ExecuteTransactionRequest*> AuthorizeTransaction(
+      server::QueueCall* call, const v1::ExecuteTransactionRequest& request, CallAccess* access);
+  // `admin`.
+  absl::Status AuthorizeAdmin(server::QueueCall* call, const char* what);
   // `admin` and the database; the call's access (database role).
-  absl::Status AuthorizeAdminOn(const grpc::ServerContext& context, const char* what,
-                                const std::string& database, auth::CallAuth* call_auth,
-                                CallAccess* access);
+  absl::Status AuthorizeAdminOn(server::QueueCall* call, const char* what,
+                                const std::string& database, CallAccess* access);
   std::string DatabaseOf(const std::string& requested) const;
   // The call's access from its principal (read-only, ddl, database role).
   static void SetAccess(const auth::Principal& who, CallAccess* access);
@@ -99,12 +88,7 @@ class QueryServiceImpl final : public server::QueueService {
   auth::Authorizer* const authorizer_;
   const NamedQueries* const named_;
   v1::QueryService::AsyncService async_;
-  grpc::ServerCompletionQueue* cq_ = nullptr;
-  const telemetry::ServerCallTelemetry::Method* stream_method_ = nullptr;
-
-  // Calls from their arrival until they are deleted.
-  absl::Mutex calls_mu_;
-  int calls_ ABSL_GUARDED_BY(calls_mu_) = 0;
+  server::QueueCalls calls_;
 };
 
 }  // namespace poolside::query

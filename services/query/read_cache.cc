@@ -253,6 +253,7 @@ struct ReadCache::DbState {
 
   // "wal" mode.
   std::unique_ptr<WalRelay> relay;
+  std::unique_ptr<TokenFence> token_fence;
   // The stream whose messages are applied; 0 when none is.
   std::atomic<uint64_t> stream{0};
   // Every commit before it has been invalidated in the near cache and the
@@ -317,7 +318,10 @@ ReadCache::~ReadCache() {
   client_->StopWatching();
   stopping_.Notify();
   for (std::thread& t : threads_) t.join();
-  for (auto& [name, state] : dbs_) state->relay.reset();  // drops the slots, releases the locks
+  for (auto& [name, state] : dbs_) {
+    state->relay.reset();  // drops the slots, releases the locks
+    state->token_fence.reset();
+  }
   // Reads waiting for their min_lsn run on the database.
   waiters_.reset();
   // Sidecar callbacks and flights reference this object.
@@ -397,6 +401,13 @@ void ReadCache::Start() {
       state->relay = std::make_unique<WalRelay>(
           std::move(o), [this, s](const absl::Status& why) { OnWalUnavailable(s, why); });
       state->relay->Start();
+      TokenFence::Options f;
+      f.database = name;
+      f.dsn = state->db->config().dsn();
+      f.prefix = WalRelay::FencePrefix(wal.publication(), config_.channel());
+      f.connect_timeout = absl::Milliseconds(state->db->config().pool().connect_timeout_ms());
+      state->token_fence = std::make_unique<TokenFence>(std::move(f));
+      state->token_fence->Start();
     }
     DbState* s = state.get();
     threads_.emplace_back([this, s] { Listen(s); });
@@ -708,6 +719,9 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request, std::sh
       return;
     }
     counters_.token_waits.fetch_add(1, std::memory_order_relaxed);
+    // Nothing may be decoded past the token for a while (it follows the last
+    // commit to a cached table): a fence makes the relay get there now.
+    if (state->token_fence != nullptr) state->token_fence->Request(min_lsn);
     // The call may end while it waits: from here on it keeps its own copy.
     auto owned = std::make_shared<const v1::ExecuteRequest>(request);
     in_flight_.fetch_add(1);
@@ -1567,6 +1581,7 @@ std::vector<ReadCache::InvalidationState> ReadCache::InvalidationStates() const 
       s.relay = state->relay->GetStats();
       s.holder = s.relay.holder;
     }
+    if (state->token_fence != nullptr) s.fence = state->token_fence->GetStats();
     {
       absl::MutexLock lock(&state->watched_mu);
       s.watched.assign(state->watched.begin(), state->watched.end());

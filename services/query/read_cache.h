@@ -40,9 +40,12 @@
 //   cached; any other read runs on the database (BYPASS).
 // - Consistency tokens ("wal" mode): the listener records the position up to
 //   which every commit has been invalidated here (applied LSN). A read with
-//   a min_lsn beyond it waits up to cache.wal.tokenWaitMs, then runs on the
-//   database. Responses say where a result came from and the position it
-//   reflects at least.
+//   a min_lsn beyond it asks the database's TokenFence (token_fence.h) for a
+//   fence, so that the holder relays a position past the token at once even
+//   when no commit to a cached table follows it, and waits up to
+//   cache.wal.tokenWaitMs for the applied LSN to get there; then, or if the
+//   fence failed, it runs on the database. Responses say where a result came
+//   from and the position it reflects at least.
 // - Writes through this replica also invalidate their tables before the
 //   caller gets the reply (read-your-writes on this replica without a
 //   token); a statement whose tables cannot be learned (DDL, CALL, ...)
@@ -96,6 +99,7 @@
 #include "services/query/near_cache.h"
 #include "services/query/result_sinks.h"
 #include "services/query/row_keys.h"
+#include "services/query/token_fence.h"
 #include "services/query/wal_relay.h"
 
 namespace poolside::query {
@@ -166,6 +170,7 @@ class ReadCache {
     uint64_t relay_messages = 0;
     telemetry::Histogram::Snapshot delay;  // commit -> applied here
     WalRelay::Stats relay;
+    TokenFence::Stats fence;
     std::vector<std::string> watched;
     std::string note;  // why not "wal", leftover triggers, ...
   };

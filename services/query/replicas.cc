@@ -7,34 +7,11 @@
 #include "absl/strings/str_cat.h"
 #include "common/clock/clock.h"
 #include "common/config/database_config.h"
-#include "common/db/member_dsn.h"
+#include "common/db/topology_config.h"
 
 namespace poolside::query {
-namespace {
-
-db::TopologyOptions TopologyOptionsFor(const v1::TopologyConfig& t) {
-  db::TopologyOptions o;
-  o.max_lag = absl::Milliseconds(t.max_lag_ms());
-  o.max_lag_bytes = t.max_lag_bytes();
-  // As TopologyConfig says: three intervals or one probe's timeout past an
-  // interval, whichever is longer.
-  const absl::Duration interval = absl::Milliseconds(t.probe_interval_ms());
-  o.max_sample_age = std::max(3 * interval, interval + absl::Milliseconds(t.probe_timeout_ms()));
-  o.fail_without_replica = t.no_replica() == "fail";
-  return o;
-}
-
-db::TopologyMonitorOptions MonitorOptionsFor(const v1::TopologyConfig& t) {
-  db::TopologyMonitorOptions o;
-  o.interval = absl::Milliseconds(t.probe_interval_ms());
-  o.probe_timeout = absl::Milliseconds(t.probe_timeout_ms());
-  return o;
-}
-
-}  // namespace
-
 bool Replicas::Configured(const v1::DatabaseConfig& config) {
-  return !config.topology().replicas().empty() || !config.topology().patroni_endpoints().empty();
+  return db::TopologyConfigured(config);
 }
 
 Replicas::Replicas(const v1::DatabaseConfig& config)
@@ -42,8 +19,8 @@ Replicas::Replicas(const v1::DatabaseConfig& config)
       token_wait_(absl::Milliseconds(config.topology().token_wait_ms())),
       probe_timeout_(absl::Milliseconds(config.topology().probe_timeout_ms())),
       failover_buffer_(absl::Milliseconds(config.topology().failover_buffer_ms())),
-      topology_(config.name(), TopologyOptionsFor(config.topology()), Clock::Real()),
-      monitor_(&topology_, MonitorOptionsFor(config.topology())),
+      topology_(config.name(), db::TopologyOptionsFor(config.topology()), Clock::Real()),
+      monitor_(&topology_, db::MonitorOptionsFor(config.topology())),
       waiters_(std::make_unique<LsnWaiters>()) {
   topology_.SetRecordListener([this] { OnRecord(); });
 }
@@ -51,20 +28,8 @@ Replicas::Replicas(const v1::DatabaseConfig& config)
 Replicas::~Replicas() { Stop(); }
 
 absl::Status Replicas::Start(absl::Duration wait_for_primary) {
-  const v1::TopologyConfig& t = config_.topology();
-  absl::Status started;
-  if (!t.patroni_endpoints().empty()) {
-    started = monitor_.StartPatroni({t.patroni_endpoints().begin(), t.patroni_endpoints().end()},
-                                    config_.dsn());
-  } else {
-    absl::StatusOr<std::vector<db::MemberSpec>> members =
-        db::MembersFromDsns(config_.dsn(), {t.replicas().begin(), t.replicas().end()});
-    if (!members.ok()) return members.status();
-    started = monitor_.Start(*std::move(members));
-  }
-  if (!started.ok()) {
-    return absl::Status(started.code(), absl::StrCat("database ", config_.name(),
-                                                     " topology: ", started.message()));
+  if (absl::Status started = db::StartTopologyMonitor(config_, &monitor_); !started.ok()) {
+    return started;
   }
   {
     absl::MutexLock lock(&buffer_mu_);
@@ -72,11 +37,7 @@ absl::Status Replicas::Start(absl::Duration wait_for_primary) {
     buffer_started_ = true;
   }
   buffer_thread_ = std::thread([this] { BufferLoop(); });
-  const absl::Time until = absl::Now() + wait_for_primary;
-  uint64_t generation = topology_.primary_generation();
-  while (topology_.primary().empty() && absl::Now() < until) {
-    generation = topology_.AwaitPrimaryChange(generation, until - absl::Now());
-  }
+  db::AwaitPrimary(topology_, wait_for_primary);
   return absl::OkStatus();
 }
 
@@ -112,7 +73,10 @@ absl::Status Replicas::HoldForPrimary(uint64_t generation, size_t bytes, absl::T
                      " calls are held for one already; retry with backoff"));
   }
   const absl::Time now = absl::Now();
-  const absl::Time lost = lost_at_ == absl::InfinitePast() ? now : lost_at_;
+  // With no primary known, the window runs from the moment it was lost; with
+  // one known (its connection could not be had, or it refused a write as read
+  // only before the probes saw it demoted), from now: that loss starts here.
+  const absl::Time lost = had_primary_ || lost_at_ == absl::InfinitePast() ? now : lost_at_;
   held_.push_back(
       Held{generation, bytes, now, std::min(deadline, lost + failover_buffer_), std::move(then)});
   held_bytes_ += bytes;

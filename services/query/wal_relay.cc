@@ -10,6 +10,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/db/error.h"
 #include "common/telemetry/log.h"
@@ -29,6 +30,9 @@ constexpr int kUnavailableBackoff = 10;
 // the server's default wal_sender_timeout, since the stream is not read
 // meanwhile.
 constexpr absl::Duration kMaxInvisible = absl::Seconds(20);
+// How long the holder may wait on its stream before it looks at whether it
+// is being stopped, whatever the heartbeat.
+constexpr absl::Duration kStopCheck = absl::Milliseconds(100);
 
 // True when every transaction of the int8[] parameter $<param> (32-bit xids,
 // as pgoutput sends them) is visible to a snapshot taken now: committed and
@@ -140,8 +144,15 @@ int64_t WalRelay::LockKey(absl::string_view publication, absl::string_view chann
       StableHash(absl::StrCat("poolside-wal-relay\x1f", publication, "\x1f", channel)));
 }
 
+std::string WalRelay::FencePrefix(absl::string_view publication, absl::string_view channel) {
+  return absl::StrFormat("poolside-fence/%016x",
+                         static_cast<uint64_t>(LockKey(publication, channel)));
+}
+
 WalRelay::WalRelay(Options options, OnUnavailable on_unavailable)
-    : options_(std::move(options)), on_unavailable_(std::move(on_unavailable)) {}
+    : options_(std::move(options)),
+      fence_prefix_(FencePrefix(options_.publication, options_.channel)),
+      on_unavailable_(std::move(on_unavailable)) {}
 
 WalRelay::~WalRelay() {
   stopping_.Notify();
@@ -207,6 +218,19 @@ void WalRelay::Run() {
     }
     telemetry::LogInfo("this replica now reads the cache's invalidations from the WAL",
                        {{"database", options_.database}, {"publication", options_.publication}});
+    // The relay's NOTIFY transactions need not wait for their commit to be
+    // flushed: listeners get a notification at commit, and a server that
+    // crashes before the flush ends every listener's session anyway (replicas
+    // then bypass and flush). Each batch would otherwise add an fsync beside
+    // the writers' own, on the WAL they all wait for.
+    if (absl::StatusOr<v1::ResultSet> async =
+            Query(**session, "SET synchronous_commit = off", {}, absl::Now() + absl::Seconds(5));
+        !async.ok()) {
+      SetError(async.status());
+      session->reset();
+      if (!Pause(options_.election_retry)) return;
+      continue;
+    }
     const absl::Status ended = Hold(**session);
     session->reset();  // releases the lock; the stream (and its slot) is gone already
     {
@@ -245,14 +269,37 @@ std::vector<std::string> WalRelay::PublishableTables(db::Connection& session) {
   return ok;
 }
 
-void WalRelay::Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit,
-                   std::vector<uint32_t>* xids) const {
+void WalRelay::Add(const db::LogicalEvent& event, Transaction* txn, Batch* batch) {
   if (const auto* begin = std::get_if<db::BeginEvent>(&event)) {
-    const int64_t t = db::PostgresMicrosFromTime(begin->commit_time);
-    if (*oldest_commit == 0 || t < *oldest_commit) *oldest_commit = t;
-    xids->push_back(begin->xid);
+    *txn = Transaction{true, begin->xid, db::PostgresMicrosFromTime(begin->commit_time)};
     return;
   }
+  if (std::holds_alternative<db::CommitEvent>(event)) {
+    if (txn->fence) {
+      batch->fence = true;
+      absl::MutexLock lock(&mu_);
+      ++stats_.fences;
+    }
+    *txn = Transaction{};
+    return;
+  }
+  if (const auto* m = std::get_if<db::MessageEvent>(&event)) {
+    // Only a committed transaction's message says where the stream is:
+    // others (anyone may send any prefix) are ignored.
+    if (m->transactional && txn->open && m->prefix == fence_prefix_) txn->fence = true;
+    return;
+  }
+  // A change: its transaction must be visible before the batch is relayed,
+  // and its commit counts for the batch's delay. Again after every batch, so
+  // a transaction split across batches is checked in each.
+  if (txn->open && !txn->in_batch) {
+    txn->in_batch = true;
+    batch->xids.push_back(txn->xid);
+    if (batch->oldest_commit == 0 || txn->commit_micros < batch->oldest_commit) {
+      batch->oldest_commit = txn->commit_micros;
+    }
+  }
+  Pending* pending = &batch->tables;
   auto whole = [](PendingTable& t) {
     t.whole = true;
     t.rows.clear();
@@ -408,6 +455,8 @@ absl::Status WalRelay::Hold(db::Connection& session) {
   // how the stream learns that it has decoded everything up to the WAL's
   // end between transactions) only after the previous one was answered.
   so.status_interval = absl::Milliseconds(20);
+  // Fences (token_fence.h) arrive as transactional messages.
+  so.messages = true;
   absl::StatusOr<std::unique_ptr<db::LogicalStream>> stream = db::LogicalStream::Open(so);
   if (!stream.ok()) {
     if (stream.status().code() == absl::StatusCode::kFailedPrecondition && on_unavailable_) {
@@ -490,8 +539,6 @@ absl::Status WalRelay::Hold(db::Connection& session) {
     return absl::OkStatus();
   };
 
-  Pending pending;
-  int64_t oldest_commit = 0;
   // Transactions committed but not yet visible when the stream began: those
   // before its start are never decoded, so the hello (whose flush must come
   // after them) waits for them like a batch would.
@@ -508,8 +555,7 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       xids.push_back(static_cast<uint32_t>(row.values(0).int64_value()));
     }
   }
-  if (absl::Status s = send(RelayHeader::kHello, pending, 0, xids); !s.ok()) return s;
-  xids.clear();
+  if (absl::Status s = send(RelayHeader::kHello, Pending(), 0, xids); !s.ok()) return s;
   telemetry::LogInfo("cache WAL stream started",
                      {{"database", options_.database},
                       {"slot", (*stream)->slot_name()},
@@ -517,15 +563,21 @@ absl::Status WalRelay::Hold(db::Connection& session) {
                       {"tables", absl::StrJoin(tables, ",")}});
   absl::Time last_sent = absl::Now();
   absl::Time first_pending = absl::InfiniteFuture();
-  bool between_transactions = true;
+  Batch batch;
+  Transaction txn;
   while (!stopping_.HasBeenNotified()) {
     absl::Time deadline = last_sent + options_.heartbeat;
-    if (!pending.empty()) {
+    if (batch.due()) {
       // Between transactions, whatever is not already here can wait for the
       // next batch: look without waiting.
-      deadline = between_transactions ? absl::Now() : first_pending + options_.batch;
+      deadline = txn.open ? first_pending + options_.batch : absl::Now();
       deadline = std::min(deadline, first_pending + options_.batch);
+      // A fence alone goes no sooner than `batch` after the last message:
+      // anyone may emit fence messages, and so make the relay send as often
+      // as a steady write load does, not more.
+      if (batch.tables.empty()) deadline = std::max(deadline, last_sent + options_.batch);
     }
+    deadline = std::min(deadline, absl::Now() + kStopCheck);
     absl::StatusOr<std::optional<db::LogicalEvent>> event = (*stream)->Next(deadline);
     if (!event.ok()) {
       // Tell the replicas at once rather than after max_lag of silence.
@@ -535,26 +587,27 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       return event.status();
     }
     if (event->has_value()) {
-      const db::LogicalEvent& e = **event;
-      if (std::holds_alternative<db::BeginEvent>(e)) between_transactions = false;
-      if (std::holds_alternative<db::CommitEvent>(e)) between_transactions = true;
-      const bool was_empty = pending.empty();
-      Add(e, &pending, &oldest_commit, &xids);
-      if (was_empty && !pending.empty()) first_pending = absl::Now();
-      if (pending.empty() || absl::Now() < first_pending + options_.batch) continue;
+      const bool was_due = batch.due();
+      Add(**event, &txn, &batch);
+      if (!was_due && batch.due()) first_pending = absl::Now();
+      if (!batch.due() || absl::Now() < first_pending + options_.batch) continue;
+      if (batch.tables.empty() && absl::Now() < last_sent + options_.batch) continue;
     }
     const absl::Time now = absl::Now();
-    if (pending.empty() && now < last_sent + options_.heartbeat) continue;
-    const bool changes = !pending.empty();
-    if (absl::Status s = send(changes ? RelayHeader::kChanges : RelayHeader::kHeartbeat, pending,
-                              changes ? oldest_commit : 0, xids);
+    const bool changes = !batch.tables.empty();
+    if (!batch.due() && now < last_sent + options_.heartbeat) continue;
+    if (!changes && batch.fence && now < last_sent + options_.batch) continue;
+    if (absl::Status s = send(changes ? RelayHeader::kChanges : RelayHeader::kHeartbeat,
+                              batch.tables, batch.oldest_commit, batch.xids);
         !s.ok()) {
       return s;
     }
-    pending.clear();
-    xids.clear();
-    // A transaction begun but not yet relayed keeps its commit time.
-    if (changes) oldest_commit = 0;
+    if (batch.fence) {
+      absl::MutexLock lock(&mu_);
+      ++stats_.fence_relays;
+    }
+    batch = Batch{};
+    txn.in_batch = false;
     first_pending = absl::InfiniteFuture();
     last_sent = absl::Now();
   }

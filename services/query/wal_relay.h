@@ -15,7 +15,8 @@
 //   temporary slot, so a dead holder pins no WAL, on the publication
 //   `publication`, created or extended with the configured tables that have
 //   a replica identity (others are left out and logged: publishing them
-//   would make UPDATE and DELETE fail for every writer).
+//   would make UPDATE and DELETE fail for every writer), with logical
+//   decoding messages (for fences, below).
 // - It relays what it decodes as NOTIFY payloads on `channel`, sent from its
 //   lock session (relay_message.h): a hello once the stream started (its
 //   consistent point: what committed before was not decoded, so every
@@ -29,6 +30,17 @@
 //   than max_rows_per_table rows of one table in a batch, the whole table;
 //   a Relation message (DDL), the table's definition. Once a batch's
 //   NOTIFY committed, the stream confirms its position (the slot frees WAL).
+// - Fences (token_fence.h): a read waiting for a consistency token that no
+//   commit to a published table covers has its replica commit a
+//   transaction holding a transactional logical decoding message with
+//   FencePrefix(). When the holder decodes the commit of such a
+//   transaction it relays the position past it within `batch` (with the
+//   pending batch, or as a heartbeat) instead of at the next heartbeat.
+//   Other prefixes, non-transactional and rolled-back messages are no
+//   fences. Anyone may emit fence messages: for fences alone the relay
+//   sends at most once per `batch`, as often as a steady write load makes
+//   it. The relay's own NOTIFY transactions hold no message and change no
+//   published table, so they are never decoded and cannot feed it.
 // - A batch is relayed only once its transactions are visible to new
 //   snapshots: PostgreSQL flushes a commit record (so it can be decoded)
 //   before the committing backend leaves the proc array, and a replica that
@@ -111,6 +123,9 @@ class WalRelay {
     // Times a batch was held back (and tried again) because its transactions
     // were not visible yet.
     uint64_t visibility_retries = 0;
+    // Fence transactions decoded, and messages sent carrying a fence's
+    // position (several fences may share one).
+    uint64_t fences = 0, fence_relays = 0;
     std::vector<std::string> published, excluded;
     std::string last_error;
   };
@@ -131,6 +146,9 @@ class WalRelay {
   // alike elect one holder per database (session advisory locks are per
   // database already).
   static int64_t LockKey(absl::string_view publication, absl::string_view channel);
+  // The prefix of the logical decoding messages that fence a consistency
+  // token (token_fence.h) for relays of this publication and channel.
+  static std::string FencePrefix(absl::string_view publication, absl::string_view channel);
 
  private:
   struct PendingTable {
@@ -139,6 +157,22 @@ class WalRelay {
     absl::flat_hash_set<uint64_t> rows;
   };
   using Pending = absl::btree_map<std::string, PendingTable>;
+  // What was decoded and is not relayed yet.
+  struct Batch {
+    Pending tables;
+    int64_t oldest_commit = 0;   // PostgreSQL micros of its oldest commit, 0 none
+    std::vector<uint32_t> xids;  // the transactions whose changes are in `tables`
+    bool fence = false;          // a fence's transaction committed: relay soon
+    bool due() const { return !tables.empty() || fence; }
+  };
+  // The transaction being decoded.
+  struct Transaction {
+    bool open = false;
+    uint32_t xid = 0;
+    int64_t commit_micros = 0;
+    bool in_batch = false;  // its xid and commit time are in the current batch
+    bool fence = false;     // it carries a fence message
+  };
 
   void Run();
   // One term as the holder on `session`, which holds the lock; returns why it ended.
@@ -146,9 +180,7 @@ class WalRelay {
   // The configured tables that can be published (they have a replica
   // identity), as SQL names them; records the others.
   std::vector<std::string> PublishableTables(db::Connection& session);
-  // `xids`: the transactions whose changes are pending.
-  void Add(const db::LogicalEvent& event, Pending* pending, int64_t* oldest_commit,
-           std::vector<uint32_t>* xids) const;
+  void Add(const db::LogicalEvent& event, Transaction* txn, Batch* batch);
   // NOTIFYs `payloads` in one transaction per statement, once every one of
   // `xids` is visible to a new snapshot; the server's WAL position read with
   // them. nullopt: some is not visible yet, nothing was sent.
@@ -159,6 +191,7 @@ class WalRelay {
   void SetError(const absl::Status& s);
 
   const Options options_;
+  const std::string fence_prefix_;
   const OnUnavailable on_unavailable_;
   absl::Notification stopping_;
   std::thread thread_;

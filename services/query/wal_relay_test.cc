@@ -15,8 +15,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/db/pgoutput_decoder.h"
 #include "gtest/gtest.h"
 #include "services/query/row_keys.h"
+#include "services/query/token_fence.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
@@ -264,15 +266,106 @@ TEST_F(WalRelayTest, ForgedOrStrayNotificationsComeFromOtherSessions) {
   forged.holder = listener.messages()[0].header.holder;
   forged.through = ~uint64_t{0} >> 1;
   Exec(absl::StrCat("SELECT pg_notify('", kChannel, "', '", EncodeRelay(forged, {})[0], "')"));
-  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) {
-    return m.back().header.through == ~uint64_t{0} >> 1;
+  // The relay's own heartbeats may arrive after it in the same read.
+  size_t at = 0;
+  ASSERT_TRUE(listener.ReadUntil([&at](const std::vector<RelayMessage>& m) {
+    for (at = 0; at < m.size(); ++at) {
+      if (m[at].header.through == ~uint64_t{0} >> 1) return true;
+    }
+    return false;
   }));
-  EXPECT_NE(listener.pids().back(), holder_pid);
+  EXPECT_NE(listener.pids()[at], holder_pid);
   const std::string lock_holder = *Cluster().QueryValue(
       kDb, absl::StrCat("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
                         "((classid::int8 << 32) | objid::int8) = ",
                         WalRelay::LockKey("relay_pub", kChannel), "::int8 AND objsubid = 1"));
   EXPECT_EQ(lock_holder, absl::StrCat(holder_pid));
+}
+
+// The server's WAL insert position now: a token as a writer gets it.
+db::Lsn InsertLsn() {
+  absl::StatusOr<std::string> text =
+      Cluster().QueryValue(kDb, "SELECT pg_current_wal_insert_lsn()::text");
+  EXPECT_TRUE(text.ok()) << text.status();
+  absl::StatusOr<db::Lsn> lsn = db::ParseLsn(text.value_or(""));
+  EXPECT_TRUE(lsn.ok()) << lsn.status();
+  return lsn.value_or(0);
+}
+
+// A token past every commit to a published table (here: after a write to a
+// table the stream does not publish) is relayed once a fence asks for it,
+// not at the next heartbeat (an hour away here). Only committed
+// transactional messages with this relay's prefix are fences: others (anyone
+// may emit any) are ignored, and a flood of fences makes the relay send at
+// most once per batch interval.
+TEST_F(WalRelayTest, AFenceIsRelayedAtOnceAndNothingElseIsTakenForOne) {
+  Exec("CREATE TABLE IF NOT EXISTS uncached (v int)");
+  Listener listener(Cluster().Dsn(kDb));
+  WalRelay::Options o = RelayOptions("relay_fence_pub");
+  o.heartbeat = absl::Hours(1);
+  o.batch = absl::Milliseconds(20);
+  WalRelay relay(o, nullptr);
+  relay.Start();
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) { return !m.empty(); }));
+  ASSERT_EQ(listener.messages()[0].header.kind, RelayHeader::kHello);
+  TokenFence::Options fo;
+  fo.database = kDb;
+  fo.dsn = Cluster().Dsn(kDb);
+  fo.prefix = WalRelay::FencePrefix("relay_fence_pub", kChannel);
+  TokenFence fence(fo);
+  fence.Start();
+
+  for (int i = 0; i < 3; ++i) {
+    listener.Clear();
+    Exec("INSERT INTO uncached VALUES (1)");
+    const db::Lsn token = InsertLsn();
+    fence.Request(token);
+    ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
+      return !m.empty() && m.back().header.through >= token;
+    })) << "the relayed position never reached "
+        << db::FormatLsn(token);
+    EXPECT_EQ(listener.messages().back().header.kind, RelayHeader::kHeartbeat);
+    EXPECT_TRUE(listener.messages().back().tables.empty());
+  }
+  EXPECT_EQ(relay.GetStats().fences, 3u);
+  // Counted once its NOTIFY committed: the listener may see it first.
+  EXPECT_TRUE(WaitFor([&] { return relay.GetStats().fence_relays == 3; }, kWait))
+      << relay.GetStats().fence_relays;
+
+  // Another prefix, a message outside any transaction, a rolled-back fence:
+  // not fences. The next real one is decoded after them (commit order).
+  const std::string prefix = fo.prefix;
+  Exec("SELECT pg_logical_emit_message(true, 'someone-else', '')");
+  Exec(absl::StrCat("SELECT pg_logical_emit_message(false, '", prefix, "', '')"));
+  Exec(absl::StrCat("BEGIN; SELECT pg_logical_emit_message(true, '", prefix, "', ''); ROLLBACK"));
+  Exec(absl::StrCat("SELECT pg_logical_emit_message(true, '", prefix, "x', '')"));
+  const db::Lsn token = InsertLsn();
+  fence.Request(token);
+  ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
+    return !m.empty() && m.back().header.through >= token;
+  }));
+  EXPECT_EQ(relay.GetStats().fences, 4u) << "a message that is no fence was taken for one";
+
+  // A flood of fences from a plain client, each its own transaction: each is
+  // decoded, and the relay sends at most once per batch interval.
+  listener.Clear();
+  const uint64_t payloads = relay.GetStats().payloads;
+  const absl::Time began = absl::Now();
+  Exec(absl::StrCat("DO $$ BEGIN FOR i IN 1..300 LOOP PERFORM pg_logical_emit_message(true, '",
+                    prefix, "', ''); COMMIT; END LOOP; END $$"));
+  // Other WAL (the relay's own NOTIFYs) may follow the last of them: a fence
+  // of the test's own covers the position read now.
+  const db::Lsn flooded = InsertLsn();
+  fence.Request(flooded);
+  ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
+    return !m.empty() && m.back().header.through >= flooded;
+  }));
+  const absl::Duration took = absl::Now() - began;
+  EXPECT_EQ(relay.GetStats().fences, 305u);
+  const uint64_t sent = relay.GetStats().payloads - payloads;
+  EXPECT_LE(sent, static_cast<uint64_t>(took / o.batch) + 2)
+      << sent << " messages in " << took << " for 300 fences";
+  for (const RelayMessage& m : listener.messages()) EXPECT_TRUE(m.tables.empty());
 }
 
 TEST(WalRelayUnavailableTest, AServerWithoutLogicalDecodingIsReported) {
