@@ -14,14 +14,14 @@
 // Exit status: 0 on success (see "errors"), 2 if preloading fails or the
 // arguments are bad.
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -30,8 +30,7 @@
 #include "bench/closed_loop.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 
-ABSL_FLAG(std::string, addr, "127.0.0.1:50052",
-          "cache sidecar address (host:port or unix:/path)");
+ABSL_FLAG(std::string, addr, "127.0.0.1:50052", "cache sidecar address (host:port or unix:/path)");
 ABSL_FLAG(int64_t, keys, 10000, "entries stored before the run; Gets pick one at random");
 ABSL_FLAG(int32_t, value_bytes, 100, "size of each value (redis-benchmark -d)");
 ABSL_FLAG(std::string, json_out, "", "also write the JSON result to this file");
@@ -65,7 +64,9 @@ struct GetCall {
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "closed-loop load generator for poolside.v1.CacheService/Get (the loop's own flags --callers, --duration, --warmup, --channels, --threads, --call_timeout_ms: see --helpfull, bench/closed_loop.h)");
+      "closed-loop load generator for poolside.v1.CacheService/Get (the loop's own flags "
+      "--callers, --duration, --warmup, --channels, --threads, --call_timeout_ms: see --helpfull, "
+      "bench/closed_loop.h)");
   absl::ParseCommandLine(argc, argv);
   const std::string addr = absl::GetFlag(FLAGS_addr);
   LoadOptions options = LoadOptionsFromFlags();
@@ -75,8 +76,9 @@ int Main(int argc, char** argv) {
   const int value_bytes = absl::GetFlag(FLAGS_value_bytes);
   if (options.callers < 1 || options.duration <= 0 || options.warmup < 0 || keys < 1 ||
       value_bytes < 0) {
-    std::fprintf(stderr, "error: need --callers >= 1, --duration > 0, "
-                         "--warmup >= 0, --keys >= 1, --value_bytes >= 0\n");
+    std::fprintf(stderr,
+                 "error: need --callers >= 1, --duration > 0, "
+                 "--warmup >= 0, --keys >= 1, --value_bytes >= 0\n");
     return 2;
   }
   options.Resolve();
@@ -132,8 +134,7 @@ int Main(int argc, char** argv) {
     grpc::Status status = stub->Get(&ctx, probe, &resp);
     if (!status.ok()) {
       std::fprintf(stderr, "error: probe call failed: %d: %s\n",
-                   static_cast<int>(status.error_code()),
-                   status.error_message().c_str());
+                   static_cast<int>(status.error_code()), status.error_message().c_str());
       return 2;
     }
   }

@@ -15,8 +15,7 @@
 ABSL_FLAG(int32_t, callers, 32, "concurrent outstanding calls");
 ABSL_FLAG(double, duration, 10, "measured seconds");
 ABSL_FLAG(double, warmup, 2, "seconds of load before measuring");
-ABSL_FLAG(int32_t, channels, 0,
-          "gRPC channels (TCP connections); 0: one per 8 callers");
+ABSL_FLAG(int32_t, channels, 0, "gRPC channels (TCP connections); 0: one per 8 callers");
 ABSL_FLAG(int32_t, threads, 1,
           "client threads, each with its own completion queue (one drives ~58k "
           "calls/s; a second one costs more CPU per call than it adds on a small "

@@ -22,6 +22,8 @@
 //   // Whether a successful response counts as "marked" (e.g. a cache miss).
 //   bool Marked(const Response& response) const;
 
+#include <grpcpp/grpcpp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -31,8 +33,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/string_view.h"
 
@@ -162,8 +162,8 @@ class Worker {
     if (end_ns >= measure_start_ns_ && end_ns <= measure_end_ns_) {
       if (slot->status.ok()) {
         if (call_.Marked(slot->response)) ++result_.marked;
-        result_.latencies_us.push_back(static_cast<uint32_t>(
-            std::min<int64_t>((end_ns - slot->start_ns) / 1000, UINT32_MAX)));
+        result_.latencies_us.push_back(
+            static_cast<uint32_t>(std::min<int64_t>((end_ns - slot->start_ns) / 1000, UINT32_MAX)));
       } else {
         ++result_.errors;
         const int code = static_cast<int>(slot->status.error_code());

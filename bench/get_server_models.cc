@@ -96,9 +96,10 @@ class CallbackGetService final : public v1::CacheService::CallbackService {
 // Get on the async API, every other method on the callback API, in one service.
 using S = v1::CacheService;
 class HybridService final
-    : public S::WithAsyncMethod_Get<S::WithCallbackMethod_GetMany<S::WithCallbackMethod_Set<
-          S::WithCallbackMethod_Delete<S::WithCallbackMethod_Invalidate<
-              S::WithCallbackMethod_GetStats<S::WithCallbackMethod_WatchInvalidations<S::Service>>>>>>> {
+    : public S::WithAsyncMethod_Get<
+          S::WithCallbackMethod_GetMany<S::WithCallbackMethod_Set<S::WithCallbackMethod_Delete<
+              S::WithCallbackMethod_Invalidate<S::WithCallbackMethod_GetStats<
+                  S::WithCallbackMethod_WatchInvalidations<S::Service>>>>>>> {
  public:
   explicit HybridService(Map* map) : map_(map) {}
   grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,

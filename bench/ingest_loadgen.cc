@@ -14,6 +14,8 @@
 // Prints one line of JSON: rows, seconds, rows_per_sec, requests, errors.
 // Exit status: 0 on success, 1 if any request failed, 2 on bad arguments.
 
+#include <grpcpp/grpcpp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -25,8 +27,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -79,8 +79,8 @@ int WriteCsv(const std::string& path, int64_t rows) {
     absl::StrAppend(&line, id, ",device-", id % 997, ",",
                     absl::FormatTime("%Y-%m-%d %H:%M:%S+00", absl::FromUnixSeconds(kEpoch + id),
                                      absl::UTCTimeZone()),
-                    ",", absl::StrFormat("%.17g", static_cast<double>(id) * 0.25), ",",
-                    Payload(id), "\n");
+                    ",", absl::StrFormat("%.17g", static_cast<double>(id) * 0.25), ",", Payload(id),
+                    "\n");
     out << line;
   }
   return out ? 0 : 2;
@@ -171,7 +171,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--rows, --producers, --rows_per_request, --window must be positive\n");
     return 2;
   }
-  if (!absl::GetFlag(FLAGS_write_csv).empty()) return WriteCsv(absl::GetFlag(FLAGS_write_csv), rows);
+  if (!absl::GetFlag(FLAGS_write_csv).empty())
+    return WriteCsv(absl::GetFlag(FLAGS_write_csv), rows);
 
   std::string key_prefix = absl::GetFlag(FLAGS_key_prefix);
   if (key_prefix.empty()) key_prefix = absl::StrCat("bench-", absl::ToUnixMicros(absl::Now()));
@@ -181,7 +182,7 @@ int main(int argc, char** argv) {
     poolside::server::ChannelOptions options;
     options.target = absl::GetFlag(FLAGS_addr);
     options.tls = poolside::server::PlaintextTls();  // the benchmark runs on loopback
-    options.args.SetInt("grpc.channel_id", i);  // distinct channels: one connection each
+    options.args.SetInt("grpc.channel_id", i);       // distinct channels: one connection each
     channels.push_back(*poolside::server::CreateChannel(std::move(options)));
     stubs.push_back(v1::IngestService::NewStub(channels.back()));
   }
@@ -217,10 +218,11 @@ int main(int argc, char** argv) {
       "\"errors\": %llu, \"producers\": %d, \"rows_per_request\": %d, \"window\": %d, "
       "\"server_batches\": %llu, \"server_flushes\": {%s}}\n",
       static_cast<unsigned long long>(written), secs, written / std::max(secs, 1e-9),
-      static_cast<unsigned long long>(requests), static_cast<unsigned long long>(errors),
-      producers, absl::GetFlag(FLAGS_rows_per_request), absl::GetFlag(FLAGS_window),
+      static_cast<unsigned long long>(requests), static_cast<unsigned long long>(errors), producers,
+      absl::GetFlag(FLAGS_rows_per_request), absl::GetFlag(FLAGS_window),
       static_cast<unsigned long long>(stats.batches_written()), flushes.c_str());
-  if (errors > 0) std::fprintf(stderr, "ingest_loadgen: %llu errors, first: %s\n",
-                               static_cast<unsigned long long>(errors), first_error.c_str());
+  if (errors > 0)
+    std::fprintf(stderr, "ingest_loadgen: %llu errors, first: %s\n",
+                 static_cast<unsigned long long>(errors), first_error.c_str());
   return errors > 0 ? 1 : 0;
 }

@@ -9,14 +9,14 @@
 // Exit status: 0 on success (even with some failed calls; see "errors"), 2 if
 // the probe call before the run fails or the arguments are bad.
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -25,12 +25,10 @@
 #include "bench/closed_loop.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 
-ABSL_FLAG(std::string, addr, "127.0.0.1:50051",
-          "query service address (host:port or unix:/path)");
+ABSL_FLAG(std::string, addr, "127.0.0.1:50051", "query service address (host:port or unix:/path)");
 ABSL_FLAG(std::string, sql, "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
           "statement to execute");
-ABSL_FLAG(int64_t, keys, 1000000,
-          "$1 is a random int64 in [1, keys]; 0 sends no parameter");
+ABSL_FLAG(int64_t, keys, 1000000, "$1 is a random int64 in [1, keys]; 0 sends no parameter");
 ABSL_FLAG(std::string, db, "", "database name (empty: the service's default)");
 ABSL_FLAG(std::string, json_out, "", "also write the JSON result to this file");
 ABSL_FLAG(std::string, label, "", "free-form label copied into the JSON");
@@ -61,22 +59,23 @@ struct ExecuteCall {
   }
   bool cached = false;
   // With a cache policy, a call not answered from the cache.
-  bool Marked(const Response& response) const {
-    return cached && response.cache() != v1::HIT;
-  }
+  bool Marked(const Response& response) const { return cached && response.cache() != v1::HIT; }
 };
 
 int Main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "closed-loop load generator for poolside.v1.QueryService/Execute (the loop's own flags --callers, --duration, --warmup, --channels, --threads, --call_timeout_ms: see --helpfull, bench/closed_loop.h)");
+      "closed-loop load generator for poolside.v1.QueryService/Execute (the loop's own flags "
+      "--callers, --duration, --warmup, --channels, --threads, --call_timeout_ms: see --helpfull, "
+      "bench/closed_loop.h)");
   absl::ParseCommandLine(argc, argv);
   const std::string addr = absl::GetFlag(FLAGS_addr);
   LoadOptions options = LoadOptionsFromFlags();
   ExecuteCall call;
   call.keys = absl::GetFlag(FLAGS_keys);
   if (options.callers < 1 || options.duration <= 0 || options.warmup < 0 || call.keys < 0) {
-    std::fprintf(stderr, "error: need --callers >= 1, --duration > 0, "
-                         "--warmup >= 0, --keys >= 0\n");
+    std::fprintf(stderr,
+                 "error: need --callers >= 1, --duration > 0, "
+                 "--warmup >= 0, --keys >= 0\n");
     return 2;
   }
   options.Resolve();
@@ -107,8 +106,7 @@ int Main(int argc, char** argv) {
     grpc::Status status = stub->Execute(&ctx, request, &resp);
     if (!status.ok()) {
       std::fprintf(stderr, "error: probe call failed: %d: %s\n",
-                   static_cast<int>(status.error_code()),
-                   status.error_message().c_str());
+                   static_cast<int>(status.error_code()), status.error_message().c_str());
       return 2;
     }
   }

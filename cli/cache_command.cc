@@ -1,10 +1,10 @@
 #include "cli/cache_command.h"
 
+#include <grpcpp/grpcpp.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -49,7 +49,8 @@ int Stats(v1::CacheService::Stub* stub, const CacheInvocation& inv) {
   row("entries", absl::StrCat(s.entries()));
   row("bytes", absl::StrCat(s.bytes(), " (", Bytes(s.bytes()), ")"));
   row("capacity_bytes", absl::StrCat(s.capacity_bytes(), " (", Bytes(s.capacity_bytes()), ")"));
-  row("used", absl::StrFormat("%.1f%%", s.capacity_bytes() ? 100.0 * s.bytes() / s.capacity_bytes() : 0));
+  row("used",
+      absl::StrFormat("%.1f%%", s.capacity_bytes() ? 100.0 * s.bytes() / s.capacity_bytes() : 0));
   row("hits", absl::StrCat(s.hits()));
   row("stale_hits", absl::StrCat(s.stale_hits()));
   row("misses", absl::StrCat(s.misses()));
@@ -118,8 +119,8 @@ absl::StatusOr<CacheInvocation> ParseCacheCommand(const std::vector<std::string>
       } else if (arg == "invalidate") {
         inv.action = CacheInvocation::Action::kInvalidate;
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "unknown cache command \"", arg, "\" (expected stats or invalidate)"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("unknown cache command \"", arg, "\" (expected stats or invalidate)"));
       }
       have_action = true;
       continue;

@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
-#include "cli/connection.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cli/connection.h"
 
 namespace poolside::cli {
 

@@ -11,9 +11,7 @@
 namespace poolside::cli {
 namespace {
 
-absl::Status Usage(absl::string_view why) {
-  return absl::InvalidArgumentError(std::string(why));
-}
+absl::Status Usage(absl::string_view why) { return absl::InvalidArgumentError(std::string(why)); }
 
 // Splits "--name=value" into name and value; "--name" leaves value empty and
 // has_value false.
@@ -69,13 +67,11 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     // Everything after the SQL of `query` is a parameter, verbatim.
-    bool sql_seen = have_command && inv.command == Command::kQuery &&
-                    !positional.empty();
+    bool sql_seen = have_command && inv.command == Command::kQuery && !positional.empty();
     if (options_done || sql_seen || arg.size() < 2 || arg[0] != '-') {
       if (!have_command) {
         if (!CommandFromName(arg, &inv.command)) {
-          return Usage(absl::StrCat("unknown command \"", arg,
-                                    "\" (try --help)"));
+          return Usage(absl::StrCat("unknown command \"", arg, "\" (try --help)"));
         }
         have_command = true;
       } else {
@@ -113,18 +109,16 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       if (!v.ok()) return v.status();
       absl::Duration d;
       if (!absl::ParseDuration(*v, &d) || d <= absl::ZeroDuration()) {
-        return Usage(absl::StrCat("--timeout: \"", *v,
-                                  "\" is not a positive duration (e.g. 30s, 500ms)"));
+        return Usage(
+            absl::StrCat("--timeout: \"", *v, "\" is not a positive duration (e.g. 30s, 500ms)"));
       }
       inv.timeout = d;
     } else if (opt.name == "db" &&
-               command_is({Command::kQuery, Command::kPools, Command::kStats,
-                           Command::kAdvise})) {
+               command_is({Command::kQuery, Command::kPools, Command::kStats, Command::kAdvise})) {
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
       inv.database = *v;
-    } else if (opt.name == "stream" && command_is({Command::kQuery}) &&
-               !opt.has_value) {
+    } else if (opt.name == "stream" && command_is({Command::kQuery}) && !opt.has_value) {
       inv.stream = true;
     } else if (opt.name == "max_rows" && command_is({Command::kQuery})) {
       absl::StatusOr<std::string> v = take_value();
@@ -162,13 +156,12 @@ absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args
       absl::StatusOr<std::string> v = take_value();
       if (!v.ok()) return v.status();
       if (!absl::SimpleAtoi(*v, &inv.apply) || inv.apply == 0) {
-        return Usage(absl::StrCat("--apply: \"", *v,
-                                  "\" is not a suggestion number (1, 2, ... as `advise` lists them)"));
+        return Usage(absl::StrCat(
+            "--apply: \"", *v, "\" is not a suggestion number (1, 2, ... as `advise` lists them)"));
       }
     } else {
       return Usage(absl::StrCat("unknown option \"", arg, "\"",
-                                have_command ? " for this command" : "",
-                                " (try --help)"));
+                                have_command ? " for this command" : "", " (try --help)"));
     }
   }
 

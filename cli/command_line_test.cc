@@ -13,9 +13,7 @@ namespace {
 
 using ::testing::ElementsAre;
 
-absl::StatusOr<Invocation> Parse(std::vector<std::string> args) {
-  return ParseCommandLine(args);
-}
+absl::StatusOr<Invocation> Parse(std::vector<std::string> args) { return ParseCommandLine(args); }
 
 TEST(CommandLineTest, NoArgumentsIsHelp) {
   absl::StatusOr<Invocation> inv = Parse({});
@@ -27,8 +25,8 @@ TEST(CommandLineTest, NoArgumentsIsHelp) {
 
 TEST(CommandLineTest, QueryWithOptionsAndParams) {
   absl::StatusOr<Invocation> inv =
-      Parse({"--addr=h:1", "--timeout", "500ms", "query", "--db", "demo",
-             "--stream", "SELECT $1, $2, $3", "-5", "--db", "text:x"});
+      Parse({"--addr=h:1", "--timeout", "500ms", "query", "--db", "demo", "--stream",
+             "SELECT $1, $2, $3", "-5", "--db", "text:x"});
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_EQ(inv->command, Command::kQuery);
   EXPECT_EQ(inv->addr, "h:1");
@@ -41,8 +39,7 @@ TEST(CommandLineTest, QueryWithOptionsAndParams) {
 }
 
 TEST(CommandLineTest, GlobalOptionsAfterCommandAndDoubleDash) {
-  absl::StatusOr<Invocation> inv =
-      Parse({"query", "--addr", "x:2", "--db=d", "--", "-SQL-", "1"});
+  absl::StatusOr<Invocation> inv = Parse({"query", "--addr", "x:2", "--db=d", "--", "-SQL-", "1"});
   ASSERT_TRUE(inv.ok()) << inv.status();
   EXPECT_EQ(inv->addr, "x:2");
   EXPECT_EQ(inv->database, "d");
@@ -90,8 +87,7 @@ TEST(CommandLineTest, AdviseOptions) {
 }
 
 TEST(CommandLineTest, UsageErrors) {
-  for (const std::vector<std::string>& args :
-       std::vector<std::vector<std::string>>{
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
            {"frobnicate"},
            {"query"},
            {"query", "--db"},
@@ -108,8 +104,7 @@ TEST(CommandLineTest, UsageErrors) {
            {"advise", "extra"},
            {"stats", "--apply", "1"}}) {
     absl::StatusOr<Invocation> inv = Parse(args);
-    EXPECT_EQ(inv.status().code(), absl::StatusCode::kInvalidArgument)
-        << args[0];
+    EXPECT_EQ(inv.status().code(), absl::StatusCode::kInvalidArgument) << args[0];
   }
 }
 

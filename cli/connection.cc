@@ -23,7 +23,8 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   std::ostringstream out;
   out << in.rdbuf();
   std::string token(absl::StripAsciiWhitespace(out.str()));
-  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("token file ", path, " is empty"));
+  if (token.empty())
+    return absl::InvalidArgumentError(absl::StrCat("token file ", path, " is empty"));
   return token;
 }
 
@@ -51,9 +52,9 @@ absl::StatusOr<ConnectionOptions> TakeConnectionOptions(std::vector<std::string>
       std::string* value;
     };
     std::string ca, cert, key, server_name, token, file;
-    const Option options[] = {{"--token", &token},          {"--token_file", &file},
-                              {"--tls_ca", &ca},            {"--tls_cert", &cert},
-                              {"--tls_key", &key},          {"--tls_server_name", &server_name}};
+    const Option options[] = {{"--token", &token}, {"--token_file", &file},
+                              {"--tls_ca", &ca},   {"--tls_cert", &cert},
+                              {"--tls_key", &key}, {"--tls_server_name", &server_name}};
     bool taken = false;
     for (const Option& opt : options) {
       std::string value;
@@ -89,8 +90,8 @@ absl::StatusOr<ConnectionOptions> TakeConnectionOptions(std::vector<std::string>
     if (!t.ok()) return t.status();
     o.token = *std::move(t);
   }
-  const bool any_tls = tls || !o.tls.ca_file().empty() || !o.tls.cert_file().empty() ||
-                       !o.tls.server_name().empty();
+  const bool any_tls =
+      tls || !o.tls.ca_file().empty() || !o.tls.cert_file().empty() || !o.tls.server_name().empty();
   if (!any_tls) o.tls = server::PlaintextTls();
   return o;
 }

@@ -18,8 +18,8 @@ class ConnectionOptionsTest : public ::testing::Test {
 };
 
 TEST_F(ConnectionOptionsTest, TakesItsOptionsAnywhereAndLeavesTheRest) {
-  std::vector<std::string> args = {"query", "--token=s3cret", "SELECT $1", "--tls_ca", "/ca.pem",
-                                   "7"};
+  std::vector<std::string> args = {"query",    "--token=s3cret", "SELECT $1",
+                                   "--tls_ca", "/ca.pem",        "7"};
   absl::StatusOr<ConnectionOptions> o = TakeConnectionOptions(args);
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->token, "s3cret");

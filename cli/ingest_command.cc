@@ -1,5 +1,6 @@
 #include "cli/ingest_command.h"
 
+#include <grpcpp/grpcpp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,8 +12,6 @@
 #include <map>
 #include <memory>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
@@ -50,8 +49,11 @@ bool IsUtf8(absl::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t len = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3
-                                                    : (c & 0xF8) == 0xF0 ? 4 : 0;
+    size_t len = c < 0x80             ? 1
+                 : (c & 0xE0) == 0xC0 ? 2
+                 : (c & 0xF0) == 0xE0 ? 3
+                 : (c & 0xF8) == 0xF0 ? 4
+                                      : 0;
     if (len == 0 || i + len > s.size() || (len == 2 && c < 0xC2)) return false;
     for (size_t k = 1; k < len; ++k) {
       if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
@@ -119,8 +121,7 @@ class Progress {
     const double eta = byte_rate > 0 ? (total_bytes_ - bytes_) / byte_rate : -1;
     std::fprintf(stderr, "\r%12s rows  %10s rows/s  %10s / %-10s  ETA %s   ",
                  absl::StrFormat("%d", rows_).c_str(), absl::StrFormat("%.0f", rate).c_str(),
-                 HumanBytes(bytes_).c_str(), HumanBytes(total_bytes_).c_str(),
-                 Clock(eta).c_str());
+                 HumanBytes(bytes_).c_str(), HumanBytes(total_bytes_).c_str(), Clock(eta).c_str());
     std::fflush(stderr);
   }
 
@@ -166,7 +167,8 @@ absl::StatusOr<IngestOptions> ParseIngestArgs(const std::vector<std::string>& ar
       continue;
     }
     if (!has_value) {
-      if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      if (i + 1 >= args.size())
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       value = args[++i];
     }
     if (name == "table") {
@@ -249,12 +251,12 @@ int RunIngestCommand(const std::vector<std::string>& args, const ConnectionOptio
 
   Progress progress(static_cast<uint64_t>(st.st_size));
   absl::Mutex mu;
-  std::map<uint64_t, Chunk> in_flight;  // guarded by mu
-  std::deque<uint64_t> resend;          // guarded by mu
-  std::vector<Rejection> rejected;      // guarded by mu
+  std::map<uint64_t, Chunk> in_flight;                         // guarded by mu
+  std::deque<uint64_t> resend;                                 // guarded by mu
+  std::vector<Rejection> rejected;                             // guarded by mu
   uint64_t rows_written = 0, duplicates = 0, failed_rows = 0;  // guarded by mu
-  std::string first_failure;            // guarded by mu
-  bool stream_broken = false;           // guarded by mu
+  std::string first_failure;                                   // guarded by mu
+  bool stream_broken = false;                                  // guarded by mu
   const absl::Time start = absl::Now();
 
   std::thread acks([&] {
@@ -355,9 +357,9 @@ int RunIngestCommand(const std::vector<std::string>& args, const ConnectionOptio
         break;
       }
       if (record.size() != o.columns.size()) {
-        local_rejected.push_back({reader.record_line(),
-                                  absl::StrCat("expected ", o.columns.size(), " fields, found ",
-                                               record.size())});
+        local_rejected.push_back(
+            {reader.record_line(),
+             absl::StrCat("expected ", o.columns.size(), " fields, found ", record.size())});
         continue;
       }
       v1::Row* row = w->add_rows();

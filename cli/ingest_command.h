@@ -26,8 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "cli/connection.h"
 #include "absl/status/statusor.h"
+#include "cli/connection.h"
 
 namespace poolside::cli {
 

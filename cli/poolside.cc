@@ -1,14 +1,14 @@
 // `poolside`: command-line client for the query service. See UsageText() in
 // cli/command_line.cc for commands and options.
 
+#include <grpcpp/grpcpp.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -18,9 +18,9 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "cli/connection.h"
 #include "cli/cache_command.h"
 #include "cli/command_line.h"
+#include "cli/connection.h"
 #include "cli/ingest_command.h"
 #include "cli/table.h"
 #include "cli/value_format.h"
@@ -39,24 +39,42 @@ constexpr int kExitError = 2;
 
 const char* CodeName(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
 }
 
@@ -67,15 +85,12 @@ int PrintError(const grpc::Status& status) {
 }
 
 int PrintError(const absl::Status& status) {
-  std::fprintf(stderr, "error: %s: %s\n",
-               absl::StatusCodeToString(status.code()).c_str(),
+  std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
                std::string(status.message()).c_str());
   return kExitError;
 }
 
-void Print(const std::string& text) {
-  std::fwrite(text.data(), 1, text.size(), stdout);
-}
+void Print(const std::string& text) { std::fwrite(text.data(), 1, text.size(), stdout); }
 
 std::unique_ptr<grpc::ClientContext> NewContext(const Invocation& inv) {
   auto ctx = std::make_unique<grpc::ClientContext>();
@@ -100,16 +115,14 @@ void AddResultRow(const v1::Row& row, TextTable* table) {
   table->AddRow(std::move(cells), std::move(right));
 }
 
-std::string RowCount(int64_t n) {
-  return absl::StrCat("(", n, n == 1 ? " row)\n" : " rows)\n");
-}
+std::string RowCount(int64_t n) { return absl::StrCat("(", n, n == 1 ? " row)\n" : " rows)\n"); }
 
 // psql's convention: a result with columns ends in "(N rows)", a command
 // without one prints its tag; a DML ... RETURNING prints both.
 void PrintFooter(bool has_columns, int64_t rows, const std::string& tag) {
   if (has_columns) Print(RowCount(rows));
-  bool select_like = absl::StartsWith(tag, "SELECT") ||
-                     absl::StartsWith(tag, "FETCH") || absl::StartsWith(tag, "SHOW");
+  bool select_like = absl::StartsWith(tag, "SELECT") || absl::StartsWith(tag, "FETCH") ||
+                     absl::StartsWith(tag, "SHOW");
   if (!tag.empty() && !(has_columns && select_like)) {
     Print(tag + "\n");
   } else if (tag.empty() && !has_columns) {
@@ -142,7 +155,8 @@ int RunQuery(v1::QueryService::Stub* stub, const Invocation& inv) {
       Print(table.Render());
     }
     PrintFooter(has_columns, rs.rows_size(), rs.command_tag());
-    if (inv.cache_ttl_ms > 0) Print(absl::StrCat("cache: ", v1::CacheOutcome_Name(resp.cache()), "\n"));
+    if (inv.cache_ttl_ms > 0)
+      Print(absl::StrCat("cache: ", v1::CacheOutcome_Name(resp.cache()), "\n"));
     return kExitOk;
   }
 
@@ -191,8 +205,7 @@ std::string HistogramQuantileMs(const v1::Histogram& h, double q) {
     }
   }
   if (h.bounds_seconds_size() == 0) return "-";
-  return absl::StrCat(">", FormatDouble(h.bounds_seconds(
-                               h.bounds_seconds_size() - 1) * 1000));
+  return absl::StrCat(">", FormatDouble(h.bounds_seconds(h.bounds_seconds_size() - 1) * 1000));
 }
 
 int RunPools(v1::QueryService::Stub* stub, const Invocation& inv) {
@@ -202,57 +215,64 @@ int RunPools(v1::QueryService::Stub* stub, const Invocation& inv) {
   auto ctx = NewContext(inv);
   grpc::Status status = stub->GetPoolStats(ctx.get(), req, &resp);
   if (!status.ok()) return PrintError(status);
-  TextTable table({"database", "size", "idle", "in_use", "waiters", "queued",
-                   "min_idle", "max_size", "acquired", "timeouts", "created",
-                   "closed", "recycled", "broken", "leaks", "create_failures",
-                   "wait_avg_ms", "wait_p99_ms", "pipelines", "avg_depth"});
+  TextTable table({"database",        "size",        "idle",        "in_use",    "waiters",
+                   "queued",          "min_idle",    "max_size",    "acquired",  "timeouts",
+                   "created",         "closed",      "recycled",    "broken",    "leaks",
+                   "create_failures", "wait_avg_ms", "wait_p99_ms", "pipelines", "avg_depth"});
   for (const v1::PoolStats& p : resp.pools()) {
     const v1::Histogram& h = p.acquire_wait();
-    std::string avg =
-        h.count() == 0 ? "-" : Ms(h.sum_seconds() * 1000 / h.count());
+    std::string avg = h.count() == 0 ? "-" : Ms(h.sum_seconds() * 1000 / h.count());
     // A role's pool is "db/role", a member's pool "db@host:port".
     std::string name = p.database();
     if (!p.role().empty()) absl::StrAppend(&name, "/", p.role());
     if (!p.member().empty()) absl::StrAppend(&name, "@", p.member());
     std::vector<std::string> cells = {
-        EscapeForCell(name),              absl::StrCat(p.size()),
-        absl::StrCat(p.idle()),           absl::StrCat(p.in_use()),
-        absl::StrCat(p.waiters()),        absl::StrCat(p.queued()),
+        EscapeForCell(name),
+        absl::StrCat(p.size()),
+        absl::StrCat(p.idle()),
+        absl::StrCat(p.in_use()),
+        absl::StrCat(p.waiters()),
+        absl::StrCat(p.queued()),
         absl::StrCat(p.min_idle()),
-        absl::StrCat(p.max_size()),       absl::StrCat(p.acquired_total()),
-        absl::StrCat(p.timeouts_total()), absl::StrCat(p.created_total()),
-        absl::StrCat(p.closed_total()),   absl::StrCat(p.recycled_total()),
-        absl::StrCat(p.broken_total()),   absl::StrCat(p.leaks_total()),
-        absl::StrCat(p.create_failures_total()), avg,
-        HistogramQuantileMs(h, 0.99),     absl::StrCat(p.pipelines_total()),
+        absl::StrCat(p.max_size()),
+        absl::StrCat(p.acquired_total()),
+        absl::StrCat(p.timeouts_total()),
+        absl::StrCat(p.created_total()),
+        absl::StrCat(p.closed_total()),
+        absl::StrCat(p.recycled_total()),
+        absl::StrCat(p.broken_total()),
+        absl::StrCat(p.leaks_total()),
+        absl::StrCat(p.create_failures_total()),
+        avg,
+        HistogramQuantileMs(h, 0.99),
+        absl::StrCat(p.pipelines_total()),
         p.pipelines_total() == 0
             ? "-"
-            : absl::StrFormat("%.2f", static_cast<double>(
-                                          p.pipelined_statements_total()) /
+            : absl::StrFormat("%.2f", static_cast<double>(p.pipelined_statements_total()) /
                                           p.pipelines_total())};
     std::vector<bool> right(cells.size(), true);
     right[0] = false;
     table.AddRow(std::move(cells), std::move(right));
   }
   Print(table.Render());
-  Print(absl::StrCat("(", resp.pools_size(),
-                     resp.pools_size() == 1 ? " pool)\n" : " pools)\n"));
+  Print(absl::StrCat("(", resp.pools_size(), resp.pools_size() == 1 ? " pool)\n" : " pools)\n"));
   if (resp.members_size() == 0) return kExitOk;
   // Databases with replicas: their members as last probed.
-  TextTable members({"database", "member", "role", "state", "lag_ms", "lag_bytes",
-                     "outstanding", "routed", "bans", "error"});
+  TextTable members({"database", "member", "role", "state", "lag_ms", "lag_bytes", "outstanding",
+                     "routed", "bans", "error"});
   for (const v1::MemberStats& m : resp.members()) {
-    std::vector<std::string> cells = {
-        EscapeForCell(m.database()),
-        EscapeForCell(m.member()),
-        m.role(),
-        !m.healthy() ? "unhealthy" : m.banned() ? "banned" : "routable",
-        m.role() == "replica" ? Ms(m.lag_seconds() * 1000) : "-",
-        m.role() == "replica" ? absl::StrCat(m.lag_bytes()) : "-",
-        absl::StrCat(m.outstanding()),
-        absl::StrCat(m.routed_total()),
-        absl::StrCat(m.bans_total()),
-        EscapeForCell(m.error())};
+    std::vector<std::string> cells = {EscapeForCell(m.database()),
+                                      EscapeForCell(m.member()),
+                                      m.role(),
+                                      !m.healthy() ? "unhealthy"
+                                      : m.banned() ? "banned"
+                                                   : "routable",
+                                      m.role() == "replica" ? Ms(m.lag_seconds() * 1000) : "-",
+                                      m.role() == "replica" ? absl::StrCat(m.lag_bytes()) : "-",
+                                      absl::StrCat(m.outstanding()),
+                                      absl::StrCat(m.routed_total()),
+                                      absl::StrCat(m.bans_total()),
+                                      EscapeForCell(m.error())};
     std::vector<bool> right(cells.size(), true);
     right[0] = right[1] = right[2] = right[3] = right[9] = false;
     members.AddRow(std::move(cells), std::move(right));
@@ -274,15 +294,13 @@ int RunCheck(v1::QueryService::Stub* stub, const Invocation& inv) {
   int unhealthy = 0;
   for (const v1::DatabaseHealth& d : resp.databases()) {
     if (!d.healthy()) ++unhealthy;
-    table.AddRow({EscapeForCell(d.database()), d.healthy() ? "yes" : "NO",
-                  Ms(d.latency_ms()), EscapeForCell(d.server_version()),
-                  EscapeForCell(d.error())},
+    table.AddRow({EscapeForCell(d.database()), d.healthy() ? "yes" : "NO", Ms(d.latency_ms()),
+                  EscapeForCell(d.server_version()), EscapeForCell(d.error())},
                  {false, false, true, false, false});
   }
   Print(table.Render());
   unhealthy = std::max<int>(unhealthy, resp.unhealthy());
-  Print(absl::StrCat(resp.databases_size() - unhealthy, " healthy, ", unhealthy,
-                     " unhealthy\n"));
+  Print(absl::StrCat(resp.databases_size() - unhealthy, " healthy, ", unhealthy, " unhealthy\n"));
   return unhealthy > 0 ? kExitUnhealthy : kExitOk;
 }
 
@@ -294,19 +312,17 @@ int RunStats(v1::QueryService::Stub* stub, const Invocation& inv) {
   auto ctx = NewContext(inv);
   grpc::Status status = stub->GetStatementStats(ctx.get(), req, &resp);
   if (!status.ok()) return PrintError(status);
-  TextTable table({"database", "calls", "errors", "rows", "total_ms", "mean_ms",
-                   "p50_ms", "p99_ms", "max_ms", "statement"});
+  TextTable table({"database", "calls", "errors", "rows", "total_ms", "mean_ms", "p50_ms", "p99_ms",
+                   "max_ms", "statement"});
   for (const v1::StatementStats& s : resp.statements()) {
-    table.AddRow({EscapeForCell(s.database()), absl::StrCat(s.calls()),
-                  absl::StrCat(s.errors()), absl::StrCat(s.rows()),
-                  Ms(s.total_ms()), Ms(s.mean_ms()), Ms(s.p50_ms()),
+    table.AddRow({EscapeForCell(s.database()), absl::StrCat(s.calls()), absl::StrCat(s.errors()),
+                  absl::StrCat(s.rows()), Ms(s.total_ms()), Ms(s.mean_ms()), Ms(s.p50_ms()),
                   Ms(s.p99_ms()), Ms(s.max_ms()), EscapeForCell(s.statement())},
                  {false, true, true, true, true, true, true, true, true, false});
   }
   Print(table.Render());
   Print(absl::StrCat("(", resp.statements_size(),
-                     resp.statements_size() == 1 ? " statement)\n"
-                                                 : " statements)\n"));
+                     resp.statements_size() == 1 ? " statement)\n" : " statements)\n"));
   return kExitOk;
 }
 
@@ -330,8 +346,7 @@ absl::StatusOr<v1::GetIndexAdviceResponse> GetAdvice(v1::QueryService::Stub* stu
   auto ctx = NewContext(inv);
   grpc::Status status = stub->GetIndexAdvice(ctx.get(), req, &resp);
   if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   }
   return resp;
 }
@@ -342,8 +357,7 @@ void PrintAdvice(const v1::GetIndexAdviceResponse& advice) {
                      advice.statements_considered() == 1 ? " statement" : " statements",
                      " costed, ", advice.candidates_costed(),
                      advice.candidates_costed() == 1 ? " candidate index" : " candidate indexes",
-                     " tried, ",
-                     Ms(advice.total_ms()), " ms of statement time in total\n"));
+                     " tried, ", Ms(advice.total_ms()), " ms of statement time in total\n"));
   if (advice.suggestions_size() == 0) Print("no index would make these statements cheaper\n");
   for (int i = 0; i < advice.suggestions_size(); ++i) {
     const v1::IndexSuggestion& s = advice.suggestions(i);
@@ -433,11 +447,11 @@ int Main(int argc, char** argv) {
       break;
     }
   }
-  telemetry::Span command_span = telemetry::StartSpan(
-      absl::StrCat("poolside ", command_name), telemetry::SpanKind::kInternal,
-      telemetry::ParseTraceparent(traceparent == nullptr ? "" : traceparent,
-                                  tracestate == nullptr ? "" : tracestate)
-          .value_or(telemetry::SpanContext()));
+  telemetry::Span command_span =
+      telemetry::StartSpan(absl::StrCat("poolside ", command_name), telemetry::SpanKind::kInternal,
+                           telemetry::ParseTraceparent(traceparent == nullptr ? "" : traceparent,
+                                                       tracestate == nullptr ? "" : tracestate)
+                               .value_or(telemetry::SpanContext()));
   telemetry::SpanContext trace = command_span.context();
   if (!trace.valid()) {
     trace.trace_id = telemetry::NewTraceId();
@@ -451,8 +465,8 @@ int Main(int argc, char** argv) {
   // (`poolside --addr=H:P ingest ...`).
   size_t command_at = 0;
   while (command_at < args.size() && absl::StartsWith(args[command_at], "-")) ++command_at;
-  const bool subcommand = command_at < args.size() &&
-                          (args[command_at] == "cache" || args[command_at] == "ingest");
+  const bool subcommand =
+      command_at < args.size() && (args[command_at] == "cache" || args[command_at] == "ingest");
   std::vector<std::string> sub_args;
   if (subcommand) {
     sub_args.assign(args.begin(), args.begin() + command_at);
@@ -479,12 +493,18 @@ int Main(int argc, char** argv) {
   if (!channel.ok()) return PrintError(channel.status());
   std::unique_ptr<v1::QueryService::Stub> stub = v1::QueryService::NewStub(*channel);
   switch (inv->command) {
-    case Command::kQuery: return RunQuery(stub.get(), *inv);
-    case Command::kPools: return RunPools(stub.get(), *inv);
-    case Command::kCheck: return RunCheck(stub.get(), *inv);
-    case Command::kStats: return RunStats(stub.get(), *inv);
-    case Command::kAdvise: return RunAdvise(stub.get(), *inv);
-    case Command::kHelp: break;
+    case Command::kQuery:
+      return RunQuery(stub.get(), *inv);
+    case Command::kPools:
+      return RunPools(stub.get(), *inv);
+    case Command::kCheck:
+      return RunCheck(stub.get(), *inv);
+    case Command::kStats:
+      return RunStats(stub.get(), *inv);
+    case Command::kAdvise:
+      return RunAdvise(stub.get(), *inv);
+    case Command::kHelp:
+      break;
   }
   return kExitOk;
 }

@@ -13,11 +13,9 @@ size_t DisplayWidth(const std::string& s) {
   return n;
 }
 
-TextTable::TextTable(std::vector<std::string> headers)
-    : headers_(std::move(headers)) {}
+TextTable::TextTable(std::vector<std::string> headers) : headers_(std::move(headers)) {}
 
-void TextTable::AddRow(std::vector<std::string> cells,
-                       std::vector<bool> right_align) {
+void TextTable::AddRow(std::vector<std::string> cells, std::vector<bool> right_align) {
   cells.resize(headers_.size());
   right_align.resize(headers_.size(), false);
   rows_.push_back(Row{std::move(cells), std::move(right_align)});
@@ -38,8 +36,7 @@ void TextTable::ComputeWidths() {
 }
 
 std::string TextTable::FormatLine(const std::vector<std::string>& cells,
-                                  const std::vector<bool>& right_align,
-                                  bool center) const {
+                                  const std::vector<bool>& right_align, bool center) const {
   std::string line;
   for (size_t i = 0; i < widths_.size(); ++i) {
     const std::string& cell = cells[i];

@@ -53,8 +53,7 @@ bool IsDecimal(absl::string_view s) {
 }
 
 bool IsSpecialNumeric(absl::string_view s) {
-  return absl::EqualsIgnoreCase(s, "NaN") ||
-         absl::EqualsIgnoreCase(StripSign(s), "Infinity") ||
+  return absl::EqualsIgnoreCase(s, "NaN") || absl::EqualsIgnoreCase(StripSign(s), "Infinity") ||
          absl::EqualsIgnoreCase(StripSign(s), "inf");
 }
 
@@ -65,14 +64,11 @@ int HexDigit(char c) {
   return -1;
 }
 
-absl::Status Invalid(absl::string_view kind, absl::string_view text,
-                     absl::string_view why) {
-  return absl::InvalidArgumentError(
-      absl::StrCat("parameter \"", kind, ":", text, "\": ", why));
+absl::Status Invalid(absl::string_view kind, absl::string_view text, absl::string_view why) {
+  return absl::InvalidArgumentError(absl::StrCat("parameter \"", kind, ":", text, "\": ", why));
 }
 
-absl::StatusOr<Value> ParseExplicit(absl::string_view kind,
-                                    absl::string_view text) {
+absl::StatusOr<Value> ParseExplicit(absl::string_view kind, absl::string_view text) {
   Value v;
   if (kind == "null") {
     if (!text.empty()) return Invalid(kind, text, "null takes no value");
@@ -124,12 +120,10 @@ absl::StatusOr<Value> ParseExplicit(absl::string_view kind,
     absl::Time t;
     std::string err;
     if (!absl::ParseTime(absl::RFC3339_full, text, &t, &err)) {
-      return Invalid(kind, text,
-                     "not an RFC 3339 timestamp (2024-01-01T00:00:00Z)");
+      return Invalid(kind, text, "not an RFC 3339 timestamp (2024-01-01T00:00:00Z)");
     }
     absl::Duration since_epoch = t - absl::UnixEpoch();
-    int64_t seconds = absl::IDivDuration(since_epoch, absl::Seconds(1),
-                                         &since_epoch);
+    int64_t seconds = absl::IDivDuration(since_epoch, absl::Seconds(1), &since_epoch);
     int64_t nanos = absl::ToInt64Nanoseconds(since_epoch);
     if (nanos < 0) {  // Timestamp wants nanos in [0, 1e9).
       seconds -= 1;
@@ -144,14 +138,12 @@ absl::StatusOr<Value> ParseExplicit(absl::string_view kind,
 }
 
 bool IsKnownKind(absl::string_view kind) {
-  return kind == "null" || kind == "bool" || kind == "int" ||
-         kind == "double" || kind == "num" || kind == "text" ||
-         kind == "bytes" || kind == "json" || kind == "ts";
+  return kind == "null" || kind == "bool" || kind == "int" || kind == "double" || kind == "num" ||
+         kind == "text" || kind == "bytes" || kind == "json" || kind == "ts";
 }
 
 std::string FormatTimestamp(const google::protobuf::Timestamp& ts) {
-  absl::Time t = absl::FromUnixSeconds(ts.seconds()) +
-                 absl::Nanoseconds(ts.nanos());
+  absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
   std::string s = absl::FormatTime(absl::RFC3339_full, t, absl::UTCTimeZone());
   if (absl::EndsWith(s, "+00:00")) {
     s.resize(s.size() - 6);
@@ -229,8 +221,7 @@ std::string FormatValue(const Value& value) {
 }
 
 bool IsNumeric(const Value& value) {
-  return value.kind_case() == Value::kInt64Value ||
-         value.kind_case() == Value::kDoubleValue ||
+  return value.kind_case() == Value::kInt64Value || value.kind_case() == Value::kDoubleValue ||
          value.kind_case() == Value::kNumericValue;
 }
 
@@ -239,9 +230,15 @@ std::string EscapeForCell(absl::string_view text) {
   out.reserve(text.size());
   for (unsigned char c : text) {
     switch (c) {
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           static constexpr char kHex[] = "0123456789abcdef";

@@ -24,10 +24,8 @@ TEST(ParseParamTest, ImplicitTypes) {
   EXPECT_EQ(Parse("42").int64_value(), 42);
   EXPECT_EQ(Parse("-7").int64_value(), -7);
   EXPECT_EQ(Parse("+7").int64_value(), 7);
-  EXPECT_EQ(Parse("9223372036854775807").int64_value(),
-            std::numeric_limits<int64_t>::max());
-  EXPECT_EQ(Parse("-9223372036854775808").int64_value(),
-            std::numeric_limits<int64_t>::min());
+  EXPECT_EQ(Parse("9223372036854775807").int64_value(), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(Parse("-9223372036854775808").int64_value(), std::numeric_limits<int64_t>::min());
   EXPECT_EQ(Parse("hello").text_value(), "hello");
   EXPECT_EQ(Parse("").text_value(), "");
   EXPECT_EQ(Parse("NULL").text_value(), "NULL");  // only lowercase null is NULL
@@ -88,9 +86,8 @@ TEST(ParseParamTest, Timestamps) {
 
 TEST(ParseParamTest, BadExplicitValuesAreInvalidArgument) {
   for (const char* arg :
-       {"int:x", "int:1.5", "int:99999999999999999999", "num:abc", "double:x",
-        "bool:maybe", "bytes:abc", "bytes:zz", "ts:yesterday",
-        "ts:2024-01-01", "json:", "null:x"}) {
+       {"int:x", "int:1.5", "int:99999999999999999999", "num:abc", "double:x", "bool:maybe",
+        "bytes:abc", "bytes:zz", "ts:yesterday", "ts:2024-01-01", "json:", "null:x"}) {
     absl::StatusOr<Value> v = ParseParam(arg);
     EXPECT_EQ(v.status().code(), absl::StatusCode::kInvalidArgument) << arg;
   }

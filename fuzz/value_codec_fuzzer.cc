@@ -30,15 +30,14 @@ namespace {
 using poolside::v1::Value;
 namespace oid = poolside::db::oid;
 
-constexpr uint32_t kTypes[] = {
-    oid::kUnknown, oid::kBool,     oid::kBytea,   oid::kName,        oid::kInt8,
-    oid::kInt2,    oid::kInt4,     oid::kText,    oid::kOid,         oid::kJson,
-    oid::kFloat4,  oid::kFloat8,   oid::kBpchar,  oid::kVarchar,     oid::kTimestamp,
-    oid::kTimestamptz, oid::kNumeric, oid::kJsonb, 1082 /* date */, 2950 /* uuid */};
+constexpr uint32_t kTypes[] = {oid::kUnknown, oid::kBool,    oid::kBytea,     oid::kName,
+                               oid::kInt8,    oid::kInt2,    oid::kInt4,      oid::kText,
+                               oid::kOid,     oid::kJson,    oid::kFloat4,    oid::kFloat8,
+                               oid::kBpchar,  oid::kVarchar, oid::kTimestamp, oid::kTimestamptz,
+                               oid::kNumeric, oid::kJsonb,   1082 /* date */, 2950 /* uuid */};
 
 [[noreturn]] void Fail(const char* what, absl::string_view detail) {
-  fprintf(stderr, "value_codec_fuzzer: %s: \"%s\"\n", what,
-          absl::CEscape(detail).c_str());
+  fprintf(stderr, "value_codec_fuzzer: %s: \"%s\"\n", what, absl::CEscape(detail).c_str());
   abort();
 }
 
@@ -84,8 +83,8 @@ void CheckRoundTrip(const Value& sent, const char* text, int length, uint32_t ty
       break;
     case Value::kDoubleValue: {
       const double a = sent.double_value(), b = back.double_value();
-      if (!back.has_double_value() || (std::isnan(a) ? !std::isnan(b)
-                                       : std::memcmp(&a, &b, sizeof a) != 0))
+      if (!back.has_double_value() ||
+          (std::isnan(a) ? !std::isnan(b) : std::memcmp(&a, &b, sizeof a) != 0))
         Fail("double round trip", encoded);
       break;
     }

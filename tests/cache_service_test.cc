@@ -137,8 +137,8 @@ absl::StatusOr<CacheServer> StartCacheServer(v1::CacheServiceConfig config,
                                              std::string socket_path = "",
                                              const StartOptions& start = {}) {
   static std::atomic<int> counter{0};
-  const std::string stem = absl::StrCat(testing::TestOutputDir(), "/cache_server.", getpid(),
-                                        ".", counter.fetch_add(1));
+  const std::string stem =
+      absl::StrCat(testing::TestOutputDir(), "/cache_server.", getpid(), ".", counter.fetch_add(1));
   if (socket_path.empty()) socket_path = ShortTempDir() + "/cache.sock";
   config.mutable_server()->set_listen(start.listen);
   if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
@@ -332,8 +332,8 @@ TEST_F(CacheServiceTest, GetManyAnswersEveryKeyInOrder) {
   ASSERT_TRUE(uds().Set("many/1", "one").stored());
   ASSERT_TRUE(uds().Set(binary, "binary").stored());
   v1::CacheGetManyRequest req;
-  for (const std::string& k : {std::string("many/1"), std::string("many/absent"), binary,
-                               std::string("many/1")}) {
+  for (const std::string& k :
+       {std::string("many/1"), std::string("many/absent"), binary, std::string("many/1")}) {
     req.add_keys(k);
   }
   grpc::ClientContext ctx;
@@ -681,14 +681,14 @@ TEST(CacheServiceStatsTest, StatsMatchWhatWasDoneAndSigtermExitsZero) {
   EXPECT_EQ(zero.capacity_bytes(), 8u << 20);
   EXPECT_EQ(zero.shards(), 4u);
 
-  const uint64_t g0 = c.Get("a").generation();       // miss
-  EXPECT_TRUE(c.Set("a", "1", {"t"}, g0).stored());  // set
-  EXPECT_TRUE(c.Set("b", "22", {"u"}).stored());     // set
-  c.Get("a");                                        // hit
-  c.Get("b");                                        // hit
-  c.Get("c");                                        // miss
-  c.Invalidate({"t"});                               // invalidation, 1 entry
-  EXPECT_FALSE(c.Set("a", "1", {"t"}, g0).stored());  // rejected
+  const uint64_t g0 = c.Get("a").generation();                           // miss
+  EXPECT_TRUE(c.Set("a", "1", {"t"}, g0).stored());                      // set
+  EXPECT_TRUE(c.Set("b", "22", {"u"}).stored());                         // set
+  c.Get("a");                                                            // hit
+  c.Get("b");                                                            // hit
+  c.Get("c");                                                            // miss
+  c.Invalidate({"t"});                                                   // invalidation, 1 entry
+  EXPECT_FALSE(c.Set("a", "1", {"t"}, g0).stored());                     // rejected
   EXPECT_FALSE(c.Set("big", std::string((1 << 20) + 1, 'x')).stored());  // rejected
 
   v1::CacheStats st = c.Stats();
@@ -1095,8 +1095,8 @@ TEST(CacheServiceSocketTest, StaleSocketFileIsReplaced) {
   config.set_unix_socket(path);
   const std::string config_path =
       WriteConfig(config, absl::StrCat(testing::TestOutputDir(), "/live_socket.json"));
-  absl::StatusOr<testing::CommandResult> second = testing::RunCommand(
-      {RunfilePath("services/cache/cache_server"), "--config=" + config_path});
+  absl::StatusOr<testing::CommandResult> second =
+      testing::RunCommand({RunfilePath("services/cache/cache_server"), "--config=" + config_path});
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_EQ(second->exit_code, 1) << second->output;
   EXPECT_TRUE(absl::StrContains(second->output, "in use")) << second->output;
@@ -1113,10 +1113,11 @@ TEST(CacheServiceConfigTest, CheckConfigAndBadConfig) {
   EXPECT_EQ(ok->exit_code, 0) << ok->output;
   EXPECT_TRUE(absl::StrContains(ok->output, "configuration OK")) << ok->output;
 
-  std::ofstream(dir + "/check_bad.json") << R"({"server": {"tls": {"plaintext": true}}, "capacityBytes": "1024", "shards": 16})";
-  absl::StatusOr<testing::CommandResult> bad = testing::RunCommand(
-      {RunfilePath("services/cache/cache_server"), "--config=" + dir + "/check_bad.json",
-       "--check_config"});
+  std::ofstream(dir + "/check_bad.json")
+      << R"({"server": {"tls": {"plaintext": true}}, "capacityBytes": "1024", "shards": 16})";
+  absl::StatusOr<testing::CommandResult> bad =
+      testing::RunCommand({RunfilePath("services/cache/cache_server"),
+                           "--config=" + dir + "/check_bad.json", "--check_config"});
   ASSERT_TRUE(bad.ok()) << bad.status();
   EXPECT_EQ(bad->exit_code, 2) << bad->output;
   EXPECT_TRUE(absl::StrContains(bad->output, "per shard")) << bad->output;

@@ -89,7 +89,6 @@ void Loopback(v1::ServerConfig* server, const std::string& stem) {
   server->mutable_tls()->set_plaintext(true);
 }
 
-
 v1::DatabaseConfig* AddDemoDatabase(const PostgresCluster& pg,
                                     google::protobuf::RepeatedPtrField<v1::DatabaseConfig>* dbs) {
   v1::DatabaseConfig* db = dbs->Add();
@@ -205,8 +204,7 @@ int Main(int argc, char** argv) {
   }
   Stack stack;
   if (absl::Status s = StartStack(&stack); !s.ok()) {
-    fprintf(stderr, "client_stack: the poolside stack did not come up: %s\n",
-            s.ToString().c_str());
+    fprintf(stderr, "client_stack: the poolside stack did not come up: %s\n", s.ToString().c_str());
     return 1;
   }
   printf("client_stack: query %s, cache %s, ingest %s (logs in %s)\n",

@@ -27,8 +27,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
-#include "absl/time/clock.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/auth/token_hash.h"
 #include "common/server/channel.h"
@@ -84,15 +84,15 @@ v1::IngestServiceConfig Config(std::vector<std::string> tables) {
 
 absl::StatusOr<IngestServer> StartIngestServer(v1::IngestServiceConfig config) {
   static std::atomic<int> counter{0};
-  const std::string stem = absl::StrCat(testing::TestOutputDir(), "/ingest_server.", getpid(),
-                                        ".", counter.fetch_add(1));
+  const std::string stem = absl::StrCat(testing::TestOutputDir(), "/ingest_server.", getpid(), ".",
+                                        counter.fetch_add(1));
   config.mutable_server()->set_listen("127.0.0.1:0");
   if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
   config.mutable_server()->set_port_file(stem + ".port");
   if (config.server().drain_timeout_ms() == 0) config.mutable_server()->set_drain_timeout_ms(20000);
   // The shared launcher: auth and allowPrivilegedRole defaults for tests.
-  auto process = testing::StartConfigured("services/ingest/ingest_server", config, stem + ".port",
-                                          stem);
+  auto process =
+      testing::StartConfigured("services/ingest/ingest_server", config, stem + ".port", stem);
   if (!process.ok()) return process.status();
   IngestServer server;
   server.process = *std::move(process);
@@ -118,7 +118,8 @@ void CreateTable(const std::string& name, const std::string& extra = "") {
   absl::Status s = SharedPostgres().Exec(
       kDb, absl::StrCat("DROP TABLE IF EXISTS ", name, "; CREATE TABLE ", name,
                         " (id int8 PRIMARY KEY, device text NOT NULL, at timestamptz, "
-                        "value float8, payload text", extra, ")"));
+                        "value float8, payload text",
+                        extra, ")"));
   ASSERT_TRUE(s.ok()) << s;
 }
 
@@ -152,13 +153,14 @@ v1::ChannelRequest Message(const std::string& table, const std::string& run, uin
   // Keys are unique per test process run, so repeated runs do not meet
   // their predecessors' keys.
   w->set_idempotency_key(absl::StrCat(table_generation.load(), "-", table, "-", run, "-", seq));
-  for (int i = 0; i < rows; ++i) FillRow(first_id + static_cast<int64_t>(seq) * rows + i, w->add_rows(), payload_bytes);
+  for (int i = 0; i < rows; ++i)
+    FillRow(first_id + static_cast<int64_t>(seq) * rows + i, w->add_rows(), payload_bytes);
   return m;
 }
 
 struct ChannelRun {
-  std::set<uint64_t> ok;                     // committed (duplicates included)
-  std::map<uint64_t, int> failed;            // sequence -> code
+  std::set<uint64_t> ok;           // committed (duplicates included)
+  std::map<uint64_t, int> failed;  // sequence -> code
   uint64_t rows_written = 0;
   uint64_t duplicates = 0;
   grpc::Status status;
@@ -166,9 +168,9 @@ struct ChannelRun {
 
 // Streams `messages` through one Channel call. `on_ack` runs on the reading
 // thread after each acknowledgement; `sent` counts messages handed to gRPC.
-ChannelRun RunChannel(v1::IngestService::Stub* stub, const std::vector<v1::ChannelRequest>& messages,
-                      std::function<void()> on_ack = nullptr,
-                      std::atomic<size_t>* sent = nullptr) {
+ChannelRun RunChannel(v1::IngestService::Stub* stub,
+                      const std::vector<v1::ChannelRequest>& messages,
+                      std::function<void()> on_ack = nullptr, std::atomic<size_t>* sent = nullptr) {
   ChannelRun run;
   grpc::ClientContext ctx;
   auto stream = stub->Channel(&ctx);
@@ -349,8 +351,8 @@ TEST(IngestServiceTest, MillionRowsFromEightStreamsLandExactlyOnce) {
     producers.emplace_back([&, s] {
       std::vector<v1::ChannelRequest> messages;
       for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(Message("million", absl::StrCat("m", s), m,
-                                   int64_t{s} * kMessages * kRows, kRows));
+        messages.push_back(
+            Message("million", absl::StrCat("m", s), m, int64_t{s} * kMessages * kRows, kRows));
       }
       runs[s] = RunChannel(server->stub.get(), messages);
     });
@@ -385,7 +387,8 @@ TEST(IngestServiceTest, MillionRowsFromEightStreamsLandExactlyOnce) {
 
 TEST(IngestServiceTest, BadRowsAreIsolatedAndGoodRowsCommit) {
   CreateTable("mixed");
-  ASSERT_TRUE(SharedPostgres().Exec(kDb, "INSERT INTO mixed (id, device) VALUES (7, 'existing')").ok());
+  ASSERT_TRUE(
+      SharedPostgres().Exec(kDb, "INSERT INTO mixed (id, device) VALUES (7, 'existing')").ok());
   auto server = StartIngestServer(Config({"mixed"}));
   ASSERT_TRUE(server.ok()) << server.status();
   v1::WriteRequest w;
@@ -400,18 +403,34 @@ TEST(IngestServiceTest, BadRowsAreIsolatedAndGoodRowsCommit) {
     *r->add_values() = device;
     r->add_values()->set_text_value(payload);
   };
-  auto Int = [](int64_t i) { v1::Value v; v.set_int64_value(i); return v; };
-  auto Text = [](std::string s) { v1::Value v; v.set_text_value(s); return v; };
-  auto Bytes = [](std::string s) { v1::Value v; v.set_bytes_value(s); return v; };
-  auto Null = [] { v1::Value v; v.set_null_value(v1::NULL_VALUE); return v; };
+  auto Int = [](int64_t i) {
+    v1::Value v;
+    v.set_int64_value(i);
+    return v;
+  };
+  auto Text = [](std::string s) {
+    v1::Value v;
+    v.set_text_value(s);
+    return v;
+  };
+  auto Bytes = [](std::string s) {
+    v1::Value v;
+    v.set_bytes_value(s);
+    return v;
+  };
+  auto Null = [] {
+    v1::Value v;
+    v.set_null_value(v1::NULL_VALUE);
+    return v;
+  };
   for (int i = 0; i < 10; ++i) add(Int(100 + i), Text("good"));
-  add(Int(200), Null());                    // 10: NOT NULL violation
-  add(Int(7), Text("dup"));                 // 11: unique violation (existing row)
-  add(Text("abc"), Text("type"));           // 12: type error
+  add(Int(200), Null());           // 10: NOT NULL violation
+  add(Int(7), Text("dup"));        // 11: unique violation (existing row)
+  add(Text("abc"), Text("type"));  // 12: type error
   // 13: invalid UTF-8 (as bytes: protobuf refuses to carry it in a string)
   add(Int(201), Bytes("bad \xff\xfe utf8"));
   for (int i = 0; i < 10; ++i) add(Int(300 + i), Text("good"));
-  add(Int(300), Text("dup in batch"));      // 24: unique violation inside the request
+  add(Int(300), Text("dup in batch"));  // 24: unique violation inside the request
 
   grpc::ClientContext ctx;
   v1::WriteResponse resp;
@@ -450,7 +469,8 @@ TEST(IngestServiceTest, WriteStreamSummarisesItsRequests) {
   auto writer = server->stub->WriteStream(&ctx, &summary);
   for (int m = 0; m < 10; ++m) {
     v1::ChannelRequest msg = Message("streamed", "ws", m, 0, 50);
-    if (m == 3) msg.mutable_write()->mutable_rows(7)->mutable_values(1)->set_null_value(v1::NULL_VALUE);
+    if (m == 3)
+      msg.mutable_write()->mutable_rows(7)->mutable_values(1)->set_null_value(v1::NULL_VALUE);
     ASSERT_TRUE(writer->Write(msg.write()));
   }
   // The first request again: answered from its key.
@@ -559,7 +579,8 @@ TEST(IngestServiceTest, IdempotencyKeyNamesOneRequestOfOnePrincipal) {
             "1,2,3,4,5,200,201,202,203,204");
   EXPECT_EQ(Query("SELECT count(*) FROM keyed_other"), "0");
   EXPECT_EQ(Query(absl::StrCat("SELECT string_agg(principal || '/' || tbl, ',' ORDER BY "
-                               "principal) FROM poolside_ingest_keys WHERE key = '", key, "'")),
+                               "principal) FROM poolside_ingest_keys WHERE key = '",
+                               key, "'")),
             "alice/keyed,bob/keyed");
 }
 
@@ -751,8 +772,8 @@ TEST(IngestServiceTest, MalformedMessageEndsTheStreamSayingWhich) {
   grpc::ByteBuffer request(&slice, 1), response;
   absl::Notification done;
   grpc::Status unary;
-  stub.UnaryCall(&ctx, "/poolside.v1.IngestService/Write", grpc::StubOptions(), &request,
-                 &response, [&](grpc::Status s) {
+  stub.UnaryCall(&ctx, "/poolside.v1.IngestService/Write", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
                    unary = s;
                    done.Notify();
                  });
@@ -771,7 +792,9 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
   config.mutable_batch()->set_max_bytes(64 << 10);
   auto server = StartIngestServer(config);
   ASSERT_TRUE(server.ok()) << server.status();
-  ASSERT_TRUE(RunChannel(server->stub.get(), {Message("full_buffer", "warm", 0, 1000000, 1)}).ok.size() == 1);
+  ASSERT_TRUE(
+      RunChannel(server->stub.get(), {Message("full_buffer", "warm", 0, 1000000, 1)}).ok.size() ==
+      1);
   PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
   ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
   PQclear(PQexec(locker, "BEGIN"));
@@ -786,7 +809,8 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
     writers.emplace_back([&, i] {
       grpc::ClientContext ctx;
       v1::WriteResponse resp;
-      statuses[i] = server->stub->Write(&ctx, Message("full_buffer", "u", i, 0, 100, 100).write(), &resp);
+      statuses[i] =
+          server->stub->Write(&ctx, Message("full_buffer", "u", i, 0, 100, 100).write(), &resp);
       if (statuses[i].error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
         absl::MutexLock lock(&mu);
         auto it = ctx.GetServerTrailingMetadata().find("retry-after-ms");
@@ -916,8 +940,8 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
     producers.emplace_back([&, s] {
       std::vector<v1::ChannelRequest> messages;
       for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(Message("locked", absl::StrCat("l", s), m,
-                                   int64_t{s} * kMessages * kRows, kRows, 220));
+        messages.push_back(
+            Message("locked", absl::StrCat("l", s), m, int64_t{s} * kMessages * kRows, kRows, 220));
       }
       runs[s] = RunChannel(server->stub.get(), messages, nullptr, &sent);
     });
@@ -932,13 +956,13 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   ASSERT_GE(stats.stream_waits(), static_cast<uint64_t>(kStreams));
   const int64_t rss_locked_kb = server->process->RssKb();
   const size_t sent_locked = sent.load();
-  printf("locked: %zu of %d messages sent, buffered %llu bytes (max %llu, bound %llu), "
-         "RSS %lld -> %lld KiB\n",
-         sent_locked, kStreams * kMessages,
-         static_cast<unsigned long long>(stats.buffered_bytes()),
-         static_cast<unsigned long long>(stats.buffered_bytes_max()),
-         static_cast<unsigned long long>(kBound), static_cast<long long>(rss_before_kb),
-         static_cast<long long>(rss_locked_kb));
+  printf(
+      "locked: %zu of %d messages sent, buffered %llu bytes (max %llu, bound %llu), "
+      "RSS %lld -> %lld KiB\n",
+      sent_locked, kStreams * kMessages, static_cast<unsigned long long>(stats.buffered_bytes()),
+      static_cast<unsigned long long>(stats.buffered_bytes_max()),
+      static_cast<unsigned long long>(kBound), static_cast<long long>(rss_before_kb),
+      static_cast<long long>(rss_locked_kb));
   EXPECT_LT(sent_locked, static_cast<size_t>(kStreams * kMessages) / 2);  // held back
   EXPECT_LE(stats.buffered_bytes_max(), kBound);
   EXPECT_EQ(stats.rows_written(), 1u);
@@ -960,8 +984,9 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
 TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinTheBound) {
   ASSERT_TRUE(SharedPostgres().CreateDatabase(kDb).ok());
   ASSERT_TRUE(SharedPostgres()
-                  .Exec(kDb, "DROP TABLE IF EXISTS bulk; CREATE TABLE bulk (id int8, device text, "
-                             "at timestamptz, value float8, payload text)")
+                  .Exec(kDb,
+                        "DROP TABLE IF EXISTS bulk; CREATE TABLE bulk (id int8, device text, "
+                        "at timestamptz, value float8, payload text)")
                   .ok());
   v1::IngestServiceConfig config = Config({"bulk"});
   constexpr uint64_t kBound = 16 << 20;
@@ -1099,8 +1124,8 @@ TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {
     producers.emplace_back([&, s] {
       std::vector<v1::ChannelRequest> messages;
       for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(Message("termed", absl::StrCat("t", s), m,
-                                   int64_t{s} * kMessages * kRows, kRows));
+        messages.push_back(
+            Message("termed", absl::StrCat("t", s), m, int64_t{s} * kMessages * kRows, kRows));
       }
       runs[s] = RunChannel(server->stub.get(), messages, [&] {
         if (acks.fetch_add(1) + 1 == 100) (void)server->process->Signal(SIGTERM);
@@ -1165,9 +1190,15 @@ TEST(IngestServiceTest, CliStreamsACsvAndResumesWithoutWritingTwice) {
       }
     }
   }
-  const std::vector<std::string> cmd = {RunfilePath("cli/poolside"), "ingest", "--addr",
-                                        server->process->address(), "--table", "from_csv",
-                                        "--chunk_rows", "300", csv};
+  const std::vector<std::string> cmd = {RunfilePath("cli/poolside"),
+                                        "ingest",
+                                        "--addr",
+                                        server->process->address(),
+                                        "--table",
+                                        "from_csv",
+                                        "--chunk_rows",
+                                        "300",
+                                        csv};
   absl::StatusOr<testing::CommandResult> first = testing::RunCommand(cmd);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->exit_code, 1) << first->output;  // some rows rejected
@@ -1175,16 +1206,22 @@ TEST(IngestServiceTest, CliStreamsACsvAndResumesWithoutWritingTwice) {
       << first->output;
   EXPECT_NE(first->output.find("line 8: null value in column \"device\""), std::string::npos)
       << first->output;
-  EXPECT_NE(first->output.find("line 19: invalid input syntax"), std::string::npos) << first->output;
+  EXPECT_NE(first->output.find("line 19: invalid input syntax"), std::string::npos)
+      << first->output;
   EXPECT_EQ(Query("SELECT count(*) FROM from_csv"), "2498");
   EXPECT_EQ(Query("SELECT payload FROM from_csv WHERE id = 7"), "say \"hi\"\nline two");
   EXPECT_EQ(Query("SELECT device FROM from_csv WHERE id = 7"), "dev, 7");
 
   // Run again (as after an interruption): every chunk is already committed.
   // This time with the address as a global option, before the command.
-  const std::vector<std::string> global_addr = {
-      RunfilePath("cli/poolside"), absl::StrCat("--addr=", server->process->address()), "ingest",
-      "--table", "from_csv", "--chunk_rows", "300", csv};
+  const std::vector<std::string> global_addr = {RunfilePath("cli/poolside"),
+                                                absl::StrCat("--addr=", server->process->address()),
+                                                "ingest",
+                                                "--table",
+                                                "from_csv",
+                                                "--chunk_rows",
+                                                "300",
+                                                csv};
   absl::StatusOr<testing::CommandResult> again = testing::RunCommand(global_addr);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_NE(again->output.find("9 chunk(s) already written"), std::string::npos) << again->output;

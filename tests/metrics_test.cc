@@ -238,7 +238,8 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   const double base_ok = before.Get("poolside_grpc_server_handled_total",
                                     {{"grpc_method", "Execute"}, {"grpc_code", "OK"}});
   const double base_hits = before.Get("poolside_query_cache_requests_total", {{"outcome", "hit"}});
-  const double base_misses = before.Get("poolside_query_cache_requests_total", {{"outcome", "miss"}});
+  const double base_misses =
+      before.Get("poolside_query_cache_requests_total", {{"outcome", "miss"}});
   const double base_near_hits = before.Get("poolside_query_cache_near_hits_total");
   const double base_statements = before.Get("poolside_statements_total", {{"database", kDb}});
   const Metrics cache_before = Scrape(cache_port);
@@ -248,7 +249,8 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
       cache_before.Get("poolside_cache_lookups_total", {{"outcome", "miss"}});
   ASSERT_GE(base_ok, 1);
 
-  for (int i = 0; i < 4; ++i) ASSERT_TRUE(execute("SELECT name FROM items WHERE id = 1", true).ok());
+  for (int i = 0; i < 4; ++i)
+    ASSERT_TRUE(execute("SELECT name FROM items WHERE id = 1", true).ok());
   const double invalidations_before = Scrape(cache_port).Get("poolside_cache_invalidations_total");
   ASSERT_TRUE(execute("UPDATE items SET name = 'uno' WHERE id = 1", false).ok());
   // The write invalidates twice: through this replica before its reply, and
@@ -260,14 +262,15 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
                invalidations_before + 2;
       },
       absl::Seconds(20)));
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(execute("SELECT name FROM items WHERE id = 1", true).ok());
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(execute("SELECT name FROM items WHERE id = 1", true).ok());
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(execute(absl::StrCat("SELECT ", i), false).ok());
   EXPECT_EQ(execute("SELECT * FROM no_such_table", false).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   const std::string trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-  ASSERT_TRUE(execute("SELECT pg_sleep(0.3)", false,
-                      absl::StrCat("00-", trace_id, "-00f067aa0ba902b7-01"))
-                  .ok());
+  ASSERT_TRUE(
+      execute("SELECT pg_sleep(0.3)", false, absl::StrCat("00-", trace_id, "-00f067aa0ba902b7-01"))
+          .ok());
   EXPECT_EQ(bypass, 0);
   EXPECT_EQ(hits, 5);    // 3 before the write, 2 after
   EXPECT_EQ(misses, 2);  // the first read, and the first after the write
@@ -276,20 +279,22 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   const Metrics m = Scrape(query_port);
   SCOPED_TRACE(m.text());
   // Calls by method and code.
-  EXPECT_EQ(m.Get("poolside_grpc_server_handled_total",
-                  {{"grpc_service", "poolside.v1.QueryService"},
-                   {"grpc_method", "Execute"},
-                   {"grpc_type", "unary"},
-                   {"grpc_code", "OK"}}) - base_ok,
-            ok_calls);
+  EXPECT_EQ(
+      m.Get("poolside_grpc_server_handled_total", {{"grpc_service", "poolside.v1.QueryService"},
+                                                   {"grpc_method", "Execute"},
+                                                   {"grpc_type", "unary"},
+                                                   {"grpc_code", "OK"}}) -
+          base_ok,
+      ok_calls);
   EXPECT_EQ(m.Get("poolside_grpc_server_handled_total",
                   {{"grpc_method", "Execute"}, {"grpc_code", "INVALID_ARGUMENT"}}),
             invalid_calls);
-  EXPECT_EQ(m.Get("poolside_grpc_server_handling_seconds_count", {{"grpc_method", "Execute"}}) -
-                base_ok,
-            ok_calls + invalid_calls);
+  EXPECT_EQ(
+      m.Get("poolside_grpc_server_handling_seconds_count", {{"grpc_method", "Execute"}}) - base_ok,
+      ok_calls + invalid_calls);
   EXPECT_EQ(m.Get("poolside_grpc_server_handling_seconds_bucket",
-                  {{"grpc_method", "Execute"}, {"le", "+Inf"}}) - base_ok,
+                  {{"grpc_method", "Execute"}, {"le", "+Inf"}}) -
+                base_ok,
             ok_calls + invalid_calls);
   // Cache outcomes as the query side counted them == what the calls returned.
   EXPECT_EQ(m.Get("poolside_query_cache_requests_total", {{"outcome", "hit"}}) - base_hits, hits);
@@ -336,10 +341,11 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
     EXPECT_GT(c.Get("poolside_cache_bytes"), 0);
     EXPECT_EQ(c.Get("poolside_cache_capacity_bytes"), 16 << 20);
     EXPECT_GE(c.Get("poolside_cache_evictions_total"), 0);
-    EXPECT_EQ(c.Get("poolside_grpc_server_handled_total",
-                    {{"grpc_service", "poolside.v1.CacheService"}, {"grpc_method", "Get"},
-                     {"grpc_code", "OK"}}),
-              c.Get("poolside_cache_lookups_total"));
+    EXPECT_EQ(
+        c.Get("poolside_grpc_server_handled_total", {{"grpc_service", "poolside.v1.CacheService"},
+                                                     {"grpc_method", "Get"},
+                                                     {"grpc_code", "OK"}}),
+        c.Get("poolside_cache_lookups_total"));
   }
 
   // The slow statement was logged once, as JSON, with the caller's trace id.
@@ -353,7 +359,8 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   ASSERT_FALSE(slow_line.empty()) << query->LogTail();
   EXPECT_TRUE(absl::StartsWith(slow_line, "{") && absl::EndsWith(slow_line, "}")) << slow_line;
   EXPECT_TRUE(absl::StrContains(slow_line, "\"statement\":\"SELECT pg_sleep($1)\"")) << slow_line;
-  EXPECT_TRUE(absl::StrContains(slow_line, absl::StrCat("\"database\":\"", kDb, "\""))) << slow_line;
+  EXPECT_TRUE(absl::StrContains(slow_line, absl::StrCat("\"database\":\"", kDb, "\"")))
+      << slow_line;
   EXPECT_TRUE(absl::StrContains(slow_line, absl::StrCat("\"trace_id\":\"", trace_id, "\"")))
       << slow_line;
 
@@ -436,11 +443,11 @@ TEST_F(MetricsTest, IngestSeriesMatchTheRowsSent) {
   EXPECT_GE(m.Get("poolside_ingest_flushes_total", {{"reason", "linger"}}), 1);
   EXPECT_EQ(m.Get("poolside_ingest_buffer_bytes"), 0);
   EXPECT_GT(m.Get("poolside_ingest_buffer_limit_bytes"), 0);
-  EXPECT_EQ(m.Get("poolside_grpc_server_handled_total",
-                  {{"grpc_service", "poolside.v1.IngestService"},
-                   {"grpc_method", "Write"},
-                   {"grpc_code", "OK"}}),
-            requests);
+  EXPECT_EQ(
+      m.Get("poolside_grpc_server_handled_total", {{"grpc_service", "poolside.v1.IngestService"},
+                                                   {"grpc_method", "Write"},
+                                                   {"grpc_code", "OK"}}),
+      requests);
   EXPECT_GE(m.Get("poolside_pool_size", {{"database", kDb}}), 1);
   EXPECT_GE(m.Get("poolside_pool_acquired_total", {{"database", kDb}}), 1);
   EXPECT_EQ(SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM events").value_or("?"),
@@ -479,8 +486,8 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
   };
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(get());
   // Every span the collector received is counted as exported once acknowledged.
-  ASSERT_TRUE((*receiver)->WaitFor([](const auto& spans) { return spans.size() >= 5; },
-                                   absl::Seconds(20)));
+  ASSERT_TRUE(
+      (*receiver)->WaitFor([](const auto& spans) { return spans.size() >= 5; }, absl::Seconds(20)));
   double exported = -1;
   ASSERT_TRUE(testing::WaitFor(
       [&, port = port] {
@@ -498,7 +505,8 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
   double dropped = -1;
   EXPECT_TRUE(testing::WaitFor(
       [&, port = port] {
-        dropped = Scrape(port).Get("poolside_trace_spans_dropped_total", {{"reason", "export_failed"}});
+        dropped =
+            Scrape(port).Get("poolside_trace_spans_dropped_total", {{"reason", "export_failed"}});
         return dropped >= 5;
       },
       absl::Seconds(30)))

@@ -192,9 +192,9 @@ absl::Status StartReplica(PostgresCluster& pg, Replica* r) {
   // Created before the replica's listener looks for its cached tables.
   static std::atomic<int> n{0};
   r->fence = absl::StrCat("fence_", n.fetch_add(1));
-  if (absl::Status s = pg.Exec(kDb, absl::StrCat("CREATE TABLE ", r->fence,
-                                                 " (id int PRIMARY KEY, n int);", "INSERT INTO ",
-                                                 r->fence, " VALUES (1, 0)"));
+  if (absl::Status s =
+          pg.Exec(kDb, absl::StrCat("CREATE TABLE ", r->fence, " (id int PRIMARY KEY, n int);",
+                                    "INSERT INTO ", r->fence, " VALUES (1, 0)"));
       !s.ok()) {
     return s;
   }
@@ -447,8 +447,7 @@ TEST_F(QueryCacheTest, MissThenHitAndOnlyReadsAreCached) {
   v1::ExecuteRequest bypass = read;
   bypass.mutable_cache()->set_bypass(true);
   EXPECT_EQ(Call(stub(), bypass).cache, v1::BYPASS);
-  EXPECT_EQ(Call(stub(), Read("SELECT name FROM items WHERE id = 1 FOR UPDATE")).cache,
-            v1::BYPASS);
+  EXPECT_EQ(Call(stub(), Read("SELECT name FROM items WHERE id = 1 FOR UPDATE")).cache, v1::BYPASS);
   Outcome write = Call(stub(), Read("UPDATE items SET name = 'uno' WHERE id = 1"));
   EXPECT_TRUE(write.status.ok()) << write.status.error_message();
   EXPECT_EQ(write.cache, v1::BYPASS);
@@ -520,8 +519,8 @@ TEST_F(QueryCacheTest, CommittedWritesOutsidePoolsideInvalidateRolledBackOnesDoN
 
   PostgresCluster& pg = SharedPostgres();
   // Rolled back: no notification, the entry stays.
-  ASSERT_TRUE(pg.Exec(kDb, "BEGIN; UPDATE items SET name = 'rolled back' WHERE id = 1; ROLLBACK")
-                  .ok());
+  ASSERT_TRUE(
+      pg.Exec(kDb, "BEGIN; UPDATE items SET name = 'rolled back' WHERE id = 1; ROLLBACK").ok());
   // Committed afterwards on another table: once its invalidation is seen,
   // everything notified before it has been processed too.
   ASSERT_TRUE(pg.Exec(kDb, "UPDATE other SET v = 11 WHERE id = 1").ok());
@@ -659,8 +658,8 @@ TEST_F(QueryCacheTest, KilledSidecarFailsNoCallAndCachingResumes) {
   std::vector<std::thread> load;
   for (int t = 0; t < 4; ++t) {
     load.emplace_back([&, t] {
-      const auto read = Read(absl::StrCat("SELECT name FROM items WHERE id = ", 1 + t % 2,
-                                          " /* load */"));
+      const auto read =
+          Read(absl::StrCat("SELECT name FROM items WHERE id = ", 1 + t % 2, " /* load */"));
       while (!stop.load()) {
         Outcome o = Call(*r.stub, read, absl::Seconds(10));
         calls.fetch_add(1);
@@ -775,8 +774,7 @@ TEST_F(QueryCacheTest, InvalidationsSentStraightToTheSidecarReachTheNearCache) {
   EXPECT_TRUE(WaitFor([&] { return Call(stub(), tagged).cache == v1::MISS; }, absl::Seconds(10)));
   ASSERT_TRUE(ServedFromNearCache(stub(), a_->sidecar, prefixed));
   ASSERT_TRUE(a_->sidecar.Invalidate({}, {absl::StrCat("q1|", kDb, "|")}).ok());
-  EXPECT_TRUE(
-      WaitFor([&] { return Call(stub(), prefixed).cache == v1::MISS; }, absl::Seconds(10)));
+  EXPECT_TRUE(WaitFor([&] { return Call(stub(), prefixed).cache == v1::MISS; }, absl::Seconds(10)));
 }
 
 TEST_F(QueryCacheTest, ARestartedSidecarEmptiesTheNearCache) {

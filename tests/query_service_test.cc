@@ -69,8 +69,8 @@ struct QueryServer {
   std::unique_ptr<v1::QueryService::Stub> stub;
 };
 
-v1::DatabaseConfig Database(const std::string& name, const std::string& dsn,
-                            uint32_t max_size = 4, uint32_t min_idle = 1) {
+v1::DatabaseConfig Database(const std::string& name, const std::string& dsn, uint32_t max_size = 4,
+                            uint32_t min_idle = 1) {
   v1::DatabaseConfig db;
   db.set_name(name);
   db.set_dsn(dsn);
@@ -82,8 +82,8 @@ v1::DatabaseConfig Database(const std::string& name, const std::string& dsn,
 
 // Starts query_server with `config`, listening on a free port
 // (tests/fixtures/poolside_servers.h).
-absl::StatusOr<QueryServer> StartQueryServer(
-    v1::QueryServiceConfig config, absl::Duration start_timeout = absl::Seconds(30)) {
+absl::StatusOr<QueryServer> StartQueryServer(v1::QueryServiceConfig config,
+                                             absl::Duration start_timeout = absl::Seconds(30)) {
   const std::string stem = testing::NewStem("query_server");
   config.mutable_server()->set_listen("127.0.0.1:0");
   if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
@@ -128,8 +128,7 @@ std::string Describe(const grpc::Status& status) {
 
 ::testing::AssertionResult HasCode(const grpc::Status& status, grpc::StatusCode code) {
   if (status.error_code() == code) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << "expected code " << code << ", got " << Describe(status);
+  return ::testing::AssertionFailure() << "expected code " << code << ", got " << Describe(status);
 }
 
 bool ContainsIgnoringCase(absl::string_view haystack, absl::string_view needle) {
@@ -197,12 +196,10 @@ absl::Time Utc(int y, int mo, int d, int h, int mi, int s, int micros) {
 }
 
 bool IsNull(const v1::Value& v) {
-  return v.kind_case() == v1::Value::KIND_NOT_SET ||
-         v.kind_case() == v1::Value::kNullValue;
+  return v.kind_case() == v1::Value::KIND_NOT_SET || v.kind_case() == v1::Value::kNullValue;
 }
 
-void ExpectSameValue(const v1::Value& got, const v1::Value& want,
-                     const std::string& what) {
+void ExpectSameValue(const v1::Value& got, const v1::Value& want, const std::string& what) {
   SCOPED_TRACE(what);
   if (IsNull(want)) {
     EXPECT_TRUE(IsNull(got)) << "want NULL, got " << got.ShortDebugString();
@@ -256,8 +253,7 @@ v1::ExecuteRequest Sql(std::string sql, std::vector<v1::Value> params = {},
 }
 
 grpc::Status Execute(v1::QueryService::Stub& stub, const v1::ExecuteRequest& request,
-                     v1::ExecuteResponse* response,
-                     absl::Duration timeout = absl::Seconds(30)) {
+                     v1::ExecuteResponse* response, absl::Duration timeout = absl::Seconds(30)) {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, timeout);
   return stub.Execute(&ctx, request, response);
@@ -284,11 +280,9 @@ grpc::Status ExecuteScalar(v1::QueryService::Stub& stub, const std::string& data
   v1::ExecuteResponse response;
   grpc::Status status = Execute(stub, Sql(sql, {}, database), &response);
   if (!status.ok()) return status;
-  if (response.result().rows_size() != 1 ||
-      response.result().rows(0).values_size() != 1) {
-    return grpc::Status(grpc::StatusCode::INTERNAL,
-                        "expected one row with one column, got " +
-                            response.result().ShortDebugString());
+  if (response.result().rows_size() != 1 || response.result().rows(0).values_size() != 1) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "expected one row with one column, got " +
+                                                        response.result().ShortDebugString());
   }
   *value = response.result().rows(0).values(0);
   return status;
@@ -299,10 +293,9 @@ using ::poolside::testing::WaitFor;
 // Backends of `cluster` currently running a statement containing `marker`.
 int ActiveBackends(PostgresCluster& cluster, const std::string& marker) {
   absl::StatusOr<std::string> count = cluster.QueryValue(
-      "postgres",
-      absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                   "AND pid <> pg_backend_pid() AND query LIKE '%",
-                   marker, "%'"));
+      "postgres", absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                               "AND pid <> pg_backend_pid() AND query LIKE '%",
+                               marker, "%'"));
   int n = -1;
   if (!count.ok() || !absl::SimpleAtoi(*count, &n)) return -1;
   return n;
@@ -318,8 +311,8 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel) {
   grpc::ByteBuffer request(&empty, 1);  // HealthCheckRequest{service: ""}
   grpc::ByteBuffer response;
   std::promise<grpc::Status> done;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&done](grpc::Status s) { done.set_value(std::move(s)); });
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status s) { done.set_value(std::move(s)); });
   grpc::Status status = done.get_future().get();
   if (!status.ok()) return absl::UnavailableError(Describe(status));
   std::vector<grpc::Slice> slices;
@@ -368,9 +361,7 @@ class QueryServiceTest : public ::testing::Test {
     server_ = nullptr;
   }
 
-  void SetUp() override {
-    ASSERT_EQ(setup_error_, nullptr) << *setup_error_;
-  }
+  void SetUp() override { ASSERT_EQ(setup_error_, nullptr) << *setup_error_; }
 
   v1::QueryService::Stub& stub() { return *server_->stub; }
   PostgresCluster& pg() { return SharedPostgres(); }
@@ -385,10 +376,12 @@ std::string* QueryServiceTest::setup_error_ = nullptr;
 TEST_F(QueryServiceTest, HealthServiceReportsServing) {
   // SERVING once the pools are warm (readiness; tests/readiness_test.cc).
   absl::StatusOr<int> health;
-  testing::WaitFor([&] {
-    health = HealthCheck(server_->channel);
-    return health.ok() && *health == 1;
-  }, absl::Seconds(30));
+  testing::WaitFor(
+      [&] {
+        health = HealthCheck(server_->channel);
+        return health.ok() && *health == 1;
+      },
+      absl::Seconds(30));
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, 1) << "SERVING";
 }
@@ -409,33 +402,28 @@ TEST_F(QueryServiceTest, EveryTypeRoundTripsThroughParamsAndATable) {
        Numeric("-12345678901234567890.123456789012345678"),
        Json("{\"a\":1,  \"b\" : [true, null]}"),
        Json("{\"a\": [1, 2.5, {\"b\": null}], \"s\": \"ü\"}")},
-      {Int(2), Bool(false), Int(std::numeric_limits<int64_t>::max()), Double(kInf),
-       Text(""), Bytes(""), Timestamp(Utc(1969, 7, 20, 20, 17, 40, 1)),
+      {Int(2), Bool(false), Int(std::numeric_limits<int64_t>::max()), Double(kInf), Text(""),
+       Bytes(""), Timestamp(Utc(1969, 7, 20, 20, 17, 40, 1)),
        Numeric("0.000000000000000000000000000001"), Json("[]"), Json("[]")},
       {Int(3), Bool(true), Int(0), Double(-kInf), Text("x"), Bytes(std::string(1, '\0')),
        Timestamp(absl::UnixEpoch()), Numeric("NaN"), Json("null"), Json("null")},
       {Int(4), Bool(false), Int(-1), Double(0.1), Text("ÿ"), Bytes("\x80"),
        Timestamp(Utc(9999, 12, 31, 23, 59, 59, 999999)),
-       Numeric("123456789012345678901234567890123456789.5"), Json("\"s\""),
-       Json("{\"k\": 1}")},
+       Numeric("123456789012345678901234567890123456789.5"), Json("\"s\""), Json("{\"k\": 1}")},
       {Int(5), Null(), Null(), Null(), Null(), Null(), Null(), Null(), Null(), Null()},
-      {Int(6), Unset(), Unset(), Unset(), Unset(), Unset(), Unset(), Unset(),
-       Unset(), Unset()},
+      {Int(6), Unset(), Unset(), Unset(), Unset(), Unset(), Unset(), Unset(), Unset(), Unset()},
       {Int(7), Bool(true), Int(42), Double(-0.0), Text("a"), Bytes("b"),
-       Timestamp(Utc(2000, 1, 1, 0, 0, 0, 0)), Numeric("1.50"), Json("1"),
-       Json("1")},
-      {Int(8), Bool(true), Int(1), Double(4.9406564584124654e-324), Text("b"),
-       Bytes("c"), Timestamp(Utc(2038, 1, 19, 3, 14, 8, 0)), Numeric("-0.5"),
-       Json("2"), Json("2")},
-      {Int(9), Bool(true), Int(1), Double(1.7976931348623157e308), Text("c"),
-       Bytes("d"), Timestamp(Utc(2038, 1, 19, 3, 14, 8, 0)), Numeric("100"),
-       Json("3"), Json("3")},
+       Timestamp(Utc(2000, 1, 1, 0, 0, 0, 0)), Numeric("1.50"), Json("1"), Json("1")},
+      {Int(8), Bool(true), Int(1), Double(4.9406564584124654e-324), Text("b"), Bytes("c"),
+       Timestamp(Utc(2038, 1, 19, 3, 14, 8, 0)), Numeric("-0.5"), Json("2"), Json("2")},
+      {Int(9), Bool(true), Int(1), Double(1.7976931348623157e308), Text("c"), Bytes("d"),
+       Timestamp(Utc(2038, 1, 19, 3, 14, 8, 0)), Numeric("100"), Json("3"), Json("3")},
   };
   for (const std::vector<v1::Value>& row : rows) {
     v1::ExecuteResponse response;
-    grpc::Status status = Execute(
-        stub(), Sql("INSERT INTO rt VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", row),
-        &response);
+    grpc::Status status =
+        Execute(stub(), Sql("INSERT INTO rt VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", row),
+                &response);
     ASSERT_TRUE(IsOk(status)) << "row " << row[0].int64_value();
     EXPECT_EQ(response.result().rows_affected(), 1);
   }
@@ -444,9 +432,8 @@ TEST_F(QueryServiceTest, EveryTypeRoundTripsThroughParamsAndATable) {
   ASSERT_TRUE(IsOk(Execute(stub(), Sql("SELECT * FROM rt ORDER BY id"), &response)));
   const v1::ResultSet& result = response.result();
   const std::vector<std::pair<std::string, std::string>> columns = {
-      {"id", "int8"},  {"b", "bool"},         {"i", "int8"},    {"d", "float8"},
-      {"t", "text"},   {"by", "bytea"},       {"ts", "timestamptz"},
-      {"n", "numeric"}, {"j", "json"},        {"jb", "jsonb"}};
+      {"id", "int8"},  {"b", "bool"},         {"i", "int8"},    {"d", "float8"}, {"t", "text"},
+      {"by", "bytea"}, {"ts", "timestamptz"}, {"n", "numeric"}, {"j", "json"},   {"jb", "jsonb"}};
   const std::vector<uint32_t> oids = {20, 16, 20, 701, 25, 17, 1184, 1700, 114, 3802};
   ASSERT_EQ(result.columns_size(), columns.size());
   for (int c = 0; c < result.columns_size(); ++c) {
@@ -467,13 +454,13 @@ TEST_F(QueryServiceTest, EveryTypeRoundTripsThroughParamsAndATable) {
 
 TEST_F(QueryServiceTest, ParametersCarryTheTypeOfTheirKind) {
   v1::ExecuteResponse response;
-  ASSERT_TRUE(IsOk(Execute(
-      stub(),
-      Sql("SELECT pg_typeof($1)::text, pg_typeof($2)::text, pg_typeof($3)::text, "
-          "pg_typeof($4)::text, pg_typeof($5)::text, pg_typeof($6)::text",
-          {Bool(true), Int(1), Double(1.5), Bytes("b"), Timestamp(absl::UnixEpoch()),
-           Numeric("1.5")}),
-      &response)));
+  ASSERT_TRUE(
+      IsOk(Execute(stub(),
+                   Sql("SELECT pg_typeof($1)::text, pg_typeof($2)::text, pg_typeof($3)::text, "
+                       "pg_typeof($4)::text, pg_typeof($5)::text, pg_typeof($6)::text",
+                       {Bool(true), Int(1), Double(1.5), Bytes("b"), Timestamp(absl::UnixEpoch()),
+                        Numeric("1.5")}),
+                   &response)));
   ASSERT_EQ(response.result().rows_size(), 1);
   const v1::Row& row = response.result().rows(0);
   ASSERT_EQ(row.values_size(), 6);
@@ -485,22 +472,21 @@ TEST_F(QueryServiceTest, ParametersCarryTheTypeOfTheirKind) {
   EXPECT_EQ(row.values(5).text_value(), "numeric");
   // Text and json parameters are sent untyped: PostgreSQL takes their type from
   // the statement, as for a quoted literal (text -> uuid, json -> jsonb).
-  ASSERT_TRUE(IsOk(Execute(
-      stub(),
-      Sql("SELECT $1::uuid, $2::jsonb -> 'k'",
-          {Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), Json("{\"k\": 5}")}),
-      &response)));
+  ASSERT_TRUE(IsOk(Execute(stub(),
+                           Sql("SELECT $1::uuid, $2::jsonb -> 'k'",
+                               {Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), Json("{\"k\": 5}")}),
+                           &response)));
   EXPECT_EQ(response.result().rows(0).values(0).text_value(),
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
   EXPECT_EQ(response.result().rows(0).values(1).json_value(), "5");
 
   // NULL of each type, as typed parameters and as typed literals.
-  ASSERT_TRUE(IsOk(Execute(
-      stub(),
-      Sql("SELECT $1::bool, $2::int8, $3::float8, $4::text, $5::bytea, "
-          "$6::timestamptz, $7::numeric, $8::json, $9::jsonb, NULL::int4, NULL::uuid",
-          {Null(), Null(), Null(), Null(), Null(), Null(), Null(), Null(), Null()}),
-      &response)));
+  ASSERT_TRUE(
+      IsOk(Execute(stub(),
+                   Sql("SELECT $1::bool, $2::int8, $3::float8, $4::text, $5::bytea, "
+                       "$6::timestamptz, $7::numeric, $8::json, $9::jsonb, NULL::int4, NULL::uuid",
+                       {Null(), Null(), Null(), Null(), Null(), Null(), Null(), Null(), Null()}),
+                   &response)));
   ASSERT_EQ(response.result().rows_size(), 1);
   ASSERT_EQ(response.result().rows(0).values_size(), 11);
   for (int c = 0; c < 11; ++c) {
@@ -513,19 +499,19 @@ TEST_F(QueryServiceTest, ParametersCarryTheTypeOfTheirKind) {
 
 TEST_F(QueryServiceTest, ResultsDecodeFromLiterals) {
   v1::ExecuteResponse response;
-  ASSERT_TRUE(IsOk(Execute(
-      stub(),
-      Sql("SELECT true AS b, (-9223372036854775808)::int8 AS i8min, "
-          "9223372036854775807::int8 AS i8max, 'NaN'::float8 AS nan, "
-          "'Infinity'::float8 AS inf, '-Infinity'::float8 AS ninf, "
-          "'snowman ☃'::text AS t, '\\x00ff00'::bytea AS by, "
-          "'2024-02-29 12:34:56.123456+00'::timestamptz AS ts, "
-          "123456789012345678901234567890.123456789::numeric AS n, "
-          "'{\"k\": [1]}'::json AS j, '{\"k\":[1]}'::jsonb AS jb, "
-          "42::int4 AS i4, 7::int2 AS i2, 1.25::float4 AS f4, 'abc'::varchar AS vc, "
-          "'2024-01-01 00:00:00.5'::timestamp AS tsntz, '1 day'::interval AS iv, "
-          "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u"),
-      &response)));
+  ASSERT_TRUE(
+      IsOk(Execute(stub(),
+                   Sql("SELECT true AS b, (-9223372036854775808)::int8 AS i8min, "
+                       "9223372036854775807::int8 AS i8max, 'NaN'::float8 AS nan, "
+                       "'Infinity'::float8 AS inf, '-Infinity'::float8 AS ninf, "
+                       "'snowman ☃'::text AS t, '\\x00ff00'::bytea AS by, "
+                       "'2024-02-29 12:34:56.123456+00'::timestamptz AS ts, "
+                       "123456789012345678901234567890.123456789::numeric AS n, "
+                       "'{\"k\": [1]}'::json AS j, '{\"k\":[1]}'::jsonb AS jb, "
+                       "42::int4 AS i4, 7::int2 AS i2, 1.25::float4 AS f4, 'abc'::varchar AS vc, "
+                       "'2024-01-01 00:00:00.5'::timestamp AS tsntz, '1 day'::interval AS iv, "
+                       "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u"),
+                   &response)));
   const v1::ResultSet& result = response.result();
   ASSERT_EQ(result.rows_size(), 1);
   const std::vector<std::pair<std::string, v1::Value>> want = {
@@ -567,8 +553,8 @@ TEST_F(QueryServiceTest, ResultsDecodeFromLiterals) {
 TEST_F(QueryServiceTest, Int64ParameterMatchesInt4Column) {
   ASSERT_TRUE(pg().Exec("qs_main", "CREATE TABLE i4 (id int4 PRIMARY KEY, v text)").ok());
   v1::ExecuteResponse response;
-  ASSERT_TRUE(IsOk(Execute(stub(), Sql("INSERT INTO i4 VALUES ($1, $2)", {Int(7), Text("seven")}),
-                           &response)));
+  ASSERT_TRUE(IsOk(
+      Execute(stub(), Sql("INSERT INTO i4 VALUES ($1, $2)", {Int(7), Text("seven")}), &response)));
   EXPECT_EQ(response.result().command_tag(), "INSERT 0 1");
   ASSERT_TRUE(IsOk(Execute(stub(), Sql("SELECT v FROM i4 WHERE id = $1", {Int(7)}), &response)));
   ASSERT_EQ(response.result().rows_size(), 1);
@@ -600,9 +586,7 @@ TEST_F(QueryServiceTest, ErrorsMapToStatusCodes) {
   status = Execute(stub(), Sql("SELECT $1::text", {Text(std::string("a\0b", 3))}), &response);
   EXPECT_TRUE(HasCode(status, grpc::StatusCode::INVALID_ARGUMENT)) << "NUL in text";
 
-  ASSERT_TRUE(pg().Exec("qs_main",
-                        "CREATE TABLE uv (id int PRIMARY KEY, v text NOT NULL)")
-                  .ok());
+  ASSERT_TRUE(pg().Exec("qs_main", "CREATE TABLE uv (id int PRIMARY KEY, v text NOT NULL)").ok());
   ASSERT_TRUE(IsOk(Execute(stub(), Sql("INSERT INTO uv VALUES ($1, 'a')", {Int(1)}), &response)));
   status = Execute(stub(), Sql("INSERT INTO uv VALUES ($1, 'b')", {Int(1)}), &response);
   EXPECT_TRUE(HasCode(status, grpc::StatusCode::ALREADY_EXISTS));
@@ -621,14 +605,14 @@ TEST_F(QueryServiceTest, ErrorsMapToStatusCodes) {
 TEST_F(QueryServiceTest, DeadlineCancelsTheBackendQuery) {
   v1::ExecuteResponse response;
   const absl::Time start = absl::Now();
-  grpc::Status status = Execute(stub(), Sql("SELECT pg_sleep(10.01)"), &response,
-                                absl::Milliseconds(300));
+  grpc::Status status =
+      Execute(stub(), Sql("SELECT pg_sleep(10.01)"), &response, absl::Milliseconds(300));
   const absl::Duration took = absl::Now() - start;
   EXPECT_TRUE(HasCode(status, grpc::StatusCode::DEADLINE_EXCEEDED));
   EXPECT_LT(took, absl::Seconds(2));
   // The backend must stop too, not sleep on for 10 s holding a connection.
-  EXPECT_TRUE(WaitFor([&] { return ActiveBackends(pg(), "pg_sleep(10.01)") == 0; },
-                      absl::Seconds(5)))
+  EXPECT_TRUE(
+      WaitFor([&] { return ActiveBackends(pg(), "pg_sleep(10.01)") == 0; }, absl::Seconds(5)))
       << "a pg_sleep backend is still active 5 s after the deadline";
   v1::Value value;
   EXPECT_TRUE(IsOk(ExecuteScalar(stub(), "", "SELECT 1", &value)));
@@ -786,8 +770,7 @@ TEST_F(QueryServiceTest, StreamSendsChunks) {
 
 TEST_F(QueryServiceTest, StreamsAMillionRowsInBoundedMemory) {
   const int64_t rss_before = server_->process->RssKb();
-  v1::ExecuteRequest request =
-      Sql("SELECT g, md5(g::text) FROM generate_series(1, 1000000) AS g");
+  v1::ExecuteRequest request = Sql("SELECT g, md5(g::text) FROM generate_series(1, 1000000) AS g");
   request.set_max_rows(1500000);
   grpc::ClientContext ctx;
   SetDeadline(&ctx, absl::Seconds(120));
@@ -917,12 +900,10 @@ TEST(QueryServiceLimitsTest, ServerRowAndByteLimits) {
   EXPECT_TRUE(ContainsIgnoringCase(status.error_message(), "row")) << Describe(status);
   // A request cannot raise the server's limit.
   over_rows.set_max_rows(1000);
-  EXPECT_TRUE(HasCode(Execute(stub, over_rows, &response),
-                      grpc::StatusCode::RESOURCE_EXHAUSTED));
+  EXPECT_TRUE(HasCode(Execute(stub, over_rows, &response), grpc::StatusCode::RESOURCE_EXHAUSTED));
 
   // 60 rows of 2000 bytes: within the row limit, over the byte limit.
-  v1::ExecuteRequest over_bytes =
-      Sql("SELECT repeat('x', 2000) FROM generate_series(1, 60)");
+  v1::ExecuteRequest over_bytes = Sql("SELECT repeat('x', 2000) FROM generate_series(1, 60)");
   status = Execute(stub, over_bytes, &response);
   EXPECT_TRUE(HasCode(status, grpc::StatusCode::RESOURCE_EXHAUSTED));
   EXPECT_TRUE(ContainsIgnoringCase(status.error_message(), "byte")) << Describe(status);
@@ -970,8 +951,7 @@ TEST(QueryServicePoolTest, ExhaustedPoolFailsByDeadlineWhileHoldersSucceed) {
       holder_status[i] = Execute(stub, Sql(holder_sql), &response, absl::Seconds(10));
     });
     // Both connections must really be in use before the third call.
-    holding = WaitFor([&] { return ActiveBackends(pg, marker) == i + 1; },
-                      absl::Seconds(1));
+    holding = WaitFor([&] { return ActiveBackends(pg, marker) == i + 1; }, absl::Seconds(1));
   }
   if (!holding) {
     for (std::thread& t : holders) t.join();
@@ -1040,12 +1020,11 @@ TEST(QueryServiceStatsTest, PoolAndStatementStatsReflectCalls) {
   v1::ExecuteResponse response;
   for (int literal : {2, 5, 8}) {
     ASSERT_TRUE(IsOk(Execute(
-        stub, Sql(absl::StrCat("SELECT id FROM stats_probe WHERE id > ", literal)),
-        &response)));
+        stub, Sql(absl::StrCat("SELECT id FROM stats_probe WHERE id > ", literal)), &response)));
   }
   for (int64_t id : {3, 4}) {
-    ASSERT_TRUE(IsOk(Execute(stub, Sql("SELECT id FROM stats_probe WHERE id = $1", {Int(id)}),
-                             &response)));
+    ASSERT_TRUE(
+        IsOk(Execute(stub, Sql("SELECT id FROM stats_probe WHERE id = $1", {Int(id)}), &response)));
   }
   EXPECT_FALSE(Execute(stub, Sql("SELECT nope FROM stats_probe WHERE id = 1"), &response).ok());
 
@@ -1139,8 +1118,8 @@ TEST(QueryServiceRestartTest, RecoversWhenPostgresRestarts) {
     }
     ASSERT_TRUE(recovered) << "no successful call within 20 s of the restart";
     EXPECT_LE(failures, 4) << "more failures than pooled connections";
-    EXPECT_TRUE(unexpected.empty()) << "non-UNAVAILABLE failures: "
-                                    << absl::StrJoin(unexpected, "; ");
+    EXPECT_TRUE(unexpected.empty())
+        << "non-UNAVAILABLE failures: " << absl::StrJoin(unexpected, "; ");
     for (int i = 0; i < 20; ++i) {
       v1::ExecuteResponse response;
       ASSERT_TRUE(IsOk(Execute(stub, Sql("SELECT 1"), &response, absl::Seconds(3))))
@@ -1195,20 +1174,19 @@ TEST(QueryServiceManyDatabasesTest, ChecksOneHundredTwentyDatabasesFast) {
   ASSERT_TRUE(closed_port.ok());
   v1::QueryServiceConfig config;
   for (int i = 0; i < kDatabases; ++i) {
-    *config.add_databases() = Database(absl::StrFormat("many_%03d", i),
-                                       pg.Dsn(absl::StrFormat("qs_many_%03d", i)),
-                                       /*max_size=*/2);
+    *config.add_databases() =
+        Database(absl::StrFormat("many_%03d", i), pg.Dsn(absl::StrFormat("qs_many_%03d", i)),
+                 /*max_size=*/2);
   }
-  v1::DatabaseConfig unreachable = Database(
-      "unreachable",
-      absl::StrCat("host=127.0.0.1 port=", *closed_port, " dbname=nothing user=postgres"),
-      /*max_size=*/2);
+  v1::DatabaseConfig unreachable =
+      Database("unreachable",
+               absl::StrCat("host=127.0.0.1 port=", *closed_port, " dbname=nothing user=postgres"),
+               /*max_size=*/2);
   unreachable.mutable_pool()->set_connect_timeout_ms(1000);
   *config.add_databases() = unreachable;
   config.set_default_database("many_000");
   absl::StatusOr<QueryServer> server = StartQueryServer(config, absl::Seconds(25));
-  ASSERT_TRUE(server.ok()) << "an unreachable database must not stop startup: "
-                           << server.status();
+  ASSERT_TRUE(server.ok()) << "an unreachable database must not stop startup: " << server.status();
   v1::QueryService::Stub& stub = *server->stub;
 
   // Measured once every reachable pool holds its warm connection: opening 120
@@ -1282,9 +1260,9 @@ TEST(QueryServiceManyDatabasesTest, ChecksOneHundredTwentyDatabasesFast) {
   EXPECT_TRUE(IsOk(ExecuteScalar(stub, "many_119", "SELECT current_database()", &value)));
   EXPECT_EQ(value.text_value(), "qs_many_119");
   v1::ExecuteResponse unreachable_response;
-  EXPECT_TRUE(HasCode(Execute(stub, Sql("SELECT 1", {}, "unreachable"),
-                              &unreachable_response, absl::Seconds(5)),
-                      grpc::StatusCode::UNAVAILABLE));
+  EXPECT_TRUE(HasCode(
+      Execute(stub, Sql("SELECT 1", {}, "unreachable"), &unreachable_response, absl::Seconds(5)),
+      grpc::StatusCode::UNAVAILABLE));
 
   absl::StatusOr<int> exit_code = StopQueryServer(*server);
   ASSERT_TRUE(exit_code.ok()) << exit_code.status();
@@ -1300,10 +1278,12 @@ TEST(QueryServiceShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   ASSERT_TRUE(server.ok()) << server.status();
 
   absl::StatusOr<int> health;
-  testing::WaitFor([&] {
-    health = HealthCheck(server->channel);
-    return health.ok() && *health == 1;
-  }, absl::Seconds(30));
+  testing::WaitFor(
+      [&] {
+        health = HealthCheck(server->channel);
+        return health.ok() && *health == 1;
+      },
+      absl::Seconds(30));
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_EQ(*health, 1);
 
@@ -1311,12 +1291,11 @@ TEST(QueryServiceShutdownTest, SigtermDrainsInFlightCallsAndExitsZero) {
   grpc::Status in_flight_status;
   v1::ExecuteResponse in_flight_response;
   std::thread in_flight([&] {
-    in_flight_status = Execute(
-        *server->stub, Sql(absl::StrCat("SELECT pg_sleep(1), 'drained' AS ", marker)),
-        &in_flight_response, absl::Seconds(10));
+    in_flight_status =
+        Execute(*server->stub, Sql(absl::StrCat("SELECT pg_sleep(1), 'drained' AS ", marker)),
+                &in_flight_response, absl::Seconds(10));
   });
-  const bool running = WaitFor([&] { return ActiveBackends(pg, marker) == 1; },
-                               absl::Seconds(2));
+  const bool running = WaitFor([&] { return ActiveBackends(pg, marker) == 1; }, absl::Seconds(2));
   if (running) {
     EXPECT_TRUE(server->process->Signal(SIGTERM).ok());
   }

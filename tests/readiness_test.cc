@@ -12,9 +12,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "gtest/gtest.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
@@ -48,13 +48,14 @@ absl::StatusOr<int> HealthCheck(const std::shared_ptr<grpc::Channel>& channel,
                  [&done](grpc::Status s) { done.set_value(std::move(s)); });
   grpc::Status status = done.get_future().get();
   if (!status.ok()) {
-    return absl::UnavailableError(absl::StrCat("health check of \"", service,
-                                               "\": ", status.error_message()));
+    return absl::UnavailableError(
+        absl::StrCat("health check of \"", service, "\": ", status.error_message()));
   }
   std::vector<grpc::Slice> slices;
   if (!response.Dump(&slices).ok()) return absl::InternalError("bad response");
   std::string out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   if (out.empty()) return 0;  // UNKNOWN
   if (out.size() != 2 || out[0] != 0x08) return absl::InternalError("unexpected encoding");
   return static_cast<int>(out[1]);

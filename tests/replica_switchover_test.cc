@@ -143,8 +143,8 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
       v1::WriteResponse response;
       grpc::Status s = ingest->Write(&ctx, w, &response);
-      ingested.push_back(absl::Status(static_cast<absl::StatusCode>(s.error_code()),
-                                      s.error_message()));
+      ingested.push_back(
+          absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message()));
       if (s.ok()) ingest_acks.fetch_add(1);
     }
   });
@@ -237,12 +237,12 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
   }
   std::cerr << "rows ingested: " << rows.size() << " of " << ingested.size() << "\n";
   absl::StatusOr<std::string> ingested_present = testing::QueryDsn(
-      c.Dsn(candidate), absl::StrCat("SELECT count(*) FROM events WHERE id IN (",
-                                     absl::StrJoin(rows, ","), ")"));
+      c.Dsn(candidate),
+      absl::StrCat("SELECT count(*) FROM events WHERE id IN (", absl::StrJoin(rows, ","), ")"));
   ASSERT_TRUE(ingested_present.ok()) << ingested_present.status();
   EXPECT_EQ(*ingested_present, absl::StrCat(rows.size())) << "acknowledged rows are missing";
-  absl::StatusOr<std::string> twice = testing::QueryDsn(
-      c.Dsn(candidate), "SELECT count(*) - count(DISTINCT id) FROM events");
+  absl::StatusOr<std::string> twice =
+      testing::QueryDsn(c.Dsn(candidate), "SELECT count(*) - count(DISTINCT id) FROM events");
   ASSERT_TRUE(twice.ok()) << twice.status();
   EXPECT_EQ(*twice, "0") << "rows written twice";
 }

@@ -46,12 +46,12 @@ struct Token {
   const char* name;
   const char* token;
 };
-constexpr Token kReader{"reader", "tok-reader-5f1c2a"};      // read, named queries only
-constexpr Token kAnalyst{"analyst", "tok-analyst-77b0e1"};   // read + sql
-constexpr Token kWriter{"writer", "tok-writer-c3d9f4"};      // read, write, sql
-constexpr Token kLoader{"loader", "tok-loader-0a8e6b"};      // ingest into events
-constexpr Token kAdmin{"admin", "tok-admin-91fe3c"};         // admin
-constexpr Token kLimited{"limited", "tok-limited-4b2d7a"};   // read + sql, 1 call/s, burst 2
+constexpr Token kReader{"reader", "tok-reader-5f1c2a"};     // read, named queries only
+constexpr Token kAnalyst{"analyst", "tok-analyst-77b0e1"};  // read + sql
+constexpr Token kWriter{"writer", "tok-writer-c3d9f4"};     // read, write, sql
+constexpr Token kLoader{"loader", "tok-loader-0a8e6b"};     // ingest into events
+constexpr Token kAdmin{"admin", "tok-admin-91fe3c"};        // admin
+constexpr Token kLimited{"limited", "tok-limited-4b2d7a"};  // read + sql, 1 call/s, burst 2
 const Token* const kAllTokens[] = {&kReader, &kAnalyst, &kWriter, &kLoader, &kAdmin, &kLimited};
 
 v1::PrincipalConfig* AddPrincipal(v1::AuthConfig* auth, const Token& t,
@@ -168,12 +168,13 @@ class SecurityTest : public ::testing::Test {
   static void SetUpTestSuite() {
     PostgresCluster& pg = SharedPostgres();
     ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb, "CREATE TABLE notes (id bigint PRIMARY KEY, body text);"
-                             "CREATE TABLE events (id bigint PRIMARY KEY, kind text);"
-                             "CREATE TABLE accounts (id bigint PRIMARY KEY);"
-                             "CREATE SEQUENCE poolside_security_seq;"
-                             "INSERT INTO notes VALUES (1, 'first');"
-                             "CREATE EXTENSION hypopg;")
+    ASSERT_TRUE(pg.Exec(kDb,
+                        "CREATE TABLE notes (id bigint PRIMARY KEY, body text);"
+                        "CREATE TABLE events (id bigint PRIMARY KEY, kind text);"
+                        "CREATE TABLE accounts (id bigint PRIMARY KEY);"
+                        "CREATE SEQUENCE poolside_security_seq;"
+                        "INSERT INTO notes VALUES (1, 'first');"
+                        "CREATE EXTENSION hypopg;")
                     .ok());
     auto query = StartQuery(QueryConfig());
     ASSERT_TRUE(query.ok()) << query.status();
@@ -238,7 +239,8 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
   *named.add_params() = Int(1);
   cases.push_back({"Execute (raw SQL)", execute(raw), &kReader, &kAnalyst});
   cases.push_back({"Execute (named query)", execute(named), &kAdmin, &kReader});
-  cases.push_back({"ExecuteStream", [&](const Token* t) {
+  cases.push_back({"ExecuteStream",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      auto reader = query->ExecuteStream(&ctx, raw);
@@ -248,7 +250,8 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return reader->Finish();
                    },
                    &kReader, &kAnalyst});
-  cases.push_back({"ExecuteTransaction", [&](const Token* t) {
+  cases.push_back({"ExecuteTransaction",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::ExecuteTransactionRequest req;
@@ -258,35 +261,40 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return query->ExecuteTransaction(&ctx, req, &resp);
                    },
                    &kLoader, &kAnalyst});
-  cases.push_back({"GetPoolStats", [&](const Token* t) {
+  cases.push_back({"GetPoolStats",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::GetPoolStatsResponse resp;
                      return query->GetPoolStats(&ctx, v1::GetPoolStatsRequest(), &resp);
                    },
                    &kWriter, &kAdmin});
-  cases.push_back({"GetStatementStats", [&](const Token* t) {
+  cases.push_back({"GetStatementStats",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::GetStatementStatsResponse resp;
                      return query->GetStatementStats(&ctx, v1::GetStatementStatsRequest(), &resp);
                    },
                    &kAnalyst, &kAdmin});
-  cases.push_back({"CheckDatabases", [&](const Token* t) {
+  cases.push_back({"CheckDatabases",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::CheckDatabasesResponse resp;
                      return query->CheckDatabases(&ctx, v1::CheckDatabasesRequest(), &resp);
                    },
                    &kReader, &kAdmin});
-  cases.push_back({"GetIndexAdvice", [&](const Token* t) {
+  cases.push_back({"GetIndexAdvice",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::GetIndexAdviceResponse resp;
                      return query->GetIndexAdvice(&ctx, v1::GetIndexAdviceRequest(), &resp);
                    },
                    &kWriter, &kAdmin});
-  cases.push_back({"CreateIndex", [&](const Token* t) {
+  cases.push_back({"CreateIndex",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::CreateIndexRequest req;
@@ -305,14 +313,16 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
     *w.add_rows()->add_values() = Int(next_id++);
     return w;
   };
-  cases.push_back({"Ingest Write", [&](const Token* t) {
+  cases.push_back({"Ingest Write",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::WriteResponse resp;
                      return ingest->Write(&ctx, write_request("events"), &resp);
                    },
                    &kWriter, &kLoader});
-  cases.push_back({"Ingest Write (table not granted)", [&](const Token* t) {
+  cases.push_back({"Ingest Write (table not granted)",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::WriteResponse resp;
@@ -322,7 +332,8 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return s;
                    },
                    &kLoader, nullptr});
-  cases.push_back({"Ingest WriteStream", [&](const Token* t) {
+  cases.push_back({"Ingest WriteStream",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::WriteStreamResponse resp;
@@ -332,7 +343,8 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return writer->Finish();
                    },
                    &kAnalyst, &kLoader});
-  cases.push_back({"Ingest Channel", [&](const Token* t) {
+  cases.push_back({"Ingest Channel",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      auto stream = ingest->Channel(&ctx);
@@ -345,15 +357,16 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      grpc::Status per_request = grpc::Status::OK;
                      while (stream->Read(&ack)) {
                        if (ack.code() != 0) {
-                         per_request = grpc::Status(static_cast<grpc::StatusCode>(ack.code()),
-                                                    ack.message());
+                         per_request =
+                             grpc::Status(static_cast<grpc::StatusCode>(ack.code()), ack.message());
                        }
                      }
                      grpc::Status s = stream->Finish();
                      return s.ok() ? per_request : s;
                    },
                    &kAdmin, &kLoader});
-  cases.push_back({"Ingest GetStats", [&](const Token* t) {
+  cases.push_back({"Ingest GetStats",
+                   [&](const Token* t) {
                      grpc::ClientContext ctx;
                      WithToken(&ctx, t);
                      v1::GetIngestStatsResponse resp;
@@ -396,7 +409,8 @@ TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
   EXPECT_EQ(insert.error_code(), grpc::StatusCode::PERMISSION_DENIED) << insert.error_message();
   EXPECT_NE(insert.error_message().find("read-only principal"), std::string::npos)
       << insert.error_message();
-  grpc::Status hidden = run(kAnalyst, "WITH x AS (INSERT INTO accounts VALUES (2) RETURNING id) SELECT * FROM x");
+  grpc::Status hidden =
+      run(kAnalyst, "WITH x AS (INSERT INTO accounts VALUES (2) RETURNING id) SELECT * FROM x");
   EXPECT_EQ(hidden.error_code(), grpc::StatusCode::PERMISSION_DENIED) << hidden.error_message();
   // A write the parser cannot see meets the read-only transaction: SQLSTATE
   // 25006 read_only_sql_transaction.
@@ -446,7 +460,8 @@ TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
     grpc::Status s = query->Execute(&ctx, req, &resp);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
   }
-  absl::StatusOr<std::string> count = SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM accounts");
+  absl::StatusOr<std::string> count =
+      SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM accounts");
   ASSERT_TRUE(count.ok()) << count.status();
   EXPECT_EQ(*count, "0");
   // The writer's same INSERT goes through.
@@ -456,10 +471,8 @@ TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
 TEST_F(SecurityTest, InjectionThroughParametersIsStoredVerbatim) {
   auto query = QueryStub();
   const std::vector<std::string> payloads = {
-      "'); DROP TABLE notes; --",
-      "1; DELETE FROM notes",
-      "Robert'); DROP TABLE students;--",
-      "' OR '1'='1",
+      "'); DROP TABLE notes; --",         "1; DELETE FROM notes",
+      "Robert'); DROP TABLE students;--", "' OR '1'='1",
       "$1 $$ \\x00 \\' \" ; -- /* */",
   };
   int64_t id = 100;
@@ -501,7 +514,8 @@ TEST_F(SecurityTest, InjectionThroughParametersIsStoredVerbatim) {
   v1::ExecuteResponse resp;
   grpc::Status s = query->Execute(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
-  absl::StatusOr<std::string> count = SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM notes");
+  absl::StatusOr<std::string> count =
+      SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM notes");
   ASSERT_TRUE(count.ok()) << count.status();
   EXPECT_EQ(*count, absl::StrCat(1 + payloads.size()));
 }
@@ -623,7 +637,8 @@ TEST_F(SecurityTest, TokensAndDsnPasswordNeverReachTheLogs) {
     ASSERT_FALSE(log.empty()) << p->log_path();
     EXPECT_EQ(log.find(kDsnPassword), std::string::npos) << "DSN password in " << p->log_path();
     for (const Token* t : kAllTokens) {
-      EXPECT_EQ(log.find(t->token), std::string::npos) << t->name << "'s token in " << p->log_path();
+      EXPECT_EQ(log.find(t->token), std::string::npos)
+          << t->name << "'s token in " << p->log_path();
       EXPECT_EQ(log.find(auth::Sha256Hex(t->token)), std::string::npos)
           << t->name << "'s token hash in " << p->log_path();
     }
@@ -694,7 +709,8 @@ absl::Status Openssl(const std::vector<std::string>& args) {
   absl::StatusOr<testing::CommandResult> r = testing::RunCommand(argv);
   if (!r.ok()) return r.status();
   if (r->exit_code != 0) {
-    return absl::InternalError(absl::StrCat("openssl ", absl::StrJoin(args, " "), " failed (is the "
+    return absl::InternalError(absl::StrCat("openssl ", absl::StrJoin(args, " "),
+                                            " failed (is the "
                                             "Debian openssl package installed? make deps): ",
                                             r->output));
   }
@@ -703,16 +719,17 @@ absl::Status Openssl(const std::vector<std::string>& args) {
 
 absl::Status MakeCa(const std::string& cert, const std::string& key, const std::string& cn) {
   return Openssl({"req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                  "-days", "2", "-subj", "/CN=" + cn, "-addext", "basicConstraints=critical,CA:TRUE",
-                  "-addext", "keyUsage=critical,keyCertSign,cRLSign"});
+                  "-days", "2", "-subj", "/CN=" + cn, "-addext",
+                  "basicConstraints=critical,CA:TRUE", "-addext",
+                  "keyUsage=critical,keyCertSign,cRLSign"});
 }
 
 absl::Status MakeLeaf(const Pki& pki, const std::string& cert, const std::string& key,
                       const std::string& cn, const std::string& ext) {
   const std::string csr = cert + ".csr", extfile = cert + ".ext";
   std::ofstream(extfile) << ext << "\n";
-  if (absl::Status s = Openssl({"req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
-                                csr, "-subj", "/CN=" + cn});
+  if (absl::Status s = Openssl({"req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+                                "-subj", "/CN=" + cn});
       !s.ok()) {
     return s;
   }
@@ -736,8 +753,7 @@ absl::StatusOr<Pki> MakePki() {
         MakeCa(p.other_ca_cert, p.other_ca_key, "some other CA"),
         MakeLeaf(p, p.server_cert, p.server_key, "localhost",
                  "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
-        MakeLeaf(p, p.client_cert, p.client_key, "query replica",
-                 "extendedKeyUsage=clientAuth")}) {
+        MakeLeaf(p, p.client_cert, p.client_key, "query replica", "extendedKeyUsage=clientAuth")}) {
     if (!s.ok()) return s;
   }
   return p;
@@ -840,7 +856,8 @@ TEST_F(TlsTest, CliTakesTokenAndCaFromFlagsOrEnvironment) {
   };
   unsetenv("POOLSIDE_TOKEN");
   unsetenv("POOLSIDE_TLS_CA");
-  testing::CommandResult ok = cli({"--tls_ca=" + pki_->ca_cert, std::string("--token=") + kAnalyst.token});
+  testing::CommandResult ok =
+      cli({"--tls_ca=" + pki_->ca_cert, std::string("--token=") + kAnalyst.token});
   EXPECT_EQ(ok.exit_code, 0) << ok.output;
   EXPECT_NE(ok.output.find("42"), std::string::npos) << ok.output;
 

@@ -10,8 +10,8 @@
 #include <atomic>
 #include <fstream>
 #include <map>
-#include <set>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -45,11 +45,11 @@ using ::poolside::testing::NewStem;
 using ::poolside::testing::OtlpReceiver;
 using ::poolside::testing::ReceivedSpan;
 using ::poolside::testing::RunCommand;
-using ::poolside::testing::StartSidecar;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::SharedPostgres;
 using ::poolside::testing::StartConfigured;
+using ::poolside::testing::StartSidecar;
 using ::poolside::testing::WaitFor;
 using OtlpSpan = opentelemetry::proto::trace::v1::Span;
 
@@ -143,7 +143,8 @@ class TracingTest : public ::testing::Test {
     tables->add_tables("items");
     const std::string query_stem = NewStem("query_server");
     Loopback(query.mutable_server(), query_stem);
-    auto q = StartConfigured("services/query/query_server", query, query_stem + ".port", query_stem);
+    auto q =
+        StartConfigured("services/query/query_server", query, query_stem + ".port", query_stem);
     ASSERT_TRUE(q.ok()) << q.status();
     query_ = q->release();
     auto channel = Connect(query_->address());
@@ -335,8 +336,8 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
       EXPECT_EQ(kv.value().string_value().find(kSecret), std::string::npos)
           << s.span.name() << " " << kv.key();
     }
-    for (const char* old : {"db.statement", "db.name", "db.system", "net.peer.name",
-                            "net.peer.port"}) {
+    for (const char* old :
+         {"db.statement", "db.name", "db.system", "net.peer.name", "net.peer.port"}) {
       EXPECT_EQ(Attribute(s.span, old), "") << s.span.name() << " " << old;
     }
   }
@@ -360,7 +361,8 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) {
         return !Named(InTrace(all, again.trace_id), "poolside-query",
-                      "poolside.v1.QueryService/Execute").empty();
+                      "poolside.v1.QueryService/Execute")
+                    .empty();
       },
       absl::Seconds(30)));
   const auto hit = InTrace(receiver_->Spans(), again.trace_id);
@@ -396,9 +398,8 @@ TEST_F(TracingTest, ACallWithoutTraceparentStartsATraceAndAnUnsampledOneRecordsN
 
   // The client's sampled flag 0: the services follow it and record nothing.
   ClientTrace quiet;
-  ASSERT_TRUE(Execute(*query_stub_, read, absl::StrCat("00-", quiet.trace_id, "-", quiet.span_id,
-                                                       "-00"),
-                      &response)
+  ASSERT_TRUE(Execute(*query_stub_, read,
+                      absl::StrCat("00-", quiet.trace_id, "-", quiet.span_id, "-00"), &response)
                   .ok());
   // A sampled call made after it: once its spans are in, the unsampled call's
   // would be too (one exporter, in order).
@@ -479,8 +480,8 @@ TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) {
         for (const ClientTrace& c : clients) {
-          if (Named(InTrace(all, c.trace_id), "poolside-ingest",
-                    "poolside.v1.IngestService/Write").empty()) {
+          if (Named(InTrace(all, c.trace_id), "poolside-ingest", "poolside.v1.IngestService/Write")
+                  .empty()) {
             return false;
           }
         }
@@ -536,7 +537,8 @@ TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
           EXPECT_EQ(Attribute(s.span, "db.operation.name"), "COPY");
           EXPECT_EQ(Attribute(s.span, "db.query.summary"), s.span.name());
           EXPECT_EQ(Attribute(s.span, "db.collection.name"), "events");
-          EXPECT_EQ(Attribute(s.span, "poolside.copy.rows"), Attribute(flush->span, "poolside.ingest.rows"));
+          EXPECT_EQ(Attribute(s.span, "poolside.copy.rows"),
+                    Attribute(flush->span, "poolside.ingest.rows"));
         }
       }
       EXPECT_TRUE(copy) << "no COPY span under the flush";
@@ -607,7 +609,8 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
         int statements = 0, waits = 0;
         for (const ClientTrace& c : callers) {
           const auto mine = InTrace(all, c.trace_id);
-          if (Named(mine, "poolside-query", "poolside.v1.QueryService/Execute").empty()) return false;
+          if (Named(mine, "poolside-query", "poolside.v1.QueryService/Execute").empty())
+            return false;
           statements += Named(mine, "poolside-query", "SELECT items").size();
           waits += Named(mine, "poolside-query", "cache.singleflight.wait").size();
         }
@@ -618,8 +621,8 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
            std::string out = "\nall waits:";
            for (const ReceivedSpan& s : receiver_->Spans()) {
              if (s.span.name() == "cache.singleflight.wait") {
-               absl::StrAppend(&out, " trace=", Hex(s.span.trace_id()), " parent=",
-                               Hex(s.span.parent_span_id()));
+               absl::StrAppend(&out, " trace=", Hex(s.span.trace_id()),
+                               " parent=", Hex(s.span.parent_span_id()));
              }
            }
            return out;

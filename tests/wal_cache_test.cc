@@ -254,8 +254,8 @@ struct Replica {
     }
     absl::StrAppend(&out, " flushes=", Flushes(), " streams=", Streams(),
                     " token_waits_reached=", TokenWaits("reached"),
-                    " token_waits_timeout=", TokenWaits("timeout"),
-                    " fences=", Fences("committed"), " fences_failed=", Fences("failed"));
+                    " token_waits_timeout=", TokenWaits("timeout"), " fences=", Fences("committed"),
+                    " fences_failed=", Fences("failed"));
     return out;
   }
   bool Holder() const {
@@ -424,8 +424,8 @@ class WalCacheTest : public ::testing::Test {
     for (auto& r : replicas_) {
       EXPECT_TRUE(WaitFor(
           [&] {
-            return r->Metric("poolside_query_cache_wal_applied_lsn{database=\"wc\"}")
-                       .value_or(0) >= static_cast<double>(token);
+            return r->Metric("poolside_query_cache_wal_applied_lsn{database=\"wc\"}").value_or(0) >=
+                   static_cast<double>(token);
           },
           kWait))
           << r->name << " never applied the reset";

@@ -86,8 +86,8 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(const v1::AuthCon
   if (!config.principals_env().empty()) {
     const char* value = std::getenv(config.principals_env().c_str());
     if (value == nullptr || *value == '\0') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "auth.principalsEnv: environment variable ", config.principals_env(), " is not set"));
+      return absl::InvalidArgumentError(absl::StrCat("auth.principalsEnv: environment variable ",
+                                                     config.principals_env(), " is not set"));
     }
     if (absl::Status s = ReadPrincipals(value, "$" + config.principals_env(), &principals);
         !s.ok()) {
@@ -120,30 +120,34 @@ absl::StatusOr<std::unique_ptr<Authorizer>> Authorizer::Create(const v1::AuthCon
 absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
                              const v1::PrincipalLimits& defaults) {
   if (!ValidName(config.name())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "auth: principal name \"", config.name().substr(0, 64),
-        "\" must be 1-64 characters of letters, digits, '_', '.', '-'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("auth: principal name \"", config.name().substr(0, 64),
+                     "\" must be 1-64 characters of letters, digits, '_', '.', '-'"));
   }
   const std::string where = absl::StrCat("auth: principal \"", config.name(), "\"");
   for (const auto& [hash, p] : by_hash_) {
-    if (p->name == config.name()) return absl::InvalidArgumentError(absl::StrCat(where, " appears twice"));
+    if (p->name == config.name())
+      return absl::InvalidArgumentError(absl::StrCat(where, " appears twice"));
   }
   const std::string hash = absl::AsciiStrToLower(config.token_sha256());
   if (hash.size() != 64 || !std::all_of(hash.begin(), hash.end(), [](char c) {
         return absl::ascii_isxdigit(static_cast<unsigned char>(c));
       })) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": tokenSha256 must be the 64 hex digits of the token's SHA-256 "
-               "(printf %s \"$TOKEN\" | sha256sum)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where,
+                     ": tokenSha256 must be the 64 hex digits of the token's SHA-256 "
+                     "(printf %s \"$TOKEN\" | sha256sum)"));
   }
   if (by_hash_.contains(hash)) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": its token is another principal's too"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": its token is another principal's too"));
   }
   auto p = std::make_unique<Principal>();
   p->name = config.name();
   for (const std::string& r : config.roles()) {
     absl::StatusOr<Role> role = ParseRole(r);
-    if (!role.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", role.status().message()));
+    if (!role.ok())
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", role.status().message()));
     p->roles |= *role;
   }
   if (p->roles == 0) return absl::InvalidArgumentError(absl::StrCat(where, ": has no roles"));
@@ -156,7 +160,8 @@ absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
   }
   for (const v1::IngestTables& t : config.ingest_tables()) {
     if (t.database().empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": ingestTables entry without a database"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ingestTables entry without a database"));
     }
     for (const std::string& table : t.tables()) p->ingest_tables[t.database()].insert(table);
   }
@@ -169,9 +174,8 @@ absl::Status Authorizer::Add(const v1::PrincipalConfig& config,
   auto limiter = std::make_unique<Limiter>();
   {
     sync::MutexLock lock(&limiter->mu);
-    limiter->tokens = p->limits.burst() > 0
-                          ? p->limits.burst()
-                          : std::max(1.0, p->limits.requests_per_second());
+    limiter->tokens =
+        p->limits.burst() > 0 ? p->limits.burst() : std::max(1.0, p->limits.requests_per_second());
     limiter->refilled = clock_->Now();
   }
   limiters_.emplace(p.get(), std::move(limiter));
@@ -188,8 +192,8 @@ absl::Status Authorizer::CheckDatabaseRoles(
       if (std::none_of(databases.begin(), databases.end(),
                        [&](const v1::DatabaseConfig& d) { return d.name() == db; })) {
         return absl::InvalidArgumentError(absl::StrCat("auth: principal \"", p->name,
-                                                       "\": databaseRoles names database \"",
-                                                       db, "\", which is not configured"));
+                                                       "\": databaseRoles names database \"", db,
+                                                       "\", which is not configured"));
       }
     }
     for (const v1::DatabaseConfig& d : databases) {
@@ -243,9 +247,8 @@ absl::Status Authorizer::CheckQuery(const Principal& who, absl::string_view data
         "principal \"", who.name, "\" may not send raw SQL (needs role sql); call a named query"));
   }
   if (!who.MayUseDatabase(database)) {
-    return absl::PermissionDeniedError(absl::StrCat("principal \"", who.name,
-                                                    "\" may not use database \"",
-                                                    database.substr(0, 64), "\""));
+    return absl::PermissionDeniedError(absl::StrCat(
+        "principal \"", who.name, "\" may not use database \"", database.substr(0, 64), "\""));
   }
   return absl::OkStatus();
 }
@@ -258,14 +261,13 @@ absl::Status Authorizer::CheckIngest(const Principal& who, absl::string_view dat
   }
   for (absl::string_view db : {database, absl::string_view("*")}) {
     auto it = who.ingest_tables.find(db);
-    if (it != who.ingest_tables.end() &&
-        (it->second.contains(table) || it->second.contains("*"))) {
+    if (it != who.ingest_tables.end() && (it->second.contains(table) || it->second.contains("*"))) {
       return absl::OkStatus();
     }
   }
-  return absl::PermissionDeniedError(absl::StrCat("principal \"", who.name,
-                                                  "\" may not write table \"", table.substr(0, 128),
-                                                  "\" of database \"", database.substr(0, 64), "\""));
+  return absl::PermissionDeniedError(
+      absl::StrCat("principal \"", who.name, "\" may not write table \"", table.substr(0, 128),
+                   "\" of database \"", database.substr(0, 64), "\""));
 }
 
 absl::Status Authorizer::CheckAdmin(const Principal& who, absl::string_view what) const {
@@ -298,8 +300,8 @@ absl::StatusOr<Authorizer::Permit> Authorizer::Admit(const Principal& who,
   l.refilled = now;
   if (l.tokens < 1.0) {
     *retry_after = absl::Seconds((1.0 - l.tokens) / rate);
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "principal \"", who.name, "\" is over its rate limit of ", rate, " calls/s"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("principal \"", who.name, "\" is over its rate limit of ", rate, " calls/s"));
   }
   l.tokens -= 1.0;
   return permit;

@@ -1,8 +1,8 @@
 #include "common/auth/authorizer.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <fstream>
-#include <atomic>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,15 +34,18 @@ class AuthorizerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto a = Authorizer::Create(
-        Config("{\"principals\": [" +
-               Principal("reader", "tok-reader", "\"read\"", ", \"databases\": [\"app\"]") + ", " +
-               Principal("analyst", "tok-analyst", "\"read\", \"sql\"",
-                         ", \"databases\": [\"app\", \"reports\"]") +
-               ", " + Principal("writer", "tok-writer", "\"read\", \"write\", \"sql\"",
-                                ", \"databases\": [\"*\"]") +
-               ", " + Principal("loader", "tok-loader", "\"ingest\"",
-                                ", \"ingestTables\": [{\"database\": \"app\", \"tables\": [\"events\"]}]") +
-               ", " + Principal("ops", "tok-ops", "\"admin\"") + "]}"),
+        Config(
+            "{\"principals\": [" +
+            Principal("reader", "tok-reader", "\"read\"", ", \"databases\": [\"app\"]") + ", " +
+            Principal("analyst", "tok-analyst", "\"read\", \"sql\"",
+                      ", \"databases\": [\"app\", \"reports\"]") +
+            ", " +
+            Principal("writer", "tok-writer", "\"read\", \"write\", \"sql\"",
+                      ", \"databases\": [\"*\"]") +
+            ", " +
+            Principal("loader", "tok-loader", "\"ingest\"",
+                      ", \"ingestTables\": [{\"database\": \"app\", \"tables\": [\"events\"]}]") +
+            ", " + Principal("ops", "tok-ops", "\"admin\"") + "]}"),
         &clock_);
     ASSERT_TRUE(a.ok()) << a.status();
     auth_ = *std::move(a);
@@ -61,7 +64,8 @@ class AuthorizerTest : public ::testing::Test {
 
 TEST_F(AuthorizerTest, UnknownMissingOrMalformedTokensAreUnauthenticated) {
   EXPECT_EQ(auth_->Authenticate(nullptr).status().code(), absl::StatusCode::kUnauthenticated);
-  for (const std::string& bad : std::vector<std::string>{"", "tok-reader", "Basic dG9rOnB3", "Bearer ", "Bearer tok-nobody",
+  for (const std::string& bad :
+       std::vector<std::string>{"", "tok-reader", "Basic dG9rOnB3", "Bearer ", "Bearer tok-nobody",
                                 "Bearer " + std::string(5000, 'x')}) {
     absl::StatusOr<const auth::Principal*> p = auth_->Authenticate(&bad);
     EXPECT_EQ(p.status().code(), absl::StatusCode::kUnauthenticated) << bad;
@@ -77,9 +81,11 @@ TEST_F(AuthorizerTest, RolesAndGrants) {
   EXPECT_TRUE(reader.read_only());
   EXPECT_TRUE(auth_->CheckQuery(reader, "app", /*raw_sql=*/false).ok());
   EXPECT_EQ(auth_->CheckQuery(reader, "app", true).code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(auth_->CheckQuery(reader, "reports", false).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth_->CheckQuery(reader, "reports", false).code(),
+            absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(auth_->CheckAdmin(reader, "GetPoolStats").code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(auth_->CheckIngest(reader, "app", "events").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth_->CheckIngest(reader, "app", "events").code(),
+            absl::StatusCode::kPermissionDenied);
 
   const auto& analyst = Who("tok-analyst");
   EXPECT_TRUE(analyst.read_only());
@@ -107,7 +113,8 @@ TEST(AuthorizerConfigTest, DisabledMustBeExplicitAndBadEntriesAreNamed) {
   EXPECT_EQ(none.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(none.status().message().find("auth.disabled"), std::string::npos);
 
-  absl::StatusOr<std::unique_ptr<Authorizer>> off = Authorizer::Create(Config(R"({"disabled": true})"));
+  absl::StatusOr<std::unique_ptr<Authorizer>> off =
+      Authorizer::Create(Config(R"({"disabled": true})"));
   ASSERT_TRUE(off.ok());
   EXPECT_FALSE((*off)->enabled());
   absl::StatusOr<const auth::Principal*> anyone = (*off)->Authenticate(nullptr);
@@ -119,10 +126,12 @@ TEST(AuthorizerConfigTest, DisabledMustBeExplicitAndBadEntriesAreNamed) {
   for (const auto& [json, mentions] : std::vector<std::pair<std::string, std::string>>{
            {R"({"principals": [{"name": "a", "tokenSha256": "abc", "roles": ["read"]}]})",
             "tokenSha256"},
-           {R"({"principals": [{"name": "a", "tokenSha256": ")" + hash + R"(", "roles": ["root"]}]})",
+           {R"({"principals": [{"name": "a", "tokenSha256": ")" + hash +
+                R"(", "roles": ["root"]}]})",
             "unknown role"},
            {R"({"principals": [{"name": "a", "tokenSha256": ")" + hash + R"("}]})", "no roles"},
-           {R"({"principals": [{"name": "a b", "tokenSha256": ")" + hash + R"(", "roles": ["read"]}]})",
+           {R"({"principals": [{"name": "a b", "tokenSha256": ")" + hash +
+                R"(", "roles": ["read"]}]})",
             "letters"},
            {R"({"principals": [{"name": "a", "tokenSha256": ")" + hash +
                 R"(", "roles": ["read"]}, {"name": "b", "tokenSha256": ")" + hash +
@@ -146,8 +155,9 @@ TEST(AuthorizerConfigTest, PrincipalsFromFileAndEnvironment) {
   std::ofstream(path) << "{\"principals\": [" << Principal("filed", "tok-file", "\"read\"") << "]}";
   setenv("POOLSIDE_AUTH_TEST_PRINCIPALS",
          ("{\"principals\": [" + Principal("env", "tok-env", "\"admin\"") + "]}").c_str(), 1);
-  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(
-      Config("{\"principalsFile\": \"" + path + "\", \"principalsEnv\": \"POOLSIDE_AUTH_TEST_PRINCIPALS\"}"));
+  absl::StatusOr<std::unique_ptr<Authorizer>> a =
+      Authorizer::Create(Config("{\"principalsFile\": \"" + path +
+                                "\", \"principalsEnv\": \"POOLSIDE_AUTH_TEST_PRINCIPALS\"}"));
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ((*a)->size(), 2u);
   const std::string file_token = Bearer("tok-file"), env_token = Bearer("tok-env");
@@ -179,9 +189,9 @@ TEST(AuthorizerLimitsTest, TokenBucketPerPrincipalWithRetryDelay) {
 }
 
 TEST(AuthorizerLimitsTest, ConcurrencySlotsAreReleasedWithThePermit) {
-  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(Config(
-      "{\"defaultLimits\": {\"maxConcurrent\": 2}, \"principals\": [" +
-      Principal("p", "tok-p", "\"read\"") + "]}"));
+  absl::StatusOr<std::unique_ptr<Authorizer>> a =
+      Authorizer::Create(Config("{\"defaultLimits\": {\"maxConcurrent\": 2}, \"principals\": [" +
+                                Principal("p", "tok-p", "\"read\"") + "]}"));
   ASSERT_TRUE(a.ok()) << a.status();
   const std::string h = Bearer("tok-p");
   const auth::Principal& p = **(*a)->Authenticate(&h);
@@ -247,14 +257,14 @@ google::protobuf::RepeatedPtrField<v1::DatabaseConfig> Databases() {
 }
 
 TEST(AuthorizerRolesTest, DatabaseRolesAndTheDdlGrant) {
-  auto a = Authorizer::Create(Config(
-      "{\"principals\": [" +
-      Principal("reader", "t1", "\"read\", \"sql\"",
-                ", \"databases\": [\"app\"], \"databaseRole\": \"app_read\"") +
-      ", " +
-      Principal("owner", "t2", "\"read\", \"write\", \"sql\", \"ddl\"",
-                ", \"databases\": [\"*\"], \"databaseRoles\": {\"app\": \"app_write\"}") +
-      "]}"));
+  auto a = Authorizer::Create(
+      Config("{\"principals\": [" +
+             Principal("reader", "t1", "\"read\", \"sql\"",
+                       ", \"databases\": [\"app\"], \"databaseRole\": \"app_read\"") +
+             ", " +
+             Principal("owner", "t2", "\"read\", \"write\", \"sql\", \"ddl\"",
+                       ", \"databases\": [\"*\"], \"databaseRoles\": {\"app\": \"app_write\"}") +
+             "]}"));
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_TRUE((*a)->CheckDatabaseRoles(Databases()).ok());
   std::string t1 = Bearer("t1"), t2 = Bearer("t2");
@@ -270,10 +280,11 @@ TEST(AuthorizerRolesTest, DatabaseRolesAndTheDdlGrant) {
 
 TEST(AuthorizerRolesTest, RolesADatabaseDoesNotConfigureAreNamed) {
   // "*" reaches reports, which has no app_read.
-  auto everywhere = Authorizer::Create(Config(
-      "{\"principals\": [" +
-      Principal("reader", "t1", "\"read\"", ", \"databases\": [\"*\"], \"databaseRole\": \"app_read\"") +
-      "]}"));
+  auto everywhere = Authorizer::Create(
+      Config("{\"principals\": [" +
+             Principal("reader", "t1", "\"read\"",
+                       ", \"databases\": [\"*\"], \"databaseRole\": \"app_read\"") +
+             "]}"));
   ASSERT_TRUE(everywhere.ok());
   absl::Status s = (*everywhere)->CheckDatabaseRoles(Databases());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
@@ -282,15 +293,17 @@ TEST(AuthorizerRolesTest, RolesADatabaseDoesNotConfigureAreNamed) {
             std::string::npos)
       << s;
 
-  auto unknown_db = Authorizer::Create(Config(
-      "{\"principals\": [" +
-      Principal("w", "t1", "\"write\"", ", \"databases\": [\"app\"], \"databaseRoles\": {\"nope\": \"x\"}") +
-      "]}"));
+  auto unknown_db = Authorizer::Create(
+      Config("{\"principals\": [" +
+             Principal("w", "t1", "\"write\"",
+                       ", \"databases\": [\"app\"], \"databaseRoles\": {\"nope\": \"x\"}") +
+             "]}"));
   ASSERT_TRUE(unknown_db.ok());
   EXPECT_NE((*unknown_db)->CheckDatabaseRoles(Databases()).message().find("\"nope\""),
             std::string::npos);
 
-  auto bad_role = Authorizer::Create(Config("{\"principals\": [" + Principal("w", "t1", "\"ddI\"") + "]}"));
+  auto bad_role =
+      Authorizer::Create(Config("{\"principals\": [" + Principal("w", "t1", "\"ddI\"") + "]}"));
   EXPECT_EQ(bad_role.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad_role.status().message().find("ddl"), std::string::npos);
 }

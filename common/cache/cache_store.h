@@ -279,7 +279,9 @@ class BasicCacheStore {
   // Test hook: runs inside Set() after the generation check passed and before
   // the entry is inserted, with the key's shard lock held. It must not call
   // into this store on the same thread.
-  void SetBeforeInsertHookForTest(std::function<void()> hook) { before_insert_hook_ = std::move(hook); }
+  void SetBeforeInsertHookForTest(std::function<void()> hook) {
+    before_insert_hook_ = std::move(hook);
+  }
 
  private:
   struct Entry;
@@ -305,7 +307,8 @@ class BasicCacheStore {
     absl::btree_set<absl::string_view> ordered ABSL_GUARDED_BY(mu);
     // (gone_at, entry) for the reaper.
     std::set<std::pair<absl::Time, const Entry*>> expiry ABSL_GUARDED_BY(mu);
-    absl::flat_hash_map<std::string, absl::flat_hash_set<const Entry*>> tag_index ABSL_GUARDED_BY(mu);
+    absl::flat_hash_map<std::string, absl::flat_hash_set<const Entry*>> tag_index
+        ABSL_GUARDED_BY(mu);
     cache_internal::FrequencySketch sketch ABSL_GUARDED_BY(mu);
     // Written under mu, read without it by Stats().
     std::atomic<uint64_t> bytes{0};
@@ -314,7 +317,8 @@ class BasicCacheStore {
 
   enum class Removal { kDelete, kEvict, kExpire, kInvalidate };
 
-  void RemoveLocked(Shard& shard, typename Lru::iterator it, Removal why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
+  void RemoveLocked(Shard& shard, typename Lru::iterator it, Removal why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu);
   // True if a fill read at `read_generation` may be stored. Called with the
   // key's shard lock held.
   bool GenerationAllows(absl::string_view key, const std::vector<std::string>& tags,
@@ -376,8 +380,8 @@ BasicCacheStore<Value>::BasicCacheStore(CacheStoreOptions options)
   // One column per 128 bytes of budget: several per entry even for small
   // entries, so collisions rarely decide admission. Costs 4 bytes per column
   // (about 3% of the budget, not counted in it), at most 1 MiB per shard.
-  const uint64_t width =
-      std::clamp<uint64_t>(cache_internal::NextPowerOfTwo(shard_capacity_ / 128), 1024, uint64_t{1} << 18);
+  const uint64_t width = std::clamp<uint64_t>(cache_internal::NextPowerOfTwo(shard_capacity_ / 128),
+                                              1024, uint64_t{1} << 18);
   for (uint64_t i = 0; i < n; ++i) shards_.push_back(std::make_unique<Shard>(width));
 }
 
@@ -410,8 +414,7 @@ void BasicCacheStore<Value>::RemoveLocked(Shard& shard, typename Lru::iterator i
   shard.index.erase(absl::string_view(e.key));
   shard.bytes.store(shard.bytes.load(std::memory_order_relaxed) - e.charge,
                     std::memory_order_relaxed);
-  shard.entries.store(shard.entries.load(std::memory_order_relaxed) - 1,
-                      std::memory_order_relaxed);
+  shard.entries.store(shard.entries.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   shard.lru.erase(it);
   switch (why) {
     case Removal::kDelete:
@@ -463,8 +466,9 @@ typename BasicCacheStore<Value>::GetResult BasicCacheStore<Value>::Get(absl::str
 }
 
 template <typename Value>
-bool BasicCacheStore<Value>::GenerationAllows(absl::string_view key, const std::vector<std::string>& tags,
-                                  uint64_t read_generation) const {
+bool BasicCacheStore<Value>::GenerationAllows(absl::string_view key,
+                                              const std::vector<std::string>& tags,
+                                              uint64_t read_generation) const {
   const uint64_t current = generation_.load(std::memory_order_acquire);
   // No invalidation since the read. One that takes a newer generation now
   // removes shard entries only after our shard lock is released, so it will
@@ -548,8 +552,8 @@ typename BasicCacheStore<Value>::SetResult BasicCacheStore<Value>::Set(
     RemoveLocked(shard, v, now >= v->gone_at ? Removal::kExpire : Removal::kEvict);
   }
 
-  shard.lru.push_front(Entry{std::string(key), std::move(shared_value), std::move(tags),
-                             now + ttl, now + ttl + stale, charge});
+  shard.lru.push_front(Entry{std::string(key), std::move(shared_value), std::move(tags), now + ttl,
+                             now + ttl + stale, charge});
   Entry& e = shard.lru.front();
   shard.index.emplace(absl::string_view(e.key), shard.lru.begin());
   shard.ordered.insert(absl::string_view(e.key));
@@ -557,8 +561,7 @@ typename BasicCacheStore<Value>::SetResult BasicCacheStore<Value>::Set(
   for (const std::string& tag : e.tags) shard.tag_index[tag].insert(&e);
   shard.bytes.store(shard.bytes.load(std::memory_order_relaxed) + charge,
                     std::memory_order_relaxed);
-  shard.entries.store(shard.entries.load(std::memory_order_relaxed) + 1,
-                      std::memory_order_relaxed);
+  shard.entries.store(shard.entries.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   sets_.fetch_add(1, std::memory_order_relaxed);
   return SetResult::kStored;
 }
@@ -577,29 +580,29 @@ template <typename Value>
 void BasicCacheStore<Value>::PruneLocked() {
   // Forgets the older half of `records` (by generation) and raises the floor
   // to the newest generation forgotten.
-  auto forget_older_half = [this](absl::flat_hash_map<std::string, uint64_t>& records,
-                                  uint64_t& bytes, bool prefixes)
-                                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(gen_mu_) {
-    std::vector<uint64_t> generations;
-    generations.reserve(records.size());
-    for (const auto& [name, g] : records) generations.push_back(g);
-    auto middle = generations.begin() + generations.size() / 2;
-    std::nth_element(generations.begin(), middle, generations.end());
-    const uint64_t forget_upto = *middle;
-    for (auto it = records.begin(); it != records.end();) {
-      if (it->second > forget_upto) {
-        ++it;
-        continue;
-      }
-      if (prefixes) {
-        auto len = prefix_lengths_.find(it->first.size());
-        if (--len->second == 0) prefix_lengths_.erase(len);
-      }
-      bytes -= it->first.size() + kRecordOverhead;
-      records.erase(it++);
-    }
-    floor_generation_ = std::max(floor_generation_, forget_upto);
-  };
+  auto forget_older_half =
+      [this](absl::flat_hash_map<std::string, uint64_t>& records, uint64_t& bytes, bool prefixes)
+          ABSL_EXCLUSIVE_LOCKS_REQUIRED(gen_mu_) {
+            std::vector<uint64_t> generations;
+            generations.reserve(records.size());
+            for (const auto& [name, g] : records) generations.push_back(g);
+            auto middle = generations.begin() + generations.size() / 2;
+            std::nth_element(generations.begin(), middle, generations.end());
+            const uint64_t forget_upto = *middle;
+            for (auto it = records.begin(); it != records.end();) {
+              if (it->second > forget_upto) {
+                ++it;
+                continue;
+              }
+              if (prefixes) {
+                auto len = prefix_lengths_.find(it->first.size());
+                if (--len->second == 0) prefix_lengths_.erase(len);
+              }
+              bytes -= it->first.size() + kRecordOverhead;
+              records.erase(it++);
+            }
+            floor_generation_ = std::max(floor_generation_, forget_upto);
+          };
   const uint64_t max_bytes = std::max<uint64_t>(options_.max_tracked_bytes, 1);
   while (!tag_generations_.empty() &&
          (tag_generations_.size() > std::max<size_t>(options_.max_tracked_tags, 1) ||
@@ -700,7 +703,8 @@ uint64_t BasicCacheStore<Value>::Reap() {
       sync::MutexLock lock(&shard.mu);
       const absl::Time now = clock_->Now();
       int batch = 0;
-      while (!shard.expiry.empty() && shard.expiry.begin()->first <= now && batch < cache_internal::kReapBatch) {
+      while (!shard.expiry.empty() && shard.expiry.begin()->first <= now &&
+             batch < cache_internal::kReapBatch) {
         const Entry* e = shard.expiry.begin()->second;
         RemoveLocked(shard, shard.index.find(absl::string_view(e->key))->second, Removal::kExpire);
         ++batch;

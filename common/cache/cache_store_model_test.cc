@@ -18,9 +18,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/cache/cache_store.h"
 #include "common/clock/clock.h"
 #include "gtest/gtest.h"
-#include "common/cache/cache_store.h"
 
 namespace poolside::cache {
 namespace {
@@ -270,8 +270,8 @@ void RunModel(uint32_t seed, uint32_t shards, uint64_t shard_bytes, int steps) {
       const int size = uniform(0, 9) < 7 ? uniform(0, 200) : uniform(0, 2600);
       const std::string value(size, static_cast<char>('a' + step % 26));
       const absl::Duration ttl = absl::Milliseconds(uniform(1, 20000));
-      const absl::Duration stale = uniform(0, 1) ? absl::Milliseconds(uniform(1, 3000))
-                                                 : absl::ZeroDuration();
+      const absl::Duration stale =
+          uniform(0, 1) ? absl::Milliseconds(uniform(1, 3000)) : absl::ZeroDuration();
       std::vector<std::string> tags;
       for (int i = uniform(0, 2); i > 0; --i) tags.push_back(kTags[uniform(0, 7)]);
       // Mostly the generation of this key's last Get (or the current one);
@@ -326,8 +326,8 @@ void RunModel(uint32_t seed, uint32_t shards, uint64_t shard_bytes, int steps) {
   }
   CacheStoreStats s = store.Stats();
   std::printf("  end: %" PRIu64 " entries, %" PRIu64 " bytes, %" PRIu64 " hits, %" PRIu64
-              " stale, %" PRIu64 " misses, %" PRIu64 " evictions, %" PRIu64
-              " expirations, %" PRIu64 " rejected sets\n",
+              " stale, %" PRIu64 " misses, %" PRIu64 " evictions, %" PRIu64 " expirations, %" PRIu64
+              " rejected sets\n",
               s.entries, s.bytes, s.hits, s.stale_hits, s.misses, s.evictions, s.expirations,
               s.sets_rejected);
   // The workload exercised what it is meant to.

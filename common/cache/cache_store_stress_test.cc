@@ -20,9 +20,9 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/cache/cache_store.h"
 #include "common/clock/clock.h"
 #include "gtest/gtest.h"
-#include "common/cache/cache_store.h"
 
 namespace poolside::cache {
 namespace {
@@ -84,8 +84,8 @@ void RunStress(bool admission) {
           continue;
         }
         const std::string value = absl::StrCat(r.generation, ":", std::string(rng() % 300, 'v'));
-        CacheStore::SetResult s = store.Set(key, value, absl::Seconds(5), absl::Seconds(1),
-                                            {TagOf(i)}, r.generation);
+        CacheStore::SetResult s =
+            store.Set(key, value, absl::Seconds(5), absl::Seconds(1), {TagOf(i)}, r.generation);
         (s == CacheStore::SetResult::kStored ? stored : refused).fetch_add(1);
       }
     });
@@ -134,14 +134,14 @@ void RunStress(bool admission) {
   }
   CacheStoreStats s = store.Stats();
   EXPECT_LE(s.bytes, options.capacity_bytes);
-  std::printf("admission %d: stored %lu, refused %lu, resident %d, invalidations %lu, "
-              "evictions %lu, bound checks %lu, floor %lu\n",
-              admission, static_cast<unsigned long>(stored.load()),
-              static_cast<unsigned long>(refused.load()), resident,
-              static_cast<unsigned long>(s.invalidations),
-              static_cast<unsigned long>(s.evictions),
-              static_cast<unsigned long>(bound_checks.load()),
-              static_cast<unsigned long>(s.floor_generation));
+  std::printf(
+      "admission %d: stored %lu, refused %lu, resident %d, invalidations %lu, "
+      "evictions %lu, bound checks %lu, floor %lu\n",
+      admission, static_cast<unsigned long>(stored.load()),
+      static_cast<unsigned long>(refused.load()), resident,
+      static_cast<unsigned long>(s.invalidations), static_cast<unsigned long>(s.evictions),
+      static_cast<unsigned long>(bound_checks.load()),
+      static_cast<unsigned long>(s.floor_generation));
   EXPECT_GT(stored.load(), 0u);
   EXPECT_GT(s.invalidations, 0u);
 }

@@ -143,8 +143,7 @@ TEST_F(CacheStoreTest, ByteBoundAndTooLarge) {
   // Over max_entry_bytes.
   EXPECT_EQ(Put(store, "k", std::string(1500, 'x')), SetResult::kTooLarge);
   // Under max_entry_bytes but over a shard's budget once tags are counted.
-  EXPECT_EQ(Put(store, "k", std::string(1400, 'x'), {std::string(600, 't')}),
-            SetResult::kTooLarge);
+  EXPECT_EQ(Put(store, "k", std::string(1400, 'x'), {std::string(600, 't')}), SetResult::kTooLarge);
   for (int i = 0; i < 200; ++i) {
     Put(store, absl::StrCat("key", i), std::string(i * 7 % 1400, 'v'), {"t"});
     ASSERT_LE(store.Stats().bytes, 4096u);
@@ -272,8 +271,8 @@ TEST_F(CacheStoreTest, GenerationsNotIssuedByThisStoreAreRefused) {
 TEST_F(CacheStoreTest, PrefixInvalidationRemovesExactlyTheKeysItPrefixes) {
   CacheStore store(Options(1 << 20, 4));
   const std::vector<std::string> keys = {
-      "a",     "a/",   "a/b",  "a/b/c", "a.",   "a0",    "a/\xff", std::string("a/\0x", 4),
-      "a/\x80z", "b/a", "ab",   "A/b",   "",     "a/b\xff"};
+      "a",       "a/",  "a/b", "a/b/c", "a.", "a0",     "a/\xff", std::string("a/\0x", 4),
+      "a/\x80z", "b/a", "ab",  "A/b",   "",   "a/b\xff"};
   for (const std::string& k : keys) {
     if (k.empty()) continue;
     ASSERT_EQ(Put(store, k, "v"), SetResult::kStored) << k;
@@ -286,9 +285,9 @@ TEST_F(CacheStoreTest, PrefixInvalidationRemovesExactlyTheKeysItPrefixes) {
     return out;
   };
   EXPECT_EQ(store.Invalidate({}, {"a/b"}, false).removed, 3u);  // a/b, a/b/c, a/b\xff
-  EXPECT_EQ(resident(), (std::vector<std::string>{"a", "a/", "a.", "a0", "a/\xff",
-                                                  std::string("a/\0x", 4), "a/\x80z", "b/a",
-                                                  "ab", "A/b"}));
+  EXPECT_EQ(resident(),
+            (std::vector<std::string>{"a", "a/", "a.", "a0", "a/\xff", std::string("a/\0x", 4),
+                                      "a/\x80z", "b/a", "ab", "A/b"}));
   // Overlapping prefixes in one request: each key removed once.
   EXPECT_EQ(store.Invalidate({}, {"a/", "a/\x80", "a/"}, false).removed, 4u);
   EXPECT_EQ(resident(), (std::vector<std::string>{"a", "a.", "a0", "b/a", "ab", "A/b"}));

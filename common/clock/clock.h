@@ -33,8 +33,7 @@ class Clock {
 // clock must use real-time timeouts for the actual wait.
 class SimulatedClock : public Clock {
  public:
-  explicit SimulatedClock(absl::Time start = absl::UnixEpoch() +
-                                             absl::Hours(24 * 365 * 50));
+  explicit SimulatedClock(absl::Time start = absl::UnixEpoch() + absl::Hours(24 * 365 * 50));
 
   absl::Time Now() const override;
 

@@ -97,7 +97,8 @@ ContainerLimits ReadV2(const std::string& root, const SelfCgroups& self) {
   ContainerLimits limits;
   const std::vector<std::string> dirs = Ancestry(root, self.unified);
   for (const std::string& dir : dirs) {
-    if (auto mem = ReadFile(dir + "/memory.max")) KeepTightest(ParseBytes(*mem), &limits.memory_bytes);
+    if (auto mem = ReadFile(dir + "/memory.max"))
+      KeepTightest(ParseBytes(*mem), &limits.memory_bytes);
     if (auto cpu = ReadFile(dir + "/cpu.max")) {
       std::vector<absl::string_view> f = absl::StrSplit(*cpu, ' ', absl::SkipEmpty());
       if (f.size() == 2) KeepTightest(ParseQuota(f[0], f[1]), &limits.cpus);

@@ -23,8 +23,8 @@ bool ValidName(const std::string& name) {
 absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
                               absl::flat_hash_set<std::string>* names) {
   if (!ValidName(db->name())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
   }
   if (!names->insert(db->name()).second) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate database name"));
@@ -44,8 +44,8 @@ absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
     const v1::DatabaseRole& role = db->roles(i);
     const std::string at = absl::StrCat(where, " roles[", i, "] (", role.name(), ")");
     if (!ValidName(role.name())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          at, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(at, ": name must be 1-63 characters of letters, digits, '_', '-', '.'"));
     }
     if (!roles.insert(role.name()).second) {
       return absl::InvalidArgumentError(absl::StrCat(at, ": duplicate role name"));

@@ -16,9 +16,8 @@ absl::Status ParseJsonConfig(absl::string_view json, google::protobuf::Message* 
   auto status = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece(json.data(), json.size()), message, options);
   if (!status.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid ", message->GetDescriptor()->name(), ": ",
-                     std::string(status.message())));
+    return absl::InvalidArgumentError(absl::StrCat("invalid ", message->GetDescriptor()->name(),
+                                                   ": ", std::string(status.message())));
   }
   return absl::OkStatus();
 }
@@ -49,7 +48,8 @@ absl::StatusOr<std::string> ResolveSecret(absl::string_view what, const std::str
     std::stringstream buffer;
     buffer << in.rdbuf();
     std::string value(absl::StripTrailingAsciiWhitespace(buffer.str()));
-    if (value.empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": file ", file, " is empty"));
+    if (value.empty())
+      return absl::InvalidArgumentError(absl::StrCat(what, ": file ", file, " is empty"));
     return value;
   }
   const char* value = std::getenv(env.c_str());

@@ -12,7 +12,9 @@ namespace {
 TEST(JsonConfigTest, ParsesCamelAndSnakeCase) {
   v1::QueryServiceConfig c;
   ASSERT_TRUE(ParseJsonConfig(R"({"server": {"listen": "127.0.0.1:0", "drain_timeout_ms": 5},
-      "databases": [{"name": "a", "dsn": "dbname=a", "pool": {"maxSize": 3}}]})", &c).ok());
+      "databases": [{"name": "a", "dsn": "dbname=a", "pool": {"maxSize": 3}}]})",
+                              &c)
+                  .ok());
   EXPECT_EQ(c.server().listen(), "127.0.0.1:0");
   EXPECT_EQ(c.server().drain_timeout_ms(), 5u);
   ASSERT_EQ(c.databases_size(), 1);

@@ -29,7 +29,8 @@ uint32_t ThreadsFromCpu(const ContainerLimits& limits, const ThreadRule& rule) {
   if (!limits.cpus) return rule.without_limit;
   const double cores = std::ceil(*limits.cpus - 1e-9);
   const double n = std::ceil(std::max(cores, 1.0) * rule.per_core);
-  return static_cast<uint32_t>(std::clamp(n, static_cast<double>(rule.min), static_cast<double>(rule.max)));
+  return static_cast<uint32_t>(
+      std::clamp(n, static_cast<double>(rule.min), static_cast<double>(rule.max)));
 }
 
 uint64_t BytesFromMemory(const ContainerLimits& limits, const MemoryRule& rule) {
@@ -42,8 +43,8 @@ uint64_t BytesFromMemory(const ContainerLimits& limits, const MemoryRule& rule) 
 std::string DescribeLimits(const ContainerLimits& limits) {
   return absl::StrCat(
       "cpu ", limits.cpus ? absl::StrCat(*limits.cpus) : "unlimited", ", memory ",
-      limits.memory_bytes ? absl::StrCat(*limits.memory_bytes >> 20, " MiB") : "unlimited",
-      " (", limits.source, ")");
+      limits.memory_bytes ? absl::StrCat(*limits.memory_bytes >> 20, " MiB") : "unlimited", " (",
+      limits.source, ")");
 }
 
 }  // namespace poolside::config

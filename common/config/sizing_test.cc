@@ -91,7 +91,8 @@ TEST(SizingTest, UnlimitedCgroupUsesTheFallbacks) {
       EffectiveLimits(v1::ServerConfig(), ReadContainerLimits(fake.fs(), fake.self()));
   EXPECT_EQ(ThreadsFromCpu(limits, CopyWorkers()), 4u);
   EXPECT_EQ(BytesFromMemory(limits, QuarterOfMemory()), 64 * kMiB);
-  EXPECT_EQ(DescribeLimits(limits), "cpu unlimited, memory unlimited (cgroup v2 " + fake.fs() + ")");
+  EXPECT_EQ(DescribeLimits(limits),
+            "cpu unlimited, memory unlimited (cgroup v2 " + fake.fs() + ")");
 }
 
 TEST(SizingTest, ClampsToTheRule) {
@@ -115,9 +116,11 @@ TEST(SizingTest, ConfigurationOverridesTheCgroup) {
   fake.Write("self_cgroup", "0::/\n");
   v1::ServerConfig server;
   server.set_cpu_limit(1);
-  const ContainerLimits cpu_only = EffectiveLimits(server, ReadContainerLimits(fake.fs(), fake.self()));
+  const ContainerLimits cpu_only =
+      EffectiveLimits(server, ReadContainerLimits(fake.fs(), fake.self()));
   EXPECT_EQ(ThreadsFromCpu(cpu_only, CopyWorkers()), 2u);
-  EXPECT_EQ(BytesFromMemory(cpu_only, QuarterOfMemory()), 256 * kMiB) << "memory still from the cgroup";
+  EXPECT_EQ(BytesFromMemory(cpu_only, QuarterOfMemory()), 256 * kMiB)
+      << "memory still from the cgroup";
   EXPECT_EQ(cpu_only.source, "server.cpuLimit over cgroup v2 " + fake.fs());
 
   server.set_memory_limit_bytes(128 * kMiB);

@@ -42,8 +42,8 @@ TEST(TlsConfigTest, RejectsContradictionsAndHalves) {
                 "clientCaFile");
   ExpectInvalid(Tls(R"({"certFile": "/nonexistent/c.pem", "keyFile": ")" + cert + R"("})"),
                 "server.tls.certFile: cannot read /nonexistent/c.pem");
-  EXPECT_TRUE(ValidateServerTlsConfig(Tls(R"({"certFile": ")" + cert + R"(", "keyFile": ")" +
-                                          cert + R"(", "clientCaFile": ")" + cert +
+  EXPECT_TRUE(ValidateServerTlsConfig(Tls(R"({"certFile": ")" + cert + R"(", "keyFile": ")" + cert +
+                                          R"(", "clientCaFile": ")" + cert +
                                           R"(", "requireClientCert": true})"))
                   .ok());
 }

@@ -10,9 +10,8 @@
 namespace poolside::db {
 namespace {
 
-absl::StatusOr<std::vector<std::vector<std::string>>> Query(Connection& conn,
-                                                             absl::string_view sql,
-                                                             absl::Time deadline) {
+absl::StatusOr<std::vector<std::vector<std::string>>> Query(Connection& conn, absl::string_view sql,
+                                                            absl::Time deadline) {
   TextRows rows;
   Statement st;
   st.sql = sql;
@@ -77,9 +76,8 @@ absl::StatusOr<SessionRole> ReadSessionRole(Connection& conn, absl::Time deadlin
   role.user = r[0];
   role.superuser = r[1] == "t";
   role.bypass_rls = r[2] == "t" && !role.superuser;
-  static constexpr const char* kPrivileged[] = {"pg_execute_server_program",
-                                                "pg_read_server_files", "pg_write_server_files",
-                                                "pg_signal_backend"};
+  static constexpr const char* kPrivileged[] = {"pg_execute_server_program", "pg_read_server_files",
+                                                "pg_write_server_files", "pg_signal_backend"};
   for (int i = 0; i < 4; ++i) {
     if (r[3 + i] == "t" && !role.superuser) role.privileged_memberships.push_back(kPrivileged[i]);
   }
@@ -126,7 +124,9 @@ absl::Status VerifyDatabaseRole(const ConnectionOptions& options, absl::string_v
     telemetry::LogWarning(
         "privileged database role allowed (allowPrivilegedRole): every caller can reach what "
         "it can",
-        {{"database", std::string(database)}, {"role", role->user}, {"why", role->WhyPrivileged()}});
+        {{"database", std::string(database)},
+         {"role", role->user},
+         {"why", role->WhyPrivileged()}});
   }
   return absl::OkStatus();
 }

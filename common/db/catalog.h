@@ -31,7 +31,7 @@
 namespace poolside::db {
 
 struct SessionRole {
-  std::string user;       // current_user
+  std::string user;  // current_user
   bool superuser = false;
   // BYPASSRLS: row-level security does not apply to it (neither the
   // application's policies nor the ones that keep one login's ingest

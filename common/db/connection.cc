@@ -181,20 +181,20 @@ struct Connection::Step {
   // ends the session before answering it, no statement of the pipeline ran.
   enum Kind { kSimple, kPrepare, kExec, kSync, kMarker };
   Kind kind;
-  std::string sql;                  // kSimple: the SQL text
-  Statement* statement = nullptr;   // kExec/kPrepare
-  Prepared* prepared = nullptr;     // kExec/kPrepare
-  std::string prepared_key;         // kPrepare: to forget it if it fails
+  std::string sql;                 // kSimple: the SQL text
+  Statement* statement = nullptr;  // kExec/kPrepare
+  Prepared* prepared = nullptr;    // kExec/kPrepare
+  std::string prepared_key;        // kPrepare: to forget it if it fails
   std::string prepared_name;
   std::unique_ptr<EncodedParams> params;  // kExec
   absl::Time deadline = absl::InfiniteFuture();
   const std::atomic<bool>* cancelled = nullptr;
   absl::Status status;
-  bool began = false;               // sink->Begin called
-  bool sink_failed = false;         // sink refused a row; discard the rest
-  CancelState* cancel = nullptr;    // null: the step's own local_cancel
+  bool began = false;             // sink->Begin called
+  bool sink_failed = false;       // sink refused a row; discard the rest
+  CancelState* cancel = nullptr;  // null: the step's own local_cancel
   CancelState local_cancel;
-  int64_t timeout_ms = -1;          // kSimple SET statement_timeout: the value
+  int64_t timeout_ms = -1;  // kSimple SET statement_timeout: the value
   // A later step of this pipeline is another statement's (or a SET/DEALLOCATE
   // of its own): the server may already run it, so a cancel request sent for
   // this step could hit that one instead. Set by RunPipeline.
@@ -224,8 +224,7 @@ Connection::~Connection() {
   // pqxx_ closes the libpq connection.
 }
 
-absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
-    const ConnectionOptions& options) {
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectionOptions& options) {
   absl::StatusOr<std::string> conninfo = BuildConninfo(options);
   if (!conninfo.ok()) return conninfo.status();
   std::unique_ptr<Connection> c(new Connection(options));
@@ -257,8 +256,8 @@ absl::Status Connection::MarkBroken(absl::string_view what) {
   std::string msg = conn_ ? PQerrorMessage(conn_) : "";
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
   if (msg.size() > kMaxErrorMessage) msg.resize(kMaxErrorMessage);
-  return absl::UnavailableError(absl::StrCat("connection to the database lost while ",
-                                             what, msg.empty() ? "" : ": ", msg));
+  return absl::UnavailableError(
+      absl::StrCat("connection to the database lost while ", what, msg.empty() ? "" : ": ", msg));
 }
 
 void Connection::OnNotice(void* self, const PGresult* res) {
@@ -383,8 +382,7 @@ absl::Status Connection::WaitForServer(absl::Time deadline, const std::atomic<bo
   return absl::OkStatus();
 }
 
-absl::Status Connection::AwaitResult(absl::Time deadline,
-                                     const std::atomic<bool>* cancelled,
+absl::Status Connection::AwaitResult(absl::Time deadline, const std::atomic<bool>* cancelled,
                                      CancelState* cancel) {
   // Each pass sends, finds a result ready, or waits one bounded slice.
   while (true) {
@@ -397,8 +395,7 @@ absl::Status Connection::AwaitResult(absl::Time deadline,
   }
 }
 
-Connection::Prepared* Connection::LookupOrAddPrepared(const std::string& key,
-                                                      absl::string_view sql,
+Connection::Prepared* Connection::LookupOrAddPrepared(const std::string& key, absl::string_view sql,
                                                       std::vector<std::string>* evicted,
                                                       bool* is_new) {
   (void)sql;
@@ -449,14 +446,13 @@ absl::Status Connection::SendStep(Step& step) {
   int ok = 1;
   switch (step.kind) {
     case Step::kSimple:
-      ok = PQsendQueryParams(conn_, step.sql.c_str(), 0, nullptr, nullptr, nullptr,
-                             nullptr, 0);
+      ok = PQsendQueryParams(conn_, step.sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
       break;
     case Step::kPrepare: {
       const EncodedParams& p = *step.params;
-      ok = PQsendPrepare(conn_, step.prepared_name.c_str(),
-                         std::string(step.statement->sql).c_str(), p.size(),
-                         reinterpret_cast<const Oid*>(p.types()));
+      ok =
+          PQsendPrepare(conn_, step.prepared_name.c_str(), std::string(step.statement->sql).c_str(),
+                        p.size(), reinterpret_cast<const Oid*>(p.types()));
       break;
     }
     case Step::kExec: {
@@ -596,8 +592,7 @@ void Connection::ConsumeResultsOf(Step& step) {
             CancelBackend(cancel, kCancelRefused, now);
           }
         }
-        if (rs == PGRES_TUPLES_OK && step.status.ok() && step.statement &&
-            step.statement->sink) {
+        if (rs == PGRES_TUPLES_OK && step.status.ok() && step.statement && step.statement->sink) {
           step.statement->sink->Finish(std::strtoll(PQcmdTuples(res), nullptr, 10),
                                        PQcmdStatus(res));
         }
@@ -662,9 +657,9 @@ void Connection::ConsumeResultsOf(Step& step) {
         const char* state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         const char* primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
         const char* detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
-        absl::Status st = StatusFromSqlState(
-            state ? state : "", primary ? primary : PQresultErrorMessage(res),
-            detail ? detail : "");
+        absl::Status st =
+            StatusFromSqlState(state ? state : "", primary ? primary : PQresultErrorMessage(res),
+                               detail ? detail : "");
         // An error with a SQLSTATE came from the server; one without is
         // libpq's own (the connection was lost).
         if (state != nullptr) {
@@ -817,8 +812,7 @@ absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
   return link;
 }
 
-telemetry::Span Connection::StartStatementSpan(absl::string_view sql,
-                                               const StatementLabels* labels,
+telemetry::Span Connection::StartStatementSpan(absl::string_view sql, const StatementLabels* labels,
                                                const telemetry::SpanContext& parent) const {
   if (telemetry::GlobalTracer() == nullptr) return telemetry::Span();
   const telemetry::SpanContext& p = parent.valid() ? parent : telemetry::CurrentSpanContext();
@@ -894,8 +888,7 @@ void Connection::EndStatementSpan(telemetry::Span& span, const absl::Status& sta
   span.SetStatus(status);
 }
 
-absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements,
-                                        uint64_t* reruns) {
+absl::Status Connection::RunIndependent(absl::Span<Statement* const> statements, uint64_t* reruns) {
   std::vector<telemetry::Span> spans;
   if (telemetry::GlobalTracer() != nullptr) {
     spans.reserve(statements.size());
@@ -1032,8 +1025,8 @@ absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> stateme
     if (!failed || settled) continue;
     for (size_t i : group) {
       Statement* s = statements[i];
-      const bool gave_up = absl::Now() >= s->deadline ||
-                           (s->cancelled != nullptr && s->cancelled->load());
+      const bool gave_up =
+          absl::Now() >= s->deadline || (s->cancelled != nullptr && s->cancelled->load());
       if (gave_up) {
         // No second run: its own failure stands; a result it got was rolled back.
         if (s->status.ok()) {
@@ -1250,8 +1243,7 @@ void Connection::SettleIndependent(std::vector<Step>& steps,
 
 absl::Status Connection::RunTransaction(absl::string_view begin_sql,
                                         absl::Span<Statement* const> statements,
-                                        absl::Time deadline,
-                                        const std::atomic<bool>* cancelled) {
+                                        absl::Time deadline, const std::atomic<bool>* cancelled) {
   last_call_reach_ = Reach::kAnswered;
   for (Statement* s : statements) s->reach = Reach::kAnswered;
   if (absl::Status idle = ExpectIdle(); !idle.ok()) {
@@ -1383,12 +1375,12 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   for (size_t i = first; i < steps.size() && outcome.ok(); ++i) {
     Step& st = steps[i];
     if (st.status.ok() || (st.status.code() == absl::StatusCode::kAborted &&
-                               absl::StartsWith(st.status.message(), "not executed"))) {
+                           absl::StartsWith(st.status.message(), "not executed"))) {
       continue;
     }
     if (st.statement != nullptr) {
-      const size_t n = std::find(statements.begin(), statements.end(), st.statement) -
-                       statements.begin();
+      const size_t n =
+          std::find(statements.begin(), statements.end(), st.statement) - statements.begin();
       outcome = absl::Status(st.status.code(),
                              absl::StrCat("statement ", n + 1, ": ", st.status.message()));
       std::string sqlstate = SqlStateOf(st.status);
@@ -1410,8 +1402,7 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
     AddDeallocateSteps(evicted, finish);
     // COMMIT is bounded by the caller's deadline; ROLLBACK and DEALLOCATE get a
     // few seconds of their own, since they only tidy up after a failure.
-    const absl::Time finish_deadline =
-        outcome.ok() ? deadline : absl::Now() + absl::Seconds(5);
+    const absl::Time finish_deadline = outcome.ok() ? deadline : absl::Now() + absl::Seconds(5);
     CancelState finish_cancel;
     for (Step& st : finish) {
       st.deadline = finish_deadline;
@@ -1617,8 +1608,7 @@ absl::Status Connection::Listen(absl::string_view channel, absl::Time deadline) 
   return RunSimple(sql.c_str(), deadline);
 }
 
-absl::Status Connection::AwaitNotifications(absl::Time deadline,
-                                            std::vector<Notification>* out) {
+absl::Status Connection::AwaitNotifications(absl::Time deadline, std::vector<Notification>* out) {
   if (broken_ || conn_ == nullptr) return absl::UnavailableError("connection is broken");
   // Each pass reads what arrived, or waits a bounded slice; the loop ends at
   // the deadline.

@@ -64,8 +64,7 @@ class ResultSink {
  public:
   virtual ~ResultSink() = default;
   // Once, before any row (with no columns for commands that return none).
-  virtual absl::Status Begin(
-      const google::protobuf::RepeatedPtrField<v1::Column>& columns) = 0;
+  virtual absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>& columns) = 0;
   // A row to fill with the next result row's values.
   virtual v1::Row* NewRow() = 0;
   // After NewRow()'s row is filled; `bytes` approximates its size. A non-OK
@@ -150,8 +149,7 @@ class Connection {
   // that ran inside that transaction are not committed: ABORTED, safe to
   // retry. Where a later statement may have committed them (COMMIT), their
   // outcome is unknown: UNAVAILABLE. A COPY fails with INVALID_ARGUMENT.
-  absl::Status RunIndependent(absl::Span<Statement* const> statements,
-                              uint64_t* reruns = nullptr);
+  absl::Status RunIndependent(absl::Span<Statement* const> statements, uint64_t* reruns = nullptr);
 
   // BEGIN `begin_sql` and the statements pipelined in one round trip, then
   // COMMIT in a second one, sent only if every statement succeeded on the
@@ -165,10 +163,8 @@ class Connection {
   // when nothing can have been committed, UNAVAILABLE "outcome unknown" when
   // its COMMIT or ROLLBACK may have ended the transaction early). A COMMIT
   // that does not leave the connection idle discards it too.
-  absl::Status RunTransaction(absl::string_view begin_sql,
-                              absl::Span<Statement* const> statements,
-                              absl::Time deadline,
-                              const std::atomic<bool>* cancelled);
+  absl::Status RunTransaction(absl::string_view begin_sql, absl::Span<Statement* const> statements,
+                              absl::Time deadline, const std::atomic<bool>* cancelled);
 
   // Runs one statement outside pipeline mode with libpq's single-row mode, so
   // the rows reach `statement.sink` as they arrive (bounded memory for results
@@ -304,7 +300,7 @@ class Connection {
   bool session_ended_ = false;
   absl::Status session_end_;
   Reach last_call_reach_ = Reach::kAnswered;
-  bool listening_ = false;  // Listen() was called: keep notifications
+  bool listening_ = false;            // Listen() was called: keep notifications
   int64_t statement_timeout_ms_ = 0;  // what the session has now
   uint64_t next_statement_id_ = 0;
   // LRU of prepared statements, most recent first.

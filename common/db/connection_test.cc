@@ -55,8 +55,7 @@ google::protobuf::RepeatedPtrField<v1::Value> Ints(std::initializer_list<int64_t
 
 // n statements "SELECT $1 * 10" (i as $1) with their own parameters and sinks.
 struct TimesTen {
-  TimesTen(int n, absl::Time deadline, bool share = false)
-      : params(n), sinks(n), statements(n) {
+  TimesTen(int n, absl::Time deadline, bool share = false) : params(n), sinks(n), statements(n) {
     for (int i = 0; i < n; ++i) {
       params[i] = Ints({i});
       statements[i] = Statement{"SELECT $1::int8 * 10 AS v", &params[i], &sinks[i], deadline};
@@ -107,8 +106,8 @@ TEST_F(ConnectionTest, PipelinedStatementsFailIndependently) {
   TimesTen batch(kN, Soon());
   auto& statements = batch.statements;
   auto& sinks = batch.sinks;
-  statements[3].sql = "SELEC oops";                          // fails to parse
-  statements[7].sql = "SELECT 1 / ($1::int8 - 7) AS v";      // division by zero at run time
+  statements[3].sql = "SELEC oops";                      // fails to parse
+  statements[7].sql = "SELECT 1 / ($1::int8 - 7) AS v";  // division by zero at run time
   ASSERT_TRUE(conn_->RunIndependent(batch.ptrs).ok());
   for (int i = 0; i < kN; ++i) {
     if (i == 3) {
@@ -134,8 +133,8 @@ TEST_F(ConnectionTest, ReadsMarkedToShareRunInOneTransaction) {
     std::vector<Statement> statements(3);
     std::vector<Statement*> ptrs;
     for (int i = 0; i < 3; ++i) {
-      statements[i] = Statement{"SELECT pg_current_xact_id()::text AS x", nullptr, &sinks[i],
-                                Soon()};
+      statements[i] =
+          Statement{"SELECT pg_current_xact_id()::text AS x", nullptr, &sinks[i], Soon()};
       statements[i].may_share_sync = share;
       ptrs.push_back(&statements[i]);
     }
@@ -167,7 +166,7 @@ TEST_F(ConnectionTest, FailureInASharedTransactionRerunsEachStatementAlone) {
   auto& statements = batch.statements;
   auto& sinks = batch.sinks;
   statements[1].sql = "SELECT share_insert($1::int8) AS v";  // writes, then is rolled back
-  statements[3].sql = "SELECT 1 / ($1::int8 - 3) AS v";       // division by zero
+  statements[3].sql = "SELECT 1 / ($1::int8 - 3) AS v";      // division by zero
   uint64_t reruns = 0;
   ASSERT_TRUE(conn_->RunIndependent(batch.ptrs, &reruns).ok());
   EXPECT_EQ(reruns, static_cast<uint64_t>(kN));
@@ -269,7 +268,8 @@ TEST_F(ConnectionTest, TransactionIsAllOrNothing) {
   CollectSink sink;
   Statement c{"INSERT INTO tx_t VALUES ($1)", &one, &sink};
   Statement d{"INSERT INTO tx_t VALUES ($1)", &two};
-  ASSERT_TRUE(conn_->RunTransaction("BEGIN ISOLATION LEVEL SERIALIZABLE", {&c, &d}, Soon(), nullptr).ok());
+  ASSERT_TRUE(
+      conn_->RunTransaction("BEGIN ISOLATION LEVEL SERIALIZABLE", {&c, &d}, Soon(), nullptr).ok());
   EXPECT_EQ(sink.command_tag, "INSERT 0 1");
   EXPECT_EQ(*pg_->QueryValue("postgres", "SELECT count(*) FROM tx_t"), "2");
 }
@@ -330,8 +330,7 @@ TEST_F(ConnectionTest, ListenReceivesCommittedNotificationsOnly) {
                         "BEGIN; SELECT pg_notify('poolside test channel', 'rolled back'); "
                         "ROLLBACK")
                   .ok());
-  ASSERT_TRUE(
-      pg_->Exec("postgres", "SELECT pg_notify('poolside test channel', 'public.t1')").ok());
+  ASSERT_TRUE(pg_->Exec("postgres", "SELECT pg_notify('poolside test channel', 'public.t1')").ok());
   ASSERT_TRUE(pg_->Exec("postgres", "NOTIFY \"poolside test channel\", 'public.t2'").ok());
   std::vector<Notification> got;
   while (got.size() < 2) {
@@ -410,7 +409,8 @@ TEST_F(ConnectionTest, TerminatedBackendIsNoticedWithoutARoundTrip) {
   Statement s{"SELECT pg_backend_pid()", nullptr, &pid, Soon()};
   ASSERT_TRUE(conn_->RunIndependent({&s}).ok());
   const int64_t backend = pid.rows[0].values(0).int64_value();
-  ASSERT_TRUE(pg_->Exec("postgres", absl::StrCat("SELECT pg_terminate_backend(", backend, ")")).ok());
+  ASSERT_TRUE(
+      pg_->Exec("postgres", absl::StrCat("SELECT pg_terminate_backend(", backend, ")")).ok());
   bool alive = true;
   for (int i = 0; i < 200 && alive; ++i) {  // the server's goodbye arrives asynchronously
     alive = conn_->LooksAlive();

@@ -4,8 +4,8 @@
 #include <poll.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 #include <limits>
@@ -38,8 +38,7 @@ constexpr uint32_t kUuid = 2950;
 constexpr int64_t kMinTimestampSeconds = -62135596800;
 constexpr int64_t kMaxTimestampSeconds = 253402300799;
 
-absl::Status RowError(absl::StatusCode code, absl::string_view sqlstate,
-                      std::string message) {
+absl::Status RowError(absl::StatusCode code, absl::string_view sqlstate, std::string message) {
   absl::Status s(code, message);
   s.SetPayload(kSqlStatePayload, absl::Cord(sqlstate));
   return s;
@@ -51,8 +50,7 @@ absl::Status TypeError(const ColumnInfo& c, absl::string_view what) {
 }
 
 bool IsTextType(uint32_t oid) {
-  return oid == oid::kText || oid == oid::kVarchar || oid == oid::kBpchar ||
-         oid == oid::kName;
+  return oid == oid::kText || oid == oid::kVarchar || oid == oid::kBpchar || oid == oid::kName;
 }
 bool IsIntType(uint32_t oid) {
   return oid == oid::kInt2 || oid == oid::kInt4 || oid == oid::kInt8 || oid == oid::kOid;
@@ -63,19 +61,20 @@ bool IsFloatType(uint32_t oid) { return oid == oid::kFloat4 || oid == oid::kFloa
 bool IsKnownType(uint32_t oid) {
   return IsTextType(oid) || IsIntType(oid) || IsFloatType(oid) || oid == oid::kBool ||
          oid == oid::kBytea || oid == oid::kNumeric || oid == oid::kTimestamp ||
-         oid == oid::kTimestamptz || oid == kDate || oid == oid::kJson ||
-         oid == oid::kJsonb || oid == kUuid;
+         oid == oid::kTimestamptz || oid == kDate || oid == oid::kJson || oid == oid::kJsonb ||
+         oid == kUuid;
 }
 
 absl::Status CheckIntRange(const ColumnInfo& c, int64_t v) {
   int64_t lo = std::numeric_limits<int64_t>::min(), hi = std::numeric_limits<int64_t>::max();
   if (c.type_oid == oid::kInt2) lo = -32768, hi = 32767;
-  if (c.type_oid == oid::kInt4) lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+  if (c.type_oid == oid::kInt4)
+    lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
   if (c.type_oid == oid::kOid) lo = 0, hi = std::numeric_limits<uint32_t>::max();
   if (v < lo || v > hi) {
-    return RowError(absl::StatusCode::kInvalidArgument, "22003",
-                    absl::StrCat("value ", v, " is out of range for column \"", c.name,
-                                 "\" (", c.type, ")"));
+    return RowError(
+        absl::StatusCode::kInvalidArgument, "22003",
+        absl::StrCat("value ", v, " is out of range for column \"", c.name, "\" (", c.type, ")"));
   }
   return absl::OkStatus();
 }
@@ -233,11 +232,20 @@ void AppendCopyText(absl::string_view text, std::string* out) {
     const char c = text[i];
     const char* esc = nullptr;
     switch (c) {
-      case '\\': esc = "\\\\"; break;
-      case '\t': esc = "\\t"; break;
-      case '\n': esc = "\\n"; break;
-      case '\r': esc = "\\r"; break;
-      default: continue;
+      case '\\':
+        esc = "\\\\";
+        break;
+      case '\t':
+        esc = "\\t";
+        break;
+      case '\n':
+        esc = "\\n";
+        break;
+      case '\r':
+        esc = "\\r";
+        break;
+      default:
+        continue;
     }
     out->append(text.data() + start, i - start);
     out->append(esc);
@@ -253,9 +261,9 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
     case v1::Value::KIND_NOT_SET:
     case v1::Value::kNullValue:
       if (c.not_null) {
-        return RowError(absl::StatusCode::kFailedPrecondition, "23502",
-                        absl::StrCat("null value in column \"", c.name,
-                                     "\" violates not-null constraint"));
+        return RowError(
+            absl::StatusCode::kFailedPrecondition, "23502",
+            absl::StrCat("null value in column \"", c.name, "\" violates not-null constraint"));
       }
       out->append("\\N");
       return absl::OkStatus();
@@ -297,10 +305,10 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
       if (IsIntType(t)) {
         int64_t v;
         if (!absl::SimpleAtoi(text, &v)) {
-          return RowError(absl::StatusCode::kInvalidArgument, "22P02",
-                          absl::StrCat("invalid input syntax for type ", c.type,
-                                       " in column \"", c.name, "\": \"",
-                                       absl::CHexEscape(text.substr(0, 64)), "\""));
+          return RowError(
+              absl::StatusCode::kInvalidArgument, "22P02",
+              absl::StrCat("invalid input syntax for type ", c.type, " in column \"", c.name,
+                           "\": \"", absl::CHexEscape(text.substr(0, 64)), "\""));
         }
         if (absl::Status s = CheckIntRange(c, v); !s.ok()) return s;
         // The number that was checked, not the text around it.
@@ -322,16 +330,15 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
       AppendHex(value.bytes_value(), out);
       return absl::OkStatus();
     case v1::Value::kTimestampValue: {
-      if (known && t != oid::kTimestamp && t != oid::kTimestamptz && t != kDate &&
-          !IsTextType(t)) {
+      if (known && t != oid::kTimestamp && t != oid::kTimestamptz && t != kDate && !IsTextType(t)) {
         return TypeError(c, "a timestamp");
       }
       const auto& ts = value.timestamp_value();
       if (ts.seconds() < kMinTimestampSeconds || ts.seconds() > kMaxTimestampSeconds ||
           ts.nanos() < 0 || ts.nanos() > 999999999) {
-        return RowError(absl::StatusCode::kInvalidArgument, "22008",
-                        absl::StrCat("column \"", c.name,
-                                     "\": timestamp out of range (years 1 to 9999)"));
+        return RowError(
+            absl::StatusCode::kInvalidArgument, "22008",
+            absl::StrCat("column \"", c.name, "\": timestamp out of range (years 1 to 9999)"));
       }
       // A timestamp without time zone ignores the "+00"; UTC is the convention.
       AppendTimestampUtc(ts.seconds(), ts.nanos(), out);
@@ -368,9 +375,9 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
 absl::Status AppendCopyRow(const v1::Row& row, absl::Span<const ColumnInfo* const> columns,
                            std::string* out) {
   if (static_cast<size_t>(row.values_size()) != columns.size()) {
-    return RowError(absl::StatusCode::kInvalidArgument, "22P04",
-                    absl::StrCat("row has ", row.values_size(), " values for ",
-                                 columns.size(), " columns"));
+    return RowError(
+        absl::StatusCode::kInvalidArgument, "22P04",
+        absl::StrCat("row has ", row.values_size(), " values for ", columns.size(), " columns"));
   }
   const size_t start = out->size();
   for (size_t i = 0; i < columns.size(); ++i) {
@@ -434,8 +441,8 @@ absl::Status CopySession::Broken(absl::string_view what) {
   std::string msg = pg_ != nullptr ? PQerrorMessage(pg_) : "";
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
   if (msg.size() > kMaxErrorMessage) msg.resize(kMaxErrorMessage);
-  return absl::UnavailableError(absl::StrCat("connection to the database lost while ", what,
-                                             msg.empty() ? "" : ": ", msg));
+  return absl::UnavailableError(
+      absl::StrCat("connection to the database lost while ", what, msg.empty() ? "" : ": ", msg));
 }
 
 absl::Status CopySession::WaitSocket(bool for_write) {
@@ -558,8 +565,8 @@ absl::StatusOr<std::vector<CopySession::TextRow>> CopySession::Query(
   const std::string text(sql);
   std::vector<const char*> values;
   for (const std::string& p : params) values.push_back(p.c_str());
-  if (PQsendQueryParams(pg_, text.c_str(), static_cast<int>(values.size()), nullptr,
-                        values.data(), nullptr, nullptr, 0) != 1) {
+  if (PQsendQueryParams(pg_, text.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
+                        nullptr, nullptr, 0) != 1) {
     return Broken("sending a statement");
   }
   std::vector<TextRow> rows;
@@ -576,8 +583,8 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
                                             absl::Span<const absl::string_view> pieces,
                                             absl::string_view before) {
   if (broken_) return absl::UnavailableError("connection is broken");
-  const std::string sql = absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target,
-                                       " FROM STDIN");
+  const std::string sql =
+      absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target, " FROM STDIN");
   // The text is poolside's own (a table name, no values): recorded whole.
   StatementLabels labels;
   if (telemetry::GlobalTracer() != nullptr) {

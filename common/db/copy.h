@@ -86,8 +86,7 @@ void AppendCopyText(absl::string_view text, std::string* out);
 // separator). INVALID_ARGUMENT (a type or encoding problem) or
 // FAILED_PRECONDITION (NULL into NOT NULL), with the SQLSTATE PostgreSQL would
 // have used as payload (SqlStateOf); `out` may hold a partial field then.
-absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& column,
-                             std::string* out);
+absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& column, std::string* out);
 
 // Appends `row` as one COPY line (fields separated by tabs, ending in a
 // newline). The row must have one value per column. On error `out` is left as

@@ -147,9 +147,9 @@ TEST(CopyEncodingTest, NoValueCanSplitACopyLine) {
   values.push_back(ts);
   values.push_back(Null());
   int encoded = 0;
-  for (uint32_t type : {oid::kText, oid::kVarchar, oid::kBytea, oid::kJson, oid::kJsonb,
-                        oid::kNumeric, oid::kInt8, oid::kInt2, oid::kFloat8, oid::kBool,
-                        oid::kTimestamptz, uint32_t{99999}}) {
+  for (uint32_t type :
+       {oid::kText, oid::kVarchar, oid::kBytea, oid::kJson, oid::kJsonb, oid::kNumeric, oid::kInt8,
+        oid::kInt2, oid::kFloat8, oid::kBool, oid::kTimestamptz, uint32_t{99999}}) {
     for (const v1::Value& v : values) {
       std::string out;
       if (!AppendCopyField(v, Col("c", type), &out).ok()) continue;

@@ -32,8 +32,8 @@ absl::StatusCode CodeForSqlState(absl::string_view s) {
   if (cls == "08") return absl::StatusCode::kUnavailable;
   if (cls == "23") return absl::StatusCode::kFailedPrecondition;
   if (cls == "40") return absl::StatusCode::kAborted;
-  if (cls == "42" || cls == "22" || cls == "0A" || cls == "26" || cls == "34" ||
-      cls == "2B" || cls == "3D" || cls == "3F" || cls == "P0")
+  if (cls == "42" || cls == "22" || cls == "0A" || cls == "26" || cls == "34" || cls == "2B" ||
+      cls == "3D" || cls == "3F" || cls == "P0")
     return absl::StatusCode::kInvalidArgument;
   if (cls == "53" || cls == "54") return absl::StatusCode::kResourceExhausted;
   if (cls == "25") return absl::StatusCode::kFailedPrecondition;
@@ -55,12 +55,10 @@ absl::Status StatusFromException(const std::exception& e) {
     return StatusFromSqlState(sql->sqlstate(), sql->what());
   }
   if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("database connection failed: ", Bounded(e.what())));
+    return absl::UnavailableError(absl::StrCat("database connection failed: ", Bounded(e.what())));
   }
   if (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr) {
-    return absl::UnknownError(
-        absl::StrCat("commit outcome unknown: ", Bounded(e.what())));
+    return absl::UnknownError(absl::StrCat("commit outcome unknown: ", Bounded(e.what())));
   }
   if (dynamic_cast<const pqxx::conversion_error*>(&e) != nullptr ||
       dynamic_cast<const pqxx::argument_error*>(&e) != nullptr ||

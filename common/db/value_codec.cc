@@ -54,8 +54,7 @@ bool ParseTimestamp(absl::string_view text, bool with_zone, v1::Value* out) {
   if (seconds < kMinTimestampSeconds || seconds > kMaxTimestampSeconds) return false;
   auto* ts = out->mutable_timestamp_value();
   ts->set_seconds(seconds);
-  ts->set_nanos(static_cast<int32_t>(
-      absl::ToInt64Nanoseconds(t - absl::FromUnixSeconds(seconds))));
+  ts->set_nanos(static_cast<int32_t>(absl::ToInt64Nanoseconds(t - absl::FromUnixSeconds(seconds))));
   return true;
 }
 
@@ -92,8 +91,7 @@ bool IsNumericText(absl::string_view s) {
   return digits;
 }
 
-absl::Status EncodedParams::Encode(
-    const google::protobuf::RepeatedPtrField<v1::Value>& params) {
+absl::Status EncodedParams::Encode(const google::protobuf::RepeatedPtrField<v1::Value>& params) {
   const int n = params.size();
   storage_.assign(n, std::string());
   values_.assign(n, nullptr);
@@ -123,9 +121,10 @@ absl::Status EncodedParams::Encode(
         break;
       case v1::Value::kTextValue:
         if (v.text_value().find('\0') != std::string::npos) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "parameter $", i + 1, ": text contains a NUL byte, which PostgreSQL "
-              "text cannot hold; send it as bytes_value"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("parameter $", i + 1,
+                           ": text contains a NUL byte, which PostgreSQL "
+                           "text cannot hold; send it as bytes_value"));
         }
         // Unknown type: PostgreSQL infers it from context (text, varchar, enum,
         // date, uuid, ...), as it does for a quoted literal.
@@ -141,12 +140,11 @@ absl::Status EncodedParams::Encode(
         const auto& ts = v.timestamp_value();
         if (ts.seconds() < kMinTimestampSeconds || ts.seconds() > kMaxTimestampSeconds ||
             ts.nanos() < 0 || ts.nanos() > 999999999) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "parameter $", i + 1, ": timestamp out of range (years 1 to 9999)"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("parameter $", i + 1, ": timestamp out of range (years 1 to 9999)"));
         }
         types_[i] = oid::kTimestamptz;
-        const absl::Time t =
-            absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+        const absl::Time t = absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
         // Four-digit years: PostgreSQL reads "1-01-01" or "99-01-01" as 2001 or
         // 1999 (two-digit year rules), so years 1-999 need their leading zeros.
         s = absl::FormatTime("%E4Y-%m-%d %H:%M:%E6S+00", t, absl::UTCTimeZone());
@@ -155,9 +153,10 @@ absl::Status EncodedParams::Encode(
       }
       case v1::Value::kNumericValue:
         if (!IsNumericText(v.numeric_value())) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "parameter $", i + 1, ": numeric_value must be a decimal number "
-              "such as \"-12.50\" or \"1e30\" (or NaN/Infinity)"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("parameter $", i + 1,
+                           ": numeric_value must be a decimal number "
+                           "such as \"-12.50\" or \"1e30\" (or NaN/Infinity)"));
         }
         types_[i] = oid::kNumeric;
         values_[i] = v.numeric_value().c_str();
@@ -177,8 +176,7 @@ absl::Status EncodedParams::Encode(
 
 std::string EncodedParams::TypeSignature() const { return absl::StrJoin(types_, ","); }
 
-void DecodeCell(const char* data, int length, bool is_null, uint32_t type_oid,
-                v1::Value* out) {
+void DecodeCell(const char* data, int length, bool is_null, uint32_t type_oid, v1::Value* out) {
   if (is_null) {
     out->set_null_value(v1::NULL_VALUE);
     return;
@@ -242,57 +240,103 @@ void DecodeCell(const char* data, int length, bool is_null, uint32_t type_oid,
 
 size_t ValueBytes(const v1::Value& value) {
   switch (value.kind_case()) {
-    case v1::Value::kTextValue: return value.text_value().size() + 2;
-    case v1::Value::kBytesValue: return value.bytes_value().size() + 2;
-    case v1::Value::kNumericValue: return value.numeric_value().size() + 2;
-    case v1::Value::kJsonValue: return value.json_value().size() + 2;
-    case v1::Value::kTimestampValue: return 14;
-    case v1::Value::kDoubleValue: return 10;
-    case v1::Value::kInt64Value: return 11;
-    default: return 3;
+    case v1::Value::kTextValue:
+      return value.text_value().size() + 2;
+    case v1::Value::kBytesValue:
+      return value.bytes_value().size() + 2;
+    case v1::Value::kNumericValue:
+      return value.numeric_value().size() + 2;
+    case v1::Value::kJsonValue:
+      return value.json_value().size() + 2;
+    case v1::Value::kTimestampValue:
+      return 14;
+    case v1::Value::kDoubleValue:
+      return 10;
+    case v1::Value::kInt64Value:
+      return 11;
+    default:
+      return 3;
   }
 }
 
 absl::string_view TypeName(uint32_t type_oid) {
   switch (type_oid) {
-    case 16: return "bool";
-    case 17: return "bytea";
-    case 18: return "char";
-    case 19: return "name";
-    case 20: return "int8";
-    case 21: return "int2";
-    case 23: return "int4";
-    case 25: return "text";
-    case 26: return "oid";
-    case 114: return "json";
-    case 142: return "xml";
-    case 700: return "float4";
-    case 701: return "float8";
-    case 790: return "money";
-    case 869: return "inet";
-    case 1000: return "_bool";
-    case 1001: return "_bytea";
-    case 1005: return "_int2";
-    case 1007: return "_int4";
-    case 1009: return "_text";
-    case 1016: return "_int8";
-    case 1021: return "_float4";
-    case 1022: return "_float8";
-    case 1015: return "_varchar";
-    case 1042: return "bpchar";
-    case 1043: return "varchar";
-    case 1082: return "date";
-    case 1083: return "time";
-    case 1114: return "timestamp";
-    case 1184: return "timestamptz";
-    case 1186: return "interval";
-    case 1231: return "_numeric";
-    case 1266: return "timetz";
-    case 1700: return "numeric";
-    case 2950: return "uuid";
-    case 3802: return "jsonb";
-    case 3807: return "_jsonb";
-    default: return "";
+    case 16:
+      return "bool";
+    case 17:
+      return "bytea";
+    case 18:
+      return "char";
+    case 19:
+      return "name";
+    case 20:
+      return "int8";
+    case 21:
+      return "int2";
+    case 23:
+      return "int4";
+    case 25:
+      return "text";
+    case 26:
+      return "oid";
+    case 114:
+      return "json";
+    case 142:
+      return "xml";
+    case 700:
+      return "float4";
+    case 701:
+      return "float8";
+    case 790:
+      return "money";
+    case 869:
+      return "inet";
+    case 1000:
+      return "_bool";
+    case 1001:
+      return "_bytea";
+    case 1005:
+      return "_int2";
+    case 1007:
+      return "_int4";
+    case 1009:
+      return "_text";
+    case 1016:
+      return "_int8";
+    case 1021:
+      return "_float4";
+    case 1022:
+      return "_float8";
+    case 1015:
+      return "_varchar";
+    case 1042:
+      return "bpchar";
+    case 1043:
+      return "varchar";
+    case 1082:
+      return "date";
+    case 1083:
+      return "time";
+    case 1114:
+      return "timestamp";
+    case 1184:
+      return "timestamptz";
+    case 1186:
+      return "interval";
+    case 1231:
+      return "_numeric";
+    case 1266:
+      return "timetz";
+    case 1700:
+      return "numeric";
+    case 2950:
+      return "uuid";
+    case 3802:
+      return "jsonb";
+    case 3807:
+      return "_jsonb";
+    default:
+      return "";
   }
 }
 

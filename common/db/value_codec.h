@@ -75,8 +75,7 @@ class EncodedParams {
 // Decodes one text-format result cell of type `type_oid` into `out`.
 // `is_null` wins over `data`. A value that does not parse for its type (which
 // PostgreSQL's own output never produces) falls back to text_value.
-void DecodeCell(const char* data, int length, bool is_null, uint32_t type_oid,
-                v1::Value* out);
+void DecodeCell(const char* data, int length, bool is_null, uint32_t type_oid, v1::Value* out);
 
 // Bytes a decoded value adds to a response (for byte limits), approximately its
 // serialized size.

@@ -15,11 +15,31 @@ google::protobuf::RepeatedPtrField<v1::Value> Params(std::initializer_list<v1::V
   return out;
 }
 
-v1::Value Int(int64_t i) { v1::Value v; v.set_int64_value(i); return v; }
-v1::Value Dbl(double d) { v1::Value v; v.set_double_value(d); return v; }
-v1::Value Text(std::string s) { v1::Value v; v.set_text_value(std::move(s)); return v; }
-v1::Value Bytes(std::string s) { v1::Value v; v.set_bytes_value(std::move(s)); return v; }
-v1::Value Num(std::string s) { v1::Value v; v.set_numeric_value(std::move(s)); return v; }
+v1::Value Int(int64_t i) {
+  v1::Value v;
+  v.set_int64_value(i);
+  return v;
+}
+v1::Value Dbl(double d) {
+  v1::Value v;
+  v.set_double_value(d);
+  return v;
+}
+v1::Value Text(std::string s) {
+  v1::Value v;
+  v.set_text_value(std::move(s));
+  return v;
+}
+v1::Value Bytes(std::string s) {
+  v1::Value v;
+  v.set_bytes_value(std::move(s));
+  return v;
+}
+v1::Value Num(std::string s) {
+  v1::Value v;
+  v.set_numeric_value(std::move(s));
+  return v;
+}
 v1::Value Decode(absl::string_view text, uint32_t type);
 
 TEST(EncodeTest, TypesAndTextForms) {
@@ -38,7 +58,7 @@ TEST(EncodeTest, TypesAndTextForms) {
   EXPECT_STREQ(e.values()[0], "-9223372036854775808");
   EXPECT_EQ(e.types()[1], oid::kFloat8);
   EXPECT_EQ(std::strtod(e.values()[1], nullptr), 0.1);  // round-trips exactly
-  EXPECT_EQ(e.types()[2], oid::kUnknown);  // inferred by PostgreSQL
+  EXPECT_EQ(e.types()[2], oid::kUnknown);               // inferred by PostgreSQL
   EXPECT_STREQ(e.values()[2], "héllo");
   EXPECT_EQ(e.types()[3], oid::kBytea);
   EXPECT_EQ(e.formats()[3], 1);

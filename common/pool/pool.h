@@ -129,15 +129,15 @@ struct PoolStats {
   // Objects alive above max_size (leased, or being created or destroyed:
   // never idle).
   size_t overflow_in_use = 0;
-  uint64_t acquired = 0;  // successful Acquire() calls
-  uint64_t timeouts = 0;  // Acquire() calls that returned DEADLINE_EXCEEDED
-  uint64_t created = 0;   // successful factory calls
+  uint64_t acquired = 0;          // successful Acquire() calls
+  uint64_t timeouts = 0;          // Acquire() calls that returned DEADLINE_EXCEEDED
+  uint64_t created = 0;           // successful factory calls
   uint64_t overflow_created = 0;  // ... of which above max_size
-  uint64_t closed = 0;    // objects destroyed, for any reason
-  uint64_t recycled = 0;  // ... of which past max_lifetime
-  uint64_t broken = 0;    // ... of which marked broken or failing the pre-ping
-  uint64_t leaks = 0;     // leases reported past leak_threshold
-  uint64_t create_failures = 0;  // failed factory calls
+  uint64_t closed = 0;            // objects destroyed, for any reason
+  uint64_t recycled = 0;          // ... of which past max_lifetime
+  uint64_t broken = 0;            // ... of which marked broken or failing the pre-ping
+  uint64_t leaks = 0;             // leases reported past leak_threshold
+  uint64_t create_failures = 0;   // failed factory calls
   // Seconds from Acquire() to a successful lease (per the pool's Clock).
   telemetry::Histogram::Snapshot acquire_wait;
 };
@@ -181,8 +181,8 @@ class Pool {
 
    private:
     friend class Pool;
-    Lease(Pool* pool, std::unique_ptr<T> object, uint64_t id,
-          absl::Time created_at, absl::Time acquired_at)
+    Lease(Pool* pool, std::unique_ptr<T> object, uint64_t id, absl::Time created_at,
+          absl::Time acquired_at)
         : pool_(pool),
           object_(std::move(object)),
           id_(id),
@@ -266,24 +266,20 @@ class Pool {
   // Hands a healthy object to the oldest waiter, or makes it idle; returns it
   // instead when it would be idle while more than max_size objects exist
   // (the caller destroys it with DestroyReason::kOverflow).
-  [[nodiscard]] std::unique_ptr<T> PutBackLocked(Entry entry)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  [[nodiscard]] std::unique_ptr<T> PutBackLocked(Entry entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // max_size + max_overflow.
   size_t LimitLocked() const { return options_.max_size + options_.max_overflow; }
   // Takes an idle object or reserves a slot, else queues and waits.
-  absl::Status ObtainLocked(absl::Time deadline, Grant* grant)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ObtainLocked(absl::Time deadline, Grant* grant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Lease MakeLeaseLocked(Entry entry, std::string holder, absl::Time started)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<std::unique_ptr<T>> CreateObject();
   // Destroys without the lock, then frees the slot and counts it.
-  void DestroyAndFreeSlot(std::unique_ptr<T> object, DestroyReason reason)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  void DestroyAndFreeSlot(std::unique_ptr<T> object, DestroyReason reason) ABSL_LOCKS_EXCLUDED(mu_);
   void DestroyObject(std::unique_ptr<T> object) ABSL_LOCKS_EXCLUDED(mu_);
-  void CountClosedLocked(DestroyReason reason)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Return(uint64_t id, std::unique_ptr<T> object, absl::Time created_at,
-              bool broken) ABSL_LOCKS_EXCLUDED(mu_);
+  void CountClosedLocked(DestroyReason reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Return(uint64_t id, std::unique_ptr<T> object, absl::Time created_at, bool broken)
+      ABSL_LOCKS_EXCLUDED(mu_);
   void SetHolder(uint64_t id, std::string holder) ABSL_LOCKS_EXCLUDED(mu_);
   // Registers an in-progress public call; false if shutting down.
   bool BeginOpLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -302,7 +298,7 @@ class Pool {
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   size_t active_ops_ ABSL_GUARDED_BY(mu_) = 0;
   size_t size_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<Entry> idle_ ABSL_GUARDED_BY(mu_);  // back = most recently used
+  std::deque<Entry> idle_ ABSL_GUARDED_BY(mu_);       // back = most recently used
   std::deque<Waiter*> waiters_ ABSL_GUARDED_BY(mu_);  // front = oldest
   absl::flat_hash_map<uint64_t, LeaseRecord> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_lease_id_ ABSL_GUARDED_BY(mu_) = 1;
@@ -364,15 +360,14 @@ inline PoolOptions Sanitize(PoolOptions o) {
 // A bounded std::chrono timeout: waiting callers re-check their deadline after
 // it, and steady_clock::now() + an infinite duration would overflow.
 inline std::chrono::nanoseconds WaitSlice(absl::Duration d) {
-  return absl::ToChronoNanoseconds(
-      std::clamp(d, absl::ZeroDuration(), absl::Minutes(1)));
+  return absl::ToChronoNanoseconds(std::clamp(d, absl::ZeroDuration(), absl::Minutes(1)));
 }
 
 }  // namespace internal
 
 template <typename T>
-Pool<T>::Pool(PoolOptions options, Factory factory, Validator validator,
-              Destroyer destroyer, Clock* clock)
+Pool<T>::Pool(PoolOptions options, Factory factory, Validator validator, Destroyer destroyer,
+              Clock* clock)
     : options_(internal::Sanitize(std::move(options))),
       factory_(std::move(factory)),
       validator_(std::move(validator)),
@@ -409,9 +404,8 @@ Pool<T>::~Pool() {
     DestroyAndFreeSlot(std::move(e.object), DestroyReason::kShutdown);
   }
   if (outstanding != 0) {
-    telemetry::LogError(
-        "pool destroyed with outstanding leases",
-        {{"pool", options_.name}, {"outstanding", absl::StrCat(outstanding)}});
+    telemetry::LogError("pool destroyed with outstanding leases",
+                        {{"pool", options_.name}, {"outstanding", absl::StrCat(outstanding)}});
   }
   assert(outstanding == 0 && "Pool destroyed while leases are outstanding");
 }
@@ -473,8 +467,7 @@ void Pool<T>::DestroyObject(std::unique_ptr<T> object) {
 }
 
 template <typename T>
-void Pool<T>::DestroyAndFreeSlot(std::unique_ptr<T> object,
-                                 DestroyReason reason) {
+void Pool<T>::DestroyAndFreeSlot(std::unique_ptr<T> object, DestroyReason reason) {
   DestroyObject(std::move(object));
   sync::MutexLock lock(&mu_);
   CountClosedLocked(reason);
@@ -485,13 +478,12 @@ template <typename T>
 absl::StatusOr<std::unique_ptr<T>> Pool<T>::CreateObject() {
   absl::StatusOr<std::unique_ptr<T>> made = factory_();
   if (made.ok() && *made == nullptr) {
-    made = absl::InternalError(absl::StrCat(
-        "pool ", options_.name, ": factory returned a null object"));
+    made = absl::InternalError(
+        absl::StrCat("pool ", options_.name, ": factory returned a null object"));
   }
   if (!made.ok()) {
-    telemetry::LogWarning(
-        "pool failed to create an object",
-        {{"pool", options_.name}, {"status", made.status().ToString()}});
+    telemetry::LogWarning("pool failed to create an object",
+                          {{"pool", options_.name}, {"status", made.status().ToString()}});
   }
   return made;
 }
@@ -517,25 +509,22 @@ absl::Status Pool<T>::ObtainLocked(absl::Time deadline, Grant* grant) {
     if (left <= absl::ZeroDuration()) {
       waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &w));
       ++counters_.timeouts;
-      return absl::DeadlineExceededError(absl::StrCat(
-          "pool ", options_.name, ": no object available before the deadline"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("pool ", options_.name, ": no object available before the deadline"));
     }
     // Another clock may jump without notifying us: poll it.
-    const absl::Duration wait =
-        real_clock ? left : std::min(left, absl::Milliseconds(5));
+    const absl::Duration wait = real_clock ? left : std::min(left, absl::Milliseconds(5));
     w.cv.WaitFor(&mu_, internal::WaitSlice(wait));
   }
   if (w.cancelled) {
-    return absl::CancelledError(
-        absl::StrCat("pool ", options_.name, " is shutting down"));
+    return absl::CancelledError(absl::StrCat("pool ", options_.name, " is shutting down"));
   }
   *grant = std::move(w.grant);
   return absl::OkStatus();
 }
 
 template <typename T>
-typename Pool<T>::Lease Pool<T>::MakeLeaseLocked(Entry entry,
-                                                 std::string holder,
+typename Pool<T>::Lease Pool<T>::MakeLeaseLocked(Entry entry, std::string holder,
                                                  absl::Time started) {
   const absl::Time now = clock_->Now();
   const uint64_t id = next_lease_id_++;
@@ -546,12 +535,11 @@ typename Pool<T>::Lease Pool<T>::MakeLeaseLocked(Entry entry,
 }
 
 template <typename T>
-absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
-                                                         std::string holder) {
+absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline, std::string holder) {
   const absl::Time started = clock_->Now();
   deadline = std::min(deadline, started + options_.acquire_timeout);
-  const absl::Status cancelled = absl::CancelledError(
-      absl::StrCat("pool ", options_.name, " is shutting down"));
+  const absl::Status cancelled =
+      absl::CancelledError(absl::StrCat("pool ", options_.name, " is shutting down"));
 
   Grant grant;
   {
@@ -573,16 +561,14 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
       std::optional<DestroyReason> bad;
       if (now - entry.created_at >= options_.max_lifetime) {
         bad = DestroyReason::kRecycled;
-      } else if (validator_ &&
-                 now - entry.last_used >= options_.validate_after_idle &&
+      } else if (validator_ && now - entry.last_used >= options_.validate_after_idle &&
                  !validator_(*entry.object)) {
         bad = DestroyReason::kBroken;
       }
       if (!bad.has_value()) {
         sync::MutexLock lock(&mu_);
         if (!shutting_down_) {
-          Lease lease =
-              MakeLeaseLocked(std::move(entry), std::move(holder), started);
+          Lease lease = MakeLeaseLocked(std::move(entry), std::move(holder), started);
           lock.Unlock();
           EndOp();
           return lease;
@@ -603,9 +589,8 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
         ++counters_.timeouts;
         lock.Unlock();
         EndOp();
-        return absl::DeadlineExceededError(
-            absl::StrCat("pool ", options_.name,
-                         ": no healthy object available before the deadline"));
+        return absl::DeadlineExceededError(absl::StrCat(
+            "pool ", options_.name, ": no healthy object available before the deadline"));
       }
       // Try another idle object, else create one in the slot we still own.
       if (!idle_.empty()) {
@@ -634,8 +619,7 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
       return cancelled;
     }
     const absl::Time now = clock_->Now();
-    Lease lease = MakeLeaseLocked(Entry{std::move(*made), now, now},
-                                  std::move(holder), started);
+    Lease lease = MakeLeaseLocked(Entry{std::move(*made), now, now}, std::move(holder), started);
     lock.Unlock();
     EndOp();
     return lease;
@@ -643,8 +627,7 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline,
 }
 
 template <typename T>
-void Pool<T>::Return(uint64_t id, std::unique_ptr<T> object,
-                     absl::Time created_at, bool broken) {
+void Pool<T>::Return(uint64_t id, std::unique_ptr<T> object, absl::Time created_at, bool broken) {
   std::optional<DestroyReason> reason;
   {
     sync::MutexLock lock(&mu_);
@@ -680,8 +663,7 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
   {
     sync::MutexLock lock(&mu_);
     if (!BeginOpLocked()) {
-      return absl::CancelledError(
-          absl::StrCat("pool ", options_.name, " is shutting down"));
+      return absl::CancelledError(absl::StrCat("pool ", options_.name, " is shutting down"));
     }
   }
   absl::Status result = absl::OkStatus();
@@ -689,8 +671,7 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
     {
       sync::MutexLock lock(&mu_);
       if (shutting_down_) {
-        result = absl::CancelledError(
-            absl::StrCat("pool ", options_.name, " is shutting down"));
+        result = absl::CancelledError(absl::StrCat("pool ", options_.name, " is shutting down"));
         break;
       }
       if (idle_.size() >= options_.min_idle || size_ >= options_.max_size) {
@@ -756,13 +737,11 @@ void Pool<T>::Maintain() {
     // The front is the least recently used, so idle times decrease along idle_.
     while (idle_.size() > options_.min_idle &&
            now - idle_.front().last_used >= options_.idle_timeout) {
-      doomed.emplace_back(std::move(idle_.front().object),
-                          DestroyReason::kIdle);
+      doomed.emplace_back(std::move(idle_.front().object), DestroyReason::kIdle);
       idle_.pop_front();
     }
     for (auto& [id, record] : leases_) {
-      if (!record.leak_reported &&
-          now - record.acquired_at >= options_.leak_threshold) {
+      if (!record.leak_reported && now - record.acquired_at >= options_.leak_threshold) {
         record.leak_reported = true;
         ++counters_.leaks;
         leaks.push_back(Leak{record.holder, now - record.acquired_at, id});
@@ -821,8 +800,8 @@ void Pool<T>::StartMaintenance(absl::Duration interval) {
   sync::MutexLock lock(&mu_);
   if (maintenance_started_ || shutting_down_) return;
   maintenance_started_ = true;
-  const auto period = absl::ToChronoNanoseconds(
-      std::clamp(interval, absl::Milliseconds(1), absl::Hours(24)));
+  const auto period =
+      absl::ToChronoNanoseconds(std::clamp(interval, absl::Milliseconds(1), absl::Hours(24)));
   maintenance_thread_ = std::thread([this, period] {
     while (true) {
       {

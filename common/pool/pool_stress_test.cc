@@ -34,8 +34,7 @@ struct Obj {
   explicit Obj(Shared* shared) : shared(shared), id(++shared->next_id) {
     const int now_alive = ++shared->alive;
     int seen = shared->max_alive.load();
-    while (now_alive > seen &&
-           !shared->max_alive.compare_exchange_weak(seen, now_alive)) {
+    while (now_alive > seen && !shared->max_alive.compare_exchange_weak(seen, now_alive)) {
     }
   }
   ~Obj() { --shared->alive; }
@@ -53,8 +52,7 @@ TEST(PoolStressTest, ConcurrentAcquireReleaseKeepsInvariants) {
   options.name = "stress";
   options.min_idle = 2;
   options.max_size = kMaxSize;
-  options.validate_after_idle =
-      absl::ZeroDuration();  // pre-ping every hand-out
+  options.validate_after_idle = absl::ZeroDuration();  // pre-ping every hand-out
   Pool<Obj> pool(
       options,
       [&shared]() -> absl::StatusOr<std::unique_ptr<Obj>> {
@@ -84,13 +82,10 @@ TEST(PoolStressTest, ConcurrentAcquireReleaseKeepsInvariants) {
       for (int i = 0; i < kIterations; ++i) {
         const bool tiny_deadline = (i + t) % 8 == 0;
         const absl::Time deadline =
-            absl::Now() +
-            (tiny_deadline ? absl::Microseconds(50) : absl::Seconds(30));
-        absl::StatusOr<Pool<Obj>::Lease> lease =
-            pool.Acquire(deadline, "stress");
+            absl::Now() + (tiny_deadline ? absl::Microseconds(50) : absl::Seconds(30));
+        absl::StatusOr<Pool<Obj>::Lease> lease = pool.Acquire(deadline, "stress");
         if (!lease.ok()) {
-          if (lease.status().code() == absl::StatusCode::kDeadlineExceeded &&
-              tiny_deadline) {
+          if (lease.status().code() == absl::StatusCode::kDeadlineExceeded && tiny_deadline) {
             ++deadline_exceeded;
           } else {
             ++unexpected;
@@ -122,8 +117,7 @@ TEST(PoolStressTest, ConcurrentAcquireReleaseKeepsInvariants) {
   EXPECT_EQ(shared.handed_out_broken, 0);
   EXPECT_EQ(unexpected, 0u);
   EXPECT_LE(shared.max_alive, static_cast<int>(kMaxSize));
-  EXPECT_EQ(ok + deadline_exceeded,
-            static_cast<uint64_t>(kThreads) * kIterations);
+  EXPECT_EQ(ok + deadline_exceeded, static_cast<uint64_t>(kThreads) * kIterations);
   EXPECT_EQ(s.acquired, ok);
   EXPECT_EQ(s.timeouts, deadline_exceeded);
   EXPECT_EQ(s.in_use, 0u);

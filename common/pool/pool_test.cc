@@ -89,12 +89,10 @@ class PoolTest : public ::testing::Test {
     };
   }
 
-  std::unique_ptr<ConnPool> MakePool(PoolOptions options,
-                                     Clock* clock = nullptr) {
+  std::unique_ptr<ConnPool> MakePool(PoolOptions options, Clock* clock = nullptr) {
     if (options.name.empty()) options.name = "test";
-    return std::make_unique<ConnPool>(std::move(options), MakeFactory(),
-                                      MakeValidator(), MakeDestroyer(),
-                                      clock != nullptr ? clock : &clock_);
+    return std::make_unique<ConnPool>(std::move(options), MakeFactory(), MakeValidator(),
+                                      MakeDestroyer(), clock != nullptr ? clock : &clock_);
   }
 
   absl::Time Soon() { return clock_.Now() + absl::Seconds(1); }
@@ -208,8 +206,7 @@ TEST_F(PoolTest, WaitersAreServedInArrivalOrder) {
       sync::MutexLock lock(&order_mu);
       order.push_back(i);
     });  // the lease is returned here, handing it to the next waiter
-    ASSERT_TRUE(WaitUntil(
-        [&] { return pool->Stats().waiters == static_cast<size_t>(i + 1); }));
+    ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == static_cast<size_t>(i + 1); }));
   }
   held->Release();
   for (auto& t : threads) t.join();
@@ -286,8 +283,7 @@ TEST_F(PoolTest, AcquireTimeoutFollowsSimulatedClock) {
   ASSERT_TRUE(held.ok());
 
   absl::Status status;
-  std::thread waiter(
-      [&] { status = pool->Acquire(absl::InfiniteFuture()).status(); });
+  std::thread waiter([&] { status = pool->Acquire(absl::InfiniteFuture()).status(); });
   ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
   clock_.Advance(absl::Seconds(4));
   EXPECT_EQ(pool->Stats().timeouts, 0u);
@@ -325,12 +321,9 @@ TEST_F(PoolTest, FactoryFailureFreesSlotForNextWaiter) {
 
   absl::Status first;
   absl::Status second;
-  std::thread w1(
-      [&] { first = pool->Acquire(clock_.Now() + absl::Seconds(3)).status(); });
+  std::thread w1([&] { first = pool->Acquire(clock_.Now() + absl::Seconds(3)).status(); });
   ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
-  std::thread w2([&] {
-    second = pool->Acquire(clock_.Now() + absl::Seconds(3)).status();
-  });
+  std::thread w2([&] { second = pool->Acquire(clock_.Now() + absl::Seconds(3)).status(); });
   ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 2; }));
 
   fail_remaining_ = 1;  // the next creation fails, the one after succeeds
@@ -351,8 +344,7 @@ TEST_F(PoolTest, FactoryReturningNullIsInternalError) {
   PoolOptions o;
   o.min_idle = 0;
   ConnPool pool(
-      o, [] { return absl::StatusOr<std::unique_ptr<Conn>>(nullptr); }, nullptr,
-      nullptr, &clock_);
+      o, [] { return absl::StatusOr<std::unique_ptr<Conn>>(nullptr); }, nullptr, nullptr, &clock_);
   auto a = pool.Acquire(Soon());
   EXPECT_EQ(a.status().code(), absl::StatusCode::kInternal);
   EXPECT_EQ(pool.Stats().create_failures, 1u);
@@ -380,8 +372,7 @@ TEST_F(PoolTest, WarmUpGivesUpWithLastError) {
   EXPECT_EQ(pool->WarmUp().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(factory_calls_, 1);
   // 300ms budget: attempts after 0, 50 and 150ms; the next would be at 350ms.
-  EXPECT_EQ(pool->WarmUp(absl::Milliseconds(300)).code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(pool->WarmUp(absl::Milliseconds(300)).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(factory_calls_, 4);
   PoolStats s = pool->Stats();
   EXPECT_EQ(s.create_failures, 4u);
@@ -562,8 +553,7 @@ TEST_F(PoolTest, IdleTimeoutKeepsMinIdle) {
   auto pool = MakePool(o);
   {
     std::vector<ConnPool::Lease> leases;
-    for (int i = 0; i < 4; ++i)
-      leases.push_back(std::move(*pool->Acquire(Soon())));
+    for (int i = 0; i < 4; ++i) leases.push_back(std::move(*pool->Acquire(Soon())));
   }
   EXPECT_EQ(pool->Stats().idle, 4u);
   clock_.Advance(absl::Minutes(5));
@@ -680,8 +670,7 @@ TEST_F(PoolTest, StatsNumbers) {
   auto b = pool->Acquire(Soon());
   auto c = pool->Acquire(Soon());
   ASSERT_TRUE(a.ok() && b.ok() && c.ok());
-  EXPECT_EQ(pool->Acquire(clock_.Now()).status().code(),
-            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(pool->Acquire(clock_.Now()).status().code(), absl::StatusCode::kDeadlineExceeded);
   clock_.Advance(absl::Milliseconds(3));
   b->MarkBroken();
   b->Release();
@@ -899,11 +888,9 @@ TEST_F(PoolTest, DestructorCancelsWaitersAndWaitsForCreation) {
 
   absl::Status creator_status;
   absl::Status waiter_status;
-  std::thread creator(
-      [&] { creator_status = pool->Acquire(absl::InfiniteFuture()).status(); });
+  std::thread creator([&] { creator_status = pool->Acquire(absl::InfiniteFuture()).status(); });
   ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
-  std::thread waiter(
-      [&] { waiter_status = pool->Acquire(absl::InfiniteFuture()).status(); });
+  std::thread waiter([&] { waiter_status = pool->Acquire(absl::InfiniteFuture()).status(); });
   ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
 
   std::atomic<bool> destroyed{false};

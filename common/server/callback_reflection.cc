@@ -150,9 +150,10 @@ bool CallbackReflection::Admit(grpc::CallbackServerContext* context, grpc::Statu
     return false;
   }
   if (open_.size() >= kMaxStreams) {
-    *refusal = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            absl::StrCat("too many reflection streams open on this server (at most ",
-                                         kMaxStreams, ")"));
+    *refusal =
+        grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                     absl::StrCat("too many reflection streams open on this server (at most ",
+                                  kMaxStreams, ")"));
     return false;
   }
   open_.insert(context);

@@ -137,8 +137,9 @@ template <typename Api>
 class QueueReflectionService<Api>::Stream final
     : public QueueStreamCall<
           Stream, grpc::ServerAsyncReaderWriter<typename Api::Response, typename Api::Request>> {
-  using Base = QueueStreamCall<
-      Stream, grpc::ServerAsyncReaderWriter<typename Api::Response, typename Api::Request>>;
+  using Base =
+      QueueStreamCall<Stream,
+                      grpc::ServerAsyncReaderWriter<typename Api::Response, typename Api::Request>>;
 
  public:
   static void Post(QueueReflectionService* service) { new Stream(service); }

@@ -58,8 +58,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       ServerCredentialsFor(s->options_.tls);
   if (!tcp_credentials.ok()) return tcp_credentials.status();
   auto credentials_for = [&](const std::string& address) {
-    return absl::StartsWith(address, "unix") ? grpc::InsecureServerCredentials()
-                                             : *tcp_credentials;
+    return absl::StartsWith(address, "unix") ? grpc::InsecureServerCredentials() : *tcp_credentials;
   };
   grpc::ServerBuilder builder;
   builder.AddListeningPort(s->options_.listen, credentials_for(s->options_.listen), &s->port_);
@@ -158,7 +157,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     }
   }
   telemetry::LogInfo("serving", {{"listen", s->options_.listen},
-                                 {"tls", s->options_.tls.plaintext()            ? "off (plaintext)"
+                                 {"tls", s->options_.tls.plaintext()             ? "off (plaintext)"
                                          : s->options_.tls.require_client_cert() ? "mutual"
                                                                                  : "on"},
                                  {"port", absl::StrCat(s->port_)},
@@ -184,8 +183,9 @@ int Server::WaitForTermination() {
   sigaddset(&set, SIGINT);
   int sig = 0;
   sigwait(&set, &sig);
-  telemetry::LogInfo("shutting down", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
-                                       {"drain_timeout", absl::FormatDuration(options_.drain_timeout)}});
+  telemetry::LogInfo("shutting down",
+                     {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+                      {"drain_timeout", absl::FormatDuration(options_.drain_timeout)}});
   Shutdown();
   return sig;
 }
@@ -205,8 +205,9 @@ void Server::Shutdown() {
   if (queue_reflection_v1alpha_ != nullptr) queue_reflection_v1alpha_->EndStreams();
   if (callback_reflection_ != nullptr) callback_reflection_->EndStreams();
   if (options_.before_drain) options_.before_drain();
-  const auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::milliseconds(absl::ToInt64Milliseconds(options_.drain_timeout));
   server_->Shutdown(deadline);
   server_->Wait();
   if (queue_health_ != nullptr) queue_health_->Shutdown();

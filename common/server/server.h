@@ -3,9 +3,9 @@
 
 // gRPC server bootstrap shared by the three services: listen address (port 0
 // picks a free port, optionally written to a file), the standard health service
-// and server reflection (v1 and v1alpha, queue_reflection.h), message size limits, and graceful shutdown on
-// SIGTERM/SIGINT (stop accepting, let in-flight calls finish for a bounded time,
-// cancel the rest).
+// and server reflection (v1 and v1alpha, queue_reflection.h), message size limits, and graceful
+// shutdown on SIGTERM/SIGINT (stop accepting, let in-flight calls finish for a bounded time, cancel
+// the rest).
 //
 // Services use gRPC's callback API (`services`), or, for services whose
 // handlers never block (database work goes to workers that answer from their
@@ -82,8 +82,7 @@ struct ServerOptions {
   // A queue server's calls record their metrics and spans without one, and
   // spare every call gRPC's interceptor machinery: give it call_telemetry
   // instead (not both: calls would count twice).
-  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
-      interceptors;
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   // Queue servers: where every call (the health service's too) records its
   // metrics and span; must outlive the Server. Null: not recorded.
   telemetry::ServerCallTelemetry* call_telemetry = nullptr;

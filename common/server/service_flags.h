@@ -13,9 +13,9 @@
 namespace poolside::server {
 
 struct ServiceFlags {
-  std::string config;      // --config, required
+  std::string config;  // --config, required
   bool check_config = false;
-  std::string listen;      // overrides server.listen when set
+  std::string listen;  // overrides server.listen when set
 };
 
 // Parses argv, names the service in the logs, sets the log level and turns

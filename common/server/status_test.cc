@@ -17,7 +17,8 @@ TEST(StatusTest, CodesMapOneToOne) {
 }
 
 TEST(StatusTest, RetryDelayTravelsAsRetryInfoDetails) {
-  absl::Status s = WithRetryDelay(absl::ResourceExhaustedError("slow down"), absl::Milliseconds(250));
+  absl::Status s =
+      WithRetryDelay(absl::ResourceExhaustedError("slow down"), absl::Milliseconds(250));
   EXPECT_EQ(RetryDelayOf(s), absl::Milliseconds(250));
   grpc::Status g = ToGrpcStatus(s);
   EXPECT_EQ(g.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);

@@ -63,7 +63,7 @@ absl::StatusOr<std::vector<TableColumns>> IndexableColumns(absl::string_view sql
 // together, then followed by the first range column or by the ORDER BY
 // columns; the ORDER BY columns alone.
 inline constexpr size_t kMaxIndexColumns = 4;
-std::vector<std::vector<std::string>> CandidateIndexes(const TableColumns &t, size_t max = 12);
+std::vector<std::vector<std::string>> CandidateIndexes(const TableColumns& t, size_t max = 12);
 
 }  // namespace poolside::sql
 

@@ -13,14 +13,14 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 
-std::vector<TableColumns> Uses(const std::string &sql) {
+std::vector<TableColumns> Uses(const std::string& sql) {
   absl::StatusOr<std::vector<TableColumns>> uses = IndexableColumns(sql);
   EXPECT_TRUE(uses.ok()) << sql << ": " << uses.status();
   return uses.ok() ? *uses : std::vector<TableColumns>{};
 }
 
-const TableColumns *Find(const std::vector<TableColumns> &uses, const std::string &table) {
-  for (const TableColumns &t : uses) {
+const TableColumns* Find(const std::vector<TableColumns>& uses, const std::string& table) {
+  for (const TableColumns& t : uses) {
     if (t.table == table) return &t;
   }
   return nullptr;
@@ -60,9 +60,9 @@ TEST(IndexableColumnsTest, JoinsByAliasOnAndUsing) {
   auto uses = Uses(
       "SELECT * FROM app.accounts a JOIN events e ON e.account_id = a.id "
       "JOIN kinds USING (kind) WHERE e.at >= $1 AND a.owner = $2");
-  const TableColumns *accounts = Find(uses, "accounts");
-  const TableColumns *events = Find(uses, "events");
-  const TableColumns *kinds = Find(uses, "kinds");
+  const TableColumns* accounts = Find(uses, "accounts");
+  const TableColumns* events = Find(uses, "events");
+  const TableColumns* kinds = Find(uses, "kinds");
   ASSERT_NE(accounts, nullptr);
   ASSERT_NE(events, nullptr);
   ASSERT_NE(kinds, nullptr);
@@ -175,7 +175,7 @@ TEST(CandidateIndexesTest, BoundedWidthAndUnique) {
   TableColumns t;
   t.equality = {"a", "b", "c", "d", "e"};
   t.join = {"a"};
-  for (const auto &c : CandidateIndexes(t, 100)) EXPECT_LE(c.size(), kMaxIndexColumns);
+  for (const auto& c : CandidateIndexes(t, 100)) EXPECT_LE(c.size(), kMaxIndexColumns);
   TableColumns order_only;
   order_only.order = {"x", "y"};
   EXPECT_THAT(CandidateIndexes(order_only), ElementsAre(ElementsAre("x", "y")));

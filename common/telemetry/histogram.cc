@@ -17,8 +17,7 @@ double RoundToSignificant(double v, int digits) {
 }
 
 std::vector<double> Normalize(std::vector<double> bounds) {
-  bounds.erase(std::remove_if(bounds.begin(), bounds.end(),
-                              [](double b) { return std::isnan(b); }),
+  bounds.erase(std::remove_if(bounds.begin(), bounds.end(), [](double b) { return std::isnan(b); }),
                bounds.end());
   std::sort(bounds.begin(), bounds.end());
   bounds.erase(std::unique(bounds.begin(), bounds.end()), bounds.end());
@@ -30,8 +29,7 @@ std::vector<double> Normalize(std::vector<double> bounds) {
 std::vector<double> Histogram::DefaultLatencyBounds() {
   std::vector<double> bounds;
   bounds.reserve(kDefaultBuckets);
-  const double ratio =
-      std::pow(kLastBound / kFirstBound, 1.0 / (kDefaultBuckets - 1));
+  const double ratio = std::pow(kLastBound / kFirstBound, 1.0 / (kDefaultBuckets - 1));
   for (int i = 0; i < kDefaultBuckets; ++i) {
     bounds.push_back(RoundToSignificant(kFirstBound * std::pow(ratio, i), 3));
   }
@@ -39,16 +37,13 @@ std::vector<double> Histogram::DefaultLatencyBounds() {
 }
 
 Histogram::Histogram(std::vector<double> bounds_seconds)
-    : bounds_(Normalize(std::move(bounds_seconds))),
-      counts_(bounds_.size() + 1, 0) {}
+    : bounds_(Normalize(std::move(bounds_seconds))), counts_(bounds_.size() + 1, 0) {}
 
 void Histogram::Observe(double seconds) {
   if (std::isnan(seconds)) return;
   if (seconds < 0) seconds = 0;
   // First bound >= value: a value equal to a bound belongs to that bucket.
-  const size_t bucket =
-      std::lower_bound(bounds_.begin(), bounds_.end(), seconds) -
-      bounds_.begin();
+  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin();
   sync::MutexLock lock(&mu_);
   ++counts_[bucket];
   ++count_;
@@ -81,8 +76,7 @@ double Histogram::Snapshot::Percentile(double q) const {
   // The first non-empty bucket whose cumulative count reaches the rank.
   size_t i = 0;
   while (i + 1 < cumulative_counts.size() &&
-         (cumulative_counts[i] == 0 ||
-          static_cast<double>(cumulative_counts[i]) < rank)) {
+         (cumulative_counts[i] == 0 || static_cast<double>(cumulative_counts[i]) < rank)) {
     ++i;
   }
   const uint64_t below = i == 0 ? 0 : cumulative_counts[i - 1];
@@ -90,8 +84,7 @@ double Histogram::Snapshot::Percentile(double q) const {
   const double lower = i == 0 ? 0.0 : std::min(bounds[i - 1], max);
   const double upper = i < bounds.size() ? std::min(bounds[i], max) : max;
   if (in_bucket == 0) return upper;
-  const double fraction =
-      std::clamp((rank - static_cast<double>(below)) / in_bucket, 0.0, 1.0);
+  const double fraction = std::clamp((rank - static_cast<double>(below)) / in_bucket, 0.0, 1.0);
   return std::min(lower + (upper - lower) * fraction, max);
 }
 

@@ -33,8 +33,7 @@ class Histogram {
 
   // `bounds_seconds` are bucket upper bounds; they are sorted and
   // de-duplicated.
-  explicit Histogram(
-      std::vector<double> bounds_seconds = DefaultLatencyBounds());
+  explicit Histogram(std::vector<double> bounds_seconds = DefaultLatencyBounds());
 
   Histogram(const Histogram&) = delete;
   Histogram& operator=(const Histogram&) = delete;
@@ -65,8 +64,7 @@ class Histogram {
   const std::vector<double> bounds_;
   // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
   mutable sync::Mutex mu_;
-  std::vector<uint64_t> counts_
-      ABSL_GUARDED_BY(mu_);  // per bucket, not cumulative
+  std::vector<uint64_t> counts_ ABSL_GUARDED_BY(mu_);  // per bucket, not cumulative
   uint64_t count_ ABSL_GUARDED_BY(mu_) = 0;
   double sum_ ABSL_GUARDED_BY(mu_) = 0;
   double max_ ABSL_GUARDED_BY(mu_) = 0;

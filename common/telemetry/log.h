@@ -31,8 +31,7 @@ void SetMinLogLevel(LogLevel level);
 bool ParseLogLevel(absl::string_view text, LogLevel* level);
 bool LogEnabled(LogLevel level);
 
-void Log(LogLevel level, absl::string_view message,
-         std::initializer_list<LogField> fields = {});
+void Log(LogLevel level, absl::string_view message, std::initializer_list<LogField> fields = {});
 
 inline void LogDebug(absl::string_view m, std::initializer_list<LogField> f = {}) {
   Log(LogLevel::kDebug, m, f);

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,10 +37,14 @@ constexpr int kCodes = 17;  // grpc::StatusCode OK .. UNAUTHENTICATED
 
 const char* TypeName(ServerRpcInfo::Type type) {
   switch (type) {
-    case ServerRpcInfo::Type::UNARY: return "unary";
-    case ServerRpcInfo::Type::CLIENT_STREAMING: return "client_stream";
-    case ServerRpcInfo::Type::SERVER_STREAMING: return "server_stream";
-    case ServerRpcInfo::Type::BIDI_STREAMING: return "bidi_stream";
+    case ServerRpcInfo::Type::UNARY:
+      return "unary";
+    case ServerRpcInfo::Type::CLIENT_STREAMING:
+      return "client_stream";
+    case ServerRpcInfo::Type::SERVER_STREAMING:
+      return "server_stream";
+    case ServerRpcInfo::Type::BIDI_STREAMING:
+      return "bidi_stream";
   }
   return "unknown";
 }
@@ -125,8 +129,9 @@ class CallMetrics {
         if (handled == nullptr) continue;  // set under mu_, with latency
         calls += handled->Value();
         if (c != 0) errors += handled->Value();
-        MergeSnapshot(ToSnapshot(m->latency[c].load(std::memory_order_relaxed)->Collect().histogram),
-                      &s);  // same buckets
+        MergeSnapshot(
+            ToSnapshot(m->latency[c].load(std::memory_order_relaxed)->Collect().histogram),
+            &s);  // same buckets
       }
       t.rows.push_back({absl::StrCat(m->service, "/", m->method), FormatCount(calls),
                         FormatCount(errors), s.count ? FormatSeconds(s.sum / s.count) : "-",
@@ -245,12 +250,23 @@ class ServerInterceptorFactory : public grpc::experimental::ServerInterceptorFac
 }  // namespace
 
 const char* GrpcCodeName(int code) {
-  static constexpr const char* kNames[kCodes] = {
-      "OK",           "CANCELLED",          "UNKNOWN",           "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND",     "ALREADY_EXISTS",    "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",     "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",          "UNAVAILABLE",       "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static constexpr const char* kNames[kCodes] = {"OK",
+                                                 "CANCELLED",
+                                                 "UNKNOWN",
+                                                 "INVALID_ARGUMENT",
+                                                 "DEADLINE_EXCEEDED",
+                                                 "NOT_FOUND",
+                                                 "ALREADY_EXISTS",
+                                                 "PERMISSION_DENIED",
+                                                 "RESOURCE_EXHAUSTED",
+                                                 "FAILED_PRECONDITION",
+                                                 "ABORTED",
+                                                 "OUT_OF_RANGE",
+                                                 "UNIMPLEMENTED",
+                                                 "INTERNAL",
+                                                 "UNAVAILABLE",
+                                                 "DATA_LOSS",
+                                                 "UNAUTHENTICATED"};
   return code >= 0 && code < kCodes ? kNames[code] : "UNKNOWN";
 }
 

@@ -22,7 +22,8 @@ class AnyMethod : public grpc::CallbackGenericService {
     class Reactor : public grpc::ServerGenericBidiReactor {
      public:
       explicit Reactor(bool fail) {
-        Finish(fail ? grpc::Status(grpc::StatusCode::NOT_FOUND, "no such thing") : grpc::Status::OK);
+        Finish(fail ? grpc::Status(grpc::StatusCode::NOT_FOUND, "no such thing")
+                    : grpc::Status::OK);
       }
       void OnDone() override { delete this; }
     };
@@ -41,8 +42,8 @@ class MetricsInterceptorTest : public ::testing::Test {
     builder.experimental().SetInterceptorCreators(std::move(factories));
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
-    stub_ = std::make_unique<grpc::GenericStub>(grpc::CreateChannel(
-        absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
+    stub_ = std::make_unique<grpc::GenericStub>(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
   }
   void TearDown() override { server_->Shutdown(); }
 
@@ -73,13 +74,15 @@ TEST_F(MetricsInterceptorTest, CountsCallsByMethodAndCode) {
                       "grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 3\n"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("poolside_grpc_server_handled_total{grpc_code=\"NOT_FOUND\","
-                      "grpc_method=\"Fail\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 2\n"),
-            std::string::npos)
+  EXPECT_NE(
+      text.find("poolside_grpc_server_handled_total{grpc_code=\"NOT_FOUND\","
+                "grpc_method=\"Fail\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 2\n"),
+      std::string::npos)
       << text;
-  EXPECT_NE(text.find("poolside_grpc_server_handling_seconds_count{grpc_code=\"OK\","
-                      "grpc_method=\"Get\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 3\n"),
-            std::string::npos)
+  EXPECT_NE(
+      text.find("poolside_grpc_server_handling_seconds_count{grpc_code=\"OK\","
+                "grpc_method=\"Get\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\"} 3\n"),
+      std::string::npos)
       << text;
   EXPECT_NE(text.find("poolside_grpc_server_handling_seconds_bucket{grpc_code=\"NOT_FOUND\","
                       "grpc_method=\"Fail\",grpc_service=\"test.Echo\",grpc_type=\"bidi_stream\","

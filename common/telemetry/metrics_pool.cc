@@ -49,7 +49,8 @@ void AppendPoolMetrics(const NamedPoolStats& pools, std::vector<prometheus::Metr
        [](const pool::PoolStats& p) { return double(p.create_failures); }},
   };
   for (const Series& s : kSeries) {
-    prometheus::MetricFamily f = s.counter ? CounterFamily(s.name, s.help) : GaugeFamily(s.name, s.help);
+    prometheus::MetricFamily f =
+        s.counter ? CounterFamily(s.name, s.help) : GaugeFamily(s.name, s.help);
     for (const auto& [db, p] : pools) {
       if (s.counter) {
         AddCounter(&f, {{"database", db}}, s.value(p));
@@ -59,9 +60,9 @@ void AppendPoolMetrics(const NamedPoolStats& pools, std::vector<prometheus::Metr
     }
     out->push_back(std::move(f));
   }
-  prometheus::MetricFamily wait = HistogramFamily(
-      "poolside_pool_acquire_wait_seconds",
-      "Time from asking the pool for a connection to getting one.");
+  prometheus::MetricFamily wait =
+      HistogramFamily("poolside_pool_acquire_wait_seconds",
+                      "Time from asking the pool for a connection to getting one.");
   for (const auto& [db, p] : pools) AddHistogram(&wait, {{"database", db}}, p.acquire_wait);
   out->push_back(std::move(wait));
 }
@@ -69,8 +70,8 @@ void AppendPoolMetrics(const NamedPoolStats& pools, std::vector<prometheus::Metr
 StatusTable PoolsTable(const NamedPoolStats& pools) {
   StatusTable t;
   t.title = "Pools";
-  t.columns = {"database", "size", "idle", "in use", "waiters", "max", "overflow",
-               "acquire p99", "timeouts", "broken"};
+  t.columns = {"database", "size",     "idle",        "in use",   "waiters",
+               "max",      "overflow", "acquire p99", "timeouts", "broken"};
   t.empty_text = "no databases configured";
   for (const auto& [db, p] : pools) {
     t.rows.push_back({db, absl::StrCat(p.size), absl::StrCat(p.idle), absl::StrCat(p.in_use),

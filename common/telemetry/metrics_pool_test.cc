@@ -59,10 +59,10 @@ TEST(MetricsPoolTest, OneSamplePerDatabase) {
   EXPECT_EQ(overflow_created->type, prometheus::MetricType::Counter);
   EXPECT_EQ(overflow_created->metric[0].counter.value, 7);
   EXPECT_EQ(Find(out, "poolside_pool_max_overflow")->metric[0].gauge.value, 2);
-  for (const char* name : {"poolside_pool_size", "poolside_pool_idle", "poolside_pool_waiters",
-                           "poolside_pool_max_size", "poolside_pool_acquire_timeouts_total",
-                           "poolside_pool_connections_created_total",
-                           "poolside_pool_connections_broken_total"}) {
+  for (const char* name :
+       {"poolside_pool_size", "poolside_pool_idle", "poolside_pool_waiters",
+        "poolside_pool_max_size", "poolside_pool_acquire_timeouts_total",
+        "poolside_pool_connections_created_total", "poolside_pool_connections_broken_total"}) {
     EXPECT_NE(Find(out, name), nullptr) << name;
   }
 

@@ -27,8 +27,8 @@ namespace {
 absl::StatusOr<std::string> CivetPorts(absl::string_view listen) {
   const size_t colon = listen.rfind(':');
   if (colon == absl::string_view::npos) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("metrics listen address \"", listen, "\" is not host:port (e.g. 0.0.0.0:9451)"));
+    return absl::InvalidArgumentError(absl::StrCat("metrics listen address \"", listen,
+                                                   "\" is not host:port (e.g. 0.0.0.0:9451)"));
   }
   absl::string_view host = listen.substr(0, colon);
   const absl::string_view port_text = listen.substr(colon + 1);
@@ -41,7 +41,8 @@ absl::StatusOr<std::string> CivetPorts(absl::string_view listen) {
   if (host.empty() || host == "*") return absl::StrCat(port);
   if (host == "[::]") return absl::StrCat("[::]:", port);
   const bool ipv6 = absl::StartsWith(host, "[") && absl::EndsWith(host, "]");
-  const bool ipv4 = !host.empty() && host.find_first_not_of("0123456789.") == absl::string_view::npos;
+  const bool ipv4 =
+      !host.empty() && host.find_first_not_of("0123456789.") == absl::string_view::npos;
   if (!ipv4 && !ipv6) {
     return absl::InvalidArgumentError(absl::StrCat(
         "metrics listen address \"", listen,
@@ -101,8 +102,8 @@ absl::Status ValidateMetricsConfig(const v1::MetricsConfig& config) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const v1::MetricsConfig& config, MetricsRegistry* registry) {
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const v1::MetricsConfig& config,
+                                                                    MetricsRegistry* registry) {
   if (config.listen().empty()) return std::unique_ptr<MetricsServer>();
   return Start(config.listen(), config.port_file(), registry);
 }
@@ -118,10 +119,8 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   mg_init_library(0);
   // Few threads (scrapes are rare and cheap), no keep-alive, no file serving
   // (no document_root).
-  const char* options[] = {"listening_ports", ports->c_str(),
-                           "num_threads",     "2",
-                           "request_timeout_ms", "10000",
-                           nullptr};
+  const char* options[] = {"listening_ports",    ports->c_str(), "num_threads", "2",
+                           "request_timeout_ms", "10000",        nullptr};
   mg_callbacks callbacks;
   std::memset(&callbacks, 0, sizeof(callbacks));
   mg_init_data init{};
@@ -133,13 +132,14 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   mg_error_data error{&code, text, sizeof(text)};
   server->context_ = mg_start2(&init, &error);
   if (server->context_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", listen, ": ", text[0] ? text : "civetweb failed to start"));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ",
+                                               text[0] ? text : "civetweb failed to start"));
   }
   mg_set_request_handler(server->context_, "/", &MetricsServer::Handle, server.get());
   mg_server_port bound[4];
   const int n = mg_get_server_ports(server->context_, 4, bound);
-  if (n < 1) return absl::InternalError(absl::StrCat("metrics server on ", listen, " reports no port"));
+  if (n < 1)
+    return absl::InternalError(absl::StrCat("metrics server on ", listen, " reports no port"));
   server->port_ = bound[0].port;
   if (!port_file.empty()) {
     const std::string tmp = port_file + ".tmp";

@@ -14,9 +14,9 @@ void AppendTracingMetrics(std::vector<prometheus::MetricFamily>* out) {
                 s.spans_queued_total);
   AppendCounter(out, "poolside_trace_spans_exported_total",
                 "Spans acknowledged by the OTLP collector.", s.spans_exported_total);
-  prometheus::MetricFamily dropped = CounterFamily(
-      "poolside_trace_spans_dropped_total",
-      "Spans dropped: queue full, or the collector down, slow or refusing them.");
+  prometheus::MetricFamily dropped =
+      CounterFamily("poolside_trace_spans_dropped_total",
+                    "Spans dropped: queue full, or the collector down, slow or refusing them.");
   AddCounter(&dropped, {{"reason", "queue_full"}},
              static_cast<double>(s.spans_dropped_queue_full_total));
   AddCounter(&dropped, {{"reason", "export_failed"}},

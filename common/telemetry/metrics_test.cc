@@ -49,14 +49,16 @@ TEST(MetricsRegistryTest, PrometheusMetricsProcessMetricsAndMergedFamilies) {
   auto r2 = metrics.AddCollector(add("b", 2));
   const std::string text = metrics.ScrapeText();
   EXPECT_TRUE(Contains(text, "poolside_test_calls_total{method=\"Get\"} 2\n")) << text;
-  EXPECT_TRUE(Contains(text, "# TYPE poolside_test_size gauge\n"
-                             "poolside_test_size{database=\"a\"} 1\n"
-                             "poolside_test_size{database=\"b\"} 2\n"))
+  EXPECT_TRUE(Contains(text,
+                       "# TYPE poolside_test_size gauge\n"
+                       "poolside_test_size{database=\"a\"} 1\n"
+                       "poolside_test_size{database=\"b\"} 2\n"))
       << text;
   EXPECT_TRUE(Contains(text, "poolside_process_resident_memory_bytes ")) << text;
   // One HELP/TYPE block per name.
   size_t n = 0;
-  for (size_t at = 0; (at = text.find("# TYPE poolside_test_size ", at)) != std::string::npos; ++at) ++n;
+  for (size_t at = 0; (at = text.find("# TYPE poolside_test_size ", at)) != std::string::npos; ++at)
+    ++n;
   EXPECT_EQ(n, 1u);
 }
 
@@ -107,8 +109,9 @@ TEST(MetricsRegistryTest, ConcurrentScrapesAndRegistrations) {
       out->push_back(GaugeFamily("poolside_test_value", "Value."));
       AddGauge(&out->back(), {}, *v);
     });
-    MetricsRegistry::Registration s = metrics.AddStatusSection(
-        [v = value.get()] { return StatusTable{"Value", {"v"}, {{std::to_string(*v)}}}; });
+    MetricsRegistry::Registration s = metrics.AddStatusSection([v = value.get()] {
+      return StatusTable{"Value", {"v"}, {{std::to_string(*v)}}};
+    });
     r.Reset();
     s.Reset();
     value.reset();  // safe: no callback can be running any more

@@ -13,8 +13,9 @@ namespace {
 namespace otlp_collector = opentelemetry::proto::collector::trace::v1;
 namespace otlp_trace = opentelemetry::proto::trace::v1;
 
-void AddStringAttribute(google::protobuf::RepeatedPtrField<opentelemetry::proto::common::v1::KeyValue>* to,
-                        const std::string& key, const std::string& value) {
+void AddStringAttribute(
+    google::protobuf::RepeatedPtrField<opentelemetry::proto::common::v1::KeyValue>* to,
+    const std::string& key, const std::string& value) {
   auto* kv = to->Add();
   kv->set_key(key);
   kv->mutable_value()->set_string_value(value);
@@ -67,13 +68,12 @@ bool OtlpExporter::Flush(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   Target target{this, accepted_};
   ++flush_requests_;
-  const bool done = mu_.AwaitWithTimeout(
-      absl::Condition(
-          +[](Target* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return t->exporter->settled_ >= t->settled;
-          },
-          &target),
-      timeout);
+  const bool done = mu_.AwaitWithTimeout(absl::Condition(
+                                             +[](Target* t) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                               return t->exporter->settled_ >= t->settled;
+                                             },
+                                             &target),
+                                         timeout);
   --flush_requests_;
   return done;
 }
@@ -88,15 +88,15 @@ void OtlpExporter::Loop() {
     {
       absl::MutexLock lock(&mu_);
       // Woken by a full batch, a flush, shutdown, or the batch interval.
-      mu_.AwaitWithTimeout(
-          absl::Condition(
-              +[](OtlpExporter* e) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                return e->stopping_ || (e->flush_requests_ > 0 && !e->queue_.empty()) ||
-                       e->queue_.size() >= e->options_.max_batch_size;
-              },
-              this),
-          std::max(absl::ZeroDuration(),
-                   std::min(options_.batch_interval, next_stats - absl::Now())));
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](OtlpExporter* e) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                                 return e->stopping_ ||
+                                        (e->flush_requests_ > 0 && !e->queue_.empty()) ||
+                                        e->queue_.size() >= e->options_.max_batch_size;
+                               },
+                               this),
+                           std::max(absl::ZeroDuration(),
+                                    std::min(options_.batch_interval, next_stats - absl::Now())));
       stopping = stopping_;
       if (stopping && shutdown_deadline == absl::InfiniteFuture()) {
         shutdown_deadline = absl::Now() + options_.export_timeout;
@@ -171,13 +171,13 @@ bool OtlpExporter::Send(std::vector<std::unique_ptr<otlp_trace::Span>>& batch,
 
 void OtlpExporter::LogStats(const char* message) {
   const ExporterStats s = stats();
-  LogInfo(message, {{"endpoint", options_.endpoint},
-                    {"spans_exported", absl::StrCat(s.spans_exported_total)},
-                    {"spans_dropped", absl::StrCat(s.spans_dropped_total())},
-                    {"spans_dropped_queue_full", absl::StrCat(s.spans_dropped_queue_full_total)},
-                    {"spans_dropped_export_failed",
-                     absl::StrCat(s.spans_dropped_export_failed_total)},
-                    {"queued", absl::StrCat(s.queue_size)}});
+  LogInfo(message,
+          {{"endpoint", options_.endpoint},
+           {"spans_exported", absl::StrCat(s.spans_exported_total)},
+           {"spans_dropped", absl::StrCat(s.spans_dropped_total())},
+           {"spans_dropped_queue_full", absl::StrCat(s.spans_dropped_queue_full_total)},
+           {"spans_dropped_export_failed", absl::StrCat(s.spans_dropped_export_failed_total)},
+           {"queued", absl::StrCat(s.queue_size)}});
 }
 
 absl::StatusOr<std::unique_ptr<Tracer>> StartTracing(const v1::TracingConfig& config,
@@ -187,15 +187,16 @@ absl::StatusOr<std::unique_ptr<Tracer>> StartTracing(const v1::TracingConfig& co
   OtlpExporterOptions o;
   o.endpoint = config.endpoint();
   if (config.max_batch_size() > 0) o.max_batch_size = config.max_batch_size();
-  if (config.batch_interval_ms() > 0) o.batch_interval = absl::Milliseconds(config.batch_interval_ms());
+  if (config.batch_interval_ms() > 0)
+    o.batch_interval = absl::Milliseconds(config.batch_interval_ms());
   if (config.max_queue_size() > 0) o.max_queue_size = config.max_queue_size();
-  if (config.export_timeout_ms() > 0) o.export_timeout = absl::Milliseconds(config.export_timeout_ms());
+  if (config.export_timeout_ms() > 0)
+    o.export_timeout = absl::Milliseconds(config.export_timeout_ms());
   if (config.stats_log_interval_ms() > 0) {
     o.stats_log_interval = absl::Milliseconds(config.stats_log_interval_ms());
   }
-  o.resource = ProcessResource(config.service_name().empty()
-                                   ? absl::StrCat("poolside-", service)
-                                   : config.service_name());
+  o.resource = ProcessResource(config.service_name().empty() ? absl::StrCat("poolside-", service)
+                                                             : config.service_name());
   o.scope_version = kPoolsideVersion;
   const double ratio = config.has_sampling_ratio() ? config.sampling_ratio() : 1.0;
   auto tracer = std::make_unique<Tracer>(ratio, std::make_unique<OtlpExporter>(std::move(o)));

@@ -41,10 +41,9 @@ TEST(ProcessMetricsTest, Families) {
   AppendProcessMetrics(&out);
   std::vector<std::string> names;
   for (const auto& f : out) names.push_back(f.name);
-  for (const char* want :
-       {"poolside_process_cpu_seconds_total", "poolside_process_resident_memory_bytes",
-        "poolside_process_open_fds", "poolside_process_max_fds",
-        "poolside_process_start_time_seconds"}) {
+  for (const char* want : {"poolside_process_cpu_seconds_total",
+                           "poolside_process_resident_memory_bytes", "poolside_process_open_fds",
+                           "poolside_process_max_fds", "poolside_process_start_time_seconds"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   }
 }

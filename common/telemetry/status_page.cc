@@ -38,12 +38,23 @@ std::string HtmlEscape(absl::string_view text) {
   out.reserve(text.size());
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
@@ -56,7 +67,8 @@ std::string FormatBytes(double bytes) {
     bytes /= 1024;
     ++unit;
   }
-  return unit == 0 ? absl::StrFormat("%.0f B", bytes) : absl::StrFormat("%.1f %s", bytes, kUnits[unit]);
+  return unit == 0 ? absl::StrFormat("%.0f B", bytes)
+                   : absl::StrFormat("%.1f %s", bytes, kUnits[unit]);
 }
 
 std::string FormatSeconds(double seconds) {
@@ -99,7 +111,8 @@ std::string RenderStatusPage(const StatusHeader& header, const std::vector<Statu
       absl::StrAppend(&html, "<p class=\"empty\">", HtmlEscape(table.empty_text), "</p>");
     } else {
       absl::StrAppend(&html, "<table><thead><tr>");
-      for (const std::string& c : table.columns) absl::StrAppend(&html, "<th>", HtmlEscape(c), "</th>");
+      for (const std::string& c : table.columns)
+        absl::StrAppend(&html, "<th>", HtmlEscape(c), "</th>");
       absl::StrAppend(&html, "</tr></thead><tbody>");
       for (const auto& row : table.rows) {
         absl::StrAppend(&html, "<tr>");

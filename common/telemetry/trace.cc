@@ -40,11 +40,16 @@ KeyValue* NewAttribute(otlp::Span* span, absl::string_view key) {
 
 otlp::Span::SpanKind KindOf(SpanKind kind) {
   switch (kind) {
-    case SpanKind::kInternal: return otlp::Span::SPAN_KIND_INTERNAL;
-    case SpanKind::kServer: return otlp::Span::SPAN_KIND_SERVER;
-    case SpanKind::kClient: return otlp::Span::SPAN_KIND_CLIENT;
-    case SpanKind::kProducer: return otlp::Span::SPAN_KIND_PRODUCER;
-    case SpanKind::kConsumer: return otlp::Span::SPAN_KIND_CONSUMER;
+    case SpanKind::kInternal:
+      return otlp::Span::SPAN_KIND_INTERNAL;
+    case SpanKind::kServer:
+      return otlp::Span::SPAN_KIND_SERVER;
+    case SpanKind::kClient:
+      return otlp::Span::SPAN_KIND_CLIENT;
+    case SpanKind::kProducer:
+      return otlp::Span::SPAN_KIND_PRODUCER;
+    case SpanKind::kConsumer:
+      return otlp::Span::SPAN_KIND_CONSUMER;
   }
   return otlp::Span::SPAN_KIND_INTERNAL;
 }
@@ -83,9 +88,7 @@ SpanId NewSpanId() {
 Span::~Span() { End(); }
 
 Span::Span(Span&& other) noexcept
-    : context_(std::move(other.context_)),
-      data_(std::move(other.data_)),
-      tracer_(other.tracer_) {
+    : context_(std::move(other.context_)), data_(std::move(other.data_)), tracer_(other.tracer_) {
   other.tracer_ = nullptr;
 }
 
@@ -156,7 +159,9 @@ void Span::End(absl::Time end) {
 // ---- Sampler ----
 
 ParentBasedRatioSampler::ParentBasedRatioSampler(double ratio)
-    : ratio_(ratio < 0 ? 0 : ratio > 1 ? 1 : ratio),
+    : ratio_(ratio < 0   ? 0
+             : ratio > 1 ? 1
+                         : ratio),
       threshold_(ratio_ >= 1 ? UINT64_MAX
                              : static_cast<uint64_t>(ratio_ * 18446744073709551616.0)) {}
 
@@ -174,8 +179,7 @@ bool ParentBasedRatioSampler::ShouldSample(const SpanContext& parent,
 
 // ---- Resource ----
 
-std::vector<std::pair<std::string, std::string>> ProcessResource(
-    absl::string_view service_name) {
+std::vector<std::pair<std::string, std::string>> ProcessResource(absl::string_view service_name) {
   std::vector<std::pair<std::string, std::string>> out;
   out.emplace_back("service.name", std::string(service_name));
   const std::string version = Env("POOLSIDE_VERSION");
@@ -255,8 +259,7 @@ Tracer* GlobalTracer() { return global_tracer.load(std::memory_order_acquire); }
 
 void SetGlobalTracer(Tracer* tracer) { global_tracer.store(tracer, std::memory_order_release); }
 
-Span StartSpan(absl::string_view name, SpanKind kind, const SpanContext& parent,
-               absl::Time start) {
+Span StartSpan(absl::string_view name, SpanKind kind, const SpanContext& parent, absl::Time start) {
   Tracer* tracer = GlobalTracer();
   if (tracer == nullptr) {
     // Tracing off: pass the caller's context through unchanged.
@@ -275,9 +278,9 @@ ExporterStats GetTracingStats() {
 absl::Status ValidateTracingConfig(const v1::TracingConfig& config) {
   if (config.has_sampling_ratio() &&
       !(config.sampling_ratio() >= 0 && config.sampling_ratio() <= 1)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "server.telemetry.tracing.samplingRatio is ", config.sampling_ratio(),
-        "; it must be between 0 and 1"));
+    return absl::InvalidArgumentError(absl::StrCat("server.telemetry.tracing.samplingRatio is ",
+                                                   config.sampling_ratio(),
+                                                   "; it must be between 0 and 1"));
   }
   const std::string& e = config.endpoint();
   if (!e.empty()) {
@@ -286,9 +289,9 @@ absl::Status ValidateTracingConfig(const v1::TracingConfig& config) {
     if (colon == std::string::npos || colon == 0 ||
         !absl::SimpleAtoi(absl::string_view(e).substr(colon + 1), &port) || port <= 0 ||
         port > 65535 || absl::StartsWith(e, "http")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "server.telemetry.tracing.endpoint \"", e.substr(0, 100),
-          "\" is not host:port (OTLP/gRPC, e.g. \"jaeger:4317\"; no http:// prefix)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("server.telemetry.tracing.endpoint \"", e.substr(0, 100),
+                       "\" is not host:port (OTLP/gRPC, e.g. \"jaeger:4317\"; no http:// prefix)"));
     }
   }
   return absl::OkStatus();

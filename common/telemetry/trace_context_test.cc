@@ -46,8 +46,8 @@ TEST(TraceparentTest, RejectsMalformedHeaders) {
 }
 
 TEST(TraceparentTest, AcceptsAHigherVersionWithMoreFields) {
-  std::optional<SpanContext> c = ParseTraceparent(
-      "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future");
+  std::optional<SpanContext> c =
+      ParseTraceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future");
   ASSERT_TRUE(c.has_value());
   EXPECT_EQ(c->SpanIdHex(), "00f067aa0ba902b7");
   // Forwarded as the version this process speaks.

@@ -7,8 +7,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "common/telemetry/trace.h"
 #include "grpcpp/client_context.h"
@@ -140,8 +140,7 @@ class ClientInterceptor : public grpc::experimental::Interceptor {
       : info_(info), parent_(std::move(parent)) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-    if (methods->QueryInterceptionHookPoint(
-            InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+    if (methods->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
       std::multimap<std::string, std::string>* metadata = methods->GetSendInitialMetadata();
       auto tp = metadata->find(kTraceparentHeader);
       if (tp != metadata->end()) {
@@ -227,7 +226,8 @@ ServerCallTrace::ServerCallTrace(grpc::experimental::ServerRpcInfo* info)
 
 ServerCallTrace::~ServerCallTrace() {
   if (registered_) ServerCallRegistry::Get().Remove(context_);
-  if (span_.recording()) span_.SetAttribute("rpc.grpc.status_code", int64_t{1});  // ended unanswered
+  if (span_.recording())
+    span_.SetAttribute("rpc.grpc.status_code", int64_t{1});  // ended unanswered
 }
 
 void ServerCallTrace::Intercept(grpc::experimental::InterceptorBatchMethods* methods) {

@@ -113,16 +113,21 @@ TEST_F(TraceGrpcTest, ClientSpanParentsServerSpanUnderTheCurrentContext) {
   ASSERT_TRUE(tracer_->Flush(absl::Seconds(20)));
   const auto spans = SpansNamed(kMethod);
   ASSERT_EQ(spans.size(), 2u);  // client and server
-  const auto& client = spans[0].span.kind() == opentelemetry::proto::trace::v1::Span::SPAN_KIND_CLIENT
-                           ? spans[0].span : spans[1].span;
-  const auto& server = spans[0].span.kind() == opentelemetry::proto::trace::v1::Span::SPAN_KIND_SERVER
-                           ? spans[0].span : spans[1].span;
+  const auto& client =
+      spans[0].span.kind() == opentelemetry::proto::trace::v1::Span::SPAN_KIND_CLIENT
+          ? spans[0].span
+          : spans[1].span;
+  const auto& server =
+      spans[0].span.kind() == opentelemetry::proto::trace::v1::Span::SPAN_KIND_SERVER
+          ? spans[0].span
+          : spans[1].span;
   EXPECT_EQ(Hex(client.trace_id()), root.context().TraceIdHex());
   EXPECT_EQ(Hex(client.parent_span_id()), root.context().SpanIdHex());
   EXPECT_EQ(Hex(server.trace_id()), root.context().TraceIdHex());
   EXPECT_EQ(server.parent_span_id(), client.span_id());
   EXPECT_EQ(Attribute(server, "rpc.system"), "grpc");
-  EXPECT_EQ(Attribute(server, "rpc.service"), "opentelemetry.proto.collector.trace.v1.TraceService");
+  EXPECT_EQ(Attribute(server, "rpc.service"),
+            "opentelemetry.proto.collector.trace.v1.TraceService");
   EXPECT_EQ(Attribute(server, "rpc.method"), "Export");
   EXPECT_EQ(Attribute(server, "rpc.grpc.status_code"), "0");
   EXPECT_EQ(Attribute(client, "rpc.grpc.status_code"), "0");

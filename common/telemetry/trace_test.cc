@@ -17,8 +17,8 @@ using ::poolside::testing::OtlpReceiver;
 using ::poolside::testing::ReceivedSpan;
 
 SpanContext Parent(bool sampled) {
-  return *ParseTraceparent(absl::StrCat("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-",
-                                        sampled ? "01" : "00"));
+  return *ParseTraceparent(
+      absl::StrCat("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-", sampled ? "01" : "00"));
 }
 
 TEST(SamplerTest, FollowsTheParent) {

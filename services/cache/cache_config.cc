@@ -29,9 +29,7 @@ constexpr uint32_t kMaxInvalidateTagsLimit = 100000;
 constexpr uint32_t kMaxInvalidatePrefixesLimit = 1024;
 constexpr uint32_t kMaxInvalidateBytesLimit = 16u << 20;
 
-std::string MiB(uint64_t bytes) {
-  return absl::StrCat(bytes >> 20, " MiB");
-}
+std::string MiB(uint64_t bytes) { return absl::StrCat(bytes >> 20, " MiB"); }
 
 }  // namespace
 
@@ -45,10 +43,9 @@ absl::StatusOr<v1::CacheServiceConfig> FinalizeCacheConfig(v1::CacheServiceConfi
     c.set_unix_socket(std::string(absl::StripPrefix(c.unix_socket(), "unix:")));
   }
   if (c.unix_socket().size() >= sizeof(sockaddr_un::sun_path)) {
-    return absl::InvalidArgumentError(absl::StrCat("unixSocket: path longer than ",
-                                                   sizeof(sockaddr_un::sun_path) - 1,
-                                                   " bytes (a unix socket limit): ",
-                                                   c.unix_socket()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("unixSocket: path longer than ", sizeof(sockaddr_un::sun_path) - 1,
+                     " bytes (a unix socket limit): ", c.unix_socket()));
   }
   if (!c.unix_socket().empty() && c.unix_socket()[0] != '/') {
     return absl::InvalidArgumentError(
@@ -119,20 +116,18 @@ absl::StatusOr<v1::CacheServiceConfig> FinalizeCacheConfig(v1::CacheServiceConfi
 
   const uint64_t shard_bytes = c.capacity_bytes() / c.shards();
   if (shard_bytes < kMinShardBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "capacity ", c.capacity_bytes(), " bytes gives each of ", c.shards(), " shards only ",
-        shard_bytes, " bytes; need at least ", kMinShardBytes,
-        " per shard: raise capacityBytes or lower shards"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("capacity ", c.capacity_bytes(), " bytes gives each of ", c.shards(),
+                     " shards only ", shard_bytes, " bytes; need at least ", kMinShardBytes,
+                     " per shard: raise capacityBytes or lower shards"));
   }
   if (c.max_entry_bytes() > kMaxEntryBytesLimit) {
-    return absl::InvalidArgumentError(absl::StrCat("maxEntryBytes must be at most ",
-                                                   kMaxEntryBytesLimit, ", got ",
-                                                   c.max_entry_bytes()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "maxEntryBytes must be at most ", kMaxEntryBytesLimit, ", got ", c.max_entry_bytes()));
   }
   if (c.max_key_bytes() > c.max_entry_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("maxKeyBytes (", c.max_key_bytes(),
-                                                   ") exceeds maxEntryBytes (",
-                                                   c.max_entry_bytes(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "maxKeyBytes (", c.max_key_bytes(), ") exceeds maxEntryBytes (", c.max_entry_bytes(), ")"));
   }
   if (c.max_tags() > 10000) {
     return absl::InvalidArgumentError(

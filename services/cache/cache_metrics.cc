@@ -35,9 +35,9 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
   AppendCounter(out, "poolside_cache_expirations_total", "Entries removed past their stale window.",
                 s.expirations);
   AppendCounter(out, "poolside_cache_invalidations_total", "Invalidate calls.", s.invalidations);
-  prometheus::MetricFamily targets = CounterFamily(
-      "poolside_cache_invalidation_targets_total",
-      "What invalidations named: tags, key prefixes, or everything (kind=all).");
+  prometheus::MetricFamily targets =
+      CounterFamily("poolside_cache_invalidation_targets_total",
+                    "What invalidations named: tags, key prefixes, or everything (kind=all).");
   AddCounter(&targets, {{"kind", "tag"}}, double(s.invalidated_tags));
   AddCounter(&targets, {{"kind", "prefix"}}, double(s.invalidated_prefixes));
   AddCounter(&targets, {{"kind", "all"}}, double(s.flushes));
@@ -54,19 +54,17 @@ void Collect(const CacheStoreStats& s, std::vector<prometheus::MetricFamily>* ou
 telemetry::StatusTable Table(const CacheStoreStats& s) {
   telemetry::StatusTable t;
   t.title = "Cache";
-  t.columns = {"hit ratio", "hits", "stale", "misses", "entries", "bytes", "capacity", "sets",
-               "rejected", "evictions", "invalidations"};
-  t.rows.push_back({telemetry::FormatRatio(double(s.hits + s.stale_hits),
-                                           double(s.hits + s.stale_hits + s.misses)),
-                    telemetry::FormatCount(double(s.hits)),
-                    telemetry::FormatCount(double(s.stale_hits)),
-                    telemetry::FormatCount(double(s.misses)),
-                    telemetry::FormatCount(double(s.entries)), telemetry::FormatBytes(double(s.bytes)),
-                    telemetry::FormatBytes(double(s.capacity_bytes)),
-                    telemetry::FormatCount(double(s.sets)),
-                    telemetry::FormatCount(double(s.sets_rejected)),
-                    telemetry::FormatCount(double(s.evictions)),
-                    telemetry::FormatCount(double(s.invalidations))});
+  t.columns = {"hit ratio", "hits", "stale",    "misses",    "entries",      "bytes",
+               "capacity",  "sets", "rejected", "evictions", "invalidations"};
+  t.rows.push_back(
+      {telemetry::FormatRatio(double(s.hits + s.stale_hits),
+                              double(s.hits + s.stale_hits + s.misses)),
+       telemetry::FormatCount(double(s.hits)), telemetry::FormatCount(double(s.stale_hits)),
+       telemetry::FormatCount(double(s.misses)), telemetry::FormatCount(double(s.entries)),
+       telemetry::FormatBytes(double(s.bytes)), telemetry::FormatBytes(double(s.capacity_bytes)),
+       telemetry::FormatCount(double(s.sets)), telemetry::FormatCount(double(s.sets_rejected)),
+       telemetry::FormatCount(double(s.evictions)),
+       telemetry::FormatCount(double(s.invalidations))});
   return t;
 }
 

@@ -16,8 +16,8 @@
 //
 // Thread-safe. Unregisters in its destructor: declare it after the store.
 
-#include "common/telemetry/metrics.h"
 #include "common/cache/cache_store.h"
+#include "common/telemetry/metrics.h"
 
 namespace poolside::cache {
 

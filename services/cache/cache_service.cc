@@ -260,9 +260,8 @@ void CacheServiceImpl::EndWatches() {
 absl::Status CacheServiceImpl::CheckKey(const std::string& key) const {
   if (key.empty()) return absl::InvalidArgumentError("key must not be empty");
   if (key.size() > limits_.max_key_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat("key is ", key.size(),
-                                                   " bytes; the limit is maxKeyBytes = ",
-                                                   limits_.max_key_bytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key is ", key.size(), " bytes; the limit is maxKeyBytes = ", limits_.max_key_bytes));
   }
   return absl::OkStatus();
 }

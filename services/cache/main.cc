@@ -10,12 +10,12 @@
 // --probe asks a running sidecar (over its unixSocket) for its health and
 // exits 0 if it is SERVING, 1 otherwise: Kubernetes' exec probes, since a
 // sidecar serving only its unix socket has no port a grpc probe could reach.
-#include <algorithm>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -122,7 +122,8 @@ int Probe(const std::string& socket_path, const std::string& which) {
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
   const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
-      argc, argv, "cache", "poolside cache sidecar: cache_server --config=FILE", "docs/design.md, Cache sidecar");
+      argc, argv, "cache", "poolside cache sidecar: cache_server --config=FILE",
+      "docs/design.md, Cache sidecar");
   if (!flags.has_value()) return 2;
   const poolside::config::ContainerLimits limits = poolside::config::ReadContainerLimits();
   std::string capacity_note;
@@ -173,12 +174,14 @@ int main(int argc, char** argv) {
   // Before anything that records spans, so it is destroyed after them.
   auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "cache");
   if (!tracer.ok()) {
-    telemetry::LogError("cannot start tracing", {{"error", std::string(tracer.status().message())}});
+    telemetry::LogError("cannot start tracing",
+                        {{"error", std::string(tracer.status().message())}});
     return 2;
   }
   auto metrics = telemetry::ServiceMetrics::Start("cache", config->server().telemetry());
   if (!metrics.ok()) {
-    telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
+    telemetry::LogError("cannot serve metrics",
+                        {{"error", std::string(metrics.status().message())}});
     return 1;
   }
   poolside::cache::CacheStore store(poolside::cache::StoreOptionsFromConfig(*config));
@@ -199,10 +202,9 @@ int main(int argc, char** argv) {
   // gRPC parses a request before any handler (and so authentication) sees
   // it: accept no more than the largest entry a Set may carry, or the
   // largest Invalidate, plus room for the rest of the message.
-  options.max_receive_message_bytes = static_cast<int>(
-      std::min<uint64_t>(std::max<uint64_t>(config->max_entry_bytes(), config->max_invalidate_bytes()) +
-                             (1u << 20),
-                         INT32_MAX));
+  options.max_receive_message_bytes = static_cast<int>(std::min<uint64_t>(
+      std::max<uint64_t>(config->max_entry_bytes(), config->max_invalidate_bytes()) + (1u << 20),
+      INT32_MAX));
   options.queue_services = {&service};
   options.before_drain = [&service] { service.EndWatches(); };
   options.call_telemetry = (*metrics)->server_calls();  // a queue server: no interceptor

@@ -6,16 +6,19 @@ namespace poolside::ingest {
 
 const char* FlushReasonName(FlushReason reason) {
   switch (reason) {
-    case FlushReason::kRows: return "rows";
-    case FlushReason::kBytes: return "bytes";
-    case FlushReason::kLinger: return "linger";
-    case FlushReason::kDrain: return "drain";
+    case FlushReason::kRows:
+      return "rows";
+    case FlushReason::kBytes:
+      return "bytes";
+    case FlushReason::kLinger:
+      return "linger";
+    case FlushReason::kDrain:
+      return "drain";
   }
   return "unknown";
 }
 
-void Batcher::Add(std::shared_ptr<PendingWrite> write, absl::Time now,
-                  std::vector<Batch>* sealed) {
+void Batcher::Add(std::shared_ptr<PendingWrite> write, absl::Time now, std::vector<Batch>* sealed) {
   auto [it, inserted] = open_.try_emplace(std::make_pair(write->role, write->group));
   Open& open = it->second;
   if (inserted) {

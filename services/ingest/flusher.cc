@@ -190,10 +190,9 @@ class Flush {
       r.set_rows_written(written);
       std::vector<v1::RowError> rejected = w.rejected;
       for (auto& e : copy_rejected_[i]) rejected.push_back(std::move(e));
-      std::sort(rejected.begin(), rejected.end(),
-                [](const v1::RowError& a, const v1::RowError& b) {
-                  return a.row_index() < b.row_index();
-                });
+      std::sort(rejected.begin(), rejected.end(), [](const v1::RowError& a, const v1::RowError& b) {
+        return a.row_index() < b.row_index();
+      });
       for (auto& e : rejected) *r.add_rejected() = std::move(e);
       result.rows_written += written;
       if (!w.key.empty()) {
@@ -321,8 +320,7 @@ class Flush {
       const uint32_t begin = lines[k].line == 0 ? 0 : w.line_ends[lines[k].line - 1];
       const uint32_t end = w.line_ends[lines[k].line];
       // Consecutive lines of one request are one piece.
-      if (k > 0 && lines[k - 1].write == lines[k].write &&
-          lines[k - 1].line + 1 == lines[k].line) {
+      if (k > 0 && lines[k - 1].write == lines[k].write && lines[k - 1].line + 1 == lines[k].line) {
         const absl::string_view& last = pieces.back();
         pieces.back() = absl::string_view(last.data(), last.size() + (end - begin));
       } else {
@@ -394,8 +392,8 @@ class Flush {
   db::CopySession session_;
   bool isolating_ = false;
   bool needs_isolation_ = false;
-  bool commit_unknown_ = false;  // of the last attempt
-  size_t bytes_ = 0;  // of the last Pieces()
+  bool commit_unknown_ = false;   // of the last attempt
+  size_t bytes_ = 0;              // of the last Pieces()
   uint64_t copy_statements_ = 0;  // in every attempt
   // Answered from the key table (duplicate or conflict): not written.
   std::vector<bool> settled_;
@@ -417,8 +415,8 @@ absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
   };
   // Ingest replicas starting together take turns (the lock ends with the
   // transaction).
-  if (absl::Status s = session.Exec(absl::StrCat("SELECT pg_advisory_xact_lock(",
-                                                 kKeysTableLock, ")"));
+  if (absl::Status s =
+          session.Exec(absl::StrCat("SELECT pg_advisory_xact_lock(", kKeysTableLock, ")"));
       !s.ok()) {
     return finish(s);
   }
@@ -453,8 +451,8 @@ absl::Status EnsureKeysTable(db::Connection& conn, absl::Time deadline) {
         "key text NOT NULL, tbl text NOT NULL DEFAULT '', "
         "digest bytea, rows bigint NOT NULL, result bytea NOT NULL, "
         "written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (login, principal, key))"));
-    sql.push_back(absl::StrCat("CREATE INDEX ", kKeysTable, "_written_at ON ", kKeysTable,
-                               " (written_at)"));
+    sql.push_back(
+        absl::StrCat("CREATE INDEX ", kKeysTable, "_written_at ON ", kKeysTable, " (written_at)"));
     sql.push_back(enable_security);
     sql.push_back(create_policy);
   } else {
@@ -516,8 +514,8 @@ absl::Status GrantKeysTable(db::Connection& conn, const std::vector<std::string>
       s = session.Exec(absl::StrCat("SELECT pg_advisory_xact_lock(", kKeysTableLock, ")"));
     }
     if (s.ok()) {
-      s = session.Exec(absl::StrCat("GRANT SELECT, INSERT ON ", kKeysTable, " TO ",
-                                    db::QuoteIdentifier(user)));
+      s = session.Exec(
+          absl::StrCat("GRANT SELECT, INSERT ON ", kKeysTable, " TO ", db::QuoteIdentifier(user)));
     }
     if (s.ok()) s = session.Exec("COMMIT");
     if (!s.ok()) {

@@ -110,10 +110,10 @@ TEST_F(FlusherTest, IsolatesBadRowsAndCommitsTheRest) {
   ASSERT_TRUE(pg_->Exec("flusher", "INSERT INTO ev VALUES (100000, 'x', 0)").ok());
   std::vector<std::tuple<int64_t, std::string, int64_t>> rows;
   for (int i = 0; i < 200; ++i) rows.emplace_back(i, "ok", i);
-  rows[17] = {100000, "dup", 1};          // unique violation with an existing row
-  rows[50] = {50, "toolong", 1};       // varchar(5): 22001
-  rows[120] = {120, "neg", -1};        // CHECK: 23514
-  rows[199] = {3, "dup2", 1};          // unique violation inside the batch
+  rows[17] = {100000, "dup", 1};  // unique violation with an existing row
+  rows[50] = {50, "toolong", 1};  // varchar(5): 22001
+  rows[120] = {120, "neg", -1};   // CHECK: 23514
+  rows[199] = {3, "dup2", 1};     // unique violation inside the batch
   Batch b = MakeBatch({Write({{1000, "w0", 0}}, "kx"), Write(rows, "ky")});
   FlushResult r = FlushBatch(*conn_, b, Soon());
   ASSERT_TRUE(r.status.ok()) << r.status;
@@ -166,15 +166,17 @@ TEST_F(FlusherTest, KeyReusedForOtherContentIsRefusedNotDropped) {
   ASSERT_TRUE(r.responses[3].ok());
   EXPECT_EQ(Count(), "4");  // 1, 2, bob's 4, 5
   EXPECT_EQ(Count("id = 3"), "0");
-  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT string_agg(principal || ':' || key || ':' || tbl, "
-                                        "',' ORDER BY principal) FROM poolside_ingest_keys"),
+  EXPECT_EQ(*pg_->QueryValue("flusher",
+                             "SELECT string_agg(principal || ':' || key || ':' || tbl, "
+                             "',' ORDER BY principal) FROM poolside_ingest_keys"),
             ":k:ev,bob:k:ev");
 }
 
 TEST_F(FlusherTest, AllBadRowsAreEachReportedInBoundedTime) {
   constexpr int kRows = 2000;  // 10,000 through the service: tests/ingest_service_test.cc
   ASSERT_TRUE(pg_->Exec("flusher", absl::StrCat("INSERT INTO ev SELECT g, 'old', 0 FROM "
-                                                "generate_series(0, ", kRows - 1, ") g"))
+                                                "generate_series(0, ",
+                                                kRows - 1, ") g"))
                   .ok());
   std::vector<std::tuple<int64_t, std::string, int64_t>> rows;
   for (int i = 0; i < kRows; ++i) rows.emplace_back(i, "dup", i);
@@ -268,7 +270,8 @@ TEST_F(FlusherTest, KeysTableOfAnEarlierVersionIsMigrated) {
   std::string hex;
   for (unsigned char c : old.SerializeAsString()) hex += absl::StrFormat("%02x", c);
   ASSERT_TRUE(pg_->Exec("flusher", absl::StrCat("INSERT INTO poolside_ingest_keys (key, rows, "
-                                                "result) VALUES ('legacy', 2, '\\x", hex, "')"))
+                                                "result) VALUES ('legacy', 2, '\\x",
+                                                hex, "')"))
                   .ok());
   ASSERT_TRUE(EnsureKeysTable(*conn_, Soon()).ok());
   ASSERT_TRUE(EnsureKeysTable(*conn_, Soon()).ok());  // idempotent
@@ -279,8 +282,9 @@ TEST_F(FlusherTest, KeysTableOfAnEarlierVersionIsMigrated) {
                              "WHERE i.indrelid = 'poolside_ingest_keys'::regclass AND "
                              "i.indisprimary"),
             "login,principal,key");
-  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM pg_indexes WHERE indexname = "
-                                        "'poolside_ingest_keys_written_at'"),
+  EXPECT_EQ(*pg_->QueryValue("flusher",
+                             "SELECT count(*) FROM pg_indexes WHERE indexname = "
+                             "'poolside_ingest_keys_written_at'"),
             "1");
   // Row-level security on (not forced), one policy for every role, and the
   // legacy key is the migrating user's.

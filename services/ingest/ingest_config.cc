@@ -51,18 +51,18 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
   POOLSIDE_DEFAULT(batch, max_request_bytes,
                    std::min(batch->buffer_bytes() / 4, uint64_t{32} << 20));
   if (sizing_note != nullptr) {
-    *sizing_note = absl::StrCat(
-        "bufferBytes ", batch->buffer_bytes() >> 20, " MiB",
-        !sized_buffer          ? " (configured)"
-        : limits.memory_bytes ? " (a quarter of the memory limit)"
-                              : " (default: no memory limit)",
-        ", maxRequestBytes ", batch->max_request_bytes() >> 20, " MiB",
-        sized_request ? " (a quarter of the buffer, at most 32 MiB)" : " (configured)",
-        ", copyConnections ", batch->copy_connections(),
-        !sized_copies  ? " (configured)"
-        : limits.cpus ? " (2 per core of the CPU limit)"
-                      : " (default: no CPU limit)",
-        "; limits: ", config::DescribeLimits(limits));
+    *sizing_note =
+        absl::StrCat("bufferBytes ", batch->buffer_bytes() >> 20, " MiB",
+                     !sized_buffer         ? " (configured)"
+                     : limits.memory_bytes ? " (a quarter of the memory limit)"
+                                           : " (default: no memory limit)",
+                     ", maxRequestBytes ", batch->max_request_bytes() >> 20, " MiB",
+                     sized_request ? " (a quarter of the buffer, at most 32 MiB)" : " (configured)",
+                     ", copyConnections ", batch->copy_connections(),
+                     !sized_copies ? " (configured)"
+                     : limits.cpus ? " (2 per core of the CPU limit)"
+                                   : " (default: no CPU limit)",
+                     "; limits: ", config::DescribeLimits(limits));
   }
   POOLSIDE_DEFAULT(batch, flush_timeout_ms, 60000u);
   POOLSIDE_DEFAULT(batch, key_retention_ms, uint64_t{86400000});
@@ -71,17 +71,17 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
     return absl::InvalidArgumentError("batch.copyConnections above 64");
   }
   if (batch->max_request_bytes() > batch->buffer_bytes() / 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "batch.maxRequestBytes (", batch->max_request_bytes(),
-        ") exceeds half of batch.bufferBytes (", batch->buffer_bytes(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch.maxRequestBytes (", batch->max_request_bytes(),
+                     ") exceeds half of batch.bufferBytes (", batch->buffer_bytes(), ")"));
   }
   if (batch->max_request_bytes() > (uint64_t{1} << 30)) {
     return absl::InvalidArgumentError("batch.maxRequestBytes above 1 GiB");
   }
   if (batch->max_bytes() > batch->buffer_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "batch.maxBytes (", batch->max_bytes(), ") exceeds batch.bufferBytes (",
-        batch->buffer_bytes(), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("batch.maxBytes (", batch->max_bytes(),
+                                                   ") exceeds batch.bufferBytes (",
+                                                   batch->buffer_bytes(), ")"));
   }
 
   if (c.databases().empty()) {
@@ -110,14 +110,14 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
   if (c.default_database().empty()) {
     if (c.databases_size() == 1) c.set_default_database(c.databases(0).name());
   } else if (!names.contains(c.default_database())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "defaultDatabase \"", c.default_database(), "\" is not a configured database"));
+    return absl::InvalidArgumentError(absl::StrCat("defaultDatabase \"", c.default_database(),
+                                                   "\" is not a configured database"));
   }
   for (int i = 0; i < c.tables_size(); ++i) {
     const v1::IngestTables& t = c.tables(i);
     if (!names.contains(t.database())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tables[", i, "]: database \"", t.database(), "\" is not a configured database"));
+      return absl::InvalidArgumentError(absl::StrCat("tables[", i, "]: database \"", t.database(),
+                                                     "\" is not a configured database"));
     }
     for (const std::string& name : t.tables()) {
       if (name.empty() || name.size() > 200 || name.find('\0') != std::string::npos) {

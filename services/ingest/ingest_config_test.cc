@@ -52,7 +52,7 @@ TEST(IngestConfigTest, SizedFromTheContainerLimits) {
   auto c = ParseWithLimits(kOneTable, limits, &note);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->batch().buffer_bytes(), uint64_t{256} << 20);  // a quarter
-  EXPECT_EQ(c->batch().copy_connections(), 4u);              // 2 per core
+  EXPECT_EQ(c->batch().copy_connections(), 4u);               // 2 per core
   EXPECT_EQ(c->databases(0).pool().max_size(), 5u);
   EXPECT_EQ(note,
             "bufferBytes 256 MiB (a quarter of the memory limit), maxRequestBytes 32 MiB (a "

@@ -32,8 +32,7 @@ constexpr absl::Duration kIdleRead = absl::Seconds(1);
 // Bookkeeping of a request beyond its bytes.
 constexpr size_t kRequestOverhead = 256;
 
-std::string KeyOf(absl::string_view database, absl::string_view principal,
-                  absl::string_view key) {
+std::string KeyOf(absl::string_view database, absl::string_view principal, absl::string_view key) {
   return absl::StrCat(database, "\x1f", principal, "\x1f", key);
 }
 std::string KeyOf(const PendingWrite& w) { return KeyOf(w.database, w.principal, w.key); }
@@ -264,9 +263,9 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
     for (const std::string& name : header.columns) {
       const db::ColumnInfo* c = table.Find(name);
       if (c == nullptr) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "column \"", absl::Utf8SafeCHexEscape(name.substr(0, 128)), "\" of table ",
-            table.name, " does not exist"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("column \"", absl::Utf8SafeCHexEscape(name.substr(0, 128)), "\" of table ",
+                         table.name, " does not exist"));
       }
       if (std::find(columns.begin(), columns.end(), c) != columns.end()) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -300,8 +299,7 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
     if (i == 0 && header.rows > 1) {
       // Size the buffer from the first row, so it is not regrown (and copied)
       // a dozen times for a large request.
-      w->data.reserve(
-          std::min<size_t>(buffer_limit_, (w->data.size() + 16) * header.rows * 5 / 4));
+      w->data.reserve(std::min<size_t>(buffer_limit_, (w->data.size() + 16) * header.rows * 5 / 4));
     }
     if (s.ok()) {
       w->line_ends.push_back(static_cast<uint32_t>(w->data.size()));
@@ -328,8 +326,8 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
   return w;
 }
 
-absl::Status IngestEngine::Submit(const v1::WriteRequest& request,
-                                  const auth::Principal* principal, uint64_t ticket, Done done) {
+absl::Status IngestEngine::Submit(const v1::WriteRequest& request, const auth::Principal* principal,
+                                  uint64_t ticket, Done done) {
   SerializedWrite serialized;
   request.SerializeToString(&serialized.buffer);
   serialized.size = serialized.buffer.size();
@@ -362,8 +360,8 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const auth::Principal
   }
   absl::StatusOr<RequestHeader> header = ReadRequestHeader(request.bytes());
   if (!header.ok()) return give_back(header.status());
-  const std::string& name = header->database.empty() ? config_.default_database()
-                                                     : header->database;
+  const std::string& name =
+      header->database.empty() ? config_.default_database() : header->database;
   if (name.empty()) {
     return give_back(
         absl::InvalidArgumentError("no database named and no default database configured"));
@@ -462,10 +460,10 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const auth::Principal
 }
 
 absl::Status IngestEngine::RequestTooLarge(size_t bytes) const {
-  return absl::InvalidArgumentError(absl::StrCat(
-      "request is ", FormatBytes(bytes), "; ingest takes requests of at most ",
-      FormatBytes(max_request_), " (batch.maxRequestBytes) and buffers at most ",
-      FormatBytes(buffer_limit_), "; split it"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("request is ", FormatBytes(bytes), "; ingest takes requests of at most ",
+                   FormatBytes(max_request_), " (batch.maxRequestBytes) and buffers at most ",
+                   FormatBytes(buffer_limit_), "; split it"));
 }
 
 void IngestEngine::Hold(int64_t bytes) {
@@ -479,8 +477,7 @@ bool IngestEngine::KeyKnownLocked(const std::string& database, const std::string
   return !key.empty() && keys_.contains(KeyOf(database, principal, key));
 }
 
-uint64_t IngestEngine::ReserveRead(size_t bytes, std::function<void(uint64_t)> granted,
-                                   bool* now) {
+uint64_t IngestEngine::ReserveRead(size_t bytes, std::function<void(uint64_t)> granted, bool* now) {
   absl::MutexLock lock(&mu_);
   const uint64_t ticket = ++next_ticket_;
   bytes = std::min(bytes, buffer_limit_);
@@ -539,9 +536,8 @@ void IngestEngine::GrantReadsLocked(Callbacks* later) {
     const size_t bytes = open ? 0 : head.bytes;
     reservations_[head.ticket] = Reservation{bytes, now};
     used_ += bytes;
-    later->push_back([granted = std::move(head.granted), ticket = head.ticket] {
-      granted(ticket);
-    });
+    later->push_back(
+        [granted = std::move(head.granted), ticket = head.ticket] { granted(ticket); });
     read_queue_.pop_front();
   }
 }
@@ -717,9 +713,15 @@ void IngestEngine::WorkerLoop(Database* db) {
       continue;
     }
     switch (job.kind) {
-      case Job::kFlush: RunFlush(*db, job); break;
-      case Job::kLoadTable: RunLoadTable(*db, job); break;
-      case Job::kCleanupKeys: RunCleanup(*db); break;
+      case Job::kFlush:
+        RunFlush(*db, job);
+        break;
+      case Job::kLoadTable:
+        RunLoadTable(*db, job);
+        break;
+      case Job::kCleanupKeys:
+        RunCleanup(*db);
+        break;
     }
   }
 }
@@ -788,8 +790,8 @@ void IngestEngine::DropWrites(Batch& batch, const std::vector<bool>& drop,
 void IngestEngine::RunFlush(Database& db, Job& job) {
   // A batch serves many requests, so its span starts a trace of its own and
   // links to each request's span; the pool wait and the COPY are its children.
-  telemetry::Span flush =
-      telemetry::StartSpan("ingest.flush", telemetry::SpanKind::kInternal, telemetry::SpanContext());
+  telemetry::Span flush = telemetry::StartSpan("ingest.flush", telemetry::SpanKind::kInternal,
+                                               telemetry::SpanContext());
   if (flush.recording()) {
     flush.SetAttribute("db.system.name", "postgresql");
     flush.SetAttribute("db.namespace", db.config.name());
@@ -1089,8 +1091,7 @@ absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& con
     } else if (!db.keys_table_grant_warned) {
       db.keys_table_grant_warned = true;
       telemetry::LogWarning("database roles cannot use the idempotency key table yet",
-                            {{"database", db.config.name()},
-                             {"error", std::string(s.message())}});
+                            {{"database", db.config.name()}, {"error", std::string(s.message())}});
     }
   }
   return absl::OkStatus();
@@ -1121,7 +1122,8 @@ void IngestEngine::RunLoadTable(Database& db, Job& job) {
   }
   if (!info.ok()) {
     telemetry::LogWarning("cannot read table from the catalog",
-                          {{"database", db.config.name()}, {"table", job.table},
+                          {{"database", db.config.name()},
+                           {"table", job.table},
                            {"error", std::string(info.status().message())}});
   }
   std::vector<Parked> parked;
@@ -1152,9 +1154,9 @@ void IngestEngine::RunCleanup(Database& db) {
   auto n = DeleteExpiredKeys(*writer->lease, key_retention_, absl::Now() + flush_timeout_);
   if (!n.ok()) {
     if (!writer->lease->LooksAlive()) writer->lease.MarkBroken();
-    telemetry::LogWarning("idempotency key cleanup failed",
-                          {{"database", db.config.name()},
-                           {"error", std::string(n.status().message())}});
+    telemetry::LogWarning(
+        "idempotency key cleanup failed",
+        {{"database", db.config.name()}, {"error", std::string(n.status().message())}});
   } else if (*n > 0) {
     telemetry::LogInfo("idempotency keys expired",
                        {{"database", db.config.name()}, {"deleted", absl::StrCat(*n)}});
@@ -1181,8 +1183,7 @@ void IngestEngine::ControlLoop() {
     }
     while (!key_expiry_.empty() && key_expiry_.front().first + key_retention_ <= now) {
       auto it = keys_.find(key_expiry_.front().second);
-      if (it != keys_.end() && it->second.committed &&
-          it->second.waiters.empty()) {
+      if (it != keys_.end() && it->second.committed && it->second.waiters.empty()) {
         keys_.erase(it);
       }
       key_expiry_.pop_front();
@@ -1233,7 +1234,7 @@ void IngestEngine::Stop() {
     std::vector<Batch> sealed;
     batcher_.SealAll(&sealed);
     QueueBatchesLocked(sealed);  // the workers answer them UNAVAILABLE
-    GrantReadsLocked(&later);  // streams waiting to read: their requests are refused now
+    GrantReadsLocked(&later);    // streams waiting to read: their requests are refused now
     for (auto& [name, db] : databases_) {
       for (auto& [table, t] : db->tables) {
         if (!t.parked.empty()) parked.emplace_back(db.get(), std::move(t.parked));

@@ -240,7 +240,7 @@ class IngestEngine {
     double held_seconds ABSL_GUARDED_BY(failover_mu) = 0;
     std::string writing_member ABSL_GUARDED_BY(failover_mu);
     std::atomic<uint64_t> held_total{0}, held_timeouts{0};
-    std::deque<Job> jobs;  // guarded by the engine's mu_
+    std::deque<Job> jobs;                            // guarded by the engine's mu_
     absl::flat_hash_map<std::string, Table> tables;  // guarded by mu_
     absl::Mutex keys_table_mu;
     bool keys_table_ready ABSL_GUARDED_BY(keys_table_mu) = false;
@@ -291,13 +291,10 @@ class IngestEngine {
   using Callbacks = std::vector<std::function<void()>>;
 
   // Resolves columns, parses and encodes rows (no lock held).
-  absl::StatusOr<std::shared_ptr<PendingWrite>> Prepare(const SerializedWrite& request,
-                                                        const RequestHeader& header,
-                                                        const std::string& database,
-                                                        const std::string& principal,
-                                                        const std::string& role,
-                                                        const db::TableInfo& table,
-                                                        Done done) const;
+  absl::StatusOr<std::shared_ptr<PendingWrite>> Prepare(
+      const SerializedWrite& request, const RequestHeader& header, const std::string& database,
+      const std::string& principal, const std::string& role, const db::TableInfo& table,
+      Done done) const;
   // The pool that writes as `role` of `db` (the DSN user's for "") where its
   // rows go now, made on first use there; UNAVAILABLE once the engine is
   // closing or, with a topology, while no primary is known.
@@ -340,8 +337,8 @@ class IngestEngine {
   bool KeyKnownLocked(const std::string& database, const std::string& principal,
                       const std::string& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void QueueBatchesLocked(std::vector<Batch>& sealed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void AnswerLocked(PendingWrite& write, absl::StatusOr<v1::WriteResponse> result,
-                    Callbacks* later) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AnswerLocked(PendingWrite& write, absl::StatusOr<v1::WriteResponse> result, Callbacks* later)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a request's `done` ran.
   void Answered() ABSL_LOCKS_EXCLUDED(mu_);
   void ProcessParked(Database& db, std::vector<Parked> parked,
@@ -370,9 +367,9 @@ class IngestEngine {
   std::map<std::string, std::unique_ptr<Database>> databases_;
 
   mutable absl::Mutex mu_;
-  absl::CondVar jobs_ready_;     // any database's jobs
+  absl::CondVar jobs_ready_;  // any database's jobs
   absl::CondVar control_wake_;
-  absl::CondVar answered_;       // unanswered_ dropped
+  absl::CondVar answered_;  // unanswered_ dropped
   Batcher batcher_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, KeyState> keys_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<absl::Time, std::string>> key_expiry_ ABSL_GUARDED_BY(mu_);
@@ -397,9 +394,9 @@ class IngestEngine {
   bool destroying_ ABSL_GUARDED_BY(warm_mu_) = false;
   std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);
 
-  std::atomic<uint64_t> rows_written_{0}, bytes_written_{0}, batches_written_{0},
-      rows_rejected_{0}, requests_{0}, requests_failed_{0}, duplicates_{0},
-      batches_failed_{0}, copy_statements_{0}, refused_full_{0}, stream_waits_{0};
+  std::atomic<uint64_t> rows_written_{0}, bytes_written_{0}, batches_written_{0}, rows_rejected_{0},
+      requests_{0}, requests_failed_{0}, duplicates_{0}, batches_failed_{0}, copy_statements_{0},
+      refused_full_{0}, stream_waits_{0};
 };
 
 }  // namespace poolside::ingest

@@ -277,12 +277,13 @@ TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
   // A stream's read waits for room instead.
   absl::Notification granted;
   bool now = true;
-  const uint64_t ticket =
-      engine->ReserveRead(8 << 10, [&](uint64_t t) { granted.Notify(); }, &now);
+  const uint64_t ticket = engine->ReserveRead(
+      8 << 10, [&](uint64_t t) { granted.Notify(); }, &now);
   EXPECT_FALSE(now);
   // A second one queues behind it, and can be withdrawn.
   bool now2 = true;
-  const uint64_t withdrawn = engine->ReserveRead(8 << 10, [](uint64_t) { FAIL(); }, &now2);
+  const uint64_t withdrawn = engine->ReserveRead(
+      8 << 10, [](uint64_t) { FAIL(); }, &now2);
   EXPECT_FALSE(now2);
   EXPECT_TRUE(engine->ReleaseRead(withdrawn));
   v1::GetIngestStatsResponse stats;
@@ -312,12 +313,13 @@ TEST_F(IngestEngineTest, IdleReservationIsGivenBackToWaitingReaders) {
   auto engine = StartEngine(kBound);
   // An idle stream holds most of the bound...
   bool now = false;
-  const uint64_t idle = engine->ReserveRead(kBound - 1024, [](uint64_t) {}, &now);
+  const uint64_t idle = engine->ReserveRead(
+      kBound - 1024, [](uint64_t) {}, &now);
   ASSERT_TRUE(now);
   // ... another waits, and gets its room once the first has idled a while.
   absl::Notification granted;
-  const uint64_t waiting =
-      engine->ReserveRead(16 << 10, [&](uint64_t) { granted.Notify(); }, &now);
+  const uint64_t waiting = engine->ReserveRead(
+      16 << 10, [&](uint64_t) { granted.Notify(); }, &now);
   ASSERT_FALSE(now);
   EXPECT_TRUE(granted.WaitForNotificationWithTimeout(absl::Seconds(30)));
   // The idle stream's message, when it comes, is still taken.
@@ -342,7 +344,8 @@ TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
             absl::StatusCode::kUnavailable);
   // Streams may still read (their requests are refused).
   bool now = false;
-  engine->ReserveRead(1 << 20, [](uint64_t) {}, &now);
+  engine->ReserveRead(
+      1 << 20, [](uint64_t) {}, &now);
   EXPECT_TRUE(now);
   engine->Stop();
   EXPECT_EQ(Count(), "5");

@@ -156,9 +156,10 @@ IngestMetrics::IngestMetrics(const IngestEngine* engine, telemetry::MetricsRegis
     const double rate = rows_rate_.Sample(s.rows_written(), absl::Now());
     telemetry::StatusTable t;
     t.title = "Ingest";
-    t.columns = {"rows/s", "rows", "bytes", "batches", "rejected rows", "failed batches",
-                 "requests", "duplicates", "queued", "buffer", "buffer limit"};
-    t.rows.push_back({absl::StrFormat("%.0f", rate), telemetry::FormatCount(double(s.rows_written())),
+    t.columns = {"rows/s",   "rows",       "bytes",  "batches", "rejected rows", "failed batches",
+                 "requests", "duplicates", "queued", "buffer",  "buffer limit"};
+    t.rows.push_back({absl::StrFormat("%.0f", rate),
+                      telemetry::FormatCount(double(s.rows_written())),
                       telemetry::FormatBytes(double(s.bytes_written())),
                       telemetry::FormatCount(double(s.batches_written())),
                       telemetry::FormatCount(double(s.rows_rejected())),
@@ -170,7 +171,8 @@ IngestMetrics::IngestMetrics(const IngestEngine* engine, telemetry::MetricsRegis
                       telemetry::FormatBytes(double(s.buffer_bytes_limit()))});
     return t;
   });
-  pools_ = registry->AddStatusSection([this] { return telemetry::PoolsTable(engine_->GetPoolStats()); });
+  pools_ =
+      registry->AddStatusSection([this] { return telemetry::PoolsTable(engine_->GetPoolStats()); });
   if (!engine_->GetTopologyStats().empty()) {
     members_ =
         registry->AddStatusSection([this] { return MembersTable(engine_->GetTopologyStats()); });

@@ -72,9 +72,7 @@ class StreamBase : public Base {
   telemetry::SpanContext trace;
 
   StreamBase(IngestServiceImpl* service, IngestEngine* engine, auth::CallAuth auth)
-      : service_(service),
-        engine_(engine),
-        auth_(std::move(auth)) {}
+      : service_(service), engine_(engine), auth_(std::move(auth)) {}
 
   void OnCancel() override {
     bool withdraw;
@@ -167,8 +165,7 @@ class StreamBase : public Base {
 
   // Submits one write; `on_result` runs under mu_ with its outcome. A
   // malformed write ends the stream instead (`where` names it).
-  void SubmitWrite(SerializedWrite write, uint64_t ticket, std::string where,
-                   OnResult on_result) {
+  void SubmitWrite(SerializedWrite write, uint64_t ticket, std::string where, OnResult on_result) {
     absl::StatusOr<RequestHeader> header = ReadRequestHeader(write.bytes());
     absl::Status refused = header.status();
     if (header.ok()) {
@@ -185,14 +182,13 @@ class StreamBase : public Base {
       ++outstanding_;
     }
     telemetry::ScopedSpanContext scope(trace);  // the engine keeps it with the request
-    absl::Status s = engine_->Submit(
-        std::move(write), auth_.principal, ticket,
-        [this, where, on_result](absl::StatusOr<v1::WriteResponse> r) {
-          Lock lock(this, &mu_);
-          --outstanding_;
-          Outcome(where, on_result, r);
-          MaybeFinishLocked(lock);
-        });
+    absl::Status s = engine_->Submit(std::move(write), auth_.principal, ticket,
+                                     [this, where, on_result](absl::StatusOr<v1::WriteResponse> r) {
+                                       Lock lock(this, &mu_);
+                                       --outstanding_;
+                                       Outcome(where, on_result, r);
+                                       MaybeFinishLocked(lock);
+                                     });
     if (!s.ok()) {
       absl::MutexLock lock(&mu_);  // never finishes (the message is outstanding)
       --outstanding_;
@@ -273,8 +269,8 @@ class StreamBase : public Base {
                        : std::min(largest, std::max(kMinReadReservation, 2 * largest_message_)));
     }
     bool now = false;
-    const uint64_t ticket =
-        engine_->ReserveRead(bytes, [this](uint64_t t) { RoomGranted(t); }, &now);
+    const uint64_t ticket = engine_->ReserveRead(
+        bytes, [this](uint64_t t) { RoomGranted(t); }, &now);
     if (now) {
       RoomGranted(ticket);
       return;
@@ -377,10 +373,10 @@ class ChannelCall final
   }
   grpc::Status FinalStatusLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (malformed_.ok()) return grpc::Status::OK;
-    return server::ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-        malformed_.message(), ". The stream ends here: ", acked_,
-        " request(s) were acknowledged; a request without an acknowledgement was not "
-        "written (resend it, fixed)")));
+    return server::ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat(malformed_.message(), ". The stream ends here: ", acked_,
+                     " request(s) were acknowledged; a request without an acknowledgement was not "
+                     "written (resend it, fixed)")));
   }
 
   void Ack(uint64_t sequence, const absl::StatusOr<v1::WriteResponse>& r)
@@ -437,10 +433,10 @@ class WriteStreamCall final : public StreamBase<grpc::ServerReadReactor<grpc::By
   void StartReading() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { StartRead(&request_); }
   grpc::Status FinalStatusLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (!malformed_.ok()) {
-      return server::ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-          malformed_.message(), ". The stream ends here: ", summary_.requests(),
-          " request(s) were answered before it (", summary_.rows_written(),
-          " rows written); nothing after it was read")));
+      return server::ToGrpcStatus(absl::InvalidArgumentError(
+          absl::StrCat(malformed_.message(), ". The stream ends here: ", summary_.requests(),
+                       " request(s) were answered before it (", summary_.rows_written(),
+                       " rows written); nothing after it was read")));
     }
     if (!error_.ok()) return server::ToGrpcStatus(error_);
     *response_ = Serialize(summary_);
@@ -534,16 +530,15 @@ grpc::ServerUnaryReactor* IngestServiceImpl::Write(grpc::CallbackServerContext* 
   }
   auto held = std::make_shared<auth::CallAuth>(*std::move(call_auth));
   telemetry::ScopedSpanContext trace(telemetry::ServerCallContext(context));
-  absl::Status s = engine_->Submit(
-      std::move(write), held->principal, /*ticket=*/0,
-      [reactor, response, held](absl::StatusOr<v1::WriteResponse> r) {
-        if (!r.ok()) {
-          reactor->Finish(server::ToGrpcStatus(r.status()));
-          return;
-        }
-        *response = Serialize(*r);
-        reactor->Finish(grpc::Status::OK);
-      });
+  absl::Status s = engine_->Submit(std::move(write), held->principal, /*ticket=*/0,
+                                   [reactor, response, held](absl::StatusOr<v1::WriteResponse> r) {
+                                     if (!r.ok()) {
+                                       reactor->Finish(server::ToGrpcStatus(r.status()));
+                                       return;
+                                     }
+                                     *response = Serialize(*r);
+                                     reactor->Finish(grpc::Status::OK);
+                                   });
   if (!s.ok()) {
     const absl::Duration retry = RetryAfterOf(s);
     if (retry > absl::ZeroDuration()) {

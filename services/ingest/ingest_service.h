@@ -62,9 +62,7 @@ class IngestServiceImpl final : public IngestServiceBase {
   // `default_database`: the database of requests that name none.
   explicit IngestServiceImpl(IngestEngine* engine, auth::Authorizer* authorizer = nullptr,
                              std::string default_database = "")
-      : engine_(engine),
-        authorizer_(authorizer),
-        default_database_(std::move(default_database)) {}
+      : engine_(engine), authorizer_(authorizer), default_database_(std::move(default_database)) {}
 
   // A WriteRequest in, a WriteResponse out.
   grpc::ServerUnaryReactor* Write(grpc::CallbackServerContext* context,

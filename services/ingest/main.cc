@@ -24,11 +24,11 @@
 #include "services/ingest/ingest_metrics.h"
 #include "services/ingest/ingest_service.h"
 
-
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
   const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
-      argc, argv, "ingest", "poolside ingest service: ingest_server --config=FILE", "docs/ingest.md");
+      argc, argv, "ingest", "poolside ingest service: ingest_server --config=FILE",
+      "docs/ingest.md");
   if (!flags.has_value()) return 2;
   std::string sizing;
   auto config = poolside::ingest::LoadIngestConfig(
@@ -56,12 +56,14 @@ int main(int argc, char** argv) {
   // Before anything that records spans, so it is destroyed after them.
   auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "ingest");
   if (!tracer.ok()) {
-    telemetry::LogError("cannot start tracing", {{"error", std::string(tracer.status().message())}});
+    telemetry::LogError("cannot start tracing",
+                        {{"error", std::string(tracer.status().message())}});
     return 2;
   }
   auto metrics = telemetry::ServiceMetrics::Start("ingest", config->server().telemetry());
   if (!metrics.ok()) {
-    telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
+    telemetry::LogError("cannot serve metrics",
+                        {{"error", std::string(metrics.status().message())}});
     return 1;
   }
   // A privileged database role would let every caller reach the server's
@@ -76,8 +78,8 @@ int main(int argc, char** argv) {
   }
   poolside::ingest::IngestEngine engine(*config);
   telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()
-                                                   ? absl::StrCat((*authorizer)->size())
-                                                   : "disabled (every caller may do everything)"}});
+                                                 ? absl::StrCat((*authorizer)->size())
+                                                 : "disabled (every caller may do everything)"}});
   poolside::ingest::IngestServiceImpl service(
       &engine, (*authorizer)->enabled() ? authorizer->get() : nullptr, config->default_database());
   poolside::ingest::IngestMetrics ingest_metrics(&engine, &(*metrics)->registry());
@@ -99,8 +101,7 @@ int main(int argc, char** argv) {
   // which refuses those over batch.maxRequestBytes stating both sizes.
   const uint64_t grpc_memory = config->batch().buffer_bytes() / 2 + (uint64_t{16} << 20);
   options.grpc_memory_bytes = static_cast<int64_t>(grpc_memory);
-  options.max_receive_message_bytes =
-      static_cast<int>(std::min<uint64_t>(grpc_memory, INT32_MAX));
+  options.max_receive_message_bytes = static_cast<int>(std::min<uint64_t>(grpc_memory, INT32_MAX));
   options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.
@@ -126,7 +127,8 @@ int main(int argc, char** argv) {
   telemetry::LogInfo("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
                                   {"drain_timeout", absl::FormatDuration(drain)}});
   const bool drained = engine.Drain(drain);
-  if (!drained) telemetry::LogWarning("drain timed out; unflushed requests are failed, not acknowledged");
+  if (!drained)
+    telemetry::LogWarning("drain timed out; unflushed requests are failed, not acknowledged");
   service.FinishStreams();
   engine.Stop();
   (*server)->Shutdown();

@@ -174,8 +174,8 @@ absl::StatusOr<uint64_t> ReadChannelSequence(google::protobuf::io::ZeroCopyInput
       uint64_t v = 0;
       ok = coded.ReadVarint64(&v);
       if (number == kSequenceField) sequence = v;
-    } else if (ok && WireFormatLite::GetTagWireType(tag) ==
-                         WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+    } else if (ok &&
+               WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       uint32_t length = 0;
       ok = coded.ReadVarint32(&length) && coded.Skip(static_cast<int>(length));
     } else if (ok) {

@@ -118,9 +118,15 @@ TEST(RequestReaderTest, AgreesWithProtobufOnCorruptedRequests) {
     for (int e = 0; e < edits; ++e) {
       const size_t at = rng() % bytes.size();
       switch (rng() % 3) {
-        case 0: bytes[at] = static_cast<char>(rng()); break;           // overwrite
-        case 1: bytes.erase(at, 1 + rng() % 4); break;                  // cut
-        default: bytes.insert(at, 1, static_cast<char>(rng())); break;  // insert
+        case 0:
+          bytes[at] = static_cast<char>(rng());
+          break;  // overwrite
+        case 1:
+          bytes.erase(at, 1 + rng() % 4);
+          break;  // cut
+        default:
+          bytes.insert(at, 1, static_cast<char>(rng()));
+          break;  // insert
       }
       if (bytes.empty()) bytes = "x";
     }

@@ -57,7 +57,8 @@ struct CacheInvalidationEvent {
 class CacheClient {
  public:
   virtual ~CacheClient() = default;
-  virtual void Get(const std::string& key, std::function<void(absl::StatusOr<CacheLookup>)> done) = 0;
+  virtual void Get(const std::string& key,
+                   std::function<void(absl::StatusOr<CacheLookup>)> done) = 0;
   // OK(true) stored; OK(false) refused by the sidecar (raced an invalidation,
   // too large, not admitted).
   virtual void Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)> done) = 0;
@@ -70,9 +71,7 @@ class CacheClient {
   // order: kSubscribed when a watch is established, then what the sidecar
   // applies, kBroken when it ends. False: this client cannot watch (and never
   // calls `on_event`).
-  virtual bool Watch(std::function<void(const CacheInvalidationEvent&)> on_event) {
-    return false;
-  }
+  virtual bool Watch(std::function<void(const CacheInvalidationEvent&)> on_event) { return false; }
   // Ends the watch; `on_event` is not called once this returned.
   virtual void StopWatching() {}
 };

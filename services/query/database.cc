@@ -7,11 +7,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/config/database_config.h"
 #include "common/db/catalog.h"
 #include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
-#include "common/config/database_config.h"
 #include "services/query/query_config.h"
 
 namespace poolside::query {
@@ -19,8 +19,8 @@ namespace {
 
 // A pool.acquire span for a traced call: the wait for a connection (calls
 // pipelined together share one connection and so one wait).
-void RecordAcquire(const Work& work, const std::string& database, absl::Time start,
-                   absl::Time end, const absl::Status& status) {
+void RecordAcquire(const Work& work, const std::string& database, absl::Time start, absl::Time end,
+                   const absl::Status& status) {
   if (!work.trace.valid()) return;
   telemetry::Span span =
       telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal, work.trace, start);
@@ -88,8 +88,7 @@ Database::Database(const v1::DatabaseConfig& config, std::string role, std::stri
        name = config_.name()]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
         auto c = db::OpenChecked(options, name, allow_privileged);
         if (!c.ok() && c.status().code() != absl::StatusCode::kFailedPrecondition) {
-          return absl::Status(c.status().code(),
-                              absl::StrCat(where, ": ", c.status().message()));
+          return absl::Status(c.status().code(), absl::StrCat(where, ": ", c.status().message()));
         }
         return c;
       },
@@ -280,9 +279,9 @@ absl::Status Database::Enqueue(std::shared_ptr<Work> work) {
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("the query service is shutting down");
   if (queue_.size() >= config_.pool().max_queue()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "database ", config_.name(), " has ", queue_.size(),
-        " calls waiting already (max_queue); retry with backoff"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("database ", config_.name(), " has ", queue_.size(),
+                     " calls waiting already (max_queue); retry with backoff"));
   }
   queue_.push_back(std::move(work));
   MaybeStartWorker();
@@ -320,8 +319,8 @@ absl::StatusOr<ConnectionPool::Lease> Database::AcquireLive(absl::Time deadline,
     // Closed by the server (restart, idle kill, failover): replace it.
     lease->MarkBroken();
     if (attempt > config_.pool().max_size() + config_.pool().max_overflow()) {
-      return absl::UnavailableError(absl::StrCat("database ", config_.name(),
-                                                 ": connections keep failing"));
+      return absl::UnavailableError(
+          absl::StrCat("database ", config_.name(), ": connections keep failing"));
     }
   }
 }

@@ -3,11 +3,11 @@
 
 // One configured database: its connection pool and the workers that run calls
 // against it, one worker per connection the pool may open (max_size +
-// max_overflow), started on demand. Calls are queued (bounded); each worker takes the next call and,
-// when it is a single statement, every other single statement waiting behind it
-// (up to max_pipeline_depth), and sends them to PostgreSQL in one pipelined round
-// trip. Under load this turns many callers' point queries into few round trips;
-// with one caller it is a plain prepared-statement execution.
+// max_overflow), started on demand. Calls are queued (bounded); each worker takes the next call
+// and, when it is a single statement, every other single statement waiting behind it (up to
+// max_pipeline_depth), and sends them to PostgreSQL in one pipelined round trip. Under load this
+// turns many callers' point queries into few round trips; with one caller it is a plain
+// prepared-statement execution.
 //
 // A connection is checked before use (dead ones are replaced within the call's
 // deadline), and work whose connection fails under it runs once more on a

@@ -27,8 +27,8 @@ v1::DatabaseConfig Config(int max_size) {
   return done->databases(0);
 }
 
-std::shared_ptr<Work> Point(int64_t i, absl::BlockingCounter* finished,
-                            std::atomic<int>* ok, absl::Time deadline) {
+std::shared_ptr<Work> Point(int64_t i, absl::BlockingCounter* finished, std::atomic<int>* ok,
+                            absl::Time deadline) {
   auto w = std::make_shared<Work>();
   auto params = std::make_shared<google::protobuf::RepeatedPtrField<v1::Value>>();
   params->Add()->set_int64_value(i);
@@ -238,7 +238,8 @@ TEST(DatabaseTest, FullQueueIsResourceExhausted) {
   }
   EXPECT_GE(refused, 3);
   hold->Release();
-  for (int i = 0; i < 1000 && finished.load() < accepted; ++i) absl::SleepFor(absl::Milliseconds(10));
+  for (int i = 0; i < 1000 && finished.load() < accepted; ++i)
+    absl::SleepFor(absl::Milliseconds(10));
   EXPECT_EQ(ok.load(), accepted);
 }
 

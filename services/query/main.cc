@@ -18,14 +18,14 @@
 #include "services/query/query_config.h"
 #include "services/query/query_engine.h"
 #include "services/query/query_metrics.h"
-#include "services/query/sidecar_client.h"
 #include "services/query/query_service.h"
-
+#include "services/query/sidecar_client.h"
 
 int main(int argc, char** argv) {
   namespace telemetry = poolside::telemetry;
   const std::optional<poolside::server::ServiceFlags> flags = poolside::server::ParseServiceFlags(
-      argc, argv, "query", "poolside query service: query_server --config=FILE", "docs/configuration.md");
+      argc, argv, "query", "poolside query service: query_server --config=FILE",
+      "docs/configuration.md");
   if (!flags.has_value()) return 2;
   auto config = poolside::query::LoadQueryConfig(flags->config);
   if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
@@ -46,8 +46,9 @@ int main(int argc, char** argv) {
   }
   // Query's workers are its pooled connections (pool.maxSize per database);
   // the limits are logged for reference.
-  telemetry::LogInfo("sizing", {{"limits", poolside::config::DescribeLimits(poolside::config::EffectiveLimits(
-                                               config->server(), poolside::config::ReadContainerLimits()))}});
+  telemetry::LogInfo("sizing",
+                     {{"limits", poolside::config::DescribeLimits(poolside::config::EffectiveLimits(
+                                     config->server(), poolside::config::ReadContainerLimits()))}});
   for (const auto& db : config->databases()) {
     telemetry::LogInfo("database", {{"name", db.name()},
                                     {"target", poolside::query::DescribeDsn(db.dsn())},
@@ -58,12 +59,14 @@ int main(int argc, char** argv) {
   // Before anything that records spans, so it is destroyed after them.
   auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "query");
   if (!tracer.ok()) {
-    telemetry::LogError("cannot start tracing", {{"error", std::string(tracer.status().message())}});
+    telemetry::LogError("cannot start tracing",
+                        {{"error", std::string(tracer.status().message())}});
     return 2;
   }
   auto metrics = telemetry::ServiceMetrics::Start("query", config->server().telemetry());
   if (!metrics.ok()) {
-    telemetry::LogError("cannot serve metrics", {{"error", std::string(metrics.status().message())}});
+    telemetry::LogError("cannot serve metrics",
+                        {{"error", std::string(metrics.status().message())}});
     return 1;
   }
   std::unique_ptr<poolside::query::CacheClient> sidecar;
@@ -77,8 +80,9 @@ int main(int argc, char** argv) {
     }
     sidecar_client = client->get();
     sidecar = *std::move(client);
-    telemetry::LogInfo("cache sidecar", {{"target", config->cache().target()},
-                                         {"cached_table_sets", absl::StrCat(config->cache().tables_size())}});
+    telemetry::LogInfo("cache sidecar",
+                       {{"target", config->cache().target()},
+                        {"cached_table_sets", absl::StrCat(config->cache().tables_size())}});
   }
   poolside::query::QueryEngine engine(*config, std::move(sidecar));
   // A privileged database role would let every caller reach the server's
@@ -97,8 +101,8 @@ int main(int argc, char** argv) {
     }
   }
   telemetry::LogInfo("auth", {{"principals", (*authorizer)->enabled()
-                                                   ? absl::StrCat((*authorizer)->size())
-                                                   : "disabled (every caller may do everything)"},
+                                                 ? absl::StrCat((*authorizer)->size())
+                                                 : "disabled (every caller may do everything)"},
                               {"named_queries", absl::StrCat(named_queries->size())}});
   poolside::query::QueryServiceImpl service(
       &engine, (*authorizer)->enabled() ? authorizer->get() : nullptr, &*named_queries);
@@ -108,8 +112,8 @@ int main(int argc, char** argv) {
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
   options.tls = config->server().tls();
-  options.max_receive_message_bytes = static_cast<int>(
-      std::min<uint32_t>(config->limits().max_request_bytes(), INT32_MAX));
+  options.max_receive_message_bytes =
+      static_cast<int>(std::min<uint32_t>(config->limits().max_request_bytes(), INT32_MAX));
   options.drain_timeout = absl::Milliseconds(config->server().drain_timeout_ms());
   options.queue_services = {&service};
   // Calls still running on the workers answer on the queue, and so do the

@@ -26,23 +26,33 @@ absl::StatusOr<v1::Value::KindCase> KindOf(absl::string_view type) {
   if (type == "timestamp") return v1::Value::kTimestampValue;
   if (type == "numeric") return v1::Value::kNumericValue;
   if (type == "json") return v1::Value::kJsonValue;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown type \"", type.substr(0, 32),
-      "\" (bool, int64, double, text, bytes, timestamp, numeric, json)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown type \"", type.substr(0, 32),
+                   "\" (bool, int64, double, text, bytes, timestamp, numeric, json)"));
 }
 
 const char* KindName(v1::Value::KindCase kind) {
   switch (kind) {
-    case v1::Value::kNullValue: return "null";
-    case v1::Value::kBoolValue: return "bool";
-    case v1::Value::kInt64Value: return "int64";
-    case v1::Value::kDoubleValue: return "double";
-    case v1::Value::kTextValue: return "text";
-    case v1::Value::kBytesValue: return "bytes";
-    case v1::Value::kTimestampValue: return "timestamp";
-    case v1::Value::kNumericValue: return "numeric";
-    case v1::Value::kJsonValue: return "json";
-    default: return "unset";
+    case v1::Value::kNullValue:
+      return "null";
+    case v1::Value::kBoolValue:
+      return "bool";
+    case v1::Value::kInt64Value:
+      return "int64";
+    case v1::Value::kDoubleValue:
+      return "double";
+    case v1::Value::kTextValue:
+      return "text";
+    case v1::Value::kBytesValue:
+      return "bytes";
+    case v1::Value::kTimestampValue:
+      return "timestamp";
+    case v1::Value::kNumericValue:
+      return "numeric";
+    case v1::Value::kJsonValue:
+      return "json";
+    default:
+      return "unset";
   }
 }
 
@@ -68,8 +78,8 @@ absl::StatusOr<NamedQueries> NamedQueries::Create(
       return absl::InvalidArgumentError(absl::StrCat(where, ": ", s.message()));
     }
     if (q.read_only() && analysis->kind != sql::StatementKind::kRead) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": readOnly, but ", analysis->command, " is not a read"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": readOnly, but ", analysis->command, " is not a read"));
     }
     Query query;
     query.sql = q.sql();
@@ -94,25 +104,21 @@ absl::StatusOr<const std::string*> NamedQueries::Resolve(
     absl::string_view name, const google::protobuf::RepeatedPtrField<v1::Value>& params) const {
   auto it = queries_.find(name);
   if (it == queries_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("unknown named query \"", name.substr(0, 64), "\""));
+    return absl::NotFoundError(absl::StrCat("unknown named query \"", name.substr(0, 64), "\""));
   }
   const Query& q = it->second;
   if (params.size() != static_cast<int>(q.params.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("named query \"", name, "\" takes ",
-                                                   q.params.size(), " parameters; got ",
-                                                   params.size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "named query \"", name, "\" takes ", q.params.size(), " parameters; got ", params.size()));
   }
   for (size_t i = 0; i < q.params.size(); ++i) {
     const Param& want = q.params[i];
     const v1::Value::KindCase got = params[static_cast<int>(i)].kind_case();
     if (got == want.kind) continue;
     if ((got == v1::Value::kNullValue || got == v1::Value::KIND_NOT_SET) && want.nullable) continue;
-    return absl::InvalidArgumentError(absl::StrCat("named query \"", name, "\" parameter ",
-                                                   i + 1, " (", want.name, ") must be ",
-                                                   KindName(want.kind),
-                                                   want.nullable ? " or null" : "", "; got ",
-                                                   KindName(got)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "named query \"", name, "\" parameter ", i + 1, " (", want.name, ") must be ",
+        KindName(want.kind), want.nullable ? " or null" : "", "; got ", KindName(got)));
   }
   return &q.sql;
 }

@@ -61,19 +61,20 @@ TEST(NamedQueriesTest, ResolvesWithTypedParameters) {
 }
 
 TEST(NamedQueriesTest, BadConfigurationIsNamed) {
-  for (const auto& [json, mentions] : std::vector<std::pair<std::string, std::string>>{
-           {R"({"namedQueries": [{"name": "a b", "sql": "SELECT 1"}]})", "name must"},
-           {R"({"namedQueries": [{"name": "a"}]})", "sql is empty"},
-           {R"({"namedQueries": [{"name": "a", "sql": "SELECT $1", "params": [{"type": "int"}]}]})",
-            "unknown type"},
-           {R"({"namedQueries": [{"name": "a", "sql": "SELECT 1"}, {"name": "a", "sql": "SELECT 2"}]})",
-            "used twice"},
-           {R"({"namedQueries": [{"name": "a", "sql": "SELEC 1"}]})", "syntax error"},
-           {R"({"namedQueries": [{"name": "a", "sql": "SELECT 1; SELECT 2"}]})", "2 statements"},
-           {R"({"namedQueries": [{"name": "a", "sql": ";COMMIT"}]})", "COMMIT"},
-           {R"({"namedQueries": [{"name": "a", "sql": "SET search_path = x"}]})", "SET"},
-           {R"({"namedQueries": [{"name": "a", "readOnly": true, "sql": "DELETE FROM t"}]})",
-            "readOnly, but DELETE is not a read"}}) {
+  for (
+      const auto& [json, mentions] : std::vector<std::pair<std::string, std::string>>{
+          {R"({"namedQueries": [{"name": "a b", "sql": "SELECT 1"}]})", "name must"},
+          {R"({"namedQueries": [{"name": "a"}]})", "sql is empty"},
+          {R"({"namedQueries": [{"name": "a", "sql": "SELECT $1", "params": [{"type": "int"}]}]})",
+           "unknown type"},
+          {R"({"namedQueries": [{"name": "a", "sql": "SELECT 1"}, {"name": "a", "sql": "SELECT 2"}]})",
+           "used twice"},
+          {R"({"namedQueries": [{"name": "a", "sql": "SELEC 1"}]})", "syntax error"},
+          {R"({"namedQueries": [{"name": "a", "sql": "SELECT 1; SELECT 2"}]})", "2 statements"},
+          {R"({"namedQueries": [{"name": "a", "sql": ";COMMIT"}]})", "COMMIT"},
+          {R"({"namedQueries": [{"name": "a", "sql": "SET search_path = x"}]})", "SET"},
+          {R"({"namedQueries": [{"name": "a", "readOnly": true, "sql": "DELETE FROM t"}]})",
+           "readOnly, but DELETE is not a read"}}) {
     absl::StatusOr<NamedQueries> q = NamedQueries::Create(Config(json));
     EXPECT_EQ(q.status().code(), absl::StatusCode::kInvalidArgument) << json;
     EXPECT_NE(q.status().message().find(mentions), std::string::npos) << q.status();

@@ -35,9 +35,9 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
   POOLSIDE_DEFAULT(limits, check_concurrency, 32u);
   POOLSIDE_DEFAULT(limits, max_request_bytes, 4u << 20);
   if (limits->default_timeout_ms() > limits->max_timeout_ms()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "limits.defaultTimeoutMs (", limits->default_timeout_ms(),
-        ") exceeds limits.maxTimeoutMs (", limits->max_timeout_ms(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("limits.defaultTimeoutMs (", limits->default_timeout_ms(),
+                     ") exceeds limits.maxTimeoutMs (", limits->max_timeout_ms(), ")"));
   }
 
   if (c.databases().empty()) {
@@ -63,9 +63,9 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
     POOLSIDE_DEFAULT(pool, max_pipeline_depth, 64u);
     POOLSIDE_DEFAULT(pool, max_queue, 10000u);
     if (pool->min_idle() > pool->max_size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": pool.minIdle (", pool->min_idle(), ") exceeds pool.maxSize (",
-          pool->max_size(), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": pool.minIdle (", pool->min_idle(),
+                                                     ") exceeds pool.maxSize (", pool->max_size(),
+                                                     ")"));
     }
     if (pool->max_size() > 1000) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxSize above 1000"));
@@ -78,10 +78,12 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
     v1::QueryCacheConfig* cache = c.mutable_cache();
     if (cache->target().empty()) {
       return absl::InvalidArgumentError(
-          "cache.target is required when cache is configured, e.g. \"unix:/run/poolside/cache.sock\" "
+          "cache.target is required when cache is configured, e.g. "
+          "\"unix:/run/poolside/cache.sock\" "
           "or \"127.0.0.1:50052\"");
     }
-    if (absl::Status s = config::ValidateClientTlsConfig("cache.tls", cache->target(), cache->tls());
+    if (absl::Status s =
+            config::ValidateClientTlsConfig("cache.tls", cache->target(), cache->tls());
         !s.ok()) {
       return s;
     }
@@ -103,25 +105,26 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
       return absl::InvalidArgumentError("cache.near.shards: at most 256");
     }
     if (near->capacity_bytes() != 0 && near->capacity_bytes() / near->shards() < (64u << 10)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cache.near.capacityBytes: at least 64 KiB per shard (", near->shards(),
-          " shards), or 0 to turn the near cache off"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cache.near.capacityBytes: at least 64 KiB per shard (", near->shards(),
+                       " shards), or 0 to turn the near cache off"));
     }
     if (cache->channel().size() > 63) {
-      return absl::InvalidArgumentError("cache.channel: at most 63 bytes (a PostgreSQL identifier)");
+      return absl::InvalidArgumentError(
+          "cache.channel: at most 63 bytes (a PostgreSQL identifier)");
     }
     if (cache->invalidation().empty()) cache->set_invalidation("wal");
     if (cache->invalidation() != "wal" && cache->invalidation() != "trigger") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cache.invalidation: \"wal\" (logical decoding) or \"trigger\" (got \"",
-          cache->invalidation().substr(0, 32), "\")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cache.invalidation: \"wal\" (logical decoding) or \"trigger\" (got \"",
+                       cache->invalidation().substr(0, 32), "\")"));
     }
     if (cache->wal_unavailable().empty()) cache->set_wal_unavailable("fail");
     if (cache->wal_unavailable() != "fail" && cache->wal_unavailable() != "trigger" &&
         cache->wal_unavailable() != "bypass") {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cache.walUnavailable: \"fail\", \"trigger\" or \"bypass\" (got \"",
-          cache->wal_unavailable().substr(0, 32), "\")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("cache.walUnavailable: \"fail\", \"trigger\" or \"bypass\" (got \"",
+                       cache->wal_unavailable().substr(0, 32), "\")"));
     }
     v1::WalInvalidationConfig* wal = cache->mutable_wal();
     if (wal->publication().empty()) wal->set_publication("poolside_cache");
@@ -151,8 +154,8 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
       const v1::CachedTables& t = cache->tables(i);
       const std::string where = absl::StrCat("cache.tables[", i, "]");
       if (!names.contains(t.database())) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, ": database \"", t.database(), "\" is not a configured database"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": database \"", t.database(), "\" is not a configured database"));
       }
       if (!seen.insert(t.database()).second) {
         return absl::InvalidArgumentError(
@@ -164,9 +167,9 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
       for (const std::string& table : t.tables()) {
         if (table.empty() || table.size() > 127 ||
             table.find_first_of("\"';\\ \t\n") != std::string::npos) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, ": \"", table.substr(0, 64),
-              "\" is not a table name (use name or schema.name, unquoted)"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": \"", table.substr(0, 64),
+                           "\" is not a table name (use name or schema.name, unquoted)"));
         }
       }
     }
@@ -174,8 +177,8 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
   if (c.default_database().empty()) {
     if (c.databases_size() == 1) c.set_default_database(c.databases(0).name());
   } else if (!names.contains(c.default_database())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "defaultDatabase \"", c.default_database(), "\" is not a configured database"));
+    return absl::InvalidArgumentError(absl::StrCat("defaultDatabase \"", c.default_database(),
+                                                   "\" is not a configured database"));
   }
   return c;
 }

@@ -21,7 +21,8 @@ absl::StatusOr<v1::QueryServiceConfig> Finalize(absl::string_view json) {
 
 TEST(QueryConfigTest, TlsOrExplicitPlaintextIsRequired) {
   v1::QueryServiceConfig c;
-  ASSERT_TRUE(config::ParseJsonConfig(R"({"databases": [{"name": "a", "dsn": "dbname=a"}]})", &c).ok());
+  ASSERT_TRUE(
+      config::ParseJsonConfig(R"({"databases": [{"name": "a", "dsn": "dbname=a"}]})", &c).ok());
   absl::StatusOr<v1::QueryServiceConfig> f = FinalizeQueryConfig(c);
   EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(f.status().message().find("server.tls.plaintext"), std::string::npos) << f.status();
@@ -33,7 +34,8 @@ TEST(QueryConfigTest, SidecarOverTcpNeedsReadableTlsFiles) {
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(c.status().message().find("cache.tls.caFile"), std::string::npos) << c.status();
   EXPECT_TRUE(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
-                           "cache": {"target": "unix:/run/c.sock"}})").ok());
+                           "cache": {"target": "unix:/run/c.sock"}})")
+                  .ok());
 }
 
 TEST(QueryConfigTest, FillsDocumentedDefaults) {
@@ -105,12 +107,11 @@ TEST(QueryConfigTest, CacheInvalidationModeDefaultsToWalAndIsValidated) {
   EXPECT_EQ(c->cache().invalidation(), "trigger");
   EXPECT_EQ(c->cache().wal_unavailable(), "bypass");
   EXPECT_EQ(c->cache().wal().token_wait_ms(), 0u) << "an explicit 0 turns waiting off";
-  for (const char* bad : {
-           R"("invalidation": "WAL")", R"("invalidation": "notify")",
-           R"("walUnavailable": "ignore")",
-           R"("wal": {"publication": "a_publication_name_longer_than_sixty_three_bytes_is_no_postgresql_identifier"})",
-           R"("wal": {"heartbeatMs": 600, "maxLagMs": 1000})",
-           R"("wal": {"batchMs": 5000})"}) {
+  for (
+      const char* bad :
+      {R"("invalidation": "WAL")", R"("invalidation": "notify")", R"("walUnavailable": "ignore")",
+       R"("wal": {"publication": "a_publication_name_longer_than_sixty_three_bytes_is_no_postgresql_identifier"})",
+       R"("wal": {"heartbeatMs": 600, "maxLagMs": 1000})", R"("wal": {"batchMs": 5000})"}) {
     c = Finalize(absl::StrCat(R"({"databases": [{"name": "a", "dsn": "dbname=a"}],
                                   "cache": {"target": "unix:/run/c.sock", )",
                               bad, "}}"));
@@ -128,7 +129,9 @@ TEST(QueryConfigTest, ExplicitZeroMinIdleIsKept) {
 TEST(QueryConfigTest, RejectsWhatCannotWork) {
   EXPECT_EQ(Finalize(R"({})").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a"},
-                                       {"name": "a", "dsn": "dbname=b"}]})").status().code(),
+                                       {"name": "a", "dsn": "dbname=b"}]})")
+                .status()
+                .code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Finalize(R"({"databases": [{"name": "bad name", "dsn": "dbname=a"}]})").status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -137,10 +140,14 @@ TEST(QueryConfigTest, RejectsWhatCannotWork) {
   EXPECT_EQ(Finalize(R"({"databases": [{"name": "a", "dsn": "host='x"}]})").status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Finalize(R"({"databases": [{"name": "a", "dsn": "dbname=a",
-                                        "pool": {"minIdle": 5, "maxSize": 2}}]})").status().code(),
+                                        "pool": {"minIdle": 5, "maxSize": 2}}]})")
+                .status()
+                .code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Finalize(R"({"defaultDatabase": "zzz",
-                         "databases": [{"name": "a", "dsn": "dbname=a"}]})").status().code(),
+                         "databases": [{"name": "a", "dsn": "dbname=a"}]})")
+                .status()
+                .code(),
             absl::StatusCode::kInvalidArgument);
 }
 
@@ -166,7 +173,8 @@ TEST(QueryConfigTest, DsnFromEnvironmentIsResolvedAndErrorsHideIt) {
 
 TEST(QueryConfigTest, LoadNamesTheFile) {
   const std::string path = std::string(getenv("TEST_TMPDIR")) + "/q.json";
-  std::ofstream(path) << R"({"databases": [{"name": "a", "dsn": "dbname=a", "pool": {"maxSzie": 3}}]})";
+  std::ofstream(path)
+      << R"({"databases": [{"name": "a", "dsn": "dbname=a", "pool": {"maxSzie": 3}}]})";
   auto c = LoadQueryConfig(path);
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find(path), std::string::npos);

@@ -9,8 +9,8 @@
 #include "absl/strings/str_join.h"
 #include "common/config/database_config.h"
 #include "common/config/database_roles.h"
-#include "common/db/statement_labels.h"
 #include "common/db/hypothetical_index.h"
+#include "common/db/statement_labels.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "common/telemetry/trace_context.h"
@@ -158,8 +158,7 @@ void QueryEngine::Start() {
       telemetry::LogWarning("cannot monitor the database's members; calls for it fail",
                             {{"database", name}, {"error", std::string(s.message())}});
     } else if (replicas->topology().primary().empty()) {
-      telemetry::LogWarning("no primary found yet; writes fail until one is",
-                            {{"database", name}});
+      telemetry::LogWarning("no primary found yet; writes fail until one is", {{"database", name}});
     }
   }
   warmup_ = std::thread([this] {
@@ -231,13 +230,14 @@ void QueryEngine::RefreshCatalogs() {
     if ((*lease)->broken()) lease->MarkBroken();
     lease->Release();
     if (!catalog.ok()) {
-      telemetry::LogWarning("cannot read the catalog; statements share no Sync",
-                            {{"database", name}, {"error", std::string(catalog.status().message())}});
+      telemetry::LogWarning(
+          "cannot read the catalog; statements share no Sync",
+          {{"database", name}, {"error", std::string(catalog.status().message())}});
       continue;
     }
     absl::MutexLock lock(&catalogs_mu_);
-    catalogs_[name] = CatalogState{
-        std::make_shared<const db::BuiltinCatalog>(*std::move(catalog)), absl::Now()};
+    catalogs_[name] =
+        CatalogState{std::make_shared<const db::BuiltinCatalog>(*std::move(catalog)), absl::Now()};
   }
 }
 
@@ -279,8 +279,8 @@ absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name) {
   }
   auto it = databases_.find(name);
   if (it == databases_.end()) {
-    return absl::NotFoundError(absl::StrCat(
-        "unknown database \"", name.substr(0, 64), "\"; configured databases are listed by GetPoolStats"));
+    return absl::NotFoundError(absl::StrCat("unknown database \"", name.substr(0, 64),
+                                            "\"; configured databases are listed by GetPoolStats"));
   }
   return it->second.get();
 }
@@ -312,8 +312,8 @@ absl::StatusOr<std::shared_ptr<const sql::Analysis>> QueryEngine::CheckStatement
   const auto& limits = config_.limits();
   if (sql.empty()) return absl::InvalidArgumentError("sql is empty");
   if (sql.size() > limits.max_sql_bytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("sql is ", sql.size(),
-                                                   " bytes; the limit is ", limits.max_sql_bytes()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sql is ", sql.size(), " bytes; the limit is ", limits.max_sql_bytes()));
   }
   if (params > static_cast<int>(limits.max_params())) {
     return absl::InvalidArgumentError(
@@ -328,18 +328,18 @@ absl::StatusOr<std::shared_ptr<const sql::Analysis>> QueryEngine::CheckStatement
   if (absl::Status s = sql::Permitted(*a, scope, sql::Grants{access.ddl}); !s.ok()) return s;
   if (access.read_only &&
       (a->kind == sql::StatementKind::kWrite || a->kind == sql::StatementKind::kDdl)) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        a->command, " is not allowed for a read-only principal (it runs as a read-only "
-        "database role, in read-only transactions)"));
+    return absl::PermissionDeniedError(
+        absl::StrCat(a->command,
+                     " is not allowed for a read-only principal (it runs as a read-only "
+                     "database role, in read-only transactions)"));
   }
   return a;
 }
 
 absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequest& request,
-                                                           absl::Time deadline,
-                                                           std::string holder,
-                                                           v1::ExecuteResponse* response,
-                                                           Done done, const CallAccess& access) {
+                                                           absl::Time deadline, std::string holder,
+                                                           v1::ExecuteResponse* response, Done done,
+                                                           const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database(), access);
   if (!db.ok()) return db.status();
   absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis = CheckStatement(
@@ -369,10 +369,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   // With replicas: a read PostgreSQL keeps from writing (a read-only
   // caller's transaction) or that the catalog proves free of side effects
   // may run on a replica; anything else on the primary.
-  work->replica_ok = !deferred && !request.primary() &&
-                     (*analysis)->kind == sql::StatementKind::kRead &&
-                     (access.read_only || work->statement.may_share_sync ||
-                      DeclaredReadOnly(request));
+  work->replica_ok =
+      !deferred && !request.primary() && (*analysis)->kind == sql::StatementKind::kRead &&
+      (access.read_only || work->statement.may_share_sync || DeclaredReadOnly(request));
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
   work->request_bytes = request.ByteSizeLong();
@@ -386,8 +385,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
     work->exclusive = [this, raw, access, &request,
                        deferred](db::Connection& conn) -> absl::Status {
       if (deferred) {
-        absl::StatusOr<std::shared_ptr<const sql::Analysis>> a = CheckStatement(
-            request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
+        absl::StatusOr<std::shared_ptr<const sql::Analysis>> a =
+            CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
         if (!a.ok()) return a.status();
         raw->analysis = *std::move(a);
         if (telemetry::GlobalTracer() != nullptr) {
@@ -417,12 +416,11 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       cache_ != nullptr ? cache_->ReflectedLsn(*database, request.min_lsn()) : request.min_lsn();
   work->done = [this, database, raw, &request, response, start, reflected, trace = work->trace,
                 done = std::move(done)](absl::Status s) {
-    telemetry::ScopedSpanContext record_scope(trace);  // a slow-statement log line carries it
+    telemetry::ScopedSpanContext record_scope(trace);     // a slow-statement log line carries it
     const sql::Analysis* analysis = raw->analysis.get();  // null: refused on the worker
     if (analysis != nullptr) {
       stats_.Record(database->name(), *analysis, absl::Now() - start,
-                    s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0,
-                    s.ok());
+                    s.ok() ? std::max<int64_t>(0, response->result().rows_affected()) : 0, s.ok());
     }
     if (response->cache() == v1::CACHE_OUTCOME_UNSPECIFIED) response->set_cache(v1::BYPASS);
     const bool writes = analysis != nullptr && ReadCache::NeedsInvalidation(*analysis);
@@ -490,8 +488,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   ExecuteWork* raw = work.get();
   work->exclusive = [this, raw, access, &request](db::Connection& conn) -> absl::Status {
     if (raw->analysis == nullptr) {  // deferred to this worker
-      absl::StatusOr<std::shared_ptr<const sql::Analysis>> a = CheckStatement(
-          request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
+      absl::StatusOr<std::shared_ptr<const sql::Analysis>> a =
+          CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
       if (!a.ok()) return a.status();
       raw->analysis = *std::move(a);
       if (telemetry::GlobalTracer() != nullptr) {
@@ -502,10 +500,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
     return link.ok() ? raw->statement.status : link;
   };
   work->read_only = access.read_only;
-  work->replica_ok = *analysis != nullptr && !request.primary() &&
-                     (*analysis)->kind == sql::StatementKind::kRead &&
-                     (access.read_only || MayShareSync((*db)->name(), **analysis) ||
-                      DeclaredReadOnly(request));
+  work->replica_ok =
+      *analysis != nullptr && !request.primary() &&
+      (*analysis)->kind == sql::StatementKind::kRead &&
+      (access.read_only || MayShareSync((*db)->name(), **analysis) || DeclaredReadOnly(request));
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
   work->request_bytes = request.ByteSizeLong();
@@ -541,15 +539,16 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   // Every statement's analysis, or none when one must be deferred to the
   // worker (then all are analyzed again there, before anything is sent);
   // refusals found here are answered at once.
-  auto check_all = [this, &request, access](bool may_defer)
-      -> absl::StatusOr<std::vector<std::shared_ptr<const sql::Analysis>>> {
+  auto check_all =
+      [this, &request, access](
+          bool may_defer) -> absl::StatusOr<std::vector<std::shared_ptr<const sql::Analysis>>> {
     std::vector<std::shared_ptr<const sql::Analysis>> analyses;
     analyses.reserve(request.statements_size());
     bool deferred = false;
     for (int i = 0; i < request.statements_size(); ++i) {
       const v1::Statement& st = request.statements(i);
-      absl::StatusOr<std::shared_ptr<const sql::Analysis>> a = CheckStatement(
-          st.sql(), st.params_size(), access, sql::Scope::kInTransaction, may_defer);
+      absl::StatusOr<std::shared_ptr<const sql::Analysis>> a =
+          CheckStatement(st.sql(), st.params_size(), access, sql::Scope::kInTransaction, may_defer);
       if (!a.ok()) {
         return absl::Status(a.status().code(),
                             absl::StrCat("statement ", i + 1, ": ", a.status().message()));
@@ -565,10 +564,17 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   if (!analyses.ok()) return analyses.status();
   std::string begin = "BEGIN";
   switch (request.isolation()) {
-    case v1::READ_COMMITTED: begin += " ISOLATION LEVEL READ COMMITTED"; break;
-    case v1::REPEATABLE_READ: begin += " ISOLATION LEVEL REPEATABLE READ"; break;
-    case v1::SERIALIZABLE: begin += " ISOLATION LEVEL SERIALIZABLE"; break;
-    default: break;
+    case v1::READ_COMMITTED:
+      begin += " ISOLATION LEVEL READ COMMITTED";
+      break;
+    case v1::REPEATABLE_READ:
+      begin += " ISOLATION LEVEL REPEATABLE READ";
+      break;
+    case v1::SERIALIZABLE:
+      begin += " ISOLATION LEVEL SERIALIZABLE";
+      break;
+    default:
+      break;
   }
   if (request.read_only() || access.read_only) begin += " READ ONLY";
 
@@ -783,9 +789,8 @@ absl::StatusOr<std::unique_ptr<db::Connection>> QueryEngine::OpenSession(Databas
   db::ConnectionOptions options;
   options.dsn = db.config().dsn();
   options.application_name = absl::StrCat("poolside-query/", db.name(), "/index-advice");
-  options.connect_timeout =
-      std::min(absl::Milliseconds(db.config().pool().connect_timeout_ms()),
-               std::max(absl::Seconds(1), deadline - absl::Now()));
+  options.connect_timeout = std::min(absl::Milliseconds(db.config().pool().connect_timeout_ms()),
+                                     std::max(absl::Seconds(1), deadline - absl::Now()));
   return db::OpenChecked(options, db.name(), db.config().allow_privileged_role());
 }
 
@@ -818,11 +823,9 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::GetIndexAdvice(
       std::move(done));
 }
 
-absl::StatusOr<std::shared_ptr<Work>> QueryEngine::CreateIndex(const v1::CreateIndexRequest& request,
-                                                               absl::Time deadline,
-                                                               v1::CreateIndexResponse* response,
-                                                               Done done,
-                                                               const CallAccess& access) {
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::CreateIndex(
+    const v1::CreateIndexRequest& request, absl::Time deadline, v1::CreateIndexResponse* response,
+    Done done, const CallAccess& access) {
   absl::StatusOr<Database*> found = Find(request.database(), access);
   if (!found.ok()) return found.status();
   if (request.index().table().empty() || request.index().columns().empty()) {
@@ -832,7 +835,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::CreateIndex(const v1::CreateI
     return absl::InvalidArgumentError("an index has at most 32 columns");
   }
   Database* database = *found;
-  db::IndexSpec spec{request.index().schema(), request.index().table(),
+  db::IndexSpec spec{request.index().schema(),
+                     request.index().table(),
                      {request.index().columns().begin(), request.index().columns().end()}};
   return StartAdminWork(
       deadline,
@@ -846,17 +850,17 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::CreateIndex(const v1::CreateI
         response->set_index_name(*name);
         response->set_sql(db::IndexDefinition(spec, /*concurrently=*/true));
         response->set_elapsed_ms(absl::ToDoubleMilliseconds(absl::Now() - start));
-        telemetry::LogInfo("index created", {{"database", database->name()},
-                                             {"index", *name},
-                                             {"sql", response->sql()}});
+        telemetry::LogInfo(
+            "index created",
+            {{"database", database->name()}, {"index", *name}, {"sql", response->sql()}});
         return absl::OkStatus();
       },
       std::move(done));
 }
 
 absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& request,
-                                         absl::Time deadline,
-                                         v1::CheckDatabasesResponse* response, Done done) {
+                                         absl::Time deadline, v1::CheckDatabasesResponse* response,
+                                         Done done) {
   std::vector<Database*> dbs;
   if (request.databases().empty()) {
     for (auto& [name, db] : databases_) dbs.push_back(db.get());
@@ -880,7 +884,8 @@ absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& reques
       v1::DatabaseHealth* h = response->mutable_databases(static_cast<int>(i));
       const absl::Time start = absl::Now();
       const absl::Time check_deadline = std::min(deadline, start + absl::Seconds(5));
-      absl::StatusOr<ConnectionPool::Lease> lease = dbs[i]->AcquireLive(check_deadline, "CheckDatabases");
+      absl::StatusOr<ConnectionPool::Lease> lease =
+          dbs[i]->AcquireLive(check_deadline, "CheckDatabases");
       if (!lease.ok()) {
         h->set_healthy(false);
         h->set_error(std::string(lease.status().message()));
@@ -896,8 +901,10 @@ absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& reques
       h->set_latency_ms(absl::ToDoubleMilliseconds(absl::Now() - start));
     });
     for (const auto& h : response->databases()) {
-      if (h.healthy()) response->set_healthy(response->healthy() + 1);
-      else response->set_unhealthy(response->unhealthy() + 1);
+      if (h.healthy())
+        response->set_healthy(response->healthy() + 1);
+      else
+        response->set_unhealthy(response->unhealthy() + 1);
     }
     checks_running_.fetch_sub(1);
     done(absl::OkStatus());

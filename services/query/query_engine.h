@@ -61,8 +61,7 @@ class QueryEngine {
 
   // `config` must have been through FinalizeQueryConfig. `cache` (the sidecar
   // client) is required when config.cache is set, ignored otherwise.
-  explicit QueryEngine(v1::QueryServiceConfig config,
-                       std::unique_ptr<CacheClient> cache = nullptr);
+  explicit QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheClient> cache = nullptr);
   ~QueryEngine();
 
   // Warms the pools (in the background; the service serves meanwhile) and starts
@@ -139,9 +138,11 @@ class QueryEngine {
   // With `may_defer`, a long text the analyzer has not seen is not parsed
   // here: OK with a null analysis, and the caller checks it again (without)
   // on the database worker, so the queue thread never parses a large text.
-  absl::StatusOr<std::shared_ptr<const sql::Analysis>> CheckStatement(
-      absl::string_view sql, int params, const CallAccess& access, sql::Scope scope,
-      bool may_defer) const;
+  absl::StatusOr<std::shared_ptr<const sql::Analysis>> CheckStatement(absl::string_view sql,
+                                                                      int params,
+                                                                      const CallAccess& access,
+                                                                      sql::Scope scope,
+                                                                      bool may_defer) const;
   // Whether `a` may share an implicit transaction with other callers'
   // statements on `database`: its syntax allows it and the database's
   // catalog snapshot proves its functions, operators and relations free of

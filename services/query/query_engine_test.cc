@@ -20,38 +20,40 @@ class QueryEngineTest : public ::testing::Test {
   static void SetUpTestSuite() {
     pg_ = &testing::SharedPostgres();
     ASSERT_TRUE(pg_->CreateDatabase("engine").ok());
-    ASSERT_TRUE(pg_->Exec("engine",
-                          "DROP TABLE IF EXISTS accounts, secrets;"
-                          "CREATE TABLE accounts (id int PRIMARY KEY, owner text);"
-                          "INSERT INTO accounts SELECT g, 'owner-' || g FROM generate_series(1, 10) g;"
-                          "CREATE TABLE secrets (id int);"
-                          "DO $$ BEGIN"
-                          "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_owner') THEN"
-                          "    CREATE ROLE eng_owner LOGIN; END IF;"
-                          "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_read') THEN"
-                          "    CREATE ROLE eng_read LOGIN; END IF;"
-                          "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_write') THEN"
-                          "    CREATE ROLE eng_write LOGIN; END IF;"
-                          "END $$;"
-                          "ALTER ROLE eng_read SET default_transaction_read_only = on;"
-                          "ALTER TABLE accounts OWNER TO eng_owner;"
-                          "GRANT SELECT ON accounts TO eng_read;"
-                          "GRANT SELECT, INSERT, UPDATE, DELETE ON accounts TO eng_write;")
-                    .ok());
+    ASSERT_TRUE(
+        pg_->Exec("engine",
+                  "DROP TABLE IF EXISTS accounts, secrets;"
+                  "CREATE TABLE accounts (id int PRIMARY KEY, owner text);"
+                  "INSERT INTO accounts SELECT g, 'owner-' || g FROM generate_series(1, 10) g;"
+                  "CREATE TABLE secrets (id int);"
+                  "DO $$ BEGIN"
+                  "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_owner') THEN"
+                  "    CREATE ROLE eng_owner LOGIN; END IF;"
+                  "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_read') THEN"
+                  "    CREATE ROLE eng_read LOGIN; END IF;"
+                  "  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'eng_write') THEN"
+                  "    CREATE ROLE eng_write LOGIN; END IF;"
+                  "END $$;"
+                  "ALTER ROLE eng_read SET default_transaction_read_only = on;"
+                  "ALTER TABLE accounts OWNER TO eng_owner;"
+                  "GRANT SELECT ON accounts TO eng_read;"
+                  "GRANT SELECT, INSERT, UPDATE, DELETE ON accounts TO eng_write;")
+            .ok());
   }
 
   // An engine over database "engine" logging in as eng_owner, with the roles
   // eng_read and eng_write.
   static std::unique_ptr<QueryEngine> MakeEngine(const std::string& extra_limits = "") {
     v1::QueryServiceConfig c;
-    absl::Status parsed = config::ParseJsonConfig(
-        absl::StrCat(R"({"server": {"tls": {"plaintext": true}},
-                        "limits": {)", extra_limits, R"(},
+    absl::Status parsed =
+        config::ParseJsonConfig(absl::StrCat(R"({"server": {"tls": {"plaintext": true}},
+                        "limits": {)",
+                                             extra_limits, R"(},
                         "databases": [{"name": "engine", "dsn": ")",
-                     pg_->Dsn("engine"), R"( user=eng_owner",
+                                             pg_->Dsn("engine"), R"( user=eng_owner",
                           "pool": {"maxSize": 2, "minIdle": 0},
                           "roles": [{"name": "eng_read"}, {"name": "eng_write"}]}]})"),
-        &c);
+                                &c);
     EXPECT_TRUE(parsed.ok()) << parsed;
     absl::StatusOr<v1::QueryServiceConfig> done = FinalizeQueryConfig(c);
     EXPECT_TRUE(done.ok()) << done.status();
@@ -149,17 +151,18 @@ TEST_F(QueryEngineTest, ReadOnlyPrincipalsWritesAreRefusedAndChangeNothing) {
                   .ok());
   s = Run(*engine, "SELECT sneaky()", AccessOf(reader));
   EXPECT_FALSE(s.ok());
-  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner IN ('x', 'sneaky')"),
-            "0");
+  EXPECT_EQ(
+      *pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner IN ('x', 'sneaky')"),
+      "0");
 }
 
 TEST_F(QueryEngineTest, RefusedStatementsNeverReachTheDatabase) {
   auto engine = MakeEngine();
   const auth::Principal writer = Principal("eng_write", true);
-  for (const char* sql : {";COMMIT", "BEGIN", "SELECT 1; SELECT 2", "SET search_path = x",
-                          "COPY accounts TO STDOUT", "DO $$ BEGIN END $$",
-                          "SELECT pg_catalog.set_config('search_path', 'x', false)",
-                          "SELECT \"pg_notify\"('c', 'p')", "LISTEN c", "SELEC 1"}) {
+  for (const char* sql :
+       {";COMMIT", "BEGIN", "SELECT 1; SELECT 2", "SET search_path = x", "COPY accounts TO STDOUT",
+        "DO $$ BEGIN END $$", "SELECT pg_catalog.set_config('search_path', 'x', false)",
+        "SELECT \"pg_notify\"('c', 'p')", "LISTEN c", "SELEC 1"}) {
     absl::Status s = Run(*engine, sql, AccessOf(writer));
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << sql << ": " << s;
   }
@@ -181,16 +184,16 @@ TEST_F(QueryEngineTest, LongNewTextsAreCheckedOnTheWorkerAlike) {
   const std::string pad = "/* " + std::string(6000, 'x') + " */ ";
   EXPECT_EQ(Run(*engine, pad + ";COMMIT", AccessOf(writer)).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Run(*engine, pad + "SELECT set_config('search_path', 'x', false)", AccessOf(writer))
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Run(*engine, pad + "SELECT set_config('search_path', 'x', false)", AccessOf(writer)).code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Run(*engine, pad + "UPDATE accounts SET owner = 'long' WHERE id = 3", AccessOf(reader))
                 .code(),
             absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'long'"), "0");
   v1::ExecuteResponse r;
-  ASSERT_TRUE(Run(*engine, pad + "SELECT owner FROM accounts WHERE id = 4", AccessOf(writer), &r)
-                  .ok());
+  ASSERT_TRUE(
+      Run(*engine, pad + "SELECT owner FROM accounts WHERE id = 4", AccessOf(writer), &r).ok());
   EXPECT_EQ(FirstText(r), "owner-4");
   ASSERT_TRUE(
       Run(*engine, pad + "UPDATE accounts SET owner = 'long-ok' WHERE id = 5", AccessOf(writer))
@@ -230,8 +233,9 @@ TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
   absl::Status s = Run(*engine, "SELECT pg_sleep(3)", AccessOf(writer), nullptr, absl::Seconds(60));
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
 
-  ASSERT_TRUE(Run(*engine, "SELECT owner FROM accounts WHERE owner = E'marker\\x41' OR owner = "
-                           "$q$marker2$q$ OR id = 987654",
+  ASSERT_TRUE(Run(*engine,
+                  "SELECT owner FROM accounts WHERE owner = E'marker\\x41' OR owner = "
+                  "$q$marker2$q$ OR id = 987654",
                   AccessOf(writer))
                   .ok());
   v1::GetStatementStatsResponse stats;

@@ -102,12 +102,12 @@ void CollectMembers(QueryEngine* engine, Families* out) {
   prometheus::MetricFamily waits = CounterFamily(
       "poolside_query_replica_token_waits_total",
       "Reads that waited for a replica to replay their min_lsn, by whether one did in time.");
-  prometheus::MetricFamily held = CounterFamily(
-      "poolside_query_failover_held_total",
-      "Calls for the primary held while none was known (failover buffering).");
-  prometheus::MetricFamily held_timeouts = CounterFamily(
-      "poolside_query_failover_held_timeouts_total",
-      "Held calls that failed because no primary was named within failoverBufferMs.");
+  prometheus::MetricFamily held =
+      CounterFamily("poolside_query_failover_held_total",
+                    "Calls for the primary held while none was known (failover buffering).");
+  prometheus::MetricFamily held_timeouts =
+      CounterFamily("poolside_query_failover_held_timeouts_total",
+                    "Held calls that failed because no primary was named within failoverBufferMs.");
   prometheus::MetricFamily held_now =
       GaugeFamily("poolside_query_failover_held_calls", "Calls held for a primary now.");
   prometheus::MetricFamily held_seconds = CounterFamily(
@@ -123,9 +123,8 @@ void CollectMembers(QueryEngine* engine, Families* out) {
     AddCounter(&waits, {{"database", name}, {"result", "timeout"}},
                double(replicas->token_waits() - std::min(reached, replicas->token_waits())));
   }
-  for (auto* f :
-       {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans, &waits,
-        &held, &held_timeouts, &held_now, &held_seconds}) {
+  for (auto* f : {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans,
+                  &waits, &held, &held_timeouts, &held_now, &held_seconds}) {
     out->push_back(std::move(*f));
   }
 }
@@ -185,13 +184,13 @@ void CollectPools(QueryEngine* engine, Families* out) {
   telemetry::AppendPoolMetrics(Named(pools), out);
   prometheus::MetricFamily queued =
       GaugeFamily("poolside_query_queued_calls", "Calls waiting for a worker of the database.");
-  prometheus::MetricFamily pipelines =
-      CounterFamily("poolside_query_pipelines_total", "Round trips that carried single statements.");
-  prometheus::MetricFamily pipelined = CounterFamily(
-      "poolside_query_pipelined_statements_total", "Statements those round trips carried.");
-  prometheus::MetricFamily reruns = CounterFamily(
-      "poolside_query_pipeline_reruns_total",
-      "Reads run again alone because a read sharing their transaction failed.");
+  prometheus::MetricFamily pipelines = CounterFamily("poolside_query_pipelines_total",
+                                                     "Round trips that carried single statements.");
+  prometheus::MetricFamily pipelined = CounterFamily("poolside_query_pipelined_statements_total",
+                                                     "Statements those round trips carried.");
+  prometheus::MetricFamily reruns =
+      CounterFamily("poolside_query_pipeline_reruns_total",
+                    "Reads run again alone because a read sharing their transaction failed.");
   for (const auto& p : pools) {
     AddGauge(&queued, {{"database", PoolName(p)}}, double(p.queued()));
     AddCounter(&pipelines, {{"database", PoolName(p)}}, double(p.pipelines_total()));

@@ -10,19 +10,19 @@ absl::Status ResultBudget::Charge(size_t row_bytes, bool streaming) {
   if (max_rows > 0 && rows > max_rows) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "result exceeds max_rows (", max_rows, " rows)",
-        streaming ? "; raise max_rows up to the server's limit or add a LIMIT"
-                  : "; use ExecuteStream, raise max_rows up to the server's limit, or add a LIMIT"));
+        streaming
+            ? "; raise max_rows up to the server's limit or add a LIMIT"
+            : "; use ExecuteStream, raise max_rows up to the server's limit, or add a LIMIT"));
   }
   if (max_bytes > 0 && bytes > max_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "result exceeds max_bytes (", max_bytes, " bytes)",
-        streaming ? "" : "; use ExecuteStream or select fewer rows or columns"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("result exceeds max_bytes (", max_bytes, " bytes)",
+                     streaming ? "" : "; use ExecuteStream or select fewer rows or columns"));
   }
   return absl::OkStatus();
 }
 
-absl::Status ResultSetSink::Begin(
-    const google::protobuf::RepeatedPtrField<v1::Column>& columns) {
+absl::Status ResultSetSink::Begin(const google::protobuf::RepeatedPtrField<v1::Column>& columns) {
   *out_->mutable_columns() = columns;
   return absl::OkStatus();
 }
@@ -59,7 +59,8 @@ absl::Status StreamSink::RowDone(size_t bytes) {
   absl::Status s = budget_->Charge(bytes, /*streaming=*/true);
   if (!s.ok()) return s;
   chunk_bytes_used_ += bytes;
-  if (static_cast<size_t>(chunk_->rows_size()) >= chunk_rows_ || chunk_bytes_used_ >= chunk_bytes_) {
+  if (static_cast<size_t>(chunk_->rows_size()) >= chunk_rows_ ||
+      chunk_bytes_used_ >= chunk_bytes_) {
     return Flush();
   }
   return absl::OkStatus();

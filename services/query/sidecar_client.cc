@@ -98,10 +98,10 @@ absl::StatusOr<std::unique_ptr<SidecarClient>> SidecarClient::Create(
   // A failed call falls back to the database (BYPASS); gRPC's own retries
   // would only add their cost to every call.
   options.retries = false;
-  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = server::CreateChannel(std::move(options));
+  absl::StatusOr<std::shared_ptr<grpc::Channel>> channel =
+      server::CreateChannel(std::move(options));
   if (!channel.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("cache.tls: ", channel.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("cache.tls: ", channel.status().message()));
   }
   return std::make_unique<SidecarClient>(*std::move(channel), call_timeout);
 }
@@ -443,9 +443,15 @@ void SidecarClient::GetsDone(std::vector<PendingGet> batch, const grpc::Status& 
     v1::CacheGetResponse& r = *results[i];
     CacheLookup out;
     switch (r.outcome()) {
-      case v1::CacheGetResponse::HIT: out.outcome = CacheLookup::kHit; break;
-      case v1::CacheGetResponse::STALE: out.outcome = CacheLookup::kStale; break;
-      default: out.outcome = CacheLookup::kMiss; break;
+      case v1::CacheGetResponse::HIT:
+        out.outcome = CacheLookup::kHit;
+        break;
+      case v1::CacheGetResponse::STALE:
+        out.outcome = CacheLookup::kStale;
+        break;
+      default:
+        out.outcome = CacheLookup::kMiss;
+        break;
     }
     out.value = std::move(*r.mutable_value());
     out.generation = r.generation();
@@ -463,8 +469,8 @@ void SidecarClient::Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)
   }
   call->request.set_key(std::move(fill.key));
   call->request.set_value(std::move(fill.value));
-  call->request.set_ttl_ms(static_cast<uint32_t>(
-      std::max<int64_t>(1, absl::ToInt64Milliseconds(fill.ttl))));
+  call->request.set_ttl_ms(
+      static_cast<uint32_t>(std::max<int64_t>(1, absl::ToInt64Milliseconds(fill.ttl))));
   call->request.set_stale_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(fill.stale)));
   for (std::string& tag : fill.tags) call->request.add_tags(std::move(tag));
   call->request.set_read_generation(fill.read_generation);

@@ -113,8 +113,7 @@ class SidecarClient : public CacheClient {
   // gRPC 1.51, grpc/grpc#32584).
   void Close();
 
-  void Get(const std::string& key,
-           std::function<void(absl::StatusOr<CacheLookup>)> done) override;
+  void Get(const std::string& key, std::function<void(absl::StatusOr<CacheLookup>)> done) override;
   void Set(CacheFill fill, std::function<void(absl::StatusOr<bool>)> done) override;
   void Invalidate(std::vector<std::string> tags, bool flush_all, std::string source,
                   absl::Duration timeout, std::function<void(absl::Status)> done) override;

@@ -52,12 +52,13 @@ void StatementStatsRegistry::Record(absl::string_view database, const sql::Analy
   const int64_t slow_ns = slow_threshold_ns_.load(std::memory_order_relaxed);
   if (slow_ns > 0 && latency >= absl::Nanoseconds(slow_ns)) {
     // e->database and e->statement never change once the entry exists.
-    telemetry::LogWarning("slow statement",
-                          {{"database", e->database},
-                           {"statement", e->statement},
-                           {"duration_ms", absl::StrFormat("%.3f", absl::ToDoubleMilliseconds(latency))},
-                           {"rows", absl::StrCat(rows)},
-                           {"ok", ok ? "true" : "false"}});
+    telemetry::LogWarning(
+        "slow statement",
+        {{"database", e->database},
+         {"statement", e->statement},
+         {"duration_ms", absl::StrFormat("%.3f", absl::ToDoubleMilliseconds(latency))},
+         {"rows", absl::StrCat(rows)},
+         {"ok", ok ? "true" : "false"}});
   }
 }
 
@@ -100,9 +101,8 @@ std::vector<v1::StatementStats> StatementStatsRegistry::Snapshot(absl::string_vi
       out.push_back(std::move(s));
     }
   }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
-    return a.total_ms() > b.total_ms();
-  });
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.total_ms() > b.total_ms(); });
   if (limit > 0 && out.size() > limit) out.resize(limit);
   return out;
 }

@@ -28,14 +28,13 @@
 
 namespace poolside::query {
 
-
 class StatementStatsRegistry {
  public:
   explicit StatementStatsRegistry(size_t max_entries = 5000);
 
   // `statement` must have parsed (the engine runs nothing else).
-  void Record(absl::string_view database, const sql::Analysis& statement,
-              absl::Duration latency, uint64_t rows, bool ok);
+  void Record(absl::string_view database, const sql::Analysis& statement, absl::Duration latency,
+              uint64_t rows, bool ok);
 
   // Sorted by total time, descending; `database` empty means all; limit 0: all.
   std::vector<v1::StatementStats> Snapshot(absl::string_view database, size_t limit) const;

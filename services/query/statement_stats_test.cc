@@ -54,7 +54,8 @@ TEST(StatementStatsTest, BoundedEntriesOverflowIntoOther) {
   auto all = reg.Snapshot("", 0);
   ASSERT_EQ(all.size(), 3u);
   uint64_t other_calls = 0;
-  for (const auto& s : all) if (s.statement() == "<other>") other_calls = s.calls();
+  for (const auto& s : all)
+    if (s.statement() == "<other>") other_calls = s.calls();
   EXPECT_EQ(other_calls, 2u);
 }
 
