@@ -11,11 +11,6 @@
 //    UNAVAILABLE, held batches are counted, and writes go on there.
 // Members are told apart by "host:port", as the topology names them.
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <iostream>
@@ -43,12 +38,14 @@
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "tests/fixtures/http_get.h"
 #include "tests/fixtures/poolside_servers.h"
+#include "tests/fixtures/refusing_port.h"
 #include "tests/fixtures/replicated_cluster.h"
 
 namespace poolside {
 namespace {
 
 using ::poolside::testing::PostgresCluster;
+using ::poolside::testing::RefusingPort;
 using ::poolside::testing::ReplicatedCluster;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::WaitFor;
@@ -217,32 +214,6 @@ bool Terminated(const Ingest& ingest) {
   absl::StatusOr<int> code = testing::Terminate(*ingest.process);
   return code.ok() && *code == 0;
 }
-
-// A loopback port bound but not listening: connections to it are refused,
-// and nothing else can take it while it is open.
-class RefusingPort {
- public:
-  RefusingPort() : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(a);
-    if (fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-        getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-      port_ = ntohs(a.sin_port);
-    }
-  }
-  ~RefusingPort() {
-    if (fd_ >= 0) close(fd_);
-  }
-  RefusingPort(const RefusingPort&) = delete;
-  RefusingPort& operator=(const RefusingPort&) = delete;
-  int port() const { return port_; }
-
- private:
-  int fd_;
-  int port_ = 0;
-};
 
 TEST(IngestTopologyTest, DsnNamingAReplicaStillWritesOnThePrimary) {
   ReplicatedCluster& cluster = Cluster();

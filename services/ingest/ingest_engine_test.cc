@@ -1,10 +1,5 @@
 #include "services/ingest/ingest_engine.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <memory>
 #include <string>
@@ -19,9 +14,12 @@
 #include "gtest/gtest.h"
 #include "services/ingest/ingest_config.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/refusing_port.h"
 
 namespace poolside::ingest {
 namespace {
+
+using ::poolside::testing::RefusingPort;
 
 // Collects one request's outcome.
 struct Outcome {
@@ -350,32 +348,6 @@ TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
   engine->Stop();
   EXPECT_EQ(Count(), "5");
 }
-
-// A loopback port bound but not listening: connections to it are refused
-// while it is open.
-class RefusingPort {
- public:
-  RefusingPort() : fd_(socket(AF_INET, SOCK_STREAM, 0)) {
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(a);
-    if (fd_ >= 0 && bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-        getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-      port_ = ntohs(a.sin_port);
-    }
-  }
-  ~RefusingPort() {
-    if (fd_ >= 0) close(fd_);
-  }
-  RefusingPort(const RefusingPort&) = delete;
-  RefusingPort& operator=(const RefusingPort&) = delete;
-  int port() const { return port_; }
-
- private:
-  int fd_;
-  int port_ = 0;
-};
 
 // A topology of the server and a member that never answers: the server is
 // the primary. While it is down, writes are held; once it is back (a new
