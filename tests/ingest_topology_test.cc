@@ -114,15 +114,7 @@ struct Ingest {
 
   // A series of /metrics, e.g. `poolside_ingest_failover_held_total{...}`.
   std::optional<double> Metric(absl::string_view series) const {
-    absl::StatusOr<testing::HttpResponse> got =
-        testing::HttpGet("127.0.0.1", metrics_port, "/metrics");
-    if (!got.ok() || got->status != 200) return std::nullopt;
-    for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
-      if (!absl::ConsumePrefix(&line, series) || !absl::ConsumePrefix(&line, " ")) continue;
-      double v;
-      if (absl::SimpleAtod(line, &v)) return v;
-    }
-    return std::nullopt;
+    return testing::MetricValue(metrics_port, series);
   }
   std::optional<double> Writing(const std::string& member) const {
     return Metric(absl::StrCat("poolside_ingest_writing_member{database=\"", kDb, "\",member=\"",

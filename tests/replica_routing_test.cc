@@ -238,15 +238,7 @@ class Env {
  public:
   // A series of /metrics, e.g. `poolside_query_member_banned{...}`.
   std::optional<double> Metric(absl::string_view series) const {
-    absl::StatusOr<testing::HttpResponse> got =
-        testing::HttpGet("127.0.0.1", metrics_port_, "/metrics");
-    if (!got.ok() || got->status != 200) return std::nullopt;
-    for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
-      if (!absl::ConsumePrefix(&line, series) || !absl::ConsumePrefix(&line, " ")) continue;
-      double v;
-      if (absl::SimpleAtod(line, &v)) return v;
-    }
-    return std::nullopt;
+    return testing::MetricValue(metrics_port_, series);
   }
 };
 

@@ -231,14 +231,7 @@ struct Replica {
   // A series of this replica's /metrics, e.g.
   // `poolside_query_cache_wal_holder{database="wc"}`; nullopt if absent.
   std::optional<double> Metric(absl::string_view series) const {
-    absl::StatusOr<testing::HttpResponse> got = HttpGet("127.0.0.1", metrics_port, "/metrics");
-    if (!got.ok() || got->status != 200) return std::nullopt;
-    for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
-      if (!absl::ConsumePrefix(&line, series) || !absl::ConsumePrefix(&line, " ")) continue;
-      double v;
-      if (absl::SimpleAtod(line, &v)) return v;
-    }
-    return std::nullopt;
+    return testing::MetricValue(metrics_port, series);
   }
   // What the cache did with reads, for the log.
   std::string Summary() const {
