@@ -569,13 +569,16 @@ absl::Status WalRelay::Hold(db::Connection& session) {
     absl::Time deadline = last_sent + options_.heartbeat;
     if (batch.due()) {
       // Between transactions, whatever is not already here can wait for the
-      // next batch: look without waiting.
+      // next batch: look without waiting, but send no sooner than `batch`
+      // after the last message. After a quiet spell a change goes at once;
+      // under load changes gather for `batch`, so the relay's costs (a
+      // NOTIFY transaction, its delivery to every replica, each replica's
+      // work on it) are paid once per `batch`, not once per commit. Fences
+      // alike: anyone may emit them, and so make the relay send as often as
+      // a steady write load does, not more.
       deadline = txn.open ? first_pending + options_.batch : absl::Now();
       deadline = std::min(deadline, first_pending + options_.batch);
-      // A fence alone goes no sooner than `batch` after the last message:
-      // anyone may emit fence messages, and so make the relay send as often
-      // as a steady write load does, not more.
-      if (batch.tables.empty()) deadline = std::max(deadline, last_sent + options_.batch);
+      deadline = std::max(deadline, last_sent + options_.batch);
     }
     deadline = std::min(deadline, absl::Now() + kStopCheck);
     absl::StatusOr<std::optional<db::LogicalEvent>> event = (*stream)->Next(deadline);
@@ -591,12 +594,11 @@ absl::Status WalRelay::Hold(db::Connection& session) {
       Add(**event, &txn, &batch);
       if (!was_due && batch.due()) first_pending = absl::Now();
       if (!batch.due() || absl::Now() < first_pending + options_.batch) continue;
-      if (batch.tables.empty() && absl::Now() < last_sent + options_.batch) continue;
     }
     const absl::Time now = absl::Now();
     const bool changes = !batch.tables.empty();
     if (!batch.due() && now < last_sent + options_.heartbeat) continue;
-    if (!changes && batch.fence && now < last_sent + options_.batch) continue;
+    if (batch.due() && now < last_sent + options_.batch) continue;
     if (absl::Status s = send(changes ? RelayHeader::kChanges : RelayHeader::kHeartbeat,
                               batch.tables, batch.oldest_commit, batch.xids);
         !s.ok()) {

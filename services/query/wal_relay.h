@@ -21,9 +21,10 @@
 //   lock session (relay_message.h): a hello once the stream started (its
 //   consistent point: what committed before was not decoded, so every
 //   replica flushes the database's entries), then batches of changes, one
-//   transaction per batch of up to `batch` (sooner when the stream has
-//   nothing more to give), each saying up to which LSN every commit has
-//   been relayed, and a heartbeat after `heartbeat` without one. A change
+//   transaction per batch: at most one per `batch` (a change after a quiet
+//   spell goes at once, under load changes gather for `batch`), each saying
+//   up to which LSN every commit has been relayed, and a heartbeat after
+//   `heartbeat` without one. A change
 //   of a row of a table whose replica identity is its primary key becomes
 //   that row's key hash (row_keys.h); TRUNCATE, a change whose key is not
 //   known (another replica identity, an unchanged out-of-line key) or more
@@ -37,8 +38,8 @@
 //   transaction it relays the position past it within `batch` (with the
 //   pending batch, or as a heartbeat) instead of at the next heartbeat.
 //   Other prefixes, non-transactional and rolled-back messages are no
-//   fences. Anyone may emit fence messages: for fences alone the relay
-//   sends at most once per `batch`, as often as a steady write load makes
+//   fences. Anyone may emit fence messages: the relay sends at most once
+//   per `batch` whatever it decodes, as often as a steady write load makes
 //   it. The relay's own NOTIFY transactions hold no message and change no
 //   published table, so they are never decoded and cannot feed it.
 // - A batch is relayed only once its transactions are visible to new

@@ -6,6 +6,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <set>
@@ -366,6 +367,47 @@ TEST_F(WalRelayTest, AFenceIsRelayedAtOnceAndNothingElseIsTakenForOne) {
   EXPECT_LE(sent, static_cast<uint64_t>(took / o.batch) + 2)
       << sent << " messages in " << took << " for 300 fences";
   for (const RelayMessage& m : listener.messages()) EXPECT_TRUE(m.tables.empty());
+}
+
+TEST_F(WalRelayTest, UnderASteadyWriteLoadChangesGatherForABatchInterval) {
+  Listener listener(Cluster().Dsn(kDb));
+  WalRelay::Options o = RelayOptions("relay_steady_pub");
+  o.tables = {"items"};
+  o.heartbeat = absl::Hours(1);
+  o.batch = absl::Milliseconds(20);
+  o.max_rows_per_table = 1000;
+  WalRelay relay(o, nullptr);
+  relay.Start();
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) { return !m.empty(); }));
+  ASSERT_EQ(listener.messages()[0].header.kind, RelayHeader::kHello);
+  // The stream's first change of a table comes with the table's definition
+  // (relayed as the whole table): have it go first.
+  Exec("INSERT INTO items VALUES (100000, 'first')");
+  ASSERT_TRUE(listener.ReadUntil(
+      [&](const std::vector<RelayMessage>& m) { return SeenFor(m, "public.items").definition; }));
+
+  // 300 transactions of one row each, committed one after another: every
+  // row is relayed by its key, in at most one message per batch interval
+  // (a relay sending once per commit, whenever its stream had nothing more
+  // to give, sent about one message per transaction here).
+  listener.Clear();
+  const uint64_t payloads = relay.GetStats().payloads;
+  const absl::Time began = absl::Now();
+  Exec(
+      "DO $$ BEGIN FOR i IN 100001..100300 LOOP "
+      "INSERT INTO items VALUES (i, 'steady'); COMMIT; END LOOP; END $$");
+  std::set<uint64_t> want;
+  for (int i = 100001; i <= 100300; ++i) want.insert(Row(absl::StrCat(i)));
+  ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
+    const std::set<uint64_t> rows = SeenFor(m, "public.items").rows;
+    return std::includes(rows.begin(), rows.end(), want.begin(), want.end());
+  })) << "not every inserted row was relayed";
+  const absl::Duration took = absl::Now() - began;
+  EXPECT_FALSE(SeenFor(listener.messages(), "public.items").whole);
+  const uint64_t sent = relay.GetStats().payloads - payloads;
+  EXPECT_LE(sent, static_cast<uint64_t>(took / o.batch) + 2)
+      << sent << " messages in " << took << " for 300 transactions";
+  Exec("DELETE FROM items WHERE id >= 100000");
 }
 
 TEST(WalRelayUnavailableTest, AServerWithoutLogicalDecodingIsReported) {
