@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "absl/base/casts.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
@@ -254,7 +255,12 @@ void AppendCopyText(absl::string_view text, std::string* out) {
   out->append(text.data() + start, text.size() - start);
 }
 
-absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::string* out) {
+namespace {
+
+// Whether `value` may go into `c`, with the error PostgreSQL would give (and
+// its SQLSTATE) when not: one check for both formats, so a row is refused
+// alike whichever format carries it.
+absl::Status CheckField(const v1::Value& value, const ColumnInfo& c) {
   const uint32_t t = c.type_oid;
   const bool known = IsKnownType(t);
   switch (value.kind_case()) {
@@ -265,39 +271,21 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
             absl::StatusCode::kFailedPrecondition, "23502",
             absl::StrCat("null value in column \"", c.name, "\" violates not-null constraint"));
       }
-      out->append("\\N");
       return absl::OkStatus();
     case v1::Value::kBoolValue:
       if (known && t != oid::kBool && !IsTextType(t)) return TypeError(c, "a bool");
-      out->append(value.bool_value() ? "t" : "f");
       return absl::OkStatus();
-    case v1::Value::kInt64Value: {
+    case v1::Value::kInt64Value:
       if (known && !IsIntType(t) && !IsFloatType(t) && t != oid::kNumeric && !IsTextType(t)) {
         return TypeError(c, "an integer");
       }
-      if (IsIntType(t)) {
-        if (absl::Status s = CheckIntRange(c, value.int64_value()); !s.ok()) return s;
-      }
-      absl::StrAppend(out, value.int64_value());
+      if (IsIntType(t)) return CheckIntRange(c, value.int64_value());
       return absl::OkStatus();
-    }
-    case v1::Value::kDoubleValue: {
+    case v1::Value::kDoubleValue:
       if (known && !IsFloatType(t) && t != oid::kNumeric && !IsTextType(t)) {
         return TypeError(c, "a double");
       }
-      const double d = value.double_value();
-      if (std::isnan(d)) {
-        out->append("NaN");
-      } else if (std::isinf(d)) {
-        out->append(d > 0 ? "Infinity" : "-Infinity");
-      } else {
-        // Shortest text that reads back as the same double.
-        char buf[32];
-        const auto r = std::to_chars(buf, buf + sizeof(buf), d);
-        out->append(buf, r.ptr);
-      }
       return absl::OkStatus();
-    }
     case v1::Value::kTextValue: {
       const std::string& text = value.text_value();
       if (absl::Status s = CheckText(c, text); !s.ok()) return s;
@@ -310,24 +298,17 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
               absl::StrCat("invalid input syntax for type ", c.type, " in column \"", c.name,
                            "\": \"", absl::CHexEscape(text.substr(0, 64)), "\""));
         }
-        if (absl::Status s = CheckIntRange(c, v); !s.ok()) return s;
-        // The number that was checked, not the text around it.
-        absl::StrAppend(out, v);
-        return absl::OkStatus();
+        return CheckIntRange(c, v);
       }
-      AppendCopyText(text, out);
       return absl::OkStatus();
     }
     case v1::Value::kBytesValue:
       // Bytes for a text column are text whose encoding the sender could not
       // vouch for (protobuf strings must be UTF-8): checked like text.
       if (IsTextType(t) || t == oid::kJson || t == oid::kJsonb) {
-        if (absl::Status s = CheckText(c, value.bytes_value()); !s.ok()) return s;
-        AppendCopyText(value.bytes_value(), out);
-        return absl::OkStatus();
+        return CheckText(c, value.bytes_value());
       }
       if (known && t != oid::kBytea) return TypeError(c, "bytes");
-      AppendHex(value.bytes_value(), out);
       return absl::OkStatus();
     case v1::Value::kTimestampValue: {
       if (known && t != oid::kTimestamp && t != oid::kTimestamptz && t != kDate && !IsTextType(t)) {
@@ -340,55 +321,279 @@ absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::s
             absl::StatusCode::kInvalidArgument, "22008",
             absl::StrCat("column \"", c.name, "\": timestamp out of range (years 1 to 9999)"));
       }
-      // A timestamp without time zone ignores the "+00"; UTC is the convention.
-      AppendTimestampUtc(ts.seconds(), ts.nanos(), out);
       return absl::OkStatus();
     }
-    case v1::Value::kNumericValue: {
+    case v1::Value::kNumericValue:
       if (known && t != oid::kNumeric && !IsIntType(t) && !IsFloatType(t) && !IsTextType(t)) {
         return TypeError(c, "a numeric");
       }
-      // Surrounding whitespace is dropped: what is written is exactly the
-      // text that was checked (a newline must never reach the COPY line).
-      const absl::string_view number = absl::StripAsciiWhitespace(value.numeric_value());
-      if (!IsNumericText(number)) {
+      if (!IsNumericText(absl::StripAsciiWhitespace(value.numeric_value()))) {
         return RowError(absl::StatusCode::kInvalidArgument, "22P02",
                         absl::StrCat("column \"", c.name, "\": numeric_value \"",
                                      absl::CHexEscape(value.numeric_value().substr(0, 64)),
                                      "\" is not a decimal number"));
       }
-      out->append(number.data(), number.size());
       return absl::OkStatus();
-    }
-    case v1::Value::kJsonValue: {
+    case v1::Value::kJsonValue:
       if (known && t != oid::kJson && t != oid::kJsonb && !IsTextType(t)) {
         return TypeError(c, "json");
       }
-      if (absl::Status s = CheckText(c, value.json_value()); !s.ok()) return s;
-      AppendCopyText(value.json_value(), out);
-      return absl::OkStatus();
-    }
+      return CheckText(c, value.json_value());
   }
   return TypeError(c, "an unknown value kind");
 }
 
+// A double as text PostgreSQL reads back as the same double.
+void AppendDoubleText(double d, std::string* out) {
+  if (std::isnan(d)) {
+    out->append("NaN");
+  } else if (std::isinf(d)) {
+    out->append(d > 0 ? "Infinity" : "-Infinity");
+  } else {
+    // Shortest text that reads back as the same double.
+    char buf[32];
+    const auto r = std::to_chars(buf, buf + sizeof(buf), d);
+    out->append(buf, r.ptr);
+  }
+}
+
+// Appends a checked value as one COPY text field.
+void PutText(const v1::Value& value, const ColumnInfo& c, std::string* out) {
+  switch (value.kind_case()) {
+    case v1::Value::KIND_NOT_SET:
+    case v1::Value::kNullValue:
+      out->append("\\N");
+      return;
+    case v1::Value::kBoolValue:
+      out->append(value.bool_value() ? "t" : "f");
+      return;
+    case v1::Value::kInt64Value:
+      absl::StrAppend(out, value.int64_value());
+      return;
+    case v1::Value::kDoubleValue:
+      AppendDoubleText(value.double_value(), out);
+      return;
+    case v1::Value::kTextValue:
+      if (IsIntType(c.type_oid)) {
+        // The number that was checked, not the text around it.
+        int64_t v = 0;
+        (void)absl::SimpleAtoi(value.text_value(), &v);
+        absl::StrAppend(out, v);
+        return;
+      }
+      AppendCopyText(value.text_value(), out);
+      return;
+    case v1::Value::kBytesValue:
+      if (IsTextType(c.type_oid) || c.type_oid == oid::kJson || c.type_oid == oid::kJsonb) {
+        AppendCopyText(value.bytes_value(), out);
+      } else {
+        AppendHex(value.bytes_value(), out);
+      }
+      return;
+    case v1::Value::kTimestampValue:
+      // A timestamp without time zone ignores the "+00"; UTC is the convention.
+      AppendTimestampUtc(value.timestamp_value().seconds(), value.timestamp_value().nanos(), out);
+      return;
+    case v1::Value::kNumericValue: {
+      // Surrounding whitespace is dropped: what is written is exactly the
+      // text that was checked (a newline must never reach the COPY line).
+      const absl::string_view number = absl::StripAsciiWhitespace(value.numeric_value());
+      out->append(number.data(), number.size());
+      return;
+    }
+    case v1::Value::kJsonValue:
+      AppendCopyText(value.json_value(), out);
+      return;
+  }
+}
+
+// The column types whose binary form poolside writes, each read by
+// PostgreSQL's receive function to the same datum its text input makes of
+// poolside's text: not name (namerecv refuses what namein truncates), float4
+// (a double rounded once to float, where text is rounded from its decimal),
+// numeric, date, uuid and types poolside does not know.
+bool HasBinaryForm(uint32_t t) {
+  return t == oid::kBool || t == oid::kBytea || t == oid::kInt2 || t == oid::kInt4 ||
+         t == oid::kInt8 || t == oid::kOid || t == oid::kFloat8 || t == oid::kText ||
+         t == oid::kVarchar || t == oid::kBpchar || t == oid::kJson || t == oid::kJsonb ||
+         t == oid::kTimestamp || t == oid::kTimestamptz;
+}
+bool IsBinaryTextLike(uint32_t t) {
+  return t == oid::kText || t == oid::kVarchar || t == oid::kBpchar;
+}
+
+void PutBigEndian(uint64_t v, int bytes, std::string* out) {
+  for (int i = bytes - 1; i >= 0; --i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+// Microseconds from PostgreSQL's epoch (2000-01-01 UTC) to the Unix epoch.
+constexpr int64_t kPostgresEpochUnixSeconds = 946684800;
+
+// Appends a checked value's binary form (without its length word). False,
+// appending nothing, when only PostgreSQL's text input can read it for this
+// column (text for a timestamp column, a numeric for an integer column, ...).
+bool PutBinary(const v1::Value& value, const ColumnInfo& c, std::string* out) {
+  const uint32_t t = c.type_oid;
+  auto put_int = [&](int64_t v) {
+    const int width = t == oid::kInt2 ? 2 : (t == oid::kInt4 || t == oid::kOid) ? 4 : 8;
+    PutBigEndian(static_cast<uint64_t>(v), width, out);
+  };
+  auto put_text = [&](absl::string_view text) {
+    if (t == oid::kJsonb) out->push_back('\1');  // jsonb's binary format version
+    out->append(text.data(), text.size());
+  };
+  const bool text_like = IsBinaryTextLike(t);
+  const bool json_like = t == oid::kJson || t == oid::kJsonb;
+  switch (value.kind_case()) {
+    case v1::Value::KIND_NOT_SET:
+    case v1::Value::kNullValue:
+      return true;  // the length word says NULL
+    case v1::Value::kBoolValue:
+      if (t == oid::kBool) {
+        out->push_back(value.bool_value() ? '\1' : '\0');
+      } else if (text_like) {
+        out->append(value.bool_value() ? "t" : "f");
+      } else {
+        return false;
+      }
+      return true;
+    case v1::Value::kInt64Value:
+      if (IsIntType(t)) {
+        put_int(value.int64_value());
+      } else if (t == oid::kFloat8) {
+        PutBigEndian(absl::bit_cast<uint64_t>(static_cast<double>(value.int64_value())), 8, out);
+      } else if (text_like) {
+        absl::StrAppend(out, value.int64_value());
+      } else {
+        return false;
+      }
+      return true;
+    case v1::Value::kDoubleValue:
+      if (t == oid::kFloat8) {
+        PutBigEndian(absl::bit_cast<uint64_t>(value.double_value()), 8, out);
+      } else if (text_like) {
+        AppendDoubleText(value.double_value(), out);
+      } else {
+        return false;
+      }
+      return true;
+    case v1::Value::kTextValue:
+      if (IsIntType(t)) {
+        int64_t v = 0;
+        (void)absl::SimpleAtoi(value.text_value(), &v);
+        put_int(v);
+      } else if (text_like || json_like) {
+        put_text(value.text_value());
+      } else {
+        return false;
+      }
+      return true;
+    case v1::Value::kBytesValue:
+      if (text_like || json_like) {
+        put_text(value.bytes_value());
+      } else if (t == oid::kBytea) {
+        out->append(value.bytes_value());
+      } else {
+        return false;
+      }
+      return true;
+    case v1::Value::kTimestampValue: {
+      const auto& ts = value.timestamp_value();
+      if (t == oid::kTimestamp || t == oid::kTimestamptz) {
+        // The text form's microseconds: nanoseconds truncated.
+        const int64_t micros =
+            (ts.seconds() - kPostgresEpochUnixSeconds) * 1000000 + ts.nanos() / 1000;
+        PutBigEndian(static_cast<uint64_t>(micros), 8, out);
+      } else if (text_like) {
+        AppendTimestampUtc(ts.seconds(), ts.nanos(), out);
+      } else {
+        return false;
+      }
+      return true;
+    }
+    case v1::Value::kNumericValue:
+      if (!text_like) return false;
+      out->append(std::string(absl::StripAsciiWhitespace(value.numeric_value())));
+      return true;
+    case v1::Value::kJsonValue:
+      if (!text_like && !json_like) return false;
+      put_text(value.json_value());
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::Status AppendCopyField(const v1::Value& value, const ColumnInfo& c, std::string* out) {
+  if (absl::Status s = CheckField(value, c); !s.ok()) return s;
+  PutText(value, c, out);
+  return absl::OkStatus();
+}
+
+CopyFormat CopyFormatFor(absl::Span<const ColumnInfo* const> columns) {
+  for (const ColumnInfo* c : columns) {
+    if (!HasBinaryForm(c->type_oid)) return CopyFormat::kText;
+  }
+  return CopyFormat::kBinary;
+}
+
+absl::string_view CopyBinaryHeader() {
+  // Signature, flags (no OIDs), header extension length.
+  static constexpr char kHeader[] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
+  return absl::string_view(kHeader, 19);
+}
+
+absl::string_view CopyBinaryTrailer() { return absl::string_view("\377\377", 2); }
+
 absl::Status AppendCopyRow(const v1::Row& row, absl::Span<const ColumnInfo* const> columns,
                            std::string* out) {
+  bool needs_text = false;
+  return AppendCopyRow(row, columns, CopyFormat::kText, out, &needs_text);
+}
+
+absl::Status AppendCopyRow(const v1::Row& row, absl::Span<const ColumnInfo* const> columns,
+                           CopyFormat format, std::string* out, bool* needs_text) {
+  *needs_text = false;
   if (static_cast<size_t>(row.values_size()) != columns.size()) {
     return RowError(
         absl::StatusCode::kInvalidArgument, "22P04",
         absl::StrCat("row has ", row.values_size(), " values for ", columns.size(), " columns"));
   }
   const size_t start = out->size();
+  if (format == CopyFormat::kBinary) PutBigEndian(columns.size(), 2, out);
   for (size_t i = 0; i < columns.size(); ++i) {
-    if (i > 0) out->push_back('\t');
-    absl::Status s = AppendCopyField(row.values(static_cast<int>(i)), *columns[i], out);
-    if (!s.ok()) {
+    const v1::Value& value = row.values(static_cast<int>(i));
+    if (absl::Status s = CheckField(value, *columns[i]); !s.ok()) {
       out->resize(start);
       return s;
     }
+    if (format == CopyFormat::kText) {
+      if (i > 0) out->push_back('\t');
+      PutText(value, *columns[i], out);
+      continue;
+    }
+    const size_t length_at = out->size();
+    out->append(4, '\0');
+    if (!PutBinary(value, *columns[i], out)) {
+      out->resize(start);
+      *needs_text = true;
+      return absl::OkStatus();
+    }
+    const bool null =
+        value.kind_case() == v1::Value::KIND_NOT_SET || value.kind_case() == v1::Value::kNullValue;
+    const size_t length = out->size() - length_at - 4;
+    if (length > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+      out->resize(start);
+      return RowError(absl::StatusCode::kInvalidArgument, "54000",
+                      absl::StrCat("column \"", columns[i]->name, "\": value too large"));
+    }
+    const uint32_t word = null ? 0xffffffffu : static_cast<uint32_t>(length);
+    for (int b = 0; b < 4; ++b) {
+      (*out)[length_at + b] = static_cast<char>((word >> (8 * (3 - b))) & 0xff);
+    }
   }
-  out->push_back('\n');
+  if (format == CopyFormat::kText) out->push_back('\n');
   return absl::OkStatus();
 }
 
@@ -581,10 +786,19 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target, absl::stri
 
 absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
                                             absl::Span<const absl::string_view> pieces,
-                                            absl::string_view before) {
+                                            absl::string_view before, CopyFormat format) {
   if (broken_) return absl::UnavailableError("connection is broken");
-  const std::string sql =
-      absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target, " FROM STDIN");
+  const bool binary = format == CopyFormat::kBinary;
+  const std::string sql = absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target,
+                                       " FROM STDIN", binary ? " (FORMAT binary)" : "");
+  std::vector<absl::string_view> framed;
+  if (binary) {
+    framed.reserve(pieces.size() + 2);
+    framed.push_back(CopyBinaryHeader());
+    framed.insert(framed.end(), pieces.begin(), pieces.end());
+    framed.push_back(CopyBinaryTrailer());
+    pieces = framed;
+  }
   // The text is poolside's own (a table name, no values): recorded whole.
   StatementLabels labels;
   if (telemetry::GlobalTracer() != nullptr) {

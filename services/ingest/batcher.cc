@@ -26,6 +26,7 @@ void Batcher::Add(std::shared_ptr<PendingWrite> write, absl::Time now, std::vect
     open.batch.database = write->database;
     open.batch.role = write->role;
     open.batch.copy_target = write->copy_target;
+    open.batch.binary = write->binary;
   }
   open.batch.lines += write->lines();
   open.batch.bytes += write->data.size();

@@ -51,6 +51,9 @@ struct PendingWrite {
   std::string group;
   // "<table> (<columns>)" for COPY.
   std::string copy_target;
+  // `data` is in COPY's binary format, not text (part of `group`: a COPY
+  // carries one format).
+  bool binary = false;
   // Empty: no idempotency key. A key belongs to the principal that sent it
   // (empty without authentication) within its database, and names one
   // request: `digest` identifies its content (table, columns, rows).
@@ -59,7 +62,7 @@ struct PendingWrite {
   std::string digest;
   // Rows in the request (written, rejected before COPY or by PostgreSQL).
   uint32_t total_rows = 0;
-  // The COPY lines of the rows that passed validation ...
+  // The COPY lines (binary: tuples) of the rows that passed validation ...
   std::string data;
   // ... where each one ends (offset past its newline) ...
   std::vector<uint32_t> line_ends;
@@ -81,6 +84,7 @@ struct Batch {
   std::string database;
   std::string role;  // as PendingWrite::role, the same for every write
   std::string copy_target;
+  bool binary = false;  // as PendingWrite::binary, the same for every write
   std::vector<std::shared_ptr<PendingWrite>> writes;
   size_t lines = 0;
   size_t bytes = 0;

@@ -165,7 +165,9 @@ class Flush {
     if (!lines.empty() && !isolating_) {
       // Most batches have no bad row: one plain COPY, no savepoint.
       ++copy_statements_;
-      absl::StatusOr<int64_t> copied = session_.CopyIn(batch_.copy_target, Pieces(lines, nullptr));
+      absl::StatusOr<int64_t> copied =
+          session_.CopyIn(batch_.copy_target, Pieces(lines, nullptr), "",
+                          batch_.binary ? db::CopyFormat::kBinary : db::CopyFormat::kText);
       if (!copied.ok()) {
         needs_isolation_ = IsDataError(copied.status()) && !session_.broken();
         return copied.status();
@@ -357,7 +359,9 @@ class Flush {
       size_t bytes = 0;
       std::vector<absl::string_view> pieces = Pieces(probe, &bytes);
       ++copy_statements_;
-      absl::StatusOr<int64_t> copied = session_.CopyIn(batch_.copy_target, pieces, before);
+      absl::StatusOr<int64_t> copied =
+          session_.CopyIn(batch_.copy_target, pieces, before,
+                          batch_.binary ? db::CopyFormat::kBinary : db::CopyFormat::kText);
       if (copied.ok()) {
         before = "RELEASE SAVEPOINT poolside_rows; SAVEPOINT poolside_rows";
         for (const LineRef& l : probe) good_[l.write][l.line] = true;

@@ -62,6 +62,7 @@ class Digest {
     EVP_DigestUpdate(ctx_, &n, sizeof(n));
     EVP_DigestUpdate(ctx_, part.data(), part.size());
   }
+  void Reset() { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
   std::string Finish() {
     unsigned char out[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
@@ -282,42 +283,91 @@ absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
   w->role = role;
   w->total_rows = header.rows;
   w->copy_target = db::CopyTarget(table, columns);
-  w->group = absl::StrCat(database, "\x1f", w->copy_target);
   w->done = std::move(done);
   w->trace = telemetry::CurrentSpanContext();
   w->line_ends.reserve(header.rows);
   w->row_index.reserve(header.rows);
   const bool keyed = !w->key.empty();
+  // Binary COPY where the columns' types allow it (PostgreSQL parses no
+  // text); a request with a value only text can carry (text for a timestamp
+  // column, ...) is encoded again as text.
+  db::CopyFormat format = db::CopyFormatFor(columns);
   Digest digest;
-  if (keyed) {
-    digest.Add(w->table);
-    digest.Add(w->copy_target);
+  absl::Status rows;
+  for (bool again = true; again;) {
+    again = false;
+    std::string().swap(w->data);  // its capacity counts against the bound
+    w->line_ends.clear();
+    w->row_index.clear();
+    w->rejected.clear();
+    digest.Reset();
+    if (keyed) {
+      digest.Add(w->table);
+      digest.Add(w->copy_target);
+    }
+    // The digest (what an idempotency key's request is recognised by) is of
+    // the rows' text lines whatever the format, so a retry that reaches
+    // another version of the service still matches.
+    std::string text_line;
+    rows = ForEachRow(request.bytes(), [&](const v1::Row& row, uint32_t i) {
+      const size_t start = w->data.size();
+      bool needs_text = false;
+      absl::Status s = db::AppendCopyRow(row, columns, format, &w->data, &needs_text);
+      if (needs_text) {
+        format = db::CopyFormat::kText;
+        again = true;
+        return absl::CancelledError("encoded again as text");
+      }
+      if (i == 0 && header.rows > 1) {
+        // Size the buffer from the first row, so it is not regrown (and copied)
+        // a dozen times for a large request.
+        w->data.reserve(
+            std::min<size_t>(buffer_limit_, (w->data.size() + 16) * header.rows * 5 / 4));
+      }
+      if (s.ok()) {
+        w->line_ends.push_back(static_cast<uint32_t>(w->data.size()));
+        w->row_index.push_back(i);
+        if (keyed && format == db::CopyFormat::kText) {
+          digest.Add(absl::string_view(w->data).substr(start));
+        } else if (keyed) {
+          text_line.clear();
+          (void)db::AppendCopyRow(row, columns, &text_line);
+          digest.Add(text_line);
+        }
+      } else {
+        v1::RowError e;
+        e.set_row_index(i);
+        e.set_reason(std::string(s.message()));
+        e.set_sqlstate(db::SqlStateOf(s));
+        if (keyed) digest.Add(absl::StrCat(i, "\t", e.sqlstate(), "\t", e.reason()));
+        w->rejected.push_back(std::move(e));
+      }
+      if (w->data.size() > buffer_limit_ || w->data.size() > uint32_t{0xffffffff} / 2) {
+        if (format == db::CopyFormat::kBinary) {
+          // Binary can be the larger (small integers): a request that fits
+          // as text is taken as text.
+          format = db::CopyFormat::kText;
+          again = true;
+          return absl::CancelledError("encoded again as text");
+        }
+        return TooLargeEncoded(w->data.size(), buffer_limit_);
+      }
+      return absl::OkStatus();
+    });
+    // Nor may binary hold more than the request was admitted for (its hold
+    // against the buffer bound was reckoned from the serialized size).
+    if (!again && rows.ok() && format == db::CopyFormat::kBinary &&
+        w->bytes() > std::min(buffer_limit_, HoldOf(request.size))) {
+      format = db::CopyFormat::kText;
+      again = true;
+    }
   }
-  absl::Status rows = ForEachRow(request.bytes(), [&](const v1::Row& row, uint32_t i) {
-    const size_t start = w->data.size();
-    absl::Status s = db::AppendCopyRow(row, columns, &w->data);
-    if (i == 0 && header.rows > 1) {
-      // Size the buffer from the first row, so it is not regrown (and copied)
-      // a dozen times for a large request.
-      w->data.reserve(std::min<size_t>(buffer_limit_, (w->data.size() + 16) * header.rows * 5 / 4));
-    }
-    if (s.ok()) {
-      w->line_ends.push_back(static_cast<uint32_t>(w->data.size()));
-      w->row_index.push_back(i);
-      if (keyed) digest.Add(absl::string_view(w->data).substr(start));
-    } else {
-      v1::RowError e;
-      e.set_row_index(i);
-      e.set_reason(std::string(s.message()));
-      e.set_sqlstate(db::SqlStateOf(s));
-      if (keyed) digest.Add(absl::StrCat(i, "\t", e.sqlstate(), "\t", e.reason()));
-      w->rejected.push_back(std::move(e));
-    }
-    if (w->data.size() > buffer_limit_ || w->data.size() > uint32_t{0xffffffff} / 2) {
-      return TooLargeEncoded(w->data.size(), buffer_limit_);
-    }
-    return absl::OkStatus();
-  });
+  w->binary = format == db::CopyFormat::kBinary;
+  // Requests of one format share batches: a COPY carries one.
+  w->group = absl::StrCat(database, "\x1f", w->copy_target,
+                          format == db::CopyFormat::kBinary ? "\x1f"
+                                                              "binary"
+                                                            : "");
   if (!rows.ok()) return rows;
   if (w->bytes() > buffer_limit_) {
     return TooLargeEncoded(w->bytes(), buffer_limit_);
@@ -857,6 +907,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
         if (!unknown[i].ok() && r.responses[i].ok()) r.responses[i]->set_duplicate(false);
       }
       rows_written_.fetch_add(r.rows_written, std::memory_order_relaxed);
+      if (job.batch.binary) rows_binary_.fetch_add(r.rows_written, std::memory_order_relaxed);
       bytes_written_.fetch_add(r.bytes_written, std::memory_order_relaxed);
       rows_rejected_.fetch_add(r.rows_rejected, std::memory_order_relaxed);
       batches_written_.fetch_add(1, std::memory_order_relaxed);
@@ -1393,6 +1444,7 @@ absl::Status IngestEngine::PermissionDenied(const Database& db, const Batch& bat
 
 void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {
   out->set_rows_written(rows_written_.load());
+  out->set_rows_written_binary(rows_binary_.load());
   out->set_bytes_written(bytes_written_.load());
   out->set_batches_written(batches_written_.load());
   out->set_rows_rejected(rows_rejected_.load());

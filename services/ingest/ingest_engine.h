@@ -394,9 +394,9 @@ class IngestEngine {
   bool destroying_ ABSL_GUARDED_BY(warm_mu_) = false;
   std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);
 
-  std::atomic<uint64_t> rows_written_{0}, bytes_written_{0}, batches_written_{0}, rows_rejected_{0},
-      requests_{0}, requests_failed_{0}, duplicates_{0}, batches_failed_{0}, copy_statements_{0},
-      refused_full_{0}, stream_waits_{0};
+  std::atomic<uint64_t> rows_written_{0}, rows_binary_{0}, bytes_written_{0}, batches_written_{0},
+      rows_rejected_{0}, requests_{0}, requests_failed_{0}, duplicates_{0}, batches_failed_{0},
+      copy_statements_{0}, refused_full_{0}, stream_waits_{0};
 };
 
 }  // namespace poolside::ingest

@@ -8,6 +8,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/auth/authorizer.h"
 #include "common/db/copy.h"
 #include "common/db/topology.h"
@@ -56,7 +58,9 @@ class IngestEngineTest : public ::testing::Test {
                           "DROP TABLE IF EXISTS items; DROP TABLE IF EXISTS hidden; "
                           "DROP TABLE IF EXISTS poolside_ingest_keys; "
                           "CREATE TABLE items (id int8 PRIMARY KEY, name text NOT NULL); "
-                          "CREATE TABLE hidden (id int8)")
+                          "CREATE TABLE hidden (id int8); DROP TABLE IF EXISTS events; "
+                          "CREATE TABLE events (id int8 PRIMARY KEY, device text NOT NULL, "
+                          "at timestamptz NOT NULL, value float8, payload bytea)")
                     .ok());
   }
 
@@ -71,6 +75,7 @@ class IngestEngineTest : public ::testing::Test {
     t->set_database("engine");
     t->add_tables("items");
     t->add_tables("missing");
+    t->add_tables("events");
     c.mutable_batch()->set_linger_ms(5);
     if (buffer_bytes > 0) {
       c.mutable_batch()->set_buffer_bytes(buffer_bytes);
@@ -209,6 +214,94 @@ TEST_F(IngestEngineTest, KeyBelongsToItsPrincipalAndNamesOneRequest) {
   EXPECT_EQ(Write(*engine, Request(300, 10, "k"), "bob").status().code(),
             absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(Count(), "20");
+}
+
+// Rows of `events` with typed values; `text_time` sends the timestamp as the
+// text poolside's own COPY text would hold.
+v1::WriteRequest Events(int64_t first_id, int rows, std::string key = "", bool text_time = false) {
+  v1::WriteRequest r;
+  r.set_table("events");
+  r.set_idempotency_key(std::move(key));
+  for (int i = 0; i < rows; ++i) {
+    const int64_t id = first_id + i;
+    v1::Row* row = r.add_rows();
+    row->add_values()->set_int64_value(id);
+    row->add_values()->set_text_value(absl::StrCat("device\t", id % 7, "\n\\"));
+    if (text_time) {
+      row->add_values()->set_text_value(
+          absl::FormatTime("%Y-%m-%d %H:%M:%E6S+00",
+                           absl::FromUnixSeconds(1700000000 + id) + absl::Microseconds(id % 1000),
+                           absl::UTCTimeZone()));
+    } else {
+      auto* ts = row->add_values()->mutable_timestamp_value();
+      ts->set_seconds(1700000000 + id);
+      ts->set_nanos(static_cast<int32_t>(id % 1000) * 1000 + 999);  // truncated to µs
+    }
+    if (id % 5 == 0) {
+      row->add_values()->set_null_value(v1::NULL_VALUE);
+    } else {
+      row->add_values()->set_double_value(id / 3.0);
+    }
+    row->add_values()->set_bytes_value(std::string("\0\xff", 2) + std::to_string(id));
+  }
+  return r;
+}
+
+TEST_F(IngestEngineTest, TypedRowsGoAsBinaryCopyAndLandExactly) {
+  auto engine = StartEngine();
+  // Typed values: binary. A timestamp sent as text: that request as text.
+  // Concurrently, so both formats are in flight at once.
+  Outcome binary, text;
+  ASSERT_TRUE(engine->Submit(Events(1, 500), nullptr, 0, binary.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Events(501, 100, "", true), nullptr, 0, text.Done()).ok());
+  binary.done.WaitForNotification();
+  text.done.WaitForNotification();
+  ASSERT_TRUE(binary.result.ok()) << binary.result.status();
+  ASSERT_TRUE(text.result.ok()) << text.result.status();
+  EXPECT_EQ(binary.result->rows_written(), 500u);
+  EXPECT_EQ(text.result->rows_written(), 100u);
+  v1::GetIngestStatsResponse stats;
+  engine->GetStats(&stats);
+  EXPECT_EQ(stats.rows_written(), 600u);
+  EXPECT_EQ(stats.rows_written_binary(), 500u);
+  EXPECT_EQ(
+      *pg_->QueryValue(
+          "engine",
+          "SELECT count(*) FROM events WHERE device = E'device\\t' || (id % 7) || E'\\n\\\\' "
+          "AND at = to_timestamp(1700000000 + id) + (id % 1000) * interval '1 microsecond' "
+          "AND value IS NOT DISTINCT FROM CASE WHEN id % 5 = 0 THEN NULL ELSE id / 3.0::float8 "
+          "END AND payload = '\\x00ff'::bytea || convert_to(id::text, 'UTF8')"),
+      "600");
+
+  // A row PostgreSQL refuses (a duplicate key) in a binary batch: that row is
+  // answered with its reason, the others are written.
+  v1::WriteRequest dup = Events(1000, 10);
+  *dup.mutable_rows(7) = Events(3, 1).rows(0);
+  absl::StatusOr<v1::WriteResponse> partial = Write(*engine, dup);
+  ASSERT_TRUE(partial.ok()) << partial.status();
+  EXPECT_EQ(partial->rows_written(), 9u);
+  ASSERT_EQ(partial->rejected_size(), 1);
+  EXPECT_EQ(partial->rejected(0).row_index(), 7u);
+  EXPECT_EQ(partial->rejected(0).sqlstate(), "23505");
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM events"), "609");
+  engine->GetStats(&stats);
+  EXPECT_EQ(stats.rows_written_binary(), 509u);
+}
+
+// An idempotency key names the rows' content, not how they were carried: the
+// same rows sent again with the timestamps as text (so as a text COPY) are the
+// same request.
+TEST_F(IngestEngineTest, AKeysContentDoesNotDependOnTheCopyFormat) {
+  auto engine = StartEngine();
+  absl::StatusOr<v1::WriteResponse> first = Write(*engine, Events(1, 20, "kf"));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->duplicate());
+  absl::StatusOr<v1::WriteResponse> again = Write(*engine, Events(1, 20, "kf", true));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate());
+  EXPECT_EQ(Write(*engine, Events(2, 20, "kf", true)).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM events"), "20");
 }
 
 TEST_F(IngestEngineTest, APrincipalWhoseDatabaseRoleIsNotConfiguredIsRefused) {

@@ -23,6 +23,9 @@ using telemetry::GaugeFamily;
 
 void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::MetricFamily>* out) {
   AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.", s.rows_written());
+  AppendCounter(out, "poolside_ingest_binary_rows_total",
+                "Rows committed in COPY's binary format (of poolside_ingest_rows_total).",
+                s.rows_written_binary());
   AppendCounter(out, "poolside_ingest_bytes_total", "COPY data committed.", s.bytes_written());
   AppendCounter(out, "poolside_ingest_rows_rejected_total",
                 "Rows rejected (returned with a reason).", s.rows_rejected());
