@@ -48,6 +48,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/queue_thread.h"
 #include "common/server/status.h"
 #include "common/telemetry/metrics_interceptor.h"
 #include "common/telemetry/trace_context.h"
@@ -57,16 +58,6 @@
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 
 namespace poolside::server {
-
-// What a queue operation's tag points to: Proceed(ok) runs on the queue
-// thread when the operation completes (ok as gRPC reports it).
-class QueueTag {
- public:
-  virtual void Proceed(bool ok) = 0;
-
- protected:
-  ~QueueTag() = default;
-};
 
 // A tag that runs one step of an object on the queue thread, for objects
 // with several operations in flight (a call's request, writes, finish and
@@ -243,14 +234,6 @@ const telemetry::ServerCallTelemetry::Method* QueueMethod(
   if (calls == nullptr) return nullptr;
   return calls->AddMethod(absl::StrCat("/", GrpcService::service_full_name(), "/", name), type);
 }
-
-// Polls `cq` on the calling thread, running each tag's Proceed (every tag on
-// it must be a QueueTag), until the queue is shut down and drained.
-void PollQueue(grpc::CompletionQueue* cq);
-
-// Runs `fn` on the queue thread of `cq`, soon. The queue must not be shut
-// down yet (Server shuts it down after the drain, see server.h).
-void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
 
 // The call layer: calls whose handler runs on the queue thread when the call
 // arrives and whose answer may come later, from any thread (a database

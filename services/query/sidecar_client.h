@@ -59,6 +59,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/queue_thread.h"
 #include "common/telemetry/trace_context.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
@@ -156,7 +157,7 @@ class SidecarClient : public CacheClient {
   std::unique_ptr<v1::CacheService::Stub> stub_;
   // Until UseQueue(); only it and the destructor touch these.
   std::unique_ptr<grpc::CompletionQueue> own_cq_;
-  std::thread own_thread_;
+  std::unique_ptr<server::QueueThread> own_thread_;
 
   absl::Mutex mu_;
   grpc::CompletionQueue* cq_ ABSL_GUARDED_BY(mu_);  // where calls start
