@@ -247,7 +247,7 @@ void CacheServiceImpl::Publish(const v1::CacheInvalidationEvent& event) {
 }
 
 void CacheServiceImpl::EndWatches() {
-  if (cq_ == nullptr) return;  // never served
+  if (cq_ == nullptr) return;             // never served
   server::QueueThread::AssertNotOn(cq_);  // it waits for the queue thread
   absl::Notification ended;
   server::RunOnQueue(cq_, [this, &ended] {

@@ -754,20 +754,20 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::StartAdminWork(
     return absl::ResourceExhaustedError(
         "an index advice or index creation is already running; retry when it has ended");
   }
-  absl::Status submitted = admin_.Submit([this, work, run = std::move(run),
-                                          done = std::move(done)] {
-    const bool claimed = work->Claim();
-    const absl::Status outcome = claimed ? run(&work->cancelled) : absl::OkStatus();
-    {
-      // Free before answering: a caller that follows the answer with the
-      // next admin call (advise --apply) is not refused (it queues behind
-      // the end of this task).
-      absl::MutexLock lock(&admin_mu_);
-      admin_running_ = false;
-      admin_work_ = nullptr;
-    }
-    if (claimed) done(outcome);
-  });
+  absl::Status submitted =
+      admin_.Submit([this, work, run = std::move(run), done = std::move(done)] {
+        const bool claimed = work->Claim();
+        const absl::Status outcome = claimed ? run(&work->cancelled) : absl::OkStatus();
+        {
+          // Free before answering: a caller that follows the answer with the
+          // next admin call (advise --apply) is not refused (it queues behind
+          // the end of this task).
+          absl::MutexLock lock(&admin_mu_);
+          admin_running_ = false;
+          admin_work_ = nullptr;
+        }
+        if (claimed) done(outcome);
+      });
   if (!submitted.ok()) return submitted;
   admin_running_ = true;
   admin_work_ = work;
@@ -862,8 +862,7 @@ absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& reques
     }
   }
   std::sort(dbs.begin(), dbs.end(), [](Database* a, Database* b) { return a->name() < b->name(); });
-  absl::Status submitted = checks_.Submit([this, dbs, deadline, response,
-                                           done = std::move(done)] {
+  absl::Status submitted = checks_.Submit([this, dbs, deadline, response, done = std::move(done)] {
     for (Database* db : dbs) response->add_databases()->set_database(db->name());
     // Each check is bounded by its own short timeout as well as the call's deadline.
     ParallelFor(dbs.size(), config_.limits().check_concurrency(), [&](size_t i) {
