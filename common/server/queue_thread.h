@@ -24,7 +24,7 @@
 #include <functional>
 #include <thread>
 
-#include "grpcpp/grpcpp.h"
+#include "grpcpp/completion_queue.h"
 
 namespace poolside::server {
 
