@@ -1,5 +1,6 @@
 #include "common/sync/bounded_executor.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -84,10 +85,10 @@ TEST(BoundedExecutorTest, RunsAtMostMaxThreadsAndQueuesAtMostMaxQueued) {
   tasks.Open();
   executor.Shutdown();
   EXPECT_EQ(tasks.max_running(), 2);
-  const std::vector<int> ran = tasks.ran();
-  ASSERT_EQ(ran.size(), 5u);
-  // The queued ones ran after the first two, in the order they were submitted.
-  EXPECT_EQ(std::vector<int>(ran.begin() + 2, ran.end()), (std::vector<int>{2, 3, 4}));
+  // Each accepted task ran once (their order: ShutdownRunsQueuedWorkThenRefuses).
+  std::vector<int> ran = tasks.ran();
+  std::sort(ran.begin(), ran.end());
+  EXPECT_EQ(ran, (std::vector<int>{0, 1, 2, 3, 4}));
   EXPECT_FALSE(refused_ran);
   EXPECT_EQ(executor.pending(), 0u);
 }
@@ -159,16 +160,17 @@ TEST(BoundedExecutorTest, DestructorRunsQueuedWork) {
 // once. (Run under ThreadSanitizer too: tag "tsan".)
 TEST(BoundedExecutorTest, ConcurrentSubmittersAndShutdown) {
   constexpr int kSubmitters = 4;
-  constexpr int kPerSubmitter = 2000;
   constexpr int kMaxThreads = 3;
   auto executor = std::make_unique<BoundedExecutor>(kMaxThreads, /*max_queued=*/16);
   std::atomic<int> running{0};
   std::atomic<int> max_running{0};
   std::atomic<int> ran{0};
+  std::atomic<int> attempts{0};
   std::atomic<int> accepted{0};
-  std::atomic<int> exhausted{0};
   std::atomic<int> closed{0};
-  std::function<void(int)> submit = [&](int depth) {
+  // Submits one task (which submits more, to depth 2); false once closed.
+  std::function<bool(int)> submit = [&](int depth) {
+    ++attempts;
     const absl::Status s = executor->Submit([&, depth] {
       const int now = ++running;
       int seen = max_running.load();
@@ -180,25 +182,24 @@ TEST(BoundedExecutorTest, ConcurrentSubmittersAndShutdown) {
     });
     if (s.ok()) {
       ++accepted;
-    } else if (s.code() == absl::StatusCode::kResourceExhausted) {
-      ++exhausted;
-    } else {
-      EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
-      ++closed;
+      return true;
     }
+    if (s.code() == absl::StatusCode::kResourceExhausted) return true;
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    ++closed;
+    return false;
   };
+  // Each submitter submits until it finds the executor shut down.
   std::vector<std::thread> submitters;
   for (int t = 0; t < kSubmitters; ++t) {
     submitters.emplace_back([&] {
-      for (int i = 0; i < kPerSubmitter; ++i) submit(0);
+      while (submit(0)) {
+      }
     });
   }
-  // Shut down while the submitters are still at it (or just done).
+  // Shut down while they are at it.
   std::thread shutter([&] {
-    const auto deadline = std::chrono::steady_clock::now() + kTimeout;
-    while (accepted.load() < 100 && std::chrono::steady_clock::now() < deadline) {
-      std::this_thread::yield();
-    }
+    while (attempts.load() < 5000) std::this_thread::yield();
     executor->Shutdown();
   });
   for (std::thread& t : submitters) t.join();
@@ -206,7 +207,8 @@ TEST(BoundedExecutorTest, ConcurrentSubmittersAndShutdown) {
   executor.reset();
 
   EXPECT_EQ(ran.load(), accepted.load());
-  EXPECT_GE(accepted.load(), 100);
+  EXPECT_GT(accepted.load(), 0);
+  EXPECT_GE(closed.load(), kSubmitters);
   EXPECT_LE(max_running.load(), kMaxThreads);
 }
 
