@@ -395,6 +395,27 @@ absl::Status Connection::AwaitResult(absl::Time deadline, const std::atomic<bool
   }
 }
 
+Connection::ServerWait::ServerWait(Connection& conn, absl::Time deadline,
+                                   const std::atomic<bool>* cancelled)
+    : conn_(conn),
+      deadline_(deadline),
+      cancelled_(cancelled),
+      cancel_(std::make_unique<CancelState>()) {}
+
+Connection::ServerWait::~ServerWait() = default;
+
+absl::Status Connection::ServerWait::AwaitResult() {
+  return conn_.AwaitResult(deadline_, cancelled_, cancel_.get());
+}
+
+absl::Status Connection::ServerWait::WaitForServer(bool want_write) {
+  return conn_.WaitForServer(deadline_, cancelled_, cancel_.get(), want_write);
+}
+
+bool Connection::ServerWait::cancelled_for_deadline() const {
+  return cancel_->reason == kCancelDeadline;
+}
+
 Connection::Prepared* Connection::LookupOrAddPrepared(const std::string& key, absl::string_view sql,
                                                       std::vector<std::string>* evicted,
                                                       bool* is_new) {

@@ -54,7 +54,7 @@ struct ConnectionOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   size_t statement_cache_size = 100;
   // After a cancel request, how long to wait for the server to give up the
-  // statement before the connection is declared broken (CopySession too).
+  // statement before the connection is declared broken (ServerWait too).
   absl::Duration cancel_grace = absl::Seconds(3);
 };
 
@@ -201,7 +201,9 @@ class Connection {
   size_t prepared_statements() const { return lru_.size(); }
   // The libpq handle, for common/db code that speaks what this class does not
   // (COPY; see copy.h). Only between calls of this class; it is non-blocking.
+  // Such code waits for the server through a ServerWait (below).
   ::pg_conn* libpq_conn() { return conn_; }
+  class ServerWait;
 
   // A CLIENT span for one statement on this connection, child of `parent` (or
   // of the thread's current context), with OpenTelemetry's database
@@ -306,6 +308,39 @@ class Connection {
   // LRU of prepared statements, most recent first.
   std::list<Prepared> lru_;
   absl::flat_hash_map<std::string, std::list<Prepared>::iterator> prepared_;
+};
+
+// Waiting for the server, for common/db code that drives libpq_conn() itself
+// (COPY, copy.h), under the rules of the Connection's own statements, in the
+// same code: past `deadline` (or once `*cancelled`) the backend query is
+// cancelled, and once the connection's cancel_grace has passed too the
+// connection is marked broken and the wait fails UNAVAILABLE, so every loop
+// over these waits ends by then. One ServerWait may serve several statements
+// in turn: after a cancel, the statements that follow get what is left of
+// the grace. Used by the connection's lease holder, like the Connection.
+class Connection::ServerWait {
+ public:
+  explicit ServerWait(Connection& conn, absl::Time deadline,
+                      const std::atomic<bool>* cancelled = nullptr);
+  ~ServerWait();
+  ServerWait(const ServerWait&) = delete;
+  ServerWait& operator=(const ServerWait&) = delete;
+
+  // Sends what libpq holds, then waits until a result can be read without
+  // blocking (PQisBusy false).
+  absl::Status AwaitResult();
+  // One bounded wait for the socket to be readable (or, with `want_write`,
+  // writable), input consumed; callers loop.
+  absl::Status WaitForServer(bool want_write);
+  // The backend query was cancelled because the deadline passed (a statement
+  // failing with SQLSTATE 57014 then failed by DEADLINE_EXCEEDED).
+  bool cancelled_for_deadline() const;
+
+ private:
+  Connection& conn_;
+  const absl::Time deadline_;
+  const std::atomic<bool>* const cancelled_;
+  std::unique_ptr<CancelState> cancel_;
 };
 
 }  // namespace poolside::db

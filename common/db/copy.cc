@@ -1,10 +1,8 @@
 #include "common/db/copy.h"
 
 #include <libpq-fe.h>
-#include <poll.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -26,9 +24,6 @@ namespace poolside::db {
 namespace {
 
 constexpr absl::string_view kCopyLinePayload = "poolside.dev/copy-line";
-// The longest single poll() of a wait: a wait without a deadline still comes
-// back to look at the connection now and then.
-constexpr int kMaxPollSliceMs = 1000;
 // COPY data is handed to libpq in pieces of this size.
 constexpr size_t kCopyChunk = 256 << 10;
 
@@ -639,7 +634,7 @@ absl::StatusOr<TableInfo> DescribeTable(Connection& conn, absl::string_view tabl
 }
 
 CopySession::CopySession(Connection& conn, absl::Time deadline)
-    : conn_(conn), pg_(conn.libpq_conn()), deadline_(deadline) {}
+    : conn_(conn), pg_(conn.libpq_conn()), wait_(conn, deadline) {}
 
 absl::Status CopySession::Broken(absl::string_view what) {
   broken_ = true;
@@ -650,53 +645,10 @@ absl::Status CopySession::Broken(absl::string_view what) {
       absl::StrCat("connection to the database lost while ", what, msg.empty() ? "" : ": ", msg));
 }
 
-absl::Status CopySession::WaitSocket(bool for_write) {
-  // One bounded wait; callers loop. Past the deadline the statement is
-  // cancelled, and the connection given up once the connection's cancel grace
-  // has passed too, so every loop over this ends by then.
-  const absl::Time now = absl::Now();
-  if (!cancel_sent_ && now >= deadline_) {
-    cancel_sent_ = true;
-    give_up_ = now + conn_.cancel_grace();
-    if (PGcancel* cancel = PQgetCancel(pg_)) {
-      char err[256];
-      PQcancel(cancel, err, sizeof(err));
-      PQfreeCancel(cancel);
-    }
-  } else if (cancel_sent_ && now >= give_up_) {
-    return Broken("waiting for a cancelled statement to stop");
-  }
-  const absl::Time wake = cancel_sent_ ? give_up_ : deadline_;
-  const int timeout_ms = static_cast<int>(
-      std::clamp<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))),
-                          0, kMaxPollSliceMs));
-  const int fd = PQsocket(pg_);
-  if (fd < 0) return Broken("waiting for the server");
-  pollfd pfd{fd, static_cast<short>(POLLIN | (for_write ? POLLOUT : 0)), 0};
-  const int rc = ::poll(&pfd, 1, timeout_ms);
-  if (rc < 0 && errno != EINTR) return Broken("waiting for the server");
-  if (rc > 0) {
-    if ((pfd.revents & POLLNVAL) != 0) return Broken("waiting for the server");
-    if ((pfd.revents & (POLLIN | POLLHUP | POLLERR)) != 0 && PQconsumeInput(pg_) == 0) {
-      return Broken("reading");
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CopySession::AwaitReadable() {
-  while (true) {
-    const int flush = PQflush(pg_);
-    if (flush < 0) return Broken("sending");
-    if (flush == 0 && !PQisBusy(pg_)) return absl::OkStatus();
-    if (absl::Status s = WaitSocket(flush == 1); !s.ok()) return s;
-  }
-}
-
 absl::Status CopySession::CollectResults(std::vector<TextRow>* rows, int64_t* affected) {
   absl::Status first;
   while (true) {
-    if (absl::Status s = AwaitReadable(); !s.ok()) return s;
+    if (absl::Status s = wait_.AwaitResult(); !s.ok()) return s;
     PGresult* res = PQgetResult(pg_);
     if (res == nullptr) return first;
     switch (PQresultStatus(res)) {
@@ -738,7 +690,7 @@ absl::Status CopySession::CollectResults(std::vector<TextRow>* rows, int64_t* af
           std::string primary = ErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
           if (primary.empty()) primary = PQresultErrorMessage(res);
           first = StatusFromSqlState(state, primary, ErrorField(res, PG_DIAG_MESSAGE_DETAIL));
-          if (state == "57014" && cancel_sent_) {
+          if (state == "57014" && wait_.cancelled_for_deadline()) {
             first = absl::DeadlineExceededError(
                 "statement ran past its deadline and was cancelled (SQLSTATE 57014)");
             first.SetPayload(kSqlStatePayload, absl::Cord("57014"));
@@ -756,7 +708,7 @@ absl::Status CopySession::CollectResults(std::vector<TextRow>* rows, int64_t* af
 }
 
 absl::Status CopySession::Exec(absl::string_view sql) {
-  if (broken_) return absl::UnavailableError("connection is broken");
+  if (broken()) return absl::UnavailableError("connection is broken");
   const std::string text(sql);
   if (PQsendQueryParams(pg_, text.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
     return Broken("sending a statement");
@@ -766,7 +718,7 @@ absl::Status CopySession::Exec(absl::string_view sql) {
 
 absl::StatusOr<std::vector<CopySession::TextRow>> CopySession::Query(
     absl::string_view sql, const std::vector<std::string>& params) {
-  if (broken_) return absl::UnavailableError("connection is broken");
+  if (broken()) return absl::UnavailableError("connection is broken");
   const std::string text(sql);
   std::vector<const char*> values;
   for (const std::string& p : params) values.push_back(p.c_str());
@@ -787,7 +739,7 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target, absl::stri
 absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
                                             absl::Span<const absl::string_view> pieces,
                                             absl::string_view before, CopyFormat format) {
-  if (broken_) return absl::UnavailableError("connection is broken");
+  if (broken()) return absl::UnavailableError("connection is broken");
   const bool binary = format == CopyFormat::kBinary;
   const std::string sql = absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target,
                                        " FROM STDIN", binary ? " (FORMAT binary)" : "");
@@ -825,11 +777,11 @@ absl::StatusOr<int64_t> CopySession::SendCopy(const std::string& sql,
   if (PQsendQuery(pg_, sql.c_str()) != 1) return Broken("sending COPY");
   // Wait for CopyInResponse (or an error: no such table, permissions, ...),
   // past the results of statements sent before the COPY.
-  if (absl::Status s = AwaitReadable(); !s.ok()) return s;
+  if (absl::Status s = wait_.AwaitResult(); !s.ok()) return s;
   PGresult* res = PQgetResult(pg_);
   while (res != nullptr && PQresultStatus(res) == PGRES_COMMAND_OK) {
     PQclear(res);
-    if (absl::Status s = AwaitReadable(); !s.ok()) return s;
+    if (absl::Status s = wait_.AwaitResult(); !s.ok()) return s;
     res = PQgetResult(pg_);
   }
   if (res == nullptr) return absl::InternalError("COPY: no response");
@@ -840,7 +792,7 @@ absl::StatusOr<int64_t> CopySession::SendCopy(const std::string& sql,
     absl::Status st = StatusFromSqlState(state, primary, ErrorField(res, PG_DIAG_MESSAGE_DETAIL));
     PQclear(res);
     absl::Status rest = CollectResults(nullptr, nullptr);
-    if (!rest.ok() && broken_) return rest;
+    if (!rest.ok() && broken()) return rest;
     return st;
   }
   PQclear(res);
@@ -857,14 +809,14 @@ absl::StatusOr<int64_t> CopySession::SendCopy(const std::string& sql,
         continue;
       }
       if (PQflush(pg_) < 0) return Broken("sending COPY data");
-      if (absl::Status s = WaitSocket(true); !s.ok()) return s;
+      if (absl::Status s = wait_.WaitForServer(true); !s.ok()) return s;
     }
   }
   while (true) {
     const int rc = PQputCopyEnd(pg_, nullptr);
     if (rc < 0) return Broken("ending COPY");
     if (rc == 1) break;
-    if (absl::Status s = WaitSocket(true); !s.ok()) return s;
+    if (absl::Status s = wait_.WaitForServer(true); !s.ok()) return s;
   }
   int64_t copied = 0;
   absl::Status s = CollectResults(nullptr, &copied);

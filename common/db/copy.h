@@ -122,8 +122,10 @@ int64_t CopyLineOf(const absl::Status& status);
 
 // Statements and COPY run one at a time on a leased connection, each bounded
 // by `deadline` (past it, the backend query is cancelled and the statement
-// fails with DEADLINE_EXCEEDED). After a non-OK status with broken() true the
-// connection is unusable: mark its lease broken.
+// fails with DEADLINE_EXCEEDED; a server that does not stop within the
+// connection's cancel_grace breaks the connection: UNAVAILABLE), waiting as
+// the Connection's own statements do (Connection::ServerWait). After a non-OK
+// status with broken() true the connection is unusable: mark its lease broken.
 class CopySession {
  public:
   CopySession(Connection& conn, absl::Time deadline);
@@ -153,24 +155,23 @@ class CopySession {
                                  absl::string_view before = "",
                                  CopyFormat format = CopyFormat::kText);
 
-  bool broken() const { return broken_; }
+  // The connection is unusable (and the Connection itself broken() when a
+  // wait for the server gave it up).
+  bool broken() const { return broken_ || conn_.broken(); }
 
  private:
   absl::StatusOr<int64_t> SendCopy(const std::string& sql,
                                    absl::Span<const absl::string_view> pieces);
-  // Sends pending output and waits until a result can be read without
-  // blocking.
-  absl::Status AwaitReadable();
-  absl::Status WaitSocket(bool for_write);
   // Reads results until the end of the current command; the first error wins.
   absl::Status CollectResults(std::vector<TextRow>* rows, int64_t* affected);
   absl::Status Broken(absl::string_view what);
 
   Connection& conn_;
   ::pg_conn* pg_;
-  const absl::Time deadline_;
-  bool cancel_sent_ = false;
-  absl::Time give_up_ = absl::InfiniteFuture();
+  // Every wait for the server, with the Connection's deadline and cancel
+  // rules (one cancel for the session: the statements after it get the rest
+  // of the grace).
+  Connection::ServerWait wait_;
   bool broken_ = false;
 };
 

@@ -1,9 +1,16 @@
 #include "common/db/copy.h"
 
+#include <signal.h>
+#include <sys/types.h>
+
+#include <cerrno>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/db/error.h"
 #include "common/db/value_codec.h"
@@ -314,10 +321,67 @@ TEST_F(CopyTest, DeadlineCancelsABlockedCopy) {
   CopySession session(*conn_, absl::Now() + absl::Milliseconds(300));
   absl::StatusOr<int64_t> n = session.CopyIn(CopyTarget(*t, cols), "1\ta\n");
   EXPECT_EQ(n.status().code(), absl::StatusCode::kDeadlineExceeded) << n.status();
+  EXPECT_EQ(SqlStateOf(n.status()), "57014");
+  // The server stopped the COPY: the connection is clean and kept.
   EXPECT_FALSE(session.broken());
+  EXPECT_FALSE(conn_->broken());
+  EXPECT_TRUE(conn_->LooksAlive());
   ASSERT_TRUE(lock_session.Exec("ROLLBACK").ok());
   CopySession again(*conn_, Soon());
   EXPECT_TRUE(again.CopyIn(CopyTarget(*t, cols), "1\ta\n").ok());
+}
+
+// A COPY past its deadline whose backend does not stop (here it is stopped
+// with SIGSTOP, so the cancel request cannot take effect) is given up once
+// the connection's cancel grace has passed too, as the Connection's own
+// statements are: UNAVAILABLE, and the Connection itself is broken, so a
+// pool discards it rather than hand out a connection in the middle of a COPY.
+TEST_F(CopyTest, CopyWhoseBackendIgnoresTheCancelBreaksTheConnection) {
+  ConnectionOptions o;
+  o.dsn = pg_->Dsn("copytest");
+  o.cancel_grace = absl::Milliseconds(300);
+  absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(o);
+  ASSERT_TRUE(conn.ok()) << conn.status();
+  absl::StatusOr<TableInfo> t = DescribeTable(**conn, "t", Soon());
+  ASSERT_TRUE(t.ok()) << t.status();
+  CopySession probe(**conn, Soon());
+  absl::StatusOr<std::vector<CopySession::TextRow>> pid_rows =
+      probe.Query("SELECT pg_backend_pid()", {});
+  ASSERT_TRUE(pid_rows.ok()) << pid_rows.status();
+  ASSERT_EQ(pid_rows->size(), 1u);
+  const pid_t backend = std::stoi(*(*pid_rows)[0][0]);
+  ASSERT_GT(backend, 0);
+
+  ASSERT_EQ(kill(backend, SIGSTOP), 0) << "cannot stop the backend: " << strerror(errno);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { kill(pid, SIGCONT); }
+  } resume{backend};
+
+  const std::vector<const ColumnInfo*> cols = {t->Find("id"), t->Find("name")};
+  CopySession session(**conn, absl::Now() + absl::Milliseconds(200));
+  absl::StatusOr<int64_t> n = session.CopyIn(CopyTarget(*t, cols), "1\ta\n");
+  EXPECT_EQ(n.status().code(), absl::StatusCode::kUnavailable) << n.status();
+  EXPECT_TRUE(absl::StrContains(n.status().message(), "cancelled statement")) << n.status();
+  EXPECT_TRUE(session.broken());
+  EXPECT_TRUE((*conn)->broken());
+  EXPECT_FALSE((*conn)->LooksAlive());
+  // Nothing more is sent on it.
+  EXPECT_EQ(session.Exec("SELECT 1").code(), absl::StatusCode::kUnavailable);
+
+  // Once the backend runs again and the connection is closed, the backend
+  // ends and nothing was copied.
+  kill(backend, SIGCONT);
+  conn->reset();
+  const absl::Time deadline = absl::Now() + absl::Seconds(30);
+  absl::StatusOr<std::string> left;
+  do {
+    left = pg_->QueryValue(
+        "copytest", absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE pid = ", backend));
+    ASSERT_TRUE(left.ok()) << left.status();
+  } while (*left != "0" && absl::Now() < deadline);
+  EXPECT_EQ(*left, "0") << "backend " << backend << " still there";
+  EXPECT_EQ(*pg_->QueryValue("copytest", "SELECT count(*) FROM t"), "0");
 }
 
 }  // namespace

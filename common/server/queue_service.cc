@@ -6,27 +6,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "grpcpp/alarm.h"
 
 namespace poolside::server {
 namespace {
-
-// An alarm due at once: its tag comes back on the queue thread.
-class QueueTask final : public QueueTag {
- public:
-  QueueTask(grpc::CompletionQueue* cq, std::function<void()> fn) : fn_(std::move(fn)) {
-    alarm_.Set(cq, gpr_time_0(GPR_CLOCK_MONOTONIC), this);
-  }
-  void Proceed(bool /*ok*/) override {
-    fn_();
-    delete this;
-  }
-
- private:
-  ~QueueTask() = default;
-  grpc::Alarm alarm_;
-  std::function<void()> fn_;
-};
 
 namespace health = grpc::health::v1;
 
@@ -36,16 +18,6 @@ using CheckCall =
                    &QueueHealthService::Check>;
 
 }  // namespace
-
-void PollQueue(grpc::CompletionQueue* cq) {
-  void* tag = nullptr;
-  bool ok = false;
-  while (cq->Next(&tag, &ok)) static_cast<QueueTag*>(tag)->Proceed(ok);
-}
-
-void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn) {
-  new QueueTask(cq, std::move(fn));
-}
 
 QueueCall::QueueCall(QueueCalls* calls, bool watch_cancel)
     : calls_(calls), watch_cancel_(watch_cancel) {
@@ -115,6 +87,7 @@ int QueueCalls::live() const {
 }
 
 bool QueueCalls::WaitForCalls(absl::Duration timeout) {
+  QueueThread::AssertNotOn(cq_);  // the calls end on the queue thread
   absl::MutexLock lock(&mu_);
   return mu_.AwaitWithTimeout(absl::Condition(
                                   +[](int* live) { return *live == 0; }, &live_),

@@ -2,34 +2,25 @@
 #define POOLSIDE_COMMON_SERVER_QUEUE_SERVICE_H_
 
 // Services served by ONE thread: gRPC's async API, one completion queue, one
-// thread that polls it and runs every call's handler inline.
+// thread that polls it (queue_thread.h) and runs every call's handler inline.
+// Why query and the sidecar are served this way, with the measurements:
+// docs/design.md, "Threading: one queue thread (decision record)".
 //
-// Why a second model next to the callback API (which ingest uses): gRPC
-// 1.51's callback server always polls with at least two threads
-// (clamp(cores / 2, 2, 16)), and on a 2-core host those threads hand the
-// poller role to each other at every wake-up. For calls that are mostly a
-// short in-memory step (a sidecar Get, a cached read through query) that
-// hand-off is most of the cost: the same Get handler served by one queue
-// thread ran 1.5x the calls with a p99 of 0.3-0.4 ms instead of 2.2-2.5 ms at
-// 32 callers (bench/results/get-threading-models-*.md), and Execute hits 1.4x
-// with a p99 of ~0.7 ms instead of ~4 ms
-// (bench/results/execute-threading-models-*.md). A queue service's handlers
-// must therefore never block: there is no other thread to serve calls
-// meanwhile (query hands database work to its workers, which answer their
-// calls from their own threads). A client in the same process must use the
-// async API on the same queue too (Server::queue()).
+// A queue service's handlers must therefore never block: there is no other
+// thread to serve calls meanwhile (query hands database work to its workers,
+// which answer their calls from their own threads). A client in the same
+// process must use the async API on the same queue too (Server::queue()).
 //
 // A server (common/server/server.h) has either callback services or queue
-// services, not both: a single callback method brings the callback API's
-// polling threads back (and with them the hand-offs), and so would a
-// synchronous one; for the same reason a queue server serves grpc.health.v1
-// (Check and Watch) and gRPC reflection (queue_reflection.h) itself on its
-// queue.
+// services, not both: a callback method, or a synchronous one, would bring
+// gRPC's own polling threads back. For the same reason a queue server serves
+// grpc.health.v1 (Check and Watch) and gRPC reflection (queue_reflection.h)
+// itself on its queue.
 //
 // Threading: Begin() runs on the thread that starts the server, before the
 // queue thread polls; every QueueTag::Proceed runs on the queue thread. State
-// that only calls touch needs no lock; other threads reach it with
-// RunOnQueue().
+// that only calls touch needs no lock (QueueThread::AssertOn says so in
+// code); other threads reach it with RunOnQueue().
 
 #include <deque>
 #include <functional>
@@ -48,6 +39,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/queue_thread.h"
 #include "common/server/status.h"
 #include "common/telemetry/metrics_interceptor.h"
 #include "common/telemetry/trace_context.h"
@@ -57,16 +49,6 @@
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 
 namespace poolside::server {
-
-// What a queue operation's tag points to: Proceed(ok) runs on the queue
-// thread when the operation completes (ok as gRPC reports it).
-class QueueTag {
- public:
-  virtual void Proceed(bool ok) = 0;
-
- protected:
-  ~QueueTag() = default;
-};
 
 // A tag that runs one step of an object on the queue thread, for objects
 // with several operations in flight (a call's request, writes, finish and
@@ -243,14 +225,6 @@ const telemetry::ServerCallTelemetry::Method* QueueMethod(
   if (calls == nullptr) return nullptr;
   return calls->AddMethod(absl::StrCat("/", GrpcService::service_full_name(), "/", name), type);
 }
-
-// Polls `cq` on the calling thread, running each tag's Proceed (every tag on
-// it must be a QueueTag), until the queue is shut down and drained.
-void PollQueue(grpc::CompletionQueue* cq);
-
-// Runs `fn` on the queue thread of `cq`, soon. The queue must not be shut
-// down yet (Server shuts it down after the drain, see server.h).
-void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
 
 // The call layer: calls whose handler runs on the queue thread when the call
 // arrives and whose answer may come later, from any thread (a database

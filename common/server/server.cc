@@ -119,7 +119,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     // finds a queue being polled, which its shutdown drains.
     for (QueueService* service : s->options_.queue_services)
       service->Begin(s->cq_.get(), s->options_.call_telemetry);
-    s->cq_thread_ = std::thread(PollQueue, s->cq_.get());
+    s->queue_thread_ = std::make_unique<QueueThread>(s->cq_.get());
   }
   if (s->server_ == nullptr || s->port_ == 0) {
     // gRPC builds no server when any one address fails, without saying which.
@@ -191,6 +191,7 @@ int Server::WaitForTermination() {
 }
 
 void Server::Shutdown() {
+  QueueThread::AssertNotOn(cq_.get());  // it waits for the calls on the queue
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   {
@@ -216,7 +217,7 @@ void Server::Shutdown() {
     // After the server's shutdown, as gRPC requires; Next() returns false once
     // every outstanding tag has come back.
     cq_->Shutdown();
-    if (cq_thread_.joinable()) cq_thread_.join();
+    if (queue_thread_ != nullptr) queue_thread_->Join();
   }
   telemetry::LogInfo("stopped");
 }

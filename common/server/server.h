@@ -26,7 +26,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -36,6 +35,7 @@
 #include "common/server/callback_reflection.h"
 #include "common/server/queue_reflection.h"
 #include "common/server/queue_service.h"
+#include "common/server/queue_thread.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/support/server_interceptor.h"
 #include "proto/poolside/v1/config.pb.h"
@@ -128,7 +128,7 @@ class Server {
   // Callback servers only: reflection (shared with its services).
   std::shared_ptr<CallbackReflection> callback_reflection_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
-  std::thread cq_thread_;
+  std::unique_ptr<QueueThread> queue_thread_;
   std::unique_ptr<grpc::Server> server_;
   grpc::HealthCheckServiceInterface* health_ = nullptr;
   int port_ = 0;

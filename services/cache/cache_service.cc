@@ -10,6 +10,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/notification.h"
 #include "common/auth/grpc_auth.h"
+#include "common/server/queue_thread.h"
 #include "common/server/status.h"
 #include "common/telemetry/log.h"
 
@@ -238,6 +239,7 @@ absl::Status CacheServiceImpl::Authorize(const grpc::ServerContext& context,
 }
 
 void CacheServiceImpl::Publish(const v1::CacheInvalidationEvent& event) {
+  server::QueueThread::AssertOn(cq_);  // watches_ is the queue thread's
   if (watches_.size() == 0) return;
   auto shared = std::make_shared<const v1::CacheInvalidationEvent>(event);
   const size_t bytes = shared->ByteSizeLong();
@@ -245,7 +247,8 @@ void CacheServiceImpl::Publish(const v1::CacheInvalidationEvent& event) {
 }
 
 void CacheServiceImpl::EndWatches() {
-  if (cq_ == nullptr) return;  // never served
+  if (cq_ == nullptr) return;             // never served
+  server::QueueThread::AssertNotOn(cq_);  // it waits for the queue thread
   absl::Notification ended;
   server::RunOnQueue(cq_, [this, &ended] {
     watches_.Close([](Watch* watch) {
@@ -288,6 +291,7 @@ void CacheServiceImpl::Lookup(const std::string& key, v1::CacheGetResponse* resp
 
 absl::Status CacheServiceImpl::Get(const v1::CacheGetRequest& request,
                                    v1::CacheGetResponse* response) {
+  server::QueueThread::AssertOn(cq_);
   if (absl::Status s = CheckKey(request.key()); !s.ok()) return s;
   Lookup(request.key(), response);
   return absl::OkStatus();
@@ -295,6 +299,7 @@ absl::Status CacheServiceImpl::Get(const v1::CacheGetRequest& request,
 
 absl::Status CacheServiceImpl::GetMany(const v1::CacheGetManyRequest& request,
                                        v1::CacheGetManyResponse* response) {
+  server::QueueThread::AssertOn(cq_);
   if (request.keys_size() == 0 || request.keys_size() > kMaxGetManyKeys) {
     return absl::InvalidArgumentError(
         absl::StrCat("GetMany takes 1 to ", kMaxGetManyKeys, " keys; got ", request.keys_size()));
@@ -311,6 +316,7 @@ absl::Status CacheServiceImpl::GetMany(const v1::CacheGetManyRequest& request,
 
 absl::Status CacheServiceImpl::Set(const v1::CacheSetRequest& request,
                                    v1::CacheSetResponse* response) {
+  server::QueueThread::AssertOn(cq_);
   if (absl::Status s = CheckKey(request.key()); !s.ok()) return s;
   if (request.ttl_ms() == 0 || request.ttl_ms() > limits_.max_ttl_ms) {
     return absl::InvalidArgumentError(absl::StrCat("ttl_ms must be between 1 and maxTtlMs = ",
@@ -355,6 +361,7 @@ absl::Status CacheServiceImpl::Set(const v1::CacheSetRequest& request,
 
 absl::Status CacheServiceImpl::Delete(const v1::CacheDeleteRequest& request,
                                       v1::CacheDeleteResponse* response) {
+  server::QueueThread::AssertOn(cq_);
   if (absl::Status s = CheckKey(request.key()); !s.ok()) return s;
   response->set_deleted(store_->Delete(request.key()));
   v1::CacheInvalidationEvent event;
@@ -365,6 +372,7 @@ absl::Status CacheServiceImpl::Delete(const v1::CacheDeleteRequest& request,
 
 absl::Status CacheServiceImpl::Invalidate(const v1::CacheInvalidateRequest& request,
                                           v1::CacheInvalidateResponse* response) {
+  server::QueueThread::AssertOn(cq_);
   if (request.tags().empty() && request.prefixes().empty() && !request.flush_all()) {
     return absl::InvalidArgumentError("Invalidate needs tags, prefixes, or flush_all = true");
   }
@@ -437,6 +445,7 @@ absl::Status CacheServiceImpl::Invalidate(const v1::CacheInvalidateRequest& requ
 
 absl::Status CacheServiceImpl::GetStats(const v1::CacheGetStatsRequest& /*request*/,
                                         v1::CacheStats* response) {
+  server::QueueThread::AssertOn(cq_);
   const CacheStoreStats s = store_->Stats();
   response->set_entries(s.entries);
   response->set_bytes(s.bytes);

@@ -4,8 +4,9 @@
 // gRPC adapter of the cache sidecar (proto/poolside/v1/cache.proto) over a
 // CacheStore. A queue service (common/server/queue_service.h): one thread
 // polls the server's completion queue and answers every call inline, since the
-// store's work is a short critical section, never I/O. That thread owns the
-// watches; nothing here blocks it.
+// store's work is a short critical section, never I/O (why one thread:
+// docs/design.md, "Threading: one queue thread (decision record)"). That
+// thread owns the watches; nothing here blocks it.
 //
 // Authentication (common/auth): with an Authorizer, every call needs a known
 // bearer token (UNAUTHENTICATED), is admitted under its principal's limits
@@ -49,8 +50,9 @@
 // its charge above a shard's budget) is not an error: the response says
 // stored=false, reason=TOO_LARGE, and the caller simply does not cache it.
 //
-// Threading: the handlers and the watches run on the queue thread only;
-// EndWatches() is for other threads.
+// Threading: the handlers and the watches run on the queue thread only
+// (checked in debug builds: server::QueueThread); EndWatches() is for other
+// threads.
 
 #include <cstddef>
 #include <cstdint>

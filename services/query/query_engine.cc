@@ -20,9 +20,6 @@
 namespace poolside::query {
 namespace {
 
-// Checks at most this many CheckDatabases calls at once; more are refused.
-constexpr int kMaxConcurrentChecks = 4;
-
 // A statement text longer than this that the analyzer has not seen yet is
 // parsed on the database worker that runs it rather than on the calling
 // (queue) thread: parsing costs up to a few microseconds per byte, and the
@@ -127,20 +124,13 @@ QueryEngine::~QueryEngine() {
   cache_.reset();  // stops its listeners; its flights end as the pools close
   if (maintenance_.joinable()) maintenance_.join();
   if (warmup_.joinable()) warmup_.join();
-  std::thread admin;
   {
     absl::MutexLock lock(&admin_mu_);
     if (admin_work_ != nullptr) admin_work_->cancelled.store(true);
-    admin.swap(admin_thread_);
   }
-  if (admin.joinable()) admin.join();
-  // CheckDatabases threads reference the databases: wait for them.
-  std::vector<CheckThread> checks;
-  {
-    absl::MutexLock lock(&checks_mu_);
-    checks.swap(checks_);
-  }
-  for (CheckThread& c : checks) c.thread.join();
+  // Their tasks reference the databases: let them end first.
+  admin_.Shutdown();
+  checks_.Shutdown();
   {
     absl::MutexLock lock(&roles_mu_);
     role_databases_.clear();
@@ -764,23 +754,23 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::StartAdminWork(
     return absl::ResourceExhaustedError(
         "an index advice or index creation is already running; retry when it has ended");
   }
-  // The previous one ended: it cleared admin_running_ and at most answers
-  // its call (which never blocks) before it exits.
-  if (admin_thread_.joinable()) admin_thread_.join();
+  absl::Status submitted =
+      admin_.Submit([this, work, run = std::move(run), done = std::move(done)] {
+        const bool claimed = work->Claim();
+        const absl::Status outcome = claimed ? run(&work->cancelled) : absl::OkStatus();
+        {
+          // Free before answering: a caller that follows the answer with the
+          // next admin call (advise --apply) is not refused (it queues behind
+          // the end of this task).
+          absl::MutexLock lock(&admin_mu_);
+          admin_running_ = false;
+          admin_work_ = nullptr;
+        }
+        if (claimed) done(outcome);
+      });
+  if (!submitted.ok()) return submitted;
   admin_running_ = true;
   admin_work_ = work;
-  admin_thread_ = std::thread([this, work, run = std::move(run), done = std::move(done)] {
-    const bool claimed = work->Claim();
-    const absl::Status outcome = claimed ? run(&work->cancelled) : absl::OkStatus();
-    {
-      // Free before answering: a caller that follows the answer with the
-      // next admin call (advise --apply) is not refused.
-      absl::MutexLock lock(&admin_mu_);
-      admin_running_ = false;
-      admin_work_ = nullptr;
-    }
-    if (claimed) done(outcome);
-  });
   return work;
 }
 
@@ -872,13 +862,8 @@ absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& reques
     }
   }
   std::sort(dbs.begin(), dbs.end(), [](Database* a, Database* b) { return a->name() < b->name(); });
-  if (checks_running_.fetch_add(1) >= kMaxConcurrentChecks) {
-    checks_running_.fetch_sub(1);
-    return absl::ResourceExhaustedError("too many CheckDatabases calls at once; retry shortly");
-  }
-  for (Database* db : dbs) response->add_databases()->set_database(db->name());
-  auto finished = std::make_shared<std::atomic<bool>>(false);
-  std::thread thread([this, dbs, deadline, response, finished, done = std::move(done)] {
+  absl::Status submitted = checks_.Submit([this, dbs, deadline, response, done = std::move(done)] {
+    for (Database* db : dbs) response->add_databases()->set_database(db->name());
     // Each check is bounded by its own short timeout as well as the call's deadline.
     ParallelFor(dbs.size(), config_.limits().check_concurrency(), [&](size_t i) {
       v1::DatabaseHealth* h = response->mutable_databases(static_cast<int>(i));
@@ -906,23 +891,12 @@ absl::Status QueryEngine::CheckDatabases(const v1::CheckDatabasesRequest& reques
       else
         response->set_unhealthy(response->unhealthy() + 1);
     }
-    checks_running_.fetch_sub(1);
     done(absl::OkStatus());
-    finished->store(true);
   });
-  absl::MutexLock lock(&checks_mu_);
-  // Those that ended are joined now (at once): at most kMaxConcurrentChecks
-  // threads, plus any just ending, are kept.
-  for (auto it = checks_.begin(); it != checks_.end();) {
-    if (it->finished->load()) {
-      it->thread.join();
-      it = checks_.erase(it);
-    } else {
-      ++it;
-    }
+  if (submitted.code() == absl::StatusCode::kResourceExhausted) {
+    return absl::ResourceExhaustedError("too many CheckDatabases calls at once; retry shortly");
   }
-  checks_.push_back({std::move(thread), std::move(finished)});
-  return absl::OkStatus();
+  return submitted;
 }
 
 }  // namespace poolside::query

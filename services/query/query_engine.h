@@ -29,6 +29,7 @@
 #include "common/auth/authorizer.h"
 #include "common/db/catalog.h"
 #include "common/sql/statement_analyzer.h"
+#include "common/sync/bounded_executor.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.pb.h"
 #include "services/query/cache_client.h"
@@ -103,7 +104,8 @@ class QueryEngine {
   absl::Status GetStatementStats(const v1::GetStatementStatsRequest& request,
                                  v1::GetStatementStatsResponse* response);
   // Checks the databases concurrently (config limits.check_concurrency) on a
-  // thread of its own; `done` runs when all are checked or the deadline passed.
+  // thread of the engine's (at most kMaxConcurrentChecks calls at once, more
+  // are RESOURCE_EXHAUSTED); `done` runs when all are checked or the deadline passed.
   absl::Status CheckDatabases(const v1::CheckDatabasesRequest& request, absl::Time deadline,
                               v1::CheckDatabasesResponse* response, Done done);
 
@@ -184,24 +186,20 @@ class QueryEngine {
   };
   mutable absl::Mutex catalogs_mu_;
   absl::flat_hash_map<std::string, CatalogState> catalogs_ ABSL_GUARDED_BY(catalogs_mu_);
-  std::atomic<int> checks_running_{0};
-  // CheckDatabases calls, each on a thread of its own (their checks block on
-  // connections); finished ones are joined by the next call, the rest at
-  // destruction.
-  struct CheckThread {
-    std::thread thread;
-    std::shared_ptr<std::atomic<bool>> finished;
-  };
-  absl::Mutex checks_mu_;
-  std::vector<CheckThread> checks_ ABSL_GUARDED_BY(checks_mu_);
   absl::Notification stopping_;
   std::thread maintenance_;
   std::thread warmup_;
-  // GetIndexAdvice / CreateIndex: at most one, on this thread.
+  // GetIndexAdvice / CreateIndex: at most one at a time (admin_running_),
+  // on admin_'s thread. Its queue holds the next one while the thread
+  // finishes the one that just answered.
   absl::Mutex admin_mu_;
-  std::thread admin_thread_ ABSL_GUARDED_BY(admin_mu_);
+  sync::BoundedExecutor admin_{/*max_threads=*/1, /*max_queued=*/1};
   bool admin_running_ ABSL_GUARDED_BY(admin_mu_) = false;
   std::shared_ptr<Work> admin_work_ ABSL_GUARDED_BY(admin_mu_);
+  // CheckDatabases calls: at most kMaxConcurrentChecks at once (their
+  // checks block on connections), more are refused.
+  static constexpr int kMaxConcurrentChecks = 4;
+  sync::BoundedExecutor checks_{kMaxConcurrentChecks, /*max_queued=*/0};
   absl::Mutex warm_mu_;
   bool warm_ ABSL_GUARDED_BY(warm_mu_) = false;
   std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);

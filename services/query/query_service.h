@@ -10,11 +10,8 @@
 // deadline while queued is answered at once; one already running has its
 // backend query cancelled and answers when it stops.
 //
-// Why not the callback API like ingest: a cached read is almost only gRPC
-// work, and gRPC 1.51's callback API polls with two threads that hand every
-// wake-up to each other on small hosts; on one queue thread the same hits ran
-// ~1.4x the calls with a p99 of ~0.7 ms instead of ~4 ms
-// (bench/results/execute-threading-models-2026-12-05.md).
+// Why one queue thread rather than ingest's callback API: docs/design.md,
+// "Threading: one queue thread (decision record)".
 //
 // Authorization (common/auth), before anything else runs (no cache lookup
 // either): an unknown or missing bearer token is UNAUTHENTICATED; a call over

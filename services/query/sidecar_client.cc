@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/server/channel.h"
 #include "common/server/queue_service.h"
+#include "common/server/queue_thread.h"
 
 namespace poolside::query {
 namespace {
@@ -111,21 +112,23 @@ SidecarClient::SidecarClient(std::shared_ptr<grpc::Channel> channel, absl::Durat
       channel_(std::move(channel)),
       stub_(v1::CacheService::NewStub(channel_)),
       own_cq_(std::make_unique<grpc::CompletionQueue>()),
-      cq_(own_cq_.get()) {
-  own_thread_ = std::thread(server::PollQueue, own_cq_.get());
-}
+      own_thread_(std::make_unique<server::QueueThread>(own_cq_.get())),
+      cq_(own_cq_.get()) {}
 
 SidecarClient::~SidecarClient() {
   Close();
   if (own_cq_ != nullptr) {
     // Every call has ended: nothing is left on the queue to drain.
     own_cq_->Shutdown();
-    own_thread_.join();
+    own_thread_->Join();
   }
 }
 
 void SidecarClient::UseQueue(grpc::CompletionQueue* cq) {
   if (own_cq_ == nullptr) return;
+  // It waits for the calls on the own queue, and for `cq` to take the watch.
+  server::QueueThread::AssertNotOn(own_cq_.get());
+  server::QueueThread::AssertNotOn(cq);
   {
     absl::MutexLock lock(&mu_);
     cq_ = cq;
@@ -142,13 +145,15 @@ void SidecarClient::UseQueue(grpc::CompletionQueue* cq) {
         +[](int* calls) { return *calls == 0; }, &own_queue_calls_));
   }
   own_cq_->Shutdown();
-  own_thread_.join();
+  own_thread_->Join();
+  own_thread_.reset();
   own_cq_.reset();
 }
 
 void SidecarClient::Close() {
   {
     absl::MutexLock lock(&mu_);
+    server::QueueThread::AssertNotOn(cq_);  // the calls it waits for end there
     closed_ = true;
   }
   StopWatching();
@@ -187,6 +192,7 @@ struct SidecarClient::Call final : public server::QueueTag {
 
   // A client's Finish always completes, with ok; `status` says how it went.
   void Proceed(bool /*ok*/) override {
+    server::QueueThread::AssertOn(cq);
     then(*this);
     SidecarClient* const owner = client;
     const bool own = on_own_queue;
@@ -301,6 +307,11 @@ bool SidecarClient::Watch(std::function<void(const CacheInvalidationEvent&)> on_
 }
 
 void SidecarClient::StopWatching() {
+  {
+    // The watch's stream ends on the queue thread.
+    absl::MutexLock lock(&mu_);
+    server::QueueThread::AssertNotOn(cq_);
+  }
   std::thread watcher;
   {
     absl::MutexLock lock(&watch_mu_);

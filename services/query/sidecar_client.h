@@ -6,13 +6,13 @@
 // Each Get/Set is bounded by `call_timeout`, each Invalidate by its own
 // timeout.
 //
-// Why the async API and not the callback API: in gRPC 1.51 any use of the
-// callback API in a process (a server's or a client's) starts two polling
-// threads that take epoll work away from a queue server's one thread
-// (common/server/queue_service.h). So every call's completion is delivered to
-// a completion queue whose every tag is a server::QueueTag, and runs on the
-// one thread that polls it: at first the client's own queue and thread; after
-// UseQueue(), a queue another thread polls (query_server's server queue).
+// Every call's completion is delivered to a completion queue whose every tag
+// is a server::QueueTag, and runs on the one thread that polls it: at first
+// the client's own queue and thread; after UseQueue(), a queue another thread
+// polls (query_server's server queue). Not the callback API: any use of it in
+// a process starts gRPC's polling threads, which would take work away from
+// the server's one queue thread (docs/design.md, "Threading: one queue
+// thread (decision record)").
 //
 // Gets are batched without waiting: at most kMaxGetCallsInFlight lookup
 // calls are out at once; Gets arriving while they are all out queue, and the
@@ -44,7 +44,8 @@
 // done callback. Done callbacks and `on_event` run on the queue thread (after
 // Close(): inline), must not block, and are not blocked on by this client.
 // UseQueue, Close, StopWatching and the destructor wait, so they must not be
-// called from the queue thread, and need the queue to be polled meanwhile.
+// called from the queue thread (checked in debug builds: server::QueueThread),
+// and need the queue to be polled meanwhile.
 //
 // Lifetime (query_server): Create, UseQueue(server queue), Watch, ...,
 // Close() before the server's queue is shut down, destroy.
@@ -59,6 +60,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/server/queue_thread.h"
 #include "common/telemetry/trace_context.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
@@ -156,7 +158,7 @@ class SidecarClient : public CacheClient {
   std::unique_ptr<v1::CacheService::Stub> stub_;
   // Until UseQueue(); only it and the destructor touch these.
   std::unique_ptr<grpc::CompletionQueue> own_cq_;
-  std::thread own_thread_;
+  std::unique_ptr<server::QueueThread> own_thread_;
 
   absl::Mutex mu_;
   grpc::CompletionQueue* cq_ ABSL_GUARDED_BY(mu_);  // where calls start

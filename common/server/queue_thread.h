@@ -1,0 +1,91 @@
+#ifndef POOLSIDE_COMMON_SERVER_QUEUE_THREAD_H_
+#define POOLSIDE_COMMON_SERVER_QUEUE_THREAD_H_
+
+// The queue thread: the one thread that polls a gRPC completion queue and runs
+// each operation's tag (QueueTag::Proceed) as it completes. Query and the
+// cache sidecar serve every call on one; why is recorded in docs/design.md
+// ("Threading: one queue thread").
+//
+// What runs on a queue thread must never block (no other thread serves the
+// queue meanwhile), and state that only it touches needs no lock. Code states
+// which side of that line it is on with a check, not a comment:
+//
+//   QueueThread::AssertOn(cq_);     // handlers, state only the queue touches
+//   QueueThread::AssertNotOn(cq_);  // waits for the queue: deadlocks on it
+//
+// The checks are assert()s: they abort in builds without NDEBUG (the test
+// of this header, queue_thread_test, is one) and compile to nothing in the
+// tree's optimized builds, so they cost the queue thread nothing there.
+//
+// A thread is `cq`'s queue thread while it runs PollQueue(cq); QueueThread
+// runs that on a thread of its own.
+
+#include <cassert>
+#include <functional>
+#include <thread>
+
+#include "grpcpp/completion_queue.h"
+
+namespace poolside::server {
+
+// What a queue operation's tag points to: Proceed(ok) runs on the queue
+// thread when the operation completes (ok as gRPC reports it).
+class QueueTag {
+ public:
+  virtual void Proceed(bool ok) = 0;
+
+ protected:
+  ~QueueTag() = default;
+};
+
+// Polls `cq` on the calling thread, running each tag's Proceed (every tag on
+// it must be a QueueTag), until the queue is shut down and drained. The
+// calling thread is `cq`'s queue thread until it returns.
+void PollQueue(grpc::CompletionQueue* cq);
+
+// Runs `fn` on the queue thread of `cq`, soon. The queue must not be shut
+// down yet (Server shuts it down after the drain, see server.h).
+void RunOnQueue(grpc::CompletionQueue* cq, std::function<void()> fn);
+
+class QueueThread {
+ public:
+  // Starts a thread that polls `cq` (PollQueue) until the queue is shut down
+  // and drained. `cq` outlives this.
+  explicit QueueThread(grpc::CompletionQueue* cq);
+  // Join().
+  ~QueueThread();
+  QueueThread(const QueueThread&) = delete;
+  QueueThread& operator=(const QueueThread&) = delete;
+
+  // Waits for the thread to end, which it does once the queue has been shut
+  // down and every tag on it has come back. Not on the queue thread itself.
+  // Idempotent; from one thread at a time.
+  void Join();
+
+  grpc::CompletionQueue* queue() const { return cq_; }
+  // Whether the calling thread is this one.
+  bool IsCurrent() const { return std::this_thread::get_id() == id_; }
+
+  // Whether the calling thread is `cq`'s queue thread (false for null).
+  static bool On(const grpc::CompletionQueue* cq);
+  // Debug builds: abort unless the calling thread is `cq`'s queue thread.
+  static void AssertOn(const grpc::CompletionQueue* cq) {
+    assert(On(cq) && "queue thread only");
+    (void)cq;
+  }
+  // Debug builds: abort if the calling thread is `cq`'s queue thread (the
+  // caller waits for something only that thread can do).
+  static void AssertNotOn(const grpc::CompletionQueue* cq) {
+    assert(!On(cq) && "must not run on the queue thread (it waits for the queue)");
+    (void)cq;
+  }
+
+ private:
+  grpc::CompletionQueue* const cq_;
+  std::thread thread_;
+  const std::thread::id id_;
+};
+
+}  // namespace poolside::server
+
+#endif  // POOLSIDE_COMMON_SERVER_QUEUE_THREAD_H_
