@@ -56,7 +56,8 @@ TEST(PatroniTopologyTest, SwitchoverAndFailoverFollowedByTheMonitor) {
   std::vector<std::string> data_dirs;
   std::vector<pid_t> postmasters;
   {
-    absl::StatusOr<std::unique_ptr<PatroniCluster>> started = PatroniCluster::Start();
+    // The shortest TTL the fixture allows: the failover below waits for it.
+    absl::StatusOr<std::unique_ptr<PatroniCluster>> started = PatroniCluster::Start({.ttl = 5});
     ASSERT_TRUE(started.ok()) << started.status();
     PatroniCluster& c = **started;
     ASSERT_EQ(c.member_count(), 3);

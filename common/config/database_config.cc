@@ -92,6 +92,8 @@ absl::Status FinalizeTopology(const std::string& where, v1::DatabaseConfig* db) 
   if (t->probe_timeout_ms() == 0) t->set_probe_timeout_ms(1000);
   if (!t->has_failover_buffer_ms()) t->set_failover_buffer_ms(10000);
   if (!t->has_token_wait_ms()) t->set_token_wait_ms(200);
+  if (t->failover_buffer_calls() == 0) t->set_failover_buffer_calls(4096);
+  if (t->failover_buffer_bytes() == 0) t->set_failover_buffer_bytes(64ull << 20);
   if (t->no_replica().empty()) t->set_no_replica("primary");
   if (t->no_replica() != "primary" && t->no_replica() != "fail") {
     return absl::InvalidArgumentError(
@@ -116,6 +118,16 @@ absl::Status FinalizeTopology(const std::string& where, v1::DatabaseConfig* db) 
   if (t->failover_buffer_ms() > 120000) {
     return absl::InvalidArgumentError(
         absl::StrCat(at, ": failoverBufferMs must be at most 120000"));
+  }
+  if (t->failover_buffer_calls() > 1000000) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        at, ": failoverBufferCalls must be at most 1000000 (calls held at once per database)"));
+  }
+  // Below 1 MiB a handful of calls would fill the buffer; past 16 GiB it is
+  // no bound on memory.
+  if (t->failover_buffer_bytes() < (1ull << 20) || t->failover_buffer_bytes() > (16ull << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(at, ": failoverBufferBytes must be 1048576 (1 MiB) to 17179869184 (16 GiB)"));
   }
   return absl::OkStatus();
 }

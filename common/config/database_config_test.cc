@@ -94,6 +94,8 @@ TEST(FinalizeTopologyTest, DefaultsWithoutReplicas) {
   EXPECT_EQ(t.max_lag_bytes(), 64u << 20);
   EXPECT_EQ(t.no_replica(), "primary");
   EXPECT_EQ(t.failover_buffer_ms(), 10000u);
+  EXPECT_EQ(t.failover_buffer_calls(), 4096u);
+  EXPECT_EQ(t.failover_buffer_bytes(), 64u << 20);
   EXPECT_EQ(t.probe_interval_ms(), 250u);
   EXPECT_EQ(t.probe_timeout_ms(), 1000u);
 }
@@ -105,12 +107,16 @@ TEST(FinalizeTopologyTest, KeepsValidSettings) {
   db.mutable_topology()->set_max_lag_ms(1000);
   db.mutable_topology()->set_no_replica("fail");
   db.mutable_topology()->set_failover_buffer_ms(0);
+  db.mutable_topology()->set_failover_buffer_calls(1);
+  db.mutable_topology()->set_failover_buffer_bytes(1 << 20);
   absl::flat_hash_set<std::string> names;
   absl::Status s = FinalizeDatabase("databases[0]", &db, &names);
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(db.topology().max_lag_ms(), 1000u);
   EXPECT_EQ(db.topology().no_replica(), "fail");
   EXPECT_EQ(db.topology().failover_buffer_ms(), 0u) << "0 is kept: fail at once";
+  EXPECT_EQ(db.topology().failover_buffer_calls(), 1u);
+  EXPECT_EQ(db.topology().failover_buffer_bytes(), 1u << 20);
 
   v1::DatabaseConfig patroni = Db("host=db-0 dbname=app");
   patroni.set_name("p");
@@ -146,6 +152,12 @@ TEST(FinalizeTopologyTest, RefusesBadSettingsNamingThemWithoutSecrets) {
       {[](v1::TopologyConfig* t) { t->set_probe_interval_ms(5); }, "probeIntervalMs"},
       {[](v1::TopologyConfig* t) { t->set_probe_timeout_ms(100000); }, "probeTimeoutMs"},
       {[](v1::TopologyConfig* t) { t->set_failover_buffer_ms(200000); }, "failoverBufferMs"},
+      {[](v1::TopologyConfig* t) { t->set_failover_buffer_calls(1000001); },
+       "failoverBufferCalls must be at most 1000000"},
+      {[](v1::TopologyConfig* t) { t->set_failover_buffer_bytes(1048575); },
+       "failoverBufferBytes must be 1048576 (1 MiB) to"},
+      {[](v1::TopologyConfig* t) { t->set_failover_buffer_bytes((16ull << 30) + 1); },
+       "failoverBufferBytes must be 1048576"},
   };
   for (const Case& c : cases) {
     v1::DatabaseConfig db = Db("host=db-0 dbname=app password=ownersecret");

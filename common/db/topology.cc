@@ -274,6 +274,14 @@ std::string Topology::primary() const {
   return primary_ == nullptr ? "" : primary_->id;
 }
 
+absl::StatusOr<std::string> Topology::PrimaryDsn() const {
+  absl::MutexLock lock(&mu_);
+  if (primary_ == nullptr || !HealthyLocked(*primary_, clock_->Now())) {
+    return NoPrimaryErrorLocked();
+  }
+  return primary_->dsn;
+}
+
 uint64_t Topology::primary_generation() const {
   absl::MutexLock lock(&mu_);
   return primary_generation_;

@@ -160,6 +160,10 @@ class Topology {
   // primary changes (including to none), for callers holding writes across a
   // switchover.
   std::string primary() const;
+  // The primary's DSN, for work that must run on it outside routed calls
+  // (sessions of its own); UNAVAILABLE, naming why, exactly when Pick(false)
+  // would be. Counts nothing as outstanding.
+  absl::StatusOr<std::string> PrimaryDsn() const;
   uint64_t primary_generation() const;
   // Blocks until primary_generation() differs from `seen` or `timeout`
   // passes (real time); returns the current generation.

@@ -211,6 +211,7 @@ TEST_F(TopologyTest, PromotionDemotionAndSplitBrain) {
   absl::StatusOr<Topology::Route> write = topology_.Pick(false);
   EXPECT_EQ(write.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(absl::StrContains(write.status().message(), "no member")) << write.status();
+  EXPECT_EQ(topology_.PrimaryDsn().status(), write.status());
   EXPECT_EQ(topology_.Pick(true)->id().substr(0, 1), "r");
 
   // r1 promoted: the new primary, and no longer a read replica.
@@ -219,6 +220,7 @@ TEST_F(TopologyTest, PromotionDemotionAndSplitBrain) {
   EXPECT_EQ(topology_.primary(), "r1");
   EXPECT_GT(topology_.primary_generation(), g1);
   EXPECT_EQ(topology_.Pick(false)->id(), "r1");
+  EXPECT_EQ(topology_.PrimaryDsn().value_or(""), "host=r1");
   for (int i = 0; i < 4; ++i) EXPECT_EQ(topology_.Pick(true)->id(), "r2");
 
   // The old primary comes back writable: two primaries, no writes anywhere.
@@ -227,6 +229,7 @@ TEST_F(TopologyTest, PromotionDemotionAndSplitBrain) {
   EXPECT_EQ(split.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(absl::StrContains(split.status().message(), "more than one primary"))
       << split.status();
+  EXPECT_EQ(topology_.PrimaryDsn().status().code(), absl::StatusCode::kUnavailable);
   // ... until the HA manager names its leader.
   topology_.SetLeaderHint("r1");
   EXPECT_EQ(topology_.Pick(false)->id(), "r1");
@@ -235,6 +238,17 @@ TEST_F(TopologyTest, PromotionDemotionAndSplitBrain) {
   topology_.SetLeaderHint("");
   EXPECT_EQ(topology_.primary(), "r1");
   EXPECT_EQ(SpreadOf(4).size(), 2u);
+}
+
+TEST_F(TopologyTest, PrimaryDsnOnlyWhileThePrimaryIsProbed) {
+  EXPECT_EQ(topology_.PrimaryDsn().status().code(), absl::StatusCode::kUnavailable);
+  Round(1000, 1000, 1000);
+  EXPECT_EQ(topology_.PrimaryDsn().value_or(""), "host=p");
+  // Probes that hang leave an old sample: no longer trusted, as by Pick.
+  clock_.Advance(absl::Seconds(4));
+  EXPECT_EQ(topology_.PrimaryDsn().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(topology_.Pick(false).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(topology_.Pick(true).status().code(), absl::StatusCode::kUnavailable);
 }
 
 TEST_F(TopologyTest, LeaderHintWaitsForTheLeaderToAcceptWrites) {

@@ -73,22 +73,27 @@ absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline
 Database::Database(const v1::DatabaseConfig& config, std::string role, std::string member)
     : config_(config), role_(std::move(role)), member_(std::move(member)) {
   db::ConnectionOptions options;
-  options.dsn = config_.dsn();
   options.application_name = absl::StrCat("poolside-query/", config_.name());
   options.connect_timeout = absl::Milliseconds(config_.pool().connect_timeout_ms());
   options.statement_cache_size = config_.statement_cache_size();
-  const std::string where = DescribeDsn(config_.dsn());
   const bool allow_privileged = config_.allow_privileged_role();
   pool::PoolOptions pool_options = config::PoolOptionsFor(config_);
   if (!role_.empty()) pool_options.name = absl::StrCat(config_.name(), "/", role_);
   if (!member_.empty()) absl::StrAppend(&pool_options.name, "@", member_);
+  // Each new connection goes where AdminDsn() says then (with replicas, the
+  // current primary). replicas_ is set before the pool opens any connection
+  // and never changes after.
   pool_ = std::make_unique<ConnectionPool>(
       pool_options,
-      [options, where, allow_privileged,
-       name = config_.name()]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
-        auto c = db::OpenChecked(options, name, allow_privileged);
+      [this, options, allow_privileged]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
+        absl::StatusOr<std::string> dsn = AdminDsn();
+        if (!dsn.ok()) return dsn.status();
+        db::ConnectionOptions o = options;
+        o.dsn = *std::move(dsn);
+        auto c = db::OpenChecked(o, config_.name(), allow_privileged);
         if (!c.ok() && c.status().code() != absl::StatusCode::kFailedPrecondition) {
-          return absl::Status(c.status().code(), absl::StrCat(where, ": ", c.status().message()));
+          return absl::Status(c.status().code(),
+                              absl::StrCat(DescribeDsn(o.dsn), ": ", c.status().message()));
         }
         return c;
       },
@@ -125,6 +130,11 @@ absl::Status Database::Submit(std::shared_ptr<Work> work) {
 
 void Database::AttachReplicas(std::shared_ptr<Replicas> replicas) {
   replicas_ = std::move(replicas);
+}
+
+absl::StatusOr<std::string> Database::AdminDsn() const {
+  if (replicas_ == nullptr) return config_.dsn();
+  return replicas_->PrimaryDsn(role_);
 }
 
 std::vector<Database*> Database::Members() {

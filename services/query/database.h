@@ -177,10 +177,16 @@ class Database {
   Database& operator=(const Database&) = delete;
 
   // From now on Submit() routes work to the members of `replicas` (pools of
-  // this database role, made on first use); this Database's own pool (its
-  // DSN) serves only what takes connections directly (AcquireLive). Before
-  // the first Submit(). `replicas` must be stopped before this is destroyed.
+  // this database role, made on first use); this Database's own pool serves
+  // only what takes connections directly (AcquireLive: catalog snapshots,
+  // health checks), and its new connections go to the current primary
+  // (AdminDsn). Before the first Submit() and before the pool opens a
+  // connection. `replicas` must be stopped before this is destroyed.
   void AttachReplicas(std::shared_ptr<Replicas> replicas);
+  // Where sessions of this database outside routed calls connect: with
+  // replicas, the current primary (as this database role; UNAVAILABLE while
+  // none is known), else the configured DSN.
+  absl::StatusOr<std::string> AdminDsn() const;
   // Null without replicas.
   Replicas* replicas() const { return replicas_.get(); }
   // The member pools made so far (by AttachReplicas' routing).

@@ -776,8 +776,12 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::StartAdminWork(
 
 absl::StatusOr<std::unique_ptr<db::Connection>> QueryEngine::OpenSession(Database& db,
                                                                          absl::Time deadline) {
+  // The primary: CREATE INDEX must run there (and advice is checked where
+  // its indexes would be made).
+  absl::StatusOr<std::string> dsn = db.AdminDsn();
+  if (!dsn.ok()) return dsn.status();
   db::ConnectionOptions options;
-  options.dsn = db.config().dsn();
+  options.dsn = *std::move(dsn);
   options.application_name = absl::StrCat("poolside-query/", db.name(), "/index-advice");
   options.connect_timeout = std::min(absl::Milliseconds(db.config().pool().connect_timeout_ms()),
                                      std::max(absl::Seconds(1), deadline - absl::Now()));

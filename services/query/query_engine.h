@@ -162,7 +162,8 @@ class QueryEngine {
   // to `done`, unless the work was abandoned before it started.
   absl::StatusOr<std::shared_ptr<Work>> StartAdminWork(
       absl::Time deadline, std::function<absl::Status(const std::atomic<bool>*)> run, Done done);
-  // A session of its own on `db` (its DSN: the caller's database role).
+  // A session of its own on `db` (as the caller's database role), on its
+  // current primary when it has replicas (Database::AdminDsn).
   absl::StatusOr<std::unique_ptr<db::Connection>> OpenSession(Database& db, absl::Time deadline);
 
   const v1::QueryServiceConfig config_;

@@ -19,6 +19,8 @@ Replicas::Replicas(const v1::DatabaseConfig& config)
       token_wait_(absl::Milliseconds(config.topology().token_wait_ms())),
       probe_timeout_(absl::Milliseconds(config.topology().probe_timeout_ms())),
       failover_buffer_(absl::Milliseconds(config.topology().failover_buffer_ms())),
+      max_held_calls_(config.topology().failover_buffer_calls()),
+      max_held_bytes_(config.topology().failover_buffer_bytes()),
       topology_(config.name(), db::TopologyOptionsFor(config.topology()), Clock::Real()),
       monitor_(&topology_, db::MonitorOptionsFor(config.topology())),
       waiters_(std::make_unique<LsnWaiters>()) {
@@ -67,10 +69,12 @@ absl::Status Replicas::HoldForPrimary(uint64_t generation, size_t bytes, absl::T
         absl::StrCat("database ", config_.name(),
                      ": no primary is known, and calls cannot be held for one now"));
   }
-  if (held_.size() >= kMaxHeldCalls || held_bytes_ + bytes > kMaxHeldBytes) {
+  if (held_.size() >= max_held_calls_ || held_bytes_ + bytes > max_held_bytes_) {
     return absl::ResourceExhaustedError(
         absl::StrCat("database ", config_.name(), " has no primary now and ", held_.size(),
-                     " calls are held for one already; retry with backoff"));
+                     " calls (", held_bytes_, " bytes) are held for one already; this call of ",
+                     bytes, " bytes would pass topology.failoverBufferCalls (", max_held_calls_,
+                     ") or failoverBufferBytes (", max_held_bytes_, "); retry with backoff"));
   }
   const absl::Time now = absl::Now();
   // With no primary known, the window runs from the moment it was lost; with
@@ -146,6 +150,14 @@ absl::StatusOr<v1::DatabaseConfig> Replicas::MemberConfig(const std::string& mem
   }
   return absl::FailedPreconditionError(
       absl::StrCat("database ", config_.name(), " configures no role \"", role, "\""));
+}
+
+absl::StatusOr<std::string> Replicas::PrimaryDsn(const std::string& role) const {
+  absl::StatusOr<std::string> dsn = topology_.PrimaryDsn();
+  if (!dsn.ok() || role.empty()) return dsn;
+  absl::StatusOr<v1::DatabaseConfig> c = MemberConfig(*dsn, role);
+  if (!c.ok()) return c.status();
+  return c->dsn();
 }
 
 void Replicas::OnRecord() {

@@ -80,6 +80,10 @@ class Replicas {
   // user and password when `role` is set (config::RoleDatabaseConfig).
   absl::StatusOr<v1::DatabaseConfig> MemberConfig(const std::string& member_dsn,
                                                   const std::string& role) const;
+  // The DSN of the current primary for database role `role` ("" for the
+  // DSN's user), for sessions that must run there outside routed calls;
+  // UNAVAILABLE, naming why, while no primary is known.
+  absl::StatusOr<std::string> PrimaryDsn(const std::string& role) const;
 
   // How long a read waits for a replica to replay its min_lsn.
   absl::Duration token_wait() const { return token_wait_; }
@@ -108,12 +112,11 @@ class Replicas {
   // generation than `generation`: then(true) on the buffer's thread. When
   // the window passes first (failoverBufferMs after the primary was lost,
   // or `deadline`), or the probes stop: then(false). RESOURCE_EXHAUSTED
-  // (nothing held) while kMaxHeldCalls or kMaxHeldBytes are held already;
-  // UNAVAILABLE once stopped.
+  // (nothing held) when holding it would pass topology.failoverBufferCalls
+  // or topology.failoverBufferBytes; UNAVAILABLE once stopped or before
+  // Start().
   absl::Status HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
                               std::function<void(bool)> then);
-  static constexpr size_t kMaxHeldCalls = 4096;
-  static constexpr size_t kMaxHeldBytes = 64 << 20;
   // Calls held so far, those that timed out, held now, and the time held
   // calls waited (seconds, summed).
   uint64_t held_total() const { return held_total_.load(std::memory_order_relaxed); }
@@ -135,6 +138,8 @@ class Replicas {
   const absl::Duration token_wait_;
   const absl::Duration probe_timeout_;
   const absl::Duration failover_buffer_;
+  const size_t max_held_calls_;
+  const uint64_t max_held_bytes_;
   db::Topology topology_;
   db::TopologyMonitor monitor_;
   // The highest sampled replay position of a routable replica, and how many

@@ -53,15 +53,25 @@ TokenFence::Stats TokenFence::GetStats() const {
 }
 
 absl::Status TokenFence::Connect() {
-  if (conn_ != nullptr && !conn_->broken()) return absl::OkStatus();
+  std::string dsn = options_.dsn;
+  if (options_.current_dsn) {
+    absl::StatusOr<std::string> current = options_.current_dsn();
+    if (!current.ok()) {
+      conn_.reset();  // its server is not known to be the primary
+      return current.status();
+    }
+    dsn = *std::move(current);
+  }
+  if (conn_ != nullptr && !conn_->broken() && dsn == conn_dsn_) return absl::OkStatus();
   conn_.reset();
   db::ConnectionOptions o;
-  o.dsn = options_.dsn;
+  o.dsn = dsn;
   o.application_name = absl::StrCat("poolside-token-fence/", options_.database);
   o.connect_timeout = options_.connect_timeout;
   absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(o);
   if (!conn.ok()) return conn.status();
   conn_ = *std::move(conn);
+  conn_dsn_ = std::move(dsn);
   return absl::OkStatus();
 }
 

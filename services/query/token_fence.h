@@ -32,7 +32,12 @@
 //   token's commit on a server running with synchronous_commit = off), and
 //   without waiting for synchronous standbys (it carries no data).
 // - It runs on a connection of its own, as the DSN's user (like the relay's
-//   sessions); pg_logical_emit_message is executable by PUBLIC on
+//   sessions), on the primary: with `current_dsn` set (a database with
+//   replicas: the topology's primary, Database::AdminDsn), each fence asks
+//   it where that is and opens its connection anew when the answer changed
+//   (a switchover or failover), so fences follow the primary; a fence while
+//   none is known fails like any other. pg_logical_emit_message is
+//   executable by PUBLIC on
 //   PostgreSQL 15. A failure (the server down, the function revoked, a hot
 //   standby behind the DSN) is counted and logged once per streak; the
 //   connection is opened again at the next request after a backoff. A read
@@ -42,6 +47,7 @@
 // Thread-safe. One thread of its own, joined by the destructor.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -59,6 +65,9 @@ class TokenFence {
   struct Options {
     std::string database;  // the configured name, for logs
     std::string dsn;
+    // Where the primary is now, asked before each fence; unset: `dsn`.
+    // Thread-safe, and must not block for long.
+    std::function<absl::StatusOr<std::string>()> current_dsn;
     std::string prefix;  // WalRelay::FencePrefix of the database's relay
     absl::Duration connect_timeout = absl::Seconds(5);
     absl::Duration timeout = absl::Seconds(5);  // bounds one fence
@@ -94,6 +103,7 @@ class TokenFence {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   Stats stats_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<db::Connection> conn_;  // the fence thread's
+  std::string conn_dsn_;                  // the DSN conn_ was opened with
   std::thread thread_;
 };
 

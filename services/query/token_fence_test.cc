@@ -12,7 +12,9 @@
 #include <variant>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/db/logical_stream.h"
 #include "common/db/pgoutput_decoder.h"
@@ -170,6 +172,61 @@ TEST_F(TokenFenceTest, AnUnreachableServerIsCountedAndNeverBlocks) {
   EXPECT_EQ(stats.fences, 0u);
   EXPECT_FALSE(stats.last_error.empty());
   fence.reset();  // returns: the fence thread stops during its backoff
+}
+
+// With current_dsn (a database with replicas: its topology's primary), each
+// fence runs where it names now: while it names none the fence fails, and a
+// new answer moves the fence's session there.
+TEST_F(TokenFenceTest, FollowsTheCurrentDsn) {
+  constexpr char kOther[] = "fence_other";
+  ASSERT_TRUE(Cluster().CreateDatabase(kOther).ok());
+  absl::Mutex mu;
+  absl::StatusOr<std::string> primary = absl::UnavailableError("database fence has no primary now");
+  TokenFence::Options o = FenceOptions("host=127.0.0.1 port=1 dbname=fence user=postgres");
+  o.database = "fence-follows";
+  o.current_dsn = [&]() -> absl::StatusOr<std::string> {
+    absl::MutexLock lock(&mu);
+    return primary;
+  };
+  TokenFence fence(std::move(o));
+  fence.Start();
+  const db::Lsn token = InsertLsn();
+  fence.Request(token);
+  ASSERT_TRUE(WaitFor([&] { return fence.GetStats().failures >= 1; }, kWait));
+  EXPECT_EQ(fence.GetStats().fences, 0u);
+  EXPECT_NE(fence.GetStats().last_error.find("no primary now"), std::string::npos)
+      << fence.GetStats().last_error;
+
+  // The databases the fence's sessions are in.
+  auto sessions = [&] {
+    return Cluster()
+        .QueryValue(kDb,
+                    "SELECT coalesce(string_agg(datname, ','), '') FROM pg_stat_activity "
+                    "WHERE application_name = 'poolside-token-fence/fence-follows'")
+        .value_or("?");
+  };
+  {
+    absl::MutexLock lock(&mu);
+    primary = Cluster().Dsn(kDb);
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        fence.Request(token);
+        return fence.GetStats().fenced_lsn >= token;
+      },
+      kWait));
+  EXPECT_TRUE(WaitFor([&] { return sessions() == kDb; }, kWait)) << sessions();
+
+  {
+    absl::MutexLock lock(&mu);
+    primary = Cluster().Dsn(kOther);
+  }
+  ASSERT_TRUE(Cluster().Exec(kDb, "INSERT INTO unpublished VALUES (4)").ok());
+  const db::Lsn later = InsertLsn();
+  fence.Request(later);
+  ASSERT_TRUE(WaitFor([&] { return fence.GetStats().fenced_lsn >= later; }, kWait));
+  EXPECT_TRUE(WaitFor([&] { return sessions() == kOther; }, kWait))
+      << "the fence stayed on the former DSN: " << sessions();
 }
 
 // What a fence needs: EXECUTE on pg_logical_emit_message, which PostgreSQL
