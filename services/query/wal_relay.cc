@@ -178,11 +178,22 @@ void WalRelay::SetError(const absl::Status& s) {
   stats_.last_error = std::string(s.message().substr(0, 300));
 }
 
+absl::StatusOr<std::string> WalRelay::CurrentDsn() const {
+  if (!options_.current_dsn) return options_.dsn;
+  return options_.current_dsn();
+}
+
 void WalRelay::Run() {
   const int64_t key = LockKey(options_.publication, options_.channel);
   while (!stopping_.HasBeenNotified()) {
+    absl::StatusOr<std::string> dsn = CurrentDsn();
+    if (!dsn.ok()) {
+      SetError(dsn.status());
+      if (!Pause(options_.election_retry)) return;
+      continue;
+    }
     db::ConnectionOptions o;
-    o.dsn = options_.dsn;
+    o.dsn = *dsn;
     o.application_name = absl::StrCat("poolside-cache-relay/", options_.database);
     o.connect_timeout = options_.connect_timeout;
     absl::StatusOr<std::unique_ptr<db::Connection>> session = db::Connection::Open(o);
@@ -206,6 +217,9 @@ void WalRelay::Run() {
         break;
       }
       if (!Pause(options_.election_retry)) return;
+      // The primary moved: run for election there.
+      absl::StatusOr<std::string> now = CurrentDsn();
+      if (!now.ok() || *now != *dsn) break;
     }
     if (!holder) {
       if (!Pause(options_.election_retry)) return;
@@ -231,7 +245,7 @@ void WalRelay::Run() {
       if (!Pause(options_.election_retry)) return;
       continue;
     }
-    const absl::Status ended = Hold(**session);
+    const absl::Status ended = Hold(**session, *dsn);
     session->reset();  // releases the lock; the stream (and its slot) is gone already
     {
       absl::MutexLock lock(&mu_);
@@ -412,7 +426,7 @@ absl::StatusOr<std::optional<db::Lsn>> WalRelay::Notify(db::Connection& session,
   return std::optional<db::Lsn>(*parsed);
 }
 
-absl::Status WalRelay::Hold(db::Connection& session) {
+absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
   absl::StatusOr<bool> logical = WalLevelIsLogical(session, absl::Now() + absl::Seconds(10));
   if (!logical.ok()) return logical.status();
   if (!*logical) {
@@ -446,7 +460,7 @@ absl::Status WalRelay::Hold(db::Connection& session) {
     return absl::FailedPreconditionError("no cached table can be published");
   }
   db::LogicalStreamOptions so;
-  so.dsn = options_.dsn;
+  so.dsn = dsn;  // the lock session's server: the slot is where the lock is
   so.publication = options_.publication;
   so.tables = tables;
   so.application_name = absl::StrCat("poolside-cache-slot/", options_.database);
@@ -565,7 +579,20 @@ absl::Status WalRelay::Hold(db::Connection& session) {
   absl::Time first_pending = absl::InfiniteFuture();
   Batch batch;
   Transaction txn;
+  absl::Time primary_checked = absl::Now();
   while (!stopping_.HasBeenNotified()) {
+    if (options_.current_dsn && absl::Now() >= primary_checked + kStopCheck) {
+      primary_checked = absl::Now();
+      absl::StatusOr<std::string> now = CurrentDsn();
+      if (!now.ok() || *now != dsn) {
+        RelayHeader down = header;
+        down.kind = RelayHeader::kDown;
+        (void)Notify(session, EncodeRelay(down, {}), {});
+        return absl::UnavailableError(
+            now.ok() ? "the primary moved to another server"
+                     : absl::StrCat("no primary known: ", now.status().message()));
+      }
+    }
     absl::Time deadline = last_sent + options_.heartbeat;
     if (batch.due()) {
       // Between transactions, whatever is not already here can wait for the

@@ -10,7 +10,9 @@
 //   tries pg_try_advisory_lock(LockKey()) every election_retry; the one that
 //   gets it is the holder. A session lock dies with its session: a holder
 //   that is killed (SIGKILL, a lost connection, pg_terminate_backend) is
-//   replaced within about election_retry.
+//   replaced within about election_retry. The election, the lock session
+//   and the stream follow the primary when the database has replicas
+//   (Options::current_dsn).
 // - The holder opens a LogicalStream (common/db/logical_stream.h): a
 //   temporary slot, so a dead holder pins no WAL, on the publication
 //   `publication`, created or extended with the configured tables that have
@@ -103,6 +105,15 @@ class WalRelay {
   struct Options {
     std::string database;  // the configured name, for logs
     std::string dsn;
+    // Where the primary is now (a database with replicas: the topology's
+    // primary, Database::AdminDsn), asked before each election and every
+    // kStopCheck while holding; unset: `dsn`. Thread-safe, must not block
+    // for long. A holder whose server is no longer the answer ends its term
+    // (kDown: replicas bypass until the next stream's hello flushes them)
+    // and runs for election where the primary is now: logical decoding,
+    // LISTEN and NOTIFY work on a primary only, and slots do not move with
+    // it.
+    std::function<absl::StatusOr<std::string>()> current_dsn;
     std::string channel;
     std::string publication;
     std::vector<std::string> tables;  // as configured (SQL names)
@@ -176,8 +187,11 @@ class WalRelay {
   };
 
   void Run();
-  // One term as the holder on `session`, which holds the lock; returns why it ended.
-  absl::Status Hold(db::Connection& session);
+  // One term as the holder on `session` (connected to `dsn`), which holds
+  // the lock; returns why it ended.
+  absl::Status Hold(db::Connection& session, const std::string& dsn);
+  // Where to connect now: current_dsn() or `dsn`.
+  absl::StatusOr<std::string> CurrentDsn() const;
   // The configured tables that can be published (they have a replica
   // identity), as SQL names them; records the others.
   std::vector<std::string> PublishableTables(db::Connection& session);

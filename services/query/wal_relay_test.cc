@@ -410,6 +410,77 @@ TEST_F(WalRelayTest, UnderASteadyWriteLoadChangesGatherForABatchInterval) {
   Exec("DELETE FROM items WHERE id >= 100000");
 }
 
+// A database with replicas: the relay follows the primary. When the answer
+// of current_dsn changes, the holder ends its term on the old server (its
+// replicas hear kDown there, its slot goes) and runs for election where the
+// primary is now.
+TEST(WalRelayFollowsThePrimaryTest, ATermEndsWhenThePrimaryMovesAndTheNextBeginsThere) {
+  testing::PostgresOptions po;
+  po.extra_settings = {"synchronous_commit=on"};
+  auto other = PostgresCluster::Start(po);
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE((*other)->CreateDatabase(kDb).ok());
+  ASSERT_TRUE((*other)->Exec(kDb, "CREATE TABLE items (id int8 PRIMARY KEY, name text)").ok());
+  PostgresCluster& first = Cluster();
+  ASSERT_TRUE(first.CreateDatabase(kDb).ok());
+  ASSERT_TRUE(
+      first.Exec(kDb, "CREATE TABLE IF NOT EXISTS items (id int8 PRIMARY KEY, name text)").ok());
+
+  absl::Mutex mu;
+  std::string primary = first.Dsn(kDb);
+  WalRelay::Options o = RelayOptions("relay_follow_pub");
+  o.tables = {"items"};
+  o.heartbeat = absl::Milliseconds(100);
+  o.current_dsn = [&]() -> absl::StatusOr<std::string> {
+    absl::MutexLock lock(&mu);
+    if (primary.empty()) return absl::UnavailableError("no primary known");
+    return primary;
+  };
+  Listener on_first(first.Dsn(kDb));
+  Listener on_other((*other)->Dsn(kDb));
+  WalRelay relay(o, nullptr);
+  relay.Start();
+  ASSERT_TRUE(on_first.ReadUntil([](const std::vector<RelayMessage>& m) { return !m.empty(); }));
+  EXPECT_EQ(on_first.messages()[0].header.kind, RelayHeader::kHello);
+  const uint64_t first_term = on_first.messages()[0].header.holder;
+
+  // No primary for a while: the term ends (kDown on the old server), nothing
+  // is held anywhere.
+  {
+    absl::MutexLock lock(&mu);
+    primary.clear();
+  }
+  ASSERT_TRUE(on_first.ReadUntil([&](const std::vector<RelayMessage>& m) {
+    return !m.empty() && m.back().header.kind == RelayHeader::kDown;
+  }));
+  EXPECT_TRUE(WaitFor([&] { return !relay.GetStats().holder; }, kWait));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return first.QueryValue(kDb, "SELECT count(*) FROM pg_replication_slots").value_or("") ==
+               "0";
+      },
+      kWait))
+      << "the old server's slot was left behind";
+
+  // The primary is the other server now: a new term there, relaying its writes.
+  {
+    absl::MutexLock lock(&mu);
+    primary = (*other)->Dsn(kDb);
+  }
+  ASSERT_TRUE(on_other.ReadUntil([](const std::vector<RelayMessage>& m) {
+    return !m.empty() && m[0].header.kind == RelayHeader::kHello;
+  }));
+  EXPECT_NE(on_other.messages()[0].header.holder, first_term);
+  ASSERT_TRUE((*other)->Exec(kDb, "INSERT INTO items VALUES (7, 'seven')").ok());
+  ASSERT_TRUE(on_other.ReadUntil([](const std::vector<RelayMessage>& m) {
+    return SeenFor(m, "public.items").rows.count(Row("7")) > 0 ||
+           SeenFor(m, "public.items").definition;
+  }));
+  EXPECT_EQ(relay.GetStats().terms, 2u);
+  EXPECT_EQ((*other)->QueryValue(kDb, "SELECT count(*) FROM pg_replication_slots").value_or(""),
+            "1");
+}
+
 TEST(WalRelayUnavailableTest, AServerWithoutLogicalDecodingIsReported) {
   testing::PostgresOptions o;
   o.extra_settings = {"wal_level=replica"};
