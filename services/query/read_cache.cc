@@ -16,6 +16,7 @@
 #include "common/telemetry/trace.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
+#include "services/query/owned_statement.h"
 #include "services/query/relay_message.h"
 
 namespace poolside::query {
@@ -23,8 +24,6 @@ namespace {
 
 // Keys longer than this bypass the cache (the sidecar's default key limit is 4096).
 constexpr size_t kMaxKeyBytes = 4000;
-// Distinct statements whose tables are remembered; the map is cleared when full.
-constexpr size_t kMaxRememberedStatements = 10000;
 // Keys of results read for read-only callers (CallAccess) start with this.
 constexpr char kReadOnlyScope[] = "q1ro|";
 // Advisory lock key serializing trigger installation across replicas.
@@ -49,56 +48,6 @@ const char* ModeName(int mode) {
     default:
       return "off";
   }
-}
-
-// A statement's work: its own copies of SQL and parameters, since the callers
-// it serves may go away before it finishes.
-class OwnedStatementWork : public Work {
- public:
-  std::string sql;
-  google::protobuf::RepeatedPtrField<v1::Value> params;
-  ResultBudget budget;
-  v1::ResultSet result;
-  std::unique_ptr<ResultSetSink> sink;
-
-  void Prepare(absl::Time until, uint64_t max_rows, uint64_t max_bytes) {
-    deadline = until;
-    budget.max_rows = max_rows;
-    budget.max_bytes = max_bytes;
-    sink = std::make_unique<ResultSetSink>(&result, &budget);
-    batchable = true;
-    statement.sql = sql;
-    statement.params = &params;
-    statement.sink = sink.get();
-  }
-};
-
-void WalkPlan(const google::protobuf::Value& v, StatementTables* out) {
-  if (v.has_list_value()) {
-    for (const auto& e : v.list_value().values()) WalkPlan(e, out);
-    return;
-  }
-  if (!v.has_struct_value()) return;
-  const auto& fields = v.struct_value().fields();
-  if (auto it = fields.find("Node Type"); it != fields.end()) {
-    if (it->second.string_value() == "ModifyTable") out->modifies = true;
-    if (it->second.string_value() == "LockRows") out->locks_rows = true;
-  }
-  auto rel = fields.find("Relation Name");
-  if (rel != fields.end()) {
-    auto schema = fields.find("Schema");
-    out->tables.push_back(
-        absl::StrCat(schema != fields.end() ? schema->second.string_value() : "public", ".",
-                     rel->second.string_value()));
-  }
-  for (const auto& [name, child] : fields) WalkPlan(child, out);
-}
-
-// Whether an EXPLAIN failure says something permanent about the statement.
-bool PermanentlyUnexplainable(const absl::Status& s) {
-  return s.code() == absl::StatusCode::kInvalidArgument ||
-         s.code() == absl::StatusCode::kFailedPrecondition ||
-         s.code() == absl::StatusCode::kNotFound || s.code() == absl::StatusCode::kUnimplemented;
 }
 
 std::unique_ptr<NearCache> MakeNearCache(const v1::QueryCacheConfig& config) {
@@ -172,21 +121,6 @@ const char* ReadCache::BypassName(Bypass reason) {
   return "unknown";
 }
 
-absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json) {
-  google::protobuf::ListValue plan;
-  const auto parsed = google::protobuf::util::JsonStringToMessage(explain_json, &plan);
-  if (!parsed.ok()) {
-    return absl::InternalError(
-        absl::StrCat("EXPLAIN output is not JSON: ", std::string(parsed.message()).substr(0, 200)));
-  }
-  StatementTables out;
-  out.explained = true;
-  for (const auto& v : plan.values()) WalkPlan(v, &out);
-  std::sort(out.tables.begin(), out.tables.end());
-  out.tables.erase(std::unique(out.tables.begin(), out.tables.end()), out.tables.end());
-  return out;
-}
-
 struct ReadCache::Participant {
   std::shared_ptr<Work> work;
   v1::ExecuteResponse* response = nullptr;
@@ -213,7 +147,7 @@ struct ReadCache::Flight {
   absl::Duration ttl;
   absl::Duration stale;
   // Until Land(), which releases it (the work's `done` holds the flight).
-  std::shared_ptr<OwnedStatementWork> work;
+  std::shared_ptr<OwnedStatement> work;
   // The trace of the call that started the flight (its query and fill).
   telemetry::SpanContext trace;
   // Guarded by ReadCache::mu_.
@@ -298,7 +232,15 @@ struct ReadCache::Applying {
 ReadCache::ReadCache(const v1::QueryCacheConfig& config, std::unique_ptr<CacheClient> client,
                      const absl::flat_hash_map<std::string, std::unique_ptr<Database>>& databases,
                      const v1::LimitsConfig& limits)
-    : config_(config), limits_(limits), near_(MakeNearCache(config)), client_(std::move(client)) {
+    : config_(config),
+      limits_(limits),
+      near_(MakeNearCache(config)),
+      client_(std::move(client)),
+      // Rows are invalidated by key only from the WAL.
+      plans_(&in_flight_, [this](const Database& db) {
+        const DbState* state = StateOf(db);
+        return state != nullptr && state->mode.load() == kWalMode;
+      }) {
   const int mode = config_.invalidation() == "trigger" ? kTriggerMode : kWalMode;
   for (const auto& [name, db] : databases) {
     auto state = std::make_unique<DbState>();
@@ -324,8 +266,8 @@ ReadCache::~ReadCache() {
   }
   // Reads waiting for their min_lsn run on the database.
   waiters_.reset();
-  // Sidecar callbacks and flights reference this object.
-  while (in_flight_.load() > 0) absl::SleepFor(absl::Milliseconds(2));
+  // Sidecar callbacks, statements and flights reference this object.
+  in_flight_.WaitIdle();
 }
 
 absl::Status ReadCache::CheckInvalidation(absl::Time deadline) {
@@ -551,158 +493,6 @@ bool ReadCache::FlushDatabase(DbState* state, const std::string& source) {
   return true;
 }
 
-std::vector<std::string> ReadCache::TagsFor(const Database& db, const StatementTables& t,
-                                            const v1::ExecuteRequest& request, bool* keyed) const {
-  const v1::CachePolicy& policy = request.cache();
-  std::vector<std::string> tags;
-  tags.reserve(2 * t.tables.size() + policy.tags_size() + 2);
-  tags.push_back(DatabaseTag(db.name()));
-  for (const std::string& table : t.tables) tags.push_back(TableTag(db.name(), table));
-  *keyed = false;
-  if (t.key.has_value()) {
-    std::vector<std::string> values;
-    for (const auto& [family, operand] : t.key->columns) {
-      std::optional<std::string> v = CanonicalKeyOperand(family, operand, request.params());
-      if (!v.has_value()) break;
-      values.push_back(*std::move(v));
-    }
-    if (values.size() == t.key->columns.size()) {
-      tags.push_back(RowTag(db.name(), t.key->table, RowKeyHash(values)));
-      *keyed = true;
-    }
-  }
-  if (!*keyed) {
-    for (const std::string& table : t.tables) tags.push_back(TableScanTag(db.name(), table));
-  }
-  for (const std::string& tag : policy.tags()) tags.push_back(tag);
-  return tags;
-}
-
-void ReadCache::Tables(Database* db, const std::string& sql,
-                       const google::protobuf::RepeatedPtrField<v1::Value>& params,
-                       absl::Time deadline,
-                       std::function<void(absl::StatusOr<StatementTables>)> then) {
-  const std::string remembered = absl::StrCat(db->name(), "\x1f", sql);
-  std::optional<StatementTables> known;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = tables_.find(remembered);
-    if (it != tables_.end()) known = it->second;
-  }
-  if (known.has_value()) {
-    then(*std::move(known));
-    return;
-  }
-  auto work = std::make_shared<OwnedStatementWork>();
-  work->sql = absl::StrCat("EXPLAIN (FORMAT JSON, VERBOSE) ", sql);
-  work->params = params;
-  work->holder = "cache: EXPLAIN";
-  work->trace = telemetry::CurrentSpanContext();
-  work->Prepare(deadline, 10, 16 << 20);
-  OwnedStatementWork* raw = work.get();
-  in_flight_.fetch_add(1);
-  work->done = [this, db, raw, sql, deadline, remembered,
-                then = std::move(then)](absl::Status s) mutable {
-    absl::StatusOr<StatementTables> tables;
-    if (s.ok()) {
-      if (raw->result.rows_size() == 1 && raw->result.rows(0).values_size() == 1) {
-        const v1::Value& v = raw->result.rows(0).values(0);
-        tables = ParsePlanTables(v.has_json_value() ? v.json_value() : v.text_value());
-      } else {
-        tables = absl::InternalError("EXPLAIN returned no plan");
-      }
-    } else if (PermanentlyUnexplainable(s)) {
-      tables = StatementTables{};  // explained = false
-    } else {
-      tables = s;
-    }
-    auto remember = [this, remembered,
-                     then = std::move(then)](absl::StatusOr<StatementTables> t) mutable {
-      if (t.ok()) {
-        absl::MutexLock lock(&mu_);
-        if (tables_.size() >= kMaxRememberedStatements) tables_.clear();
-        tables_[remembered] = *t;
-      }
-      then(std::move(t));
-      in_flight_.fetch_sub(1);
-    };
-    const DbState* state = StateOf(*db);
-    if (tables.ok() && tables->explained && !tables->modifies && !tables->locks_rows &&
-        tables->tables.size() == 1 && state != nullptr && state->mode.load() == kWalMode) {
-      LearnKey(
-          db, sql, deadline, *std::move(tables),
-          [remember = std::move(remember)](StatementTables t) mutable { remember(std::move(t)); });
-      return;
-    }
-    remember(std::move(tables));
-  };
-  if (absl::Status s = db->Submit(work); !s.ok()) {
-    if (work->Claim()) work->done(s);
-  }
-}
-
-void ReadCache::LearnKey(Database* db, const std::string& sql, absl::Time deadline,
-                         StatementTables t, std::function<void(StatementTables)> then) {
-  std::optional<sql::KeyLookup> lookup = sql::FindKeyLookup(sql);
-  if (!lookup.has_value()) {
-    then(std::move(t));
-    return;
-  }
-  auto work = std::make_shared<OwnedStatementWork>();
-  // The table as the statement names it (on this pool's search_path), its
-  // kind and its primary key's columns with their types and whether their
-  // collation compares bytes.
-  work->sql =
-      "SELECT n.nspname || '.' || c.relname, c.relkind::text, a.attname::text, "
-      "a.atttypid::int8, coalesce(co.collisdeterministic, true) "
-      "FROM pg_catalog.pg_class c "
-      "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-      "LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary "
-      "LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
-      "AND a.attnum = ANY (i.indkey) "
-      "LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation "
-      "WHERE c.oid = pg_catalog.to_regclass(CASE WHEN $1 = '' THEN pg_catalog.quote_ident($2) "
-      "ELSE pg_catalog.quote_ident($1) || '.' || pg_catalog.quote_ident($2) END) "
-      "ORDER BY a.attnum";
-  work->params.Add()->set_text_value(lookup->schema);
-  work->params.Add()->set_text_value(lookup->table);
-  work->holder = "cache: primary key";
-  work->trace = telemetry::CurrentSpanContext();
-  work->Prepare(deadline, 1000, 1 << 20);
-  OwnedStatementWork* raw = work.get();
-  in_flight_.fetch_add(1);
-  work->done = [this, raw, lookup = *std::move(lookup), t = std::move(t),
-                then = std::move(then)](absl::Status s) mutable {
-    const v1::ResultSet& rs = raw->result;
-    KeyPlan plan;
-    bool usable = s.ok() && rs.rows_size() > 0;
-    for (int i = 0; usable && i < rs.rows_size(); ++i) {
-      const v1::Row& row = rs.rows(i);
-      usable = row.values_size() == 5 && row.values(0).text_value() == t.tables[0] &&
-               row.values(1).text_value() == "r" && row.values(2).has_text_value();
-      if (!usable) break;
-      const KeyFamily family = KeyFamilyOf(static_cast<uint32_t>(row.values(3).int64_value()));
-      const bool deterministic = row.values(4).bool_value();
-      const sql::KeyOperand* operand = nullptr;
-      for (const auto& [column, o] : lookup.equalities) {
-        if (column == row.values(2).text_value()) operand = &o;
-      }
-      usable = operand != nullptr && family != KeyFamily::kNone &&
-               (family != KeyFamily::kText || deterministic);
-      if (usable) plan.columns.emplace_back(family, *operand);
-    }
-    if (usable) {
-      plan.table = t.tables[0];
-      t.key = std::move(plan);
-    }
-    then(std::move(t));
-    in_flight_.fetch_sub(1);
-  };
-  if (absl::Status s = db->Submit(work); !s.ok()) {
-    if (work->Claim()) work->done(s);
-  }
-}
-
 void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request, std::shared_ptr<Work> work,
                         v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
                         bool read_only, std::function<void()> run_plain) {
@@ -724,22 +514,22 @@ void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request, std::sh
     if (state->token_fence != nullptr) state->token_fence->Request(min_lsn);
     // The call may end while it waits: from here on it keeps its own copy.
     auto owned = std::make_shared<const v1::ExecuteRequest>(request);
-    in_flight_.fetch_add(1);
-    waiters_->Wait(&state->applied_lsn, min_lsn,
-                   std::min(work->deadline, absl::Now() + absl::Milliseconds(wait_ms)),
-                   [this, db, owned, key = std::move(key), work, response, max_rows, max_bytes,
-                    run_plain = std::move(run_plain)](bool reached) mutable {
-                     if (reached && DatabaseReady(db->name())) {
-                       counters_.token_waits_reached.fetch_add(1, std::memory_order_relaxed);
-                       ExecuteCached(db, owned, std::move(key), std::move(work), response, max_rows,
-                                     max_bytes, std::move(run_plain));
-                     } else {
-                       counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-                       CountBypass(Bypass::kToken);
-                       run_plain();
-                     }
-                     in_flight_.fetch_sub(1);
-                   });
+    waiters_->Wait(
+        &state->applied_lsn, min_lsn,
+        std::min(work->deadline, absl::Now() + absl::Milliseconds(wait_ms)),
+        [this, db, owned, key = std::move(key), work, response, max_rows, max_bytes,
+         run_plain = std::move(run_plain), token = in_flight_.Begin()](bool reached) mutable {
+          const InFlight::Token held = std::move(token);
+          if (reached && DatabaseReady(db->name())) {
+            counters_.token_waits_reached.fetch_add(1, std::memory_order_relaxed);
+            ExecuteCached(db, owned, std::move(key), std::move(work), response, max_rows, max_bytes,
+                          std::move(run_plain));
+          } else {
+            counters_.bypass.fetch_add(1, std::memory_order_relaxed);
+            CountBypass(Bypass::kToken);
+            run_plain();
+          }
+        });
     return;
   }
   // A copy of the request only if the call goes on past the near cache.
@@ -799,18 +589,18 @@ void ReadCache::ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteReq
   // response only after claiming the work.
   if (owned == nullptr) owned = std::make_shared<const v1::ExecuteRequest>(request);
   const absl::Time deadline = work->deadline;
-  Tables(
+  plans_.Learn(
       db, owned->sql(), owned->params(), deadline,
       [this, db, owned, key = std::move(key), work, response, max_rows, max_bytes, near_generation,
-       lsn, run_plain = std::move(run_plain)](absl::StatusOr<StatementTables> t) mutable {
-        if (!t.ok() || !t->explained || t->modifies || t->locks_rows) {
+       lsn, run_plain = std::move(run_plain)](StatementPlans::Learned t) mutable {
+        if (!t.ok() || !(*t)->PlainRead()) {
           // Not a plain read (or its plan is unknown): the database decides.
           counters_.bypass.fetch_add(1, std::memory_order_relaxed);
           CountBypass(Bypass::kPlan);
           run_plain();
           return;
         }
-        if (DbState* state = StateOf(*db); state == nullptr || !state->Watches(t->tables)) {
+        if (DbState* state = StateOf(*db); state == nullptr || !state->Watches((*t)->tables)) {
           // Reads a table whose writes are not seen: never cached.
           counters_.bypass.fetch_add(1, std::memory_order_relaxed);
           CountBypass(Bypass::kUnwatched);
@@ -825,7 +615,7 @@ void ReadCache::ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteReq
 void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned,
                        std::string key, std::shared_ptr<Work> work, v1::ExecuteResponse* response,
                        uint64_t max_rows, uint64_t max_bytes, std::function<void()> run_plain,
-                       StatementTables tables, uint64_t near_generation, uint64_t lsn) {
+                       StatementPlans::Plan tables, uint64_t near_generation, uint64_t lsn) {
   auto p = std::make_unique<Participant>();
   p->work = std::move(work);
   p->response = response;
@@ -839,10 +629,10 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
   lookup->SetAttribute("db.namespace", db->name());
   // The sidecar call is the lookup's child.
   telemetry::ScopedSpanContext lookup_scope(lookup->context());
-  in_flight_.fetch_add(1);
   client_->Get(key, [this, db, owned, key, tables = std::move(tables), lookup, near_generation, lsn,
-                     p = std::shared_ptr<Participant>(std::move(p))](
-                        absl::StatusOr<CacheLookup> r) mutable {
+                     p = std::shared_ptr<Participant>(std::move(p)),
+                     token = in_flight_.Begin()](absl::StatusOr<CacheLookup> r) mutable {
+    const InFlight::Token held = std::move(token);
     SidecarResult(r.ok());
     lookup->SetAttribute("poolside.cache.outcome", !r.ok()                             ? "error"
                                                    : r->outcome == CacheLookup::kHit   ? "hit"
@@ -856,11 +646,10 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
       counters_.bypass.fetch_add(1, std::memory_order_relaxed);
       CountBypass(Bypass::kSidecar);
       p->run_plain();
-      in_flight_.fetch_sub(1);
       return;
     }
     bool keyed = false;
-    std::vector<std::string> tags = TagsFor(*db, tables, *owned, &keyed);
+    std::vector<std::string> tags = ReadTags(db->name(), *tables, *owned, &keyed);
     if (r->outcome != CacheLookup::kMiss) {
       auto cached = std::make_shared<v1::ResultSet>();
       if (cached->ParseFromString(r->value)) {
@@ -874,7 +663,6 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
           near_->Fill(key, cached, r->remaining, std::move(tags), near_generation);
         }
         Deliver(*p, absl::OkStatus(), *cached, stale ? v1::STALE : v1::HIT, v1::SIDECAR, lsn);
-        in_flight_.fetch_sub(1);
         return;
       }
       // Unreadable entry: refill it.
@@ -884,7 +672,6 @@ void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> o
     const absl::Time deadline = participant->deadline;  // before the move below
     Fly(db, *owned, key, r->generation, near_generation, lsn, std::move(tags), keyed, deadline,
         std::move(participant));
-    in_flight_.fetch_sub(1);
   });
 }
 
@@ -972,7 +759,7 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
     alone->run_plain();
     return;
   }
-  auto work = std::make_shared<OwnedStatementWork>();
+  auto work = std::make_shared<OwnedStatement>();
   work->sql = request.sql();
   work->params = request.params();
   work->holder = "cache fill";
@@ -980,7 +767,7 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
   work->Prepare(deadline, limits_.max_rows(), limits_.max_bytes());
   if (absl::StartsWith(key, kReadOnlyScope)) {
     // A read-only caller's scope: the fill is a read-only transaction too.
-    OwnedStatementWork* raw = work.get();
+    OwnedStatement* raw = work.get();
     work->batchable = false;
     work->exclusive = [raw](db::Connection& conn) -> absl::Status {
       db::Statement* st = &raw->statement;
@@ -995,14 +782,11 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
   work->cache_fill = true;
   work->min_lsn = ReplicaFillFence(state);
   flight->work = work;
-  in_flight_.fetch_add(1);
-  work->done = [this, flight](absl::Status s) {
+  work->done = [this, flight, token = in_flight_.Begin()](absl::Status s) mutable {
+    const InFlight::Token held = std::move(token);
     Land(flight, std::move(s));
-    in_flight_.fetch_sub(1);
   };
-  if (absl::Status s = db->Submit(work); !s.ok()) {
-    if (work->Claim()) work->done(s);
-  }
+  SubmitOrFail(*db, std::move(work));
 }
 
 void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status) {
@@ -1015,7 +799,7 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
   }
   // The work's `done` (running this) holds the flight: the flight lets go of
   // the work, or neither (nor the result) is ever freed.
-  const std::shared_ptr<OwnedStatementWork> work = std::move(flight->work);
+  const std::shared_ptr<OwnedStatement> work = std::move(flight->work);
   const v1::ResultSet& result = work->result;
   if (status.ok()) {
     std::string value = result.SerializeAsString();
@@ -1038,9 +822,10 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
       span->SetAttribute("db.namespace", flight->db->name());
       span->SetAttribute("poolside.cache.keyed", flight->keyed);
       telemetry::ScopedSpanContext fill_scope(span->context());
-      in_flight_.fetch_add(1);
       const bool keyed = flight->keyed;
-      client_->Set(std::move(fill), [this, span, keyed](absl::StatusOr<bool> stored) {
+      client_->Set(std::move(fill), [this, span, keyed, token = in_flight_.Begin()](
+                                        absl::StatusOr<bool> stored) mutable {
+        const InFlight::Token held = std::move(token);
         SidecarResult(stored.ok());
         // "refused": the sidecar saw a newer invalidation (or would not admit it).
         span->SetAttribute("poolside.cache.outcome", !stored.ok() ? "error"
@@ -1053,7 +838,6 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
               .fetch_add(1, std::memory_order_relaxed);
           if (*stored && keyed) counters_.keyed_fills.fetch_add(1, std::memory_order_relaxed);
         }
-        in_flight_.fetch_sub(1);
       });
     }
   }
@@ -1122,55 +906,41 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     span->SetAttribute("poolside.cache.source", "write");
     span->SetAttribute("poolside.cache.tags", tags.size());
     telemetry::ScopedSpanContext invalidate_scope(span->context());
-    in_flight_.fetch_add(1);
     std::vector<std::string> sent = tags;
-    client_->Invalidate(std::move(sent), false, "write",
-                        absl::Milliseconds(std::max<uint32_t>(config_.call_timeout_ms(), 200)),
-                        [this, state, g, span, tags](absl::Status s) {
-                          if (near_ != nullptr) near_->Invalidate(tags);
-                          SidecarResult(s.ok());
-                          span->SetAttribute("poolside.cache.outcome",
-                                             s.ok() ? "invalidated" : "error");
-                          span->SetStatus(s);
-                          span->End();
-                          // Not delivered: the cache may hold what this write
-                          // changed, so the database bypasses it until flushed.
-                          if (!s.ok()) MarkSuspect(state);
-                          g->done();
-                          in_flight_.fetch_sub(1);
-                        });
+    client_->Invalidate(
+        std::move(sent), false, "write",
+        absl::Milliseconds(std::max<uint32_t>(config_.call_timeout_ms(), 200)),
+        [this, state, g, span, tags, token = in_flight_.Begin()](absl::Status s) mutable {
+          const InFlight::Token held = std::move(token);
+          if (near_ != nullptr) near_->Invalidate(tags);
+          SidecarResult(s.ok());
+          span->SetAttribute("poolside.cache.outcome", s.ok() ? "invalidated" : "error");
+          span->SetStatus(s);
+          span->End();
+          // Not delivered: the cache may hold what this write
+          // changed, so the database bypasses it until flushed.
+          if (!s.ok()) MarkSuspect(state);
+          g->done();
+        });
   };
   for (size_t i = 0; i < g->statements.size(); ++i) {
     const Written& w = g->statements[i];
-    Tables(db, w.sql, w.params, absl::Now() + absl::Seconds(5),
-           [this, db, g, finish](absl::StatusOr<StatementTables> t) {
-             bool last;
-             {
-               absl::MutexLock lock(&g->mu);
-               if (!t.ok() || !t->explained) {
-                 g->unknown = true;
-               } else {
-                 for (const std::string& table : t->tables) {
-                   g->tags.push_back(TableTag(db->name(), table));
-                 }
-               }
-               last = --g->pending == 0;
-             }
-             if (last) finish();
-           });
-  }
-}
-
-void ReadCache::ForgetTable(const std::string& database, const std::string& table) {
-  const std::string prefix = absl::StrCat(database, "\x1f");
-  absl::MutexLock lock(&mu_);
-  for (auto it = tables_.begin(); it != tables_.end();) {
-    const std::vector<std::string>& t = it->second.tables;
-    if (absl::StartsWith(it->first, prefix) && std::find(t.begin(), t.end(), table) != t.end()) {
-      tables_.erase(it++);
-    } else {
-      ++it;
-    }
+    plans_.Learn(db, w.sql, w.params, absl::Now() + absl::Seconds(5),
+                 [db, g, finish](StatementPlans::Learned t) {
+                   bool last;
+                   {
+                     absl::MutexLock lock(&g->mu);
+                     if (!t.ok() || !(*t)->explained) {
+                       g->unknown = true;
+                     } else {
+                       for (const std::string& table : (*t)->tables) {
+                         g->tags.push_back(TableTag(db->name(), table));
+                       }
+                     }
+                     last = --g->pending == 0;
+                   }
+                   if (last) finish();
+                 });
   }
 }
 
@@ -1271,7 +1041,7 @@ void ReadCache::Apply(DbState* state, Applying* a) {
   } else if (!a->tags.empty() || !a->forget.empty()) {
     state->fence_opened.fetch_add(1);
   }
-  for (const std::string& table : a->forget) ForgetTable(db, table);
+  for (const std::string& table : a->forget) plans_.Forget(db, table);
   if (!a->tags.empty()) {
     std::sort(a->tags.begin(), a->tags.end());
     a->tags.erase(std::unique(a->tags.begin(), a->tags.end()), a->tags.end());

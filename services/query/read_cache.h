@@ -95,34 +95,16 @@
 #include "proto/poolside/v1/query.pb.h"
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
+#include "services/query/in_flight.h"
 #include "services/query/lsn_waiters.h"
 #include "services/query/near_cache.h"
 #include "services/query/result_sinks.h"
 #include "services/query/row_keys.h"
+#include "services/query/statement_plans.h"
 #include "services/query/token_fence.h"
 #include "services/query/wal_relay.h"
 
 namespace poolside::query {
-
-// A lookup of one row by its table's whole primary key: the operand of each
-// key column, in the table's column order.
-struct KeyPlan {
-  std::string table;  // "schema.table"
-  std::vector<std::pair<KeyFamily, sql::KeyOperand>> columns;
-};
-
-// What a statement's plan says about it.
-struct StatementTables {
-  bool explained = false;   // false: EXPLAIN refused it (DDL, CALL, ...)
-  bool modifies = false;    // a ModifyTable node (INSERT/UPDATE/DELETE/MERGE, data-modifying CTE)
-  bool locks_rows = false;  // FOR UPDATE/SHARE
-  std::vector<std::string> tables;  // "schema.table", sorted, unique
-  // Set when the statement is a lookup by primary key (learned after the plan).
-  std::optional<KeyPlan> key;
-};
-
-// Parses EXPLAIN (FORMAT JSON, VERBOSE) output. Exposed for tests.
-absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json);
 
 class ReadCache {
  public:
@@ -247,16 +229,6 @@ class ReadCache {
   struct Applying;
 
   std::string KeyFor(const Database& db, const v1::ExecuteRequest& request, bool read_only) const;
-  // Learns (once) and returns the statement's tables; runs `then` with them.
-  void Tables(Database* db, const std::string& sql,
-              const google::protobuf::RepeatedPtrField<v1::Value>& params, absl::Time deadline,
-              std::function<void(absl::StatusOr<StatementTables>)> then);
-  // Learns whether a plain read of one table is a primary-key lookup; runs
-  // `then` with `t` completed.
-  void LearnKey(Database* db, const std::string& sql, absl::Time deadline, StatementTables t,
-                std::function<void(StatementTables)> then);
-  std::vector<std::string> TagsFor(const Database& db, const StatementTables& t,
-                                   const v1::ExecuteRequest& request, bool* keyed) const;
   // Execute once the stream has applied the request's min_lsn (or none).
   // `owned` may be null: then `borrowed` is the request, copied if needed.
   void ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned, std::string key,
@@ -265,7 +237,7 @@ class ReadCache {
                      const v1::ExecuteRequest* borrowed = nullptr);
   void Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> request, std::string key,
               std::shared_ptr<Work> work, v1::ExecuteResponse* response, uint64_t max_rows,
-              uint64_t max_bytes, std::function<void()> run_plain, StatementTables tables,
+              uint64_t max_bytes, std::function<void()> run_plain, StatementPlans::Plan tables,
               uint64_t near_generation, uint64_t lsn);
   // Joins or starts the flight for `key`. `participant` may be empty (a
   // background refresh of a stale entry). `near_generation`: the near
@@ -294,7 +266,6 @@ class ReadCache {
   void OnRelayed(DbState* state, db::Connection& conn, const db::Notification& n, Applying* a);
   void Apply(DbState* state, Applying* a);
   bool HolderSession(DbState* state, db::Connection& conn, int pid);
-  void ForgetTable(const std::string& database, const std::string& table);
   void OnWalUnavailable(DbState* state, const absl::Status& why);
   // Flushes the database's entries; true when the sidecar confirmed.
   bool FlushDatabase(DbState* state, const std::string& source);
@@ -308,22 +279,23 @@ class ReadCache {
 
   const v1::QueryCacheConfig config_;
   const v1::LimitsConfig limits_;
+  // Sidecar calls, statements, waits and flights not yet finished: their
+  // callbacks reference this (the destructor waits for them).
+  InFlight in_flight_;
   // Before client_: the client's watch thread feeds it until ~ReadCache stops it.
   const std::unique_ptr<NearCache> near_;
   const std::unique_ptr<CacheClient> client_;
   absl::flat_hash_map<std::string, std::unique_ptr<DbState>> dbs_;
   mutable Counters counters_;
+  StatementPlans plans_;
   // Reset by the destructor once the listeners stopped (the waiting reads run plain).
   std::unique_ptr<LsnWaiters> waiters_ = std::make_unique<LsnWaiters>();
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Flight>> flights_ ABSL_GUARDED_BY(mu_);
-  // (database, sql) -> tables; bounded, cleared when full.
-  absl::flat_hash_map<std::string, StatementTables> tables_ ABSL_GUARDED_BY(mu_);
   int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time skip_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 
-  std::atomic<int> in_flight_{0};  // sidecar calls and flights not yet finished
   absl::Notification stopping_;
   std::vector<std::thread> threads_;
 };
