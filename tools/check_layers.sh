@@ -31,6 +31,7 @@ CORES=(
   //services/query:replicas
   //services/query:result_sinks
   //services/query:row_keys
+  //services/query:sidecar_breaker
   //services/query:statement_plans
   //services/query:statement_stats
   //services/query:wal_relay

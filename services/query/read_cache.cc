@@ -60,6 +60,14 @@ std::unique_ptr<NearCache> MakeNearCache(const v1::QueryCacheConfig& config) {
   return std::make_unique<NearCache>(options);
 }
 
+SidecarBreaker::Options BreakerOptions(const v1::QueryCacheConfig& config) {
+  SidecarBreaker::Options o;
+  o.failure_threshold = config.failure_threshold();
+  o.retry_after = absl::Milliseconds(config.retry_after_ms());
+  o.target = config.target();
+  return o;
+}
+
 // A sidecar call made from one of our own threads, waited for; tags in
 // calls of at most kTagsPerInvalidate.
 absl::Status InvalidateNow(CacheClient& client, const std::vector<std::string>& tags,
@@ -236,6 +244,7 @@ ReadCache::ReadCache(const v1::QueryCacheConfig& config, std::unique_ptr<CacheCl
       limits_(limits),
       near_(MakeNearCache(config)),
       client_(std::move(client)),
+      breaker_(BreakerOptions(config)),
       // Rows are invalidated by key only from the WAL.
       plans_(&in_flight_, [this](const Database& db) {
         const DbState* state = StateOf(db);
@@ -448,27 +457,9 @@ std::string ReadCache::KeyFor(const Database& db, const v1::ExecuteRequest& requ
                       request.sql().size(), ":", request.sql(), "|", params);
 }
 
-bool ReadCache::SidecarUsable() {
-  absl::MutexLock lock(&mu_);
-  return absl::Now() >= skip_until_;
-}
-
 void ReadCache::SidecarResult(bool ok) {
-  absl::MutexLock lock(&mu_);
-  if (ok) {
-    consecutive_failures_ = 0;
-    return;
-  }
-  counters_.sidecar_errors.fetch_add(1, std::memory_order_relaxed);
-  if (++consecutive_failures_ >= static_cast<int>(config_.failure_threshold())) {
-    if (absl::Now() >= skip_until_) {
-      telemetry::LogWarning("cache sidecar failing; reads go to the database for a while",
-                            {{"target", config_.target()},
-                             {"retry_after_ms", absl::StrCat(config_.retry_after_ms())}});
-    }
-    skip_until_ = absl::Now() + absl::Milliseconds(config_.retry_after_ms());
-    consecutive_failures_ = 0;
-  }
+  if (!ok) counters_.sidecar_errors.fetch_add(1, std::memory_order_relaxed);
+  breaker_.Record(ok);
 }
 
 void ReadCache::MarkSuspect(DbState* state) { state->suspect_epoch.fetch_add(1); }
@@ -578,7 +569,7 @@ void ReadCache::ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteReq
     // loses against any invalidation from now on.
     near_generation = near_->ReadGeneration();
   }
-  if (key.size() > kMaxKeyBytes || !SidecarUsable()) {
+  if (key.size() > kMaxKeyBytes || !breaker_.Usable()) {
     counters_.bypass.fetch_add(1, std::memory_order_relaxed);
     CountBypass(key.size() > kMaxKeyBytes ? Bypass::kKeySize : Bypass::kSidecar);
     run_plain();
@@ -808,7 +799,7 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
       near_->Fill(flight->key, std::make_shared<const v1::ResultSet>(result), flight->ttl,
                   flight->tags, flight->near_generation);
     }
-    if (value.size() <= config_.max_value_bytes() && SidecarUsable()) {
+    if (value.size() <= config_.max_value_bytes() && breaker_.Usable()) {
       CacheFill fill;
       fill.key = flight->key;
       fill.value = std::move(value);
@@ -894,7 +885,7 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     // In the near cache both before and after the sidecar: a read that began
     // in between may have found the old entry in the sidecar and filled it in.
     if (near_ != nullptr) near_->Invalidate(tags);
-    if (!SidecarUsable()) {
+    if (!breaker_.Usable()) {
       MarkSuspect(state);
       g->done();
       return;

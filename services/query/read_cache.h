@@ -100,6 +100,7 @@
 #include "services/query/near_cache.h"
 #include "services/query/result_sinks.h"
 #include "services/query/row_keys.h"
+#include "services/query/sidecar_breaker.h"
 #include "services/query/statement_plans.h"
 #include "services/query/token_fence.h"
 #include "services/query/wal_relay.h"
@@ -259,7 +260,7 @@ class ReadCache {
                      const std::string& member = "");
   void CountBypass(Bypass reason) const;
 
-  bool SidecarUsable();
+  // The outcome of a sidecar call: counted, and told to the breaker.
   void SidecarResult(bool ok);
   void Listen(DbState* state);
   // The WAL-mode listener's work on what arrived: see Applying.
@@ -285,6 +286,7 @@ class ReadCache {
   // Before client_: the client's watch thread feeds it until ~ReadCache stops it.
   const std::unique_ptr<NearCache> near_;
   const std::unique_ptr<CacheClient> client_;
+  SidecarBreaker breaker_;
   absl::flat_hash_map<std::string, std::unique_ptr<DbState>> dbs_;
   mutable Counters counters_;
   StatementPlans plans_;
@@ -293,8 +295,6 @@ class ReadCache {
 
   mutable absl::Mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Flight>> flights_ ABSL_GUARDED_BY(mu_);
-  int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time skip_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 
   absl::Notification stopping_;
   std::vector<std::thread> threads_;
