@@ -19,6 +19,7 @@ CORES=(
   //services/query:read_cache
   //services/query:database
   //services/query:cache_client
+  //services/query:cached_read
   //services/query:index_advice
   //services/query:in_flight
   //services/query:lsn_waiters
@@ -32,6 +33,7 @@ CORES=(
   //services/query:result_sinks
   //services/query:row_keys
   //services/query:sidecar_breaker
+  //services/query:single_flight
   //services/query:statement_plans
   //services/query:statement_stats
   //services/query:wal_relay

@@ -129,37 +129,22 @@ const char* ReadCache::BypassName(Bypass reason) {
   return "unknown";
 }
 
-struct ReadCache::Participant {
-  std::shared_ptr<Work> work;
-  v1::ExecuteResponse* response = nullptr;
-  uint64_t max_rows = 0;
-  uint64_t max_bytes = 0;
-  absl::Time deadline;
-  uint64_t min_lsn = 0;
-  std::function<void()> run_plain;
-  // While it waits for another caller's identical query (single flight).
-  telemetry::Span wait;
-};
-
-struct ReadCache::Flight {
-  std::string key;
+// A flight's read: a database query whose result fills the near cache and
+// the sidecar and answers every read that joined.
+struct ReadCache::Fill : SingleFlight::Flight {
   Database* db = nullptr;
-  uint64_t generation = 0;
-  uint64_t near_generation = 0;
-  // The applied LSN when the flight began (its read began after it), and
-  // this replica's count of own writes then: who may join it.
-  uint64_t lsn = 0;
-  uint64_t own_writes = 0;
+  uint64_t generation = 0;       // the sidecar's at the lookup
+  uint64_t near_generation = 0;  // the near cache's before the lookup; 0: no near fill
   bool keyed = false;
   std::vector<std::string> tags;
   absl::Duration ttl;
   absl::Duration stale;
-  // Until Land(), which releases it (the work's `done` holds the flight).
+  // Until Land(), which releases it (the work's `done` holds the fill).
   std::shared_ptr<OwnedStatement> work;
   // The trace of the call that started the flight (its query and fill).
   telemetry::SpanContext trace;
-  // Guarded by ReadCache::mu_.
-  std::vector<std::unique_ptr<Participant>> participants;
+  // From the start to the end of the flight (its work's `done` holds it last).
+  InFlight::Token in_flight;
 };
 
 struct ReadCache::DbState {
@@ -484,279 +469,211 @@ bool ReadCache::FlushDatabase(DbState* state, const std::string& source) {
   return true;
 }
 
+void ReadCache::RunOnDatabase(CachedRead& read, Bypass reason) {
+  counters_.bypass.fetch_add(1, std::memory_order_relaxed);
+  CountBypass(reason);
+  read.RunPlain();
+}
+
 void ReadCache::Execute(Database* db, const v1::ExecuteRequest& request, std::shared_ptr<Work> work,
                         v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
                         bool read_only, std::function<void()> run_plain) {
-  std::string key = KeyFor(*db, request, read_only);
+  CachedRead read(db, request, std::move(work), response, max_rows, max_bytes,
+                  std::move(run_plain));
+  read.key = KeyFor(*db, request, read_only);
   DbState* state = StateOf(*db);
   const uint64_t min_lsn = request.min_lsn();
   if (state != nullptr && min_lsn != 0 && state->applied_lsn.load() < min_lsn) {
     const uint32_t wait_ms = config_.wal().token_wait_ms();
     if (state->mode.load() != kWalMode || wait_ms == 0) {
       // Trigger invalidation knows no positions: only the database can tell.
-      counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-      CountBypass(Bypass::kToken);
-      run_plain();
+      RunOnDatabase(read, Bypass::kToken);
       return;
     }
     counters_.token_waits.fetch_add(1, std::memory_order_relaxed);
     // Nothing may be decoded past the token for a while (it follows the last
     // commit to a cached table): a fence makes the relay get there now.
     if (state->token_fence != nullptr) state->token_fence->Request(min_lsn);
-    // The call may end while it waits: from here on it keeps its own copy.
-    auto owned = std::make_shared<const v1::ExecuteRequest>(request);
-    waiters_->Wait(
-        &state->applied_lsn, min_lsn,
-        std::min(work->deadline, absl::Now() + absl::Milliseconds(wait_ms)),
-        [this, db, owned, key = std::move(key), work, response, max_rows, max_bytes,
-         run_plain = std::move(run_plain), token = in_flight_.Begin()](bool reached) mutable {
-          const InFlight::Token held = std::move(token);
-          if (reached && DatabaseReady(db->name())) {
-            counters_.token_waits_reached.fetch_add(1, std::memory_order_relaxed);
-            ExecuteCached(db, owned, std::move(key), std::move(work), response, max_rows, max_bytes,
-                          std::move(run_plain));
-          } else {
-            counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-            CountBypass(Bypass::kToken);
-            run_plain();
-          }
-        });
+    const absl::Time until = std::min(read.deadline(), absl::Now() + absl::Milliseconds(wait_ms));
+    // The call may end while it waits.
+    std::shared_ptr<CachedRead> waiting = CachedRead::Detach(std::move(read), in_flight_);
+    waiters_->Wait(&state->applied_lsn, min_lsn, until,
+                   [this, waiting = std::move(waiting)](bool reached) mutable {
+                     const std::shared_ptr<CachedRead> r = std::move(waiting);
+                     if (reached && DatabaseReady(r->db()->name())) {
+                       counters_.token_waits_reached.fetch_add(1, std::memory_order_relaxed);
+                       if (!AnswerWithoutSidecar(*r)) LookUp(r);
+                     } else {
+                       RunOnDatabase(*r, Bypass::kToken);
+                     }
+                   });
     return;
   }
-  // A copy of the request only if the call goes on past the near cache.
-  ExecuteCached(db, nullptr, std::move(key), std::move(work), response, max_rows, max_bytes,
-                std::move(run_plain), &request);
+  // The read stays on the stack unless it goes on past the near cache.
+  if (!AnswerWithoutSidecar(read)) LookUp(CachedRead::Detach(std::move(read), in_flight_));
 }
 
-void ReadCache::ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned,
-                              std::string key, std::shared_ptr<Work> work,
-                              v1::ExecuteResponse* response, uint64_t max_rows, uint64_t max_bytes,
-                              std::function<void()> run_plain, const v1::ExecuteRequest* borrowed) {
-  const v1::ExecuteRequest& request = owned != nullptr ? *owned : *borrowed;
+bool ReadCache::AnswerWithoutSidecar(CachedRead& read) {
+  Database& db = *read.db();
   // Again, after the applied LSN was found to cover min_lsn: an invalidation
   // that failed meanwhile (the database is suspect) still advanced it.
-  if (const DbState* state = StateOf(*db); state != nullptr) {
+  if (const DbState* state = StateOf(db); state != nullptr) {
     if (std::optional<Bypass> why = NotReady(*state)) {
-      counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-      CountBypass(*why);
-      run_plain();
-      return;
+      RunOnDatabase(read, *why);
+      return true;
     }
   }
   // Taken before anything is read: a result found or read from now on
   // reflects every commit the stream had applied by then.
-  const uint64_t lsn = ReflectedLsn(*db, request.min_lsn());
-  uint64_t near_generation = 0;
-  if (near_ != nullptr && key.size() <= kMaxKeyBytes) {
-    if (std::shared_ptr<const v1::ResultSet> hit = near_->Get(key)) {
+  read.lsn = ReflectedLsn(db, read.min_lsn());
+  const bool key_fits = read.key.size() <= kMaxKeyBytes;
+  if (near_ != nullptr && key_fits) {
+    if (std::shared_ptr<const v1::ResultSet> hit = near_->Get(read.key)) {
       counters_.hits.fetch_add(1, std::memory_order_relaxed);
       counters_.near_hits.fetch_add(1, std::memory_order_relaxed);
       telemetry::Span lookup =
-          telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, work->trace);
+          telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, read.work().trace);
       if (lookup.recording()) {
-        lookup.SetAttribute("db.namespace", db->name());
+        lookup.SetAttribute("db.namespace", db.name());
         lookup.SetAttribute("poolside.cache.outcome", "hit");
         lookup.SetAttribute("poolside.cache.layer", "near");
         lookup.End();
       }
-      if (work->Claim()) {
-        Answer(*work, response, max_rows, max_bytes, absl::OkStatus(), *hit, v1::HIT,
-               v1::NEAR_CACHE, lsn);
-      }
-      return;
+      read.Answer(absl::OkStatus(), *hit, v1::HIT, v1::NEAR_CACHE, read.lsn);
+      return true;
     }
     // Before the sidecar or the database is read: a fill of what they return
     // loses against any invalidation from now on.
-    near_generation = near_->ReadGeneration();
+    read.near_generation = near_->ReadGeneration();
   }
-  if (key.size() > kMaxKeyBytes || !breaker_.Usable()) {
-    counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-    CountBypass(key.size() > kMaxKeyBytes ? Bypass::kKeySize : Bypass::kSidecar);
-    run_plain();
-    return;
+  if (!key_fits || !breaker_.Usable()) {
+    RunOnDatabase(read, !key_fits ? Bypass::kKeySize : Bypass::kSidecar);
+    return true;
   }
-  // `request` and `response` die with the call, which may be cancelled while
-  // the sidecar or EXPLAIN answers: keep a copy of the request, and touch the
-  // response only after claiming the work.
-  if (owned == nullptr) owned = std::make_shared<const v1::ExecuteRequest>(request);
-  const absl::Time deadline = work->deadline;
-  plans_.Learn(
-      db, owned->sql(), owned->params(), deadline,
-      [this, db, owned, key = std::move(key), work, response, max_rows, max_bytes, near_generation,
-       lsn, run_plain = std::move(run_plain)](StatementPlans::Learned t) mutable {
-        if (!t.ok() || !(*t)->PlainRead()) {
-          // Not a plain read (or its plan is unknown): the database decides.
-          counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-          CountBypass(Bypass::kPlan);
-          run_plain();
-          return;
-        }
-        if (DbState* state = StateOf(*db); state == nullptr || !state->Watches((*t)->tables)) {
-          // Reads a table whose writes are not seen: never cached.
-          counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-          CountBypass(Bypass::kUnwatched);
-          run_plain();
-          return;
-        }
-        Lookup(db, std::move(owned), std::move(key), std::move(work), response, max_rows, max_bytes,
-               std::move(run_plain), *std::move(t), near_generation, lsn);
-      });
+  return false;
 }
 
-void ReadCache::Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned,
-                       std::string key, std::shared_ptr<Work> work, v1::ExecuteResponse* response,
-                       uint64_t max_rows, uint64_t max_bytes, std::function<void()> run_plain,
-                       StatementPlans::Plan tables, uint64_t near_generation, uint64_t lsn) {
-  auto p = std::make_unique<Participant>();
-  p->work = std::move(work);
-  p->response = response;
-  p->max_rows = max_rows;
-  p->max_bytes = max_bytes;
-  p->deadline = p->work->deadline;
-  p->min_lsn = owned->min_lsn();
-  p->run_plain = std::move(run_plain);
-  auto lookup = std::make_shared<telemetry::Span>(
-      telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, p->work->trace));
-  lookup->SetAttribute("db.namespace", db->name());
+void ReadCache::LookUp(std::shared_ptr<CachedRead> read) {
+  const v1::ExecuteRequest& request = read->request();
+  if (StatementPlans::Plan plan = plans_.Remembered(*read->db(), request.sql())) {
+    WithPlan(std::move(read), std::move(plan));
+    return;
+  }
+  // `read` (and `request`) stay alive while Learn runs, whenever `then` does.
+  plans_.Learn(read->db(), request.sql(), request.params(), read->deadline(),
+               [this, read](StatementPlans::Learned plan) mutable {
+                 WithPlan(std::move(read), std::move(plan));
+               });
+}
+
+void ReadCache::WithPlan(std::shared_ptr<CachedRead> read, StatementPlans::Learned plan) {
+  if (!plan.ok() || !(*plan)->PlainRead()) {
+    // Not a plain read (or its plan is unknown): the database decides.
+    RunOnDatabase(*read, Bypass::kPlan);
+    return;
+  }
+  if (DbState* state = StateOf(*read->db()); state == nullptr || !state->Watches((*plan)->tables)) {
+    // Reads a table whose writes are not seen: never cached.
+    RunOnDatabase(*read, Bypass::kUnwatched);
+    return;
+  }
+  read->plan = *std::move(plan);
+  read->lookup =
+      telemetry::StartSpan("cache.lookup", telemetry::SpanKind::kInternal, read->work().trace);
+  read->lookup.SetAttribute("db.namespace", read->db()->name());
   // The sidecar call is the lookup's child.
-  telemetry::ScopedSpanContext lookup_scope(lookup->context());
-  client_->Get(key, [this, db, owned, key, tables = std::move(tables), lookup, near_generation, lsn,
-                     p = std::shared_ptr<Participant>(std::move(p)),
-                     token = in_flight_.Begin()](absl::StatusOr<CacheLookup> r) mutable {
-    const InFlight::Token held = std::move(token);
-    SidecarResult(r.ok());
-    lookup->SetAttribute("poolside.cache.outcome", !r.ok()                             ? "error"
-                                                   : r->outcome == CacheLookup::kHit   ? "hit"
-                                                   : r->outcome == CacheLookup::kStale ? "stale"
-                                                                                       : "miss");
-    lookup->SetStatus(r.status());
-    lookup->End();
-    // A stale entry's refresh belongs to this call's trace.
-    telemetry::ScopedSpanContext trace(p->work->trace);
-    if (!r.ok()) {
-      counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-      CountBypass(Bypass::kSidecar);
-      p->run_plain();
-      return;
-    }
-    bool keyed = false;
-    std::vector<std::string> tags = ReadTags(db->name(), *tables, *owned, &keyed);
-    if (r->outcome != CacheLookup::kMiss) {
-      auto cached = std::make_shared<v1::ResultSet>();
-      if (cached->ParseFromString(r->value)) {
-        const bool stale = r->outcome == CacheLookup::kStale;
-        (stale ? counters_.stale : counters_.hits).fetch_add(1, std::memory_order_relaxed);
-        if (stale) {
-          // One background refresh; this caller does not wait for it.
-          Fly(db, *owned, key, r->generation, near_generation, lsn, std::move(tags), keyed,
-              absl::Now() + absl::Milliseconds(limits_.default_timeout_ms()), nullptr);
-        } else if (near_ != nullptr && near_generation != 0) {
-          near_->Fill(key, cached, r->remaining, std::move(tags), near_generation);
-        }
-        Deliver(*p, absl::OkStatus(), *cached, stale ? v1::STALE : v1::HIT, v1::SIDECAR, lsn);
-        return;
-      }
-      // Unreadable entry: refill it.
-    }
-    counters_.misses.fetch_add(1, std::memory_order_relaxed);
-    auto participant = std::make_unique<Participant>(std::move(*p));
-    const absl::Time deadline = participant->deadline;  // before the move below
-    Fly(db, *owned, key, r->generation, near_generation, lsn, std::move(tags), keyed, deadline,
-        std::move(participant));
+  telemetry::ScopedSpanContext lookup_scope(read->lookup.context());
+  // `read` (and its key) stay alive while Get runs, whenever `done` does.
+  client_->Get(read->key, [this, read](absl::StatusOr<CacheLookup> found) mutable {
+    OnSidecarLookup(std::move(read), std::move(found));
   });
 }
 
-void ReadCache::Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
-                        v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
-                        const std::string& member) {
-  if (!p.work->Claim()) return;  // the caller went away
-  Answer(*p.work, p.response, p.max_rows, p.max_bytes, status, result, outcome, source, lsn,
-         member);
-}
-
-void ReadCache::Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
-                       uint64_t max_bytes, const absl::Status& status, const v1::ResultSet& result,
-                       v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
-                       const std::string& member) {
-  absl::Status s = status;
-  if (s.ok()) {
-    const uint64_t rows = static_cast<uint64_t>(result.rows_size());
-    const uint64_t bytes = result.ByteSizeLong();
-    if (rows > max_rows) {
-      s = absl::ResourceExhaustedError(
-          absl::StrCat("the result has ", rows, " rows; this call's row limit is ", max_rows));
-    } else if (bytes > max_bytes) {
-      s = absl::ResourceExhaustedError(
-          absl::StrCat("the result has ", bytes, " bytes; this call's byte limit is ", max_bytes));
-    } else {
-      *response->mutable_result() = result;
-    }
-  }
-  response->set_cache(outcome);
-  response->set_source(source);
-  response->set_lsn(lsn);
-  response->set_member(member);
-  work.done(std::move(s));
-}
-
-void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::string& key,
-                    uint64_t generation, uint64_t near_generation, uint64_t lsn,
-                    std::vector<std::string> tags, bool keyed, absl::Time deadline,
-                    std::unique_ptr<Participant> participant) {
-  DbState* state = StateOf(*db);
-  const uint64_t own_writes = state != nullptr ? state->own_writes.load() : 0;
-  std::shared_ptr<Flight> flight;
-  std::unique_ptr<Participant> alone;  // may not join the flight running for `key`
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = flights_.find(key);
-    if (it != flights_.end()) {
-      if (participant == nullptr) return;  // a refresh is on its way already
-      Flight& running = *it->second;
-      // A flight that began before this replica's last own write, or before
-      // the position the caller must see, may have read too early.
-      if (running.own_writes != own_writes || running.lsn < participant->min_lsn) {
-        alone = std::move(participant);
-      } else {
-        counters_.coalesced.fetch_add(1, std::memory_order_relaxed);
-        // Ends when the shared result is delivered (the participant is gone).
-        participant->wait = telemetry::StartSpan(
-            "cache.singleflight.wait", telemetry::SpanKind::kInternal, participant->work->trace);
-        participant->wait.SetAttribute("db.namespace", db->name());
-        running.participants.push_back(std::move(participant));
-        return;
-      }
-    } else {
-      flight = std::make_shared<Flight>();
-      flight->key = key;
-      flight->db = db;
-      flight->generation = generation;
-      flight->near_generation = near_generation;
-      flight->lsn = lsn;
-      flight->own_writes = own_writes;
-      flight->keyed = keyed;
-      flight->tags = std::move(tags);
-      flight->ttl = absl::Milliseconds(request.cache().ttl_ms());
-      flight->stale = absl::Milliseconds(request.cache().stale_while_revalidate_ms());
-      flight->trace =
-          participant != nullptr ? participant->work->trace : telemetry::CurrentSpanContext();
-      if (participant != nullptr) flight->participants.push_back(std::move(participant));
-      flights_[key] = flight;
-    }
-  }
-  if (alone != nullptr) {
-    counters_.bypass.fetch_add(1, std::memory_order_relaxed);
-    CountBypass(Bypass::kToken);
-    alone->run_plain();
+void ReadCache::OnSidecarLookup(std::shared_ptr<CachedRead> read,
+                                absl::StatusOr<CacheLookup> found) {
+  SidecarResult(found.ok());
+  read->lookup.SetAttribute("poolside.cache.outcome", !found.ok() ? "error"
+                                                      : found->outcome == CacheLookup::kHit ? "hit"
+                                                      : found->outcome == CacheLookup::kStale
+                                                          ? "stale"
+                                                          : "miss");
+  read->lookup.SetStatus(found.status());
+  read->lookup.End();
+  // A stale entry's refresh belongs to this call's trace.
+  telemetry::ScopedSpanContext trace(read->work().trace);
+  if (!found.ok()) {
+    RunOnDatabase(*read, Bypass::kSidecar);
     return;
   }
+  bool keyed = false;
+  std::vector<std::string> tags =
+      ReadTags(read->db()->name(), *read->plan, read->request(), &keyed);
+  if (found->outcome != CacheLookup::kMiss) {
+    auto cached = std::make_shared<v1::ResultSet>();
+    if (cached->ParseFromString(found->value)) {
+      const bool stale = found->outcome == CacheLookup::kStale;
+      (stale ? counters_.stale : counters_.hits).fetch_add(1, std::memory_order_relaxed);
+      if (stale) {
+        // One background refresh; this caller does not wait for it.
+        ReadShared(*read, nullptr, found->generation, std::move(tags), keyed,
+                   absl::Now() + absl::Milliseconds(limits_.default_timeout_ms()));
+      } else if (near_ != nullptr && read->near_generation != 0) {
+        near_->Fill(read->key, cached, found->remaining, std::move(tags), read->near_generation);
+      }
+      read->Answer(absl::OkStatus(), *cached, stale ? v1::STALE : v1::HIT, v1::SIDECAR, read->lsn);
+      return;
+    }
+    // Unreadable entry: refill it.
+  }
+  counters_.misses.fetch_add(1, std::memory_order_relaxed);
+  const CachedRead& about = *read;
+  ReadShared(about, std::move(read), found->generation, std::move(tags), keyed, about.deadline());
+}
+
+void ReadCache::ReadShared(const CachedRead& about, std::shared_ptr<CachedRead> reader,
+                           uint64_t generation, std::vector<std::string> tags, bool keyed,
+                           absl::Time deadline) {
+  Database* db = about.db();
+  DbState* state = StateOf(*db);
+  const uint64_t own_writes = state != nullptr ? state->own_writes.load() : 0;
+  const bool refresh = reader == nullptr;
+  std::shared_ptr<SingleFlight::Flight> started;
+  const SingleFlight::Entry entry = flights_.Enter(
+      about.key, own_writes, &reader,
+      [&]() -> std::shared_ptr<SingleFlight::Flight> {
+        auto fill = std::make_shared<Fill>();
+        fill->key = about.key;
+        fill->lsn = about.lsn;
+        fill->own_writes = own_writes;
+        fill->db = db;
+        fill->generation = generation;
+        fill->near_generation = about.near_generation;
+        fill->keyed = keyed;
+        fill->tags = std::move(tags);
+        fill->ttl = absl::Milliseconds(about.request().cache().ttl_ms());
+        fill->stale = absl::Milliseconds(about.request().cache().stale_while_revalidate_ms());
+        fill->trace = refresh ? telemetry::CurrentSpanContext() : about.work().trace;
+        fill->in_flight = in_flight_.Begin();
+        return fill;
+      },
+      &started);
+  if (entry == SingleFlight::Entry::kJoined) {
+    counters_.coalesced.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (entry == SingleFlight::Entry::kRunning) return;  // a refresh is on its way already
+  if (entry == SingleFlight::Entry::kAlone) {
+    RunOnDatabase(*reader, Bypass::kToken);
+    return;
+  }
+  std::shared_ptr<Fill> fill = std::static_pointer_cast<Fill>(std::move(started));
   auto work = std::make_shared<OwnedStatement>();
-  work->sql = request.sql();
-  work->params = request.params();
+  work->sql = about.request().sql();
+  work->params = about.request().params();
   work->holder = "cache fill";
-  work->trace = flight->trace;
+  work->trace = fill->trace;
   work->Prepare(deadline, limits_.max_rows(), limits_.max_bytes());
-  if (absl::StartsWith(key, kReadOnlyScope)) {
+  if (absl::StartsWith(fill->key, kReadOnlyScope)) {
     // A read-only caller's scope: the fill is a read-only transaction too.
     OwnedStatement* raw = work.get();
     work->batchable = false;
@@ -772,62 +689,57 @@ void ReadCache::Fly(Database* db, const v1::ExecuteRequest& request, const std::
   work->replica_ok = true;
   work->cache_fill = true;
   work->min_lsn = ReplicaFillFence(state);
-  flight->work = work;
-  work->done = [this, flight, token = in_flight_.Begin()](absl::Status s) mutable {
-    const InFlight::Token held = std::move(token);
-    Land(flight, std::move(s));
+  fill->work = work;
+  work->done = [this, fill](absl::Status s) mutable {
+    // The last hold of the fill: it (and its count in flight) ends here.
+    const std::shared_ptr<Fill> landing = std::move(fill);
+    Land(*landing, std::move(s));
   };
   SubmitOrFail(*db, std::move(work));
 }
 
-void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status) {
-  std::vector<std::unique_ptr<Participant>> participants;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = flights_.find(flight->key);
-    if (it != flights_.end() && it->second == flight) flights_.erase(it);
-    participants.swap(flight->participants);
-  }
-  // The work's `done` (running this) holds the flight: the flight lets go of
+void ReadCache::Land(Fill& fill, absl::Status status) {
+  std::vector<std::shared_ptr<CachedRead>> readers = flights_.Land(fill);
+  // The work's `done` (running this) holds the fill: the fill lets go of
   // the work, or neither (nor the result) is ever freed.
-  const std::shared_ptr<OwnedStatement> work = std::move(flight->work);
+  const std::shared_ptr<OwnedStatement> work = std::move(fill.work);
   const v1::ResultSet& result = work->result;
   if (status.ok()) {
     std::string value = result.SerializeAsString();
-    if (near_ != nullptr && flight->near_generation != 0 &&
+    if (near_ != nullptr && fill.near_generation != 0 &&
         value.size() <= config_.max_value_bytes()) {
-      near_->Fill(flight->key, std::make_shared<const v1::ResultSet>(result), flight->ttl,
-                  flight->tags, flight->near_generation);
+      near_->Fill(fill.key, std::make_shared<const v1::ResultSet>(result), fill.ttl, fill.tags,
+                  fill.near_generation);
     }
     if (value.size() <= config_.max_value_bytes() && breaker_.Usable()) {
-      CacheFill fill;
-      fill.key = flight->key;
-      fill.value = std::move(value);
-      fill.ttl = flight->ttl;
-      fill.stale = flight->stale;
-      fill.tags = flight->tags;
-      fill.read_generation = flight->generation;
+      CacheFill stored;
+      stored.key = fill.key;
+      stored.value = std::move(value);
+      stored.ttl = fill.ttl;
+      stored.stale = fill.stale;
+      stored.tags = fill.tags;
+      stored.read_generation = fill.generation;
       auto span = std::make_shared<telemetry::Span>(
-          telemetry::StartSpan("cache.fill", telemetry::SpanKind::kInternal, flight->trace));
-      span->SetAttribute("poolside.cache.value_bytes", fill.value.size());
-      span->SetAttribute("db.namespace", flight->db->name());
-      span->SetAttribute("poolside.cache.keyed", flight->keyed);
+          telemetry::StartSpan("cache.fill", telemetry::SpanKind::kInternal, fill.trace));
+      span->SetAttribute("poolside.cache.value_bytes", stored.value.size());
+      span->SetAttribute("db.namespace", fill.db->name());
+      span->SetAttribute("poolside.cache.keyed", fill.keyed);
       telemetry::ScopedSpanContext fill_scope(span->context());
-      const bool keyed = flight->keyed;
-      client_->Set(std::move(fill), [this, span, keyed, token = in_flight_.Begin()](
-                                        absl::StatusOr<bool> stored) mutable {
+      const bool keyed = fill.keyed;
+      client_->Set(std::move(stored), [this, span, keyed, token = in_flight_.Begin()](
+                                          absl::StatusOr<bool> done) mutable {
         const InFlight::Token held = std::move(token);
-        SidecarResult(stored.ok());
+        SidecarResult(done.ok());
         // "refused": the sidecar saw a newer invalidation (or would not admit it).
-        span->SetAttribute("poolside.cache.outcome", !stored.ok() ? "error"
-                                                     : *stored    ? "stored"
-                                                                  : "refused");
-        span->SetStatus(stored.status());
+        span->SetAttribute("poolside.cache.outcome", !done.ok() ? "error"
+                                                     : *done    ? "stored"
+                                                                : "refused");
+        span->SetStatus(done.status());
         span->End();
-        if (stored.ok()) {
-          (*stored ? counters_.fills : counters_.fills_refused)
+        if (done.ok()) {
+          (*done ? counters_.fills : counters_.fills_refused)
               .fetch_add(1, std::memory_order_relaxed);
-          if (*stored && keyed) counters_.keyed_fills.fetch_add(1, std::memory_order_relaxed);
+          if (*done && keyed) counters_.keyed_fills.fetch_add(1, std::memory_order_relaxed);
         }
       });
     }
@@ -835,14 +747,14 @@ void ReadCache::Land(const std::shared_ptr<Flight>& flight, absl::Status status)
   const bool callers_own_problem = status.code() == absl::StatusCode::kDeadlineExceeded ||
                                    status.code() == absl::StatusCode::kCancelled ||
                                    status.code() == absl::StatusCode::kResourceExhausted;
-  for (auto& p : participants) {
-    if (callers_own_problem && absl::Now() < p->deadline) {
+  for (const std::shared_ptr<CachedRead>& r : readers) {
+    if (callers_own_problem && absl::Now() < r->deadline()) {
       // The shared query ran out of its first caller's time (or its limits);
       // this caller still has time of its own.
-      p->run_plain();
+      r->RunPlain();
       continue;
     }
-    Deliver(*p, status, result, v1::MISS, v1::DATABASE, flight->lsn, work->member);
+    r->Answer(status, result, v1::MISS, v1::DATABASE, fill.lsn, work->member);
   }
 }
 

@@ -94,6 +94,7 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.pb.h"
 #include "services/query/cache_client.h"
+#include "services/query/cached_read.h"
 #include "services/query/database.h"
 #include "services/query/in_flight.h"
 #include "services/query/lsn_waiters.h"
@@ -101,6 +102,7 @@
 #include "services/query/result_sinks.h"
 #include "services/query/row_keys.h"
 #include "services/query/sidecar_breaker.h"
+#include "services/query/single_flight.h"
 #include "services/query/statement_plans.h"
 #include "services/query/token_fence.h"
 #include "services/query/wal_relay.h"
@@ -224,40 +226,35 @@ class ReadCache {
   const NearCache* near_cache() const { return near_.get(); }
 
  private:
-  struct Flight;
+  struct Fill;
   struct DbState;
-  struct Participant;
   struct Applying;
 
   std::string KeyFor(const Database& db, const v1::ExecuteRequest& request, bool read_only) const;
-  // Execute once the stream has applied the request's min_lsn (or none).
-  // `owned` may be null: then `borrowed` is the request, copied if needed.
-  void ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned, std::string key,
-                     std::shared_ptr<Work> work, v1::ExecuteResponse* response, uint64_t max_rows,
-                     uint64_t max_bytes, std::function<void()> run_plain,
-                     const v1::ExecuteRequest* borrowed = nullptr);
-  void Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> request, std::string key,
-              std::shared_ptr<Work> work, v1::ExecuteResponse* response, uint64_t max_rows,
-              uint64_t max_bytes, std::function<void()> run_plain, StatementPlans::Plan tables,
-              uint64_t near_generation, uint64_t lsn);
-  // Joins or starts the flight for `key`. `participant` may be empty (a
-  // background refresh of a stale entry). `near_generation`: the near
-  // cache's, taken before the lookup that led here; `lsn`: the applied LSN
-  // then.
-  void Fly(Database* db, const v1::ExecuteRequest& request, const std::string& key,
-           uint64_t generation, uint64_t near_generation, uint64_t lsn,
-           std::vector<std::string> tags, bool keyed, absl::Time deadline,
-           std::unique_ptr<Participant> participant);
-  void Land(const std::shared_ptr<Flight>& flight, absl::Status status);
-  // `member`: the topology member a fill read (databases with replicas).
-  void Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
-               v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
-               const std::string& member = "");
-  // Claims `work` and answers it with `result` (within the caller's limits).
-  static void Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
-                     uint64_t max_bytes, const absl::Status& status, const v1::ResultSet& result,
-                     v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
-                     const std::string& member = "");
+
+  // The steps of a cached read (cached_read.h), in order. Each either
+  // answers the read (from the near cache or the sidecar), hands it to the
+  // database (RunOnDatabase, counting why), or passes it on.
+  //
+  // Answers `read` if it can without the sidecar: runs it on the database
+  // when the database is not ready, the key too long or the sidecar skipped;
+  // answers a near-cache hit. False: it goes on to LookUp.
+  bool AnswerWithoutSidecar(CachedRead& read);
+  // Learns the statement's plan (remembered, or EXPLAIN), then WithPlan.
+  void LookUp(std::shared_ptr<CachedRead> read);
+  // A plain read of watched tables asks the sidecar.
+  void WithPlan(std::shared_ptr<CachedRead> read, StatementPlans::Learned plan);
+  // A hit answers; a stale entry answers and is refreshed; a miss reads.
+  void OnSidecarLookup(std::shared_ptr<CachedRead> read, absl::StatusOr<CacheLookup> found);
+  // Joins or starts the flight for about.key (single_flight.h); `reader`
+  // (about itself, or null for a background refresh of a stale entry) gets
+  // its result. `generation`: the sidecar's at the lookup.
+  void ReadShared(const CachedRead& about, std::shared_ptr<CachedRead> reader, uint64_t generation,
+                  std::vector<std::string> tags, bool keyed, absl::Time deadline);
+  // The flight's read finished: fills the near cache and the sidecar,
+  // answers its readers.
+  void Land(Fill& fill, absl::Status status);
+  void RunOnDatabase(CachedRead& read, Bypass reason);
   void CountBypass(Bypass reason) const;
 
   // The outcome of a sidecar call: counted, and told to the breaker.
@@ -292,9 +289,7 @@ class ReadCache {
   StatementPlans plans_;
   // Reset by the destructor once the listeners stopped (the waiting reads run plain).
   std::unique_ptr<LsnWaiters> waiters_ = std::make_unique<LsnWaiters>();
-
-  mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<Flight>> flights_ ABSL_GUARDED_BY(mu_);
+  SingleFlight flights_;
 
   absl::Notification stopping_;
   std::vector<std::thread> threads_;
