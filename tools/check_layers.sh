@@ -18,10 +18,13 @@ CORES=(
   //services/query:query_engine
   //services/query:read_cache
   //services/query:database
+  //services/query:cache_bypass
   //services/query:cache_client
   //services/query:cached_read
   //services/query:index_advice
   //services/query:in_flight
+  //services/query:invalidation
+  //services/query:invalidation_state
   //services/query:lsn_waiters
   //services/query:named_queries
   //services/query:near_cache
