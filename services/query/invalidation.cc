@@ -406,6 +406,16 @@ void Invalidation::Apply(DatabaseInvalidation* state, Applying* a) {
   *a = Applying{};
 }
 
+// One subscription of a database's listener: its own connection, LISTENing
+// on the channel, and the cached tables it found.
+struct Invalidation::Subscription {
+  InvalidationMode mode = InvalidationMode::kWal;
+  std::unique_ptr<db::Connection> conn;
+  std::vector<std::string> resolved;   // as DDL names them
+  std::vector<std::string> qualified;  // "schema.table", as plans and NOTIFY name them
+  bool warned_publish = false;
+};
+
 void Invalidation::Listen(DatabaseInvalidation* state) {
   Database* db = state->db;
   absl::Duration backoff = absl::Milliseconds(100);
@@ -418,170 +428,20 @@ void Invalidation::Listen(DatabaseInvalidation* state) {
     state->subscribed.store(false);
     state->stream.store(0);
     state->mode_changed.store(false);
-    const InvalidationMode mode = state->mode.load();
-    if (mode == InvalidationMode::kOff) {
+    Subscription sub;
+    sub.mode = state->mode.load();
+    if (sub.mode == InvalidationMode::kOff) {
       stopping_.WaitForNotificationWithTimeout(absl::Seconds(1));
       continue;
     }
-    db::ConnectionOptions options;
-    options.dsn = db->config().dsn();
-    options.application_name = absl::StrCat("poolside-listener/", db->name());
-    options.connect_timeout = absl::Milliseconds(db->config().pool().connect_timeout_ms());
-    absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(options);
-    if (!conn.ok()) {
-      telemetry::LogWarning(
-          "cache invalidation listener cannot connect; reads of this "
-          "database bypass the cache",
-          {{"database", db->name()}, {"error", std::string(conn.status().message())}});
+    const Subscribed subscribed = Subscribe(state, &sub);
+    if (subscribed == Subscribed::kModeChanged) continue;
+    if (subscribed == Subscribed::kFailed) {
       pause();
       continue;
     }
-    if (mode == InvalidationMode::kWal) {
-      absl::StatusOr<bool> logical = WalLevelIsLogical(**conn, absl::Now() + absl::Seconds(10));
-      if (!logical.ok()) {
-        pause();
-        continue;
-      }
-      if (!*logical) {
-        OnWalUnavailable(state, absl::FailedPreconditionError(absl::StrCat(
-                                    "database ", db->name(),
-                                    ": its server's wal_level is not logical (cache.invalidation "
-                                    "is \"wal\")")));
-        continue;
-      }
-    }
-    std::vector<std::string> resolved;   // as DDL names them
-    std::vector<std::string> qualified;  // "schema.table", as plans and NOTIFY name them
-    for (const std::string& table : state->tables) {
-      google::protobuf::RepeatedPtrField<v1::Value> params;
-      params.Add()->set_text_value(table);
-      absl::StatusOr<v1::ResultSet> rs =
-          QueryOwn(**conn,
-                   "SELECT c.oid::regclass::text, n.nspname || '.' || c.relname "
-                   "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                   "WHERE c.oid = $1::text::regclass",
-                   params, absl::Now() + absl::Seconds(10));
-      if (rs.ok() && rs->rows_size() == 1) {
-        resolved.push_back(rs->rows(0).values(0).text_value());
-        qualified.push_back(rs->rows(0).values(1).text_value());
-      } else {
-        telemetry::LogError("cached table not found; its writes are not seen by the cache",
-                            {{"database", db->name()},
-                             {"table", table},
-                             {"error", std::string(rs.status().message())}});
-      }
-    }
-    std::vector<std::string> watched;
-    if (mode == InvalidationMode::kTrigger) {
-      // Triggers first (idempotent), then LISTEN, then the flush: whatever
-      // was written before the flush is gone from the cache, and whatever is
-      // written after it is notified.
-      const std::string channel_literal =
-          absl::StrCat("'", absl::StrReplaceAll(config_.channel(), {{"'", "''"}}), "'");
-      std::vector<std::string> ddl = {
-          absl::StrCat("SELECT pg_advisory_xact_lock(", kInstallLock, ")"),
-          "CREATE OR REPLACE FUNCTION public.poolside_notify_write() RETURNS trigger "
-          "LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify(TG_ARGV[0], TG_TABLE_SCHEMA || '.' || "
-          "TG_TABLE_NAME); RETURN NULL; END $$"};
-      for (const std::string& table : resolved) {
-        ddl.push_back(absl::StrCat(
-            "CREATE OR REPLACE TRIGGER poolside_invalidate AFTER INSERT OR UPDATE OR DELETE OR "
-            "TRUNCATE ON ",
-            table, " FOR EACH STATEMENT EXECUTE FUNCTION public.poolside_notify_write(",
-            channel_literal, ")"));
-      }
-      std::vector<db::Statement> statements(ddl.size());
-      std::vector<db::Statement*> ptrs;
-      for (size_t i = 0; i < ddl.size(); ++i) {
-        statements[i].sql = ddl[i];
-        ptrs.push_back(&statements[i]);
-      }
-      absl::Status installed =
-          (*conn)->RunTransaction("BEGIN", ptrs, absl::Now() + absl::Seconds(30), nullptr);
-      if (!installed.ok()) {
-        telemetry::LogError(
-            "cannot install the invalidation triggers; retrying",
-            {{"database", db->name()}, {"error", std::string(installed.message())}});
-        pause();
-        continue;
-      }
-      watched = qualified;
-    }
-    if (absl::Status s = (*conn)->Listen(config_.channel(), absl::Now() + absl::Seconds(10));
-        !s.ok()) {
-      pause();
-      continue;
-    }
-    // "wal": which cached tables the stream decodes (the holder publishes
-    // them); read after LISTEN, so a table published later is only counted
-    // once the stream that publishes it has been seen.
-    bool warned_publish = false;
-    state->published_at = absl::InfinitePast();
-    auto refresh_published = [&]() -> bool {
-      size_t watched_now;
-      {
-        absl::MutexLock lock(&state->watched_mu);
-        watched_now = state->watched.size();
-      }
-      if (watched_now < qualified.size() || state->published_at == absl::InfinitePast()) {
-        // This replica's cached tables are decoded whoever holds the slot;
-        // until the publication exists (its first holder creates it), again
-        // at each refresh.
-        if (absl::Status s = PublishTables(**conn, config_.wal().publication(), state->tables,
-                                           absl::Now() + absl::Seconds(10));
-            !s.ok() && !warned_publish) {
-          warned_publish = true;
-          telemetry::LogWarning(
-              "cannot add the cached tables to the publication; reads of "
-              "those not in it bypass the cache",
-              {{"database", db->name()}, {"error", std::string(s.message())}});
-        }
-      }
-      google::protobuf::RepeatedPtrField<v1::Value> params;
-      params.Add()->set_text_value(config_.wal().publication());
-      absl::StatusOr<v1::ResultSet> rs =
-          QueryOwn(**conn,
-                   "SELECT schemaname || '.' || tablename FROM pg_catalog.pg_publication_tables "
-                   "WHERE pubname = $1",
-                   params, absl::Now() + absl::Seconds(10));
-      if (!rs.ok()) return false;
-      absl::flat_hash_set<std::string> published;
-      for (const v1::Row& row : rs->rows()) published.insert(row.values(0).text_value());
-      absl::MutexLock lock(&state->watched_mu);
-      state->watched.clear();
-      for (const std::string& t : qualified) {
-        if (published.contains(t)) state->watched.insert(t);
-      }
-      state->published_at = absl::Now();
-      return true;
-    };
-    if (mode == InvalidationMode::kWal) {
-      if (!refresh_published()) {
-        pause();
-        continue;
-      }
-      google::protobuf::RepeatedPtrField<v1::Value> none;
-      absl::StatusOr<v1::ResultSet> triggers =
-          QueryOwn(**conn,
-                   "SELECT string_agg(tgrelid::regclass::text, ', ') FROM pg_catalog.pg_trigger "
-                   "WHERE tgname = 'poolside_invalidate'",
-                   none, absl::Now() + absl::Seconds(10));
-      if (triggers.ok() && triggers->rows_size() == 1 &&
-          !triggers->rows(0).values(0).text_value().empty()) {
-        const std::string on = triggers->rows(0).values(0).text_value();
-        state->SetNote(absl::StrCat("poolside_invalidate triggers still installed on ", on,
-                                    ": writers pay for them; drop them once no replica uses "
-                                    "cache.invalidation \"trigger\""));
-        telemetry::LogWarning(
-            "NOTIFY triggers of trigger mode are still installed; writers of "
-            "these tables pay for them",
-            {{"database", db->name()}, {"tables", on}});
-      }
-    } else {
-      absl::MutexLock lock(&state->watched_mu);
-      state->watched.clear();
-      state->watched.insert(watched.begin(), watched.end());
-    }
+    // After LISTEN: whatever was written before the flush is gone from the
+    // cache, and whatever is written after it is notified.
     while (!stopping_.HasBeenNotified() && !FlushDatabase(state, "reconnect")) pause();
     if (stopping_.HasBeenNotified()) break;
     state->fresh = true;
@@ -591,46 +451,9 @@ void Invalidation::Listen(DatabaseInvalidation* state) {
     telemetry::LogInfo("cache invalidation listener subscribed",
                        {{"database", db->name()},
                         {"channel", config_.channel()},
-                        {"mode", InvalidationModeName(mode)},
-                        {"tables", absl::StrJoin(resolved, ",")}});
-    absl::Time last_ping = absl::Now();
-    while (!stopping_.HasBeenNotified() && !state->mode_changed.load()) {
-      std::vector<db::Notification> got;
-      absl::Status s = (*conn)->AwaitNotifications(absl::Now() + absl::Milliseconds(250), &got);
-      if (!s.ok()) break;
-      if (!got.empty()) {
-        notifications_->fetch_add(got.size(), std::memory_order_relaxed);
-        Applying a;
-        for (const db::Notification& n : got) {
-          if (IsRelayPayload(n.payload)) {
-            OnRelayed(state, **conn, n, &a);
-          } else {
-            // A trigger's: the table's name.
-            a.tags.push_back(TableTag(db->name(), n.payload));
-          }
-        }
-        Apply(state, &a);
-        if ((*conn)->broken()) break;
-      }
-      if (state->flushed_epoch.load() != state->suspect_epoch.load()) {
-        FlushDatabase(state, "resume");
-      }
-      if (mode == InvalidationMode::kWal) {
-        bool complete;
-        {
-          absl::MutexLock lock(&state->watched_mu);
-          complete = state->watched.size() == qualified.size();
-        }
-        // Sooner while some cached table is not published yet (its
-        // publication may not exist before the first holder's stream).
-        const absl::Duration every = complete ? kPublicationRefresh : absl::Seconds(1);
-        if (absl::Now() - state->published_at > every && !refresh_published()) break;
-      }
-      if (absl::Now() - last_ping > absl::Seconds(5)) {
-        if (!(*conn)->Ping(absl::Now() + absl::Seconds(5))) break;
-        last_ping = absl::Now();
-      }
-    }
+                        {"mode", InvalidationModeName(sub.mode)},
+                        {"tables", absl::StrJoin(sub.resolved, ",")}});
+    Receive(state, &sub);
     state->subscribed.store(false);
     state->stream.store(0);
     if (!stopping_.HasBeenNotified()) {
@@ -642,6 +465,206 @@ void Invalidation::Listen(DatabaseInvalidation* state) {
             {{"database", db->name()}});
         pause();
       }
+    }
+  }
+}
+
+Invalidation::Subscribed Invalidation::Subscribe(DatabaseInvalidation* state, Subscription* sub) {
+  Database* db = state->db;
+  db::ConnectionOptions options;
+  options.dsn = db->config().dsn();
+  options.application_name = absl::StrCat("poolside-listener/", db->name());
+  options.connect_timeout = absl::Milliseconds(db->config().pool().connect_timeout_ms());
+  absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(options);
+  if (!conn.ok()) {
+    telemetry::LogWarning(
+        "cache invalidation listener cannot connect; reads of this "
+        "database bypass the cache",
+        {{"database", db->name()}, {"error", std::string(conn.status().message())}});
+    return Subscribed::kFailed;
+  }
+  sub->conn = *std::move(conn);
+  db::Connection& c = *sub->conn;
+  if (sub->mode == InvalidationMode::kWal) {
+    absl::StatusOr<bool> logical = WalLevelIsLogical(c, absl::Now() + absl::Seconds(10));
+    if (!logical.ok()) return Subscribed::kFailed;
+    if (!*logical) {
+      OnWalUnavailable(state, absl::FailedPreconditionError(absl::StrCat(
+                                  "database ", db->name(),
+                                  ": its server's wal_level is not logical (cache.invalidation "
+                                  "is \"wal\")")));
+      return Subscribed::kModeChanged;
+    }
+  }
+  for (const std::string& table : state->tables) {
+    google::protobuf::RepeatedPtrField<v1::Value> params;
+    params.Add()->set_text_value(table);
+    absl::StatusOr<v1::ResultSet> rs =
+        QueryOwn(c,
+                 "SELECT c.oid::regclass::text, n.nspname || '.' || c.relname "
+                 "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                 "WHERE c.oid = $1::text::regclass",
+                 params, absl::Now() + absl::Seconds(10));
+    if (rs.ok() && rs->rows_size() == 1) {
+      sub->resolved.push_back(rs->rows(0).values(0).text_value());
+      sub->qualified.push_back(rs->rows(0).values(1).text_value());
+    } else {
+      telemetry::LogError("cached table not found; its writes are not seen by the cache",
+                          {{"database", db->name()},
+                           {"table", table},
+                           {"error", std::string(rs.status().message())}});
+    }
+  }
+  // Trigger mode: the triggers first (idempotent), then LISTEN, then the flush.
+  if (sub->mode == InvalidationMode::kTrigger) {
+    if (absl::Status installed = InstallTriggers(c, sub->resolved); !installed.ok()) {
+      telemetry::LogError("cannot install the invalidation triggers; retrying",
+                          {{"database", db->name()}, {"error", std::string(installed.message())}});
+      return Subscribed::kFailed;
+    }
+  }
+  if (absl::Status s = c.Listen(config_.channel(), absl::Now() + absl::Seconds(10)); !s.ok()) {
+    return Subscribed::kFailed;
+  }
+  if (sub->mode == InvalidationMode::kTrigger) {
+    absl::MutexLock lock(&state->watched_mu);
+    state->watched.clear();
+    state->watched.insert(sub->qualified.begin(), sub->qualified.end());
+    return Subscribed::kYes;
+  }
+  // "wal": which cached tables the stream decodes (the holder publishes
+  // them); read after LISTEN, so a table published later is only counted
+  // once the stream that publishes it has been seen.
+  state->published_at = absl::InfinitePast();
+  if (!RefreshPublished(state, sub)) return Subscribed::kFailed;
+  NoteLeftoverTriggers(state, c);
+  return Subscribed::kYes;
+}
+
+absl::Status Invalidation::InstallTriggers(db::Connection& conn,
+                                           const std::vector<std::string>& tables) {
+  const std::string channel_literal =
+      absl::StrCat("'", absl::StrReplaceAll(config_.channel(), {{"'", "''"}}), "'");
+  std::vector<std::string> ddl = {
+      absl::StrCat("SELECT pg_advisory_xact_lock(", kInstallLock, ")"),
+      "CREATE OR REPLACE FUNCTION public.poolside_notify_write() RETURNS trigger "
+      "LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify(TG_ARGV[0], TG_TABLE_SCHEMA || '.' || "
+      "TG_TABLE_NAME); RETURN NULL; END $$"};
+  for (const std::string& table : tables) {
+    ddl.push_back(absl::StrCat(
+        "CREATE OR REPLACE TRIGGER poolside_invalidate AFTER INSERT OR UPDATE OR DELETE OR "
+        "TRUNCATE ON ",
+        table, " FOR EACH STATEMENT EXECUTE FUNCTION public.poolside_notify_write(",
+        channel_literal, ")"));
+  }
+  std::vector<db::Statement> statements(ddl.size());
+  std::vector<db::Statement*> ptrs;
+  for (size_t i = 0; i < ddl.size(); ++i) {
+    statements[i].sql = ddl[i];
+    ptrs.push_back(&statements[i]);
+  }
+  return conn.RunTransaction("BEGIN", ptrs, absl::Now() + absl::Seconds(30), nullptr);
+}
+
+void Invalidation::NoteLeftoverTriggers(DatabaseInvalidation* state, db::Connection& conn) {
+  google::protobuf::RepeatedPtrField<v1::Value> none;
+  absl::StatusOr<v1::ResultSet> triggers =
+      QueryOwn(conn,
+               "SELECT string_agg(tgrelid::regclass::text, ', ') FROM pg_catalog.pg_trigger "
+               "WHERE tgname = 'poolside_invalidate'",
+               none, absl::Now() + absl::Seconds(10));
+  if (!triggers.ok() || triggers->rows_size() != 1 ||
+      triggers->rows(0).values(0).text_value().empty()) {
+    return;
+  }
+  const std::string on = triggers->rows(0).values(0).text_value();
+  state->SetNote(absl::StrCat("poolside_invalidate triggers still installed on ", on,
+                              ": writers pay for them; drop them once no replica uses "
+                              "cache.invalidation \"trigger\""));
+  telemetry::LogWarning(
+      "NOTIFY triggers of trigger mode are still installed; writers of "
+      "these tables pay for them",
+      {{"database", state->db->name()}, {"tables", on}});
+}
+
+bool Invalidation::RefreshPublished(DatabaseInvalidation* state, Subscription* sub) {
+  db::Connection& conn = *sub->conn;
+  size_t watched_now;
+  {
+    absl::MutexLock lock(&state->watched_mu);
+    watched_now = state->watched.size();
+  }
+  if (watched_now < sub->qualified.size() || state->published_at == absl::InfinitePast()) {
+    // This replica's cached tables are decoded whoever holds the slot;
+    // until the publication exists (its first holder creates it), again
+    // at each refresh.
+    if (absl::Status s = PublishTables(conn, config_.wal().publication(), state->tables,
+                                       absl::Now() + absl::Seconds(10));
+        !s.ok() && !sub->warned_publish) {
+      sub->warned_publish = true;
+      telemetry::LogWarning(
+          "cannot add the cached tables to the publication; reads of "
+          "those not in it bypass the cache",
+          {{"database", state->db->name()}, {"error", std::string(s.message())}});
+    }
+  }
+  google::protobuf::RepeatedPtrField<v1::Value> params;
+  params.Add()->set_text_value(config_.wal().publication());
+  absl::StatusOr<v1::ResultSet> rs =
+      QueryOwn(conn,
+               "SELECT schemaname || '.' || tablename FROM pg_catalog.pg_publication_tables "
+               "WHERE pubname = $1",
+               params, absl::Now() + absl::Seconds(10));
+  if (!rs.ok()) return false;
+  absl::flat_hash_set<std::string> published;
+  for (const v1::Row& row : rs->rows()) published.insert(row.values(0).text_value());
+  absl::MutexLock lock(&state->watched_mu);
+  state->watched.clear();
+  for (const std::string& t : sub->qualified) {
+    if (published.contains(t)) state->watched.insert(t);
+  }
+  state->published_at = absl::Now();
+  return true;
+}
+
+void Invalidation::Receive(DatabaseInvalidation* state, Subscription* sub) {
+  db::Connection& conn = *sub->conn;
+  absl::Time last_ping = absl::Now();
+  while (!stopping_.HasBeenNotified() && !state->mode_changed.load()) {
+    std::vector<db::Notification> got;
+    absl::Status s = conn.AwaitNotifications(absl::Now() + absl::Milliseconds(250), &got);
+    if (!s.ok()) return;
+    if (!got.empty()) {
+      notifications_->fetch_add(got.size(), std::memory_order_relaxed);
+      Applying a;
+      for (const db::Notification& n : got) {
+        if (IsRelayPayload(n.payload)) {
+          OnRelayed(state, conn, n, &a);
+        } else {
+          // A trigger's: the table's name.
+          a.tags.push_back(TableTag(state->db->name(), n.payload));
+        }
+      }
+      Apply(state, &a);
+      if (conn.broken()) return;
+    }
+    if (state->flushed_epoch.load() != state->suspect_epoch.load()) {
+      FlushDatabase(state, "resume");
+    }
+    if (sub->mode == InvalidationMode::kWal) {
+      bool complete;
+      {
+        absl::MutexLock lock(&state->watched_mu);
+        complete = state->watched.size() == sub->qualified.size();
+      }
+      // Sooner while some cached table is not published yet (its
+      // publication may not exist before the first holder's stream).
+      const absl::Duration every = complete ? kPublicationRefresh : absl::Seconds(1);
+      if (absl::Now() - state->published_at > every && !RefreshPublished(state, sub)) return;
+    }
+    if (absl::Now() - last_ping > absl::Seconds(5)) {
+      if (!conn.Ping(absl::Now() + absl::Seconds(5))) return;
+      last_ping = absl::Now();
     }
   }
 }

@@ -131,8 +131,28 @@ class Invalidation {
  private:
   // What a burst of notifications asks the listener to do, applied at once.
   struct Applying;
+  struct Subscription;
+  enum class Subscribed {
+    kYes,          // LISTENing, the tables found: flush, then receive
+    kFailed,       // try again after a pause
+    kModeChanged,  // the server cannot do "wal": again, in the new mode
+  };
 
+  // A database's listener thread: subscribes, flushes, receives; again
+  // whenever the connection is lost or the mode changes.
   void Listen(DatabaseInvalidation* state);
+  // Connects, finds the cached tables, installs the triggers (trigger mode)
+  // or publishes the tables ("wal"), LISTENs.
+  Subscribed Subscribe(DatabaseInvalidation* state, Subscription* sub);
+  absl::Status InstallTriggers(db::Connection& conn, const std::vector<std::string>& tables);
+  // "wal": notes (and logs) trigger mode's triggers left installed.
+  void NoteLeftoverTriggers(DatabaseInvalidation* state, db::Connection& conn);
+  // "wal": publishes the cached tables until all are, and reads which are
+  // (the watched ones). False when the connection failed.
+  bool RefreshPublished(DatabaseInvalidation* state, Subscription* sub);
+  // Applies what arrives until the connection fails, the mode changes or
+  // Stop().
+  void Receive(DatabaseInvalidation* state, Subscription* sub);
   // The WAL-mode listener's work on what arrived: see Applying.
   void OnRelayed(DatabaseInvalidation* state, db::Connection& conn, const db::Notification& n,
                  Applying* a);
