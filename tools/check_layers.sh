@@ -18,17 +18,26 @@ CORES=(
   //services/query:query_engine
   //services/query:read_cache
   //services/query:database
+  //services/query:cache_bypass
   //services/query:cache_client
+  //services/query:cached_read
   //services/query:index_advice
+  //services/query:in_flight
+  //services/query:invalidation
+  //services/query:invalidation_state
   //services/query:lsn_waiters
   //services/query:named_queries
   //services/query:near_cache
+  //services/query:owned_statement
   //services/query:query_config
   //services/query:query_metrics
   //services/query:relay_message
   //services/query:replicas
   //services/query:result_sinks
   //services/query:row_keys
+  //services/query:sidecar_breaker
+  //services/query:single_flight
+  //services/query:statement_plans
   //services/query:statement_stats
   //services/query:wal_relay
   # ingest core

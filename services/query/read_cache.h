@@ -4,14 +4,25 @@
 // Read caching for the query service, through the cache sidecar, without ever
 // serving what a committed write changed (docs/cache.md has the design).
 //
+// ReadCache orchestrates a cached read over its parts:
+//   cached_read.h      one read's state, from Execute to its answer
+//   statement_plans.h  what a statement's plan reads (EXPLAIN, once), its tags
+//   invalidation.h     how each database learns of writes (the WAL relay's
+//                      NOTIFYs, or triggers), whether its reads may use the
+//                      cache now, the applied LSN that consistency tokens wait for
+//   single_flight.h    one database read for identical concurrent misses
+//   sidecar_breaker.h  skipping a failing sidecar for a while
+//   near_cache.h, cache_client.h  the in-process cache and the sidecar
+// The steps of a read: Execute (waits for the request's min_lsn if the
+// applied LSN is behind it) -> AnswerWithoutSidecar (a near-cache hit, or a
+// bypass) -> LookUp (the plan) -> WithPlan (the sidecar's Get) ->
+// OnSidecarLookup (a hit; a stale entry and its refresh; a miss) ->
+// ReadShared (single flight) -> Land (fills, answers every reader).
+//
 // - A cached result is keyed by database, role, SQL and parameters, and
-//   tagged (row_keys.h) with the database ("db:<db>"), each table its plan
-//   reads ("t:<db>:<schema>.<table>", learned once per statement with
-//   EXPLAIN (FORMAT JSON, VERBOSE): views show up as their base tables) and
-//   the caller's extra tags; then either with its row's key ("k:...") when
-//   the statement looks up one row of one table by its whole primary key
-//   (common/sql/key_lookup.h, checked against the catalog and the plan, once
-//   per statement), or else with "tl:" per table (table-level entries).
+//   tagged (row_keys.h) with the database, each table its plan reads, its
+//   row's key when the statement looks up one row by its table's whole
+//   primary key (else each table's table-level tag), and the caller's tags.
 // - Misses fill with the generation their lookup saw, so a result read
 //   before an invalidation is refused by the sidecar (and the near cache) if
 //   it arrives after it: fills are fenced, and a flush fences every fill
@@ -21,124 +32,74 @@
 //   or byte limit fail that caller only. A caller joins a flight only if it
 //   began after this replica's last own write to the database and at or
 //   past the caller's min_lsn.
-// - Writes by anyone, per database (cache.invalidation):
-//   "wal": every replica runs a WalRelay (wal_relay.h); the one holding the
-//   slot relays what it decodes as NOTIFYs on `cache.channel`, which every
-//   replica's listener (one LISTEN connection per database) applies: a row's
-//   change drops that row's key entries and the table-level entries of its
-//   table; TRUNCATE, DDL and changes without a usable key drop the table.
-//   Messages that move the stream's state (hello, positions, heartbeats)
-//   count only from the session holding the election lock (checked in
-//   pg_locks); anything else on the channel may only invalidate. A new
-//   stream (a takeover, a restart) flushes the database's entries, as does
-//   every (re)subscription of the listener. The database's reads bypass the
-//   cache while no stream is known, the holder has been silent or lagging
-//   for cache.wal.maxLagMs, or a flush is pending.
-//   "trigger": a statement-level trigger on each cached table sends NOTIFY
-//   in the writer's transaction; the listener installs them (writers pay).
-//   Only reads of cached tables alone (published ones, in "wal" mode) are
-//   cached; any other read runs on the database (BYPASS).
-// - Consistency tokens ("wal" mode): the listener records the position up to
-//   which every commit has been invalidated here (applied LSN). A read with
-//   a min_lsn beyond it asks the database's TokenFence (token_fence.h) for a
-//   fence, so that the holder relays a position past the token at once even
-//   when no commit to a cached table follows it, and waits up to
-//   cache.wal.tokenWaitMs for the applied LSN to get there; then, or if the
-//   fence failed, it runs on the database. Responses say where a result came
-//   from and the position it reflects at least.
+// - Only reads of cached tables alone whose writes are seen (published ones,
+//   in "wal" mode) are cached; any other read runs on the database (BYPASS),
+//   as do reads of a database whose invalidation is not ready.
+// - Consistency tokens ("wal" mode): a read with a min_lsn beyond the
+//   database's applied LSN asks its TokenFence (token_fence.h) for a fence
+//   and waits up to cache.wal.tokenWaitMs for the applied LSN to get there;
+//   then, or if the fence failed, it runs on the database. Responses say
+//   where a result came from and the position it reflects at least.
 // - Writes through this replica also invalidate their tables before the
 //   caller gets the reply (read-your-writes on this replica without a
 //   token); a statement whose tables cannot be learned (DDL, CALL, ...)
 //   flushes its database's entries.
-// - Near cache (near_cache.h, `cache.near`): results are also kept parsed in
-//   this process and a hit there is answered on the calling thread (outcome
-//   HIT, counted in near_hits too). Filled by sidecar hits and database
-//   fills, with the near cache's generation taken before the lookup. Every
-//   invalidation of this replica is applied to it before the sidecar gets
-//   it, and again once the sidecar answered (a read that began in between
-//   may have found the old entry in the sidecar); invalidations the sidecar
-//   applies for anyone else arrive through its WatchInvalidations stream,
-//   and while that stream is down the near cache does not serve.
+// - Near cache (`cache.near`): results are also kept parsed in this process
+//   and a hit there is answered on the calling thread (outcome HIT, counted
+//   in near_hits too). Filled by sidecar hits and database fills, with the
+//   near cache's generation taken before the lookup. Every invalidation of
+//   this replica reaches it before the sidecar and again once the sidecar
+//   answered; the sidecar's own arrive through its WatchInvalidations
+//   stream, and while that stream is down the near cache does not serve.
 // - Databases with replicas (database.h): a fill may read a replica only
 //   if its replay position covers every invalidation applied here when the
 //   lookup ran ("wal" mode; trigger mode fills read the primary), and every
 //   write through this service (Replicas::WriteFence).
 // - The sidecar being down, slow or restarted never fails a call: the call
-//   runs on the database (outcome BYPASS); after `failure_threshold`
-//   consecutive failures the sidecar is skipped for `retry_after_ms`. An
+//   runs on the database (outcome BYPASS; see sidecar_breaker.h). An
 //   invalidation that could not be delivered makes the database bypass the
 //   cache until a flush succeeds.
 //
-// Thread-safe.
+// Thread-safe. Applies, Execute and ReflectedLsn are called on the queue
+// thread and never block (a near-cache hit is answered there); the sidecar's
+// and the database's callbacks go on wherever they run; AfterWrite runs on
+// database workers; CheckInvalidation blocks (start-up only).
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
-#include <thread>
-#include <utility>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "common/sql/key_lookup.h"
 #include "common/sql/statement_analyzer.h"
-#include "common/telemetry/histogram.h"
+#include "google/protobuf/repeated_ptr_field.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.pb.h"
+#include "services/query/cache_bypass.h"
 #include "services/query/cache_client.h"
+#include "services/query/cached_read.h"
 #include "services/query/database.h"
-#include "services/query/lsn_waiters.h"
+#include "services/query/in_flight.h"
+#include "services/query/invalidation.h"
+#include "services/query/invalidation_state.h"
 #include "services/query/near_cache.h"
-#include "services/query/result_sinks.h"
-#include "services/query/row_keys.h"
-#include "services/query/token_fence.h"
-#include "services/query/wal_relay.h"
+#include "services/query/sidecar_breaker.h"
+#include "services/query/single_flight.h"
+#include "services/query/statement_plans.h"
 
 namespace poolside::query {
-
-// A lookup of one row by its table's whole primary key: the operand of each
-// key column, in the table's column order.
-struct KeyPlan {
-  std::string table;  // "schema.table"
-  std::vector<std::pair<KeyFamily, sql::KeyOperand>> columns;
-};
-
-// What a statement's plan says about it.
-struct StatementTables {
-  bool explained = false;   // false: EXPLAIN refused it (DDL, CALL, ...)
-  bool modifies = false;    // a ModifyTable node (INSERT/UPDATE/DELETE/MERGE, data-modifying CTE)
-  bool locks_rows = false;  // FOR UPDATE/SHARE
-  std::vector<std::string> tables;  // "schema.table", sorted, unique
-  // Set when the statement is a lookup by primary key (learned after the plan).
-  std::optional<KeyPlan> key;
-};
-
-// Parses EXPLAIN (FORMAT JSON, VERBOSE) output. Exposed for tests.
-absl::StatusOr<StatementTables> ParsePlanTables(const std::string& explain_json);
 
 class ReadCache {
  public:
   // Why a cacheable read ran on the database.
-  enum class Bypass {
-    kStream,     // no invalidation stream applies (down, silent, no holder, flush pending)
-    kLag,        // the stream lags past cache.wal.maxLagMs
-    kToken,      // min_lsn not reached within cache.wal.tokenWaitMs (or trigger mode)
-    kUnwatched,  // reads a table whose writes are not seen
-    kPlan,       // not a plain read, or its plan could not be learned
-    kSidecar,    // the sidecar is failing or errored
-    kKeySize,    // the key is too long
-    kOff,        // the database's invalidation is unavailable (walUnavailable: bypass)
-    kCount,
-  };
-  static const char* BypassName(Bypass reason);
+  using Bypass = CacheBypass;
+  static const char* BypassName(Bypass reason) { return CacheBypassName(reason); }
 
   struct Counters {
     std::atomic<uint64_t> hits{0}, stale{0}, misses{0}, bypass{0}, coalesced{0};
@@ -155,25 +116,7 @@ class ReadCache {
   };
 
   // How one database's cache learns of writes, for stats and the status page.
-  struct InvalidationState {
-    std::string database;
-    std::string mode;  // "wal", "trigger", or "off" (walUnavailable: bypass)
-    bool ready = false;
-    bool subscribed = false;
-    // "wal":
-    bool holder = false;  // this replica holds the slot
-    uint64_t stream = 0;  // the stream whose messages are applied, 0 none
-    uint64_t applied_lsn = 0;
-    absl::Duration since_heard = absl::InfiniteDuration();
-    bool lagging = false;
-    uint64_t streams_seen = 0;  // new streams applied (each flushed the database)
-    uint64_t relay_messages = 0;
-    telemetry::Histogram::Snapshot delay;  // commit -> applied here
-    WalRelay::Stats relay;
-    TokenFence::Stats fence;
-    std::vector<std::string> watched;
-    std::string note;  // why not "wal", leftover triggers, ...
-  };
+  using InvalidationState = InvalidationStatus;
 
   // `databases` outlive this.
   ReadCache(const v1::QueryCacheConfig& config, std::unique_ptr<CacheClient> client,
@@ -241,91 +184,52 @@ class ReadCache {
   const NearCache* near_cache() const { return near_.get(); }
 
  private:
-  struct Flight;
-  struct DbState;
-  struct Participant;
-  struct Applying;
+  struct Fill;
 
+  Invalidation::Sinks InvalidationSinks();
   std::string KeyFor(const Database& db, const v1::ExecuteRequest& request, bool read_only) const;
-  // Learns (once) and returns the statement's tables; runs `then` with them.
-  void Tables(Database* db, const std::string& sql,
-              const google::protobuf::RepeatedPtrField<v1::Value>& params, absl::Time deadline,
-              std::function<void(absl::StatusOr<StatementTables>)> then);
-  // Learns whether a plain read of one table is a primary-key lookup; runs
-  // `then` with `t` completed.
-  void LearnKey(Database* db, const std::string& sql, absl::Time deadline, StatementTables t,
-                std::function<void(StatementTables)> then);
-  std::vector<std::string> TagsFor(const Database& db, const StatementTables& t,
-                                   const v1::ExecuteRequest& request, bool* keyed) const;
-  // Execute once the stream has applied the request's min_lsn (or none).
-  // `owned` may be null: then `borrowed` is the request, copied if needed.
-  void ExecuteCached(Database* db, std::shared_ptr<const v1::ExecuteRequest> owned, std::string key,
-                     std::shared_ptr<Work> work, v1::ExecuteResponse* response, uint64_t max_rows,
-                     uint64_t max_bytes, std::function<void()> run_plain,
-                     const v1::ExecuteRequest* borrowed = nullptr);
-  void Lookup(Database* db, std::shared_ptr<const v1::ExecuteRequest> request, std::string key,
-              std::shared_ptr<Work> work, v1::ExecuteResponse* response, uint64_t max_rows,
-              uint64_t max_bytes, std::function<void()> run_plain, StatementTables tables,
-              uint64_t near_generation, uint64_t lsn);
-  // Joins or starts the flight for `key`. `participant` may be empty (a
-  // background refresh of a stale entry). `near_generation`: the near
-  // cache's, taken before the lookup that led here; `lsn`: the applied LSN
-  // then.
-  void Fly(Database* db, const v1::ExecuteRequest& request, const std::string& key,
-           uint64_t generation, uint64_t near_generation, uint64_t lsn,
-           std::vector<std::string> tags, bool keyed, absl::Time deadline,
-           std::unique_ptr<Participant> participant);
-  void Land(const std::shared_ptr<Flight>& flight, absl::Status status);
-  // `member`: the topology member a fill read (databases with replicas).
-  void Deliver(Participant& p, const absl::Status& status, const v1::ResultSet& result,
-               v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
-               const std::string& member = "");
-  // Claims `work` and answers it with `result` (within the caller's limits).
-  static void Answer(Work& work, v1::ExecuteResponse* response, uint64_t max_rows,
-                     uint64_t max_bytes, const absl::Status& status, const v1::ResultSet& result,
-                     v1::CacheOutcome outcome, v1::ResultSource source, uint64_t lsn,
-                     const std::string& member = "");
-  void CountBypass(Bypass reason) const;
 
-  bool SidecarUsable();
+  // The steps of a cached read (cached_read.h), in order. Each either
+  // answers the read (from the near cache or the sidecar), hands it to the
+  // database (RunOnDatabase, counting why), or passes it on.
+  //
+  // Answers `read` if it can without the sidecar: runs it on the database
+  // when the database is not ready, the key too long or the sidecar skipped;
+  // answers a near-cache hit. False: it goes on to LookUp.
+  bool AnswerWithoutSidecar(CachedRead& read);
+  // Learns the statement's plan (remembered, or EXPLAIN), then WithPlan.
+  void LookUp(std::shared_ptr<CachedRead> read);
+  // A plain read of watched tables asks the sidecar.
+  void WithPlan(std::shared_ptr<CachedRead> read, StatementPlans::Learned plan);
+  // A hit answers; a stale entry answers and is refreshed; a miss reads.
+  void OnSidecarLookup(std::shared_ptr<CachedRead> read, absl::StatusOr<CacheLookup> found);
+  // Joins or starts the flight for about.key (single_flight.h); `reader`
+  // (about itself, or null for a background refresh of a stale entry) gets
+  // its result. `generation`: the sidecar's at the lookup.
+  void ReadShared(const CachedRead& about, std::shared_ptr<CachedRead> reader, uint64_t generation,
+                  std::vector<std::string> tags, bool keyed, absl::Time deadline);
+  // The flight's read finished: fills the near cache and the sidecar,
+  // answers its readers.
+  void Land(Fill& fill, absl::Status status);
+  void RunOnDatabase(CachedRead& read, Bypass reason);
+  void CountBypass(Bypass reason) const;
+  // The outcome of a sidecar call: counted, and told to the breaker.
   void SidecarResult(bool ok);
-  void Listen(DbState* state);
-  // The WAL-mode listener's work on what arrived: see Applying.
-  void OnRelayed(DbState* state, db::Connection& conn, const db::Notification& n, Applying* a);
-  void Apply(DbState* state, Applying* a);
-  bool HolderSession(DbState* state, db::Connection& conn, int pid);
-  void ForgetTable(const std::string& database, const std::string& table);
-  void OnWalUnavailable(DbState* state, const absl::Status& why);
-  // Flushes the database's entries; true when the sidecar confirmed.
-  bool FlushDatabase(DbState* state, const std::string& source);
-  void MarkSuspect(DbState* state);
-  DbState* StateOf(const Database& db) const;
-  // What a replica must have replayed for a fill read from it to be stored
-  // (UINT64_MAX: none may; the primary reads). See DbState::fence_lsn.
-  uint64_t ReplicaFillFence(const DbState* state) const;
-  // Why reads of the database bypass the cache now, if they do.
-  std::optional<Bypass> NotReady(const DbState& s) const;
 
   const v1::QueryCacheConfig config_;
   const v1::LimitsConfig limits_;
+  // Sidecar calls, statements, waits and flights not yet finished: their
+  // callbacks reference this (the destructor waits for them).
+  InFlight in_flight_;
   // Before client_: the client's watch thread feeds it until ~ReadCache stops it.
   const std::unique_ptr<NearCache> near_;
   const std::unique_ptr<CacheClient> client_;
-  absl::flat_hash_map<std::string, std::unique_ptr<DbState>> dbs_;
+  SidecarBreaker breaker_;
   mutable Counters counters_;
-  // Reset by the destructor once the listeners stopped (the waiting reads run plain).
-  std::unique_ptr<LsnWaiters> waiters_ = std::make_unique<LsnWaiters>();
-
-  mutable absl::Mutex mu_;
-  absl::flat_hash_map<std::string, std::shared_ptr<Flight>> flights_ ABSL_GUARDED_BY(mu_);
-  // (database, sql) -> tables; bounded, cleared when full.
-  absl::flat_hash_map<std::string, StatementTables> tables_ ABSL_GUARDED_BY(mu_);
-  int consecutive_failures_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time skip_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-
-  std::atomic<int> in_flight_{0};  // sidecar calls and flights not yet finished
-  absl::Notification stopping_;
-  std::vector<std::thread> threads_;
+  StatementPlans plans_;
+  SingleFlight flights_;
+  // After what its sinks point at; stopped by the destructor.
+  Invalidation invalidation_;
 };
 
 }  // namespace poolside::query

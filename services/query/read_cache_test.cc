@@ -25,32 +25,5 @@ TEST(ReadCacheTest, OnlyPlainReadsAreCachedAndEverythingElseInvalidates) {
   }
 }
 
-TEST(ParsePlanTablesTest, FindsTablesAndModifications) {
-  const std::string plan = R"([{"Plan": {"Node Type": "Hash Join", "Plans": [
-      {"Node Type": "Seq Scan", "Relation Name": "orders", "Schema": "shop", "Alias": "o"},
-      {"Node Type": "Hash", "Plans": [
-        {"Node Type": "Index Scan", "Relation Name": "accounts", "Schema": "public"}]},
-      {"Node Type": "Seq Scan", "Relation Name": "orders", "Schema": "shop", "Alias": "o2"}]}}])";
-  absl::StatusOr<StatementTables> t = ParsePlanTables(plan);
-  ASSERT_TRUE(t.ok()) << t.status();
-  EXPECT_TRUE(t->explained);
-  EXPECT_FALSE(t->modifies);
-  EXPECT_FALSE(t->locks_rows);
-  EXPECT_EQ(t->tables, (std::vector<std::string>{"public.accounts", "shop.orders"}));
-
-  t = ParsePlanTables(R"([{"Plan": {"Node Type": "ModifyTable", "Operation": "Insert",
-      "Relation Name": "t", "Schema": "public", "Plans": [{"Node Type": "Result"}]}}])");
-  ASSERT_TRUE(t.ok());
-  EXPECT_TRUE(t->modifies);
-  EXPECT_EQ(t->tables, (std::vector<std::string>{"public.t"}));
-
-  t = ParsePlanTables(R"([{"Plan": {"Node Type": "LockRows", "Plans": [
-      {"Node Type": "Seq Scan", "Relation Name": "t", "Schema": "public"}]}}])");
-  ASSERT_TRUE(t.ok());
-  EXPECT_TRUE(t->locks_rows);
-
-  EXPECT_FALSE(ParsePlanTables("not json").ok());
-}
-
 }  // namespace
 }  // namespace poolside::query
