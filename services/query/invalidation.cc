@@ -121,11 +121,14 @@ void Invalidation::Stop() {
 absl::Status Invalidation::CheckWal(absl::Time deadline) {
   for (auto& [name, state] : dbs_) {
     if (!state->listens || state->mode.load() != InvalidationMode::kWal) continue;
+    absl::StatusOr<std::string> dsn = state->db->AdminDsn();
     db::ConnectionOptions o;
-    o.dsn = state->db->config().dsn();
+    o.dsn = dsn.value_or("");
     o.application_name = absl::StrCat("poolside-listener/", name);
     o.connect_timeout = std::max(absl::Seconds(1), deadline - absl::Now());
-    absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(o);
+    absl::StatusOr<std::unique_ptr<db::Connection>> conn =
+        dsn.ok() ? db::Connection::Open(o)
+                 : absl::StatusOr<std::unique_ptr<db::Connection>>(dsn.status());
     absl::StatusOr<bool> logical =
         conn.ok() ? WalLevelIsLogical(**conn, deadline) : absl::StatusOr<bool>(conn.status());
     if (!logical.ok()) {
@@ -172,6 +175,9 @@ void Invalidation::Start() {
       WalRelay::Options o;
       o.database = name;
       o.dsn = state->db->config().dsn();
+      // With replicas, where the primary is now: decoding, LISTEN and NOTIFY
+      // work on a primary only.
+      o.current_dsn = [db = state->db] { return db->AdminDsn(); };
       o.channel = config_.channel();
       o.publication = wal.publication();
       o.tables = state->tables;
@@ -188,6 +194,7 @@ void Invalidation::Start() {
       TokenFence::Options f;
       f.database = name;
       f.dsn = state->db->config().dsn();
+      f.current_dsn = [db = state->db] { return db->AdminDsn(); };
       f.prefix = WalRelay::FencePrefix(wal.publication(), config_.channel());
       f.connect_timeout = absl::Milliseconds(state->db->config().pool().connect_timeout_ms());
       state->token_fence = std::make_unique<TokenFence>(std::move(f));
@@ -410,6 +417,7 @@ void Invalidation::Apply(DatabaseInvalidation* state, Applying* a) {
 // on the channel, and the cached tables it found.
 struct Invalidation::Subscription {
   InvalidationMode mode = InvalidationMode::kWal;
+  std::string dsn;  // the server listened on: the primary when subscribed
   std::unique_ptr<db::Connection> conn;
   std::vector<std::string> resolved;   // as DDL names them
   std::vector<std::string> qualified;  // "schema.table", as plans and NOTIFY name them
@@ -471,8 +479,18 @@ void Invalidation::Listen(DatabaseInvalidation* state) {
 
 Invalidation::Subscribed Invalidation::Subscribe(DatabaseInvalidation* state, Subscription* sub) {
   Database* db = state->db;
+  // The primary (LISTEN cannot run on a hot standby, and NOTIFY reaches the
+  // sessions of its own server only); Receive() ends when it moves.
+  absl::StatusOr<std::string> dsn = db->AdminDsn();
+  if (!dsn.ok()) {
+    telemetry::LogWarning(
+        "cache invalidation listener: no primary known; reads of this database bypass the cache",
+        {{"database", db->name()}, {"error", std::string(dsn.status().message())}});
+    return Subscribed::kFailed;
+  }
+  sub->dsn = *dsn;
   db::ConnectionOptions options;
-  options.dsn = db->config().dsn();
+  options.dsn = *dsn;
   options.application_name = absl::StrCat("poolside-listener/", db->name());
   options.connect_timeout = absl::Milliseconds(db->config().pool().connect_timeout_ms());
   absl::StatusOr<std::unique_ptr<db::Connection>> conn = db::Connection::Open(options);
@@ -665,6 +683,11 @@ void Invalidation::Receive(DatabaseInvalidation* state, Subscription* sub) {
     if (absl::Now() - last_ping > absl::Seconds(5)) {
       if (!conn.Ping(absl::Now() + absl::Seconds(5))) return;
       last_ping = absl::Now();
+    }
+    // The primary moved (a switchover or failover): this server's NOTIFYs
+    // are no longer the ones that matter; subscribe again where it is.
+    if (absl::StatusOr<std::string> now = state->db->AdminDsn(); !now.ok() || *now != sub->dsn) {
+      return;
     }
   }
 }
