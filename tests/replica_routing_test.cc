@@ -563,6 +563,31 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
   std::optional<v1::MemberStats> m = env.Member(next_primary);
   ASSERT_TRUE(m);
   EXPECT_EQ(m->role(), "primary");
+
+  // The cache follows the new primary (its WAL relay, listener and fences
+  // connect where the primary is now, not to the dead DSN): it serves hits
+  // again, and a write there by a plain client, which only the WAL tells the
+  // cache about, is never answered from the old entry once relayed.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<v1::ExecuteResponse> r = env.Read(0, /*cached=*/true, false, 10);
+        return r.ok() && r->cache() == v1::HIT;
+      },
+      kWait))
+      << "the cache never served a hit after the failover";
+  ASSERT_TRUE(env.cluster().replica(1).Exec(kDb, "UPDATE kv SET v = 4242 WHERE id = 10").ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<v1::ExecuteResponse> r = env.Read(0, /*cached=*/true, false, 10);
+        return r.ok() && ValueOf(*r) == 4242;
+      },
+      kWait))
+      << "the new primary's write never reached the cache";
+  for (int i = 0; i < 5; ++i) {
+    absl::StatusOr<v1::ExecuteResponse> r = env.Read(0, /*cached=*/true, false, 10);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(ValueOf(*r), 4242);
+  }
 }
 
 }  // namespace

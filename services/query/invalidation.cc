@@ -56,13 +56,7 @@ absl::Status InvalidateNow(CacheClient& client, const std::vector<std::string>& 
 absl::StatusOr<v1::ResultSet> QueryOwn(db::Connection& conn, const std::string& sql,
                                        const google::protobuf::RepeatedPtrField<v1::Value>& params,
                                        absl::Time deadline) {
-  v1::ResultSet rs;
-  ResultBudget budget{100000, 16 << 20};
-  ResultSetSink sink(&rs, &budget);
-  db::Statement s{sql, &params, &sink, deadline};
-  if (absl::Status link = conn.RunIndependent({&s}); !link.ok()) return link;
-  if (!s.status.ok()) return s.status;
-  return rs;
+  return RunOwnStatement(conn, sql, params, deadline);
 }
 
 }  // namespace

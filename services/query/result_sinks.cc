@@ -84,4 +84,21 @@ void StreamSink::Finish(int64_t rows_affected, absl::string_view command_tag) {
   (void)Flush();
 }
 
+absl::StatusOr<v1::ResultSet> RunOwnStatement(
+    db::Connection& conn, const std::string& sql,
+    const google::protobuf::RepeatedPtrField<v1::Value>& params, absl::Time deadline) {
+  v1::ResultSet rs;
+  ResultBudget budget{100000, 16 << 20};
+  ResultSetSink sink(&rs, &budget);
+  db::Statement st;
+  st.sql = sql;
+  st.params = &params;
+  st.sink = &sink;
+  st.deadline = deadline;
+  db::Statement* ptr = &st;
+  if (absl::Status link = conn.RunIndependent({&ptr, 1}); !link.ok()) return link;
+  if (!st.status.ok()) return st.status;
+  return rs;
+}
+
 }  // namespace poolside::query

@@ -9,8 +9,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/db/connection.h"
 #include "proto/poolside/v1/query.pb.h"
 
@@ -74,6 +77,12 @@ class StreamSink : public db::ResultSink {
   bool delivered_ = true;
   std::unique_ptr<v1::ExecuteStreamResponse> chunk_;
 };
+
+// Runs one statement of the service's own (a relay's, a listener's) on
+// `conn`, outside any caller's call: its rows, at most 100,000 and 16 MiB.
+absl::StatusOr<v1::ResultSet> RunOwnStatement(
+    db::Connection& conn, const std::string& sql,
+    const google::protobuf::RepeatedPtrField<v1::Value>& params, absl::Time deadline);
 
 }  // namespace poolside::query
 

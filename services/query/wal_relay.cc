@@ -56,18 +56,7 @@ std::string XidArray(const std::vector<uint32_t>& xids) {
 absl::StatusOr<v1::ResultSet> Query(db::Connection& conn, const std::string& sql,
                                     const google::protobuf::RepeatedPtrField<v1::Value>& params,
                                     absl::Time deadline) {
-  v1::ResultSet rs;
-  ResultBudget budget{100000, 16 << 20};
-  ResultSetSink sink(&rs, &budget);
-  db::Statement st;
-  st.sql = sql;
-  st.params = &params;
-  st.sink = &sink;
-  st.deadline = deadline;
-  db::Statement* ptr = &st;
-  if (absl::Status link = conn.RunIndependent({&ptr, 1}); !link.ok()) return link;
-  if (!st.status.ok()) return st.status;
-  return rs;
+  return RunOwnStatement(conn, sql, params, deadline);
 }
 
 std::string Qualified(const db::RelationInfo& r) { return absl::StrCat(r.schema, ".", r.table); }
