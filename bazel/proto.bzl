@@ -66,7 +66,14 @@ def cc_proto_libraries(name, srcs, deps = [], grpc_name = None, **kwargs):
     )
     _libraries(name, grpc_name, msg, svc, deps, **kwargs)
 
-def cc_system_proto_libraries(name, protos, root, grpc_name = None, package = "grpc-proto", **kwargs):
+def cc_system_proto_libraries(
+        name,
+        protos,
+        root,
+        grpc_name = None,
+        package = "grpc-proto",
+        optimize_for = None,
+        **kwargs):
     """Generates C++ message (and gRPC service) code for .proto files a Debian
     package installs under `root` (for example grpc-proto's
     /usr/share/grpc-proto, or libpg-query-dev's /usr/include/pg_query), so that
@@ -84,6 +91,12 @@ def cc_system_proto_libraries(name, protos, root, grpc_name = None, package = "g
       grpc_name: if set, also a cc_library of this name with the service stubs
         (depends on `name` and gRPC).
       package: the Debian package that installs them, named when one is missing.
+      optimize_for: None, or "CODE_SIZE" to generate the messages as if the
+        files said `option optimize_for = CODE_SIZE;` (protoc's `code_size`
+        generator parameter; the installed files cannot be edited): generic,
+        reflection-driven parsing and serialization instead of code per
+        message, a fraction of the compile time and slower to parse. Only for
+        messages off the request path.
       **kwargs: passed to the cc_libraries (visibility, copts, ...).
     """
     msg, svc = _outputs([proto[:-len(".proto")] for proto in protos], grpc_name != None)
@@ -95,11 +108,14 @@ def cc_system_proto_libraries(name, protos, root, grpc_name = None, package = "g
         for proto in protos
     ])
     grpc_flags = ("--grpc_out=$(RULEDIR) --plugin=protoc-gen-grpc=%s " % _GRPC_PLUGIN) if grpc_name else ""
+    if optimize_for not in (None, "CODE_SIZE"):
+        fail("optimize_for: None or \"CODE_SIZE\", not %r" % optimize_for)
+    cpp_parameter = "code_size:" if optimize_for == "CODE_SIZE" else ""
     native.genrule(
         name = name + "_gen",
         outs = msg + svc,
         cmd = checks +
-              ("%s -I%s -I/usr/include --cpp_out=$(RULEDIR) " % (_PROTOC, root)) +
+              ("%s -I%s -I/usr/include --cpp_out=%s$(RULEDIR) " % (_PROTOC, root, cpp_parameter)) +
               grpc_flags + " ".join(protos),
         message = "protoc " + name,
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: builds everything, checks the layering rule (tools/check_layers.sh)
 # and the C++ formatting (tools/check_format.sh),
-# compiles the targets that take locks with clang's thread-safety analysis, runs
+# checks the targets that take locks with clang's thread-safety analysis, runs
 # every test (the whole suite, then the tests tagged "tsan" again under
 # ThreadSanitizer, then the libFuzzer targets for a bounded time: FUZZ_SECONDS,
 # default 30) and ends with one line "N passed, M failed" counted from the test
@@ -46,9 +46,8 @@ mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
 [[ ${#targets[@]} -gt 0 ]] || { echo "bazel query found no tests"; echo "0 passed, 1 failed"; exit 1; }
 mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
 # The C++ targets of ours whose sources take locks or carry lock annotations:
-# the clang build compiles them for its thread-safety analysis (code without
-# either has nothing for it to check; compiling the whole tree twice more would
-# cost CI minutes).
+# clang's thread-safety analysis checks them (code without either has nothing
+# for it to check; parsing the whole tree once more would cost CI minutes).
 lock_labels=()
 while IFS= read -r f; do
   dir=$(dirname "$f")
@@ -59,13 +58,24 @@ done < <(git ls-files '*.cc' '*.h' | xargs grep -lE \
   'GUARDED_BY|REQUIRES(_SHARED)?\(|ACQUIRE|RELEASE\(|LOCKS_EXCLUDED|Mutex|mutex|Lock\(' 2>/dev/null)
 mapfile -t own_cc_targets < <($BAZEL query \
   "kind('cc_(library|binary|test)', same_pkg_direct_rdeps(set(${lock_labels[*]})))" 2>/dev/null)
+# The ThreadSanitizer build compiles the tsan tests and their dependencies with
+# the same analysis (--config=tsan includes it): tools/thread_safety.py
+# analyses the rest.
+analysis_query_failed=0
+if [[ ${#own_cc_targets[@]} -gt 0 ]] && analysis=$($BAZEL query \
+    "set(${own_cc_targets[*]}) except deps(set(${tsan_targets[*]}))" 2>/dev/null); then
+  mapfile -t analysis_targets < <(grep . <<<"$analysis")
+else
+  analysis_query_failed=1; analysis_targets=()
+fi
 
 # The suite's tests mostly wait on PostgreSQL and the services: the
 # ThreadSanitizer build (a second Bazel server with its own output base,
 # sharing the disk cache; clang, --config=tsan), then in the same server and
-# configuration a compile without linking of the targets above for clang's
-# thread-safety analysis (-Werror=thread-safety), and the fuzz targets' clang
-# build use the idle CPU at the lowest priority, from the start. Their results
+# configuration clang's thread-safety analysis (-Werror=thread-safety) of the
+# targets above that build did not compile (tools/thread_safety.py: their
+# compile commands with -fsyntax-only, no object code), and the fuzz targets'
+# clang build use the idle CPU at the lowest priority, from the start. Their results
 # are checked below, after the suite. (--symlink_prefix=/: the second server
 # leaves bazel-bin and bazel-testlogs to the main one, which `make run` and
 # the count below use.)
@@ -76,13 +86,19 @@ fuzz_build=$!
 tsan_base="$($BAZEL info output_base 2>/dev/null)-tsan"
 TSAN_BAZEL=("$BAZEL" --output_base="$tsan_base" --max_idle_secs=600)
 (
+  rc=0
+  if [[ $analysis_query_failed -ne 0 ]]; then
+    echo "thread_safety: bazel query found no targets to analyse" >"$bg_log/clang"; rc=1
+  fi
   if [[ ${#tsan_targets[@]} -gt 0 ]]; then
     nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
-      >"$bg_log/tsan" 2>&1
+      >"$bg_log/tsan" 2>&1 || { rc=1; cat "$bg_log/tsan" >>"$bg_log/clang"; }
   fi
-  nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ --keep_going \
-    --output_groups=compilation_outputs "${own_cc_targets[@]}" >"$bg_log/clang" 2>&1
-  echo $? >"$bg_log/clang.rc"
+  if [[ ${#analysis_targets[@]} -gt 0 ]]; then
+    nice -n 19 python3 tools/thread_safety.py "${TSAN_BAZEL[@]}" -- --config=tsan \
+      --symlink_prefix=/ -- "${analysis_targets[@]}" >>"$bg_log/clang" 2>&1 || rc=1
+  fi
+  echo $rc >"$bg_log/clang.rc"
 ) &
 clang_build=$!
 
@@ -92,10 +108,11 @@ $BAZEL test //... || status=1
 read -r total1 failed1 < <(count_cases "$($BAZEL info bazel-testlogs 2>/dev/null)" "${targets[@]}")
 
 wait "$clang_build"
-echo "== clang thread-safety analysis (--config=tsan): ${#own_cc_targets[@]} targets"
+echo "== clang thread-safety analysis (--config=tsan): ${#own_cc_targets[@]} targets," \
+  "$((${#own_cc_targets[@]} - ${#analysis_targets[@]})) of them in the ThreadSanitizer build"
 total4=1; failed4=0
 if [[ $(cat "$bg_log/clang.rc" 2>/dev/null) != 0 ]]; then
-  grep -E -A3 'error:|^ERROR:' "$bg_log/clang" | head -100
+  grep -E -A3 'error:|^ERROR:|^thread_safety:' "$bg_log/clang" | head -100
   echo "clang build failed (thread-safety analysis): see above" >&2
   failed4=1; status=1
 fi
