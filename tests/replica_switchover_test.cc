@@ -475,8 +475,12 @@ TEST(ReplicaSwitchoverTest, FailoverBySigkillUnderLoad) {
   absl::StatusOr<v1::GetPoolStatsResponse> stats = services.Stats();
   ASSERT_TRUE(stats.ok()) << stats.status();
   for (const v1::MemberStats& m : stats->members()) {
-    if (m.member() == c.name(*leader)) EXPECT_FALSE(m.healthy()) << m.ShortDebugString();
-    if (m.member() == c.name(*next)) EXPECT_EQ(m.role(), "primary") << m.ShortDebugString();
+    if (m.member() == c.name(*leader)) {
+      EXPECT_FALSE(m.healthy()) << m.ShortDebugString();
+    }
+    if (m.member() == c.name(*next)) {
+      EXPECT_EQ(m.role(), "primary") << m.ShortDebugString();
+    }
   }
   std::cerr << "failover test wall time before teardown: "
             << absl::FormatDuration(absl::Now() - began) << "\n";
