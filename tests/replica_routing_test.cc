@@ -267,6 +267,35 @@ TEST(ReplicaRoutingTest, ReadsSpreadOverReplicasWritesOnPrimary) {
   EXPECT_EQ(w->result().rows_affected(), 1);
   EXPECT_GT(w->commit_lsn(), 0u);
 
+  // A streamed read names its member in its first message: a replica.
+  std::map<std::string, int> streamed;
+  for (int i = 0; i < 4; ++i) {
+    v1::ExecuteRequest sr;
+    sr.set_database(kDb);
+    sr.set_sql("SELECT id, v FROM kv ORDER BY id");
+    sr.set_chunk_rows(3);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    std::unique_ptr<grpc::ClientReader<v1::ExecuteStreamResponse>> reader =
+        env.query().ExecuteStream(&ctx, sr);
+    v1::ExecuteStreamResponse chunk;
+    int chunks = 0, rows = 0;
+    while (reader->Read(&chunk)) {
+      if (chunks++ == 0) {
+        EXPECT_GT(chunk.columns_size(), 0);
+        ++streamed[chunk.member()];
+      } else {
+        EXPECT_EQ(chunk.member(), "") << "only the first message names the member";
+      }
+      rows += chunk.rows_size();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(rows, 10);
+    EXPECT_GT(chunks, 1);
+  }
+  EXPECT_EQ(streamed[env.replica_id(0)] + streamed[env.replica_id(1)], 4)
+      << "a streamed read was not answered by a replica, or did not say which";
+
   // Forced primary: the primary answers, and has the write.
   absl::StatusOr<v1::ExecuteResponse> forced = env.Read(0, false, /*primary=*/true);
   ASSERT_TRUE(forced.ok()) << forced.status();

@@ -468,7 +468,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
   const size_t chunk_rows = std::clamp<size_t>(
       request.chunk_rows() == 0 ? config_.limits().stream_chunk_rows() : request.chunk_rows(), 1,
       100000);
-  work->sink = std::make_unique<StreamSink>(writer, &work->budget, chunk_rows);
+  work->sink = std::make_unique<StreamSink>(writer, &work->budget, chunk_rows, size_t{1} << 20,
+                                            &work->member);
   work->statement.sql = request.sql();
   work->statement.params = &request.params();
   work->statement.sink = work->sink.get();

@@ -52,6 +52,7 @@ bool ResultSetSink::Rewind() {
 absl::Status StreamSink::Begin(const google::protobuf::RepeatedPtrField<v1::Column>& columns) {
   chunk_ = std::make_unique<v1::ExecuteStreamResponse>();
   *chunk_->mutable_columns() = columns;
+  if (member_ != nullptr) chunk_->set_member(*member_);
   return absl::OkStatus();
 }
 

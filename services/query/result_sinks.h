@@ -57,9 +57,15 @@ class ChunkWriter {
 
 class StreamSink : public db::ResultSink {
  public:
+  // `member` (if not null) is read when the statement begins: the first
+  // chunk names it (routing sets it before the statement runs).
   StreamSink(ChunkWriter* writer, ResultBudget* budget, size_t chunk_rows,
-             size_t chunk_bytes = 1 << 20)
-      : writer_(writer), budget_(budget), chunk_rows_(chunk_rows), chunk_bytes_(chunk_bytes) {}
+             size_t chunk_bytes = 1 << 20, const std::string* member = nullptr)
+      : writer_(writer),
+        budget_(budget),
+        chunk_rows_(chunk_rows),
+        chunk_bytes_(chunk_bytes),
+        member_(member) {}
   absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>& columns) override;
   v1::Row* NewRow() override { return chunk_->add_rows(); }
   absl::Status RowDone(size_t bytes) override;
@@ -74,6 +80,7 @@ class StreamSink : public db::ResultSink {
   const size_t chunk_rows_;
   const size_t chunk_bytes_;
   size_t chunk_bytes_used_ = 0;
+  const std::string* member_;
   bool delivered_ = true;
   std::unique_ptr<v1::ExecuteStreamResponse> chunk_;
 };
