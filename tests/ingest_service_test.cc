@@ -1114,9 +1114,17 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
 
 TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {
   CreateTable("termed");
-  auto server = StartIngestServer(Config({"termed"}));
+  // A small buffer: the server reads few messages ahead of what it has
+  // written, so the SIGTERM after the 100th acknowledgement lands while most
+  // messages are still unread (and are then refused), however fast the
+  // writes go.
+  v1::IngestServiceConfig config = Config({"termed"});
+  config.mutable_batch()->set_buffer_bytes(1 << 20);
+  config.mutable_batch()->set_max_bytes(256 << 10);
+  config.mutable_batch()->set_max_request_bytes(256 << 10);
+  auto server = StartIngestServer(config);
   ASSERT_TRUE(server.ok()) << server.status();
-  constexpr int kStreams = 4, kMessages = 300, kRows = 100;
+  constexpr int kStreams = 4, kMessages = 600, kRows = 100;
   std::atomic<int> acks{0};
   std::vector<ChannelRun> runs(kStreams);
   std::vector<std::thread> producers;
