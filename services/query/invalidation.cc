@@ -52,13 +52,6 @@ absl::Status InvalidateNow(CacheClient& client, const std::vector<std::string>& 
   return absl::OkStatus();
 }
 
-// One statement on a connection of the listener's own.
-absl::StatusOr<v1::ResultSet> QueryOwn(db::Connection& conn, const std::string& sql,
-                                       const google::protobuf::RepeatedPtrField<v1::Value>& params,
-                                       absl::Time deadline) {
-  return RunOwnStatement(conn, sql, params, deadline);
-}
-
 }  // namespace
 
 // What a burst of notifications asks the listener to do, applied at once.
@@ -269,12 +262,12 @@ bool Invalidation::HolderSession(DatabaseInvalidation* state, db::Connection& co
   params.Add()->set_int64_value(static_cast<int64_t>(static_cast<uint64_t>(key) & 0xffffffffu));
   params.Add()->set_int64_value(pid);
   absl::StatusOr<v1::ResultSet> rs =
-      QueryOwn(conn,
-               "SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
-               "AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = "
-               "pg_catalog.current_database()) AND classid::int8 = $1 AND objid::int8 = $2 "
-               "AND objsubid = 1 AND pid = $3",
-               params, now + absl::Seconds(5));
+      RunOwnStatement(conn,
+                      "SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted "
+                      "AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = "
+                      "pg_catalog.current_database()) AND classid::int8 = $1 AND objid::int8 = $2 "
+                      "AND objsubid = 1 AND pid = $3",
+                      params, now + absl::Seconds(5));
   if (!rs.ok() || rs->rows_size() != 1) return false;
   state->holder_pid = pid;
   state->holder_checked = now;
@@ -512,11 +505,11 @@ Invalidation::Subscribed Invalidation::Subscribe(DatabaseInvalidation* state, Su
     google::protobuf::RepeatedPtrField<v1::Value> params;
     params.Add()->set_text_value(table);
     absl::StatusOr<v1::ResultSet> rs =
-        QueryOwn(c,
-                 "SELECT c.oid::regclass::text, n.nspname || '.' || c.relname "
-                 "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                 "WHERE c.oid = $1::text::regclass",
-                 params, absl::Now() + absl::Seconds(10));
+        RunOwnStatement(c,
+                        "SELECT c.oid::regclass::text, n.nspname || '.' || c.relname "
+                        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.oid = $1::text::regclass",
+                        params, absl::Now() + absl::Seconds(10));
     if (rs.ok() && rs->rows_size() == 1) {
       sub->resolved.push_back(rs->rows(0).values(0).text_value());
       sub->qualified.push_back(rs->rows(0).values(1).text_value());
@@ -581,10 +574,10 @@ absl::Status Invalidation::InstallTriggers(db::Connection& conn,
 void Invalidation::NoteLeftoverTriggers(DatabaseInvalidation* state, db::Connection& conn) {
   google::protobuf::RepeatedPtrField<v1::Value> none;
   absl::StatusOr<v1::ResultSet> triggers =
-      QueryOwn(conn,
-               "SELECT string_agg(tgrelid::regclass::text, ', ') FROM pg_catalog.pg_trigger "
-               "WHERE tgname = 'poolside_invalidate'",
-               none, absl::Now() + absl::Seconds(10));
+      RunOwnStatement(conn,
+                      "SELECT string_agg(tgrelid::regclass::text, ', ') FROM pg_catalog.pg_trigger "
+                      "WHERE tgname = 'poolside_invalidate'",
+                      none, absl::Now() + absl::Seconds(10));
   if (!triggers.ok() || triggers->rows_size() != 1 ||
       triggers->rows(0).values(0).text_value().empty()) {
     return;
@@ -623,10 +616,10 @@ bool Invalidation::RefreshPublished(DatabaseInvalidation* state, Subscription* s
   google::protobuf::RepeatedPtrField<v1::Value> params;
   params.Add()->set_text_value(config_.wal().publication());
   absl::StatusOr<v1::ResultSet> rs =
-      QueryOwn(conn,
-               "SELECT schemaname || '.' || tablename FROM pg_catalog.pg_publication_tables "
-               "WHERE pubname = $1",
-               params, absl::Now() + absl::Seconds(10));
+      RunOwnStatement(conn,
+                      "SELECT schemaname || '.' || tablename FROM pg_catalog.pg_publication_tables "
+                      "WHERE pubname = $1",
+                      params, absl::Now() + absl::Seconds(10));
   if (!rs.ok()) return false;
   absl::flat_hash_set<std::string> published;
   for (const v1::Row& row : rs->rows()) published.insert(row.values(0).text_value());

@@ -52,20 +52,13 @@ std::string XidArray(const std::vector<uint32_t>& xids) {
   return absl::StrCat("{", absl::StrJoin(xids, ","), "}");
 }
 
-// Runs one statement of the relay's own; its rows as a ResultSet.
-absl::StatusOr<v1::ResultSet> Query(db::Connection& conn, const std::string& sql,
-                                    const google::protobuf::RepeatedPtrField<v1::Value>& params,
-                                    absl::Time deadline) {
-  return RunOwnStatement(conn, sql, params, deadline);
-}
-
 std::string Qualified(const db::RelationInfo& r) { return absl::StrCat(r.schema, ".", r.table); }
 
 }  // namespace
 
 absl::StatusOr<bool> WalLevelIsLogical(db::Connection& conn, absl::Time deadline) {
   absl::StatusOr<v1::ResultSet> rs =
-      Query(conn, "SELECT current_setting('wal_level')", {}, deadline);
+      RunOwnStatement(conn, "SELECT current_setting('wal_level')", {}, deadline);
   if (!rs.ok()) return rs.status();
   if (rs->rows_size() != 1 || rs->rows(0).values_size() != 1) {
     return absl::InternalError("SHOW wal_level returned no value");
@@ -76,7 +69,7 @@ absl::StatusOr<bool> WalLevelIsLogical(db::Connection& conn, absl::Time deadline
 std::string WhyNotPublishable(db::Connection& conn, const std::string& table, absl::Time deadline) {
   google::protobuf::RepeatedPtrField<v1::Value> params;
   params.Add()->set_text_value(table);
-  absl::StatusOr<v1::ResultSet> rs = Query(
+  absl::StatusOr<v1::ResultSet> rs = RunOwnStatement(
       conn,
       "SELECT c.relreplident::text, c.relkind::text, EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
       "WHERE i.indrelid = c.oid AND i.indisprimary) FROM pg_catalog.pg_class c "
@@ -105,21 +98,21 @@ absl::Status PublishTables(db::Connection& conn, const std::string& publication,
     params.Add()->set_text_value(publication);
     params.Add()->set_text_value(table);
     // The publication's name and the table's, quoted by the server.
-    absl::StatusOr<v1::ResultSet> rs =
-        Query(conn,
-              "SELECT pg_catalog.quote_ident(p.pubname), pg_catalog.to_regclass($2)::text, "
-              "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid "
-              "AND r.prrelid = pg_catalog.to_regclass($2)) OR p.puballtables "
-              "FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
-              params, deadline);
+    absl::StatusOr<v1::ResultSet> rs = RunOwnStatement(
+        conn,
+        "SELECT pg_catalog.quote_ident(p.pubname), pg_catalog.to_regclass($2)::text, "
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r WHERE r.prpubid = p.oid "
+        "AND r.prrelid = pg_catalog.to_regclass($2)) OR p.puballtables "
+        "FROM pg_catalog.pg_publication p WHERE p.pubname = $1",
+        params, deadline);
     if (!rs.ok()) return rs.status();
     if (rs->rows_size() != 1) return absl::OkStatus();  // not created yet
     if (rs->rows(0).values(2).bool_value()) continue;
     absl::StatusOr<v1::ResultSet> added =
-        Query(conn,
-              absl::StrCat("ALTER PUBLICATION ", rs->rows(0).values(0).text_value(),
-                           " ADD TABLE ONLY ", rs->rows(0).values(1).text_value()),
-              {}, deadline);
+        RunOwnStatement(conn,
+                        absl::StrCat("ALTER PUBLICATION ", rs->rows(0).values(0).text_value(),
+                                     " ADD TABLE ONLY ", rs->rows(0).values(1).text_value()),
+                        {}, deadline);
     // 42710: added meanwhile by someone else.
     if (!added.ok() && db::SqlStateOf(added.status()) != "42710") {
       return added.status();
@@ -195,8 +188,8 @@ void WalRelay::Run() {
     params.Add()->set_int64_value(key);
     bool holder = false;
     while (!stopping_.HasBeenNotified()) {
-      absl::StatusOr<v1::ResultSet> got = Query(**session, "SELECT pg_try_advisory_lock($1)",
-                                                params, absl::Now() + absl::Seconds(5));
+      absl::StatusOr<v1::ResultSet> got = RunOwnStatement(
+          **session, "SELECT pg_try_advisory_lock($1)", params, absl::Now() + absl::Seconds(5));
       if (!got.ok()) {
         SetError(got.status());
         break;
@@ -226,8 +219,8 @@ void WalRelay::Run() {
     // crashes before the flush ends every listener's session anyway (replicas
     // then bypass and flush). Each batch would otherwise add an fsync beside
     // the writers' own, on the WAL they all wait for.
-    if (absl::StatusOr<v1::ResultSet> async =
-            Query(**session, "SET synchronous_commit = off", {}, absl::Now() + absl::Seconds(5));
+    if (absl::StatusOr<v1::ResultSet> async = RunOwnStatement(
+            **session, "SET synchronous_commit = off", {}, absl::Now() + absl::Seconds(5));
         !async.ok()) {
       SetError(async.status());
       session->reset();
@@ -360,7 +353,7 @@ absl::StatusOr<std::optional<db::Lsn>> WalRelay::Notify(db::Connection& session,
     google::protobuf::RepeatedPtrField<v1::Value> check;
     check.Add()->set_text_value(XidArray(xids));
     absl::StatusOr<v1::ResultSet> visible =
-        Query(session, absl::StrCat("SELECT ", VisibleCondition(1)), check, deadline);
+        RunOwnStatement(session, absl::StrCat("SELECT ", VisibleCondition(1)), check, deadline);
     if (!visible.ok()) return visible.status();
     if (visible->rows_size() != 1 || !visible->rows(0).values(0).bool_value()) {
       return std::optional<db::Lsn>();
@@ -429,10 +422,10 @@ absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
   // Permanent slots of poolside (made by hand, or by another version) pin WAL
   // until someone drops them: say so.
   if (absl::StatusOr<v1::ResultSet> slots =
-          Query(session,
-                "SELECT slot_name::text FROM pg_catalog.pg_replication_slots "
-                "WHERE slot_name LIKE 'poolside%' AND NOT temporary",
-                {}, absl::Now() + absl::Seconds(10));
+          RunOwnStatement(session,
+                          "SELECT slot_name::text FROM pg_catalog.pg_replication_slots "
+                          "WHERE slot_name LIKE 'poolside%' AND NOT temporary",
+                          {}, absl::Now() + absl::Seconds(10));
       slots.ok()) {
     for (const v1::Row& row : slots->rows()) {
       telemetry::LogWarning(
@@ -548,11 +541,11 @@ absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
   std::vector<uint32_t> xids;
   {
     absl::StatusOr<v1::ResultSet> committing =
-        Query(session,
-              "SELECT (x::text::int8 & 4294967295) FROM "
-              "pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) AS x "
-              "WHERE pg_catalog.pg_xact_status(x) = 'committed'",
-              {}, absl::Now() + absl::Seconds(10));
+        RunOwnStatement(session,
+                        "SELECT (x::text::int8 & 4294967295) FROM "
+                        "pg_catalog.pg_snapshot_xip(pg_catalog.pg_current_snapshot()) AS x "
+                        "WHERE pg_catalog.pg_xact_status(x) = 'committed'",
+                        {}, absl::Now() + absl::Seconds(10));
     if (!committing.ok()) return committing.status();
     for (const v1::Row& row : committing->rows()) {
       xids.push_back(static_cast<uint32_t>(row.values(0).int64_value()));
