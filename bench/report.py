@@ -534,7 +534,10 @@ def switchover_report(args):
            "(exact); held p50/p99/max: the slowest N calls' latencies as the client saw them, "
            "N = held calls (an estimate: the service exports held time only as a sum).",
            "- write outage: from the event (patronictl started, or the kill) to the first "
-           "write acknowledged by the new leader.", "",
+           "write acknowledged by the new leader."]
+    if args.note:
+        out.append(f"- {args.note}")
+    out += ["",
            "| mode | reads/s, writes/s | reads sent | reads failed | writes sent | writes failed "
            "(codes) | acked writes missing | new leader after ms | write outage ms | held "
            "calls | held mean ms | held p50 / p99 / max ms (estimate) | write p99 / max ms | "
@@ -546,7 +549,8 @@ def switchover_report(args):
             f"| {r['mode']} | {r['read_rate']:g}, {r['write_rate']:g} | {r['reads']['sent']:,} | "
             f"{failed(r['reads'])} | {r['writes']['sent']:,} | {failed(r['writes'])} "
             f"({codes(r['writes'])}) | {r['acked_writes_missing']} | "
-            f"{ms(r['new_leader_after_ms'])} | {ms(r['write_outage_ms'])} | {r['held_calls']} | "
+            f"{ms(r['new_leader_after_ms'])} | {ms(r['write_outage_ms'])} | {r['held_calls']} "
+            f"({r['held_timeouts']} timed out) | "
             f"{ms(r['held_mean_ms'])} | {ms(h['p50_ms'])} / {ms(h['p99_ms'])} / "
             f"{ms(h['max_ms'])} | {ms(w['p99_ms'])} / {ms(w['max_ms'])} | "
             f"{ms(rd['p99_ms'])} / {ms(rd['max_ms'])} |")
@@ -819,6 +823,7 @@ def main():
     sp.add_argument("--md", required=True)
     sp.add_argument("--command", required=True)
     sp.add_argument("--loadavg", default="")
+    sp.add_argument("--note", default="")
     sp = sub.add_parser("report")
     sp.add_argument("--points", required=True)
     sp.add_argument("--meta", required=True)
