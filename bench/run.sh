@@ -46,6 +46,7 @@
 #   BENCH_INGEST_ROWS=1000000  rows per ingest run (0: skip the ingest section)
 #   BENCH_WRITE_CONCURRENCY="8 32"  pgbench clients of the write tax rows
 #   BENCH_REPLICA_CONCURRENCY="32 64"  loadgen callers of the replicas rows
+#   BENCH_REPLICA_POOL_SIZE=$BENCH_POOL_SIZE  the routed service's pool max_size per member
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -1031,6 +1032,9 @@ cached_reads_bench
 # concurrency in BENCH_REPLICA_CONCURRENCY. Every server shares the machine's
 # cores: this measures what routing costs per read, not read scaling.
 REPLICA_CONCURRENCY=${BENCH_REPLICA_CONCURRENCY:-"32 64"}
+# The routed service's pool max_size per member (each replica gets its own
+# pool: with the default, twice the connections reading as the primary alone).
+REPLICA_POOL_SIZE=${BENCH_REPLICA_POOL_SIZE:-$POOL_SIZE}
 REPLICA_COUNT=2
 REPLICAS_SUMMARY="not measured"
 QUERY_SINGLE_PID=""
@@ -1075,7 +1079,7 @@ replica_point() {
   local scenario=$1 c=$2 addr pid metrics setting i
   if [[ $scenario == replicas_routed ]]; then
     addr=$QUERY_ROUTED_ADDR pid=$QUERY_ROUTED_PID metrics=$QUERY_ROUTED_METRICS
-    setting="topology: primary + $REPLICA_COUNT replicas; pool max_size=$POOL_SIZE per member"
+    setting="topology: primary + $REPLICA_COUNT replicas; pool max_size=$REPLICA_POOL_SIZE per member"
   else
     addr=$QUERY_SINGLE_ADDR pid=$QUERY_SINGLE_PID metrics=$QUERY_SINGLE_METRICS
     setting="primary alone; pool max_size=$POOL_SIZE"
@@ -1119,7 +1123,8 @@ replicas_bench() {
   done
   start_query_server "$TMP/replicas/single" ""
   QUERY_SINGLE_PID=$QS_PID QUERY_SINGLE_ADDR=$QS_ADDR QUERY_SINGLE_METRICS=$QS_METRICS
-  start_query_server "$TMP/replicas/routed" ", \"topology\": {\"replicas\": [$members]}"
+  POOL_SIZE=$REPLICA_POOL_SIZE start_query_server "$TMP/replicas/routed" \
+    ", \"topology\": {\"replicas\": [$members]}"
   QUERY_ROUTED_PID=$QS_PID QUERY_ROUTED_ADDR=$QS_ADDR QUERY_ROUTED_METRICS=$QS_METRICS
   # Reads reach a replica once the routed service's probes have seen them.
   for ((i = 0; i < 100; i++)); do
@@ -1141,7 +1146,7 @@ replicas_bench() {
   stop_pid "$QUERY_SINGLE_PID" 20
   QUERY_ROUTED_PID="" QUERY_SINGLE_PID=""
   stop_replicas
-  REPLICAS_SUMMARY="the query section's point selects (loadgen, random aid of $((SCALE * 100000))) through two query_servers on the same database, one configured with the primary alone, one with the primary and $REPLICA_COUNT streaming replicas on this host (pg_basebackup -R, a replication slot each; topology defaults: probes every 250 ms, maxLagMs 5000), pool min_idle=2 max_size=$POOL_SIZE (per member when routed), alternating; both services and all three PostgreSQL servers ran throughout; $PG_DURABILITY"
+  REPLICAS_SUMMARY="the query section's point selects (loadgen, random aid of $((SCALE * 100000))) through two query_servers on the same database, one configured with the primary alone, one with the primary and $REPLICA_COUNT streaming replicas on this host (pg_basebackup -R, a replication slot each; topology defaults: probes every 250 ms, maxLagMs 5000), pool min_idle=2 max_size=$POOL_SIZE (routed: max_size=$REPLICA_POOL_SIZE per member), alternating; both services and all three PostgreSQL servers ran throughout; $PG_DURABILITY"
 }
 want replicas && replicas_bench
 # --- end of replicas section --------------------------------------------------------
@@ -1180,7 +1185,7 @@ for v in BENCH_ONLY BENCH_FAST BENCH_SECONDS BENCH_ROUNDS BENCH_CONCURRENCY BENC
          BENCH_WARMUP BENCH_POOL_SIZE BENCH_POOL_SIZES BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE \
          BENCH_IDLE_WAIT BENCH_NO_POOLSIDE BENCH_NO_CACHE BENCH_CACHE_CONCURRENCY \
          BENCH_REDIS_PIPELINE BENCH_QUERY_CACHE_KEYS BENCH_WRITES_PER_SEC BENCH_PGPOOL_MODES \
-         BENCH_INGEST_ROWS BENCH_WRITE_CONCURRENCY BENCH_REPLICA_CONCURRENCY \
+         BENCH_INGEST_ROWS BENCH_WRITE_CONCURRENCY BENCH_REPLICA_CONCURRENCY BENCH_REPLICA_POOL_SIZE \
          BENCH_INGEST_PRODUCERS BENCH_INGEST_COPY_CONNECTIONS; do
   if [[ ${!v:-} =~ ^[A-Za-z0-9_,./:-]+$ ]]; then
     vars+="$v=${!v} "
