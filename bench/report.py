@@ -554,6 +554,12 @@ def switchover_report(args):
             f"{ms(r['held_mean_ms'])} | {ms(h['p50_ms'])} / {ms(h['p99_ms'])} / "
             f"{ms(h['max_ms'])} | {ms(w['p99_ms'])} / {ms(w['max_ms'])} | "
             f"{ms(rd['p99_ms'])} / {ms(rd['max_ms'])} |")
+    failures = [r for r in rounds if r.get("failures")]
+    if failures:
+        out += ["", "What the failed calls were told (up to 5 distinct messages a round):"]
+        for r in failures:
+            out.append(f"- {r['mode']} round {r['round']}: " +
+                       "; ".join(f"`{m}`" for m in r["failures"]))
     with open(args.md, "w") as f:
         f.write("\n".join(out) + "\n")
 

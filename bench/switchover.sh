@@ -25,8 +25,13 @@ day=$(date -u +%Y-%m-%d)
 mkdir -p "$OUT"
 jsonl=$OUT/switchover-$day.jsonl
 : >"$jsonl"
+# The query_servers' configurations and logs (the fixture's TEST_TMPDIR):
+# removed after a successful run, kept after a failed one.
+TEST_TMPDIR=$(mktemp -d /tmp/poolside-switchover.XXXXXX)
+export TEST_TMPDIR
 rc=0
 "$BIN/bench/switchover_bench" --mode="$MODE" --rounds="$ROUNDS" --json_out="$jsonl" "$@" || rc=$?
+if ((rc == 0)); then rm -rf "$TEST_TMPDIR"; else echo "logs kept in $TEST_TMPDIR" >&2; fi
 cmd="bench/switchover.sh $MODE $ROUNDS${*:+ -- $*}"
 python3 bench/report.py switchover --results "$jsonl" --md "$OUT/switchover-$day.md" \
   --command "$cmd" --loadavg "$(cut -d' ' -f1-3 /proc/loadavg)" --note "${BENCH_NOTE:-}"

@@ -286,6 +286,27 @@ std::string Counts(const std::vector<Outcome>& all, bool write) {
                       absl::StrJoin(parts, ", "), "}}");
 }
 
+// Up to 5 distinct messages of failed calls, as a JSON array of strings.
+std::string FailureMessages(const std::vector<Outcome>& all) {
+  std::vector<std::string> seen;
+  for (const Outcome& o : all) {
+    if (o.code == grpc::StatusCode::OK || seen.size() == 5) continue;
+    std::string m = absl::StrCat(o.write ? "write: " : "read: ", o.message.substr(0, 200));
+    if (std::find(seen.begin(), seen.end(), m) == seen.end()) seen.push_back(m);
+  }
+  std::vector<std::string> quoted;
+  for (const std::string& m : seen) {
+    std::string q = "\"";
+    for (char ch : m) {
+      if (ch == '"' || ch == '\\') q.push_back('\\');
+      const unsigned char u = static_cast<unsigned char>(ch);
+      q.push_back(u < 0x20 || u >= 0x80 ? '?' : ch);  // ASCII JSON, whatever the message
+    }
+    quoted.push_back(q + "\"");
+  }
+  return absl::StrCat("[", absl::StrJoin(quoted, ", "), "]");
+}
+
 // Acknowledged writes not on member `i`.
 absl::StatusOr<std::string> MissingOn(PatroniCluster& c, int i, const std::vector<Outcome>& all) {
   std::vector<int64_t> acked;
@@ -415,8 +436,9 @@ absl::StatusOr<std::string> Round(const std::string& mode, int round) {
       R"(", "event_command_ms": )", Ms(command_took), R"(, "new_leader_after_ms": )", Ms(promoted),
       R"(, "write_outage_ms": )",
       outage == absl::InfiniteDuration() ? "null" : absl::StrCat(Ms(outage)), R"(, "reads": )",
-      Counts(all, false), R"(, "writes": )", Counts(all, true), R"(, "writes_outcome_unknown": )",
-      unknown, R"(, "writes_not_committed": )", not_committed, R"(, "acked_writes_missing": )",
+      Counts(all, false), R"(, "writes": )", Counts(all, true), R"(, "failures": )",
+      FailureMessages(all), R"(, "writes_outcome_unknown": )", unknown,
+      R"(, "writes_not_committed": )", not_committed, R"(, "acked_writes_missing": )",
       missing.ok() ? *missing : "null", R"(, "held_calls": )", held, R"(, "held_seconds_total": )",
       held_s, R"(, "held_mean_ms": )", held > 0 ? absl::StrCat(1000 * held_s / held) : "null",
       R"(, "held_timeouts": )", timeouts, R"(, "held_estimate": )", Quantiles(slowest),
