@@ -411,7 +411,14 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   if (lost) lease->MarkBroken();
   lease->Release();
   if (lost) RetryBatch(batch);
-  for (auto& w : batch) w->done(w->statement.status);
+  for (auto& w : batch) {
+    // A statement its server never executed (the session ended first, e.g.
+    // the server is shutting down for a switchover) took effect nowhere:
+    // routing may hold it for a new primary like one that found no
+    // connection.
+    if (!w->statement.status.ok() && w->statement.reach == db::Reach::kNotRun) w->not_run_ = true;
+    w->done(w->statement.status);
+  }
 }
 
 void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {

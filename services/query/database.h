@@ -163,8 +163,9 @@ class Work {
  private:
   friend class Database;
   std::atomic<int> state{kQueued};
-  // Failed before any connection was had (the pool could not connect): it
-  // provably did not run, so routing may hold it for a new primary.
+  // Failed before any connection was had (the pool could not connect), or
+  // a single statement its server never executed: it provably did not run,
+  // so routing may hold it for a new primary.
   bool not_run_ = false;
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
