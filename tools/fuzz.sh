@@ -144,7 +144,9 @@ resolve() {
   # The generated code itself, built now and copied out of bazel-bin.
   rm -rf "$dir/gen.$$" && mkdir -p "$dir/gen.$$" || return 1
   if [[ -n ${generated//[[:space:]]/} ]]; then
-    $BAZEL build --noshow_progress $generated >&2 ||
+    # --symlink_prefix=/: whichever server builds it (make test uses a
+    # second one), bazel-bin and the other links stay the main build's.
+    $BAZEL build --noshow_progress --symlink_prefix=/ $generated >&2 ||
       { echo "fuzz: bazel build of $generated failed" >&2; return 1; }
     local bin_dir g
     bin_dir="$($BAZEL info bazel-bin 2>/dev/null)" || return 1

@@ -5,8 +5,8 @@
 # every test (the whole suite, then the tests tagged "tsan" again under
 # ThreadSanitizer, then the libFuzzer targets for a bounded time: FUZZ_SECONDS,
 # default 30) and ends with one line "N passed, M failed" counted from the test
-# cases in Bazel's test.xml files (and one per fuzz target, one for the clang
-# analysis).
+# cases in Bazel's test.xml files (and one per fuzz target, one each for the
+# clang analysis, the layering rule and the formatting).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BAZEL=${BAZEL:-bazel}
@@ -37,79 +37,106 @@ count_cases() {
 }
 
 status=0
-# The layering rule (service cores know no gRPC): a few Bazel queries.
-tools/check_layers.sh || { echo "0 passed, 1 failed"; exit 1; }
 # The C++ formatting (.clang-format), one check in the count below.
 total5=1; failed5=0
 tools/check_format.sh || { failed5=1; status=1; }
-mapfile -t targets < <($BAZEL query 'tests(//...)' 2>/dev/null)
-[[ ${#targets[@]} -gt 0 ]] || { echo "bazel query found no tests"; echo "0 passed, 1 failed"; exit 1; }
-mapfile -t tsan_targets < <($BAZEL query 'attr(tags, "tsan", tests(//...))' 2>/dev/null)
-# The C++ targets of ours whose sources take locks or carry lock annotations:
-# clang's thread-safety analysis checks them (code without either has nothing
-# for it to check; parsing the whole tree once more would cost CI minutes).
-lock_labels=()
-while IFS= read -r f; do
-  dir=$(dirname "$f")
-  while [[ $dir != . && ! -f $dir/BUILD.bazel ]]; do dir=$(dirname "$dir"); done
-  [[ $dir == . ]] && continue
-  lock_labels+=("//$dir:${f#"$dir"/}")
-done < <(git ls-files '*.cc' '*.h' | xargs grep -lE \
-  'GUARDED_BY|REQUIRES(_SHARED)?\(|ACQUIRE|RELEASE\(|LOCKS_EXCLUDED|Mutex|mutex|Lock\(' 2>/dev/null)
-mapfile -t own_cc_targets < <($BAZEL query \
-  "kind('cc_(library|binary|test)', same_pkg_direct_rdeps(set(${lock_labels[*]})))" 2>/dev/null)
-# The ThreadSanitizer build compiles the tsan tests and their dependencies with
-# the same analysis (--config=tsan includes it): tools/thread_safety.py
-# analyses the rest.
-analysis_query_failed=0
-if [[ ${#own_cc_targets[@]} -gt 0 ]] && analysis=$($BAZEL query \
-    "set(${own_cc_targets[*]}) except deps(set(${tsan_targets[*]}))" 2>/dev/null); then
-  mapfile -t analysis_targets < <(grep . <<<"$analysis")
-else
-  analysis_query_failed=1; analysis_targets=()
-fi
 
-# The suite's tests mostly wait on PostgreSQL and the services: the
-# ThreadSanitizer build (a second Bazel server with its own output base,
-# sharing the disk cache; clang, --config=tsan), then in the same server and
-# configuration clang's thread-safety analysis (-Werror=thread-safety) of the
-# targets above that build did not compile (tools/thread_safety.py: their
-# compile commands with -fsyntax-only, no object code), and the fuzz targets'
-# clang build use the idle CPU at the lowest priority, from the start. Their results
-# are checked below, after the suite. (--symlink_prefix=/: the second server
-# leaves bazel-bin and bazel-testlogs to the main one, which `make run` and
-# the count below use.)
-tools/fuzz.sh --resolve_only || status=1
-bg_log=$(mktemp -d)
-nice -n 19 tools/fuzz.sh --build_only >"$bg_log/fuzz" 2>&1 &
-fuzz_build=$!
+# Everything besides the main suite runs on a second Bazel server (its own
+# output base, sharing the disk cache; --symlink_prefix=/ leaves bazel-bin and
+# bazel-testlogs to the main one, which `make run` and the count below use)
+# at the lowest priority, beside the main suite from its first second: the
+# main build keeps both cores busy, the rest uses what its tests leave idle.
+# In order: the layering rule (tools/check_layers.sh: service cores know no
+# gRPC), the queries for the test targets, the generated code the fuzz
+# targets need (tools/fuzz.sh --resolve_only); then, side by side, the fuzz
+# targets' clang build and, in this server, the ThreadSanitizer build (clang,
+# --config=tsan, which checks the lock annotations of what it compiles) and
+# clang's thread-safety analysis (-Werror=thread-safety) of the targets that
+# take locks which that build does not compile (tools/thread_safety.py: their
+# compile commands with -fsyntax-only, no object code). Their results are
+# checked below, after the suite.
 tsan_base="$($BAZEL info output_base 2>/dev/null)-tsan"
-TSAN_BAZEL=("$BAZEL" --output_base="$tsan_base" --max_idle_secs=600)
+TSAN_BAZEL=("$BAZEL" --output_base="$tsan_base" --max_idle_secs=900)
+bg_log=$(mktemp -d)
 (
+  renice -n 19 $BASHPID >/dev/null
   rc=0
-  if [[ $analysis_query_failed -ne 0 ]]; then
+  BAZEL="${TSAN_BAZEL[*]}" tools/check_layers.sh >"$bg_log/layers" 2>&1 ||
+    echo 1 >"$bg_log/layers.rc"
+  # The tree's packages, named by its top-level directories as git knows them:
+  # //... here would also walk the main server's convenience links (bazel-*),
+  # which only the server that made them knows to skip.
+  universe=$(git ls-files '*BUILD.bazel' | cut -d/ -f1 | sort -u |
+             sed -e 's|^BUILD.bazel$|//:all|' -e '\|^//|!s|.*|//&/...|' | paste -sd+)
+  "${TSAN_BAZEL[@]}" query "tests($universe)" >"$bg_log/targets" 2>/dev/null
+  "${TSAN_BAZEL[@]}" query "attr(tags, 'tsan', tests($universe))" >"$bg_log/tsan_targets" \
+    2>/dev/null
+  mapfile -t tsan_targets <"$bg_log/tsan_targets"
+  # The C++ targets of ours whose sources take locks or carry lock
+  # annotations (code without either has nothing for the analysis to check;
+  # parsing the whole tree once more would cost CI minutes).
+  lock_labels=()
+  while IFS= read -r f; do
+    dir=$(dirname "$f")
+    while [[ $dir != . && ! -f $dir/BUILD.bazel ]]; do dir=$(dirname "$dir"); done
+    [[ $dir == . ]] && continue
+    lock_labels+=("//$dir:${f#"$dir"/}")
+  done < <(git ls-files '*.cc' '*.h' | xargs grep -lE \
+    'GUARDED_BY|REQUIRES(_SHARED)?\(|ACQUIRE|RELEASE\(|LOCKS_EXCLUDED|Mutex|mutex|Lock\(' 2>/dev/null)
+  mapfile -t own_cc_targets < <("${TSAN_BAZEL[@]}" query \
+    "kind('cc_(library|binary|test)', same_pkg_direct_rdeps(set(${lock_labels[*]})))" 2>/dev/null)
+  echo "${#own_cc_targets[@]}" >"$bg_log/own_count"
+  analysis_targets=()
+  if [[ ${#own_cc_targets[@]} -gt 0 && ${#tsan_targets[@]} -gt 0 ]] && analysis=$("${TSAN_BAZEL[@]}" \
+      query "set(${own_cc_targets[*]}) except deps(set(${tsan_targets[*]}))" 2>/dev/null); then
+    mapfile -t analysis_targets < <(grep . <<<"$analysis")
+  else
     echo "thread_safety: bazel query found no targets to analyse" >"$bg_log/clang"; rc=1
   fi
+  echo "${#analysis_targets[@]}" >"$bg_log/analysis_count"
+  fuzz_build=""
+  if BAZEL="${TSAN_BAZEL[*]}" tools/fuzz.sh --resolve_only >"$bg_log/fuzz" 2>&1; then
+    tools/fuzz.sh --build_only >>"$bg_log/fuzz" 2>&1 &
+    fuzz_build=$!
+  else
+    echo 1 >"$bg_log/fuzz_resolve.rc"
+  fi
   if [[ ${#tsan_targets[@]} -gt 0 ]]; then
-    nice -n 19 "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
+    "${TSAN_BAZEL[@]}" build --config=tsan --symlink_prefix=/ "${tsan_targets[@]}" \
       >"$bg_log/tsan" 2>&1 || { rc=1; cat "$bg_log/tsan" >>"$bg_log/clang"; }
   fi
   if [[ ${#analysis_targets[@]} -gt 0 ]]; then
-    nice -n 19 python3 tools/thread_safety.py "${TSAN_BAZEL[@]}" -- --config=tsan \
+    python3 tools/thread_safety.py "${TSAN_BAZEL[@]}" -- --config=tsan \
       --symlink_prefix=/ -- "${analysis_targets[@]}" >>"$bg_log/clang" 2>&1 || rc=1
   fi
   echo $rc >"$bg_log/clang.rc"
+  [[ -z $fuzz_build ]] || wait "$fuzz_build"
 ) &
-clang_build=$!
+background=$!
 
 # One command builds everything (as `bazel build //...` would) and runs each
 # test as soon as it is built, while the rest compiles.
 $BAZEL test //... || status=1
+
+wait "$background"
+# The layering rule, one check in the count.
+total6=1; failed6=0
+grep -h '^check_layers:' "$bg_log/layers"
+if [[ -f $bg_log/layers.rc ]]; then
+  cat "$bg_log/layers"
+  echo "the layering check failed (tools/check_layers.sh): see above" >&2
+  failed6=1; status=1
+fi
+mapfile -t targets <"$bg_log/targets"
+[[ ${#targets[@]} -gt 0 ]] || { echo "bazel query found no tests"; echo "0 passed, 1 failed"; exit 1; }
+mapfile -t tsan_targets <"$bg_log/tsan_targets"
 read -r total1 failed1 < <(count_cases "$($BAZEL info bazel-testlogs 2>/dev/null)" "${targets[@]}")
 
-wait "$clang_build"
-echo "== clang thread-safety analysis (--config=tsan): ${#own_cc_targets[@]} targets," \
-  "$((${#own_cc_targets[@]} - ${#analysis_targets[@]})) of them in the ThreadSanitizer build"
+own_count=$(cat "$bg_log/own_count" 2>/dev/null || echo 0)
+analysis_count=$(cat "$bg_log/analysis_count" 2>/dev/null || echo 0)
+echo "== clang thread-safety analysis (--config=tsan): $own_count targets," \
+  "$((own_count - analysis_count)) of them in the ThreadSanitizer build"
+grep -h '^thread_safety: .* parsed' "$bg_log/clang" 2>/dev/null
 total4=1; failed4=0
 if [[ $(cat "$bg_log/clang.rc" 2>/dev/null) != 0 ]]; then
   grep -E -A3 'error:|^ERROR:|^thread_safety:' "$bg_log/clang" | head -100
@@ -128,7 +155,7 @@ fi
 # libFuzzer targets for a bounded time (tools/fuzz.sh); each target counts as a
 # test, and one that cannot be built counts as a failure (the run below builds
 # what the background build did not).
-wait "$fuzz_build" || cat "$bg_log/fuzz"
+[[ -f $bg_log/fuzz_resolve.rc ]] && cat "$bg_log/fuzz"
 rm -rf "$bg_log"
 export FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 echo "== Fuzzing: tools/fuzz.sh, $FUZZ_SECONDS s"
@@ -140,8 +167,8 @@ failed3=$(grep -cE '^fuzz [a-z_]+: FAILED' "$fuzz_log")
 if [[ $total3 -eq 0 ]]; then total3=1; failed3=1; fi
 rm -f "$fuzz_log"
 
-total=$((total1 + total2 + total3 + total4 + total5))
-failed=$((failed1 + failed2 + failed3 + failed4 + failed5))
+total=$((total1 + total2 + total3 + total4 + total5 + total6))
+failed=$((failed1 + failed2 + failed3 + failed4 + failed5 + failed6))
 if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
 echo "$((total - failed)) passed, $failed failed"
 exit $status
