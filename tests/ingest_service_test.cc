@@ -5,7 +5,6 @@
 // writes to its own table. Synchronisation is by conditions (acknowledgement
 // counts, the server's own stats), never by sleeping.
 
-#include <libpq-fe.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -44,6 +43,7 @@
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
 #include "tests/fixtures/concurrent_calls.h"
+#include "tests/fixtures/pg_session.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
@@ -53,6 +53,7 @@ namespace poolside {
 namespace {
 
 using ::poolside::testing::ConcurrentCalls;
+using ::poolside::testing::PgSession;
 using ::poolside::testing::RunConcurrentCalls;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
@@ -795,10 +796,10 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
   ASSERT_TRUE(
       RunChannel(server->stub.get(), {Message("full_buffer", "warm", 0, 1000000, 1)}).ok.size() ==
       1);
-  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
-  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
-  PQclear(PQexec(locker, "BEGIN"));
-  PQclear(PQexec(locker, "LOCK TABLE full_buffer IN ACCESS EXCLUSIVE MODE"));
+  PgSession locker(SharedPostgres().Dsn(kDb));
+  ASSERT_TRUE(locker.ok());
+  ASSERT_EQ(locker.Exec("BEGIN"), "");
+  ASSERT_EQ(locker.Exec("LOCK TABLE full_buffer IN ACCESS EXCLUSIVE MODE"), "");
   // Unary writes (each waits for its commit) from threads until one is refused.
   std::atomic<bool> refused{false};
   std::string retry_after;
@@ -827,8 +828,7 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
     v1::GetIngestStatsResponse stats = Stats(*server);
     if (stats.refused_full() > 0) break;
   }
-  PQclear(PQexec(locker, "ROLLBACK"));
-  PQfinish(locker);
+  EXPECT_EQ(locker.Exec("ROLLBACK"), "");
   for (auto& t : writers) t.join();
   int ok = 0, full = 0;
   for (const grpc::Status& st : statuses) {
@@ -924,12 +924,10 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   ASSERT_EQ(warm.ok.size(), 1u);
   const int64_t rss_before_kb = server->process->RssKb();
 
-  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
-  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
-  PQclear(PQexec(locker, "BEGIN"));
-  PGresult* lock = PQexec(locker, "LOCK TABLE locked IN ACCESS EXCLUSIVE MODE");
-  ASSERT_EQ(PQresultStatus(lock), PGRES_COMMAND_OK);
-  PQclear(lock);
+  PgSession locker(SharedPostgres().Dsn(kDb));
+  ASSERT_TRUE(locker.ok());
+  ASSERT_EQ(locker.Exec("BEGIN"), "");
+  ASSERT_EQ(locker.Exec("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE"), "");
 
   // 4 producers, 100 MB of rows in all: 25x the bound.
   constexpr int kStreams = 4, kMessages = 100, kRows = 1000;
@@ -970,8 +968,7 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   // stream plus gRPC's own buffers.
   EXPECT_LT(rss_locked_kb - rss_before_kb, 48 * 1024);
 
-  PQclear(PQexec(locker, "ROLLBACK"));
-  PQfinish(locker);
+  EXPECT_EQ(locker.Exec("ROLLBACK"), "");
   for (auto& t : producers) t.join();
   for (const ChannelRun& r : runs) {
     EXPECT_TRUE(r.status.ok()) << r.status.error_message();
@@ -996,12 +993,10 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
   ASSERT_EQ(RunChannel(server->stub.get(), {Message("bulk", "warm", 0, 0, 1)}).ok.size(), 1u);
   const int64_t rss_before_kb = server->process->RssKb();
 
-  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
-  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
-  PQclear(PQexec(locker, "BEGIN"));
-  PGresult* lock = PQexec(locker, "LOCK TABLE bulk IN ACCESS EXCLUSIVE MODE");
-  ASSERT_EQ(PQresultStatus(lock), PGRES_COMMAND_OK);
-  PQclear(lock);
+  PgSession locker(SharedPostgres().Dsn(kDb));
+  ASSERT_TRUE(locker.ok());
+  ASSERT_EQ(locker.Exec("BEGIN"), "");
+  ASSERT_EQ(locker.Exec("LOCK TABLE bulk IN ACCESS EXCLUSIVE MODE"), "");
 
   // 8 streams, each with 2 requests of ~3.6 MiB: 3.5x the bound in all.
   constexpr int kStreams = 8, kMessages = 2, kRows = 13500;
@@ -1043,8 +1038,7 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
   // About 1.5x the bound plus a constant (gRPC's stream windows, allocator).
   EXPECT_LT(peak_kb - rss_before_kb, static_cast<int64_t>(kBound * 3 / 2 / 1024) + 24 * 1024);
 
-  PQclear(PQexec(locker, "ROLLBACK"));
-  PQfinish(locker);
+  EXPECT_EQ(locker.Exec("ROLLBACK"), "");
   size_t acked = 0;
   for (auto& stream : streams) {
     RawCallResult r = stream->Wait();

@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "tests/fixtures/patroni_cluster.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/wait_for.h"
 
 namespace poolside {
 namespace {
@@ -27,15 +28,7 @@ using ::poolside::db::MemberStatus;
 using ::poolside::db::Topology;
 using ::poolside::db::TopologyMonitor;
 using ::poolside::testing::PatroniCluster;
-
-bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
+using ::poolside::testing::WaitFor;
 
 bool Exists(const std::string& path) {
   struct stat st;

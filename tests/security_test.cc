@@ -26,16 +26,19 @@
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside {
 namespace {
 
 using ::poolside::testing::Connect;
+using ::poolside::testing::Int;
 using ::poolside::testing::NewStem;
 using ::poolside::testing::PostgresCluster;
 using ::poolside::testing::ServiceProcess;
 using ::poolside::testing::SharedPostgres;
 using ::poolside::testing::StartConfigured;
+using ::poolside::testing::Text;
 
 constexpr char kDb[] = "security";
 // The DSN carries a password (trust authentication ignores it) so the test
@@ -141,18 +144,6 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> StartIngest() {
 void WithToken(grpc::ClientContext* ctx, const Token* t) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   if (t != nullptr) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", t->token));
-}
-
-v1::Value Int(int64_t v) {
-  v1::Value out;
-  out.set_int64_value(v);
-  return out;
-}
-
-v1::Value Text(const std::string& v) {
-  v1::Value out;
-  out.set_text_value(v);
-  return out;
 }
 
 std::string ReadFile(const std::string& path) {

@@ -51,6 +51,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "tests/fixtures/demo_schema.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tools/restart_backoff.h"
@@ -83,6 +84,7 @@ namespace {
 
 using ::poolside::testing::PostgresCluster;
 using ::poolside::testing::PostgresOptions;
+using ::poolside::testing::ReadFile;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 
@@ -92,14 +94,6 @@ using ::poolside::testing::kDemoReadRole;
 using ::poolside::testing::kDemoRoles;
 using ::poolside::testing::kDemoSchema;
 using ::poolside::testing::kDemoWriteRole;
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 // Writes via a temporary file and rename, so readers never see half a file.
 absl::Status WriteFileAtomically(const std::string& path, const std::string& content) {

@@ -20,22 +20,15 @@
 #include "common/db/member_probe.h"
 #include "common/db/topology.h"
 #include "gtest/gtest.h"
+#include "tests/fixtures/loopback_port.h"
 #include "tests/fixtures/replicated_cluster.h"
+#include "tests/fixtures/wait_for.h"
 
 namespace poolside::db {
 namespace {
 
 using ::poolside::testing::ReplicatedCluster;
-
-// Polls `done` until it holds or `timeout` passes.
-bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
+using ::poolside::testing::WaitFor;
 
 MemberStatus StatusOf(const Topology& topology, const std::string& id) {
   for (MemberStatus& s : topology.Snapshot()) {
@@ -93,15 +86,11 @@ class FakeMembers {
 class FakePatroni {
  public:
   FakePatroni() {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    int port = 0;
+    fd_ = testing::BindLoopback(&port);
+    EXPECT_GE(fd_, 0);
     EXPECT_EQ(listen(fd_, 16), 0);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    url_ = absl::StrCat("http://127.0.0.1:", ntohs(addr.sin_port));
+    url_ = absl::StrCat("http://127.0.0.1:", port);
     thread_ = std::thread([this] {
       for (;;) {
         const int conn = accept(fd_, nullptr, nullptr);

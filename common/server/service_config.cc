@@ -1,0 +1,23 @@
+#include "common/server/service_config.h"
+
+#include <utility>
+
+#include "common/telemetry/metrics_service.h"
+
+namespace poolside::server {
+
+absl::Status ApplyServiceFlags(const ServiceFlags& flags, v1::ServerConfig* server) {
+  if (!flags.listen.empty()) server->set_listen(flags.listen);
+  return telemetry::ValidateTelemetryConfig(server->telemetry());
+}
+
+absl::StatusOr<std::unique_ptr<auth::Authorizer>> DatabaseAuthorizer(
+    const v1::AuthConfig& auth,
+    const google::protobuf::RepeatedPtrField<v1::DatabaseConfig>& databases) {
+  absl::StatusOr<std::unique_ptr<auth::Authorizer>> authorizer = auth::Authorizer::Create(auth);
+  if (!authorizer.ok()) return authorizer.status();
+  if (absl::Status s = (*authorizer)->CheckDatabaseRoles(databases); !s.ok()) return s;
+  return authorizer;
+}
+
+}  // namespace poolside::server
