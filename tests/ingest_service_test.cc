@@ -49,15 +49,8 @@
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::ConcurrentCalls;
-using ::poolside::testing::PgSession;
-using ::poolside::testing::RunConcurrentCalls;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
 
 constexpr char kDb[] = "ingest_it";
 
@@ -1231,4 +1224,4 @@ TEST(IngestServiceTest, CliStreamsACsvAndResumesWithoutWritingTwice) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

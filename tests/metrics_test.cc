@@ -31,21 +31,15 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/http_get.h"
 #include "tests/fixtures/otlp_receiver.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
 
 constexpr char kDb[] = "mt";
 constexpr char kChromium[] = "/usr/bin/chromium";
@@ -121,13 +115,6 @@ Metrics Scrape(int port) {
   return Metrics(r->body);
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // The status page as Chromium's DOM after it loaded and rendered the page.
 absl::StatusOr<std::string> RenderInChromium(int port) {
   struct stat st;
@@ -145,10 +132,11 @@ absl::StatusOr<std::string> RenderInChromium(int port) {
       profile, " --dump-dom http://127.0.0.1:", port, "/ > ", dom, " 2> ", profile, ".log");
   const int rc = std::system(command.c_str());
   if (rc != 0) {
-    return absl::InternalError(absl::StrCat("chromium exited with ", rc, ": ",
-                                            ReadFile(profile + ".log").substr(0, 2000)));
+    return absl::InternalError(
+        absl::StrCat("chromium exited with ", rc, ": ",
+                     ReadFile(profile + ".log").value_or("").substr(0, 2000)));
   }
-  return ReadFile(dom);
+  return ReadFile(dom).value_or("");
 }
 
 class MetricsTest : public ::testing::Test {
@@ -350,7 +338,7 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
 
   // The slow statement was logged once, as JSON, with the caller's trace id.
   std::string slow_line;
-  for (absl::string_view line : absl::StrSplit(ReadFile(query->log_path()), '\n')) {
+  for (absl::string_view line : absl::StrSplit(ReadFile(query->log_path()).value_or(""), '\n')) {
     if (absl::StrContains(line, "\"message\":\"slow statement\"")) {
       EXPECT_TRUE(slow_line.empty()) << "second slow statement: " << line;
       slow_line = std::string(line);
@@ -540,4 +528,4 @@ TEST_F(MetricsTest, TakenMetricsPortFailsTheStartWithAClearMessage) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

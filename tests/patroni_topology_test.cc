@@ -20,15 +20,13 @@
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/wait_for.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
 
 using ::poolside::db::MemberRole;
 using ::poolside::db::MemberStatus;
 using ::poolside::db::Topology;
 using ::poolside::db::TopologyMonitor;
-using ::poolside::testing::PatroniCluster;
-using ::poolside::testing::WaitFor;
 
 bool Exists(const std::string& path) {
   struct stat st;
@@ -151,4 +149,4 @@ TEST(PatroniTopologyTest, SwitchoverAndFailoverFollowedByTheMonitor) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

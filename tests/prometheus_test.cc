@@ -35,24 +35,18 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/http_get.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
 
 using google::protobuf::Struct;
 using google::protobuf::Value;
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
 
 constexpr char kDb[] = "prom";
 
@@ -75,13 +69,6 @@ bool MayBeEmpty(const std::string& expr) {
     if (absl::StrContains(expr, s)) return true;
   }
   return false;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::string UrlEncode(const std::string& s) {
@@ -215,7 +202,7 @@ struct Expression {
 // variables replaced as Grafana would for "all instances".
 std::vector<Expression> DashboardExpressions(const std::string& file) {
   std::vector<Expression> out;
-  absl::StatusOr<Struct> d = ParseJson(ReadFile(RunfilePath(file)));
+  absl::StatusOr<Struct> d = ParseJson(ReadFile(RunfilePath(file)).value_or(""));
   EXPECT_TRUE(d.ok()) << file << ": " << d.status();
   if (!d.ok()) return out;
   const Value* panels = Field(*d, "panels");
@@ -449,4 +436,4 @@ TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunning
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -41,18 +41,8 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::PgSession;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "qc";
 
@@ -790,4 +780,4 @@ TEST_F(QueryCacheTest, ARestartedSidecarEmptiesTheNearCache) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

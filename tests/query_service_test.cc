@@ -51,24 +51,8 @@
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/values.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Bool;
-using ::poolside::testing::Bytes;
-using ::poolside::testing::ConcurrentCalls;
-using ::poolside::testing::Double;
-using ::poolside::testing::Int;
-using ::poolside::testing::Json;
-using ::poolside::testing::Null;
-using ::poolside::testing::Numeric;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::RunConcurrentCalls;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::Text;
-using ::poolside::testing::Timestamp;
 
 // ---------------------------------------------------------------------------
 // Helpers: starting a server, building requests and values, checking statuses.
@@ -243,8 +227,6 @@ grpc::Status ExecuteScalar(v1::QueryService::Stub& stub, const std::string& data
   *value = response.result().rows(0).values(0);
   return status;
 }
-
-using ::poolside::testing::WaitFor;
 
 // Backends of `cluster` currently running a statement containing `marker`.
 int ActiveBackends(PostgresCluster& cluster, const std::string& marker) {
@@ -1322,4 +1304,4 @@ TEST(QueryServiceCopyTest, CopyNeverWedgesAWorkerAndSigtermStillExitsZero) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -48,14 +48,8 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::PatroniCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::StartWithMetrics;
-using ::poolside::testing::WaitFor;
 
 constexpr absl::Duration kWait = absl::Seconds(40);  // only reached when something is broken
 
@@ -487,4 +481,4 @@ TEST(ReplicaSwitchoverTest, FailoverBySigkillUnderLoad) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

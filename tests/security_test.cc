@@ -22,23 +22,15 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 #include "tests/fixtures/values.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::Int;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::Text;
 
 constexpr char kDb[] = "security";
 // The DSN carries a password (trust authentication ignores it) so the test
@@ -146,13 +138,6 @@ void WithToken(grpc::ClientContext* ctx, const Token* t) {
   if (t != nullptr) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", t->token));
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
 // Shared by the tests: one database, one query and one ingest server.
 class SecurityTest : public ::testing::Test {
  protected:
@@ -201,6 +186,18 @@ ServiceProcess* SecurityTest::ingest_ = nullptr;
 // One RPC called as a given principal (null: no token; &bad: unknown token).
 using Rpc = std::function<grpc::Status(const Token*)>;
 
+// A unary RPC of `stub` (its method `call`) with `request`.
+template <typename Stub, typename Request, typename Response>
+Rpc Unary(Stub* stub, grpc::Status (Stub::*call)(grpc::ClientContext*, const Request&, Response*),
+          Request request) {
+  return [stub, call, request = std::move(request)](const Token* t) {
+    grpc::ClientContext ctx;
+    WithToken(&ctx, t);
+    Response response;
+    return (stub->*call)(&ctx, request, &response);
+  };
+}
+
 struct Case {
   std::string rpc;
   Rpc call;
@@ -213,14 +210,7 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
   auto ingest = IngestStub();
   static constexpr Token kBad{"bad", "tok-nobody-has-this"};
   std::vector<Case> cases;
-  auto execute = [&](const v1::ExecuteRequest& req) {
-    return [&, req](const Token* t) {
-      grpc::ClientContext ctx;
-      WithToken(&ctx, t);
-      v1::ExecuteResponse resp;
-      return query->Execute(&ctx, req, &resp);
-    };
-  };
+  using QueryServiceStub = v1::QueryService::Stub;
   v1::ExecuteRequest raw;
   raw.set_database(kDb);
   raw.set_sql("SELECT count(*) FROM notes");
@@ -228,8 +218,10 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
   named.set_database(kDb);
   named.set_named_query("note_by_id");
   *named.add_params() = Int(1);
-  cases.push_back({"Execute (raw SQL)", execute(raw), &kReader, &kAnalyst});
-  cases.push_back({"Execute (named query)", execute(named), &kAdmin, &kReader});
+  cases.push_back({"Execute (raw SQL)", Unary(query.get(), &QueryServiceStub::Execute, raw),
+                   &kReader, &kAnalyst});
+  cases.push_back({"Execute (named query)", Unary(query.get(), &QueryServiceStub::Execute, named),
+                   &kAdmin, &kReader});
   cases.push_back({"ExecuteStream",
                    [&](const Token* t) {
                      grpc::ClientContext ctx;
@@ -241,59 +233,31 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return reader->Finish();
                    },
                    &kReader, &kAnalyst});
+  v1::ExecuteTransactionRequest transaction;
+  transaction.set_database(kDb);
+  transaction.add_statements()->set_sql("SELECT 1");
   cases.push_back({"ExecuteTransaction",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::ExecuteTransactionRequest req;
-                     req.set_database(kDb);
-                     req.add_statements()->set_sql("SELECT 1");
-                     v1::ExecuteTransactionResponse resp;
-                     return query->ExecuteTransaction(&ctx, req, &resp);
-                   },
-                   &kLoader, &kAnalyst});
+                   Unary(query.get(), &QueryServiceStub::ExecuteTransaction, transaction), &kLoader,
+                   &kAnalyst});
   cases.push_back({"GetPoolStats",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetPoolStatsResponse resp;
-                     return query->GetPoolStats(&ctx, v1::GetPoolStatsRequest(), &resp);
-                   },
+                   Unary(query.get(), &QueryServiceStub::GetPoolStats, v1::GetPoolStatsRequest()),
                    &kWriter, &kAdmin});
-  cases.push_back({"GetStatementStats",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetStatementStatsResponse resp;
-                     return query->GetStatementStats(&ctx, v1::GetStatementStatsRequest(), &resp);
-                   },
-                   &kAnalyst, &kAdmin});
-  cases.push_back({"CheckDatabases",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::CheckDatabasesResponse resp;
-                     return query->CheckDatabases(&ctx, v1::CheckDatabasesRequest(), &resp);
-                   },
-                   &kReader, &kAdmin});
-  cases.push_back({"GetIndexAdvice",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetIndexAdviceResponse resp;
-                     return query->GetIndexAdvice(&ctx, v1::GetIndexAdviceRequest(), &resp);
-                   },
-                   &kWriter, &kAdmin});
-  cases.push_back({"CreateIndex",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::CreateIndexRequest req;
-                     req.mutable_index()->set_table("notes");
-                     req.mutable_index()->add_columns("body");
-                     v1::CreateIndexResponse resp;
-                     return query->CreateIndex(&ctx, req, &resp);
-                   },
+  cases.push_back(
+      {"GetStatementStats",
+       Unary(query.get(), &QueryServiceStub::GetStatementStats, v1::GetStatementStatsRequest()),
+       &kAnalyst, &kAdmin});
+  cases.push_back(
+      {"CheckDatabases",
+       Unary(query.get(), &QueryServiceStub::CheckDatabases, v1::CheckDatabasesRequest()), &kReader,
+       &kAdmin});
+  cases.push_back(
+      {"GetIndexAdvice",
+       Unary(query.get(), &QueryServiceStub::GetIndexAdvice, v1::GetIndexAdviceRequest()), &kWriter,
+       &kAdmin});
+  v1::CreateIndexRequest create_index;
+  create_index.mutable_index()->set_table("notes");
+  create_index.mutable_index()->add_columns("body");
+  cases.push_back({"CreateIndex", Unary(query.get(), &QueryServiceStub::CreateIndex, create_index),
                    &kWriter, nullptr});
   int next_id = 1000;
   auto write_request = [&](const std::string& table) {
@@ -356,14 +320,10 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return s.ok() ? per_request : s;
                    },
                    &kAdmin, &kLoader});
-  cases.push_back({"Ingest GetStats",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetIngestStatsResponse resp;
-                     return ingest->GetStats(&ctx, v1::GetIngestStatsRequest(), &resp);
-                   },
-                   &kLoader, &kAdmin});
+  cases.push_back(
+      {"Ingest GetStats",
+       Unary(ingest.get(), &v1::IngestService::Stub::GetStats, v1::GetIngestStatsRequest()),
+       &kLoader, &kAdmin});
 
   for (const Case& c : cases) {
     SCOPED_TRACE(c.rpc);
@@ -624,7 +584,7 @@ TEST_F(SecurityTest, TokensAndDsnPasswordNeverReachTheLogs) {
     query->Execute(&ctx, req, &resp);
   }
   for (ServiceProcess* p : {query_, ingest_}) {
-    const std::string log = ReadFile(p->log_path());
+    const std::string log = ReadFile(p->log_path()).value_or("");
     ASSERT_FALSE(log.empty()) << p->log_path();
     EXPECT_EQ(log.find(kDsnPassword), std::string::npos) << "DSN password in " << p->log_path();
     for (const Token* t : kAllTokens) {
@@ -883,4 +843,4 @@ TEST(TlsConfigTest, AServerWithoutCertificateOrExplicitPlaintextRefusesToStart) 
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

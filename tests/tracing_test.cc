@@ -34,23 +34,9 @@
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
 
-using ::poolside::testing::Attribute;
-using ::poolside::testing::Connect;
-using ::poolside::testing::Hex;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::OtlpReceiver;
-using ::poolside::testing::PgSession;
-using ::poolside::testing::ReceivedSpan;
-using ::poolside::testing::RunCommand;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::StartSidecar;
-using ::poolside::testing::WaitFor;
 using OtlpSpan = opentelemetry::proto::trace::v1::Span;
 
 constexpr char kDb[] = "tracing";
@@ -842,4 +828,4 @@ TEST_F(TracingTest, AnInvalidationOfAWriteFromOutsideIsATraceOfItsOwn) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -57,18 +57,8 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::PgSession;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::StartSidecar;
-using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "wc";
 constexpr int kRows = 40;                            // rows (id 1..kRows)
@@ -1176,4 +1166,4 @@ TEST(WalCacheUnavailableTest, FailsToStartOrFallsBackToTriggersAsConfigured) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

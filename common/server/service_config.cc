@@ -6,14 +6,11 @@
 
 namespace poolside::server {
 
-absl::Status ApplyServiceFlags(const ServiceFlags& flags, v1::ServerConfig* server) {
-  if (!flags.listen.empty()) server->set_listen(flags.listen);
-  return telemetry::ValidateTelemetryConfig(server->telemetry());
-}
-
-absl::StatusOr<std::unique_ptr<auth::Authorizer>> DatabaseAuthorizer(
-    const v1::AuthConfig& auth,
+absl::StatusOr<std::unique_ptr<auth::Authorizer>> PrepareDatabaseService(
+    const ServiceFlags& flags, v1::ServerConfig* server, const v1::AuthConfig& auth,
     const google::protobuf::RepeatedPtrField<v1::DatabaseConfig>& databases) {
+  if (!flags.listen.empty()) server->set_listen(flags.listen);
+  if (absl::Status s = telemetry::ValidateTelemetryConfig(server->telemetry()); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<auth::Authorizer>> authorizer = auth::Authorizer::Create(auth);
   if (!authorizer.ok()) return authorizer.status();
   if (absl::Status s = (*authorizer)->CheckDatabaseRoles(databases); !s.ok()) return s;

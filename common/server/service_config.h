@@ -17,14 +17,12 @@
 
 namespace poolside::server {
 
-// The command line over `server`: --listen replaces server.listen when given;
-// then server.telemetry is validated.
-absl::Status ApplyServiceFlags(const ServiceFlags& flags, v1::ServerConfig* server);
-
-// The authorizer built from `auth`, with every database role a principal
-// names configured by the databases it may use (Authorizer::CheckDatabaseRoles).
-absl::StatusOr<std::unique_ptr<auth::Authorizer>> DatabaseAuthorizer(
-    const v1::AuthConfig& auth,
+// Applies the command line over `server` (--listen replaces server.listen
+// when given), validates server.telemetry, and returns the authorizer built
+// from `auth` with every database role a principal names configured by the
+// databases it may use (Authorizer::CheckDatabaseRoles).
+absl::StatusOr<std::unique_ptr<auth::Authorizer>> PrepareDatabaseService(
+    const ServiceFlags& flags, v1::ServerConfig* server, const v1::AuthConfig& auth,
     const google::protobuf::RepeatedPtrField<v1::DatabaseConfig>& databases);
 
 }  // namespace poolside::server

@@ -36,11 +36,8 @@ int main(int argc, char** argv) {
   auto config = poolside::ingest::LoadIngestConfig(
       flags->config, poolside::config::ReadContainerLimits(), &sizing);
   if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
-  if (absl::Status s = poolside::server::ApplyServiceFlags(*flags, config->mutable_server());
-      !s.ok()) {
-    return poolside::server::InvalidConfiguration(s);
-  }
-  auto authorizer = poolside::server::DatabaseAuthorizer(config->auth(), config->databases());
+  auto authorizer = poolside::server::PrepareDatabaseService(*flags, config->mutable_server(),
+                                                             config->auth(), config->databases());
   if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
   if (flags->check_config) {
     int tables = 0;

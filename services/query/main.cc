@@ -31,11 +31,8 @@ int main(int argc, char** argv) {
   if (!flags.has_value()) return 2;
   auto config = poolside::query::LoadQueryConfig(flags->config);
   if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
-  if (absl::Status s = poolside::server::ApplyServiceFlags(*flags, config->mutable_server());
-      !s.ok()) {
-    return poolside::server::InvalidConfiguration(s);
-  }
-  auto authorizer = poolside::server::DatabaseAuthorizer(config->auth(), config->databases());
+  auto authorizer = poolside::server::PrepareDatabaseService(*flags, config->mutable_server(),
+                                                             config->auth(), config->databases());
   if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
   auto named_queries = poolside::query::NamedQueries::Create(config->named_queries());
   if (!named_queries.ok()) return poolside::server::InvalidConfiguration(named_queries.status());
