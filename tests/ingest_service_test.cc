@@ -207,6 +207,34 @@ v1::GetIngestStatsResponse Stats(IngestServer& server) {
   return stats;
 }
 
+// The stats once `streams` streams have waited for buffer room (or after
+// 60 s: the caller checks stream_waits).
+v1::GetIngestStatsResponse StatsOnceStreamsWait(IngestServer& server, int streams) {
+  v1::GetIngestStatsResponse stats;
+  WaitFor(
+      [&] {
+        stats = Stats(server);
+        return stats.stream_waits() >= static_cast<uint64_t>(streams);
+      },
+      absl::Seconds(60));
+  return stats;
+}
+
+// A session of the test's own holding `table` in ACCESS EXCLUSIVE mode until
+// it rolls back: writes to it wait. Null (with a test failure) if it could not.
+std::unique_ptr<PgSession> LockTable(const std::string& table) {
+  auto locker = std::make_unique<PgSession>(SharedPostgres().Dsn(kDb));
+  EXPECT_TRUE(locker->ok());
+  if (!locker->ok()) return nullptr;
+  const std::string begin = locker->Exec("BEGIN");
+  EXPECT_EQ(begin, "");
+  const std::string lock =
+      begin.empty() ? locker->Exec(absl::StrCat("LOCK TABLE ", table, " IN ACCESS EXCLUSIVE MODE"))
+                    : begin;
+  EXPECT_EQ(lock, "");
+  return lock.empty() ? std::move(locker) : nullptr;
+}
+
 // A call made with raw bytes (a generic stub), so that the messages on the
 // wire are exactly `messages`, malformed or not: their answers, as bytes, and
 // the call's status.
@@ -789,10 +817,8 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
   ASSERT_TRUE(
       RunChannel(server->stub.get(), {Message("full_buffer", "warm", 0, 1000000, 1)}).ok.size() ==
       1);
-  PgSession locker(SharedPostgres().Dsn(kDb));
-  ASSERT_TRUE(locker.ok());
-  ASSERT_EQ(locker.Exec("BEGIN"), "");
-  ASSERT_EQ(locker.Exec("LOCK TABLE full_buffer IN ACCESS EXCLUSIVE MODE"), "");
+  std::unique_ptr<PgSession> locker = LockTable("full_buffer");
+  ASSERT_NE(locker, nullptr);
   // Unary writes (each waits for its commit) from threads until one is refused.
   std::atomic<bool> refused{false};
   std::string retry_after;
@@ -821,7 +847,7 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
     v1::GetIngestStatsResponse stats = Stats(*server);
     if (stats.refused_full() > 0) break;
   }
-  EXPECT_EQ(locker.Exec("ROLLBACK"), "");
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
   for (auto& t : writers) t.join();
   int ok = 0, full = 0;
   for (const grpc::Status& st : statuses) {
@@ -917,10 +943,8 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   ASSERT_EQ(warm.ok.size(), 1u);
   const int64_t rss_before_kb = server->process->RssKb();
 
-  PgSession locker(SharedPostgres().Dsn(kDb));
-  ASSERT_TRUE(locker.ok());
-  ASSERT_EQ(locker.Exec("BEGIN"), "");
-  ASSERT_EQ(locker.Exec("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE"), "");
+  std::unique_ptr<PgSession> locker = LockTable("locked");
+  ASSERT_NE(locker, nullptr);
 
   // 4 producers, 100 MB of rows in all: 25x the bound.
   constexpr int kStreams = 4, kMessages = 100, kRows = 1000;
@@ -939,11 +963,7 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   }
   // Every stream ends up waiting for room: nothing can leave the buffer
   // while the table is locked, so each stream waits at most once.
-  v1::GetIngestStatsResponse stats;
-  const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  do {
-    stats = Stats(*server);
-  } while (stats.stream_waits() < kStreams && absl::Now() < give_up);
+  v1::GetIngestStatsResponse stats = StatsOnceStreamsWait(*server, kStreams);
   ASSERT_GE(stats.stream_waits(), static_cast<uint64_t>(kStreams));
   const int64_t rss_locked_kb = server->process->RssKb();
   const size_t sent_locked = sent.load();
@@ -961,7 +981,7 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   // stream plus gRPC's own buffers.
   EXPECT_LT(rss_locked_kb - rss_before_kb, 48 * 1024);
 
-  EXPECT_EQ(locker.Exec("ROLLBACK"), "");
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
   for (auto& t : producers) t.join();
   for (const ChannelRun& r : runs) {
     EXPECT_TRUE(r.status.ok()) << r.status.error_message();
@@ -986,10 +1006,8 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
   ASSERT_EQ(RunChannel(server->stub.get(), {Message("bulk", "warm", 0, 0, 1)}).ok.size(), 1u);
   const int64_t rss_before_kb = server->process->RssKb();
 
-  PgSession locker(SharedPostgres().Dsn(kDb));
-  ASSERT_TRUE(locker.ok());
-  ASSERT_EQ(locker.Exec("BEGIN"), "");
-  ASSERT_EQ(locker.Exec("LOCK TABLE bulk IN ACCESS EXCLUSIVE MODE"), "");
+  std::unique_ptr<PgSession> locker = LockTable("bulk");
+  ASSERT_NE(locker, nullptr);
 
   // 8 streams, each with 2 requests of ~3.6 MiB: 3.5x the bound in all.
   constexpr int kStreams = 8, kMessages = 2, kRows = 13500;
@@ -1009,11 +1027,7 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
                                                   std::move(wire), absl::Seconds(120)));
   }
   // Blocked: every stream has asked for room it cannot get.
-  v1::GetIngestStatsResponse stats;
-  const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  do {
-    stats = Stats(*server);
-  } while (stats.stream_waits() < kStreams && absl::Now() < give_up);
+  v1::GetIngestStatsResponse stats = StatsOnceStreamsWait(*server, kStreams);
   ASSERT_GE(stats.stream_waits(), static_cast<uint64_t>(kStreams));
   int64_t rss_locked_kb = 0;
   for (int i = 0; i < 20; ++i) {
@@ -1031,7 +1045,7 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
   // About 1.5x the bound plus a constant (gRPC's stream windows, allocator).
   EXPECT_LT(peak_kb - rss_before_kb, static_cast<int64_t>(kBound * 3 / 2 / 1024) + 24 * 1024);
 
-  EXPECT_EQ(locker.Exec("ROLLBACK"), "");
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
   size_t acked = 0;
   for (auto& stream : streams) {
     RawCallResult r = stream->Wait();

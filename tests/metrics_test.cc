@@ -37,6 +37,7 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/observed_services.h"
 
 namespace poolside::testing {
 namespace {
@@ -141,45 +142,17 @@ absl::StatusOr<std::string> RenderInChromium(int port) {
 
 class MetricsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE items (id int PRIMARY KEY, name text);"
-                        "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
-                        "CREATE TABLE events (id bigint NOT NULL, note text)")
-                    .ok());
-  }
-
-  template <typename Config>
-  std::pair<std::unique_ptr<ServiceProcess>, int> Start(const std::string& binary, Config config,
-                                                        const std::string& name) {
-    return testing::StartWithMetrics(binary, std::move(config), name);
-  }
+  static void SetUpTestSuite() { CreateObservedSchema(kDb); }
 };
 
 TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   const std::string socket = absl::StrCat("/tmp/poolside-mt-", getpid(), ".sock");
-  v1::CacheServiceConfig cache_config;
-  cache_config.set_unix_socket(socket);
-  cache_config.set_capacity_bytes(16 << 20);
-  auto [cache, cache_port] = Start("services/cache/cache_server", cache_config, "cache_server");
+  auto [cache, cache_port, query, query_port] =
+      StartCachedQuery(kDb, socket, [](v1::QueryServiceConfig* config) {
+        config->mutable_server()->mutable_telemetry()->mutable_log()->set_slow_statement_ms(200);
+      });
   ASSERT_NE(cache, nullptr);
   ASSERT_GT(cache_port, 0);
-
-  v1::QueryServiceConfig config;
-  v1::DatabaseConfig* db = config.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(SharedPostgres().Dsn(kDb));
-  db->mutable_pool()->set_max_size(2);
-  config.mutable_cache()->set_target("unix:" + socket);
-  config.mutable_cache()->set_call_timeout_ms(2000);
-  v1::CachedTables* tables = config.mutable_cache()->add_tables();
-  tables->set_database(kDb);
-  tables->add_tables("items");
-  config.mutable_server()->mutable_telemetry()->mutable_log()->set_slow_statement_ms(200);
-  config.mutable_auth()->set_disabled(true);
-  auto [query, query_port] = Start("services/query/query_server", config, "query_server");
   ASSERT_NE(query, nullptr);
   ASSERT_GT(query_port, 0);
   auto channel = Connect(query->address());
@@ -380,7 +353,7 @@ TEST_F(MetricsTest, IngestSeriesMatchTheRowsSent) {
   tables->add_tables("events");
   config.mutable_batch()->set_linger_ms(5);
   config.mutable_auth()->set_disabled(true);
-  auto [ingest, port] = Start("services/ingest/ingest_server", config, "ingest_server");
+  auto [ingest, port] = StartWithMetrics("services/ingest/ingest_server", config, "ingest_server");
   ASSERT_NE(ingest, nullptr);
   ASSERT_GT(port, 0);
   auto channel = Connect(ingest->address());
@@ -459,7 +432,7 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
   tracing->set_endpoint((*receiver)->address());
   tracing->set_batch_interval_ms(50);
   tracing->set_export_timeout_ms(500);
-  auto [cache, port] = Start("services/cache/cache_server", config, "cache_server");
+  auto [cache, port] = StartWithMetrics("services/cache/cache_server", config, "cache_server");
   ASSERT_NE(cache, nullptr);
   auto channel = Connect(cache->address());
   ASSERT_TRUE(channel.ok()) << channel.status();
@@ -508,7 +481,7 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
 TEST_F(MetricsTest, TakenMetricsPortFailsTheStartWithAClearMessage) {
   v1::CacheServiceConfig first;
   first.set_capacity_bytes(1 << 20);
-  auto [cache, port] = Start("services/cache/cache_server", first, "cache_server");
+  auto [cache, port] = StartWithMetrics("services/cache/cache_server", first, "cache_server");
   ASSERT_NE(cache, nullptr);
   v1::CacheServiceConfig second;
   second.set_capacity_bytes(1 << 20);

@@ -41,6 +41,7 @@
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/observed_services.h"
 
 namespace poolside::testing {
 namespace {
@@ -226,45 +227,17 @@ std::vector<Expression> DashboardExpressions(const std::string& file) {
 
 class PrometheusTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE items (id int PRIMARY KEY, name text);"
-                        "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
-                        "CREATE TABLE events (id bigint NOT NULL, note text)")
-                    .ok());
-  }
-
-  template <typename Config>
-  std::pair<std::unique_ptr<ServiceProcess>, int> Start(const std::string& binary, Config config,
-                                                        const std::string& name) {
-    return testing::StartWithMetrics(binary, std::move(config), name);
-  }
+  static void SetUpTestSuite() { CreateObservedSchema(kDb); }
 };
 
 TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunningServices) {
   // The services, as in production: query with its cache sidecar, and ingest.
   const std::string socket = absl::StrCat("/tmp/poolside-prom-", getpid(), ".sock");
-  v1::CacheServiceConfig cache_config;
-  cache_config.set_unix_socket(socket);
-  cache_config.set_capacity_bytes(16 << 20);
-  auto [cache, cache_port] = Start("services/cache/cache_server", cache_config, "cache_server");
+  auto [cache, cache_port, query, query_port] =
+      StartCachedQuery(kDb, socket, [](v1::QueryServiceConfig* config) {
+        config->mutable_databases(0)->mutable_pool()->set_max_overflow(1);
+      });
   ASSERT_NE(cache, nullptr);
-
-  v1::QueryServiceConfig query_config;
-  v1::DatabaseConfig* db = query_config.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(SharedPostgres().Dsn(kDb));
-  db->mutable_pool()->set_max_size(2);
-  db->mutable_pool()->set_max_overflow(1);
-  query_config.mutable_cache()->set_target("unix:" + socket);
-  query_config.mutable_cache()->set_call_timeout_ms(2000);
-  v1::CachedTables* tables = query_config.mutable_cache()->add_tables();
-  tables->set_database(kDb);
-  tables->add_tables("items");
-  query_config.mutable_auth()->set_disabled(true);
-  auto [query, query_port] = Start("services/query/query_server", query_config, "query_server");
   ASSERT_NE(query, nullptr);
 
   v1::IngestServiceConfig ingest_config;
@@ -277,7 +250,7 @@ TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunning
   ingest_config.mutable_batch()->set_linger_ms(5);
   ingest_config.mutable_auth()->set_disabled(true);
   auto [ingest, ingest_port] =
-      Start("services/ingest/ingest_server", ingest_config, "ingest_server");
+      StartWithMetrics("services/ingest/ingest_server", ingest_config, "ingest_server");
   ASSERT_NE(ingest, nullptr);
   ASSERT_GT(cache_port, 0);
   ASSERT_GT(query_port, 0);
