@@ -227,6 +227,26 @@ class TopologyMonitorTest : public ::testing::Test {
     cluster_ = nullptr;
   }
 
+  // The cluster's members: the primary's DSN, the replicas by port.
+  static absl::StatusOr<std::vector<MemberSpec>> Members() {
+    ReplicatedCluster& c = *cluster_;
+    return MembersFromDsns(c.primary().Dsn(), {absl::StrCat("port=", c.replica(0).port()),
+                                               absl::StrCat("port=", c.replica(1).port())});
+  }
+
+  // Whether `topology` comes to name the primary and see both replicas
+  // healthy within 20 s.
+  static bool SeesAll(const Topology& topology) {
+    ReplicatedCluster& c = *cluster_;
+    return WaitFor(
+        [&] {
+          return topology.primary() == Id(c.primary()) &&
+                 StatusOf(topology, Id(c.replica(0))).healthy &&
+                 StatusOf(topology, Id(c.replica(1))).healthy;
+        },
+        absl::Seconds(20));
+  }
+
   static ReplicatedCluster* cluster_;
 };
 
@@ -239,20 +259,13 @@ TEST_F(TopologyMonitorTest, LagBansAndTokensOnRealReplicas) {
                      .max_lag_bytes = 1 << 30,
                      .max_sample_age = absl::Seconds(10)},
                     Clock::Real());
-  absl::StatusOr<std::vector<MemberSpec>> members = MembersFromDsns(
-      c.primary().Dsn(),
-      {absl::StrCat("port=", c.replica(0).port()), absl::StrCat("port=", c.replica(1).port())});
+  absl::StatusOr<std::vector<MemberSpec>> members = Members();
   ASSERT_TRUE(members.ok()) << members.status();
   TopologyMonitor monitor(&topology, {.interval = absl::Milliseconds(50)});
   ASSERT_TRUE(monitor.Start(*members).ok());
   const std::string primary = Id(c.primary()), r0 = Id(c.replica(0)), r1 = Id(c.replica(1));
 
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return topology.primary() == primary && StatusOf(topology, r0).healthy &&
-               StatusOf(topology, r1).healthy;
-      },
-      absl::Seconds(20)));
+  ASSERT_TRUE(SeesAll(topology));
   EXPECT_EQ(StatusOf(topology, r0).role, MemberRole::kReplica);
   EXPECT_EQ(topology.Pick(false)->id(), primary);
   std::map<std::string, int> spread;
@@ -311,20 +324,13 @@ TEST_F(TopologyMonitorTest, LagBansAndTokensOnRealReplicas) {
 TEST_F(TopologyMonitorTest, ZKilledReplicaAndFailover) {
   ReplicatedCluster& c = *cluster_;
   Topology topology("postgres", {.max_sample_age = absl::Milliseconds(600)}, Clock::Real());
-  absl::StatusOr<std::vector<MemberSpec>> members = MembersFromDsns(
-      c.primary().Dsn(),
-      {absl::StrCat("port=", c.replica(0).port()), absl::StrCat("port=", c.replica(1).port())});
+  absl::StatusOr<std::vector<MemberSpec>> members = Members();
   ASSERT_TRUE(members.ok()) << members.status();
   TopologyMonitor monitor(
       &topology, {.interval = absl::Milliseconds(50), .probe_timeout = absl::Milliseconds(500)});
   ASSERT_TRUE(monitor.Start(*members).ok());
   const std::string primary = Id(c.primary()), r0 = Id(c.replica(0)), r1 = Id(c.replica(1));
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return topology.primary() == primary && StatusOf(topology, r0).healthy &&
-               StatusOf(topology, r1).healthy;
-      },
-      absl::Seconds(20)));
+  ASSERT_TRUE(SeesAll(topology));
 
   // A replica killed: after detection its reads go to the other.
   ASSERT_TRUE(c.replica(1).Kill().ok());
