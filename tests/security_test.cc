@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <initializer_list>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -138,6 +139,33 @@ void WithToken(grpc::ClientContext* ctx, const Token* t) {
   if (t != nullptr) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", t->token));
 }
 
+// An Execute on kDb: `sql`, or with `named` the named query of that name.
+v1::ExecuteRequest Statement(const std::string& sql, std::initializer_list<v1::Value> params = {},
+                             bool named = false) {
+  v1::ExecuteRequest req;
+  req.set_database(kDb);
+  if (named) {
+    req.set_named_query(sql);
+  } else {
+    req.set_sql(sql);
+  }
+  for (const v1::Value& v : params) *req.add_params() = v;
+  return req;
+}
+
+v1::ExecuteRequest NamedQuery(const std::string& name, std::initializer_list<v1::Value> params) {
+  return Statement(name, params, /*named=*/true);
+}
+
+// `req` called as `t`'s principal; its response in `resp` if given.
+grpc::Status ExecuteAs(v1::QueryService::Stub& query, const Token& t, const v1::ExecuteRequest& req,
+                       v1::ExecuteResponse* resp = nullptr) {
+  grpc::ClientContext ctx;
+  WithToken(&ctx, &t);
+  v1::ExecuteResponse ignored;
+  return query.Execute(&ctx, req, resp != nullptr ? resp : &ignored);
+}
+
 // Shared by the tests: one database, one query and one ingest server.
 class SecurityTest : public ::testing::Test {
  protected:
@@ -211,13 +239,8 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
   static constexpr Token kBad{"bad", "tok-nobody-has-this"};
   std::vector<Case> cases;
   using QueryServiceStub = v1::QueryService::Stub;
-  v1::ExecuteRequest raw;
-  raw.set_database(kDb);
-  raw.set_sql("SELECT count(*) FROM notes");
-  v1::ExecuteRequest named;
-  named.set_database(kDb);
-  named.set_named_query("note_by_id");
-  *named.add_params() = Int(1);
+  const v1::ExecuteRequest raw = Statement("SELECT count(*) FROM notes");
+  const v1::ExecuteRequest named = NamedQuery("note_by_id", {Int(1)});
   cases.push_back({"Execute (raw SQL)", Unary(query.get(), &QueryServiceStub::Execute, raw),
                    &kReader, &kAnalyst});
   cases.push_back({"Execute (named query)", Unary(query.get(), &QueryServiceStub::Execute, named),
@@ -347,13 +370,7 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
 TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
   auto query = QueryStub();
   auto run = [&](const Token& t, const std::string& sql) {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &t);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql(sql);
-    v1::ExecuteResponse resp;
-    return query->Execute(&ctx, req, &resp);
+    return ExecuteAs(*query, t, Statement(sql));
   };
   // Writes the parser sees are refused before they run, hidden in WITH too.
   grpc::Status insert = run(kAnalyst, "INSERT INTO accounts VALUES (1)");
@@ -377,10 +394,8 @@ TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
   {
     grpc::ClientContext ctx;
     WithToken(&ctx, &kAnalyst);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql("INSERT INTO accounts VALUES (3) RETURNING id");
-    auto reader = query->ExecuteStream(&ctx, req);
+    auto reader =
+        query->ExecuteStream(&ctx, Statement("INSERT INTO accounts VALUES (3) RETURNING id"));
     v1::ExecuteStreamResponse chunk;
     while (reader->Read(&chunk)) {
     }
@@ -399,18 +414,10 @@ TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
   }
   // A named query that writes, called by a read-only principal, is refused too.
-  {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &kReader);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_named_query("add_note");
-    *req.add_params() = Int(50);
-    *req.add_params() = Text("from a reader");
-    v1::ExecuteResponse resp;
-    grpc::Status s = query->Execute(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
-  }
+  grpc::Status named_write =
+      ExecuteAs(*query, kReader, NamedQuery("add_note", {Int(50), Text("from a reader")}));
+  EXPECT_EQ(named_write.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << named_write.error_message();
   absl::StatusOr<std::string> count =
       SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM accounts");
   ASSERT_TRUE(count.ok()) << count.status();
@@ -428,42 +435,23 @@ TEST_F(SecurityTest, InjectionThroughParametersIsStoredVerbatim) {
   };
   int64_t id = 100;
   for (const std::string& p : payloads) {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &kWriter);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql("INSERT INTO notes (id, body) VALUES ($1, $2)");
-    *req.add_params() = Int(++id);
-    *req.add_params() = Text(p);
-    v1::ExecuteResponse resp;
-    grpc::Status s = query->Execute(&ctx, req, &resp);
+    grpc::Status s =
+        ExecuteAs(*query, kWriter,
+                  Statement("INSERT INTO notes (id, body) VALUES ($1, $2)", {Int(++id), Text(p)}));
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   id = 100;
   for (const std::string& p : payloads) {
     // Read back through the named query: the value is returned as it was sent.
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &kReader);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_named_query("note_by_id");
-    *req.add_params() = Int(++id);
     v1::ExecuteResponse resp;
-    grpc::Status s = query->Execute(&ctx, req, &resp);
+    grpc::Status s = ExecuteAs(*query, kReader, NamedQuery("note_by_id", {Int(++id)}), &resp);
     ASSERT_TRUE(s.ok()) << s.error_message();
     ASSERT_EQ(resp.result().rows_size(), 1);
     EXPECT_EQ(resp.result().rows(0).values(0).text_value(), p);
   }
   // An injection attempt as a named query's parameter is just a value, and
   // the wrong type is refused before anything runs.
-  grpc::ClientContext ctx;
-  WithToken(&ctx, &kReader);
-  v1::ExecuteRequest req;
-  req.set_database(kDb);
-  req.set_named_query("note_by_id");
-  *req.add_params() = Text("1 OR 1=1");
-  v1::ExecuteResponse resp;
-  grpc::Status s = query->Execute(&ctx, req, &resp);
+  grpc::Status s = ExecuteAs(*query, kReader, NamedQuery("note_by_id", {Text("1 OR 1=1")}));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   absl::StatusOr<std::string> count =
       SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM notes");
@@ -473,15 +461,7 @@ TEST_F(SecurityTest, InjectionThroughParametersIsStoredVerbatim) {
 
 TEST_F(SecurityTest, RateLimitedPrincipalDoesNotSlowOthers) {
   auto query = QueryStub();
-  auto select = [&](const Token& t) {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &t);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql("SELECT 1");
-    v1::ExecuteResponse resp;
-    return query->Execute(&ctx, req, &resp);
-  };
+  auto select = [&](const Token& t) { return ExecuteAs(*query, t, Statement("SELECT 1")); };
   // Burst 2 at 1 call/s: within this test's few milliseconds a third call is
   // over budget (a refill of a whole token would take a second).
   int exhausted = 0;
