@@ -9,6 +9,8 @@ attributes every test of its kind repeats:
   fixture chowns the data directory to `postgres`, which linux-sandbox forbids.
 - service_test: a tests/ test that also runs poolside's server binaries
   (tests/fixtures/poolside_servers.h), given as `servers`.
+- client_test: a tests/ test that runs a client program in another language
+  (Python, Node) against the whole stack (tests/client_stack.cc).
 - corpus_test: a fuzz target replayed over its committed corpus.
 """
 
@@ -64,6 +66,31 @@ def service_test(name, servers = [], deps = [], data = [], **kwargs):
         data = servers + data,
         deps = _with(deps, _SERVICE_TEST_DEPS),
         **kwargs
+    )
+
+_CLIENT_STACK_DATA = [
+    "//cli:poolside",
+    "//services/cache:cache_server",
+    "//services/ingest:ingest_server",
+    "//services/query:query_server",
+]
+
+def client_test(name, interpreter, script, data = []):
+    """`interpreter script` run by tests/client_stack.cc against the services.
+
+    Args:
+      name: the test.
+      interpreter: the program that runs `script` ("/usr/bin/node").
+      script: the label of the script, also its runtime data.
+      data: what else the script needs at run time (its package's sources).
+    """
+    native.cc_test(
+        name = name,
+        size = "medium",
+        args = [interpreter, "$(rootpath %s)" % script],
+        data = _CLIENT_STACK_DATA + data + [script],
+        tags = ["no-sandbox"],
+        deps = [":client_stack"],
     )
 
 def corpus_test(name, deps):
