@@ -37,6 +37,9 @@ BASELINES = {
     # writetax section: writers' UPDATEs of a cached table against an identical
     # table nobody caches, on the same server with the same services running
     "write_cached": ["write_uncached"],
+    # replicas section: reads routed over two streaming replicas against the
+    # same reads through a query_server configured with the primary alone
+    "replicas_routed": ["replicas_single_primary"],
     # ingest section: rows/s against psql \copy of the same rows
     "ingest_poolside": ["ingest_psql_copy"],
     "ingest_pgbench_insert": ["ingest_psql_copy"],
@@ -63,6 +66,8 @@ TITLES = {
     "pgpool_cached_writes": "cache: pgpool-II query cache, hot keys, with writes",
     "write_uncached": "write tax: pgbench single-row UPDATE, uncached table",
     "write_cached": "write tax: pgbench single-row UPDATE, cached table",
+    "replicas_single_primary": "replicas: query Execute, primary alone (loadgen)",
+    "replicas_routed": "replicas: query Execute, routed over 2 replicas (loadgen)",
     "ingest_psql_copy": "ingest: psql \\copy, rows/s",
     "ingest_pgbench_insert": "ingest: single-row INSERT per transaction (pgbench), rows/s",
     "ingest_poolside": "ingest: poolside Channel (ingest_loadgen), rows/s",
@@ -88,6 +93,9 @@ def emit(point, args):
     before, after = getattr(args, "delay_before", None), getattr(args, "delay_after", None)
     if before and after:
         point.update(delay_quantiles(before, after))
+    before, after = getattr(args, "routed_before", None), getattr(args, "routed_after", None)
+    if before and after:
+        point["routed_calls"] = routed_calls(before, after)
     cpu_file = getattr(args, "cpu", None)
     if cpu_file:
         try:
@@ -153,6 +161,30 @@ def delay_quantiles(before_path, after_path):
             prev_le, prev_c = le, c
         out[key] = None if value is None else round(value * 1000, 2)
     return out
+
+
+ROUTED_METRIC = "poolside_query_member_routed_total"
+
+
+def metric_by_label(path, metric, label):
+    """{label value: sample} of one counter in a Prometheus text scrape."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if not line.startswith(metric + "{"):
+                continue
+            m = re.search(label + r'="([^"]*)".*\}\s+([0-9.eE+-]+)', line)
+            if m:
+                out[m.group(1)] = out.get(m.group(1), 0) + float(m.group(2))
+    return out
+
+
+def routed_calls(before_path, after_path):
+    """Calls the query_server routed to each member between two scrapes of its
+    /metrics ({} for a service without a topology)."""
+    b0 = metric_by_label(before_path, ROUTED_METRIC, "member")
+    b1 = metric_by_label(after_path, ROUTED_METRIC, "member")
+    return {member: int(v - b0.get(member, 0)) for member, v in sorted(b1.items())}
 
 
 def redis_rate(args):
@@ -408,6 +440,48 @@ def writetax_notes(settings, points):
     return out
 
 
+def replicas_notes(settings, points):
+    """Routed reads against the primary alone: routing overhead per read (issue
+    23's target: CPU per read within 5% of single-primary reads), the server CPU
+    split by process, and where the routed reads went."""
+    if not_measured(settings.get("replicas")):
+        return []
+    out = ["", "Replicas: " + settings["replicas"] + ". All three PostgreSQL servers, the "
+           "service and the load generator share this machine's cores, so routing reads to "
+           "replicas cannot add capacity here: the rows show what routing costs per read "
+           "(server CPU per read beside ops/s), not read scaling, which needs replicas on "
+           "hosts of their own. Target: routed CPU per read within 5% of the primary alone "
+           "(CPU/op ratio ≤ 1.05)."]
+    by = {(p["scenario"], p["concurrency"]): p for p in points}
+    for (scenario, c), p in sorted(by.items(), key=lambda kv: kv[0][1]):
+        single = by.get(("replicas_single_primary", c))
+        if scenario != "replicas_routed" or not single:
+            continue
+        parts = []
+        if single["ops_per_sec"]:
+            parts.append(f"ops/s {p['ops_per_sec'] / single['ops_per_sec']:.2f}x")
+        if p.get("cpu_us_per_op") and single.get("cpu_us_per_op"):
+            r = p["cpu_us_per_op"] / single["cpu_us_per_op"]
+            parts.append(f"routing overhead {100 * (r - 1):+.1f}% server CPU per read "
+                         f"({'within' if r <= 1.05 else 'outside'} the 5% target): routed "
+                         f"{cpu_split(p)} against {cpu_split(single)}")
+        qr = (p.get("cpu_us_per_op_by_process") or {}).get("query_server")
+        qs = (single.get("cpu_us_per_op_by_process") or {}).get("query_server")
+        if qr and qs:
+            parts.append(f"query_server alone {qr:.1f} against {qs:.1f} µs per read "
+                         f"({100 * (qr / qs - 1):+.1f}%)")
+        routed = p.get("routed_calls") or {}
+        total = sum(routed.values())
+        if total:
+            primary = settings.get("replicas_primary")
+            parts.append("calls per member " + ", ".join(
+                f"{m}{' (primary)' if m == primary else ''} {n / total:.0%}"
+                for m, n in routed.items()))
+        if parts:
+            out.append(f"- {c} callers: " + "; ".join(parts))
+    return out
+
+
 def query_cache_cpu_rows(points):
     rows = []
     for p in sorted(points, key=lambda p: (p["concurrency"], p["scenario"])):
@@ -424,6 +498,76 @@ def query_cache_cpu_rows(points):
                     f"{f(by.get('postgres'))} | {f(client)} |")
     return rows
 # --- end of cache section -------------------------------------------------------
+
+
+# --- switchover (bench/switchover.sh, not part of make bench) ---------------------
+def switchover_report(args):
+    """bench/switchover_bench's JSON lines as a table (bench/results/switchover-*.md)."""
+    rounds = []
+    with open(args.results) as f:
+        for line in f:
+            if line.strip():
+                rounds.append(json.loads(line))
+
+    def failed(c):
+        return sum(c["failed_by_code"].values())
+
+    def codes(c):
+        return ", ".join(f"{k} {v}" for k, v in c["failed_by_code"].items()) or "—"
+
+    def ms(v):
+        return "—" if v is None else f"{v:,.0f}"
+
+    out = ["# Switchover and failover under load through query", "",
+           f"- Command: `{args.command}`",
+           f"- Machine: nproc={os_nproc()}, load average after {args.loadavg}; etcd, three "
+           "Patroni members, their PostgreSQL servers, query_server and the load share these "
+           "cores.",
+           "- Each round: a fresh Patroni cluster (tests/fixtures/patroni_cluster), a "
+           "query_server with `patroniEndpoints` (default probes, `failoverBufferMs` 30000), "
+           "open-loop point reads (routed to replicas) and single-row INSERTs (primary) at "
+           "fixed rates, each call with a 60 s deadline; `switchover` is `patronictl "
+           "switchover --force`, `failover` SIGKILLs the leader's Patroni and PostgreSQL "
+           "(synchronous_mode, TTL 5 s).",
+           "- held calls and mean held time: the query_server's "
+           "`poolside_query_failover_held_total` and `_held_seconds_total` over the round "
+           "(exact); held p50/p99/max: the slowest N calls' latencies as the client saw them, "
+           "N = held calls (an estimate: the service exports held time only as a sum).",
+           "- write outage: from the event (patronictl started, or the kill) to the first "
+           "write acknowledged by the new leader."]
+    if args.note:
+        out.append(f"- {args.note}")
+    out += ["",
+           "| mode | reads/s, writes/s | reads sent | reads failed | writes sent | writes failed "
+           "(codes) | acked writes missing | new leader after ms | write outage ms | held "
+           "calls | held mean ms | held p50 / p99 / max ms (estimate) | write p99 / max ms | "
+           "read p99 / max ms |",
+           "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in rounds:
+        h, w, rd = r["held_estimate"], r["write_latency"], r["read_latency"]
+        out.append(
+            f"| {r['mode']} | {r['read_rate']:g}, {r['write_rate']:g} | {r['reads']['sent']:,} | "
+            f"{failed(r['reads'])} | {r['writes']['sent']:,} | {failed(r['writes'])} "
+            f"({codes(r['writes'])}) | {r['acked_writes_missing']} | "
+            f"{ms(r['new_leader_after_ms'])} | {ms(r['write_outage_ms'])} | {r['held_calls']} "
+            f"({r['held_timeouts']} timed out) | "
+            f"{ms(r['held_mean_ms'])} | {ms(h['p50_ms'])} / {ms(h['p99_ms'])} / "
+            f"{ms(h['max_ms'])} | {ms(w['p99_ms'])} / {ms(w['max_ms'])} | "
+            f"{ms(rd['p99_ms'])} / {ms(rd['max_ms'])} |")
+    failures = [r for r in rounds if r.get("failures")]
+    if failures:
+        out += ["", "What the failed calls were told (up to 5 distinct messages a round):"]
+        for r in failures:
+            out.append(f"- {r['mode']} round {r['round']}: " +
+                       "; ".join(f"`{m}`" for m in r["failures"]))
+    with open(args.md, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def os_nproc():
+    import os
+    return os.cpu_count()
+# --- end of switchover ------------------------------------------------------------
 
 
 def fmt_int(v):
@@ -621,6 +765,7 @@ def report(args):
     out.extend(ingest_notes(points, s))
     out.extend(cache_notes(s, points))  # cache section
     out.extend(writetax_notes(s, points))  # writetax section
+    out.extend(replicas_notes(s, points))  # replicas section
     if pgpool_sweep:
         out += ["", "pgpool-II pgbench mode, one read-only run each before the compared runs "
                 "(the faster is used above):"]
@@ -661,6 +806,10 @@ def main():
                         help="query_server's /metrics before the run (invalidation delay)")
         sp.add_argument("--delay-after", default=None,
                         help="query_server's /metrics after the run")
+        sp.add_argument("--routed-before", default=None,
+                        help="query_server's /metrics before the run (calls per member)")
+        sp.add_argument("--routed-after", default=None,
+                        help="query_server's /metrics after the run")
         return sp
 
     sp = point_parser("redis-point")  # cache section
@@ -675,6 +824,12 @@ def main():
     sp = point_parser("ingest-point")  # ingest section
     sp.add_argument("--rows", type=float, required=True)
     sp.add_argument("--seconds", type=float, required=True)
+    sp = sub.add_parser("switchover")
+    sp.add_argument("--results", required=True)
+    sp.add_argument("--md", required=True)
+    sp.add_argument("--command", required=True)
+    sp.add_argument("--loadavg", default="")
+    sp.add_argument("--note", default="")
     sp = sub.add_parser("report")
     sp.add_argument("--points", required=True)
     sp.add_argument("--meta", required=True)
@@ -683,7 +838,7 @@ def main():
     args = ap.parse_args()
     {"pgbench-point": pgbench_point, "loadgen-point": loadgen_point,
      "redis-point": redis_point, "redis-rate": redis_rate,
-     "ingest-point": ingest_point,
+     "ingest-point": ingest_point, "switchover": switchover_report,
      "report": report}[args.cmd](args)
 
 

@@ -9,7 +9,7 @@
 # exit, also on failure or Ctrl-C.
 #
 # Environment (all optional):
-#   BENCH_ONLY=query,ingest,cache,query_cache,pgpool,writetax
+#   BENCH_ONLY=query,ingest,cache,query_cache,pgpool,writetax,replicas
 #                              the sections to run (default: all of them)
 #   BENCH_FAST=1               PostgreSQL with fsync, synchronous_commit and
 #                              full_page_writes off (default: on, durable)
@@ -45,6 +45,8 @@
 #   BENCH_PGPOOL_MODES="simple prepared"  pgbench -M through pgpool-II (the faster is used)
 #   BENCH_INGEST_ROWS=1000000  rows per ingest run (0: skip the ingest section)
 #   BENCH_WRITE_CONCURRENCY="8 32"  pgbench clients of the write tax rows
+#   BENCH_REPLICA_CONCURRENCY="32 64"  loadgen callers of the replicas rows
+#   BENCH_REPLICA_POOL_SIZE=$BENCH_POOL_SIZE  the routed service's pool max_size per member
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -69,7 +71,7 @@ die() { echo "bench: $*" >&2; exit 1; }
 
 # The sections: BENCH_ONLY names the ones to run (comma- or space-separated);
 # BENCH_NO_CACHE=1 drops the four cache ones, BENCH_INGEST_ROWS=0 the ingest one.
-ALL_SECTIONS="query ingest cache query_cache pgpool writetax"
+ALL_SECTIONS="query ingest cache query_cache pgpool writetax replicas"
 declare -A WANT=()
 only=${BENCH_ONLY:-$ALL_SECTIONS}
 for s in ${only//,/ }; do
@@ -118,6 +120,9 @@ cleanup() {
   stop_pid "${CACHE_SERVER_PID:-}" 10  # cache section
   stop_pid "${REDIS_PID:-}" 10         # cache section
   stop_pid "${QUERY_CACHE_PID:-}" 20   # query_cache section
+  stop_pid "${QUERY_SINGLE_PID:-}" 20  # replicas section
+  stop_pid "${QUERY_ROUTED_PID:-}" 20  # replicas section
+  stop_pid "${QS_PID:-}" 20            # the last query_server started
   stop_pid "${WRITER_PID:-}" 5         # query_cache and pgpool sections
   stop_pid "${INGEST_PID:-}" 20
   local p f
@@ -195,6 +200,7 @@ if [[ -z ${BENCH_SKIP_BUILD:-} ]]; then
   if want query_cache || want writetax; then
     targets+=(//services/cache:cache_server //services/query:query_server)
   fi
+  want replicas && targets+=(//services/query:query_server)
   want ingest && targets+=(//bench:ingest_loadgen //services/ingest:ingest_server)
   if [[ -z ${BENCH_PG_PORT:-} ]]; then
     targets+=(//tools:devstack)
@@ -244,7 +250,7 @@ fi
 
 export PGHOST=127.0.0.1 PGUSER=postgres PGDATABASE=demo
 PG_VERSION=$(psql -p "$PG_PORT" -Atc 'SHOW server_version' | cut -d' ' -f1)
-if want query || want query_cache || want pgpool || want writetax; then
+if want query || want query_cache || want pgpool || want writetax || want replicas; then
   log "pgbench -i -s $SCALE"
   run pgbench -p "$PG_PORT" -i -s "$SCALE" -q >"$TMP/pgbench-init.log" 2>&1 \
     || { tail -20 "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
@@ -693,33 +699,43 @@ PGPOOL_SUMMARY="not measured"
 PGPOOL=$(command -v pgpool || echo /usr/sbin/pgpool)
 PGPOOL_MODES=${BENCH_PGPOOL_MODES:-"simple prepared"}
 
-start_query_cache() {
-  local server=$BIN/services/query/query_server i
-  mkdir -p "$TMP/cache"
+# start_query_server DIR DATABASE_EXTRA [TOP_LEVEL_EXTRA]: a query_server of a
+# section on devstack's database demo (as postgres, pool min_idle=2
+# max_size=BENCH_POOL_SIZE), listening and serving /metrics on free ports; its
+# configuration DIR/query.json with DATABASE_EXTRA (JSON members, each with a
+# leading comma) added to the database and TOP_LEVEL_EXTRA to the top level.
+# Sets QS_PID, QS_ADDR and QS_METRICS (host:port of /metrics).
+start_query_server() {
+  local dir=$1 db_extra=$2 top_extra=${3:-} i
+  mkdir -p "$dir"
+  rm -f "$dir/query.port" "$dir/metrics.port"
   printf '%s\n' \
-    "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$TMP/cache/query.port\"," \
-    "   \"telemetry\": {\"metrics\": {\"listen\": \"127.0.0.1:0\", \"portFile\": \"$TMP/cache/metrics.port\"}}}," \
+    "{\"auth\": {\"disabled\": true}, \"server\": {\"listen\": \"127.0.0.1:0\", \"tls\": {\"plaintext\": true}, \"portFile\": \"$dir/query.port\"," \
+    "   \"telemetry\": {\"metrics\": {\"listen\": \"127.0.0.1:0\", \"portFile\": \"$dir/metrics.port\"}}}," \
     " \"databases\": [{\"name\": \"demo\", \"dsn\": \"host=127.0.0.1 port=$PG_PORT dbname=demo user=postgres\", \"allowPrivilegedRole\": true," \
-    "   \"pool\": {\"minIdle\": 2, \"maxSize\": $POOL_SIZE}}]," \
-    " \"defaultDatabase\": \"demo\"," \
-    " \"cache\": {\"target\": \"unix:$CACHE_SOCKET\"," \
-    "   \"tables\": [{\"database\": \"demo\", \"tables\": [\"pgbench_accounts\"]}]}}" \
-    >"$TMP/cache/query.json"
-  "$server" --config="$TMP/cache/query.json" --log_level=warning >"$TMP/cache/query.log" 2>&1 &
-  QUERY_CACHE_PID=$!
+    "   \"pool\": {\"minIdle\": 2, \"maxSize\": $POOL_SIZE}$db_extra}]," \
+    " \"defaultDatabase\": \"demo\"$top_extra}" >"$dir/query.json"
+  "$BIN/services/query/query_server" --config="$dir/query.json" --log_level=warning >"$dir/query.log" 2>&1 &
+  QS_PID=$!
   for ((i = 0; i < 300; i++)); do
-    [[ -s $TMP/cache/query.port ]] && break
-    is_alive "$QUERY_CACHE_PID" || { cat "$TMP/cache/query.log" >&2; die "query_server (cached) exited"; }
+    [[ -s $dir/query.port ]] && break
+    is_alive "$QS_PID" || { cat "$dir/query.log" >&2; die "query_server ($dir) exited"; }
     sleep 0.1
   done
-  QUERY_CACHE_ADDR=127.0.0.1:$(cat "$TMP/cache/query.port" 2>/dev/null) \
-    || die "query_server (cached) did not start"
+  QS_ADDR=127.0.0.1:$(cat "$dir/query.port" 2>/dev/null) || die "query_server ($dir) did not start"
   for ((i = 0; i < 100; i++)); do
-    [[ -s $TMP/cache/metrics.port ]] && break
+    [[ -s $dir/metrics.port ]] && break
     sleep 0.1
   done
-  QUERY_CACHE_METRICS=127.0.0.1:$(cat "$TMP/cache/metrics.port" 2>/dev/null) \
-    || die "query_server (cached) serves no /metrics"
+  QS_METRICS=127.0.0.1:$(cat "$dir/metrics.port" 2>/dev/null) || die "query_server ($dir) serves no /metrics"
+}
+
+start_query_cache() {
+  start_query_server "$TMP/cache" "" \
+    ", \"cache\": {\"target\": \"unix:$CACHE_SOCKET\", \"tables\": [{\"database\": \"demo\", \"tables\": [\"pgbench_accounts\"]}]}"
+  QUERY_CACHE_PID=$QS_PID
+  QUERY_CACHE_ADDR=$QS_ADDR
+  QUERY_CACHE_METRICS=$QS_METRICS
   # Wait until reads are answered from the cache (the listener has subscribed).
   for ((i = 0; i < 100; i++)); do
     "$LOADGEN" --addr="$QUERY_CACHE_ADDR" --callers=1 --duration=0.2 --warmup=0 --keys=1 \
@@ -803,11 +819,13 @@ finish_writer() {
   WRITES_DONE=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/writer.log")
 }
 
-# scrape_metrics FILE: the cached query_server's /metrics (its invalidation
-# delay histogram: commit on the server to applied in this replica).
+# scrape_metrics FILE [HOST:PORT]: a query_server's /metrics, by default the
+# cached one's (its invalidation delay histogram: commit on the server to
+# applied in this replica).
 scrape_metrics() {
+  local at=${2:-$QUERY_CACHE_METRICS}
   python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
-    "http://$QUERY_CACHE_METRICS/metrics" >"$1" || die "cannot read http://$QUERY_CACHE_METRICS/metrics"
+    "http://$at/metrics" >"$1" || die "cannot read http://$at/metrics"
 }
 
 query_cache_point() {  # scenario clients ttl [writes]
@@ -1000,6 +1018,139 @@ cached_reads_bench() {
 cached_reads_bench
 # --- end of query_cache and pgpool sections --------------------------------------
 
+# --- replicas: point reads routed over two streaming replicas vs the primary alone
+# Two streaming replicas of devstack's PostgreSQL on this host, made as
+# tests/fixtures/replicated_cluster makes them (pg_basebackup -R from the
+# primary, a physical replication slot each; the primary's settings, durable
+# ones included, come with the copy), each on a free port in $TMP/replica-N.
+# Two query_servers of this section on database demo, alike but for the
+# topology: one with the primary alone, one with the two replicas listed
+# (topology.replicas: reads go to a replica, docs/replicas.md). Both run
+# throughout, and the replicas too, so what runs idle (the topology's probes,
+# WAL replay) weighs on both rows alike. The same point selects as the query
+# section (loadgen, random aid) through each, alternating ROUNDS times at each
+# concurrency in BENCH_REPLICA_CONCURRENCY. Every server shares the machine's
+# cores: this measures what routing costs per read, not read scaling.
+REPLICA_CONCURRENCY=${BENCH_REPLICA_CONCURRENCY:-"32 64"}
+# The routed service's pool max_size per member (each replica gets its own
+# pool: with the default, twice the connections reading as the primary alone).
+REPLICA_POOL_SIZE=${BENCH_REPLICA_POOL_SIZE:-$POOL_SIZE}
+REPLICA_COUNT=2
+REPLICAS_SUMMARY="not measured"
+QUERY_SINGLE_PID=""
+QUERY_ROUTED_PID=""
+REPLICA_MEMBERS=""
+
+# as_postgres CMD...: CMD as the postgres user (PostgreSQL refuses root).
+as_postgres() {
+  if ((EUID == 0)); then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_replica() {  # index: $TMP/replica-INDEX, streaming from devstack's primary
+  local i=$1 dir=$TMP/replica-$1 port
+  port=$(free_port)
+  mkdir -p "$dir"
+  ((EUID == 0)) && chown postgres: "$dir"
+  chmod 700 "$dir"
+  as_postgres "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$dir" -R \
+    -X stream -C -S "bench_replica_$i" --checkpoint=fast --no-sync >"$TMP/basebackup-$i.log" 2>&1 \
+    || { cat "$TMP/basebackup-$i.log" >&2; die "pg_basebackup for replica $i failed"; }
+  # Its own port and socket directory (the copied settings name the primary's).
+  as_postgres "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -o "-p $port -k $dir" -w -t 120 \
+    start >/dev/null || { tail -30 "$dir/server.log" >&2; die "replica $i did not start"; }
+  [[ $(psql -p "$port" -Atc 'SELECT pg_is_in_recovery()') == t ]] || die "replica $i is not in recovery"
+  REPLICA_MEMBERS+="${REPLICA_MEMBERS:+ }127.0.0.1:$port"
+}
+
+stop_replicas() {
+  local i dir
+  for ((i = 1; i <= REPLICA_COUNT; i++)); do
+    dir=$TMP/replica-$i
+    [[ -f $dir/postmaster.pid ]] && as_postgres "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
+    psql -p "$PG_PORT" -q -c "SELECT pg_drop_replication_slot('bench_replica_$i')
+      WHERE EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = 'bench_replica_$i')" \
+      >/dev/null 2>&1 || true
+  done
+}
+
+# replica_point SCENARIO CLIENTS: loadgen through the single-primary or the
+# routed query_server; the routed calls per member from its /metrics.
+replica_point() {
+  local scenario=$1 c=$2 addr pid metrics setting i
+  if [[ $scenario == replicas_routed ]]; then
+    addr=$QUERY_ROUTED_ADDR pid=$QUERY_ROUTED_PID metrics=$QUERY_ROUTED_METRICS
+    setting="topology: primary + $REPLICA_COUNT replicas; pool max_size=$REPLICA_POOL_SIZE per member"
+  else
+    addr=$QUERY_SINGLE_ADDR pid=$QUERY_SINGLE_PID metrics=$QUERY_SINGLE_METRICS
+    setting="primary alone; pool max_size=$POOL_SIZE"
+  fi
+  BUSY=$(wait_idle)
+  log "$scenario c=$c (other CPU load ${BUSY}%)"
+  split_cpu "query_server=$pid"
+  for ((i = 1; i <= REPLICA_COUNT; i++)); do
+    CPU_ARGS+=(--tree "replica_$i=$(head -1 "$TMP/replica-$i/postmaster.pid")")
+  done
+  scrape_metrics "$TMP/replicas/metrics.before" "$metrics"
+  measured "$WARMUP" "$SECS" "$LOADGEN" --addr="$addr" --callers="$c" --duration="$SECS" \
+    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    || { cat "$TMP/loadgen.err" >&2; die "loadgen failed ($scenario c=$c)"; }
+  CPU_ARGS=()
+  scrape_metrics "$TMP/replicas/metrics.after" "$metrics"
+  [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
+  add_point loadgen --scenario "$scenario" --concurrency "$c" --output "$TMP/out.txt" \
+    --setting "$setting" --routed-before "$TMP/replicas/metrics.before" \
+    --routed-after "$TMP/replicas/metrics.after"
+}
+
+replicas_bench() {
+  local c r i m members=""
+  if [[ -n ${BENCH_PG_PORT:-} || ! -x $BIN/services/query/query_server ]]; then
+    [[ -n ${BENCH_ONLY:-} ]] && die "replicas needs devstack's PostgreSQL and the query_server build"
+    log "replicas: skipped (no query_server, or an external PostgreSQL)"
+    return 0
+  fi
+  mkdir -p "$TMP/replicas"
+  for ((i = 1; i <= REPLICA_COUNT; i++)); do start_replica "$i"; done
+  for ((i = 0; i < 300; i++)); do
+    (($(psql -p "$PG_PORT" -Atc "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") \
+      >= REPLICA_COUNT)) && break
+    sleep 0.1
+  done
+  (($(psql -p "$PG_PORT" -Atc "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'") \
+    >= REPLICA_COUNT)) || die "the replicas are not streaming"
+  for m in $REPLICA_MEMBERS; do
+    members+="${members:+, }\"host=${m%:*} port=${m#*:}\""
+  done
+  start_query_server "$TMP/replicas/single" ""
+  QUERY_SINGLE_PID=$QS_PID QUERY_SINGLE_ADDR=$QS_ADDR QUERY_SINGLE_METRICS=$QS_METRICS
+  POOL_SIZE=$REPLICA_POOL_SIZE start_query_server "$TMP/replicas/routed" \
+    ", \"topology\": {\"replicas\": [$members]}"
+  QUERY_ROUTED_PID=$QS_PID QUERY_ROUTED_ADDR=$QS_ADDR QUERY_ROUTED_METRICS=$QS_METRICS
+  # Reads reach a replica once the routed service's probes have seen them.
+  for ((i = 0; i < 100; i++)); do
+    "$LOADGEN" --addr="$QUERY_ROUTED_ADDR" --callers=1 --duration=0.2 --warmup=0 --keys=1 \
+      >/dev/null 2>&1 || true
+    scrape_metrics "$TMP/replicas/metrics.ready" "$QUERY_ROUTED_METRICS"
+    grep -qE '^poolside_query_member_routed_total\{[^}]*member="('"${REPLICA_MEMBERS// /|}"')"[^}]*\} [1-9]' \
+      "$TMP/replicas/metrics.ready" && break
+    sleep 0.2
+  done
+  ((i < 100)) || { cat "$TMP/replicas/routed/query.log" >&2; die "the routed query_server sends no read to a replica"; }
+  for c in $REPLICA_CONCURRENCY; do
+    for ((r = 0; r < ROUNDS; r++)); do
+      replica_point replicas_single_primary "$c"
+      replica_point replicas_routed "$c"
+    done
+  done
+  stop_pid "$QUERY_ROUTED_PID" 20
+  stop_pid "$QUERY_SINGLE_PID" 20
+  QUERY_ROUTED_PID="" QUERY_SINGLE_PID=""
+  stop_replicas
+  REPLICAS_SUMMARY="the query section's point selects (loadgen, random aid of $((SCALE * 100000))) through two query_servers on the same database, one configured with the primary alone, one with the primary and $REPLICA_COUNT streaming replicas on this host (pg_basebackup -R, a replication slot each; topology defaults: probes every 250 ms, maxLagMs 5000), pool min_idle=2 max_size=$POOL_SIZE (routed: max_size=$REPLICA_POOL_SIZE per member), alternating; both services and all three PostgreSQL servers ran throughout; $PG_DURABILITY"
+}
+want replicas && replicas_bench
+# --- end of replicas section --------------------------------------------------------
+
 LOAD_END=$(loadavg)
 
 # --- report ---------------------------------------------------------------------
@@ -1034,7 +1185,7 @@ for v in BENCH_ONLY BENCH_FAST BENCH_SECONDS BENCH_ROUNDS BENCH_CONCURRENCY BENC
          BENCH_WARMUP BENCH_POOL_SIZE BENCH_POOL_SIZES BENCH_PGBENCH_THREADS BENCH_SAMPLING_RATE \
          BENCH_IDLE_WAIT BENCH_NO_POOLSIDE BENCH_NO_CACHE BENCH_CACHE_CONCURRENCY \
          BENCH_REDIS_PIPELINE BENCH_QUERY_CACHE_KEYS BENCH_WRITES_PER_SEC BENCH_PGPOOL_MODES \
-         BENCH_INGEST_ROWS BENCH_WRITE_CONCURRENCY \
+         BENCH_INGEST_ROWS BENCH_WRITE_CONCURRENCY BENCH_REPLICA_CONCURRENCY BENCH_REPLICA_POOL_SIZE \
          BENCH_INGEST_PRODUCERS BENCH_INGEST_COPY_CONNECTIONS; do
   if [[ ${!v:-} =~ ^[A-Za-z0-9_,./:-]+$ ]]; then
     vars+="$v=${!v} "
@@ -1080,6 +1231,8 @@ meta = {
     "query_cache": """${QUERY_CACHE_SUMMARY:-not measured}""",
     "pgpool": """${PGPOOL_SUMMARY:-not measured}""",
     "writetax": """${WRITETAX_SUMMARY:-not measured}""",
+    "replicas": """${REPLICAS_SUMMARY:-not measured}""",
+    "replicas_primary": "127.0.0.1:$PG_PORT",
     "ingest": """${INGEST_SUMMARY:-not measured}""",
     "loadgen": "async gRPC, one completion queue per thread, one client thread, one TCP connection per 8 callers, no gRPC retry filter, random aid",
   },

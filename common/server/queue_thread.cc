@@ -1,5 +1,7 @@
 #include "common/server/queue_thread.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <utility>
 
 #include "grpcpp/alarm.h"
@@ -48,10 +50,14 @@ QueueThread::QueueThread(grpc::CompletionQueue* cq)
 QueueThread::~QueueThread() { Join(); }
 
 void QueueThread::Join() {
-  // The inline checks are not used here: this file is compiled without them
-  // in the tree's builds, and queue_thread_test with them.
-  assert(!IsCurrent() && "a queue thread cannot join itself");
+  if (IsCurrent()) Abort("a queue thread cannot join itself");
   if (thread_.joinable()) thread_.join();
+}
+
+void QueueThread::Abort(const char* what) {
+  std::fprintf(stderr, "QueueThread check failed: %s\n", what);
+  std::fflush(stderr);
+  std::abort();
 }
 
 bool QueueThread::On(const grpc::CompletionQueue* cq) {

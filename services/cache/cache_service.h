@@ -51,7 +51,7 @@
 // stored=false, reason=TOO_LARGE, and the caller simply does not cache it.
 //
 // Threading: the handlers and the watches run on the queue thread only
-// (checked in debug builds: server::QueueThread); EndWatches() is for other
+// (checked: server::QueueThread); EndWatches() is for other
 // threads.
 
 #include <cstddef>

@@ -10,12 +10,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "common/clock/clock.h"
-#include "common/config/database_config.h"
 #include "common/db/catalog.h"
-#include "common/db/conninfo.h"
 #include "common/db/error.h"
-#include "common/db/topology_config.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 #include "services/ingest/flusher.h"
@@ -74,44 +70,6 @@ class Digest {
   EVP_MD_CTX* ctx_;
 };
 
-using ConnectionPool = pool::Pool<db::Connection>;
-
-// A pool connecting with `c` (a database's configuration, or a role's from
-// config::RoleDatabaseConfig), named `name` in its statistics. Every
-// connection's role is checked: never a privileged one by accident
-// (docs/security.md).
-std::shared_ptr<ConnectionPool> MakePool(const v1::DatabaseConfig& c, const std::string& name) {
-  db::ConnectionOptions options;
-  options.dsn = c.dsn();
-  options.application_name = absl::StrCat("poolside-ingest/", c.name());
-  options.connect_timeout = absl::Milliseconds(c.pool().connect_timeout_ms());
-  pool::PoolOptions pool_options = config::PoolOptionsFor(c);
-  pool_options.name = name;
-  return std::make_shared<ConnectionPool>(
-      pool_options,
-      [options, database = c.name(),
-       allow = c.allow_privileged_role()]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
-        return db::OpenChecked(options, database, allow);
-      },
-      [](db::Connection& conn) { return conn.Ping(absl::Now() + absl::Seconds(2)); });
-}
-
-// The login user of a database configuration's DSN ("" if it names none).
-std::string DsnUser(const std::string& dsn) {
-  absl::StatusOr<db::Conninfo> c = db::Conninfo::Parse(dsn);
-  if (!c.ok()) return "";
-  const std::string* user = c->Get("user");
-  return user == nullptr ? "" : *user;
-}
-
-// A pool's name in statistics: "<database>[/<role>][@<member>]".
-std::string PoolName(const std::string& database, const std::string& role,
-                     const std::string& member) {
-  std::string name = role.empty() ? database : absl::StrCat(database, "/", role);
-  if (!member.empty()) absl::StrAppend(&name, "@", member);
-  return name;
-}
-
 // How long one check of a member's role may take.
 constexpr absl::Duration kRoleCheckTimeout = absl::Seconds(2);
 // Attempts of one batch that reached a server: a batch whose every attempt
@@ -143,32 +101,18 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
       buffer_limit_(config_.batch().buffer_bytes()),
       max_request_(config_.batch().max_request_bytes() > 0 ? config_.batch().max_request_bytes()
                                                            : buffer_limit_ / 2),
+      database_set_(config_.databases(),
+                    db::DatabaseSetOptions{
+                        .database = {.application = "poolside-ingest", .writer_only = true},
+                        .maintenance_every = absl::Seconds(5)}),
       batcher_(BatcherOptions{config_.batch().max_rows(), config_.batch().max_bytes(), linger_}) {
-  for (const v1::DatabaseConfig& c : config_.databases()) {
+  for (const auto& [name, managed] : database_set_.databases()) {
     auto db = std::make_unique<Database>();
-    db->config = c;
-    if (db::TopologyConfigured(c)) {
-      db->topology = std::make_unique<db::Topology>(c.name(), db::TopologyOptionsFor(c.topology()),
-                                                    Clock::Real());
-      db->monitor = std::make_unique<db::TopologyMonitor>(db->topology.get(),
-                                                          db::MonitorOptionsFor(c.topology()));
-      Database* raw = db.get();
-      db->topology->SetRecordListener([raw] {
-        absl::MutexLock lock(&raw->failover_mu);
-        raw->failover_changed.SignalAll();
-      });
-    } else {
-      absl::MutexLock lock(&db->pools_mu);
-      db->pools.emplace("", MemberPool{"", c.dsn(), MakePool(c, c.name())});
-    }
-    for (const v1::DatabaseRole& role : c.roles()) {
-      // Validated when the configuration was read; a password file that
-      // became unreadable since leaves the role unusable (its principals'
-      // requests are refused) and fails the start-up check.
-      absl::StatusOr<v1::DatabaseConfig> rc = config::RoleDatabaseConfig(c, role);
-      if (rc.ok()) db->role_configs.emplace(role.name(), *std::move(rc));
-    }
-    databases_[c.name()] = std::move(db);
+    db->managed = managed.get();
+    // The DSN user's pool exists from the start (for its statistics); the
+    // roles' and a topology's members' are made on first use.
+    if (managed->topology() == nullptr) managed->Pool("").IgnoreError();
+    databases_[name] = std::move(db);
   }
   for (const v1::IngestTables& t : config_.tables()) {
     for (const std::string& name : t.tables()) databases_[t.database()]->writable.insert(name);
@@ -177,32 +121,13 @@ IngestEngine::IngestEngine(v1::IngestServiceConfig config)
 
 IngestEngine::~IngestEngine() {
   Stop();
-  {
-    absl::MutexLock lock(&warm_mu_);
-    destroying_ = true;
-  }
-  // Ends a warm-up still retrying against a database that is down.
-  for (auto& [name, db] : databases_) {
-    absl::MutexLock lock(&db->pools_mu);
-    db->closed = true;
-    for (auto& [role, p] : db->pools) p.pool->Close();
-  }
-  if (warmup_.joinable()) warmup_.join();
-  for (auto& [name, db] : databases_) {
-    if (db->monitor != nullptr) db->monitor->Stop();
-    if (db->topology != nullptr) db->topology->SetRecordListener(nullptr);
-  }
+  // Stops the monitors and closes the pools, which ends a warm-up still
+  // retrying against a database that is down.
+  database_set_.Stop();
 }
 
 void IngestEngine::WhenWarm(std::function<void()> ready) {
-  {
-    absl::MutexLock lock(&warm_mu_);
-    if (!warm_) {
-      when_warm_.push_back(std::move(ready));
-      return;
-    }
-  }
-  ready();
+  database_set_.WhenWarm(std::move(ready));
 }
 
 void IngestEngine::Start() {
@@ -210,10 +135,6 @@ void IngestEngine::Start() {
   if (started_) return;
   started_ = true;
   for (auto& [name, db] : databases_) {
-    {
-      absl::MutexLock pools_lock(&db->pools_mu);
-      for (auto& [role, p] : db->pools) p.pool->StartMaintenance(absl::Seconds(5));
-    }
     // Read the catalog (and create the key table) before the first request.
     for (const std::string& table : db->writable) {
       db->tables[table].loading = true;
@@ -227,30 +148,9 @@ void IngestEngine::Start() {
     }
   }
   threads_.emplace_back([this] { ControlLoop(); });
-  warmup_ = std::thread([this] {
-    for (auto& [name, db] : databases_) {
-      if (db->topology != nullptr) {
-        WarmUpTopology(*db);
-        continue;
-      }
-      absl::StatusOr<Target> target = TargetFor(*db, "");
-      absl::Status s =
-          target.ok()
-              ? target->pool->WarmUp(absl::Milliseconds(db->config.pool().startup_retry_ms()))
-              : target.status();
-      if (!s.ok()) {
-        telemetry::LogWarning("database not reachable yet; connecting on demand",
-                              {{"database", name}, {"error", std::string(s.message())}});
-      }
-    }
-    std::vector<std::function<void()>> ready;
-    {
-      absl::MutexLock lock(&warm_mu_);
-      warm_ = true;
-      if (!destroying_) ready.swap(when_warm_);
-    }
-    for (auto& f : ready) f();
-  });
+  // Monitors the topologies, warms the pools up in the background and
+  // maintains them.
+  database_set_.Start();
 }
 
 absl::StatusOr<std::shared_ptr<PendingWrite>> IngestEngine::Prepare(
@@ -424,7 +324,7 @@ absl::Status IngestEngine::Submit(SerializedWrite request, const auth::Principal
   Database& db = *it->second;
   const std::string principal = caller != nullptr ? caller->name : "";
   const std::string role = caller != nullptr ? caller->DatabaseRoleFor(name) : "";
-  if (!role.empty() && !db.role_configs.contains(role)) {
+  if (!db.managed->HasRole(role)) {
     return give_back(absl::FailedPreconditionError(absl::StrCat(
         "principal ", principal, " runs as database role \"", role, "\", which database ", name,
         " does not configure (databases[].roles) or whose password cannot be read")));
@@ -721,7 +621,8 @@ void IngestEngine::ProcessParked(Database& db, std::vector<Parked> parked,
     absl::StatusOr<std::shared_ptr<PendingWrite>> w = absl::UnknownError("");
     if (error.ok()) {
       telemetry::ScopedSpanContext trace(p.trace);
-      w = Prepare(p.request, p.header, db.config.name(), p.principal, p.role, *info, p.done);
+      w = Prepare(p.request, p.header, db.managed->config().name(), p.principal, p.role, *info,
+                  p.done);
     } else {
       w = error;
     }
@@ -844,7 +745,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
                                                telemetry::SpanContext());
   if (flush.recording()) {
     flush.SetAttribute("db.system.name", "postgresql");
-    flush.SetAttribute("db.namespace", db.config.name());
+    flush.SetAttribute("db.namespace", db.managed->config().name());
     flush.SetAttribute("poolside.ingest.target", job.batch.copy_target);
     flush.SetAttribute("poolside.ingest.reason", FlushReasonName(job.batch.reason));
     flush.SetAttribute("poolside.ingest.rows", job.batch.lines);
@@ -861,10 +762,10 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
   for (int attempt = 1;; ++attempt) {
     telemetry::Span acquire =
         telemetry::StartSpan("pool.acquire", telemetry::SpanKind::kInternal, flush.context());
-    absl::StatusOr<Writer> writer =
-        LeaseWriter(db, job.batch.role, absl::Milliseconds(db.config.pool().acquire_timeout_ms()),
-                    &hold, "ingest flush");
-    acquire.SetAttribute("db.namespace", db.config.name());
+    absl::StatusOr<Writer> writer = LeaseWriter(
+        db, job.batch.role, absl::Milliseconds(db.managed->config().pool().acquire_timeout_ms()),
+        &hold, "ingest flush");
+    acquire.SetAttribute("db.namespace", db.managed->config().name());
     if (!job.batch.role.empty()) acquire.SetAttribute("poolside.db.role", job.batch.role);
     if (writer.ok() && !writer->member.empty()) {
       acquire.SetAttribute("poolside.db.member", writer->member);
@@ -882,7 +783,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
     // whose sessions are read-only. A check that cannot be answered leaves
     // the member in doubt: treated as demoted.
     bool demoted = false;
-    if (!r.status.ok() && db.topology != nullptr && !r.broken &&
+    if (!r.status.ok() && db.managed->topology() != nullptr && !r.broken &&
         db::SqlStateOf(r.status) == "25006") {
       absl::StatusOr<bool> recovering = InRecovery(*writer->lease, absl::Now() + kRoleCheckTimeout);
       demoted = !recovering.ok() || *recovering;
@@ -898,7 +799,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
     if (!member.empty()) flush.SetAttribute("poolside.db.member", member);
     if (r.status.ok()) {
       if (!member.empty()) {
-        absl::MutexLock lock(&db.failover_mu);
+        absl::MutexLock lock(&db.writing_mu);
         db.writing_member = member;
       }
       for (size_t i = 0; i < job.batch.writes.size(); ++i) {
@@ -922,12 +823,12 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
       for (auto& f : later) f();
       return;
     }
-    telemetry::LogWarning("flush failed", {{"database", db.config.name()},
+    telemetry::LogWarning("flush failed", {{"database", db.managed->config().name()},
                                            {"member", member},
                                            {"target", job.batch.copy_target},
                                            {"requests", absl::StrCat(job.batch.writes.size())},
                                            {"error", std::string(r.status.message())}});
-    if (db.topology != nullptr && (r.broken || demoted) && attempt < kMaxFlushAttempts) {
+    if (db.managed->topology() != nullptr && (r.broken || demoted) && attempt < kMaxFlushAttempts) {
       // The primary went away under the batch, or was demoted: written on
       // the next one. Of a COMMIT whose outcome is unknown, only keyed
       // requests can be retried (their key tells whether it committed).
@@ -950,8 +851,8 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
         retried_at_once = true;
         continue;
       }
-      if (HoldForPrimary(db, generation, &hold)) continue;
-      FailFlush(job, FailoverStopping(db) ? ShuttingDown() : NoPrimary(db, r.status), unknown);
+      if (db.managed->WaitForPrimary(generation, &hold)) continue;
+      FailFlush(job, db.managed->holds_ended() ? ShuttingDown() : NoPrimary(db, r.status), unknown);
       return;
     }
     const std::string state = db::SqlStateOf(r.status);
@@ -988,15 +889,17 @@ absl::StatusOr<IngestEngine::Writer> IngestEngine::LeaseWriter(Database& db,
                                                                absl::Duration acquire,
                                                                FailoverHold* hold,
                                                                const char* holder) {
+  db::ManagedDatabase& managed = *db.managed;
   // A pool replaced (closed) between picking it and leasing from it is picked
   // again; bounded, as a flapping primary could do that for ever.
   for (int replaced = 0;;) {
-    const uint64_t generation = db.topology != nullptr ? db.topology->primary_generation() : 0;
+    uint64_t generation = managed.primary_generation();
     absl::Status failed;
-    absl::StatusOr<Target> target = TargetFor(db, role);
+    absl::StatusOr<db::ManagedDatabase::PoolRef> target = managed.PrimaryPool(role);
     if (target.ok()) {
+      generation = target->generation;
       const absl::Time deadline = absl::Now() + acquire;
-      absl::StatusOr<ConnectionPool::Lease> lease = absl::UnavailableError("no connection");
+      absl::StatusOr<db::ConnectionPool::Lease> lease = absl::UnavailableError("no connection");
       for (int attempt = 0; attempt < 3; ++attempt) {
         lease = target->pool->Acquire(deadline, holder);
         if (!lease.ok() || (*lease)->LooksAlive()) break;
@@ -1011,8 +914,8 @@ absl::StatusOr<IngestEngine::Writer> IngestEngine::LeaseWriter(Database& db,
         return w;
       }
       failed = lease.status();
-      if (failed.code() == absl::StatusCode::kCancelled && db.topology != nullptr &&
-          !FailoverStopping(db) && ++replaced < 3) {
+      if (failed.code() == absl::StatusCode::kCancelled && managed.topology() != nullptr &&
+          !managed.holds_ended() && ++replaced < 3) {
         continue;
       }
     } else {
@@ -1020,101 +923,34 @@ absl::StatusOr<IngestEngine::Writer> IngestEngine::LeaseWriter(Database& db,
     }
     // Only a primary that is missing or unreachable is waited for; other
     // failures (a role that cannot be configured, shutdown) are final.
-    if (db.topology == nullptr || hold == nullptr ||
+    if (managed.topology() == nullptr || hold == nullptr ||
         failed.code() != absl::StatusCode::kUnavailable) {
       return absl::UnavailableError(
-          absl::StrCat("no connection to database ", db.config.name(), ": ", failed.message()));
+          absl::StrCat("no connection to database ", managed.name(), ": ", failed.message()));
     }
-    if (!HoldForPrimary(db, generation, hold)) {
-      return FailoverStopping(db) ? ShuttingDown() : NoPrimary(db, failed);
+    if (!managed.WaitForPrimary(generation, hold)) {
+      return managed.holds_ended() ? ShuttingDown() : NoPrimary(db, failed);
     }
   }
-}
-
-bool IngestEngine::HoldForPrimary(Database& db, uint64_t seen, FailoverHold* hold) {
-  const absl::Duration window = absl::Milliseconds(db.config.topology().failover_buffer_ms());
-  if (db.topology == nullptr || window <= absl::ZeroDuration()) return false;
-  const absl::Time now = absl::Now();
-  if (hold->until == absl::InfinitePast()) {
-    hold->until = std::min(now, db.topology->primary_lost_at()) + window;
-    db.held_total.fetch_add(1, std::memory_order_relaxed);
-  }
-  {
-    absl::MutexLock lock(&db.failover_mu);
-    ++db.held_now;
-  }
-  const bool known = AwaitNewPrimary(db, seen, hold->until);
-  {
-    absl::MutexLock lock(&db.failover_mu);
-    --db.held_now;
-    db.held_seconds += absl::ToDoubleSeconds(absl::Now() - now);
-  }
-  if (!known) db.held_timeouts.fetch_add(1, std::memory_order_relaxed);
-  return known;
-}
-
-bool IngestEngine::AwaitNewPrimary(Database& db, uint64_t seen, absl::Time until) {
-  absl::MutexLock lock(&db.failover_mu);
-  while (true) {
-    // The window first: a primary that keeps changing must not keep a batch
-    // retrying past it.
-    if (db.failover_stopping || absl::Now() >= until) return false;
-    if (db.topology->primary_generation() != seen && !db.topology->primary().empty()) return true;
-    db.failover_changed.WaitWithDeadline(&db.failover_mu, until);
-  }
-}
-
-bool IngestEngine::FailoverStopping(Database& db) {
-  absl::MutexLock lock(&db.failover_mu);
-  return db.failover_stopping;
 }
 
 absl::Status IngestEngine::NoPrimary(const Database& db, const absl::Status& last) const {
   // Why there is no primary now, if there is none: `last` may predate the
   // probes' verdict.
   absl::Status why = last;
-  if (db.topology != nullptr) {
-    if (absl::StatusOr<db::Topology::Route> route = db.topology->Pick(/*read=*/false);
+  const db::ManagedDatabase& managed = *db.managed;
+  if (managed.topology() != nullptr) {
+    if (absl::StatusOr<db::Topology::Route> route = managed.topology()->Pick(/*read=*/false);
         !route.ok()) {
       why = route.status();
     }
   }
   return absl::UnavailableError(absl::StrCat(
-      "database ", db.config.name(), ": no primary could be written to within failoverBufferMs (",
-      db.config.topology().failover_buffer_ms(), " ms); last: ", why.message(),
+      "database ", managed.name(), ": no primary could be written to within failoverBufferMs (",
+      managed.config().topology().failover_buffer_ms(), " ms); last: ", why.message(),
       ". Nothing of this request was written; retry it. If this lasts, check that one member of "
       "the topology accepts writes (pg_is_in_recovery() is false on exactly one) and that "
       "ingest can reach it (docs/ingest.md, Replicas and failover)"));
-}
-
-void IngestEngine::WarmUpTopology(Database& db) {
-  {
-    absl::MutexLock lock(&warm_mu_);
-    if (destroying_) return;
-  }
-  if (absl::Status s = db::StartTopologyMonitor(db.config, db.monitor.get()); !s.ok()) {
-    // The configuration was validated: this is not expected. Writes find no
-    // primary and fail UNAVAILABLE saying so.
-    telemetry::LogError("cannot monitor the database's members",
-                        {{"database", db.config.name()}, {"error", std::string(s.message())}});
-    return;
-  }
-  const absl::Duration retry = absl::Milliseconds(db.config.pool().startup_retry_ms());
-  const uint64_t seen = db.topology->primary_generation();
-  if (db.topology->primary().empty() && !AwaitNewPrimary(db, seen, absl::Now() + retry)) {
-    telemetry::LogWarning("no primary known yet; writes wait for one (topology.failoverBufferMs)",
-                          {{"database", db.config.name()}});
-    return;
-  }
-  absl::StatusOr<Target> target = TargetFor(db, "");
-  absl::Status s = target.ok() ? target->pool->WarmUp(retry) : target.status();
-  if (!s.ok()) {
-    telemetry::LogWarning("primary not reachable yet; connecting on demand",
-                          {{"database", db.config.name()}, {"error", std::string(s.message())}});
-  } else {
-    telemetry::LogInfo("writing to the topology's primary",
-                       {{"database", db.config.name()}, {"member", target->member}});
-  }
 }
 
 absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& conn) {
@@ -1129,20 +965,15 @@ absl::Status IngestEngine::EnsureKeysTableOnce(Database& db, db::Connection& con
     // transaction of their rows, as that role. Not fatal: until it works
     // (retried at each key cleanup) such writes fail PERMISSION_DENIED
     // naming the key table and the role.
-    std::vector<std::string> users;
-    for (const auto& [role, c] : db.role_configs) {
-      const std::string user = DsnUser(c.dsn());
-      if (!user.empty() && std::find(users.begin(), users.end(), user) == users.end()) {
-        users.push_back(user);
-      }
-    }
-    absl::Status s = GrantKeysTable(conn, users, absl::Now() + kCatalogTimeout);
+    absl::Status s =
+        GrantKeysTable(conn, db.managed->RoleLoginUsers(), absl::Now() + kCatalogTimeout);
     if (s.ok()) {
       db.keys_table_granted = true;
     } else if (!db.keys_table_grant_warned) {
       db.keys_table_grant_warned = true;
-      telemetry::LogWarning("database roles cannot use the idempotency key table yet",
-                            {{"database", db.config.name()}, {"error", std::string(s.message())}});
+      telemetry::LogWarning(
+          "database roles cannot use the idempotency key table yet",
+          {{"database", db.managed->config().name()}, {"error", std::string(s.message())}});
     }
   }
   return absl::OkStatus();
@@ -1173,7 +1004,7 @@ void IngestEngine::RunLoadTable(Database& db, Job& job) {
   }
   if (!info.ok()) {
     telemetry::LogWarning("cannot read table from the catalog",
-                          {{"database", db.config.name()},
+                          {{"database", db.managed->config().name()},
                            {"table", job.table},
                            {"error", std::string(info.status().message())}});
   }
@@ -1207,10 +1038,10 @@ void IngestEngine::RunCleanup(Database& db) {
     if (!writer->lease->LooksAlive()) writer->lease.MarkBroken();
     telemetry::LogWarning(
         "idempotency key cleanup failed",
-        {{"database", db.config.name()}, {"error", std::string(n.status().message())}});
+        {{"database", db.managed->config().name()}, {"error", std::string(n.status().message())}});
   } else if (*n > 0) {
     telemetry::LogInfo("idempotency keys expired",
-                       {{"database", db.config.name()}, {"deleted", absl::StrCat(*n)}});
+                       {{"database", db.managed->config().name()}, {"deleted", absl::StrCat(*n)}});
   }
 }
 
@@ -1297,12 +1128,8 @@ void IngestEngine::Stop() {
     control_wake_.SignalAll();
   }
   for (auto& f : later) f();
-  for (auto& [name, db] : databases_) {
-    // Batches held for a primary fail now.
-    absl::MutexLock lock(&db->failover_mu);
-    db->failover_stopping = true;
-    db->failover_changed.SignalAll();
-  }
+  // Batches held for a primary fail now.
+  database_set_.EndHolds();
   for (auto& [db, p] : parked) ProcessParked(*db, std::move(p), nullptr, ShuttingDown());
   for (auto& t : threads) t.join();
   // Workers that never started (Start() not called) leave jobs behind.
@@ -1323,17 +1150,10 @@ void IngestEngine::Stop() {
 std::vector<std::pair<std::string, pool::PoolStats>> IngestEngine::GetPoolStats() const {
   std::vector<std::pair<std::string, pool::PoolStats>> out;
   for (const auto& [name, db] : databases_) {
-    std::vector<std::pair<std::string, std::shared_ptr<ConnectionPool>>> pools;
-    {
-      absl::MutexLock lock(&db->pools_mu);
-      for (const auto& [role, p] : db->pools) {
-        pools.emplace_back(PoolName(name, role, p.member), p.pool);
-      }
-    }
     // By name: the DSN user's, then the roles'.
-    std::sort(pools.begin(), pools.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
-    for (auto& [pool_name, pool] : pools) out.emplace_back(pool_name, pool->Stats());
+    for (const db::ManagedDatabase::NamedPool& p : db->managed->Pools()) {
+      out.emplace_back(p.name, p.pool->Stats());
+    }
   }
   return out;
 }
@@ -1341,99 +1161,41 @@ std::vector<std::pair<std::string, pool::PoolStats>> IngestEngine::GetPoolStats(
 std::vector<IngestEngine::TopologyStats> IngestEngine::GetTopologyStats() const {
   std::vector<TopologyStats> out;
   for (const auto& [name, db] : databases_) {
-    if (db->topology == nullptr) continue;
+    if (db->managed->topology() == nullptr) continue;
     TopologyStats s;
     s.database = name;
-    s.members = db->topology->Snapshot();
-    s.held_total = db->held_total.load(std::memory_order_relaxed);
-    s.held_timeouts = db->held_timeouts.load(std::memory_order_relaxed);
+    s.members = db->managed->topology()->Snapshot();
+    const db::ManagedDatabase::HoldStats held = db->managed->hold_stats();
+    s.held_total = held.total;
+    s.held_timeouts = held.timeouts;
+    s.held_now = held.now;
+    s.held_seconds = held.seconds;
     {
-      absl::MutexLock lock(&db->failover_mu);
+      absl::MutexLock lock(&db->writing_mu);
       s.writing_member = db->writing_member;
-      s.held_now = db->held_now;
-      s.held_seconds = db->held_seconds;
     }
     out.push_back(std::move(s));
   }
   return out;
 }
 
-absl::StatusOr<IngestEngine::Target> IngestEngine::TargetFor(Database& db,
-                                                             const std::string& role) {
-  std::string member;
-  std::string dsn = db.config.dsn();
-  if (db.topology != nullptr) {
-    // Routes count calls per member for the query service; here the pick
-    // only names the primary.
-    absl::StatusOr<db::Topology::Route> route = db.topology->Pick(/*read=*/false);
-    if (!route.ok()) return route.status();
-    member = route->id();
-    dsn = route->dsn();
-  }
-  absl::MutexLock lock(&db.pools_mu);
-  if (db.closed) return ShuttingDown();
-  auto it = db.pools.find(role);
-  if (it != db.pools.end() && it->second.member == member && it->second.dsn == dsn) {
-    return Target{it->second.pool, member};
-  }
-  absl::StatusOr<v1::DatabaseConfig> c = PoolConfigFor(db, role, dsn);
-  if (!c.ok()) return c.status();
-  // Made on first use and not warmed up (but the DSN user's, at start): its
-  // min_idle applies from here on.
-  std::shared_ptr<ConnectionPool> made = MakePool(*c, PoolName(db.config.name(), role, member));
-  made->StartMaintenance(absl::Seconds(5));
-  if (it != db.pools.end()) {
-    // A former primary's: no new leases; the flushes holding its leases
-    // keep it alive until they end.
-    it->second.pool->Close();
-    it->second = MemberPool{member, dsn, made};
-  } else {
-    db.pools.emplace(role, MemberPool{member, dsn, made});
-  }
-  return Target{std::move(made), std::move(member)};
-}
-
-absl::StatusOr<v1::DatabaseConfig> IngestEngine::PoolConfigFor(const Database& db,
-                                                               const std::string& role,
-                                                               const std::string& dsn) const {
-  const auto unknown_role = [&] {
-    // Submit() refuses such requests; kept for safety.
-    return absl::FailedPreconditionError(absl::StrCat(
-        "database ", db.config.name(), " does not configure database role \"", role, "\""));
-  };
-  if (db.topology == nullptr) {
-    if (role.empty()) return db.config;
-    auto c = db.role_configs.find(role);
-    if (c == db.role_configs.end()) return unknown_role();
-    return c->second;
-  }
-  v1::DatabaseConfig c = db.config;
-  c.set_dsn(dsn);
-  if (role.empty()) return c;
-  for (const v1::DatabaseRole& r : db.config.roles()) {
-    if (r.name() == role) return config::RoleDatabaseConfig(c, r);
-  }
-  return unknown_role();
-}
-
 absl::Status IngestEngine::PermissionDenied(const Database& db, const Batch& batch,
                                             const absl::Status& error) const {
   std::string who;
   if (batch.role.empty()) {
-    const std::string user = DsnUser(db.config.dsn());
+    const std::string user = db.managed->LoginUser("");
     who = user.empty() ? std::string("the database's own role (its DSN user)")
                        : absl::StrCat("the database's own role \"", user, "\" (its DSN user)");
   } else {
     who = absl::StrCat("database role \"", batch.role, "\"");
-    auto c = db.role_configs.find(batch.role);
-    const std::string user = c == db.role_configs.end() ? "" : DsnUser(c->second.dsn());
+    const std::string user = db.managed->LoginUser(batch.role);
     if (!user.empty() && user != batch.role) absl::StrAppend(&who, " (login \"", user, "\")");
   }
   const std::string table = batch.writes.empty() ? batch.copy_target : batch.writes[0]->table;
   // The idempotency key table's grant and policy are ingest's own to make.
   const bool keys = absl::StrContains(error.message(), kKeysTable);
   return absl::PermissionDeniedError(absl::StrCat(
-      "table ", absl::Utf8SafeCHexEscape(table), " of database ", db.config.name(),
+      "table ", absl::Utf8SafeCHexEscape(table), " of database ", db.managed->config().name(),
       ": PostgreSQL refused ", who, " a privilege this write needs: ", error.message(),
       "; nothing of this request was written (",
       keys ? absl::StrCat("ingest grants each role SELECT, INSERT on ", kKeysTable,

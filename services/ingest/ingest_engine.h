@@ -12,7 +12,8 @@
 // Each principal's rows are written as its database role
 // (Principal::DatabaseRoleFor, DatabaseConfig.roles), so PostgreSQL's own
 // grants decide what it may write: one connection pool per (database, role),
-// made on first use; a principal without a role (or no authentication) writes
+// made on first use (common/db/managed_database.h runs each database's pools,
+// topology, failover holds and warm-up); a principal without a role (or no authentication) writes
 // as the database DSN's own user. A batch holds the rows of one role only. A
 // flush PostgreSQL refuses for want of a privilege (SQLSTATE 42501, or 25006
 // for a role whose sessions are read-only) answers that batch's requests
@@ -21,7 +22,8 @@
 // A database with a topology (DatabaseConfig.topology: replicas or Patroni
 // endpoints) is written on the member its probes name as primary
 // (common/db/topology_monitor.h), whichever member `dsn` names: every pool
-// connects there, and is replaced when another member becomes primary. When
+// connects there, and is replaced (the former primary's closed) when another
+// member becomes primary. When
 // there is none, or its connections fail, or it refuses a write as read-only
 // while in recovery (demoted), a batch is held until the probes name a
 // primary anew (for up to topology.failoverBufferMs from the moment the
@@ -96,8 +98,9 @@
 #include "common/auth/authorizer.h"
 #include "common/db/connection.h"
 #include "common/db/copy.h"
+#include "common/db/database_set.h"
+#include "common/db/managed_database.h"
 #include "common/db/topology.h"
-#include "common/db/topology_monitor.h"
 #include "common/pool/pool.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
@@ -209,37 +212,12 @@ class IngestEngine {
     Batch batch;
     std::string table;
   };
-  // A pool, the member it connects to ("" without a topology) and its DSN.
-  struct MemberPool {
-    std::string member;
-    std::string dsn;
-    std::shared_ptr<pool::Pool<db::Connection>> pool;
-  };
   struct Database {
-    v1::DatabaseConfig config;
+    // Its pools, topology and failover holds (in databases_set_).
+    db::ManagedDatabase* managed = nullptr;
     absl::flat_hash_set<std::string> writable;
-    // Each configured role's pool configuration (config::RoleDatabaseConfig).
-    absl::flat_hash_map<std::string, v1::DatabaseConfig> role_configs;
-    // With a topology: its members as probed (the monitor, declared last,
-    // keeps it current).
-    std::unique_ptr<db::Topology> topology;
-    absl::Mutex pools_mu;
-    // By database role, "" for the DSN user's (catalog reads, the key table,
-    // and the rows of principals without a role). Without a topology they
-    // connect to `dsn`: the DSN user's made at once, the roles' on first use,
-    // none removed before the engine ends. With one, each connects to the
-    // primary it was made for, and is replaced (the old one closed; leases
-    // out keep it alive) when another member is primary.
-    absl::flat_hash_map<std::string, MemberPool> pools ABSL_GUARDED_BY(pools_mu);
-    bool closed ABSL_GUARDED_BY(pools_mu) = false;
-    // Failover holds: woken by every probe the topology records and by Stop().
-    absl::Mutex failover_mu;
-    absl::CondVar failover_changed;
-    bool failover_stopping ABSL_GUARDED_BY(failover_mu) = false;
-    uint64_t held_now ABSL_GUARDED_BY(failover_mu) = 0;
-    double held_seconds ABSL_GUARDED_BY(failover_mu) = 0;
-    std::string writing_member ABSL_GUARDED_BY(failover_mu);
-    std::atomic<uint64_t> held_total{0}, held_timeouts{0};
+    absl::Mutex writing_mu;
+    std::string writing_member ABSL_GUARDED_BY(writing_mu);
     std::deque<Job> jobs;                            // guarded by the engine's mu_
     absl::flat_hash_map<std::string, Table> tables;  // guarded by mu_
     absl::Mutex keys_table_mu;
@@ -247,29 +225,17 @@ class IngestEngine {
     // The roles' login users may use the key table (GrantKeysTable).
     bool keys_table_granted ABSL_GUARDED_BY(keys_table_mu) = false;
     bool keys_table_grant_warned ABSL_GUARDED_BY(keys_table_mu) = false;
-    // Last, so that it stops (and its probes stop calling into the rest)
-    // first.
-    std::unique_ptr<db::TopologyMonitor> monitor;
-  };
-  // Where a role's rows go now: a pool and its member.
-  struct Target {
-    std::shared_ptr<pool::Pool<db::Connection>> pool;
-    std::string member;
   };
   // A connection leased from `pool`, which it keeps alive (members are
   // destroyed in reverse order: the lease first).
   struct Writer {
-    std::shared_ptr<pool::Pool<db::Connection>> pool;
-    pool::Pool<db::Connection>::Lease lease;
+    std::shared_ptr<db::ConnectionPool> pool;
+    db::ConnectionPool::Lease lease;
     std::string member;
     // The topology's primary generation when the member was picked.
     uint64_t generation = 0;
   };
-  // One batch's (or catalog read's) failover window: unset until it is first
-  // held.
-  struct FailoverHold {
-    absl::Time until = absl::InfinitePast();
-  };
+  using FailoverHold = db::ManagedDatabase::FailoverHold;
   struct KeyState {
     std::string table;
     std::string digest;
@@ -295,30 +261,15 @@ class IngestEngine {
       const SerializedWrite& request, const RequestHeader& header, const std::string& database,
       const std::string& principal, const std::string& role, const db::TableInfo& table,
       Done done) const;
-  // The pool that writes as `role` of `db` (the DSN user's for "") where its
-  // rows go now, made on first use there; UNAVAILABLE once the engine is
-  // closing or, with a topology, while no primary is known.
-  absl::StatusOr<Target> TargetFor(Database& db, const std::string& role);
-  // The configuration of `role`'s pool (the DSN user's for "") on `dsn`.
-  absl::StatusOr<v1::DatabaseConfig> PoolConfigFor(const Database& db, const std::string& role,
-                                                   const std::string& dsn) const;
-  // A live connection where `role`'s rows go, waiting up to `acquire` for
-  // one. With a topology and `hold`, a primary that is missing or cannot be
-  // reached is waited for (HoldForPrimary). Errors are the answers to give:
+  // A live connection where `role`'s rows go (the primary, with a
+  // topology), waiting up to `acquire` for one. With a topology and `hold`, a
+  // primary that is missing or cannot be reached is waited for
+  // (ManagedDatabase::WaitForPrimary). Errors are the answers to give:
   // UNAVAILABLE naming the database.
   absl::StatusOr<Writer> LeaseWriter(Database& db, const std::string& role, absl::Duration acquire,
                                      FailoverHold* hold, const char* holder);
-  // Waits until the topology names a primary under another generation than
-  // `seen`, within the failover window `hold` (opened now, or when the
-  // primary was lost if that was earlier, on the first call). False when
-  // the window closes first or the engine stops.
-  bool HoldForPrimary(Database& db, uint64_t seen, FailoverHold* hold);
-  bool AwaitNewPrimary(Database& db, uint64_t seen, absl::Time until);
   // The answer when no primary could be written to: `last` is why.
   absl::Status NoPrimary(const Database& db, const absl::Status& last) const;
-  bool FailoverStopping(Database& db);
-  // Starts `db`'s topology monitor and warms the pool of its primary up.
-  void WarmUpTopology(Database& db);
   // The answer to a flush PostgreSQL refused for want of a privilege.
   absl::Status PermissionDenied(const Database& db, const Batch& batch,
                                 const absl::Status& error) const;
@@ -364,6 +315,8 @@ class IngestEngine {
   const absl::Duration retry_after_;
   const size_t buffer_limit_;
   const size_t max_request_;
+  // Before databases_, which point into it.
+  db::DatabaseSet database_set_;
   std::map<std::string, std::unique_ptr<Database>> databases_;
 
   mutable absl::Mutex mu_;
@@ -388,11 +341,6 @@ class IngestEngine {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, uint64_t> flushes_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;
-  std::thread warmup_;
-  absl::Mutex warm_mu_;
-  bool warm_ ABSL_GUARDED_BY(warm_mu_) = false;
-  bool destroying_ ABSL_GUARDED_BY(warm_mu_) = false;
-  std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);
 
   std::atomic<uint64_t> rows_written_{0}, rows_binary_{0}, bytes_written_{0}, batches_written_{0},
       rows_rejected_{0}, requests_{0}, requests_failed_{0}, duplicates_{0}, batches_failed_{0},

@@ -7,12 +7,10 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/config/database_config.h"
 #include "common/db/catalog.h"
 #include "common/db/error.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
-#include "services/query/query_config.h"
 
 namespace poolside::query {
 namespace {
@@ -70,34 +68,19 @@ absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline
   return sink.lsn;
 }
 
-Database::Database(const v1::DatabaseConfig& config, std::string role, std::string member)
-    : config_(config), role_(std::move(role)), member_(std::move(member)) {
-  db::ConnectionOptions options;
-  options.application_name = absl::StrCat("poolside-query/", config_.name());
-  options.connect_timeout = absl::Milliseconds(config_.pool().connect_timeout_ms());
-  options.statement_cache_size = config_.statement_cache_size();
-  const bool allow_privileged = config_.allow_privileged_role();
-  pool::PoolOptions pool_options = config::PoolOptionsFor(config_);
-  if (!role_.empty()) pool_options.name = absl::StrCat(config_.name(), "/", role_);
-  if (!member_.empty()) absl::StrAppend(&pool_options.name, "@", member_);
-  // Each new connection goes where AdminDsn() says then (with replicas, the
-  // current primary). replicas_ is set before the pool opens any connection
-  // and never changes after.
-  pool_ = std::make_unique<ConnectionPool>(
-      pool_options,
-      [this, options, allow_privileged]() -> absl::StatusOr<std::unique_ptr<db::Connection>> {
-        absl::StatusOr<std::string> dsn = AdminDsn();
-        if (!dsn.ok()) return dsn.status();
-        db::ConnectionOptions o = options;
-        o.dsn = *std::move(dsn);
-        auto c = db::OpenChecked(o, config_.name(), allow_privileged);
-        if (!c.ok() && c.status().code() != absl::StatusCode::kFailedPrecondition) {
-          return absl::Status(c.status().code(),
-                              absl::StrCat(DescribeDsn(o.dsn), ": ", c.status().message()));
-        }
-        return c;
-      },
-      [](db::Connection& c) { return c.Ping(absl::Now() + absl::Seconds(2)); });
+db::ManagedDatabaseOptions QueryDatabaseOptions() {
+  return {.application = "poolside-query", .statement_cache = true, .name_server_in_errors = true};
+}
+
+Database::Database(std::shared_ptr<ConnectionPool> pool, const v1::DatabaseConfig& config,
+                   std::string role, std::string member)
+    : config_(config), role_(std::move(role)), member_(std::move(member)), pool_(std::move(pool)) {}
+
+Database::Database(const v1::DatabaseConfig& config)
+    : own_(std::make_unique<db::ManagedDatabase>(config, QueryDatabaseOptions())), config_(config) {
+  absl::StatusOr<std::shared_ptr<ConnectionPool>> pool = own_->Pool("");
+  // Only a stopped ManagedDatabase refuses its DSN user's pool.
+  pool_ = *std::move(pool);
 }
 
 Database::~Database() {
@@ -149,9 +132,12 @@ absl::StatusOr<Database*> Database::MemberPool(const std::string& id, const std:
   absl::MutexLock lock(&members_mu_);
   auto it = members_.find(id);
   if (it != members_.end() && it->second.dsn == dsn) return it->second.db.get();
-  absl::StatusOr<v1::DatabaseConfig> c = replicas_->MemberConfig(dsn, role_);
+  db::ManagedDatabase& managed = replicas_->database();
+  absl::StatusOr<v1::DatabaseConfig> c = managed.PoolConfig(role_, dsn);
   if (!c.ok()) return c.status();
-  auto made = std::make_unique<Database>(*c, role_, id);
+  absl::StatusOr<std::shared_ptr<ConnectionPool>> pool = managed.MemberPool(role_, id, dsn);
+  if (!pool.ok()) return pool.status();
+  auto made = std::make_unique<Database>(*std::move(pool), *c, role_, id);
   Database* out = made.get();
   if (it != members_.end()) {
     retired_.push_back(std::move(it->second.db));
@@ -336,15 +322,7 @@ absl::StatusOr<ConnectionPool::Lease> Database::AcquireLive(absl::Time deadline,
 }
 
 absl::Status Database::WarmUp() {
-  absl::Status s = pool_->WarmUp(absl::Milliseconds(config_.pool().startup_retry_ms()));
-  if (s.ok()) {
-    telemetry::LogInfo("pool warm", {{"database", config_.name()},
-                                     {"min_idle", absl::StrCat(config_.pool().min_idle())}});
-  } else {
-    telemetry::LogWarning("database not reachable yet; connecting on demand",
-                          {{"database", config_.name()}, {"error", std::string(s.message())}});
-  }
-  return s;
+  return pool_->WarmUp(absl::Milliseconds(config_.pool().startup_retry_ms()));
 }
 
 void Database::WorkerLoop() {
@@ -433,7 +411,14 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   if (lost) lease->MarkBroken();
   lease->Release();
   if (lost) RetryBatch(batch);
-  for (auto& w : batch) w->done(w->statement.status);
+  for (auto& w : batch) {
+    // A statement its server never executed (the session ended first, e.g.
+    // the server is shutting down for a switchover) took effect nowhere:
+    // routing may hold it for a new primary like one that found no
+    // connection.
+    if (!w->statement.status.ok() && w->statement.reach == db::Reach::kNotRun) w->not_run_ = true;
+    w->done(w->statement.status);
+  }
 }
 
 void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {

@@ -1,8 +1,9 @@
 #ifndef POOLSIDE_SERVICES_QUERY_DATABASE_H_
 #define POOLSIDE_SERVICES_QUERY_DATABASE_H_
 
-// One configured database: its connection pool and the workers that run calls
-// against it, one worker per connection the pool may open (max_size +
+// One configured database (for one database role): a connection pool (made
+// by the database's db::ManagedDatabase, common/db/managed_database.h) and the
+// workers that run calls against it, one worker per connection the pool may open (max_size +
 // max_overflow), started on demand. Calls are queued (bounded); each worker takes the next call
 // and, when it is a single statement, every other single statement waiting behind it (up to
 // max_pipeline_depth), and sends them to PostgreSQL in one pipelined round trip. Under load this
@@ -17,9 +18,9 @@
 // never run again: it answers UNAVAILABLE saying so.
 //
 // A database with streaming replicas (AttachReplicas) routes instead: each
-// member gets a Database of its own (its pool and workers, made on first
-// use), and Submit() sends work that may run on a replica (Work::replica_ok)
-// to the one Topology::Pick chooses, everything else to the primary.
+// member gets a Database of its own (on the ManagedDatabase's member pool,
+// its own workers, made on first use), and Submit() sends work that may run on a replica
+// (Work::replica_ok) to the one Topology::Pick chooses, everything else to the primary.
 //
 // A call for the primary while none is known, or whose connection to it
 // could not be had (so it never ran), is held for up to
@@ -42,6 +43,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/db/connection.h"
+#include "common/db/managed_database.h"
 #include "common/pool/pool.h"
 #include "common/telemetry/trace_context.h"
 #include "proto/poolside/v1/config.pb.h"
@@ -49,7 +51,7 @@
 
 namespace poolside::query {
 
-using ConnectionPool = pool::Pool<db::Connection>;
+using ConnectionPool = db::ConnectionPool;
 
 // The statement that reads the server's WAL insert position as a number
 // (pg_lsn's 64 bits). Run after a transaction committed on the same
@@ -58,6 +60,11 @@ using ConnectionPool = pool::Pool<db::Connection>;
 // synchronous_commit says, unlike the flushed position.
 inline constexpr char kCommitLsnSql[] =
     "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::int8";
+
+// How the query service's pools connect (db::ManagedDatabase makes them):
+// application_name poolside-query/<database>, the configured statement
+// cache, errors naming the server.
+db::ManagedDatabaseOptions QueryDatabaseOptions();
 
 // Runs kCommitLsnSql on `conn` on its own.
 absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline);
@@ -156,32 +163,35 @@ class Work {
  private:
   friend class Database;
   std::atomic<int> state{kQueued};
-  // Failed before any connection was had (the pool could not connect): it
-  // provably did not run, so routing may hold it for a new primary.
+  // Failed before any connection was had (the pool could not connect), or
+  // a single statement its server never executed: it provably did not run,
+  // so routing may hold it for a new primary.
   bool not_run_ = false;
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 
 class Database {
  public:
+  // Runs its calls on `pool` (a db::ManagedDatabase's, made with `config`).
   // `role`: the DatabaseConfig.roles entry `config` was made for
-  // (config::RoleDatabaseConfig), empty for the DSN's own user. Every new
-  // connection is checked to be unprivileged (db::CheckSessionRole) unless
-  // config.allow_privileged_role.
-  // `member`: the topology member `config.dsn` connects to, for a member's
-  // pool (see AttachReplicas); empty otherwise.
-  explicit Database(const v1::DatabaseConfig& config, std::string role = "",
-                    std::string member = "");
+  // (config::RoleDatabaseConfig), empty for the DSN's own user.
+  // `member`: the topology member the pool connects to, for a member's pool
+  // (see AttachReplicas); empty otherwise.
+  Database(std::shared_ptr<ConnectionPool> pool, const v1::DatabaseConfig& config,
+           std::string role = "", std::string member = "");
+  // On a pool of its own, for `config`'s DSN user (a database without a
+  // topology).
+  explicit Database(const v1::DatabaseConfig& config);
   ~Database();  // fails queued work with UNAVAILABLE, joins the workers
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
-  // From now on Submit() routes work to the members of `replicas` (pools of
-  // this database role, made on first use); this Database's own pool serves
-  // only what takes connections directly (AcquireLive: catalog snapshots,
-  // health checks), and its new connections go to the current primary
-  // (AdminDsn). Before the first Submit() and before the pool opens a
-  // connection. `replicas` must be stopped before this is destroyed.
+  // From now on Submit() routes work to the members of `replicas` (the
+  // member pools of this database role, made on first use); this Database's
+  // own pool serves only what takes connections directly (AcquireLive:
+  // catalog snapshots, health checks), and its connections go to the current
+  // primary (a db::ManagedDatabase pool of no member). Before the first
+  // Submit(). `replicas` must be stopped before this is destroyed.
   void AttachReplicas(std::shared_ptr<Replicas> replicas);
   // Where sessions of this database outside routed calls connect: with
   // replicas, the current primary (as this database role; UNAVAILABLE while
@@ -208,7 +218,8 @@ class Database {
   // and replaced within the same deadline).
   absl::StatusOr<ConnectionPool::Lease> AcquireLive(absl::Time deadline, std::string holder);
 
-  // Warm-up to min_idle, retrying while the database is not up yet.
+  // Warm-up to min_idle, retrying for pool.startup_retry_ms while the
+  // database is not up yet.
   absl::Status WarmUp();
 
   size_t queued() const;
@@ -243,13 +254,16 @@ class Database {
   // `generation` (Replicas::HoldForPrimary), then routes it again.
   absl::Status HoldForPrimary(const std::shared_ptr<Work>& work,
                               const std::shared_ptr<RoutedCall>& call, uint64_t generation);
-  // The pool of member `id` at `dsn`, made on first use.
+  // The Database of member `id` at `dsn` (on the db::ManagedDatabase's
+  // member pool), made on first use.
   absl::StatusOr<Database*> MemberPool(const std::string& id, const std::string& dsn);
 
+  // A Database on a pool of its own owns the pool's maker.
+  std::unique_ptr<db::ManagedDatabase> own_;
   const v1::DatabaseConfig config_;
   const std::string role_;
   const std::string member_;
-  std::unique_ptr<ConnectionPool> pool_;
+  std::shared_ptr<ConnectionPool> pool_;
   std::shared_ptr<Replicas> replicas_;
   struct Member {
     std::string dsn;
@@ -257,7 +271,7 @@ class Database {
   };
   absl::Mutex members_mu_;
   absl::flat_hash_map<std::string, Member> members_ ABSL_GUARDED_BY(members_mu_);
-  // Pools of members whose DSN changed: work may still run on them.
+  // Members whose DSN changed: work may still run on them.
   std::vector<std::unique_ptr<Database>> retired_ ABSL_GUARDED_BY(members_mu_);
 
   mutable absl::Mutex mu_;

@@ -85,27 +85,39 @@ class TransactionWork : public Work {
   }
 };
 
+// The set's options: pools as the query service makes them, maintained by
+// the engine's maintenance loop, and Start() waiting for each topology's
+// first round of probes to name its primary.
+db::DatabaseSetOptions SetOptions(const v1::QueryServiceConfig& config) {
+  db::DatabaseSetOptions o;
+  o.database = QueryDatabaseOptions();
+  o.maintenance_every = absl::ZeroDuration();
+  for (const v1::DatabaseConfig& db : config.databases()) {
+    if (!db.has_topology()) continue;
+    const v1::TopologyConfig& t = db.topology();
+    o.wait_for_primary = std::max(o.wait_for_primary, absl::Milliseconds(t.probe_interval_ms()) +
+                                                          absl::Milliseconds(t.probe_timeout_ms()));
+  }
+  return o;
+}
+
 }  // namespace
 
 QueryEngine::QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheClient> cache)
-    : config_(std::move(config)) {
+    : config_(std::move(config)), database_set_(config_.databases(), SetOptions(config_)) {
   for (const v1::NamedQuery& q : config_.named_queries()) {
     if (q.read_only()) read_only_named_.insert(q.name());
   }
-  for (const v1::DatabaseConfig& db : config_.databases()) {
-    auto database = std::make_unique<Database>(db);
-    if (Replicas::Configured(db)) {
-      auto replicas = std::make_shared<Replicas>(db);
+  for (const auto& [name, managed] : database_set_.databases()) {
+    // Its DSN user's pool: only a stopped set refuses it.
+    absl::StatusOr<std::shared_ptr<ConnectionPool>> pool = managed->Pool("");
+    auto database = std::make_unique<Database>(*std::move(pool), managed->config());
+    if (managed->topology() != nullptr) {
+      auto replicas = std::make_shared<Replicas>(managed.get());
       database->AttachReplicas(replicas);
-      replicas_.emplace(db.name(), std::move(replicas));
+      replicas_.emplace(name, std::move(replicas));
     }
-    databases_.emplace(db.name(), std::move(database));
-    for (const v1::DatabaseRole& role : db.roles()) {
-      // Validated by FinalizeQueryConfig; a password file that became
-      // unreadable since fails that role's connections.
-      absl::StatusOr<v1::DatabaseConfig> c = config::RoleDatabaseConfig(db, role);
-      if (c.ok()) role_configs_.emplace(std::make_pair(db.name(), role.name()), *std::move(c));
-    }
+    databases_.emplace(name, std::move(database));
   }
   if (config_.has_cache() && cache != nullptr) {
     cache_ = std::make_unique<ReadCache>(config_.cache(), std::move(cache), databases_,
@@ -118,12 +130,14 @@ QueryEngine::~QueryEngine() {
   // Reads waiting for a replica are routed (or fail) now, while the pools
   // they go to exist.
   for (auto& [name, replicas] : replicas_) replicas->Stop();
-  // Stops warm-up retries against databases that are down (they would
-  // otherwise hold the exit for up to startup_retry_ms); member pools too.
+  // Calls held for a primary fail; every pool closes, which stops warm-up
+  // retries against databases that are down (they would otherwise hold the
+  // exit for up to startup_retry_ms).
+  database_set_.Stop();
+  // Pools of members whose DSN changed, no longer the set's.
   for (Database* db : AllDatabases()) db->pool().Close();
   cache_.reset();  // stops its listeners; its flights end as the pools close
   if (maintenance_.joinable()) maintenance_.join();
-  if (warmup_.joinable()) warmup_.join();
   {
     absl::MutexLock lock(&admin_mu_);
     if (admin_work_ != nullptr) admin_work_->cancelled.store(true);
@@ -139,47 +153,15 @@ QueryEngine::~QueryEngine() {
 }
 
 void QueryEngine::Start() {
-  for (auto& [name, replicas] : replicas_) {
-    // Long enough for the first round of probes to name the primary.
-    const v1::TopologyConfig& t = replicas->config().topology();
-    const absl::Duration first =
-        absl::Milliseconds(t.probe_interval_ms()) + absl::Milliseconds(t.probe_timeout_ms());
-    if (absl::Status s = replicas->Start(first); !s.ok()) {
-      telemetry::LogWarning("cannot monitor the database's members; calls for it fail",
-                            {{"database", name}, {"error", std::string(s.message())}});
-    } else if (replicas->topology().primary().empty()) {
-      telemetry::LogWarning("no primary found yet; writes fail until one is", {{"database", name}});
-    }
-  }
-  warmup_ = std::thread([this] {
-    std::vector<Database*> dbs;
-    for (auto& [name, db] : databases_) dbs.push_back(db.get());
-    ParallelFor(dbs.size(), 8, [&](size_t i) {
-      if (!stopping_.HasBeenNotified()) dbs[i]->WarmUp().IgnoreError();
-    });
-    std::vector<std::function<void()>> ready;
-    {
-      absl::MutexLock lock(&warm_mu_);
-      warm_ = true;
-      ready.swap(when_warm_);
-    }
-    if (!stopping_.HasBeenNotified()) {
-      for (auto& f : ready) f();
-    }
-  });
+  // Monitors the topologies (waiting for their first primaries), then warms
+  // the pools up in the background; the service serves meanwhile.
+  database_set_.Start();
   maintenance_ = std::thread([this] { MaintenanceLoop(); });
   if (cache_ != nullptr) cache_->Start();
 }
 
 void QueryEngine::WhenWarm(std::function<void()> ready) {
-  {
-    absl::MutexLock lock(&warm_mu_);
-    if (!warm_) {
-      when_warm_.push_back(std::move(ready));
-      return;
-    }
-  }
-  ready();
+  database_set_.WhenWarm(std::move(ready));
 }
 
 void QueryEngine::MaintenanceLoop() {
@@ -284,8 +266,13 @@ absl::StatusOr<Database*> QueryEngine::Find(absl::string_view name, const CallAc
   absl::MutexLock lock(&roles_mu_);
   auto it = role_databases_.find(key);
   if (it != role_databases_.end()) return it->second.get();
-  if (auto c = role_configs_.find(key); c != role_configs_.end()) {
-    auto made = std::make_unique<Database>(c->second, role);
+  db::ManagedDatabase* managed = database_set_.Find(key.first);
+  if (managed->HasRole(role)) {
+    absl::StatusOr<v1::DatabaseConfig> c = managed->PoolConfig(role, managed->config().dsn());
+    if (!c.ok()) return c.status();
+    absl::StatusOr<std::shared_ptr<ConnectionPool>> pool = managed->Pool(role);
+    if (!pool.ok()) return pool.status();
+    auto made = std::make_unique<Database>(*std::move(pool), *c, role);
     if (auto r = replicas_.find(key.first); r != replicas_.end()) made->AttachReplicas(r->second);
     Database* out = made.get();
     role_databases_.emplace(key, std::move(made));

@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "common/auth/authorizer.h"
 #include "common/db/catalog.h"
+#include "common/db/database_set.h"
 #include "common/sql/statement_analyzer.h"
 #include "common/sync/bounded_executor.h"
 #include "proto/poolside/v1/config.pb.h"
@@ -65,8 +66,8 @@ class QueryEngine {
   explicit QueryEngine(v1::QueryServiceConfig config, std::unique_ptr<CacheClient> cache = nullptr);
   ~QueryEngine();
 
-  // Warms the pools (in the background; the service serves meanwhile) and starts
-  // pool maintenance.
+  // Starts the topology monitors, warms the pools (db::DatabaseSet, in the
+  // background; the service serves meanwhile) and starts pool maintenance.
   void Start();
 
   // Runs `ready` once every database's warm-up has finished (min_idle
@@ -167,6 +168,9 @@ class QueryEngine {
   absl::StatusOr<std::unique_ptr<db::Connection>> OpenSession(Database& db, absl::Time deadline);
 
   const v1::QueryServiceConfig config_;
+  // Each configured database's pools, topology, failover holds and warm-up.
+  // Stopped by the destructor after the replicas.
+  db::DatabaseSet database_set_;
   // The databases with replicas (DatabaseConfig.topology), by name; their
   // pools route through them. Stopped first by the destructor.
   absl::flat_hash_map<std::string, std::shared_ptr<Replicas>> replicas_;
@@ -175,8 +179,6 @@ class QueryEngine {
   absl::flat_hash_set<std::string> read_only_named_;
   StatementStatsRegistry stats_;
   mutable sql::StatementAnalyzer analyzer_;
-  // Each configured role's pool configuration, by (database, role).
-  absl::flat_hash_map<std::pair<std::string, std::string>, v1::DatabaseConfig> role_configs_;
   // Role pools by (database, role); created on first use, never removed.
   absl::Mutex roles_mu_;
   absl::flat_hash_map<std::pair<std::string, std::string>, std::unique_ptr<Database>>
@@ -189,7 +191,6 @@ class QueryEngine {
   absl::flat_hash_map<std::string, CatalogState> catalogs_ ABSL_GUARDED_BY(catalogs_mu_);
   absl::Notification stopping_;
   std::thread maintenance_;
-  std::thread warmup_;
   // GetIndexAdvice / CreateIndex: at most one at a time (admin_running_),
   // on admin_'s thread. Its queue holds the next one while the thread
   // finishes the one that just answered.
@@ -201,9 +202,6 @@ class QueryEngine {
   // checks block on connections), more are refused.
   static constexpr int kMaxConcurrentChecks = 4;
   sync::BoundedExecutor checks_{kMaxConcurrentChecks, /*max_queued=*/0};
-  absl::Mutex warm_mu_;
-  bool warm_ ABSL_GUARDED_BY(warm_mu_) = false;
-  std::vector<std::function<void()>> when_warm_ ABSL_GUARDED_BY(warm_mu_);
   // Declared last: destroyed first, while the databases it uses still exist.
   std::unique_ptr<ReadCache> cache_;
 };

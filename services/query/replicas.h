@@ -2,8 +2,9 @@
 #define POOLSIDE_SERVICES_QUERY_REPLICAS_H_
 
 // The streaming replicas of one configured database, for the query service:
-// its Topology (common/db/topology.h) kept current by a TopologyMonitor, and
-// what routing needs beyond Pick():
+// what routing needs beyond its db::ManagedDatabase (common/db/
+// managed_database.h: the Topology its monitor keeps current, the member
+// pools, failover holds):
 //
 // - read-your-writes: a read whose min_lsn no routable replica has replayed
 //   yet may wait (up to topology.tokenWaitMs) for one to catch up, watched
@@ -11,23 +12,22 @@
 // - the fence for cache fills read from a replica: every write that went
 //   through this service to the primary raises it to its commit position
 //   (NoteWrite), so a fill never reads from a replica what a write through
-//   this service has just invalidated (WriteFence).
-//
-// - failover buffering: a call for the primary while none is known (a
-//   switchover or failover under way), or whose primary connection could
-//   not be had, is held (HoldForPrimary) until a primary is named anew,
-//   for up to topology.failoverBufferMs from the moment the primary was
-//   lost, bounded in count and bytes.
+//   this service has just invalidated (WriteFence);
+// - failover buffering, the database's holds as query counts them: a call
+//   for the primary while none is known (a switchover or failover under
+//   way), or whose primary connection could not be had, is held
+//   (HoldForPrimary) until a primary is named anew, for up to
+//   topology.failoverBufferMs from the moment the primary was lost, bounded
+//   in count and bytes.
 //
 // Databases route their calls with it (database.h); one Replicas serves the
 // pools of every database role of its database.
 //
-//   if (Replicas::Configured(config)) {
-//     auto replicas = std::make_shared<Replicas>(config);
-//     replicas->Start(absl::Seconds(2));
-//     ... replicas->topology().Pick(...) ...
-//     replicas->Stop();  // before the databases routing with it go
-//   }
+//   db::ManagedDatabase* managed = set.Find(name);  // with a topology
+//   auto replicas = std::make_shared<Replicas>(managed);
+//   ... replicas->topology().Pick(...) ...
+//   replicas->Stop();  // before the databases routing with it go
+//   managed->Stop();   // ends held calls
 //
 // Thread-safe.
 
@@ -36,7 +36,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -44,8 +43,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/db/managed_database.h"
 #include "common/db/topology.h"
-#include "common/db/topology_monitor.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "services/query/lsn_waiters.h"
 
@@ -53,37 +52,27 @@ namespace poolside::query {
 
 class Replicas {
  public:
-  // Whether `config`'s topology names replicas or Patroni endpoints.
-  static bool Configured(const v1::DatabaseConfig& config);
-
-  // `config` went through FinalizeTopology and is Configured().
-  explicit Replicas(const v1::DatabaseConfig& config);
+  // `database` has a topology and outlives this.
+  explicit Replicas(db::ManagedDatabase* database);
   ~Replicas();  // Stop()
   Replicas(const Replicas&) = delete;
   Replicas& operator=(const Replicas&) = delete;
 
-  // Starts probing the members (or discovering them through Patroni), then
-  // waits up to `wait_for_primary` for the first probes to name a primary
-  // (not an error if none does: calls for it fail with UNAVAILABLE until one
-  // is known). INVALID_ARGUMENT for members or endpoints that do not parse.
-  absl::Status Start(absl::Duration wait_for_primary);
-  // Stops the probes; reads waiting in AwaitReplay get `then(false)` now, and
-  // later ones at once.
+  // Stops following the probes; reads waiting in AwaitReplay get
+  // `then(false)` now, and later ones at once. Held calls end when the
+  // database stops (db::ManagedDatabase::Stop).
   void Stop();
 
-  db::Topology& topology() { return topology_; }
-  const v1::DatabaseConfig& config() const { return config_; }
+  db::ManagedDatabase& database() { return *database_; }
+  db::Topology& topology() { return *database_->topology(); }
+  const v1::DatabaseConfig& config() const { return database_->config(); }
 
-  // The pool configuration of a member at `member_dsn` (a DSN of the
-  // database's own user, from a Route) for database role `role` ("" for the
-  // DSN's user): the database's configuration with that DSN, and the role's
-  // user and password when `role` is set (config::RoleDatabaseConfig).
-  absl::StatusOr<v1::DatabaseConfig> MemberConfig(const std::string& member_dsn,
-                                                  const std::string& role) const;
   // The DSN of the current primary for database role `role` ("" for the
   // DSN's user), for sessions that must run there outside routed calls;
   // UNAVAILABLE, naming why, while no primary is known.
-  absl::StatusOr<std::string> PrimaryDsn(const std::string& role) const;
+  absl::StatusOr<std::string> PrimaryDsn(const std::string& role) const {
+    return database_->PrimaryDsn(role);
+  }
 
   // How long a read waits for a replica to replay its min_lsn.
   absl::Duration token_wait() const { return token_wait_; }
@@ -105,24 +94,26 @@ class Replicas {
   // been taken since, UINT64_MAX (fills read the primary).
   uint64_t WriteFence();
 
-  // Failover buffering. The primary's generation as a held call saw it.
-  uint64_t primary_generation() const { return topology_.primary_generation(); }
-  absl::Duration failover_buffer() const { return failover_buffer_; }
+  // Failover buffering (db::ManagedDatabase::HoldForPrimary). The
+  // primary's generation as a held call saw it.
+  uint64_t primary_generation() const { return database_->primary_generation(); }
+  absl::Duration failover_buffer() const { return database_->failover_buffer(); }
   // Holds a call of `bytes` until a primary is known under another
   // generation than `generation`: then(true) on the buffer's thread. When
   // the window passes first (failoverBufferMs after the primary was lost,
-  // or `deadline`), or the probes stop: then(false). RESOURCE_EXHAUSTED
+  // or `deadline`), or the database stops: then(false). RESOURCE_EXHAUSTED
   // (nothing held) when holding it would pass topology.failoverBufferCalls
-  // or topology.failoverBufferBytes; UNAVAILABLE once stopped or before
-  // Start().
+  // or topology.failoverBufferBytes; UNAVAILABLE once stopped.
   absl::Status HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
-                              std::function<void(bool)> then);
+                              std::function<void(bool)> then) {
+    return database_->HoldForPrimary(generation, bytes, deadline, std::move(then));
+  }
   // Calls held so far, those that timed out, held now, and the time held
   // calls waited (seconds, summed).
-  uint64_t held_total() const { return held_total_.load(std::memory_order_relaxed); }
-  uint64_t held_timeouts() const { return held_timeouts_.load(std::memory_order_relaxed); }
-  size_t held_now() const;
-  double held_seconds() const;
+  uint64_t held_total() const { return database_->hold_stats().total; }
+  uint64_t held_timeouts() const { return database_->hold_stats().timeouts; }
+  size_t held_now() const { return database_->hold_stats().now; }
+  double held_seconds() const { return database_->hold_stats().seconds; }
 
   // Reads that waited for a replica, and of them those that got one.
   uint64_t token_waits() const { return token_waits_.load(std::memory_order_relaxed); }
@@ -132,41 +123,15 @@ class Replicas {
 
  private:
   void OnRecord();
-  void BufferLoop();
 
-  const v1::DatabaseConfig config_;
+  db::ManagedDatabase* const database_;
   const absl::Duration token_wait_;
   const absl::Duration probe_timeout_;
-  const absl::Duration failover_buffer_;
-  const size_t max_held_calls_;
-  const uint64_t max_held_bytes_;
-  db::Topology topology_;
-  db::TopologyMonitor monitor_;
   // The highest sampled replay position of a routable replica, and how many
   // replicas are routable (healthy, not banned), as of the last probe.
   std::atomic<uint64_t> replayed_{0};
   std::atomic<int> routable_{0};
   std::atomic<uint64_t> token_waits_{0}, token_waits_reached_{0};
-  std::atomic<uint64_t> held_total_{0}, held_timeouts_{0};
-
-  struct Held {
-    uint64_t generation;
-    size_t bytes;
-    absl::Time since;
-    absl::Time until;
-    std::function<void(bool)> then;
-  };
-  mutable absl::Mutex buffer_mu_;
-  absl::CondVar buffer_changed_;
-  std::vector<Held> held_ ABSL_GUARDED_BY(buffer_mu_);
-  size_t held_bytes_ ABSL_GUARDED_BY(buffer_mu_) = 0;
-  double held_seconds_ ABSL_GUARDED_BY(buffer_mu_) = 0;
-  bool buffer_started_ ABSL_GUARDED_BY(buffer_mu_) = false;
-  bool buffer_stopping_ ABSL_GUARDED_BY(buffer_mu_) = false;
-  // When the primary was last lost (or the monitor started without one).
-  absl::Time lost_at_ ABSL_GUARDED_BY(buffer_mu_) = absl::InfinitePast();
-  bool had_primary_ ABSL_GUARDED_BY(buffer_mu_) = false;
-  std::thread buffer_thread_;
 
   // Held shared by AwaitReplay, exclusively by Stop (which resets waiters_).
   absl::Mutex waiters_mu_;

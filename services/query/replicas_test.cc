@@ -1,10 +1,12 @@
-// Replicas' failover buffer without PostgreSQL: members on refused ports
-// never name a primary, so every call offered is held until the buffer's
-// configured count or bytes are reached (RESOURCE_EXHAUSTED past them) or the
-// probes stop (then(false), exactly once each).
+// Replicas' failover buffer (its database's holds) without PostgreSQL:
+// members on refused ports never name a primary, so every call offered is
+// held until the buffer's configured count or bytes are reached
+// (RESOURCE_EXHAUSTED past them) or the database stops (then(false), exactly
+// once each); a read waiting for a replica ends when the replicas stop.
 
 #include "services/query/replicas.h"
 
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -40,7 +42,8 @@ TEST(ReplicasTest, FailoverBufferHoldsUpToItsConfiguredLimits) {
   absl::flat_hash_set<std::string> names;
   ASSERT_TRUE(config::FinalizeDatabase("databases[0]", &c, &names).ok());
 
-  Replicas replicas(c);
+  db::ManagedDatabase database(c, {});
+  Replicas replicas(&database);
   absl::Mutex mu;
   std::vector<bool> outcomes;
   auto hold = [&](size_t bytes) {
@@ -50,9 +53,7 @@ TEST(ReplicasTest, FailoverBufferHoldsUpToItsConfiguredLimits) {
                                      outcomes.push_back(known);
                                    });
   };
-  EXPECT_EQ(hold(1).code(), absl::StatusCode::kUnavailable) << "nothing is held before Start";
-
-  ASSERT_TRUE(replicas.Start(absl::ZeroDuration()).ok());
+  ASSERT_TRUE(database.StartMonitor().ok());
   EXPECT_TRUE(replicas.topology().primary().empty());
   EXPECT_EQ(replicas.PrimaryDsn("").status().code(), absl::StatusCode::kUnavailable);
   ASSERT_TRUE(hold(100).ok());
@@ -71,8 +72,21 @@ TEST(ReplicasTest, FailoverBufferHoldsUpToItsConfiguredLimits) {
     EXPECT_TRUE(outcomes.empty()) << "released with no primary named";
   }
 
-  // Stopping releases what is held, unrouted, exactly once each.
+  // A read waiting for a replica ends, unreached, when the replicas stop.
+  std::atomic<bool> replayed{true};
+  std::atomic<int> answers{0};
+  replicas.AwaitReplay(1, absl::Now() + absl::Minutes(5), [&](bool reached) {
+    replayed.store(reached);
+    answers.fetch_add(1);
+  });
+  EXPECT_EQ(answers.load(), 0);
   replicas.Stop();
+  EXPECT_EQ(answers.load(), 1);
+  EXPECT_FALSE(replayed.load());
+  EXPECT_EQ(replicas.held_now(), 2u) << "held calls wait for the database";
+
+  // Stopping the database releases what is held, unrouted, exactly once each.
+  database.Stop();
   EXPECT_EQ(replicas.held_now(), 0u);
   EXPECT_EQ(replicas.held_timeouts(), 2u);
   {

@@ -44,7 +44,7 @@
 // done callback. Done callbacks and `on_event` run on the queue thread (after
 // Close(): inline), must not block, and are not blocked on by this client.
 // UseQueue, Close, StopWatching and the destructor wait, so they must not be
-// called from the queue thread (checked in debug builds: server::QueueThread),
+// called from the queue thread (checked: server::QueueThread),
 // and need the queue to be polled meanwhile.
 //
 // Lifetime (query_server): Create, UseQueue(server queue), Watch, ...,

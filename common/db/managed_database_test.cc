@@ -1,0 +1,441 @@
+#include "common/db/managed_database.h"
+
+#include <atomic>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/config/database_config.h"
+#include "common/db/catalog.h"
+#include "common/db/database_set.h"
+#include "gtest/gtest.h"
+#include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/refusing_port.h"
+
+namespace poolside::db {
+namespace {
+
+constexpr absl::Duration kWait = absl::Seconds(20);
+
+class ManagedDatabaseTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto pg = testing::PostgresCluster::Start();
+    ASSERT_TRUE(pg.ok()) << pg.status();
+    pg_ = pg->release();
+    ASSERT_TRUE(pg_->CreateDatabase("app").ok());
+    ASSERT_TRUE(pg_->Exec("app",
+                          "CREATE ROLE writer LOGIN;"
+                          "CREATE ROLE reader LOGIN;")
+                    .ok());
+  }
+  static void TearDownTestSuite() {
+    delete pg_;
+    pg_ = nullptr;
+  }
+
+  // A finalized configuration of "app" as the unprivileged `writer`, with
+  // role "reader"; with `topology`, two members (both this server, under two
+  // spellings of its DSN) for the probes that tests record by hand.
+  // Two spellings of this server's "app" as `writer`: members "a" and "b".
+  static std::string DsnA() {
+    return absl::StrCat("host=127.0.0.1 port=", pg_->port(), " dbname=app user=writer");
+  }
+  static std::string DsnB() {
+    return absl::StrCat("host=localhost port=", pg_->port(), " dbname=app user=writer");
+  }
+
+  static v1::DatabaseConfig Config(bool topology = false, const std::string& dsn = "") {
+    v1::DatabaseConfig c;
+    c.set_name("app");
+    c.set_dsn(dsn.empty() ? DsnA() : dsn);
+    v1::PoolConfig* p = c.mutable_pool();
+    p->set_min_idle(2);
+    p->set_max_size(4);
+    p->set_acquire_timeout_ms(5000);
+    p->set_connect_timeout_ms(5000);
+    p->set_validate_after_idle_ms(1000);
+    p->set_max_lifetime_ms(600000);
+    p->set_idle_timeout_ms(600000);
+    p->set_leak_threshold_ms(600000);
+    p->set_startup_retry_ms(2000);
+    c.add_roles()->set_name("reader");
+    if (topology) {
+      c.mutable_topology()->add_replicas(absl::StrCat("host=localhost port=", pg_->port()));
+      c.mutable_topology()->set_failover_buffer_ms(60000);
+    }
+    absl::flat_hash_set<std::string> names;
+    absl::Status s = config::FinalizeDatabase("databases[0]", &c, &names);
+    EXPECT_TRUE(s.ok()) << s;
+    return c;
+  }
+
+  // Members "a" and "b" of `db`'s topology, both reaching this server.
+  static void SetMembers(ManagedDatabase& db) {
+    ASSERT_TRUE(db.topology()->SetMembers({{"a", DsnA()}, {"b", DsnB()}}).ok());
+  }
+  // Probes that find `primary` writable and the other member in recovery
+  // ("" for neither writable).
+  static void RecordPrimary(ManagedDatabase& db, const std::string& primary, Lsn lsn = 100) {
+    for (const std::string id : {"a", "b"}) {
+      db.topology()->Record(id, MemberSample{.in_recovery = id != primary, .lsn = lsn});
+    }
+  }
+
+  static std::string CurrentUser(ConnectionPool& pool) {
+    auto lease = pool.Acquire(absl::Now() + kWait);
+    if (!lease.ok()) return std::string(lease.status().message());
+    absl::StatusOr<SessionRole> role = ReadSessionRole(**lease, absl::Now() + kWait);
+    return role.ok() ? role->user : std::string(role.status().message());
+  }
+
+  static testing::PostgresCluster* pg_;
+};
+
+testing::PostgresCluster* ManagedDatabaseTest::pg_ = nullptr;
+
+TEST_F(ManagedDatabaseTest, PoolsPerRoleMadeOnceUnderConcurrentFirstUse) {
+  ManagedDatabase db(Config(), {.application = "test"});
+  constexpr int kThreads = 16;
+  std::vector<std::shared_ptr<ConnectionPool>> got(kThreads * 2);
+  std::vector<std::thread> threads;
+  absl::Notification go;
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      go.WaitForNotification();
+      auto own = db.Pool("");
+      auto reader = db.Pool("reader");
+      if (own.ok()) got[2 * i] = *own;
+      if (reader.ok()) got[2 * i + 1] = *reader;
+    });
+  }
+  go.Notify();
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) {
+    ASSERT_NE(got[2 * i], nullptr);
+    EXPECT_EQ(got[2 * i], got[0]);
+    EXPECT_EQ(got[2 * i + 1], got[1]);
+  }
+  EXPECT_NE(got[0], got[1]);
+  std::vector<ManagedDatabase::NamedPool> pools = db.Pools();
+  ASSERT_EQ(pools.size(), 2u);
+  EXPECT_EQ(pools[0].name, "app");
+  EXPECT_EQ(pools[1].name, "app/reader");
+  EXPECT_EQ(CurrentUser(*got[0]), "writer");
+  EXPECT_EQ(CurrentUser(*got[1]), "reader");
+  EXPECT_EQ(db.LoginUser("reader"), "reader");
+  EXPECT_EQ(db.RoleLoginUsers(), std::vector<std::string>{"reader"});
+}
+
+TEST_F(ManagedDatabaseTest, UnknownRoleRefusedAndNothingMade) {
+  ManagedDatabase db(Config(), {});
+  EXPECT_FALSE(db.HasRole("admin"));
+  auto pool = db.Pool("admin");
+  EXPECT_EQ(pool.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(db.PrimaryPool("admin").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(db.PrimaryDsn("admin").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(db.Pools().empty());
+}
+
+TEST_F(ManagedDatabaseTest, PrivilegedLoginRefusedByEveryPool) {
+  ManagedDatabase db(Config(false, pg_->Dsn("app")), {});  // the superuser
+  auto pool = db.Pool("");
+  ASSERT_TRUE(pool.ok());
+  auto lease = (*pool)->Acquire(absl::Now() + kWait);
+  EXPECT_EQ(lease.status().code(), absl::StatusCode::kFailedPrecondition) << lease.status();
+  EXPECT_EQ((*pool)->Stats().size, 0u);
+}
+
+TEST_F(ManagedDatabaseTest, WarmUpFillsThePrimaryPoolToMinIdle) {
+  ManagedDatabase db(Config(), {});
+  ASSERT_TRUE(db.WarmUp().ok());
+  auto pool = db.Pool("");
+  ASSERT_TRUE(pool.ok());
+  EXPECT_EQ((*pool)->Stats().idle, 2u);
+  EXPECT_EQ(db.Pools().size(), 1u);  // no role's pool made by warm-up
+}
+
+TEST_F(ManagedDatabaseTest, StopClosesPoolsAndRefusesNewOnes) {
+  ManagedDatabase db(Config(), {});
+  auto pool = db.Pool("");
+  ASSERT_TRUE(pool.ok());
+  auto lease = (*pool)->Acquire(absl::Now() + kWait);
+  ASSERT_TRUE(lease.ok());
+  db.Stop();
+  EXPECT_EQ(db.Pool("").status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(db.PrimaryPool("reader").status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*pool)->Acquire(absl::Now() + kWait).status().code(), absl::StatusCode::kCancelled);
+  // The lease out still works and goes back.
+  EXPECT_TRUE((*lease)->Ping(absl::Now() + kWait));
+  lease->Release();
+  db.Stop();  // idempotent
+}
+
+TEST_F(ManagedDatabaseTest, WriterOnlyPoolFollowsThePrimaryAndClosesTheFormerOne) {
+  ManagedDatabase db(Config(true), {.writer_only = true});
+  SetMembers(db);
+  EXPECT_EQ(db.PrimaryPool("").status().code(), absl::StatusCode::kUnavailable);
+  RecordPrimary(db, "a");
+  auto first = db.PrimaryPool("reader");
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->member, "a");
+  auto lease = first->pool->Acquire(absl::Now() + kWait);
+  ASSERT_TRUE(lease.ok());
+  RecordPrimary(db, "b");
+  auto second = db.PrimaryPool("reader");
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->member, "b");
+  EXPECT_GT(second->generation, first->generation);
+  EXPECT_EQ(CurrentUser(*second->pool), "reader");
+  // The former primary's: no new leases, the one out still works.
+  EXPECT_EQ(first->pool->Acquire(absl::Now() + kWait).status().code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_TRUE((*lease)->Ping(absl::Now() + kWait));
+  std::vector<ManagedDatabase::NamedPool> pools = db.Pools();
+  ASSERT_EQ(pools.size(), 1u);
+  EXPECT_EQ(pools[0].name, "app/reader@b");
+}
+
+TEST_F(ManagedDatabaseTest, MemberPoolsAreKeptAndReplacedWhenTheirDsnChanges) {
+  ManagedDatabase db(Config(true), {});
+  SetMembers(db);
+  RecordPrimary(db, "a");
+  auto a = db.MemberPool("", "a", DsnA());
+  auto b = db.MemberPool("", "b", DsnB());
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto primary = db.PrimaryPool("");
+  ASSERT_TRUE(primary.ok());
+  EXPECT_EQ(primary->pool, *a);  // not writer_only: the replica's stays
+  EXPECT_EQ(db.Pools().size(), 2u);
+  auto moved = db.MemberPool("", "b", DsnB() + " application_name=x");
+  ASSERT_TRUE(moved.ok());
+  EXPECT_NE(*moved, *b);
+  // Whoever holds the old one may finish with it.
+  EXPECT_EQ(CurrentUser(**b), "writer");
+  EXPECT_EQ(db.Pools().size(), 2u);
+  // The database's own pool follows the primary.
+  auto own = db.Pool("reader");
+  ASSERT_TRUE(own.ok());
+  EXPECT_EQ(CurrentUser(**own), "reader");
+}
+
+// Pickers racing a primary that moves back and forth: every pool handed out
+// is for the member that was primary under the generation it came with, and
+// once the primary settles the role has one pool, on it.
+TEST_F(ManagedDatabaseTest, PoolsMadeWhileThePrimaryMovesAreForThePrimaryOfTheirGeneration) {
+  ManagedDatabase db(Config(true), {.writer_only = true});
+  SetMembers(db);
+  absl::flat_hash_map<uint64_t, std::string> primary_of;  // by generation
+  RecordPrimary(db, "a");
+  primary_of[db.primary_generation()] = "a";
+  constexpr int kPickers = 8;
+  std::atomic<bool> done{false};
+  std::vector<std::vector<ManagedDatabase::PoolRef>> refs(kPickers);
+  std::vector<std::thread> pickers;
+  for (int i = 0; i < kPickers; ++i) {
+    pickers.emplace_back([&, i] {
+      while (!done.load()) {
+        absl::StatusOr<ManagedDatabase::PoolRef> ref = db.PrimaryPool("");
+        if (ref.ok()) refs[i].push_back(*std::move(ref));
+      }
+    });
+  }
+  for (int flip = 0; flip <= 100; ++flip) {  // ends on b
+    const std::string primary = flip % 2 == 0 ? "b" : "a";
+    RecordPrimary(db, primary);
+    primary_of[db.primary_generation()] = primary;
+  }
+  done.store(true);
+  for (auto& t : pickers) t.join();
+  size_t handed_out = 0;
+  for (const auto& mine : refs) {
+    for (const ManagedDatabase::PoolRef& ref : mine) {
+      ++handed_out;
+      ASSERT_TRUE(primary_of.contains(ref.generation)) << ref.generation;
+      EXPECT_EQ(ref.member, primary_of[ref.generation]) << ref.generation;
+    }
+  }
+  EXPECT_GT(handed_out, 0u);
+  refs.clear();  // the pools of former primaries go
+  auto settled = db.PrimaryPool("");
+  ASSERT_TRUE(settled.ok());
+  EXPECT_EQ(settled->member, "b");
+  std::vector<ManagedDatabase::NamedPool> pools = db.Pools();
+  ASSERT_EQ(pools.size(), 1u);
+  EXPECT_EQ(pools[0].name, "app@b");
+  EXPECT_EQ(pools[0].pool, settled->pool);
+  EXPECT_EQ(CurrentUser(*settled->pool), "writer");
+}
+
+TEST_F(ManagedDatabaseTest, HoldEndsWhenANewPrimaryIsNamed) {
+  ManagedDatabase db(Config(true), {});
+  SetMembers(db);
+  RecordPrimary(db, "a");
+  const uint64_t seen = db.primary_generation();
+  RecordPrimary(db, "");  // lost
+  absl::Notification released;
+  std::atomic<bool> outcome{false};
+  ASSERT_TRUE(db.HoldForPrimary(seen, 10, absl::InfiniteFuture(), [&](bool known) {
+                  outcome.store(known);
+                  released.Notify();
+                }).ok());
+  EXPECT_EQ(db.hold_stats().now, 1u);
+  RecordPrimary(db, "b");
+  ASSERT_TRUE(released.WaitForNotificationWithTimeout(kWait));
+  EXPECT_TRUE(outcome.load());
+  ManagedDatabase::HoldStats s = db.hold_stats();
+  EXPECT_EQ(s.total, 1u);
+  EXPECT_EQ(s.timeouts, 0u);
+  EXPECT_EQ(s.now, 0u);
+}
+
+TEST_F(ManagedDatabaseTest, HoldsAreBoundedInCountAndBytes) {
+  v1::DatabaseConfig c = Config(true);
+  c.mutable_topology()->set_failover_buffer_calls(2);
+  c.mutable_topology()->set_failover_buffer_bytes(1000);
+  ManagedDatabase db(c, {});
+  SetMembers(db);
+  std::atomic<int> ended{0};
+  auto then = [&](bool known) {
+    EXPECT_FALSE(known);
+    ended.fetch_add(1);
+  };
+  EXPECT_EQ(db.HoldForPrimary(0, 1001, absl::InfiniteFuture(), then).code(),
+            absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(db.HoldForPrimary(0, 600, absl::InfiniteFuture(), then).ok());
+  EXPECT_EQ(db.HoldForPrimary(0, 600, absl::InfiniteFuture(), then).code(),
+            absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(db.HoldForPrimary(0, 10, absl::InfiniteFuture(), then).ok());
+  absl::Status third = db.HoldForPrimary(0, 1, absl::InfiniteFuture(), then);
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(third.message().find("failoverBufferCalls (2)"), std::string::npos) << third;
+  EXPECT_EQ(db.hold_stats().now, 2u);
+  db.EndHolds();
+  EXPECT_EQ(db.HoldForPrimary(0, 1, absl::InfiniteFuture(), then).code(),
+            absl::StatusCode::kUnavailable);
+  db.Stop();
+  EXPECT_EQ(ended.load(), 2);
+  EXPECT_EQ(db.hold_stats().now, 0u);
+  EXPECT_EQ(db.hold_stats().timeouts, 2u);
+}
+
+TEST_F(ManagedDatabaseTest, HoldEndsUnsuccessfullyWhenItsWindowCloses) {
+  v1::DatabaseConfig c = Config(true);
+  c.mutable_topology()->set_failover_buffer_ms(50);
+  ManagedDatabase db(c, {});
+  SetMembers(db);
+  ManagedDatabase::FailoverHold hold;
+  EXPECT_FALSE(db.WaitForPrimary(db.primary_generation(), &hold));
+  EXPECT_NE(hold.until, absl::InfinitePast());
+  // The window stays closed for the same caller.
+  EXPECT_FALSE(db.WaitForPrimary(db.primary_generation(), &hold));
+  ManagedDatabase::HoldStats s = db.hold_stats();
+  EXPECT_EQ(s.total, 1u);  // one caller
+  EXPECT_EQ(s.timeouts, 2u);
+  EXPECT_EQ(s.now, 0u);
+}
+
+TEST_F(ManagedDatabaseTest, WaitingCallersEndOnANewPrimaryOrOnStop) {
+  ManagedDatabase db(Config(true), {});
+  SetMembers(db);
+  const uint64_t seen = db.primary_generation();
+  constexpr int kCallers = 4;
+  std::atomic<int> known{0}, unknown{0};
+  // Callers that saw generation `seen` (the next probe moves past it) and
+  // callers that saw the one after it (nothing moves past that).
+  std::vector<std::thread> now_known, never_known;
+  for (int i = 0; i < kCallers; ++i) {
+    for (auto* group : {&now_known, &never_known}) {
+      const uint64_t generation = group == &now_known ? seen : seen + 1;
+      group->emplace_back([&, generation] {
+        ManagedDatabase::FailoverHold hold;
+        (db.WaitForPrimary(generation, &hold) ? known : unknown).fetch_add(1);
+      });
+    }
+  }
+  RecordPrimary(db, "a");
+  ASSERT_EQ(db.primary_generation(), seen + 1);
+  for (auto& t : now_known) t.join();
+  EXPECT_EQ(known.load(), kCallers);
+  db.Stop();
+  for (auto& t : never_known) t.join();
+  EXPECT_EQ(known.load(), kCallers);
+  EXPECT_EQ(unknown.load(), kCallers);
+  EXPECT_EQ(db.hold_stats().now, 0u);
+  ManagedDatabase::FailoverHold late;
+  EXPECT_FALSE(db.WaitForPrimary(seen, &late));
+}
+
+TEST_F(ManagedDatabaseTest, WithoutATopologyNothingIsHeld) {
+  ManagedDatabase db(Config(), {});
+  EXPECT_EQ(db.topology(), nullptr);
+  ManagedDatabase::FailoverHold hold;
+  EXPECT_FALSE(db.WaitForPrimary(0, &hold));
+  EXPECT_EQ(db.HoldForPrimary(0, 1, absl::InfiniteFuture(), [](bool) {}).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(db.hold_stats().total, 0u);
+  auto dsn = db.PrimaryDsn("reader");
+  ASSERT_TRUE(dsn.ok());
+  EXPECT_NE(dsn->find("reader"), std::string::npos);
+}
+
+TEST_F(ManagedDatabaseTest, SetWarmsEveryDatabaseThenReports) {
+  testing::RefusingPort down;
+  google::protobuf::RepeatedPtrField<v1::DatabaseConfig> configs;
+  *configs.Add() = Config();
+  v1::DatabaseConfig gone =
+      Config(false, absl::StrCat("host=127.0.0.1 port=", down.port(), " dbname=app user=writer"));
+  gone.set_name("gone");
+  gone.mutable_pool()->set_startup_retry_ms(200);
+  *configs.Add() = gone;
+  DatabaseSet set(configs, {.maintenance_every = absl::Milliseconds(50)});
+  ASSERT_NE(set.Find("app"), nullptr);
+  ASSERT_NE(set.Find("gone"), nullptr);
+  EXPECT_EQ(set.Find("other"), nullptr);
+  absl::Notification warm;
+  set.WhenWarm([&] { warm.Notify(); });
+  set.Start();
+  ASSERT_TRUE(warm.WaitForNotificationWithTimeout(kWait));
+  auto pool = set.Find("app")->Pool("");
+  ASSERT_TRUE(pool.ok());
+  EXPECT_EQ((*pool)->Stats().idle, 2u);
+  auto gone_pool = set.Find("gone")->Pool("");
+  ASSERT_TRUE(gone_pool.ok());
+  EXPECT_EQ((*gone_pool)->Stats().size, 0u);
+  EXPECT_GT((*gone_pool)->Stats().create_failures, 0u);
+  // Already warm: at once.
+  bool now = false;
+  set.WhenWarm([&] { now = true; });
+  EXPECT_TRUE(now);
+  set.Stop();
+  EXPECT_EQ(set.Find("app")->Pool("").status().code(), absl::StatusCode::kUnavailable);
+  bool after_stop = false;
+  set.WhenWarm([&] { after_stop = true; });
+  EXPECT_FALSE(after_stop);
+}
+
+TEST_F(ManagedDatabaseTest, StopEndsAWarmUpRetryingAgainstADatabaseThatIsDown) {
+  testing::RefusingPort down;
+  google::protobuf::RepeatedPtrField<v1::DatabaseConfig> configs;
+  v1::DatabaseConfig gone =
+      Config(false, absl::StrCat("host=127.0.0.1 port=", down.port(), " dbname=app user=writer"));
+  gone.mutable_pool()->set_startup_retry_ms(600000);
+  *configs.Add() = gone;
+  DatabaseSet set(configs, {});
+  std::atomic<bool> warm{false};
+  set.WhenWarm([&] { warm.store(true); });
+  set.Start();
+  // Returns although the warm-up would retry for ten minutes.
+  set.Stop();
+  EXPECT_FALSE(warm.load());
+  EXPECT_EQ(set.Find("app")->PrimaryPool("").status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace poolside::db
