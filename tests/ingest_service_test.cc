@@ -152,6 +152,20 @@ v1::ChannelRequest Message(const std::string& table, const std::string& run, uin
   return m;
 }
 
+// The messages producer `s` of a load sends to `table`: `count` messages of
+// `rows` rows, run "<run_prefix><s>", with ids after those of producers
+// 0..s-1.
+std::vector<v1::ChannelRequest> ProducerMessages(const std::string& table,
+                                                 const std::string& run_prefix, int s, int count,
+                                                 int rows, size_t payload_bytes = 24) {
+  std::vector<v1::ChannelRequest> messages;
+  for (int m = 0; m < count; ++m) {
+    messages.push_back(Message(table, absl::StrCat(run_prefix, s), m, int64_t{s} * count * rows,
+                               rows, payload_bytes));
+  }
+  return messages;
+}
+
 struct ChannelRun {
   std::set<uint64_t> ok;           // committed (duplicates included)
   std::map<uint64_t, int> failed;  // sequence -> code
@@ -371,12 +385,8 @@ TEST(IngestServiceTest, MillionRowsFromEightStreamsLandExactlyOnce) {
   const absl::Time start = absl::Now();
   for (int s = 0; s < kStreams; ++s) {
     producers.emplace_back([&, s] {
-      std::vector<v1::ChannelRequest> messages;
-      for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(
-            Message("million", absl::StrCat("m", s), m, int64_t{s} * kMessages * kRows, kRows));
-      }
-      runs[s] = RunChannel(server->stub.get(), messages);
+      runs[s] =
+          RunChannel(server->stub.get(), ProducerMessages("million", "m", s, kMessages, kRows));
     });
   }
   for (auto& t : producers) t.join();
@@ -953,12 +963,9 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   std::vector<std::thread> producers;
   for (int s = 0; s < kStreams; ++s) {
     producers.emplace_back([&, s] {
-      std::vector<v1::ChannelRequest> messages;
-      for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(
-            Message("locked", absl::StrCat("l", s), m, int64_t{s} * kMessages * kRows, kRows, 220));
-      }
-      runs[s] = RunChannel(server->stub.get(), messages, nullptr, &sent);
+      runs[s] =
+          RunChannel(server->stub.get(), ProducerMessages("locked", "l", s, kMessages, kRows, 220),
+                     nullptr, &sent);
     });
   }
   // Every stream ends up waiting for room: nothing can leave the buffer
@@ -1131,14 +1138,10 @@ TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {
   std::vector<std::thread> producers;
   for (int s = 0; s < kStreams; ++s) {
     producers.emplace_back([&, s] {
-      std::vector<v1::ChannelRequest> messages;
-      for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(
-            Message("termed", absl::StrCat("t", s), m, int64_t{s} * kMessages * kRows, kRows));
-      }
-      runs[s] = RunChannel(server->stub.get(), messages, [&] {
-        if (acks.fetch_add(1) + 1 == 100) (void)server->process->Signal(SIGTERM);
-      });
+      runs[s] =
+          RunChannel(server->stub.get(), ProducerMessages("termed", "t", s, kMessages, kRows), [&] {
+            if (acks.fetch_add(1) + 1 == 100) (void)server->process->Signal(SIGTERM);
+          });
     });
   }
   for (auto& t : producers) t.join();
