@@ -23,6 +23,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cli/csv.h"
+#include "common/hash/fnv1a.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 
 namespace poolside::cli {
@@ -35,15 +36,6 @@ constexpr int kExitRejected = 1;
 constexpr int kExitError = 2;
 constexpr int kMaxAttempts = 5;
 constexpr size_t kMaxListedRejections = 20;
-
-uint64_t Fnv1a(absl::string_view s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
 bool IsUtf8(absl::string_view s) {
   size_t i = 0;
@@ -196,7 +188,7 @@ absl::StatusOr<IngestOptions> ParseIngestArgs(const std::vector<std::string>& ar
 }
 
 std::string ChunkKey(const std::string& identity, uint64_t chunk) {
-  return absl::StrFormat("csv-%016x-%d", Fnv1a(identity), chunk);
+  return absl::StrFormat("csv-%016x-%d", hash::Fnv1a(identity), chunk);
 }
 
 int RunIngestCommand(const std::vector<std::string>& args, const ConnectionOptions& connection) {

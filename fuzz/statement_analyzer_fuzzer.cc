@@ -49,6 +49,7 @@ namespace {
 using poolside::sql::Analysis;
 using poolside::sql::AnalyzeOnce;
 using poolside::sql::Grants;
+using poolside::sql::IsLiteralToken;
 using poolside::sql::kMaxNormalizedBytes;
 using poolside::sql::Permitted;
 using poolside::sql::Scope;
@@ -96,17 +97,7 @@ bool HoldsLiteral(const std::string& text) {
   pg_query_free_scan_result(scan);
   if (!scanned) return false;
   for (const pg_query::ScanToken& t : tokens.tokens()) {
-    switch (t.token()) {
-      case pg_query::SCONST:
-      case pg_query::USCONST:
-      case pg_query::BCONST:
-      case pg_query::XCONST:
-      case pg_query::ICONST:
-      case pg_query::FCONST:
-        return true;
-      default:
-        break;
-    }
+    if (IsLiteralToken(t.token())) return true;
   }
   return false;
 }

@@ -52,11 +52,8 @@
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
 
 // A unary call of `method` with an empty request, through gRPC's generic
 // (callback) stub: its status.
@@ -1795,4 +1792,4 @@ TEST(CacheServiceWatchTest, TheQueryClientFlushesItsNearCacheWhenItsWatchFellBeh
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

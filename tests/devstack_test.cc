@@ -30,23 +30,13 @@
 #include "proto/poolside/v1/cache.grpc.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::WaitFor;
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 
@@ -54,7 +44,7 @@ bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
 // not reap the postmaster pg_ctl left it).
 bool ProcessGone(pid_t pid) {
   if (kill(pid, 0) != 0) return errno == ESRCH;
-  const std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+  const std::string stat = ReadFile(absl::StrCat("/proc/", pid, "/stat")).value_or("");
   const size_t paren = stat.rfind(')');
   return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
 }
@@ -110,7 +100,7 @@ class Devstack {
     if (!ready || exited) {
       return absl::UnavailableError(absl::StrCat("devstack did not get ready: ", Log()));
     }
-    for (absl::string_view line : absl::StrSplit(ReadFile(ready_file()), '\n')) {
+    for (absl::string_view line : absl::StrSplit(ReadFile(ready_file()).value_or(""), '\n')) {
       std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
       vars_[kv.first] = std::string(absl::StripSuffix(absl::StripPrefix(kv.second, "'"), "'"));
     }
@@ -289,4 +279,4 @@ TEST(DevstackTest, SigtermWhileAServiceWaitsToRestartStopsEverything) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

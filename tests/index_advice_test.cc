@@ -20,12 +20,8 @@
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
 
 constexpr char kDb[] = "advice";
 constexpr char kAdminToken[] = "tok-advice-admin-6d1f";
@@ -307,4 +303,4 @@ TEST_F(IndexAdviceTest, WithoutHypoPGTheAdviceSaysHowToGetIt) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -32,15 +32,13 @@
 #include "proto/poolside/v1/ingest.pb.h"
 #include "tests/fixtures/app_roles.h"
 #include "tests/fixtures/concurrent_calls.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
 
 constexpr char kDb[] = "ingest_roles";
 // Login roles: one may insert into ta only, the other into ta and tb.
@@ -64,13 +62,6 @@ constexpr Principal kCarol{"carol", "tok-ingest-roles-carol-61d0", ""};
 // dave runs as app_read, whose sessions are read-only by default.
 constexpr Principal kDave{"dave", "tok-ingest-roles-dave-0a5c", testing::kAppRead};
 constexpr Principal kOps{"ops", "tok-ingest-roles-ops-7f42", ""};
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // Runs `sql` on a session of the test's own (a superuser's).
 bool RunSql(PGconn* conn, const char* sql) {
@@ -518,7 +509,7 @@ std::pair<int, std::string> StartExpectingRefusal(v1::IngestServiceConfig c) {
     testing::Terminate(**p).IgnoreError();
     return {0, ""};
   }
-  return {-1, ReadFile(stem + ".log")};
+  return {-1, ReadFile(stem + ".log").value_or("")};
 }
 
 TEST(IngestRolesTest, APrivilegedRoleIsRefusedAtStartUnlessAllowed) {
@@ -559,8 +550,8 @@ TEST(IngestRolesTest, APrivilegedRoleIsRefusedAtStartUnlessAllowed) {
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(Query("SELECT written_as FROM ta WHERE id = 500"), "postgres");
   EXPECT_EQ(testing::Terminate(*server->process).value_or(-1), 0);
-  EXPECT_TRUE(absl::StrContains(ReadFile(server->process->log_path()), "privileged"));
+  EXPECT_TRUE(absl::StrContains(ReadFile(server->process->log_path()).value_or(""), "privileged"));
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

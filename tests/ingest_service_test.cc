@@ -5,7 +5,6 @@
 // writes to its own table. Synchronisation is by conditions (acknowledgement
 // counts, the server's own stats), never by sleeping.
 
-#include <libpq-fe.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -44,19 +43,14 @@
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
 #include "tests/fixtures/concurrent_calls.h"
+#include "tests/fixtures/pg_session.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::ConcurrentCalls;
-using ::poolside::testing::RunConcurrentCalls;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
 
 constexpr char kDb[] = "ingest_it";
 
@@ -158,6 +152,20 @@ v1::ChannelRequest Message(const std::string& table, const std::string& run, uin
   return m;
 }
 
+// The messages producer `s` of a load sends to `table`: `count` messages of
+// `rows` rows, run "<run_prefix><s>", with ids after those of producers
+// 0..s-1.
+std::vector<v1::ChannelRequest> ProducerMessages(const std::string& table,
+                                                 const std::string& run_prefix, int s, int count,
+                                                 int rows, size_t payload_bytes = 24) {
+  std::vector<v1::ChannelRequest> messages;
+  for (int m = 0; m < count; ++m) {
+    messages.push_back(Message(table, absl::StrCat(run_prefix, s), m, int64_t{s} * count * rows,
+                               rows, payload_bytes));
+  }
+  return messages;
+}
+
 struct ChannelRun {
   std::set<uint64_t> ok;           // committed (duplicates included)
   std::map<uint64_t, int> failed;  // sequence -> code
@@ -211,6 +219,34 @@ v1::GetIngestStatsResponse Stats(IngestServer& server) {
   grpc::Status s = server.stub->GetStats(&ctx, {}, &stats);
   EXPECT_TRUE(s.ok()) << s.error_message();
   return stats;
+}
+
+// The stats once `streams` streams have waited for buffer room (or after
+// 60 s: the caller checks stream_waits).
+v1::GetIngestStatsResponse StatsOnceStreamsWait(IngestServer& server, int streams) {
+  v1::GetIngestStatsResponse stats;
+  WaitFor(
+      [&] {
+        stats = Stats(server);
+        return stats.stream_waits() >= static_cast<uint64_t>(streams);
+      },
+      absl::Seconds(60));
+  return stats;
+}
+
+// A session of the test's own holding `table` in ACCESS EXCLUSIVE mode until
+// it rolls back: writes to it wait. Null (with a test failure) if it could not.
+std::unique_ptr<PgSession> LockTable(const std::string& table) {
+  auto locker = std::make_unique<PgSession>(SharedPostgres().Dsn(kDb));
+  EXPECT_TRUE(locker->ok());
+  if (!locker->ok()) return nullptr;
+  const std::string begin = locker->Exec("BEGIN");
+  EXPECT_EQ(begin, "");
+  const std::string lock =
+      begin.empty() ? locker->Exec(absl::StrCat("LOCK TABLE ", table, " IN ACCESS EXCLUSIVE MODE"))
+                    : begin;
+  EXPECT_EQ(lock, "");
+  return lock.empty() ? std::move(locker) : nullptr;
 }
 
 // A call made with raw bytes (a generic stub), so that the messages on the
@@ -349,12 +385,8 @@ TEST(IngestServiceTest, MillionRowsFromEightStreamsLandExactlyOnce) {
   const absl::Time start = absl::Now();
   for (int s = 0; s < kStreams; ++s) {
     producers.emplace_back([&, s] {
-      std::vector<v1::ChannelRequest> messages;
-      for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(
-            Message("million", absl::StrCat("m", s), m, int64_t{s} * kMessages * kRows, kRows));
-      }
-      runs[s] = RunChannel(server->stub.get(), messages);
+      runs[s] =
+          RunChannel(server->stub.get(), ProducerMessages("million", "m", s, kMessages, kRows));
     });
   }
   for (auto& t : producers) t.join();
@@ -795,10 +827,8 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
   ASSERT_TRUE(
       RunChannel(server->stub.get(), {Message("full_buffer", "warm", 0, 1000000, 1)}).ok.size() ==
       1);
-  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
-  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
-  PQclear(PQexec(locker, "BEGIN"));
-  PQclear(PQexec(locker, "LOCK TABLE full_buffer IN ACCESS EXCLUSIVE MODE"));
+  std::unique_ptr<PgSession> locker = LockTable("full_buffer");
+  ASSERT_NE(locker, nullptr);
   // Unary writes (each waits for its commit) from threads until one is refused.
   std::atomic<bool> refused{false};
   std::string retry_after;
@@ -827,8 +857,7 @@ TEST(IngestServiceTest, UnaryWriteGetsResourceExhaustedWithARetryHintWhenFull) {
     v1::GetIngestStatsResponse stats = Stats(*server);
     if (stats.refused_full() > 0) break;
   }
-  PQclear(PQexec(locker, "ROLLBACK"));
-  PQfinish(locker);
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
   for (auto& t : writers) t.join();
   int ok = 0, full = 0;
   for (const grpc::Status& st : statuses) {
@@ -924,12 +953,8 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   ASSERT_EQ(warm.ok.size(), 1u);
   const int64_t rss_before_kb = server->process->RssKb();
 
-  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
-  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
-  PQclear(PQexec(locker, "BEGIN"));
-  PGresult* lock = PQexec(locker, "LOCK TABLE locked IN ACCESS EXCLUSIVE MODE");
-  ASSERT_EQ(PQresultStatus(lock), PGRES_COMMAND_OK);
-  PQclear(lock);
+  std::unique_ptr<PgSession> locker = LockTable("locked");
+  ASSERT_NE(locker, nullptr);
 
   // 4 producers, 100 MB of rows in all: 25x the bound.
   constexpr int kStreams = 4, kMessages = 100, kRows = 1000;
@@ -938,21 +963,14 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   std::vector<std::thread> producers;
   for (int s = 0; s < kStreams; ++s) {
     producers.emplace_back([&, s] {
-      std::vector<v1::ChannelRequest> messages;
-      for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(
-            Message("locked", absl::StrCat("l", s), m, int64_t{s} * kMessages * kRows, kRows, 220));
-      }
-      runs[s] = RunChannel(server->stub.get(), messages, nullptr, &sent);
+      runs[s] =
+          RunChannel(server->stub.get(), ProducerMessages("locked", "l", s, kMessages, kRows, 220),
+                     nullptr, &sent);
     });
   }
   // Every stream ends up waiting for room: nothing can leave the buffer
   // while the table is locked, so each stream waits at most once.
-  v1::GetIngestStatsResponse stats;
-  const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  do {
-    stats = Stats(*server);
-  } while (stats.stream_waits() < kStreams && absl::Now() < give_up);
+  v1::GetIngestStatsResponse stats = StatsOnceStreamsWait(*server, kStreams);
   ASSERT_GE(stats.stream_waits(), static_cast<uint64_t>(kStreams));
   const int64_t rss_locked_kb = server->process->RssKb();
   const size_t sent_locked = sent.load();
@@ -970,8 +988,7 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   // stream plus gRPC's own buffers.
   EXPECT_LT(rss_locked_kb - rss_before_kb, 48 * 1024);
 
-  PQclear(PQexec(locker, "ROLLBACK"));
-  PQfinish(locker);
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
   for (auto& t : producers) t.join();
   for (const ChannelRun& r : runs) {
     EXPECT_TRUE(r.status.ok()) << r.status.error_message();
@@ -996,12 +1013,8 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
   ASSERT_EQ(RunChannel(server->stub.get(), {Message("bulk", "warm", 0, 0, 1)}).ok.size(), 1u);
   const int64_t rss_before_kb = server->process->RssKb();
 
-  PGconn* locker = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
-  ASSERT_EQ(PQstatus(locker), CONNECTION_OK);
-  PQclear(PQexec(locker, "BEGIN"));
-  PGresult* lock = PQexec(locker, "LOCK TABLE bulk IN ACCESS EXCLUSIVE MODE");
-  ASSERT_EQ(PQresultStatus(lock), PGRES_COMMAND_OK);
-  PQclear(lock);
+  std::unique_ptr<PgSession> locker = LockTable("bulk");
+  ASSERT_NE(locker, nullptr);
 
   // 8 streams, each with 2 requests of ~3.6 MiB: 3.5x the bound in all.
   constexpr int kStreams = 8, kMessages = 2, kRows = 13500;
@@ -1021,11 +1034,7 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
                                                   std::move(wire), absl::Seconds(120)));
   }
   // Blocked: every stream has asked for room it cannot get.
-  v1::GetIngestStatsResponse stats;
-  const absl::Time give_up = absl::Now() + absl::Seconds(60);
-  do {
-    stats = Stats(*server);
-  } while (stats.stream_waits() < kStreams && absl::Now() < give_up);
+  v1::GetIngestStatsResponse stats = StatsOnceStreamsWait(*server, kStreams);
   ASSERT_GE(stats.stream_waits(), static_cast<uint64_t>(kStreams));
   int64_t rss_locked_kb = 0;
   for (int i = 0; i < 20; ++i) {
@@ -1043,8 +1052,7 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
   // About 1.5x the bound plus a constant (gRPC's stream windows, allocator).
   EXPECT_LT(peak_kb - rss_before_kb, static_cast<int64_t>(kBound * 3 / 2 / 1024) + 24 * 1024);
 
-  PQclear(PQexec(locker, "ROLLBACK"));
-  PQfinish(locker);
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
   size_t acked = 0;
   for (auto& stream : streams) {
     RawCallResult r = stream->Wait();
@@ -1130,14 +1138,10 @@ TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {
   std::vector<std::thread> producers;
   for (int s = 0; s < kStreams; ++s) {
     producers.emplace_back([&, s] {
-      std::vector<v1::ChannelRequest> messages;
-      for (int m = 0; m < kMessages; ++m) {
-        messages.push_back(
-            Message("termed", absl::StrCat("t", s), m, int64_t{s} * kMessages * kRows, kRows));
-      }
-      runs[s] = RunChannel(server->stub.get(), messages, [&] {
-        if (acks.fetch_add(1) + 1 == 100) (void)server->process->Signal(SIGTERM);
-      });
+      runs[s] =
+          RunChannel(server->stub.get(), ProducerMessages("termed", "t", s, kMessages, kRows), [&] {
+            if (acks.fetch_add(1) + 1 == 100) (void)server->process->Signal(SIGTERM);
+          });
     });
   }
   for (auto& t : producers) t.join();
@@ -1237,4 +1241,4 @@ TEST(IngestServiceTest, CliStreamsACsvAndResumesWithoutWritingTwice) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

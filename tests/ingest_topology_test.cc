@@ -41,14 +41,8 @@
 #include "tests/fixtures/refusing_port.h"
 #include "tests/fixtures/replicated_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::RefusingPort;
-using ::poolside::testing::ReplicatedCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "it";
 // Only reached when something is broken.
@@ -374,4 +368,4 @@ TEST(IngestTopologyTest, PrimaryKilledAndReplicaPromotedUnderContinuousWrites) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -53,16 +53,14 @@
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "tests/fixtures/app_roles.h"
 #include "tests/fixtures/concurrent_calls.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
 
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
 using Code = ::grpc::StatusCode;
 
 constexpr char kDb[] = "isolation";
@@ -138,13 +136,6 @@ std::string LoopbackStem(v1::QueryServiceConfig* c) {
 absl::StatusOr<std::unique_ptr<ServiceProcess>> StartQuery(v1::QueryServiceConfig c) {
   const std::string stem = LoopbackStem(&c);
   return testing::StartConfigured("services/query/query_server", c, stem + ".port", stem);
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
 }
 
 // ---------------------------------------------------------------------------
@@ -1743,7 +1734,7 @@ StartOutcome StartExpectingRefusal(v1::QueryServiceConfig c) {
     absl::string_view rest = absl::string_view(out.status).substr(at + 17);
     absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &out.exit_code);
   }
-  out.log = ReadFile(stem + ".log");
+  out.log = ReadFile(stem + ".log").value_or("");
   return out;
 }
 
@@ -1817,8 +1808,8 @@ TEST(IsolationStartupTest, APrivilegedRoleIsRefusedUnlessAllowed) {
   ASSERT_EQ(resp.result().rows_size(), 1);
   EXPECT_EQ(AsText(resp.result().rows(0).values(0)), "postgres");
   EXPECT_EQ(testing::Terminate(**server).value_or(-1), 0);
-  EXPECT_TRUE(
-      absl::StrContains(absl::AsciiStrToLower(ReadFile((*server)->log_path())), "privileged"))
+  EXPECT_TRUE(absl::StrContains(absl::AsciiStrToLower(ReadFile((*server)->log_path()).value_or("")),
+                                "privileged"))
       << "no warning in " << (*server)->log_path();
 }
 
@@ -1917,4 +1908,4 @@ TEST(IsolationDrainTest, CopyIsRefusedAndTheServerStillDrains) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -31,21 +31,16 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/http_get.h"
 #include "tests/fixtures/otlp_receiver.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/observed_services.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
 
 constexpr char kDb[] = "mt";
 constexpr char kChromium[] = "/usr/bin/chromium";
@@ -121,13 +116,6 @@ Metrics Scrape(int port) {
   return Metrics(r->body);
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // The status page as Chromium's DOM after it loaded and rendered the page.
 absl::StatusOr<std::string> RenderInChromium(int port) {
   struct stat st;
@@ -145,53 +133,26 @@ absl::StatusOr<std::string> RenderInChromium(int port) {
       profile, " --dump-dom http://127.0.0.1:", port, "/ > ", dom, " 2> ", profile, ".log");
   const int rc = std::system(command.c_str());
   if (rc != 0) {
-    return absl::InternalError(absl::StrCat("chromium exited with ", rc, ": ",
-                                            ReadFile(profile + ".log").substr(0, 2000)));
+    return absl::InternalError(
+        absl::StrCat("chromium exited with ", rc, ": ",
+                     ReadFile(profile + ".log").value_or("").substr(0, 2000)));
   }
-  return ReadFile(dom);
+  return ReadFile(dom).value_or("");
 }
 
 class MetricsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE items (id int PRIMARY KEY, name text);"
-                        "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
-                        "CREATE TABLE events (id bigint NOT NULL, note text)")
-                    .ok());
-  }
-
-  template <typename Config>
-  std::pair<std::unique_ptr<ServiceProcess>, int> Start(const std::string& binary, Config config,
-                                                        const std::string& name) {
-    return testing::StartWithMetrics(binary, std::move(config), name);
-  }
+  static void SetUpTestSuite() { CreateObservedSchema(kDb); }
 };
 
 TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   const std::string socket = absl::StrCat("/tmp/poolside-mt-", getpid(), ".sock");
-  v1::CacheServiceConfig cache_config;
-  cache_config.set_unix_socket(socket);
-  cache_config.set_capacity_bytes(16 << 20);
-  auto [cache, cache_port] = Start("services/cache/cache_server", cache_config, "cache_server");
+  auto [cache, cache_port, query, query_port] =
+      StartCachedQuery(kDb, socket, [](v1::QueryServiceConfig* config) {
+        config->mutable_server()->mutable_telemetry()->mutable_log()->set_slow_statement_ms(200);
+      });
   ASSERT_NE(cache, nullptr);
   ASSERT_GT(cache_port, 0);
-
-  v1::QueryServiceConfig config;
-  v1::DatabaseConfig* db = config.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(SharedPostgres().Dsn(kDb));
-  db->mutable_pool()->set_max_size(2);
-  config.mutable_cache()->set_target("unix:" + socket);
-  config.mutable_cache()->set_call_timeout_ms(2000);
-  v1::CachedTables* tables = config.mutable_cache()->add_tables();
-  tables->set_database(kDb);
-  tables->add_tables("items");
-  config.mutable_server()->mutable_telemetry()->mutable_log()->set_slow_statement_ms(200);
-  config.mutable_auth()->set_disabled(true);
-  auto [query, query_port] = Start("services/query/query_server", config, "query_server");
   ASSERT_NE(query, nullptr);
   ASSERT_GT(query_port, 0);
   auto channel = Connect(query->address());
@@ -350,7 +311,7 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
 
   // The slow statement was logged once, as JSON, with the caller's trace id.
   std::string slow_line;
-  for (absl::string_view line : absl::StrSplit(ReadFile(query->log_path()), '\n')) {
+  for (absl::string_view line : absl::StrSplit(ReadFile(query->log_path()).value_or(""), '\n')) {
     if (absl::StrContains(line, "\"message\":\"slow statement\"")) {
       EXPECT_TRUE(slow_line.empty()) << "second slow statement: " << line;
       slow_line = std::string(line);
@@ -392,7 +353,7 @@ TEST_F(MetricsTest, IngestSeriesMatchTheRowsSent) {
   tables->add_tables("events");
   config.mutable_batch()->set_linger_ms(5);
   config.mutable_auth()->set_disabled(true);
-  auto [ingest, port] = Start("services/ingest/ingest_server", config, "ingest_server");
+  auto [ingest, port] = StartWithMetrics("services/ingest/ingest_server", config, "ingest_server");
   ASSERT_NE(ingest, nullptr);
   ASSERT_GT(port, 0);
   auto channel = Connect(ingest->address());
@@ -471,7 +432,7 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
   tracing->set_endpoint((*receiver)->address());
   tracing->set_batch_interval_ms(50);
   tracing->set_export_timeout_ms(500);
-  auto [cache, port] = Start("services/cache/cache_server", config, "cache_server");
+  auto [cache, port] = StartWithMetrics("services/cache/cache_server", config, "cache_server");
   ASSERT_NE(cache, nullptr);
   auto channel = Connect(cache->address());
   ASSERT_TRUE(channel.ok()) << channel.status();
@@ -520,7 +481,7 @@ TEST_F(MetricsTest, SpanExporterSeriesCountSentAndDroppedSpans) {
 TEST_F(MetricsTest, TakenMetricsPortFailsTheStartWithAClearMessage) {
   v1::CacheServiceConfig first;
   first.set_capacity_bytes(1 << 20);
-  auto [cache, port] = Start("services/cache/cache_server", first, "cache_server");
+  auto [cache, port] = StartWithMetrics("services/cache/cache_server", first, "cache_server");
   ASSERT_NE(cache, nullptr);
   v1::CacheServiceConfig second;
   second.set_capacity_bytes(1 << 20);
@@ -540,4 +501,4 @@ TEST_F(MetricsTest, TakenMetricsPortFailsTheStartWithAClearMessage) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -18,24 +18,15 @@
 #include "gtest/gtest.h"
 #include "tests/fixtures/patroni_cluster.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/wait_for.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
 
 using ::poolside::db::MemberRole;
 using ::poolside::db::MemberStatus;
 using ::poolside::db::Topology;
 using ::poolside::db::TopologyMonitor;
-using ::poolside::testing::PatroniCluster;
-
-bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
 
 bool Exists(const std::string& path) {
   struct stat st;
@@ -158,4 +149,4 @@ TEST(PatroniTopologyTest, SwitchoverAndFailoverFollowedByTheMonitor) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

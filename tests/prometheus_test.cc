@@ -35,24 +35,19 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/http_get.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/observed_services.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
 
 using google::protobuf::Struct;
 using google::protobuf::Value;
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
 
 constexpr char kDb[] = "prom";
 
@@ -75,13 +70,6 @@ bool MayBeEmpty(const std::string& expr) {
     if (absl::StrContains(expr, s)) return true;
   }
   return false;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::string UrlEncode(const std::string& s) {
@@ -215,7 +203,7 @@ struct Expression {
 // variables replaced as Grafana would for "all instances".
 std::vector<Expression> DashboardExpressions(const std::string& file) {
   std::vector<Expression> out;
-  absl::StatusOr<Struct> d = ParseJson(ReadFile(RunfilePath(file)));
+  absl::StatusOr<Struct> d = ParseJson(ReadFile(RunfilePath(file)).value_or(""));
   EXPECT_TRUE(d.ok()) << file << ": " << d.status();
   if (!d.ok()) return out;
   const Value* panels = Field(*d, "panels");
@@ -239,45 +227,17 @@ std::vector<Expression> DashboardExpressions(const std::string& file) {
 
 class PrometheusTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE items (id int PRIMARY KEY, name text);"
-                        "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
-                        "CREATE TABLE events (id bigint NOT NULL, note text)")
-                    .ok());
-  }
-
-  template <typename Config>
-  std::pair<std::unique_ptr<ServiceProcess>, int> Start(const std::string& binary, Config config,
-                                                        const std::string& name) {
-    return testing::StartWithMetrics(binary, std::move(config), name);
-  }
+  static void SetUpTestSuite() { CreateObservedSchema(kDb); }
 };
 
 TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunningServices) {
   // The services, as in production: query with its cache sidecar, and ingest.
   const std::string socket = absl::StrCat("/tmp/poolside-prom-", getpid(), ".sock");
-  v1::CacheServiceConfig cache_config;
-  cache_config.set_unix_socket(socket);
-  cache_config.set_capacity_bytes(16 << 20);
-  auto [cache, cache_port] = Start("services/cache/cache_server", cache_config, "cache_server");
+  auto [cache, cache_port, query, query_port] =
+      StartCachedQuery(kDb, socket, [](v1::QueryServiceConfig* config) {
+        config->mutable_databases(0)->mutable_pool()->set_max_overflow(1);
+      });
   ASSERT_NE(cache, nullptr);
-
-  v1::QueryServiceConfig query_config;
-  v1::DatabaseConfig* db = query_config.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(SharedPostgres().Dsn(kDb));
-  db->mutable_pool()->set_max_size(2);
-  db->mutable_pool()->set_max_overflow(1);
-  query_config.mutable_cache()->set_target("unix:" + socket);
-  query_config.mutable_cache()->set_call_timeout_ms(2000);
-  v1::CachedTables* tables = query_config.mutable_cache()->add_tables();
-  tables->set_database(kDb);
-  tables->add_tables("items");
-  query_config.mutable_auth()->set_disabled(true);
-  auto [query, query_port] = Start("services/query/query_server", query_config, "query_server");
   ASSERT_NE(query, nullptr);
 
   v1::IngestServiceConfig ingest_config;
@@ -290,7 +250,7 @@ TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunning
   ingest_config.mutable_batch()->set_linger_ms(5);
   ingest_config.mutable_auth()->set_disabled(true);
   auto [ingest, ingest_port] =
-      Start("services/ingest/ingest_server", ingest_config, "ingest_server");
+      StartWithMetrics("services/ingest/ingest_server", ingest_config, "ingest_server");
   ASSERT_NE(ingest, nullptr);
   ASSERT_GT(cache_port, 0);
   ASSERT_GT(query_port, 0);
@@ -449,4 +409,4 @@ TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunning
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

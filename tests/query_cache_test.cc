@@ -9,7 +9,6 @@
 // done with the invalidations caused before (Quiesce): a late one correctly
 // refuses a fill that began before it, which turns an expected HIT into a MISS.
 
-#include <libpq-fe.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -38,20 +37,12 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "tests/fixtures/http_get.h"
+#include "tests/fixtures/pg_session.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "qc";
 
@@ -358,26 +349,6 @@ absl::Status Quiesce(PostgresCluster& pg, Replica& r, const std::string& sql = "
   return absl::OkStatus();
 }
 
-// A session of the test's own, outside poolside (libpq).
-class Session {
- public:
-  explicit Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
-  ~Session() { PQfinish(conn_); }
-  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
-  std::string Exec(const std::string& sql) {
-    PGresult* r = PQexec(conn_, sql.c_str());
-    std::string error;
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-      error = PQresultErrorMessage(r);
-    }
-    PQclear(r);
-    return error;
-  }
-
- private:
-  PGconn* conn_;
-};
-
 class QueryCacheTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -560,7 +531,7 @@ TEST_F(QueryCacheTest, WriteThroughOneReplicaIsSeenByAnother) {
 
 TEST_F(QueryCacheTest, AFillThatRacedACommittedWriteIsNotStored) {
   PostgresCluster& pg = SharedPostgres();
-  Session holder(pg.Dsn(kDb));
+  PgSession holder(pg.Dsn(kDb));
   ASSERT_TRUE(holder.ok());
   ASSERT_EQ(holder.Exec("SELECT pg_advisory_lock(4242)"), "");
   // The read takes its snapshot, then waits for the lock the test holds.
@@ -601,7 +572,7 @@ constexpr char kCoalesced[] = "poolside_query_cache_coalesced_total";
 
 TEST_F(QueryCacheTest, ConcurrentIdenticalMissesRunTheStatementOnce) {
   PostgresCluster& pg = SharedPostgres();
-  Session holder(pg.Dsn(kDb));
+  PgSession holder(pg.Dsn(kDb));
   ASSERT_TRUE(holder.ok());
   // Each execution bumps the sequence; the lock keeps the first one running
   // until all callers have missed. The statement's tables are learned first
@@ -809,4 +780,4 @@ TEST_F(QueryCacheTest, ARestartedSidecarEmptiesTheNearCache) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

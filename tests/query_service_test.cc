@@ -49,16 +49,10 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
+#include "tests/fixtures/values.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::ConcurrentCalls;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::RunConcurrentCalls;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
 
 // ---------------------------------------------------------------------------
 // Helpers: starting a server, building requests and values, checking statuses.
@@ -135,61 +129,7 @@ bool ContainsIgnoringCase(absl::string_view haystack, absl::string_view needle) 
   return absl::StrContains(absl::AsciiStrToLower(haystack), absl::AsciiStrToLower(needle));
 }
 
-v1::Value Null() {
-  v1::Value v;
-  v.set_null_value(v1::NULL_VALUE);
-  return v;
-}
 v1::Value Unset() { return v1::Value(); }
-v1::Value Bool(bool b) {
-  v1::Value v;
-  v.set_bool_value(b);
-  return v;
-}
-v1::Value Int(int64_t i) {
-  v1::Value v;
-  v.set_int64_value(i);
-  return v;
-}
-v1::Value Double(double d) {
-  v1::Value v;
-  v.set_double_value(d);
-  return v;
-}
-v1::Value Text(std::string s) {
-  v1::Value v;
-  v.set_text_value(std::move(s));
-  return v;
-}
-v1::Value Bytes(std::string s) {
-  v1::Value v;
-  v.set_bytes_value(std::move(s));
-  return v;
-}
-v1::Value Timestamp(absl::Time t) {
-  v1::Value v;
-  const int64_t micros = absl::ToUnixMicros(t);
-  int64_t seconds = micros / 1000000;
-  int64_t rem = micros % 1000000;
-  if (rem < 0) {
-    rem += 1000000;
-    --seconds;
-  }
-  v.mutable_timestamp_value()->set_seconds(seconds);
-  v.mutable_timestamp_value()->set_nanos(static_cast<int32_t>(rem * 1000));
-  return v;
-}
-v1::Value Numeric(std::string s) {
-  v1::Value v;
-  v.set_numeric_value(std::move(s));
-  return v;
-}
-v1::Value Json(std::string s) {
-  v1::Value v;
-  v.set_json_value(std::move(s));
-  return v;
-}
-
 absl::Time Utc(int y, int mo, int d, int h, int mi, int s, int micros) {
   return absl::FromCivil(absl::CivilSecond(y, mo, d, h, mi, s), absl::UTCTimeZone()) +
          absl::Microseconds(micros);
@@ -287,8 +227,6 @@ grpc::Status ExecuteScalar(v1::QueryService::Stub& stub, const std::string& data
   *value = response.result().rows(0).values(0);
   return status;
 }
-
-using ::poolside::testing::WaitFor;
 
 // Backends of `cluster` currently running a statement containing `marker`.
 int ActiveBackends(PostgresCluster& cluster, const std::string& marker) {
@@ -1366,4 +1304,4 @@ TEST(QueryServiceCopyTest, CopyNeverWedgesAWorkerAndSigtermStillExitsZero) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

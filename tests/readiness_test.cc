@@ -19,10 +19,8 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::SharedPostgres;
 
 constexpr int kServing = 1;
 constexpr int kNotServing = 2;
@@ -166,4 +164,4 @@ INSTANTIATE_TEST_SUITE_P(Services, ReadinessTest, ::testing::Values("query", "in
                          [](const auto& info) { return info.param; });
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

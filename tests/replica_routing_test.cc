@@ -45,16 +45,8 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/replicated_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::ReplicatedCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::StartSidecar;
-using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "rr";
 // Only reached when something is broken.
@@ -620,4 +612,4 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

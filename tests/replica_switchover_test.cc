@@ -48,14 +48,8 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::PatroniCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::StartWithMetrics;
-using ::poolside::testing::WaitFor;
 
 constexpr absl::Duration kWait = absl::Seconds(40);  // only reached when something is broken
 
@@ -322,33 +316,56 @@ bool RoutableToAReplica(Services& s, const std::string& leader) {
       kWait);
 }
 
-TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
-  absl::StatusOr<std::unique_ptr<PatroniCluster>> started = PatroniCluster::Start();
+// Where both tests start from: a Patroni cluster with the schema, the services
+// routing reads to a replica, and the load running past its first writes,
+// reads and ingested rows.
+struct UnderLoad {
+  std::unique_ptr<PatroniCluster> cluster;
+  int leader = -1;
+  Services services;
+  std::unique_ptr<Load> load;
+};
+
+void StartUnderLoad(PatroniOptions options, UnderLoad* out) {
+  absl::StatusOr<std::unique_ptr<PatroniCluster>> started = PatroniCluster::Start(options);
   ASSERT_TRUE(started.ok()) << started.status();
-  PatroniCluster& c = **started;
+  out->cluster = *std::move(started);
+  PatroniCluster& c = *out->cluster;
   absl::StatusOr<int> leader = c.WaitForLeader(kWait);
   ASSERT_TRUE(leader.ok()) << leader.status();
+  out->leader = *leader;
   ASSERT_TRUE(CreateSchema(c, *leader).ok());
-  Services services;
-  ASSERT_TRUE(services.Start(c, *leader).ok());
-  ASSERT_TRUE(RoutableToAReplica(services, c.name(*leader)));
-
-  Load load(services);
+  ASSERT_TRUE(out->services.Start(c, *leader).ok());
+  ASSERT_TRUE(RoutableToAReplica(out->services, c.name(*leader)));
+  out->load = std::make_unique<Load>(out->services);
+  Load& load = *out->load;
   load.Start();
   ASSERT_TRUE(WaitFor(
       [&] { return load.writes_sent() > 50 && load.reads() > 50 && load.ingest_acks() > 20; },
       kWait));
-  const int candidate = (*leader + 1) % c.member_count();
-  ASSERT_TRUE(c.Switchover(*leader, candidate).ok());
-  const int64_t switched_at = load.writes_sent();
+}
+
+// Whether writes and ingestion go on after the primary changed (50 more
+// writes sent, 20 more ingest acknowledgements); the load is stopped then.
+bool LoadMovesOnThenStops(Load& load) {
+  const int64_t writes_at = load.writes_sent();
   const int ingested_at = load.ingest_acks();
   const bool moved = WaitFor(
-      [&] {
-        return load.writes_sent() > switched_at + 50 && load.ingest_acks() > ingested_at + 20;
-      },
+      [&] { return load.writes_sent() > writes_at + 50 && load.ingest_acks() > ingested_at + 20; },
       kWait);
   load.Stop();
-  ASSERT_TRUE(moved) << "writes stalled after the switchover";
+  return moved;
+}
+
+TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
+  UnderLoad run;
+  ASSERT_NO_FATAL_FAILURE(StartUnderLoad({}, &run));
+  PatroniCluster& c = *run.cluster;
+  Services& services = run.services;
+  Load& load = *run.load;
+  const int candidate = (run.leader + 1) % c.member_count();
+  ASSERT_TRUE(c.Switchover(run.leader, candidate).ok());
+  ASSERT_TRUE(LoadMovesOnThenStops(load)) << "writes stalled after the switchover";
   EXPECT_TRUE(load.AcknowledgedOn(c.name(candidate)));
 
   for (const absl::Status& s : load.failed_reads()) ADD_FAILURE() << "read failed: " << s;
@@ -394,37 +411,18 @@ TEST(ReplicaSwitchoverTest, SwitchoverUnderLoadLosesNothing) {
 
 TEST(ReplicaSwitchoverTest, FailoverBySigkillUnderLoad) {
   const absl::Time began = absl::Now();
-  absl::StatusOr<std::unique_ptr<PatroniCluster>> started =
-      PatroniCluster::Start({.ttl = 5, .synchronous_mode = true});
-  ASSERT_TRUE(started.ok()) << started.status();
-  PatroniCluster& c = **started;
-  absl::StatusOr<int> leader = c.WaitForLeader(kWait);
-  ASSERT_TRUE(leader.ok()) << leader.status();
-  ASSERT_TRUE(CreateSchema(c, *leader).ok());
-  Services services;
-  ASSERT_TRUE(services.Start(c, *leader).ok());
-  ASSERT_TRUE(RoutableToAReplica(services, c.name(*leader)));
-
-  Load load(services);
-  load.Start();
-  ASSERT_TRUE(WaitFor(
-      [&] { return load.writes_sent() > 50 && load.reads() > 50 && load.ingest_acks() > 20; },
-      kWait));
+  UnderLoad run;
+  ASSERT_NO_FATAL_FAILURE(StartUnderLoad({.ttl = 5, .synchronous_mode = true}, &run));
+  PatroniCluster& c = *run.cluster;
+  Services& services = run.services;
+  Load& load = *run.load;
   const absl::Time killed = absl::Now();
-  ASSERT_TRUE(c.KillMember(*leader).ok());
+  ASSERT_TRUE(c.KillMember(run.leader).ok());
   absl::StatusOr<int> next = c.WaitForLeader(kWait);
   ASSERT_TRUE(next.ok()) << next.status();
-  ASSERT_NE(*next, *leader);
+  ASSERT_NE(*next, run.leader);
   const absl::Duration promoted = absl::Now() - killed;
-  const int64_t promoted_at = load.writes_sent();
-  const int ingested_at = load.ingest_acks();
-  const bool moved = WaitFor(
-      [&] {
-        return load.writes_sent() > promoted_at + 50 && load.ingest_acks() > ingested_at + 20;
-      },
-      kWait);
-  load.Stop();
-  ASSERT_TRUE(moved) << "writes stalled after the failover";
+  ASSERT_TRUE(LoadMovesOnThenStops(load)) << "writes stalled after the failover";
   EXPECT_TRUE(load.AcknowledgedOn(c.name(*next))) << "the new primary is not written to";
 
   // Reads run on replicas, which stay up: none fails, during the failover
@@ -475,7 +473,7 @@ TEST(ReplicaSwitchoverTest, FailoverBySigkillUnderLoad) {
   absl::StatusOr<v1::GetPoolStatsResponse> stats = services.Stats();
   ASSERT_TRUE(stats.ok()) << stats.status();
   for (const v1::MemberStats& m : stats->members()) {
-    if (m.member() == c.name(*leader)) {
+    if (m.member() == c.name(run.leader)) {
       EXPECT_FALSE(m.healthy()) << m.ShortDebugString();
     }
     if (m.member() == c.name(*next)) {
@@ -487,4 +485,4 @@ TEST(ReplicaSwitchoverTest, FailoverBySigkillUnderLoad) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

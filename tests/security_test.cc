@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <future>
+#include <initializer_list>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -22,20 +23,15 @@
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/fixtures/values.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
 
 constexpr char kDb[] = "security";
 // The DSN carries a password (trust authentication ignores it) so the test
@@ -143,23 +139,31 @@ void WithToken(grpc::ClientContext* ctx, const Token* t) {
   if (t != nullptr) ctx->AddMetadata("authorization", absl::StrCat("Bearer ", t->token));
 }
 
-v1::Value Int(int64_t v) {
-  v1::Value out;
-  out.set_int64_value(v);
-  return out;
+// An Execute on kDb: `sql`, or with `named` the named query of that name.
+v1::ExecuteRequest Statement(const std::string& sql, std::initializer_list<v1::Value> params = {},
+                             bool named = false) {
+  v1::ExecuteRequest req;
+  req.set_database(kDb);
+  if (named) {
+    req.set_named_query(sql);
+  } else {
+    req.set_sql(sql);
+  }
+  for (const v1::Value& v : params) *req.add_params() = v;
+  return req;
 }
 
-v1::Value Text(const std::string& v) {
-  v1::Value out;
-  out.set_text_value(v);
-  return out;
+v1::ExecuteRequest NamedQuery(const std::string& name, std::initializer_list<v1::Value> params) {
+  return Statement(name, params, /*named=*/true);
 }
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
+// `req` called as `t`'s principal; its response in `resp` if given.
+grpc::Status ExecuteAs(v1::QueryService::Stub& query, const Token& t, const v1::ExecuteRequest& req,
+                       v1::ExecuteResponse* resp = nullptr) {
+  grpc::ClientContext ctx;
+  WithToken(&ctx, &t);
+  v1::ExecuteResponse ignored;
+  return query.Execute(&ctx, req, resp != nullptr ? resp : &ignored);
 }
 
 // Shared by the tests: one database, one query and one ingest server.
@@ -210,6 +214,18 @@ ServiceProcess* SecurityTest::ingest_ = nullptr;
 // One RPC called as a given principal (null: no token; &bad: unknown token).
 using Rpc = std::function<grpc::Status(const Token*)>;
 
+// A unary RPC of `stub` (its method `call`) with `request`.
+template <typename Stub, typename Request, typename Response>
+Rpc Unary(Stub* stub, grpc::Status (Stub::*call)(grpc::ClientContext*, const Request&, Response*),
+          Request request) {
+  return [stub, call, request = std::move(request)](const Token* t) {
+    grpc::ClientContext ctx;
+    WithToken(&ctx, t);
+    Response response;
+    return (stub->*call)(&ctx, request, &response);
+  };
+}
+
 struct Case {
   std::string rpc;
   Rpc call;
@@ -222,23 +238,13 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
   auto ingest = IngestStub();
   static constexpr Token kBad{"bad", "tok-nobody-has-this"};
   std::vector<Case> cases;
-  auto execute = [&](const v1::ExecuteRequest& req) {
-    return [&, req](const Token* t) {
-      grpc::ClientContext ctx;
-      WithToken(&ctx, t);
-      v1::ExecuteResponse resp;
-      return query->Execute(&ctx, req, &resp);
-    };
-  };
-  v1::ExecuteRequest raw;
-  raw.set_database(kDb);
-  raw.set_sql("SELECT count(*) FROM notes");
-  v1::ExecuteRequest named;
-  named.set_database(kDb);
-  named.set_named_query("note_by_id");
-  *named.add_params() = Int(1);
-  cases.push_back({"Execute (raw SQL)", execute(raw), &kReader, &kAnalyst});
-  cases.push_back({"Execute (named query)", execute(named), &kAdmin, &kReader});
+  using QueryServiceStub = v1::QueryService::Stub;
+  const v1::ExecuteRequest raw = Statement("SELECT count(*) FROM notes");
+  const v1::ExecuteRequest named = NamedQuery("note_by_id", {Int(1)});
+  cases.push_back({"Execute (raw SQL)", Unary(query.get(), &QueryServiceStub::Execute, raw),
+                   &kReader, &kAnalyst});
+  cases.push_back({"Execute (named query)", Unary(query.get(), &QueryServiceStub::Execute, named),
+                   &kAdmin, &kReader});
   cases.push_back({"ExecuteStream",
                    [&](const Token* t) {
                      grpc::ClientContext ctx;
@@ -250,59 +256,31 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return reader->Finish();
                    },
                    &kReader, &kAnalyst});
+  v1::ExecuteTransactionRequest transaction;
+  transaction.set_database(kDb);
+  transaction.add_statements()->set_sql("SELECT 1");
   cases.push_back({"ExecuteTransaction",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::ExecuteTransactionRequest req;
-                     req.set_database(kDb);
-                     req.add_statements()->set_sql("SELECT 1");
-                     v1::ExecuteTransactionResponse resp;
-                     return query->ExecuteTransaction(&ctx, req, &resp);
-                   },
-                   &kLoader, &kAnalyst});
+                   Unary(query.get(), &QueryServiceStub::ExecuteTransaction, transaction), &kLoader,
+                   &kAnalyst});
   cases.push_back({"GetPoolStats",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetPoolStatsResponse resp;
-                     return query->GetPoolStats(&ctx, v1::GetPoolStatsRequest(), &resp);
-                   },
+                   Unary(query.get(), &QueryServiceStub::GetPoolStats, v1::GetPoolStatsRequest()),
                    &kWriter, &kAdmin});
-  cases.push_back({"GetStatementStats",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetStatementStatsResponse resp;
-                     return query->GetStatementStats(&ctx, v1::GetStatementStatsRequest(), &resp);
-                   },
-                   &kAnalyst, &kAdmin});
-  cases.push_back({"CheckDatabases",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::CheckDatabasesResponse resp;
-                     return query->CheckDatabases(&ctx, v1::CheckDatabasesRequest(), &resp);
-                   },
-                   &kReader, &kAdmin});
-  cases.push_back({"GetIndexAdvice",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetIndexAdviceResponse resp;
-                     return query->GetIndexAdvice(&ctx, v1::GetIndexAdviceRequest(), &resp);
-                   },
-                   &kWriter, &kAdmin});
-  cases.push_back({"CreateIndex",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::CreateIndexRequest req;
-                     req.mutable_index()->set_table("notes");
-                     req.mutable_index()->add_columns("body");
-                     v1::CreateIndexResponse resp;
-                     return query->CreateIndex(&ctx, req, &resp);
-                   },
+  cases.push_back(
+      {"GetStatementStats",
+       Unary(query.get(), &QueryServiceStub::GetStatementStats, v1::GetStatementStatsRequest()),
+       &kAnalyst, &kAdmin});
+  cases.push_back(
+      {"CheckDatabases",
+       Unary(query.get(), &QueryServiceStub::CheckDatabases, v1::CheckDatabasesRequest()), &kReader,
+       &kAdmin});
+  cases.push_back(
+      {"GetIndexAdvice",
+       Unary(query.get(), &QueryServiceStub::GetIndexAdvice, v1::GetIndexAdviceRequest()), &kWriter,
+       &kAdmin});
+  v1::CreateIndexRequest create_index;
+  create_index.mutable_index()->set_table("notes");
+  create_index.mutable_index()->add_columns("body");
+  cases.push_back({"CreateIndex", Unary(query.get(), &QueryServiceStub::CreateIndex, create_index),
                    &kWriter, nullptr});
   int next_id = 1000;
   auto write_request = [&](const std::string& table) {
@@ -365,14 +343,10 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
                      return s.ok() ? per_request : s;
                    },
                    &kAdmin, &kLoader});
-  cases.push_back({"Ingest GetStats",
-                   [&](const Token* t) {
-                     grpc::ClientContext ctx;
-                     WithToken(&ctx, t);
-                     v1::GetIngestStatsResponse resp;
-                     return ingest->GetStats(&ctx, v1::GetIngestStatsRequest(), &resp);
-                   },
-                   &kLoader, &kAdmin});
+  cases.push_back(
+      {"Ingest GetStats",
+       Unary(ingest.get(), &v1::IngestService::Stub::GetStats, v1::GetIngestStatsRequest()),
+       &kLoader, &kAdmin});
 
   for (const Case& c : cases) {
     SCOPED_TRACE(c.rpc);
@@ -396,13 +370,7 @@ TEST_F(SecurityTest, EveryRpcByTokenAndRole) {
 TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
   auto query = QueryStub();
   auto run = [&](const Token& t, const std::string& sql) {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &t);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql(sql);
-    v1::ExecuteResponse resp;
-    return query->Execute(&ctx, req, &resp);
+    return ExecuteAs(*query, t, Statement(sql));
   };
   // Writes the parser sees are refused before they run, hidden in WITH too.
   grpc::Status insert = run(kAnalyst, "INSERT INTO accounts VALUES (1)");
@@ -426,10 +394,8 @@ TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
   {
     grpc::ClientContext ctx;
     WithToken(&ctx, &kAnalyst);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql("INSERT INTO accounts VALUES (3) RETURNING id");
-    auto reader = query->ExecuteStream(&ctx, req);
+    auto reader =
+        query->ExecuteStream(&ctx, Statement("INSERT INTO accounts VALUES (3) RETURNING id"));
     v1::ExecuteStreamResponse chunk;
     while (reader->Read(&chunk)) {
     }
@@ -448,18 +414,10 @@ TEST_F(SecurityTest, ReadOnlyPrincipalsWriteNothingEvenWithRawSql) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
   }
   // A named query that writes, called by a read-only principal, is refused too.
-  {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &kReader);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_named_query("add_note");
-    *req.add_params() = Int(50);
-    *req.add_params() = Text("from a reader");
-    v1::ExecuteResponse resp;
-    grpc::Status s = query->Execute(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
-  }
+  grpc::Status named_write =
+      ExecuteAs(*query, kReader, NamedQuery("add_note", {Int(50), Text("from a reader")}));
+  EXPECT_EQ(named_write.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+      << named_write.error_message();
   absl::StatusOr<std::string> count =
       SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM accounts");
   ASSERT_TRUE(count.ok()) << count.status();
@@ -477,42 +435,23 @@ TEST_F(SecurityTest, InjectionThroughParametersIsStoredVerbatim) {
   };
   int64_t id = 100;
   for (const std::string& p : payloads) {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &kWriter);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql("INSERT INTO notes (id, body) VALUES ($1, $2)");
-    *req.add_params() = Int(++id);
-    *req.add_params() = Text(p);
-    v1::ExecuteResponse resp;
-    grpc::Status s = query->Execute(&ctx, req, &resp);
+    grpc::Status s =
+        ExecuteAs(*query, kWriter,
+                  Statement("INSERT INTO notes (id, body) VALUES ($1, $2)", {Int(++id), Text(p)}));
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   id = 100;
   for (const std::string& p : payloads) {
     // Read back through the named query: the value is returned as it was sent.
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &kReader);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_named_query("note_by_id");
-    *req.add_params() = Int(++id);
     v1::ExecuteResponse resp;
-    grpc::Status s = query->Execute(&ctx, req, &resp);
+    grpc::Status s = ExecuteAs(*query, kReader, NamedQuery("note_by_id", {Int(++id)}), &resp);
     ASSERT_TRUE(s.ok()) << s.error_message();
     ASSERT_EQ(resp.result().rows_size(), 1);
     EXPECT_EQ(resp.result().rows(0).values(0).text_value(), p);
   }
   // An injection attempt as a named query's parameter is just a value, and
   // the wrong type is refused before anything runs.
-  grpc::ClientContext ctx;
-  WithToken(&ctx, &kReader);
-  v1::ExecuteRequest req;
-  req.set_database(kDb);
-  req.set_named_query("note_by_id");
-  *req.add_params() = Text("1 OR 1=1");
-  v1::ExecuteResponse resp;
-  grpc::Status s = query->Execute(&ctx, req, &resp);
+  grpc::Status s = ExecuteAs(*query, kReader, NamedQuery("note_by_id", {Text("1 OR 1=1")}));
   EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   absl::StatusOr<std::string> count =
       SharedPostgres().QueryValue(kDb, "SELECT count(*) FROM notes");
@@ -522,15 +461,7 @@ TEST_F(SecurityTest, InjectionThroughParametersIsStoredVerbatim) {
 
 TEST_F(SecurityTest, RateLimitedPrincipalDoesNotSlowOthers) {
   auto query = QueryStub();
-  auto select = [&](const Token& t) {
-    grpc::ClientContext ctx;
-    WithToken(&ctx, &t);
-    v1::ExecuteRequest req;
-    req.set_database(kDb);
-    req.set_sql("SELECT 1");
-    v1::ExecuteResponse resp;
-    return query->Execute(&ctx, req, &resp);
-  };
+  auto select = [&](const Token& t) { return ExecuteAs(*query, t, Statement("SELECT 1")); };
   // Burst 2 at 1 call/s: within this test's few milliseconds a third call is
   // over budget (a refill of a whole token would take a second).
   int exhausted = 0;
@@ -633,7 +564,7 @@ TEST_F(SecurityTest, TokensAndDsnPasswordNeverReachTheLogs) {
     query->Execute(&ctx, req, &resp);
   }
   for (ServiceProcess* p : {query_, ingest_}) {
-    const std::string log = ReadFile(p->log_path());
+    const std::string log = ReadFile(p->log_path()).value_or("");
     ASSERT_FALSE(log.empty()) << p->log_path();
     EXPECT_EQ(log.find(kDsnPassword), std::string::npos) << "DSN password in " << p->log_path();
     for (const Token* t : kAllTokens) {
@@ -892,4 +823,4 @@ TEST(TlsConfigTest, AServerWithoutCertificateOrExplicitPlaintextRefusesToStart) 
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -5,8 +5,6 @@
 // requests it carried; and a collector that is down or slow costs no call
 // while the dropped-span count rises.
 
-#include <libpq-fe.h>
-
 #include <atomic>
 #include <fstream>
 #include <map>
@@ -30,27 +28,15 @@
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "tests/fixtures/otlp_receiver.h"
+#include "tests/fixtures/pg_session.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
 
-using ::poolside::testing::Attribute;
-using ::poolside::testing::Connect;
-using ::poolside::testing::Hex;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::OtlpReceiver;
-using ::poolside::testing::ReceivedSpan;
-using ::poolside::testing::RunCommand;
-using ::poolside::testing::RunfilePath;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::SharedPostgres;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::StartSidecar;
-using ::poolside::testing::WaitFor;
 using OtlpSpan = opentelemetry::proto::trace::v1::Span;
 
 constexpr char kDb[] = "tracing";
@@ -550,14 +536,9 @@ TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
 TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
   // A session of the test's own holds an advisory lock the statement needs, so
   // the first caller's query waits until both callers have missed.
-  PGconn* holder = PQconnectdb(SharedPostgres().Dsn(kDb).c_str());
-  ASSERT_EQ(PQstatus(holder), CONNECTION_OK);
-  auto exec = [&](const char* sql) {
-    PGresult* r = PQexec(holder, sql);
-    const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK || PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    return ok;
-  };
+  PgSession holder(SharedPostgres().Dsn(kDb));
+  ASSERT_TRUE(holder.ok());
+  auto exec = [&](const char* sql) { return holder.Exec(sql).empty(); };
   v1::ExecuteRequest read;
   read.set_database(kDb);
   read.set_sql(
@@ -596,7 +577,6 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
       << "both callers did not reach the cache";
   EXPECT_TRUE(exec("SELECT pg_advisory_unlock(4242)"));
   for (auto& t : threads) t.join();
-  PQfinish(holder);
   for (int i = 0; i < 2; ++i) {
     ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
     EXPECT_EQ(responses[i].cache(), v1::MISS);
@@ -848,4 +828,4 @@ TEST_F(TracingTest, AnInvalidationOfAWriteFromOutsideIsATraceOfItsOwn) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

@@ -21,7 +21,6 @@
 // Reads are judged by their values, never by timing: a read may always
 // bypass the cache, it may never be stale.
 
-#include <libpq-fe.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -54,20 +53,12 @@
 #include "proto/poolside/v1/ingest.grpc.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
 #include "tests/fixtures/http_get.h"
+#include "tests/fixtures/pg_session.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
-namespace poolside {
+namespace poolside::testing {
 namespace {
-
-using ::poolside::testing::Connect;
-using ::poolside::testing::HttpGet;
-using ::poolside::testing::NewStem;
-using ::poolside::testing::PostgresCluster;
-using ::poolside::testing::ServiceProcess;
-using ::poolside::testing::StartConfigured;
-using ::poolside::testing::StartSidecar;
-using ::poolside::testing::WaitFor;
 
 constexpr char kDb[] = "wc";
 constexpr int kRows = 40;                            // rows (id 1..kRows)
@@ -96,69 +87,6 @@ PostgresCluster& Cluster() {
   }();
   return *pg;
 }
-
-// A plain libpq client: psql's way of writing.
-class Session {
- public:
-  explicit Session(const std::string& dsn) : conn_(PQconnectdb(dsn.c_str())) {}
-  ~Session() { PQfinish(conn_); }
-  bool ok() const { return PQstatus(conn_) == CONNECTION_OK; }
-  // "" on success, else the error.
-  std::string Exec(const std::string& sql) {
-    PGresult* r = PQexec(conn_, sql.c_str());
-    std::string error;
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
-      error = PQerrorMessage(conn_);
-      if (error.empty()) error = "failed";
-    }
-    PQclear(r);
-    return error;
-  }
-  // The first column of the first row as a number.
-  absl::StatusOr<int64_t> Int(const std::string& sql) {
-    PGresult* r = PQexec(conn_, sql.c_str());
-    absl::StatusOr<int64_t> out = absl::UnavailableError(PQerrorMessage(conn_));
-    int64_t v = 0;
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
-        absl::SimpleAtoi(PQgetvalue(r, 0, 0), &v)) {
-      out = v;
-    }
-    PQclear(r);
-    return out;
-  }
-  // A consistency token for what this session committed so far.
-  absl::StatusOr<int64_t> Token() {
-    return Int("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8");
-  }
-  // The payloads of the NOTIFYs received so far on a LISTENing session.
-  std::vector<std::string> Notifications() {
-    std::vector<std::string> out;
-    if (PQconsumeInput(conn_) == 0) return out;
-    while (PGnotify* n = PQnotifies(conn_)) {
-      out.push_back(n->extra);
-      PQfreemem(n);
-    }
-    return out;
-  }
-  absl::Status Copy(const std::string& sql, const std::string& data) {
-    PGresult* r = PQexec(conn_, sql.c_str());
-    const bool in = PQresultStatus(r) == PGRES_COPY_IN;
-    PQclear(r);
-    if (!in || PQputCopyData(conn_, data.data(), static_cast<int>(data.size())) != 1 ||
-        PQputCopyEnd(conn_, nullptr) != 1) {
-      return absl::InternalError(PQerrorMessage(conn_));
-    }
-    bool ok = true;
-    while (PGresult* end = PQgetResult(conn_)) {
-      ok = ok && PQresultStatus(end) == PGRES_COMMAND_OK;
-      PQclear(end);
-    }
-    return ok ? absl::OkStatus() : absl::InternalError(PQerrorMessage(conn_));
-  }
-
- private:
-  PGconn* conn_;
-};
 
 struct Sidecar {
   std::string socket;
@@ -395,7 +323,7 @@ class WalCacheTest : public ::testing::Test {
 
   // Resets the tables (as a plain client would); returns its token.
   uint64_t Reset() {
-    Session s(Cluster().Dsn(kDb));
+    PgSession s(Cluster().Dsn(kDb));
     EXPECT_TRUE(s.ok());
     std::string sql = "BEGIN; TRUNCATE rows, other, counters;";
     for (int i = 1; i <= kRows; ++i) absl::StrAppend(&sql, "INSERT INTO rows VALUES (", i, ", 0);");
@@ -465,13 +393,13 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
        }},
       {"a plain client", 2, 7,
        [&] {
-         Session s(Cluster().Dsn(kDb));
+         PgSession s(Cluster().Dsn(kDb));
          EXPECT_EQ(s.Exec("UPDATE rows SET v = 7 WHERE id = 2"), "");
          return static_cast<uint64_t>(s.Token().value_or(0));
        }},
       {"COPY", kRows + 1, 11,
        [&] {
-         Session s(Cluster().Dsn(kDb));
+         PgSession s(Cluster().Dsn(kDb));
          EXPECT_TRUE(
              s.Copy("COPY rows (id, v) FROM STDIN", absl::StrCat(kRows + 1, "\t11\n")).ok());
          return static_cast<uint64_t>(s.Token().value_or(0));
@@ -501,7 +429,7 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
   // table goes) after anything invalidated the walsender's cache of it, which
   // the server does for reasons of its own (e.g. autovacuum). A round whose
   // write came with such a description may drop the other rows too.
-  Session watch(Cluster().Dsn(kDb));
+  PgSession watch(Cluster().Dsn(kDb));
   ASSERT_EQ(watch.Exec("LISTEN poolside_invalidate"), "");
   bool described = false;
   auto drain = [&] {
@@ -567,7 +495,7 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
 
   // A rolled-back write invalidates nothing; a later commit to `other` shows
   // the stream went past it.
-  Session s(Cluster().Dsn(kDb));
+  PgSession s(Cluster().Dsn(kDb));
   ASSERT_EQ(s.Exec("BEGIN; UPDATE rows SET v = 999 WHERE id = 3; "
                    "INSERT INTO rows VALUES (500, 5); ROLLBACK"),
             "");
@@ -633,7 +561,7 @@ TEST_F(WalCacheTest, ATokenPastTheLastCachedWriteIsReachedThroughAFence) {
     EXPECT_GE(r.lsn, w.commit_lsn) << "a result reflects at least its min_lsn";
   }
   // No write at all: a plain client's position now.
-  Session s(Cluster().Dsn(kDb));
+  PgSession s(Cluster().Dsn(kDb));
   const uint64_t token = static_cast<uint64_t>(*s.Token());
   Result r = Call(*a.stub, kRowRead, {7}, true, token);
   EXPECT_EQ(r.cache, v1::HIT) << a.Summary();
@@ -667,7 +595,7 @@ TEST_F(WalCacheTest, ATokenOfAWriteToACachedRowReadsTheNewValue) {
       ASSERT_TRUE(w.status.ok()) << w.status.error_message();
       token = w.commit_lsn;
     } else {
-      Session s(Cluster().Dsn(kDb));
+      PgSession s(Cluster().Dsn(kDb));
       ASSERT_EQ(s.Exec(absl::StrCat("UPDATE rows SET v = ", i, " WHERE id = 8")), "");
       token = static_cast<uint64_t>(*s.Token());
     }
@@ -823,10 +751,10 @@ class Load {
   }
   void PlainWriter() {
     std::mt19937 rng(99);
-    std::unique_ptr<Session> s;
+    std::unique_ptr<PgSession> s;
     while (!stop_.load()) {
       if (s == nullptr || !s->ok()) {
-        s = std::make_unique<Session>(Cluster().Dsn(kDb) + " connect_timeout=2");
+        s = std::make_unique<PgSession>(Cluster().Dsn(kDb) + " connect_timeout=2");
         if (!s->ok()) {
           absl::SleepFor(absl::Milliseconds(50));  // the server is restarting
           continue;
@@ -963,7 +891,7 @@ TEST_F(WalCacheTest, AKilledHolderIsReplacedAndNothingStaleIsServed) {
   }
   EXPECT_EQ(history.stale_count(), 0) << history.stale();
   // Quiet now: without any token, the survivor serves what is committed.
-  Session s(Cluster().Dsn(kDb));
+  PgSession s(Cluster().Dsn(kDb));
   const uint64_t token = static_cast<uint64_t>(*s.Token());
   ASSERT_EQ(Call(*survivor.stub, kCounterRead, {1}, true, token).status.error_code(), grpc::OK);
   for (int id = 1; id <= kCounters; ++id) {
@@ -986,7 +914,7 @@ TEST_F(WalCacheTest, CutStreamAndRestartedServerBypassUntilFlushedThenServeFresh
     Load load({&A(), &B()}, &history, ingest_);
     ASSERT_TRUE(WaitFor([&] { return history.writes() > 200; }, kWait));
     // The walsender of the slot: its stream ends; another begins.
-    Session admin(Cluster().Dsn(kDb));
+    PgSession admin(Cluster().Dsn(kDb));
     ASSERT_EQ(admin.Exec("SELECT pg_terminate_backend(pid) FROM pg_stat_replication"), "");
     ASSERT_TRUE(WaitFor(
         [&] {
@@ -1012,7 +940,7 @@ TEST_F(WalCacheTest, CutStreamAndRestartedServerBypassUntilFlushedThenServeFresh
   EXPECT_EQ(history.stale_count(), 0) << history.stale();
   EXPECT_GT(A().Bypassed("stream") + B().Bypassed("stream"), bypassed)
       << "reads bypassed the cache while no stream was up";
-  Session s(Cluster().Dsn(kDb));
+  PgSession s(Cluster().Dsn(kDb));
   for (Replica* r : {&A(), &B()}) {
     for (int id = 1; id <= kCounters; ++id) {
       const int64_t truth = *s.Int(absl::StrCat("SELECT n FROM counters WHERE id = ", id));
@@ -1032,7 +960,7 @@ class AbsentStandby {
            admin_.Exec("SELECT pg_reload_conf()") == "" &&
            WaitFor(
                [] {
-                 Session s(Cluster().Dsn(kDb));
+                 PgSession s(Cluster().Dsn(kDb));
                  return s.Int(
                              "SELECT (current_setting('synchronous_standby_names') = "
                              "'poolside_absent')::int")
@@ -1051,7 +979,7 @@ class AbsentStandby {
   }
 
  private:
-  Session admin_;
+  PgSession admin_;
   bool set_ = false;
   bool released_ = false;
 };
@@ -1072,7 +1000,7 @@ TEST_F(WalCacheTest, ACommitDecodedBeforeItIsVisibleIsInvalidatedOnlyOnceVisible
       "poolside_query_cache_wal_visibility_retries_total{database=\"wc\"}";
   const double retries = holder.Metric(retries_series).value_or(0);
 
-  Session writer(Cluster().Dsn(kDb));
+  PgSession writer(Cluster().Dsn(kDb));
   ASSERT_TRUE(writer.ok());
   const int64_t writer_pid = *writer.Int("SELECT pg_backend_pid()");
   ASSERT_EQ(writer.Exec("SET synchronous_commit = on"), "");
@@ -1088,7 +1016,7 @@ TEST_F(WalCacheTest, ACommitDecodedBeforeItIsVisibleIsInvalidatedOnlyOnceVisible
       committed.store(true);
     });
     // Committed in the WAL, waiting for the standby: invisible.
-    Session admin(Cluster().Dsn(kDb));
+    PgSession admin(Cluster().Dsn(kDb));
     EXPECT_TRUE(WaitFor(
         [&] {
           return admin
@@ -1238,4 +1166,4 @@ TEST(WalCacheUnavailableTest, FailsToStartOrFallsBackToTriggersAsConfigured) {
 }
 
 }  // namespace
-}  // namespace poolside
+}  // namespace poolside::testing

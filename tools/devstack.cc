@@ -51,6 +51,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "tests/fixtures/demo_schema.h"
+#include "tests/fixtures/files.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tools/restart_backoff.h"
@@ -83,6 +84,7 @@ namespace {
 
 using ::poolside::testing::PostgresCluster;
 using ::poolside::testing::PostgresOptions;
+using ::poolside::testing::ReadFile;
 using ::poolside::testing::RunfilePath;
 using ::poolside::testing::ServiceProcess;
 
@@ -92,14 +94,6 @@ using ::poolside::testing::kDemoReadRole;
 using ::poolside::testing::kDemoRoles;
 using ::poolside::testing::kDemoSchema;
 using ::poolside::testing::kDemoWriteRole;
-
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 // Writes via a temporary file and rename, so readers never see half a file.
 absl::Status WriteFileAtomically(const std::string& path, const std::string& content) {
@@ -156,14 +150,23 @@ void SetMetricsPort(int port, v1::ServerConfig* server) {
   }
 }
 
+// What every service of the stack listens with: 127.0.0.1:`port`, the port
+// file <run_dir>/<service>.port, metrics on `metrics_port` (if set), traces to
+// --tracing_endpoint, plaintext (loopback only).
+void SetLoopbackServer(const std::string& run_dir, const char* service, int port, int metrics_port,
+                       v1::ServerConfig* server) {
+  server->set_listen(absl::StrCat("127.0.0.1:", port));
+  server->set_port_file(absl::StrCat(run_dir, "/", service, ".port"));
+  SetMetricsPort(metrics_port, server);
+  SetTracing(server);
+  server->mutable_tls()->set_plaintext(true);
+}
+
 v1::CacheServiceConfig CacheConfig(const std::string& run_dir, int port) {
   v1::CacheServiceConfig config;
-  config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
-  config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/cache.port"));
-  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
+  SetLoopbackServer(run_dir, "cache", port, absl::GetFlag(FLAGS_cache_metrics_port),
+                    config.mutable_server());
   config.set_unix_socket(absl::StrCat(run_dir, "/cache.sock"));
-  SetMetricsPort(absl::GetFlag(FLAGS_cache_metrics_port), config.mutable_server());
-  SetTracing(config.mutable_server());
   config.set_capacity_bytes(256u << 20);
   return config;
 }
@@ -174,19 +177,24 @@ std::string OwnerDsn(const PostgresCluster& pg) {
   return absl::StrCat(pg.Dsn(kDemoDatabase), " user=", kDemoOwnerRole);
 }
 
+// Query's and ingest's: no authentication and a short drain (development
+// only), and the demo database as its owner role (returned).
+template <typename Config>
+v1::DatabaseConfig* SetDemoDatabase(const PostgresCluster& pg, Config* config) {
+  config->mutable_auth()->set_disabled(true);
+  config->mutable_server()->set_drain_timeout_ms(5000);
+  v1::DatabaseConfig* db = config->add_databases();
+  db->set_name(kDemoDatabase);
+  db->set_dsn(OwnerDsn(pg));
+  return db;
+}
+
 v1::IngestServiceConfig IngestConfig(const PostgresCluster& pg, const std::string& run_dir,
                                      int port) {
   v1::IngestServiceConfig config;
-  config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", port));
-  config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/ingest.port"));
-  SetMetricsPort(absl::GetFlag(FLAGS_ingest_metrics_port), config.mutable_server());
-  SetTracing(config.mutable_server());
-  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
-  config.mutable_auth()->set_disabled(true);                    // development only
-  config.mutable_server()->set_drain_timeout_ms(5000);
-  v1::DatabaseConfig* db = config.add_databases();
-  db->set_name(kDemoDatabase);
-  db->set_dsn(OwnerDsn(pg));
+  SetLoopbackServer(run_dir, "ingest", port, absl::GetFlag(FLAGS_ingest_metrics_port),
+                    config.mutable_server());
+  v1::DatabaseConfig* db = SetDemoDatabase(pg, &config);
   db->mutable_pool()->set_max_size(4);
   v1::IngestTables* tables = config.add_tables();
   tables->set_database(kDemoDatabase);
@@ -197,16 +205,9 @@ v1::IngestServiceConfig IngestConfig(const PostgresCluster& pg, const std::strin
 v1::QueryServiceConfig QueryConfig(const PostgresCluster& pg, const std::string& run_dir,
                                    int query_port) {
   v1::QueryServiceConfig config;
-  config.mutable_server()->set_listen(absl::StrCat("127.0.0.1:", query_port));
-  config.mutable_server()->set_port_file(absl::StrCat(run_dir, "/query.port"));
-  SetMetricsPort(absl::GetFlag(FLAGS_query_metrics_port), config.mutable_server());
-  SetTracing(config.mutable_server());
-  config.mutable_server()->mutable_tls()->set_plaintext(true);  // loopback only
-  config.mutable_auth()->set_disabled(true);                    // development only
-  config.mutable_server()->set_drain_timeout_ms(5000);
-  v1::DatabaseConfig* db = config.add_databases();
-  db->set_name(kDemoDatabase);
-  db->set_dsn(OwnerDsn(pg));
+  SetLoopbackServer(run_dir, "query", query_port, absl::GetFlag(FLAGS_query_metrics_port),
+                    config.mutable_server());
+  v1::DatabaseConfig* db = SetDemoDatabase(pg, &config);
   // Principals run as these (PrincipalConfig.databaseRole; docs/security.md).
   db->add_roles()->set_name(kDemoReadRole);
   db->add_roles()->set_name(kDemoWriteRole);

@@ -8,33 +8,11 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/config/fake_cgroup.h"
 #include "gtest/gtest.h"
 
 namespace poolside::config {
 namespace {
-
-// A fake cgroup tree in a fresh temporary directory.
-class FakeCgroup {
- public:
-  FakeCgroup() {
-    const char* tmp = std::getenv("TEST_TMPDIR");
-    std::string templ = absl::StrCat(tmp ? tmp : "/tmp", "/cgroupXXXXXX");
-    root_ = mkdtemp(templ.data());
-  }
-  const std::string& root() const { return root_; }
-  std::string self() const { return root_ + "/self_cgroup"; }
-
-  void Write(const std::string& rel, const std::string& content) {
-    const std::string path = root_ + "/" + rel;
-    for (size_t i = root_.size() + 1; i < path.size(); ++i) {
-      if (path[i] == '/') mkdir(path.substr(0, i).c_str(), 0755);
-    }
-    std::ofstream(path) << content;
-  }
-
- private:
-  std::string root_;
-};
 
 TEST(CgroupTest, V2LimitsOfOwnCgroup) {
   FakeCgroup fs;

@@ -20,6 +20,39 @@ bool ValidName(const std::string& name) {
 
 }  // namespace
 
+absl::Status FinalizeDatabases(
+    google::protobuf::RepeatedPtrField<v1::DatabaseConfig>* databases,
+    std::string* default_database,
+    const std::function<absl::Status(const std::string& where, v1::DatabaseConfig* db)>& each,
+    absl::flat_hash_set<std::string>* names) {
+  if (databases->empty()) {
+    return absl::InvalidArgumentError("config: at least one database must be configured");
+  }
+  for (int i = 0; i < databases->size(); ++i) {
+    v1::DatabaseConfig* db = databases->Mutable(i);
+    const std::string where = absl::StrCat("databases[", i, "] (", db->name(), ")");
+    if (absl::Status s = FinalizeDatabase(where, db, names); !s.ok()) return s;
+    if (absl::Status s = each(where, db); !s.ok()) return s;
+  }
+  if (default_database->empty()) {
+    if (databases->size() == 1) *default_database = databases->Get(0).name();
+  } else if (!names->contains(*default_database)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("defaultDatabase \"", *default_database, "\" is not a configured database"));
+  }
+  return absl::OkStatus();
+}
+
+void DefaultPoolTimings(v1::PoolConfig* pool, uint32_t leak_threshold_ms) {
+  if (pool->acquire_timeout_ms() == 0) pool->set_acquire_timeout_ms(5000);
+  if (pool->validate_after_idle_ms() == 0) pool->set_validate_after_idle_ms(1000);
+  if (pool->max_lifetime_ms() == 0) pool->set_max_lifetime_ms(1800000);
+  if (pool->idle_timeout_ms() == 0) pool->set_idle_timeout_ms(600000);
+  if (pool->leak_threshold_ms() == 0) pool->set_leak_threshold_ms(leak_threshold_ms);
+  if (pool->connect_timeout_ms() == 0) pool->set_connect_timeout_ms(5000);
+  if (pool->startup_retry_ms() == 0) pool->set_startup_retry_ms(30000);
+}
+
 absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
                               absl::flat_hash_set<std::string>* names) {
   if (!ValidName(db->name())) {

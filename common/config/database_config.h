@@ -5,11 +5,14 @@
 // that connects to PostgreSQL: name rules, DSN secrets, the pool options the
 // settings stand for, and a DSN described for logs.
 
+#include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "common/pool/pool.h"
+#include "google/protobuf/repeated_ptr_field.h"
 #include "proto/poolside/v1/config.pb.h"
 
 namespace poolside::config {
@@ -22,6 +25,24 @@ namespace poolside::config {
 // Messages start with `where` and never contain the DSN.
 absl::Status FinalizeDatabase(const std::string& where, v1::DatabaseConfig* db,
                               absl::flat_hash_set<std::string>* names);
+
+// A service's whole `databases` list and its `defaultDatabase`: at least one
+// database; each validated by FinalizeDatabase (its `where` is
+// "databases[i] (name)"), then given the service's own defaults and checks by
+// `each`; the default database is the only one when unset and there is
+// exactly one, and must be a configured database when set. `names` receives
+// the configured names. The first error is returned.
+absl::Status FinalizeDatabases(
+    google::protobuf::RepeatedPtrField<v1::DatabaseConfig>* databases,
+    std::string* default_database,
+    const std::function<absl::Status(const std::string& where, v1::DatabaseConfig* db)>& each,
+    absl::flat_hash_set<std::string>* names);
+
+// Fills in the pool timings every service uses where they are unset (0):
+// acquire and connect timeouts 5 s, validation after 1 s idle, lifetime
+// 30 min, idle timeout 10 min, startup retries for 30 s, and the service's
+// `leak_threshold_ms`.
+void DefaultPoolTimings(v1::PoolConfig* pool, uint32_t leak_threshold_ms);
 
 // Validates `db->topology` (called by FinalizeDatabase) and fills in its
 // defaults: replica entries parse and leave the database, user and password to

@@ -7,32 +7,11 @@
 #include <fstream>
 #include <string>
 
+#include "common/config/fake_cgroup.h"
 #include "gtest/gtest.h"
 
 namespace poolside::config {
 namespace {
-
-// A fake cgroup tree (cgroup v2 or v1 files) in a fresh temporary directory.
-class FakeCgroup {
- public:
-  FakeCgroup() {
-    const char* tmp = std::getenv("TEST_TMPDIR");
-    std::string templ = std::string(tmp ? tmp : "/tmp") + "/sizingXXXXXX";
-    root_ = mkdtemp(templ.data());
-  }
-  std::string fs() const { return root_ + "/fs"; }
-  std::string self() const { return root_ + "/self_cgroup"; }
-  void Write(const std::string& rel, const std::string& content) {
-    const std::string path = root_ + "/" + rel;
-    for (size_t i = root_.size() + 1; i < path.size(); ++i) {
-      if (path[i] == '/') mkdir(path.substr(0, i).c_str(), 0755);
-    }
-    std::ofstream(path) << content;
-  }
-
- private:
-  std::string root_;
-};
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/db/conninfo.h"
 #include "common/db/error.h"
+#include "common/db/socket_wait.h"
 #include "common/db/value_codec.h"
 #include "common/sql/statement_analyzer.h"
 #include "common/telemetry/log.h"
@@ -365,9 +366,7 @@ absl::Status Connection::WaitForServer(absl::Time deadline, const std::atomic<bo
   if (cancelled != nullptr && cancel->reason == 0) {
     wake = std::min(wake, now + absl::Milliseconds(50));
   }
-  const int timeout_ms = static_cast<int>(
-      std::clamp<int64_t>(absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))),
-                          0, kMaxPollSliceMs));
+  const int timeout_ms = PollTimeoutMs(now, wake, kMaxPollSliceMs);
   const int fd = PQsocket(conn_);
   if (fd < 0) return MarkBroken("waiting for the server");
   pollfd pfd{fd, static_cast<short>(POLLIN | (want_write ? POLLOUT : 0)), 0};
@@ -1656,9 +1655,7 @@ absl::Status Connection::AwaitNotifications(absl::Time deadline, std::vector<Not
     if (out->size() > before) return absl::OkStatus();
     const absl::Time now = absl::Now();
     if (now >= deadline) return absl::OkStatus();
-    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 0,
-        kMaxPollSliceMs));
+    const int timeout_ms = PollTimeoutMs(now, deadline, kMaxPollSliceMs);
     const int fd = PQsocket(conn_);
     if (fd < 0) return MarkBroken("waiting for notifications");
     pollfd pfd{fd, POLLIN, 0};

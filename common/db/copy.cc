@@ -18,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/db/error.h"
+#include "common/db/sql_quote.h"
 #include "common/db/value_codec.h"
 
 namespace poolside::db {
@@ -164,16 +165,6 @@ const ColumnInfo* TableInfo::Find(absl::string_view name) const {
     if (c.name == name) return &c;
   }
   return nullptr;
-}
-
-std::string QuoteIdentifier(absl::string_view name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"') out.push_back('"');
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
 }
 
 std::string CopyTarget(const TableInfo& table, absl::Span<const ColumnInfo* const> columns) {

@@ -71,9 +71,6 @@ struct TableInfo {
 absl::StatusOr<TableInfo> DescribeTable(Connection& conn, absl::string_view table,
                                         absl::Time deadline);
 
-// `"name"` with embedded quotes doubled.
-std::string QuoteIdentifier(absl::string_view name);
-
 // "<table> (<col>, ...)" for COPY.
 std::string CopyTarget(const TableInfo& table, absl::Span<const ColumnInfo* const> columns);
 

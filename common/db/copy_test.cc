@@ -17,30 +17,15 @@
 #include "common/db/value_codec.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::db {
 namespace {
 
-v1::Value Text(std::string s) {
-  v1::Value v;
-  v.set_text_value(std::move(s));
-  return v;
-}
-v1::Value Int(int64_t i) {
-  v1::Value v;
-  v.set_int64_value(i);
-  return v;
-}
-v1::Value Null() {
-  v1::Value v;
-  v.set_null_value(v1::NULL_VALUE);
-  return v;
-}
-v1::Value Bytes(std::string s) {
-  v1::Value v;
-  v.set_bytes_value(std::move(s));
-  return v;
-}
+using ::poolside::testing::Bytes;
+using ::poolside::testing::Int;
+using ::poolside::testing::Null;
+using ::poolside::testing::Text;
 
 ColumnInfo Col(std::string name, uint32_t oid, bool not_null = false) {
   return ColumnInfo{std::move(name), std::string(TypeName(oid)), oid, not_null};

@@ -7,8 +7,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
 #include "common/db/error.h"
+#include "common/db/sql_quote.h"
 #include "common/db/text_rows.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -116,10 +116,6 @@ absl::string_view TruncateName(absl::string_view name, size_t max) {
 }
 
 }  // namespace
-
-std::string QuoteIdentifier(absl::string_view name) {
-  return absl::StrCat("\"", absl::StrReplaceAll(name, {{"\"", "\"\""}}), "\"");
-}
 
 std::string IndexDefinition(const IndexSpec& index, bool concurrently, absl::string_view name) {
   std::vector<std::string> columns;

@@ -28,7 +28,7 @@
 // changed for good (read-only transactions, generic plans). Nothing in it
 // writes: every statement runs in a read-only transaction and EXPLAIN
 // without ANALYZE runs nothing. Identifiers are quoted here
-// (QuoteIdentifier); statement texts must be exactly one preparable
+// (common/db/sql_quote.h); statement texts must be exactly one preparable
 // statement (SELECT, INSERT, UPDATE, DELETE, MERGE), checked by the caller
 // with PostgreSQL's parser (common/sql) before they get here.
 //
@@ -47,9 +47,6 @@
 #include "common/db/connection.h"
 
 namespace poolside::db {
-
-// `name` as a quoted identifier ("we""ird"): read back exactly as given.
-std::string QuoteIdentifier(absl::string_view name);
 
 // A B-tree index on plain columns. `schema` empty: the table as the
 // session's search_path finds it.

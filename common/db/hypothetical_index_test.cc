@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "common/db/sql_quote.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/postgres_cluster.h"
@@ -58,15 +59,6 @@ class HypotheticalIndexTest : public ::testing::Test {
 };
 
 testing::PostgresCluster* HypotheticalIndexTest::pg_ = nullptr;
-
-TEST(QuoteIdentifierTest, DoublesQuotesAndQuotesEverything) {
-  EXPECT_EQ(QuoteIdentifier("abc"), "\"abc\"");
-  EXPECT_EQ(QuoteIdentifier("a\"b"), "\"a\"\"b\"");
-  EXPECT_EQ(QuoteIdentifier("x\"); DROP TABLE t; --"), "\"x\"\"); DROP TABLE t; --\"");
-  EXPECT_EQ(IndexDefinition({"s", "t", {"a", "B c"}}, true),
-            "CREATE INDEX CONCURRENTLY ON \"s\".\"t\" (\"a\", \"B c\")");
-  EXPECT_EQ(IndexDefinition({"", "t", {"a"}}, false), "CREATE INDEX ON \"t\" (\"a\")");
-}
 
 TEST_F(HypotheticalIndexTest, HypotheticalIndexLowersTheGenericPlanAndIsGoneAfterReset) {
   auto conn = Connect("advice", "advice_reader");  // reads, owns nothing

@@ -19,6 +19,8 @@
 #include "absl/strings/str_join.h"
 #include "common/db/conninfo.h"
 #include "common/db/error.h"
+#include "common/db/socket_wait.h"
+#include "common/db/sql_quote.h"
 
 namespace poolside::db {
 namespace {
@@ -54,29 +56,6 @@ absl::Status WithContext(const absl::Status& status, absl::string_view context) 
   return out;
 }
 
-// `"name"` with embedded quotes doubled: an SQL identifier.
-std::string QuoteIdent(absl::string_view name) {
-  std::string out = "\"";
-  for (char c : name) {
-    if (c == '"') out.push_back('"');
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
-}
-
-// 'text' with embedded quotes doubled: an SQL string literal (the server runs
-// with standard_conforming_strings, the default since 9.1).
-std::string QuoteLiteral(absl::string_view text) {
-  std::string out = "'";
-  for (char c : text) {
-    if (c == '\'') out.push_back('\'');
-    out.push_back(c);
-  }
-  out.push_back('\'');
-  return out;
-}
-
 // The user's DSN rebuilt with our defaults where the user set none, and
 // `replication=database` for the replication connection.
 absl::StatusOr<std::string> BuildConninfo(const LogicalStreamOptions& o, bool replication) {
@@ -96,25 +75,6 @@ absl::StatusOr<std::string> BuildConninfo(const LogicalStreamOptions& o, bool re
   return c->ToString();
 }
 
-// Waits until `conn`'s socket is ready for `events` or `deadline` passes;
-// false at the deadline.
-absl::StatusOr<bool> WaitSocket(PGconn* conn, short events, absl::Time deadline) {
-  if (PQsocket(conn) < 0) return absl::UnavailableError("the database connection is closed");
-  while (true) {
-    const absl::Time now = absl::Now();
-    if (now >= deadline) return false;
-    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 0, 60000));
-    pollfd pfd{PQsocket(conn), events, 0};
-    const int rc = ::poll(&pfd, 1, timeout_ms);
-    if (rc > 0) return true;
-    if (rc < 0 && errno != EINTR) {
-      return absl::UnavailableError(
-          absl::StrCat("poll on the database socket failed: errno ", errno));
-    }
-  }
-}
-
 void DiscardNotice(void*, const char*) {}
 
 absl::StatusOr<ConnPtr> Connect(const std::string& conninfo, absl::Time deadline,
@@ -128,8 +88,8 @@ absl::StatusOr<ConnPtr> Connect(const std::string& conninfo, absl::Time deadline
           "cannot open the ", what, " connection: ", Trimmed(PQerrorMessage(conn.get()))));
     }
     if (poll_status == PGRES_POLLING_OK) break;
-    absl::StatusOr<bool> ready =
-        WaitSocket(conn.get(), poll_status == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+    absl::StatusOr<bool> ready = WaitForSocket(
+        PQsocket(conn.get()), poll_status == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
     if (!ready.ok()) return ready.status();
     if (!*ready) {
       return absl::DeadlineExceededError(
@@ -197,8 +157,8 @@ absl::StatusOr<ResultPtr> Exec(PGconn* conn, const std::string& sql,
       }
       continue;
     }
-    absl::StatusOr<bool> ready =
-        WaitSocket(conn, static_cast<short>(POLLIN | (flush == 1 ? POLLOUT : 0)), give_up);
+    absl::StatusOr<bool> ready = WaitForSocket(
+        PQsocket(conn), static_cast<short>(POLLIN | (flush == 1 ? POLLOUT : 0)), give_up);
     if (!ready.ok()) return ready.status();
     if (!*ready) {
       if (cancelled) break;
@@ -316,9 +276,9 @@ absl::StatusOr<ServerFacts> CheckServer(PGconn* conn, absl::Time deadline) {
         "use the trigger-based invalidation fallback"));
   }
   if (Value(res, 0, 4) != "t") {
-    return absl::PermissionDeniedError(absl::StrCat("role ", Value(res, 0, 5),
-                                                    " may not start replication: ALTER ROLE ",
-                                                    QuoteIdent(Value(res, 0, 5)), " REPLICATION"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("role ", Value(res, 0, 5), " may not start replication: ALTER ROLE ",
+                     QuoteIdentifier(Value(res, 0, 5)), " REPLICATION"));
   }
   return facts;
 }
@@ -376,7 +336,7 @@ bool LostRace(const absl::Status& s) {
 
 absl::Status EnsurePublication(PGconn* conn, const LogicalStreamOptions& o,
                                const std::vector<Table>& tables, absl::Time deadline) {
-  const std::string pub = QuoteIdent(o.publication);
+  const std::string pub = QuoteIdentifier(o.publication);
   for (int attempt = 0; attempt < kPublicationAttempts; ++attempt) {
     absl::StatusOr<ResultPtr> r =
         Query(conn,
@@ -520,7 +480,7 @@ absl::StatusOr<std::unique_ptr<LogicalStream>> LogicalStream::Open(
 
   const std::string start_sql = absl::StrCat(
       "START_REPLICATION SLOT ", stream->slot_, " LOGICAL ", FormatLsn(start),
-      " (proto_version '1', publication_names ", QuoteLiteral(QuoteIdent(options.publication)),
+      " (proto_version '1', publication_names ", QuoteLiteral(QuoteIdentifier(options.publication)),
       stream->messages_ ? ", messages 'true'" : "", ")");
   absl::StatusOr<ResultPtr> started = Exec(repl->get(), start_sql, {}, deadline);
   if (!started.ok()) {
@@ -664,8 +624,7 @@ absl::StatusOr<std::optional<LogicalEvent>> LogicalStream::Next(absl::Time deadl
     if (flush < 0) return Fail(Lost("sending"));
     if (now >= deadline) return std::optional<LogicalEvent>();
     const absl::Time wake = std::min(deadline, next_status_at_);
-    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(wake - now, absl::Milliseconds(1))), 0, 60000));
+    const int timeout_ms = PollTimeoutMs(now, wake, 60000);
     if (PQsocket(conn_) < 0) return Fail(Lost("waiting for the server"));
     pollfd pfd{PQsocket(conn_), static_cast<short>(POLLIN | (flush == 1 ? POLLOUT : 0)), 0};
     const int rc = ::poll(&pfd, 1, timeout_ms);

@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "common/db/conninfo.h"
 #include "common/db/error.h"
+#include "common/db/socket_wait.h"
 #include "libpq-fe.h"
 
 namespace poolside::db {
@@ -28,24 +29,6 @@ std::string Trimmed(const char* s) {
 }
 
 void DiscardNotice(void*, const char*) {}
-
-// Waits for `events` on the connection's socket; false at the deadline.
-absl::StatusOr<bool> WaitSocket(PGconn* conn, short events, absl::Time deadline) {
-  for (;;) {
-    const int fd = PQsocket(conn);
-    if (fd < 0) return absl::UnavailableError("the connection is closed");
-    const absl::Time now = absl::Now();
-    if (now >= deadline) return false;
-    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 1, 60000));
-    pollfd pfd{fd, events, 0};
-    const int rc = ::poll(&pfd, 1, timeout_ms);
-    if (rc > 0) return true;
-    if (rc < 0 && errno != EINTR) {
-      return absl::UnavailableError(absl::StrCat("poll failed: errno ", errno));
-    }
-  }
-}
 
 }  // namespace
 
@@ -81,7 +64,7 @@ absl::Status PgMemberProbe::Connect(absl::Time deadline) {
     }
     if (state == PGRES_POLLING_OK) break;
     absl::StatusOr<bool> ready =
-        WaitSocket(conn_, state == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
+        WaitForSocket(PQsocket(conn_), state == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
     if (!ready.ok() || !*ready) {
       Close();
       return ready.ok() ? absl::DeadlineExceededError("connecting took too long") : ready.status();
@@ -118,7 +101,7 @@ absl::StatusOr<MemberSample> PgMemberProbe::Query(absl::Time deadline) {
       return absl::UnavailableError(absl::StrCat("send: ", Trimmed(PQerrorMessage(conn_))));
     }
     if (flushed == 0) break;
-    absl::StatusOr<bool> ready = WaitSocket(conn_, POLLOUT, deadline);
+    absl::StatusOr<bool> ready = WaitForSocket(PQsocket(conn_), POLLOUT, deadline);
     if (!ready.ok()) return ready.status();
     if (!*ready) return absl::DeadlineExceededError("the probe took too long");
   }
@@ -126,7 +109,7 @@ absl::StatusOr<MemberSample> PgMemberProbe::Query(absl::Time deadline) {
   bool got_rows = false;
   for (;;) {
     while (PQisBusy(conn_)) {
-      absl::StatusOr<bool> ready = WaitSocket(conn_, POLLIN, deadline);
+      absl::StatusOr<bool> ready = WaitForSocket(PQsocket(conn_), POLLIN, deadline);
       if (!ready.ok()) return ready.status();
       if (!*ready) return absl::DeadlineExceededError("the probe took too long");
       if (PQconsumeInput(conn_) != 1) {

@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
+#include "common/db/socket_wait.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -60,22 +61,6 @@ class Fd {
  private:
   int fd_;
 };
-
-// False at the deadline.
-absl::StatusOr<bool> Wait(int fd, short events, absl::Time deadline) {
-  for (;;) {
-    const absl::Time now = absl::Now();
-    if (now >= deadline) return false;
-    const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
-        absl::ToInt64Milliseconds(absl::Ceil(deadline - now, absl::Milliseconds(1))), 1, 60000));
-    pollfd pfd{fd, events, 0};
-    const int rc = ::poll(&pfd, 1, timeout_ms);
-    if (rc > 0) return true;
-    if (rc < 0 && errno != EINTR) {
-      return absl::UnavailableError(absl::StrCat("poll: ", strerror(errno)));
-    }
-  }
-}
 
 std::string StringField(const google::protobuf::Struct& s, const std::string& key) {
   auto it = s.fields().find(key);
@@ -185,7 +170,7 @@ absl::StatusOr<std::string> HttpGet(const HttpEndpoint& endpoint, absl::string_v
   if (connect(fd.get(), found->ai_addr, found->ai_addrlen) != 0 && errno != EINPROGRESS) {
     return absl::UnavailableError(absl::StrCat(where, ": connect: ", strerror(errno)));
   }
-  absl::StatusOr<bool> ready = Wait(fd.get(), POLLOUT, deadline);
+  absl::StatusOr<bool> ready = WaitForSocket(fd.get(), POLLOUT, deadline);
   if (!ready.ok()) return ready.status();
   if (!*ready) return absl::DeadlineExceededError(absl::StrCat(where, ": connect timed out"));
   int error = 0;
@@ -206,7 +191,7 @@ absl::StatusOr<std::string> HttpGet(const HttpEndpoint& endpoint, absl::string_v
     if (n < 0 && errno != EAGAIN && errno != EINTR) {
       return absl::UnavailableError(absl::StrCat(where, ": send: ", strerror(errno)));
     }
-    ready = Wait(fd.get(), POLLOUT, deadline);
+    ready = WaitForSocket(fd.get(), POLLOUT, deadline);
     if (!ready.ok()) return ready.status();
     if (!*ready) return absl::DeadlineExceededError(absl::StrCat(where, ": send timed out"));
   }
@@ -229,7 +214,7 @@ absl::StatusOr<std::string> HttpGet(const HttpEndpoint& endpoint, absl::string_v
     if (errno != EAGAIN && errno != EINTR) {
       return absl::UnavailableError(absl::StrCat(where, ": recv: ", strerror(errno)));
     }
-    ready = Wait(fd.get(), POLLIN, deadline);
+    ready = WaitForSocket(fd.get(), POLLIN, deadline);
     if (!ready.ok()) return ready.status();
     if (!*ready) return absl::DeadlineExceededError(absl::StrCat(where, ": answer timed out"));
   }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "tests/fixtures/loopback_port.h"
 
 namespace poolside::db {
 namespace {
@@ -99,15 +100,9 @@ class CannedServer {
  public:
   explicit CannedServer(std::string reply, bool stall = false)
       : reply_(std::move(reply)), stall_(stall) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    fd_ = testing::BindLoopback(&port_);
+    EXPECT_GE(fd_, 0);
     EXPECT_EQ(listen(fd_, 4), 0);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
     thread_ = std::thread([this] { Serve(); });
   }
   ~CannedServer() {

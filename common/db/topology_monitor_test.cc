@@ -20,22 +20,15 @@
 #include "common/db/member_probe.h"
 #include "common/db/topology.h"
 #include "gtest/gtest.h"
+#include "tests/fixtures/loopback_port.h"
 #include "tests/fixtures/replicated_cluster.h"
+#include "tests/fixtures/wait_for.h"
 
 namespace poolside::db {
 namespace {
 
 using ::poolside::testing::ReplicatedCluster;
-
-// Polls `done` until it holds or `timeout` passes.
-bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!done()) {
-    if (absl::Now() > deadline) return false;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return true;
-}
+using ::poolside::testing::WaitFor;
 
 MemberStatus StatusOf(const Topology& topology, const std::string& id) {
   for (MemberStatus& s : topology.Snapshot()) {
@@ -93,15 +86,11 @@ class FakeMembers {
 class FakePatroni {
  public:
   FakePatroni() {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof(addr);
-    EXPECT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    int port = 0;
+    fd_ = testing::BindLoopback(&port);
+    EXPECT_GE(fd_, 0);
     EXPECT_EQ(listen(fd_, 16), 0);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    url_ = absl::StrCat("http://127.0.0.1:", ntohs(addr.sin_port));
+    url_ = absl::StrCat("http://127.0.0.1:", port);
     thread_ = std::thread([this] {
       for (;;) {
         const int conn = accept(fd_, nullptr, nullptr);
@@ -238,6 +227,26 @@ class TopologyMonitorTest : public ::testing::Test {
     cluster_ = nullptr;
   }
 
+  // The cluster's members: the primary's DSN, the replicas by port.
+  static absl::StatusOr<std::vector<MemberSpec>> Members() {
+    ReplicatedCluster& c = *cluster_;
+    return MembersFromDsns(c.primary().Dsn(), {absl::StrCat("port=", c.replica(0).port()),
+                                               absl::StrCat("port=", c.replica(1).port())});
+  }
+
+  // Whether `topology` comes to name the primary and see both replicas
+  // healthy within 20 s.
+  static bool SeesAll(const Topology& topology) {
+    ReplicatedCluster& c = *cluster_;
+    return WaitFor(
+        [&] {
+          return topology.primary() == Id(c.primary()) &&
+                 StatusOf(topology, Id(c.replica(0))).healthy &&
+                 StatusOf(topology, Id(c.replica(1))).healthy;
+        },
+        absl::Seconds(20));
+  }
+
   static ReplicatedCluster* cluster_;
 };
 
@@ -250,20 +259,13 @@ TEST_F(TopologyMonitorTest, LagBansAndTokensOnRealReplicas) {
                      .max_lag_bytes = 1 << 30,
                      .max_sample_age = absl::Seconds(10)},
                     Clock::Real());
-  absl::StatusOr<std::vector<MemberSpec>> members = MembersFromDsns(
-      c.primary().Dsn(),
-      {absl::StrCat("port=", c.replica(0).port()), absl::StrCat("port=", c.replica(1).port())});
+  absl::StatusOr<std::vector<MemberSpec>> members = Members();
   ASSERT_TRUE(members.ok()) << members.status();
   TopologyMonitor monitor(&topology, {.interval = absl::Milliseconds(50)});
   ASSERT_TRUE(monitor.Start(*members).ok());
   const std::string primary = Id(c.primary()), r0 = Id(c.replica(0)), r1 = Id(c.replica(1));
 
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return topology.primary() == primary && StatusOf(topology, r0).healthy &&
-               StatusOf(topology, r1).healthy;
-      },
-      absl::Seconds(20)));
+  ASSERT_TRUE(SeesAll(topology));
   EXPECT_EQ(StatusOf(topology, r0).role, MemberRole::kReplica);
   EXPECT_EQ(topology.Pick(false)->id(), primary);
   std::map<std::string, int> spread;
@@ -322,20 +324,13 @@ TEST_F(TopologyMonitorTest, LagBansAndTokensOnRealReplicas) {
 TEST_F(TopologyMonitorTest, ZKilledReplicaAndFailover) {
   ReplicatedCluster& c = *cluster_;
   Topology topology("postgres", {.max_sample_age = absl::Milliseconds(600)}, Clock::Real());
-  absl::StatusOr<std::vector<MemberSpec>> members = MembersFromDsns(
-      c.primary().Dsn(),
-      {absl::StrCat("port=", c.replica(0).port()), absl::StrCat("port=", c.replica(1).port())});
+  absl::StatusOr<std::vector<MemberSpec>> members = Members();
   ASSERT_TRUE(members.ok()) << members.status();
   TopologyMonitor monitor(
       &topology, {.interval = absl::Milliseconds(50), .probe_timeout = absl::Milliseconds(500)});
   ASSERT_TRUE(monitor.Start(*members).ok());
   const std::string primary = Id(c.primary()), r0 = Id(c.replica(0)), r1 = Id(c.replica(1));
-  ASSERT_TRUE(WaitFor(
-      [&] {
-        return topology.primary() == primary && StatusOf(topology, r0).healthy &&
-               StatusOf(topology, r1).healthy;
-      },
-      absl::Seconds(20)));
+  ASSERT_TRUE(SeesAll(topology));
 
   // A replica killed: after detection its reads go to the other.
   ASSERT_TRUE(c.replica(1).Kill().ok());

@@ -5,41 +5,18 @@
 #include <limits>
 
 #include "gtest/gtest.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::db {
 namespace {
 
-google::protobuf::RepeatedPtrField<v1::Value> Params(std::initializer_list<v1::Value> values) {
-  google::protobuf::RepeatedPtrField<v1::Value> out;
-  for (const auto& v : values) *out.Add() = v;
-  return out;
-}
+using ::poolside::testing::Bytes;
+using ::poolside::testing::Double;
+using ::poolside::testing::Int;
+using ::poolside::testing::Numeric;
+using ::poolside::testing::Params;
+using ::poolside::testing::Text;
 
-v1::Value Int(int64_t i) {
-  v1::Value v;
-  v.set_int64_value(i);
-  return v;
-}
-v1::Value Dbl(double d) {
-  v1::Value v;
-  v.set_double_value(d);
-  return v;
-}
-v1::Value Text(std::string s) {
-  v1::Value v;
-  v.set_text_value(std::move(s));
-  return v;
-}
-v1::Value Bytes(std::string s) {
-  v1::Value v;
-  v.set_bytes_value(std::move(s));
-  return v;
-}
-v1::Value Num(std::string s) {
-  v1::Value v;
-  v.set_numeric_value(std::move(s));
-  return v;
-}
 v1::Value Decode(absl::string_view text, uint32_t type);
 
 TEST(EncodeTest, TypesAndTextForms) {
@@ -49,8 +26,8 @@ TEST(EncodeTest, TypesAndTextForms) {
   v1::Value b;
   b.set_bool_value(true);
   v1::Value null;
-  auto params = Params({Int(std::numeric_limits<int64_t>::min()), Dbl(0.1), Text("héllo"),
-                        Bytes(std::string("a\0b", 3)), ts, Num("-12.50"), b, null});
+  auto params = Params({Int(std::numeric_limits<int64_t>::min()), Double(0.1), Text("héllo"),
+                        Bytes(std::string("a\0b", 3)), ts, Numeric("-12.50"), b, null});
   EncodedParams e;
   ASSERT_TRUE(e.Encode(params).ok());
   ASSERT_EQ(e.size(), 8);
@@ -74,7 +51,7 @@ TEST(EncodeTest, TypesAndTextForms) {
 
 TEST(EncodeTest, SpecialDoubles) {
   EncodedParams e;
-  ASSERT_TRUE(e.Encode(Params({Dbl(std::nan("")), Dbl(HUGE_VAL), Dbl(-HUGE_VAL)})).ok());
+  ASSERT_TRUE(e.Encode(Params({Double(std::nan("")), Double(HUGE_VAL), Double(-HUGE_VAL)})).ok());
   EXPECT_STREQ(e.values()[0], "NaN");
   EXPECT_STREQ(e.values()[1], "Infinity");
   EXPECT_STREQ(e.values()[2], "-Infinity");
@@ -100,9 +77,9 @@ TEST(EncodeTest, RejectsWhatPostgresCannotTake) {
   absl::Status s = e.Encode(Params({Int(1), Text(std::string("a\0b", 3))}));
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("$2"), absl::string_view::npos);
-  EXPECT_EQ(e.Encode(Params({Num("12,5")})).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(e.Encode(Params({Num("1e")})).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_TRUE(e.Encode(Params({Num("1.5E+30"), Num("NaN"), Num("-.5")})).ok());
+  EXPECT_EQ(e.Encode(Params({Numeric("12,5")})).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(e.Encode(Params({Numeric("1e")})).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(e.Encode(Params({Numeric("1.5E+30"), Numeric("NaN"), Numeric("-.5")})).ok());
   v1::Value far;
   far.mutable_timestamp_value()->set_seconds(400000000000);
   EXPECT_EQ(e.Encode(Params({far})).code(), absl::StatusCode::kInvalidArgument);

@@ -29,14 +29,26 @@ class NoPlugins final : public grpc::ServerBuilderOption {
   }
 };
 
-}  // namespace
-
-void BlockTerminationSignals() {
+sigset_t TerminationSignals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  return set;
+}
+
+}  // namespace
+
+void BlockTerminationSignals() {
+  const sigset_t set = TerminationSignals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int WaitForTerminationSignal() {
+  const sigset_t set = TerminationSignals();
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
@@ -177,12 +189,7 @@ std::function<void()> Server::MarkServingCallback() {
 }
 
 int Server::WaitForTermination() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  int sig = 0;
-  sigwait(&set, &sig);
+  const int sig = WaitForTerminationSignal();
   telemetry::LogInfo("shutting down",
                      {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
                       {"drain_timeout", absl::FormatDuration(options_.drain_timeout)}});

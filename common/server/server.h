@@ -92,6 +92,11 @@ struct ServerOptions {
 // later, so WaitForTermination() can receive them synchronously.
 void BlockTerminationSignals();
 
+// Waits for SIGTERM or SIGINT (blocked by BlockTerminationSignals()) and
+// returns which arrived: for a main that drains its own work before the
+// server's.
+int WaitForTerminationSignal();
+
 class Server {
  public:
   static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);

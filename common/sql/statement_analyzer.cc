@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/hash/fnv1a.h"
 #include "common/sql/pg_query.pb.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -1523,35 +1524,17 @@ StatementKind KindOf(const pg_query::Node& statement, const Walker& facts) {
 // ---------------------------------------------------------------------------
 // Normalization.
 
-bool IsLiteralToken(int token) {
-  switch (token) {
-    case pg_query::SCONST:
-    case pg_query::USCONST:
-    case pg_query::BCONST:
-    case pg_query::XCONST:
-    case pg_query::ICONST:
-    case pg_query::FCONST:
-      return true;
-    default:
-      return false;
-  }
-}
-
 // FNV-1a: a fingerprint must be the same in every process.
 class StableHash {
  public:
   void Add(absl::string_view bytes) {
-    for (unsigned char c : bytes) {
-      hash_ ^= c;
-      hash_ *= 0x100000001b3ULL;
-    }
-    hash_ ^= 0xff;  // token separator
-    hash_ *= 0x100000001b3ULL;
+    hash_ = hash::Fnv1aAppend(hash_, bytes);
+    hash_ = hash::Fnv1aAppend(hash_, absl::string_view("\xff", 1));  // token separator
   }
   uint64_t value() const { return hash_; }
 
  private:
-  uint64_t hash_ = 0xcbf29ce484222325ULL;
+  uint64_t hash_ = hash::kFnv1aOffsetBasis;
 };
 
 // pg_query_normalize, and then every literal it left in place (it keeps those
@@ -1840,6 +1823,20 @@ size_t StatementAnalyzer::memo_entries() const {
 size_t StatementAnalyzer::memo_bytes() const {
   absl::MutexLock lock(&mu_);
   return bytes_;
+}
+
+bool IsLiteralToken(int token) {
+  switch (token) {
+    case pg_query::SCONST:
+    case pg_query::USCONST:
+    case pg_query::BCONST:
+    case pg_query::XCONST:
+    case pg_query::ICONST:
+    case pg_query::FCONST:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace poolside::sql

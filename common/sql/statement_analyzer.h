@@ -252,6 +252,11 @@ absl::Status ParseTree(absl::string_view sql, pg_query::ParseResult* tree);
 // Analyzes without a memo (for one-off texts: configuration, tools, fuzzing).
 std::shared_ptr<const Analysis> AnalyzeOnce(absl::string_view sql);
 
+// Whether a token of PostgreSQL's scanner (pg_query::Token) is a literal
+// constant: a string, bit string or number, what normalization replaces by a
+// parameter.
+bool IsLiteralToken(int token);
+
 }  // namespace poolside::sql
 
 #endif  // POOLSIDE_COMMON_SQL_STATEMENT_ANALYZER_H_

@@ -33,6 +33,7 @@
 #include "common/server/channel.h"
 #include "common/server/server.h"
 #include "common/server/service_flags.h"
+#include "common/server/service_telemetry.h"
 #include "common/server/tls.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
@@ -172,21 +173,13 @@ int main(int argc, char** argv) {
 
   poolside::server::BlockTerminationSignals();
   // Before anything that records spans, so it is destroyed after them.
-  auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "cache");
-  if (!tracer.ok()) {
-    telemetry::LogError("cannot start tracing",
-                        {{"error", std::string(tracer.status().message())}});
-    return 2;
-  }
-  auto metrics = telemetry::ServiceMetrics::Start("cache", config->server().telemetry());
-  if (!metrics.ok()) {
-    telemetry::LogError("cannot serve metrics",
-                        {{"error", std::string(metrics.status().message())}});
-    return 1;
-  }
+  int exit_code = 0;
+  std::optional<poolside::server::ServiceTelemetry> recording =
+      poolside::server::StartServiceTelemetry(config->server().telemetry(), "cache", &exit_code);
+  if (!recording.has_value()) return exit_code;
   poolside::cache::CacheStore store(poolside::cache::StoreOptionsFromConfig(*config));
   store.StartReaper();
-  poolside::cache::CacheMetrics cache_metrics(&store, &(*metrics)->registry());
+  poolside::cache::CacheMetrics cache_metrics(&store, &recording->metrics->registry());
   poolside::cache::CacheServiceLimits service_limits;
   service_limits.max_key_bytes = config->max_key_bytes();
   service_limits.max_ttl_ms = config->max_ttl_ms();
@@ -207,7 +200,7 @@ int main(int argc, char** argv) {
       INT32_MAX));
   options.queue_services = {&service};
   options.before_drain = [&service] { service.EndWatches(); };
-  options.call_telemetry = (*metrics)->server_calls();  // a queue server: no interceptor
+  options.call_telemetry = recording->metrics->server_calls();  // a queue server: no interceptor
   const std::string& socket_path = config->unix_socket();
   if (!socket_path.empty()) {
     if (absl::Status s = RemoveStaleSocket(socket_path); !s.ok()) {

@@ -14,6 +14,7 @@
 #include "absl/strings/strip.h"
 #include "common/db/copy.h"
 #include "common/db/error.h"
+#include "common/db/sql_quote.h"
 
 namespace poolside::ingest {
 namespace {

@@ -84,35 +84,22 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
                                                    batch->buffer_bytes(), ")"));
   }
 
-  if (c.databases().empty()) {
-    return absl::InvalidArgumentError("config: at least one database must be configured");
-  }
   absl::flat_hash_set<std::string> names;
-  for (int i = 0; i < c.databases_size(); ++i) {
-    v1::DatabaseConfig* db = c.mutable_databases(i);
-    const std::string where = absl::StrCat("databases[", i, "] (", db->name(), ")");
-    if (absl::Status st = config::FinalizeDatabase(where, db, &names); !st.ok()) return st;
-    auto* pool = db->mutable_pool();
-    // One connection per parallel flush, plus one for catalog reads and key
-    // cleanup.
-    pool->set_max_size(batch->copy_connections() + 1);
-    pool->set_max_overflow(0);  // ingest's connections are sized by copy_connections
-    if (!pool->has_min_idle()) pool->set_min_idle(1);
-    if (pool->min_idle() > pool->max_size()) pool->set_min_idle(pool->max_size());
-    POOLSIDE_DEFAULT(pool, acquire_timeout_ms, 5000u);
-    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 1000u);
-    POOLSIDE_DEFAULT(pool, max_lifetime_ms, 1800000u);
-    POOLSIDE_DEFAULT(pool, idle_timeout_ms, 600000u);
-    POOLSIDE_DEFAULT(pool, leak_threshold_ms, 120000u);
-    POOLSIDE_DEFAULT(pool, connect_timeout_ms, 5000u);
-    POOLSIDE_DEFAULT(pool, startup_retry_ms, 30000u);
-  }
-  if (c.default_database().empty()) {
-    if (c.databases_size() == 1) c.set_default_database(c.databases(0).name());
-  } else if (!names.contains(c.default_database())) {
-    return absl::InvalidArgumentError(absl::StrCat("defaultDatabase \"", c.default_database(),
-                                                   "\" is not a configured database"));
-  }
+  absl::Status databases = config::FinalizeDatabases(
+      c.mutable_databases(), c.mutable_default_database(),
+      [&](const std::string&, v1::DatabaseConfig* db) {
+        auto* pool = db->mutable_pool();
+        // One connection per parallel flush, plus one for catalog reads and
+        // key cleanup.
+        pool->set_max_size(batch->copy_connections() + 1);
+        pool->set_max_overflow(0);  // ingest's connections are sized by copy_connections
+        if (!pool->has_min_idle()) pool->set_min_idle(1);
+        if (pool->min_idle() > pool->max_size()) pool->set_min_idle(pool->max_size());
+        config::DefaultPoolTimings(pool, 120000);
+        return absl::OkStatus();
+      },
+      &names);
+  if (!databases.ok()) return databases;
   for (int i = 0; i < c.tables_size(); ++i) {
     const v1::IngestTables& t = c.tables(i);
     if (!names.contains(t.database())) {

@@ -14,7 +14,9 @@
 #include "common/config/cgroup.h"
 #include "common/config/database_roles.h"
 #include "common/server/server.h"
+#include "common/server/service_config.h"
 #include "common/server/service_flags.h"
+#include "common/server/service_telemetry.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
 #include "common/telemetry/otlp_exporter.h"
@@ -34,15 +36,9 @@ int main(int argc, char** argv) {
   auto config = poolside::ingest::LoadIngestConfig(
       flags->config, poolside::config::ReadContainerLimits(), &sizing);
   if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
-  if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
-  if (absl::Status s = telemetry::ValidateTelemetryConfig(config->server().telemetry()); !s.ok()) {
-    return poolside::server::InvalidConfiguration(s);
-  }
-  auto authorizer = poolside::auth::Authorizer::Create(config->auth());
+  auto authorizer = poolside::server::PrepareDatabaseService(*flags, config->mutable_server(),
+                                                             config->auth(), config->databases());
   if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
-  if (absl::Status s = (*authorizer)->CheckDatabaseRoles(config->databases()); !s.ok()) {
-    return poolside::server::InvalidConfiguration(s);
-  }
   if (flags->check_config) {
     int tables = 0;
     for (const auto& t : config->tables()) tables += t.tables_size();
@@ -54,18 +50,10 @@ int main(int argc, char** argv) {
 
   poolside::server::BlockTerminationSignals();
   // Before anything that records spans, so it is destroyed after them.
-  auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "ingest");
-  if (!tracer.ok()) {
-    telemetry::LogError("cannot start tracing",
-                        {{"error", std::string(tracer.status().message())}});
-    return 2;
-  }
-  auto metrics = telemetry::ServiceMetrics::Start("ingest", config->server().telemetry());
-  if (!metrics.ok()) {
-    telemetry::LogError("cannot serve metrics",
-                        {{"error", std::string(metrics.status().message())}});
-    return 1;
-  }
+  int exit_code = 0;
+  std::optional<poolside::server::ServiceTelemetry> recording =
+      poolside::server::StartServiceTelemetry(config->server().telemetry(), "ingest", &exit_code);
+  if (!recording.has_value()) return exit_code;
   // A privileged database role would let every caller reach the server's
   // files and programs: refuse to start rather than write through it. Every
   // pool's role (each DSN user and roles[] entry), checked concurrently.
@@ -82,7 +70,7 @@ int main(int argc, char** argv) {
                                                  : "disabled (every caller may do everything)"}});
   poolside::ingest::IngestServiceImpl service(
       &engine, (*authorizer)->enabled() ? authorizer->get() : nullptr, config->default_database());
-  poolside::ingest::IngestMetrics ingest_metrics(&engine, &(*metrics)->registry());
+  poolside::ingest::IngestMetrics ingest_metrics(&engine, &recording->metrics->registry());
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
   options.port_file = config->server().port_file();
@@ -102,7 +90,7 @@ int main(int argc, char** argv) {
   const uint64_t grpc_memory = config->batch().buffer_bytes() / 2 + (uint64_t{16} << 20);
   options.grpc_memory_bytes = static_cast<int64_t>(grpc_memory);
   options.max_receive_message_bytes = static_cast<int>(std::min<uint64_t>(grpc_memory, INT32_MAX));
-  options.interceptors.push_back((*metrics)->NewServerInterceptorFactory());
+  options.interceptors.push_back(recording->metrics->NewServerInterceptorFactory());
   // A stream waiting for buffer room must not keep receiving into gRPC's own
   // buffers: the byte bound has to hold for the whole process.
   options.fixed_stream_window_bytes = 256 << 10;
@@ -118,12 +106,7 @@ int main(int argc, char** argv) {
 
   // SIGTERM/SIGINT: refuse new requests, flush and acknowledge what is
   // buffered, end the streams, then stop the server.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  int sig = 0;
-  sigwait(&set, &sig);
+  const int sig = poolside::server::WaitForTerminationSignal();
   telemetry::LogInfo("draining", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
                                   {"drain_timeout", absl::FormatDuration(drain)}});
   const bool drained = engine.Drain(drain);

@@ -9,7 +9,9 @@
 #include "common/config/cgroup.h"
 #include "common/config/sizing.h"
 #include "common/server/server.h"
+#include "common/server/service_config.h"
 #include "common/server/service_flags.h"
+#include "common/server/service_telemetry.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/metrics_service.h"
 #include "common/telemetry/otlp_exporter.h"
@@ -29,15 +31,9 @@ int main(int argc, char** argv) {
   if (!flags.has_value()) return 2;
   auto config = poolside::query::LoadQueryConfig(flags->config);
   if (!config.ok()) return poolside::server::InvalidConfiguration(config.status());
-  if (!flags->listen.empty()) config->mutable_server()->set_listen(flags->listen);
-  if (absl::Status s = telemetry::ValidateTelemetryConfig(config->server().telemetry()); !s.ok()) {
-    return poolside::server::InvalidConfiguration(s);
-  }
-  auto authorizer = poolside::auth::Authorizer::Create(config->auth());
+  auto authorizer = poolside::server::PrepareDatabaseService(*flags, config->mutable_server(),
+                                                             config->auth(), config->databases());
   if (!authorizer.ok()) return poolside::server::InvalidConfiguration(authorizer.status());
-  if (absl::Status s = (*authorizer)->CheckDatabaseRoles(config->databases()); !s.ok()) {
-    return poolside::server::InvalidConfiguration(s);
-  }
   auto named_queries = poolside::query::NamedQueries::Create(config->named_queries());
   if (!named_queries.ok()) return poolside::server::InvalidConfiguration(named_queries.status());
   if (flags->check_config) {
@@ -57,18 +53,10 @@ int main(int argc, char** argv) {
 
   poolside::server::BlockTerminationSignals();
   // Before anything that records spans, so it is destroyed after them.
-  auto tracer = telemetry::StartTracing(config->server().telemetry().tracing(), "query");
-  if (!tracer.ok()) {
-    telemetry::LogError("cannot start tracing",
-                        {{"error", std::string(tracer.status().message())}});
-    return 2;
-  }
-  auto metrics = telemetry::ServiceMetrics::Start("query", config->server().telemetry());
-  if (!metrics.ok()) {
-    telemetry::LogError("cannot serve metrics",
-                        {{"error", std::string(metrics.status().message())}});
-    return 1;
-  }
+  int exit_code = 0;
+  std::optional<poolside::server::ServiceTelemetry> recording =
+      poolside::server::StartServiceTelemetry(config->server().telemetry(), "query", &exit_code);
+  if (!recording.has_value()) return exit_code;
   std::unique_ptr<poolside::query::CacheClient> sidecar;
   poolside::query::SidecarClient* sidecar_client = nullptr;  // owned by the engine
   if (config->has_cache()) {
@@ -106,7 +94,7 @@ int main(int argc, char** argv) {
                               {"named_queries", absl::StrCat(named_queries->size())}});
   poolside::query::QueryServiceImpl service(
       &engine, (*authorizer)->enabled() ? authorizer->get() : nullptr, &*named_queries);
-  poolside::query::QueryMetrics query_metrics(&engine, &(*metrics)->registry(),
+  poolside::query::QueryMetrics query_metrics(&engine, &recording->metrics->registry(),
                                               config->server().telemetry());
   poolside::server::ServerOptions options;
   options.listen = config->server().listen();
@@ -122,7 +110,7 @@ int main(int argc, char** argv) {
     service.WaitForCalls();
     if (sidecar_client != nullptr) sidecar_client->Close();
   };
-  options.call_telemetry = (*metrics)->server_calls();  // a queue server: no interceptor
+  options.call_telemetry = recording->metrics->server_calls();  // a queue server: no interceptor
   // Readiness: NOT_SERVING until the pools are warm (see QueryEngine::WhenWarm).
   options.serving_at_start = false;
   auto server = poolside::server::Server::Start(std::move(options));

@@ -2,38 +2,20 @@
 
 #include "common/config/json_config.h"
 #include "gtest/gtest.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::query {
 namespace {
+
+using ::poolside::testing::Int;
+using ::poolside::testing::Null;
+using ::poolside::testing::Params;
+using ::poolside::testing::Text;
 
 google::protobuf::RepeatedPtrField<v1::NamedQuery> Config(const std::string& json) {
   v1::QueryServiceConfig c;
   EXPECT_TRUE(config::ParseJsonConfig(json, &c).ok()) << json;
   return c.named_queries();
-}
-
-google::protobuf::RepeatedPtrField<v1::Value> Params(std::initializer_list<v1::Value> values) {
-  google::protobuf::RepeatedPtrField<v1::Value> out;
-  for (const v1::Value& v : values) *out.Add() = v;
-  return out;
-}
-
-v1::Value Int(int64_t v) {
-  v1::Value out;
-  out.set_int64_value(v);
-  return out;
-}
-
-v1::Value Text(const std::string& v) {
-  v1::Value out;
-  out.set_text_value(v);
-  return out;
-}
-
-v1::Value Null() {
-  v1::Value out;
-  out.set_null_value(v1::NullValue::NULL_VALUE);
-  return out;
 }
 
 TEST(NamedQueriesTest, ResolvesWithTypedParameters) {

@@ -40,40 +40,32 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
                      ") exceeds limits.maxTimeoutMs (", limits->max_timeout_ms(), ")"));
   }
 
-  if (c.databases().empty()) {
-    return absl::InvalidArgumentError("config: at least one database must be configured");
-  }
   absl::flat_hash_set<std::string> names;
-  for (int i = 0; i < c.databases_size(); ++i) {
-    v1::DatabaseConfig* db = c.mutable_databases(i);
-    const std::string where = absl::StrCat("databases[", i, "] (", db->name(), ")");
-    if (absl::Status st = config::FinalizeDatabase(where, db, &names); !st.ok()) return st;
-    POOLSIDE_DEFAULT(db, statement_cache_size, 100u);
-
-    auto* pool = db->mutable_pool();
-    POOLSIDE_DEFAULT(pool, max_size, 10u);
-    if (!pool->has_min_idle()) pool->set_min_idle(std::min(1u, pool->max_size()));
-    POOLSIDE_DEFAULT(pool, acquire_timeout_ms, 5000u);
-    POOLSIDE_DEFAULT(pool, validate_after_idle_ms, 1000u);
-    POOLSIDE_DEFAULT(pool, max_lifetime_ms, 1800000u);
-    POOLSIDE_DEFAULT(pool, idle_timeout_ms, 600000u);
-    POOLSIDE_DEFAULT(pool, leak_threshold_ms, 60000u);
-    POOLSIDE_DEFAULT(pool, connect_timeout_ms, 5000u);
-    POOLSIDE_DEFAULT(pool, startup_retry_ms, 30000u);
-    POOLSIDE_DEFAULT(pool, max_pipeline_depth, 64u);
-    POOLSIDE_DEFAULT(pool, max_queue, 10000u);
-    if (pool->min_idle() > pool->max_size()) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": pool.minIdle (", pool->min_idle(),
-                                                     ") exceeds pool.maxSize (", pool->max_size(),
-                                                     ")"));
-    }
-    if (pool->max_size() > 1000) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxSize above 1000"));
-    }
-    if (pool->max_overflow() > 1000) {
-      return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxOverflow above 1000"));
-    }
-  }
+  absl::Status databases = config::FinalizeDatabases(
+      c.mutable_databases(), c.mutable_default_database(),
+      [](const std::string& where, v1::DatabaseConfig* db) {
+        POOLSIDE_DEFAULT(db, statement_cache_size, 100u);
+        auto* pool = db->mutable_pool();
+        POOLSIDE_DEFAULT(pool, max_size, 10u);
+        if (!pool->has_min_idle()) pool->set_min_idle(std::min(1u, pool->max_size()));
+        config::DefaultPoolTimings(pool, 60000);
+        POOLSIDE_DEFAULT(pool, max_pipeline_depth, 64u);
+        POOLSIDE_DEFAULT(pool, max_queue, 10000u);
+        if (pool->min_idle() > pool->max_size()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": pool.minIdle (", pool->min_idle(), ") exceeds pool.maxSize (",
+                           pool->max_size(), ")"));
+        }
+        if (pool->max_size() > 1000) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxSize above 1000"));
+        }
+        if (pool->max_overflow() > 1000) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": pool.maxOverflow above 1000"));
+        }
+        return absl::OkStatus();
+      },
+      &names);
+  if (!databases.ok()) return databases;
   if (c.has_cache()) {
     v1::QueryCacheConfig* cache = c.mutable_cache();
     if (cache->target().empty()) {
@@ -173,12 +165,6 @@ absl::StatusOr<v1::QueryServiceConfig> FinalizeQueryConfig(v1::QueryServiceConfi
         }
       }
     }
-  }
-  if (c.default_database().empty()) {
-    if (c.databases_size() == 1) c.set_default_database(c.databases(0).name());
-  } else if (!names.contains(c.default_database())) {
-    return absl::InvalidArgumentError(absl::StrCat("defaultDatabase \"", c.default_database(),
-                                                   "\" is not a configured database"));
   }
   return c;
 }

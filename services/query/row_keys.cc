@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/hash/fnv1a.h"
 
 namespace poolside::query {
 namespace {
@@ -140,19 +141,10 @@ std::optional<std::string> CanonicalKeyOperand(
   return std::nullopt;
 }
 
-uint64_t StableHash(absl::string_view bytes) {
-  uint64_t h = 0xcbf29ce484222325ULL;
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 0x100000001b3ULL;
-  }
-  return h;
-}
-
 uint64_t RowKeyHash(const std::vector<std::string>& canonical_values) {
   std::string encoded;
   for (const std::string& v : canonical_values) absl::StrAppend(&encoded, v.size(), ":", v);
-  return StableHash(encoded);
+  return hash::Fnv1a(encoded);
 }
 
 std::string DatabaseTag(absl::string_view db) { return absl::StrCat("db:", db); }

@@ -57,16 +57,14 @@ std::optional<std::string> CanonicalKeyOperand(
     KeyFamily family, const sql::KeyOperand& operand,
     const google::protobuf::RepeatedPtrField<v1::Value>& params);
 
-// A stable hash of a row's canonical key values, in primary-key column order.
+// A stable hash (FNV-1a, common/hash) of a row's canonical key values, in
+// primary-key column order.
 uint64_t RowKeyHash(const std::vector<std::string>& canonical_values);
 
 std::string DatabaseTag(absl::string_view db);
 std::string TableTag(absl::string_view db, absl::string_view table);
 std::string TableScanTag(absl::string_view db, absl::string_view table);
 std::string RowTag(absl::string_view db, absl::string_view table, uint64_t key_hash);
-
-// A stable 64-bit hash (FNV-1a) of `bytes`.
-uint64_t StableHash(absl::string_view bytes);
 
 }  // namespace poolside::query
 

@@ -22,10 +22,12 @@
 #include "services/query/wal_relay.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/wal_position.h"
 
 namespace poolside::query {
 namespace {
 
+using ::poolside::testing::InsertLsn;
 using ::poolside::testing::PostgresCluster;
 using ::poolside::testing::WaitFor;
 
@@ -33,16 +35,6 @@ constexpr char kDb[] = "fence";
 constexpr absl::Duration kWait = absl::Seconds(30);  // only reached when something is broken
 
 PostgresCluster& Cluster() { return testing::SharedPostgres(); }
-
-// The server's WAL insert position now: a token as a writer gets it.
-db::Lsn InsertLsn() {
-  absl::StatusOr<std::string> text =
-      Cluster().QueryValue(kDb, "SELECT pg_current_wal_insert_lsn()::text");
-  EXPECT_TRUE(text.ok()) << text.status();
-  absl::StatusOr<db::Lsn> lsn = db::ParseLsn(text.value_or(""));
-  EXPECT_TRUE(lsn.ok()) << lsn.status();
-  return lsn.value_or(0);
-}
 
 TokenFence::Options FenceOptions(const std::string& dsn) {
   TokenFence::Options o;
@@ -83,7 +75,7 @@ TEST_F(TokenFenceTest, AFenceCommitsPastTheTokenAsATransactionalMessage) {
   TokenFence fence(FenceOptions(Cluster().Dsn(kDb)));
   fence.Start();
   ASSERT_TRUE(Cluster().Exec(kDb, "INSERT INTO unpublished VALUES (1)").ok());
-  const db::Lsn token = InsertLsn();
+  const db::Lsn token = InsertLsn(Cluster(), kDb);
   fence.Request(token);
 
   bool in_fence = false;
@@ -120,7 +112,7 @@ TEST_F(TokenFenceTest, AFenceCommitsPastTheTokenAsATransactionalMessage) {
 TEST_F(TokenFenceTest, RequestsCoalesce) {
   TokenFence fence(FenceOptions(Cluster().Dsn(kDb)));
   fence.Start();
-  const db::Lsn token = InsertLsn();
+  const db::Lsn token = InsertLsn(Cluster(), kDb);
   std::vector<std::thread> readers;
   for (int i = 0; i < 8; ++i) {
     readers.emplace_back([&] {
@@ -133,7 +125,7 @@ TEST_F(TokenFenceTest, RequestsCoalesce) {
 
   for (int i = 0; i < 100; ++i) fence.Request(token);
   ASSERT_TRUE(Cluster().Exec(kDb, "INSERT INTO unpublished VALUES (2)").ok());
-  const db::Lsn later = InsertLsn();
+  const db::Lsn later = InsertLsn(Cluster(), kDb);
   ASSERT_GT(later, fence.GetStats().fenced_lsn);
   fence.Request(later);
   ASSERT_TRUE(WaitFor([&] { return fence.GetStats().fenced_lsn >= later; }, kWait));
@@ -147,12 +139,12 @@ TEST_F(TokenFenceTest, RequestsCoalesce) {
 TEST_F(TokenFenceTest, ATokenPastTheServersWalCostsOneFence) {
   TokenFence fence(FenceOptions(Cluster().Dsn(kDb)));
   fence.Start();
-  const db::Lsn beyond = InsertLsn() + (db::Lsn{1} << 40);
+  const db::Lsn beyond = InsertLsn(Cluster(), kDb) + (db::Lsn{1} << 40);
   fence.Request(beyond);
   ASSERT_TRUE(WaitFor([&] { return fence.GetStats().fences == 1; }, kWait));
   EXPECT_LT(fence.GetStats().fenced_lsn, beyond);
   ASSERT_TRUE(Cluster().Exec(kDb, "INSERT INTO unpublished VALUES (3)").ok());
-  const db::Lsn genuine = InsertLsn();
+  const db::Lsn genuine = InsertLsn(Cluster(), kDb);
   fence.Request(genuine);
   ASSERT_TRUE(WaitFor([&] { return fence.GetStats().fenced_lsn >= genuine; }, kWait));
   EXPECT_EQ(fence.GetStats().fences, 2u) << "the made-up token was asked for again";
@@ -190,7 +182,7 @@ TEST_F(TokenFenceTest, FollowsTheCurrentDsn) {
   };
   TokenFence fence(std::move(o));
   fence.Start();
-  const db::Lsn token = InsertLsn();
+  const db::Lsn token = InsertLsn(Cluster(), kDb);
   fence.Request(token);
   ASSERT_TRUE(WaitFor([&] { return fence.GetStats().failures >= 1; }, kWait));
   EXPECT_EQ(fence.GetStats().fences, 0u);
@@ -222,7 +214,7 @@ TEST_F(TokenFenceTest, FollowsTheCurrentDsn) {
     primary = Cluster().Dsn(kOther);
   }
   ASSERT_TRUE(Cluster().Exec(kDb, "INSERT INTO unpublished VALUES (4)").ok());
-  const db::Lsn later = InsertLsn();
+  const db::Lsn later = InsertLsn(Cluster(), kDb);
   fence.Request(later);
   ASSERT_TRUE(WaitFor([&] { return fence.GetStats().fenced_lsn >= later; }, kWait));
   EXPECT_TRUE(WaitFor([&] { return sessions() == kOther; }, kWait))
@@ -248,7 +240,7 @@ TEST_F(TokenFenceTest, NeedsOnlyExecuteOnTheFunction) {
       Cluster().Exec(kDb, absl::StrCat("REVOKE EXECUTE ON FUNCTION ", fn, " FROM PUBLIC")).ok());
   TokenFence fence(FenceOptions(Cluster().Dsn(kDb) + " user=fence_user"));
   fence.Start();
-  fence.Request(InsertLsn());
+  fence.Request(InsertLsn(Cluster(), kDb));
   ASSERT_TRUE(WaitFor([&] { return fence.GetStats().failures >= 1; }, kWait));
   EXPECT_EQ(fence.GetStats().fences, 0u);
   EXPECT_NE(fence.GetStats().last_error.find("permission denied"), std::string::npos)
@@ -256,7 +248,7 @@ TEST_F(TokenFenceTest, NeedsOnlyExecuteOnTheFunction) {
 
   ASSERT_TRUE(
       Cluster().Exec(kDb, absl::StrCat("GRANT EXECUTE ON FUNCTION ", fn, " TO PUBLIC")).ok());
-  const db::Lsn token = InsertLsn();
+  const db::Lsn token = InsertLsn(Cluster(), kDb);
   // Asked again until the backoff ends and a fence commits.
   ASSERT_TRUE(WaitFor(
       [&] {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/db/error.h"
+#include "common/hash/fnv1a.h"
 #include "common/telemetry/log.h"
 #include "services/query/result_sinks.h"
 #include "services/query/row_keys.h"
@@ -123,7 +124,7 @@ absl::Status PublishTables(db::Connection& conn, const std::string& publication,
 
 int64_t WalRelay::LockKey(absl::string_view publication, absl::string_view channel) {
   return static_cast<int64_t>(
-      StableHash(absl::StrCat("poolside-wal-relay\x1f", publication, "\x1f", channel)));
+      hash::Fnv1a(absl::StrCat("poolside-wal-relay\x1f", publication, "\x1f", channel)));
 }
 
 std::string WalRelay::FencePrefix(absl::string_view publication, absl::string_view channel) {

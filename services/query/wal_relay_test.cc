@@ -22,10 +22,12 @@
 #include "services/query/token_fence.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/wal_position.h"
 
 namespace poolside::query {
 namespace {
 
+using ::poolside::testing::InsertLsn;
 using ::poolside::testing::PostgresCluster;
 using ::poolside::testing::WaitFor;
 
@@ -129,16 +131,6 @@ Seen SeenFor(const std::vector<RelayMessage>& messages, const std::string& table
 
 uint64_t Row(const std::string& key) { return RowKeyHash({key}); }
 
-// The server's WAL insert position now: past every commit made before.
-db::Lsn InsertLsn() {
-  absl::StatusOr<std::string> text =
-      Cluster().QueryValue(kDb, "SELECT pg_current_wal_insert_lsn()::text");
-  EXPECT_TRUE(text.ok()) << text.status();
-  absl::StatusOr<db::Lsn> lsn = db::ParseLsn(text.value_or(""));
-  EXPECT_TRUE(lsn.ok()) << lsn.status();
-  return lsn.value_or(0);
-}
-
 class WalRelayTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -183,7 +175,7 @@ TEST_F(WalRelayTest, OneHolderRelaysRowsTablesAndDefinitionsThenAnotherTakesOver
   listener.Clear();
   Exec("INSERT INTO items VALUES (0, 'zero'); INSERT INTO pairs VALUES ('', gen_random_uuid(), 0)");
   // A transaction may be relayed over two batches: wait for all of it.
-  const db::Lsn first_writes = InsertLsn();
+  const db::Lsn first_writes = InsertLsn(Cluster(), kDb);
   ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
     return SeenFor(m, "public.items").definition && SeenFor(m, "public.pairs").definition &&
            m.back().header.through >= first_writes;
@@ -324,7 +316,7 @@ TEST_F(WalRelayTest, AFenceIsRelayedAtOnceAndNothingElseIsTakenForOne) {
   for (int i = 0; i < 3; ++i) {
     listener.Clear();
     Exec("INSERT INTO uncached VALUES (1)");
-    const db::Lsn token = InsertLsn();
+    const db::Lsn token = InsertLsn(Cluster(), kDb);
     fence.Request(token);
     ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
       return !m.empty() && m.back().header.through >= token;
@@ -345,7 +337,7 @@ TEST_F(WalRelayTest, AFenceIsRelayedAtOnceAndNothingElseIsTakenForOne) {
   Exec(absl::StrCat("SELECT pg_logical_emit_message(false, '", prefix, "', '')"));
   Exec(absl::StrCat("BEGIN; SELECT pg_logical_emit_message(true, '", prefix, "', ''); ROLLBACK"));
   Exec(absl::StrCat("SELECT pg_logical_emit_message(true, '", prefix, "x', '')"));
-  const db::Lsn token = InsertLsn();
+  const db::Lsn token = InsertLsn(Cluster(), kDb);
   fence.Request(token);
   ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
     return !m.empty() && m.back().header.through >= token;
@@ -361,7 +353,7 @@ TEST_F(WalRelayTest, AFenceIsRelayedAtOnceAndNothingElseIsTakenForOne) {
                     prefix, "', ''); COMMIT; END LOOP; END $$"));
   // Other WAL (the relay's own NOTIFYs) may follow the last of them: a fence
   // of the test's own covers the position read now.
-  const db::Lsn flooded = InsertLsn();
+  const db::Lsn flooded = InsertLsn(Cluster(), kDb);
   fence.Request(flooded);
   ASSERT_TRUE(listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
     return !m.empty() && m.back().header.through >= flooded;
