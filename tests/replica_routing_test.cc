@@ -502,6 +502,7 @@ TEST(ReplicaRoutingTest, KilledReplicaReadsMoveToTheOthers) {
 
 TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
   Env& env = Env::Get();
+  const absl::Time start = absl::Now();
   const std::string next_primary = env.replica_id(1);
   struct Outcome {
     int64_t id;
@@ -585,6 +586,20 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
   EXPECT_GT(env.Metric("poolside_query_failover_held_total{database=\"rr\"}").value_or(0), 0);
   EXPECT_EQ(env.Metric("poolside_query_failover_held_timeouts_total{database=\"rr\"}"), 0);
   EXPECT_EQ(env.Metric("poolside_query_failover_held_calls{database=\"rr\"}"), 0);
+  // Each hold's time is in the histogram: as many as were held, together as
+  // long as the total, none longer than this test.
+  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  const std::optional<double> held =
+      env.Metric("poolside_query_failover_held_total{database=\"rr\"}");
+  const std::optional<double> held_s =
+      env.Metric("poolside_query_failover_held_seconds_total{database=\"rr\"}");
+  const std::string duration = "poolside_query_failover_held_duration_seconds";
+  EXPECT_EQ(env.Metric(absl::StrCat(duration, "_count{database=\"rr\"}")), held);
+  EXPECT_EQ(env.Metric(absl::StrCat(duration, "_bucket{database=\"rr\",le=\"+Inf\"}")), held);
+  const std::optional<double> sum = env.Metric(absl::StrCat(duration, "_sum{database=\"rr\"}"));
+  EXPECT_EQ(sum, held_s);
+  EXPECT_GT(sum.value_or(0), 0);
+  EXPECT_LE(sum.value_or(0), held.value_or(0) * elapsed);
   EXPECT_EQ(env.Metric(absl::StrCat("poolside_query_member_role{database=\"rr\",member=\"",
                                     next_primary, "\",role=\"primary\"}")),
             1);

@@ -112,19 +112,25 @@ void CollectMembers(QueryEngine* engine, Families* out) {
       GaugeFamily("poolside_query_failover_held_calls", "Calls held for a primary now.");
   prometheus::MetricFamily held_seconds = CounterFamily(
       "poolside_query_failover_held_seconds_total", "Time held calls waited, summed.");
+  prometheus::MetricFamily held_duration = HistogramFamily(
+      "poolside_query_failover_held_duration_seconds",
+      "Each hold's time, from the call held to its release: routed to the new primary, failed "
+      "for want of one, or ended by shutdown. A call held again counts again.");
   for (const auto& [name, replicas] : engine->replicas()) {
     const telemetry::MetricLabels db = {{"database", name}};
-    AddCounter(&held, db, double(replicas->held_total()));
-    AddCounter(&held_timeouts, db, double(replicas->held_timeouts()));
-    AddGauge(&held_now, db, double(replicas->held_now()));
-    AddCounter(&held_seconds, db, replicas->held_seconds());
+    const db::ManagedDatabase::HoldStats hold = replicas->hold_stats();
+    AddCounter(&held, db, double(hold.total));
+    AddCounter(&held_timeouts, db, double(hold.timeouts));
+    AddGauge(&held_now, db, double(hold.now));
+    AddCounter(&held_seconds, db, hold.seconds);
+    AddHistogram(&held_duration, db, hold.durations);
     const uint64_t reached = replicas->token_waits_reached();
     AddCounter(&waits, {{"database", name}, {"result", "reached"}}, double(reached));
     AddCounter(&waits, {{"database", name}, {"result", "timeout"}},
                double(replicas->token_waits() - std::min(reached, replicas->token_waits())));
   }
   for (auto* f : {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans,
-                  &waits, &held, &held_timeouts, &held_now, &held_seconds}) {
+                  &waits, &held, &held_timeouts, &held_now, &held_seconds, &held_duration}) {
     out->push_back(std::move(*f));
   }
 }
