@@ -533,7 +533,8 @@ def switchover_report(args):
            "`poolside_query_failover_held_total` and `_held_seconds_total` over the round "
            "(exact); held p50/p99/max: from the service's histogram "
            "`poolside_query_failover_held_duration_seconds` over the round (p50/p99 "
-           "interpolated within a bucket, max the highest bucket's upper bound), or, marked "
+           "interpolated within a bucket; max an upper bound: the highest bucket's upper "
+           "bound or the slowest call's latency, the lower), or, marked "
            "(estimate), the slowest N calls' latencies as the client saw them, N = held calls.",
            "- write outage: from the event (patronictl started, or the kill) to the first "
            "write acknowledged by the new leader."]

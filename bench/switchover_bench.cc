@@ -336,8 +336,8 @@ std::optional<telemetry::Histogram::Snapshot> RoundHolds(
   return d;
 }
 
-// {"source": "histogram", n, p50, p99 (interpolated within a bucket), max
-// (its bucket's upper bound)} in ms.
+// {"source": "histogram", n, p50, p99 (interpolated within a bucket, below
+// h.max), max (h.max: an upper bound)} in ms.
 std::string HistogramQuantiles(const telemetry::Histogram::Snapshot& h) {
   if (h.count == 0) {
     return R"({"source": "histogram", "n": 0, "p50_ms": null, "p99_ms": null, "max_ms": null})";
@@ -524,9 +524,16 @@ absl::StatusOr<std::string> Round(const std::string& mode, int round) {
   // them.
   std::string held_time;
   const std::optional<telemetry::Histogram::Snapshot> durations = service.HeldDurations();
-  const std::optional<telemetry::Histogram::Snapshot> round_holds =
+  std::optional<telemetry::Histogram::Snapshot> round_holds =
       durations.has_value() ? RoundHolds(durations0, *durations) : std::nullopt;
   if (round_holds.has_value()) {
+    // A held call's hold is part of its latency: the slowest call bounds the
+    // longest hold too, often more tightly than its bucket.
+    absl::Duration slowest_call = absl::ZeroDuration();
+    for (const Outcome& o : all) slowest_call = std::max(slowest_call, o.latency);
+    if (round_holds->count > 0) {
+      round_holds->max = std::min(round_holds->max, absl::ToDoubleSeconds(slowest_call));
+    }
     held_time = HistogramQuantiles(*round_holds);
   } else {
     std::sort(latencies.begin(), latencies.end(), std::greater<>());
