@@ -156,6 +156,28 @@ telemetry::StatusTable MembersTable(QueryEngine* engine) {
   return t;
 }
 
+// Each database with a topology: calls held for a primary (failover
+// buffering) and how long they were held.
+telemetry::StatusTable HoldsTable(QueryEngine* engine) {
+  telemetry::StatusTable t;
+  t.title = "Failover holds";
+  t.empty_text = "no database has a topology";
+  t.columns = {"database", "held now", "held", "timed out", "held time", "held p50", "held p99"};
+  std::vector<std::string> names;
+  for (const auto& [name, replicas] : engine->replicas()) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const db::ManagedDatabase::HoldStats h = engine->replicas().at(name)->hold_stats();
+    const bool any = h.durations.count > 0;
+    t.rows.push_back({name, absl::StrCat(h.now), telemetry::FormatCount(double(h.total)),
+                      telemetry::FormatCount(double(h.timeouts)),
+                      telemetry::FormatSeconds(h.seconds),
+                      any ? telemetry::FormatSeconds(h.durations.Percentile(0.5)) : "—",
+                      any ? telemetry::FormatSeconds(h.durations.Percentile(0.99)) : "—"});
+  }
+  return t;
+}
+
 // The engine reports pools as protos; the shared pool series take the pool's
 // own struct.
 telemetry::NamedPoolStats Named(const std::vector<v1::PoolStats>& pools) {
@@ -538,6 +560,7 @@ QueryMetrics::QueryMetrics(QueryEngine* engine, telemetry::MetricsRegistry* regi
   });
   pools_ = registry->AddStatusSection([engine] { return PoolsTable(engine); });
   members_ = registry->AddStatusSection([engine] { return MembersTable(engine); });
+  holds_ = registry->AddStatusSection([engine] { return HoldsTable(engine); });
   cache_ = registry->AddStatusSection([engine] { return CacheTable(engine); });
   invalidation_ = registry->AddStatusSection([engine] { return InvalidationTable(engine); });
   statements_ = registry->AddStatusSection([engine] { return SlowestTable(engine); });

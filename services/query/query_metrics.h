@@ -52,6 +52,7 @@ class QueryMetrics {
   telemetry::MetricsRegistry::Registration collector_;
   telemetry::MetricsRegistry::Registration pools_;
   telemetry::MetricsRegistry::Registration members_;
+  telemetry::MetricsRegistry::Registration holds_;
   telemetry::MetricsRegistry::Registration cache_;
   telemetry::MetricsRegistry::Registration invalidation_;
   telemetry::MetricsRegistry::Registration statements_;
