@@ -531,8 +531,11 @@ def switchover_report(args):
            "(synchronous_mode, TTL 5 s).",
            "- held calls and mean held time: the query_server's "
            "`poolside_query_failover_held_total` and `_held_seconds_total` over the round "
-           "(exact); held p50/p99/max: the slowest N calls' latencies as the client saw them, "
-           "N = held calls (an estimate: the service exports held time only as a sum).",
+           "(exact); held p50/p99/max: from the service's histogram "
+           "`poolside_query_failover_held_duration_seconds` over the round (p50/p99 "
+           "interpolated within a bucket; max an upper bound: the highest bucket's upper "
+           "bound or the slowest call's latency, the lower), or, marked "
+           "(estimate), the slowest N calls' latencies as the client saw them, N = held calls.",
            "- write outage: from the event (patronictl started, or the kill) to the first "
            "write acknowledged by the new leader."]
     if args.note:
@@ -540,11 +543,14 @@ def switchover_report(args):
     out += ["",
            "| mode | reads/s, writes/s | reads sent | reads failed | writes sent | writes failed "
            "(codes) | acked writes missing | new leader after ms | write outage ms | held "
-           "calls | held mean ms | held p50 / p99 / max ms (estimate) | write p99 / max ms | "
+           "calls | held mean ms | held p50 / p99 / max ms | write p99 / max ms | "
            "read p99 / max ms |",
            "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in rounds:
-        h, w, rd = r["held_estimate"], r["write_latency"], r["read_latency"]
+        # Rounds from before the service's histogram carry only the estimate.
+        h = r.get("held_time") or dict(r["held_estimate"], source="client_estimate")
+        w, rd = r["write_latency"], r["read_latency"]
+        held_note = " (estimate)" if h.get("source") != "histogram" else ""
         out.append(
             f"| {r['mode']} | {r['read_rate']:g}, {r['write_rate']:g} | {r['reads']['sent']:,} | "
             f"{failed(r['reads'])} | {r['writes']['sent']:,} | {failed(r['writes'])} "
@@ -552,7 +558,7 @@ def switchover_report(args):
             f"{ms(r['new_leader_after_ms'])} | {ms(r['write_outage_ms'])} | {r['held_calls']} "
             f"({r['held_timeouts']} timed out) | "
             f"{ms(r['held_mean_ms'])} | {ms(h['p50_ms'])} / {ms(h['p99_ms'])} / "
-            f"{ms(h['max_ms'])} | {ms(w['p99_ms'])} / {ms(w['max_ms'])} | "
+            f"{ms(h['max_ms'])}{held_note} | {ms(w['p99_ms'])} / {ms(w['max_ms'])} | "
             f"{ms(rd['p99_ms'])} / {ms(rd['max_ms'])} |")
     failures = [r for r in rounds if r.get("failures")]
     if failures:

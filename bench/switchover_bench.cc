@@ -12,8 +12,11 @@
 // by status code, acknowledged writes missing on the new leader, the write
 // outage, the calls the service held for a primary and their held time
 // (poolside_query_failover_held_{total,seconds_total}), and the held time's
-// distribution estimated from the client's latencies (bench/README.md,
-// Switchover). Not a test: nothing here is asserted, everything is reported.
+// p50/p99/max from the service's histogram
+// (poolside_query_failover_held_duration_seconds over the round), or, when
+// the service exports none, estimated from the client's latencies
+// (bench/README.md, Switchover). Not a test: nothing here is asserted,
+// everything is reported.
 //
 //   bazel build --jobs=2 //bench:switchover_bench
 //   bazel-bin/bench/switchover_bench --mode=both --rounds=1 --json_out=/tmp/s.jsonl
@@ -40,11 +43,15 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/telemetry/histogram.h"
 #include "grpcpp/client_context.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/query.grpc.pb.h"
@@ -71,6 +78,7 @@ using ::poolside::testing::ServiceProcess;
 constexpr absl::Duration kCallDeadline = absl::Seconds(60);
 constexpr absl::Duration kWait = absl::Seconds(60);  // for the cluster and the service
 constexpr char kDb[] = "app";
+constexpr char kHeldDuration[] = "poolside_query_failover_held_duration_seconds";
 
 struct Outcome {
   bool write = false;
@@ -241,6 +249,51 @@ struct Service {
     return testing::MetricValue(metrics_port, absl::StrCat(name, "{database=\"", kDb, "\"}"))
         .value_or(0);
   }
+
+  // kHeldDuration of kDb as exported now (bounds, cumulative counts, count,
+  // sum; no max: Prometheus histograms carry none). Nullopt when the scrape
+  // fails or the service exports no such histogram.
+  std::optional<telemetry::Histogram::Snapshot> HeldDurations() const {
+    absl::StatusOr<testing::HttpResponse> got =
+        testing::HttpGet("127.0.0.1", metrics_port, "/metrics");
+    if (!got.ok() || got->status != 200) return std::nullopt;
+    const std::string bucket = absl::StrCat(kHeldDuration, "_bucket{database=\"", kDb, "\",le=\"");
+    const std::string count = absl::StrCat(kHeldDuration, "_count{database=\"", kDb, "\"} ");
+    const std::string sum = absl::StrCat(kHeldDuration, "_sum{database=\"", kDb, "\"} ");
+    telemetry::Histogram::Snapshot h;
+    bool inf = false, counted = false;
+    for (absl::string_view line : absl::StrSplit(got->body, '\n')) {
+      double v;
+      if (absl::ConsumePrefix(&line, bucket)) {
+        const size_t end = line.find("\"} ");
+        if (end == absl::string_view::npos || !absl::SimpleAtod(line.substr(end + 3), &v)) {
+          return std::nullopt;
+        }
+        const absl::string_view le = line.substr(0, end);
+        double bound;
+        if (le == "+Inf") {
+          inf = true;
+        } else if (!absl::SimpleAtod(le, &bound)) {
+          return std::nullopt;
+        } else {
+          h.bounds.push_back(bound);
+        }
+        h.cumulative_counts.push_back(static_cast<uint64_t>(v));
+      } else if (absl::ConsumePrefix(&line, count) && absl::SimpleAtod(line, &v)) {
+        h.count = static_cast<uint64_t>(v);
+        counted = true;
+      } else if (absl::ConsumePrefix(&line, sum) && absl::SimpleAtod(line, &v)) {
+        h.sum = v;
+      }
+    }
+    // As exported: ascending bounds, the +Inf bucket last and equal to count.
+    if (!inf || !counted || h.cumulative_counts.size() != h.bounds.size() + 1 ||
+        h.cumulative_counts.back() != h.count ||
+        !std::is_sorted(h.bounds.begin(), h.bounds.end())) {
+      return std::nullopt;
+    }
+    return h;
+  }
 };
 
 // On the leader: log (the INSERTs) and kv (the reads: row 1 is 42).
@@ -255,12 +308,55 @@ absl::Status CreateSchema(PatroniCluster& c, int leader) {
 
 double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
 
-// {p50, p99, max} in ms of `v` (sorted here), or nulls.
-std::string Quantiles(std::vector<absl::Duration> v) {
-  if (v.empty()) return R"({"n": 0, "p50_ms": null, "p99_ms": null, "max_ms": null})";
+// The holds of the round: `after` less `before` (all of `after` when the
+// scrape before failed), with max the upper bound of the highest bucket used
+// (the export has no max), which bounds Percentile() as Prometheus'
+// histogram_quantile() is bounded. Nullopt when the two disagree (bounds
+// changed, counts went down: not one service's histogram).
+std::optional<telemetry::Histogram::Snapshot> RoundHolds(
+    const std::optional<telemetry::Histogram::Snapshot>& before,
+    const telemetry::Histogram::Snapshot& after) {
+  telemetry::Histogram::Snapshot d = after;
+  if (before.has_value()) {
+    if (before->bounds != after.bounds || before->count > after.count) return std::nullopt;
+    for (size_t i = 0; i < d.cumulative_counts.size(); ++i) {
+      if (before->cumulative_counts[i] > d.cumulative_counts[i]) return std::nullopt;
+      d.cumulative_counts[i] -= before->cumulative_counts[i];
+    }
+    d.count -= before->count;
+    d.sum -= before->sum;
+  }
+  d.max = 0;
+  uint64_t below = 0;
+  for (size_t i = 0; i < d.bounds.size(); ++i) {
+    if (d.cumulative_counts[i] > below) d.max = d.bounds[i];
+    below = d.cumulative_counts[i];
+  }
+  if (d.count > below && !d.bounds.empty()) d.max = d.bounds.back();  // past the last bound
+  return d;
+}
+
+// {"source": "histogram", n, p50, p99 (interpolated within a bucket, below
+// h.max), max (h.max: an upper bound)} in ms.
+std::string HistogramQuantiles(const telemetry::Histogram::Snapshot& h) {
+  if (h.count == 0) {
+    return R"({"source": "histogram", "n": 0, "p50_ms": null, "p99_ms": null, "max_ms": null})";
+  }
+  return absl::StrCat(R"({"source": "histogram", "n": )", h.count, R"(, "p50_ms": )",
+                      1000 * h.Percentile(0.5), R"(, "p99_ms": )", 1000 * h.Percentile(0.99),
+                      R"(, "max_ms": )", 1000 * h.max, "}");
+}
+
+// {n, p50, p99, max} in ms of `v` (sorted here), or nulls; with `source`
+// first when given.
+std::string Quantiles(std::vector<absl::Duration> v, absl::string_view source = "") {
+  const std::string head = source.empty() ? "{" : absl::StrCat(R"({"source": ")", source, R"(", )");
+  if (v.empty()) {
+    return absl::StrCat(head, R"("n": 0, "p50_ms": null, "p99_ms": null, "max_ms": null})");
+  }
   std::sort(v.begin(), v.end());
   auto at = [&](double q) { return Ms(v[static_cast<size_t>(q * (v.size() - 1) + 0.5)]); };
-  return absl::StrCat(R"({"n": )", v.size(), R"(, "p50_ms": )", at(0.5), R"(, "p99_ms": )",
+  return absl::StrCat(head, R"("n": )", v.size(), R"(, "p50_ms": )", at(0.5), R"(, "p99_ms": )",
                       at(0.99), R"(, "max_ms": )", Ms(v.back()), "}");
 }
 
@@ -360,6 +456,7 @@ absl::StatusOr<std::string> Round(const std::string& mode, int round) {
   const double held0 = service.Metric("poolside_query_failover_held_total");
   const double held_s0 = service.Metric("poolside_query_failover_held_seconds_total");
   const double timeouts0 = service.Metric("poolside_query_failover_held_timeouts_total");
+  const std::optional<telemetry::Histogram::Snapshot> durations0 = service.HeldDurations();
   const int candidate = (*leader + 1) % c.member_count();
   const absl::Time event = absl::Now();
   std::string event_note;
@@ -421,12 +518,29 @@ absl::StatusOr<std::string> Round(const std::string& mode, int round) {
   const double held_s = service.Metric("poolside_query_failover_held_seconds_total") - held_s0;
   const int timeouts =
       static_cast<int>(service.Metric("poolside_query_failover_held_timeouts_total") - timeouts0);
-  // Held calls wait at least as long as any call that was not held takes to
-  // run (up to the new primary's name), so the slowest `held` calls stand
-  // for them.
-  std::sort(latencies.begin(), latencies.end(), std::greater<>());
-  std::vector<absl::Duration> slowest(latencies.begin(),
-                                      latencies.begin() + std::min<size_t>(held, latencies.size()));
+  // Each hold's time as the service measured it; else an estimate: held
+  // calls wait at least as long as any call that was not held takes to run
+  // (up to the new primary's name), so the slowest `held` calls stand for
+  // them.
+  std::string held_time;
+  const std::optional<telemetry::Histogram::Snapshot> durations = service.HeldDurations();
+  std::optional<telemetry::Histogram::Snapshot> round_holds =
+      durations.has_value() ? RoundHolds(durations0, *durations) : std::nullopt;
+  if (round_holds.has_value()) {
+    // A held call's hold is part of its latency: the slowest call bounds the
+    // longest hold too, often more tightly than its bucket.
+    absl::Duration slowest_call = absl::ZeroDuration();
+    for (const Outcome& o : all) slowest_call = std::max(slowest_call, o.latency);
+    if (round_holds->count > 0) {
+      round_holds->max = std::min(round_holds->max, absl::ToDoubleSeconds(slowest_call));
+    }
+    held_time = HistogramQuantiles(*round_holds);
+  } else {
+    std::sort(latencies.begin(), latencies.end(), std::greater<>());
+    std::vector<absl::Duration> slowest(
+        latencies.begin(), latencies.begin() + std::min<size_t>(held, latencies.size()));
+    held_time = Quantiles(slowest, "client_estimate");
+  }
   absl::StatusOr<std::string> missing = MissingOn(c, next, all);
 
   return absl::StrCat(
@@ -441,9 +555,8 @@ absl::StatusOr<std::string> Round(const std::string& mode, int round) {
       R"(, "writes_not_committed": )", not_committed, R"(, "acked_writes_missing": )",
       missing.ok() ? *missing : "null", R"(, "held_calls": )", held, R"(, "held_seconds_total": )",
       held_s, R"(, "held_mean_ms": )", held > 0 ? absl::StrCat(1000 * held_s / held) : "null",
-      R"(, "held_timeouts": )", timeouts, R"(, "held_estimate": )", Quantiles(slowest),
-      R"(, "write_latency": )", Quantiles(write_latencies), R"(, "read_latency": )",
-      Quantiles(read_latencies), "}");
+      R"(, "held_timeouts": )", timeouts, R"(, "held_time": )", held_time, R"(, "write_latency": )",
+      Quantiles(write_latencies), R"(, "read_latency": )", Quantiles(read_latencies), "}");
 }
 
 }  // namespace

@@ -258,6 +258,11 @@ TEST(IngestTopologyTest, NoPrimaryAnswersUnavailableAfterTheBufferNothingWritten
   }
   EXPECT_GE(ingest.Held("held_timeouts_total").value_or(0), 1);
   EXPECT_EQ(ingest.Held("held_batches"), 0);
+  // No wait ended with a primary: the histogram holds the timeouts, each
+  // some time long, together as long as the total.
+  EXPECT_EQ(ingest.Held("held_duration_seconds_count"), ingest.Held("held_timeouts_total"));
+  EXPECT_GT(ingest.Held("held_duration_seconds_sum").value_or(0), 0);
+  EXPECT_EQ(ingest.Held("held_duration_seconds_sum"), ingest.Held("held_seconds_total"));
   EXPECT_EQ(ingest.Stats().rows_written(), 0u);
   EXPECT_EQ(Value(cluster.primary(), "SELECT count(*) FROM orphans"), "0");
   EXPECT_EQ(IngestBackends(cluster.replica(0)), "0");
@@ -266,6 +271,7 @@ TEST(IngestTopologyTest, NoPrimaryAnswersUnavailableAfterTheBufferNothingWritten
 
 TEST(IngestTopologyTest, PrimaryKilledAndReplicaPromotedUnderContinuousWrites) {
   ReplicatedCluster& cluster = Cluster();
+  const absl::Time start = absl::Now();
   const std::string old_primary = MemberId(cluster.primary());
   const std::string next_primary = MemberId(cluster.replica(1));
   const Ingest ingest =
@@ -354,6 +360,19 @@ TEST(IngestTopologyTest, PrimaryKilledAndReplicaPromotedUnderContinuousWrites) {
   EXPECT_GT(ingest.Held("held_total").value_or(0), 0);
   EXPECT_EQ(ingest.Held("held_timeouts_total"), 0);
   EXPECT_EQ(ingest.Held("held_batches"), 0);
+  // Each wait's time is in the histogram (a flush that waited again counts
+  // again): together as long as the total, none longer than this test.
+  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  const std::optional<double> waits = ingest.Held("held_duration_seconds_count");
+  EXPECT_GE(waits.value_or(0), ingest.Held("held_total").value_or(1));
+  EXPECT_EQ(ingest.Metric(absl::StrCat("poolside_ingest_failover_held_duration_seconds_bucket{"
+                                       "database=\"",
+                                       kDb, "\",le=\"+Inf\"}")),
+            waits);
+  const std::optional<double> sum = ingest.Held("held_duration_seconds_sum");
+  EXPECT_EQ(sum, ingest.Held("held_seconds_total"));
+  EXPECT_GT(sum.value_or(0), 0);
+  EXPECT_LE(sum.value_or(0), waits.value_or(0) * elapsed);
   EXPECT_FALSE(ingest.Writing(old_primary).has_value());
   EXPECT_EQ(ingest.Metric(absl::StrCat("poolside_ingest_member_role{database=\"", kDb,
                                        "\",member=\"", next_primary, "\",role=\"primary\"}")),

@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -231,6 +232,11 @@ class Env {
   // A series of /metrics, e.g. `poolside_query_member_banned{...}`.
   std::optional<double> Metric(absl::string_view series) const {
     return testing::MetricValue(metrics_port_, series);
+  }
+  // The status page ("/" on the metrics port); "" when it cannot be read.
+  std::string StatusPage() const {
+    absl::StatusOr<testing::HttpResponse> r = testing::HttpGet("127.0.0.1", metrics_port_, "/");
+    return r.ok() && r->status == 200 ? r->body : "";
   }
 };
 
@@ -494,6 +500,7 @@ TEST(ReplicaRoutingTest, KilledReplicaReadsMoveToTheOthers) {
 
 TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
   Env& env = Env::Get();
+  const absl::Time start = absl::Now();
   const std::string next_primary = env.replica_id(1);
   struct Outcome {
     int64_t id;
@@ -577,6 +584,31 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
   EXPECT_GT(env.Metric("poolside_query_failover_held_total{database=\"rr\"}").value_or(0), 0);
   EXPECT_EQ(env.Metric("poolside_query_failover_held_timeouts_total{database=\"rr\"}"), 0);
   EXPECT_EQ(env.Metric("poolside_query_failover_held_calls{database=\"rr\"}"), 0);
+  // Each hold's time is in the histogram: as many as were held, together as
+  // long as the total, none longer than this test.
+  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  const std::optional<double> held =
+      env.Metric("poolside_query_failover_held_total{database=\"rr\"}");
+  const std::optional<double> held_s =
+      env.Metric("poolside_query_failover_held_seconds_total{database=\"rr\"}");
+  const std::string duration = "poolside_query_failover_held_duration_seconds";
+  EXPECT_EQ(env.Metric(absl::StrCat(duration, "_count{database=\"rr\"}")), held);
+  EXPECT_EQ(env.Metric(absl::StrCat(duration, "_bucket{database=\"rr\",le=\"+Inf\"}")), held);
+  const std::optional<double> sum = env.Metric(absl::StrCat(duration, "_sum{database=\"rr\"}"));
+  EXPECT_EQ(sum, held_s);
+  EXPECT_GT(sum.value_or(0), 0);
+  EXPECT_LE(sum.value_or(0), held.value_or(0) * elapsed);
+  // The status page shows them: none held now, the count, and the p99.
+  const std::string page = env.StatusPage();
+  const size_t holds = page.find("<section id=\"failover-holds\">");
+  ASSERT_NE(holds, std::string::npos) << page;
+  const std::string row = page.substr(holds, page.find("</section>", holds) - holds);
+  EXPECT_TRUE(absl::StrContains(
+      row, absl::StrCat("<tr><td>rr</td><td>0</td><td>", static_cast<int64_t>(held.value_or(-1)),
+                        "</td><td>0</td>")))
+      << row;
+  EXPECT_TRUE(absl::StrContains(row, "<th>held p99</th>")) << row;
+  EXPECT_FALSE(absl::StrContains(row, "—")) << "a p50 or p99 is missing: " << row;
   EXPECT_EQ(env.Metric(absl::StrCat("poolside_query_member_role{database=\"rr\",member=\"",
                                     next_primary, "\",role=\"primary\"}")),
             1);

@@ -392,7 +392,8 @@ ManagedDatabase::HoldStats ManagedDatabase::hold_stats() const {
   s.timeouts = held_timeouts_.load(std::memory_order_relaxed);
   absl::MutexLock lock(&hold_mu_);
   s.now = held_.size();
-  s.seconds = held_seconds_;
+  s.durations = held_durations_.Take();
+  s.seconds = s.durations.sum;
   return s;
 }
 
@@ -422,7 +423,7 @@ void ManagedDatabase::HoldLoop() {
       if (ended || ready || now >= h.until) {
         outcome.push_back(ready);
         held_bytes_ -= h.bytes;
-        held_seconds_ += absl::ToDoubleSeconds(now - h.since);
+        held_durations_.Observe(now - h.since);
         release.push_back(std::move(h));
         held_[i] = std::move(held_.back());
         held_.pop_back();

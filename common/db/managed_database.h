@@ -63,6 +63,7 @@
 #include "common/db/topology.h"
 #include "common/db/topology_monitor.h"
 #include "common/pool/pool.h"
+#include "common/telemetry/histogram.h"
 #include "proto/poolside/v1/config.pb.h"
 
 namespace poolside::db {
@@ -100,7 +101,11 @@ class ManagedDatabase {
     uint64_t total = 0;     // callers held so far
     uint64_t timeouts = 0;  // holds that ended without a new primary
     size_t now = 0;         // held now
-    double seconds = 0;     // time held, summed
+    double seconds = 0;     // time held, summed (durations.sum)
+    // Each hold's time, from HoldForPrimary to its release: run, timed out or
+    // ended. A WaitForPrimary caller held again counts again (as in
+    // `timeouts`, not in `total`).
+    telemetry::Histogram::Snapshot durations;
   };
   // A pool and its name in statistics: "<database>[/<role>][@<member>]".
   struct NamedPool {
@@ -239,7 +244,9 @@ class ManagedDatabase {
   absl::CondVar hold_changed_;
   std::vector<Held> held_ ABSL_GUARDED_BY(hold_mu_);
   size_t held_bytes_ ABSL_GUARDED_BY(hold_mu_) = 0;
-  double held_seconds_ ABSL_GUARDED_BY(hold_mu_) = 0;
+  // Observed under hold_mu_, so that a HoldStats sees the holds ended and
+  // their time together.
+  telemetry::Histogram held_durations_;
   bool holds_ended_ ABSL_GUARDED_BY(hold_mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(hold_mu_) = false;
   absl::Time monitor_started_ ABSL_GUARDED_BY(hold_mu_) = absl::InfinitePast();

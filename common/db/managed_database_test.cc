@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "common/config/database_config.h"
 #include "common/db/catalog.h"
@@ -295,6 +296,64 @@ TEST_F(ManagedDatabaseTest, HoldEndsWhenANewPrimaryIsNamed) {
   EXPECT_EQ(s.now, 0u);
 }
 
+TEST_F(ManagedDatabaseTest, EachHoldsTimeIsRecordedUntilReleasedOrStopped) {
+  ManagedDatabase db(Config(true), {});
+  SetMembers(db);
+  RecordPrimary(db, "a");
+  const uint64_t seen = db.primary_generation();
+  RecordPrimary(db, "");  // lost
+  EXPECT_EQ(db.hold_stats().durations.count, 0u);
+  const absl::Time start = absl::Now();
+  constexpr int kReleased = 3;
+  absl::Mutex mu;
+  int known = 0, unknown = 0;
+  auto then = [&](bool k) {
+    absl::MutexLock lock(&mu);
+    ++(k ? known : unknown);
+  };
+  for (int i = 0; i < kReleased; ++i) {
+    ASSERT_TRUE(db.HoldForPrimary(seen, 10, absl::InfiniteFuture(), then).ok());
+  }
+  // Nothing is recorded while the calls are held.
+  ManagedDatabase::HoldStats s = db.hold_stats();
+  EXPECT_EQ(s.now, size_t{kReleased});
+  EXPECT_EQ(s.durations.count, 0u);
+  EXPECT_EQ(s.seconds, 0);
+  RecordPrimary(db, "b");  // a new generation: the three are released
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(
+                                        +[](int* n) { return *n >= kReleased; }, &known),
+                                    kWait));
+  }
+  // A call that saw the new primary's generation is held until Stop().
+  ASSERT_TRUE(db.HoldForPrimary(db.primary_generation(), 10, absl::InfiniteFuture(), then).ok());
+  db.Stop();
+  const absl::Duration elapsed = absl::Now() - start;
+  // Refused once stopped: not held, not recorded.
+  EXPECT_EQ(db.HoldForPrimary(0, 1, absl::InfiniteFuture(), then).code(),
+            absl::StatusCode::kUnavailable);
+
+  s = db.hold_stats();
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_EQ(known, kReleased);
+    EXPECT_EQ(unknown, 1);
+  }
+  EXPECT_EQ(s.total, uint64_t{kReleased + 1});
+  EXPECT_EQ(s.timeouts, 1u);
+  EXPECT_EQ(s.now, 0u);
+  EXPECT_EQ(s.durations.count, uint64_t{kReleased + 1});
+  ASSERT_EQ(s.durations.cumulative_counts.size(), s.durations.bounds.size() + 1);
+  EXPECT_EQ(s.durations.cumulative_counts.back(), s.durations.count);
+  EXPECT_GT(s.durations.sum, 0);
+  EXPECT_EQ(s.seconds, s.durations.sum);
+  EXPECT_GT(s.durations.max, 0);
+  EXPECT_LE(s.durations.max, absl::ToDoubleSeconds(elapsed));
+  EXPECT_LE(s.durations.sum, (kReleased + 1) * absl::ToDoubleSeconds(elapsed));
+  EXPECT_LE(s.durations.Percentile(0.99), s.durations.max);
+}
+
 TEST_F(ManagedDatabaseTest, HoldsAreBoundedInCountAndBytes) {
   v1::DatabaseConfig c = Config(true);
   c.mutable_topology()->set_failover_buffer_calls(2);
@@ -339,6 +398,7 @@ TEST_F(ManagedDatabaseTest, HoldEndsUnsuccessfullyWhenItsWindowCloses) {
   EXPECT_EQ(s.total, 1u);  // one caller
   EXPECT_EQ(s.timeouts, 2u);
   EXPECT_EQ(s.now, 0u);
+  EXPECT_EQ(s.durations.count, 2u);  // held twice
 }
 
 TEST_F(ManagedDatabaseTest, WaitingCallersEndOnANewPrimaryOrOnStop) {

@@ -1170,6 +1170,7 @@ std::vector<IngestEngine::TopologyStats> IngestEngine::GetTopologyStats() const 
     s.held_timeouts = held.timeouts;
     s.held_now = held.now;
     s.held_seconds = held.seconds;
+    s.held_durations = held.durations;
     {
       absl::MutexLock lock(&db->writing_mu);
       s.writing_member = db->writing_member;

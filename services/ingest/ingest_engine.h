@@ -102,6 +102,7 @@
 #include "common/db/managed_database.h"
 #include "common/db/topology.h"
 #include "common/pool/pool.h"
+#include "common/telemetry/histogram.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.pb.h"
 #include "services/ingest/batcher.h"
@@ -182,11 +183,13 @@ class IngestEngine {
     // The member the last committed flush wrote to ("" before the first).
     std::string writing_member;
     // Flushes and catalog reads held for a primary: so far, those that
-    // failed for want of one, held now, and the time they waited (summed).
+    // failed for want of one, held now, and the time they waited (summed,
+    // and each wait's in a histogram: one held again counts again).
     uint64_t held_total = 0;
     uint64_t held_timeouts = 0;
     uint64_t held_now = 0;
     double held_seconds = 0;
+    telemetry::Histogram::Snapshot held_durations;
   };
   // One per database with a topology, in name order.
   std::vector<TopologyStats> GetTopologyStats() const;

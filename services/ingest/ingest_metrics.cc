@@ -16,10 +16,12 @@ namespace {
 
 using telemetry::AddCounter;
 using telemetry::AddGauge;
+using telemetry::AddHistogram;
 using telemetry::AppendCounter;
 using telemetry::AppendGauge;
 using telemetry::CounterFamily;
 using telemetry::GaugeFamily;
+using telemetry::HistogramFamily;
 
 void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::MetricFamily>* out) {
   AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.", s.rows_written());
@@ -85,6 +87,10 @@ void CollectTopology(const std::vector<IngestEngine::TopologyStats>& topologies,
       "poolside_ingest_failover_held_batches", "Flushes and catalog reads held for a primary now.");
   prometheus::MetricFamily held_seconds = CounterFamily(
       "poolside_ingest_failover_held_seconds_total", "Time held flushes waited, summed.");
+  prometheus::MetricFamily held_duration = HistogramFamily(
+      "poolside_ingest_failover_held_duration_seconds",
+      "Each wait of a held flush or catalog read, from held to released: a new primary named, "
+      "failoverBufferMs over, or shutdown. One held again counts again.");
   for (const IngestEngine::TopologyStats& t : topologies) {
     for (const db::MemberStatus& m : t.members) {
       for (db::MemberRole r :
@@ -102,8 +108,10 @@ void CollectTopology(const std::vector<IngestEngine::TopologyStats>& topologies,
     AddCounter(&held_timeouts, db, double(t.held_timeouts));
     AddGauge(&held_now, db, double(t.held_now));
     AddCounter(&held_seconds, db, t.held_seconds);
+    AddHistogram(&held_duration, db, t.held_durations);
   }
-  for (auto* f : {&role, &writing, &held, &held_timeouts, &held_now, &held_seconds}) {
+  for (auto* f :
+       {&role, &writing, &held, &held_timeouts, &held_now, &held_seconds, &held_duration}) {
     out->push_back(std::move(*f));
   }
 }
@@ -111,16 +119,18 @@ void CollectTopology(const std::vector<IngestEngine::TopologyStats>& topologies,
 telemetry::StatusTable MembersTable(const std::vector<IngestEngine::TopologyStats>& topologies) {
   telemetry::StatusTable t;
   t.title = "Database members";
-  t.columns = {"database",   "member",   "role", "healthy",
-               "written to", "held now", "held", "held timeouts"};
+  t.columns = {"database", "member", "role",          "healthy", "written to",
+               "held now", "held",   "held timeouts", "held p99"};
   t.empty_text = "no database has a topology";
   for (const IngestEngine::TopologyStats& s : topologies) {
     for (const db::MemberStatus& m : s.members) {
-      t.rows.push_back({s.database, m.id, db::MemberRoleName(m.role), m.healthy ? "yes" : "no",
-                        m.id == s.writing_member ? "yes" : "",
-                        telemetry::FormatCount(double(s.held_now)),
-                        telemetry::FormatCount(double(s.held_total)),
-                        telemetry::FormatCount(double(s.held_timeouts))});
+      t.rows.push_back(
+          {s.database, m.id, db::MemberRoleName(m.role), m.healthy ? "yes" : "no",
+           m.id == s.writing_member ? "yes" : "", telemetry::FormatCount(double(s.held_now)),
+           telemetry::FormatCount(double(s.held_total)),
+           telemetry::FormatCount(double(s.held_timeouts)),
+           s.held_durations.count > 0 ? telemetry::FormatSeconds(s.held_durations.Percentile(0.99))
+                                      : "—"});
     }
   }
   return t;

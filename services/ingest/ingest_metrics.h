@@ -20,9 +20,10 @@
 //   poolside_ingest_writing_member{database,member}     1: the last flush's
 //   poolside_ingest_failover_held_total, ..._held_timeouts_total,
 //   ..._held_seconds_total, poolside_ingest_failover_held_batches{database}
+//   poolside_ingest_failover_held_duration_seconds{database}   histogram
 // The status page shows the ingest rate: rows/s over the last minute of page
 // views and scrapes (or since start when there was none before), the pools,
-// and the members of databases with a topology.
+// and the members of databases with a topology (with the p99 of held time).
 //
 //   IngestMetrics ingest_metrics(&engine, &metrics);
 //

@@ -112,19 +112,25 @@ void CollectMembers(QueryEngine* engine, Families* out) {
       GaugeFamily("poolside_query_failover_held_calls", "Calls held for a primary now.");
   prometheus::MetricFamily held_seconds = CounterFamily(
       "poolside_query_failover_held_seconds_total", "Time held calls waited, summed.");
+  prometheus::MetricFamily held_duration = HistogramFamily(
+      "poolside_query_failover_held_duration_seconds",
+      "Each hold's time, from the call held to its release: routed to the new primary, failed "
+      "for want of one, or ended by shutdown. A call held again counts again.");
   for (const auto& [name, replicas] : engine->replicas()) {
     const telemetry::MetricLabels db = {{"database", name}};
-    AddCounter(&held, db, double(replicas->held_total()));
-    AddCounter(&held_timeouts, db, double(replicas->held_timeouts()));
-    AddGauge(&held_now, db, double(replicas->held_now()));
-    AddCounter(&held_seconds, db, replicas->held_seconds());
+    const db::ManagedDatabase::HoldStats hold = replicas->hold_stats();
+    AddCounter(&held, db, double(hold.total));
+    AddCounter(&held_timeouts, db, double(hold.timeouts));
+    AddGauge(&held_now, db, double(hold.now));
+    AddCounter(&held_seconds, db, hold.seconds);
+    AddHistogram(&held_duration, db, hold.durations);
     const uint64_t reached = replicas->token_waits_reached();
     AddCounter(&waits, {{"database", name}, {"result", "reached"}}, double(reached));
     AddCounter(&waits, {{"database", name}, {"result", "timeout"}},
                double(replicas->token_waits() - std::min(reached, replicas->token_waits())));
   }
   for (auto* f : {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans,
-                  &waits, &held, &held_timeouts, &held_now, &held_seconds}) {
+                  &waits, &held, &held_timeouts, &held_now, &held_seconds, &held_duration}) {
     out->push_back(std::move(*f));
   }
 }
@@ -146,6 +152,28 @@ telemetry::StatusTable MembersTable(QueryEngine* engine) {
                       absl::StrCat(m.outstanding()),
                       telemetry::FormatCount(double(m.routed_total())),
                       absl::StrCat(m.bans_total()), m.error()});
+  }
+  return t;
+}
+
+// Each database with a topology: calls held for a primary (failover
+// buffering) and how long they were held.
+telemetry::StatusTable HoldsTable(QueryEngine* engine) {
+  telemetry::StatusTable t;
+  t.title = "Failover holds";
+  t.empty_text = "no database has a topology";
+  t.columns = {"database", "held now", "held", "timed out", "held time", "held p50", "held p99"};
+  std::vector<std::string> names;
+  for (const auto& [name, replicas] : engine->replicas()) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  for (const std::string& name : names) {
+    const db::ManagedDatabase::HoldStats h = engine->replicas().at(name)->hold_stats();
+    const bool any = h.durations.count > 0;
+    t.rows.push_back({name, absl::StrCat(h.now), telemetry::FormatCount(double(h.total)),
+                      telemetry::FormatCount(double(h.timeouts)),
+                      telemetry::FormatSeconds(h.seconds),
+                      any ? telemetry::FormatSeconds(h.durations.Percentile(0.5)) : "—",
+                      any ? telemetry::FormatSeconds(h.durations.Percentile(0.99)) : "—"});
   }
   return t;
 }
@@ -532,6 +560,7 @@ QueryMetrics::QueryMetrics(QueryEngine* engine, telemetry::MetricsRegistry* regi
   });
   pools_ = registry->AddStatusSection([engine] { return PoolsTable(engine); });
   members_ = registry->AddStatusSection([engine] { return MembersTable(engine); });
+  holds_ = registry->AddStatusSection([engine] { return HoldsTable(engine); });
   cache_ = registry->AddStatusSection([engine] { return CacheTable(engine); });
   invalidation_ = registry->AddStatusSection([engine] { return InvalidationTable(engine); });
   statements_ = registry->AddStatusSection([engine] { return SlowestTable(engine); });

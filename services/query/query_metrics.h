@@ -29,6 +29,7 @@
 //   poolside_query_replica_token_waits_total{database,result=reached|timeout}
 //   poolside_query_failover_{held,held_timeouts,held_seconds}_total{database},
 //   poolside_query_failover_held_calls{database}
+//   poolside_query_failover_held_duration_seconds{database}          histogram
 // Also applies server.telemetry.log.slow_statement_ms to the statement stats.
 //
 //   QueryMetrics query_metrics(&engine, &metrics, config.server().telemetry());
@@ -51,6 +52,7 @@ class QueryMetrics {
   telemetry::MetricsRegistry::Registration collector_;
   telemetry::MetricsRegistry::Registration pools_;
   telemetry::MetricsRegistry::Registration members_;
+  telemetry::MetricsRegistry::Registration holds_;
   telemetry::MetricsRegistry::Registration cache_;
   telemetry::MetricsRegistry::Registration invalidation_;
   telemetry::MetricsRegistry::Registration statements_;

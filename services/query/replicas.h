@@ -109,11 +109,11 @@ class Replicas {
     return database_->HoldForPrimary(generation, bytes, deadline, std::move(then));
   }
   // Calls held so far, those that timed out, held now, and the time held
-  // calls waited (seconds, summed).
+  // calls waited (summed, and each hold's in a histogram), as of one moment.
+  db::ManagedDatabase::HoldStats hold_stats() const { return database_->hold_stats(); }
   uint64_t held_total() const { return database_->hold_stats().total; }
   uint64_t held_timeouts() const { return database_->hold_stats().timeouts; }
   size_t held_now() const { return database_->hold_stats().now; }
-  double held_seconds() const { return database_->hold_stats().seconds; }
 
   // Reads that waited for a replica, and of them those that got one.
   uint64_t token_waits() const { return token_waits_.load(std::memory_order_relaxed); }
