@@ -14,12 +14,17 @@ async function run(addr, database = 'demo', token = undefined) {
   const rename = (owner) => db.execute('UPDATE accounts SET owner = $1 WHERE id = $2', [owner, 8]);
   try {
     // Start from a known state: this write invalidates every cached read of
-    // accounts before it is answered (read-your-writes).
-    await rename('owner-8');
-    const first = await db.execute(SQL, [8], { cache }); // MISS: from PostgreSQL, stored
+    // accounts before it is answered (read-your-writes). Its commitLsn as the
+    // next read's minLsn: that read is served (and stored) only once this
+    // replica's invalidation stream has applied the write too, so the
+    // stream's own invalidation of it cannot drop the stored result later.
+    let w = await rename('owner-8');
+    // MISS: from PostgreSQL, stored.
+    const first = await db.execute(SQL, [8], { cache, minLsn: w.commitLsn });
     const second = await db.execute(SQL, [8], { cache }); // HIT: from the sidecar
-    await rename('renamed-8');
-    const third = await db.execute(SQL, [8], { cache }); // MISS again, with the new owner
+    w = await rename('renamed-8');
+    // MISS again, with the new owner.
+    const third = await db.execute(SQL, [8], { cache, minLsn: w.commitLsn });
     await rename('owner-8');
     return [first, second, third].map((r) => [r.cache, r.rows[0][0]]);
   } finally {

@@ -161,13 +161,19 @@ class BaseClient {
   close() { this.stub.close(); }
 }
 
-function resultFrom(result, cache = 'BYPASS') {
+// commitLsn: a write's commit position (a decimal string; '0' when unknown):
+// pass it as options.minLsn to a later read that must see the write, through
+// the cache too. lsn: the position whose committed changes the result
+// reflects ('0': unknown).
+function resultFrom(result, cache = 'BYPASS', commitLsn = '0', lsn = '0') {
   return {
     columns: result.columns.map((c) => c.name),
     rows: fromRows(result.rows),
     rowsAffected: Number(result.rowsAffected),
     commandTag: result.commandTag,
     cache,
+    commitLsn: String(commitLsn ?? '0'),
+    lsn: String(lsn ?? '0'),
   };
 }
 
@@ -189,9 +195,10 @@ class QueryClient extends BaseClient {
     this.database = options.database || '';
   }
 
-  request(sql, params = [], { maxRows = 0, chunkRows = 0, cache, namedQuery = '' } = {}) {
+  request(sql, params = [], { maxRows = 0, chunkRows = 0, cache, namedQuery = '', minLsn = '0' } = {}) {
     const request = {
       database: this.database, sql, params: params.map(toValue), maxRows, chunkRows, namedQuery,
+      minLsn: String(minLsn),
     };
     if (cache) {
       request.cache = {
@@ -205,13 +212,14 @@ class QueryClient extends BaseClient {
   }
 
   /**
-   * One statement; resolves to { columns, rows, rowsAffected, commandTag, cache }.
-   * options.cache = { ttlMs, staleWhileRevalidateMs, tags, bypass } serves reads
-   * from the cache sidecar; `cache` in the result is HIT, MISS, STALE or BYPASS.
+   * One statement; resolves to { columns, rows, rowsAffected, commandTag, cache,
+   * commitLsn, lsn }. options.cache = { ttlMs, staleWhileRevalidateMs, tags, bypass }
+   * serves reads from the cache sidecar; `cache` in the result is HIT, MISS, STALE
+   * or BYPASS. options.minLsn = a write's commitLsn: the read sees that write.
    */
   async execute(sql, params = [], options = {}) {
     const response = await this.unary('Execute', this.request(sql, params, options), options.timeoutMs);
-    return resultFrom(response.result, response.cache);
+    return resultFrom(response.result, response.cache, response.commitLsn, response.lsn);
   }
 
   /**
@@ -222,7 +230,7 @@ class QueryClient extends BaseClient {
   async executeNamed(name, params = [], options = {}) {
     const request = this.request('', params, { ...options, namedQuery: name });
     const response = await this.unary('Execute', request, options.timeoutMs);
-    return resultFrom(response.result, response.cache);
+    return resultFrom(response.result, response.cache, response.commitLsn, response.lsn);
   }
 
   /** One statement, its rows as an async iterator (for large results). */

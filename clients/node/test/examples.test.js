@@ -56,6 +56,27 @@ test('cached read example', async () => {
   }
 });
 
+test('a write commitLsn as a read minLsn: the read reflects the write', async () => {
+  const db = new poolside.QueryClient(QUERY, { database: DATABASE, token: TOKEN, timeoutMs: 5000 });
+  try {
+    const w = await db.execute('UPDATE accounts SET owner = owner WHERE id = $1', [9]);
+    assert.equal(w.rowsAffected, 1);
+    assert.match(w.commitLsn, /^[1-9][0-9]*$/);
+    const r = await db.execute('SELECT owner FROM accounts WHERE id = $1', [9],
+      { cache: { ttlMs: 60000 }, minLsn: w.commitLsn });
+    assert.equal(r.rows[0][0], 'owner-9');
+    assert.ok(BigInt(r.lsn) >= BigInt(w.commitLsn), `lsn ${r.lsn} < commitLsn ${w.commitLsn}`);
+    // A token past anything committed waits its bound and then reads the
+    // database, never a cached result it cannot vouch for.
+    const ahead = (BigInt(w.commitLsn) + 1000000000n).toString();
+    const late = await db.execute('SELECT owner FROM accounts WHERE id = $1', [9],
+      { cache: { ttlMs: 60000 }, minLsn: ahead });
+    assert.notEqual(late.cache, 'HIT');
+  } finally {
+    db.close();
+  }
+});
+
 test('ingest example', async () => {
   const out = await require('../examples/ingest').run(INGEST, QUERY, DATABASE, TOKEN, 6001);
   assert.equal(out.written, 2);
