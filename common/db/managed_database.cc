@@ -393,7 +393,6 @@ ManagedDatabase::HoldStats ManagedDatabase::hold_stats() const {
   absl::MutexLock lock(&hold_mu_);
   s.now = held_.size();
   s.durations = held_durations_.Take();
-  s.seconds = s.durations.sum;
   return s;
 }
 

@@ -101,7 +101,6 @@ class ManagedDatabase {
     uint64_t total = 0;     // callers held so far
     uint64_t timeouts = 0;  // holds that ended without a new primary
     size_t now = 0;         // held now
-    double seconds = 0;     // time held, summed (durations.sum)
     // Each hold's time, from HoldForPrimary to its release: run, timed out or
     // ended. A WaitForPrimary caller held again counts again (as in
     // `timeouts`, not in `total`).

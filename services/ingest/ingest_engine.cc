@@ -1169,7 +1169,6 @@ std::vector<IngestEngine::TopologyStats> IngestEngine::GetTopologyStats() const 
     s.held_total = held.total;
     s.held_timeouts = held.timeouts;
     s.held_now = held.now;
-    s.held_seconds = held.seconds;
     s.held_durations = held.durations;
     {
       absl::MutexLock lock(&db->writing_mu);

@@ -188,7 +188,6 @@ class IngestEngine {
     uint64_t held_total = 0;
     uint64_t held_timeouts = 0;
     uint64_t held_now = 0;
-    double held_seconds = 0;
     telemetry::Histogram::Snapshot held_durations;
   };
   // One per database with a topology, in name order.

@@ -107,7 +107,7 @@ void CollectTopology(const std::vector<IngestEngine::TopologyStats>& topologies,
     AddCounter(&held, db, double(t.held_total));
     AddCounter(&held_timeouts, db, double(t.held_timeouts));
     AddGauge(&held_now, db, double(t.held_now));
-    AddCounter(&held_seconds, db, t.held_seconds);
+    AddCounter(&held_seconds, db, t.held_durations.sum);
     AddHistogram(&held_duration, db, t.held_durations);
   }
   for (auto* f :

@@ -423,7 +423,6 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
 
 void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   std::vector<db::Statement*> again;
-  std::vector<Work*> again_work;
   absl::Time deadline = absl::InfinitePast();
   const std::string* holder = nullptr;
   for (auto& w : batch) {
@@ -436,18 +435,14 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
     if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
     if (s.sink != nullptr && !s.sink->Rewind()) continue;
     again.push_back(&s);
-    again_work.push_back(w.get());
     deadline = std::max(deadline, w->deadline);
     if (holder == nullptr) holder = &w->holder;
   }
   if (again.empty()) return;
   // The first failure stands if no connection can be had now.
   absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(deadline, *holder);
-  if (!lease.ok()) {
-    // What never reached the lost connection's server still never ran.
-    for (Work* w : again_work) w->not_run_ = w->statement.reach == db::Reach::kNotRun;
-    return;
-  }
+  // None: each keeps its first outcome (RunBatch marks what never ran).
+  if (!lease.ok()) return;
   retries_.fetch_add(again.size(), std::memory_order_relaxed);
   pipelines_.fetch_add(1, std::memory_order_relaxed);
   pipelined_statements_.fetch_add(again.size(), std::memory_order_relaxed);

@@ -122,7 +122,7 @@ void CollectMembers(QueryEngine* engine, Families* out) {
     AddCounter(&held, db, double(hold.total));
     AddCounter(&held_timeouts, db, double(hold.timeouts));
     AddGauge(&held_now, db, double(hold.now));
-    AddCounter(&held_seconds, db, hold.seconds);
+    AddCounter(&held_seconds, db, hold.durations.sum);
     AddHistogram(&held_duration, db, hold.durations);
     const uint64_t reached = replicas->token_waits_reached();
     AddCounter(&waits, {{"database", name}, {"result", "reached"}}, double(reached));
@@ -171,7 +171,7 @@ telemetry::StatusTable HoldsTable(QueryEngine* engine) {
     const bool any = h.durations.count > 0;
     t.rows.push_back({name, absl::StrCat(h.now), telemetry::FormatCount(double(h.total)),
                       telemetry::FormatCount(double(h.timeouts)),
-                      telemetry::FormatSeconds(h.seconds),
+                      telemetry::FormatSeconds(h.durations.sum),
                       any ? telemetry::FormatSeconds(h.durations.Percentile(0.5)) : "—",
                       any ? telemetry::FormatSeconds(h.durations.Percentile(0.99)) : "—"});
   }
