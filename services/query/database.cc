@@ -29,7 +29,7 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
   span.End(end);
 }
 
-// Keeps the one int8 kCommitLsnSql returns.
+// Keeps what kCommitLsnSql returns: the position (an int8) and the snapshot.
 class LsnSink : public db::ResultSink {
  public:
   absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
@@ -40,14 +40,16 @@ class LsnSink : public db::ResultSink {
     return &row_;
   }
   absl::Status RowDone(size_t) override {
-    if (row_.values_size() == 1 && row_.values(0).has_int64_value()) {
+    if (row_.values_size() == 2 && row_.values(0).has_int64_value()) {
       lsn = static_cast<uint64_t>(row_.values(0).int64_value());
+      snapshot = row_.values(1).text_value();
     }
     return absl::OkStatus();
   }
   void Finish(int64_t, absl::string_view) override {}
 
   uint64_t lsn = 0;
+  std::string snapshot;
 
  private:
   v1::Row row_;
@@ -55,7 +57,8 @@ class LsnSink : public db::ResultSink {
 
 }  // namespace
 
-absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline) {
+absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline,
+                                       std::string* snapshot) {
   LsnSink sink;
   db::Statement st;
   st.sql = kCommitLsnSql;
@@ -65,6 +68,7 @@ absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline
   if (absl::Status link = conn.RunIndependent({&ptr, 1}); !link.ok()) return link;
   if (!st.status.ok()) return st.status;
   if (sink.lsn == 0) return absl::InternalError("the server returned no WAL position");
+  if (snapshot != nullptr) *snapshot = std::move(sink.snapshot);
   return sink.lsn;
 }
 
@@ -404,7 +408,10 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
   if (want_lsn && link.ok() && lsn.status.ok() && lsn_sink.lsn != 0) {
     for (auto& w : batch) {
-      if (w->wants_commit_lsn && w->statement.status.ok()) w->commit_lsn = lsn_sink.lsn;
+      if (w->wants_commit_lsn && w->statement.status.ok()) {
+        w->commit_lsn = lsn_sink.lsn;
+        w->commit_snapshot = lsn_sink.snapshot;
+      }
     }
   }
   const bool lost = !link.ok() || (*lease)->broken();
