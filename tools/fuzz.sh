@@ -100,10 +100,11 @@ CXXFLAGS=(-std=c++17 -O1 -g -fno-omit-frame-pointer
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
   -Wno-deprecated-declarations -I"$ROOT" -I/usr/include/postgresql)
 
-# Code generated from a system .proto (4.5 MB for pg_query.proto) is compiled
-# without instrumentation and without optimization: it is protobuf's own
-# generated parsing, not ours to fuzz, and instrumented at -O1 it takes
-# minutes of CI time; uninstrumented objects link with instrumented ones.
+# Code protoc generates (4.5 MB for pg_query.proto; the tree's config.proto)
+# is compiled without instrumentation and without optimization: it is
+# protobuf's own generated parsing, not ours to fuzz, and instrumented at -O1
+# it takes minutes of CI time; uninstrumented objects link with instrumented
+# ones.
 GEN_CXXFLAGS=(-std=c++17 -O0 -g0 -Wno-deprecated-declarations -I"$ROOT")
 
 BUILD_FILES_KEY=$(find . -name BUILD.bazel -not -path './bazel-*' -not -path '*/node_modules/*' |
@@ -198,14 +199,13 @@ build() {
     for pkg in $(sed -e 's|^//||' -e 's|:.*||' <<<"$generated" | sort -u); do
       gen_includes+=(-I"$tmp/gen/$pkg")
     done
-    # Code generated from a system .proto is large (minutes to compile) and
-    # changes only with the package: its objects are kept by a hash of the
-    # code and the compiler, across builds of the target.
+    # Generated protobuf code (from a system package's .proto or one of the
+    # tree's) is compiled with GEN_CXXFLAGS, and its objects are kept by a
+    # hash of the code and the compiler, across builds and targets.
     local -A cached=()
-    for g in $gen_files; do
-      [[ $g == *.cc ]] || continue
-      cached["$tmp/gen/$g"]="$WORK/objs/$( { echo "$CXX ${GEN_CXXFLAGS[*]}"; "$CXX" --version;
-        cat "$gen_dir/$g" "$gen_dir/${g%.cc}.h"; } | sha256sum | cut -c1-16).o"
+    for g in "${gen_srcs[@]}"; do
+      cached["$g"]="$WORK/objs/$( { echo "$CXX ${GEN_CXXFLAGS[*]}"; "$CXX" --version;
+        cat "$g" "${g%.cc}.h"; } | sha256sum | cut -c1-16).o"
     done
     local objs=() pids=() n=0 src
     for src in "fuzz/${t}_fuzzer.cc" $srcs "${gen_srcs[@]}"; do

@@ -16,8 +16,10 @@ async function run(addr, database = 'demo', token = undefined) {
     // Start from a known state: this write invalidates every cached read of
     // accounts before it is answered (read-your-writes). Its commitLsn as the
     // next read's minLsn: that read is served (and stored) only once this
-    // replica's invalidation stream has applied the write too, so the
-    // stream's own invalidation of it cannot drop the stored result later.
+    // replica's invalidation stream has applied the write too. Without it the
+    // stream usually recognises the write as this replica's own and leaves
+    // the stored result, but not always (a table's first change in a stream
+    // carries its definition, which always invalidates: docs/cache.md).
     let w = await rename('owner-8');
     // MISS: from PostgreSQL, stored.
     const first = await db.execute(SQL, [8], { cache, minLsn: w.commitLsn });
