@@ -164,6 +164,28 @@ class PoolTest : public ::testing::Test {
     return (*lease)->id;
   }
 
+  // Runs Maintain() until it blocks in its first creation, and WarmUp()
+  // beside it; runs `before_open`, then lets the factory go on. Returns
+  // WarmUp()'s status once both are done (UNKNOWN if Maintain() never got to
+  // the factory, with a test failure).
+  absl::Status WarmUpBesideABlockedTopUp(ConnPool& pool,
+                                         const std::function<void()>& before_open = nullptr) {
+    block_factory_ = true;
+    std::thread maintainer([&] { pool.Maintain(); });
+    absl::Status warm_status = absl::UnknownError("not run");
+    if (WaitUntil([&] { return factory_calls_ == 1; })) {
+      std::thread warmer([&] { warm_status = pool.WarmUp(); });
+      if (before_open) before_open();
+      block_gate_.Open();
+      warmer.join();
+    } else {
+      ADD_FAILURE() << "Maintain() did not call the factory";
+      block_gate_.Open();
+    }
+    maintainer.join();
+    return warm_status;
+  }
+
   // Leases `n` objects, failing the test for each that cannot be had.
   std::vector<ConnPool::Lease> AcquireAll(ConnPool& pool, int n) {
     std::vector<ConnPool::Lease> leases;
@@ -743,51 +765,26 @@ TEST_F(PoolTest, WarmUpAndMaintainNeverGoAboveMaxSizeOrKeepSurplusIdle) {
 }
 
 TEST_F(PoolTest, WarmUpWaitsForTopUpsInFlightInsteadOfAddingASurplus) {
-  PoolOptions o;
-  o.min_idle = 2;
-  o.max_size = 4;
-  auto pool = MakePool(o);
-  block_factory_ = true;
-  // Maintain() reserves both top-ups and blocks in the first creation.
-  std::thread maintainer([&] { pool->Maintain(); });
-  ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
-  absl::Status warm_status = absl::UnknownError("not run");
-  std::thread warmer([&] { warm_status = pool->WarmUp(); });
-  // A WarmUp() that does not count the creations in flight calls the factory
-  // a second time here; give it the chance before opening the gate (with the
+  auto pool = MakePool(Sized(2, 4));
+  // Maintain() reserves both top-ups and blocks in the first creation. A
+  // WarmUp() that does not count the creations in flight calls the factory a
+  // second time meanwhile; give it the chance before the gate opens (with the
   // waiting WarmUp() the outcome below holds for every interleaving).
-  WaitUntilOrAfter([&] { return factory_calls_ >= 2; }, absl::Milliseconds(200));
-  block_gate_.Open();
-  maintainer.join();
-  warmer.join();
+  const absl::Status warm_status = WarmUpBesideABlockedTopUp(*pool, [&] {
+    WaitUntilOrAfter([&] { return factory_calls_ >= 2; }, absl::Milliseconds(200));
+  });
   ASSERT_TRUE(warm_status.ok()) << warm_status;
-  PoolStats s = pool->Stats();
   EXPECT_EQ(factory_calls_, 2);
-  EXPECT_EQ(s.created, 2u);
-  EXPECT_EQ(s.idle, 2u);
-  EXPECT_EQ(s.size, 2u);
+  ExpectCounts(pool->Stats(), {{"created", 2}, {"idle", 2}, {"size", 2}});
   EXPECT_EQ(alive_, 2);
 }
 
 TEST_F(PoolTest, WarmUpCreatesWhatAFailedTopUpDidNot) {
-  PoolOptions o;
-  o.min_idle = 1;
-  o.max_size = 2;
-  auto pool = MakePool(o);
-  block_factory_ = true;
+  auto pool = MakePool(Sized(1, 2));
   fail_remaining_ = 1;  // Maintain()'s creation fails
-  std::thread maintainer([&] { pool->Maintain(); });
-  ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
-  absl::Status warm_status = absl::UnknownError("not run");
-  std::thread warmer([&] { warm_status = pool->WarmUp(); });
-  block_gate_.Open();
-  maintainer.join();
-  warmer.join();
+  const absl::Status warm_status = WarmUpBesideABlockedTopUp(*pool);
   ASSERT_TRUE(warm_status.ok()) << warm_status;
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.create_failures, 1u);
-  EXPECT_EQ(s.idle, 1u);
-  EXPECT_EQ(s.size, 1u);
+  ExpectCounts(pool->Stats(), {{"create_failures", 1}, {"idle", 1}, {"size", 1}});
   EXPECT_EQ(alive_, 1);
 }
 
