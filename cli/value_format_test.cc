@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
@@ -26,38 +27,28 @@ TEST(ParseParamTest, ImplicitTypes) {
   EXPECT_EQ(Parse("+7").int64_value(), 7);
   EXPECT_EQ(Parse("9223372036854775807").int64_value(), std::numeric_limits<int64_t>::max());
   EXPECT_EQ(Parse("-9223372036854775808").int64_value(), std::numeric_limits<int64_t>::min());
-  EXPECT_EQ(Parse("hello").text_value(), "hello");
-  EXPECT_EQ(Parse("").text_value(), "");
-  EXPECT_EQ(Parse("NULL").text_value(), "NULL");  // only lowercase null is NULL
-  EXPECT_EQ(Parse("http://x").text_value(), "http://x");
-  EXPECT_EQ(Parse("12abc").text_value(), "12abc");
-  EXPECT_EQ(Parse("1.2.3").text_value(), "1.2.3");
-  EXPECT_EQ(Parse("-").text_value(), "-");
-  EXPECT_EQ(Parse(".").text_value(), ".");
-  EXPECT_EQ(Parse("e5").text_value(), "e5");
+  // Text, as given: neither null, a bool nor a number (only lowercase null is NULL).
+  for (const char* arg : {"hello", "", "NULL", "http://x", "12abc", "1.2.3", "-", ".", "e5"}) {
+    EXPECT_EQ(Parse(arg).text_value(), arg);
+  }
 }
 
 TEST(ParseParamTest, DecimalsStayExact) {
-  EXPECT_EQ(Parse("1.50").numeric_value(), "1.50");
-  EXPECT_EQ(Parse("-0.1").numeric_value(), "-0.1");
-  EXPECT_EQ(Parse(".5").numeric_value(), ".5");
-  EXPECT_EQ(Parse("5.").numeric_value(), "5.");
-  EXPECT_EQ(Parse("1e3").numeric_value(), "1e3");
-  EXPECT_EQ(Parse("2.5E-7").numeric_value(), "2.5E-7");
-  // Too large for int64: exact numeric rather than a rounded double.
-  EXPECT_EQ(Parse("123456789012345678901234567890").numeric_value(),
-            "123456789012345678901234567890");
+  // The last is too large for int64: exact numeric rather than a rounded double.
+  for (const char* arg :
+       {"1.50", "-0.1", ".5", "5.", "1e3", "2.5E-7", "123456789012345678901234567890"}) {
+    EXPECT_EQ(Parse(arg).numeric_value(), arg);
+  }
 }
 
 TEST(ParseParamTest, ExplicitPrefixes) {
   EXPECT_EQ(Parse("int:5").int64_value(), 5);
-  EXPECT_EQ(Parse("text:5").text_value(), "5");
-  EXPECT_EQ(Parse("text:").text_value(), "");
-  EXPECT_EQ(Parse("text:int:5").text_value(), "int:5");
-  EXPECT_EQ(Parse("text:null").text_value(), "null");
-  EXPECT_EQ(Parse("num:1.5").numeric_value(), "1.5");
-  EXPECT_EQ(Parse("num:7").numeric_value(), "7");
-  EXPECT_EQ(Parse("num:NaN").numeric_value(), "NaN");
+  for (std::string text : {"5", "", "int:5", "null"}) {
+    EXPECT_EQ(Parse(("text:" + text).c_str()).text_value(), text);
+  }
+  for (std::string numeric : {"1.5", "7", "NaN"}) {
+    EXPECT_EQ(Parse(("num:" + numeric).c_str()).numeric_value(), numeric);
+  }
   EXPECT_EQ(Parse("double:1.5").double_value(), 1.5);
   EXPECT_EQ(Parse("bool:true").bool_value(), true);
   EXPECT_EQ(Parse("bool:f").bool_value(), false);

@@ -130,6 +130,13 @@ struct StartOptions {
   std::string token;
 };
 
+// Options for a server that logs no line per call (Invalidate, Get...).
+StartOptions Quiet() {
+  StartOptions quiet;
+  quiet.log_level = "info";
+  return quiet;
+}
+
 absl::StatusOr<CacheServer> StartCacheServer(v1::CacheServiceConfig config,
                                              std::string socket_path = "",
                                              const StartOptions& start = {}) {
@@ -737,6 +744,18 @@ class WatchLog {
   }
   size_t Count() const { return Events().size(); }
 
+  // Whether, within 10 s, the watch has seen `count` events, the last one its
+  // end (kBroken).
+  ::testing::AssertionResult EndsAfter(size_t count) const {
+    if (!Eventually([&] { return Count() == count; }, absl::Seconds(10))) {
+      return ::testing::AssertionFailure() << Count() << " events, not " << count;
+    }
+    if (Events().back().kind != query::CacheInvalidationEvent::kBroken) {
+      return ::testing::AssertionFailure() << "event " << count << " is not the end";
+    }
+    return ::testing::AssertionSuccess();
+  }
+
  private:
   std::unique_ptr<query::SidecarClient> client_;
   mutable absl::Mutex mu_;
@@ -792,8 +811,7 @@ TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsT
   EXPECT_TRUE(events[4].flush_all);
   // Shutting down ends the watch.
   ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
-  ASSERT_TRUE(Eventually([&] { return watch.Count() == 6; }, absl::Seconds(10)));
-  EXPECT_EQ(watch.Events()[5].kind, query::CacheInvalidationEvent::kBroken);
+  EXPECT_TRUE(watch.EndsAfter(6));
 }
 
 // A sidecar that stops answering without closing its socket (here SIGSTOP)
@@ -934,8 +952,7 @@ TEST(CacheServiceWatchTest, WatchersThatGoAwayAreForgottenAndTheSidecarServesOn)
   EXPECT_EQ(watch.Events()[1].tags, (std::vector<std::string>{"after"}));
 
   ASSERT_NO_FATAL_FAILURE(ExpectCleanExit(*s));
-  ASSERT_TRUE(Eventually([&] { return watch.Count() == 3; }, absl::Seconds(10)));
-  EXPECT_EQ(watch.Events()[2].kind, query::CacheInvalidationEvent::kBroken);
+  EXPECT_TRUE(watch.EndsAfter(3));
 }
 
 // Many callers on both transports at once, all served by the sidecar's one
@@ -1618,11 +1635,9 @@ std::pair<int, grpc::Status> Drain(RawWatch& watch, int most) {
 // the generation records keep them all), and the watcher, once it reads,
 // learns that it fell behind and must flush and watch again.
 TEST(CacheServiceWatchTest, AWatcherThatNeverReadsCostsBoundedMemoryAndLearnsToResync) {
-  StartOptions quiet;
-  quiet.log_level = "info";  // no log line per Invalidate
   v1::CacheServiceConfig config = SmallConfig();
   config.set_max_key_bytes(1024);  // one 1 KiB tag per event
-  absl::StatusOr<CacheServer> s = StartCacheServer(config, "", quiet);
+  absl::StatusOr<CacheServer> s = StartCacheServer(config, "", Quiet());
   ASSERT_TRUE(s.ok()) << s.status();
   absl::StatusOr<std::unique_ptr<RawWatch>> stuck =
       OpenRawWatch(s->over_unix.get(), absl::Seconds(120));
@@ -1666,9 +1681,7 @@ TEST(CacheServiceWatchTest, AWatcherThatNeverReadsCostsBoundedMemoryAndLearnsToR
 
 // Few events, each large: the watch's queue is bounded by bytes too.
 TEST(CacheServiceWatchTest, AStuckWatchersQueueIsBoundedInBytes) {
-  StartOptions quiet;
-  quiet.log_level = "info";
-  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), "", quiet);
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), "", Quiet());
   ASSERT_TRUE(s.ok()) << s.status();
   absl::StatusOr<std::unique_ptr<RawWatch>> stuck =
       OpenRawWatch(s->over_unix.get(), absl::Seconds(120));
@@ -1704,9 +1717,7 @@ TEST(CacheServiceWatchTest, AStuckWatchersQueueIsBoundedInBytes) {
 // serving at kBroken and empties itself at kSubscribed, so an entry whose
 // invalidation was dropped is not served.
 TEST(CacheServiceWatchTest, TheQueryClientFlushesItsNearCacheWhenItsWatchFellBehind) {
-  StartOptions quiet;
-  quiet.log_level = "info";
-  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), "", quiet);
+  absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig(), "", Quiet());
   ASSERT_TRUE(s.ok()) << s.status();
   Client c{s->over_unix.get()};
   SimulatedClock clock;  // entries never expire by themselves here

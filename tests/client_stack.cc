@@ -81,14 +81,6 @@ struct Stack {
   std::unique_ptr<ServiceProcess> ingest;
 };
 
-// Every server listens on a free loopback port, plaintext (loopback only).
-void Loopback(v1::ServerConfig* server, const std::string& stem) {
-  server->set_listen("127.0.0.1:0");
-  server->set_port_file(stem + ".port");
-  server->set_drain_timeout_ms(5000);
-  server->mutable_tls()->set_plaintext(true);
-}
-
 v1::DatabaseConfig* AddDemoDatabase(const PostgresCluster& pg,
                                     google::protobuf::RepeatedPtrField<v1::DatabaseConfig>* dbs) {
   v1::DatabaseConfig* db = dbs->Add();
@@ -102,8 +94,7 @@ v1::DatabaseConfig* AddDemoDatabase(const PostgresCluster& pg,
 absl::StatusOr<std::unique_ptr<ServiceProcess>> StartQuery(const PostgresCluster& pg,
                                                            const std::string& socket) {
   v1::QueryServiceConfig config;
-  const std::string stem = NewStem("query_server");
-  Loopback(config.mutable_server(), stem);
+  config.mutable_server()->set_drain_timeout_ms(5000);
   AddDemoDatabase(pg, config.mutable_databases());
   config.set_default_database(kDemoDatabase);
   v1::QueryCacheConfig* cache = config.mutable_cache();
@@ -114,29 +105,20 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> StartQuery(const PostgresCluster
   // many tests at once can take longer than the 100 ms default, and the
   // examples assert HIT/MISS, not latency.
   cache->mutable_wal()->set_token_wait_ms(2000);
-  v1::CachedTables* tables = cache->add_tables();
-  tables->set_database(kDemoDatabase);
-  tables->add_tables("accounts");
+  AddTables(cache, kDemoDatabase, {"accounts"});
   AddPrincipals(config.mutable_auth(), /*ingest=*/false);
-  v1::NamedQuery* named = config.add_named_queries();
-  named->set_name("account_owner");
-  named->set_sql("SELECT owner, balance FROM accounts WHERE id = $1");
-  v1::NamedQueryParam* id = named->add_params();
-  id->set_name("id");
-  id->set_type("int64");
-  return StartConfigured("services/query/query_server", config, stem + ".port", stem);
+  AddNamedQuery(&config, "account_owner", "SELECT owner, balance FROM accounts WHERE id = $1",
+                {{"id", "int64"}});
+  return StartOnLoopback("services/query/query_server", config);
 }
 
 absl::StatusOr<std::unique_ptr<ServiceProcess>> StartIngest(const PostgresCluster& pg) {
   v1::IngestServiceConfig config;
-  const std::string stem = NewStem("ingest_server");
-  Loopback(config.mutable_server(), stem);
+  config.mutable_server()->set_drain_timeout_ms(5000);
   AddDemoDatabase(pg, config.mutable_databases());
-  v1::IngestTables* tables = config.add_tables();
-  tables->set_database(kDemoDatabase);
-  tables->add_tables("events");
+  AddTables(&config, kDemoDatabase, {"events"});
   AddPrincipals(config.mutable_auth(), /*ingest=*/true);
-  return StartConfigured("services/ingest/ingest_server", config, stem + ".port", stem);
+  return StartOnLoopback("services/ingest/ingest_server", config);
 }
 
 // Cached reads of a database are BYPASS until the replica's LISTEN connection

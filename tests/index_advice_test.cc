@@ -70,8 +70,7 @@ class IndexAdviceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    absl::Status setup = pg.Exec(kDb, kSetup);
+    absl::Status setup = pg.CreateDatabase(kDb, kSetup);
     ASSERT_TRUE(setup.ok()) << setup;
   }
 
@@ -82,9 +81,7 @@ class IndexAdviceTest : public ::testing::Test {
     ASSERT_TRUE(reset.ok()) << reset;
 
     v1::QueryServiceConfig c;
-    v1::DatabaseConfig* db = c.add_databases();
-    db->set_name(kDb);
-    db->set_dsn(pg.Dsn(kDb));
+    v1::DatabaseConfig* db = AddDatabase(&c, kDb, pg.Dsn(kDb));
     db->mutable_pool()->set_max_size(4);
     v1::DatabaseRole* role = db->add_roles();
     role->set_name("advisor");
@@ -136,6 +133,15 @@ class IndexAdviceTest : public ::testing::Test {
     v1::GetIndexAdviceRequest req;
     req.set_database(kDb);
     return stub_->GetIndexAdvice(Context(token).get(), req, resp);
+  }
+
+  // CreateIndex of `index` in the test's database, as `token`.
+  grpc::Status CreateIndex(const char* token, const v1::IndexDefinition& index) {
+    v1::CreateIndexRequest create;
+    create.set_database(kDb);
+    *create.mutable_index() = index;
+    v1::CreateIndexResponse created;
+    return stub_->CreateIndex(Context(token).get(), create, &created);
   }
 
   static const v1::IndexSuggestion* Find(const v1::GetIndexAdviceResponse& advice,
@@ -250,11 +256,7 @@ TEST_F(IndexAdviceTest, AdviceNamesTheFilteredColumnAndApplyMakesThePlannerUseIt
   EXPECT_NE(Find(again, "odd \"q\" t"), nullptr) << again.DebugString();
 
   // Creating it again is refused and changes nothing.
-  v1::CreateIndexRequest create;
-  create.set_database(kDb);
-  *create.mutable_index() = orders->index();
-  v1::CreateIndexResponse created;
-  s = stub_->CreateIndex(Context(kAdminToken).get(), create, &created);
+  s = CreateIndex(kAdminToken, orders->index());
   EXPECT_EQ(s.error_code(), grpc::StatusCode::ALREADY_EXISTS) << s.error_message();
   EXPECT_EQ(Value("SELECT count(*) FROM pg_index WHERE indrelid = 'orders'::regclass"), "2");
 }
@@ -264,13 +266,10 @@ TEST_F(IndexAdviceTest, OnlyAnAdminGetsAdviceOrCreatesIndexes) {
   for (const char* token : {kAppToken, kReaderToken}) {
     v1::GetIndexAdviceResponse advice;
     EXPECT_EQ(Advice(token, &advice).error_code(), grpc::StatusCode::PERMISSION_DENIED);
-    v1::CreateIndexRequest create;
-    create.set_database(kDb);
-    create.mutable_index()->set_table("orders");
-    create.mutable_index()->add_columns("customer");
-    v1::CreateIndexResponse created;
-    EXPECT_EQ(stub_->CreateIndex(Context(token).get(), create, &created).error_code(),
-              grpc::StatusCode::PERMISSION_DENIED);
+    v1::IndexDefinition customer;
+    customer.set_table("orders");
+    customer.add_columns("customer");
+    EXPECT_EQ(CreateIndex(token, customer).error_code(), grpc::StatusCode::PERMISSION_DENIED);
   }
   v1::GetIndexAdviceResponse advice;
   EXPECT_EQ(Advice("tok-unknown", &advice).error_code(), grpc::StatusCode::UNAUTHENTICATED);
@@ -283,13 +282,10 @@ TEST_F(IndexAdviceTest, OnlyAnAdminGetsAdviceOrCreatesIndexes) {
   EXPECT_EQ(Value("SELECT count(*) FROM pg_index WHERE indrelid = 'orders'::regclass"), "1");
 
   // A bad index definition from an admin: refused before anything runs.
-  v1::CreateIndexRequest bad;
-  bad.set_database(kDb);
-  bad.mutable_index()->set_table("orders");
-  bad.mutable_index()->add_columns("customer\"); DROP TABLE orders; --");
-  v1::CreateIndexResponse created;
-  EXPECT_EQ(stub_->CreateIndex(Context(kAdminToken).get(), bad, &created).error_code(),
-            grpc::StatusCode::NOT_FOUND);
+  v1::IndexDefinition bad;
+  bad.set_table("orders");
+  bad.add_columns("customer\"); DROP TABLE orders; --");
+  EXPECT_EQ(CreateIndex(kAdminToken, bad).error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(Value("SELECT count(*) FROM orders"), "20000");
 }
 

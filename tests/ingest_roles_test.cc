@@ -143,19 +143,15 @@ void AddPrincipal(v1::IngestServiceConfig* c, const Principal& p, const char* ro
 // ingest_only_a) and ingest_a_and_b, and the four principals.
 v1::IngestServiceConfig Config() {
   v1::IngestServiceConfig c;
-  v1::DatabaseConfig* db = c.add_databases();
-  db->set_name("app");
-  db->set_dsn(testing::DsnAs(SharedPostgres(), kDb, testing::kAppOwner));
+  v1::DatabaseConfig* db =
+      AddDatabase(&c, "app", testing::DsnAs(SharedPostgres(), kDb, testing::kAppOwner));
   db->set_allow_privileged_role(false);  // said explicitly: the launcher defaults it to true
   v1::DatabaseRole* a = db->add_roles();
   a->set_name("a");
   a->set_user(kOnlyA);
   db->add_roles()->set_name(kAAndB);
   db->add_roles()->set_name(testing::kAppRead);
-  v1::IngestTables* t = c.add_tables();
-  t->set_database("app");
-  t->add_tables("ta");
-  t->add_tables("tb");
+  AddTables(&c, "app", {"ta", "tb"});
   // Long enough that concurrent requests would share batches.
   c.mutable_batch()->set_linger_ms(50);
   c.mutable_batch()->set_copy_connections(2);

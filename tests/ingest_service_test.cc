@@ -31,6 +31,7 @@
 #include "absl/time/time.h"
 #include "common/auth/token_hash.h"
 #include "common/server/channel.h"
+#include "gmock/gmock.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
@@ -48,9 +49,12 @@
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::testing {
 namespace {
+
+using ::testing::HasSubstr;
 
 constexpr char kDb[] = "ingest_it";
 
@@ -65,9 +69,7 @@ struct IngestServer {
 
 v1::IngestServiceConfig Config(std::vector<std::string> tables) {
   v1::IngestServiceConfig c;
-  auto* db = c.add_databases();
-  db->set_name("app");
-  db->set_dsn(SharedPostgres().Dsn(kDb));
+  AddDatabase(&c, "app", SharedPostgres().Dsn(kDb));
   auto* t = c.add_tables();
   t->set_database("app");
   for (auto& name : tables) t->add_tables(name);
@@ -176,6 +178,29 @@ struct ChannelRun {
 
 // Streams `messages` through one Channel call. `on_ack` runs on the reading
 // thread after each acknowledgement; `sent` counts messages handed to gRPC.
+// `streams` producers at once, stream s on a thread of its own running
+// produce(s); Join() waits for them all and returns their runs, by stream.
+class Producers {
+ public:
+  Producers(int streams, const std::function<ChannelRun(int)>& produce) : runs_(streams) {
+    for (int s = 0; s < streams; ++s) {
+      threads_.emplace_back([this, produce, s] { runs_[s] = produce(s); });
+    }
+  }
+  ~Producers() { Join(); }
+
+  const std::vector<ChannelRun>& Join() {
+    for (std::thread& t : threads_) {
+      if (t.joinable()) t.join();
+    }
+    return runs_;
+  }
+
+ private:
+  std::vector<ChannelRun> runs_;
+  std::vector<std::thread> threads_;
+};
+
 ChannelRun RunChannel(v1::IngestService::Stub* stub,
                       const std::vector<v1::ChannelRequest>& messages,
                       std::function<void()> on_ack = nullptr, std::atomic<size_t>* sent = nullptr) {
@@ -352,16 +377,8 @@ std::shared_ptr<const std::string> MalformedBytes(const google::protobuf::Messag
 
 v1::WriteRequest IdRows(const std::string& table, int64_t first, int n,
                         const std::string& key = "") {
-  v1::WriteRequest w;
-  w.set_table(table);
-  w.add_columns("id");
-  w.add_columns("device");
+  v1::WriteRequest w = IdRowsWrite("", table, first, n, "device", Text("d"));
   w.set_idempotency_key(key);
-  for (int i = 0; i < n; ++i) {
-    v1::Row* r = w.add_rows();
-    r->add_values()->set_int64_value(first + i);
-    r->add_values()->set_text_value("d");
-  }
   return w;
 }
 
@@ -380,16 +397,11 @@ TEST(IngestServiceTest, MillionRowsFromEightStreamsLandExactlyOnce) {
   auto server = StartIngestServer(Config({"million"}));
   ASSERT_TRUE(server.ok()) << server.status();
   constexpr int kStreams = 8, kMessages = 125, kRows = 1000;
-  std::vector<std::thread> producers;
-  std::vector<ChannelRun> runs(kStreams);
   const absl::Time start = absl::Now();
-  for (int s = 0; s < kStreams; ++s) {
-    producers.emplace_back([&, s] {
-      runs[s] =
-          RunChannel(server->stub.get(), ProducerMessages("million", "m", s, kMessages, kRows));
-    });
-  }
-  for (auto& t : producers) t.join();
+  Producers producers(kStreams, [&](int s) {
+    return RunChannel(server->stub.get(), ProducerMessages("million", "m", s, kMessages, kRows));
+  });
+  const std::vector<ChannelRun>& runs = producers.Join();
   const absl::Duration took = absl::Now() - start;
   uint64_t acked_rows = 0;
   for (const ChannelRun& r : runs) {
@@ -579,10 +591,10 @@ TEST(IngestServiceTest, IdempotencyKeyNamesOneRequestOfOnePrincipal) {
   // nothing written.
   grpc::Status s = UnaryWrite(*server, IdRows("keyed", 100, 5, key), &resp, "token-of-alice");
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
-  EXPECT_NE(s.error_message().find(key), std::string::npos) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr(key));
   s = UnaryWrite(*server, IdRows("keyed_other", 1, 5, key), &resp, "token-of-alice");
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
-  EXPECT_NE(s.error_message().find("table keyed"), std::string::npos) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("table keyed"));
   // The same rows again: the first answer, nothing written twice.
   resp.Clear();
   ASSERT_TRUE(UnaryWrite(*server, IdRows("keyed", 1, 5, key), &resp, "token-of-alice").ok());
@@ -632,12 +644,7 @@ TEST(IngestServiceTest, AllBadBatchOfTenThousandRowsReportsEveryRow) {
   const absl::Duration took = absl::Now() - start;
   ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
   EXPECT_EQ(resp.rows_written(), 0u);
-  ASSERT_EQ(resp.rejected_size(), kRows);
-  for (int i = 0; i < kRows; ++i) {
-    ASSERT_EQ(resp.rejected(i).row_index(), static_cast<uint32_t>(i));
-    ASSERT_EQ(resp.rejected(i).sqlstate(), "23505");
-    ASSERT_NE(resp.rejected(i).reason().find("duplicate key"), std::string::npos);
-  }
+  ASSERT_TRUE(RejectedAsDuplicates(resp, kRows));
   EXPECT_EQ(Query("SELECT count(*) FROM all_bad WHERE device <> 'old'"), "0");
   v1::GetIngestStatsResponse stats = Stats(*server);
   EXPECT_EQ(stats.rows_rejected(), static_cast<uint64_t>(kRows));
@@ -747,14 +754,9 @@ TEST(IngestServiceTest, MalformedMessageEndsTheStreamSayingWhich) {
   RawCallResult channel = RawCall(server->channel.get(), "Channel", wire);
   EXPECT_EQ(channel.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << channel.status.error_message();
-  EXPECT_NE(channel.status.error_message().find("message 2 of this stream (sequence 2)"),
-            std::string::npos)
-      << channel.status.error_message();
-  EXPECT_NE(channel.status.error_message().find("row 4"), std::string::npos)
-      << channel.status.error_message();
-  EXPECT_NE(channel.status.error_message().find("2 request(s) were acknowledged"),
-            std::string::npos)
-      << channel.status.error_message();
+  EXPECT_THAT(channel.status.error_message(), HasSubstr("message 2 of this stream (sequence 2)"));
+  EXPECT_THAT(channel.status.error_message(), HasSubstr("row 4"));
+  EXPECT_THAT(channel.status.error_message(), HasSubstr("2 request(s) were acknowledged"));
   std::set<uint64_t> acked;
   for (const std::string& bytes : channel.responses) {
     v1::ChannelResponse ack;
@@ -784,8 +786,7 @@ TEST(IngestServiceTest, MalformedMessageEndsTheStreamSayingWhich) {
     RawCallResult ws = RawCall(server->channel.get(), "WriteStream", wire);
     EXPECT_EQ(ws.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << ws.status.error_message();
-    EXPECT_NE(ws.status.error_message().find("request 2"), std::string::npos)
-        << ws.status.error_message();
+    EXPECT_THAT(ws.status.error_message(), HasSubstr("request 2"));
     EXPECT_NE(ws.status.error_message().find("2 request(s) were answered before it (20 rows"),
               std::string::npos)
         << ws.status.error_message();
@@ -811,7 +812,7 @@ TEST(IngestServiceTest, MalformedMessageEndsTheStreamSayingWhich) {
                  });
   done.WaitForNotification();
   EXPECT_EQ(unary.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << unary.error_message();
-  EXPECT_NE(unary.error_message().find("row 4"), std::string::npos) << unary.error_message();
+  EXPECT_THAT(unary.error_message(), HasSubstr("row 4"));
   EXPECT_EQ(Query("SELECT count(*) FROM malformed"), "60");
   // The server is fine afterwards.
   EXPECT_EQ(RunChannel(server->stub.get(), {message(500)}).ok.size(), 1u);
@@ -959,15 +960,10 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   // 4 producers, 100 MB of rows in all: 25x the bound.
   constexpr int kStreams = 4, kMessages = 100, kRows = 1000;
   std::atomic<size_t> sent{0};
-  std::vector<ChannelRun> runs(kStreams);
-  std::vector<std::thread> producers;
-  for (int s = 0; s < kStreams; ++s) {
-    producers.emplace_back([&, s] {
-      runs[s] =
-          RunChannel(server->stub.get(), ProducerMessages("locked", "l", s, kMessages, kRows, 220),
-                     nullptr, &sent);
-    });
-  }
+  Producers producers(kStreams, [&](int s) {
+    return RunChannel(server->stub.get(), ProducerMessages("locked", "l", s, kMessages, kRows, 220),
+                      nullptr, &sent);
+  });
   // Every stream ends up waiting for room: nothing can leave the buffer
   // while the table is locked, so each stream waits at most once.
   v1::GetIngestStatsResponse stats = StatsOnceStreamsWait(*server, kStreams);
@@ -989,8 +985,7 @@ TEST(IngestServiceTest, LockedTableHoldsProducersBackWithinTheBufferBound) {
   EXPECT_LT(rss_locked_kb - rss_before_kb, 48 * 1024);
 
   EXPECT_EQ(locker->Exec("ROLLBACK"), "");
-  for (auto& t : producers) t.join();
-  for (const ChannelRun& r : runs) {
+  for (const ChannelRun& r : producers.Join()) {
     EXPECT_TRUE(r.status.ok()) << r.status.error_message();
     EXPECT_EQ(r.ok.size(), static_cast<size_t>(kMessages));
   }
@@ -1134,17 +1129,13 @@ TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {
   ASSERT_TRUE(server.ok()) << server.status();
   constexpr int kStreams = 4, kMessages = 600, kRows = 100;
   std::atomic<int> acks{0};
-  std::vector<ChannelRun> runs(kStreams);
-  std::vector<std::thread> producers;
-  for (int s = 0; s < kStreams; ++s) {
-    producers.emplace_back([&, s] {
-      runs[s] =
-          RunChannel(server->stub.get(), ProducerMessages("termed", "t", s, kMessages, kRows), [&] {
-            if (acks.fetch_add(1) + 1 == 100) (void)server->process->Signal(SIGTERM);
-          });
-    });
-  }
-  for (auto& t : producers) t.join();
+  Producers producers(kStreams, [&](int s) {
+    return RunChannel(server->stub.get(), ProducerMessages("termed", "t", s, kMessages, kRows),
+                      [&] {
+                        if (acks.fetch_add(1) + 1 == 100) (void)server->process->Signal(SIGTERM);
+                      });
+  });
+  const std::vector<ChannelRun>& runs = producers.Join();
   absl::StatusOr<int> code = server->process->Wait(absl::Seconds(30));
   ASSERT_TRUE(code.ok()) << code.status();
   EXPECT_EQ(*code, 0) << server->process->LogTail();
@@ -1214,12 +1205,9 @@ TEST(IngestServiceTest, CliStreamsACsvAndResumesWithoutWritingTwice) {
   absl::StatusOr<testing::CommandResult> first = testing::RunCommand(cmd);
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(first->exit_code, 1) << first->output;  // some rows rejected
-  EXPECT_NE(first->output.find("2498 rows written, 2 rejected"), std::string::npos)
-      << first->output;
-  EXPECT_NE(first->output.find("line 8: null value in column \"device\""), std::string::npos)
-      << first->output;
-  EXPECT_NE(first->output.find("line 19: invalid input syntax"), std::string::npos)
-      << first->output;
+  EXPECT_THAT(first->output, HasSubstr("2498 rows written, 2 rejected"));
+  EXPECT_THAT(first->output, HasSubstr("line 8: null value in column \"device\""));
+  EXPECT_THAT(first->output, HasSubstr("line 19: invalid input syntax"));
   EXPECT_EQ(Query("SELECT count(*) FROM from_csv"), "2498");
   EXPECT_EQ(Query("SELECT payload FROM from_csv WHERE id = 7"), "say \"hi\"\nline two");
   EXPECT_EQ(Query("SELECT device FROM from_csv WHERE id = 7"), "dev, 7");
@@ -1236,7 +1224,7 @@ TEST(IngestServiceTest, CliStreamsACsvAndResumesWithoutWritingTwice) {
                                                 csv};
   absl::StatusOr<testing::CommandResult> again = testing::RunCommand(global_addr);
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_NE(again->output.find("9 chunk(s) already written"), std::string::npos) << again->output;
+  EXPECT_THAT(again->output, HasSubstr("9 chunk(s) already written"));
   EXPECT_EQ(Query("SELECT count(*) FROM from_csv"), "2498");
 }
 

@@ -40,6 +40,7 @@
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/refusing_port.h"
 #include "tests/fixtures/replicated_cluster.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::testing {
 namespace {
@@ -132,19 +133,14 @@ struct Ingest {
 Ingest StartIngest(const std::string& dsn, const std::vector<std::string>& members,
                    uint32_t failover_buffer_ms) {
   v1::IngestServiceConfig config;
-  v1::DatabaseConfig* db = config.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(dsn);
+  v1::DatabaseConfig* db = AddDatabase(&config, kDb, dsn);
   db->mutable_pool()->set_startup_retry_ms(1000);
   v1::TopologyConfig* t = db->mutable_topology();
   for (const std::string& m : members) t->add_replicas(m);
   t->set_probe_interval_ms(50);
   t->set_probe_timeout_ms(500);
   t->set_failover_buffer_ms(failover_buffer_ms);
-  v1::IngestTables* tables = config.add_tables();
-  tables->set_database(kDb);
-  tables->add_tables("events");
-  tables->add_tables("orphans");
+  AddTables(&config, kDb, {"events", "orphans"});
   config.mutable_batch()->set_linger_ms(5);
   config.mutable_batch()->set_copy_connections(2);
   Ingest ingest;
@@ -161,16 +157,8 @@ Ingest StartIngest(const std::string& dsn, const std::vector<std::string>& membe
 // Rows first..first+n-1 of `table` from `writer`, under `key` ("" for none).
 absl::StatusOr<v1::WriteResponse> Write(const Ingest& ingest, const std::string& table,
                                         int64_t first, int n, int writer, const std::string& key) {
-  v1::WriteRequest w;
-  w.set_table(table);
-  w.add_columns("id");
-  w.add_columns("writer");
+  v1::WriteRequest w = IdRowsWrite("", table, first, n, "writer", Int(writer));
   w.set_idempotency_key(key);
-  for (int i = 0; i < n; ++i) {
-    v1::Row* r = w.add_rows();
-    r->add_values()->set_int64_value(first + i);
-    r->add_values()->set_int64_value(writer);
-  }
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
   v1::WriteResponse response;

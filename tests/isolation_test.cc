@@ -100,9 +100,8 @@ void AddPrincipal(v1::QueryServiceConfig* c, const Principal& p, std::vector<std
 // The database (owned by app_owner) and its two roles, one connection each.
 v1::QueryServiceConfig BaseConfig() {
   v1::QueryServiceConfig c;
-  v1::DatabaseConfig* db = c.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(testing::DsnAs(SharedPostgres(), kDb, testing::kAppOwner));
+  v1::DatabaseConfig* db =
+      AddDatabase(&c, kDb, testing::DsnAs(SharedPostgres(), kDb, testing::kAppOwner));
   db->mutable_pool()->set_max_size(1);
   db->mutable_pool()->set_min_idle(0);
   // Said explicitly: test fixtures may default it to true.
@@ -124,18 +123,8 @@ v1::QueryServiceConfig SharedConfig() {
   return c;
 }
 
-std::string LoopbackStem(v1::QueryServiceConfig* c) {
-  const std::string stem = testing::NewStem("query_server");
-  c->mutable_server()->set_listen("127.0.0.1:0");
-  c->mutable_server()->set_port_file(stem + ".port");
-  if (c->server().drain_timeout_ms() == 0) c->mutable_server()->set_drain_timeout_ms(2000);
-  c->mutable_server()->mutable_tls()->set_plaintext(true);
-  return stem;
-}
-
 absl::StatusOr<std::unique_ptr<ServiceProcess>> StartQuery(v1::QueryServiceConfig c) {
-  const std::string stem = LoopbackStem(&c);
-  return testing::StartConfigured("services/query/query_server", c, stem + ".port", stem);
+  return testing::StartOnLoopback("services/query/query_server", std::move(c));
 }
 
 // ---------------------------------------------------------------------------
@@ -144,16 +133,10 @@ absl::StatusOr<std::unique_ptr<ServiceProcess>> StartQuery(v1::QueryServiceConfi
 enum class Rpc { kExecute, kStream, kTransaction };
 constexpr Rpc kAllRpcs[] = {Rpc::kExecute, Rpc::kStream, Rpc::kTransaction};
 
+// The RPCs' names, in the enum's order.
 const char* RpcName(Rpc rpc) {
-  switch (rpc) {
-    case Rpc::kExecute:
-      return "Execute";
-    case Rpc::kStream:
-      return "ExecuteStream";
-    case Rpc::kTransaction:
-      return "ExecuteTransaction";
-  }
-  return "?";
+  static constexpr const char* kNames[] = {"Execute", "ExecuteStream", "ExecuteTransaction"};
+  return kNames[static_cast<int>(rpc)];
 }
 
 std::string CodeName(Code code) {
@@ -843,102 +826,95 @@ std::vector<Construct> HostileStatements() {
     c.before = std::move(before);
     out.push_back(std::move(c));
   };
-  auto refused = [&](std::string text, std::vector<std::string> names) {
-    add(std::move(text), RefusedNaming(names), RefusedNaming(names));
+  // Each of `texts` is refused with a message naming one of `names`.
+  auto refused = [&](std::vector<std::string> names, std::vector<std::string> texts) {
+    for (std::string& text : texts) {
+      add(std::move(text), RefusedNaming(names), RefusedNaming(names));
+    }
   };
   const Outcome ok = Runs({Code::OK}, {Code::OK});
 
   // Transaction control.
-  refused("BEGIN", {"BEGIN"});
-  refused("BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE", {"BEGIN"});
-  refused("START TRANSACTION READ WRITE", {"START", "BEGIN"});
-  refused("COMMIT", {"COMMIT"});
-  refused("COMMIT AND CHAIN", {"COMMIT"});
-  refused("END", {"END", "COMMIT"});
-  refused("ROLLBACK", {"ROLLBACK"});
-  refused("ABORT", {"ABORT", "ROLLBACK"});
-  refused("SAVEPOINT s1", {"SAVEPOINT"});
-  refused("RELEASE SAVEPOINT s1", {"RELEASE"});
-  refused("ROLLBACK TO SAVEPOINT s1", {"ROLLBACK"});
-  refused("PREPARE TRANSACTION 'iso_px'", {"PREPARE TRANSACTION"});
-  refused("COMMIT PREPARED 'iso_px'", {"COMMIT PREPARED"});
-  refused("ROLLBACK PREPARED 'iso_px'", {"ROLLBACK PREPARED"});
-  refused("SET TRANSACTION READ WRITE", {"SET TRANSACTION"});
-  refused("SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED", {"SET TRANSACTION"});
-  refused("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", {"SESSION CHARACTERISTICS"});
-  refused("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", {"SESSION CHARACTERISTICS"});
+  refused({"BEGIN"}, {"BEGIN", "BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE"});
+  refused({"START", "BEGIN"}, {"START TRANSACTION READ WRITE"});
+  refused({"COMMIT"}, {"COMMIT", "COMMIT AND CHAIN"});
+  refused({"END", "COMMIT"}, {"END"});
+  refused({"ROLLBACK"}, {"ROLLBACK"});
+  refused({"ABORT", "ROLLBACK"}, {"ABORT"});
+  refused({"SAVEPOINT"}, {"SAVEPOINT s1"});
+  refused({"RELEASE"}, {"RELEASE SAVEPOINT s1"});
+  refused({"ROLLBACK"}, {"ROLLBACK TO SAVEPOINT s1"});
+  refused({"PREPARE TRANSACTION"}, {"PREPARE TRANSACTION 'iso_px'"});
+  refused({"COMMIT PREPARED"}, {"COMMIT PREPARED 'iso_px'"});
+  refused({"ROLLBACK PREPARED"}, {"ROLLBACK PREPARED 'iso_px'"});
+  refused({"SET TRANSACTION"},
+          {"SET TRANSACTION READ WRITE", "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED"});
+  refused({"SESSION CHARACTERISTICS"}, {"SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+                                        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"});
 
   // Session state.
-  refused("SET search_path = shadow, public", {"SET"});
-  refused("SET SESSION search_path TO shadow", {"SET"});
-  refused("SET statement_timeout = 1", {"SET"});
-  refused("SET iso.flag = 'intruder'", {"SET"});
-  refused("SET LOCAL search_path = pg_temp, public", {"pg_temp"});
-  refused("SET LOCAL search_path TO public, pg_temp", {"pg_temp"});
-  refused("RESET ALL", {"RESET"});
-  refused("RESET search_path", {"RESET"});
-  refused("SET ROLE app_write", {"SET ROLE", "SET"});
-  refused("SET ROLE NONE", {"SET ROLE", "SET"});
-  refused("SET SESSION AUTHORIZATION app_owner", {"SESSION AUTHORIZATION"});
-  refused("RESET SESSION AUTHORIZATION", {"SESSION AUTHORIZATION", "RESET"});
-  refused("DISCARD ALL", {"DISCARD"});
-  refused("DISCARD PLANS", {"DISCARD"});
-  refused("DISCARD TEMP", {"DISCARD"});
-  refused("LISTEN poolside_invalidate", {"LISTEN"});
-  refused("UNLISTEN *", {"UNLISTEN"});
-  refused("NOTIFY poolside_invalidate, 'accounts'", {"NOTIFY"});
-  refused("PREPARE iso_p AS SELECT 1", {"PREPARE"});
-  refused("PREPARE poolside_1 AS UPDATE accounts SET balance = 0", {"PREPARE"});
-  refused("EXECUTE poolside_1", {"EXECUTE"});
-  refused("DEALLOCATE poolside_1", {"DEALLOCATE"});
-  refused("DEALLOCATE ALL", {"DEALLOCATE"});
-  refused("DECLARE iso_c CURSOR WITH HOLD FOR SELECT id FROM accounts", {"HOLD", "DECLARE"});
-  refused("LOAD 'auto_explain'", {"LOAD"});
-  refused("UPDATE pg_settings SET setting = 'shadow' WHERE name = 'search_path'", {"pg_settings"});
-  refused("CREATE TEMP TABLE iso_t (x int)", {"temporary", "TEMP"});
-  refused("CREATE TEMPORARY TABLE iso_t (x int) ON COMMIT DELETE ROWS", {"temporary", "TEMP"});
-  refused("CREATE TEMP TABLE iso_t (x int) ON COMMIT PRESERVE ROWS", {"temporary", "TEMP"});
-  refused("CREATE TABLE pg_temp.iso_t (x int)", {"temporary", "TEMP", "pg_temp"});
-  refused("CREATE TEMP VIEW iso_v AS SELECT 1 AS x", {"temporary", "TEMP"});
-  refused("CREATE TEMP SEQUENCE iso_s", {"temporary", "TEMP"});
-  refused("SELECT 1 AS x INTO TEMP iso_t", {"temporary", "TEMP"});
-  refused("SELECT 1 AS x INTO TEMPORARY TABLE iso_t", {"temporary", "TEMP"});
-  refused("CREATE TEMP TABLE iso_t AS SELECT 1 AS x", {"temporary", "TEMP"});
-  refused("EXPLAIN ANALYZE CREATE TEMP TABLE iso_t AS SELECT 1 AS x", {"temporary", "TEMP"});
+  refused({"SET"}, {"SET search_path = shadow, public", "SET SESSION search_path TO shadow",
+                    "SET statement_timeout = 1", "SET iso.flag = 'intruder'"});
+  refused({"pg_temp"},
+          {"SET LOCAL search_path = pg_temp, public", "SET LOCAL search_path TO public, pg_temp"});
+  refused({"RESET"}, {"RESET ALL", "RESET search_path"});
+  refused({"SET ROLE", "SET"}, {"SET ROLE app_write", "SET ROLE NONE"});
+  refused({"SESSION AUTHORIZATION"}, {"SET SESSION AUTHORIZATION app_owner"});
+  refused({"SESSION AUTHORIZATION", "RESET"}, {"RESET SESSION AUTHORIZATION"});
+  refused({"DISCARD"}, {"DISCARD ALL", "DISCARD PLANS", "DISCARD TEMP"});
+  refused({"LISTEN"}, {"LISTEN poolside_invalidate"});
+  refused({"UNLISTEN"}, {"UNLISTEN *"});
+  refused({"NOTIFY"}, {"NOTIFY poolside_invalidate, 'accounts'"});
+  refused({"PREPARE"},
+          {"PREPARE iso_p AS SELECT 1", "PREPARE poolside_1 AS UPDATE accounts SET balance = 0"});
+  refused({"EXECUTE"}, {"EXECUTE poolside_1"});
+  refused({"DEALLOCATE"}, {"DEALLOCATE poolside_1", "DEALLOCATE ALL"});
+  refused({"HOLD", "DECLARE"}, {"DECLARE iso_c CURSOR WITH HOLD FOR SELECT id FROM accounts"});
+  refused({"LOAD"}, {"LOAD 'auto_explain'"});
+  refused({"pg_settings"},
+          {"UPDATE pg_settings SET setting = 'shadow' WHERE name = 'search_path'"});
+  refused({"temporary", "TEMP"}, {"CREATE TEMP TABLE iso_t (x int)",
+                                  "CREATE TEMPORARY TABLE iso_t (x int) ON COMMIT DELETE ROWS",
+                                  "CREATE TEMP TABLE iso_t (x int) ON COMMIT PRESERVE ROWS"});
+  refused({"temporary", "TEMP", "pg_temp"}, {"CREATE TABLE pg_temp.iso_t (x int)"});
+  refused({"temporary", "TEMP"},
+          {"CREATE TEMP VIEW iso_v AS SELECT 1 AS x", "CREATE TEMP SEQUENCE iso_s",
+           "SELECT 1 AS x INTO TEMP iso_t", "SELECT 1 AS x INTO TEMPORARY TABLE iso_t",
+           "CREATE TEMP TABLE iso_t AS SELECT 1 AS x",
+           "EXPLAIN ANALYZE CREATE TEMP TABLE iso_t AS SELECT 1 AS x"});
 
   // COPY (TO STDOUT and FROM STDIN: the drain test, with a server of its own).
-  refused(absl::StrCat("COPY (SELECT 1) TO PROGRAM 'touch ", TouchPath(), "'"), {"COPY"});
-  refused(absl::StrCat("COPY accounts TO '", CopyPath(), "'"), {"COPY"});
-  refused("COPY writes FROM PROGRAM 'echo 900002,x'", {"COPY"});
-  refused("COPY writes FROM '/etc/hostname'", {"COPY"});
+  refused({"COPY"},
+          {absl::StrCat("COPY (SELECT 1) TO PROGRAM 'touch ", TouchPath(), "'"),
+           absl::StrCat("COPY accounts TO '", CopyPath(), "'"),
+           "COPY writes FROM PROGRAM 'echo 900002,x'", "COPY writes FROM '/etc/hostname'"});
 
   // DO, CALL and definitions without the ddl grant.
-  refused("DO $$BEGIN PERFORM set_config('search_path', 'shadow', false); END$$", {"DO"});
-  refused("DO $$BEGIN EXECUTE 'DEALLOCATE ALL'; END$$", {"DO"});
-  refused("DO $$BEGIN PERFORM pg_advisory_lock(4711); END$$", {"DO"});
-  refused("DO $$BEGIN CREATE TEMP TABLE iso_t (x int); END$$", {"DO"});
-  refused("CALL leak_search_path()", {"CALL"});
-  refused("CALL public.add_write(900003)", {"CALL"});
-  refused("CREATE FUNCTION iso_f() RETURNS int LANGUAGE sql AS 'SELECT 1'", {"FUNCTION"});
-  refused("CREATE OR REPLACE FUNCTION one() RETURNS int LANGUAGE sql AS 'SELECT 2'", {"FUNCTION"});
-  refused("CREATE PROCEDURE iso_p() LANGUAGE sql AS 'SELECT 1'", {"PROCEDURE"});
-  refused("ALTER FUNCTION one() SECURITY DEFINER", {"FUNCTION"});
-  refused("CREATE TRIGGER iso_tr BEFORE INSERT ON writes FOR EACH ROW EXECUTE FUNCTION one()",
-          {"TRIGGER"});
-  refused("CREATE RULE iso_r AS ON INSERT TO writes DO INSTEAD NOTHING", {"RULE"});
-  refused("CREATE EVENT TRIGGER iso_et ON ddl_command_start EXECUTE FUNCTION one()",
-          {"EVENT TRIGGER", "TRIGGER"});
-  refused("ALTER ROLE app_read SET search_path = shadow", {"ALTER ROLE", "ROLE"});
-  refused("ALTER ROLE CURRENT_USER SET default_transaction_read_only = off",
-          {"ALTER ROLE", "ROLE"});
-  refused("ALTER DATABASE isolation SET search_path = shadow", {"ALTER DATABASE", "DATABASE"});
-  refused("ALTER SYSTEM SET work_mem = '1GB'", {"ALTER SYSTEM", "SYSTEM"});
+  refused({"DO"}, {"DO $$BEGIN PERFORM set_config('search_path', 'shadow', false); END$$",
+                   "DO $$BEGIN EXECUTE 'DEALLOCATE ALL'; END$$",
+                   "DO $$BEGIN PERFORM pg_advisory_lock(4711); END$$",
+                   "DO $$BEGIN CREATE TEMP TABLE iso_t (x int); END$$"});
+  refused({"CALL"}, {"CALL leak_search_path()", "CALL public.add_write(900003)"});
+  refused({"FUNCTION"},
+          {"CREATE FUNCTION iso_f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+           "CREATE OR REPLACE FUNCTION one() RETURNS int LANGUAGE sql AS 'SELECT 2'"});
+  refused({"PROCEDURE"}, {"CREATE PROCEDURE iso_p() LANGUAGE sql AS 'SELECT 1'"});
+  refused({"FUNCTION"}, {"ALTER FUNCTION one() SECURITY DEFINER"});
+  refused({"TRIGGER"},
+          {"CREATE TRIGGER iso_tr BEFORE INSERT ON writes FOR EACH ROW EXECUTE FUNCTION one()"});
+  refused({"RULE"}, {"CREATE RULE iso_r AS ON INSERT TO writes DO INSTEAD NOTHING"});
+  refused({"EVENT TRIGGER", "TRIGGER"},
+          {"CREATE EVENT TRIGGER iso_et ON ddl_command_start EXECUTE FUNCTION one()"});
+  refused({"ALTER ROLE", "ROLE"},
+          {"ALTER ROLE app_read SET search_path = shadow",
+           "ALTER ROLE CURRENT_USER SET default_transaction_read_only = off"});
+  refused({"ALTER DATABASE", "DATABASE"}, {"ALTER DATABASE isolation SET search_path = shadow"});
+  refused({"ALTER SYSTEM", "SYSTEM"}, {"ALTER SYSTEM SET work_mem = '1GB'"});
 
   // More than one statement in a text.
-  refused("SELECT 1; COMMIT", {"statements", "statement"});
-  refused("SELECT 1; SET search_path = shadow", {"statements", "statement"});
-  refused("COMMIT; UPDATE accounts SET balance = 0", {"statements", "statement"});
-  refused("SELECT 1;SELECT 2", {"statements", "statement"});
+  refused({"statements", "statement"},
+          {"SELECT 1; COMMIT", "SELECT 1; SET search_path = shadow",
+           "COMMIT; UPDATE accounts SET balance = 0", "SELECT 1;SELECT 2"});
 
   // Allowed only in ExecuteTransaction (a reader's transaction is read-only
   // and its role may not lock more than ACCESS SHARE).
@@ -1000,12 +976,15 @@ std::vector<Construct> HostileStatements() {
 // ---------------------------------------------------------------------------
 // One server for the cases that share a configuration.
 
-class IsolationTest : public ::testing::Test {
+// A suite whose tests share one query_server, of the configuration
+// `kConfig()`, and a client of it; the server must exit 0 when the suite ends.
+template <v1::QueryServiceConfig (*kConfig)()>
+class SharedServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     SetUpDatabase();
     if (::testing::Test::HasFatalFailure()) return;
-    absl::StatusOr<std::unique_ptr<ServiceProcess>> query = StartQuery(SharedConfig());
+    absl::StatusOr<std::unique_ptr<ServiceProcess>> query = StartQuery(kConfig());
     ASSERT_TRUE(query.ok()) << query.status();
     query_ = query->release();
     absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = testing::Connect(query_->address());
@@ -1025,15 +1004,16 @@ class IsolationTest : public ::testing::Test {
   }
   void SetUp() override { ASSERT_NE(client_, nullptr) << "the shared query_server did not start"; }
 
+  static inline ServiceProcess* query_ = nullptr;
+  static inline Client* client_ = nullptr;
+};
+
+class IsolationTest : public SharedServerTest<SharedConfig> {
+ protected:
   static ::testing::AssertionResult Clean() {
     return NothingLeftBehind(*client_, {&kReader, &kWriter});
   }
-
-  static ServiceProcess* query_;
-  static Client* client_;
 };
-ServiceProcess* IsolationTest::query_ = nullptr;
-Client* IsolationTest::client_ = nullptr;
 
 TEST_F(IsolationTest, TheProbeSeesAFreshServerAsClean) {
   // Both pools have served a call, so the probe below covers two backends.
@@ -1631,38 +1611,15 @@ TEST_F(IsolationTest, StatementStatisticsHoldNoLiterals) {
 // ---------------------------------------------------------------------------
 // The ddl grant, on a server of its own (the extra principal).
 
-class DdlGrantTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    SetUpDatabase();
-    if (::testing::Test::HasFatalFailure()) return;
-    v1::QueryServiceConfig c = BaseConfig();
-    AddPrincipal(&c, kReader, {"read", "sql"});
-    AddPrincipal(&c, kWriter, {"read", "write", "sql"});
-    AddPrincipal(&c, kDdl, {"read", "write", "sql", "ddl"});
-    absl::StatusOr<std::unique_ptr<ServiceProcess>> query = StartQuery(c);
-    ASSERT_TRUE(query.ok()) << query.status();
-    query_ = query->release();
-    absl::StatusOr<std::shared_ptr<grpc::Channel>> channel = testing::Connect(query_->address());
-    ASSERT_TRUE(channel.ok()) << channel.status();
-    client_ = new Client(*channel);
-  }
-  static void TearDownTestSuite() {
-    if (query_ != nullptr) {
-      EXPECT_EQ(testing::Terminate(*query_).value_or(-1), 0);
-    }
-    delete client_;
-    delete query_;
-    client_ = nullptr;
-    query_ = nullptr;
-  }
-  void SetUp() override { ASSERT_NE(client_, nullptr) << "query_server did not start"; }
+v1::QueryServiceConfig DdlConfig() {
+  v1::QueryServiceConfig c = BaseConfig();
+  AddPrincipal(&c, kReader, {"read", "sql"});
+  AddPrincipal(&c, kWriter, {"read", "write", "sql"});
+  AddPrincipal(&c, kDdl, {"read", "write", "sql", "ddl"});
+  return c;
+}
 
-  static ServiceProcess* query_;
-  static Client* client_;
-};
-ServiceProcess* DdlGrantTest::query_ = nullptr;
-Client* DdlGrantTest::client_ = nullptr;
+using DdlGrantTest = SharedServerTest<DdlConfig>;
 
 TEST_F(DdlGrantTest, DoAndCallNeedTheGrantAndStayWithinTheRole) {
   auto insert_in_do = [](int64_t key) {
@@ -1718,7 +1675,7 @@ struct StartOutcome {
 
 // Starts query_server expecting it to refuse; one that starts is stopped.
 StartOutcome StartExpectingRefusal(v1::QueryServiceConfig c) {
-  const std::string stem = LoopbackStem(&c);
+  const std::string stem = testing::ServeOnLoopback(c.mutable_server(), "query_server");
   absl::StatusOr<std::unique_ptr<ServiceProcess>> p = testing::StartConfigured(
       "services/query/query_server", c, stem + ".port", stem, {}, absl::Seconds(20));
   StartOutcome out;
@@ -1767,9 +1724,8 @@ std::vector<std::string> LinesNaming(const std::string& log, std::vector<std::st
 
 v1::QueryServiceConfig PrivilegedConfig(const std::string& dsn_user) {
   v1::QueryServiceConfig c;
-  v1::DatabaseConfig* db = c.add_databases();
-  db->set_name("privileged_db");
-  db->set_dsn(testing::DsnAs(SharedPostgres(), kDb, dsn_user));
+  v1::DatabaseConfig* db =
+      AddDatabase(&c, "privileged_db", testing::DsnAs(SharedPostgres(), kDb, dsn_user));
   db->mutable_pool()->set_max_size(1);
   db->set_allow_privileged_role(false);
   c.mutable_auth()->set_disabled(true);

@@ -140,15 +140,11 @@ absl::StatusOr<std::string> RenderInChromium(int port) {
   return ReadFile(dom).value_or("");
 }
 
-class MetricsTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { CreateObservedSchema(kDb); }
-};
+using MetricsTest = ObservedServicesTest<kDb>;
 
 TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
-  const std::string socket = absl::StrCat("/tmp/poolside-mt-", getpid(), ".sock");
   auto [cache, cache_port, query, query_port] =
-      StartCachedQuery(kDb, socket, [](v1::QueryServiceConfig* config) {
+      StartCachedQuery(kDb, [](v1::QueryServiceConfig* config) {
         config->mutable_server()->mutable_telemetry()->mutable_log()->set_slow_statement_ms(200);
       });
   ASSERT_NE(cache, nullptr);
@@ -164,15 +160,9 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
   int ok_calls = 0, invalid_calls = 0, hits = 0, misses = 0, bypass = 0;
   auto execute = [&](const std::string& sql, bool cached,
                      const std::string& traceparent = "") -> grpc::Status {
-    v1::ExecuteRequest request;
-    request.set_database(kDb);
-    request.set_sql(sql);
-    if (cached) request.mutable_cache()->set_ttl_ms(60000);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
-    if (!traceparent.empty()) ctx.AddMetadata("traceparent", traceparent);
     v1::ExecuteResponse response;
-    grpc::Status s = stub->Execute(&ctx, request, &response);
+    grpc::Status s =
+        CallExecute(*stub, ExecuteOn(kDb, sql, cached ? 60000 : 0), &response, traceparent);
     if (s.ok()) {
       ++ok_calls;
       if (response.cache() == v1::HIT) ++hits;
@@ -183,17 +173,7 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
     }
     return s;
   };
-  ASSERT_TRUE(testing::WaitFor(
-      [&] {
-        v1::ExecuteRequest request;
-        request.set_database(kDb);
-        request.set_sql("SELECT name FROM items WHERE id = 2");
-        request.mutable_cache()->set_ttl_ms(1);
-        grpc::ClientContext ctx;
-        v1::ExecuteResponse response;
-        return stub->Execute(&ctx, request, &response).ok() && response.cache() != v1::BYPASS;
-      },
-      absl::Seconds(30)));
+  ASSERT_TRUE(WaitForCachedReads(*stub, kDb));
   // The probe calls above count in the totals: read them back as a baseline.
   const Metrics before = Scrape(query_port);
   const double base_ok = before.Get("poolside_grpc_server_handled_total",
@@ -344,16 +324,7 @@ TEST_F(MetricsTest, QueryAndCacheSeriesMatchTheWorkload) {
 }
 
 TEST_F(MetricsTest, IngestSeriesMatchTheRowsSent) {
-  v1::IngestServiceConfig config;
-  v1::DatabaseConfig* db = config.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(SharedPostgres().Dsn(kDb));
-  v1::IngestTables* tables = config.add_tables();
-  tables->set_database(kDb);
-  tables->add_tables("events");
-  config.mutable_batch()->set_linger_ms(5);
-  config.mutable_auth()->set_disabled(true);
-  auto [ingest, port] = StartWithMetrics("services/ingest/ingest_server", config, "ingest_server");
+  auto [ingest, port] = StartObservedIngest(kDb);
   ASSERT_NE(ingest, nullptr);
   ASSERT_GT(port, 0);
   auto channel = Connect(ingest->address());
@@ -363,16 +334,7 @@ TEST_F(MetricsTest, IngestSeriesMatchTheRowsSent) {
   uint64_t rows_sent = 0, rejected = 0;
   int requests = 0;
   for (int n : {10, 20, 5}) {
-    v1::WriteRequest request;
-    request.set_database(kDb);
-    request.set_table("events");
-    request.add_columns("id");
-    request.add_columns("note");
-    for (int i = 0; i < n; ++i) {
-      v1::Row* row = request.add_rows();
-      row->add_values()->set_int64_value(i);
-      row->add_values()->set_text_value(absl::StrCat("note ", i));
-    }
+    v1::WriteRequest request = EventsWrite(kDb, 0, n, "metrics");
     if (n == 5) {  // NULL into the NOT NULL id: rejected, the others commit
       v1::Row* bad = request.add_rows();
       bad->add_values()->set_null_value(v1::NULL_VALUE);

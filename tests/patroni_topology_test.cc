@@ -26,7 +26,6 @@ namespace {
 using ::poolside::db::MemberRole;
 using ::poolside::db::MemberStatus;
 using ::poolside::db::Topology;
-using ::poolside::db::TopologyMonitor;
 
 bool Exists(const std::string& path) {
   struct stat st;
@@ -66,7 +65,7 @@ TEST(PatroniTopologyTest, SwitchoverAndFailoverFollowedByTheMonitor) {
 
     // The monitor finds the members from any one member's REST API.
     Topology topology("postgres", {.max_sample_age = absl::Seconds(2)}, Clock::Real());
-    TopologyMonitor monitor(
+    db::TopologyMonitor monitor(
         &topology, {.interval = absl::Milliseconds(100), .probe_timeout = absl::Milliseconds(800)});
     const int other = (*leader + 1) % 3;
     ASSERT_TRUE(monitor.StartPatroni({"http://127.0.0.1:1", c.api_url(other)}, c.Dsn(0)).ok());

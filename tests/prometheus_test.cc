@@ -225,32 +225,18 @@ std::vector<Expression> DashboardExpressions(const std::string& file) {
   return out;
 }
 
-class PrometheusTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { CreateObservedSchema(kDb); }
-};
+using PrometheusTest = ObservedServicesTest<kDb>;
 
 TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunningServices) {
   // The services, as in production: query with its cache sidecar, and ingest.
-  const std::string socket = absl::StrCat("/tmp/poolside-prom-", getpid(), ".sock");
   auto [cache, cache_port, query, query_port] =
-      StartCachedQuery(kDb, socket, [](v1::QueryServiceConfig* config) {
+      StartCachedQuery(kDb, [](v1::QueryServiceConfig* config) {
         config->mutable_databases(0)->mutable_pool()->set_max_overflow(1);
       });
   ASSERT_NE(cache, nullptr);
   ASSERT_NE(query, nullptr);
 
-  v1::IngestServiceConfig ingest_config;
-  v1::DatabaseConfig* idb = ingest_config.add_databases();
-  idb->set_name(kDb);
-  idb->set_dsn(SharedPostgres().Dsn(kDb));
-  v1::IngestTables* writable = ingest_config.add_tables();
-  writable->set_database(kDb);
-  writable->add_tables("events");
-  ingest_config.mutable_batch()->set_linger_ms(5);
-  ingest_config.mutable_auth()->set_disabled(true);
-  auto [ingest, ingest_port] =
-      StartWithMetrics("services/ingest/ingest_server", ingest_config, "ingest_server");
+  auto [ingest, ingest_port] = StartObservedIngest(kDb);
   ASSERT_NE(ingest, nullptr);
   ASSERT_GT(cache_port, 0);
   ASSERT_GT(query_port, 0);
@@ -279,23 +265,11 @@ TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunning
   ASSERT_TRUE(query_channel.ok()) << query_channel.status();
   auto query_stub = v1::QueryService::NewStub(*query_channel);
   auto execute = [&](const std::string& sql, bool cached) {
-    v1::ExecuteRequest request;
-    request.set_database(kDb);
-    request.set_sql(sql);
-    if (cached) request.mutable_cache()->set_ttl_ms(60000);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
     v1::ExecuteResponse response;
-    grpc::Status s = query_stub->Execute(&ctx, request, &response);
+    grpc::Status s = CallExecute(*query_stub, ExecuteOn(kDb, sql, cached ? 60000 : 0), &response);
     return std::make_pair(s, response.cache());
   };
-  // Until the invalidation listener has subscribed, cached reads bypass.
-  ASSERT_TRUE(testing::WaitFor(
-      [&] {
-        auto [s, outcome] = execute("SELECT name FROM items WHERE id = 2", true);
-        return s.ok() && outcome != v1::BYPASS;
-      },
-      absl::Seconds(30)));
+  ASSERT_TRUE(WaitForCachedReads(*query_stub, kDb));
   for (int i = 0; i < 5; ++i)
     ASSERT_TRUE(execute("SELECT name FROM items WHERE id = 1", true).first.ok());
   ASSERT_TRUE(execute("UPDATE items SET name = 'uno' WHERE id = 1", false).first.ok());
@@ -307,16 +281,7 @@ TEST_F(PrometheusTest, EveryDashboardAndRuleExpressionEvaluatesAgainstTheRunning
   ASSERT_TRUE(ingest_channel.ok()) << ingest_channel.status();
   auto ingest_stub = v1::IngestService::NewStub(*ingest_channel);
   for (int r = 0; r < 3; ++r) {
-    v1::WriteRequest request;
-    request.set_database(kDb);
-    request.set_table("events");
-    request.add_columns("id");
-    request.add_columns("note");
-    for (int i = 0; i < 20; ++i) {
-      v1::Row* row = request.add_rows();
-      row->add_values()->set_int64_value(r * 100 + i);
-      row->add_values()->set_text_value("prometheus");
-    }
+    const v1::WriteRequest request = EventsWrite(kDb, r * 100, 20, "prometheus");
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
     v1::WriteResponse response;

@@ -46,36 +46,8 @@ namespace {
 
 constexpr char kDb[] = "qc";
 
-// A cache sidecar on a unix socket (and TCP, for the test's own calls).
-struct Sidecar {
-  std::string socket;
-  std::string stem;
-  std::unique_ptr<ServiceProcess> process;
-  std::unique_ptr<v1::CacheService::Stub> stub;
-
-  absl::Status Start() {
-    if (stem.empty()) {
-      stem = NewStem("cache_server");
-      // Unix socket paths are limited to 107 bytes: not under the test outputs.
-      static std::atomic<int> n{0};
-      socket = absl::StrCat("/tmp/poolside-qc-", getpid(), "-", n.fetch_add(1), ".sock");
-    }
-    v1::CacheServiceConfig config;
-    config.mutable_server()->set_listen("127.0.0.1:0");
-    if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
-    config.mutable_server()->set_port_file(stem + ".port");
-    config.set_unix_socket(socket);
-    config.set_capacity_bytes(64 << 20);
-    auto p = StartConfigured("services/cache/cache_server", config, stem + ".port",
-                             absl::StrCat(stem, ".", absl::ToUnixMicros(absl::Now())));
-    if (!p.ok()) return p.status();
-    process = *std::move(p);
-    auto channel = Connect(process->address());
-    if (!channel.ok()) return channel.status();
-    stub = v1::CacheService::NewStub(*channel);
-    return absl::OkStatus();
-  }
-
+// A cache sidecar, with the calls these tests make to it.
+struct CacheSidecar : Sidecar {
   // Get/GetMany lookups the sidecar answered.
   uint64_t Lookups() {
     const v1::CacheStats s = Stats();
@@ -149,7 +121,7 @@ struct Sidecar {
 };
 
 struct Replica {
-  Sidecar sidecar;
+  CacheSidecar sidecar;
   // A cached table of its own, written by Quiesce() only.
   std::string fence;
   std::unique_ptr<ServiceProcess> process;
@@ -160,9 +132,7 @@ struct Replica {
 v1::QueryServiceConfig ReplicaConfig(PostgresCluster& pg, const std::string& socket,
                                      const std::string& fence) {
   v1::QueryServiceConfig config;
-  v1::DatabaseConfig* db = config.add_databases();
-  db->set_name(kDb);
-  db->set_dsn(pg.Dsn(kDb));
+  v1::DatabaseConfig* db = AddDatabase(&config, kDb, pg.Dsn(kDb));
   db->mutable_pool()->set_max_size(4);
   db->mutable_pool()->set_min_idle(1);
   config.mutable_server()->set_drain_timeout_ms(2000);
@@ -170,12 +140,7 @@ v1::QueryServiceConfig ReplicaConfig(PostgresCluster& pg, const std::string& soc
   cache->set_target(absl::StrCat("unix:", socket));
   cache->set_call_timeout_ms(500);
   cache->mutable_near()->set_max_ttl_ms(60000);
-  v1::CachedTables* tables = cache->add_tables();
-  tables->set_database(kDb);
-  tables->add_tables("items");
-  tables->add_tables("other");
-  tables->add_tables("counters");
-  tables->add_tables(fence);
+  AddTables(cache, kDb, {"items", "other", "counters", fence});
   return config;
 }
 
@@ -191,22 +156,11 @@ absl::Status StartReplica(PostgresCluster& pg, Replica* r) {
   }
   if (absl::Status s = r->sidecar.Start(); !s.ok()) return s;
   v1::QueryServiceConfig config = ReplicaConfig(pg, r->sidecar.socket, r->fence);
-  const std::string stem = NewStem("query_server");
-  config.mutable_server()->set_listen("127.0.0.1:0");
-  if (!config.server().has_tls()) config.mutable_server()->mutable_tls()->set_plaintext(true);
-  config.mutable_server()->set_port_file(stem + ".port");
-  v1::MetricsConfig* metrics = config.mutable_server()->mutable_telemetry()->mutable_metrics();
-  metrics->set_listen("127.0.0.1:0");
-  metrics->set_port_file(stem + ".metrics_port");
-  auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
-  if (!p.ok()) return p.status();
-  r->process = *std::move(p);
-  // The metrics endpoint starts before the gRPC port is written.
-  std::ifstream(stem + ".metrics_port") >> r->metrics_port;
-  if (r->metrics_port <= 0) return absl::InternalError("query_server wrote no metrics port");
-  auto channel = Connect(r->process->address());
-  if (!channel.ok()) return channel.status();
-  r->stub = v1::QueryService::NewStub(*channel);
+  auto started = StartWithStub<v1::QueryService>("services/query/query_server", config);
+  if (!started.ok()) return started.status();
+  r->process = std::move(started->process);
+  r->metrics_port = started->metrics_port;
+  r->stub = std::move(started->stub);
   return absl::OkStatus();
 }
 
@@ -227,15 +181,12 @@ struct Outcome {
 
 Outcome Call(v1::QueryService::Stub& stub, const v1::ExecuteRequest& request,
              absl::Duration timeout = absl::Seconds(20)) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::ExecuteResponse response;
   Outcome out;
-  out.status = stub.Execute(&ctx, request, &response);
+  out.status = CallExecute(stub, request, &response, "", timeout);
   out.cache = response.cache();
-  if (response.result().rows_size() > 0 && response.result().rows(0).values_size() > 0) {
-    const v1::Value& v = response.result().rows(0).values(0);
-    out.first = v.has_text_value() ? v.text_value() : absl::StrCat(v.int64_value());
+  if (const v1::Value* v = FirstValue(response)) {
+    out.first = v->has_text_value() ? v->text_value() : absl::StrCat(v->int64_value());
   }
   return out;
 }
@@ -353,15 +304,15 @@ class QueryCacheTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text);"
-                        "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int);"
-                        "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int);"
-                        "CREATE TABLE IF NOT EXISTS unwatched (id int PRIMARY KEY, v int);"
-                        "CREATE OR REPLACE VIEW item_names AS SELECT name FROM items;"
-                        "CREATE SEQUENCE IF NOT EXISTS flight_seq")
-                    .ok());
+    ASSERT_TRUE(
+        pg.CreateDatabase(kDb,
+                          "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text);"
+                          "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int);"
+                          "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int);"
+                          "CREATE TABLE IF NOT EXISTS unwatched (id int PRIMARY KEY, v int);"
+                          "CREATE OR REPLACE VIEW item_names AS SELECT name FROM items;"
+                          "CREATE SEQUENCE IF NOT EXISTS flight_seq")
+            .ok());
     a_ = new Replica();
     absl::Status s = StartReplica(pg, a_);
     ASSERT_TRUE(s.ok()) << s;
@@ -672,7 +623,7 @@ TEST_F(QueryCacheTest, KilledSidecarFailsNoCallAndCachingResumes) {
 
 // Waits until `read` is a HIT that took no sidecar lookup (the near cache
 // serves once its watch of the sidecar is up).
-bool ServedFromNearCache(v1::QueryService::Stub& stub, Sidecar& sidecar,
+bool ServedFromNearCache(v1::QueryService::Stub& stub, CacheSidecar& sidecar,
                          const v1::ExecuteRequest& read) {
   return WaitFor(
       [&] {

@@ -72,14 +72,6 @@ v1::DatabaseConfig Database(const std::string& dsn) {
 }
 constexpr char kDownDsn[] = "host=127.0.0.1 port=1 dbname=none user=none connect_timeout=1";
 
-template <typename Config>
-void ServeOnLoopback(Config* config, const std::string& stem) {
-  config->mutable_server()->set_listen("127.0.0.1:0");
-  config->mutable_server()->mutable_tls()->set_plaintext(true);
-  config->mutable_server()->set_port_file(stem + ".port");
-  config->mutable_server()->set_drain_timeout_ms(2000);
-}
-
 struct Started {
   std::unique_ptr<testing::ServiceProcess> process;
   std::shared_ptr<grpc::Channel> channel;
@@ -87,9 +79,7 @@ struct Started {
 
 template <typename Config>
 absl::StatusOr<Started> Start(const std::string& binary, Config config) {
-  const std::string stem = testing::NewStem(binary.substr(binary.rfind('/') + 1));
-  ServeOnLoopback(&config, stem);
-  auto process = testing::StartConfigured(binary, config, stem + ".port", stem);
+  auto process = testing::StartOnLoopback(binary, std::move(config));
   if (!process.ok()) return process.status();
   Started s;
   s.process = *std::move(process);
@@ -108,9 +98,7 @@ v1::QueryServiceConfig QueryConfig(const std::string& dsn) {
 v1::IngestServiceConfig IngestConfig(const std::string& dsn) {
   v1::IngestServiceConfig config;
   *config.add_databases() = Database(dsn);
-  v1::IngestTables* tables = config.add_tables();
-  tables->set_database("main");
-  tables->add_tables("events");
+  AddTables(&config, "main", {"events"});
   return config;
 }
 

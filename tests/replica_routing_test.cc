@@ -158,9 +158,7 @@ class Env {
       sidecar_ = *std::move(p);
     }
     v1::QueryServiceConfig config;
-    v1::DatabaseConfig* db = config.add_databases();
-    db->set_name(kDb);
-    db->set_dsn(primary.Dsn(kDb));
+    v1::DatabaseConfig* db = AddDatabase(&config, kDb, primary.Dsn(kDb));
     db->mutable_pool()->set_max_size(4);
     v1::TopologyConfig* t = db->mutable_topology();
     for (int i = 0; i < cluster_->replica_count(); ++i) {
@@ -173,38 +171,24 @@ class Env {
     t->set_token_wait_ms(300);
     t->set_failover_buffer_ms(15000);
     for (bool read_only : {true, false}) {
-      v1::NamedQuery* q = config.add_named_queries();
-      q->set_name(read_only ? "kv_declared_read_only" : "kv_not_declared");
-      q->set_sql("SELECT v FROM kv WHERE id = same($1)");
-      q->set_read_only(read_only);
-      q->add_params()->set_type("int64");
+      AddNamedQuery(&config, read_only ? "kv_declared_read_only" : "kv_not_declared",
+                    "SELECT v FROM kv WHERE id = same($1)", {{"", "int64"}})
+          ->set_read_only(read_only);
     }
     v1::QueryCacheConfig* cache = config.mutable_cache();
     cache->set_target(absl::StrCat("unix:", socket_));
     cache->set_call_timeout_ms(1000);
-    v1::CachedTables* tables = cache->add_tables();
-    tables->set_database(kDb);
-    tables->add_tables("kv");
+    AddTables(cache, kDb, {"kv"});
     v1::WalInvalidationConfig* wal = cache->mutable_wal();
     wal->set_heartbeat_ms(100);
     wal->set_election_retry_ms(200);
     wal->set_token_wait_ms(1000);
-    const std::string stem = NewStem("query_server");
-    config.mutable_server()->set_listen("127.0.0.1:0");
-    config.mutable_server()->mutable_tls()->set_plaintext(true);
-    config.mutable_server()->set_port_file(stem + ".port");
     config.mutable_server()->set_drain_timeout_ms(1000);
-    v1::MetricsConfig* metrics = config.mutable_server()->mutable_telemetry()->mutable_metrics();
-    metrics->set_listen("127.0.0.1:0");
-    metrics->set_port_file(stem + ".metrics_port");
-    auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
-    if (!p.ok()) return p.status();
-    server_ = *std::move(p);
-    metrics_port_ = testing::ReadPortFile(stem + ".metrics_port");
-    if (metrics_port_ <= 0) return absl::InternalError("query_server wrote no metrics port");
-    auto channel = Connect(server_->address());
-    if (!channel.ok()) return channel.status();
-    query_ = v1::QueryService::NewStub(*channel);
+    auto started = StartWithStub<v1::QueryService>("services/query/query_server", config);
+    if (!started.ok()) return started.status();
+    server_ = std::move(started->process);
+    metrics_port_ = started->metrics_port;
+    query_ = std::move(started->stub);
     // Routable once the catalog proves the read side-effect free and the
     // probes have seen both replicas.
     if (!WaitFor(

@@ -70,9 +70,7 @@ class Services {
  public:
   absl::Status Start(PatroniCluster& c, int dsn_member) {
     v1::QueryServiceConfig config;
-    v1::DatabaseConfig* db = config.add_databases();
-    db->set_name("app");
-    db->set_dsn(c.Dsn(dsn_member));
+    v1::DatabaseConfig* db = AddDatabase(&config, "app", c.Dsn(dsn_member));
     db->mutable_pool()->set_max_size(4);
     v1::TopologyConfig* t = db->mutable_topology();
     for (int i = 0; i < c.member_count(); ++i) t->add_patroni_endpoints(c.api_url(i));
@@ -85,9 +83,7 @@ class Services {
 
     v1::IngestServiceConfig ingest_config;
     *ingest_config.add_databases() = *db;
-    v1::IngestTables* tables = ingest_config.add_tables();
-    tables->set_database("app");
-    tables->add_tables("events");
+    AddTables(&ingest_config, "app", {"events"});
     ingest_config.mutable_batch()->set_linger_ms(5);
     ingest_config.mutable_batch()->set_copy_connections(2);
     std::tie(ingest_, ingest_metrics_) =
@@ -106,11 +102,20 @@ class Services {
   v1::QueryService::Stub& query() { return *query_stub_; }
   v1::IngestService::Stub& ingest() { return *ingest_stub_; }
 
-  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ExecuteRequest& request) {
-    v1::ExecuteResponse response;
-    grpc::Status s = query_stub_->Execute(Context(absl::Seconds(30)).get(), request, &response);
+  // The unary `method` of the query service, within `timeout`.
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Ask(grpc::Status (v1::QueryService::Stub::*method)(grpc::ClientContext*,
+                                                                              const Request&,
+                                                                              Response*),
+                               const Request& request, absl::Duration timeout) {
+    Response response;
+    grpc::Status s = (query_stub_.get()->*method)(Context(timeout).get(), request, &response);
     if (!s.ok()) return FromGrpc(s);
     return response;
+  }
+
+  absl::StatusOr<v1::ExecuteResponse> Execute(const v1::ExecuteRequest& request) {
+    return Ask(&v1::QueryService::Stub::Execute, request, absl::Seconds(30));
   }
   // SELECT v FROM kv WHERE id = 1 (42), routed to a replica.
   absl::StatusOr<v1::ExecuteResponse> Read() {
@@ -120,18 +125,11 @@ class Services {
     return Execute(read);
   }
   absl::StatusOr<v1::CheckDatabasesResponse> Check() {
-    v1::CheckDatabasesResponse response;
-    grpc::Status s = query_stub_->CheckDatabases(Context(absl::Seconds(10)).get(),
-                                                 v1::CheckDatabasesRequest(), &response);
-    if (!s.ok()) return FromGrpc(s);
-    return response;
+    return Ask(&v1::QueryService::Stub::CheckDatabases, v1::CheckDatabasesRequest(),
+               absl::Seconds(10));
   }
   absl::StatusOr<v1::GetPoolStatsResponse> Stats() {
-    v1::GetPoolStatsResponse response;
-    grpc::Status s = query_stub_->GetPoolStats(Context(absl::Seconds(10)).get(),
-                                               v1::GetPoolStatsRequest(), &response);
-    if (!s.ok()) return FromGrpc(s);
-    return response;
+    return Ask(&v1::QueryService::Stub::GetPoolStats, v1::GetPoolStatsRequest(), absl::Seconds(10));
   }
   // A series of query's (or ingest's) /metrics.
   std::optional<double> QueryMetric(absl::string_view series) const {

@@ -91,47 +91,22 @@ v1::QueryServiceConfig QueryConfig() {
   v1::QueryServiceConfig c;
   *c.add_databases() = Database();
   *c.mutable_auth() = Principals();
-  v1::NamedQuery* q = c.add_named_queries();
-  q->set_name("note_by_id");
-  q->set_sql("SELECT body FROM notes WHERE id = $1");
-  v1::NamedQueryParam* p = q->add_params();
-  p->set_name("id");
-  p->set_type("int64");
-  v1::NamedQuery* add = c.add_named_queries();
-  add->set_name("add_note");
-  add->set_sql("INSERT INTO notes (id, body) VALUES ($1, $2)");
-  add->add_params()->set_type("int64");
-  add->add_params()->set_type("text");
+  AddNamedQuery(&c, "note_by_id", "SELECT body FROM notes WHERE id = $1", {{"id", "int64"}});
+  AddNamedQuery(&c, "add_note", "INSERT INTO notes (id, body) VALUES ($1, $2)",
+                {{"", "int64"}, {"", "text"}});
   return c;
 }
 
-template <typename Config>
-void Loopback(Config* c, const std::string& stem) {
-  c->mutable_server()->set_listen("127.0.0.1:0");
-  c->mutable_server()->set_port_file(stem + ".port");
-  c->mutable_server()->set_drain_timeout_ms(2000);
-  if (!c->server().has_tls()) c->mutable_server()->mutable_tls()->set_plaintext(true);
-}
-
 absl::StatusOr<std::unique_ptr<ServiceProcess>> StartQuery(v1::QueryServiceConfig c) {
-  const std::string stem = NewStem("query_server");
-  Loopback(&c, stem);
-  return StartConfigured("services/query/query_server", c, stem + ".port", stem,
-                         {"--log_level=debug"});
+  return StartOnLoopback("services/query/query_server", c, {"--log_level=debug"});
 }
 
 absl::StatusOr<std::unique_ptr<ServiceProcess>> StartIngest() {
   v1::IngestServiceConfig c;
-  const std::string stem = NewStem("ingest_server");
-  Loopback(&c, stem);
   *c.add_databases() = Database();
-  v1::IngestTables* t = c.add_tables();
-  t->set_database(kDb);
-  t->add_tables("events");
-  t->add_tables("notes");
+  AddTables(&c, kDb, {"events", "notes"});
   *c.mutable_auth() = Principals();
-  return StartConfigured("services/ingest/ingest_server", c, stem + ".port", stem,
-                         {"--log_level=debug"});
+  return StartOnLoopback("services/ingest/ingest_server", c, {"--log_level=debug"});
 }
 
 void WithToken(grpc::ClientContext* ctx, const Token* t) {
@@ -170,15 +145,14 @@ grpc::Status ExecuteAs(v1::QueryService::Stub& query, const Token& t, const v1::
 class SecurityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE notes (id bigint PRIMARY KEY, body text);"
-                        "CREATE TABLE events (id bigint PRIMARY KEY, kind text);"
-                        "CREATE TABLE accounts (id bigint PRIMARY KEY);"
-                        "CREATE SEQUENCE poolside_security_seq;"
-                        "INSERT INTO notes VALUES (1, 'first');"
-                        "CREATE EXTENSION hypopg;")
+    ASSERT_TRUE(SharedPostgres()
+                    .CreateDatabase(kDb,
+                                    "CREATE TABLE notes (id bigint PRIMARY KEY, body text);"
+                                    "CREATE TABLE events (id bigint PRIMARY KEY, kind text);"
+                                    "CREATE TABLE accounts (id bigint PRIMARY KEY);"
+                                    "CREATE SEQUENCE poolside_security_seq;"
+                                    "INSERT INTO notes VALUES (1, 'first');"
+                                    "CREATE EXTENSION hypopg;")
                     .ok());
     auto query = StartQuery(QueryConfig());
     ASSERT_TRUE(query.ok()) << query.status();
@@ -583,9 +557,8 @@ TEST(SecurityLimitsTest, OversizedRequestsAndDsnSslSettings) {
   *c.add_databases() = Database();
   // The test cluster serves no SSL: a DSN that requires it must fail to
   // connect, which shows sslmode reaches libpq unchanged.
-  v1::DatabaseConfig* ssl = c.add_databases();
-  ssl->set_name("needs_ssl");
-  ssl->set_dsn(SharedPostgres().Dsn(kDb) + " sslmode=require");
+  v1::DatabaseConfig* ssl =
+      AddDatabase(&c, "needs_ssl", SharedPostgres().Dsn(kDb) + " sslmode=require");
   ssl->mutable_pool()->set_min_idle(0);
   c.set_default_database(kDb);
   c.mutable_auth()->set_disabled(true);
@@ -735,6 +708,13 @@ class TlsTest : public ::testing::Test {
     return stub->Execute(&ctx, req, &resp);
   }
 
+  // A client's TLS settings that trust the CA `ca_file` and no other.
+  static v1::ClientTlsConfig Trusting(const std::string& ca_file) {
+    v1::ClientTlsConfig tls;
+    tls.set_ca_file(ca_file);
+    return tls;
+  }
+
   static Pki* pki_;
 };
 Pki* TlsTest::pki_ = nullptr;
@@ -742,14 +722,10 @@ Pki* TlsTest::pki_ = nullptr;
 TEST_F(TlsTest, ClientVerifiesTheServerAgainstItsCa) {
   std::unique_ptr<ServiceProcess> server = Start(/*mutual=*/false);
   ASSERT_NE(server, nullptr);
-  v1::ClientTlsConfig right;
-  right.set_ca_file(pki_->ca_cert);
-  grpc::Status ok = Call(*server, right);
+  grpc::Status ok = Call(*server, Trusting(pki_->ca_cert));
   EXPECT_TRUE(ok.ok()) << ok.error_message();
 
-  v1::ClientTlsConfig wrong;
-  wrong.set_ca_file(pki_->other_ca_cert);
-  grpc::Status refused = Call(*server, wrong);
+  grpc::Status refused = Call(*server, Trusting(pki_->other_ca_cert));
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
 
   // A plaintext client gets no answer from a TLS port either.
@@ -761,8 +737,7 @@ TEST_F(TlsTest, ClientVerifiesTheServerAgainstItsCa) {
 TEST_F(TlsTest, MutualTlsRefusesClientsWithoutACertificate) {
   std::unique_ptr<ServiceProcess> server = Start(/*mutual=*/true);
   ASSERT_NE(server, nullptr);
-  v1::ClientTlsConfig anonymous;
-  anonymous.set_ca_file(pki_->ca_cert);
+  const v1::ClientTlsConfig anonymous = Trusting(pki_->ca_cert);
   grpc::Status refused = Call(*server, anonymous);
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
 

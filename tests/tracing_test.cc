@@ -33,6 +33,7 @@
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/service_process.h"
 #include "tests/fixtures/subprocess.h"
+#include "tests/observed_services.h"
 
 namespace poolside::testing {
 namespace {
@@ -45,13 +46,6 @@ void TraceTo(v1::ServerConfig* server, const std::string& endpoint) {
   v1::TracingConfig* t = server->mutable_telemetry()->mutable_tracing();
   t->set_endpoint(endpoint);
   t->set_batch_interval_ms(20);
-}
-
-void Loopback(v1::ServerConfig* server, const std::string& stem) {
-  server->set_listen("127.0.0.1:0");
-  server->set_port_file(stem + ".port");
-  server->mutable_tls()->set_plaintext(true);
-  server->set_drain_timeout_ms(2000);
 }
 
 // A fresh W3C trace id / span id, as a client of poolside would make.
@@ -105,12 +99,8 @@ class TracingTest : public ::testing::Test {
     ASSERT_TRUE(receiver.ok()) << receiver.status();
     receiver_ = receiver->release();
     testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text);"
-                        "INSERT INTO items VALUES (1, 'one'), (2, 'two') ON CONFLICT DO NOTHING;"
-                        "CREATE TABLE IF NOT EXISTS events (id int8, note text)")
-                    .ok());
+    CreateObservedSchema(kDb);
+    if (::testing::Test::HasFatalFailure()) return;
 
     // The cache sidecar, on a unix socket.
     socket_ = absl::StrCat("/tmp/poolside-tracing-", getpid(), ".sock");
@@ -124,38 +114,22 @@ class TracingTest : public ::testing::Test {
     v1::QueryCacheConfig* qc = query.mutable_cache();
     qc->set_target(absl::StrCat("unix:", socket_));
     qc->set_call_timeout_ms(2000);
-    v1::CachedTables* tables = qc->add_tables();
-    tables->set_database(kDb);
-    tables->add_tables("items");
-    const std::string query_stem = NewStem("query_server");
-    Loopback(query.mutable_server(), query_stem);
-    auto q =
-        StartConfigured("services/query/query_server", query, query_stem + ".port", query_stem);
+    AddTables(qc, kDb, {"items"});
+    auto q = StartWithStub<v1::QueryService>("services/query/query_server", query);
     ASSERT_TRUE(q.ok()) << q.status();
-    query_ = q->release();
-    auto channel = Connect(query_->address());
-    ASSERT_TRUE(channel.ok()) << channel.status();
-    query_stub_ = v1::QueryService::NewStub(*channel).release();
+    query_ = q->process.release();
+    query_stub_ = q->stub.release();
 
     v1::IngestServiceConfig ingest;
-    v1::DatabaseConfig* idb = ingest.add_databases();
-    idb->set_name(kDb);
-    idb->set_dsn(pg.Dsn(kDb));
-    v1::IngestTables* it = ingest.add_tables();
-    it->set_database(kDb);
-    it->add_tables("events");
+    AddDatabase(&ingest, kDb, pg.Dsn(kDb));
+    AddTables(&ingest, kDb, {"events"});
     ingest.mutable_batch()->set_linger_ms(200);
     ingest.mutable_auth()->set_disabled(true);
-    const std::string ingest_stem = NewStem("ingest_server");
-    Loopback(ingest.mutable_server(), ingest_stem);
     TraceTo(ingest.mutable_server(), receiver_->address());
-    auto i = StartConfigured("services/ingest/ingest_server", ingest, ingest_stem + ".port",
-                             ingest_stem);
+    auto i = StartWithStub<v1::IngestService>("services/ingest/ingest_server", ingest);
     ASSERT_TRUE(i.ok()) << i.status();
-    ingest_ = i->release();
-    auto ichannel = Connect(ingest_->address());
-    ASSERT_TRUE(ichannel.ok()) << ichannel.status();
-    ingest_stub_ = v1::IngestService::NewStub(*ichannel).release();
+    ingest_ = i->process.release();
+    ingest_stub_ = i->stub.release();
   }
 
   static void TearDownTestSuite() {
@@ -169,21 +143,11 @@ class TracingTest : public ::testing::Test {
 
   static v1::QueryServiceConfig QueryConfig(const std::string& endpoint) {
     v1::QueryServiceConfig config;
-    v1::DatabaseConfig* db = config.add_databases();
-    db->set_name(kDb);
-    db->set_dsn(SharedPostgres().Dsn(kDb));
+    v1::DatabaseConfig* db = AddDatabase(&config, kDb, SharedPostgres().Dsn(kDb));
     db->mutable_pool()->set_max_size(2);
     config.mutable_auth()->set_disabled(true);
     TraceTo(config.mutable_server(), endpoint);
     return config;
-  }
-
-  static grpc::Status Execute(v1::QueryService::Stub& stub, const v1::ExecuteRequest& request,
-                              const std::string& traceparent, v1::ExecuteResponse* response) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
-    if (!traceparent.empty()) ctx.AddMetadata("traceparent", traceparent);
-    return stub.Execute(&ctx, request, response);
   }
 
   static OtlpReceiver* receiver_;
@@ -219,7 +183,7 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
       [&] {
         client = ClientTrace();
         response.Clear();
-        grpc::Status s = Execute(*query_stub_, read, client.traceparent(), &response);
+        grpc::Status s = CallExecute(*query_stub_, read, &response, client.traceparent());
         return s.ok() && response.cache() == v1::MISS;
       },
       absl::Seconds(30)));
@@ -342,7 +306,7 @@ TEST_F(TracingTest, ACacheMissIsOneTraceThroughQueryAndCacheUnderTheClientsSpan)
   // The same read again is a hit: the lookup says so, and no statement runs.
   ClientTrace again;
   response.Clear();
-  ASSERT_TRUE(Execute(*query_stub_, read, again.traceparent(), &response).ok());
+  ASSERT_TRUE(CallExecute(*query_stub_, read, &response, again.traceparent()).ok());
   EXPECT_EQ(response.cache(), v1::HIT);
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) {
@@ -364,7 +328,7 @@ TEST_F(TracingTest, ACallWithoutTraceparentStartsATraceAndAnUnsampledOneRecordsN
   read.set_sql("SELECT count(*) FROM items WHERE id > $1");
   read.add_params()->set_int64_value(0);
   v1::ExecuteResponse response;
-  ASSERT_TRUE(Execute(*query_stub_, read, "", &response).ok());
+  ASSERT_TRUE(CallExecute(*query_stub_, read, &response).ok());
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) {
         for (const ReceivedSpan& s : all) {
@@ -384,13 +348,13 @@ TEST_F(TracingTest, ACallWithoutTraceparentStartsATraceAndAnUnsampledOneRecordsN
 
   // The client's sampled flag 0: the services follow it and record nothing.
   ClientTrace quiet;
-  ASSERT_TRUE(Execute(*query_stub_, read,
-                      absl::StrCat("00-", quiet.trace_id, "-", quiet.span_id, "-00"), &response)
+  ASSERT_TRUE(CallExecute(*query_stub_, read, &response,
+                          absl::StrCat("00-", quiet.trace_id, "-", quiet.span_id, "-00"))
                   .ok());
   // A sampled call made after it: once its spans are in, the unsampled call's
   // would be too (one exporter, in order).
   ClientTrace marker;
-  ASSERT_TRUE(Execute(*query_stub_, read, marker.traceparent(), &response).ok());
+  ASSERT_TRUE(CallExecute(*query_stub_, read, &response, marker.traceparent()).ok());
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) { return !InTrace(all, marker.trace_id).empty(); },
       absl::Seconds(30)));
@@ -404,7 +368,7 @@ TEST_F(TracingTest, AFailedStatementCarriesItsSqlstateAndNoLiteral) {
   bad.set_sql(absl::StrCat("SELECT id / 0 FROM items WHERE name <> '", kLiteral, "'"));
   ClientTrace client;
   v1::ExecuteResponse response;
-  EXPECT_EQ(Execute(*query_stub_, bad, client.traceparent(), &response).error_code(),
+  EXPECT_EQ(CallExecute(*query_stub_, bad, &response, client.traceparent()).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) {
@@ -441,16 +405,7 @@ TEST_F(TracingTest, AnIngestFlushLinksToTheRequestsItCarried) {
   std::vector<grpc::Status> statuses(kRequests);
   for (int r = 0; r < kRequests; ++r) {
     threads.emplace_back([&, r] {
-      v1::WriteRequest w;
-      w.set_database(kDb);
-      w.set_table("events");
-      w.add_columns("id");
-      w.add_columns("note");
-      for (int i = 0; i < 5; ++i) {
-        v1::Row* row = w.add_rows();
-        row->add_values()->set_int64_value(r * 100 + i);
-        row->add_values()->set_text_value(absl::StrCat("request ", r));
-      }
+      const v1::WriteRequest w = EventsWrite(kDb, r * 100, 5, absl::StrCat("request ", r));
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
       ctx.AddMetadata("traceparent", clients[r].traceparent());
@@ -548,7 +503,7 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
   // callers below only wait on the cache.
   read.add_params()->set_int64_value(-1);
   v1::ExecuteResponse learned;
-  ASSERT_TRUE(Execute(*query_stub_, read, "", &learned).ok());
+  ASSERT_TRUE(CallExecute(*query_stub_, read, &learned).ok());
   // An existing row: the join evaluates the lock (the row with id -1 above
   // does not exist, so learning took no lock).
   read.mutable_params(0)->set_int64_value(1);
@@ -570,7 +525,7 @@ TEST_F(TracingTest, AnIdenticalConcurrentMissWaitsOnTheFirstOnesQuery) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 2; ++i) {
     threads.emplace_back([&, i] {
-      statuses[i] = Execute(*query_stub_, read, callers[i].traceparent(), &responses[i]);
+      statuses[i] = CallExecute(*query_stub_, read, &responses[i], callers[i].traceparent());
     });
   }
   EXPECT_TRUE(WaitFor([&] { return misses() >= misses_before + 2; }, absl::Seconds(30)))
@@ -679,9 +634,7 @@ class CollectorTroubleTest : public TracingTest {
     // A slow collector holds each export this long before it counts as failed.
     t->set_export_timeout_ms(300);
     t->set_stats_log_interval_ms(50);
-    const std::string stem = NewStem("query_server");
-    Loopback(config.mutable_server(), stem);
-    auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
+    auto p = StartOnLoopback("services/query/query_server", config);
     EXPECT_TRUE(p.ok()) << p.status();
     return p.ok() ? *std::move(p) : nullptr;
   }
@@ -697,7 +650,7 @@ class CollectorTroubleTest : public TracingTest {
     // Each call makes 3+ spans; 8 fit in the queue.
     for (int i = 0; i < 40; ++i) {
       v1::ExecuteResponse response;
-      grpc::Status s = Execute(*stub, read, ClientTrace().traceparent(), &response);
+      grpc::Status s = CallExecute(*stub, read, &response, ClientTrace().traceparent());
       ASSERT_TRUE(s.ok()) << s.error_message();
       ASSERT_EQ(response.result().rows(0).values(0).text_value(), "one");
     }
@@ -749,7 +702,7 @@ TEST_F(TracingTest, AStatementAnalyzedOnTheWorkerCarriesTheSameLabels) {
   v1::ExecuteRequest single;
   single.set_database(kDb);
   single.set_sql(absl::StrCat("SELECT id FROM items WHERE name = '", literal, "-2'"));
-  ASSERT_TRUE(Execute(*query_stub_, single, client.traceparent(), &response).ok());
+  ASSERT_TRUE(CallExecute(*query_stub_, single, &response, client.traceparent()).ok());
   EXPECT_EQ(response.result().rows_size(), 0);
   ASSERT_TRUE(receiver_->WaitFor(
       [&](const std::vector<ReceivedSpan>& all) {
@@ -779,7 +732,7 @@ TEST_F(TracingTest, AnInvalidationOfAWriteFromOutsideIsATraceOfItsOwn) {
   ASSERT_TRUE(WaitFor(
       [&] {
         v1::ExecuteResponse response;
-        grpc::Status s = Execute(*query_stub_, read, "", &response);
+        grpc::Status s = CallExecute(*query_stub_, read, &response);
         return s.ok() && response.cache() != v1::BYPASS;
       },
       absl::Seconds(30)));
@@ -823,7 +776,7 @@ TEST_F(TracingTest, AnInvalidationOfAWriteFromOutsideIsATraceOfItsOwn) {
   EXPECT_FALSE(server[0].parent_span_id().empty());
   // The row is as it was, and reads see it.
   v1::ExecuteResponse response;
-  ASSERT_TRUE(Execute(*query_stub_, read, "", &response).ok());
+  ASSERT_TRUE(CallExecute(*query_stub_, read, &response).ok());
   ASSERT_EQ(response.result().rows_size(), 1);
 }
 

@@ -59,6 +59,7 @@
 #include "tests/fixtures/pg_session.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::testing {
 namespace {
@@ -91,24 +92,6 @@ PostgresCluster& Cluster() {
   return *pg;
 }
 
-struct Sidecar {
-  std::string socket;
-  std::unique_ptr<ServiceProcess> process;
-  std::unique_ptr<v1::CacheService::Stub> stub;
-
-  absl::Status Start() {
-    static std::atomic<int> n{0};
-    if (socket.empty()) socket = absl::StrCat("/tmp/poolside-wc-", getpid(), "-", n++, ".sock");
-    auto p = StartSidecar(socket, 64 << 20);
-    if (!p.ok()) return p.status();
-    process = *std::move(p);
-    auto channel = Connect(process->address());
-    if (!channel.ok()) return channel.status();
-    stub = v1::CacheService::NewStub(*channel);
-    return absl::OkStatus();
-  }
-};
-
 struct Replica {
   std::string name;
   Sidecar sidecar;
@@ -122,42 +105,26 @@ struct Replica {
       if (absl::Status s = sidecar.Start(); !s.ok()) return s;
     }
     v1::QueryServiceConfig config;
-    v1::DatabaseConfig* db = config.add_databases();
-    db->set_name(kDb);
-    db->set_dsn(pg.Dsn(kDb));
+    v1::DatabaseConfig* db = AddDatabase(&config, kDb, pg.Dsn(kDb));
     db->mutable_pool()->set_max_size(8);
     db->mutable_pool()->set_min_idle(1);
-    const std::string stem = NewStem(absl::StrCat("query_server_", name));
-    config.mutable_server()->set_listen("127.0.0.1:0");
-    config.mutable_server()->mutable_tls()->set_plaintext(true);
-    config.mutable_server()->set_port_file(stem + ".port");
-    config.mutable_server()->set_drain_timeout_ms(2000);
-    v1::MetricsConfig* metrics = config.mutable_server()->mutable_telemetry()->mutable_metrics();
-    metrics->set_listen("127.0.0.1:0");
-    metrics->set_port_file(stem + ".metrics_port");
     v1::QueryCacheConfig* cache = config.mutable_cache();
     cache->set_target(absl::StrCat("unix:", sidecar.socket));
     cache->set_call_timeout_ms(1000);
     cache->mutable_near()->set_max_ttl_ms(60000);
-    v1::CachedTables* tables = cache->add_tables();
-    tables->set_database(kDb);
-    for (const char* t : {"rows", "other", "counters", "parents", "children"}) {
-      tables->add_tables(t);
-    }
+    AddTables(cache, kDb, {"rows", "other", "counters", "parents", "children"});
     v1::WalInvalidationConfig* wal = cache->mutable_wal();
     // Heartbeats far apart, tokenWaitMs at its default (100): a read whose
     // token no batch covers reaches it in time only through a fence.
     wal->set_heartbeat_ms(1000);
     wal->set_max_lag_ms(3000);
     wal->set_election_retry_ms(200);
-    auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
-    if (!p.ok()) return p.status();
-    process = *std::move(p);
-    std::ifstream(stem + ".metrics_port") >> metrics_port;
-    if (metrics_port <= 0) return absl::InternalError("query_server wrote no metrics port");
-    auto channel = Connect(process->address());
-    if (!channel.ok()) return channel.status();
-    stub = v1::QueryService::NewStub(*channel);
+    auto started = StartWithStub<v1::QueryService>("services/query/query_server", config,
+                                                   absl::StrCat("query_server_", name));
+    if (!started.ok()) return started.status();
+    process = std::move(started->process);
+    metrics_port = started->metrics_port;
+    stub = std::move(started->stub);
     return absl::OkStatus();
   }
 
@@ -241,27 +208,29 @@ Result Call(v1::QueryService::Stub& stub, const std::string& sql, std::vector<in
   for (int64_t p : params) request.add_params()->set_int64_value(p);
   if (cached) request.mutable_cache()->set_ttl_ms(60000);
   request.set_min_lsn(min_lsn);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   v1::ExecuteResponse response;
   Result out;
-  out.status = stub.Execute(&ctx, request, &response);
+  out.status = CallExecute(stub, request, &response, "", timeout);
   out.cache = response.cache();
   out.source = response.source();
   out.lsn = response.lsn();
   out.commit_lsn = response.commit_lsn();
-  if (response.result().rows_size() > 0 && response.result().rows(0).values_size() > 0) {
+  if (const v1::Value* v = FirstValue(response)) {
     out.has_row = true;
-    const v1::Value& v = response.result().rows(0).values(0);
-    if (v.has_int64_value()) {
-      out.value = v.int64_value();
-    } else if (v.has_numeric_value()) {
-      absl::SimpleAtoi(v.numeric_value(), &out.value);
-    } else if (v.has_text_value()) {
-      absl::SimpleAtoi(v.text_value(), &out.value);
+    if (v->has_int64_value()) {
+      out.value = v->int64_value();
+    } else if (v->has_numeric_value()) {
+      absl::SimpleAtoi(v->numeric_value(), &out.value);
+    } else if (v->has_text_value()) {
+      absl::SimpleAtoi(v->text_value(), &out.value);
     }
   }
   return out;
+}
+
+// A write through ingest of the one row (id, v) into `rows`.
+v1::WriteRequest RowWrite(int64_t id, int64_t v) {
+  return IdRowsWrite(kDb, "rows", id, 1, "v", Int(v));
 }
 
 constexpr char kRowRead[] = "SELECT v FROM rows WHERE id = $1";
@@ -284,16 +253,16 @@ class WalCacheTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     PostgresCluster& pg = Cluster();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE IF NOT EXISTS rows (id int8 PRIMARY KEY, v int8 NOT NULL);"
-                        "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int8 NOT NULL);"
-                        "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int8 NOT "
-                        "NULL);"
-                        "CREATE TABLE IF NOT EXISTS uncached (v int8);"
-                        "CREATE TABLE IF NOT EXISTS parents (id int PRIMARY KEY, v int8 NOT NULL);"
-                        "CREATE TABLE IF NOT EXISTS children (id int PRIMARY KEY, parent int NOT "
-                        "NULL REFERENCES parents ON UPDATE CASCADE ON DELETE CASCADE)")
+    ASSERT_TRUE(pg.CreateDatabase(
+                      kDb,
+                      "CREATE TABLE IF NOT EXISTS rows (id int8 PRIMARY KEY, v int8 NOT NULL);"
+                      "CREATE TABLE IF NOT EXISTS other (id int PRIMARY KEY, v int8 NOT NULL);"
+                      "CREATE TABLE IF NOT EXISTS counters (id int PRIMARY KEY, n int8 NOT "
+                      "NULL);"
+                      "CREATE TABLE IF NOT EXISTS uncached (v int8);"
+                      "CREATE TABLE IF NOT EXISTS parents (id int PRIMARY KEY, v int8 NOT NULL);"
+                      "CREATE TABLE IF NOT EXISTS children (id int PRIMARY KEY, parent int NOT "
+                      "NULL REFERENCES parents ON UPDATE CASCADE ON DELETE CASCADE)")
                     .ok());
     for (const char* name : {"a", "b"}) {
       auto r = std::make_unique<Replica>();
@@ -304,23 +273,13 @@ class WalCacheTest : public ::testing::Test {
     }
     // The ingest service, writing `rows`.
     v1::IngestServiceConfig ingest;
-    v1::DatabaseConfig* db = ingest.add_databases();
-    db->set_name(kDb);
-    db->set_dsn(pg.Dsn(kDb));
-    v1::IngestTables* t = ingest.add_tables();
-    t->set_database(kDb);
-    t->add_tables("rows");
+    AddDatabase(&ingest, kDb, pg.Dsn(kDb));
+    AddTables(&ingest, kDb, {"rows"});
     ingest.mutable_batch()->set_linger_ms(2);
-    const std::string stem = NewStem("ingest_server");
-    ingest.mutable_server()->set_listen("127.0.0.1:0");
-    ingest.mutable_server()->mutable_tls()->set_plaintext(true);
-    ingest.mutable_server()->set_port_file(stem + ".port");
-    auto p = StartConfigured("services/ingest/ingest_server", ingest, stem + ".port", stem);
+    auto p = StartWithStub<v1::IngestService>("services/ingest/ingest_server", ingest);
     ASSERT_TRUE(p.ok()) << p.status();
-    ingest_process_ = p->release();
-    auto channel = Connect(ingest_process_->address());
-    ASSERT_TRUE(channel.ok()) << channel.status();
-    ingest_ = v1::IngestService::NewStub(*channel).release();
+    ingest_process_ = p->process.release();
+    ingest_ = p->stub.release();
   }
   static void TearDownTestSuite() {
     replicas_.clear();
@@ -422,14 +381,7 @@ TEST_F(WalCacheTest, EachKindOfWriteInvalidatesItsRowsAndTheTableLevelReadsOnly)
        }},
       {"ingest", kRows + 2, 13,
        [&] {
-         v1::WriteRequest w;
-         w.set_database(kDb);
-         w.set_table("rows");
-         w.add_columns("id");
-         w.add_columns("v");
-         v1::Row* row = w.add_rows();
-         row->add_values()->set_int64_value(kRows + 2);
-         row->add_values()->set_int64_value(13);
+         const v1::WriteRequest w = RowWrite(kRows + 2, 13);
          grpc::ClientContext ctx;
          ctx.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
          v1::WriteResponse response;
@@ -795,14 +747,7 @@ class Load {
   void IngestWriter(v1::IngestService::Stub& ingest) {
     for (int64_t n = 1; !stop_.load(); ++n) {
       const int64_t id = kIngestedIds + n;
-      v1::WriteRequest w;
-      w.set_database(kDb);
-      w.set_table("rows");
-      w.add_columns("id");
-      w.add_columns("v");
-      v1::Row* row = w.add_rows();
-      row->add_values()->set_int64_value(id);
-      row->add_values()->set_int64_value(n);
+      const v1::WriteRequest w = RowWrite(id, n);
       grpc::ClientContext ctx;
       ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
       v1::WriteResponse response;
@@ -1281,9 +1226,7 @@ TEST(WalCacheUnavailableTest, FailsToStartOrFallsBackToTriggersAsConfigured) {
   v1::QueryServiceConfig config;
   {
     // Replica::Start with walUnavailable "trigger": its config, adjusted.
-    v1::DatabaseConfig* db = config.add_databases();
-    db->set_name(kDb);
-    db->set_dsn((*pg)->Dsn(kDb));
+    AddDatabase(&config, kDb, (*pg)->Dsn(kDb));
     const std::string stem = NewStem("query_server_trigger");
     config.mutable_server()->set_listen("127.0.0.1:0");
     config.mutable_server()->mutable_tls()->set_plaintext(true);
@@ -1294,9 +1237,7 @@ TEST(WalCacheUnavailableTest, FailsToStartOrFallsBackToTriggersAsConfigured) {
     v1::QueryCacheConfig* cache = config.mutable_cache();
     cache->set_target(absl::StrCat("unix:", fallback.sidecar.socket));
     cache->set_wal_unavailable("trigger");
-    v1::CachedTables* tables = cache->add_tables();
-    tables->set_database(kDb);
-    tables->add_tables("rows");
+    AddTables(cache, kDb, {"rows"});
     auto p = StartConfigured("services/query/query_server", config, stem + ".port", stem);
     ASSERT_TRUE(p.ok()) << p.status();
     fallback.process = *std::move(p);

@@ -7,6 +7,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_join.h"
 #include "common/auth/token_hash.h"
 #include "common/clock/clock.h"
 #include "common/config/json_config.h"
@@ -29,6 +30,14 @@ std::string Principal(const std::string& name, const std::string& token, const s
 }
 
 std::string Bearer(const std::string& token) { return "Bearer " + token; }
+
+// An authorizer of these principals (Principal() objects) and nothing else.
+absl::StatusOr<std::unique_ptr<Authorizer>> Of(const std::vector<std::string>& principals,
+                                               Clock* clock = Clock::Real()) {
+  const v1::AuthConfig config =
+      Config("{\"principals\": [" + absl::StrJoin(principals, ", ") + "]}");
+  return Authorizer::Create(config, clock);
+}
 
 class AuthorizerTest : public ::testing::Test {
  protected:
@@ -167,12 +176,11 @@ TEST(AuthorizerConfigTest, PrincipalsFromFileAndEnvironment) {
 
 TEST(AuthorizerLimitsTest, TokenBucketPerPrincipalWithRetryDelay) {
   SimulatedClock clock;
-  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(
-      Config("{\"principals\": [" +
-             Principal("noisy", "tok-noisy", "\"read\"",
-                       ", \"limits\": {\"requestsPerSecond\": 2, \"burst\": 3}") +
-             ", " + Principal("calm", "tok-calm", "\"read\"") + "]}"),
-      &clock);
+  absl::StatusOr<std::unique_ptr<Authorizer>> a =
+      Of({Principal("noisy", "tok-noisy", "\"read\"",
+                    ", \"limits\": {\"requestsPerSecond\": 2, \"burst\": 3}"),
+          Principal("calm", "tok-calm", "\"read\"")},
+         &clock);
   ASSERT_TRUE(a.ok()) << a.status();
   const std::string noisy_h = Bearer("tok-noisy"), calm_h = Bearer("tok-calm");
   const auth::Principal& noisy = **(*a)->Authenticate(&noisy_h);
@@ -207,13 +215,11 @@ TEST(AuthorizerLimitsTest, ConcurrencySlotsAreReleasedWithThePermit) {
 
 TEST(AuthorizerLimitsTest, ConcurrentAdmissionsKeepBothLimits) {
   SimulatedClock clock;  // frozen: exactly `burst` calls fit the bucket
-  absl::StatusOr<std::unique_ptr<Authorizer>> a = Authorizer::Create(
-      Config("{\"principals\": [" +
-             Principal("p", "tok-p", "\"read\"",
-                       ", \"limits\": {\"requestsPerSecond\": 1, \"burst\": 100, "
-                       "\"maxConcurrent\": 4}") +
-             "]}"),
-      &clock);
+  absl::StatusOr<std::unique_ptr<Authorizer>> a =
+      Of({Principal("p", "tok-p", "\"read\"",
+                    ", \"limits\": {\"requestsPerSecond\": 1, \"burst\": 100, "
+                    "\"maxConcurrent\": 4}")},
+         &clock);
   ASSERT_TRUE(a.ok()) << a.status();
   const std::string h = Bearer("tok-p");
   const auth::Principal& p = **(*a)->Authenticate(&h);
@@ -257,14 +263,10 @@ google::protobuf::RepeatedPtrField<v1::DatabaseConfig> Databases() {
 }
 
 TEST(AuthorizerRolesTest, DatabaseRolesAndTheDdlGrant) {
-  auto a = Authorizer::Create(
-      Config("{\"principals\": [" +
-             Principal("reader", "t1", "\"read\", \"sql\"",
-                       ", \"databases\": [\"app\"], \"databaseRole\": \"app_read\"") +
-             ", " +
-             Principal("owner", "t2", "\"read\", \"write\", \"sql\", \"ddl\"",
-                       ", \"databases\": [\"*\"], \"databaseRoles\": {\"app\": \"app_write\"}") +
-             "]}"));
+  auto a = Of({Principal("reader", "t1", "\"read\", \"sql\"",
+                         ", \"databases\": [\"app\"], \"databaseRole\": \"app_read\""),
+               Principal("owner", "t2", "\"read\", \"write\", \"sql\", \"ddl\"",
+                         ", \"databases\": [\"*\"], \"databaseRoles\": {\"app\": \"app_write\"}")});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_TRUE((*a)->CheckDatabaseRoles(Databases()).ok());
   std::string t1 = Bearer("t1"), t2 = Bearer("t2");
@@ -280,11 +282,8 @@ TEST(AuthorizerRolesTest, DatabaseRolesAndTheDdlGrant) {
 
 TEST(AuthorizerRolesTest, RolesADatabaseDoesNotConfigureAreNamed) {
   // "*" reaches reports, which has no app_read.
-  auto everywhere = Authorizer::Create(
-      Config("{\"principals\": [" +
-             Principal("reader", "t1", "\"read\"",
-                       ", \"databases\": [\"*\"], \"databaseRole\": \"app_read\"") +
-             "]}"));
+  auto everywhere = Of({Principal("reader", "t1", "\"read\"",
+                                  ", \"databases\": [\"*\"], \"databaseRole\": \"app_read\"")});
   ASSERT_TRUE(everywhere.ok());
   absl::Status s = (*everywhere)->CheckDatabaseRoles(Databases());
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
@@ -293,17 +292,13 @@ TEST(AuthorizerRolesTest, RolesADatabaseDoesNotConfigureAreNamed) {
             std::string::npos)
       << s;
 
-  auto unknown_db = Authorizer::Create(
-      Config("{\"principals\": [" +
-             Principal("w", "t1", "\"write\"",
-                       ", \"databases\": [\"app\"], \"databaseRoles\": {\"nope\": \"x\"}") +
-             "]}"));
+  auto unknown_db = Of({Principal(
+      "w", "t1", "\"write\"", ", \"databases\": [\"app\"], \"databaseRoles\": {\"nope\": \"x\"}")});
   ASSERT_TRUE(unknown_db.ok());
   EXPECT_NE((*unknown_db)->CheckDatabaseRoles(Databases()).message().find("\"nope\""),
             std::string::npos);
 
-  auto bad_role =
-      Authorizer::Create(Config("{\"principals\": [" + Principal("w", "t1", "\"ddI\"") + "]}"));
+  auto bad_role = Of({Principal("w", "t1", "\"ddI\"")});
   EXPECT_EQ(bad_role.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(bad_role.status().message().find("ddl"), std::string::npos);
 }

@@ -212,16 +212,10 @@ class Model {
   std::map<std::string, uint64_t> prefix_generations_;
 };
 
+// Names of the outcomes, in the enum's order.
 const char* OutcomeName(Outcome o) {
-  switch (o) {
-    case Outcome::kHit:
-      return "HIT";
-    case Outcome::kStale:
-      return "STALE";
-    case Outcome::kMiss:
-      return "MISS";
-  }
-  return "?";
+  static constexpr const char* kNames[] = {"HIT", "STALE", "MISS"};
+  return kNames[static_cast<int>(o)];
 }
 
 void RunModel(uint32_t seed, uint32_t shards, uint64_t shard_bytes, int steps) {

@@ -8,11 +8,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/clock/clock.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace poolside::cache {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::Field;
 using Outcome = CacheStore::Outcome;
 using SetResult = CacheStore::SetResult;
 
@@ -20,6 +23,12 @@ constexpr absl::Duration kNoStale = absl::ZeroDuration();
 // Put()'s read_generation: the store's generation when Put is called (a
 // caller that read the current generation before reading its value).
 constexpr uint64_t kCurrent = ~uint64_t{0};
+
+// Stats of a store that holds nothing.
+auto Empty() {
+  return AllOf(Field("entries", &CacheStoreStats::entries, 0u),
+               Field("bytes", &CacheStoreStats::bytes, 0u));
+}
 
 class CacheStoreTest : public ::testing::Test {
  protected:
@@ -75,14 +84,12 @@ TEST_F(CacheStoreTest, HitStaleMissAndExpiry) {
   EXPECT_EQ(r.outcome, Outcome::kMiss);
   EXPECT_EQ(r.value, nullptr);
 
-  CacheStoreStats s = store.Stats();
-  EXPECT_EQ(s.hits, 2u);
-  EXPECT_EQ(s.stale_hits, 1u);
-  EXPECT_EQ(s.misses, 2u);
-  EXPECT_EQ(s.expirations, 1u);
-  EXPECT_EQ(s.entries, 0u);
-  EXPECT_EQ(s.bytes, 0u);
-  EXPECT_DOUBLE_EQ(s.hit_ratio(), 3.0 / 5.0);
+  EXPECT_THAT(store.Stats(),
+              AllOf(Field("hits", &CacheStoreStats::hits, 2u),
+                    Field("stale_hits", &CacheStoreStats::stale_hits, 1u),
+                    Field("misses", &CacheStoreStats::misses, 2u),
+                    Field("expirations", &CacheStoreStats::expirations, 1u), Empty()));
+  EXPECT_DOUBLE_EQ(store.Stats().hit_ratio(), 3.0 / 5.0);
 }
 
 TEST_F(CacheStoreTest, WithoutStaleWindowGoesStraightToMiss) {
@@ -175,15 +182,13 @@ TEST_F(CacheStoreTest, InvalidateByTagPrefixAndFlush) {
   Put(store, "x", "e", {"t"});
   r = store.Invalidate({}, {}, true);
   EXPECT_EQ(r.removed, 2u);
-  CacheStoreStats s = store.Stats();
-  EXPECT_EQ(s.entries, 0u);
-  EXPECT_EQ(s.bytes, 0u);
-  EXPECT_EQ(s.invalidations, 3u);
-  EXPECT_EQ(s.invalidated_tags, 1u);
-  EXPECT_EQ(s.invalidated_prefixes, 1u);
-  EXPECT_EQ(s.flushes, 1u);
-  EXPECT_EQ(s.invalidated_entries, 5u);
-  EXPECT_EQ(s.generation, g0 + 3);
+  EXPECT_THAT(store.Stats(),
+              AllOf(Empty(), Field("invalidations", &CacheStoreStats::invalidations, 3u),
+                    Field("invalidated_tags", &CacheStoreStats::invalidated_tags, 1u),
+                    Field("invalidated_prefixes", &CacheStoreStats::invalidated_prefixes, 1u),
+                    Field("flushes", &CacheStoreStats::flushes, 1u),
+                    Field("invalidated_entries", &CacheStoreStats::invalidated_entries, 5u),
+                    Field("generation", &CacheStoreStats::generation, g0 + 3)));
   // The tag index was emptied along with the entries.
   EXPECT_EQ(store.Invalidate({"t", "users"}, {}, false).removed, 0u);
 }
@@ -253,11 +258,11 @@ TEST_F(CacheStoreTest, GenerationsNotIssuedByThisStoreAreRefused) {
     EXPECT_FALSE(restarted.Issued(g)) << g;
   }
   EXPECT_FALSE(Has(restarted, "k"));
-  CacheStoreStats s = restarted.Stats();
-  EXPECT_EQ(s.entries, 0u);
-  EXPECT_EQ(s.sets, 0u);
-  EXPECT_EQ(s.sets_rejected, 6u);
-  EXPECT_EQ(s.sets_unknown_generation, 6u);
+  EXPECT_THAT(restarted.Stats(), AllOf(Field("entries", &CacheStoreStats::entries, 0u),
+                                       Field("sets", &CacheStoreStats::sets, 0u),
+                                       Field("sets_rejected", &CacheStoreStats::sets_rejected, 6u),
+                                       Field("sets_unknown_generation",
+                                             &CacheStoreStats::sets_unknown_generation, 6u)));
   // A generation handed out later (by an invalidation) becomes valid then.
   const uint64_t next = restarted.generation() + 1;
   restarted.Invalidate({"other"}, {}, false);

@@ -16,10 +16,7 @@ namespace {
 
 TEST(CgroupTest, V2LimitsOfOwnCgroup) {
   FakeCgroup fs;
-  fs.Write("fs/cgroup.controllers", "cpu memory\n");
-  fs.Write("fs/kubepods/pod1/c1/memory.max", "536870912\n");
-  fs.Write("fs/kubepods/pod1/c1/cpu.max", "150000 100000\n");
-  fs.Write("self_cgroup", "0::/kubepods/pod1/c1\n");
+  fs.WriteV2("kubepods/pod1/c1", "536870912", "150000 100000");
   ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
   ASSERT_TRUE(l.memory_bytes.has_value());
   EXPECT_EQ(*l.memory_bytes, 536870912u);
@@ -31,10 +28,7 @@ TEST(CgroupTest, V2LimitsOfOwnCgroup) {
 
 TEST(CgroupTest, V2MaxMeansNoLimit) {
   FakeCgroup fs;
-  fs.Write("fs/cgroup.controllers", "cpu memory\n");
-  fs.Write("fs/memory.max", "max\n");
-  fs.Write("fs/cpu.max", "max 100000\n");
-  fs.Write("self_cgroup", "0::/\n");
+  fs.WriteV2("", "max", "max 100000");
   ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
   EXPECT_FALSE(l.memory_bytes.has_value());
   EXPECT_FALSE(l.cpus.has_value());
@@ -42,10 +36,7 @@ TEST(CgroupTest, V2MaxMeansNoLimit) {
 
 TEST(CgroupTest, V2NamespacedRootIsTheContainer) {
   FakeCgroup fs;
-  fs.Write("fs/cgroup.controllers", "cpu memory\n");
-  fs.Write("fs/memory.max", "1073741824\n");
-  fs.Write("fs/cpu.max", "50000 100000\n");
-  fs.Write("self_cgroup", "0::/\n");
+  fs.WriteV2("", "1073741824", "50000 100000");
   ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
   EXPECT_EQ(l.memory_bytes.value_or(0), 1073741824u);
   EXPECT_DOUBLE_EQ(l.cpus.value_or(0), 0.5);
@@ -54,12 +45,9 @@ TEST(CgroupTest, V2NamespacedRootIsTheContainer) {
 
 TEST(CgroupTest, V2TightestAncestorWins) {
   FakeCgroup fs;
-  fs.Write("fs/cgroup.controllers", "cpu memory\n");
+  fs.WriteV2("pod/c1", "max", "max 100000");
   fs.Write("fs/pod/memory.max", "1000000\n");
-  fs.Write("fs/pod/c1/memory.max", "max\n");
-  fs.Write("fs/pod/c1/cpu.max", "max 100000\n");
   fs.Write("fs/pod/cpu.max", "200000 100000\n");
-  fs.Write("self_cgroup", "0::/pod/c1\n");
   ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
   EXPECT_EQ(l.memory_bytes.value_or(0), 1000000u);
   EXPECT_DOUBLE_EQ(l.cpus.value_or(0), 2.0);
@@ -75,10 +63,9 @@ TEST(CgroupTest, V2PathMissingUnderRootFallsBackToRoot) {
 
 TEST(CgroupTest, V1Limits) {
   FakeCgroup fs;
-  fs.Write("fs/memory/docker/abc/memory.limit_in_bytes", "268435456\n");
+  fs.WriteV1("docker/abc", "cpu,cpuacct", "268435456", "250000");
   fs.Write("fs/memory/memory.limit_in_bytes", "9223372036854771712\n");
-  fs.Write("fs/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "250000\n");
-  fs.Write("fs/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n");
+  // Other hierarchies' lines, and the unified one's, are passed over.
   fs.Write("self_cgroup",
            "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n0::/\n");
   ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
@@ -89,10 +76,7 @@ TEST(CgroupTest, V1Limits) {
 
 TEST(CgroupTest, V1UnlimitedValues) {
   FakeCgroup fs;
-  fs.Write("fs/memory/memory.limit_in_bytes", "9223372036854771712\n");
-  fs.Write("fs/cpu/cpu.cfs_quota_us", "-1\n");
-  fs.Write("fs/cpu/cpu.cfs_period_us", "100000\n");
-  fs.Write("self_cgroup", "4:memory:/\n2:cpu:/\n");
+  fs.WriteV1("", "cpu", "9223372036854771712", "-1");
   ContainerLimits l = ReadContainerLimits(fs.root() + "/fs", fs.self());
   EXPECT_FALSE(l.memory_bytes.has_value());
   EXPECT_FALSE(l.cpus.has_value());

@@ -44,6 +44,30 @@ class FakeCgroup {
     std::ofstream(path) << content;
   }
 
+  // A cgroup v2 mount at fs() with both controllers, and this process in
+  // `cgroup` below it ("" for the mount's root, as in a cgroup namespace),
+  // whose memory.max and cpu.max hold the given values ("max" for none).
+  void WriteV2(const std::string& cgroup, const std::string& memory_max,
+               const std::string& cpu_max) {
+    const std::string dir = cgroup.empty() ? "fs/" : "fs/" + cgroup + "/";
+    Write("fs/cgroup.controllers", "cpu memory\n");
+    Write(dir + "memory.max", memory_max + "\n");
+    Write(dir + "cpu.max", cpu_max + "\n");
+    Write("self_cgroup", "0::/" + cgroup + "\n");
+  }
+
+  // cgroup v1 hierarchies at fs(): "memory", and `cpu_controllers` (such as
+  // "cpu,cpuacct") with a 100 ms period, with this process in `cgroup` ("" for
+  // the root) in both, whose memory limit and CPU quota hold the given values.
+  void WriteV1(const std::string& cgroup, const std::string& cpu_controllers,
+               const std::string& memory_limit, const std::string& cpu_quota) {
+    const std::string dir = cgroup.empty() ? "/" : "/" + cgroup + "/";
+    Write("fs/memory" + dir + "memory.limit_in_bytes", memory_limit + "\n");
+    Write("fs/" + cpu_controllers + dir + "cpu.cfs_quota_us", cpu_quota + "\n");
+    Write("fs/" + cpu_controllers + dir + "cpu.cfs_period_us", "100000\n");
+    Write("self_cgroup", "4:memory:/" + cgroup + "\n2:" + cpu_controllers + ":/" + cgroup + "\n");
+  }
+
  private:
   std::string root_;
 };

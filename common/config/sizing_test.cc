@@ -35,10 +35,7 @@ MemoryRule QuarterOfMemory() {
 
 TEST(SizingTest, FromCgroupV2Limits) {
   FakeCgroup fake;
-  fake.Write("fs/cgroup.controllers", "cpu memory\n");
-  fake.Write("fs/kubepods/pod/c/memory.max", "1073741824\n");
-  fake.Write("fs/kubepods/pod/c/cpu.max", "150000 100000\n");
-  fake.Write("self_cgroup", "0::/kubepods/pod/c\n");
+  fake.WriteV2("kubepods/pod/c", "1073741824", "150000 100000");
   const ContainerLimits limits =
       EffectiveLimits(v1::ServerConfig(), ReadContainerLimits(fake.fs(), fake.self()));
   EXPECT_EQ(ThreadsFromCpu(limits, CopyWorkers()), 4u);  // 1.5 cores -> 2 -> x2
@@ -49,10 +46,7 @@ TEST(SizingTest, FromCgroupV2Limits) {
 
 TEST(SizingTest, FromCgroupV1Limits) {
   FakeCgroup fake;
-  fake.Write("fs/memory/kubepods/c/memory.limit_in_bytes", "268435456\n");
-  fake.Write("fs/cpu,cpuacct/kubepods/c/cpu.cfs_quota_us", "50000\n");
-  fake.Write("fs/cpu,cpuacct/kubepods/c/cpu.cfs_period_us", "100000\n");
-  fake.Write("self_cgroup", "5:memory:/kubepods/c\n3:cpu,cpuacct:/kubepods/c\n");
+  fake.WriteV1("kubepods/c", "cpu,cpuacct", "268435456", "50000");
   const ContainerLimits limits =
       EffectiveLimits(v1::ServerConfig(), ReadContainerLimits(fake.fs(), fake.self()));
   EXPECT_EQ(ThreadsFromCpu(limits, CopyWorkers()), 2u);  // half a core -> 1 -> x2
@@ -62,10 +56,7 @@ TEST(SizingTest, FromCgroupV1Limits) {
 
 TEST(SizingTest, UnlimitedCgroupUsesTheFallbacks) {
   FakeCgroup fake;
-  fake.Write("fs/cgroup.controllers", "cpu memory\n");
-  fake.Write("fs/memory.max", "max\n");
-  fake.Write("fs/cpu.max", "max 100000\n");
-  fake.Write("self_cgroup", "0::/\n");
+  fake.WriteV2("", "max", "max 100000");
   const ContainerLimits limits =
       EffectiveLimits(v1::ServerConfig(), ReadContainerLimits(fake.fs(), fake.self()));
   EXPECT_EQ(ThreadsFromCpu(limits, CopyWorkers()), 4u);
@@ -89,10 +80,7 @@ TEST(SizingTest, ClampsToTheRule) {
 
 TEST(SizingTest, ConfigurationOverridesTheCgroup) {
   FakeCgroup fake;
-  fake.Write("fs/cgroup.controllers", "cpu memory\n");
-  fake.Write("fs/memory.max", "1073741824\n");
-  fake.Write("fs/cpu.max", "400000 100000\n");
-  fake.Write("self_cgroup", "0::/\n");
+  fake.WriteV2("", "1073741824", "400000 100000");
   v1::ServerConfig server;
   server.set_cpu_limit(1);
   const ContainerLimits cpu_only =

@@ -14,24 +14,23 @@ class CatalogTest : public ::testing::Test {
     auto pg = testing::PostgresCluster::Start();
     ASSERT_TRUE(pg.ok()) << pg.status();
     pg_ = pg->release();
-    ASSERT_TRUE(pg_->CreateDatabase("app").ok());
-    ASSERT_TRUE(pg_->Exec("app",
-                          "CREATE TABLE accounts (id int PRIMARY KEY);"
-                          "CREATE VIEW account_view AS SELECT * FROM accounts;"
-                          "CREATE FUNCTION public.lower_plus(text) RETURNS text "
-                          "LANGUAGE sql IMMUTABLE AS 'SELECT lower($1)';"
-                          "CREATE FUNCTION public.abs(text) RETURNS text "
-                          "LANGUAGE sql VOLATILE AS 'SELECT $1';"
-                          "CREATE ROLE plain LOGIN;"
-                          "CREATE ROLE reader LOGIN;"
-                          "ALTER ROLE reader SET default_transaction_read_only = on;"
-                          "CREATE ROLE signaller LOGIN;"
-                          "GRANT pg_signal_backend TO signaller;"
-                          "CREATE ROLE filer LOGIN;"
-                          "CREATE ROLE middle NOLOGIN;"
-                          "GRANT pg_read_server_files TO middle;"
-                          "GRANT middle TO filer;"
-                          "CREATE ROLE bypasser LOGIN BYPASSRLS;")
+    ASSERT_TRUE(pg_->CreateDatabase("app",
+                                    "CREATE TABLE accounts (id int PRIMARY KEY);"
+                                    "CREATE VIEW account_view AS SELECT * FROM accounts;"
+                                    "CREATE FUNCTION public.lower_plus(text) RETURNS text "
+                                    "LANGUAGE sql IMMUTABLE AS 'SELECT lower($1)';"
+                                    "CREATE FUNCTION public.abs(text) RETURNS text "
+                                    "LANGUAGE sql VOLATILE AS 'SELECT $1';"
+                                    "CREATE ROLE plain LOGIN;"
+                                    "CREATE ROLE reader LOGIN;"
+                                    "ALTER ROLE reader SET default_transaction_read_only = on;"
+                                    "CREATE ROLE signaller LOGIN;"
+                                    "GRANT pg_signal_backend TO signaller;"
+                                    "CREATE ROLE filer LOGIN;"
+                                    "CREATE ROLE middle NOLOGIN;"
+                                    "GRANT pg_read_server_files TO middle;"
+                                    "GRANT middle TO filer;"
+                                    "CREATE ROLE bypasser LOGIN BYPASSRLS;")
                     .ok());
   }
   static void TearDownTestSuite() {
@@ -49,15 +48,20 @@ class CatalogTest : public ::testing::Test {
 
   static absl::Time Deadline() { return absl::Now() + absl::Seconds(10); }
 
+  // The session role of a connection logged in as `user`.
+  static absl::StatusOr<SessionRole> RoleOf(const std::string& user) {
+    std::unique_ptr<Connection> c = Connect(user);
+    if (c == nullptr) return absl::UnavailableError("cannot connect as " + user);
+    return ReadSessionRole(*c, Deadline());
+  }
+
   static testing::PostgresCluster* pg_;
 };
 
 testing::PostgresCluster* CatalogTest::pg_ = nullptr;
 
 TEST_F(CatalogTest, SuperuserIsPrivilegedAndRefusedUnlessAllowed) {
-  auto c = Connect("postgres");
-  ASSERT_NE(c, nullptr);
-  absl::StatusOr<SessionRole> role = ReadSessionRole(*c, Deadline());
+  absl::StatusOr<SessionRole> role = RoleOf("postgres");
   ASSERT_TRUE(role.ok()) << role.status();
   EXPECT_EQ(role->user, "postgres");
   EXPECT_TRUE(role->superuser);
@@ -71,17 +75,13 @@ TEST_F(CatalogTest, SuperuserIsPrivilegedAndRefusedUnlessAllowed) {
 }
 
 TEST_F(CatalogTest, MembershipsOfPrivilegedRolesCountDirectlyAndThroughOtherRoles) {
-  auto signaller = Connect("signaller");
-  ASSERT_NE(signaller, nullptr);
-  absl::StatusOr<SessionRole> s = ReadSessionRole(*signaller, Deadline());
+  absl::StatusOr<SessionRole> s = RoleOf("signaller");
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_FALSE(s->superuser);
   EXPECT_EQ(s->privileged_memberships, std::vector<std::string>{"pg_signal_backend"});
   EXPECT_EQ(CheckSessionRole(*s, "app", false).code(), absl::StatusCode::kFailedPrecondition);
 
-  auto filer = Connect("filer");
-  ASSERT_NE(filer, nullptr);
-  absl::StatusOr<SessionRole> f = ReadSessionRole(*filer, Deadline());
+  absl::StatusOr<SessionRole> f = RoleOf("filer");
   ASSERT_TRUE(f.ok()) << f.status();
   EXPECT_EQ(f->privileged_memberships, std::vector<std::string>{"pg_read_server_files"});
 }
@@ -89,9 +89,7 @@ TEST_F(CatalogTest, MembershipsOfPrivilegedRolesCountDirectlyAndThroughOtherRole
 // Row-level security does not apply to a BYPASSRLS role: neither an
 // application's policies nor the one between ingest logins' idempotency keys.
 TEST_F(CatalogTest, BypassRlsIsPrivileged) {
-  auto c = Connect("bypasser");
-  ASSERT_NE(c, nullptr);
-  absl::StatusOr<SessionRole> role = ReadSessionRole(*c, Deadline());
+  absl::StatusOr<SessionRole> role = RoleOf("bypasser");
   ASSERT_TRUE(role.ok()) << role.status();
   EXPECT_TRUE(role->bypass_rls);
   EXPECT_FALSE(role->superuser);
@@ -104,9 +102,7 @@ TEST_F(CatalogTest, BypassRlsIsPrivileged) {
 }
 
 TEST_F(CatalogTest, PlainAndReadOnlyRolesPass) {
-  auto plain = Connect("plain");
-  ASSERT_NE(plain, nullptr);
-  absl::StatusOr<SessionRole> p = ReadSessionRole(*plain, Deadline());
+  absl::StatusOr<SessionRole> p = RoleOf("plain");
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_FALSE(p->privileged());
   EXPECT_FALSE(p->read_only_by_default);

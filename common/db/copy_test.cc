@@ -22,7 +22,6 @@
 namespace poolside::db {
 namespace {
 
-using ::poolside::testing::Bytes;
 using ::poolside::testing::Int;
 using ::poolside::testing::Null;
 using ::poolside::testing::Text;
@@ -47,7 +46,8 @@ TEST(CopyEncodingTest, EscapesText) {
 }
 
 TEST(CopyEncodingTest, EncodesKinds) {
-  EXPECT_EQ(Field(Bytes(std::string("\x00\xff\x10", 3)), Col("b", oid::kBytea)), "\\\\x00ff10");
+  EXPECT_EQ(Field(testing::Bytes(std::string("\x00\xff\x10", 3)), Col("b", oid::kBytea)),
+            "\\\\x00ff10");
   EXPECT_EQ(Field(Int(-5), Col("i", oid::kInt4)), "-5");
   v1::Value ts;
   ts.mutable_timestamp_value()->set_seconds(1700000000);
@@ -90,10 +90,10 @@ TEST(CopyEncodingTest, RefusesBadValues) {
   EXPECT_EQ(SqlStateOf(s), "22P02");
   s = AppendCopyField(Int(70000), Col("i", oid::kInt2), &out);
   EXPECT_EQ(SqlStateOf(s), "22003");
-  s = AppendCopyField(Bytes("bad \xff"), Col("t", oid::kText), &out);
+  s = AppendCopyField(testing::Bytes("bad \xff"), Col("t", oid::kText), &out);
   EXPECT_EQ(SqlStateOf(s), "22021");
-  EXPECT_EQ(Field(Bytes("a\tb"), Col("t", oid::kText)), "a\\tb");
-  s = AppendCopyField(Bytes("x"), Col("i", oid::kInt4), &out);
+  EXPECT_EQ(Field(testing::Bytes("a\tb"), Col("t", oid::kText)), "a\\tb");
+  s = AppendCopyField(testing::Bytes("x"), Col("i", oid::kInt4), &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   s = AppendCopyField(Int(1), Col("ts", oid::kTimestamptz), &out);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
@@ -197,12 +197,11 @@ class CopyTest : public ::testing::Test {
  protected:
   void SetUp() override {
     pg_ = &testing::SharedPostgres();
-    ASSERT_TRUE(pg_->CreateDatabase("copytest").ok());
-    ASSERT_TRUE(pg_->Exec("copytest",
-                          "DROP TABLE IF EXISTS t; CREATE TABLE t (id int8 PRIMARY KEY, "
-                          "name text NOT NULL, data bytea, at timestamptz, "
-                          "amount numeric(12,2), ok bool, gen int8 GENERATED ALWAYS AS "
-                          "(id * 2) STORED, \"Odd \"\"col\" text)")
+    ASSERT_TRUE(pg_->CreateDatabase("copytest",
+                                    "DROP TABLE IF EXISTS t; CREATE TABLE t (id int8 PRIMARY KEY, "
+                                    "name text NOT NULL, data bytea, at timestamptz, "
+                                    "amount numeric(12,2), ok bool, gen int8 GENERATED ALWAYS AS "
+                                    "(id * 2) STORED, \"Odd \"\"col\" text)")
                     .ok());
     ConnectionOptions o;
     o.dsn = pg_->Dsn("copytest");
@@ -241,7 +240,7 @@ TEST_F(CopyTest, CopiesTrickyValuesExactly) {
     v1::Row row;
     *row.add_values() = Int(i);
     *row.add_values() = Text(absl::StrCat("tab\there\nnew\\line\r", i, " h\xc3\xa9"));
-    *row.add_values() = Bytes(std::string("\0\\\n", 3));
+    *row.add_values() = testing::Bytes(std::string("\0\\\n", 3));
     row.add_values()->mutable_timestamp_value()->set_seconds(1700000000 + i);
     row.add_values()->set_numeric_value("12.34");
     row.add_values()->set_bool_value(i % 2 == 0);

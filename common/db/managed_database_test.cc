@@ -29,10 +29,9 @@ class ManagedDatabaseTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     pg_ = &testing::SharedPostgres();
-    ASSERT_TRUE(pg_->CreateDatabase("app").ok());
-    ASSERT_TRUE(pg_->Exec("app",
-                          "CREATE ROLE writer LOGIN;"
-                          "CREATE ROLE reader LOGIN;")
+    ASSERT_TRUE(pg_->CreateDatabase("app",
+                                    "CREATE ROLE writer LOGIN;"
+                                    "CREATE ROLE reader LOGIN;")
                     .ok());
   }
   // A finalized configuration of "app" as the unprivileged `writer`, with
@@ -81,6 +80,16 @@ class ManagedDatabaseTest : public ::testing::Test {
     for (const std::string id : {"a", "b"}) {
       db.topology()->Record(id, MemberSample{.in_recovery = id != primary, .lsn = lsn});
     }
+  }
+
+  // Members a and b, a found primary, then neither: returns the primary
+  // generation of a's term.
+  static uint64_t PrimaryLost(ManagedDatabase& db) {
+    SetMembers(db);
+    RecordPrimary(db, "a");
+    const uint64_t seen = db.primary_generation();
+    RecordPrimary(db, "");
+    return seen;
   }
 
   static std::string CurrentUser(ConnectionPool& pool) {
@@ -280,10 +289,7 @@ TEST_F(ManagedDatabaseTest, PoolsMadeWhileThePrimaryMovesAreForThePrimaryOfTheir
 
 TEST_F(ManagedDatabaseTest, HoldEndsWhenANewPrimaryIsNamed) {
   ManagedDatabase db(Config(true), {});
-  SetMembers(db);
-  RecordPrimary(db, "a");
-  const uint64_t seen = db.primary_generation();
-  RecordPrimary(db, "");  // lost
+  const uint64_t seen = PrimaryLost(db);
   absl::Notification released;
   std::atomic<bool> outcome{false};
   ASSERT_TRUE(db.HoldForPrimary(seen, 10, absl::InfiniteFuture(), [&](bool known) {
@@ -302,10 +308,7 @@ TEST_F(ManagedDatabaseTest, HoldEndsWhenANewPrimaryIsNamed) {
 
 TEST_F(ManagedDatabaseTest, EachHoldsTimeIsRecordedUntilReleasedOrStopped) {
   ManagedDatabase db(Config(true), {});
-  SetMembers(db);
-  RecordPrimary(db, "a");
-  const uint64_t seen = db.primary_generation();
-  RecordPrimary(db, "");  // lost
+  const uint64_t seen = PrimaryLost(db);
   EXPECT_EQ(db.hold_stats().durations.count, 0u);
   const absl::Time start = absl::Now();
   constexpr int kReleased = 3;

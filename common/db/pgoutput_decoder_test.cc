@@ -1,6 +1,7 @@
 #include "common/db/pgoutput_decoder.h"
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -38,6 +39,22 @@ class Msg {
   Msg& Text(absl::string_view s) { return U8('t').U32(static_cast<uint32_t>(s.size())).Raw(s); }
   Msg& Null() { return U8('n'); }
   Msg& Unchanged() { return U8('u'); }
+  // A whole TupleData introduced by `kind` ('N', 'K' or 'O'): a column is a
+  // null if nullptr, unchanged (TOASTed) if kUnchanged, else a text value.
+  Msg& Tuple(char kind, std::initializer_list<const char*> columns) {
+    U8(kind).U16(static_cast<uint16_t>(columns.size()));
+    for (const char* column : columns) {
+      if (column == nullptr) {
+        Null();
+      } else if (column == kUnchanged) {
+        Unchanged();
+      } else {
+        Text(column);
+      }
+    }
+    return *this;
+  }
+  static constexpr char kUnchanged[] = "<unchanged>";
   const std::string& str() const { return bytes_; }
   operator absl::string_view() const { return bytes_; }
 
@@ -127,18 +144,8 @@ TEST_F(DecoderTest, UpdateWithoutOldKeyKeepsOnlyTheNewKey) {
 
 TEST_F(DecoderTest, UpdateThatChangedTheKeyCarriesBoth) {
   // The old key tuple has every column; the non-key ones are null.
-  auto e = d_.Decode(Msg('U')
-                         .U32(16384)
-                         .U8('K')
-                         .U16(3)
-                         .Text("42")
-                         .Null()
-                         .Null()
-                         .U8('N')
-                         .U16(3)
-                         .Text("43")
-                         .Text("bob")
-                         .Null());
+  auto e = d_.Decode(
+      Msg('U').U32(16384).Tuple('K', {"42", nullptr, nullptr}).Tuple('N', {"43", "bob", nullptr}));
   const ChangeEvent& c = As<ChangeEvent>(e);
   EXPECT_EQ(c.new_key, Key({"43"}));
   EXPECT_EQ(c.old_key, Key({"42"}));
@@ -148,16 +155,8 @@ TEST_F(DecoderTest, UpdateThatChangedTheKeyCarriesBoth) {
 TEST_F(DecoderTest, OldKeyEqualToTheNewOneIsDropped) {
   auto e = d_.Decode(Msg('U')
                          .U32(16384)
-                         .U8('K')
-                         .U16(3)
-                         .Text("42")
-                         .Null()
-                         .Null()
-                         .U8('N')
-                         .U16(3)
-                         .Text("42")
-                         .Null()
-                         .Null());
+                         .Tuple('K', {"42", nullptr, nullptr})
+                         .Tuple('N', {"42", nullptr, nullptr}));
   const ChangeEvent& c = As<ChangeEvent>(e);
   EXPECT_EQ(c.new_key, Key({"42"}));
   EXPECT_TRUE(c.old_key.empty());
@@ -166,16 +165,8 @@ TEST_F(DecoderTest, OldKeyEqualToTheNewOneIsDropped) {
 TEST_F(DecoderTest, UnchangedToastedKeyIsTakenFromTheOldRow) {
   auto e = d_.Decode(Msg('U')
                          .U32(16390)
-                         .U8('O')
-                         .U16(3)
-                         .Text("1")
-                         .Text("long key")
-                         .Text("x")
-                         .U8('N')
-                         .U16(3)
-                         .Text("1")
-                         .Unchanged()
-                         .Text("y"));
+                         .Tuple('O', {"1", "long key", "x"})
+                         .Tuple('N', {"1", Msg::kUnchanged, "y"}));
   const ChangeEvent& c = As<ChangeEvent>(e);
   EXPECT_TRUE(c.key_known);
   EXPECT_EQ(c.new_key, Key({"1", "long key"}));

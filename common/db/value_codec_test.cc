@@ -10,12 +10,9 @@
 namespace poolside::db {
 namespace {
 
-using ::poolside::testing::Bytes;
 using ::poolside::testing::Double;
-using ::poolside::testing::Int;
 using ::poolside::testing::Numeric;
 using ::poolside::testing::Params;
-using ::poolside::testing::Text;
 
 v1::Value Decode(absl::string_view text, uint32_t type);
 
@@ -26,8 +23,9 @@ TEST(EncodeTest, TypesAndTextForms) {
   v1::Value b;
   b.set_bool_value(true);
   v1::Value null;
-  auto params = Params({Int(std::numeric_limits<int64_t>::min()), Double(0.1), Text("héllo"),
-                        Bytes(std::string("a\0b", 3)), ts, Numeric("-12.50"), b, null});
+  auto params = Params({testing::Int(std::numeric_limits<int64_t>::min()), Double(0.1),
+                        testing::Text("héllo"), testing::Bytes(std::string("a\0b", 3)), ts,
+                        Numeric("-12.50"), b, null});
   EncodedParams e;
   ASSERT_TRUE(e.Encode(params).ok());
   ASSERT_EQ(e.size(), 8);
@@ -74,7 +72,7 @@ TEST(EncodeTest, TimestampsBeforeYear1000KeepFourDigitYears) {
 
 TEST(EncodeTest, RejectsWhatPostgresCannotTake) {
   EncodedParams e;
-  absl::Status s = e.Encode(Params({Int(1), Text(std::string("a\0b", 3))}));
+  absl::Status s = e.Encode(Params({testing::Int(1), testing::Text(std::string("a\0b", 3))}));
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("$2"), absl::string_view::npos);
   EXPECT_EQ(e.Encode(Params({Numeric("12,5")})).code(), absl::StatusCode::kInvalidArgument);

@@ -3,6 +3,8 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <initializer_list>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -40,7 +42,7 @@ class Gate {
   bool open_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-// Polls `condition` until it holds; fails the test after 10 s.
+// Polls `condition` until it holds; false after 10 s.
 bool WaitUntil(const std::function<bool()>& condition) {
   const absl::Time give_up = absl::Now() + absl::Seconds(10);
   while (!condition()) {
@@ -67,6 +69,51 @@ struct Conn {
 };
 
 using ConnPool = Pool<Conn>;
+
+// Waits until `n` Acquire() calls are queued in `pool`; false after 10 s.
+bool WaitForWaiters(ConnPool& pool, size_t n) {
+  return WaitUntil([&] { return pool.Stats().waiters == n; });
+}
+
+// PoolOptions with the given sizes; everything else is PoolOptions' default.
+PoolOptions Sized(size_t min_idle, size_t max_size = PoolOptions().max_size,
+                  size_t max_overflow = 0) {
+  PoolOptions o;
+  o.min_idle = min_idle;
+  o.max_size = max_size;
+  o.max_overflow = max_overflow;
+  return o;
+}
+
+// Checks the named counters of `stats` (the PoolStats field names) against
+// their expected values; the counters not named are not checked.
+void ExpectCounts(const PoolStats& stats,
+                  std::initializer_list<std::pair<std::string, uint64_t>> expected) {
+  const std::map<std::string, uint64_t> actual = {
+      {"size", stats.size},
+      {"idle", stats.idle},
+      {"in_use", stats.in_use},
+      {"waiters", stats.waiters},
+      {"min_idle", stats.min_idle},
+      {"max_size", stats.max_size},
+      {"max_overflow", stats.max_overflow},
+      {"overflow_in_use", stats.overflow_in_use},
+      {"acquired", stats.acquired},
+      {"timeouts", stats.timeouts},
+      {"created", stats.created},
+      {"overflow_created", stats.overflow_created},
+      {"closed", stats.closed},
+      {"recycled", stats.recycled},
+      {"broken", stats.broken},
+      {"leaks", stats.leaks},
+      {"create_failures", stats.create_failures},
+  };
+  for (const auto& [name, value] : expected) {
+    const auto it = actual.find(name);
+    ASSERT_NE(it, actual.end()) << "PoolStats has no counter " << name;
+    EXPECT_EQ(it->second, value) << "PoolStats." << name;
+  }
+}
 
 class PoolTest : public ::testing::Test {
  protected:
@@ -105,6 +152,51 @@ class PoolTest : public ::testing::Test {
 
   absl::Time Soon() { return clock_.Now() + absl::Seconds(1); }
 
+  // Leases an object, lets `use` see it and returns it to the pool; returns
+  // its id, or 0 (with a test failure) if no object could be had.
+  int UseOnce(ConnPool& pool, const std::function<void(Conn&)>& use = nullptr) {
+    auto lease = pool.Acquire(Soon());
+    if (!lease.ok()) {
+      ADD_FAILURE() << lease.status();
+      return 0;
+    }
+    if (use) use(**lease);
+    return (*lease)->id;
+  }
+
+  // Runs Maintain() until it blocks in its first creation, and WarmUp()
+  // beside it; runs `before_open`, then lets the factory go on. Returns
+  // WarmUp()'s status once both are done (UNKNOWN if Maintain() never got to
+  // the factory, with a test failure).
+  absl::Status WarmUpBesideABlockedTopUp(ConnPool& pool,
+                                         const std::function<void()>& before_open = nullptr) {
+    block_factory_ = true;
+    std::thread maintainer([&] { pool.Maintain(); });
+    absl::Status warm_status = absl::UnknownError("not run");
+    if (WaitUntil([&] { return factory_calls_ == 1; })) {
+      std::thread warmer([&] { warm_status = pool.WarmUp(); });
+      if (before_open) before_open();
+      block_gate_.Open();
+      warmer.join();
+    } else {
+      ADD_FAILURE() << "Maintain() did not call the factory";
+      block_gate_.Open();
+    }
+    maintainer.join();
+    return warm_status;
+  }
+
+  // Leases `n` objects, failing the test for each that cannot be had.
+  std::vector<ConnPool::Lease> AcquireAll(ConnPool& pool, int n) {
+    std::vector<ConnPool::Lease> leases;
+    for (int i = 0; i < n; ++i) {
+      auto lease = pool.Acquire(Soon());
+      EXPECT_TRUE(lease.ok()) << lease.status();
+      if (lease.ok()) leases.push_back(std::move(*lease));
+    }
+    return leases;
+  }
+
   SimulatedClock clock_;
   std::atomic<int> next_id_{0};
   std::atomic<int> alive_{0};
@@ -118,16 +210,10 @@ class PoolTest : public ::testing::Test {
 };
 
 TEST_F(PoolTest, StartsEmptyAndWarmUpCreatesMinIdle) {
-  PoolOptions o;
-  o.min_idle = 3;
-  o.max_size = 5;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(3, 5));
   EXPECT_EQ(pool->Stats().size, 0u);  // lazy: nothing until WarmUp/Acquire
   ASSERT_TRUE(pool->WarmUp().ok());
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.size, 3u);
-  EXPECT_EQ(s.idle, 3u);
-  EXPECT_EQ(s.created, 3u);
+  ExpectCounts(pool->Stats(), {{"size", 3}, {"idle", 3}, {"created", 3}});
   EXPECT_EQ(alive_, 3);
   // Already warm: no more objects.
   ASSERT_TRUE(pool->WarmUp().ok());
@@ -135,28 +221,21 @@ TEST_F(PoolTest, StartsEmptyAndWarmUpCreatesMinIdle) {
 }
 
 TEST_F(PoolTest, WarmUpWithZeroMinIdleCreatesNothing) {
-  PoolOptions o;
-  o.min_idle = 0;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0));
   ASSERT_TRUE(pool->WarmUp().ok());
   EXPECT_EQ(pool->Stats().size, 0u);
   EXPECT_EQ(factory_calls_, 0);
 }
 
 TEST_F(PoolTest, MinIdleIsClampedToMaxSize) {
-  PoolOptions o;
-  o.min_idle = 8;
-  o.max_size = 2;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(8, 2));
   EXPECT_EQ(pool->options().min_idle, 2u);
   ASSERT_TRUE(pool->WarmUp().ok());
   EXPECT_EQ(pool->Stats().idle, 2u);
 }
 
 TEST_F(PoolTest, ReusesIdleObjectMostRecentlyUsedFirst) {
-  PoolOptions o;
-  o.min_idle = 0;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0));
   auto a = pool->Acquire(Soon());
   auto b = pool->Acquire(Soon());
   ASSERT_TRUE(a.ok() && b.ok());
@@ -172,23 +251,13 @@ TEST_F(PoolTest, ReusesIdleObjectMostRecentlyUsedFirst) {
 }
 
 TEST_F(PoolTest, NeverExceedsMaxSize) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 3;
-  auto pool = MakePool(o);
-  std::vector<ConnPool::Lease> leases;
-  for (int i = 0; i < 3; ++i) {
-    auto l = pool->Acquire(Soon());
-    ASSERT_TRUE(l.ok()) << l.status();
-    leases.push_back(std::move(*l));
-  }
+  auto pool = MakePool(Sized(0, 3));
+  std::vector<ConnPool::Lease> leases = AcquireAll(*pool, 3);
+  ASSERT_EQ(leases.size(), 3u);
   // Full: a caller whose deadline has passed gets DEADLINE_EXCEEDED at once.
   auto extra = pool->Acquire(clock_.Now());
   EXPECT_EQ(extra.status().code(), absl::StatusCode::kDeadlineExceeded);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.size, 3u);
-  EXPECT_EQ(s.in_use, 3u);
-  EXPECT_EQ(s.timeouts, 1u);
+  ExpectCounts(pool->Stats(), {{"size", 3}, {"in_use", 3}, {"timeouts", 1}});
   EXPECT_EQ(alive_, 3);
   // WarmUp cannot add beyond max_size either, and reports OK (pool is full).
   EXPECT_TRUE(pool->WarmUp().ok());
@@ -196,10 +265,7 @@ TEST_F(PoolTest, NeverExceedsMaxSize) {
 }
 
 TEST_F(PoolTest, WaitersAreServedInArrivalOrder) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 1));
   auto held = pool->Acquire(Soon());
   ASSERT_TRUE(held.ok());
 
@@ -214,22 +280,17 @@ TEST_F(PoolTest, WaitersAreServedInArrivalOrder) {
       sync::MutexLock lock(&order_mu);
       order.push_back(i);
     });  // the lease is returned here, handing it to the next waiter
-    ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == static_cast<size_t>(i + 1); }));
+    ASSERT_TRUE(WaitForWaiters(*pool, static_cast<size_t>(i + 1)));
   }
   held->Release();
   for (auto& t : threads) t.join();
   EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.created, 1u);  // one object handed along the queue
-  EXPECT_EQ(s.acquired, 1u + kWaiters);
-  EXPECT_EQ(s.waiters, 0u);
+  // One object, handed along the queue.
+  ExpectCounts(pool->Stats(), {{"created", 1}, {"acquired", 1u + kWaiters}, {"waiters", 0}});
 }
 
 TEST_F(PoolTest, ReturnedObjectIsHandedOffSoNewcomerCannotOvertake) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 1));
   auto held = pool->Acquire(Soon());
   ASSERT_TRUE(held.ok());
   const int id = (*held)->id;
@@ -242,7 +303,7 @@ TEST_F(PoolTest, ReturnedObjectIsHandedOffSoNewcomerCannotOvertake) {
     waiter_got = (*l)->id;
     done.Wait();
   });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 1));
   held->Release();
   // The object now belongs to the queued waiter, even if it has not woken yet.
   auto newcomer = pool->Acquire(clock_.Now());
@@ -254,9 +315,7 @@ TEST_F(PoolTest, ReturnedObjectIsHandedOffSoNewcomerCannotOvertake) {
 }
 
 TEST_F(PoolTest, AcquireTimeoutWithRealClock) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
+  PoolOptions o = Sized(0, 1);
   o.acquire_timeout = absl::Milliseconds(50);
   auto pool = MakePool(o, Clock::Real());
   auto held = pool->Acquire(absl::InfiniteFuture());
@@ -275,16 +334,11 @@ TEST_F(PoolTest, AcquireTimeoutWithRealClock) {
   held->Release();
   auto c = pool->Acquire(absl::InfiniteFuture());
   ASSERT_TRUE(c.ok()) << c.status();
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.acquired, 2u);
-  EXPECT_EQ(s.created, 1u);
-  EXPECT_EQ(s.timeouts, 2u);
+  ExpectCounts(pool->Stats(), {{"acquired", 2}, {"created", 1}, {"timeouts", 2}});
 }
 
 TEST_F(PoolTest, AcquireTimeoutFollowsSimulatedClock) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
+  PoolOptions o = Sized(0, 1);
   o.acquire_timeout = absl::Seconds(5);
   auto pool = MakePool(o);
   auto held = pool->Acquire(Soon());
@@ -292,7 +346,7 @@ TEST_F(PoolTest, AcquireTimeoutFollowsSimulatedClock) {
 
   absl::Status status;
   std::thread waiter([&] { status = pool->Acquire(absl::InfiniteFuture()).status(); });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 1));
   clock_.Advance(absl::Seconds(4));
   EXPECT_EQ(pool->Stats().timeouts, 0u);
   clock_.Advance(absl::Seconds(1));  // reaches now + acquire_timeout
@@ -303,36 +357,28 @@ TEST_F(PoolTest, AcquireTimeoutFollowsSimulatedClock) {
 }
 
 TEST_F(PoolTest, FactoryFailureReturnsItsStatus) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 1));
   fail_remaining_ = 1;
   auto a = pool->Acquire(Soon());
   EXPECT_EQ(a.status().code(), absl::StatusCode::kUnavailable);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.create_failures, 1u);
-  EXPECT_EQ(s.size, 0u);  // the reserved slot was freed
-  EXPECT_EQ(s.created, 0u);
+  // Size 0: the reserved slot was freed.
+  ExpectCounts(pool->Stats(), {{"create_failures", 1}, {"size", 0}, {"created", 0}});
   auto b = pool->Acquire(Soon());
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(pool->Stats().size, 1u);
 }
 
 TEST_F(PoolTest, FactoryFailureFreesSlotForNextWaiter) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 1));
   auto held = pool->Acquire(Soon());
   ASSERT_TRUE(held.ok());
 
   absl::Status first;
   absl::Status second;
   std::thread w1([&] { first = pool->Acquire(clock_.Now() + absl::Seconds(3)).status(); });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 1));
   std::thread w2([&] { second = pool->Acquire(clock_.Now() + absl::Seconds(3)).status(); });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 2; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 2));
 
   fail_remaining_ = 1;  // the next creation fails, the one after succeeds
   held->MarkBroken();
@@ -341,16 +387,11 @@ TEST_F(PoolTest, FactoryFailureFreesSlotForNextWaiter) {
   w2.join();
   EXPECT_EQ(first.code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(second.ok()) << second;
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.create_failures, 1u);
-  EXPECT_EQ(s.broken, 1u);
-  EXPECT_EQ(s.size, 1u);
-  EXPECT_EQ(s.idle, 1u);
+  ExpectCounts(pool->Stats(), {{"create_failures", 1}, {"broken", 1}, {"size", 1}, {"idle", 1}});
 }
 
 TEST_F(PoolTest, FactoryReturningNullIsInternalError) {
-  PoolOptions o;
-  o.min_idle = 0;
+  PoolOptions o = Sized(0);
   ConnPool pool(
       o, [] { return absl::StatusOr<std::unique_ptr<Conn>>(nullptr); }, nullptr, nullptr, &clock_);
   auto a = pool.Acquire(Soon());
@@ -360,21 +401,14 @@ TEST_F(PoolTest, FactoryReturningNullIsInternalError) {
 }
 
 TEST_F(PoolTest, WarmUpRetriesUntilFactoryWorks) {
-  PoolOptions o;
-  o.min_idle = 2;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(2));
   fail_remaining_ = 2;  // backs off 50ms, then 100ms of real time
   ASSERT_TRUE(pool->WarmUp(absl::Seconds(10)).ok());
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.create_failures, 2u);
-  EXPECT_EQ(s.created, 2u);
-  EXPECT_EQ(s.idle, 2u);
+  ExpectCounts(pool->Stats(), {{"create_failures", 2}, {"created", 2}, {"idle", 2}});
 }
 
 TEST_F(PoolTest, WarmUpGivesUpWithLastError) {
-  PoolOptions o;
-  o.min_idle = 2;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(2));
   fail_always_ = true;
   // No retry budget: one attempt.
   EXPECT_EQ(pool->WarmUp().code(), absl::StatusCode::kUnavailable);
@@ -382,15 +416,11 @@ TEST_F(PoolTest, WarmUpGivesUpWithLastError) {
   // 300ms budget: attempts after 0, 50 and 150ms; the next would be at 350ms.
   EXPECT_EQ(pool->WarmUp(absl::Milliseconds(300)).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(factory_calls_, 4);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.create_failures, 4u);
-  EXPECT_EQ(s.size, 0u);
+  ExpectCounts(pool->Stats(), {{"create_failures", 4}, {"size", 0}});
 }
 
 TEST_F(PoolTest, CloseStopsWarmUpRetriesAndRefusesAcquire) {
-  PoolOptions o;
-  o.min_idle = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(1));
   fail_always_ = true;
   absl::Status warm_status;
   // An hour of retries: only Close() can end this within the test's timeout.
@@ -404,35 +434,22 @@ TEST_F(PoolTest, CloseStopsWarmUpRetriesAndRefusesAcquire) {
 }
 
 TEST_F(PoolTest, PrePingsOnlyObjectsIdleTooLong) {
-  PoolOptions o;
-  o.min_idle = 0;
+  PoolOptions o = Sized(0);
   o.validate_after_idle = absl::Seconds(30);
   auto pool = MakePool(o);
-  int first_id = 0;
-  {
-    auto l = pool->Acquire(Soon());
-    ASSERT_TRUE(l.ok());
-    first_id = (*l)->id;
-    (*l)->healthy = false;  // the server dropped it, the pool cannot know yet
-  }
+  // The server drops it; the pool cannot know yet.
+  const int first_id = UseOnce(*pool, [](Conn& c) { c.healthy = false; });
   clock_.Advance(absl::Seconds(10));
-  {
-    auto l = pool->Acquire(Soon());
-    ASSERT_TRUE(l.ok());
-    EXPECT_EQ((*l)->id, first_id);  // recently used: handed out without a ping
-    EXPECT_EQ(validations_, 0);
-  }
+  // Recently used: handed out without a ping.
+  EXPECT_EQ(UseOnce(*pool), first_id);
+  EXPECT_EQ(validations_, 0);
   clock_.Advance(absl::Seconds(31));
   auto l = pool->Acquire(Soon());
   ASSERT_TRUE(l.ok()) << l.status();
   EXPECT_EQ(validations_, 1);
   EXPECT_NE((*l)->id, first_id);  // the broken one was replaced
   EXPECT_TRUE((*l)->healthy);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.broken, 1u);
-  EXPECT_EQ(s.closed, 1u);
-  EXPECT_EQ(s.created, 2u);
-  EXPECT_EQ(s.size, 1u);
+  ExpectCounts(pool->Stats(), {{"broken", 1}, {"closed", 1}, {"created", 2}, {"size", 1}});
   EXPECT_EQ(destroyed_, 1);
   EXPECT_EQ(alive_, 1);
 }
@@ -440,22 +457,12 @@ TEST_F(PoolTest, PrePingsOnlyObjectsIdleTooLong) {
 // By default an object idle for a second is pre-pinged: one the other end
 // closed while it sat in the pool is replaced before a caller gets it.
 TEST_F(PoolTest, DefaultPrePingsObjectsIdleForASecond) {
-  PoolOptions o;
-  o.min_idle = 0;
-  auto pool = MakePool(o);
-  int first_id = 0;
-  {
-    auto l = pool->Acquire(Soon());
-    ASSERT_TRUE(l.ok());
-    first_id = (*l)->id;
-  }
+  auto pool = MakePool(Sized(0));
+  const int first_id = UseOnce(*pool);
   clock_.Advance(absl::Milliseconds(999));
-  {
-    auto l = pool->Acquire(Soon());
-    ASSERT_TRUE(l.ok());
-    EXPECT_EQ(validations_, 0);
-    (*l)->healthy = false;  // dies while idle, unknown to the pool
-  }
+  // Dies while idle, unknown to the pool.
+  EXPECT_EQ(UseOnce(*pool, [](Conn& c) { c.healthy = false; }), first_id);
+  EXPECT_EQ(validations_, 0);
   clock_.Advance(absl::Seconds(1));
   auto l = pool->Acquire(Soon());
   ASSERT_TRUE(l.ok()) << l.status();
@@ -466,32 +473,23 @@ TEST_F(PoolTest, DefaultPrePingsObjectsIdleForASecond) {
 }
 
 TEST_F(PoolTest, FailedPrePingTriesAnotherIdleObjectFirst) {
-  PoolOptions o;
-  o.min_idle = 2;
+  PoolOptions o = Sized(2);
   o.validate_after_idle = absl::Seconds(30);
   auto pool = MakePool(o);
   ASSERT_TRUE(pool->WarmUp().ok());
-  {
-    // Mark the one handed out first (most recently idle) unhealthy.
-    auto l = pool->Acquire(Soon());
-    ASSERT_TRUE(l.ok());
-    (*l)->healthy = false;
-  }
+  // Mark the one handed out first (most recently idle) unhealthy.
+  UseOnce(*pool, [](Conn& c) { c.healthy = false; });
   clock_.Advance(absl::Minutes(1));
   auto l = pool->Acquire(Soon());
   ASSERT_TRUE(l.ok()) << l.status();
   EXPECT_TRUE((*l)->healthy);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.broken, 1u);
-  EXPECT_EQ(s.created, 2u);  // the other idle object was used, none created
-  EXPECT_EQ(s.size, 1u);
+  // Created stays 2: the other idle object was used, none created.
+  ExpectCounts(pool->Stats(), {{"broken", 1}, {"created", 2}, {"size", 1}});
   EXPECT_EQ(validations_, 2);
 }
 
 TEST_F(PoolTest, MarkBrokenDestroysOnReturn) {
-  PoolOptions o;
-  o.min_idle = 0;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0));
   int id = 0;
   {
     auto l = pool->Acquire(Soon());
@@ -499,11 +497,7 @@ TEST_F(PoolTest, MarkBrokenDestroysOnReturn) {
     id = (*l)->id;
     l->MarkBroken();
   }
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.broken, 1u);
-  EXPECT_EQ(s.closed, 1u);
-  EXPECT_EQ(s.size, 0u);
-  EXPECT_EQ(s.idle, 0u);
+  ExpectCounts(pool->Stats(), {{"broken", 1}, {"closed", 1}, {"size", 0}, {"idle", 0}});
   EXPECT_EQ(destroyed_, 1);
   EXPECT_EQ(alive_, 0);
   auto l = pool->Acquire(Soon());
@@ -512,8 +506,7 @@ TEST_F(PoolTest, MarkBrokenDestroysOnReturn) {
 }
 
 TEST_F(PoolTest, MaxLifetimeRecyclesOnReturnBeforeHandOutAndWhenIdle) {
-  PoolOptions o;
-  o.min_idle = 0;
+  PoolOptions o = Sized(0);
   o.max_lifetime = absl::Minutes(30);
   o.idle_timeout = absl::Hours(10);
   o.validate_after_idle = absl::Hours(10);
@@ -546,42 +539,27 @@ TEST_F(PoolTest, MaxLifetimeRecyclesOnReturnBeforeHandOutAndWhenIdle) {
   // closed).
   clock_.Advance(absl::Minutes(30));
   pool->Maintain();
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.recycled, 3u);
-  EXPECT_EQ(s.closed, 3u);
-  EXPECT_EQ(s.size, 0u);
+  ExpectCounts(pool->Stats(), {{"recycled", 3}, {"closed", 3}, {"size", 0}});
   EXPECT_EQ(alive_, 0);
 }
 
 TEST_F(PoolTest, IdleTimeoutKeepsMinIdle) {
-  PoolOptions o;
-  o.min_idle = 1;
-  o.max_size = 5;
+  PoolOptions o = Sized(1, 5);
   o.idle_timeout = absl::Minutes(10);
   auto pool = MakePool(o);
-  {
-    std::vector<ConnPool::Lease> leases;
-    for (int i = 0; i < 4; ++i) leases.push_back(std::move(*pool->Acquire(Soon())));
-  }
+  ASSERT_EQ(AcquireAll(*pool, 4).size(), 4u);  // all returned at once
   EXPECT_EQ(pool->Stats().idle, 4u);
   clock_.Advance(absl::Minutes(5));
   pool->Maintain();
   EXPECT_EQ(pool->Stats().idle, 4u);  // not idle long enough
   clock_.Advance(absl::Minutes(6));
   pool->Maintain();
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.idle, 1u);
-  EXPECT_EQ(s.size, 1u);
-  EXPECT_EQ(s.closed, 3u);
-  EXPECT_EQ(s.recycled, 0u);
+  ExpectCounts(pool->Stats(), {{"idle", 1}, {"size", 1}, {"closed", 3}, {"recycled", 0}});
   EXPECT_EQ(alive_, 1);
 }
 
 TEST_F(PoolTest, MaintainTopsIdleUpToMinIdle) {
-  PoolOptions o;
-  o.min_idle = 2;
-  o.max_size = 3;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(2, 3));
   pool->Maintain();
   EXPECT_EQ(pool->Stats().idle, 2u);
   // A lease in use does not count towards min_idle.
@@ -601,14 +579,11 @@ TEST_F(PoolTest, MaintainTopsIdleUpToMinIdle) {
   l2->Release();
   pool->Maintain();  // one attempt, fails, slot given back
   EXPECT_EQ(factory_calls_, calls + 1);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.create_failures, 1u);
-  EXPECT_EQ(s.size, 2u);
+  ExpectCounts(pool->Stats(), {{"create_failures", 1}, {"size", 2}});
 }
 
 TEST_F(PoolTest, LeakIsReportedOnceAndCounted) {
-  PoolOptions o;
-  o.min_idle = 0;
+  PoolOptions o = Sized(0);
   o.leak_threshold = absl::Minutes(1);
   auto pool = MakePool(o);
   auto l = pool->Acquire(Soon(), "trace-1 GetOrder");
@@ -633,9 +608,7 @@ TEST_F(PoolTest, LeakIsReportedOnceAndCounted) {
 }
 
 TEST_F(PoolTest, LeaseMoveReleaseAndAccessors) {
-  PoolOptions o;
-  o.min_idle = 0;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0));
   const absl::Time t0 = clock_.Now();
   auto a = pool->Acquire(Soon());
   ASSERT_TRUE(a.ok());
@@ -655,9 +628,7 @@ TEST_F(PoolTest, LeaseMoveReleaseAndAccessors) {
   EXPECT_FALSE(other);
   other.Release();  // no-op
   lease.Release();  // no-op on moved-from
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.in_use, 0u);
-  EXPECT_EQ(s.idle, 1u);
+  ExpectCounts(pool->Stats(), {{"in_use", 0}, {"idle", 1}});
 
   // Assigning over a live lease returns the old one first.
   auto b = pool->Acquire(Soon());
@@ -669,114 +640,80 @@ TEST_F(PoolTest, LeaseMoveReleaseAndAccessors) {
 }
 
 TEST_F(PoolTest, StatsNumbers) {
-  PoolOptions o;
-  o.min_idle = 1;
-  o.max_size = 3;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(1, 3));
   ASSERT_TRUE(pool->WarmUp().ok());
-  auto a = pool->Acquire(Soon());
-  auto b = pool->Acquire(Soon());
-  auto c = pool->Acquire(Soon());
-  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  std::vector<ConnPool::Lease> leases = AcquireAll(*pool, 3);
+  ASSERT_EQ(leases.size(), 3u);
   EXPECT_EQ(pool->Acquire(clock_.Now()).status().code(), absl::StatusCode::kDeadlineExceeded);
   clock_.Advance(absl::Milliseconds(3));
-  b->MarkBroken();
-  b->Release();
-  a->Release();
+  leases[1].MarkBroken();
+  leases[1].Release();
+  leases[0].Release();
   PoolStats s = pool->Stats();
-  EXPECT_EQ(s.size, 2u);
-  EXPECT_EQ(s.idle, 1u);
-  EXPECT_EQ(s.in_use, 1u);
-  EXPECT_EQ(s.waiters, 0u);
-  EXPECT_EQ(s.min_idle, 1u);
-  EXPECT_EQ(s.max_size, 3u);
-  EXPECT_EQ(s.acquired, 3u);
-  EXPECT_EQ(s.timeouts, 1u);
-  EXPECT_EQ(s.created, 3u);
-  EXPECT_EQ(s.closed, 1u);
-  EXPECT_EQ(s.recycled, 0u);
-  EXPECT_EQ(s.broken, 1u);
-  EXPECT_EQ(s.leaks, 0u);
-  EXPECT_EQ(s.create_failures, 0u);
+  ExpectCounts(s, {{"size", 2},
+                   {"idle", 1},
+                   {"in_use", 1},
+                   {"waiters", 0},
+                   {"min_idle", 1},
+                   {"max_size", 3},
+                   {"acquired", 3},
+                   {"timeouts", 1},
+                   {"created", 3},
+                   {"closed", 1},
+                   {"recycled", 0},
+                   {"broken", 1},
+                   {"leaks", 0},
+                   {"create_failures", 0}});
   EXPECT_EQ(s.acquire_wait.count, 3u);  // successes only
   EXPECT_EQ(s.acquire_wait.max, 0.0);   // the simulated clock did not move
   EXPECT_EQ(s.created - s.closed, s.size);
 }
 
 TEST_F(PoolTest, OverflowCreatesAboveMaxSizeOnlyWhenAllAreBusy) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 2;
-  o.max_overflow = 2;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 2, 2));
   std::vector<ConnPool::Lease> leases;
   for (int i = 0; i < 4; ++i) {
     auto l = pool->Acquire(Soon());
     ASSERT_TRUE(l.ok()) << l.status();
     leases.push_back(std::move(*l));
-    PoolStats s = pool->Stats();
-    EXPECT_EQ(s.overflow_in_use, i < 2 ? 0u : static_cast<size_t>(i - 1));
-    EXPECT_EQ(s.overflow_created, i < 2 ? 0u : static_cast<uint64_t>(i - 1));
+    const uint64_t overflow = i < 2 ? 0 : i - 1;
+    ExpectCounts(pool->Stats(), {{"overflow_in_use", overflow}, {"overflow_created", overflow}});
   }
   // max_size + max_overflow reached: the next caller waits, then times out.
   absl::Status status;
   std::thread waiter([&] { status = pool->Acquire(clock_.Now() + absl::Seconds(2)).status(); });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 1));
   clock_.Advance(absl::Seconds(2));
   waiter.join();
   EXPECT_EQ(status.code(), absl::StatusCode::kDeadlineExceeded);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.size, 4u);
-  EXPECT_EQ(s.in_use, 4u);
-  EXPECT_EQ(s.overflow_in_use, 2u);
-  EXPECT_EQ(s.max_overflow, 2u);
-  EXPECT_EQ(s.timeouts, 1u);
+  ExpectCounts(
+      pool->Stats(),
+      {{"size", 4}, {"in_use", 4}, {"overflow_in_use", 2}, {"max_overflow", 2}, {"timeouts", 1}});
   EXPECT_EQ(alive_, 4);
 }
 
 TEST_F(PoolTest, OverflowObjectsAreDestroyedOnReturnNeverIdle) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 2;
-  o.max_overflow = 1;
-  auto pool = MakePool(o);
-  auto a = pool->Acquire(Soon());
-  auto b = pool->Acquire(Soon());
-  auto c = pool->Acquire(Soon());  // overflow
-  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  auto pool = MakePool(Sized(0, 2, 1));
+  std::vector<ConnPool::Lease> leases = AcquireAll(*pool, 3);  // the third is overflow
+  ASSERT_EQ(leases.size(), 3u);
   EXPECT_EQ(pool->Stats().overflow_in_use, 1u);
   // Whichever comes back first while three exist is destroyed, not kept.
-  a->Release();
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.size, 2u);
-  EXPECT_EQ(s.idle, 0u);
-  EXPECT_EQ(s.overflow_in_use, 0u);
-  EXPECT_EQ(s.closed, 1u);
-  EXPECT_EQ(s.broken, 0u);
+  leases[0].Release();
+  ExpectCounts(pool->Stats(),
+               {{"size", 2}, {"idle", 0}, {"overflow_in_use", 0}, {"closed", 1}, {"broken", 0}});
   EXPECT_EQ(destroyed_, 1);
   // Back within max_size: returned objects are kept idle again.
-  b->Release();
-  c->Release();
-  s = pool->Stats();
-  EXPECT_EQ(s.size, 2u);
-  EXPECT_EQ(s.idle, 2u);
-  EXPECT_EQ(s.closed, 1u);
-  EXPECT_EQ(s.overflow_created, 1u);
+  leases.clear();
+  ExpectCounts(pool->Stats(), {{"size", 2}, {"idle", 2}, {"closed", 1}, {"overflow_created", 1}});
   EXPECT_EQ(alive_, 2);
   // Idle objects are used before any overflow is created.
-  auto d = pool->Acquire(Soon());
-  auto e = pool->Acquire(Soon());
-  ASSERT_TRUE(d.ok() && e.ok());
+  ASSERT_EQ(AcquireAll(*pool, 2).size(), 2u);
   EXPECT_EQ(pool->Stats().created, 3u);
   EXPECT_EQ(pool->Stats().overflow_created, 1u);
 }
 
 TEST_F(PoolTest, OverflowObjectReturnedWhileSomeoneWaitsGoesToTheWaiter) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
-  o.max_overflow = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 1, 1));
   auto a = pool->Acquire(Soon());
   auto b = pool->Acquire(Soon());  // overflow
   ASSERT_TRUE(a.ok() && b.ok());
@@ -787,23 +724,16 @@ TEST_F(PoolTest, OverflowObjectReturnedWhileSomeoneWaitsGoesToTheWaiter) {
     ASSERT_TRUE(l.ok()) << l.status();
     got = (*l)->id;
   });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 1));
   b->Release();  // handed over rather than closed and reconnected
   waiter.join();
   EXPECT_EQ(got, b_id);
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.created, 2u);
-  EXPECT_EQ(s.size, 1u);  // the waiter's lease ended with its thread: destroyed
-  EXPECT_EQ(s.closed, 1u);
-  EXPECT_EQ(s.idle, 0u);
+  // Size 1: the waiter's lease ended with its thread, and the object was destroyed.
+  ExpectCounts(pool->Stats(), {{"created", 2}, {"size", 1}, {"closed", 1}, {"idle", 0}});
 }
 
 TEST_F(PoolTest, OverflowSlotFreedByABrokenObjectGoesToAWaiter) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
-  o.max_overflow = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 1, 1));
   auto a = pool->Acquire(Soon());
   auto b = pool->Acquire(Soon());
   ASSERT_TRUE(a.ok() && b.ok());
@@ -812,98 +742,54 @@ TEST_F(PoolTest, OverflowSlotFreedByABrokenObjectGoesToAWaiter) {
     auto l = pool->Acquire(clock_.Now() + absl::Seconds(3));
     status = l.status();
   });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 1));
   b->MarkBroken();
   b->Release();  // its slot is given to the waiter, who creates a new object
   waiter.join();
   EXPECT_TRUE(status.ok()) << status;
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.created, 3u);
-  EXPECT_EQ(s.overflow_created, 2u);
-  EXPECT_EQ(s.broken, 1u);
-  EXPECT_EQ(s.size, 1u);
+  ExpectCounts(pool->Stats(),
+               {{"created", 3}, {"overflow_created", 2}, {"broken", 1}, {"size", 1}});
   EXPECT_EQ(alive_, 1);
 }
 
 TEST_F(PoolTest, WarmUpAndMaintainNeverGoAboveMaxSizeOrKeepSurplusIdle) {
-  PoolOptions o;
-  o.min_idle = 2;
-  o.max_size = 2;
-  o.max_overflow = 3;
-  auto pool = MakePool(o);
-  std::vector<ConnPool::Lease> leases;
-  for (int i = 0; i < 4; ++i) {
-    auto l = pool->Acquire(Soon());
-    ASSERT_TRUE(l.ok());
-    leases.push_back(std::move(*l));
-  }
+  auto pool = MakePool(Sized(2, 2, 3));
+  std::vector<ConnPool::Lease> leases = AcquireAll(*pool, 4);
+  ASSERT_EQ(leases.size(), 4u);
   EXPECT_TRUE(pool->WarmUp().ok());  // full: creates nothing
   pool->Maintain();
   EXPECT_EQ(pool->Stats().created, 4u);
   leases.clear();
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.size, 2u);
-  EXPECT_EQ(s.idle, 2u);
-  EXPECT_EQ(s.overflow_in_use, 0u);
-  EXPECT_EQ(s.closed, 2u);
+  ExpectCounts(pool->Stats(), {{"size", 2}, {"idle", 2}, {"overflow_in_use", 0}, {"closed", 2}});
   EXPECT_EQ(alive_, 2);
 }
 
 TEST_F(PoolTest, WarmUpWaitsForTopUpsInFlightInsteadOfAddingASurplus) {
-  PoolOptions o;
-  o.min_idle = 2;
-  o.max_size = 4;
-  auto pool = MakePool(o);
-  block_factory_ = true;
-  // Maintain() reserves both top-ups and blocks in the first creation.
-  std::thread maintainer([&] { pool->Maintain(); });
-  ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
-  absl::Status warm_status = absl::UnknownError("not run");
-  std::thread warmer([&] { warm_status = pool->WarmUp(); });
-  // A WarmUp() that does not count the creations in flight calls the factory
-  // a second time here; give it the chance before opening the gate (with the
+  auto pool = MakePool(Sized(2, 4));
+  // Maintain() reserves both top-ups and blocks in the first creation. A
+  // WarmUp() that does not count the creations in flight calls the factory a
+  // second time meanwhile; give it the chance before the gate opens (with the
   // waiting WarmUp() the outcome below holds for every interleaving).
-  WaitUntilOrAfter([&] { return factory_calls_ >= 2; }, absl::Milliseconds(200));
-  block_gate_.Open();
-  maintainer.join();
-  warmer.join();
+  const absl::Status warm_status = WarmUpBesideABlockedTopUp(*pool, [&] {
+    WaitUntilOrAfter([&] { return factory_calls_ >= 2; }, absl::Milliseconds(200));
+  });
   ASSERT_TRUE(warm_status.ok()) << warm_status;
-  PoolStats s = pool->Stats();
   EXPECT_EQ(factory_calls_, 2);
-  EXPECT_EQ(s.created, 2u);
-  EXPECT_EQ(s.idle, 2u);
-  EXPECT_EQ(s.size, 2u);
+  ExpectCounts(pool->Stats(), {{"created", 2}, {"idle", 2}, {"size", 2}});
   EXPECT_EQ(alive_, 2);
 }
 
 TEST_F(PoolTest, WarmUpCreatesWhatAFailedTopUpDidNot) {
-  PoolOptions o;
-  o.min_idle = 1;
-  o.max_size = 2;
-  auto pool = MakePool(o);
-  block_factory_ = true;
+  auto pool = MakePool(Sized(1, 2));
   fail_remaining_ = 1;  // Maintain()'s creation fails
-  std::thread maintainer([&] { pool->Maintain(); });
-  ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
-  absl::Status warm_status = absl::UnknownError("not run");
-  std::thread warmer([&] { warm_status = pool->WarmUp(); });
-  block_gate_.Open();
-  maintainer.join();
-  warmer.join();
+  const absl::Status warm_status = WarmUpBesideABlockedTopUp(*pool);
   ASSERT_TRUE(warm_status.ok()) << warm_status;
-  PoolStats s = pool->Stats();
-  EXPECT_EQ(s.create_failures, 1u);
-  EXPECT_EQ(s.idle, 1u);
-  EXPECT_EQ(s.size, 1u);
+  ExpectCounts(pool->Stats(), {{"create_failures", 1}, {"idle", 1}, {"size", 1}});
   EXPECT_EQ(alive_, 1);
 }
 
 TEST_F(PoolTest, OverflowUnderConcurrentCallersKeepsTheBounds) {
-  PoolOptions o;
-  o.min_idle = 1;
-  o.max_size = 3;
-  o.max_overflow = 2;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(1, 3, 2));
   std::atomic<int> peak{0};
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
@@ -927,8 +813,7 @@ TEST_F(PoolTest, OverflowUnderConcurrentCallersKeepsTheBounds) {
   EXPECT_EQ(failures, 0);
   EXPECT_LE(peak, 5);
   PoolStats s = pool->Stats();
-  EXPECT_EQ(s.in_use, 0u);
-  EXPECT_EQ(s.waiters, 0u);
+  ExpectCounts(s, {{"in_use", 0}, {"waiters", 0}});
   EXPECT_LE(s.size, 3u);
   EXPECT_EQ(s.overflow_in_use, 0u);
   EXPECT_EQ(s.size, s.idle);
@@ -937,10 +822,7 @@ TEST_F(PoolTest, OverflowUnderConcurrentCallersKeepsTheBounds) {
 }
 
 TEST_F(PoolTest, DestructorCancelsWaitersAndWaitsForCreation) {
-  PoolOptions o;
-  o.min_idle = 0;
-  o.max_size = 1;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(0, 1));
   block_factory_ = true;
 
   absl::Status creator_status;
@@ -948,7 +830,7 @@ TEST_F(PoolTest, DestructorCancelsWaitersAndWaitsForCreation) {
   std::thread creator([&] { creator_status = pool->Acquire(absl::InfiniteFuture()).status(); });
   ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
   std::thread waiter([&] { waiter_status = pool->Acquire(absl::InfiniteFuture()).status(); });
-  ASSERT_TRUE(WaitUntil([&] { return pool->Stats().waiters == 1; }));
+  ASSERT_TRUE(WaitForWaiters(*pool, 1));
 
   std::atomic<bool> destroyed{false};
   std::thread destroyer([&] {
@@ -967,9 +849,7 @@ TEST_F(PoolTest, DestructorCancelsWaitersAndWaitsForCreation) {
 }
 
 TEST_F(PoolTest, DestructorDestroysIdleObjects) {
-  PoolOptions o;
-  o.min_idle = 3;
-  auto pool = MakePool(o);
+  auto pool = MakePool(Sized(3));
   ASSERT_TRUE(pool->WarmUp().ok());
   EXPECT_EQ(alive_, 3);
   pool.reset();
@@ -978,8 +858,7 @@ TEST_F(PoolTest, DestructorDestroysIdleObjects) {
 }
 
 TEST_F(PoolTest, StartMaintenanceRunsInBackground) {
-  PoolOptions o;
-  o.min_idle = 2;
+  PoolOptions o = Sized(2);
   o.leak_threshold = absl::Minutes(1);
   auto pool = MakePool(o);
   pool->StartMaintenance(absl::Milliseconds(5));

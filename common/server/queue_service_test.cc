@@ -360,6 +360,17 @@ TEST(QueueServiceTest, HealthWatchesSeeEveryChangeAndEndWhenTheDrainStarts) {
   stop.join();
 }
 
+// The names a listing (of either version) gives, sorted.
+template <typename Response>
+std::vector<std::string> Listed(const Response& listing) {
+  std::vector<std::string> names;
+  for (const auto& listed : listing.list_services_response().service()) {
+    names.push_back(listed.name());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 // A reflection stream of either version, asked one request at a time.
 template <typename Request, typename Response, typename Stub>
 struct ReflectionStreamOf {
@@ -374,6 +385,12 @@ struct ReflectionStreamOf {
     EXPECT_EQ(response.original_request().SerializeAsString(), request.SerializeAsString());
     return response;
   }
+  // Asks for the list of services; returns their names, sorted.
+  std::vector<std::string> ListServices() {
+    Request list;
+    list.set_list_services("*");
+    return Listed(Ask(list));
+  }
   grpc::ClientContext ctx;
   std::unique_ptr<grpc::ClientReaderWriter<Request, Response>> stream;
 };
@@ -384,46 +401,47 @@ using ReflectionV1Stream = ReflectionStreamOf<grpc::reflection::v1::ServerReflec
                                               grpc::reflection::v1::ServerReflectionResponse,
                                               grpc::reflection::v1::ServerReflection::Stub>;
 
-// The names a listing (of either version) gives, sorted.
-template <typename Response>
-std::vector<std::string> Listed(const Response& listing) {
-  std::vector<std::string> names;
-  for (const auto& listed : listing.list_services_response().service()) {
-    names.push_back(listed.name());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
-  EchoService service;
-  ServerOptions options = Options(&service);
-  options.drain_timeout = absl::Seconds(100);  // longer than the stream's deadline
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
-  ASSERT_TRUE(server.ok()) << server.status();
-  std::shared_ptr<grpc::Channel> channel = Connect(**server);
-  auto stub = reflection::ServerReflection::NewStub(channel);
-  ReflectionStream s(stub.get());
-
-  reflection::ServerReflectionRequest list;
-  list.set_list_services("*");
-  std::vector<std::string> names;
-  const reflection::ServerReflectionResponse listing = s.Ask(list);
-  for (const auto& listed : listing.list_services_response().service()) {
-    names.push_back(listed.name());
-  }
-  std::sort(names.begin(), names.end());
-  const std::vector<std::string> expected = {
+// What reflection lists on a server of the cache service, sorted.
+const std::vector<std::string>& CacheServerServices() {
+  static const std::vector<std::string> kServices = {
       "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
       "grpc.reflection.v1alpha.ServerReflection", "poolside.v1.CacheService"};
-  EXPECT_EQ(names, expected);
+  return kServices;
+}
 
+// A server with a reflection stream of each version open on it.
+class ReflectionTest : public ::testing::Test {
+ protected:
+  // Starts the server with a drain longer than the streams' deadline (so only
+  // the drain's start can end a stream left open) and opens the streams.
+  void Start(ServerOptions options) {
+    options.drain_timeout = absl::Seconds(100);
+    absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    channel_ = Connect(*server_);
+    stub_ = reflection::ServerReflection::NewStub(channel_);
+    v1_stub_ = grpc::reflection::v1::ServerReflection::NewStub(channel_);
+    s_ = std::make_unique<ReflectionStream>(stub_.get());
+    s1_ = std::make_unique<ReflectionV1Stream>(v1_stub_.get());
+  }
+
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<reflection::ServerReflection::Stub> stub_;
+  std::unique_ptr<grpc::reflection::v1::ServerReflection::Stub> v1_stub_;
+  std::unique_ptr<ReflectionStream> s_;     // version v1alpha
+  std::unique_ptr<ReflectionV1Stream> s1_;  // version v1
+};
+
+TEST_F(ReflectionTest, ListsTheServicesAndDescribesThemCompletely) {
+  EchoService service;
+  ASSERT_NO_FATAL_FAILURE(Start(Options(&service)));
+  ReflectionStream& s = *s_;
+  ReflectionV1Stream& s1 = *s1_;
+  EXPECT_EQ(s.ListServices(), CacheServerServices());
   // Version 1 answers the same, from the same index.
-  auto v1_stub = grpc::reflection::v1::ServerReflection::NewStub(channel);
-  ReflectionV1Stream s1(v1_stub.get());
-  grpc::reflection::v1::ServerReflectionRequest list1;
-  list1.set_list_services("*");
-  EXPECT_EQ(Listed(s1.Ask(list1)), expected);
+  EXPECT_EQ(s1.ListServices(), CacheServerServices());
   grpc::reflection::v1::ServerReflectionRequest symbol1;
   symbol1.set_file_containing_symbol("poolside.v1.CacheService.Get");
   const auto file1 = s1.Ask(symbol1);
@@ -484,12 +502,12 @@ TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
             "poolside.v1.CacheGetRequest");
 
   // A stream the client closes ends OK; one left open ends when the drain starts.
-  ReflectionStream closed(stub.get());
-  EXPECT_EQ(closed.Ask(list).list_services_response().service_size(), 4);
+  ReflectionStream closed(stub_.get());
+  EXPECT_EQ(closed.ListServices(), CacheServerServices());
   EXPECT_TRUE(closed.stream->WritesDone());
   grpc::Status end = closed.stream->Finish();
   EXPECT_TRUE(end.ok()) << end.error_message();
-  std::thread stop([&] { (*server)->Shutdown(); });
+  std::thread stop([&] { server_->Shutdown(); });
   reflection::ServerReflectionResponse none;
   EXPECT_FALSE(s.stream->Read(&none));
   end = s.stream->Finish();
@@ -501,34 +519,22 @@ TEST(QueueServiceTest, ReflectionListsTheServicesAndDescribesThemCompletely) {
 // through its own streams.
 class CallbackCacheService final : public v1::CacheService::CallbackService {};
 
-TEST(QueueServiceTest, ACallbackServerServesBothReflectionVersions) {
+TEST_F(ReflectionTest, ACallbackServerServesBothVersions) {
   CallbackCacheService cache;
   ServerOptions options;
   options.listen = "127.0.0.1:0";
   options.tls.set_plaintext(true);
   options.services = {&cache};
-  options.drain_timeout = absl::Seconds(100);  // longer than the streams' deadline
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Start(std::move(options));
-  ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = Connect(**server);
-  auto stub = reflection::ServerReflection::NewStub(channel);
-  ReflectionStream s(stub.get());
-  reflection::ServerReflectionRequest list;
-  list.set_list_services("*");
-  const std::vector<std::string> expected = {
-      "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
-      "grpc.reflection.v1alpha.ServerReflection", "poolside.v1.CacheService"};
-  EXPECT_EQ(Listed(s.Ask(list)), expected);
-  auto v1_stub = grpc::reflection::v1::ServerReflection::NewStub(channel);
-  ReflectionV1Stream s1(v1_stub.get());
-  grpc::reflection::v1::ServerReflectionRequest list1;
-  list1.set_list_services("*");
-  EXPECT_EQ(Listed(s1.Ask(list1)), expected);
+  ASSERT_NO_FATAL_FAILURE(Start(std::move(options)));
+  ReflectionStream& s = *s_;
+  ReflectionV1Stream& s1 = *s1_;
+  EXPECT_EQ(s.ListServices(), CacheServerServices());
+  EXPECT_EQ(s1.ListServices(), CacheServerServices());
   grpc::reflection::v1::ServerReflectionRequest nothing;
   EXPECT_EQ(s1.Ask(nothing).error_response().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   // Left open: the drain ends it (below) instead of waiting for it.
-  ReflectionV1Stream idle(v1_stub.get());
-  EXPECT_EQ(Listed(idle.Ask(list1)), expected);
+  ReflectionV1Stream idle(v1_stub_.get());
+  EXPECT_EQ(idle.ListServices(), CacheServerServices());
   reflection::ServerReflectionRequest symbol;
   symbol.set_file_containing_symbol("grpc.reflection.v1alpha.ServerReflection");
   const reflection::ServerReflectionResponse file = s.Ask(symbol);
@@ -542,7 +548,7 @@ TEST(QueueServiceTest, ACallbackServerServesBothReflectionVersions) {
   EXPECT_TRUE(end.ok()) << end.error_message();
   EXPECT_TRUE(s1.stream->WritesDone());
   EXPECT_TRUE(s1.stream->Finish().ok());
-  std::thread stop([&] { (*server)->Shutdown(); });
+  std::thread stop([&] { server_->Shutdown(); });
   grpc::reflection::v1::ServerReflectionResponse none;
   EXPECT_FALSE(idle.stream->Read(&none));
   // CANCELLED by the drain's start, not DEADLINE_EXCEEDED at the stream's

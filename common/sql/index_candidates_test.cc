@@ -19,6 +19,14 @@ std::vector<TableColumns> Uses(const std::string& sql) {
   return uses.ok() ? *uses : std::vector<TableColumns>{};
 }
 
+// What `sql` uses of its one table (an empty TableColumns, and a test
+// failure, if it uses another number of tables).
+TableColumns OnlyTable(const std::string& sql) {
+  std::vector<TableColumns> uses = Uses(sql);
+  EXPECT_EQ(uses.size(), 1u) << sql;
+  return uses.size() == 1 ? uses[0] : TableColumns{};
+}
+
 const TableColumns* Find(const std::vector<TableColumns>& uses, const std::string& table) {
   for (const TableColumns& t : uses) {
     if (t.table == table) return &t;
@@ -27,25 +35,23 @@ const TableColumns* Find(const std::vector<TableColumns>& uses, const std::strin
 }
 
 TEST(IndexableColumnsTest, WhereEqualityRangeAndOrder) {
-  auto uses = Uses(
+  const TableColumns accounts = OnlyTable(
       "SELECT * FROM accounts WHERE owner = $1 AND balance > $2 AND created_at "
       "BETWEEN $3 AND $4 ORDER BY created_at DESC, id");
-  ASSERT_EQ(uses.size(), 1u);
-  EXPECT_EQ(uses[0].schema, "");
-  EXPECT_EQ(uses[0].table, "accounts");
-  EXPECT_THAT(uses[0].equality, ElementsAre("owner"));
-  EXPECT_THAT(uses[0].range, ElementsAre("balance", "created_at"));
-  EXPECT_THAT(uses[0].join, IsEmpty());
-  EXPECT_THAT(uses[0].order, ElementsAre("created_at", "id"));
+  EXPECT_EQ(accounts.schema, "");
+  EXPECT_EQ(accounts.table, "accounts");
+  EXPECT_THAT(accounts.equality, ElementsAre("owner"));
+  EXPECT_THAT(accounts.range, ElementsAre("balance", "created_at"));
+  EXPECT_THAT(accounts.join, IsEmpty());
+  EXPECT_THAT(accounts.order, ElementsAre("created_at", "id"));
 }
 
 TEST(IndexableColumnsTest, ValueOnEitherSideInAnyIsNullAndCasts) {
-  auto uses = Uses(
-      "SELECT 1 FROM t WHERE $1::bigint = a AND b IN ($2, $3) AND "
-      "c = ANY($4::int[]) "
-      "AND d IS NULL AND e = now() AND f = lower($5)");
-  ASSERT_EQ(uses.size(), 1u);
-  EXPECT_THAT(uses[0].equality, ElementsAre("a", "b", "c", "d", "e", "f"));
+  EXPECT_THAT(OnlyTable("SELECT 1 FROM t WHERE $1::bigint = a AND b IN ($2, $3) AND "
+                        "c = ANY($4::int[]) "
+                        "AND d IS NULL AND e = now() AND f = lower($5)")
+                  .equality,
+              ElementsAre("a", "b", "c", "d", "e", "f"));
 }
 
 TEST(IndexableColumnsTest, WhatAPlainBtreeCannotServeIsLeftOut) {
@@ -122,13 +128,11 @@ TEST(IndexableColumnsTest, SubqueriesCtesSetOperationsAndDml) {
 }
 
 TEST(IndexableColumnsTest, QuotedNamesKeepTheirSpelling) {
-  auto uses = Uses(
-      "SELECT * FROM \"Odd \"\"Schema\"\"\".\"we\"\"ird T\" x "
-      "WHERE x.\"Col; DROP\" = $1");
-  ASSERT_EQ(uses.size(), 1u);
-  EXPECT_EQ(uses[0].schema, "Odd \"Schema\"");
-  EXPECT_EQ(uses[0].table, "we\"ird T");
-  EXPECT_THAT(uses[0].equality, ElementsAre("Col; DROP"));
+  const TableColumns odd = OnlyTable(
+      "SELECT * FROM \"Odd \"\"Schema\"\"\".\"we\"\"ird T\" x WHERE x.\"Col; DROP\" = $1");
+  EXPECT_EQ(odd.schema, "Odd \"Schema\"");
+  EXPECT_EQ(odd.table, "we\"ird T");
+  EXPECT_THAT(odd.equality, ElementsAre("Col; DROP"));
 }
 
 TEST(IndexableColumnsTest, RefusesWhatIsNotOneStatement) {

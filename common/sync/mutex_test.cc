@@ -1,6 +1,7 @@
 #include "common/sync/mutex.h"
 
 #include <chrono>
+#include <functional>
 #include <future>
 #include <thread>
 #include <vector>
@@ -13,6 +14,18 @@ namespace {
 
 constexpr auto kPatience = std::chrono::seconds(30);
 
+// Runs `increment` 10000 times on each of 4 threads at once; returns when all
+// are done.
+void IncrementFromFourThreads(const std::function<void()>& increment) {
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&increment] {
+      for (int i = 0; i < 10000; ++i) increment();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+}
+
 struct Counter {
   Mutex mu;
   int value ABSL_GUARDED_BY(mu) = 0;
@@ -20,16 +33,10 @@ struct Counter {
 
 TEST(MutexTest, MutexLockExcludesOtherThreads) {
   Counter c;
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&c] {
-      for (int i = 0; i < 10000; ++i) {
-        MutexLock lock(&c.mu);
-        ++c.value;
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
+  IncrementFromFourThreads([&c] {
+    MutexLock lock(&c.mu);
+    ++c.value;
+  });
   MutexLock lock(&c.mu);
   EXPECT_EQ(c.value, 40000);
 }
@@ -107,16 +114,10 @@ TEST(SharedMutexTest, ReadersShareWritersExclude) {
     ASSERT_EQ(second.wait_for(kPatience), std::future_status::ready);
     EXPECT_EQ(second.get(), 0);
   }
-  std::vector<std::thread> writers;
-  for (int t = 0; t < 4; ++t) {
-    writers.emplace_back([&s] {
-      for (int i = 0; i < 10000; ++i) {
-        WriterMutexLock lock(&s.mu);
-        ++s.value;
-      }
-    });
-  }
-  for (std::thread& t : writers) t.join();
+  IncrementFromFourThreads([&s] {
+    WriterMutexLock lock(&s.mu);
+    ++s.value;
+  });
   ReaderMutexLock lock(&s.mu);
   EXPECT_EQ(s.value, 40000);
 }

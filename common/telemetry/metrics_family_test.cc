@@ -3,11 +3,14 @@
 #include <cmath>
 #include <sstream>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/text_serializer.h"
 
 namespace poolside::telemetry {
 namespace {
+
+using ::testing::HasSubstr;
 
 std::string Text(const std::vector<prometheus::MetricFamily>& families) {
   std::ostringstream out;
@@ -22,11 +25,11 @@ TEST(MetricsFamilyTest, CounterAndGaugeSamples) {
   prometheus::MetricFamily g = GaugeFamily("poolside_y_bytes", "Y.");
   AddGauge(&g, {}, 1024);
   const std::string text = Text({c, g});
-  EXPECT_NE(text.find("# TYPE poolside_x_total counter"), std::string::npos) << text;
-  EXPECT_NE(text.find("poolside_x_total{database=\"app\"} 3"), std::string::npos) << text;
-  EXPECT_NE(text.find("poolside_x_total{database=\"reports\"} 5"), std::string::npos) << text;
-  EXPECT_NE(text.find("# TYPE poolside_y_bytes gauge"), std::string::npos) << text;
-  EXPECT_NE(text.find("poolside_y_bytes 1024"), std::string::npos) << text;
+  EXPECT_THAT(text, HasSubstr("# TYPE poolside_x_total counter"));
+  EXPECT_THAT(text, HasSubstr("poolside_x_total{database=\"app\"} 3"));
+  EXPECT_THAT(text, HasSubstr("poolside_x_total{database=\"reports\"} 5"));
+  EXPECT_THAT(text, HasSubstr("# TYPE poolside_y_bytes gauge"));
+  EXPECT_THAT(text, HasSubstr("poolside_y_bytes 1024"));
 }
 
 TEST(MetricsFamilyTest, AppendAddsOneUnlabelledSampleFamily) {
@@ -35,10 +38,10 @@ TEST(MetricsFamilyTest, AppendAddsOneUnlabelledSampleFamily) {
   AppendGauge(&out, "poolside_w", "W.", 2.5);
   ASSERT_EQ(out.size(), 2u);
   const std::string text = Text(out);
-  EXPECT_NE(text.find("# TYPE poolside_z_total counter"), std::string::npos) << text;
-  EXPECT_NE(text.find("poolside_z_total 7"), std::string::npos) << text;
-  EXPECT_NE(text.find("# TYPE poolside_w gauge"), std::string::npos) << text;
-  EXPECT_NE(text.find("poolside_w 2.5"), std::string::npos) << text;
+  EXPECT_THAT(text, HasSubstr("# TYPE poolside_z_total counter"));
+  EXPECT_THAT(text, HasSubstr("poolside_z_total 7"));
+  EXPECT_THAT(text, HasSubstr("# TYPE poolside_w gauge"));
+  EXPECT_THAT(text, HasSubstr("poolside_w 2.5"));
 }
 
 TEST(MetricsFamilyTest, HistogramFromSnapshot) {
@@ -60,14 +63,9 @@ TEST(MetricsFamilyTest, HistogramFromSnapshot) {
   EXPECT_EQ(hist.bucket[3].cumulative_count, 4u);
   EXPECT_TRUE(std::isinf(hist.bucket[3].upper_bound));
   const std::string text = Text({f});
-  EXPECT_NE(text.find("poolside_wait_seconds_bucket{database=\"app\",le=\"0.01\"} 3"),
-            std::string::npos)
-      << text;
-  EXPECT_NE(text.find("poolside_wait_seconds_bucket{database=\"app\",le=\"+Inf\"} 4"),
-            std::string::npos)
-      << text;
-  EXPECT_NE(text.find("poolside_wait_seconds_count{database=\"app\"} 4"), std::string::npos)
-      << text;
+  EXPECT_THAT(text, HasSubstr("poolside_wait_seconds_bucket{database=\"app\",le=\"0.01\"} 3"));
+  EXPECT_THAT(text, HasSubstr("poolside_wait_seconds_bucket{database=\"app\",le=\"+Inf\"} 4"));
+  EXPECT_THAT(text, HasSubstr("poolside_wait_seconds_count{database=\"app\"} 4"));
 }
 
 TEST(MetricsFamilyTest, MergeSnapshotSumsSameBounds) {

@@ -15,6 +15,20 @@ const prometheus::MetricFamily* Find(const std::vector<prometheus::MetricFamily>
   return nullptr;
 }
 
+// The value of the first sample of the family `name`, which must be of type
+// `type` (a gauge or a counter); NaN, with a test failure, if it is not there.
+double FirstValue(const std::vector<prometheus::MetricFamily>& all, const std::string& name,
+                  prometheus::MetricType type) {
+  const prometheus::MetricFamily* family = Find(all, name);
+  if (family == nullptr || family->metric.empty()) {
+    ADD_FAILURE() << "no samples of " << name;
+    return std::nan("");
+  }
+  EXPECT_EQ(family->type, type) << name;
+  const prometheus::ClientMetric& first = family->metric[0];
+  return type == prometheus::MetricType::Counter ? first.counter.value : first.gauge.value;
+}
+
 TEST(MetricsPoolTest, OneSamplePerDatabase) {
   pool::PoolStats app;
   app.size = 4;
@@ -42,23 +56,15 @@ TEST(MetricsPoolTest, OneSamplePerDatabase) {
   ASSERT_EQ(in_use->metric.size(), 2u);
   EXPECT_EQ(in_use->metric[0].label[0].value, "app");
   EXPECT_EQ(in_use->metric[0].gauge.value, 3);
-  const auto* acquired = Find(out, "poolside_pool_acquired_total");
-  ASSERT_NE(acquired, nullptr);
-  EXPECT_EQ(acquired->type, prometheus::MetricType::Counter);
-  EXPECT_EQ(acquired->metric[0].counter.value, 100);
+  EXPECT_EQ(FirstValue(out, "poolside_pool_acquired_total", prometheus::MetricType::Counter), 100);
   const auto* hist = Find(out, "poolside_pool_acquire_wait_seconds");
   ASSERT_NE(hist, nullptr);
   EXPECT_EQ(hist->metric[0].histogram.sample_count, 2u);
   EXPECT_EQ(hist->metric[1].histogram.sample_count, 0u);
-  const auto* overflow = Find(out, "poolside_pool_overflow_in_use");
-  ASSERT_NE(overflow, nullptr);
-  EXPECT_EQ(overflow->type, prometheus::MetricType::Gauge);
-  EXPECT_EQ(overflow->metric[0].gauge.value, 1);
-  const auto* overflow_created = Find(out, "poolside_pool_overflow_created_total");
-  ASSERT_NE(overflow_created, nullptr);
-  EXPECT_EQ(overflow_created->type, prometheus::MetricType::Counter);
-  EXPECT_EQ(overflow_created->metric[0].counter.value, 7);
-  EXPECT_EQ(Find(out, "poolside_pool_max_overflow")->metric[0].gauge.value, 2);
+  EXPECT_EQ(FirstValue(out, "poolside_pool_overflow_in_use", prometheus::MetricType::Gauge), 1);
+  EXPECT_EQ(
+      FirstValue(out, "poolside_pool_overflow_created_total", prometheus::MetricType::Counter), 7);
+  EXPECT_EQ(FirstValue(out, "poolside_pool_max_overflow", prometheus::MetricType::Gauge), 2);
   for (const char* name :
        {"poolside_pool_size", "poolside_pool_idle", "poolside_pool_waiters",
         "poolside_pool_max_size", "poolside_pool_acquire_timeouts_total",

@@ -2,11 +2,14 @@
 
 #include <string>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/http_get.h"
 
 namespace poolside::telemetry {
 namespace {
+
+using ::testing::HasSubstr;
 
 TEST(ServiceMetricsTest, OffWithoutListenStillCollects) {
   auto m = ServiceMetrics::Start("query", v1::TelemetryConfig());
@@ -14,14 +17,10 @@ TEST(ServiceMetricsTest, OffWithoutListenStillCollects) {
   EXPECT_EQ((*m)->http(), nullptr);
   const std::string text = (*m)->registry().ScrapeText();
   // Tracing is off in this process: the exporter series are there, all zero.
-  EXPECT_NE(text.find("poolside_trace_spans_exported_total 0\n"), std::string::npos) << text;
-  EXPECT_NE(text.find("poolside_trace_spans_dropped_total{reason=\"queue_full\"} 0\n"),
-            std::string::npos)
-      << text;
-  EXPECT_NE(text.find("poolside_trace_spans_dropped_total{reason=\"export_failed\"} 0\n"),
-            std::string::npos)
-      << text;
-  EXPECT_NE(text.find("poolside_trace_queue_spans 0\n"), std::string::npos) << text;
+  EXPECT_THAT(text, HasSubstr("poolside_trace_spans_exported_total 0\n"));
+  EXPECT_THAT(text, HasSubstr("poolside_trace_spans_dropped_total{reason=\"queue_full\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("poolside_trace_spans_dropped_total{reason=\"export_failed\"} 0\n"));
+  EXPECT_THAT(text, HasSubstr("poolside_trace_queue_spans 0\n"));
 }
 
 TEST(ServiceMetricsTest, ServesWhenListenIsSet) {

@@ -23,7 +23,6 @@ namespace {
 
 using ::poolside::testing::Attribute;
 using ::poolside::testing::Hex;
-using ::poolside::testing::OtlpReceiver;
 using ::poolside::testing::ReceivedSpan;
 namespace collector = opentelemetry::proto::collector::trace::v1;
 
@@ -48,7 +47,7 @@ class Echo final : public collector::TraceService::CallbackService {
 class TraceGrpcTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto receiver = OtlpReceiver::Start();
+    auto receiver = testing::OtlpReceiver::Start();
     ASSERT_TRUE(receiver.ok()) << receiver.status();
     receiver_ = *std::move(receiver);
     v1::TracingConfig config;
@@ -93,7 +92,7 @@ class TraceGrpcTest : public ::testing::Test {
   }
 
   static constexpr char kMethod[] = "opentelemetry.proto.collector.trace.v1.TraceService/Export";
-  std::unique_ptr<OtlpReceiver> receiver_;
+  std::unique_ptr<testing::OtlpReceiver> receiver_;
   std::unique_ptr<Tracer> tracer_;
   Echo echo_;
   int port_ = 0;

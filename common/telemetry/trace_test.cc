@@ -1,10 +1,12 @@
 #include "common/telemetry/trace.h"
 
 #include <cstdlib>
+#include <map>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/telemetry/otlp_exporter.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/otlp_receiver.h"
 
@@ -13,8 +15,8 @@ namespace {
 
 using ::poolside::testing::Attribute;
 using ::poolside::testing::Hex;
-using ::poolside::testing::OtlpReceiver;
-using ::poolside::testing::ReceivedSpan;
+using ::testing::IsSupersetOf;
+using ::testing::Pair;
 
 SpanContext Parent(bool sampled) {
   return *ParseTraceparent(
@@ -58,19 +60,15 @@ TEST(ResourceTest, ServiceHostAndKubernetesDownwardApi) {
   unsetenv("POD_NAME");
   unsetenv("POD_NAMESPACE");
   unsetenv("OTEL_RESOURCE_ATTRIBUTES");
-  auto get = [&](const std::string& key) {
-    for (const auto& [k, v] : attrs) {
-      if (k == key) return v;
-    }
-    return std::string("<absent>");
-  };
-  EXPECT_EQ(get("service.name"), "poolside-query");
-  EXPECT_EQ(get("service.version"), "9.9");
-  EXPECT_NE(get("host.name"), "<absent>");
-  EXPECT_EQ(get("k8s.pod.name"), "query-7d9f-abcde");
-  EXPECT_EQ(get("k8s.namespace.name"), "data");
-  EXPECT_EQ(get("k8s.node.name"), "<absent>");
-  EXPECT_EQ(get("deployment.environment"), "test");
+  // By key; the first of a key given twice counts.
+  const std::map<std::string, std::string> by_key(attrs.begin(), attrs.end());
+  EXPECT_THAT(
+      by_key,
+      IsSupersetOf({Pair("service.name", "poolside-query"), Pair("service.version", "9.9"),
+                    Pair("k8s.pod.name", "query-7d9f-abcde"), Pair("k8s.namespace.name", "data"),
+                    Pair("deployment.environment", "test")}));
+  EXPECT_EQ(by_key.count("host.name"), 1u);
+  EXPECT_EQ(by_key.count("k8s.node.name"), 0u);
 }
 
 TEST(TracingConfigTest, Validation) {
@@ -101,7 +99,7 @@ TEST(TracingOffTest, SpansPassTheParentThrough) {
 }
 
 TEST(TracerTest, RecordsSpansWithParentsAttributesLinksAndStatus) {
-  auto receiver = OtlpReceiver::Start();
+  auto receiver = testing::OtlpReceiver::Start();
   ASSERT_TRUE(receiver.ok()) << receiver.status();
   v1::TracingConfig config;
   config.set_endpoint((*receiver)->address());
@@ -127,7 +125,7 @@ TEST(TracerTest, RecordsSpansWithParentsAttributesLinksAndStatus) {
     child.SetStatus(absl::UnavailableError("database down"));
   }  // both end here
   ASSERT_TRUE((*tracer)->Flush(absl::Seconds(20)));
-  const std::vector<ReceivedSpan> spans = (*receiver)->Spans();
+  const std::vector<testing::ReceivedSpan> spans = (*receiver)->Spans();
   ASSERT_EQ(spans.size(), 2u);
   const auto& child = spans[0].span.name() == "child" ? spans[0].span : spans[1].span;
   const auto& root = spans[0].span.name() == "root" ? spans[0].span : spans[1].span;

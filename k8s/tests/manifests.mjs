@@ -18,6 +18,37 @@ export function overlays() {
     .map((e) => [e.name, join(root, e.name)]);
 }
 
+// A test's failures: fail(msg) prints and counts one; finish(passed) prints
+// the count, or `passed` if there was none, and exits with the outcome.
+export function failureLog() {
+  let count = 0;
+  return {
+    fail: (msg) => {
+      count++;
+      console.log(`FAIL ${msg}`);
+    },
+    finish: (passed) => {
+      console.log(count ? `${count} failure(s)` : passed);
+      process.exit(count ? 1 : 0);
+    },
+  };
+}
+
+// [name, objects] for each overlay that renders; one that does not is
+// reported through `fail` and passed over.
+export function* renderedOverlays(fail) {
+  for (const [name, dir] of overlays()) {
+    let objects;
+    try {
+      objects = render(dir);
+    } catch (e) {
+      fail(`overlays/${name}: ${e.message}`);
+      continue;
+    }
+    yield [name, objects];
+  }
+}
+
 // The objects `kubectl kustomize dir` renders. Throws with kubectl's own
 // message when it is missing or the kustomization does not render.
 export function render(dir) {

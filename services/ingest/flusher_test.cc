@@ -14,6 +14,7 @@
 #include "common/db/copy.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::ingest {
 namespace {
@@ -22,12 +23,12 @@ class FlusherTest : public ::testing::Test {
  protected:
   void SetUp() override {
     pg_ = &testing::SharedPostgres();
-    ASSERT_TRUE(pg_->CreateDatabase("flusher").ok());
-    ASSERT_TRUE(pg_->Exec("flusher",
-                          "DROP TABLE IF EXISTS ev; DROP TABLE IF EXISTS poolside_ingest_keys; "
-                          "CREATE TABLE ev (id int8 PRIMARY KEY, code varchar(5), "
-                          "n int4 CHECK (n >= 0))")
-                    .ok());
+    ASSERT_TRUE(
+        pg_->CreateDatabase("flusher",
+                            "DROP TABLE IF EXISTS ev; DROP TABLE IF EXISTS poolside_ingest_keys; "
+                            "CREATE TABLE ev (id int8 PRIMARY KEY, code varchar(5), "
+                            "n int4 CHECK (n >= 0))")
+            .ok());
     db::ConnectionOptions o;
     o.dsn = pg_->Dsn("flusher");
     auto c = db::Connection::Open(o);
@@ -188,12 +189,7 @@ TEST_F(FlusherTest, AllBadRowsAreEachReportedInBoundedTime) {
   ASSERT_TRUE(r.responses[0].ok());
   const v1::WriteResponse& resp = *r.responses[0];
   EXPECT_EQ(resp.rows_written(), 0u);
-  ASSERT_EQ(resp.rejected_size(), kRows);
-  for (int i = 0; i < kRows; ++i) {
-    ASSERT_EQ(resp.rejected(i).row_index(), static_cast<uint32_t>(i));
-    ASSERT_EQ(resp.rejected(i).sqlstate(), "23505");
-    ASSERT_NE(resp.rejected(i).reason().find("duplicate key"), std::string::npos);
-  }
+  ASSERT_TRUE(testing::RejectedAsDuplicates(resp, kRows));
   // One COPY per bad row (each fails on its first line), plus the plain try.
   EXPECT_LE(r.copy_statements, static_cast<uint64_t>(kRows) + 1);
   EXPECT_EQ(Count("code = 'dup'"), "0");

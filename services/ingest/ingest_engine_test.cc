@@ -53,15 +53,15 @@ class IngestEngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
     pg_ = &testing::SharedPostgres();
-    ASSERT_TRUE(pg_->CreateDatabase("engine").ok());
-    ASSERT_TRUE(pg_->Exec("engine",
-                          "DROP TABLE IF EXISTS items; DROP TABLE IF EXISTS hidden; "
-                          "DROP TABLE IF EXISTS poolside_ingest_keys; "
-                          "CREATE TABLE items (id int8 PRIMARY KEY, name text NOT NULL); "
-                          "CREATE TABLE hidden (id int8); DROP TABLE IF EXISTS events; "
-                          "CREATE TABLE events (id int8 PRIMARY KEY, device text NOT NULL, "
-                          "at timestamptz NOT NULL, value float8, payload bytea)")
-                    .ok());
+    ASSERT_TRUE(
+        pg_->CreateDatabase("engine",
+                            "DROP TABLE IF EXISTS items; DROP TABLE IF EXISTS hidden; "
+                            "DROP TABLE IF EXISTS poolside_ingest_keys; "
+                            "CREATE TABLE items (id int8 PRIMARY KEY, name text NOT NULL); "
+                            "CREATE TABLE hidden (id int8); DROP TABLE IF EXISTS events; "
+                            "CREATE TABLE events (id int8 PRIMARY KEY, device text NOT NULL, "
+                            "at timestamptz NOT NULL, value float8, payload bytea)")
+            .ok());
   }
 
   std::unique_ptr<IngestEngine> StartEngine(uint64_t buffer_bytes = 0,
@@ -110,6 +110,12 @@ class IngestEngineTest : public ::testing::Test {
   std::unique_ptr<db::CopySession> lock_session_;
 };
 
+v1::GetIngestStatsResponse StatsOf(IngestEngine& engine) {
+  v1::GetIngestStatsResponse stats;
+  engine.GetStats(&stats);
+  return stats;
+}
+
 // Submits `request` as a unary call would and waits for its outcome.
 absl::StatusOr<v1::WriteResponse> Write(IngestEngine& engine, const v1::WriteRequest& request,
                                         const std::string& principal = "") {
@@ -144,8 +150,7 @@ TEST_F(IngestEngineTest, WritesAndRefuses) {
   missing.set_table("missing");
   EXPECT_EQ(Write(*engine, missing).status().code(), absl::StatusCode::kNotFound);
 
-  v1::GetIngestStatsResponse stats;
-  engine->GetStats(&stats);
+  v1::GetIngestStatsResponse stats = StatsOf(*engine);
   EXPECT_EQ(stats.rows_written(), 100u);
   EXPECT_GE(stats.batches_written(), 1u);
   EXPECT_EQ(stats.buffered_bytes(), 0u);
@@ -175,9 +180,7 @@ TEST_F(IngestEngineTest, MalformedAndOversizedRequestsAreRefusedSayingWhy) {
   EXPECT_NE(big.status().message().find("64.0 KiB"), absl::string_view::npos) << big.status();
   EXPECT_NE(big.status().message().find("split it"), absl::string_view::npos) << big.status();
   EXPECT_EQ(Count(), "1");
-  v1::GetIngestStatsResponse stats;
-  engine->GetStats(&stats);
-  EXPECT_EQ(stats.buffered_bytes(), 0u);
+  EXPECT_EQ(StatsOf(*engine).buffered_bytes(), 0u);
 }
 
 TEST_F(IngestEngineTest, KeyBelongsToItsPrincipalAndNamesOneRequest) {
@@ -260,8 +263,7 @@ TEST_F(IngestEngineTest, TypedRowsGoAsBinaryCopyAndLandExactly) {
   ASSERT_TRUE(text.result.ok()) << text.result.status();
   EXPECT_EQ(binary.result->rows_written(), 500u);
   EXPECT_EQ(text.result->rows_written(), 100u);
-  v1::GetIngestStatsResponse stats;
-  engine->GetStats(&stats);
+  v1::GetIngestStatsResponse stats = StatsOf(*engine);
   EXPECT_EQ(stats.rows_written(), 600u);
   EXPECT_EQ(stats.rows_written_binary(), 500u);
   EXPECT_EQ(
@@ -284,7 +286,7 @@ TEST_F(IngestEngineTest, TypedRowsGoAsBinaryCopyAndLandExactly) {
   EXPECT_EQ(partial->rejected(0).row_index(), 7u);
   EXPECT_EQ(partial->rejected(0).sqlstate(), "23505");
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM events"), "609");
-  engine->GetStats(&stats);
+  stats = StatsOf(*engine);
   EXPECT_EQ(stats.rows_written_binary(), 509u);
 }
 
@@ -322,9 +324,7 @@ TEST_F(IngestEngineTest, APrincipalWhoseDatabaseRoleIsNotConfiguredIsRefused) {
   o.done.WaitForNotification();
   EXPECT_TRUE(o.result.ok()) << o.result.status();
   EXPECT_EQ(Count(), "2");
-  v1::GetIngestStatsResponse stats;
-  engine->GetStats(&stats);
-  EXPECT_EQ(stats.buffered_bytes(), 0u);
+  EXPECT_EQ(StatsOf(*engine).buffered_bytes(), 0u);
 }
 
 TEST_F(IngestEngineTest, RetryWhileInFlightIsWrittenOnce) {
@@ -377,8 +377,7 @@ TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
       8 << 10, [](uint64_t) { FAIL(); }, &now2);
   EXPECT_FALSE(now2);
   EXPECT_TRUE(engine->ReleaseRead(withdrawn));
-  v1::GetIngestStatsResponse stats;
-  engine->GetStats(&stats);
+  v1::GetIngestStatsResponse stats = StatsOf(*engine);
   EXPECT_LE(stats.buffered_bytes_max(), kBound);
   EXPECT_GE(stats.stream_waits(), 2u);
   EXPECT_FALSE(granted.HasBeenNotified());
@@ -394,7 +393,7 @@ TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
     EXPECT_TRUE(o->result.ok()) << o->result.status();
   }
   EXPECT_EQ(Count(), absl::StrCat(1 + 100 * (accepted.size() + 1)));
-  engine->GetStats(&stats);
+  stats = StatsOf(*engine);
   EXPECT_LE(stats.buffered_bytes_max(), kBound);
   EXPECT_EQ(stats.buffered_bytes(), 0u);
 }
@@ -445,29 +444,38 @@ TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
 // A topology of the server and a member that never answers: the server is
 // the primary. While it is down, writes are held; once it is back (a new
 // primary generation), they are written, once.
+// Ingest into the table items of `database` (at `dsn`), with a topology whose
+// one replica, at `replica_port`, is probed every 50 ms (500 ms timeout), and
+// batches lingering `linger_ms`.
+v1::IngestServiceConfig ProbedConfig(const std::string& database, const std::string& dsn,
+                                     int replica_port, int linger_ms) {
+  v1::IngestServiceConfig c;
+  auto* db = c.add_databases();
+  db->set_name(database);
+  db->set_dsn(dsn);
+  db->set_allow_privileged_role(true);
+  db->mutable_topology()->add_replicas(absl::StrCat("host=127.0.0.1 port=", replica_port));
+  db->mutable_topology()->set_probe_interval_ms(50);
+  db->mutable_topology()->set_probe_timeout_ms(500);
+  auto* t = c.add_tables();
+  t->set_database(database);
+  t->add_tables("items");
+  c.mutable_batch()->set_linger_ms(linger_ms);
+  c.mutable_server()->mutable_tls()->set_plaintext(true);
+  return c;
+}
+
 TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
   absl::StatusOr<std::unique_ptr<testing::PostgresCluster>> pg = testing::PostgresCluster::Start();
   ASSERT_TRUE(pg.ok()) << pg.status();
-  ASSERT_TRUE((*pg)->CreateDatabase("topo").ok());
-  ASSERT_TRUE((*pg)->Exec("topo", "CREATE TABLE items (id int8, name text NOT NULL)").ok());
+  ASSERT_TRUE(
+      (*pg)->CreateDatabase("topo", "CREATE TABLE items (id int8, name text NOT NULL)").ok());
   RefusingPort refusing;
   ASSERT_NE(refusing.port(), 0);
   const std::string primary = absl::StrCat((*pg)->host(), ":", (*pg)->port());
 
-  v1::IngestServiceConfig c;
-  auto* db = c.add_databases();
-  db->set_name("topo");
-  db->set_dsn((*pg)->Dsn("topo"));
-  db->set_allow_privileged_role(true);
-  db->mutable_topology()->add_replicas(absl::StrCat("host=127.0.0.1 port=", refusing.port()));
-  db->mutable_topology()->set_probe_interval_ms(50);
-  db->mutable_topology()->set_probe_timeout_ms(500);
-  db->mutable_topology()->set_failover_buffer_ms(30000);
-  auto* t = c.add_tables();
-  t->set_database("topo");
-  t->add_tables("items");
-  c.mutable_batch()->set_linger_ms(5);
-  c.mutable_server()->mutable_tls()->set_plaintext(true);
+  v1::IngestServiceConfig c = ProbedConfig("topo", (*pg)->Dsn("topo"), refusing.port(), 5);
+  c.mutable_databases(0)->mutable_topology()->set_failover_buffer_ms(30000);
   auto f = FinalizeIngestConfig(c);
   ASSERT_TRUE(f.ok()) << f.status();
   IngestEngine engine(*f);
@@ -525,33 +533,21 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
 // is unknown.
 TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
   testing::PostgresCluster& pg = testing::SharedPostgres();
-  ASSERT_TRUE(pg.CreateDatabase("doubt").ok());
-  ASSERT_TRUE(pg.Exec("doubt",
-                      "DROP TABLE IF EXISTS items, slow_flag, poolside_ingest_keys; "
-                      "CREATE TABLE items (id int8, name text NOT NULL); "
-                      "CREATE TABLE slow_flag (on_ boolean); "
-                      "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-                      "$$BEGIN IF EXISTS (SELECT FROM slow_flag) THEN PERFORM pg_sleep(30); "
-                      "END IF; RETURN NULL; END$$; "
-                      "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items DEFERRABLE "
-                      "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()")
-                  .ok());
+  ASSERT_TRUE(
+      pg.CreateDatabase("doubt",
+                        "DROP TABLE IF EXISTS items, slow_flag, poolside_ingest_keys; "
+                        "CREATE TABLE items (id int8, name text NOT NULL); "
+                        "CREATE TABLE slow_flag (on_ boolean); "
+                        "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$BEGIN IF EXISTS (SELECT FROM slow_flag) THEN PERFORM pg_sleep(30); "
+                        "END IF; RETURN NULL; END$$; "
+                        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items DEFERRABLE "
+                        "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()")
+          .ok());
   RefusingPort refusing;
   ASSERT_NE(refusing.port(), 0);
-  v1::IngestServiceConfig c;
-  auto* db = c.add_databases();
-  db->set_name("doubt");
-  db->set_dsn(pg.Dsn("doubt"));
-  db->set_allow_privileged_role(true);
-  db->mutable_topology()->add_replicas(absl::StrCat("host=127.0.0.1 port=", refusing.port()));
-  db->mutable_topology()->set_probe_interval_ms(50);
-  db->mutable_topology()->set_probe_timeout_ms(500);
-  auto* t = c.add_tables();
-  t->set_database("doubt");
-  t->add_tables("items");
-  // Long enough for both requests to share one batch.
-  c.mutable_batch()->set_linger_ms(200);
-  c.mutable_server()->mutable_tls()->set_plaintext(true);
+  // Batches linger long enough for both requests to share one.
+  v1::IngestServiceConfig c = ProbedConfig("doubt", pg.Dsn("doubt"), refusing.port(), 200);
   auto f = FinalizeIngestConfig(c);
   ASSERT_TRUE(f.ok()) << f.status();
   IngestEngine engine(*f);

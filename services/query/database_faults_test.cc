@@ -155,6 +155,17 @@ class DatabaseFaultsTest : public ::testing::Test {
     return db;
   }
 
+  // A new fault proxy in front of the cluster (proxy_) and a Database reaching
+  // PostgreSQL through it; null (and a test failure) if it did not start.
+  std::unique_ptr<Database> ThroughNewProxy() {
+    absl::StatusOr<std::unique_ptr<testing::FaultProxy>> proxy =
+        testing::FaultProxy::Start("127.0.0.1", pg_->port());
+    EXPECT_TRUE(proxy.ok()) << proxy.status();
+    if (!proxy.ok()) return nullptr;
+    proxy_ = *std::move(proxy);
+    return ThroughProxy(*proxy_);
+  }
+
   absl::Time Soon() { return absl::Now() + absl::Seconds(10); }
 
   std::string Ids() {
@@ -164,6 +175,7 @@ class DatabaseFaultsTest : public ::testing::Test {
   }
 
   testing::PostgresCluster* pg_;
+  std::unique_ptr<testing::FaultProxy> proxy_;
 };
 
 TEST_F(DatabaseFaultsTest, ConnectionsKilledWhileIdleAreReplacedBeforeAnyCallUsesThem) {
@@ -198,15 +210,14 @@ TEST_F(DatabaseFaultsTest, ConnectionsKilledWhileIdleAreReplacedBeforeAnyCallUse
 }
 
 TEST_F(DatabaseFaultsTest, AReadWhoseConnectionDiedJustBeforeItRanIsRunAgain) {
-  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
-  ASSERT_TRUE(proxy.ok()) << proxy.status();
-  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+  std::unique_ptr<Database> db = ThroughNewProxy();
+  ASSERT_NE(db, nullptr);
   auto warm = Call::Statement("SELECT 7::int8", Soon(), /*read=*/true);
   ASSERT_TRUE(Run(*db, *warm).ok());
 
-  (*proxy)->HoldReplies();
+  proxy_->HoldReplies();
   TerminateAll(*db);
-  ASSERT_TRUE((*proxy)->WaitForHeldServerCloses(1, absl::Seconds(10)));
+  ASSERT_TRUE(proxy_->WaitForHeldServerCloses(1, absl::Seconds(10)));
 
   auto read = Call::Statement("SELECT 7::int8", Soon(), /*read=*/true);
   EXPECT_TRUE(Run(*db, *read).ok()) << read->status;
@@ -218,9 +229,8 @@ TEST_F(DatabaseFaultsTest, AReadWhoseConnectionDiedJustBeforeItRanIsRunAgain) {
 // The write's statement is prepared on the connection, so its pipeline starts
 // with its Execute: the marker in front proves the server ran none of it.
 TEST_F(DatabaseFaultsTest, AWriteTheServerProvablyNeverRanIsRunAgainOnce) {
-  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
-  ASSERT_TRUE(proxy.ok()) << proxy.status();
-  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+  std::unique_ptr<Database> db = ThroughNewProxy();
+  ASSERT_NE(db, nullptr);
   google::protobuf::RepeatedPtrField<v1::Value> one, two;
   one.Add()->set_int64_value(1);
   two.Add()->set_int64_value(2);
@@ -228,9 +238,9 @@ TEST_F(DatabaseFaultsTest, AWriteTheServerProvablyNeverRanIsRunAgainOnce) {
   first->work->statement.params = &one;
   ASSERT_TRUE(Run(*db, *first).ok()) << first->status;
 
-  (*proxy)->HoldReplies();
+  proxy_->HoldReplies();
   TerminateAll(*db);
-  ASSERT_TRUE((*proxy)->WaitForHeldServerCloses(1, absl::Seconds(10)));
+  ASSERT_TRUE(proxy_->WaitForHeldServerCloses(1, absl::Seconds(10)));
 
   auto write = Call::Statement("INSERT INTO dbf_t VALUES ($1)", Soon());
   write->work->statement.params = &two;
@@ -240,11 +250,10 @@ TEST_F(DatabaseFaultsTest, AWriteTheServerProvablyNeverRanIsRunAgainOnce) {
 }
 
 TEST_F(DatabaseFaultsTest, AWriteWhoseOutcomeIsUnknownSaysSoAndIsNotRunAgain) {
-  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
-  ASSERT_TRUE(proxy.ok()) << proxy.status();
-  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+  std::unique_ptr<Database> db = ThroughNewProxy();
+  ASSERT_NE(db, nullptr);
 
-  (*proxy)->CutOnNextRequest();
+  proxy_->CutOnNextRequest();
   auto write = Call::Statement("INSERT INTO dbf_t VALUES (3)", Soon());
   absl::Status s = Run(*db, *write);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
@@ -258,10 +267,9 @@ TEST_F(DatabaseFaultsTest, AWriteWhoseOutcomeIsUnknownSaysSoAndIsNotRunAgain) {
 }
 
 TEST_F(DatabaseFaultsTest, AReadWhoseReplyWasLostIsRunAgain) {
-  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
-  ASSERT_TRUE(proxy.ok()) << proxy.status();
-  std::unique_ptr<Database> db = ThroughProxy(**proxy);
-  (*proxy)->CutOnNextRequest();
+  std::unique_ptr<Database> db = ThroughNewProxy();
+  ASSERT_NE(db, nullptr);
+  proxy_->CutOnNextRequest();
   auto read = Call::Statement("SELECT 11::int8", Soon(), /*read=*/true);
   EXPECT_TRUE(Run(*db, *read).ok()) << read->status;
   EXPECT_EQ(read->sink.value(), 11);
@@ -269,28 +277,27 @@ TEST_F(DatabaseFaultsTest, AReadWhoseReplyWasLostIsRunAgain) {
 }
 
 TEST_F(DatabaseFaultsTest, ExclusiveWorkIsRunAgainWhenNothingOfItRanOrItOnlyReads) {
-  auto proxy = testing::FaultProxy::Start("127.0.0.1", pg_->port());
-  ASSERT_TRUE(proxy.ok()) << proxy.status();
-  std::unique_ptr<Database> db = ThroughProxy(**proxy);
+  std::unique_ptr<Database> db = ThroughNewProxy();
+  ASSERT_NE(db, nullptr);
 
   // The server ended the session before BEGIN: nothing of the write ran.
-  (*proxy)->HoldReplies();
+  proxy_->HoldReplies();
   TerminateAll(*db);
-  ASSERT_TRUE((*proxy)->WaitForHeldServerCloses(1, absl::Seconds(10)));
+  ASSERT_TRUE(proxy_->WaitForHeldServerCloses(1, absl::Seconds(10)));
   auto write = Call::Transaction("INSERT INTO dbf_t VALUES (5)", Soon(), /*read_only=*/false);
   EXPECT_TRUE(Run(*db, *write).ok()) << write->status;
   EXPECT_EQ(db->retries(), 1u);
   EXPECT_EQ(Ids(), "{5}");
 
   // A read-only transaction whose reply was lost: it starts over.
-  (*proxy)->CutOnNextRequest();
+  proxy_->CutOnNextRequest();
   auto read = Call::Transaction("SELECT 12::int8", Soon(), /*read_only=*/true);
   EXPECT_TRUE(Run(*db, *read).ok()) << read->status;
   EXPECT_EQ(read->sink.value(), 12);
   EXPECT_EQ(db->retries(), 2u);
 
   // A write transaction whose reply was lost: not run again.
-  (*proxy)->CutOnNextRequest();
+  proxy_->CutOnNextRequest();
   auto lost = Call::Transaction("INSERT INTO dbf_t VALUES (6)", Soon(), /*read_only=*/false);
   EXPECT_EQ(Run(*db, *lost).code(), absl::StatusCode::kUnavailable) << lost->status;
   EXPECT_EQ(db->retries(), 2u);

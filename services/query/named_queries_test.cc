@@ -10,7 +10,6 @@ namespace {
 using ::poolside::testing::Int;
 using ::poolside::testing::Null;
 using ::poolside::testing::Params;
-using ::poolside::testing::Text;
 
 google::protobuf::RepeatedPtrField<v1::NamedQuery> Config(const std::string& json) {
   v1::QueryServiceConfig c;
@@ -31,7 +30,7 @@ TEST(NamedQueriesTest, ResolvesWithTypedParameters) {
   EXPECT_TRUE(q->Resolve("rename", Params({Int(1), Null()})).ok());
 
   EXPECT_EQ(q->Resolve("nope", {}).status().code(), absl::StatusCode::kNotFound);
-  absl::Status wrong_type = q->Resolve("account_by_id", Params({Text("7")})).status();
+  absl::Status wrong_type = q->Resolve("account_by_id", Params({testing::Text("7")})).status();
   EXPECT_EQ(wrong_type.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(wrong_type.message().find("parameter 1 (id) must be int64; got text"),
             std::string::npos)

@@ -209,14 +209,14 @@ class ReadCacheNearTest : public ::testing::Test {
  protected:
   void SetUp() override {
     testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kPgDatabase).ok());
     // Fresh tables for each test (the listener installs their triggers again).
-    absl::Status s = pg.Exec(kPgDatabase,
-                             "DROP TABLE IF EXISTS items, other;"
-                             "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
-                             "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
-                             "CREATE TABLE other (id int PRIMARY KEY, v text NOT NULL);"
-                             "INSERT INTO other VALUES (1, 'ten')");
+    absl::Status s =
+        pg.CreateDatabase(kPgDatabase,
+                          "DROP TABLE IF EXISTS items, other;"
+                          "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
+                          "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
+                          "CREATE TABLE other (id int PRIMARY KEY, v text NOT NULL);"
+                          "INSERT INTO other VALUES (1, 'ten')");
     ASSERT_TRUE(s.ok()) << s;
 
     v1::QueryServiceConfig c;

@@ -18,14 +18,23 @@ void AddRow(db::ResultSink& sink, int64_t v, absl::Status* status, size_t bytes 
   *status = sink.RowDone(bytes);
 }
 
+// Begins a result of OneColumn() in `sink` (which must accept it) and adds
+// rows of 10 bytes with the values 0, 1, ... up to `n` of them; returns the
+// status of the first row refused, else OK.
+absl::Status BeginWithRows(db::ResultSink& sink, int n) {
+  const absl::Status begun = sink.Begin(OneColumn());
+  EXPECT_TRUE(begun.ok()) << begun;
+  if (!begun.ok()) return begun;
+  absl::Status s;
+  for (int i = 0; i < n && s.ok(); ++i) AddRow(sink, i, &s);
+  return s;
+}
+
 TEST(ResultSetSinkTest, CollectsRowsAndTag) {
   v1::ResultSet out;
   ResultBudget budget{.max_rows = 10, .max_bytes = 1000};
   ResultSetSink sink(&out, &budget);
-  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
-  absl::Status s;
-  for (int i = 0; i < 3; ++i) AddRow(sink, i, &s);
-  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(BeginWithRows(sink, 3).ok());
   sink.Finish(3, "SELECT 3");
   EXPECT_EQ(out.columns(0).name(), "n");
   EXPECT_EQ(out.rows_size(), 3);
@@ -37,11 +46,8 @@ TEST(ResultSetSinkTest, RowLimitNamesTheLimitAndFreesTheRows) {
   v1::ResultSet out;
   ResultBudget budget{.max_rows = 2, .max_bytes = 1000};
   ResultSetSink sink(&out, &budget);
-  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  ASSERT_TRUE(BeginWithRows(sink, 2).ok());
   absl::Status s;
-  AddRow(sink, 1, &s);
-  AddRow(sink, 2, &s);
-  ASSERT_TRUE(s.ok());
   AddRow(sink, 3, &s);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("max_rows (2 rows)"), absl::string_view::npos) << s;
@@ -52,13 +58,8 @@ TEST(ResultSetSinkTest, ByteLimitAppliesAcrossStatementsOfACall) {
   ResultBudget budget{.max_rows = 100, .max_bytes = 25};
   v1::ResultSet a, b;
   ResultSetSink first(&a, &budget), second(&b, &budget);
-  absl::Status s;
-  ASSERT_TRUE(first.Begin(OneColumn()).ok());
-  AddRow(first, 1, &s);
-  AddRow(first, 2, &s);
-  ASSERT_TRUE(s.ok());
-  ASSERT_TRUE(second.Begin(OneColumn()).ok());
-  AddRow(second, 3, &s);
+  ASSERT_TRUE(BeginWithRows(first, 2).ok());
+  const absl::Status s = BeginWithRows(second, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(s.message().find("max_bytes"), absl::string_view::npos);
 }
@@ -78,10 +79,7 @@ TEST(StreamSinkTest, ChunksCarryColumnsFirstAndTagLast) {
   FakeWriter writer;
   ResultBudget budget{.max_rows = 100, .max_bytes = 100000};
   StreamSink sink(&writer, &budget, /*chunk_rows=*/4);
-  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
-  absl::Status s;
-  for (int i = 0; i < 10; ++i) AddRow(sink, i, &s);
-  ASSERT_TRUE(s.ok());
+  ASSERT_TRUE(BeginWithRows(sink, 10).ok());
   sink.Finish(10, "SELECT 10");
   ASSERT_EQ(writer.chunks.size(), 3u);
   EXPECT_EQ(writer.chunks[0]->columns_size(), 1);
@@ -96,9 +94,7 @@ TEST(ResultSetSinkTest, RewindEmptiesTheResultAndGivesBackItsBudget) {
   v1::ResultSet out;
   ResultBudget budget{.max_rows = 3, .max_bytes = 100000};
   ResultSetSink sink(&out, &budget);
-  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
-  absl::Status s;
-  for (int i = 0; i < 3; ++i) AddRow(sink, i, &s);
+  const absl::Status s = BeginWithRows(sink, 3);
   ASSERT_TRUE(s.ok()) << s;
   sink.Finish(3, "SELECT 3");
   ASSERT_TRUE(sink.Rewind());
@@ -108,9 +104,8 @@ TEST(ResultSetSinkTest, RewindEmptiesTheResultAndGivesBackItsBudget) {
   EXPECT_EQ(budget.rows, 0u);
   EXPECT_EQ(budget.bytes, 0u);
   // The second run may use the whole budget again.
-  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
-  for (int i = 0; i < 3; ++i) AddRow(sink, i, &s);
-  EXPECT_TRUE(s.ok()) << s;
+  const absl::Status again = BeginWithRows(sink, 3);
+  EXPECT_TRUE(again.ok()) << again;
   EXPECT_EQ(out.rows_size(), 3);
 }
 
@@ -137,10 +132,7 @@ TEST(StreamSinkTest, RowLimitAppliesToStreamsToo) {
   FakeWriter writer;
   ResultBudget budget{.max_rows = 3, .max_bytes = 100000};
   StreamSink sink(&writer, &budget, /*chunk_rows=*/100);
-  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
-  absl::Status s;
-  for (int i = 0; i < 4 && s.ok(); ++i) AddRow(sink, i, &s);
-  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(BeginWithRows(sink, 4).code(), absl::StatusCode::kResourceExhausted);
 }
 
 }  // namespace

@@ -18,24 +18,27 @@ SidecarBreaker::Options Options(uint32_t threshold, absl::Duration retry_after) 
   return o;
 }
 
+// Records `n` failed calls.
+void Fail(SidecarBreaker& breaker, int n) {
+  for (int i = 0; i < n; ++i) breaker.Record(false);
+}
+
 TEST(SidecarBreakerTest, OpensAfterThresholdFailuresInARowForRetryAfter) {
   SimulatedClock clock;
   SidecarBreaker breaker(Options(3, absl::Seconds(1)), &clock);
   EXPECT_TRUE(breaker.Usable());
-  breaker.Record(false);
-  breaker.Record(false);
+  Fail(breaker, 2);
   EXPECT_TRUE(breaker.Usable());
-  breaker.Record(false);
+  Fail(breaker, 1);
   EXPECT_FALSE(breaker.Usable());
   clock.Advance(absl::Milliseconds(999));
   EXPECT_FALSE(breaker.Usable());
   clock.Advance(absl::Milliseconds(1));
   EXPECT_TRUE(breaker.Usable());
   // Closed again, with a fresh count: one more failure does not open it.
-  breaker.Record(false);
+  Fail(breaker, 1);
   EXPECT_TRUE(breaker.Usable());
-  breaker.Record(false);
-  breaker.Record(false);
+  Fail(breaker, 2);
   EXPECT_FALSE(breaker.Usable());
 }
 
@@ -43,8 +46,7 @@ TEST(SidecarBreakerTest, ASuccessResetsTheCount) {
   SimulatedClock clock;
   SidecarBreaker breaker(Options(3, absl::Seconds(1)), &clock);
   for (int i = 0; i < 10; ++i) {
-    breaker.Record(false);
-    breaker.Record(false);
+    Fail(breaker, 2);
     breaker.Record(true);
   }
   EXPECT_TRUE(breaker.Usable());
@@ -53,14 +55,12 @@ TEST(SidecarBreakerTest, ASuccessResetsTheCount) {
 TEST(SidecarBreakerTest, FailuresWhileOpenKeepItOpenFromTheLastOne) {
   SimulatedClock clock;
   SidecarBreaker breaker(Options(2, absl::Seconds(1)), &clock);
-  breaker.Record(false);
-  breaker.Record(false);
+  Fail(breaker, 2);
   ASSERT_FALSE(breaker.Usable());
   // Calls that were under way when it opened fail too: the window restarts
   // at the threshold-th of them.
   clock.Advance(absl::Milliseconds(600));
-  breaker.Record(false);
-  breaker.Record(false);
+  Fail(breaker, 2);
   clock.Advance(absl::Milliseconds(600));
   EXPECT_FALSE(breaker.Usable());
   clock.Advance(absl::Milliseconds(400));

@@ -24,6 +24,14 @@ using ::poolside::testing::SharedPostgres;
 
 constexpr char kPgDatabase[] = "statement_plans";
 constexpr char kDb[] = "plans";
+// The tables of kPgDatabase, made afresh for each test.
+constexpr char kSchema[] =
+    "DROP VIEW IF EXISTS items_view;"
+    "DROP TABLE IF EXISTS items, named, gone;"
+    "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
+    "CREATE TABLE named (name text PRIMARY KEY, v int);"
+    "CREATE TABLE gone (id int PRIMARY KEY);"
+    "CREATE VIEW items_view AS SELECT * FROM items";
 
 TEST(ParsePlanTablesTest, FindsTablesAndModifications) {
   const std::string plan = R"([{"Plan": {"Node Type": "Hash Join", "Plans": [
@@ -125,14 +133,7 @@ class StatementPlansTest : public ::testing::Test {
  protected:
   void SetUp() override {
     testing::PostgresCluster& pg = SharedPostgres();
-    ASSERT_TRUE(pg.CreateDatabase(kPgDatabase).ok());
-    absl::Status s = pg.Exec(kPgDatabase,
-                             "DROP VIEW IF EXISTS items_view;"
-                             "DROP TABLE IF EXISTS items, named, gone;"
-                             "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
-                             "CREATE TABLE named (name text PRIMARY KEY, v int);"
-                             "CREATE TABLE gone (id int PRIMARY KEY);"
-                             "CREATE VIEW items_view AS SELECT * FROM items");
+    absl::Status s = pg.CreateDatabase(kPgDatabase, kSchema);
     ASSERT_TRUE(s.ok()) << s;
     db_ = MakeDatabase(pg.Dsn(kPgDatabase));
     plans_ = std::make_unique<StatementPlans>(&in_flight_,

@@ -47,10 +47,10 @@ TEST(StatementStatsTest, GroupsByNormalizedStatement) {
 
 TEST(StatementStatsTest, BoundedEntriesOverflowIntoOther) {
   StatementStatsRegistry reg(2);
-  Record(reg, "db", "SELECT a FROM x", absl::Milliseconds(1), 0, true);
-  Record(reg, "db", "SELECT b FROM x", absl::Milliseconds(1), 0, true);
-  Record(reg, "db", "SELECT c FROM x", absl::Milliseconds(1), 0, true);
-  Record(reg, "db", "SELECT d FROM x", absl::Milliseconds(1), 0, true);
+  for (const char* sql :
+       {"SELECT a FROM x", "SELECT b FROM x", "SELECT c FROM x", "SELECT d FROM x"}) {
+    Record(reg, "db", sql, absl::Milliseconds(1), 0, true);
+  }
   auto all = reg.Snapshot("", 0);
   ASSERT_EQ(all.size(), 3u);
   uint64_t other_calls = 0;

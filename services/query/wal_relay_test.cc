@@ -135,11 +135,10 @@ class WalRelayTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     PostgresCluster& pg = Cluster();
-    ASSERT_TRUE(pg.CreateDatabase(kDb).ok());
-    ASSERT_TRUE(pg.Exec(kDb,
-                        "CREATE TABLE items (id int8 PRIMARY KEY, name text);"
-                        "CREATE TABLE pairs (a text, b uuid, v int, PRIMARY KEY (a, b));"
-                        "CREATE TABLE no_key (v int)")
+    ASSERT_TRUE(pg.CreateDatabase(kDb,
+                                  "CREATE TABLE items (id int8 PRIMARY KEY, name text);"
+                                  "CREATE TABLE pairs (a text, b uuid, v int, PRIMARY KEY (a, b));"
+                                  "CREATE TABLE no_key (v int)")
                     .ok());
   }
 
@@ -448,8 +447,8 @@ TEST(WalRelayFollowsThePrimaryTest, ATermEndsWhenThePrimaryMovesAndTheNextBegins
   po.extra_settings = {"synchronous_commit=on"};
   auto other = PostgresCluster::Start(po);
   ASSERT_TRUE(other.ok()) << other.status();
-  ASSERT_TRUE((*other)->CreateDatabase(kDb).ok());
-  ASSERT_TRUE((*other)->Exec(kDb, "CREATE TABLE items (id int8 PRIMARY KEY, name text)").ok());
+  ASSERT_TRUE(
+      (*other)->CreateDatabase(kDb, "CREATE TABLE items (id int8 PRIMARY KEY, name text)").ok());
   PostgresCluster& first = Cluster();
   ASSERT_TRUE(first.CreateDatabase(kDb).ok());
   ASSERT_TRUE(
@@ -515,8 +514,7 @@ TEST(WalRelayUnavailableTest, AServerWithoutLogicalDecodingIsReported) {
   o.extra_settings = {"wal_level=replica"};
   auto pg = PostgresCluster::Start(o);
   ASSERT_TRUE(pg.ok()) << pg.status();
-  ASSERT_TRUE((*pg)->CreateDatabase(kDb).ok());
-  ASSERT_TRUE((*pg)->Exec(kDb, "CREATE TABLE items (id int PRIMARY KEY)").ok());
+  ASSERT_TRUE((*pg)->CreateDatabase(kDb, "CREATE TABLE items (id int PRIMARY KEY)").ok());
   absl::Mutex mu;
   absl::Status reported;
   WalRelay::Options options = RelayOptions("relay_pub");
