@@ -10,6 +10,8 @@
 //  - the cache with replicas: a write through the service, then reads with
 //    its token (and cached reads without one) never return the old value,
 //    from the cache or from a lagging replica;
+//  - a read whose session on a replica is terminated (57P01) answers from
+//    the other replica;
 //  - a replica killed under concurrent reads and writes: no read fails (one
 //    running on it when it died answers from the other replica, with the
 //    right value), a stream that had sent rows from it fails UNAVAILABLE
@@ -551,38 +553,33 @@ TEST(ReplicaRoutingTest, SqlErrorOnAReplicaIsNotRunAgain) {
   }
 }
 
-TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
-  Env& env = Env::Get();
-  const std::string dead = env.replica_id(0);
-  const std::string alive = env.replica_id(1);
-  const double retries_before = ReadRetries(env);
-  ASSERT_GE(retries_before, 0);
-
-  // Two reads that sleep on the replica to be killed: routed one after the
-  // other they land on both replicas (least outstanding, ties in turn); the
-  // one on `alive` answers at once, the one on `dead` runs until it dies.
-  struct SlowOutcome {
-    absl::Status status;
-    std::string member;
-    int64_t value = -1;
-  };
-  std::vector<SlowOutcome> slow(2);
-  std::vector<std::thread> slow_readers;
+// Runs the named query fixed_slow_on_port for ids 10 and 11 at once, both
+// sleeping only on replica 0: routed one after the other they land on both
+// replicas (least outstanding, ties in turn), so one runs on replica 0 until
+// something ends it and the other answers at once from replica 1. Returns
+// once replica 0 runs one; join `readers` for the outcomes.
+struct SlowOutcome {
+  absl::Status status;
+  std::string member;
+  int64_t value = -1;
+};
+bool StartSlowReads(Env& env, std::vector<SlowOutcome>* slow, std::vector<std::thread>* readers) {
+  slow->assign(2, SlowOutcome{});
   for (int i = 0; i < 2; ++i) {
-    slow_readers.emplace_back([&, i] {
+    readers->emplace_back([&env, slow, i] {
       v1::ExecuteRequest r;
       r.set_named_query("fixed_slow_on_port");
       r.add_params()->set_int64_value(10 + i);
       r.add_params()->set_int64_value(env.cluster().replica(0).port());
       absl::StatusOr<v1::ExecuteResponse> got = env.Execute(r, std::chrono::seconds(40));
-      slow[i].status = got.status();
+      (*slow)[i].status = got.status();
       if (got.ok()) {
-        slow[i].member = got->member();
-        slow[i].value = ValueOf(*got);
+        (*slow)[i].member = got->member();
+        (*slow)[i].value = ValueOf(*got);
       }
     });
   }
-  ASSERT_TRUE(WaitFor(
+  return WaitFor(
       [&] {
         absl::StatusOr<std::string> n = env.cluster().replica(0).QueryValue(
             kDb,
@@ -590,8 +587,57 @@ TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
             "query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()");
         return n.ok() && *n != "0";
       },
-      kWait))
-      << "no slow read reached the replica to be killed";
+      kWait);
+}
+
+TEST(ReplicaRoutingTest, ReadWhoseSessionIsTerminatedAnswersFromAnotherMember) {
+  Env& env = Env::Get();
+  const std::string metric =
+      "poolside_query_read_retries_total{database=\"rr\",reason=\"server_shutdown\"}";
+  const double shutdowns = env.Metric(metric).value_or(-1);
+  ASSERT_GE(shutdowns, 0);
+  std::vector<SlowOutcome> slow;
+  std::vector<std::thread> readers;
+  const bool started = StartSlowReads(env, &slow, &readers);
+  // pg_terminate_backend: the server ends the session with 57P01.
+  absl::StatusOr<std::string> ended = env.cluster().replica(0).QueryValue(
+      kDb,
+      "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+      "state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()) t");
+  for (std::thread& t : readers) t.join();
+  ASSERT_TRUE(started) << "no slow read reached replica 0";
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(*ended, "1");
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
+    EXPECT_EQ(slow[i].value, (10 + i) * 7);
+    EXPECT_EQ(slow[i].member, env.replica_id(1)) << "slow read " << i;
+  }
+  EXPECT_EQ(env.Metric(metric), shutdowns + 1);
+  // Replica 0 was only suspect: its next probe lets it back.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        std::optional<v1::MemberStats> m = env.Member(env.replica_id(0));
+        return m && m->healthy();
+      },
+      kWait));
+}
+
+TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
+  Env& env = Env::Get();
+  const std::string dead = env.replica_id(0);
+  const std::string alive = env.replica_id(1);
+  const double retries_before = ReadRetries(env);
+  ASSERT_GE(retries_before, 0);
+
+  // A read running on `dead` until it dies (and one answered by `alive`).
+  std::vector<SlowOutcome> slow;
+  std::vector<std::thread> slow_readers;
+  if (!StartSlowReads(env, &slow, &slow_readers)) {
+    // Neither sleeps anywhere else: they answer at once.
+    for (std::thread& t : slow_readers) t.join();
+    FAIL() << "no slow read reached the replica to be killed";
+  }
 
   // A stream from `dead` that has sent rows, its caller no longer reading:
   // the server is held back by flow control. A stream routed to `alive`
