@@ -10,8 +10,14 @@
 //  - the cache with replicas: a write through the service, then reads with
 //    its token (and cached reads without one) never return the old value,
 //    from the cache or from a lagging replica;
-//  - a replica killed: once the probes saw it, its reads move to the others
-//    with no failed call;
+//  - a read whose session on a replica is terminated (57P01) answers from
+//    the other replica;
+//  - a replica killed under concurrent reads and writes: no read fails (one
+//    running on it when it died answers from the other replica, with the
+//    right value), a stream that had sent rows from it fails UNAVAILABLE
+//    without repeating any, every write applies once, an SQL error on a
+//    replica is not run again, and once the probes saw it its reads go to
+//    the other replica;
 //  - the primary killed under write load and the last replica promoted:
 //    writes sent meanwhile are held and land on the new primary; only calls
 //    in flight on the dead primary may fail (UNAVAILABLE), and every
@@ -81,10 +87,11 @@ class Env {
   std::string primary_id() { return MemberId(cluster_->primary()); }
   std::string replica_id(int i) { return MemberId(cluster_->replica(i)); }
 
-  absl::StatusOr<v1::ExecuteResponse> Execute(v1::ExecuteRequest request) {
+  absl::StatusOr<v1::ExecuteResponse> Execute(
+      v1::ExecuteRequest request, std::chrono::seconds timeout = std::chrono::seconds(10)) {
     request.set_database(kDb);
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ctx.set_deadline(std::chrono::system_clock::now() + timeout);
     v1::ExecuteResponse response;
     grpc::Status s = query_->Execute(&ctx, request, &response);
     if (!s.ok()) {
@@ -143,6 +150,10 @@ class Env {
                          "CREATE TABLE kv (id int PRIMARY KEY, v bigint NOT NULL);"
                          "INSERT INTO kv SELECT g, 0 FROM generate_series(1, 10) g;"
                          "CREATE TABLE log (id bigint PRIMARY KEY);"
+                         "CREATE TABLE fixed (id int PRIMARY KEY, v bigint NOT NULL);"
+                         "INSERT INTO fixed SELECT g, g * 7 FROM generate_series(1, 100) g;"
+                         "CREATE TABLE hits (id int PRIMARY KEY, n bigint NOT NULL);"
+                         "INSERT INTO hits VALUES (1, 0);"
                          // A function of our own: the catalog cannot prove it harmless.
                          "CREATE FUNCTION same(x bigint) RETURNS bigint LANGUAGE sql IMMUTABLE AS "
                          "'SELECT x'");
@@ -175,6 +186,21 @@ class Env {
                     "SELECT v FROM kv WHERE id = same($1)", {{"", "int64"}})
           ->set_read_only(read_only);
     }
+    {
+      // A read that sleeps only on the server listening on port $2 (a
+      // replica about to be killed), so it is surely running there when it
+      // dies, and answers at once anywhere else.
+      v1::NamedQuery* q = config.add_named_queries();
+      q->set_name("fixed_slow_on_port");
+      q->set_sql(
+          "SELECT v FROM fixed, pg_catalog.pg_sleep(CASE WHEN pg_catalog.inet_server_port() = $2 "
+          "THEN 60 ELSE 0 END) WHERE id = $1");
+      q->set_read_only(true);
+      q->add_params()->set_type("int64");
+      q->add_params()->set_type("int64");
+    }
+    // Streams long enough to be held back by a caller that stops reading.
+    config.mutable_limits()->set_max_rows(10000000);
     v1::QueryCacheConfig* cache = config.mutable_cache();
     cache->set_target(absl::StrCat("unix:", socket_));
     cache->set_call_timeout_ms(1000);
@@ -452,34 +478,295 @@ TEST(ReplicaRoutingTest, CacheAndTokensNeverServeTheOldValue) {
       << "no miss was filled from a replica";
 }
 
-TEST(ReplicaRoutingTest, KilledReplicaReadsMoveToTheOthers) {
+// The routed calls each member has had so far, by member.
+std::map<std::string, uint64_t> RoutedByMember(Env& env) {
+  std::map<std::string, uint64_t> out;
+  absl::StatusOr<v1::GetPoolStatsResponse> s = env.Stats();
+  if (!s.ok()) return out;
+  for (const v1::MemberStats& m : s->members()) out[m.member()] = m.routed_total();
+  return out;
+}
+
+double ReadRetries(Env& env) {
+  double sum = 0;
+  for (const char* reason : {"server_shutdown", "connect_failed", "connection_lost"}) {
+    sum += env.Metric(absl::StrCat("poolside_query_read_retries_total{database=\"rr\",reason=\"",
+                                   reason, "\"}"))
+               .value_or(-1000);
+  }
+  return sum;
+}
+
+// SELECT v FROM fixed WHERE id = $1: v is id * 7.
+absl::StatusOr<v1::ExecuteResponse> ReadFixed(Env& env, int64_t id) {
+  v1::ExecuteRequest r;
+  r.set_sql("SELECT v FROM fixed WHERE id = $1");
+  r.add_params()->set_int64_value(id);
+  return env.Execute(r);
+}
+
+TEST(ReplicaRoutingTest, SqlErrorOnAReplicaIsNotRunAgain) {
   Env& env = Env::Get();
-  const std::string dead = env.replica_id(0);
-  ASSERT_TRUE(env.cluster().replica(0).Kill().ok());
-  // Detection: the next failed probe (within an interval and a timeout).
-  ASSERT_TRUE(WaitFor(
+  const double retries = ReadRetries(env);
+  ASSERT_GE(retries, 0) << "poolside_query_read_retries_total is missing";
+  const std::map<std::string, uint64_t> before = RoutedByMember(env);
+  v1::ExecuteRequest r;
+  r.set_sql("SELECT v / (v - v) FROM fixed WHERE id = $1");  // division by zero (22012)
+  r.add_params()->set_int64_value(1);
+  absl::StatusOr<v1::ExecuteResponse> got = env.Execute(r);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << got.status();
+  EXPECT_TRUE(absl::StrContains(got.status().message(), "22012")) << got.status();
+  // Routed once, to a replica, and never again.
+  const std::map<std::string, uint64_t> after = RoutedByMember(env);
+  uint64_t routed = 0;
+  for (const auto& [member, n] : after) {
+    const uint64_t was = before.count(member) ? before.at(member) : 0;
+    routed += n - was;
+    if (n != was) {
+      EXPECT_NE(member, env.primary_id());
+    }
+  }
+  EXPECT_EQ(routed, 1u);
+  EXPECT_EQ(ReadRetries(env), retries);
+  // Both replicas still take reads: an SQL error says nothing of a member.
+  for (int i = 0; i < 2; ++i) {
+    std::optional<v1::MemberStats> m = env.Member(env.replica_id(i));
+    ASSERT_TRUE(m);
+    EXPECT_TRUE(m->healthy()) << env.replica_id(i);
+  }
+}
+
+// Runs the named query fixed_slow_on_port for ids 10 and 11 at once, both
+// sleeping only on replica 0: routed one after the other they land on both
+// replicas (least outstanding, ties in turn), so one runs on replica 0 until
+// something ends it and the other answers at once from replica 1. Returns
+// once replica 0 runs one; join `readers` for the outcomes.
+struct SlowOutcome {
+  absl::Status status;
+  std::string member;
+  int64_t value = -1;
+};
+bool StartSlowReads(Env& env, std::vector<SlowOutcome>* slow, std::vector<std::thread>* readers) {
+  slow->assign(2, SlowOutcome{});
+  for (int i = 0; i < 2; ++i) {
+    readers->emplace_back([&env, slow, i] {
+      v1::ExecuteRequest r;
+      r.set_named_query("fixed_slow_on_port");
+      r.add_params()->set_int64_value(10 + i);
+      r.add_params()->set_int64_value(env.cluster().replica(0).port());
+      absl::StatusOr<v1::ExecuteResponse> got = env.Execute(r, std::chrono::seconds(40));
+      (*slow)[i].status = got.status();
+      if (got.ok()) {
+        (*slow)[i].member = got->member();
+        (*slow)[i].value = ValueOf(*got);
+      }
+    });
+  }
+  return WaitFor(
       [&] {
-        std::optional<v1::MemberStats> m = env.Member(dead);
-        return m && !m->healthy();
+        absl::StatusOr<std::string> n = env.cluster().replica(0).QueryValue(
+            kDb,
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+            "query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()");
+        return n.ok() && *n != "0";
+      },
+      kWait);
+}
+
+TEST(ReplicaRoutingTest, ReadWhoseSessionIsTerminatedAnswersFromAnotherMember) {
+  Env& env = Env::Get();
+  const std::string metric =
+      "poolside_query_read_retries_total{database=\"rr\",reason=\"server_shutdown\"}";
+  const double shutdowns = env.Metric(metric).value_or(-1);
+  ASSERT_GE(shutdowns, 0);
+  std::vector<SlowOutcome> slow;
+  std::vector<std::thread> readers;
+  const bool started = StartSlowReads(env, &slow, &readers);
+  // pg_terminate_backend: the server ends the session with 57P01.
+  absl::StatusOr<std::string> ended = env.cluster().replica(0).QueryValue(
+      kDb,
+      "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+      "state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()) t");
+  for (std::thread& t : readers) t.join();
+  ASSERT_TRUE(started) << "no slow read reached replica 0";
+  ASSERT_TRUE(ended.ok()) << ended.status();
+  EXPECT_EQ(*ended, "1");
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
+    EXPECT_EQ(slow[i].value, (10 + i) * 7);
+    EXPECT_EQ(slow[i].member, env.replica_id(1)) << "slow read " << i;
+  }
+  EXPECT_EQ(env.Metric(metric), shutdowns + 1);
+  // Replica 0 was only suspect: its next probe lets it back.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        std::optional<v1::MemberStats> m = env.Member(env.replica_id(0));
+        return m && m->healthy();
       },
       kWait));
-  int failed = 0;
+}
+
+TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
+  Env& env = Env::Get();
+  const std::string dead = env.replica_id(0);
+  const std::string alive = env.replica_id(1);
+  const double retries_before = ReadRetries(env);
+  ASSERT_GE(retries_before, 0);
+
+  // A read running on `dead` until it dies (and one answered by `alive`).
+  std::vector<SlowOutcome> slow;
+  std::vector<std::thread> slow_readers;
+  if (!StartSlowReads(env, &slow, &slow_readers)) {
+    // Neither sleeps anywhere else: they answer at once.
+    for (std::thread& t : slow_readers) t.join();
+    FAIL() << "no slow read reached the replica to be killed";
+  }
+
+  // A stream from `dead` that has sent rows, its caller no longer reading:
+  // the server is held back by flow control. A stream routed to `alive`
+  // first is cancelled (`dead` then has fewer outstanding calls).
+  struct Stream {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<grpc::ClientReader<v1::ExecuteStreamResponse>> reader;
+    std::string member;
+    std::vector<int64_t> values;
+  };
+  constexpr int64_t kStreamRows = 5000000;
+  auto open_stream = [&]() {
+    Stream st;
+    st.ctx = std::make_unique<grpc::ClientContext>();
+    st.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::ExecuteRequest sr;
+    sr.set_database(kDb);
+    sr.set_sql(absl::StrCat("SELECT g::int8 FROM generate_series(1, ", kStreamRows, ") g"));
+    sr.set_chunk_rows(100);
+    st.reader = env.query().ExecuteStream(st.ctx.get(), sr);
+    v1::ExecuteStreamResponse chunk;
+    if (st.reader->Read(&chunk)) {
+      st.member = chunk.member();
+      for (const v1::Row& row : chunk.rows()) st.values.push_back(row.values(0).int64_value());
+    }
+    return st;
+  };
+  std::vector<Stream> streams;
+  for (int i = 0; i < 3 && (streams.empty() || streams.back().member != dead); ++i) {
+    streams.push_back(open_stream());
+    ASSERT_FALSE(streams.back().values.empty()) << "a stream sent no rows";
+    ASSERT_NE(streams.back().member, env.primary_id()) << "the stream was not routed to a replica";
+  }
+  ASSERT_EQ(streams.back().member, dead) << "no stream was routed to the replica to be killed";
+  Stream on_dead = std::move(streams.back());
+  streams.pop_back();
+  for (Stream& st : streams) {
+    st.ctx->TryCancel();
+    v1::ExecuteStreamResponse chunk;
+    while (st.reader->Read(&chunk)) {
+    }
+    EXPECT_EQ(st.reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+
+  // Point reads and increments under way while the replica dies.
+  std::atomic<bool> stop{false};
+  std::atomic<int> reads{0}, failed_reads{0}, wrong_values{0}, from_alive{0};
+  std::atomic<int> writes{0}, failed_writes{0}, writes_off_primary{0};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 3; ++t) {
+    load.emplace_back([&, t] {
+      for (int64_t i = t; !stop.load(); i += 3) {
+        const int64_t id = 1 + i % 100;
+        absl::StatusOr<v1::ExecuteResponse> r = ReadFixed(env, id);
+        if (!r.ok()) {
+          ++failed_reads;
+          std::cerr << "read failed: " << r.status() << "\n";
+        } else {
+          if (ValueOf(*r) != id * 7) ++wrong_values;
+          if (r->member() == alive) ++from_alive;
+        }
+        ++reads;
+      }
+    });
+  }
+  load.emplace_back([&] {
+    while (!stop.load()) {
+      v1::ExecuteRequest w;
+      w.set_sql("UPDATE hits SET n = n + 1 WHERE id = 1");
+      absl::StatusOr<v1::ExecuteResponse> r = env.Execute(w);
+      if (!r.ok()) {
+        ++failed_writes;
+      } else {
+        ++writes;
+        if (r->member() != env.primary_id() || r->result().rows_affected() != 1) {
+          ++writes_off_primary;
+        }
+      }
+    }
+  });
+  ASSERT_TRUE(WaitFor([&] { return reads.load() > 60 && writes.load() > 10; }, kWait));
+  ASSERT_TRUE(env.cluster().replica(0).Kill().ok());
+  const int reads_at_kill = reads.load();
+  const int writes_at_kill = writes.load();
+  // Load goes on past the kill, through the probes noticing it.
+  const bool noticed = WaitFor(
+      [&] {
+        std::optional<v1::MemberStats> m = env.Member(dead);
+        return m && !m->healthy() && reads.load() > reads_at_kill + 150 &&
+               writes.load() > writes_at_kill + 20;
+      },
+      kWait);
+  stop.store(true);
+  for (std::thread& t : load) t.join();
+  for (std::thread& t : slow_readers) t.join();
+  ASSERT_TRUE(noticed) << "the load stalled or the probes never saw the replica die";
+
+  // No read failed, and each answered the right value.
+  EXPECT_EQ(failed_reads.load(), 0) << "of " << reads.load();
+  EXPECT_EQ(wrong_values.load(), 0);
+  EXPECT_GT(from_alive.load(), 0);
+  // The read running on `dead` when it died answered from elsewhere.
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
+    EXPECT_EQ(slow[i].value, (10 + i) * 7);
+    EXPECT_NE(slow[i].member, dead) << "slow read " << i;
+  }
+  EXPECT_GE(ReadRetries(env), retries_before + 1);
+
+  // The stream that had sent rows from `dead` fails, and is not run again:
+  // what arrived is 1, 2, 3... with no row twice.
+  {
+    v1::ExecuteStreamResponse chunk;
+    while (on_dead.reader->Read(&chunk)) {
+      EXPECT_EQ(chunk.member(), "");
+      for (const v1::Row& row : chunk.rows()) on_dead.values.push_back(row.values(0).int64_value());
+    }
+    grpc::Status end = on_dead.reader->Finish();
+    EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
+    ASSERT_LT(on_dead.values.size(), size_t{kStreamRows});
+    for (size_t i = 0; i < on_dead.values.size(); ++i) {
+      ASSERT_EQ(on_dead.values[i], static_cast<int64_t>(i) + 1) << "row " << i;
+    }
+  }
+
+  // Every write ran once, on the primary: the count is the acknowledged ones.
+  EXPECT_EQ(failed_writes.load(), 0);
+  EXPECT_EQ(writes_off_primary.load(), 0);
+  absl::StatusOr<std::string> n =
+      env.cluster().primary().QueryValue(kDb, "SELECT n FROM hits WHERE id = 1");
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, absl::StrCat(writes.load()));
+
+  // Once the probes saw it, reads go to the other replica only.
   std::map<std::string, int> by_member;
   for (int i = 0; i < 40; ++i) {
     absl::StatusOr<v1::ExecuteResponse> r = env.Read();
-    if (!r.ok()) {
-      ++failed;
-      continue;
-    }
+    ASSERT_TRUE(r.ok()) << r.status();
     ++by_member[r->member()];
   }
-  EXPECT_EQ(failed, 0);
   EXPECT_EQ(by_member[dead], 0);
-  EXPECT_EQ(by_member[env.replica_id(1)], 40);
-  // Writes still land on the primary.
-  absl::StatusOr<v1::ExecuteResponse> w = env.Write(3000);
-  ASSERT_TRUE(w.ok()) << w.status();
-  EXPECT_EQ(w->member(), env.primary_id());
+  EXPECT_EQ(by_member[alive], 40);
+  std::cerr << "reads: " << reads.load() << ", writes: " << writes.load()
+            << ", stream rows before the kill: " << on_dead.values.size()
+            << ", read retries: " << ReadRetries(env) - retries_before << "\n";
 }
 
 TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {

@@ -226,7 +226,11 @@ absl::Status Topology::NoPrimaryErrorLocked() const {
                    no_primary_reason_.empty() ? "it is not responding" : no_primary_reason_));
 }
 
-absl::StatusOr<Topology::Route> Topology::Pick(bool read, Lsn min_lsn) {
+absl::StatusOr<Topology::Route> Topology::Pick(bool read, Lsn min_lsn,
+                                               absl::Span<const std::string> exclude) {
+  auto excluded = [exclude](const Member& m) {
+    return std::find(exclude.begin(), exclude.end(), m.id) != exclude.end();
+  };
   absl::MutexLock lock(&mu_);
   const absl::Time now = clock_->Now();
   const bool primary_ok = primary_ != nullptr && HealthyLocked(*primary_, now);
@@ -242,7 +246,7 @@ absl::StatusOr<Topology::Route> Topology::Pick(bool read, Lsn min_lsn) {
       Member& m = *members_[i];
       if (members_[i] == primary_) continue;
       any_replica = true;
-      if (!HealthyLocked(m, now) || !m.in_recovery) continue;
+      if (!HealthyLocked(m, now) || !m.in_recovery || excluded(m)) continue;
       EvaluateLagLocked(m, now);
       if (m.banned) continue;
       any_healthy_replica = true;
@@ -266,7 +270,31 @@ absl::StatusOr<Topology::Route> Topology::Pick(bool read, Lsn min_lsn) {
     }
   }
   if (!primary_ok) return NoPrimaryErrorLocked();
+  if (excluded(*primary_)) {
+    return absl::UnavailableError(absl::StrCat("database ", database_, ": the primary ",
+                                               primary_->id, " was already tried for this call"));
+  }
   return Route(primary_, true, primary_->lsn);
+}
+
+bool Topology::MarkSuspect(const std::string& id, const absl::Status& error) {
+  std::function<void()> listener;
+  {
+    absl::MutexLock lock(&mu_);
+    if (primary_ != nullptr && primary_->id == id) return false;
+    std::shared_ptr<Member> member;
+    for (const std::shared_ptr<Member>& m : members_) {
+      if (m->id == id) member = m;
+    }
+    // Only a replica as last probed: a member that accepted writes takes part
+    // in naming the primary, which stays the probes' call.
+    if (member == nullptr || !member->in_recovery) return false;
+    member->last_ok = false;
+    member->last_error = error.ok() ? absl::UnavailableError("a call could not reach it") : error;
+    listener = listener_;
+  }
+  if (listener) listener();
+  return true;
 }
 
 std::string Topology::primary() const {

@@ -46,6 +46,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/clock/clock.h"
 #include "common/db/pgoutput_decoder.h"
 
@@ -154,7 +155,20 @@ class Topology {
   // replica with the fewest outstanding calls among those whose replay
   // position is at least `min_lsn` (ties taken in turn); none: the primary,
   // or UNAVAILABLE if the options say so and no replica is healthy.
-  absl::StatusOr<Route> Pick(bool read, Lsn min_lsn = 0);
+  // Members in `exclude` (a read tried again after failing there) are passed
+  // over as if unhealthy; an excluded primary: UNAVAILABLE.
+  absl::StatusOr<Route> Pick(bool read, Lsn min_lsn = 0,
+                             absl::Span<const std::string> exclude = {});
+
+  // A call found replica `id` unreachable (its connection failed, or a new
+  // one could not be made): it is unhealthy, with `error` as its last error,
+  // until its next successful probe, so other calls stop picking it before
+  // the monitor's next probe notices. Only a member last probed in
+  // recovery: the primary and any member accepting writes are left to the
+  // probes (one failed connection must not start a failover or name another
+  // primary), as are ids no longer members. Runs the record listener when it marked one. Returns
+  // whether it did.
+  bool MarkSuspect(const std::string& id, const absl::Status& error);
 
   // The primary's id ("" if none) and a counter that moves every time the
   // primary changes (including to none), for callers holding writes across a

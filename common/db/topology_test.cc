@@ -338,5 +338,68 @@ TEST_F(TopologyTest, ConcurrentPicksAndProbes) {
   for (const MemberStatus& s : topology_.Snapshot()) EXPECT_EQ(s.outstanding, 0) << s.id;
 }
 
+TEST_F(TopologyTest, ExcludedMembersArePassedOver) {
+  Round(1000, 1000, 1000);
+  const std::vector<std::string> r1 = {"r1"};
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(topology_.Pick(true, 0, r1)->id(), "r2");
+  // Both replicas excluded: the primary, as for no healthy replica.
+  const std::vector<std::string> both = {"r1", "r2"};
+  EXPECT_EQ(topology_.Pick(true, 0, both)->id(), "p");
+  // The token still rules the remaining replica: r2 behind it, so the primary.
+  topology_.Record("r2", Replica(900));
+  EXPECT_EQ(topology_.Pick(true, 950, r1)->id(), "p");
+  // An excluded primary is never the fallback.
+  const std::vector<std::string> all = {"p", "r1", "r2"};
+  absl::StatusOr<Topology::Route> none = topology_.Pick(true, 0, all);
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "already tried")) << none.status();
+  EXPECT_EQ(topology_.Pick(false, 0, {"p"}).status().code(), absl::StatusCode::kUnavailable);
+  // An unknown id excludes nothing: held reads spread over both replicas.
+  {
+    const std::vector<std::string> unknown = {"nobody"};
+    std::vector<Topology::Route> held;
+    std::map<std::string, int> count;
+    for (int i = 0; i < 4; ++i) {
+      absl::StatusOr<Topology::Route> r = topology_.Pick(true, 0, unknown);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ++count[r->id()];
+      held.push_back(*std::move(r));
+    }
+    EXPECT_EQ(count, (std::map<std::string, int>{{"r1", 2}, {"r2", 2}}));
+  }
+  for (const MemberStatus& s : topology_.Snapshot()) EXPECT_EQ(s.outstanding, 0) << s.id;
+}
+
+TEST_F(TopologyTest, SuspectReplicaGetsNoReadsUntilItsNextGoodProbe) {
+  Round(1000, 1000, 1000);
+  int listened = 0;
+  topology_.SetRecordListener([&] { ++listened; });
+  EXPECT_TRUE(topology_.MarkSuspect("r1", absl::UnavailableError("server closed the connection")));
+  EXPECT_EQ(listened, 1);
+  EXPECT_FALSE(Status("r1").healthy);
+  EXPECT_TRUE(absl::StrContains(Status("r1").last_error.message(), "server closed"));
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(topology_.Pick(true)->id(), "r2");
+  // The primary, unknown ids and members accepting writes are the probes'.
+  EXPECT_FALSE(topology_.MarkSuspect("p", absl::UnavailableError("x")));
+  EXPECT_FALSE(topology_.MarkSuspect("nobody", absl::UnavailableError("x")));
+  EXPECT_EQ(listened, 1);
+  EXPECT_EQ(topology_.primary(), "p");
+  EXPECT_TRUE(Status("p").healthy);
+  const uint64_t generation = topology_.primary_generation();
+  // Split brain: r2 writable too, so no primary; marking either must not
+  // name the other.
+  topology_.Record("r2", Primary(1000));
+  EXPECT_EQ(topology_.primary(), "");
+  EXPECT_FALSE(topology_.MarkSuspect("r2", absl::UnavailableError("x")));
+  EXPECT_FALSE(topology_.MarkSuspect("p", absl::UnavailableError("x")));
+  EXPECT_EQ(topology_.primary(), "");
+  EXPECT_NE(topology_.primary_generation(), generation);
+  // The next good probe lets r1 back.
+  Round(1010, 1010, 1010);
+  EXPECT_TRUE(Status("r1").healthy);
+  EXPECT_EQ(SpreadOf(4), (std::map<std::string, int>{{"r1", 2}, {"r2", 2}}));
+  topology_.SetRecordListener(nullptr);
+}
+
 }  // namespace
 }  // namespace poolside::db

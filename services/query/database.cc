@@ -161,6 +161,8 @@ struct Database::RoutedCall {
   bool held_after_failure = false;
   // The primary's generation when it was last routed.
   uint64_t generation = 0;
+  // Members a read failed on (RetryOnAnotherMember), passed over by Pick.
+  std::vector<std::string> failed_members;
 };
 
 absl::Status Database::Route(std::shared_ptr<Work> work) {
@@ -173,6 +175,7 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
   std::weak_ptr<Work> weak = work;
   work->done = [this, raw, weak, call, replicas = replicas_,
                 done = std::move(work->done)](absl::Status s) {
+    if (!s.ok() && raw->on_replica && RetryOnAnotherMember(raw, weak, call, s)) return;
     // The primary refused a write as read-only (SQLSTATE 25006): it was
     // demoted, and the write's transaction rolled back. Not for a caller
     // whose own transactions are read-only.
@@ -233,7 +236,7 @@ absl::Status Database::RouteNow(const std::shared_ptr<Work>& work,
                                 const std::shared_ptr<RoutedCall>& call) {
   const uint64_t generation = replicas_->primary_generation();
   absl::StatusOr<db::Topology::Route> route =
-      replicas_->topology().Pick(work->replica_ok, call->min_lsn);
+      replicas_->topology().Pick(work->replica_ok, call->min_lsn, call->failed_members);
   if (!route.ok()) {
     // No primary known (rather than no replica for a read that must not
     // fall back): held until one is.
@@ -252,6 +255,46 @@ absl::Status Database::RouteNow(const std::shared_ptr<Work>& work,
   call->generation = generation;
   call->route = *std::move(route);
   return (*target)->Submit(work);
+}
+
+bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
+                                    const std::shared_ptr<RoutedCall>& call,
+                                    const absl::Status& failure) {
+  const ReadRetryReason reason =
+      ReplicaReadRetry(failure, {.on_replica = raw->on_replica,
+                                 .plain_read = raw->plain_read && raw->replica_ok,
+                                 .no_connection = raw->no_connection_,
+                                 .cancelled = raw->cancelled.load(std::memory_order_relaxed),
+                                 .past_deadline = absl::Now() >= raw->deadline,
+                                 .stopping = replicas_->stopped(),
+                                 .retries = static_cast<int>(call->failed_members.size())});
+  if (reason == ReadRetryReason::kNone) return false;
+  std::shared_ptr<Work> strong = weak.lock();
+  if (strong == nullptr) return false;
+  replicas_->MarkSuspect(raw->member, failure);
+  // Last: a stream that already sent rows cannot start over.
+  const bool rewound = raw->batchable
+                           ? raw->statement.sink == nullptr || raw->statement.sink->Rewind()
+                           : raw->rewind && raw->rewind();
+  if (!rewound) return false;
+  call->failed_members.push_back(raw->member);
+  const std::string failed_member = raw->member;
+  const uint64_t failed_lsn = raw->member_lsn;
+  raw->not_run_ = false;
+  raw->no_connection_ = false;
+  raw->state.store(Work::kQueued);
+  if (absl::Status routed = RouteNow(strong, call); routed.ok()) {
+    replicas_->CountReadRetry(reason);
+    return true;
+  }
+  // Nowhere else to go (no other member, or no primary to fall back to):
+  // the first failure answers, naming where it happened, unless the caller
+  // abandoned the call meanwhile.
+  if (!raw->Claim()) return true;
+  raw->member = failed_member;
+  raw->on_replica = true;
+  raw->member_lsn = failed_lsn;
+  return false;
 }
 
 absl::Status Database::HoldForPrimary(const std::shared_ptr<Work>& work,
@@ -379,6 +422,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   if (!lease.ok()) {
     for (auto& w : batch) {
       w->not_run_ = true;
+      w->no_connection_ = true;
       w->done(lease.status());
     }
     return;
@@ -477,6 +521,7 @@ void Database::RunExclusive(Work& work) {
       // On a second attempt the first failure is the better answer; it ran
       // nothing if the first attempt did not either.
       work.not_run_ = attempt == 0 || first_reach == db::Reach::kNotRun;
+      work.no_connection_ = attempt == 0;
       if (attempt == 0) outcome = lease.status();
       break;
     }

@@ -22,6 +22,14 @@
 // its own workers, made on first use), and Submit() sends work that may run on a replica
 // (Work::replica_ok) to the one Topology::Pick chooses, everything else to the primary.
 //
+// A plain read (Work::plain_read) that fails on a replica because its
+// connection failed (lost, the server shut down or terminated the session,
+// no connection to be had) before any row reached its caller runs again on
+// another member routing picks, excluding those it failed on and with the
+// same min_lsn rule, at most kMaxReplicaReadRetries times within its
+// deadline (replicas.h: ReplicaReadRetry says which failures qualify); the
+// failed member is marked suspect in the topology.
+//
 // A call for the primary while none is known, or whose connection to it
 // could not be had (so it never ran), is held for up to
 // topology.failoverBufferMs until a primary is named anew, then runs there.
@@ -128,6 +136,10 @@ class Work {
   bool replica_ok = false;
   // ... on one whose replay position (as last probed) is at least this.
   uint64_t min_lsn = 0;
+  // A single read statement of the caller's (not a transaction of theirs):
+  // failing on a replica before any row reached the caller, it may run
+  // again on another member (see the class comment).
+  bool plain_read = false;
   // When no replica has replayed min_lsn yet, wait up to
   // topology.tokenWaitMs for one before running on the primary.
   bool wait_for_replica = false;
@@ -174,6 +186,8 @@ class Work {
   // a single statement its server never executed: it provably did not run,
   // so routing may hold it for a new primary.
   bool not_run_ = false;
+  // Failed for want of a connection (set with not_run_ by the worker).
+  bool no_connection_ = false;
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 
@@ -261,6 +275,11 @@ class Database {
   // `generation` (Replicas::HoldForPrimary), then routes it again.
   absl::Status HoldForPrimary(const std::shared_ptr<Work>& work,
                               const std::shared_ptr<RoutedCall>& call, uint64_t generation);
+  // A plain read that failed on a replica with `failure`: sends it to
+  // another member when ReplicaReadRetry allows and it can be rewound. True
+  // if it was sent (or abandoned meanwhile): its outcome comes from there.
+  bool RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
+                            const std::shared_ptr<RoutedCall>& call, const absl::Status& failure);
   // The Database of member `id` at `dsn` (on the db::ManagedDatabase's
   // member pool), made on first use.
   absl::StatusOr<Database*> MemberPool(const std::string& id, const std::string& dsn);

@@ -349,6 +349,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->replica_ok =
       !deferred && !request.primary() && (*analysis)->kind == sql::StatementKind::kRead &&
       (access.read_only || work->statement.may_share_sync || DeclaredReadOnly(request));
+  work->plain_read = work->replica_ok;
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
   work->request_bytes = request.ByteSizeLong();
@@ -483,6 +484,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
       *analysis != nullptr && !request.primary() &&
       (*analysis)->kind == sql::StatementKind::kRead &&
       (access.read_only || MayShareSync((*db)->name(), **analysis) || DeclaredReadOnly(request));
+  work->plain_read = work->replica_ok;
+  // Until its first chunk leaves, a stream can start over (on a fresh
+  // connection, or on another member).
+  work->rewind = [raw] { return raw->sink->Rewind(); };
   work->min_lsn = request.min_lsn();
   work->wait_for_replica = true;
   work->request_bytes = request.ByteSizeLong();

@@ -116,8 +116,16 @@ void CollectMembers(QueryEngine* engine, Families* out) {
       "poolside_query_failover_held_duration_seconds",
       "Each hold's time, from the call held to its release: routed to the new primary, failed "
       "for want of one, or ended by shutdown. A call held again counts again.");
+  prometheus::MetricFamily read_retries = CounterFamily(
+      "poolside_query_read_retries_total",
+      "Reads that failed on a replica before any row reached the caller (its connection failed) "
+      "and ran again on another member, by why.");
   for (const auto& [name, replicas] : engine->replicas()) {
     const telemetry::MetricLabels db = {{"database", name}};
+    for (ReadRetryReason reason : kReadRetryReasons) {
+      AddCounter(&read_retries, {{"database", name}, {"reason", ReadRetryReasonName(reason)}},
+                 double(replicas->read_retries(reason)));
+    }
     const db::ManagedDatabase::HoldStats hold = replicas->hold_stats();
     AddCounter(&held, db, double(hold.total));
     AddCounter(&held_timeouts, db, double(hold.timeouts));
@@ -129,8 +137,9 @@ void CollectMembers(QueryEngine* engine, Families* out) {
     AddCounter(&waits, {{"database", name}, {"result", "timeout"}},
                double(replicas->token_waits() - std::min(reached, replicas->token_waits())));
   }
-  for (auto* f : {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans,
-                  &waits, &held, &held_timeouts, &held_now, &held_seconds, &held_duration}) {
+  for (auto* f :
+       {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans, &waits,
+        &held, &held_timeouts, &held_now, &held_seconds, &held_duration, &read_retries}) {
     out->push_back(std::move(*f));
   }
 }

@@ -27,6 +27,8 @@
 //                          outstanding_calls}{database,member}
 //   poolside_query_member_{routed,bans}_total{database,member}
 //   poolside_query_replica_token_waits_total{database,result=reached|timeout}
+//   poolside_query_read_retries_total{database,reason=server_shutdown|connect_failed|
+//                                     connection_lost}
 //   poolside_query_failover_{held,held_timeouts,held_seconds}_total{database},
 //   poolside_query_failover_held_calls{database}
 //   poolside_query_failover_held_duration_seconds{database}          histogram

@@ -3,7 +3,41 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "common/db/error.h"
+
 namespace poolside::query {
+
+const char* ReadRetryReasonName(ReadRetryReason reason) {
+  switch (reason) {
+    case ReadRetryReason::kServerShutdown:
+      return "server_shutdown";
+    case ReadRetryReason::kConnectFailed:
+      return "connect_failed";
+    case ReadRetryReason::kConnectionLost:
+      return "connection_lost";
+    case ReadRetryReason::kNone:
+      break;
+  }
+  return "";
+}
+
+ReadRetryReason ReplicaReadRetry(const absl::Status& status, const ReadAttempt& attempt) {
+  if (!attempt.on_replica || !attempt.plain_read || attempt.cancelled || attempt.past_deadline ||
+      attempt.stopping || attempt.retries >= kMaxReplicaReadRetries) {
+    return ReadRetryReason::kNone;
+  }
+  // Every lost or refused connection is UNAVAILABLE (common/db/error.h);
+  // so are a few server verdicts that say nothing of the member's health
+  // (53300 too many connections): only the connection's own failures count.
+  if (status.code() != absl::StatusCode::kUnavailable) return ReadRetryReason::kNone;
+  const std::string sqlstate = db::SqlStateOf(status);
+  if (sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03") {
+    return ReadRetryReason::kServerShutdown;
+  }
+  if (!sqlstate.empty() && !absl::StartsWith(sqlstate, "08")) return ReadRetryReason::kNone;
+  return attempt.no_connection ? ReadRetryReason::kConnectFailed : ReadRetryReason::kConnectionLost;
+}
 
 Replicas::Replicas(db::ManagedDatabase* database)
     : database_(database),
@@ -16,6 +50,7 @@ Replicas::Replicas(db::ManagedDatabase* database)
 Replicas::~Replicas() { Stop(); }
 
 void Replicas::Stop() {
+  stopped_.store(true, std::memory_order_release);
   database_->SetRecordListener(nullptr);
   std::unique_ptr<LsnWaiters> waiters;
   {

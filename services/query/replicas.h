@@ -50,6 +50,55 @@
 
 namespace poolside::query {
 
+// Why a read that failed on a replica runs again on another member, as the
+// reason label of poolside_query_read_retries_total.
+enum class ReadRetryReason {
+  kNone,
+  // The server ended the session: admin shutdown, crash shutdown, or the
+  // session terminated (SQLSTATE 57P01, 57P02, 57P03).
+  kServerShutdown,
+  // No connection to the member could be had (it refused, or died with
+  // the pool's connections).
+  kConnectFailed,
+  // The connection failed under the statement (closed by the server, reset,
+  // class 08).
+  kConnectionLost,
+};
+inline constexpr ReadRetryReason kReadRetryReasons[] = {ReadRetryReason::kServerShutdown,
+                                                        ReadRetryReason::kConnectFailed,
+                                                        ReadRetryReason::kConnectionLost};
+// "server_shutdown", "connect_failed", "connection_lost"; "" for kNone.
+const char* ReadRetryReasonName(ReadRetryReason reason);
+
+// How often one read runs again on other members, each time on one not yet
+// tried.
+inline constexpr int kMaxReplicaReadRetries = 2;
+
+// What routing knows of a read attempt that just failed.
+struct ReadAttempt {
+  // It was routed to a replica (reads that fell back to the primary are
+  // held for a new primary instead, see database.h).
+  bool on_replica = false;
+  // A single read statement of the caller's that routing may send to a
+  // replica: not a transaction of the caller's, nothing that may write.
+  bool plain_read = false;
+  // No connection to the member could be had for it.
+  bool no_connection = false;
+  bool cancelled = false;
+  bool past_deadline = false;
+  // Routing stopped (the service is shutting down).
+  bool stopping = false;
+  // Times it already ran again elsewhere.
+  int retries = 0;
+};
+
+// Whether a read that failed with `status` may run again on another member,
+// and why; kNone for anything else: an SQL error (syntax, permission, 25006,
+// a cancelled statement...), a read that is not plain, on the primary, out
+// of time or of retries. The caller must still check that no row reached its
+// caller (the result can be rewound), and does that last.
+ReadRetryReason ReplicaReadRetry(const absl::Status& status, const ReadAttempt& attempt);
+
 class Replicas {
  public:
   // `database` has a topology and outlives this.
@@ -115,6 +164,22 @@ class Replicas {
   uint64_t held_timeouts() const { return database_->hold_stats().timeouts; }
   size_t held_now() const { return database_->hold_stats().now; }
 
+  // A read failed on replica `member` with `error`, a failure of its
+  // connection (ReplicaReadRetry): other calls stop picking it until its
+  // next good probe (Topology::MarkSuspect).
+  void MarkSuspect(const std::string& member, const absl::Status& error) {
+    topology().MarkSuspect(member, error);
+  }
+  // A read that failed on a replica for `reason` was sent to another member.
+  void CountReadRetry(ReadRetryReason reason) {
+    read_retries_[static_cast<int>(reason)].fetch_add(1, std::memory_order_relaxed);
+  }
+  uint64_t read_retries(ReadRetryReason reason) const {
+    return read_retries_[static_cast<int>(reason)].load(std::memory_order_relaxed);
+  }
+  // Stop() was called: routing runs nothing again.
+  bool stopped() const { return stopped_.load(std::memory_order_acquire); }
+
   // Reads that waited for a replica, and of them those that got one.
   uint64_t token_waits() const { return token_waits_.load(std::memory_order_relaxed); }
   uint64_t token_waits_reached() const {
@@ -132,6 +197,8 @@ class Replicas {
   std::atomic<uint64_t> replayed_{0};
   std::atomic<int> routable_{0};
   std::atomic<uint64_t> token_waits_{0}, token_waits_reached_{0};
+  std::atomic<uint64_t> read_retries_[4] = {};
+  std::atomic<bool> stopped_{false};
 
   // Held shared by AwaitReplay, exclusively by Stop (which resets waiters_).
   absl::Mutex waiters_mu_;

@@ -3,6 +3,7 @@
 // held until the buffer's configured count or bytes are reached
 // (RESOURCE_EXHAUSTED past them) or the database stops (then(false), exactly
 // once each); a read waiting for a replica ends when the replicas stop.
+// Which failed reads run again on another member (ReplicaReadRetry).
 
 #include "services/query/replicas.h"
 
@@ -17,6 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/config/database_config.h"
+#include "common/db/error.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/refusing_port.h"
 
@@ -94,6 +96,88 @@ TEST(ReplicasTest, FailoverBufferHoldsUpToItsConfiguredLimits) {
     EXPECT_EQ(outcomes, std::vector<bool>({false, false}));
   }
   EXPECT_EQ(hold(1).code(), absl::StatusCode::kUnavailable) << "nothing is held once stopped";
+}
+
+// A plain read on a replica that failed with its connection: the base case
+// every row below changes one thing of.
+ReadAttempt PlainReplicaRead() { return {.on_replica = true, .plain_read = true}; }
+
+TEST(ReplicaReadRetryTest, ConnectionFailuresRunAgainElsewhere) {
+  const ReadAttempt read = PlainReplicaRead();
+  // Lost under the statement: libpq's words, no SQLSTATE, or class 08.
+  EXPECT_EQ(
+      ReplicaReadRetry(absl::UnavailableError("server closed the connection unexpectedly"), read),
+      ReadRetryReason::kConnectionLost);
+  EXPECT_EQ(ReplicaReadRetry(absl::UnavailableError("connection lost"), read),
+            ReadRetryReason::kConnectionLost);
+  EXPECT_EQ(ReplicaReadRetry(db::StatusFromSqlState("08006", "connection failure"), read),
+            ReadRetryReason::kConnectionLost);
+  // The server ended the session: shutdown, crash, pg_terminate_backend.
+  for (const char* state : {"57P01", "57P02", "57P03"}) {
+    absl::Status s = db::StatusFromSqlState(state, "terminating connection");
+    ASSERT_EQ(s.code(), absl::StatusCode::kUnavailable) << state;
+    EXPECT_EQ(ReplicaReadRetry(s, read), ReadRetryReason::kServerShutdown) << state;
+  }
+  // No connection could be had (refused: the member is down).
+  ReadAttempt refused = read;
+  refused.no_connection = true;
+  EXPECT_EQ(
+      ReplicaReadRetry(absl::UnavailableError("database connection failed: refused"), refused),
+      ReadRetryReason::kConnectFailed);
+  EXPECT_EQ(ReplicaReadRetry(db::StatusFromSqlState("57P03", "the database system is starting up"),
+                             refused),
+            ReadRetryReason::kServerShutdown);
+  // Up to the bound of runs elsewhere.
+  ReadAttempt again = read;
+  again.retries = kMaxReplicaReadRetries - 1;
+  EXPECT_EQ(ReplicaReadRetry(absl::UnavailableError("connection lost"), again),
+            ReadRetryReason::kConnectionLost);
+  EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kConnectionLost), "connection_lost");
+  EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kServerShutdown), "server_shutdown");
+  EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kConnectFailed), "connect_failed");
+  EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kNone), "");
+}
+
+TEST(ReplicaReadRetryTest, SqlErrorsAndOtherCodesNeverRunAgain) {
+  const ReadAttempt read = PlainReplicaRead();
+  // The statement's own failures, whatever their code.
+  for (const char* state :
+       {"42601", "42501", "25006", "22012", "57014", "40001", "53300", "53200", "XX000", "0A000"}) {
+    absl::Status s = db::StatusFromSqlState(state, "error");
+    EXPECT_EQ(ReplicaReadRetry(s, read), ReadRetryReason::kNone) << state << ": " << s;
+  }
+  // Out of time, cancelled, refused by limits, or not the database's doing.
+  for (const absl::Status& s :
+       {absl::DeadlineExceededError("no connection became free"),
+        absl::CancelledError("the caller went away"), absl::ResourceExhaustedError("max_rows"),
+        absl::InternalError("bad"), absl::InvalidArgumentError("sql is empty"),
+        absl::FailedPreconditionError("read-only")}) {
+    EXPECT_EQ(ReplicaReadRetry(s, read), ReadRetryReason::kNone) << s;
+  }
+}
+
+TEST(ReplicaReadRetryTest, OnlyPlainReadsOnAReplicaWithinTheirDeadline) {
+  const absl::Status lost = absl::UnavailableError("server closed the connection unexpectedly");
+  ASSERT_NE(ReplicaReadRetry(lost, PlainReplicaRead()), ReadRetryReason::kNone);
+  ReadAttempt a = PlainReplicaRead();
+  a.on_replica = false;  // on the primary (a write, or a read that fell back)
+  EXPECT_EQ(ReplicaReadRetry(lost, a), ReadRetryReason::kNone);
+  a = PlainReplicaRead();
+  a.plain_read = false;  // a read-only transaction, or anything that may write
+  EXPECT_EQ(ReplicaReadRetry(lost, a), ReadRetryReason::kNone);
+  a = PlainReplicaRead();
+  a.past_deadline = true;
+  EXPECT_EQ(ReplicaReadRetry(lost, a), ReadRetryReason::kNone);
+  a = PlainReplicaRead();
+  a.cancelled = true;
+  EXPECT_EQ(ReplicaReadRetry(lost, a), ReadRetryReason::kNone);
+  a = PlainReplicaRead();
+  a.stopping = true;
+  EXPECT_EQ(ReplicaReadRetry(lost, a), ReadRetryReason::kNone);
+  a = PlainReplicaRead();
+  a.retries = kMaxReplicaReadRetries;
+  EXPECT_EQ(ReplicaReadRetry(lost, a), ReadRetryReason::kNone);
+  EXPECT_EQ(ReplicaReadRetry(absl::OkStatus(), PlainReplicaRead()), ReadRetryReason::kNone);
 }
 
 }  // namespace

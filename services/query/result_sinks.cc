@@ -57,6 +57,8 @@ absl::Status StreamSink::Begin(const google::protobuf::RepeatedPtrField<v1::Colu
 }
 
 absl::Status StreamSink::RowDone(size_t bytes) {
+  ++rows_charged_;
+  bytes_charged_ += bytes;
   absl::Status s = budget_->Charge(bytes, /*streaming=*/true);
   if (!s.ok()) return s;
   chunk_bytes_used_ += bytes;
@@ -67,8 +69,20 @@ absl::Status StreamSink::RowDone(size_t bytes) {
   return absl::OkStatus();
 }
 
+bool StreamSink::Rewind() {
+  if (handed_) return false;
+  chunk_.reset();
+  chunk_bytes_used_ = 0;
+  budget_->rows -= rows_charged_;
+  budget_->bytes -= bytes_charged_;
+  rows_charged_ = 0;
+  bytes_charged_ = 0;
+  return true;
+}
+
 absl::Status StreamSink::Flush() {
   chunk_bytes_used_ = 0;
+  handed_ = true;
   if (!writer_->Write(std::move(chunk_))) {
     delivered_ = false;
     chunk_ = std::make_unique<v1::ExecuteStreamResponse>();

@@ -70,6 +70,10 @@ class StreamSink : public db::ResultSink {
   v1::Row* NewRow() override { return chunk_->add_rows(); }
   absl::Status RowDone(size_t bytes) override;
   void Finish(int64_t rows_affected, absl::string_view command_tag) override;
+  // While no chunk has been handed to the writer: forgets the chunk being
+  // filled and gives back what its rows charged to the budget (the
+  // statement may run again, e.g. on another member). False once one was.
+  bool Rewind() override;
   // False if the last chunk could not be delivered.
   bool delivered() const { return delivered_; }
 
@@ -82,6 +86,10 @@ class StreamSink : public db::ResultSink {
   size_t chunk_bytes_used_ = 0;
   const std::string* member_;
   bool delivered_ = true;
+  // A chunk was handed to the writer (the caller may have rows).
+  bool handed_ = false;
+  uint64_t rows_charged_ = 0;
+  uint64_t bytes_charged_ = 0;
   std::unique_ptr<v1::ExecuteStreamResponse> chunk_;
 };
 

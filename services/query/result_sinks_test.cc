@@ -109,11 +109,37 @@ TEST(ResultSetSinkTest, RewindEmptiesTheResultAndGivesBackItsBudget) {
   EXPECT_EQ(out.rows_size(), 3);
 }
 
-TEST(StreamSinkTest, CannotRewindRowsAlreadySent) {
+TEST(StreamSinkTest, RewindsUntilAChunkIsSentNeverAfter) {
   FakeWriter writer;
-  ResultBudget budget{.max_rows = 100, .max_bytes = 100000};
-  StreamSink sink(&writer, &budget, /*chunk_rows=*/1);
+  ResultBudget budget{.max_rows = 5, .max_bytes = 100000};
+  StreamSink sink(&writer, &budget, /*chunk_rows=*/3);
+  // Nothing run yet, then rows still in the chunk being filled: the
+  // statement may start over, with its budget given back.
+  EXPECT_TRUE(sink.Rewind());
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  absl::Status s;
+  AddRow(sink, 1, &s);
+  AddRow(sink, 2, &s);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_TRUE(sink.Rewind());
+  EXPECT_EQ(budget.rows, 0u);
+  EXPECT_EQ(budget.bytes, 0u);
+  EXPECT_TRUE(writer.chunks.empty());
+  // The second run: its first chunk carries the columns and only its rows.
+  ASSERT_TRUE(sink.Begin(OneColumn()).ok());
+  for (int v = 10; v < 15; ++v) AddRow(sink, v, &s);
+  ASSERT_TRUE(s.ok()) << s << ": the first run's rows were still charged";
+  ASSERT_EQ(writer.chunks.size(), 1u);
+  EXPECT_EQ(writer.chunks[0]->columns_size(), 1);
+  ASSERT_EQ(writer.chunks[0]->rows_size(), 3);
+  EXPECT_EQ(writer.chunks[0]->rows(0).values(0).int64_value(), 10);
+  // Rows have left: no more rewinding, and nothing of what was sent changes.
   EXPECT_FALSE(sink.Rewind());
+  EXPECT_EQ(budget.rows, 5u);
+  sink.Finish(5, "SELECT 5");
+  ASSERT_EQ(writer.chunks.size(), 2u);
+  EXPECT_EQ(writer.chunks[1]->rows_size(), 2);
+  EXPECT_EQ(writer.chunks[1]->command_tag(), "SELECT 5");
 }
 
 TEST(StreamSinkTest, GoneConsumerStopsTheStatement) {
