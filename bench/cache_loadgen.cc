@@ -65,7 +65,9 @@ int Main(int argc, char** argv) {
     return 2;
   }
 
-  const auto stubs = ConnectStubs(call, addr, v1::CacheGetRequest(), *options);
+  v1::CacheGetRequest probe;
+  probe.set_key("key:0");
+  const auto stubs = ConnectStubs<GetCall>(addr, probe, *options);
   if (!stubs.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(stubs.status().message()).c_str());
     return 2;

@@ -229,24 +229,21 @@ void Finish(LoadResult* result);
 
 }  // namespace internal
 
-// One stub per channel to `addr`, each probed with one call of `request` as
-// `call` prepares it, so that every channel is connected and a bad address or
-// request fails before the run (with the probe's status).
+// One stub per channel to `addr`, each probed with one call of `probe`, so
+// that every channel is connected and a bad address or request fails before
+// the run (with the probe's status).
 template <typename Call>
 absl::StatusOr<std::vector<std::unique_ptr<StubOf<Call>>>> ConnectStubs(
-    const Call& call, const std::string& addr, RequestOf<Call> request,
-    const LoadOptions& options) {
+    const std::string& addr, const RequestOf<Call>& probe, const LoadOptions& options) {
   std::vector<std::unique_ptr<StubOf<Call>>> stubs;
-  std::mt19937_64 rng;
   for (int i = 0; i < options.channels; ++i) {
     stubs.push_back(std::make_unique<StubOf<Call>>(NewChannel(addr, i)));
-    call.Prepare(&request, rng);
     grpc::CompletionQueue cq;
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     ResponseOf<Call> response;
     grpc::Status status;
-    const auto rpc = (stubs.back().get()->*Call::kStart)(&context, request, &cq);
+    const auto rpc = (stubs.back().get()->*Call::kStart)(&context, probe, &cq);
     rpc->Finish(&response, &status, &cq);
     void* tag;
     bool ok;

@@ -72,7 +72,7 @@ int Main(int argc, char** argv) {
     request.mutable_cache()->set_ttl_ms(absl::GetFlag(FLAGS_cache_ttl_ms));
   }
 
-  const auto stubs = ConnectStubs(call, addr, request, *options);
+  const auto stubs = ConnectStubs<ExecuteCall>(addr, request, *options);
   if (!stubs.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(stubs.status().message()).c_str());
     return 2;
