@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { configOf, describe, longRunningContainers, overlays, podSpecs, render } from "./manifests.mjs";
+import { checker, configOf, describe, longRunningContainers, podSpecs, renderedOverlays } from "./manifests.mjs";
 
 const [queryServer, cacheServer, ingestServer] = process.argv.slice(2).map((p) => resolve(p));
 if (!ingestServer) {
@@ -26,22 +26,11 @@ const PLACEHOLDERS = {
   }),
 };
 
-let failures = 0;
-const fail = (msg) => {
-  failures++;
-  console.log(`FAIL ${msg}`);
-};
+const { fail, finish } = checker();
 const work = mkdtempSync(join(process.env.TEST_TMPDIR || tmpdir(), "configs-"));
 const seen = new Set();
 
-for (const [name, dir] of overlays()) {
-  let objects;
-  try {
-    objects = render(dir);
-  } catch (e) {
-    fail(`overlays/${name}: ${e.message}`);
-    continue;
-  }
+for (const [name, objects] of renderedOverlays(fail)) {
   for (const pod of podSpecs(objects)) {
     for (const c of longRunningContainers(pod.spec)) {
       const where = `overlays/${name} ${describe(pod.owner)} container ${c.name}`;
@@ -96,5 +85,4 @@ for (const [name, dir] of overlays()) {
 for (const service of Object.keys(binaries)) {
   if (!seen.has(service)) fail(`no overlay runs a ${service} container whose configuration passed`);
 }
-console.log(failures ? `${failures} failure(s)` : "every rendered configuration passes --check_config");
-process.exit(failures ? 1 : 0);
+finish("every rendered configuration passes --check_config");

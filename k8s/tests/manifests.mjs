@@ -1,5 +1,6 @@
 // Shared by the k8s tests: where the manifests are, rendering a kustomization
-// with `kubectl kustomize`, and walking the pods and containers it declares.
+// with `kubectl kustomize`, walking the pods and containers it declares, and
+// counting a test's failures.
 import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -16,6 +17,38 @@ export function overlays() {
   return readdirSync(root, { withFileTypes: true })
     .filter((e) => e.isDirectory() && existsSync(join(root, e.name, "kustomization.yaml")))
     .map((e) => [e.name, join(root, e.name)]);
+}
+
+// A test's failures: fail(msg) prints "FAIL msg"; finish(summary) prints
+// the number of failures, or `summary` when there was none, and exits with
+// the test's status.
+export function checker() {
+  let failures = 0;
+  return {
+    fail(msg) {
+      failures++;
+      console.log(`FAIL ${msg}`);
+    },
+    finish(summary) {
+      console.log(failures ? `${failures} failure(s)` : summary);
+      process.exit(failures ? 1 : 0);
+    },
+  };
+}
+
+// Each overlay's rendered objects, as [name, objects]; an overlay that does
+// not render is a failure, given to `fail`.
+export function* renderedOverlays(fail) {
+  for (const [name, dir] of overlays()) {
+    let objects;
+    try {
+      objects = render(dir);
+    } catch (e) {
+      fail(`overlays/${name}: ${e.message}`);
+      continue;
+    }
+    yield [name, objects];
+  }
 }
 
 // The objects `kubectl kustomize dir` renders. Throws with kubectl's own

@@ -11,13 +11,9 @@ import { readFileSync } from "node:fs";
 import { isDeepStrictEqual } from "node:util";
 import { join } from "node:path";
 import { parse } from "yaml";
-import { describe, k8sDir, longRunningContainers, podSpecs, render } from "./manifests.mjs";
+import { checker, describe, k8sDir, longRunningContainers, podSpecs, render } from "./manifests.mjs";
 
-let failures = 0;
-const fail = (msg) => {
-  failures++;
-  console.log(`FAIL ${msg}`);
-};
+const { fail, finish } = checker();
 const dir = join(k8sDir, "observability");
 const read = (p) => readFileSync(join(dir, p), "utf8");
 
@@ -137,5 +133,4 @@ for (const [name, job] of [["query", "poolside-query"], ["cache", "poolside-cach
   }
 }
 
-console.log(failures ? `${failures} failure(s)` : "observability: rules, scrape config and dashboards check out");
-process.exit(failures ? 1 : 0);
+finish("observability: rules, scrape config and dashboards check out");

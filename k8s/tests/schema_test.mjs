@@ -3,13 +3,9 @@
 // OpenAPI schema (npm kubernetes-models: types, required fields, enums,
 // formats). Also checks each overlay deploys the whole of poolside.
 import { join } from "node:path";
-import { describe, k8sDir, overlays, render, testsDir } from "./manifests.mjs";
+import { checker, describe, k8sDir, overlays, render, testsDir } from "./manifests.mjs";
 
-let failures = 0;
-const fail = (msg) => {
-  failures++;
-  console.log(`FAIL ${msg}`);
-};
+const { fail, finish } = checker();
 
 // "apps/v1" + "Deployment" -> kubernetes-models/apps/v1/Deployment.
 async function modelFor(apiVersion, kind) {
@@ -113,5 +109,4 @@ for (const [name, dir] of found) {
   console.log("fixtures/invalid-schema: refused as expected");
 }
 
-console.log(failures ? `${failures} failure(s)` : "all kustomizations render and validate");
-process.exit(failures ? 1 : 0);
+finish("all kustomizations render and validate");
