@@ -294,7 +294,8 @@ class Pool {
 
   // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
   mutable sync::Mutex mu_;
-  sync::CondVar ops_done_cv_;  // active_ops_ reached 0, or stopping
+  // active_ops_ reached 0, stopping, or a creation for idle (topping_up_) ended.
+  sync::CondVar ops_done_cv_;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   size_t active_ops_ ABSL_GUARDED_BY(mu_) = 0;
   size_t size_ ABSL_GUARDED_BY(mu_) = 0;
@@ -678,12 +679,20 @@ absl::Status Pool<T>::WarmUp(absl::Duration retry_for) {
         result = absl::OkStatus();
         break;
       }
+      if (idle_.size() + topping_up_ >= options_.min_idle) {
+        // Creations in flight (Maintain() topping up, another WarmUp()) will
+        // make min_idle: wait for them rather than add a surplus object, and
+        // look again (one may fail or go to a waiter instead of idle).
+        ops_done_cv_.Wait(&mu_);
+        continue;
+      }
       ++size_;
       ++topping_up_;
     }
     absl::StatusOr<std::unique_ptr<T>> made = CreateObject();
     sync::MutexLock lock(&mu_);
     --topping_up_;
+    ops_done_cv_.SignalAll();  // a WarmUp() may be waiting for this creation
     if (made.ok()) {
       ++counters_.created;
       const absl::Time now = clock_->Now();
@@ -774,6 +783,7 @@ void Pool<T>::Maintain() {
     absl::StatusOr<std::unique_ptr<T>> made = CreateObject();
     sync::MutexLock lock(&mu_);
     --topping_up_;
+    ops_done_cv_.SignalAll();  // a WarmUp() may be waiting for this creation
     if (!made.ok()) {
       ++counters_.create_failures;
       // Give back this slot and every one not yet used.

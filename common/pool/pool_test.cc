@@ -50,6 +50,14 @@ bool WaitUntil(const std::function<bool()>& condition) {
   return true;
 }
 
+// Polls `condition` until it holds or `bound` has passed, whichever is first.
+void WaitUntilOrAfter(const std::function<bool()>& condition, absl::Duration bound) {
+  const absl::Time give_up = absl::Now() + bound;
+  while (!condition() && absl::Now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 struct Conn {
   Conn(int id, std::atomic<int>* alive) : id(id), alive(alive) { ++*alive; }
   ~Conn() { --*alive; }
@@ -839,6 +847,55 @@ TEST_F(PoolTest, WarmUpAndMaintainNeverGoAboveMaxSizeOrKeepSurplusIdle) {
   EXPECT_EQ(s.overflow_in_use, 0u);
   EXPECT_EQ(s.closed, 2u);
   EXPECT_EQ(alive_, 2);
+}
+
+TEST_F(PoolTest, WarmUpWaitsForTopUpsInFlightInsteadOfAddingASurplus) {
+  PoolOptions o;
+  o.min_idle = 2;
+  o.max_size = 4;
+  auto pool = MakePool(o);
+  block_factory_ = true;
+  // Maintain() reserves both top-ups and blocks in the first creation.
+  std::thread maintainer([&] { pool->Maintain(); });
+  ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
+  absl::Status warm_status = absl::UnknownError("not run");
+  std::thread warmer([&] { warm_status = pool->WarmUp(); });
+  // A WarmUp() that does not count the creations in flight calls the factory
+  // a second time here; give it the chance before opening the gate (with the
+  // waiting WarmUp() the outcome below holds for every interleaving).
+  WaitUntilOrAfter([&] { return factory_calls_ >= 2; }, absl::Milliseconds(200));
+  block_gate_.Open();
+  maintainer.join();
+  warmer.join();
+  ASSERT_TRUE(warm_status.ok()) << warm_status;
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(factory_calls_, 2);
+  EXPECT_EQ(s.created, 2u);
+  EXPECT_EQ(s.idle, 2u);
+  EXPECT_EQ(s.size, 2u);
+  EXPECT_EQ(alive_, 2);
+}
+
+TEST_F(PoolTest, WarmUpCreatesWhatAFailedTopUpDidNot) {
+  PoolOptions o;
+  o.min_idle = 1;
+  o.max_size = 2;
+  auto pool = MakePool(o);
+  block_factory_ = true;
+  fail_remaining_ = 1;  // Maintain()'s creation fails
+  std::thread maintainer([&] { pool->Maintain(); });
+  ASSERT_TRUE(WaitUntil([&] { return factory_calls_ == 1; }));
+  absl::Status warm_status = absl::UnknownError("not run");
+  std::thread warmer([&] { warm_status = pool->WarmUp(); });
+  block_gate_.Open();
+  maintainer.join();
+  warmer.join();
+  ASSERT_TRUE(warm_status.ok()) << warm_status;
+  PoolStats s = pool->Stats();
+  EXPECT_EQ(s.create_failures, 1u);
+  EXPECT_EQ(s.idle, 1u);
+  EXPECT_EQ(s.size, 1u);
+  EXPECT_EQ(alive_, 1);
 }
 
 TEST_F(PoolTest, OverflowUnderConcurrentCallersKeepsTheBounds) {

@@ -30,15 +30,17 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
   span.End(end);
 }
 
-// Keeps the one int8 kCommitLsnSql returns.
+// Keeps what kCommitLsnSql returns: the position (an int8) and the snapshot.
 class LsnSink : public db::RowSink {
  public:
   uint64_t lsn = 0;
+  std::string snapshot;
 
  protected:
   absl::Status OnRow(const v1::Row& row) override {
-    if (row.values_size() == 1 && row.values(0).has_int64_value()) {
+    if (row.values_size() == 2 && row.values(0).has_int64_value()) {
       lsn = static_cast<uint64_t>(row.values(0).int64_value());
+      snapshot = row.values(1).text_value();
     }
     return absl::OkStatus();
   }
@@ -46,7 +48,8 @@ class LsnSink : public db::RowSink {
 
 }  // namespace
 
-absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline) {
+absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline,
+                                       std::string* snapshot) {
   LsnSink sink;
   db::Statement st;
   st.sql = kCommitLsnSql;
@@ -56,6 +59,7 @@ absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline
   if (absl::Status link = conn.RunIndependent({&ptr, 1}); !link.ok()) return link;
   if (!st.status.ok()) return st.status;
   if (sink.lsn == 0) return absl::InternalError("the server returned no WAL position");
+  if (snapshot != nullptr) *snapshot = std::move(sink.snapshot);
   return sink.lsn;
 }
 
@@ -395,7 +399,10 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
   if (want_lsn && link.ok() && lsn.status.ok() && lsn_sink.lsn != 0) {
     for (auto& w : batch) {
-      if (w->wants_commit_lsn && w->statement.status.ok()) w->commit_lsn = lsn_sink.lsn;
+      if (w->wants_commit_lsn && w->statement.status.ok()) {
+        w->commit_lsn = lsn_sink.lsn;
+        w->commit_snapshot = lsn_sink.snapshot;
+      }
     }
   }
   const bool lost = !link.ok() || (*lease)->broken();

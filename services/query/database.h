@@ -57,17 +57,22 @@ using ConnectionPool = db::ConnectionPool;
 // (pg_lsn's 64 bits). Run after a transaction committed on the same
 // connection, it gives a position at or after that commit's record: a
 // consistency token (see ExecuteResponse.commit_lsn) that holds whatever
-// synchronous_commit says, unlike the flushed position.
+// synchronous_commit says, unlike the flushed position. With it, a snapshot
+// (pg_current_snapshot()) taken after the commit: which transactions had
+// finished by then (the read cache's OwnWriteCover).
 inline constexpr char kCommitLsnSql[] =
-    "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::int8";
+    "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::int8, "
+    "pg_catalog.pg_current_snapshot()::text";
 
 // How the query service's pools connect (db::ManagedDatabase makes them):
 // application_name poolside-query/<database>, the configured statement
 // cache, errors naming the server.
 db::ManagedDatabaseOptions QueryDatabaseOptions();
 
-// Runs kCommitLsnSql on `conn` on its own.
-absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline);
+// Runs kCommitLsnSql on `conn` on its own; the snapshot into `snapshot`
+// when not null.
+absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline,
+                                       std::string* snapshot = nullptr);
 
 // Whether a call cancelled now was cancelled by its deadline. gRPC's deadline
 // timer runs on its own clock and may fire a little before absl::Now()
@@ -112,9 +117,11 @@ class Work {
   telemetry::SpanContext trace;
   // A batchable statement that may write: its pipeline also reads the
   // server's WAL insert position right after it (ReadCommitLsn), into
-  // commit_lsn when that succeeded (0 otherwise).
+  // commit_lsn when that succeeded (0 otherwise), and the snapshot read with
+  // it into commit_snapshot.
   bool wants_commit_lsn = false;
   uint64_t commit_lsn = 0;
+  std::string commit_snapshot;
 
   // Routing, for a database with replicas (ignored otherwise). The work only
   // reads and may run on a replica (otherwise: the primary).

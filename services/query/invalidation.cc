@@ -285,8 +285,21 @@ void Invalidation::OnRelayed(DatabaseInvalidation* state, db::Connection& conn,
     return;
   }
   const std::string& db = state->db->name();
+  const absl::Time now = absl::Now();
   // Invalidations are taken from anyone (one too many costs a miss)...
   for (const RelayTable& t : m->tables) {
+    // ...except a table's change whose every transaction had finished when
+    // a write through this replica invalidated the table itself, during
+    // this message's stream (its entries since were read later:
+    // OwnWriteCover). A sender may name transactions for its own entries
+    // only, so skipping cannot hide another message's. Definitions always
+    // go (their plans too).
+    if (t.change != RelayTable::kDefinition && m->header.xids.has_value() &&
+        state->mode.load() == InvalidationMode::kWal &&
+        state->own_cover.Covers(t.name, *m->header.xids, m->header.holder, now)) {
+      state->own_write_skips.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
     switch (t.change) {
       case RelayTable::kRows:
         for (uint64_t row : t.rows) a->tags.push_back(RowTag(db, t.name, row));

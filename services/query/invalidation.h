@@ -14,9 +14,11 @@
 //   heartbeats) count only from the session holding the election lock
 //   (checked in pg_locks); anything else on the channel may only
 //   invalidate. A new stream flushes the database's entries, as does every
-//   (re)subscription of the listener. The applied LSN (every commit before
-//   it invalidated here) answers consistency tokens; a TokenFence per
-//   database makes the holder relay a position past a token at once.
+//   (re)subscription of the listener. A relayed change of a table that a
+//   write through this replica invalidated itself, after every transaction
+//   of the change had finished, is not applied again (OwnWriteCover). The applied LSN (every commit
+//   before it invalidated here) answers consistency tokens; a TokenFence per database makes the
+//   holder relay a position past a token at once.
 // - "trigger": a statement-level trigger on each cached table sends NOTIFY
 //   in the writer's transaction; the listener installs them.
 // - A database whose server has no logical decoding is handled per

@@ -18,7 +18,10 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/telemetry/histogram.h"
@@ -49,11 +52,88 @@ struct InvalidationStatus {
   bool lagging = false;
   uint64_t streams_seen = 0;  // new streams applied (each flushed the database)
   uint64_t relay_messages = 0;
+  // Relayed table changes not applied: writes through this replica had
+  // invalidated them already (OwnWriteCover).
+  uint64_t own_write_skips = 0;
   telemetry::Histogram::Snapshot delay;  // commit -> applied here
   WalRelay::Stats relay;
   TokenFence::Stats fence;
   std::vector<std::string> watched;
   std::string note;  // why not "wal", leftover triggers, ...
+};
+
+// A snapshot as pg_current_snapshot() prints it ("xmin:xmax:xip,..."): which
+// transactions had finished when it was taken.
+struct XidSnapshot {
+  // More transactions running than this: only those before xmin count as
+  // finished (the snapshot is kept as if xmax were xmin).
+  static constexpr size_t kMaxRunning = 256;
+
+  uint64_t xmin = 0;
+  uint64_t xmax = 0;
+  std::vector<uint64_t> xip;  // sorted
+
+  // INVALID_ARGUMENT unless `text` is a snapshot.
+  static absl::StatusOr<XidSnapshot> Parse(absl::string_view text);
+  // Whether the transaction `xid` (its low 32 bits, as logical decoding
+  // names it) had finished when the snapshot was taken. For a transaction
+  // known to have committed (the WAL relay names only those): it was
+  // visible to this snapshot and to every one taken after it. Valid for
+  // transactions within 2^31 of xmax (PostgreSQL keeps live ones closer).
+  bool Finished(uint32_t xid) const;
+};
+
+// What writes through this replica invalidated themselves (ReadCache::
+// AfterWrite): for each table, a snapshot taken after such a write committed
+// and before its invalidation of the table was sent. An entry of the table
+// that outlived that invalidation was looked up after it, so read from a
+// snapshot later than the recorded one: a relayed change of the table whose
+// every transaction had finished in the recorded snapshot is in every such
+// entry already, and need not drop them again (docs/cache.md, "A replica's
+// own writes"). A record counts only for messages of the stream that was
+// applied when it was made: transaction ids mean nothing across servers (a
+// failover's new primary may hand out again ids the old one used). Bounded:
+// at most max_tables tables (the least recently recorded go first), each
+// record good for max_age.
+//
+// Thread-safe.
+class OwnWriteCover {
+ public:
+  struct Options {
+    size_t max_tables = 256;
+    absl::Duration max_age = absl::Seconds(60);
+  };
+  // The key of a write that invalidated every table of the database.
+  static constexpr absl::string_view kEveryTable = "";
+
+  OwnWriteCover() : OwnWriteCover(Options{}) {}
+  explicit OwnWriteCover(Options options) : options_(options) {}
+
+  // Before the invalidation of `tables` ("schema.table", or kEveryTable) is
+  // sent; `snapshot` was taken after the write committed, while `stream`
+  // (DatabaseInvalidation::stream; 0: none, nothing is recorded) was
+  // applied. A table keeps the later of its records of one stream (by xmax).
+  void Record(const std::vector<std::string>& tables, const XidSnapshot& snapshot, uint64_t stream,
+              absl::Time now);
+  // Whether every one of `xids` (none: false) had finished in a snapshot
+  // recorded for `table` or for kEveryTable, with `stream`, no longer than
+  // max_age ago.
+  bool Covers(absl::string_view table, const std::vector<uint32_t>& xids, uint64_t stream,
+              absl::Time now) const;
+  size_t size() const;
+
+ private:
+  struct Recorded {
+    std::shared_ptr<const XidSnapshot> snapshot;
+    uint64_t stream = 0;
+    absl::Time at;
+  };
+  bool CoveredBy(absl::string_view key, const std::vector<uint32_t>& xids, uint64_t stream,
+                 absl::Time now) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Recorded> tables_ ABSL_GUARDED_BY(mu_);
 };
 
 struct DatabaseInvalidation {
@@ -79,6 +159,10 @@ struct DatabaseInvalidation {
   // Writes through this replica so far (AfterWrite): a read does not join a
   // flight that began before the last of them.
   std::atomic<uint64_t> own_writes{0};
+  // What they invalidated, and when ("wal" mode skips relayed changes it
+  // covers); and the relayed table changes skipped for it.
+  OwnWriteCover own_cover;
+  std::atomic<uint64_t> own_write_skips{0};
 
   // "wal" mode.
   std::unique_ptr<WalRelay> relay;

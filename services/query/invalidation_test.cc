@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "services/query/cache_client.h"
 #include "services/query/database.h"
 #include "services/query/in_flight.h"
+#include "services/query/invalidation_state.h"
 #include "services/query/query_config.h"
 #include "services/query/relay_message.h"
 #include "services/query/row_keys.h"
@@ -327,6 +329,58 @@ TEST_P(WalChannelTest, OtherSessionsMayInvalidateButNotMoveTheStream) {
            sidecar_.Received(TableScanTag(kDb, "public.items"), "wal");
   })) << sidecar_.Dump();
   EXPECT_TRUE(invalidation_->Ready(kDb));
+}
+
+// A relayed table change whose every transaction had finished in the
+// snapshot of a write through this replica that invalidated the table
+// itself is not applied again; everything else is: other tables, a
+// transaction the snapshot saw running or that began after it, a message
+// naming no transactions, a new definition.
+TEST_P(WalChannelTest, ChangesAnOwnWriteCoveredAreNotAppliedAgainAndNothingElseIsSkipped) {
+  sidecar_.Clear();
+  const uint64_t stream = State().stream.load();
+  ASSERT_NE(stream, 0u);
+  State().own_cover.Record({"public.items"}, *XidSnapshot::Parse("1000:1010:1005"), stream,
+                           absl::Now());
+  const uint64_t skips = State().own_write_skips.load();
+  RelayHeader h;
+  h.kind = RelayHeader::kChanges;
+  h.holder = stream;  // forged, but the covering stream's: only its entries may go unapplied
+  h.seq = 1;
+  auto send = [&](std::optional<std::vector<uint32_t>> xids, std::vector<RelayTable> tables) {
+    h.xids = std::move(xids);
+    for (const std::string& payload : EncodeRelay(h, tables)) {
+      ASSERT_TRUE(NotifyFromElsewhere(payload).ok());
+      ++h.seq;
+    }
+  };
+  auto rows = [](const char* table, uint64_t row) {
+    return RelayTable{table, RelayTable::kRows, {row}};
+  };
+  const std::vector<uint32_t> seen = {1004, 999};
+  send(seen, {rows("public.items", 11), rows("public.other", 12)});
+  send(std::vector<uint32_t>{1004, 1005}, {rows("public.items", 13)});  // 1005 was running
+  send(std::nullopt, {rows("public.items", 14)});
+  send(std::vector<uint32_t>{1010}, {rows("public.items", 15)});  // began after
+  send(seen, {RelayTable{"public.items", RelayTable::kWhole, {}}});
+  h.holder = stream ^ 1;  // another stream's transaction ids: nothing skipped
+  send(seen, {rows("public.items", 16)});
+  h.holder = stream;
+  send(seen, {RelayTable{"public.other", RelayTable::kWhole, {}}});
+  ASSERT_TRUE(Eventually([&] { return sidecar_.Received(TableTag(kDb, "public.other"), "wal"); }))
+      << sidecar_.Dump();
+  EXPECT_FALSE(sidecar_.Received(RowTag(kDb, "public.items", 11), "wal")) << sidecar_.Dump();
+  EXPECT_FALSE(sidecar_.Received(TableTag(kDb, "public.items"), "wal")) << sidecar_.Dump();
+  for (uint64_t row : {13, 14, 15, 16}) {
+    EXPECT_TRUE(sidecar_.Received(RowTag(kDb, "public.items", row), "wal")) << row;
+  }
+  EXPECT_TRUE(sidecar_.Received(RowTag(kDb, "public.other", 12), "wal"));
+  EXPECT_EQ(State().own_write_skips.load(), skips + 2);
+  // A new definition goes whatever the transactions.
+  send(seen, {RelayTable{"public.items", RelayTable::kDefinition, {}}});
+  EXPECT_TRUE(Eventually([&] { return sidecar_.Received(TableTag(kDb, "public.items"), "wal"); }))
+      << sidecar_.Dump();
+  EXPECT_EQ(State().own_write_skips.load(), skips + 2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Wal, WalChannelTest, ::testing::Values("wal"),

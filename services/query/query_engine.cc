@@ -394,7 +394,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
         absl::Status link = conn.RunIndependent({&st, 1});
         if (!link.ok()) return link;
         if (st->status.ok() && ReadCache::NeedsInvalidation(*raw->analysis)) {
-          absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline);
+          absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline, &raw->commit_snapshot);
           raw->commit_lsn = lsn.ok() ? *lsn : 0;
         }
         return st->status;
@@ -433,6 +433,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       written[0].params = request.params();
       telemetry::ScopedSpanContext scope(trace);  // the invalidation joins the trace
       cache_->AfterWrite(database, std::move(written),
+                         s.ok() && raw->commit_lsn != 0 ? raw->commit_snapshot : "",
                          [s, done = std::move(done)]() mutable { done(std::move(s)); });
       return;
     }
@@ -587,7 +588,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
     if (s.ok() && !read_only) {
       // Committed: the position after it, for the caller's token (unknown if
       // this fails; the transaction's outcome stands).
-      absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline);
+      absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline, &raw->commit_snapshot);
       raw->commit_lsn = lsn.ok() ? *lsn : 0;
     }
     return s;
@@ -640,6 +641,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
       if (!written.empty()) {
         telemetry::ScopedSpanContext scope(trace);  // the invalidation joins the trace
         cache_->AfterWrite(database, std::move(written),
+                           s.ok() && raw->commit_lsn != 0 ? raw->commit_snapshot : "",
                            [s, done = std::move(done)]() mutable { done(std::move(s)); });
         return;
       }

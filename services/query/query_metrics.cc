@@ -384,6 +384,10 @@ void CollectCache(QueryEngine* engine, Families* out) {
       "poolside_query_cache_wal_visibility_retries_total",
       "Holder: times a relayed batch was held back and tried again because its transactions, "
       "though decoded, were not yet visible to new snapshots.");
+  prometheus::MetricFamily own =
+      CounterFamily("poolside_query_cache_wal_own_write_skips_total",
+                    "Relayed changes of a table not applied again: writes through this replica had "
+                    "invalidated the table after every transaction of the change was visible.");
   prometheus::MetricFamily fences = CounterFamily(
       "poolside_query_cache_wal_token_fences_total",
       "Fences this replica ran so that reads waiting for a min_lsn past the last commit to a "
@@ -408,6 +412,7 @@ void CollectCache(QueryEngine* engine, Families* out) {
     AddCounter(&streams, db, double(st.streams_seen));
     AddCounter(&terms, db, double(st.relay.terms));
     AddCounter(&invisible, db, double(st.relay.visibility_retries));
+    AddCounter(&own, db, double(st.own_write_skips));
     AddCounter(&fences, {{"database", st.database}, {"result", "committed"}},
                double(st.fence.fences));
     AddCounter(&fences, {{"database", st.database}, {"result", "failed"}},
@@ -415,7 +420,7 @@ void CollectCache(QueryEngine* engine, Families* out) {
     AddHistogram(&delay, db, st.delay);
   }
   for (auto* f : {&mode, &ready, &holder, &applied, &heard, &lag, &streams, &terms, &invisible,
-                  &fences, &delay}) {
+                  &own, &fences, &delay}) {
     out->push_back(std::move(*f));
   }
   CollectNearCache(cache->near_cache(), out);

@@ -454,7 +454,7 @@ void ReadCache::Land(Fill& fill, absl::Status status) {
 }
 
 void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
-                           std::function<void()> done) {
+                           std::string commit_snapshot, std::function<void()> done) {
   DatabaseInvalidation* state = invalidation_.Of(*db);
   if (statements.empty() || state == nullptr) {
     done();
@@ -467,6 +467,7 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     size_t pending = 0;
     bool unknown = false;
     std::vector<std::string> tags;
+    std::vector<std::string> tables;  // "schema.table"
     std::vector<Written> statements;
     std::function<void()> done;
   };
@@ -476,7 +477,15 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
   g->pending = statements.size();
   g->statements = std::move(statements);
   g->done = std::move(done);
-  auto finish = [this, db, state, g, trace] {
+  // Unparsable (not expected from PostgreSQL): nothing is recorded, and the
+  // relay's delivery of this commit is applied like any other.
+  std::optional<XidSnapshot> snapshot;
+  if (!commit_snapshot.empty()) {
+    if (absl::StatusOr<XidSnapshot> parsed = XidSnapshot::Parse(commit_snapshot); parsed.ok()) {
+      snapshot = *std::move(parsed);
+    }
+  }
+  auto finish = [this, db, state, g, trace, snapshot = std::move(snapshot)] {
     std::vector<std::string> tags;
     if (g->unknown) {
       tags.push_back(DatabaseTag(db->name()));
@@ -488,6 +497,15 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     if (tags.empty()) {
       g->done();
       return;
+    }
+    // Before the first invalidation below: a relayed change this covers may
+    // be skipped from now on, and every entry it would have dropped either
+    // goes below or was looked up after it.
+    if (snapshot.has_value() && state->mode.load() == InvalidationMode::kWal) {
+      state->own_cover.Record(
+          g->unknown ? std::vector<std::string>{std::string(OwnWriteCover::kEveryTable)}
+                     : g->tables,
+          *snapshot, state->stream.load(), absl::Now());
     }
     // In the near cache both before and after the sidecar: a read that began
     // in between may have found the old entry in the sidecar and filled it in.
@@ -533,6 +551,7 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
                      } else {
                        for (const std::string& table : (*t)->tables) {
                          g->tags.push_back(TableTag(db->name(), table));
+                         g->tables.push_back(table);
                        }
                      }
                      last = --g->pending == 0;

@@ -43,7 +43,9 @@
 // - Writes through this replica also invalidate their tables before the
 //   caller gets the reply (read-your-writes on this replica without a
 //   token); a statement whose tables cannot be learned (DDL, CALL, ...)
-//   flushes its database's entries.
+//   flushes its database's entries. When the WAL relay delivers the same
+//   commit later, what that invalidation covered is not applied again, so
+//   entries read since stay (OwnWriteCover, invalidation_state.h).
 // - Near cache (`cache.near`): results are also kept parsed in this process
 //   and a hit there is answered on the calling thread (outcome HIT, counted
 //   in near_hits too). Filled by sidecar hits and database fills, with the
@@ -163,11 +165,16 @@ class ReadCache {
   // After write statements committed through this replica: invalidates their
   // tables (or the database) in the sidecar, then runs `done` (always; a
   // failed invalidation makes the database bypass the cache until flushed).
+  // `commit_snapshot`: pg_current_snapshot() as text, read after the commit
+  // (kCommitLsnSql), or empty: with it, the WAL relay's later changes of
+  // those tables by transactions finished in it are not applied again
+  // ("wal" mode; OwnWriteCover).
   struct Written {
     std::string sql;
     google::protobuf::RepeatedPtrField<v1::Value> params;
   };
-  void AfterWrite(Database* db, std::vector<Written> statements, std::function<void()> done);
+  void AfterWrite(Database* db, std::vector<Written> statements, std::string commit_snapshot,
+                  std::function<void()> done);
 
   // True for statements whose success must invalidate: anything but a read.
   static bool NeedsInvalidation(const sql::Analysis& analysis) {

@@ -334,7 +334,7 @@ class ReadCacheNearTest : public ::testing::Test {
     std::vector<ReadCache::Written> written(1);
     written[0].sql = sql;
     auto done = std::make_shared<absl::Notification>();
-    cache_->AfterWrite(db_, std::move(written), [done] { done->Notify(); });
+    cache_->AfterWrite(db_, std::move(written), /*commit_snapshot=*/"", [done] { done->Notify(); });
     if (!done->WaitForNotificationWithTimeout(absl::Seconds(30))) {
       return absl::DeadlineExceededError("AfterWrite did not finish");
     }

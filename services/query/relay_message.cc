@@ -30,7 +30,33 @@ bool ParseHex(absl::string_view s, uint64_t* out) {
          absl::SimpleHexAtoi(s, out);
 }
 
+// The pseudo-table entry's name: the marker and the xids.
+std::string XidsEntryName(const std::vector<uint32_t>& xids) {
+  std::string name = kRelayXidsMarker;
+  for (uint32_t xid : xids) absl::StrAppend(&name, absl::StrFormat(" %08x", xid));
+  return name;
+}
+
+absl::StatusOr<std::vector<uint32_t>> ParseXids(absl::string_view rest) {
+  std::vector<uint32_t> xids;
+  while (!rest.empty()) {
+    if (rest.size() < 9 || rest[0] != ' ') return Malformed("transaction list");
+    uint64_t xid = 0;
+    if (!ParseHex(rest.substr(1, 8), &xid)) return Malformed("transaction id");
+    xids.push_back(static_cast<uint32_t>(xid));
+    rest.remove_prefix(9);
+  }
+  if (xids.empty() || xids.size() > kMaxRelayXids) return Malformed("transaction count");
+  return xids;
+}
+
 }  // namespace
+
+// 128 bytes: longer than any "schema.table" (at most 127).
+const char kRelayXidsMarker[] =
+    "~poolside.relay.transactions~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~"
+    "~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~";
+static_assert(sizeof(kRelayXidsMarker) - 1 == 128, "longer than any table's name");
 
 bool IsRelayPayload(absl::string_view payload) { return absl::StartsWith(payload, kMagic); }
 
@@ -38,19 +64,35 @@ std::vector<std::string> EncodeRelay(const RelayHeader& header,
                                      const std::vector<RelayTable>& tables, size_t max_bytes) {
   // Room for the header line with the largest numbers it can hold.
   constexpr size_t kHeaderRoom = 96;
-  std::vector<std::string> bodies(1);
+  // The transactions go first in every payload, if they leave room enough.
+  std::string xids_entry;
+  if (header.xids.has_value() && !header.xids->empty() && header.xids->size() <= kMaxRelayXids) {
+    RelayTable pseudo;
+    pseudo.name = XidsEntryName(*header.xids);
+    pseudo.change = RelayTable::kWhole;
+    xids_entry = absl::StrCat(EntryPrefix(pseudo), "\n");
+    if (xids_entry.size() > (max_bytes - kHeaderRoom) / 2) xids_entry.clear();
+    // Never at the cost of a table that would fit without them.
+    for (const RelayTable& t : tables) {
+      const size_t need = EntryPrefix(t).size() + 1 + 17;
+      if (need <= max_bytes - kHeaderRoom && need > max_bytes - kHeaderRoom - xids_entry.size()) {
+        xids_entry.clear();
+      }
+    }
+  }
+  std::vector<std::string> bodies(1, xids_entry);
   auto room = [&] { return max_bytes - kHeaderRoom - bodies.back().size(); };
   for (const RelayTable& t : tables) {
     const std::string prefix = EntryPrefix(t);
     if (prefix.size() + 1 + 17 > max_bytes - kHeaderRoom) continue;  // cannot fit anywhere
     if (t.change != RelayTable::kRows) {
-      if (prefix.size() + 1 > room()) bodies.emplace_back();
+      if (prefix.size() + 1 > room()) bodies.emplace_back(xids_entry);
       absl::StrAppend(&bodies.back(), prefix, "\n");
       continue;
     }
     size_t next = 0;
     while (next < t.rows.size()) {
-      if (prefix.size() + 1 + 17 > room()) bodies.emplace_back();
+      if (prefix.size() + 1 + 17 > room()) bodies.emplace_back(xids_entry);
       std::string line = prefix;
       while (next < t.rows.size() && line.size() + 17 + 1 <= room()) {
         absl::StrAppend(&line, absl::StrFormat(" %016x", t.rows[next++]));
@@ -117,6 +159,14 @@ absl::StatusOr<RelayMessage> DecodeRelay(absl::string_view payload) {
     if (change == 'w' || change == 'd') {
       if (!body.empty()) return Malformed("whole-table entry with rows");
       t.change = static_cast<RelayTable::Change>(change);
+      if (change == 'w' && absl::StartsWith(t.name, kRelayXidsMarker)) {
+        if (h.xids.has_value()) return Malformed("transactions named twice");
+        absl::StatusOr<std::vector<uint32_t>> xids =
+            ParseXids(absl::string_view(t.name).substr(sizeof(kRelayXidsMarker) - 1));
+        if (!xids.ok()) return xids.status();
+        h.xids = *std::move(xids);
+        continue;
+      }
     } else if (change == 'r') {
       t.change = RelayTable::kRows;
       if (body.empty()) return Malformed("row entry without rows");

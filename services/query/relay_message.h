@@ -27,9 +27,17 @@
 //                  d: its definition changed (also the whole table)
 //                  r: those rows (row_keys.h hashes) changed
 //
+// A batch of changes may also name its transactions (RelayHeader::xids): the
+// first entry of each of its payloads is then a whole-table entry whose
+// "table" is kRelayXidsMarker followed by ` <8 hex xid>` for each. The
+// marker is longer than any name PostgreSQL can give a table (63 bytes of
+// schema, a dot, 63 of table), so it is never a table's; a replica that
+// does not know it takes it for a table nobody reads, and applies the rest.
+//
 // Thread-compatible; pure functions.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,7 +58,18 @@ struct RelayHeader {
   bool final = true;
   bool lagging = false;
   int64_t oldest_commit_micros = 0;
+  // The transactions (32-bit xids, as logical decoding names them) whose
+  // changes the batch holds, when the holder says; not in the header line
+  // but in an entry of each payload (see above). Encoded only if it fits a
+  // payload comfortably (kMaxRelayXids).
+  std::optional<std::vector<uint32_t>> xids;
 };
+
+// At most this many transactions are named in a batch's payloads; a batch
+// of more names none.
+inline constexpr size_t kMaxRelayXids = 32;
+// The start of the pseudo-table entry naming the transactions (see above).
+extern const char kRelayXidsMarker[];
 
 struct RelayTable {
   enum Change : char { kRows = 'r', kWhole = 'w', kDefinition = 'd' };

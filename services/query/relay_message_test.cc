@@ -1,7 +1,9 @@
 #include "services/query/relay_message.h"
 
 #include <string>
+#include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
@@ -122,6 +124,86 @@ TEST(RelayMessageTest, MalformedPayloadsAreRefused) {
        }) {
     EXPECT_FALSE(DecodeRelay(bad).ok()) << bad;
   }
+}
+
+// A batch names its transactions in every payload; the pseudo-entry that
+// carries them is never taken for a table by this decoder, and an older one
+// takes it for a table nobody reads (a name no table can have).
+TEST(RelayMessageTest, TransactionsTravelInEveryPayloadOfTheirBatch) {
+  EXPECT_GT(std::string(kRelayXidsMarker).size(), 63u + 1 + 63);
+  RelayHeader h = Header();
+  h.xids = std::vector<uint32_t>{3, 0xffffffffu, 0x1234};
+  std::vector<RelayTable> tables(3);
+  for (int i = 0; i < 3; ++i) {
+    tables[i].name = absl::StrCat("public.table_", i);
+    for (uint64_t r = 0; r < 400; ++r) tables[i].rows.push_back(r * 31 + i);
+  }
+  const std::vector<std::string> payloads = EncodeRelay(h, tables);
+  ASSERT_GT(payloads.size(), 1u);
+  size_t rows = 0;
+  for (const std::string& p : payloads) {
+    EXPECT_LE(p.size(), kMaxRelayPayloadBytes);
+    absl::StatusOr<RelayMessage> m = DecodeRelay(p);
+    ASSERT_TRUE(m.ok()) << m.status();
+    ASSERT_TRUE(m->header.xids.has_value());
+    EXPECT_EQ(*m->header.xids, *h.xids);
+    for (const RelayTable& t : m->tables) {
+      EXPECT_TRUE(absl::StartsWith(t.name, "public.table_")) << t.name;
+      rows += t.rows.size();
+    }
+  }
+  EXPECT_EQ(rows, 1200u) << "no row made room for the transactions";
+
+  // Without them (a heartbeat, an older holder): none.
+  h.xids.reset();
+  absl::StatusOr<RelayMessage> m = DecodeRelay(EncodeRelay(h, {tables[0]})[0]);
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->header.xids.has_value());
+  // Too many to name: none, and the changes all the same.
+  h.xids = std::vector<uint32_t>(kMaxRelayXids + 1, 7);
+  m = DecodeRelay(EncodeRelay(h, {RelayTable{"public.t", RelayTable::kWhole, {}}})[0]);
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->header.xids.has_value());
+  ASSERT_EQ(m->tables.size(), 1u);
+  EXPECT_EQ(m->tables[0].name, "public.t");
+  // Payloads too small to carry them beside a table: the table goes, alone.
+  h.xids = std::vector<uint32_t>(kMaxRelayXids, 7);
+  const std::vector<std::string> small =
+      EncodeRelay(h, {RelayTable{"public.t", RelayTable::kRows, {1, 2}}}, 400);
+  ASSERT_EQ(small.size(), 1u);
+  m = DecodeRelay(small[0]);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_FALSE(m->header.xids.has_value());
+  ASSERT_EQ(m->tables.size(), 1u);
+  EXPECT_EQ(m->tables[0].rows, (std::vector<uint64_t>{1, 2}));
+}
+
+TEST(RelayMessageTest, MalformedTransactionListsAreRefused) {
+  const std::string head = "psw1 c 0123456789abcdef 1 0 1 0 0\n";
+  const std::string marker = kRelayXidsMarker;
+  auto entry = [](const std::string& name, const std::string& change) {
+    return absl::StrCat(name.size(), ":", name, " ", change, "\n");
+  };
+  ASSERT_TRUE(DecodeRelay(head + entry(marker + " 0000000a", "w")).ok());
+  std::string many = marker;
+  for (size_t i = 0; i <= kMaxRelayXids; ++i) many += " 0000000a";
+  for (const std::string& bad : {
+           entry(marker, "w"),                                                   // no transaction
+           entry(marker + " a", "w"),                                            // short
+           entry(marker + " 0000000g", "w"),                                     // not hex
+           entry(marker + " 00000000a", "w"),                                    // long
+           entry(marker + "0000000a", "w"),                                      // no separator
+           entry(marker + " 0000000a", "w") + entry(marker + " 0000000b", "w"),  // twice
+           entry(many, "w"),
+       }) {
+    EXPECT_FALSE(DecodeRelay(head + bad).ok()) << bad;
+  }
+  // Only a whole-table entry carries them; a marker-like name elsewhere is a
+  // table's name as far as the format goes.
+  absl::StatusOr<RelayMessage> m = DecodeRelay(head + entry(marker + " 0000000a", "d"));
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->header.xids.has_value());
+  EXPECT_EQ(m->tables.size(), 1u);
 }
 
 }  // namespace

@@ -289,6 +289,7 @@ void WalRelay::Add(const db::LogicalEvent& event, Transaction* txn, Batch* batch
   // A change: its transaction must be visible before the batch is relayed,
   // and its commit counts for the batch's delay. Again after every batch, so
   // a transaction split across batches is checked in each.
+  if (!txn->open) batch->xids_complete = false;
   if (txn->open && !txn->in_batch) {
     txn->in_batch = true;
     batch->xids.push_back(txn->xid);
@@ -474,7 +475,7 @@ absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
   // how long ago the server was where the stream is now.
   std::deque<std::pair<absl::Time, db::Lsn>> wal;
   auto send = [&](RelayHeader::Kind kind, const Pending& pending, int64_t oldest_commit,
-                  const std::vector<uint32_t>& xids) -> absl::Status {
+                  const std::vector<uint32_t>& xids, bool xids_complete) -> absl::Status {
     header.kind = kind;
     header.through =
         kind == RelayHeader::kHello ? (*stream)->start_lsn() : (*stream)->delivered_lsn();
@@ -498,7 +499,14 @@ absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
       }
       tables.push_back(std::move(out));
     }
+    // Its transactions, for replicas that invalidated some of them already
+    // (their own writes: Invalidation skips what those covered).
+    if (kind == RelayHeader::kChanges && xids_complete && !xids.empty() &&
+        xids.size() <= kMaxRelayXids) {
+      header.xids = xids;
+    }
     const std::vector<std::string> payloads = EncodeRelay(header, tables);
+    header.xids.reset();
     absl::StatusOr<std::optional<db::Lsn>> at = Notify(session, payloads, xids);
     // Not visible yet: the committing backends are between their commit
     // record and leaving the proc array (or waiting for a synchronous
@@ -552,7 +560,7 @@ absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
       xids.push_back(static_cast<uint32_t>(row.values(0).int64_value()));
     }
   }
-  if (absl::Status s = send(RelayHeader::kHello, Pending(), 0, xids); !s.ok()) return s;
+  if (absl::Status s = send(RelayHeader::kHello, Pending(), 0, xids, false); !s.ok()) return s;
   telemetry::LogInfo("cache WAL stream started",
                      {{"database", options_.database},
                       {"slot", (*stream)->slot_name()},
@@ -610,7 +618,7 @@ absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
     if (!batch.due() && now < last_sent + options_.heartbeat) continue;
     if (batch.due() && now < last_sent + options_.batch) continue;
     if (absl::Status s = send(changes ? RelayHeader::kChanges : RelayHeader::kHeartbeat,
-                              batch.tables, batch.oldest_commit, batch.xids);
+                              batch.tables, batch.oldest_commit, batch.xids, batch.xids_complete);
         !s.ok()) {
       return s;
     }

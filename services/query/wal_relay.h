@@ -31,8 +31,11 @@
 //   that row's key hash (row_keys.h); TRUNCATE, a change whose key is not
 //   known (another replica identity, an unchanged out-of-line key) or more
 //   than max_rows_per_table rows of one table in a batch, the whole table;
-//   a Relation message (DDL), the table's definition. Once a batch's
-//   NOTIFY committed, the stream confirms its position (the slot frees WAL).
+//   a Relation message (DDL), the table's definition. A batch also names
+//   its transactions (at most kMaxRelayXids; relay_message.h), so that a
+//   replica can tell the changes its own writes invalidated already. Once a
+//   batch's NOTIFY committed, the stream confirms its position (the slot
+//   frees WAL).
 // - Fences (token_fence.h): a read waiting for a consistency token that no
 //   commit to a published table covers has its replica commit a
 //   transaction holding a transactional logical decoding message with
@@ -174,7 +177,10 @@ class WalRelay {
     Pending tables;
     int64_t oldest_commit = 0;   // PostgreSQL micros of its oldest commit, 0 none
     std::vector<uint32_t> xids;  // the transactions whose changes are in `tables`
-    bool fence = false;          // a fence's transaction committed: relay soon
+    // False once a change came outside a transaction (not expected from
+    // pgoutput): then `xids` may miss one, and the batch names none.
+    bool xids_complete = true;
+    bool fence = false;  // a fence's transaction committed: relay soon
     bool due() const { return !tables.empty() || fence; }
   };
   // The transaction being decoded.

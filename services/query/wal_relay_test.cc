@@ -206,6 +206,35 @@ TEST_F(WalRelayTest, OneHolderRelaysRowsTablesAndDefinitionsThenAnotherTakesOver
     }
   }
 
+  // A batch of changes names its transactions (a replica recognises what its
+  // own writes invalidated already by them); other messages name none.
+  listener.Clear();
+  absl::StatusOr<std::string> xid =
+      Cluster().QueryValue(kDb,
+                           "WITH w AS (INSERT INTO items VALUES (5, 'five') RETURNING id) "
+                           "SELECT pg_current_xact_id()::text FROM w");
+  ASSERT_TRUE(xid.ok()) << xid.status();
+  const uint32_t low = static_cast<uint32_t>(std::stoull(*xid));
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) {
+    return SeenFor(m, "public.items").rows.count(Row("5")) > 0;
+  }));
+  bool named = false;
+  for (const RelayMessage& m : listener.messages()) {
+    if (m.header.kind != RelayHeader::kChanges) {
+      EXPECT_FALSE(m.header.xids.has_value());
+      continue;
+    }
+    ASSERT_TRUE(m.header.xids.has_value());
+    for (const RelayTable& t : m.tables) {
+      if (t.name == "public.items" &&
+          std::find(t.rows.begin(), t.rows.end(), Row("5")) != t.rows.end()) {
+        named =
+            std::find(m.header.xids->begin(), m.header.xids->end(), low) != m.header.xids->end();
+      }
+    }
+  }
+  EXPECT_TRUE(named) << "the batch holding row 5 does not name its transaction " << low;
+
   // Positions only move forward, and a later heartbeat covers every commit.
   const std::string lsn_text = *Cluster().QueryValue(kDb, "SELECT pg_current_wal_insert_lsn()");
   const db::Lsn now = *db::ParseLsn(lsn_text);
