@@ -24,8 +24,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "bench/closed_loop.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
@@ -33,72 +31,56 @@
 ABSL_FLAG(std::string, addr, "127.0.0.1:50052", "cache sidecar address (host:port or unix:/path)");
 ABSL_FLAG(int64_t, keys, 10000, "entries stored before the run; Gets pick one at random");
 ABSL_FLAG(int32_t, value_bytes, 100, "size of each value (redis-benchmark -d)");
-ABSL_FLAG(std::string, json_out, "", "also write the JSON result to this file");
-ABSL_FLAG(std::string, label, "", "free-form label copied into the JSON");
 
 namespace poolside::bench {
 namespace {
 
-namespace v1 = ::poolside::v1;
-
 struct GetCall {
-  using Stub = v1::CacheService::Stub;
-  using Request = v1::CacheGetRequest;
-  using Response = v1::CacheGetResponse;
+  static constexpr auto kStart = &v1::CacheService::Stub::AsyncGet;
   int64_t keys = 1;
 
-  void Prepare(Request* request, std::mt19937_64& rng) const {
+  void Prepare(v1::CacheGetRequest* request, std::mt19937_64& rng) const {
     std::uniform_int_distribution<int64_t> dist(0, keys - 1);
     request->set_key(absl::StrCat("key:", dist(rng)));
   }
-  std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> Start(
-      Stub* stub, grpc::ClientContext* context, const Request& request,
-      grpc::CompletionQueue* cq) const {
-    return stub->AsyncGet(context, request, cq);
-  }
   // Misses (every key was stored, so a miss is an eviction or an expiry).
-  bool Marked(const Response& response) const {
+  bool Marked(const v1::CacheGetResponse& response) const {
     return response.outcome() != v1::CacheGetResponse::HIT;
   }
 };
 
 int Main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "closed-loop load generator for poolside.v1.CacheService/Get (the loop's own flags "
-      "--callers, --duration, --warmup, --channels, --threads, --call_timeout_ms: see --helpfull, "
-      "bench/closed_loop.h)");
-  absl::ParseCommandLine(argc, argv);
+  absl::StatusOr<LoadOptions> options =
+      ParseLoadOptions(argc, argv, "closed-loop load generator for poolside.v1.CacheService/Get");
   const std::string addr = absl::GetFlag(FLAGS_addr);
-  LoadOptions options = LoadOptionsFromFlags();
   GetCall call;
   call.keys = absl::GetFlag(FLAGS_keys);
   const int64_t keys = call.keys;
   const int value_bytes = absl::GetFlag(FLAGS_value_bytes);
-  if (options.callers < 1 || options.duration <= 0 || options.warmup < 0 || keys < 1 ||
-      value_bytes < 0) {
-    std::fprintf(stderr,
-                 "error: need --callers >= 1, --duration > 0, "
-                 "--warmup >= 0, --keys >= 1, --value_bytes >= 0\n");
+  if (options.ok() && (keys < 1 || value_bytes < 0)) {
+    options = absl::InvalidArgumentError("need --keys >= 1, --value_bytes >= 0");
+  }
+  if (!options.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
-  options.Resolve();
 
-  std::vector<std::shared_ptr<grpc::Channel>> chans;
-  std::vector<std::unique_ptr<v1::CacheService::Stub>> stubs;
-  std::vector<v1::CacheService::Stub*> stub_ptrs;
-  for (int i = 0; i < options.channels; ++i) {
-    chans.push_back(NewChannel(addr, i));
-    stubs.push_back(v1::CacheService::NewStub(chans.back()));
-    stub_ptrs.push_back(stubs.back().get());
+  v1::CacheGetRequest probe;
+  probe.set_key("key:0");
+  const auto stubs = ConnectStubs<GetCall>(addr, probe, *options);
+  if (!stubs.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(stubs.status().message()).c_str());
+    return 2;
   }
 
-  // Preload: every key the run asks for is stored (and connects channel 0),
-  // each fill carrying the sidecar's current generation (values made now).
+  // Preload: every key the run asks for is stored, each fill carrying the
+  // sidecar's current generation (values made now).
+  v1::CacheService::Stub* preload = stubs->front().get();
   v1::CacheStats stats;
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    grpc::Status status = stubs[0]->GetStats(&ctx, v1::CacheGetStatsRequest(), &stats);
+    grpc::Status status = preload->GetStats(&ctx, v1::CacheGetStatsRequest(), &stats);
     if (!status.ok()) {
       std::fprintf(stderr, "error: GetStats failed: %d: %s\n",
                    static_cast<int>(status.error_code()), status.error_message().c_str());
@@ -115,7 +97,7 @@ int Main(int argc, char** argv) {
     set.set_ttl_ms(3600000);
     set.set_read_generation(stats.generation());
     v1::CacheSetResponse resp;
-    grpc::Status status = stubs[0]->Set(&ctx, set, &resp);
+    grpc::Status status = preload->Set(&ctx, set, &resp);
     if (!status.ok() || !resp.stored()) {
       std::fprintf(stderr, "error: preloading key:%lld failed: %d: %s (stored=%d reason=%d)\n",
                    static_cast<long long>(k), static_cast<int>(status.error_code()),
@@ -124,30 +106,14 @@ int Main(int argc, char** argv) {
     }
   }
 
-  // Probe: connects every channel and fails fast on a bad statement or address.
-  for (auto& stub : stubs) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    v1::CacheGetResponse resp;
-    v1::CacheGetRequest probe;
-    probe.set_key("key:0");
-    grpc::Status status = stub->Get(&ctx, probe, &resp);
-    if (!status.ok()) {
-      std::fprintf(stderr, "error: probe call failed: %d: %s\n",
-                   static_cast<int>(status.error_code()), status.error_message().c_str());
-      return 2;
-    }
-  }
-
-  const LoadResult result = RunClosedLoop(call, stub_ptrs, v1::CacheGetRequest(), options);
+  const LoadResult result = RunClosedLoop(call, *stubs, v1::CacheGetRequest(), *options);
   JsonLine json("cache_loadgen");
-  if (!absl::GetFlag(FLAGS_label).empty()) json.AddString("label", absl::GetFlag(FLAGS_label));
   json.AddString("addr", addr);
   json.Add("keys", absl::StrCat(keys));
   json.Add("value_bytes", absl::StrCat(value_bytes));
   json.Add("misses", absl::StrCat(result.marked));
-  AddLoadFields(options, result, &json);
-  return Emit("cache_loadgen", result, json.Done(), absl::GetFlag(FLAGS_json_out));
+  AddLoadFields(*options, result, &json);
+  return Emit("cache_loadgen", result, json.Done(), *options);
 }
 
 }  // namespace

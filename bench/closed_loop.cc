@@ -6,6 +6,8 @@
 #include <fstream>
 
 #include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/server/channel.h"
@@ -21,6 +23,8 @@ ABSL_FLAG(int32_t, threads, 1,
           "calls/s; a second one costs more CPU per call than it adds on a small "
           "machine)");
 ABSL_FLAG(int32_t, call_timeout_ms, 5000, "deadline of each call");
+ABSL_FLAG(std::string, json_out, "", "also write the JSON result to this file");
+ABSL_FLAG(std::string, label, "", "free-form label copied into the JSON");
 
 namespace poolside::bench {
 namespace {
@@ -62,12 +66,6 @@ std::shared_ptr<grpc::Channel> NewChannel(const std::string& addr, int index) {
   return *server::CreateChannel(std::move(options));
 }
 
-void LoadOptions::Resolve() {
-  if (channels <= 0) channels = (callers + 7) / 8;
-  channels = std::min(channels, callers);
-  threads = std::max(1, std::min(threads, callers));
-}
-
 JsonLine::JsonLine(absl::string_view tool) {
   json_ = "{\"tool\":";
   telemetry::AppendJsonString(tool, &json_);
@@ -86,6 +84,7 @@ void AddLoadFields(const LoadOptions& options, const LoadResult& r, JsonLine* js
   const std::vector<uint32_t>& l = r.latencies_us;
   double sum = 0;
   for (uint32_t v : l) sum += v;
+  if (!options.label.empty()) json->AddString("label", options.label);
   json->Add("callers", absl::StrCat(options.callers));
   json->Add("channels", absl::StrCat(options.channels));
   json->Add("threads", absl::StrCat(options.threads));
@@ -111,7 +110,8 @@ void AddLoadFields(const LoadOptions& options, const LoadResult& r, JsonLine* js
 }
 
 int Emit(absl::string_view tool, const LoadResult& result, const std::string& json,
-         const std::string& json_out) {
+         const LoadOptions& options) {
+  const std::string& json_out = options.json_out;
   for (const auto& [code, msg] : result.first_error) {
     std::fprintf(stderr, "%s: calls failed with code %d, e.g.: %s\n", std::string(tool).c_str(),
                  code, msg.c_str());
@@ -145,7 +145,12 @@ void Finish(LoadResult* result) {
 }
 
 }  // namespace internal
-LoadOptions LoadOptionsFromFlags() {
+absl::StatusOr<LoadOptions> ParseLoadOptions(int argc, char** argv, absl::string_view usage) {
+  absl::SetProgramUsageMessage(
+      absl::StrCat(usage,
+                   " (the loop's own flags --callers, --duration, --warmup, --channels, --threads, "
+                   "--call_timeout_ms, --label, --json_out: see --helpfull, bench/closed_loop.h)"));
+  absl::ParseCommandLine(argc, argv);
   // The client's gRPC locks are absl::Mutex too: without this, deadlock
   // detection costs the load generator ~10% more CPU per call, which the
   // server under test loses on a shared machine.
@@ -157,6 +162,14 @@ LoadOptions LoadOptionsFromFlags() {
   options.channels = absl::GetFlag(FLAGS_channels);
   options.threads = absl::GetFlag(FLAGS_threads);
   options.call_timeout_ms = absl::GetFlag(FLAGS_call_timeout_ms);
+  options.json_out = absl::GetFlag(FLAGS_json_out);
+  options.label = absl::GetFlag(FLAGS_label);
+  if (options.callers < 1 || options.duration <= 0 || options.warmup < 0) {
+    return absl::InvalidArgumentError("need --callers >= 1, --duration > 0, --warmup >= 0");
+  }
+  if (options.channels <= 0) options.channels = (options.callers + 7) / 8;
+  options.channels = std::min(options.channels, options.callers);
+  options.threads = std::max(1, std::min(options.threads, options.callers));
   return options;
 }
 

@@ -13,14 +13,13 @@
 // seconds.
 //
 // A Call type says what one call is:
-//   using Stub = ...; using Request = ...; using Response = ...;
+//   // The stub's method that starts one call: it says the stub, request and
+//   // response types.
+//   static constexpr auto kStart = &v1::CacheService::Stub::AsyncGet;
 //   // Varies the request before each call (e.g. a random key).
-//   void Prepare(Request* request, std::mt19937_64& rng) const;
-//   std::unique_ptr<grpc::ClientAsyncResponseReader<Response>> Start(
-//       Stub* stub, grpc::ClientContext* context, const Request& request,
-//       grpc::CompletionQueue* cq) const;
+//   void Prepare(v1::CacheGetRequest* request, std::mt19937_64& rng) const;
 //   // Whether a successful response counts as "marked" (e.g. a cache miss).
-//   bool Marked(const Response& response) const;
+//   bool Marked(const v1::CacheGetResponse& response) const;
 
 #include <grpcpp/grpcpp.h>
 
@@ -32,8 +31,11 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 
 namespace poolside::bench {
@@ -44,8 +46,10 @@ double CpuSeconds();
 // A channel with its own TCP connection (a private subchannel pool).
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& addr, int index);
 
-// The loop's flags, shared by every load generator: --callers, --duration,
-// --warmup, --channels, --threads, --call_timeout_ms.
+// The loop's options, from flags shared by every load generator: --callers,
+// --duration, --warmup, --channels, --threads, --call_timeout_ms, and what
+// becomes of the result: --label (copied into the JSON), --json_out (a file
+// it is also written to).
 struct LoadOptions {
   int callers = 32;
   int channels = 0;  // 0: one per 8 callers
@@ -53,14 +57,15 @@ struct LoadOptions {
   double duration = 10;
   double warmup = 2;
   int call_timeout_ms = 5000;
-  // Fills in the defaults of channels and threads.
-  void Resolve();
+  std::string label;
+  std::string json_out;
 };
 
-// The options as the flags above set them (not yet Resolve()d). Also applies
-// --mutex_deadlock_detection (common/server/mutex_mode.h): call it after
-// absl::ParseCommandLine.
-LoadOptions LoadOptionsFromFlags();
+// Parses the command line (`usage` says what the program is; --help adds the
+// loop's flags) and returns the loop's options with the defaults of channels
+// and threads filled in, or INVALID_ARGUMENT naming the bad ones. Also applies
+// --mutex_deadlock_detection (common/server/mutex_mode.h).
+absl::StatusOr<LoadOptions> ParseLoadOptions(int argc, char** argv, absl::string_view usage);
 
 struct LoadResult {
   std::vector<uint32_t> latencies_us;  // sorted
@@ -85,24 +90,47 @@ class JsonLine {
   std::string json_;
 };
 
-// The options and the measurements every load generator reports.
+// The options (with the label) and the measurements every load generator
+// reports.
 void AddLoadFields(const LoadOptions& options, const LoadResult& result, JsonLine* json);
 
 // Prints the first error per code to stderr, `json` to stdout and, if
-// `json_out` is set, to that file. Returns the exit status (0, or 2 if the
-// file cannot be written).
+// options.json_out is set, to that file. Returns the exit status (0, or 2 if
+// the file cannot be written).
 int Emit(absl::string_view tool, const LoadResult& result, const std::string& json,
-         const std::string& json_out);
+         const LoadOptions& options);
+
+namespace internal {
+
+template <typename Start>
+struct StartTraits;
+template <typename S, typename Req, typename Resp>
+struct StartTraits<std::unique_ptr<grpc::ClientAsyncResponseReader<Resp>> (S::*)(
+    grpc::ClientContext*, const Req&, grpc::CompletionQueue*)> {
+  using Stub = S;
+  using Request = Req;
+  using Response = Resp;
+};
+
+}  // namespace internal
+
+// A Call's stub, request and response types.
+template <typename Call>
+using StubOf = typename internal::StartTraits<std::decay_t<decltype(Call::kStart)>>::Stub;
+template <typename Call>
+using RequestOf = typename internal::StartTraits<std::decay_t<decltype(Call::kStart)>>::Request;
+template <typename Call>
+using ResponseOf = typename internal::StartTraits<std::decay_t<decltype(Call::kStart)>>::Response;
 
 namespace internal {
 
 template <typename Call>
 struct Slot {
-  typename Call::Stub* stub = nullptr;
-  typename Call::Request request;
-  typename Call::Response response;
+  StubOf<Call>* stub = nullptr;
+  RequestOf<Call> request;
+  ResponseOf<Call> response;
   std::unique_ptr<grpc::ClientContext> context;
-  std::unique_ptr<grpc::ClientAsyncResponseReader<typename Call::Response>> rpc;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<ResponseOf<Call>>> rpc;
   grpc::Status status;
   int64_t start_ns = 0;
   int64_t end_ns = 0;
@@ -183,7 +211,7 @@ class Worker {
     slot->context->set_deadline(std::chrono::system_clock::now() + call_timeout_);
     slot->response.Clear();
     slot->start_ns = NowNs();
-    slot->rpc = call_.Start(slot->stub, slot->context.get(), slot->request, &cq_);
+    slot->rpc = (slot->stub->*Call::kStart)(slot->context.get(), slot->request, &cq_);
     slot->rpc->Finish(&slot->response, &slot->status, slot);
   }
 
@@ -201,14 +229,45 @@ void Finish(LoadResult* result);
 
 }  // namespace internal
 
-// Runs the loop (options must be Resolve()d; one stub per channel).
+// One stub per channel to `addr`, each probed with one call of `probe`, so
+// that every channel is connected and a bad address or request fails before
+// the run (with the probe's status).
 template <typename Call>
-LoadResult RunClosedLoop(const Call& call, const std::vector<typename Call::Stub*>& stubs,
-                         const typename Call::Request& request, const LoadOptions& options) {
+absl::StatusOr<std::vector<std::unique_ptr<StubOf<Call>>>> ConnectStubs(
+    const std::string& addr, const RequestOf<Call>& probe, const LoadOptions& options) {
+  std::vector<std::unique_ptr<StubOf<Call>>> stubs;
+  for (int i = 0; i < options.channels; ++i) {
+    stubs.push_back(std::make_unique<StubOf<Call>>(NewChannel(addr, i)));
+    grpc::CompletionQueue cq;
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    ResponseOf<Call> response;
+    grpc::Status status;
+    const auto rpc = (stubs.back().get()->*Call::kStart)(&context, probe, &cq);
+    rpc->Finish(&response, &status, &cq);
+    void* tag;
+    bool ok;
+    cq.Next(&tag, &ok);
+    cq.Shutdown();
+    while (cq.Next(&tag, &ok)) {
+    }
+    if (!status.ok()) {
+      return absl::Status(
+          static_cast<absl::StatusCode>(status.error_code()),
+          absl::StrCat("probe call failed: ", status.error_code(), ": ", status.error_message()));
+    }
+  }
+  return stubs;
+}
+
+// Runs the loop (one stub per channel).
+template <typename Call>
+LoadResult RunClosedLoop(const Call& call, const std::vector<std::unique_ptr<StubOf<Call>>>& stubs,
+                         const RequestOf<Call>& request, const LoadOptions& options) {
   std::vector<internal::Slot<Call>> slots(options.callers);
   std::vector<std::vector<internal::Slot<Call>*>> per_thread(options.threads);
   for (int i = 0; i < options.callers; ++i) {
-    slots[i].stub = stubs[i % stubs.size()];
+    slots[i].stub = stubs[i % stubs.size()].get();
     slots[i].request = request;
     slots[i].rng.seed(0x9e3779b97f4a7c15ULL * (i + 1));
     per_thread[i % options.threads].push_back(&slots[i]);

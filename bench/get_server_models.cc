@@ -75,42 +75,36 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const abs
   return reactor;
 }
 
-class CallbackGetService final : public v1::CacheService::CallbackService {
+// Set (and, through Base, whatever else) on the callback API, on the map.
+template <typename Base>
+class MapService : public Base {
  public:
-  explicit CallbackGetService(Map* map) : map_(map) {}
+  explicit MapService(Map* map) : map_(map) {}
+  grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
+                                const v1::CacheSetRequest* request,
+                                v1::CacheSetResponse* response) override {
+    return Answer(context, map_->Set(*request, response));
+  }
+
+ protected:
+  Map* const map_;
+};
+
+class CallbackGetService final : public MapService<v1::CacheService::CallbackService> {
+ public:
+  using MapService::MapService;
   grpc::ServerUnaryReactor* Get(grpc::CallbackServerContext* context,
                                 const v1::CacheGetRequest* request,
                                 v1::CacheGetResponse* response) override {
     return Answer(context, map_->Get(*request, response));
   }
-  grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
-                                const v1::CacheSetRequest* request,
-                                v1::CacheSetResponse* response) override {
-    return Answer(context, map_->Set(*request, response));
-  }
-
- private:
-  Map* const map_;
 };
 
 // Get on the async API, every other method on the callback API, in one service.
 using S = v1::CacheService;
-class HybridService final
-    : public S::WithAsyncMethod_Get<
-          S::WithCallbackMethod_GetMany<S::WithCallbackMethod_Set<S::WithCallbackMethod_Delete<
-              S::WithCallbackMethod_Invalidate<S::WithCallbackMethod_GetStats<
-                  S::WithCallbackMethod_WatchInvalidations<S::Service>>>>>>> {
- public:
-  explicit HybridService(Map* map) : map_(map) {}
-  grpc::ServerUnaryReactor* Set(grpc::CallbackServerContext* context,
-                                const v1::CacheSetRequest* request,
-                                v1::CacheSetResponse* response) override {
-    return Answer(context, map_->Set(*request, response));
-  }
-
- private:
-  Map* const map_;
-};
+using HybridService = MapService<S::WithAsyncMethod_Get<S::WithCallbackMethod_GetMany<
+    S::WithCallbackMethod_Set<S::WithCallbackMethod_Delete<S::WithCallbackMethod_Invalidate<
+        S::WithCallbackMethod_GetStats<S::WithCallbackMethod_WatchInvalidations<S::Service>>>>>>>>;
 
 // The async models' calls: common/server's queue-service calls, on a queue
 // polled by this program's own --threads threads.

@@ -10,14 +10,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "cli/command_line.h"
 #include "cli/table.h"
 #include "proto/poolside/v1/cache.grpc.pb.h"
 
 namespace poolside::cli {
 namespace {
-
-constexpr int kExitOk = 0;
-constexpr int kExitError = 2;
 
 std::string Bytes(uint64_t b) {
   if (b >= (uint64_t{1} << 30)) return absl::StrFormat("%.1f GiB", b / double(uint64_t{1} << 30));
@@ -125,13 +123,7 @@ absl::StatusOr<CacheInvocation> ParseCacheCommand(const std::vector<std::string>
       have_action = true;
       continue;
     }
-    std::string name = arg.substr(2), value;
-    bool has_value = false;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
+    auto [name, value, has_value] = SplitOption(arg);
     if (name == "all") {
       if (has_value) return absl::InvalidArgumentError("--all takes no value");
       inv.all = true;

@@ -13,28 +13,6 @@ namespace {
 
 absl::Status Usage(absl::string_view why) { return absl::InvalidArgumentError(std::string(why)); }
 
-// Splits "--name=value" into name and value; "--name" leaves value empty and
-// has_value false.
-struct Option {
-  std::string name;
-  std::string value;
-  bool has_value = false;
-};
-
-Option SplitOption(absl::string_view arg) {
-  Option opt;
-  arg.remove_prefix(arg.size() > 1 && arg[1] == '-' ? 2 : 1);
-  size_t eq = arg.find('=');
-  if (eq == absl::string_view::npos) {
-    opt.name = std::string(arg);
-  } else {
-    opt.name = std::string(arg.substr(0, eq));
-    opt.value = std::string(arg.substr(eq + 1));
-    opt.has_value = true;
-  }
-  return opt;
-}
-
 bool CommandFromName(absl::string_view name, Command* command) {
   if (name == "query") {
     *command = Command::kQuery;
@@ -55,6 +33,20 @@ bool CommandFromName(absl::string_view name, Command* command) {
 }
 
 }  // namespace
+
+Option SplitOption(absl::string_view arg) {
+  Option opt;
+  arg.remove_prefix(arg.size() > 1 && arg[1] == '-' ? 2 : 1);
+  size_t eq = arg.find('=');
+  if (eq == absl::string_view::npos) {
+    opt.name = std::string(arg);
+  } else {
+    opt.name = std::string(arg.substr(0, eq));
+    opt.value = std::string(arg.substr(eq + 1));
+    opt.has_value = true;
+  }
+  return opt;
+}
 
 absl::StatusOr<Invocation> ParseCommandLine(const std::vector<std::string>& args,
                                             Invocation defaults) {

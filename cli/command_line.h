@@ -15,9 +15,19 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace poolside::cli {
+
+// One option argument of any command: "--name=value" (or "-name=value") split
+// into name and value; "--name" leaves value empty and has_value false.
+struct Option {
+  std::string name;
+  std::string value;
+  bool has_value = false;
+};
+Option SplitOption(absl::string_view arg);
 
 enum class Command { kHelp, kQuery, kPools, kCheck, kStats, kAdvise };
 

@@ -45,6 +45,13 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const std::string& ad
 // Usage lines describing the options above.
 const char* ConnectionUsageText();
 
+// Exit statuses every command shares: success; the command ran and reports a
+// failure (an unhealthy database, rejected rows); an error (bad arguments, a
+// failed call).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitError = 2;
+
 }  // namespace poolside::cli
 
 #endif  // POOLSIDE_CLI_CONNECTION_H_

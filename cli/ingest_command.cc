@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "cli/command_line.h"
 #include "cli/csv.h"
 #include "common/hash/fnv1a.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
@@ -31,9 +32,6 @@ namespace {
 
 namespace v1 = ::poolside::v1;
 
-constexpr int kExitOk = 0;
-constexpr int kExitRejected = 1;
-constexpr int kExitError = 2;
 constexpr int kMaxAttempts = 5;
 constexpr size_t kMaxListedRejections = 20;
 
@@ -147,13 +145,7 @@ absl::StatusOr<IngestOptions> ParseIngestArgs(const std::vector<std::string>& ar
       o.file = arg;
       continue;
     }
-    std::string name = arg.substr(arg[1] == '-' ? 2 : 1), value;
-    bool has_value = false;
-    if (size_t eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
+    auto [name, value, has_value] = SplitOption(arg);
     if (name == "header") {
       o.header = true;
       continue;
@@ -415,7 +407,7 @@ int RunIngestCommand(const std::vector<std::string>& args, const ConnectionOptio
   if (rejected.size() > kMaxListedRejections) {
     std::printf("  ... and %zu more\n", rejected.size() - kMaxListedRejections);
   }
-  if (!rejected.empty()) exit_code = kExitRejected;
+  if (!rejected.empty()) exit_code = kExitFailure;
   if (!error.empty()) {
     std::fprintf(stderr, "error: %s: %s\n", o.file.c_str(), error.c_str());
     exit_code = kExitError;

@@ -33,61 +33,16 @@ namespace {
 
 namespace v1 = ::poolside::v1;
 
-constexpr int kExitOk = 0;
-constexpr int kExitUnhealthy = 1;
-constexpr int kExitError = 2;
-
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN";
-  }
-}
-
-int PrintError(const grpc::Status& status) {
-  std::fprintf(stderr, "error: %s: %s\n", CodeName(status.error_code()),
-               status.error_message().c_str());
-  return kExitError;
-}
-
 int PrintError(const absl::Status& status) {
   std::fprintf(stderr, "error: %s: %s\n", absl::StatusCodeToString(status.code()).c_str(),
                std::string(status.message()).c_str());
   return kExitError;
+}
+
+// gRPC's codes are Abseil's.
+int PrintError(const grpc::Status& status) {
+  return PrintError(
+      absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message()));
 }
 
 void Print(const std::string& text) { std::fwrite(text.data(), 1, text.size(), stdout); }
@@ -301,7 +256,7 @@ int RunCheck(v1::QueryService::Stub* stub, const Invocation& inv) {
   Print(table.Render());
   unhealthy = std::max<int>(unhealthy, resp.unhealthy());
   Print(absl::StrCat(resp.databases_size() - unhealthy, " healthy, ", unhealthy, " unhealthy\n"));
-  return unhealthy > 0 ? kExitUnhealthy : kExitOk;
+  return unhealthy > 0 ? kExitFailure : kExitOk;
 }
 
 int RunStats(v1::QueryService::Stub* stub, const Invocation& inv) {

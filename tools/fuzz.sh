@@ -47,24 +47,16 @@ BUILD_ONLY=0
 RESOLVE_ONLY=0
 REPRODUCE=""
 
-# target -> the Bazel libraries its source uses.
-declare -A LIBS=(
-  [value_codec]="//common/db:value_codec"
-  [config]="//common/config:json_config //common/config:cgroup //services/query:query_config //services/ingest:ingest_config //services/cache:cache_config"
-  [csv]="//cli:csv"
-  [statement_analyzer]="//common/sql:statement_analyzer //common/sql:index_candidates //common/sql:pg_query_cc_proto"
-  [pgoutput]="//common/db:pgoutput_decoder"  # the logical replication stream's messages
-  [relay_message]="//services/query:relay_message"  # the WAL relay's NOTIFY payloads
-)
+# Each fuzz/<target>_fuzzer.cc is a target; the libraries its source uses are
+# the deps of its replay test in fuzz/BUILD.bazel (<target>_corpus_test), less
+# the replay main.
+ALL_TARGETS=()
+for f in fuzz/*_fuzzer.cc; do f=${f#fuzz/}; ALL_TARGETS+=("${f%_fuzzer.cc}"); done
+libraries() { echo "labels(deps, //fuzz:$1_corpus_test) except //fuzz:corpus_replay_main"; }
 # Inputs larger than this are not tried (JSON configs and CSV lines are small;
 # SQL texts of kMaxNestingDepth bytes or more take the analyzer's nesting
 # check).
-declare -A MAX_LEN=([value_codec]=4096 [config]=8192 [csv]=4096 [statement_analyzer]=4096)
-ALL_TARGETS=(value_codec config csv statement_analyzer)
-MAX_LEN[pgoutput]=8192
-ALL_TARGETS+=(pgoutput)
-MAX_LEN[relay_message]=8192
-ALL_TARGETS+=(relay_message)
+declare -A MAX_LEN=([config]=8192 [pgoutput]=8192 [relay_message]=8192)
 
 targets=()
 for arg in "$@"; do
@@ -83,7 +75,7 @@ if [[ -n $REPRODUCE ]]; then
 fi
 [[ ${#targets[@]} -gt 0 ]] || targets=("${ALL_TARGETS[@]}")
 for t in "${targets[@]}"; do
-  [[ -n ${LIBS[$t]:-} ]] || { echo "unknown fuzz target '$t' (have: ${ALL_TARGETS[*]})" >&2; exit 2; }
+  [[ -f fuzz/${t}_fuzzer.cc ]] || { echo "unknown fuzz target '$t' (have: ${ALL_TARGETS[*]})" >&2; exit 2; }
 done
 
 command -v "$CXX" >/dev/null || { echo "fuzz: $CXX not found: install clang and libclang-rt-14-dev (make deps)" >&2; exit 1; }
@@ -119,18 +111,19 @@ resolved_dir() { echo "$WORK/resolved/$1-$BUILD_FILES_KEY"; }
 
 resolve() {
   local t=$1
-  local labels=${LIBS[$t]}
+  local labels
+  labels=$(libraries "$t")
   local dir files generated
   dir=$(resolved_dir "$t")
   if [[ -f $dir/files && -f $dir/generated ]]; then
     generated=$(<"$dir/generated")
   else
-    files=$($BAZEL query --noshow_progress "kind('source file', deps(set($labels)))" 2>/dev/null |
+    files=$($BAZEL query --noshow_progress "kind('source file', deps($labels))" 2>/dev/null |
             grep '^//' | sed -e 's|^//||' -e 's|:|/|' -e 's|^/||') ||
       { echo "fuzz: bazel query over $labels failed" >&2; return 1; }
     # Protobuf code Bazel generates from a .proto outside the tree (a .proto
     # in the tree is compiled below instead): its labels.
-    generated=$($BAZEL query --noshow_progress "kind('generated file', deps(set($labels)))" \
+    generated=$($BAZEL query --noshow_progress "kind('generated file', deps($labels))" \
                   2>/dev/null | { grep -E '^//.*\.pb\.(cc|h)$' || true; } |
                 while read -r label; do
                   local path base
@@ -267,7 +260,7 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "${ARTIFACTS[$t]}"
   dict=(); [[ -f fuzz/$t.dict ]] && dict=(-dict="fuzz/$t.dict")
   "${BIN[$t]}" "$corpus" "fuzz/corpus/$t" "${dict[@]}" -max_total_time="$SECONDS_PER_RUN" \
-    -max_len="${MAX_LEN[$t]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    -max_len="${MAX_LEN[$t]:-4096}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="${ARTIFACTS[$t]}" >"${LOGS[$t]}" 2>&1 &
   PIDS[$t]=$!
 done

@@ -81,5 +81,41 @@ TEST(MetricsPoolTest, OneSamplePerDatabase) {
   EXPECT_EQ(t.rows[0][6], "1 of 2 (7 opened)");
 }
 
+TEST(MetricsPoolTest, HoldSeriesPerDatabase) {
+  struct Hold {
+    uint64_t total = 0, timeouts = 0, now = 0;
+    Histogram::Snapshot durations;
+  };
+  Histogram waits;
+  waits.Observe(0.5);
+  waits.Observe(1.5);
+  Hold app{.total = 5, .timeouts = 1, .now = 2, .durations = waits.Take()};
+  std::vector<prometheus::MetricFamily> out;
+  AppendHoldMetrics("poolside_ingest", "batches", "Flushes",
+                    std::vector<std::pair<std::string, Hold>>{{"app", app}, {"reports", Hold{}}},
+                    &out);
+
+  ASSERT_EQ(out.size(), 5u);
+  const auto* total = Find(out, "poolside_ingest_failover_held_total");
+  ASSERT_NE(total, nullptr);
+  EXPECT_EQ(total->type, prometheus::MetricType::Counter);
+  ASSERT_EQ(total->metric.size(), 2u);
+  EXPECT_EQ(total->metric[0].label[0].name, "database");
+  EXPECT_EQ(total->metric[0].label[0].value, "app");
+  EXPECT_EQ(total->metric[0].counter.value, 5);
+  EXPECT_EQ(total->metric[1].counter.value, 0);
+  EXPECT_EQ(Find(out, "poolside_ingest_failover_held_timeouts_total")->metric[0].counter.value, 1);
+  const auto* now = Find(out, "poolside_ingest_failover_held_batches");
+  ASSERT_NE(now, nullptr);
+  EXPECT_EQ(now->type, prometheus::MetricType::Gauge);
+  EXPECT_EQ(now->metric[0].gauge.value, 2);
+  EXPECT_EQ(Find(out, "poolside_ingest_failover_held_seconds_total")->metric[0].counter.value, 2.0);
+  const auto* durations = Find(out, "poolside_ingest_failover_held_duration_seconds");
+  ASSERT_NE(durations, nullptr);
+  EXPECT_EQ(durations->type, prometheus::MetricType::Histogram);
+  EXPECT_EQ(durations->metric[0].histogram.sample_count, 2u);
+  EXPECT_EQ(durations->metric[1].histogram.sample_count, 0u);
+}
+
 }  // namespace
 }  // namespace poolside::telemetry

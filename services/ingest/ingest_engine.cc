@@ -1165,11 +1165,7 @@ std::vector<IngestEngine::TopologyStats> IngestEngine::GetTopologyStats() const 
     TopologyStats s;
     s.database = name;
     s.members = db->managed->topology()->Snapshot();
-    const db::ManagedDatabase::HoldStats held = db->managed->hold_stats();
-    s.held_total = held.total;
-    s.held_timeouts = held.timeouts;
-    s.held_now = held.now;
-    s.held_durations = held.durations;
+    s.held = db->managed->hold_stats();
     {
       absl::MutexLock lock(&db->writing_mu);
       s.writing_member = db->writing_member;

@@ -182,13 +182,8 @@ class IngestEngine {
     std::vector<db::MemberStatus> members;
     // The member the last committed flush wrote to ("" before the first).
     std::string writing_member;
-    // Flushes and catalog reads held for a primary: so far, those that
-    // failed for want of one, held now, and the time they waited (summed,
-    // and each wait's in a histogram: one held again counts again).
-    uint64_t held_total = 0;
-    uint64_t held_timeouts = 0;
-    uint64_t held_now = 0;
-    telemetry::Histogram::Snapshot held_durations;
+    // Flushes and catalog reads held for a primary.
+    db::ManagedDatabase::HoldStats held;
   };
   // One per database with a topology, in name order.
   std::vector<TopologyStats> GetTopologyStats() const;

@@ -505,8 +505,8 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
   Outcome keyed, plain;
   ASSERT_TRUE(engine.Submit(Request(2, 1, "k2"), nullptr, 0, keyed.Done()).ok());
   ASSERT_TRUE(engine.Submit(Request(3, 1), nullptr, 0, plain.Done()).ok());
-  while (stats().held_now == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
-  ASSERT_GE(stats().held_now, 1u);
+  while (stats().held.now == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_GE(stats().held.now, 1u);
   EXPECT_FALSE(keyed.done.HasBeenNotified());
   EXPECT_FALSE(plain.done.HasBeenNotified());
 
@@ -519,9 +519,9 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
   EXPECT_EQ(*(*pg)->QueryValue("topo", "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"),
             "1,2,3");
   const IngestEngine::TopologyStats after = stats();
-  EXPECT_GE(after.held_total, 1u);
-  EXPECT_EQ(after.held_timeouts, 0u);
-  EXPECT_EQ(after.held_now, 0u);
+  EXPECT_GE(after.held.total, 1u);
+  EXPECT_EQ(after.held.timeouts, 0u);
+  EXPECT_EQ(after.held.now, 0u);
   EXPECT_EQ(after.writing_member, primary);
   engine.Stop();
 }

@@ -14,56 +14,54 @@
 namespace poolside::ingest {
 namespace {
 
-using telemetry::AddCounter;
-using telemetry::AddGauge;
-using telemetry::AddHistogram;
-using telemetry::AppendCounter;
-using telemetry::AppendGauge;
-using telemetry::CounterFamily;
-using telemetry::GaugeFamily;
-using telemetry::HistogramFamily;
-
 void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::MetricFamily>* out) {
-  AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.", s.rows_written());
-  AppendCounter(out, "poolside_ingest_binary_rows_total",
-                "Rows committed in COPY's binary format (of poolside_ingest_rows_total).",
-                s.rows_written_binary());
-  AppendCounter(out, "poolside_ingest_bytes_total", "COPY data committed.", s.bytes_written());
-  AppendCounter(out, "poolside_ingest_rows_rejected_total",
-                "Rows rejected (returned with a reason).", s.rows_rejected());
+  telemetry::AppendCounter(out, "poolside_ingest_rows_total", "Rows committed.", s.rows_written());
+  telemetry::AppendCounter(
+      out, "poolside_ingest_binary_rows_total",
+      "Rows committed in COPY's binary format (of poolside_ingest_rows_total).",
+      s.rows_written_binary());
+  telemetry::AppendCounter(out, "poolside_ingest_bytes_total", "COPY data committed.",
+                           s.bytes_written());
+  telemetry::AppendCounter(out, "poolside_ingest_rows_rejected_total",
+                           "Rows rejected (returned with a reason).", s.rows_rejected());
   prometheus::MetricFamily batches =
-      CounterFamily("poolside_ingest_batches_total", "Flush transactions by result.");
-  AddCounter(&batches, {{"result", "committed"}}, double(s.batches_written()));
-  AddCounter(&batches, {{"result", "failed"}}, double(s.batches_failed()));
+      telemetry::CounterFamily("poolside_ingest_batches_total", "Flush transactions by result.");
+  telemetry::AddCounter(&batches, {{"result", "committed"}}, double(s.batches_written()));
+  telemetry::AddCounter(&batches, {{"result", "failed"}}, double(s.batches_failed()));
   out->push_back(std::move(batches));
   prometheus::MetricFamily flushes =
-      CounterFamily("poolside_ingest_flushes_total", "Flushes by what triggered them.");
+      telemetry::CounterFamily("poolside_ingest_flushes_total", "Flushes by what triggered them.");
   std::map<std::string, uint64_t> reasons(s.flushes_by_reason().begin(),
                                           s.flushes_by_reason().end());
   for (const char* r : {"rows", "bytes", "linger", "drain"}) reasons.emplace(r, 0);
-  for (const auto& [reason, n] : reasons) AddCounter(&flushes, {{"reason", reason}}, double(n));
+  for (const auto& [reason, n] : reasons) {
+    telemetry::AddCounter(&flushes, {{"reason", reason}}, double(n));
+  }
   out->push_back(std::move(flushes));
-  AppendCounter(out, "poolside_ingest_copy_statements_total",
-                "COPY statements run, including those isolating bad rows.", s.copy_statements());
-  AppendCounter(out, "poolside_ingest_requests_total", "Write requests accepted.", s.requests());
-  AppendCounter(out, "poolside_ingest_requests_failed_total",
-                "Accepted requests answered with an error.", s.requests_failed());
-  AppendCounter(out, "poolside_ingest_duplicate_requests_total",
-                "Requests answered from their idempotency key.", s.duplicates());
-  AppendCounter(out, "poolside_ingest_refused_total",
-                "Unary writes refused with RESOURCE_EXHAUSTED (buffer full).", s.refused_full());
-  AppendCounter(out, "poolside_ingest_stream_waits_total", "Times a stream waited for buffer room.",
-                s.stream_waits());
-  AppendGauge(out, "poolside_ingest_queued_requests", "Requests accepted and not yet answered.",
-              s.queue_requests());
-  AppendGauge(out, "poolside_ingest_queued_batches", "Batches waiting for a connection.",
-              s.queue_batches());
-  AppendGauge(out, "poolside_ingest_buffer_bytes", "Encoded row bytes held now.",
-              s.buffered_bytes());
-  AppendGauge(out, "poolside_ingest_buffer_bytes_max", "High-water mark of buffer_bytes.",
-              s.buffered_bytes_max());
-  AppendGauge(out, "poolside_ingest_buffer_limit_bytes", "The bound on buffer_bytes.",
-              s.buffer_bytes_limit());
+  telemetry::AppendCounter(out, "poolside_ingest_copy_statements_total",
+                           "COPY statements run, including those isolating bad rows.",
+                           s.copy_statements());
+  telemetry::AppendCounter(out, "poolside_ingest_requests_total", "Write requests accepted.",
+                           s.requests());
+  telemetry::AppendCounter(out, "poolside_ingest_requests_failed_total",
+                           "Accepted requests answered with an error.", s.requests_failed());
+  telemetry::AppendCounter(out, "poolside_ingest_duplicate_requests_total",
+                           "Requests answered from their idempotency key.", s.duplicates());
+  telemetry::AppendCounter(out, "poolside_ingest_refused_total",
+                           "Unary writes refused with RESOURCE_EXHAUSTED (buffer full).",
+                           s.refused_full());
+  telemetry::AppendCounter(out, "poolside_ingest_stream_waits_total",
+                           "Times a stream waited for buffer room.", s.stream_waits());
+  telemetry::AppendGauge(out, "poolside_ingest_queued_requests",
+                         "Requests accepted and not yet answered.", s.queue_requests());
+  telemetry::AppendGauge(out, "poolside_ingest_queued_batches", "Batches waiting for a connection.",
+                         s.queue_batches());
+  telemetry::AppendGauge(out, "poolside_ingest_buffer_bytes", "Encoded row bytes held now.",
+                         s.buffered_bytes());
+  telemetry::AppendGauge(out, "poolside_ingest_buffer_bytes_max",
+                         "High-water mark of buffer_bytes.", s.buffered_bytes_max());
+  telemetry::AppendGauge(out, "poolside_ingest_buffer_limit_bytes", "The bound on buffer_bytes.",
+                         s.buffer_bytes_limit());
 }
 
 // Each database with a topology: its members' roles, the member flushes
@@ -72,48 +70,29 @@ void CollectTopology(const std::vector<IngestEngine::TopologyStats>& topologies,
                      std::vector<prometheus::MetricFamily>* out) {
   if (topologies.empty()) return;
   prometheus::MetricFamily role =
-      GaugeFamily("poolside_ingest_member_role",
-                  "1 for the member's current role (primary, replica, unknown).");
-  prometheus::MetricFamily writing = GaugeFamily(
+      telemetry::GaugeFamily("poolside_ingest_member_role",
+                             "1 for the member's current role (primary, replica, unknown).");
+  prometheus::MetricFamily writing = telemetry::GaugeFamily(
       "poolside_ingest_writing_member", "1 for the member the last committed flush wrote to.");
-  prometheus::MetricFamily held = CounterFamily(
-      "poolside_ingest_failover_held_total",
-      "Flushes and catalog reads held while no primary could be written to (failover buffering).");
-  prometheus::MetricFamily held_timeouts = CounterFamily(
-      "poolside_ingest_failover_held_timeouts_total",
-      "Held flushes and catalog reads that failed because no primary was named within "
-      "failoverBufferMs.");
-  prometheus::MetricFamily held_now = GaugeFamily(
-      "poolside_ingest_failover_held_batches", "Flushes and catalog reads held for a primary now.");
-  prometheus::MetricFamily held_seconds = CounterFamily(
-      "poolside_ingest_failover_held_seconds_total", "Time held flushes waited, summed.");
-  prometheus::MetricFamily held_duration = HistogramFamily(
-      "poolside_ingest_failover_held_duration_seconds",
-      "Each wait of a held flush or catalog read, from held to released: a new primary named, "
-      "failoverBufferMs over, or shutdown. One held again counts again.");
+  std::vector<std::pair<std::string, db::ManagedDatabase::HoldStats>> holds;
   for (const IngestEngine::TopologyStats& t : topologies) {
     for (const db::MemberStatus& m : t.members) {
       for (db::MemberRole r :
            {db::MemberRole::kPrimary, db::MemberRole::kReplica, db::MemberRole::kUnknown}) {
-        AddGauge(&role,
-                 {{"database", t.database}, {"member", m.id}, {"role", db::MemberRoleName(r)}},
-                 m.role == r ? 1 : 0);
+        telemetry::AddGauge(
+            &role, {{"database", t.database}, {"member", m.id}, {"role", db::MemberRoleName(r)}},
+            m.role == r ? 1 : 0);
       }
     }
     if (!t.writing_member.empty()) {
-      AddGauge(&writing, {{"database", t.database}, {"member", t.writing_member}}, 1);
+      telemetry::AddGauge(&writing, {{"database", t.database}, {"member", t.writing_member}}, 1);
     }
-    const telemetry::MetricLabels db = {{"database", t.database}};
-    AddCounter(&held, db, double(t.held_total));
-    AddCounter(&held_timeouts, db, double(t.held_timeouts));
-    AddGauge(&held_now, db, double(t.held_now));
-    AddCounter(&held_seconds, db, t.held_durations.sum);
-    AddHistogram(&held_duration, db, t.held_durations);
+    holds.emplace_back(t.database, t.held);
   }
-  for (auto* f :
-       {&role, &writing, &held, &held_timeouts, &held_now, &held_seconds, &held_duration}) {
-    out->push_back(std::move(*f));
-  }
+  out->push_back(std::move(role));
+  out->push_back(std::move(writing));
+  telemetry::AppendHoldMetrics("poolside_ingest", "batches", "Flushes and catalog reads", holds,
+                               out);
 }
 
 telemetry::StatusTable MembersTable(const std::vector<IngestEngine::TopologyStats>& topologies) {
@@ -126,10 +105,10 @@ telemetry::StatusTable MembersTable(const std::vector<IngestEngine::TopologyStat
     for (const db::MemberStatus& m : s.members) {
       t.rows.push_back(
           {s.database, m.id, db::MemberRoleName(m.role), m.healthy ? "yes" : "no",
-           m.id == s.writing_member ? "yes" : "", telemetry::FormatCount(double(s.held_now)),
-           telemetry::FormatCount(double(s.held_total)),
-           telemetry::FormatCount(double(s.held_timeouts)),
-           s.held_durations.count > 0 ? telemetry::FormatSeconds(s.held_durations.Percentile(0.99))
+           m.id == s.writing_member ? "yes" : "", telemetry::FormatCount(double(s.held.now)),
+           telemetry::FormatCount(double(s.held.total)),
+           telemetry::FormatCount(double(s.held.timeouts)),
+           s.held.durations.count > 0 ? telemetry::FormatSeconds(s.held.durations.Percentile(0.99))
                                       : "—"});
     }
   }

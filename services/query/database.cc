@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/db/catalog.h"
 #include "common/db/error.h"
+#include "common/db/text_rows.h"
 #include "common/telemetry/log.h"
 #include "common/telemetry/trace.h"
 
@@ -30,29 +31,19 @@ void RecordAcquire(const Work& work, const std::string& database, absl::Time sta
 }
 
 // Keeps what kCommitLsnSql returns: the position (an int8) and the snapshot.
-class LsnSink : public db::ResultSink {
+class LsnSink : public db::RowSink {
  public:
-  absl::Status Begin(const google::protobuf::RepeatedPtrField<v1::Column>&) override {
-    return absl::OkStatus();
-  }
-  v1::Row* NewRow() override {
-    row_.Clear();
-    return &row_;
-  }
-  absl::Status RowDone(size_t) override {
-    if (row_.values_size() == 2 && row_.values(0).has_int64_value()) {
-      lsn = static_cast<uint64_t>(row_.values(0).int64_value());
-      snapshot = row_.values(1).text_value();
-    }
-    return absl::OkStatus();
-  }
-  void Finish(int64_t, absl::string_view) override {}
-
   uint64_t lsn = 0;
   std::string snapshot;
 
- private:
-  v1::Row row_;
+ protected:
+  absl::Status OnRow(const v1::Row& row) override {
+    if (row.values_size() == 2 && row.values(0).has_int64_value()) {
+      lsn = static_cast<uint64_t>(row.values(0).int64_value());
+      snapshot = row.values(1).text_value();
+    }
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace

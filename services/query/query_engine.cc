@@ -59,6 +59,32 @@ uint64_t Cap(uint64_t requested, uint64_t server_limit) {
 
 class ExecuteWork : public Work {
  public:
+  // The work of a call of `request` (which must outlive it): its deadline
+  // and holder, the caller's trace, its budget within the server's `limits`
+  // and its statement (the caller sets the sink).
+  ExecuteWork(const v1::ExecuteRequest& request, const v1::LimitsConfig& limits,
+              absl::Time deadline, std::string holder) {
+    this->deadline = deadline;
+    this->holder = std::move(holder);
+    trace = telemetry::CurrentSpanContext();
+    budget.max_rows = Cap(request.max_rows(), limits.max_rows());
+    budget.max_bytes = Cap(request.max_bytes(), limits.max_bytes());
+    statement.sql = request.sql();
+    statement.params = &request.params();
+    min_lsn = request.min_lsn();
+    wait_for_replica = true;
+    request_bytes = request.ByteSizeLong();
+  }
+
+  // Takes the statement's analysis (null while deferred) and, when traces
+  // are sent, its span labels.
+  void SetAnalysis(std::shared_ptr<const sql::Analysis> a, const v1::ExecuteRequest& request) {
+    analysis = std::move(a);
+    if (analysis != nullptr && telemetry::GlobalTracer() != nullptr) {
+      statement.labels = db::StatementLabelsFor(*analysis, request.named_query());
+    }
+  }
+
   ResultBudget budget;
   std::unique_ptr<db::ResultSink> sink;
   // The statement's analysis; set on the worker when it was deferred there
@@ -313,50 +339,46 @@ absl::StatusOr<std::shared_ptr<const sql::Analysis>> QueryEngine::CheckStatement
   return a;
 }
 
-absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequest& request,
-                                                           absl::Time deadline, std::string holder,
-                                                           v1::ExecuteResponse* response, Done done,
-                                                           const CallAccess& access) {
+absl::StatusOr<QueryEngine::CheckedStatement> QueryEngine::CheckExecute(
+    const v1::ExecuteRequest& request, const CallAccess& access) {
   absl::StatusOr<Database*> db = Find(request.database(), access);
   if (!db.ok()) return db.status();
   absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis = CheckStatement(
       request.sql(), request.params_size(), access, sql::Scope::kAlone, /*may_defer=*/true);
   if (!analysis.ok()) return analysis.status();
-  const bool deferred = *analysis == nullptr;
+  return CheckedStatement{*db, *std::move(analysis)};
+}
 
-  auto work = std::make_shared<ExecuteWork>();
+absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequest& request,
+                                                           absl::Time deadline, std::string holder,
+                                                           v1::ExecuteResponse* response, Done done,
+                                                           const CallAccess& access) {
+  absl::StatusOr<CheckedStatement> checked = CheckExecute(request, access);
+  if (!checked.ok()) return checked.status();
+  Database* const database = checked->database;
+  const std::shared_ptr<const sql::Analysis> analysis = std::move(checked->analysis);
+  const bool deferred = analysis == nullptr;
+
+  auto work = std::make_shared<ExecuteWork>(request, config_.limits(), deadline, std::move(holder));
   ExecuteWork* raw = work.get();
-  work->deadline = deadline;
-  work->holder = std::move(holder);
-  work->trace = telemetry::CurrentSpanContext();
-  work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
-  work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
-  work->analysis = *analysis;
+  work->statement.sink = work->sink.get();
+  work->SetAnalysis(analysis, request);
   work->batchable = !access.read_only && !deferred;
   work->statement.may_share_sync =
-      !access.read_only && !deferred && MayShareSync((*db)->name(), **analysis);
-  work->statement.sql = request.sql();
-  work->statement.params = &request.params();
-  work->statement.sink = work->sink.get();
+      !access.read_only && !deferred && MayShareSync(database->name(), *analysis);
   // Unknown until a deferred analysis ran: then the worker reads the commit
   // position itself.
-  const bool writes = !deferred && ReadCache::NeedsInvalidation(**analysis);
+  const bool writes = !deferred && ReadCache::NeedsInvalidation(*analysis);
   work->wants_commit_lsn = writes && !access.read_only;
   // With replicas: a read PostgreSQL keeps from writing (a read-only
   // caller's transaction) or that the catalog proves free of side effects
   // may run on a replica; anything else on the primary.
   work->replica_ok =
-      !deferred && !request.primary() && (*analysis)->kind == sql::StatementKind::kRead &&
+      !deferred && !request.primary() && analysis->kind == sql::StatementKind::kRead &&
       (access.read_only || work->statement.may_share_sync || DeclaredReadOnly(request));
   work->plain_read = work->replica_ok;
-  work->min_lsn = request.min_lsn();
-  work->wait_for_replica = true;
-  work->request_bytes = request.ByteSizeLong();
   work->may_write = !work->replica_ok && (deferred || writes) && !access.read_only;
-  if (!deferred && telemetry::GlobalTracer() != nullptr) {
-    work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
-  }
   if (access.read_only || deferred) {
     // Not pipelined with other calls: a transaction of its own (read-only
     // for a read-only caller), after the analysis when it was deferred.
@@ -366,10 +388,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
         absl::StatusOr<std::shared_ptr<const sql::Analysis>> a =
             CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
         if (!a.ok()) return a.status();
-        raw->analysis = *std::move(a);
-        if (telemetry::GlobalTracer() != nullptr) {
-          raw->statement.labels = db::StatementLabelsFor(*raw->analysis, request.named_query());
-        }
+        raw->SetAnalysis(*std::move(a), request);
       }
       db::Statement* st = &raw->statement;
       if (!access.read_only) {
@@ -387,7 +406,6 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
     work->rewind = [raw] { return raw->sink->Rewind(); };
   }
   const absl::Time start = absl::Now();
-  Database* database = *db;
   // What a read of the database that starts now reflects (a cached answer
   // says so itself; a write reflects nothing).
   const uint64_t reflected =
@@ -422,7 +440,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
     }
     done(std::move(s));
   };
-  if (cache_ != nullptr && !deferred && cache_->Applies(*database, request, **analysis)) {
+  if (cache_ != nullptr && !deferred && cache_->Applies(*database, request, *analysis)) {
     std::shared_ptr<Work> generic = work;
     cache_->Execute(database, request, generic, response, work->budget.max_rows,
                     work->budget.max_bytes, access.read_only, [database, generic] {
@@ -441,60 +459,41 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
                                                                  std::string holder,
                                                                  ChunkWriter* writer, Done done,
                                                                  const CallAccess& access) {
-  absl::StatusOr<Database*> db = Find(request.database(), access);
-  if (!db.ok()) return db.status();
-  absl::StatusOr<std::shared_ptr<const sql::Analysis>> analysis = CheckStatement(
-      request.sql(), request.params_size(), access, sql::Scope::kAlone, /*may_defer=*/true);
-  if (!analysis.ok()) return analysis.status();
+  absl::StatusOr<CheckedStatement> checked = CheckExecute(request, access);
+  if (!checked.ok()) return checked.status();
+  Database* const database = checked->database;
+  const std::shared_ptr<const sql::Analysis> analysis = std::move(checked->analysis);
 
-  auto work = std::make_shared<ExecuteWork>();
-  work->analysis = *analysis;
-  work->deadline = deadline;
-  work->holder = std::move(holder);
-  work->trace = telemetry::CurrentSpanContext();
-  work->budget.max_rows = Cap(request.max_rows(), config_.limits().max_rows());
-  work->budget.max_bytes = Cap(request.max_bytes(), config_.limits().max_bytes());
+  auto work = std::make_shared<ExecuteWork>(request, config_.limits(), deadline, std::move(holder));
   const size_t chunk_rows = std::clamp<size_t>(
       request.chunk_rows() == 0 ? config_.limits().stream_chunk_rows() : request.chunk_rows(), 1,
       100000);
   work->sink = std::make_unique<StreamSink>(writer, &work->budget, chunk_rows, size_t{1} << 20,
                                             &work->member);
-  work->statement.sql = request.sql();
-  work->statement.params = &request.params();
   work->statement.sink = work->sink.get();
-  if (*analysis != nullptr && telemetry::GlobalTracer() != nullptr) {
-    work->statement.labels = db::StatementLabelsFor(**analysis, request.named_query());
-  }
+  work->SetAnalysis(analysis, request);
   ExecuteWork* raw = work.get();
   work->exclusive = [this, raw, access, &request](db::Connection& conn) -> absl::Status {
     if (raw->analysis == nullptr) {  // deferred to this worker
       absl::StatusOr<std::shared_ptr<const sql::Analysis>> a =
           CheckStatement(request.sql(), request.params_size(), access, sql::Scope::kAlone, false);
       if (!a.ok()) return a.status();
-      raw->analysis = *std::move(a);
-      if (telemetry::GlobalTracer() != nullptr) {
-        raw->statement.labels = db::StatementLabelsFor(*raw->analysis, request.named_query());
-      }
+      raw->SetAnalysis(*std::move(a), request);
     }
     absl::Status link = conn.RunStreaming(raw->statement, access.read_only);
     return link.ok() ? raw->statement.status : link;
   };
   work->read_only = access.read_only;
   work->replica_ok =
-      *analysis != nullptr && !request.primary() &&
-      (*analysis)->kind == sql::StatementKind::kRead &&
-      (access.read_only || MayShareSync((*db)->name(), **analysis) || DeclaredReadOnly(request));
+      analysis != nullptr && !request.primary() && analysis->kind == sql::StatementKind::kRead &&
+      (access.read_only || MayShareSync(database->name(), *analysis) || DeclaredReadOnly(request));
   work->plain_read = work->replica_ok;
   // Until its first chunk leaves, a stream can start over (on a fresh
   // connection, or on another member).
   work->rewind = [raw] { return raw->sink->Rewind(); };
-  work->min_lsn = request.min_lsn();
-  work->wait_for_replica = true;
-  work->request_bytes = request.ByteSizeLong();
   work->may_write = !work->replica_ok && !access.read_only &&
-                    (*analysis == nullptr || ReadCache::NeedsInvalidation(**analysis));
+                    (analysis == nullptr || ReadCache::NeedsInvalidation(*analysis));
   const absl::Time start = absl::Now();
-  Database* database = *db;
   work->done = [this, database, raw, start, done = std::move(done)](absl::Status s) {
     telemetry::ScopedSpanContext record_scope(raw->trace);  // a slow-statement log line carries it
     if (raw->analysis != nullptr) {
@@ -681,10 +680,6 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     out->set_idle(s.idle);
     out->set_in_use(s.in_use);
     out->set_waiters(s.waiters);
-    out->set_queued(db->queued());
-    out->set_pipelines_total(db->pipelines());
-    out->set_pipelined_statements_total(db->pipelined_statements());
-    out->set_pipeline_reruns_total(db->pipeline_reruns());
     out->set_min_idle(s.min_idle);
     out->set_max_size(s.max_size);
     out->set_max_overflow(s.max_overflow);
@@ -698,6 +693,11 @@ absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,
     out->set_broken_total(s.broken);
     out->set_leaks_total(s.leaks);
     out->set_create_failures_total(s.create_failures);
+    // The database's own queue of calls, and its pipelining.
+    out->set_queued(db->queued());
+    out->set_pipelines_total(db->pipelines());
+    out->set_pipelined_statements_total(db->pipelined_statements());
+    out->set_pipeline_reruns_total(db->pipeline_reruns());
     v1::Histogram* h = out->mutable_acquire_wait();
     for (double b : s.acquire_wait.bounds) h->add_bounds_seconds(b);
     for (uint64_t c : s.acquire_wait.cumulative_counts) h->add_counts(c);

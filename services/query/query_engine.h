@@ -146,6 +146,14 @@ class QueryEngine {
                                                                       const CallAccess& access,
                                                                       sql::Scope scope,
                                                                       bool may_defer) const;
+  // The database an Execute or ExecuteStream call names and its statement's
+  // analysis (CheckStatement's, null when deferred to the worker).
+  struct CheckedStatement {
+    Database* database;
+    std::shared_ptr<const sql::Analysis> analysis;
+  };
+  absl::StatusOr<CheckedStatement> CheckExecute(const v1::ExecuteRequest& request,
+                                                const CallAccess& access);
   // Whether `a` may share an implicit transaction with other callers'
   // statements on `database`: its syntax allows it and the database's
   // catalog snapshot proves its functions, operators and relations free of

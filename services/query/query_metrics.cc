@@ -102,46 +102,27 @@ void CollectMembers(QueryEngine* engine, Families* out) {
   prometheus::MetricFamily waits = CounterFamily(
       "poolside_query_replica_token_waits_total",
       "Reads that waited for a replica to replay their min_lsn, by whether one did in time.");
-  prometheus::MetricFamily held =
-      CounterFamily("poolside_query_failover_held_total",
-                    "Calls for the primary held while none was known (failover buffering).");
-  prometheus::MetricFamily held_timeouts =
-      CounterFamily("poolside_query_failover_held_timeouts_total",
-                    "Held calls that failed because no primary was named within failoverBufferMs.");
-  prometheus::MetricFamily held_now =
-      GaugeFamily("poolside_query_failover_held_calls", "Calls held for a primary now.");
-  prometheus::MetricFamily held_seconds = CounterFamily(
-      "poolside_query_failover_held_seconds_total", "Time held calls waited, summed.");
-  prometheus::MetricFamily held_duration = HistogramFamily(
-      "poolside_query_failover_held_duration_seconds",
-      "Each hold's time, from the call held to its release: routed to the new primary, failed "
-      "for want of one, or ended by shutdown. A call held again counts again.");
   prometheus::MetricFamily read_retries = CounterFamily(
       "poolside_query_read_retries_total",
       "Reads that failed on a replica before any row reached the caller (its connection failed) "
       "and ran again on another member, by why.");
+  std::vector<std::pair<std::string, db::ManagedDatabase::HoldStats>> holds;
   for (const auto& [name, replicas] : engine->replicas()) {
-    const telemetry::MetricLabels db = {{"database", name}};
     for (ReadRetryReason reason : kReadRetryReasons) {
       AddCounter(&read_retries, {{"database", name}, {"reason", ReadRetryReasonName(reason)}},
                  double(replicas->read_retries(reason)));
     }
-    const db::ManagedDatabase::HoldStats hold = replicas->hold_stats();
-    AddCounter(&held, db, double(hold.total));
-    AddCounter(&held_timeouts, db, double(hold.timeouts));
-    AddGauge(&held_now, db, double(hold.now));
-    AddCounter(&held_seconds, db, hold.durations.sum);
-    AddHistogram(&held_duration, db, hold.durations);
+    holds.emplace_back(name, replicas->hold_stats());
     const uint64_t reached = replicas->token_waits_reached();
     AddCounter(&waits, {{"database", name}, {"result", "reached"}}, double(reached));
     AddCounter(&waits, {{"database", name}, {"result", "timeout"}},
                double(replicas->token_waits() - std::min(reached, replicas->token_waits())));
   }
-  for (auto* f :
-       {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans, &waits,
-        &held, &held_timeouts, &held_now, &held_seconds, &held_duration, &read_retries}) {
+  for (auto* f : {&role, &healthy, &banned, &lag_seconds, &lag_bytes, &outstanding, &routed, &bans,
+                  &waits, &read_retries}) {
     out->push_back(std::move(*f));
   }
+  telemetry::AppendHoldMetrics("poolside_query", "calls", "Calls for the primary", holds, out);
 }
 
 telemetry::StatusTable MembersTable(QueryEngine* engine) {
@@ -454,10 +435,10 @@ void CollectCache(QueryEngine* engine, Families* out) {
 }
 
 telemetry::StatusTable InvalidationTable(QueryEngine* engine) {
+  const ReadCache* cache = engine->read_cache();
   telemetry::StatusTable t;
   t.title = "Cache invalidation";
   t.empty_text = "no cached tables configured";
-  const ReadCache* cache = engine->read_cache();
   if (cache == nullptr) return t;
   t.columns = {"database",  "mode",      "state",   "applied LSN", "last heard",
                "delay p50", "delay p99", "streams", "watched",     "note"};
