@@ -144,11 +144,13 @@ class QueueReflectionService<Api>::Stream final
  public:
   static void Post(QueueReflectionService* service) { new Stream(service); }
 
-  // Cancels the stream: its pending operation comes back failed.
+  // Ends the stream CANCELLED, with a status of its own (see
+  // QueueStreamCall on why not TryCancel()): at once beside a read in flight
+  // (which then comes back not ok), or once a write in flight is back.
   void End() {
     Forget();
     ended_ = true;
-    this->context_.TryCancel();
+    if (!writing_) this->Finish(Ended());
   }
 
   void Forget() { service_->streams_.Remove(this); }
@@ -181,13 +183,20 @@ class QueueReflectionService<Api>::Stream final
     }
   }
 
+  static grpc::Status Ended() {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the server is shutting down");
+  }
+
   void OnRead(bool ok) {
     this->Returned();
-    if (!ok) {  // the client is done sending, or the call broke or was ended
+    if (ended_) {
+      // Finished already: a request read meanwhile goes unanswered.
+    } else if (!ok) {  // the client is done sending, or the call broke
       Forget();
-      if (!ended_) this->Finish(grpc::Status::OK);
+      this->Finish(grpc::Status::OK);
     } else {
       response_ = service_->index_->template Answer<Api>(request_, &sent_);
+      writing_ = true;
       this->stream_.Write(response_, this->Start(&written_));
     }
     this->MaybeDelete();
@@ -195,10 +204,13 @@ class QueueReflectionService<Api>::Stream final
 
   void OnWritten(bool ok) {
     this->Returned();
-    if (ok) {
-      this->stream_.Read(&request_, this->Start(&read_));
-    } else {
+    writing_ = false;
+    if (!ok) {
       this->Broke();
+    } else if (ended_) {
+      this->Finish(Ended());
+    } else {
+      this->stream_.Read(&request_, this->Start(&read_));
     }
     this->MaybeDelete();
   }
@@ -211,7 +223,8 @@ class QueueReflectionService<Api>::Stream final
   typename Api::Request request_;
   typename Api::Response response_;
   absl::flat_hash_set<std::string> sent_;  // files sent on this stream
-  bool ended_ = false;                     // cancelled by End()
+  bool writing_ = false;                   // a write is in flight
+  bool ended_ = false;                     // ended by End()
 };
 
 template <typename Api>

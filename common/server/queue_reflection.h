@@ -16,10 +16,13 @@
 // callback_reflection.h on a callback server (ingest), for both versions.
 //
 // QueueReflectionService runs everything on the queue thread; each stream has
-// one operation in flight at a time. EndStreams() (Server calls it when its
-// drain starts) cancels every open stream and every one that arrives later,
-// so that an idle reflection client never holds the drain; at most
-// kMaxStreams are open at once, further ones end RESOURCE_EXHAUSTED.
+// one read or write in flight at a time. EndStreams() (Server calls it when
+// its drain starts) ends every open stream CANCELLED ("the server is shutting
+// down"; after the answer being written, if any), as a status the stream
+// sends, which reaches the client however late the queue thread gets to it,
+// and every stream that arrives later UNAVAILABLE, so that an idle reflection
+// client never holds the drain; at most kMaxStreams are open at once, further
+// ones end RESOURCE_EXHAUSTED.
 
 #include <string>
 #include <vector>
@@ -77,7 +80,7 @@ class QueueReflectionService final : public QueueService {
   std::string service_name() const override { return Api::Service::service_full_name(); }
   void Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTelemetry* calls) override;
 
-  // Cancels every open stream, and every one that arrives later (any thread;
+  // Ends every open stream, and every one that arrives later (any thread;
   // before the queue shuts down).
   void EndStreams();
 

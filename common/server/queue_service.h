@@ -72,12 +72,20 @@ class QueueStep final : public QueueTag {
 // - gRPC's done notification, asked for before Call requests the call, so that
 //   it comes back for every call that starts (not for one that never starts:
 //   Arrived() deletes that one);
-// - at most one operation (read, write or finish) in flight, started with
-//   Start(tag) and marked back by Returned() in Call's step;
+// - the operations in flight, each started with Start(tag) and marked back by
+//   Returned() in Call's step: one at a time (read, write or finish), except
+//   that a Finish may join a read in flight, as gRPC allows (to end a stream
+//   whose client sends nothing; the read then comes back not ok);
 // - Finish(status), once, recording the call's telemetry (a call whose stream
 //   broke or that the client cancelled gets none: it counts as CANCELLED);
-// - deletion once the done notification and the last operation are back
+// - deletion once the done notification and every operation are back
 //   (MaybeDelete(), which each of Call's steps ends with).
+// To end an open call from the server, Finish it rather than TryCancel() its
+// context: a status sent by Finish always reaches the client, while a
+// server-side cancel of the last stream on a connection that gRPC's drain has
+// already told to go away (GOAWAY) can close the connection before the
+// cancel's status is written, and the client then sees UNAVAILABLE "Socket
+// closed" instead.
 // Call::Forget() takes the call out of whatever its service keeps to reach it:
 // called when the stream breaks and before deletion, possibly more than once.
 // Call makes QueueStreamCall a friend if its destructor is private.
@@ -106,12 +114,12 @@ class QueueStreamCall {
 
   // `tag`, with an operation marked in flight: stream_.Write(m, Start(&written_)).
   QueueTag* Start(QueueTag* tag) {
-    busy_ = true;
+    ++in_flight_;
     return tag;
   }
-  // The operation started with Start() came back.
-  void Returned() { busy_ = false; }
-  bool busy() const { return busy_; }
+  // An operation started with Start() came back.
+  void Returned() { --in_flight_; }
+  bool busy() const { return in_flight_ > 0; }
 
   // The stream is broken (a write failed, the client cancelled): nothing more
   // is sent on it.
@@ -122,7 +130,7 @@ class QueueStreamCall {
   bool broken() const { return broken_; }
 
   // Ends the call with `status`, once; not on a broken stream. Only when no
-  // other operation is in flight.
+  // other operation is in flight, or only a read.
   void Finish(const grpc::Status& status) {
     if (finish_sent_ || broken_) return;
     finish_sent_ = true;
@@ -132,7 +140,7 @@ class QueueStreamCall {
   bool finish_sent() const { return finish_sent_; }
 
   void MaybeDelete() {
-    if (!done_called_ || busy_) return;
+    if (!done_called_ || busy()) return;
     self()->Forget();
     delete self();
   }
@@ -157,7 +165,7 @@ class QueueStreamCall {
 
   QueueStep<QueueStreamCall, &QueueStreamCall::OnFinished> finished_{this};
   QueueStep<QueueStreamCall, &QueueStreamCall::OnDone> done_{this};
-  bool busy_ = false;
+  int in_flight_ = 0;  // operations started and not yet back
   bool broken_ = false;
   bool finish_sent_ = false;
   bool done_called_ = false;

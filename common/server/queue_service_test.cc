@@ -515,6 +515,38 @@ TEST_F(ReflectionTest, ListsTheServicesAndDescribesThemCompletely) {
   stop.join();
 }
 
+// The drain ends a stream on the queue thread, which may run late (a loaded
+// machine): by then gRPC has told the client to go away, and the stream is
+// the last on its connection, whose closing must not overtake the stream's
+// status. The queue thread is held until the client has the server's GOAWAY.
+TEST_F(ReflectionTest, AStreamLeftOpenGetsItsStatusWhenTheQueueThreadIsLate) {
+  EchoService service;
+  ASSERT_NO_FATAL_FAILURE(Start(Options(&service)));
+  EXPECT_EQ(s_->ListServices(), CacheServerServices());
+  EXPECT_EQ(s1_->ListServices(), CacheServerServices());
+  EXPECT_TRUE(s1_->stream->WritesDone());
+  EXPECT_TRUE(s1_->stream->Finish().ok());
+  ASSERT_EQ(channel_->GetState(false), GRPC_CHANNEL_READY);
+  absl::Notification held, release;
+  RunOnQueue(server_->queue(), [&] {
+    held.Notify();
+    release.WaitForNotification();
+  });
+  held.WaitForNotification();
+  std::thread stop([&] { server_->Shutdown(); });
+  EXPECT_TRUE(channel_->WaitForStateChange(
+      GRPC_CHANNEL_READY, std::chrono::system_clock::now() + std::chrono::seconds(20)));
+  release.Notify();
+  reflection::ServerReflectionResponse none;
+  EXPECT_FALSE(s_->stream->Read(&none));
+  const grpc::Status end = s_->stream->Finish();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::CANCELLED) << end.error_message();
+  stop.join();
+  // The drain finished: nothing is served any more.
+  EXPECT_EQ(ReflectionStream(stub_.get()).stream->Finish().error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+}
+
 // A callback server (ingest's kind) serves both versions from the same index,
 // through its own streams.
 class CallbackCacheService final : public v1::CacheService::CallbackService {};
