@@ -598,7 +598,7 @@ TEST(ReplicaRoutingTest, ReadWhoseSessionIsTerminatedAnswersFromAnotherMember) {
     EXPECT_EQ(slow[i].member, env.replica_id(1)) << "slow read " << i;
   }
   EXPECT_EQ(env.Metric(metric), shutdowns + 1);
-  // Replica 0 was only suspect: its next probe lets it back.
+  // A terminated session does not make replica 0 suspect: it stays routable.
   EXPECT_TRUE(WaitFor(
       [&] {
         std::optional<v1::MemberStats> m = env.Member(env.replica_id(0));

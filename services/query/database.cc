@@ -262,7 +262,11 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   if (reason == ReadRetryReason::kNone) return false;
   std::shared_ptr<Work> strong = weak.lock();
   if (strong == nullptr) return false;
-  replicas_->MarkSuspect(raw->member, failure);
+  // A member whose connection failed is passed over by every call until its
+  // next good probe; not for a session ended by the server's administrator
+  // (57P01 is also pg_terminate_backend's): a member really shutting down
+  // refuses the next connection, and that marks it.
+  if (reason != ReadRetryReason::kServerShutdown) replicas_->MarkSuspect(raw->member, failure);
   // Last: a stream that already sent rows cannot start over.
   const bool rewound = raw->batchable
                            ? raw->statement.sink == nullptr || raw->statement.sink->Rewind()
@@ -274,6 +278,10 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   raw->not_run_ = false;
   raw->no_connection_ = false;
   raw->state.store(Work::kQueued);
+  // Until routed again the work is nowhere: held for a primary that never
+  // comes, its failure must not read as this member's again.
+  raw->on_replica = false;
+  raw->member.clear();
   if (absl::Status routed = RouteNow(strong, call); routed.ok()) {
     replicas_->CountReadRetry(reason);
     return true;

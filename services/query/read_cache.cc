@@ -382,6 +382,9 @@ void ReadCache::ReadShared(const CachedRead& about, std::shared_ptr<CachedRead> 
   // it covers what the lookup's generation saw): never an older row than
   // the primary had when the lookup ran.
   work->replica_ok = true;
+  // Like a caller's read, a fill whose replica fails before it has a result
+  // runs again on another member (Database's read retry), with its fence.
+  work->plain_read = true;
   work->cache_fill = true;
   work->min_lsn = invalidation_.ReplicaFillFence(state);
   fill->work = work;
@@ -498,14 +501,16 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
       g->done();
       return;
     }
-    // Before the first invalidation below: a relayed change this covers may
-    // be skipped from now on, and every entry it would have dropped either
-    // goes below or was looked up after it.
+    // The tables a relayed change of which this write's snapshot covers may
+    // be skipped (OwnWriteCover), recorded once the near cache and the
+    // sidecar have both dropped them (below): from then on every entry such
+    // a change would drop was looked up after this invalidation. Recorded
+    // any earlier, a skipped change could move the applied position past
+    // the write while the sidecar still held the entry it replaced.
+    std::optional<std::vector<std::string>> cover;
     if (snapshot.has_value() && state->mode.load() == InvalidationMode::kWal) {
-      state->own_cover.Record(
-          g->unknown ? std::vector<std::string>{std::string(OwnWriteCover::kEveryTable)}
-                     : g->tables,
-          *snapshot, state->stream.load(), absl::Now());
+      cover = g->unknown ? std::vector<std::string>{std::string(OwnWriteCover::kEveryTable)}
+                         : g->tables;
     }
     // In the near cache both before and after the sidecar: a read that began
     // in between may have found the old entry in the sidecar and filled it in.
@@ -526,9 +531,13 @@ void ReadCache::AfterWrite(Database* db, std::vector<Written> statements,
     client_->Invalidate(
         std::move(sent), false, "write",
         absl::Milliseconds(std::max<uint32_t>(config_.call_timeout_ms(), 200)),
-        [this, state, g, span, tags, token = in_flight_.Begin()](absl::Status s) mutable {
+        [this, state, g, span, tags, cover = std::move(cover), snapshot,
+         token = in_flight_.Begin()](absl::Status s) mutable {
           const InFlight::Token held = std::move(token);
           if (near_ != nullptr) near_->Invalidate(tags);
+          if (s.ok() && cover.has_value()) {
+            state->own_cover.Record(*cover, *snapshot, state->stream.load(), absl::Now());
+          }
           SidecarResult(s.ok());
           span->SetAttribute("poolside.cache.outcome", s.ok() ? "invalidated" : "error");
           span->SetStatus(s);

@@ -117,6 +117,7 @@ absl::StatusOr<RelayMessage> DecodeRelay(absl::string_view payload) {
   if (f.size() != 8) return Malformed("header fields");
   RelayMessage m;
   RelayHeader& h = m.header;
+  bool xids_unreadable = false;
   if (f[1].size() != 1 || std::string("hcbx").find(f[1][0]) == std::string::npos) {
     return Malformed("kind");
   }
@@ -160,11 +161,17 @@ absl::StatusOr<RelayMessage> DecodeRelay(absl::string_view payload) {
       if (!body.empty()) return Malformed("whole-table entry with rows");
       t.change = static_cast<RelayTable::Change>(change);
       if (change == 'w' && absl::StartsWith(t.name, kRelayXidsMarker)) {
-        if (h.xids.has_value()) return Malformed("transactions named twice");
+        // A list this version cannot read (another version's format, more
+        // transactions than it takes) or a second one names none: the
+        // message's invalidations still apply, only none is skipped.
         absl::StatusOr<std::vector<uint32_t>> xids =
             ParseXids(absl::string_view(t.name).substr(sizeof(kRelayXidsMarker) - 1));
-        if (!xids.ok()) return xids.status();
-        h.xids = *std::move(xids);
+        if (xids.ok() && !xids_unreadable && !h.xids.has_value()) {
+          h.xids = *std::move(xids);
+        } else {
+          xids_unreadable = true;
+          h.xids.reset();
+        }
         continue;
       }
     } else if (change == 'r') {

@@ -178,7 +178,7 @@ TEST(RelayMessageTest, TransactionsTravelInEveryPayloadOfTheirBatch) {
   EXPECT_EQ(m->tables[0].rows, (std::vector<uint64_t>{1, 2}));
 }
 
-TEST(RelayMessageTest, MalformedTransactionListsAreRefused) {
+TEST(RelayMessageTest, UnreadableTransactionListsNameNoneAndTheRestApplies) {
   const std::string head = "psw1 c 0123456789abcdef 1 0 1 0 0\n";
   const std::string marker = kRelayXidsMarker;
   auto entry = [](const std::string& name, const std::string& change) {
@@ -196,7 +196,13 @@ TEST(RelayMessageTest, MalformedTransactionListsAreRefused) {
            entry(marker + " 0000000a", "w") + entry(marker + " 0000000b", "w"),  // twice
            entry(many, "w"),
        }) {
-    EXPECT_FALSE(DecodeRelay(head + bad).ok()) << bad;
+    // The message's invalidations still stand; only nothing may be skipped.
+    absl::StatusOr<RelayMessage> m = DecodeRelay(head + bad + entry("public.items", "w"));
+    ASSERT_TRUE(m.ok()) << bad << ": " << m.status();
+    EXPECT_FALSE(m->header.xids.has_value()) << bad;
+    ASSERT_EQ(m->tables.size(), 1u) << bad;
+    EXPECT_EQ(m->tables[0].name, "public.items");
+    EXPECT_EQ(m->tables[0].change, RelayTable::kWhole);
   }
   // Only a whole-table entry carries them; a marker-like name elsewhere is a
   // table's name as far as the format goes.
