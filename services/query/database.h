@@ -36,6 +36,7 @@
 //
 // Thread-safe. Work::done runs on a worker thread and must not block.
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <functional>
@@ -82,13 +83,18 @@ db::ManagedDatabaseOptions QueryDatabaseOptions();
 absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline,
                                        std::string* snapshot = nullptr);
 
-// Whether a call cancelled now was cancelled by its deadline. gRPC's deadline
-// timer runs on its own clock and may fire a little before absl::Now()
-// reaches the deadline the call reports, more so when the cancellation is
-// handled inline on the timer's thread: a cancellation this close to the
-// deadline is the deadline's.
-inline bool CancelledByDeadline(absl::Time deadline) {
-  return absl::Now() >= deadline - absl::Milliseconds(10);
+// Whether a call that arrived at `arrived` and is cancelled now was cancelled
+// by its deadline. The server's deadline for a call is its arrival plus the
+// timeout the client sent, so it is later than the client's own by the
+// call's transit time; the client's deadline ends the call first (its
+// cancel), earlier still on a loaded machine, and gRPC's timers may fire a
+// little early too. So a cancellation in the last twentieth of the call's
+// time (at least the last 10 ms) is the deadline's: calls timed out waiting
+// for a connection count as timeouts, not as callers going away.
+inline bool CancelledByDeadline(absl::Time deadline, absl::Time arrived) {
+  if (deadline == absl::InfiniteFuture()) return false;
+  const absl::Duration slack = std::max(absl::Milliseconds(10), (deadline - arrived) / 20);
+  return absl::Now() >= deadline - slack;
 }
 
 // One unit of work for a database.
@@ -97,6 +103,7 @@ class Work {
   enum State { kQueued = 0, kRunning = 1, kAbandoned = 2 };
 
   absl::Time deadline = absl::InfiniteFuture();
+  const absl::Time arrived = absl::Now();  // when the call's work was made
   std::atomic<bool> cancelled{false};
   // A single statement that may share a pipeline with other calls' statements
   // (statement.cancelled/deadline are set by Submit) ...
@@ -173,7 +180,7 @@ class Work {
     if (!state.compare_exchange_strong(expected, kAbandoned)) return false;
     // Out of time before any connection served it: a pool timeout as far as
     // an operator is concerned.
-    if (queue_timeouts_ != nullptr && CancelledByDeadline(deadline)) {
+    if (queue_timeouts_ != nullptr && CancelledByDeadline(deadline, arrived)) {
       queue_timeouts_->fetch_add(1, std::memory_order_relaxed);
     }
     return true;

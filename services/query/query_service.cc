@@ -22,8 +22,8 @@ std::string HolderOf(absl::string_view method, server::QueueCall* call) {
 }
 
 // The status a call gets when its caller went away before its work ran.
-absl::Status EndedEarly(absl::Time deadline) {
-  if (CancelledByDeadline(deadline)) {
+absl::Status EndedEarly(absl::Time deadline, absl::Time arrived) {
+  if (CancelledByDeadline(deadline, arrived)) {
     return absl::DeadlineExceededError("deadline passed while waiting for a database connection");
   }
   return absl::CancelledError("call cancelled by the caller");
@@ -54,7 +54,7 @@ void StartWork(Call* call, const absl::Status& authorized, QueryEngine* engine, 
   }
   call->OnCancel([call, deadline, work = *std::move(work)] {
     work->cancelled.store(true);
-    if (work->Abandon()) call->Complete(EndedEarly(deadline));
+    if (work->Abandon()) call->Complete(EndedEarly(deadline, work->arrived));
   });
 }
 
