@@ -84,9 +84,10 @@ struct XidSnapshot {
 };
 
 // What writes through this replica invalidated themselves (ReadCache::
-// AfterWrite): for each table, a snapshot taken after such a write committed
-// and before its invalidation of the table was sent. An entry of the table
-// that outlived that invalidation was looked up after it, so read from a
+// AfterWrite): for each table, a snapshot taken after such a write committed,
+// recorded once its invalidation of the table was applied by the near cache
+// and confirmed by the sidecar. An entry of the table that outlived that
+// invalidation was looked up after it, so read from a
 // snapshot later than the recorded one: a relayed change of the table whose
 // every transaction had finished in the recorded snapshot is in every such
 // entry already, and need not drop them again (docs/cache.md, "A replica's
@@ -109,8 +110,10 @@ class OwnWriteCover {
   OwnWriteCover() : OwnWriteCover(Options{}) {}
   explicit OwnWriteCover(Options options) : options_(options) {}
 
-  // Before the invalidation of `tables` ("schema.table", or kEveryTable) is
-  // sent; `snapshot` was taken after the write committed, while `stream`
+  // Once the invalidation of `tables` ("schema.table", or kEveryTable) is
+  // applied everywhere (never before: a change skipped while the sidecar
+  // still held an entry it should drop would leave that entry behind the
+  // applied position); `snapshot` was taken after the write committed, while `stream`
   // (DatabaseInvalidation::stream; 0: none, nothing is recorded) was
   // applied. A table keeps the later of its records of one stream (by xmax).
   void Record(const std::vector<std::string>& tables, const XidSnapshot& snapshot, uint64_t stream,
