@@ -152,12 +152,12 @@ bool Topology::RecordLocked(const std::string& id, const absl::StatusOr<MemberSa
     }
   }
   for (const std::shared_ptr<Member>& m : members_) {
-    if (m != primary_ && m->last_ok && m->in_recovery) EvaluateLagLocked(*m, now);
+    if (m != primary_ && m->last_ok && m->in_recovery) EvaluateLagLocked(*m);
   }
   return true;
 }
 
-void Topology::EvaluateLagLocked(Member& member, absl::Time now) {
+void Topology::EvaluateLagLocked(Member& member) {
   Lsn reference = history_.empty() ? 0 : history_.back().lsn;
   // Without a primary sample, a replica behind another is behind by as much.
   for (const std::shared_ptr<Member>& m : members_) {
@@ -166,11 +166,15 @@ void Topology::EvaluateLagLocked(Member& member, absl::Time now) {
   member.lag_bytes = reference > member.lsn ? reference - member.lsn : 0;
   member.lag = absl::ZeroDuration();
   if (!history_.empty() && history_.back().lsn > member.lsn) {
-    // The first sample at which the primary had WAL the member lacks.
+    // The first sample at which the primary had WAL the member lacks, as of
+    // the member's own sample: between its probes the member's replay is
+    // unknown, not stopped (counting the clock since would ban a replica
+    // that keeps up whenever a probe is late; a member whose probes stop is
+    // unhealthy past max_sample_age instead).
     auto first =
         std::upper_bound(history_.begin(), history_.end(), member.lsn,
                          [](Lsn lsn, const PrimarySample& sample) { return lsn < sample.lsn; });
-    member.lag = std::max(absl::ZeroDuration(), now - first->at);
+    member.lag = std::max(absl::ZeroDuration(), member.last_sample - first->at);
   }
   const bool over = member.lag > options_.max_lag || member.lag_bytes > options_.max_lag_bytes;
   const bool within_half =
@@ -246,9 +250,8 @@ absl::StatusOr<Topology::Route> Topology::Pick(bool read, Lsn min_lsn,
       Member& m = *members_[i];
       if (members_[i] == primary_) continue;
       any_replica = true;
-      if (!HealthyLocked(m, now) || !m.in_recovery || excluded(m)) continue;
-      EvaluateLagLocked(m, now);
-      if (m.banned) continue;
+      // Lag and bans change only with samples (Record evaluates them).
+      if (!HealthyLocked(m, now) || !m.in_recovery || excluded(m) || m.banned) continue;
       any_healthy_replica = true;
       if (m.lsn < min_lsn) continue;
       const int64_t outstanding = m.outstanding.load(std::memory_order_relaxed);

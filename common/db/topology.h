@@ -15,9 +15,11 @@
 //
 // Lag is measured here, from the probes: a replica's byte lag is the primary's
 // last sampled WAL position minus the replica's replay position; its time lag
-// is how long ago the primary first had WAL the replica has still not replayed
-// (from a bounded history of primary samples), so an idle primary shows no lag
-// and a paused replica's lag grows with the clock, not with the write rate.
+// is, at the replica's last sample, how long before the primary had first had
+// WAL the replica had still not replayed (from a bounded history of primary
+// samples), so an idle primary shows no lag and a paused replica's lag grows
+// with the clock (probe by probe), not with the write rate. Between its probes
+// a replica keeps its last verdict: lag and bans change only in Record.
 // A replica whose lag exceeds max_lag or max_lag_bytes is banned; it is let
 // back once both are within half their bound (so a replica hovering at the
 // bound does not flap). A member whose last probe failed, or whose last
@@ -201,7 +203,7 @@ class Topology {
   bool RecordLocked(const std::string& id, const absl::StatusOr<MemberSample>& sample)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ResolvePrimaryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EvaluateLagLocked(Member& member, absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvaluateLagLocked(Member& member) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HealthyLocked(const Member& member, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status NoPrimaryErrorLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

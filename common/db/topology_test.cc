@@ -140,6 +140,43 @@ TEST_F(TopologyTest, TimeLagBansUntilHalfTheBound) {
   EXPECT_EQ(Status("r2").bans, 1u);
 }
 
+TEST(TopologyLagTest, ALateProbeDoesNotBanAReplicaThatKeptUp) {
+  // A lag bound below the sample age bound, as with a short probe interval
+  // and a long probe timeout.
+  SimulatedClock clock;
+  Topology topology("app", {.max_lag = absl::Seconds(1), .max_sample_age = absl::Seconds(3)},
+                    &clock);
+  ASSERT_TRUE(topology.SetMembers({{"p", "host=p"}, {"r", "host=r"}}).ok());
+  topology.Record("p", MemberSample{.in_recovery = false, .lsn = 1000});
+  topology.Record("r", MemberSample{.in_recovery = true, .lsn = 1000});
+  clock.Advance(absl::Milliseconds(500));
+  topology.Record("p", MemberSample{.in_recovery = false, .lsn = 1100});
+  topology.Record("r", MemberSample{.in_recovery = true, .lsn = 1090});  // just behind
+  // The primary keeps writing; r's next probes are late (the machine is
+  // busy), but within the sample age bound.
+  for (int i = 0; i < 2; ++i) {
+    clock.Advance(absl::Seconds(1));
+    topology.Record("p", MemberSample{.in_recovery = false, .lsn = 1200 + 100 * i});
+  }
+  absl::StatusOr<Topology::Route> read = topology.Pick(true);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->id(), "r") << "banned for the clock alone";
+  // Its late probe shows it did stop at 1090 two seconds ago: banned.
+  clock.Advance(absl::Milliseconds(100));
+  topology.Record("r", MemberSample{.in_recovery = true, .lsn = 1090});
+  read = topology.Pick(true);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->id(), "p");
+  bool banned = false;
+  for (const MemberStatus& m : topology.Snapshot()) {
+    if (m.id == "r") {
+      banned = m.banned;
+      EXPECT_EQ(m.lag, absl::Milliseconds(2100));
+    }
+  }
+  EXPECT_TRUE(banned);
+}
+
 TEST_F(TopologyTest, IdlePrimaryMeansNoLagForACaughtUpReplica) {
   Round(5000, 5000, 5000);
   clock_.Advance(absl::Hours(2));
