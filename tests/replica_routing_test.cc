@@ -774,9 +774,9 @@ TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
   }
   EXPECT_EQ(by_member[dead], 0);
   EXPECT_EQ(by_member[alive], 40)
-      << "to the primary: " << by_member[env.primary_id()] << "; " << alive << " now: "
-      << env.Member(alive).value_or(v1::MemberStats()).ShortDebugString() << " (bans before: "
-      << alive_bans << ")";
+      << "to the primary: " << by_member[env.primary_id()] << "; " << alive
+      << " now: " << env.Member(alive).value_or(v1::MemberStats()).ShortDebugString()
+      << " (bans before: " << alive_bans << ")";
   std::cerr << "reads: " << reads.load() << ", writes: " << writes.load()
             << ", stream rows before the kill: " << on_dead.values.size()
             << ", read retries: " << ReadRetries(env) - retries_before << "\n";
