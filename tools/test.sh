@@ -11,27 +11,39 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BAZEL=${BAZEL:-bazel}
 
-# Counts test cases in the test.xml files of the given targets under a testlogs dir.
+# Counts test cases in the test.xml files of the given targets under a testlogs
+# dir: one per target, or one per shard (shard_N_of_M/test.xml) of a sharded one.
 count_cases() {
   local testlogs=$1; shift
   local total=0 failed=0
   for target in "$@"; do
     local rel=${target#//}; rel=${rel/://}
-    local xml="$testlogs/$rel/test.xml"
-    if [[ ! -f $xml ]]; then
-      failed=$((failed + 1)); total=$((total + 1))
-      echo "no test.xml for $target (did not run or crashed)" >&2
-      continue
+    local xmls=("$testlogs/$rel/test.xml")
+    # The newest of the two layouts (a target sharded since an earlier run
+    # leaves that run's test.xml behind, and the other way round).
+    local shards=("$testlogs/$rel"/shard_1_of_*)
+    local m=${shards[0]##*_of_}
+    if [[ $m =~ ^[0-9]+$ && ! ${xmls[0]} -nt ${shards[0]}/test.xml ]]; then
+      xmls=()
+      for ((i = 1; i <= m; i++)); do xmls+=("$testlogs/$rel/shard_${i}_of_$m/test.xml"); done
     fi
-    # The first <testsuites ...> (or <testsuite ...>) element holds the totals.
-    local head
-    head=$(grep -m1 -oE '<testsuites?[^>]*>' "$xml" | head -n1)
-    local t f e
-    t=$(grep -oE ' tests="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
-    f=$(grep -oE ' failures="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
-    e=$(grep -oE ' errors="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
-    if [[ ${t:-0} -eq 0 ]]; then t=1; fi  # a test target with no cases counts once
-    total=$((total + t)); failed=$((failed + f + e))
+    local xml
+    for xml in "${xmls[@]}"; do
+      if [[ ! -f $xml ]]; then
+        failed=$((failed + 1)); total=$((total + 1))
+        echo "no ${xml#"$testlogs/"} for $target (did not run or crashed)" >&2
+        continue
+      fi
+      # The first <testsuites ...> (or <testsuite ...>) element holds the totals.
+      local head
+      head=$(grep -m1 -oE '<testsuites?[^>]*>' "$xml" | head -n1)
+      local t f e
+      t=$(grep -oE ' tests="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
+      f=$(grep -oE ' failures="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
+      e=$(grep -oE ' errors="[0-9]+"' <<<"$head" | grep -oE '[0-9]+' || echo 0)
+      if [[ ${t:-0} -eq 0 ]]; then t=1; fi  # a test target (or shard) with no cases counts once
+      total=$((total + t)); failed=$((failed + f + e))
+    done
   done
   echo "$total $failed"
 }
