@@ -156,7 +156,8 @@ TEST(TopologyLagTest, ALateProbeDoesNotBanAReplicaThatKeptUp) {
   // busy), but within the sample age bound.
   for (int i = 0; i < 2; ++i) {
     clock.Advance(absl::Seconds(1));
-    topology.Record("p", MemberSample{.in_recovery = false, .lsn = 1200 + 100 * i});
+    topology.Record("p",
+                    MemberSample{.in_recovery = false, .lsn = static_cast<Lsn>(1200 + 100 * i)});
   }
   absl::StatusOr<Topology::Route> read = topology.Pick(true);
   ASSERT_TRUE(read.ok()) << read.status();
