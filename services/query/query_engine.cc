@@ -432,10 +432,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       std::vector<ReadCache::Written> written(1);
       written[0].sql = request.sql();
       written[0].params = request.params();
-      telemetry::ScopedSpanContext scope(trace);  // the invalidation joins the trace
-      cache_->AfterWrite(database, std::move(written),
-                         s.ok() && raw->commit_lsn != 0 ? raw->commit_snapshot : "",
-                         [s, done = std::move(done)]() mutable { done(std::move(s)); });
+      InvalidateThen(database, std::move(written), *raw, std::move(s), std::move(done));
       return;
     }
     done(std::move(s));
@@ -644,10 +641,7 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
         written.back().params = st.params();
       }
       if (!written.empty()) {
-        telemetry::ScopedSpanContext scope(trace);  // the invalidation joins the trace
-        cache_->AfterWrite(database, std::move(written),
-                           s.ok() && raw->commit_lsn != 0 ? raw->commit_snapshot : "",
-                           [s, done = std::move(done)]() mutable { done(std::move(s)); });
+        InvalidateThen(database, std::move(written), *raw, std::move(s), std::move(done));
         return;
       }
     }
@@ -655,6 +649,15 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteTransaction(
   };
   if (absl::Status s = database->Submit(work); !s.ok()) return s;
   return std::static_pointer_cast<Work>(work);
+}
+
+void QueryEngine::InvalidateThen(Database* database, std::vector<ReadCache::Written> written,
+                                 const Work& work, absl::Status s, Done done) {
+  // The invalidation joins the call's trace: its callers, the calls' `done`
+  // wrappers, run with the call's span context current.
+  cache_->AfterWrite(database, std::move(written),
+                     s.ok() && work.commit_lsn != 0 ? work.commit_snapshot : "",
+                     [s, done = std::move(done)]() mutable { done(std::move(s)); });
 }
 
 absl::Status QueryEngine::GetPoolStats(const v1::GetPoolStatsRequest& request,

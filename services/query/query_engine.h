@@ -162,6 +162,11 @@ class QueryEngine {
   // `request` runs a named query configured readOnly (it may run on a
   // replica).
   bool DeclaredReadOnly(const v1::ExecuteRequest& request) const;
+  // After a write `work` may have run (outcome `s`): the cache drops what
+  // `written` changed (near cache, sidecar) before `done` hears of it, so the
+  // caller's next read through this replica cannot find the old rows.
+  void InvalidateThen(Database* database, std::vector<ReadCache::Written> written, const Work& work,
+                      absl::Status s, Done done);
   // Loads the catalog snapshots that are missing or older than kCatalogAge.
   void RefreshCatalogs();
   // Every pool: the DSN users' and the roles' made so far.
