@@ -812,8 +812,8 @@ TEST(ReplicaRoutingTest, FrozenReplicaIsGivenUpOnOnceItsProbesFail) {
       kWait))
       << pool.ShortDebugString();
   EXPECT_GT(pool.broken_total(), 0u) << pool.ShortDebugString();
-  std::cerr << "reads: " << reads.load() << ", stream rows before the freeze: "
-            << on_frozen.values.size()
+  std::cerr << "reads: " << reads.load()
+            << ", stream rows before the freeze: " << on_frozen.values.size()
             << ", given up: " << env.Metric(metric).value_or(-1) - given_up_before << "\n";
 }
 

@@ -135,9 +135,9 @@ TEST(ReplicaReadRetryTest, ConnectionFailuresRunAgainElsewhere) {
   // Given up on by routing because its member was found unhealthy.
   ReadAttempt given_up = read;
   given_up.abandoned = true;
-  EXPECT_EQ(ReplicaReadRetry(absl::UnavailableError("connection to the database given up"),
-                             given_up),
-            ReadRetryReason::kMemberUnhealthy);
+  EXPECT_EQ(
+      ReplicaReadRetry(absl::UnavailableError("connection to the database given up"), given_up),
+      ReadRetryReason::kMemberUnhealthy);
   EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kMemberUnhealthy), "member_unhealthy");
   EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kConnectionLost), "connection_lost");
   EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kServerShutdown), "server_shutdown");
