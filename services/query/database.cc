@@ -210,7 +210,8 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       call->tracked = false;
     }
     if (!s.ok() && raw->on_replica && RetryOnAnotherMember(raw, weak, call, s)) return;
-    if (!s.ok() && raw->on_replica && raw->member_unhealthy_.load(std::memory_order_relaxed)) {
+    if (s.code() == absl::StatusCode::kUnavailable && raw->on_replica &&
+        raw->member_unhealthy_.load(std::memory_order_relaxed)) {
       // Given up on its member and not run elsewhere: a stream that had
       // sent rows (they cannot be sent again), or out of retries or time.
       s = absl::UnavailableError(absl::StrCat(
@@ -525,9 +526,12 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     for (auto& w : batch) lsn.deadline = std::max(lsn.deadline, w->deadline);
     statements.push_back(&lsn);
   }
-  // One pipeline: any of its reads given up gives the connection up.
+  // One pipeline: any of its reads given up gives the connection up (only
+  // reads on a replica are ever given up).
   absl::InlinedVector<const std::atomic<bool>*, 8> give_up;
-  for (auto& w : batch) give_up.push_back(&w->member_unhealthy_);
+  for (auto& w : batch) {
+    if (w->on_replica) give_up.push_back(&w->member_unhealthy_);
+  }
   (*lease)->AbandonWhen(give_up);
   uint64_t reruns = 0;
   absl::Status link = (*lease)->RunIndependent(statements, &reruns);
@@ -557,6 +561,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
 
 void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   std::vector<db::Statement*> again;
+  absl::InlinedVector<const std::atomic<bool>*, 8> give_up;
   absl::Time deadline = absl::InfinitePast();
   const std::string* holder = nullptr;
   for (auto& w : batch) {
@@ -571,6 +576,7 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
     if (w->member_unhealthy_.load(std::memory_order_relaxed)) continue;
     if (s.sink != nullptr && !s.sink->Rewind()) continue;
     again.push_back(&s);
+    if (w->on_replica) give_up.push_back(&w->member_unhealthy_);
     deadline = std::max(deadline, w->deadline);
     if (holder == nullptr) holder = &w->holder;
   }
@@ -583,7 +589,9 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   pipelines_.fetch_add(1, std::memory_order_relaxed);
   pipelined_statements_.fetch_add(again.size(), std::memory_order_relaxed);
   uint64_t reruns = 0;
+  (*lease)->AbandonWhen(give_up);
   absl::Status link = (*lease)->RunIndependent(again, &reruns);
+  (*lease)->AbandonWhen({});
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
   if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
 }
@@ -619,7 +627,7 @@ void Database::RunExclusive(Work& work) {
       // The statements run on this thread: their spans are the call's children.
       telemetry::ScopedSpanContext trace(work.trace);
       const std::atomic<bool>* give_up[] = {&work.member_unhealthy_};
-      (*lease)->AbandonWhen(give_up);
+      (*lease)->AbandonWhen(absl::MakeSpan(give_up, work.on_replica ? 1 : 0));
       outcome = work.exclusive(**lease);
       (*lease)->AbandonWhen({});
     }
