@@ -12,6 +12,11 @@
 //    from the cache or from a lagging replica;
 //  - a read whose session on a replica is terminated (57P01) answers from
 //    the other replica;
+//  - a replica frozen (SIGSTOP: no answer, no reset) under reads: once the
+//    probes find it unhealthy, the reads waiting on it are given up on and
+//    answer from elsewhere (retry reason member_unhealthy), a stream that
+//    had sent rows from it ends UNAVAILABLE, nothing is read from it until
+//    it is thawed and healthy again, and its pool keeps no connection;
 //  - a replica killed under concurrent reads and writes: no read fails (one
 //    running on it when it died answers from the other replica, with the
 //    right value), a stream that had sent rows from it fails UNAVAILABLE
@@ -489,7 +494,8 @@ std::map<std::string, uint64_t> RoutedByMember(Env& env) {
 
 double ReadRetries(Env& env) {
   double sum = 0;
-  for (const char* reason : {"server_shutdown", "connect_failed", "connection_lost"}) {
+  for (const char* reason :
+       {"server_shutdown", "connect_failed", "connection_lost", "member_unhealthy"}) {
     sum += env.Metric(absl::StrCat("poolside_query_read_retries_total{database=\"rr\",reason=\"",
                                    reason, "\"}"))
                .value_or(-1000);
@@ -607,6 +613,210 @@ TEST(ReplicaRoutingTest, ReadWhoseSessionIsTerminatedAnswersFromAnotherMember) {
       kWait));
 }
 
+// A stream of generate_series(1, rows) that has sent its first rows, its
+// caller no longer reading: the server is held back by flow control.
+struct StreamOnMember {
+  std::unique_ptr<grpc::ClientContext> ctx;
+  std::unique_ptr<grpc::ClientReader<v1::ExecuteStreamResponse>> reader;
+  std::string member;
+  std::vector<int64_t> values;
+};
+StreamOnMember OpenStream(Env& env, int64_t rows) {
+  StreamOnMember st;
+  st.ctx = std::make_unique<grpc::ClientContext>();
+  st.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+  v1::ExecuteRequest sr;
+  sr.set_database(kDb);
+  sr.set_sql(absl::StrCat("SELECT g::int8 FROM generate_series(1, ", rows, ") g"));
+  sr.set_chunk_rows(100);
+  st.reader = env.query().ExecuteStream(st.ctx.get(), sr);
+  v1::ExecuteStreamResponse chunk;
+  if (st.reader->Read(&chunk)) {
+    st.member = chunk.member();
+    for (const v1::Row& row : chunk.rows()) st.values.push_back(row.values(0).int64_value());
+  }
+  return st;
+}
+// Opens streams until one is routed to `member` (at most three); the others
+// are cancelled (`member` then has fewer outstanding calls). *out: the last
+// one opened.
+void OpenStreamOn(Env& env, const std::string& member, int64_t rows, StreamOnMember* out) {
+  std::vector<StreamOnMember> streams;
+  for (int i = 0; i < 3 && (streams.empty() || streams.back().member != member); ++i) {
+    streams.push_back(OpenStream(env, rows));
+    ASSERT_FALSE(streams.back().values.empty()) << "a stream sent no rows";
+    ASSERT_NE(streams.back().member, env.primary_id()) << "the stream was not routed to a replica";
+  }
+  *out = std::move(streams.back());
+  streams.pop_back();
+  for (StreamOnMember& st : streams) {
+    st.ctx->TryCancel();
+    v1::ExecuteStreamResponse chunk;
+    while (st.reader->Read(&chunk)) {
+    }
+    EXPECT_EQ(st.reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+}
+
+// Reads the rest of a stream that failed: its status, and whether what
+// arrived is 1, 2, 3... with no row twice (checked with gtest).
+grpc::Status FinishStream(StreamOnMember& st, int64_t rows) {
+  v1::ExecuteStreamResponse chunk;
+  while (st.reader->Read(&chunk)) {
+    EXPECT_EQ(chunk.member(), "");
+    for (const v1::Row& row : chunk.rows()) st.values.push_back(row.values(0).int64_value());
+  }
+  grpc::Status end = st.reader->Finish();
+  EXPECT_LT(st.values.size(), size_t(rows));
+  for (size_t i = 0; i < st.values.size(); ++i) {
+    if (st.values[i] != static_cast<int64_t>(i) + 1) {
+      ADD_FAILURE() << "row " << i << " is " << st.values[i];
+      break;
+    }
+  }
+  return end;
+}
+
+// Resumes a frozen member whatever happens to the test (later tests need it).
+class ThawOnExit {
+ public:
+  explicit ThawOnExit(PostgresCluster& pg) : pg_(pg) {}
+  ~ThawOnExit() { (void)pg_.Thaw(); }
+
+ private:
+  PostgresCluster& pg_;
+};
+
+TEST(ReplicaRoutingTest, FrozenReplicaIsGivenUpOnOnceItsProbesFail) {
+  Env& env = Env::Get();
+  const std::string frozen = env.replica_id(0);
+  const std::string metric =
+      "poolside_query_read_retries_total{database=\"rr\",reason=\"member_unhealthy\"}";
+  const double given_up_before = env.Metric(metric).value_or(-1);
+  ASSERT_GE(given_up_before, 0) << metric << " is missing";
+
+  // A read running on `frozen` (its query sleeps there only; 40 s deadline)
+  // and one answered elsewhere.
+  std::vector<SlowOutcome> slow;
+  std::vector<std::thread> slow_readers;
+  if (!StartSlowReads(env, &slow, &slow_readers)) {
+    for (std::thread& t : slow_readers) t.join();
+    FAIL() << "no slow read reached the replica to be frozen";
+  }
+  // A stream from `frozen` that has sent rows.
+  constexpr int64_t kStreamRows = 5000000;
+  StreamOnMember on_frozen;
+  OpenStreamOn(env, frozen, kStreamRows, &on_frozen);
+  ASSERT_EQ(on_frozen.member, frozen) << "no stream was routed to the replica to be frozen";
+
+  // Point reads under way while it hangs; those sent once the probes had
+  // seen it must not be answered by it.
+  std::atomic<bool> stop{false}, detected{false};
+  std::atomic<int> reads{0}, failed_reads{0}, wrong_values{0}, from_frozen_after{0};
+  std::vector<std::thread> load;
+  for (int t = 0; t < 3; ++t) {
+    load.emplace_back([&, t] {
+      for (int64_t i = t; !stop.load(); i += 3) {
+        const int64_t id = 1 + i % 100;
+        const bool after_detection = detected.load();
+        absl::StatusOr<v1::ExecuteResponse> r = ReadFixed(env, id);
+        if (!r.ok()) {
+          ++failed_reads;
+          std::cerr << "read failed: " << r.status() << "\n";
+        } else {
+          if (ValueOf(*r) != id * 7) ++wrong_values;
+          if (after_detection && r->member() == frozen) ++from_frozen_after;
+        }
+        ++reads;
+      }
+    });
+  }
+  ASSERT_TRUE(WaitFor([&] { return reads.load() > 60; }, kWait));
+  ThawOnExit thaw(env.cluster().replica(0));
+  ASSERT_TRUE(env.cluster().replica(0).Freeze().ok());
+  const bool noticed = WaitFor(
+      [&] {
+        std::optional<v1::MemberStats> m = env.Member(frozen);
+        return m && !m->healthy();
+      },
+      kWait);
+  detected.store(true);
+  const int reads_at_detection = reads.load();
+  // Load goes on past the detection.
+  const bool went_on = WaitFor([&] { return reads.load() > reads_at_detection + 150; }, kWait);
+  stop.store(true);
+  for (std::thread& t : load) t.join();
+  for (std::thread& t : slow_readers) t.join();
+  ASSERT_TRUE(noticed) << "the probes never found the frozen replica unhealthy";
+  ASSERT_TRUE(went_on) << "the load stalled";
+
+  // Every read answered, with the right value, none from `frozen` once it
+  // was known to hang.
+  EXPECT_EQ(failed_reads.load(), 0) << "of " << reads.load();
+  EXPECT_EQ(wrong_values.load(), 0);
+  EXPECT_EQ(from_frozen_after.load(), 0);
+  // The slow read that was waiting on `frozen` answered from elsewhere (not
+  // DEADLINE_EXCEEDED after its 40 s).
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
+    EXPECT_EQ(slow[i].value, (10 + i) * 7);
+    EXPECT_NE(slow[i].member, frozen) << "slow read " << i;
+  }
+  EXPECT_GE(env.Metric(metric).value_or(-1), given_up_before + 1);
+  // The stream that had sent rows from `frozen` ends UNAVAILABLE, saying
+  // so, without repeating a row.
+  {
+    grpc::Status end = FinishStream(on_frozen, kStreamRows);
+    EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
+    EXPECT_TRUE(absl::StrContains(end.error_message(), "stopped answering")) << end.error_message();
+  }
+
+  // Thawed: healthy again, it gets reads again.
+  ASSERT_TRUE(env.cluster().replica(0).Thaw().ok());
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        std::optional<v1::MemberStats> m = env.Member(frozen);
+        return m && m->healthy() && !m->banned();
+      },
+      kWait))
+      << env.Member(frozen).value_or(v1::MemberStats()).ShortDebugString();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<v1::ExecuteResponse> r = ReadFixed(env, 3);
+        return r.ok() && ValueOf(*r) == 21 && r->member() == frozen;
+      },
+      kWait))
+      << "the thawed replica gets no reads";
+  // The slow query its session ran is still sleeping there: ended, so the
+  // next test finds only its own.
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<std::string> n = env.cluster().replica(0).QueryValue(
+            kDb,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+            "query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()");
+        return n.ok() && *n == "0";
+      },
+      kWait));
+  // No connection leaked: the connections given up were discarded.
+  v1::PoolStats pool;
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<v1::GetPoolStatsResponse> s = env.Stats();
+        if (!s.ok()) return false;
+        for (const v1::PoolStats& p : s->pools()) {
+          if (p.member() == frozen && p.role().empty()) pool = p;
+        }
+        return pool.in_use() == 0 && pool.size() <= pool.max_size();
+      },
+      kWait))
+      << pool.ShortDebugString();
+  EXPECT_GT(pool.broken_total(), 0u) << pool.ShortDebugString();
+  std::cerr << "reads: " << reads.load()
+            << ", stream rows before the freeze: " << on_frozen.values.size()
+            << ", given up: " << env.Metric(metric).value_or(-1) - given_up_before << "\n";
+}
+
 TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
   Env& env = Env::Get();
   const std::string dead = env.replica_id(0);
@@ -623,48 +833,11 @@ TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
     FAIL() << "no slow read reached the replica to be killed";
   }
 
-  // A stream from `dead` that has sent rows, its caller no longer reading:
-  // the server is held back by flow control. A stream routed to `alive`
-  // first is cancelled (`dead` then has fewer outstanding calls).
-  struct Stream {
-    std::unique_ptr<grpc::ClientContext> ctx;
-    std::unique_ptr<grpc::ClientReader<v1::ExecuteStreamResponse>> reader;
-    std::string member;
-    std::vector<int64_t> values;
-  };
+  // A stream from `dead` that has sent rows, its caller no longer reading.
   constexpr int64_t kStreamRows = 5000000;
-  auto open_stream = [&]() {
-    Stream st;
-    st.ctx = std::make_unique<grpc::ClientContext>();
-    st.ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-    v1::ExecuteRequest sr;
-    sr.set_database(kDb);
-    sr.set_sql(absl::StrCat("SELECT g::int8 FROM generate_series(1, ", kStreamRows, ") g"));
-    sr.set_chunk_rows(100);
-    st.reader = env.query().ExecuteStream(st.ctx.get(), sr);
-    v1::ExecuteStreamResponse chunk;
-    if (st.reader->Read(&chunk)) {
-      st.member = chunk.member();
-      for (const v1::Row& row : chunk.rows()) st.values.push_back(row.values(0).int64_value());
-    }
-    return st;
-  };
-  std::vector<Stream> streams;
-  for (int i = 0; i < 3 && (streams.empty() || streams.back().member != dead); ++i) {
-    streams.push_back(open_stream());
-    ASSERT_FALSE(streams.back().values.empty()) << "a stream sent no rows";
-    ASSERT_NE(streams.back().member, env.primary_id()) << "the stream was not routed to a replica";
-  }
-  ASSERT_EQ(streams.back().member, dead) << "no stream was routed to the replica to be killed";
-  Stream on_dead = std::move(streams.back());
-  streams.pop_back();
-  for (Stream& st : streams) {
-    st.ctx->TryCancel();
-    v1::ExecuteStreamResponse chunk;
-    while (st.reader->Read(&chunk)) {
-    }
-    EXPECT_EQ(st.reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  }
+  StreamOnMember on_dead;
+  OpenStreamOn(env, dead, kStreamRows, &on_dead);
+  ASSERT_EQ(on_dead.member, dead) << "no stream was routed to the replica to be killed";
 
   // Point reads and increments under way while the replica dies.
   std::atomic<bool> stop{false};
@@ -734,17 +907,8 @@ TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
   // The stream that had sent rows from `dead` fails, and is not run again:
   // what arrived is 1, 2, 3... with no row twice.
   {
-    v1::ExecuteStreamResponse chunk;
-    while (on_dead.reader->Read(&chunk)) {
-      EXPECT_EQ(chunk.member(), "");
-      for (const v1::Row& row : chunk.rows()) on_dead.values.push_back(row.values(0).int64_value());
-    }
-    grpc::Status end = on_dead.reader->Finish();
+    grpc::Status end = FinishStream(on_dead, kStreamRows);
     EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
-    ASSERT_LT(on_dead.values.size(), size_t{kStreamRows});
-    for (size_t i = 0; i < on_dead.values.size(); ++i) {
-      ASSERT_EQ(on_dead.values[i], static_cast<int64_t>(i) + 1) << "row " << i;
-    }
   }
 
   // Every write ran once, on the primary: the count is the acknowledged ones.

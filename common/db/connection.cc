@@ -338,8 +338,22 @@ void Connection::CancelBackend(CancelState* cancel, int reason, absl::Time now) 
   }
 }
 
+bool Connection::AbandonRaised() const {
+  for (const std::atomic<bool>* signal : abandon_signals_) {
+    if (signal->load(std::memory_order_relaxed)) return true;
+  }
+  return false;
+}
+
 absl::Status Connection::EnforceDeadline(absl::Time deadline, const std::atomic<bool>* cancelled,
                                          CancelState* cancel, absl::Time now) {
+  if (!abandon_signals_.empty() && AbandonRaised()) {
+    // No cancel request and no grace: the server answers neither.
+    broken_ = true;
+    return absl::UnavailableError(
+        "connection to the database given up while waiting for the server: the server stopped "
+        "answering (its probes failed)");
+  }
   if (cancel->reason == 0) {
     int reason = 0;
     if (now >= deadline) {
@@ -363,7 +377,7 @@ absl::Status Connection::WaitForServer(absl::Time deadline, const std::atomic<bo
   if (absl::Status s = EnforceDeadline(deadline, cancelled, cancel, now); !s.ok()) return s;
   // Wake up at the deadline, and poll the caller's cancel flag now and then.
   absl::Time wake = cancel->reason != 0 ? cancel->give_up : std::min(deadline, cancel->cancel_at);
-  if (cancelled != nullptr && cancel->reason == 0) {
+  if ((cancelled != nullptr && cancel->reason == 0) || !abandon_signals_.empty()) {
     wake = std::min(wake, now + absl::Milliseconds(50));
   }
   const int timeout_ms = PollTimeoutMs(now, wake, kMaxPollSliceMs);

@@ -196,6 +196,17 @@ class Connection {
   // terminated: FATAL 57P01), or a transaction was left open.
   bool LooksAlive();
   bool broken() const { return broken_; }
+  // Until called again: while any of `signals` is raised, every wait for
+  // the server (statements, transactions, COPY, pings) gives the connection
+  // up at once instead: no cancel request (a server that stopped answering
+  // answers none), the connection is broken() and the call fails
+  // UNAVAILABLE, a lost connection. Raised flags are seen within 50 ms. For a
+  // lease holder that learns the server stopped answering (routing, when
+  // the probes find a replica unhealthy); the flags must outlive the calls
+  // made until the next AbandonWhen({}).
+  void AbandonWhen(absl::Span<const std::atomic<bool>* const> signals) {
+    abandon_signals_.assign(signals.begin(), signals.end());
+  }
   absl::Duration cancel_grace() const { return options_.cancel_grace; }
   int server_version() const;
   size_t prepared_statements() const { return lru_.size(); }
@@ -282,6 +293,8 @@ class Connection {
                                 std::vector<std::string>* evicted, bool* is_new);
   void ErasePrepared(const std::string& key, const std::string& name);
   absl::Status MarkBroken(absl::string_view what);
+  // Whether an AbandonWhen signal is raised.
+  bool AbandonRaised() const;
   // One statement of poolside's own and its Sync; `xact_after` gets
   // PQtransactionStatus after the Sync (-1 if it was not read), `tag` the
   // command tag.
@@ -295,6 +308,7 @@ class Connection {
   ::pg_conn* conn_ = nullptr;
   ::pg_cancel* cancel_ = nullptr;
   bool broken_ = false;
+  std::vector<const std::atomic<bool>*> abandon_signals_;
   // The current call must discard the connection when it ends (a COPY was
   // read past, a statement used transaction control).
   bool discard_ = false;

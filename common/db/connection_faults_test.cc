@@ -5,12 +5,17 @@
 // waits past its deadline. Statements that the analyzer upstream refuses are
 // built by hand here: this is the defence behind it.
 
+#include <signal.h>
+
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/db/connection.h"
 #include "common/pool/pool.h"
 #include "gtest/gtest.h"
@@ -489,6 +494,90 @@ TEST_F(ConnectionFaultsTest, ATransactionWhoseSessionEndsIsNotCommitted) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
   EXPECT_EQ(conn_->last_call_reach(), Reach::kNotRun) << s;
   EXPECT_EQ(Ids(), "");
+}
+
+// --- A server that stops answering ---
+
+// SIGSTOP to one backend: the server neither answers nor closes the socket
+// (a paused machine), and a cancel request would go unanswered too.
+class StoppedBackend {
+ public:
+  explicit StoppedBackend(int64_t pid) : pid_(static_cast<pid_t>(pid)) {
+    stopped_ = pid_ > 0 && kill(pid_, SIGSTOP) == 0;
+  }
+  ~StoppedBackend() {
+    if (stopped_) kill(pid_, SIGCONT);
+  }
+  bool stopped() const { return stopped_; }
+
+ private:
+  const pid_t pid_;
+  bool stopped_ = false;
+};
+
+// Waiting on a server that stopped answering, a raised abandon signal gives
+// the connection up at once, whatever the call: a lost connection
+// (UNAVAILABLE, not the deadline's verdict), broken, with no cancel request
+// to wait for.
+TEST_F(ConnectionFaultsTest, AnAbandonedWaitOnAStoppedServerGivesTheConnectionUp) {
+  for (const char* call : {"pipeline", "stream", "read-only stream", "transaction"}) {
+    SCOPED_TRACE(call);
+    conn_ = Open();
+    ASSERT_NE(conn_, nullptr);
+    std::atomic<bool> other{false};
+    std::atomic<bool> abandon{false};
+    const std::atomic<bool>* signals[] = {&other, &abandon};
+    conn_->AbandonWhen(signals);
+    StoppedBackend stopped(BackendPid(*conn_));
+    ASSERT_TRUE(stopped.stopped());
+    // Far enough that only the abandon signal can end the wait first.
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    RowsSink sink;
+    Statement read{"SELECT 1", nullptr, &sink, deadline};
+    read.may_share_sync = true;
+    absl::Status link;
+    absl::Notification started;
+    std::thread runner([&] {
+      started.Notify();
+      Statement* ptr = &read;
+      const std::string kind = call;
+      if (kind == "pipeline") {
+        link = conn_->RunIndependent({&ptr, 1});
+      } else if (kind == "stream") {
+        link = conn_->RunStreaming(read);
+      } else if (kind == "read-only stream") {
+        link = conn_->RunStreaming(read, /*read_only=*/true);
+      } else {
+        link = conn_->RunTransaction("BEGIN READ ONLY", {&ptr, 1}, deadline, nullptr);
+      }
+    });
+    started.WaitForNotification();
+    abandon.store(true);
+    runner.join();
+    EXPECT_EQ(link.code(), absl::StatusCode::kUnavailable) << link;
+    EXPECT_EQ(read.status.code(), absl::StatusCode::kUnavailable) << read.status;
+    EXPECT_TRUE(Mentions(read.status, "stopped answering")) << read.status;
+    EXPECT_TRUE(sink.rows.empty());
+    EXPECT_TRUE(conn_->broken());
+  }
+}
+
+// A signal that is not raised changes nothing, and AbandonWhen({}) forgets
+// the signals.
+TEST_F(ConnectionFaultsTest, AnAbandonSignalNotRaisedLeavesTheConnectionAlone) {
+  std::atomic<bool> abandon{false};
+  const std::atomic<bool>* signals[] = {&abandon};
+  conn_->AbandonWhen(signals);
+  RowsSink sink;
+  Statement slow{"SELECT pg_sleep(0.2)", nullptr, &sink, Soon()};
+  ASSERT_TRUE(conn_->RunIndependent({&slow}).ok());
+  EXPECT_TRUE(slow.status.ok()) << slow.status;
+  abandon.store(true);
+  conn_->AbandonWhen({});
+  Statement again{"SELECT pg_sleep(0.1)", nullptr, &sink, Soon()};
+  ASSERT_TRUE(conn_->RunIndependent({&again}).ok());
+  EXPECT_TRUE(again.status.ok()) << again.status;
+  EXPECT_FALSE(conn_->broken());
 }
 
 }  // namespace

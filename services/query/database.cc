@@ -6,6 +6,7 @@
 #include <optional>
 #include <utility>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 #include "common/db/catalog.h"
 #include "common/db/error.h"
@@ -46,6 +47,13 @@ class LsnSink : public db::RowSink {
   }
 };
 
+// A read given up on its member before it started there (see
+// Work::member_unhealthy_): a lost connection, so routing runs it elsewhere.
+absl::Status MemberUnhealthyError() {
+  return absl::UnavailableError(
+      "connection to the database given up: the server stopped answering (its probes failed)");
+}
+
 }  // namespace
 
 absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline,
@@ -79,6 +87,7 @@ Database::Database(const v1::DatabaseConfig& config)
 }
 
 Database::~Database() {
+  if (replicas_ != nullptr) replicas_->UnwatchUnhealthy(this);
   std::deque<std::shared_ptr<Work>> left;
   std::vector<std::thread> workers;
   {
@@ -108,6 +117,34 @@ absl::Status Database::Submit(std::shared_ptr<Work> work) {
 
 void Database::AttachReplicas(std::shared_ptr<Replicas> replicas) {
   replicas_ = std::move(replicas);
+  replicas_->WatchUnhealthy(
+      this, [this](const std::vector<std::string>& members) { GiveUpReadsOn(members); });
+}
+
+void Database::Track(const std::shared_ptr<Work>& work, const std::string& member) {
+  absl::MutexLock lock(&tracked_mu_);
+  if (tracked_.size() >= purge_at_) {
+    absl::erase_if(tracked_, [](const auto& entry) { return entry.second.work.expired(); });
+    purge_at_ = std::max<size_t>(64, 2 * tracked_.size());
+  }
+  tracked_.insert_or_assign(work.get(), TrackedRead{member, work});
+}
+
+void Database::Untrack(Work* work) {
+  absl::MutexLock lock(&tracked_mu_);
+  tracked_.erase(work);
+}
+
+void Database::GiveUpReadsOn(const std::vector<std::string>& members) {
+  absl::MutexLock lock(&tracked_mu_);
+  for (auto& [raw, read] : tracked_) {
+    if (std::find(members.begin(), members.end(), read.member) == members.end()) continue;
+    // Locked so the work cannot be freed under the store; tracked works
+    // are not done yet (done() untracks first, under this lock).
+    if (std::shared_ptr<Work> work = read.work.lock()) {
+      work->member_unhealthy_.store(true, std::memory_order_relaxed);
+    }
+  }
 }
 
 absl::StatusOr<std::string> Database::AdminDsn() const {
@@ -154,6 +191,8 @@ struct Database::RoutedCall {
   uint64_t generation = 0;
   // Members a read failed on (RetryOnAnotherMember), passed over by Pick.
   std::vector<std::string> failed_members;
+  // In the in-flight registry (a plain read routed to a replica).
+  bool tracked = false;
 };
 
 absl::Status Database::Route(std::shared_ptr<Work> work) {
@@ -166,7 +205,21 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
   std::weak_ptr<Work> weak = work;
   work->done = [this, raw, weak, call, replicas = replicas_,
                 done = std::move(work->done)](absl::Status s) {
+    if (call->tracked) {
+      Untrack(raw);
+      call->tracked = false;
+    }
     if (!s.ok() && raw->on_replica && RetryOnAnotherMember(raw, weak, call, s)) return;
+    if (s.code() == absl::StatusCode::kUnavailable && raw->on_replica &&
+        raw->member_unhealthy_.load(std::memory_order_relaxed)) {
+      // Given up on its member and not run elsewhere: a stream that had
+      // sent rows (they cannot be sent again), or out of retries or time.
+      s = absl::UnavailableError(absl::StrCat(
+          "database ", config_.name(), ": replica ", raw->member,
+          " stopped answering (its probes failed) while the read ran there, and the read could "
+          "not run again elsewhere (rows had already been sent, or no member or time was left); "
+          "retry the call"));
+    }
     // The primary refused a write as read-only (SQLSTATE 25006): it was
     // demoted, and the write's transaction rolled back. Not for a caller
     // whose own transactions are read-only.
@@ -245,7 +298,16 @@ absl::Status Database::RouteNow(const std::shared_ptr<Work>& work,
   work->member_lsn = route->lsn();
   call->generation = generation;
   call->route = *std::move(route);
-  return (*target)->Submit(work);
+  if (work->on_replica && work->plain_read && work->replica_ok) {
+    Track(work, work->member);
+    call->tracked = true;
+  }
+  absl::Status queued = (*target)->Submit(work);
+  if (!queued.ok() && call->tracked) {
+    Untrack(work.get());
+    call->tracked = false;
+  }
+  return queued;
 }
 
 bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
@@ -255,6 +317,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
       ReplicaReadRetry(failure, {.on_replica = raw->on_replica,
                                  .plain_read = raw->plain_read && raw->replica_ok,
                                  .no_connection = raw->no_connection_,
+                                 .abandoned = raw->member_unhealthy_.load(),
                                  .cancelled = raw->cancelled.load(std::memory_order_relaxed),
                                  .past_deadline = absl::Now() >= raw->deadline,
                                  .stopping = replicas_->stopped(),
@@ -275,8 +338,11 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   call->failed_members.push_back(raw->member);
   const std::string failed_member = raw->member;
   const uint64_t failed_lsn = raw->member_lsn;
+  const bool gave_up = raw->member_unhealthy_.load();
   raw->not_run_ = false;
   raw->no_connection_ = false;
+  // Untracked already (done() did that first): nothing raises it again.
+  raw->member_unhealthy_.store(false);
   raw->state.store(Work::kQueued);
   // Until routed again the work is nowhere: held for a primary that never
   // comes, its failure must not read as this member's again.
@@ -293,6 +359,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   raw->member = failed_member;
   raw->on_replica = true;
   raw->member_lsn = failed_lsn;
+  raw->member_unhealthy_.store(gave_up);
   return false;
 }
 
@@ -409,6 +476,19 @@ void Database::WorkerLoop() {
 }
 
 void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
+  // Reads given up on this member while they waited for a worker do not
+  // start here: routing sends them elsewhere.
+  batch.erase(std::remove_if(batch.begin(), batch.end(),
+                             [](const std::shared_ptr<Work>& w) {
+                               if (!w->member_unhealthy_.load(std::memory_order_relaxed)) {
+                                 return false;
+                               }
+                               w->not_run_ = true;
+                               w->done(MemberUnhealthyError());
+                               return true;
+                             }),
+              batch.end());
+  if (batch.empty()) return;
   absl::Time acquire_deadline = absl::InfinitePast();
   for (auto& w : batch) acquire_deadline = std::max(acquire_deadline, w->deadline);
   const absl::Time acquire_start = absl::Now();
@@ -446,8 +526,16 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     for (auto& w : batch) lsn.deadline = std::max(lsn.deadline, w->deadline);
     statements.push_back(&lsn);
   }
+  // One pipeline: any of its reads given up gives the connection up (only
+  // reads on a replica are ever given up).
+  absl::InlinedVector<const std::atomic<bool>*, 8> give_up;
+  for (auto& w : batch) {
+    if (w->on_replica) give_up.push_back(&w->member_unhealthy_);
+  }
+  (*lease)->AbandonWhen(give_up);
   uint64_t reruns = 0;
   absl::Status link = (*lease)->RunIndependent(statements, &reruns);
+  (*lease)->AbandonWhen({});
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
   if (want_lsn && link.ok() && lsn.status.ok() && lsn_sink.lsn != 0) {
     for (auto& w : batch) {
@@ -473,6 +561,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
 
 void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   std::vector<db::Statement*> again;
+  absl::InlinedVector<const std::atomic<bool>*, 8> give_up;
   absl::Time deadline = absl::InfinitePast();
   const std::string* holder = nullptr;
   for (auto& w : batch) {
@@ -483,8 +572,11 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
     const bool read = s.may_share_sync || w->read_only;
     if (s.reach == db::Reach::kMayHaveRun && !read) continue;
     if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
+    // Given up on this member: routing runs it elsewhere.
+    if (w->member_unhealthy_.load(std::memory_order_relaxed)) continue;
     if (s.sink != nullptr && !s.sink->Rewind()) continue;
     again.push_back(&s);
+    if (w->on_replica) give_up.push_back(&w->member_unhealthy_);
     deadline = std::max(deadline, w->deadline);
     if (holder == nullptr) holder = &w->holder;
   }
@@ -497,7 +589,9 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   pipelines_.fetch_add(1, std::memory_order_relaxed);
   pipelined_statements_.fetch_add(again.size(), std::memory_order_relaxed);
   uint64_t reruns = 0;
+  (*lease)->AbandonWhen(give_up);
   absl::Status link = (*lease)->RunIndependent(again, &reruns);
+  (*lease)->AbandonWhen({});
   if (reruns > 0) pipeline_reruns_.fetch_add(reruns, std::memory_order_relaxed);
   if (!link.ok() || (*lease)->broken()) lease->MarkBroken();
 }
@@ -506,6 +600,11 @@ void Database::RunExclusive(Work& work) {
   if (absl::Now() >= work.deadline) {
     queue_timeouts_->fetch_add(1, std::memory_order_relaxed);
     work.done(absl::DeadlineExceededError("deadline passed while waiting for a worker"));
+    return;
+  }
+  if (work.member_unhealthy_.load(std::memory_order_relaxed)) {
+    work.not_run_ = true;
+    work.done(MemberUnhealthyError());
     return;
   }
   absl::Status outcome;
@@ -527,7 +626,10 @@ void Database::RunExclusive(Work& work) {
     {
       // The statements run on this thread: their spans are the call's children.
       telemetry::ScopedSpanContext trace(work.trace);
+      const std::atomic<bool>* give_up[] = {&work.member_unhealthy_};
+      (*lease)->AbandonWhen(absl::MakeSpan(give_up, work.on_replica ? 1 : 0));
       outcome = work.exclusive(**lease);
+      (*lease)->AbandonWhen({});
     }
     const bool lost = (*lease)->broken();
     const db::Reach reach = (*lease)->last_call_reach();
@@ -539,6 +641,7 @@ void Database::RunExclusive(Work& work) {
     const bool again =
         attempt == 0 && lost && !outcome.ok() && absl::Now() < work.deadline &&
         !work.cancelled.load(std::memory_order_relaxed) &&
+        !work.member_unhealthy_.load(std::memory_order_relaxed) &&
         (reach == db::Reach::kNotRun ||
          (reach == db::Reach::kMayHaveRun && work.read_only && work.rewind && work.rewind()));
     if (!again) break;

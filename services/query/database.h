@@ -30,6 +30,15 @@
 // deadline (replicas.h: ReplicaReadRetry says which failures qualify); the
 // failed member is marked suspect in the topology.
 //
+// A replica that hangs instead of failing (no answer, no reset) is given up
+// on once the topology finds it unhealthy (a failed or late probe, or
+// another call marking it suspect): every plain read routed there and not
+// done yet gives its connection up at once (Connection::AbandonWhen: no
+// cancel request, the connection is discarded) and goes the read-retry way
+// above (reason member_unhealthy); one that already sent rows (a stream)
+// ends UNAVAILABLE saying the member stopped answering. Writes,
+// transactions and work on the primary are never given up this way.
+//
 // A call for the primary while none is known, or whose connection to it
 // could not be had (so it never ran), is held for up to
 // topology.failoverBufferMs until a primary is named anew, then runs there.
@@ -195,6 +204,9 @@ class Work {
   bool not_run_ = false;
   // Failed for want of a connection (set with not_run_ by the worker).
   bool no_connection_ = false;
+  // Raised by routing when the probes found the replica it runs on
+  // unhealthy: the worker gives its connection up (or does not start).
+  std::atomic<bool> member_unhealthy_{false};
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 
@@ -287,6 +299,13 @@ class Database {
   // if it was sent (or abandoned meanwhile): its outcome comes from there.
   bool RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
                             const std::shared_ptr<RoutedCall>& call, const absl::Status& failure);
+  // The in-flight registry of plain reads routed to replicas: Track when
+  // routed there, Untrack when done (before anything else of done()).
+  void Track(const std::shared_ptr<Work>& work, const std::string& member);
+  void Untrack(Work* work);
+  // From the topology's record listener: raises member_unhealthy_ on the
+  // tracked reads running on any of `members`.
+  void GiveUpReadsOn(const std::vector<std::string>& members);
   // The Database of member `id` at `dsn` (on the db::ManagedDatabase's
   // member pool), made on first use.
   absl::StatusOr<Database*> MemberPool(const std::string& id, const std::string& dsn);
@@ -306,6 +325,16 @@ class Database {
   absl::flat_hash_map<std::string, Member> members_ ABSL_GUARDED_BY(members_mu_);
   // Members whose DSN changed: work may still run on them.
   std::vector<std::unique_ptr<Database>> retired_ ABSL_GUARDED_BY(members_mu_);
+
+  struct TrackedRead {
+    std::string member;
+    // The work may be freed untracked (a caller abandoned it in a queue).
+    std::weak_ptr<Work> work;
+  };
+  absl::Mutex tracked_mu_;
+  absl::flat_hash_map<Work*, TrackedRead> tracked_ ABSL_GUARDED_BY(tracked_mu_);
+  // Track() drops entries of freed works once the map reaches this size.
+  size_t purge_at_ ABSL_GUARDED_BY(tracked_mu_) = 64;
 
   mutable absl::Mutex mu_;
   absl::CondVar work_ready_;

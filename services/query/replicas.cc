@@ -16,6 +16,8 @@ const char* ReadRetryReasonName(ReadRetryReason reason) {
       return "connect_failed";
     case ReadRetryReason::kConnectionLost:
       return "connection_lost";
+    case ReadRetryReason::kMemberUnhealthy:
+      return "member_unhealthy";
     case ReadRetryReason::kNone:
       break;
   }
@@ -36,6 +38,7 @@ ReadRetryReason ReplicaReadRetry(const absl::Status& status, const ReadAttempt& 
     return ReadRetryReason::kServerShutdown;
   }
   if (!sqlstate.empty() && !absl::StartsWith(sqlstate, "08")) return ReadRetryReason::kNone;
+  if (attempt.abandoned) return ReadRetryReason::kMemberUnhealthy;
   return attempt.no_connection ? ReadRetryReason::kConnectFailed : ReadRetryReason::kConnectionLost;
 }
 
@@ -52,6 +55,10 @@ Replicas::~Replicas() { Stop(); }
 void Replicas::Stop() {
   stopped_.store(true, std::memory_order_release);
   database_->SetRecordListener(nullptr);
+  {
+    absl::MutexLock lock(&watchers_mu_);
+    watchers_.clear();
+  }
   std::unique_ptr<LsnWaiters> waiters;
   {
     absl::MutexLock lock(&waiters_mu_);
@@ -61,10 +68,39 @@ void Replicas::Stop() {
   waiters.reset();
 }
 
+void Replicas::WatchUnhealthy(const void* key,
+                              std::function<void(const std::vector<std::string>&)> watcher) {
+  absl::MutexLock lock(&watchers_mu_);
+  if (stopped()) return;
+  for (auto& [k, w] : watchers_) {
+    if (k == key) {
+      w = std::move(watcher);
+      return;
+    }
+  }
+  watchers_.emplace_back(key, std::move(watcher));
+}
+
+void Replicas::UnwatchUnhealthy(const void* key) {
+  absl::MutexLock lock(&watchers_mu_);
+  watchers_.erase(std::remove_if(watchers_.begin(), watchers_.end(),
+                                 [key](const auto& w) { return w.first == key; }),
+                  watchers_.end());
+}
+
 void Replicas::OnRecord() {
   uint64_t replayed = 0;
   int routable = 0;
-  for (const db::MemberStatus& m : topology().Snapshot()) {
+  std::vector<std::string> unhealthy;
+  const std::vector<db::MemberStatus> members = topology().Snapshot();
+  for (const db::MemberStatus& m : members) {
+    if (!m.healthy && m.role != db::MemberRole::kPrimary) unhealthy.push_back(m.id);
+  }
+  if (!unhealthy.empty()) {
+    absl::MutexLock lock(&watchers_mu_);
+    for (auto& [key, watcher] : watchers_) watcher(unhealthy);
+  }
+  for (const db::MemberStatus& m : members) {
     if (m.role != db::MemberRole::kReplica || !m.healthy || m.banned) continue;
     ++routable;
     replayed = std::max<uint64_t>(replayed, m.lsn);

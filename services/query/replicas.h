@@ -36,6 +36,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -63,11 +64,15 @@ enum class ReadRetryReason {
   // The connection failed under the statement (closed by the server, reset,
   // class 08).
   kConnectionLost,
+  // The probes (or another call) found the member unhealthy while the read
+  // waited on it: routing gave its connection up (database.h).
+  kMemberUnhealthy,
 };
-inline constexpr ReadRetryReason kReadRetryReasons[] = {ReadRetryReason::kServerShutdown,
-                                                        ReadRetryReason::kConnectFailed,
-                                                        ReadRetryReason::kConnectionLost};
-// "server_shutdown", "connect_failed", "connection_lost"; "" for kNone.
+inline constexpr ReadRetryReason kReadRetryReasons[] = {
+    ReadRetryReason::kServerShutdown, ReadRetryReason::kConnectFailed,
+    ReadRetryReason::kConnectionLost, ReadRetryReason::kMemberUnhealthy};
+// "server_shutdown", "connect_failed", "connection_lost", "member_unhealthy";
+// "" for kNone.
 const char* ReadRetryReasonName(ReadRetryReason reason);
 
 // How often one read runs again on other members, each time on one not yet
@@ -84,6 +89,8 @@ struct ReadAttempt {
   bool plain_read = false;
   // No connection to the member could be had for it.
   bool no_connection = false;
+  // Routing gave it up because its member was found unhealthy.
+  bool abandoned = false;
   bool cancelled = false;
   bool past_deadline = false;
   // Routing stopped (the service is shutting down).
@@ -180,6 +187,15 @@ class Replicas {
   // Stop() was called: routing runs nothing again.
   bool stopped() const { return stopped_.load(std::memory_order_acquire); }
 
+  // Runs `watcher` with the ids of the members that are not the primary
+  // and not healthy now (failed or late probes, MarkSuspect), after every
+  // record of a probe while there is one, on the recording thread; it must
+  // not block. One watcher per `key` (a Database routing with this); none
+  // is running once UnwatchUnhealthy(key) or Stop() returned.
+  void WatchUnhealthy(const void* key,
+                      std::function<void(const std::vector<std::string>&)> watcher);
+  void UnwatchUnhealthy(const void* key);
+
   // Reads that waited for a replica, and of them those that got one.
   uint64_t token_waits() const { return token_waits_.load(std::memory_order_relaxed); }
   uint64_t token_waits_reached() const {
@@ -197,12 +213,17 @@ class Replicas {
   std::atomic<uint64_t> replayed_{0};
   std::atomic<int> routable_{0};
   std::atomic<uint64_t> token_waits_{0}, token_waits_reached_{0};
-  std::atomic<uint64_t> read_retries_[4] = {};
+  std::atomic<uint64_t> read_retries_[5] = {};
   std::atomic<bool> stopped_{false};
 
   // Held shared by AwaitReplay, exclusively by Stop (which resets waiters_).
   absl::Mutex waiters_mu_;
   std::unique_ptr<LsnWaiters> waiters_ ABSL_GUARDED_BY(waiters_mu_);
+
+  // Held while the watchers run, so Unwatch waits for them.
+  absl::Mutex watchers_mu_;
+  std::vector<std::pair<const void*, std::function<void(const std::vector<std::string>&)>>>
+      watchers_ ABSL_GUARDED_BY(watchers_mu_);
 
   absl::Mutex fence_mu_;
   uint64_t write_fence_ ABSL_GUARDED_BY(fence_mu_) = 0;

@@ -132,6 +132,13 @@ TEST(ReplicaReadRetryTest, ConnectionFailuresRunAgainElsewhere) {
   again.retries = kMaxReplicaReadRetries - 1;
   EXPECT_EQ(ReplicaReadRetry(absl::UnavailableError("connection lost"), again),
             ReadRetryReason::kConnectionLost);
+  // Given up on by routing because its member was found unhealthy.
+  ReadAttempt given_up = read;
+  given_up.abandoned = true;
+  EXPECT_EQ(
+      ReplicaReadRetry(absl::UnavailableError("connection to the database given up"), given_up),
+      ReadRetryReason::kMemberUnhealthy);
+  EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kMemberUnhealthy), "member_unhealthy");
   EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kConnectionLost), "connection_lost");
   EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kServerShutdown), "server_shutdown");
   EXPECT_STREQ(ReadRetryReasonName(ReadRetryReason::kConnectFailed), "connect_failed");
