@@ -324,7 +324,19 @@ TEST(ReplicaRoutingTest, ReadsSpreadOverReplicasWritesOnPrimary) {
   ASSERT_TRUE(n.ok()) << n.status();
   EXPECT_EQ(n->member(), env.primary_id());
 
-  // Transactions: read-only ones on a replica, others on the primary.
+  // Transactions: read-only ones on a replica, others on the primary. Once a
+  // replica's probes show the write replayed: on a loaded machine that can
+  // take longer than tokenWaitMs, after which a read carrying the token
+  // rightly runs on the primary.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (int i = 0; i < 2; ++i) {
+          std::optional<v1::MemberStats> m = env.Member(env.replica_id(i));
+          if (m && m->healthy() && !m->banned() && m->lsn() >= w->commit_lsn()) return true;
+        }
+        return false;
+      },
+      kWait));
   for (bool read_only : {true, false}) {
     v1::ExecuteTransactionRequest t;
     t.set_database(kDb);
