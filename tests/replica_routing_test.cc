@@ -38,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -46,6 +47,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "grpcpp/client_context.h"
@@ -592,6 +594,85 @@ bool StartSlowReads(Env& env, std::vector<SlowOutcome>* slow, std::vector<std::t
       kWait);
 }
 
+// After the readers are joined: both slow reads answered OK with their
+// values, neither from `lost` (replica 0, which died or hung under one).
+void ExpectSlowReadsAnsweredElsewhere(const std::vector<SlowOutcome>& slow,
+                                      const std::string& lost) {
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
+    if (!slow[i].status.ok()) continue;
+    EXPECT_EQ(slow[i].value, (10 + i) * 7);
+    EXPECT_NE(slow[i].member, lost) << "slow read " << i;
+  }
+}
+
+// Three callers reading fixed's rows by key (ReadFixed) until Stop(),
+// counting the answers: failures (printed), wrong values, and by member, in
+// all and among the reads sent after Mark().
+class PointReads {
+ public:
+  explicit PointReads(Env& env) {
+    for (int t = 0; t < 3; ++t) {
+      callers_.emplace_back([this, &env, t] {
+        for (int64_t i = t; !stop_.load(); i += 3) {
+          const int64_t id = 1 + i % 100;
+          const bool marked = marked_.load();
+          absl::StatusOr<v1::ExecuteResponse> r = ReadFixed(env, id);
+          absl::MutexLock lock(&mu_);
+          ++reads_;
+          if (!r.ok()) {
+            ++failed_;
+            std::cerr << "read failed: " << r.status() << "\n";
+            continue;
+          }
+          if (ValueOf(*r) != id * 7) ++wrong_;
+          ++by_member_[r->member()];
+          if (marked) ++marked_by_member_[r->member()];
+        }
+      });
+    }
+  }
+  ~PointReads() { Stop(); }
+  void Stop() {
+    stop_.store(true);
+    for (std::thread& t : callers_) t.join();
+    callers_.clear();
+  }
+  void Mark() { marked_.store(true); }
+  int reads() const {
+    absl::MutexLock lock(&mu_);
+    return reads_;
+  }
+  int failed() const {
+    absl::MutexLock lock(&mu_);
+    return failed_;
+  }
+  int wrong() const {
+    absl::MutexLock lock(&mu_);
+    return wrong_;
+  }
+  int answered_by(const std::string& member) const {
+    absl::MutexLock lock(&mu_);
+    auto it = by_member_.find(member);
+    return it == by_member_.end() ? 0 : it->second;
+  }
+  int answered_after_mark_by(const std::string& member) const {
+    absl::MutexLock lock(&mu_);
+    auto it = marked_by_member_.find(member);
+    return it == marked_by_member_.end() ? 0 : it->second;
+  }
+
+ private:
+  std::atomic<bool> stop_{false}, marked_{false};
+  mutable absl::Mutex mu_;
+  int reads_ ABSL_GUARDED_BY(mu_) = 0;
+  int failed_ ABSL_GUARDED_BY(mu_) = 0;
+  int wrong_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, int> by_member_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> marked_by_member_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> callers_;
+};
+
 TEST(ReplicaRoutingTest, ReadWhoseSessionIsTerminatedAnswersFromAnotherMember) {
   Env& env = Env::Get();
   const std::string metric =
@@ -670,6 +751,29 @@ void OpenStreamOn(Env& env, const std::string& member, int64_t rows, StreamOnMem
   }
 }
 
+// What a test of replica 0's loss watches: the slow reads (StartSlowReads:
+// one runs on it) and a stream from it that has sent rows. The readers are
+// joined on destruction, so a failed assertion cannot leave them running.
+struct WatchedReads {
+  std::vector<SlowOutcome> slow;
+  std::vector<std::thread> readers;
+  StreamOnMember stream;
+  ~WatchedReads() { JoinReaders(); }
+  void JoinReaders() {
+    for (std::thread& t : readers) t.join();
+    readers.clear();
+  }
+};
+// Starts them on `member` (replica 0); a fatal failure if a slow read or the
+// stream did not get there.
+void StartWatchedReads(Env& env, const std::string& member, int64_t stream_rows, WatchedReads* w) {
+  // Neither slow read sleeps anywhere but on `member`: if none got there,
+  // both answer at once.
+  ASSERT_TRUE(StartSlowReads(env, &w->slow, &w->readers)) << "no slow read reached " << member;
+  OpenStreamOn(env, member, stream_rows, &w->stream);
+  ASSERT_EQ(w->stream.member, member) << "no stream was routed to " << member;
+}
+
 // Reads the rest of a stream that failed: its status, and whether what
 // arrived is 1, 2, 3... with no row twice (checked with gtest).
 grpc::Status FinishStream(StreamOnMember& st, int64_t rows) {
@@ -707,43 +811,16 @@ TEST(ReplicaRoutingTest, FrozenReplicaIsGivenUpOnOnceItsProbesFail) {
   const double given_up_before = env.Metric(metric).value_or(-1);
   ASSERT_GE(given_up_before, 0) << metric << " is missing";
 
-  // A read running on `frozen` (its query sleeps there only; 40 s deadline)
-  // and one answered elsewhere.
-  std::vector<SlowOutcome> slow;
-  std::vector<std::thread> slow_readers;
-  if (!StartSlowReads(env, &slow, &slow_readers)) {
-    for (std::thread& t : slow_readers) t.join();
-    FAIL() << "no slow read reached the replica to be frozen";
-  }
-  // A stream from `frozen` that has sent rows.
+  // A read running on `frozen` (its query sleeps there only; 40 s deadline),
+  // one answered elsewhere, and a stream from `frozen` that has sent rows.
   constexpr int64_t kStreamRows = 5000000;
-  StreamOnMember on_frozen;
-  OpenStreamOn(env, frozen, kStreamRows, &on_frozen);
-  ASSERT_EQ(on_frozen.member, frozen) << "no stream was routed to the replica to be frozen";
+  WatchedReads watched;
+  ASSERT_NO_FATAL_FAILURE(StartWatchedReads(env, frozen, kStreamRows, &watched));
 
   // Point reads under way while it hangs; those sent once the probes had
-  // seen it must not be answered by it.
-  std::atomic<bool> stop{false}, detected{false};
-  std::atomic<int> reads{0}, failed_reads{0}, wrong_values{0}, from_frozen_after{0};
-  std::vector<std::thread> load;
-  for (int t = 0; t < 3; ++t) {
-    load.emplace_back([&, t] {
-      for (int64_t i = t; !stop.load(); i += 3) {
-        const int64_t id = 1 + i % 100;
-        const bool after_detection = detected.load();
-        absl::StatusOr<v1::ExecuteResponse> r = ReadFixed(env, id);
-        if (!r.ok()) {
-          ++failed_reads;
-          std::cerr << "read failed: " << r.status() << "\n";
-        } else {
-          if (ValueOf(*r) != id * 7) ++wrong_values;
-          if (after_detection && r->member() == frozen) ++from_frozen_after;
-        }
-        ++reads;
-      }
-    });
-  }
-  ASSERT_TRUE(WaitFor([&] { return reads.load() > 60; }, kWait));
+  // seen it (marked) must not be answered by it.
+  PointReads point(env);
+  ASSERT_TRUE(WaitFor([&] { return point.reads() > 60; }, kWait));
   ThawOnExit thaw(env.cluster().replica(0));
   ASSERT_TRUE(env.cluster().replica(0).Freeze().ok());
   const bool noticed = WaitFor(
@@ -752,33 +829,28 @@ TEST(ReplicaRoutingTest, FrozenReplicaIsGivenUpOnOnceItsProbesFail) {
         return m && !m->healthy();
       },
       kWait);
-  detected.store(true);
-  const int reads_at_detection = reads.load();
+  point.Mark();
+  const int reads_at_detection = point.reads();
   // Load goes on past the detection.
-  const bool went_on = WaitFor([&] { return reads.load() > reads_at_detection + 150; }, kWait);
-  stop.store(true);
-  for (std::thread& t : load) t.join();
-  for (std::thread& t : slow_readers) t.join();
+  const bool went_on = WaitFor([&] { return point.reads() > reads_at_detection + 150; }, kWait);
+  point.Stop();
+  watched.JoinReaders();
   ASSERT_TRUE(noticed) << "the probes never found the frozen replica unhealthy";
   ASSERT_TRUE(went_on) << "the load stalled";
 
   // Every read answered, with the right value, none from `frozen` once it
   // was known to hang.
-  EXPECT_EQ(failed_reads.load(), 0) << "of " << reads.load();
-  EXPECT_EQ(wrong_values.load(), 0);
-  EXPECT_EQ(from_frozen_after.load(), 0);
+  EXPECT_EQ(point.failed(), 0) << "of " << point.reads();
+  EXPECT_EQ(point.wrong(), 0);
+  EXPECT_EQ(point.answered_after_mark_by(frozen), 0);
   // The slow read that was waiting on `frozen` answered from elsewhere (not
   // DEADLINE_EXCEEDED after its 40 s).
-  for (int i = 0; i < 2; ++i) {
-    ASSERT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
-    EXPECT_EQ(slow[i].value, (10 + i) * 7);
-    EXPECT_NE(slow[i].member, frozen) << "slow read " << i;
-  }
+  ExpectSlowReadsAnsweredElsewhere(watched.slow, frozen);
   EXPECT_GE(env.Metric(metric).value_or(-1), given_up_before + 1);
   // The stream that had sent rows from `frozen` ends UNAVAILABLE, saying
   // so, without repeating a row.
   {
-    grpc::Status end = FinishStream(on_frozen, kStreamRows);
+    grpc::Status end = FinishStream(watched.stream, kStreamRows);
     EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
     EXPECT_TRUE(absl::StrContains(end.error_message(), "stopped answering")) << end.error_message();
   }
@@ -824,8 +896,8 @@ TEST(ReplicaRoutingTest, FrozenReplicaIsGivenUpOnOnceItsProbesFail) {
       kWait))
       << pool.ShortDebugString();
   EXPECT_GT(pool.broken_total(), 0u) << pool.ShortDebugString();
-  std::cerr << "reads: " << reads.load()
-            << ", stream rows before the freeze: " << on_frozen.values.size()
+  std::cerr << "reads: " << point.reads()
+            << ", stream rows before the freeze: " << watched.stream.values.size()
             << ", given up: " << env.Metric(metric).value_or(-1) - given_up_before << "\n";
 }
 
@@ -836,42 +908,17 @@ TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
   const double retries_before = ReadRetries(env);
   ASSERT_GE(retries_before, 0);
 
-  // A read running on `dead` until it dies (and one answered by `alive`).
-  std::vector<SlowOutcome> slow;
-  std::vector<std::thread> slow_readers;
-  if (!StartSlowReads(env, &slow, &slow_readers)) {
-    // Neither sleeps anywhere else: they answer at once.
-    for (std::thread& t : slow_readers) t.join();
-    FAIL() << "no slow read reached the replica to be killed";
-  }
-
-  // A stream from `dead` that has sent rows, its caller no longer reading.
+  // A read running on `dead` until it dies (and one answered by `alive`),
+  // and a stream from `dead` that has sent rows, its caller no longer reading.
   constexpr int64_t kStreamRows = 5000000;
-  StreamOnMember on_dead;
-  OpenStreamOn(env, dead, kStreamRows, &on_dead);
-  ASSERT_EQ(on_dead.member, dead) << "no stream was routed to the replica to be killed";
+  WatchedReads watched;
+  ASSERT_NO_FATAL_FAILURE(StartWatchedReads(env, dead, kStreamRows, &watched));
 
   // Point reads and increments under way while the replica dies.
+  PointReads point(env);
   std::atomic<bool> stop{false};
-  std::atomic<int> reads{0}, failed_reads{0}, wrong_values{0}, from_alive{0};
   std::atomic<int> writes{0}, failed_writes{0}, writes_off_primary{0};
   std::vector<std::thread> load;
-  for (int t = 0; t < 3; ++t) {
-    load.emplace_back([&, t] {
-      for (int64_t i = t; !stop.load(); i += 3) {
-        const int64_t id = 1 + i % 100;
-        absl::StatusOr<v1::ExecuteResponse> r = ReadFixed(env, id);
-        if (!r.ok()) {
-          ++failed_reads;
-          std::cerr << "read failed: " << r.status() << "\n";
-        } else {
-          if (ValueOf(*r) != id * 7) ++wrong_values;
-          if (r->member() == alive) ++from_alive;
-        }
-        ++reads;
-      }
-    });
-  }
   load.emplace_back([&] {
     while (!stop.load()) {
       v1::ExecuteRequest w;
@@ -887,39 +934,36 @@ TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
       }
     }
   });
-  ASSERT_TRUE(WaitFor([&] { return reads.load() > 60 && writes.load() > 10; }, kWait));
+  ASSERT_TRUE(WaitFor([&] { return point.reads() > 60 && writes.load() > 10; }, kWait));
   ASSERT_TRUE(env.cluster().replica(0).Kill().ok());
-  const int reads_at_kill = reads.load();
+  const int reads_at_kill = point.reads();
   const int writes_at_kill = writes.load();
   // Load goes on past the kill, through the probes noticing it.
   const bool noticed = WaitFor(
       [&] {
         std::optional<v1::MemberStats> m = env.Member(dead);
-        return m && !m->healthy() && reads.load() > reads_at_kill + 150 &&
+        return m && !m->healthy() && point.reads() > reads_at_kill + 150 &&
                writes.load() > writes_at_kill + 20;
       },
       kWait);
   stop.store(true);
   for (std::thread& t : load) t.join();
-  for (std::thread& t : slow_readers) t.join();
+  point.Stop();
+  watched.JoinReaders();
   ASSERT_TRUE(noticed) << "the load stalled or the probes never saw the replica die";
 
   // No read failed, and each answered the right value.
-  EXPECT_EQ(failed_reads.load(), 0) << "of " << reads.load();
-  EXPECT_EQ(wrong_values.load(), 0);
-  EXPECT_GT(from_alive.load(), 0);
+  EXPECT_EQ(point.failed(), 0) << "of " << point.reads();
+  EXPECT_EQ(point.wrong(), 0);
+  EXPECT_GT(point.answered_by(alive), 0);
   // The read running on `dead` when it died answered from elsewhere.
-  for (int i = 0; i < 2; ++i) {
-    ASSERT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
-    EXPECT_EQ(slow[i].value, (10 + i) * 7);
-    EXPECT_NE(slow[i].member, dead) << "slow read " << i;
-  }
+  ExpectSlowReadsAnsweredElsewhere(watched.slow, dead);
   EXPECT_GE(ReadRetries(env), retries_before + 1);
 
   // The stream that had sent rows from `dead` fails, and is not run again:
   // what arrived is 1, 2, 3... with no row twice.
   {
-    grpc::Status end = FinishStream(on_dead, kStreamRows);
+    grpc::Status end = FinishStream(watched.stream, kStreamRows);
     EXPECT_EQ(end.error_code(), grpc::StatusCode::UNAVAILABLE) << end.error_message();
   }
 
@@ -953,8 +997,8 @@ TEST(ReplicaRoutingTest, KilledReplicaCostsNoReadAndNoWriteRunsTwice) {
       << "to the primary: " << by_member[env.primary_id()] << "; " << alive
       << " now: " << env.Member(alive).value_or(v1::MemberStats()).ShortDebugString()
       << " (bans before: " << alive_bans << ")";
-  std::cerr << "reads: " << reads.load() << ", writes: " << writes.load()
-            << ", stream rows before the kill: " << on_dead.values.size()
+  std::cerr << "reads: " << point.reads() << ", writes: " << writes.load()
+            << ", stream rows before the kill: " << watched.stream.values.size()
             << ", read retries: " << ReadRetries(env) - retries_before << "\n";
 }
 
