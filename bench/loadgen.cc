@@ -31,6 +31,8 @@ ABSL_FLAG(std::string, db, "", "database name (empty: the service's default)");
 ABSL_FLAG(int32_t, cache_ttl_ms, 0,
           "send a cache policy with this ttl (0: no policy, every call runs on "
           "the database); the JSON then counts calls not served as HIT");
+ABSL_FLAG(bool, primary, false,
+          "set ExecuteRequest.primary: a service with replicas runs every call on the primary");
 
 namespace poolside::bench {
 namespace {
@@ -66,6 +68,7 @@ int Main(int argc, char** argv) {
   v1::ExecuteRequest request;
   request.set_database(absl::GetFlag(FLAGS_db));
   request.set_sql(absl::GetFlag(FLAGS_sql));
+  request.set_primary(absl::GetFlag(FLAGS_primary));
   if (call.keys > 0) request.add_params()->set_int64_value(1);
   if (absl::GetFlag(FLAGS_cache_ttl_ms) > 0) {
     call.cached = true;

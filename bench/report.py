@@ -40,6 +40,9 @@ BASELINES = {
     # replicas section: reads routed over two streaming replicas against the
     # same reads through a query_server configured with the primary alone
     "replicas_routed": ["replicas_single_primary"],
+    # the routed service with every read forced to the primary: the routing
+    # machinery's own cost, without spreading reads over three servers
+    "replicas_routed_primary": ["replicas_single_primary"],
     # ingest section: rows/s against psql \copy of the same rows
     "ingest_poolside": ["ingest_psql_copy"],
     "ingest_pgbench_insert": ["ingest_psql_copy"],
@@ -68,6 +71,7 @@ TITLES = {
     "write_cached": "write tax: pgbench single-row UPDATE, cached table",
     "replicas_single_primary": "replicas: query Execute, primary alone (loadgen)",
     "replicas_routed": "replicas: query Execute, routed over 2 replicas (loadgen)",
+    "replicas_routed_primary": "replicas: query Execute, topology, forced to the primary (loadgen)",
     "ingest_psql_copy": "ingest: psql \\copy, rows/s",
     "ingest_pgbench_insert": "ingest: single-row INSERT per transaction (pgbench), rows/s",
     "ingest_poolside": "ingest: poolside Channel (ingest_loadgen), rows/s",
@@ -455,7 +459,7 @@ def replicas_notes(settings, points):
     by = {(p["scenario"], p["concurrency"]): p for p in points}
     for (scenario, c), p in sorted(by.items(), key=lambda kv: kv[0][1]):
         single = by.get(("replicas_single_primary", c))
-        if scenario != "replicas_routed" or not single:
+        if scenario not in ("replicas_routed", "replicas_routed_primary") or not single:
             continue
         parts = []
         if single["ops_per_sec"]:
@@ -478,7 +482,9 @@ def replicas_notes(settings, points):
                 f"{m}{' (primary)' if m == primary else ''} {n / total:.0%}"
                 for m, n in routed.items()))
         if parts:
-            out.append(f"- {c} callers: " + "; ".join(parts))
+            what = ("routed over the replicas" if scenario == "replicas_routed"
+                    else "with a topology, every read forced to the primary")
+            out.append(f"- {c} callers, {what}: " + "; ".join(parts))
     return out
 
 

@@ -403,7 +403,8 @@ loadgen_point() {  # clients
   BUSY=$(wait_idle)
   log "poolside_execute c=$c (other CPU load ${BUSY}%)"
   measured "$WARMUP" "$SECS" "$LOADGEN" --addr="$QUERY_ADDR" --callers="$c" --duration="$SECS" \
-    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --primary="$primary" --label="c=$c" \
+    >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
     || { cat "$TMP/loadgen.err" >&2; die "loadgen failed (c=$c)"; }
   [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
   add_point loadgen --scenario poolside_execute --concurrency "$c" --output "$TMP/out.txt" \
@@ -1076,10 +1077,14 @@ stop_replicas() {
 # replica_point SCENARIO CLIENTS: loadgen through the single-primary or the
 # routed query_server; the routed calls per member from its /metrics.
 replica_point() {
-  local scenario=$1 c=$2 addr pid metrics setting i
-  if [[ $scenario == replicas_routed ]]; then
+  local scenario=$1 c=$2 addr pid metrics setting i primary=false
+  if [[ $scenario == replicas_routed || $scenario == replicas_routed_primary ]]; then
     addr=$QUERY_ROUTED_ADDR pid=$QUERY_ROUTED_PID metrics=$QUERY_ROUTED_METRICS
     setting="topology: primary + $REPLICA_COUNT replicas; pool max_size=$REPLICA_POOL_SIZE per member"
+    if [[ $scenario == replicas_routed_primary ]]; then
+      primary=true
+      setting+="; every read forced to the primary (ExecuteRequest.primary)"
+    fi
   else
     addr=$QUERY_SINGLE_ADDR pid=$QUERY_SINGLE_PID metrics=$QUERY_SINGLE_METRICS
     setting="primary alone; pool max_size=$POOL_SIZE"
@@ -1092,7 +1097,8 @@ replica_point() {
   done
   scrape_metrics "$TMP/replicas/metrics.before" "$metrics"
   measured "$WARMUP" "$SECS" "$LOADGEN" --addr="$addr" --callers="$c" --duration="$SECS" \
-    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --label="c=$c" >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
+    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --primary="$primary" --label="c=$c" \
+    >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
     || { cat "$TMP/loadgen.err" >&2; die "loadgen failed ($scenario c=$c)"; }
   CPU_ARGS=()
   scrape_metrics "$TMP/replicas/metrics.after" "$metrics"
@@ -1140,6 +1146,7 @@ replicas_bench() {
     for ((r = 0; r < ROUNDS; r++)); do
       replica_point replicas_single_primary "$c"
       replica_point replicas_routed "$c"
+      replica_point replicas_routed_primary "$c"
     done
   done
   stop_pid "$QUERY_ROUTED_PID" 20
