@@ -47,13 +47,6 @@ class LsnSink : public db::RowSink {
   }
 };
 
-// A read given up on its member before it started there (see
-// Work::member_unhealthy_): a lost connection, so routing runs it elsewhere.
-absl::Status MemberUnhealthyError() {
-  return absl::UnavailableError(
-      "connection to the database given up: the server stopped answering (its probes failed)");
-}
-
 }  // namespace
 
 absl::StatusOr<uint64_t> ReadCommitLsn(db::Connection& conn, absl::Time deadline,
@@ -223,11 +216,8 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
     // The primary refused a write as read-only (SQLSTATE 25006): it was
     // demoted, and the write's transaction rolled back. Not for a caller
     // whose own transactions are read-only.
-    const bool demoted =
-        !raw->not_run_ && raw->may_write && !raw->read_only && !raw->on_replica &&
-        db::SqlStateOf(s) == "25006" &&
-        (raw->batchable ? raw->statement.sink == nullptr || raw->statement.sink->Rewind()
-                        : raw->rewind && raw->rewind());
+    const bool demoted = !raw->not_run_ && raw->may_write && !raw->read_only && !raw->on_replica &&
+                         db::SqlStateOf(s) == "25006" && raw->Rewind();
     if (((raw->not_run_ && s.code() == absl::StatusCode::kUnavailable) || demoted) &&
         !raw->on_replica && !call->held_after_failure &&
         replicas->failover_buffer() > absl::ZeroDuration()) {
@@ -331,10 +321,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   // refuses the next connection, and that marks it.
   if (reason != ReadRetryReason::kServerShutdown) replicas_->MarkSuspect(raw->member, failure);
   // Last: a stream that already sent rows cannot start over.
-  const bool rewound = raw->batchable
-                           ? raw->statement.sink == nullptr || raw->statement.sink->Rewind()
-                           : raw->rewind && raw->rewind();
-  if (!rewound) return false;
+  if (!raw->Rewind()) return false;
   call->failed_members.push_back(raw->member);
   const std::string failed_member = raw->member;
   const uint64_t failed_lsn = raw->member_lsn;
@@ -475,18 +462,20 @@ void Database::WorkerLoop() {
   }
 }
 
+bool Database::FailIfGivenUp(Work& work) {
+  if (!work.member_unhealthy_.load(std::memory_order_relaxed)) return false;
+  // Not run: a lost connection, so routing runs it elsewhere.
+  work.not_run_ = true;
+  work.done(absl::UnavailableError(
+      "connection to the database given up: the server stopped answering (its probes failed)"));
+  return true;
+}
+
 void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   // Reads given up on this member while they waited for a worker do not
   // start here: routing sends them elsewhere.
   batch.erase(std::remove_if(batch.begin(), batch.end(),
-                             [](const std::shared_ptr<Work>& w) {
-                               if (!w->member_unhealthy_.load(std::memory_order_relaxed)) {
-                                 return false;
-                               }
-                               w->not_run_ = true;
-                               w->done(MemberUnhealthyError());
-                               return true;
-                             }),
+                             [](const std::shared_ptr<Work>& w) { return FailIfGivenUp(*w); }),
               batch.end());
   if (batch.empty()) return;
   absl::Time acquire_deadline = absl::InfinitePast();
@@ -602,11 +591,7 @@ void Database::RunExclusive(Work& work) {
     work.done(absl::DeadlineExceededError("deadline passed while waiting for a worker"));
     return;
   }
-  if (work.member_unhealthy_.load(std::memory_order_relaxed)) {
-    work.not_run_ = true;
-    work.done(MemberUnhealthyError());
-    return;
-  }
+  if (FailIfGivenUp(work)) return;
   absl::Status outcome;
   db::Reach first_reach = db::Reach::kMayHaveRun;
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -638,12 +623,11 @@ void Database::RunExclusive(Work& work) {
     lease->Release();
     // Run again only what cannot run twice: nothing of it ran, or it only
     // reads and can start over.
-    const bool again =
-        attempt == 0 && lost && !outcome.ok() && absl::Now() < work.deadline &&
-        !work.cancelled.load(std::memory_order_relaxed) &&
-        !work.member_unhealthy_.load(std::memory_order_relaxed) &&
-        (reach == db::Reach::kNotRun ||
-         (reach == db::Reach::kMayHaveRun && work.read_only && work.rewind && work.rewind()));
+    const bool again = attempt == 0 && lost && !outcome.ok() && absl::Now() < work.deadline &&
+                       !work.cancelled.load(std::memory_order_relaxed) &&
+                       !work.member_unhealthy_.load(std::memory_order_relaxed) &&
+                       (reach == db::Reach::kNotRun ||
+                        (reach == db::Reach::kMayHaveRun && work.read_only && work.Rewind()));
     if (!again) break;
     if (reach == db::Reach::kNotRun && work.rewind) (void)work.rewind();
     retries_.fetch_add(1, std::memory_order_relaxed);

@@ -174,6 +174,14 @@ class Work {
   // The request's size, bounding what failover buffering holds.
   size_t request_bytes = 0;
 
+  // Forgets what an attempt delivered so the work can run again: a batchable
+  // statement's sink (none: nothing to forget), exclusive work's `rewind`.
+  // False if it cannot (rows already left for the caller).
+  bool Rewind() {
+    if (batchable) return statement.sink == nullptr || statement.sink->Rewind();
+    return rewind && rewind();
+  }
+
   // Claims work that no worker has started, to complete it without a database
   // (e.g. from the cache). False if it was abandoned or already claimed.
   bool Claim() {
@@ -299,6 +307,10 @@ class Database {
   // if it was sent (or abandoned meanwhile): its outcome comes from there.
   bool RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
                             const std::shared_ptr<RoutedCall>& call, const absl::Status& failure);
+  // A read given up on its member (Work::member_unhealthy_) before it
+  // started there: fails it as not run, which routing sends elsewhere.
+  // False (and nothing done) for any other work.
+  static bool FailIfGivenUp(Work& work);
   // The in-flight registry of plain reads routed to replicas: Track when
   // routed there, Untrack when done (before anything else of done()).
   void Track(const std::shared_ptr<Work>& work, const std::string& member);

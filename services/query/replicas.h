@@ -34,6 +34,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <utility>
@@ -213,7 +214,8 @@ class Replicas {
   std::atomic<uint64_t> replayed_{0};
   std::atomic<int> routable_{0};
   std::atomic<uint64_t> token_waits_{0}, token_waits_reached_{0};
-  std::atomic<uint64_t> read_retries_[5] = {};
+  // By ReadRetryReason (kNone's slot unused).
+  std::atomic<uint64_t> read_retries_[std::size(kReadRetryReasons) + 1] = {};
   std::atomic<bool> stopped_{false};
 
   // Held shared by AwaitReplay, exclusively by Stop (which resets waiters_).
