@@ -1,5 +1,6 @@
 #include "services/ingest/batcher.h"
 
+#include <iterator>
 #include <utility>
 
 namespace poolside::ingest {
@@ -25,6 +26,7 @@ void Batcher::Add(std::shared_ptr<PendingWrite> write, absl::Time now, std::vect
     open.opened = now;
     open.batch.database = write->database;
     open.batch.role = write->role;
+    open.batch.group = write->group;
     open.batch.copy_target = write->copy_target;
     open.batch.binary = write->binary;
   }
@@ -66,6 +68,21 @@ void Batcher::SealAll(std::vector<Batch>* sealed) {
     sealed->push_back(std::move(open.batch));
   }
   open_.clear();
+}
+
+bool Batcher::Join(Batch* into, Batch& from) const {
+  if (into->role != from.role || into->group != from.group ||
+      into->lines + from.lines > options_.max_rows ||
+      into->bytes + from.bytes > options_.max_bytes) {
+    return false;
+  }
+  into->writes.insert(into->writes.end(), std::make_move_iterator(from.writes.begin()),
+                      std::make_move_iterator(from.writes.end()));
+  into->lines += from.lines;
+  into->bytes += from.bytes;
+  into->joined += 1 + from.joined;
+  from = Batch();
+  return true;
 }
 
 }  // namespace poolside::ingest

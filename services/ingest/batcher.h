@@ -82,13 +82,17 @@ struct PendingWrite {
 
 struct Batch {
   std::string database;
-  std::string role;  // as PendingWrite::role, the same for every write
+  std::string role;   // as PendingWrite::role, the same for every write
+  std::string group;  // as PendingWrite::group, likewise
   std::string copy_target;
   bool binary = false;  // as PendingWrite::binary, the same for every write
   std::vector<std::shared_ptr<PendingWrite>> writes;
   size_t lines = 0;
   size_t bytes = 0;
   FlushReason reason = FlushReason::kLinger;
+  // Sealed batches joined to this one while it waited for a connection
+  // (Batcher::Join).
+  size_t joined = 0;
 };
 
 struct BatcherOptions {
@@ -111,6 +115,15 @@ class Batcher {
 
   // Seals every open batch (shutdown).
   void SealAll(std::vector<Batch>* sealed);
+
+  // Moves `from`'s writes to the end of `into` if both are of one role and
+  // group (database, COPY target and format) and the two together stay
+  // within max_rows and max_bytes; returns whether it did. The engine joins
+  // sealed batches that queued behind busy COPY connections, so that a
+  // stream too fast for its connections commits fewer, larger transactions
+  // (each commit costs PostgreSQL a WAL flush) without holding back rows
+  // when a connection is free.
+  bool Join(Batch* into, Batch& from) const;
 
   size_t open_batches() const { return open_.size(); }
 

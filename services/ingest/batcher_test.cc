@@ -86,5 +86,53 @@ TEST(BatcherTest, NeverMixesDatabaseRoles) {
   EXPECT_EQ(sealed[1].writes.size() + sealed[2].writes.size(), 4u);
 }
 
+TEST(BatcherTest, JoinsSealedBatchesOfOneGroupWithinTheBounds) {
+  Batcher b({.max_rows = 10, .max_bytes = 1 << 20, .linger = absl::Milliseconds(1)});
+  std::vector<Batch> sealed;
+  const absl::Time t0 = absl::UnixEpoch();
+  for (int i = 0; i < 4; ++i) {
+    b.Add(Write("g", 3), t0, &sealed);
+    b.SealExpired(t0 + absl::Milliseconds(1), &sealed);
+  }
+  b.Add(Write("g", 1, 10, "other role"), t0, &sealed);
+  b.Add(Write("h", 1), t0, &sealed);
+  b.SealExpired(t0 + absl::Milliseconds(1), &sealed);
+  ASSERT_EQ(sealed.size(), 6u);
+  Batch into = std::move(sealed[0]);
+  EXPECT_TRUE(b.Join(&into, sealed[1]));
+  EXPECT_TRUE(b.Join(&into, sealed[2]));
+  EXPECT_EQ(into.lines, 9u);
+  EXPECT_EQ(into.bytes, 90u);
+  EXPECT_EQ(into.writes.size(), 3u);
+  EXPECT_EQ(into.joined, 2u);
+  EXPECT_EQ(into.reason, FlushReason::kLinger);
+  EXPECT_TRUE(sealed[1].writes.empty());
+  // 12 rows would pass max_rows: not joined, left as it was.
+  EXPECT_FALSE(b.Join(&into, sealed[3]));
+  EXPECT_EQ(sealed[3].lines, 3u);
+  EXPECT_EQ(sealed[3].writes.size(), 1u);
+  EXPECT_EQ(into.lines, 9u);
+  // Another role or another group never shares a transaction.
+  Batch small = std::move(sealed[3]);
+  EXPECT_FALSE(b.Join(&small, sealed[4]));
+  EXPECT_FALSE(b.Join(&small, sealed[5]));
+  EXPECT_EQ(small.writes.size(), 1u);
+  EXPECT_EQ(sealed[4].writes.size(), 1u);
+  EXPECT_EQ(sealed[5].writes.size(), 1u);
+}
+
+TEST(BatcherTest, JoinKeepsMaxBytes) {
+  Batcher b({.max_rows = 1000, .max_bytes = 100, .linger = absl::Milliseconds(1)});
+  std::vector<Batch> sealed;
+  b.Add(Write("g", 6), absl::UnixEpoch(), &sealed);
+  b.SealExpired(absl::UnixEpoch() + absl::Milliseconds(1), &sealed);
+  b.Add(Write("g", 5), absl::UnixEpoch(), &sealed);
+  b.SealExpired(absl::UnixEpoch() + absl::Milliseconds(1), &sealed);
+  ASSERT_EQ(sealed.size(), 2u);
+  EXPECT_FALSE(b.Join(&sealed[0], sealed[1]));  // 110 bytes
+  EXPECT_EQ(sealed[0].writes.size(), 1u);
+  EXPECT_EQ(sealed[1].writes.size(), 1u);
+}
+
 }  // namespace
 }  // namespace poolside::ingest

@@ -658,6 +658,7 @@ void IngestEngine::WorkerLoop(Database* db) {
       db->jobs.pop_front();
       if (job.kind == Job::kFlush) --queued_batches_;
       fail = stopping_;
+      if (job.kind == Job::kFlush && !fail) JoinQueuedLocked(*db, job.batch);
     }
     if (fail) {
       FailJob(*db, job, ShuttingDown());
@@ -674,6 +675,21 @@ void IngestEngine::WorkerLoop(Database* db) {
         RunCleanup(*db);
         break;
     }
+  }
+}
+
+void IngestEngine::JoinQueuedLocked(Database& db, Batch& batch) {
+  // In queue order, up to the first batch of the group that does not fit:
+  // a group's batches still start in the order they were sealed.
+  for (auto it = db.jobs.begin(); it != db.jobs.end();) {
+    if (it->kind != Job::kFlush || it->batch.role != batch.role || it->batch.group != batch.group) {
+      ++it;
+      continue;
+    }
+    if (!batcher_.Join(&batch, it->batch)) break;
+    it = db.jobs.erase(it);
+    --queued_batches_;
+    ++batches_joined_;
   }
 }
 
@@ -751,6 +767,7 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
     flush.SetAttribute("poolside.ingest.rows", job.batch.lines);
     flush.SetAttribute("poolside.ingest.bytes", job.batch.bytes);
     flush.SetAttribute("poolside.ingest.requests", job.batch.writes.size());
+    flush.SetAttribute("poolside.ingest.batches_joined", job.batch.joined);
     for (const auto& w : job.batch.writes) flush.AddLink(w->trace);
   }
   telemetry::ScopedSpanContext flush_scope(flush.context());
@@ -1217,6 +1234,7 @@ void IngestEngine::GetStats(v1::GetIngestStatsResponse* out) const {
   out->set_operations_saved(rows > batches ? rows - batches : 0);
   absl::MutexLock lock(&mu_);
   for (const auto& [reason, n] : flushes_) (*out->mutable_flushes_by_reason())[reason] = n;
+  out->set_batches_joined(batches_joined_);
   out->set_queue_requests(unanswered_);
   out->set_queue_batches(queued_batches_);
   out->set_buffered_bytes(held_);

@@ -298,6 +298,9 @@ class IngestEngine {
   void RunCleanup(Database& db);
   absl::Status EnsureKeysTableOnce(Database& db, db::Connection& conn);
   void ControlLoop();
+  // Joins to `batch` the batches of its group queued behind it
+  // (Batcher::Join), so they commit in its transaction.
+  void JoinQueuedLocked(Database& db, Batch& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailJob(Database& db, Job& job, const absl::Status& status);
   // Fails a flush job: each write with `status`, or with its entry of
   // `unknown` when that is set (an earlier attempt's COMMIT outcome).
@@ -337,6 +340,7 @@ class IngestEngine {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, uint64_t> flushes_ ABSL_GUARDED_BY(mu_);
+  uint64_t batches_joined_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<std::thread> threads_;
 
   std::atomic<uint64_t> rows_written_{0}, rows_binary_{0}, bytes_written_{0}, batches_written_{0},

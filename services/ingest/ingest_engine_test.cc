@@ -351,6 +351,41 @@ TEST_F(IngestEngineTest, RetryWhileInFlightIsWrittenOnce) {
   EXPECT_EQ(Count(), "11");
 }
 
+TEST_F(IngestEngineTest, BatchesQueuedBehindBusyConnectionsCommitTogether) {
+  auto engine = StartEngine();
+  ASSERT_TRUE(Write(*engine, Request(1000000, 1)).ok());
+  Lock();
+  // One request per batch (each sealed by its linger before the next is
+  // sent): the first ones take every COPY connection and wait for the lock,
+  // the rest queue.
+  std::vector<std::unique_ptr<Outcome>> sent;
+  auto linger_flushes = [&] { return StatsOf(*engine).flushes_by_reason().at("linger"); };
+  for (int i = 0; i < 40 && StatsOf(*engine).queue_batches() < 4; ++i) {
+    const uint64_t before = linger_flushes();
+    sent.push_back(std::make_unique<Outcome>());
+    ASSERT_TRUE(engine->Submit(Request(i * 10, 10), nullptr, 0, sent.back()->Done()).ok());
+    while (linger_flushes() == before) absl::SleepFor(absl::Milliseconds(1));
+  }
+  const v1::GetIngestStatsResponse locked = StatsOf(*engine);
+  ASSERT_GE(locked.queue_batches(), 4u) << "no batch queued behind the connections";
+  EXPECT_EQ(locked.batches_joined(), 0u);
+  for (auto& o : sent) EXPECT_FALSE(o->done.HasBeenNotified());
+  Unlock();
+  for (auto& o : sent) {
+    o->done.WaitForNotification();
+    ASSERT_TRUE(o->result.ok()) << o->result.status();
+    EXPECT_EQ(o->result->rows_written(), 10u);
+  }
+  // Every row once; the queued batches went in one transaction.
+  EXPECT_EQ(Count(), absl::StrCat(1 + 10 * sent.size()));
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(DISTINCT id) FROM items"), Count());
+  const v1::GetIngestStatsResponse after = StatsOf(*engine);
+  EXPECT_EQ(after.batches_joined(), locked.queue_batches() - 1);
+  EXPECT_EQ(after.batches_written(), 1 + sent.size() - after.batches_joined());
+  EXPECT_EQ(after.queue_batches(), 0u);
+  EXPECT_EQ(after.buffered_bytes(), 0u);
+}
+
 TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
   constexpr size_t kBound = 64 << 10;
   auto engine = StartEngine(kBound);

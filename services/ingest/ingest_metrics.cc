@@ -38,6 +38,10 @@ void Collect(const v1::GetIngestStatsResponse& s, std::vector<prometheus::Metric
     telemetry::AddCounter(&flushes, {{"reason", reason}}, double(n));
   }
   out->push_back(std::move(flushes));
+  telemetry::AppendCounter(out, "poolside_ingest_batches_joined_total",
+                           "Sealed batches written in the transaction of an earlier batch of "
+                           "their table while COPY connections were busy.",
+                           s.batches_joined());
   telemetry::AppendCounter(out, "poolside_ingest_copy_statements_total",
                            "COPY statements run, including those isolating bad rows.",
                            s.copy_statements());
