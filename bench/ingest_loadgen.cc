@@ -216,11 +216,12 @@ int main(int argc, char** argv) {
   std::printf(
       "{\"rows\": %llu, \"seconds\": %.3f, \"rows_per_sec\": %.1f, \"requests\": %llu, "
       "\"errors\": %llu, \"producers\": %d, \"rows_per_request\": %d, \"window\": %d, "
-      "\"server_batches\": %llu, \"server_flushes\": {%s}}\n",
+      "\"server_batches\": %llu, \"server_batches_joined\": %llu, \"server_flushes\": {%s}}\n",
       static_cast<unsigned long long>(written), secs, written / std::max(secs, 1e-9),
       static_cast<unsigned long long>(requests), static_cast<unsigned long long>(errors), producers,
       absl::GetFlag(FLAGS_rows_per_request), absl::GetFlag(FLAGS_window),
-      static_cast<unsigned long long>(stats.batches_written()), flushes.c_str());
+      static_cast<unsigned long long>(stats.batches_written()),
+      static_cast<unsigned long long>(stats.batches_joined()), flushes.c_str());
   if (errors > 0)
     std::fprintf(stderr, "ingest_loadgen: %llu errors, first: %s\n",
                  static_cast<unsigned long long>(errors), first_error.c_str());
