@@ -362,6 +362,9 @@ TEST_F(MetricsTest, IngestSeriesMatchTheRowsSent) {
   EXPECT_GE(committed, 1);
   EXPECT_LE(committed, requests);
   EXPECT_EQ(m.Get("poolside_ingest_batches_total", {{"result", "failed"}}), 0);
+  // One request at a time: no sealed batch waits for a connection, so none
+  // is joined to another and every flush is a transaction of its own.
+  EXPECT_EQ(m.Get("poolside_ingest_batches_joined_total"), 0);
   EXPECT_EQ(m.Get("poolside_ingest_flushes_total"), committed);
   EXPECT_GE(m.Get("poolside_ingest_flushes_total", {{"reason", "linger"}}), 1);
   EXPECT_EQ(m.Get("poolside_ingest_buffer_bytes"), 0);
