@@ -4,6 +4,7 @@ PostgreSQL with durable commits.
 
     bench/ingest_ab.py --loadgen bazel-bin/bench/ingest_loadgen \\
         --server old=/tmp/ingest_server.old --server new=bazel-bin/services/ingest/ingest_server \\
+        [--server big=bazel-bin/services/ingest/ingest_server,maxRows=50000] \\
         [--rounds 3] [--rows 1000000] [--copy_connections 2] [--no_copy]
 
 Each round loads the same rows once by `psql \\copy` (the CSV ingest_loadgen
@@ -76,7 +77,7 @@ class Postgres:
         self.as_postgres("pg_ctl", "-D", self.data, "-m", "fast", "stop")
 
 
-def start_server(path, name, workdir, pg, copy_connections):
+def start_server(path, name, workdir, pg, batch):
     config, port_file = os.path.join(workdir, f"{name}.json"), os.path.join(workdir, f"{name}.port")
     with open(config, "w") as f:
         json.dump({"auth": {"disabled": True},
@@ -85,7 +86,7 @@ def start_server(path, name, workdir, pg, copy_connections):
                    "databases": [{"name": "demo", "allowPrivilegedRole": True,
                                   "dsn": f"host=127.0.0.1 port={pg.port} dbname=demo user=postgres"}],
                    "tables": [{"database": "demo", "tables": ["t"]}],
-                   "batch": {"copyConnections": copy_connections}}, f)
+                   "batch": batch}, f)
     proc = subprocess.Popen([path, f"--config={config}", "--log_level=warning"],
                             stdout=open(os.path.join(workdir, f"{name}.log"), "w"),
                             stderr=subprocess.STDOUT)
@@ -101,7 +102,10 @@ def start_server(path, name, workdir, pg, copy_connections):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--loadgen", required=True)
-    ap.add_argument("--server", action="append", default=[], metavar="NAME=PATH", required=True)
+    ap.add_argument("--server", action="append", default=[], required=True,
+                    metavar="NAME=PATH[,BATCH_SETTING=N...]",
+                    help="an ingest_server build, with batch settings of its own "
+                    "(e.g. new=bazel-bin/services/ingest/ingest_server,maxRows=50000)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rows", type=int, default=1000000)
     ap.add_argument("--copy_connections", type=int, default=2)
@@ -117,8 +121,13 @@ def main():
         csv = os.path.join(workdir, "rows.csv")
         subprocess.run([args.loadgen, f"--rows={args.rows}", f"--write_csv={csv}"], check=True)
         for spec in args.server:
-            name, path = spec.split("=", 1)
-            servers[name] = start_server(path, name, workdir, pg, args.copy_connections)
+            name, rest = spec.split("=", 1)
+            path, *settings = rest.split(",")
+            batch = {"copyConnections": args.copy_connections}
+            for setting in settings:  # batch settings of this server, e.g. maxRows=50000
+                key, value = setting.split("=", 1)
+                batch[key] = int(value)
+            servers[name] = start_server(path, name, workdir, pg, batch)
         variants = ([] if args.no_copy else ["copy"]) + list(servers)
         for r in range(args.rounds):
             for v in variants:
