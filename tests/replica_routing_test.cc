@@ -25,10 +25,12 @@
 //    the other replica;
 //  - the primary killed under write load and the last replica promoted:
 //    writes sent meanwhile are held and land on the new primary; only calls
-//    sent while it was dying may fail (UNAVAILABLE, saying their commit is
-//    unknown), and every acknowledged write is there afterwards.
+//    sent while it was dying, and before the first of them failed (which
+//    made the primary suspect), may fail (UNAVAILABLE, saying their commit
+//    is unknown), and every acknowledged write is there afterwards.
 // Members are told apart by ExecuteResponse.member ("host:port").
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -1063,6 +1065,16 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
   for (auto& w : writers) w.join();
   ASSERT_TRUE(resumed);
 
+  // The first write to fail lost its connection to the primary, which made
+  // the primary suspect before that write was answered: from then on writes
+  // are held for the next probe (which found it dead), not sent out on the
+  // pool's other connections to the dying server.
+  absl::Time first_failed = absl::InfiniteFuture();
+  for (auto& o : outcomes) {
+    for (const Outcome& x : o) {
+      if (x.code != absl::StatusCode::kOk) first_failed = std::min(first_failed, x.answered);
+    }
+  }
   int failed = 0;
   std::set<int64_t> acked;
   for (auto& o : outcomes) {
@@ -1070,6 +1082,8 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
       if (x.code == absl::StatusCode::kOk) {
         acked.insert(x.id);
       } else {
+        EXPECT_LT(x.sent, first_failed)
+            << "write " << x.id << " was sent after another write had failed: " << x.error;
         ++failed;
         // Only a write the dying primary may have run fails, saying so: one
         // sent before its last process was gone (the server's backends die

@@ -202,6 +202,14 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       Untrack(raw);
       call->tracked = false;
     }
+    if (!s.ok() && !raw->on_replica && raw->connection_failed_ && !raw->member.empty() &&
+        ConnectionFailure(s) && !replicas->stopped()) {
+      // Its connection to the primary failed: other calls sent now would go
+      // out on the pool's other connections to the same server and most
+      // likely fail alike. Held instead until the primary's next probe,
+      // asked for now, names it again or finds it gone.
+      replicas->MarkSuspect(raw->member, s);
+    }
     if (!s.ok() && raw->on_replica && RetryOnAnotherMember(raw, weak, call, s)) return;
     if (s.code() == absl::StatusCode::kUnavailable && raw->on_replica &&
         raw->member_unhealthy_.load(std::memory_order_relaxed)) {
@@ -491,6 +499,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     for (auto& w : batch) {
       w->not_run_ = true;
       w->no_connection_ = true;
+      w->connection_failed_ = true;
       w->done(lease.status());
     }
     return;
@@ -544,6 +553,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     // routing may hold it for a new primary like one that found no
     // connection.
     if (!w->statement.status.ok() && w->statement.reach == db::Reach::kNotRun) w->not_run_ = true;
+    w->connection_failed_ = lost;
     w->done(w->statement.status);
   }
 }
@@ -605,6 +615,7 @@ void Database::RunExclusive(Work& work) {
       // nothing if the first attempt did not either.
       work.not_run_ = attempt == 0 || first_reach == db::Reach::kNotRun;
       work.no_connection_ = attempt == 0;
+      work.connection_failed_ = true;
       if (attempt == 0) outcome = lease.status();
       break;
     }
@@ -619,6 +630,7 @@ void Database::RunExclusive(Work& work) {
     const bool lost = (*lease)->broken();
     const db::Reach reach = (*lease)->last_call_reach();
     if (attempt == 0) first_reach = reach;
+    work.connection_failed_ = lost;
     if (lost) lease->MarkBroken();
     lease->Release();
     // Run again only what cannot run twice: nothing of it ran, or it only

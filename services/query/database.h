@@ -212,6 +212,9 @@ class Work {
   bool not_run_ = false;
   // Failed for want of a connection (set with not_run_ by the worker).
   bool no_connection_ = false;
+  // Its connection failed under it, or none could be had: with an
+  // UNAVAILABLE status and no SQL error, its member is suspect.
+  bool connection_failed_ = false;
   // Raised by routing when the probes found the replica it runs on
   // unhealthy: the worker gives its connection up (or does not start).
   std::atomic<bool> member_unhealthy_{false};

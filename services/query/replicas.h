@@ -100,6 +100,13 @@ struct ReadAttempt {
   int retries = 0;
 };
 
+// Whether `status` is a failure of the connection rather than the
+// statement's: UNAVAILABLE with no SQLSTATE or one of class 08. Not a session
+// the server ended (57P01-57P03: also pg_terminate_backend's, on a healthy
+// member), nor other UNAVAILABLE verdicts (53300 too many connections). Only
+// meaningful for a status from a connection's call.
+bool ConnectionFailure(const absl::Status& status);
+
 // Whether a read that failed with `status` may run again on another member,
 // and why; kNone for anything else: an SQL error (syntax, permission, 25006,
 // a cancelled statement...), a read that is not plain, on the primary, out
@@ -172,11 +179,11 @@ class Replicas {
   uint64_t held_timeouts() const { return database_->hold_stats().timeouts; }
   size_t held_now() const { return database_->hold_stats().now; }
 
-  // A read failed on replica `member` with `error`, a failure of its
-  // connection (ReplicaReadRetry): other calls stop picking it until its
-  // next good probe (Topology::MarkSuspect).
+  // A call failed on `member` with `error`, a failure of its connection: a
+  // replica's reads go elsewhere, and calls for the primary are held, until
+  // its next probe (db::ManagedDatabase::MarkSuspect).
   void MarkSuspect(const std::string& member, const absl::Status& error) {
-    topology().MarkSuspect(member, error);
+    database_->MarkSuspect(member, error);
   }
   // A read that failed on a replica for `reason` was sent to another member.
   void CountReadRetry(ReadRetryReason reason) {
