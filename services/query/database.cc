@@ -314,6 +314,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   const ReadRetryReason reason =
       ReplicaReadRetry(failure, {.on_replica = raw->on_replica,
                                  .plain_read = raw->plain_read && raw->replica_ok,
+                                 .connection_failed = raw->connection_failed_,
                                  .no_connection = raw->no_connection_,
                                  .abandoned = raw->member_unhealthy_.load(),
                                  .cancelled = raw->cancelled.load(std::memory_order_relaxed),
@@ -336,6 +337,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   const bool gave_up = raw->member_unhealthy_.load();
   raw->not_run_ = false;
   raw->no_connection_ = false;
+  raw->connection_failed_ = false;
   // Untracked already (done() did that first): nothing raises it again.
   raw->member_unhealthy_.store(false);
   raw->state.store(Work::kQueued);

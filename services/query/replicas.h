@@ -88,6 +88,10 @@ struct ReadAttempt {
   // A single read statement of the caller's that routing may send to a
   // replica: not a transaction of the caller's, nothing that may write.
   bool plain_read = false;
+  // Its connection failed under it, or no connection could be had (the
+  // worker saw it): an UNAVAILABLE status from anything else (the service
+  // shutting down, a closed pool) says nothing of the member.
+  bool connection_failed = false;
   // No connection to the member could be had for it.
   bool no_connection = false;
   // Routing gave it up because its member was found unhealthy.
