@@ -294,8 +294,11 @@ absl::StatusOr<Topology::Route> Topology::Pick(bool read, Lsn min_lsn,
   }
   if (!primary_ok) return NoPrimaryErrorLocked();
   if (excluded(*primary_)) {
-    return absl::UnavailableError(absl::StrCat("database ", database_, ": the primary ",
-                                               primary_->id, " was already tried for this call"));
+    // Excluded as a member the call failed on, maybe as a replica that was
+    // promoted since: it is not run there again either way.
+    return absl::UnavailableError(
+        absl::StrCat("database ", database_, ": this call already failed on ", primary_->id,
+                     ", the primary now, and no other member can take it"));
   }
   return Route(primary_, true, primary_->lsn);
 }

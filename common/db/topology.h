@@ -164,7 +164,8 @@ class Topology {
   // position is at least `min_lsn` (ties taken in turn); none: the primary,
   // or UNAVAILABLE if the options say so and no replica is healthy.
   // Members in `exclude` (a read tried again after failing there) are passed
-  // over as if unhealthy; an excluded primary: UNAVAILABLE.
+  // over as if unhealthy; an excluded primary (one the read failed on, maybe
+  // as a replica promoted since): UNAVAILABLE, naming it.
   absl::StatusOr<Route> Pick(bool read, Lsn min_lsn = 0,
                              absl::Span<const std::string> exclude = {});
 

@@ -390,8 +390,27 @@ TEST_F(TopologyTest, ExcludedMembersArePassedOver) {
   const std::vector<std::string> all = {"p", "r1", "r2"};
   absl::StatusOr<Topology::Route> none = topology_.Pick(true, 0, all);
   EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_TRUE(absl::StrContains(none.status().message(), "already tried")) << none.status();
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "already failed on p, the primary now"))
+      << none.status();
   EXPECT_EQ(topology_.Pick(false, 0, {"p"}).status().code(), absl::StatusCode::kUnavailable);
+  // A read failed on replica r1, which was promoted since (p is gone): the
+  // answer names it as the member the read failed on, not as a primary
+  // already tried.
+  {
+    topology_.Record("p", absl::UnavailableError("refused"));
+    topology_.Record("r1", Primary(1010));
+    ASSERT_EQ(topology_.primary(), "r1");
+    const std::vector<std::string> failed = {"r1", "r2"};
+    absl::StatusOr<Topology::Route> promoted = topology_.Pick(true, 0, failed);
+    EXPECT_EQ(promoted.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_TRUE(
+        absl::StrContains(promoted.status().message(), "already failed on r1, the primary now"))
+        << promoted.status();
+    EXPECT_FALSE(absl::StrContains(promoted.status().message(), "primary r1 was already tried"))
+        << promoted.status();
+    Round(1020, 1020, 1020);
+    ASSERT_EQ(topology_.primary(), "p");
+  }
   // An unknown id excludes nothing: held reads spread over both replicas.
   {
     const std::vector<std::string> unknown = {"nobody"};
