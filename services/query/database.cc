@@ -569,8 +569,10 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
     db::Statement& s = w->statement;
     if (s.status.ok() || s.reach == db::Reach::kAnswered) continue;
     // A write that may have run is not run twice: its status says whether it
-    // was rolled back or its outcome is unknown.
-    const bool read = s.may_share_sync || w->read_only;
+    // was rolled back or its outcome is unknown. Nothing that ran on a
+    // replica wrote anything (a named query declared read-only, which
+    // poolside cannot prove a read, included).
+    const bool read = s.may_share_sync || w->read_only || w->on_replica;
     if (s.reach == db::Reach::kMayHaveRun && !read) continue;
     if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
     // Given up on this member: routing runs it elsewhere.

@@ -13,8 +13,9 @@
 // A connection is checked before use (dead ones are replaced within the call's
 // deadline), and work whose connection fails under it runs once more on a
 // fresh connection when that cannot run anything twice: always when the server
-// provably never ran it, and for reads (Work::read_only, or a statement marked
-// may_share_sync) also when it may have. A write whose outcome is unknown is
+// provably never ran it, and for reads (Work::read_only, a statement marked
+// may_share_sync, or anything on a replica, where PostgreSQL lets nothing
+// write) also when it may have. A write whose outcome is unknown is
 // never run again: it answers UNAVAILABLE saying so.
 //
 // A database with streaming replicas (AttachReplicas) routes instead: each

@@ -289,6 +289,28 @@ TEST_F(DatabaseFaultsTest, AReadWhoseReplyWasLostIsRunAgain) {
   EXPECT_EQ(db->retries(), 1u);
 }
 
+// A named query declared read-only: poolside cannot prove it a read (it may
+// call functions of the user's), but on a replica PostgreSQL keeps it from
+// writing, so it may run again there; on the primary it may have written.
+TEST_F(DatabaseFaultsTest, AStatementNotProvenAReadIsRunAgainOnAReplicaOnly) {
+  std::unique_ptr<Database> db = ThroughNewProxy();
+  ASSERT_NE(db, nullptr);
+  proxy_->CutOnNextRequest();
+  auto on_replica = Call::Statement("SELECT 13::int8", Soon());
+  on_replica->work->replica_ok = true;
+  on_replica->work->plain_read = true;
+  on_replica->work->on_replica = true;  // as routing sets it
+  EXPECT_TRUE(Run(*db, *on_replica).ok()) << on_replica->status;
+  EXPECT_EQ(on_replica->sink.value(), 13);
+  EXPECT_EQ(db->retries(), 1u);
+
+  proxy_->CutOnNextRequest();
+  auto on_primary = Call::Statement("SELECT 14::int8", Soon());
+  on_primary->work->replica_ok = true;  // a replica's read that fell back
+  EXPECT_EQ(Run(*db, *on_primary).code(), absl::StatusCode::kUnavailable) << on_primary->status;
+  EXPECT_EQ(db->retries(), 1u);
+}
+
 TEST_F(DatabaseFaultsTest, ExclusiveWorkIsRunAgainWhenNothingOfItRanOrItOnlyReads) {
   std::unique_ptr<Database> db = ThroughNewProxy();
   ASSERT_NE(db, nullptr);
