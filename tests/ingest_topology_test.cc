@@ -5,6 +5,10 @@
 //    opens no connection of its own on the replica;
 //  - a topology without any primary: writes answer UNAVAILABLE naming the
 //    cause once failoverBufferMs has passed, nothing acknowledged or written;
+//  - the member ingest writes to turned into a replica under it (its new
+//    sessions reach a server in recovery while the probes still see the
+//    old one; SQLSTATE 25006 on the COPY): each batch is held, written
+//    once on the next primary, and acknowledged only after that commit;
 //  - the primary SIGKILLed under continuous writes (keyed and unkeyed) and
 //    the synchronous replica promoted: every acknowledged row is on the new
 //    primary exactly once, every other one at most once and answered with
@@ -36,6 +40,7 @@
 #include "gtest/gtest.h"
 #include "proto/poolside/v1/config.pb.h"
 #include "proto/poolside/v1/ingest.grpc.pb.h"
+#include "tests/fixtures/fault_proxy.h"
 #include "tests/fixtures/http_get.h"
 #include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/refusing_port.h"
@@ -130,15 +135,17 @@ struct Ingest {
 
 // An ingest_server writing tables events and orphans of `dsn`'s database,
 // whose topology adds `members`.
+// `warm`: false opens no connection before the first write (min_idle 0).
 Ingest StartIngest(const std::string& dsn, const std::vector<std::string>& members,
-                   uint32_t failover_buffer_ms) {
+                   uint32_t failover_buffer_ms, bool warm = true) {
   v1::IngestServiceConfig config;
   v1::DatabaseConfig* db = AddDatabase(&config, kDb, dsn);
   db->mutable_pool()->set_startup_retry_ms(1000);
+  if (!warm) db->mutable_pool()->set_min_idle(0);
   v1::TopologyConfig* t = db->mutable_topology();
   for (const std::string& m : members) t->add_replicas(m);
   t->set_probe_interval_ms(50);
-  t->set_probe_timeout_ms(500);
+  t->set_probe_timeout_ms(warm ? 500 : 5000);
   t->set_failover_buffer_ms(failover_buffer_ms);
   AddTables(&config, kDb, {"events", "orphans"});
   config.mutable_batch()->set_linger_ms(5);
@@ -254,6 +261,122 @@ TEST(IngestTopologyTest, NoPrimaryAnswersUnavailableAfterTheBufferNothingWritten
   EXPECT_EQ(ingest.Stats().rows_written(), 0u);
   EXPECT_EQ(Value(cluster.primary(), "SELECT count(*) FROM orphans"), "0");
   EXPECT_EQ(IngestBackends(cluster.replica(0)), "0");
+  EXPECT_TRUE(Terminated(ingest));
+}
+
+// Terminates the probes' sessions on `pg` (they reconnect at their next
+// probe); how many there were, or the error.
+std::string TerminateProbes(PostgresCluster& pg) {
+  return Value(pg,
+               "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+               "application_name = 'poolside-monitor'",
+               "postgres");
+}
+
+TEST(IngestTopologyTest, CopyRefusedAsReadOnlyByADemotedPrimaryIsHeldAndWrittenOnceOnTheNext) {
+  ReplicatedCluster& cluster = Cluster();
+  PostgresCluster& primary = cluster.primary();
+  PostgresCluster& replica = cluster.replica(0);
+  // Members a and b are proxies, a to the primary and b to a replica, until
+  // they swap servers: a's new sessions then reach a server in recovery
+  // while its probe, on the session it holds, still sees the primary, so
+  // ingest keeps taking a for the primary and its COPY gets SQLSTATE 25006
+  // (what a demoted primary answers) every time, not only when it beats
+  // the probes. The cluster itself does not change.
+  absl::StatusOr<std::unique_ptr<FaultProxy>> a = FaultProxy::Start("127.0.0.1", primary.port());
+  absl::StatusOr<std::unique_ptr<FaultProxy>> b = FaultProxy::Start("127.0.0.1", replica.port());
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  const std::string a_id = absl::StrCat("127.0.0.1:", (*a)->port());
+  const std::string b_id = absl::StrCat("127.0.0.1:", (*b)->port());
+  const Ingest ingest = StartIngest(
+      absl::StrCat("host=127.0.0.1 port=", (*a)->port(), " dbname=", kDb, " user=postgres"),
+      {absl::StrCat("host=127.0.0.1 port=", (*b)->port())},
+      /*failover_buffer_ms=*/15000, /*warm=*/false);
+  ASSERT_NE(ingest.stub, nullptr);
+  auto role_of = [&](const std::string& member, const char* role) {
+    return ingest.Metric(absl::StrCat("poolside_ingest_member_role{database=\"", kDb,
+                                      "\",member=\"", member, "\",role=\"", role, "\"}"));
+  };
+  ASSERT_TRUE(WaitFor([&] { return role_of(a_id, "primary") == 1; }, kWait));
+  (*a)->ForwardNewConnectionsTo(replica.port());
+  (*b)->ForwardNewConnectionsTo(primary.port());
+  // Ingest's sessions on the primary (its catalog reads) end once idle long
+  // enough that its pool pings them before handing them out: every session
+  // of ingest's own from here reaches the replica.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Value(primary,
+                     "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                     "'poolside-ingest/%' AND (state <> 'idle' OR state_change > now() - "
+                     "interval '2 s')",
+                     "postgres") == "0";
+      },
+      kWait));
+  Value(primary,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name "
+        "LIKE 'poolside-ingest/%'",
+        "postgres");
+  ASSERT_TRUE(WaitFor([&] { return IngestBackends(primary) == "0"; }, kWait));
+
+  // A keyed request, then an unkeyed one, each in a batch of its own (the
+  // second sent once the first is held): each batch meets 25006 and is held.
+  constexpr int kRows = 4;
+  const int64_t first[2] = {int64_t{7} << 32, (int64_t{7} << 32) + 100};
+  const std::string keys[2] = {"demoted-keyed", ""};
+  absl::StatusOr<v1::WriteResponse> results[2] = {absl::UnknownError("not answered"),
+                                                  absl::UnknownError("not answered")};
+  std::atomic<int> answered[2] = {0, 0};
+  std::vector<std::thread> writers;
+  for (int i = 0; i < 2; ++i) {
+    writers.emplace_back([&, i] {
+      results[i] = Write(ingest, "events", first[i], kRows, /*writer=*/7, keys[i]);
+      answered[i].store(1);
+    });
+    const bool held =
+        WaitFor([&] { return ingest.Held("held_batches") == i + 1 || answered[i].load(); }, kWait);
+    if (!held || answered[i].load()) {
+      for (std::thread& t : writers) t.join();
+      FAIL() << "request " << i << " was not held: "
+             << (answered[i].load() ? results[i].status().ToString() : "not answered");
+    }
+  }
+  // Held, so neither answered nor written.
+  EXPECT_EQ(answered[0].load() + answered[1].load(), 0);
+  EXPECT_EQ(Value(primary, "SELECT count(*) FROM events WHERE writer = 7"), "0");
+  EXPECT_EQ(ingest.Held("held_timeouts_total"), 0);
+
+  // The probes' sessions end; from their next ones the probes see a in
+  // recovery and b accepting writes: b is the next primary.
+  EXPECT_EQ(TerminateProbes(primary), "1");
+  TerminateProbes(replica);
+  ASSERT_TRUE(WaitFor([&] { return role_of(b_id, "primary") == 1; }, kWait));
+  for (std::thread& t : writers) t.join();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(results[i].ok()) << "request " << i << ": " << results[i].status();
+    EXPECT_EQ(results[i]->rows_written(), static_cast<uint64_t>(kRows)) << "request " << i;
+    EXPECT_FALSE(results[i]->duplicate()) << "request " << i;
+  }
+  // Acknowledged after the commit on the primary (b's server), exactly once.
+  EXPECT_EQ(Value(primary, "SELECT count(*) FROM events WHERE writer = 7"),
+            absl::StrCat(2 * kRows));
+  EXPECT_EQ(Value(primary, "SELECT count(DISTINCT id) FROM events WHERE writer = 7"),
+            absl::StrCat(2 * kRows));
+  EXPECT_EQ(ingest.Writing(b_id), 1);
+  EXPECT_FALSE(ingest.Writing(a_id).has_value());
+  EXPECT_EQ(ingest.Held("held_batches"), 0);
+  EXPECT_EQ(ingest.Held("held_timeouts_total"), 0);
+  EXPECT_GE(ingest.Held("held_total").value_or(0), 2);
+  const v1::GetIngestStatsResponse stats = ingest.Stats();
+  EXPECT_EQ(stats.batches_failed(), 0u);
+  EXPECT_EQ(stats.requests_failed(), 0u);
+  // The keyed request again: found stored under its key, not written twice.
+  absl::StatusOr<v1::WriteResponse> again =
+      Write(ingest, "events", first[0], kRows, /*writer=*/7, keys[0]);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate());
+  EXPECT_EQ(Value(primary, "SELECT count(*) FROM events WHERE writer = 7"),
+            absl::StrCat(2 * kRows));
   EXPECT_TRUE(Terminated(ingest));
 }
 

@@ -10,8 +10,10 @@
 //  - the cache with replicas: a write through the service, then reads with
 //    its token (and cached reads without one) never return the old value,
 //    from the cache or from a lagging replica;
-//  - a read whose session on a replica is terminated (57P01) answers from
-//    the other replica;
+//  - a read whose session on a replica is terminated (57P01) runs again on a
+//    fresh connection to it (also a named query declared read-only, which
+//    poolside cannot prove a read), and when that is terminated too, answers
+//    from the other replica;
 //  - a replica frozen (SIGSTOP: no answer, no reset) under reads: once the
 //    probes find it unhealthy, the reads waiting on it are given up on and
 //    answer from elsewhere (retry reason member_unhealthy), a stream that
@@ -25,10 +27,12 @@
 //    the other replica;
 //  - the primary killed under write load and the last replica promoted:
 //    writes sent meanwhile are held and land on the new primary; only calls
-//    sent while it was dying may fail (UNAVAILABLE, saying their commit is
-//    unknown), and every acknowledged write is there afterwards.
+//    sent while it was dying, and before the first of them failed (which
+//    made the primary suspect), may fail (UNAVAILABLE, saying their commit
+//    is unknown), and every acknowledged write is there afterwards.
 // Members are told apart by ExecuteResponse.member ("host:port").
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <memory>
@@ -682,15 +686,32 @@ TEST(ReplicaRoutingTest, ReadWhoseSessionIsTerminatedAnswersFromAnotherMember) {
   std::vector<SlowOutcome> slow;
   std::vector<std::thread> readers;
   const bool started = StartSlowReads(env, &slow, &readers);
-  // pg_terminate_backend: the server ends the session with 57P01.
-  absl::StatusOr<std::string> ended = env.cluster().replica(0).QueryValue(
-      kDb,
-      "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-      "state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()) t");
+  // pg_terminate_backend: the server ends the session with 57P01. The read
+  // (it only reads: on a replica nothing can write) runs again on a fresh
+  // connection to the same replica, where it sleeps again: that session is
+  // ended too, and the read goes to the other replica.
+  auto terminate = [&] {
+    return env.cluster().replica(0).QueryValue(
+        kDb,
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+        "state = 'active' AND query LIKE '%pg_sleep%' AND pid <> pg_backend_pid()) t");
+  };
+  absl::StatusOr<std::string> ended = terminate();
+  bool again = false;
+  absl::StatusOr<std::string> ended_again = absl::UnknownError("not run again on replica 0");
+  if (started && ended.ok() && *ended == "1") {
+    again = WaitFor(
+        [&] {
+          ended_again = terminate();
+          return ended_again.ok() && *ended_again == "1";
+        },
+        kWait);
+  }
   for (std::thread& t : readers) t.join();
   ASSERT_TRUE(started) << "no slow read reached replica 0";
   ASSERT_TRUE(ended.ok()) << ended.status();
   EXPECT_EQ(*ended, "1");
+  EXPECT_TRUE(again) << "the read did not run again on replica 0: " << ended_again.status();
   for (int i = 0; i < 2; ++i) {
     ASSERT_TRUE(slow[i].status.ok()) << "slow read " << i << ": " << slow[i].status;
     EXPECT_EQ(slow[i].value, (10 + i) * 7);
@@ -1063,6 +1084,16 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
   for (auto& w : writers) w.join();
   ASSERT_TRUE(resumed);
 
+  // The first write to fail lost its connection to the primary, which made
+  // the primary suspect before that write was answered: from then on writes
+  // are held for the next probe (which found it dead), not sent out on the
+  // pool's other connections to the dying server.
+  absl::Time first_failed = absl::InfiniteFuture();
+  for (auto& o : outcomes) {
+    for (const Outcome& x : o) {
+      if (x.code != absl::StatusCode::kOk) first_failed = std::min(first_failed, x.answered);
+    }
+  }
   int failed = 0;
   std::set<int64_t> acked;
   for (auto& o : outcomes) {
@@ -1070,6 +1101,8 @@ TEST(ReplicaRoutingTest, PrimaryKilledWritesAreHeldForTheNewPrimary) {
       if (x.code == absl::StatusCode::kOk) {
         acked.insert(x.id);
       } else {
+        EXPECT_LT(x.sent, first_failed)
+            << "write " << x.id << " was sent after another write had failed: " << x.error;
         ++failed;
         // Only a write the dying primary may have run fails, saying so: one
         // sent before its last process was gone (the server's backends die

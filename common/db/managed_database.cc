@@ -325,6 +325,18 @@ bool ManagedDatabase::AwaitAnyPrimary(absl::Time until) {
   }
 }
 
+bool ManagedDatabase::MarkSuspect(const std::string& member, const absl::Status& error) {
+  if (topology_ == nullptr) return false;
+  // Whether it is the primary, as of just before the mark (the primary's
+  // mark makes it none).
+  const bool primary = topology_->primary() == member;
+  if (!topology_->MarkSuspect(member, error)) return false;
+  // A replica waits for its next probe (reads have other members meanwhile);
+  // writes have nowhere else to go.
+  if (primary) monitor_->ProbeSoon(member);
+  return true;
+}
+
 uint64_t ManagedDatabase::primary_generation() const {
   return topology_ == nullptr ? 0 : topology_->primary_generation();
 }

@@ -27,7 +27,8 @@
 //
 // Failover holds (with a topology). A caller that found no primary, or whose
 // primary could not be reached, waits until the probes name a primary under
-// a new generation: for up to topology.failoverBufferMs from the moment the
+// a new generation (a primary marked suspect, MarkSuspect, is named again
+// under a new one by its next good probe): for up to topology.failoverBufferMs from the moment the
 // primary was lost (from now while one is known: that loss starts here), at
 // most topology.failoverBufferCalls callers and failoverBufferBytes at once.
 // HoldForPrimary calls back on the database's hold thread; WaitForPrimary
@@ -176,6 +177,13 @@ class ManagedDatabase {
   // up; with a topology, first waits as long for a primary to be named.
   // Logs the outcome. Ends early on Stop().
   absl::Status WarmUp();
+
+  // A call found member `member` unreachable (its connection failed or
+  // none could be made): Topology::MarkSuspect, and when that marked the
+  // primary, its probe runs at once (TopologyMonitor::ProbeSoon), so that
+  // the calls held meanwhile wait for one probe's round trip when the
+  // primary is fine. False (nothing marked) without a topology.
+  bool MarkSuspect(const std::string& member, const absl::Status& error);
 
   // Failover holds; see the header comment. The primary's generation as a
   // caller saw it.

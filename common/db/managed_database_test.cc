@@ -1,6 +1,7 @@
 #include "common/db/managed_database.h"
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -45,7 +46,9 @@ class ManagedDatabaseTest : public ::testing::Test {
     return absl::StrCat("host=localhost port=", pg_->port(), " dbname=app user=writer");
   }
 
-  static v1::DatabaseConfig Config(bool topology = false, const std::string& dsn = "") {
+  // `tweak` changes it before it is finalized.
+  static v1::DatabaseConfig Config(bool topology = false, const std::string& dsn = "",
+                                   const std::function<void(v1::DatabaseConfig&)>& tweak = {}) {
     v1::DatabaseConfig c;
     c.set_name("app");
     c.set_dsn(dsn.empty() ? DsnA() : dsn);
@@ -64,6 +67,7 @@ class ManagedDatabaseTest : public ::testing::Test {
       c.mutable_topology()->add_replicas(absl::StrCat("host=localhost port=", pg_->port()));
       c.mutable_topology()->set_failover_buffer_ms(60000);
     }
+    if (tweak) tweak(c);
     absl::flat_hash_set<std::string> names;
     absl::Status s = config::FinalizeDatabase("databases[0]", &c, &names);
     EXPECT_TRUE(s.ok()) << s;
@@ -436,6 +440,85 @@ TEST_F(ManagedDatabaseTest, WaitingCallersEndOnANewPrimaryOrOnStop) {
   EXPECT_EQ(db.hold_stats().now, 0u);
   ManagedDatabase::FailoverHold late;
   EXPECT_FALSE(db.WaitForPrimary(seen, &late));
+}
+
+TEST_F(ManagedDatabaseTest, SuspectPrimaryHoldsCallersUntilItsNextProbeNamesItAgain) {
+  ManagedDatabase db(Config(true), {});
+  SetMembers(db);
+  RecordPrimary(db, "a");
+  const uint64_t seen = db.primary_generation();
+  ASSERT_TRUE(db.PrimaryPool("").ok());
+  // A probe of a starts; a call loses its connection to a.
+  const uint64_t marks = db.topology()->suspect_marks();
+  EXPECT_TRUE(db.MarkSuspect("a", absl::UnavailableError("server closed the connection")));
+  // New primary-bound calls find none and are held (as query's routing and
+  // ingest's flushes do), as is the call that lost its connection (it saw
+  // `seen`).
+  absl::StatusOr<ManagedDatabase::PoolRef> none = db.PrimaryPool("");
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable) << none.status();
+  const uint64_t lost = db.primary_generation();
+  EXPECT_NE(lost, seen);
+  std::atomic<int> released{0}, known{0};
+  for (uint64_t generation : {seen, lost}) {
+    ASSERT_TRUE(db.HoldForPrimary(generation, 10, absl::InfiniteFuture(), [&](bool k) {
+                    known.fetch_add(k ? 1 : 0);
+                    released.fetch_add(1);
+                  }).ok());
+  }
+  std::thread waiter([&] {
+    ManagedDatabase::FailoverHold hold;
+    const bool k = db.WaitForPrimary(lost, &hold);
+    known.fetch_add(k ? 1 : 0);
+    released.fetch_add(1);
+  });
+  ASSERT_TRUE(testing::WaitFor([&] { return db.hold_stats().now == 3; }, kWait));
+  // The probe that was out answers: it does not speak for a since the mark.
+  db.topology()->Record("a", MemberSample{.in_recovery = false, .lsn = 110}, marks);
+  EXPECT_EQ(db.topology()->primary(), "");
+  EXPECT_EQ(db.hold_stats().now, 3u);
+  EXPECT_EQ(released.load(), 0);
+  // a's next probe names it again: every hold ends with a primary known, and
+  // the calls go to a.
+  db.topology()->Record("a", MemberSample{.in_recovery = false, .lsn = 120});
+  waiter.join();
+  ASSERT_TRUE(testing::WaitFor([&] { return released.load() == 3; }, kWait));
+  EXPECT_EQ(known.load(), 3);
+  absl::StatusOr<ManagedDatabase::PoolRef> again = db.PrimaryPool("");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->member, "a");
+  EXPECT_EQ(db.hold_stats().timeouts, 0u);
+  // Not without a topology.
+  ManagedDatabase plain(Config(), {});
+  EXPECT_FALSE(plain.MarkSuspect("a", absl::UnavailableError("x")));
+}
+
+TEST_F(ManagedDatabaseTest, SuspectPrimaryIsProbedAtOnceNotAtItsNextInterval) {
+  // One member this server, one that refuses connections (never writable):
+  // this server is the primary. Probes a minute apart: only the probe the
+  // mark asks for can name it again within the failover window.
+  testing::RefusingPort refusing;
+  ASSERT_NE(refusing.port(), 0);
+  ManagedDatabase db(
+      Config(true, "",
+             [&](v1::DatabaseConfig& c) {
+               v1::TopologyConfig* t = c.mutable_topology();
+               t->clear_replicas();
+               t->add_replicas(absl::StrCat("host=127.0.0.1 port=", refusing.port()));
+               t->set_probe_interval_ms(60000);
+               t->set_max_lag_ms(120000);
+               t->set_failover_buffer_ms(15000);
+             }),
+      {});
+  ASSERT_TRUE(db.StartMonitor().ok());
+  ASSERT_TRUE(testing::WaitFor([&] { return !db.topology()->primary().empty(); }, kWait));
+  const std::string primary = db.topology()->primary();
+  const uint64_t seen = db.primary_generation();
+  EXPECT_TRUE(db.MarkSuspect(primary, absl::UnavailableError("server closed the connection")));
+  ManagedDatabase::FailoverHold hold;
+  EXPECT_TRUE(db.WaitForPrimary(seen, &hold));
+  EXPECT_EQ(db.topology()->primary(), primary);
+  EXPECT_EQ(db.hold_stats().timeouts, 0u);
+  db.Stop();
 }
 
 TEST_F(ManagedDatabaseTest, WithoutATopologyNothingIsHeld) {

@@ -27,6 +27,10 @@ struct Topology::Member {
   uint64_t bans = 0;
   uint64_t lag_bytes = 0;
   absl::Duration lag = absl::ZeroDuration();
+  // Marked by a call (MarkSuspect) and not probed since: unhealthy.
+  bool suspect = false;
+  // The topology's suspect_marks_ when it was last marked.
+  uint64_t suspect_mark = 0;
 };
 
 const char* MemberRoleName(MemberRole role) {
@@ -105,11 +109,12 @@ void Topology::SetLeaderHint(std::string id) {
   ResolvePrimaryLocked();
 }
 
-void Topology::Record(const std::string& id, const absl::StatusOr<MemberSample>& sample) {
+void Topology::Record(const std::string& id, const absl::StatusOr<MemberSample>& sample,
+                      uint64_t marks_before) {
   std::function<void()> listener;
   {
     absl::MutexLock lock(&mu_);
-    if (!RecordLocked(id, sample)) return;
+    if (!RecordLocked(id, sample, marks_before)) return;
     listener = listener_;
   }
   if (listener) listener();
@@ -120,19 +125,23 @@ void Topology::SetRecordListener(std::function<void()> listener) {
   listener_ = std::move(listener);
 }
 
-bool Topology::RecordLocked(const std::string& id, const absl::StatusOr<MemberSample>& sample) {
+bool Topology::RecordLocked(const std::string& id, const absl::StatusOr<MemberSample>& sample,
+                            uint64_t marks_before) {
   const absl::Time now = clock_->Now();
   std::shared_ptr<Member> member;
   for (const std::shared_ptr<Member>& m : members_) {
     if (m->id == id) member = m;
   }
   if (member == nullptr) return false;
+  // Only a probe that started after the mark speaks for the member since.
+  const bool clears_mark = marks_before >= member->suspect_mark;
+  if (clears_mark) member->suspect = false;
   if (!sample.ok()) {
     member->last_ok = false;
     member->last_error = sample.status();
   } else {
     member->last_ok = true;
-    member->last_error = absl::OkStatus();
+    if (clears_mark) member->last_error = absl::OkStatus();
     member->last_sample = now;
     member->in_recovery = sample->in_recovery;
     member->lsn = sample->lsn;
@@ -188,7 +197,7 @@ void Topology::EvaluateLagLocked(Member& member) {
 }
 
 bool Topology::HealthyLocked(const Member& member, absl::Time now) const {
-  return member.last_ok && now - member.last_sample <= options_.max_sample_age;
+  return member.last_ok && !member.suspect && now - member.last_sample <= options_.max_sample_age;
 }
 
 void Topology::ResolvePrimaryLocked() {
@@ -199,7 +208,18 @@ void Topology::ResolvePrimaryLocked() {
   }
   std::shared_ptr<Member> chosen;
   std::string reason;
-  if (!leader_hint_.empty()) {
+  std::shared_ptr<Member> suspect;
+  for (const std::shared_ptr<Member>& m : members_) {
+    if (m->suspect && m->last_ok && !m->in_recovery) suspect = m;
+  }
+  if (suspect != nullptr) {
+    // The primary, marked (or a marked replica found promoted by a probe
+    // older than the mark): none until its next probe, whoever else
+    // accepts writes.
+    reason = absl::StrCat(
+        "a call lost its connection to ", suspect->id,
+        ", which accepts writes (waiting for its next probe): ", suspect->last_error.message());
+  } else if (!leader_hint_.empty()) {
     for (const std::shared_ptr<Member>& m : writable) {
       if (m->id == leader_hint_) chosen = m;
     }
@@ -274,8 +294,11 @@ absl::StatusOr<Topology::Route> Topology::Pick(bool read, Lsn min_lsn,
   }
   if (!primary_ok) return NoPrimaryErrorLocked();
   if (excluded(*primary_)) {
-    return absl::UnavailableError(absl::StrCat("database ", database_, ": the primary ",
-                                               primary_->id, " was already tried for this call"));
+    // Excluded as a member the call failed on, maybe as a replica that was
+    // promoted since: it is not run there again either way.
+    return absl::UnavailableError(
+        absl::StrCat("database ", database_, ": this call already failed on ", primary_->id,
+                     ", the primary now, and no other member can take it"));
   }
   return Route(primary_, true, primary_->lsn);
 }
@@ -284,20 +307,28 @@ bool Topology::MarkSuspect(const std::string& id, const absl::Status& error) {
   std::function<void()> listener;
   {
     absl::MutexLock lock(&mu_);
-    if (primary_ != nullptr && primary_->id == id) return false;
     std::shared_ptr<Member> member;
     for (const std::shared_ptr<Member>& m : members_) {
       if (m->id == id) member = m;
     }
-    // Only a replica as last probed: a member that accepted writes takes part
-    // in naming the primary, which stays the probes' call.
-    if (member == nullptr || !member->in_recovery) return false;
-    member->last_ok = false;
+    if (member == nullptr) return false;
+    const bool primary = member == primary_;
+    // A writable member that is not the primary takes part in naming one
+    // (two writable members: none), which stays the probes' call.
+    if (!primary && !member->in_recovery) return false;
+    member->suspect = true;
+    member->suspect_mark = ++suspect_marks_;
     member->last_error = error.ok() ? absl::UnavailableError("a call could not reach it") : error;
+    if (primary) ResolvePrimaryLocked();
     listener = listener_;
   }
   if (listener) listener();
   return true;
+}
+
+uint64_t Topology::suspect_marks() const {
+  absl::MutexLock lock(&mu_);
+  return suspect_marks_;
 }
 
 std::string Topology::primary() const {

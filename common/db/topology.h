@@ -146,7 +146,13 @@ class Topology {
   void SetLeaderHint(std::string id);
 
   // A probe's outcome for member `id` (ignored if it is no longer a member).
-  void Record(const std::string& id, const absl::StatusOr<MemberSample>& sample);
+  // `marks_before`: suspect_marks() read before the probe started; a probe
+  // started before the member was last marked suspect does not clear the
+  // mark (its answer may predate what the call met). The default: a probe
+  // started now.
+  void Record(const std::string& id, const absl::StatusOr<MemberSample>& sample,
+              uint64_t marks_before = kProbeStartedNow);
+  static constexpr uint64_t kProbeStartedNow = UINT64_MAX;
   // Runs `listener` after every Record() of a member, on the recording
   // thread and outside the topology's lock (it may call any method); it must
   // not block. Replaces the previous one; null: none.
@@ -158,19 +164,29 @@ class Topology {
   // position is at least `min_lsn` (ties taken in turn); none: the primary,
   // or UNAVAILABLE if the options say so and no replica is healthy.
   // Members in `exclude` (a read tried again after failing there) are passed
-  // over as if unhealthy; an excluded primary: UNAVAILABLE.
+  // over as if unhealthy; an excluded primary (one the read failed on, maybe
+  // as a replica promoted since): UNAVAILABLE, naming it.
   absl::StatusOr<Route> Pick(bool read, Lsn min_lsn = 0,
                              absl::Span<const std::string> exclude = {});
 
-  // A call found replica `id` unreachable (its connection failed, or a new
-  // one could not be made): it is unhealthy, with `error` as its last error,
-  // until its next successful probe, so other calls stop picking it before
-  // the monitor's next probe notices. Only a member last probed in
-  // recovery: the primary and any member accepting writes are left to the
-  // probes (one failed connection must not start a failover or name another
-  // primary), as are ids no longer members. Runs the record listener when it marked one. Returns
-  // whether it did.
+  // A call found member `id` unreachable (its connection failed, or a new
+  // one could not be made): it is suspect, with `error` as its last error,
+  // until a probe started after this call records it, so that other calls
+  // stop going there before the monitor's next probe notices.
+  //  - A replica (last probed in recovery) is unhealthy meanwhile: reads
+  //    pass it over.
+  //  - The primary: there is no primary meanwhile (the generation moves,
+  //    Pick(false) is UNAVAILABLE saying why, failover holds wait), and no
+  //    other member is named primary on its account (one failed connection
+  //    must not start a failover); its next probe names it again (under
+  //    another generation, which releases the holds) or loses it.
+  //  - A member accepting writes that is not the primary (no primary: two
+  //    writable members) and ids no longer members are left to the probes.
+  // Runs the record listener when it marked one. Returns whether it did.
   bool MarkSuspect(const std::string& id, const absl::Status& error);
+
+  // MarkSuspect() calls that marked a member so far; see Record().
+  uint64_t suspect_marks() const;
 
   // The primary's id ("" if none) and a counter that moves every time the
   // primary changes (including to none), for callers holding writes across a
@@ -200,8 +216,8 @@ class Topology {
   };
 
   // Record's work; false if `id` is not a member.
-  bool RecordLocked(const std::string& id, const absl::StatusOr<MemberSample>& sample)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool RecordLocked(const std::string& id, const absl::StatusOr<MemberSample>& sample,
+                    uint64_t marks_before) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ResolvePrimaryLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvaluateLagLocked(Member& member) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool HealthyLocked(const Member& member, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -221,6 +237,7 @@ class Topology {
   absl::Time primary_lost_at_ ABSL_GUARDED_BY(mu_);
   std::deque<PrimarySample> history_ ABSL_GUARDED_BY(mu_);
   size_t next_turn_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t suspect_marks_ ABSL_GUARDED_BY(mu_) = 0;
   std::function<void()> listener_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -16,6 +16,9 @@ struct TopologyMonitor::Worker {
   std::thread thread;
   absl::Mutex mu;
   bool stop ABSL_GUARDED_BY(mu) = false;
+  // Probe again now (ProbeSoon), not at the next interval.
+  bool soon ABSL_GUARDED_BY(mu) = false;
+  bool Woken() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return stop || soon; }
 };
 
 TopologyMonitor::TopologyMonitor(Topology* topology, TopologyMonitorOptions options,
@@ -123,13 +126,19 @@ void TopologyMonitor::ProbeLoop(std::shared_ptr<Worker> worker) {
                                            ? factory_(worker->spec)
                                            : std::make_unique<PgMemberProbe>(worker->spec.dsn);
   for (;;) {
+    {
+      absl::MutexLock lock(&worker->mu);
+      worker->soon = false;
+    }
+    // Read before the probe: a call's mark made while it is out stands.
+    const uint64_t marks = topology_->suspect_marks();
     const absl::Time started = absl::Now();
     absl::StatusOr<MemberSample> sample = probe->Probe(started + options_.probe_timeout);
     absl::MutexLock lock(&worker->mu);
     if (worker->stop) return;
-    topology_->Record(worker->spec.id, sample);
+    topology_->Record(worker->spec.id, sample, marks);
     worker->mu.AwaitWithTimeout(
-        absl::Condition(&worker->stop),
+        absl::Condition(worker.get(), &Worker::Woken),
         std::max(absl::ZeroDuration(), started + options_.interval - absl::Now()));
     if (worker->stop) return;
   }
@@ -151,6 +160,18 @@ void TopologyMonitor::Stop() {
     worker->stop = true;
   }
   for (auto& [id, worker] : workers) worker->thread.join();
+}
+
+void TopologyMonitor::ProbeSoon(const std::string& id) {
+  std::shared_ptr<Worker> worker;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = workers_.find(id);
+    if (it == workers_.end()) return;
+    worker = it->second;
+  }
+  absl::MutexLock lock(&worker->mu);
+  worker->soon = true;
 }
 
 absl::Status TopologyMonitor::discovery_status() const {

@@ -19,7 +19,8 @@
 // `leader_hint_ttl`, its leader is no longer taken as given and the primary is
 // whichever single member accepts writes; the member list stays as last seen.
 //
-// Thread-safety: Start*/Stop from one thread; status() from any.
+// Thread-safety: Start*/Stop from one thread; ProbeSoon and discovery_status
+// from any.
 
 #include <functional>
 #include <memory>
@@ -64,6 +65,11 @@ class TopologyMonitor {
   // error: discovery keeps trying); INVALID_ARGUMENT for a malformed URL.
   absl::Status StartPatroni(std::vector<std::string> urls, std::string dsn);
   void Stop();
+
+  // Probes member `id` once its probe under way, if any, is answered,
+  // rather than at its next interval: a call found it unreachable
+  // (Topology::MarkSuspect) and its next probe decides. Unknown ids: nothing.
+  void ProbeSoon(const std::string& id);
 
   // The last discovery attempt's outcome (OK without Patroni).
   absl::Status discovery_status() const;

@@ -390,8 +390,27 @@ TEST_F(TopologyTest, ExcludedMembersArePassedOver) {
   const std::vector<std::string> all = {"p", "r1", "r2"};
   absl::StatusOr<Topology::Route> none = topology_.Pick(true, 0, all);
   EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_TRUE(absl::StrContains(none.status().message(), "already tried")) << none.status();
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "already failed on p, the primary now"))
+      << none.status();
   EXPECT_EQ(topology_.Pick(false, 0, {"p"}).status().code(), absl::StatusCode::kUnavailable);
+  // A read failed on replica r1, which was promoted since (p is gone): the
+  // answer names it as the member the read failed on, not as a primary
+  // already tried.
+  {
+    topology_.Record("p", absl::UnavailableError("refused"));
+    topology_.Record("r1", Primary(1010));
+    ASSERT_EQ(topology_.primary(), "r1");
+    const std::vector<std::string> failed = {"r1", "r2"};
+    absl::StatusOr<Topology::Route> promoted = topology_.Pick(true, 0, failed);
+    EXPECT_EQ(promoted.status().code(), absl::StatusCode::kUnavailable);
+    EXPECT_TRUE(
+        absl::StrContains(promoted.status().message(), "already failed on r1, the primary now"))
+        << promoted.status();
+    EXPECT_FALSE(absl::StrContains(promoted.status().message(), "primary r1 was already tried"))
+        << promoted.status();
+    Round(1020, 1020, 1020);
+    ASSERT_EQ(topology_.primary(), "p");
+  }
   // An unknown id excludes nothing: held reads spread over both replicas.
   {
     const std::vector<std::string> unknown = {"nobody"};
@@ -417,8 +436,8 @@ TEST_F(TopologyTest, SuspectReplicaGetsNoReadsUntilItsNextGoodProbe) {
   EXPECT_FALSE(Status("r1").healthy);
   EXPECT_TRUE(absl::StrContains(Status("r1").last_error.message(), "server closed"));
   for (int i = 0; i < 4; ++i) EXPECT_EQ(topology_.Pick(true)->id(), "r2");
-  // The primary, unknown ids and members accepting writes are the probes'.
-  EXPECT_FALSE(topology_.MarkSuspect("p", absl::UnavailableError("x")));
+  // Unknown ids and writable members that are not the primary are the
+  // probes'.
   EXPECT_FALSE(topology_.MarkSuspect("nobody", absl::UnavailableError("x")));
   EXPECT_EQ(listened, 1);
   EXPECT_EQ(topology_.primary(), "p");
@@ -437,6 +456,77 @@ TEST_F(TopologyTest, SuspectReplicaGetsNoReadsUntilItsNextGoodProbe) {
   EXPECT_TRUE(Status("r1").healthy);
   EXPECT_EQ(SpreadOf(4), (std::map<std::string, int>{{"r1", 2}, {"r2", 2}}));
   topology_.SetRecordListener(nullptr);
+}
+
+TEST_F(TopologyTest, SuspectPrimaryHoldsWritesUntilItsNextProbeNamesItOrLosesIt) {
+  Round(1000, 1000, 1000);
+  int listened = 0;
+  topology_.SetRecordListener([&] { ++listened; });
+  const uint64_t before = topology_.primary_generation();
+  EXPECT_TRUE(topology_.MarkSuspect("p", absl::UnavailableError("server closed the connection")));
+  EXPECT_EQ(listened, 1);
+  // No primary now: writes fail UNAVAILABLE saying why (callers hold them),
+  // under a new generation; reads still go to the replicas.
+  EXPECT_EQ(topology_.primary(), "");
+  EXPECT_NE(topology_.primary_generation(), before);
+  EXPECT_NE(topology_.primary_lost_at(), absl::InfiniteFuture());
+  absl::StatusOr<Topology::Route> write = topology_.Pick(false);
+  EXPECT_EQ(write.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(absl::StrContains(write.status().message(), "lost its connection to p"))
+      << write.status();
+  EXPECT_TRUE(absl::StrContains(write.status().message(), "server closed")) << write.status();
+  EXPECT_EQ(topology_.PrimaryDsn().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(Status("p").healthy);
+  EXPECT_TRUE(topology_.Pick(true).ok());
+  // A replica promoted meanwhile is not named primary on the mark's account.
+  topology_.Record("r2", Primary(1000));
+  EXPECT_EQ(topology_.primary(), "");
+  topology_.Record("r2", Replica(1000));
+  // The primary's next probe names it again, under another generation (so
+  // held writes are released).
+  const uint64_t lost = topology_.primary_generation();
+  topology_.Record("p", Primary(1010));
+  EXPECT_EQ(topology_.primary(), "p");
+  EXPECT_NE(topology_.primary_generation(), lost);
+  EXPECT_TRUE(Status("p").healthy);
+  EXPECT_TRUE(Status("p").last_error.ok());
+  EXPECT_EQ(topology_.Pick(false)->id(), "p");
+  // Marked again and its next probe fails: lost as by the probes alone, and
+  // a promoted replica becomes the primary.
+  EXPECT_TRUE(topology_.MarkSuspect("p", absl::UnavailableError("reset")));
+  topology_.Record("p", absl::UnavailableError("connection refused"));
+  EXPECT_EQ(topology_.primary(), "");
+  topology_.Record("r1", Primary(1020));
+  EXPECT_EQ(topology_.primary(), "r1");
+  topology_.SetRecordListener(nullptr);
+}
+
+TEST_F(TopologyTest, ProbeStartedBeforeAMarkDoesNotClearIt) {
+  Round(1000, 1000, 1000);
+  for (const std::string id : {"p", "r1"}) {
+    // A probe starts, a call marks the member, the probe answers OK.
+    const uint64_t marks = topology_.suspect_marks();
+    EXPECT_TRUE(topology_.MarkSuspect(id, absl::UnavailableError("server closed the connection")));
+    EXPECT_GT(topology_.suspect_marks(), marks);
+    topology_.Record(id, id == "p" ? Primary(1010) : Replica(1010), marks);
+    EXPECT_FALSE(Status(id).healthy) << id;
+    EXPECT_TRUE(absl::StrContains(Status(id).last_error.message(), "server closed")) << id;
+    EXPECT_EQ(topology_.primary(), id == "p" ? "" : "p") << id;
+    // The next probe, started after the mark, clears it.
+    topology_.Record(id, id == "p" ? Primary(1020) : Replica(1020), topology_.suspect_marks());
+    EXPECT_TRUE(Status(id).healthy) << id;
+    EXPECT_EQ(topology_.primary(), "p") << id;
+  }
+  // A mark while a probe is out, then another member's mark: the probe
+  // still counts for the first member only if it started after its mark.
+  const uint64_t marks = topology_.suspect_marks();
+  EXPECT_TRUE(topology_.MarkSuspect("r1", absl::UnavailableError("x")));
+  const uint64_t after_r1 = topology_.suspect_marks();
+  EXPECT_TRUE(topology_.MarkSuspect("r2", absl::UnavailableError("y")));
+  topology_.Record("r1", Replica(1030), after_r1);
+  EXPECT_TRUE(Status("r1").healthy);
+  topology_.Record("r2", Replica(1030), marks);
+  EXPECT_FALSE(Status("r2").healthy);
 }
 
 }  // namespace

@@ -202,6 +202,14 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       Untrack(raw);
       call->tracked = false;
     }
+    if (!s.ok() && !raw->on_replica && raw->connection_failed_ && !raw->member.empty() &&
+        ConnectionFailure(s) && !replicas->stopped()) {
+      // Its connection to the primary failed: other calls sent now would go
+      // out on the pool's other connections to the same server and most
+      // likely fail alike. Held instead until the primary's next probe,
+      // asked for now, names it again or finds it gone.
+      replicas->MarkSuspect(raw->member, s);
+    }
     if (!s.ok() && raw->on_replica && RetryOnAnotherMember(raw, weak, call, s)) return;
     if (s.code() == absl::StatusCode::kUnavailable && raw->on_replica &&
         raw->member_unhealthy_.load(std::memory_order_relaxed)) {
@@ -306,6 +314,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   const ReadRetryReason reason =
       ReplicaReadRetry(failure, {.on_replica = raw->on_replica,
                                  .plain_read = raw->plain_read && raw->replica_ok,
+                                 .connection_failed = raw->connection_failed_,
                                  .no_connection = raw->no_connection_,
                                  .abandoned = raw->member_unhealthy_.load(),
                                  .cancelled = raw->cancelled.load(std::memory_order_relaxed),
@@ -328,6 +337,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   const bool gave_up = raw->member_unhealthy_.load();
   raw->not_run_ = false;
   raw->no_connection_ = false;
+  raw->connection_failed_ = false;
   // Untracked already (done() did that first): nothing raises it again.
   raw->member_unhealthy_.store(false);
   raw->state.store(Work::kQueued);
@@ -491,6 +501,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     for (auto& w : batch) {
       w->not_run_ = true;
       w->no_connection_ = true;
+      w->connection_failed_ = true;
       w->done(lease.status());
     }
     return;
@@ -544,6 +555,7 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
     // routing may hold it for a new primary like one that found no
     // connection.
     if (!w->statement.status.ok() && w->statement.reach == db::Reach::kNotRun) w->not_run_ = true;
+    w->connection_failed_ = lost;
     w->done(w->statement.status);
   }
 }
@@ -557,8 +569,10 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
     db::Statement& s = w->statement;
     if (s.status.ok() || s.reach == db::Reach::kAnswered) continue;
     // A write that may have run is not run twice: its status says whether it
-    // was rolled back or its outcome is unknown.
-    const bool read = s.may_share_sync || w->read_only;
+    // was rolled back or its outcome is unknown. Nothing that ran on a
+    // replica wrote anything (a named query declared read-only, which
+    // poolside cannot prove a read, included).
+    const bool read = s.may_share_sync || w->read_only || w->on_replica;
     if (s.reach == db::Reach::kMayHaveRun && !read) continue;
     if (absl::Now() >= w->deadline || w->cancelled.load(std::memory_order_relaxed)) continue;
     // Given up on this member: routing runs it elsewhere.
@@ -605,6 +619,7 @@ void Database::RunExclusive(Work& work) {
       // nothing if the first attempt did not either.
       work.not_run_ = attempt == 0 || first_reach == db::Reach::kNotRun;
       work.no_connection_ = attempt == 0;
+      work.connection_failed_ = true;
       if (attempt == 0) outcome = lease.status();
       break;
     }
@@ -619,6 +634,7 @@ void Database::RunExclusive(Work& work) {
     const bool lost = (*lease)->broken();
     const db::Reach reach = (*lease)->last_call_reach();
     if (attempt == 0) first_reach = reach;
+    work.connection_failed_ = lost;
     if (lost) lease->MarkBroken();
     lease->Release();
     // Run again only what cannot run twice: nothing of it ran, or it only

@@ -13,8 +13,9 @@
 // A connection is checked before use (dead ones are replaced within the call's
 // deadline), and work whose connection fails under it runs once more on a
 // fresh connection when that cannot run anything twice: always when the server
-// provably never ran it, and for reads (Work::read_only, or a statement marked
-// may_share_sync) also when it may have. A write whose outcome is unknown is
+// provably never ran it, and for reads (Work::read_only, a statement marked
+// may_share_sync, or anything on a replica, where PostgreSQL lets nothing
+// write) also when it may have. A write whose outcome is unknown is
 // never run again: it answers UNAVAILABLE saying so.
 //
 // A database with streaming replicas (AttachReplicas) routes instead: each
@@ -212,6 +213,9 @@ class Work {
   bool not_run_ = false;
   // Failed for want of a connection (set with not_run_ by the worker).
   bool no_connection_ = false;
+  // Its connection failed under it, or none could be had: with an
+  // UNAVAILABLE status and no SQL error, its member is suspect.
+  bool connection_failed_ = false;
   // Raised by routing when the probes found the replica it runs on
   // unhealthy: the worker gives its connection up (or does not start).
   std::atomic<bool> member_unhealthy_{false};

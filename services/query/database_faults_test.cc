@@ -4,6 +4,9 @@
 // outcome is unknown says so, and a connection a statement left unclean is
 // never handed out again.
 //
+// With a topology, a connection to the primary lost under a write makes the
+// primary suspect: the next writes are held until its next probe.
+//
 // Deaths "in flight" go through a FaultProxy that holds the server's goodbye
 // back until the client speaks, or cuts the reply to a request that ran: the
 // same races a real network produces, made deterministic. Backends are
@@ -16,11 +19,14 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/db/managed_database.h"
 #include "gtest/gtest.h"
 #include "services/query/database.h"
 #include "services/query/query_config.h"
+#include "services/query/replicas.h"
 #include "tests/fixtures/fault_proxy.h"
 #include "tests/fixtures/postgres_cluster.h"
+#include "tests/fixtures/wait_for.h"
 
 namespace poolside::query {
 namespace {
@@ -98,8 +104,9 @@ class DatabaseFaultsTest : public ::testing::Test {
 
   // A database of its own for each test (its connections' application_name
   // is poolside-query/<name>); `dsn` empty: straight to the server.
+  // `topology`: with one (members set by the test, probes recorded by hand).
   v1::DatabaseConfig Config(int max_size, const std::string& dsn = "",
-                            uint32_t validate_after_idle_ms = 0) {
+                            uint32_t validate_after_idle_ms = 0, bool topology = false) {
     v1::QueryServiceConfig c;
     auto* db = c.add_databases();
     static int databases = 0;
@@ -109,6 +116,12 @@ class DatabaseFaultsTest : public ::testing::Test {
     db->mutable_pool()->set_max_size(max_size);
     db->mutable_pool()->set_min_idle(max_size);
     db->mutable_pool()->set_validate_after_idle_ms(validate_after_idle_ms);
+    if (topology) {
+      // Probes a minute apart: only those the test records count.
+      db->mutable_topology()->add_replicas("host=127.0.0.1 port=1");
+      db->mutable_topology()->set_probe_interval_ms(60000);
+      db->mutable_topology()->set_max_lag_ms(120000);
+    }
     c.mutable_server()->mutable_tls()->set_plaintext(true);
     auto done = FinalizeQueryConfig(c);
     EXPECT_TRUE(done.ok()) << done.status();
@@ -276,6 +289,28 @@ TEST_F(DatabaseFaultsTest, AReadWhoseReplyWasLostIsRunAgain) {
   EXPECT_EQ(db->retries(), 1u);
 }
 
+// A named query declared read-only: poolside cannot prove it a read (it may
+// call functions of the user's), but on a replica PostgreSQL keeps it from
+// writing, so it may run again there; on the primary it may have written.
+TEST_F(DatabaseFaultsTest, AStatementNotProvenAReadIsRunAgainOnAReplicaOnly) {
+  std::unique_ptr<Database> db = ThroughNewProxy();
+  ASSERT_NE(db, nullptr);
+  proxy_->CutOnNextRequest();
+  auto on_replica = Call::Statement("SELECT 13::int8", Soon());
+  on_replica->work->replica_ok = true;
+  on_replica->work->plain_read = true;
+  on_replica->work->on_replica = true;  // as routing sets it
+  EXPECT_TRUE(Run(*db, *on_replica).ok()) << on_replica->status;
+  EXPECT_EQ(on_replica->sink.value(), 13);
+  EXPECT_EQ(db->retries(), 1u);
+
+  proxy_->CutOnNextRequest();
+  auto on_primary = Call::Statement("SELECT 14::int8", Soon());
+  on_primary->work->replica_ok = true;  // a replica's read that fell back
+  EXPECT_EQ(Run(*db, *on_primary).code(), absl::StatusCode::kUnavailable) << on_primary->status;
+  EXPECT_EQ(db->retries(), 1u);
+}
+
 TEST_F(DatabaseFaultsTest, ExclusiveWorkIsRunAgainWhenNothingOfItRanOrItOnlyReads) {
   std::unique_ptr<Database> db = ThroughNewProxy();
   ASSERT_NE(db, nullptr);
@@ -301,6 +336,56 @@ TEST_F(DatabaseFaultsTest, ExclusiveWorkIsRunAgainWhenNothingOfItRanOrItOnlyRead
   auto lost = Call::Transaction("INSERT INTO dbf_t VALUES (6)", Soon(), /*read_only=*/false);
   EXPECT_EQ(Run(*db, *lost).code(), absl::StatusCode::kUnavailable) << lost->status;
   EXPECT_EQ(db->retries(), 2u);
+}
+
+TEST_F(DatabaseFaultsTest, AConnectionLostToThePrimaryHoldsTheNextWritesUntilItsNextProbe) {
+  absl::StatusOr<std::unique_ptr<testing::FaultProxy>> proxy =
+      testing::FaultProxy::Start("127.0.0.1", pg_->port());
+  ASSERT_TRUE(proxy.ok()) << proxy.status();
+  const std::string dsn =
+      absl::StrCat("host=127.0.0.1 port=", (*proxy)->port(), " dbname=postgres user=postgres");
+  // One connection, never pre-pinged.
+  db::ManagedDatabase managed(Config(1, dsn, 600000, /*topology=*/true), {});
+  db::Topology& topology = *managed.topology();
+  ASSERT_TRUE(topology.SetMembers({{"p", dsn}, {"r", "host=127.0.0.1 port=1"}}).ok());
+  topology.Record("p", db::MemberSample{.in_recovery = false, .lsn = 100});
+  auto replicas = std::make_shared<Replicas>(&managed);
+  absl::StatusOr<std::shared_ptr<ConnectionPool>> own = managed.Pool("");
+  ASSERT_TRUE(own.ok()) << own.status();
+  Database db(*own, managed.config());
+  db.AttachReplicas(replicas);
+  auto insert = [&](const char* sql) {
+    auto call = Call::Statement(sql, Soon());
+    EXPECT_TRUE(db.Submit(call->work).ok());
+    return call;
+  };
+  auto first = insert("INSERT INTO dbf_t VALUES (21)");
+  ASSERT_TRUE(first->Wait());
+  ASSERT_TRUE(first->status.ok()) << first->status;
+
+  // The primary's connection is lost under a write: its outcome is unknown.
+  (*proxy)->CutOnNextRequest();
+  auto lost = insert("INSERT INTO dbf_t VALUES (22)");
+  ASSERT_TRUE(lost->Wait());
+  EXPECT_EQ(lost->status.code(), absl::StatusCode::kUnavailable) << lost->status;
+  EXPECT_TRUE(absl::StrContains(lost->status.message(), "outcome unknown")) << lost->status;
+  EXPECT_EQ(topology.primary(), "");
+  // The next write is held, not sent on another connection to the server.
+  auto next = insert("INSERT INTO dbf_t VALUES (23)");
+  const bool held = testing::WaitFor(
+      [&] { return replicas->held_now() == 1 || next->finished.HasBeenNotified(); },
+      absl::Seconds(10));
+  EXPECT_TRUE(held && !next->finished.HasBeenNotified())
+      << "not held: " << (next->finished.HasBeenNotified() ? next->status.ToString() : "");
+  // The primary's next probe names it again: the write runs there, once.
+  topology.Record("p", db::MemberSample{.in_recovery = false, .lsn = 110});
+  ASSERT_TRUE(next->Wait());
+  EXPECT_TRUE(next->status.ok()) << next->status;
+  EXPECT_EQ(next->work->member, "p");
+  EXPECT_EQ(Ids(), "{21,22,23}");
+  EXPECT_EQ(replicas->held_total(), 1u);
+  EXPECT_EQ(replicas->held_timeouts(), 0u);
+  replicas->Stop();
 }
 
 // Transaction control in a batch of other callers' statements: the statements

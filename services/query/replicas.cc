@@ -24,6 +24,12 @@ const char* ReadRetryReasonName(ReadRetryReason reason) {
   return "";
 }
 
+bool ConnectionFailure(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kUnavailable) return false;
+  const std::string sqlstate = db::SqlStateOf(status);
+  return sqlstate.empty() || absl::StartsWith(sqlstate, "08");
+}
+
 ReadRetryReason ReplicaReadRetry(const absl::Status& status, const ReadAttempt& attempt) {
   if (!attempt.on_replica || !attempt.plain_read || attempt.cancelled || attempt.past_deadline ||
       attempt.stopping || attempt.retries >= kMaxReplicaReadRetries) {
@@ -33,6 +39,7 @@ ReadRetryReason ReplicaReadRetry(const absl::Status& status, const ReadAttempt& 
   // so are a few server verdicts that say nothing of the member's health
   // (53300 too many connections): only the connection's own failures count.
   if (status.code() != absl::StatusCode::kUnavailable) return ReadRetryReason::kNone;
+  if (!attempt.connection_failed && !attempt.abandoned) return ReadRetryReason::kNone;
   const std::string sqlstate = db::SqlStateOf(status);
   if (sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03") {
     return ReadRetryReason::kServerShutdown;

@@ -88,6 +88,10 @@ struct ReadAttempt {
   // A single read statement of the caller's that routing may send to a
   // replica: not a transaction of the caller's, nothing that may write.
   bool plain_read = false;
+  // Its connection failed under it, or no connection could be had (the
+  // worker saw it): an UNAVAILABLE status from anything else (the service
+  // shutting down, a closed pool) says nothing of the member.
+  bool connection_failed = false;
   // No connection to the member could be had for it.
   bool no_connection = false;
   // Routing gave it up because its member was found unhealthy.
@@ -99,6 +103,13 @@ struct ReadAttempt {
   // Times it already ran again elsewhere.
   int retries = 0;
 };
+
+// Whether `status` is a failure of the connection rather than the
+// statement's: UNAVAILABLE with no SQLSTATE or one of class 08. Not a session
+// the server ended (57P01-57P03: also pg_terminate_backend's, on a healthy
+// member), nor other UNAVAILABLE verdicts (53300 too many connections). Only
+// meaningful for a status from a connection's call.
+bool ConnectionFailure(const absl::Status& status);
 
 // Whether a read that failed with `status` may run again on another member,
 // and why; kNone for anything else: an SQL error (syntax, permission, 25006,
@@ -172,11 +183,11 @@ class Replicas {
   uint64_t held_timeouts() const { return database_->hold_stats().timeouts; }
   size_t held_now() const { return database_->hold_stats().now; }
 
-  // A read failed on replica `member` with `error`, a failure of its
-  // connection (ReplicaReadRetry): other calls stop picking it until its
-  // next good probe (Topology::MarkSuspect).
+  // A call failed on `member` with `error`, a failure of its connection: a
+  // replica's reads go elsewhere, and calls for the primary are held, until
+  // its next probe (db::ManagedDatabase::MarkSuspect).
   void MarkSuspect(const std::string& member, const absl::Status& error) {
-    topology().MarkSuspect(member, error);
+    database_->MarkSuspect(member, error);
   }
   // A read that failed on a replica for `reason` was sent to another member.
   void CountReadRetry(ReadRetryReason reason) {

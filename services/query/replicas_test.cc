@@ -100,7 +100,9 @@ TEST(ReplicasTest, FailoverBufferHoldsUpToItsConfiguredLimits) {
 
 // A plain read on a replica that failed with its connection: the base case
 // every row below changes one thing of.
-ReadAttempt PlainReplicaRead() { return {.on_replica = true, .plain_read = true}; }
+ReadAttempt PlainReplicaRead() {
+  return {.on_replica = true, .plain_read = true, .connection_failed = true};
+}
 
 TEST(ReplicaReadRetryTest, ConnectionFailuresRunAgainElsewhere) {
   const ReadAttempt read = PlainReplicaRead();
@@ -152,6 +154,14 @@ TEST(ReplicaReadRetryTest, SqlErrorsAndOtherCodesNeverRunAgain) {
        {"42601", "42501", "25006", "22012", "57014", "40001", "53300", "53200", "XX000", "0A000"}) {
     absl::Status s = db::StatusFromSqlState(state, "error");
     EXPECT_EQ(ReplicaReadRetry(s, read), ReadRetryReason::kNone) << state << ": " << s;
+  }
+  // UNAVAILABLE that no failed connection caused: the service shutting
+  // down, a pool closed under the call.
+  ReadAttempt no_connection_failed = read;
+  no_connection_failed.connection_failed = false;
+  for (const absl::Status& s : {absl::UnavailableError("the query service is shutting down"),
+                                absl::UnavailableError("the pool is closed")}) {
+    EXPECT_EQ(ReplicaReadRetry(s, no_connection_failed), ReadRetryReason::kNone) << s;
   }
   // Out of time, cancelled, refused by limits, or not the database's doing.
   for (const absl::Status& s :
