@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -135,13 +136,19 @@ struct Ingest {
 
 // An ingest_server writing tables events and orphans of `dsn`'s database,
 // whose topology adds `members`.
-// `warm`: false opens no connection before the first write (min_idle 0).
+// `warm`: false opens no connection before the first write (min_idle 0);
+// `min_idle`, `validate_after_idle_ms` > 0: the pool's settings.
 Ingest StartIngest(const std::string& dsn, const std::vector<std::string>& members,
-                   uint32_t failover_buffer_ms, bool warm = true) {
+                   uint32_t failover_buffer_ms, bool warm = true, uint32_t min_idle = 0,
+                   uint32_t validate_after_idle_ms = 0) {
   v1::IngestServiceConfig config;
   v1::DatabaseConfig* db = AddDatabase(&config, kDb, dsn);
   db->mutable_pool()->set_startup_retry_ms(1000);
   if (!warm) db->mutable_pool()->set_min_idle(0);
+  if (min_idle > 0) db->mutable_pool()->set_min_idle(min_idle);
+  if (validate_after_idle_ms > 0) {
+    db->mutable_pool()->set_validate_after_idle_ms(validate_after_idle_ms);
+  }
   v1::TopologyConfig* t = db->mutable_topology();
   for (const std::string& m : members) t->add_replicas(m);
   t->set_probe_interval_ms(50);
@@ -377,6 +384,48 @@ TEST(IngestTopologyTest, CopyRefusedAsReadOnlyByADemotedPrimaryIsHeldAndWrittenO
   EXPECT_TRUE(again->duplicate());
   EXPECT_EQ(Value(primary, "SELECT count(*) FROM events WHERE writer = 7"),
             absl::StrCat(2 * kRows));
+  EXPECT_TRUE(Terminated(ingest));
+}
+
+TEST(IngestTopologyTest, CopyConnectionsLostOnAHealthyPrimaryAreReplacedNotWaitedOut) {
+  ReplicatedCluster& cluster = Cluster();
+  PostgresCluster& primary = cluster.primary();
+  // Pooled connections are never pre-pinged here (as connections used in the
+  // last validateAfterIdleMs are not under a steady load), and at least two
+  // are kept open: a flush's immediate retry on another pooled one meets a
+  // dead one too.
+  const Ingest ingest =
+      StartIngest(primary.Dsn(kDb), {MemberEntry(cluster.replica(0))}, /*failover_buffer_ms=*/20000,
+                  /*warm=*/true, /*min_idle=*/3, /*validate_after_idle_ms=*/600000);
+  ASSERT_NE(ingest.stub, nullptr);
+  // The table's description read first (its catalog read would meet the
+  // dead connections otherwise).
+  absl::StatusOr<v1::WriteResponse> first =
+      Write(ingest, "events", (int64_t{11} << 32) + 1000, 5, /*writer=*/11, "");
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(WaitFor([&] { return std::atoi(IngestBackends(primary).c_str()) >= 2; }, kWait))
+      << IngestBackends(primary);
+  // Every session of ingest's pools ends (a network blip, an operator's
+  // pg_terminate_backend); the probes' sessions and the primary stay. The
+  // primary did not go anywhere: waiting for a new one would wait out
+  // failoverBufferMs and then fail the request.
+  Value(primary,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name "
+        "LIKE 'poolside-ingest/%'",
+        "postgres");
+  ASSERT_TRUE(WaitFor([&] { return IngestBackends(primary) == "0"; }, kWait));
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<v1::WriteResponse> r = Write(ingest, "events", (int64_t{11} << 32) + 100 * i, 5,
+                                                /*writer=*/11, i == 0 ? "lost-connections" : "");
+    ASSERT_TRUE(r.ok()) << "write " << i << ": " << r.status();
+    EXPECT_EQ(r->rows_written(), 5u);
+  }
+  EXPECT_EQ(Value(primary, "SELECT count(*) FROM events WHERE writer = 11"), "15");
+  const v1::GetIngestStatsResponse stats = ingest.Stats();
+  EXPECT_EQ(stats.batches_failed(), 0u);
+  EXPECT_EQ(stats.requests_failed(), 0u);
+  EXPECT_EQ(ingest.Held("held_timeouts_total"), 0);
+  EXPECT_EQ(ingest.Writing(MemberId(primary)), 1);
   EXPECT_TRUE(Terminated(ingest));
 }
 
