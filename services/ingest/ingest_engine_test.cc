@@ -65,7 +65,8 @@ class IngestEngineTest : public ::testing::Test {
   }
 
   std::unique_ptr<IngestEngine> StartEngine(uint64_t buffer_bytes = 0,
-                                            uint64_t max_request_bytes = 0) {
+                                            uint64_t max_request_bytes = 0,
+                                            uint32_t copy_connections = 0) {
     v1::IngestServiceConfig c;
     auto* db = c.add_databases();
     db->set_name("engine");
@@ -76,7 +77,9 @@ class IngestEngineTest : public ::testing::Test {
     t->add_tables("items");
     t->add_tables("missing");
     t->add_tables("events");
+    for (const std::string& extra : extra_tables_) t->add_tables(extra);
     c.mutable_batch()->set_linger_ms(5);
+    c.mutable_batch()->set_copy_connections(copy_connections);
     if (buffer_bytes > 0) {
       c.mutable_batch()->set_buffer_bytes(buffer_bytes);
       c.mutable_batch()->set_max_bytes(buffer_bytes / 4);
@@ -105,6 +108,39 @@ class IngestEngineTest : public ::testing::Test {
 
   std::string Count() { return *pg_->QueryValue("engine", "SELECT count(*) FROM items"); }
 
+  std::string Query(const std::string& sql) {
+    absl::StatusOr<std::string> v = pg_->QueryValue("engine", sql);
+    EXPECT_TRUE(v.ok()) << v.status() << " in " << sql;
+    return v.ok() ? *v : "";
+  }
+
+  // Waits until `n` sessions wait for a lock (the COPYs behind Lock()).
+  void WaitForLockWaiters(int n) {
+    const absl::Time give_up = absl::Now() + absl::Seconds(60);
+    while (Query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'engine' AND "
+                 "wait_event_type = 'Lock'") != absl::StrCat(n) &&
+           absl::Now() < give_up) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    ASSERT_EQ(Query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'engine' AND "
+                    "wait_event_type = 'Lock'"),
+              absl::StrCat(n));
+  }
+
+  // What every hostile case must leave behind: no ingest session inside a
+  // transaction, nothing buffered, no batch waiting.
+  void ExpectNothingLeftBehind(IngestEngine& engine) {
+    EXPECT_EQ(Query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'engine' AND "
+                    "state LIKE 'idle in transaction%'"),
+              "0");
+    v1::GetIngestStatsResponse stats;
+    engine.GetStats(&stats);
+    EXPECT_EQ(stats.buffered_bytes(), 0u);
+    EXPECT_EQ(stats.queue_batches(), 0u);
+  }
+
+  // Tables configured besides items, missing and events (created by the test).
+  std::vector<std::string> extra_tables_;
   testing::PostgresCluster* pg_;
   std::unique_ptr<db::Connection> locker_;
   std::unique_ptr<db::CopySession> lock_session_;
@@ -384,6 +420,189 @@ TEST_F(IngestEngineTest, BatchesQueuedBehindBusyConnectionsCommitTogether) {
   EXPECT_EQ(after.batches_written(), 1 + sent.size() - after.batches_joined());
   EXPECT_EQ(after.queue_batches(), 0u);
   EXPECT_EQ(after.buffered_bytes(), 0u);
+}
+
+uint64_t FlushesOf(IngestEngine& engine) {
+  const v1::GetIngestStatsResponse stats = StatsOf(engine);
+  uint64_t n = 0;
+  for (const auto& [reason, count] : stats.flushes_by_reason()) n += count;
+  return n;
+}
+
+// Submits `request` and waits until its batch is sealed, so that each request
+// sent this way is a batch of its own.
+void SubmitSealed(IngestEngine& engine, const v1::WriteRequest& request, Outcome* outcome,
+                  const auth::Principal* who = nullptr) {
+  const uint64_t before = FlushesOf(engine);
+  ASSERT_TRUE(engine.Submit(request, who, /*ticket=*/0, outcome->Done()).ok());
+  while (FlushesOf(engine) == before) absl::SleepFor(absl::Milliseconds(1));
+}
+
+// As Request(), with names long enough that its rows go as binary COPY (a
+// request of a few short rows goes as text: its binary form, allocated,
+// would pass what the request was admitted for).
+v1::WriteRequest BinaryRequest(int64_t first_id, int rows, std::string key = "") {
+  v1::WriteRequest r = Request(first_id, rows, std::move(key));
+  for (int i = 0; i < rows; ++i) {
+    r.mutable_rows(i)->mutable_values(1)->mutable_text_value()->append(60, '.');
+  }
+  return r;
+}
+
+// As Request(), with the ids as numeric text: only a text COPY carries them.
+v1::WriteRequest TextRequest(int64_t first_id, int rows) {
+  v1::WriteRequest r = Request(first_id, rows);
+  for (int i = 0; i < rows; ++i) {
+    r.mutable_rows(i)->mutable_values(0)->set_numeric_value(absl::StrCat(first_id + i));
+  }
+  return r;
+}
+
+// The rejected rows of an answer, as "index:sqlstate,...".
+std::string RejectedOf(const absl::StatusOr<v1::WriteResponse>& r) {
+  if (!r.ok()) return absl::StrCat("error: ", r.status().ToString());
+  std::string out;
+  for (const v1::RowError& e : r->rejected()) {
+    absl::StrAppend(&out, out.empty() ? "" : ",", e.row_index(), ":", e.sqlstate());
+  }
+  return out;
+}
+
+// Queued batches joined into one transaction keep every request's answer its
+// own: a row PostgreSQL refuses (a duplicate of a committed row, of a row of
+// an earlier request in the same transaction, a NULL refused before COPY) is
+// answered to its request alone, with its index there, and the other rows of
+// every request commit once; keys of two principals and a retry in flight
+// with them. Batches of another format or table queued alongside are never
+// in that transaction (each table and format commits apart, seen by the rows'
+// xmin), and no request is split across transactions.
+TEST_F(IngestEngineTest, JoinedBatchesAnswerEachRequestWithItsOwnRowsAndNeverMixGroups) {
+  // Each row's top-level transaction (xmin would name the savepoints of
+  // bad-row isolation).
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "ALTER TABLE items ADD COLUMN tx int8 DEFAULT txid_current(); "
+                        "ALTER TABLE events ADD COLUMN tx int8 DEFAULT txid_current()")
+                  .ok());
+  auto engine = StartEngine(0, 0, /*copy_connections=*/2);
+  ASSERT_TRUE(Write(*engine, Request(1000000, 1)).ok());
+  auto events_of = [](v1::WriteRequest r) {
+    for (const char* c : {"id", "device", "at", "value", "payload"}) r.add_columns(c);
+    return r;
+  };
+  ASSERT_TRUE(Write(*engine, events_of(Events(1000000, 1))).ok());
+  Lock();
+  // Both COPY connections wait for the lock; everything after them queues.
+  Outcome blocker1, blocker2;
+  SubmitSealed(*engine, BinaryRequest(1, 1), &blocker1);
+  SubmitSealed(*engine, BinaryRequest(2, 1), &blocker2);
+  WaitForLockWaiters(2);
+
+  auth::Principal bob;
+  bob.name = "bob";
+  Outcome b1, b2, t1, b3, b4, k1, k1_retry, k1_other, k2, e1, t2, u1;
+  SubmitSealed(*engine, BinaryRequest(100, 10), &b1);
+  v1::WriteRequest dup_committed = BinaryRequest(200, 10);
+  dup_committed.mutable_rows(4)->mutable_values(0)->set_int64_value(1000000);
+  SubmitSealed(*engine, dup_committed, &b2);
+  v1::WriteRequest text_dup = TextRequest(300, 10);
+  text_dup.mutable_rows(2)->mutable_values(0)->set_numeric_value("1000000");
+  SubmitSealed(*engine, text_dup, &t1);
+  // A duplicate of b1's row 1 (id 101), in the same transaction after it.
+  v1::WriteRequest dup_joined = BinaryRequest(400, 10);
+  dup_joined.mutable_rows(6)->mutable_values(0)->set_int64_value(101);
+  SubmitSealed(*engine, dup_joined, &b3);
+  v1::WriteRequest null_name = BinaryRequest(500, 10);
+  null_name.mutable_rows(3)->mutable_values(1)->set_null_value(v1::NULL_VALUE);
+  SubmitSealed(*engine, null_name, &b4);
+  v1::WriteRequest keyed = BinaryRequest(600, 10, "join-key");
+  keyed.mutable_rows(8)->mutable_values(0)->set_int64_value(1000000);
+  SubmitSealed(*engine, keyed, &k1);
+  // The same request again while it is queued: answered with its outcome.
+  ASSERT_TRUE(engine->Submit(keyed, nullptr, 0, k1_retry.Done()).ok());
+  // The key with other rows: refused at once.
+  ASSERT_TRUE(engine->Submit(Request(650, 10, "join-key"), nullptr, 0, k1_other.Done()).ok());
+  k1_other.done.WaitForNotification();
+  EXPECT_EQ(k1_other.result.status().code(), absl::StatusCode::kFailedPrecondition);
+  // Bob's key of that name is his own; his rows join the same transaction.
+  SubmitSealed(*engine, BinaryRequest(700, 10, "join-key"), &k2, &bob);
+  v1::WriteRequest events = events_of(Events(800, 10));
+  *events.mutable_rows(5) = Events(1000000, 1).rows(0);
+  SubmitSealed(*engine, events, &e1);
+  SubmitSealed(*engine, TextRequest(900, 5), &t2);
+  SubmitSealed(*engine, BinaryRequest(1000, 10), &u1);
+
+  const v1::GetIngestStatsResponse locked = StatsOf(*engine);
+  EXPECT_EQ(locked.queue_batches(), 10u);
+  EXPECT_EQ(locked.batches_joined(), 0u);
+  for (Outcome* o : {&b1, &b2, &t1, &b3, &b4, &k1, &k1_retry, &k2, &e1, &t2, &u1}) {
+    EXPECT_FALSE(o->done.HasBeenNotified());
+  }
+  Unlock();
+  for (Outcome* o :
+       {&blocker1, &blocker2, &b1, &b2, &t1, &b3, &b4, &k1, &k1_retry, &k2, &e1, &t2, &u1}) {
+    o->done.WaitForNotification();
+    ASSERT_TRUE(o->result.ok()) << o->result.status();
+  }
+  // Each request its own rows' outcome.
+  EXPECT_EQ(b1.result->rows_written(), 10u);
+  EXPECT_EQ(RejectedOf(b1.result), "");
+  EXPECT_EQ(b2.result->rows_written(), 9u);
+  EXPECT_EQ(RejectedOf(b2.result), "4:23505");
+  EXPECT_EQ(t1.result->rows_written(), 9u);
+  EXPECT_EQ(RejectedOf(t1.result), "2:23505");
+  EXPECT_EQ(b3.result->rows_written(), 9u);
+  EXPECT_EQ(RejectedOf(b3.result), "6:23505");
+  EXPECT_EQ(b4.result->rows_written(), 9u);
+  EXPECT_EQ(RejectedOf(b4.result), "3:23502");
+  EXPECT_EQ(k1.result->rows_written(), 9u);
+  EXPECT_EQ(RejectedOf(k1.result), "8:23505");
+  EXPECT_FALSE(k1.result->duplicate());
+  EXPECT_TRUE(k1_retry.result->duplicate());
+  EXPECT_EQ(k1_retry.result->rows_written(), 9u);
+  EXPECT_EQ(RejectedOf(k1_retry.result), "8:23505");
+  EXPECT_EQ(k2.result->rows_written(), 10u);
+  EXPECT_FALSE(k2.result->duplicate());
+  EXPECT_EQ(e1.result->rows_written(), 9u);
+  EXPECT_EQ(RejectedOf(e1.result), "5:23505");
+  EXPECT_EQ(t2.result->rows_written(), 5u);
+  EXPECT_EQ(u1.result->rows_written(), 10u);
+
+  // Exactly the acknowledged rows, each once.
+  EXPECT_EQ(Count(), absl::StrCat(1 + 2 + 10 + 9 + 9 + 9 + 9 + 9 + 10 + 5 + 10));
+  EXPECT_EQ(Query("SELECT count(DISTINCT id) FROM items"), Count());
+  EXPECT_EQ(Query("SELECT name FROM items WHERE id = 101"),
+            absl::StrCat("item 101", std::string(60, '.')));
+  EXPECT_EQ(Query("SELECT count(*) FROM items WHERE id BETWEEN 650 AND 659"), "0");
+  EXPECT_EQ(Query("SELECT count(*) FROM events"), "10");
+  // No request split: each one's rows in one transaction.
+  for (int64_t first : {100, 200, 300, 400, 500, 600, 700, 900, 1000}) {
+    EXPECT_EQ(Query(absl::StrCat("SELECT count(DISTINCT tx) FROM items WHERE id BETWEEN ", first,
+                                 " AND ", first + 9)),
+              "1")
+        << first;
+  }
+  // The binary requests in one transaction, the text ones in another.
+  EXPECT_EQ(Query("SELECT count(DISTINCT tx) FROM items WHERE id BETWEEN 100 AND 1009 "
+                  "AND id NOT BETWEEN 300 AND 309 AND id NOT BETWEEN 900 AND 909"),
+            "1");
+  EXPECT_EQ(Query("SELECT count(DISTINCT tx) FROM items WHERE id BETWEEN 300 AND 309 "
+                  "OR id BETWEEN 900 AND 909"),
+            "1");
+  EXPECT_EQ(Query("SELECT count(DISTINCT tx) FROM items WHERE id BETWEEN 100 AND 1009"), "2");
+  EXPECT_EQ(Query("SELECT count(*) FROM events WHERE tx IN (SELECT tx FROM items)"), "0");
+  EXPECT_EQ(Query("SELECT count(DISTINCT tx) FROM events WHERE id BETWEEN 800 AND 809"), "1");
+  // Each key stored once, with its request's result.
+  EXPECT_EQ(Query("SELECT string_agg(principal || ':' || rows, ',' ORDER BY principal) FROM "
+                  "poolside_ingest_keys WHERE key = 'join-key'"),
+            ":9,bob:10");
+  const v1::GetIngestStatsResponse after = StatsOf(*engine);
+  // The requests of binary form (the blockers', items' and events') as
+  // binary; the text ones as text.
+  EXPECT_EQ(after.rows_written_binary() - locked.rows_written_binary(),
+            2u + 10 + 9 + 9 + 9 + 9 + 10 + 10 + 9);
+  EXPECT_EQ(after.batches_joined(), 7u);  // 7 binary batches of items as one, 2 text as one
+  EXPECT_EQ(after.requests_failed(), 1u);
+  ExpectNothingLeftBehind(*engine);
 }
 
 TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
