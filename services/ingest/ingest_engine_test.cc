@@ -72,6 +72,7 @@ class IngestEngineTest : public ::testing::Test {
     db->set_name("engine");
     db->set_dsn(pg_->Dsn("engine"));
     db->set_allow_privileged_role(true);  // the fixture's superuser
+    if (connect_timeout_ms_ > 0) db->mutable_pool()->set_connect_timeout_ms(connect_timeout_ms_);
     auto* t = c.add_tables();
     t->set_database("engine");
     t->add_tables("items");
@@ -141,6 +142,8 @@ class IngestEngineTest : public ::testing::Test {
 
   // Tables configured besides items, missing and events (created by the test).
   std::vector<std::string> extra_tables_;
+  // The pools' connect timeout (0: the default).
+  uint32_t connect_timeout_ms_ = 0;
   testing::PostgresCluster* pg_;
   std::unique_ptr<db::Connection> locker_;
   std::unique_ptr<db::CopySession> lock_session_;
@@ -602,6 +605,30 @@ TEST_F(IngestEngineTest, JoinedBatchesAnswerEachRequestWithItsOwnRowsAndNeverMix
             2u + 10 + 9 + 9 + 9 + 9 + 10 + 10 + 9);
   EXPECT_EQ(after.batches_joined(), 7u);  // 7 binary batches of items as one, 2 text as one
   EXPECT_EQ(after.requests_failed(), 1u);
+  ExpectNothingLeftBehind(*engine);
+}
+
+// A flush waiting for a locked table waits up to flushTimeoutMs. (Each
+// connection is checked at connect with a statement bounded by the connect
+// timeout, here 1 s; the flush's COPY used to run under the statement_timeout
+// that check left, and was cancelled once the lock had been held a second.)
+TEST_F(IngestEngineTest, AFlushWaitsForALockedTableUpToTheFlushTimeout) {
+  connect_timeout_ms_ = 1000;
+  auto engine = StartEngine(0, 0, /*copy_connections=*/1);
+  ASSERT_TRUE(Write(*engine, Request(1000000, 1)).ok());
+  Lock();
+  Outcome o;
+  SubmitSealed(*engine, Request(1, 1), &o);
+  WaitForLockWaiters(1);
+  // Past the connect timeout (not an assertion on time: the flush must simply
+  // still be waiting when the lock goes).
+  absl::SleepFor(absl::Milliseconds(2500));
+  EXPECT_FALSE(o.done.HasBeenNotified());
+  Unlock();
+  o.done.WaitForNotification();
+  ASSERT_TRUE(o.result.ok()) << o.result.status();
+  EXPECT_EQ(o.result->rows_written(), 1u);
+  EXPECT_EQ(Count(), "2");
   ExpectNothingLeftBehind(*engine);
 }
 
