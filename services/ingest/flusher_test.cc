@@ -374,6 +374,37 @@ TEST_F(FlusherTest, AnotherLoginsKeyIsNotTheCallers) {
             "someone_else:victim-legacy");
 }
 
+// A row PostgreSQL refuses for its size (an index entry past btree's limit:
+// SQLSTATE 54000, not a data error) is that row's rejection, like a bad value:
+// it must not fail the other rows and requests of its batch (with batches
+// joined, other clients' requests).
+TEST_F(FlusherTest, ARowTooLargeForItsIndexIsRejectedAlone) {
+  ASSERT_TRUE(
+      pg_->Exec("flusher", "ALTER TABLE ev ALTER COLUMN code TYPE text; CREATE INDEX ON ev (code)")
+          .ok());
+  // Incompressible, so that no compression brings it under the limit.
+  std::string huge;
+  uint64_t x = 88172645463325252u;
+  while (huge.size() < 9000) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    huge.push_back(static_cast<char>('!' + x % 90));
+  }
+  Batch b = MakeBatch({Write({{1, "a", 1}, {2, "b", 2}}, "k-other"),
+                       Write({{3, "c", 3}, {4, huge, 4}, {5, "e", 5}}, "k-huge")});
+  FlushResult r = FlushBatch(*conn_, b, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE(r.responses[0].ok()) << r.responses[0].status();
+  EXPECT_EQ(r.responses[0]->rows_written(), 2u);
+  ASSERT_TRUE(r.responses[1].ok()) << r.responses[1].status();
+  EXPECT_EQ(r.responses[1]->rows_written(), 2u);
+  ASSERT_EQ(r.responses[1]->rejected_size(), 1);
+  EXPECT_EQ(r.responses[1]->rejected(0).row_index(), 1u);
+  EXPECT_EQ(r.responses[1]->rejected(0).sqlstate(), "54000");
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT string_agg(id::text, ',' ORDER BY id) FROM ev"),
+            "1,2,3,5");
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"), "2");
+}
+
 TEST_F(FlusherTest, NonDataErrorFailsTheBatch) {
   ASSERT_TRUE(pg_->Exec("flusher", "ALTER TABLE ev RENAME TO ev_old").ok());
   Batch b = MakeBatch({Write({{1, "a", 1}}, "kz")});
