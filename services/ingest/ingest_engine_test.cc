@@ -1,6 +1,7 @@
 #include "services/ingest/ingest_engine.h"
 
 #include <atomic>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -629,6 +630,133 @@ TEST_F(IngestEngineTest, AFlushWaitsForALockedTableUpToTheFlushTimeout) {
   ASSERT_TRUE(o.result.ok()) << o.result.status();
   EXPECT_EQ(o.result->rows_written(), 1u);
   EXPECT_EQ(Count(), "2");
+  ExpectNothingLeftBehind(*engine);
+}
+
+// Hostile values and names, in both COPY formats: column names that need
+// quoting, NaN, infinities, -0, the largest and smallest doubles, int8's ends,
+// timestamps at the ends of their range, text with tabs, newlines,
+// backslashes and COPY's end marker; NUL, invalid UTF-8, timestamps out of
+// range and rows of the wrong width are refused, each for its own row; a
+// column named twice or by its quoted name is refused whole; 1600 columns go.
+// The binary and the text COPY write the same values.
+TEST_F(IngestEngineTest, HostileValuesAndNamesLandAsSentOrAreRefusedAlone) {
+  const std::string columns =
+      "(\"Mixed Case\" int8 PRIMARY KEY, \"with space\" text, \"quote\"\"d\" float8, "
+      "\"select\" timestamptz, \"semi;colon\" bytea)";
+  ASSERT_TRUE(pg_->Exec("engine", absl::StrCat("DROP TABLE IF EXISTS odd, odd_text, wide; "
+                                               "CREATE TABLE odd ",
+                                               columns, "; CREATE TABLE odd_text ", columns,
+                                               "; DO $$BEGIN EXECUTE (SELECT 'CREATE TABLE wide "
+                                               "(' || string_agg('c' || g || ' int2', ',') || ')' "
+                                               "FROM generate_series(1, 1600) g); END$$"))
+                  .ok());
+  extra_tables_ = {"odd", "odd_text", "wide"};
+  auto engine = StartEngine();
+  // Long enough text that the typed request goes as binary COPY.
+  const std::string pad(150, 'p');
+  v1::WriteRequest typed;
+  typed.set_table("odd");
+  for (const char* c : {"Mixed Case", "with space", "quote\"d", "select", "semi;colon"}) {
+    typed.add_columns(c);
+  }
+  auto add = [&](int64_t id, std::string text, double d, int64_t seconds, int32_t nanos,
+                 std::string bytes) {
+    v1::Row* r = typed.add_rows();
+    r->add_values()->set_int64_value(id);
+    r->add_values()->set_text_value(text + pad);
+    r->add_values()->set_double_value(d);
+    auto* ts = r->add_values()->mutable_timestamp_value();
+    ts->set_seconds(seconds);
+    ts->set_nanos(nanos);
+    r->add_values()->set_bytes_value(std::move(bytes));
+    return r;
+  };
+  constexpr int64_t kMinSeconds = -62135596800, kMaxSeconds = 253402300799;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  add(1, "tab\there\nnew\\line\r", nan, kMinSeconds, 0, std::string("\0\x01\xff", 3));
+  add(2, "\xc3\xa9 \xf0\x9f\x98\x80", inf, kMaxSeconds, 999999999, "");
+  add(3, "\\.", -inf, 0, 0, "\\.\n");
+  add(4, "-0", -0.0, -1, 1000, "x");
+  add(5, "max", std::numeric_limits<double>::max(), 1, 1, "y");
+  add(std::numeric_limits<int64_t>::max(), "denorm", std::numeric_limits<double>::denorm_min(), 2,
+      2, "z");
+  add(std::numeric_limits<int64_t>::min(), "min", 1.5, 3, 3, "w");
+  add(8, std::string("nul\0byte", 8), 1, 4, 4, "");                         // 7: NUL
+  add(9, "", 1, 5, 5, "")->mutable_values(1)->set_bytes_value("bad \xff");  // 8: not UTF-8
+  add(10, "late", 1, kMaxSeconds + 1, 0, "");                               // 9: past 9999
+  add(11, "neg nanos", 1, 6, -1, "");                                       // 10
+  typed.add_rows();                                                         // 11: 0 values
+  add(12, "wide", 1, 7, 7, "")->add_values()->set_int64_value(1);           // 12: 6 values
+  const v1::GetIngestStatsResponse before = StatsOf(*engine);
+  absl::StatusOr<v1::WriteResponse> binary = Write(*engine, typed);
+  ASSERT_TRUE(binary.ok()) << binary.status();
+  EXPECT_EQ(binary->rows_written(), 7u);
+  EXPECT_EQ(RejectedOf(binary), "7:22021,8:22021,9:22008,10:22008,11:22P04,12:22P04");
+  EXPECT_EQ(StatsOf(*engine).rows_written_binary() - before.rows_written_binary(), 7u);
+  // The same rows with the ids as numeric text: a text COPY.
+  v1::WriteRequest text = typed;
+  text.set_table("odd_text");
+  for (v1::Row& r : *text.mutable_rows()) {
+    if (r.values_size() > 0) {
+      r.mutable_values(0)->set_numeric_value(absl::StrCat(r.values(0).int64_value()));
+    }
+  }
+  absl::StatusOr<v1::WriteResponse> as_text = Write(*engine, text);
+  ASSERT_TRUE(as_text.ok()) << as_text.status();
+  EXPECT_EQ(as_text->rows_written(), 7u);
+  EXPECT_EQ(RejectedOf(as_text), RejectedOf(binary));
+  EXPECT_EQ(StatsOf(*engine).rows_written_binary() - before.rows_written_binary(), 7u);
+  // Both formats wrote the same values ...
+  EXPECT_EQ(Query("SELECT count(*) FROM (SELECT * FROM odd EXCEPT SELECT * FROM odd_text) d"), "0");
+  EXPECT_EQ(Query("SELECT count(*) FROM (SELECT * FROM odd_text EXCEPT SELECT * FROM odd) d"), "0");
+  // ... which are the ones sent.
+  EXPECT_EQ(Query("SELECT string_agg(concat_ws('|', \"Mixed Case\", left(\"with space\", -150), "
+                  "\"quote\"\"d\", to_char(\"select\" AT TIME ZONE 'UTC', "
+                  "'YYYY-MM-DD HH24:MI:SS.US'), encode(\"semi;colon\", 'hex')), ' ; ' ORDER BY "
+                  "\"Mixed Case\") FROM odd"),
+            "-9223372036854775808|min|1.5|1970-01-01 00:00:03.000000|77 ; "
+            "1|tab\there\nnew\\line\r|NaN|0001-01-01 00:00:00.000000|0001ff ; "
+            "2|\xc3\xa9 \xf0\x9f\x98\x80|Infinity|9999-12-31 23:59:59.999999| ; "
+            "3|\\.|-Infinity|1970-01-01 00:00:00.000000|5c2e0a ; "
+            "4|-0|-0|1969-12-31 23:59:59.000001|78 ; "
+            "5|max|1.7976931348623157e+308|1970-01-01 00:00:01.000000|79 ; "
+            "9223372036854775807|denorm|5e-324|1970-01-01 00:00:02.000000|7a");
+
+  // A column twice, or named with its quotes: the request is refused whole.
+  v1::WriteRequest twice = typed;
+  twice.set_columns(1, "Mixed Case");
+  EXPECT_EQ(Write(*engine, twice).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::WriteRequest quoted = typed;
+  quoted.set_columns(0, "\"Mixed Case\"");
+  EXPECT_EQ(Write(*engine, quoted).status().code(), absl::StatusCode::kInvalidArgument);
+  // No columns named: every column of the table, which none of these rows fits.
+  v1::WriteRequest unnamed = typed;
+  unnamed.clear_columns();
+  unnamed.mutable_rows()->DeleteSubrange(0, 7);
+  for (v1::Row& r : *unnamed.mutable_rows()) {
+    if (r.values_size() > 0) r.mutable_values()->DeleteSubrange(0, 1);
+  }
+  absl::StatusOr<v1::WriteResponse> narrow = Write(*engine, unnamed);
+  ASSERT_TRUE(narrow.ok()) << narrow.status();
+  EXPECT_EQ(narrow->rows_written(), 0u);
+  EXPECT_EQ(narrow->rejected_size(), 6);
+
+  // 1600 columns (PostgreSQL's most), one row out of int2's range.
+  v1::WriteRequest wide;
+  wide.set_table("wide");
+  for (int i = 0; i < 3; ++i) {
+    v1::Row* r = wide.add_rows();
+    for (int c = 0; c < 1600; ++c)
+      r->add_values()->set_int64_value(i == 1 && c == 1599 ? 40000 : c);
+  }
+  absl::StatusOr<v1::WriteResponse> w = Write(*engine, wide);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->rows_written(), 2u);
+  EXPECT_EQ(RejectedOf(w), "1:22003");
+  EXPECT_EQ(Query("SELECT count(*) FROM wide WHERE c1 = 0 AND c1600 = 1599"), "2");
+  EXPECT_EQ(Count(), "0");
   ExpectNothingLeftBehind(*engine);
 }
 
