@@ -760,6 +760,36 @@ TEST_F(IngestEngineTest, HostileValuesAndNamesLandAsSentOrAreRefusedAlone) {
   ExpectNothingLeftBehind(*engine);
 }
 
+// Rows refused before COPY are answered each with a reason tens of bytes long
+// (and kept as a message of their own until then), however few bytes the row
+// took: an empty row is 2 bytes on the wire. Those answers count against the
+// buffer bound like encoded rows, so a request of many such rows is refused
+// as too large instead of costing the server some hundred times its size.
+TEST_F(IngestEngineTest, RejectedRowsCountAgainstTheBufferBound) {
+  constexpr size_t kBound = 4 << 20;
+  auto engine = StartEngine(kBound, /*max_request_bytes=*/1 << 20);
+  ASSERT_TRUE(Write(*engine, Request(1000000, 1)).ok());
+  // 120000 empty rows: 240 KB, 28 bytes a row as the COPY lines' room.
+  v1::WriteRequest empties = Request(1, 0);
+  for (int i = 0; i < 120000; ++i) empties.add_rows();
+  ASSERT_LT(empties.ByteSizeLong(), size_t{1} << 20);
+  absl::StatusOr<v1::WriteResponse> refused = Write(*engine, empties);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find("split it"), absl::string_view::npos)
+      << refused.status();
+  // Fewer: written, the rejections held while buffered.
+  v1::WriteRequest some = Request(1, 0);
+  for (int i = 0; i < 2000; ++i) some.add_rows();
+  *some.add_rows() = Request(1, 1).rows(0);
+  absl::StatusOr<v1::WriteResponse> answered = Write(*engine, some);
+  ASSERT_TRUE(answered.ok()) << answered.status();
+  EXPECT_EQ(answered->rows_written(), 1u);
+  EXPECT_EQ(answered->rejected_size(), 2000);
+  EXPECT_LE(StatsOf(*engine).buffered_bytes_max(), kBound);
+  EXPECT_EQ(Count(), "2");
+  ExpectNothingLeftBehind(*engine);
+}
+
 TEST_F(IngestEngineTest, FullBufferRefusesUnaryAndQueuesReads) {
   constexpr size_t kBound = 64 << 10;
   auto engine = StartEngine(kBound);
