@@ -1039,5 +1039,106 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
   engine.Stop();
 }
 
+// The same with the keyed and the unkeyed request in batches of their own,
+// queued behind a busy connection and joined into one transaction: the
+// COMMIT of that transaction is in doubt, the keyed request is retried and
+// written once, the unkeyed one answered UNAVAILABLE (outcome unknown) and,
+// that commit not having happened, not written.
+TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyedRequestsOnly) {
+  testing::PostgresCluster& pg = testing::SharedPostgres();
+  ASSERT_TRUE(
+      pg.CreateDatabase("doubt_join",
+                        "DROP TABLE IF EXISTS items, slow_flag, poolside_ingest_keys; "
+                        "CREATE TABLE items (id int8, name text NOT NULL); "
+                        "CREATE TABLE slow_flag (on_ boolean); "
+                        "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$BEGIN IF NEW.id >= 500 AND EXISTS (SELECT FROM slow_flag) THEN "
+                        "PERFORM pg_sleep(30); END IF; RETURN NULL; END$$; "
+                        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items DEFERRABLE "
+                        "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()")
+          .ok());
+  RefusingPort refusing;
+  ASSERT_NE(refusing.port(), 0);
+  v1::IngestServiceConfig c = ProbedConfig("doubt_join", pg.Dsn("doubt_join"), refusing.port(), 5);
+  c.mutable_batch()->set_copy_connections(1);
+  auto f = FinalizeIngestConfig(c);
+  ASSERT_TRUE(f.ok()) << f.status();
+  IngestEngine engine(*f);
+  engine.Start();
+  ASSERT_TRUE(Write(engine, Request(100, 1)).ok());
+  auto query = [&](const std::string& sql) {
+    absl::StatusOr<std::string> v = pg.QueryValue("doubt_join", sql);
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.ok() ? *v : "";
+  };
+
+  // The one COPY connection waits for a lock; the two requests queue.
+  db::ConnectionOptions o;
+  o.dsn = pg.Dsn("doubt_join");
+  absl::StatusOr<std::unique_ptr<db::Connection>> locker = db::Connection::Open(o);
+  ASSERT_TRUE(locker.ok()) << locker.status();
+  db::CopySession lock(**locker, absl::InfiniteFuture());
+  ASSERT_TRUE(lock.Exec("BEGIN").ok());
+  ASSERT_TRUE(lock.Exec("LOCK TABLE items IN ACCESS EXCLUSIVE MODE").ok());
+  Outcome blocker, keyed, plain;
+  SubmitSealed(engine, Request(1, 1), &blocker);
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  while (query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'doubt_join' AND "
+               "wait_event_type = 'Lock'") != "1" &&
+         absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  SubmitSealed(engine, Request(500, 2, "doubt-join-key"), &keyed);
+  SubmitSealed(engine, Request(600, 2), &plain);
+  ASSERT_EQ(StatsOf(engine).queue_batches(), 2u);
+  ASSERT_TRUE(pg.Exec("doubt_join", "INSERT INTO slow_flag VALUES (true)").ok());
+
+  std::atomic<bool> terminated{false};
+  std::thread killer([&] {
+    while (!terminated.load() && absl::Now() < give_up) {
+      // The flag goes first, so the retry commits without sleeping.
+      absl::StatusOr<std::string> n = pg.QueryValue(
+          "doubt_join",
+          "WITH d AS (DELETE FROM slow_flag WHERE EXISTS (SELECT FROM pg_stat_activity WHERE "
+          "datname = 'doubt_join' AND query = 'COMMIT' AND wait_event = 'PgSleep') RETURNING 1) "
+          "SELECT count(*) FROM d");
+      if (n.ok() && *n != "0") {
+        ASSERT_TRUE(pg.QueryValue("doubt_join",
+                                  "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                  "WHERE datname = 'doubt_join' AND query = 'COMMIT' AND "
+                                  "wait_event = 'PgSleep'")
+                        .ok());
+        terminated.store(true);
+      } else {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  });
+  ASSERT_TRUE(lock.Exec("ROLLBACK").ok());
+  blocker.done.WaitForNotification();
+  keyed.done.WaitForNotification();
+  plain.done.WaitForNotification();
+  killer.join();
+  ASSERT_TRUE(terminated.load());
+  EXPECT_EQ(StatsOf(engine).batches_joined(), 1u);
+  ASSERT_TRUE(blocker.result.ok()) << blocker.result.status();
+  ASSERT_TRUE(keyed.result.ok()) << keyed.result.status();
+  EXPECT_EQ(keyed.result->rows_written(), 2u);
+  EXPECT_FALSE(keyed.result->duplicate());
+  ASSERT_FALSE(plain.result.ok());
+  EXPECT_EQ(plain.result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(plain.result.status().message().find("outcome of the COMMIT is unknown"),
+            std::string::npos)
+      << plain.result.status();
+  EXPECT_EQ(query("SELECT string_agg(id::text, ',' ORDER BY id) FROM items"), "1,100,500,501");
+  EXPECT_EQ(query("SELECT string_agg(key || ':' || rows, ',') FROM poolside_ingest_keys"),
+            "doubt-join-key:2");
+  EXPECT_EQ(query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'doubt_join' AND "
+                  "state LIKE 'idle in transaction%'"),
+            "0");
+  EXPECT_EQ(StatsOf(engine).buffered_bytes(), 0u);
+  engine.Stop();
+}
+
 }  // namespace
 }  // namespace poolside::ingest
