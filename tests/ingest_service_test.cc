@@ -1183,6 +1183,68 @@ TEST(IngestServiceTest, DISABLED_AClientThatNeverReadsItsAcknowledgementsHoldsBo
   EXPECT_EQ(stats.queue_requests(), 0u);
 }
 
+// A Channel client that sends keyed requests (to a locked table, so none is
+// written yet) and cancels the call once the server has taken them: nothing
+// is acknowledged, and what it leaves behind is consistent: each request
+// written whole or not at all, its key stored exactly when its rows are, no
+// session left in a transaction, nothing buffered or waiting. (The requests
+// already taken are written once the lock goes, though unacknowledged: the
+// proto's "a request without an acknowledgement when the call ends was not
+// written" does not hold for a call cancelled with requests in flight; only
+// their keys tell a resending client.)
+TEST(IngestServiceTest, AStreamCancelledAfterSendingLeavesEachRequestWholeOrAbsent) {
+  CreateTable("cancelled");
+  auto server = StartIngestServer(Config({"cancelled"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_EQ(RunChannel(server->stub.get(), {Message("cancelled", "warm", 0, 1000000, 1)}).ok.size(),
+            1u);
+  std::unique_ptr<PgSession> locker = LockTable("cancelled");
+  ASSERT_NE(locker, nullptr);
+  constexpr int kMessages = 5, kRows = 20;
+  std::vector<std::shared_ptr<const std::string>> wire;
+  for (int i = 0; i < kMessages; ++i) {
+    wire.push_back(std::make_shared<const std::string>(
+        Message("cancelled", "c", i, 0, kRows).SerializeAsString()));
+  }
+  const uint64_t requests_before = Stats(*server).requests();
+  grpc::GenericStub stub(server->channel);
+  RawStream stream(&stub, "/poolside.v1.IngestService/Channel", std::move(wire),
+                   absl::Seconds(120));
+  ASSERT_TRUE(WaitFor([&] { return Stats(*server).requests() - requests_before == kMessages; },
+                      absl::Seconds(30)));
+  stream.Cancel();
+  RawCallResult r = stream.Wait();
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED) << r.status.error_message();
+  EXPECT_TRUE(r.responses.empty());
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
+  ASSERT_TRUE(WaitFor([&] { return Stats(*server).queue_requests() == 0; }, absl::Seconds(60)));
+
+  const std::string prefix = absl::StrCat(table_generation.load(), "-cancelled-c-");
+  for (int i = 0; i < kMessages; ++i) {
+    const std::string rows = Query(absl::StrCat("SELECT count(*) FROM cancelled WHERE id / ", kRows,
+                                                " = ", i, " AND id < 1000000"));
+    EXPECT_TRUE(rows == "0" || rows == absl::StrCat(kRows)) << "message " << i << ": " << rows;
+    EXPECT_EQ(Query(absl::StrCat("SELECT count(*) FROM poolside_ingest_keys WHERE key = '", prefix,
+                                 i, "'")),
+              rows == "0" ? "0" : "1")
+        << "message " << i;
+  }
+  EXPECT_EQ(Query("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                  "state LIKE 'idle in transaction%'"),
+            "0");
+  const v1::GetIngestStatsResponse stats = Stats(*server);
+  EXPECT_EQ(stats.buffered_bytes(), 0u);
+  EXPECT_EQ(stats.queue_batches(), 0u);
+  // The stream's requests, resent with their keys: answered, none written twice.
+  std::vector<v1::ChannelRequest> again;
+  for (int i = 0; i < kMessages; ++i) again.push_back(Message("cancelled", "c", i, 0, kRows));
+  ChannelRun resent = RunChannel(server->stub.get(), again);
+  EXPECT_TRUE(resent.status.ok()) << resent.status.error_message();
+  EXPECT_EQ(resent.ok.size(), static_cast<size_t>(kMessages));
+  EXPECT_EQ(Query("SELECT count(*) FROM cancelled"), absl::StrCat(1 + kMessages * kRows));
+  EXPECT_EQ(Query("SELECT count(DISTINCT id) FROM cancelled"), absl::StrCat(1 + kMessages * kRows));
+}
+
 TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {
   CreateTable("termed");
   // A small buffer: the server reads few messages ahead of what it has
