@@ -223,6 +223,64 @@ TEST_F(IngestEngineTest, MalformedAndOversizedRequestsAreRefusedSayingWhy) {
   EXPECT_EQ(StatsOf(*engine).buffered_bytes(), 0u);
 }
 
+// Broken encodings, each refused at once as malformed and nothing of it
+// kept; a key with a NUL refused (not malformed: it parses); a rows field of
+// the wrong wire type is, as for protobuf, an unknown field (no row); a
+// request of no rows, keyed, commits its key and names its content.
+TEST_F(IngestEngineTest, BrokenEncodingsAreRefusedAndLeaveNothing) {
+  auto engine = StartEngine();
+  ASSERT_TRUE(Write(*engine, Request(1, 1)).ok());  // the catalog is read
+  const std::string items = std::string("\x12\x05", 2) + "items";
+  auto submit = [&](std::string bytes) {
+    SerializedWrite w;
+    w.size = bytes.size();
+    w.buffer = std::move(bytes);
+    Outcome o;
+    absl::Status s = engine->Submit(std::move(w), nullptr, 0, o.Done());
+    if (s.ok()) {
+      o.done.WaitForNotification();
+      s = o.result.status();
+    }
+    return s;
+  };
+  const std::vector<std::pair<std::string, std::string>> broken = {
+      {"truncated field", items + std::string("\x0a\x05"
+                                              "ab",
+                                              4)},
+      {"tag 0", items + std::string("\x00", 1)},
+      {"end group at the top", items + "\x0c"},
+      {"length past 4 GiB", items + std::string("\x1a\xff\xff\xff\xff\x0f", 6)},
+      {"overlong varint", items + "\x28" + std::string(11, '\xff')},
+      {"row that does not parse", items + std::string("\x22\x02\x0a\x05", 4)},
+      {"row with a truncated value", items + std::string("\x22\x04\x0a\x02\x18", 5)},
+      {"invalid UTF-8 in a column name", items + std::string("\x1a\x02\xc3\x28", 4)},
+  };
+  for (const auto& [what, bytes] : broken) {
+    absl::Status s = submit(bytes);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << what << ": " << s;
+    EXPECT_TRUE(IsMalformed(s)) << what << ": " << s;
+  }
+  absl::Status nul_key = submit(items + std::string("\x2a\x03"
+                                                    "a\0b",
+                                                    5));
+  EXPECT_EQ(nul_key.code(), absl::StatusCode::kInvalidArgument) << nul_key;
+  EXPECT_FALSE(IsMalformed(nul_key)) << nul_key;
+  // Field 4 as a varint: an unknown field, so a request of no rows.
+  EXPECT_TRUE(submit(items + std::string("\x20\x01", 2)).ok());
+  // No rows, keyed: its key commits and names "no rows".
+  absl::StatusOr<v1::WriteResponse> none = Write(*engine, Request(10, 0, "no-rows"));
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->rows_written(), 0u);
+  absl::StatusOr<v1::WriteResponse> again = Write(*engine, Request(10, 0, "no-rows"));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(again->duplicate());
+  EXPECT_EQ(Write(*engine, Request(10, 1, "no-rows")).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(Count(), "1");
+  EXPECT_EQ(Query("SELECT rows FROM poolside_ingest_keys WHERE key = 'no-rows'"), "0");
+  ExpectNothingLeftBehind(*engine);
+}
+
 TEST_F(IngestEngineTest, KeyBelongsToItsPrincipalAndNamesOneRequest) {
   auto engine = StartEngine();
   absl::StatusOr<v1::WriteResponse> first = Write(*engine, Request(1, 10, "k"), "alice");
