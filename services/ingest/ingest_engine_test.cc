@@ -74,6 +74,7 @@ class IngestEngineTest : public ::testing::Test {
     db->set_dsn(pg_->Dsn("engine"));
     db->set_allow_privileged_role(true);  // the fixture's superuser
     if (connect_timeout_ms_ > 0) db->mutable_pool()->set_connect_timeout_ms(connect_timeout_ms_);
+    for (const std::string& role : roles_) db->add_roles()->set_name(role);
     auto* t = c.add_tables();
     t->set_database("engine");
     t->add_tables("items");
@@ -143,6 +144,8 @@ class IngestEngineTest : public ::testing::Test {
 
   // Tables configured besides items, missing and events (created by the test).
   std::vector<std::string> extra_tables_;
+  // Database roles configured (login roles of the fixture's server).
+  std::vector<std::string> roles_;
   // The pools' connect timeout (0: the default).
   uint32_t connect_timeout_ms_ = 0;
   testing::PostgresCluster* pg_;
@@ -664,6 +667,71 @@ TEST_F(IngestEngineTest, JoinedBatchesAnswerEachRequestWithItsOwnRowsAndNeverMix
             2u + 10 + 9 + 9 + 9 + 9 + 10 + 10 + 9);
   EXPECT_EQ(after.batches_joined(), 7u);  // 7 binary batches of items as one, 2 text as one
   EXPECT_EQ(after.requests_failed(), 1u);
+  ExpectNothingLeftBehind(*engine);
+}
+
+// Batches of different database roles queued behind busy connections are
+// joined only with their own role's: each role's requests commit in a
+// transaction of that role (current_user), never in another's.
+TEST_F(IngestEngineTest, JoinedBatchesNeverMixDatabaseRoles) {
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                        "'ingest_join_a') THEN CREATE ROLE ingest_join_a LOGIN; END IF; IF NOT "
+                        "EXISTS (SELECT FROM pg_roles WHERE rolname = 'ingest_join_b') THEN "
+                        "CREATE ROLE ingest_join_b LOGIN; END IF; END$$; "
+                        "ALTER TABLE items ADD COLUMN tx int8 DEFAULT txid_current(), "
+                        "ADD COLUMN who text DEFAULT current_user; "
+                        "GRANT SELECT, INSERT ON items TO ingest_join_a, ingest_join_b")
+                  .ok());
+  roles_ = {"ingest_join_a", "ingest_join_b"};
+  auto engine = StartEngine(0, 0, /*copy_connections=*/2);
+  ASSERT_TRUE(Write(*engine, Request(1000000, 1)).ok());
+  auth::Principal a, b;
+  a.name = "a";
+  a.database_role = "ingest_join_a";
+  b.name = "b";
+  b.database_role = "ingest_join_b";
+  // Each role's pool connected before the lock.
+  Outcome wa, wb;
+  ASSERT_TRUE(engine->Submit(BinaryRequest(1000001, 1), &a, 0, wa.Done()).ok());
+  ASSERT_TRUE(engine->Submit(BinaryRequest(1000002, 1), &b, 0, wb.Done()).ok());
+  wa.done.WaitForNotification();
+  wb.done.WaitForNotification();
+  ASSERT_TRUE(wa.result.ok()) << wa.result.status();
+  ASSERT_TRUE(wb.result.ok()) << wb.result.status();
+  Lock();
+  Outcome blocker1, blocker2;
+  SubmitSealed(*engine, BinaryRequest(1, 1), &blocker1);
+  SubmitSealed(*engine, BinaryRequest(2, 1), &blocker2);
+  WaitForLockWaiters(2);
+  Outcome a1, b1, a2, b2, own;
+  SubmitSealed(*engine, BinaryRequest(100, 5), &a1, &a);
+  SubmitSealed(*engine, BinaryRequest(200, 5), &b1, &b);
+  SubmitSealed(*engine, BinaryRequest(300, 5), &a2, &a);
+  SubmitSealed(*engine, BinaryRequest(400, 5), &b2, &b);
+  SubmitSealed(*engine, BinaryRequest(500, 5), &own);
+  EXPECT_EQ(StatsOf(*engine).queue_batches(), 5u);
+  Unlock();
+  for (Outcome* o : {&blocker1, &blocker2, &a1, &b1, &a2, &b2, &own}) {
+    o->done.WaitForNotification();
+    ASSERT_TRUE(o->result.ok()) << o->result.status();
+    EXPECT_EQ(o->result->rows_written(), o == &blocker1 || o == &blocker2 ? 1u : 5u);
+  }
+  EXPECT_EQ(StatsOf(*engine).batches_joined(), 2u);
+  EXPECT_EQ(Query("SELECT string_agg(DISTINCT who, ',') FROM items WHERE id BETWEEN 100 AND 104 "
+                  "OR id BETWEEN 300 AND 304"),
+            "ingest_join_a");
+  EXPECT_EQ(Query("SELECT string_agg(DISTINCT who, ',') FROM items WHERE id BETWEEN 200 AND 204 "
+                  "OR id BETWEEN 400 AND 404"),
+            "ingest_join_b");
+  EXPECT_EQ(Query("SELECT count(DISTINCT tx) FROM items WHERE id BETWEEN 100 AND 104 OR id "
+                  "BETWEEN 300 AND 304"),
+            "1");
+  EXPECT_EQ(Query("SELECT count(DISTINCT tx) FROM items WHERE id BETWEEN 200 AND 204 OR id "
+                  "BETWEEN 400 AND 404"),
+            "1");
+  EXPECT_EQ(Query("SELECT count(DISTINCT tx) FROM items WHERE id BETWEEN 100 AND 504"), "3");
+  EXPECT_EQ(Query("SELECT count(DISTINCT who) FROM items WHERE id BETWEEN 100 AND 504"), "3");
   ExpectNothingLeftBehind(*engine);
 }
 
