@@ -453,12 +453,14 @@ TEST_F(IngestEngineTest, RetryWhileInFlightIsWrittenOnce) {
 }
 
 TEST_F(IngestEngineTest, BatchesQueuedBehindBusyConnectionsCommitTogether) {
-  auto engine = StartEngine();
+  auto engine = StartEngine(0, 0, /*copy_connections=*/2);
   ASSERT_TRUE(Write(*engine, Request(1000000, 1)).ok());
   Lock();
   // One request per batch (each sealed by its linger before the next is
   // sent): the first ones take every COPY connection and wait for the lock,
-  // the rest queue.
+  // the rest queue. (Both connections are seen waiting before the rest are
+  // sent: a worker slow to wake on a loaded machine would otherwise find two
+  // batches queued and join them before the lock goes.)
   std::vector<std::unique_ptr<Outcome>> sent;
   auto linger_flushes = [&] { return StatsOf(*engine).flushes_by_reason().at("linger"); };
   for (int i = 0; i < 40 && StatsOf(*engine).queue_batches() < 4; ++i) {
@@ -466,6 +468,7 @@ TEST_F(IngestEngineTest, BatchesQueuedBehindBusyConnectionsCommitTogether) {
     sent.push_back(std::make_unique<Outcome>());
     ASSERT_TRUE(engine->Submit(Request(i * 10, 10), nullptr, 0, sent.back()->Done()).ok());
     while (linger_flushes() == before) absl::SleepFor(absl::Milliseconds(1));
+    if (i < 2) WaitForLockWaiters(i + 1);
   }
   const v1::GetIngestStatsResponse locked = StatsOf(*engine);
   ASSERT_GE(locked.queue_batches(), 4u) << "no batch queued behind the connections";
@@ -559,6 +562,7 @@ TEST_F(IngestEngineTest, JoinedBatchesAnswerEachRequestWithItsOwnRowsAndNeverMix
   // Both COPY connections wait for the lock; everything after them queues.
   Outcome blocker1, blocker2;
   SubmitSealed(*engine, BinaryRequest(1, 1), &blocker1);
+  WaitForLockWaiters(1);  // taken before the next is sealed: not joined with it
   SubmitSealed(*engine, BinaryRequest(2, 1), &blocker2);
   WaitForLockWaiters(2);
 
@@ -702,6 +706,7 @@ TEST_F(IngestEngineTest, JoinedBatchesNeverMixDatabaseRoles) {
   Lock();
   Outcome blocker1, blocker2;
   SubmitSealed(*engine, BinaryRequest(1, 1), &blocker1);
+  WaitForLockWaiters(1);  // taken before the next is sealed: not joined with it
   SubmitSealed(*engine, BinaryRequest(2, 1), &blocker2);
   WaitForLockWaiters(2);
   Outcome a1, b1, a2, b2, own;
