@@ -284,15 +284,21 @@ struct RawCallResult {
 
 class RawStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
+  // `read`: false for a client that never reads its answers.
   RawStream(grpc::GenericStub* stub, const std::string& method,
-            std::vector<std::shared_ptr<const std::string>> messages, absl::Duration timeout)
+            std::vector<std::shared_ptr<const std::string>> messages, absl::Duration timeout,
+            bool read = true)
       : messages_(std::move(messages)) {
     ctx_.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
     stub->PrepareBidiStreamingCall(&ctx_, method, grpc::StubOptions(), this);
-    StartRead(&read_);
+    if (read) StartRead(&read_);
     NextWrite();
     StartCall();
   }
+
+  // Messages written so far (their writes completed).
+  size_t written() const { return written_.load(); }
+  void Cancel() { ctx_.TryCancel(); }
 
   RawCallResult Wait() {
     done_.WaitForNotification();
@@ -301,7 +307,9 @@ class RawStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::B
   }
 
   void OnWriteDone(bool ok) override {
-    if (ok) NextWrite();
+    if (!ok) return;
+    written_.fetch_add(1);
+    NextWrite();
   }
   void OnReadDone(bool ok) override {
     if (!ok) return;
@@ -341,6 +349,7 @@ class RawStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::B
   grpc::ClientContext ctx_;
   const std::vector<std::shared_ptr<const std::string>> messages_;
   size_t next_ = 0;  // only touched by the write chain
+  std::atomic<size_t> written_{0};
   grpc::ByteBuffer write_, read_;
   absl::Mutex mu_;
   RawCallResult result_ ABSL_GUARDED_BY(mu_);
@@ -1113,6 +1122,127 @@ TEST(IngestServiceTest, LargeRequestsFromEightStreamsToALockedTableStayWithinThe
             static_cast<int64_t>(kBound * 3 / 2 / 1024) + 32 * 1024);
   EXPECT_EQ(Query("SELECT count(*) FROM bulk"),
             absl::StrCat(1 + kStreams * kMessages * kRows + 10));
+}
+
+// A Channel client that sends and never reads its acknowledgements. Each
+// request here is answered with 4000 rejected rows (~150 KiB of
+// acknowledgement for 8 KiB sent); the server keeps answering into the
+// call's queue of acknowledgements to send, which nothing bounds: after 400
+// requests (3 MiB sent) it holds some 60 MiB of acknowledgements, past
+// "about 1.5 x bufferBytes plus a constant" (docs/ingest.md, Bounded
+// memory); seen: RSS +78 MiB with a 4 MiB bound, growing with the requests.
+// DISABLED: fails until a stream stops reading while its unsent
+// acknowledgements are over a bound (ChannelCall::acks_ in
+// services/ingest/ingest_service.cc grows without one). That fix changes
+// what clients must do (read acknowledgements while writing, or stall once
+// gRPC's window is full), so it is the lead's call.
+TEST(IngestServiceTest, DISABLED_AClientThatNeverReadsItsAcknowledgementsHoldsBoundedMemory) {
+  CreateTable("unread");
+  v1::IngestServiceConfig config = Config({"unread"});
+  constexpr uint64_t kBound = 4 << 20;
+  config.mutable_batch()->set_buffer_bytes(kBound);
+  auto server = StartIngestServer(config);
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_EQ(RunChannel(server->stub.get(), {Message("unread", "warm", 0, 1000000, 1)}).ok.size(),
+            1u);
+  const int64_t rss_before_kb = server->process->RssKb();
+  // Rows of one value for five columns: each refused, with a reason.
+  v1::ChannelRequest m = Message("unread", "u", 0, 0, 0);
+  m.mutable_write()->set_idempotency_key("");
+  for (int i = 0; i < 4000; ++i) m.mutable_write()->add_rows()->add_values()->set_int64_value(i);
+  constexpr int kMessages = 400;
+  std::vector<std::shared_ptr<const std::string>> wire;
+  for (int i = 0; i < kMessages; ++i) {
+    m.set_sequence(i);
+    wire.push_back(std::make_shared<const std::string>(m.SerializeAsString()));
+  }
+  grpc::GenericStub stub(server->channel);
+  RawStream stream(&stub, "/poolside.v1.IngestService/Channel", std::move(wire), absl::Seconds(120),
+                   /*read=*/false);
+  // Until the server has taken every request, or has stopped taking them
+  // (its memory then bounded: the check below).
+  const uint64_t requests_before = Stats(*server).requests();
+  uint64_t taken = 0;
+  WaitFor(
+      [&] {
+        taken = Stats(*server).requests() - requests_before;
+        return taken == kMessages;
+      },
+      absl::Seconds(30));
+  const int64_t rss_kb = server->process->PeakRssKb();
+  printf("never read: %llu of %d requests taken, %zu written by the client; RSS %lld -> %lld KiB\n",
+         static_cast<unsigned long long>(taken), kMessages, stream.written(),
+         static_cast<long long>(rss_before_kb), static_cast<long long>(rss_kb));
+  EXPECT_LT(rss_kb - rss_before_kb, static_cast<int64_t>(kBound * 3 / 2 / 1024) + 24 * 1024);
+  stream.Cancel();
+  RawCallResult r = stream.Wait();
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED) << r.status.error_message();
+  EXPECT_EQ(Query("SELECT count(*) FROM unread"), "1");
+  const v1::GetIngestStatsResponse stats = Stats(*server);
+  EXPECT_EQ(stats.buffered_bytes(), 0u);
+  EXPECT_EQ(stats.queue_requests(), 0u);
+}
+
+// A Channel client that sends keyed requests (to a locked table, so none is
+// written yet) and cancels the call once the server has taken them: nothing
+// is acknowledged, and what it leaves behind is consistent: each request
+// written whole or not at all, its key stored exactly when its rows are, no
+// session left in a transaction, nothing buffered or waiting. (The requests
+// already taken are written once the lock goes, though unacknowledged: the
+// proto's "a request without an acknowledgement when the call ends was not
+// written" does not hold for a call cancelled with requests in flight; only
+// their keys tell a resending client.)
+TEST(IngestServiceTest, AStreamCancelledAfterSendingLeavesEachRequestWholeOrAbsent) {
+  CreateTable("cancelled");
+  auto server = StartIngestServer(Config({"cancelled"}));
+  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_EQ(RunChannel(server->stub.get(), {Message("cancelled", "warm", 0, 1000000, 1)}).ok.size(),
+            1u);
+  std::unique_ptr<PgSession> locker = LockTable("cancelled");
+  ASSERT_NE(locker, nullptr);
+  constexpr int kMessages = 5, kRows = 20;
+  std::vector<std::shared_ptr<const std::string>> wire;
+  for (int i = 0; i < kMessages; ++i) {
+    wire.push_back(std::make_shared<const std::string>(
+        Message("cancelled", "c", i, 0, kRows).SerializeAsString()));
+  }
+  const uint64_t requests_before = Stats(*server).requests();
+  grpc::GenericStub stub(server->channel);
+  RawStream stream(&stub, "/poolside.v1.IngestService/Channel", std::move(wire),
+                   absl::Seconds(120));
+  ASSERT_TRUE(WaitFor([&] { return Stats(*server).requests() - requests_before == kMessages; },
+                      absl::Seconds(30)));
+  stream.Cancel();
+  RawCallResult r = stream.Wait();
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED) << r.status.error_message();
+  EXPECT_TRUE(r.responses.empty());
+  EXPECT_EQ(locker->Exec("ROLLBACK"), "");
+  ASSERT_TRUE(WaitFor([&] { return Stats(*server).queue_requests() == 0; }, absl::Seconds(60)));
+
+  const std::string prefix = absl::StrCat(table_generation.load(), "-cancelled-c-");
+  for (int i = 0; i < kMessages; ++i) {
+    const std::string rows = Query(absl::StrCat("SELECT count(*) FROM cancelled WHERE id / ", kRows,
+                                                " = ", i, " AND id < 1000000"));
+    EXPECT_TRUE(rows == "0" || rows == absl::StrCat(kRows)) << "message " << i << ": " << rows;
+    EXPECT_EQ(Query(absl::StrCat("SELECT count(*) FROM poolside_ingest_keys WHERE key = '", prefix,
+                                 i, "'")),
+              rows == "0" ? "0" : "1")
+        << "message " << i;
+  }
+  EXPECT_EQ(Query("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+                  "state LIKE 'idle in transaction%'"),
+            "0");
+  const v1::GetIngestStatsResponse stats = Stats(*server);
+  EXPECT_EQ(stats.buffered_bytes(), 0u);
+  EXPECT_EQ(stats.queue_batches(), 0u);
+  // The stream's requests, resent with their keys: answered, none written twice.
+  std::vector<v1::ChannelRequest> again;
+  for (int i = 0; i < kMessages; ++i) again.push_back(Message("cancelled", "c", i, 0, kRows));
+  ChannelRun resent = RunChannel(server->stub.get(), again);
+  EXPECT_TRUE(resent.status.ok()) << resent.status.error_message();
+  EXPECT_EQ(resent.ok.size(), static_cast<size_t>(kMessages));
+  EXPECT_EQ(Query("SELECT count(*) FROM cancelled"), absl::StrCat(1 + kMessages * kRows));
+  EXPECT_EQ(Query("SELECT count(DISTINCT id) FROM cancelled"), absl::StrCat(1 + kMessages * kRows));
 }
 
 TEST(IngestServiceTest, SigtermDuringLoadAcknowledgesExactlyWhatIsWritten) {

@@ -476,6 +476,16 @@ void Connection::SetStatementTimeoutSteps(int64_t want, absl::Time deadline,
   statement_timeout_ms_ = want;  // corrected if the SET fails
 }
 
+absl::Status Connection::MatchStatementTimeout(absl::Time deadline) {
+  if (broken_) return absl::UnavailableError("connection is broken");
+  if (PQtransactionStatus(conn_) != PQTRANS_IDLE) return absl::OkStatus();
+  std::vector<Step> steps;
+  SetStatementTimeoutSteps(StatementTimeoutFor(deadline), deadline, steps);
+  if (steps.empty()) return absl::OkStatus();
+  absl::Status link = RunPipeline(steps);
+  return link.ok() ? steps[0].status : link;
+}
+
 absl::Status Connection::SendStep(Step& step) {
   int ok = 1;
   switch (step.kind) {

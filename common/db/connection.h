@@ -196,6 +196,13 @@ class Connection {
   // terminated: FATAL 57P01), or a transaction was left open.
   bool LooksAlive();
   bool broken() const { return broken_; }
+  // Gives the session the statement_timeout a statement of this class with
+  // `deadline` would run under (one round trip, only when it has another),
+  // for code that sends statements on the libpq handle (copy.h): without it
+  // they would run under whatever an earlier statement left, such as a
+  // connection check's few seconds. Does nothing inside a transaction (a SET
+  // there would roll back with it).
+  absl::Status MatchStatementTimeout(absl::Time deadline);
   // Until called again: while any of `signals` is raised, every wait for
   // the server (statements, transactions, COPY, pings) gives the connection
   // up at once instead: no cancel request (a server that stopped answering

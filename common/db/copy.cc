@@ -625,7 +625,16 @@ absl::StatusOr<TableInfo> DescribeTable(Connection& conn, absl::string_view tabl
 }
 
 CopySession::CopySession(Connection& conn, absl::Time deadline)
-    : conn_(conn), pg_(conn.libpq_conn()), wait_(conn, deadline) {}
+    : conn_(conn), deadline_(deadline), pg_(conn.libpq_conn()), wait_(conn, deadline) {}
+
+absl::Status CopySession::Begin() {
+  if (begun_) return absl::OkStatus();
+  begun_ = true;
+  // A pooled connection keeps the statement_timeout of the last statement
+  // the Connection ran (its check at connect: seconds), which would cut a
+  // COPY waiting for a lock short of this session's deadline.
+  return conn_.MatchStatementTimeout(deadline_);
+}
 
 absl::Status CopySession::Broken(absl::string_view what) {
   broken_ = true;
@@ -700,6 +709,7 @@ absl::Status CopySession::CollectResults(std::vector<TextRow>* rows, int64_t* af
 
 absl::Status CopySession::Exec(absl::string_view sql) {
   if (broken()) return absl::UnavailableError("connection is broken");
+  if (absl::Status s = Begin(); !s.ok()) return s;
   const std::string text(sql);
   if (PQsendQueryParams(pg_, text.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) != 1) {
     return Broken("sending a statement");
@@ -710,6 +720,7 @@ absl::Status CopySession::Exec(absl::string_view sql) {
 absl::StatusOr<std::vector<CopySession::TextRow>> CopySession::Query(
     absl::string_view sql, const std::vector<std::string>& params) {
   if (broken()) return absl::UnavailableError("connection is broken");
+  if (absl::Status s = Begin(); !s.ok()) return s;
   const std::string text(sql);
   std::vector<const char*> values;
   for (const std::string& p : params) values.push_back(p.c_str());
@@ -731,6 +742,7 @@ absl::StatusOr<int64_t> CopySession::CopyIn(absl::string_view target,
                                             absl::Span<const absl::string_view> pieces,
                                             absl::string_view before, CopyFormat format) {
   if (broken()) return absl::UnavailableError("connection is broken");
+  if (absl::Status s = Begin(); !s.ok()) return s;
   const bool binary = format == CopyFormat::kBinary;
   const std::string sql = absl::StrCat(before, before.empty() ? "" : "; ", "COPY ", target,
                                        " FROM STDIN", binary ? " (FORMAT binary)" : "");

@@ -162,8 +162,13 @@ class CopySession {
   // Reads results until the end of the current command; the first error wins.
   absl::Status CollectResults(std::vector<TextRow>* rows, int64_t* affected);
   absl::Status Broken(absl::string_view what);
+  // Before the session's first statement: the server-side statement_timeout
+  // of its deadline (Connection::MatchStatementTimeout).
+  absl::Status Begin();
 
   Connection& conn_;
+  const absl::Time deadline_;
+  bool begun_ = false;
   ::pg_conn* pg_;
   // Every wait for the server, with the Connection's deadline and cancel
   // rules (one cancel for the session: the statements after it get the rest

@@ -68,8 +68,10 @@ struct PendingWrite {
   std::vector<uint32_t> line_ends;
   // ... and which row of the request it is.
   std::vector<uint32_t> row_index;
-  // Rows refused before COPY.
+  // Rows refused before COPY, and what their answers take in memory (a
+  // reason tens of bytes long for a row that may have taken two on the wire).
   std::vector<v1::RowError> rejected;
+  size_t rejected_bytes = 0;
   Done done;
   // The span of the call that sent it; its batch's flush span links to it.
   telemetry::SpanContext trace;
@@ -77,7 +79,7 @@ struct PendingWrite {
   size_t lines() const { return line_ends.size(); }
   // What the request holds against the buffer bound (allocated, not just
   // used; constant once the request is prepared).
-  size_t bytes() const { return data.capacity() + 8 * line_ends.capacity() + 64; }
+  size_t bytes() const { return data.capacity() + 8 * line_ends.capacity() + rejected_bytes + 64; }
 };
 
 struct Batch {

@@ -25,9 +25,12 @@ struct LineRef {
   uint32_t line;
 };
 
+// An error PostgreSQL gives for one row: its values (class 22), constraints
+// (23), or its size (54000: a row or an index entry too large), which is the
+// row's as much as a bad value is.
 bool IsDataError(const absl::Status& s) {
   const std::string state = db::SqlStateOf(s);
-  return absl::StartsWith(state, "22") || absl::StartsWith(state, "23");
+  return absl::StartsWith(state, "22") || absl::StartsWith(state, "23") || state == "54000";
 }
 
 // PostgreSQL's message without the "(SQLSTATE xxxxx)" that error.h appends.

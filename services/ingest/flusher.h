@@ -9,7 +9,8 @@
 //        answered with its stored result, not written; one whose key is stored
 //        with other content fails with FAILED_PRECONDITION naming the key
 //   COPY every other row
-//     -> on a data error (SQLSTATE class 22 or 23): ROLLBACK and start again,
+//     -> on a row's error (SQLSTATE class 22 or 23, or 54000: a row or index
+//        entry too large): ROLLBACK and start again,
 //        now isolating the bad rows (below)
 //   INSERT the new keys with each request's digest and result
 //   COMMIT

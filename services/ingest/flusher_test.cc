@@ -374,6 +374,69 @@ TEST_F(FlusherTest, AnotherLoginsKeyIsNotTheCallers) {
             "someone_else:victim-legacy");
 }
 
+// A row PostgreSQL refuses for its size (an index entry past btree's limit:
+// SQLSTATE 54000, not a data error) is that row's rejection, like a bad value:
+// it must not fail the other rows and requests of its batch (with batches
+// joined, other clients' requests).
+TEST_F(FlusherTest, ARowTooLargeForItsIndexIsRejectedAlone) {
+  ASSERT_TRUE(
+      pg_->Exec("flusher", "ALTER TABLE ev ALTER COLUMN code TYPE text; CREATE INDEX ON ev (code)")
+          .ok());
+  // Incompressible, so that no compression brings it under the limit.
+  std::string huge;
+  uint64_t x = 88172645463325252u;
+  while (huge.size() < 9000) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    huge.push_back(static_cast<char>('!' + x % 90));
+  }
+  Batch b = MakeBatch({Write({{1, "a", 1}, {2, "b", 2}}, "k-other"),
+                       Write({{3, "c", 3}, {4, huge, 4}, {5, "e", 5}}, "k-huge")});
+  FlushResult r = FlushBatch(*conn_, b, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE(r.responses[0].ok()) << r.responses[0].status();
+  EXPECT_EQ(r.responses[0]->rows_written(), 2u);
+  ASSERT_TRUE(r.responses[1].ok()) << r.responses[1].status();
+  EXPECT_EQ(r.responses[1]->rows_written(), 2u);
+  ASSERT_EQ(r.responses[1]->rejected_size(), 1);
+  EXPECT_EQ(r.responses[1]->rejected(0).row_index(), 1u);
+  EXPECT_EQ(r.responses[1]->rejected(0).sqlstate(), "54000");
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT string_agg(id::text, ',' ORDER BY id) FROM ev"),
+            "1,2,3,5");
+  EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"), "2");
+}
+
+// A trigger that refuses one row with RAISE EXCEPTION (SQLSTATE P0001, the
+// common way a table validates its rows in PL/pgSQL) fails the whole batch
+// with INVALID_ARGUMENT: every request in it, other clients' joined ones
+// included, is refused for one row of one of them, and a client that resends
+// it fails its next batch too. Expected (docs/ingest.md, "Bad rows are
+// isolated"): that row rejected with its reason, the rest written. DISABLED:
+// IsDataError() in flusher.cc isolates classes 22, 23 and 54000 only; a
+// trigger raising with ERRCODE in class 23 (e.g. check_violation) is isolated
+// today. Whether P0001 (which a trigger may also raise for reasons not of one
+// row) should be is the lead's call: isolating it costs one COPY per row of a
+// batch the trigger refuses whole.
+TEST_F(FlusherTest, DISABLED_ARowATriggerRefusesIsRejectedAlone) {
+  ASSERT_TRUE(
+      pg_->Exec("flusher",
+                "CREATE OR REPLACE FUNCTION no13() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN IF "
+                "NEW.n = 13 THEN RAISE EXCEPTION 'thirteen is refused'; END IF; RETURN "
+                "NEW; END$$; CREATE TRIGGER no13 BEFORE INSERT ON ev FOR EACH ROW "
+                "EXECUTE FUNCTION no13()")
+          .ok());
+  Batch b = MakeBatch({Write({{1, "a", 1}, {2, "b", 2}}), Write({{3, "c", 3}, {4, "d", 13}})});
+  FlushResult r = FlushBatch(*conn_, b, Soon());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_TRUE(r.responses[0].ok()) << r.responses[0].status();
+  EXPECT_EQ(r.responses[0]->rows_written(), 2u);
+  ASSERT_TRUE(r.responses[1].ok()) << r.responses[1].status();
+  EXPECT_EQ(r.responses[1]->rows_written(), 1u);
+  ASSERT_EQ(r.responses[1]->rejected_size(), 1);
+  EXPECT_EQ(r.responses[1]->rejected(0).row_index(), 1u);
+  EXPECT_EQ(r.responses[1]->rejected(0).sqlstate(), "P0001");
+  EXPECT_EQ(Count(), "3");
+}
+
 TEST_F(FlusherTest, NonDataErrorFailsTheBatch) {
   ASSERT_TRUE(pg_->Exec("flusher", "ALTER TABLE ev RENAME TO ev_old").ok());
   Batch b = MakeBatch({Write({{1, "a", 1}}, "kz")});
