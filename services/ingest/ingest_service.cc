@@ -20,6 +20,10 @@ namespace {
 constexpr size_t kMaxStreamRejected = 1000;
 // The least a stream reserves for its next message once it has sent one.
 constexpr size_t kMinReadReservation = 64 << 10;
+// A Channel stops reading while more acknowledgements than this wait to be
+// sent (its client is not reading them), and reads on once they drain: the
+// client's own backlog is bounded, not the server's memory taken for it.
+constexpr size_t kMaxUnsentAckBytes = 1 << 20;
 
 grpc::Status ShutdownStatus() {
   return grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -161,6 +165,20 @@ class StreamBase : public Base {
   virtual void Oversized(grpc::ByteBuffer* buffer, uint64_t index) = 0;
   virtual void StartReading() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
   virtual bool WritesIdleLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return true; }
+  // Whether the next read waits (ResumeReading() then reads).
+  virtual bool ReadPausedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return false; }
+
+  // Reads on after a pause (ReadPausedLocked), if the stream paused and may
+  // read. `lock` is released to reserve room and read, then taken again.
+  void ResumeReadingLocked(Lock& lock) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (!read_paused_ || ReadPausedLocked() || !MayReadLocked()) return;
+    read_paused_ = false;
+    ++outstanding_;  // keeps the call while mu_ is released
+    mu_.Unlock();
+    RequestRead();
+    mu_.Lock();
+    --outstanding_;
+  }
   virtual grpc::Status FinalStatusLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) = 0;
 
   // Submits one write; `on_result` runs under mu_ with its outcome. A
@@ -240,6 +258,7 @@ class StreamBase : public Base {
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
   bool read_done_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;  // ReadPausedLocked stopped the reads
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool refused_ ABSL_GUARDED_BY(mu_) = false;  // began after FinishStreams()
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -262,6 +281,10 @@ class StreamBase : public Base {
     {
       absl::MutexLock lock(&mu_);  // never finishes
       if (!MayReadLocked() || waiting_room_ || reading_) return;
+      if (ReadPausedLocked()) {
+        read_paused_ = true;
+        return;
+      }
       waiting_room_ = true;
       const size_t largest = engine_->max_request_bytes();
       bytes = 2 * (largest_message_ == 0
@@ -327,16 +350,18 @@ class ChannelCall final
 
   void OnWriteDone(bool ok) override {
     Lock lock(this, &mu_);
+    ack_bytes_ -= acks_.front().Length();
     acks_.pop_front();
     writing_ = false;
     if (!ok) {
       cancelled_ = true;
       acks_.clear();
+      ack_bytes_ = 0;
     } else if (!acks_.empty()) {
       writing_ = true;
       StartWrite(&acks_.front());
-      return;
     }
+    ResumeReadingLocked(lock);
     MaybeFinishLocked(lock);
   }
 
@@ -371,6 +396,9 @@ class ChannelCall final
   bool WritesIdleLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return !writing_ && acks_.empty();
   }
+  bool ReadPausedLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return ack_bytes_ > kMaxUnsentAckBytes;
+  }
   grpc::Status FinalStatusLocked() override ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (malformed_.ok()) return grpc::Status::OK;
     return server::ToGrpcStatus(absl::InvalidArgumentError(
@@ -393,6 +421,7 @@ class ChannelCall final
     }
     ++acked_;
     acks_.push_back(Serialize(ack));
+    ack_bytes_ += acks_.back().Length();
     if (!writing_) {
       writing_ = true;
       StartWrite(&acks_.front());
@@ -401,6 +430,7 @@ class ChannelCall final
 
   grpc::ByteBuffer request_;  // the read in progress (one at a time)
   std::deque<grpc::ByteBuffer> acks_ ABSL_GUARDED_BY(mu_);
+  size_t ack_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // of acks_
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t acked_ ABSL_GUARDED_BY(mu_) = 0;
 };
