@@ -27,10 +27,16 @@ struct LineRef {
 
 // An error PostgreSQL gives for one row: its values (class 22), constraints
 // (23), or its size (54000: a row or an index entry too large), which is the
-// row's as much as a bad value is.
+// row's as much as a bad value is; or a row trigger's refusal in PL/pgSQL
+// (RAISE EXCEPTION without an ERRCODE: P0001, or a failed ASSERT: P0004), the
+// usual way a table validates its rows. COPY names the line in each case. A
+// trigger that refuses every row for a reason not of the row (a table closed
+// for maintenance) then costs a COPY per row, as a batch of rows that each
+// break a constraint does, and every row is answered with the reason.
 bool IsDataError(const absl::Status& s) {
   const std::string state = db::SqlStateOf(s);
-  return absl::StartsWith(state, "22") || absl::StartsWith(state, "23") || state == "54000";
+  return absl::StartsWith(state, "22") || absl::StartsWith(state, "23") || state == "54000" ||
+         state == "P0001" || state == "P0004";
 }
 
 // PostgreSQL's message without the "(SQLSTATE xxxxx)" that error.h appends.

@@ -406,17 +406,10 @@ TEST_F(FlusherTest, ARowTooLargeForItsIndexIsRejectedAlone) {
 }
 
 // A trigger that refuses one row with RAISE EXCEPTION (SQLSTATE P0001, the
-// common way a table validates its rows in PL/pgSQL) fails the whole batch
-// with INVALID_ARGUMENT: every request in it, other clients' joined ones
-// included, is refused for one row of one of them, and a client that resends
-// it fails its next batch too. Expected (docs/ingest.md, "Bad rows are
-// isolated"): that row rejected with its reason, the rest written. DISABLED:
-// IsDataError() in flusher.cc isolates classes 22, 23 and 54000 only; a
-// trigger raising with ERRCODE in class 23 (e.g. check_violation) is isolated
-// today. Whether P0001 (which a trigger may also raise for reasons not of one
-// row) should be is the lead's call: isolating it costs one COPY per row of a
-// batch the trigger refuses whole.
-TEST_F(FlusherTest, DISABLED_ARowATriggerRefusesIsRejectedAlone) {
+// common way a table validates its rows in PL/pgSQL): that row is rejected
+// with its reason, the rest written (docs/ingest.md, "Bad rows are
+// isolated"), not the whole batch failed for one row of one request.
+TEST_F(FlusherTest, ARowATriggerRefusesIsRejectedAlone) {
   ASSERT_TRUE(
       pg_->Exec("flusher",
                 "CREATE OR REPLACE FUNCTION no13() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN IF "
