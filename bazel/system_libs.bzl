@@ -37,6 +37,11 @@ _LIBS = {
 # both into direct accesses. That is ~10% of the instructions of a unary call
 # on each side (callgrind, bench/results/grpc-static-2026-12-04.md). Their
 # dependencies (Abseil, protobuf, OpenSSL, c-ares, re2, zlib) stay shared.
+#
+# Except under `--define=grpc=shared` (the tsan config): Debian's gRPC is not
+# built with ThreadSanitizer, and only as a shared object can TSan be told to
+# ignore what it does (a called_from_lib suppression names the library; see
+# common/server/tsan_suppressions.txt).
 _STATIC = ["grpc++_reflection", "grpc++", "grpc", "address_sorting", "upb", "gpr"]
 
 def _link_flag(flag):
@@ -78,6 +83,11 @@ def _system_libs_impl(ctx):
         "    includes = [\"pg_include\"],",
         ")",
         "",
+        "config_setting(",
+        "    name = \"shared_grpc\",",
+        "    define_values = {\"grpc\": \"shared\"},",
+        ")",
+        "",
     ]
     for name, (modules, extra, deps) in _LIBS.items():
         mods = []
@@ -88,11 +98,23 @@ def _system_libs_impl(ctx):
                 mods.append(m)
         found = _pkg_config(ctx, ["--libs"] + mods).split(" ") if mods else []
         # extra first: a static archive must come before the ones it uses.
-        flags = [_link_flag(f) for f in _dedup(extra + found)]
+        shared = _dedup(extra + found)
+        flags = [_link_flag(f) for f in shared]
+        linkopts = repr(flags)
+        if flags != shared:
+            # Not libgrpc++_reflection.so: it carries its own copy of the
+            # reflection protos, which clash with ours (//proto) at start-up;
+            # from the archive nothing of it is linked (the tree serves
+            # reflection itself, common/server/queue_reflection.h).
+            shared = [f for f in shared if f != "-lgrpc++_reflection"]
+            linkopts = "select({\":shared_grpc\": %s, \"//conditions:default\": %s})" % (
+                repr(shared),
+                linkopts,
+            )
         lines += [
             "cc_library(",
             "    name = \"%s\"," % name,
-            "    linkopts = %s," % repr(flags),
+            "    linkopts = %s," % linkopts,
             "    deps = %s," % repr(deps),
             ")",
             "",

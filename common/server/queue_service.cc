@@ -36,14 +36,14 @@ void QueueCall::Arrive(const telemetry::ServerCallTelemetry::Method* method) {
   arrived_ = true;
   if (calls_ != nullptr) calls_->Arrived();
   record_.Begin(method, &context_);
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   refs_ = watch_cancel_ ? 2 : 1;
 }
 
 void QueueCall::Release() {
   bool last;
   {
-    absl::MutexLock lock(&mu_);
+    sync::MutexLock lock(&mu_);
     last = --refs_ == 0;
   }
   if (!last) return;
@@ -64,7 +64,7 @@ void QueueCall::OnDone(bool /*ok*/) {
   if (context_.IsCancelled()) {
     bool unanswered;
     {
-      absl::MutexLock lock(&mu_);
+      sync::MutexLock lock(&mu_);
       CallerGoneLocked();
       unanswered = !answered_;
     }
@@ -82,26 +82,32 @@ void QueueCalls::Begin(grpc::ServerCompletionQueue* cq, telemetry::ServerCallTel
 }
 
 int QueueCalls::live() const {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   return live_;
 }
 
 bool QueueCalls::WaitForCalls(absl::Duration timeout) {
   QueueThread::AssertNotOn(cq_);  // the calls end on the queue thread
-  absl::MutexLock lock(&mu_);
-  return mu_.AwaitWithTimeout(absl::Condition(
-                                  +[](int* live) { return *live == 0; }, &live_),
-                              timeout);
+  const absl::Time deadline = absl::Now() + timeout;
+  sync::MutexLock lock(&mu_);
+  while (live_ > 0) {
+    if (deadline == absl::InfiniteFuture()) {
+      left_.Wait(&mu_);
+    } else if (!left_.WaitUntil(&mu_, absl::ToChronoTime(deadline)) && live_ > 0) {
+      return false;
+    }
+  }
+  return true;
 }
 
 void QueueCalls::Arrived() {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   ++live_;
 }
 
 void QueueCalls::Left() {
-  absl::MutexLock lock(&mu_);
-  --live_;
+  sync::MutexLock lock(&mu_);
+  if (--live_ == 0) left_.SignalAll();
 }
 
 // One Watch call, on the queue thread throughout. It holds at most one write
@@ -150,7 +156,7 @@ class QueueHealthService::Watch final
   explicit Watch(QueueHealthService* service) : service_(service) {
     grpc::ServerCompletionQueue* cq;
     {
-      absl::MutexLock lock(&service_->mu_);
+      sync::MutexLock lock(&service_->mu_);
       cq = service_->cq_;
     }
     service_->async_.RequestWatch(&context_, &request_, &stream_, cq, cq, &requested_);
@@ -208,7 +214,7 @@ std::string QueueHealthService::service_name() const { return health::Health::se
 void QueueHealthService::Begin(grpc::ServerCompletionQueue* cq,
                                telemetry::ServerCallTelemetry* calls) {
   {
-    absl::MutexLock lock(&mu_);
+    sync::MutexLock lock(&mu_);
     cq_ = cq;
   }
   const auto* check = QueueMethod<health::Health>(calls, "Check");
@@ -221,7 +227,7 @@ void QueueHealthService::Begin(grpc::ServerCompletionQueue* cq,
 }
 
 void QueueHealthService::SetServingStatus(const std::string& service_name, bool serving) {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   if (shut_down_) return;
   auto [it, added] = serving_.try_emplace(service_name, serving);
   if (!added && it->second == serving) return;
@@ -230,14 +236,14 @@ void QueueHealthService::SetServingStatus(const std::string& service_name, bool 
 }
 
 void QueueHealthService::SetServingStatus(bool serving) {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   if (shut_down_) return;
   for (auto& [name, status] : serving_) status = serving;
   PublishSoonLocked();
 }
 
 void QueueHealthService::Shutdown() {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   if (shut_down_) return;
   for (auto& [name, status] : serving_) status = false;
   shut_down_ = true;
@@ -245,7 +251,7 @@ void QueueHealthService::Shutdown() {
 }
 
 void QueueHealthService::EndWatches() {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   if (cq_ == nullptr) return;
   RunOnQueue(cq_, [this] {
     watches_.Close([](Watch* watch) {
@@ -267,7 +273,7 @@ void QueueHealthService::Publish() {
 
 health::HealthCheckResponse::ServingStatus QueueHealthService::WatchedStatus(
     const std::string& name) {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   auto it = serving_.find(name);
   if (it == serving_.end()) return health::HealthCheckResponse::SERVICE_UNKNOWN;
   return it->second ? health::HealthCheckResponse::SERVING
@@ -276,7 +282,7 @@ health::HealthCheckResponse::ServingStatus QueueHealthService::WatchedStatus(
 
 absl::Status QueueHealthService::Check(const health::HealthCheckRequest& request,
                                        health::HealthCheckResponse* response) {
-  absl::MutexLock lock(&mu_);
+  sync::MutexLock lock(&mu_);
   auto it = serving_.find(request.service());
   if (it == serving_.end()) {
     return absl::NotFoundError(

@@ -37,10 +37,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/server/queue_thread.h"
 #include "common/server/status.h"
+#include "common/sync/mutex.h"
 #include "common/telemetry/metrics_interceptor.h"
 #include "common/telemetry/trace_context.h"
 #include "common/telemetry/trace_grpc.h"
@@ -343,7 +343,8 @@ class QueueCall {
   virtual void CallerGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {}
 
   grpc::ServerContext context_;
-  absl::Mutex mu_;
+  // sync::Mutex: TSan must see this lock (common/sync/mutex.h).
+  sync::Mutex mu_;
   // The call's answer was given (Complete() called).
   bool answered_ ABSL_GUARDED_BY(mu_) = false;
 
@@ -377,15 +378,15 @@ class QueueUnaryCall final : public QueueCall {
   // The first answer counts; any thread.
   void Complete(const absl::Status& status) {
     {
-      absl::MutexLock lock(&mu_);
+      sync::MutexLock lock(&mu_);
       if (answered_) return;
       answered_ = true;
     }
     const grpc::Status answer = Ending(status);
     if (answer.ok()) {
-      writer_.Finish(response_, answer, &finished_);
+      writer_.Finish(response_, answer, HandOff(&finished_));
     } else {
-      writer_.FinishWithError(answer, &finished_);
+      writer_.FinishWithError(answer, HandOff(&finished_));
     }
   }
 
@@ -429,17 +430,13 @@ class QueueWriterCall final : public QueueCall {
   bool Write(std::unique_ptr<Response> message) {
     Response* write = nullptr;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](QueueWriterCall* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
-            return c->gone_ || c->answered_ || c->queue_.size() < kMaxQueued;
-          },
-          this));
+      sync::MutexLock lock(&mu_);
+      while (!gone_ && !answered_ && queue_.size() >= kMaxQueued) changed_.Wait(&mu_);
       if (gone_ || answered_) return false;
       queue_.push_back(std::move(message));
       if (!writing_) write = StartWriteLocked();
     }
-    if (write != nullptr) stream_.Write(*write, &written_);
+    if (write != nullptr) stream_.Write(*write, HandOff(&written_));
     return true;
   }
 
@@ -448,13 +445,14 @@ class QueueWriterCall final : public QueueCall {
   void Complete(const absl::Status& status) {
     absl::Status finish;
     {
-      absl::MutexLock lock(&mu_);
+      sync::MutexLock lock(&mu_);
       if (answered_) return;
       answered_ = true;
+      changed_.SignalAll();  // a Write() waiting for room returns false
       final_ = status;
       if (!FinishNowLocked(&finish)) return;
     }
-    stream_.Finish(Ending(finish), &finished_);
+    stream_.Finish(Ending(finish), HandOff(&finished_));
   }
 
  private:
@@ -472,13 +470,14 @@ class QueueWriterCall final : public QueueCall {
     absl::Status finish;
     bool finish_now = false;
     {
-      absl::MutexLock lock(&mu_);
+      sync::MutexLock lock(&mu_);
       queue_.pop_front();
       writing_ = false;
       if (!ok) {  // the stream is broken: the caller is gone
         gone_ = true;
         queue_.clear();
       }
+      changed_.SignalAll();  // room for a waiting Write(), or it returns false
       if (!queue_.empty()) {
         write = StartWriteLocked();
       } else {
@@ -492,7 +491,10 @@ class QueueWriterCall final : public QueueCall {
 
   void OnFinished(bool /*ok*/) { Release(); }
 
-  void CallerGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override { gone_ = true; }
+  void CallerGoneLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) override {
+    gone_ = true;
+    changed_.SignalAll();
+  }
 
   // The message to write next; the write holds a reference until OnWritten.
   Response* StartWriteLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -517,6 +519,7 @@ class QueueWriterCall final : public QueueCall {
   QueueStep<QueueWriterCall, &QueueWriterCall::OnRequested> requested_{this};
   QueueStep<QueueWriterCall, &QueueWriterCall::OnWritten> written_{this};
   QueueStep<QueueWriterCall, &QueueWriterCall::OnFinished> finished_{this};
+  sync::CondVar changed_;  // gone_, answered_ or the size of queue_ changed
   std::deque<std::unique_ptr<Response>> queue_ ABSL_GUARDED_BY(mu_);  // front: being written
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool gone_ ABSL_GUARDED_BY(mu_) = false;
@@ -607,7 +610,8 @@ class QueueCalls {
   grpc::ServerCompletionQueue* cq_ = nullptr;
   telemetry::ServerCallTelemetry* telemetry_ = nullptr;
   std::string service_;
-  mutable absl::Mutex mu_;
+  mutable sync::Mutex mu_;
+  sync::CondVar left_;  // live_ reached 0
   int live_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -693,7 +697,7 @@ class QueueHealthService final : public QueueService, public grpc::HealthCheckSe
   void PublishSoonLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   grpc::health::v1::Health::AsyncService async_;
-  absl::Mutex mu_;
+  sync::Mutex mu_;
   absl::flat_hash_map<std::string, bool> serving_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   // Set by Begin(); null before (no watch can exist then).

@@ -16,7 +16,7 @@ thread_local const grpc::CompletionQueue* polled_queue = nullptr;
 class QueueTask final : public QueueTag {
  public:
   QueueTask(grpc::CompletionQueue* cq, std::function<void()> fn) : fn_(std::move(fn)) {
-    alarm_.Set(cq, gpr_time_0(GPR_CLOCK_MONOTONIC), this);
+    alarm_.Set(cq, gpr_time_0(GPR_CLOCK_MONOTONIC), HandOff(this));
   }
   void Proceed(bool /*ok*/) override {
     fn_();
@@ -36,7 +36,12 @@ void PollQueue(grpc::CompletionQueue* cq) {
   polled_queue = cq;
   void* tag = nullptr;
   bool ok = false;
-  while (cq->Next(&tag, &ok)) static_cast<QueueTag*>(tag)->Proceed(ok);
+  while (cq->Next(&tag, &ok)) {
+#ifdef POOLSIDE_QUEUE_TSAN
+    __tsan_acquire(tag);  // pairs with HandOff()
+#endif
+    static_cast<QueueTag*>(tag)->Proceed(ok);
+  }
   polled_queue = outer;
 }
 

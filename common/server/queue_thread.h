@@ -26,6 +26,13 @@
 
 #include "grpcpp/completion_queue.h"
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define POOLSIDE_QUEUE_TSAN 1
+#include <sanitizer/tsan_interface.h>
+#endif
+#endif
+
 namespace poolside::server {
 
 // What a queue operation's tag points to: Proceed(ok) runs on the queue
@@ -42,6 +49,19 @@ class QueueTag {
 // it must be a QueueTag), until the queue is shut down and drained. The
 // calling thread is `cq`'s queue thread until it returns.
 void PollQueue(grpc::CompletionQueue* cq);
+
+// `tag`, for an operation started off the queue thread (a worker's answer):
+// under ThreadSanitizer, marks that what the calling thread did before
+// happens before the tag's Proceed, which PollQueue pairs with. The
+// completion queue guarantees that order, but through Debian's libgrpc,
+// which is not built with TSan, so TSan cannot see it and would report each
+// access to the call on both threads as a race. Nothing outside TSan builds.
+inline QueueTag* HandOff(QueueTag* tag) {
+#ifdef POOLSIDE_QUEUE_TSAN
+  __tsan_release(tag);
+#endif
+  return tag;
+}
 
 // Runs `fn` on the queue thread of `cq`, soon. The queue must not be shut
 // down yet (Server shuts it down after the drain, see server.h).
