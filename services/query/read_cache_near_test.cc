@@ -263,7 +263,7 @@ class ReadCacheNearTest : public ::testing::Test {
 
   // One cached read made as QueryEngine::Execute makes it (its Work, response
   // and run_plain), waited for.
-  Outcome Read(const std::string& sql) {
+  Outcome Read(const std::string& sql, const std::vector<int64_t>& params = {}) {
     // Owned by the work's `done`: it stays valid however late the call ends.
     struct Call {
       v1::ExecuteRequest request;
@@ -276,6 +276,7 @@ class ReadCacheNearTest : public ::testing::Test {
     auto call = std::make_shared<Call>();
     call->request.set_database(kDb);
     call->request.set_sql(sql);
+    for (int64_t p : params) call->request.add_params()->set_int64_value(p);
     call->request.mutable_cache()->set_ttl_ms(kTtlMs);
     call->budget.max_rows = config_.limits().max_rows();
     call->budget.max_bytes = config_.limits().max_bytes();
@@ -425,6 +426,34 @@ TEST_F(ReadCacheNearTest, CommittedWritesOutsideLeaveTheNearCacheRolledBackOnesD
       << "the listener's invalidation did not reach the near cache";
   EXPECT_TRUE(sidecar_->Invalidated(kItemsTag, "notify"));
   EXPECT_EQ(sidecar_->watches(), 1);
+}
+
+// DISABLED: a bug, not fixed here (see StatementPlansTest.
+// DISABLED_TablesDoNotDependOnTheFirstCallsParameters). The statement's plan
+// is learned from its first call, whose bound $2 = 0 lets PostgreSQL fold the
+// table away: the plan names no table, Watches() holds vacuously, and the
+// call with $2 = 1 is cached with the database's tag alone. A committed
+// write to items then leaves it: the last read is a HIT with "one".
+TEST_F(ReadCacheNearTest, DISABLED_AFoldedAwayTableStillInvalidates) {
+  const std::string sql = "SELECT name FROM items WHERE id = $1 AND $2 = 1";
+  Outcome none = Read(sql, {1, 0});
+  ASSERT_TRUE(none.status.ok()) << none.status;
+  EXPECT_EQ(none.first, "");
+  Outcome first = Read(sql, {1, 1});
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_EQ(first.first, "one");
+  EXPECT_EQ(Read(sql, {1, 1}).first, "one");
+  EXPECT_EQ(Read(kItems).first, "one");  // cached, tagged with items
+
+  // Committed by a plain client; the trigger's NOTIFY names items. Once a
+  // read of items by a plan that names it sees the write, the listener has
+  // applied that notification.
+  ASSERT_TRUE(
+      SharedPostgres().Exec(kPgDatabase, "UPDATE items SET name = 'written' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return Read(kItems).first == "written"; }, absl::Seconds(10)));
+  Outcome after = Read(sql, {1, 1});
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  EXPECT_EQ(after.first, "written") << "a stale entry outlived the write to its table";
 }
 
 }  // namespace

@@ -27,11 +27,14 @@ constexpr char kDb[] = "plans";
 // The tables of kPgDatabase, made afresh for each test.
 constexpr char kSchema[] =
     "DROP VIEW IF EXISTS items_view;"
-    "DROP TABLE IF EXISTS items, named, gone;"
+    "DROP TABLE IF EXISTS items, named, gone, parted;"
     "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
     "CREATE TABLE named (name text PRIMARY KEY, v int);"
     "CREATE TABLE gone (id int PRIMARY KEY);"
-    "CREATE VIEW items_view AS SELECT * FROM items";
+    "CREATE VIEW items_view AS SELECT * FROM items;"
+    "CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);"
+    "CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (100);"
+    "CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (100) TO (200)";
 
 TEST(ParsePlanTablesTest, FindsTablesAndModifications) {
   const std::string plan = R"([{"Plan": {"Node Type": "Hash Join", "Plans": [
@@ -255,6 +258,34 @@ TEST_F(StatementPlansTest, KeysOnlyForPlainReadsOfATableByItsWholeKey) {
   Result unkeyed = Learn(db_.get(), "SELECT name FROM items WHERE id = 2");
   ASSERT_TRUE(unkeyed.learned.ok()) << unkeyed.learned.status();
   EXPECT_FALSE((*unkeyed.learned)->key.has_value());
+}
+
+// DISABLED: a bug, not fixed here. A plan is learned once per statement text
+// and remembered for every later parameter value, but EXPLAIN runs with the
+// first call's values bound, and PostgreSQL folds bound parameters into
+// constants (exec_bind_message marks them PARAM_FLAG_CONST): what the planner
+// proves unread for those values is missing from the plan. With $2 = 0 below
+// the plan is a bare `Result` (One-Time Filter: false) naming no table, so the
+// statement is remembered as reading nothing; a later call with $2 = 1 reads
+// items yet its entry carries only the database's tag, and no write to items
+// drops it (ReadCacheNearTest.DISABLED_AFoldedAwayTableStillInvalidates shows
+// the stale hit). Likewise plan-time partition pruning names only the
+// partition the first value falls in. A fix needs a generic plan: EXPLAIN
+// (GENERIC_PLAN) from PostgreSQL 16, or PREPARE under plan_cache_mode =
+// force_generic_plan and EXPLAIN EXECUTE on 15 (a session-bound statement
+// pair the pool does not run today).
+TEST_F(StatementPlansTest, DISABLED_TablesDoNotDependOnTheFirstCallsParameters) {
+  Result folded = Learn(db_.get(), "SELECT name FROM items WHERE id = $1 AND $2 = 1", {1, 0});
+  ASSERT_TRUE(folded.learned.ok()) << folded.learned.status();
+  EXPECT_TRUE((*folded.learned)->PlainRead());
+  EXPECT_EQ((*folded.learned)->tables, (std::vector<std::string>{"public.items"}));
+
+  // Read through the parent: id 150 lives in parted_b, which a plan pruned
+  // for id 1 does not name.
+  Result pruned = Learn(db_.get(), "SELECT v FROM parted WHERE id = $1", {1});
+  ASSERT_TRUE(pruned.learned.ok()) << pruned.learned.status();
+  EXPECT_EQ((*pruned.learned)->tables,
+            (std::vector<std::string>{"public.parted_a", "public.parted_b"}));
 }
 
 TEST_F(StatementPlansTest, StatementsEXPLAINRefusesAreRememberedAsUnexplained) {
