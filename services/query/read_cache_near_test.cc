@@ -61,6 +61,10 @@ constexpr char kOther[] = "SELECT v FROM other WHERE id = 1";
 // allows any thread), after the lock is released.
 class FakeSidecar : public CacheClient {
  public:
+  // As a sidecar configured with maxKeyBytes 1024 (its default is 4096)
+  // refuses longer keys: InvalidArgument.
+  static constexpr size_t kMaxKeyBytes = 1024;
+
   struct Invalidation {
     std::vector<std::string> tags;
     bool flush_all = false;
@@ -68,6 +72,10 @@ class FakeSidecar : public CacheClient {
   };
 
   void Get(const std::string& key, std::function<void(absl::StatusOr<CacheLookup>)> done) override {
+    if (key.size() > kMaxKeyBytes) {
+      done(absl::InvalidArgumentError(absl::StrCat("key is ", key.size(), " bytes")));
+      return;
+    }
     CacheLookup r;
     {
       absl::MutexLock lock(&mu_);
@@ -426,6 +434,30 @@ TEST_F(ReadCacheNearTest, CommittedWritesOutsideLeaveTheNearCacheRolledBackOnesD
       << "the listener's invalidation did not reach the near cache";
   EXPECT_TRUE(sidecar_->Invalidated(kItemsTag, "notify"));
   EXPECT_EQ(sidecar_->watches(), 1);
+}
+
+// A sidecar that refuses one caller's request as invalid (a key past its
+// maxKeyBytes) answered: it is not failing. Such refusals once counted as
+// failures, and failureThreshold (3) of them in a row opened the breaker, so
+// every caller's reads skipped the sidecar for retryAfterMs.
+TEST_F(ReadCacheNearTest, RequestsTheSidecarRefusesAsInvalidDoNotOpenTheBreaker) {
+  const std::string padding(FakeSidecar::kMaxKeyBytes, ' ');
+  const uint64_t errors = cache_->counters().sidecar_errors.load();
+  for (int64_t id = 1; id <= 4; ++id) {
+    Outcome r = Read(absl::StrCat("SELECT name FROM items WHERE id = $1", padding), {id});
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.cache, v1::BYPASS) << id;  // the sidecar said no: the database
+    EXPECT_EQ(r.first, id == 1 ? "one" : id == 2 ? "two" : "") << id;
+  }
+  EXPECT_EQ(cache_->counters().sidecar_errors.load(), errors + 4) << "still counted as errors";
+  // Another caller's read still asks the sidecar (with the breaker open it
+  // would be a BYPASS that never asked) and is cached there.
+  const uint64_t gets = sidecar_->gets();
+  Outcome other = Read(kOther);
+  ASSERT_TRUE(other.status.ok()) << other.status;
+  EXPECT_EQ(other.cache, v1::MISS) << "the breaker opened: the sidecar was skipped";
+  EXPECT_EQ(other.first, "ten");
+  EXPECT_EQ(sidecar_->gets(), gets + 1);
 }
 
 // DISABLED: a bug, not fixed here (see StatementPlansTest.
