@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -271,7 +272,8 @@ class ReadCacheNearTest : public ::testing::Test {
 
   // One cached read made as QueryEngine::Execute makes it (its Work, response
   // and run_plain), waited for.
-  Outcome Read(const std::string& sql, const std::vector<int64_t>& params = {}) {
+  Outcome Read(const std::string& sql, const std::vector<int64_t>& params = {},
+               uint64_t min_lsn = 0) {
     // Owned by the work's `done`: it stays valid however late the call ends.
     struct Call {
       v1::ExecuteRequest request;
@@ -285,6 +287,7 @@ class ReadCacheNearTest : public ::testing::Test {
     call->request.set_database(kDb);
     call->request.set_sql(sql);
     for (int64_t p : params) call->request.add_params()->set_int64_value(p);
+    call->request.set_min_lsn(min_lsn);
     call->request.mutable_cache()->set_ttl_ms(kTtlMs);
     call->budget.max_rows = config_.limits().max_rows();
     call->budget.max_bytes = config_.limits().max_bytes();
@@ -434,6 +437,28 @@ TEST_F(ReadCacheNearTest, CommittedWritesOutsideLeaveTheNearCacheRolledBackOnesD
       << "the listener's invalidation did not reach the near cache";
   EXPECT_TRUE(sidecar_->Invalidated(kItemsTag, "notify"));
   EXPECT_EQ(sidecar_->watches(), 1);
+}
+
+// Trigger invalidation knows no positions: a read with any token, even 1 or
+// the largest there is, goes to the database, though the cache holds the
+// statement's entry (here one a write hid from the cache on purpose, so that
+// an answer from the cache would show).
+TEST_F(ReadCacheNearTest, InTriggerModeAReadWithATokenReadsTheDatabase) {
+  ASSERT_EQ(Read(kItems).cache, v1::MISS);
+  EXPECT_EQ(NearHit(kItems).first, "one");
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kPgDatabase,
+                        "BEGIN; SET LOCAL session_replication_role = replica; "
+                        "UPDATE items SET name = 'hidden' WHERE id = 1; COMMIT")
+                  .ok());
+  for (uint64_t token : {uint64_t{1}, std::numeric_limits<uint64_t>::max()}) {
+    Outcome r = Read(kItems, {}, token);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.cache, v1::BYPASS) << token;
+    EXPECT_EQ(r.first, "hidden") << token;
+  }
+  // The premise: without a token, the entry is still there.
+  EXPECT_EQ(NearHit(kItems).first, "one");
 }
 
 // A sidecar that refuses one caller's request as invalid (a key past its
