@@ -221,7 +221,7 @@ class ReadCacheNearTest : public ::testing::Test {
     // Fresh tables for each test (the listener installs their triggers again).
     absl::Status s =
         pg.CreateDatabase(kPgDatabase,
-                          "DROP TABLE IF EXISTS items, other;"
+                          "DROP VIEW IF EXISTS shown; DROP TABLE IF EXISTS items, other;"
                           "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
                           "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
                           "CREATE TABLE other (id int PRIMARY KEY, v text NOT NULL);"
@@ -543,6 +543,40 @@ TEST_F(ReadCacheNearTest, DISABLED_AFunctionsOwnReadsInvalidateItsCaller) {
   Outcome after = Read(sql);
   ASSERT_TRUE(after.status.ok()) << after.status;
   EXPECT_EQ(after.first, "eleven") << "a stale entry outlived a write to a table it read";
+}
+
+// DISABLED: a bug, not fixed here. A statement's plan is remembered until a
+// table it read is described anew (a relay's Relation message; nothing at all
+// in trigger mode), but redefining a view changes no table's description: the
+// statement keeps the old view's tables. Once the view reads `other`, its
+// entry is filled with items' tags, and a committed write to `other` leaves
+// it: the last read is a HIT with "ten". A fix needs DDL seen as such (an
+// event trigger, or checking the view's definition when a plan is used), or
+// plans kept only for a bounded while (which bounds the staleness only).
+TEST_F(ReadCacheNearTest, DISABLED_AViewRedefinedOverAnotherTableIsInvalidatedByItsWrites) {
+  testing::PostgresCluster& pg = SharedPostgres();
+  ASSERT_TRUE(pg.Exec(kPgDatabase,
+                      "DROP VIEW IF EXISTS shown; "
+                      "CREATE VIEW shown AS SELECT name AS x FROM items WHERE id = 1")
+                  .ok());
+  const std::string sql = "SELECT x FROM shown";
+  EXPECT_EQ(Read(sql).first, "one");
+  ASSERT_TRUE(
+      pg.Exec(kPgDatabase, "CREATE OR REPLACE VIEW shown AS SELECT v AS x FROM other WHERE id = 1")
+          .ok());
+  // A write to items drops the entry (and tells us the listener is there).
+  EXPECT_EQ(Read(kItems).first, "one");
+  ASSERT_TRUE(pg.Exec(kPgDatabase, "UPDATE items SET name = 'uno' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return Read(kItems).first == "uno"; }, absl::Seconds(10)));
+  EXPECT_EQ(Read(sql).first, "ten");  // the view anew, filled again
+  EXPECT_EQ(Read(sql).first, "ten");
+  EXPECT_EQ(Read(kOther).first, "ten");
+
+  ASSERT_TRUE(pg.Exec(kPgDatabase, "UPDATE other SET v = 'eleven' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return Read(kOther).first == "eleven"; }, absl::Seconds(10)));
+  Outcome after = Read(sql);
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  EXPECT_EQ(after.first, "eleven") << "a stale entry outlived a write to the table it reads";
 }
 
 }  // namespace
