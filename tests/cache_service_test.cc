@@ -605,6 +605,43 @@ TEST_F(CacheServiceTest, BadRequestsAreInvalidArgument) {
   EXPECT_EQ(c.Get("big").outcome(), v1::CacheGetResponse::MISS);
 }
 
+// Tags and key prefixes are matched byte for byte: a NUL inside one is part
+// of it (a tag cut at its NUL, or one of which it is a prefix, is another
+// tag), non-ASCII UTF-8 is just bytes, and a fill that read before an
+// invalidation of such a tag is refused like any other.
+TEST_F(CacheServiceTest, TagsAndPrefixesMatchExactlyWhateverTheirBytes) {
+  Client c = tcp();
+  const std::string nul_tag("t:\0a", 4);
+  const std::string key_a("bin/\0a", 6), key_b("bin/\0b", 6);
+  ASSERT_TRUE(c.Set(key_a, "a", {nul_tag}).stored());
+  ASSERT_TRUE(c.Set(key_b, "b", {"t:", "t\xc3\xa0g\xe2\x9c\x93"}).stored());
+  EXPECT_EQ(c.Invalidate({"t:"}).removed(), 1u);
+  EXPECT_EQ(c.Get(key_a).outcome(), v1::CacheGetResponse::HIT);
+  EXPECT_EQ(c.Get(key_b).outcome(), v1::CacheGetResponse::MISS);
+  EXPECT_EQ(c.Invalidate({std::string("t:\0", 3)}).removed(), 0u);
+  EXPECT_EQ(c.Invalidate({"t\xc3\xa0g"}).removed(), 0u);
+  EXPECT_EQ(c.Get(key_a).outcome(), v1::CacheGetResponse::HIT);
+  EXPECT_EQ(c.Invalidate({nul_tag}).removed(), 1u);
+  EXPECT_EQ(c.Get(key_a).outcome(), v1::CacheGetResponse::MISS);
+
+  // Prefixes with a NUL inside.
+  ASSERT_TRUE(c.Set(key_a, "a").stored());
+  ASSERT_TRUE(c.Set(key_b, "b").stored());
+  EXPECT_EQ(c.Invalidate({}, {key_b}).removed(), 1u);
+  EXPECT_EQ(c.Get(key_a).outcome(), v1::CacheGetResponse::HIT);
+  EXPECT_EQ(c.Invalidate({}, {std::string("bin/\0", 5)}).removed(), 1u);
+  EXPECT_EQ(c.Get(key_a).outcome(), v1::CacheGetResponse::MISS);
+
+  // The race, with the NUL tag: the fill read before the invalidation.
+  v1::CacheGetResponse miss = c.Get(key_a);
+  ASSERT_EQ(miss.outcome(), v1::CacheGetResponse::MISS);
+  c.Invalidate({nul_tag});
+  v1::CacheSetResponse fill = c.Set(key_a, "old", {"unrelated", nul_tag}, miss.generation());
+  EXPECT_FALSE(fill.stored());
+  EXPECT_EQ(fill.reason(), v1::CacheSetResponse::INVALIDATED);
+  EXPECT_EQ(c.Get(key_a).outcome(), v1::CacheGetResponse::MISS);
+}
+
 TEST_F(CacheServiceTest, SocketIsGroupAccessibleAndServesASecondClient) {
   struct stat st;
   ASSERT_EQ(stat(server_->socket_path.c_str(), &st), 0);

@@ -4,6 +4,8 @@
 //  - writes through query, ingest, a plain client, COPY and TRUNCATE
 //    invalidate exactly what they changed: other rows' key lookups stay
 //    cached, table-level reads go; a rolled-back write invalidates nothing;
+//  - an UPDATE of the key drops the old key's and the new key's lookups;
+//    tokens no stream reaches (past any WAL) read the database;
 //  - a history checker: writers on both replicas and a plain client
 //    increment counters and ingest inserts rows, readers on both replicas
 //    pass the latest token they saw, and no read returns a value older than
@@ -30,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -583,6 +586,49 @@ TEST_F(WalCacheTest, ATokenOfAWriteToACachedRowReadsTheNewValue) {
   EXPECT_LE(after.reached - before.reached, kWrites);
   EXPECT_EQ(after.timeouts - before.timeouts, 0);
   EXPECT_EQ(after.bypassed - before.bypassed, 0);
+}
+
+// An UPDATE of the key itself changes two rows' lookups: the old key's
+// (now no row) and the new one's (until then no row, cached as such). Both
+// go; a third row stays. Then tokens no server issued (past any WAL, or the
+// largest there is): each waits its bounded while and reads the database,
+// never the entry the cache holds.
+TEST_F(WalCacheTest, AnUpdateOfTheKeyDropsBothKeysAndTokensNeverReachedReadTheDatabase) {
+  Reset();
+  Replica& a = A();
+  const int64_t from = 9, to = kRows + 9;
+  for (int64_t id : {from, to, int64_t{10}}) ASSERT_TRUE(Cached(*a.stub, kRowRead, {id})) << id;
+  PgSession s(Cluster().Dsn(kDb));
+  ASSERT_EQ(s.Exec(absl::StrCat("UPDATE rows SET id = ", to, ", v = 9 WHERE id = ", from)), "");
+  const uint64_t token = static_cast<uint64_t>(s.Token().value_or(0));
+  ASSERT_GT(token, 0u);
+  Result old_key = Call(*a.stub, kRowRead, {from}, true, token);
+  ASSERT_TRUE(old_key.status.ok()) << old_key.status.error_message();
+  EXPECT_FALSE(old_key.has_row) << "the old key's entry outlived the update; " << a.Summary();
+  EXPECT_NE(old_key.cache, v1::HIT);
+  Result new_key = Call(*a.stub, kRowRead, {to}, true, token);
+  ASSERT_TRUE(new_key.status.ok()) << new_key.status.error_message();
+  EXPECT_TRUE(new_key.has_row) << "the new key's empty entry outlived the update";
+  EXPECT_EQ(new_key.value, 9);
+  EXPECT_NE(new_key.cache, v1::HIT);
+  Result kept = Call(*a.stub, kRowRead, {10}, true, token);
+  EXPECT_EQ(kept.value, 0);  // (a HIT unless PostgreSQL described the table again)
+
+  // Row 10 cached; a plain client changes it without telling anyone its
+  // token. Reads with tokens no stream reaches wait, then read the database.
+  ASSERT_TRUE(Cached(*a.stub, kRowRead, {10}));
+  const double bypassed = a.Bypassed("token");
+  ASSERT_EQ(s.Exec("UPDATE rows SET v = 10 WHERE id = 10"), "");
+  for (uint64_t never :
+       {std::numeric_limits<uint64_t>::max(), token + (uint64_t{1} << 40), uint64_t{1} << 63}) {
+    SCOPED_TRACE(never);
+    Result r = Call(*a.stub, kRowRead, {10}, true, never);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.source, v1::DATABASE);
+    EXPECT_NE(r.cache, v1::HIT);
+    EXPECT_EQ(r.value, 10) << "a token never reached was served the cached row";
+  }
+  EXPECT_GE(a.Bypassed("token") - bypassed, 3);
 }
 
 // The counters every writer increments, and what readers may expect.

@@ -163,6 +163,19 @@ void ReadCache::SidecarResult(bool ok) {
   breaker_.Record(ok);
 }
 
+void ReadCache::SidecarResult(const absl::Status& s) {
+  if (s.code() != absl::StatusCode::kInvalidArgument) {
+    SidecarResult(s.ok());
+    return;
+  }
+  // The sidecar answered and refused this one request (a key or a tag past
+  // its maxKeyBytes, more tags than its maxTags): an error, but no sign it is
+  // failing. Counted against the breaker, one caller's oversized requests
+  // made every caller's reads skip the sidecar.
+  counters_.sidecar_errors.fetch_add(1, std::memory_order_relaxed);
+  breaker_.Record(true);
+}
+
 void ReadCache::RunOnDatabase(CachedRead& read, Bypass reason) {
   counters_.bypass.fetch_add(1, std::memory_order_relaxed);
   CountBypass(reason);
@@ -286,7 +299,7 @@ void ReadCache::WithPlan(std::shared_ptr<CachedRead> read, StatementPlans::Learn
 
 void ReadCache::OnSidecarLookup(std::shared_ptr<CachedRead> read,
                                 absl::StatusOr<CacheLookup> found) {
-  SidecarResult(found.ok());
+  SidecarResult(found.status());
   read->lookup.SetAttribute("poolside.cache.outcome", !found.ok() ? "error"
                                                       : found->outcome == CacheLookup::kHit ? "hit"
                                                       : found->outcome == CacheLookup::kStale
@@ -427,7 +440,7 @@ void ReadCache::Land(Fill& fill, absl::Status status) {
       client_->Set(std::move(stored), [this, span, keyed, token = in_flight_.Begin()](
                                           absl::StatusOr<bool> done) mutable {
         const InFlight::Token held = std::move(token);
-        SidecarResult(done.ok());
+        SidecarResult(done.status());
         // "refused": the sidecar saw a newer invalidation (or would not admit it).
         span->SetAttribute("poolside.cache.outcome", !done.ok() ? "error"
                                                      : *done    ? "stored"

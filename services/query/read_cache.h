@@ -222,6 +222,9 @@ class ReadCache {
   void CountBypass(Bypass reason) const;
   // The outcome of a sidecar call: counted, and told to the breaker.
   void SidecarResult(bool ok);
+  // The same for a lookup's or a fill's status; a refusal of the request as
+  // invalid is an error but no failure of the sidecar.
+  void SidecarResult(const absl::Status& s);
 
   const v1::QueryCacheConfig config_;
   const v1::LimitsConfig limits_;

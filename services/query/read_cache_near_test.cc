@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -61,6 +62,10 @@ constexpr char kOther[] = "SELECT v FROM other WHERE id = 1";
 // allows any thread), after the lock is released.
 class FakeSidecar : public CacheClient {
  public:
+  // As a sidecar configured with maxKeyBytes 1024 (its default is 4096)
+  // refuses longer keys: InvalidArgument.
+  static constexpr size_t kMaxKeyBytes = 1024;
+
   struct Invalidation {
     std::vector<std::string> tags;
     bool flush_all = false;
@@ -68,6 +73,10 @@ class FakeSidecar : public CacheClient {
   };
 
   void Get(const std::string& key, std::function<void(absl::StatusOr<CacheLookup>)> done) override {
+    if (key.size() > kMaxKeyBytes) {
+      done(absl::InvalidArgumentError(absl::StrCat("key is ", key.size(), " bytes")));
+      return;
+    }
     CacheLookup r;
     {
       absl::MutexLock lock(&mu_);
@@ -212,7 +221,7 @@ class ReadCacheNearTest : public ::testing::Test {
     // Fresh tables for each test (the listener installs their triggers again).
     absl::Status s =
         pg.CreateDatabase(kPgDatabase,
-                          "DROP TABLE IF EXISTS items, other;"
+                          "DROP VIEW IF EXISTS shown; DROP TABLE IF EXISTS items, other;"
                           "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
                           "INSERT INTO items VALUES (1, 'one'), (2, 'two');"
                           "CREATE TABLE other (id int PRIMARY KEY, v text NOT NULL);"
@@ -263,7 +272,8 @@ class ReadCacheNearTest : public ::testing::Test {
 
   // One cached read made as QueryEngine::Execute makes it (its Work, response
   // and run_plain), waited for.
-  Outcome Read(const std::string& sql) {
+  Outcome Read(const std::string& sql, const std::vector<int64_t>& params = {},
+               uint64_t min_lsn = 0) {
     // Owned by the work's `done`: it stays valid however late the call ends.
     struct Call {
       v1::ExecuteRequest request;
@@ -276,6 +286,8 @@ class ReadCacheNearTest : public ::testing::Test {
     auto call = std::make_shared<Call>();
     call->request.set_database(kDb);
     call->request.set_sql(sql);
+    for (int64_t p : params) call->request.add_params()->set_int64_value(p);
+    call->request.set_min_lsn(min_lsn);
     call->request.mutable_cache()->set_ttl_ms(kTtlMs);
     call->budget.max_rows = config_.limits().max_rows();
     call->budget.max_bytes = config_.limits().max_bytes();
@@ -425,6 +437,146 @@ TEST_F(ReadCacheNearTest, CommittedWritesOutsideLeaveTheNearCacheRolledBackOnesD
       << "the listener's invalidation did not reach the near cache";
   EXPECT_TRUE(sidecar_->Invalidated(kItemsTag, "notify"));
   EXPECT_EQ(sidecar_->watches(), 1);
+}
+
+// Trigger invalidation knows no positions: a read with any token, even 1 or
+// the largest there is, goes to the database, though the cache holds the
+// statement's entry (here one a write hid from the cache on purpose, so that
+// an answer from the cache would show).
+TEST_F(ReadCacheNearTest, InTriggerModeAReadWithATokenReadsTheDatabase) {
+  ASSERT_EQ(Read(kItems).cache, v1::MISS);
+  EXPECT_EQ(NearHit(kItems).first, "one");
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kPgDatabase,
+                        "BEGIN; SET LOCAL session_replication_role = replica; "
+                        "UPDATE items SET name = 'hidden' WHERE id = 1; COMMIT")
+                  .ok());
+  for (uint64_t token : {uint64_t{1}, std::numeric_limits<uint64_t>::max()}) {
+    Outcome r = Read(kItems, {}, token);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.cache, v1::BYPASS) << token;
+    EXPECT_EQ(r.first, "hidden") << token;
+  }
+  // The premise: without a token, the entry is still there.
+  EXPECT_EQ(NearHit(kItems).first, "one");
+}
+
+// A sidecar that refuses one caller's request as invalid (a key past its
+// maxKeyBytes) answered: it is not failing. Such refusals once counted as
+// failures, and failureThreshold (3) of them in a row opened the breaker, so
+// every caller's reads skipped the sidecar for retryAfterMs.
+TEST_F(ReadCacheNearTest, RequestsTheSidecarRefusesAsInvalidDoNotOpenTheBreaker) {
+  const std::string padding(FakeSidecar::kMaxKeyBytes, ' ');
+  const uint64_t errors = cache_->counters().sidecar_errors.load();
+  for (int64_t id = 1; id <= 4; ++id) {
+    Outcome r = Read(absl::StrCat("SELECT name FROM items WHERE id = $1", padding), {id});
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.cache, v1::BYPASS) << id;  // the sidecar said no: the database
+    EXPECT_EQ(r.first, id == 1 ? "one" : id == 2 ? "two" : "") << id;
+  }
+  EXPECT_EQ(cache_->counters().sidecar_errors.load(), errors + 4) << "still counted as errors";
+  // Another caller's read still asks the sidecar (with the breaker open it
+  // would be a BYPASS that never asked) and is cached there.
+  const uint64_t gets = sidecar_->gets();
+  Outcome other = Read(kOther);
+  ASSERT_TRUE(other.status.ok()) << other.status;
+  EXPECT_EQ(other.cache, v1::MISS) << "the breaker opened: the sidecar was skipped";
+  EXPECT_EQ(other.first, "ten");
+  EXPECT_EQ(sidecar_->gets(), gets + 1);
+}
+
+// DISABLED: a bug, not fixed here (see StatementPlansTest.
+// DISABLED_TablesDoNotDependOnTheFirstCallsParameters). The statement's plan
+// is learned from its first call, whose bound $2 = 0 lets PostgreSQL fold the
+// table away: the plan names no table, Watches() holds vacuously, and the
+// call with $2 = 1 is cached with the database's tag alone. A committed
+// write to items then leaves it: the last read is a HIT with "one".
+TEST_F(ReadCacheNearTest, DISABLED_AFoldedAwayTableStillInvalidates) {
+  const std::string sql = "SELECT name FROM items WHERE id = $1 AND $2 = 1";
+  Outcome none = Read(sql, {1, 0});
+  ASSERT_TRUE(none.status.ok()) << none.status;
+  EXPECT_EQ(none.first, "");
+  Outcome first = Read(sql, {1, 1});
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_EQ(first.first, "one");
+  EXPECT_EQ(Read(sql, {1, 1}).first, "one");
+  EXPECT_EQ(Read(kItems).first, "one");  // cached, tagged with items
+
+  // Committed by a plain client; the trigger's NOTIFY names items. Once a
+  // read of items by a plan that names it sees the write, the listener has
+  // applied that notification.
+  ASSERT_TRUE(
+      SharedPostgres().Exec(kPgDatabase, "UPDATE items SET name = 'written' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return Read(kItems).first == "written"; }, absl::Seconds(10)));
+  Outcome after = Read(sql, {1, 1});
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  EXPECT_EQ(after.first, "written") << "a stale entry outlived the write to its table";
+}
+
+// DISABLED: a bug, not fixed here. ReadCache::Applies takes any plain read,
+// whatever it calls, and its tags are the tables its plan names; a function
+// that is not inlined (PL/pgSQL, or SQL that is not a bare expression) reads
+// tables the plan never names. Its entry carries items' tags only, so a
+// committed write to `other` leaves it: the last read is a HIT with "ten".
+// The statement's own calls are known (sql::Analysis::functions, checked
+// against db::BuiltinCatalog for shared Syncs), but a view's or a row-level
+// security policy's calls are not: a fix needs the plan's functions (or a
+// refusal of every non-built-in call the plan makes), not only the text's.
+TEST_F(ReadCacheNearTest, DISABLED_AFunctionsOwnReadsInvalidateItsCaller) {
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kPgDatabase,
+                        "CREATE OR REPLACE FUNCTION other_v(int) RETURNS text LANGUAGE plpgsql "
+                        "STABLE AS $$ BEGIN RETURN (SELECT v FROM other WHERE id = $1); END $$")
+                  .ok());
+  const std::string sql = "SELECT other_v(id) FROM items WHERE id = 1";
+  Outcome first = Read(sql);
+  ASSERT_TRUE(first.status.ok()) << first.status;
+  EXPECT_EQ(first.first, "ten");
+  EXPECT_EQ(Read(sql).first, "ten");
+  EXPECT_EQ(Read(kOther).first, "ten");  // cached, tagged with other
+
+  // Committed by a plain client; once kOther's entry is gone, the listener
+  // has applied the write's NOTIFY.
+  ASSERT_TRUE(
+      SharedPostgres().Exec(kPgDatabase, "UPDATE other SET v = 'eleven' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return Read(kOther).first == "eleven"; }, absl::Seconds(10)));
+  Outcome after = Read(sql);
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  EXPECT_EQ(after.first, "eleven") << "a stale entry outlived a write to a table it read";
+}
+
+// DISABLED: a bug, not fixed here. A statement's plan is remembered until a
+// table it read is described anew (a relay's Relation message; nothing at all
+// in trigger mode), but redefining a view changes no table's description: the
+// statement keeps the old view's tables. Once the view reads `other`, its
+// entry is filled with items' tags, and a committed write to `other` leaves
+// it: the last read is a HIT with "ten". A fix needs DDL seen as such (an
+// event trigger, or checking the view's definition when a plan is used), or
+// plans kept only for a bounded while (which bounds the staleness only).
+TEST_F(ReadCacheNearTest, DISABLED_AViewRedefinedOverAnotherTableIsInvalidatedByItsWrites) {
+  testing::PostgresCluster& pg = SharedPostgres();
+  ASSERT_TRUE(pg.Exec(kPgDatabase,
+                      "DROP VIEW IF EXISTS shown; "
+                      "CREATE VIEW shown AS SELECT name AS x FROM items WHERE id = 1")
+                  .ok());
+  const std::string sql = "SELECT x FROM shown";
+  EXPECT_EQ(Read(sql).first, "one");
+  ASSERT_TRUE(
+      pg.Exec(kPgDatabase, "CREATE OR REPLACE VIEW shown AS SELECT v AS x FROM other WHERE id = 1")
+          .ok());
+  // A write to items drops the entry (and tells us the listener is there).
+  EXPECT_EQ(Read(kItems).first, "one");
+  ASSERT_TRUE(pg.Exec(kPgDatabase, "UPDATE items SET name = 'uno' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return Read(kItems).first == "uno"; }, absl::Seconds(10)));
+  EXPECT_EQ(Read(sql).first, "ten");  // the view anew, filled again
+  EXPECT_EQ(Read(sql).first, "ten");
+  EXPECT_EQ(Read(kOther).first, "ten");
+
+  ASSERT_TRUE(pg.Exec(kPgDatabase, "UPDATE other SET v = 'eleven' WHERE id = 1").ok());
+  ASSERT_TRUE(WaitFor([&] { return Read(kOther).first == "eleven"; }, absl::Seconds(10)));
+  Outcome after = Read(sql);
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  EXPECT_EQ(after.first, "eleven") << "a stale entry outlived a write to the table it reads";
 }
 
 }  // namespace

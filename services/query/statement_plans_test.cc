@@ -26,12 +26,15 @@ constexpr char kPgDatabase[] = "statement_plans";
 constexpr char kDb[] = "plans";
 // The tables of kPgDatabase, made afresh for each test.
 constexpr char kSchema[] =
-    "DROP VIEW IF EXISTS items_view;"
-    "DROP TABLE IF EXISTS items, named, gone;"
+    "DROP VIEW IF EXISTS items_view, items_barrier;"
+    "DROP TABLE IF EXISTS items, named, gone, parted;"
     "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
     "CREATE TABLE named (name text PRIMARY KEY, v int);"
     "CREATE TABLE gone (id int PRIMARY KEY);"
-    "CREATE VIEW items_view AS SELECT * FROM items";
+    "CREATE VIEW items_view AS SELECT * FROM items;"
+    "CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);"
+    "CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (100);"
+    "CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (100) TO (200)";
 
 TEST(ParsePlanTablesTest, FindsTablesAndModifications) {
   const std::string plan = R"([{"Plan": {"Node Type": "Hash Join", "Plans": [
@@ -255,6 +258,111 @@ TEST_F(StatementPlansTest, KeysOnlyForPlainReadsOfATableByItsWholeKey) {
   Result unkeyed = Learn(db_.get(), "SELECT name FROM items WHERE id = 2");
   ASSERT_TRUE(unkeyed.learned.ok()) << unkeyed.learned.status();
   EXPECT_FALSE((*unkeyed.learned)->key.has_value());
+}
+
+// Statements that look like a lookup by primary key but can return (or
+// depend on) other rows: a row tag would miss writes to them, so none is
+// learned. And the lookups that are: a composite key with every column bound
+// (in the table's column order, as the relay sends keys), a table of the same
+// name in another schema, a key replaced by DDL (once the plan is forgotten).
+TEST_F(StatementPlansTest, LookalikesOfAKeyLookupAreNotKeyed) {
+  ASSERT_TRUE(
+      SharedPostgres()
+          .Exec(kPgDatabase,
+                "DROP SCHEMA IF EXISTS other CASCADE; DROP TABLE IF EXISTS pair, nokey, ci_named, "
+                "inherited CASCADE; DROP COLLATION IF EXISTS ci;"
+                "CREATE TABLE pair (a int, b int, v text, PRIMARY KEY (b, a));"
+                "CREATE TABLE nokey (id int UNIQUE NOT NULL, v text);"
+                "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', "
+                "deterministic = false);"
+                "CREATE TABLE ci_named (name text COLLATE ci PRIMARY KEY, v int);"
+                "CREATE TABLE inherited (id int PRIMARY KEY, v text);"
+                "CREATE TABLE inherited_child () INHERITS (inherited);"
+                "CREATE VIEW items_barrier WITH (security_barrier) AS SELECT * FROM items;"
+                "CREATE SCHEMA other; CREATE TABLE other.items (id int8 PRIMARY KEY, n int)")
+          .ok());
+  for (const char* sql : {
+           "SELECT name FROM items WHERE id = 1 OR true",
+           "SELECT name FROM items WHERE id = 1 OR id = 2",
+           "SELECT name FROM items WHERE NOT (id = 1)",
+           "SELECT name FROM items WHERE id IN (1, 2)",
+           "SELECT name FROM items WHERE id = 1 AND name = (SELECT name FROM named LIMIT 1)",
+           "SELECT name FROM items, generate_series(1, 2) g WHERE id = 1",
+           "SELECT name FROM items_barrier WHERE id = 1",
+           "SELECT v FROM pair WHERE a = 1",
+           "SELECT v FROM pair WHERE b = 1",
+           "SELECT v FROM nokey WHERE id = 1",
+           "SELECT v FROM ci_named WHERE name = 'x'",
+           "SELECT v FROM inherited WHERE id = 1",
+           "SELECT name FROM items WHERE id = 1 UNION ALL SELECT name FROM items WHERE id = 2",
+           "SELECT v FROM named WHERE name = 'x' COLLATE \"C\"",
+       }) {
+    Result r = Learn(db_.get(), sql);
+    ASSERT_TRUE(r.learned.ok()) << sql << ": " << r.learned.status();
+    EXPECT_TRUE((*r.learned)->explained) << sql;
+    EXPECT_FALSE((*r.learned)->key.has_value()) << sql;
+  }
+
+  Result pair = Learn(db_.get(), "SELECT v FROM pair WHERE b = $1 AND a = $2", {2, 1});
+  ASSERT_TRUE(pair.learned.ok()) << pair.learned.status();
+  ASSERT_TRUE((*pair.learned)->key.has_value());
+  ASSERT_EQ((*pair.learned)->key->columns.size(), 2u);
+  EXPECT_EQ((*pair.learned)->key->columns[0].second.param, 2);  // a: column 1
+  EXPECT_EQ((*pair.learned)->key->columns[1].second.param, 1);  // b: column 2
+
+  Result schema = Learn(db_.get(), "SELECT n FROM other.items WHERE id = $1", {1});
+  ASSERT_TRUE(schema.learned.ok()) << schema.learned.status();
+  EXPECT_EQ((*schema.learned)->tables, (std::vector<std::string>{"other.items"}));
+  ASSERT_TRUE((*schema.learned)->key.has_value());
+  EXPECT_EQ((*schema.learned)->key->table, "other.items");
+
+  // The key replaced: the statement's plan is forgotten (the relay's new
+  // description does that) and learned anew, by the new key.
+  const std::string by_name = "SELECT id FROM items WHERE name = 'x'";
+  Result before = Learn(db_.get(), by_name);
+  ASSERT_TRUE(before.learned.ok()) << before.learned.status();
+  EXPECT_FALSE((*before.learned)->key.has_value());
+  ASSERT_TRUE(SharedPostgres()
+                  .Exec(kPgDatabase,
+                        "ALTER TABLE items DROP CONSTRAINT items_pkey; "
+                        "ALTER TABLE items ADD PRIMARY KEY (name)")
+                  .ok());
+  plans_->Forget(kDb, "public.items");
+  Result after = Learn(db_.get(), by_name);
+  ASSERT_TRUE(after.learned.ok()) << after.learned.status();
+  ASSERT_TRUE((*after.learned)->key.has_value());
+  EXPECT_EQ((*after.learned)->key->columns[0].first, KeyFamily::kText);
+  Result by_id = Learn(db_.get(), "SELECT name FROM items WHERE id = 3");
+  ASSERT_TRUE(by_id.learned.ok()) << by_id.learned.status();
+  EXPECT_FALSE((*by_id.learned)->key.has_value());
+}
+
+// DISABLED: a bug, not fixed here. A plan is learned once per statement text
+// and remembered for every later parameter value, but EXPLAIN runs with the
+// first call's values bound, and PostgreSQL folds bound parameters into
+// constants (exec_bind_message marks them PARAM_FLAG_CONST): what the planner
+// proves unread for those values is missing from the plan. With $2 = 0 below
+// the plan is a bare `Result` (One-Time Filter: false) naming no table, so the
+// statement is remembered as reading nothing; a later call with $2 = 1 reads
+// items yet its entry carries only the database's tag, and no write to items
+// drops it (ReadCacheNearTest.DISABLED_AFoldedAwayTableStillInvalidates shows
+// the stale hit). Likewise plan-time partition pruning names only the
+// partition the first value falls in. A fix needs a generic plan: EXPLAIN
+// (GENERIC_PLAN) from PostgreSQL 16, or PREPARE under plan_cache_mode =
+// force_generic_plan and EXPLAIN EXECUTE on 15 (a session-bound statement
+// pair the pool does not run today).
+TEST_F(StatementPlansTest, DISABLED_TablesDoNotDependOnTheFirstCallsParameters) {
+  Result folded = Learn(db_.get(), "SELECT name FROM items WHERE id = $1 AND $2 = 1", {1, 0});
+  ASSERT_TRUE(folded.learned.ok()) << folded.learned.status();
+  EXPECT_TRUE((*folded.learned)->PlainRead());
+  EXPECT_EQ((*folded.learned)->tables, (std::vector<std::string>{"public.items"}));
+
+  // Read through the parent: id 150 lives in parted_b, which a plan pruned
+  // for id 1 does not name.
+  Result pruned = Learn(db_.get(), "SELECT v FROM parted WHERE id = $1", {1});
+  ASSERT_TRUE(pruned.learned.ok()) << pruned.learned.status();
+  EXPECT_EQ((*pruned.learned)->tables,
+            (std::vector<std::string>{"public.parted_a", "public.parted_b"}));
 }
 
 TEST_F(StatementPlansTest, StatementsEXPLAINRefusesAreRememberedAsUnexplained) {
