@@ -485,13 +485,11 @@ TEST_F(ReadCacheNearTest, RequestsTheSidecarRefusesAsInvalidDoNotOpenTheBreaker)
   EXPECT_EQ(sidecar_->gets(), gets + 1);
 }
 
-// DISABLED: a bug, not fixed here (see StatementPlansTest.
-// DISABLED_TablesDoNotDependOnTheFirstCallsParameters). The statement's plan
-// is learned from its first call, whose bound $2 = 0 lets PostgreSQL fold the
-// table away: the plan names no table, Watches() holds vacuously, and the
-// call with $2 = 1 is cached with the database's tag alone. A committed
-// write to items then leaves it: the last read is a HIT with "one".
-TEST_F(ReadCacheNearTest, DISABLED_AFoldedAwayTableStillInvalidates) {
+// The statement's plan is learned from its first call, whose bound $2 = 0
+// lets PostgreSQL fold the table away (the plan names no table); the tables
+// the text names are added from the catalog, so the call with $2 = 1 is
+// tagged with items and a committed write to items drops it.
+TEST_F(ReadCacheNearTest, AFoldedAwayTableStillInvalidates) {
   const std::string sql = "SELECT name FROM items WHERE id = $1 AND $2 = 1";
   Outcome none = Read(sql, {1, 0});
   ASSERT_TRUE(none.status.ok()) << none.status;
@@ -513,16 +511,11 @@ TEST_F(ReadCacheNearTest, DISABLED_AFoldedAwayTableStillInvalidates) {
   EXPECT_EQ(after.first, "written") << "a stale entry outlived the write to its table";
 }
 
-// DISABLED: a bug, not fixed here. ReadCache::Applies takes any plain read,
-// whatever it calls, and its tags are the tables its plan names; a function
-// that is not inlined (PL/pgSQL, or SQL that is not a bare expression) reads
-// tables the plan never names. Its entry carries items' tags only, so a
-// committed write to `other` leaves it: the last read is a HIT with "ten".
-// The statement's own calls are known (sql::Analysis::functions, checked
-// against db::BuiltinCatalog for shared Syncs), but a view's or a row-level
-// security policy's calls are not: a fix needs the plan's functions (or a
-// refusal of every non-built-in call the plan makes), not only the text's.
-TEST_F(ReadCacheNearTest, DISABLED_AFunctionsOwnReadsInvalidateItsCaller) {
+// A function that is not inlined (PL/pgSQL, or SQL that is not a bare
+// expression) reads tables the plan never names: a read that calls one
+// (itself, or through a view or policy) is not cached, so a committed write
+// to `other` is seen at once.
+TEST_F(ReadCacheNearTest, AFunctionsOwnReadsInvalidateItsCaller) {
   ASSERT_TRUE(SharedPostgres()
                   .Exec(kPgDatabase,
                         "CREATE OR REPLACE FUNCTION other_v(int) RETURNS text LANGUAGE plpgsql "
@@ -545,14 +538,15 @@ TEST_F(ReadCacheNearTest, DISABLED_AFunctionsOwnReadsInvalidateItsCaller) {
   EXPECT_EQ(after.first, "eleven") << "a stale entry outlived a write to a table it read";
 }
 
-// DISABLED: a bug, not fixed here. A statement's plan is remembered until a
-// table it read is described anew (a relay's Relation message; nothing at all
-// in trigger mode), but redefining a view changes no table's description: the
-// statement keeps the old view's tables. Once the view reads `other`, its
-// entry is filled with items' tags, and a committed write to `other` leaves
-// it: the last read is a HIT with "ten". A fix needs DDL seen as such (an
-// event trigger, or checking the view's definition when a plan is used), or
-// plans kept only for a bounded while (which bounds the staleness only).
+// DISABLED: a known limitation (docs/cache.md, "What is cached"). A
+// statement's plan is remembered until a table it read is described anew (a
+// relay's Relation message; nothing at all in trigger mode), but redefining a
+// view changes no table's description: the statement keeps the old view's
+// tables. Once the view reads `other`, its entry is filled with items' tags,
+// and a committed write to `other` leaves it: the last read is a HIT with
+// "ten". A fix needs DDL seen as such (an event trigger, or checking the
+// view's definition when a plan is used), or plans kept only for a bounded
+// while (which bounds the staleness only).
 TEST_F(ReadCacheNearTest, DISABLED_AViewRedefinedOverAnotherTableIsInvalidatedByItsWrites) {
   testing::PostgresCluster& pg = SharedPostgres();
   ASSERT_TRUE(pg.Exec(kPgDatabase,

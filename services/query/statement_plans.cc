@@ -5,6 +5,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/sql/statement_analyzer.h"
 #include "common/telemetry/trace.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -161,13 +163,122 @@ void StatementPlans::Learn(Database* db, const std::string& sql,
       Remember(memo_key, plan);
       then(std::move(plan));
     };
-    if (tables.ok() && tables->PlainRead() && tables->tables.size() == 1 && learn_keys_(*db)) {
-      LearnKey(
-          db, sql, deadline, *std::move(tables),
-          [remember = std::move(remember)](StatementTables t) mutable { remember(std::move(t)); });
+    if (!tables.ok() || !tables->PlainRead()) {
+      remember(std::move(tables));
       return;
     }
-    remember(std::move(tables));
+    LearnNamed(db, sql, deadline, *std::move(tables),
+               [this, db, sql, deadline,
+                remember = std::move(remember)](absl::StatusOr<StatementTables> t) mutable {
+                 if (t.ok() && t->PlainRead() && t->tables.size() == 1 && learn_keys_(*db)) {
+                   LearnKey(db, sql, deadline, *std::move(t),
+                            [remember = std::move(remember)](StatementTables k) mutable {
+                              remember(std::move(k));
+                            });
+                   return;
+                 }
+                 remember(std::move(t));
+               });
+  };
+  SubmitOrFail(*db, std::move(work));
+}
+
+void StatementPlans::LearnNamed(Database* db, const std::string& sql, absl::Time deadline,
+                                StatementTables t,
+                                std::function<void(absl::StatusOr<StatementTables>)> then) {
+  const std::shared_ptr<const sql::Analysis> analysis = sql::AnalyzeOnce(sql);
+  // [schema, name] of each relation as written ("" for no schema; a
+  // three-part name's database dropped), and the routines' names without
+  // their schema (any routine of that name counts: the search_path decides
+  // which one runs).
+  google::protobuf::ListValue relations, functions, operators;
+  for (const std::string& name : analysis->tables) {
+    const std::vector<std::string> parts = absl::StrSplit(name, '.');
+    google::protobuf::ListValue* pair = relations.add_values()->mutable_list_value();
+    pair->add_values()->set_string_value(parts.size() >= 2 ? parts[parts.size() - 2] : "");
+    pair->add_values()->set_string_value(parts.back());
+  }
+  for (const std::string& f : analysis->functions) {
+    functions.add_values()->set_string_value(f.substr(f.rfind('.') + 1));
+  }
+  for (const std::string& o : analysis->operators) {
+    operators.add_values()->set_string_value(o.substr(o.rfind('.') + 1));
+  }
+  auto work = std::make_shared<OwnedStatement>();
+  // The relations named, what views among them depend on (their rules'
+  // dependencies, through views of views) and what their row-level security
+  // policies read, and every inheritance descendant (partitions too): each
+  // with its kind. Then a last row: whether a routine
+  // called by name, through an operator, or by one of those views is neither
+  // built in (an OID below FirstNormalObjectId) nor written in C.
+  work->sql =
+      "WITH RECURSIVE named AS ("
+      " SELECT c.oid FROM pg_catalog.json_array_elements($1::json) AS e(v)"
+      " JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(CASE WHEN e.v->>0 = '' "
+      " THEN pg_catalog.quote_ident(e.v->>1) ELSE pg_catalog.quote_ident(e.v->>0) || '.' || "
+      " pg_catalog.quote_ident(e.v->>1) END)),"
+      " tree(oid) AS (SELECT oid FROM named"
+      " UNION SELECT x.oid FROM tree, LATERAL ("
+      " SELECT i.inhrelid AS oid FROM pg_catalog.pg_inherits i WHERE i.inhparent = tree.oid"
+      " UNION ALL SELECT d.refobjid FROM pg_catalog.pg_rewrite r"
+      " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass"
+      " AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+      " WHERE r.ev_class = tree.oid AND d.refobjid <> r.ev_class"
+      " UNION ALL SELECT d.refobjid FROM pg_catalog.pg_policy pol"
+      " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass"
+      " AND d.objid = pol.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+      " WHERE pol.polrelid = tree.oid AND d.refobjid <> pol.polrelid) x),"
+      " routines(oid) AS ("
+      " SELECT p.oid FROM pg_catalog.json_array_elements_text($2::json) AS f(name)"
+      " JOIN pg_catalog.pg_proc p ON p.proname = f.name"
+      " UNION SELECT o.oprcode::pg_catalog.oid FROM pg_catalog.json_array_elements_text($3::json)"
+      " AS x(name) JOIN pg_catalog.pg_operator o ON o.oprname = x.name"
+      " UNION SELECT d.refobjid FROM pg_catalog.pg_rewrite r JOIN tree ON r.ev_class = tree.oid"
+      " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass"
+      " AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"
+      " UNION SELECT d.refobjid FROM pg_catalog.pg_policy pol JOIN tree ON pol.polrelid = tree.oid"
+      " JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass"
+      " AND d.objid = pol.oid AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass)"
+      " SELECT n.nspname || '.' || c.relname, c.relkind::text, false"
+      " FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid"
+      " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+      " UNION ALL SELECT NULL, NULL, EXISTS (SELECT 1 FROM routines"
+      " JOIN pg_catalog.pg_proc p ON p.oid = routines.oid"
+      " JOIN pg_catalog.pg_language l ON l.oid = p.prolang"
+      " WHERE p.oid >= 16384 AND l.lanname NOT IN ('internal', 'c'))";
+  std::string json;
+  (void)google::protobuf::util::MessageToJsonString(relations, &json);
+  work->params.Add()->set_text_value(json);
+  json.clear();
+  (void)google::protobuf::util::MessageToJsonString(functions, &json);
+  work->params.Add()->set_text_value(json);
+  json.clear();
+  (void)google::protobuf::util::MessageToJsonString(operators, &json);
+  work->params.Add()->set_text_value(json);
+  work->holder = "cache: relations";
+  work->trace = telemetry::CurrentSpanContext();
+  work->Prepare(deadline, 10000, 4 << 20);
+  OwnedStatement* raw = work.get();
+  work->done = [raw, t = std::move(t), then = std::move(then),
+                token = in_flight_->Begin()](absl::Status s) mutable {
+    const InFlight::Token held = std::move(token);
+    if (!s.ok()) {
+      then(s);
+      return;
+    }
+    for (const v1::Row& row : raw->result.rows()) {
+      if (row.values_size() != 3) continue;
+      if (row.values(2).bool_value()) t.calls_routines = true;
+      const std::string& kind = row.values(1).text_value();
+      // Tables and partitioned tables (views read what they depend on,
+      // which is in the list too; other kinds hold no rows of their own).
+      if (row.values(0).has_text_value() && (kind == "r" || kind == "p")) {
+        t.tables.push_back(row.values(0).text_value());
+      }
+    }
+    std::sort(t.tables.begin(), t.tables.end());
+    t.tables.erase(std::unique(t.tables.begin(), t.tables.end()), t.tables.end());
+    then(std::move(t));
   };
   SubmitOrFail(*db, std::move(work));
 }

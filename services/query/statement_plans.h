@@ -8,6 +8,15 @@
 // primary key (common/sql/key_lookup.h, checked against the catalog, once per
 // statement). The statement's text itself is analyzed in common/sql.
 //
+// The plan is of the first call's parameter values, which PostgreSQL folds
+// into constants: a table the planner proves unread for them (`AND $2 = 1`
+// with 0, partitions or inheritance children pruned) is missing from it, yet
+// later calls read it. So the tables the text names, their inheritance
+// descendants and what the views among them depend on are read from the
+// catalog and added. And a statement that calls a function or operator
+// written in SQL or a procedural language, itself or through a view it
+// names, is not a plain read: such a function may read tables no plan shows.
+//
 //   StatementPlans plans(&in_flight, [](const Database& db) { return true; });
 //   plans.Learn(db, sql, params, deadline, [](StatementPlans::Learned t) { ... });
 //   std::vector<std::string> tags = ReadTags(db.name(), **t, request, &keyed);
@@ -52,12 +61,15 @@ struct StatementTables {
   bool explained = false;   // false: EXPLAIN refused it (DDL, CALL, ...)
   bool modifies = false;    // a ModifyTable node (INSERT/UPDATE/DELETE/MERGE, data-modifying CTE)
   bool locks_rows = false;  // FOR UPDATE/SHARE
+  // Calls (or a view it names calls) a function or operator that is neither
+  // built in nor written in C: its own reads are not in the plan.
+  bool calls_routines = false;
   std::vector<std::string> tables;  // "schema.table", sorted, unique
   // Set when the statement is a lookup by primary key (learned after the plan).
   std::optional<KeyPlan> key;
 
   // A plain read of known tables: what the cache may hold.
-  bool PlainRead() const { return explained && !modifies && !locks_rows; }
+  bool PlainRead() const { return explained && !modifies && !locks_rows && !calls_routines; }
 };
 
 // Parses EXPLAIN (FORMAT JSON, VERBOSE) output.
@@ -106,6 +118,11 @@ class StatementPlans {
   size_t size() const;
 
  private:
+  // Adds to `t`, a plain read as its plan says, the tables the catalog says
+  // `sql` may read and whether it calls routines (see the file comment);
+  // runs `then` with `t` completed, or with the failure.
+  void LearnNamed(Database* db, const std::string& sql, absl::Time deadline, StatementTables t,
+                  std::function<void(absl::StatusOr<StatementTables>)> then);
   // Learns whether `t`, a plain read of one table, is a primary-key lookup;
   // runs `then` with `t` completed.
   void LearnKey(Database* db, const std::string& sql, absl::Time deadline, StatementTables t,

@@ -26,7 +26,7 @@ constexpr char kPgDatabase[] = "statement_plans";
 constexpr char kDb[] = "plans";
 // The tables of kPgDatabase, made afresh for each test.
 constexpr char kSchema[] =
-    "DROP VIEW IF EXISTS items_view, items_barrier;"
+    "DROP VIEW IF EXISTS items_view, items_barrier, items_named;"
     "DROP TABLE IF EXISTS items, named, gone, parted;"
     "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);"
     "CREATE TABLE named (name text PRIMARY KEY, v int);"
@@ -337,32 +337,61 @@ TEST_F(StatementPlansTest, LookalikesOfAKeyLookupAreNotKeyed) {
   EXPECT_FALSE((*by_id.learned)->key.has_value());
 }
 
-// DISABLED: a bug, not fixed here. A plan is learned once per statement text
-// and remembered for every later parameter value, but EXPLAIN runs with the
-// first call's values bound, and PostgreSQL folds bound parameters into
-// constants (exec_bind_message marks them PARAM_FLAG_CONST): what the planner
-// proves unread for those values is missing from the plan. With $2 = 0 below
-// the plan is a bare `Result` (One-Time Filter: false) naming no table, so the
-// statement is remembered as reading nothing; a later call with $2 = 1 reads
-// items yet its entry carries only the database's tag, and no write to items
-// drops it (ReadCacheNearTest.DISABLED_AFoldedAwayTableStillInvalidates shows
-// the stale hit). Likewise plan-time partition pruning names only the
-// partition the first value falls in. A fix needs a generic plan: EXPLAIN
-// (GENERIC_PLAN) from PostgreSQL 16, or PREPARE under plan_cache_mode =
-// force_generic_plan and EXPLAIN EXECUTE on 15 (a session-bound statement
-// pair the pool does not run today).
-TEST_F(StatementPlansTest, DISABLED_TablesDoNotDependOnTheFirstCallsParameters) {
+// A plan is learned once per statement text and remembered for every later
+// parameter value, but EXPLAIN runs with the first call's values bound, which
+// PostgreSQL folds into constants: with $2 = 0 below the plan is a bare
+// `Result` naming no table, and plan-time partition pruning names only the
+// partition the first value falls in. The tables the text names (with their
+// partitions and inheritance children, and what the views among them read)
+// come from the catalog instead, whatever the values.
+TEST_F(StatementPlansTest, TablesDoNotDependOnTheFirstCallsParameters) {
   Result folded = Learn(db_.get(), "SELECT name FROM items WHERE id = $1 AND $2 = 1", {1, 0});
   ASSERT_TRUE(folded.learned.ok()) << folded.learned.status();
   EXPECT_TRUE((*folded.learned)->PlainRead());
   EXPECT_EQ((*folded.learned)->tables, (std::vector<std::string>{"public.items"}));
 
   // Read through the parent: id 150 lives in parted_b, which a plan pruned
-  // for id 1 does not name.
+  // for id 1 does not name. (The partitioned parent, which no publication
+  // carries, is named too: such reads are not cached in "wal" mode.)
   Result pruned = Learn(db_.get(), "SELECT v FROM parted WHERE id = $1", {1});
   ASSERT_TRUE(pruned.learned.ok()) << pruned.learned.status();
   EXPECT_EQ((*pruned.learned)->tables,
-            (std::vector<std::string>{"public.parted_a", "public.parted_b"}));
+            (std::vector<std::string>{"public.parted", "public.parted_a", "public.parted_b"}));
+
+  // A view folded away: what it reads, from its definition.
+  Result view = Learn(db_.get(), "SELECT name FROM items_view WHERE $1 = 1", {0});
+  ASSERT_TRUE(view.learned.ok()) << view.learned.status();
+  EXPECT_EQ((*view.learned)->tables, (std::vector<std::string>{"public.items"}));
+}
+
+// A function or operator written in SQL or a procedural language may read
+// tables no plan names: a statement that calls one, itself or through a view
+// it reads, is not a plain read. Built-in and C functions are.
+TEST_F(StatementPlansTest, CallsOfRoutinesThatMayReadOtherTablesAreNotPlainReads) {
+  ASSERT_TRUE(
+      SharedPostgres()
+          .Exec(kPgDatabase,
+                "CREATE OR REPLACE FUNCTION named_of(int) RETURNS text LANGUAGE plpgsql "
+                "STABLE AS $$ BEGIN RETURN (SELECT name FROM named LIMIT 1); END $$;"
+                "CREATE OR REPLACE FUNCTION twice(int) RETURNS int LANGUAGE sql "
+                "IMMUTABLE AS 'SELECT $1 * 2';"
+                "CREATE OR REPLACE VIEW items_named AS SELECT id, named_of(id) AS n FROM items")
+          .ok());
+  for (const char* sql :
+       {"SELECT named_of(id) FROM items WHERE id = 1", "SELECT public.named_of(id) FROM items",
+        "SELECT n FROM items_named", "SELECT twice(id) FROM items"}) {
+    Result r = Learn(db_.get(), sql);
+    ASSERT_TRUE(r.learned.ok()) << sql << ": " << r.learned.status();
+    EXPECT_TRUE((*r.learned)->calls_routines) << sql;
+    EXPECT_FALSE((*r.learned)->PlainRead()) << sql;
+  }
+  for (const char* sql : {"SELECT lower(name), length(name) || 'x' FROM items WHERE id = 1",
+                          "SELECT name FROM items_view WHERE id = 1"}) {
+    Result r = Learn(db_.get(), sql);
+    ASSERT_TRUE(r.learned.ok()) << sql << ": " << r.learned.status();
+    EXPECT_FALSE((*r.learned)->calls_routines) << sql;
+    EXPECT_TRUE((*r.learned)->PlainRead()) << sql;
+  }
 }
 
 TEST_F(StatementPlansTest, StatementsEXPLAINRefusesAreRememberedAsUnexplained) {
