@@ -25,11 +25,17 @@
 namespace poolside::db {
 namespace {
 
-// Session settings sent in the startup packet (no extra round trip); the value
-// codec depends on them.
+// Session settings sent in the startup packet (no extra round trip); they
+// override a role's or database's defaults. The value codec depends on them.
 constexpr absl::string_view kSessionOptions =
     "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres "
     "-c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8";
+// Sent after the DSN's own options, so they cannot be overridden there either:
+// common/sql's analyzer decides what a caller may run reading the text with
+// standard_conforming_strings on, and a server reading backslashes in ''
+// strings as escapes would end a literal elsewhere and run a statement the
+// analyzer never saw.
+constexpr absl::string_view kEnforcedOptions = "-c standard_conforming_strings=on";
 
 constexpr int kCancelDeadline = 1;
 constexpr int kCancelCaller = 2;
@@ -107,7 +113,7 @@ absl::Status Annotate(const absl::Status& s, absl::string_view more) {
 
 // Parses the user's DSN (keyword/value or URI) and rebuilds it with poolside's
 // additions, so both forms work and the user's own settings win where they set
-// them (their `options` are kept, ours appended).
+// them (their `options` are kept after ours), except kEnforcedOptions.
 absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
   absl::StatusOr<Conninfo> c = Conninfo::Parse(o.dsn);
   if (!c.ok()) return c.status();
@@ -116,7 +122,7 @@ absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
                 absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(o.connect_timeout))));
   const std::string* options = c->Get("options");
   c->Set("options", absl::StrCat(kSessionOptions, options == nullptr ? "" : " ",
-                                 options == nullptr ? "" : *options));
+                                 options == nullptr ? "" : *options, " ", kEnforcedOptions));
   return c->ToString();
 }
 

@@ -308,6 +308,19 @@ TEST(StatementAnalyzerTest, SetLocalOfIdentityTransactionAndSeedIsRefused) {
   EXPECT_EQ(AnalyzeOnce("SET ROLE x")->command, "SET ROLE");
 }
 
+// The analyzer reads texts as UTF-8 with standard_conforming_strings on; a
+// later statement of the same transaction read otherwise by the server could
+// hide a call in what the analyzer sees as literals.
+TEST(StatementAnalyzerTest, SettingsThatChangeHowTextIsReadAreRefused) {
+  for (absl::string_view sql :
+       {"SET LOCAL standard_conforming_strings = off",
+        "SET LOCAL Standard_Conforming_Strings TO DEFAULT", "SET LOCAL client_encoding = 'SJIS'",
+        "SET LOCAL NAMES 'BIG5'", "SELECT set_config('standard_conforming_strings', 'off', true)",
+        "SELECT pg_catalog.set_config('CLIENT_ENCODING', 'GBK', true)"}) {
+    ExpectRefusedEverywhere(sql, "changes how PostgreSQL reads the text of later statements");
+  }
+}
+
 TEST(StatementAnalyzerTest, SearchPathNamingPgTempIsRefused) {
   for (absl::string_view sql :
        {"SET LOCAL search_path = pg_temp, public", "SET LOCAL search_path = public, 'PG_TEMP'",

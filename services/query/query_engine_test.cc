@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/notification.h"
 #include "common/config/json_config.h"
@@ -225,6 +226,57 @@ TEST_F(QueryEngineTest, LongNewTextsAreCheckedOnTheWorkerAlike) {
   EXPECT_EQ(outcome.code(), absl::StatusCode::kInvalidArgument) << outcome;
   EXPECT_NE(outcome.message().find("statement 3"), std::string::npos) << outcome;
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT owner FROM accounts WHERE id = 6"), "owner-6");
+}
+
+// The analyzer reads every text as standard_conforming_strings=on UTF-8, as
+// libpg_query does; a connection that reads backslashes in '' strings as
+// escapes (or bytes in another encoding) sees another statement in the same
+// text: here a session advisory lock hidden in what the analyzer reads as two
+// string literals ('x\' and $$...$$). Neither a caller (SET LOCAL, set_config)
+// nor a role's or database's default may make the server read it so.
+TEST_F(QueryEngineTest, TheServerReadsATextAsTheAnalyzerDoes) {
+  constexpr char kHidden[] = "SELECT 'x\\' || $$' , pg_advisory_lock(4242) -- $$";
+  const std::string held =
+      "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242";
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  auto transaction = [&](const std::vector<std::string>& sqls) {
+    v1::ExecuteTransactionRequest tx;
+    for (const std::string& sql : sqls) tx.add_statements()->set_sql(sql);
+    v1::ExecuteTransactionResponse tr;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+        [&](absl::Status s) {
+          outcome = s;
+          done.Notify();
+        },
+        AccessOf(writer));
+    if (!work.ok()) return work.status();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    return outcome;
+  };
+  for (const char* set : {"SET LOCAL standard_conforming_strings = off",
+                          "SELECT set_config('standard_conforming_strings', 'off', true)",
+                          "SET LOCAL client_encoding = 'SJIS'", "SET LOCAL NAMES 'SJIS'",
+                          "SELECT set_config('Client_Encoding', 'BIG5', true)"}) {
+    absl::Status s = transaction({set, kHidden});
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << set << ": " << s;
+    EXPECT_NE(s.message().find("statement 1"), std::string::npos) << s;
+    EXPECT_EQ(*pg_->QueryValue("engine", held), "0") << set;
+  }
+
+  // A role whose sessions default to standard_conforming_strings = off.
+  ASSERT_TRUE(
+      pg_->Exec("engine", "ALTER ROLE eng_write SET standard_conforming_strings = off").ok());
+  auto engine2 = MakeEngine();
+  v1::ExecuteResponse r;
+  absl::Status s = Run(*engine2, kHidden, AccessOf(writer), &r);
+  ASSERT_TRUE(pg_->Exec("engine", "ALTER ROLE eng_write RESET standard_conforming_strings").ok());
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(FirstText(r), "x\\' , pg_advisory_lock(4242) -- ");
+  EXPECT_EQ(*pg_->QueryValue("engine", held), "0");
 }
 
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
