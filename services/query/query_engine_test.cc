@@ -279,6 +279,175 @@ TEST_F(QueryEngineTest, TheServerReadsATextAsTheAnalyzerDoes) {
   EXPECT_EQ(*pg_->QueryValue("engine", held), "0");
 }
 
+// Writes dressed as reads, or sent where a read-only caller might hope to
+// escape its read-only transaction: each refused, nothing changed.
+TEST_F(QueryEngineTest, ReadOnlyPrincipalsCannotWriteInAnyDisguise) {
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "CREATE SEQUENCE IF NOT EXISTS eng_seq;"
+                        "GRANT USAGE, SELECT, UPDATE ON SEQUENCE eng_seq TO eng_read;")
+                  .ok());
+  const std::string before = *pg_->QueryValue("engine", "SELECT last_value FROM eng_seq");
+  auto engine = MakeEngine();
+  const auth::Principal reader = Principal("eng_read", false);
+  // Classified as writes by the parser: refused before anything runs.
+  for (const char* sql :
+       {"SELECT * FROM accounts FOR UPDATE", "SELECT * FROM accounts FOR KEY SHARE SKIP LOCKED",
+        "EXPLAIN ANALYZE DELETE FROM accounts",
+        "EXPLAIN (ANALYZE true, FORMAT json) UPDATE accounts SET owner = 'w'",
+        "WITH d AS (DELETE FROM accounts RETURNING 1) SELECT count(*) FROM d",
+        "SELECT * FROM (SELECT 1) s, LATERAL (WITH u AS (UPDATE accounts SET owner = 'w' "
+        "RETURNING 1) SELECT * FROM u) x",
+        "SELECT * INTO eng_copy FROM accounts", "CREATE TABLE eng_copy AS SELECT 1",
+        "MERGE INTO accounts a USING (SELECT 1 AS id) s ON a.id = s.id WHEN MATCHED THEN DELETE",
+        "TRUNCATE accounts"}) {
+    absl::Status s = Run(*engine, sql, AccessOf(reader));
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << sql << ": " << s;
+    EXPECT_NE(s.message().find("read-only principal"), std::string::npos) << s;
+  }
+  // Reads that write: PostgreSQL's read-only transaction refuses them
+  // (25006: FAILED_PRECONDITION, common/db/error.h).
+  for (const char* sql : {"SELECT nextval('eng_seq')", "SELECT setval('eng_seq', 1000)"}) {
+    absl::Status s = Run(*engine, sql, AccessOf(reader));
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << sql << ": " << s;
+    EXPECT_NE(s.message().find("25006"), std::string::npos) << s;
+  }
+  // A transaction the caller asks to be read-write is read-only all the same.
+  v1::ExecuteTransactionRequest tx;
+  tx.set_read_only(false);
+  tx.add_statements()->set_sql("SELECT nextval('eng_seq')");
+  v1::ExecuteTransactionResponse tr;
+  absl::Notification done;
+  absl::Status outcome;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+      tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+      [&](absl::Status s) {
+        outcome = s;
+        done.Notify();
+      },
+      AccessOf(reader));
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(outcome.code(), absl::StatusCode::kFailedPrecondition) << outcome;
+  EXPECT_NE(outcome.message().find("25006"), std::string::npos) << outcome;
+
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT last_value FROM eng_seq"), before);
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'w'"), "0");
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM pg_class WHERE relname = 'eng_copy'"),
+            "0");
+  // And no reader's backend is left inside a transaction.
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_read' "
+                             "AND state <> 'idle'"),
+            "0");
+}
+
+// What one call leaves on its connection is what the next caller of the pool
+// gets: after refused, failed and cancelled calls, every connection of the
+// pool is idle, outside a transaction, with the session it was made with.
+TEST_F(QueryEngineTest, EveryCallLeavesItsConnectionCleanForTheNext) {
+  auto engine = MakeEngine(R"("maxTimeoutMs": 2000)");
+  const auth::Principal writer = Principal("eng_write", true);
+  auto transaction = [&](const std::vector<std::string>& sqls) {
+    v1::ExecuteTransactionRequest tx;
+    for (const std::string& sql : sqls) tx.add_statements()->set_sql(sql);
+    v1::ExecuteTransactionResponse tr;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+        [&](absl::Status s) {
+          outcome = s;
+          done.Notify();
+        },
+        AccessOf(writer));
+    if (!work.ok()) return work.status();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+    return outcome;
+  };
+  // Transaction-scoped state, then a failure: all rolled back.
+  absl::Status s = transaction(
+      {"SET LOCAL search_path = nowhere", "SET LOCAL statement_timeout = '1h'",
+       "SELECT set_config('app.tenant', 'evil', true)", "SELECT pg_advisory_xact_lock(77)",
+       "CREATE TEMP TABLE eng_tmp (x int) ON COMMIT DROP",
+       "DECLARE c CURSOR FOR SELECT * FROM pg_catalog.pg_class", "SELECT 1/0"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;  // 22012
+  // The same, committed.
+  s = transaction(
+      {"SET LOCAL search_path = nowhere", "SELECT set_config('app.tenant', 'evil', true)",
+       "SELECT pg_advisory_xact_lock(77)", "CREATE TEMP TABLE eng_tmp (x int) ON COMMIT DROP",
+       "DECLARE c CURSOR FOR SELECT 1"});
+  EXPECT_TRUE(s.ok()) << s;
+  // Session state, refused before it runs.
+  for (const char* sql :
+       {"DECLARE h CURSOR WITH HOLD FOR SELECT 1", "PREPARE p AS SELECT 1", "LISTEN ch",
+        "SELECT pg_advisory_lock(77)", "SELECT pg_try_advisory_lock_shared(77)",
+        "CREATE TEMP TABLE eng_tmp2 (x int)", "SET statement_timeout = 0", "RESET ALL",
+        "SET SESSION AUTHORIZATION eng_owner", "SELECT set_config('search_path', 'x', false)",
+        "BEGIN; SELECT 1", "SELECT 1; BEGIN"}) {
+    EXPECT_EQ(transaction({sql}).code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_EQ(Run(*engine, sql, AccessOf(writer)).code(), absl::StatusCode::kInvalidArgument)
+        << sql;
+  }
+  // Cancelled at its deadline, alone and in a transaction.
+  s = Run(*engine, "SELECT pg_sleep(60)", AccessOf(writer), nullptr, absl::Seconds(1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  s = transaction({"SELECT pg_advisory_xact_lock(78)", "SELECT pg_sleep(60)"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+
+  // Both connections of the pool (maxSize 2), held at once, are clean.
+  absl::Notification release;
+  std::vector<std::string> seen(2);
+  std::vector<std::unique_ptr<absl::Notification>> ran;
+  std::vector<absl::Status> outcomes(2);
+  std::vector<std::unique_ptr<v1::ExecuteTransactionRequest>> requests;  // outlive the calls
+  std::vector<std::unique_ptr<v1::ExecuteTransactionResponse>> responses;
+  std::vector<absl::StatusOr<std::shared_ptr<Work>>> works;
+  for (int i = 0; i < 2; ++i) {
+    ran.push_back(std::make_unique<absl::Notification>());
+    responses.push_back(std::make_unique<v1::ExecuteTransactionResponse>());
+    requests.push_back(std::make_unique<v1::ExecuteTransactionRequest>());
+    v1::ExecuteTransactionRequest& tx = *requests.back();
+    // pg_sleep keeps the first connection while the second is taken. A custom
+    // setting once set stays defined in the session, empty after its
+    // transaction ('' where a fresh session says NULL): its value is gone.
+    tx.add_statements()->set_sql(
+        "SELECT concat_ws('|', current_setting('search_path'), "
+        "current_setting('statement_timeout') <> '1h', coalesce(current_setting('app.tenant', "
+        "true), ''), "
+        "current_setting('standard_conforming_strings'), "
+        "(SELECT count(*) FROM pg_catalog.pg_cursors WHERE name <> ''), "
+        "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), "
+        "(SELECT count(*) FROM pg_catalog.pg_listening_channels()), "
+        "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = "
+        "pg_backend_pid()), "
+        "(SELECT count(*) FROM pg_catalog.pg_class WHERE relpersistence = 't'))");
+    tx.add_statements()->set_sql("SELECT pg_sleep(0.5)");
+    works.push_back(engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test",
+        responses.back().get(),
+        [&, i](absl::Status st) {
+          outcomes[i] = st;
+          ran[i]->Notify();
+        },
+        AccessOf(writer)));
+    ASSERT_TRUE(works.back().ok()) << works.back().status();
+  }
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(ran[i]->WaitForNotificationWithTimeout(absl::Seconds(30)));
+    ASSERT_TRUE(outcomes[i].ok()) << outcomes[i];
+    ASSERT_GE(responses[i]->results_size(), 1);
+    ASSERT_GE(responses[i]->results(0).rows_size(), 1);
+    EXPECT_EQ(responses[i]->results(0).rows(0).values(0).text_value(),
+              "\"$user\", public|t||on|0|0|0|0|0")
+        << i;
+  }
+  // No backend of the role is left inside a transaction or still running.
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
+                             "AND state <> 'idle'"),
+            "0");
+}
+
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
   auto engine = MakeEngine(R"("maxTimeoutMs": 300, "defaultTimeoutMs": 200)");
   const auth::Principal writer = Principal("eng_write", true);
