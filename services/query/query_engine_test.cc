@@ -448,6 +448,95 @@ TEST_F(QueryEngineTest, EveryCallLeavesItsConnectionCleanForTheNext) {
             "0");
 }
 
+// Every bound answers with its own status and leaves the pool usable: a
+// result over max_rows or max_bytes, too many parameters, too long a text,
+// too many statements; a parameter of any size within the request bound.
+TEST_F(QueryEngineTest, LimitsAnswerPreciselyAndLeaveNothingBehind) {
+  auto engine = MakeEngine(
+      R"("maxRows": 5, "maxBytes": 2000, "maxParams": 3, "maxSqlBytes": 300, "maxStatements": 2)");
+  const auth::Principal writer = Principal("eng_write", true);
+  const auth::Principal reader = Principal("eng_read", false);
+  absl::Status s = Run(*engine, "SELECT * FROM accounts", AccessOf(reader));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("max_rows (5 rows)"), std::string::npos) << s;
+  s = Run(*engine, "SELECT repeat('x', 3000)", AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("max_bytes"), std::string::npos) << s;
+
+  v1::ExecuteRequest many;
+  many.set_sql("SELECT $1::int + $2::int + $3::int + $4::int");
+  for (int i = 0; i < 4; ++i) many.add_params()->set_int64_value(i);
+  v1::ExecuteResponse r;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->Execute(
+      many, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &r,
+      [](absl::Status) {}, AccessOf(writer));
+  EXPECT_EQ(work.status().code(), absl::StatusCode::kInvalidArgument) << work.status();
+  EXPECT_NE(work.status().message().find("4 parameters; the limit is 3"), std::string::npos)
+      << work.status();
+  s = Run(*engine, "SELECT 1 /* " + std::string(400, 'x') + " */", AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("the limit is 300"), std::string::npos) << s;
+
+  // A parameter of 1 MiB goes as a value, never as text: its bytes are counted
+  // in the answer (over max_bytes) and nothing of it is parsed as SQL.
+  v1::ExecuteRequest big;
+  big.set_sql("SELECT length($1::text)");
+  big.add_params()->set_text_value("'); SELECT pg_advisory_lock(1); --" +
+                                   std::string(1 << 20, 'y'));
+  absl::Notification done;
+  absl::Status outcome;
+  work = engine->Execute(
+      big, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &r,
+      [&](absl::Status st) {
+        outcome = st;
+        done.Notify();
+      },
+      AccessOf(writer));
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(outcome.ok()) << outcome;
+  EXPECT_EQ(FirstText(r), "");  // an int: not text
+  ASSERT_EQ(r.result().rows_size(), 1);
+  EXPECT_EQ(r.result().rows(0).values(0).int64_value(), (1 << 20) + 34);
+
+  // Too many statements in a transaction.
+  v1::ExecuteTransactionRequest tx;
+  for (int i = 0; i < 3; ++i) tx.add_statements()->set_sql("SELECT 1");
+  v1::ExecuteTransactionResponse tr;
+  work = engine->ExecuteTransaction(
+      tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+      [](absl::Status) {}, AccessOf(writer));
+  EXPECT_EQ(work.status().code(), absl::StatusCode::kInvalidArgument) << work.status();
+
+  // Both pools still answer, and no backend is left busy or in a transaction.
+  EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(writer)).ok());
+  EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(reader)).ok());
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename IN "
+                             "('eng_read', 'eng_write') AND state <> 'idle'"),
+            "0");
+}
+
+// DISABLED: fails. A write alone (Execute) whose RETURNING rows go over
+// max_rows/max_bytes is answered RESOURCE_EXHAUSTED, yet it commits: the
+// statement runs in an implicit transaction of its own, the sink refuses the
+// rows and the rest is read and dropped (design.md: cancelled only if it keeps
+// coming for 20 ms), so the Sync commits it. Seen: all 10 rows updated after
+// the error. A caller reading the error as "not done" retries a write that
+// was done; whether it was done depends on how fast the rest arrived.
+// ExecuteTransaction rolls back on the same limit (connection.h,
+// RunTransaction). Either run such writes (not shareable, with RETURNING) in
+// a transaction the sink's refusal rolls back, or answer them with a status
+// saying the write may have been committed: a decision for the lead.
+TEST_F(QueryEngineTest, DISABLED_AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
+  auto engine = MakeEngine(R"("maxRows": 5)");
+  const auth::Principal writer = Principal("eng_write", true);
+  absl::Status s = Run(*engine, "UPDATE accounts SET owner = 'over' RETURNING *", AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'over'"), "0");
+  ASSERT_TRUE(pg_->Exec("engine", "UPDATE accounts SET owner = 'owner-' || id").ok());
+}
+
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
   auto engine = MakeEngine(R"("maxTimeoutMs": 300, "defaultTimeoutMs": 200)");
   const auth::Principal writer = Principal("eng_write", true);
