@@ -43,8 +43,9 @@ class QueryEngineTest : public ::testing::Test {
   }
 
   // An engine over database "engine" logging in as eng_owner, with the roles
-  // eng_read and eng_write.
-  static std::unique_ptr<QueryEngine> MakeEngine(const std::string& extra_limits = "") {
+  // eng_read and eng_write, each pool of `pool_size` connections.
+  static std::unique_ptr<QueryEngine> MakeEngine(const std::string& extra_limits = "",
+                                                 int pool_size = 2) {
     v1::QueryServiceConfig c;
     absl::Status parsed =
         config::ParseJsonConfig(absl::StrCat(R"({"server": {"tls": {"plaintext": true}},
@@ -52,7 +53,8 @@ class QueryEngineTest : public ::testing::Test {
                                              extra_limits, R"(},
                         "databases": [{"name": "engine", "dsn": ")",
                                              pg_->Dsn("engine"), R"( user=eng_owner",
-                          "pool": {"maxSize": 2, "minIdle": 0},
+                          "pool": {"maxSize": )",
+                                             pool_size, R"(, "minIdle": 0},
                           "roles": [{"name": "eng_read"}, {"name": "eng_write"}]}]})"),
                                 &c);
     EXPECT_TRUE(parsed.ok()) << parsed;
@@ -535,6 +537,32 @@ TEST_F(QueryEngineTest, DISABLED_AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'over'"), "0");
   ASSERT_TRUE(pg_->Exec("engine", "UPDATE accounts SET owner = 'owner-' || id").ok());
+}
+
+// DISABLED: fails. A sequence's session state outlives the call: after one
+// caller's nextval on a pooled connection, the next caller of that
+// connection reads the value with lastval() (or currval('seq')), where a
+// fresh session says "lastval is not yet defined" (55000). Within one
+// database role (pools are per role), but across principals, so "nothing one
+// caller sends may change what another gets" does not hold. Closing it needs
+// DISCARD SEQUENCES after a call that ran nextval (a round trip), or refusing
+// lastval/currval outside ExecuteTransaction: a decision for the lead.
+TEST_F(QueryEngineTest, DISABLED_ASequenceValueDoesNotReachTheNextCaller) {
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "CREATE SEQUENCE IF NOT EXISTS eng_seq;"
+                        "GRANT USAGE, SELECT, UPDATE ON SEQUENCE eng_seq TO eng_write;")
+                  .ok());
+  auto engine = MakeEngine("", /*pool_size=*/1);
+  auth::Principal first = Principal("eng_write", true);
+  first.name = "first";
+  auth::Principal second = Principal("eng_write", true);
+  second.name = "second";
+  ASSERT_TRUE(Run(*engine, "SELECT nextval('eng_seq')", AccessOf(first)).ok());
+  v1::ExecuteResponse r;
+  absl::Status s = Run(*engine, "SELECT lastval()::text", AccessOf(second), &r);
+  EXPECT_FALSE(s.ok()) << "the second caller read " << FirstText(r);
+  s = Run(*engine, "SELECT currval('eng_seq')::text", AccessOf(second), &r);
+  EXPECT_FALSE(s.ok()) << "the second caller read " << FirstText(r);
 }
 
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
