@@ -565,6 +565,67 @@ TEST_F(QueryEngineTest, DISABLED_ASequenceValueDoesNotReachTheNextCaller) {
   EXPECT_FALSE(s.ok()) << "the second caller read " << FirstText(r);
 }
 
+// Statements are prepared once per pooled connection; a table's shape
+// changed since (a migration, another caller's ALTER TABLE) must not fail
+// every later caller of a statement prepared before.
+TEST_F(QueryEngineTest, AStatementPreparedBeforeATableChangedShapeStillAnswers) {
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "DROP TABLE IF EXISTS eng_shape;"
+                        "CREATE TABLE eng_shape (a int); INSERT INTO eng_shape VALUES (1);"
+                        "GRANT SELECT ON eng_shape TO eng_write;")
+                  .ok());
+  auto engine = MakeEngine("", /*pool_size=*/1);
+  const auth::Principal writer = Principal("eng_write", true);
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(Run(*engine, "SELECT * FROM eng_shape", AccessOf(writer), &r).ok());
+  EXPECT_EQ(r.result().columns_size(), 1);
+  ASSERT_TRUE(pg_->Exec("engine", "ALTER TABLE eng_shape ADD COLUMN b text DEFAULT 'x'").ok());
+  // The first call meets PostgreSQL's refusal of the stale plan before the
+  // statement runs: ABORTED, to retry. Later calls prepare it again (before:
+  // every later call on that connection failed the same way).
+  absl::Status s = Run(*engine, "SELECT * FROM eng_shape", AccessOf(writer), &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("retry"), std::string::npos) << s;
+  for (int i = 0; i < 2; ++i) {
+    r.Clear();
+    s = Run(*engine, "SELECT * FROM eng_shape", AccessOf(writer), &r);
+    ASSERT_TRUE(s.ok()) << "call " << i << ": " << s;
+    EXPECT_EQ(r.result().columns_size(), 2);
+  }
+  // The stale one was deallocated: one prepared statement of that text.
+  r.Clear();
+  ASSERT_TRUE(Run(*engine,
+                  "SELECT count(*)::text FROM pg_prepared_statements "
+                  "WHERE statement = 'SELECT * FROM eng_shape'",
+                  AccessOf(writer), &r)
+                  .ok());
+  EXPECT_EQ(FirstText(r), "1");
+  // The same inside a transaction.
+  ASSERT_TRUE(pg_->Exec("engine", "ALTER TABLE eng_shape ADD COLUMN c int").ok());
+  for (absl::StatusCode want : {absl::StatusCode::kAborted, absl::StatusCode::kOk}) {
+    v1::ExecuteTransactionRequest tx;
+    tx.add_statements()->set_sql("SELECT * FROM eng_shape");
+    v1::ExecuteTransactionResponse tr;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+        [&](absl::Status st) {
+          outcome = st;
+          done.Notify();
+        },
+        AccessOf(writer));
+    ASSERT_TRUE(work.ok()) << work.status();
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(outcome.code(), want) << outcome;
+  }
+  // No backend is left inside a transaction.
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
+                             "AND state <> 'idle'"),
+            "0");
+}
+
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
   auto engine = MakeEngine(R"("maxTimeoutMs": 300, "defaultTimeoutMs": 200)");
   const auth::Principal writer = Principal("eng_write", true);
