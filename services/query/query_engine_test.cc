@@ -626,6 +626,21 @@ TEST_F(QueryEngineTest, AStatementPreparedBeforeATableChangedShapeStillAnswers) 
             "0");
 }
 
+// PostgreSQL quotes the offending value in some errors; a caller's answer
+// stays bounded (security.md: 2 KiB) however long the value.
+TEST_F(QueryEngineTest, ErrorMessagesQuotingHugeValuesAreBounded) {
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  for (const char* sql : {"SELECT repeat('x', 200000)::int",
+                          "SELECT ('{\"a\": ' || repeat('1', 200000) || 'x}')::jsonb",
+                          "SELECT to_date(repeat('9', 200000), 'YYYY')"}) {
+    absl::Status s = Run(*engine, sql, AccessOf(writer));
+    EXPECT_FALSE(s.ok()) << sql;
+    EXPECT_LE(s.message().size(), 2048u) << sql << ": " << s.message().substr(0, 200);
+    EXPECT_NE(s.message().find("SQLSTATE"), std::string::npos) << s.message().substr(0, 300);
+  }
+}
+
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
   auto engine = MakeEngine(R"("maxTimeoutMs": 300, "defaultTimeoutMs": 200)");
   const auth::Principal writer = Principal("eng_write", true);
