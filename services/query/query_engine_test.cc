@@ -641,6 +641,51 @@ TEST_F(QueryEngineTest, ErrorMessagesQuotingHugeValuesAreBounded) {
   }
 }
 
+// Nesting that would exhaust a parser's stack: in the text, refused before
+// parsing; in a parameter (never parsed here), PostgreSQL's own stack limit
+// answers (54001). The process survives and the pool still answers.
+TEST_F(QueryEngineTest, DeeplyNestedTextsAndParametersAreRefusedNotCrashing) {
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  for (const std::string& sql :
+       {"SELECT " + std::string(20000, '(') + "1" + std::string(20000, ')'),
+        "SELECT 1" +
+            [] {
+              std::string s;
+              for (int i = 0; i < 15000; ++i) s += "+1";
+              return s;
+            }(),
+        "SELECT 1" +
+            [] {
+              std::string s;
+              for (int i = 0; i < 7000; ++i) s += "::int";
+              return s;
+            }()}) {
+    absl::Status s = Run(*engine, sql, AccessOf(writer));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s.message().substr(0, 200);
+    EXPECT_NE(s.message().find("nested too deeply"), std::string::npos)
+        << s.message().substr(0, 200);
+  }
+  v1::ExecuteRequest deep;
+  deep.set_sql("SELECT jsonb_typeof($1::jsonb)");
+  deep.add_params()->set_text_value(std::string(1000000, '[') + std::string(1000000, ']'));
+  v1::ExecuteResponse r;
+  absl::Notification done;
+  absl::Status outcome;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->Execute(
+      deep, engine->EffectiveDeadline(absl::Now() + absl::Seconds(20)), "test", &r,
+      [&](absl::Status st) {
+        outcome = st;
+        done.Notify();
+      },
+      AccessOf(writer));
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(40)));
+  EXPECT_FALSE(outcome.ok());
+  EXPECT_NE(outcome.message().find("54001"), std::string::npos) << outcome;
+  EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(writer)).ok());
+}
+
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
   auto engine = MakeEngine(R"("maxTimeoutMs": 300, "defaultTimeoutMs": 200)");
   const auth::Principal writer = Principal("eng_write", true);
