@@ -9,6 +9,7 @@
 #include <pqxx/connection_base>
 #include <pqxx/connectionpolicy>
 #include <pqxx/except>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/cord.h"
@@ -25,11 +26,17 @@
 namespace poolside::db {
 namespace {
 
-// Session settings sent in the startup packet (no extra round trip); the value
-// codec depends on them.
+// Session settings sent in the startup packet (no extra round trip); they
+// override a role's or database's defaults. The value codec depends on them.
 constexpr absl::string_view kSessionOptions =
     "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=postgres "
     "-c extra_float_digits=3 -c bytea_output=hex -c client_encoding=UTF8";
+// Sent after the DSN's own options, so they cannot be overridden there either:
+// common/sql's analyzer decides what a caller may run reading the text with
+// standard_conforming_strings on, and a server reading backslashes in ''
+// strings as escapes would end a literal elsewhere and run a statement the
+// analyzer never saw.
+constexpr absl::string_view kEnforcedOptions = "-c standard_conforming_strings=on";
 
 constexpr int kCancelDeadline = 1;
 constexpr int kCancelCaller = 2;
@@ -98,6 +105,13 @@ bool SeverityEndsSession(const PGresult* res) {
   return sev == "FATAL" || sev == "PANIC";
 }
 
+// PostgreSQL's answer to executing a prepared statement whose result columns
+// changed since it was prepared (SQLSTATE 0A000 is also other things).
+bool IsStalePlan(const absl::Status& s) {
+  return !s.ok() && SqlStateOf(s) == "0A000" &&
+         absl::StrContains(s.message(), "cached plan must not change result type");
+}
+
 // The same code with more said after the message (the SQLSTATE payload kept).
 absl::Status Annotate(const absl::Status& s, absl::string_view more) {
   absl::Status out(s.code(), absl::StrCat(s.message(), more));
@@ -107,7 +121,7 @@ absl::Status Annotate(const absl::Status& s, absl::string_view more) {
 
 // Parses the user's DSN (keyword/value or URI) and rebuilds it with poolside's
 // additions, so both forms work and the user's own settings win where they set
-// them (their `options` are kept, ours appended).
+// them (their `options` are kept after ours), except kEnforcedOptions.
 absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
   absl::StatusOr<Conninfo> c = Conninfo::Parse(o.dsn);
   if (!c.ok()) return c.status();
@@ -116,7 +130,7 @@ absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
                 absl::StrCat(std::max<int64_t>(1, absl::ToInt64Seconds(o.connect_timeout))));
   const std::string* options = c->Get("options");
   c->Set("options", absl::StrCat(kSessionOptions, options == nullptr ? "" : " ",
-                                 options == nullptr ? "" : *options));
+                                 options == nullptr ? "" : *options, " ", kEnforcedOptions));
   return c->ToString();
 }
 
@@ -843,15 +857,39 @@ absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
   // A COPY was read past or a statement used transaction control: the results
   // are all here, and the connection is not reused.
   if (discard_) broken_ = true;
+  std::vector<std::pair<std::string, std::string>> stale;  // key, name
   for (Step& step : steps) {
     // A step whose results were all read has its own outcome.
     if (!link.ok() && step.status.ok() && !step.done) step.status = link;
     if (step.kind == Step::kPrepare && !step.status.ok()) {
       ErasePrepared(step.prepared_key, step.prepared_name);
     }
+    // A statement prepared before a table it reads changed shape (a
+    // migration, another caller's ALTER TABLE) fails every later execution
+    // with "cached plan must not change result type": forget it, so that its
+    // next use prepares it again, and deallocate it with the next call. It
+    // failed before it ran: safe to retry.
+    if (step.kind == Step::kExec && step.prepared != nullptr && IsStalePlan(step.status)) {
+      absl::Status retry(absl::StatusCode::kAborted,
+                         absl::StrCat(step.status.message(),
+                                      "; the statement was prepared before a table it uses "
+                                      "changed and did not run; it is prepared again: retry"));
+      if (auto state = step.status.GetPayload(kSqlStatePayload)) {
+        retry.SetPayload(kSqlStatePayload, *state);
+      }
+      step.status = retry;
+      stale.emplace_back(step.prepared->key, step.prepared->name);
+    }
     if (step.kind == Step::kSimple && step.timeout_ms >= 0 && !step.status.ok()) {
       statement_timeout_ms_ = -1;  // unknown: set again next time
     }
+  }
+  // After the loop: steps of this pipeline may share one Prepared.
+  for (const auto& [key, name] : stale) {
+    auto it = prepared_.find(key);
+    if (it == prepared_.end() || it->second->name != name) continue;
+    ErasePrepared(key, name);
+    stale_prepared_.push_back(name);
   }
   return link;
 }
@@ -984,7 +1022,7 @@ absl::Status Connection::RunIndependentPass(absl::Span<Statement* const> stateme
   }
   std::vector<Step> steps;
   steps.reserve(statements.size() * 3 + 3);
-  std::vector<std::string> evicted;
+  std::vector<std::string> evicted = TakeStalePrepared();
   std::vector<size_t> exec_index(statements.size(), SIZE_MAX);
   std::vector<CancelState> cancels(statements.size());
   // Shared transactions: the statements of each, by index (no Sync between them).
@@ -1300,7 +1338,7 @@ absl::Status Connection::RunTransaction(absl::string_view begin_sql,
   }
   std::vector<Step> steps;
   steps.reserve(statements.size() * 2 + 5);
-  std::vector<std::string> evicted;
+  std::vector<std::string> evicted = TakeStalePrepared();
   std::vector<std::unique_ptr<EncodedParams>> encoded;
   for (size_t i = 0; i < statements.size(); ++i) {
     Statement* s = statements[i];

@@ -12,10 +12,14 @@
 //   absl::Status link = (*conn)->RunIndependent({&a});  // a.status: a's outcome
 //
 // Every statement is prepared once per connection and kept in a bounded LRU
-// (DEALLOCATEd on eviction). Deadlines are enforced twice: statement_timeout is
-// set on the server (rounded up to whole seconds, only when it changes), and the
-// client cancels the backend query (PQcancel) the moment a statement's deadline
-// passes or its `cancelled` flag is raised.
+// (DEALLOCATEd on eviction). One whose result columns changed since (a table
+// altered by a migration or another caller) fails once, ABORTED with the
+// server's 0A000 "cached plan must not change result type" and "retry", and
+// is prepared again on its next use (the stale one DEALLOCATEd with the next
+// call), instead of failing on that connection for good. Deadlines are enforced twice:
+// statement_timeout is set on the server (rounded up to whole seconds, only when it changes), and
+// the client cancels the backend query (PQcancel) the moment a statement's deadline passes or its
+// `cancelled` flag is raised.
 //
 // Thread safety: a Connection is used by one thread at a time (the pool's lease
 // holder). Nothing else.
@@ -299,6 +303,9 @@ class Connection {
   Prepared* LookupOrAddPrepared(const std::string& key, absl::string_view sql,
                                 std::vector<std::string>* evicted, bool* is_new);
   void ErasePrepared(const std::string& key, const std::string& name);
+  // Prepared statements forgotten because their plan went stale (see
+  // RunPipeline), to deallocate with the next call's statements.
+  std::vector<std::string> TakeStalePrepared() { return std::move(stale_prepared_); }
   absl::Status MarkBroken(absl::string_view what);
   // Whether an AbandonWhen signal is raised.
   bool AbandonRaised() const;
@@ -326,6 +333,7 @@ class Connection {
   bool listening_ = false;            // Listen() was called: keep notifications
   int64_t statement_timeout_ms_ = 0;  // what the session has now
   uint64_t next_statement_id_ = 0;
+  std::vector<std::string> stale_prepared_;
   // LRU of prepared statements, most recent first.
   std::list<Prepared> lru_;
   absl::flat_hash_map<std::string, std::list<Prepared>::iterator> prepared_;

@@ -195,7 +195,22 @@ std::optional<absl::string_view> RefusedSettingReason(absl::string_view name) {
            "and read_only";
   }
   if (name == "seed") return kReseeds;
+  // The analyzer reads every text as libpg_query does: UTF-8 with
+  // standard_conforming_strings on. A server reading backslashes in ''
+  // strings as escapes, or the bytes in another encoding (SJIS, BIG5, GBK:
+  // a trailing byte 0x5C), ends a literal elsewhere and runs a statement the
+  // analyzer never saw. (SET NAMES is client_encoding.)
+  if (name == "standard_conforming_strings" || name == "client_encoding") {
+    return "changes how PostgreSQL reads the text of later statements, which poolside "
+           "checks as UTF-8 with standard_conforming_strings on";
+  }
   return std::nullopt;
+}
+
+// Settings refused for the reason above, which SET without LOCAL leaves to
+// its own (more general) refusal.
+bool ChangesTextReading(absl::string_view name) {
+  return name == "standard_conforming_strings" || name == "client_encoding";
 }
 
 // A search_path naming pg_temp (or pg_temp_N) resolves names to temporary
@@ -1441,7 +1456,10 @@ class Walker {
     const std::string written = command == "SET"
                                     ? absl::StrCat(set.is_local() ? "SET LOCAL " : "SET ", name)
                                     : std::string(command);
-    if (auto why = RefusedSettingReason(name)) {
+    // SET (without LOCAL) of a setting that changes how text is read keeps
+    // the general message below: LOCAL alone does not make it allowed.
+    const std::optional<absl::string_view> why = RefusedSettingReason(name);
+    if (why && (set.is_local() || !ChangesTextReading(name))) {
       Refuse(Applies::kEverywhere, absl::StrCat(written, " ", *why));
       return;
     }

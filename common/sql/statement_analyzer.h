@@ -175,7 +175,12 @@ constexpr int kMaxNestingDepth = 500;
 //    DISCARD, LISTEN, UNLISTEN, NOTIFY,
 //    PREPARE, EXECUTE, DEALLOCATE, DECLARE ... WITH HOLD (and, alone, every
 //    DECLARE, FETCH, MOVE, CLOSE: a cursor needs ExecuteTransaction), LOAD;
-//    UPDATE/INSERT/DELETE/MERGE on pg_settings; a search_path given to SET
+//    UPDATE/INSERT/DELETE/MERGE on pg_settings; SET LOCAL and
+//    set_config(..., true) of standard_conforming_strings and client_encoding
+//    (also SET LOCAL NAMES): this analysis reads every text as UTF-8 with
+//    standard_conforming_strings on, as the service's connections are made to
+//    (common/db), and a server reading later statements otherwise would run
+//    what it never saw; a search_path given to SET
 //    LOCAL or set_config that names pg_temp; temporary objects (CREATE TEMP
 //    TABLE/VIEW/SEQUENCE, CREATE TABLE pg_temp.x, SELECT ... INTO TEMP,
 //    CREATE TABLE AS TEMP, also under EXPLAIN, and functions, types,
@@ -198,7 +203,8 @@ constexpr int kMaxNestingDepth = 500;
 //    "(x).pg_read_file"; see kRefusedFunctions and kRefusedFunctionPrefixes
 //    in the .cc): set_config whose is_local is not the literal TRUE, whose
 //    name or value is not a string literal, or that sets role,
-//    session_authorization, seed or transaction_*; setseed; session-level
+//    session_authorization, seed, transaction_*, standard_conforming_strings
+//    or client_encoding; setseed; session-level
 //    advisory locks (pg_advisory_xact_lock* are allowed), dblink*,
 //    query_to_xml* and relatives, ts_rewrite, ts_stat, crosstab*, connectby,
 //    lo_*, pg_read_file, pg_read_binary_file, pg_ls_*, pg_stat_file,

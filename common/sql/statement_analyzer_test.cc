@@ -308,6 +308,19 @@ TEST(StatementAnalyzerTest, SetLocalOfIdentityTransactionAndSeedIsRefused) {
   EXPECT_EQ(AnalyzeOnce("SET ROLE x")->command, "SET ROLE");
 }
 
+// The analyzer reads texts as UTF-8 with standard_conforming_strings on; a
+// later statement of the same transaction read otherwise by the server could
+// hide a call in what the analyzer sees as literals.
+TEST(StatementAnalyzerTest, SettingsThatChangeHowTextIsReadAreRefused) {
+  for (absl::string_view sql :
+       {"SET LOCAL standard_conforming_strings = off",
+        "SET LOCAL Standard_Conforming_Strings TO DEFAULT", "SET LOCAL client_encoding = 'SJIS'",
+        "SET LOCAL NAMES 'BIG5'", "SELECT set_config('standard_conforming_strings', 'off', true)",
+        "SELECT pg_catalog.set_config('CLIENT_ENCODING', 'GBK', true)"}) {
+    ExpectRefusedEverywhere(sql, "changes how PostgreSQL reads the text of later statements");
+  }
+}
+
 TEST(StatementAnalyzerTest, SearchPathNamingPgTempIsRefused) {
   for (absl::string_view sql :
        {"SET LOCAL search_path = pg_temp, public", "SET LOCAL search_path = public, 'PG_TEMP'",
@@ -720,6 +733,31 @@ TEST(StatementAnalyzerTest, RefusedFunctionsInEveryPosition) {
   }
   EXPECT_THAT(Check("SELECT pg_catalog.pg_notify('a', 'b')", Scope::kAlone).message(),
               HasSubstr("pg_catalog.pg_notify notifies other sessions"));
+}
+
+// Names and literals written in the scanner's other forms are the same names
+// and values to the analyzer as to PostgreSQL: Unicode escapes (also with
+// UESCAPE), quoted keywords, comments and newlines between a qualified name's
+// parts, a string continued on the next line.
+TEST(StatementAnalyzerTest, EscapedAndSplitNamesAreTheNamesTheyDecodeTo) {
+  ExpectRefusedEverywhere("SELECT U&\"pg_advisory\\005flock\"(1)", "pg_advisory_lock");
+  ExpectRefusedEverywhere("SELECT U&\"pg_advisory!005flock\" UESCAPE '!'(1)", "pg_advisory_lock");
+  ExpectRefusedEverywhere("SELECT pg_catalog /* x */ . -- y\n pg_advisory_lock(1)",
+                          "pg_advisory_lock");
+  ExpectRefusedEverywhere("SELECT * FROM U&\"pg_\\006cs_dir\"('.')", "pg_ls_dir");
+  ExpectRefusedEverywhere("SELECT (1).U&\"pg_read\\005ffile\"", "pg_read_file");
+  // Named and variadic arguments call the same function.
+  ExpectRefusedEverywhere("SELECT pg_advisory_lock(key => 1)", "pg_advisory_lock");
+  ExpectRefusedEverywhere("SELECT pg_notify(VARIADIC ARRAY['a', 'b'])", "pg_notify");
+  // set_config's setting name decoded, and continued across lines ('a' 'b').
+  ExpectRefusedEverywhere("SELECT set_config(U&'r\\006fle', 'x', true)", "database role");
+  ExpectRefusedEverywhere("SELECT set_config('ro'\n'le', 'x', true)", "database role");
+  ExpectRefusedEverywhere("SELECT set_config(E'r\\x6fle', 'x', true)", "database role");
+  ExpectRefusedEverywhere("SELECT set_config($$role$$, 'x', true)", "database role");
+  ExpectRefusedEverywhere("SET LOCAL U&\"r\\006fle\" = 'x'", "database role");
+  ExpectRefusedEverywhere("SELECT set_config('search_path', U&'pg\\005ftemp', true)", "pg_temp");
+  ExpectRefusedEverywhere("SET LOCAL U&\"standard\\005fconforming_strings\" = off",
+                          "changes how PostgreSQL reads");
 }
 
 TEST(StatementAnalyzerTest, ColumnNotationCallsAreRefused) {

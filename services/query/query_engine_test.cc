@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/synchronization/notification.h"
 #include "common/config/json_config.h"
@@ -42,8 +43,9 @@ class QueryEngineTest : public ::testing::Test {
   }
 
   // An engine over database "engine" logging in as eng_owner, with the roles
-  // eng_read and eng_write.
-  static std::unique_ptr<QueryEngine> MakeEngine(const std::string& extra_limits = "") {
+  // eng_read and eng_write, each pool of `pool_size` connections.
+  static std::unique_ptr<QueryEngine> MakeEngine(const std::string& extra_limits = "",
+                                                 int pool_size = 2) {
     v1::QueryServiceConfig c;
     absl::Status parsed =
         config::ParseJsonConfig(absl::StrCat(R"({"server": {"tls": {"plaintext": true}},
@@ -51,7 +53,8 @@ class QueryEngineTest : public ::testing::Test {
                                              extra_limits, R"(},
                         "databases": [{"name": "engine", "dsn": ")",
                                              pg_->Dsn("engine"), R"( user=eng_owner",
-                          "pool": {"maxSize": 2, "minIdle": 0},
+                          "pool": {"maxSize": )",
+                                             pool_size, R"(, "minIdle": 0},
                           "roles": [{"name": "eng_read"}, {"name": "eng_write"}]}]})"),
                                 &c);
     EXPECT_TRUE(parsed.ok()) << parsed;
@@ -225,6 +228,462 @@ TEST_F(QueryEngineTest, LongNewTextsAreCheckedOnTheWorkerAlike) {
   EXPECT_EQ(outcome.code(), absl::StatusCode::kInvalidArgument) << outcome;
   EXPECT_NE(outcome.message().find("statement 3"), std::string::npos) << outcome;
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT owner FROM accounts WHERE id = 6"), "owner-6");
+}
+
+// The analyzer reads every text as standard_conforming_strings=on UTF-8, as
+// libpg_query does; a connection that reads backslashes in '' strings as
+// escapes (or bytes in another encoding) sees another statement in the same
+// text: here a session advisory lock hidden in what the analyzer reads as two
+// string literals ('x\' and $$...$$). Neither a caller (SET LOCAL, set_config)
+// nor a role's or database's default may make the server read it so.
+TEST_F(QueryEngineTest, TheServerReadsATextAsTheAnalyzerDoes) {
+  constexpr char kHidden[] = "SELECT 'x\\' || $$' , pg_advisory_lock(4242) -- $$";
+  const std::string held =
+      "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242";
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  auto transaction = [&](const std::vector<std::string>& sqls) {
+    v1::ExecuteTransactionRequest tx;
+    for (const std::string& sql : sqls) tx.add_statements()->set_sql(sql);
+    v1::ExecuteTransactionResponse tr;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+        [&](absl::Status s) {
+          outcome = s;
+          done.Notify();
+        },
+        AccessOf(writer));
+    if (!work.ok()) return work.status();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    return outcome;
+  };
+  for (const char* set : {"SET LOCAL standard_conforming_strings = off",
+                          "SELECT set_config('standard_conforming_strings', 'off', true)",
+                          "SET LOCAL client_encoding = 'SJIS'", "SET LOCAL NAMES 'SJIS'",
+                          "SELECT set_config('Client_Encoding', 'BIG5', true)"}) {
+    absl::Status s = transaction({set, kHidden});
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << set << ": " << s;
+    EXPECT_NE(s.message().find("statement 1"), std::string::npos) << s;
+    EXPECT_EQ(*pg_->QueryValue("engine", held), "0") << set;
+  }
+
+  // A role whose sessions default to standard_conforming_strings = off.
+  ASSERT_TRUE(
+      pg_->Exec("engine", "ALTER ROLE eng_write SET standard_conforming_strings = off").ok());
+  auto engine2 = MakeEngine();
+  v1::ExecuteResponse r;
+  absl::Status s = Run(*engine2, kHidden, AccessOf(writer), &r);
+  ASSERT_TRUE(pg_->Exec("engine", "ALTER ROLE eng_write RESET standard_conforming_strings").ok());
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(FirstText(r), "x\\' , pg_advisory_lock(4242) -- ");
+  EXPECT_EQ(*pg_->QueryValue("engine", held), "0");
+}
+
+// Writes dressed as reads, or sent where a read-only caller might hope to
+// escape its read-only transaction: each refused, nothing changed.
+TEST_F(QueryEngineTest, ReadOnlyPrincipalsCannotWriteInAnyDisguise) {
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "CREATE SEQUENCE IF NOT EXISTS eng_seq;"
+                        "GRANT USAGE, SELECT, UPDATE ON SEQUENCE eng_seq TO eng_read;")
+                  .ok());
+  const std::string before = *pg_->QueryValue("engine", "SELECT last_value FROM eng_seq");
+  auto engine = MakeEngine();
+  const auth::Principal reader = Principal("eng_read", false);
+  // Classified as writes by the parser: refused before anything runs.
+  for (const char* sql :
+       {"SELECT * FROM accounts FOR UPDATE", "SELECT * FROM accounts FOR KEY SHARE SKIP LOCKED",
+        "EXPLAIN ANALYZE DELETE FROM accounts",
+        "EXPLAIN (ANALYZE true, FORMAT json) UPDATE accounts SET owner = 'w'",
+        "WITH d AS (DELETE FROM accounts RETURNING 1) SELECT count(*) FROM d",
+        "SELECT * FROM (SELECT 1) s, LATERAL (WITH u AS (UPDATE accounts SET owner = 'w' "
+        "RETURNING 1) SELECT * FROM u) x",
+        "SELECT * INTO eng_copy FROM accounts", "CREATE TABLE eng_copy AS SELECT 1",
+        "MERGE INTO accounts a USING (SELECT 1 AS id) s ON a.id = s.id WHEN MATCHED THEN DELETE",
+        "TRUNCATE accounts"}) {
+    absl::Status s = Run(*engine, sql, AccessOf(reader));
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << sql << ": " << s;
+    EXPECT_NE(s.message().find("read-only principal"), std::string::npos) << s;
+  }
+  // Reads that write: PostgreSQL's read-only transaction refuses them
+  // (25006: FAILED_PRECONDITION, common/db/error.h).
+  for (const char* sql : {"SELECT nextval('eng_seq')", "SELECT setval('eng_seq', 1000)"}) {
+    absl::Status s = Run(*engine, sql, AccessOf(reader));
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << sql << ": " << s;
+    EXPECT_NE(s.message().find("25006"), std::string::npos) << s;
+  }
+  // A transaction the caller asks to be read-write is read-only all the same.
+  v1::ExecuteTransactionRequest tx;
+  tx.set_read_only(false);
+  tx.add_statements()->set_sql("SELECT nextval('eng_seq')");
+  v1::ExecuteTransactionResponse tr;
+  absl::Notification done;
+  absl::Status outcome;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+      tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+      [&](absl::Status s) {
+        outcome = s;
+        done.Notify();
+      },
+      AccessOf(reader));
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(outcome.code(), absl::StatusCode::kFailedPrecondition) << outcome;
+  EXPECT_NE(outcome.message().find("25006"), std::string::npos) << outcome;
+
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT last_value FROM eng_seq"), before);
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'w'"), "0");
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM pg_class WHERE relname = 'eng_copy'"),
+            "0");
+  // And no reader's backend is left inside a transaction.
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_read' "
+                             "AND state <> 'idle'"),
+            "0");
+}
+
+// What one call leaves on its connection is what the next caller of the pool
+// gets: after refused, failed and cancelled calls, every connection of the
+// pool is idle, outside a transaction, with the session it was made with.
+TEST_F(QueryEngineTest, EveryCallLeavesItsConnectionCleanForTheNext) {
+  auto engine = MakeEngine(R"("maxTimeoutMs": 2000)");
+  const auth::Principal writer = Principal("eng_write", true);
+  auto transaction = [&](const std::vector<std::string>& sqls) {
+    v1::ExecuteTransactionRequest tx;
+    for (const std::string& sql : sqls) tx.add_statements()->set_sql(sql);
+    v1::ExecuteTransactionResponse tr;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+        [&](absl::Status s) {
+          outcome = s;
+          done.Notify();
+        },
+        AccessOf(writer));
+    if (!work.ok()) return work.status();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
+    return outcome;
+  };
+  // Transaction-scoped state, then a failure: all rolled back.
+  absl::Status s = transaction(
+      {"SET LOCAL search_path = nowhere", "SET LOCAL statement_timeout = '1h'",
+       "SELECT set_config('app.tenant', 'evil', true)", "SELECT pg_advisory_xact_lock(77)",
+       "CREATE TEMP TABLE eng_tmp (x int) ON COMMIT DROP",
+       "DECLARE c CURSOR FOR SELECT * FROM pg_catalog.pg_class", "SELECT 1/0"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;  // 22012
+  // The same, committed.
+  s = transaction(
+      {"SET LOCAL search_path = nowhere", "SELECT set_config('app.tenant', 'evil', true)",
+       "SELECT pg_advisory_xact_lock(77)", "CREATE TEMP TABLE eng_tmp (x int) ON COMMIT DROP",
+       "DECLARE c CURSOR FOR SELECT 1"});
+  EXPECT_TRUE(s.ok()) << s;
+  // Session state, refused before it runs.
+  for (const char* sql :
+       {"DECLARE h CURSOR WITH HOLD FOR SELECT 1", "PREPARE p AS SELECT 1", "LISTEN ch",
+        "SELECT pg_advisory_lock(77)", "SELECT pg_try_advisory_lock_shared(77)",
+        "CREATE TEMP TABLE eng_tmp2 (x int)", "SET statement_timeout = 0", "RESET ALL",
+        "SET SESSION AUTHORIZATION eng_owner", "SELECT set_config('search_path', 'x', false)",
+        "BEGIN; SELECT 1", "SELECT 1; BEGIN"}) {
+    EXPECT_EQ(transaction({sql}).code(), absl::StatusCode::kInvalidArgument) << sql;
+    EXPECT_EQ(Run(*engine, sql, AccessOf(writer)).code(), absl::StatusCode::kInvalidArgument)
+        << sql;
+  }
+  // Cancelled at its deadline, alone and in a transaction.
+  s = Run(*engine, "SELECT pg_sleep(60)", AccessOf(writer), nullptr, absl::Seconds(1));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+  s = transaction({"SELECT pg_advisory_xact_lock(78)", "SELECT pg_sleep(60)"});
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+
+  // Both connections of the pool (maxSize 2), held at once, are clean.
+  absl::Notification release;
+  std::vector<std::string> seen(2);
+  std::vector<std::unique_ptr<absl::Notification>> ran;
+  std::vector<absl::Status> outcomes(2);
+  std::vector<std::unique_ptr<v1::ExecuteTransactionRequest>> requests;  // outlive the calls
+  std::vector<std::unique_ptr<v1::ExecuteTransactionResponse>> responses;
+  std::vector<absl::StatusOr<std::shared_ptr<Work>>> works;
+  for (int i = 0; i < 2; ++i) {
+    ran.push_back(std::make_unique<absl::Notification>());
+    responses.push_back(std::make_unique<v1::ExecuteTransactionResponse>());
+    requests.push_back(std::make_unique<v1::ExecuteTransactionRequest>());
+    v1::ExecuteTransactionRequest& tx = *requests.back();
+    // pg_sleep keeps the first connection while the second is taken. A custom
+    // setting once set stays defined in the session, empty after its
+    // transaction ('' where a fresh session says NULL): its value is gone.
+    tx.add_statements()->set_sql(
+        "SELECT concat_ws('|', current_setting('search_path'), "
+        "current_setting('statement_timeout') <> '1h', coalesce(current_setting('app.tenant', "
+        "true), ''), "
+        "current_setting('standard_conforming_strings'), "
+        "(SELECT count(*) FROM pg_catalog.pg_cursors WHERE name <> ''), "
+        "(SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), "
+        "(SELECT count(*) FROM pg_catalog.pg_listening_channels()), "
+        "(SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = "
+        "pg_backend_pid()), "
+        "(SELECT count(*) FROM pg_catalog.pg_class WHERE relpersistence = 't'))");
+    tx.add_statements()->set_sql("SELECT pg_sleep(0.5)");
+    works.push_back(engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test",
+        responses.back().get(),
+        [&, i](absl::Status st) {
+          outcomes[i] = st;
+          ran[i]->Notify();
+        },
+        AccessOf(writer)));
+    ASSERT_TRUE(works.back().ok()) << works.back().status();
+  }
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(ran[i]->WaitForNotificationWithTimeout(absl::Seconds(30)));
+    ASSERT_TRUE(outcomes[i].ok()) << outcomes[i];
+    ASSERT_GE(responses[i]->results_size(), 1);
+    ASSERT_GE(responses[i]->results(0).rows_size(), 1);
+    EXPECT_EQ(responses[i]->results(0).rows(0).values(0).text_value(),
+              "\"$user\", public|t||on|0|0|0|0|0")
+        << i;
+  }
+  // No backend of the role is left inside a transaction or still running.
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
+                             "AND state <> 'idle'"),
+            "0");
+}
+
+// Every bound answers with its own status and leaves the pool usable: a
+// result over max_rows or max_bytes, too many parameters, too long a text,
+// too many statements; a parameter of any size within the request bound.
+TEST_F(QueryEngineTest, LimitsAnswerPreciselyAndLeaveNothingBehind) {
+  auto engine = MakeEngine(
+      R"("maxRows": 5, "maxBytes": 2000, "maxParams": 3, "maxSqlBytes": 300, "maxStatements": 2)");
+  const auth::Principal writer = Principal("eng_write", true);
+  const auth::Principal reader = Principal("eng_read", false);
+  absl::Status s = Run(*engine, "SELECT * FROM accounts", AccessOf(reader));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("max_rows (5 rows)"), std::string::npos) << s;
+  s = Run(*engine, "SELECT repeat('x', 3000)", AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("max_bytes"), std::string::npos) << s;
+
+  v1::ExecuteRequest many;
+  many.set_sql("SELECT $1::int + $2::int + $3::int + $4::int");
+  for (int i = 0; i < 4; ++i) many.add_params()->set_int64_value(i);
+  v1::ExecuteResponse r;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->Execute(
+      many, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &r,
+      [](absl::Status) {}, AccessOf(writer));
+  EXPECT_EQ(work.status().code(), absl::StatusCode::kInvalidArgument) << work.status();
+  EXPECT_NE(work.status().message().find("4 parameters; the limit is 3"), std::string::npos)
+      << work.status();
+  s = Run(*engine, "SELECT 1 /* " + std::string(400, 'x') + " */", AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+  EXPECT_NE(s.message().find("the limit is 300"), std::string::npos) << s;
+
+  // A parameter of 1 MiB goes as a value, never as text: its bytes are counted
+  // in the answer (over max_bytes) and nothing of it is parsed as SQL.
+  v1::ExecuteRequest big;
+  big.set_sql("SELECT length($1::text)");
+  big.add_params()->set_text_value("'); SELECT pg_advisory_lock(1); --" +
+                                   std::string(1 << 20, 'y'));
+  absl::Notification done;
+  absl::Status outcome;
+  work = engine->Execute(
+      big, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &r,
+      [&](absl::Status st) {
+        outcome = st;
+        done.Notify();
+      },
+      AccessOf(writer));
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  ASSERT_TRUE(outcome.ok()) << outcome;
+  EXPECT_EQ(FirstText(r), "");  // an int: not text
+  ASSERT_EQ(r.result().rows_size(), 1);
+  EXPECT_EQ(r.result().rows(0).values(0).int64_value(), (1 << 20) + 34);
+
+  // Too many statements in a transaction.
+  v1::ExecuteTransactionRequest tx;
+  for (int i = 0; i < 3; ++i) tx.add_statements()->set_sql("SELECT 1");
+  v1::ExecuteTransactionResponse tr;
+  work = engine->ExecuteTransaction(
+      tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+      [](absl::Status) {}, AccessOf(writer));
+  EXPECT_EQ(work.status().code(), absl::StatusCode::kInvalidArgument) << work.status();
+
+  // Both pools still answer, and no backend is left busy or in a transaction.
+  EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(writer)).ok());
+  EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(reader)).ok());
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename IN "
+                             "('eng_read', 'eng_write') AND state <> 'idle'"),
+            "0");
+}
+
+// DISABLED: fails. A write alone (Execute) whose RETURNING rows go over
+// max_rows/max_bytes is answered RESOURCE_EXHAUSTED, yet it commits: the
+// statement runs in an implicit transaction of its own, the sink refuses the
+// rows and the rest is read and dropped (design.md: cancelled only if it keeps
+// coming for 20 ms), so the Sync commits it. Seen: all 10 rows updated after
+// the error. A caller reading the error as "not done" retries a write that
+// was done; whether it was done depends on how fast the rest arrived.
+// ExecuteTransaction rolls back on the same limit (connection.h,
+// RunTransaction). Either run such writes (not shareable, with RETURNING) in
+// a transaction the sink's refusal rolls back, or answer them with a status
+// saying the write may have been committed: a decision for the lead.
+TEST_F(QueryEngineTest, DISABLED_AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
+  auto engine = MakeEngine(R"("maxRows": 5)");
+  const auth::Principal writer = Principal("eng_write", true);
+  absl::Status s = Run(*engine, "UPDATE accounts SET owner = 'over' RETURNING *", AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'over'"), "0");
+  ASSERT_TRUE(pg_->Exec("engine", "UPDATE accounts SET owner = 'owner-' || id").ok());
+}
+
+// DISABLED: fails. A sequence's session state outlives the call: after one
+// caller's nextval on a pooled connection, the next caller of that
+// connection reads the value with lastval() (or currval('seq')), where a
+// fresh session says "lastval is not yet defined" (55000). Within one
+// database role (pools are per role), but across principals, so "nothing one
+// caller sends may change what another gets" does not hold. Closing it needs
+// DISCARD SEQUENCES after a call that ran nextval (a round trip), or refusing
+// lastval/currval outside ExecuteTransaction: a decision for the lead.
+TEST_F(QueryEngineTest, DISABLED_ASequenceValueDoesNotReachTheNextCaller) {
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "CREATE SEQUENCE IF NOT EXISTS eng_seq;"
+                        "GRANT USAGE, SELECT, UPDATE ON SEQUENCE eng_seq TO eng_write;")
+                  .ok());
+  auto engine = MakeEngine("", /*pool_size=*/1);
+  auth::Principal first = Principal("eng_write", true);
+  first.name = "first";
+  auth::Principal second = Principal("eng_write", true);
+  second.name = "second";
+  ASSERT_TRUE(Run(*engine, "SELECT nextval('eng_seq')", AccessOf(first)).ok());
+  v1::ExecuteResponse r;
+  absl::Status s = Run(*engine, "SELECT lastval()::text", AccessOf(second), &r);
+  EXPECT_FALSE(s.ok()) << "the second caller read " << FirstText(r);
+  s = Run(*engine, "SELECT currval('eng_seq')::text", AccessOf(second), &r);
+  EXPECT_FALSE(s.ok()) << "the second caller read " << FirstText(r);
+}
+
+// Statements are prepared once per pooled connection; a table's shape
+// changed since (a migration, another caller's ALTER TABLE) must not fail
+// every later caller of a statement prepared before.
+TEST_F(QueryEngineTest, AStatementPreparedBeforeATableChangedShapeStillAnswers) {
+  ASSERT_TRUE(pg_->Exec("engine",
+                        "DROP TABLE IF EXISTS eng_shape;"
+                        "CREATE TABLE eng_shape (a int); INSERT INTO eng_shape VALUES (1);"
+                        "GRANT SELECT ON eng_shape TO eng_write;")
+                  .ok());
+  auto engine = MakeEngine("", /*pool_size=*/1);
+  const auth::Principal writer = Principal("eng_write", true);
+  v1::ExecuteResponse r;
+  ASSERT_TRUE(Run(*engine, "SELECT * FROM eng_shape", AccessOf(writer), &r).ok());
+  EXPECT_EQ(r.result().columns_size(), 1);
+  ASSERT_TRUE(pg_->Exec("engine", "ALTER TABLE eng_shape ADD COLUMN b text DEFAULT 'x'").ok());
+  // The first call meets PostgreSQL's refusal of the stale plan before the
+  // statement runs: ABORTED, to retry. Later calls prepare it again (before:
+  // every later call on that connection failed the same way).
+  absl::Status s = Run(*engine, "SELECT * FROM eng_shape", AccessOf(writer), &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAborted) << s;
+  EXPECT_NE(s.message().find("retry"), std::string::npos) << s;
+  for (int i = 0; i < 2; ++i) {
+    r.Clear();
+    s = Run(*engine, "SELECT * FROM eng_shape", AccessOf(writer), &r);
+    ASSERT_TRUE(s.ok()) << "call " << i << ": " << s;
+    EXPECT_EQ(r.result().columns_size(), 2);
+  }
+  // The stale one was deallocated: one prepared statement of that text.
+  r.Clear();
+  ASSERT_TRUE(Run(*engine,
+                  "SELECT count(*)::text FROM pg_prepared_statements "
+                  "WHERE statement = 'SELECT * FROM eng_shape'",
+                  AccessOf(writer), &r)
+                  .ok());
+  EXPECT_EQ(FirstText(r), "1");
+  // The same inside a transaction.
+  ASSERT_TRUE(pg_->Exec("engine", "ALTER TABLE eng_shape ADD COLUMN c int").ok());
+  for (absl::StatusCode want : {absl::StatusCode::kAborted, absl::StatusCode::kOk}) {
+    v1::ExecuteTransactionRequest tx;
+    tx.add_statements()->set_sql("SELECT * FROM eng_shape");
+    v1::ExecuteTransactionResponse tr;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
+        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
+        [&](absl::Status st) {
+          outcome = st;
+          done.Notify();
+        },
+        AccessOf(writer));
+    ASSERT_TRUE(work.ok()) << work.status();
+    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    EXPECT_EQ(outcome.code(), want) << outcome;
+  }
+  // No backend is left inside a transaction.
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
+                             "AND state <> 'idle'"),
+            "0");
+}
+
+// PostgreSQL quotes the offending value in some errors; a caller's answer
+// stays bounded (security.md: 2 KiB) however long the value.
+TEST_F(QueryEngineTest, ErrorMessagesQuotingHugeValuesAreBounded) {
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  for (const char* sql : {"SELECT repeat('x', 200000)::int",
+                          "SELECT ('{\"a\": ' || repeat('1', 200000) || 'x}')::jsonb",
+                          "SELECT to_date(repeat('9', 200000), 'YYYY')"}) {
+    absl::Status s = Run(*engine, sql, AccessOf(writer));
+    EXPECT_FALSE(s.ok()) << sql;
+    EXPECT_LE(s.message().size(), 2048u) << sql << ": " << s.message().substr(0, 200);
+    EXPECT_NE(s.message().find("SQLSTATE"), std::string::npos) << s.message().substr(0, 300);
+  }
+}
+
+// Nesting that would exhaust a parser's stack: in the text, refused before
+// parsing; in a parameter (never parsed here), PostgreSQL's own stack limit
+// answers (54001). The process survives and the pool still answers.
+TEST_F(QueryEngineTest, DeeplyNestedTextsAndParametersAreRefusedNotCrashing) {
+  auto engine = MakeEngine();
+  const auth::Principal writer = Principal("eng_write", true);
+  for (const std::string& sql :
+       {"SELECT " + std::string(20000, '(') + "1" + std::string(20000, ')'),
+        "SELECT 1" +
+            [] {
+              std::string s;
+              for (int i = 0; i < 15000; ++i) s += "+1";
+              return s;
+            }(),
+        "SELECT 1" +
+            [] {
+              std::string s;
+              for (int i = 0; i < 7000; ++i) s += "::int";
+              return s;
+            }()}) {
+    absl::Status s = Run(*engine, sql, AccessOf(writer));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s.message().substr(0, 200);
+    EXPECT_NE(s.message().find("nested too deeply"), std::string::npos)
+        << s.message().substr(0, 200);
+  }
+  v1::ExecuteRequest deep;
+  deep.set_sql("SELECT jsonb_typeof($1::jsonb)");
+  deep.add_params()->set_text_value(std::string(1000000, '[') + std::string(1000000, ']'));
+  v1::ExecuteResponse r;
+  absl::Notification done;
+  absl::Status outcome;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->Execute(
+      deep, engine->EffectiveDeadline(absl::Now() + absl::Seconds(20)), "test", &r,
+      [&](absl::Status st) {
+        outcome = st;
+        done.Notify();
+      },
+      AccessOf(writer));
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(40)));
+  EXPECT_FALSE(outcome.ok());
+  EXPECT_NE(outcome.message().find("54001"), std::string::npos) << outcome;
+  EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(writer)).ok());
 }
 
 TEST_F(QueryEngineTest, DeadlinesAreCappedAndStatisticsShowNoLiterals) {
