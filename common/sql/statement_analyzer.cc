@@ -39,6 +39,10 @@ constexpr absl::string_view kSessionLock =
     "connection; use pg_advisory_xact_lock inside ExecuteTransaction";
 constexpr absl::string_view kReseeds =
     "reseeds random() for every later caller of a pooled connection";
+constexpr absl::string_view kLastSequenceValue =
+    "reads the session's last sequence value, which on a pooled connection may be another "
+    "caller's (a nextval, or a serial column's default, of an earlier call); take the value "
+    "from nextval or INSERT ... RETURNING instead";
 constexpr absl::string_view kServerFiles = "reads or writes the database server's files";
 constexpr absl::string_view kLargeObjects =
     "works on large objects (server files, session descriptors); keep the data in "
@@ -64,6 +68,8 @@ struct RefusedFunction {
 constexpr RefusedFunction kRefusedFunctions[] = {
     // Session state.
     {"setseed", kReseeds},
+    {"lastval", kLastSequenceValue},
+    {"currval", kLastSequenceValue},
     {"pg_advisory_lock", kSessionLock},
     {"pg_advisory_lock_shared", kSessionLock},
     {"pg_try_advisory_lock", kSessionLock},
@@ -1763,6 +1769,13 @@ std::shared_ptr<const Analysis> AnalyzeOnce(absl::string_view sql) {
   analysis->shareable_syntax = statement.has_select_stmt() &&
                                analysis->kind == StatementKind::kRead && !walker.column_notation &&
                                !walker.transaction_scoped;
+  if (analysis->kind == StatementKind::kWrite) {
+    analysis->write_returns_rows =
+        statement.has_select_stmt() || statement.has_explain_stmt() ||
+        (statement.has_insert_stmt() && statement.insert_stmt().returning_list_size() > 0) ||
+        (statement.has_update_stmt() && statement.update_stmt().returning_list_size() > 0) ||
+        (statement.has_delete_stmt() && statement.delete_stmt().returning_list_size() > 0);
+  }
   analysis->tables = std::move(walker.tables);
   // EXPLAIN without ANALYZE only plans its statement.
   if (!(statement.has_explain_stmt() && analysis->kind == StatementKind::kRead)) {

@@ -137,6 +137,11 @@ struct Analysis {
   // every function and operator to be a built-in non-volatile one (the
   // caller's catalog check).
   bool shareable_syntax = false;
+  // A write that answers with rows: INSERT/UPDATE/DELETE ... RETURNING, a
+  // SELECT over a data-modifying CTE, EXPLAIN ANALYZE of a write. A limit
+  // on its answer (rows, bytes) can only refuse it if it runs in a
+  // transaction that refusal rolls back.
+  bool write_returns_rows = false;
 
   // pg_query_normalize: every literal (also E'', $$...$$, numbers, B'', X'',
   // TRUE/FALSE/NULL where it replaces them) replaced by $n; the parameters a

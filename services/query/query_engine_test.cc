@@ -519,35 +519,42 @@ TEST_F(QueryEngineTest, LimitsAnswerPreciselyAndLeaveNothingBehind) {
             "0");
 }
 
-// DISABLED: fails. A write alone (Execute) whose RETURNING rows go over
-// max_rows/max_bytes is answered RESOURCE_EXHAUSTED, yet it commits: the
-// statement runs in an implicit transaction of its own, the sink refuses the
-// rows and the rest is read and dropped (design.md: cancelled only if it keeps
-// coming for 20 ms), so the Sync commits it. Seen: all 10 rows updated after
-// the error. A caller reading the error as "not done" retries a write that
-// was done; whether it was done depends on how fast the rest arrived.
-// ExecuteTransaction rolls back on the same limit (connection.h,
-// RunTransaction). Either run such writes (not shareable, with RETURNING) in
-// a transaction the sink's refusal rolls back, or answer them with a status
-// saying the write may have been committed: a decision for the lead.
-TEST_F(QueryEngineTest, DISABLED_AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
+// A write alone (Execute) whose RETURNING rows go over max_rows is answered
+// RESOURCE_EXHAUSTED and not kept: such a write (one that answers with rows)
+// runs in a transaction of its own, which the sink's refusal rolls back. In
+// an implicit transaction the Sync committed it whatever the answer said.
+TEST_F(QueryEngineTest, AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
   auto engine = MakeEngine(R"("maxRows": 5)");
   const auth::Principal writer = Principal("eng_write", true);
   absl::Status s = Run(*engine, "UPDATE accounts SET owner = 'over' RETURNING *", AccessOf(writer));
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'over'"), "0");
+  // Through a data-modifying CTE, likewise.
+  s = Run(*engine, "WITH u AS (UPDATE accounts SET owner = 'cte' RETURNING id) SELECT * FROM u",
+          AccessOf(writer));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'cte'"), "0");
+  // Within the limit: answered and kept.
+  v1::ExecuteResponse r;
+  s = Run(*engine, "UPDATE accounts SET owner = 'under' WHERE id <= 3 RETURNING id",
+          AccessOf(writer), &r);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(r.result().rows_size(), 3);
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'under'"), "3");
+  // Nothing left open on the connections.
+  EXPECT_EQ(*pg_->QueryValue("engine",
+                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
+                             "AND state <> 'idle'"),
+            "0");
   ASSERT_TRUE(pg_->Exec("engine", "UPDATE accounts SET owner = 'owner-' || id").ok());
 }
 
-// DISABLED: fails. A sequence's session state outlives the call: after one
-// caller's nextval on a pooled connection, the next caller of that
-// connection reads the value with lastval() (or currval('seq')), where a
-// fresh session says "lastval is not yet defined" (55000). Within one
-// database role (pools are per role), but across principals, so "nothing one
-// caller sends may change what another gets" does not hold. Closing it needs
-// DISCARD SEQUENCES after a call that ran nextval (a round trip), or refusing
-// lastval/currval outside ExecuteTransaction: a decision for the lead.
-TEST_F(QueryEngineTest, DISABLED_ASequenceValueDoesNotReachTheNextCaller) {
+// A sequence's session state outlives the call: after one caller's nextval
+// (or a serial column's default) on a pooled connection, lastval() or
+// currval('seq') would read it for the next caller of that connection. So
+// both are refused, in every scope (a transaction runs on a pooled
+// connection too); INSERT ... RETURNING and nextval give the value.
+TEST_F(QueryEngineTest, ASequenceValueDoesNotReachTheNextCaller) {
   ASSERT_TRUE(pg_->Exec("engine",
                         "CREATE SEQUENCE IF NOT EXISTS eng_seq;"
                         "GRANT USAGE, SELECT, UPDATE ON SEQUENCE eng_seq TO eng_write;")
@@ -560,9 +567,17 @@ TEST_F(QueryEngineTest, DISABLED_ASequenceValueDoesNotReachTheNextCaller) {
   ASSERT_TRUE(Run(*engine, "SELECT nextval('eng_seq')", AccessOf(first)).ok());
   v1::ExecuteResponse r;
   absl::Status s = Run(*engine, "SELECT lastval()::text", AccessOf(second), &r);
-  EXPECT_FALSE(s.ok()) << "the second caller read " << FirstText(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument)
+      << "the second caller read " << FirstText(r);
+  EXPECT_TRUE(absl::StrContains(s.message(), "may be another caller's")) << s;
   s = Run(*engine, "SELECT currval('eng_seq')::text", AccessOf(second), &r);
-  EXPECT_FALSE(s.ok()) << "the second caller read " << FirstText(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument)
+      << "the second caller read " << FirstText(r);
+  s = Run(*engine, "SELECT pg_catalog.currval('eng_seq')::text", AccessOf(second), &r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument)
+      << "the second caller read " << FirstText(r);
+  // nextval itself gives the value.
+  EXPECT_TRUE(Run(*engine, "SELECT nextval('eng_seq')", AccessOf(second)).ok());
 }
 
 // Statements are prepared once per pooled connection; a table's shape
