@@ -4,7 +4,7 @@
 # checks the targets that take locks with clang's thread-safety analysis, runs
 # every test (the whole suite, then the tests tagged "tsan" again under
 # ThreadSanitizer, then the libFuzzer targets for a bounded time: FUZZ_SECONDS,
-# default 30) and ends with one line "N passed, M failed" counted from the test
+# default 20) and ends with one line "N passed, M failed" counted from the test
 # cases in Bazel's test.xml files (and one per fuzz target, one each for the
 # clang analysis, the layering rule and the formatting).
 set -uo pipefail
@@ -177,7 +177,7 @@ fi
 # counts as a failure (the run builds what the background build did not).
 [[ -f $bg_log/fuzz_resolve.rc ]] && cat "$bg_log/fuzz"
 rm -rf "$bg_log"
-export FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+export FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 fuzz_log=$(mktemp)
 tools/fuzz.sh >"$fuzz_log" 2>&1 &
 fuzz_pid=$!

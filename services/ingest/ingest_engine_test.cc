@@ -1112,6 +1112,35 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
   engine.Stop();
 }
 
+// Once a COMMIT in `database` sleeps in its slow() trigger (slow_flag
+// set), clears the flag (so that the retry commits at once) and terminates
+// that backend: the connection dies while the COMMIT is under way. Looks every
+// 10 ms until `give_up`; sets *terminated when it did.
+std::thread TerminateTheSleepingCommit(testing::PostgresCluster& pg, std::string database,
+                                       absl::Time give_up, std::atomic<bool>* terminated) {
+  return std::thread([&pg, database = std::move(database), give_up, terminated] {
+    while (!terminated->load() && absl::Now() < give_up) {
+      absl::StatusOr<std::string> n = pg.QueryValue(
+          database, absl::StrCat("WITH d AS (DELETE FROM slow_flag WHERE EXISTS (SELECT FROM "
+                                 "pg_stat_activity WHERE datname = '",
+                                 database,
+                                 "' AND query = 'COMMIT' AND wait_event = 'PgSleep') "
+                                 "RETURNING 1) SELECT count(*) FROM d"));
+      if (n.ok() && *n != "0") {
+        EXPECT_TRUE(pg.QueryValue(database,
+                                  absl::StrCat("SELECT count(pg_terminate_backend(pid)) FROM "
+                                               "pg_stat_activity WHERE datname = '",
+                                               database,
+                                               "' AND query = 'COMMIT' AND wait_event = 'PgSleep'"))
+                        .ok());
+        terminated->store(true);
+      } else {
+        absl::SleepFor(absl::Milliseconds(10));
+      }
+    }
+  });
+}
+
 // The connection dies while a batch's COMMIT is under way (a deferred
 // trigger sleeps in it; the backend is terminated): with a topology, the
 // keyed request is retried (its key says whether that commit happened: here
@@ -1143,27 +1172,8 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
   ASSERT_TRUE(pg.Exec("doubt", "INSERT INTO slow_flag VALUES (true)").ok());
 
   std::atomic<bool> terminated{false};
-  std::thread killer([&] {
-    const absl::Time give_up = absl::Now() + absl::Seconds(20);
-    while (!terminated.load() && absl::Now() < give_up) {
-      // The flag goes first, so the retry commits without sleeping.
-      absl::StatusOr<std::string> n = pg.QueryValue(
-          "doubt",
-          "WITH d AS (DELETE FROM slow_flag WHERE EXISTS (SELECT FROM pg_stat_activity WHERE "
-          "datname = 'doubt' AND query = 'COMMIT' AND wait_event = 'PgSleep') RETURNING 1) "
-          "SELECT count(*) FROM d");
-      if (n.ok() && *n != "0") {
-        ASSERT_TRUE(pg.QueryValue("doubt",
-                                  "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                  "WHERE datname = 'doubt' AND query = 'COMMIT' AND "
-                                  "wait_event = 'PgSleep'")
-                        .ok());
-        terminated.store(true);
-      } else {
-        absl::SleepFor(absl::Milliseconds(10));
-      }
-    }
-  });
+  std::thread killer =
+      TerminateTheSleepingCommit(pg, "doubt", absl::Now() + absl::Seconds(20), &terminated);
   Outcome keyed, plain;
   ASSERT_TRUE(engine.Submit(Request(1, 2, "doubt-key"), nullptr, 0, keyed.Done()).ok());
   ASSERT_TRUE(engine.Submit(Request(3, 2), nullptr, 0, plain.Done()).ok());
@@ -1241,26 +1251,7 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyed
   ASSERT_TRUE(pg.Exec("doubt_join", "INSERT INTO slow_flag VALUES (true)").ok());
 
   std::atomic<bool> terminated{false};
-  std::thread killer([&] {
-    while (!terminated.load() && absl::Now() < give_up) {
-      // The flag goes first, so the retry commits without sleeping.
-      absl::StatusOr<std::string> n = pg.QueryValue(
-          "doubt_join",
-          "WITH d AS (DELETE FROM slow_flag WHERE EXISTS (SELECT FROM pg_stat_activity WHERE "
-          "datname = 'doubt_join' AND query = 'COMMIT' AND wait_event = 'PgSleep') RETURNING 1) "
-          "SELECT count(*) FROM d");
-      if (n.ok() && *n != "0") {
-        ASSERT_TRUE(pg.QueryValue("doubt_join",
-                                  "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                                  "WHERE datname = 'doubt_join' AND query = 'COMMIT' AND "
-                                  "wait_event = 'PgSleep'")
-                        .ok());
-        terminated.store(true);
-      } else {
-        absl::SleepFor(absl::Milliseconds(10));
-      }
-    }
-  });
+  std::thread killer = TerminateTheSleepingCommit(pg, "doubt_join", give_up, &terminated);
   ASSERT_TRUE(lock.Exec("ROLLBACK").ok());
   blocker.done.WaitForNotification();
   keyed.done.WaitForNotification();

@@ -81,7 +81,9 @@ TEST(RequestReaderTest, MalformedIsWhatProtobufRefuses) {
     RowTexts(cut, &rows);
     const bool ours_ok = h.ok() && rows.ok();
     EXPECT_EQ(ours_ok, protobuf_ok) << "cut at " << n;
-    if (!ours_ok) EXPECT_TRUE(IsMalformed(h.ok() ? rows : h.status()));
+    if (!ours_ok) {
+      EXPECT_TRUE(IsMalformed(h.ok() ? rows : h.status()));
+    }
   }
   // Invalid UTF-8 in a header string and in a row's text value.
   v1::WriteRequest bad_table = Request(1);

@@ -88,6 +88,14 @@ class QueryEngineTest : public ::testing::Test {
                           absl::Duration timeout = absl::Seconds(10)) {
     v1::ExecuteRequest request;
     request.set_sql(sql);
+    return RunRequest(engine, request, access, response, timeout);
+  }
+
+  // Submits `request` as a unary call would and waits for its outcome; a
+  // refusal before anything runs is returned as it is.
+  static absl::Status RunRequest(QueryEngine& engine, const v1::ExecuteRequest& request,
+                                 const CallAccess& access, v1::ExecuteResponse* response = nullptr,
+                                 absl::Duration timeout = absl::Seconds(10)) {
     v1::ExecuteResponse local;
     if (response == nullptr) response = &local;
     absl::Notification done;
@@ -102,6 +110,33 @@ class QueryEngineTest : public ::testing::Test {
     if (!work.ok()) return work.status();
     EXPECT_TRUE(done.WaitForNotificationWithTimeout(timeout + absl::Seconds(10)));
     return outcome;
+  }
+
+  // The same for a transaction.
+  static absl::Status RunTransaction(QueryEngine& engine, const v1::ExecuteTransactionRequest& tx,
+                                     const CallAccess& access,
+                                     v1::ExecuteTransactionResponse* response = nullptr,
+                                     absl::Duration timeout = absl::Seconds(10)) {
+    v1::ExecuteTransactionResponse local;
+    if (response == nullptr) response = &local;
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work = engine.ExecuteTransaction(
+        tx, engine.EffectiveDeadline(absl::Now() + timeout), "test", response,
+        [&](absl::Status s) {
+          outcome = s;
+          done.Notify();
+        },
+        access);
+    if (!work.ok()) return work.status();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(timeout + absl::Seconds(10)));
+    return outcome;
+  }
+  static absl::Status RunTransaction(QueryEngine& engine, const std::vector<std::string>& sqls,
+                                     const CallAccess& access) {
+    v1::ExecuteTransactionRequest tx;
+    for (const std::string& sql : sqls) tx.add_statements()->set_sql(sql);
+    return RunTransaction(engine, tx, access);
   }
 
   static std::string FirstText(const v1::ExecuteResponse& r) {
@@ -243,21 +278,7 @@ TEST_F(QueryEngineTest, TheServerReadsATextAsTheAnalyzerDoes) {
   auto engine = MakeEngine();
   const auth::Principal writer = Principal("eng_write", true);
   auto transaction = [&](const std::vector<std::string>& sqls) {
-    v1::ExecuteTransactionRequest tx;
-    for (const std::string& sql : sqls) tx.add_statements()->set_sql(sql);
-    v1::ExecuteTransactionResponse tr;
-    absl::Notification done;
-    absl::Status outcome;
-    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
-        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
-        [&](absl::Status s) {
-          outcome = s;
-          done.Notify();
-        },
-        AccessOf(writer));
-    if (!work.ok()) return work.status();
-    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
-    return outcome;
+    return RunTransaction(*engine, sqls, AccessOf(writer));
   };
   for (const char* set : {"SET LOCAL standard_conforming_strings = off",
                           "SELECT set_config('standard_conforming_strings', 'off', true)",
@@ -317,18 +338,7 @@ TEST_F(QueryEngineTest, ReadOnlyPrincipalsCannotWriteInAnyDisguise) {
   v1::ExecuteTransactionRequest tx;
   tx.set_read_only(false);
   tx.add_statements()->set_sql("SELECT nextval('eng_seq')");
-  v1::ExecuteTransactionResponse tr;
-  absl::Notification done;
-  absl::Status outcome;
-  absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
-      tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
-      [&](absl::Status s) {
-        outcome = s;
-        done.Notify();
-      },
-      AccessOf(reader));
-  ASSERT_TRUE(work.ok()) << work.status();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  const absl::Status outcome = RunTransaction(*engine, tx, AccessOf(reader));
   EXPECT_EQ(outcome.code(), absl::StatusCode::kFailedPrecondition) << outcome;
   EXPECT_NE(outcome.message().find("25006"), std::string::npos) << outcome;
 
@@ -350,21 +360,7 @@ TEST_F(QueryEngineTest, EveryCallLeavesItsConnectionCleanForTheNext) {
   auto engine = MakeEngine(R"("maxTimeoutMs": 2000)");
   const auth::Principal writer = Principal("eng_write", true);
   auto transaction = [&](const std::vector<std::string>& sqls) {
-    v1::ExecuteTransactionRequest tx;
-    for (const std::string& sql : sqls) tx.add_statements()->set_sql(sql);
-    v1::ExecuteTransactionResponse tr;
-    absl::Notification done;
-    absl::Status outcome;
-    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
-        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
-        [&](absl::Status s) {
-          outcome = s;
-          done.Notify();
-        },
-        AccessOf(writer));
-    if (!work.ok()) return work.status();
-    EXPECT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
-    return outcome;
+    return RunTransaction(*engine, sqls, AccessOf(writer));
   };
   // Transaction-scoped state, then a failure: all rolled back.
   absl::Status s = transaction(
@@ -485,17 +481,7 @@ TEST_F(QueryEngineTest, LimitsAnswerPreciselyAndLeaveNothingBehind) {
   big.set_sql("SELECT length($1::text)");
   big.add_params()->set_text_value("'); SELECT pg_advisory_lock(1); --" +
                                    std::string(1 << 20, 'y'));
-  absl::Notification done;
-  absl::Status outcome;
-  work = engine->Execute(
-      big, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &r,
-      [&](absl::Status st) {
-        outcome = st;
-        done.Notify();
-      },
-      AccessOf(writer));
-  ASSERT_TRUE(work.ok()) << work.status();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  const absl::Status outcome = RunRequest(*engine, big, AccessOf(writer), &r);
   ASSERT_TRUE(outcome.ok()) << outcome;
   EXPECT_EQ(FirstText(r), "");  // an int: not text
   ASSERT_EQ(r.result().rows_size(), 1);
@@ -620,18 +606,7 @@ TEST_F(QueryEngineTest, AStatementPreparedBeforeATableChangedShapeStillAnswers) 
   for (absl::StatusCode want : {absl::StatusCode::kAborted, absl::StatusCode::kOk}) {
     v1::ExecuteTransactionRequest tx;
     tx.add_statements()->set_sql("SELECT * FROM eng_shape");
-    v1::ExecuteTransactionResponse tr;
-    absl::Notification done;
-    absl::Status outcome;
-    absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteTransaction(
-        tx, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &tr,
-        [&](absl::Status st) {
-          outcome = st;
-          done.Notify();
-        },
-        AccessOf(writer));
-    ASSERT_TRUE(work.ok()) << work.status();
-    ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+    const absl::Status outcome = RunTransaction(*engine, tx, AccessOf(writer));
     EXPECT_EQ(outcome.code(), want) << outcome;
   }
   // No backend is left inside a transaction.
@@ -685,17 +660,7 @@ TEST_F(QueryEngineTest, DeeplyNestedTextsAndParametersAreRefusedNotCrashing) {
   deep.set_sql("SELECT jsonb_typeof($1::jsonb)");
   deep.add_params()->set_text_value(std::string(1000000, '[') + std::string(1000000, ']'));
   v1::ExecuteResponse r;
-  absl::Notification done;
-  absl::Status outcome;
-  absl::StatusOr<std::shared_ptr<Work>> work = engine->Execute(
-      deep, engine->EffectiveDeadline(absl::Now() + absl::Seconds(20)), "test", &r,
-      [&](absl::Status st) {
-        outcome = st;
-        done.Notify();
-      },
-      AccessOf(writer));
-  ASSERT_TRUE(work.ok()) << work.status();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(40)));
+  const absl::Status outcome = RunRequest(*engine, deep, AccessOf(writer), &r, absl::Seconds(20));
   EXPECT_FALSE(outcome.ok());
   EXPECT_NE(outcome.message().find("54001"), std::string::npos) << outcome;
   EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(writer)).ok());
