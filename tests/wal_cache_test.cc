@@ -857,9 +857,15 @@ TEST_F(WalCacheTest, HistoryCheckerNoReadIsOlderThanAWriteWhoseTokenItCarries) {
   Reset();
   History history(kCounters);
   Load load({&A(), &B()}, &history, ingest_);
+  // Until enough writes and cached reads to judge (writers can be much faster
+  // than the readers' first reads, which learn their statements' plans), or
+  // 20 s: then the checks below say which was missing.
   const absl::Time until = absl::Now() + absl::Seconds(20);
-  ASSERT_TRUE(
-      WaitFor([&] { return history.writes() >= 3000 || absl::Now() > until; }, absl::Seconds(40)));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return (history.writes() >= 3000 && load.cached_reads() >= 50) || absl::Now() > until;
+      },
+      absl::Seconds(40)));
   load.Stop();
   EXPECT_EQ(history.stale_count(), 0) << history.stale();
   EXPECT_EQ(history.untokened(), 0) << "acknowledged writes without commit_lsn";
