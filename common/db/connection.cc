@@ -1548,7 +1548,7 @@ absl::Status Connection::RunSimple(const char* sql, absl::Time deadline, int* xa
   return link.ok() ? steps[0].status : link;
 }
 
-absl::Status Connection::RunStreaming(Statement& statement, bool read_only) {
+absl::Status Connection::RunStreaming(Statement& statement, bool read_only, bool transaction) {
   last_call_reach_ = Reach::kAnswered;
   statement.reach = Reach::kAnswered;
   if (absl::Status idle = ExpectIdle(); !idle.ok()) {
@@ -1556,9 +1556,11 @@ absl::Status Connection::RunStreaming(Statement& statement, bool read_only) {
     statement.reach = last_call_reach_ = Reach::kNotRun;
     return idle;
   }
-  if (read_only) {
+  const bool wrapped = read_only || transaction;
+  if (wrapped) {
+    const char* begin = read_only ? "BEGIN READ ONLY" : "BEGIN";
     int xact = -1;
-    if (absl::Status s = RunSimple("BEGIN READ ONLY", statement.deadline, &xact); !s.ok()) {
+    if (absl::Status s = RunSimple(begin, statement.deadline, &xact); !s.ok()) {
       statement.status = s;
       if (!broken_) return absl::OkStatus();
       statement.reach = last_call_reach_ = Reach::kNotRun;
@@ -1566,7 +1568,7 @@ absl::Status Connection::RunStreaming(Statement& statement, bool read_only) {
     }
     if (xact != PQTRANS_INTRANS) {
       broken_ = true;
-      statement.status = absl::UnavailableError("BEGIN READ ONLY did not open a transaction");
+      statement.status = absl::UnavailableError(absl::StrCat(begin, " did not open a transaction"));
       statement.reach = last_call_reach_ = Reach::kNotRun;
       return statement.status;
     }
@@ -1579,14 +1581,14 @@ absl::Status Connection::RunStreaming(Statement& statement, bool read_only) {
   // inside it.
   const PGTransactionStatusType xact = PQtransactionStatus(conn_);
   const bool clean =
-      read_only ? (xact == PQTRANS_INTRANS || xact == PQTRANS_INERROR) : xact == PQTRANS_IDLE;
+      wrapped ? (xact == PQTRANS_INTRANS || xact == PQTRANS_INERROR) : xact == PQTRANS_IDLE;
   if (!clean || TxnControlOf(tag) != kTxnNone) {
     broken_ = true;
     statement.status =
         TxnControlOf(tag) != kTxnNone
-            ? TxnControlRefused(tag, read_only ? "inside ExecuteStream's read-only transaction"
-                                               : "here: each statement runs in a transaction "
-                                                 "of its own")
+            ? TxnControlRefused(tag, wrapped ? "inside ExecuteStream's transaction"
+                                             : "here: each statement runs in a transaction "
+                                               "of its own")
             : absl::UnavailableError(
                   "the statement left the connection inside a transaction; it was not "
                   "committed and the connection was discarded");
@@ -1594,7 +1596,7 @@ absl::Status Connection::RunStreaming(Statement& statement, bool read_only) {
     return absl::OkStatus();
   }
   if (discard_) broken_ = true;
-  if (!read_only || broken_) return absl::OkStatus();
+  if (!wrapped || broken_) return absl::OkStatus();
   // COMMIT after a failure rolls back too; ROLLBACK says what is meant.
   int xact_after = -1;
   absl::Status end = RunSimple(statement.status.ok() ? "COMMIT" : "ROLLBACK",

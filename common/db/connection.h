@@ -173,8 +173,10 @@ class Connection {
   // Runs one statement outside pipeline mode with libpq's single-row mode, so
   // the rows reach `statement.sink` as they arrive (bounded memory for results
   // of any size). Same return contract as RunIndependent. `read_only`: inside
-  // BEGIN READ ONLY ... COMMIT (ROLLBACK when it failed).
-  absl::Status RunStreaming(Statement& statement, bool read_only = false);
+  // BEGIN READ ONLY ... COMMIT (ROLLBACK when it failed); `transaction`:
+  // likewise inside BEGIN ... COMMIT, so that a failure (a sink's row or byte
+  // limit among them) rolls a write back.
+  absl::Status RunStreaming(Statement& statement, bool read_only = false, bool transaction = false);
 
   // After RunIndependent, RunTransaction or RunStreaming failed: kNotRun when
   // the server provably executed none of the call's statements, kMayHaveRun

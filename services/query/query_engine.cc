@@ -489,7 +489,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
       if (!a.ok()) return a.status();
       raw->SetAnalysis(*std::move(a), request);
     }
-    absl::Status link = conn.RunStreaming(raw->statement, access.read_only);
+    // A write that streams rows back runs in a transaction of its own, which
+    // a refusal for the call's limits (or a failure) rolls back.
+    absl::Status link = conn.RunStreaming(raw->statement, access.read_only,
+                                          !access.read_only && raw->analysis->write_returns_rows);
     return link.ok() ? raw->statement.status : link;
   };
   work->read_only = access.read_only;

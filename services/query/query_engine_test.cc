@@ -527,6 +527,33 @@ TEST_F(QueryEngineTest, AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(r.result().rows_size(), 3);
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'under'"), "3");
+  // Streamed (ExecuteStream): the rows already sent are not taken back, but
+  // the write is.
+  struct Chunks : ChunkWriter {
+    bool Write(std::unique_ptr<v1::ExecuteStreamResponse> chunk) override {
+      rows += chunk->rows_size();
+      return true;
+    }
+    int rows = 0;
+  } chunks;
+  v1::ExecuteRequest streamed;
+  streamed.set_sql("UPDATE accounts SET owner = 'streamed' RETURNING id");
+  streamed.set_chunk_rows(2);
+  absl::Notification done;
+  absl::Status outcome;
+  absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteStream(
+      streamed, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &chunks,
+      [&](absl::Status st) {
+        outcome = st;
+        done.Notify();
+      },
+      AccessOf(writer));
+  ASSERT_TRUE(work.ok()) << work.status();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(outcome.code(), absl::StatusCode::kResourceExhausted) << outcome;
+  EXPECT_LE(chunks.rows, 5);
+  EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'streamed'"),
+            "0");
   // Nothing left open on the connections.
   EXPECT_EQ(*pg_->QueryValue("engine",
                              "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
