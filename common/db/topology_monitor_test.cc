@@ -161,6 +161,8 @@ TEST(TopologyMonitorPatroniTest, FollowsPatroniAndFallsBackWhenItIsGone) {
                   .ok());
   ASSERT_TRUE(WaitFor([&] { return topology.primary() == "pg0"; }, absl::Seconds(10)));
   EXPECT_TRUE(monitor.discovery_status().ok()) << monitor.discovery_status();
+  // pg1's probe may not have been made yet when pg0's named the primary.
+  ASSERT_TRUE(WaitFor([&] { return !servers.DsnOf("pg1").empty(); }, absl::Seconds(10)));
   const std::string dsn = servers.DsnOf("pg1");
   EXPECT_TRUE(absl::StrContains(dsn, "host='10.0.0.2'")) << dsn;
   EXPECT_TRUE(absl::StrContains(dsn, "port='5001'")) << dsn;
