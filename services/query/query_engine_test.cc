@@ -91,25 +91,32 @@ class QueryEngineTest : public ::testing::Test {
     return RunRequest(engine, request, access, response, timeout);
   }
 
-  // Submits `request` as a unary call would and waits for its outcome; a
-  // refusal before anything runs is returned as it is.
+  // Starts a call with `start(deadline, done)` (an engine method bound to its
+  // request and response) and waits for its outcome; a refusal before
+  // anything runs is returned as it is.
+  template <typename Start>
+  static absl::Status Await(QueryEngine& engine, absl::Duration timeout, Start start) {
+    absl::Notification done;
+    absl::Status outcome;
+    absl::StatusOr<std::shared_ptr<Work>> work =
+        start(engine.EffectiveDeadline(absl::Now() + timeout), [&](absl::Status s) {
+          outcome = s;
+          done.Notify();
+        });
+    if (!work.ok()) return work.status();
+    EXPECT_TRUE(done.WaitForNotificationWithTimeout(timeout + absl::Seconds(10)));
+    return outcome;
+  }
+
+  // Submits `request` as a unary call would and waits for its outcome.
   static absl::Status RunRequest(QueryEngine& engine, const v1::ExecuteRequest& request,
                                  const CallAccess& access, v1::ExecuteResponse* response = nullptr,
                                  absl::Duration timeout = absl::Seconds(10)) {
     v1::ExecuteResponse local;
     if (response == nullptr) response = &local;
-    absl::Notification done;
-    absl::Status outcome;
-    absl::StatusOr<std::shared_ptr<Work>> work = engine.Execute(
-        request, engine.EffectiveDeadline(absl::Now() + timeout), "test", response,
-        [&](absl::Status s) {
-          outcome = s;
-          done.Notify();
-        },
-        access);
-    if (!work.ok()) return work.status();
-    EXPECT_TRUE(done.WaitForNotificationWithTimeout(timeout + absl::Seconds(10)));
-    return outcome;
+    return Await(engine, timeout, [&](absl::Time deadline, QueryEngine::Done done) {
+      return engine.Execute(request, deadline, "test", response, std::move(done), access);
+    });
   }
 
   // The same for a transaction.
@@ -119,18 +126,9 @@ class QueryEngineTest : public ::testing::Test {
                                      absl::Duration timeout = absl::Seconds(10)) {
     v1::ExecuteTransactionResponse local;
     if (response == nullptr) response = &local;
-    absl::Notification done;
-    absl::Status outcome;
-    absl::StatusOr<std::shared_ptr<Work>> work = engine.ExecuteTransaction(
-        tx, engine.EffectiveDeadline(absl::Now() + timeout), "test", response,
-        [&](absl::Status s) {
-          outcome = s;
-          done.Notify();
-        },
-        access);
-    if (!work.ok()) return work.status();
-    EXPECT_TRUE(done.WaitForNotificationWithTimeout(timeout + absl::Seconds(10)));
-    return outcome;
+    return Await(engine, timeout, [&](absl::Time deadline, QueryEngine::Done done) {
+      return engine.ExecuteTransaction(tx, deadline, "test", response, std::move(done), access);
+    });
   }
   static absl::Status RunTransaction(QueryEngine& engine, const std::vector<std::string>& sqls,
                                      const CallAccess& access) {
@@ -539,17 +537,11 @@ TEST_F(QueryEngineTest, AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
   v1::ExecuteRequest streamed;
   streamed.set_sql("UPDATE accounts SET owner = 'streamed' RETURNING id");
   streamed.set_chunk_rows(2);
-  absl::Notification done;
-  absl::Status outcome;
-  absl::StatusOr<std::shared_ptr<Work>> work = engine->ExecuteStream(
-      streamed, engine->EffectiveDeadline(absl::Now() + absl::Seconds(10)), "test", &chunks,
-      [&](absl::Status st) {
-        outcome = st;
-        done.Notify();
-      },
-      AccessOf(writer));
-  ASSERT_TRUE(work.ok()) << work.status();
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  const absl::Status outcome =
+      Await(*engine, absl::Seconds(10), [&](absl::Time deadline, QueryEngine::Done done) {
+        return engine->ExecuteStream(streamed, deadline, "test", &chunks, std::move(done),
+                                     AccessOf(writer));
+      });
   EXPECT_EQ(outcome.code(), absl::StatusCode::kResourceExhausted) << outcome;
   EXPECT_LE(chunks.rows, 5);
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'streamed'"),
