@@ -188,6 +188,11 @@ struct Connection::CancelState {
   absl::Time give_up = absl::InfiniteFuture();
   // Cancel (kCancelRefused) at this time unless the statement ended by then.
   absl::Time cancel_at = absl::InfiniteFuture();
+  // For a statement with someone else's work pipelined behind it no cancel
+  // request is sent (it could reach the next statement instead): the server's
+  // statement_timeout ends it. Past this time the server has not done that
+  // either, and the connection is given up.
+  absl::Time unanswered_by = absl::InfiniteFuture();
 };
 
 struct Connection::Step {
@@ -209,7 +214,11 @@ struct Connection::Step {
   bool sink_failed = false;       // sink refused a row; discard the rest
   CancelState* cancel = nullptr;  // null: the step's own local_cancel
   CancelState local_cancel;
-  int64_t timeout_ms = -1;  // kSimple SET statement_timeout: the value
+  int64_t timeout_ms = -1;         // kSimple SET statement_timeout: the value
+  int64_t timeout_before_ms = -1;  // ... and the one it replaces (-1: unknown)
+  // The statement_timeout the server runs this step under (-1: unknown). Set
+  // by RunPipeline.
+  int64_t server_timeout_ms = -1;
   // A later step of this pipeline is another statement's (or a SET/DEALLOCATE
   // of its own): the server may already run it, so a cancel request sent for
   // this step could hit that one instead. Set by RunPipeline.
@@ -368,6 +377,11 @@ absl::Status Connection::EnforceDeadline(absl::Time deadline, const std::atomic<
         "connection to the database given up while waiting for the server: the server stopped "
         "answering (its probes failed)");
   }
+  if (now >= cancel->unanswered_by) {
+    return MarkBroken(
+        "waiting for a statement past its deadline and the server's statement_timeout (no cancel "
+        "request could be sent: other statements are pipelined behind it)");
+  }
   if (cancel->reason == 0) {
     int reason = 0;
     if (now >= deadline) {
@@ -391,6 +405,7 @@ absl::Status Connection::WaitForServer(absl::Time deadline, const std::atomic<bo
   if (absl::Status s = EnforceDeadline(deadline, cancelled, cancel, now); !s.ok()) return s;
   // Wake up at the deadline, and poll the caller's cancel flag now and then.
   absl::Time wake = cancel->reason != 0 ? cancel->give_up : std::min(deadline, cancel->cancel_at);
+  wake = std::min(wake, cancel->unanswered_by);
   if ((cancelled != nullptr && cancel->reason == 0) || !abandon_signals_.empty()) {
     wake = std::min(wake, now + absl::Milliseconds(50));
   }
@@ -484,6 +499,7 @@ void Connection::SetStatementTimeoutSteps(int64_t want, absl::Time deadline,
   Step set{Step::kSimple};
   set.sql = absl::StrCat("SET statement_timeout = ", want);
   set.timeout_ms = want;
+  set.timeout_before_ms = statement_timeout_ms_;
   set.deadline = deadline;
   steps.push_back(std::move(set));
   steps.push_back(Step{Step::kSync});
@@ -589,9 +605,32 @@ void Connection::ConsumeResultsOf(Step& step) {
   // (where libpq hands out the same result again) are read past or end the
   // connection.
   int stray_nulls = 0;
+  CancelState* cancel = step.cancel != nullptr ? step.cancel : &step.local_cancel;
+  // When a cancel request goes out: at the deadline or the caller's cancel,
+  // unless someone else's statement is pipelined behind this one. The server
+  // may already have finished this step and started that one, and a cancel
+  // request stops whatever the backend runs when it arrives: another caller's
+  // statement would fail (a write among them). Such a step is ended by the
+  // statement_timeout it runs under (set from its deadline, rounded up to
+  // whole seconds), which the server applies to this statement alone.
+  absl::Time cancel_deadline = step.deadline;
+  const std::atomic<bool>* cancelled = step.cancelled;
+  if (step.others_behind) {
+    cancel_deadline = absl::InfiniteFuture();
+    cancelled = nullptr;
+    if (step.deadline != absl::InfiniteFuture() &&
+        cancel->unanswered_by == absl::InfiniteFuture()) {
+      // The server started this statement's timer before its results are
+      // read here, so by then at the latest. Unknown timeout: the deadline.
+      const absl::Duration timeout = step.server_timeout_ms > 0
+                                         ? absl::Milliseconds(step.server_timeout_ms)
+                                         : absl::ZeroDuration();
+      cancel->unanswered_by =
+          std::max(step.deadline, absl::Now() + timeout) + options_.cancel_grace;
+    }
+  }
   while (true) {
-    CancelState* cancel = step.cancel != nullptr ? step.cancel : &step.local_cancel;
-    absl::Status wait = AwaitResult(step.deadline, step.cancelled, cancel);
+    absl::Status wait = AwaitResult(cancel_deadline, cancelled, cancel);
     if (!wait.ok()) {
       if (step.status.ok()) step.status = wait;
       return;
@@ -699,7 +738,7 @@ void Connection::ConsumeResultsOf(Step& step) {
         }
         // Statements of other callers follow: read the rows past, so they
         // still get their results. The COPY's own result follows the data.
-        if (!DrainCopyOut(step, cancel).ok()) return;
+        if (!DrainCopyOut(step, cancel, cancel_deadline, cancelled).ok()) return;
         continue;
       case PGRES_COPY_IN:
       case PGRES_COPY_BOTH:
@@ -736,6 +775,7 @@ void Connection::ConsumeResultsOf(Step& step) {
           } else if (cancel->reason == kCancelCaller && step.status.ok()) {
             st = absl::CancelledError("statement cancelled by the caller (SQLSTATE 57014)");
           }
+          st.SetPayload(kSqlStatePayload, absl::Cord("57014"));
         }
         if (step.status.ok()) step.status = st;
         break;
@@ -759,11 +799,12 @@ void Connection::ConsumeResultsOf(Step& step) {
   }
 }
 
-absl::Status Connection::DrainCopyOut(Step& step, CancelState* cancel) {
+absl::Status Connection::DrainCopyOut(Step& step, CancelState* cancel, absl::Time cancel_deadline,
+                                      const std::atomic<bool>* cancelled) {
   for (uint64_t rows = 0;; ++rows) {
     // Rows may keep coming without a wait: look at the clock now and then.
     if (rows % 256 == 255) {
-      if (absl::Status s = EnforceDeadline(step.deadline, step.cancelled, cancel, absl::Now());
+      if (absl::Status s = EnforceDeadline(cancel_deadline, cancelled, cancel, absl::Now());
           !s.ok()) {
         return s;
       }
@@ -776,7 +817,7 @@ absl::Status Connection::DrainCopyOut(Step& step, CancelState* cancel) {
     }
     if (n == -1) return absl::OkStatus();  // the COPY's own result follows
     if (n < -1) return MarkBroken("reading past COPY data");
-    if (absl::Status s = WaitForServer(step.deadline, step.cancelled, cancel, false); !s.ok()) {
+    if (absl::Status s = WaitForServer(cancel_deadline, cancelled, cancel, false); !s.ok()) {
       return s;
     }
   }
@@ -836,6 +877,19 @@ absl::Status Connection::RunPipeline(std::vector<Step>& steps) {
       if (step.kind == Step::kSync) continue;
       if (later != nullptr && later != owner) mixed = true;
       later = owner;
+    }
+    // The statement_timeout each step runs under: the session's, as each SET
+    // of this pipeline leaves it (statement_timeout_ms_ already says the last).
+    int64_t timeout = statement_timeout_ms_;
+    for (const Step& step : steps) {
+      if (step.kind == Step::kSimple && step.timeout_ms >= 0) {
+        timeout = step.timeout_before_ms;
+        break;
+      }
+    }
+    for (Step& step : steps) {
+      step.server_timeout_ms = timeout;
+      if (step.kind == Step::kSimple && step.timeout_ms >= 0) timeout = step.timeout_ms;
     }
     for (size_t i = 0; i < steps.size(); ++i) {
       Step& step = steps[i];

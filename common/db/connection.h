@@ -293,7 +293,8 @@ class Connection {
   void ConsumeResultsOf(Step& step);
   // Reads and drops the rows of a COPY TO STDOUT, so the statements pipelined
   // behind it still get their results.
-  absl::Status DrainCopyOut(Step& step, CancelState* cancel);
+  absl::Status DrainCopyOut(Step& step, CancelState* cancel, absl::Time cancel_deadline,
+                            const std::atomic<bool>* cancelled);
   // Asks the server to cancel the statement running on this connection (a
   // synchronous cancel request on a connection of its own) and records why.
   void CancelBackend(CancelState* cancel, int reason, absl::Time now);

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/db/error.h"
 #include "gtest/gtest.h"
 #include "tests/fixtures/postgres_cluster.h"
 
@@ -307,6 +308,46 @@ TEST_F(ConnectionTest, RowLimitNeverCancelsTheStatementPipelinedBehindIt) {
   ASSERT_TRUE(slow.status.ok()) << slow.status;
   ASSERT_EQ(slow_sink.rows.size(), 1);
   EXPECT_TRUE(conn_->LooksAlive());
+}
+
+// A statement past its deadline sends no cancel request while another
+// caller's statement is pipelined behind it: the server may have finished it
+// and started that one, which the cancel request would stop instead.
+TEST_F(ConnectionTest, DeadlineNeverCancelsTheStatementPipelinedBehindIt) {
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    // `quick` is answered only after `first`, well past its deadline; the
+    // server runs `behind` as soon as `quick` is done.
+    Statement first{"SELECT pg_sleep(0.4)", nullptr, nullptr, Soon()};
+    CollectSink quick_sink;
+    Statement quick{"SELECT 1 AS one", nullptr, &quick_sink, absl::Now() + absl::Milliseconds(50)};
+    CollectSink behind_sink;
+    Statement behind{"SELECT pg_sleep(0.6) IS NOT NULL AS slept", nullptr, &behind_sink, Soon()};
+    ASSERT_TRUE(conn_->RunIndependent({&first, &quick, &behind}).ok());
+    EXPECT_TRUE(first.status.ok()) << first.status;
+    // It ran in full on the server: its result is its true outcome.
+    EXPECT_TRUE(quick.status.ok()) << quick.status;
+    ASSERT_TRUE(behind.status.ok()) << behind.status;
+    ASSERT_EQ(behind_sink.rows.size(), 1);
+    EXPECT_TRUE(conn_->LooksAlive());
+  }
+}
+
+// With others behind it, a statement that runs past its deadline is still
+// ended, by the statement_timeout the server runs it under.
+TEST_F(ConnectionTest, StatementPastItsDeadlineWithOthersBehindEndsAtTheServersTimeout) {
+  Statement endless{"SELECT pg_sleep(30)", nullptr, nullptr, absl::Now() + absl::Milliseconds(200)};
+  CollectSink after_sink;
+  Statement after{"SELECT 2 AS two", nullptr, &after_sink, Soon()};
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(conn_->RunIndependent({&endless, &after}).ok());
+  EXPECT_EQ(endless.status.code(), absl::StatusCode::kDeadlineExceeded) << endless.status;
+  EXPECT_EQ(SqlStateOf(endless.status), "57014") << endless.status;
+  ASSERT_TRUE(after.status.ok()) << after.status;
+  ASSERT_EQ(after_sink.rows.size(), 1);
+  EXPECT_EQ(after_sink.rows[0].values(0).int64_value(), 2);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20)) << "the statement was not ended";
+  EXPECT_TRUE(conn_->Ping(Soon()));
 }
 
 // Alone on its connection, a statement over its row limit is still stopped on
