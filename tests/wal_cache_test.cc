@@ -631,6 +631,41 @@ TEST_F(WalCacheTest, AnUpdateOfTheKeyDropsBothKeysAndTokensNeverReachedReadTheDa
   EXPECT_GE(a.Bypassed("token") - bypassed, 3);
 }
 
+// DDL changes what a statement reads without a change to any table it read:
+// redefining a view drops the entries of the database on every replica (the
+// event trigger's message, relayed) and the statements' learned plans, so
+// the view's next fill is tagged with the table it reads now.
+TEST_F(WalCacheTest, RedefiningAViewDropsWhatWasCachedThroughItOnEveryReplica) {
+  Reset();
+  PgSession s(Cluster().Dsn(kDb));
+  ASSERT_EQ(s.Exec("DROP VIEW IF EXISTS shown; "
+                   "CREATE VIEW shown AS SELECT v FROM rows WHERE id = 1"),
+            "");
+  constexpr char kShown[] = "SELECT v FROM shown";
+  for (Replica* r : {&A(), &B()}) {
+    ASSERT_TRUE(Cached(*r->stub, kShown, {})) << r->name;
+    EXPECT_EQ(Call(*r->stub, kShown, {}, true).value, 0) << r->name;
+  }
+  ASSERT_EQ(s.Exec("CREATE OR REPLACE VIEW shown AS SELECT v FROM other WHERE id = 1"), "");
+  const uint64_t redefined = static_cast<uint64_t>(s.Token().value_or(0));
+  ASSERT_GT(redefined, 0u);
+  for (Replica* r : {&A(), &B()}) {
+    Result now = Call(*r->stub, kShown, {}, true, redefined);
+    ASSERT_TRUE(now.status.ok()) << now.status.error_message();
+    EXPECT_EQ(now.value, 100) << r->name << ": the view's old rows outlived its redefinition; "
+                              << r->Summary();
+  }
+  // Learned anew: a write to `other` drops the view's entry.
+  ASSERT_TRUE(Cached(*A().stub, kShown, {}));
+  ASSERT_EQ(s.Exec("UPDATE other SET v = 101 WHERE id = 1"), "");
+  const uint64_t written = static_cast<uint64_t>(s.Token().value_or(0));
+  Result after = Call(*A().stub, kShown, {}, true, written);
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.value, 101) << "the view's entry kept the tables of its old definition; "
+                              << A().Summary();
+  ASSERT_EQ(s.Exec("DROP VIEW shown"), "");
+}
+
 // The counters every writer increments, and what readers may expect.
 class History {
  public:

@@ -307,7 +307,8 @@ void Invalidation::OnRelayed(DatabaseInvalidation* state, db::Connection& conn,
         break;
       case RelayTable::kDefinition:
         a->forget.push_back(t.name);
-        a->tags.push_back(TableTag(db, t.name));
+        // DDL (the event trigger's): every entry of the database.
+        a->tags.push_back(t.name == kRelayAllTables ? DatabaseTag(db) : TableTag(db, t.name));
         break;
       case RelayTable::kWhole:
         a->tags.push_back(TableTag(db, t.name));
@@ -364,7 +365,13 @@ void Invalidation::Apply(DatabaseInvalidation* state, Applying* a) {
   } else if (!a->tags.empty() || !a->forget.empty()) {
     state->fence_opened.fetch_add(1);
   }
-  for (const std::string& table : a->forget) plans_->Forget(db, table);
+  for (const std::string& table : a->forget) {
+    if (table == kRelayAllTables) {
+      plans_->ForgetDatabase(db);
+    } else {
+      plans_->Forget(db, table);
+    }
+  }
   if (!a->tags.empty()) {
     std::sort(a->tags.begin(), a->tags.end());
     a->tags.erase(std::unique(a->tags.begin(), a->tags.end()), a->tags.end());

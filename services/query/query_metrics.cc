@@ -400,6 +400,14 @@ void CollectCache(QueryEngine* engine, Families* out) {
       "poolside_query_cache_wal_token_fences_total",
       "Fences this replica ran so that reads waiting for a min_lsn past the last commit to a "
       "cached table need not wait for the holder's heartbeat, by result.");
+  prometheus::MetricFamily ddl_trigger = GaugeFamily(
+      "poolside_query_cache_wal_ddl_trigger",
+      "Holder only: 1 when the DDL event trigger is installed (views, policies and grants "
+      "redefined invalidate the database's entries), 0 when it could not be (docs/cache.md).");
+  prometheus::MetricFamily ddl = CounterFamily(
+      "poolside_query_cache_wal_ddl_total",
+      "Holder: committed DDL transactions decoded, each relayed as a flush of the database's "
+      "entries and learned plans.");
   prometheus::MetricFamily delay = HistogramFamily(
       "poolside_query_cache_invalidation_delay_seconds",
       "From a relayed batch's oldest commit (the server's commit time) to its invalidation "
@@ -416,7 +424,11 @@ void CollectCache(QueryEngine* engine, Families* out) {
     AddGauge(
         &heard, db,
         st.since_heard == absl::InfiniteDuration() ? -1 : absl::ToDoubleSeconds(st.since_heard));
-    if (st.holder) AddGauge(&lag, db, absl::ToDoubleSeconds(st.relay.lag));
+    if (st.holder) {
+      AddGauge(&lag, db, absl::ToDoubleSeconds(st.relay.lag));
+      AddGauge(&ddl_trigger, db, st.relay.ddl_trigger ? 1 : 0);
+    }
+    AddCounter(&ddl, db, double(st.relay.ddl));
     AddCounter(&streams, db, double(st.streams_seen));
     AddCounter(&terms, db, double(st.relay.terms));
     AddCounter(&invisible, db, double(st.relay.visibility_retries));
@@ -428,7 +440,7 @@ void CollectCache(QueryEngine* engine, Families* out) {
     AddHistogram(&delay, db, st.delay);
   }
   for (auto* f : {&mode, &ready, &holder, &applied, &heard, &lag, &streams, &terms, &invisible,
-                  &own, &fences, &delay}) {
+                  &own, &fences, &ddl_trigger, &ddl, &delay}) {
     out->push_back(std::move(*f));
   }
   CollectNearCache(cache->near_cache(), out);
@@ -463,7 +475,13 @@ telemetry::StatusTable InvalidationTable(QueryEngine* engine) {
          st.delay.count > 0 ? telemetry::FormatSeconds(st.delay.Percentile(0.99)) : "—",
          absl::StrCat(st.streams_seen), absl::StrJoin(st.watched, ", "),
          st.mode == "trigger"
-             ? absl::StrCat("NOTIFY triggers: every writer of these tables pays. ", st.note)
+             ? absl::StrCat("NOTIFY triggers: every writer of these tables pays; DDL (a view "
+                            "redefined) is not seen. ",
+                            st.note)
+         : st.holder && !st.relay.ddl_trigger
+             ? absl::StrCat("DDL event trigger not installed (needs a superuser once): a view, "
+                            "policy or grant redefined is not seen. ",
+                            st.note)
              : st.note});
   }
   return t;

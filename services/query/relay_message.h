@@ -26,6 +26,10 @@
 //                  w: the whole table (TRUNCATE, unknown key, too many rows)
 //                  d: its definition changed (also the whole table)
 //                  r: those rows (row_keys.h hashes) changed
+//                  The table kRelayAllTables ("*", never a table's name,
+//                  which always has a schema and a dot) with d: DDL ran
+//                  (an event trigger's message, wal_relay.h): every table's
+//                  entries and learned plans of the database go.
 //
 // A batch of changes may also name its transactions (RelayHeader::xids): the
 // first entry of each of its payloads is then a whole-table entry whose
@@ -70,6 +74,8 @@ struct RelayHeader {
 inline constexpr size_t kMaxRelayXids = 32;
 // The start of the pseudo-table entry naming the transactions (see above).
 extern const char kRelayXidsMarker[];
+// The pseudo-table of a DDL entry (see above).
+inline constexpr char kRelayAllTables[] = "*";
 
 struct RelayTable {
   enum Change : char { kRows = 'r', kWhole = 'w', kDefinition = 'd' };

@@ -109,8 +109,9 @@ size_t StatementPlans::size() const {
   return plans_.size();
 }
 
-void StatementPlans::Remember(const std::string& memo_key, Plan plan) {
+void StatementPlans::Remember(const std::string& memo_key, Plan plan, uint64_t forgotten) {
   absl::MutexLock lock(&mu_);
+  if (forgotten != forgotten_) return;
   if (plans_.size() >= kMaxRememberedStatements) plans_.clear();
   plans_[memo_key] = std::move(plan);
 }
@@ -120,10 +121,12 @@ void StatementPlans::Learn(Database* db, const std::string& sql,
                            absl::Time deadline, std::function<void(Learned)> then) {
   std::string memo_key = MemoKey(db->name(), sql);
   Plan known;
+  uint64_t forgotten = 0;
   {
     absl::MutexLock lock(&mu_);
     auto it = plans_.find(memo_key);
     if (it != plans_.end()) known = it->second;
+    forgotten = forgotten_;
   }
   if (known != nullptr) {
     then(std::move(known));
@@ -136,7 +139,7 @@ void StatementPlans::Learn(Database* db, const std::string& sql,
   work->trace = telemetry::CurrentSpanContext();
   work->Prepare(deadline, 10, 16 << 20);
   OwnedStatement* raw = work.get();
-  work->done = [this, db, raw, sql, deadline, memo_key = std::move(memo_key),
+  work->done = [this, db, raw, sql, deadline, forgotten, memo_key = std::move(memo_key),
                 then = std::move(then), token = in_flight_->Begin()](absl::Status s) mutable {
     absl::StatusOr<StatementTables> tables;
     if (s.ok()) {
@@ -152,7 +155,7 @@ void StatementPlans::Learn(Database* db, const std::string& sql,
       tables = s;
     }
     // Counted until `then` returned, here or after the key's query.
-    auto remember = [this, memo_key = std::move(memo_key), then = std::move(then),
+    auto remember = [this, forgotten, memo_key = std::move(memo_key), then = std::move(then),
                      token = std::move(token)](absl::StatusOr<StatementTables> t) mutable {
       const InFlight::Token held = std::move(token);
       if (!t.ok()) {
@@ -160,7 +163,7 @@ void StatementPlans::Learn(Database* db, const std::string& sql,
         return;
       }
       auto plan = std::make_shared<const StatementTables>(*std::move(t));
-      Remember(memo_key, plan);
+      Remember(memo_key, plan, forgotten);
       then(std::move(plan));
     };
     if (!tables.ok() || !tables->PlainRead()) {
@@ -342,9 +345,23 @@ void StatementPlans::LearnKey(Database* db, const std::string& sql, absl::Time d
   SubmitOrFail(*db, std::move(work));
 }
 
+void StatementPlans::ForgetDatabase(absl::string_view database) {
+  const std::string prefix = absl::StrCat(database, "\x1f");
+  absl::MutexLock lock(&mu_);
+  ++forgotten_;
+  for (auto it = plans_.begin(); it != plans_.end();) {
+    if (absl::StartsWith(it->first, prefix)) {
+      plans_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void StatementPlans::Forget(absl::string_view database, absl::string_view table) {
   const std::string prefix = absl::StrCat(database, "\x1f");
   absl::MutexLock lock(&mu_);
+  ++forgotten_;
   for (auto it = plans_.begin(); it != plans_.end();) {
     const std::vector<std::string>& t = it->second->tables;
     if (absl::StartsWith(it->first, prefix) && std::find(t.begin(), t.end(), table) != t.end()) {

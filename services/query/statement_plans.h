@@ -113,6 +113,8 @@ class StatementPlans {
   // Forgets the plan of every statement of `database` that reads `table`
   // ("schema.table"): its definition changed.
   void Forget(absl::string_view database, absl::string_view table);
+  // Forgets every plan of `database` (DDL ran there).
+  void ForgetDatabase(absl::string_view database);
 
   // Statements remembered now.
   size_t size() const;
@@ -127,7 +129,9 @@ class StatementPlans {
   // runs `then` with `t` completed.
   void LearnKey(Database* db, const std::string& sql, absl::Time deadline, StatementTables t,
                 std::function<void(StatementTables)> then);
-  void Remember(const std::string& memo_key, Plan plan);
+  // Remembers `plan` unless something was forgotten since `forgotten` (the
+  // plan was learned from a definition that may be gone).
+  void Remember(const std::string& memo_key, Plan plan, uint64_t forgotten);
 
   InFlight* const in_flight_;
   const std::function<bool(const Database&)> learn_keys_;
@@ -135,6 +139,8 @@ class StatementPlans {
   mutable absl::Mutex mu_;
   // (database, sql) -> plan.
   absl::flat_hash_map<std::string, Plan> plans_ ABSL_GUARDED_BY(mu_);
+  // +1 for each Forget or ForgetDatabase.
+  uint64_t forgotten_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace poolside::query

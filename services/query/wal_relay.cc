@@ -132,6 +132,83 @@ std::string WalRelay::FencePrefix(absl::string_view publication, absl::string_vi
                          static_cast<uint64_t>(LockKey(publication, channel)));
 }
 
+namespace {
+
+// The DDL event trigger's function (wal_relay.h). Its source is compared
+// with the installed one's, so that a new version replaces it. It never
+// fails the DDL it runs for.
+constexpr char kDdlFunctionSource[] = R"sql(
+DECLARE
+  objects int := 0;
+  temporary int := 0;
+  r record;
+BEGIN
+  -- Commands that cannot change what a read returns (a trigger acts on
+  -- writes, which are decoded themselves).
+  IF tg_tag IN ('CREATE INDEX', 'ALTER INDEX', 'DROP INDEX', 'REINDEX', 'COMMENT',
+                'CREATE STATISTICS', 'ALTER STATISTICS', 'DROP STATISTICS',
+                'CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION',
+                'CREATE TRIGGER', 'ALTER TRIGGER', 'DROP TRIGGER') THEN
+    RETURN;
+  END IF;
+  -- Nor does DDL on temporary objects only (each session's own).
+  FOR r IN SELECT schema_name FROM pg_event_trigger_ddl_commands() LOOP
+    objects := objects + 1;
+    IF r.schema_name LIKE 'pg\_temp%' THEN
+      temporary := temporary + 1;
+    END IF;
+  END LOOP;
+  IF objects > 0 AND objects = temporary THEN
+    RETURN;
+  END IF;
+  BEGIN
+    PERFORM pg_logical_emit_message(true, 'poolside-ddl', tg_tag);
+  EXCEPTION WHEN OTHERS THEN
+    RAISE WARNING 'poolside: the cache was not told of this DDL: %', SQLERRM;
+  END;
+END
+)sql";
+
+}  // namespace
+
+absl::StatusOr<bool> WalRelay::EnsureDdlTrigger(db::Connection& conn, absl::Time deadline) {
+  absl::StatusOr<v1::ResultSet> found =
+      RunOwnStatement(conn,
+                      "SELECT e.evtenabled::text, p.prosrc, "
+                      "(SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) "
+                      "FROM (SELECT 1) one "
+                      "LEFT JOIN pg_catalog.pg_event_trigger e ON e.evtname = 'poolside_cache_ddl' "
+                      "LEFT JOIN pg_catalog.pg_proc p ON p.oid = e.evtfoid",
+                      {}, deadline);
+  if (!found.ok()) return found.status();
+  if (found->rows_size() != 1 || found->rows(0).values_size() != 3) {
+    return absl::InternalError("looking for the DDL event trigger returned no row");
+  }
+  const v1::Row& row = found->rows(0);
+  const bool exists = row.values(0).has_text_value();
+  const bool enabled = exists && row.values(0).text_value() != "D";
+  const bool current = exists && row.values(1).text_value() == kDdlFunctionSource;
+  const bool superuser = row.values(2).bool_value();
+  if (exists && !enabled) return false;  // someone disabled it: theirs to enable
+  if (current) return true;
+  if (!superuser) return false;
+  const std::string function = absl::StrCat(
+      "CREATE OR REPLACE FUNCTION poolside.cache_ddl_message() RETURNS event_trigger "
+      "LANGUAGE plpgsql SET search_path = pg_catalog AS $poolside$",
+      kDdlFunctionSource, "$poolside$");
+  for (const std::string& sql :
+       {std::string("CREATE SCHEMA IF NOT EXISTS poolside"), function,
+        std::string(exists ? ""
+                           : "CREATE EVENT TRIGGER poolside_cache_ddl ON ddl_command_end "
+                             "EXECUTE FUNCTION poolside.cache_ddl_message()")}) {
+    if (sql.empty()) continue;
+    absl::StatusOr<v1::ResultSet> done = RunOwnStatement(conn, sql, {}, deadline);
+    // 42710: made meanwhile by another relay (another publication's).
+    if (!done.ok() && db::SqlStateOf(done.status()) != "42710") return done.status();
+  }
+  return true;
+}
+
 WalRelay::WalRelay(Options options, OnUnavailable on_unavailable)
     : options_(std::move(options)),
       fence_prefix_(FencePrefix(options_.publication, options_.channel)),
@@ -277,6 +354,11 @@ void WalRelay::Add(const db::LogicalEvent& event, Transaction* txn, Batch* batch
       absl::MutexLock lock(&mu_);
       ++stats_.fences;
     }
+    if (txn->ddl) {
+      batch->tables[kRelayAllTables].definition = true;
+      absl::MutexLock lock(&mu_);
+      ++stats_.ddl;
+    }
     *txn = Transaction{};
     return;
   }
@@ -284,6 +366,7 @@ void WalRelay::Add(const db::LogicalEvent& event, Transaction* txn, Batch* batch
     // Only a committed transaction's message says where the stream is:
     // others (anyone may send any prefix) are ignored.
     if (m->transactional && txn->open && m->prefix == fence_prefix_) txn->fence = true;
+    if (m->transactional && txn->open && m->prefix == kDdlPrefix) txn->ddl = true;
     return;
   }
   // A change: its transaction must be visible before the batch is relayed,
@@ -434,6 +517,24 @@ absl::Status WalRelay::Hold(db::Connection& session, const std::string& dsn) {
           "a permanent replication slot named poolside* pins WAL on this server; drop it with "
           "pg_drop_replication_slot() if nothing uses it",
           {{"database", options_.database}, {"slot", row.values(0).text_value()}});
+    }
+  }
+  // DDL that changes what cached statements read without a change to a
+  // table of theirs (views, policies, grants) is seen only through the event
+  // trigger: make sure it is there, and say once when it cannot be.
+  absl::StatusOr<bool> ddl = EnsureDdlTrigger(session, absl::Now() + absl::Seconds(10));
+  {
+    absl::MutexLock lock(&mu_);
+    stats_.ddl_trigger = ddl.ok() && *ddl;
+    if (!stats_.ddl_trigger && !warned_ddl_) {
+      warned_ddl_ = true;
+      telemetry::LogWarning(
+          "the cache's DDL event trigger is not installed (it needs a superuser, once): "
+          "redefining a view, a policy or a grant does not invalidate cached reads; flush "
+          "after such changes (poolside cache invalidate --tag db:<database>)",
+          {{"database", options_.database},
+           {"error", ddl.ok() ? std::string("not permitted, or disabled")
+                              : std::string(ddl.status().message().substr(0, 300))}});
     }
   }
   const std::vector<std::string> tables = PublishableTables(session);

@@ -43,7 +43,17 @@
 //   transaction it relays the position past it within `batch` (with the
 //   pending batch, or as a heartbeat) instead of at the next heartbeat.
 //   Other prefixes, non-transactional and rolled-back messages are no
-//   fences. Anyone may emit fence messages: the relay sends at most once
+//   fences.
+// - DDL: a Relation message comes only before a table's next change, and
+//   views, policies and grants change what a statement reads without one.
+//   So the holder installs (when its user may: a superuser) an event trigger
+//   on ddl_command_end, EnsureDdlTrigger, whose function emits a
+//   transactional message with kDdlPrefix for every DDL command but those
+//   that cannot change a result (indexes, statistics, comments) or touch
+//   only temporary objects. Its commit is relayed as kRelayAllTables
+//   (relay_message.h): every replica drops the database's entries and
+//   forgets its learned plans. Anyone may emit such a message: it can only
+//   invalidate more. Anyone may emit fence messages: the relay sends at most once
 //   per `batch` whatever it decodes, as often as a steady write load makes
 //   it. The relay's own NOTIFY transactions hold no message and change no
 //   published table, so they are never decoded and cannot feed it.
@@ -141,6 +151,11 @@ class WalRelay {
     // Fence transactions decoded, and messages sent carrying a fence's
     // position (several fences may share one).
     uint64_t fences = 0, fence_relays = 0;
+    // Committed DDL decoded (kDdlPrefix messages; a transaction counts once).
+    uint64_t ddl = 0;
+    // The DDL event trigger is installed (this term's check found it or made
+    // it); false when the server's user may not create it (not a superuser).
+    bool ddl_trigger = false;
     std::vector<std::string> published, excluded;
     std::string last_error;
   };
@@ -164,6 +179,15 @@ class WalRelay {
   // The prefix of the logical decoding messages that fence a consistency
   // token (token_fence.h) for relays of this publication and channel.
   static std::string FencePrefix(absl::string_view publication, absl::string_view channel);
+  // The prefix of the DDL event trigger's messages (one for every relay of
+  // the database: any of them flushes).
+  static constexpr char kDdlPrefix[] = "poolside-ddl";
+  // Makes sure the DDL event trigger (see the file comment) is installed and
+  // up to date on `conn`'s database: the function poolside.cache_ddl_message()
+  // and the event trigger poolside_cache_ddl. True when it is installed and
+  // enabled; false (nothing changed) when it is not and `conn`'s user may not
+  // create it, or someone disabled it. Errors: the server's.
+  static absl::StatusOr<bool> EnsureDdlTrigger(db::Connection& conn, absl::Time deadline);
 
  private:
   struct PendingTable {
@@ -190,6 +214,7 @@ class WalRelay {
     int64_t commit_micros = 0;
     bool in_batch = false;  // its xid and commit time are in the current batch
     bool fence = false;     // it carries a fence message
+    bool ddl = false;       // it carries a DDL message (kDdlPrefix)
   };
 
   void Run();
@@ -220,6 +245,7 @@ class WalRelay {
   mutable absl::Mutex mu_;
   Stats stats_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> warned_ ABSL_GUARDED_BY(mu_);
+  bool warned_ddl_ ABSL_GUARDED_BY(mu_) = false;  // the DDL trigger's absence logged
 };
 
 }  // namespace poolside::query

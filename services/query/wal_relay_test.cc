@@ -397,6 +397,89 @@ TEST_F(WalRelayTest, AFenceIsRelayedAtOnceAndNothingElseIsTakenForOne) {
   for (const RelayMessage& m : listener.messages()) EXPECT_TRUE(m.tables.empty());
 }
 
+// DDL reaches the cache through the event trigger the holder installs: what
+// can change a read (a view, a grant) is relayed as every table of the
+// database, once per transaction; what cannot (an index, a comment, a
+// trigger, temporary objects) and rolled-back DDL is not.
+TEST_F(WalRelayTest, DdlThatCanChangeAReadIsRelayedAsEveryTable) {
+  Exec(
+      "DROP VIEW IF EXISTS ddl_view; DROP ROLE IF EXISTS ddl_plain; "
+      "CREATE ROLE ddl_plain LOGIN; GRANT CREATE ON SCHEMA public TO ddl_plain");
+  Listener listener(Cluster().Dsn(kDb));
+  WalRelay relay(RelayOptions("relay_ddl_pub"), nullptr);
+  relay.Start();
+  ASSERT_TRUE(listener.ReadUntil([](const std::vector<RelayMessage>& m) { return !m.empty(); }));
+  ASSERT_TRUE(relay.GetStats().ddl_trigger);
+  // Relayed through `lsn` (heartbeats move the position on): what was
+  // decoded before it has been sent.
+  auto relayed_through = [&](db::Lsn lsn) {
+    return listener.ReadUntil([&](const std::vector<RelayMessage>& m) {
+      return !m.empty() && m.back().header.through >= lsn;
+    });
+  };
+  auto all_tables = [&] {
+    int n = 0;
+    for (const RelayMessage& m : listener.messages()) {
+      for (const RelayTable& t : m.tables) {
+        if (t.name == kRelayAllTables) {
+          EXPECT_EQ(t.change, RelayTable::kDefinition);
+          ++n;
+        }
+      }
+    }
+    return n;
+  };
+  const uint64_t before = relay.GetStats().ddl;
+  Exec("CREATE INDEX IF NOT EXISTS items_by_name ON items (name)");
+  Exec("COMMENT ON TABLE items IS 'indexed'");
+  Exec(
+      "CREATE OR REPLACE FUNCTION ddl_noop() RETURNS trigger LANGUAGE plpgsql AS "
+      "$$ BEGIN RETURN NEW; END $$");
+  Exec(
+      "DROP TRIGGER IF EXISTS ddl_noop ON items; "
+      "CREATE TRIGGER ddl_noop BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION ddl_noop()");
+  Exec("CREATE TEMP TABLE scratch (v int)");
+  Exec("BEGIN; CREATE VIEW rolled_back AS SELECT 1 AS one; ROLLBACK");
+  ASSERT_TRUE(relayed_through(InsertLsn(Cluster(), kDb)));
+  // CREATE FUNCTION counts (a view may read through it); the rest does not.
+  EXPECT_EQ(relay.GetStats().ddl, before + 1);
+  EXPECT_EQ(all_tables(), 1);
+
+  listener.Clear();
+  Exec("CREATE VIEW ddl_view AS SELECT id FROM items; GRANT SELECT ON ddl_view TO PUBLIC");
+  // DDL by a role that is no superuser is seen too.
+  ASSERT_EQ(testing::QueryDsn(absl::StrCat(Cluster().Dsn(kDb), " user=ddl_plain"),
+                              "CREATE OR REPLACE VIEW ddl_plain_view AS SELECT 1 AS one; "
+                              "SELECT 'made'")
+                .value_or(""),
+            "made");
+  ASSERT_TRUE(relayed_through(InsertLsn(Cluster(), kDb)));
+  EXPECT_EQ(relay.GetStats().ddl, before + 3);
+  EXPECT_EQ(all_tables(), 2);
+
+  // Installing it again changes nothing; a user who is no superuser cannot
+  // install it, and a disabled trigger is left to whoever disabled it.
+  db::ConnectionOptions co;
+  co.dsn = Cluster().Dsn(kDb);
+  auto admin = db::Connection::Open(co);
+  ASSERT_TRUE(admin.ok()) << admin.status();
+  co.dsn = absl::StrCat(Cluster().Dsn(kDb), " user=ddl_plain");
+  auto plain = db::Connection::Open(co);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  EXPECT_EQ(WalRelay::EnsureDdlTrigger(**admin, deadline).value_or(false), true);
+  EXPECT_EQ(WalRelay::EnsureDdlTrigger(**plain, deadline).value_or(false), true);
+  Exec("DROP EVENT TRIGGER poolside_cache_ddl");
+  absl::StatusOr<bool> refused = WalRelay::EnsureDdlTrigger(**plain, deadline);
+  ASSERT_TRUE(refused.ok()) << refused.status();
+  EXPECT_FALSE(*refused);
+  EXPECT_EQ(WalRelay::EnsureDdlTrigger(**admin, deadline).value_or(false), true);
+  Exec("ALTER EVENT TRIGGER poolside_cache_ddl DISABLE");
+  EXPECT_EQ(WalRelay::EnsureDdlTrigger(**admin, deadline).value_or(true), false);
+  Exec("ALTER EVENT TRIGGER poolside_cache_ddl ENABLE");
+  EXPECT_EQ(WalRelay::EnsureDdlTrigger(**admin, deadline).value_or(false), true);
+}
+
 TEST_F(WalRelayTest, UnderASteadyWriteLoadChangesGatherForABatchInterval) {
   Listener listener(Cluster().Dsn(kDb));
   WalRelay::Options o = RelayOptions("relay_steady_pub");
