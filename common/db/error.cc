@@ -76,4 +76,10 @@ std::string SqlStateOf(const absl::Status& status) {
   return payload.has_value() ? std::string(*payload) : std::string();
 }
 
+bool IsConnectionFailure(const absl::Status& status) {
+  if (status.code() != absl::StatusCode::kUnavailable) return false;
+  const std::string sqlstate = SqlStateOf(status);
+  return sqlstate.empty() || absl::StartsWith(sqlstate, "08");
+}
+
 }  // namespace poolside::db

@@ -42,6 +42,13 @@ absl::Status StatusFromException(const std::exception& e);
 // The SQLSTATE attached to `status`, or "" if none.
 std::string SqlStateOf(const absl::Status& status);
 
+// Whether `status` says the server could not be reached or the connection to
+// it was lost: UNAVAILABLE without a SQLSTATE (libpq's own) or of class 08.
+// Not the server's own verdicts that are also UNAVAILABLE (53300 too many
+// connections, 57P0x shutting down or starting up), which say nothing of
+// whether it can be reached.
+bool IsConnectionFailure(const absl::Status& status);
+
 }  // namespace poolside::db
 
 #endif  // POOLSIDE_COMMON_DB_ERROR_H_

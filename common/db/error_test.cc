@@ -52,5 +52,16 @@ TEST(ErrorTest, TranslatesLibpqxxExceptions) {
   EXPECT_EQ(SqlStateOf(StatusFromException(pqxx::unique_violation("dup", "q", "23505"))), "23505");
 }
 
+TEST(ErrorTest, ConnectionFailuresAreUnreachableServersNotTheServersVerdicts) {
+  EXPECT_TRUE(IsConnectionFailure(absl::UnavailableError("connection refused")));
+  EXPECT_TRUE(IsConnectionFailure(StatusFromSqlState("08006", "connection failure")));
+  EXPECT_TRUE(IsConnectionFailure(StatusFromException(pqxx::broken_connection("gone"))));
+  EXPECT_FALSE(IsConnectionFailure(StatusFromSqlState("53300", "too many connections")));
+  EXPECT_FALSE(IsConnectionFailure(StatusFromSqlState("57P01", "terminating connection")));
+  EXPECT_FALSE(IsConnectionFailure(StatusFromSqlState("57P03", "the database system is starting")));
+  EXPECT_FALSE(IsConnectionFailure(absl::DeadlineExceededError("pool acquire timed out")));
+  EXPECT_FALSE(IsConnectionFailure(absl::OkStatus()));
+}
+
 }  // namespace
 }  // namespace poolside::db

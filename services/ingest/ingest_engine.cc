@@ -885,6 +885,11 @@ void IngestEngine::RunFlush(Database& db, Job& job) {
         retried_at_once = true;
         continue;
       }
+      if (r.broken && !demoted && !member.empty()) {
+        // Lost twice in a row: the primary's probe decides at once whether it
+        // is still there, instead of at its next interval.
+        db.managed->MarkSuspect(member, r.status);
+      }
       if (db.managed->WaitForPrimary(generation, &hold)) continue;
       FailFlush(job, db.managed->holds_ended() ? ShuttingDown() : NoPrimary(db, r.status), unknown);
       return;
@@ -948,6 +953,13 @@ absl::StatusOr<IngestEngine::Writer> IngestEngine::LeaseWriter(Database& db,
         return w;
       }
       failed = lease.status();
+      if (managed.topology() != nullptr && !target->member.empty() &&
+          db::IsConnectionFailure(failed)) {
+        // No connection to the primary could be made: its probe decides at
+        // once (and names it again if it is fine) instead of at its next
+        // interval, as for query's calls.
+        managed.MarkSuspect(target->member, failed);
+      }
       if (failed.code() == absl::StatusCode::kCancelled && managed.topology() != nullptr &&
           !managed.holds_ended() && ++replaced < 3) {
         continue;
