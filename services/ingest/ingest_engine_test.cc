@@ -130,6 +130,11 @@ class IngestEngineTest : public ::testing::Test {
               absl::StrCat(n));
   }
 
+  // Lock(), then two one-row batches (ids 1 and 2) that the two COPY
+  // connections take one after the other (so not joined); returns once both
+  // wait for the lock: what is sent next queues.
+  void BlockBothCopyConnections(IngestEngine& engine, Outcome* blocker1, Outcome* blocker2);
+
   // What every hostile case must leave behind: no ingest session inside a
   // transaction, nothing buffered, no batch waiting.
   void ExpectNothingLeftBehind(IngestEngine& engine) {
@@ -533,6 +538,15 @@ v1::WriteRequest BinaryRequest(int64_t first_id, int rows, std::string key = "")
   return r;
 }
 
+void IngestEngineTest::BlockBothCopyConnections(IngestEngine& engine, Outcome* blocker1,
+                                                Outcome* blocker2) {
+  Lock();
+  SubmitSealed(engine, BinaryRequest(1, 1), blocker1);
+  WaitForLockWaiters(1);  // taken before the next is sealed: not joined with it
+  SubmitSealed(engine, BinaryRequest(2, 1), blocker2);
+  WaitForLockWaiters(2);
+}
+
 // As Request(), with the ids as numeric text: only a text COPY carries them.
 v1::WriteRequest TextRequest(int64_t first_id, int rows) {
   v1::WriteRequest r = Request(first_id, rows);
@@ -574,13 +588,9 @@ TEST_F(IngestEngineTest, JoinedBatchesAnswerEachRequestWithItsOwnRowsAndNeverMix
     return r;
   };
   ASSERT_TRUE(Write(*engine, events_of(Events(1000000, 1))).ok());
-  Lock();
   // Both COPY connections wait for the lock; everything after them queues.
   Outcome blocker1, blocker2;
-  SubmitSealed(*engine, BinaryRequest(1, 1), &blocker1);
-  WaitForLockWaiters(1);  // taken before the next is sealed: not joined with it
-  SubmitSealed(*engine, BinaryRequest(2, 1), &blocker2);
-  WaitForLockWaiters(2);
+  ASSERT_NO_FATAL_FAILURE(BlockBothCopyConnections(*engine, &blocker1, &blocker2));
 
   auth::Principal bob;
   bob.name = "bob";
@@ -719,12 +729,8 @@ TEST_F(IngestEngineTest, JoinedBatchesNeverMixDatabaseRoles) {
   wb.done.WaitForNotification();
   ASSERT_TRUE(wa.result.ok()) << wa.result.status();
   ASSERT_TRUE(wb.result.ok()) << wb.result.status();
-  Lock();
   Outcome blocker1, blocker2;
-  SubmitSealed(*engine, BinaryRequest(1, 1), &blocker1);
-  WaitForLockWaiters(1);  // taken before the next is sealed: not joined with it
-  SubmitSealed(*engine, BinaryRequest(2, 1), &blocker2);
-  WaitForLockWaiters(2);
+  ASSERT_NO_FATAL_FAILURE(BlockBothCopyConnections(*engine, &blocker1, &blocker2));
   Outcome a1, b1, a2, b2, own;
   SubmitSealed(*engine, BinaryRequest(100, 5), &a1, &a);
   SubmitSealed(*engine, BinaryRequest(200, 5), &b1, &b);
@@ -1141,6 +1147,39 @@ std::thread TerminateTheSleepingCommit(testing::PostgresCluster& pg, std::string
   });
 }
 
+// Creates `database` with the table items, whose deferred trigger slow()
+// sleeps 30 s in the COMMIT of a row while slow_flag has one and `guard` (SQL
+// ending in " AND ", or empty) holds for the row (NEW).
+absl::Status CreateSlowCommitDatabase(testing::PostgresCluster& pg, const std::string& database,
+                                      absl::string_view guard) {
+  return pg.CreateDatabase(
+      database,
+      absl::StrCat("DROP TABLE IF EXISTS items, slow_flag, poolside_ingest_keys; "
+                   "CREATE TABLE items (id int8, name text NOT NULL); "
+                   "CREATE TABLE slow_flag (on_ boolean); "
+                   "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$BEGIN IF ",
+                   guard,
+                   "EXISTS (SELECT FROM slow_flag) THEN PERFORM pg_sleep(30); "
+                   "END IF; RETURN NULL; END$$; "
+                   "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items DEFERRABLE "
+                   "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()"));
+}
+
+// After a COMMIT of unknown outcome that did not happen: the keyed request of
+// two rows was retried and written once, the unkeyed one answered UNAVAILABLE
+// saying the outcome is unknown.
+void ExpectKeyedRetriedAndPlainInDoubt(const Outcome& keyed, const Outcome& plain) {
+  ASSERT_TRUE(keyed.result.ok()) << keyed.result.status();
+  EXPECT_EQ(keyed.result->rows_written(), 2u);
+  EXPECT_FALSE(keyed.result->duplicate());
+  ASSERT_FALSE(plain.result.ok());
+  EXPECT_EQ(plain.result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(plain.result.status().message().find("outcome of the COMMIT is unknown"),
+            std::string::npos)
+      << plain.result.status();
+}
+
 // The connection dies while a batch's COMMIT is under way (a deferred
 // trigger sleeps in it; the backend is terminated): with a topology, the
 // keyed request is retried (its key says whether that commit happened: here
@@ -1148,17 +1187,7 @@ std::thread TerminateTheSleepingCommit(testing::PostgresCluster& pg, std::string
 // is unknown.
 TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
   testing::PostgresCluster& pg = testing::SharedPostgres();
-  ASSERT_TRUE(
-      pg.CreateDatabase("doubt",
-                        "DROP TABLE IF EXISTS items, slow_flag, poolside_ingest_keys; "
-                        "CREATE TABLE items (id int8, name text NOT NULL); "
-                        "CREATE TABLE slow_flag (on_ boolean); "
-                        "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-                        "$$BEGIN IF EXISTS (SELECT FROM slow_flag) THEN PERFORM pg_sleep(30); "
-                        "END IF; RETURN NULL; END$$; "
-                        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items DEFERRABLE "
-                        "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()")
-          .ok());
+  ASSERT_TRUE(CreateSlowCommitDatabase(pg, "doubt", "").ok());
   RefusingPort refusing;
   ASSERT_NE(refusing.port(), 0);
   // Batches linger long enough for both requests to share one.
@@ -1181,14 +1210,7 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
   plain.done.WaitForNotification();
   killer.join();
   ASSERT_TRUE(terminated.load());
-  ASSERT_TRUE(keyed.result.ok()) << keyed.result.status();
-  EXPECT_EQ(keyed.result->rows_written(), 2u);
-  EXPECT_FALSE(keyed.result->duplicate());
-  ASSERT_FALSE(plain.result.ok());
-  EXPECT_EQ(plain.result.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_NE(plain.result.status().message().find("outcome of the COMMIT is unknown"),
-            std::string::npos)
-      << plain.result.status();
+  ASSERT_NO_FATAL_FAILURE(ExpectKeyedRetriedAndPlainInDoubt(keyed, plain));
   // The first attempt did not commit (terminated inside its trigger): the
   // keyed rows once, the unkeyed ones not at all.
   EXPECT_EQ(*pg.QueryValue("doubt", "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"),
@@ -1203,17 +1225,7 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
 // that commit not having happened, not written.
 TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyedRequestsOnly) {
   testing::PostgresCluster& pg = testing::SharedPostgres();
-  ASSERT_TRUE(
-      pg.CreateDatabase("doubt_join",
-                        "DROP TABLE IF EXISTS items, slow_flag, poolside_ingest_keys; "
-                        "CREATE TABLE items (id int8, name text NOT NULL); "
-                        "CREATE TABLE slow_flag (on_ boolean); "
-                        "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-                        "$$BEGIN IF NEW.id >= 500 AND EXISTS (SELECT FROM slow_flag) THEN "
-                        "PERFORM pg_sleep(30); END IF; RETURN NULL; END$$; "
-                        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON items DEFERRABLE "
-                        "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()")
-          .ok());
+  ASSERT_TRUE(CreateSlowCommitDatabase(pg, "doubt_join", "NEW.id >= 500 AND ").ok());
   RefusingPort refusing;
   ASSERT_NE(refusing.port(), 0);
   v1::IngestServiceConfig c = ProbedConfig("doubt_join", pg.Dsn("doubt_join"), refusing.port(), 5);
@@ -1260,14 +1272,7 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyed
   ASSERT_TRUE(terminated.load());
   EXPECT_EQ(StatsOf(engine).batches_joined(), 1u);
   ASSERT_TRUE(blocker.result.ok()) << blocker.result.status();
-  ASSERT_TRUE(keyed.result.ok()) << keyed.result.status();
-  EXPECT_EQ(keyed.result->rows_written(), 2u);
-  EXPECT_FALSE(keyed.result->duplicate());
-  ASSERT_FALSE(plain.result.ok());
-  EXPECT_EQ(plain.result.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_NE(plain.result.status().message().find("outcome of the COMMIT is unknown"),
-            std::string::npos)
-      << plain.result.status();
+  ASSERT_NO_FATAL_FAILURE(ExpectKeyedRetriedAndPlainInDoubt(keyed, plain));
   EXPECT_EQ(query("SELECT string_agg(id::text, ',' ORDER BY id) FROM items"), "1,100,500,501");
   EXPECT_EQ(query("SELECT string_agg(key || ':' || rows, ',') FROM poolside_ingest_keys"),
             "doubt-join-key:2");
