@@ -50,6 +50,17 @@ v1::WriteRequest Request(int64_t first_id, int rows, std::string key = "") {
   return r;
 }
 
+// An engine of `config` (finalized as the server would), started; nullptr,
+// failing the test, if the configuration is refused.
+std::unique_ptr<IngestEngine> StartedEngine(const v1::IngestServiceConfig& config) {
+  absl::StatusOr<v1::IngestServiceConfig> finalized = FinalizeIngestConfig(config);
+  EXPECT_TRUE(finalized.ok()) << finalized.status();
+  if (!finalized.ok()) return nullptr;
+  auto engine = std::make_unique<IngestEngine>(*finalized);
+  engine->Start();
+  return engine;
+}
+
 class IngestEngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -89,11 +100,7 @@ class IngestEngineTest : public ::testing::Test {
     }
     c.mutable_batch()->set_max_request_bytes(max_request_bytes);
     c.mutable_server()->mutable_tls()->set_plaintext(true);
-    auto f = FinalizeIngestConfig(c);
-    EXPECT_TRUE(f.ok()) << f.status();
-    auto e = std::make_unique<IngestEngine>(*f);
-    e->Start();
-    return e;
+    return StartedEngine(c);
   }
 
   // A session holding ACCESS EXCLUSIVE on items until Unlock().
@@ -1033,9 +1040,6 @@ TEST_F(IngestEngineTest, DrainFlushesAndThenRefuses) {
   EXPECT_EQ(Count(), "5");
 }
 
-// A topology of the server and a member that never answers: the server is
-// the primary. While it is down, writes are held; once it is back (a new
-// primary generation), they are written, once.
 // Ingest into the table items of `database` (at `dsn`), with a topology whose
 // one replica, at `replica_port`, is probed every 50 ms (500 ms timeout), and
 // batches lingering `linger_ms`.
@@ -1057,6 +1061,9 @@ v1::IngestServiceConfig ProbedConfig(const std::string& database, const std::str
   return c;
 }
 
+// A topology of the server and a member that never answers: the server is
+// the primary. While it is down, writes are held; once it is back (a new
+// primary generation), they are written, once.
 TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
   absl::StatusOr<std::unique_ptr<testing::PostgresCluster>> pg = testing::PostgresCluster::Start();
   ASSERT_TRUE(pg.ok()) << pg.status();
@@ -1068,12 +1075,10 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
 
   v1::IngestServiceConfig c = ProbedConfig("topo", (*pg)->Dsn("topo"), refusing.port(), 5);
   c.mutable_databases(0)->mutable_topology()->set_failover_buffer_ms(30000);
-  auto f = FinalizeIngestConfig(c);
-  ASSERT_TRUE(f.ok()) << f.status();
-  IngestEngine engine(*f);
-  engine.Start();
+  std::unique_ptr<IngestEngine> engine = StartedEngine(c);
+  ASSERT_NE(engine, nullptr);
   auto stats = [&] {
-    std::vector<IngestEngine::TopologyStats> s = engine.GetTopologyStats();
+    std::vector<IngestEngine::TopologyStats> s = engine->GetTopologyStats();
     EXPECT_EQ(s.size(), 1u);
     return s.empty() ? IngestEngine::TopologyStats() : s[0];
   };
@@ -1083,11 +1088,11 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
     }
     return false;
   };
-  absl::StatusOr<v1::WriteResponse> first = Write(engine, Request(1, 1, "k1"));
+  absl::StatusOr<v1::WriteResponse> first = Write(*engine, Request(1, 1, "k1"));
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_EQ(stats().writing_member, primary);
   std::vector<std::string> pools;
-  for (const auto& [name, p] : engine.GetPoolStats()) pools.push_back(name);
+  for (const auto& [name, p] : engine->GetPoolStats()) pools.push_back(name);
   EXPECT_EQ(pools, std::vector<std::string>{absl::StrCat("topo@", primary)});
 
   ASSERT_TRUE((*pg)->Stop().ok());
@@ -1095,8 +1100,8 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
   while (primary_known() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
   ASSERT_FALSE(primary_known());
   Outcome keyed, plain;
-  ASSERT_TRUE(engine.Submit(Request(2, 1, "k2"), nullptr, 0, keyed.Done()).ok());
-  ASSERT_TRUE(engine.Submit(Request(3, 1), nullptr, 0, plain.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(2, 1, "k2"), nullptr, 0, keyed.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(3, 1), nullptr, 0, plain.Done()).ok());
   while (stats().held.now == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
   ASSERT_GE(stats().held.now, 1u);
   EXPECT_FALSE(keyed.done.HasBeenNotified());
@@ -1115,7 +1120,7 @@ TEST(IngestEngineTopologyTest, WritesOnThePrimaryAndHoldsWhileItRestarts) {
   EXPECT_EQ(after.held.timeouts, 0u);
   EXPECT_EQ(after.held.now, 0u);
   EXPECT_EQ(after.writing_member, primary);
-  engine.Stop();
+  engine->Stop();
 }
 
 // Once a COMMIT in `database` sleeps in its slow() trigger (slow_flag
@@ -1192,20 +1197,18 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
   ASSERT_NE(refusing.port(), 0);
   // Batches linger long enough for both requests to share one.
   v1::IngestServiceConfig c = ProbedConfig("doubt", pg.Dsn("doubt"), refusing.port(), 200);
-  auto f = FinalizeIngestConfig(c);
-  ASSERT_TRUE(f.ok()) << f.status();
-  IngestEngine engine(*f);
-  engine.Start();
+  std::unique_ptr<IngestEngine> engine = StartedEngine(c);
+  ASSERT_NE(engine, nullptr);
   // Warm: the catalog read and key table before the slow commits.
-  ASSERT_TRUE(Write(engine, Request(100, 1)).ok());
+  ASSERT_TRUE(Write(*engine, Request(100, 1)).ok());
   ASSERT_TRUE(pg.Exec("doubt", "INSERT INTO slow_flag VALUES (true)").ok());
 
   std::atomic<bool> terminated{false};
   std::thread killer =
       TerminateTheSleepingCommit(pg, "doubt", absl::Now() + absl::Seconds(20), &terminated);
   Outcome keyed, plain;
-  ASSERT_TRUE(engine.Submit(Request(1, 2, "doubt-key"), nullptr, 0, keyed.Done()).ok());
-  ASSERT_TRUE(engine.Submit(Request(3, 2), nullptr, 0, plain.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(1, 2, "doubt-key"), nullptr, 0, keyed.Done()).ok());
+  ASSERT_TRUE(engine->Submit(Request(3, 2), nullptr, 0, plain.Done()).ok());
   keyed.done.WaitForNotification();
   plain.done.WaitForNotification();
   killer.join();
@@ -1215,7 +1218,7 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeRetriesKeyedRequestsOnly) {
   // keyed rows once, the unkeyed ones not at all.
   EXPECT_EQ(*pg.QueryValue("doubt", "SELECT string_agg(id::text, ',' ORDER BY id) FROM items"),
             "1,2,100");
-  engine.Stop();
+  engine->Stop();
 }
 
 // The same with the keyed and the unkeyed request in batches of their own,
@@ -1230,11 +1233,9 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyed
   ASSERT_NE(refusing.port(), 0);
   v1::IngestServiceConfig c = ProbedConfig("doubt_join", pg.Dsn("doubt_join"), refusing.port(), 5);
   c.mutable_batch()->set_copy_connections(1);
-  auto f = FinalizeIngestConfig(c);
-  ASSERT_TRUE(f.ok()) << f.status();
-  IngestEngine engine(*f);
-  engine.Start();
-  ASSERT_TRUE(Write(engine, Request(100, 1)).ok());
+  std::unique_ptr<IngestEngine> engine = StartedEngine(c);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(Write(*engine, Request(100, 1)).ok());
   auto query = [&](const std::string& sql) {
     absl::StatusOr<std::string> v = pg.QueryValue("doubt_join", sql);
     EXPECT_TRUE(v.ok()) << v.status();
@@ -1250,16 +1251,16 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyed
   ASSERT_TRUE(lock.Exec("BEGIN").ok());
   ASSERT_TRUE(lock.Exec("LOCK TABLE items IN ACCESS EXCLUSIVE MODE").ok());
   Outcome blocker, keyed, plain;
-  SubmitSealed(engine, Request(1, 1), &blocker);
+  SubmitSealed(*engine, Request(1, 1), &blocker);
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
   while (query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'doubt_join' AND "
                "wait_event_type = 'Lock'") != "1" &&
          absl::Now() < give_up) {
     absl::SleepFor(absl::Milliseconds(5));
   }
-  SubmitSealed(engine, Request(500, 2, "doubt-join-key"), &keyed);
-  SubmitSealed(engine, Request(600, 2), &plain);
-  ASSERT_EQ(StatsOf(engine).queue_batches(), 2u);
+  SubmitSealed(*engine, Request(500, 2, "doubt-join-key"), &keyed);
+  SubmitSealed(*engine, Request(600, 2), &plain);
+  ASSERT_EQ(StatsOf(*engine).queue_batches(), 2u);
   ASSERT_TRUE(pg.Exec("doubt_join", "INSERT INTO slow_flag VALUES (true)").ok());
 
   std::atomic<bool> terminated{false};
@@ -1270,7 +1271,7 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyed
   plain.done.WaitForNotification();
   killer.join();
   ASSERT_TRUE(terminated.load());
-  EXPECT_EQ(StatsOf(engine).batches_joined(), 1u);
+  EXPECT_EQ(StatsOf(*engine).batches_joined(), 1u);
   ASSERT_TRUE(blocker.result.ok()) << blocker.result.status();
   ASSERT_NO_FATAL_FAILURE(ExpectKeyedRetriedAndPlainInDoubt(keyed, plain));
   EXPECT_EQ(query("SELECT string_agg(id::text, ',' ORDER BY id) FROM items"), "1,100,500,501");
@@ -1279,8 +1280,8 @@ TEST(IngestEngineTopologyTest, CommitOfUnknownOutcomeOfJoinedBatchesRetriesKeyed
   EXPECT_EQ(query("SELECT count(*) FROM pg_stat_activity WHERE datname = 'doubt_join' AND "
                   "state LIKE 'idle in transaction%'"),
             "0");
-  EXPECT_EQ(StatsOf(engine).buffered_bytes(), 0u);
-  engine.Stop();
+  EXPECT_EQ(StatsOf(*engine).buffered_bytes(), 0u);
+  engine->Stop();
 }
 
 }  // namespace
