@@ -18,6 +18,7 @@
 #include "services/ingest/ingest_config.h"
 #include "tests/fixtures/postgres_cluster.h"
 #include "tests/fixtures/refusing_port.h"
+#include "tests/fixtures/values.h"
 
 namespace poolside::ingest {
 namespace {
@@ -395,9 +396,7 @@ TEST_F(IngestEngineTest, TypedRowsGoAsBinaryCopyAndLandExactly) {
   absl::StatusOr<v1::WriteResponse> partial = Write(*engine, dup);
   ASSERT_TRUE(partial.ok()) << partial.status();
   EXPECT_EQ(partial->rows_written(), 9u);
-  ASSERT_EQ(partial->rejected_size(), 1);
-  EXPECT_EQ(partial->rejected(0).row_index(), 7u);
-  EXPECT_EQ(partial->rejected(0).sqlstate(), "23505");
+  EXPECT_EQ(testing::RejectedRows(*partial), "7:23505");
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM events"), "609");
   stats = StatsOf(*engine);
   EXPECT_EQ(stats.rows_written_binary(), 509u);
@@ -563,14 +562,10 @@ v1::WriteRequest TextRequest(int64_t first_id, int rows) {
   return r;
 }
 
-// The rejected rows of an answer, as "index:sqlstate,...".
+// The rejected rows of an answer, as "index:sqlstate,...", or its error.
 std::string RejectedOf(const absl::StatusOr<v1::WriteResponse>& r) {
   if (!r.ok()) return absl::StrCat("error: ", r.status().ToString());
-  std::string out;
-  for (const v1::RowError& e : r->rejected()) {
-    absl::StrAppend(&out, out.empty() ? "" : ",", e.row_index(), ":", e.sqlstate());
-  }
-  return out;
+  return testing::RejectedRows(*r);
 }
 
 // Queued batches joined into one transaction keep every request's answer its
