@@ -775,6 +775,20 @@ class WatchLog {
     if (client_ != nullptr) client_->StopWatching();
   }
 
+  // Start(), then waits (10 s) for the watch's first event, its subscription.
+  ::testing::AssertionResult StartSubscribed(const std::string& socket_path,
+                                             absl::Duration keepalive) {
+    absl::Status started = Start(socket_path, keepalive);
+    if (!started.ok()) return ::testing::AssertionFailure() << started;
+    if (!Eventually([&] { return Count() == 1; }, absl::Seconds(10))) {
+      return ::testing::AssertionFailure() << Count() << " events, not 1";
+    }
+    if (Events()[0].kind != query::CacheInvalidationEvent::kSubscribed) {
+      return ::testing::AssertionFailure() << "the first event is not the subscription";
+    }
+    return ::testing::AssertionSuccess();
+  }
+
   std::vector<query::CacheInvalidationEvent> Events() const {
     absl::MutexLock lock(&mu_);
     return events_;
@@ -828,10 +842,7 @@ TEST(CacheServiceWatchTest, WatchersSeeEveryInvalidationAndDeleteAndSigtermEndsT
   absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
   ASSERT_TRUE(s.ok()) << s.status();
   WatchLog watch;
-  absl::Status started = watch.Start(s->socket_path, absl::Seconds(5));
-  ASSERT_TRUE(started.ok()) << started;
-  ASSERT_TRUE(Eventually([&] { return watch.Count() == 1; }, absl::Seconds(10)));
-  EXPECT_EQ(watch.Events()[0].kind, query::CacheInvalidationEvent::kSubscribed);
+  ASSERT_TRUE(watch.StartSubscribed(s->socket_path, absl::Seconds(5)));
   Client c{s->over_tcp.get()};  // another client than the watcher
   c.Set("k", "v", {"t1"});
   c.Invalidate({"t1", "t2"});
@@ -858,10 +869,7 @@ TEST(CacheServiceWatchTest, AStoppedSidecarEndsTheWatchAndAResumedOneIsWatchedAg
   absl::StatusOr<CacheServer> s = StartCacheServer(SmallConfig());
   ASSERT_TRUE(s.ok()) << s.status();
   WatchLog watch;
-  absl::Status started = watch.Start(s->socket_path, absl::Seconds(1));
-  ASSERT_TRUE(started.ok()) << started;
-  ASSERT_TRUE(Eventually([&] { return watch.Count() == 1; }, absl::Seconds(10)));
-  EXPECT_EQ(watch.Events()[0].kind, query::CacheInvalidationEvent::kSubscribed);
+  ASSERT_TRUE(watch.StartSubscribed(s->socket_path, absl::Seconds(1)));
   // A quiet, healthy watch is pinged every second and stays up (the server
   // accepts pings that often).
   absl::SleepFor(absl::Milliseconds(3500));
@@ -889,9 +897,7 @@ TEST(CacheServiceWatchTest, AWatcherThatStopsReadingIsEndedAndBlocksNobody) {
       OpenRawWatch(s->over_unix.get(), absl::Seconds(120));
   ASSERT_TRUE(stuck.ok()) << stuck.status();
   WatchLog healthy;
-  absl::Status started = healthy.Start(s->socket_path, absl::Seconds(5));
-  ASSERT_TRUE(started.ok()) << started;
-  ASSERT_TRUE(Eventually([&] { return healthy.Count() == 1; }, absl::Seconds(10)));
+  ASSERT_TRUE(healthy.StartSubscribed(s->socket_path, absl::Seconds(5)));
   Client c{s->over_tcp.get()};
   ASSERT_EQ(c.Stats().watches(), 2u);
 
@@ -980,9 +986,7 @@ TEST(CacheServiceWatchTest, WatchersThatGoAwayAreForgottenAndTheSidecarServesOn)
   EXPECT_TRUE(c.Set("after/k", "v", {"after"}).stored());
   EXPECT_EQ(Client{s->over_unix.get()}.Get("after/k").value(), "v");
   WatchLog watch;
-  absl::Status started = watch.Start(s->socket_path, absl::Seconds(5));
-  ASSERT_TRUE(started.ok()) << started;
-  ASSERT_TRUE(Eventually([&] { return watch.Count() == 1; }, absl::Seconds(10)));
+  ASSERT_TRUE(watch.StartSubscribed(s->socket_path, absl::Seconds(5)));
   EXPECT_EQ(c.Stats().watches(), 1u);
   EXPECT_EQ(c.Invalidate({"after"}).removed(), 1u);
   ASSERT_TRUE(Eventually([&] { return watch.Count() == 2; }, absl::Seconds(10)));
@@ -1029,7 +1033,9 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
       std::unique_ptr<v1::CacheService::Stub> stub = v1::CacheService::NewStub(channel);
       Client client{stub.get()};
       Outcome& out = outcomes[t];
-      auto problem = [&](const std::string& what) {
+      // Counts a failed call or a wrong read (`count`), keeping the first `what`.
+      auto problem = [&](int* count, const std::string& what) {
+        ++*count;
         if (out.first_problem.empty()) out.first_problem = what;
       };
       const std::string tag = absl::StrCat("thread", t);
@@ -1044,8 +1050,7 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
           v1::CacheInvalidateResponse response;
           grpc::Status status = client.Invalidate(request, &response);
           if (!status.ok()) {
-            ++out.failed_calls;
-            problem(absl::StrCat("Invalidate: ", Describe(status)));
+            problem(&out.failed_calls, absl::StrCat("Invalidate: ", Describe(status)));
             continue;
           }
           out.generations.push_back(response.generation());
@@ -1055,8 +1060,7 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
           v1::CacheGetResponse read;
           grpc::Status got = client.Get(key, &read);
           if (!got.ok()) {
-            ++out.failed_calls;
-            problem(absl::StrCat("Get before Set: ", Describe(got)));
+            problem(&out.failed_calls, absl::StrCat("Get before Set: ", Describe(got)));
             continue;
           }
           v1::CacheSetRequest request;
@@ -1068,8 +1072,8 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
           v1::CacheSetResponse response;
           grpc::Status status = client.Set(request, &response);
           if (!status.ok() || !response.stored()) {
-            ++out.failed_calls;
-            problem(absl::StrCat("Set: ", Describe(status), " ", response.ShortDebugString()));
+            problem(&out.failed_calls,
+                    absl::StrCat("Set: ", Describe(status), " ", response.ShortDebugString()));
             continue;
           }
           expected[key] = request.value();
@@ -1077,8 +1081,7 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
           v1::CacheGetResponse response;
           grpc::Status status = client.Get(key, &response);
           if (!status.ok()) {
-            ++out.failed_calls;
-            problem(absl::StrCat("Get: ", Describe(status)));
+            problem(&out.failed_calls, absl::StrCat("Get: ", Describe(status)));
             continue;
           }
           auto it = expected.find(key);
@@ -1087,8 +1090,7 @@ TEST(CacheServiceWatchTest, ConcurrentCallersOverBothTransportsWithWatchers) {
                                  : response.outcome() == v1::CacheGetResponse::HIT &&
                                        response.value() == it->second;
           if (!right) {
-            ++out.wrong_reads;
-            problem(absl::StrCat("Get ", key, ": ", response.ShortDebugString()));
+            problem(&out.wrong_reads, absl::StrCat("Get ", key, ": ", response.ShortDebugString()));
           }
         }
       }

@@ -1018,6 +1018,18 @@ class AbsentStandby {
   }
   ~AbsentStandby() { Release(); }
   bool set() const { return set_; }
+  // Whether the backend `pid` comes, within kWait, to wait for this standby:
+  // its commit is in the WAL and invisible until Release().
+  bool Holds(int64_t pid) {
+    return WaitFor(
+        [&] {
+          return admin_
+                     .Int(absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE pid = ", pid,
+                                       " AND wait_event = 'SyncRep'"))
+                     .value_or(0) == 1;
+        },
+        kWait);
+  }
   // Releases the waiting commits (the setting is read again on reload).
   void Release() {
     if (released_) return;
@@ -1064,15 +1076,8 @@ TEST_F(WalCacheTest, ACommitDecodedBeforeItIsVisibleIsInvalidatedOnlyOnceVisible
       committed.store(true);
     });
     // Committed in the WAL, waiting for the standby: invisible.
+    EXPECT_TRUE(standby.Holds(writer_pid));
     PgSession admin(Cluster().Dsn(kDb));
-    EXPECT_TRUE(WaitFor(
-        [&] {
-          return admin
-                     .Int(absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE pid = ",
-                                       writer_pid, " AND wait_event = 'SyncRep'"))
-                     .value_or(0) == 1;
-        },
-        kWait));
     // Decoded: the walsender has read past it.
     const int64_t decoded = *admin.Token();
     EXPECT_TRUE(WaitFor(
@@ -1184,15 +1189,7 @@ TEST_F(WalCacheTest, AnOwnWriteReadBackBeforeTheRelayDeliversItStaysCached) {
       ASSERT_TRUE(standby.set());
       held = std::thread(
           [&] { EXPECT_EQ(blocker.Exec("UPDATE parents SET v = 900 WHERE id = 5"), ""); });
-      PgSession admin(Cluster().Dsn(kDb));
-      EXPECT_TRUE(WaitFor(
-          [&] {
-            return admin
-                       .Int(absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE pid = ",
-                                         blocker_pid, " AND wait_event = 'SyncRep'"))
-                       .value_or(0) == 1;
-          },
-          kWait));
+      EXPECT_TRUE(standby.Holds(blocker_pid));
       EXPECT_TRUE(
           WaitFor([&] { return holder.Metric(retries_series).value_or(0) > retries; }, kWait))
           << "the holder is not holding back its batch";

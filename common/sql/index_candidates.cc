@@ -34,24 +34,12 @@ class Collector {
       case pg_query::Node::kSelectStmt:
         Select(node.select_stmt(), parent, depth + 1);
         return;
-      case pg_query::Node::kUpdateStmt: {
-        const pg_query::UpdateStmt& update = node.update_stmt();
-        const int scope = NewScope(parent);
-        With(update.with_clause(), update.has_with_clause(), scope, depth);
-        if (update.has_relation()) AddRangeVar(update.relation(), scope);
-        for (const pg_query::Node& n : update.from_clause()) FromItem(n, scope, depth + 1);
-        if (update.has_where_clause()) Predicate(update.where_clause(), scope, depth + 1);
+      case pg_query::Node::kUpdateStmt:
+        Change(node.update_stmt(), node.update_stmt().from_clause(), parent, depth);
         return;
-      }
-      case pg_query::Node::kDeleteStmt: {
-        const pg_query::DeleteStmt& del = node.delete_stmt();
-        const int scope = NewScope(parent);
-        With(del.with_clause(), del.has_with_clause(), scope, depth);
-        if (del.has_relation()) AddRangeVar(del.relation(), scope);
-        for (const pg_query::Node& n : del.using_clause()) FromItem(n, scope, depth + 1);
-        if (del.has_where_clause()) Predicate(del.where_clause(), scope, depth + 1);
+      case pg_query::Node::kDeleteStmt:
+        Change(node.delete_stmt(), node.delete_stmt().using_clause(), parent, depth);
         return;
-      }
       case pg_query::Node::kInsertStmt: {
         const pg_query::InsertStmt& insert = node.insert_stmt();
         const int scope = NewScope(parent);
@@ -107,6 +95,17 @@ class Collector {
     }
     tables.push_back(TableColumns{schema, table, {}, {}, {}, {}});
     return static_cast<int>(tables.size()) - 1;
+  }
+
+  // An UPDATE or a DELETE, in a scope of its own: its WITH, its table, the
+  // other tables it reads (`from`: UPDATE's FROM, DELETE's USING) and WHERE.
+  template <typename Stmt>
+  void Change(const Stmt& stmt, const NodeList& from, int parent, int depth) {
+    const int scope = NewScope(parent);
+    With(stmt.with_clause(), stmt.has_with_clause(), scope, depth);
+    if (stmt.has_relation()) AddRangeVar(stmt.relation(), scope);
+    for (const pg_query::Node& n : from) FromItem(n, scope, depth + 1);
+    if (stmt.has_where_clause()) Predicate(stmt.where_clause(), scope, depth + 1);
   }
 
   void With(const pg_query::WithClause& with, bool present, int scope, int depth) {

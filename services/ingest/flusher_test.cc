@@ -397,9 +397,7 @@ TEST_F(FlusherTest, ARowTooLargeForItsIndexIsRejectedAlone) {
   EXPECT_EQ(r.responses[0]->rows_written(), 2u);
   ASSERT_TRUE(r.responses[1].ok()) << r.responses[1].status();
   EXPECT_EQ(r.responses[1]->rows_written(), 2u);
-  ASSERT_EQ(r.responses[1]->rejected_size(), 1);
-  EXPECT_EQ(r.responses[1]->rejected(0).row_index(), 1u);
-  EXPECT_EQ(r.responses[1]->rejected(0).sqlstate(), "54000");
+  EXPECT_EQ(testing::RejectedRows(*r.responses[1]), "1:54000");
   EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT string_agg(id::text, ',' ORDER BY id) FROM ev"),
             "1,2,3,5");
   EXPECT_EQ(*pg_->QueryValue("flusher", "SELECT count(*) FROM poolside_ingest_keys"), "2");
@@ -424,9 +422,7 @@ TEST_F(FlusherTest, ARowATriggerRefusesIsRejectedAlone) {
   EXPECT_EQ(r.responses[0]->rows_written(), 2u);
   ASSERT_TRUE(r.responses[1].ok()) << r.responses[1].status();
   EXPECT_EQ(r.responses[1]->rows_written(), 1u);
-  ASSERT_EQ(r.responses[1]->rejected_size(), 1);
-  EXPECT_EQ(r.responses[1]->rejected(0).row_index(), 1u);
-  EXPECT_EQ(r.responses[1]->rejected(0).sqlstate(), "P0001");
+  EXPECT_EQ(testing::RejectedRows(*r.responses[1]), "1:P0001");
   EXPECT_EQ(Count(), "3");
 }
 

@@ -31,6 +31,7 @@
 #include "services/query/relay_message.h"
 #include "services/query/row_keys.h"
 #include "services/query/statement_plans.h"
+#include "tests/fixtures/poolside_servers.h"
 #include "tests/fixtures/postgres_cluster.h"
 
 namespace poolside::query {
@@ -116,17 +117,13 @@ class InvalidationTest : public ::testing::TestWithParam<std::string> {
 
     v1::QueryServiceConfig c;
     c.mutable_server()->mutable_tls()->set_plaintext(true);
-    v1::DatabaseConfig* db = c.add_databases();
-    db->set_name(kDb);
-    db->set_dsn(pg.Dsn(pg_database_));
+    v1::DatabaseConfig* db = testing::AddDatabase(&c, kDb, pg.Dsn(pg_database_));
     db->set_allow_privileged_role(true);  // the fixture's superuser
     db->mutable_pool()->set_max_size(2);
     db->mutable_pool()->set_min_idle(0);
     v1::QueryCacheConfig* cache = c.mutable_cache();
     cache->set_target("unix:/nonexistent/poolside-cache.sock");  // only the fake is used
-    v1::CachedTables* tables = cache->add_tables();
-    tables->set_database(kDb);
-    tables->add_tables("items");
+    testing::AddTables(cache, kDb, {"items"});
     cache->set_invalidation(GetParam());
     cache->mutable_wal()->set_batch_ms(5);
     cache->mutable_wal()->set_heartbeat_ms(200);

@@ -65,6 +65,16 @@ class QueryEngineTest : public ::testing::Test {
     return engine;
   }
 
+  // How many backends of `roles` (a quoted SQL list: "'eng_read'") are
+  // running a statement or inside a transaction: "0" once every call is done.
+  static std::string BusyBackendsOf(const std::string& roles) {
+    absl::StatusOr<std::string> n = pg_->QueryValue(
+        "engine", absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE usename IN (", roles,
+                               ") AND state <> 'idle'"));
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : "";
+  }
+
   static auth::Principal Principal(const std::string& role, bool write, bool ddl = false) {
     auth::Principal p;
     p.name = role.empty() ? "owner" : role;
@@ -345,10 +355,7 @@ TEST_F(QueryEngineTest, ReadOnlyPrincipalsCannotWriteInAnyDisguise) {
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM pg_class WHERE relname = 'eng_copy'"),
             "0");
   // And no reader's backend is left inside a transaction.
-  EXPECT_EQ(*pg_->QueryValue("engine",
-                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_read' "
-                             "AND state <> 'idle'"),
-            "0");
+  EXPECT_EQ(BusyBackendsOf("'eng_read'"), "0");
 }
 
 // What one call leaves on its connection is what the next caller of the pool
@@ -438,10 +445,7 @@ TEST_F(QueryEngineTest, EveryCallLeavesItsConnectionCleanForTheNext) {
         << i;
   }
   // No backend of the role is left inside a transaction or still running.
-  EXPECT_EQ(*pg_->QueryValue("engine",
-                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
-                             "AND state <> 'idle'"),
-            "0");
+  EXPECT_EQ(BusyBackendsOf("'eng_write'"), "0");
 }
 
 // Every bound answers with its own status and leaves the pool usable: a
@@ -497,10 +501,7 @@ TEST_F(QueryEngineTest, LimitsAnswerPreciselyAndLeaveNothingBehind) {
   // Both pools still answer, and no backend is left busy or in a transaction.
   EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(writer)).ok());
   EXPECT_TRUE(Run(*engine, "SELECT 1", AccessOf(reader)).ok());
-  EXPECT_EQ(*pg_->QueryValue("engine",
-                             "SELECT count(*) FROM pg_stat_activity WHERE usename IN "
-                             "('eng_read', 'eng_write') AND state <> 'idle'"),
-            "0");
+  EXPECT_EQ(BusyBackendsOf("'eng_read', 'eng_write'"), "0");
 }
 
 // A write alone (Execute) whose RETURNING rows go over max_rows is answered
@@ -547,10 +548,7 @@ TEST_F(QueryEngineTest, AWriteWhoseAnswerIsOverTheLimitIsNotKept) {
   EXPECT_EQ(*pg_->QueryValue("engine", "SELECT count(*) FROM accounts WHERE owner = 'streamed'"),
             "0");
   // Nothing left open on the connections.
-  EXPECT_EQ(*pg_->QueryValue("engine",
-                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
-                             "AND state <> 'idle'"),
-            "0");
+  EXPECT_EQ(BusyBackendsOf("'eng_write'"), "0");
   ASSERT_TRUE(pg_->Exec("engine", "UPDATE accounts SET owner = 'owner-' || id").ok());
 }
 
@@ -629,10 +627,7 @@ TEST_F(QueryEngineTest, AStatementPreparedBeforeATableChangedShapeStillAnswers) 
     EXPECT_EQ(outcome.code(), want) << outcome;
   }
   // No backend is left inside a transaction.
-  EXPECT_EQ(*pg_->QueryValue("engine",
-                             "SELECT count(*) FROM pg_stat_activity WHERE usename = 'eng_write' "
-                             "AND state <> 'idle'"),
-            "0");
+  EXPECT_EQ(BusyBackendsOf("'eng_write'"), "0");
 }
 
 // PostgreSQL quotes the offending value in some errors; a caller's answer

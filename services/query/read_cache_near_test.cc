@@ -230,19 +230,14 @@ class ReadCacheNearTest : public ::testing::Test {
 
     v1::QueryServiceConfig c;
     c.mutable_server()->mutable_tls()->set_plaintext(true);
-    v1::DatabaseConfig* db = c.add_databases();
-    db->set_name(kDb);
-    db->set_dsn(pg.Dsn(kPgDatabase));
+    v1::DatabaseConfig* db = testing::AddDatabase(&c, kDb, pg.Dsn(kPgDatabase));
     db->set_allow_privileged_role(true);  // the fixture's superuser
     db->mutable_pool()->set_max_size(4);
     db->mutable_pool()->set_min_idle(0);
     v1::QueryCacheConfig* cache = c.mutable_cache();
     // Required by validation; ReadCache only ever talks to the fake.
     cache->set_target("unix:/nonexistent/poolside-cache.sock");
-    v1::CachedTables* tables = cache->add_tables();
-    tables->set_database(kDb);
-    tables->add_tables("items");
-    tables->add_tables("other");
+    testing::AddTables(cache, kDb, {"items", "other"});
     cache->mutable_near()->set_max_ttl_ms(kTtlMs);
     // These tests silence writes' NOTIFYs with session_replication_role,
     // which logical decoding does not see: triggers it is.

@@ -43,9 +43,8 @@ async function run(addr, ingestAddr, database, token, readerToken) {
 module.exports = { run };
 
 if (require.main === module) {
-  run(process.env.POOLSIDE_ADDR || '127.0.0.1:50051', process.env.POOLSIDE_INGEST_ADDR || '127.0.0.1:50053',
-    process.env.POOLSIDE_DATABASE || 'demo', process.env.POOLSIDE_TOKEN, process.env.POOLSIDE_READER_TOKEN)
-    .then((out) => {
-      for (const [what, result] of Object.entries(out)) console.log(`${what}: ${result}`);
-    }, (err) => { console.error(err); process.exitCode = 1; });
+  const { env, main } = require('./script');
+  main(run(env.query, env.ingest, env.database, env.token, env.readerToken), (out) => {
+    for (const [what, result] of Object.entries(out)) console.log(`${what}: ${result}`);
+  });
 }

@@ -37,8 +37,8 @@ async function run(addr, database = 'demo', token = undefined) {
 module.exports = { run };
 
 if (require.main === module) {
-  run(process.env.POOLSIDE_ADDR || '127.0.0.1:50051', process.env.POOLSIDE_DATABASE || 'demo',
-    process.env.POOLSIDE_TOKEN).then((out) => {
+  const { env, main } = require('./script');
+  main(run(env.query, env.database, env.token), (out) => {
     for (const [outcome, owner] of out) console.log(`cache: ${outcome}  owner: ${owner}`);
-  }, (err) => { console.error(err); process.exitCode = 1; });
+  });
 }

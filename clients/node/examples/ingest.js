@@ -48,12 +48,12 @@ async function run(ingestAddr, queryAddr, database = 'demo', token = undefined, 
 module.exports = { run };
 
 if (require.main === module) {
-  run(process.env.POOLSIDE_INGEST_ADDR || '127.0.0.1:50053', process.env.POOLSIDE_ADDR || '127.0.0.1:50051',
-    process.env.POOLSIDE_DATABASE || 'demo', process.env.POOLSIDE_TOKEN,
-    Number(process.env.POOLSIDE_EXAMPLE_FIRST_ID || 2001)).then((out) => {
+  const { env, main } = require('./script');
+  const firstId = Number(process.env.POOLSIDE_EXAMPLE_FIRST_ID || 2001);
+  main(run(env.ingest, env.query, env.database, env.token, firstId), (out) => {
     console.log(`written ${out.written}, rejected ${JSON.stringify(out.rejected)}`);
     console.log(`retry: duplicate=${out.retryDuplicate}`);
     console.log(`channel: ${out.channelWritten} rows acknowledged`);
     console.log(`events now: ${out.count}`);
-  }, (err) => { console.error(err); process.exitCode = 1; });
+  });
 }

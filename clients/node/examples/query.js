@@ -43,10 +43,10 @@ async function run(addr, database = 'demo', token = undefined) {
 module.exports = { run };
 
 if (require.main === module) {
-  run(process.env.POOLSIDE_ADDR || '127.0.0.1:50051', process.env.POOLSIDE_DATABASE || 'demo',
-    process.env.POOLSIDE_TOKEN).then((out) => {
+  const { env, main } = require('./script');
+  main(run(env.query, env.database, env.token), (out) => {
     console.log(`account 42: ${out.owner} ${out.balance}`);
     console.log(`transfer: updated ${out.updated}, sum of 1 and 2 = ${out.sum}`);
     console.log(`bad SQL: ${out.errorCode}: ${out.errorMessage}`);
-  }, (err) => { console.error(err); process.exitCode = 1; });
+  });
 }

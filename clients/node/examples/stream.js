@@ -27,8 +27,8 @@ async function run(addr, database = 'demo', token = undefined) {
 module.exports = { run };
 
 if (require.main === module) {
-  run(process.env.POOLSIDE_ADDR || '127.0.0.1:50051', process.env.POOLSIDE_DATABASE || 'demo',
-    process.env.POOLSIDE_TOKEN).then((out) => {
+  const { env, main } = require('./script');
+  main(run(env.query, env.database, env.token), (out) => {
     console.log(`streamed ${out.rows} rows, first ${out.first}, last ${out.last}`);
-  }, (err) => { console.error(err); process.exitCode = 1; });
+  });
 }
