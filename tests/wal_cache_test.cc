@@ -1006,29 +1006,17 @@ class AbsentStandby {
   AbsentStandby() : admin_(Cluster().Dsn(kDb)) {
     set_ = admin_.Exec("ALTER SYSTEM SET synchronous_standby_names = 'poolside_absent'") == "" &&
            admin_.Exec("SELECT pg_reload_conf()") == "" &&
-           WaitFor(
-               [] {
-                 PgSession s(Cluster().Dsn(kDb));
-                 return s.Int(
-                             "SELECT (current_setting('synchronous_standby_names') = "
-                             "'poolside_absent')::int")
-                            .value_or(0) == 1;
-               },
-               kWait);
+           WaitFor([&] { return CommitsWait(); }, kWait);
   }
-  ~AbsentStandby() { Release(); }
+  ~AbsentStandby() {
+    Release();
+    for (std::thread& t : probes_) t.join();
+  }
   bool set() const { return set_; }
   // Whether the backend `pid` comes, within kWait, to wait for this standby:
   // its commit is in the WAL and invisible until Release().
   bool Holds(int64_t pid) {
-    return WaitFor(
-        [&] {
-          return admin_
-                     .Int(absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE pid = ", pid,
-                                       " AND wait_event = 'SyncRep'"))
-                     .value_or(0) == 1;
-        },
-        kWait);
+    return WaitFor([&] { return Waiting(pid); }, kWait);
   }
   // Releases the waiting commits (the setting is read again on reload).
   void Release() {
@@ -1039,7 +1027,39 @@ class AbsentStandby {
   }
 
  private:
+  bool Waiting(int64_t pid) {
+    return admin_
+               .Int(absl::StrCat("SELECT count(*) FROM pg_stat_activity WHERE pid = ", pid,
+                                 " AND wait_event = 'SyncRep'"))
+               .value_or(0) == 1;
+  }
+  // A session's commit waits for the standby. A new session seeing the
+  // setting is not enough: whether commits wait is the checkpointer's word,
+  // which reads the setting on its own, later. A probe that waits is left
+  // waiting until Release().
+  bool CommitsWait() {
+    auto probe = std::make_shared<PgSession>(Cluster().Dsn(kDb));
+    const int64_t pid = probe->Int("SELECT pg_backend_pid()").value_or(0);
+    if (pid == 0) return false;
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::thread t([probe, done] {
+      // A commit that wrote nothing does not wait: write a row of a
+      // table nobody reads.
+      (void)probe->Exec("SET synchronous_commit = on; INSERT INTO uncached VALUES (0)");
+      done->store(true);
+    });
+    const bool waits =
+        WaitFor([&] { return done->load() || Waiting(pid); }, kWait) && !done->load();
+    if (!waits) {
+      t.join();
+      return false;
+    }
+    probes_.push_back(std::move(t));
+    return true;
+  }
+
   PgSession admin_;
+  std::vector<std::thread> probes_;
   bool set_ = false;
   bool released_ = false;
 };
