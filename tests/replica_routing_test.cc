@@ -10,6 +10,12 @@
 //  - the cache with replicas: a write through the service, then reads with
 //    its token (and cached reads without one) never return the old value,
 //    from the cache or from a lagging replica;
+//  - statements that write though they may look like reads (writable CTEs,
+//    locking reads, volatile functions, a view over nextval the catalog
+//    snapshot does not know yet) run on the primary or are refused, never
+//    fail on a replica with 25006; a transaction that reads first and
+//    writes later runs on the primary; a read-only one that writes is
+//    refused and writes nothing;
 //  - a read whose session on a replica is terminated (57P01) runs again on a
 //    fresh connection to it (also a named query declared read-only, which
 //    poolside cannot prove a read), and when that is terminated too, answers
@@ -499,6 +505,153 @@ TEST(ReplicaRoutingTest, CacheAndTokensNeverServeTheOldValue) {
   }
   EXPECT_TRUE(fillers.count(env.replica_id(0)) + fillers.count(env.replica_id(1)) > 0)
       << "no miss was filled from a replica";
+}
+
+// A call answered OK by the primary, or refused: never a 25006 from a
+// replica (a write the analyzer took for a read), never a replica's answer.
+void ExpectPrimaryOrRefused(Env& env, const absl::StatusOr<v1::ExecuteResponse>& got,
+                            absl::string_view sql) {
+  if (got.ok()) {
+    EXPECT_EQ(got->member(), env.primary_id()) << sql;
+    return;
+  }
+  EXPECT_FALSE(absl::StrContains(got.status().message(), "25006")) << sql << ": " << got.status();
+  EXPECT_NE(got.status().code(), absl::StatusCode::kUnavailable) << sql << ": " << got.status();
+}
+
+// The first message of a stream of `sql` (its member), and how it ended.
+struct StreamOutcome {
+  grpc::Status status;
+  std::string member;
+  std::vector<int64_t> values;
+};
+StreamOutcome Stream(Env& env, const std::string& sql, uint64_t min_lsn = 0) {
+  v1::ExecuteRequest sr;
+  sr.set_database(kDb);
+  sr.set_sql(sql);
+  sr.set_min_lsn(min_lsn);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  std::unique_ptr<grpc::ClientReader<v1::ExecuteStreamResponse>> reader =
+      env.query().ExecuteStream(&ctx, sr);
+  StreamOutcome out;
+  v1::ExecuteStreamResponse chunk;
+  for (bool first = true; reader->Read(&chunk); first = false) {
+    if (first) out.member = chunk.member();
+    for (const v1::Row& row : chunk.rows()) out.values.push_back(row.values(0).int64_value());
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+// Every member has no call outstanding, and nothing is held for a primary:
+// what calls leave behind once answered.
+void ExpectNothingOutstanding(Env& env) {
+  absl::StatusOr<v1::GetPoolStatsResponse> stats = env.Stats();
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  for (const v1::MemberStats& m : stats->members()) {
+    EXPECT_EQ(m.outstanding(), 0) << m.member();
+  }
+  EXPECT_EQ(env.Metric("poolside_query_failover_held_calls{database=\"rr\"}"), 0);
+}
+
+// Statements that look like reads but write, or that a stale catalog takes
+// for reads: each runs on the primary (or is refused), never fails on a
+// replica with 25006, and what it wrote is there once. A view created after
+// the service's catalog snapshot hides its volatile function from the
+// analysis until the next snapshot (10 s): its reads are routed to a
+// replica, which refuses them.
+TEST(ReplicaRoutingTest, StatementsThatWriteRunOnThePrimaryNeverFailOnAReplica) {
+  Env& env = Env::Get();
+  PostgresCluster& primary = env.cluster().primary();
+  ASSERT_TRUE(primary
+                  .Exec(kDb,
+                        "CREATE SEQUENCE IF NOT EXISTS s;"
+                        "CREATE VIEW next_a AS SELECT nextval('s') AS n;"
+                        "CREATE VIEW next_b AS SELECT nextval('s') AS n;"
+                        "CREATE VIEW next_c AS SELECT nextval('s') AS n")
+                  .ok());
+  ASSERT_TRUE(env.cluster().WaitForAllReplicas(kWait).ok());
+  for (const char* sql : {"SELECT n FROM next_a", "SELECT n FROM next_b"}) {
+    v1::ExecuteRequest r;
+    r.set_sql(sql);
+    absl::StatusOr<v1::ExecuteResponse> got = env.Execute(r);
+    ASSERT_TRUE(got.ok()) << sql << ": " << got.status();
+    EXPECT_EQ(got->member(), env.primary_id()) << sql;
+    EXPECT_GT(ValueOf(*got), 0) << sql;
+  }
+  {
+    StreamOutcome st = Stream(env, "SELECT n FROM next_c");
+    EXPECT_TRUE(st.status.ok()) << st.status.error_message();
+    EXPECT_EQ(st.member, env.primary_id());
+    EXPECT_EQ(st.values.size(), 1u);
+  }
+
+  // Writable CTE: it runs once, on the primary.
+  absl::StatusOr<v1::ExecuteResponse> before = env.Execute([] {
+    v1::ExecuteRequest r;
+    r.set_sql("SELECT v FROM kv WHERE id = 10");
+    r.set_primary(true);
+    return r;
+  }());
+  ASSERT_TRUE(before.ok()) << before.status();
+  {
+    v1::ExecuteRequest r;
+    r.set_sql("WITH u AS (UPDATE kv SET v = v + 1 WHERE id = 10 RETURNING v) SELECT v FROM u");
+    absl::StatusOr<v1::ExecuteResponse> got = env.Execute(r);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->member(), env.primary_id());
+    EXPECT_EQ(ValueOf(*got), ValueOf(*before) + 1);
+    ASSERT_GT(got->commit_lsn(), 0u);
+    absl::StatusOr<v1::ExecuteResponse> after = env.Execute([&] {
+      v1::ExecuteRequest a;
+      a.set_sql("SELECT v FROM kv WHERE id = 10");
+      a.set_min_lsn(got->commit_lsn());
+      return a;
+    }());
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_EQ(ValueOf(*after), ValueOf(*before) + 1) << "from " << after->member();
+  }
+  // Locking reads, volatile functions, SELECT INTO: the primary, or refused.
+  for (const char* sql :
+       {"SELECT v FROM fixed WHERE id = 3 FOR UPDATE", "SELECT v FROM fixed WHERE id = 3 FOR SHARE",
+        "SELECT v FROM fixed WHERE id = 3 FOR KEY SHARE", "VALUES (nextval('s'))",
+        "SELECT n FROM nextval('s') n", "SELECT txid_current()",
+        "SELECT set_config('poolside.adv', '1', true)", "SELECT pg_catalog.nextval('s')",
+        "SELECT * INTO kv_copy FROM kv", "EXPLAIN ANALYZE SELECT nextval('s')"}) {
+    v1::ExecuteRequest r;
+    r.set_sql(sql);
+    ExpectPrimaryOrRefused(env, env.Execute(r), sql);
+  }
+
+  // A transaction that reads first and writes later: the primary; its
+  // token then reads the write from anywhere.
+  auto transaction = [&](bool read_only, int64_t v, v1::ExecuteTransactionResponse* response) {
+    v1::ExecuteTransactionRequest t;
+    t.set_database(kDb);
+    t.set_read_only(read_only);
+    t.add_statements()->set_sql("SELECT v FROM kv WHERE id = 9");
+    v1::Statement* w = t.add_statements();
+    w->set_sql("UPDATE kv SET v = $1 WHERE id = 9");
+    w->add_params()->set_int64_value(v);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return env.query().ExecuteTransaction(&ctx, t, response);
+  };
+  v1::ExecuteTransactionResponse written;
+  grpc::Status s = transaction(false, 909, &written);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(written.member(), env.primary_id());
+  ASSERT_GT(written.commit_lsn(), 0u);
+  // A read-only transaction that writes is refused (by whichever member:
+  // the primary would refuse it as well) and writes nothing.
+  v1::ExecuteTransactionResponse refused;
+  s = transaction(true, 919, &refused);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  absl::StatusOr<v1::ExecuteResponse> nine = env.Read(written.commit_lsn(), false, false, 9);
+  ASSERT_TRUE(nine.ok()) << nine.status();
+  EXPECT_EQ(ValueOf(*nine), 909) << "from " << nine->member();
+  ExpectNothingOutstanding(env);
 }
 
 // The routed calls each member has had so far, by member.

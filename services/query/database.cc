@@ -211,6 +211,7 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       replicas->MarkSuspect(raw->member, s);
     }
     if (!s.ok() && raw->on_replica && RetryOnAnotherMember(raw, weak, call, s)) return;
+    if (!s.ok() && raw->on_replica && RunRefusedWriteOnPrimary(raw, weak, call, s)) return;
     if (s.code() == absl::StatusCode::kUnavailable && raw->on_replica &&
         raw->member_unhealthy_.load(std::memory_order_relaxed)) {
       // Given up on its member and not run elsewhere: a stream that had
@@ -357,6 +358,48 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   raw->on_replica = true;
   raw->member_lsn = failed_lsn;
   raw->member_unhealthy_.store(gave_up);
+  return false;
+}
+
+bool Database::RunRefusedWriteOnPrimary(Work* raw, const std::weak_ptr<Work>& weak,
+                                        const std::shared_ptr<RoutedCall>& call,
+                                        const absl::Status& failure) {
+  // A read-only caller's work (a read-only transaction, a read-only
+  // principal's statement) would be refused on the primary too: 25006 is
+  // its true answer.
+  if (db::SqlStateOf(failure) != "25006" || raw->read_only || !raw->replica_ok ||
+      raw->cancelled.load(std::memory_order_relaxed) || absl::Now() >= raw->deadline ||
+      replicas_->stopped()) {
+    return false;
+  }
+  std::shared_ptr<Work> strong = weak.lock();
+  if (strong == nullptr) return false;
+  // Last: a stream that already sent rows cannot start over (it answers
+  // 25006: the caller can send it again with primary set).
+  if (!raw->Rewind()) return false;
+  const std::string failed_member = raw->member;
+  const uint64_t failed_lsn = raw->member_lsn;
+  // From now on it is what it proved to be: work for the primary that may
+  // write (its position unknown: fills read the primary until the next
+  // probe of it), never run on a replica again.
+  raw->replica_ok = false;
+  raw->plain_read = false;
+  raw->may_write = true;
+  raw->not_run_ = false;
+  raw->no_connection_ = false;
+  raw->connection_failed_ = false;
+  raw->member_unhealthy_.store(false);
+  raw->state.store(Work::kQueued);
+  raw->on_replica = false;
+  raw->member.clear();
+  if (absl::Status routed = RouteNow(strong, call); routed.ok()) return true;
+  // No primary to run it on: the replica's refusal answers, unless the
+  // caller abandoned the call meanwhile.
+  if (!raw->Claim()) return true;
+  raw->member = failed_member;
+  raw->on_replica = true;
+  raw->member_lsn = failed_lsn;
+  raw->may_write = false;
   return false;
 }
 

@@ -5,7 +5,8 @@
 // never handed out again.
 //
 // With a topology, a connection to the primary lost under a write makes the
-// primary suspect: the next writes are held until its next probe.
+// primary suspect: the next writes are held until its next probe. A read a
+// replica refuses as a write (25006) runs on the primary instead.
 //
 // Deaths "in flight" go through a FaultProxy that holds the server's goodbye
 // back until the client speaks, or cuts the reply to a request that ran: the
@@ -386,6 +387,85 @@ TEST_F(DatabaseFaultsTest, AConnectionLostToThePrimaryHoldsTheNextWritesUntilIts
   EXPECT_EQ(replicas->held_total(), 1u);
   EXPECT_EQ(replicas->held_timeouts(), 0u);
   replicas->Stop();
+}
+
+// A routed database whose primary "p" is the test server and whose one
+// replica "r" is reached at `replica_dsn`, both probed by hand (the primary
+// at 100, the replica as having replayed `replica_lsn`), and the Database of
+// the DSN user routing over them.
+struct RoutedDatabase {
+  RoutedDatabase(v1::DatabaseConfig config, const std::string& replica_dsn, uint64_t replica_lsn)
+      : managed(config, {}) {
+    db::Topology& topology = *managed.topology();
+    EXPECT_TRUE(topology.SetMembers({{"p", config.dsn()}, {"r", replica_dsn}}).ok());
+    // Recorded once Replicas listens: it follows the routable replicas'
+    // positions from the records.
+    replicas = std::make_shared<Replicas>(&managed);
+    topology.Record("p", db::MemberSample{.in_recovery = false, .lsn = 100});
+    topology.Record("r", db::MemberSample{.in_recovery = true, .lsn = replica_lsn});
+    absl::StatusOr<std::shared_ptr<ConnectionPool>> own = managed.Pool("");
+    EXPECT_TRUE(own.ok()) << own.status();
+    db = std::make_unique<Database>(*own, managed.config());
+    db->AttachReplicas(replicas);
+  }
+  ~RoutedDatabase() {
+    replicas->Stop();
+    db.reset();
+    managed.Stop();
+  }
+  // Marks `call` a plain read routing may send to a replica (the analyzer's
+  // verdict), with `min_lsn`.
+  static void PlainRead(Call& call, uint64_t min_lsn = 0) {
+    call.work->replica_ok = true;
+    call.work->plain_read = true;
+    call.work->wait_for_replica = true;
+    call.work->min_lsn = min_lsn;
+  }
+  // No member has a call outstanding.
+  bool Idle() {
+    for (const db::MemberStatus& m : managed.topology()->Snapshot()) {
+      if (m.outstanding != 0) return false;
+    }
+    return true;
+  }
+
+  db::ManagedDatabase managed;
+  std::shared_ptr<Replicas> replicas;
+  std::unique_ptr<Database> db;
+};
+
+// A statement taken for a read that writes after all (a view over nextval
+// created after the catalog snapshot, a function of the user's declared
+// read-only): the replica refuses it with 25006 and nothing of it took
+// effect, so it runs on the primary instead of failing. A read-only
+// caller's transaction refused alike is answered as refused: the primary
+// would refuse it too.
+TEST_F(DatabaseFaultsTest, AReadAReplicaRefusesAsAWriteRunsOnThePrimary) {
+  ASSERT_TRUE(pg_->Exec("postgres", "CREATE SEQUENCE IF NOT EXISTS dbf_s").ok());
+  // The "replica": the same server, every transaction read-only (what a
+  // standby enforces).
+  RoutedDatabase routed(Config(1, "", 0, /*topology=*/true),
+                        absl::StrCat(pg_->Dsn(), " options='-c default_transaction_read_only=on'"),
+                        100);
+  auto nextval = Call::Statement("SELECT nextval('dbf_s')", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*nextval);
+  absl::Status s = Run(*routed.db, *nextval);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(nextval->work->member, "p");
+  EXPECT_GT(nextval->sink.value(), 0);
+
+  // A plain read still reads the replica.
+  auto read = Call::Statement("SELECT 5::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*read);
+  EXPECT_TRUE(Run(*routed.db, *read).ok()) << read->status;
+  EXPECT_EQ(read->work->member, "r");
+
+  auto read_only = Call::Transaction("SELECT nextval('dbf_s')", Soon(), /*read_only=*/true);
+  read_only->work->replica_ok = true;
+  s = Run(*routed.db, *read_only);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(read_only->work->member, "r");
+  EXPECT_TRUE(routed.Idle());
 }
 
 // Transaction control in a batch of other callers' statements: the statements
