@@ -468,6 +468,29 @@ TEST_F(DatabaseFaultsTest, AReadAReplicaRefusesAsAWriteRunsOnThePrimary) {
   EXPECT_TRUE(routed.Idle());
 }
 
+// A cache fill after a write of unknown position reads the primary (the
+// fence is unknown until the primary's next probe): at once, not after
+// waiting tokenWaitMs for a replica to reach a position none ever will.
+TEST_F(DatabaseFaultsTest, ACacheFillFencedByAWriteOfUnknownPositionReadsThePrimaryAtOnce) {
+  RoutedDatabase routed(Config(1, "", 0, /*topology=*/true), pg_->Dsn(), 100);
+  ASSERT_GT(routed.replicas->token_wait(), absl::ZeroDuration());
+  routed.replicas->NoteWrite(0);
+  ASSERT_EQ(routed.replicas->WriteFence(), UINT64_MAX);
+  auto fill = Call::Statement("SELECT 6::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*fill);
+  fill->work->cache_fill = true;
+  EXPECT_TRUE(Run(*routed.db, *fill).ok()) << fill->status;
+  EXPECT_EQ(fill->work->member, "p");
+  EXPECT_EQ(routed.replicas->token_waits(), 0u);
+  // A caller's token beyond the replica is still waited for.
+  auto token = Call::Statement("SELECT 7::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*token, 101);
+  EXPECT_TRUE(Run(*routed.db, *token).ok()) << token->status;
+  EXPECT_EQ(token->work->member, "p");
+  EXPECT_EQ(routed.replicas->token_waits(), 1u);
+  EXPECT_TRUE(routed.Idle());
+}
+
 // Transaction control in a batch of other callers' statements: the statements
 // that ran inside the open transaction are told so, the connection is
 // discarded and never handed out again.
