@@ -16,6 +16,12 @@
 //    fail on a replica with 25006; a transaction that reads first and
 //    writes later runs on the primary; a read-only one that writes is
 //    refused and writes nothing;
+//  - tokens no member has reached (far future, the largest values): never
+//    answered by a replica, answered by the primary after the token wait,
+//    or by the call's deadline when that is shorter; replicas paused while
+//    token reads wait on them never answer them; concurrent callers each
+//    read their own writes with their tokens (cached and not) while others
+//    force the primary; nothing is left outstanding or held after any of it;
 //  - a read whose session on a replica is terminated (57P01) runs again on a
 //    fresh connection to it (also a named query declared read-only, which
 //    poolside cannot prove a read), and when that is terminated too, answers
@@ -651,6 +657,156 @@ TEST(ReplicaRoutingTest, StatementsThatWriteRunOnThePrimaryNeverFailOnAReplica) 
   absl::StatusOr<v1::ExecuteResponse> nine = env.Read(written.commit_lsn(), false, false, 9);
   ASSERT_TRUE(nine.ok()) << nine.status();
   EXPECT_EQ(ValueOf(*nine), 909) << "from " << nine->member();
+  ExpectNothingOutstanding(env);
+}
+
+// Tokens no member has reached (far in the future, the largest values, as
+// a client of another cluster or a corrupted one would send): never
+// answered by a replica, answered by the primary with the current value
+// after the token wait, and a call whose deadline is shorter than the
+// waits (the replicas' tokenWaitMs, the cache's) ends by its deadline.
+TEST(ReplicaRoutingTest, TokensNoMemberReachedAreAnsweredByThePrimaryOrTheDeadline) {
+  Env& env = Env::Get();
+  absl::StatusOr<v1::ExecuteResponse> w = env.Write(3000);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_GT(w->commit_lsn(), 0u);
+  const uint64_t future = w->commit_lsn() + (uint64_t{1} << 40);
+  for (uint64_t token : {future, UINT64_MAX}) {
+    absl::StatusOr<v1::ExecuteResponse> r = env.Read(token);
+    ASSERT_TRUE(r.ok()) << token << ": " << r.status();
+    EXPECT_EQ(r->member(), env.primary_id()) << token;
+    EXPECT_EQ(ValueOf(*r), 3000) << token;
+  }
+  StreamOutcome st = Stream(env, "SELECT v FROM kv WHERE id = 1", future);
+  EXPECT_TRUE(st.status.ok()) << st.status.error_message();
+  EXPECT_EQ(st.member, env.primary_id());
+  EXPECT_EQ(st.values, std::vector<int64_t>{3000});
+  {
+    v1::ExecuteTransactionRequest t;
+    t.set_database(kDb);
+    t.set_read_only(true);
+    t.set_min_lsn(future);
+    t.add_statements()->set_sql("SELECT v FROM kv WHERE id = 1");
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::ExecuteTransactionResponse response;
+    grpc::Status s = env.query().ExecuteTransaction(&ctx, t, &response);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(response.member(), env.primary_id());
+    ASSERT_EQ(response.results_size(), 1);
+    EXPECT_EQ(response.results(0).rows(0).values(0).int64_value(), 3000);
+  }
+  // Deadlines shorter than the waits, cached (the cache waits for its
+  // invalidations first) and not.
+  for (bool cached : {false, true}) {
+    v1::ExecuteRequest r;
+    r.set_sql("SELECT v FROM kv WHERE id = $1");
+    r.add_params()->set_int64_value(1);
+    r.set_min_lsn(future);
+    if (cached) r.mutable_cache()->set_ttl_ms(60000);
+    r.set_database(kDb);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+    v1::ExecuteResponse response;
+    grpc::Status s = env.query().Execute(&ctx, r, &response);
+    if (s.ok()) {
+      EXPECT_EQ(response.member(), env.primary_id()) << "cached " << cached;
+      EXPECT_EQ(ValueOf(response), 3000) << "cached " << cached;
+    } else {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+          << "cached " << cached << ": " << s.error_message();
+    }
+  }
+  ExpectNothingOutstanding(env);
+}
+
+// Both replicas paused while token reads wait on them: the reads answer
+// from the primary with the written value, never from a paused replica;
+// after the resume, token reads reach the replicas again.
+TEST(ReplicaRoutingTest, TokenReadsWaitingOnPausedReplicasNeverAnswerFromThem) {
+  Env& env = Env::Get();
+  ASSERT_TRUE(env.cluster().PauseReplay(0).ok());
+  ASSERT_TRUE(env.cluster().PauseReplay(1).ok());
+  for (int64_t v = 4000; v < 4003; ++v) {
+    absl::StatusOr<v1::ExecuteResponse> w = env.Write(v);
+    ASSERT_TRUE(w.ok()) << w.status();
+    absl::StatusOr<v1::ExecuteResponse> r = env.Read(w->commit_lsn());
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->member(), env.primary_id());
+    EXPECT_EQ(ValueOf(*r), v);
+  }
+  ASSERT_TRUE(env.cluster().ResumeReplay(0).ok());
+  ASSERT_TRUE(env.cluster().ResumeReplay(1).ok());
+  absl::StatusOr<v1::ExecuteResponse> w = env.Write(4100);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<v1::ExecuteResponse> r = env.Read(w->commit_lsn());
+        EXPECT_TRUE(r.ok()) << r.status();
+        if (r.ok()) {
+          EXPECT_EQ(ValueOf(*r), 4100) << "from " << r->member();
+        }
+        return r.ok() && r->member() != env.primary_id();
+      },
+      kWait))
+      << "token reads never reached a resumed replica";
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        for (int i = 0; i < 2; ++i) {
+          std::optional<v1::MemberStats> m = env.Member(env.replica_id(i));
+          if (!m || !m->healthy() || m->banned()) return false;
+        }
+        return true;
+      },
+      kWait));
+  ExpectNothingOutstanding(env);
+}
+
+// Callers each writing their own row and reading it back with their token
+// (cached and not), while others force the primary: every read sees its
+// caller's last write, every forced call is answered by the primary, and
+// nothing is left outstanding.
+TEST(ReplicaRoutingTest, ConcurrentCallersEachReadTheirOwnWrites) {
+  Env& env = Env::Get();
+  constexpr int kCallers = 4;
+  constexpr int kRounds = 5;
+  std::atomic<int> stale{0}, failed{0}, forced_elsewhere{0}, from_replica{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < kCallers; ++t) {
+    callers.emplace_back([&, t] {
+      const int64_t id = 2 + t;
+      for (int64_t round = 0; round < kRounds; ++round) {
+        const int64_t v = 5000 + t * 100 + round;
+        v1::ExecuteRequest wr;
+        wr.set_sql("UPDATE kv SET v = $1 WHERE id = $2");
+        wr.add_params()->set_int64_value(v);
+        wr.add_params()->set_int64_value(id);
+        absl::StatusOr<v1::ExecuteResponse> w = env.Execute(wr);
+        if (!w.ok() || w->commit_lsn() == 0) {
+          ++failed;
+          continue;
+        }
+        for (int k = 0; k < 3; ++k) {
+          // 0: plain, 1: cached, 2: forced to the primary.
+          absl::StatusOr<v1::ExecuteResponse> r =
+              env.Read(k == 2 ? 0 : w->commit_lsn(), k == 1, k == 2, id);
+          if (!r.ok()) {
+            ++failed;
+            continue;
+          }
+          if (ValueOf(*r) != v) ++stale;
+          if (k == 2 && r->member() != env.primary_id()) ++forced_elsewhere;
+          if (k == 0 && r->member() != env.primary_id()) ++from_replica;
+        }
+      }
+    });
+  }
+  for (std::thread& c : callers) c.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(stale.load(), 0);
+  EXPECT_EQ(forced_elsewhere.load(), 0);
+  std::cerr << "token reads answered by a replica: " << from_replica.load() << " of "
+            << kCallers * kRounds << "\n";
   ExpectNothingOutstanding(env);
 }
 

@@ -6,7 +6,9 @@
 //
 // With a topology, a connection to the primary lost under a write makes the
 // primary suspect: the next writes are held until its next probe. A read a
-// replica refuses as a write (25006) runs on the primary instead.
+// replica refuses as a write (25006) runs on the primary instead; a read
+// whose token no replica reaches ends by its deadline; a read whose replica
+// connection is cut (and that takes no new one) answers from another member.
 //
 // Deaths "in flight" go through a FaultProxy that holds the server's goodbye
 // back until the client speaks, or cuts the reply to a request that ran: the
@@ -489,6 +491,75 @@ TEST_F(DatabaseFaultsTest, ACacheFillFencedByAWriteOfUnknownPositionReadsThePrim
   EXPECT_EQ(token->work->member, "p");
   EXPECT_EQ(routed.replicas->token_waits(), 1u);
   EXPECT_TRUE(routed.Idle());
+}
+
+// A read carrying a token no member will reach before its deadline (a far
+// future or another cluster's), with a token wait longer than the deadline:
+// it ends by its deadline (or answers from the primary), never from the
+// replica, and leaves nothing outstanding.
+TEST_F(DatabaseFaultsTest, AReadWithATokenNoReplicaReachesEndsByItsDeadline) {
+  v1::DatabaseConfig config = Config(1, "", 0, /*topology=*/true);
+  config.mutable_topology()->set_token_wait_ms(60000);
+  RoutedDatabase routed(config, pg_->Dsn(), 100);
+  for (uint64_t token : {uint64_t{1} << 40, uint64_t{1} << 63, UINT64_MAX}) {
+    auto read = Call::Statement("SELECT 8::int8", absl::Now() + absl::Milliseconds(200),
+                                /*read=*/true);
+    RoutedDatabase::PlainRead(*read, token);
+    absl::Status s = Run(*routed.db, *read);
+    if (s.ok()) {
+      EXPECT_EQ(read->work->member, "p") << token;
+      EXPECT_EQ(read->sink.value(), 8);
+    } else {
+      EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << token << ": " << s;
+    }
+    EXPECT_NE(read->work->member, "r") << token;
+  }
+  // UINT64_MAX, which no replica ever reaches, is not waited for.
+  EXPECT_EQ(routed.replicas->token_waits(), 2u);
+  EXPECT_EQ(routed.replicas->token_waits_reached(), 0u);
+  EXPECT_TRUE(routed.Idle());
+}
+
+// A replica whose connection is cut under a token-carrying read, and that
+// takes no new connection: the read answers from the primary with the right
+// value (the only other member that has replayed the token), the replica is
+// passed over until its next probe, and its pool keeps no connection.
+TEST_F(DatabaseFaultsTest, AReadWhoseReplicaIsCutUnderItAnswersFromAnotherMember) {
+  std::unique_ptr<Database> direct = ThroughNewProxy();  // makes proxy_
+  ASSERT_NE(direct, nullptr);
+  direct.reset();
+  const std::string replica_dsn =
+      absl::StrCat("host=127.0.0.1 port=", proxy_->port(), " dbname=postgres user=postgres");
+  RoutedDatabase routed(Config(1, "", 600000, /*topology=*/true), replica_dsn, 150);
+  auto warm = Call::Statement("SELECT 1::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*warm, 150);
+  ASSERT_TRUE(Run(*routed.db, *warm).ok()) << warm->status;
+  ASSERT_EQ(warm->work->member, "r");
+
+  // The connection open is cut as the read goes out; new ones reach nothing.
+  proxy_->CutOnNextRequest();
+  proxy_->ForwardNewConnectionsTo(1);
+  auto read = Call::Statement("SELECT 9::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*read, 150);
+  absl::Status s = Run(*routed.db, *read);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(read->sink.value(), 9);
+  EXPECT_EQ(read->work->member, "p");
+  EXPECT_EQ(routed.replicas->read_retries(ReadRetryReason::kConnectionLost) +
+                routed.replicas->read_retries(ReadRetryReason::kConnectFailed),
+            1u);
+  for (const db::MemberStatus& m : routed.managed.topology()->Snapshot()) {
+    if (m.id == "r") EXPECT_FALSE(m.healthy) << "not marked suspect";
+  }
+  // Passed over: the next read goes to the primary at once.
+  auto next = Call::Statement("SELECT 10::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*next);
+  EXPECT_TRUE(Run(*routed.db, *next).ok()) << next->status;
+  EXPECT_EQ(next->work->member, "p");
+  EXPECT_TRUE(routed.Idle());
+  for (Database* member : routed.db->Members()) {
+    if (member->member() == "r") EXPECT_EQ(member->pool().Stats().in_use, 0u);
+  }
 }
 
 // Transaction control in a batch of other callers' statements: the statements
