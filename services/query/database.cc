@@ -235,6 +235,16 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       // Held until the probes name a primary anew.
       std::shared_ptr<Work> strong = weak.lock();
       if (strong != nullptr) {
+        if (demoted) {
+          // Until the primary's next probe, asked for now: a demoted member
+          // is in recovery by then (held until a new primary is named); one
+          // that refuses writes without being demoted (its database set
+          // default_transaction_read_only) is named primary again, under a
+          // new generation, and the write runs there once more and answers
+          // its refusal, rather than being held for failoverBufferMs for a
+          // primary that does not change.
+          replicas->MarkSuspect(raw->member, s);
+        }
         call->held_after_failure = true;
         raw->not_run_ = false;
         const uint64_t generation = call->generation;

@@ -562,6 +562,36 @@ TEST_F(DatabaseFaultsTest, AReadWhoseReplicaIsCutUnderItAnswersFromAnotherMember
   }
 }
 
+// A primary that refuses writes as read-only without being demoted (its
+// database set default_transaction_read_only, an operator's maintenance
+// switch): a write it refuses (25006) is held for a new primary only until
+// the primary's next probe, which names the same member again; the write
+// then answers 25006 from it, rather than waiting out failoverBufferMs for
+// a primary that will not change and failing "not run, retry".
+TEST_F(DatabaseFaultsTest, AWriteARefusingPrimaryThatStaysPrimaryRefusesAnswersItsRefusal) {
+  v1::DatabaseConfig config = Config(
+      1, absl::StrCat(pg_->Dsn(), " options='-c default_transaction_read_only=on'"), 0, true);
+  config.mutable_topology()->set_failover_buffer_ms(1000);
+  RoutedDatabase routed(config, pg_->Dsn(), 100);
+  auto write = Call::Statement("INSERT INTO dbf_t VALUES (31)", Soon());
+  write->work->may_write = true;
+  ASSERT_TRUE(routed.db->Submit(write->work).ok());
+  // Held for a new primary (it might have been demoted) ...
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return routed.replicas->held_now() == 1 || write->finished.HasBeenNotified(); },
+      absl::Seconds(10)));
+  ASSERT_FALSE(write->finished.HasBeenNotified()) << write->status;
+  // ... until the primary's next probe finds it still writable.
+  routed.managed.topology()->Record("p", db::MemberSample{.in_recovery = false, .lsn = 110});
+  ASSERT_TRUE(write->Wait());
+  EXPECT_EQ(write->status.code(), absl::StatusCode::kFailedPrecondition) << write->status;
+  EXPECT_TRUE(absl::StrContains(write->status.message(), "25006")) << write->status;
+  EXPECT_EQ(write->work->member, "p");
+  EXPECT_EQ(routed.replicas->held_timeouts(), 0u);
+  EXPECT_EQ(Ids(), "");  // nothing written
+  EXPECT_TRUE(routed.Idle());
+}
+
 // Transaction control in a batch of other callers' statements: the statements
 // that ran inside the open transaction are told so, the connection is
 // discarded and never handed out again.
