@@ -15,6 +15,11 @@
 // same races a real network produces, made deterministic. Backends are
 // terminated while idle, never while racing a statement.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -590,6 +595,61 @@ TEST_F(DatabaseFaultsTest, AWriteARefusingPrimaryThatStaysPrimaryRefusesAnswersI
   EXPECT_EQ(routed.replicas->held_timeouts(), 0u);
   EXPECT_EQ(Ids(), "");  // nothing written
   EXPECT_TRUE(routed.Idle());
+}
+
+// A replica that hangs (it takes connections and never answers: a frozen
+// VM), found unhealthy while a read waits for a connection to it: by the
+// contract (docs/replicas.md, "A replica that hangs") the read is given up
+// on and answers from another member.
+//
+// DISABLED: it does not, and it outlives its deadline. Run with
+// --gtest_also_run_disabled_tests: the read (8 s deadline) answers after
+// ~21 s, UNAVAILABLE "replica r stopped answering ... could not run again
+// elsewhere", from r. Database::RunBatch/RunExclusive check
+// Work::member_unhealthy_ only before AcquireLive() and, through
+// Connection::AbandonWhen, once a connection is held; a read inside
+// AcquireLive (its pool making a connection to the hung member, or queued
+// behind such an attempt) is not given up, and the pool's factory connects
+// for up to pool.connectTimeoutMs (5 s by default, 20 s here) whatever the
+// call's deadline, so the read is out of time when it comes back and is not
+// run elsewhere. Also seen as 1 failed read (DEADLINE_EXCEEDED) of 1636 in
+// replica_routing_test's FrozenReplicaIsGivenUpOnOnceItsProbesFail (1 run
+// in 3; the frozen member's pool logged "timeout expired"). A fix needs an
+// acquisition the give-up flag and the deadline can end (common/pool's
+// Acquire, the connection factory's connect), beyond this round's scope.
+TEST_F(DatabaseFaultsTest, DISABLED_AReadWaitingForAConnectionToAHungReplicaIsGivenUpOn) {
+  // A listener that never accepts: connections complete in the kernel and
+  // the server's greeting never comes.
+  const int silent = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(silent, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(silent, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(silent, 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  v1::DatabaseConfig config = Config(1, "", 0, /*topology=*/true);
+  config.mutable_pool()->set_connect_timeout_ms(20000);
+  RoutedDatabase routed(
+      config,
+      absl::StrCat("host=127.0.0.1 port=", ntohs(addr.sin_port), " dbname=postgres user=postgres"),
+      100);
+  auto read = Call::Statement("SELECT 4::int8", absl::Now() + absl::Seconds(8), /*read=*/true);
+  RoutedDatabase::PlainRead(*read);
+  ASSERT_TRUE(routed.db->Submit(read->work).ok());
+  ASSERT_EQ(read->work->member, "r");
+  // The read's worker is connecting to it (the greeting never comes).
+  const int accepted = accept(silent, nullptr, nullptr);
+  ASSERT_GE(accepted, 0);
+  // Its probes find it unhealthy (as a failed probe would).
+  ASSERT_TRUE(routed.replicas->topology().MarkSuspect("r", absl::UnavailableError("hung")));
+  ASSERT_TRUE(read->Wait());
+  EXPECT_TRUE(read->status.ok()) << read->status;
+  EXPECT_EQ(read->work->member, "p");
+  EXPECT_EQ(read->sink.value(), 4);
+  close(accepted);
+  close(silent);
 }
 
 // Transaction control in a batch of other callers' statements: the statements
