@@ -531,11 +531,12 @@ struct StreamOutcome {
   std::string member;
   std::vector<int64_t> values;
 };
-StreamOutcome Stream(Env& env, const std::string& sql, uint64_t min_lsn = 0) {
+StreamOutcome Stream(Env& env, const std::string& sql, uint64_t min_lsn = 0, bool primary = false) {
   v1::ExecuteRequest sr;
   sr.set_database(kDb);
   sr.set_sql(sql);
   sr.set_min_lsn(min_lsn);
+  sr.set_primary(primary);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   std::unique_ptr<grpc::ClientReader<v1::ExecuteStreamResponse>> reader =
@@ -575,7 +576,10 @@ TEST(ReplicaRoutingTest, StatementsThatWriteRunOnThePrimaryNeverFailOnAReplica) 
                         "CREATE SEQUENCE IF NOT EXISTS s;"
                         "CREATE VIEW next_a AS SELECT nextval('s') AS n;"
                         "CREATE VIEW next_b AS SELECT nextval('s') AS n;"
-                        "CREATE VIEW next_c AS SELECT nextval('s') AS n")
+                        "CREATE VIEW next_c AS SELECT nextval('s') AS n;"
+                        // A function of ours that writes.
+                        "CREATE FUNCTION bump() RETURNS bigint LANGUAGE sql AS "
+                        "'UPDATE fixed SET v = v WHERE id = 1 RETURNING v'")
                   .ok());
   ASSERT_TRUE(env.cluster().WaitForAllReplicas(kWait).ok());
   for (const char* sql : {"SELECT n FROM next_a", "SELECT n FROM next_b"}) {
@@ -624,7 +628,7 @@ TEST(ReplicaRoutingTest, StatementsThatWriteRunOnThePrimaryNeverFailOnAReplica) 
         "SELECT v FROM fixed WHERE id = 3 FOR KEY SHARE", "VALUES (nextval('s'))",
         "SELECT n FROM nextval('s') n", "SELECT txid_current()",
         "SELECT set_config('poolside.adv', '1', true)", "SELECT pg_catalog.nextval('s')",
-        "SELECT * INTO kv_copy FROM kv", "EXPLAIN ANALYZE SELECT nextval('s')"}) {
+        "SELECT * INTO kv_copy FROM kv", "EXPLAIN ANALYZE SELECT nextval('s')", "SELECT bump()"}) {
     v1::ExecuteRequest r;
     r.set_sql(sql);
     ExpectPrimaryOrRefused(env, env.Execute(r), sql);
@@ -807,6 +811,11 @@ TEST(ReplicaRoutingTest, ConcurrentCallersEachReadTheirOwnWrites) {
   EXPECT_EQ(forced_elsewhere.load(), 0);
   std::cerr << "token reads answered by a replica: " << from_replica.load() << " of "
             << kCallers * kRounds << "\n";
+  // A stream forced to the primary too.
+  StreamOutcome st = Stream(env, "SELECT v FROM kv WHERE id = 2", 0, /*primary=*/true);
+  EXPECT_TRUE(st.status.ok()) << st.status.error_message();
+  EXPECT_EQ(st.member, env.primary_id());
+  EXPECT_EQ(st.values, std::vector<int64_t>{5000 + kRounds - 1});
   ExpectNothingOutstanding(env);
 }
 
