@@ -419,8 +419,11 @@ bool Database::RunRefusedWriteOnPrimary(Work* raw, const std::weak_ptr<Work>& we
 absl::Status Database::HoldForPrimary(const std::shared_ptr<Work>& work,
                                       const std::shared_ptr<RoutedCall>& call,
                                       uint64_t generation) {
-  return replicas_->HoldForPrimary(
-      generation, work->request_bytes, work->deadline, [this, work, call](bool known) {
+  work->held_by_.store(&replicas_->database(), std::memory_order_release);
+  absl::Status held = replicas_->HoldForPrimary(
+      generation, work->request_bytes, work->deadline,
+      [this, work, call](bool known) {
+        work->held_by_.store(nullptr, std::memory_order_release);
         if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
         absl::Status s = known
                              ? RouteNow(work, call)
@@ -430,7 +433,11 @@ absl::Status Database::HoldForPrimary(const std::shared_ptr<Work>& work,
                                    replicas_->config().topology().failover_buffer_ms(),
                                    " ms) or the call's deadline; the call did not run, retry it"));
         if (!s.ok() && work->Claim()) work->done(s);
-      });
+      },
+      // Its `then` keeps the work alive as long as the hold is asked this.
+      [raw = work.get()] { return raw->state.load() == Work::kAbandoned; });
+  if (!held.ok()) work->held_by_.store(nullptr, std::memory_order_release);
+  return held;
 }
 
 absl::Status Database::Enqueue(std::shared_ptr<Work> work) {

@@ -202,6 +202,9 @@ class Work {
   bool Abandon() {
     int expected = kQueued;
     if (!state.compare_exchange_strong(expected, kAbandoned)) return false;
+    // Held for a primary: leaves the failover buffer now, not when its
+    // window ends.
+    if (db::ManagedDatabase* holds = held_by_.load(std::memory_order_acquire)) holds->WakeHolds();
     // Out of time before any connection served it: a pool timeout as far as
     // an operator is concerned.
     if (queue_timeouts_ != nullptr && CancelledByDeadline(deadline, arrived)) {
@@ -225,6 +228,8 @@ class Work {
   // Raised by routing when the probes found the replica it runs on
   // unhealthy: the worker gives its connection up (or does not start).
   std::atomic<bool> member_unhealthy_{false};
+  // The database whose failover buffer holds it, while it is held.
+  std::atomic<db::ManagedDatabase*> held_by_{nullptr};
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 

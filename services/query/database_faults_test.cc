@@ -597,6 +597,42 @@ TEST_F(DatabaseFaultsTest, AWriteARefusingPrimaryThatStaysPrimaryRefusesAnswersI
   EXPECT_TRUE(routed.Idle());
 }
 
+// A call held for a primary whose caller then goes away (the service
+// abandons its work) leaves the failover buffer at once: it does not keep
+// its place against failoverBufferCalls until its window ends, nor count
+// as a held call that timed out, and it never runs.
+TEST_F(DatabaseFaultsTest, AHeldCallItsCallerAbandonedLeavesTheFailoverBuffer) {
+  v1::DatabaseConfig config = Config(1, "", 0, /*topology=*/true);
+  config.mutable_topology()->set_failover_buffer_ms(60000);
+  config.mutable_topology()->set_failover_buffer_calls(1);
+  RoutedDatabase routed(config, pg_->Dsn(), 100);
+  // The primary is lost: no member is writable.
+  routed.managed.topology()->Record("p", db::MemberSample{.in_recovery = true, .lsn = 100});
+  ASSERT_EQ(routed.managed.topology()->primary(), "");
+  auto abandoned =
+      Call::Statement("INSERT INTO dbf_t VALUES (41)", absl::Now() + absl::Seconds(60));
+  abandoned->work->may_write = true;
+  ASSERT_TRUE(routed.db->Submit(abandoned->work).ok());
+  ASSERT_EQ(routed.replicas->held_now(), 1u);
+  ASSERT_TRUE(abandoned->work->Abandon());  // as the service does when the caller goes away
+  EXPECT_TRUE(testing::WaitFor([&] { return routed.replicas->held_now() == 0; }, absl::Seconds(10)))
+      << "the abandoned call keeps its place in the buffer";
+  // Its place is free for another call.
+  auto next = Call::Statement("INSERT INTO dbf_t VALUES (42)", Soon());
+  next->work->may_write = true;
+  absl::Status held = routed.db->Submit(next->work);
+  ASSERT_TRUE(held.ok()) << held;
+  // The primary is back: the call held runs, the abandoned one never does.
+  routed.managed.topology()->Record("p", db::MemberSample{.in_recovery = false, .lsn = 110});
+  ASSERT_TRUE(next->Wait());
+  EXPECT_TRUE(next->status.ok()) << next->status;
+  EXPECT_EQ(Ids(), "{42}");
+  EXPECT_FALSE(abandoned->finished.HasBeenNotified()) << "done() after Abandon() won";
+  EXPECT_EQ(routed.replicas->held_timeouts(), 0u);
+  EXPECT_EQ(routed.replicas->held_total(), 2u);
+  EXPECT_TRUE(routed.Idle());
+}
+
 // A replica that hangs (it takes connections and never answers: a frozen
 // VM), found unhealthy while a read waits for a connection to it: by the
 // contract (docs/replicas.md, "A replica that hangs") the read is given up
