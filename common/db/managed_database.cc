@@ -347,7 +347,8 @@ absl::Time ManagedDatabase::WindowStartLocked(absl::Time now) const {
 }
 
 absl::Status ManagedDatabase::HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
-                                             std::function<void(bool)> then, bool count) {
+                                             std::function<void(bool)> then, bool count,
+                                             std::function<bool()> abandoned) {
   absl::MutexLock lock(&hold_mu_);
   if (topology_ == nullptr || holds_ended_) {
     return absl::UnavailableError(
@@ -364,11 +365,16 @@ absl::Status ManagedDatabase::HoldForPrimary(uint64_t generation, size_t bytes, 
   const absl::Time now = absl::Now();
   held_.push_back(Held{generation, bytes, now,
                        std::min(deadline, WindowStartLocked(now) + failover_buffer_),
-                       std::move(then)});
+                       std::move(then), std::move(abandoned)});
   held_bytes_ += bytes;
   if (count) held_total_.fetch_add(1, std::memory_order_relaxed);
   hold_changed_.SignalAll();
   return absl::OkStatus();
+}
+
+void ManagedDatabase::WakeHolds() {
+  absl::MutexLock lock(&hold_mu_);
+  hold_changed_.SignalAll();
 }
 
 bool ManagedDatabase::WaitForPrimary(uint64_t generation, FailoverHold* hold) {
@@ -426,13 +432,17 @@ void ManagedDatabase::HoldLoop() {
     const bool known = !ended && !topology_->primary().empty();
     const uint64_t generation = topology_->primary_generation();
     std::vector<Held> release;
-    std::vector<bool> outcome;
+    std::vector<bool> outcome, gone;
     absl::Time next = absl::InfiniteFuture();
     for (size_t i = 0; i < held_.size();) {
       Held& h = held_[i];
       const bool ready = known && h.generation != generation;
-      if (ended || ready || now >= h.until) {
+      // Its caller went away: it takes no room until its window ends, and
+      // did not time out.
+      const bool abandoned = !ready && h.abandoned != nullptr && h.abandoned();
+      if (ended || ready || abandoned || now >= h.until) {
         outcome.push_back(ready);
+        gone.push_back(abandoned && !ended);
         held_bytes_ -= h.bytes;
         held_durations_.Observe(now - h.since);
         release.push_back(std::move(h));
@@ -446,7 +456,7 @@ void ManagedDatabase::HoldLoop() {
     if (!release.empty()) {
       hold_mu_.Unlock();
       for (size_t i = 0; i < release.size(); ++i) {
-        if (!outcome[i]) held_timeouts_.fetch_add(1, std::memory_order_relaxed);
+        if (!outcome[i] && !gone[i]) held_timeouts_.fetch_add(1, std::memory_order_relaxed);
         release[i].then(outcome[i]);
       }
       hold_mu_.Lock();

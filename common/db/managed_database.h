@@ -100,7 +100,7 @@ class ManagedDatabase {
   };
   struct HoldStats {
     uint64_t total = 0;     // callers held so far
-    uint64_t timeouts = 0;  // holds that ended without a new primary
+    uint64_t timeouts = 0;  // holds that ended without a new primary (not abandoned ones)
     size_t now = 0;         // held now
     // Each hold's time, from HoldForPrimary to its release: run, timed out or
     // ended. A WaitForPrimary caller held again counts again (as in
@@ -195,8 +195,15 @@ class ManagedDatabase {
   // (nothing held) without a topology or once holds ended;
   // RESOURCE_EXHAUSTED when holding it would pass failoverBufferCalls or
   // failoverBufferBytes. `count`: counted in HoldStats::total.
+  // `abandoned` (may be null): true once the caller went away; the hold
+  // then ends (then(false), not counted as a timeout) at the next
+  // WakeHolds() or other change, so it no longer takes room in the buffer.
+  // Called under the holds' lock: it must be cheap and not block.
   absl::Status HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
-                              std::function<void(bool)> then, bool count = true);
+                              std::function<void(bool)> then, bool count = true,
+                              std::function<bool()> abandoned = nullptr);
+  // A held caller went away: its hold ends now (see HoldForPrimary).
+  void WakeHolds();
   // Blocks as HoldForPrimary would, within `hold`'s window (opened on its
   // first call, counted once). True: a primary is known under another
   // generation than `generation`. False when the window closes first, holds
@@ -211,6 +218,7 @@ class ManagedDatabase {
     absl::Time since;
     absl::Time until;
     std::function<void(bool)> then;
+    std::function<bool()> abandoned;
   };
   struct Entry {
     std::string dsn;

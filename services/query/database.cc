@@ -211,6 +211,7 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       replicas->MarkSuspect(raw->member, s);
     }
     if (!s.ok() && raw->on_replica && RetryOnAnotherMember(raw, weak, call, s)) return;
+    if (!s.ok() && raw->on_replica && RunRefusedWriteOnPrimary(raw, weak, call, s)) return;
     if (s.code() == absl::StatusCode::kUnavailable && raw->on_replica &&
         raw->member_unhealthy_.load(std::memory_order_relaxed)) {
       // Given up on its member and not run elsewhere: a stream that had
@@ -234,6 +235,16 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       // Held until the probes name a primary anew.
       std::shared_ptr<Work> strong = weak.lock();
       if (strong != nullptr) {
+        if (demoted) {
+          // Until the primary's next probe, asked for now: a demoted member
+          // is in recovery by then (held until a new primary is named); one
+          // that refuses writes without being demoted (its database set
+          // default_transaction_read_only) is named primary again, under a
+          // new generation, and the write runs there once more and answers
+          // its refusal, rather than being held for failoverBufferMs for a
+          // primary that does not change.
+          replicas->MarkSuspect(raw->member, s);
+        }
         call->held_after_failure = true;
         raw->not_run_ = false;
         const uint64_t generation = call->generation;
@@ -262,8 +273,11 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
     call->route.reset();
     done(std::move(s));
   };
+  // UINT64_MAX is no position a replica reaches (a cache fill's fence while
+  // a write's position is unknown: it reads the primary, at once).
   if (work->replica_ok && work->wait_for_replica && call->min_lsn != 0 &&
-      replicas_->token_wait() > absl::ZeroDuration() && replicas_->WorthWaiting(call->min_lsn)) {
+      call->min_lsn != UINT64_MAX && replicas_->token_wait() > absl::ZeroDuration() &&
+      replicas_->WorthWaiting(call->min_lsn)) {
     const absl::Time until = std::min(work->deadline, absl::Now() + replicas_->token_wait());
     replicas_->AwaitReplay(call->min_lsn, until, [this, work, call](bool) {
       if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
@@ -360,11 +374,56 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   return false;
 }
 
+bool Database::RunRefusedWriteOnPrimary(Work* raw, const std::weak_ptr<Work>& weak,
+                                        const std::shared_ptr<RoutedCall>& call,
+                                        const absl::Status& failure) {
+  // A read-only caller's work (a read-only transaction, a read-only
+  // principal's statement) would be refused on the primary too: 25006 is
+  // its true answer.
+  if (db::SqlStateOf(failure) != "25006" || raw->read_only || !raw->replica_ok ||
+      raw->cancelled.load(std::memory_order_relaxed) || absl::Now() >= raw->deadline ||
+      replicas_->stopped()) {
+    return false;
+  }
+  std::shared_ptr<Work> strong = weak.lock();
+  if (strong == nullptr) return false;
+  // Last: a stream that already sent rows cannot start over (it answers
+  // 25006: the caller can send it again with primary set).
+  if (!raw->Rewind()) return false;
+  const std::string failed_member = raw->member;
+  const uint64_t failed_lsn = raw->member_lsn;
+  // From now on it is what it proved to be: work for the primary that may
+  // write (its position unknown: fills read the primary until the next
+  // probe of it), never run on a replica again.
+  raw->replica_ok = false;
+  raw->plain_read = false;
+  raw->may_write = true;
+  raw->not_run_ = false;
+  raw->no_connection_ = false;
+  raw->connection_failed_ = false;
+  raw->member_unhealthy_.store(false);
+  raw->state.store(Work::kQueued);
+  raw->on_replica = false;
+  raw->member.clear();
+  if (absl::Status routed = RouteNow(strong, call); routed.ok()) return true;
+  // No primary to run it on: the replica's refusal answers, unless the
+  // caller abandoned the call meanwhile.
+  if (!raw->Claim()) return true;
+  raw->member = failed_member;
+  raw->on_replica = true;
+  raw->member_lsn = failed_lsn;
+  raw->may_write = false;
+  return false;
+}
+
 absl::Status Database::HoldForPrimary(const std::shared_ptr<Work>& work,
                                       const std::shared_ptr<RoutedCall>& call,
                                       uint64_t generation) {
-  return replicas_->HoldForPrimary(
-      generation, work->request_bytes, work->deadline, [this, work, call](bool known) {
+  work->held_by_.store(&replicas_->database(), std::memory_order_release);
+  absl::Status held = replicas_->HoldForPrimary(
+      generation, work->request_bytes, work->deadline,
+      [this, work, call](bool known) {
+        work->held_by_.store(nullptr, std::memory_order_release);
         if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile
         absl::Status s = known
                              ? RouteNow(work, call)
@@ -374,7 +433,11 @@ absl::Status Database::HoldForPrimary(const std::shared_ptr<Work>& work,
                                    replicas_->config().topology().failover_buffer_ms(),
                                    " ms) or the call's deadline; the call did not run, retry it"));
         if (!s.ok() && work->Claim()) work->done(s);
-      });
+      },
+      // Its `then` keeps the work alive as long as the hold is asked this.
+      [raw = work.get()] { return raw->state.load() == Work::kAbandoned; });
+  if (!held.ok()) work->held_by_.store(nullptr, std::memory_order_release);
+  return held;
 }
 
 absl::Status Database::Enqueue(std::shared_ptr<Work> work) {

@@ -31,6 +31,12 @@
 // deadline (replicas.h: ReplicaReadRetry says which failures qualify); the
 // failed member is marked suspect in the topology.
 //
+// A read a replica refuses as a write (SQLSTATE 25006: a statement taken for
+// a read that writes after all, such as a view over nextval created since
+// the catalog snapshot) took effect nowhere: it runs on the primary instead,
+// unless the caller's own transactions are read-only (the primary would
+// refuse it too) or a stream already sent rows.
+//
 // A replica that hangs instead of failing (no answer, no reset) is given up
 // on once the topology finds it unhealthy (a failed or late probe, or
 // another call marking it suspect): every plain read routed there and not
@@ -196,6 +202,9 @@ class Work {
   bool Abandon() {
     int expected = kQueued;
     if (!state.compare_exchange_strong(expected, kAbandoned)) return false;
+    // Held for a primary: leaves the failover buffer now, not when its
+    // window ends.
+    if (db::ManagedDatabase* holds = held_by_.load(std::memory_order_acquire)) holds->WakeHolds();
     // Out of time before any connection served it: a pool timeout as far as
     // an operator is concerned.
     if (queue_timeouts_ != nullptr && CancelledByDeadline(deadline, arrived)) {
@@ -219,6 +228,8 @@ class Work {
   // Raised by routing when the probes found the replica it runs on
   // unhealthy: the worker gives its connection up (or does not start).
   std::atomic<bool> member_unhealthy_{false};
+  // The database whose failover buffer holds it, while it is held.
+  std::atomic<db::ManagedDatabase*> held_by_{nullptr};
   std::shared_ptr<std::atomic<uint64_t>> queue_timeouts_;
 };
 
@@ -311,6 +322,16 @@ class Database {
   // if it was sent (or abandoned meanwhile): its outcome comes from there.
   bool RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
                             const std::shared_ptr<RoutedCall>& call, const absl::Status& failure);
+  // A read that a replica refused as a write (SQLSTATE 25006: the analyzer
+  // or a stale catalog snapshot took it for a read, e.g. a view over a
+  // volatile function created since the snapshot; nothing of it took
+  // effect): sends it to the primary, as work that may write, unless the
+  // caller's own transactions are read-only (then 25006 is the answer
+  // anywhere) or rows already left. True if it was sent (or abandoned
+  // meanwhile): its outcome comes from there.
+  bool RunRefusedWriteOnPrimary(Work* raw, const std::weak_ptr<Work>& weak,
+                                const std::shared_ptr<RoutedCall>& call,
+                                const absl::Status& failure);
   // A read given up on its member (Work::member_unhealthy_) before it
   // started there: fails it as not run, which routing sends elsewhere.
   // False (and nothing done) for any other work.

@@ -5,12 +5,20 @@
 // never handed out again.
 //
 // With a topology, a connection to the primary lost under a write makes the
-// primary suspect: the next writes are held until its next probe.
+// primary suspect: the next writes are held until its next probe. A read a
+// replica refuses as a write (25006) runs on the primary instead; a read
+// whose token no replica reaches ends by its deadline; a read whose replica
+// connection is cut (and that takes no new one) answers from another member.
 //
 // Deaths "in flight" go through a FaultProxy that holds the server's goodbye
 // back until the client speaks, or cuts the reply to a request that ran: the
 // same races a real network produces, made deterministic. Backends are
 // terminated while idle, never while racing a statement.
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <memory>
 #include <string>
@@ -386,6 +394,298 @@ TEST_F(DatabaseFaultsTest, AConnectionLostToThePrimaryHoldsTheNextWritesUntilIts
   EXPECT_EQ(replicas->held_total(), 1u);
   EXPECT_EQ(replicas->held_timeouts(), 0u);
   replicas->Stop();
+}
+
+// A routed database whose primary "p" is the test server and whose one
+// replica "r" is reached at `replica_dsn`, both probed by hand (the primary
+// at 100, the replica as having replayed `replica_lsn`), and the Database of
+// the DSN user routing over them.
+struct RoutedDatabase {
+  RoutedDatabase(v1::DatabaseConfig config, const std::string& replica_dsn, uint64_t replica_lsn)
+      : managed(config, {}) {
+    db::Topology& topology = *managed.topology();
+    EXPECT_TRUE(topology.SetMembers({{"p", config.dsn()}, {"r", replica_dsn}}).ok());
+    // Recorded once Replicas listens: it follows the routable replicas'
+    // positions from the records.
+    replicas = std::make_shared<Replicas>(&managed);
+    topology.Record("p", db::MemberSample{.in_recovery = false, .lsn = 100});
+    topology.Record("r", db::MemberSample{.in_recovery = true, .lsn = replica_lsn});
+    absl::StatusOr<std::shared_ptr<ConnectionPool>> own = managed.Pool("");
+    EXPECT_TRUE(own.ok()) << own.status();
+    db = std::make_unique<Database>(*own, managed.config());
+    db->AttachReplicas(replicas);
+  }
+  ~RoutedDatabase() {
+    replicas->Stop();
+    db.reset();
+    managed.Stop();
+  }
+  // Marks `call` a plain read routing may send to a replica (the analyzer's
+  // verdict), with `min_lsn`.
+  static void PlainRead(Call& call, uint64_t min_lsn = 0) {
+    call.work->replica_ok = true;
+    call.work->plain_read = true;
+    call.work->wait_for_replica = true;
+    call.work->min_lsn = min_lsn;
+  }
+  // No member has a call outstanding.
+  bool Idle() {
+    for (const db::MemberStatus& m : managed.topology()->Snapshot()) {
+      if (m.outstanding != 0) return false;
+    }
+    return true;
+  }
+
+  db::ManagedDatabase managed;
+  std::shared_ptr<Replicas> replicas;
+  std::unique_ptr<Database> db;
+};
+
+// A statement taken for a read that writes after all (a view over nextval
+// created after the catalog snapshot, a function of the user's declared
+// read-only): the replica refuses it with 25006 and nothing of it took
+// effect, so it runs on the primary instead of failing. A read-only
+// caller's transaction refused alike is answered as refused: the primary
+// would refuse it too.
+TEST_F(DatabaseFaultsTest, AReadAReplicaRefusesAsAWriteRunsOnThePrimary) {
+  ASSERT_TRUE(pg_->Exec("postgres", "CREATE SEQUENCE IF NOT EXISTS dbf_s").ok());
+  // The "replica": the same server, every transaction read-only (what a
+  // standby enforces).
+  RoutedDatabase routed(Config(1, "", 0, /*topology=*/true),
+                        absl::StrCat(pg_->Dsn(), " options='-c default_transaction_read_only=on'"),
+                        100);
+  auto nextval = Call::Statement("SELECT nextval('dbf_s')", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*nextval);
+  absl::Status s = Run(*routed.db, *nextval);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(nextval->work->member, "p");
+  EXPECT_GT(nextval->sink.value(), 0);
+
+  // A plain read still reads the replica.
+  auto read = Call::Statement("SELECT 5::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*read);
+  EXPECT_TRUE(Run(*routed.db, *read).ok()) << read->status;
+  EXPECT_EQ(read->work->member, "r");
+
+  auto read_only = Call::Transaction("SELECT nextval('dbf_s')", Soon(), /*read_only=*/true);
+  read_only->work->replica_ok = true;
+  s = Run(*routed.db, *read_only);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(read_only->work->member, "r");
+  EXPECT_TRUE(routed.Idle());
+}
+
+// A cache fill after a write of unknown position reads the primary (the
+// fence is unknown until the primary's next probe): at once, not after
+// waiting tokenWaitMs for a replica to reach a position none ever will.
+TEST_F(DatabaseFaultsTest, ACacheFillFencedByAWriteOfUnknownPositionReadsThePrimaryAtOnce) {
+  RoutedDatabase routed(Config(1, "", 0, /*topology=*/true), pg_->Dsn(), 100);
+  ASSERT_GT(routed.replicas->token_wait(), absl::ZeroDuration());
+  routed.replicas->NoteWrite(0);
+  ASSERT_EQ(routed.replicas->WriteFence(), UINT64_MAX);
+  auto fill = Call::Statement("SELECT 6::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*fill);
+  fill->work->cache_fill = true;
+  EXPECT_TRUE(Run(*routed.db, *fill).ok()) << fill->status;
+  EXPECT_EQ(fill->work->member, "p");
+  EXPECT_EQ(routed.replicas->token_waits(), 0u);
+  // A caller's token beyond the replica is still waited for.
+  auto token = Call::Statement("SELECT 7::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*token, 101);
+  EXPECT_TRUE(Run(*routed.db, *token).ok()) << token->status;
+  EXPECT_EQ(token->work->member, "p");
+  EXPECT_EQ(routed.replicas->token_waits(), 1u);
+  EXPECT_TRUE(routed.Idle());
+}
+
+// A read carrying a token no member will reach before its deadline (a far
+// future or another cluster's), with a token wait longer than the deadline:
+// it ends by its deadline (or answers from the primary), never from the
+// replica, and leaves nothing outstanding.
+TEST_F(DatabaseFaultsTest, AReadWithATokenNoReplicaReachesEndsByItsDeadline) {
+  v1::DatabaseConfig config = Config(1, "", 0, /*topology=*/true);
+  config.mutable_topology()->set_token_wait_ms(60000);
+  RoutedDatabase routed(config, pg_->Dsn(), 100);
+  for (uint64_t token : {uint64_t{1} << 40, uint64_t{1} << 63, UINT64_MAX}) {
+    auto read = Call::Statement("SELECT 8::int8", absl::Now() + absl::Milliseconds(200),
+                                /*read=*/true);
+    RoutedDatabase::PlainRead(*read, token);
+    absl::Status s = Run(*routed.db, *read);
+    if (s.ok()) {
+      EXPECT_EQ(read->work->member, "p") << token;
+      EXPECT_EQ(read->sink.value(), 8);
+    } else {
+      EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << token << ": " << s;
+    }
+    EXPECT_NE(read->work->member, "r") << token;
+  }
+  // UINT64_MAX, which no replica ever reaches, is not waited for.
+  EXPECT_EQ(routed.replicas->token_waits(), 2u);
+  EXPECT_EQ(routed.replicas->token_waits_reached(), 0u);
+  EXPECT_TRUE(routed.Idle());
+}
+
+// A replica whose connection is cut under a token-carrying read, and that
+// takes no new connection: the read answers from the primary with the right
+// value (the only other member that has replayed the token), the replica is
+// passed over until its next probe, and its pool keeps no connection.
+TEST_F(DatabaseFaultsTest, AReadWhoseReplicaIsCutUnderItAnswersFromAnotherMember) {
+  std::unique_ptr<Database> direct = ThroughNewProxy();  // makes proxy_
+  ASSERT_NE(direct, nullptr);
+  direct.reset();
+  const std::string replica_dsn =
+      absl::StrCat("host=127.0.0.1 port=", proxy_->port(), " dbname=postgres user=postgres");
+  RoutedDatabase routed(Config(1, "", 600000, /*topology=*/true), replica_dsn, 150);
+  auto warm = Call::Statement("SELECT 1::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*warm, 150);
+  ASSERT_TRUE(Run(*routed.db, *warm).ok()) << warm->status;
+  ASSERT_EQ(warm->work->member, "r");
+
+  // The connection open is cut as the read goes out; new ones reach nothing.
+  proxy_->CutOnNextRequest();
+  proxy_->ForwardNewConnectionsTo(1);
+  auto read = Call::Statement("SELECT 9::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*read, 150);
+  absl::Status s = Run(*routed.db, *read);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_EQ(read->sink.value(), 9);
+  EXPECT_EQ(read->work->member, "p");
+  EXPECT_EQ(routed.replicas->read_retries(ReadRetryReason::kConnectionLost) +
+                routed.replicas->read_retries(ReadRetryReason::kConnectFailed),
+            1u);
+  for (const db::MemberStatus& m : routed.managed.topology()->Snapshot()) {
+    if (m.id == "r") EXPECT_FALSE(m.healthy) << "not marked suspect";
+  }
+  // Passed over: the next read goes to the primary at once.
+  auto next = Call::Statement("SELECT 10::int8", Soon(), /*read=*/true);
+  RoutedDatabase::PlainRead(*next);
+  EXPECT_TRUE(Run(*routed.db, *next).ok()) << next->status;
+  EXPECT_EQ(next->work->member, "p");
+  EXPECT_TRUE(routed.Idle());
+  for (Database* member : routed.db->Members()) {
+    if (member->member() == "r") EXPECT_EQ(member->pool().Stats().in_use, 0u);
+  }
+}
+
+// A primary that refuses writes as read-only without being demoted (its
+// database set default_transaction_read_only, an operator's maintenance
+// switch): a write it refuses (25006) is held for a new primary only until
+// the primary's next probe, which names the same member again; the write
+// then answers 25006 from it, rather than waiting out failoverBufferMs for
+// a primary that will not change and failing "not run, retry".
+TEST_F(DatabaseFaultsTest, AWriteARefusingPrimaryThatStaysPrimaryRefusesAnswersItsRefusal) {
+  v1::DatabaseConfig config = Config(
+      1, absl::StrCat(pg_->Dsn(), " options='-c default_transaction_read_only=on'"), 0, true);
+  config.mutable_topology()->set_failover_buffer_ms(1000);
+  RoutedDatabase routed(config, pg_->Dsn(), 100);
+  auto write = Call::Statement("INSERT INTO dbf_t VALUES (31)", Soon());
+  write->work->may_write = true;
+  ASSERT_TRUE(routed.db->Submit(write->work).ok());
+  // Held for a new primary (it might have been demoted) ...
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return routed.replicas->held_now() == 1 || write->finished.HasBeenNotified(); },
+      absl::Seconds(10)));
+  ASSERT_FALSE(write->finished.HasBeenNotified()) << write->status;
+  // ... until the primary's next probe finds it still writable.
+  routed.managed.topology()->Record("p", db::MemberSample{.in_recovery = false, .lsn = 110});
+  ASSERT_TRUE(write->Wait());
+  EXPECT_EQ(write->status.code(), absl::StatusCode::kFailedPrecondition) << write->status;
+  EXPECT_TRUE(absl::StrContains(write->status.message(), "25006")) << write->status;
+  EXPECT_EQ(write->work->member, "p");
+  EXPECT_EQ(routed.replicas->held_timeouts(), 0u);
+  EXPECT_EQ(Ids(), "");  // nothing written
+  EXPECT_TRUE(routed.Idle());
+}
+
+// A call held for a primary whose caller then goes away (the service
+// abandons its work) leaves the failover buffer at once: it does not keep
+// its place against failoverBufferCalls until its window ends, nor count
+// as a held call that timed out, and it never runs.
+TEST_F(DatabaseFaultsTest, AHeldCallItsCallerAbandonedLeavesTheFailoverBuffer) {
+  v1::DatabaseConfig config = Config(1, "", 0, /*topology=*/true);
+  config.mutable_topology()->set_failover_buffer_ms(60000);
+  config.mutable_topology()->set_failover_buffer_calls(1);
+  RoutedDatabase routed(config, pg_->Dsn(), 100);
+  // The primary is lost: no member is writable.
+  routed.managed.topology()->Record("p", db::MemberSample{.in_recovery = true, .lsn = 100});
+  ASSERT_EQ(routed.managed.topology()->primary(), "");
+  auto abandoned =
+      Call::Statement("INSERT INTO dbf_t VALUES (41)", absl::Now() + absl::Seconds(60));
+  abandoned->work->may_write = true;
+  ASSERT_TRUE(routed.db->Submit(abandoned->work).ok());
+  ASSERT_EQ(routed.replicas->held_now(), 1u);
+  ASSERT_TRUE(abandoned->work->Abandon());  // as the service does when the caller goes away
+  EXPECT_TRUE(testing::WaitFor([&] { return routed.replicas->held_now() == 0; }, absl::Seconds(10)))
+      << "the abandoned call keeps its place in the buffer";
+  // Its place is free for another call.
+  auto next = Call::Statement("INSERT INTO dbf_t VALUES (42)", Soon());
+  next->work->may_write = true;
+  absl::Status held = routed.db->Submit(next->work);
+  ASSERT_TRUE(held.ok()) << held;
+  // The primary is back: the call held runs, the abandoned one never does.
+  routed.managed.topology()->Record("p", db::MemberSample{.in_recovery = false, .lsn = 110});
+  ASSERT_TRUE(next->Wait());
+  EXPECT_TRUE(next->status.ok()) << next->status;
+  EXPECT_EQ(Ids(), "{42}");
+  EXPECT_FALSE(abandoned->finished.HasBeenNotified()) << "done() after Abandon() won";
+  EXPECT_EQ(routed.replicas->held_timeouts(), 0u);
+  EXPECT_EQ(routed.replicas->held_total(), 2u);
+  EXPECT_TRUE(routed.Idle());
+}
+
+// A replica that hangs (it takes connections and never answers: a frozen
+// VM), found unhealthy while a read waits for a connection to it: by the
+// contract (docs/replicas.md, "A replica that hangs") the read is given up
+// on and answers from another member.
+//
+// DISABLED: it does not, and it outlives its deadline. Run with
+// --gtest_also_run_disabled_tests: the read (8 s deadline) answers after
+// ~21 s, UNAVAILABLE "replica r stopped answering ... could not run again
+// elsewhere", from r. Database::RunBatch/RunExclusive check
+// Work::member_unhealthy_ only before AcquireLive() and, through
+// Connection::AbandonWhen, once a connection is held; a read inside
+// AcquireLive (its pool making a connection to the hung member, or queued
+// behind such an attempt) is not given up, and the pool's factory connects
+// for up to pool.connectTimeoutMs (5 s by default, 20 s here) whatever the
+// call's deadline, so the read is out of time when it comes back and is not
+// run elsewhere. Also seen as 1 failed read (DEADLINE_EXCEEDED) of 1636 in
+// replica_routing_test's FrozenReplicaIsGivenUpOnOnceItsProbesFail (1 run
+// in 3; the frozen member's pool logged "timeout expired"). A fix needs an
+// acquisition the give-up flag and the deadline can end (common/pool's
+// Acquire, the connection factory's connect), beyond this round's scope.
+TEST_F(DatabaseFaultsTest, DISABLED_AReadWaitingForAConnectionToAHungReplicaIsGivenUpOn) {
+  // A listener that never accepts: connections complete in the kernel and
+  // the server's greeting never comes.
+  const int silent = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(silent, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(silent, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(silent, 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  v1::DatabaseConfig config = Config(1, "", 0, /*topology=*/true);
+  config.mutable_pool()->set_connect_timeout_ms(20000);
+  RoutedDatabase routed(
+      config,
+      absl::StrCat("host=127.0.0.1 port=", ntohs(addr.sin_port), " dbname=postgres user=postgres"),
+      100);
+  auto read = Call::Statement("SELECT 4::int8", absl::Now() + absl::Seconds(8), /*read=*/true);
+  RoutedDatabase::PlainRead(*read);
+  ASSERT_TRUE(routed.db->Submit(read->work).ok());
+  ASSERT_EQ(read->work->member, "r");
+  // The read's worker is connecting to it (the greeting never comes).
+  const int accepted = accept(silent, nullptr, nullptr);
+  ASSERT_GE(accepted, 0);
+  // Its probes find it unhealthy (as a failed probe would).
+  ASSERT_TRUE(routed.replicas->topology().MarkSuspect("r", absl::UnavailableError("hung")));
+  ASSERT_TRUE(read->Wait());
+  EXPECT_TRUE(read->status.ok()) << read->status;
+  EXPECT_EQ(read->work->member, "p");
+  EXPECT_EQ(read->sink.value(), 4);
+  close(accepted);
+  close(silent);
 }
 
 // Transaction control in a batch of other callers' statements: the statements

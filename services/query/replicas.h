@@ -172,9 +172,13 @@ class Replicas {
   // or `deadline`), or the database stops: then(false). RESOURCE_EXHAUSTED
   // (nothing held) when holding it would pass topology.failoverBufferCalls
   // or topology.failoverBufferBytes; UNAVAILABLE once stopped.
+  // `abandoned`: true once the call's caller went away (it leaves the
+  // buffer at the next WakeHolds(), without counting as a timeout).
   absl::Status HoldForPrimary(uint64_t generation, size_t bytes, absl::Time deadline,
-                              std::function<void(bool)> then) {
-    return database_->HoldForPrimary(generation, bytes, deadline, std::move(then));
+                              std::function<void(bool)> then,
+                              std::function<bool()> abandoned = nullptr) {
+    return database_->HoldForPrimary(generation, bytes, deadline, std::move(then), true,
+                                     std::move(abandoned));
   }
   // Calls held so far, those that timed out, held now, and the time held
   // calls waited (summed, and each hold's in a histogram), as of one moment.
