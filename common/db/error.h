@@ -45,8 +45,9 @@ std::string SqlStateOf(const absl::Status& status);
 // Whether `status` says the server could not be reached or the connection to
 // it was lost: UNAVAILABLE without a SQLSTATE (libpq's own) or of class 08.
 // Not the server's own verdicts that are also UNAVAILABLE (53300 too many
-// connections, 57P0x shutting down or starting up), which say nothing of
-// whether it can be reached.
+// connections, 57P01-57P03 a session the server ended, also
+// pg_terminate_backend's on a healthy server), which say nothing of whether
+// it can be reached. Only meaningful for a status from a connection's call.
 bool IsConnectionFailure(const absl::Status& status);
 
 }  // namespace poolside::db

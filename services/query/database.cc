@@ -203,7 +203,7 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
       call->tracked = false;
     }
     if (!s.ok() && !raw->on_replica && raw->connection_failed_ && !raw->member.empty() &&
-        ConnectionFailure(s) && !replicas->stopped()) {
+        db::IsConnectionFailure(s) && !replicas->stopped()) {
       // Its connection to the primary failed: other calls sent now would go
       // out on the pool's other connections to the same server and most
       // likely fail alike. Held instead until the primary's next probe,

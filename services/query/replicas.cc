@@ -24,12 +24,6 @@ const char* ReadRetryReasonName(ReadRetryReason reason) {
   return "";
 }
 
-bool ConnectionFailure(const absl::Status& status) {
-  if (status.code() != absl::StatusCode::kUnavailable) return false;
-  const std::string sqlstate = db::SqlStateOf(status);
-  return sqlstate.empty() || absl::StartsWith(sqlstate, "08");
-}
-
 ReadRetryReason ReplicaReadRetry(const absl::Status& status, const ReadAttempt& attempt) {
   if (!attempt.on_replica || !attempt.plain_read || attempt.cancelled || attempt.past_deadline ||
       attempt.stopping || attempt.retries >= kMaxReplicaReadRetries) {

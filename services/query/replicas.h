@@ -104,13 +104,6 @@ struct ReadAttempt {
   int retries = 0;
 };
 
-// Whether `status` is a failure of the connection rather than the
-// statement's: UNAVAILABLE with no SQLSTATE or one of class 08. Not a session
-// the server ended (57P01-57P03: also pg_terminate_backend's, on a healthy
-// member), nor other UNAVAILABLE verdicts (53300 too many connections). Only
-// meaningful for a status from a connection's call.
-bool ConnectionFailure(const absl::Status& status);
-
 // Whether a read that failed with `status` may run again on another member,
 // and why; kNone for anything else: an SQL error (syntax, permission, 25006,
 // a cancelled statement...), a read that is not plain, on the primary, out
