@@ -98,10 +98,13 @@ absl::Status CheckSessionRole(const SessionRole& role, absl::string_view databas
 
 absl::StatusOr<std::unique_ptr<Connection>> OpenChecked(const ConnectionOptions& options,
                                                         absl::string_view database,
-                                                        bool allow_privileged) {
-  absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(options);
+                                                        bool allow_privileged,
+                                                        const OpenLimits& limits) {
+  absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(options, limits);
   if (!conn.ok()) return conn.status();
+  (*conn)->AbandonWhen(limits.abandon);
   absl::StatusOr<SessionRole> role = ReadSessionRole(**conn, absl::Now() + options.connect_timeout);
+  (*conn)->AbandonWhen({});
   if (!role.ok()) return role.status();
   if (absl::Status s = CheckSessionRole(*role, database, allow_privileged); !s.ok()) return s;
   return conn;

@@ -136,15 +136,62 @@ absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
 
 // A libpqxx connection policy that remembers the libpq handle it opens: the
 // documented way to combine libpqxx's connection handling with libpq calls.
+// With `abandon` flags (Open's limits) it connects without blocking
+// (PQconnectStart, PQconnectPoll) and gives up when one is raised, or at
+// `give_up` (connect_timeout, which libpq applies only to a blocking
+// connect).
 class CapturingPolicy : public pqxx::connect_direct {
  public:
-  explicit CapturingPolicy(const std::string& opts) : pqxx::connect_direct(opts) {}
+  CapturingPolicy(const std::string& opts, absl::Time give_up,
+                  absl::Span<const std::atomic<bool>* const> abandon)
+      : pqxx::connect_direct(opts),
+        limited_(!abandon.empty()),
+        give_up_(give_up),
+        abandon_(abandon.begin(), abandon.end()) {}
   handle do_startconnect(handle orig) override {
-    handle_ = pqxx::connect_direct::do_startconnect(orig);
+    if (!limited_ || orig != nullptr) {
+      handle_ = pqxx::connect_direct::do_startconnect(orig);
+      return handle_;
+    }
+    handle_ = PQconnectStart(options().c_str());
+    if (handle_ == nullptr) throw std::bad_alloc();
+    if (PQstatus(handle_) == CONNECTION_BAD) {
+      const std::string why = PQerrorMessage(handle_);
+      PQfinish(handle_);
+      handle_ = nullptr;
+      throw pqxx::broken_connection(why);
+    }
     return handle_;
   }
   handle do_completeconnect(handle orig) override {
-    handle_ = pqxx::connect_direct::do_completeconnect(orig);
+    if (!limited_ || orig == nullptr || PQstatus(orig) == CONNECTION_OK) {
+      handle_ = pqxx::connect_direct::do_completeconnect(orig);
+      return handle_;
+    }
+    // Thrown, the handle is closed by libpqxx (it still holds it).
+    PostgresPollingStatusType polled = PGRES_POLLING_WRITING;
+    while (polled != PGRES_POLLING_OK) {
+      if (polled == PGRES_POLLING_FAILED) throw pqxx::broken_connection(PQerrorMessage(orig));
+      const absl::Time now = absl::Now();
+      if (now >= give_up_) {
+        throw pqxx::broken_connection("timeout expired while connecting");
+      }
+      for (const std::atomic<bool>* flag : abandon_) {
+        if (flag->load(std::memory_order_relaxed)) {
+          throw pqxx::broken_connection(
+              "connecting given up: the server stopped answering (its probes failed)");
+        }
+      }
+      const int fd = PQsocket(orig);
+      if (fd < 0) throw pqxx::broken_connection(PQerrorMessage(orig));
+      pollfd pfd{fd, static_cast<short>(polled == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
+      const int timeout_ms = PollTimeoutMs(now, give_up_, abandon_.empty() ? 1000 : 50);
+      if (::poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR) {
+        throw pqxx::broken_connection("waiting for the server while connecting");
+      }
+      if (pfd.revents != 0) polled = PQconnectPoll(orig);
+    }
+    handle_ = orig;
     return handle_;
   }
   handle do_dropconnect(handle orig) noexcept override {
@@ -158,6 +205,9 @@ class CapturingPolicy : public pqxx::connect_direct {
   PGconn* raw() const { return handle_; }
 
  private:
+  const bool limited_;
+  const absl::Time give_up_;
+  const std::vector<const std::atomic<bool>*> abandon_;
   handle handle_ = nullptr;
 };
 
@@ -169,8 +219,9 @@ int64_t CeilSeconds(absl::Duration d) {
 
 class Connection::PqxxConnection : public pqxx::connection_base {
  public:
-  explicit PqxxConnection(const std::string& conninfo)
-      : pqxx::connection_base(policy_), policy_(conninfo) {
+  PqxxConnection(const std::string& conninfo, absl::Time give_up,
+                 absl::Span<const std::atomic<bool>* const> abandon)
+      : pqxx::connection_base(policy_), policy_(conninfo, give_up, abandon) {
     init();
   }
   ~PqxxConnection() noexcept { close(); }
@@ -248,12 +299,34 @@ Connection::~Connection() {
   // pqxx_ closes the libpq connection.
 }
 
-absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectionOptions& options) {
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectionOptions& options,
+                                                             const OpenLimits& limits) {
   absl::StatusOr<std::string> conninfo = BuildConninfo(options);
   if (!conninfo.ok()) return conninfo.status();
+  // Limits apply to one host; connect_timeout (the DSN's own, else the
+  // option) is then enforced here, as libpq does only for a blocking connect.
+  absl::Time give_up = absl::InfiniteFuture();
+  absl::Span<const std::atomic<bool>* const> abandon;
+  if (!limits.abandon.empty()) {
+    absl::StatusOr<Conninfo> parsed = Conninfo::Parse(*conninfo);
+    const std::string* host = parsed.ok() ? parsed->Get("host") : nullptr;
+    const std::string* hostaddr = parsed.ok() ? parsed->Get("hostaddr") : nullptr;
+    const bool one_host = parsed.ok() && (host == nullptr || !absl::StrContains(*host, ',')) &&
+                          (hostaddr == nullptr || !absl::StrContains(*hostaddr, ','));
+    if (one_host) {
+      int64_t seconds = 0;
+      const std::string* timeout = parsed->Get("connect_timeout");
+      if (timeout == nullptr || !absl::SimpleAtoi(*timeout, &seconds) || seconds <= 0) {
+        seconds = 0;  // none: the limits alone
+      }
+      // As libpq: at least 2 s.
+      if (seconds > 0) give_up = absl::Now() + absl::Seconds(std::max<int64_t>(2, seconds));
+      abandon = limits.abandon;
+    }
+  }
   std::unique_ptr<Connection> c(new Connection(options));
   try {
-    c->pqxx_ = std::make_unique<PqxxConnection>(*conninfo);
+    c->pqxx_ = std::make_unique<PqxxConnection>(*conninfo, give_up, abandon);
     c->pqxx_->inhibit_reactivation(true);
   } catch (const std::exception& e) {
     return StatusFromException(e);

@@ -62,6 +62,15 @@ struct ConnectionOptions {
   absl::Duration cancel_grace = absl::Seconds(3);
 };
 
+// For Connection::Open(): connecting gives up (UNAVAILABLE, as a server that
+// cannot be reached) within 50 ms of one of `abandon` being raised by another
+// thread (routing found the server stopped answering), besides at
+// connect_timeout. Applied to DSNs naming one host (libpq gives each host of
+// a multi-host DSN its own connect_timeout). The flags must outlive Open().
+struct OpenLimits {
+  absl::Span<const std::atomic<bool>* const> abandon;
+};
+
 // Receives one statement's result, row by row, so results never need to be held
 // twice and a limit can stop a result early.
 class ResultSink {
@@ -133,7 +142,8 @@ struct Notification {
 
 class Connection {
  public:
-  static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectionOptions& options);
+  static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectionOptions& options,
+                                                          const OpenLimits& limits = {});
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;

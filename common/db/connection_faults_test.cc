@@ -308,11 +308,12 @@ TEST_F(ConnectionFaultsTest, ThePoolNeverHandsADiscardedConnectionOutAgain) {
   o.name = "faults";
   o.min_idle = 0;
   o.max_size = 1;
-  pool::Pool<Connection> pool(o, [this]() -> absl::StatusOr<std::unique_ptr<Connection>> {
-    auto c = Open();
-    if (c == nullptr) return absl::UnavailableError("cannot connect");
-    return c;
-  });
+  pool::Pool<Connection> pool(o,
+                              [this](const auto&) -> absl::StatusOr<std::unique_ptr<Connection>> {
+                                auto c = Open();
+                                if (c == nullptr) return absl::UnavailableError("cannot connect");
+                                return c;
+                              });
   int64_t first_pid = 0;
   {
     auto lease = pool.Acquire(Soon());

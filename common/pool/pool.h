@@ -68,6 +68,7 @@
 // idle objects. A moved-from or default-constructed Lease is empty.
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <chrono>
 #include <cstddef>
@@ -87,6 +88,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "common/clock/clock.h"
 #include "common/sync/mutex.h"
 #include "common/telemetry/histogram.h"
@@ -145,9 +147,17 @@ struct PoolStats {
 template <typename T>
 class Pool {
  public:
+  // What an Acquire() that creates an object asks of the factory: give up
+  // once one of `abandon` (Acquire's) is raised. Not the Acquire's deadline:
+  // an object made for one caller serves the next ones too, and callers with
+  // short deadlines would otherwise never let a slow connect finish. None for
+  // WarmUp() and Maintain().
+  struct CreateLimits {
+    absl::Span<const std::atomic<bool>* const> abandon;
+  };
   // May block (connects). Called without the pool lock held. Returning OK with
   // a null pointer is treated as an INTERNAL error.
-  using Factory = std::function<absl::StatusOr<std::unique_ptr<T>>()>;
+  using Factory = std::function<absl::StatusOr<std::unique_ptr<T>>(const CreateLimits&)>;
   // Pre-ping; false means broken. May be null (objects are never pre-pinged).
   using Validator = std::function<bool(T&)>;
   // Closes an object; may be null (the object is just deleted). Called without
@@ -206,7 +216,10 @@ class Pool {
 
   // Leases an object, waiting until min(deadline, now + acquire_timeout).
   // `holder` is shown in leak logs (see Lease::SetHolder).
-  absl::StatusOr<Lease> Acquire(absl::Time deadline, std::string holder = "");
+  // An object it creates is given up when one of `abandon` is raised
+  // (CreateLimits).
+  absl::StatusOr<Lease> Acquire(absl::Time deadline, std::string holder = "",
+                                absl::Span<const std::atomic<bool>* const> abandon = {});
 
   // Creates objects until min_idle are idle (or the pool is full). Failed
   // creations are retried with exponential backoff (50ms, x2, capped at 2s)
@@ -273,7 +286,7 @@ class Pool {
   absl::Status ObtainLocked(absl::Time deadline, Grant* grant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Lease MakeLeaseLocked(Entry entry, std::string holder, absl::Time started)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::unique_ptr<T>> CreateObject();
+  absl::StatusOr<std::unique_ptr<T>> CreateObject(const CreateLimits& limits = {});
   // Destroys without the lock, then frees the slot and counts it.
   void DestroyAndFreeSlot(std::unique_ptr<T> object, DestroyReason reason) ABSL_LOCKS_EXCLUDED(mu_);
   void DestroyObject(std::unique_ptr<T> object) ABSL_LOCKS_EXCLUDED(mu_);
@@ -476,8 +489,8 @@ void Pool<T>::DestroyAndFreeSlot(std::unique_ptr<T> object, DestroyReason reason
 }
 
 template <typename T>
-absl::StatusOr<std::unique_ptr<T>> Pool<T>::CreateObject() {
-  absl::StatusOr<std::unique_ptr<T>> made = factory_();
+absl::StatusOr<std::unique_ptr<T>> Pool<T>::CreateObject(const CreateLimits& limits) {
+  absl::StatusOr<std::unique_ptr<T>> made = factory_(limits);
   if (made.ok() && *made == nullptr) {
     made = absl::InternalError(
         absl::StrCat("pool ", options_.name, ": factory returned a null object"));
@@ -536,7 +549,8 @@ typename Pool<T>::Lease Pool<T>::MakeLeaseLocked(Entry entry, std::string holder
 }
 
 template <typename T>
-absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline, std::string holder) {
+absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(
+    absl::Time deadline, std::string holder, absl::Span<const std::atomic<bool>* const> abandon) {
   const absl::Time started = clock_->Now();
   deadline = std::min(deadline, started + options_.acquire_timeout);
   const absl::Status cancelled =
@@ -602,7 +616,7 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline, st
       continue;
     }
 
-    absl::StatusOr<std::unique_ptr<T>> made = CreateObject();
+    absl::StatusOr<std::unique_ptr<T>> made = CreateObject({abandon});
     sync::MutexLock lock(&mu_);
     if (!made.ok()) {
       ++counters_.create_failures;

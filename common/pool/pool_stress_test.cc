@@ -55,7 +55,7 @@ TEST(PoolStressTest, ConcurrentAcquireReleaseKeepsInvariants) {
   options.validate_after_idle = absl::ZeroDuration();  // pre-ping every hand-out
   Pool<Obj> pool(
       options,
-      [&shared]() -> absl::StatusOr<std::unique_ptr<Obj>> {
+      [&shared](const auto&) -> absl::StatusOr<std::unique_ptr<Obj>> {
         return std::make_unique<Obj>(&shared);
       },
       // Roughly 1 in 97 pre-pings fails.

@@ -120,7 +120,7 @@ class PoolTest : public ::testing::Test {
   // Factory: fails while fail_remaining_ > 0 (or fail_always_), optionally
   // blocks on block_gate_ first.
   ConnPool::Factory MakeFactory() {
-    return [this]() -> absl::StatusOr<std::unique_ptr<Conn>> {
+    return [this](const auto&) -> absl::StatusOr<std::unique_ptr<Conn>> {
       ++factory_calls_;
       if (block_factory_) block_gate_.Wait();
       if (fail_always_ || fail_remaining_.fetch_sub(1) > 0) {
@@ -393,7 +393,8 @@ TEST_F(PoolTest, FactoryFailureFreesSlotForNextWaiter) {
 TEST_F(PoolTest, FactoryReturningNullIsInternalError) {
   PoolOptions o = Sized(0);
   ConnPool pool(
-      o, [] { return absl::StatusOr<std::unique_ptr<Conn>>(nullptr); }, nullptr, nullptr, &clock_);
+      o, [](const auto&) { return absl::StatusOr<std::unique_ptr<Conn>>(nullptr); }, nullptr,
+      nullptr, &clock_);
   auto a = pool.Acquire(Soon());
   EXPECT_EQ(a.status().code(), absl::StatusCode::kInternal);
   EXPECT_EQ(pool.Stats().create_failures, 1u);

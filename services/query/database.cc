@@ -471,10 +471,10 @@ void Database::MaybeStartWorker() {
   });
 }
 
-absl::StatusOr<ConnectionPool::Lease> Database::AcquireLive(absl::Time deadline,
-                                                            std::string holder) {
+absl::StatusOr<ConnectionPool::Lease> Database::AcquireLive(
+    absl::Time deadline, std::string holder, absl::Span<const std::atomic<bool>* const> abandon) {
   for (size_t attempt = 0;; ++attempt) {
-    absl::StatusOr<ConnectionPool::Lease> lease = pool_->Acquire(deadline, holder);
+    absl::StatusOr<ConnectionPool::Lease> lease = pool_->Acquire(deadline, holder, abandon);
     if (!lease.ok()) {
       if (lease.status().code() == absl::StatusCode::kDeadlineExceeded) {
         return absl::DeadlineExceededError(absl::StrCat(
@@ -552,10 +552,16 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
               batch.end());
   if (batch.empty()) return;
   absl::Time acquire_deadline = absl::InfinitePast();
-  for (auto& w : batch) acquire_deadline = std::max(acquire_deadline, w->deadline);
+  // Reads given up on this member while a connection is made for them give
+  // the connect up (a server that stopped answering may not answer it).
+  absl::InlinedVector<const std::atomic<bool>*, 8> give_up;
+  for (auto& w : batch) {
+    acquire_deadline = std::max(acquire_deadline, w->deadline);
+    if (w->on_replica) give_up.push_back(&w->member_unhealthy_);
+  }
   const absl::Time acquire_start = absl::Now();
   absl::StatusOr<ConnectionPool::Lease> lease =
-      AcquireLive(acquire_deadline, batch.front()->holder);
+      AcquireLive(acquire_deadline, batch.front()->holder, give_up);
   if (telemetry::GlobalTracer() != nullptr) {
     const absl::Time end = absl::Now();
     for (auto& w : batch) RecordAcquire(*w, name(), acquire_start, end, lease.status());
@@ -591,10 +597,6 @@ void Database::RunBatch(std::vector<std::shared_ptr<Work>>& batch) {
   }
   // One pipeline: any of its reads given up gives the connection up (only
   // reads on a replica are ever given up).
-  absl::InlinedVector<const std::atomic<bool>*, 8> give_up;
-  for (auto& w : batch) {
-    if (w->on_replica) give_up.push_back(&w->member_unhealthy_);
-  }
   (*lease)->AbandonWhen(give_up);
   uint64_t reruns = 0;
   absl::Status link = (*lease)->RunIndependent(statements, &reruns);
@@ -648,7 +650,7 @@ void Database::RetryBatch(std::vector<std::shared_ptr<Work>>& batch) {
   }
   if (again.empty()) return;
   // The first failure stands if no connection can be had now.
-  absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(deadline, *holder);
+  absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(deadline, *holder, give_up);
   // None: each keeps its first outcome (RunBatch marks what never ran).
   if (!lease.ok()) return;
   retries_.fetch_add(again.size(), std::memory_order_relaxed);
@@ -673,7 +675,9 @@ void Database::RunExclusive(Work& work) {
   db::Reach first_reach = db::Reach::kMayHaveRun;
   for (int attempt = 0; attempt < 2; ++attempt) {
     const absl::Time acquire_start = absl::Now();
-    absl::StatusOr<ConnectionPool::Lease> lease = AcquireLive(work.deadline, work.holder);
+    const std::atomic<bool>* give_up[] = {&work.member_unhealthy_};
+    absl::StatusOr<ConnectionPool::Lease> lease =
+        AcquireLive(work.deadline, work.holder, absl::MakeSpan(give_up, work.on_replica ? 1 : 0));
     if (telemetry::GlobalTracer() != nullptr) {
       RecordAcquire(work, name(), acquire_start, absl::Now(), lease.status());
     }

@@ -279,7 +279,11 @@ class Database {
 
   // A connection that passed the cheap liveness check (dead ones are discarded
   // and replaced within the same deadline).
-  absl::StatusOr<ConnectionPool::Lease> AcquireLive(absl::Time deadline, std::string holder);
+  // A connection made for it gives up when one of `abandon` is raised (the
+  // reads it is for were given up on this member).
+  absl::StatusOr<ConnectionPool::Lease> AcquireLive(
+      absl::Time deadline, std::string holder,
+      absl::Span<const std::atomic<bool>* const> abandon = {});
 
   // Warm-up to min_idle, retrying for pool.startup_retry_ms while the
   // database is not up yet.

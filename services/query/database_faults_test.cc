@@ -636,24 +636,11 @@ TEST_F(DatabaseFaultsTest, AHeldCallItsCallerAbandonedLeavesTheFailoverBuffer) {
 // A replica that hangs (it takes connections and never answers: a frozen
 // VM), found unhealthy while a read waits for a connection to it: by the
 // contract (docs/replicas.md, "A replica that hangs") the read is given up
-// on and answers from another member.
-//
-// DISABLED: it does not, and it outlives its deadline. Run with
-// --gtest_also_run_disabled_tests: the read (8 s deadline) answers after
-// ~21 s, UNAVAILABLE "replica r stopped answering ... could not run again
-// elsewhere", from r. Database::RunBatch/RunExclusive check
-// Work::member_unhealthy_ only before AcquireLive() and, through
-// Connection::AbandonWhen, once a connection is held; a read inside
-// AcquireLive (its pool making a connection to the hung member, or queued
-// behind such an attempt) is not given up, and the pool's factory connects
-// for up to pool.connectTimeoutMs (5 s by default, 20 s here) whatever the
-// call's deadline, so the read is out of time when it comes back and is not
-// run elsewhere. Also seen as 1 failed read (DEADLINE_EXCEEDED) of 1636 in
-// replica_routing_test's FrozenReplicaIsGivenUpOnOnceItsProbesFail (1 run
-// in 3; the frozen member's pool logged "timeout expired"). A fix needs an
-// acquisition the give-up flag and the deadline can end (common/pool's
-// Acquire, the connection factory's connect), beyond this round's scope.
-TEST_F(DatabaseFaultsTest, DISABLED_AReadWaitingForAConnectionToAHungReplicaIsGivenUpOn) {
+// on and answers from another member. The connect is given up with it
+// (Pool::Acquire's abandon flags, Connection::Open's limits): without that,
+// the read waited for the pool's connectTimeoutMs (20 s here), past its
+// deadline, and answered UNAVAILABLE from the hung member.
+TEST_F(DatabaseFaultsTest, AReadWaitingForAConnectionToAHungReplicaIsGivenUpOn) {
   // A listener that never accepts: connections complete in the kernel and
   // the server's greeting never comes.
   const int silent = socket(AF_INET, SOCK_STREAM, 0);
