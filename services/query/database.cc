@@ -349,16 +349,11 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   const std::string failed_member = raw->member;
   const uint64_t failed_lsn = raw->member_lsn;
   const bool gave_up = raw->member_unhealthy_.load();
-  raw->not_run_ = false;
-  raw->no_connection_ = false;
-  raw->connection_failed_ = false;
-  // Untracked already (done() did that first): nothing raises it again.
-  raw->member_unhealthy_.store(false);
-  raw->state.store(Work::kQueued);
-  // Until routed again the work is nowhere: held for a primary that never
-  // comes, its failure must not read as this member's again.
-  raw->on_replica = false;
-  raw->member.clear();
+  // Untracked already (done() did that first): nothing raises its
+  // member_unhealthy_ again. Until routed again the work is nowhere: held for
+  // a primary that never comes, its failure must not read as this member's
+  // again.
+  raw->ClearRun();
   if (absl::Status routed = RouteNow(strong, call); routed.ok()) {
     replicas_->CountReadRetry(reason);
     return true;
@@ -367,9 +362,7 @@ bool Database::RetryOnAnotherMember(Work* raw, const std::weak_ptr<Work>& weak,
   // the first failure answers, naming where it happened, unless the caller
   // abandoned the call meanwhile.
   if (!raw->Claim()) return true;
-  raw->member = failed_member;
-  raw->on_replica = true;
-  raw->member_lsn = failed_lsn;
+  raw->RestoreReplica(failed_member, failed_lsn);
   raw->member_unhealthy_.store(gave_up);
   return false;
 }
@@ -398,20 +391,12 @@ bool Database::RunRefusedWriteOnPrimary(Work* raw, const std::weak_ptr<Work>& we
   raw->replica_ok = false;
   raw->plain_read = false;
   raw->may_write = true;
-  raw->not_run_ = false;
-  raw->no_connection_ = false;
-  raw->connection_failed_ = false;
-  raw->member_unhealthy_.store(false);
-  raw->state.store(Work::kQueued);
-  raw->on_replica = false;
-  raw->member.clear();
+  raw->ClearRun();
   if (absl::Status routed = RouteNow(strong, call); routed.ok()) return true;
   // No primary to run it on: the replica's refusal answers, unless the
   // caller abandoned the call meanwhile.
   if (!raw->Claim()) return true;
-  raw->member = failed_member;
-  raw->on_replica = true;
-  raw->member_lsn = failed_lsn;
+  raw->RestoreReplica(failed_member, failed_lsn);
   raw->may_write = false;
   return false;
 }

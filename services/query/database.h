@@ -215,6 +215,24 @@ class Work {
 
  private:
   friend class Database;
+  // After a failed run on a member: clears what that run left, so routing
+  // can send the work elsewhere (queued, on no member).
+  void ClearRun() {
+    not_run_ = false;
+    no_connection_ = false;
+    connection_failed_ = false;
+    member_unhealthy_.store(false);
+    state.store(kQueued);
+    on_replica = false;
+    member.clear();
+  }
+  // When it could not be routed again: back on the replica the failed run was
+  // on, whose failure answers.
+  void RestoreReplica(std::string replica, uint64_t lsn) {
+    member = std::move(replica);
+    on_replica = true;
+    member_lsn = lsn;
+  }
   std::atomic<int> state{kQueued};
   // Failed before any connection was had (the pool could not connect), or
   // a single statement its server never executed: it provably did not run,
