@@ -19,9 +19,14 @@ namespace {
 
 // pg_is_in_recovery() once: a server promoted between two calls would make
 // pg_current_wal_lsn() fail (or a replay position look like a primary's).
-// The volatile function keeps the subquery from being flattened.
+// The volatile function keeps the subquery from being flattened. The
+// timeline: a primary's, of its current WAL file (its first 8 hex digits); a
+// replica's, the one its WAL receiver streams (NULL without one, or for a
+// role that may not read pg_stat_wal_receiver).
 constexpr char kProbeSql[] =
-    "SELECT r, CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text "
+    "SELECT r, CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text, "
+    "CASE WHEN r THEN (SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver LIMIT 1)::int8 "
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END "
     "FROM (SELECT pg_is_in_recovery() AS r) s";
 
 std::string Trimmed(const char* s) {
@@ -122,13 +127,18 @@ absl::StatusOr<MemberSample> PgMemberProbe::Query(absl::Time deadline) {
     const ExecStatusType status = PQresultStatus(result);
     if (status == PGRES_TUPLES_OK && !got_rows) {
       got_rows = true;
-      if (PQntuples(result) != 1 || PQnfields(result) != 2 || PQgetisnull(result, 0, 0)) {
+      if (PQntuples(result) != 1 || PQnfields(result) != 3 || PQgetisnull(result, 0, 0)) {
         out = absl::InternalError("unexpected probe result shape");
       } else if (PQgetisnull(result, 0, 1)) {
         out = absl::UnavailableError("the server has no WAL position yet");
       } else {
         MemberSample sample;
         sample.in_recovery = absl::string_view(PQgetvalue(result, 0, 0)) == "t";
+        int64_t timeline = 0;
+        if (!PQgetisnull(result, 0, 2) && absl::SimpleAtoi(PQgetvalue(result, 0, 2), &timeline) &&
+            timeline > 0 && timeline <= UINT32_MAX) {
+          sample.timeline = static_cast<uint32_t>(timeline);
+        }
         absl::StatusOr<Lsn> lsn = ParseLsn(PQgetvalue(result, 0, 1));
         if (lsn.ok()) {
           sample.lsn = *lsn;

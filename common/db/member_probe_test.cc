@@ -22,6 +22,7 @@ TEST(MemberProbeTest, ReadsRoleAndPositionAndSurvivesARestart) {
   absl::StatusOr<MemberSample> first = probe.Probe(absl::Now() + absl::Seconds(10));
   ASSERT_TRUE(first.ok()) << first.status();
   EXPECT_FALSE(first->in_recovery);
+  EXPECT_EQ(first->timeline, 1u);  // a fresh cluster's
   absl::StatusOr<std::string> now = pg.QueryValue("postgres", "SELECT pg_current_wal_lsn()::text");
   ASSERT_TRUE(now.ok());
   absl::StatusOr<Lsn> lsn = ParseLsn(*now);

@@ -23,6 +23,7 @@ struct Topology::Member {
   absl::Time last_sample = absl::InfinitePast();  // last successful probe
   bool in_recovery = false;
   Lsn lsn = 0;
+  uint32_t timeline = 0;
   bool banned = false;
   uint64_t bans = 0;
   uint64_t lag_bytes = 0;
@@ -145,6 +146,7 @@ bool Topology::RecordLocked(const std::string& id, const absl::StatusOr<MemberSa
     member->last_sample = now;
     member->in_recovery = sample->in_recovery;
     member->lsn = sample->lsn;
+    member->timeline = sample->timeline;
   }
   ResolvePrimaryLocked();
   if (sample.ok() && member == primary_) {
@@ -185,9 +187,16 @@ void Topology::EvaluateLagLocked(Member& member) {
                          [](Lsn lsn, const PrimarySample& sample) { return lsn < sample.lsn; });
     member.lag = std::max(absl::ZeroDuration(), member.last_sample - first->at);
   }
-  const bool over = member.lag > options_.max_lag || member.lag_bytes > options_.max_lag_bytes;
-  const bool within_half =
-      member.lag <= options_.max_lag / 2 && member.lag_bytes <= options_.max_lag_bytes / 2;
+  // A replica on another timeline than the primary's is not on its history:
+  // after a failover it may have replayed past the promoted member's WAL
+  // (rows the new primary never had, positions that pass its tokens without
+  // its writes) until it follows the new timeline, if it ever can.
+  const bool other_timeline = primary_ != nullptr && primary_->timeline != 0 &&
+                              member.timeline != 0 && member.timeline != primary_->timeline;
+  const bool over =
+      other_timeline || member.lag > options_.max_lag || member.lag_bytes > options_.max_lag_bytes;
+  const bool within_half = !other_timeline && member.lag <= options_.max_lag / 2 &&
+                           member.lag_bytes <= options_.max_lag_bytes / 2;
   if (!member.banned && over) {
     member.banned = true;
     ++member.bans;
@@ -378,6 +387,7 @@ std::vector<MemberStatus> Topology::Snapshot() const {
     }
     s.banned = m->banned;
     s.lsn = m->lsn;
+    s.timeline = m->timeline;
     s.lag_bytes = s.role == MemberRole::kReplica ? m->lag_bytes : 0;
     s.lag = s.role == MemberRole::kReplica ? m->lag : absl::ZeroDuration();
     s.outstanding = m->outstanding.load(std::memory_order_relaxed);

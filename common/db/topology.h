@@ -73,6 +73,9 @@ struct MemberSample {
   bool in_recovery = false;
   // A primary's current WAL position; a replica's replay position.
   Lsn lsn = 0;
+  // A primary's timeline; the one a replica's WAL receiver streams. 0:
+  // unknown (no receiver, or not visible to the probe's role).
+  uint32_t timeline = 0;
 };
 
 enum class MemberRole { kUnknown, kPrimary, kReplica };
@@ -92,6 +95,7 @@ struct MemberStatus {
   bool healthy = false;
   bool banned = false;
   Lsn lsn = 0;
+  uint32_t timeline = 0;  // MemberSample::timeline
   uint64_t lag_bytes = 0;
   absl::Duration lag = absl::ZeroDuration();
   int64_t outstanding = 0;

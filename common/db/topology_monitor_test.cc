@@ -270,6 +270,15 @@ TEST_F(TopologyMonitorTest, LagBansAndTokensOnRealReplicas) {
   ASSERT_TRUE(SeesAll(topology));
   EXPECT_EQ(StatusOf(topology, r0).role, MemberRole::kReplica);
   EXPECT_EQ(topology.Pick(false)->id(), primary);
+  // Every member on the cluster's first timeline (the replicas' as their WAL
+  // receivers stream it, once they do).
+  EXPECT_EQ(StatusOf(topology, primary).timeline, 1u);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        return StatusOf(topology, r0).timeline == 1u && StatusOf(topology, r1).timeline == 1u;
+      },
+      absl::Seconds(20)))
+      << StatusOf(topology, r0).timeline << " " << StatusOf(topology, r1).timeline;
   std::map<std::string, int> spread;
   for (int i = 0; i < 10; ++i) ++spread[topology.Pick(true)->id()];
   EXPECT_EQ(spread[r0], 5);

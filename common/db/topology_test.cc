@@ -212,6 +212,31 @@ TEST_F(TopologyTest, TokenNeverPicksAReplicaBehindIt) {
   EXPECT_TRUE(r->primary());
 }
 
+// After a failover that promoted r1 (timeline 2) while r2 had replayed
+// further on the old timeline: r2's rows and position are not the new
+// primary's history. It gets no reads, not even for a token its position
+// passes, until it streams the primary's timeline.
+TEST_F(TopologyTest, AReplicaOnAnotherTimelineThanThePrimaryGetsNoReads) {
+  topology_.Record("p", MemberSample{.in_recovery = false, .lsn = 1000, .timeline = 2});
+  topology_.Record("r1", MemberSample{.in_recovery = true, .lsn = 1000, .timeline = 2});
+  topology_.Record("r2", MemberSample{.in_recovery = true, .lsn = 1200, .timeline = 1});
+  EXPECT_TRUE(Status("r2").banned);
+  EXPECT_EQ(Status("r2").timeline, 1u);
+  EXPECT_FALSE(Status("r1").banned);
+  EXPECT_EQ(SpreadOf(4)["r1"], 4);
+  absl::StatusOr<Topology::Route> r = topology_.Pick(true, 1100);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->id(), "p");
+  // Streaming the new timeline: routable again.
+  topology_.Record("r2", MemberSample{.in_recovery = true, .lsn = 1000, .timeline = 2});
+  EXPECT_FALSE(Status("r2").banned);
+  EXPECT_EQ(SpreadOf(4)["r2"], 2);
+  // A timeline the probe cannot see (no WAL receiver, no privilege) changes
+  // nothing.
+  topology_.Record("r2", MemberSample{.in_recovery = true, .lsn = 1000, .timeline = 0});
+  EXPECT_FALSE(Status("r2").banned);
+}
+
 TEST_F(TopologyTest, NoHealthyReplicaFallsBackOrFails) {
   Round(1000, 1000, 1000);
   topology_.Record("r1", absl::UnavailableError("connection refused"));
