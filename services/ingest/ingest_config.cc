@@ -25,7 +25,7 @@ absl::StatusOr<v1::IngestServiceConfig> FinalizeIngestConfig(
   if (absl::Status s = config::ValidateServerTlsConfig(server->tls()); !s.ok()) return s;
 
   auto* batch = c.mutable_batch();
-  POOLSIDE_DEFAULT(batch, max_rows, 10000u);
+  POOLSIDE_DEFAULT(batch, max_rows, 50000u);
   POOLSIDE_DEFAULT(batch, max_bytes, uint64_t{4} << 20);
   POOLSIDE_DEFAULT(batch, linger_ms, 10u);
   const config::ContainerLimits limits = config::EffectiveLimits(c.server(), detected);

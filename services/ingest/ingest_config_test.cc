@@ -21,7 +21,7 @@ TEST(IngestConfigTest, FillsDefaults) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->server().listen(), "0.0.0.0:50053");
   EXPECT_EQ(c->default_database(), "app");
-  EXPECT_EQ(c->batch().max_rows(), 10000u);
+  EXPECT_EQ(c->batch().max_rows(), 50000u);
   EXPECT_EQ(c->batch().linger_ms(), 10u);
   EXPECT_EQ(c->batch().buffer_bytes(), uint64_t{64} << 20);
   EXPECT_EQ(c->batch().max_request_bytes(), uint64_t{16} << 20);
