@@ -562,7 +562,7 @@ ingest_bench() {
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$TMP/out.txt")
   [[ -n $tps ]] || { tail -20 "$TMP/out.txt" >&2; die "pgbench insert printed no tps"; }
   ingest_point ingest_pgbench_insert "$INGEST_PRODUCERS" "$tps" 1 "pgbench -c $INGEST_PRODUCERS"
-  INGEST_SUMMARY="$INGEST_ROWS rows (id int8, device text, at timestamptz, value float8, 48-byte payload text); ingest_server defaults (batch maxRows 10000, maxBytes 4 MiB, linger 10 ms), copyConnections=$INGEST_COPY_CONNECTIONS; ingest_loadgen: $INGEST_PRODUCERS Channel calls, 1000 rows per request, 8 unacknowledged per call, rows built on the client during the run; psql \\copy of the same rows from CSV; pgbench -f with one single-row INSERT ... ON CONFLICT DO NOTHING per transaction, -c $INGEST_PRODUCERS -T $SECS"
+  INGEST_SUMMARY="$INGEST_ROWS rows (id int8, device text, at timestamptz, value float8, 48-byte payload text); ingest_server defaults (batch maxRows 50000, maxBytes 4 MiB, linger 10 ms), copyConnections=$INGEST_COPY_CONNECTIONS; ingest_loadgen: $INGEST_PRODUCERS Channel calls, 1000 rows per request, 8 unacknowledged per call, rows built on the client during the run; psql \\copy of the same rows from CSV; pgbench -f with one single-row INSERT ... ON CONFLICT DO NOTHING per transaction, -c $INGEST_PRODUCERS -T $SECS"
 }
 want ingest && ingest_bench
 # --- end of ingest section --------------------------------------------------------
