@@ -403,7 +403,7 @@ loadgen_point() {  # clients
   BUSY=$(wait_idle)
   log "poolside_execute c=$c (other CPU load ${BUSY}%)"
   measured "$WARMUP" "$SECS" "$LOADGEN" --addr="$QUERY_ADDR" --callers="$c" --duration="$SECS" \
-    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --primary="$primary" --label="c=$c" \
+    --warmup="$WARMUP" --keys=$((SCALE * 100000)) --primary=false --label="c=$c" \
     >"$TMP/out.txt" 2>"$TMP/loadgen.err" \
     || { cat "$TMP/loadgen.err" >&2; die "loadgen failed (c=$c)"; }
   [[ -s $TMP/loadgen.err ]] && cat "$TMP/loadgen.err" >&2
