@@ -96,13 +96,12 @@ absl::Status CheckSessionRole(const SessionRole& role, absl::string_view databas
       "for this database"));
 }
 
-absl::StatusOr<std::unique_ptr<Connection>> OpenChecked(const ConnectionOptions& options,
-                                                        absl::string_view database,
-                                                        bool allow_privileged,
-                                                        const OpenLimits& limits) {
-  absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(options, limits);
+absl::StatusOr<std::unique_ptr<Connection>> OpenChecked(
+    const ConnectionOptions& options, absl::string_view database, bool allow_privileged,
+    absl::Span<const std::atomic<bool>* const> abandon) {
+  absl::StatusOr<std::unique_ptr<Connection>> conn = Connection::Open(options, abandon);
   if (!conn.ok()) return conn.status();
-  (*conn)->AbandonWhen(limits.abandon);
+  (*conn)->AbandonWhen(abandon);
   absl::StatusOr<SessionRole> role = ReadSessionRole(**conn, absl::Now() + options.connect_timeout);
   (*conn)->AbandonWhen({});
   if (!role.ok()) return role.status();

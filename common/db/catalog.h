@@ -59,11 +59,10 @@ absl::Status CheckSessionRole(const SessionRole& role, absl::string_view databas
 // is unprivileged or `allow_privileged` (CheckSessionRole's error
 // otherwise). What a pool's factory uses, so no privileged connection is
 // ever handed out by accident.
-// `limits` bound the connect and the role check (Connection::Open).
-absl::StatusOr<std::unique_ptr<Connection>> OpenChecked(const ConnectionOptions& options,
-                                                        absl::string_view database,
-                                                        bool allow_privileged,
-                                                        const OpenLimits& limits = {});
+// `abandon` gives up the connect and the role check (Connection::Open).
+absl::StatusOr<std::unique_ptr<Connection>> OpenChecked(
+    const ConnectionOptions& options, absl::string_view database, bool allow_privileged,
+    absl::Span<const std::atomic<bool>* const> abandon = {});
 
 // At a service's start, for one pool: FAILED_PRECONDITION when its role is
 // privileged and not allowed (the service must not start); OK otherwise,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 #include <pqxx/connection>
 #include <pqxx/connection_base>
 #include <pqxx/connectionpolicy>
@@ -122,7 +123,7 @@ absl::Status Annotate(const absl::Status& s, absl::string_view more) {
 // Parses the user's DSN (keyword/value or URI) and rebuilds it with poolside's
 // additions, so both forms work and the user's own settings win where they set
 // them (their `options` are kept after ours), except kEnforcedOptions.
-absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
+absl::StatusOr<Conninfo> BuildConninfo(const ConnectionOptions& o) {
   absl::StatusOr<Conninfo> c = Conninfo::Parse(o.dsn);
   if (!c.ok()) return c.status();
   c->SetDefault("application_name", o.application_name);
@@ -131,25 +132,39 @@ absl::StatusOr<std::string> BuildConninfo(const ConnectionOptions& o) {
   const std::string* options = c->Get("options");
   c->Set("options", absl::StrCat(kSessionOptions, options == nullptr ? "" : " ",
                                  options == nullptr ? "" : *options, " ", kEnforcedOptions));
-  return c->ToString();
+  return c;
+}
+
+// When a connect watching abandon flags gives up by itself (CapturingPolicy):
+// at connect_timeout as libpq applies it (whole seconds, at least 2; never
+// without a valid one). Nullopt for a DSN of several hosts, which keeps
+// libpq's blocking connect (a connect_timeout for each host), flags unseen.
+std::optional<absl::Time> NonBlockingGiveUp(const Conninfo& c) {
+  for (const char* key : {"host", "hostaddr"}) {
+    const std::string* hosts = c.Get(key);
+    if (hosts != nullptr && absl::StrContains(*hosts, ',')) return std::nullopt;
+  }
+  int64_t seconds = 0;
+  const std::string* timeout = c.Get("connect_timeout");
+  if (timeout == nullptr || !absl::SimpleAtoi(*timeout, &seconds) || seconds <= 0) {
+    return absl::InfiniteFuture();
+  }
+  return absl::Now() + absl::Seconds(std::max<int64_t>(2, seconds));
 }
 
 // A libpqxx connection policy that remembers the libpq handle it opens: the
 // documented way to combine libpqxx's connection handling with libpq calls.
-// With `abandon` flags (Open's limits) it connects without blocking
-// (PQconnectStart, PQconnectPoll) and gives up when one is raised, or at
+// With `abandon` flags (Open's) it connects without blocking
+// (PQconnectStart, CompleteConnect) and gives up when one is raised, or at
 // `give_up` (connect_timeout, which libpq applies only to a blocking
 // connect).
 class CapturingPolicy : public pqxx::connect_direct {
  public:
   CapturingPolicy(const std::string& opts, absl::Time give_up,
                   absl::Span<const std::atomic<bool>* const> abandon)
-      : pqxx::connect_direct(opts),
-        limited_(!abandon.empty()),
-        give_up_(give_up),
-        abandon_(abandon.begin(), abandon.end()) {}
+      : pqxx::connect_direct(opts), give_up_(give_up), abandon_(abandon.begin(), abandon.end()) {}
   handle do_startconnect(handle orig) override {
-    if (!limited_ || orig != nullptr) {
+    if (abandon_.empty() || orig != nullptr) {
       handle_ = pqxx::connect_direct::do_startconnect(orig);
       return handle_;
     }
@@ -164,32 +179,14 @@ class CapturingPolicy : public pqxx::connect_direct {
     return handle_;
   }
   handle do_completeconnect(handle orig) override {
-    if (!limited_ || orig == nullptr || PQstatus(orig) == CONNECTION_OK) {
+    if (abandon_.empty() || orig == nullptr || PQstatus(orig) == CONNECTION_OK) {
       handle_ = pqxx::connect_direct::do_completeconnect(orig);
       return handle_;
     }
-    // Thrown, the handle is closed by libpqxx (it still holds it).
-    PostgresPollingStatusType polled = PGRES_POLLING_WRITING;
-    while (polled != PGRES_POLLING_OK) {
-      if (polled == PGRES_POLLING_FAILED) throw pqxx::broken_connection(PQerrorMessage(orig));
-      const absl::Time now = absl::Now();
-      if (now >= give_up_) {
-        throw pqxx::broken_connection("timeout expired while connecting");
-      }
-      for (const std::atomic<bool>* flag : abandon_) {
-        if (flag->load(std::memory_order_relaxed)) {
-          throw pqxx::broken_connection(
-              "connecting given up: the server stopped answering (its probes failed)");
-        }
-      }
-      const int fd = PQsocket(orig);
-      if (fd < 0) throw pqxx::broken_connection(PQerrorMessage(orig));
-      pollfd pfd{fd, static_cast<short>(polled == PGRES_POLLING_READING ? POLLIN : POLLOUT), 0};
-      const int timeout_ms = PollTimeoutMs(now, give_up_, abandon_.empty() ? 1000 : 50);
-      if (::poll(&pfd, 1, timeout_ms) < 0 && errno != EINTR) {
-        throw pqxx::broken_connection("waiting for the server while connecting");
-      }
-      if (pfd.revents != 0) polled = PQconnectPoll(orig);
+    // Thrown, the handle is closed by libpqxx (it still holds it); every
+    // failure reads as an unreachable server (UNAVAILABLE).
+    if (absl::Status s = CompleteConnect(orig, give_up_, abandon_); !s.ok()) {
+      throw pqxx::broken_connection(std::string(s.message()));
     }
     handle_ = orig;
     return handle_;
@@ -205,7 +202,6 @@ class CapturingPolicy : public pqxx::connect_direct {
   PGconn* raw() const { return handle_; }
 
  private:
-  const bool limited_;
   const absl::Time give_up_;
   const std::vector<const std::atomic<bool>*> abandon_;
   handle handle_ = nullptr;
@@ -299,34 +295,22 @@ Connection::~Connection() {
   // pqxx_ closes the libpq connection.
 }
 
-absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(const ConnectionOptions& options,
-                                                             const OpenLimits& limits) {
-  absl::StatusOr<std::string> conninfo = BuildConninfo(options);
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Open(
+    const ConnectionOptions& options, absl::Span<const std::atomic<bool>* const> abandon) {
+  absl::StatusOr<Conninfo> conninfo = BuildConninfo(options);
   if (!conninfo.ok()) return conninfo.status();
-  // Limits apply to one host; connect_timeout (the DSN's own, else the
-  // option) is then enforced here, as libpq does only for a blocking connect.
   absl::Time give_up = absl::InfiniteFuture();
-  absl::Span<const std::atomic<bool>* const> abandon;
-  if (!limits.abandon.empty()) {
-    absl::StatusOr<Conninfo> parsed = Conninfo::Parse(*conninfo);
-    const std::string* host = parsed.ok() ? parsed->Get("host") : nullptr;
-    const std::string* hostaddr = parsed.ok() ? parsed->Get("hostaddr") : nullptr;
-    const bool one_host = parsed.ok() && (host == nullptr || !absl::StrContains(*host, ',')) &&
-                          (hostaddr == nullptr || !absl::StrContains(*hostaddr, ','));
-    if (one_host) {
-      int64_t seconds = 0;
-      const std::string* timeout = parsed->Get("connect_timeout");
-      if (timeout == nullptr || !absl::SimpleAtoi(*timeout, &seconds) || seconds <= 0) {
-        seconds = 0;  // none: the limits alone
-      }
-      // As libpq: at least 2 s.
-      if (seconds > 0) give_up = absl::Now() + absl::Seconds(std::max<int64_t>(2, seconds));
-      abandon = limits.abandon;
+  if (!abandon.empty()) {
+    const std::optional<absl::Time> t = NonBlockingGiveUp(*conninfo);
+    if (t.has_value()) {
+      give_up = *t;
+    } else {
+      abandon = {};
     }
   }
   std::unique_ptr<Connection> c(new Connection(options));
   try {
-    c->pqxx_ = std::make_unique<PqxxConnection>(*conninfo, give_up, abandon);
+    c->pqxx_ = std::make_unique<PqxxConnection>(conninfo->ToString(), give_up, abandon);
     c->pqxx_->inhibit_reactivation(true);
   } catch (const std::exception& e) {
     return StatusFromException(e);
@@ -1675,7 +1659,7 @@ absl::Status Connection::RunSimple(const char* sql, absl::Time deadline, int* xa
   return link.ok() ? steps[0].status : link;
 }
 
-absl::Status Connection::RunStreaming(Statement& statement, bool read_only, bool transaction) {
+absl::Status Connection::RunStreaming(Statement& statement, absl::string_view begin_sql) {
   last_call_reach_ = Reach::kAnswered;
   statement.reach = Reach::kAnswered;
   if (absl::Status idle = ExpectIdle(); !idle.ok()) {
@@ -1683,11 +1667,11 @@ absl::Status Connection::RunStreaming(Statement& statement, bool read_only, bool
     statement.reach = last_call_reach_ = Reach::kNotRun;
     return idle;
   }
-  const bool wrapped = read_only || transaction;
+  const bool wrapped = !begin_sql.empty();
   if (wrapped) {
-    const char* begin = read_only ? "BEGIN READ ONLY" : "BEGIN";
     int xact = -1;
-    if (absl::Status s = RunSimple(begin, statement.deadline, &xact); !s.ok()) {
+    if (absl::Status s = RunSimple(std::string(begin_sql).c_str(), statement.deadline, &xact);
+        !s.ok()) {
       statement.status = s;
       if (!broken_) return absl::OkStatus();
       statement.reach = last_call_reach_ = Reach::kNotRun;
@@ -1695,7 +1679,8 @@ absl::Status Connection::RunStreaming(Statement& statement, bool read_only, bool
     }
     if (xact != PQTRANS_INTRANS) {
       broken_ = true;
-      statement.status = absl::UnavailableError(absl::StrCat(begin, " did not open a transaction"));
+      statement.status =
+          absl::UnavailableError(absl::StrCat(begin_sql, " did not open a transaction"));
       statement.reach = last_call_reach_ = Reach::kNotRun;
       return statement.status;
     }

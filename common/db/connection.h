@@ -62,15 +62,6 @@ struct ConnectionOptions {
   absl::Duration cancel_grace = absl::Seconds(3);
 };
 
-// For Connection::Open(): connecting gives up (UNAVAILABLE, as a server that
-// cannot be reached) within 50 ms of one of `abandon` being raised by another
-// thread (routing found the server stopped answering), besides at
-// connect_timeout. Applied to DSNs naming one host (libpq gives each host of
-// a multi-host DSN its own connect_timeout). The flags must outlive Open().
-struct OpenLimits {
-  absl::Span<const std::atomic<bool>* const> abandon;
-};
-
 // Receives one statement's result, row by row, so results never need to be held
 // twice and a limit can stop a result early.
 class ResultSink {
@@ -142,8 +133,13 @@ struct Notification {
 
 class Connection {
  public:
-  static absl::StatusOr<std::unique_ptr<Connection>> Open(const ConnectionOptions& options,
-                                                          const OpenLimits& limits = {});
+  // With `abandon`, connecting gives up (UNAVAILABLE, as a server that
+  // cannot be reached) within 50 ms of one of the flags being raised by
+  // another thread (routing found the server stopped answering), besides at
+  // connect_timeout; for a DSN naming one host (libpq gives each host of a
+  // multi-host DSN its own connect_timeout). The flags must outlive Open().
+  static absl::StatusOr<std::unique_ptr<Connection>> Open(
+      const ConnectionOptions& options, absl::Span<const std::atomic<bool>* const> abandon = {});
   ~Connection();
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -182,11 +178,11 @@ class Connection {
 
   // Runs one statement outside pipeline mode with libpq's single-row mode, so
   // the rows reach `statement.sink` as they arrive (bounded memory for results
-  // of any size). Same return contract as RunIndependent. `read_only`: inside
-  // BEGIN READ ONLY ... COMMIT (ROLLBACK when it failed); `transaction`:
-  // likewise inside BEGIN ... COMMIT, so that a failure (a sink's row or byte
-  // limit among them) rolls a write back.
-  absl::Status RunStreaming(Statement& statement, bool read_only = false, bool transaction = false);
+  // of any size). Same return contract as RunIndependent. `begin_sql` (e.g.
+  // "BEGIN READ ONLY", "BEGIN"), when given: inside that transaction, then
+  // COMMIT, or ROLLBACK when it failed (a sink's row or byte limit among
+  // them rolls a write back); empty: alone, as its own transaction.
+  absl::Status RunStreaming(Statement& statement, absl::string_view begin_sql = {});
 
   // After RunIndependent, RunTransaction or RunStreaming failed: kNotRun when
   // the server provably executed none of the call's statements, kMayHaveRun

@@ -276,7 +276,7 @@ TEST_F(ConnectionFaultsTest, AStreamedStatementMustNotTouchTheTransaction) {
   conn_ = Open();
   RowsSink sink;
   Statement commit{"COMMIT", nullptr, &sink, Soon()};
-  (void)conn_->RunStreaming(commit, /*read_only=*/true);
+  (void)conn_->RunStreaming(commit, "BEGIN READ ONLY");
   EXPECT_EQ(commit.status.code(), absl::StatusCode::kInvalidArgument) << commit.status;
   EXPECT_TRUE(conn_->broken());
 }
@@ -399,7 +399,7 @@ TEST_F(ConnectionFaultsTest, CopyThroughRunStreamingFailsAndDiscardsTheConnectio
     {
       RowsSink sink;
       Statement s{copy, nullptr, &sink, Soon()};
-      absl::Status link = conn_->RunStreaming(s, read_only);
+      absl::Status link = conn_->RunStreaming(s, read_only ? "BEGIN READ ONLY" : "");
       const absl::Status& st = link.ok() ? s.status : link;
       EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << copy << ": " << st;
       EXPECT_TRUE(Mentions(st, "COPY is not supported here")) << st;
@@ -547,7 +547,7 @@ TEST_F(ConnectionFaultsTest, AnAbandonedWaitOnAStoppedServerGivesTheConnectionUp
       } else if (kind == "stream") {
         link = conn_->RunStreaming(read);
       } else if (kind == "read-only stream") {
-        link = conn_->RunStreaming(read, /*read_only=*/true);
+        link = conn_->RunStreaming(read, "BEGIN READ ONLY");
       } else {
         link = conn_->RunTransaction("BEGIN READ ONLY", {&ptr, 1}, deadline, nullptr);
       }

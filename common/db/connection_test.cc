@@ -419,12 +419,12 @@ TEST_F(ConnectionTest, ReadOnlyStreamingRefusesWritesAndEndsItsTransaction) {
   ASSERT_TRUE(pg_->Exec("postgres", "CREATE TABLE IF NOT EXISTS ro_s (id int8)").ok());
   CollectSink sink;
   Statement w{"INSERT INTO ro_s VALUES (1) RETURNING id", nullptr, &sink, Soon()};
-  ASSERT_TRUE(conn_->RunStreaming(w, /*read_only=*/true).ok());
+  ASSERT_TRUE(conn_->RunStreaming(w, "BEGIN READ ONLY").ok());
   EXPECT_EQ(w.status.code(), absl::StatusCode::kFailedPrecondition) << w.status;
   EXPECT_NE(w.status.message().find("25006"), absl::string_view::npos) << w.status;
   CollectSink read;
   Statement r{"SELECT count(*) FROM ro_s", nullptr, &read, Soon()};
-  ASSERT_TRUE(conn_->RunStreaming(r, /*read_only=*/true).ok());
+  ASSERT_TRUE(conn_->RunStreaming(r, "BEGIN READ ONLY").ok());
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_TRUE(conn_->Ping(Soon()));  // idle again: the transaction ended
 }

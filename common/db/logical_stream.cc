@@ -80,22 +80,14 @@ void DiscardNotice(void*, const char*) {}
 absl::StatusOr<ConnPtr> Connect(const std::string& conninfo, absl::Time deadline,
                                 absl::string_view what) {
   ConnPtr conn(PQconnectStart(conninfo.c_str()));
-  if (conn == nullptr) return absl::ResourceExhaustedError("libpq: out of memory");
-  PostgresPollingStatusType poll_status = PGRES_POLLING_WRITING;
-  while (true) {
-    if (PQstatus(conn.get()) == CONNECTION_BAD || poll_status == PGRES_POLLING_FAILED) {
-      return absl::UnavailableError(absl::StrCat(
-          "cannot open the ", what, " connection: ", Trimmed(PQerrorMessage(conn.get()))));
-    }
-    if (poll_status == PGRES_POLLING_OK) break;
-    absl::StatusOr<bool> ready = WaitForSocket(
-        PQsocket(conn.get()), poll_status == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
-    if (!ready.ok()) return ready.status();
-    if (!*ready) {
+  if (absl::Status s = CompleteConnect(conn.get(), deadline); !s.ok()) {
+    if (s.code() == absl::StatusCode::kDeadlineExceeded) {
       return absl::DeadlineExceededError(
           absl::StrCat("opening the ", what, " connection took too long"));
     }
-    poll_status = PQconnectPoll(conn.get());
+    if (s.code() != absl::StatusCode::kUnavailable) return s;
+    return absl::UnavailableError(
+        absl::StrCat("cannot open the ", what, " connection: ", s.message()));
   }
   PQsetNoticeProcessor(conn.get(), &DiscardNotice, nullptr);
   if (PQsetnonblocking(conn.get(), 1) != 0) {

@@ -180,17 +180,15 @@ std::shared_ptr<ConnectionPool> ManagedDatabase::MakePool(const v1::DatabaseConf
   return std::make_shared<ConnectionPool>(
       pool_options,
       [options, follow, base = config_, role, database = config_.name(),
-       allow = c.allow_privileged_role(),
-       describe = options_.name_server_in_errors](const ConnectionPool::CreateLimits& limits)
-          -> absl::StatusOr<std::unique_ptr<Connection>> {
+       allow = c.allow_privileged_role(), describe = options_.name_server_in_errors](
+          ConnectionPool::Abandon abandon) -> absl::StatusOr<std::unique_ptr<Connection>> {
         ConnectionOptions o = options;
         if (follow != nullptr) {
           absl::StatusOr<std::string> dsn = PrimaryDsnOf(*follow, base, role);
           if (!dsn.ok()) return dsn.status();
           o.dsn = *std::move(dsn);
         }
-        absl::StatusOr<std::unique_ptr<Connection>> conn =
-            OpenChecked(o, database, allow, OpenLimits{limits.abandon});
+        absl::StatusOr<std::unique_ptr<Connection>> conn = OpenChecked(o, database, allow, abandon);
         if (describe && !conn.ok() &&
             conn.status().code() != absl::StatusCode::kFailedPrecondition) {
           return absl::Status(conn.status().code(), absl::StrCat(config::DescribeDsn(o.dsn), ": ",

@@ -58,23 +58,10 @@ void PgMemberProbe::Close() {
 
 absl::Status PgMemberProbe::Connect(absl::Time deadline) {
   conn_ = PQconnectStart(conninfo_.c_str());
-  if (conn_ == nullptr) return absl::ResourceExhaustedError("libpq: out of memory");
-  PostgresPollingStatusType state = PGRES_POLLING_WRITING;
-  for (;;) {
-    if (PQstatus(conn_) == CONNECTION_BAD || state == PGRES_POLLING_FAILED) {
-      absl::Status error =
-          absl::UnavailableError(absl::StrCat("cannot connect: ", Trimmed(PQerrorMessage(conn_))));
-      Close();
-      return error;
-    }
-    if (state == PGRES_POLLING_OK) break;
-    absl::StatusOr<bool> ready =
-        WaitForSocket(PQsocket(conn_), state == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
-    if (!ready.ok() || !*ready) {
-      Close();
-      return ready.ok() ? absl::DeadlineExceededError("connecting took too long") : ready.status();
-    }
-    state = PQconnectPoll(conn_);
+  if (absl::Status s = CompleteConnect(conn_, deadline); !s.ok()) {
+    Close();
+    if (s.code() != absl::StatusCode::kUnavailable) return s;
+    return absl::UnavailableError(absl::StrCat("cannot connect: ", s.message()));
   }
   PQsetNoticeProcessor(conn_, &DiscardNotice, nullptr);
   if (PQsetnonblocking(conn_, 1) != 0) {

@@ -147,17 +147,14 @@ struct PoolStats {
 template <typename T>
 class Pool {
  public:
-  // What an Acquire() that creates an object asks of the factory: give up
-  // once one of `abandon` (Acquire's) is raised. Not the Acquire's deadline:
-  // an object made for one caller serves the next ones too, and callers with
-  // short deadlines would otherwise never let a slow connect finish. None for
-  // WarmUp() and Maintain().
-  struct CreateLimits {
-    absl::Span<const std::atomic<bool>* const> abandon;
-  };
   // May block (connects). Called without the pool lock held. Returning OK with
-  // a null pointer is treated as an INTERNAL error.
-  using Factory = std::function<absl::StatusOr<std::unique_ptr<T>>(const CreateLimits&)>;
+  // a null pointer is treated as an INTERNAL error. `abandon`: an Acquire()'s
+  // flags; the factory gives up once one is raised (empty for WarmUp() and
+  // Maintain()). Not the Acquire's deadline: an object made for one caller
+  // serves the next ones too, and callers with short deadlines would
+  // otherwise never let a slow connect finish.
+  using Abandon = absl::Span<const std::atomic<bool>* const>;
+  using Factory = std::function<absl::StatusOr<std::unique_ptr<T>>(Abandon abandon)>;
   // Pre-ping; false means broken. May be null (objects are never pre-pinged).
   using Validator = std::function<bool(T&)>;
   // Closes an object; may be null (the object is just deleted). Called without
@@ -217,9 +214,8 @@ class Pool {
   // Leases an object, waiting until min(deadline, now + acquire_timeout).
   // `holder` is shown in leak logs (see Lease::SetHolder).
   // An object it creates is given up when one of `abandon` is raised
-  // (CreateLimits).
-  absl::StatusOr<Lease> Acquire(absl::Time deadline, std::string holder = "",
-                                absl::Span<const std::atomic<bool>* const> abandon = {});
+  // (Factory).
+  absl::StatusOr<Lease> Acquire(absl::Time deadline, std::string holder = "", Abandon abandon = {});
 
   // Creates objects until min_idle are idle (or the pool is full). Failed
   // creations are retried with exponential backoff (50ms, x2, capped at 2s)
@@ -286,7 +282,7 @@ class Pool {
   absl::Status ObtainLocked(absl::Time deadline, Grant* grant) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Lease MakeLeaseLocked(Entry entry, std::string holder, absl::Time started)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<std::unique_ptr<T>> CreateObject(const CreateLimits& limits = {});
+  absl::StatusOr<std::unique_ptr<T>> CreateObject(Abandon abandon = {});
   // Destroys without the lock, then frees the slot and counts it.
   void DestroyAndFreeSlot(std::unique_ptr<T> object, DestroyReason reason) ABSL_LOCKS_EXCLUDED(mu_);
   void DestroyObject(std::unique_ptr<T> object) ABSL_LOCKS_EXCLUDED(mu_);
@@ -489,8 +485,8 @@ void Pool<T>::DestroyAndFreeSlot(std::unique_ptr<T> object, DestroyReason reason
 }
 
 template <typename T>
-absl::StatusOr<std::unique_ptr<T>> Pool<T>::CreateObject(const CreateLimits& limits) {
-  absl::StatusOr<std::unique_ptr<T>> made = factory_(limits);
+absl::StatusOr<std::unique_ptr<T>> Pool<T>::CreateObject(Abandon abandon) {
+  absl::StatusOr<std::unique_ptr<T>> made = factory_(abandon);
   if (made.ok() && *made == nullptr) {
     made = absl::InternalError(
         absl::StrCat("pool ", options_.name, ": factory returned a null object"));
@@ -549,8 +545,8 @@ typename Pool<T>::Lease Pool<T>::MakeLeaseLocked(Entry entry, std::string holder
 }
 
 template <typename T>
-absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(
-    absl::Time deadline, std::string holder, absl::Span<const std::atomic<bool>* const> abandon) {
+absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(absl::Time deadline, std::string holder,
+                                                         Abandon abandon) {
   const absl::Time started = clock_->Now();
   deadline = std::min(deadline, started + options_.acquire_timeout);
   const absl::Status cancelled =
@@ -616,7 +612,7 @@ absl::StatusOr<typename Pool<T>::Lease> Pool<T>::Acquire(
       continue;
     }
 
-    absl::StatusOr<std::unique_ptr<T>> made = CreateObject({abandon});
+    absl::StatusOr<std::unique_ptr<T>> made = CreateObject(abandon);
     sync::MutexLock lock(&mu_);
     if (!made.ok()) {
       ++counters_.create_failures;

@@ -273,11 +273,8 @@ absl::Status Database::Route(std::shared_ptr<Work> work) {
     call->route.reset();
     done(std::move(s));
   };
-  // UINT64_MAX is no position a replica reaches (a cache fill's fence while
-  // a write's position is unknown: it reads the primary, at once).
   if (work->replica_ok && work->wait_for_replica && call->min_lsn != 0 &&
-      call->min_lsn != UINT64_MAX && replicas_->token_wait() > absl::ZeroDuration() &&
-      replicas_->WorthWaiting(call->min_lsn)) {
+      replicas_->token_wait() > absl::ZeroDuration() && replicas_->WorthWaiting(call->min_lsn)) {
     const absl::Time until = std::min(work->deadline, absl::Now() + replicas_->token_wait());
     replicas_->AwaitReplay(call->min_lsn, until, [this, work, call](bool) {
       if (work->state.load() != Work::kQueued) return;  // abandoned meanwhile

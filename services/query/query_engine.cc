@@ -364,10 +364,12 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
   work->sink = std::make_unique<ResultSetSink>(response->mutable_result(), &work->budget);
   work->statement.sink = work->sink.get();
   work->SetAnalysis(analysis, request);
-  // A write that answers with rows runs in a transaction of its own, which a
-  // limit on its answer rolls back: refused means not written.
-  const bool own_transaction = !access.read_only && !deferred && analysis->write_returns_rows;
-  work->batchable = !access.read_only && !deferred && !own_transaction;
+  // Not pipelined with other calls: a read-only caller's statement (in a
+  // read-only transaction), one whose analysis was deferred, and a write
+  // that answers with rows (in a transaction of its own, which a limit on
+  // its answer rolls back: refused means not written).
+  const bool exclusive = access.read_only || deferred || analysis->write_returns_rows;
+  work->batchable = !exclusive;
   work->statement.may_share_sync =
       !access.read_only && !deferred && MayShareSync(database->name(), *analysis);
   // Unknown until a deferred analysis ran: then the worker reads the commit
@@ -382,10 +384,8 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
       (access.read_only || work->statement.may_share_sync || DeclaredReadOnly(request));
   work->plain_read = work->replica_ok;
   work->may_write = !work->replica_ok && (deferred || writes) && !access.read_only;
-  if (access.read_only || deferred || own_transaction) {
-    // Not pipelined with other calls: a transaction of its own (read-only
-    // for a read-only caller; for a write answering with rows), after the
-    // analysis when it was deferred.
+  if (exclusive) {
+    // After the analysis when it was deferred.
     work->exclusive = [this, raw, access, &request,
                        deferred](db::Connection& conn) -> absl::Status {
       if (deferred) {
@@ -395,24 +395,21 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::Execute(const v1::ExecuteRequ
         raw->SetAnalysis(*std::move(a), request);
       }
       db::Statement* st = &raw->statement;
-      if (!access.read_only && raw->analysis->write_returns_rows) {
-        absl::Status s = conn.RunTransaction("BEGIN", {&st, 1}, raw->deadline, &raw->cancelled);
-        if (s.ok() && ReadCache::NeedsInvalidation(*raw->analysis)) {
-          absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline, &raw->commit_snapshot);
-          raw->commit_lsn = lsn.ok() ? *lsn : 0;
-        }
-        return s;
+      if (access.read_only) {
+        return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
       }
-      if (!access.read_only) {
-        absl::Status link = conn.RunIndependent({&st, 1});
-        if (!link.ok()) return link;
-        if (st->status.ok() && ReadCache::NeedsInvalidation(*raw->analysis)) {
-          absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline, &raw->commit_snapshot);
-          raw->commit_lsn = lsn.ok() ? *lsn : 0;
-        }
-        return st->status;
+      absl::Status s;
+      if (raw->analysis->write_returns_rows) {
+        s = conn.RunTransaction("BEGIN", {&st, 1}, raw->deadline, &raw->cancelled);
+      } else {
+        if (absl::Status link = conn.RunIndependent({&st, 1}); !link.ok()) return link;
+        s = st->status;
       }
-      return conn.RunTransaction("BEGIN READ ONLY", {&st, 1}, raw->deadline, &raw->cancelled);
+      if (s.ok() && ReadCache::NeedsInvalidation(*raw->analysis)) {
+        absl::StatusOr<uint64_t> lsn = ReadCommitLsn(conn, raw->deadline, &raw->commit_snapshot);
+        raw->commit_lsn = lsn.ok() ? *lsn : 0;
+      }
+      return s;
     };
     work->read_only = access.read_only;
     work->rewind = [raw] { return raw->sink->Rewind(); };
@@ -491,8 +488,10 @@ absl::StatusOr<std::shared_ptr<Work>> QueryEngine::ExecuteStream(const v1::Execu
     }
     // A write that streams rows back runs in a transaction of its own, which
     // a refusal for the call's limits (or a failure) rolls back.
-    absl::Status link = conn.RunStreaming(raw->statement, access.read_only,
-                                          !access.read_only && raw->analysis->write_returns_rows);
+    absl::Status link =
+        conn.RunStreaming(raw->statement, access.read_only                    ? "BEGIN READ ONLY"
+                                          : raw->analysis->write_returns_rows ? "BEGIN"
+                                                                              : "");
     return link.ok() ? raw->statement.status : link;
   };
   work->read_only = access.read_only;

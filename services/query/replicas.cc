@@ -115,7 +115,7 @@ void Replicas::OnRecord() {
 }
 
 bool Replicas::WorthWaiting(uint64_t lsn) const {
-  return routable_.load() > 0 && replayed_.load() < lsn;
+  return lsn != UINT64_MAX && routable_.load() > 0 && replayed_.load() < lsn;
 }
 
 void Replicas::AwaitReplay(uint64_t lsn, absl::Time deadline, std::function<void(bool)> then) {

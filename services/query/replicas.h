@@ -139,6 +139,8 @@ class Replicas {
   absl::Duration token_wait() const { return token_wait_; }
   // Whether waiting for `lsn` can help: some replica is routable (healthy,
   // not banned) as last probed and none of those has replayed `lsn` yet.
+  // Never for UINT64_MAX, which no replica reaches (a cache fill's fence
+  // while a write's position is unknown: it reads the primary at once).
   bool WorthWaiting(uint64_t lsn) const;
   // Runs then(true) once a routable replica's sampled replay position
   // reaches `lsn` (on a probe thread, or at once on this one), then(false)

@@ -346,25 +346,22 @@ void StatementPlans::LearnKey(Database* db, const std::string& sql, absl::Time d
 }
 
 void StatementPlans::ForgetDatabase(absl::string_view database) {
-  const std::string prefix = absl::StrCat(database, "\x1f");
-  absl::MutexLock lock(&mu_);
-  ++forgotten_;
-  for (auto it = plans_.begin(); it != plans_.end();) {
-    if (absl::StartsWith(it->first, prefix)) {
-      plans_.erase(it++);
-    } else {
-      ++it;
-    }
-  }
+  ForgetIf(database, [](const StatementTables&) { return true; });
 }
 
 void StatementPlans::Forget(absl::string_view database, absl::string_view table) {
+  ForgetIf(database, [table](const StatementTables& plan) {
+    return std::find(plan.tables.begin(), plan.tables.end(), table) != plan.tables.end();
+  });
+}
+
+void StatementPlans::ForgetIf(absl::string_view database,
+                              absl::FunctionRef<bool(const StatementTables&)> forget) {
   const std::string prefix = absl::StrCat(database, "\x1f");
   absl::MutexLock lock(&mu_);
   ++forgotten_;
   for (auto it = plans_.begin(); it != plans_.end();) {
-    const std::vector<std::string>& t = it->second->tables;
-    if (absl::StartsWith(it->first, prefix) && std::find(t.begin(), t.end(), table) != t.end()) {
+    if (absl::StartsWith(it->first, prefix) && forget(*it->second)) {
       plans_.erase(it++);
     } else {
       ++it;

@@ -36,6 +36,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
@@ -132,6 +133,8 @@ class StatementPlans {
   // Remembers `plan` unless something was forgotten since `forgotten` (the
   // plan was learned from a definition that may be gone).
   void Remember(const std::string& memo_key, Plan plan, uint64_t forgotten);
+  // Forgets the plans of `database` for which `forget` says so.
+  void ForgetIf(absl::string_view database, absl::FunctionRef<bool(const StatementTables&)> forget);
 
   InFlight* const in_flight_;
   const std::function<bool(const Database&)> learn_keys_;

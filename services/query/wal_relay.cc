@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "common/db/error.h"
 #include "common/hash/fnv1a.h"
 #include "common/telemetry/log.h"
@@ -136,8 +137,8 @@ namespace {
 
 // The DDL event trigger's function (wal_relay.h). Its source is compared
 // with the installed one's, so that a new version replaces it. It never
-// fails the DDL it runs for.
-constexpr char kDdlFunctionSource[] = R"sql(
+// fails the DDL it runs for. `$prefix` stands for WalRelay::kDdlPrefix.
+constexpr char kDdlFunctionTemplate[] = R"sql(
 DECLARE
   objects int := 0;
   temporary int := 0;
@@ -162,12 +163,18 @@ BEGIN
     RETURN;
   END IF;
   BEGIN
-    PERFORM pg_logical_emit_message(true, 'poolside-ddl', tg_tag);
+    PERFORM pg_logical_emit_message(true, '$prefix', tg_tag);
   EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'poolside: the cache was not told of this DDL: %', SQLERRM;
   END;
 END
 )sql";
+
+const std::string& DdlFunctionSource() {
+  static const std::string* source = new std::string(
+      absl::StrReplaceAll(kDdlFunctionTemplate, {{"$prefix", WalRelay::kDdlPrefix}}));
+  return *source;
+}
 
 }  // namespace
 
@@ -187,21 +194,22 @@ absl::StatusOr<bool> WalRelay::EnsureDdlTrigger(db::Connection& conn, absl::Time
   const v1::Row& row = found->rows(0);
   const bool exists = row.values(0).has_text_value();
   const bool enabled = exists && row.values(0).text_value() != "D";
-  const bool current = exists && row.values(1).text_value() == kDdlFunctionSource;
+  const bool current = exists && row.values(1).text_value() == DdlFunctionSource();
   const bool superuser = row.values(2).bool_value();
   if (exists && !enabled) return false;  // someone disabled it: theirs to enable
   if (current) return true;
   if (!superuser) return false;
-  const std::string function = absl::StrCat(
-      "CREATE OR REPLACE FUNCTION poolside.cache_ddl_message() RETURNS event_trigger "
-      "LANGUAGE plpgsql SET search_path = pg_catalog AS $poolside$",
-      kDdlFunctionSource, "$poolside$");
-  for (const std::string& sql :
-       {std::string("CREATE SCHEMA IF NOT EXISTS poolside"), function,
-        std::string(exists ? ""
-                           : "CREATE EVENT TRIGGER poolside_cache_ddl ON ddl_command_end "
-                             "EXECUTE FUNCTION poolside.cache_ddl_message()")}) {
-    if (sql.empty()) continue;
+  std::vector<std::string> install = {
+      "CREATE SCHEMA IF NOT EXISTS poolside",
+      absl::StrCat("CREATE OR REPLACE FUNCTION poolside.cache_ddl_message() RETURNS event_trigger "
+                   "LANGUAGE plpgsql SET search_path = pg_catalog AS $poolside$",
+                   DdlFunctionSource(), "$poolside$")};
+  if (!exists) {
+    install.push_back(
+        "CREATE EVENT TRIGGER poolside_cache_ddl ON ddl_command_end "
+        "EXECUTE FUNCTION poolside.cache_ddl_message()");
+  }
+  for (const std::string& sql : install) {
     absl::StatusOr<v1::ResultSet> done = RunOwnStatement(conn, sql, {}, deadline);
     // 42710: made meanwhile by another relay (another publication's).
     if (!done.ok() && db::SqlStateOf(done.status()) != "42710") return done.status();
