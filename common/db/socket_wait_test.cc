@@ -1,13 +1,19 @@
 #include "common/db/socket_wait.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "libpq-fe.h"
 
 namespace poolside::db {
 namespace {
@@ -58,6 +64,69 @@ TEST_F(SocketPair, ReadyWhenThePeerHungUp) {
 TEST(WaitForSocketTest, AClosedConnectionIsUnavailable) {
   EXPECT_EQ(WaitForSocket(-1, POLLIN, absl::Now() + absl::Seconds(10)).status().code(),
             absl::StatusCode::kUnavailable);
+}
+
+// A listener that never answers: connections complete in the kernel and the
+// server's reply to the startup packet never comes.
+class SilentServer : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd_, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ASSERT_EQ(listen(fd_, 4), 0);
+    socklen_t len = sizeof(addr);
+    ASSERT_EQ(getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    port_ = ntohs(addr.sin_port);
+  }
+  void TearDown() override {
+    if (conn_ != nullptr) PQfinish(conn_);
+    close(fd_);
+  }
+  PGconn* Start() {
+    conn_ = PQconnectStart(
+        absl::StrCat("host=127.0.0.1 port=", port_, " dbname=x user=x sslmode=disable").c_str());
+    return conn_;
+  }
+  int fd_ = -1;
+  int port_ = 0;
+  PGconn* conn_ = nullptr;
+};
+
+TEST_F(SilentServer, CompleteConnectEndsAtItsDeadline) {
+  absl::Status s = CompleteConnect(Start(), absl::Now() + absl::Milliseconds(200));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
+}
+
+TEST_F(SilentServer, CompleteConnectGivesUpWhenAFlagIsRaised) {
+  std::atomic<bool> quiet{false}, gone{true};
+  const std::atomic<bool>* flags[] = {&quiet, &gone};
+  absl::Status s = CompleteConnect(Start(), absl::Now() + absl::Seconds(30), flags);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_NE(s.message().find("given up"), absl::string_view::npos) << s;
+}
+
+TEST(CompleteConnectTest, ARefusedConnectionAndNoConnectionAtAll) {
+  // A port nobody listens on any more.
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  close(fd);
+  PGconn* conn = PQconnectStart(
+      absl::StrCat("host=127.0.0.1 port=", ntohs(addr.sin_port), " dbname=x user=x").c_str());
+  absl::Status s = CompleteConnect(conn, absl::Now() + absl::Seconds(10));
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  PQfinish(conn);
+  EXPECT_EQ(CompleteConnect(nullptr, absl::Now() + absl::Seconds(10)).code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 TEST(PollTimeoutMsTest, RoundsUpAndClamps) {
